@@ -1,0 +1,40 @@
+"""Configuration from the environment, read once at import: no os.environ elsewhere."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+@dataclass(frozen=True)
+class Config:
+    debug: bool
+    """KDSL_DEBUG=1: verify IR after every pass, bounds checks on, internal frames shown."""
+    dump: frozenset[str]
+    """KDSL_DUMP=trace,lower: print the IR after the named passes ('all' for every one)."""
+    cache_dir: str | None
+    """KDSL_CACHE_DIR: where compiled objects and tuning results live."""
+    num_threads: int | None
+    """KDSL_NUM_THREADS: default thread count of parallel loops."""
+
+
+def _read() -> Config:
+    threads = os.environ.get("KDSL_NUM_THREADS", "").strip()
+    dump = os.environ.get("KDSL_DUMP", "")
+    return Config(
+        debug=_flag("KDSL_DEBUG"),
+        dump=frozenset(p.strip() for p in dump.split(",") if p.strip()),
+        cache_dir=os.environ.get("KDSL_CACHE_DIR") or None,
+        num_threads=int(threads) if threads.isdigit() and int(threads) > 0 else None,
+    )
+
+
+CONFIG = _read()
+
+
+def dumps(pass_name: str) -> bool:
+    return "all" in CONFIG.dump or pass_name in CONFIG.dump

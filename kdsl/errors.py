@@ -1,0 +1,105 @@
+"""The kdsl exception hierarchy and the source locations its messages quote."""
+
+from __future__ import annotations
+
+import linecache
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SourceLoc:
+    """A place in the user's source: file, line and (when known) the column span."""
+
+    file: str
+    line: int
+    col: int | None = None
+    end_col: int | None = None
+
+    def __str__(self) -> str:
+        return f'File "{self.file}", line {self.line}'
+
+    @property
+    def text(self) -> str:
+        return linecache.getline(self.file, self.line).rstrip("\n")
+
+    def excerpt(self) -> str:
+        """The source line with a caret under the span, indented for a message."""
+        text = self.text
+        if not text:
+            return f"  {self}"
+        stripped = text.lstrip()
+        indent = len(text) - len(stripped)
+        lines = [f"  {self}", f"    {stripped}"]
+        if self.col is not None and self.col >= indent:
+            end = self.end_col if self.end_col and self.end_col > self.col else len(text)
+            lines.append("    " + " " * (self.col - indent) + "^" * max(1, end - self.col))
+        return "\n".join(lines)
+
+
+class KdslError(Exception):
+    """Base of every error kdsl raises on purpose.
+
+    The message says what went wrong, where (the kernel, the user's source line) and
+    the fix; `str(err)` is the whole of it.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        *,
+        kernel: str | None = None,
+        loc: SourceLoc | None = None,
+        fix: str | None = None,
+    ) -> None:
+        self.what = what
+        self.kernel = kernel
+        self.loc = loc
+        self.fix = fix
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        head = f"in kernel '{self.kernel}': {self.what}" if self.kernel else self.what
+        parts = [head]
+        if self.loc is not None:
+            parts.append(self.loc.excerpt())
+        if self.fix:
+            parts.append(f"  fix: {self.fix}")
+        return "\n".join(parts)
+
+    def __reduce__(self):  # keep errors picklable (worker processes send them back)
+        return (_rebuild, (type(self), self.what, self.kernel, self.loc, self.fix))
+
+    def with_kernel(self, kernel: str) -> KdslError:
+        """The same error, naming the kernel it happened in (if it did not already)."""
+        if self.kernel is None:
+            self.kernel = kernel
+            self.args = (self._format(),)
+        return self
+
+
+def _rebuild(cls, what, kernel, loc, fix):  # type: ignore[no-untyped-def]
+    return cls(what, kernel=kernel, loc=loc, fix=fix)
+
+
+class TraceError(KdslError):
+    """The kernel's Python code can't be traced: unsupported construct or misuse of kd.*."""
+
+
+class ShapeError(KdslError, ValueError):
+    """Argument shapes disagree with what the kernel's subscripts tie together."""
+
+
+class KernelArgumentError(KdslError, TypeError, ValueError):
+    """A bad argument: wrong type, dtype, rank, read-only output, aliasing, wrong device."""
+
+
+class ScheduleError(KdslError):
+    """A schedule step that does not apply, or is not legal, on the kernel's loops."""
+
+
+class CompileError(KdslError):
+    """Code generation failed (a kdsl bug or a backend limit); the message says which."""
+
+
+class BoundsError(KdslError, IndexError):
+    """A subscript fell outside its buffer at run time (raised under checks=True)."""

@@ -1,0 +1,336 @@
+"""Every IR node and IR enum: the one definition of what a kdsl program is.
+
+Nodes are frozen dataclasses with typed fields. Source locations ride on nodes but
+stay out of equality, hashing and repr, so two traces of the same code compare equal.
+Buffers and loops are referred to by name; names are unique within a kernel.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import TypeAlias
+
+from kdsl.errors import SourceLoc
+from kdsl.types import DType, INDEX, bool_
+
+
+def _loc() -> SourceLoc | None:
+    return field(default=None, compare=False, hash=False, repr=False)  # type: ignore[return-value]
+
+
+class BinaryOp(enum.Enum):
+    ADD = "+"
+    SUB = "-"
+    MUL = "*"
+    DIV = "/"
+    FLOORDIV = "//"
+    MOD = "%"
+    POW = "**"
+    MAX = "max"
+    MIN = "min"
+    AND = "&"
+    OR = "|"
+    XOR = "^"
+    SHL = "<<"
+    SHR = ">>"
+    LT = "<"
+    LE = "<="
+    EQ = "=="
+    NE = "!="
+    GE = ">="
+    GT = ">"
+
+    @property
+    def is_comparison(self) -> bool:
+        return self in _COMPARISONS
+
+
+_COMPARISONS = frozenset(
+    {BinaryOp.LT, BinaryOp.LE, BinaryOp.EQ, BinaryOp.NE, BinaryOp.GE, BinaryOp.GT}
+)
+
+
+class UnaryOp(enum.Enum):
+    NEG = "neg"
+    INVERT = "invert"  # bitwise not; logical not on bool
+    ABS = "abs"
+    EXP = "exp"
+    LOG = "log"
+    SQRT = "sqrt"
+    RSQRT = "rsqrt"
+    TANH = "tanh"
+    SIGMOID = "sigmoid"
+    ERF = "erf"
+    FLOOR = "floor"
+    CEIL = "ceil"
+
+    @property
+    def float_only(self) -> bool:
+        return self not in (UnaryOp.NEG, UnaryOp.INVERT, UnaryOp.ABS)
+
+
+class LoopKind(enum.Enum):
+    """What the algorithm allows: the dependence kind of a loop."""
+
+    PARALLEL = "parallel"  # implicit loops and kd.grid: iterations are independent
+    REDUCTION = "reduction"  # the over= of a reduction: iterations combine associatively
+    SERIAL = "serial"  # kd.range: iterations may depend on earlier ones
+
+
+class LoopExec(enum.Enum):
+    """How a loop is executed: chosen by the schedule, checked against LoopKind."""
+
+    SERIAL = "serial"
+    VECTORIZED = "vectorized"
+    UNROLLED = "unrolled"
+    PARALLEL = "parallel"
+    GPU_BLOCK_X = "block.x"
+    GPU_BLOCK_Y = "block.y"
+    GPU_BLOCK_Z = "block.z"
+    GPU_THREAD_X = "thread.x"
+    GPU_THREAD_Y = "thread.y"
+    GPU_THREAD_Z = "thread.z"
+
+
+class Scope(enum.Enum):
+    """Where a buffer lives."""
+
+    GLOBAL = "global"  # a kernel argument or a returned array: caller's memory
+    HEAP = "heap"  # a kernel-local temporary too large or dynamic for the stack
+    STACK = "stack"  # a small kernel-local temporary
+    REGISTER = "register"  # fully unrolled into registers
+    SHARED = "shared"  # GPU shared memory
+
+
+class BufferRole(enum.Enum):
+    PARAM = "param"  # passed by the caller
+    TEMP = "temp"  # kernel-local
+    RESULT = "result"  # allocated for the caller and returned
+
+
+class CheckKind(enum.Enum):
+    SHAPE = "shape"  # argument shapes must agree: ShapeError
+    BOUNDS = "bounds"  # a subscript must be in bounds: BoundsError
+
+
+# ---------------------------------------------------------------------------- expressions
+
+
+@dataclass(frozen=True)
+class Const:
+    value: bool | int | float
+    dtype: DType
+
+
+@dataclass(frozen=True)
+class LoopVar:
+    """The current iteration of the enclosing loop called `name`."""
+
+    name: str
+    dtype: DType = INDEX
+
+
+@dataclass(frozen=True)
+class LocalVar:
+    """The current value of a scalar local (declared by DeclareLocal)."""
+
+    name: str
+    dtype: DType
+
+
+@dataclass(frozen=True)
+class ScalarArg:
+    """A scalar kernel parameter."""
+
+    name: str
+    dtype: DType
+
+
+@dataclass(frozen=True)
+class DimOf:
+    """The extent of axis `axis` of a buffer, known at run time."""
+
+    buffer: str
+    axis: int
+    dtype: DType = INDEX
+
+
+@dataclass(frozen=True)
+class Load:
+    buffer: str
+    index: tuple[Expr, ...]
+    dtype: DType
+    loc: SourceLoc | None = _loc()
+
+
+@dataclass(frozen=True)
+class Binary:
+    op: BinaryOp
+    lhs: Expr
+    rhs: Expr
+    dtype: DType
+
+
+@dataclass(frozen=True)
+class Unary:
+    op: UnaryOp
+    operand: Expr
+    dtype: DType
+
+
+@dataclass(frozen=True)
+class Select:
+    cond: Expr
+    if_true: Expr
+    if_false: Expr
+    dtype: DType
+
+
+@dataclass(frozen=True)
+class Cast:
+    operand: Expr
+    dtype: DType
+
+
+@dataclass(frozen=True)
+class Fma:
+    """a * b + c with a single rounding."""
+
+    a: Expr
+    b: Expr
+    c: Expr
+    dtype: DType
+
+
+Expr: TypeAlias = Const | LoopVar | LocalVar | ScalarArg | DimOf | Load | Binary | Unary | Select | Cast | Fma
+
+
+# ----------------------------------------------------------------------------- statements
+
+
+@dataclass(frozen=True)
+class Store:
+    buffer: str
+    index: tuple[Expr, ...]
+    value: Expr
+    loc: SourceLoc | None = _loc()
+
+
+@dataclass(frozen=True)
+class DeclareLocal:
+    """Introduce scalar local `name` with an initial value; visible to the rest of the block."""
+
+    name: str
+    dtype: DType
+    init: Expr
+    loc: SourceLoc | None = _loc()
+
+
+@dataclass(frozen=True)
+class Assign:
+    local: str
+    value: Expr
+    loc: SourceLoc | None = _loc()
+
+
+@dataclass(frozen=True)
+class Allocate:
+    """Bring temporary buffer `buffer` into existence for the rest of the enclosing block."""
+
+    buffer: str
+    loc: SourceLoc | None = _loc()
+
+
+@dataclass(frozen=True)
+class Loop:
+    """for `var` in [0, extent): body."""
+
+    var: str
+    extent: Expr
+    kind: LoopKind
+    body: tuple[Stmt, ...]
+    exec: LoopExec = LoopExec.SERIAL
+    width: int = 1  # vector width or unroll factor, when exec says so
+    loc: SourceLoc | None = _loc()
+
+
+@dataclass(frozen=True)
+class If:
+    cond: Expr
+    then: tuple[Stmt, ...]
+    loc: SourceLoc | None = _loc()
+
+
+@dataclass(frozen=True)
+class Check:
+    """Stop the kernel with an error when `cond` is false.
+
+    `what` names the condition for the user; the runtime adds the values involved.
+    """
+
+    cond: Expr
+    kind: CheckKind
+    what: str
+    loc: SourceLoc | None = _loc()
+
+
+Stmt: TypeAlias = Store | DeclareLocal | Assign | Allocate | Loop | If | Check
+
+
+# -------------------------------------------------------------------------------- kernel
+
+
+@dataclass(frozen=True)
+class Param:
+    """A kernel parameter: an array (ndim >= 0) or a scalar (ndim is None)."""
+
+    name: str
+    dtype: DType
+    ndim: int | None
+    weak: bool = False  # a Python int/float scalar: adapts to the typed values it meets
+
+    @property
+    def is_array(self) -> bool:
+        return self.ndim is not None
+
+
+@dataclass(frozen=True)
+class Buffer:
+    """An array the kernel reads or writes.
+
+    `shape` is in terms of parameters (DimOf, ScalarArg, Const). Parameter buffers take
+    their strides from the caller unless `contiguous`; temporaries and results are
+    always C-contiguous.
+    """
+
+    name: str
+    dtype: DType
+    shape: tuple[Expr, ...]
+    role: BufferRole
+    scope: Scope
+    contiguous: bool = True
+    loc: SourceLoc | None = _loc()
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+
+@dataclass(frozen=True)
+class Kernel:
+    name: str
+    params: tuple[Param, ...]
+    buffers: tuple[Buffer, ...]
+    body: tuple[Stmt, ...]
+    results: tuple[str, ...] = ()  # buffers returned to the caller, in order
+
+    def buffer(self, name: str) -> Buffer:
+        for b in self.buffers:
+            if b.name == name:
+                return b
+        raise KeyError(name)
+
+
+def is_bool(e: Expr) -> bool:
+    return e.dtype == bool_

@@ -1,0 +1,129 @@
+"""Readable text for IR: loops as a reviewer would write them, with kinds and dtypes."""
+
+from __future__ import annotations
+
+from kdsl.ir.nodes import (
+    Allocate,
+    Assign,
+    Binary,
+    BinaryOp,
+    Buffer,
+    BufferRole,
+    Cast,
+    Check,
+    Const,
+    DeclareLocal,
+    DimOf,
+    Expr,
+    Fma,
+    If,
+    Kernel,
+    Load,
+    LocalVar,
+    Loop,
+    LoopExec,
+    LoopVar,
+    ScalarArg,
+    Select,
+    Stmt,
+    Store,
+    Unary,
+)
+
+# Binding strength of binary operators, as in Python; function-style ones bind tightest.
+_PRECEDENCE = {
+    BinaryOp.POW: 7,
+    BinaryOp.MUL: 6,
+    BinaryOp.DIV: 6,
+    BinaryOp.FLOORDIV: 6,
+    BinaryOp.MOD: 6,
+    BinaryOp.ADD: 5,
+    BinaryOp.SUB: 5,
+    BinaryOp.SHL: 4,
+    BinaryOp.SHR: 4,
+    BinaryOp.AND: 3,
+    BinaryOp.XOR: 2,
+    BinaryOp.OR: 1,
+}
+_ATOM = 10
+
+
+def format_expr(e: Expr) -> str:
+    return _expr(e)[0]
+
+
+def _expr(e: Expr) -> tuple[str, int]:
+    """Text of `e` and its binding strength (for parentheses)."""
+    match e:
+        case Const(value=v):
+            return (repr(v), _ATOM)
+        case LoopVar(name=n) | LocalVar(name=n) | ScalarArg(name=n):
+            return (n, _ATOM)
+        case DimOf(buffer=b, axis=a):
+            return (f"{b}.shape[{a}]", _ATOM)
+        case Load(buffer=b, index=index):
+            return (f"{b}[{', '.join(format_expr(i) for i in index)}]", _ATOM)
+        case Binary(op=op, lhs=a, rhs=b) if op in (BinaryOp.MAX, BinaryOp.MIN):
+            return (f"{op.value}({format_expr(a)}, {format_expr(b)})", _ATOM)
+        case Binary(op=op, lhs=a, rhs=b):
+            prec = _PRECEDENCE.get(op, 0)
+            return (f"{_paren(a, prec)} {op.value} {_paren(b, prec + 1)}", prec)
+        case Unary(op=op, operand=a):
+            if op.value == "neg":
+                return (f"-{_paren(a, _ATOM)}", 8)
+            if op.value == "invert":
+                return (f"~{_paren(a, _ATOM)}", 8)
+            return (f"{op.value}({format_expr(a)})", _ATOM)
+        case Select(cond=c, if_true=a, if_false=b):
+            return (f"where({format_expr(c)}, {format_expr(a)}, {format_expr(b)})", _ATOM)
+        case Cast(operand=a, dtype=d):
+            return (f"{d.name}({format_expr(a)})", _ATOM)
+        case Fma(a=a, b=b, c=c):
+            return (f"fma({format_expr(a)}, {format_expr(b)}, {format_expr(c)})", _ATOM)
+    raise TypeError(f"not an IR expression: {e!r}")
+
+
+def _paren(e: Expr, min_prec: int) -> str:
+    text, prec = _expr(e)
+    return text if prec >= min_prec else f"({text})"
+
+
+def format_stmts(body: tuple[Stmt, ...], indent: int = 1) -> list[str]:
+    pad = "  " * indent
+    out: list[str] = []
+    for s in body:
+        match s:
+            case Store(buffer=b, index=index, value=v):
+                out.append(f"{pad}{b}[{', '.join(format_expr(i) for i in index)}] = {format_expr(v)}")
+            case DeclareLocal(name=n, dtype=d, init=v):
+                out.append(f"{pad}{n}: {d.name} = {format_expr(v)}")
+            case Assign(local=n, value=v):
+                out.append(f"{pad}{n} = {format_expr(v)}")
+            case Allocate(buffer=b):
+                out.append(f"{pad}allocate {b}")
+            case Loop(var=var, extent=ext, kind=kind, body=inner, exec=ex, width=w):
+                how = "" if ex is LoopExec.SERIAL else f" {ex.value}" + (f"({w})" if w > 1 else "")
+                out.append(f"{pad}for {var} in range({format_expr(ext)}):  # {kind.value}{how}")
+                out.extend(format_stmts(inner, indent + 1))
+            case If(cond=c, then=then):
+                out.append(f"{pad}if {format_expr(c)}:")
+                out.extend(format_stmts(then, indent + 1))
+            case Check(cond=c, kind=kind):
+                out.append(f"{pad}check {format_expr(c)}  # {kind.value}")
+    return out
+
+
+def _buffer_decl(b: Buffer) -> str:
+    dims = ", ".join(format_expr(d) for d in b.shape)
+    layout = "" if b.contiguous or b.role is not BufferRole.PARAM else ", strided"
+    return f"{b.name}: {b.dtype.name}[{dims}] {b.role.value} {b.scope.value}{layout}"
+
+
+def format_kernel(k: Kernel) -> str:
+    params = ", ".join(
+        f"{p.name}: {p.dtype.name}" + (f"[{p.ndim}d]" if p.is_array else "") for p in k.params
+    )
+    lines = [f"kernel {k.name}({params})" + (f" -> {', '.join(k.results)}" if k.results else "")]
+    lines += [f"  buffer {_buffer_decl(b)}" for b in k.buffers]
+    lines += format_stmts(k.body)
+    return "\n".join(lines)

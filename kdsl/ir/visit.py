@@ -1,0 +1,143 @@
+"""Walking and rebuilding IR trees: the traversal every pass and analysis shares."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+
+from kdsl.ir.nodes import (
+    Allocate,
+    Assign,
+    Binary,
+    Cast,
+    Check,
+    Const,
+    DeclareLocal,
+    DimOf,
+    Expr,
+    Fma,
+    If,
+    Load,
+    LocalVar,
+    Loop,
+    LoopVar,
+    ScalarArg,
+    Select,
+    Stmt,
+    Store,
+    Unary,
+)
+
+
+def children(e: Expr) -> tuple[Expr, ...]:
+    match e:
+        case Const() | LoopVar() | LocalVar() | ScalarArg() | DimOf():
+            return ()
+        case Load(index=index):
+            return index
+        case Binary(lhs=a, rhs=b):
+            return (a, b)
+        case Unary(operand=a) | Cast(operand=a):
+            return (a,)
+        case Select(cond=c, if_true=a, if_false=b):
+            return (c, a, b)
+        case Fma(a=a, b=b, c=c):
+            return (a, b, c)
+    raise TypeError(f"not an IR expression: {e!r}")
+
+
+def walk_expr(e: Expr) -> Iterator[Expr]:
+    """`e` and all its sub-expressions, parents first."""
+    yield e
+    for c in children(e):
+        yield from walk_expr(c)
+
+
+def map_expr(e: Expr, fn: Callable[[Expr], Expr | None]) -> Expr:
+    """Rebuild `e` bottom-up; `fn` returns a replacement for a node or None to keep it."""
+    match e:
+        case Load(index=index):
+            new: Expr = replace(e, index=tuple(map_expr(i, fn) for i in index))
+        case Binary(lhs=a, rhs=b):
+            new = replace(e, lhs=map_expr(a, fn), rhs=map_expr(b, fn))
+        case Unary(operand=a) | Cast(operand=a):
+            new = replace(e, operand=map_expr(a, fn))
+        case Select(cond=c, if_true=a, if_false=b):
+            new = replace(e, cond=map_expr(c, fn), if_true=map_expr(a, fn), if_false=map_expr(b, fn))
+        case Fma(a=a, b=b, c=c):
+            new = replace(e, a=map_expr(a, fn), b=map_expr(b, fn), c=map_expr(c, fn))
+        case _:
+            new = e
+    out = fn(new)
+    return new if out is None else out
+
+
+def stmt_exprs(s: Stmt) -> tuple[Expr, ...]:
+    """The expressions a statement evaluates itself (not those of nested statements)."""
+    match s:
+        case Store(index=index, value=v):
+            return (*index, v)
+        case DeclareLocal(init=v) | Assign(value=v):
+            return (v,)
+        case Loop(extent=v) | If(cond=v) | Check(cond=v):
+            return (v,)
+        case Allocate():
+            return ()
+    raise TypeError(f"not an IR statement: {s!r}")
+
+
+def walk_stmts(body: tuple[Stmt, ...]) -> Iterator[Stmt]:
+    """Every statement in `body`, nested ones included, in program order."""
+    for s in body:
+        yield s
+        if isinstance(s, Loop | If):
+            yield from walk_stmts(s.body if isinstance(s, Loop) else s.then)
+
+
+def walk_all_exprs(body: tuple[Stmt, ...]) -> Iterator[Expr]:
+    for s in walk_stmts(body):
+        for e in stmt_exprs(s):
+            yield from walk_expr(e)
+
+
+def map_stmt_exprs(s: Stmt, fn: Callable[[Expr], Expr | None]) -> Stmt:
+    """Rebuild one statement (and its nested ones) with `map_expr(…, fn)` on every expression."""
+
+    def m(e: Expr) -> Expr:
+        return map_expr(e, fn)
+
+    match s:
+        case Store(index=index, value=v):
+            return replace(s, index=tuple(m(i) for i in index), value=m(v))
+        case DeclareLocal(init=v):
+            return replace(s, init=m(v))
+        case Assign(value=v):
+            return replace(s, value=m(v))
+        case Loop(extent=v, body=body):
+            return replace(s, extent=m(v), body=tuple(map_stmt_exprs(b, fn) for b in body))
+        case If(cond=v, then=then):
+            return replace(s, cond=m(v), then=tuple(map_stmt_exprs(b, fn) for b in then))
+        case Check(cond=v):
+            return replace(s, cond=m(v))
+        case Allocate():
+            return s
+    raise TypeError(f"not an IR statement: {s!r}")
+
+
+def rename_loop_vars(s: Stmt, renames: dict[str, str]) -> Stmt:
+    """Rename loops and their uses, e.g. to keep loop names unique in a kernel."""
+
+    def fn(e: Expr) -> Expr | None:
+        if isinstance(e, LoopVar) and e.name in renames:
+            return replace(e, name=renames[e.name])
+        return None
+
+    def go(st: Stmt) -> Stmt:
+        match st:
+            case Loop(var=var, body=body):
+                st = replace(st, var=renames.get(var, var), body=tuple(go(b) for b in body))
+            case If(then=then):
+                st = replace(st, then=tuple(go(b) for b in then))
+        return st
+
+    return go(map_stmt_exprs(s, fn))

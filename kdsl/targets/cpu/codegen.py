@@ -1,0 +1,379 @@
+"""Kernel IR → an LLVM IR module for the host CPU: `generate`.
+
+The module exports one function per kernel:
+
+    i64 kdsl_<name>(ptr array_0, …, double|i64 scalar_k, …)
+
+Array arguments (parameters, then results) are NumPy `PyArrayObject*`s, read through
+the offsets in `abi.ARRAY_LAYOUT`; scalars arrive as double or i64. The function
+returns 0, or an error code `kind << 32 | index` (see `ErrorKind`) that the host
+turns into an exception.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from llvmlite import ir
+
+from kdsl import types as T
+from kdsl.errors import SourceLoc
+from kdsl.ir.nodes import (
+    Allocate,
+    Assign,
+    Binary,
+    Buffer,
+    BufferRole,
+    Cast,
+    Check,
+    Const,
+    DeclareLocal,
+    DimOf,
+    Expr,
+    Fma,
+    If,
+    Kernel,
+    Load,
+    LocalVar,
+    Loop,
+    LoopVar,
+    ScalarArg,
+    Scope,
+    Select,
+    Stmt,
+    Store,
+    Unary,
+)
+from kdsl.ir.visit import walk_expr, walk_stmts
+from kdsl.targets.cpu.abi import ARRAY_LAYOUT, WRITEABLE_FLAG
+from kdsl.targets.cpu.ops import I1, I8, I32, I64, PTR, Ops, constant, llvm_type, memory_type
+
+
+class ErrorKind(enum.IntEnum):
+    CHECK = 1  # index: ordinal of the Check statement (program order)
+    READONLY = 2  # index: position of the array argument
+    ALIAS = 3  # index: written array position << 16 | other array position
+    BOUNDS = 4  # index: ordinal of the checked access (program order)
+    NO_MEMORY = 5  # index: 0
+
+
+@dataclass
+class ErrorSites:
+    """What each error code's index refers to, in the order codegen numbered them."""
+
+    checks: list[Check] = field(default_factory=list)
+    accesses: list[tuple[str, SourceLoc | None]] = field(default_factory=list)
+
+
+@dataclass
+class _ArrayInfo:
+    data: ir.Value
+    dims: list[ir.Value]
+    strides: list[ir.Value]  # in bytes
+
+
+@dataclass
+class _State:
+    arrays: dict[str, _ArrayInfo] = field(default_factory=dict)
+    scalars: dict[str, ir.Value] = field(default_factory=dict)
+    loops: dict[str, ir.Value] = field(default_factory=dict)  # loop name -> i64 slot
+    locals: dict[str, ir.Value] = field(default_factory=dict)  # local name -> slot
+    heap_slots: list[ir.Value] = field(default_factory=list)
+
+
+class _Codegen:
+    def __init__(self, kernel: Kernel, module: ir.Module, checks: bool) -> None:
+        self.kernel = kernel
+        self.checks = checks
+        self.buffers = {b.name: b for b in kernel.buffers}
+        arrays = self.array_args()
+        scalars = [p for p in kernel.params if not p.is_array]
+        types = [PTR] * len(arrays) + [ir.DoubleType() if p.dtype.is_float else I64 for p in scalars]
+        self.fn = ir.Function(module, ir.FunctionType(I64, types), name=symbol_name(kernel))
+        self.entry = self.fn.append_basic_block("entry")
+        self.b = ir.IRBuilder(self.entry)
+        self.ops = Ops(self.b)
+        self.state = _State()
+        self.sites = ErrorSites()
+        self.retcode = self.b.alloca(I64, name="retcode")
+        self.cleanup = self.fn.append_basic_block("cleanup")
+        self.b.store(ir.Constant(I64, 0), self.retcode)
+        self._bind_args(arrays, scalars)
+
+    def array_args(self) -> list[Buffer]:
+        params = [self.buffers[p.name] for p in self.kernel.params if p.is_array]
+        return params + [self.buffers[r] for r in self.kernel.results]
+
+    # -------------------------------------------------------------- arguments
+
+    def _bind_args(self, arrays: list[Buffer], scalars: list) -> None:  # type: ignore[type-arg]
+        written = {s.buffer for s in walk_stmts(self.kernel.body) if isinstance(s, Store)}
+        for pos, (buf, arg) in enumerate(zip(arrays, self.fn.args)):
+            arg.name = buf.name
+            self.state.arrays[buf.name] = self._read_array(buf, arg)
+            if buf.name in written and buf.role is BufferRole.PARAM:
+                self._check_writeable(arg, pos)
+        for p, arg in zip(scalars, self.fn.args[len(arrays) :]):
+            arg.name = p.name
+            src = T.f64 if p.dtype.is_float else T.i64
+            self.state.scalars[p.name] = self.ops.cast(arg, src, p.dtype)
+        self._check_aliasing(arrays, written)
+
+    def _field(self, obj: ir.Value, name: str, ty: ir.Type) -> ir.Value:
+        addr = self.b.gep(obj, [ir.Constant(I64, ARRAY_LAYOUT[name])], source_etype=I8)
+        return self.b.load(addr, typ=ty)
+
+    def _read_array(self, buf: Buffer, obj: ir.Value) -> _ArrayInfo:
+        b = self.b
+        data = self._field(obj, "data", PTR)
+        dims_ptr = self._field(obj, "dimensions", PTR)
+        strides_ptr = self._field(obj, "strides", PTR)
+        dims = [b.load(b.gep(dims_ptr, [ir.Constant(I64, a)], source_etype=I64), typ=I64) for a in range(buf.ndim)]
+        if buf.contiguous or buf.role is BufferRole.RESULT:
+            strides = self._contiguous_strides(dims, buf.dtype)
+        else:
+            strides = [
+                b.load(b.gep(strides_ptr, [ir.Constant(I64, a)], source_etype=I64), typ=I64)
+                for a in range(buf.ndim)
+            ]
+        return _ArrayInfo(data, dims, strides)
+
+    def _contiguous_strides(self, dims: list[ir.Value], dtype: T.DType) -> list[ir.Value]:
+        strides: list[ir.Value] = []
+        acc: ir.Value = ir.Constant(I64, dtype.itemsize)
+        for d in reversed(dims):
+            strides.append(acc)
+            acc = self.b.mul(acc, d)
+        return strides[::-1]
+
+    def _check_writeable(self, obj: ir.Value, pos: int) -> None:
+        flags = self._field(obj, "flags", I32)
+        ok = self.b.icmp_unsigned("!=", self.b.and_(flags, ir.Constant(I32, WRITEABLE_FLAG)), ir.Constant(I32, 0))
+        self._fail_unless(ok, ErrorKind.READONLY, pos)
+
+    def _extent(self, info: _ArrayInfo, itemsize: int) -> tuple[ir.Value, ir.Value, ir.Value]:
+        """(lowest address, one past the highest, is-empty) of an array's elements."""
+        b = self.b
+        lo, hi = ir.Constant(I64, 0), ir.Constant(I64, itemsize)
+        empty = ir.Constant(I1, 0)
+        for d, s in zip(info.dims, info.strides):
+            off = b.mul(b.sub(d, ir.Constant(I64, 1)), s)
+            neg = b.icmp_signed("<", off, ir.Constant(I64, 0))
+            lo = b.add(lo, b.select(neg, off, ir.Constant(I64, 0)))
+            hi = b.add(hi, b.select(neg, ir.Constant(I64, 0), off))
+            empty = b.or_(empty, b.icmp_signed("<=", d, ir.Constant(I64, 0)))
+        start = b.gep(info.data, [lo], source_etype=I8)
+        end = b.gep(info.data, [hi], source_etype=I8)
+        return start, end, empty
+
+    def _check_aliasing(self, arrays: list[Buffer], written: set[str]) -> None:
+        b = self.b
+        for p, wbuf in enumerate(arrays):
+            if wbuf.name not in written or wbuf.role is not BufferRole.PARAM:
+                continue
+            ws, we, wempty = self._extent(self.state.arrays[wbuf.name], wbuf.dtype.itemsize)
+            for q, other in enumerate(arrays):
+                if q == p or other.role is not BufferRole.PARAM:
+                    continue
+                os_, oe, oempty = self._extent(self.state.arrays[other.name], other.dtype.itemsize)
+                overlap = b.and_(b.icmp_unsigned("<", ws, oe), b.icmp_unsigned("<", os_, we))
+                clash = b.and_(overlap, b.not_(b.or_(wempty, oempty)))
+                self._fail_unless(b.not_(clash), ErrorKind.ALIAS, p << 16 | q)
+
+    # ------------------------------------------------------------------ errors
+
+    def _fail_unless(self, ok: ir.Value, kind: ErrorKind, index: int) -> None:
+        fail = self.fn.append_basic_block(f"fail_{kind.name.lower()}")
+        cont = self.fn.append_basic_block("ok")
+        self.b.cbranch(ok, cont, fail)
+        self.b.position_at_end(fail)
+        self.b.store(ir.Constant(I64, int(kind) << 32 | index), self.retcode)
+        self.b.branch(self.cleanup)
+        self.b.position_at_end(cont)
+
+    # -------------------------------------------------------------- statements
+
+    def run(self) -> None:
+        self.block(self.kernel.body)
+        self.b.branch(self.cleanup)
+        self.b.position_at_end(self.cleanup)
+        for slot in self.state.heap_slots:
+            self.b.call(self._libc("free", ir.VoidType(), [PTR]), [self.b.load(slot, typ=PTR)])
+        self.b.ret(self.b.load(self.retcode, typ=I64))
+
+    def block(self, body: tuple[Stmt, ...]) -> None:
+        heap: list[ir.Value] = []
+        for s in body:
+            self.stmt(s, heap)
+        for slot in heap:  # temporaries live until the end of their block
+            self.b.call(self._libc("free", ir.VoidType(), [PTR]), [self.b.load(slot, typ=PTR)])
+            self.b.store(ir.Constant(PTR, None), slot)
+
+    def stmt(self, s: Stmt, heap: list[ir.Value]) -> None:
+        b = self.b
+        match s:
+            case Store(buffer=name, index=index, value=v):
+                val = self.expr(v)
+                dtype = self.buffers[name].dtype
+                if dtype.is_bool:
+                    val = b.zext(val, I8)
+                b.store(val, self.address(name, index, s.loc))
+            case DeclareLocal(name=n, dtype=d, init=v):
+                slot = self.state.locals.get(n) or self._entry_alloca(llvm_type(d), n)
+                self.state.locals[n] = slot
+                b.store(self.expr(v), slot)
+            case Assign(local=n, value=v):
+                b.store(self.expr(v), self.state.locals[n])
+            case Allocate(buffer=name):
+                self.allocate(self.buffers[name], heap)
+            case Loop(var=var, extent=ext, body=body):
+                self.loop(var, self.expr(ext), body)
+            case If(cond=c, then=then):
+                with b.if_then(self.expr(c)):
+                    self.block(then)
+            case Check(cond=c):
+                self._fail_unless(self.expr(c), ErrorKind.CHECK, len(self.sites.checks))
+                self.sites.checks.append(s)
+
+    def _entry_alloca(self, ty: ir.Type, name: str, size: ir.Value | None = None) -> ir.Value:
+        """Allocas go in the entry block so loops don't grow the stack."""
+        with self.b.goto_block(self.entry):
+            self.b.position_at_start(self.entry)
+            return self.b.alloca(ty, size=size, name=name)
+
+    def loop(self, var: str, extent: ir.Value, body: tuple[Stmt, ...]) -> None:
+        b = self.b
+        slot = self._entry_alloca(I64, var)
+        self.state.loops[var] = slot
+        b.store(ir.Constant(I64, 0), slot)
+        cond = self.fn.append_basic_block(f"{var}.cond")
+        inner = self.fn.append_basic_block(f"{var}.body")
+        done = self.fn.append_basic_block(f"{var}.end")
+        b.branch(cond)
+        b.position_at_end(cond)
+        b.cbranch(b.icmp_signed("<", b.load(slot, typ=I64), extent), inner, done)
+        b.position_at_end(inner)
+        self.block(body)
+        b.store(b.add(b.load(slot, typ=I64), ir.Constant(I64, 1)), slot)
+        b.branch(cond)
+        b.position_at_end(done)
+
+    def allocate(self, buf: Buffer, heap: list[ir.Value]) -> None:
+        b = self.b
+        dims = [self.expr(d) for d in buf.shape]
+        strides = self._contiguous_strides(dims, buf.dtype)
+        size = ir.Constant(I64, buf.dtype.itemsize)
+        for d in dims:
+            size = b.mul(size, b.select(b.icmp_signed("<", d, ir.Constant(I64, 0)), ir.Constant(I64, 0), d))
+        if buf.scope is Scope.STACK and isinstance(size, ir.Constant):
+            data = self._entry_alloca(ir.ArrayType(I8, max(1, int(size.constant))), buf.name)
+        else:
+            slot = self._heap_slot(buf.name)
+            data = b.call(self._libc("malloc", PTR, [I64]), [b.add(size, ir.Constant(I64, 1))])
+            self._fail_unless(b.icmp_unsigned("!=", data, ir.Constant(PTR, None)), ErrorKind.NO_MEMORY, 0)
+            b.store(data, slot)
+            heap.append(slot)
+        self.state.arrays[buf.name] = _ArrayInfo(data, dims, strides)
+
+    def _heap_slot(self, name: str) -> ir.Value:
+        """A pointer slot, null from entry, that the cleanup block frees on any exit."""
+        slot = self._entry_alloca(PTR, f"{name}.slot")
+        with self.b.goto_block(self.entry):
+            self.b.position_after(slot)
+            self.b.store(ir.Constant(PTR, None), slot)
+        self.state.heap_slots.append(slot)
+        return slot
+
+    def _libc(self, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
+        fn = self.fn.module.globals.get(name)
+        if fn is None:
+            fn = ir.Function(self.fn.module, ir.FunctionType(ret, args), name=name)
+        return fn
+
+    # ------------------------------------------------------------- expressions
+
+    def address(self, name: str, index: tuple[Expr, ...], loc: SourceLoc | None) -> ir.Value:
+        b = self.b
+        info = self.state.arrays[name]
+        idx = [self.expr(i) for i in index]
+        if self.checks and not all(self._proven(name, a, i) for a, i in enumerate(index)):
+            ok = ir.Constant(I1, 1)
+            for v, d in zip(idx, info.dims):
+                ok = b.and_(ok, b.icmp_unsigned("<", v, d))
+            self._fail_unless(ok, ErrorKind.BOUNDS, len(self.sites.accesses))
+            self.sites.accesses.append((name, loc))
+        offset: ir.Value = ir.Constant(I64, 0)
+        for v, s in zip(idx, info.strides):
+            offset = b.add(offset, b.mul(v, s))
+        return b.gep(info.data, [offset], source_etype=I8)
+
+    def _proven(self, name: str, axis: int, index: Expr) -> bool:
+        """A bare loop variable whose extent is the dimension it subscripts is in bounds."""
+        if not isinstance(index, LoopVar):
+            return False
+        extent = self._loop_extents.get(index.name)
+        return extent is not None and extent == self.buffers[name].shape[axis]
+
+    @property
+    def _loop_extents(self) -> dict[str, Expr]:
+        if not hasattr(self, "_extents_cache"):
+            self._extents_cache = {s.var: s.extent for s in walk_stmts(self.kernel.body) if isinstance(s, Loop)}
+        return self._extents_cache
+
+    def expr(self, e: Expr) -> ir.Value:
+        b, ops = self.b, self.ops
+        match e:
+            case Const(value=v, dtype=d):
+                return constant(v, d)
+            case LoopVar(name=n):
+                return b.load(self.state.loops[n], typ=I64)
+            case LocalVar(name=n, dtype=d):
+                return b.load(self.state.locals[n], typ=llvm_type(d))
+            case ScalarArg(name=n):
+                return self.state.scalars[n]
+            case DimOf(buffer=name, axis=a):
+                return self.state.arrays[name].dims[a]
+            case Load(buffer=name, index=index, dtype=d):
+                value = b.load(self.address(name, index, e.loc), typ=memory_type(d))
+                return b.trunc(value, I1) if d.is_bool else value
+            case Binary(op=op, lhs=x, rhs=y):
+                return ops.binary(op, self.expr(x), self.expr(y), x.dtype)
+            case Unary(op=op, operand=x, dtype=d):
+                return ops.unary(op, self.expr(x), d)
+            case Cast(operand=x, dtype=d):
+                return ops.cast(self.expr(x), x.dtype, d)
+            case Fma(a=x, b=y, c=z):
+                return ops.fma(self.expr(x), self.expr(y), self.expr(z))
+            case Select(cond=c, if_true=x, if_false=y):
+                return self.select(c, x, y)
+        raise TypeError(f"cannot generate code for {e!r}")
+
+    def select(self, c: Expr, x: Expr, y: Expr) -> ir.Value:
+        """A select; as branches when a side loads memory (it may be out of bounds)."""
+        b = self.b
+        cond = self.expr(c)
+        if not any(isinstance(n, Load) for side in (x, y) for n in walk_expr(side)):
+            return b.select(cond, self.expr(x), self.expr(y))
+        with b.if_else(cond) as (then, otherwise):
+            with then:
+                tv, tb = self.expr(x), b.block
+            with otherwise:
+                fv, fb = self.expr(y), b.block
+        phi = b.phi(tv.type)
+        phi.add_incoming(tv, tb)
+        phi.add_incoming(fv, fb)
+        return phi
+
+
+def symbol_name(kernel: Kernel) -> str:
+    return f"kdsl_{kernel.name}"
+
+
+def generate(kernel: Kernel, checks: bool = False) -> tuple[ir.Module, ErrorSites]:
+    """An LLVM module with the kernel's entry function (see the module docstring), and
+    what its error codes refer to."""
+    module = ir.Module(name=kernel.name)
+    gen = _Codegen(kernel, module, checks)
+    gen.run()
+    return module, gen.sites

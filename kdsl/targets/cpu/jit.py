@@ -1,0 +1,78 @@
+"""LLVM for the host: target machine, optimization pipeline and the JIT engine."""
+
+from __future__ import annotations
+
+import ctypes.util
+import functools
+import threading
+
+import llvmlite.binding as llvm
+from llvmlite import ir
+
+from kdsl.errors import CompileError
+
+_lock = threading.Lock()
+
+
+@functools.cache
+def target_machine() -> llvm.TargetMachine:
+    """A target machine for this CPU (its model and features, e.g. znver4 with AVX-512)."""
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    for lib in ("m", "c"):  # libm's tanhf/erff and libc's malloc/free for JIT-ed code
+        path = ctypes.util.find_library(lib)
+        if path:
+            llvm.load_library_permanently(path)
+    target = llvm.Target.from_triple(llvm.get_process_triple())
+    return target.create_target_machine(
+        cpu=llvm.get_host_cpu_name(),
+        features=llvm.get_host_cpu_features().flatten(),
+        opt=3,
+        jit=True,
+    )
+
+
+def host_description() -> str:
+    """CPU model and features: part of every cache key for compiled code."""
+    return f"{llvm.get_process_triple()}/{llvm.get_host_cpu_name()}/{llvm.get_host_cpu_features().flatten()}"
+
+
+@functools.cache
+def _engine() -> llvm.ExecutionEngine:
+    tm = target_machine()
+    backing = llvm.parse_assembly("")
+    return llvm.create_mcjit_compiler(backing, tm)
+
+
+def optimize(module: ir.Module) -> llvm.ModuleRef:
+    """Parse, verify and optimize (O3, new pass manager) a generated module."""
+    tm = target_machine()
+    try:
+        ref = llvm.parse_assembly(str(module))
+        ref.verify()
+    except RuntimeError as exc:
+        raise CompileError(
+            f"LLVM rejected the generated code: {exc}",
+            fix="this is a kdsl bug; please report it with the kernel's source",
+        ) from exc
+    ref.triple = tm.triple
+    ref.data_layout = str(tm.target_data)
+    pto = llvm.create_pipeline_tuning_options(speed_level=3)
+    pto.loop_vectorization = True
+    pto.slp_vectorization = True
+    pb = llvm.create_pass_builder(tm, pto)
+    pb.getModulePassManager().run(ref, pb)
+    return ref
+
+
+def assembly(ref: llvm.ModuleRef) -> str:
+    return str(target_machine().emit_assembly(ref))
+
+
+def load(ref: llvm.ModuleRef, symbol: str) -> int:
+    """Add an optimized module to the JIT and return the address of `symbol`."""
+    with _lock:
+        engine = _engine()
+        engine.add_module(ref)
+        engine.finalize_object()
+        return int(engine.get_function_address(symbol))

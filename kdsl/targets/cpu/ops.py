@@ -1,0 +1,275 @@
+"""LLVM instructions for kdsl's scalar operators, with the IR's exact semantics.
+
+The semantics are those of the reference interpreter (kdsl/targets/interp): integer
+ops wrap; integer division and modulo by zero give 0 (never a trap); shifts by an
+amount outside [0, bits) saturate; float // and % follow NumPy's divmod; float to int
+casts saturate; f16 uses LLVM `half`, bf16 is carried as its 16 bits.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from llvmlite import ir
+
+from kdsl import types as T
+from kdsl.ir.nodes import BinaryOp, UnaryOp
+from kdsl.types import DType
+
+I1 = ir.IntType(1)
+I8 = ir.IntType(8)
+I16 = ir.IntType(16)
+I32 = ir.IntType(32)
+I64 = ir.IntType(64)
+F32 = ir.FloatType()
+F64 = ir.DoubleType()
+HALF = ir.HalfType()
+PTR = ir.PointerType()
+
+
+def llvm_type(d: DType) -> ir.Type:
+    """The register type of a dtype (bf16 is its raw bits)."""
+    if d.is_bool:
+        return I1
+    if d.is_int:
+        return ir.IntType(d.bits)
+    if d == T.f16:
+        return HALF
+    if d == T.bf16:
+        return I16
+    return F32 if d.bits == 32 else F64
+
+
+def memory_type(d: DType) -> ir.Type:
+    """The in-memory type of a dtype (NumPy stores bool as one byte)."""
+    return ir.IntType(8) if d.is_bool else llvm_type(d)
+
+
+def constant(value: bool | int | float, d: DType) -> ir.Constant:
+    if d == T.bf16:
+        return ir.Constant(I16, bf16_bits(float(value)))
+    if d.is_bool:
+        return ir.Constant(I1, int(bool(value)))
+    if d.is_int:
+        return ir.Constant(llvm_type(d), int(value) & ((1 << d.bits) - 1))
+    return ir.Constant(llvm_type(d), float(value))
+
+
+def bf16_bits(x: float) -> int:
+    """Round an f32 value to bf16 bits, nearest-even (as ml_dtypes does)."""
+    (bits,) = struct.unpack("<I", struct.pack("<f", x))
+    if (bits & 0x7F800000) == 0x7F800000 and bits & 0x7FFFFF:
+        return 0x7FC0 | ((bits >> 16) & 0x8000)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) & 0xFFFF
+
+
+class Ops:
+    """Emits operators with one IRBuilder; the module supplies intrinsics and libm."""
+
+    def __init__(self, builder: ir.IRBuilder) -> None:
+        self.b = builder
+        self.module: ir.Module = builder.module
+
+    # ---------------------------------------------------------------- helpers
+
+    def intrinsic(self, name: str, ret: ir.Type, args: list[ir.Value]) -> ir.Value:
+        fn = self.module.globals.get(name)
+        if fn is None:
+            fn = ir.Function(self.module, ir.FunctionType(ret, [a.type for a in args]), name=name)
+        return self.b.call(fn, args)
+
+    def _suffix(self, t: ir.Type) -> str:
+        return "f32" if t == F32 else "f64" if t == F64 else f"i{t.width}"
+
+    def libm(self, name32: str, x: ir.Value) -> ir.Value:
+        name = name32 if x.type == F32 else name32[:-1]
+        return self.intrinsic(name, x.type, [x])
+
+    # ------------------------------------------------------------------ casts
+
+    def cast(self, v: ir.Value, src: DType, dst: DType) -> ir.Value:
+        b = self.b
+        if src == dst:
+            return v
+        if src == T.bf16:
+            wide = b.bitcast(b.shl(b.zext(v, I32), ir.Constant(I32, 16)), F32)
+            return self.cast(wide, T.f32, dst)
+        if dst == T.bf16:
+            return self._to_bf16(self.cast(v, src, T.f32))
+        st, dt = llvm_type(src), llvm_type(dst)
+        if dst.is_bool:
+            if src.is_float:
+                return b.fcmp_unordered("!=", v, ir.Constant(st, 0.0))
+            return b.icmp_unsigned("!=", v, ir.Constant(st, 0))
+        if src.is_bool:
+            return b.uitofp(v, dt) if dst.is_float else b.zext(v, dt)
+        if src.is_float and dst.is_float:
+            if src == T.f16 and dst == T.f64:
+                return b.fpext(b.fpext(v, F32), F64)
+            return b.fpext(v, dt) if src.bits < dst.bits else b.fptrunc(v, dt)
+        if src.is_float:
+            name = "llvm.fptosi.sat" if dst.is_signed else "llvm.fptoui.sat"
+            if src == T.f16:
+                v, st = b.fpext(v, F32), F32
+            return self.intrinsic(f"{name}.{self._suffix(dt)}.{self._suffix(st)}", dt, [v])
+        if dst.is_float:
+            return b.sitofp(v, dt) if src.is_signed else b.uitofp(v, dt)
+        if src.bits > dst.bits:
+            return b.trunc(v, dt)
+        if src.bits < dst.bits:
+            return b.sext(v, dt) if src.is_signed else b.zext(v, dt)
+        return v
+
+    def _to_bf16(self, x: ir.Value) -> ir.Value:
+        b = self.b
+        bits = b.bitcast(x, I32)
+        lsb = b.and_(b.lshr(bits, ir.Constant(I32, 16)), ir.Constant(I32, 1))
+        rounded = b.lshr(b.add(b.add(bits, ir.Constant(I32, 0x7FFF)), lsb), ir.Constant(I32, 16))
+        sign_nan = b.or_(b.and_(b.lshr(bits, ir.Constant(I32, 16)), ir.Constant(I32, 0x8000)), ir.Constant(I32, 0x7FC0))
+        is_nan = b.fcmp_unordered("uno", x, x)
+        return b.trunc(b.select(is_nan, sign_nan, rounded), I16)
+
+    # ----------------------------------------------------------------- binary
+
+    def binary(self, op: BinaryOp, a: ir.Value, c: ir.Value, d: DType) -> ir.Value:
+        """`a op c` for operands of dtype `d` (the result is bool for comparisons)."""
+        if op.is_comparison:
+            return self._compare(op, a, c, d)
+        if d.is_float:
+            return self._float_binary(op, a, c, d)
+        return self._int_binary(op, a, c, d)
+
+    def _compare(self, op: BinaryOp, a: ir.Value, c: ir.Value, d: DType) -> ir.Value:
+        if d.is_float:
+            if op is BinaryOp.NE:
+                return self.b.fcmp_unordered("!=", a, c)
+            return self.b.fcmp_ordered(op.value, a, c)
+        if d.is_signed:
+            return self.b.icmp_signed(op.value, a, c)
+        return self.b.icmp_unsigned(op.value, a, c)
+
+    def _float_binary(self, op: BinaryOp, a: ir.Value, c: ir.Value, d: DType) -> ir.Value:
+        b, t = self.b, a.type
+        simple = {BinaryOp.ADD: b.fadd, BinaryOp.SUB: b.fsub, BinaryOp.MUL: b.fmul, BinaryOp.DIV: b.fdiv}
+        if op in simple:
+            return simple[op](a, c)
+        if op is BinaryOp.POW:
+            return self.intrinsic(f"llvm.pow.{self._suffix(t)}", t, [a, c])
+        if op is BinaryOp.MAX:
+            return self.intrinsic(f"llvm.maximum.{self._suffix(t)}", t, [a, c])
+        if op is BinaryOp.MIN:
+            return self.intrinsic(f"llvm.minimum.{self._suffix(t)}", t, [a, c])
+        if op in (BinaryOp.FLOORDIV, BinaryOp.MOD):
+            return self._float_divmod(a, c)[0 if op is BinaryOp.FLOORDIV else 1]
+        raise NotImplementedError(op)
+
+    def _float_divmod(self, a: ir.Value, c: ir.Value) -> tuple[ir.Value, ir.Value]:
+        """NumPy's npy_divmod: floor quotient and remainder with the divisor's sign."""
+        b, t = self.b, a.type
+        zero, one = ir.Constant(t, 0.0), ir.Constant(t, 1.0)
+        mod = b.frem(a, c)
+        div = b.fdiv(b.fsub(a, mod), c)
+        adjust = b.and_(
+            b.fcmp_ordered("!=", mod, zero),
+            b.xor(b.fcmp_ordered("<", c, zero), b.fcmp_ordered("<", mod, zero)),
+        )
+        mod = b.select(adjust, b.fadd(mod, c), mod)
+        div = b.select(adjust, b.fsub(div, one), div)
+        copysign = f"llvm.copysign.{self._suffix(t)}"
+        mod = b.select(b.fcmp_ordered("==", mod, zero), self.intrinsic(copysign, t, [zero, c]), mod)
+        floor = self.intrinsic(f"llvm.floor.{self._suffix(t)}", t, [div])
+        floor = b.select(
+            b.fcmp_ordered(">", b.fsub(div, floor), ir.Constant(t, 0.5)), b.fadd(floor, one), floor
+        )
+        floor = b.select(
+            b.fcmp_ordered("==", div, zero), self.intrinsic(copysign, t, [zero, b.fdiv(a, c)]), floor
+        )
+        by_zero = b.fcmp_ordered("==", c, zero)
+        return b.select(by_zero, b.fdiv(a, c), floor), b.select(by_zero, b.frem(a, c), mod)
+
+    def _int_binary(self, op: BinaryOp, a: ir.Value, c: ir.Value, d: DType) -> ir.Value:
+        b, t = self.b, a.type
+        simple = {
+            BinaryOp.ADD: b.add,
+            BinaryOp.SUB: b.sub,
+            BinaryOp.MUL: b.mul,
+            BinaryOp.AND: b.and_,
+            BinaryOp.OR: b.or_,
+            BinaryOp.XOR: b.xor,
+        }
+        if op in simple:
+            return simple[op](a, c)
+        if op in (BinaryOp.MAX, BinaryOp.MIN):
+            signed = d.is_signed
+            name = ("s" if signed else "u") + ("max" if op is BinaryOp.MAX else "min")
+            return self.intrinsic(f"llvm.{name}.{self._suffix(t)}", t, [a, c])
+        if op in (BinaryOp.SHL, BinaryOp.SHR):
+            return self._shift(op, a, c, d)
+        if op in (BinaryOp.FLOORDIV, BinaryOp.MOD):
+            return self._int_divmod(op, a, c, d)
+        raise NotImplementedError(op)
+
+    def _shift(self, op: BinaryOp, a: ir.Value, c: ir.Value, d: DType) -> ir.Value:
+        b, t = self.b, a.type
+        in_range = b.icmp_unsigned("<", c, ir.Constant(t, d.bits))
+        if op is BinaryOp.SHL:
+            return b.select(in_range, b.shl(a, c), ir.Constant(t, 0))
+        if d.is_signed:
+            return b.ashr(a, b.select(in_range, c, ir.Constant(t, d.bits - 1)))
+        return b.select(in_range, b.lshr(a, c), ir.Constant(t, 0))
+
+    def _int_divmod(self, op: BinaryOp, a: ir.Value, c: ir.Value, d: DType) -> ir.Value:
+        """Python-style floor division / modulo; 0 for a zero divisor, wrap for MIN // -1."""
+        b, t = self.b, a.type
+        zero, one = ir.Constant(t, 0), ir.Constant(t, 1)
+        by_zero = b.icmp_unsigned("==", c, zero)
+        if not d.is_signed:
+            safe = b.select(by_zero, one, c)
+            r = b.udiv(a, safe) if op is BinaryOp.FLOORDIV else b.urem(a, safe)
+            return b.select(by_zero, zero, r)
+        minus_one = ir.Constant(t, -1)
+        overflow = b.and_(
+            b.icmp_signed("==", a, ir.Constant(t, -(1 << (d.bits - 1)))), b.icmp_signed("==", c, minus_one)
+        )
+        safe = b.select(b.or_(by_zero, overflow), one, c)
+        q, r = b.sdiv(a, safe), b.srem(a, safe)
+        r = b.select(overflow, zero, r)
+        fix = b.and_(b.icmp_signed("!=", r, zero), b.icmp_signed("<", b.xor(r, safe), zero))
+        if op is BinaryOp.FLOORDIV:
+            result = b.select(fix, b.sub(q, one), q)
+        else:
+            result = b.select(fix, b.add(r, safe), r)
+        return b.select(by_zero, zero, result)
+
+    # ------------------------------------------------------------------ unary
+
+    def unary(self, op: UnaryOp, a: ir.Value, d: DType) -> ir.Value:
+        b, t = self.b, a.type
+        if op is UnaryOp.NEG:
+            return b.fneg(a) if d.is_float else b.sub(ir.Constant(t, 0), a)
+        if op is UnaryOp.INVERT:
+            return b.xor(a, ir.Constant(t, -1 if not d.is_bool else 1))
+        if op is UnaryOp.ABS:
+            if d.is_float:
+                return self.intrinsic(f"llvm.fabs.{self._suffix(t)}", t, [a])
+            if not d.is_signed:
+                return a
+            return self.intrinsic(f"llvm.abs.{self._suffix(t)}", t, [a, ir.Constant(I1, 0)])
+        s = self._suffix(t)
+        one = ir.Constant(t, 1.0)
+        match op:
+            case UnaryOp.EXP | UnaryOp.LOG | UnaryOp.SQRT | UnaryOp.FLOOR | UnaryOp.CEIL:
+                return self.intrinsic(f"llvm.{op.value}.{s}", t, [a])
+            case UnaryOp.RSQRT:
+                return b.fdiv(one, self.intrinsic(f"llvm.sqrt.{s}", t, [a]))
+            case UnaryOp.SIGMOID:
+                e = self.intrinsic(f"llvm.exp.{s}", t, [b.fneg(a)])
+                return b.fdiv(one, b.fadd(one, e))
+            case UnaryOp.TANH:
+                return self.libm("tanhf", a)
+            case UnaryOp.ERF:
+                return self.libm("erff", a)
+        raise NotImplementedError(op)
+
+    def fma(self, a: ir.Value, c: ir.Value, e: ir.Value) -> ir.Value:
+        return self.intrinsic(f"llvm.fma.{self._suffix(a.type)}", a.type, [a, c, e])

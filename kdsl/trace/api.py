@@ -1,0 +1,276 @@
+"""The kd.* functions kernels call: indices, loops, locals, temporaries, reductions, math."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from kdsl import types as T
+from kdsl.errors import TraceError
+from kdsl.ir.nodes import BinaryOp, Expr, LocalVar, LoopKind, LoopVar, Store, UnaryOp
+from kdsl.ir.visit import walk_expr
+from kdsl.trace import values as V
+from kdsl.trace.buffers import BufferProxy, LocalProxy
+from kdsl.trace.context import Index, Reduction, current
+from kdsl.trace.frames import assigned_names, location
+from kdsl.trace.values import Value, as_value, to_dtype
+
+inf = float("inf")
+
+
+class constexpr:
+    """Marks a compile-time parameter: annotate `n: kd.constexpr`, or pass `kd.constexpr(4)`.
+
+    Its value is a plain Python value during tracing and part of the specialization key.
+    """
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"kd.constexpr({self.value!r})"
+
+
+def _names(api: str, count: int, names: str | None) -> list[str]:
+    if names is not None:
+        given = names.replace(",", " ").split()
+        if len(given) != count:
+            raise TraceError(
+                f"kd.{api} got {count} extent(s) but names={names!r} has {len(given)}",
+                loc=location(),
+                fix="give one name per extent",
+            )
+        return given
+    found = assigned_names()
+    return found if len(found) == count else [f"i{n}" for n in builtins.range(count)]
+
+
+def indices(*extents: object, names: str | None = None) -> Index | tuple[Index, ...]:
+    """Index variables over [0, extent); one extent gives one Index, several a tuple."""
+    ctx = current("indices")
+    if not extents:
+        raise TraceError("kd.indices() needs at least one extent", loc=location(), fix="e.g. kd.indices(n)")
+    made = tuple(ctx.new_index(n, e) for n, e in zip(_names("indices", len(extents), names), extents))
+    return made[0] if len(made) == 1 else made
+
+
+def _loops(api: str, kind: LoopKind, extents: tuple[object, ...]) -> Iterator[Index | tuple[Index, ...]]:
+    ctx = current(api)
+    loc = location()
+    idxs = [ctx.new_index(n, e) for n, e in zip(_names(api, len(extents), None), extents)]
+
+    def nest(k: int) -> Iterator[None]:
+        if k == len(idxs):
+            yield
+            return
+        with ctx.loop(idxs[k], kind, loc):
+            yield from nest(k + 1)
+
+    for _ in nest(0):
+        yield idxs[0] if len(idxs) == 1 else tuple(idxs)
+
+
+def range(n: object) -> Iterator[Index]:  # noqa: A001 - kd.range mirrors Python's range
+    """An ordered loop: `for i in kd.range(n)`; iterations may depend on earlier ones."""
+    yield from _loops("range", LoopKind.SERIAL, (n,))  # type: ignore[misc]
+
+
+def grid(*extents: object) -> Iterator[Index | tuple[Index, ...]]:
+    """A nest of independent loops: `for i, j in kd.grid(m, n)`."""
+    if not extents:
+        raise TraceError("kd.grid() needs at least one extent", loc=location(), fix="e.g. kd.grid(m, n)")
+    yield from _loops("grid", LoopKind.PARALLEL, extents)
+
+
+def local(init: object, dtype: object = None) -> LocalProxy:
+    """A scalar variable: update with `acc += x` or `acc.set(x)`."""
+    from kdsl.ir.nodes import DeclareLocal
+
+    ctx = current("local")
+    loc = location()
+    v = as_value(init)
+    if dtype is not None:
+        d = T.as_dtype(dtype)
+    elif v.weak:
+        d = T.DEFAULT_FLOAT if v.dtype.is_float else T.DEFAULT_INT
+    else:
+        d = T.compute_dtype(v.dtype)
+    if ctx.free_vars([v.expr]):
+        raise TraceError(
+            "kd.local initialised with a value that depends on an implicit loop index",
+            loc=loc,
+            fix="bind the index with kd.grid/kd.range first, or use kd.alloc for an array",
+        )
+    found = assigned_names()
+    name = ctx.fresh(found[0] if found else "local")
+    init_expr = V.cast(v, d).expr if not v.weak else to_dtype(v, d)
+    ctx.record([init_expr], lambda es: DeclareLocal(name, d, es[0], loc=loc), loc)
+    return LocalProxy(ctx, name, d)
+
+
+def _shape(api: str, shape: object) -> tuple[Expr, ...]:
+    ctx = current(api)
+    loc = location()
+    dims = shape if isinstance(shape, tuple | list) else (shape,)
+    out = []
+    for d in dims:
+        e = ctx.extent_expr(d, "shape")
+        if ctx.free_vars([e]) or any(isinstance(x, LoopVar | LocalVar) for x in walk_expr(e)):
+            raise TraceError(
+                f"the shape of kd.{api} depends on a loop index or a local",
+                loc=loc,
+                fix="compute shapes from argument shapes, scalars and constants",
+            )
+        out.append(e)
+    return tuple(out)
+
+
+def alloc(shape: object, dtype: object = T.f32) -> BufferProxy:
+    """A kernel-local array (registers or stack/heap on CPU); its contents start undefined."""
+    ctx = current("alloc")
+    label = (assigned_names() or ["tmp"])[0]
+    return BufferProxy(ctx, ctx.new_temp(label, _shape("alloc", shape), T.as_dtype(dtype), location()))
+
+
+def empty(shape: object, dtype: object = T.f32) -> BufferProxy:
+    """A new array; returned from the kernel it becomes a NumPy array for the caller."""
+    ctx = current("empty")
+    label = (assigned_names() or ["out"])[0]
+    return BufferProxy(ctx, ctx.new_temp(label, _shape("empty", shape), T.as_dtype(dtype), location()))
+
+
+def zeros(shape: object, dtype: object = T.f32) -> BufferProxy:
+    """Like kd.empty, filled with zeros."""
+    ctx = current("zeros")
+    loc = location()
+    label = (assigned_names() or ["zeros"])[0]
+    dims = _shape("zeros", shape)
+    d = T.as_dtype(dtype)
+    buf = ctx.new_temp(label, dims, d, loc)
+    idxs = [ctx.new_index(f"{buf}_{a}", e) for a, e in enumerate(dims)]
+    zero = to_dtype(as_value(0), d)
+    ctx.record(
+        [*(i.expr for i in idxs), zero],
+        lambda es: Store(buf, tuple(es[:-1]), es[-1], loc=loc),
+        loc,
+    )
+    return BufferProxy(ctx, buf)
+
+
+@contextmanager
+def when(cond: object) -> Iterator[None]:
+    """`with kd.when(cond):` — the statements inside run only where `cond` holds."""
+    ctx = current("when")
+    c = as_value(cond)
+    if not c.dtype.is_bool:
+        raise TraceError(
+            f"kd.when condition is {c.dtype.name}, not bool",
+            loc=location(),
+            fix="compare to get a condition, e.g. kd.when(x > 0)",
+        )
+    with ctx.guard(c, location()):
+        yield
+
+
+# ------------------------------------------------------------------------- reductions
+
+_REDUCERS = {"sum": BinaryOp.ADD, "prod": BinaryOp.MUL, "max": BinaryOp.MAX, "min": BinaryOp.MIN}
+
+
+def _reduce(label: str, x: object, over: object) -> Value:
+    ctx = current(label)
+    loc = location()
+    axes = over if isinstance(over, tuple | list) else (over,)
+    if not axes or not all(isinstance(a, Index) for a in axes):
+        raise TraceError(
+            f"kd.{label}(..., over=) needs an index variable or a tuple of them",
+            loc=loc,
+            fix=f"e.g. k = kd.indices(n); kd.{label}(x[k], over=k)",
+        )
+    for a in axes:
+        if a.placeholder in ctx.bound:  # type: ignore[union-attr]
+            raise TraceError(
+                f"kd.{label} over '{a.name}', which is already the variable of an enclosing loop",  # type: ignore[union-attr]
+                loc=loc,
+                fix="reduce over a fresh index from kd.indices",
+            )
+    v = V.widen(as_value(x))
+    if v.dtype.is_bool and label in ("sum", "prod"):
+        v = V.cast(v, T.i64)
+    r = Reduction(_REDUCERS[label], v.expr, tuple(a.placeholder for a in axes), v.dtype, label)  # type: ignore[union-attr]
+    if ctx.free_vars([r]):
+        return Value(r)  # type: ignore[arg-type]
+    return Value(ctx.reduce_now(r, loc))
+
+
+def sum(x: object, over: object) -> Value:  # noqa: A001
+    """Sum of `x` over the index (or indices) `over`."""
+    return _reduce("sum", x, over)
+
+
+def prod(x: object, over: object) -> Value:
+    return _reduce("prod", x, over)
+
+
+def max(x: object, over: object) -> Value:  # noqa: A001
+    return _reduce("max", x, over)
+
+
+def min(x: object, over: object) -> Value:  # noqa: A001
+    return _reduce("min", x, over)
+
+
+# ------------------------------------------------------------------------------ math
+
+
+def _unary(op: UnaryOp):  # type: ignore[no-untyped-def]
+    def fn(x: object) -> Value:
+        current(op.value)
+        return V.unary(op, x)
+
+    fn.__name__ = op.value
+    fn.__doc__ = f"Elementwise {op.value} (floats; integers are converted to f64)."
+    return fn
+
+
+exp = _unary(UnaryOp.EXP)
+log = _unary(UnaryOp.LOG)
+sqrt = _unary(UnaryOp.SQRT)
+rsqrt = _unary(UnaryOp.RSQRT)
+tanh = _unary(UnaryOp.TANH)
+sigmoid = _unary(UnaryOp.SIGMOID)
+erf = _unary(UnaryOp.ERF)
+floor = _unary(UnaryOp.FLOOR)
+ceil = _unary(UnaryOp.CEIL)
+
+
+def abs(x: object) -> Value:  # noqa: A001
+    current("abs")
+    return V.unary(UnaryOp.ABS, x)
+
+
+def maximum(a: object, b: object) -> Value:
+    current("maximum")
+    return V.maximum(a, b)
+
+
+def minimum(a: object, b: object) -> Value:
+    current("minimum")
+    return V.minimum(a, b)
+
+
+def fma(a: object, b: object, c: object) -> Value:
+    current("fma")
+    return V.fma(a, b, c)
+
+
+def where(cond: object, a: object, b: object) -> Value:
+    current("where")
+    return V.where(cond, a, b)
+
+
+def cast(x: object, dtype: object) -> Value:
+    current("cast")
+    return V.cast(x, dtype)
+

@@ -1,0 +1,211 @@
+"""Proxies for arrays and scalar locals: subscripting and assignment record IR statements."""
+
+from __future__ import annotations
+
+from kdsl import types as T
+from kdsl.errors import SourceLoc, TraceError
+from kdsl.ir.nodes import Assign, Binary, BinaryOp, Const, DimOf, Expr, Load, LocalVar, LoopKind, LoopVar, Store
+from kdsl.ir.printer import format_expr
+from kdsl.ir.visit import walk_expr
+from kdsl.trace.context import Index, TraceContext
+from kdsl.trace.frames import location
+from kdsl.trace.values import Value, as_value, can_store, to_dtype
+from kdsl.types import DType
+
+
+class BufferProxy:
+    """An array inside a kernel: `A[i, j]` reads, `A[i, j] = v` writes."""
+
+    def __init__(self, ctx: TraceContext, name: str) -> None:
+        self._ctx = ctx
+        self.name = name
+
+    @property
+    def _buffer(self):  # type: ignore[no-untyped-def]
+        return self._ctx.buffers[self.name]
+
+    @property
+    def dtype(self) -> DType:
+        return self._buffer.dtype  # type: ignore[no-any-return]
+
+    @property
+    def ndim(self) -> int:
+        return self._buffer.ndim  # type: ignore[no-any-return]
+
+    @property
+    def shape(self) -> tuple[Value, ...]:
+        b = self._buffer
+        if b.role.value == "param":
+            return tuple(Value(DimOf(b.name, a), weak=True) for a in range(b.ndim))
+        return tuple(Value(d, weak=True) for d in b.shape)
+
+    def __repr__(self) -> str:
+        return f"<kdsl array {self.name}: {self.dtype.name}, {self.ndim}-d>"
+
+    def __len__(self) -> int:
+        raise TraceError(
+            f"len() of array '{self.name}' inside a kernel",
+            loc=location(),
+            fix=f"use {self.name}.shape[0], a symbolic value",
+        )
+
+    def __bool__(self) -> bool:
+        raise TraceError(
+            f"array '{self.name}' used as a truth value",
+            loc=location(),
+            fix="subscript it to get an element",
+        )
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        raise TraceError(
+            f"iterating over array '{self.name}' inside a kernel",
+            loc=location(),
+            fix="loop with kd.grid/kd.range, or use index variables from kd.indices",
+        )
+
+    def _index(self, key: object, loc: SourceLoc | None) -> tuple[Expr, ...]:
+        parts = key if isinstance(key, tuple) else (key,)
+        if len(parts) != self.ndim:
+            raise TraceError(
+                f"array '{self.name}' has {self.ndim} dimension(s) but is subscripted with "
+                f"{len(parts)}",
+                loc=loc,
+                fix=f"give one index per dimension, e.g. {self.name}[{', '.join('ijkl'[: self.ndim])}]",
+            )
+        out: list[Expr] = []
+        for axis, part in enumerate(parts):
+            if isinstance(part, slice) or part is Ellipsis or part is None:
+                raise TraceError(
+                    f"slicing array '{self.name}' inside a kernel",
+                    loc=loc,
+                    fix="subscript with index variables instead: i = kd.indices(n); "
+                    f"{self.name}[i]",
+                )
+            if isinstance(part, bool) or not isinstance(part, int | Value):
+                raise TraceError(
+                    f"subscript {axis} of '{self.name}' is a {type(part).__name__}",
+                    loc=loc,
+                    fix="subscripts are ints, index variables or integer expressions",
+                )
+            if isinstance(part, Index):
+                self._ctx.tie(part, self.name, axis, loc)
+            v = as_value(part)
+            if not v.dtype.is_int:
+                raise TraceError(
+                    f"subscript {axis} of '{self.name}' is {v.dtype.name}, not an integer",
+                    loc=loc,
+                    fix="cast it: idx.astype(kd.i64)",
+                )
+            e = to_dtype(v, T.i64)
+            if isinstance(e, Const) and int(e.value) < 0:  # NumPy-style from the end
+                e = _add(self.shape[axis].expr, int(e.value))
+            out.append(e)
+        return tuple(out)
+
+    def __getitem__(self, key: object) -> Value:
+        loc = location()
+        index = self._index(key, loc)
+        return Value(Load(self.name, index, self.dtype, loc=loc))
+
+    def __setitem__(self, key: object, value: object) -> None:
+        loc = location()
+        index = self._index(key, loc)
+        v = as_value(value)
+        if not can_store(v, self.dtype):
+            raise TraceError(
+                f"storing a {v.dtype.name} value into '{self.name}' ({self.dtype.name}) "
+                "would lose its kind",
+                loc=loc,
+                fix=f"convert explicitly: value.astype(kd.{self.dtype.name})",
+            )
+        ctx = self._ctx
+
+        def build(es: list[Expr]) -> Store:
+            idx, val = tuple(es[:-1]), es[-1]
+            _check_race(ctx, self.name, idx, val, loc)
+            return Store(self.name, idx, val, loc=loc)
+
+        ctx.record([*index, to_dtype(v, self.dtype)], build, loc)
+
+
+def _add(e: Expr, k: int) -> Expr:
+    return Binary(BinaryOp.ADD, e, Const(k, T.i64), T.i64)
+
+
+def _check_race(ctx: TraceContext, buffer: str, index: tuple[Expr, ...], value: Expr, loc: SourceLoc | None) -> None:
+    """Under parallel loops, a store may not read its own buffer elsewhere, nor write one
+    element from several iterations."""
+    parallel = {n for n, k in ctx.loop_kinds.items() if k is LoopKind.PARALLEL}
+    parallel -= ctx.alloc_loops.get(buffer, set())  # each of their iterations has its own copy
+    in_index = {e.name for i in index for e in walk_expr(i) if isinstance(e, LoopVar)}
+    missing = sorted(parallel - in_index)
+    if missing:
+        raise TraceError(
+            f"'{buffer}[{', '.join(format_expr(i) for i in index)}]' is written by every "
+            f"iteration of parallel loop '{missing[0]}': the writes race",
+            loc=loc,
+            fix="combine the values with kd.sum/kd.max/… over that index, or use kd.range "
+            "for an ordered loop",
+        )
+    for e in (*index, value):
+        for load in walk_expr(e):
+            if not isinstance(load, Load) or load.buffer != buffer or load.index == index:
+                continue
+            for a, b in zip(load.index, index, strict=True):
+                vars_ = {x.name for x in (*walk_expr(a), *walk_expr(b)) if isinstance(x, LoopVar)}
+                if a != b and vars_ & parallel:
+                    raise TraceError(
+                        f"'{buffer}' is written at [{', '.join(format_expr(i) for i in index)}] "
+                        f"and read at [{', '.join(format_expr(i) for i in load.index)}] under "
+                        f"parallel loop(s) {', '.join(sorted(vars_ & parallel))}: iterations "
+                        "would race",
+                        loc=loc,
+                        fix="write the result to another array, or make the loop ordered "
+                        "with kd.range",
+                    )
+
+
+class LocalProxy(Value):
+    """A scalar variable of a kernel (`kd.local`): read it as a value, update it in place."""
+
+    __slots__ = ("_ctx", "name")
+
+    def __init__(self, ctx: TraceContext, name: str, dtype: DType) -> None:
+        super().__init__(LocalVar(name, dtype))
+        self._ctx = ctx
+        self.name = name
+
+    def set(self, value: object) -> LocalProxy:
+        loc = location()
+        v = as_value(value)
+        if not can_store(v, self.dtype):
+            raise TraceError(
+                f"assigning a {v.dtype.name} value to local '{self.name}' ({self.dtype.name})",
+                loc=loc,
+                fix=f"convert explicitly: value.astype(kd.{self.dtype.name})",
+            )
+        expr = to_dtype(v, self.dtype)
+        ctx = self._ctx
+        free = ctx.free_vars([expr] + [g.cond for g in ctx.guards if g.per_statement])
+        if free:
+            raise TraceError(
+                f"local '{self.name}' is updated inside an implicit loop over "
+                f"'{ctx.indices[free[0]].name}'",
+                loc=loc,
+                fix=f"use kd.sum(..., over={ctx.indices[free[0]].name}) for a reduction, or an "
+                "explicit `for` over kd.range/kd.grid",
+            )
+        ctx.record([expr], lambda es: Assign(self.name, es[0], loc=loc), loc)
+        return self
+
+    def __iadd__(self, o: object) -> LocalProxy:
+        return self.set(Value(self.expr) + o)
+
+    def __isub__(self, o: object) -> LocalProxy:
+        return self.set(Value(self.expr) - o)
+
+    def __imul__(self, o: object) -> LocalProxy:
+        return self.set(Value(self.expr) * o)
+
+    def __itruediv__(self, o: object) -> LocalProxy:
+        return self.set(Value(self.expr) / o)

@@ -1,0 +1,415 @@
+"""The state of one trace: open blocks and loops, buffers, names, and the statement recorder.
+
+The recorder implements DESIGN §1's one rule: a statement that mentions index variables
+not bound by an enclosing loop becomes a nest of parallel loops over them, and each
+reduction inside it is hoisted to the loop depth it depends on (a scalar local), or into
+a temporary buffer when its dependencies are not an outer prefix of the nest.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from kdsl import types as T
+from kdsl.errors import SourceLoc, TraceError
+from kdsl.ir.nodes import (
+    Allocate,
+    Assign,
+    Binary,
+    BinaryOp,
+    Buffer,
+    BufferRole,
+    Check,
+    CheckKind,
+    Const,
+    DeclareLocal,
+    Expr,
+    If,
+    Load,
+    LocalVar,
+    Loop,
+    LoopKind,
+    LoopVar,
+    Param,
+    Scope,
+    Stmt,
+    Store,
+)
+from kdsl.ir.printer import format_expr
+from kdsl.ir.visit import children, map_expr
+from kdsl.trace.frames import location
+from kdsl.trace.values import Value
+from kdsl.types import DType
+
+_STACK_LIMIT_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True, eq=False)
+class Reduction:
+    """A trace-time expression: a reduction not yet placed in the loop nest."""
+
+    op: BinaryOp  # ADD, MUL, MAX or MIN
+    body: Expr
+    over: tuple[str, ...]  # placeholders of the reduced indices
+    dtype: DType
+    label: str  # 'sum', 'max', … for the accumulator's name
+
+
+class Index(Value):
+    """An index variable (`kd.Index`): ranges over [0, extent)."""
+
+    __slots__ = ("uid", "name", "extent")
+
+    def __init__(self, uid: int, name: str, extent: Expr) -> None:
+        super().__init__(LoopVar(f"%{uid}"), weak=True)
+        self.uid = uid
+        self.name = name
+        self.extent = extent
+
+    def __repr__(self) -> str:
+        return f"<kd.Index {self.name} in range({format_expr(self.extent)})>"
+
+    @property
+    def placeholder(self) -> str:
+        return f"%{self.uid}"
+
+
+@dataclass
+class _Guard:
+    cond: Expr
+    per_statement: bool  # cond mentions unbound indices: wrap each statement instead
+
+
+@dataclass
+class TraceContext:
+    kernel: str
+    params: list[Param] = field(default_factory=list)
+    buffers: dict[str, Buffer] = field(default_factory=dict)
+    blocks: list[list[Stmt]] = field(default_factory=lambda: [[]])
+    indices: dict[str, Index] = field(default_factory=dict)
+    bound: dict[str, str] = field(default_factory=dict)  # placeholder -> loop name
+    loop_kinds: dict[str, LoopKind] = field(default_factory=dict)  # open loops
+    names: set[str] = field(default_factory=set)
+    ties: dict[str, list[tuple[str, int, SourceLoc | None]]] = field(default_factory=dict)
+    guards: list[_Guard] = field(default_factory=list)
+    alloc_loops: dict[str, set[str]] = field(default_factory=dict)  # temp -> loops around it
+
+    # ------------------------------------------------------------------ names & blocks
+
+    def fresh(self, name: str) -> str:
+        """A kernel-unique name based on `name`: i, i.1, i.2, …"""
+        candidate, n = name, 0
+        while candidate in self.names:
+            n += 1
+            candidate = f"{name}.{n}"
+        self.names.add(candidate)
+        return candidate
+
+    def emit(self, stmt: Stmt) -> None:
+        self.blocks[-1].append(stmt)
+
+    def new_index(self, name: str, extent: object) -> Index:
+        ext = self.extent_expr(extent, name)
+        idx = Index(len(self.indices), name, ext)
+        self.indices[idx.placeholder] = idx
+        return idx
+
+    def extent_expr(self, extent: object, name: str) -> Expr:
+        from kdsl.trace.values import as_value, to_dtype
+
+        v = as_value(extent)
+        if not v.dtype.is_int:
+            raise TraceError(
+                f"the extent of index '{name}' is {v.dtype.name}, not an integer",
+                loc=location(),
+                fix="pass a shape value, an int, or an integer expression",
+            )
+        return to_dtype(v, T.i64)
+
+    @contextmanager
+    def loop(self, idx: Index, kind: LoopKind, loc: SourceLoc | None) -> Iterator[str]:
+        """Open a loop over `idx`; statements recorded inside go into its body."""
+        if idx.placeholder in self.bound:
+            raise TraceError(
+                f"index '{idx.name}' is already the variable of an enclosing loop",
+                loc=loc,
+                fix="create a new index with kd.indices for the inner loop",
+            )
+        if any(g.per_statement for g in self.guards):
+            raise TraceError(
+                "a loop inside `with kd.when(cond)` whose condition depends on implicit loops",
+                loc=loc,
+                fix="put the kd.when inside the loop, or bind the indices with kd.grid first",
+            )
+        extent = self.resolve(idx.extent, loc)
+        name = self.fresh(idx.name)
+        self.bound[idx.placeholder] = name
+        self.loop_kinds[name] = kind
+        self.blocks.append([])
+        try:
+            yield name
+        finally:
+            body = tuple(self.blocks.pop())
+            del self.bound[idx.placeholder]
+            del self.loop_kinds[name]
+            self.emit(Loop(name, extent, kind, body, loc=loc))
+
+    @contextmanager
+    def guard(self, cond: Value, loc: SourceLoc | None) -> Iterator[None]:
+        per_statement = bool(self.free_vars([cond.expr]))
+        if per_statement:
+            self.guards.append(_Guard(cond.expr, True))
+            try:
+                yield
+            finally:
+                self.guards.pop()
+            return
+        resolved = self.resolve(cond.expr, loc)
+        self.blocks.append([])
+        self.guards.append(_Guard(resolved, False))
+        try:
+            yield
+        finally:
+            self.guards.pop()
+            self.emit(If(resolved, tuple(self.blocks.pop()), loc=loc))
+
+    # ------------------------------------------------------------ expression helpers
+
+    def free_vars(self, exprs: list[Expr]) -> list[str]:
+        """Unbound index placeholders in `exprs`, in creation order."""
+        found: set[str] = set()
+        for e in exprs:
+            self._collect_free(e, found)
+        return sorted(found, key=lambda p: self.indices[p].uid)
+
+    def _collect_free(self, e: Expr, found: set[str]) -> None:
+        if isinstance(e, Reduction):
+            inner: set[str] = set()
+            self._collect_free(e.body, inner)
+            found |= inner - set(e.over)
+            return
+        if isinstance(e, LoopVar) and e.name.startswith("%") and e.name not in self.bound:
+            found.add(e.name)
+        for c in children(e):
+            self._collect_free(c, found)
+
+    def reductions_in(self, exprs: list[Expr]) -> list[Reduction]:
+        """Outermost Reduction nodes in `exprs` (each once)."""
+        out: list[Reduction] = []
+
+        def visit(e: Expr) -> None:
+            if isinstance(e, Reduction):
+                if not any(r is e for r in out):
+                    out.append(e)
+                return
+            for c in children(e):
+                visit(c)
+
+        for e in exprs:
+            visit(e)
+        return out
+
+    def resolve(self, e: Expr, loc: SourceLoc | None) -> Expr:
+        """Replace bound index placeholders by their loop names."""
+
+        def fn(x: Expr) -> Expr | None:
+            if isinstance(x, LoopVar) and x.name.startswith("%"):
+                if x.name not in self.bound:
+                    raise TraceError(
+                        f"index '{self.indices[x.name].name}' is used where it is not a loop "
+                        "variable (in an extent, a shape or a scalar assignment)",
+                        loc=loc,
+                        fix="use it in a subscripted statement, or loop over it with kd.grid",
+                    )
+                return LoopVar(self.bound[x.name])
+            if isinstance(x, Reduction):
+                raise TraceError("internal: unplaced reduction", loc=loc)
+            return None
+
+        return map_expr(e, fn)
+
+    # ---------------------------------------------------------------- the recorder
+
+    def record(self, exprs: list[Expr], build: Callable[[list[Expr]], Stmt], loc: SourceLoc | None) -> None:
+        """Emit the statement `build(exprs)` inside implicit loops over its free indices,
+        with its reductions hoisted."""
+        guard_exprs = [g.cond for g in self.guards if g.per_statement]
+        free = self.free_vars(exprs + guard_exprs)
+        reductions = self.reductions_in(exprs)
+        deps = {id(r): set(self.free_vars([r])) for r in reductions}
+        order: list[str] = []
+        for r in sorted(reductions, key=lambda r: len(deps[id(r)])):
+            order += [v for v in self.free_vars([r]) if v not in order]
+        order += [v for v in free if v not in order]
+        for r in reductions:
+            if set(order[: len(deps[id(r)])]) != deps[id(r)]:
+                load = self._materialize(r, loc)
+                exprs = [_replace(e, r, load) for e in exprs]
+        reductions = self.reductions_in(exprs)
+        self._nest(order, reductions, deps, exprs, guard_exprs, build, loc)
+
+    def _nest(
+        self,
+        order: list[str],
+        reductions: list[Reduction],
+        deps: dict[int, set[str]],
+        exprs: list[Expr],
+        guards: list[Expr],
+        build: Callable[[list[Expr]], Stmt],
+        loc: SourceLoc | None,
+    ) -> None:
+        ready = [r for r in reductions if deps[id(r)] <= set(self.bound)]
+        for r in ready:
+            acc = self.reduce_now(r, loc)
+            exprs = [_replace(e, r, acc) for e in exprs]
+        pending = [r for r in reductions if all(r is not q for q in ready)]
+        remaining = [v for v in order if v not in self.bound]
+        if not remaining:
+            stmt = build([self.resolve(e, loc) for e in exprs])
+            for g in reversed(guards):
+                stmt = If(self.resolve(g, loc), (stmt,), loc=loc)
+            self.emit(stmt)
+            return
+        with self.loop(self.indices[remaining[0]], LoopKind.PARALLEL, loc):
+            self._nest(order, pending, deps, exprs, guards, build, loc)
+
+    def reduce_now(self, r: Reduction, loc: SourceLoc | None) -> LocalVar:
+        """Emit `acc = init; for over…: acc = acc op body` here; return the accumulator."""
+        acc = self.fresh(f"{r.label}_{'_'.join(self.indices[p].name for p in r.over)}")
+        self.emit(DeclareLocal(acc, r.dtype, reduction_identity(r.op, r.dtype), loc=loc))
+        var = LocalVar(acc, r.dtype)
+
+        def build(es: list[Expr]) -> Stmt:
+            return Assign(acc, Binary(r.op, var, es[0], r.dtype), loc=loc)
+
+        def loops(over: tuple[str, ...]) -> None:
+            if not over:
+                self.record([r.body], build, loc)
+                return
+            with self.loop(self.indices[over[0]], LoopKind.REDUCTION, loc):
+                loops(over[1:])
+
+        with self.unguarded():
+            loops(r.over)
+        return var
+
+    @contextmanager
+    def unguarded(self) -> Iterator[None]:
+        """Hoisted computations run whatever the per-statement guards say (they have no
+        side effects), so they are recorded without them."""
+        saved = self.guards
+        self.guards = [g for g in saved if not g.per_statement]
+        try:
+            yield
+        finally:
+            self.guards = saved
+
+    def _materialize(self, r: Reduction, loc: SourceLoc | None) -> Load:
+        """Compute `r` for all values of its free indices into a temporary; return its load."""
+        deps = self.free_vars([r])
+        shape = tuple(self.resolve(self.indices[p].extent, loc) for p in deps)
+        name = self.new_temp(r.label, shape, r.dtype, loc)
+        load = Load(name, tuple(LoopVar(p) for p in deps), r.dtype, loc=loc)
+        with self.unguarded():
+            self.record(
+                [*load.index, r], lambda es: Store(name, tuple(es[:-1]), es[-1], loc=loc), loc
+            )
+        return load
+
+    def new_temp(self, label: str, shape: tuple[Expr, ...], dtype: DType, loc: SourceLoc | None) -> str:
+        name = self.fresh(label)
+        nbytes = _const_size(shape) * dtype.itemsize
+        scope = Scope.STACK if 0 <= nbytes <= _STACK_LIMIT_BYTES else Scope.HEAP
+        self.buffers[name] = Buffer(name, dtype, shape, BufferRole.TEMP, scope, loc=loc)
+        self.alloc_loops[name] = set(self.loop_kinds)
+        self.emit(Allocate(name, loc=loc))
+        return name
+
+    # ------------------------------------------------------------------- shape ties
+
+    def tie(self, idx: Index, buffer: str, axis: int, loc: SourceLoc | None) -> None:
+        self.ties.setdefault(idx.placeholder, []).append((buffer, axis, loc))
+
+    def tie_checks(self) -> list[Check]:
+        """One check per pair of dimensions an index variable subscripts (einsum rule)."""
+        checks: list[Check] = []
+        for placeholder, uses in self.ties.items():
+            seen: list[tuple[Expr, str]] = []
+            for buffer, axis, loc in uses:
+                dim = self.buffers[buffer].shape[axis]
+                text = f"{buffer}.shape[{axis}]"
+                if any(dim == d for d, _ in seen):
+                    continue
+                if seen:
+                    first, first_text = seen[0]
+                    checks.append(
+                        Check(
+                            Binary(BinaryOp.EQ, first, dim, T.bool_),
+                            CheckKind.SHAPE,
+                            f"{first_text} == {text} (index '{self.indices[placeholder].name}' "
+                            "subscripts both)",
+                            loc=loc,
+                        )
+                    )
+                seen.append((dim, text))
+        return checks
+
+
+def _replace(e: Expr, old: Reduction, new: Expr) -> Expr:
+    if e is old:
+        return new
+    if isinstance(e, Reduction):
+        return e
+    return map_expr(e, lambda x: new if x is old else None)
+
+
+def _const_size(shape: tuple[Expr, ...]) -> int:
+    size = 1
+    for d in shape:
+        if not isinstance(d, Const):
+            return -1
+        size *= int(d.value)
+    return size
+
+
+def reduction_identity(op: BinaryOp, dtype: DType) -> Const:
+    if op is BinaryOp.ADD:
+        return Const(False if dtype.is_bool else 0.0 if dtype.is_float else 0, dtype)
+    if op is BinaryOp.MUL:
+        return Const(True if dtype.is_bool else 1.0 if dtype.is_float else 1, dtype)
+    if dtype.is_float:
+        return Const(float("-inf") if op is BinaryOp.MAX else float("inf"), dtype)
+    if dtype.is_bool:
+        return Const(op is BinaryOp.MIN, dtype)
+    lo = -(1 << (dtype.bits - 1)) if dtype.is_signed else 0
+    hi = (1 << (dtype.bits - 1)) - 1 if dtype.is_signed else (1 << dtype.bits) - 1
+    return Const(lo if op is BinaryOp.MAX else hi, dtype)
+
+
+# ---------------------------------------------------------------- the active trace
+
+_active = threading.local()
+
+
+def current(api_name: str) -> TraceContext:
+    ctx: TraceContext | None = getattr(_active, "ctx", None)
+    if ctx is None:
+        raise TraceError(
+            f"kd.{api_name} was called outside a kernel",
+            loc=location(),
+            fix="call it inside a function decorated with @kd.kernel",
+        )
+    return ctx
+
+
+@contextmanager
+def activate(ctx: TraceContext) -> Iterator[TraceContext]:
+    previous = getattr(_active, "ctx", None)
+    _active.ctx = ctx
+    try:
+        yield ctx
+    finally:
+        _active.ctx = previous

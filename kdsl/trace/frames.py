@@ -1,0 +1,96 @@
+"""The user's side of a trace: which frame is theirs, its source location, the names it assigns."""
+
+from __future__ import annotations
+
+import dis
+import os
+import sys
+from types import CodeType, FrameType
+
+from kdsl.errors import SourceLoc
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_LIBRARY_DIR = os.path.join(_PACKAGE_DIR, "kernels")
+
+
+def _is_internal(code: CodeType) -> bool:
+    path = code.co_filename
+    return path.startswith(_PACKAGE_DIR) and not path.startswith(_LIBRARY_DIR)
+
+
+def user_frame() -> FrameType | None:
+    """The innermost frame that is not kdsl's own code (kdsl.kernels counts as user code)."""
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None and _is_internal(frame.f_code):
+        frame = frame.f_back
+    return frame
+
+
+def _instructions(code: CodeType) -> list[dis.Instruction]:
+    cached = _INSTRUCTIONS.get(code)
+    if cached is None:
+        cached = _INSTRUCTIONS[code] = list(dis.get_instructions(code))
+    return cached
+
+
+_INSTRUCTIONS: dict[CodeType, list[dis.Instruction]] = {}
+
+
+def _current(frame: FrameType) -> tuple[list[dis.Instruction], int]:
+    """The frame's instructions and the position of the one running (f_lasti may point
+    into its inline cache entries, so take the last instruction starting at or before)."""
+    instrs = _instructions(frame.f_code)
+    pos = -1
+    for n, ins in enumerate(instrs):
+        if ins.offset > frame.f_lasti:
+            break
+        pos = n
+    return instrs, pos
+
+
+def location(frame: FrameType | None = None) -> SourceLoc | None:
+    """Where the user's code is now: file, line and the span of the expression running."""
+    frame = frame or user_frame()
+    if frame is None:
+        return None
+    instrs, pos = _current(frame)
+    positions = instrs[pos].positions if pos >= 0 else None
+    if positions is not None and positions.lineno is not None:
+        return SourceLoc(
+            frame.f_code.co_filename, positions.lineno, positions.col_offset, positions.end_col_offset
+        )
+    return SourceLoc(frame.f_code.co_filename, frame.f_lineno)
+
+
+_STORES = {"STORE_FAST", "STORE_NAME", "STORE_GLOBAL", "STORE_DEREF"}
+_SKIP = {"GET_ITER", "FOR_ITER", "CACHE", "NOP", "EXTENDED_ARG"}
+
+
+def assigned_names(frame: FrameType | None = None) -> list[str]:
+    """The names the value of the call now running is stored to, e.g. ['i', 'j'] for
+    `i, j = kd.indices(...)` or `for i, j in kd.grid(...)`; [] when it is not stored
+    to plain names."""
+    frame = frame or user_frame()
+    if frame is None:
+        return []
+    instrs, pos = _current(frame)
+    if pos < 0:
+        return []
+    rest = [ins for ins in instrs[pos + 1 :] if ins.opname not in _SKIP]
+    if not rest:
+        return []
+    count = 1
+    if rest[0].opname == "UNPACK_SEQUENCE":
+        count = int(rest[0].arg or 0)
+        rest = rest[1:]
+    names: list[str] = []
+    for ins in rest:
+        if len(names) >= count:
+            break
+        if ins.opname in _STORES:
+            names.append(str(ins.argval))
+        elif ins.opname == "STORE_FAST_STORE_FAST":  # Python 3.13 superinstruction
+            names.extend(str(n) for n in ins.argval)
+        else:
+            break
+    return names if len(names) == count else []

@@ -1,0 +1,117 @@
+"""Run a kernel's Python function on proxies and collect the IR it records: `trace`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from kdsl.errors import KdslError, TraceError
+from kdsl.ir.nodes import (
+    Allocate,
+    Buffer,
+    BufferRole,
+    Const,
+    DimOf,
+    Expr,
+    Kernel,
+    Param,
+    ScalarArg,
+    Scope,
+)
+from kdsl.ir.verify import verify
+from kdsl.ir.visit import map_stmt_exprs
+from kdsl.trace.buffers import BufferProxy
+from kdsl.trace.context import TraceContext, activate
+from kdsl.trace.values import Value
+from kdsl.types import DType
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    dtype: DType
+    ndim: int
+    contiguous: bool = True
+    shape: tuple[int, ...] | None = None  # only under static_shapes
+
+
+@dataclass(frozen=True)
+class ScalarSpec:
+    dtype: DType
+    weak: bool
+
+
+@dataclass(frozen=True)
+class ConstSpec:
+    value: object
+
+
+ArgSpec = ArraySpec | ScalarSpec | ConstSpec
+
+
+def trace(fn: Callable[..., object], name: str, specs: Sequence[tuple[str, ArgSpec]]) -> Kernel:
+    """Trace `fn` for arguments described by `specs` (parameter name, spec) into a Kernel."""
+    ctx = TraceContext(name)
+    args: list[object] = []
+    for pname, spec in specs:
+        ctx.names.add(pname)
+        match spec:
+            case ArraySpec(dtype=d, ndim=n, contiguous=c):
+                shape = tuple(DimOf(pname, a) for a in range(n))
+                ctx.params.append(Param(pname, d, n))
+                ctx.buffers[pname] = Buffer(pname, d, shape, BufferRole.PARAM, Scope.GLOBAL, c)
+                args.append(BufferProxy(ctx, pname))
+            case ScalarSpec(dtype=d, weak=w):
+                ctx.params.append(Param(pname, d, None, weak=w))
+                args.append(Value(ScalarArg(pname, d), weak=w))
+            case ConstSpec(value=v):
+                args.append(v)
+    try:
+        with activate(ctx):
+            returned = fn(*args)
+        kernel = _finish(ctx, returned)
+    except KdslError as err:
+        raise err.with_kernel(name) from None
+    static = {p: s.shape for p, s in specs if isinstance(s, ArraySpec) and s.shape is not None}
+    return verify(_bake_shapes(kernel, static) if static else kernel, "traced")
+
+
+def _finish(ctx: TraceContext, returned: object) -> Kernel:
+    outs = returned if isinstance(returned, tuple) else () if returned is None else (returned,)
+    results: list[str] = []
+    top = ctx.blocks[0]
+    for out in outs:
+        if not isinstance(out, BufferProxy) or ctx.buffers[out.name].role is not BufferRole.TEMP:
+            raise TraceError(
+                f"a kernel can return only arrays it created with kd.empty/kd.zeros, not {out!r}",
+                loc=None,
+                fix="write results into an output argument, or return kd.empty(shape, dtype)",
+            )
+        alloc = next((s for s in top if isinstance(s, Allocate) and s.buffer == out.name), None)
+        if alloc is None:
+            raise TraceError(
+                f"returned array '{out.name}' was created inside a loop or kd.when",
+                loc=ctx.buffers[out.name].loc,
+                fix="create returned arrays at the top level of the kernel",
+            )
+        top.remove(alloc)
+        ctx.buffers[out.name] = replace(ctx.buffers[out.name], role=BufferRole.RESULT, scope=Scope.GLOBAL)
+        results.append(out.name)
+    params = [b for b in ctx.buffers.values() if b.role is BufferRole.PARAM]
+    others = [b for b in ctx.buffers.values() if b.role is not BufferRole.PARAM]
+    body = (*ctx.tie_checks(), *top)
+    return Kernel(ctx.kernel, tuple(ctx.params), tuple(params + others), body, tuple(results))
+
+
+def _bake_shapes(kernel: Kernel, shapes: dict[str, tuple[int, ...]]) -> Kernel:
+    """static_shapes=True: parameter dimensions become constants."""
+
+    def fn(e: Expr) -> Expr | None:
+        if isinstance(e, DimOf) and e.buffer in shapes:
+            return Const(shapes[e.buffer][e.axis], e.dtype)
+        return None
+
+    from kdsl.ir.visit import map_expr
+
+    buffers = tuple(replace(b, shape=tuple(map_expr(d, fn) for d in b.shape)) for b in kernel.buffers)
+    body = tuple(map_stmt_exprs(s, fn) for s in kernel.body)
+    return replace(kernel, buffers=buffers, body=body)

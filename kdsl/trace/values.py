@@ -1,0 +1,360 @@
+"""Symbolic values seen by traced code: operators build typed IR with kdsl's promotion rules.
+
+A `Value` wraps an IR expression. Weak values (Python scalars, shape values, loop
+indices) adapt to the dtype of the typed operand they meet, as in NumPy 2 and JAX.
+f16/bf16 operands are widened to f32 before any arithmetic.
+"""
+
+from __future__ import annotations
+
+from kdsl import types as T
+from kdsl.errors import TraceError
+from kdsl.ir.nodes import Binary, BinaryOp, Cast, Const, Expr, Fma, Select, Unary, UnaryOp
+from kdsl.trace.frames import location
+from kdsl.types import DType
+
+
+def trace_error(what: str, fix: str) -> TraceError:
+    return TraceError(what, loc=location(), fix=fix)
+
+
+class Value:
+    """A symbolic scalar inside a kernel."""
+
+    __slots__ = ("expr", "weak")
+    __array_priority__ = 1000  # let NumPy scalars defer to our reflected operators
+
+    def __init__(self, expr: Expr, weak: bool = False) -> None:
+        self.expr = expr
+        self.weak = weak
+
+    @property
+    def dtype(self) -> DType:
+        return self.expr.dtype
+
+    def astype(self, dtype: object) -> Value:
+        return cast(self, dtype)
+
+    def __repr__(self) -> str:
+        from kdsl.ir.printer import format_expr
+
+        return f"<kdsl value {format_expr(self.expr)}: {self.dtype.name}{' (weak)' if self.weak else ''}>"
+
+    def __bool__(self) -> bool:
+        raise trace_error(
+            "Python `if`, `while`, `and`, `or` or `not` on a symbolic value: its truth is only "
+            "known when the kernel runs",
+            "use kd.where(cond, a, b) for a value, or `with kd.when(cond):` for statements; "
+            "use & | ~ to combine conditions",
+        )
+
+    def __index__(self) -> int:
+        raise trace_error(
+            "a symbolic value used where Python needs a concrete int (range(), a list index, …)",
+            "use kd.range(n) / kd.grid(n) for loops over symbolic extents, or mark the "
+            "parameter kd.constexpr to get a Python int",
+        )
+
+    __int__ = __float__ = __index__  # type: ignore[assignment]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        raise trace_error("a symbolic value can't be iterated", "use kd.range or kd.grid for loops")
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    # arithmetic
+    def __add__(self, o: object) -> Value:
+        return binary(BinaryOp.ADD, self, o)
+
+    def __radd__(self, o: object) -> Value:
+        return binary(BinaryOp.ADD, o, self)
+
+    def __sub__(self, o: object) -> Value:
+        return binary(BinaryOp.SUB, self, o)
+
+    def __rsub__(self, o: object) -> Value:
+        return binary(BinaryOp.SUB, o, self)
+
+    def __mul__(self, o: object) -> Value:
+        return binary(BinaryOp.MUL, self, o)
+
+    def __rmul__(self, o: object) -> Value:
+        return binary(BinaryOp.MUL, o, self)
+
+    def __truediv__(self, o: object) -> Value:
+        return binary(BinaryOp.DIV, self, o)
+
+    def __rtruediv__(self, o: object) -> Value:
+        return binary(BinaryOp.DIV, o, self)
+
+    def __floordiv__(self, o: object) -> Value:
+        return binary(BinaryOp.FLOORDIV, self, o)
+
+    def __rfloordiv__(self, o: object) -> Value:
+        return binary(BinaryOp.FLOORDIV, o, self)
+
+    def __mod__(self, o: object) -> Value:
+        return binary(BinaryOp.MOD, self, o)
+
+    def __rmod__(self, o: object) -> Value:
+        return binary(BinaryOp.MOD, o, self)
+
+    def __pow__(self, o: object) -> Value:
+        return power(self, o)
+
+    def __rpow__(self, o: object) -> Value:
+        return power(o, self)
+
+    def __and__(self, o: object) -> Value:
+        return binary(BinaryOp.AND, self, o)
+
+    def __rand__(self, o: object) -> Value:
+        return binary(BinaryOp.AND, o, self)
+
+    def __or__(self, o: object) -> Value:
+        return binary(BinaryOp.OR, self, o)
+
+    def __ror__(self, o: object) -> Value:
+        return binary(BinaryOp.OR, o, self)
+
+    def __xor__(self, o: object) -> Value:
+        return binary(BinaryOp.XOR, self, o)
+
+    def __rxor__(self, o: object) -> Value:
+        return binary(BinaryOp.XOR, o, self)
+
+    def __lshift__(self, o: object) -> Value:
+        return binary(BinaryOp.SHL, self, o)
+
+    def __rlshift__(self, o: object) -> Value:
+        return binary(BinaryOp.SHL, o, self)
+
+    def __rshift__(self, o: object) -> Value:
+        return binary(BinaryOp.SHR, self, o)
+
+    def __rrshift__(self, o: object) -> Value:
+        return binary(BinaryOp.SHR, o, self)
+
+    def __lt__(self, o: object) -> Value:
+        return binary(BinaryOp.LT, self, o)
+
+    def __le__(self, o: object) -> Value:
+        return binary(BinaryOp.LE, self, o)
+
+    def __gt__(self, o: object) -> Value:
+        return binary(BinaryOp.GT, self, o)
+
+    def __ge__(self, o: object) -> Value:
+        return binary(BinaryOp.GE, self, o)
+
+    def __eq__(self, o: object) -> Value:  # type: ignore[override]
+        return binary(BinaryOp.EQ, self, o)
+
+    def __ne__(self, o: object) -> Value:  # type: ignore[override]
+        return binary(BinaryOp.NE, self, o)
+
+    def __neg__(self) -> Value:
+        return unary(UnaryOp.NEG, self)
+
+    def __pos__(self) -> Value:
+        return self
+
+    def __invert__(self) -> Value:
+        return unary(UnaryOp.INVERT, self)
+
+    def __abs__(self) -> Value:
+        return unary(UnaryOp.ABS, self)
+
+
+# ------------------------------------------------------------------------ conversions
+
+
+def as_value(x: object) -> Value:
+    """A Value for `x`: Values pass through, Python scalars become weak constants."""
+    if isinstance(x, Value):
+        return x
+    if isinstance(x, bool):
+        return Value(Const(x, T.bool_))
+    if isinstance(x, int):
+        return Value(Const(x, T.i64), weak=True)
+    if isinstance(x, float):
+        return Value(Const(x, T.f64), weak=True)
+    dtype = getattr(x, "dtype", None)
+    if dtype is not None and getattr(x, "shape", None) == ():  # a NumPy scalar: typed
+        d = T.as_dtype(dtype)
+        return Value(Const(x.item(), d))  # type: ignore[attr-defined]
+    raise trace_error(
+        f"{type(x).__name__} object used as a value inside a kernel",
+        "kernels compute on numbers: use a subscripted array element, a scalar or a kd.* value",
+    )
+
+
+def _retype(v: Value, dtype: DType) -> Expr:
+    """`v`'s expression as `dtype`, folding constants (a weak value adapting to a typed one)."""
+    if v.dtype == dtype:
+        return v.expr
+    e = v.expr
+    if isinstance(e, Const):
+        value = e.value
+        if dtype.is_int:
+            if isinstance(value, float):
+                raise trace_error(
+                    f"the float {value!r} can't become {dtype.name}",
+                    "write an integer, or cast the other operand to a float dtype",
+                )
+            lo, hi = _int_range(dtype)
+            if not lo <= int(value) <= hi:
+                raise trace_error(
+                    f"the constant {value!r} does not fit in {dtype.name}",
+                    f"use a value in [{lo}, {hi}] or a wider dtype",
+                )
+            return Const(int(value), dtype)
+        if dtype.is_float:
+            return Const(float(value), dtype)
+        return Const(bool(value), dtype)
+    return Cast(e, dtype)
+
+
+def _int_range(d: DType) -> tuple[int, int]:
+    if d.is_signed:
+        return -(1 << (d.bits - 1)), (1 << (d.bits - 1)) - 1
+    return 0, (1 << d.bits) - 1
+
+
+def widen(v: Value) -> Value:
+    """f16/bf16 compute in f32."""
+    return Value(Cast(v.expr, T.f32), v.weak) if v.dtype.is_half else v
+
+
+def _kind_mix_error(a: Value, b: Value) -> TraceError:
+    return trace_error(
+        f"mixing {a.dtype.name} and {b.dtype.name} operands needs an explicit cast",
+        f"write x.astype(kd.{b.dtype.name}) or kd.cast(x, kd.{a.dtype.name}) on one operand",
+    )
+
+
+def unify(a: Value, b: Value) -> tuple[Expr, Expr, DType, bool]:
+    """Bring two operands to one dtype: (lhs, rhs, dtype, weak)."""
+    a, b = widen(a), widen(b)
+    if a.weak and b.weak:
+        d = T.promote(a.dtype, b.dtype) or T.f64
+        return _retype(a, d), _retype(b, d), d, True
+    if a.weak or b.weak:
+        typed, weak = (b, a) if a.weak else (a, b)
+        d = typed.dtype
+        if weak.dtype.is_float and not d.is_float:
+            d = T.f64
+        elif d.is_bool and not weak.dtype.is_bool:
+            d = weak.dtype
+        lhs, rhs = _retype(a, d), _retype(b, d)
+        return lhs, rhs, d, False
+    d2 = T.promote(a.dtype, b.dtype)
+    if d2 is None:
+        raise _kind_mix_error(a, b)
+    return _retype(a, d2), _retype(b, d2), d2, False
+
+
+_BITWISE = {BinaryOp.AND, BinaryOp.OR, BinaryOp.XOR, BinaryOp.SHL, BinaryOp.SHR}
+_ARITH = {BinaryOp.ADD, BinaryOp.SUB, BinaryOp.MUL, BinaryOp.FLOORDIV, BinaryOp.MOD}
+
+
+def binary(op: BinaryOp, x: object, y: object) -> Value:
+    a, b, d, weak = unify(as_value(x), as_value(y))
+    if op is BinaryOp.DIV and not d.is_float:
+        d = T.f64
+        a, b = _retype(Value(a), d), _retype(Value(b), d)
+    if op in _BITWISE and d.is_float:
+        raise trace_error(
+            f"bitwise operator {op.value} on {d.name} values",
+            "bitwise operators need integers or bools: cast with .astype(kd.i32) first",
+        )
+    if op in (BinaryOp.SHL, BinaryOp.SHR) and d.is_bool:
+        raise trace_error("shift of bool values", "cast to an integer dtype first")
+    if (op in _ARITH or op is BinaryOp.DIV) and d.is_bool:
+        raise trace_error(
+            f"arithmetic operator {op.value} on bool values",
+            "use & | ^ for logic, or cast to a number first: cond.astype(kd.i32)",
+        )
+    result = T.bool_ if op.is_comparison else d
+    return Value(Binary(op, a, b, result), weak and not op.is_comparison)
+
+
+def power(x: object, y: object) -> Value:
+    """`x ** y`: repeated multiplication for small constant integer exponents."""
+    base, exp = as_value(x), as_value(y)
+    if isinstance(exp.expr, Const) and not exp.dtype.is_float and exp.weak:
+        n = int(exp.expr.value)
+        if n == 0:
+            base = widen(base)
+            return Value(_retype(as_value(1), base.dtype), base.weak)
+        if 0 < n <= 8:
+            result = base
+            for _ in range(n - 1):
+                result = binary(BinaryOp.MUL, result, base)
+            return result
+    a, b, d, weak = unify(base, exp)
+    if not d.is_float:
+        raise trace_error(
+            "integer ** with an exponent that is not a constant in 0..8",
+            "cast the base to a float dtype, or use a constant exponent",
+        )
+    return Value(Binary(BinaryOp.POW, a, b, d), weak)
+
+
+def unary(op: UnaryOp, x: object) -> Value:
+    v = widen(as_value(x))
+    if v.dtype.is_bool and op is not UnaryOp.INVERT:
+        raise trace_error(f"{op.value} of a bool value", "cast it to a number first")
+    if op is UnaryOp.INVERT and v.dtype.is_float:
+        raise trace_error("~ on a float value", "~ is bitwise: use it on integers or bools")
+    if op.float_only and not v.dtype.is_float:
+        v = Value(_retype(v, T.f64), v.weak)
+    return Value(Unary(op, v.expr, v.dtype), v.weak)
+
+
+def maximum(a: object, b: object) -> Value:
+    return binary(BinaryOp.MAX, a, b)
+
+
+def minimum(a: object, b: object) -> Value:
+    return binary(BinaryOp.MIN, a, b)
+
+
+def fma(a: object, b: object, c: object) -> Value:
+    """a * b + c, rounded once."""
+    x, y, d, _ = unify(as_value(a), as_value(b))
+    prod = Value(Binary(BinaryOp.MUL, x, y, d))
+    p, z, d, weak = unify(prod, as_value(c))
+    if not d.is_float:
+        raise trace_error("kd.fma of integers", "use a * b + c for integers")
+    x, y = _retype(Value(x), d), _retype(Value(y), d)
+    return Value(Fma(x, y, z, d), weak)
+
+
+def where(cond: object, a: object, b: object) -> Value:
+    c = as_value(cond)
+    if not c.dtype.is_bool:
+        raise trace_error(
+            f"kd.where condition is {c.dtype.name}, not bool",
+            "compare to get a condition, e.g. kd.where(x != 0, a, b)",
+        )
+    x, y, d, weak = unify(as_value(a), as_value(b))
+    return Value(Select(c.expr, x, y, d), weak)
+
+
+def cast(x: object, dtype: object) -> Value:
+    v = as_value(x)
+    d = T.as_dtype(dtype)
+    return Value(v.expr if v.dtype == d else Cast(v.expr, d))
+
+
+def can_store(src: Value, dst: DType) -> bool:
+    """NumPy's same_kind casting: bool < integers < floats; weak ints go anywhere numeric."""
+    order = {T.Kind.BOOL: 0, T.Kind.INT: 1, T.Kind.UINT: 1, T.Kind.FLOAT: 2}
+    return order[src.dtype.kind] <= order[dst.kind]
+
+
+def to_dtype(v: Value, d: DType) -> Expr:
+    """`v` converted for storing into a `d` location (the caller checked can_store)."""
+    return _retype(v, d)
