@@ -1,0 +1,159 @@
+"""From call arguments to specialization keys and trace specs, with clear argument errors."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from kdsl import types as T
+from kdsl.errors import KernelArgumentError
+from kdsl.trace.api import constexpr
+from kdsl.trace.tracer import ArgSpec, ArraySpec, ConstSpec, ScalarSpec
+
+_DLPACK_CPU = 1
+_DLPACK_CUDA = (2, 3, 13)  # CUDA, CUDA host, CUDA managed
+
+
+@dataclass(frozen=True)
+class Signature:
+    kernel: str
+    names: tuple[str, ...]
+    constexpr: frozenset[str]
+    defaults: dict[str, object]
+
+    @classmethod
+    def of(cls, fn: Callable[..., object], kernel: str) -> Signature:
+        sig = inspect.signature(fn)
+        names, consts, defaults = [], set(), {}
+        for p in sig.parameters.values():
+            if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+                raise KernelArgumentError(
+                    f"parameter '{p.name}' is {p.kind.description}",
+                    kernel=kernel,
+                    fix="kernel parameters must be plain positional parameters",
+                )
+            names.append(p.name)
+            if _is_constexpr_annotation(p.annotation):
+                consts.add(p.name)
+            if p.default is not p.empty:
+                defaults[p.name] = p.default
+        return cls(kernel, tuple(names), frozenset(consts), defaults)
+
+    def __str__(self) -> str:
+        return f"{self.kernel}({', '.join(n + (': kd.constexpr' if n in self.constexpr else '') for n in self.names)})"
+
+    def bind(self, args: Sequence[object], kwargs: dict[str, object]) -> list[object]:
+        if len(args) > len(self.names):
+            raise self.error(f"takes {len(self.names)} arguments but {len(args)} were given")
+        bound = list(args)
+        for name in self.names[len(args) :]:
+            if name in kwargs:
+                bound.append(kwargs.pop(name))
+            elif name in self.defaults:
+                bound.append(self.defaults[name])
+            else:
+                raise self.error(f"missing argument '{name}'")
+        if kwargs:
+            raise self.error(f"unexpected argument(s) {', '.join(map(repr, kwargs))}")
+        return bound
+
+    def error(self, what: str, fix: str | None = None) -> KernelArgumentError:
+        return KernelArgumentError(
+            what, kernel=self.kernel, fix=fix or f"call it as {self}"
+        )
+
+
+def _is_constexpr_annotation(annotation: object) -> bool:
+    if annotation is constexpr:
+        return True
+    return isinstance(annotation, str) and annotation.split(".")[-1] == "constexpr"
+
+
+def as_host_array(value: object, name: str, sig: Signature) -> np.ndarray:
+    """A NumPy view of a host array given through DLPack; errors for device arrays."""
+    device = getattr(value, "__dlpack_device__", None)
+    if device is not None:
+        kind = device()[0]
+        if kind in _DLPACK_CUDA:
+            raise sig.error(
+                f"argument '{name}' is a CUDA array, but this call runs on the CPU",
+                "move it to the host first (e.g. tensor.cpu() or cupy.asnumpy(x)), or call "
+                f"{sig.kernel}[kd.cuda](...) once the CUDA target is available",
+            )
+        if kind != _DLPACK_CPU:
+            raise sig.error(f"argument '{name}' lives on DLPack device type {kind}, not the CPU")
+    try:
+        return np.from_dlpack(value)  # type: ignore[arg-type]
+    except (TypeError, BufferError, RuntimeError) as exc:
+        raise sig.error(f"argument '{name}' could not be read through DLPack: {exc}") from None
+
+
+def describe(value: object) -> str:
+    if isinstance(value, np.ndarray):
+        return f"a {value.dtype} array of shape {value.shape}"
+    return f"a {type(value).__name__}"
+
+
+def spec_of(name: str, value: object, sig: Signature, static_shapes: bool) -> tuple[ArgSpec, object]:
+    """The trace spec of one argument and the value to pass (DLPack arrays become NumPy)."""
+    if name in sig.constexpr or isinstance(value, constexpr):
+        raw = value.value if isinstance(value, constexpr) else value
+        try:
+            hash(raw)
+        except TypeError:
+            raise sig.error(f"constexpr argument '{name}' must be hashable, got {describe(raw)}") from None
+        return ConstSpec(raw), raw
+    if value is None:
+        raise sig.error(f"argument '{name}' is None", "pass a NumPy array or a number")
+    if isinstance(value, bool):
+        return ScalarSpec(T.bool_, False), value
+    if isinstance(value, int):
+        if not -(1 << 63) <= value < (1 << 63):
+            raise sig.error(f"argument '{name}' = {value} does not fit in 64 bits")
+        return ScalarSpec(T.i64, True), value
+    if isinstance(value, float):
+        return ScalarSpec(T.f64, True), value
+    if isinstance(value, np.generic):
+        d = T.from_numpy(value.dtype)
+        if d is None:
+            raise sig.error(f"argument '{name}' has dtype {value.dtype}, which kdsl does not support")
+        return ScalarSpec(d, False), value.item()
+    if not isinstance(value, np.ndarray):
+        if hasattr(value, "__dlpack__"):
+            value = as_host_array(value, name, sig)
+        elif isinstance(value, list | tuple):
+            raise sig.error(
+                f"argument '{name}' is a {type(value).__name__}", "pass np.asarray(value) instead"
+            )
+        else:
+            raise sig.error(
+                f"argument '{name}' is {describe(value)}",
+                "pass a NumPy array (or a DLPack array on the CPU), or a Python/NumPy scalar",
+            )
+    array: np.ndarray = value  # type: ignore[assignment]
+    d = T.from_numpy(array.dtype)
+    if d is None:
+        raise sig.error(
+            f"argument '{name}' has dtype {array.dtype}, which kdsl does not support",
+            "convert it, e.g. x.astype(np.float32)",
+        )
+    shape = tuple(array.shape) if static_shapes else None
+    return ArraySpec(d, array.ndim, bool(array.flags.c_contiguous), shape), array
+
+
+def fast_key(args: Sequence[object]) -> tuple[object, ...] | None:
+    """The specialization key of plain NumPy arrays and Python scalars, or None when some
+    argument needs the careful path (constexpr, DLPack, NumPy scalars, bad input)."""
+    key: list[object] = []
+    for a in args:
+        t = type(a)
+        if t is np.ndarray:
+            key.append((a.dtype, a.ndim, a.flags.c_contiguous))  # type: ignore[union-attr]
+        elif t is float or t is int or t is bool:
+            key.append(t)
+        else:
+            return None
+    return tuple(key)

@@ -1,0 +1,1 @@
+"""The kdsl kernel library (matmul, attention, norms, softmax, quantized), written in kdsl."""
