@@ -66,7 +66,7 @@ class KdslError(Exception):
             parts.append(f"  fix: {self.fix}")
         return "\n".join(parts)
 
-    def __reduce__(self):  # keep errors picklable (worker processes send them back)
+    def __reduce__(self) -> tuple[object, ...]:  # picklable: worker processes send errors back
         return (_rebuild, (type(self), self.what, self.kernel, self.loc, self.fix))
 
     def with_kernel(self, kernel: str) -> KdslError:

@@ -103,7 +103,7 @@ def _bf16_numpy() -> np.dtype:
         raise ImportError(
             "bf16 arrays on the host need the 'ml_dtypes' package: pip install ml_dtypes"
         ) from exc
-    return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(ml_dtypes.bfloat16)  # type: ignore[no-any-return]
 
 
 def from_numpy(dt: np.dtype) -> DType | None:

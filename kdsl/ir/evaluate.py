@@ -7,11 +7,11 @@ returned arrays and the numbers quoted in a failed check's message.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from kdsl.ir.nodes import Binary, BinaryOp, Cast, Const, DimOf, Expr, ScalarArg, Select, Unary, UnaryOp
 
-_BINARY = {
+_BINARY: dict[BinaryOp, Callable[..., bool | int | float]] = {
     BinaryOp.ADD: lambda a, b: a + b,
     BinaryOp.SUB: lambda a, b: a - b,
     BinaryOp.MUL: lambda a, b: a * b,
@@ -33,7 +33,7 @@ _BINARY = {
     BinaryOp.GE: lambda a, b: a >= b,
     BinaryOp.GT: lambda a, b: a > b,
 }
-_UNARY = {
+_UNARY: dict[UnaryOp, Callable[..., bool | int | float]] = {
     UnaryOp.NEG: lambda a: -a,
     UnaryOp.ABS: abs,
     UnaryOp.INVERT: lambda a: (not a) if isinstance(a, bool) else ~a,
@@ -57,9 +57,9 @@ def evaluate(
             case ScalarArg(name=n):
                 return scalars[n]  # type: ignore[return-value]
             case Binary(op=op, lhs=a, rhs=b):
-                return _BINARY[op](ev(a), ev(b))  # type: ignore[no-any-return]
+                return _BINARY[op](ev(a), ev(b))
             case Unary(op=op, operand=a) if op in _UNARY:
-                return _UNARY[op](ev(a))  # type: ignore[no-any-return]
+                return _UNARY[op](ev(a))
             case Select(cond=c, if_true=a, if_false=b):
                 return ev(a) if ev(c) else ev(b)
             case Cast(operand=a, dtype=d):

@@ -26,6 +26,7 @@ from kdsl.ir.nodes import (
     CheckKind,
     Const,
     DeclareLocal,
+    DimOf,
     Expr,
     If,
     Load,
@@ -39,7 +40,7 @@ from kdsl.ir.nodes import (
     Store,
 )
 from kdsl.ir.printer import format_expr
-from kdsl.ir.visit import children, map_expr
+from kdsl.ir.visit import children, map_expr, walk_expr
 from kdsl.trace.frames import location
 from kdsl.trace.values import Value
 from kdsl.types import DType
@@ -334,27 +335,32 @@ class TraceContext:
         self.ties.setdefault(idx.placeholder, []).append((buffer, axis, loc))
 
     def tie_checks(self) -> list[Check]:
-        """One check per pair of dimensions an index variable subscripts (einsum rule)."""
+        """Checks that the dimensions an index subscripts fit its range.
+
+        An index whose extent is a dimension (`kd.indices(A.shape[1])`) ties every
+        dimension it subscripts to that one, as in einsum: they must be equal. An index
+        with any other extent (a constant, a scalar, an expression) only needs each
+        dimension it subscripts to be at least that long.
+        """
         checks: list[Check] = []
         for placeholder, uses in self.ties.items():
-            seen: list[tuple[Expr, str]] = []
+            idx = self.indices[placeholder]
+            ext = idx.extent
+            if any(isinstance(e, LoopVar | LocalVar) for e in walk_expr(ext)):
+                continue  # a range that depends on a loop: not checkable before the kernel runs
+            tied = isinstance(ext, DimOf)
+            seen: list[Expr] = [ext] if tied else []
             for buffer, axis, loc in uses:
                 dim = self.buffers[buffer].shape[axis]
-                text = f"{buffer}.shape[{axis}]"
-                if any(dim == d for d, _ in seen):
+                if any(dim == d for d in seen):
                     continue
-                if seen:
-                    first, first_text = seen[0]
-                    checks.append(
-                        Check(
-                            Binary(BinaryOp.EQ, first, dim, T.bool_),
-                            CheckKind.SHAPE,
-                            f"{first_text} == {text} (index '{self.indices[placeholder].name}' "
-                            "subscripts both)",
-                            loc=loc,
-                        )
-                    )
-                seen.append((dim, text))
+                seen.append(dim)
+                op, text = (BinaryOp.EQ, "==") if tied else (BinaryOp.LE, "<=")
+                what = (
+                    f"{format_expr(ext)} {text} {buffer}.shape[{axis}] (index '{idx.name}' "
+                    f"ranges over {format_expr(ext)} and subscripts {buffer} axis {axis})"
+                )
+                checks.append(Check(Binary(op, ext, dim, T.bool_), CheckKind.SHAPE, what, loc=loc))
         return checks
 
 

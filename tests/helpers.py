@@ -1,0 +1,67 @@
+"""The one comparison helper: compiled vs interpreter vs NumPy, with explicit tolerances."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+
+GOLDEN = pathlib.Path(__file__).parent / "golden"
+
+
+def random_array(rng: np.random.Generator, shape: tuple[int, ...], dtype: object) -> np.ndarray:
+    """Fresh random data, never zeros: floats in [-1, 1), ints in a small signed/unsigned range."""
+    dt = np.dtype(dtype)
+    if dt.kind == "f" or dt.name == "bfloat16":
+        return rng.uniform(-1, 1, shape).astype(dt)
+    if dt.kind == "b":
+        return rng.integers(0, 2, shape).astype(bool)
+    lo = 0 if dt.kind == "u" else -50
+    return rng.integers(lo, 50, shape).astype(dt)
+
+
+def _copies(args: list[object]) -> list[object]:
+    return [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+
+
+def check_kernel(
+    kernel,
+    args: list[object],
+    expected: dict[int, np.ndarray] | np.ndarray,
+    *,
+    rtol: float = 1e-5,
+    atol: float = 1e-6,
+) -> None:
+    """Run `kernel` compiled and interpreted on copies of `args`; compare both to NumPy.
+
+    `expected` is the kernel's return value, or {argument position: expected contents}
+    for kernels that write into arguments.
+    """
+    compiled_args, interp_args = _copies(args), _copies(args)
+    got = kernel(*compiled_args)
+    ref = kernel.interpret(*interp_args)
+    if isinstance(expected, dict):
+        for pos, want in expected.items():
+            np.testing.assert_allclose(
+                np.asarray(compiled_args[pos], np.float64), np.asarray(want, np.float64), rtol=rtol, atol=atol,
+                err_msg=f"compiled, argument {pos}",
+            )
+            np.testing.assert_allclose(
+                np.asarray(interp_args[pos], np.float64), np.asarray(want, np.float64), rtol=rtol, atol=atol,
+                err_msg=f"interpreter, argument {pos}",
+            )
+    else:
+        for name, value in (("compiled", got), ("interpreter", ref)):
+            np.testing.assert_allclose(
+                np.asarray(value, np.float64), np.asarray(expected, np.float64), rtol=rtol, atol=atol,
+                err_msg=name,
+            )
+
+
+def check_golden(name: str, text: str, update: bool) -> None:
+    """Compare `text` with tests/golden/NAME.txt (rewritten under --update-golden)."""
+    path = GOLDEN / f"{name}.txt"
+    if update:
+        path.write_text(text + "\n")
+    assert path.exists(), f"{path} is missing; create it with --update-golden"
+    assert text + "\n" == path.read_text(), f"{path} differs; rerun with --update-golden if intended"
