@@ -62,7 +62,7 @@ class Signature:
 
     def error(self, what: str, fix: str | None = None) -> KernelArgumentError:
         return KernelArgumentError(
-            what, kernel=self.kernel, fix=fix or f"call it as {self}"
+            f"{what}; the kernel's signature is {self}", kernel=self.kernel, fix=fix or f"call it as {self}"
         )
 
 

@@ -16,6 +16,7 @@ from kdsl.errors import BoundsError, KdslError, ShapeError
 from kdsl.ir.checks import describe_failed_check
 from kdsl.ir.evaluate import evaluate
 from kdsl.ir.hashing import structural_hash
+from kdsl.ir.passes import lower
 from kdsl.ir.nodes import CheckKind, DimOf, Kernel, ScalarArg
 from kdsl.ir.printer import format_kernel
 from kdsl.ir.visit import walk_expr
@@ -231,7 +232,7 @@ class KernelFunction:
 
     def _compile(self, specs: tuple[ArgSpec, ...]) -> _Specialization:
         kernel = self.trace(specs)
-        compiled = compile_kernel(kernel, checks=self.checks)
+        compiled = compile_kernel(lower(kernel), checks=self.checks)
         self._stats["compilations"] += 1
         array_pos = tuple(n for n, s in enumerate(specs) if isinstance(s, ArraySpec))
         scalar_pos = tuple(n for n, s in enumerate(specs) if isinstance(s, ScalarSpec))
@@ -267,7 +268,7 @@ class KernelFunction:
         """Run the kernel in the reference interpreter (slow, exact): the oracle for tests."""
         try:
             specs, bound = self._specs(args, kwargs)
-            kernel = self.trace(specs)
+            kernel = lower(self.trace(specs))
             named = {
                 p.name: bound[self.signature.names.index(p.name)] for p in kernel.params
             }

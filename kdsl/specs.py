@@ -76,10 +76,13 @@ def spec(shape: int | Sequence[int], dtype: object) -> Spec:
         dims = tuple(operator.index(n) for n in dims)
     except TypeError:
         raise SpecError(
-            f"spec shape {shape!r} is not a tuple of whole numbers", fix="e.g. kd.spec((512, 256), kd.f32)"
+            f"spec shape {shape!r} is not a tuple of whole numbers",
+            fix="e.g. kd.spec((512, 256), kd.f32)",
         ) from None
     if any(n < 0 for n in dims):
-        raise SpecError(f"spec shape {dims} has a negative dimension", fix="dimensions must be >= 0")
+        raise SpecError(
+            f"spec shape {dims} has a negative dimension", fix="dimensions must be >= 0"
+        )
     try:
         dt = as_dtype(dtype)
     except TypeError as exc:
@@ -103,6 +106,8 @@ def parse_args_spec(text: str) -> dict[str, ArgExample]:
 def _parse_item(item: str) -> tuple[str, ArgExample]:
     name, eq, value = item.partition("=")
     name, value = name.strip(), value.strip()
+    if not item:
+        raise _bad(item, "the item is empty (a stray comma?)")
     if not eq:
         raise _bad(item, "there is no '='")
     if not name.isidentifier():
@@ -134,7 +139,13 @@ def _parse_scalar(item: str, value: str) -> bool | int | float:
     try:
         return float(value)
     except ValueError:
-        raise _bad(item, f"'{value}' is neither a number nor DIMS:DTYPE") from None
+        looks_like_dims = all(_DIM.fullmatch(dim) for dim in value.split("x"))
+        why = (
+            f"an array needs a dtype, e.g. '{value}:f32'"
+            if looks_like_dims
+            else f"'{value}' is neither a number nor DIMS:DTYPE"
+        )
+        raise _bad(item, why) from None
 
 
 def _bad(item: str, why: str) -> SpecError:

@@ -89,6 +89,8 @@ class BufferProxy:
                 )
             if isinstance(part, Index):
                 self._ctx.tie(part, self.name, axis, loc)
+            elif isinstance(part, Value):
+                self._ctx.offset_used.update(self._ctx.free_vars([part.expr]))
             v = as_value(part)
             if not v.dtype.is_int:
                 raise TraceError(

@@ -96,6 +96,7 @@ class TraceContext:
     names: set[str] = field(default_factory=set)
     ties: dict[str, list[tuple[str, int, SourceLoc | None]]] = field(default_factory=dict)
     guards: list[_Guard] = field(default_factory=list)
+    offset_used: set[str] = field(default_factory=set)  # indices used inside subscript arithmetic
     alloc_loops: dict[str, set[str]] = field(default_factory=dict)  # temp -> loops around it
 
     # ------------------------------------------------------------------ names & blocks
@@ -337,10 +338,11 @@ class TraceContext:
     def tie_checks(self) -> list[Check]:
         """Checks that the dimensions an index subscripts fit its range.
 
-        An index whose extent is a dimension (`kd.indices(A.shape[1])`) ties every
-        dimension it subscripts to that one, as in einsum: they must be equal. An index
-        with any other extent (a constant, a scalar, an expression) only needs each
-        dimension it subscripts to be at least that long.
+        An index whose extent is a dimension (`kd.indices(A.shape[1])`) and that is only
+        ever a plain subscript ties every dimension it subscripts to that one, as in
+        einsum: they must be equal. An index with any other extent, or one also used in
+        subscript arithmetic (`x[i + 1]`, a position rather than a shared dimension),
+        only needs each dimension it subscripts plainly to be at least that long.
         """
         checks: list[Check] = []
         for placeholder, uses in self.ties.items():
@@ -348,8 +350,8 @@ class TraceContext:
             ext = idx.extent
             if any(isinstance(e, LoopVar | LocalVar) for e in walk_expr(ext)):
                 continue  # a range that depends on a loop: not checkable before the kernel runs
-            tied = isinstance(ext, DimOf)
-            seen: list[Expr] = [ext] if tied else []
+            tied = isinstance(ext, DimOf) and placeholder not in self.offset_used
+            seen: list[Expr] = [ext]
             for buffer, axis, loc in uses:
                 dim = self.buffers[buffer].shape[axis]
                 if any(dim == d for d in seen):

@@ -1,0 +1,192 @@
+"""Benchmark harness: kdsl vs NumPy in one process, checked first, medians over rotated inputs."""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+Args = tuple[object, ...]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How hard to measure: repeats per side, the least time one batch of calls takes, and
+    how many bytes of inputs to rotate through so caches don't flatter whoever runs second."""
+
+    repeats: int
+    min_batch_s: float
+    working_set_bytes: int
+
+
+@dataclass(frozen=True)
+class Case:
+    """One comparison. Both functions take the same arguments; the last one is the output."""
+
+    name: str
+    size: str
+    make: Callable[[np.random.Generator], Args]
+    kdsl: Callable[..., object]
+    numpy: Callable[..., object]
+    work: float = 0.0  # per call: bytes moved (unit "GB/s") or flops (unit "GFLOP/s")
+    unit: str = ""
+    rtol: float = 1e-6
+    atol: float = 1e-6
+
+
+@dataclass(frozen=True)
+class Row:
+    """A line of the results table; times are seconds per call (NumPy's None when absent)."""
+
+    benchmark: str
+    size: str
+    kdsl_s: float
+    numpy_s: float | None
+    unit: str = ""
+    work: float = 0.0
+
+    def cells(self) -> list[str]:
+        ratio = f"{self.numpy_s / self.kdsl_s:.2f}×" if self.numpy_s else "—"
+        return [
+            self.benchmark,
+            self.size,
+            format_time(self.kdsl_s),
+            format_time(self.numpy_s) if self.numpy_s else "—",
+            ratio,
+            self._rate(self.kdsl_s),
+            self._rate(self.numpy_s),
+        ]
+
+    def _rate(self, seconds: float | None) -> str:
+        if not self.unit or not seconds:
+            return "—"
+        return f"{self.work / seconds / 1e9:.1f} {self.unit}"
+
+
+HEADER = ["benchmark", "size", "kdsl", "NumPy", "NumPy/kdsl", "kdsl rate", "NumPy rate"]
+
+
+def format_time(seconds: float) -> str:
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.2f} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds:.2f} s"
+
+
+def run_case(case: Case, settings: Settings, rng: np.random.Generator) -> Row:
+    """Check kdsl against NumPy on fresh inputs, then time both, alternating repeats."""
+    first = case.make(rng)
+    check(case, first)
+    set_bytes = sum(a.nbytes for a in first if isinstance(a, np.ndarray))
+    count = min(8, max(2, math.ceil(settings.working_set_bytes / max(1, set_bytes))))
+    sets = [first] + [case.make(rng) for _ in range(count - 1)]
+    kdsl_s, numpy_s = compare(case.kdsl, case.numpy, sets, settings)
+    return Row(case.name, case.size, kdsl_s, numpy_s, case.unit, case.work)
+
+
+def check(case: Case, args: Args) -> None:
+    """Run NumPy, poison the output, run kdsl, and require the same answer."""
+    out = args[-1]
+    assert isinstance(out, np.ndarray)
+    case.numpy(*args)
+    expected = out.copy()
+    out[...] = np.nan
+    case.kdsl(*args)
+    np.testing.assert_allclose(out, expected, rtol=case.rtol, atol=case.atol, err_msg=case.name)
+
+
+def compare(
+    kdsl_fn: Callable[..., object],
+    numpy_fn: Callable[..., object],
+    sets: Sequence[Args],
+    settings: Settings,
+) -> tuple[float, float]:
+    """Median seconds per call of each function, calls cycling through the argument sets."""
+    sides = [kdsl_fn, numpy_fn]
+    for fn in sides:  # warm-up: every input set once, through each side
+        for args in sets:
+            fn(*args)
+    batches = [_calibrate(fn, sets, settings.min_batch_s) for fn in sides]
+    times: list[list[float]] = [[], []]
+    for _ in range(settings.repeats):
+        for side, fn in enumerate(sides):
+            times[side].append(_batch(fn, batches[side]))
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def _calibrate(fn: Callable[..., object], sets: Sequence[Args], min_s: float) -> list[Args]:
+    """A list of calls (argument sets in rotation) long enough to take at least min_s."""
+    number = len(sets)
+    while True:
+        calls = [sets[k % len(sets)] for k in range(number)]
+        if _batch(fn, calls) * number >= min_s:
+            return calls
+        number *= 2
+
+
+def _batch(fn: Callable[..., object], calls: Sequence[Args]) -> float:
+    start = time.perf_counter()
+    for args in calls:
+        fn(*args)
+    return (time.perf_counter() - start) / len(calls)
+
+
+def median_time(fn: Callable[[], object], repeats: int) -> float:
+    """Median seconds of single calls of fn (for one-off costs such as compiling)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def machine() -> str:
+    """CPU model, LLVM's name for it, core counts, OS and Python: where the numbers came from."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
+        model = names[0] if names else model
+    except OSError:
+        pass
+    import llvmlite.binding as llvm
+
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (
+        f"{model} (LLVM: {llvm.get_host_cpu_name()}), {usable} usable of {os.cpu_count()} "
+        f"logical cores; {platform.system()} {platform.release()}; "
+        f"Python {platform.python_version()}, NumPy {np.__version__}"
+    )
+
+
+def markdown(rows: Sequence[Row], title: str, notes: Sequence[str]) -> str:
+    """The results as a Markdown page: title, date, machine, an aligned table, notes."""
+    table = [HEADER] + [r.cells() for r in rows]
+    widths = [max(len(line[c]) for line in table) for c in range(len(HEADER))]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+
+    now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    parts = [
+        f"# {title}",
+        "",
+        f"Date: {now}  ",
+        f"Machine: {machine()}",
+        "",
+        line(HEADER),
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+        *(line(cells) for cells in table[1:]),
+        "",
+        *(f"* {n}" for n in notes),
+    ]
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,184 @@
+"""The `kdsl` command line: show, version, bench, and its exit codes and messages."""
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import kdsl as kd
+from kdsl.cli import load_kernel, main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+KERNELS = """
+import kdsl as kd
+
+@kd.kernel
+def scale_add(x, y, out, alpha):
+    i = kd.indices(x.shape[0])
+    out[i] = alpha * x[i] + y[i]
+
+@kd.kernel
+def branchy(x, out):
+    i = kd.indices(x.shape[0])
+    if x[i] > 0:
+        out[i] = x[i]
+
+def plain(x):
+    return x
+"""
+
+ARGS = "x=16:f32,y=16:f32,out=16:f32,alpha=0.5"
+
+
+@pytest.fixture
+def kernels_file(tmp_path):
+    path = tmp_path / "my_kernels.py"
+    path.write_text(KERNELS)
+    return path
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_show_ir_is_the_kernels_ir(capsys, kernels_file):
+    code, out, err = run(capsys, "show", f"{kernels_file}:scale_add", "--ir", "--args", ARGS)
+    assert code == 0, err
+    x = np.ones(16, np.float32)
+    expected = load_kernel(f"{kernels_file}:scale_add").ir(x, x, x, 0.5)
+    assert out.strip() == str(expected).strip()
+    assert "scale_add" in out and "alpha" in out
+
+
+def test_ir_is_the_default_view(capsys, kernels_file):
+    _, explicit, _ = run(capsys, "show", f"{kernels_file}:scale_add", "--ir", "--args", ARGS)
+    code, default, _ = run(capsys, "show", f"{kernels_file}:scale_add", "--args", ARGS)
+    assert code == 0 and default == explicit
+
+
+@pytest.mark.parametrize(
+    "view, needles",
+    [
+        ("--llvm", ["define", "fmul", "float"]),
+        ("--asm", ["scale_add", "ret"]),
+        ("--lowered", ["scale_add", "alpha"]),
+    ],
+)
+def test_show_other_views(capsys, kernels_file, view, needles):
+    code, out, err = run(capsys, "show", f"{kernels_file}:scale_add", view, "--args", ARGS)
+    assert code == 0, err
+    for needle in needles:
+        assert needle in out
+
+
+def test_views_are_exclusive(capsys, kernels_file):
+    code, _, err = run(capsys, "show", f"{kernels_file}:scale_add", "--ir", "--asm", "--args", ARGS)
+    assert code == 2 and "not allowed with" in err
+
+
+def test_dtype_in_args_changes_the_code(capsys, kernels_file):
+    _, f32, _ = run(capsys, "show", f"{kernels_file}:scale_add", "--llvm", "--args", ARGS)
+    f64_args = ARGS.replace("f32", "f64")
+    code, f64, _ = run(capsys, "show", f"{kernels_file}:scale_add", "--llvm", "--shape", f64_args)
+    assert code == 0 and "double" in f64 and f32 != f64
+
+
+def test_module_target_and_single_kernel_shorthand(capsys, tmp_path, monkeypatch):
+    (tmp_path / "cli_only_kernel.py").write_text(KERNELS.split("@kd.kernel\ndef branchy")[0])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delitem(sys.modules, "cli_only_kernel", raising=False)
+    code, out, err = run(capsys, "show", "cli_only_kernel", "--args", ARGS)
+    assert code == 0, err
+    assert "scale_add" in out
+
+
+def test_kdsl_error_exits_1_with_its_message(capsys, kernels_file):
+    code, out, err = run(capsys, "show", f"{kernels_file}:branchy", "--args", "x=8:f32,out=8:f32")
+    assert code == 1
+    assert "branchy" in err and "kd.when" in err and "Traceback" not in err
+    assert out == ""
+
+
+@pytest.mark.parametrize(
+    "target, args, message",
+    [
+        ("{dir}/missing.py:scale_add", ARGS, "no such file: {dir}/missing.py"),
+        ("{file}:nope", ARGS, "has no kernel 'nope' (kernels there: scale_add, branchy)"),
+        ("{file}:plain", ARGS, "'plain' in {file} is a function, not a kdsl kernel"),
+        ("{file}", ARGS, "name the kernel as {file}:NAME (kernels in {file}: scale_add, branchy)"),
+        ("no_such_module_kdsl:k", ARGS, "no module named 'no_such_module_kdsl'"),
+        ("{file}:scale_add", "x=16y:f32", "--args: bad argument spec 'x=16y:f32': dimension"),
+        ("{file}:scale_add", "x=16:f32,y=16:f32", "--args: missing out, alpha (the kernel is"),
+        ("{file}:scale_add", ARGS + ",beta=2", "--args: unknown beta (the kernel is scale_add("),
+    ],
+)
+def test_usage_errors_exit_2_in_one_line(capsys, kernels_file, target, args, message):
+    fill = {"dir": kernels_file.parent, "file": kernels_file}
+    code, out, err = run(capsys, "show", target.format(**fill), "--args", args)
+    assert code == 2
+    assert err.startswith("kdsl: error: ") and err.count("\n") == 1
+    assert message.format(**fill) in err
+    assert out == ""
+
+
+def test_args_are_required(capsys, kernels_file):
+    code, _, err = run(capsys, "show", f"{kernels_file}:scale_add")
+    assert code == 2 and "--args" in err
+
+
+def test_no_command_and_unknown_options(capsys):
+    assert run(capsys)[0] == 2
+    code, _, err = run(capsys, "version", "--frobnicate")
+    assert code == 2 and "unrecognized arguments: --frobnicate" in err
+
+
+def test_version(capsys):
+    code, out, _ = run(capsys, "version")
+    assert code == 0
+    assert out.startswith(f"kdsl {kd.__version__} (Python ") and "LLVM " in out
+
+
+def test_console_entry_point_in_a_fresh_process(kernels_file):
+    done = subprocess.run(
+        [sys.executable, "-m", "kdsl.cli", "show", f"{kernels_file}:scale_add", "--args", "x=3"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("kdsl: error: --args: missing y, out, alpha")
+    assert "Traceback" not in done.stderr
+
+
+def test_quick_benchmark_writes_its_table(tmp_path):
+    results = ROOT / "benchmarks" / "RESULTS.md"
+    before = results.read_bytes() if results.exists() else None
+    output = tmp_path / "results.md"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--output", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    page = output.read_text(encoding="utf-8")
+    assert page.startswith("# kdsl vs NumPy (quick run)") and "Machine: " in page
+    for name in ["saxpy", "row sum", "matmul, naive", "call overhead", "trace + compile"]:
+        assert name in page
+    table = [line for line in page.splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + 5  # header and one row per benchmark
+    assert page.strip() in done.stdout  # the same table is printed
+    assert (results.read_bytes() if results.exists() else None) == before
+
+
+def test_bench_passes_options_to_the_script(capfd):
+    assert main(["bench", "--help"]) == 0
+    out, _ = capfd.readouterr()
+    assert "--quick" in out and "--output" in out

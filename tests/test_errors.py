@@ -1,0 +1,245 @@
+"""One test per user-facing error: the message says what and how to fix, at the user's line."""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+
+import kdsl as kd
+
+
+def line_of(fn, marker: str) -> int:
+    """The line number of the line in `fn`'s source that contains `# marker`."""
+    lines, start = inspect.getsourcelines(getattr(fn, "__wrapped__", fn))
+    for offset, text in enumerate(lines):
+        if f"# {marker}" in text:
+            return start + offset
+    raise AssertionError(f"marker {marker} not found")
+
+
+def f32(*shape):
+    return np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)
+
+
+def raises(exc, call, *needles):
+    with pytest.raises(exc) as info:
+        call()
+    message = str(info.value)
+    for needle in needles:
+        assert needle in message, f"{needle!r} not in:\n{message}"
+    assert "fix:" in message, message
+    return info.value
+
+
+# ------------------------------------------------------------------------- TraceError
+
+
+def test_python_if_on_symbolic_value():
+    @kd.kernel
+    def k(x, y):
+        i = kd.indices(x.shape[0])
+        if x[i] > 0:  # here
+            y[i] = x[i]
+
+    err = raises(kd.TraceError, lambda: k(f32(4), f32(4)), "Python `if`", "kd.where", "kd.when")
+    assert err.loc.line == line_of(k, "here") and "if x[i] > 0:" in str(err)
+
+
+def test_slicing_inside_kernel():
+    @kd.kernel
+    def k(x, y):
+        y[0] = x[1:3]  # here
+
+    err = raises(kd.TraceError, lambda: k(f32(4), f32(4)), "slicing array 'x'", "index variables")
+    assert err.loc.line == line_of(k, "here")
+
+
+def test_wrong_number_of_subscripts():
+    @kd.kernel
+    def k(x, y):
+        i = kd.indices(x.shape[0])
+        y[i] = x[i]  # here
+
+    err = raises(kd.TraceError, lambda: k(f32(4, 2), f32(4)), "'x' has 2 dimension(s)", "one index per dimension")
+    assert err.loc.line == line_of(k, "here")
+
+
+def test_mixing_int_and_float_needs_cast():
+    @kd.kernel
+    def k(x, n, y):
+        i = kd.indices(x.shape[0])
+        y[i] = x[i] + n[i]  # here
+
+    err = raises(kd.TraceError, lambda: k(f32(3), np.arange(3, dtype=np.int32), f32(3)), "mixing f32 and i32", "astype")
+    assert err.loc.line == line_of(k, "here")
+
+
+def test_float_into_int_buffer():
+    @kd.kernel
+    def k(x, y):
+        i = kd.indices(x.shape[0])
+        y[i] = x[i] * 2  # here
+
+    err = raises(kd.TraceError, lambda: k(f32(3), np.zeros(3, np.int32)), "into 'y' (i32)", "astype(kd.i32)")
+    assert err.loc.line == line_of(k, "here")
+
+
+def test_read_write_race_under_implicit_loop():
+    @kd.kernel
+    def k(x):
+        i = kd.indices(x.shape[0] - 1)
+        x[i] = x[i + 1]  # here
+
+    err = raises(kd.TraceError, lambda: k(f32(5)), "written at [i]", "read at [i + 1]", "kd.range")
+    assert err.loc.line == line_of(k, "here")
+
+
+def test_write_race_across_iterations():
+    @kd.kernel
+    def k(x, y):
+        i = kd.indices(x.shape[0])
+        y[0] = x[i]  # here
+
+    err = raises(kd.TraceError, lambda: k(f32(5), f32(1)), "written by every iteration", "kd.sum")
+    assert err.loc.line == line_of(k, "here")
+
+
+def test_local_updated_under_implicit_loop():
+    @kd.kernel
+    def k(x, y):
+        acc = kd.local(0.0)
+        i = kd.indices(x.shape[0])
+        acc += x[i]  # here
+        y[0] = acc
+
+    err = raises(kd.TraceError, lambda: k(f32(5), f32(1)), "local 'acc'", "kd.sum(..., over=i)")
+    assert err.loc.line == line_of(k, "here")
+
+
+def test_primitive_outside_kernel():
+    err = raises(kd.TraceError, lambda: kd.indices(4), "kd.indices was called outside a kernel", "@kd.kernel")
+    assert err.loc is not None
+
+
+def test_returning_a_parameter():
+    @kd.kernel
+    def k(x):
+        return x
+
+    raises(kd.TraceError, lambda: k(f32(2)), "can return only arrays it created")
+
+
+# ------------------------------------------------------------------------- ShapeError
+
+
+def test_mismatched_shapes_name_both_arguments():
+    @kd.kernel
+    def matmul(A, B, C):
+        i, j, k = kd.indices(A.shape[0], B.shape[1], A.shape[1])
+        C[i, j] = kd.sum(A[i, k] * B[k, j], over=k)  # here
+
+    err = raises(kd.ShapeError, lambda: matmul(f32(4, 3), f32(5, 2), f32(4, 2)), "A.shape[1]", "B.shape[0]", "= 3", "= 5")
+    assert isinstance(err, ValueError)
+    assert err.loc.line == line_of(matmul, "here")
+
+
+def test_array_too_short_for_a_constant_range():
+    @kd.kernel
+    def k(x, y):
+        i = kd.indices(8)
+        y[i] = x[i]  # here
+
+    err = raises(kd.ShapeError, lambda: k(f32(8), f32(6)), "8 <= y.shape[0]", "= 6")
+    assert err.loc.line == line_of(k, "here")
+
+
+# ------------------------------------------------------------------ KernelArgumentError
+
+
+@kd.kernel
+def add(x, y, out):
+    i = kd.indices(x.shape[0])
+    out[i] = x[i] + y[i]
+
+
+def test_none_argument():
+    err = raises(kd.KernelArgumentError, lambda: add(f32(3), None, f32(3)), "argument 'y' is None", "add(x, y, out)")
+    assert isinstance(err, TypeError)
+
+
+def test_list_argument():
+    raises(kd.KernelArgumentError, lambda: add([1.0, 2.0], f32(2), f32(2)), "argument 'x' is a list", "np.asarray")
+
+
+def test_unsupported_dtype():
+    raises(kd.KernelArgumentError, lambda: add(np.ones(2, complex), f32(2), f32(2)), "dtype complex128", "astype")
+
+
+def test_wrong_argument_count():
+    raises(kd.KernelArgumentError, lambda: add(f32(2), f32(2)), "missing argument 'out'", "add(x, y, out)")
+
+
+def test_read_only_output():
+    out = f32(3)
+    out.flags.writeable = False
+    raises(kd.KernelArgumentError, lambda: add(f32(3), f32(3), out), "'out' is read-only", "writeable")
+
+
+def test_aliasing_output():
+    x = f32(6)
+    raises(kd.KernelArgumentError, lambda: add(x[:3], f32(3), x[2:5]), "'out' and 'x' share memory", "np.copy")
+
+
+class _FakeCudaArray:
+    def __dlpack_device__(self):
+        return (2, 0)
+
+    def __dlpack__(self, stream=None):
+        raise AssertionError("must not be read")
+
+
+def test_cuda_array_to_cpu_kernel():
+    raises(kd.KernelArgumentError, lambda: add(_FakeCudaArray(), f32(2), f32(2)), "'x' is a CUDA array", ".cpu()")
+
+
+# ------------------------------------------------------------------------- BoundsError
+
+
+def test_checks_turn_out_of_bounds_into_index_error():
+    @kd.kernel(checks=True)
+    def gather(x, idx, y):
+        i = kd.indices(idx.shape[0])
+        y[i] = x[idx[i]]  # here
+
+    err = raises(kd.BoundsError, lambda: gather(f32(4), np.array([0, 7], np.int64), f32(2)), "out of bounds on 'x'")
+    assert isinstance(err, IndexError)
+    assert err.loc.line == line_of(gather, "here")
+
+
+def test_interpreter_reports_out_of_bounds_too():
+    @kd.kernel
+    def gather(x, idx, y):
+        i = kd.indices(idx.shape[0])
+        y[i] = x[idx[i]]
+
+    with pytest.raises(kd.BoundsError):
+        gather.interpret(f32(4), np.array([0, -1], np.int64), f32(2))
+
+
+# ------------------------------------------------------------------------- CompileError
+
+
+def test_verifier_failure_is_a_compile_error():
+    from kdsl.ir.nodes import Const, Kernel, Loop, LoopExec, LoopKind
+    from kdsl.ir.verify import verify
+
+    bad = Kernel("k", (), (), (Loop("i", Const(3, kd.f32), LoopKind.PARALLEL, (), LoopExec.SERIAL),))
+    with pytest.raises(kd.CompileError, match="extent of loop i is f32"):
+        verify(bad, "traced")
+
+
+def test_every_error_is_a_kdsl_error():
+    for cls in (kd.TraceError, kd.ShapeError, kd.KernelArgumentError, kd.ScheduleError, kd.CompileError, kd.BoundsError):
+        assert issubclass(cls, kd.KdslError)
