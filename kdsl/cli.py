@@ -77,8 +77,7 @@ def _load_module(where: str) -> ModuleType:
         )
     if where.endswith(".py") or os.sep in where or "/" in where:
         return _load_file(Path(where))
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # as `python -m` does: modules of the current project
+    _put_on_path(os.getcwd())  # as `python -m` does: modules of the current project
     try:
         return importlib.import_module(where)
     except ModuleNotFoundError as exc:
@@ -96,9 +95,14 @@ def _load_file(path: Path) -> ModuleType:
         raise UsageError(f"can't import {path} as Python source")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    sys.path.insert(0, str(path.resolve().parent))  # as `python file.py`: its sibling modules
+    _put_on_path(str(path.resolve().parent))  # as `python file.py`: its sibling modules
     spec.loader.exec_module(module)
     return module
+
+
+def _put_on_path(folder: str) -> None:
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
 
 
 # ----------------------------------------------------------------------- subcommands

@@ -247,13 +247,20 @@ class KernelFunction:
     def _spec_for(self, args: Sequence[object], kwargs: dict[str, object]) -> _Specialization:
         return self._specialize(args, kwargs)[0]
 
+    def _traced(self, args: Sequence[object], kwargs: dict[str, object]) -> tuple[Kernel, list[object]]:
+        try:
+            specs, bound = self._specs(args, kwargs)
+            return self.trace(specs), bound
+        except KdslError as err:
+            raise (err if CONFIG.debug else err.with_traceback(None)) from None
+
     def ir(self, *args: object, **kwargs: object) -> IRView:
         """The traced IR for these arguments (printable; shown as HTML in notebooks)."""
-        return IRView(self._spec_for(args, kwargs).ir)
+        return IRView(self._traced(args, kwargs)[0])
 
     def lowered(self, *args: object, **kwargs: object) -> IRView:
         """The IR after scheduling and lowering, as the target compiles it."""
-        return IRView(self._spec_for(args, kwargs).compiled.kernel)
+        return IRView(lower(self._traced(args, kwargs)[0]))
 
     def llvm(self, *args: object, optimized: bool = True, **kwargs: object) -> str:
         """LLVM IR for these arguments (after LLVM's optimizations unless optimized=False)."""
@@ -266,15 +273,14 @@ class KernelFunction:
 
     def interpret(self, *args: object, **kwargs: object) -> object:
         """Run the kernel in the reference interpreter (slow, exact): the oracle for tests."""
+        traced, bound = self._traced(args, kwargs)
+        kernel = lower(traced)
+        named = {p.name: bound[self.signature.names.index(p.name)] for p in kernel.params}
         try:
-            specs, bound = self._specs(args, kwargs)
-            kernel = lower(self.trace(specs))
-            named = {
-                p.name: bound[self.signature.names.index(p.name)] for p in kernel.params
-            }
             results = interpret(kernel, named)
         except KdslError as err:
-            raise (err.with_kernel(self.name) if CONFIG.debug else err.with_kernel(self.name).with_traceback(None)) from None
+            err = err.with_kernel(self.name)
+            raise (err if CONFIG.debug else err.with_traceback(None)) from None
         if not results:
             return None
         return results[0] if len(results) == 1 else tuple(results)

@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,11 @@ def branchy(x, out):
     i = kd.indices(x.shape[0])
     if x[i] > 0:
         out[i] = x[i]
+
+@kd.kernel
+def scaled(x, out, alpha=2.0):
+    i = kd.indices(x.shape[0])
+    out[i] = alpha * x[i]
 
 def plain(x):
     return x
@@ -65,7 +69,7 @@ def test_ir_is_the_default_view(capsys, kernels_file):
 @pytest.mark.parametrize(
     "view, needles",
     [
-        ("--llvm", ["define", "fmul", "float"]),
+        ("--llvm", ["define", "@kdsl_scale_add", "float"]),
         ("--asm", ["scale_add", "ret"]),
         ("--lowered", ["scale_add", "alpha"]),
     ],
@@ -99,6 +103,12 @@ def test_module_target_and_single_kernel_shorthand(capsys, tmp_path, monkeypatch
     assert "scale_add" in out
 
 
+def test_parameters_with_defaults_may_be_left_out(capsys, kernels_file):
+    code, out, err = run(capsys, "show", f"{kernels_file}:scaled", "--args", "x=4:f32,out=4:f32")
+    assert code == 0, err
+    assert "alpha" in out
+
+
 def test_kdsl_error_exits_1_with_its_message(capsys, kernels_file):
     code, out, err = run(capsys, "show", f"{kernels_file}:branchy", "--args", "x=8:f32,out=8:f32")
     assert code == 1
@@ -110,9 +120,13 @@ def test_kdsl_error_exits_1_with_its_message(capsys, kernels_file):
     "target, args, message",
     [
         ("{dir}/missing.py:scale_add", ARGS, "no such file: {dir}/missing.py"),
-        ("{file}:nope", ARGS, "has no kernel 'nope' (kernels there: scale_add, branchy)"),
+        ("{file}:nope", ARGS, "has no kernel 'nope' (kernels there: scale_add, branchy, scaled)"),
         ("{file}:plain", ARGS, "'plain' in {file} is a function, not a kdsl kernel"),
-        ("{file}", ARGS, "name the kernel as {file}:NAME (kernels in {file}: scale_add, branchy)"),
+        (
+            "{file}",
+            ARGS,
+            "name the kernel as {file}:NAME (kernels in {file}: scale_add, branchy, scaled)",
+        ),
         ("no_such_module_kdsl:k", ARGS, "no module named 'no_such_module_kdsl'"),
         ("{file}:scale_add", "x=16y:f32", "--args: bad argument spec 'x=16y:f32': dimension"),
         ("{file}:scale_add", "x=16:f32,y=16:f32", "--args: missing out, alpha (the kernel is"),

@@ -106,7 +106,9 @@ def test_random_floats_in_minus_one_one(dtype):
     assert wide.min() < -0.5 and wide.max() > 0.5  # spread over the range, not a constant
 
 
-@pytest.mark.parametrize("dtype, low, high", [(T.i8, -8, 8), (T.i64, -8, 8), (T.u8, 0, 16), (T.u32, 0, 16)])
+@pytest.mark.parametrize(
+    "dtype, low, high", [(T.i8, -8, 8), (T.i64, -8, 8), (T.u8, 0, 16), (T.u32, 0, 16)]
+)
 def test_random_ints_in_a_small_range(dtype, low, high):
     (a,) = make_arguments({"a": Spec((1000,), dtype)}, np.random.default_rng(2)).values()
     assert a.dtype == dtype.to_numpy()
