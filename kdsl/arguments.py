@@ -62,7 +62,9 @@ class Signature:
 
     def error(self, what: str, fix: str | None = None) -> KernelArgumentError:
         return KernelArgumentError(
-            f"{what}; the kernel's signature is {self}", kernel=self.kernel, fix=fix or f"call it as {self}"
+            f"{what}; the kernel's signature is {self}",
+            kernel=self.kernel,
+            fix=fix or f"call it as {self}",
         )
 
 
@@ -97,14 +99,18 @@ def describe(value: object) -> str:
     return f"a {type(value).__name__}"
 
 
-def spec_of(name: str, value: object, sig: Signature, static_shapes: bool) -> tuple[ArgSpec, object]:
+def spec_of(
+    name: str, value: object, sig: Signature, static_shapes: bool
+) -> tuple[ArgSpec, object]:
     """The trace spec of one argument and the value to pass (DLPack arrays become NumPy)."""
     if name in sig.constexpr or isinstance(value, constexpr):
         raw = value.value if isinstance(value, constexpr) else value
         try:
             hash(raw)
         except TypeError:
-            raise sig.error(f"constexpr argument '{name}' must be hashable, got {describe(raw)}") from None
+            raise sig.error(
+                f"constexpr argument '{name}' must be hashable, got {describe(raw)}"
+            ) from None
         return ConstSpec(raw), raw
     if value is None:
         raise sig.error(f"argument '{name}' is None", "pass a NumPy array or a number")
@@ -119,7 +125,9 @@ def spec_of(name: str, value: object, sig: Signature, static_shapes: bool) -> tu
     if isinstance(value, np.generic):
         d = T.from_numpy(value.dtype)
         if d is None:
-            raise sig.error(f"argument '{name}' has dtype {value.dtype}, which kdsl does not support")
+            raise sig.error(
+                f"argument '{name}' has dtype {value.dtype}, which kdsl does not support"
+            )
         return ScalarSpec(d, False), value.item()
     if not isinstance(value, np.ndarray):
         if hasattr(value, "__dlpack__"):

@@ -16,8 +16,8 @@ from kdsl.errors import BoundsError, KdslError, ShapeError
 from kdsl.ir.checks import describe_failed_check
 from kdsl.ir.evaluate import evaluate
 from kdsl.ir.hashing import structural_hash
-from kdsl.ir.passes import lower
 from kdsl.ir.nodes import CheckKind, DimOf, Kernel, ScalarArg
+from kdsl.ir.passes import lower
 from kdsl.ir.printer import format_kernel
 from kdsl.ir.visit import walk_expr
 from kdsl.targets.cpu.backend import CpuKernel, compile_kernel
@@ -91,7 +91,9 @@ class _Specialization:
         shapes, scalars = self._environment(args)
         return tuple(max(0, int(evaluate(d, shapes, scalars))) for d in shape)
 
-    def _environment(self, args: Sequence[object], results: Sequence[np.ndarray] = ()) -> tuple[dict, dict]:  # type: ignore[type-arg]
+    def _environment(
+        self, args: Sequence[object], results: Sequence[np.ndarray] = ()
+    ) -> tuple[dict, dict]:  # type: ignore[type-arg]
         names = self.param_names
         shapes = {names[i]: args[i].shape for i in self.array_pos}  # type: ignore[attr-defined]
         shapes.update({r: a.shape for r, a in zip(self.ir.results, results)})
@@ -112,7 +114,9 @@ class _Specialization:
                 }
                 what = describe_failed_check(check, values)
                 cls = ShapeError if check.kind is CheckKind.SHAPE else BoundsError
-                return cls(what, kernel=self.name, loc=check.loc, fix="pass arrays whose dimensions agree")
+                return cls(
+                    what, kernel=self.name, loc=check.loc, fix="pass arrays whose dimensions agree"
+                )
             case ErrorKind.READONLY:
                 return _argument_error(
                     self.name,
@@ -198,7 +202,9 @@ class KernelFunction:
 
     # ----------------------------------------------------------- specialization
 
-    def _specs(self, args: Sequence[object], kwargs: dict[str, object]) -> tuple[tuple[ArgSpec, ...], list[object]]:
+    def _specs(
+        self, args: Sequence[object], kwargs: dict[str, object]
+    ) -> tuple[tuple[ArgSpec, ...], list[object]]:
         bound = self.signature.bind(args, dict(kwargs))
         specs, values = [], []
         for name, value in zip(self.signature.names, bound):
@@ -207,7 +213,9 @@ class KernelFunction:
             values.append(passed)
         return tuple(specs), values
 
-    def _specialize(self, args: Sequence[object], kwargs: dict[str, object]) -> tuple[_Specialization, list[object]]:
+    def _specialize(
+        self, args: Sequence[object], kwargs: dict[str, object]
+    ) -> tuple[_Specialization, list[object]]:
         try:
             specs, bound = self._specs(args, kwargs)
             spec = self._by_spec.get(specs)
@@ -247,7 +255,9 @@ class KernelFunction:
     def _spec_for(self, args: Sequence[object], kwargs: dict[str, object]) -> _Specialization:
         return self._specialize(args, kwargs)[0]
 
-    def _traced(self, args: Sequence[object], kwargs: dict[str, object]) -> tuple[Kernel, list[object]]:
+    def _traced(
+        self, args: Sequence[object], kwargs: dict[str, object]
+    ) -> tuple[Kernel, list[object]]:
         try:
             specs, bound = self._specs(args, kwargs)
             return self.trace(specs), bound

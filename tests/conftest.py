@@ -19,7 +19,9 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
-        "--update-golden", action="store_true", help="rewrite tests/golden/*.txt from the current output"
+        "--update-golden",
+        action="store_true",
+        help="rewrite tests/golden/*.txt from the current output",
     )
 
 

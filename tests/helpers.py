@@ -43,17 +43,26 @@ def check_kernel(
     if isinstance(expected, dict):
         for pos, want in expected.items():
             np.testing.assert_allclose(
-                np.asarray(compiled_args[pos], np.float64), np.asarray(want, np.float64), rtol=rtol, atol=atol,
+                np.asarray(compiled_args[pos], np.float64),
+                np.asarray(want, np.float64),
+                rtol=rtol,
+                atol=atol,
                 err_msg=f"compiled, argument {pos}",
             )
             np.testing.assert_allclose(
-                np.asarray(interp_args[pos], np.float64), np.asarray(want, np.float64), rtol=rtol, atol=atol,
+                np.asarray(interp_args[pos], np.float64),
+                np.asarray(want, np.float64),
+                rtol=rtol,
+                atol=atol,
                 err_msg=f"interpreter, argument {pos}",
             )
     else:
         for name, value in (("compiled", got), ("interpreter", ref)):
             np.testing.assert_allclose(
-                np.asarray(value, np.float64), np.asarray(expected, np.float64), rtol=rtol, atol=atol,
+                np.asarray(value, np.float64),
+                np.asarray(expected, np.float64),
+                rtol=rtol,
+                atol=atol,
                 err_msg=name,
             )
 
@@ -64,4 +73,6 @@ def check_golden(name: str, text: str, update: bool) -> None:
     if update:
         path.write_text(text + "\n")
     assert path.exists(), f"{path} is missing; create it with --update-golden"
-    assert text + "\n" == path.read_text(), f"{path} differs; rerun with --update-golden if intended"
+    assert text + "\n" == path.read_text(), (
+        f"{path} differs; rerun with --update-golden if intended"
+    )

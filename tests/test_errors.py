@@ -62,7 +62,12 @@ def test_wrong_number_of_subscripts():
         i = kd.indices(x.shape[0])
         y[i] = x[i]  # here
 
-    err = raises(kd.TraceError, lambda: k(f32(4, 2), f32(4)), "'x' has 2 dimension(s)", "one index per dimension")
+    err = raises(
+        kd.TraceError,
+        lambda: k(f32(4, 2), f32(4)),
+        "'x' has 2 dimension(s)",
+        "one index per dimension",
+    )
     assert err.loc.line == line_of(k, "here")
 
 
@@ -72,7 +77,12 @@ def test_mixing_int_and_float_needs_cast():
         i = kd.indices(x.shape[0])
         y[i] = x[i] + n[i]  # here
 
-    err = raises(kd.TraceError, lambda: k(f32(3), np.arange(3, dtype=np.int32), f32(3)), "mixing f32 and i32", "astype")
+    err = raises(
+        kd.TraceError,
+        lambda: k(f32(3), np.arange(3, dtype=np.int32), f32(3)),
+        "mixing f32 and i32",
+        "astype",
+    )
     assert err.loc.line == line_of(k, "here")
 
 
@@ -82,7 +92,9 @@ def test_float_into_int_buffer():
         i = kd.indices(x.shape[0])
         y[i] = x[i] * 2  # here
 
-    err = raises(kd.TraceError, lambda: k(f32(3), np.zeros(3, np.int32)), "into 'y' (i32)", "astype(kd.i32)")
+    err = raises(
+        kd.TraceError, lambda: k(f32(3), np.zeros(3, np.int32)), "into 'y' (i32)", "astype(kd.i32)"
+    )
     assert err.loc.line == line_of(k, "here")
 
 
@@ -119,7 +131,9 @@ def test_local_updated_under_implicit_loop():
 
 
 def test_primitive_outside_kernel():
-    err = raises(kd.TraceError, lambda: kd.indices(4), "kd.indices was called outside a kernel", "@kd.kernel")
+    err = raises(
+        kd.TraceError, lambda: kd.indices(4), "kd.indices was called outside a kernel", "@kd.kernel"
+    )
     assert err.loc is not None
 
 
@@ -140,7 +154,14 @@ def test_mismatched_shapes_name_both_arguments():
         i, j, k = kd.indices(A.shape[0], B.shape[1], A.shape[1])
         C[i, j] = kd.sum(A[i, k] * B[k, j], over=k)  # here
 
-    err = raises(kd.ShapeError, lambda: matmul(f32(4, 3), f32(5, 2), f32(4, 2)), "A.shape[1]", "B.shape[0]", "= 3", "= 5")
+    err = raises(
+        kd.ShapeError,
+        lambda: matmul(f32(4, 3), f32(5, 2), f32(4, 2)),
+        "A.shape[1]",
+        "B.shape[0]",
+        "= 3",
+        "= 5",
+    )
     assert isinstance(err, ValueError)
     assert err.loc.line == line_of(matmul, "here")
 
@@ -165,31 +186,58 @@ def add(x, y, out):
 
 
 def test_none_argument():
-    err = raises(kd.KernelArgumentError, lambda: add(f32(3), None, f32(3)), "argument 'y' is None", "add(x, y, out)")
+    err = raises(
+        kd.KernelArgumentError,
+        lambda: add(f32(3), None, f32(3)),
+        "argument 'y' is None",
+        "add(x, y, out)",
+    )
     assert isinstance(err, TypeError)
 
 
 def test_list_argument():
-    raises(kd.KernelArgumentError, lambda: add([1.0, 2.0], f32(2), f32(2)), "argument 'x' is a list", "np.asarray")
+    raises(
+        kd.KernelArgumentError,
+        lambda: add([1.0, 2.0], f32(2), f32(2)),
+        "argument 'x' is a list",
+        "np.asarray",
+    )
 
 
 def test_unsupported_dtype():
-    raises(kd.KernelArgumentError, lambda: add(np.ones(2, complex), f32(2), f32(2)), "dtype complex128", "astype")
+    raises(
+        kd.KernelArgumentError,
+        lambda: add(np.ones(2, complex), f32(2), f32(2)),
+        "dtype complex128",
+        "astype",
+    )
 
 
 def test_wrong_argument_count():
-    raises(kd.KernelArgumentError, lambda: add(f32(2), f32(2)), "missing argument 'out'", "add(x, y, out)")
+    raises(
+        kd.KernelArgumentError,
+        lambda: add(f32(2), f32(2)),
+        "missing argument 'out'",
+        "add(x, y, out)",
+    )
 
 
 def test_read_only_output():
     out = f32(3)
     out.flags.writeable = False
-    raises(kd.KernelArgumentError, lambda: add(f32(3), f32(3), out), "'out' is read-only", "writeable")
+    raises(
+        kd.KernelArgumentError, lambda: add(f32(3), f32(3), out), "'out' is read-only", "writeable"
+    )
 
 
 def test_aliasing_output():
     x = f32(6)
-    raises(kd.KernelArgumentError, lambda: add(x[:3], f32(3), x[2:5]), "'out' and 'x' share memory", "np.copy")
+    raises(
+        kd.KernelArgumentError,
+        lambda: add(x[:3], f32(3), x[2:5]),
+        "'out' and 'x' share memory",
+        "np.copy",
+    )
 
 
 class _FakeCudaArray:
@@ -201,7 +249,12 @@ class _FakeCudaArray:
 
 
 def test_cuda_array_to_cpu_kernel():
-    raises(kd.KernelArgumentError, lambda: add(_FakeCudaArray(), f32(2), f32(2)), "'x' is a CUDA array", ".cpu()")
+    raises(
+        kd.KernelArgumentError,
+        lambda: add(_FakeCudaArray(), f32(2), f32(2)),
+        "'x' is a CUDA array",
+        ".cpu()",
+    )
 
 
 # ------------------------------------------------------------------------- BoundsError
@@ -213,7 +266,11 @@ def test_checks_turn_out_of_bounds_into_index_error():
         i = kd.indices(idx.shape[0])
         y[i] = x[idx[i]]  # here
 
-    err = raises(kd.BoundsError, lambda: gather(f32(4), np.array([0, 7], np.int64), f32(2)), "out of bounds on 'x'")
+    err = raises(
+        kd.BoundsError,
+        lambda: gather(f32(4), np.array([0, 7], np.int64), f32(2)),
+        "out of bounds on 'x'",
+    )
     assert isinstance(err, IndexError)
     assert err.loc.line == line_of(gather, "here")
 
@@ -235,11 +292,20 @@ def test_verifier_failure_is_a_compile_error():
     from kdsl.ir.nodes import Const, Kernel, Loop, LoopExec, LoopKind
     from kdsl.ir.verify import verify
 
-    bad = Kernel("k", (), (), (Loop("i", Const(3, kd.f32), LoopKind.PARALLEL, (), LoopExec.SERIAL),))
+    bad = Kernel(
+        "k", (), (), (Loop("i", Const(3, kd.f32), LoopKind.PARALLEL, (), LoopExec.SERIAL),)
+    )
     with pytest.raises(kd.CompileError, match="extent of loop i is f32"):
         verify(bad, "traced")
 
 
 def test_every_error_is_a_kdsl_error():
-    for cls in (kd.TraceError, kd.ShapeError, kd.KernelArgumentError, kd.ScheduleError, kd.CompileError, kd.BoundsError):
+    for cls in (
+        kd.TraceError,
+        kd.ShapeError,
+        kd.KernelArgumentError,
+        kd.ScheduleError,
+        kd.CompileError,
+        kd.BoundsError,
+    ):
         assert issubclass(cls, kd.KdslError)

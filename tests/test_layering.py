@@ -85,7 +85,8 @@ def test_library_uses_only_the_public_api():
         f"{p.name} imports {m}"
         for p in (ROOT / "kernels").rglob("*.py")
         for m in _imports(p)
-        if m.startswith("kdsl.") and not m.startswith("kdsl.kernels")
+        if m.startswith("kdsl.")
+        and not m.startswith("kdsl.kernels")
         and m.removeprefix("kdsl.") not in PUBLIC
     ]
     assert not bad, bad

@@ -18,7 +18,11 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
 
 
-@given(n=SIZES, dtype=st.sampled_from([np.float32, np.float64]), scalar=st.sampled_from([2.5, -3, np.float32(0.5)]))
+@given(
+    n=SIZES,
+    dtype=st.sampled_from([np.float32, np.float64]),
+    scalar=st.sampled_from([2.5, -3, np.float32(0.5)]),
+)
 def test_saxpy(n, dtype, scalar):
     rng = np.random.default_rng(n)
     x, y = random_array(rng, (n,), dtype), random_array(rng, (n,), dtype)
@@ -56,14 +60,22 @@ def test_softmax(m, n):
 @given(m=SIZES, n=SIZES, dtype=st.sampled_from([np.float32, np.float64]))
 def test_cumsum_rows(m, n, dtype):
     x = random_array(np.random.default_rng(m + n), (m, n), dtype)
-    check_kernel(zoo.cumsum_rows, [x, np.empty_like(x)], {1: np.cumsum(x, axis=1)}, rtol=1e-4, atol=1e-5)
+    check_kernel(
+        zoo.cumsum_rows, [x, np.empty_like(x)], {1: np.cumsum(x, axis=1)}, rtol=1e-4, atol=1e-5
+    )
 
 
 @given(m=SIZES, n=SIZES.filter(lambda n: n > 0))
 def test_rmsnorm(m, n):
     rng = np.random.default_rng(m * n + 1)
     x, w = random_array(rng, (m, n), np.float32), random_array(rng, (n,), np.float32)
-    check_kernel(zoo.rmsnorm, [x, w, np.empty_like(x), 1e-5], {2: zoo.rmsnorm_ref(x, w, 1e-5)}, rtol=1e-4, atol=1e-5)
+    check_kernel(
+        zoo.rmsnorm,
+        [x, w, np.empty_like(x), 1e-5],
+        {2: zoo.rmsnorm_ref(x, w, 1e-5)},
+        rtol=1e-4,
+        atol=1e-5,
+    )
 
 
 @given(blocks=SIZES)
@@ -97,7 +109,9 @@ def test_row_sum(m, n):
 
 def test_gelu(rng):
     x = random_array(rng, (1001,), np.float32) * 6
-    check_kernel(zoo.gelu_tanh, [x, np.empty_like(x)], {1: zoo.gelu_tanh_ref(x)}, rtol=1e-5, atol=1e-6)
+    check_kernel(
+        zoo.gelu_tanh, [x, np.empty_like(x)], {1: zoo.gelu_tanh_ref(x)}, rtol=1e-5, atol=1e-6
+    )
 
 
 def test_large_elementwise(rng):

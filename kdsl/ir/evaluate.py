@@ -9,7 +9,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 
-from kdsl.ir.nodes import Binary, BinaryOp, Cast, Const, DimOf, Expr, ScalarArg, Select, Unary, UnaryOp
+from kdsl.ir.nodes import (
+    Binary,
+    BinaryOp,
+    Cast,
+    Const,
+    DimOf,
+    Expr,
+    ScalarArg,
+    Select,
+    Unary,
+    UnaryOp,
+)
 
 _BINARY: dict[BinaryOp, Callable[..., bool | int | float]] = {
     BinaryOp.ADD: lambda a, b: a + b,

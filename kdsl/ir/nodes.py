@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TypeAlias
 
 from kdsl.errors import SourceLoc
-from kdsl.types import DType, INDEX, bool_
+from kdsl.types import INDEX, DType, bool_
 
 
 def _loc() -> SourceLoc | None:
@@ -203,7 +203,9 @@ class Fma:
     dtype: DType
 
 
-Expr: TypeAlias = Const | LoopVar | LocalVar | ScalarArg | DimOf | Load | Binary | Unary | Select | Cast | Fma
+Expr: TypeAlias = (
+    Const | LoopVar | LocalVar | ScalarArg | DimOf | Load | Binary | Unary | Select | Cast | Fma
+)
 
 
 # ----------------------------------------------------------------------------- statements

@@ -94,7 +94,9 @@ def format_stmts(body: tuple[Stmt, ...], indent: int = 1) -> list[str]:
     for s in body:
         match s:
             case Store(buffer=b, index=index, value=v):
-                out.append(f"{pad}{b}[{', '.join(format_expr(i) for i in index)}] = {format_expr(v)}")
+                out.append(
+                    f"{pad}{b}[{', '.join(format_expr(i) for i in index)}] = {format_expr(v)}"
+                )
             case DeclareLocal(name=n, dtype=d, init=v):
                 out.append(f"{pad}{n}: {d.name} = {format_expr(v)}")
             case Assign(local=n, value=v):

@@ -112,7 +112,9 @@ class _Verifier:
             case _:
                 self.fail(f"not a statement: {s!r}")
 
-    def access(self, b: str, index: tuple[Expr, ...], loops: set[str], locals_: dict[str, DType]) -> None:
+    def access(
+        self, b: str, index: tuple[Expr, ...], loops: set[str], locals_: dict[str, DType]
+    ) -> None:
         if b not in self.buffers:
             self.fail(f"access to unknown buffer {b}")
         if len(index) != self.buffers[b].ndim:
@@ -146,7 +148,9 @@ class _Verifier:
                     self.require_int(i, f"subscript of {b}")
             case Binary(op=op, lhs=a, rhs=b, dtype=d):
                 if a.dtype != b.dtype:
-                    self.fail(f"operands of {format_expr(e)} differ: {a.dtype.name}, {b.dtype.name}")
+                    self.fail(
+                        f"operands of {format_expr(e)} differ: {a.dtype.name}, {b.dtype.name}"
+                    )
                 if d != (bool_ if op.is_comparison else a.dtype):
                     self.fail(f"{format_expr(e)} typed {d.name}")
                 self.require_wide(a)
@@ -170,7 +174,9 @@ class _Verifier:
 
     def require_wide(self, e: Expr) -> None:
         if e.dtype.is_half:
-            self.fail(f"arithmetic on {e.dtype.name} in {format_expr(e)}: it must be widened to f32")
+            self.fail(
+                f"arithmetic on {e.dtype.name} in {format_expr(e)}: it must be widened to f32"
+            )
 
     def require_bool(self, e: Expr) -> None:
         if e.dtype != bool_:
@@ -181,4 +187,3 @@ def verify(kernel: Kernel, stage: str) -> Kernel:
     """Check `kernel` against the invariants of `stage`; return it unchanged."""
     _Verifier(kernel, stage).run()
     return kernel
-

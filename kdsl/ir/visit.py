@@ -63,7 +63,9 @@ def map_expr(e: Expr, fn: Callable[[Expr], Expr | None]) -> Expr:
         case Unary(operand=a) | Cast(operand=a):
             new = replace(e, operand=map_expr(a, fn))
         case Select(cond=c, if_true=a, if_false=b):
-            new = replace(e, cond=map_expr(c, fn), if_true=map_expr(a, fn), if_false=map_expr(b, fn))
+            new = replace(
+                e, cond=map_expr(c, fn), if_true=map_expr(a, fn), if_false=map_expr(b, fn)
+            )
         case Fma(a=a, b=b, c=c):
             new = replace(e, a=map_expr(a, fn), b=map_expr(b, fn), c=map_expr(c, fn))
         case _:

@@ -50,12 +50,18 @@ def indices(*extents: object, names: str | None = None) -> Index | tuple[Index, 
     """Index variables over [0, extent); one extent gives one Index, several a tuple."""
     ctx = current("indices")
     if not extents:
-        raise TraceError("kd.indices() needs at least one extent", loc=location(), fix="e.g. kd.indices(n)")
-    made = tuple(ctx.new_index(n, e) for n, e in zip(_names("indices", len(extents), names), extents))
+        raise TraceError(
+            "kd.indices() needs at least one extent", loc=location(), fix="e.g. kd.indices(n)"
+        )
+    made = tuple(
+        ctx.new_index(n, e) for n, e in zip(_names("indices", len(extents), names), extents)
+    )
     return made[0] if len(made) == 1 else made
 
 
-def _loops(api: str, kind: LoopKind, extents: tuple[object, ...]) -> Iterator[Index | tuple[Index, ...]]:
+def _loops(
+    api: str, kind: LoopKind, extents: tuple[object, ...]
+) -> Iterator[Index | tuple[Index, ...]]:
     ctx = current(api)
     loc = location()
     idxs = [ctx.new_index(n, e) for n, e in zip(_names(api, len(extents), None), extents)]
@@ -79,7 +85,9 @@ def range(n: object) -> Iterator[Index]:  # noqa: A001 - kd.range mirrors Python
 def grid(*extents: object) -> Iterator[Index | tuple[Index, ...]]:
     """A nest of independent loops: `for i, j in kd.grid(m, n)`."""
     if not extents:
-        raise TraceError("kd.grid() needs at least one extent", loc=location(), fix="e.g. kd.grid(m, n)")
+        raise TraceError(
+            "kd.grid() needs at least one extent", loc=location(), fix="e.g. kd.grid(m, n)"
+        )
     yield from _loops("grid", LoopKind.PARALLEL, extents)
 
 
@@ -130,14 +138,18 @@ def alloc(shape: object, dtype: object = T.f32) -> BufferProxy:
     """A kernel-local array (registers or stack/heap on CPU); its contents start undefined."""
     ctx = current("alloc")
     label = (assigned_names() or ["tmp"])[0]
-    return BufferProxy(ctx, ctx.new_temp(label, _shape("alloc", shape), T.as_dtype(dtype), location()))
+    return BufferProxy(
+        ctx, ctx.new_temp(label, _shape("alloc", shape), T.as_dtype(dtype), location())
+    )
 
 
 def empty(shape: object, dtype: object = T.f32) -> BufferProxy:
     """A new array; returned from the kernel it becomes a NumPy array for the caller."""
     ctx = current("empty")
     label = (assigned_names() or ["out"])[0]
-    return BufferProxy(ctx, ctx.new_temp(label, _shape("empty", shape), T.as_dtype(dtype), location()))
+    return BufferProxy(
+        ctx, ctx.new_temp(label, _shape("empty", shape), T.as_dtype(dtype), location())
+    )
 
 
 def zeros(shape: object, dtype: object = T.f32) -> BufferProxy:
@@ -273,4 +285,3 @@ def where(cond: object, a: object, b: object) -> Value:
 def cast(x: object, dtype: object) -> Value:
     current("cast")
     return V.cast(x, dtype)
-

@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from kdsl import types as T
 from kdsl.errors import SourceLoc, TraceError
-from kdsl.ir.nodes import Assign, Binary, BinaryOp, Const, DimOf, Expr, Load, LocalVar, LoopKind, LoopVar, Store
+from kdsl.ir.nodes import (
+    Assign,
+    Binary,
+    BinaryOp,
+    Const,
+    DimOf,
+    Expr,
+    Load,
+    LocalVar,
+    LoopKind,
+    LoopVar,
+    Store,
+)
 from kdsl.ir.printer import format_expr
 from kdsl.ir.visit import walk_expr
 from kdsl.trace.context import Index, TraceContext
@@ -134,7 +146,9 @@ def _add(e: Expr, k: int) -> Expr:
     return Binary(BinaryOp.ADD, e, Const(k, T.i64), T.i64)
 
 
-def _check_race(ctx: TraceContext, buffer: str, index: tuple[Expr, ...], value: Expr, loc: SourceLoc | None) -> None:
+def _check_race(
+    ctx: TraceContext, buffer: str, index: tuple[Expr, ...], value: Expr, loc: SourceLoc | None
+) -> None:
     """Under parallel loops, a store may not read its own buffer elsewhere, nor write one
     element from several iterations."""
     parallel = {n for n, k in ctx.loop_kinds.items() if k is LoopKind.PARALLEL}

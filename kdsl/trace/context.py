@@ -235,7 +235,9 @@ class TraceContext:
 
     # ---------------------------------------------------------------- the recorder
 
-    def record(self, exprs: list[Expr], build: Callable[[list[Expr]], Stmt], loc: SourceLoc | None) -> None:
+    def record(
+        self, exprs: list[Expr], build: Callable[[list[Expr]], Stmt], loc: SourceLoc | None
+    ) -> None:
         """Emit the statement `build(exprs)` inside implicit loops over its free indices,
         with its reductions hoisted."""
         guard_exprs = [g.cond for g in self.guards if g.per_statement]
@@ -321,7 +323,9 @@ class TraceContext:
             )
         return load
 
-    def new_temp(self, label: str, shape: tuple[Expr, ...], dtype: DType, loc: SourceLoc | None) -> str:
+    def new_temp(
+        self, label: str, shape: tuple[Expr, ...], dtype: DType, loc: SourceLoc | None
+    ) -> str:
         name = self.fresh(label)
         nbytes = _const_size(shape) * dtype.itemsize
         scope = Scope.STACK if 0 <= nbytes <= _STACK_LIMIT_BYTES else Scope.HEAP

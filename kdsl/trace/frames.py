@@ -57,7 +57,10 @@ def location(frame: FrameType | None = None) -> SourceLoc | None:
     positions = instrs[pos].positions if pos >= 0 else None
     if positions is not None and positions.lineno is not None:
         return SourceLoc(
-            frame.f_code.co_filename, positions.lineno, positions.col_offset, positions.end_col_offset
+            frame.f_code.co_filename,
+            positions.lineno,
+            positions.col_offset,
+            positions.end_col_offset,
         )
     return SourceLoc(frame.f_code.co_filename, frame.f_lineno)
 

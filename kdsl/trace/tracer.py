@@ -94,7 +94,9 @@ def _finish(ctx: TraceContext, returned: object) -> Kernel:
                 fix="create returned arrays at the top level of the kernel",
             )
         top.remove(alloc)
-        ctx.buffers[out.name] = replace(ctx.buffers[out.name], role=BufferRole.RESULT, scope=Scope.GLOBAL)
+        ctx.buffers[out.name] = replace(
+            ctx.buffers[out.name], role=BufferRole.RESULT, scope=Scope.GLOBAL
+        )
         results.append(out.name)
     params = [b for b in ctx.buffers.values() if b.role is BufferRole.PARAM]
     others = [b for b in ctx.buffers.values() if b.role is not BufferRole.PARAM]
@@ -112,6 +114,8 @@ def _bake_shapes(kernel: Kernel, shapes: dict[str, tuple[int, ...]]) -> Kernel:
 
     from kdsl.ir.visit import map_expr
 
-    buffers = tuple(replace(b, shape=tuple(map_expr(d, fn) for d in b.shape)) for b in kernel.buffers)
+    buffers = tuple(
+        replace(b, shape=tuple(map_expr(d, fn) for d in b.shape)) for b in kernel.buffers
+    )
     body = tuple(map_stmt_exprs(s, fn) for s in kernel.body)
     return replace(kernel, buffers=buffers, body=body)

@@ -14,9 +14,7 @@ from kdsl.ir.passes.bounds import hoist_bounds_checks
 from kdsl.ir.printer import format_kernel
 from kdsl.ir.verify import verify
 
-PASSES: tuple[tuple[str, Callable[[Kernel], Kernel]], ...] = (
-    ("bounds", hoist_bounds_checks),
-)
+PASSES: tuple[tuple[str, Callable[[Kernel], Kernel]], ...] = (("bounds", hoist_bounds_checks),)
 
 
 def lower(kernel: Kernel, stage: str = "traced") -> Kernel:

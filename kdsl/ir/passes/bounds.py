@@ -98,7 +98,9 @@ class _Hoister:
         for c in children(e):
             self.expr(c, extents)
 
-    def access(self, buffer: str, index: tuple[Expr, ...], extents: dict[str, Expr], node: Load | Store) -> None:
+    def access(
+        self, buffer: str, index: tuple[Expr, ...], extents: dict[str, Expr], node: Load | Store
+    ) -> None:
         for axis, sub in enumerate(index):
             if isinstance(sub, LoopVar):
                 continue  # a bare index: the shape checks of the trace cover it
@@ -109,13 +111,17 @@ class _Hoister:
             lo: Expr = Const(const, T.i64)
             hi: Expr = Const(const, T.i64)
             for var, c in terms.items():
-                span = _i64(BinaryOp.MUL, Const(c, T.i64), _i64(BinaryOp.SUB, extents[var], Const(1, T.i64)))
+                span = _i64(
+                    BinaryOp.MUL, Const(c, T.i64), _i64(BinaryOp.SUB, extents[var], Const(1, T.i64))
+                )
                 if c > 0:
                     hi = _i64(BinaryOp.ADD, hi, span)
                 else:
                     lo = _i64(BinaryOp.ADD, lo, span)
             dim = self.shapes[buffer][axis]
-            inside = _i64(BinaryOp.AND, _i64(BinaryOp.GE, lo, Const(0, T.i64)), _i64(BinaryOp.LT, hi, dim))
+            inside = _i64(
+                BinaryOp.AND, _i64(BinaryOp.GE, lo, Const(0, T.i64)), _i64(BinaryOp.LT, hi, dim)
+            )
             cond = inside
             for ext in extents.values():
                 cond = _i64(BinaryOp.OR, _i64(BinaryOp.LE, ext, Const(0, T.i64)), cond)

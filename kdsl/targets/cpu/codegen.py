@@ -89,7 +89,9 @@ class _Codegen:
         self.buffers = {b.name: b for b in kernel.buffers}
         arrays = self.array_args()
         scalars = [p for p in kernel.params if not p.is_array]
-        types = [PTR] * len(arrays) + [ir.DoubleType() if p.dtype.is_float else I64 for p in scalars]
+        types = [PTR] * len(arrays) + [
+            ir.DoubleType() if p.dtype.is_float else I64 for p in scalars
+        ]
         self.fn = ir.Function(module, ir.FunctionType(I64, types), name=symbol_name(kernel))
         self.entry = self.fn.append_basic_block("entry")
         self.b = ir.IRBuilder(self.entry)
@@ -129,7 +131,10 @@ class _Codegen:
         data = self._field(obj, "data", PTR)
         dims_ptr = self._field(obj, "dimensions", PTR)
         strides_ptr = self._field(obj, "strides", PTR)
-        dims = [b.load(b.gep(dims_ptr, [ir.Constant(I64, a)], source_etype=I64), typ=I64) for a in range(buf.ndim)]
+        dims = [
+            b.load(b.gep(dims_ptr, [ir.Constant(I64, a)], source_etype=I64), typ=I64)
+            for a in range(buf.ndim)
+        ]
         if buf.contiguous or buf.role is BufferRole.RESULT:
             strides = self._contiguous_strides(dims, buf.dtype)
         else:
@@ -149,7 +154,9 @@ class _Codegen:
 
     def _check_writeable(self, obj: ir.Value, pos: int) -> None:
         flags = self._field(obj, "flags", I32)
-        ok = self.b.icmp_unsigned("!=", self.b.and_(flags, ir.Constant(I32, WRITEABLE_FLAG)), ir.Constant(I32, 0))
+        ok = self.b.icmp_unsigned(
+            "!=", self.b.and_(flags, ir.Constant(I32, WRITEABLE_FLAG)), ir.Constant(I32, 0)
+        )
         self._fail_unless(ok, ErrorKind.READONLY, pos)
 
     def _extent(self, info: _ArrayInfo, itemsize: int) -> tuple[ir.Value, ir.Value, ir.Value]:
@@ -265,13 +272,17 @@ class _Codegen:
         strides = self._contiguous_strides(dims, buf.dtype)
         size = ir.Constant(I64, buf.dtype.itemsize)
         for d in dims:
-            size = b.mul(size, b.select(b.icmp_signed("<", d, ir.Constant(I64, 0)), ir.Constant(I64, 0), d))
+            size = b.mul(
+                size, b.select(b.icmp_signed("<", d, ir.Constant(I64, 0)), ir.Constant(I64, 0), d)
+            )
         if buf.scope is Scope.STACK and isinstance(size, ir.Constant):
             data = self._entry_alloca(ir.ArrayType(I8, max(1, int(size.constant))), buf.name)
         else:
             slot = self._heap_slot(buf.name)
             data = b.call(self._libc("malloc", PTR, [I64]), [b.add(size, ir.Constant(I64, 1))])
-            self._fail_unless(b.icmp_unsigned("!=", data, ir.Constant(PTR, None)), ErrorKind.NO_MEMORY, 0)
+            self._fail_unless(
+                b.icmp_unsigned("!=", data, ir.Constant(PTR, None)), ErrorKind.NO_MEMORY, 0
+            )
             b.store(data, slot)
             heap.append(slot)
         self.state.arrays[buf.name] = _ArrayInfo(data, dims, strides)
@@ -318,7 +329,9 @@ class _Codegen:
     @property
     def _loop_extents(self) -> dict[str, Expr]:
         if not hasattr(self, "_extents_cache"):
-            self._extents_cache = {s.var: s.extent for s in walk_stmts(self.kernel.body) if isinstance(s, Loop)}
+            self._extents_cache = {
+                s.var: s.extent for s in walk_stmts(self.kernel.body) if isinstance(s, Loop)
+            }
         return self._extents_cache
 
     def expr(self, e: Expr) -> ir.Value:

@@ -125,7 +125,10 @@ class Ops:
         bits = b.bitcast(x, I32)
         lsb = b.and_(b.lshr(bits, ir.Constant(I32, 16)), ir.Constant(I32, 1))
         rounded = b.lshr(b.add(b.add(bits, ir.Constant(I32, 0x7FFF)), lsb), ir.Constant(I32, 16))
-        sign_nan = b.or_(b.and_(b.lshr(bits, ir.Constant(I32, 16)), ir.Constant(I32, 0x8000)), ir.Constant(I32, 0x7FC0))
+        sign_nan = b.or_(
+            b.and_(b.lshr(bits, ir.Constant(I32, 16)), ir.Constant(I32, 0x8000)),
+            ir.Constant(I32, 0x7FC0),
+        )
         is_nan = b.fcmp_unordered("uno", x, x)
         return b.trunc(b.select(is_nan, sign_nan, rounded), I16)
 
@@ -150,7 +153,12 @@ class Ops:
 
     def _float_binary(self, op: BinaryOp, a: ir.Value, c: ir.Value, d: DType) -> ir.Value:
         b, t = self.b, a.type
-        simple = {BinaryOp.ADD: b.fadd, BinaryOp.SUB: b.fsub, BinaryOp.MUL: b.fmul, BinaryOp.DIV: b.fdiv}
+        simple = {
+            BinaryOp.ADD: b.fadd,
+            BinaryOp.SUB: b.fsub,
+            BinaryOp.MUL: b.fmul,
+            BinaryOp.DIV: b.fdiv,
+        }
         if op in simple:
             return simple[op](a, c)
         if op is BinaryOp.POW:
@@ -182,7 +190,9 @@ class Ops:
             b.fcmp_ordered(">", b.fsub(div, floor), ir.Constant(t, 0.5)), b.fadd(floor, one), floor
         )
         floor = b.select(
-            b.fcmp_ordered("==", div, zero), self.intrinsic(copysign, t, [zero, b.fdiv(a, c)]), floor
+            b.fcmp_ordered("==", div, zero),
+            self.intrinsic(copysign, t, [zero, b.fdiv(a, c)]),
+            floor,
         )
         by_zero = b.fcmp_ordered("==", c, zero)
         return b.select(by_zero, b.fdiv(a, c), floor), b.select(by_zero, b.frem(a, c), mod)
@@ -229,7 +239,8 @@ class Ops:
             return b.select(by_zero, zero, r)
         minus_one = ir.Constant(t, -1)
         overflow = b.and_(
-            b.icmp_signed("==", a, ir.Constant(t, -(1 << (d.bits - 1)))), b.icmp_signed("==", c, minus_one)
+            b.icmp_signed("==", a, ir.Constant(t, -(1 << (d.bits - 1)))),
+            b.icmp_signed("==", c, minus_one),
         )
         safe = b.select(b.or_(by_zero, overflow), one, c)
         q, r = b.sdiv(a, safe), b.srem(a, safe)

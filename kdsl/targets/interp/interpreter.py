@@ -171,7 +171,9 @@ class _Translator:
         self.lines = [f"def run({', '.join(params)}):"]
         for b in arrays:
             for axis in range(self.buffers[b].ndim):
-                self.lines.append(f"    {self.name(b)}_{axis} = np.int64({self.name(b)}.shape[{axis}])")
+                self.lines.append(
+                    f"    {self.name(b)}_{axis} = np.int64({self.name(b)}.shape[{axis}])"
+                )
         self.block(self.kernel.body, 1)
         self.lines.append("    return None")
         return "\n".join(self.lines)
@@ -184,7 +186,9 @@ class _Translator:
             match s:
                 case Store(buffer=b, index=index, value=v):
                     site = self.constant((b, s.loc))
-                    self.lines.append(f"{pad}_store({self.name(b)}, ({self.index(index)}), {self.expr(v)}, {site})")
+                    self.lines.append(
+                        f"{pad}_store({self.name(b)}, ({self.index(index)}), {self.expr(v)}, {site})"
+                    )
                 case DeclareLocal(name=n, init=v) | Assign(local=n, value=v):
                     self.lines.append(f"{pad}{self.name(n)} = {self.expr(v)}")
                 case Allocate(buffer=b):
@@ -193,7 +197,9 @@ class _Translator:
                     dtype = self.constant(buf.dtype.to_numpy())
                     self.lines.append(f"{pad}{self.name(b)} = np.empty(({shape},), {dtype})")
                 case Loop(var=var, extent=ext, body=inner):
-                    self.lines.append(f"{pad}for {self.name(var)}_ in range(int({self.expr(ext)})):")
+                    self.lines.append(
+                        f"{pad}for {self.name(var)}_ in range(int({self.expr(ext)})):"
+                    )
                     self.lines.append(f"{pad}    {self.name(var)} = np.int64({self.name(var)}_)")
                     self.block(inner, depth + 1)
                 case If(cond=c, then=then):
@@ -254,7 +260,9 @@ def _check_failure(check: Check):  # type: ignore[no-untyped-def]
     return fail
 
 
-def _out_of_bounds(array: np.ndarray, index: tuple[int, ...], site: tuple[str, SourceLoc | None]) -> BoundsError:
+def _out_of_bounds(
+    array: np.ndarray, index: tuple[int, ...], site: tuple[str, SourceLoc | None]
+) -> BoundsError:
     name, loc = site
     return BoundsError(
         f"subscript [{', '.join(map(str, index))}] is out of bounds for '{name}' of shape {array.shape}",
@@ -270,7 +278,9 @@ def _load(array: np.ndarray, index: tuple[int, ...], site: tuple[str, SourceLoc 
     return array[index]
 
 
-def _store(array: np.ndarray, index: tuple[int, ...], value: object, site: tuple[str, SourceLoc | None]) -> None:
+def _store(
+    array: np.ndarray, index: tuple[int, ...], value: object, site: tuple[str, SourceLoc | None]
+) -> None:
     for i, n in zip(index, array.shape):
         if not 0 <= i < n:
             raise _out_of_bounds(array, index, site)
@@ -289,7 +299,9 @@ def interpret(kernel: Kernel, args: Mapping[str, object]) -> tuple[np.ndarray, .
     """Run `kernel` on `args` (parameter name → array or scalar), in place; return the
     kernel's result arrays."""
     buffers = {b.name: b for b in kernel.buffers}
-    scalars = {p.name: p.dtype.to_numpy().type(args[p.name]) for p in kernel.params if not p.is_array}
+    scalars = {
+        p.name: p.dtype.to_numpy().type(args[p.name]) for p in kernel.params if not p.is_array
+    }
     shapes = {p.name: np.shape(args[p.name]) for p in kernel.params if p.is_array}
     results = tuple(
         np.empty(

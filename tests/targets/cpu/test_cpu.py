@@ -12,8 +12,19 @@ from hypothesis import strategies as st
 import kdsl as kd
 from tests.helpers import check_kernel, random_array
 
-NUMERIC = [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
-           np.float16, np.float32, np.float64]
+NUMERIC = [
+    np.int8,
+    np.int16,
+    np.int32,
+    np.int64,
+    np.uint8,
+    np.uint16,
+    np.uint32,
+    np.uint64,
+    np.float16,
+    np.float32,
+    np.float64,
+]
 
 
 @kd.kernel
@@ -195,7 +206,11 @@ def test_inspection():
     assert double.ir(x, y)._repr_html_().startswith("<pre>")
 
 
-@given(n=st.integers(0, 300), step=st.integers(1, 4), dtype=st.sampled_from([np.float32, np.int16, np.uint8]))
+@given(
+    n=st.integers(0, 300),
+    step=st.integers(1, 4),
+    dtype=st.sampled_from([np.float32, np.int16, np.uint8]),
+)
 def test_strided_and_reversed_views(n, step, dtype):
     base = random_array(np.random.default_rng(n), (n * step + 1,), dtype)
     for view in (base[::step], base[::-step]):
