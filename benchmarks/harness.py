@@ -150,7 +150,8 @@ def median_time(fn: Callable[[], object], repeats: int) -> float:
 
 
 def machine() -> str:
-    """CPU model, LLVM's name for it, core counts, OS and Python: where the numbers came from."""
+    """CPU model, LLVM's name for it, cores and their load, OS and Python: where the numbers
+    came from (a load above the benchmark's own ~1 means something else competed for the CPU)."""
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -163,7 +164,8 @@ def machine() -> str:
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return (
         f"{model} (LLVM: {llvm.get_host_cpu_name()}), {usable} usable of {os.cpu_count()} "
-        f"logical cores; {platform.system()} {platform.release()}; "
+        f"logical cores (load average {os.getloadavg()[0]:.2f} at the end); "
+        f"{platform.system()} {platform.release()}; "
         f"Python {platform.python_version()}, NumPy {np.__version__}"
     )
 

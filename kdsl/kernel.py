@@ -240,7 +240,7 @@ class KernelFunction:
 
     def _compile(self, specs: tuple[ArgSpec, ...]) -> _Specialization:
         kernel = self.trace(specs)
-        compiled = compile_kernel(lower(kernel), checks=self.checks)
+        compiled = compile_kernel(lower(kernel), checks=self.checks, strict_fp=self.strict_fp)
         self._stats["compilations"] += 1
         array_pos = tuple(n for n, s in enumerate(specs) if isinstance(s, ArraySpec))
         scalar_pos = tuple(n for n, s in enumerate(specs) if isinstance(s, ScalarSpec))

@@ -22,8 +22,8 @@ class CpuKernel:
     asm: str
 
 
-def compile_kernel(kernel: Kernel, checks: bool = False) -> CpuKernel:
-    module, sites = generate(kernel, checks)
+def compile_kernel(kernel: Kernel, checks: bool = False, strict_fp: bool = False) -> CpuKernel:
+    module, sites = generate(kernel, checks, strict_fp)
     ref = jit.optimize(module)
     optimized, asm = str(ref), jit.assembly(ref)
     address = jit.load(ref, symbol_name(kernel))

@@ -37,6 +37,7 @@ from kdsl.ir.nodes import (
     Load,
     LocalVar,
     Loop,
+    LoopKind,
     LoopVar,
     ScalarArg,
     Scope,
@@ -83,9 +84,11 @@ class _State:
 
 
 class _Codegen:
-    def __init__(self, kernel: Kernel, module: ir.Module, checks: bool) -> None:
+    def __init__(self, kernel: Kernel, module: ir.Module, checks: bool, strict_fp: bool) -> None:
         self.kernel = kernel
         self.checks = checks
+        self.strict_fp = strict_fp
+        self.reduction_depth = 0
         self.buffers = {b.name: b for b in kernel.buffers}
         arrays = self.array_args()
         scalars = [p for p in kernel.params if not p.is_array]
@@ -230,12 +233,20 @@ class _Codegen:
                 slot = self.state.locals.get(n) or self._entry_alloca(llvm_type(d), n)
                 self.state.locals[n] = slot
                 b.store(self.expr(v), slot)
+            case Assign(local=n, value=Binary(op=op, lhs=LocalVar(name=acc) as x, rhs=y)) if (
+                acc == n and self.reduction_depth and not self.strict_fp
+            ):  # an accumulation: may be reassociated
+                value = self.ops.binary(op, self.expr(x), self.expr(y), x.dtype, reassociate=True)
+                b.store(value, self.state.locals[n])
             case Assign(local=n, value=v):
                 b.store(self.expr(v), self.state.locals[n])
             case Allocate(buffer=name):
                 self.allocate(self.buffers[name], heap)
-            case Loop(var=var, extent=ext, body=body):
+            case Loop(var=var, extent=ext, body=body, kind=kind):
+                reduction = kind is LoopKind.REDUCTION
+                self.reduction_depth += reduction
                 self.loop(var, self.expr(ext), body)
+                self.reduction_depth -= reduction
             case If(cond=c, then=then):
                 with b.if_then(self.expr(c)):
                     self.block(then)
@@ -383,10 +394,12 @@ def symbol_name(kernel: Kernel) -> str:
     return f"kdsl_{kernel.name}"
 
 
-def generate(kernel: Kernel, checks: bool = False) -> tuple[ir.Module, ErrorSites]:
+def generate(
+    kernel: Kernel, checks: bool = False, strict_fp: bool = False
+) -> tuple[ir.Module, ErrorSites]:
     """An LLVM module with the kernel's entry function (see the module docstring), and
     what its error codes refer to."""
     module = ir.Module(name=kernel.name)
-    gen = _Codegen(kernel, module, checks)
+    gen = _Codegen(kernel, module, checks, strict_fp)
     gen.run()
     return module, gen.sites

@@ -134,11 +134,20 @@ class Ops:
 
     # ----------------------------------------------------------------- binary
 
-    def binary(self, op: BinaryOp, a: ir.Value, c: ir.Value, d: DType) -> ir.Value:
-        """`a op c` for operands of dtype `d` (the result is bool for comparisons)."""
+    def binary(
+        self, op: BinaryOp, a: ir.Value, c: ir.Value, d: DType, reassociate: bool = False
+    ) -> ir.Value:
+        """`a op c` for operands of dtype `d` (the result is bool for comparisons).
+
+        `reassociate` lets LLVM reorder a float reduction's additions or products (and
+        so vectorize it), as DESIGN allows unless the kernel is strict_fp.
+        """
         if op.is_comparison:
             return self._compare(op, a, c, d)
         if d.is_float:
+            if reassociate and op in (BinaryOp.ADD, BinaryOp.MUL):
+                emit = self.b.fadd if op is BinaryOp.ADD else self.b.fmul
+                return emit(a, c, flags=("reassoc", "nsz"))
             return self._float_binary(op, a, c, d)
         return self._int_binary(op, a, c, d)
 

@@ -216,3 +216,16 @@ def test_strided_and_reversed_views(n, step, dtype):
     for view in (base[::step], base[::-step]):
         with np.errstate(over="ignore"):
             check_kernel(double, [view, np.empty(view.shape, dtype)], {1: view + view})
+
+
+def test_reductions_reassociate_unless_strict_fp():
+    def row_sum(x, out):
+        i, j = kd.indices(x.shape[0], x.shape[1])
+        out[i] = kd.sum(x[i, j], over=j)
+
+    x, out = np.ones((3, 5), np.float32), np.empty(3, np.float32)
+    assert "reassoc" in kd.kernel(row_sum).llvm(x, out, optimized=False)
+    strict = kd.kernel(row_sum, strict_fp=True)
+    assert "reassoc" not in strict.llvm(x, out, optimized=False)
+    strict(x, out)
+    np.testing.assert_array_equal(out, 5)
