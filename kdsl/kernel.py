@@ -12,7 +12,7 @@ import numpy as np
 
 from kdsl.arguments import Signature, fast_key, spec_of
 from kdsl.config import CONFIG, dumps
-from kdsl.errors import BoundsError, KdslError, ShapeError
+from kdsl.errors import BoundsError, KdslError, KernelArgumentError, ShapeError
 from kdsl.ir.checks import describe_failed_check
 from kdsl.ir.evaluate import evaluate
 from kdsl.ir.hashing import structural_hash
@@ -118,17 +118,18 @@ class _Specialization:
                     what, kernel=self.name, loc=check.loc, fix="pass arrays whose dimensions agree"
                 )
             case ErrorKind.READONLY:
-                return _argument_error(
-                    self.name,
+                return KernelArgumentError(
                     f"argument '{arrays[index]}' is read-only, but the kernel writes to it",
-                    "pass a writeable array (e.g. np.array(x) makes a writeable copy)",
+                    kernel=self.name,
+                    fix="pass a writeable array (e.g. np.array(x) makes a writeable copy)",
                 )
             case ErrorKind.ALIAS:
                 written, other = arrays[index >> 16], arrays[index & 0xFFFF]
-                return _argument_error(
-                    self.name,
-                    f"arguments '{written}' and '{other}' share memory, and the kernel writes '{written}'",
-                    f"pass a copy: np.copy({other})",
+                return KernelArgumentError(
+                    f"arguments '{written}' and '{other}' share memory, and the kernel "
+                    f"writes '{written}'",
+                    kernel=self.name,
+                    fix=f"pass a copy: np.copy({other})",
                 )
             case ErrorKind.BOUNDS:
                 buffer, loc = self.compiled.sites.accesses[index]
@@ -139,12 +140,6 @@ class _Specialization:
                     fix="check the subscript against the array's shape",
                 )
         return KdslError("out of memory for the kernel's temporaries", kernel=self.name)
-
-
-def _argument_error(kernel: str, what: str, fix: str) -> KdslError:
-    from kdsl.errors import KernelArgumentError
-
-    return KernelArgumentError(what, kernel=kernel, fix=fix)
 
 
 class KernelFunction:
@@ -180,8 +175,6 @@ class KernelFunction:
         if target is cpu:
             return self
         if target is cuda:
-            from kdsl.errors import KernelArgumentError
-
             raise KernelArgumentError(
                 "the CUDA target is not available in this version of kdsl",
                 kernel=self.name,

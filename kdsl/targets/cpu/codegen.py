@@ -101,6 +101,9 @@ class _Codegen:
         self.ops = Ops(self.b)
         self.state = _State()
         self.sites = ErrorSites()
+        self.loop_extents = {
+            s.var: s.extent for s in walk_stmts(kernel.body) if isinstance(s, Loop)
+        }
         self.retcode = self.b.alloca(I64, name="retcode")
         self.cleanup = self.fn.append_basic_block("cleanup")
         self.b.store(ir.Constant(I64, 0), self.retcode)
