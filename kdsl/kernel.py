@@ -184,14 +184,17 @@ class KernelFunction:
 
     def __call__(self, *args: object, **kwargs: object) -> object:
         self._stats["calls"] += 1
-        if not kwargs and self._fast_ok and len(args) == len(self.signature.names):
-            key = fast_key(args)
-            if key is not None:
-                spec = self._fast.get(key)
-                if spec is not None:
-                    return spec.run(args)
-        spec, bound = self._specialize(args, kwargs)
-        return spec.run(bound)
+        try:
+            if not kwargs and self._fast_ok and len(args) == len(self.signature.names):
+                key = fast_key(args)
+                if key is not None:
+                    spec = self._fast.get(key)
+                    if spec is not None:
+                        return spec.run(args)
+            spec, bound = self._specialize(args, kwargs)
+            return spec.run(bound)
+        except KdslError as err:  # the user's call is the last frame shown
+            raise (err if CONFIG.debug else err.with_traceback(None)) from None
 
     # ----------------------------------------------------------- specialization
 
@@ -209,15 +212,12 @@ class KernelFunction:
     def _specialize(
         self, args: Sequence[object], kwargs: dict[str, object]
     ) -> tuple[_Specialization, list[object]]:
-        try:
-            specs, bound = self._specs(args, kwargs)
-            spec = self._by_spec.get(specs)
-            if spec is None:
-                with self._lock:
-                    spec = self._by_spec.get(specs) or self._compile(specs)
-                    self._by_spec[specs] = spec
-        except KdslError as err:
-            raise (err if CONFIG.debug else err.with_traceback(None)) from None
+        specs, bound = self._specs(args, kwargs)
+        spec = self._by_spec.get(specs)
+        if spec is None:
+            with self._lock:
+                spec = self._by_spec.get(specs) or self._compile(specs)
+                self._by_spec[specs] = spec
         if self._fast_ok and not kwargs:
             key = fast_key(args)
             if key is not None:
@@ -246,7 +246,10 @@ class KernelFunction:
     # --------------------------------------------------------------- inspection
 
     def _spec_for(self, args: Sequence[object], kwargs: dict[str, object]) -> _Specialization:
-        return self._specialize(args, kwargs)[0]
+        try:
+            return self._specialize(args, kwargs)[0]
+        except KdslError as err:
+            raise (err if CONFIG.debug else err.with_traceback(None)) from None
 
     def _traced(
         self, args: Sequence[object], kwargs: dict[str, object]
