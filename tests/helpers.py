@@ -38,32 +38,21 @@ def check_kernel(
     for kernels that write into arguments.
     """
     compiled_args, interp_args = _copies(args), _copies(args)
-    got = kernel(*compiled_args)
-    ref = kernel.interpret(*interp_args)
-    if isinstance(expected, dict):
-        for pos, want in expected.items():
+    outputs = {"compiled": (kernel(*compiled_args), compiled_args)}
+    outputs["interpreter"] = (kernel.interpret(*interp_args), interp_args)
+    for name, (returned, after) in outputs.items():
+        pairs = (
+            [(f"{name}, argument {p}", after[p], want) for p, want in expected.items()]
+            if isinstance(expected, dict)
+            else [(name, returned, expected)]
+        )
+        for label, got, want in pairs:
             np.testing.assert_allclose(
-                np.asarray(compiled_args[pos], np.float64),
+                np.asarray(got, np.float64),
                 np.asarray(want, np.float64),
                 rtol=rtol,
                 atol=atol,
-                err_msg=f"compiled, argument {pos}",
-            )
-            np.testing.assert_allclose(
-                np.asarray(interp_args[pos], np.float64),
-                np.asarray(want, np.float64),
-                rtol=rtol,
-                atol=atol,
-                err_msg=f"interpreter, argument {pos}",
-            )
-    else:
-        for name, value in (("compiled", got), ("interpreter", ref)):
-            np.testing.assert_allclose(
-                np.asarray(value, np.float64),
-                np.asarray(expected, np.float64),
-                rtol=rtol,
-                atol=atol,
-                err_msg=name,
+                err_msg=label,
             )
 
 

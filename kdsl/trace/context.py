@@ -42,7 +42,7 @@ from kdsl.ir.nodes import (
 from kdsl.ir.printer import format_expr
 from kdsl.ir.visit import children, map_expr, walk_expr
 from kdsl.trace.frames import location
-from kdsl.trace.values import Value
+from kdsl.trace.values import Value, as_value, to_dtype
 from kdsl.types import DType
 
 _STACK_LIMIT_BYTES = 16 * 1024
@@ -120,8 +120,6 @@ class TraceContext:
         return idx
 
     def extent_expr(self, extent: object, name: str) -> Expr:
-        from kdsl.trace.values import as_value, to_dtype
-
         v = as_value(extent)
         if not v.dtype.is_int:
             raise TraceError(
