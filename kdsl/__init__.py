@@ -10,6 +10,7 @@ from kdsl.errors import (
     TraceError,
 )
 from kdsl.kernel import IRView, KernelFunction, Target, cpu, cuda, kernel
+from kdsl.specs import Spec, SpecError, spec
 from kdsl.trace.api import (
     abs,
     alloc,

@@ -73,7 +73,23 @@ class _Specialization:
     param_names: tuple[str, ...]  # names of the non-constexpr parameters, by call position
     results: tuple[tuple[tuple[Any, ...], np.dtype], ...] = field(default=())
 
+    def __post_init__(self) -> None:
+        # Arguments already in the compiled function's order (arrays, then scalars) and
+        # nothing to allocate: the call passes them straight through.
+        order = self.array_pos + self.scalar_pos
+        self.direct = not self.results and order == tuple(range(len(order)))
+
     def run(self, args: Sequence[object]) -> object:
+        if self.direct:
+            try:
+                code = self.compiled.cfunc(*args)
+            except ctypes.ArgumentError as exc:
+                raise KdslError(
+                    f"a scalar argument can't be passed: {exc}", kernel=self.name
+                ) from None
+            if code:
+                raise self.error(code, args, ())
+            return None
         results = [np.empty(self._shape(shape, args), dtype) for shape, dtype in self.results]
         try:
             code = self.compiled.cfunc(
