@@ -77,7 +77,7 @@ class _Specialization:
         # Arguments already in the compiled function's order (arrays, then scalars) and
         # nothing to allocate: the call passes them straight through.
         order = self.array_pos + self.scalar_pos
-        self.direct = not self.results and order == tuple(range(len(order)))
+        self.direct = not self.results and order == tuple(range(len(self.param_names)))
 
     def run(self, args: Sequence[object]) -> object:
         if self.direct:
