@@ -1,14 +1,51 @@
-"""The message of a failed Check: what should hold, and the values that broke it."""
+"""The error of a failed Check: what should hold, and the values that broke it.
+
+Every target reports a failed `Check` the same way: the interpreter and the CPU
+runtime collect the current values of `check_operands(check)` (or those they can
+know) and raise `check_error(check, values)`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from kdsl.ir.nodes import Check, Expr
+from kdsl.errors import BoundsError, ShapeError
+from kdsl.ir.nodes import Check, CheckKind, DimOf, Expr, LocalVar, LoopVar, ScalarArg
 from kdsl.ir.printer import format_expr
+from kdsl.ir.visit import walk_expr
+
+_FIX = {
+    CheckKind.SHAPE: "pass arrays whose dimensions agree",
+    CheckKind.BOUNDS: "keep the subscript inside the array's shape, "
+    "or guard it with kd.when / kd.where",
+}
+
+
+def quoted_operands(*exprs: Expr) -> tuple[Expr, ...]:
+    """The values an error about `exprs` quotes: the shapes, scalar arguments, loop
+    variables and locals they mention, each once, in reading order."""
+    quoted = (
+        e
+        for x in exprs
+        for e in walk_expr(x)
+        if isinstance(e, DimOf | ScalarArg | LoopVar | LocalVar)
+    )
+    return tuple(dict.fromkeys(quoted))
+
+
+def check_operands(check: Check) -> tuple[Expr, ...]:
+    """The values a failed `check` quotes (see quoted_operands)."""
+    return quoted_operands(check.cond)
 
 
 def describe_failed_check(check: Check, values: Mapping[Expr, object]) -> str:
     """E.g. "A.shape[1] == B.shape[0] does not hold (A.shape[1] = 3, B.shape[0] = 5)"."""
     shown = ", ".join(f"{format_expr(e)} = {v}" for e, v in values.items())
     return f"{check.what} does not hold" + (f" ({shown})" if shown else "")
+
+
+def check_error(check: Check, values: Mapping[Expr, object]) -> ShapeError | BoundsError:
+    """The error to raise for `check`: ShapeError or BoundsError by its kind, quoting
+    `values`, pointing at the check's source line, with the fix for that kind."""
+    cls = ShapeError if check.kind is CheckKind.SHAPE else BoundsError
+    return cls(describe_failed_check(check, values), loc=check.loc, fix=_FIX[check.kind])

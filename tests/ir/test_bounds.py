@@ -1,0 +1,280 @@
+"""The bounds pass: affine subscripts proven in bounds by one check per call."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import kdsl as kd
+from kdsl.ir.nodes import (
+    Binary,
+    BinaryOp,
+    Buffer,
+    BufferRole,
+    Check,
+    CheckKind,
+    Const,
+    DimOf,
+    Kernel,
+    Load,
+    LocalVar,
+    Loop,
+    LoopKind,
+    LoopVar,
+    Param,
+    Scope,
+    Store,
+)
+from kdsl.ir.passes.bounds import affine, hoist_bounds_checks
+from kdsl.ir.visit import walk_stmts
+from tests.helpers import check_kernel, random_array
+
+I, J = LoopVar("i"), LoopVar("j")  # noqa: E741
+F = np.float32
+SIZES = [0, 1, 2, 7, 13]
+
+
+def c(v, d=kd.i64):
+    return Const(v, d)
+
+
+def b(op, x, y):
+    return Binary(op, x, y, kd.i64)
+
+
+ADD, SUB, MUL = BinaryOp.ADD, BinaryOp.SUB, BinaryOp.MUL
+
+
+# --------------------------------------------------------------------------- affine()
+
+
+@pytest.mark.parametrize(
+    "expr, form",
+    [
+        (c(3), (3, {})),
+        (I, (0, {"i": 1})),
+        (b(ADD, I, c(2)), (2, {"i": 1})),
+        (b(SUB, I, c(1)), (-1, {"i": 1})),
+        (b(SUB, c(5), I), (5, {"i": -1})),
+        (b(ADD, b(MUL, c(2), I), c(1)), (1, {"i": 2})),
+        (b(MUL, b(ADD, I, c(1)), c(3)), (3, {"i": 3})),
+        (b(ADD, I, J), (0, {"i": 1, "j": 1})),
+        (b(SUB, I, J), (0, {"i": 1, "j": -1})),
+        (b(SUB, I, I), (0, {})),  # cancelled terms disappear
+        (b(MUL, I, c(0)), (0, {})),
+        (b(MUL, c(4), c(5)), (20, {})),
+        (b(ADD, b(MUL, c(16), I), b(SUB, J, c(8))), (-8, {"i": 16, "j": 1})),
+    ],
+)
+def test_affine_decomposition(expr, form):
+    assert affine(expr) == form
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        b(MUL, I, J),  # not linear
+        b(ADD, I, DimOf("x", 0)),  # a shape is not a constant
+        Load("idx", (I,), kd.i64),  # data-dependent
+        LocalVar("k", kd.i64),
+        b(BinaryOp.FLOORDIV, I, c(2)),
+        b(BinaryOp.MOD, I, c(2)),
+        c(True, kd.bool_),
+        c(1.5, kd.f64),
+    ],
+)
+def test_not_affine(expr):
+    assert affine(expr) is None
+
+
+# --------------------------------------------------------------- checks on traced kernels
+
+
+def bounds_checks(kernel, *args):
+    """The checks the bounds pass added to `kernel`'s lowered IR."""
+    traced = kernel.ir(*args).kernel
+    lowered = kernel.lowered(*args).kernel
+    added = [s for s in lowered.body if isinstance(s, Check) and s not in traced.body]
+    assert len(lowered.body) == len(traced.body) + len(added)
+    return added
+
+
+@kd.kernel
+def stencil(x, y):
+    i = kd.indices(y.shape[0])
+    y[i] = x[i] + x[i + 2]
+
+
+def test_stencil_gets_one_check_for_the_offset_read():
+    (check,) = bounds_checks(stencil, np.ones(5, F), np.ones(3, F))
+    assert check.kind is CheckKind.SHAPE
+    assert check.what == "subscript i + 2 of 'x' stays in [0, x.shape[0])"
+    assert "x[i + 2]" in check.loc.text
+
+
+def test_checks_go_after_the_tie_checks_and_before_the_loops():
+    body = stencil.lowered(np.ones(5, F), np.ones(3, F)).kernel.body
+    kinds = [type(s).__name__ for s in body]
+    assert kinds == ["Check", "Check", "Loop"]
+    assert "stays in" in body[1].what
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_stencil_is_correct_for_exactly_long_input(n):
+    x = random_array(np.random.default_rng(n), (n + 2,), F)
+    check_kernel(stencil, [x, np.empty(n, F)], {1: x[:n] + x[2:]})
+
+
+@pytest.mark.parametrize("n", [1, 2, 7])
+def test_too_short_input_is_a_shape_error_not_an_out_of_bounds_read(n):
+    x, y = np.ones(n + 1, F), np.ones(n, F)
+    for run in (stencil, stencil.interpret):
+        with pytest.raises(kd.ShapeError, match=r"i \+ 2 of 'x'") as info:
+            run(x, y)
+        assert f"x.shape[0] = {n + 1}" in str(info.value)
+
+
+def test_empty_loop_needs_no_elements():
+    stencil(np.ones(0, F), np.ones(0, F))  # 0 iterations: nothing is read
+
+
+def test_the_same_subscript_is_checked_once():
+    @kd.kernel
+    def square(x, y):
+        i = kd.indices(y.shape[0])
+        y[i] = x[i + 1] * x[i + 1] + x[i + 1]
+
+    assert len(bounds_checks(square, np.ones(4, F), np.ones(3, F))) == 1
+
+
+def test_strided_subscript_uses_the_highest_index():
+    @kd.kernel
+    def odd(x, y):
+        i = kd.indices(y.shape[0])
+        y[i] = x[2 * i + 1]
+
+    (check,) = bounds_checks(odd, np.ones(7, F), np.ones(3, F))
+    assert "2 * i + 1" in check.what
+    x = np.arange(7, dtype=F)
+    check_kernel(odd, [x, np.empty(3, F)], {1: x[1::2]})
+    odd(np.ones(6, F), np.ones(3, F))  # the highest index is 2 * 2 + 1 = 5
+    with pytest.raises(kd.ShapeError, match=r"2 \* i \+ 1"):
+        odd(np.ones(5, F), np.ones(3, F))
+
+
+def test_negative_offset_fails_whenever_the_loop_runs():
+    @kd.kernel
+    def prev(x, y):
+        i = kd.indices(y.shape[0])
+        y[i] = x[i - 1]
+
+    assert len(bounds_checks(prev, np.ones(3, F), np.ones(3, F))) == 1
+    with pytest.raises(kd.ShapeError, match="i - 1"):
+        prev(np.ones(3, F), np.ones(3, F))
+    prev(np.ones(3, F), np.ones(0, F))  # no iterations, no read
+
+
+def test_two_dimensional_offsets():
+    @kd.kernel
+    def blur(x, y):
+        i, j = kd.indices(y.shape[0], y.shape[1])
+        y[i, j] = x[i, j] + x[i + 1, j + 1]
+
+    assert len(bounds_checks(blur, np.ones((4, 5), F), np.ones((3, 4), F))) == 2
+    x = random_array(np.random.default_rng(3), (4, 5), F)
+    check_kernel(blur, [x, np.empty((3, 4), F)], {1: x[:3, :4] + x[1:, 1:]})
+    with pytest.raises(kd.ShapeError, match=r"j \+ 1"):
+        blur(np.ones((4, 4), F), np.ones((3, 4), F))
+
+
+def test_serial_loop_reading_the_previous_iteration_is_checked():
+    @kd.kernel
+    def scan(x, y):
+        y[0] = x[0]
+        for t in kd.range(x.shape[0] - 1):
+            y[t + 1] = y[t] + x[t + 1]
+
+    assert len(bounds_checks(scan, np.ones(4, F), np.ones(4, F))) >= 2
+    with pytest.raises(kd.ShapeError):
+        scan(np.ones(4, F), np.ones(3, F))
+
+
+def test_nothing_hoisted_under_kd_when():
+    @kd.kernel
+    def guarded(x, y):
+        for i in kd.grid(y.shape[0]):
+            with kd.when(i + 2 < x.shape[0]):
+                y[i] = x[i + 2]
+
+    assert bounds_checks(guarded, np.ones(2, F), np.ones(5, F)) == []
+    x, y = np.arange(4, dtype=F), np.full(5, -1, F)
+    check_kernel(guarded, [x, y], {1: np.array([2, 3, -1, -1, -1], F)})
+
+
+def test_nothing_hoisted_from_where_branches():
+    @kd.kernel
+    def shifted(x, y):
+        i = kd.indices(y.shape[0])
+        y[i] = kd.where(i + 1 < x.shape[0], x[i + 1], 0.0)
+
+    assert bounds_checks(shifted, np.ones(3, F), np.ones(3, F)) == []
+    x = np.arange(3, dtype=F) + 1
+    check_kernel(shifted, [x, np.empty(3, F)], {1: np.array([2, 3, 0], F)})
+
+
+def test_data_dependent_subscript_is_not_hoisted():
+    @kd.kernel
+    def gather(x, idx, y):
+        i = kd.indices(idx.shape[0])
+        y[i] = x[idx[i]]
+
+    args = (np.ones(5, F), np.zeros(3, np.int64), np.ones(3, F))
+    assert bounds_checks(gather, *args) == []
+    x = np.arange(5, dtype=F)
+    idx = np.array([4, 0, 2], np.int64)
+    check_kernel(gather, [x, idx, np.empty(3, F)], {2: x[idx]})
+
+
+def test_loop_with_an_extent_from_another_loop_is_not_hoisted():
+    @kd.kernel
+    def triangle(x, y):
+        for i in kd.grid(y.shape[0]):
+            for j in kd.range(i):
+                y[i] = y[i] + x[j + 1]
+
+    assert bounds_checks(triangle, np.ones(5, F), np.ones(4, F)) == []
+
+
+# ----------------------------------------------------------------- the pass on its own
+
+
+def hand_kernel(*body):
+    x = Buffer("x", kd.f32, (DimOf("x", 0),), BufferRole.PARAM, Scope.GLOBAL)
+    return Kernel("k", (Param("x", kd.f32, 1),), (x,), tuple(body))
+
+
+def test_kernel_without_offset_subscripts_is_unchanged():
+    k = hand_kernel(
+        Loop("i", DimOf("x", 0), LoopKind.PARALLEL, (Store("x", (I,), c(0.0, kd.f32)),))
+    )
+    assert hoist_bounds_checks(k) == k
+
+
+def test_constant_subscript_checked_against_the_dimension():
+    k = hand_kernel(Store("x", (c(3),), c(0.0, kd.f32)))
+    out = hoist_bounds_checks(k)
+    (check,) = [s for s in walk_stmts(out.body) if isinstance(s, Check)]
+    assert check.what == "subscript 3 of 'x' stays in [0, x.shape[0])"
+    assert out.body[-1] == k.body[0]
+
+
+def test_constant_loop_extent_and_negative_coefficient():
+    body = (Store("x", (b(SUB, c(9), I),), c(0.0, kd.f32)),)
+    k = hand_kernel(Loop("i", c(10), LoopKind.PARALLEL, body))
+    (check,) = hoist_bounds_checks(k).body[:1]
+    assert "9 - i" in check.what
+    # lo = 9 + -1 * (10 - 1) = 0 and hi = 9: x needs 10 elements.
+    from kdsl.ir.evaluate import evaluate
+
+    assert evaluate(check.cond, {"x": (10,)}, {}) is True
+    assert evaluate(check.cond, {"x": (9,)}, {}) is False
