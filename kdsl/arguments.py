@@ -114,6 +114,13 @@ def spec_of(
         return ConstSpec(raw), raw
     if value is None:
         raise sig.error(f"argument '{name}' is None", "pass a NumPy array or a number")
+    if isinstance(value, np.generic):  # typed; checked first, as np.float64 is a float
+        d = T.from_numpy(value.dtype)
+        if d is None:
+            raise sig.error(
+                f"argument '{name}' has dtype {value.dtype}, which kdsl does not support"
+            )
+        return ScalarSpec(d, False), value.item()
     if isinstance(value, bool):
         return ScalarSpec(T.bool_, False), value
     if isinstance(value, int):
@@ -122,13 +129,6 @@ def spec_of(
         return ScalarSpec(T.i64, True), value
     if isinstance(value, float):
         return ScalarSpec(T.f64, True), value
-    if isinstance(value, np.generic):
-        d = T.from_numpy(value.dtype)
-        if d is None:
-            raise sig.error(
-                f"argument '{name}' has dtype {value.dtype}, which kdsl does not support"
-            )
-        return ScalarSpec(d, False), value.item()
     if not isinstance(value, np.ndarray):
         if hasattr(value, "__dlpack__"):
             value = as_host_array(value, name, sig)

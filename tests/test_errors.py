@@ -130,6 +130,70 @@ def test_local_updated_under_implicit_loop():
     assert err.loc.line == line_of(k, "here")
 
 
+def test_local_used_after_its_loop():
+    @kd.kernel
+    def k(x, y):
+        for i in kd.grid(x.shape[0]):
+            acc = kd.local(x[i])
+        y[0] = acc  # here
+
+    err = raises(
+        kd.TraceError,
+        lambda: k(f32(3), f32(1)),
+        "local 'acc' is used after the loop or kd.when block",
+        "declare it before that block",
+    )
+    assert err.loc.line == line_of(k, "here")
+
+
+def test_temporary_used_after_its_loop():
+    @kd.kernel
+    def k(x, y):
+        for i in kd.grid(x.shape[0]):
+            t = kd.alloc((3,), kd.f32)
+            t[0] = x[i]
+        t[1] = x[0]  # here
+
+    err = raises(
+        kd.TraceError,
+        lambda: k(f32(3), f32(1)),
+        "array 't' is used after the loop or kd.when block",
+        "allocate it before that block",
+    )
+    assert err.loc.line == line_of(k, "here")
+
+
+def test_loop_inside_a_per_element_when():
+    @kd.kernel
+    def k(x, y):
+        i = kd.indices(x.shape[0])
+        with kd.when(x[i] > 0):
+            for j in kd.range(3):  # here
+                y[i] = x[i] + j
+
+    err = raises(
+        kd.TraceError, lambda: k(f32(3), f32(3)), "a kd.range loop inside `with kd.when", "kd.grid"
+    )
+    assert err.loc.line == line_of(k, "here")
+
+
+def test_local_inside_a_per_element_when():
+    @kd.kernel
+    def k(x, y):
+        i = kd.indices(x.shape[0])
+        with kd.when(x[i] > 0):
+            acc = kd.local(0.0)  # here
+            y[i] = x[i] + acc
+
+    err = raises(
+        kd.TraceError,
+        lambda: k(f32(3), f32(3)),
+        "kd.local inside `with kd.when(cond)`",
+        "declare the local before the kd.when",
+    )
+    assert err.loc.line == line_of(k, "here")
+
+
 def test_primitive_outside_kernel():
     err = raises(
         kd.TraceError, lambda: kd.indices(4), "kd.indices was called outside a kernel", "@kd.kernel"

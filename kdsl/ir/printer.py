@@ -28,9 +28,10 @@ from kdsl.ir.nodes import (
     Stmt,
     Store,
     Unary,
+    UnaryOp,
 )
 
-# Binding strength of binary operators, as in Python; function-style ones bind tightest.
+# Binding strength of operators, as in Python; function-style ones bind tightest.
 _PRECEDENCE = {
     BinaryOp.POW: 7,
     BinaryOp.MUL: 6,
@@ -45,6 +46,8 @@ _PRECEDENCE = {
     BinaryOp.XOR: 2,
     BinaryOp.OR: 1,
 }
+_COMPARE = 0  # the comparisons; Python would chain `a < b == c`, so both sides parenthesize
+_UNARY = 8  # -x, ~x: looser than ** on their right (-a ** b is -(a ** b))
 _ATOM = 10
 
 
@@ -56,7 +59,8 @@ def _expr(e: Expr) -> tuple[str, int]:
     """Text of `e` and its binding strength (for parentheses)."""
     match e:
         case Const(value=v):
-            return (repr(v), _ATOM)
+            text = repr(v)
+            return (text, _UNARY if text.startswith("-") else _ATOM)
         case LoopVar(name=n) | LocalVar(name=n) | ScalarArg(name=n):
             return (n, _ATOM)
         case DimOf(buffer=b, axis=a):
@@ -66,13 +70,21 @@ def _expr(e: Expr) -> tuple[str, int]:
         case Binary(op=op, lhs=a, rhs=b) if op in (BinaryOp.MAX, BinaryOp.MIN):
             return (f"{op.value}({format_expr(a)}, {format_expr(b)})", _ATOM)
         case Binary(op=op, lhs=a, rhs=b):
-            prec = _PRECEDENCE.get(op, 0)
-            return (f"{_paren(a, prec)} {op.value} {_paren(b, prec + 1)}", prec)
+            prec = _PRECEDENCE.get(op, _COMPARE)
+            # Left-associative, except **: right-associative, and its base binds tighter
+            # than unary minus ((-a) ** b); comparisons chain, so neither side may be one.
+            if op is BinaryOp.POW:
+                left = _UNARY + 1
+            elif op.is_comparison:
+                left = prec + 1
+            else:
+                left = prec
+            return (f"{_paren(a, left)} {op.value} {_paren(b, prec + 1)}", prec)
         case Unary(op=op, operand=a):
-            if op.value == "neg":
-                return (f"-{_paren(a, _ATOM)}", 8)
-            if op.value == "invert":
-                return (f"~{_paren(a, _ATOM)}", 8)
+            if op is UnaryOp.NEG:
+                return (f"-{_paren(a, _ATOM)}", _UNARY)
+            if op is UnaryOp.INVERT:
+                return (f"~{_paren(a, _ATOM)}", _UNARY)
             return (f"{op.value}({format_expr(a)})", _ATOM)
         case Select(cond=c, if_true=a, if_false=b):
             return (f"where({format_expr(c)}, {format_expr(a)}, {format_expr(b)})", _ATOM)

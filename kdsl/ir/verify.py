@@ -11,6 +11,7 @@ from kdsl.ir.nodes import (
     Allocate,
     Assign,
     Binary,
+    BinaryOp,
     BufferRole,
     Check,
     Const,
@@ -30,12 +31,14 @@ from kdsl.ir.nodes import (
     Stmt,
     Store,
     Unary,
+    UnaryOp,
 )
 from kdsl.ir.printer import format_expr
 from kdsl.ir.visit import children
 from kdsl.types import DType, bool_
 
 STAGES = ("traced", "scheduled")
+_BITWISE = frozenset({BinaryOp.AND, BinaryOp.OR, BinaryOp.XOR, BinaryOp.SHL, BinaryOp.SHR})
 
 
 class _Verifier:
@@ -153,10 +156,16 @@ class _Verifier:
                     )
                 if d != (bool_ if op.is_comparison else a.dtype):
                     self.fail(f"{format_expr(e)} typed {d.name}")
+                if op in _BITWISE and a.dtype.is_float:
+                    self.fail(f"bitwise {op.value} on {a.dtype.name} in {format_expr(e)}")
                 self.require_wide(a)
-            case Unary(operand=a, dtype=d):
+            case Unary(op=op, operand=a, dtype=d):
                 if a.dtype != d:
                     self.fail(f"{format_expr(e)} typed {d.name}")
+                if op.float_only and not d.is_float:
+                    self.fail(f"{op.value} of {d.name} in {format_expr(e)}: it needs a float")
+                if op is UnaryOp.INVERT and d.is_float:
+                    self.fail(f"bitwise ~ on {d.name} in {format_expr(e)}")
                 self.require_wide(a)
             case Select(cond=c, if_true=a, if_false=b, dtype=d):
                 self.require_bool(c)

@@ -64,6 +64,13 @@ def _loops(
 ) -> Iterator[Index | tuple[Index, ...]]:
     ctx = current(api)
     loc = location()
+    if any(g.per_statement for g in ctx.guards):
+        raise TraceError(
+            f"a kd.{api} loop inside `with kd.when(cond)` whose condition depends on implicit "
+            "loops",
+            loc=loc,
+            fix="put the kd.when inside the loop, or bind the indices with kd.grid first",
+        )
     idxs = [ctx.new_index(n, e) for n, e in zip(_names(api, len(extents), None), extents)]
 
     def nest(k: int) -> Iterator[None]:
@@ -110,10 +117,17 @@ def local(init: object, dtype: object = None) -> LocalProxy:
             loc=loc,
             fix="bind the index with kd.grid/kd.range first, or use kd.alloc for an array",
         )
+    if any(g.per_statement for g in ctx.guards):  # it would be declared per element
+        raise TraceError(
+            "kd.local inside `with kd.when(cond)` whose condition depends on implicit loops",
+            loc=loc,
+            fix="declare the local before the kd.when",
+        )
     found = assigned_names()
     name = ctx.fresh(found[0] if found else "local")
     init_expr = V.cast(v, d).expr if not v.weak else to_dtype(v, d)
     ctx.record([init_expr], lambda es: DeclareLocal(name, d, es[0], loc=loc), loc)
+    ctx.declare(name)
     return LocalProxy(ctx, name, d)
 
 
@@ -160,7 +174,7 @@ def zeros(shape: object, dtype: object = T.f32) -> BufferProxy:
     dims = _shape("zeros", shape)
     d = T.as_dtype(dtype)
     buf = ctx.new_temp(label, dims, d, loc)
-    idxs = [ctx.new_index(f"{buf}_{a}", e) for a, e in enumerate(dims)]
+    idxs = [ctx.new_index(f"{buf}_{a}", Value(e, weak=True)) for a, e in enumerate(dims)]
     zero = to_dtype(as_value(0), d)
     ctx.record(
         [*(i.expr for i in idxs), zero],

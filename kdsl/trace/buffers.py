@@ -102,7 +102,9 @@ class BufferProxy:
             if isinstance(part, Index):
                 self._ctx.tie(part, self.name, axis, loc)
             elif isinstance(part, Value):
-                self._ctx.offset_used.update(self._ctx.free_vars([part.expr]))
+                # arithmetic on an index (x[i + 1]) makes it a position; one only inside
+                # another array's subscript (x[idx[i]]) was classified by that subscript
+                self._ctx.offset_used.update(self._ctx.free_vars([part.expr], in_loads=False))
             v = as_value(part)
             if not v.dtype.is_int:
                 raise TraceError(
@@ -133,6 +135,7 @@ class BufferProxy:
                 fix=f"convert explicitly: value.astype(kd.{self.dtype.name})",
             )
         ctx = self._ctx
+        ctx.check_scope(self.name, loc)
 
         def build(es: list[Expr]) -> Store:
             idx, val = tuple(es[:-1]), es[-1]
@@ -202,6 +205,7 @@ class LocalProxy(Value):
             )
         expr = to_dtype(v, self.dtype)
         ctx = self._ctx
+        ctx.check_scope(self.name, loc)
         free = ctx.free_vars([expr] + [g.cond for g in ctx.guards if g.per_statement])
         if free:
             raise TraceError(

@@ -98,6 +98,10 @@ class TraceContext:
     guards: list[_Guard] = field(default_factory=list)
     offset_used: set[str] = field(default_factory=set)  # indices used inside subscript arithmetic
     alloc_loops: dict[str, set[str]] = field(default_factory=dict)  # temp -> loops around it
+    declared_in: dict[str, list[Stmt]] = field(default_factory=dict)  # local/temp -> its block
+    # in the statement being recorded: the reductions computed so far, by id (each kept
+    # alive, so ids stay unique) -> (it, its value, the local or temporary holding that)
+    computed: dict[int, tuple[Reduction, Expr, str]] | None = None
 
     # ------------------------------------------------------------------ names & blocks
 
@@ -112,6 +116,27 @@ class TraceContext:
 
     def emit(self, stmt: Stmt) -> None:
         self.blocks[-1].append(stmt)
+
+    def declare(self, name: str) -> None:
+        """Local or temporary `name` is declared in the current block, visible until it ends."""
+        self.declared_in[name] = self.blocks[-1]
+
+    def in_scope(self, name: str) -> bool:
+        block = self.declared_in.get(name)
+        return block is None or any(b is block for b in self.blocks)
+
+    def check_scope(self, name: str, loc: SourceLoc | None) -> None:
+        if self.in_scope(name):
+            return
+        if name in self.buffers:
+            what, fix = "array", f"allocate it before that block ({name} = kd.alloc(...))"
+        else:
+            what, fix = "local", f"declare it before that block ({name} = kd.local(...))"
+        raise TraceError(
+            f"{what} '{name}' is used after the loop or kd.when block that created it has ended",
+            loc=loc,
+            fix=f"{fix} and update it inside",
+        )
 
     def new_index(self, name: str, extent: object) -> Index:
         ext = self.extent_expr(extent, name)
@@ -137,12 +162,6 @@ class TraceContext:
                 f"index '{idx.name}' is already the variable of an enclosing loop",
                 loc=loc,
                 fix="create a new index with kd.indices for the inner loop",
-            )
-        if any(g.per_statement for g in self.guards):
-            raise TraceError(
-                "a loop inside `with kd.when(cond)` whose condition depends on implicit loops",
-                loc=loc,
-                fix="put the kd.when inside the loop, or bind the indices with kd.grid first",
             )
         extent = self.resolve(idx.extent, loc)
         name = self.fresh(idx.name)
@@ -178,23 +197,26 @@ class TraceContext:
 
     # ------------------------------------------------------------ expression helpers
 
-    def free_vars(self, exprs: list[Expr]) -> list[str]:
-        """Unbound index placeholders in `exprs`, in creation order."""
+    def free_vars(self, exprs: list[Expr], *, in_loads: bool = True) -> list[str]:
+        """Unbound index placeholders in `exprs`, in creation order; with in_loads=False,
+        not those only inside the subscripts of loads."""
         found: set[str] = set()
         for e in exprs:
-            self._collect_free(e, found)
+            self._collect_free(e, found, in_loads)
         return sorted(found, key=lambda p: self.indices[p].uid)
 
-    def _collect_free(self, e: Expr, found: set[str]) -> None:
+    def _collect_free(self, e: Expr, found: set[str], in_loads: bool) -> None:
         if isinstance(e, Reduction):
             inner: set[str] = set()
-            self._collect_free(e.body, inner)
+            self._collect_free(e.body, inner, in_loads)
             found |= inner - set(e.over)
+            return
+        if isinstance(e, Load) and not in_loads:
             return
         if isinstance(e, LoopVar) and e.name.startswith("%") and e.name not in self.bound:
             found.add(e.name)
         for c in children(e):
-            self._collect_free(c, found)
+            self._collect_free(c, found, in_loads)
 
     def reductions_in(self, exprs: list[Expr]) -> list[Reduction]:
         """Outermost Reduction nodes in `exprs` (each once)."""
@@ -213,9 +235,12 @@ class TraceContext:
         return out
 
     def resolve(self, e: Expr, loc: SourceLoc | None) -> Expr:
-        """Replace bound index placeholders by their loop names."""
+        """Replace bound index placeholders by their loop names; check that the locals and
+        temporaries `e` reads are still in scope."""
 
         def fn(x: Expr) -> Expr | None:
+            if isinstance(x, LocalVar | Load):
+                self.check_scope(x.name if isinstance(x, LocalVar) else x.buffer, loc)
             if isinstance(x, LoopVar) and x.name.startswith("%"):
                 if x.name not in self.bound:
                     raise TraceError(
@@ -238,20 +263,53 @@ class TraceContext:
     ) -> None:
         """Emit the statement `build(exprs)` inside implicit loops over its free indices,
         with its reductions hoisted."""
+        if self.computed is not None:  # a part of the statement being recorded
+            self._record(exprs, build, loc)
+            return
+        # A reduction used twice in one statement is computed once; not across statements,
+        # as those may change what it reads.
+        self.computed = {}
+        try:
+            self._record(exprs, build, loc)
+        finally:
+            self.computed = None
+
+    def _record(
+        self, exprs: list[Expr], build: Callable[[list[Expr]], Stmt], loc: SourceLoc | None
+    ) -> None:
         guard_exprs = [g.cond for g in self.guards if g.per_statement]
-        free = self.free_vars(exprs + guard_exprs)
-        reductions = self.reductions_in(exprs)
+        reductions = self._placed_reductions(exprs)
         deps = {id(r): set(self.free_vars([r])) for r in reductions}
         order: list[str] = []
         for r in sorted(reductions, key=lambda r: len(deps[id(r)])):
             order += [v for v in self.free_vars([r]) if v not in order]
-        order += [v for v in free if v not in order]
+        order += [v for v in self.free_vars(exprs + guard_exprs) if v not in order]
+        placed = []
         for r in reductions:
-            if set(order[: len(deps[id(r)])]) != deps[id(r)]:
+            if set(order[: len(deps[id(r)])]) == deps[id(r)]:
+                placed.append(r)
+            else:
                 load = self._materialize(r, loc)
                 exprs = [_replace(e, r, load) for e in exprs]
-        reductions = self.reductions_in(exprs)
-        self._nest(order, reductions, deps, exprs, guard_exprs, build, loc)
+        # a reduction computed into a temporary needs no loop over its indices here,
+        # unless the statement or a placed reduction uses them too
+        used = set(self.free_vars(exprs + guard_exprs)).union(*(deps[id(r)] for r in placed))
+        order = [v for v in order if v in used]
+        self._nest(order, placed, deps, exprs, guard_exprs, build, loc)
+
+    def _placed_reductions(self, exprs: list[Expr]) -> list[Reduction]:
+        """The reductions a statement places in its nest: its outermost ones, and those
+        nested in them that reduce over an index of the outer one's loops (inside them,
+        that index is taken: they must be computed first, outside)."""
+        found = self.reductions_in(exprs)
+        for r in found:  # `found` grows as it goes, so nested ones are checked in turn
+            loops = set(r.over) | set(self.free_vars([r]))
+            found += [
+                q
+                for q in self.reductions_in([r.body])
+                if set(q.over) & loops and all(q is not f for f in found)
+            ]
+        return found
 
     def _nest(
         self,
@@ -278,18 +336,40 @@ class TraceContext:
         with self.loop(self.indices[remaining[0]], LoopKind.PARALLEL, loc):
             self._nest(order, pending, deps, exprs, guards, build, loc)
 
-    def reduce_now(self, r: Reduction, loc: SourceLoc | None) -> LocalVar:
-        """Emit `acc = init; for over…: acc = acc op body` here; return the accumulator."""
+    def _computed(self, r: Reduction) -> Expr | None:
+        """`r`'s value if this statement computed it already, where it is still visible."""
+        if self.computed is None or id(r) not in self.computed:
+            return None
+        _, value, holder = self.computed[id(r)]
+        return value if self.in_scope(holder) else None
+
+    def _remember(self, r: Reduction, value: Expr, holder: str) -> None:
+        if self.computed is not None:
+            self.computed[id(r)] = (r, value, holder)
+
+    def reduce_now(self, r: Reduction, loc: SourceLoc | None) -> Expr:
+        """Emit `acc = init; for over…: acc = acc op body` here (first computing reductions
+        in the body that do not vary in its loops); return the accumulator, or the value
+        this statement already computed for `r`."""
+        done = self._computed(r)
+        if done is not None:
+            return done
+        body = r.body
+        for q in self.reductions_in([body]):
+            if not self.free_vars([q]):  # it does not vary in r's loops: compute it first
+                body = _replace(body, q, self.reduce_now(q, loc))
         acc = self.fresh(f"{r.label}_{'_'.join(self.indices[p].name for p in r.over)}")
         self.emit(DeclareLocal(acc, r.dtype, reduction_identity(r.op, r.dtype), loc=loc))
+        self.declare(acc)
         var = LocalVar(acc, r.dtype)
+        self._remember(r, var, acc)
 
         def build(es: list[Expr]) -> Stmt:
             return Assign(acc, Binary(r.op, var, es[0], r.dtype), loc=loc)
 
         def loops(over: tuple[str, ...]) -> None:
             if not over:
-                self.record([r.body], build, loc)
+                self.record([body], build, loc)
                 return
             with self.loop(self.indices[over[0]], LoopKind.REDUCTION, loc):
                 loops(over[1:])
@@ -319,6 +399,7 @@ class TraceContext:
             self.record(
                 [*load.index, r], lambda es: Store(name, tuple(es[:-1]), es[-1], loc=loc), loc
             )
+        self._remember(r, load, name)  # for other reductions' bodies that use it
         return load
 
     def new_temp(
@@ -330,6 +411,7 @@ class TraceContext:
         self.buffers[name] = Buffer(name, dtype, shape, BufferRole.TEMP, scope, loc=loc)
         self.alloc_loops[name] = set(self.loop_kinds)
         self.emit(Allocate(name, loc=loc))
+        self.declare(name)
         return name
 
     # ------------------------------------------------------------------- shape ties
@@ -341,8 +423,8 @@ class TraceContext:
         """Checks that the dimensions an index subscripts fit its range.
 
         An index whose extent is a dimension (`kd.indices(A.shape[1])`) and that is only
-        ever a plain subscript ties every dimension it subscripts to that one, as in
-        einsum: they must be equal. An index with any other extent, or one also used in
+        ever a plain subscript (also inside another array's subscript: `x[idx[i]]`) ties
+        every dimension it subscripts to that one, as in einsum: they must be equal. An index with any other extent, or one also used in
         subscript arithmetic (`x[i + 1]`, a position rather than a shared dimension),
         only needs each dimension it subscripts plainly to be at least that long.
         """

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+
+import numpy as np
 
 from kdsl.errors import KdslError, TraceError
 from kdsl.ir.nodes import (
@@ -42,7 +44,22 @@ class ScalarSpec:
 
 @dataclass(frozen=True)
 class ConstSpec:
-    value: object
+    """A constexpr argument. Python calls 100, 100.0 and True equal, and 0.0 and -0.0, but
+    they trace differently, so specializations compare by type and exact value (`key`)."""
+
+    value: object = field(compare=False)
+    key: object = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", _exact(self.value))
+
+
+def _exact(v: object) -> object:
+    if isinstance(v, tuple):
+        return (tuple, tuple(_exact(x) for x in v))
+    if isinstance(v, float | complex | np.floating | np.complexfloating):
+        return (type(v), repr(v))  # repr tells -0.0 from 0.0, and NaN equals NaN
+    return (type(v), v)
 
 
 ArgSpec = ArraySpec | ScalarSpec | ConstSpec

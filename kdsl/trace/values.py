@@ -7,6 +7,8 @@ f16/bf16 operands are widened to f32 before any arithmetic.
 
 from __future__ import annotations
 
+import numpy as np
+
 from kdsl import types as T
 from kdsl.errors import TraceError
 from kdsl.ir.nodes import Binary, BinaryOp, Cast, Const, Expr, Fma, Select, Unary, UnaryOp
@@ -174,16 +176,15 @@ def as_value(x: object) -> Value:
     """A Value for `x`: Values pass through, Python scalars become weak constants."""
     if isinstance(x, Value):
         return x
+    # NumPy scalars are typed; checked first, as np.float64 is a subclass of float
+    if isinstance(x, np.generic | np.ndarray) and x.ndim == 0:
+        return Value(Const(x.item(), T.as_dtype(x.dtype)))
     if isinstance(x, bool):
         return Value(Const(x, T.bool_))
     if isinstance(x, int):
         return Value(Const(x, T.i64), weak=True)
     if isinstance(x, float):
         return Value(Const(x, T.f64), weak=True)
-    dtype = getattr(x, "dtype", None)
-    if dtype is not None and getattr(x, "shape", None) == ():  # a NumPy scalar: typed
-        d = T.as_dtype(dtype)
-        return Value(Const(x.item(), d))  # type: ignore[attr-defined]
     raise trace_error(
         f"{type(x).__name__} object used as a value inside a kernel",
         "kernels compute on numbers: use a subscripted array element, a scalar or a kd.* value",
@@ -261,9 +262,6 @@ _ARITH = {BinaryOp.ADD, BinaryOp.SUB, BinaryOp.MUL, BinaryOp.FLOORDIV, BinaryOp.
 
 def binary(op: BinaryOp, x: object, y: object) -> Value:
     a, b, d, weak = unify(as_value(x), as_value(y))
-    if op is BinaryOp.DIV and not d.is_float:
-        d = T.f64
-        a, b = _retype(Value(a), d), _retype(Value(b), d)
     if op in _BITWISE and d.is_float:
         raise trace_error(
             f"bitwise operator {op.value} on {d.name} values",
@@ -276,6 +274,9 @@ def binary(op: BinaryOp, x: object, y: object) -> Value:
             f"arithmetic operator {op.value} on bool values",
             "use & | ^ for logic, or cast to a number first: cond.astype(kd.i32)",
         )
+    if op is BinaryOp.DIV and not d.is_float:
+        d = T.f64
+        a, b = _retype(Value(a), d), _retype(Value(b), d)
     result = T.bool_ if op.is_comparison else d
     return Value(Binary(op, a, b, result), weak and not op.is_comparison)
 
@@ -323,9 +324,9 @@ def minimum(a: object, b: object) -> Value:
 
 def fma(a: object, b: object, c: object) -> Value:
     """a * b + c, rounded once."""
-    x, y, d, _ = unify(as_value(a), as_value(b))
-    prod = Value(Binary(BinaryOp.MUL, x, y, d))
-    p, z, d, weak = unify(prod, as_value(c))
+    x, y, d, weak = unify(as_value(a), as_value(b))
+    prod = Value(Binary(BinaryOp.MUL, x, y, d), weak)  # weak factors take c's dtype
+    _, z, d, weak = unify(prod, as_value(c))
     if not d.is_float:
         raise trace_error("kd.fma of integers", "use a * b + c for integers")
     x, y = _retype(Value(x), d), _retype(Value(y), d)

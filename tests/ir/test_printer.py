@@ -53,12 +53,6 @@ def neg(x):
 
 
 ADD, SUB, MUL, DIV, POW = BinaryOp.ADD, BinaryOp.SUB, BinaryOp.MUL, BinaryOp.DIV, BinaryOp.POW
-BUG_POW = pytest.mark.xfail(
-    strict=True, reason="BUG: printer gives ** the wrong associativity/binding (prints -a ** b)"
-)
-BUG_CHAIN = pytest.mark.xfail(
-    strict=True, reason="BUG: a comparison on the left of a comparison prints as a chain"
-)
 
 
 @pytest.mark.parametrize(
@@ -97,10 +91,12 @@ BUG_CHAIN = pytest.mark.xfail(
         (DimOf("x", 1), "x.shape[1]"),
         (ScalarArg("eps", kd.f64), "eps"),
         (Load("x", (LoopVar("i"), op(ADD, LoopVar("j"), LoopVar("j"))), kd.f32), "x[i, j + j]"),
-        pytest.param(op(POW, op(POW, A, B), C), "(a ** b) ** c", marks=BUG_POW),
-        pytest.param(op(POW, neg(A), B), "(-a) ** b", marks=BUG_POW),
-        pytest.param(op(POW, Const(-1.0, kd.f32), B), "(-1.0) ** b", marks=BUG_POW),
-        pytest.param(op(BinaryOp.EQ, op(BinaryOp.LT, A, B), P), "(a < b) == p", marks=BUG_CHAIN),
+        (op(POW, op(POW, A, B), C), "(a ** b) ** c"),
+        (op(POW, neg(A), B), "(-a) ** b"),
+        (op(POW, Const(-1.0, kd.f32), B), "(-1.0) ** b"),
+        (op(POW, A, neg(B)), "a ** -b"),
+        (neg(op(POW, A, B)), "-(a ** b)"),
+        (op(BinaryOp.EQ, op(BinaryOp.LT, A, B), P), "(a < b) == p"),
     ],
 )
 def test_expression_text_follows_python_precedence(expr, text):
@@ -108,10 +104,14 @@ def test_expression_text_follows_python_precedence(expr, text):
 
 
 def test_printed_expressions_evaluate_like_the_tree_in_python():
-    """The text is valid Python with the tree's meaning, for the precedences that work."""
+    """The text is valid Python with the tree's meaning."""
     e = op(SUB, op(MUL, neg(A), op(ADD, B, C)), op(SUB, B, op(DIV, A, C)))
-    env = {"a": 2.0, "b": 3.0, "c": 5.0}
+    env = {"a": 2.0, "b": 3.0, "c": 5.0, "p": False}
     assert eval(format_expr(e), env) == (-2.0 * (3.0 + 5.0)) - (3.0 - 2.0 / 5.0)
+    assert eval(format_expr(op(POW, neg(A), Const(2.0, kd.f32))), env) == 4.0
+    assert eval(format_expr(op(POW, A, neg(B))), env) == 2.0**-3.0
+    assert eval(format_expr(op(POW, op(POW, A, B), C)), env) == (2.0**3.0) ** 5.0
+    assert eval(format_expr(op(BinaryOp.EQ, op(BinaryOp.LT, A, B), P)), env) is False
 
 
 # ---------------------------------------------------------------------------- statements

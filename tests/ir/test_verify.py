@@ -295,24 +295,24 @@ def test_error_names_the_kernel():
         verify(kernel(Assign("acc", Const(0.0, kd.f32))), "traced")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the verifier accepts exp() of an i32; LLVM rejects it later (llvm.exp.i32)",
-)
 def test_float_only_unary_on_an_integer():
     xi = Buffer("x", kd.i32, (N,), BufferRole.PARAM, Scope.GLOBAL)
     value = Unary(UnaryOp.EXP, Load("x", (I,), kd.i32), kd.i32)
     k = Kernel("k", (Param("x", kd.i32, 1),), (xi,), (over_x(Store("x", (I,), value)),))
-    fails(k, "exp")
+    fails(k, "exp of i32", "needs a float")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the verifier accepts x & 1.0 on f32; codegen raises NotImplementedError",
-)
 def test_bitwise_operator_on_floats():
     value = Binary(BinaryOp.AND, x_at(), Const(1.0, kd.f32), kd.f32)
-    fails(kernel(over_x(Store("y", (I,), value))), "&")
+    fails(kernel(over_x(Store("y", (I,), value))), "bitwise & on f32")
+    value = Unary(UnaryOp.INVERT, x_at(), kd.f32)
+    fails(kernel(over_x(Store("y", (I,), value))), "bitwise ~ on f32")
+
+
+def test_invert_of_bool_is_logical_not():
+    p = Binary(BinaryOp.LT, x_at(), Const(0.0, kd.f32), kd.bool_)
+    cond = Unary(UnaryOp.INVERT, p, kd.bool_)
+    verify(kernel(over_x(If(cond, (Store("y", (I,), x_at()),)))), "traced")
 
 
 def test_every_traced_kernel_verifies():

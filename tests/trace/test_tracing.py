@@ -323,6 +323,51 @@ def test_sum_of_conditions_counts():
     check_kernel(k, [x, y], {1: (x > 0).sum(axis=1)})
 
 
+@kd.kernel
+def softmax(x, y):
+    i, j = kd.indices(x.shape[0], x.shape[1])
+    m = kd.max(x[i, j], over=j)
+    e = kd.exp(x[i, j] - m)
+    s = kd.sum(e, over=j)
+    y[i, j] = e / s
+
+
+def test_reduction_in_a_reduction_it_does_not_vary_in_is_computed_first_and_once():
+    """m is in s's body and in the statement: one max loop and one sum loop per row."""
+    ir = traced(softmax, np.ones((2, 3), F), np.ones((2, 3), F))
+    assert loops(ir) == [
+        ("i", LoopKind.PARALLEL),
+        ("j", LoopKind.REDUCTION),
+        ("j.1", LoopKind.REDUCTION),
+        ("j.2", LoopKind.PARALLEL),
+    ]
+    assert path_to(ir.body, declares("max_j")) == path_to(ir.body, declares("sum_j")) == ["i"]
+
+
+@pytest.mark.parametrize("m, n", [(0, 3), (1, 1), (7, 13), (2, 100)])
+def test_softmax_matches_numpy(m, n):
+    x = random_array(rng_for(m, n), (m, n), F) * 20
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    check_kernel(softmax, [x, np.empty_like(x)], {1: e / e.sum(axis=1, keepdims=True)})
+
+
+@kd.kernel
+def minus_col_max_row_sum(x, y):
+    i, j = kd.indices(x.shape[0], x.shape[1])
+    y[i] = kd.sum(x[i, j] - kd.max(x[i, j], over=i), over=j)
+
+
+@pytest.mark.parametrize("m, n", [(1, 1), (7, 13), (2, 0)])
+def test_reduction_in_a_reduction_over_its_loop_index_is_materialized(m, n):
+    """The column max reduces over i, the row sum's loop: it goes to a temporary first."""
+    x = random_array(rng_for(m, n), (m, n), F)
+    ir = traced(minus_col_max_row_sum, x, np.empty(m, F))
+    assert path_to(ir.body, stores_to("max")) == ["j"]
+    assert path_to(ir.body, declares("sum_j")) == ["i.1"]
+    want = (x - x.max(axis=0, initial=-np.inf)).sum(axis=1)
+    check_kernel(minus_col_max_row_sum, [x, np.empty(m, F)], {1: want})
+
+
 # --------------------------------------------------------------- reduction identities
 
 
@@ -444,11 +489,6 @@ def test_local_max_and_set():
     check_kernel(k, [x, np.empty(5, F)], {1: x.max(axis=1)})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a kd.local read after the loop that declared it fails IR verification "
-    "(CompileError 'kdsl bug') instead of a TraceError at the user's line",
-)
 def test_local_read_outside_its_loop_is_a_trace_error():
     @kd.kernel
     def k(x, y):
@@ -456,8 +496,20 @@ def test_local_read_outside_its_loop_is_a_trace_error():
             acc = kd.local(x[i])
         y[0] = acc
 
-    with pytest.raises(kd.TraceError):
+    with pytest.raises(kd.TraceError, match="local 'acc' is used after the loop"):
         k.ir(np.ones(3, F), np.ones(1, F))
+
+
+def test_local_declared_inside_when_is_local_to_it():
+    @kd.kernel
+    def k(x, y):
+        for i in kd.grid(x.shape[0]):
+            with kd.when(x[i] > 0):
+                acc = kd.local(x[i])
+            y[i] = acc
+
+    with pytest.raises(kd.TraceError, match="local 'acc' is used after the loop or kd.when"):
+        k.ir(np.ones(3, F), np.ones(3, F))
 
 
 # ------------------------------------------------------------------------------ guards
@@ -494,11 +546,6 @@ def keep_positive(x, y):
         y[i] = x[i]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: kd.when on an implicit index refuses to open the statement's own "
-    "implicit loops ('a loop inside `with kd.when(cond)`...')",
-)
 @pytest.mark.parametrize("n", [0, 1, 13])
 def test_when_on_an_implicit_index_guards_each_element(n):
     x = random_array(rng_for(n), (n,), F)
@@ -638,11 +685,6 @@ def test_alloc_outside_grid_is_shared_and_races():
         k.ir(np.ones(3, F), np.ones(3, F))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a kd.alloc temp read after the loop that allocated it reaches LLVM "
-    "('Instruction does not dominate all uses') instead of a TraceError",
-)
 def test_alloc_read_outside_its_loop_is_a_trace_error():
     @kd.kernel
     def k(x, y):
@@ -651,13 +693,23 @@ def test_alloc_read_outside_its_loop_is_a_trace_error():
             t[0] = x[i]
         y[0] = t[0]
 
-    with pytest.raises(kd.TraceError):
+    with pytest.raises(kd.TraceError, match="array 't' is used after the loop"):
         k(np.ones(3, F), np.ones(1, F))
 
 
-@pytest.mark.xfail(
-    strict=True, reason="BUG: kd.zeros passes IR expressions to new_index (as_value fails)"
-)
+def test_a_read_of_a_temp_kept_past_its_loop_is_a_trace_error():
+    @kd.kernel
+    def k(x, y):
+        for i in kd.grid(x.shape[0]):
+            t = kd.alloc((3,), kd.f32)
+            t[0] = x[i]
+            v = t[0]
+        y[0] = v
+
+    with pytest.raises(kd.TraceError, match="array 't' is used after the loop"):
+        k.ir(np.ones(3, F), np.ones(1, F))
+
+
 def test_zeros_temporary_starts_at_zero():
     @kd.kernel
     def k(x, y):
@@ -670,9 +722,6 @@ def test_zeros_temporary_starts_at_zero():
     check_kernel(k, [x, np.empty(5, F)], {1: np.array([0, 1, 0, 0, 0], F)})
 
 
-@pytest.mark.xfail(
-    strict=True, reason="BUG: kd.zeros passes IR expressions to new_index (as_value fails)"
-)
 @pytest.mark.parametrize("n", [0, 1, 7])
 def test_zeros_returned(n):
     @kd.kernel
@@ -685,6 +734,17 @@ def test_zeros_returned(n):
     x = np.arange(n, dtype=F) + 0.5
     want = np.stack([np.zeros(n), np.arange(n)], axis=1).astype(np.int32)
     check_kernel(k, [x], want)
+
+
+def test_zeros_of_rank_zero_and_of_an_int_shape():
+    @kd.kernel
+    def k(x):
+        return kd.zeros((), kd.f64), kd.zeros(x.shape[0], kd.bool_)
+
+    for run in (k, k.interpret):
+        s, v = run(np.ones(3, F))
+        assert s.shape == () and s == 0 and s.dtype == np.float64
+        assert v.shape == (3,) and not v.any() and v.dtype == np.bool_
 
 
 # --------------------------------------------------------------------- returned arrays
@@ -834,11 +894,6 @@ def test_constexpr_controls_tracing():
     assert power.stats()["compilations"] == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: constexpr specs compare with ==, so 100 and 100.0 (or 0.0 and -0.0) "
-    "share one specialization",
-)
 def test_constexpr_int_and_float_are_different_specializations():
     @kd.kernel
     def scale(c: kd.constexpr, x, y):
@@ -851,6 +906,20 @@ def test_constexpr_int_and_float_are_different_specializations():
     assert y[0] == 44  # i8 arithmetic wraps: 300 - 256
     scale(100.0, x, y)
     assert y[0] == 300  # a float constant makes it f64
+
+
+def test_constexpr_zero_and_negative_zero_are_different_specializations():
+    @kd.kernel
+    def reciprocal(c: kd.constexpr, x, y):
+        i = kd.indices(x.shape[0])
+        y[i] = x[i] / c
+
+    x, y = np.ones(1), np.zeros(1)
+    reciprocal(0.0, x, y)
+    assert y[0] == np.inf
+    reciprocal(-0.0, x, y)
+    assert y[0] == -np.inf
+    assert reciprocal.stats()["compilations"] == 2
 
 
 def test_trailing_float_constexpr():
@@ -868,11 +937,6 @@ def test_trailing_float_constexpr():
 # ---------------------------------------------------------------------- einsum ties
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an index used plainly inside another subscript (x[idx[i]]) is treated "
-    "as subscript arithmetic, so idx and y need only y.shape[0] >= idx.shape[0]",
-)
 def test_gather_ties_the_index_and_output_lengths():
     @kd.kernel
     def gather(x, idx, y):

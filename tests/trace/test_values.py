@@ -155,18 +155,10 @@ def test_numpy_scalar_constants_are_typed():
     assert dtype_of(lambda x, y, s: x[0, 0] + np.int64(2), np.int32) == kd.i64
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: np.float64 is a subclass of float, so as_value treats it as a weak Python float",
-)
 def test_numpy_float64_constant_is_typed():
     assert dtype_of(lambda x, y, s: x[0, 0] * np.float64(2.0), np.float32) == kd.f64
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: spec_of checks isinstance(value, float) before np.generic: np.float64 is weak",
-)
 def test_numpy_float64_argument_is_typed():
     assert dtype_of(lambda x, y, s: x[0, 0] * s, np.float32, s=np.float64(0.5)) == kd.f64
 
@@ -241,10 +233,6 @@ def test_bool_arithmetic_is_an_error(fn, needle):
     assert needle in trace_error(fn, np.bool_, np.bool_)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: binary() turns bool / bool into f64 before its bool check, so it never fires",
-)
 def test_bool_true_division_is_an_error():
     message = trace_error(lambda x, y, s: x[0, 0] / y[0, 0], np.bool_, np.bool_)
     assert "arithmetic operator / on bool" in message
@@ -356,10 +344,6 @@ def test_fma_dtypes():
     assert dtype_of(lambda x, y, s: kd.fma(x[0, 0], 2.0, y[0, 0]), np.float32, np.float64) == kd.f64
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: kd.fma drops the weakness of a*b, so fma(2.0, 3.0, x_f32) is f64, not f32",
-)
 def test_fma_of_weak_factors_takes_the_addends_dtype():
     assert dtype_of(lambda x, y, s: kd.fma(2.0, s, x[0, 0])) == kd.f32
 
