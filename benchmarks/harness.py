@@ -28,7 +28,8 @@ class Settings:
 
 @dataclass(frozen=True)
 class Case:
-    """One comparison. Both functions take the same arguments; the last one is the output."""
+    """One comparison. Both functions take the same arguments; the last one is the output.
+    The peer is NumPy unless `peer` names another (e.g. the same kernel unfused)."""
 
     name: str
     size: str
@@ -39,6 +40,7 @@ class Case:
     unit: str = ""
     rtol: float = 1e-6
     atol: float = 1e-6
+    peer: str = "NumPy"
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class Row:
     numpy_s: float | None
     unit: str = ""
     work: float = 0.0
+    peer: str = "NumPy"
 
     def cells(self) -> list[str]:
         ratio = f"{self.numpy_s / self.kdsl_s:.2f}×" if self.numpy_s else "—"
@@ -58,6 +61,7 @@ class Row:
             self.benchmark,
             self.size,
             format_time(self.kdsl_s),
+            self.peer if self.numpy_s else "—",
             format_time(self.numpy_s) if self.numpy_s else "—",
             ratio,
             self._rate(self.kdsl_s),
@@ -70,7 +74,7 @@ class Row:
         return f"{self.work / seconds / 1e9:.1f} {self.unit}"
 
 
-HEADER = ["benchmark", "size", "kdsl", "NumPy", "NumPy/kdsl", "kdsl rate", "NumPy rate"]
+HEADER = ["benchmark", "size", "kdsl", "peer", "peer time", "peer/kdsl", "kdsl rate", "peer rate"]
 
 
 def format_time(seconds: float) -> str:
@@ -89,7 +93,7 @@ def run_case(case: Case, settings: Settings, rng: np.random.Generator) -> Row:
     count = min(8, max(2, math.ceil(settings.working_set_bytes / max(1, set_bytes))))
     sets = [first] + [case.make(rng) for _ in range(count - 1)]
     kdsl_s, numpy_s = compare(case.kdsl, case.numpy, sets, settings)
-    return Row(case.name, case.size, kdsl_s, numpy_s, case.unit, case.work)
+    return Row(case.name, case.size, kdsl_s, numpy_s, case.unit, case.work, case.peer)
 
 
 def check(case: Case, args: Args) -> None:

@@ -18,10 +18,15 @@ from kdsl.ir.evaluate import evaluate
 from kdsl.ir.hashing import structural_hash
 from kdsl.ir.nodes import CheckKind, DimOf, Kernel, ScalarArg
 from kdsl.ir.passes import lower
+from kdsl.ir.passes.expand import expand_schedule
 from kdsl.ir.printer import format_kernel
+from kdsl.ir.verify import verify
 from kdsl.ir.visit import walk_expr
+from kdsl.schedule.default import default_schedule
+from kdsl.schedule.recipe import Schedule
 from kdsl.targets.cpu.backend import CpuKernel, compile_kernel
 from kdsl.targets.cpu.codegen import ErrorKind
+from kdsl.targets.cpu.vector import vector_obstacle
 from kdsl.targets.interp.interpreter import interpret
 from kdsl.trace.tracer import ArgSpec, ArraySpec, ScalarSpec, trace
 
@@ -183,9 +188,47 @@ class KernelFunction:
         self._lock = threading.Lock()
         self._fast_ok = not self.signature.constexpr and not static_shapes
         self._stats = {"compilations": 0, "calls": 0}
+        self._schedules: dict[str, Callable[[Schedule], object]] = {}
 
     def __repr__(self) -> str:
         return f"<kdsl kernel {self.signature}>"
+
+    def schedule(self, target: Target = cpu) -> Callable[[Callable[[Schedule], object]], Any]:
+        """Attach a schedule for `target`: `@kernel.schedule(kd.cpu) def _(s): ...`."""
+        if not isinstance(target, Target):
+            raise TypeError(f"{target!r} is not a kdsl target; use kd.cpu or kd.cuda")
+
+        def attach(fn: Callable[[Schedule], object]) -> Callable[[Schedule], object]:
+            with self._lock:
+                self._schedules[target.name] = fn
+                self._fast.clear()
+                self._by_spec.clear()
+            return fn
+
+        return attach
+
+    def scheduled(self, kernel: Kernel, target: Target = cpu) -> Schedule:
+        """Apply this kernel's schedule for `target` (or the default one) to traced IR."""
+        s = Schedule(
+            lower(kernel),
+            target=target.name,
+            strict_fp=self.strict_fp,
+            vector_check=vector_obstacle if target is cpu else None,
+        )
+        fn = self._schedules.get(target.name)
+        if fn is None:
+            default_schedule(s)
+        else:
+            fn(s)
+        return s
+
+    def _final_ir(self, kernel: Kernel) -> Kernel:
+        final = expand_schedule(self.scheduled(kernel).kernel)
+        if CONFIG.debug:
+            verify(final, "scheduled")
+        if dumps("schedule"):
+            print(format_kernel(final))
+        return final
 
     def __getitem__(self, target: Target) -> Callable[..., object]:
         if target is cpu:
@@ -249,7 +292,9 @@ class KernelFunction:
 
     def _compile(self, specs: tuple[ArgSpec, ...]) -> _Specialization:
         kernel = self.trace(specs)
-        compiled = compile_kernel(lower(kernel), checks=self.checks, strict_fp=self.strict_fp)
+        compiled = compile_kernel(
+            self._final_ir(kernel), checks=self.checks, strict_fp=self.strict_fp
+        )
         self._stats["compilations"] += 1
         array_pos = tuple(n for n, s in enumerate(specs) if isinstance(s, ArraySpec))
         scalar_pos = tuple(n for n, s in enumerate(specs) if isinstance(s, ScalarSpec))
@@ -282,7 +327,19 @@ class KernelFunction:
 
     def lowered(self, *args: object, **kwargs: object) -> IRView:
         """The IR after scheduling and lowering, as the target compiles it."""
-        return IRView(lower(self._traced(args, kwargs)[0]))
+        traced = self._traced(args, kwargs)[0]
+        try:
+            return IRView(self._final_ir(traced))
+        except KdslError as err:
+            raise (err if CONFIG.debug else err.with_traceback(None)) from None
+
+    def schedule_of(self, *args: object, **kwargs: object) -> Schedule:
+        """The schedule applied for these arguments: prints as steps, `.to_json()` saves it."""
+        traced = self._traced(args, kwargs)[0]
+        try:
+            return self.scheduled(traced)
+        except KdslError as err:
+            raise (err if CONFIG.debug else err.with_traceback(None)) from None
 
     def llvm(self, *args: object, optimized: bool = True, **kwargs: object) -> str:
         """LLVM IR for these arguments (after LLVM's optimizations unless optimized=False)."""

@@ -17,6 +17,7 @@ from kdsl.ir.nodes import (
     Expr,
     Fma,
     If,
+    Kernel,
     Load,
     LocalVar,
     Loop,
@@ -143,3 +144,23 @@ def rename_loop_vars(s: Stmt, renames: dict[str, str]) -> Stmt:
         return st
 
     return go(map_stmt_exprs(s, fn))
+
+
+def fresh_namer(kernel: Kernel) -> Callable[[str], str]:
+    """A function giving kernel-unique names (for loops, locals and buffers) from a base."""
+    taken = {b.name for b in kernel.buffers} | {p.name for p in kernel.params}
+    for s in walk_stmts(kernel.body):
+        if isinstance(s, Loop):
+            taken.add(s.var)
+        elif isinstance(s, DeclareLocal | Assign):
+            taken.add(s.name if isinstance(s, DeclareLocal) else s.local)
+
+    def fresh(base: str) -> str:
+        name, n = base, 0
+        while name in taken:
+            n += 1
+            name = f"{base}.{n}"
+        taken.add(name)
+        return name
+
+    return fresh

@@ -326,4 +326,4 @@ def test_every_traced_kernel_verifies():
     traced = k.ir(np.ones((3, 2), np.float32), np.ones(3, np.float32)).kernel
     assert verify(traced, "traced") is traced
     lowered = k.lowered(np.ones((3, 2), np.float32), np.ones(3, np.float32)).kernel
-    assert verify(lowered, "traced") is lowered
+    assert verify(lowered, "scheduled") is lowered

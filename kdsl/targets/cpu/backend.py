@@ -6,7 +6,7 @@ import ctypes
 from dataclasses import dataclass
 
 from kdsl.ir.nodes import Kernel
-from kdsl.targets.cpu import jit
+from kdsl.targets.cpu import jit, runtime
 from kdsl.targets.cpu.codegen import ErrorSites, generate, symbol_name
 
 
@@ -24,6 +24,8 @@ class CpuKernel:
 
 def compile_kernel(kernel: Kernel, checks: bool = False, strict_fp: bool = False) -> CpuKernel:
     module, sites = generate(kernel, checks, strict_fp)
+    if runtime.PARALLEL_FOR in module.globals:
+        runtime.ensure_runtime()  # before loading: the kernel links to the pool's symbol
     ref = jit.optimize(module)
     optimized, asm = str(ref), jit.assembly(ref)
     address = jit.load(ref, symbol_name(kernel))

@@ -37,6 +37,7 @@ from kdsl.ir.nodes import (
     Load,
     LocalVar,
     Loop,
+    LoopExec,
     LoopKind,
     LoopVar,
     ScalarArg,
@@ -49,6 +50,9 @@ from kdsl.ir.nodes import (
 from kdsl.ir.visit import walk_expr, walk_stmts
 from kdsl.targets.cpu.abi import ARRAY_LAYOUT, WRITEABLE_FLAG
 from kdsl.targets.cpu.ops import I1, I8, I32, I64, PTR, Ops, constant, llvm_type, memory_type
+from kdsl.targets.cpu.parallel import emit_parallel_loop
+from kdsl.targets.cpu.state import ArrayInfo, CodegenState
+from kdsl.targets.cpu.vector import emit_vector_loop
 
 
 class ErrorKind(enum.IntEnum):
@@ -67,51 +71,46 @@ class ErrorSites:
     accesses: list[tuple[str, SourceLoc | None]] = field(default_factory=list)
 
 
-@dataclass
-class _ArrayInfo:
-    data: ir.Value
-    dims: list[ir.Value]
-    strides: list[ir.Value]  # in bytes
-
-
-@dataclass
-class _State:
-    arrays: dict[str, _ArrayInfo] = field(default_factory=dict)
-    scalars: dict[str, ir.Value] = field(default_factory=dict)
-    loops: dict[str, ir.Value] = field(default_factory=dict)  # loop name -> i64 slot
-    locals: dict[str, ir.Value] = field(default_factory=dict)  # local name -> slot
-    heap_slots: list[ir.Value] = field(default_factory=list)
-
-
 class _Codegen:
-    def __init__(self, kernel: Kernel, module: ir.Module, checks: bool, strict_fp: bool) -> None:
+    """Emits one LLVM function: the kernel's entry (`for_kernel`) or a task outlined from
+    a parallel loop, which shares the kernel, the options and the error sites."""
+
+    def __init__(
+        self, kernel: Kernel, fn: ir.Function, checks: bool, strict_fp: bool, sites: ErrorSites
+    ) -> None:
         self.kernel = kernel
         self.checks = checks
         self.strict_fp = strict_fp
         self.reduction_depth = 0
         self.buffers = {b.name: b for b in kernel.buffers}
-        arrays = self.array_args()
-        scalars = [p for p in kernel.params if not p.is_array]
-        types = [PTR] * len(arrays) + [
-            ir.DoubleType() if p.dtype.is_float else I64 for p in scalars
-        ]
-        self.fn = ir.Function(module, ir.FunctionType(I64, types), name=symbol_name(kernel))
+        self.fn = fn
         self.entry = self.fn.append_basic_block("entry")
         self.b = ir.IRBuilder(self.entry)
         self.ops = Ops(self.b)
-        self.state = _State()
-        self.sites = ErrorSites()
+        self.state = CodegenState()
+        self.sites = sites
         self.loop_extents = {
             s.var: s.extent for s in walk_stmts(kernel.body) if isinstance(s, Loop)
         }
         self.retcode = self.b.alloca(I64, name="retcode")
         self.cleanup = self.fn.append_basic_block("cleanup")
         self.b.store(ir.Constant(I64, 0), self.retcode)
-        self._bind_args(arrays, scalars)
 
-    def array_args(self) -> list[Buffer]:
-        params = [self.buffers[p.name] for p in self.kernel.params if p.is_array]
-        return params + [self.buffers[r] for r in self.kernel.results]
+    @classmethod
+    def for_kernel(
+        cls, kernel: Kernel, module: ir.Module, checks: bool, strict_fp: bool
+    ) -> _Codegen:
+        buffers = {b.name: b for b in kernel.buffers}
+        arrays = [buffers[p.name] for p in kernel.params if p.is_array]
+        arrays += [buffers[r] for r in kernel.results]
+        scalars = [p for p in kernel.params if not p.is_array]
+        types = [PTR] * len(arrays) + [
+            ir.DoubleType() if p.dtype.is_float else I64 for p in scalars
+        ]
+        fn = ir.Function(module, ir.FunctionType(I64, types), name=symbol_name(kernel))
+        gen = cls(kernel, fn, checks, strict_fp, ErrorSites())
+        gen._bind_args(arrays, scalars)
+        return gen
 
     # -------------------------------------------------------------- arguments
 
@@ -132,7 +131,7 @@ class _Codegen:
         addr = self.b.gep(obj, [ir.Constant(I64, ARRAY_LAYOUT[name])], source_etype=I8)
         return self.b.load(addr, typ=ty)
 
-    def _read_array(self, buf: Buffer, obj: ir.Value) -> _ArrayInfo:
+    def _read_array(self, buf: Buffer, obj: ir.Value) -> ArrayInfo:
         b = self.b
         data = self._field(obj, "data", PTR)
         dims_ptr = self._field(obj, "dimensions", PTR)
@@ -148,7 +147,7 @@ class _Codegen:
                 b.load(b.gep(strides_ptr, [ir.Constant(I64, a)], source_etype=I64), typ=I64)
                 for a in range(buf.ndim)
             ]
-        return _ArrayInfo(data, dims, strides)
+        return ArrayInfo(data, dims, strides)
 
     def _contiguous_strides(self, dims: list[ir.Value], dtype: T.DType) -> list[ir.Value]:
         strides: list[ir.Value] = []
@@ -165,7 +164,7 @@ class _Codegen:
         )
         self._fail_unless(ok, ErrorKind.READONLY, pos)
 
-    def _extent(self, info: _ArrayInfo, itemsize: int) -> tuple[ir.Value, ir.Value, ir.Value]:
+    def _extent(self, info: ArrayInfo, itemsize: int) -> tuple[ir.Value, ir.Value, ir.Value]:
         """(lowest address, one past the highest, is-empty) of an array's elements."""
         b = self.b
         lo, hi = ir.Constant(I64, 0), ir.Constant(I64, itemsize)
@@ -207,8 +206,12 @@ class _Codegen:
 
     # -------------------------------------------------------------- statements
 
-    def run(self) -> None:
-        self.block(self.kernel.body)
+    def run(self, body: tuple[Stmt, ...]) -> None:
+        """Emit `body`, then the cleanup block that frees temporaries and returns."""
+        self.block(body)
+        self.finish()
+
+    def finish(self) -> None:
         self.b.branch(self.cleanup)
         self.b.position_at_end(self.cleanup)
         for slot in self.state.heap_slots:
@@ -245,10 +248,14 @@ class _Codegen:
                 b.store(self.expr(v), self.state.locals[n])
             case Allocate(buffer=name):
                 self.allocate(self.buffers[name], heap)
+            case Loop(exec=LoopExec.VECTORIZED) as loop:
+                emit_vector_loop(self, loop)
+            case Loop(exec=LoopExec.PARALLEL) as loop:
+                emit_parallel_loop(self, loop)
             case Loop(var=var, extent=ext, body=body, kind=kind):
                 reduction = kind is LoopKind.REDUCTION
                 self.reduction_depth += reduction
-                self.loop(var, self.expr(ext), body)
+                self.loop(var, ir.Constant(I64, 0), self.expr(ext), body)
                 self.reduction_depth -= reduction
             case If(cond=c, then=then):
                 with b.if_then(self.expr(c)):
@@ -258,22 +265,26 @@ class _Codegen:
                 self.sites.checks.append(s)
 
     def _entry_alloca(self, ty: ir.Type, name: str, size: ir.Value | None = None) -> ir.Value:
-        """Allocas go in the entry block so loops don't grow the stack."""
+        """Allocas go in the entry block so loops don't grow the stack. The result is an
+        untyped pointer, like every other address in the generated code."""
         with self.b.goto_block(self.entry):
             self.b.position_at_start(self.entry)
-            return self.b.alloca(ty, size=size, name=name)
+            slot = self.b.alloca(ty, size=size, name=name)
+        slot.type = PTR
+        return slot
 
-    def loop(self, var: str, extent: ir.Value, body: tuple[Stmt, ...]) -> None:
+    def loop(self, var: str, start: ir.Value, stop: ir.Value, body: tuple[Stmt, ...]) -> None:
+        """for var in [start, stop): body"""
         b = self.b
         slot = self._entry_alloca(I64, var)
         self.state.loops[var] = slot
-        b.store(ir.Constant(I64, 0), slot)
+        b.store(start, slot)
         cond = self.fn.append_basic_block(f"{var}.cond")
         inner = self.fn.append_basic_block(f"{var}.body")
         done = self.fn.append_basic_block(f"{var}.end")
         b.branch(cond)
         b.position_at_end(cond)
-        b.cbranch(b.icmp_signed("<", b.load(slot, typ=I64), extent), inner, done)
+        b.cbranch(b.icmp_signed("<", b.load(slot, typ=I64), stop), inner, done)
         b.position_at_end(inner)
         self.block(body)
         b.store(b.add(b.load(slot, typ=I64), ir.Constant(I64, 1)), slot)
@@ -299,7 +310,7 @@ class _Codegen:
             )
             b.store(data, slot)
             heap.append(slot)
-        self.state.arrays[buf.name] = _ArrayInfo(data, dims, strides)
+        self.state.arrays[buf.name] = ArrayInfo(data, dims, strides)
 
     def _heap_slot(self, name: str) -> ir.Value:
         """A pointer slot, null from entry, that the cleanup block frees on any exit."""
@@ -337,16 +348,8 @@ class _Codegen:
         """A bare loop variable whose extent is the dimension it subscripts is in bounds."""
         if not isinstance(index, LoopVar):
             return False
-        extent = self._loop_extents.get(index.name)
+        extent = self.loop_extents.get(index.name)
         return extent is not None and extent == self.buffers[name].shape[axis]
-
-    @property
-    def _loop_extents(self) -> dict[str, Expr]:
-        if not hasattr(self, "_extents_cache"):
-            self._extents_cache = {
-                s.var: s.extent for s in walk_stmts(self.kernel.body) if isinstance(s, Loop)
-            }
-        return self._extents_cache
 
     def expr(self, e: Expr) -> ir.Value:
         b, ops = self.b, self.ops
@@ -403,6 +406,6 @@ def generate(
     """An LLVM module with the kernel's entry function (see the module docstring), and
     what its error codes refer to."""
     module = ir.Module(name=kernel.name)
-    gen = _Codegen(kernel, module, checks, strict_fp)
-    gen.run()
+    gen = _Codegen.for_kernel(kernel, module, checks, strict_fp)
+    gen.run(kernel.body)
     return module, gen.sites

@@ -1,0 +1,213 @@
+"""Expand the loops a schedule annotated, so targets see only simple cases.
+
+* A vectorized loop becomes a main loop whose extent is a multiple of its width (the
+  target emits it as vector code) and a scalar tail loop for the rest.
+* An unrolled loop becomes copies of its body (fully, or `width` copies per iteration
+  of a shorter loop, plus a tail).
+* A tile `min(c, n - o*c)` is specialized: the full tile (extent `c`, a constant) and
+  the edge tile are separate copies, so the full one unrolls and vectorizes exactly.
+
+Copies get fresh names for the loops, locals and temporaries they declare.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+from kdsl import types as T
+from kdsl.ir.nodes import (
+    Allocate,
+    Assign,
+    Binary,
+    BinaryOp,
+    Buffer,
+    Const,
+    DeclareLocal,
+    Expr,
+    If,
+    Kernel,
+    Load,
+    LocalVar,
+    Loop,
+    LoopExec,
+    LoopVar,
+    Stmt,
+    Store,
+)
+from kdsl.ir.visit import fresh_namer, map_expr, map_stmt_exprs, walk_stmts
+
+
+def _i64(v: int) -> Const:
+    return Const(v, T.i64)
+
+
+def _bin(op: BinaryOp, a: Expr, b: Expr) -> Expr:
+    return Binary(op, a, b, T.bool_ if op.is_comparison else T.i64)
+
+
+def constant_bound(extent: Expr) -> int | None:
+    """A constant no smaller than the extent, if the extent is a constant or min(c, n)."""
+    if isinstance(extent, Const):
+        return int(extent.value)
+    if isinstance(extent, Binary) and extent.op is BinaryOp.MIN:
+        known = [b for s in (extent.lhs, extent.rhs) if (b := constant_bound(s)) is not None]
+        return min(known) if known else None
+    return None
+
+
+def _tile_split(extent: Expr) -> tuple[int, Expr] | None:
+    """(c, n) when the extent is `min(c, n)`: a tile that is full when c <= n."""
+    if isinstance(extent, Binary) and extent.op is BinaryOp.MIN:
+        if isinstance(extent.lhs, Const):
+            return int(extent.lhs.value), extent.rhs
+        if isinstance(extent.rhs, Const):
+            return int(extent.rhs.value), extent.lhs
+    return None
+
+
+class _Expander:
+    def __init__(self, kernel: Kernel) -> None:
+        self.kernel = kernel
+        self.fresh = fresh_namer(kernel)
+        self.buffers = {b.name: b for b in kernel.buffers}
+        self.new_buffers: list[Buffer] = []
+
+    def block(self, stmts: tuple[Stmt, ...]) -> tuple[Stmt, ...]:
+        return tuple(out for s in stmts for out in self.stmt(s))
+
+    def stmt(self, s: Stmt) -> tuple[Stmt, ...]:
+        if isinstance(s, If):
+            return (replace(s, then=self.block(s.then)),)
+        if not isinstance(s, Loop):
+            return (s,)
+        loop = replace(s, body=self.block(s.body))
+        if loop.exec is LoopExec.VECTORIZED:
+            return self.specialize_tile(loop, self.vector_loop)
+        if loop.exec is LoopExec.UNROLLED:
+            return self.specialize_tile(loop, self.unrolled)
+        return (loop,)
+
+    # -------------------------------------------------------------------- tiles
+
+    def specialize_tile(
+        self, loop: Loop, expand: Callable[[Loop], tuple[Stmt, ...]]
+    ) -> tuple[Stmt, ...]:
+        tile = _tile_split(loop.extent)
+        step = max(loop.width, 1)
+        if tile is None or tile[0] < step or tile[0] % step:
+            return expand(loop)
+        c, n = tile
+        full = expand(replace(loop, extent=_i64(c)))
+        edge = expand(self.clone(replace(loop, extent=n)))
+        return (
+            If(_bin(BinaryOp.LE, _i64(c), n), full, loc=loop.loc),
+            If(_bin(BinaryOp.LT, n, _i64(c)), edge, loc=loop.loc),
+        )
+
+    # ---------------------------------------------------------------- vectorize
+
+    def vector_loop(self, loop: Loop) -> tuple[Stmt, ...]:
+        w = loop.width
+        if isinstance(loop.extent, Const) and int(loop.extent.value) % w == 0:
+            return (loop,)
+        if isinstance(loop.extent, Const) and int(loop.extent.value) < w:
+            return (replace(loop, exec=LoopExec.SERIAL, width=1),)
+        n = _bin(BinaryOp.MAX, loop.extent, _i64(0))
+        main = _bin(BinaryOp.MUL, _bin(BinaryOp.FLOORDIV, n, _i64(w)), _i64(w))
+        return (replace(loop, extent=main), *self.tail(loop, main, n))
+
+    def tail(self, loop: Loop, start: Expr, n: Expr) -> tuple[Stmt, ...]:
+        """A serial loop over iterations [start, n) of `loop`."""
+        var = self.fresh(loop.var)
+        body = self.clone_block(loop.body, {loop.var: _bin(BinaryOp.ADD, start, LoopVar(var))})
+        rest = _bin(BinaryOp.SUB, n, start)
+        return (Loop(var, rest, loop.kind, body, loc=loop.loc),)
+
+    # ------------------------------------------------------------------- unroll
+
+    def unrolled(self, loop: Loop) -> tuple[Stmt, ...]:
+        if loop.width == 0:  # fully: the schedule checked the extent is a small constant
+            if not isinstance(loop.extent, Const):
+                return (replace(loop, exec=LoopExec.SERIAL, width=0),)
+            return self.copies(loop, _i64(0), int(loop.extent.value))
+        u = loop.width
+        if isinstance(loop.extent, Const) and int(loop.extent.value) <= u:
+            return self.copies(loop, _i64(0), int(loop.extent.value))
+        n = _bin(BinaryOp.MAX, loop.extent, _i64(0))
+        groups = _bin(BinaryOp.FLOORDIV, n, _i64(u))
+        var = self.fresh(loop.var)
+        start = _bin(BinaryOp.MUL, LoopVar(var), _i64(u))
+        main = Loop(var, groups, loop.kind, self.copies(loop, start, u), loc=loop.loc)
+        if isinstance(loop.extent, Const) and int(loop.extent.value) % u == 0:
+            return (main,)
+        return (main, *self.tail(loop, _bin(BinaryOp.MUL, groups, _i64(u)), n))
+
+    def copies(self, loop: Loop, start: Expr, count: int) -> tuple[Stmt, ...]:
+        out: list[Stmt] = []
+        for t in range(count):
+            at = _i64(t) if start == _i64(0) else _bin(BinaryOp.ADD, start, _i64(t))
+            out += self.clone_block(loop.body, {loop.var: at})
+        return tuple(out)
+
+    # -------------------------------------------------------------------- clone
+
+    def clone(self, loop: Loop) -> Loop:
+        (copy,) = self.clone_block((loop,), {})
+        assert isinstance(copy, Loop)
+        return copy
+
+    def clone_block(self, stmts: tuple[Stmt, ...], values: dict[str, Expr]) -> tuple[Stmt, ...]:
+        """`stmts` with loop variables replaced by `values` and everything they declare
+        (loops, locals, temporaries) renamed."""
+        loops, names = {}, {}
+        for s in walk_stmts(stmts):
+            if isinstance(s, Loop):
+                loops[s.var] = self.fresh(s.var)
+            elif isinstance(s, DeclareLocal):
+                names[s.name] = self.fresh(s.name)
+            elif isinstance(s, Allocate):
+                names[s.buffer] = self.fresh(s.buffer)
+                buf = self.buffers[s.buffer]
+                self.new_buffers.append(replace(buf, name=names[s.buffer]))
+                self.buffers[names[s.buffer]] = self.new_buffers[-1]
+
+        def expr(e: Expr) -> Expr | None:
+            match e:
+                case LoopVar(name=n) if n in values:
+                    return values[n]
+                case LoopVar(name=n) if n in loops:
+                    return replace(e, name=loops[n])
+                case LocalVar(name=n) if n in names:
+                    return replace(e, name=names[n])
+                case Load(buffer=b) if b in names:
+                    return replace(e, buffer=names[b])
+            return None
+
+        def stmt(s: Stmt) -> Stmt:
+            s = map_stmt_exprs(s, expr) if not isinstance(s, Loop | If) else s
+            match s:
+                case Loop(var=v, extent=x, body=body):
+                    return replace(
+                        s, var=loops[v], extent=map_expr(x, expr), body=tuple(stmt(b) for b in body)
+                    )
+                case If(cond=c, then=then):
+                    return replace(s, cond=map_expr(c, expr), then=tuple(stmt(b) for b in then))
+                case DeclareLocal(name=n):
+                    return replace(s, name=names[n])
+                case Assign(local=n) if n in names:
+                    return replace(s, local=names[n])
+                case Allocate(buffer=b):
+                    return replace(s, buffer=names[b])
+                case Store(buffer=b) if b in names:
+                    return replace(s, buffer=names[b])
+            return s
+
+        return tuple(stmt(s) for s in stmts)
+
+
+def expand_schedule(kernel: Kernel) -> Kernel:
+    """Expand every vectorized and unrolled loop (see the module docstring)."""
+    ex = _Expander(kernel)
+    body = ex.block(kernel.body)
+    return replace(kernel, body=body, buffers=kernel.buffers + tuple(ex.new_buffers))

@@ -1,0 +1,98 @@
+"""The schedule a kernel gets when it has none (DESIGN §3): vectorize the innermost
+unit-stride loop of each nest, and parallelize the outermost parallel loop. Whether the
+parallel loop really runs on several threads is decided at run time from the work it
+holds, so small calls stay single-threaded.
+
+Every step goes through the same `Schedule` as a user's, so the default prints and
+replays like any other; a step the target refuses is skipped.
+"""
+
+from __future__ import annotations
+
+from kdsl.errors import ScheduleError
+from kdsl.ir.nodes import Const, Expr, Kernel, Load, Loop, LoopExec, LoopKind, LoopVar, Store
+from kdsl.ir.visit import walk_all_exprs, walk_expr, walk_stmts
+from kdsl.schedule.recipe import Schedule
+
+VECTOR_BYTES = 64  # one AVX-512 register
+SPLIT_1D = 8192  # a one-loop nest is split so that chunks of it can run in parallel
+
+
+def default_schedule(s: Schedule) -> None:
+    for nest in [st for st in s.kernel.body if isinstance(st, Loop)]:
+        _schedule_nest(s, nest)
+
+
+def _schedule_nest(s: Schedule, nest: Loop) -> None:
+    loops = [lp for lp in walk_stmts((nest,)) if isinstance(lp, Loop)]
+    vector = _vector_candidate(loops)
+    parallel = nest if nest.kind is LoopKind.PARALLEL else None
+    if vector is not None and parallel is not None and vector.var == parallel.var:
+        if isinstance(nest.extent, Const) and int(nest.extent.value) <= SPLIT_1D:
+            parallel = None
+        else:
+            outer, inner = s.split(nest.var, SPLIT_1D)
+            vector = _loop(s.kernel, inner)
+            parallel = _loop(s.kernel, outer)
+    if vector is not None:
+        _try(s.vectorize, vector.var, _width(s.kernel, vector))
+    if parallel is not None:
+        _try(s.parallelize, parallel.var)
+
+
+def _try(step: object, *args: object) -> None:
+    try:
+        step(*args)  # type: ignore[operator]
+    except ScheduleError:
+        pass  # the target can't do it here: the loop stays scalar / serial
+
+
+def _loop(kernel: Kernel, name: str) -> Loop:
+    return next(lp for lp in walk_stmts(kernel.body) if isinstance(lp, Loop) and lp.var == name)
+
+
+def _vector_candidate(loops: list[Loop]) -> Loop | None:
+    """The innermost loop that most accesses walk with unit stride, and none gathers."""
+    best: tuple[int, Loop] | None = None
+    for lp in loops:
+        if lp.kind is LoopKind.SERIAL or lp.exec is not LoopExec.SERIAL:
+            continue
+        if isinstance(lp.extent, Const) and int(lp.extent.value) < 4:
+            continue
+        unit, strided = _strides(lp)
+        if unit and not strided and (best is None or unit >= best[0]):  # ties: the deeper
+            best = (unit, lp)
+    return best[1] if best else None
+
+
+def _strides(lp: Loop) -> tuple[int, int]:
+    """How many accesses in `lp` have its variable only in their last subscript, and how
+    many have it elsewhere (they would need gathers)."""
+    unit = strided = 0
+    accesses: list[tuple[Expr, ...]] = [
+        e.index for e in walk_all_exprs(lp.body) if isinstance(e, Load)
+    ]
+    accesses += [st.index for st in walk_stmts(lp.body) if isinstance(st, Store)]
+    for index in accesses:
+        uses = [_mentions(i, lp.var) for i in index]
+        if not any(uses):
+            continue
+        if uses[-1] and not any(uses[:-1]):
+            unit += 1
+        else:
+            strided += 1
+    return unit, strided
+
+
+def _mentions(e: Expr, var: str) -> bool:
+    return any(isinstance(x, LoopVar) and x.name == var for x in walk_expr(e))
+
+
+def _width(kernel: Kernel, lp: Loop) -> int:
+    sizes = [max(4, e.dtype.itemsize) for e in walk_all_exprs(lp.body) if isinstance(e, Load)]
+    sizes += [
+        max(4, kernel.buffer(st.buffer).dtype.itemsize)
+        for st in walk_stmts(lp.body)
+        if isinstance(st, Store)
+    ]
+    return VECTOR_BYTES // max(sizes, default=4)

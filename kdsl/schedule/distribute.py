@@ -1,0 +1,199 @@
+"""Loop distribution with scalar expansion: what lets `reorder` move a loop across the
+statements around it.
+
+`for j: (acc = 0; for k: acc += a*b; c[j] = acc)` cannot be interchanged as is. Split
+into three loops over j, the accumulator crosses from one to the next, so it becomes a
+buffer indexed by j (`acc[j]`), and the middle loop is a perfect nest `for j: for k`.
+Distributing a loop is legal when its iterations are independent (kind parallel).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from kdsl.ir.nodes import (
+    Allocate,
+    Assign,
+    Binary,
+    BinaryOp,
+    Buffer,
+    BufferRole,
+    Const,
+    DeclareLocal,
+    Expr,
+    If,
+    Load,
+    LocalVar,
+    Loop,
+    LoopKind,
+    LoopVar,
+    Scope,
+    Stmt,
+    Store,
+)
+from kdsl.ir.visit import (
+    map_expr,
+    map_stmt_exprs,
+    rename_loop_vars,
+    walk_all_exprs,
+    walk_expr,
+    walk_stmts,
+)
+from kdsl.schedule import tree
+from kdsl.schedule.step import StepContext
+
+STACK_LIMIT_BYTES = 16 * 1024
+
+
+def upper_bound(extent: Expr) -> Expr:
+    """A loop-invariant bound on a loop's extent: the tile size of `min(f, n - o*f)`."""
+    if isinstance(extent, Binary) and extent.op is BinaryOp.MIN:
+        for side in (extent.lhs, extent.rhs):
+            if isinstance(side, Const):
+                return side
+    return extent
+
+
+def temp_scope(shape: tuple[Expr, ...], itemsize: int) -> Scope:
+    size = itemsize
+    for d in shape:
+        if not isinstance(d, Const):
+            return Scope.HEAP
+        size *= max(0, int(d.value))
+    return Scope.STACK if size <= STACK_LIMIT_BYTES else Scope.HEAP
+
+
+def distribute(ctx: StepContext, path: tree.Path, keep: int) -> tuple[Stmt, ...]:
+    """Split the loop at `path` around its statement `keep`: the statements before it,
+    it, and those after it each get a copy of the loop (the middle keeps the name).
+
+    Returns the statements that replace the loop; updates ctx.kernel's buffers and
+    records the copies in ctx.clones.
+    """
+    loop = tree.at(ctx.kernel.body, path)
+    assert isinstance(loop, Loop)
+    if loop.kind is not LoopKind.PARALLEL:
+        raise ctx.refuse(
+            f"loop '{loop.var}' has statements around loop '{loop.body[keep].var}'"  # type: ignore[union-attr]
+            f" and is a {loop.kind.value} loop, so they can't be split into separate loops",
+            "reorder only loops that are perfectly nested, or parallel loops around them",
+        )
+    declared = {s.name for s in walk_stmts(loop.body) if isinstance(s, DeclareLocal)}
+    for s in walk_stmts(loop.body):
+        if isinstance(s, Assign) and s.local not in declared:
+            raise ctx.refuse(
+                f"loop '{loop.var}' updates the local '{s.local}' declared outside it",
+                "keep the loop as it is, or reorder loops inside it",
+            )
+    groups = [loop.body[:keep], (loop.body[keep],), loop.body[keep + 1 :]]
+    later = [groups[1] + groups[2], groups[2]]  # what each earlier group's values reach
+    allocs: list[Stmt] = []
+    for local in _crossing_locals(groups[0], later[0]):
+        groups, alloc = _expand_local(ctx, loop, local, groups)
+        allocs.append(alloc)
+    for buffer in _crossing_buffers(groups[0], later[0]):
+        groups, alloc = _expand_buffer(ctx, loop, buffer, groups)
+        allocs.append(alloc)
+    out: list[Stmt] = list(allocs)
+    for n, group in enumerate(groups):
+        if not group:
+            continue
+        copy = replace(loop, body=group)
+        if n != 1:
+            copy_name = ctx.fresh(loop.var)
+            copy = rename_loop_vars(copy, {loop.var: copy_name})  # type: ignore[assignment]
+            ctx.clones.setdefault(loop.var, []).append(copy_name)
+        out.append(copy)
+    return tuple(out)
+
+
+def _crossing_locals(first: tuple[Stmt, ...], rest: tuple[Stmt, ...]) -> list[DeclareLocal]:
+    used = {e.name for e in walk_all_exprs(rest) if isinstance(e, LocalVar)}
+    used |= {s.local for s in walk_stmts(rest) if isinstance(s, Assign)}
+    return [s for s in first if isinstance(s, DeclareLocal) and s.name in used]
+
+
+def _crossing_buffers(first: tuple[Stmt, ...], rest: tuple[Stmt, ...]) -> list[str]:
+    used = {e.buffer for e in walk_all_exprs(rest) if isinstance(e, Load)}
+    used |= {s.buffer for s in walk_stmts(rest) if isinstance(s, Store)}
+    return [s.buffer for s in first if isinstance(s, Allocate) and s.buffer in used]
+
+
+def _new_temp(ctx: StepContext, buf: Buffer) -> None:
+    ctx.kernel = replace(ctx.kernel, buffers=(*ctx.kernel.buffers, buf))
+
+
+def _expand_local(
+    ctx: StepContext, loop: Loop, local: DeclareLocal, groups: list[tuple[Stmt, ...]]
+) -> tuple[list[tuple[Stmt, ...]], Stmt]:
+    """The local becomes a buffer with one element per iteration of `loop`."""
+    name = ctx.fresh(local.name)
+    shape = (upper_bound(loop.extent),)
+    _new_temp(
+        ctx,
+        Buffer(name, local.dtype, shape, BufferRole.TEMP, temp_scope(shape, local.dtype.itemsize)),
+    )
+    index: tuple[Expr, ...] = (LoopVar(loop.var),)
+
+    def read(e: Expr) -> Expr | None:
+        if isinstance(e, LocalVar) and e.name == local.name:
+            return Load(name, index, local.dtype)
+        return None
+
+    def rewrite(s: Stmt) -> Stmt:
+        match s:
+            case DeclareLocal(name=n, init=v) if n == local.name:
+                return Store(name, index, map_expr(v, read), loc=s.loc)
+            case Assign(local=n, value=v) if n == local.name:
+                return Store(name, index, map_expr(v, read), loc=s.loc)
+            case Loop() | If():
+                return tree.with_body(
+                    map_stmt_exprs(replace(s, **_empty_body(s)), read),
+                    tuple(rewrite(b) for b in tree.body_of(s)),
+                )
+        return map_stmt_exprs(s, read)
+
+    new_groups = [tuple(rewrite(s) for s in g) for g in groups]
+    return new_groups, Allocate(name, loc=local.loc)
+
+
+def _empty_body(s: Stmt) -> dict[str, tuple[Stmt, ...]]:
+    return {"body": ()} if isinstance(s, Loop) else {"then": ()}
+
+
+def _expand_buffer(
+    ctx: StepContext, loop: Loop, name: str, groups: list[tuple[Stmt, ...]]
+) -> tuple[list[tuple[Stmt, ...]], Stmt]:
+    """A temporary allocated in the loop gains a leading axis over the loop's iterations."""
+    buf = ctx.kernel.buffer(name)
+    if any(isinstance(e, LoopVar) for d in buf.shape for e in walk_expr(d)):
+        raise ctx.refuse(
+            f"the temporary '{name}' inside loop '{loop.var}' has a shape that depends on a loop",
+            "give the temporary a shape that does not depend on loop variables",
+        )
+    shape = (upper_bound(loop.extent), *buf.shape)
+    grown = replace(buf, shape=shape, scope=temp_scope(shape, buf.dtype.itemsize))
+    ctx.kernel = replace(
+        ctx.kernel, buffers=tuple(grown if b.name == name else b for b in ctx.kernel.buffers)
+    )
+    var = LoopVar(loop.var)
+
+    def index(e: Expr) -> Expr | None:
+        if isinstance(e, Load) and e.buffer == name:
+            return replace(e, index=(var, *e.index))
+        return None
+
+    def rewrite(s: Stmt) -> Stmt | None:
+        match s:
+            case Allocate(buffer=b) if b == name:
+                return None
+            case Store(buffer=b) if b == name:
+                s = replace(s, index=(var, *s.index))
+            case Loop() | If():
+                inner = tuple(r for b in tree.body_of(s) if (r := rewrite(b)) is not None)
+                return tree.with_body(map_stmt_exprs(replace(s, **_empty_body(s)), index), inner)
+        return map_stmt_exprs(s, index)
+
+    new_groups = [tuple(r for s in g if (r := rewrite(s)) is not None) for g in groups]
+    alloc = next(s for s in groups[0] if isinstance(s, Allocate) and s.buffer == name)
+    return new_groups, alloc

@@ -1,0 +1,260 @@
+"""`fuse`: merge two sibling loops over the same range, then contract temporaries.
+
+After `fuse(a, b)` the body of `b` runs right after the body of `a`, iteration by
+iteration. That is legal when every buffer the two loops share (one writing it) is
+touched by both only at the element of the current iteration along some axis, so no
+iteration of `b` needs what a later iteration of `a` writes.
+
+Contraction is where fusion saves memory traffic: a temporary that is now used only
+inside the fused loop, always at the current iteration along one axis, loses that axis.
+A temporary left with no axes becomes a scalar local (softmax's row max and row sum);
+one with axes left becomes a per-iteration buffer (softmax's `e` becomes a row).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import replace
+
+from kdsl.ir.nodes import (
+    Allocate,
+    Assign,
+    BufferRole,
+    DeclareLocal,
+    Expr,
+    Kernel,
+    Load,
+    LocalVar,
+    Loop,
+    LoopExec,
+    LoopKind,
+    LoopVar,
+    Stmt,
+    Store,
+)
+from kdsl.ir.visit import map_expr, map_stmt_exprs, walk_all_exprs, walk_expr, walk_stmts
+from kdsl.schedule import tree
+from kdsl.schedule.distribute import temp_scope
+from kdsl.schedule.step import StepContext
+from kdsl.types import DType
+
+
+def fuse(ctx: StepContext, loop_a: object, loop_b: object) -> str:
+    pa, a = ctx.loop(loop_a)
+    pb, b = ctx.loop(loop_b)
+    if pa[:-1] != pb[:-1] or pa[-1] >= pb[-1]:
+        raise ctx.refuse(
+            f"loops '{a.var}' and '{b.var}' are not siblings with '{a.var}' first",
+            "fuse two loops of one block, the earlier one first: fuse(earlier, later)",
+        )
+    if a.exec is not LoopExec.SERIAL or b.exec is not LoopExec.SERIAL:
+        raise ctx.refuse("one of the loops is already annotated", "fuse before annotating")
+    if a.extent != b.extent:
+        raise ctx.refuse(
+            f"loops '{a.var}' and '{b.var}' have different ranges",
+            "fuse loops over the same range (split one of them to match first)",
+        )
+    kind = _fused_kind(ctx, a, b)
+    block = _block(ctx.kernel, pa)
+    between = block[pa[-1] + 1 : pb[-1]]
+    _check_between(ctx, a, between)
+    b_body = tree.substitute(b.body, b.var, LoopVar(a.var))
+    _check_dependences(ctx, a, b, b_body)
+    fused = replace(a, kind=kind, body=a.body + b_body)
+    new_block = block[: pa[-1]] + between + (fused,) + block[pb[-1] + 1 :]
+    _set_block(ctx, pa, new_block)
+    _contract(ctx, a.var)
+    return a.var
+
+
+def _fused_kind(ctx: StepContext, a: Loop, b: Loop) -> LoopKind:
+    kinds = {a.kind, b.kind}
+    if LoopKind.SERIAL in kinds:
+        raise ctx.refuse(
+            "fusing serial (kd.range) loops is not supported",
+            "fuse parallel or reduction loops",
+        )
+    return LoopKind.REDUCTION if LoopKind.REDUCTION in kinds else LoopKind.PARALLEL
+
+
+def _block(kernel: Kernel, path: tree.Path) -> tuple[Stmt, ...]:
+    return kernel.body if len(path) == 1 else tree.body_of(tree.at(kernel.body, path[:-1]))
+
+
+def _set_block(ctx: StepContext, path: tree.Path, block: tuple[Stmt, ...]) -> None:
+    if len(path) == 1:
+        ctx.kernel = replace(ctx.kernel, body=block)
+        return
+    parent = tree.with_body(tree.at(ctx.kernel.body, path[:-1]), block)
+    ctx.kernel = replace(ctx.kernel, body=tree.splice(ctx.kernel.body, path[:-1], (parent,)))
+
+
+def _check_between(ctx: StepContext, a: Loop, between: tuple[Stmt, ...]) -> None:
+    """Statements between the loops move before the first: allocations, and locals whose
+    initial value does not depend on the first loop."""
+    written = _written(a.body)
+    for s in between:
+        movable = isinstance(s, Allocate) or (
+            isinstance(s, DeclareLocal) and not (_read(s.init) & written)
+        )
+        if not movable:
+            raise ctx.refuse(
+                f"a statement between the loops depends on loop '{a.var}' or has effects",
+                "fuse loops that are adjacent, or move the statement out of the way",
+            )
+
+
+def _written(stmts: tuple[Stmt, ...]) -> set[str]:
+    out = {s.buffer for s in walk_stmts(stmts) if isinstance(s, Store)}
+    return out | {s.local for s in walk_stmts(stmts) if isinstance(s, Assign)}
+
+
+def _names_read(exprs: Iterable[Expr]) -> set[str]:
+    """Buffers loaded and locals read."""
+    return {
+        x.buffer if isinstance(x, Load) else x.name for x in exprs if isinstance(x, Load | LocalVar)
+    }
+
+
+def _read(e: Expr) -> set[str]:
+    return _names_read(walk_expr(e))
+
+
+def _reads(stmts: tuple[Stmt, ...]) -> set[str]:
+    return _names_read(walk_all_exprs(stmts))
+
+
+def _accesses(stmts: tuple[Stmt, ...], buffer: str) -> list[tuple[Expr, ...]]:
+    found = [e.index for e in walk_all_exprs(stmts) if isinstance(e, Load) and e.buffer == buffer]
+    return found + [
+        s.index for s in walk_stmts(stmts) if isinstance(s, Store) and s.buffer == buffer
+    ]
+
+
+def _private_axes(accesses: list[tuple[Expr, ...]], var: str) -> list[int]:
+    """The axes at which every access subscripts exactly the loop variable `var`."""
+    if not accesses:
+        return []
+    ndim = len(accesses[0])
+    return [d for d in range(ndim) if all(ix[d] == LoopVar(var) for ix in accesses)]
+
+
+def _check_dependences(ctx: StepContext, a: Loop, b: Loop, b_body: tuple[Stmt, ...]) -> None:
+    wa, wb = _written(a.body), _written(b_body)
+    ra, rb = _reads(a.body), _reads(b_body)
+    for name in sorted((wa & (rb | wb)) | (ra & wb)):
+        if any(name == buf.name for buf in ctx.kernel.buffers):
+            accesses = _accesses(a.body, name) + _accesses(b_body, name)
+            if _private_axes(accesses, a.var):
+                continue
+            what = f"'{b.var}' would read or overwrite elements of '{name}' out of order"
+        else:
+            what = f"both loops use the local '{name}', and one of them updates it"
+        raise ctx.refuse(
+            f"fusing '{a.var}' and '{b.var}' changes the result: {what}",
+            "fuse only loops whose shared buffers are indexed by the loop variable itself",
+        )
+
+
+# ---------------------------------------------------------------- contraction
+
+
+def _contract(ctx: StepContext, var: str) -> None:
+    for buf in [b for b in ctx.kernel.buffers if b.role is BufferRole.TEMP]:
+        _, loop = ctx.loop(var)
+        inside = _accesses(loop.body, buf.name)
+        if not inside or len(inside) != len(_accesses(ctx.kernel.body, buf.name)):
+            continue  # also used outside the loop: needs its full extent
+        axes = _private_axes(inside, var)
+        if not axes:
+            continue
+        body = _drop_axis(_without_allocate(loop.body, buf.name), buf.name, axes[0])
+        shape = buf.shape[: axes[0]] + buf.shape[axes[0] + 1 :]
+        if not shape and _declared_first(body, buf.name):
+            body = _to_local(body, buf.name, buf.dtype)
+            buffers = tuple(b for b in ctx.kernel.buffers if b.name != buf.name)
+        else:
+            body = (Allocate(buf.name, loc=buf.loc), *body)
+            small = replace(buf, shape=shape, scope=temp_scope(shape, buf.dtype.itemsize))
+            buffers = tuple(small if b.name == buf.name else b for b in ctx.kernel.buffers)
+        kernel_body = _without_allocate(ctx.kernel.body, buf.name, keep_inside=loop.var)
+        path = tree.find(kernel_body, var)  # removing the allocation may shift the loop
+        assert path is not None
+        kernel_body = tree.splice(kernel_body, path, (replace(loop, body=body),))
+        ctx.kernel = replace(ctx.kernel, body=kernel_body, buffers=buffers)
+
+
+def _without_allocate(
+    stmts: tuple[Stmt, ...], buffer: str, keep_inside: str | None = None
+) -> tuple[Stmt, ...]:
+    out: list[Stmt] = []
+    for s in stmts:
+        if isinstance(s, Allocate) and s.buffer == buffer:
+            continue
+        if isinstance(s, Loop) and s.var == keep_inside:
+            out.append(s)
+        elif tree.body_of(s):
+            out.append(tree.with_body(s, _without_allocate(tree.body_of(s), buffer, keep_inside)))
+        else:
+            out.append(s)
+    return tuple(out)
+
+
+def _drop_axis(stmts: tuple[Stmt, ...], buffer: str, axis: int) -> tuple[Stmt, ...]:
+    def drop(index: tuple[Expr, ...]) -> tuple[Expr, ...]:
+        return index[:axis] + index[axis + 1 :]
+
+    def expr(e: Expr) -> Expr | None:
+        if isinstance(e, Load) and e.buffer == buffer:
+            return replace(e, index=drop(e.index))
+        return None
+
+    def stmt(s: Stmt) -> Stmt:
+        s = map_stmt_exprs(s, expr) if not tree.body_of(s) else s
+        if isinstance(s, Store) and s.buffer == buffer:
+            return replace(s, index=drop(s.index))
+        if isinstance(s, Loop):
+            return replace(s, extent=map_expr(s.extent, expr), body=tuple(map(stmt, s.body)))
+        if tree.body_of(s):
+            cond = map_stmt_exprs(tree.with_body(s, ()), expr)
+            return tree.with_body(cond, tuple(map(stmt, tree.body_of(s))))
+        return s
+
+    return tuple(stmt(s) for s in stmts)
+
+
+def _declared_first(body: tuple[Stmt, ...], buffer: str) -> bool:
+    """Is the first access of `buffer` in program order a store at the top of `body`?"""
+    for s in body:
+        reads = any(isinstance(e, Load) and e.buffer == buffer for e in walk_all_exprs((s,)))
+        if isinstance(s, Store) and s.buffer == buffer:
+            return not reads
+        if reads or any(isinstance(x, Store) and x.buffer == buffer for x in walk_stmts((s,))):
+            return False
+    return False
+
+
+def _to_local(body: tuple[Stmt, ...], buffer: str, dtype: DType) -> tuple[Stmt, ...]:
+    """Scalar buffer → local: the first store declares it, later ones assign it."""
+
+    def expr(e: Expr) -> Expr | None:
+        if isinstance(e, Load) and e.buffer == buffer:
+            return LocalVar(buffer, dtype)
+        return None
+
+    declared = False
+
+    def stmt(s: Stmt) -> Stmt:
+        nonlocal declared
+        if isinstance(s, Store) and s.buffer == buffer:
+            value = map_expr(s.value, expr)
+            if not declared:
+                declared = True
+                return DeclareLocal(buffer, dtype, value, loc=s.loc)
+            return Assign(buffer, value, loc=s.loc)
+        if tree.body_of(s):
+            cond = map_stmt_exprs(tree.with_body(s, ()), expr)
+            return tree.with_body(cond, tuple(map(stmt, tree.body_of(s))))
+        return map_stmt_exprs(s, expr)
+
+    return tuple(stmt(s) for s in body)

@@ -1,0 +1,308 @@
+"""The loop primitives: split, reorder, and the execution annotations (unroll,
+vectorize, parallelize, bind). Each takes the step's context, checks legality against
+the loops' dependence kinds, and leaves the rewritten kernel in `ctx.kernel`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from kdsl import types as T
+from kdsl.ir.nodes import (
+    Assign,
+    Binary,
+    BinaryOp,
+    Const,
+    DeclareLocal,
+    Expr,
+    If,
+    Loop,
+    LoopExec,
+    LoopKind,
+    LoopVar,
+    Stmt,
+)
+from kdsl.ir.visit import walk_expr, walk_stmts
+from kdsl.schedule import tree
+from kdsl.schedule.distribute import distribute
+from kdsl.schedule.step import StepContext
+
+MAX_FULL_UNROLL = 64
+GPU_AXES = {e.value: e for e in LoopExec if e.value.startswith(("block.", "thread."))}
+
+
+def _i64(v: int) -> Const:
+    return Const(v, T.i64)
+
+
+def _bin(op: BinaryOp, a: Expr, b: Expr) -> Expr:
+    return Binary(op, a, b, T.i64)
+
+
+def _positive_int(ctx: StepContext, value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ctx.refuse(f"the {what} must be a positive int, not {value!r}", f"pass a {what} ≥ 1")
+    return value
+
+
+def _set(ctx: StepContext, path: tree.Path, loop: Loop) -> None:
+    ctx.kernel = replace(ctx.kernel, body=tree.splice(ctx.kernel.body, path, (loop,)))
+
+
+# -------------------------------------------------------------------------- split
+
+
+def split(ctx: StepContext, name: object, factor: object) -> tuple[str, str]:
+    """`for v in range(n)` → `for vo in range(ceil(n/f)): for vi in range(min(f, n - vo*f))`."""
+    path, loop = ctx.loop(name)
+    f = _positive_int(ctx, factor, "split factor")
+    if loop.exec is not LoopExec.SERIAL:
+        raise ctx.refuse(
+            f"loop '{loop.var}' is already {loop.exec.value}",
+            "split a loop before annotating it (unroll, vectorize, parallelize, bind)",
+        )
+    outer, inner = ctx.fresh(f"{loop.var}o"), ctx.fresh(f"{loop.var}i")
+    n = loop.extent
+    start = _bin(BinaryOp.MUL, LoopVar(outer), _i64(f))
+    if isinstance(n, Const):
+        count: Expr = _i64(-(-int(n.value) // f))
+        exact = int(n.value) % f == 0
+    else:
+        count = _bin(BinaryOp.FLOORDIV, _bin(BinaryOp.ADD, n, _i64(f - 1)), _i64(f))
+        exact = False
+    tile = _i64(f) if exact else _bin(BinaryOp.MIN, _i64(f), _bin(BinaryOp.SUB, n, start))
+    body = tree.substitute(loop.body, loop.var, _bin(BinaryOp.ADD, start, LoopVar(inner)))
+    inner_loop = Loop(inner, tile, loop.kind, body, loc=loop.loc)
+    _set(ctx, path, Loop(outer, count, loop.kind, (inner_loop,), loc=loop.loc))
+    return outer, inner
+
+
+# ------------------------------------------------------------------------ reorder
+
+
+def reorder(ctx: StepContext, names: tuple[object, ...]) -> None:
+    """Permute nested loops: `names` outermost first. Loops between them stay in place;
+    statements around inner loops are distributed into loops of their own."""
+    if len(names) < 2:
+        raise ctx.refuse("reorder needs at least two loops", "name the loops outermost first")
+    if len(set(names)) != len(names):
+        raise ctx.refuse("a loop is named twice", "name each loop once")
+    paths = sorted((ctx.loop(n)[0] for n in names), key=len)
+    for a, b in zip(paths, paths[1:]):
+        if b[: len(a)] != a:
+            raise ctx.refuse(
+                "the loops are not nested in one another",
+                "reorder loops of one nest; to merge sibling loops use fuse",
+            )
+    chain_names = _chain_names(ctx, paths[0], len(paths[-1]) - len(paths[0]))
+    order = iter(names)
+    new_chain = [str(next(order)) if n in names else n for n in chain_names]
+    moved = [n for n, (a, b) in enumerate(zip(chain_names, new_chain)) if a != b]
+    if not moved:
+        return
+    chain_names, new_chain = chain_names[moved[0] :], new_chain[moved[0] :]
+    _make_perfect(ctx, chain_names)  # loops that keep their place may hold other statements
+    top = ctx.loop(chain_names[0])[0]
+    by_name = {n: ctx.loop(n)[1] for n in chain_names}
+    _check_permutation(ctx, chain_names, new_chain, by_name)
+    inner: tuple[Stmt, ...] = by_name[chain_names[-1]].body
+    for var in reversed(new_chain):
+        inner = (replace(by_name[var], body=inner),)
+    ctx.kernel = replace(ctx.kernel, body=tree.splice(ctx.kernel.body, top, inner))
+
+
+def _chain_names(ctx: StepContext, top: tree.Path, depth: int) -> list[str]:
+    """The loops from `top` down `depth` levels, each the one loop inside the previous."""
+    lp = tree.at(ctx.kernel.body, top)
+    assert isinstance(lp, Loop)
+    names = [lp.var]
+    for _ in range(depth):
+        inner = [s for s in lp.body if isinstance(s, Loop | If)]
+        if len(inner) != 1 or not isinstance(inner[0], Loop):
+            what = (
+                f"{len(inner)} loops in sequence"
+                if all(isinstance(s, Loop) for s in inner)
+                else "a condition (kd.when) around the inner loops"
+            )
+            raise ctx.refuse(
+                f"loop '{lp.var}' contains {what}",
+                "reorder loops of one perfect nest; fuse sibling loops first",
+            )
+        lp = inner[0]
+        names.append(lp.var)
+    return names
+
+
+def _make_perfect(ctx: StepContext, chain: list[str]) -> None:
+    """Distribute the chain's loops, innermost first, so each holds only the next one.
+    Innermost first: a local expanded into a buffer gains each enclosing axis in turn."""
+    for outer, inner in reversed(list(zip(chain, chain[1:]))):
+        path, lp = ctx.loop(outer)
+        if len(lp.body) == 1:
+            continue
+        keep = next(n for n, s in enumerate(lp.body) if isinstance(s, Loop) and s.var == inner)
+        stmts = distribute(ctx, path, keep)
+        ctx.kernel = replace(ctx.kernel, body=tree.splice(ctx.kernel.body, path, stmts))
+
+
+def _check_permutation(
+    ctx: StepContext, old: list[str], new: list[str], loops: dict[str, Loop]
+) -> None:
+    position = {v: n for n, v in enumerate(new)}
+    for a_pos, a in enumerate(old):
+        for b in old[a_pos + 1 :]:
+            if position[a] < position[b]:
+                continue  # a stays outside b
+            la, lb = loops[a], loops[b]
+            if _mentions(lb.extent, a):
+                raise ctx.refuse(
+                    f"the extent of loop '{b}' depends on loop '{a}', so '{b}' can't move "
+                    f"outside it",
+                    f"keep '{a}' outside '{b}' (split loops evenly or reorder the outer loops)",
+                )
+            kinds = {la.kind, lb.kind}
+            if LoopKind.PARALLEL in kinds:
+                continue
+            if kinds == {LoopKind.REDUCTION}:
+                if ctx.strict_fp:
+                    raise ctx.refuse(
+                        f"reordering reduction loops '{a}' and '{b}' changes the order of "
+                        "floating-point sums, and the kernel is strict_fp",
+                        "drop strict_fp=True to allow reassociation, or keep their order",
+                    )
+                continue
+            raise ctx.refuse(
+                f"loops '{a}' ({la.kind.value}) and '{b}' ({lb.kind.value}) can't be "
+                "interchanged: an ordered loop's iterations depend on earlier ones",
+                "keep the serial loop (kd.range) where it is",
+            )
+
+
+def _mentions(e: Expr, var: str) -> bool:
+    return any(isinstance(x, LoopVar) and x.name == var for x in walk_expr(e))
+
+
+# --------------------------------------------------------------- annotations
+
+
+def _annotate(ctx: StepContext, name: object, exec_: LoopExec, width: int) -> list[Loop]:
+    """Set how a loop (and its distributed copies) executes; return the loops annotated."""
+    path, loop = ctx.loop(name)
+    if loop.exec is not LoopExec.SERIAL:
+        raise ctx.refuse(
+            f"loop '{loop.var}' is already {loop.exec.value}", "annotate each loop once"
+        )
+    done = [replace(loop, exec=exec_, width=width)]
+    _set(ctx, path, done[0])
+    for copy in ctx.clones.get(loop.var, []):
+        cpath = tree.find(ctx.kernel.body, copy)
+        if cpath is not None:
+            clone = tree.at(ctx.kernel.body, cpath)
+            assert isinstance(clone, Loop)
+            done.append(replace(clone, exec=exec_, width=width))
+            _set(ctx, cpath, done[-1])
+    return done
+
+
+def unroll(ctx: StepContext, name: object, factor: object = None) -> None:
+    """Unroll fully (factor None: the extent must have a constant bound) or by `factor`."""
+    _, loop = ctx.loop(name)
+    if factor is None:
+        bound = _constant_bound(loop.extent)
+        if bound is None or bound > MAX_FULL_UNROLL:
+            raise ctx.refuse(
+                f"loop '{loop.var}' has no constant extent ≤ {MAX_FULL_UNROLL} to unroll fully",
+                "split it by a small factor first, or pass unroll(loop, factor)",
+            )
+        width = 0  # fully
+    else:
+        width = _positive_int(ctx, factor, "unroll factor")
+    _annotate(ctx, name, LoopExec.UNROLLED, width)
+
+
+def _constant_bound(extent: Expr) -> int | None:
+    if isinstance(extent, Const):
+        return int(extent.value)
+    if isinstance(extent, Binary) and extent.op is BinaryOp.MIN:
+        sides = [_constant_bound(s) for s in (extent.lhs, extent.rhs)]
+        known = [s for s in sides if s is not None]
+        return min(known) if known else None
+    return None
+
+
+def vectorize(ctx: StepContext, name: object, width: object) -> None:
+    _, loop = ctx.loop(name)
+    w = _positive_int(ctx, width, "vector width")
+    if w & (w - 1) or not 2 <= w <= 64:
+        raise ctx.refuse(
+            f"vector width {w} is not a power of two between 2 and 64",
+            "use 4, 8 or 16 (16 f32 lanes fill an AVX-512 register)",
+        )
+    if loop.kind is LoopKind.SERIAL:
+        raise ctx.refuse(
+            f"loop '{loop.var}' is serial (kd.range): its iterations depend on earlier ones",
+            "vectorize a parallel or reduction loop",
+        )
+    if loop.kind is LoopKind.REDUCTION and ctx.strict_fp and _float_accumulation(loop):
+        raise ctx.refuse(
+            f"vectorizing reduction loop '{loop.var}' reorders floating-point sums, and the "
+            "kernel is strict_fp",
+            "drop strict_fp=True, or vectorize a parallel loop instead",
+        )
+    for annotated in _annotate(ctx, name, LoopExec.VECTORIZED, w):
+        reason = ctx.vector_check and ctx.vector_check(annotated, ctx.kernel)
+        if reason:
+            raise ctx.refuse(
+                f"loop '{annotated.var}' can't be vectorized: {reason}",
+                "vectorize an inner loop with a simpler body, or leave it to the default",
+            )
+
+
+def _float_accumulation(loop: Loop) -> bool:
+    return any(
+        isinstance(s, Assign) and isinstance(s.value, Binary) and s.value.dtype.is_float
+        for s in walk_stmts(loop.body)
+    )
+
+
+def parallelize(ctx: StepContext, name: object, threads: object = None) -> None:
+    path, loop = ctx.loop(name)
+    n = 0 if threads is None else _positive_int(ctx, threads, "thread count")
+    if loop.kind is not LoopKind.PARALLEL:
+        raise ctx.refuse(
+            f"loop '{loop.var}' is a {loop.kind.value} loop: its iterations are not independent",
+            "parallelize a parallel loop (an implicit index or kd.grid), e.g. an outer one",
+        )
+    outer = [s for s in tree.enclosing(ctx.kernel.body, path) if isinstance(s, Loop)]
+    inner = [s for s in walk_stmts(loop.body) if isinstance(s, Loop)]
+    for other in outer + inner:
+        if other.exec is LoopExec.PARALLEL:
+            raise ctx.refuse(
+                f"loop '{other.var}' around or inside it is already parallel",
+                "parallelize one loop of a nest (the outermost with enough iterations)",
+            )
+    declared = {s.name for s in walk_stmts(loop.body) if isinstance(s, DeclareLocal)}
+    for s in walk_stmts(loop.body):
+        if isinstance(s, Assign) and s.local not in declared:
+            raise ctx.refuse(
+                f"loop '{loop.var}' updates the local '{s.local}' declared outside it",
+                "parallelize a loop that contains the local's declaration",
+            )
+    _annotate(ctx, name, LoopExec.PARALLEL, n)
+
+
+def bind(ctx: StepContext, name: object, axis: object) -> None:
+    _, loop = ctx.loop(name)
+    if ctx.target != "cuda":
+        raise ctx.refuse(
+            "bind maps loops to GPU blocks and threads, and this is a CPU schedule",
+            "use parallelize on CPU; bind in a schedule for kd.cuda",
+        )
+    if axis not in GPU_AXES:
+        raise ctx.refuse(f"{axis!r} is not a GPU axis", f"use one of {', '.join(sorted(GPU_AXES))}")
+    if loop.kind is not LoopKind.PARALLEL:
+        raise ctx.refuse(
+            f"loop '{loop.var}' is a {loop.kind.value} loop: GPU threads run it out of order",
+            "bind parallel loops",
+        )
+    _annotate(ctx, name, GPU_AXES[str(axis)], 1)

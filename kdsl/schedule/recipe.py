@@ -1,0 +1,233 @@
+"""`Schedule`: the object a schedule function receives, and the recipe it records.
+
+Each primitive applies at once to the kernel's IR (so a refused step points at the
+user's line) and is recorded as a `Step` of plain JSON values. The recorded steps,
+with the tunable parameters and the values chosen for them, are the schedule as data:
+`str(s)` prints it, `s.to_json()` saves it, `Schedule.replay(json, kernel)` applies it to
+a freshly traced kernel and gives the same IR.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from kdsl.errors import ScheduleError, SourceLoc
+from kdsl.ir.nodes import Kernel, Loop
+from kdsl.schedule import caching, fusion, loops, stages
+from kdsl.schedule.step import Step, StepContext
+
+VectorCheck = Callable[[Loop, Kernel], "str | None"]
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_LIBRARY_DIR = os.path.join(_PACKAGE_DIR, "kernels")
+
+
+def _caller() -> SourceLoc | None:
+    """The user's line that called the primitive."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        path = frame.f_code.co_filename
+        if not path.startswith(_PACKAGE_DIR) or path.startswith(_LIBRARY_DIR):
+            return SourceLoc(path, frame.f_lineno)
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
+
+
+class Schedule:
+    """A schedule being built on one kernel (`s` in `@kernel.schedule(kd.cpu)`)."""
+
+    def __init__(
+        self,
+        kernel: Kernel,
+        *,
+        target: str = "cpu",
+        strict_fp: bool = False,
+        config: Mapping[str, object] | None = None,
+        vector_check: VectorCheck | None = None,
+    ) -> None:
+        self.kernel = kernel
+        self.target = target
+        self.strict_fp = strict_fp
+        self.config = dict(config or {})
+        self.vector_check = vector_check
+        self.steps: list[tuple[Step, object]] = []  # each step with what it returned
+        self.space: dict[str, tuple[object, ...]] = {}
+        self.chosen: dict[str, object] = {}
+        self._clones: dict[str, list[str]] = {}
+
+    # ----------------------------------------------------------------- tunables
+
+    def param(self, name: str, choices: Sequence[object]) -> Any:
+        """A tunable: the autotuner's choice, or the first of `choices` without tuning."""
+        options = tuple(choices)
+        if not isinstance(name, str) or not options:
+            raise self._refuse(
+                f"param({name!r}, {list(options)!r})",
+                "a param needs a name and at least one choice",
+                'write s.param("tile", [32, 64])',
+            )
+        if name in self.space and self.space[name] != options:
+            raise self._refuse(
+                f"param({name!r}, …)",
+                f"param '{name}' was declared before with other choices {list(self.space[name])}",
+                "give each param one set of choices, or a new name",
+            )
+        value = self.config.get(name, options[0])
+        if value not in options:
+            raise self._refuse(
+                f"param({name!r}, …)",
+                f"the configured value {value!r} is not one of {list(options)}",
+                "tune again: the search space changed since this configuration was saved",
+            )
+        self.space[name] = options
+        self.chosen[name] = value
+        return value
+
+    # --------------------------------------------------------------- primitives
+
+    def split(self, loop: str, factor: int) -> tuple[str, str]:
+        """`loop` → (outer, inner) with the inner running `factor` iterations."""
+        return self._apply(Step("split", (loop, factor)))  # type: ignore[return-value]
+
+    def tile(self, l1: str, l2: str, f1: int, f2: int) -> tuple[str, str, str, str]:
+        """Split two nested loops and order the pieces (outer1, outer2, inner1, inner2)."""
+        o1, i1 = self.split(l1, f1)
+        o2, i2 = self.split(l2, f2)
+        self.reorder(o1, o2, i1, i2)
+        return o1, o2, i1, i2
+
+    def reorder(self, *loops_: str) -> None:
+        """Put the named loops of one nest in this order, outermost first."""
+        self._apply(Step("reorder", loops_))
+
+    def unroll(self, loop: str, factor: int | None = None) -> None:
+        self._apply(Step("unroll", (loop,) if factor is None else (loop, factor)))
+
+    def vectorize(self, loop: str, width: int) -> None:
+        self._apply(Step("vectorize", (loop, width)))
+
+    def parallelize(self, loop: str, threads: int | None = None) -> None:
+        self._apply(Step("parallelize", (loop,) if threads is None else (loop, threads)))
+
+    def bind(self, loop: str, axis: str) -> None:
+        self._apply(Step("bind", (loop, axis)))
+
+    def fuse(self, loop_a: str, loop_b: str) -> str:
+        """Merge sibling loop `loop_b` into `loop_a` (same range); shrink temporaries that no
+        longer need their full extent. Returns the fused loop's name (`loop_a`)."""
+        return self._apply(Step("fuse", (loop_a, loop_b)))  # type: ignore[return-value]
+
+    def compute_at(self, stage: str, loop: str) -> None:
+        """Compute temporary `stage` inside `loop` of its consumer, only the part it needs."""
+        self._apply(Step("compute_at", (stage, loop)))
+
+    def inline(self, stage: str) -> None:
+        """Replace reads of temporary `stage` by the expression that computes it."""
+        self._apply(Step("inline", (stage,)))
+
+    def cache(
+        self, buffer: str, at: str, layout: str | None = None, scope: str | None = None
+    ) -> str:
+        """Copy the tile of `buffer` used in one iteration of `at` into a local buffer
+        (re-laid out by `layout`, e.g. "packed"); returns the local buffer's name."""
+        kwargs = tuple((k, v) for k, v in (("layout", layout), ("scope", scope)) if v is not None)
+        return self._apply(Step("cache", (buffer, at), kwargs))  # type: ignore[return-value]
+
+    # ------------------------------------------------------------- application
+
+    def _apply(self, step: Step, loc: SourceLoc | None = None) -> object:
+        ctx = StepContext(
+            self.kernel,
+            step,
+            strict_fp=self.strict_fp,
+            target=self.target,
+            loc=loc or _caller(),
+            clones=self._clones,
+            vector_check=self.vector_check,
+        )
+        primitive = PRIMITIVES.get(step.primitive)
+        if primitive is None:
+            raise ctx.refuse(
+                f"'{step.primitive}' is not a schedule primitive",
+                f"use one of {', '.join(sorted(PRIMITIVES))}",
+            )
+        result = primitive(ctx, *step.args, **dict(step.kwargs))
+        self.kernel = ctx.kernel
+        self.steps.append((step, result))
+        return result
+
+    def _refuse(self, step: str, what: str, fix: str) -> ScheduleError:
+        return ScheduleError(
+            f"schedule step {step} is not possible: {what}",
+            kernel=self.kernel.name,
+            loc=_caller(),
+            fix=fix,
+        )
+
+    # ---------------------------------------------------------------- as data
+
+    def __str__(self) -> str:
+        lines = [f"# schedule for {self.kernel.name} ({self.target})"]
+        lines += [f"# param {n} in {list(c)}: {self.chosen[n]!r}" for n, c in self.space.items()]
+        for step, result in self.steps:
+            if isinstance(result, tuple):
+                lines.append(f"{', '.join(map(str, result))} = s.{step}")
+            else:
+                lines.append(f"s.{step}")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "kernel": self.kernel.name,
+            "target": self.target,
+            "params": {n: list(c) for n, c in self.space.items()},
+            "config": dict(self.chosen),
+            "steps": [[s.primitive, list(s.args), dict(s.kwargs)] for s, _ in self.steps],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    @classmethod
+    def replay(
+        cls,
+        recipe: str | Mapping[str, Any],
+        kernel: Kernel,
+        *,
+        strict_fp: bool = False,
+        vector_check: VectorCheck | None = None,
+    ) -> Schedule:
+        """Apply recorded steps to `kernel` (freshly traced): the same IR as when recorded."""
+        data = json.loads(recipe) if isinstance(recipe, str) else recipe
+        s = cls(
+            kernel,
+            target=data.get("target", "cpu"),
+            strict_fp=strict_fp,
+            config=data.get("config", {}),
+            vector_check=vector_check,
+        )
+        for name, choices in data.get("params", {}).items():
+            s.param(name, choices)
+        for primitive, args, kwargs in data["steps"]:
+            s._apply(Step(primitive, tuple(args), tuple(sorted(kwargs.items()))))
+        return s
+
+
+PRIMITIVES: dict[str, Callable[..., object]] = {
+    "split": loops.split,
+    "reorder": lambda ctx, *names: loops.reorder(ctx, names),
+    "unroll": loops.unroll,
+    "vectorize": loops.vectorize,
+    "parallelize": loops.parallelize,
+    "bind": loops.bind,
+    "fuse": fusion.fuse,
+    "compute_at": stages.compute_at,
+    "inline": stages.inline,
+    "cache": caching.cache,
+}

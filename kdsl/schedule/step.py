@@ -1,0 +1,68 @@
+"""One schedule step being applied: the kernel it sees, and how it refuses."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from kdsl.errors import ScheduleError, SourceLoc
+from kdsl.ir.nodes import Kernel, Loop
+from kdsl.ir.visit import fresh_namer
+from kdsl.schedule import tree
+
+
+@dataclass(frozen=True)
+class Step:
+    """A primitive and its arguments: plain JSON values (loop names are strings)."""
+
+    primitive: str
+    args: tuple[object, ...] = ()
+    kwargs: tuple[tuple[str, object], ...] = ()
+
+    def __str__(self) -> str:
+        parts = [json.dumps(a) for a in self.args] + [
+            f"{k}={json.dumps(v)}" for k, v in self.kwargs
+        ]
+        return f"{self.primitive}({', '.join(parts)})"
+
+
+@dataclass
+class StepContext:
+    """What a primitive needs: the kernel so far, options, and a way to refuse."""
+
+    kernel: Kernel
+    step: Step
+    strict_fp: bool = False
+    target: str = "cpu"
+    loc: SourceLoc | None = None
+    clones: dict[str, list[str]] = field(default_factory=dict)  # loop -> its distributed copies
+    vector_check: Callable[[Loop, Kernel], str | None] | None = None  # the target's limits
+    fresh: Callable[[str], str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.fresh = fresh_namer(self.kernel)
+
+    def refuse(self, what: str, fix: str) -> ScheduleError:
+        names = ", ".join(tree.loop_names(self.kernel)) or "none"
+        return ScheduleError(
+            f"schedule step {self.step} is not possible: {what} (the loops are: {names})",
+            kernel=self.kernel.name,
+            loc=self.loc,
+            fix=fix,
+        )
+
+    def loop(self, name: object) -> tuple[tree.Path, Loop]:
+        if not isinstance(name, str):
+            raise self.refuse(
+                f"{name!r} is not a loop name", "name loops by their strings, e.g. 'i'"
+            )
+        path = tree.find(self.kernel.body, name)
+        if path is None:
+            raise self.refuse(
+                f"there is no loop named '{name}'",
+                "use one of the loop names listed (print kernel.lowered(...) to see the loops)",
+            )
+        loop = tree.at(self.kernel.body, path)
+        assert isinstance(loop, Loop)
+        return path, loop

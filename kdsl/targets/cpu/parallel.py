@@ -1,0 +1,138 @@
+"""Multi-core loops (LoopExec.PARALLEL).
+
+The loop's body is outlined into a task function `i64 task(ptr closure, i64 begin,
+i64 end)` that runs iterations [begin, end). Everything the body can see (arrays,
+scalars, enclosing loop variables, locals) is copied into a closure struct on the
+stack. The kernel calls the native pool (`runtime.py`) with a *grain*: the fewest
+iterations worth a thread, computed at run time from the work one iteration holds, so
+a small call runs on the calling thread alone.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from llvmlite import ir
+
+from kdsl.ir.nodes import Const, Expr, If, LocalVar, Loop, LoopVar, Stmt
+from kdsl.ir.passes.expand import constant_bound
+from kdsl.ir.visit import map_expr, walk_expr
+from kdsl.targets.cpu.ops import I64, PTR
+from kdsl.targets.cpu.state import ArrayInfo
+
+if TYPE_CHECKING:
+    from kdsl.targets.cpu.codegen import _Codegen
+
+PARALLEL_FOR = "kdsl_parallel_for"
+MIN_WORK_PER_THREAD = 32768  # innermost iterations: below this a thread costs more than it saves
+UNKNOWN_EXTENT = 16  # for loops whose extent is only known inside the body
+
+
+def emit_parallel_loop(gen: _Codegen, loop: Loop) -> None:
+    b = gen.b
+    stop = gen.expr(loop.extent)
+    names, values = _capture(gen)
+    closure = gen._entry_alloca(ir.ArrayType(I64, max(1, len(values))), f"{loop.var}.closure")
+    for n, v in enumerate(values):
+        b.store(v, _slot(b, closure, n))
+    task = _outline(gen, loop, [v.type for v in values], names)
+    grain = _grain(gen, loop)
+    code = b.call(_runtime(gen.fn.module), [task, closure, stop, grain])
+    with b.if_then(b.icmp_signed("!=", code, ir.Constant(I64, 0)), likely=False):
+        b.store(code, gen.retcode)
+        b.branch(gen.cleanup)
+
+
+def _slot(b: ir.IRBuilder, closure: ir.Value, n: int) -> ir.Value:
+    """The closure's n-th 8-byte slot (every captured value fits in one)."""
+    return b.gep(closure, [ir.Constant(I64, 8 * n)], source_etype=ir.IntType(8))
+
+
+def _runtime(module: ir.Module) -> ir.Function:
+    fn = module.globals.get(PARALLEL_FOR)
+    if fn is None:
+        fn = ir.Function(module, ir.FunctionType(I64, [PTR, PTR, I64, I64]), name=PARALLEL_FOR)
+    return fn
+
+
+Captured = list[tuple[str, str, int]]  # (kind, name, position within its kind's values)
+
+
+def _capture(gen: _Codegen) -> tuple[Captured, list[ir.Value]]:
+    """Every value of the generator's state, flattened, with where each comes from."""
+    names: Captured = []
+    values: list[ir.Value] = []
+    for name, info in gen.state.arrays.items():
+        for pos, v in enumerate([info.data, *info.dims, *info.strides]):
+            names.append(("array", name, pos))
+            values.append(v)
+    for name, v in gen.state.scalars.items():
+        names.append(("scalar", name, 0))
+        values.append(v)
+    for kind, slots in (("loop", gen.state.loops), ("local", gen.state.locals)):
+        for name, slot in slots.items():
+            names.append((kind, name, 0))
+            values.append(gen.b.load(slot, typ=slot.allocated_type))
+    return names, values
+
+
+def _outline(gen: _Codegen, loop: Loop, types: list[ir.Type], names: Captured) -> ir.Function:
+    fnty = ir.FunctionType(I64, [PTR, I64, I64])
+    task = ir.Function(gen.fn.module, fnty, name=f"{gen.fn.name}.{loop.var}")
+    task.linkage = "internal"
+    sub = type(gen)(gen.kernel, task, gen.checks, gen.strict_fp, gen.sites)
+    sub.reduction_depth = gen.reduction_depth
+    closure, begin, end = task.args
+    parts: dict[str, list[ir.Value]] = {}
+    for n, (kind, name, _) in enumerate(names):
+        ptr = _slot(sub.b, closure, n)
+        value = sub.b.load(ptr, typ=types[n])
+        if kind == "array":
+            parts.setdefault(name, []).append(value)
+        elif kind == "scalar":
+            sub.state.scalars[name] = value
+        else:
+            slot = sub._entry_alloca(value.type, name)
+            sub.b.store(value, slot)
+            (sub.state.loops if kind == "loop" else sub.state.locals)[name] = slot
+    for name, flat in parts.items():
+        ndim = (len(flat) - 1) // 2
+        sub.state.arrays[name] = ArrayInfo(flat[0], flat[1 : 1 + ndim], flat[1 + ndim :])
+    sub.loop(loop.var, begin, end, loop.body)
+    sub.finish()
+    return task
+
+
+def _grain(gen: _Codegen, loop: Loop) -> ir.Value:
+    """max(1, MIN_WORK_PER_THREAD / the innermost iterations in one iteration of `loop`)."""
+    work = _work(gen, loop.body, loop.var)
+    b = gen.b
+    work = b.select(b.icmp_signed("<", work, ir.Constant(I64, 1)), ir.Constant(I64, 1), work)
+    grain = b.sdiv(ir.Constant(I64, MIN_WORK_PER_THREAD), work)
+    return b.select(b.icmp_signed("<", grain, ir.Constant(I64, 1)), ir.Constant(I64, 1), grain)
+
+
+def _work(gen: _Codegen, body: tuple[Stmt, ...], var: str) -> ir.Value:
+    total: ir.Value = ir.Constant(I64, 1)
+    for s in body:
+        if isinstance(s, Loop):
+            inner = gen.b.mul(_extent_estimate(gen, s.extent, var), _work(gen, s.body, var))
+            total = gen.b.add(total, inner)
+        elif isinstance(s, If):
+            total = gen.b.add(total, _work(gen, s.then, var))
+    return total
+
+
+def _extent_estimate(gen: _Codegen, extent: Expr, var: str) -> ir.Value:
+    """The extent as of the parallel loop's first iteration, when the kernel can compute
+    it before the loop; else a constant bound or a guess."""
+    first = map_expr(extent, lambda e: Const(0, e.dtype) if e == LoopVar(var) else None)
+    known = all(
+        (not isinstance(e, LoopVar) or e.name in gen.state.loops)
+        and (not isinstance(e, LocalVar) or e.name in gen.state.locals)
+        for e in walk_expr(first)
+    )
+    if known:
+        return gen.expr(first)
+    bound = constant_bound(extent)
+    return ir.Constant(I64, UNKNOWN_EXTENT if bound is None else bound)

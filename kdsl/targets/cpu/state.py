@@ -1,0 +1,23 @@
+"""What a function being generated can see: arrays, scalars, loop variables, locals."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from llvmlite import ir
+
+
+@dataclass
+class ArrayInfo:
+    data: ir.Value
+    dims: list[ir.Value]
+    strides: list[ir.Value]  # in bytes
+
+
+@dataclass
+class CodegenState:
+    arrays: dict[str, ArrayInfo] = field(default_factory=dict)
+    scalars: dict[str, ir.Value] = field(default_factory=dict)
+    loops: dict[str, ir.Value] = field(default_factory=dict)  # loop name -> i64 slot
+    locals: dict[str, ir.Value] = field(default_factory=dict)  # local name -> slot
+    heap_slots: list[ir.Value] = field(default_factory=list)
