@@ -116,7 +116,7 @@ def format_stmts(body: tuple[Stmt, ...], indent: int = 1) -> list[str]:
             case Allocate(buffer=b):
                 out.append(f"{pad}allocate {b}")
             case Loop(var=var, extent=ext, kind=kind, body=inner, exec=ex, width=w):
-                how = "" if ex is LoopExec.SERIAL else f" {ex.value}" + (f"({w})" if w > 1 else "")
+                how = "" if ex is LoopExec.SERIAL else f", {ex.value}" + (f"({w})" if w > 1 else "")
                 out.append(f"{pad}for {var} in range({format_expr(ext)}):  # {kind.value}{how}")
                 out.extend(format_stmts(inner, indent + 1))
             case If(cond=c, then=then):

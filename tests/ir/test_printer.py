@@ -132,10 +132,10 @@ def test_loop_header_shows_dependence_kind():
     "ex, width, suffix",
     [
         (LoopExec.SERIAL, 1, "# parallel"),
-        (LoopExec.VECTORIZED, 8, "# parallel vectorized(8)"),
-        (LoopExec.UNROLLED, 4, "# parallel unrolled(4)"),
-        (LoopExec.PARALLEL, 1, "# parallel parallel"),
-        (LoopExec.GPU_THREAD_X, 1, "# parallel thread.x"),
+        (LoopExec.VECTORIZED, 8, "# parallel, vectorized(8)"),
+        (LoopExec.UNROLLED, 4, "# parallel, unrolled(4)"),
+        (LoopExec.PARALLEL, 1, "# parallel, parallel"),
+        (LoopExec.GPU_THREAD_X, 1, "# parallel, thread.x"),
     ],
 )
 def test_loop_header_shows_execution_once_scheduled(ex, width, suffix):

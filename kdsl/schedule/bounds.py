@@ -1,0 +1,307 @@
+"""Footprint inference: the box of a buffer that one iteration of a loop touches.
+
+`compute_at` and `cache` need the region of a buffer used by the statements inside a
+loop `at`, as a box `[lo_d, lo_d + size_d)` per dimension. Subscripts must be affine
+in the loops inside `at`; loops outside `at` (and `at` itself) are fixed during one
+iteration, so their variables may appear in `lo` freely. A loop inside `at` ranges
+over `[0, extent)`, bounded by the constant `c` of a tile `min(c, n - o*c)`, so boxes of
+tiled loops have constant sizes; a box is then clamped to the buffer's extent so the
+edge tile reads nothing out of bounds.
+
+Expressions are handled as `Lin`: a constant plus integer multiples of *atoms* — loop
+variables, and loop-invariant terms such as `x.shape[0]`, which stay opaque.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from kdsl import types as T
+from kdsl.ir.nodes import Binary, BinaryOp, Cast, Const, DimOf, Expr, Load, LocalVar, Loop, LoopVar
+from kdsl.ir.printer import format_expr
+from kdsl.ir.visit import walk_expr, walk_stmts
+from kdsl.schedule.distribute import upper_bound
+
+PROOF_DEPTH = 3  # how many loop-variable bounds `provably_nonneg` substitutes in a row
+
+
+class NotAffine(Exception):
+    """A subscript or extent outside what footprint inference handles; says which."""
+
+
+@dataclass(frozen=True)
+class Lin:
+    """const + sum(coeff * atom), atoms in first-seen order."""
+
+    const: int = 0
+    terms: tuple[tuple[Expr, int], ...] = field(default=())
+
+    @staticmethod
+    def of(atom: Expr, coeff: int = 1) -> Lin:
+        return Lin(0, ((atom, coeff),))
+
+    def __add__(self, other: Lin) -> Lin:
+        merged = dict(self.terms)
+        for atom, c in other.terms:
+            merged[atom] = merged.get(atom, 0) + c
+        return Lin(self.const + other.const, tuple((a, c) for a, c in merged.items() if c))
+
+    def __mul__(self, k: int) -> Lin:
+        if k == 0:
+            return Lin()
+        return Lin(self.const * k, tuple((a, c * k) for a, c in self.terms))
+
+    def __sub__(self, other: Lin) -> Lin:
+        return self + other * -1
+
+    def plus(self, k: int) -> Lin:
+        return Lin(self.const + k, self.terms)
+
+    @property
+    def is_const(self) -> bool:
+        return not self.terms
+
+    def coeff(self, atom: Expr) -> int:
+        return dict(self.terms).get(atom, 0)
+
+    def without(self, atoms: Iterable[Expr]) -> Lin:
+        drop = set(atoms)
+        return Lin(self.const, tuple((a, c) for a, c in self.terms if a not in drop))
+
+    def loop_vars(self) -> list[str]:
+        return [x.name for a, _ in self.terms for x in walk_expr(a) if isinstance(x, LoopVar)]
+
+    def expr(self) -> Expr:
+        """The expression, written `a*c1 + b - d*c2 + k` (or `k - d*c2`: positive first)."""
+        terms = sorted(self.terms, key=lambda t: t[1] < 0)
+        out: Expr | None = None
+        const = self.const
+        if terms and terms[0][1] < 0 and const:
+            out, const = _i64(const), 0
+        for atom, c in terms:
+            if out is None:
+                out = atom if c == 1 else _bin(BinaryOp.MUL, atom, _i64(c))
+                continue
+            term = atom if abs(c) == 1 else _bin(BinaryOp.MUL, atom, _i64(abs(c)))
+            out = _bin(BinaryOp.ADD if c > 0 else BinaryOp.SUB, out, term)
+        if out is None:
+            return _i64(const)
+        if const:
+            out = _bin(BinaryOp.ADD if const > 0 else BinaryOp.SUB, out, _i64(abs(const)))
+        return out
+
+
+def _i64(v: int) -> Const:
+    return Const(v, T.INDEX)
+
+
+def _bin(op: BinaryOp, a: Expr, b: Expr) -> Expr:
+    return Binary(op, a, b, T.INDEX)
+
+
+def linear(e: Expr) -> Lin | None:
+    """`e` as a `Lin`; None when it depends on data (loads, locals)."""
+    match e:
+        case Const(value=v) if isinstance(v, int) and not isinstance(v, bool):
+            return Lin(v)
+        case Binary(op=BinaryOp.ADD | BinaryOp.SUB as op, lhs=a, rhs=b):
+            x, y = linear(a), linear(b)
+            if x is None or y is None:
+                return None
+            return x + y if op is BinaryOp.ADD else x - y
+        case Binary(op=BinaryOp.MUL, lhs=a, rhs=b):
+            x, y = linear(a), linear(b)
+            if x is None or y is None:
+                return None
+            if x.is_const:
+                return y * x.const
+            if y.is_const:
+                return x * y.const
+    if any(isinstance(x, Load | LocalVar) for x in walk_expr(e)):
+        return None
+    return Lin.of(e if e.dtype == T.INDEX else Cast(e, T.INDEX))
+
+
+def mentions(e: Expr, names: Iterable[str]) -> list[str]:
+    wanted = set(names)
+    return [x.name for x in walk_expr(e) if isinstance(x, LoopVar) and x.name in wanted]
+
+
+# ------------------------------------------------------------------------ the loops
+
+
+def inner_bounds(at: Loop) -> dict[str, Lin]:
+    """Every loop inside `at`: a loop-invariant bound on its extent."""
+    inner = [s for s in walk_stmts(at.body) if isinstance(s, Loop)]
+    names = {lp.var for lp in inner}
+    out = {}
+    for lp in inner:
+        bound = upper_bound(lp.extent)
+        lin = linear(bound)
+        if lin is None or mentions(bound, names):
+            raise NotAffine(
+                f"the extent of loop '{lp.var}' ({format_expr(lp.extent)}) changes inside "
+                f"loop '{at.var}', so the region it covers has no simple bound"
+            )
+        out[lp.var] = lin
+    return out
+
+
+def provably_nonneg(lin: Lin, ranges: Mapping[str, Expr], depth: int = PROOF_DEPTH) -> bool:
+    """Is `lin` ≥ 0 for every value of the loop variables (each in [0, ranges[v]))?
+
+    Loop variables and shapes are ≥ 0; a loop variable with a negative coefficient is
+    replaced by its largest value, `extent - 1` (each side of a `min` extent is tried).
+    """
+    negative = [(a, c) for a, c in lin.terms if c < 0]
+    if not negative:
+        return lin.const >= 0 and all(isinstance(a, LoopVar | DimOf) for a, _ in lin.terms)
+    if depth == 0:
+        return False
+    for atom, c in negative:
+        if not isinstance(atom, LoopVar) or atom.name not in ranges:
+            continue
+        for extent in _sides(ranges[atom.name]):
+            top = linear(extent)
+            if top is None:
+                continue
+            bounded = lin.without([atom]) + top.plus(-1) * c
+            if provably_nonneg(bounded, ranges, depth - 1):
+                return True
+    return False
+
+
+def _sides(extent: Expr) -> list[Expr]:
+    if isinstance(extent, Binary) and extent.op is BinaryOp.MIN:
+        return [extent, *_sides(extent.lhs), *_sides(extent.rhs)]
+    return [extent]
+
+
+# ------------------------------------------------------------------------ the box
+
+
+@dataclass(frozen=True)
+class Span:
+    """One dimension of a box: [lo, lo + size)."""
+
+    lo: Lin
+    size: Lin
+
+
+def footprint(
+    indices: list[tuple[Expr, ...]], bounds: Mapping[str, Lin], ranges: Mapping[str, Expr]
+) -> tuple[Span, ...]:
+    """The box covering every subscript in `indices` while the loops `bounds` (inside
+    the loop of interest) run over [0, bound); `ranges` are the fixed loops around."""
+    ndim = len(indices[0])
+    return tuple(_span([ix[d] for ix in indices], bounds, ranges) for d in range(ndim))
+
+
+def _span(subscripts: list[Expr], bounds: Mapping[str, Lin], ranges: Mapping[str, Expr]) -> Span:
+    inner = {LoopVar(v): b for v, b in bounds.items()}
+    los, his = [], []
+    for e in subscripts:
+        lin = linear(e)
+        if lin is None:
+            raise NotAffine(f"the subscript {format_expr(e)} depends on data")
+        for atom, _ in lin.terms:
+            if atom not in inner and mentions(atom, bounds):
+                raise NotAffine(
+                    f"the subscript {format_expr(e)} is not affine in the loops "
+                    f"{', '.join(mentions(atom, bounds))}"
+                )
+        lo = hi = lin.without(inner)
+        for atom, c in lin.terms:
+            if atom in inner:
+                reach = _last(inner[atom]) * c  # c * (bound - 1)
+                if reach.is_const:
+                    lo, hi = lo.plus(min(0, reach.const)), hi.plus(max(0, reach.const))
+                elif c > 0:
+                    hi = hi + reach
+                else:
+                    lo = lo + reach
+        los.append(lo)
+        his.append(hi)
+    lo, hi = _extreme(los, -1, subscripts), _extreme(his, 1, subscripts)
+    return Span(lo, (hi - lo).plus(1))
+
+
+def _last(bound: Lin) -> Lin:
+    """The largest index below `bound` (a constant bound of 0 counts as 1: no access)."""
+    if bound.is_const:
+        return Lin(max(bound.const, 1) - 1)
+    return bound.plus(-1)
+
+
+def _extreme(candidates: list[Lin], sign: int, subscripts: list[Expr]) -> Lin:
+    """The lowest (sign -1) or highest (sign 1) of `candidates`, which must differ by
+    constants."""
+    best = candidates[0]
+    for other in candidates[1:]:
+        gap = other - best
+        if not gap.is_const:
+            texts = ", ".join(sorted({format_expr(s) for s in subscripts}))
+            raise NotAffine(f"the subscripts {texts} are not a constant distance apart")
+        if gap.const * sign > 0:
+            best = other
+    return best
+
+
+# ------------------------------------------------------------------------ clamping
+
+
+@dataclass(frozen=True)
+class Window:
+    """The part of a span inside [0, extent): `count` elements from `start`."""
+
+    start: Lin
+    count: Expr
+
+
+def clamp(span: Span, extent: Expr, ranges: Mapping[str, Expr]) -> Window:
+    """Clamp `span` to [0, extent); skip the clamps that `ranges` prove unneeded."""
+    end = linear(extent)
+    if end is None:
+        raise NotAffine(f"the extent {format_expr(extent)} depends on data")
+    if provably_nonneg(span.lo, ranges):
+        start = span.lo
+        room = end - span.lo
+        if provably_nonneg(room - span.size, ranges):
+            return Window(start, size_expr(span.size))
+        return Window(start, Binary(BinaryOp.MIN, size_expr(span.size), room.expr(), T.INDEX))
+    start = Lin.of(Binary(BinaryOp.MAX, span.lo.expr(), _i64(0), T.INDEX))
+    stop = Binary(BinaryOp.MIN, (span.lo + span.size).expr(), extent, T.INDEX)
+    return Window(start, _bin(BinaryOp.SUB, stop, start.expr()))
+
+
+def size_expr(size: Lin) -> Expr:
+    """A size as an expression, never negative."""
+    if size.is_const:
+        return _i64(max(size.const, 0))
+    if provably_nonneg(size, {}):
+        return size.expr()
+    return Binary(BinaryOp.MAX, size.expr(), _i64(0), T.INDEX)
+
+
+def relative(index: tuple[Expr, ...], spans: tuple[Span, ...]) -> tuple[Expr, ...]:
+    """`index` relative to the box's corner: e - lo per dimension, simplified."""
+    out = []
+    for e, span in zip(index, spans):
+        lin = linear(e)
+        assert lin is not None, "footprint accepted only affine subscripts"
+        out.append((lin - span.lo).expr())
+    return tuple(out)
+
+
+def region(
+    around: Iterable[Loop], at: Loop, indices: list[tuple[Expr, ...]], extents: Sequence[Expr]
+) -> tuple[tuple[Span, ...], tuple[Window, ...]]:
+    """The box covering `indices` (accesses inside loop `at`, which the loops `around`
+    enclose) in one iteration of `at`, and its part inside [0, extents)."""
+    ranges = {lp.var: lp.extent for lp in (*around, at)}
+    spans = footprint(indices, inner_bounds(at), ranges)
+    varying = sorted({v for s in spans for v in s.size.loop_vars()})
+    if varying:  # a buffer's shape can't depend on loops
+        raise NotAffine(f"its size changes with loop {', '.join(repr(v) for v in varying)}")
+    return spans, tuple(clamp(s, ext, ranges) for s, ext in zip(spans, extents))

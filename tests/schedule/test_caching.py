@@ -1,0 +1,306 @@
+"""cache: packed and re-laid-out copies, write-back, scopes; semantics against NumPy
+(interpreted and compiled) and every refusal's message."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import kdsl as kd
+from kdsl.ir.nodes import Const, Kernel, Loop, LoopKind, Scope
+from kdsl.ir.passes import lower
+from kdsl.schedule.recipe import Schedule
+from kdsl.schedule.tree import loops
+from tests.helpers import random_array
+from tests.schedule.test_stages import (
+    blur,
+    blur_args,
+    blur_ref,
+    gather,
+    loop_text,
+    refusal,
+    run,
+    schedule,
+)
+
+SIZES = st.sampled_from([0, 1, 2, 3, 5, 7, 13, 67])
+RNG = np.random.default_rng(11)
+
+
+@kd.kernel
+def matmul(A, B, C):
+    i, j, k = kd.indices(A.shape[0], B.shape[1], A.shape[1])
+    C[i, j] = kd.sum(A[i, k] * B[k, j], over=k)
+
+
+def mm_args(m: int, n: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return (
+        random_array(RNG, (m, k), np.float32),
+        random_array(RNG, (k, n), np.float32),
+        random_array(RNG, (m, n), np.float32),
+    )
+
+
+def tiled(s: Schedule) -> tuple[str, str, str, str, str, str]:
+    """The matmul schedule of DESIGN §3: 4×32 tiles of C, panels of 64 along k."""
+    io, jo, ii, ji = s.tile("i", "j", 4, 32)
+    ko, ki = s.split("k", 64)
+    s.reorder(io, jo, ko, ii, ki, ji)
+    return io, jo, ko, ii, ki, ji
+
+
+def check_mm(kernel: Kernel, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> None:
+    out = run(kernel, A=a, B=b, C=c)["C"]
+    np.testing.assert_allclose(out, a.astype(np.float64) @ b, rtol=1e-4, atol=1e-5)
+
+
+def loop_named(kernel: Kernel, name: str) -> Loop:
+    return next(lp for lp in loops(kernel) if lp.var == name)
+
+
+# ------------------------------------------------------------------------ packing
+
+PACKED_B = """\
+      for ko in range((A.shape[1] + 63) // 64):  # reduction
+        allocate B.c
+        for B.c0 in range(min(64, B.shape[0] - ko * 64)):  # parallel
+          for B.c1 in range(min(32, B.shape[1] - jo * 32)):  # parallel
+            B.c[B.c0, B.c1] = B[ko * 64 + B.c0, jo * 32 + B.c1]
+        for ii in range(min(4, A.shape[0] - io * 4)):  # parallel
+          for ki in range(min(64, A.shape[1] - ko * 64)):  # reduction
+            for ji in range(min(32, B.shape[1] - jo * 32)):  # parallel
+              sum_k.1[ii, ji] = sum_k.1[ii, ji] + A[io * 4 + ii, ko * 64 + ki] * B.c[ki, ji]"""
+
+
+def test_pack_a_panel_of_b() -> None:
+    a, b, c = mm_args(9, 70, 130)
+    s = schedule(matmul, a, b, c)
+    ko = tiled(s)[2]
+    assert s.cache("B", at=ko, layout="packed") == "B.c"
+    assert PACKED_B in loop_text(s.kernel)
+    local = s.kernel.buffer("B.c")
+    assert local.shape == (Const(64, kd.i64), Const(32, kd.i64)) and local.scope is Scope.STACK
+    copy = [loop_named(s.kernel, n) for n in ("B.c0", "B.c1")]
+    assert all(lp.kind is LoopKind.PARALLEL for lp in copy)
+    check_mm(s.kernel, a, b, c)
+
+
+@given(m=SIZES, n=SIZES, k=SIZES)
+def test_pack_every_operand(m: int, n: int, k: int) -> None:
+    a, b, c = mm_args(m, n, k)
+    s = schedule(matmul, a, b, c)
+    _, jo, ko, *_ = tiled(s)
+    s.cache("B", at=ko)
+    s.cache("A", at=ko)
+    s.cache("C", at=jo)  # written: copied back after each tile
+    check_mm(s.kernel, a, b, c)
+
+
+@pytest.mark.parametrize("layout", ["transposed", "1,0", [1, 0]])
+def test_transposed_copy(layout: object) -> None:
+    a, b, c = mm_args(5, 37, 71)
+    s = schedule(matmul, a, b, c)
+    ko = tiled(s)[2]
+    s.cache("B", at=ko, layout=layout)  # type: ignore[arg-type]
+    assert s.kernel.buffer("B.c").shape == (Const(32, kd.i64), Const(64, kd.i64))
+    text = loop_text(s.kernel)
+    assert "B.c[B.c0, B.c1] = B[ko * 64 + B.c1, jo * 32 + B.c0]" in text
+    assert "B.c[ji, ki]" in text
+    check_mm(s.kernel, a, b, c)
+
+
+def test_write_back() -> None:
+    a, b, c = mm_args(6, 40, 3)
+    s = schedule(matmul, a, b, c)
+    jo = tiled(s)[1]
+    s.cache("C", at=jo)
+    text = loop_text(s.kernel)
+    assert "C[io * 4 + C.cw0, jo * 32 + C.cw1] = C.c[C.cw0, C.cw1]" in text
+    check_mm(s.kernel, a, b, c)
+
+
+def test_cache_untiled_rows_of_a_stencil() -> None:
+    """Two rows of x per row of y, full width: a run-time size, so on the heap."""
+    x, y = blur_args(5, 9)
+    s = schedule(blur, x, y)
+    s.inline("t")
+    s.cache("x", at="i")
+    assert s.kernel.buffer("x.c").scope is Scope.HEAP
+    assert "y[i, j] = x.c[0, j] + x.c[0, j + 1] + (x.c[1, j] + x.c[1, j + 1])" in loop_text(
+        s.kernel
+    )
+    np.testing.assert_allclose(run(s.kernel, x=x, y=y)["y"], blur_ref(x), rtol=1e-6)
+
+
+@given(h=SIZES, w=SIZES, at=st.sampled_from(["io", "jo", "ii"]))
+def test_cache_a_stencil_tile(h: int, w: int, at: str) -> None:
+    x, y = blur_args(h, w)
+    s = schedule(blur, x, y)
+    s.inline("t")
+    s.tile("i", "j", 4, 3)
+    s.cache("x", at=at, scope="heap" if at == "io" else None)
+    np.testing.assert_allclose(run(s.kernel, x=x, y=y)["y"], blur_ref(x), rtol=1e-6)
+
+
+def test_vectorize_the_copy() -> None:
+    a, b, c = mm_args(5, 45, 70)
+    s = schedule(matmul, a, b, c)
+    ko = tiled(s)[2]
+    s.cache("B", at=ko)
+    s.vectorize("B.c1", 16)
+    s.unroll("B.c0", 4)
+    check_mm(s.kernel, a, b, c)
+
+
+def test_cache_twice_gets_fresh_names() -> None:
+    a, b, c = mm_args(5, 9, 7)
+    s = schedule(matmul, a, b, c)
+    _, jo, ko, *_ = tiled(s)
+    assert s.cache("B", at=ko) == "B.c"
+    assert s.cache("B.c", at="ii") == "B.c.c"
+    check_mm(s.kernel, a, b, c)
+
+
+def test_cache_replays_from_json() -> None:
+    a, b, c = mm_args(5, 9, 7)
+    s = schedule(matmul, a, b, c)
+    ko = tiled(s)[2]
+    s.cache("B", at=ko, layout=[1, 0], scope="stack")  # type: ignore[arg-type]
+    again = Schedule.replay(s.to_json(), lower(matmul.ir(a, b, c).kernel))
+    assert again.kernel == s.kernel
+
+
+def test_cache_compiled() -> None:
+    @kd.kernel
+    def mm(A, B, C):
+        i, j, k = kd.indices(A.shape[0], B.shape[1], A.shape[1])
+        C[i, j] = kd.sum(A[i, k] * B[k, j], over=k)
+
+    @mm.schedule(kd.cpu)
+    def _(s: Schedule) -> None:
+        _, jo, ko, *_ = tiled(s)
+        s.cache("B", at=ko, layout="packed")
+        s.cache("A", at=ko, layout="transposed")
+        s.cache("C", at=jo)
+
+    for m, n, k in [(1, 1, 1), (9, 70, 130), (0, 3, 2), (4, 32, 64)]:
+        a, b, c = mm_args(m, n, k)
+        mm(a, b, c)
+        np.testing.assert_allclose(c, a.astype(np.float64) @ b, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------ refusals
+
+
+def mm_schedule() -> tuple[Schedule, tuple[str, ...]]:
+    s = schedule(matmul, *mm_args(5, 9, 7))
+    return s, tiled(s)
+
+
+def test_refuses_shared_memory_on_cpu() -> None:
+    s, names = mm_schedule()
+    msg = refusal(s, "cache", "B", names[2], None, "shared")
+    assert 'cache("B", "ko", scope="shared")' in msg
+    assert "shared memory exists only on GPUs, and this is a cpu schedule" in msg
+    assert "kd.cuda" in msg
+
+
+def test_shared_memory_in_a_cuda_schedule() -> None:
+    s = Schedule(lower(matmul.ir(*mm_args(5, 9, 7)).kernel), target="cuda")
+    ko = tiled(s)[2]
+    s.cache("B", at=ko, scope="shared")
+    assert s.kernel.buffer("B.c").scope is Scope.SHARED
+
+
+def test_refuses_an_unknown_scope() -> None:
+    s, names = mm_schedule()
+    msg = refusal(s, "cache", "B", names[2], None, "l2")
+    assert 'cache("B", "ko", scope="l2")' in msg and "'l2' is not a memory scope" in msg
+
+
+def test_refuses_a_dynamic_size_on_the_stack() -> None:
+    s = schedule(blur, *blur_args(3, 4))
+    s.inline("t")
+    msg = refusal(s, "cache", "x", "i", None, "stack")
+    assert 'cache("x", "i", scope="stack")' in msg
+    assert "the copy of 'x' has a size known only at run time" in msg
+
+
+def test_refuses_a_large_stack_copy() -> None:
+    s = schedule(matmul, *mm_args(5, 9, 7))
+    ko, _ = s.split("k", 1 << 12)
+    _, ji = s.split("j", 1 << 8)
+    s.reorder(ko, ji)
+    msg = refusal(s, "cache", "B", "ko", None, "stack")
+    assert "the copy of 'B' takes 4194304 bytes" in msg
+
+
+@pytest.mark.parametrize("layout", ["diagonal", "2,0", "0,0", [0, True]])
+def test_refuses_a_bad_layout(layout: object) -> None:
+    s, names = mm_schedule()
+    msg = refusal(s, "cache", "B", names[2], layout)
+    assert 'cache("B", "ko", layout=' in msg
+    assert "is not 'packed', 'transposed' or a permutation of the 2 axes of 'B'" in msg
+
+
+def test_refuses_an_unused_buffer() -> None:
+    s, names = mm_schedule()
+    msg = refusal(s, "cache", "C", names[2])
+    assert 'cache("C", "ko")' in msg and "'C' is not used inside loop 'ko'" in msg
+
+
+def test_refuses_an_unknown_buffer() -> None:
+    s, names = mm_schedule()
+    msg = refusal(s, "cache", "D", names[2])
+    assert 'cache("D", "ko")' in msg and "there is no buffer named 'D'" in msg
+
+
+def test_refuses_a_data_dependent_access() -> None:
+    s = schedule(gather, random_array(RNG, (5,), np.float32), np.zeros(3, np.int64), np.ones(3))
+    s.inline("t")
+    msg = refusal(s, "cache", "x", "i")
+    assert 'cache("x", "i")' in msg
+    assert "the part of 'x' used in one iteration of loop 'i' can't be bounded" in msg
+
+
+def test_refuses_a_size_that_varies() -> None:
+    @kd.kernel
+    def prefix(x, y):
+        for i in kd.grid(x.shape[0]):
+            acc = kd.local(0.0, kd.f32)
+            for j in kd.range(i + 1):
+                acc += x[j]
+            y[i] = acc
+
+    s = schedule(prefix, np.ones(4, np.float32), np.ones(4, np.float32))
+    msg = refusal(s, "cache", "x", "i")
+    assert (
+        "the part of 'x' used in one iteration of loop 'i' can't be bounded: its size changes with loop 'i'"
+        in msg
+    )
+    s.split("i", 2)
+    msg = refusal(s, "cache", "x", "io")
+    assert 'cache("x", "io")' in msg and "the extent of loop 'j' (io * 2 + ii + 1)" in msg
+
+
+def test_refuses_a_buffer_allocated_inside() -> None:
+    s, names = mm_schedule()
+    msg = refusal(s, "cache", "sum_k.1", names[1])
+    assert 'cache("sum_k.1", "jo")' in msg and "'sum_k.1' is allocated inside loop 'jo'" in msg
+
+
+def test_refuses_write_back_in_a_parallel_loop() -> None:
+    s, names = mm_schedule()
+    s.parallelize(names[0])
+    msg = refusal(s, "cache", "C", names[1])
+    assert 'cache("C", "jo")' in msg and "loop 'io' around it is already parallel" in msg
+    s.cache("B", at=names[2])  # read only: fine
+
+
+def test_refuses_a_vectorized_loop() -> None:
+    s, names = mm_schedule()
+    s.vectorize(names[5], 8)
+    msg = refusal(s, "cache", "B", names[5])
+    assert 'cache("B", "ji")' in msg and "loop 'ji' is vectorized" in msg
