@@ -12,6 +12,7 @@ from pathlib import Path
 
 import harness
 import numpy as np
+import schedules
 
 import kdsl as kd
 
@@ -147,7 +148,18 @@ def main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     if ns.quick:
         settings = harness.Settings(repeats=3, min_batch_s=0.002, working_set_bytes=1 << 20)
-        cases = [saxpy_case(10_000), row_sum_case(64, 128), matmul_case(32), overhead_case()]
+        cases = [
+            saxpy_case(10_000),
+            row_sum_case(64, 128),
+            matmul_case(32),
+            overhead_case(),
+            schedules.parallel_case(10_000),
+            schedules.fork_join_case(),
+            schedules.copy_case(10_000),
+            *schedules.softmax_cases(8, 100),
+            *schedules.rmsnorm_cases(8, 100),
+            schedules.scheduled_matmul_case(70),
+        ]
         compile_repeats = 1
     else:
         settings = harness.Settings(repeats=15, min_batch_s=0.05, working_set_bytes=64 << 20)
@@ -157,6 +169,12 @@ def main(argv: list[str] | None = None) -> int:
             row_sum_case(4096, 1024),
             matmul_case(256),
             overhead_case(),
+            schedules.parallel_case(4_000_000),
+            schedules.fork_join_case(),
+            schedules.copy_case(10_000_000),
+            *schedules.softmax_cases(4096, 1024),
+            *schedules.rmsnorm_cases(4096, 1024),
+            schedules.scheduled_matmul_case(1024),
         ]
         compile_repeats = 5
     rng = np.random.default_rng(0)

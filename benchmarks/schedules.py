@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import harness
 import numpy as np
+from llvmlite import ir
 
 import kdsl as kd
-from kdsl.targets.cpu import runtime
+from kdsl.targets.cpu import jit, runtime
 
 # ------------------------------------------------------------------ the kernels
 
@@ -220,7 +221,29 @@ def scheduled_matmul_case(n: int) -> harness.Case:
     )
 
 
-def fork_join_row(repeats: int) -> harness.Row:
-    """An empty parallel loop over all threads, timed inside the runtime (no Python)."""
-    seconds = runtime.measure_fork_join(repeats)
-    return harness.Row("empty fork/join, all threads", "2 chunks", seconds, None)
+def _empty_task() -> int:
+    """The address of a JIT-compiled task that does nothing: `i64 task(ptr, i64, i64)`."""
+    module = ir.Module("empty_task")
+    fn = ir.Function(module, runtime.TASK_TYPE, name="kdsl_bench_empty_task")
+    ir.IRBuilder(fn.append_basic_block()).ret(ir.Constant(ir.IntType(64), 0))
+    return jit.load(jit.optimize(module), fn.name)
+
+
+def fork_join_case() -> harness.Case:
+    """An empty loop of 2 chunks through the pool (called from Python via ctypes), against
+    the same call with 1 thread, which runs the task inline with no synchronization."""
+    task = _empty_task()
+
+    def make(rng):
+        return (np.empty(1),)
+
+    def run(threads: int):
+        def call(_out):
+            _out[0] = runtime.call_parallel_for(task, None, 2, 1, threads)
+
+        return call
+
+    return harness.Case(
+        "empty fork/join (2 chunks, via ctypes)", "2 threads", make, run(2), run(1),
+        peer="1 thread, inline",
+    )

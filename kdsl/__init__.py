@@ -10,7 +10,9 @@ from kdsl.errors import (
     TraceError,
 )
 from kdsl.kernel import IRView, KernelFunction, Target, cpu, cuda, kernel
+from kdsl.schedule.recipe import Schedule
 from kdsl.specs import Spec, SpecError, spec
+from kdsl.targets.cpu.runtime import get_num_threads, set_num_threads
 from kdsl.trace.api import (
     abs,
     alloc,
@@ -56,6 +58,7 @@ __all__ = [
     "KdslError",
     "KernelArgumentError",
     "KernelFunction",
+    "Schedule",
     "ScheduleError",
     "ShapeError",
     "Target",
@@ -77,6 +80,7 @@ __all__ = [
     "f64",
     "floor",
     "fma",
+    "get_num_threads",
     "grid",
     "i8",
     "i16",
@@ -94,6 +98,7 @@ __all__ = [
     "prod",
     "range",
     "rsqrt",
+    "set_num_threads",
     "sigmoid",
     "sqrt",
     "sum",
