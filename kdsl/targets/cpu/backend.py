@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 from dataclasses import dataclass
+
+import llvmlite.binding as llvm
 
 from kdsl.ir.nodes import Kernel
 from kdsl.targets.cpu import jit, runtime
@@ -19,7 +22,11 @@ class CpuKernel:
     sites: ErrorSites
     llvm_ir: str  # as generated
     optimized_ir: str
-    asm: str
+
+    @functools.cached_property
+    def asm(self) -> str:
+        """Host assembly, made on first request (it costs a third of a compile)."""
+        return jit.assembly(llvm.parse_assembly(self.optimized_ir))
 
 
 def compile_kernel(kernel: Kernel, checks: bool = False, strict_fp: bool = False) -> CpuKernel:
@@ -27,7 +34,7 @@ def compile_kernel(kernel: Kernel, checks: bool = False, strict_fp: bool = False
     if runtime.PARALLEL_FOR in module.globals:
         runtime.ensure_runtime()  # before loading: the kernel links to the pool's symbol
     ref = jit.optimize(module)
-    optimized, asm = str(ref), jit.assembly(ref)
+    optimized = str(ref)
     address = jit.load(ref, symbol_name(kernel))
     n_arrays = sum(1 for p in kernel.params if p.is_array) + len(kernel.results)
     scalars = [p for p in kernel.params if not p.is_array]
@@ -35,4 +42,4 @@ def compile_kernel(kernel: Kernel, checks: bool = False, strict_fp: bool = False
         ctypes.c_double if p.dtype.is_float else ctypes.c_int64 for p in scalars
     ]
     cfunc = ctypes.CFUNCTYPE(ctypes.c_int64, *argtypes)(address)
-    return CpuKernel(kernel, cfunc, sites, str(module), optimized, asm)
+    return CpuKernel(kernel, cfunc, sites, str(module), optimized)

@@ -1,0 +1,1058 @@
+"""Schedule primitives: what each does to a traced kernel's loops, every refusal and its
+message, and the schedule as data (printing, JSON, params)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+import kdsl as kd
+from kdsl.ir.nodes import Kernel, Loop, LoopExec, LoopKind
+from kdsl.ir.passes import lower
+from kdsl.ir.passes.expand import expand_schedule
+from kdsl.ir.printer import format_expr, format_kernel
+from kdsl.kernel import KernelFunction
+from kdsl.schedule import tree
+from kdsl.schedule.recipe import Schedule
+from kdsl.targets.interp.interpreter import interpret
+from tests.helpers import random_array
+
+# --------------------------------------------------------------------------- kernels
+
+
+@kd.kernel
+def matmul(A, B, C):
+    i, j, k = kd.indices(A.shape[0], B.shape[1], A.shape[1])
+    C[i, j] = kd.sum(A[i, k] * B[k, j], over=k)
+
+
+@kd.kernel(strict_fp=True)
+def strict_matmul(A, B, C):
+    i, j, k = kd.indices(A.shape[0], B.shape[1], A.shape[1])
+    C[i, j] = kd.sum(A[i, k] * B[k, j], over=k)
+
+
+@kd.kernel
+def sum_rows_cols(x, out):
+    i, j, k = kd.indices(x.shape[0], x.shape[1], x.shape[2])
+    out[i] = kd.sum(x[i, j, k], over=(j, k))
+
+
+@kd.kernel
+def two_steps(x, y, z):
+    i = kd.indices(x.shape[0])
+    y[i] = x[i] * 2
+    z[i] = y[i] + 1
+
+
+@kd.kernel
+def shifted(x, y, z):
+    i = kd.indices(x.shape[0] - 1)
+    y[i] = x[i] * 2
+    z[i] = y[i + 1] + 1
+
+
+@kd.kernel
+def square(x, y):
+    for i, j in kd.grid(8, 8):
+        y[i, j] = x[i, j] * x[i, j]
+
+
+@kd.kernel
+def ordered(x, y):
+    for i in kd.range(8):
+        for j in kd.range(8):
+            y[i, j] = x[i, j] + 1
+
+
+@kd.kernel
+def row_scan(x, y):
+    for i in kd.range(x.shape[0]):
+        acc = kd.local(0.0)
+        for j in kd.range(x.shape[1]):
+            acc += x[i, j]
+        y[i] = acc
+
+
+@kd.kernel
+def total(x, y):
+    acc = kd.local(0.0)
+    for i in kd.grid(x.shape[0]):
+        acc += x[i]
+    for k in kd.grid(x.shape[0]):
+        y[k] = acc
+
+
+@kd.kernel
+def update_outside(x, y):
+    acc = kd.local(0.0)
+    for i in kd.grid(x.shape[0]):
+        acc += x[i, 0]
+        j = kd.indices(x.shape[1])
+        y[i, j] = x[i, j] * 2
+
+
+@kd.kernel
+def guarded(x, y):
+    for i in kd.grid(x.shape[0]):
+        j = kd.indices(x.shape[1])
+        with kd.when(x[i, 0] > 0):
+            y[i, j] = x[i, j]
+
+
+@kd.kernel
+def two_rows(x, y, z):
+    for i in kd.grid(x.shape[0]):
+        j = kd.indices(x.shape[1])
+        y[i, j] = x[i, j] * 2
+        z[i, j] = y[i, j] + 1
+
+
+@kd.kernel
+def between(x, y, z):
+    i = kd.indices(x.shape[0])
+    y[i] = x[i] * 2
+    z[0] = 5.0
+    z[i] = y[i] + 1
+
+
+@kd.kernel
+def different_ranges(x, y, z):
+    i = kd.indices(x.shape[0])
+    y[i] = x[i] * 2
+    k = kd.indices(x.shape[0] - 1)
+    z[k] = x[k + 1]
+
+
+@kd.kernel
+def two_ranges(x, y):
+    for i in kd.range(x.shape[0]):
+        y[i] = x[i] * 2
+    for k in kd.range(x.shape[0]):
+        y[k] = y[k] + 1
+
+
+RNG = np.random.default_rng(7)
+A, B = random_array(RNG, (13, 17), np.float32), random_array(RNG, (17, 11), np.float32)
+C = np.empty((13, 11), np.float32)
+V = random_array(RNG, (9,), np.float32)
+M = random_array(RNG, (8, 8), np.float32)
+
+
+def schedule(k: KernelFunction, *args: object, **options: object) -> Schedule:
+    return Schedule(lower(k.ir(*args).kernel), **options)  # type: ignore[arg-type]
+
+
+def mm(**options: object) -> Schedule:
+    return schedule(matmul, A, B, C, **options)
+
+
+def loops(kernel: Kernel) -> list[str]:
+    """Each loop as 'var in extent: kind' (and how it runs, if not serially), indented."""
+    out = []
+    for path, s in tree.positions(kernel.body):
+        if isinstance(s, Loop):
+            depth = sum(isinstance(x, Loop) for x in tree.enclosing(kernel.body, path))
+            how = "" if s.exec is LoopExec.SERIAL else f" {s.exec.value}/{s.width}"
+            out.append(f"{'  ' * depth}{s.var} in {format_expr(s.extent)}: {s.kind.value}{how}")
+    return out
+
+
+def assert_loops(kernel: Kernel, *expected: str) -> None:
+    assert loops(kernel) == list(expected), format_kernel(kernel)
+
+
+@contextmanager
+def refused(step: str, what: str, loops: str | None, fix: str, call: str = "") -> Iterator[None]:
+    """The step in the `with` block is refused with a message naming the step, the
+    reason, the loops there are, the user's line (this file's) and a fix."""
+    with pytest.raises(kd.ScheduleError) as info:
+        yield
+    err, msg = info.value, str(info.value)
+    assert f"schedule step {step} is not possible: {what}" in msg, msg
+    if loops is not None:
+        assert f"(the loops are: {loops})" in msg, msg
+    assert err.loc is not None and err.loc.file == __file__, msg
+    line = err.loc.text.strip()
+    assert line == (call or f"s.{step}"), msg
+    assert f'File "{__file__}", line {err.loc.line}\n    {line}' in msg, msg
+    assert err.fix is not None and fix in err.fix and msg.endswith(f"fix: {err.fix}"), msg
+
+
+# ----------------------------------------------------------------- transformations
+
+
+def test_split_makes_an_outer_and_a_tail_guarded_inner_loop():
+    s = mm()
+    assert s.split("i", 4) == ("io", "ii")
+    assert_loops(
+        s.kernel,
+        "io in (A.shape[0] + 3) // 4: parallel",
+        "  ii in min(4, A.shape[0] - io * 4): parallel",
+        "    j in B.shape[1]: parallel",
+        "      k in A.shape[1]: reduction",
+    )
+    assert "C[io * 4 + ii, j] = sum_k" in format_kernel(s.kernel)
+
+
+def test_split_of_a_constant_extent_by_a_divisor_has_constant_tiles():
+    s = schedule(square, M, M.copy())
+    assert s.split("j", 4) == ("jo", "ji")
+    assert s.split("i", 3) == ("io", "ii")
+    assert_loops(
+        s.kernel,
+        "io in 3: parallel",
+        "  ii in min(3, 8 - io * 3): parallel",
+        "    jo in 2: parallel",
+        "      ji in 4: parallel",
+    )
+
+
+def test_split_keeps_a_reduction_a_reduction():
+    s = mm()
+    s.split("k", 8)
+    assert_loops(
+        s.kernel,
+        "i in A.shape[0]: parallel",
+        "  j in B.shape[1]: parallel",
+        "    ko in (A.shape[1] + 7) // 8: reduction",
+        "      ki in min(8, A.shape[1] - ko * 8): reduction",
+    )
+
+
+def test_tile_splits_two_loops_and_orders_the_pieces():
+    s = mm()
+    assert s.tile("i", "j", 4, 8) == ("io", "jo", "ii", "ji")
+    assert_loops(
+        s.kernel,
+        "io in (A.shape[0] + 3) // 4: parallel",
+        "  jo in (B.shape[1] + 7) // 8: parallel",
+        "    ii in min(4, A.shape[0] - io * 4): parallel",
+        "      ji in min(8, B.shape[1] - jo * 8): parallel",
+        "        k in A.shape[1]: reduction",
+    )
+    assert [str(step) for step, _ in s.steps] == [
+        'split("i", 4)',
+        'split("j", 8)',
+        'reorder("io", "jo", "ii", "ji")',
+    ]
+
+
+def test_reorder_of_a_perfect_nest_permutes_it():
+    s = schedule(square, M, M.copy())
+    s.reorder("j", "i")
+    assert_loops(s.kernel, "j in 8: parallel", "  i in 8: parallel")
+
+
+def test_reorder_distributes_statements_around_the_inner_loop():
+    """The accumulator crosses the split loops, so it becomes a row buffer."""
+    s = mm()
+    s.reorder("k", "j")
+    assert_loops(
+        s.kernel,
+        "i in A.shape[0]: parallel",
+        "  j.1 in B.shape[1]: parallel",
+        "  k in A.shape[1]: reduction",
+        "    j in B.shape[1]: parallel",
+        "  j.2 in B.shape[1]: parallel",
+    )
+    text = format_kernel(s.kernel)
+    assert "buffer sum_k.1: f32[B.shape[1]] temp" in text
+    assert "sum_k.1[j] = sum_k.1[j] + A[i, k] * B[k, j]" in text
+    assert "C[i, j.2] = sum_k.1[j.2]" in text
+
+
+def test_reorder_of_two_reductions_is_allowed_without_strict_fp():
+    s = schedule(sum_rows_cols, np.ones((2, 3, 4), np.float32), np.ones(2, np.float32))
+    s.reorder("k", "j")
+    assert_loops(
+        s.kernel,
+        "i in x.shape[0]: parallel",
+        "  k in x.shape[2]: reduction",
+        "    j in x.shape[1]: reduction",
+    )
+
+
+def test_unroll_fully_or_by_a_factor():
+    s = mm()
+    s.split("k", 4)
+    s.unroll("ki")
+    s.unroll("j", 2)
+    assert_loops(
+        s.kernel,
+        "i in A.shape[0]: parallel",
+        "  j in B.shape[1]: parallel unrolled/2",
+        "    ko in (A.shape[1] + 3) // 4: reduction",
+        "      ki in min(4, A.shape[1] - ko * 4): reduction unrolled/0",
+    )
+
+
+def test_unrolled_loops_expand_into_copies():
+    """A full tile is copied four times; the edge tile stays a loop."""
+    s = mm()
+    s.split("k", 4)
+    s.unroll("ki")
+    expanded = expand_schedule(s.kernel)
+    text = format_kernel(expanded)
+    assert "if 4 <= A.shape[1] - ko * 4:" in text
+    assert "if A.shape[1] - ko * 4 < 4:" in text
+    for t in range(4):
+        assert f"A[i, ko * 4 + {t}]" in text
+    assert_loops(
+        expanded,
+        "i in A.shape[0]: parallel",
+        "  j in B.shape[1]: parallel",
+        "    ko in (A.shape[1] + 3) // 4: reduction",
+        "      ki.1 in A.shape[1] - ko * 4: reduction",
+    )
+
+
+def test_vectorize_annotates_and_expands_to_a_main_loop_and_a_tail():
+    s = mm()
+    s.vectorize("j", 8)
+    assert_loops(
+        s.kernel,
+        "i in A.shape[0]: parallel",
+        "  j in B.shape[1]: parallel vectorized/8",
+        "    k in A.shape[1]: reduction",
+    )
+    assert_loops(
+        expand_schedule(s.kernel),
+        "i in A.shape[0]: parallel",
+        "  j in max(B.shape[1], 0) // 8 * 8: parallel vectorized/8",
+        "    k in A.shape[1]: reduction",
+        "  j.1 in max(B.shape[1], 0) - max(B.shape[1], 0) // 8 * 8: parallel",
+        "    k.1 in A.shape[1]: reduction",
+    )
+
+
+def test_parallelize_with_and_without_a_thread_count():
+    s = mm()
+    s.split("i", 16)
+    s.parallelize("io")
+    assert_loops(
+        s.kernel,
+        "io in (A.shape[0] + 15) // 16: parallel parallel/0",
+        "  ii in min(16, A.shape[0] - io * 16): parallel",
+        "    j in B.shape[1]: parallel",
+        "      k in A.shape[1]: reduction",
+    )
+    s = mm()
+    s.parallelize("j", 4)
+    assert loops(s.kernel)[1] == "  j in B.shape[1]: parallel parallel/4"
+
+
+def test_bind_maps_loops_to_gpu_axes():
+    s = mm(target="cuda")
+    s.bind("i", "block.x")
+    s.bind("j", "thread.x")
+    assert_loops(
+        s.kernel,
+        "i in A.shape[0]: parallel block.x/1",
+        "  j in B.shape[1]: parallel thread.x/1",
+        "    k in A.shape[1]: reduction",
+    )
+
+
+def test_fuse_merges_sibling_loops():
+    s = schedule(two_steps, V, V.copy(), V.copy())
+    assert s.fuse("i", "i.1") == "i"
+    assert_loops(s.kernel, "i in x.shape[0]: parallel")
+    assert "y[i] = x[i] * 2.0\n    z[i] = y[i] + 1.0" in format_kernel(s.kernel)
+
+
+# --------------------------------------------------------------- the decorator path
+
+
+def _decorated() -> KernelFunction:
+    k = KernelFunction(matmul.fn, name="matmul")
+
+    @k.schedule(kd.cpu)
+    def _(s: Schedule) -> None:
+        io, jo, ii, ji = s.tile("i", "j", s.param("ti", [4, 8]), s.param("tj", [8, 16]))
+        s.unroll(ii)
+        s.parallelize(io)
+
+    return k
+
+
+def test_a_schedule_attached_with_the_decorator_runs_and_prints():
+    k = _decorated()
+    c = np.empty_like(C)
+    k(A, B, c)
+    np.testing.assert_allclose(c, A @ B, rtol=1e-5, atol=1e-5)
+    assert str(k.schedule_of(A, B, C)).splitlines() == [
+        "# schedule for matmul (cpu)",
+        "# param ti in [4, 8]: 4",
+        "# param tj in [8, 16]: 8",
+        'io, ii = s.split("i", 4)',
+        'jo, ji = s.split("j", 8)',
+        's.reorder("io", "jo", "ii", "ji")',
+        's.unroll("ii")',
+        's.parallelize("io")',
+    ]
+    lowered = k.lowered(A, B, C).kernel
+    assert [lp.var for lp in tree.loops(lowered)][:2] == ["io", "jo"], format_kernel(lowered)
+    assert not any(lp.exec is LoopExec.UNROLLED for lp in tree.loops(lowered))
+
+
+def test_a_refusal_in_a_decorated_schedule_points_at_its_line():
+    k = KernelFunction(matmul.fn, name="matmul")
+
+    @k.schedule(kd.cpu)
+    def _(s: Schedule) -> None:
+        s.parallelize("k")
+
+    with refused(
+        'parallelize("k")',
+        "loop 'k' is a reduction loop: its iterations are not independent",
+        "i, j, k",
+        "parallelize a parallel loop",
+    ):
+        k(A, B, C.copy())
+
+
+# ------------------------------------------------------------------ schedule as data
+
+
+def test_a_schedule_prints_its_params_and_steps():
+    s = mm()
+    s.split("i", s.param("ti", [4, 6]))
+    s.reorder("io", "j", "ii")
+    s.vectorize("j", 8)
+    assert str(s) == "\n".join(
+        [
+            "# schedule for matmul (cpu)",
+            "# param ti in [4, 6]: 4",
+            'io, ii = s.split("i", 4)',
+            's.reorder("io", "j", "ii")',
+            's.vectorize("j", 8)',
+        ]
+    )
+
+
+def test_a_schedule_replays_from_json_to_the_same_ir():
+    s = mm(config={"tk": 8})
+    s.tile("i", "j", 4, 8)
+    s.split("k", s.param("tk", [4, 8]))
+    s.reorder("ko", "ji")
+    s.unroll("ii")
+    s.vectorize("ji", 8)
+    s.parallelize("io")
+    fresh = lower(matmul.ir(A, B, C).kernel)
+    again = Schedule.replay(s.to_json(), fresh)
+    assert again.kernel == s.kernel, format_kernel(again.kernel)
+    assert str(again) == str(s)
+    assert s.to_dict()["config"] == {"tk": 8}
+    assert s.to_dict()["params"] == {"tk": [4, 8]}
+
+
+def test_replayed_schedule_interprets_to_the_same_result():
+    s = mm()
+    s.tile("i", "j", 4, 8)
+    s.reorder("io", "jo", "k", "ii")
+    s.vectorize("ji", 4)
+    c = C.copy()
+    interpret(expand_schedule(s.kernel), {"A": A, "B": B, "C": c})
+    np.testing.assert_allclose(c, A @ B, rtol=1e-5, atol=1e-5)
+
+
+def test_param_is_the_first_choice_unless_configured():
+    s = mm()
+    assert s.param("tile", [32, 64]) == 32
+    assert s.param("tile", [32, 64]) == 32  # declaring it again with the same choices
+    assert mm(config={"tile": 64}).param("tile", [32, 64]) == 64
+    assert s.space == {"tile": (32, 64)} and s.chosen == {"tile": 32}
+
+
+# -------------------------------------------------------------------------- refusals
+# One test per refusal: the message names the step, says why, lists the loops, quotes
+# the line of this file that called the primitive and says what to do instead.
+
+ANY_LOOP = "use one of the loop names listed"
+
+
+def test_param_refuses_no_choices():
+    s = mm()
+    with refused(
+        "param('t', [])",
+        "a param needs a name and at least one choice",
+        None,
+        's.param("tile", [32, 64])',
+        call='s.param("t", [])',
+    ):
+        s.param("t", [])
+
+
+def test_param_refuses_a_second_set_of_choices():
+    s = mm()
+    s.param("t", [1, 2])
+    with refused(
+        "param('t', …)",
+        "param 't' was declared before with other choices [1, 2]",
+        None,
+        "give each param one set of choices, or a new name",
+        call='s.param("t", [1, 3])',
+    ):
+        s.param("t", [1, 3])
+
+
+def test_param_refuses_a_configured_value_that_is_not_a_choice():
+    s = mm(config={"t": 5})
+    with refused(
+        "param('t', …)",
+        "the configured value 5 is not one of [1, 3]",
+        None,
+        "tune again",
+        call='s.param("t", [1, 3])',
+    ):
+        s.param("t", [1, 3])
+
+
+def test_replay_refuses_an_unknown_primitive():
+    recipe = {"steps": [["frobnicate", ["i"], {}]]}
+    with refused(
+        'frobnicate("i")',
+        "'frobnicate' is not a schedule primitive",
+        "i, j, k",
+        "use one of bind, cache, compute_at, fuse, inline, parallelize, reorder, split",
+        call="Schedule.replay(recipe, lower(matmul.ir(A, B, C).kernel))",
+    ):
+        Schedule.replay(recipe, lower(matmul.ir(A, B, C).kernel))
+
+
+def test_split_refuses_an_unknown_loop():
+    s = mm()
+    with refused('split("q", 4)', "there is no loop named 'q'", "i, j, k", ANY_LOOP):
+        s.split("q", 4)
+
+
+def test_split_refuses_a_loop_that_is_not_a_name():
+    s = mm()
+    with refused("split(3, 4)", "3 is not a loop name", "i, j, k", "name loops by their strings"):
+        s.split(3, 4)
+
+
+@pytest.mark.parametrize("factor", [0, -3])
+def test_split_refuses_a_factor_below_one(factor):
+    s = mm()
+    with refused(
+        f'split("k", {factor})',
+        f"the split factor must be a positive int, not {factor}",
+        "i, j, k",
+        "pass a split factor ≥ 1",
+        call='s.split("k", factor)',
+    ):
+        s.split("k", factor)
+
+
+@pytest.mark.parametrize("factor", [True, 2.5, "4"], ids=["bool", "float", "str"])
+def test_split_refuses_a_factor_that_is_not_an_int(factor):
+    s = mm()
+    with refused(
+        f'split("k", {json.dumps(factor)})',
+        f"the split factor must be a positive int, not {factor!r}",
+        "i, j, k",
+        "pass a split factor ≥ 1",
+        call='s.split("k", factor)',
+    ):
+        s.split("k", factor)
+
+
+def test_split_refuses_an_annotated_loop():
+    s = mm()
+    s.vectorize("j", 8)
+    with refused(
+        'split("j", 4)',
+        "loop 'j' is already vectorized",
+        "i, j, k",
+        "split a loop before annotating it",
+    ):
+        s.split("j", 4)
+
+
+def test_a_refused_tile_quotes_the_tile_line():
+    s = schedule(two_steps, V, V.copy(), V.copy())
+    with pytest.raises(kd.ScheduleError) as info:
+        s.tile("i", "i.1", 4, 4)
+    err = info.value
+    assert err.loc is not None and err.loc.file == __file__
+    assert err.loc.text.strip() == 's.tile("i", "i.1", 4, 4)'
+    assert "the loops are not nested in one another" in str(err)
+    assert err.fix is not None and "to merge sibling loops use fuse" in err.fix
+
+
+def test_reorder_refuses_a_single_loop():
+    s = mm()
+    with refused('reorder("i")', "reorder needs at least two loops", "i, j, k", "name the loops"):
+        s.reorder("i")
+
+
+def test_reorder_refuses_a_loop_named_twice():
+    s = mm()
+    with refused('reorder("i", "i")', "a loop is named twice", "i, j, k", "name each loop once"):
+        s.reorder("i", "i")
+
+
+def test_reorder_refuses_an_unknown_loop():
+    s = mm()
+    with refused('reorder("j", "q")', "there is no loop named 'q'", "i, j, k", ANY_LOOP):
+        s.reorder("j", "q")
+
+
+def test_reorder_refuses_sibling_loops():
+    s = schedule(two_steps, V, V.copy(), V.copy())
+    with refused(
+        'reorder("i.1", "i")',
+        "the loops are not nested in one another",
+        "i, i.1",
+        "to merge sibling loops use fuse",
+    ):
+        s.reorder("i.1", "i")
+
+
+def test_reorder_refuses_loops_of_different_nests():
+    s = schedule(different_ranges, V, V.copy(), V.copy())
+    s.split("k", 2)
+    with refused(
+        'reorder("ki", "i")',
+        "the loops are not nested in one another",
+        "i, ko, ki",
+        "reorder loops of one nest",
+    ):
+        s.reorder("ki", "i")
+
+
+def test_reorder_refuses_to_move_a_loop_outside_the_one_its_extent_depends_on():
+    s = mm()
+    s.split("i", 4)
+    with refused(
+        'reorder("ii", "io")',
+        "the extent of loop 'ii' depends on loop 'io', so 'ii' can't move outside it",
+        "io, ii, j, k",
+        "keep 'io' outside 'ii'",
+    ):
+        s.reorder("ii", "io")
+
+
+def test_reorder_refuses_two_reductions_under_strict_fp():
+    x = np.ones((2, 3, 4), np.float32)
+    s = schedule(sum_rows_cols, x, np.ones(2, np.float32), strict_fp=True)
+    with refused(
+        'reorder("k", "j")',
+        "reordering reduction loops 'j' and 'k' changes the order of floating-point sums, "
+        "and the kernel is strict_fp",
+        "i, j, k",
+        "drop strict_fp=True",
+    ):
+        s.reorder("k", "j")
+
+
+def test_reorder_refuses_two_serial_loops():
+    s = schedule(ordered, M, M.copy())
+    with refused(
+        'reorder("j", "i")',
+        "loops 'i' (serial) and 'j' (serial) can't be interchanged: an ordered loop's "
+        "iterations depend on earlier ones",
+        "i, j",
+        "keep the serial loop (kd.range) where it is",
+    ):
+        s.reorder("j", "i")
+
+
+def test_reorder_refuses_a_serial_loop_around_a_reduction():
+    """No traced kernel nests a reduction loop directly in a serial one; build it."""
+    s = schedule(ordered, M, M.copy())
+    outer = s.kernel.body[-1]
+    assert isinstance(outer, Loop) and isinstance(outer.body[0], Loop)
+    inner = replace(outer.body[0], kind=LoopKind.REDUCTION)
+    s.kernel = replace(s.kernel, body=(*s.kernel.body[:-1], replace(outer, body=(inner,))))
+    with refused(
+        'reorder("j", "i")',
+        "loops 'i' (serial) and 'j' (reduction) can't be interchanged",
+        "i, j",
+        "keep the serial loop (kd.range) where it is",
+    ):
+        s.reorder("j", "i")
+
+
+def test_reorder_refuses_to_distribute_a_serial_loop():
+    s = schedule(row_scan, M, V[:8].copy())
+    with refused(
+        'reorder("j", "i")',
+        "loop 'i' has statements around loop 'j' and is a serial loop, so they can't be "
+        "split into separate loops",
+        "i, j",
+        "reorder only loops that are perfectly nested",
+    ):
+        s.reorder("j", "i")
+
+
+def test_reorder_refuses_to_distribute_a_loop_that_updates_an_outer_local():
+    s = schedule(update_outside, M, M.copy())
+    with refused(
+        'reorder("j", "i")',
+        "loop 'i' updates the local 'acc' declared outside it",
+        "i, j",
+        "keep the loop as it is",
+    ):
+        s.reorder("j", "i")
+
+
+def test_reorder_refuses_a_condition_around_the_inner_loop():
+    s = schedule(guarded, M, M.copy())
+    with refused(
+        'reorder("j", "i")',
+        "loop 'i' contains a condition (kd.when) around the inner loops",
+        "i, j",
+        "reorder loops of one perfect nest",
+    ):
+        s.reorder("j", "i")
+
+
+def test_reorder_refuses_a_loop_holding_loops_in_sequence():
+    s = schedule(two_rows, M, M.copy(), M.copy())
+    with refused(
+        'reorder("j", "i")',
+        "loop 'i' contains 2 loops in sequence",
+        "i, j, j.1",
+        "fuse sibling loops first",
+    ):
+        s.reorder("j", "i")
+
+
+def test_unroll_refuses_a_loop_without_a_constant_extent():
+    s = mm()
+    with refused(
+        'unroll("k")',
+        "loop 'k' has no constant extent ≤ 64 to unroll fully",
+        "i, j, k",
+        "split it by a small factor first, or pass unroll(loop, factor)",
+    ):
+        s.unroll("k")
+
+
+def test_unroll_refuses_a_factor_below_one():
+    s = mm()
+    with refused(
+        'unroll("k", 0)',
+        "the unroll factor must be a positive int, not 0",
+        "i, j, k",
+        "pass a unroll factor ≥ 1",
+    ):
+        s.unroll("k", 0)
+
+
+def test_unroll_refuses_an_annotated_loop():
+    s = mm()
+    s.parallelize("i")
+    with refused(
+        'unroll("i", 2)', "loop 'i' is already parallel", "i, j, k", "annotate each loop once"
+    ):
+        s.unroll("i", 2)
+
+
+def test_vectorize_refuses_a_serial_loop():
+    s = schedule(row_scan, M, V[:8].copy())
+    with refused(
+        'vectorize("j", 4)',
+        "loop 'j' is serial (kd.range): its iterations depend on earlier ones",
+        "i, j",
+        "vectorize a parallel or reduction loop",
+    ):
+        s.vectorize("j", 4)
+
+
+@pytest.mark.parametrize("width", [1, 3, 12, 128])
+def test_vectorize_refuses_a_width_that_is_no_power_of_two_in_range(width):
+    s = mm()
+    with refused(
+        f'vectorize("j", {width})',
+        f"vector width {width} is not a power of two between 2 and 64",
+        "i, j, k",
+        "use 4, 8 or 16",
+        call='s.vectorize("j", width)',
+    ):
+        s.vectorize("j", width)
+
+
+def test_vectorize_refuses_a_width_below_one():
+    s = mm()
+    with refused(
+        'vectorize("j", 0)',
+        "the vector width must be a positive int, not 0",
+        "i, j, k",
+        "pass a vector width ≥ 1",
+    ):
+        s.vectorize("j", 0)
+
+
+def test_vectorize_refuses_a_float_reduction_under_strict_fp():
+    s = schedule(strict_matmul, A, B, C, strict_fp=True)
+    with refused(
+        'vectorize("k", 8)',
+        "vectorizing reduction loop 'k' reorders floating-point sums, and the kernel is strict_fp",
+        "i, j, k",
+        "drop strict_fp=True, or vectorize a parallel loop instead",
+    ):
+        s.vectorize("k", 8)
+
+
+def test_vectorize_of_an_integer_reduction_is_allowed_under_strict_fp():
+    a = random_array(RNG, (3, 5), np.int32)
+    b = random_array(RNG, (5, 2), np.int32)
+    s = schedule(strict_matmul, a, b, np.empty((3, 2), np.int32), strict_fp=True)
+    s.vectorize("k", 8)
+    assert tree.loops(s.kernel)[2].exec is LoopExec.VECTORIZED
+
+
+def test_vectorize_refuses_what_the_target_can_not_vectorize():
+    s = mm(vector_check=lambda loop, kernel: "it has no unit-stride access")
+    with refused(
+        'vectorize("i", 4)',
+        "loop 'i' can't be vectorized: it has no unit-stride access",
+        "i, j, k",
+        "vectorize an inner loop with a simpler body",
+    ):
+        s.vectorize("i", 4)
+    assert tree.loops(s.kernel)[0].exec is LoopExec.SERIAL  # the refused step left no trace
+
+
+def test_parallelize_refuses_a_reduction_loop():
+    s = mm()
+    with refused(
+        'parallelize("k")',
+        "loop 'k' is a reduction loop: its iterations are not independent",
+        "i, j, k",
+        "parallelize a parallel loop (an implicit index or kd.grid)",
+    ):
+        s.parallelize("k")
+
+
+def test_parallelize_refuses_a_serial_loop():
+    s = schedule(row_scan, M, V[:8].copy())
+    with refused(
+        'parallelize("i")',
+        "loop 'i' is a serial loop: its iterations are not independent",
+        "i, j",
+        "parallelize a parallel loop",
+    ):
+        s.parallelize("i")
+
+
+def test_parallelize_refuses_a_loop_inside_a_parallel_one():
+    s = mm()
+    s.parallelize("i")
+    with refused(
+        'parallelize("j")',
+        "loop 'i' around or inside it is already parallel",
+        "i, j, k",
+        "parallelize one loop of a nest",
+    ):
+        s.parallelize("j")
+
+
+def test_parallelize_refuses_a_loop_around_a_parallel_one():
+    s = mm()
+    s.parallelize("j")
+    with refused(
+        'parallelize("i")',
+        "loop 'j' around or inside it is already parallel",
+        "i, j, k",
+        "parallelize one loop of a nest",
+    ):
+        s.parallelize("i")
+
+
+def test_parallelize_refuses_a_loop_that_updates_an_outer_local():
+    s = schedule(total, V, V.copy())
+    with refused(
+        'parallelize("i")',
+        "loop 'i' updates the local 'acc' declared outside it",
+        "i, k",
+        "parallelize a loop that contains the local's declaration",
+    ):
+        s.parallelize("i")
+
+
+def test_parallelize_refuses_zero_threads():
+    s = mm()
+    with refused(
+        'parallelize("i", 0)',
+        "the thread count must be a positive int, not 0",
+        "i, j, k",
+        "pass a thread count ≥ 1",
+    ):
+        s.parallelize("i", 0)
+
+
+def test_bind_refuses_a_cpu_schedule():
+    s = mm()
+    with refused(
+        'bind("i", "block.x")',
+        "bind maps loops to GPU blocks and threads, and this is a CPU schedule",
+        "i, j, k",
+        "use parallelize on CPU",
+    ):
+        s.bind("i", "block.x")
+
+
+def test_bind_refuses_an_unknown_axis():
+    s = mm(target="cuda")
+    with refused(
+        'bind("i", "warp.x")',
+        "'warp.x' is not a GPU axis",
+        "i, j, k",
+        "use one of block.x, block.y, block.z, thread.x, thread.y, thread.z",
+    ):
+        s.bind("i", "warp.x")
+
+
+def test_bind_refuses_a_reduction_loop():
+    s = mm(target="cuda")
+    with refused(
+        'bind("k", "thread.x")',
+        "loop 'k' is a reduction loop: GPU threads run it out of order",
+        "i, j, k",
+        "bind parallel loops",
+    ):
+        s.bind("k", "thread.x")
+
+
+def test_fuse_refuses_nested_loops():
+    s = mm()
+    with refused(
+        'fuse("i", "j")',
+        "loops 'i' and 'j' are not siblings with 'i' first",
+        "i, j, k",
+        "fuse(earlier, later)",
+    ):
+        s.fuse("i", "j")
+
+
+def test_fuse_refuses_the_later_loop_first():
+    s = schedule(two_steps, V, V.copy(), V.copy())
+    with refused(
+        'fuse("i.1", "i")',
+        "loops 'i.1' and 'i' are not siblings with 'i.1' first",
+        "i, i.1",
+        "the earlier one first",
+    ):
+        s.fuse("i.1", "i")
+
+
+def test_fuse_refuses_loops_over_different_ranges():
+    s = schedule(different_ranges, V, V.copy(), V.copy())
+    with refused(
+        'fuse("i", "k")',
+        "loops 'i' and 'k' have different ranges",
+        "i, k",
+        "fuse loops over the same range",
+    ):
+        s.fuse("i", "k")
+
+
+def test_fuse_refuses_serial_loops():
+    s = schedule(two_ranges, V, V.copy())
+    with refused(
+        'fuse("i", "k")',
+        "fusing serial (kd.range) loops is not supported",
+        "i, k",
+        "fuse parallel or reduction loops",
+    ):
+        s.fuse("i", "k")
+
+
+def test_fuse_refuses_an_annotated_loop():
+    s = schedule(two_steps, V, V.copy(), V.copy())
+    s.vectorize("i.1", 4)
+    with refused(
+        'fuse("i", "i.1")', "one of the loops is already annotated", "i, i.1", "fuse before"
+    ):
+        s.fuse("i", "i.1")
+
+
+def test_fuse_refuses_to_read_what_the_first_loop_writes_at_another_iteration():
+    s = schedule(shifted, V, V.copy(), V.copy())
+    with refused(
+        'fuse("i", "i.1")',
+        "fusing 'i' and 'i.1' changes the result: 'i.1' would read or overwrite elements "
+        "of 'y' out of order",
+        "i, i.1",
+        "fuse only loops whose shared buffers are indexed by the loop variable itself",
+    ):
+        s.fuse("i", "i.1")
+
+
+def test_fuse_refuses_a_local_one_loop_updates_and_the_other_reads():
+    s = schedule(total, V, V.copy())
+    with refused(
+        'fuse("i", "k")',
+        "fusing 'i' and 'k' changes the result: both loops use the local 'acc', and one "
+        "of them updates it",
+        "i, k",
+        "fuse only loops",
+    ):
+        s.fuse("i", "k")
+
+
+def test_fuse_refuses_to_move_a_statement_with_effects():
+    s = schedule(between, V, V.copy(), V.copy())
+    with refused(
+        'fuse("i", "i.1")',
+        "a statement between the loops depends on loop 'i' or has effects",
+        "i, i.1",
+        "fuse loops that are adjacent",
+    ):
+        s.fuse("i", "i.1")
+
+
+# ----------------------------------------------------------------------- known bugs
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: a refused tile leaves its two splits applied and recorded (tile is not atomic)",
+)
+def test_a_refused_tile_leaves_the_schedule_as_it_was():
+    s = schedule(two_steps, V, V.copy(), V.copy())
+    before = s.kernel
+    with pytest.raises(kd.ScheduleError):
+        s.tile("i", "i.1", 4, 4)
+    assert s.kernel == before, format_kernel(s.kernel)
+    assert s.steps == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: a refused tile is reported as the reorder it expands to, with loop names "
+    "the user never wrote",
+)
+def test_a_refused_tile_names_the_tile_step():
+    s = schedule(two_steps, V, V.copy(), V.copy())
+    with refused('tile("i", "i.1", 4, 4)', "", "i, i.1", "reorder loops of one nest", call=""):
+        s.tile("i", "i.1", 4, 4)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="LIMITATION: fuse's dependence test only recognizes subscripts that are the "
+    "loop variable itself, so fusing two loops split by the same factor is refused with "
+    "'changes the result', which is not so",
+)
+def test_loops_split_alike_fuse():
+    s = schedule(two_steps, V, V.copy(), V.copy())
+    s.split("i", 4)
+    s.split("i.1", 4)
+    s.fuse("io", "i.1o")
+    s.fuse("ii", "i.1i")
+    assert_loops(
+        s.kernel,
+        "io in (x.shape[0] + 3) // 4: parallel",
+        "  ii in min(4, x.shape[0] - io * 4): parallel",
+    )
