@@ -16,6 +16,7 @@ from kdsl.ir.nodes import (
     DeclareLocal,
     Expr,
     If,
+    LocalVar,
     Loop,
     LoopExec,
     LoopKind,
@@ -41,7 +42,10 @@ def _bin(op: BinaryOp, a: Expr, b: Expr) -> Expr:
 
 def _positive_int(ctx: StepContext, value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ctx.refuse(f"the {what} must be a positive int, not {value!r}", f"pass a {what} ≥ 1")
+        raise ctx.refuse(
+            f"the {what} must be a positive int, not {value!r}",
+            f"pass an integer ≥ 1 as the {what}",
+        )
     return value
 
 
@@ -75,6 +79,15 @@ def split(ctx: StepContext, name: object, factor: object) -> tuple[str, str]:
     inner_loop = Loop(inner, tile, loop.kind, body, loc=loop.loc)
     _set(ctx, path, Loop(outer, count, loop.kind, (inner_loop,), loc=loop.loc))
     return outer, inner
+
+
+def tile(ctx: StepContext, l1: object, l2: object, f1: object, f2: object) -> tuple[str, ...]:
+    """Split two nested loops and order the pieces (outer1, outer2, inner1, inner2): one
+    step, so a refusal leaves nothing half done."""
+    o1, i1 = split(ctx, l1, f1)
+    o2, i2 = split(ctx, l2, f2)
+    reorder(ctx, (o1, o2, i1, i2))
+    return o1, o2, i1, i2
 
 
 # ------------------------------------------------------------------------ reorder
@@ -149,6 +162,7 @@ def _check_permutation(
     ctx: StepContext, old: list[str], new: list[str], loops: dict[str, Loop]
 ) -> None:
     position = {v: n for n, v in enumerate(new)}
+    updates = _outer_updates(loops[old[0]])
     for a_pos, a in enumerate(old):
         for b in old[a_pos + 1 :]:
             if position[a] < position[b]:
@@ -161,20 +175,42 @@ def _check_permutation(
                     f"keep '{a}' outside '{b}' (split loops evenly or reorder the outer loops)",
                 )
             kinds = {la.kind, lb.kind}
-            if LoopKind.PARALLEL in kinds:
-                continue
-            if kinds == {LoopKind.REDUCTION}:
-                if ctx.strict_fp:
-                    raise ctx.refuse(
-                        f"reordering reduction loops '{a}' and '{b}' changes the order of "
-                        "floating-point sums, and the kernel is strict_fp",
-                        "drop strict_fp=True to allow reassociation, or keep their order",
-                    )
-                continue
+            if LoopKind.SERIAL in kinds and kinds != {LoopKind.PARALLEL, LoopKind.SERIAL}:
+                raise ctx.refuse(
+                    f"loops '{a}' ({la.kind.value}) and '{b}' ({lb.kind.value}) can't be "
+                    "interchanged: an ordered loop's iterations depend on earlier ones",
+                    "keep the serial loop (kd.range) where it is",
+                )
+            _check_updates(ctx, a, b, updates)
+
+
+def _outer_updates(top: Loop) -> list[Assign]:
+    """Assignments in the nest to locals declared outside it: the order of the iterations
+    that make them is what an interchange changes."""
+    declared = {s.name for s in walk_stmts(top.body) if isinstance(s, DeclareLocal)}
+    return [s for s in walk_stmts(top.body) if isinstance(s, Assign) and s.local not in declared]
+
+
+_ASSOCIATIVE = (BinaryOp.ADD, BinaryOp.MUL, BinaryOp.MAX, BinaryOp.MIN)
+
+
+def _check_updates(ctx: StepContext, a: str, b: str, updates: list[Assign]) -> None:
+    for s in updates:
+        v = s.value
+        acc = LocalVar(s.local, v.dtype)
+        accumulates = isinstance(v, Binary) and v.op in _ASSOCIATIVE and acc in (v.lhs, v.rhs)
+        if not accumulates:
             raise ctx.refuse(
-                f"loops '{a}' ({la.kind.value}) and '{b}' ({lb.kind.value}) can't be "
-                "interchanged: an ordered loop's iterations depend on earlier ones",
-                "keep the serial loop (kd.range) where it is",
+                f"the nest updates the local '{s.local}' in order, and interchanging "
+                f"'{a}' and '{b}' changes that order",
+                "keep the loops' order, or compute the values into a buffer first",
+            )
+        assert isinstance(v, Binary)
+        if ctx.strict_fp and v.dtype.is_float and v.op in (BinaryOp.ADD, BinaryOp.MUL):
+            raise ctx.refuse(
+                f"interchanging '{a}' and '{b}' changes the order of the floating-point "
+                f"accumulation into '{s.local}', and the kernel is strict_fp",
+                "drop strict_fp=True to allow reassociation, or keep the loops' order",
             )
 
 
@@ -231,7 +267,15 @@ def _constant_bound(extent: Expr) -> int | None:
 
 
 def vectorize(ctx: StepContext, name: object, width: object) -> None:
-    _, loop = ctx.loop(name)
+    path, loop = ctx.loop(name)
+    around = [s for s in tree.enclosing(ctx.kernel.body, path) if isinstance(s, Loop)]
+    inside = [s for s in walk_stmts(loop.body) if isinstance(s, Loop)]
+    for other in around + inside:
+        if other.exec is LoopExec.VECTORIZED:
+            raise ctx.refuse(
+                f"loop '{other.var}' around or inside it is already vectorized",
+                "vectorize one loop of a nest",
+            )
     w = _positive_int(ctx, width, "vector width")
     if w & (w - 1) or not 2 <= w <= 64:
         raise ctx.refuse(
@@ -249,12 +293,20 @@ def vectorize(ctx: StepContext, name: object, width: object) -> None:
             "kernel is strict_fp",
             "drop strict_fp=True, or vectorize a parallel loop instead",
         )
-    for annotated in _annotate(ctx, name, LoopExec.VECTORIZED, w):
-        reason = ctx.vector_check and ctx.vector_check(annotated, ctx.kernel)
+    _annotate(ctx, name, LoopExec.VECTORIZED, w)
+
+
+def recheck_vectors(ctx: StepContext) -> None:
+    """After any step: every vectorized loop must still be one the target can emit (a
+    later reorder or cache can put what it can't handle inside it)."""
+    if ctx.vector_check is None:
+        return
+    for loop in tree.loops(ctx.kernel):
+        reason = loop.exec is LoopExec.VECTORIZED and ctx.vector_check(loop, ctx.kernel)
         if reason:
             raise ctx.refuse(
-                f"loop '{annotated.var}' can't be vectorized: {reason}",
-                "vectorize an inner loop with a simpler body, or leave it to the default",
+                f"loop '{loop.var}' can't be vectorized: {reason}",
+                "vectorize an inner loop with a simpler body, or vectorize after this step",
             )
 
 

@@ -95,10 +95,7 @@ class Schedule:
 
     def tile(self, l1: str, l2: str, f1: int, f2: int) -> tuple[str, str, str, str]:
         """Split two nested loops and order the pieces (outer1, outer2, inner1, inner2)."""
-        o1, i1 = self.split(l1, f1)
-        o2, i2 = self.split(l2, f2)
-        self.reorder(o1, o2, i1, i2)
-        return o1, o2, i1, i2
+        return self._apply(Step("tile", (l1, l2, f1, f2)))  # type: ignore[return-value]
 
     def reorder(self, *loops_: str) -> None:
         """Put the named loops of one nest in this order, outermost first."""
@@ -146,7 +143,7 @@ class Schedule:
             strict_fp=self.strict_fp,
             target=self.target,
             loc=loc or _caller(),
-            clones=self._clones,
+            clones={k: list(v) for k, v in self._clones.items()},  # kept only on success
             vector_check=self.vector_check,
         )
         primitive = PRIMITIVES.get(step.primitive)
@@ -156,7 +153,9 @@ class Schedule:
                 f"use one of {', '.join(sorted(PRIMITIVES))}",
             )
         result = primitive(ctx, *step.args, **dict(step.kwargs))
+        loops.recheck_vectors(ctx)
         self.kernel = ctx.kernel
+        self._clones = ctx.clones
         self.steps.append((step, result))
         return result
 
@@ -221,6 +220,7 @@ class Schedule:
 
 PRIMITIVES: dict[str, Callable[..., object]] = {
     "split": loops.split,
+    "tile": loops.tile,
     "reorder": lambda ctx, *names: loops.reorder(ctx, names),
     "unroll": loops.unroll,
     "vectorize": loops.vectorize,

@@ -42,9 +42,10 @@ class StepContext:
 
     def __post_init__(self) -> None:
         self.fresh = fresh_namer(self.kernel)
+        self.before = self.kernel  # refusals list the loops the user saw
 
     def refuse(self, what: str, fix: str) -> ScheduleError:
-        names = ", ".join(tree.loop_names(self.kernel)) or "none"
+        names = ", ".join(tree.loop_names(self.before)) or "none"
         return ScheduleError(
             f"schedule step {self.step} is not possible: {what} (the loops are: {names})",
             kernel=self.kernel.name,

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from hypothesis import given, reject, seed, settings
+from hypothesis import given, seed, settings
 from hypothesis import strategies as st
 
 import kdsl as kd
 from kdsl.errors import CompileError
-from kdsl.ir.nodes import Kernel, Loop, LoopExec
+from kdsl.ir.nodes import Kernel, Loop
 from kdsl.ir.passes import lower
 from kdsl.ir.passes.expand import constant_bound, expand_schedule
 from kdsl.ir.printer import format_kernel
@@ -447,21 +447,6 @@ def _compiled_result(
     return k(*args), k
 
 
-# A vectorize step is checked against the target when it is applied, but a later step
-# (vectorizing a loop inside it, a reorder that distributes a loop inside it) can make
-# the loop one the target refuses, and compiling then fails (test_primitives has the
-# xfail tests). Until the schedule re-checks, such examples are skipped and counted.
-SKIP_UNCOMPILABLE_VECTOR_LOOPS = True
-
-
-def _vector_problems(kernel: Kernel) -> list[str]:
-    return [
-        f"{lp.var}: {problem}"
-        for lp in tree.loops(kernel)
-        if lp.exec is LoopExec.VECTORIZED and (problem := vector_obstacle(lp, kernel))
-    ]
-
-
 # Compiling costs 0.05-0.1 s an example: a third of the profile's examples.
 COMPILED_EXAMPLES = max(6, (settings.default.max_examples if settings.default else 40) // 3)
 
@@ -478,9 +463,6 @@ def test_compiled_schedules_match_the_interpreter(family: Family) -> None:
         s = Schedule(traced, vector_check=vector_obstacle)
         steps = random_schedule(data, s, list(cpu_primitives()), stats, family.prelude)
         why = _describe(steps, expand_schedule(s.kernel))
-        if SKIP_UNCOMPILABLE_VECTOR_LOOPS and _vector_problems(s.kernel):
-            stats["uncompilable"] += 1
-            reject()
         compiled_args = _copies(args)
         returned, k = _compiled_result(family, steps, compiled_args)
         assert k.schedule_of(*args).kernel == s.kernel, why
@@ -512,12 +494,6 @@ def recurrence(x, y):
     y[0] = acc
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: reorder trusts the parallel kind of kd.grid loops whose body carries a "
-    "recurrence through a local declared outside them (parallelize and distribution refuse "
-    "such loops, reorder does not): the result changes",
-)
 def test_reorder_keeps_a_recurrence_through_an_outer_local() -> None:
     x = np.arange(1, 7, dtype=np.int64).reshape(2, 3)
     kernel = lower(recurrence.ir(x, np.zeros(1, np.int64)).kernel)
@@ -531,11 +507,6 @@ def test_reorder_keeps_a_recurrence_through_an_outer_local() -> None:
     np.testing.assert_array_equal(got[1], want[1], err_msg=format_kernel(s.kernel))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: under strict_fp, reorder of kd.grid loops that accumulate a float into an "
-    "outer local reassociates the sum",
-)
 def test_strict_fp_keeps_a_float_accumulation_over_grid_loops_in_order() -> None:
     @kd.kernel(strict_fp=True)
     def grid_total(x, y):
@@ -601,23 +572,11 @@ MATMUL_ARGS: list[object] = [
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: vectorize accepts a loop inside a vectorized loop; the CPU target then "
-    "fails to compile (CompileError: loop 'i' can't be vectorized: loop 'j' inside it is "
-    "vectorized too)",
-)
 def test_a_vectorized_loop_inside_a_vectorized_loop_is_refused_or_compiles() -> None:
     k = KernelFunction(matmul.fn, name="matmul")
     _compiles_or_is_refused(k, [("vectorize", ("i", 4)), ("vectorize", ("j", 4))], MATMUL_ARGS)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a reorder after vectorize distributes a loop inside the vectorized loop, "
-    "placing an allocation in it, without asking the target again; compiling then fails "
-    "(CompileError: it allocates the temporary 'sum_k.1' inside the loop)",
-)
 def test_a_reorder_inside_a_vectorized_loop_is_refused_or_compiles() -> None:
     k = KernelFunction(matmul.fn, name="matmul")
     _compiles_or_is_refused(k, [("vectorize", ("i", 4)), ("reorder", ("k", "j"))], MATMUL_ARGS)
@@ -633,12 +592,6 @@ def row_sums_doubled(x):
     return y
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (CPU target): a temporary allocated inside a loop (here by reorder's "
-    "distribution) plus a parallel loop elsewhere: LLVM rejects the module, 'Instruction "
-    "does not dominate all uses' (a malloc'd buffer stored into the parallel closure)",
-)
 def test_a_parallel_loop_after_a_loop_local_temporary_compiles() -> None:
     k = KernelFunction(row_sums_doubled.fn, name="row_sums_doubled")
     steps: list[Step] = [

@@ -14,9 +14,21 @@ from typing import TYPE_CHECKING
 
 from llvmlite import ir
 
-from kdsl.ir.nodes import Const, Expr, If, LocalVar, Loop, LoopVar, Stmt
+from kdsl.ir.nodes import (
+    Assign,
+    Const,
+    DimOf,
+    Expr,
+    If,
+    Load,
+    LocalVar,
+    Loop,
+    LoopVar,
+    Stmt,
+    Store,
+)
 from kdsl.ir.passes.expand import constant_bound
-from kdsl.ir.visit import map_expr, walk_expr
+from kdsl.ir.visit import map_expr, walk_all_exprs, walk_expr, walk_stmts
 from kdsl.targets.cpu.ops import I64, PTR
 from kdsl.targets.cpu.state import ArrayInfo
 
@@ -31,7 +43,7 @@ UNKNOWN_EXTENT = 16  # for loops whose extent is only known inside the body
 def emit_parallel_loop(gen: _Codegen, loop: Loop) -> None:
     b = gen.b
     stop = gen.expr(loop.extent)
-    names, values = _capture(gen)
+    names, values = _capture(gen, loop)
     closure = gen._entry_alloca(ir.ArrayType(I64, max(1, len(values))), f"{loop.var}.closure")
     for n, v in enumerate(values):
         b.store(v, _slot(b, closure, n))
@@ -58,22 +70,39 @@ def _runtime(module: ir.Module) -> ir.Function:
 Captured = list[tuple[str, str, int]]  # (kind, name, position within its kind's values)
 
 
-def _capture(gen: _Codegen) -> tuple[Captured, list[ir.Value]]:
-    """Every value of the generator's state, flattened, with where each comes from."""
+def _capture(gen: _Codegen, loop: Loop) -> tuple[Captured, list[ir.Value]]:
+    """The values the loop's body uses (arrays, scalars, loop variables, locals),
+    flattened, with where each comes from. Only those: a temporary of a block that has
+    ended may still be in the state, and its pointer is not valid here."""
+    used = _used_names(loop.body)
     names: Captured = []
     values: list[ir.Value] = []
     for name, info in gen.state.arrays.items():
-        for pos, v in enumerate([info.data, *info.dims, *info.strides]):
-            names.append(("array", name, pos))
-            values.append(v)
+        if name in used:
+            for pos, v in enumerate([info.data, *info.dims, *info.strides]):
+                names.append(("array", name, pos))
+                values.append(v)
     for name, v in gen.state.scalars.items():
         names.append(("scalar", name, 0))
         values.append(v)
     for kind, slots in (("loop", gen.state.loops), ("local", gen.state.locals)):
         for name, slot in slots.items():
-            names.append((kind, name, 0))
-            values.append(gen.b.load(slot, typ=slot.allocated_type))
+            if name in used:
+                names.append((kind, name, 0))
+                values.append(gen.b.load(slot, typ=slot.allocated_type))
     return names, values
+
+
+def _used_names(body: tuple[Stmt, ...]) -> set[str]:
+    used: set[str] = set()
+    for e in walk_all_exprs(body):
+        if isinstance(e, Load | DimOf):
+            used.add(e.buffer)
+        elif isinstance(e, LoopVar | LocalVar):
+            used.add(e.name)
+    used |= {s.buffer for s in walk_stmts(body) if isinstance(s, Store)}
+    used |= {s.local for s in walk_stmts(body) if isinstance(s, Assign)}
+    return used
 
 
 def _outline(gen: _Codegen, loop: Loop, types: list[ir.Type], names: Captured) -> ir.Function:
