@@ -168,12 +168,21 @@ def softmax_cases(m: int, n: int) -> list[harness.Case]:
     common = dict(work=8 * m * n, unit="GB/s", rtol=1e-5, atol=1e-7)
     return [
         harness.Case(
-            "softmax, fused schedule", f"{m}×{n}", make, _returning(softmax), numpy_softmax,
+            "softmax, fused schedule",
+            f"{m}×{n}",
+            make,
+            _returning(softmax),
+            numpy_softmax,
             **common,
         ),
         harness.Case(
-            "softmax, fused vs unfused", f"{m}×{n}", make, _returning(softmax),
-            _returning(softmax_unfused), peer="kdsl unfused (default)", **common,
+            "softmax, fused vs unfused",
+            f"{m}×{n}",
+            make,
+            _returning(softmax),
+            _returning(softmax_unfused),
+            peer="kdsl unfused (default)",
+            **common,
         ),
     ]
 
@@ -193,12 +202,21 @@ def rmsnorm_cases(m: int, n: int) -> list[harness.Case]:
     common = dict(work=8 * m * n, unit="GB/s", rtol=1e-4, atol=1e-5)
     return [
         harness.Case(
-            "RMS norm, fused schedule", f"{m}×{n}", make, _returning(rmsnorm), numpy_rmsnorm,
+            "RMS norm, fused schedule",
+            f"{m}×{n}",
+            make,
+            _returning(rmsnorm),
+            numpy_rmsnorm,
             **common,
         ),
         harness.Case(
-            "RMS norm, fused vs unfused", f"{m}×{n}", make, _returning(rmsnorm),
-            _returning(rmsnorm_unfused), peer="kdsl unfused (default)", **common,
+            "RMS norm, fused vs unfused",
+            f"{m}×{n}",
+            make,
+            _returning(rmsnorm),
+            _returning(rmsnorm_unfused),
+            peer="kdsl unfused (default)",
+            **common,
         ),
     ]
 
@@ -244,6 +262,10 @@ def fork_join_case() -> harness.Case:
         return call
 
     return harness.Case(
-        "empty fork/join (2 chunks, via ctypes)", "2 threads", make, run(2), run(1),
+        "empty fork/join (2 chunks, via ctypes)",
+        "2 threads",
+        make,
+        run(2),
+        run(1),
         peer="1 thread, inline",
     )

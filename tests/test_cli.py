@@ -184,10 +184,12 @@ def test_quick_benchmark_writes_its_table(tmp_path):
     assert done.returncode == 0, done.stderr
     page = output.read_text(encoding="utf-8")
     assert page.startswith("# kdsl vs NumPy (quick run)") and "Machine: " in page
-    for name in ["saxpy", "row sum", "matmul, naive", "call overhead", "trace + compile"]:
+    names = ["saxpy", "row sum", "matmul, naive", "call overhead", "parallel", "fork/join"]
+    names += ["copy", "softmax, fused", "RMS norm, fused", "matmul, tile", "trace + compile"]
+    for name in names:
         assert name in page
     table = [line for line in page.splitlines() if line.startswith("| ")]
-    assert len(table) == 1 + 5  # header and one row per benchmark
+    assert len(table) == 1 + 13  # header and one row per benchmark
     assert page.strip() in done.stdout  # the same table is printed
     assert (results.read_bytes() if results.exists() else None) == before
 

@@ -45,6 +45,7 @@ class _Verifier:
     def __init__(self, kernel: Kernel, stage: str) -> None:
         self.kernel = kernel
         self.stage = stage
+        self.checked: set[int] = set()  # sub-expressions already checked, by identity
         self.buffers = {b.name: b for b in kernel.buffers}
         self.scalars = {p.name: p.dtype for p in kernel.params if not p.is_array}
         self.loop_names: set[str] = set()
@@ -76,6 +77,7 @@ class _Verifier:
             self.stmt(s, loops, locals_)
 
     def stmt(self, s: Stmt, loops: set[str], locals_: dict[str, DType]) -> None:
+        self.checked = set()  # per statement: scopes differ between statements
         match s:
             case Store(buffer=b, index=index, value=v):
                 self.access(b, index, loops, locals_)
@@ -127,6 +129,9 @@ class _Verifier:
             self.require_int(i, f"subscript of {b}")
 
     def expr(self, e: Expr, loops: set[str], locals_: dict[str, DType]) -> None:
+        if id(e) in self.checked:
+            return
+        self.checked.add(id(e))
         match e:
             case Const():
                 pass

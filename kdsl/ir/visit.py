@@ -48,31 +48,49 @@ def children(e: Expr) -> tuple[Expr, ...]:
 
 
 def walk_expr(e: Expr) -> Iterator[Expr]:
-    """`e` and all its sub-expressions, parents first."""
-    yield e
-    for c in children(e):
-        yield from walk_expr(c)
+    """`e` and all its sub-expressions, parents first; a sub-expression shared by
+    identity is visited once (the walk is linear in the DAG, not the tree)."""
+    seen: set[int] = set()
+    stack = [e]
+    while stack:
+        x = stack.pop()
+        if id(x) in seen:
+            continue
+        seen.add(id(x))
+        yield x
+        stack.extend(reversed(children(x)))
 
 
 def map_expr(e: Expr, fn: Callable[[Expr], Expr | None]) -> Expr:
-    """Rebuild `e` bottom-up; `fn` returns a replacement for a node or None to keep it."""
-    match e:
-        case Load(index=index):
-            new: Expr = replace(e, index=tuple(map_expr(i, fn) for i in index))
-        case Binary(lhs=a, rhs=b):
-            new = replace(e, lhs=map_expr(a, fn), rhs=map_expr(b, fn))
-        case Unary(operand=a) | Cast(operand=a):
-            new = replace(e, operand=map_expr(a, fn))
-        case Select(cond=c, if_true=a, if_false=b):
-            new = replace(
-                e, cond=map_expr(c, fn), if_true=map_expr(a, fn), if_false=map_expr(b, fn)
-            )
-        case Fma(a=a, b=b, c=c):
-            new = replace(e, a=map_expr(a, fn), b=map_expr(b, fn), c=map_expr(c, fn))
-        case _:
-            new = e
-    out = fn(new)
-    return new if out is None else out
+    """Rebuild `e` bottom-up; `fn` returns a replacement for a node or None to keep it.
+
+    A sub-expression shared by identity is rebuilt once and stays shared, so the work
+    is linear in the expression's DAG, not its (possibly exponential) tree."""
+    done: dict[int, tuple[Expr, Expr]] = {}
+
+    def go(x: Expr) -> Expr:
+        hit = done.get(id(x))
+        if hit is not None and hit[0] is x:
+            return hit[1]
+        match x:
+            case Load(index=index):
+                new: Expr = replace(x, index=tuple(go(i) for i in index))
+            case Binary(lhs=a, rhs=b):
+                new = replace(x, lhs=go(a), rhs=go(b))
+            case Unary(operand=a) | Cast(operand=a):
+                new = replace(x, operand=go(a))
+            case Select(cond=c, if_true=a, if_false=b):
+                new = replace(x, cond=go(c), if_true=go(a), if_false=go(b))
+            case Fma(a=a, b=b, c=c):
+                new = replace(x, a=go(a), b=go(b), c=go(c))
+            case _:
+                new = x
+        out = fn(new)
+        result = new if out is None else out
+        done[id(x)] = (x, result)
+        return result
+
+    return go(e)
 
 
 def stmt_exprs(s: Stmt) -> tuple[Expr, ...]:

@@ -40,7 +40,7 @@ from kdsl.ir.nodes import (
     Store,
 )
 from kdsl.ir.printer import format_expr
-from kdsl.ir.visit import children, map_expr, walk_expr
+from kdsl.ir.visit import children, map_expr, walk_all_exprs, walk_expr, walk_stmts
 from kdsl.trace.frames import location
 from kdsl.trace.values import Value, as_value, to_dtype
 from kdsl.types import DType
@@ -174,6 +174,8 @@ class TraceContext:
             body = tuple(self.blocks.pop())
             del self.bound[idx.placeholder]
             del self.loop_kinds[name]
+            if kind is LoopKind.PARALLEL:
+                _check_independent(body, name)
             self.emit(Loop(name, extent, kind, body, loc=loc))
 
     @contextmanager
@@ -205,7 +207,13 @@ class TraceContext:
             self._collect_free(e, found, in_loads)
         return sorted(found, key=lambda p: self.indices[p].uid)
 
-    def _collect_free(self, e: Expr, found: set[str], in_loads: bool) -> None:
+    def _collect_free(
+        self, e: Expr, found: set[str], in_loads: bool, seen: set[int] | None = None
+    ) -> None:
+        seen = set() if seen is None else seen  # shared sub-expressions, by identity
+        if id(e) in seen:
+            return
+        seen.add(id(e))
         if isinstance(e, Reduction):
             inner: set[str] = set()
             self._collect_free(e.body, inner, in_loads)
@@ -216,13 +224,17 @@ class TraceContext:
         if isinstance(e, LoopVar) and e.name.startswith("%") and e.name not in self.bound:
             found.add(e.name)
         for c in children(e):
-            self._collect_free(c, found, in_loads)
+            self._collect_free(c, found, in_loads, seen)
 
     def reductions_in(self, exprs: list[Expr]) -> list[Reduction]:
         """Outermost Reduction nodes in `exprs` (each once)."""
         out: list[Reduction] = []
+        seen: set[int] = set()
 
         def visit(e: Expr) -> None:
+            if id(e) in seen:
+                return
+            seen.add(id(e))
             if isinstance(e, Reduction):
                 if not any(r is e for r in out):
                     out.append(e)
@@ -448,6 +460,29 @@ class TraceContext:
                 )
                 checks.append(Check(Binary(op, ext, dim, T.bool_), CheckKind.SHAPE, what, loc=loc))
         return checks
+
+
+def _check_independent(body: tuple[Stmt, ...], var: str) -> None:
+    """The iterations of a parallel loop may not depend on each other: no statement of
+    its body reads an element another iteration writes (`b[j] = a[j + 1]; a[j] = …`)."""
+    stores = [s for s in walk_stmts(body) if isinstance(s, Store)]
+    loads = [e for e in walk_all_exprs(body) if isinstance(e, Load)]
+    for store in stores:
+        for load in loads:
+            if load.buffer != store.buffer or load.index == store.index:
+                continue
+            differ = [
+                (a, b) for a, b in zip(load.index, store.index, strict=True) if a != b
+            ]
+            if any(LoopVar(var) in (*walk_expr(a), *walk_expr(b)) for a, b in differ):
+                raise TraceError(
+                    f"'{store.buffer}' is written at "
+                    f"[{', '.join(format_expr(i) for i in store.index)}] and read at "
+                    f"[{', '.join(format_expr(i) for i in load.index)}] in parallel loop "
+                    f"'{var}': its iterations would depend on each other",
+                    loc=load.loc or store.loc,
+                    fix="use kd.range for an ordered loop, or write to another array",
+                )
 
 
 def _replace(e: Expr, old: Reduction, new: Expr) -> Expr:

@@ -529,12 +529,6 @@ def test_strict_fp_keeps_a_float_accumulation_over_grid_loops_in_order() -> None
     np.testing.assert_array_equal(got[1], want[1])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (tracer, not schedule): a kd.grid loop whose statements carry a dependence "
-    "between iterations (b[j] = a[j + 1]; a[j] = ...) is traced as parallel, so a legal "
-    "reorder changes the result",
-)
 def test_grid_loops_with_a_dependence_between_iterations_keep_their_result() -> None:
     @kd.kernel
     def cross(a, b):

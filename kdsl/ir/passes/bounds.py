@@ -74,6 +74,7 @@ class _Hoister:
     def __init__(self, kernel: Kernel) -> None:
         self.shapes = {b.name: b.shape for b in kernel.buffers}
         self.checks: list[Check] = []
+        self.visited: set[int] = set()  # shared sub-expressions, by identity (kept alive)
 
     def block(self, body: tuple[Stmt, ...], extents: dict[str, Expr], known: bool) -> None:
         for s in body:
@@ -90,6 +91,9 @@ class _Hoister:
                         self.access(s.buffer, s.index, extents, s)
 
     def expr(self, e: Expr, extents: dict[str, Expr]) -> None:
+        if id(e) in self.visited:
+            return
+        self.visited.add(id(e))
         if isinstance(e, Select):
             self.expr(e.cond, extents)  # the branches may be guarded on purpose
             return

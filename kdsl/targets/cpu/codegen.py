@@ -82,6 +82,7 @@ class _Codegen:
         self.checks = checks
         self.strict_fp = strict_fp
         self.reduction_depth = 0
+        self.memo: dict[int, tuple[Expr, ir.Value]] = {}  # per statement, see expr()
         self.buffers = {b.name: b for b in kernel.buffers}
         self.fn = fn
         self.entry = self.fn.append_basic_block("entry")
@@ -228,6 +229,7 @@ class _Codegen:
 
     def stmt(self, s: Stmt, heap: list[ir.Value]) -> None:
         b = self.b
+        self.memo = {}
         match s:
             case Store(buffer=name, index=index, value=v):
                 val = self.expr(v)
@@ -352,6 +354,17 @@ class _Codegen:
         return extent is not None and extent == self.buffers[name].shape[axis]
 
     def expr(self, e: Expr) -> ir.Value:
+        """The value of `e`. A sub-expression shared by object identity (a Python value
+        used twice while tracing) is emitted once per statement, so code stays linear in
+        the traced program even when its expression tree is exponential."""
+        hit = self.memo.get(id(e))
+        if hit is not None and hit[0] is e:
+            return hit[1]
+        value = self._emit(e)
+        self.memo[id(e)] = (e, value)
+        return value
+
+    def _emit(self, e: Expr) -> ir.Value:
         b, ops = self.b, self.ops
         match e:
             case Const(value=v, dtype=d):
@@ -385,11 +398,15 @@ class _Codegen:
         cond = self.expr(c)
         if not any(isinstance(n, Load) for side in (x, y) for n in walk_expr(side)):
             return b.select(cond, self.expr(x), self.expr(y))
+        outer = self.memo  # values made in a branch do not dominate what follows it
         with b.if_else(cond) as (then, otherwise):
             with then:
+                self.memo = dict(outer)
                 tv, tb = self.expr(x), b.block
             with otherwise:
+                self.memo = dict(outer)
                 fv, fb = self.expr(y), b.block
+        self.memo = outer
         phi = b.phi(tv.type)
         phi.add_incoming(tv, tb)
         phi.add_incoming(fv, fb)
