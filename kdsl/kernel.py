@@ -25,7 +25,7 @@ from kdsl.ir.visit import walk_expr
 from kdsl.schedule.default import default_schedule
 from kdsl.schedule.recipe import Schedule
 from kdsl.targets.cpu.backend import CpuKernel, compile_kernel
-from kdsl.targets.cpu.codegen import ErrorKind
+from kdsl.targets.cpu.state import ErrorKind
 from kdsl.targets.cpu.vector import vector_obstacle
 from kdsl.targets.interp.interpreter import interpret
 from kdsl.trace.tracer import ArgSpec, ArraySpec, ScalarSpec, trace

@@ -471,9 +471,7 @@ def _check_independent(body: tuple[Stmt, ...], var: str) -> None:
         for load in loads:
             if load.buffer != store.buffer or load.index == store.index:
                 continue
-            differ = [
-                (a, b) for a, b in zip(load.index, store.index, strict=True) if a != b
-            ]
+            differ = [(a, b) for a, b in zip(load.index, store.index, strict=True) if a != b]
             if any(LoopVar(var) in (*walk_expr(a), *walk_expr(b)) for a, b in differ):
                 raise TraceError(
                     f"'{store.buffer}' is written at "

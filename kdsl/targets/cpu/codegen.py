@@ -12,7 +12,6 @@ turns into an exception.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 
 from llvmlite import ir
@@ -51,16 +50,8 @@ from kdsl.ir.visit import walk_expr, walk_stmts
 from kdsl.targets.cpu.abi import ARRAY_LAYOUT, WRITEABLE_FLAG
 from kdsl.targets.cpu.ops import I1, I8, I32, I64, PTR, Ops, constant, llvm_type, memory_type
 from kdsl.targets.cpu.parallel import emit_parallel_loop
-from kdsl.targets.cpu.state import ArrayInfo, CodegenState
+from kdsl.targets.cpu.state import ArrayInfo, CodegenState, ErrorKind
 from kdsl.targets.cpu.vector import emit_vector_loop
-
-
-class ErrorKind(enum.IntEnum):
-    CHECK = 1  # index: ordinal of the Check statement (program order)
-    READONLY = 2  # index: position of the array argument
-    ALIAS = 3  # index: written array position << 16 | other array position
-    BOUNDS = 4  # index: ordinal of the checked access (program order)
-    NO_MEMORY = 5  # index: 0
 
 
 @dataclass

@@ -1,9 +1,13 @@
-"""LLVM instructions for kdsl's scalar operators, with the IR's exact semantics.
+"""LLVM instructions for kdsl's operators, with the IR's exact semantics.
 
 The semantics are those of the reference interpreter (kdsl/targets/interp): integer
 ops wrap; integer division and modulo by zero give 0 (never a trap); shifts by an
 amount outside [0, bits) saturate; float // and % follow NumPy's divmod; float to int
 casts saturate; f16 uses LLVM `half`, bf16 is carried as its 16 bits.
+
+Every operator takes scalars or vectors (`<w x T>`, one lane per iteration of a
+vectorized loop) alike, lane by lane with the same semantics; only exp, log, tanh,
+sigmoid and erf of vectors take another road (vmath.py's polynomials).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from llvmlite import ir
 
 from kdsl import types as T
 from kdsl.ir.nodes import BinaryOp, UnaryOp
+from kdsl.targets.cpu import vmath
 from kdsl.types import DType
 
 I1 = ir.IntType(1)
@@ -45,6 +50,13 @@ def memory_type(d: DType) -> ir.Type:
     return ir.IntType(8) if d.is_bool else llvm_type(d)
 
 
+def shaped(t: ir.Type, like: ir.Value) -> ir.Type:
+    """Scalar type `t`, or a vector of it as long as `like` when `like` is a vector."""
+    if isinstance(like.type, ir.VectorType):
+        return ir.VectorType(t, like.type.count)
+    return t
+
+
 def constant(value: bool | int | float, d: DType) -> ir.Constant:
     if d == T.bf16:
         return ir.Constant(I16, bf16_bits(float(value)))
@@ -72,14 +84,21 @@ class Ops:
 
     # ---------------------------------------------------------------- helpers
 
-    def intrinsic(self, name: str, ret: ir.Type, args: list[ir.Value]) -> ir.Value:
+    def intrinsic(
+        self, name: str, ret: ir.Type, args: list[ir.Value], flags: tuple[str, ...] = ()
+    ) -> ir.Value:
         fn = self.module.globals.get(name)
         if fn is None:
             fn = ir.Function(self.module, ir.FunctionType(ret, [a.type for a in args]), name=name)
-        return self.b.call(fn, args)
+        return self.b.call(fn, args, fastmath=flags)
 
-    def _suffix(self, t: ir.Type) -> str:
-        return "f32" if t == F32 else "f64" if t == F64 else f"i{t.width}"
+    def suffix(self, t: ir.Type) -> str:
+        """An intrinsic's type suffix: f32, i8, v16f32, v16p0, ..."""
+        if isinstance(t, ir.VectorType):
+            return f"v{t.count}{self.suffix(t.element)}"
+        if isinstance(t, ir.PointerType):
+            return "p0"
+        return {F32: "f32", F64: "f64", HALF: "f16"}.get(t) or f"i{t.width}"
 
     def libm(self, name32: str, x: ir.Value) -> ir.Value:
         name = name32 if x.type == F32 else name32[:-1]
@@ -91,12 +110,13 @@ class Ops:
         b = self.b
         if src == dst:
             return v
+        i32, f32 = shaped(I32, v), shaped(F32, v)
         if src == T.bf16:
-            wide = b.bitcast(b.shl(b.zext(v, I32), ir.Constant(I32, 16)), F32)
+            wide = b.bitcast(b.shl(b.zext(v, i32), ir.Constant(i32, 16)), f32)
             return self.cast(wide, T.f32, dst)
         if dst == T.bf16:
             return self._to_bf16(self.cast(v, src, T.f32))
-        st, dt = llvm_type(src), llvm_type(dst)
+        st, dt = shaped(llvm_type(src), v), shaped(llvm_type(dst), v)
         if dst.is_bool:
             if src.is_float:
                 return b.fcmp_unordered("!=", v, ir.Constant(st, 0.0))
@@ -105,13 +125,15 @@ class Ops:
             return b.uitofp(v, dt) if dst.is_float else b.zext(v, dt)
         if src.is_float and dst.is_float:
             if src == T.f16 and dst == T.f64:
-                return b.fpext(b.fpext(v, F32), F64)
+                return b.fpext(b.fpext(v, f32), dt)
+            if src == T.f64 and dst == T.f16:  # x86 has no such instruction, the JIT no helper
+                return b.fptrunc(self._to_f32_odd(v), dt)
             return b.fpext(v, dt) if src.bits < dst.bits else b.fptrunc(v, dt)
         if src.is_float:
             name = "llvm.fptosi.sat" if dst.is_signed else "llvm.fptoui.sat"
             if src == T.f16:
-                v, st = b.fpext(v, F32), F32
-            return self.intrinsic(f"{name}.{self._suffix(dt)}.{self._suffix(st)}", dt, [v])
+                v, st = b.fpext(v, f32), f32
+            return self.intrinsic(f"{name}.{self.suffix(dt)}.{self.suffix(st)}", dt, [v])
         if dst.is_float:
             return b.sitofp(v, dt) if src.is_signed else b.uitofp(v, dt)
         if src.bits > dst.bits:
@@ -120,17 +142,35 @@ class Ops:
             return b.sext(v, dt) if src.is_signed else b.zext(v, dt)
         return v
 
+    def _to_f32_odd(self, x: ir.Value) -> ir.Value:
+        """f64 `x` rounded to f32 by round-to-odd (an inexact result gets an odd last
+        bit), after which rounding to f16 gives what rounding `x` directly would."""
+        b, i32 = self.b, shaped(I32, x)
+        t = b.fptrunc(x, shaped(F32, x))
+        bits = b.bitcast(t, i32)
+        inexact = b.fcmp_ordered("!=", b.fpext(t, x.type), x)
+        even = b.icmp_unsigned("==", b.and_(bits, ir.Constant(i32, 1)), ir.Constant(i32, 0))
+        magnitude = f"llvm.fabs.{self.suffix(x.type)}"
+        away = b.fcmp_ordered(
+            ">",
+            self.intrinsic(magnitude, x.type, [x]),
+            self.intrinsic(magnitude, x.type, [b.fpext(t, x.type)]),
+        )
+        step = b.select(away, ir.Constant(i32, 1), ir.Constant(i32, -1))
+        bits = b.select(b.and_(inexact, even), b.add(bits, step), bits)
+        return b.bitcast(bits, t.type)
+
     def _to_bf16(self, x: ir.Value) -> ir.Value:
-        b = self.b
-        bits = b.bitcast(x, I32)
-        lsb = b.and_(b.lshr(bits, ir.Constant(I32, 16)), ir.Constant(I32, 1))
-        rounded = b.lshr(b.add(b.add(bits, ir.Constant(I32, 0x7FFF)), lsb), ir.Constant(I32, 16))
+        b, i32 = self.b, shaped(I32, x)
+        bits = b.bitcast(x, i32)
+        lsb = b.and_(b.lshr(bits, ir.Constant(i32, 16)), ir.Constant(i32, 1))
+        rounded = b.lshr(b.add(b.add(bits, ir.Constant(i32, 0x7FFF)), lsb), ir.Constant(i32, 16))
         sign_nan = b.or_(
-            b.and_(b.lshr(bits, ir.Constant(I32, 16)), ir.Constant(I32, 0x8000)),
-            ir.Constant(I32, 0x7FC0),
+            b.and_(b.lshr(bits, ir.Constant(i32, 16)), ir.Constant(i32, 0x8000)),
+            ir.Constant(i32, 0x7FC0),
         )
         is_nan = b.fcmp_unordered("uno", x, x)
-        return b.trunc(b.select(is_nan, sign_nan, rounded), I16)
+        return b.trunc(b.select(is_nan, sign_nan, rounded), shaped(I16, x))
 
     # ----------------------------------------------------------------- binary
 
@@ -171,11 +211,11 @@ class Ops:
         if op in simple:
             return simple[op](a, c)
         if op is BinaryOp.POW:
-            return self.intrinsic(f"llvm.pow.{self._suffix(t)}", t, [a, c])
+            return self.intrinsic(f"llvm.pow.{self.suffix(t)}", t, [a, c])
         if op is BinaryOp.MAX:
-            return self.intrinsic(f"llvm.maximum.{self._suffix(t)}", t, [a, c])
+            return self.intrinsic(f"llvm.maximum.{self.suffix(t)}", t, [a, c])
         if op is BinaryOp.MIN:
-            return self.intrinsic(f"llvm.minimum.{self._suffix(t)}", t, [a, c])
+            return self.intrinsic(f"llvm.minimum.{self.suffix(t)}", t, [a, c])
         if op in (BinaryOp.FLOORDIV, BinaryOp.MOD):
             return self._float_divmod(a, c)[0 if op is BinaryOp.FLOORDIV else 1]
         raise NotImplementedError(op)
@@ -192,9 +232,9 @@ class Ops:
         )
         mod = b.select(adjust, b.fadd(mod, c), mod)
         div = b.select(adjust, b.fsub(div, one), div)
-        copysign = f"llvm.copysign.{self._suffix(t)}"
+        copysign = f"llvm.copysign.{self.suffix(t)}"
         mod = b.select(b.fcmp_ordered("==", mod, zero), self.intrinsic(copysign, t, [zero, c]), mod)
-        floor = self.intrinsic(f"llvm.floor.{self._suffix(t)}", t, [div])
+        floor = self.intrinsic(f"llvm.floor.{self.suffix(t)}", t, [div])
         floor = b.select(
             b.fcmp_ordered(">", b.fsub(div, floor), ir.Constant(t, 0.5)), b.fadd(floor, one), floor
         )
@@ -221,7 +261,7 @@ class Ops:
         if op in (BinaryOp.MAX, BinaryOp.MIN):
             signed = d.is_signed
             name = ("s" if signed else "u") + ("max" if op is BinaryOp.MAX else "min")
-            return self.intrinsic(f"llvm.{name}.{self._suffix(t)}", t, [a, c])
+            return self.intrinsic(f"llvm.{name}.{self.suffix(t)}", t, [a, c])
         if op in (BinaryOp.SHL, BinaryOp.SHR):
             return self._shift(op, a, c, d)
         if op in (BinaryOp.FLOORDIV, BinaryOp.MOD):
@@ -271,11 +311,13 @@ class Ops:
             return b.xor(a, ir.Constant(t, -1 if not d.is_bool else 1))
         if op is UnaryOp.ABS:
             if d.is_float:
-                return self.intrinsic(f"llvm.fabs.{self._suffix(t)}", t, [a])
+                return self.intrinsic(f"llvm.fabs.{self.suffix(t)}", t, [a])
             if not d.is_signed:
                 return a
-            return self.intrinsic(f"llvm.abs.{self._suffix(t)}", t, [a, ir.Constant(I1, 0)])
-        s = self._suffix(t)
+            return self.intrinsic(f"llvm.abs.{self.suffix(t)}", t, [a, ir.Constant(I1, 0)])
+        if isinstance(t, ir.VectorType) and op in vmath.FUNCTIONS:
+            return vmath.FUNCTIONS[op](self, a)
+        s = self.suffix(t)
         one = ir.Constant(t, 1.0)
         match op:
             case UnaryOp.EXP | UnaryOp.LOG | UnaryOp.SQRT | UnaryOp.FLOOR | UnaryOp.CEIL:
@@ -292,4 +334,4 @@ class Ops:
         raise NotImplementedError(op)
 
     def fma(self, a: ir.Value, c: ir.Value, e: ir.Value) -> ir.Value:
-        return self.intrinsic(f"llvm.fma.{self._suffix(a.type)}", a.type, [a, c, e])
+        return self.intrinsic(f"llvm.fma.{self.suffix(a.type)}", a.type, [a, c, e])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
 from llvmlite import ir
@@ -21,3 +22,11 @@ class CodegenState:
     loops: dict[str, ir.Value] = field(default_factory=dict)  # loop name -> i64 slot
     locals: dict[str, ir.Value] = field(default_factory=dict)  # local name -> slot
     heap_slots: list[ir.Value] = field(default_factory=list)
+
+
+class ErrorKind(enum.IntEnum):
+    CHECK = 1  # index: ordinal of the Check statement (program order)
+    READONLY = 2  # index: position of the array argument
+    ALIAS = 3  # index: written array position << 16 | other array position
+    BOUNDS = 4  # index: ordinal of the checked access (program order)
+    NO_MEMORY = 5  # index: 0

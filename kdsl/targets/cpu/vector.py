@@ -1,0 +1,720 @@
+"""Explicit vector code for loops scheduled with `vectorize` (LoopExec.VECTORIZED).
+
+A vector loop of width w runs its body once per w consecutive iterations: iteration t
+handles the lanes v = t·w + 0 … t·w + w-1 (the expand pass guarantees the extent is a
+multiple of w; a scalar tail loop does the rest). Every expression of the body is
+
+* uniform — the same in every lane (it does not mention v or a vector local): scalar
+  code, emitted by the scalar generator, broadcast where it meets a varying value; or
+* varying — a `<w x T>` vector, lane by lane with the scalar operators' semantics.
+
+Memory: a subscript `v + uniform` in the innermost axis of a contiguous buffer is one
+vector load or store (a strided parameter checks its stride at run time); any other
+varying address is a gather or scatter; a uniform address is a scalar access.
+Control: a uniform `If` branches; a varying one narrows the *mask* of active lanes, under
+which stores are masked, assignments select, and loads are masked (a lane that is off
+may be out of bounds, just as a `where` side that the scalar code would not evaluate).
+Loops inside the body run with scalar control, so outer-loop vectorization (a vector
+accumulator over an inner reduction loop, as in a naive matmul) is plain code.
+
+Locals declared in the body are vectors when any assignment to them is varying or
+masked; a local declared outside may only be an accumulator (`acc = acc op x`, op in
++ * max min): it gets a vector of partial results, combined across lanes after the
+loop, which reorders a float sum or product (refused under strict_fp).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING
+
+from llvmlite import ir
+
+from kdsl import types as T
+from kdsl.errors import CompileError, SourceLoc
+from kdsl.ir.nodes import (
+    Allocate,
+    Assign,
+    Binary,
+    BinaryOp,
+    BufferRole,
+    Cast,
+    Check,
+    Const,
+    DeclareLocal,
+    Expr,
+    Fma,
+    If,
+    Kernel,
+    Load,
+    LocalVar,
+    Loop,
+    LoopExec,
+    LoopKind,
+    LoopVar,
+    Select,
+    Stmt,
+    Store,
+    Unary,
+)
+from kdsl.ir.visit import children, stmt_exprs, walk_expr, walk_stmts
+from kdsl.targets.cpu.ops import I1, I8, I32, I64, PTR, constant, llvm_type, memory_type
+from kdsl.targets.cpu.state import ErrorKind
+
+if TYPE_CHECKING:
+    from kdsl.targets.cpu.codegen import _Codegen
+
+ACCUMULATE = (BinaryOp.ADD, BinaryOp.MUL, BinaryOp.MAX, BinaryOp.MIN)
+COPIES = 4  # vector iterations per trip of a loop with accumulators
+
+
+def emit_vector_loop(gen: _Codegen, loop: Loop) -> None:
+    plan = plan_vector_loop(loop)
+    if plan.problem:
+        raise CompileError(
+            f"loop '{loop.var}' can't be vectorized: {plan.problem}",
+            kernel=gen.kernel.name,
+            loc=loop.loc,
+            fix="vectorize an inner loop with a simpler body, or leave it scalar",
+        )
+    _VectorLoop(gen, loop, plan).emit()
+
+
+def vector_obstacle(loop: Loop, kernel: Kernel) -> str | None:
+    """Why `loop` can't be vectorized (None when it can): schedules check early."""
+    return plan_vector_loop(loop).problem
+
+
+# ------------------------------------------------------------------------------ analysis
+
+
+@dataclass
+class VectorPlan:
+    """What a vector loop's body needs: which of its locals are vectors, which outer
+    locals it accumulates into (name -> (op, dtype)), or why it can't be vectorized."""
+
+    var: str
+    varying_locals: set[str] = field(default_factory=set)
+    accumulators: dict[str, tuple[BinaryOp, T.DType]] = field(default_factory=dict)
+    problem: str | None = None
+    known: dict[int, tuple[Expr, bool]] = field(default_factory=dict, repr=False)
+
+    def varying(self, e: Expr) -> bool:
+        """Whether `e` differs between lanes; remembered per node, as traced expressions
+        share sub-expressions (a tree can be exponentially larger than its DAG)."""
+        hit = self.known.get(id(e))
+        if hit is None or hit[0] is not e:
+            result = any(map(self.varying, children(e))) or (
+                isinstance(e, LoopVar)
+                and e.name == self.var
+                or isinstance(e, LocalVar)
+                and e.name in self.varying_locals
+            )
+            hit = self.known[id(e)] = (e, result)
+        return hit[1]
+
+
+def accumulation(s: Assign) -> tuple[BinaryOp, Expr] | None:
+    """(op, x) when `s` is `acc = acc op x` or `acc = x op acc` with an accumulating op."""
+    v = s.value
+    if not isinstance(v, Binary) or v.op not in ACCUMULATE:
+        return None
+    for mine, x in ((v.lhs, v.rhs), (v.rhs, v.lhs)):
+        if mine == LocalVar(s.local, v.dtype) and not _reads(x, s.local):
+            return v.op, x
+    return None
+
+
+def _reads(e: Expr, local: str) -> bool:
+    return any(isinstance(n, LocalVar) and n.name == local for n in walk_expr(e))
+
+
+def plan_vector_loop(loop: Loop) -> VectorPlan:
+    plan = VectorPlan(loop.var)
+    plan.problem = _accumulators(loop, plan)
+    if plan.problem is None:
+        _varying_locals(loop, plan)
+        plan.problem = next(_obstacles(loop.body, plan), None)
+    return plan
+
+
+def _accumulators(loop: Loop, plan: VectorPlan) -> str | None:
+    declared = {s.name for s in walk_stmts(loop.body) if isinstance(s, DeclareLocal)}
+    updates: dict[int, Expr] = {}  # id of each update -> what it adds (multiplies, ...)
+    for s in walk_stmts(loop.body):
+        if not isinstance(s, Assign) or s.local in declared:
+            continue
+        found = accumulation(s)
+        if found is None:
+            return (
+                f"local '{s.local}' is assigned inside the loop but is not an accumulator "
+                "(acc = acc + x, *, max or min)"
+            )
+        op, previous = found[0], plan.accumulators.get(s.local)
+        if previous is not None and previous[0] is not op:
+            return f"local '{s.local}' is accumulated with both {previous[0].value} and {op.value}"
+        plan.accumulators[s.local] = (op, s.value.dtype)
+        updates[id(s)] = found[1]
+    for s in walk_stmts(loop.body):
+        exprs = (updates[id(s)],) if id(s) in updates else stmt_exprs(s)
+        for name in plan.accumulators:
+            if any(_reads(e, name) for e in exprs):
+                return f"accumulator '{name}' is read inside the loop, not only accumulated"
+    return None
+
+
+def _varying_locals(loop: Loop, plan: VectorPlan) -> None:
+    """Grow plan.varying_locals to a fixpoint: a local is varying when a value assigned to
+    it is varying or the assignment is under a varying condition."""
+    declared = {s.name for s in walk_stmts(loop.body) if isinstance(s, DeclareLocal)}
+    while True:
+        before = len(plan.varying_locals)
+        for s, masked in _with_masks(loop.body, plan, False):
+            if isinstance(s, DeclareLocal | Assign):
+                name = s.name if isinstance(s, DeclareLocal) else s.local
+                value = s.init if isinstance(s, DeclareLocal) else s.value
+                if name in declared and (masked or plan.varying(value)):
+                    plan.varying_locals.add(name)
+        if len(plan.varying_locals) == before:
+            return
+        plan.known.clear()
+
+
+def _with_masks(
+    body: tuple[Stmt, ...], plan: VectorPlan, masked: bool
+) -> Iterator[tuple[Stmt, bool]]:
+    """Every statement, with whether it runs under a varying condition."""
+    for s in body:
+        yield s, masked
+        if isinstance(s, Loop):
+            yield from _with_masks(s.body, plan, masked)
+        elif isinstance(s, If):
+            yield from _with_masks(s.then, plan, masked or plan.varying(s.cond))
+
+
+def _obstacles(body: tuple[Stmt, ...], plan: VectorPlan) -> Iterator[str]:
+    for s, _ in _with_masks(body, plan, False):
+        match s:
+            case Allocate(buffer=name):
+                yield f"it allocates the temporary '{name}' inside the loop"
+            case Loop(var=var, exec=LoopExec.VECTORIZED | LoopExec.PARALLEL as how):
+                yield f"loop '{var}' inside it is {how.value} too"
+            case Loop(var=var, extent=extent) if plan.varying(extent):
+                yield f"the extent of loop '{var}' inside it differs between lanes"
+            case Store(buffer=name, index=index, value=value) if not any(
+                map(plan.varying, index)
+            ) and plan.varying(value):
+                yield (
+                    f"it stores values that differ between lanes into one element of "
+                    f"'{name}' (the subscripts don't depend on '{plan.var}')"
+                )
+
+
+# ------------------------------------------------------------------------------ emission
+
+
+class _VectorLoop:
+    def __init__(self, gen: _Codegen, loop: Loop, plan: VectorPlan) -> None:
+        self.gen, self.b, self.ops = gen, gen.b, gen.ops
+        self.loop, self.plan, self.w = loop, plan, loop.width
+        self.lanes: ir.Value = ir.Constant(ir.VectorType(I64, self.w), list(range(self.w)))
+        self.vslots: dict[str, ir.Value] = {}  # vector locals
+        self.partials: dict[str, list[ir.Value]] = {}  # accumulators' vectors of partials
+        self.copy = 0  # which of them this copy of the body updates
+        self.base: ir.Value = ir.Constant(I64, 0)  # lane 0's iteration
+        self.mask: ir.Value | None = None  # the active lanes; None: all
+        self.some_active = True  # the mask has an active lane (code runs only then)
+        # values computed for the current statement, by structure and mask (see `value`)
+        self.computed: dict[tuple[int, int], tuple[ir.Value | None, ir.Value]] = {}
+        self.numbers: dict[int, tuple[Expr, int]] = {}  # id(node) -> (node, its structure)
+        self.structures: dict[tuple[object, ...], int] = {}
+
+    def vtype(self, t: ir.Type) -> ir.VectorType:
+        return ir.VectorType(t, self.w)
+
+    # ------------------------------------------------------------------ the loop
+
+    def emit(self) -> None:
+        """The loop, then each accumulator's partial results combined into its local.
+
+        An accumulating body without loops of its own runs COPIES vector iterations per
+        trip, each into its own partials: independent chains hide the latency of the
+        adds; the remaining iterations (fewer than COPIES·w) follow one vector at a time.
+        """
+        gen, b = self.gen, self.b
+        nested = any(isinstance(s, Loop) for s in walk_stmts(self.loop.body))
+        copies = COPIES if self.plan.accumulators and not nested else 1
+        for name, (op, d) in self.plan.accumulators.items():
+            if gen.strict_fp and d.is_float and op in (BinaryOp.ADD, BinaryOp.MUL):
+                raise CompileError(
+                    f"vectorizing loop '{self.loop.var}' reorders the float accumulation "
+                    f"into '{name}', and the kernel is strict_fp",
+                    kernel=gen.kernel.name,
+                    loc=self.loop.loc,
+                    fix="drop strict_fp=True, or vectorize another loop",
+                )
+            identity = self.splat(constant(_identity(op, d), d))
+            self.partials[name] = [
+                gen._entry_alloca(identity.type, f"{name}.lanes") for _ in range(copies)
+            ]
+            for slot in self.partials[name]:
+                b.store(identity, slot)
+        reduction = self.loop.kind is LoopKind.REDUCTION
+        gen.reduction_depth += reduction
+        start: ir.Value = ir.Constant(I64, 0)
+        stop = gen.expr(self.loop.extent)
+        if copies > 1:
+            trip = ir.Constant(I64, copies * self.w)
+            start = b.mul(b.sdiv(stop, trip), trip)
+            self.counted(
+                self.loop.var, ir.Constant(I64, 0), start, copies * self.w, self.lanes_of(copies)
+            )
+        self.counted(self.loop.var, start, stop, self.w, self.lanes_of(1))
+        gen.reduction_depth -= reduction
+        for name, (op, d) in self.plan.accumulators.items():
+            parts = [_read(b, slot) for slot in self.partials[name]]
+            while len(parts) > 1:  # pairwise
+                parts = [self.ops.binary(op, x, y, d) for x, y in zip(parts[::2], parts[1::2])]
+            acc = gen.state.locals[name]
+            b.store(self.ops.binary(op, _read(b, acc), self.horizontal(op, parts[0], d), d), acc)
+
+    def lanes_of(self, copies: int) -> Callable[[ir.Value], None]:
+        """The vector loop's body, `copies` times: w consecutive iterations each."""
+
+        def body(slot: ir.Value) -> None:
+            first = self.b.load(slot, typ=I64)
+            for copy in range(copies):
+                self.copy = copy
+                self.base = self.b.add(first, ir.Constant(I64, copy * self.w))
+                self.block(self.loop.body)
+
+        return body
+
+    def counted(
+        self, var: str, start: ir.Value, stop: ir.Value, step: int, body: Callable[[ir.Value], None]
+    ) -> None:
+        """for var in range(start, stop, step): body(the slot that holds var)"""
+        gen, b = self.gen, self.b
+        slot = gen._entry_alloca(I64, var)
+        b.store(start, slot)
+        cond = gen.fn.append_basic_block(f"{var}.cond")
+        inner = gen.fn.append_basic_block(f"{var}.body")
+        done = gen.fn.append_basic_block(f"{var}.end")
+        b.branch(cond)
+        b.position_at_end(cond)
+        b.cbranch(b.icmp_signed("<", b.load(slot, typ=I64), stop), inner, done)
+        b.position_at_end(inner)
+        body(slot)
+        b.store(b.add(b.load(slot, typ=I64), ir.Constant(I64, step)), slot)
+        b.branch(cond)
+        b.position_at_end(done)
+
+    def inner_loop(self, loop: Loop) -> None:
+        """A loop inside the vector loop: scalar control (a uniform extent), vector body."""
+        gen = self.gen
+        reduction = loop.kind is LoopKind.REDUCTION
+        gen.reduction_depth += reduction
+
+        def body(slot: ir.Value) -> None:
+            gen.state.loops[loop.var] = slot
+            self.block(loop.body)
+
+        self.counted(loop.var, ir.Constant(I64, 0), self.uniform(loop.extent), 1, body)
+        gen.reduction_depth -= reduction
+
+    def horizontal(self, op: BinaryOp, v: ir.Value, d: T.DType) -> ir.Value:
+        """All lanes of `v` combined with `op`."""
+        ops, t = self.ops, v.type.element
+        name = f"llvm.vector.reduce.{{}}.{ops.suffix(v.type)}"
+        if d.is_float and op in (BinaryOp.ADD, BinaryOp.MUL):
+            kind = "fadd" if op is BinaryOp.ADD else "fmul"
+            start = constant(_identity(op, d), d)
+            return ops.intrinsic(name.format(kind), t, [start, v], flags=("reassoc",))
+        if d.is_float:
+            kind = "fmaximum" if op is BinaryOp.MAX else "fminimum"
+        elif op in (BinaryOp.MAX, BinaryOp.MIN):
+            kind = ("s" if d.is_signed else "u") + op.name.lower()
+        else:
+            kind = op.name.lower()
+        return ops.intrinsic(name.format(kind), t, [v])
+
+    # ------------------------------------------------------------------ statements
+
+    def block(self, body: tuple[Stmt, ...]) -> None:
+        for s in body:
+            self.stmt(s)
+
+    def stmt(self, s: Stmt) -> None:
+        gen, b = self.gen, self.b
+        self.computed.clear()  # a store may have changed what a load would read
+        gen.memo = {}  # the scalar generator's values for this statement (see _Codegen.expr)
+        match s:
+            case Store():
+                self.store(s)
+            case DeclareLocal(name=n, dtype=d, init=v) if n in self.plan.varying_locals:
+                slot = self.vslots.get(n) or gen._entry_alloca(self.vtype(llvm_type(d)), n)
+                self.vslots[n] = slot
+                self.assign(slot, v)
+            case Assign(local=n, value=v) if n in self.plan.varying_locals:
+                self.assign(self.vslots[n], v)
+            case Assign(local=n) if n in self.plan.accumulators:
+                self.accumulate(s)
+            case DeclareLocal() | Assign():  # a uniform local, never under a mask
+                gen.stmt(s, [])
+            case Loop():
+                self.inner_loop(s)
+            case If(cond=c, then=then) if not self.plan.varying(c):
+                with b.if_then(self.uniform(c)):
+                    self.block(then)
+            case If(cond=c, then=then):
+                self.masked(self.and_mask(self.value(c)), lambda: self.block(then))
+            case Check():
+                self.check(s)
+            case Allocate(buffer=name):
+                raise CompileError(f"a temporary ('{name}') inside vector loop '{self.loop.var}'")
+
+    def masked(self, mask: ir.Value, emit: Callable[[], None]) -> None:
+        """Run `emit` with `mask` as the active lanes, skipping it when none is active."""
+        saved = self.mask, self.some_active
+        with self.b.if_then(self.any(mask)):
+            self.mask, self.some_active = mask, True
+            emit()
+        self.mask, self.some_active = saved
+
+    def assign(self, slot: ir.Value, value: Expr) -> None:
+        new = self.vector(self.value(value))
+        if self.mask is not None:
+            new = self.b.select(self.mask, new, _read(self.b, slot))
+        self.b.store(new, slot)
+
+    def accumulate(self, s: Assign) -> None:
+        found = accumulation(s)
+        assert found is not None  # plan_vector_loop made it an accumulator
+        op, x = found
+        slot = self.partials[s.local][self.copy]
+        d = self.plan.accumulators[s.local][1]
+        old = _read(self.b, slot)
+        new = self.ops.binary(op, old, self.vector(self.value(x)), d)
+        if self.mask is not None:
+            new = self.b.select(self.mask, new, old)
+        self.b.store(new, slot)
+
+    def check(self, s: Check) -> None:
+        gen = self.gen
+        ok = self.all(self.value(s.cond)) if self.plan.varying(s.cond) else self.uniform(s.cond)
+        gen._fail_unless(ok, ErrorKind.CHECK, len(gen.sites.checks))
+        gen.sites.checks.append(s)
+
+    def store(self, s: Store) -> None:
+        gen, b = self.gen, self.b
+        if not any(map(self.plan.varying, s.index)):
+            gen.stmt(s, [])  # the value is uniform too (plan_vector_loop checked)
+            return
+        buf = gen.buffers[s.buffer]
+        value = self.vector(self.value(s.value))
+        if buf.dtype.is_bool:
+            value = b.zext(value, self.vtype(I8))
+        self.access(s.buffer, s.index, s.loc, lambda at: self.store_at(at, value, buf.dtype))
+
+    # ------------------------------------------------------------------ expressions
+
+    def value(self, e: Expr) -> ir.Value:
+        """`e`: a scalar when uniform, a vector when varying. Equal sub-expressions of a
+        statement are computed once (per mask: masked loads have zeros where lanes are
+        off): traced code repeats them, and a tree can be exponentially larger than the
+        computation it spells."""
+        key = (self.structure(e), id(self.mask))
+        hit = self.computed.get(key)
+        if hit is None or hit[0] is not self.mask:
+            hit = self.computed[key] = (self.mask, self.compute(e))
+        return hit[1]
+
+    def structure(self, e: Expr) -> int:
+        """A number that equal expressions share (source locations aside)."""
+        hit = self.numbers.get(id(e))
+        if hit is None or hit[0] is not e:
+            parts: list[object] = [type(e)]
+            for name in _fields(type(e)):
+                v = getattr(e, name)
+                if isinstance(v, tuple):  # a Load's subscripts
+                    parts.append(tuple(self.structure(i) for i in v))
+                else:
+                    parts.append(self.structure(v) if isinstance(v, Expr) else repr(v))
+            n = self.structures.setdefault(tuple(parts), len(self.structures))
+            hit = self.numbers[id(e)] = (e, n)
+        return hit[1]
+
+    def compute(self, e: Expr) -> ir.Value:
+        if not self.plan.varying(e):
+            return self.uniform(e)
+        ops = self.ops
+        match e:
+            case LoopVar(dtype=d):
+                lanes = self.b.add(self.splat(self.base), self.lanes)
+                return lanes if d == T.INDEX else ops.cast(lanes, T.INDEX, d)
+            case LocalVar(name=n):
+                return _read(self.b, self.vslots[n])
+            case Load():
+                return self.load(e)
+            case Binary(op=op, lhs=x, rhs=y):
+                return ops.binary(
+                    op, self.vector(self.value(x)), self.vector(self.value(y)), x.dtype
+                )
+            case Unary(op=op, operand=x, dtype=d):
+                return ops.unary(op, self.value(x), d)
+            case Cast(operand=x, dtype=d):
+                return ops.cast(self.value(x), x.dtype, d)
+            case Fma(a=x, b=y, c=z):
+                return ops.fma(*(self.vector(self.value(t)) for t in (x, y, z)))
+            case Select(cond=c, if_true=x, if_false=y):
+                return self.select(c, x, y)
+        raise TypeError(f"cannot generate vector code for {e!r}")
+
+    def uniform(self, e: Expr) -> ir.Value:
+        """Scalar code for uniform `e`; under a mask, loads run only if a lane is active."""
+        gen, b = self.gen, self.b
+        if self.some_active or not any(isinstance(n, Load) for n in walk_expr(e)):
+            return gen.expr(e)
+        assert self.mask is not None
+        before = b.block
+        with b.if_then(self.any(self.mask)), self.branch():
+            value, computed = gen.expr(e), b.block
+        phi = b.phi(value.type)
+        phi.add_incoming(value, computed)
+        phi.add_incoming(ir.Constant(value.type, None), before)
+        return phi
+
+    def vector(self, v: ir.Value) -> ir.Value:
+        return v if isinstance(v.type, ir.VectorType) else self.splat(v)
+
+    def splat(self, v: ir.Value) -> ir.Value:
+        b, vt = self.b, self.vtype(v.type)
+        one = b.insert_element(ir.Constant(vt, None), v, ir.Constant(I32, 0))
+        return b.shuffle_vector(one, ir.Constant(vt, None), ir.Constant(self.vtype(I32), None))
+
+    def select(self, c: Expr, x: Expr, y: Expr) -> ir.Value:
+        """As in the scalar code, a side that loads is evaluated only where it is chosen."""
+        b = self.b
+        loads = any(isinstance(n, Load) for side in (x, y) for n in walk_expr(side))
+        if not self.plan.varying(c):
+            cond = self.uniform(c)
+            if not loads:
+                return b.select(cond, self.vector(self.value(x)), self.vector(self.value(y)))
+            with b.if_else(cond) as (then, otherwise):
+                with then, self.branch():
+                    tv, tb = self.vector(self.value(x)), b.block
+                with otherwise, self.branch():
+                    fv, fb = self.vector(self.value(y)), b.block
+            phi = b.phi(tv.type)
+            phi.add_incoming(tv, tb)
+            phi.add_incoming(fv, fb)
+            return phi
+        cond = self.value(c)
+        if not loads:
+            return b.select(cond, self.vector(self.value(x)), self.vector(self.value(y)))
+        tv = self.narrowed(self.and_mask(cond), x)
+        fv = self.narrowed(self.and_mask(b.not_(cond)), y)
+        return b.select(cond, tv, fv)
+
+    @contextmanager
+    def branch(self) -> Iterator[None]:
+        """Code in a conditional block: what it computes is not available after it."""
+        saved, saved_scalar = dict(self.computed), dict(self.gen.memo)
+        yield
+        self.computed, self.gen.memo = saved, saved_scalar
+
+    def narrowed(self, mask: ir.Value, e: Expr) -> ir.Value:
+        saved = self.mask, self.some_active
+        self.mask, self.some_active = mask, False
+        value = self.vector(self.value(e))
+        self.mask, self.some_active = saved
+        return value
+
+    def and_mask(self, cond: ir.Value) -> ir.Value:
+        return cond if self.mask is None else self.b.and_(self.mask, cond)
+
+    def any(self, mask: ir.Value) -> ir.Value:
+        return self.ops.intrinsic(f"llvm.vector.reduce.or.{self.ops.suffix(mask.type)}", I1, [mask])
+
+    def all(self, cond: ir.Value) -> ir.Value:
+        """Every active lane of `cond` is true."""
+        if self.mask is not None:
+            cond = self.b.or_(cond, self.b.not_(self.mask))
+        return self.ops.intrinsic(
+            f"llvm.vector.reduce.and.{self.ops.suffix(cond.type)}", I1, [cond]
+        )
+
+    # ------------------------------------------------------------------ memory
+
+    def load(self, e: Load) -> ir.Value:
+        value = self.access(e.buffer, e.index, e.loc, lambda at: self.load_at(at, e.dtype))
+        return self.b.trunc(value, self.vtype(I1)) if e.dtype.is_bool else value
+
+    def access(
+        self,
+        name: str,
+        index: tuple[Expr, ...],
+        loc: SourceLoc | None,
+        emit: Callable[[_Lanes], ir.Value | None],
+    ) -> ir.Value | None:
+        """Emit a load or store (`emit`) of the lanes' elements of `name[index]`."""
+        gen, b = self.gen, self.b
+        info, buf = gen.state.arrays[name], gen.buffers[name]
+        if gen.checks:
+            self.bounds_check(name, index, loc)
+        axis = self.unit_axis(index)
+        if axis is None:
+            offset: ir.Value = self.splat(ir.Constant(I64, 0))
+            for i, stride in zip(index, info.strides):
+                offset = b.add(offset, b.mul(self.vector(self.value(i)), self.splat(stride)))
+            return emit(_Lanes(self.gep(info.data, offset)))
+        offset = ir.Constant(I64, 0)
+        for a, (i, stride) in enumerate(zip(index, info.strides)):
+            at = b.add(self.base, self.uniform(axis[1])) if a == axis[0] else self.uniform(i)
+            offset = b.add(offset, b.mul(at, stride))
+        first, stride = b.gep(info.data, [offset], source_etype=I8), info.strides[axis[0]]
+
+        def spread() -> _Lanes:  # lane k at first + k·stride
+            return _Lanes(self.gep(first, b.mul(self.lanes, self.splat(stride))))
+
+        if axis[0] != len(index) - 1:
+            return emit(spread())
+        if buf.contiguous or buf.role is not BufferRole.PARAM:
+            return emit(_Lanes(first, contiguous=True))
+        unit = b.icmp_signed("==", stride, ir.Constant(I64, buf.dtype.itemsize))
+        with b.if_else(unit) as (then, otherwise):
+            with then:
+                tv, tb = emit(_Lanes(first, contiguous=True)), b.block
+            with otherwise:
+                fv, fb = emit(spread()), b.block
+        if tv is None or fv is None:
+            return None
+        phi = b.phi(tv.type)
+        phi.add_incoming(tv, tb)
+        phi.add_incoming(fv, fb)
+        return phi
+
+    def unit_axis(self, index: tuple[Expr, ...]) -> tuple[int, Expr] | None:
+        """(axis, u) when the only varying subscript is `v + u` in axis `axis`."""
+        varying = [a for a, i in enumerate(index) if self.plan.varying(i)]
+        if len(varying) != 1:
+            return None
+        offset = self.affine(index[varying[0]])
+        return None if offset is None else (varying[0], offset)
+
+    def affine(self, e: Expr) -> Expr | None:
+        """u (uniform) when `e` is v + u."""
+        varying = self.plan.varying
+        match e:
+            case LoopVar(name=n, dtype=T.INDEX) if n == self.loop.var:
+                return Const(0, T.INDEX)
+            case Binary(op=BinaryOp.ADD, lhs=x, rhs=y, dtype=T.INDEX) if varying(x) != varying(y):
+                u = self.affine(x if varying(x) else y)
+                other = y if varying(x) else x
+                return None if u is None else Binary(BinaryOp.ADD, other, u, T.INDEX)
+            case Binary(op=BinaryOp.SUB, lhs=x, rhs=y, dtype=T.INDEX) if not varying(y):
+                u = self.affine(x)
+                return None if u is None else Binary(BinaryOp.SUB, u, y, T.INDEX)
+        return None
+
+    def gep(self, base: ir.Value, offsets: ir.Value) -> ir.Value:
+        """<w x ptr>: base + each lane's byte offset."""
+        ptrs = self.b.gep(base, [offsets], source_etype=I8)
+        ptrs.type = self.vtype(PTR)  # llvmlite types a GEP as one pointer
+        return ptrs
+
+    def load_at(self, at: _Lanes, d: T.DType) -> ir.Value:
+        b, mt = self.b, memory_type(d)
+        vt, align = self.vtype(mt), ir.Constant(I32, d.itemsize)
+        if at.contiguous and self.mask is None:
+            return b.load(at.address, typ=vt, align=d.itemsize)
+        kind = "load" if at.contiguous else "gather"
+        name = f"llvm.masked.{kind}.{self.ops.suffix(vt)}.{self.ops.suffix(at.address.type)}"
+        zero = ir.Constant(vt, None)
+        return self.ops.intrinsic(name, vt, [at.address, align, self.active(), zero])
+
+    def store_at(self, at: _Lanes, value: ir.Value, d: T.DType) -> None:
+        if at.contiguous and self.mask is None:
+            self.b.store(value, at.address, align=d.itemsize)
+            return
+        kind = "store" if at.contiguous else "scatter"
+        name = (
+            f"llvm.masked.{kind}.{self.ops.suffix(value.type)}.{self.ops.suffix(at.address.type)}"
+        )
+        align = ir.Constant(I32, d.itemsize)
+        self.ops.intrinsic(name, ir.VoidType(), [value, at.address, align, self.active()])
+
+    def active(self) -> ir.Value:
+        return self.mask if self.mask is not None else ir.Constant(self.vtype(I1), 1)
+
+    def bounds_check(self, name: str, index: tuple[Expr, ...], loc: SourceLoc | None) -> None:
+        """Like the scalar code's: every subscript of every active lane is in bounds."""
+        gen, b = self.gen, self.b
+        proven = [
+            self.proven(name, a, i) if self.plan.varying(i) else gen._proven(name, a, i)
+            for a, i in enumerate(index)
+        ]
+        if all(proven):
+            return
+        ok: ir.Value = ir.Constant(self.vtype(I1), 1)
+        for i, d in zip(index, gen.state.arrays[name].dims):
+            ok = b.and_(ok, b.icmp_unsigned("<", self.vector(self.value(i)), self.splat(d)))
+        gen._fail_unless(self.all(ok), ErrorKind.BOUNDS, len(gen.sites.accesses))
+        gen.sites.accesses.append((name, loc))
+
+    def proven(self, name: str, axis: int, index: Expr) -> bool:
+        """v itself, where the loop runs over (a multiple of w below) the dimension."""
+        if index != LoopVar(self.loop.var):
+            return False
+        dim, extent = self.gen.buffers[name].shape[axis], self.loop.extent
+        match extent:  # (max(n, 0) // c) * c <= n, as the expand pass writes it
+            case Binary(
+                op=BinaryOp.MUL,
+                lhs=Binary(
+                    op=BinaryOp.FLOORDIV,
+                    lhs=Binary(op=BinaryOp.MAX, lhs=n, rhs=Const(value=0)),
+                    rhs=Const(value=c),
+                ),
+                rhs=Const(value=c2),
+            ) if c == c2 and int(c) > 0:
+                return n == dim
+        return extent == dim
+
+
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _fields(node: type) -> tuple[str, ...]:
+    """The fields of an IR node class that make up its meaning (not its location)."""
+    if node not in _FIELDS:
+        _FIELDS[node] = tuple(f.name for f in fields(node) if f.name != "loc")
+    return _FIELDS[node]
+
+
+def _read(b: ir.IRBuilder, slot: ir.AllocaInstr) -> ir.Value:
+    return b.load(slot, typ=slot.allocated_type)
+
+
+@dataclass
+class _Lanes:
+    """Where the lanes' elements are: consecutive from `address`, or at <w x ptr>."""
+
+    address: ir.Value
+    contiguous: bool = False
+
+
+def _identity(op: BinaryOp, d: T.DType) -> bool | int | float:
+    """x op identity == x for every x (-0.0 for a float sum, so that -0.0 survives)."""
+    if op is BinaryOp.ADD:
+        return -0.0 if d.is_float else 0
+    if op is BinaryOp.MUL:
+        return 1
+    if d.is_float:
+        return float("-inf") if op is BinaryOp.MAX else float("inf")
+    if d.is_bool:
+        return op is BinaryOp.MIN
+    if op is BinaryOp.MAX:
+        return -(1 << (d.bits - 1)) if d.is_signed else 0
+    return (1 << (d.bits - 1)) - 1 if d.is_signed else (1 << d.bits) - 1

@@ -1,0 +1,684 @@
+"""Vectorized loops on the CPU: explicit vector code agrees with the interpreter lane by
+lane, for every operator and dtype, memory access pattern, mask, reduction and nest."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import ml_dtypes
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import kdsl as kd
+from kdsl import types as T
+from kdsl.errors import CompileError
+from kdsl.ir.nodes import (
+    Allocate,
+    Assign,
+    Binary,
+    BinaryOp,
+    Buffer,
+    BufferRole,
+    Cast,
+    Check,
+    CheckKind,
+    Const,
+    DeclareLocal,
+    DimOf,
+    Expr,
+    Fma,
+    If,
+    Kernel,
+    LocalVar,
+    Loop,
+    LoopExec,
+    LoopKind,
+    LoopVar,
+    Param,
+    Scope,
+    Select,
+    Stmt,
+    Store,
+    Unary,
+    UnaryOp,
+)
+from kdsl.ir.passes import lower
+from kdsl.ir.visit import map_stmt_exprs
+from kdsl.targets.cpu.backend import CpuKernel, compile_kernel
+from kdsl.targets.cpu.vector import vector_obstacle
+from kdsl.targets.interp.interpreter import interpret
+from kdsl.targets.interp.translate import translate
+from tests.helpers import random_array
+from tests.targets.interp.build import LOC, at, kernel, param
+
+I = LoopVar("i")  # noqa: E741
+N = DimOf("a", 0)
+INEXACT = (UnaryOp.EXP, UnaryOp.LOG, UnaryOp.TANH, UnaryOp.SIGMOID, UnaryOp.ERF)
+
+
+def _i64(v: int) -> Const:
+    return Const(v, T.i64)
+
+
+def _index(op: BinaryOp, a: Expr, b: Expr) -> Binary:
+    return Binary(op, a, b, T.bool_ if op.is_comparison else T.i64)
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def vectorized(body: tuple[Stmt, ...], var: str, w: int) -> tuple[Stmt, ...]:
+    """Loop `var` as the contract wants it: a vector loop over a multiple of w, then a
+    scalar tail loop for the rest."""
+    out: list[Stmt] = []
+    for s in body:
+        if isinstance(s, Loop) and s.var == var:
+            n = _index(BinaryOp.MAX, s.extent, _i64(0))
+            main = _index(BinaryOp.MUL, _index(BinaryOp.FLOORDIV, n, _i64(w)), _i64(w))
+            at_tail = _index(BinaryOp.ADD, main, LoopVar(f"{var}_tail"))
+
+            def shifted(e: Expr, at_tail: Expr = at_tail) -> Expr | None:
+                return at_tail if e == LoopVar(var) else None
+
+            tail_body = tuple(map_stmt_exprs(t, shifted) for t in s.body)
+            out.append(replace(s, extent=main, exec=LoopExec.VECTORIZED, width=w))
+            out.append(Loop(f"{var}_tail", _index(BinaryOp.SUB, n, main), s.kind, tail_body))
+        elif isinstance(s, Loop):
+            out.append(replace(s, body=vectorized(s.body, var, w)))
+        elif isinstance(s, If):
+            out.append(replace(s, then=vectorized(s.then, var, w)))
+        else:
+            out.append(s)
+    return tuple(out)
+
+
+def with_vector_loop(k: Kernel, var: str, w: int) -> Kernel:
+    body = vectorized(k.body, var, w)
+    assert body != k.body, f"no loop '{var}'"
+    return replace(k, body=body)
+
+
+def traced(fn, *args) -> Kernel:
+    return lower(kd.kernel(fn).ir(*args).kernel)
+
+
+def same_layout(a: object) -> object:
+    """A copy of array `a` with its strides (a strided view stays strided)."""
+    if not isinstance(a, np.ndarray) or a.flags.c_contiguous or a.size == 0:
+        return a.copy() if isinstance(a, np.ndarray) else a
+    spans = [(n - 1) * s for n, s in zip(a.shape, a.strides)]
+    lo, hi = sum(min(0, s) for s in spans), sum(max(0, s) for s in spans) + a.itemsize
+    storage = np.zeros(hi - lo, np.uint8)[-lo:].view(a.dtype)
+    copy = np.lib.stride_tricks.as_strided(storage, a.shape, a.strides)
+    copy[...] = a
+    return copy
+
+
+_compiled: dict[str, CpuKernel] = {}
+
+
+def run_compiled(k: Kernel, args: dict[str, object], **options: bool) -> dict[str, object]:
+    """Run compiled `k` on copies of `args` (with their strides); the arguments afterwards."""
+    copies = {n: same_layout(a) for n, a in args.items()}
+    key = repr((k, sorted(options.items())))
+    compiled = _compiled.get(key) or _compiled.setdefault(key, compile_kernel(k, **options))
+    arrays = [copies[p.name] for p in k.params if p.is_array]
+    scalars = [copies[p.name] for p in k.params if not p.is_array]
+    code = compiled.cfunc(*arrays, *scalars)
+    assert code == 0, f"error code {code >> 32}:{code & 0xFFFFFFFF}"
+    return copies
+
+
+def run_interpreted(k: Kernel, args: dict[str, object]) -> dict[str, object]:
+    copies = {n: a.copy() if isinstance(a, np.ndarray) else a for n, a in args.items()}
+    interpret(k, copies)
+    return copies
+
+
+def assert_same(got: np.ndarray, want: np.ndarray, label: str = "") -> None:
+    """Bit for bit, except that any NaN equals any NaN."""
+    assert got.dtype == want.dtype and got.shape == want.shape, label
+    if got.dtype.kind == "f" or got.dtype == ml_dtypes.bfloat16:
+        nan = np.isnan(got.astype(np.float32)) & np.isnan(want.astype(np.float32))
+        got, want = (
+            np.where(nan, 0, got).astype(got.dtype),
+            np.where(nan, 0, want).astype(got.dtype),
+        )
+    bits = f"u{got.dtype.itemsize}" if got.dtype.kind != "b" else "u1"
+    diff = np.flatnonzero(got.view(bits) != want.view(bits))
+    assert diff.size == 0, (
+        f"{label}: {diff.size} differ, first at {diff[0]}: {got.flat[diff[0]]!r} != {want.flat[diff[0]]!r}"
+    )
+
+
+def check(k: Kernel, args: dict[str, object], var: str, w: int, **options: bool) -> None:
+    """The vectorized kernel's outputs equal the interpreter's, bit for bit."""
+    got = run_compiled(with_vector_loop(k, var, w), args, **options)
+    want = run_interpreted(k, args)
+    for name, value in want.items():
+        if isinstance(value, np.ndarray):
+            assert_same(got[name], value, f"{name} (w={w})")  # type: ignore[arg-type]
+
+
+def data(rng: np.random.Generator, n: int, dtype: T.DType) -> np.ndarray:
+    """Random values with the awkward ones first: infinities, NaN, -0.0, extremes, 0."""
+    a = random_array(rng, (n,), dtype.to_numpy())
+    if dtype.is_float:
+        special = [np.inf, -np.inf, np.nan, -0.0, 0.0, 3e38 if dtype.bits > 16 else 6e4, -7.5, 1e10]
+    elif dtype.is_int:
+        info = np.iinfo(dtype.to_numpy())
+        special = [info.min, info.max, 0, -1 if dtype.is_signed else 1, 3, info.bits - 1, info.bits]
+    else:
+        special = []
+    k = min(n, len(special))
+    with np.errstate(over="ignore"):  # 1e10 is inf in f16
+        a[:k] = np.array(special[:k], dtype.to_numpy() if dtype.is_int else np.float64).astype(
+            a.dtype
+        )
+    return a
+
+
+def sizes(w: int) -> tuple[int, ...]:
+    return (0, 1, w - 1, w, w + 1, 2 * w + 5)
+
+
+# ------------------------------------------------------------------ every operator and dtype
+
+
+def _accepted(e: Expr, d: T.DType) -> bool:
+    """The interpreter runs `e` over a and b of dtype `d` (the IR is well typed)."""
+    loop = Loop("i", N, LoopKind.PARALLEL, (Store("o", (I,), e),))
+    try:
+        translate(kernel({"a": (d, 1), "b": (d, 1), "o": (e.dtype, 1)}, (loop,)))
+    except CompileError:
+        return False
+    return True
+
+
+def every_op(d: T.DType) -> list[Expr]:
+    a, b = at("a", d), at("b", d)
+    cands: list[Expr] = []
+    for op in BinaryOp:
+        if op is not BinaryOp.POW:
+            cands.append(Binary(op, a, b, T.bool_ if op.is_comparison else d))
+    cands += [Unary(op, a, d) for op in UnaryOp if op not in INEXACT]
+    cands += [Cast(a, other) for other in T.ALL_DTYPES if other != d]
+    cands.append(Select(Binary(BinaryOp.LT, b, a, T.bool_), a, b, d))
+    cands.append(Select(Cast(a, T.bool_), b, a, d))
+    cands.append(Fma(a, b, a, d))
+    return [e for e in cands if _accepted(e, d)]
+
+
+def every_op_kernel(d: T.DType) -> Kernel:
+    """o_<dtype>[row, i] = the row-th expression of that result dtype, over a[i] and b[i]."""
+    rows: dict[T.DType, list[Expr]] = {}
+    for e in every_op(d):
+        rows.setdefault(e.dtype, []).append(e)
+    body = tuple(
+        Store(f"o_{rd.name}", (_i64(r), I), e, loc=LOC)
+        for rd, es in rows.items()
+        for r, e in enumerate(es)
+    )
+    outs = {f"o_{rd.name}": (rd, 2) for rd in rows}
+    return kernel({"a": (d, 1), "b": (d, 1)} | outs, (Loop("i", N, LoopKind.PARALLEL, body),))
+
+
+# one width per dtype keeps compile time down; together they cover 2, 4, 8 and 16
+WIDTH = {
+    T.bool_: 16, T.i8: 16, T.i16: 8, T.i32: 4, T.i64: 2, T.u8: 4, T.u16: 16,
+    T.u32: 8, T.u64: 8, T.f16: 8, T.bf16: 16, T.f32: 16, T.f64: 2,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("d", T.ALL_DTYPES, ids=lambda d: d.name)
+def test_every_operator_and_cast_lane_by_lane(d):
+    """Without a tail loop (sizes are multiples of w), so that only vector code runs."""
+    k, w = every_op_kernel(d), WIDTH[d]
+    loop = k.body[0]
+    assert isinstance(loop, Loop)
+    compiled = compile_kernel(replace(k, body=(replace(loop, exec=LoopExec.VECTORIZED, width=w),)))
+    rng = np.random.default_rng(7)
+    for n in (0, w, 3 * w):
+        args: dict[str, object] = {"a": data(rng, n, d), "b": data(rng, n, d)[::-1].copy()}
+        for p in k.params[2:]:
+            rows = sum(isinstance(s, Store) and s.buffer == p.name for s in loop.body)
+            args[p.name] = np.zeros((rows, n), p.dtype.to_numpy())
+        want = run_interpreted(k, args)
+        got = {name: a.copy() for name, a in args.items()}  # type: ignore[union-attr]
+        assert compiled.cfunc(*[got[p.name] for p in k.params]) == 0
+        for name in args:
+            assert_same(got[name], want[name], f"{d.name} {name} w={w} n={n}")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------ traced kernels
+
+
+def check_traced(fn, args: list[object], loops: set[str], w: int, **options: bool) -> None:
+    """Trace `fn` for `args`, vectorize `loops` by w, and compare with the interpreter."""
+    k = traced(fn, *args)
+    for var in loops:
+        k = with_vector_loop(k, var, w)
+    names = [p.name for p in k.params]
+    got = run_compiled(k, dict(zip(names, args)), **options)
+    want = run_interpreted(traced(fn, *args), dict(zip(names, args)))
+    for name in names:
+        if isinstance(want[name], np.ndarray):
+            assert_same(got[name], want[name], f"{name} (w={w})")  # type: ignore[arg-type]
+
+
+def patterns(x, idx, m, o1, o2, o3, o4, o5):
+    i = kd.indices(x.shape[0])
+    o1[i] = x[i]  # contiguous, or strided: a runtime check picks the gather
+    o2[i] = x[x.shape[0] - 1 - i]  # not v + u: a gather
+    o3[i] = x[idx[i]]  # gather through an index array
+    o4[idx[i]] = x[i]  # scatter
+    o5[i] = m[i, 1]  # v in an outer axis: a strided gather
+
+
+@given(
+    n=st.integers(0, 40),
+    step=st.sampled_from([1, 2, -1, -3]),
+    checks=st.booleans(),
+    dtype_width=st.sampled_from(
+        [(np.float32, 16), (np.int16, 8), (np.uint8, 4), (np.float64, 2), (np.bool_, 16)]
+    ),
+)
+def test_access_patterns_and_strided_arguments(n, step, checks, dtype_width):
+    dtype, w = dtype_width
+    rng = np.random.default_rng(n)
+    base = random_array(rng, (abs(step) * n + 1,), dtype)
+    x = base[::step][:n]
+    idx = rng.permutation(n).astype(np.int64)
+    m = random_array(rng, (n, 3), dtype)
+    outs = [np.zeros(n, dtype) for _ in range(5)]
+    check_traced(patterns, [x, idx, m, *outs], {"i", "i.1", "i.2", "i.3", "i.4"}, w, checks=checks)
+
+
+def scaled(x, out, a):
+    i, j = kd.indices(x.shape[0], x.shape[1])
+    out[i, j] = x[i, j] * a + kd.cast(j, x.dtype)
+
+
+@given(
+    shape=st.tuples(st.integers(0, 5), st.integers(0, 37)),
+    w=st.sampled_from([4, 8, 16]),
+    transpose=st.booleans(),
+)
+def test_random_shapes_2d(shape, w, transpose):
+    rng = np.random.default_rng(sum(shape))
+    x = random_array(rng, shape[::-1] if transpose else shape, np.float32)
+    x = x.T if transpose else x
+    check_traced(scaled, [x, np.zeros(shape, np.float32), 1.5], {"j"}, w)
+
+
+# ------------------------------------------------------------------------------ reductions
+
+
+def reductions(x, out):
+    i = kd.indices(x.shape[0])
+    out[0] = kd.sum(x[i], over=i)
+    out[1] = kd.max(x[i], over=i)
+    out[2] = kd.min(x[i], over=i)
+    out[3] = kd.prod(x[i], over=i)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.uint8, np.int64, np.float32, np.float64])
+@pytest.mark.parametrize("w", [4, 16])
+def test_reductions_along_the_vector_loop(dtype, w):
+    """Integer results are exact; float max/min too; a float sum or product is reordered.
+    9w + 3 elements run the loop that updates several partial results per trip."""
+    rng = np.random.default_rng(w)
+    for n in (*sizes(w), 9 * w + 3):
+        x = random_array(rng, (n,), dtype)
+        if np.dtype(dtype).kind == "f":
+            x = (x + 1.5).astype(dtype)  # a product that neither vanishes nor explodes
+        args = [x, np.zeros(4, dtype)]
+        k = traced(reductions, *args)
+        for var in ("i", "i.1", "i.2", "i.3"):
+            k = with_vector_loop(k, var, w)
+        got = run_compiled(k, {"x": x, "out": args[1]})["out"]
+        want = run_interpreted(traced(reductions, *args), {"x": x, "out": args[1]})["out"]
+        if np.dtype(dtype).kind == "f":
+            np.testing.assert_allclose(got, want, rtol=1e-5 if dtype == np.float32 else 1e-12)
+            assert_same(got[1:3], want[1:3])
+        else:
+            assert_same(got, want)
+
+
+def row_sums(x, out):
+    i, j = kd.indices(x.shape[0], x.shape[1])
+    out[i] = kd.sum(x[i, j] * x[i, j], over=j)
+
+
+def grand_total(x, out):
+    i, j = kd.indices(x.shape[0], x.shape[1])
+    out[0] = kd.sum(x[i, j], over=(i, j))  # accumulated inside the j loop
+    out[1] = kd.max(x[i, j], over=(i, j))
+
+
+def test_accumulating_from_a_loop_inside_the_vector_loop():
+    x = random_array(np.random.default_rng(4), (37, 5), np.int32)
+    args = {"x": x, "out": np.zeros(2, np.int32)}
+    k = traced(grand_total, *args.values())
+    got = run_compiled(with_vector_loop(with_vector_loop(k, "i", 8), "i.1", 4), args)["out"]
+    assert_same(got, np.array([x.sum(), x.max()], np.int32))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("op", [BinaryOp.ADD, BinaryOp.MAX, BinaryOp.MIN, BinaryOp.MUL])
+def test_masked_accumulation(op):
+    """acc op= a[i] where a[i] > 0, for i32 (exact whatever the order)."""
+    a, acc = at("a", T.i32), LocalVar("acc", T.i32)
+    update = If(
+        Binary(BinaryOp.GT, a, Const(0, T.i32), T.bool_),
+        (Assign("acc", Binary(op, acc, a, T.i32)),),
+    )
+    body = (
+        DeclareLocal("acc", T.i32, Const(7, T.i32)),
+        Loop("i", N, LoopKind.REDUCTION, (update,)),
+        Store("out", (_i64(0),), acc),
+    )
+    k = kernel({"a": (T.i32, 1), "out": (T.i32, 1)}, body)
+    rng = np.random.default_rng(6)
+    for n in (0, 5, 16, 45, 67):
+        check(k, {"a": random_array(rng, (n,), np.int32), "out": np.zeros(1, np.int32)}, "i", 8)
+
+
+def test_reduction_of_an_inner_loop_and_nan():
+    x = np.random.default_rng(1).uniform(-1, 1, (5, 37)).astype(np.float32)
+    x[2, 20] = np.nan
+    k = with_vector_loop(traced(row_sums, x, np.zeros(5, np.float32)), "j", 16)
+    got = run_compiled(k, {"x": x, "out": np.zeros(5, np.float32)})["out"]
+    np.testing.assert_allclose(got, (x.astype(np.float64) ** 2).sum(1), rtol=1e-5)
+
+
+def test_float_sums_refuse_strict_fp_but_max_does_not():
+    x = np.ones(20, np.float32)
+    k = traced(reductions, x, np.zeros(4, np.float32))
+    with pytest.raises(CompileError, match="reorders the float accumulation into 'sum_i'"):
+        compile_kernel(with_vector_loop(k, "i", 8), strict_fp=True)
+    compile_kernel(with_vector_loop(k, "i.1", 8), strict_fp=True)
+
+
+# ------------------------------------------------------------------------ nests and masks
+
+
+def matmul(A, B, C):
+    i, j, k = kd.indices(A.shape[0], B.shape[1], A.shape[1])
+    C[i, j] = kd.sum(A[i, k] * B[k, j], over=k)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32])
+def test_outer_loop_vectorized_matmul_is_exact(dtype):
+    """j is vectorized around the k loop: each lane sums in the scalar order, so the vector
+    columns are exact (the scalar tail's k loop may be reassociated: close only)."""
+    rng = np.random.default_rng(2)
+    w = 8 if dtype == np.float64 else 16
+    a, b = random_array(rng, (7, 13), dtype), random_array(rng, (13, 45), dtype)
+    for bb in (b, b[:, ::2]):  # B strided: a run-time stride check picks gathers
+        args = {"A": a, "B": bb, "C": np.zeros((7, bb.shape[1]), dtype)}
+        k = traced(matmul, *args.values())
+        got = run_compiled(with_vector_loop(k, "j", w), args)["C"]
+        want = run_interpreted(k, args)["C"]
+        main = bb.shape[1] // w * w
+        assert_same(got[:, :main], want[:, :main])  # type: ignore[index]
+        np.testing.assert_allclose(got, want, rtol=1e-5)  # type: ignore[arg-type]
+
+
+def guarded(x, y, out, s):
+    i = kd.indices(x.shape[0])
+    out[i] = kd.where(i + s < x.shape[0], x[i + s], y[i])  # x[i + s] only where in bounds
+    with kd.when(x[i] > y[i]):
+        y[i] = x[i] * 2
+    with kd.when(s > 1):  # uniform: a branch
+        x[i] = kd.where(s > 2, y[i], x[i] + 1)
+
+
+def unused_side(x, z, out):
+    i = kd.indices(x.shape[0])
+    out[i] = kd.where(x[i] > -2.0, x[i], z[0])  # z[0] is never chosen: never loaded
+
+
+def local_updates(x, out):
+    for i in kd.grid(x.shape[0]):
+        acc = kd.local(0.0)
+        for t in kd.range(3):
+            with kd.when(x[i] > t * 0.3):
+                acc += x[i] * t + 1.0
+        out[i] = acc
+
+
+@pytest.mark.parametrize("checks", [False, True])
+@pytest.mark.parametrize("w", [4, 16])
+def test_masks_selects_and_vector_locals(w, checks):
+    rng = np.random.default_rng(3)
+    for n in sizes(w):
+        x, y = random_array(rng, (n,), np.float32), random_array(rng, (n,), np.float32)
+        for s in (0, 2, 3, 40):
+            args = [x, y, np.zeros(n, np.float32), s]
+            check_traced(guarded, args, {"i", "i.1", "i.2"}, w, checks=checks)
+        check_traced(local_updates, [x, np.zeros(n, np.float32)], {"i"}, w, checks=checks)
+        empty = np.zeros(0, np.float32)
+        check_traced(unused_side, [x, empty, np.zeros(n, np.float32)], {"i"}, w, checks=checks)
+
+
+# ---------------------------------------------------------------------------------- checks
+
+
+def shifted(x, out, s):
+    i = kd.indices(out.shape[0])
+    out[i] = x[i + s] * 0.5 + x[i + 2 * s - s] * 0.5
+
+
+def test_bounds_checks_in_vector_code():
+    k = with_vector_loop(
+        traced(shifted, np.ones(40, np.float32), np.ones(32, np.float32), 0), "i", 16
+    )
+    compiled = compile_kernel(k, checks=True)
+    x, out = np.arange(40, dtype=np.float32), np.zeros(32, np.float32)
+    assert compiled.cfunc(x, out, 8) == 0
+    np.testing.assert_array_equal(out, x[8:])
+    code = compiled.cfunc(x, out, 9)  # the last vector's last lane reads x[40]
+    assert code >> 32 == 4 and compiled.sites.accesses[code & 0xFFFFFFFF][0] == "x"
+
+
+def test_a_varying_check_needs_every_active_lane():
+    check_ = Check(
+        Binary(BinaryOp.LT, at("a", T.i32), Const(100, T.i32), T.bool_), CheckKind.BOUNDS, "a < 100"
+    )
+    guard = If(Binary(BinaryOp.GT, at("a", T.i32), Const(0, T.i32), T.bool_), (check_,))
+    k = kernel({"a": (T.i32, 1)}, (Loop("i", N, LoopKind.PARALLEL, (guard,)),))
+    compiled = compile_kernel(with_vector_loop(k, "i", 8))
+    a = np.full(19, -500, np.int32)
+    assert compiled.cfunc(a) == 0  # the failing lanes are all masked off
+    a[5] = 200
+    assert compiled.cfunc(a) >> 32 == 1
+
+
+# ----------------------------------------------------------------------------- refusals
+
+
+def _scheduled(body: tuple[Stmt, ...], *temps: Buffer) -> Kernel:
+    """A kernel over one f32 array `a`, already scheduled (not verified as traced IR)."""
+    return Kernel("k", (Param("a", T.f32, 1),), (param("a", T.f32), *temps), body)
+
+
+def _loop(body: tuple[Stmt, ...], extent: Expr = N) -> Loop:
+    return Loop("i", extent, LoopKind.PARALLEL, body, exec=LoopExec.VECTORIZED, width=8)
+
+
+X = at("a", T.f32)
+ACC = LocalVar("acc", T.f32)
+TEMP = Buffer("t", T.f32, (Const(4, T.i64),), BufferRole.TEMP, Scope.STACK)
+REFUSED = {
+    "local 'acc' is assigned inside the loop but is not an accumulator": (
+        Assign("acc", Binary(BinaryOp.SUB, ACC, X, T.f32)),
+    ),
+    "accumulator 'acc' is read inside the loop": (
+        Assign("acc", Binary(BinaryOp.ADD, ACC, X, T.f32)),
+        Store("a", (I,), ACC),
+    ),
+    "'acc' is accumulated with both + and max": (
+        Assign("acc", Binary(BinaryOp.ADD, ACC, X, T.f32)),
+        Assign("acc", Binary(BinaryOp.MAX, X, ACC, T.f32)),
+    ),
+    "allocates the temporary 't'": (Allocate("t"),),
+    "the extent of loop 'k' inside it differs between lanes": (
+        Loop("k", I, LoopKind.SERIAL, (Store("a", (LoopVar("k"),), X),)),
+    ),
+    "stores values that differ between lanes into one element of 'a'": (Store("a", (_i64(0),), X),),
+    "loop 'k' inside it is vectorized too": (
+        Loop("k", N, LoopKind.PARALLEL, (), exec=LoopExec.VECTORIZED, width=4),
+    ),
+}
+
+
+@pytest.mark.parametrize("reason", REFUSED)
+def test_refusals_name_the_reason_and_agree_with_codegen(reason):
+    loop = _loop(REFUSED[reason])
+    k = _scheduled((DeclareLocal("acc", T.f32, Const(0.0, T.f32)), loop), TEMP)
+    found = vector_obstacle(loop, k)
+    assert found is not None and reason in found
+    with pytest.raises(CompileError, match="can't be vectorized"):
+        compile_kernel(k)
+
+
+def test_what_vectorizes_has_no_obstacle():
+    body = (
+        Assign("acc", Binary(BinaryOp.ADD, X, ACC, T.f32)),  # commuted accumulation
+        DeclareLocal("v", T.f32, X),
+        Store("a", (_i64(0),), Const(1.0, T.f32)),  # uniform value, uniform address
+        Loop(
+            "k",
+            DimOf("a", 0),
+            LoopKind.SERIAL,
+            (Assign("v", Fma(X, X, LocalVar("v", T.f32), T.f32)),),
+        ),
+    )
+    loop = _loop(body)
+    k = _scheduled((DeclareLocal("acc", T.f32, Const(0.0, T.f32)), loop))
+    assert vector_obstacle(loop, k) is None
+    compile_kernel(k)
+
+
+# ------------------------------------------------------------------------ machine code
+
+
+def test_f32_vector_code_uses_512_bit_registers():
+    k = with_vector_loop(
+        traced(scaled, np.ones((2, 3), np.float32), np.ones((2, 3), np.float32), 1.0), "j", 16
+    )
+    compiled = compile_kernel(k)
+    assert "<16 x float>" in compiled.optimized_ir
+    assert "zmm" in compiled.asm
+
+
+# ------------------------------------------------------------------------------ math
+
+
+def _ordered(a: np.ndarray) -> np.ndarray:
+    """Float bit patterns as integers in the floats' order: adjacent floats differ by 1."""
+    i = a.view(np.int32 if a.dtype == np.float32 else np.int64).astype(np.int64)
+    return np.where(i < 0, -(i & 0x7FFFFFFFFFFFFFFF), i)
+
+
+def ulp_error(got: np.ndarray, want: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        error = np.abs(_ordered(got) - _ordered(want)).astype(np.float64)
+    nan_got, nan_want = np.isnan(got), np.isnan(want)
+    return np.where(nan_got | nan_want, np.where(nan_got == nan_want, 0, np.inf), error)
+
+
+def _math_points(dtype: type) -> np.ndarray:
+    """Every 4099th f32 bit pattern (all exponents, NaN, inf, denormals), dense sweeps of
+    the ranges where the functions change shape, and the edges of exp's range."""
+    rng = np.random.default_rng(11)
+    if dtype == np.float32:
+        spread = np.arange(0, 2**32, 4099, dtype=np.uint64).astype(np.uint32).view(np.float32)
+        edges = [88.72283, 88.72284, -87.33655, -103.97, -104, 1e-45, 1.1754942e-38, 3.4e38]
+    else:
+        spread = rng.integers(-(2**63), 2**63, 400_000).view(np.float64)
+        edges = [709.78, 709.79, -708.39, -745.1, -745.2, 5e-324, 2.2250738585072014e-308, 1e308]
+    dense = [rng.uniform(-r, r, 100_000) for r in (1.0, 5.0, 30.0, 800.0)]
+    special = [0.0, -0.0, np.inf, -np.inf, np.nan, 1.0, 0.625, 0.875, 4.0, *edges]
+    values = [*dense, special, -np.array(edges)]
+    points = np.concatenate([spread, np.concatenate(values).astype(dtype)])
+    return points[: points.size // 16 * 16]
+
+
+def _exact(op: UnaryOp, x: np.ndarray) -> np.ndarray:
+    """The correctly rounded result (f64 for f32, 80-bit long double for f64); sigmoid
+    as the IR defines it: 1 / (1 + exp(-x)), each step rounded in the dtype."""
+    wide = np.float64 if x.dtype == np.float32 else np.longdouble
+    one = x.dtype.type(1)
+    with np.errstate(all="ignore"):
+        if op is UnaryOp.SIGMOID:
+            return one / (one + np.exp(-x.astype(wide)).astype(x.dtype))
+        if op is UnaryOp.ERF:
+            from math import erf
+
+            return np.array([erf(v) for v in x.astype(np.float64)]).astype(x.dtype)
+        fn = {UnaryOp.EXP: np.exp, UnaryOp.LOG: np.log, UnaryOp.TANH: np.tanh}[op]
+        return fn(x.astype(wide)).astype(x.dtype)
+
+
+MAX_ULP = {UnaryOp.EXP: 1, UnaryOp.LOG: 1, UnaryOp.TANH: 2, UnaryOp.SIGMOID: 4, UnaryOp.ERF: 2}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("op", INEXACT, ids=lambda op: op.name)
+def test_vector_math_is_within_a_few_ulp(op, dtype):
+    """Against the correctly rounded result (and NumPy's f32 ufuncs, themselves a few ulp
+    off); special values (inf, NaN, 0, denormals, overflow) exactly as the scalar code."""
+    d = T.f32 if dtype == np.float32 else T.f64
+    x = _math_points(dtype)
+    if op is UnaryOp.ERF:  # the reference, math.erf, is slow per element
+        x = np.ascontiguousarray(x[:: 8 if d == T.f32 else 4][: 100_000 // 16 * 16])
+    k = kernel(
+        {"x": (d, 1), "y": (d, 1)},
+        (
+            Loop(
+                "i", DimOf("x", 0), LoopKind.PARALLEL, (Store("y", (I,), Unary(op, at("x", d), d)),)
+            ),
+        ),
+    )
+    loop = k.body[0]
+    assert isinstance(loop, Loop)
+    vk = replace(k, body=(replace(loop, exec=LoopExec.VECTORIZED, width=64 // d.itemsize),))
+    got = run_compiled(vk, {"x": x, "y": np.zeros_like(x)})["y"]
+    error = ulp_error(got, _exact(op, x))  # type: ignore[arg-type]
+    worst = int(np.argmax(error))
+    assert error[worst] <= MAX_ULP[op], (
+        f"{op.name}({x[worst]!r}) = {got[worst]!r}: {error[worst]} ulp"
+    )  # type: ignore[index]
+    if dtype == np.float32 and op is not UnaryOp.ERF:
+        with np.errstate(all="ignore"):
+            numpy = {
+                UnaryOp.EXP: np.exp,
+                UnaryOp.LOG: np.log,
+                UnaryOp.TANH: np.tanh,
+                UnaryOp.SIGMOID: lambda v: 1 / (1 + np.exp(-v)),
+            }[op](x)
+        assert ulp_error(got, numpy).max() <= 4  # type: ignore[arg-type]
+    tiny = np.array([0.0, -0.0, np.inf, -np.inf, np.nan] * 4, dtype)[:16]
+    scalar = run_compiled(k, {"x": tiny, "y": np.zeros_like(tiny)})["y"]
+    assert_same(run_compiled(vk, {"x": tiny, "y": np.zeros_like(tiny)})["y"], scalar)  # type: ignore[arg-type]
+
+
+def test_pow_and_libm_lanes_match_scalar_code():
+    """Operators that stay per-lane calls (f64 tanh and erf, **) agree with scalar code bit for bit."""
+    x = np.random.default_rng(5).uniform(-3, 3, 64)
+    exprs = (
+        Unary(UnaryOp.TANH, at("x", T.f64), T.f64),
+        Unary(UnaryOp.ERF, at("x", T.f64), T.f64),
+        Binary(BinaryOp.POW, Unary(UnaryOp.ABS, at("x", T.f64), T.f64), at("x", T.f64), T.f64),
+    )
+    for e in exprs:
+        k = kernel(
+            {"x": (T.f64, 1), "y": (T.f64, 1)},
+            (Loop("i", DimOf("x", 0), LoopKind.PARALLEL, (Store("y", (I,), e),)),),
+        )
+        scalar = run_compiled(k, {"x": x, "y": np.zeros(64)})["y"]
+        vector = run_compiled(with_vector_loop(k, "i", 8), {"x": x, "y": np.zeros(64)})["y"]
+        assert_same(vector, scalar)  # type: ignore[arg-type]
