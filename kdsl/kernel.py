@@ -223,7 +223,7 @@ class KernelFunction:
         return s
 
     def _final_ir(self, kernel: Kernel) -> Kernel:
-        final = expand_schedule(self.scheduled(kernel).kernel)
+        final = expand_schedule(self.scheduled(kernel).kernel, contract=not self.strict_fp)
         if CONFIG.debug:
             verify(final, "scheduled")
         if dumps("schedule"):

@@ -25,17 +25,21 @@ from kdsl.ir.nodes import (
     Const,
     DeclareLocal,
     Expr,
+    Fma,
     If,
     Kernel,
     Load,
     LocalVar,
     Loop,
     LoopExec,
+    LoopKind,
     LoopVar,
     Stmt,
     Store,
 )
-from kdsl.ir.visit import fresh_namer, map_expr, map_stmt_exprs, walk_stmts
+from kdsl.ir.visit import fresh_namer, map_expr, map_stmt_exprs, walk_expr, walk_stmts
+
+MAX_VECTOR_COPIES = 8  # vectors of a constant-extent loop written out one by one
 
 
 def _i64(v: int) -> Const:
@@ -72,6 +76,7 @@ class _Expander:
         self.fresh = fresh_namer(kernel)
         self.buffers = {b.name: b for b in kernel.buffers}
         self.new_buffers: list[Buffer] = []
+        self.tile_conditions: dict[Expr, Expr] = {}  # "the tile is full" -> "it is an edge"
 
     def block(self, stmts: tuple[Stmt, ...]) -> tuple[Stmt, ...]:
         return tuple(out for s in stmts for out in self.stmt(s))
@@ -86,7 +91,7 @@ class _Expander:
             return self.specialize_tile(loop, self.vector_loop)
         if loop.exec is LoopExec.UNROLLED:
             return self.specialize_tile(loop, self.unrolled)
-        return (loop,)
+        return self.unswitch(loop)
 
     # -------------------------------------------------------------------- tiles
 
@@ -100,9 +105,35 @@ class _Expander:
         c, n = tile
         full = expand(replace(loop, extent=_i64(c)))
         edge = expand(self.clone(replace(loop, extent=n)))
+        is_full, is_edge = _bin(BinaryOp.LE, _i64(c), n), _bin(BinaryOp.LT, n, _i64(c))
+        self.tile_conditions[is_full] = is_edge
+        return If(is_full, full, loc=loop.loc), If(is_edge, edge, loc=loop.loc)
+
+    def unswitch(self, loop: Loop) -> tuple[Stmt, ...]:
+        """Move a full-or-edge tile test out of a loop it does not depend on, so that the
+        full tile's loop nest has no branch inside (its accumulators can stay in
+        registers): `for k: if full: A / if edge: B` → `if full: for k: A / if edge: …`."""
+        if loop.exec is not LoopExec.SERIAL:
+            return (loop,)
+        cond = next(
+            (
+                s.cond
+                for s in walk_stmts(loop.body)
+                if isinstance(s, If)
+                and s.cond in self.tile_conditions
+                and not _depends_on_loop_state(s.cond, loop)
+            ),
+            None,
+        )
+        if cond is None:
+            return (loop,)
+        edge_cond = self.tile_conditions[cond]
+        full = replace(loop, body=_decide(loop.body, cond, edge_cond))
+        edge_loop = self.clone(loop)
+        edge = replace(edge_loop, body=_decide(edge_loop.body, edge_cond, cond))
         return (
-            If(_bin(BinaryOp.LE, _i64(c), n), full, loc=loop.loc),
-            If(_bin(BinaryOp.LT, n, _i64(c)), edge, loc=loop.loc),
+            If(cond, self.unswitch(full), loc=loop.loc),
+            If(edge_cond, self.unswitch(edge), loc=loop.loc),
         )
 
     # ---------------------------------------------------------------- vectorize
@@ -110,12 +141,28 @@ class _Expander:
     def vector_loop(self, loop: Loop) -> tuple[Stmt, ...]:
         w = loop.width
         if isinstance(loop.extent, Const) and int(loop.extent.value) % w == 0:
-            return (loop,)
+            return self.vector_copies(loop)
         if isinstance(loop.extent, Const) and int(loop.extent.value) < w:
             return (replace(loop, exec=LoopExec.SERIAL, width=1),)
         n = _bin(BinaryOp.MAX, loop.extent, _i64(0))
         main = _bin(BinaryOp.MUL, _bin(BinaryOp.FLOORDIV, n, _i64(w)), _i64(w))
         return (replace(loop, extent=main), *self.tail(loop, main, n))
+
+    def vector_copies(self, loop: Loop) -> tuple[Stmt, ...]:
+        """A short vector loop of constant extent becomes one vector per copy: every
+        address in a copy is then a constant offset, so a tile of accumulators on the
+        stack turns into registers (LLVM's SROA) instead of memory traffic."""
+        assert isinstance(loop.extent, Const)
+        count = int(loop.extent.value) // loop.width
+        if not 2 <= count <= MAX_VECTOR_COPIES:
+            return (loop,)
+        out: list[Stmt] = []
+        for t in range(count):
+            var = self.fresh(loop.var)
+            at = _bin(BinaryOp.ADD, LoopVar(var), _i64(t * loop.width))
+            body = self.clone_block(loop.body, {loop.var: at})
+            out.append(replace(loop, var=var, extent=_i64(loop.width), body=body))
+        return tuple(out)
 
     def tail(self, loop: Loop, start: Expr, n: Expr) -> tuple[Stmt, ...]:
         """A serial loop over iterations [start, n) of `loop`."""
@@ -206,8 +253,68 @@ class _Expander:
         return tuple(stmt(s) for s in stmts)
 
 
-def expand_schedule(kernel: Kernel) -> Kernel:
-    """Expand every vectorized and unrolled loop (see the module docstring)."""
+def _depends_on_loop_state(cond: Expr, loop: Loop) -> bool:
+    """Could `cond` change between iterations of `loop`? (Tile tests read only loop
+    variables and shapes, so: does it read this loop's variable or one inside it.)"""
+    inner = {s.var for s in walk_stmts((loop,)) if isinstance(s, Loop)}
+    return any(
+        (isinstance(e, LoopVar) and e.name in inner) or isinstance(e, LocalVar | Load)
+        for e in walk_expr(cond)
+    )
+
+
+def _decide(stmts: tuple[Stmt, ...], true: Expr, false: Expr) -> tuple[Stmt, ...]:
+    """`stmts` knowing that `true` holds and `false` does not: tests of them disappear."""
+    out: list[Stmt] = []
+    for s in stmts:
+        if isinstance(s, If) and s.cond == true:
+            out += _decide(s.then, true, false)
+        elif isinstance(s, If) and s.cond == false:
+            continue
+        elif isinstance(s, If):
+            out.append(replace(s, then=_decide(s.then, true, false)))
+        elif isinstance(s, Loop):
+            out.append(replace(s, body=_decide(s.body, true, false)))
+        else:
+            out.append(s)
+    return tuple(out)
+
+
+def _contract_accumulations(stmts: tuple[Stmt, ...], in_reduction: bool) -> tuple[Stmt, ...]:
+    """In reduction loops, `acc + a*b` becomes `fma(a, b, acc)`: one rounding instead of
+    two, and one instruction (the accumulation order is already free, see strict_fp)."""
+
+    def fused(acc: Expr, value: Expr) -> Expr:
+        if (
+            isinstance(value, Binary)
+            and value.op is BinaryOp.ADD
+            and value.dtype.is_float
+            and value.lhs == acc
+            and isinstance(value.rhs, Binary)
+            and value.rhs.op is BinaryOp.MUL
+        ):
+            return Fma(value.rhs.lhs, value.rhs.rhs, acc, value.dtype)
+        return value
+
+    out: list[Stmt] = []
+    for s in stmts:
+        match s:
+            case Loop(kind=kind, body=body):
+                inner = in_reduction or kind is LoopKind.REDUCTION
+                s = replace(s, body=_contract_accumulations(body, inner))
+            case If(then=then):
+                s = replace(s, then=_contract_accumulations(then, in_reduction))
+            case Store(buffer=b, index=ix, value=v) if in_reduction:
+                s = replace(s, value=fused(Load(b, ix, v.dtype), v))
+            case Assign(local=n, value=v) if in_reduction:
+                s = replace(s, value=fused(LocalVar(n, v.dtype), v))
+        out.append(s)
+    return tuple(out)
+
+
+def expand_schedule(kernel: Kernel, contract: bool = False) -> Kernel:
+    """Expand every vectorized and unrolled loop (see the module docstring); with
+    `contract` (kernels that allow reassociation), fuse multiply-adds into accumulators."""
     ex = _Expander(kernel)
-    body = ex.block(kernel.body)
+    body = ex.block(_contract_accumulations(kernel.body, False) if contract else kernel.body)
     return replace(kernel, body=body, buffers=kernel.buffers + tuple(ex.new_buffers))

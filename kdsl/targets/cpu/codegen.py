@@ -293,8 +293,10 @@ class _Codegen:
             size = b.mul(
                 size, b.select(b.icmp_signed("<", d, ir.Constant(I64, 0)), ir.Constant(I64, 0), d)
             )
-        if buf.scope is Scope.STACK and isinstance(size, ir.Constant):
-            data = self._entry_alloca(ir.ArrayType(I8, max(1, int(size.constant))), buf.name)
+        constant = _constant_size(buf)
+        if buf.scope is Scope.STACK and constant is not None:
+            data = self._entry_alloca(ir.ArrayType(I8, max(1, constant)), buf.name)
+            data.align = 64  # a cache line: whole vectors never straddle two
         else:
             slot = self._heap_slot(buf.name)
             data = b.call(self._libc("malloc", PTR, [I64]), [b.add(size, ir.Constant(I64, 1))])
@@ -402,6 +404,16 @@ class _Codegen:
         phi.add_incoming(tv, tb)
         phi.add_incoming(fv, fb)
         return phi
+
+
+def _constant_size(buf: Buffer) -> int | None:
+    """The buffer's size in bytes when its shape is made of constants."""
+    size = buf.dtype.itemsize
+    for d in buf.shape:
+        if not isinstance(d, Const):
+            return None
+        size *= max(0, int(d.value))
+    return size
 
 
 def symbol_name(kernel: Kernel) -> str:

@@ -117,8 +117,12 @@ class VectorPlan:
 
 
 def accumulation(s: Assign) -> tuple[BinaryOp, Expr] | None:
-    """(op, x) when `s` is `acc = acc op x` or `acc = x op acc` with an accumulating op."""
+    """(op, x) when `s` is `acc = acc op x` or `acc = x op acc` with an accumulating op;
+    `acc = fma(a, b, acc)` (a contracted sum) is (ADD, a * b)."""
     v = s.value
+    if isinstance(v, Fma) and v.c == LocalVar(s.local, v.dtype):
+        product = Binary(BinaryOp.MUL, v.a, v.b, v.dtype)
+        return None if _reads(product, s.local) else (BinaryOp.ADD, product)
     if not isinstance(v, Binary) or v.op not in ACCUMULATE:
         return None
     for mine, x in ((v.lhs, v.rhs), (v.rhs, v.lhs)):
@@ -299,6 +303,9 @@ class _VectorLoop:
         gen, b = self.gen, self.b
         slot = gen._entry_alloca(I64, var)
         b.store(start, slot)
+        if _is_const(start, 0) and _is_const(stop, step):  # one trip: straight-line code
+            body(slot)
+            return
         cond = gen.fn.append_basic_block(f"{var}.cond")
         inner = gen.fn.append_basic_block(f"{var}.body")
         done = gen.fn.append_basic_block(f"{var}.end")
@@ -396,7 +403,11 @@ class _VectorLoop:
         slot = self.partials[s.local][self.copy]
         d = self.plan.accumulators[s.local][1]
         old = _read(self.b, slot)
-        new = self.ops.binary(op, old, self.vector(self.value(x)), d)
+        if isinstance(s.value, Fma):  # keep the single rounding of the contracted sum
+            a, b = (self.vector(self.value(e)) for e in (s.value.a, s.value.b))
+            new = self.ops.fma(a, b, old)
+        else:
+            new = self.ops.binary(op, old, self.vector(self.value(x)), d)
         if self.mask is not None:
             new = self.b.select(self.mask, new, old)
         self.b.store(new, slot)
@@ -718,3 +729,7 @@ def _identity(op: BinaryOp, d: T.DType) -> bool | int | float:
     if op is BinaryOp.MAX:
         return -(1 << (d.bits - 1)) if d.is_signed else 0
     return (1 << (d.bits - 1)) - 1 if d.is_signed else (1 << d.bits) - 1
+
+
+def _is_const(v: ir.Value, n: int) -> bool:
+    return isinstance(v, ir.Constant) and v.constant == n
