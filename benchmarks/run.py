@@ -130,6 +130,15 @@ NOTES = [
     "`np.sum(x, axis=1, out=out)`; matmul `np.matmul(a, b, out=c)` (BLAS, its own threads); "
     "overhead `np.add(a, b, out=c)`.",
     "The naive matmul has no schedule: it shows the default schedule against BLAS, honestly.",
+    "Schedule cases (benchmarks/schedules.py): 'parallel' is the default schedule on all "
+    "cores against the same kernel with kd.set_num_threads(1); 'empty fork/join' calls the "
+    "native pool from Python through ctypes (both sides pay the same ~0.8 µs of ctypes); "
+    "'copy' against np.copyto is the memory-bandwidth yardstick; softmax and RMS norm are "
+    "DESIGN §1's statements with temporaries, with a fuse/vectorize/parallelize schedule, "
+    "against NumPy and against the same kernel with the default schedule (unfused); the "
+    "scheduled matmul uses the tile/split/reorder/vectorize/unroll/parallelize schedule of "
+    "benchmarks/schedules.py with its params' first choices (no tuning yet). PyTorch is not "
+    "installed on this machine, so it has no column.",
     "First call: a new kernel object traced and compiled (LLVM included) and run on 8 elements.",
 ]
 
