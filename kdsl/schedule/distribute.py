@@ -148,17 +148,13 @@ def _expand_local(
                 return Store(name, index, map_expr(v, read), loc=s.loc)
             case Loop() | If():
                 return tree.with_body(
-                    map_stmt_exprs(replace(s, **_empty_body(s)), read),
+                    map_stmt_exprs(tree.with_body(s, ()), read),
                     tuple(rewrite(b) for b in tree.body_of(s)),
                 )
         return map_stmt_exprs(s, read)
 
     new_groups = [tuple(rewrite(s) for s in g) for g in groups]
     return new_groups, Allocate(name, loc=local.loc)
-
-
-def _empty_body(s: Stmt) -> dict[str, tuple[Stmt, ...]]:
-    return {"body": ()} if isinstance(s, Loop) else {"then": ()}
 
 
 def _expand_buffer(
@@ -191,7 +187,7 @@ def _expand_buffer(
                 s = replace(s, index=(var, *s.index))
             case Loop() | If():
                 inner = tuple(r for b in tree.body_of(s) if (r := rewrite(b)) is not None)
-                return tree.with_body(map_stmt_exprs(replace(s, **_empty_body(s)), index), inner)
+                return tree.with_body(map_stmt_exprs(tree.with_body(s, ()), index), inner)
         return map_stmt_exprs(s, index)
 
     new_groups = [tuple(r for s in g if (r := rewrite(s)) is not None) for g in groups]
