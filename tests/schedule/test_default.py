@@ -1,0 +1,62 @@
+"""The default schedule (DESIGN §3) and the public thread-count setting."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import kdsl as kd
+from tests.helpers import random_array
+
+
+@kd.kernel
+def saxpy(a, x, y):
+    i = kd.indices(x.shape[0])
+    y[i] = a * x[i] + y[i]
+
+
+@kd.kernel
+def matmul(A, B, C):
+    i, j, k = kd.indices(A.shape[0], B.shape[1], A.shape[1])
+    C[i, j] = kd.sum(A[i, k] * B[k, j], over=k)
+
+
+def test_a_one_loop_kernel_is_split_vectorized_and_parallelized():
+    x = np.ones(10, np.float32)
+    steps = str(saxpy.schedule_of(2.0, x, x.copy())).splitlines()[1:]
+    assert steps == [
+        'io, ii = s.split("i", 8192)',
+        's.vectorize("ii", 16)',
+        's.parallelize("io")',
+    ]
+    assert "zmm" in saxpy.asm(2.0, x, x.copy())  # AVX-512 vectors on this machine
+
+
+def test_matmul_vectorizes_the_unit_stride_loop_not_the_reduction():
+    a = np.ones((4, 4), np.float64)
+    steps = str(matmul.schedule_of(a, a, a.copy())).splitlines()[1:]
+    assert steps == ['s.vectorize("j", 8)', 's.parallelize("i")']  # 8 f64 lanes
+
+
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 8191, 8193, 100_003])
+def test_default_schedule_results_do_not_depend_on_the_thread_count(n):
+    rng = np.random.default_rng(n)
+    x, y = random_array(rng, (n,), np.float32), random_array(rng, (n,), np.float32)
+    before = kd.get_num_threads()
+    outputs = []
+    try:
+        for threads in (1, 2, 3):
+            kd.set_num_threads(threads)
+            out = y.copy()
+            saxpy(1.5, x, out)
+            outputs.append(out)
+    finally:
+        kd.set_num_threads(before)
+    for out in outputs:
+        np.testing.assert_array_equal(out, outputs[0])
+    np.testing.assert_allclose(outputs[0], np.float32(1.5) * x + y, rtol=1e-6)
+
+
+def test_set_num_threads_rejects_nonsense():
+    with pytest.raises(ValueError, match="thread"):
+        kd.set_num_threads(0)
