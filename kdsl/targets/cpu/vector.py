@@ -59,7 +59,7 @@ from kdsl.ir.nodes import (
     Store,
     Unary,
 )
-from kdsl.ir.visit import children, stmt_exprs, walk_expr, walk_stmts
+from kdsl.ir.visit import children, stmt_exprs, walk_all_exprs, walk_expr, walk_stmts
 from kdsl.targets.cpu.ops import I1, I8, I32, I64, PTR, constant, llvm_type, memory_type
 from kdsl.targets.cpu.state import ErrorKind
 
@@ -225,6 +225,7 @@ class _VectorLoop:
         self.loop, self.plan, self.w = loop, plan, loop.width
         self.lanes: ir.Value = ir.Constant(ir.VectorType(I64, self.w), list(range(self.w)))
         self.vslots: dict[str, ir.Value] = {}  # vector locals
+        self.held: dict[tuple[str, tuple[Expr, ...]], ir.Value] = {}  # see inner_loop
         self.partials: dict[str, list[ir.Value]] = {}  # accumulators' vectors of partials
         self.copy = 0  # which of them this copy of the body updates
         self.base: ir.Value = ir.Constant(I64, 0)  # lane 0's iteration
@@ -319,17 +320,72 @@ class _VectorLoop:
         b.position_at_end(done)
 
     def inner_loop(self, loop: Loop) -> None:
-        """A loop inside the vector loop: scalar control (a uniform extent), vector body."""
-        gen = self.gen
+        """A loop inside the vector loop: scalar control (a uniform extent), vector body.
+
+        Vectors of a temporary that the loop updates in place at one address (a tile of
+        accumulators: `acc[r, j] = acc[r, j] + …`) live in registers for the whole loop:
+        loaded before it, stored after it (LLVM keeps such stores inside the loop)."""
+        gen, b = self.gen, self.b
         reduction = loop.kind is LoopKind.REDUCTION
         gen.reduction_depth += reduction
+        stop = self.uniform(loop.extent)
 
         def body(slot: ir.Value) -> None:
             gen.state.loops[loop.var] = slot
             self.block(loop.body)
 
-        self.counted(loop.var, ir.Constant(I64, 0), self.uniform(loop.extent), 1, body)
+        held = self.registers_for(loop)
+        if not held:
+            self.counted(loop.var, ir.Constant(I64, 0), stop, 1, body)
+        else:
+            with b.if_then(b.icmp_signed(">", stop, ir.Constant(I64, 0))):
+                for (name, index), slot in held.items():
+                    b.store(self.load(Load(name, index, gen.buffers[name].dtype)), slot)
+                self.held.update(held)
+                self.counted(loop.var, ir.Constant(I64, 0), stop, 1, body)
+                for key in held:
+                    del self.held[key]
+                for (name, index), slot in held.items():
+                    self.write_back(name, index, _read(b, slot))
         gen.reduction_depth -= reduction
+
+    def write_back(self, name: str, index: tuple[Expr, ...], value: ir.Value) -> None:
+        dtype = self.gen.buffers[name].dtype
+        self.access(name, index, None, lambda at: self.store_at(at, value, dtype))
+
+    def registers_for(self, loop: Loop) -> dict[tuple[str, tuple[Expr, ...]], ir.Value]:
+        """Slots for the temporaries' vectors `loop` updates at one loop-invariant address."""
+        if self.mask is not None or self.gen.checks:
+            return {}
+        inner = {st.var for st in walk_stmts((loop,)) if isinstance(st, Loop)}
+        inner |= {st.name for st in walk_stmts(loop.body) if isinstance(st, DeclareLocal)}
+        accesses: dict[str, set[tuple[Expr, ...]]] = {}
+        for e in walk_all_exprs(loop.body):
+            if isinstance(e, Load):
+                accesses.setdefault(e.buffer, set()).add(e.index)
+        stores = [st for st in loop.body if isinstance(st, Store)]  # unconditional ones
+        written = [st.buffer for st in walk_stmts(loop.body) if isinstance(st, Store)]
+        held: dict[tuple[str, tuple[Expr, ...]], ir.Value] = {}
+        for st in stores:
+            buf = self.gen.buffers[st.buffer]
+            same = accesses.get(st.buffer, set()) <= {st.index}
+            once = written.count(st.buffer) == 1
+            invariant = not any(
+                isinstance(e, LoopVar | LocalVar) and e.name in inner
+                for i in st.index
+                for e in walk_expr(i)
+            )
+            if (
+                buf.role is BufferRole.TEMP
+                and not buf.dtype.is_bool
+                and same
+                and once
+                and invariant
+                and any(map(self.plan.varying, st.index))
+            ):
+                vt = self.vtype(memory_type(buf.dtype))
+                held[(st.buffer, st.index)] = self.gen._entry_alloca(vt, f"{st.buffer}.reg")
+        return held
 
     def horizontal(self, op: BinaryOp, v: ir.Value, d: T.DType) -> ir.Value:
         """All lanes of `v` combined with `op`."""
@@ -420,6 +476,10 @@ class _VectorLoop:
 
     def store(self, s: Store) -> None:
         gen, b = self.gen, self.b
+        slot = self.held.get((s.buffer, s.index))
+        if slot is not None:  # kept in a register for the enclosing loop
+            b.store(self.vector(self.value(s.value)), slot)
+            return
         if not any(map(self.plan.varying, s.index)):
             gen.stmt(s, [])  # the value is uniform too (plan_vector_loop checked)
             return
@@ -560,6 +620,9 @@ class _VectorLoop:
     # ------------------------------------------------------------------ memory
 
     def load(self, e: Load) -> ir.Value:
+        slot = self.held.get((e.buffer, e.index))
+        if slot is not None:
+            return _read(self.b, slot)
         value = self.access(e.buffer, e.index, e.loc, lambda at: self.load_at(at, e.dtype))
         return self.b.trunc(value, self.vtype(I1)) if e.dtype.is_bool else value
 
