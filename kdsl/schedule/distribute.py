@@ -46,12 +46,28 @@ STACK_LIMIT_BYTES = 16 * 1024
 
 
 def upper_bound(extent: Expr) -> Expr:
-    """A loop-invariant bound on a loop's extent: the tile size of `min(f, n - o*f)`."""
-    if isinstance(extent, Binary) and extent.op is BinaryOp.MIN:
-        for side in (extent.lhs, extent.rhs):
-            if isinstance(side, Const):
-                return side
-    return extent
+    """A loop-invariant bound on a loop's extent: a constant when one can be derived
+    (the tile size of `min(f, n - o*f)`, or `(min(64, …) + 7) // 8` for a split of a
+    split), else the extent itself."""
+    bound = _constant_bound(extent)
+    return extent if bound is None else Const(bound, extent.dtype)
+
+
+def _constant_bound(e: Expr) -> int | None:
+    """An upper bound of a non-negative extent expression, if a constant one follows."""
+    if isinstance(e, Const):
+        return int(e.value)
+    if not isinstance(e, Binary):
+        return None
+    lhs, rhs = _constant_bound(e.lhs), _constant_bound(e.rhs)
+    if e.op is BinaryOp.MIN:
+        known = [b for b in (lhs, rhs) if b is not None]
+        return min(known) if known else None
+    if e.op is BinaryOp.ADD and lhs is not None and rhs is not None:
+        return lhs + rhs
+    if e.op is BinaryOp.FLOORDIV and lhs is not None and isinstance(e.rhs, Const):
+        return lhs // int(e.rhs.value) if int(e.rhs.value) > 0 else None
+    return None
 
 
 def temp_scope(shape: tuple[Expr, ...], itemsize: int) -> Scope:
