@@ -24,6 +24,7 @@ class Settings:
     repeats: int
     min_batch_s: float
     working_set_bytes: int
+    settle_s: float = 0.0  # pause before each side's batch (see compare)
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,9 @@ def compare(
     times: list[list[float]] = [[], []]
     for _ in range(settings.repeats):
         for side, fn in enumerate(sides):
+            # BLAS worker threads keep spinning for ~0.1-0.2 s after a call; without a
+            # pause they steal cores from whichever side runs next.
+            time.sleep(settings.settle_s)
             times[side].append(_batch(fn, batches[side]))
     return statistics.median(times[0]), statistics.median(times[1])
 

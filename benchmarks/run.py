@@ -123,7 +123,9 @@ def compile_row(repeats: int) -> harness.Row:
 NOTES = [
     "Times are medians per call over repeats (after warm-up), kdsl and NumPy alternating in "
     "the same process; inputs rotate among several copies so neither side runs on warm caches "
-    "the other one filled.",
+    "the other one filled, and each batch starts after a 0.3 s pause so that OpenBLAS's "
+    "worker threads, which spin ~0.1-0.2 s after a call, do not steal cores from the next "
+    "side (without the pause the scheduled matmul measured half its speed).",
     "NumPy/kdsl > 1 means kdsl is faster. Rates: GB/s counts bytes read + written once; "
     "GFLOP/s counts 2·n³ for matmul.",
     "NumPy forms: saxpy `np.multiply(x, a, out=z); np.add(z, y, out=z)`; row sum "
@@ -171,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         ]
         compile_repeats = 1
     else:
-        settings = harness.Settings(repeats=15, min_batch_s=0.05, working_set_bytes=64 << 20)
+        settings = harness.Settings(
+            repeats=15, min_batch_s=0.05, working_set_bytes=64 << 20, settle_s=0.3
+        )
         cases = [
             saxpy_case(1_000_000),
             saxpy_case(10_000_000),
