@@ -1,12 +1,44 @@
-"""A structural hash of IR: equal for equal programs, stable across processes."""
+"""A structural hash of IR: equal for equal programs, stable across processes.
+
+Each node's digest covers its type and fields, with child nodes replaced by their
+digests. Digests are memoized by identity, so a kernel whose expressions share
+sub-trees (a traced value used twice at every step) hashes in time linear in its DAG,
+while equal trees hash equal however they are shared. Source locations are left out.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import hashlib
 
 from kdsl.ir.nodes import Kernel
+from kdsl.types import DType
 
 
 def structural_hash(kernel: Kernel) -> str:
-    """Hex digest of the kernel's structure (dataclass reprs leave source locations out)."""
-    return hashlib.sha256(repr(kernel).encode()).hexdigest()
+    """Hex digest of the kernel's structure."""
+    memo: dict[int, tuple[object, str]] = {}
+
+    def digest(value: object) -> str:
+        hit = memo.get(id(value))
+        if hit is not None and hit[0] is value:
+            return hit[1]
+        if isinstance(value, tuple):
+            text = "(" + ",".join(digest(v) for v in value) + ")"
+        elif dataclasses.is_dataclass(value) and not isinstance(value, DType):
+            fields = [
+                f"{f.name}={digest(getattr(value, f.name))}"
+                for f in dataclasses.fields(value)
+                if f.compare  # source locations are not compared, nor hashed
+            ]
+            text = f"{type(value).__name__}({','.join(fields)})"
+        elif isinstance(value, enum.Enum):
+            text = f"{type(value).__name__}.{value.name}"
+        else:
+            text = f"{type(value).__name__}:{value!r}"  # bool 1 vs int 1 vs float 1.0
+        result = hashlib.sha256(text.encode()).hexdigest()
+        memo[id(value)] = (value, result)
+        return result
+
+    return digest(kernel)

@@ -25,3 +25,21 @@ def test_a_value_used_twice_per_step_for_40_steps_compiles_and_is_right():
     for _ in range(40):
         want = np.sqrt(want * want + 1.0)
     np.testing.assert_allclose(y, want, rtol=1e-12)
+
+
+def test_a_kernel_with_shared_expressions_hashes_quickly_and_deterministically():
+    def build(steps: int):
+        @kd.kernel
+        def iterate(x, y):
+            i = kd.indices(x.shape[0])
+            v = x[i]
+            for _ in range(steps):
+                v = kd.sqrt(v * v + 1.0)
+            y[i] = v
+
+        return iterate
+
+    x = np.ones(3)
+    deep = build(60).ir(x, x.copy())  # a tree of 2**60 nodes
+    assert deep.hash == build(60).ir(x, x.copy()).hash
+    assert deep.hash != build(59).ir(x, x.copy()).hash
