@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from kdsl.ir.nodes import (
     Allocate,
     Assign,
@@ -30,6 +32,7 @@ from kdsl.ir.nodes import (
     Unary,
     UnaryOp,
 )
+from kdsl.ir.visit import children, stmt_exprs
 
 # Binding strength of operators, as in Python; function-style ones bind tightest.
 _PRECEDENCE = {
@@ -55,8 +58,22 @@ def format_expr(e: Expr) -> str:
     return _expr(e)[0]
 
 
+class _Shared(threading.local):
+    """Names of the sub-expressions shared within the statement being printed, by
+    identity (per thread: two threads may print at once)."""
+
+    def __init__(self) -> None:
+        self.names: dict[int, str] = {}
+
+
+_shared = _Shared()
+
+
 def _expr(e: Expr) -> tuple[str, int]:
     """Text of `e` and its binding strength (for parentheses)."""
+    name = _shared.names.get(id(e))
+    if name is not None:
+        return (name, _ATOM)
     match e:
         case Const(value=v):
             text = repr(v)
@@ -100,10 +117,43 @@ def _paren(e: Expr, min_prec: int) -> str:
     return text if prec >= min_prec else f"({text})"
 
 
+_BIND_SIZE = 12  # smaller shared expressions (x[i], i + 1) read better written out
+
+
+def _bind_shared(s: Stmt, pad: str) -> list[str]:
+    """Lines `$1 = …` for the compound sub-expressions the statement uses more than once
+    (a traced value used twice): printed once each, so the text stays linear in size."""
+    shared = _shared.names
+    shared.clear()
+    uses: dict[int, int] = {}
+    order: list[Expr] = []
+
+    def count(e: Expr) -> None:
+        uses[id(e)] = uses.get(id(e), 0) + 1
+        if uses[id(e)] == 1:
+            for c in children(e):
+                count(c)
+            order.append(e)  # children first
+
+    for e in stmt_exprs(s):
+        count(e)
+    size: dict[int, int] = {}  # nodes in the tree each prints as, capped
+    for e in order:
+        size[id(e)] = min(_BIND_SIZE, 1 + sum(size[id(c)] for c in children(e)))
+    lines = []
+    for e in order:
+        if uses[id(e)] > 1 and size[id(e)] >= _BIND_SIZE:
+            text = format_expr(e)
+            shared[id(e)] = f"${len(shared) + 1}"
+            lines.append(f"{pad}{shared[id(e)]} = {text}")
+    return lines
+
+
 def format_stmts(body: tuple[Stmt, ...], indent: int = 1) -> list[str]:
     pad = "  " * indent
     out: list[str] = []
     for s in body:
+        out.extend(_bind_shared(s, pad))
         match s:
             case Store(buffer=b, index=index, value=v):
                 out.append(
@@ -124,6 +174,7 @@ def format_stmts(body: tuple[Stmt, ...], indent: int = 1) -> list[str]:
                 out.extend(format_stmts(then, indent + 1))
             case Check(cond=c, kind=kind):
                 out.append(f"{pad}check {format_expr(c)}  # {kind.value}")
+        _shared.names.clear()
     return out
 
 

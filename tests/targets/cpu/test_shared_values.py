@@ -43,3 +43,18 @@ def test_a_kernel_with_shared_expressions_hashes_quickly_and_deterministically()
     deep = build(60).ir(x, x.copy())  # a tree of 2**60 nodes
     assert deep.hash == build(60).ir(x, x.copy()).hash
     assert deep.hash != build(59).ir(x, x.copy()).hash
+
+
+def test_the_printer_names_large_shared_expressions_once():
+    @kd.kernel
+    def iterate(x, y):
+        i = kd.indices(x.shape[0])
+        v = x[i]
+        for _ in range(60):
+            v = kd.sqrt(v * v + 1.0)
+        y[i] = v
+
+    x = np.ones(3)
+    text = str(iterate.ir(x, x.copy()))
+    assert len(text) < 10_000, text[:500]
+    assert "$1 = " in text and "y[i] = sqrt($" in text
