@@ -1,0 +1,158 @@
+"""What a vector loop's body needs, found before any code is emitted: which locals are
+vectors, which outer locals are accumulators, and why a loop can't be vectorized (the
+reason `vector_obstacle` gives schedules so they refuse early)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from kdsl import types as T
+from kdsl.ir.nodes import (
+    Allocate,
+    Assign,
+    Binary,
+    BinaryOp,
+    DeclareLocal,
+    Expr,
+    Fma,
+    If,
+    LocalVar,
+    Loop,
+    LoopExec,
+    LoopVar,
+    Stmt,
+    Store,
+)
+from kdsl.ir.visit import children, stmt_exprs, walk_expr, walk_stmts
+
+ACCUMULATE = (BinaryOp.ADD, BinaryOp.MUL, BinaryOp.MAX, BinaryOp.MIN)
+
+
+@dataclass
+class VectorPlan:
+    """What a vector loop's body needs: which of its locals are vectors, which outer
+    locals it accumulates into (name -> (op, dtype)), or why it can't be vectorized."""
+
+    var: str
+    varying_locals: set[str] = field(default_factory=set)
+    accumulators: dict[str, tuple[BinaryOp, T.DType]] = field(default_factory=dict)
+    problem: str | None = None
+    known: dict[int, tuple[Expr, bool]] = field(default_factory=dict, repr=False)
+
+    def varying(self, e: Expr) -> bool:
+        """Whether `e` differs between lanes; remembered per node, as traced expressions
+        share sub-expressions (a tree can be exponentially larger than its DAG)."""
+        hit = self.known.get(id(e))
+        if hit is None or hit[0] is not e:
+            result = any(map(self.varying, children(e))) or (
+                isinstance(e, LoopVar)
+                and e.name == self.var
+                or isinstance(e, LocalVar)
+                and e.name in self.varying_locals
+            )
+            hit = self.known[id(e)] = (e, result)
+        return hit[1]
+
+
+def accumulation(s: Assign) -> tuple[BinaryOp, Expr] | None:
+    """(op, x) when `s` is `acc = acc op x` or `acc = x op acc` with an accumulating op;
+    `acc = fma(a, b, acc)` (a contracted sum) is (ADD, a * b)."""
+    v = s.value
+    if isinstance(v, Fma) and v.c == LocalVar(s.local, v.dtype):
+        product = Binary(BinaryOp.MUL, v.a, v.b, v.dtype)
+        return None if _reads(product, s.local) else (BinaryOp.ADD, product)
+    if not isinstance(v, Binary) or v.op not in ACCUMULATE:
+        return None
+    for mine, x in ((v.lhs, v.rhs), (v.rhs, v.lhs)):
+        if mine == LocalVar(s.local, v.dtype) and not _reads(x, s.local):
+            return v.op, x
+    return None
+
+
+def _reads(e: Expr, local: str) -> bool:
+    return any(isinstance(n, LocalVar) and n.name == local for n in walk_expr(e))
+
+
+def plan_vector_loop(loop: Loop) -> VectorPlan:
+    plan = VectorPlan(loop.var)
+    plan.problem = _accumulators(loop, plan)
+    if plan.problem is None:
+        _varying_locals(loop, plan)
+        plan.problem = next(_obstacles(loop.body, plan), None)
+    return plan
+
+
+def _accumulators(loop: Loop, plan: VectorPlan) -> str | None:
+    declared = {s.name for s in walk_stmts(loop.body) if isinstance(s, DeclareLocal)}
+    updates: dict[int, Expr] = {}  # id of each update -> what it adds (multiplies, ...)
+    for s in walk_stmts(loop.body):
+        if not isinstance(s, Assign) or s.local in declared:
+            continue
+        found = accumulation(s)
+        if found is None:
+            return (
+                f"local '{s.local}' is assigned inside the loop but is not an accumulator "
+                "(acc = acc + x, *, max or min)"
+            )
+        op, previous = found[0], plan.accumulators.get(s.local)
+        if previous is not None and previous[0] is not op:
+            return f"local '{s.local}' is accumulated with both {previous[0].value} and {op.value}"
+        plan.accumulators[s.local] = (op, s.value.dtype)
+        updates[id(s)] = found[1]
+    for s in walk_stmts(loop.body):
+        exprs = (updates[id(s)],) if id(s) in updates else stmt_exprs(s)
+        for name in plan.accumulators:
+            if any(_reads(e, name) for e in exprs):
+                return f"accumulator '{name}' is read inside the loop, not only accumulated"
+    return None
+
+
+def _varying_locals(loop: Loop, plan: VectorPlan) -> None:
+    """Grow plan.varying_locals to a fixpoint: a local is varying when a value assigned to
+    it is varying or the assignment is under a varying condition."""
+    declared = {s.name for s in walk_stmts(loop.body) if isinstance(s, DeclareLocal)}
+    while True:
+        before = len(plan.varying_locals)
+        for s, masked in _with_masks(loop.body, plan, False):
+            if isinstance(s, DeclareLocal | Assign):
+                name = s.name if isinstance(s, DeclareLocal) else s.local
+                value = s.init if isinstance(s, DeclareLocal) else s.value
+                if name in declared and (masked or plan.varying(value)):
+                    plan.varying_locals.add(name)
+        if len(plan.varying_locals) == before:
+            return
+        plan.known.clear()
+
+
+def _with_masks(
+    body: tuple[Stmt, ...], plan: VectorPlan, masked: bool
+) -> Iterator[tuple[Stmt, bool]]:
+    """Every statement, with whether it runs under a varying condition."""
+    for s in body:
+        yield s, masked
+        if isinstance(s, Loop):
+            yield from _with_masks(s.body, plan, masked)
+        elif isinstance(s, If):
+            yield from _with_masks(s.then, plan, masked or plan.varying(s.cond))
+
+
+def _obstacles(body: tuple[Stmt, ...], plan: VectorPlan) -> Iterator[str]:
+    for s, _ in _with_masks(body, plan, False):
+        match s:
+            case Allocate(buffer=name):
+                yield f"it allocates the temporary '{name}' inside the loop"
+            case Loop(var=var, exec=LoopExec.VECTORIZED | LoopExec.PARALLEL as how):
+                yield f"loop '{var}' inside it is {how.value} too"
+            case Loop(var=var, extent=extent) if plan.varying(extent):
+                yield f"the extent of loop '{var}' inside it differs between lanes"
+            case Store(buffer=name, index=index, value=value) if not any(
+                map(plan.varying, index)
+            ) and plan.varying(value):
+                yield (
+                    f"it stores values that differ between lanes into one element of "
+                    f"'{name}' (the subscripts don't depend on '{plan.var}')"
+                )
+
+
+# ------------------------------------------------------------------------------ emission
