@@ -46,3 +46,28 @@ def test_register_tiles_compute_matmul(order, ti, tj, tk, dtype):
         k(a, b, c)
         want = a.astype(np.float64) @ b.astype(np.float64)
         np.testing.assert_allclose(c, want.astype(dtype), rtol=1e-5, atol=1e-5)
+
+
+def test_a_held_vector_is_written_back_with_addresses_computed_after_the_loop():
+    """Found by the deep property run: the write-back after the k loop reused an address
+    computed inside the loop's body (LLVM: 'does not dominate all uses')."""
+
+    @kd.kernel
+    def row_max(x, y):
+        i, j = kd.indices(x.shape[0], x.shape[1])
+        y[i] = kd.max(x[i, j], over=j)
+
+    @row_max.schedule(kd.cpu)
+    def _(s):
+        s.reorder("j", "i")
+        s.tile("i", "j", 1, 1)
+        s.split("io", 1)
+        s.split("ii", 1)
+        s.vectorize("iii", 4)
+
+    rng = np.random.default_rng(5)
+    for shape in [(5, 7), (1, 1), (13, 3)]:
+        x = random_array(rng, shape, np.float32)
+        y = np.empty(shape[0], np.float32)
+        row_max(x, y)
+        np.testing.assert_array_equal(y, x.max(axis=1))

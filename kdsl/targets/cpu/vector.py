@@ -212,6 +212,8 @@ class _VectorLoop:
                 self.counted(loop.var, ir.Constant(I64, 0), stop, 1, body)
                 for key in held:
                     del self.held[key]
+                self.computed.clear()  # values made in the loop's body don't dominate here
+                gen.memo = {}
                 for (name, index), slot in held.items():
                     self.write_back(name, index, _read(b, slot))
         gen.reduction_depth -= reduction
