@@ -11,6 +11,7 @@ import llvmlite.binding as llvm
 from kdsl.ir.nodes import Kernel
 from kdsl.targets.cpu import jit, runtime
 from kdsl.targets.cpu.codegen import ErrorSites, generate, symbol_name
+from kdsl.targets.cpu.parallel import PARALLEL_FOR
 
 
 @dataclass
@@ -31,7 +32,7 @@ class CpuKernel:
 
 def compile_kernel(kernel: Kernel, checks: bool = False, strict_fp: bool = False) -> CpuKernel:
     module, sites = generate(kernel, checks, strict_fp)
-    if runtime.PARALLEL_FOR in module.globals:
+    if PARALLEL_FOR in module.globals:
         runtime.ensure_runtime()  # before loading: the kernel links to the pool's symbol
     ref = jit.optimize(module)
     optimized = str(ref)

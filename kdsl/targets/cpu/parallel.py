@@ -35,7 +35,7 @@ from kdsl.targets.cpu.state import ArrayInfo
 if TYPE_CHECKING:
     from kdsl.targets.cpu.codegen import _Codegen
 
-PARALLEL_FOR = "kdsl_parallel_for"
+PARALLEL_FOR = "kdsl_parallel_for_threads"  # (task, closure, n, grain, threads; 0: default)
 MIN_WORK_PER_THREAD = 32768  # innermost iterations: below this a thread costs more than it saves
 UNKNOWN_EXTENT = 16  # for loops whose extent is only known inside the body
 
@@ -49,7 +49,8 @@ def emit_parallel_loop(gen: _Codegen, loop: Loop) -> None:
         b.store(v, _slot(b, closure, n))
     task = _outline(gen, loop, [v.type for v in values], names)
     grain = _grain(gen, loop)
-    code = b.call(_runtime(gen.fn.module), [task, closure, stop, grain])
+    threads = ir.Constant(I64, loop.width)  # parallelize(loop, threads=…); 0: the default
+    code = b.call(_runtime(gen.fn.module), [task, closure, stop, grain, threads])
     with b.if_then(b.icmp_signed("!=", code, ir.Constant(I64, 0)), likely=False):
         b.store(code, gen.retcode)
         b.branch(gen.cleanup)
@@ -63,7 +64,7 @@ def _slot(b: ir.IRBuilder, closure: ir.Value, n: int) -> ir.Value:
 def _runtime(module: ir.Module) -> ir.Function:
     fn = module.globals.get(PARALLEL_FOR)
     if fn is None:
-        fn = ir.Function(module, ir.FunctionType(I64, [PTR, PTR, I64, I64]), name=PARALLEL_FOR)
+        fn = ir.Function(module, ir.FunctionType(I64, [PTR, PTR, I64, I64, I64]), name=PARALLEL_FOR)
     return fn
 
 
