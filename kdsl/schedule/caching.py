@@ -23,7 +23,6 @@ from kdsl.ir.nodes import (
     BufferRole,
     Const,
     Expr,
-    If,
     Load,
     Loop,
     LoopExec,
@@ -33,7 +32,7 @@ from kdsl.ir.nodes import (
     Stmt,
     Store,
 )
-from kdsl.ir.visit import map_stmt_exprs, walk_all_exprs, walk_stmts
+from kdsl.ir.visit import walk_all_exprs, walk_stmts
 from kdsl.schedule import tree
 from kdsl.schedule.bounds import (
     Lin,
@@ -282,11 +281,8 @@ class _Copy:
             return None
 
         def stmt(s: Stmt) -> Stmt:
-            if isinstance(s, Loop | If):
-                head = map_stmt_exprs(tree.with_body(s, ()), expr)
-                return tree.with_body(head, tuple(stmt(b) for b in tree.body_of(s)))
             if isinstance(s, Store) and s.buffer == name:
-                s = replace(s, buffer=self.local.name, index=self.local_index(s.index))
-            return map_stmt_exprs(s, expr)
+                return replace(s, buffer=self.local.name, index=self.local_index(s.index))
+            return s
 
-        return tuple(stmt(s) for s in stmts)
+        return tree.rewrite(stmts, expr, stmt)

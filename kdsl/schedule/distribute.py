@@ -21,7 +21,6 @@ from kdsl.ir.nodes import (
     Const,
     DeclareLocal,
     Expr,
-    If,
     Load,
     LocalVar,
     Loop,
@@ -32,8 +31,6 @@ from kdsl.ir.nodes import (
     Store,
 )
 from kdsl.ir.visit import (
-    map_expr,
-    map_stmt_exprs,
     rename_loop_vars,
     walk_all_exprs,
     walk_expr,
@@ -156,20 +153,15 @@ def _expand_local(
             return Load(name, index, local.dtype)
         return None
 
-    def rewrite(s: Stmt) -> Stmt:
+    def stmt(s: Stmt) -> Stmt:
         match s:
             case DeclareLocal(name=n, init=v) if n == local.name:
-                return Store(name, index, map_expr(v, read), loc=s.loc)
+                return Store(name, index, v, loc=s.loc)
             case Assign(local=n, value=v) if n == local.name:
-                return Store(name, index, map_expr(v, read), loc=s.loc)
-            case Loop() | If():
-                return tree.with_body(
-                    map_stmt_exprs(tree.with_body(s, ()), read),
-                    tuple(rewrite(b) for b in tree.body_of(s)),
-                )
-        return map_stmt_exprs(s, read)
+                return Store(name, index, v, loc=s.loc)
+        return s
 
-    new_groups = [tuple(rewrite(s) for s in g) for g in groups]
+    new_groups = [tree.rewrite(g, read, stmt) for g in groups]
     return new_groups, Allocate(name, loc=local.loc)
 
 
@@ -195,17 +187,14 @@ def _expand_buffer(
             return replace(e, index=(var, *e.index))
         return None
 
-    def rewrite(s: Stmt) -> Stmt | None:
+    def stmt(s: Stmt) -> Stmt | None:
         match s:
             case Allocate(buffer=b) if b == name:
                 return None
             case Store(buffer=b) if b == name:
-                s = replace(s, index=(var, *s.index))
-            case Loop() | If():
-                inner = tuple(r for b in tree.body_of(s) if (r := rewrite(b)) is not None)
-                return tree.with_body(map_stmt_exprs(tree.with_body(s, ()), index), inner)
-        return map_stmt_exprs(s, index)
+                return replace(s, index=(var, *s.index))
+        return s
 
-    new_groups = [tuple(r for s in g if (r := rewrite(s)) is not None) for g in groups]
+    new_groups = [tree.rewrite(g, index, stmt) for g in groups]
     alloc = next(s for s in groups[0] if isinstance(s, Allocate) and s.buffer == name)
     return new_groups, alloc

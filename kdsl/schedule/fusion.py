@@ -32,7 +32,7 @@ from kdsl.ir.nodes import (
     Stmt,
     Store,
 )
-from kdsl.ir.visit import map_expr, map_stmt_exprs, walk_all_exprs, walk_expr, walk_stmts
+from kdsl.ir.visit import walk_all_exprs, walk_expr, walk_stmts
 from kdsl.schedule import tree
 from kdsl.schedule.distribute import temp_scope
 from kdsl.schedule.step import StepContext
@@ -168,7 +168,7 @@ def _contract(ctx: StepContext, var: str) -> None:
         axes = _private_axes(inside, var)
         if not axes:
             continue
-        body = _drop_axis(_without_allocate(loop.body, buf.name), buf.name, axes[0])
+        body = _drop_axis(tree.without_allocate(loop.body, buf.name), buf.name, axes[0])
         shape = buf.shape[: axes[0]] + buf.shape[axes[0] + 1 :]
         if not shape and _declared_first(body, buf.name):
             body = _to_local(body, buf.name, buf.dtype)
@@ -177,27 +177,11 @@ def _contract(ctx: StepContext, var: str) -> None:
             body = (Allocate(buf.name, loc=buf.loc), *body)
             small = replace(buf, shape=shape, scope=temp_scope(shape, buf.dtype.itemsize))
             buffers = tuple(small if b.name == buf.name else b for b in ctx.kernel.buffers)
-        kernel_body = _without_allocate(ctx.kernel.body, buf.name, keep_inside=loop.var)
+        kernel_body = tree.without_allocate(ctx.kernel.body, buf.name)
         path = tree.find(kernel_body, var)  # removing the allocation may shift the loop
         assert path is not None
         kernel_body = tree.splice(kernel_body, path, (replace(loop, body=body),))
         ctx.kernel = replace(ctx.kernel, body=kernel_body, buffers=buffers)
-
-
-def _without_allocate(
-    stmts: tuple[Stmt, ...], buffer: str, keep_inside: str | None = None
-) -> tuple[Stmt, ...]:
-    out: list[Stmt] = []
-    for s in stmts:
-        if isinstance(s, Allocate) and s.buffer == buffer:
-            continue
-        if isinstance(s, Loop) and s.var == keep_inside:
-            out.append(s)
-        elif tree.body_of(s):
-            out.append(tree.with_body(s, _without_allocate(tree.body_of(s), buffer, keep_inside)))
-        else:
-            out.append(s)
-    return tuple(out)
 
 
 def _drop_axis(stmts: tuple[Stmt, ...], buffer: str, axis: int) -> tuple[Stmt, ...]:
@@ -210,17 +194,11 @@ def _drop_axis(stmts: tuple[Stmt, ...], buffer: str, axis: int) -> tuple[Stmt, .
         return None
 
     def stmt(s: Stmt) -> Stmt:
-        s = map_stmt_exprs(s, expr) if not tree.body_of(s) else s
         if isinstance(s, Store) and s.buffer == buffer:
             return replace(s, index=drop(s.index))
-        if isinstance(s, Loop):
-            return replace(s, extent=map_expr(s.extent, expr), body=tuple(map(stmt, s.body)))
-        if tree.body_of(s):
-            cond = map_stmt_exprs(tree.with_body(s, ()), expr)
-            return tree.with_body(cond, tuple(map(stmt, tree.body_of(s))))
         return s
 
-    return tuple(stmt(s) for s in stmts)
+    return tree.rewrite(stmts, expr, stmt)
 
 
 def _declared_first(body: tuple[Stmt, ...], buffer: str) -> bool:
@@ -247,14 +225,10 @@ def _to_local(body: tuple[Stmt, ...], buffer: str, dtype: DType) -> tuple[Stmt, 
     def stmt(s: Stmt) -> Stmt:
         nonlocal declared
         if isinstance(s, Store) and s.buffer == buffer:
-            value = map_expr(s.value, expr)
             if not declared:
                 declared = True
-                return DeclareLocal(buffer, dtype, value, loc=s.loc)
-            return Assign(buffer, value, loc=s.loc)
-        if tree.body_of(s):
-            cond = map_stmt_exprs(tree.with_body(s, ()), expr)
-            return tree.with_body(cond, tuple(map(stmt, tree.body_of(s))))
-        return map_stmt_exprs(s, expr)
+                return DeclareLocal(buffer, dtype, s.value, loc=s.loc)
+            return Assign(buffer, s.value, loc=s.loc)
+        return s
 
-    return tuple(stmt(s) for s in body)
+    return tree.rewrite(body, expr, stmt)

@@ -124,7 +124,7 @@ def inline(ctx: StepContext, stage: object) -> None:
             )
         return None
 
-    body = _without_allocate(tree.splice(ctx.kernel.body, prod.path, ()), buf.name)
+    body = tree.without_allocate(tree.splice(ctx.kernel.body, prod.path, ()), buf.name)
     ctx.kernel = replace(
         ctx.kernel,
         body=tuple(map_stmt_exprs(s, expand) for s in body),
@@ -182,7 +182,7 @@ def compute_at(ctx: StepContext, stage: object, loop: object) -> None:
             return replace(e, index=relative(e.index, spans))
         return None
 
-    body = _without_allocate(tree.splice(ctx.kernel.body, prod.path, ()), buf.name)
+    body = tree.without_allocate(tree.splice(ctx.kernel.body, prod.path, ()), buf.name)
     path = tree.find(body, at.var)  # removing the producer shifts the loop
     assert path is not None
     moved = tree.at(body, path)
@@ -396,13 +396,3 @@ def _check_inputs_unchanged(ctx: StepContext, prod: Producer, stage: str, last: 
             "computed and before its last use, so moving the computation changes its value",
             f"keep '{stage}' where it is (or write '{name}' after the last use of '{stage}')",
         )
-
-
-def _without_allocate(stmts: tuple[Stmt, ...], buffer: str) -> tuple[Stmt, ...]:
-    out: list[Stmt] = []
-    for s in stmts:
-        if isinstance(s, Allocate) and s.buffer == buffer:
-            continue
-        body = tree.body_of(s)
-        out.append(tree.with_body(s, _without_allocate(body, buffer)) if body else s)
-    return tuple(out)

@@ -7,11 +7,13 @@ by name, rewrite it, and splice the result back with `splice`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
-from kdsl.ir.nodes import Expr, If, Kernel, LocalVar, Loop, LoopVar, Stmt
+from kdsl.ir.nodes import Allocate, Expr, If, Kernel, LocalVar, Loop, LoopVar, Stmt
 from kdsl.ir.visit import map_stmt_exprs, walk_all_exprs, walk_expr, walk_stmts
+
+ExprFn = Callable[[Expr], Expr | None]
 
 Path = tuple[int, ...]
 
@@ -94,3 +96,33 @@ def mentions_var(stmts: tuple[Stmt, ...], var: str) -> bool:
 
 def mentions_local(e: Expr, name: str) -> bool:
     return any(isinstance(x, LocalVar) and x.name == name for x in walk_expr(e))
+
+
+def rewrite(
+    stmts: tuple[Stmt, ...],
+    expr: ExprFn,
+    stmt: Callable[[Stmt], Stmt | None] = lambda s: s,
+) -> tuple[Stmt, ...]:
+    """`stmts` with `expr` mapped over every expression (loop extents and conditions
+    too), then `stmt` applied to every statement, inner ones first and in program
+    order; `stmt` returning None deletes the statement."""
+    out: list[Stmt] = []
+    for s in stmts:
+        if isinstance(s, Loop | If):
+            head = map_stmt_exprs(with_body(s, ()), expr)
+            s = with_body(head, rewrite(body_of(s), expr, stmt))
+        else:
+            s = map_stmt_exprs(s, expr)
+        new = stmt(s)
+        if new is not None:
+            out.append(new)
+    return tuple(out)
+
+
+def without_allocate(stmts: tuple[Stmt, ...], buffer: str) -> tuple[Stmt, ...]:
+    """`stmts` without the allocation of temporary `buffer`, wherever it is."""
+    return rewrite(
+        stmts,
+        lambda e: None,
+        lambda s: None if isinstance(s, Allocate) and s.buffer == buffer else s,
+    )
