@@ -91,13 +91,12 @@ def distribute(ctx: StepContext, path: tree.Path, keep: int) -> tuple[Stmt, ...]
             f" and is a {loop.kind.value} loop, so they can't be split into separate loops",
             "reorder only loops that are perfectly nested, or parallel loops around them",
         )
-    declared = {s.name for s in walk_stmts(loop.body) if isinstance(s, DeclareLocal)}
-    for s in walk_stmts(loop.body):
-        if isinstance(s, Assign) and s.local not in declared:
-            raise ctx.refuse(
-                f"loop '{loop.var}' updates the local '{s.local}' declared outside it",
-                "keep the loop as it is, or reorder loops inside it",
-            )
+    updates = tree.outer_updates(loop)
+    if updates:
+        raise ctx.refuse(
+            f"loop '{loop.var}' updates the local '{updates[0].local}' declared outside it",
+            "keep the loop as it is, or reorder loops inside it",
+        )
     groups = [loop.body[:keep], (loop.body[keep],), loop.body[keep + 1 :]]
     later = [groups[1] + groups[2], groups[2]]  # what each earlier group's values reach
     allocs: list[Stmt] = []

@@ -13,7 +13,6 @@ from kdsl.ir.nodes import (
     Binary,
     BinaryOp,
     Const,
-    DeclareLocal,
     Expr,
     If,
     LocalVar,
@@ -162,7 +161,7 @@ def _check_permutation(
     ctx: StepContext, old: list[str], new: list[str], loops: dict[str, Loop]
 ) -> None:
     position = {v: n for n, v in enumerate(new)}
-    updates = _outer_updates(loops[old[0]])
+    updates = tree.outer_updates(loops[old[0]])
     for a_pos, a in enumerate(old):
         for b in old[a_pos + 1 :]:
             if position[a] < position[b]:
@@ -182,13 +181,6 @@ def _check_permutation(
                     "keep the serial loop (kd.range) where it is",
                 )
             _check_updates(ctx, a, b, updates)
-
-
-def _outer_updates(top: Loop) -> list[Assign]:
-    """Assignments in the nest to locals declared outside it: the order of the iterations
-    that make them is what an interchange changes."""
-    declared = {s.name for s in walk_stmts(top.body) if isinstance(s, DeclareLocal)}
-    return [s for s in walk_stmts(top.body) if isinstance(s, Assign) and s.local not in declared]
 
 
 _ASSOCIATIVE = (BinaryOp.ADD, BinaryOp.MUL, BinaryOp.MAX, BinaryOp.MIN)
@@ -268,9 +260,7 @@ def _constant_bound(extent: Expr) -> int | None:
 
 def vectorize(ctx: StepContext, name: object, width: object) -> None:
     path, loop = ctx.loop(name)
-    around = [s for s in tree.enclosing(ctx.kernel.body, path) if isinstance(s, Loop)]
-    inside = [s for s in walk_stmts(loop.body) if isinstance(s, Loop)]
-    for other in around + inside:
+    for other in tree.nest_of(ctx.kernel.body, path):
         if other.exec is LoopExec.VECTORIZED:
             raise ctx.refuse(
                 f"loop '{other.var}' around or inside it is already vectorized",
@@ -325,21 +315,18 @@ def parallelize(ctx: StepContext, name: object, threads: object = None) -> None:
             f"loop '{loop.var}' is a {loop.kind.value} loop: its iterations are not independent",
             "parallelize a parallel loop (an implicit index or kd.grid), e.g. an outer one",
         )
-    outer = [s for s in tree.enclosing(ctx.kernel.body, path) if isinstance(s, Loop)]
-    inner = [s for s in walk_stmts(loop.body) if isinstance(s, Loop)]
-    for other in outer + inner:
+    for other in tree.nest_of(ctx.kernel.body, path):
         if other.exec is LoopExec.PARALLEL:
             raise ctx.refuse(
                 f"loop '{other.var}' around or inside it is already parallel",
                 "parallelize one loop of a nest (the outermost with enough iterations)",
             )
-    declared = {s.name for s in walk_stmts(loop.body) if isinstance(s, DeclareLocal)}
-    for s in walk_stmts(loop.body):
-        if isinstance(s, Assign) and s.local not in declared:
-            raise ctx.refuse(
-                f"loop '{loop.var}' updates the local '{s.local}' declared outside it",
-                "parallelize a loop that contains the local's declaration",
-            )
+    updates = tree.outer_updates(loop)
+    if updates:
+        raise ctx.refuse(
+            f"loop '{loop.var}' updates the local '{updates[0].local}' declared outside it",
+            "parallelize a loop that contains the local's declaration",
+        )
     _annotate(ctx, name, LoopExec.PARALLEL, n)
 
 

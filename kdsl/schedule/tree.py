@@ -10,7 +10,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 
-from kdsl.ir.nodes import Allocate, Expr, If, Kernel, LocalVar, Loop, LoopVar, Stmt
+from kdsl.ir.nodes import (
+    Allocate,
+    Assign,
+    DeclareLocal,
+    Expr,
+    If,
+    Kernel,
+    LocalVar,
+    Loop,
+    LoopVar,
+    Stmt,
+)
 from kdsl.ir.visit import map_stmt_exprs, walk_all_exprs, walk_expr, walk_stmts
 
 ExprFn = Callable[[Expr], Expr | None]
@@ -126,3 +137,17 @@ def without_allocate(stmts: tuple[Stmt, ...], buffer: str) -> tuple[Stmt, ...]:
         lambda e: None,
         lambda s: None if isinstance(s, Allocate) and s.buffer == buffer else s,
     )
+
+
+def outer_updates(loop: Loop) -> list[Assign]:
+    """Assignments in `loop` to locals declared outside it: they carry values from one
+    iteration to the next, so they constrain reordering, distribution and threads."""
+    declared = {s.name for s in walk_stmts(loop.body) if isinstance(s, DeclareLocal)}
+    return [s for s in walk_stmts(loop.body) if isinstance(s, Assign) and s.local not in declared]
+
+
+def nest_of(body: tuple[Stmt, ...], path: Path) -> list[Loop]:
+    """The loops around and inside the loop at `path` (not itself)."""
+    loop = at(body, path)
+    around = [s for s in enclosing(body, path) if isinstance(s, Loop)]
+    return around + [s for s in walk_stmts(body_of(loop)) if isinstance(s, Loop)]
