@@ -22,6 +22,7 @@ from kdsl.ir.nodes import (
     LoopVar,
     Stmt,
 )
+from kdsl.ir.passes.expand import constant_bound
 from kdsl.ir.visit import walk_expr, walk_stmts
 from kdsl.schedule import tree
 from kdsl.schedule.distribute import distribute
@@ -236,7 +237,7 @@ def unroll(ctx: StepContext, name: object, factor: object = None) -> None:
     """Unroll fully (factor None: the extent must have a constant bound) or by `factor`."""
     _, loop = ctx.loop(name)
     if factor is None:
-        bound = _constant_bound(loop.extent)
+        bound = constant_bound(loop.extent)
         if bound is None or bound > MAX_FULL_UNROLL:
             raise ctx.refuse(
                 f"loop '{loop.var}' has no constant extent ≤ {MAX_FULL_UNROLL} to unroll fully",
@@ -246,16 +247,6 @@ def unroll(ctx: StepContext, name: object, factor: object = None) -> None:
     else:
         width = _positive_int(ctx, factor, "unroll factor")
     _annotate(ctx, name, LoopExec.UNROLLED, width)
-
-
-def _constant_bound(extent: Expr) -> int | None:
-    if isinstance(extent, Const):
-        return int(extent.value)
-    if isinstance(extent, Binary) and extent.op is BinaryOp.MIN:
-        sides = [_constant_bound(s) for s in (extent.lhs, extent.rhs)]
-        known = [s for s in sides if s is not None]
-        return min(known) if known else None
-    return None
 
 
 def vectorize(ctx: StepContext, name: object, width: object) -> None:
