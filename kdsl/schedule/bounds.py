@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from kdsl import types as T
+from kdsl.ir.build import index_const, index_op
 from kdsl.ir.nodes import Binary, BinaryOp, Cast, Const, DimOf, Expr, Load, LocalVar, Loop, LoopVar
 from kdsl.ir.printer import format_expr
 from kdsl.ir.visit import walk_expr, walk_stmts
@@ -78,26 +79,20 @@ class Lin:
         out: Expr | None = None
         const = self.const
         if terms and terms[0][1] < 0 and const:
-            out, const = _i64(const), 0
+            out, const = index_const(const), 0
         for atom, c in terms:
             if out is None:
-                out = atom if c == 1 else _bin(BinaryOp.MUL, atom, _i64(c))
+                out = atom if c == 1 else index_op(BinaryOp.MUL, atom, index_const(c))
                 continue
-            term = atom if abs(c) == 1 else _bin(BinaryOp.MUL, atom, _i64(abs(c)))
-            out = _bin(BinaryOp.ADD if c > 0 else BinaryOp.SUB, out, term)
+            term = atom if abs(c) == 1 else index_op(BinaryOp.MUL, atom, index_const(abs(c)))
+            out = index_op(BinaryOp.ADD if c > 0 else BinaryOp.SUB, out, term)
         if out is None:
-            return _i64(const)
+            return index_const(const)
         if const:
-            out = _bin(BinaryOp.ADD if const > 0 else BinaryOp.SUB, out, _i64(abs(const)))
+            out = index_op(
+                BinaryOp.ADD if const > 0 else BinaryOp.SUB, out, index_const(abs(const))
+            )
         return out
-
-
-def _i64(v: int) -> Const:
-    return Const(v, T.INDEX)
-
-
-def _bin(op: BinaryOp, a: Expr, b: Expr) -> Expr:
-    return Binary(op, a, b, T.INDEX)
 
 
 def linear(e: Expr) -> Lin | None:
@@ -270,18 +265,18 @@ def clamp(span: Span, extent: Expr, ranges: Mapping[str, Expr]) -> Window:
         if provably_nonneg(room - span.size, ranges):
             return Window(start, size_expr(span.size))
         return Window(start, Binary(BinaryOp.MIN, size_expr(span.size), room.expr(), T.INDEX))
-    start = Lin.of(Binary(BinaryOp.MAX, span.lo.expr(), _i64(0), T.INDEX))
+    start = Lin.of(Binary(BinaryOp.MAX, span.lo.expr(), index_const(0), T.INDEX))
     stop = Binary(BinaryOp.MIN, (span.lo + span.size).expr(), extent, T.INDEX)
-    return Window(start, _bin(BinaryOp.SUB, stop, start.expr()))
+    return Window(start, index_op(BinaryOp.SUB, stop, start.expr()))
 
 
 def size_expr(size: Lin) -> Expr:
     """A size as an expression, never negative."""
     if size.is_const:
-        return _i64(max(size.const, 0))
+        return index_const(max(size.const, 0))
     if provably_nonneg(size, {}):
         return size.expr()
-    return Binary(BinaryOp.MAX, size.expr(), _i64(0), T.INDEX)
+    return Binary(BinaryOp.MAX, size.expr(), index_const(0), T.INDEX)
 
 
 def relative(index: tuple[Expr, ...], spans: tuple[Span, ...]) -> tuple[Expr, ...]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from kdsl.ir.layout import temp_scope
 from kdsl.ir.nodes import (
     Allocate,
     Buffer,
@@ -43,7 +44,6 @@ from kdsl.schedule.bounds import (
     relative,
     size_expr,
 )
-from kdsl.schedule.distribute import temp_scope
 from kdsl.schedule.step import StepContext
 
 SCOPES = {"stack": Scope.STACK, "heap": Scope.HEAP, "shared": Scope.SHARED}

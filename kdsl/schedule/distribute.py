@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from kdsl.ir.layout import temp_scope
 from kdsl.ir.nodes import (
     Allocate,
     Assign,
@@ -26,7 +27,6 @@ from kdsl.ir.nodes import (
     Loop,
     LoopKind,
     LoopVar,
-    Scope,
     Stmt,
     Store,
 )
@@ -38,8 +38,6 @@ from kdsl.ir.visit import (
 )
 from kdsl.schedule import tree
 from kdsl.schedule.step import StepContext
-
-STACK_LIMIT_BYTES = 16 * 1024
 
 
 def upper_bound(extent: Expr) -> Expr:
@@ -65,15 +63,6 @@ def _constant_bound(e: Expr) -> int | None:
     if e.op is BinaryOp.FLOORDIV and lhs is not None and isinstance(e.rhs, Const):
         return lhs // int(e.rhs.value) if int(e.rhs.value) > 0 else None
     return None
-
-
-def temp_scope(shape: tuple[Expr, ...], itemsize: int) -> Scope:
-    size = itemsize
-    for d in shape:
-        if not isinstance(d, Const):
-            return Scope.HEAP
-        size *= max(0, int(d.value))
-    return Scope.STACK if size <= STACK_LIMIT_BYTES else Scope.HEAP
 
 
 def distribute(ctx: StepContext, path: tree.Path, keep: int) -> tuple[Stmt, ...]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import replace
 
+from kdsl.ir.layout import temp_scope
 from kdsl.ir.nodes import (
     Allocate,
     Assign,
@@ -34,7 +35,6 @@ from kdsl.ir.nodes import (
 )
 from kdsl.ir.visit import walk_all_exprs, walk_expr, walk_stmts
 from kdsl.schedule import tree
-from kdsl.schedule.distribute import temp_scope
 from kdsl.schedule.step import StepContext
 from kdsl.types import DType
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from kdsl import types as T
+from kdsl.ir.build import index_const, index_op
 from kdsl.ir.nodes import (
     Assign,
     Binary,
@@ -30,14 +30,6 @@ from kdsl.schedule.step import StepContext
 
 MAX_FULL_UNROLL = 64
 GPU_AXES = {e.value: e for e in LoopExec if e.value.startswith(("block.", "thread."))}
-
-
-def _i64(v: int) -> Const:
-    return Const(v, T.i64)
-
-
-def _bin(op: BinaryOp, a: Expr, b: Expr) -> Expr:
-    return Binary(op, a, b, T.i64)
 
 
 def _positive_int(ctx: StepContext, value: object, what: str) -> int:
@@ -67,15 +59,21 @@ def split(ctx: StepContext, name: object, factor: object) -> tuple[str, str]:
         )
     outer, inner = ctx.fresh(f"{loop.var}o"), ctx.fresh(f"{loop.var}i")
     n = loop.extent
-    start = _bin(BinaryOp.MUL, LoopVar(outer), _i64(f))
+    start = index_op(BinaryOp.MUL, LoopVar(outer), index_const(f))
     if isinstance(n, Const):
-        count: Expr = _i64(-(-int(n.value) // f))
+        count: Expr = index_const(-(-int(n.value) // f))
         exact = int(n.value) % f == 0
     else:
-        count = _bin(BinaryOp.FLOORDIV, _bin(BinaryOp.ADD, n, _i64(f - 1)), _i64(f))
+        count = index_op(
+            BinaryOp.FLOORDIV, index_op(BinaryOp.ADD, n, index_const(f - 1)), index_const(f)
+        )
         exact = False
-    tile = _i64(f) if exact else _bin(BinaryOp.MIN, _i64(f), _bin(BinaryOp.SUB, n, start))
-    body = tree.substitute(loop.body, loop.var, _bin(BinaryOp.ADD, start, LoopVar(inner)))
+    tile = (
+        index_const(f)
+        if exact
+        else index_op(BinaryOp.MIN, index_const(f), index_op(BinaryOp.SUB, n, start))
+    )
+    body = tree.substitute(loop.body, loop.var, index_op(BinaryOp.ADD, start, LoopVar(inner)))
     inner_loop = Loop(inner, tile, loop.kind, body, loc=loop.loc)
     _set(ctx, path, Loop(outer, count, loop.kind, (inner_loop,), loc=loop.loc))
     return outer, inner

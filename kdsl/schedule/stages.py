@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from kdsl.ir.layout import temp_scope
 from kdsl.ir.nodes import (
     Allocate,
     Assign,
@@ -56,7 +57,6 @@ from kdsl.schedule.bounds import (
     relative,
     size_expr,
 )
-from kdsl.schedule.distribute import temp_scope
 from kdsl.schedule.step import StepContext
 from kdsl.types import INDEX
 

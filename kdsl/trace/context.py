@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from kdsl import types as T
 from kdsl.errors import SourceLoc, TraceError
+from kdsl.ir.layout import temp_scope
 from kdsl.ir.nodes import (
     Allocate,
     Assign,
@@ -35,7 +36,6 @@ from kdsl.ir.nodes import (
     LoopKind,
     LoopVar,
     Param,
-    Scope,
     Stmt,
     Store,
 )
@@ -44,8 +44,6 @@ from kdsl.ir.visit import children, map_expr, walk_all_exprs, walk_expr, walk_st
 from kdsl.trace.frames import location
 from kdsl.trace.values import Value, as_value, to_dtype
 from kdsl.types import DType
-
-_STACK_LIMIT_BYTES = 16 * 1024
 
 
 @dataclass(frozen=True, eq=False)
@@ -418,8 +416,7 @@ class TraceContext:
         self, label: str, shape: tuple[Expr, ...], dtype: DType, loc: SourceLoc | None
     ) -> str:
         name = self.fresh(label)
-        nbytes = _const_size(shape) * dtype.itemsize
-        scope = Scope.STACK if 0 <= nbytes <= _STACK_LIMIT_BYTES else Scope.HEAP
+        scope = temp_scope(shape, dtype.itemsize)
         self.buffers[name] = Buffer(name, dtype, shape, BufferRole.TEMP, scope, loc=loc)
         self.alloc_loops[name] = set(self.loop_kinds)
         self.emit(Allocate(name, loc=loc))
@@ -489,15 +486,6 @@ def _replace(e: Expr, old: Reduction, new: Expr) -> Expr:
     if isinstance(e, Reduction):
         return e
     return map_expr(e, lambda x: new if x is old else None)
-
-
-def _const_size(shape: tuple[Expr, ...]) -> int:
-    size = 1
-    for d in shape:
-        if not isinstance(d, Const):
-            return -1
-        size *= int(d.value)
-    return size
 
 
 def reduction_identity(op: BinaryOp, dtype: DType) -> Const:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from kdsl import types as T
+from kdsl.ir.build import index_const, index_op
 from kdsl.ir.nodes import (
     Allocate,
     Assign,
@@ -40,14 +40,6 @@ from kdsl.ir.nodes import (
 from kdsl.ir.visit import fresh_namer, map_expr, map_stmt_exprs, walk_expr, walk_stmts
 
 MAX_VECTOR_COPIES = 8  # vectors of a constant-extent loop written out one by one
-
-
-def _i64(v: int) -> Const:
-    return Const(v, T.i64)
-
-
-def _bin(op: BinaryOp, a: Expr, b: Expr) -> Expr:
-    return Binary(op, a, b, T.bool_ if op.is_comparison else T.i64)
 
 
 def constant_bound(extent: Expr) -> int | None:
@@ -103,9 +95,12 @@ class _Expander:
         if tile is None or tile[0] < step or tile[0] % step:
             return expand(loop)
         c, n = tile
-        full = expand(replace(loop, extent=_i64(c)))
+        full = expand(replace(loop, extent=index_const(c)))
         edge = expand(self.clone(replace(loop, extent=n)))
-        is_full, is_edge = _bin(BinaryOp.LE, _i64(c), n), _bin(BinaryOp.LT, n, _i64(c))
+        is_full, is_edge = (
+            index_op(BinaryOp.LE, index_const(c), n),
+            index_op(BinaryOp.LT, n, index_const(c)),
+        )
         self.tile_conditions[is_full] = is_edge
         return If(is_full, full, loc=loop.loc), If(is_edge, edge, loc=loop.loc)
 
@@ -144,8 +139,10 @@ class _Expander:
             return self.vector_copies(loop)
         if isinstance(loop.extent, Const) and int(loop.extent.value) < w:
             return (replace(loop, exec=LoopExec.SERIAL, width=1),)
-        n = _bin(BinaryOp.MAX, loop.extent, _i64(0))
-        main = _bin(BinaryOp.MUL, _bin(BinaryOp.FLOORDIV, n, _i64(w)), _i64(w))
+        n = index_op(BinaryOp.MAX, loop.extent, index_const(0))
+        main = index_op(
+            BinaryOp.MUL, index_op(BinaryOp.FLOORDIV, n, index_const(w)), index_const(w)
+        )
         return (replace(loop, extent=main), *self.tail(loop, main, n))
 
     def vector_copies(self, loop: Loop) -> tuple[Stmt, ...]:
@@ -159,16 +156,16 @@ class _Expander:
         out: list[Stmt] = []
         for t in range(count):
             var = self.fresh(loop.var)
-            at = _bin(BinaryOp.ADD, LoopVar(var), _i64(t * loop.width))
+            at = index_op(BinaryOp.ADD, LoopVar(var), index_const(t * loop.width))
             body = self.clone_block(loop.body, {loop.var: at})
-            out.append(replace(loop, var=var, extent=_i64(loop.width), body=body))
+            out.append(replace(loop, var=var, extent=index_const(loop.width), body=body))
         return tuple(out)
 
     def tail(self, loop: Loop, start: Expr, n: Expr) -> tuple[Stmt, ...]:
         """A serial loop over iterations [start, n) of `loop`."""
         var = self.fresh(loop.var)
-        body = self.clone_block(loop.body, {loop.var: _bin(BinaryOp.ADD, start, LoopVar(var))})
-        rest = _bin(BinaryOp.SUB, n, start)
+        body = self.clone_block(loop.body, {loop.var: index_op(BinaryOp.ADD, start, LoopVar(var))})
+        rest = index_op(BinaryOp.SUB, n, start)
         return (Loop(var, rest, loop.kind, body, loc=loop.loc),)
 
     # ------------------------------------------------------------------- unroll
@@ -177,23 +174,27 @@ class _Expander:
         if loop.width == 0:  # fully: the schedule checked the extent is a small constant
             if not isinstance(loop.extent, Const):
                 return (replace(loop, exec=LoopExec.SERIAL, width=0),)
-            return self.copies(loop, _i64(0), int(loop.extent.value))
+            return self.copies(loop, index_const(0), int(loop.extent.value))
         u = loop.width
         if isinstance(loop.extent, Const) and int(loop.extent.value) <= u:
-            return self.copies(loop, _i64(0), int(loop.extent.value))
-        n = _bin(BinaryOp.MAX, loop.extent, _i64(0))
-        groups = _bin(BinaryOp.FLOORDIV, n, _i64(u))
+            return self.copies(loop, index_const(0), int(loop.extent.value))
+        n = index_op(BinaryOp.MAX, loop.extent, index_const(0))
+        groups = index_op(BinaryOp.FLOORDIV, n, index_const(u))
         var = self.fresh(loop.var)
-        start = _bin(BinaryOp.MUL, LoopVar(var), _i64(u))
+        start = index_op(BinaryOp.MUL, LoopVar(var), index_const(u))
         main = Loop(var, groups, loop.kind, self.copies(loop, start, u), loc=loop.loc)
         if isinstance(loop.extent, Const) and int(loop.extent.value) % u == 0:
             return (main,)
-        return (main, *self.tail(loop, _bin(BinaryOp.MUL, groups, _i64(u)), n))
+        return (main, *self.tail(loop, index_op(BinaryOp.MUL, groups, index_const(u)), n))
 
     def copies(self, loop: Loop, start: Expr, count: int) -> tuple[Stmt, ...]:
         out: list[Stmt] = []
         for t in range(count):
-            at = _i64(t) if start == _i64(0) else _bin(BinaryOp.ADD, start, _i64(t))
+            at = (
+                index_const(t)
+                if start == index_const(0)
+                else index_op(BinaryOp.ADD, start, index_const(t))
+            )
             out += self.clone_block(loop.body, {loop.var: at})
         return tuple(out)
 

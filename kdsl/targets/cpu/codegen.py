@@ -18,6 +18,7 @@ from llvmlite import ir
 
 from kdsl import types as T
 from kdsl.errors import SourceLoc
+from kdsl.ir.layout import constant_nbytes
 from kdsl.ir.nodes import (
     Allocate,
     Assign,
@@ -293,7 +294,7 @@ class _Codegen:
             size = b.mul(
                 size, b.select(b.icmp_signed("<", d, ir.Constant(I64, 0)), ir.Constant(I64, 0), d)
             )
-        constant = _constant_size(buf)
+        constant = constant_nbytes(buf.shape, buf.dtype.itemsize)
         if buf.scope is Scope.STACK and constant is not None:
             data = self._entry_alloca(ir.ArrayType(I8, max(1, constant)), buf.name)
             data.align = 64  # a cache line: whole vectors never straddle two
@@ -404,16 +405,6 @@ class _Codegen:
         phi.add_incoming(tv, tb)
         phi.add_incoming(fv, fb)
         return phi
-
-
-def _constant_size(buf: Buffer) -> int | None:
-    """The buffer's size in bytes when its shape is made of constants."""
-    size = buf.dtype.itemsize
-    for d in buf.shape:
-        if not isinstance(d, Const):
-            return None
-        size *= max(0, int(d.value))
-    return size
 
 
 def symbol_name(kernel: Kernel) -> str:
