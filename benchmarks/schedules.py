@@ -246,7 +246,7 @@ def _empty_task() -> int:
     module = ir.Module("empty_task")
     fn = ir.Function(module, runtime.TASK_TYPE, name="kdsl_bench_empty_task")
     ir.IRBuilder(fn.append_basic_block()).ret(ir.Constant(ir.IntType(64), 0))
-    return jit.load(jit.optimize(module), fn.name)
+    return jit.load_object(jit.emit_object(jit.optimize(module)), fn.name)
 
 
 def fork_join_case() -> harness.Case:

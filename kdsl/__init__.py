@@ -1,5 +1,6 @@
 """kdsl: a kernel DSL embedded in Python. This module is the public API (DESIGN.md)."""
 
+from kdsl.config import VERSION
 from kdsl.errors import (
     BoundsError,
     CompileError,
@@ -47,7 +48,7 @@ from kdsl.trace.api import (
 from kdsl.trace.context import Index
 from kdsl.types import DType, bf16, bool_, f16, f32, f64, i8, i16, i32, i64, u8, u16, u32, u64
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 __all__ = [
     "BoundsError",

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
 
 
 def _flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+VERSION = "0.1.0"
 
 
 @dataclass(frozen=True)
@@ -38,3 +44,11 @@ CONFIG = _read()
 
 def dumps(pass_name: str) -> bool:
     return "all" in CONFIG.dump or pass_name in CONFIG.dump
+
+
+def cache_root() -> Path:
+    """Where compiled objects and tuning results live: KDSL_CACHE_DIR, or the user cache
+    directory of this platform (platformdirs: ~/.cache/kdsl on Linux)."""
+    if CONFIG.cache_dir:
+        return Path(CONFIG.cache_dir).expanduser()
+    return Path(platformdirs.user_cache_dir("kdsl", appauthor=False))

@@ -1,9 +1,17 @@
 """Test configuration: hypothesis profiles and the golden-file update flag."""
 
 import os
+import shutil
+import tempfile
 
-import pytest
-from hypothesis import HealthCheck, settings
+# Compiled objects and tuning results go to a fresh directory, never the user's cache
+# (set before kdsl is imported: its configuration is read once).
+_OWN_CACHE = "KDSL_CACHE_DIR" not in os.environ  # false in xdist workers: they share it
+if _OWN_CACHE:
+    os.environ["KDSL_CACHE_DIR"] = tempfile.mkdtemp(prefix="kdsl-test-cache-")
+
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 # CI: derandomized and bounded; `HYPOTHESIS_PROFILE=deep` for long local runs.
 settings.register_profile(
@@ -28,3 +36,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture
 def update_golden(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--update-golden"))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _OWN_CACHE:
+        shutil.rmtree(os.environ["KDSL_CACHE_DIR"], ignore_errors=True)

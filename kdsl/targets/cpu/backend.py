@@ -1,4 +1,8 @@
-"""The CPU target's entry point: `compile_kernel` turns scheduled IR into a callable."""
+"""The CPU target's entry point: `compile_kernel` turns scheduled IR into a callable.
+
+The machine code comes from the object store when this kernel was compiled before (in
+any process); otherwise LLVM makes it (`build_object`) and the store keeps it.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,22 @@ from dataclasses import dataclass
 
 import llvmlite.binding as llvm
 
+from kdsl.ir.hashing import structural_hash
 from kdsl.ir.nodes import Kernel
 from kdsl.targets.cpu import jit, runtime
-from kdsl.targets.cpu.codegen import ErrorSites, generate, symbol_name
+from kdsl.targets.cpu.codegen import ErrorSites, generate
+from kdsl.targets.cpu.objects import STORE, ObjectStore, object_key
 from kdsl.targets.cpu.parallel import PARALLEL_FOR
+
+
+@dataclass(frozen=True)
+class ObjectCode:
+    """One compiled kernel as bytes, loadable into the JIT by any process on this host."""
+
+    code: bytes
+    symbol: str
+    sites: ErrorSites  # what its error codes refer to
+    uses_runtime: bool
 
 
 @dataclass
@@ -21,8 +37,19 @@ class CpuKernel:
     kernel: Kernel
     cfunc: ctypes._CFuncPtr  # type: ignore[name-defined]
     sites: ErrorSites
-    llvm_ir: str  # as generated
-    optimized_ir: str
+    checks: bool
+    strict_fp: bool
+    symbol: str
+    from_cache: bool
+
+    @functools.cached_property
+    def llvm_ir(self) -> str:
+        """LLVM IR as generated (made again on request: a cached object has none)."""
+        return str(generate(self.kernel, self.checks, self.strict_fp, self.symbol)[0])
+
+    @functools.cached_property
+    def optimized_ir(self) -> str:
+        return str(jit.optimize(llvm.parse_assembly(self.llvm_ir)))
 
     @functools.cached_property
     def asm(self) -> str:
@@ -30,17 +57,35 @@ class CpuKernel:
         return jit.assembly(llvm.parse_assembly(self.optimized_ir))
 
 
-def compile_kernel(kernel: Kernel, checks: bool = False, strict_fp: bool = False) -> CpuKernel:
-    module, sites = generate(kernel, checks, strict_fp)
-    if PARALLEL_FOR in module.globals:
+def build_object(kernel: Kernel, key: str, checks: bool, strict_fp: bool) -> ObjectCode:
+    """Run the code generator and LLVM: the kernel's machine code as an object file."""
+    symbol = f"kdsl_{kernel.name}_{key[:16]}"  # unique: many versions share one JIT
+    module, sites = generate(kernel, checks, strict_fp, symbol)
+    code = jit.emit_object(jit.optimize(module))
+    return ObjectCode(code, symbol, sites, PARALLEL_FOR in module.globals)
+
+
+def load_object(kernel: Kernel, obj: ObjectCode) -> ctypes._CFuncPtr:  # type: ignore[name-defined]
+    """Load machine code into this process and type its entry for ctypes."""
+    if obj.uses_runtime:
         runtime.ensure_runtime()  # before loading: the kernel links to the pool's symbol
-    ref = jit.optimize(module)
-    optimized = str(ref)
-    address = jit.load(ref, symbol_name(kernel))
+    address = jit.load_object(obj.code, obj.symbol)
     n_arrays = sum(1 for p in kernel.params if p.is_array) + len(kernel.results)
     scalars = [p for p in kernel.params if not p.is_array]
     argtypes = [ctypes.py_object] * n_arrays + [
         ctypes.c_double if p.dtype.is_float else ctypes.c_int64 for p in scalars
     ]
-    cfunc = ctypes.CFUNCTYPE(ctypes.c_int64, *argtypes)(address)
-    return CpuKernel(kernel, cfunc, sites, str(module), optimized)
+    return ctypes.CFUNCTYPE(ctypes.c_int64, *argtypes)(address)
+
+
+def compile_kernel(
+    kernel: Kernel, checks: bool = False, strict_fp: bool = False, store: ObjectStore = STORE
+) -> CpuKernel:
+    key = object_key("kernel", structural_hash(kernel), checks, strict_fp)
+    obj = store.load(key)
+    from_cache = isinstance(obj, ObjectCode)
+    if not isinstance(obj, ObjectCode):
+        obj = build_object(kernel, key, checks, strict_fp)
+        store.save(key, obj)
+    cfunc = load_object(kernel, obj)
+    return CpuKernel(kernel, cfunc, obj.sites, checks, strict_fp, obj.symbol, from_cache)

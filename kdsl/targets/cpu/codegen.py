@@ -91,7 +91,7 @@ class _Codegen:
 
     @classmethod
     def for_kernel(
-        cls, kernel: Kernel, module: ir.Module, checks: bool, strict_fp: bool
+        cls, kernel: Kernel, module: ir.Module, checks: bool, strict_fp: bool, symbol: str
     ) -> _Codegen:
         buffers = {b.name: b for b in kernel.buffers}
         arrays = [buffers[p.name] for p in kernel.params if p.is_array]
@@ -100,7 +100,7 @@ class _Codegen:
         types = [PTR] * len(arrays) + [
             ir.DoubleType() if p.dtype.is_float else I64 for p in scalars
         ]
-        fn = ir.Function(module, ir.FunctionType(I64, types), name=symbol_name(kernel))
+        fn = ir.Function(module, ir.FunctionType(I64, types), name=symbol)
         gen = cls(kernel, fn, checks, strict_fp, ErrorSites())
         gen._bind_args(arrays, scalars)
         return gen
@@ -407,16 +407,12 @@ class _Codegen:
         return phi
 
 
-def symbol_name(kernel: Kernel) -> str:
-    return f"kdsl_{kernel.name}"
-
-
 def generate(
-    kernel: Kernel, checks: bool = False, strict_fp: bool = False
+    kernel: Kernel, checks: bool = False, strict_fp: bool = False, symbol: str | None = None
 ) -> tuple[ir.Module, ErrorSites]:
-    """An LLVM module with the kernel's entry function (see the module docstring), and
-    what its error codes refer to."""
+    """An LLVM module with the kernel's entry function named `symbol` (see the module
+    docstring), and what its error codes refer to."""
     module = ir.Module(name=kernel.name)
-    gen = _Codegen.for_kernel(kernel, module, checks, strict_fp)
+    gen = _Codegen.for_kernel(kernel, module, checks, strict_fp, symbol or f"kdsl_{kernel.name}")
     gen.run(kernel.body)
     return module, gen.sites

@@ -69,10 +69,22 @@ def assembly(ref: llvm.ModuleRef) -> str:
     return str(target_machine().emit_assembly(ref))
 
 
-def load(ref: llvm.ModuleRef, symbol: str) -> int:
-    """Add an optimized module to the JIT and return the address of `symbol`."""
+def emit_object(ref: llvm.ModuleRef) -> bytes:
+    """Machine code for this CPU, as an ELF object the JIT can load in any process."""
+    return bytes(target_machine().emit_object(ref))
+
+
+_loaded: dict[str, int] = {}  # symbol → address: an object is loaded once per process
+
+
+def load_object(code: bytes, symbol: str) -> int:
+    """Load an object into the JIT (relocation only, no LLVM passes); the address of
+    `symbol` in it."""
     with _lock:
-        engine = _engine()
-        engine.add_module(ref)
-        engine.finalize_object()
-        return int(engine.get_function_address(symbol))
+        address = _loaded.get(symbol)
+        if address is None:
+            engine = _engine()
+            engine.add_object_file(llvm.ObjectFileRef.from_data(code))
+            engine.finalize_object()
+            address = _loaded[symbol] = int(engine.get_function_address(symbol))
+        return address

@@ -51,7 +51,7 @@ import llvmlite.binding as llvm
 from llvmlite import ir
 
 from kdsl.config import CONFIG
-from kdsl.targets.cpu import jit
+from kdsl.targets.cpu import jit, objects
 
 PARALLEL_FOR = "kdsl_parallel_for"
 PARALLEL_FOR_THREADS = "kdsl_parallel_for_threads"  # same, with a thread count (0: default)
@@ -492,6 +492,17 @@ _runtime: _Runtime | None = None
 _num_threads = min(CONFIG.num_threads or _available_cores(), MAX_THREADS)
 
 
+def _object_code() -> bytes:
+    """The pool's machine code, from the object store when a process made it before."""
+    pool = has_thread_pool()
+    key = objects.object_key("runtime", pool)
+    code = objects.STORE.load(key)
+    if not isinstance(code, bytes):
+        code = jit.emit_object(jit.optimize(build_module(pool)))
+        objects.STORE.save(key, code)
+    return code
+
+
 def ensure_runtime() -> None:
     """Build and JIT the pool once per process (thread-safe) and register its entry points
     with `llvm.add_symbol`, so kernel modules that call them can be loaded."""
@@ -501,9 +512,9 @@ def ensure_runtime() -> None:
     with _lock:
         if _runtime is not None:
             return
-        ref = jit.optimize(build_module(has_thread_pool()))
         addresses = (ctypes.c_uint64 * len(_ENTRIES))()
-        ctypes.CFUNCTYPE(None, ctypes.c_void_p)(jit.load(ref, "kdsl_runtime_entries"))(addresses)
+        entries = jit.load_object(_object_code(), "kdsl_runtime_entries")
+        ctypes.CFUNCTYPE(None, ctypes.c_void_p)(entries)(addresses)
         for name, address in zip(_ENTRIES, addresses):
             llvm.add_symbol(name, address)
         i64, ptr = ctypes.c_int64, ctypes.c_void_p

@@ -45,7 +45,7 @@ def _task(body: Body) -> int:
     name = f"test_task_{next(_names)}"
     module = ir.Module(name=name)
     _define(module, name, body)
-    return jit.load(jit.optimize(module), name)
+    return jit.load_object(jit.emit_object(jit.optimize(module)), name)
 
 
 def _for_each(b: ir.IRBuilder, begin: ir.Value, end: ir.Value, step: Callable) -> None:
@@ -331,7 +331,7 @@ def test_process_exits_with_workers_asleep() -> None:
         "m = ir.Module()\n"
         "f = ir.Function(m, runtime.TASK_TYPE, name='empty')\n"
         "ir.IRBuilder(f.append_basic_block()).ret(ir.Constant(ir.IntType(64), 0))\n"
-        "task = jit.load(jit.optimize(m), 'empty')\n"
+        "task = jit.load_object(jit.emit_object(jit.optimize(m)), 'empty')\n"
         "runtime.set_num_threads(4)\n"
         "assert runtime.call_parallel_for(task, None, 8) == 0\n"
         "import time; time.sleep(0.01)\n"
