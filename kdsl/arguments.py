@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from kdsl import types as T
 from kdsl.errors import KernelArgumentError
+from kdsl.specs import ArgExample, Spec
 from kdsl.trace.api import constexpr
 from kdsl.trace.tracer import ArgSpec, ArraySpec, ConstSpec, ScalarSpec
 
@@ -165,3 +166,35 @@ def fast_key(args: Sequence[object]) -> tuple[object, ...] | None:
         else:
             return None
     return tuple(key)
+
+
+def check_examples(
+    examples: Sequence[Mapping[str, ArgExample]], sig: Signature
+) -> list[dict[str, ArgExample]]:
+    """`@kd.kernel(examples=[...])`, checked at decoration: one dict per example call,
+    naming every parameter (or leaving it to its default)."""
+    if isinstance(examples, Mapping):
+        examples = [examples]
+    checked = []
+    for example in examples:
+        if not isinstance(example, Mapping):
+            raise sig.error(
+                f"an example is a {type(example).__name__}, not a dict",
+                'write examples=[{"A": kd.spec((512, 256), kd.f32), ...}]',
+            )
+        unknown = [n for n in example if n not in sig.names]
+        if unknown:
+            raise sig.error(f"the example names unknown parameter(s) {', '.join(unknown)}")
+        missing = [n for n in sig.names if n not in example and n not in sig.defaults]
+        if missing:
+            raise sig.error(f"the example gives no value for {', '.join(missing)}")
+        full: dict[str, ArgExample] = {n: sig.defaults[n] for n in sig.names if n not in example}  # type: ignore[misc]
+        for name, value in example.items():
+            if not isinstance(value, Spec | bool | int | float):
+                raise sig.error(
+                    f"example value for '{name}' is {describe(value)}",
+                    "give kd.spec(shape, dtype) for an array, or a Python number",
+                )
+            full[name] = value
+        checked.append({n: full[n] for n in sig.names})
+    return checked

@@ -2,33 +2,47 @@
 
 from __future__ import annotations
 
-import ctypes
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
-from kdsl.arguments import Signature, fast_key, spec_of
+from kdsl.arguments import Signature, check_examples, fast_key, spec_of
+from kdsl.autotune.tuner import TuneReport, example_of, tune
 from kdsl.config import CONFIG, dumps
-from kdsl.errors import BoundsError, KdslError, KernelArgumentError, ShapeError
-from kdsl.ir.checks import describe_failed_check
-from kdsl.ir.evaluate import evaluate
+from kdsl.dispatch import TunedDispatch
+from kdsl.errors import KdslError, KernelArgumentError
 from kdsl.ir.hashing import structural_hash
-from kdsl.ir.nodes import CheckKind, DimOf, Kernel, ScalarArg
+from kdsl.ir.nodes import Kernel
 from kdsl.ir.passes import lower
 from kdsl.ir.passes.expand import expand_schedule
 from kdsl.ir.printer import format_kernel
 from kdsl.ir.verify import verify
-from kdsl.ir.visit import walk_expr
 from kdsl.schedule.default import default_schedule
 from kdsl.schedule.recipe import Schedule
-from kdsl.targets.cpu.backend import CpuKernel, compile_kernel
-from kdsl.targets.cpu.state import ErrorKind
+from kdsl.specs import ArgExample
+from kdsl.targets.cpu.backend import compile_kernel
+from kdsl.targets.cpu.call import CallLayout, Specialization
 from kdsl.targets.cpu.vector import vector_obstacle
 from kdsl.targets.interp.interpreter import interpret
 from kdsl.trace.tracer import ArgSpec, ArraySpec, ScalarSpec, trace
+
+Callable_ = Specialization | TunedDispatch  # what serves the calls of one signature
+
+AUTOTUNE_BUDGET_S = 20.0  # per new shape, for @kd.kernel(autotune=True)
+
+
+def _autotune_budget(autotune: bool | float, name: str) -> float:
+    if autotune is True:
+        return AUTOTUNE_BUDGET_S
+    if autotune is False or autotune is None:
+        return 0.0
+    if isinstance(autotune, int | float) and autotune > 0:
+        return float(autotune)
+    raise KernelArgumentError(
+        f"autotune={autotune!r} is neither a bool nor a positive budget in seconds",
+        kernel=name,
+        fix="write @kd.kernel(autotune=True) or @kd.kernel(autotune=30)",
+    )
 
 
 class Target:
@@ -66,103 +80,6 @@ class IRView:
         return structural_hash(self.kernel)
 
 
-@dataclass
-class _Specialization:
-    """One compiled version of a kernel, for one argument signature."""
-
-    name: str
-    ir: Kernel
-    compiled: CpuKernel
-    array_pos: tuple[int, ...]  # which call arguments are arrays, in parameter order
-    scalar_pos: tuple[int, ...]
-    param_names: tuple[str, ...]  # names of the non-constexpr parameters, by call position
-    results: tuple[tuple[tuple[Any, ...], np.dtype], ...] = field(default=())
-
-    def __post_init__(self) -> None:
-        # Arguments already in the compiled function's order (arrays, then scalars) and
-        # nothing to allocate: the call passes them straight through.
-        order = self.array_pos + self.scalar_pos
-        self.direct = not self.results and order == tuple(range(len(self.param_names)))
-
-    def run(self, args: Sequence[object]) -> object:
-        if self.direct:
-            try:
-                code = self.compiled.cfunc(*args)
-            except ctypes.ArgumentError as exc:
-                raise KdslError(
-                    f"a scalar argument can't be passed: {exc}", kernel=self.name
-                ) from None
-            if code:
-                raise self.error(code, args, ())
-            return None
-        results = [np.empty(self._shape(shape, args), dtype) for shape, dtype in self.results]
-        try:
-            code = self.compiled.cfunc(
-                *[args[i] for i in self.array_pos], *results, *[args[i] for i in self.scalar_pos]
-            )
-        except ctypes.ArgumentError as exc:
-            raise KdslError(f"a scalar argument can't be passed: {exc}", kernel=self.name) from None
-        if code:
-            raise self.error(code, args, results)
-        if not results:
-            return None
-        return results[0] if len(results) == 1 else tuple(results)
-
-    def _shape(self, shape: tuple[Any, ...], args: Sequence[object]) -> tuple[int, ...]:
-        shapes, scalars = self._environment(args)
-        return tuple(max(0, int(evaluate(d, shapes, scalars))) for d in shape)
-
-    def _environment(
-        self, args: Sequence[object], results: Sequence[np.ndarray] = ()
-    ) -> tuple[dict, dict]:  # type: ignore[type-arg]
-        names = self.param_names
-        shapes = {names[i]: args[i].shape for i in self.array_pos}  # type: ignore[attr-defined]
-        shapes.update({r: a.shape for r, a in zip(self.ir.results, results)})
-        scalars = {names[i]: args[i] for i in self.scalar_pos}
-        return shapes, scalars
-
-    def error(self, code: int, args: Sequence[object], results: Sequence[np.ndarray]) -> KdslError:
-        kind, index = ErrorKind(code >> 32), code & 0xFFFFFFFF
-        arrays = [self.param_names[i] for i in self.array_pos]
-        match kind:
-            case ErrorKind.CHECK:
-                check = self.compiled.sites.checks[index]
-                shapes, scalars = self._environment(args, results)
-                values = {
-                    e: evaluate(e, shapes, scalars)
-                    for e in walk_expr(check.cond)
-                    if isinstance(e, DimOf | ScalarArg)
-                }
-                what = describe_failed_check(check, values)
-                cls = ShapeError if check.kind is CheckKind.SHAPE else BoundsError
-                return cls(
-                    what, kernel=self.name, loc=check.loc, fix="pass arrays whose dimensions agree"
-                )
-            case ErrorKind.READONLY:
-                return KernelArgumentError(
-                    f"argument '{arrays[index]}' is read-only, but the kernel writes to it",
-                    kernel=self.name,
-                    fix="pass a writeable array (e.g. np.array(x) makes a writeable copy)",
-                )
-            case ErrorKind.ALIAS:
-                written, other = arrays[index >> 16], arrays[index & 0xFFFF]
-                return KernelArgumentError(
-                    f"arguments '{written}' and '{other}' share memory, and the kernel "
-                    f"writes '{written}'",
-                    kernel=self.name,
-                    fix=f"pass a copy: np.copy({other})",
-                )
-            case ErrorKind.BOUNDS:
-                buffer, loc = self.compiled.sites.accesses[index]
-                return BoundsError(
-                    f"subscript out of bounds on '{buffer}'",
-                    kernel=self.name,
-                    loc=loc,
-                    fix="check the subscript against the array's shape",
-                )
-        return KdslError("out of memory for the kernel's temporaries", kernel=self.name)
-
-
 class KernelFunction:
     """A Python function compiled by kdsl on first call for each argument signature."""
 
@@ -174,6 +91,8 @@ class KernelFunction:
         checks: bool | None = None,
         strict_fp: bool = False,
         name: str | None = None,
+        examples: Sequence[Mapping[str, ArgExample]] | None = None,
+        autotune: bool | float = False,
     ) -> None:
         self.fn = fn
         self.name = name or fn.__name__
@@ -183,11 +102,14 @@ class KernelFunction:
         self.checks = CONFIG.debug if checks is None else checks
         self.strict_fp = strict_fp
         self.signature = Signature.of(fn, self.name)
-        self._fast: dict[tuple[object, ...], _Specialization] = {}
-        self._by_spec: dict[tuple[ArgSpec, ...], _Specialization] = {}
-        self._lock = threading.Lock()
+        self.examples = check_examples(examples or [], self.signature)
+        self.autotune_budget = _autotune_budget(autotune, self.name)
+        self._fast: dict[tuple[object, ...], Callable_] = {}
+        self._by_spec: dict[tuple[ArgSpec, ...], Callable_] = {}
+        self._lock = threading.RLock()
         self._fast_ok = not self.signature.constexpr and not static_shapes
-        self._stats = {"compilations": 0, "calls": 0}
+        self._stats = {"calls": 0, "compilations": 0, "objects_loaded": 0}
+        self.tuning: dict[str, str] = {}  # shape → where its schedule params came from
         self._schedules: dict[str, Callable[[Schedule], object]] = {}
 
     def __repr__(self) -> str:
@@ -207,23 +129,35 @@ class KernelFunction:
 
         return attach
 
-    def scheduled(self, kernel: Kernel, target: Target = cpu) -> Schedule:
-        """Apply this kernel's schedule for `target` (or the default one) to traced IR."""
+    def scheduled(
+        self,
+        kernel: Kernel,
+        target: Target = cpu,
+        config: Mapping[str, object] | None = None,
+        heuristic: bool = False,
+    ) -> Schedule:
+        """Apply this kernel's schedule for `target`, with tunables set from `config`, to
+        traced IR; the default (heuristic) schedule when it has none or `heuristic`."""
         s = Schedule(
             lower(kernel),
             target=target.name,
             strict_fp=self.strict_fp,
+            config=config,
             vector_check=vector_obstacle if target is cpu else None,
         )
-        fn = self._schedules.get(target.name)
+        fn = None if heuristic else self._schedules.get(target.name)
         if fn is None:
             default_schedule(s)
         else:
             fn(s)
         return s
 
-    def _final_ir(self, kernel: Kernel) -> Kernel:
-        final = expand_schedule(self.scheduled(kernel).kernel, contract=not self.strict_fp)
+    def final_ir(
+        self, kernel: Kernel, config: Mapping[str, object] | None = None, heuristic: bool = False
+    ) -> Kernel:
+        """Traced IR scheduled and expanded: what the code generator compiles."""
+        scheduled = self.scheduled(kernel, config=config, heuristic=heuristic)
+        final = expand_schedule(scheduled.kernel, contract=not self.strict_fp)
         if CONFIG.debug:
             verify(final, "scheduled")
         if dumps("schedule"):
@@ -250,8 +184,8 @@ class KernelFunction:
                     spec = self._fast.get(key)
                     if spec is not None:
                         return spec.run(args)
-            spec, bound = self._specialize(args, kwargs)
-            return spec.run(bound)
+            call, bound = self._specialize(args, kwargs)
+            return call.run(bound)
         except KdslError as err:  # the user's call is the last frame shown
             raise (err if CONFIG.debug else err.with_traceback(None)) from None
 
@@ -270,7 +204,7 @@ class KernelFunction:
 
     def _specialize(
         self, args: Sequence[object], kwargs: dict[str, object]
-    ) -> tuple[_Specialization, list[object]]:
+    ) -> tuple[Callable_, list[object]]:
         specs, bound = self._specs(args, kwargs)
         spec = self._by_spec.get(specs)
         if spec is None:
@@ -290,25 +224,38 @@ class KernelFunction:
             print(format_kernel(kernel))
         return kernel
 
-    def _compile(self, specs: tuple[ArgSpec, ...]) -> _Specialization:
-        kernel = self.trace(specs)
-        compiled = compile_kernel(
-            self._final_ir(kernel), checks=self.checks, strict_fp=self.strict_fp
-        )
-        self._stats["compilations"] += 1
+    def _compile(self, specs: tuple[ArgSpec, ...]) -> Callable_:
+        """The compiled code for one signature; a dispatcher over tuned variants when the
+        tuning database has results for it (or `autotune=` asks to make them)."""
+        traced = self.trace(specs)
+        layout = self.call_layout(specs, traced)
+        dispatch = TunedDispatch.find(self, specs, traced, layout)
+        return dispatch or self.build(traced, layout)
+
+    def call_layout(self, specs: tuple[ArgSpec, ...], traced: Kernel) -> CallLayout:
         array_pos = tuple(n for n, s in enumerate(specs) if isinstance(s, ArraySpec))
         scalar_pos = tuple(n for n, s in enumerate(specs) if isinstance(s, ScalarSpec))
-        buffers = {b.name: b for b in kernel.buffers}
-        results = tuple((buffers[r].shape, buffers[r].dtype.to_numpy()) for r in kernel.results)
-        return _Specialization(
-            self.name, kernel, compiled, array_pos, scalar_pos, self.signature.names, results
+        buffers = {b.name: b for b in traced.buffers}
+        results = tuple((buffers[r].shape, buffers[r].dtype.to_numpy()) for r in traced.results)
+        return CallLayout(array_pos, scalar_pos, self.signature.names, results)
+
+    def build(
+        self, traced: Kernel, layout: CallLayout, config: Mapping[str, object] | None = None
+    ) -> Specialization:
+        """Compile (or load from the object cache) one version of the kernel."""
+        compiled = compile_kernel(
+            self.final_ir(traced, config), checks=self.checks, strict_fp=self.strict_fp
         )
+        self._stats["compilations"] += 1
+        self._stats["objects_loaded"] += compiled.from_cache
+        return layout.specialization(self.name, traced, compiled)
 
     # --------------------------------------------------------------- inspection
 
-    def _spec_for(self, args: Sequence[object], kwargs: dict[str, object]) -> _Specialization:
+    def _spec_for(self, args: Sequence[object], kwargs: dict[str, object]) -> Specialization:
         try:
-            return self._specialize(args, kwargs)[0]
+            call, bound = self._specialize(args, kwargs)
+            return call.variant(bound) if isinstance(call, TunedDispatch) else call
         except KdslError as err:
             raise (err if CONFIG.debug else err.with_traceback(None)) from None
 
@@ -327,9 +274,8 @@ class KernelFunction:
 
     def lowered(self, *args: object, **kwargs: object) -> IRView:
         """The IR after scheduling and lowering, as the target compiles it."""
-        traced = self._traced(args, kwargs)[0]
         try:
-            return IRView(self._final_ir(traced))
+            return IRView(self._spec_for(args, kwargs).compiled.kernel)
         except KdslError as err:
             raise (err if CONFIG.debug else err.with_traceback(None)) from None
 
@@ -364,12 +310,55 @@ class KernelFunction:
             return None
         return results[0] if len(results) == 1 else tuple(results)
 
+    # ----------------------------------------------------------------- tuning
+
+    def autotune(
+        self,
+        *args: object,
+        budget: float = 60.0,
+        strategy: str = "auto",
+        jobs: int | None = None,
+        progress: bool = True,
+        **kwargs: object,
+    ) -> list[TuneReport]:
+        """Tune this kernel's schedule params and record the best in the tuning database.
+
+        With arguments, tune for their shapes and dtypes (`k.autotune(a, b, c)`); without,
+        for each of the kernel's declared `examples`. `budget` is in seconds per example.
+        Later calls (in any process) use the results; see `kdsl cache list`.
+        """
+        if args or kwargs:
+            bound = self.signature.bind(args, dict(kwargs))
+            examples = [example_of(self.signature.names, tuple(bound))]
+        elif self.examples:
+            examples = list(self.examples)
+        else:
+            raise KernelArgumentError(
+                "autotune() needs example arguments: none were given and the kernel "
+                "declares no examples",
+                kernel=self.name,
+                fix=f"call {self.name}.autotune(...) with arrays, or declare "
+                "@kd.kernel(examples=[{...}])",
+            )
+        reports = [
+            tune(self, e, budget_s=budget, strategy=strategy, jobs=jobs, progress=progress)
+            for e in examples
+        ]
+        with self._lock:  # new results: signatures look them up again
+            self._fast.clear()
+            self._by_spec.clear()
+        return reports
+
     def stats(self) -> dict[str, object]:
-        """Compilations, calls and specializations so far: makes recompiles visible."""
+        """Calls; compilations (versions built: traced, scheduled and compiled) and how
+        many of those loaded their machine code from the cache directory instead of
+        running LLVM; specializations; and where each tuned shape's schedule params came
+        from: makes recompiles and tuning misses visible."""
         return {
             **self._stats,
             "specializations": len(self._by_spec),
             "cache_hits": self._stats["calls"] - self._stats["compilations"],
+            "tuning": dict(self.tuning),
         }
 
 
@@ -377,7 +366,10 @@ def kernel(fn: Callable[..., object] | None = None, **options: Any) -> Any:
     """Decorate a function to make it a kdsl kernel: `@kd.kernel` or `@kd.kernel(...)`.
 
     Options: static_shapes (bake shapes in), checks (bounds checks with the source line;
-    default on under KDSL_DEBUG=1), strict_fp (forbid reassociating reductions), name.
+    default on under KDSL_DEBUG=1), strict_fp (forbid reassociating reductions), name,
+    examples (example calls for `kdsl autotune`: a list of {param: kd.spec(...) or a
+    number}), autotune (True, or a budget in seconds: a call whose shape has no tuning
+    result tunes it first).
     """
     if fn is None:
         return lambda f: KernelFunction(f, **options)

@@ -78,14 +78,26 @@ def load_object(kernel: Kernel, obj: ObjectCode) -> ctypes._CFuncPtr:  # type: i
     return ctypes.CFUNCTYPE(ctypes.c_int64, *argtypes)(address)
 
 
+def kernel_key(kernel: Kernel, checks: bool, strict_fp: bool) -> str:
+    """The object store's key for this kernel's machine code."""
+    return object_key("kernel", structural_hash(kernel), checks, strict_fp)
+
+
+def from_object(
+    kernel: Kernel, obj: ObjectCode, checks: bool, strict_fp: bool, from_cache: bool = False
+) -> CpuKernel:
+    """The callable kernel of machine code made earlier (here or in another process)."""
+    cfunc = load_object(kernel, obj)
+    return CpuKernel(kernel, cfunc, obj.sites, checks, strict_fp, obj.symbol, from_cache)
+
+
 def compile_kernel(
     kernel: Kernel, checks: bool = False, strict_fp: bool = False, store: ObjectStore = STORE
 ) -> CpuKernel:
-    key = object_key("kernel", structural_hash(kernel), checks, strict_fp)
+    key = kernel_key(kernel, checks, strict_fp)
     obj = store.load(key)
-    from_cache = isinstance(obj, ObjectCode)
-    if not isinstance(obj, ObjectCode):
-        obj = build_object(kernel, key, checks, strict_fp)
-        store.save(key, obj)
-    cfunc = load_object(kernel, obj)
-    return CpuKernel(kernel, cfunc, obj.sites, checks, strict_fp, obj.symbol, from_cache)
+    if isinstance(obj, ObjectCode):
+        return from_object(kernel, obj, checks, strict_fp, from_cache=True)
+    obj = build_object(kernel, key, checks, strict_fp)
+    store.save(key, obj)
+    return from_object(kernel, obj, checks, strict_fp)

@@ -1,0 +1,449 @@
+"""The tuning database: the best config found per kernel, target, signature and shape, on disk.
+
+One SQLite file (schema version in `PRAGMA user_version`, WAL journal) with one table:
+
+    tuning(kernel_id, kernel_name, target, signature,
+           shape   TEXT  -- JSON, e.g. [[2, 64], [2, 64]]
+           config  TEXT  -- JSON object of the chosen schedule params
+           time_s, default_time_s, kdsl_version, created, source,
+           PRIMARY KEY (kernel_id, target, signature, shape))
+
+It is a cache: a corrupt or foreign file is set aside with a warning and rebuilt, never fatal.
+Configs go through JSON, so a tuple in a config comes back as a list; ints, floats, strings and
+bools come back equal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import operator
+import os
+import sqlite3
+import time
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import TypeVar
+
+from kdsl.errors import KdslError
+
+SCHEMA_VERSION = 1
+EXPORT_FORMAT = 1
+# Long enough that concurrent tuners queue up instead of losing a result.
+BUSY_TIMEOUT_S = 10.0
+
+Shape = tuple[tuple[int, ...], ...]
+T = TypeVar("T")
+
+_COLUMNS = (
+    "kernel_id",
+    "kernel_name",
+    "target",
+    "signature",
+    "shape",
+    "config",
+    "time_s",
+    "default_time_s",
+    "kdsl_version",
+    "created",
+    "source",
+)
+_CREATE = """
+CREATE TABLE IF NOT EXISTS tuning (
+    kernel_id TEXT NOT NULL,
+    kernel_name TEXT NOT NULL,
+    target TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    shape TEXT NOT NULL,
+    config TEXT NOT NULL,
+    time_s REAL NOT NULL,
+    default_time_s REAL,
+    kdsl_version TEXT NOT NULL,
+    created REAL NOT NULL,
+    source TEXT NOT NULL,
+    PRIMARY KEY (kernel_id, target, signature, shape)
+)
+"""
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM tuning"
+_INSERT = (
+    f"INSERT OR REPLACE INTO tuning ({', '.join(_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(_COLUMNS))})"
+)
+_WRITABLE_FIX = "set KDSL_CACHE_DIR to a writable directory"
+
+
+class DatabaseError(KdslError):
+    """The tuning database can't be written, or a tuning export file is not valid."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One tuning result: the best config of one kernel on one target for one shape."""
+
+    kernel_id: str  # content hash of the kernel (hex)
+    kernel_name: str  # for display
+    target: str  # e.g. "cpu/znver4/1a2b3c4d"
+    signature: str  # dtypes/ranks of the arguments, e.g. "a:f32[2,C] b:f32[2,C]"
+    shape: Shape  # the array arguments' shapes, in parameter order
+    config: dict[str, object]  # the schedule params chosen (JSON values)
+    time_s: float  # median time of the best config
+    default_time_s: float | None  # median time of the default config
+    kdsl_version: str
+    created: float  # unix time
+    source: str = "autotune"  # "autotune" or "import"
+
+
+class TuningDB:
+    """The tuning database in one SQLite file, opened (and created) on first use.
+
+    The connection is made lazily and belongs to the thread that first uses the object; other
+    threads and processes should open their own TuningDB on the same path. Each write is one
+    short transaction, so concurrent writers wait for each other instead of losing rows.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self._db: sqlite3.Connection | None = None
+
+    def record(self, entry: Entry) -> None:
+        """Store `entry`, replacing any row with its key: a re-tune is the newer truth."""
+        row = _to_row(entry)
+        self._run(lambda db: _write(db, [row]))
+
+    def lookup(self, kernel_id: str, target: str, signature: str) -> list[Entry]:
+        """Every tuned shape of one kernel on one target for one argument signature."""
+        sql = f"{_SELECT} WHERE kernel_id = ? AND target = ? AND signature = ?"
+        rows = self._run(lambda db: db.execute(sql, (kernel_id, target, signature)).fetchall())
+        return _sorted(_from_row(r) for r in rows)
+
+    def entries(self, kernel_name: str | None = None) -> list[Entry]:
+        """All rows, or those of one kernel name, ordered by kernel name then shape."""
+        if kernel_name is None:
+            rows = self._run(lambda db: db.execute(_SELECT).fetchall())
+        else:
+            sql = f"{_SELECT} WHERE kernel_name = ?"
+            rows = self._run(lambda db: db.execute(sql, (kernel_name,)).fetchall())
+        return _sorted(_from_row(r) for r in rows)
+
+    def clear(self, kernel_name: str | None = None) -> int:
+        """Delete all rows, or those of one kernel name; returns how many went."""
+        if kernel_name is None:
+            return self._run(lambda db: _delete(db, "DELETE FROM tuning", ()))
+        return self._run(
+            lambda db: _delete(db, "DELETE FROM tuning WHERE kernel_name = ?", (kernel_name,))
+        )
+
+    def export(self, path: str | os.PathLike[str]) -> int:
+        """Write every row to a readable JSON file; returns how many."""
+        entries = self.entries()
+        doc = {
+            "kdsl_tuning_export": EXPORT_FORMAT,
+            "entries": [_to_json(e) for e in entries],
+        }
+        dest = os.fspath(path)
+        tmp = f"{dest}.tmp-{os.getpid()}"
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(doc, f, indent=2)
+                f.write("\n")
+            os.replace(tmp, dest)  # a reader never sees half a file
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise DatabaseError(
+                f"can't write the tuning export '{dest}': {exc.strerror or exc}",
+                fix="export to a path in a writable directory",
+            ) from exc
+        return len(entries)
+
+    def import_(self, path: str | os.PathLike[str]) -> int:
+        """Merge a file written by `export` (its rows replace rows with the same key).
+
+        The whole file is checked first: a bad file raises DatabaseError and imports nothing.
+        Imported rows get source "import"; returns how many.
+        """
+        entries = _read_export(os.fspath(path))
+        rows = [_to_row(e) for e in entries]
+        self._run(lambda db: _write(db, rows))
+        return len(rows)
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def _run(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        # A corrupt file shows up on opening or on the first query that touches a bad page;
+        # either way set it aside once and run `op` on a fresh database.
+        for attempt in range(2):
+            try:
+                return op(self._connection())
+            except sqlite3.Error as exc:
+                if attempt == 1 or not _is_corruption(exc):
+                    raise self._error(exc) from exc
+                self._set_aside(exc)
+        raise AssertionError("unreachable")
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is None:
+            self._db = self._open()
+        return self._db
+
+    def _open(self) -> sqlite3.Connection:
+        parent = os.path.dirname(os.path.abspath(self.path))
+        try:
+            os.makedirs(parent, exist_ok=True)
+        except OSError as exc:
+            raise DatabaseError(
+                f"can't create the directory of the tuning database '{self.path}': "
+                f"{exc.strerror or exc}",
+                fix=_WRITABLE_FIX,
+            ) from exc
+        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            _use_wal(db)
+            db.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; a crash loses only the tail
+            _ensure_schema(db)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _set_aside(self, exc: sqlite3.Error) -> None:
+        self.close()
+        aside = f"{self.path}.corrupt-{int(time.time())}"
+        try:
+            os.replace(self.path, aside)
+            for suffix in ("-wal", "-shm"):
+                if os.path.exists(self.path + suffix):
+                    os.replace(self.path + suffix, aside + suffix)
+        except FileNotFoundError:
+            pass  # another process set it aside first
+        except OSError as err:
+            raise DatabaseError(
+                f"the tuning database '{self.path}' is unreadable ({exc}) and can't be moved "
+                f"aside: {err.strerror or err}",
+                fix=f"delete it, or {_WRITABLE_FIX}",
+            ) from err
+        warnings.warn(
+            f"kdsl: the tuning database '{self.path}' was unreadable ({exc}); moved it to "
+            f"'{aside}' and started a new one. Tuning results will be rebuilt as kernels are "
+            "tuned again.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+    def _error(self, exc: sqlite3.Error) -> DatabaseError:
+        message = str(exc)
+        if "locked" in message or "busy" in message:
+            fix = f"another process held it for over {BUSY_TIMEOUT_S:g} s; retry"
+        else:
+            fix = _WRITABLE_FIX
+        return DatabaseError(f"tuning database '{self.path}': {message}", fix=fix)
+
+
+def nearest(entries: Sequence[Entry], shape: Shape) -> Entry | None:
+    """The entry whose shape is closest to `shape`, or None if no entry has the same ranks.
+
+    An exact match wins; otherwise the smallest sum over all dims of |log2(a+1) - log2(b+1)|,
+    so 64 is as near to 128 as 1024 is to 2048. The first entry wins a tie.
+    """
+    ranks = [len(s) for s in shape]
+    best: Entry | None = None
+    best_distance = math.inf
+    for entry in entries:
+        if entry.shape == shape:
+            return entry
+        if [len(s) for s in entry.shape] != ranks:
+            continue
+        distance = sum(
+            abs(math.log2(a + 1) - math.log2(b + 1))
+            for mine, theirs in zip(shape, entry.shape)
+            for a, b in zip(mine, theirs)
+        )
+        if distance < best_distance:
+            best, best_distance = entry, distance
+    return best
+
+
+def _is_corruption(exc: sqlite3.Error) -> bool:
+    # SQLITE_CORRUPT and SQLITE_NOTADB surface as the base DatabaseError; busy, read-only and
+    # can't-open come as subclasses (OperationalError, ...) and are not the file's fault.
+    return type(exc) is sqlite3.DatabaseError
+
+
+def _use_wal(db: sqlite3.Connection) -> None:
+    # Switching a fresh file to WAL needs an exclusive lock, and SQLite answers "locked" at
+    # once, without the busy timeout, while another process switches it: so wait here.
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
+def _ensure_schema(db: sqlite3.Connection) -> None:
+    # IMMEDIATE: two processes creating the same fresh file take turns.
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            db.execute(_CREATE)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        elif version != SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(
+                f"schema version {version}, this kdsl reads {SCHEMA_VERSION}"
+            )
+        db.execute("COMMIT")
+    except BaseException:
+        _rollback(db)
+        raise
+
+
+def _write(db: sqlite3.Connection, rows: list[tuple[object, ...]]) -> None:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.executemany(_INSERT, rows)
+        db.execute("COMMIT")
+    except BaseException:
+        _rollback(db)
+        raise
+
+
+def _delete(db: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> int:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        count = db.execute(sql, params).rowcount
+        db.execute("COMMIT")
+    except BaseException:
+        _rollback(db)
+        raise
+    return count
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    if db.in_transaction:
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # the original error is the one to report
+
+
+def _sorted(entries: Iterable[Entry]) -> list[Entry]:
+    return sorted(entries, key=lambda e: (e.kernel_name, e.shape, e.target, e.signature))
+
+
+def _shape_json(shape: Shape) -> str:
+    # Compact and canonical: this text is part of the primary key.
+    return json.dumps([[operator.index(d) for d in dims] for dims in shape], separators=(",", ":"))
+
+
+def _to_row(entry: Entry) -> tuple[object, ...]:
+    try:
+        config = json.dumps(entry.config)
+    except (TypeError, ValueError) as exc:
+        raise DatabaseError(
+            f"the config of kernel '{entry.kernel_name}' is not JSON-able: {exc}",
+            fix="tuning configs may hold only ints, floats, strings, bools and lists",
+        ) from exc
+    return (
+        entry.kernel_id,
+        entry.kernel_name,
+        entry.target,
+        entry.signature,
+        _shape_json(entry.shape),
+        config,
+        entry.time_s,
+        entry.default_time_s,
+        entry.kdsl_version,
+        entry.created,
+        entry.source,
+    )
+
+
+def _from_row(row: Sequence[object]) -> Entry:
+    fields = dict(zip(_COLUMNS, row))
+    fields["shape"] = tuple(tuple(dims) for dims in json.loads(str(fields["shape"])))
+    fields["config"] = json.loads(str(fields["config"]))
+    return Entry(**fields)  # type: ignore[arg-type]
+
+
+def _to_json(entry: Entry) -> dict[str, object]:
+    doc = asdict(entry)
+    doc["shape"] = [list(dims) for dims in entry.shape]
+    return doc
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_shape(value: object) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(dims, list)
+        and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in dims)
+        for dims in value
+    )
+
+
+def _is_config(value: object) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+
+
+# What each exported field must be, and how to say so.
+_FIELD_CHECKS: dict[str, tuple[Callable[[object], bool], str]] = {
+    "kernel_id": (lambda v: isinstance(v, str), "a string"),
+    "kernel_name": (lambda v: isinstance(v, str), "a string"),
+    "target": (lambda v: isinstance(v, str), "a string"),
+    "signature": (lambda v: isinstance(v, str), "a string"),
+    "shape": (_is_shape, "a list of lists of non-negative ints"),
+    "config": (_is_config, "an object with string keys"),
+    "time_s": (_is_number, "a number"),
+    "default_time_s": (lambda v: v is None or _is_number(v), "a number or null"),
+    "kdsl_version": (lambda v: isinstance(v, str), "a string"),
+    "created": (_is_number, "a number"),
+}
+
+
+def _read_export(path: str) -> list[Entry]:
+    def bad(what: str) -> DatabaseError:
+        return DatabaseError(
+            f"the tuning export '{path}' is not valid: {what}; nothing was imported",
+            fix="import a file written by a kdsl tuning export, unedited",
+        )
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except OSError as exc:
+        raise DatabaseError(
+            f"can't read the tuning export '{path}': {exc.strerror or exc}",
+            fix="check the path",
+        ) from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise bad(f"not JSON ({exc})") from exc
+    if not isinstance(doc, dict) or doc.get("kdsl_tuning_export") != EXPORT_FORMAT:
+        raise bad(f'no "kdsl_tuning_export": {EXPORT_FORMAT} marker')
+    items = doc.get("entries")
+    if not isinstance(items, list):
+        raise bad('"entries" must be a list')
+    entries = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise bad(f"entries[{i}] must be an object")
+        for name, (check, description) in _FIELD_CHECKS.items():
+            if name not in item:
+                raise bad(f'entries[{i}] has no "{name}"')
+            if not check(item[name]):
+                raise bad(f"entries[{i}].{name} must be {description}, not {item[name]!r}")
+        fields = {name: item[name] for name in _FIELD_CHECKS}
+        fields["shape"] = tuple(tuple(dims) for dims in item["shape"])
+        fields["time_s"] = float(item["time_s"])
+        entries.append(Entry(**fields, source="import"))
+    return entries

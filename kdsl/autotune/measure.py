@@ -1,0 +1,187 @@
+"""Measuring candidates in a process of their own, so that a crash never takes the tuner down.
+
+The measuring process holds the example inputs (several copies, used in turn, so a
+candidate never finds its data warm in cache from its own previous call) and the
+reference outputs. For each candidate it loads the machine code (no LLVM here), runs it
+once on fresh inputs, compares every output with the reference, and only then times it:
+one warm-up call, then samples until `min_time` has passed (at least `MIN_SAMPLES`),
+each sample one call or, for calls under `BATCH_S`, a batch of calls; the result is the
+median. A candidate whose median after a few samples is far over `cutoff` stops early.
+
+`Measurer` is the parent's side: it starts the process (`worker.Worker`), restarts it
+when a candidate kills it or runs past its time, and replays the setup so the next
+candidate finds the same inputs and reference.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from kdsl.autotune.worker import Failure, Request, Worker
+from kdsl.errors import KdslError
+from kdsl.ir.nodes import Kernel
+from kdsl.specs import ArgExample, make_arguments
+from kdsl.targets.cpu import backend, runtime
+from kdsl.targets.cpu.call import CallLayout, Specialization
+
+MIN_SAMPLES = 5
+MAX_SAMPLES = 100
+BATCH_S = 1e-3  # calls shorter than this are timed in batches
+EARLY_SAMPLES = 3  # samples after which a candidate over its cutoff stops
+ROTATION_BYTES = 64 << 20  # input copies together span at least this (twice the L3)
+MAX_COPIES = 8
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """Everything the measuring process needs to call one compiled version of a kernel."""
+
+    name: str
+    traced: Kernel  # result shapes are expressions over it
+    final: Kernel
+    obj: backend.ObjectCode
+    layout: CallLayout
+    checks: bool
+    strict_fp: bool
+
+    def load(self) -> Specialization:
+        compiled = backend.from_object(self.final, self.obj, self.checks, self.strict_fp)
+        return self.layout.specialization(self.name, self.traced, compiled)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """ok: timed (median seconds); slow: stopped early over the cutoff; wrong: outputs
+    differ from the reference; error: raised; crashed / timeout: took the process down."""
+
+    status: str
+    time_s: float | None = None
+    detail: str = ""
+
+
+# ----------------------------------------------------------- the measuring process
+
+
+def _tolerance(dtype: np.dtype) -> float:  # type: ignore[type-arg]
+    if dtype.kind != "f" and dtype.kind != "V":
+        return 0.0
+    return {8: 1e-9, 4: 1e-3}.get(dtype.itemsize, 3e-2)  # f16/bf16: a few ulps of 8 bits
+
+
+def compare(got: Sequence[np.ndarray], want: Sequence[np.ndarray]) -> str | None:
+    """Where `got` differs from `want` beyond reassociation's rounding, or None."""
+    for n, (g, w) in enumerate(zip(got, want)):
+        if g.shape != w.shape:
+            return f"output {n} has shape {g.shape}, expected {w.shape}"
+        if w.dtype.kind in "biu":
+            if not np.array_equal(g, w):
+                return f"output {n} differs at {int(np.argmax(g != w))} (integers must match)"
+            continue
+        g64, w64 = g.astype(np.float64), w.astype(np.float64)
+        rtol = _tolerance(w.dtype)
+        scale = float(np.nanmax(np.abs(w64), initial=0.0)) if w64.size else 0.0
+        close = np.isclose(g64, w64, rtol=rtol, atol=rtol * max(scale, 1e-30), equal_nan=True)
+        if not close.all():
+            at = int(np.argmin(close))
+            return f"output {n} differs: {g64.flat[at]!r} vs {w64.flat[at]!r} at flat index {at}"
+    return None
+
+
+class Bench:
+    """The measuring process's state: inputs, their copies, the reference outputs."""
+
+    def __init__(self) -> None:
+        self.inputs: list[object] = []
+        self.copies: list[list[object]] = []
+        self.reference: list[np.ndarray] = []
+
+    def setup(self, examples: Sequence[ArgExample], seed: int, threads: int) -> None:
+        runtime.set_num_threads(threads)
+        named = {f"a{n}": e for n, e in enumerate(examples)}
+        self.inputs = list(make_arguments(named, np.random.default_rng(seed)).values())
+        nbytes = sum(a.nbytes for a in self.inputs if isinstance(a, np.ndarray))
+        count = min(MAX_COPIES, max(1, -(-ROTATION_BYTES // max(nbytes, 1))))
+        self.copies = [self._fresh() for _ in range(count)]
+
+    def _fresh(self) -> list[object]:
+        return [a.copy() if isinstance(a, np.ndarray) else a for a in self.inputs]
+
+    def _outputs(self, spec: Specialization) -> list[np.ndarray]:
+        args = self._fresh()
+        result = spec.run(args)
+        returned = [] if result is None else list(result if isinstance(result, tuple) else [result])
+        return [a for a in args if isinstance(a, np.ndarray)] + returned
+
+    def reference_run(self, candidate: Candidate) -> None:
+        self.reference = self._outputs(candidate.load())
+
+    def measure(self, candidate: Candidate, min_time: float, cutoff: float | None) -> Outcome:
+        spec = candidate.load()
+        wrong = compare(self._outputs(spec), self.reference)
+        if wrong:
+            return Outcome("wrong", detail=wrong)
+        copies, turn = self.copies, 0
+        start = time.perf_counter()
+        spec.run(copies[0])  # warm-up: page faults, the pool's threads
+        once = time.perf_counter() - start
+        batch = max(1, int(BATCH_S / max(once, 1e-9)))
+        samples: list[float] = []
+        began = time.perf_counter()
+        while len(samples) < MAX_SAMPLES:
+            t0 = time.perf_counter()
+            for _ in range(batch):
+                turn = (turn + 1) % len(copies)
+                spec.run(copies[turn])
+            samples.append((time.perf_counter() - t0) / batch)
+            median = statistics.median(samples)
+            if cutoff is not None and len(samples) >= EARLY_SAMPLES and median > cutoff:
+                return Outcome("slow", median, f"over {cutoff:.3g} s after {len(samples)}")
+            if len(samples) >= MIN_SAMPLES and time.perf_counter() - began >= min_time:
+                break
+        return Outcome("ok", statistics.median(samples))
+
+
+class Measurer:
+    """The parent's handle on the measuring process: restarted after a crash or a
+    timeout, with its setup replayed."""
+
+    def __init__(self, examples: Sequence[ArgExample], seed: int, reference: Candidate) -> None:
+        self._setup: list[Request] = [
+            ("setup", (list(examples), seed, runtime.get_num_threads())),
+            ("reference_run", (reference,)),
+        ]
+        self._worker: Worker | None = None
+        self.restarts = 0
+
+    def _ready(self) -> Worker:
+        if self._worker is None:
+            self._worker = Worker()
+            for request in self._setup:
+                reply = self._worker.ask(request, timeout=600.0)
+                if isinstance(reply, Failure):
+                    self.close()
+                    raise KdslError(f"the reference run failed: {reply.status}: {reply.detail}")
+        return self._worker
+
+    def measure(
+        self, candidate: Candidate, min_time: float, cutoff: float | None, timeout: float
+    ) -> Outcome:
+        reply = self._ready().ask(("measure", (candidate, min_time, cutoff)), timeout)
+        if isinstance(reply, Failure):
+            if reply.status != "error":  # the process is gone: start afresh next time
+                self.close()
+                self.restarts += 1
+            return Outcome(reply.status, detail=reply.detail)
+        assert isinstance(reply, Outcome)
+        return reply
+
+    def close(self) -> None:
+        if self._worker is not None:
+            if self._worker.alive:
+                self._worker.close()
+            self._worker = None

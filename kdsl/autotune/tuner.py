@@ -1,0 +1,301 @@
+"""The autotuner: search a schedule's `s.param` space for one kernel and example shape.
+
+The work alternates between two phases so that both cores stay busy and no timing is
+disturbed: a batch of candidates is compiled in a pool of worker processes (LLVM is the
+slow part, and it runs in parallel there), then the batch is measured one candidate at
+a time in the measuring process (`measure.Measurer`) while nothing else runs. Applying
+the schedule to the IR happens here, in Python, and is cheap; candidates whose final IR
+is the same are compiled and measured once.
+
+Every candidate's outputs are compared with those of the kernel under kdsl's heuristic
+default schedule (an oracle independent of the user's schedule) before its time counts;
+a refused schedule, a compile error, wrong outputs or a crash drops the candidate, with
+the reason kept in the report. The best config goes to the tuning database with the
+default config's time, and its machine code to the object cache, so the next process
+runs it without tuning or compiling.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from kdsl.autotune import registry
+from kdsl.autotune.database import Entry
+from kdsl.autotune.keys import (
+    Shape,
+    format_shape,
+    kernel_identity,
+    shape_of,
+    signature_key,
+    target_key,
+)
+from kdsl.autotune.measure import Candidate, Measurer, Outcome
+from kdsl.autotune.strategies import (
+    Config,
+    Strategy,
+    config_key,
+    default_config,
+    make_strategy,
+    space_size,
+)
+from kdsl.autotune.worker import Failure, WorkerPool
+from kdsl.config import VERSION
+from kdsl.errors import KdslError, ScheduleError
+from kdsl.ir.nodes import Kernel
+from kdsl.specs import ArgExample, Spec, make_arguments
+from kdsl.targets.cpu import backend
+from kdsl.targets.cpu.objects import STORE
+from kdsl.types import from_numpy
+
+if TYPE_CHECKING:
+    from kdsl.kernel import KernelFunction
+
+SLOW_CUTOFF = 2.0  # stop measuring a candidate once it is this much slower than the best
+
+
+@dataclass(frozen=True)
+class Trial:
+    config: Config
+    status: str  # ok, slow, same (as an earlier candidate), invalid, compile-error, wrong, ...
+    time_s: float | None = None
+    detail: str = ""
+
+
+@dataclass
+class TuneReport:
+    """What one tuning run tried and found."""
+
+    kernel: str
+    shape: Shape
+    space: dict[str, tuple[object, ...]]
+    trials: list[Trial] = field(default_factory=list)
+    best: Config | None = None
+    best_time_s: float | None = None
+    default_time_s: float | None = None
+    elapsed_s: float = 0.0
+
+    @property
+    def speedup(self) -> float | None:
+        if self.best_time_s and self.default_time_s:
+            return self.default_time_s / self.best_time_s
+        return None
+
+    @property
+    def per_minute(self) -> float:
+        evaluated = sum(1 for t in self.trials if t.status not in ("same", "invalid"))
+        return 60.0 * evaluated / max(self.elapsed_s, 1e-9)
+
+    def failures(self) -> list[Trial]:
+        return [t for t in self.trials if t.status not in ("ok", "slow", "same", "invalid")]
+
+
+def example_of(names: tuple[str, ...], args: tuple[object, ...]) -> dict[str, ArgExample]:
+    """Example specs with the shapes and dtypes of concrete arguments (specs stay)."""
+    example: dict[str, ArgExample] = {}
+    for name, value in zip(names, args):
+        if isinstance(value, Spec):
+            example[name] = value
+        elif isinstance(value, np.ndarray):
+            dtype = from_numpy(value.dtype)
+            if dtype is None:
+                raise KdslError(f"argument '{name}' has a dtype kdsl can't tune ({value.dtype})")
+            example[name] = Spec(tuple(value.shape), dtype)
+        elif isinstance(value, bool | int | float):
+            example[name] = value
+        else:
+            raise KdslError(
+                f"argument '{name}' is a {type(value).__name__}; tune with NumPy arrays "
+                "and Python scalars"
+            )
+    return example
+
+
+class _Session:
+    """One tuning run: a kernel, an example, a budget."""
+
+    def __init__(self, fn: KernelFunction, example: Mapping[str, ArgExample], jobs: int) -> None:
+        self.fn = fn
+        names = fn.signature.names
+        missing = [n for n in names if n not in example]
+        if missing:
+            raise KdslError(
+                f"the example for kernel '{fn.name}' gives no value for {', '.join(missing)}",
+                fix=f"give every parameter: {', '.join(names)}",
+            )
+        self.examples = [example[n] for n in names]
+        args = list(make_arguments(dict(example), np.random.default_rng(0)).values())
+        specs, bound = fn._specs([args[names.index(n)] for n in names], {})
+        self.shape = shape_of(bound)
+        self.traced = fn.trace(specs)
+        self.layout = fn.call_layout(specs, self.traced)
+        self.key = (kernel_identity(self.traced), target_key(), signature_key(names, specs))
+        self.space = dict(fn.scheduled(self.traced).space)
+        self.pool = WorkerPool(jobs) if jobs else None
+        self.objects: dict[str, backend.ObjectCode] = {}
+
+    def candidate(self, final: Kernel, obj: backend.ObjectCode) -> Candidate:
+        fn = self.fn
+        return Candidate(fn.name, self.traced, final, obj, self.layout, fn.checks, fn.strict_fp)
+
+    def compile_all(self, finals: list[tuple[Kernel, str]]) -> list[backend.ObjectCode | str]:
+        """Object code for each (final IR, key), or why it failed."""
+        options = (self.fn.checks, self.fn.strict_fp)
+        if self.pool is None:
+            replies = [_build_here(final, key, *options) for final, key in finals]
+        else:
+            replies = self.pool.run([("build", (f, k, *options)) for f, k in finals])
+        return [
+            f"{r.status}: {r.detail}" if isinstance(r, Failure) else r  # type: ignore[misc]
+            for r in replies
+        ]
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+
+
+def _build_here(final: Kernel, key: str, checks: bool, strict_fp: bool) -> object:
+    try:
+        return backend.build_object(final, key, checks, strict_fp)
+    except Exception as exc:  # a candidate's failure, reported, never fatal
+        return Failure("error", f"{type(exc).__name__}: {exc}")
+
+
+def tune(
+    fn: KernelFunction,
+    example: Mapping[str, ArgExample],
+    *,
+    budget_s: float = 60.0,
+    strategy: str = "auto",
+    jobs: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> TuneReport:
+    """Tune `fn`'s schedule params for one example call; record the best config."""
+    started = time.perf_counter()
+    jobs = (os.cpu_count() or 1) if jobs is None else jobs
+    session = _Session(fn, example, jobs)
+    report = TuneReport(fn.name, session.shape, session.space)
+    search = make_strategy(strategy, session.space, seed=seed)
+    measurer: Measurer | None = None
+    bar = tqdm(
+        total=min(space_size(session.space), 10**6),
+        desc=f"{fn.name} {format_shape(session.shape)}",
+        unit="cfg",
+        disable=not progress,
+        leave=True,
+    )
+    try:
+        reference = fn.final_ir(session.traced, heuristic=True)
+        ref_key = backend.kernel_key(reference, fn.checks, fn.strict_fp)
+        ref_obj = session.compile_all([(reference, ref_key)])[0]
+        if isinstance(ref_obj, str):
+            raise KdslError(f"kernel '{fn.name}' does not compile by default: {ref_obj}")
+        measurer = Measurer(session.examples, seed, session.candidate(reference, ref_obj))
+        times: dict[str, float | None] = {}  # final IR key → time
+        min_time = min(0.2, max(0.02, budget_s / 300))
+        while time.perf_counter() - started < budget_s:
+            configs = search.propose(max(2 * jobs, 2))
+            if not configs:
+                break
+            _run_batch(session, measurer, configs, times, report, search, min_time)
+            bar.update(len(configs))
+            if report.best_time_s:
+                bar.set_postfix_str(_progress_note(report))
+    finally:
+        bar.close()
+        if measurer is not None:
+            measurer.close()
+        session.close()
+    report.elapsed_s = time.perf_counter() - started
+    _record(session, report)
+    return report
+
+
+def _progress_note(report: TuneReport) -> str:
+    note = f"best {report.best_time_s * 1e3:.3g} ms"  # type: ignore[operator]
+    return note + (f" ({report.speedup:.2f}× default)" if report.speedup else "")
+
+
+def _run_batch(
+    session: _Session,
+    measurer: Measurer,
+    configs: list[Config],
+    times: dict[str, float | None],
+    report: TuneReport,
+    search: Strategy,
+    min_time: float,
+) -> None:
+    fn = session.fn
+    fresh: list[tuple[Config, Kernel, str]] = []
+    for config in configs:
+        try:
+            final = fn.final_ir(session.traced, config)
+        except ScheduleError as exc:
+            _observe(report, search, Trial(config, "invalid", detail=str(exc.args[0])))
+            continue
+        key = backend.kernel_key(final, fn.checks, fn.strict_fp)
+        if key in times or any(key == k for _, _, k in fresh):
+            report.trials.append(Trial(config, "same", times.get(key)))
+            search.observe(config, times.get(key))
+            continue
+        fresh.append((config, final, key))
+    built = session.compile_all([(final, key) for _, final, key in fresh])
+    for (config, final, key), obj in zip(fresh, built):
+        if isinstance(obj, str):
+            trial = Trial(config, "compile-error", detail=obj)
+        else:
+            cutoff = SLOW_CUTOFF * report.best_time_s if report.best_time_s else None
+            timeout = max(60.0, 100 * (report.default_time_s or 0.0))
+            outcome: Outcome = measurer.measure(
+                session.candidate(final, obj), min_time, cutoff, timeout
+            )
+            trial = Trial(config, outcome.status, outcome.time_s, outcome.detail)
+            if outcome.status == "ok":
+                session.objects[key] = obj
+        times[key] = trial.time_s if trial.status == "ok" else None
+        _observe(report, search, trial)
+
+
+def _observe(report: TuneReport, search: Strategy, trial: Trial) -> None:
+    report.trials.append(trial)
+    ok = trial.status == "ok"
+    search.observe(trial.config, trial.time_s if ok else None)
+    if not ok or trial.time_s is None:
+        return
+    if config_key(trial.config) == config_key(default_config(report.space)):
+        report.default_time_s = trial.time_s
+    if report.best_time_s is None or trial.time_s < report.best_time_s:
+        report.best, report.best_time_s = dict(trial.config), trial.time_s
+
+
+def _record(session: _Session, report: TuneReport) -> None:
+    if report.best is None or report.best_time_s is None:
+        return
+    fn = session.fn
+    kernel_id, target, signature = session.key
+    registry.record(
+        Entry(
+            kernel_id=kernel_id,
+            kernel_name=fn.name,
+            target=target,
+            signature=signature,
+            shape=session.shape,
+            config=report.best,
+            time_s=report.best_time_s,
+            default_time_s=report.default_time_s,
+            kdsl_version=VERSION,
+            created=time.time(),
+        )
+    )
+    final = fn.final_ir(session.traced, report.best)
+    key = backend.kernel_key(final, fn.checks, fn.strict_fp)
+    if key in session.objects:
+        STORE.save(key, session.objects[key])

@@ -1,0 +1,55 @@
+"""The `kdsl` command line: `kdsl show | autotune | cache | demo | bench | version`.
+
+Exit codes: 0 success; 1 a kdsl error (its message is printed); 2 a usage error
+(bad target, missing kernel, bad --args or --shape, unusable cache directory),
+reported in one line without a traceback. Each subcommand module has an `add`
+function that declares its options and the function that runs it; `main` dispatches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import kdsl
+from kdsl.cli import autotune, cache, demo, inspect
+from kdsl.cli.common import UsageError, load_kernel
+from kdsl.errors import KdslError
+
+__all__ = ["load_kernel", "main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kdsl", description="kdsl: a kernel DSL embedded in Python."
+    )
+    parser.add_argument("--version", action="version", version=f"kdsl {kdsl.__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    for module in (inspect, autotune, cache, demo):
+        module.add(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `kdsl` command line; returns the exit code."""
+    parser = _parser()
+    try:
+        ns, extra = parser.parse_known_args(argv)
+        if extra and not getattr(ns, "passes_options", False):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as exc:  # argparse's --help, --version and usage errors
+        return int(exc.code or 0)
+    ns.options = extra
+    try:
+        return ns.run(ns)
+    except UsageError as err:
+        print(f"kdsl: error: {err}", file=sys.stderr)
+        return 2
+    except KdslError as err:
+        print(err, file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

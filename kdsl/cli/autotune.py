@@ -1,0 +1,146 @@
+"""`kdsl autotune TARGETS...`: tune kernels' schedule params for their example shapes."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+from kdsl.autotune.keys import format_shape
+from kdsl.autotune.strategies import STRATEGIES
+from kdsl.autotune.tuner import TuneReport
+from kdsl.cli.common import UsageError, check_cache_dir, kernels_in
+from kdsl.cli.table import format_seconds, format_table
+from kdsl.kernel import KernelFunction
+from kdsl.specs import ArgExample, SpecError, parse_args_spec
+
+_BUDGET = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|min|h)?")
+_UNIT_S = {None: 1.0, "ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+def parse_budget(text: str) -> float:
+    """'60s', '2m', '1.5h', '90' (seconds) → seconds."""
+    match = _BUDGET.fullmatch(text.strip())
+    if not match or float(match.group(1)) <= 0:
+        raise UsageError(f"--budget {text!r}: write a positive time such as 60s, 2m or 90")
+    return float(match.group(1)) * _UNIT_S[match.group(2)]
+
+
+def add(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "autotune",
+        help="tune kernels' schedule params and store the best in the cache",
+        description="Search each kernel's s.param space for its example shapes (declared "
+        "with @kd.kernel(examples=...) or given with --shape), check every candidate "
+        "against the default schedule's output, and record the fastest in the tuning "
+        "database, where later calls find it.",
+    )
+    p.add_argument(
+        "targets",
+        nargs="+",
+        metavar="TARGET",
+        help="path/to/file.py, package.module, or either with :KERNEL",
+    )
+    p.add_argument(
+        "--shape",
+        action="append",
+        metavar="SPEC",
+        help="example arguments, e.g. 'A=512x256:f32,B=256x128:f32,C=512x128:f32' "
+        "(repeat for several shapes); default: the kernels' declared examples",
+    )
+    p.add_argument("--budget", default="60s", help="time per kernel and shape (default 60s)")
+    p.add_argument(
+        "--strategy",
+        default="auto",
+        choices=sorted(STRATEGIES) + ["auto"],
+        help="search strategy (default auto: exhaustive for small spaces, else evolutionary)",
+    )
+    p.add_argument("--target", default="cpu", choices=["cpu", "cuda"], help="default cpu")
+    p.add_argument("--jobs", type=int, default=None, help="compile workers (default: cores)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random strategies")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(run=run)
+
+
+def _examples(kernel: KernelFunction, shapes: list[str] | None) -> list[dict[str, ArgExample]]:
+    if not shapes:
+        return list(kernel.examples)
+    examples = []
+    names = kernel.signature.names
+    for text in shapes:
+        try:
+            example = parse_args_spec(text)
+        except SpecError as err:
+            raise UsageError(f"--shape: {err.what}; {err.fix}") from None
+        missing = [n for n in names if n not in example and n not in kernel.signature.defaults]
+        unknown = [n for n in example if n not in names]
+        if missing or unknown:
+            problem = (
+                f"missing {', '.join(missing)}" if missing else f"unknown {', '.join(unknown)}"
+            )
+            raise UsageError(f"--shape {text!r}: {problem} (the kernel is {kernel.signature})")
+        examples.append({n: example.get(n, kernel.signature.defaults.get(n)) for n in names})
+    return examples  # type: ignore[return-value]
+
+
+def run(ns: argparse.Namespace) -> int:
+    if ns.target == "cuda":
+        raise UsageError("--target cuda: the CUDA target is not available in this version")
+    if ns.jobs is not None and ns.jobs < 0:
+        raise UsageError("--jobs must be 0 (compile in this process) or more")
+    budget = parse_budget(ns.budget)
+    check_cache_dir()
+    kernels = [k for target in ns.targets for k in kernels_in(target)]
+    work = [(k, e) for k in kernels for e in _examples(k, ns.shape)]
+    skipped = [k.name for k in kernels if not _examples(k, ns.shape)]
+    if not work:
+        raise UsageError(
+            f"nothing to tune: {', '.join(skipped)} declare no examples; pass --shape "
+            "or declare @kd.kernel(examples=[...])"
+        )
+    reports = []
+    for kernel, example in work:
+        reports.extend(
+            kernel.autotune(
+                **example,
+                budget=budget,
+                strategy=ns.strategy,
+                jobs=ns.jobs,
+                progress=not ns.no_progress,
+            )
+        )
+    print(summary(reports))
+    if skipped:
+        print(f"\nskipped (no examples; pass --shape): {', '.join(skipped)}")
+    return 0
+
+
+def summary(reports: list[TuneReport]) -> str:
+    """The final table, then the candidates dropped and why."""
+    rows = []
+    for r in reports:
+        tried = sum(1 for t in r.trials if t.status not in ("same", "invalid"))
+        rows.append(
+            [
+                r.kernel,
+                format_shape(r.shape),
+                _params(r.best) if r.space else "(no params)",
+                format_seconds(r.best_time_s),
+                format_seconds(r.default_time_s),
+                f"{r.speedup:.2f}×" if r.speedup else "-",
+                f"{tried} in {r.elapsed_s:.0f} s",
+                len(r.failures()),
+            ]
+        )
+    headers = ["kernel", "shape", "best params", "time", "default", "speedup", "tried", "dropped"]
+    lines = [format_table(headers, rows)]
+    for r in reports:
+        for trial in r.failures():
+            detail = trial.detail.splitlines()[0][:120] if trial.detail else ""
+            lines.append(f"  dropped {r.kernel} {_params(trial.config)}: {trial.status} {detail}")
+    return "\n".join(lines)
+
+
+def _params(config: dict[str, object] | None) -> str:
+    if not config:
+        return "-"
+    return " ".join(f"{k}={v}" for k, v in config.items())
