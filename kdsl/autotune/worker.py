@@ -1,4 +1,4 @@
-"""Worker processes of the autotuner: `python -m kdsl.autotune READ_FD WRITE_FD`.
+"""Worker processes of the autotuner: fresh interpreters running `main` below.
 
 A worker is a fresh interpreter (not `multiprocessing`: its spawn method re-runs the
 user's script, which breaks every script without a `__main__` guard) that answers
@@ -20,6 +20,12 @@ from typing import Any
 
 Request = tuple[str, tuple[Any, ...]]
 
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # this kdsl, installed or not
+_BOOT = (
+    "import sys; sys.path.insert(0, sys.argv[1]); "
+    "from kdsl.autotune.worker import main; main(sys.argv[2:])"
+)
+
 
 class Failure:
     """A request's failure: raised in the worker, the worker died, or it timed out."""
@@ -37,14 +43,10 @@ class Worker:
     def __init__(self) -> None:
         to_child, from_parent = os.pipe()
         to_parent, from_child = os.pipe()
-        package_root = str(Path(__file__).resolve().parents[2])
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "kdsl.autotune", str(to_child), str(from_child)],
+            [sys.executable, "-c", _BOOT, _PACKAGE_ROOT, str(to_child), str(from_child)],
             pass_fds=(to_child, from_child),
             stdin=subprocess.DEVNULL,
-            env=env,
         )
         os.close(to_child)
         os.close(from_child)
@@ -156,6 +158,6 @@ def serve(requests: Connection, replies: Connection) -> None:
 
 
 def main(argv: Sequence[str]) -> None:
-    """The worker program (`python -m kdsl.autotune READ_FD WRITE_FD`)."""
+    """The worker program: `main([READ_FD, WRITE_FD])`."""
     os.dup2(2, 1)  # stray prints go to stderr
     serve(Connection(int(argv[0]), writable=False), Connection(int(argv[1]), readable=False))
