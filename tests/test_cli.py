@@ -198,3 +198,12 @@ def test_bench_passes_options_to_the_script(capfd):
     assert main(["bench", "--help"]) == 0
     out, _ = capfd.readouterr()
     assert "--quick" in out and "--output" in out
+
+
+def test_demo_checks_and_times_every_library_kernel(capsys):
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    for name in ("matmul", "softmax", "rmsnorm", "layernorm"):
+        line = next(row for row in out.splitlines() if row.startswith(name))
+        assert " ok " in line and "×" in line and "%" in line
+    assert "peak:" in out and "WRONG" not in out

@@ -1,0 +1,109 @@
+"""RMS norm and layer norm over the last axis, one pass over each row's memory."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import kdsl as kd
+from kdsl.kernels._rows import over_rows
+
+_ROWS = (4096, 1024)
+
+
+@kd.kernel(
+    examples=[
+        {
+            "x": kd.spec(_ROWS, kd.f32),
+            "w": kd.spec(_ROWS[1:], kd.f32),
+            "eps": 1e-5,
+            "y": kd.spec(_ROWS, kd.f32),
+        }
+    ]
+)
+def rmsnorm_rows(x, w, eps, y):
+    i, j = kd.indices(x.shape[0], x.shape[1])
+    ss = kd.empty(x.shape[0], x.dtype)
+    ss[i] = kd.sum(x[i, j] * x[i, j], over=j)
+    y[i, j] = x[i, j] * kd.rsqrt(ss[i] / x.shape[1] + eps) * w[j]
+
+
+@rmsnorm_rows.schedule(kd.cpu)
+def _rms_cpu(s):
+    s.fuse("i", "i.1")
+    s.vectorize("j", 16)
+    s.vectorize("j.1", 16)
+    s.parallelize("i")
+
+
+@kd.kernel(
+    examples=[
+        {
+            "x": kd.spec(_ROWS, kd.f32),
+            "w": kd.spec(_ROWS[1:], kd.f32),
+            "b": kd.spec(_ROWS[1:], kd.f32),
+            "eps": 1e-5,
+            "y": kd.spec(_ROWS, kd.f32),
+        }
+    ]
+)
+def layernorm_rows(x, w, b, eps, y):
+    i, j = kd.indices(x.shape[0], x.shape[1])
+    n = x.shape[1]
+    mean = kd.empty(x.shape[0], x.dtype)
+    mean[i] = kd.sum(x[i, j], over=j) / n
+    var = kd.empty(x.shape[0], x.dtype)
+    var[i] = kd.sum((x[i, j] - mean[i]) * (x[i, j] - mean[i]), over=j) / n
+    y[i, j] = (x[i, j] - mean[i]) * kd.rsqrt(var[i] + eps) * w[j] + b[j]
+
+
+@layernorm_rows.schedule(kd.cpu)
+def _ln_cpu(s):
+    """Mean, variance (two-pass, exact even for large means) and output fused per row:
+    the row stays in cache between the passes."""
+    s.fuse("i", "i.1")
+    s.fuse("i", "i.2")
+    for loop in ("j", "j.1", "j.2"):
+        s.vectorize(loop, 16)
+    s.parallelize("i")
+
+
+def _check_weight(name: str, w: np.ndarray, n: int) -> np.ndarray:
+    w = np.asarray(w)
+    if w.shape != (n,):
+        raise ValueError(f"{name} has shape {w.shape}, expected ({n},) for rows of {n}")
+    return w
+
+
+def rmsnorm(
+    x: np.ndarray, weight: np.ndarray, eps: float = 1e-5, out: np.ndarray | None = None
+) -> np.ndarray:
+    """x / sqrt(mean(x²) + eps) * weight over the last axis."""
+    x = np.asarray(x)
+    w = _check_weight("weight", weight, x.shape[-1]).astype(x.dtype, copy=False)
+    return over_rows(rmsnorm_rows, x, out, w, float(eps))
+
+
+def layernorm(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    eps: float = 1e-5,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """(x - mean) / sqrt(var + eps) * weight + bias over the last axis."""
+    x = np.asarray(x)
+    w = _check_weight("weight", weight, x.shape[-1]).astype(x.dtype, copy=False)
+    b = _check_weight("bias", bias, x.shape[-1]).astype(x.dtype, copy=False)
+    return over_rows(layernorm_rows, x, out, w, b, float(eps))
+
+
+def rmsnorm_reference(x: np.ndarray, weight: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    return x / np.sqrt(np.mean(np.square(x), axis=-1, keepdims=True) + eps) * weight
+
+
+def layernorm_reference(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float = 1e-5
+) -> np.ndarray:
+    mean = x.mean(axis=-1, keepdims=True)
+    var = np.square(x - mean).mean(axis=-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * weight + bias

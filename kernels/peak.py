@@ -1,0 +1,31 @@
+"""Machine-peak probes written in kdsl: FMA throughput, for "% of peak" in `kdsl demo`
+and the benchmarks."""
+
+from __future__ import annotations
+
+import kdsl as kd
+
+CHAINS = 8  # independent FMA chains per element: covers the FMA latency (4 cycles × 2 pipes)
+STEPS = 32  # FMAs per chain
+FLOPS_PER_ELEMENT = 2 * CHAINS * STEPS + CHAINS
+
+
+@kd.kernel
+def fma_probe(x, y):
+    """CHAINS interleaved chains of STEPS dependent FMAs per element; the default schedule
+    runs 16 elements per AVX-512 vector on all cores."""
+    i = kd.indices(x.shape[0])
+    chains = [x[i] + 0.01 * k for k in range(CHAINS)]
+    for _ in range(STEPS):
+        chains = [kd.fma(v, 0.999, 0.001) for v in chains]
+    total = chains[0]
+    for v in chains[1:]:
+        total = total + v
+    y[i] = total
+
+
+@kd.kernel
+def copy_probe(x, y):
+    """y = x: the bandwidth a streaming kernel can reach (vectorized, all cores)."""
+    i = kd.indices(x.shape[0])
+    y[i] = x[i]

@@ -1,0 +1,88 @@
+"""The library's public functions against NumPy, on random data over awkward shapes."""
+
+import numpy as np
+import pytest
+
+from kdsl.kernels import layernorm, matmul, rmsnorm, softmax
+from kdsl.kernels.norms import layernorm_reference, rmsnorm_reference
+from kdsl.kernels.peak import FLOPS_PER_ELEMENT, copy_probe, fma_probe
+from kdsl.kernels.softmax import reference as softmax_reference
+
+ROW_SHAPES = [(1, 1), (3, 17), (37, 101), (2, 5, 7), (0, 4), (64, 1029)]
+MATMUL_SHAPES = [(1, 1, 1), (7, 13, 5), (67, 45, 29), (130, 257, 33), (0, 3, 4), (16, 0, 8)]
+
+
+def _rng(*key):
+    return np.random.default_rng(abs(hash(key)) % 2**32)
+
+
+@pytest.mark.parametrize("shape", ROW_SHAPES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax(shape, dtype):
+    x = (_rng(shape).standard_normal(shape) * 4).astype(dtype)
+    for axis in range(-len(shape), len(shape)):
+        if shape[axis] == 0:  # NumPy's max of nothing raises; kdsl returns the empty array
+            assert softmax(x, axis=axis).shape == shape
+            continue
+        np.testing.assert_allclose(
+            softmax(x, axis=axis), softmax_reference(x, axis), rtol=2e-6, atol=1e-7
+        )
+
+
+@pytest.mark.parametrize("shape", ROW_SHAPES)
+def test_norms(shape):
+    rng = _rng("norms", shape)
+    x = rng.standard_normal(shape).astype(np.float32) + 3.0  # a mean far from 0
+    w, b = rng.standard_normal((2, shape[-1])).astype(np.float32)
+    np.testing.assert_allclose(rmsnorm(x, w), rmsnorm_reference(x, w), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        layernorm(x, w, b, eps=1e-3), layernorm_reference(x, w, b, 1e-3), rtol=1e-4, atol=1e-4
+    )
+
+
+def test_out_is_written_and_returned():
+    x = _rng("out").standard_normal((9, 31)).astype(np.float32)
+    out = np.empty_like(x)
+    assert softmax(x, out=out) is out
+    np.testing.assert_allclose(out, softmax_reference(x), rtol=2e-6)
+    with pytest.raises(ValueError, match="out has shape"):
+        softmax(x, out=np.empty((9, 30), np.float32))
+
+
+def test_bad_weight_shape_is_a_clear_error():
+    x = np.ones((4, 8), np.float32)
+    with pytest.raises(ValueError, match=r"weight has shape \(7,\), expected \(8,\)"):
+        rmsnorm(x, np.ones(7, np.float32))
+
+
+@pytest.mark.parametrize("m,k,n", MATMUL_SHAPES)
+def test_matmul(m, k, n):
+    rng = _rng("matmul", m, k, n)
+    a, b = (
+        rng.standard_normal((m, k)).astype(np.float32),
+        rng.standard_normal((k, n)).astype(np.float32),
+    )
+    np.testing.assert_allclose(matmul(a, b), a @ b, rtol=1e-4, atol=1e-4)
+    bt = np.asfortranarray(b)  # any strides
+    np.testing.assert_allclose(matmul(a[:, ::1], bt), a @ b, rtol=1e-4, atol=1e-4)
+
+
+def test_matmul_shape_mismatch():
+    with pytest.raises(ValueError, match="can't multiply"):
+        matmul(np.ones((2, 3), np.float32), np.ones((4, 2), np.float32))
+
+
+def test_peak_probes_compute_what_they_claim():
+    x = _rng("probe").random(1000, dtype=np.float32)
+    y = np.empty_like(x)
+    fma_probe(x, y)
+    expected = np.zeros_like(x, dtype=np.float64)
+    for k in range(8):
+        v = x.astype(np.float64) + 0.01 * k
+        for _ in range(32):
+            v = v * 0.999 + 0.001
+        expected += v
+    np.testing.assert_allclose(y, expected, rtol=1e-5)
+    assert FLOPS_PER_ELEMENT == 2 * 8 * 32 + 8
+    copy_probe(x, y)
+    np.testing.assert_array_equal(y, x)
