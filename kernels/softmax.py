@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from kdsl.kernels._rows import over_rows
 
 import kdsl as kd
-from kdsl.kernels._rows import over_rows
 
 EXAMPLES = [{"x": kd.spec((4096, 1024), kd.f32), "y": kd.spec((4096, 1024), kd.f32)}]
 

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from kdsl.kernels import layernorm, matmul, rmsnorm, softmax
 from kdsl.kernels.norms import layernorm_reference, rmsnorm_reference
 from kdsl.kernels.peak import FLOPS_PER_ELEMENT, copy_probe, fma_probe
