@@ -14,9 +14,7 @@ from kdsl.errors import KdslError, KernelArgumentError
 from kdsl.ir.hashing import structural_hash
 from kdsl.ir.nodes import Kernel
 from kdsl.ir.passes import lower
-from kdsl.ir.passes.expand import expand_schedule
 from kdsl.ir.printer import format_kernel
-from kdsl.ir.verify import verify
 from kdsl.schedule.default import default_schedule
 from kdsl.schedule.recipe import Schedule
 from kdsl.specs import ArgExample
@@ -152,17 +150,12 @@ class KernelFunction:
             fn(s)
         return s
 
-    def final_ir(
+    def scheduled_ir(
         self, kernel: Kernel, config: Mapping[str, object] | None = None, heuristic: bool = False
     ) -> Kernel:
-        """Traced IR scheduled and expanded: what the code generator compiles."""
-        scheduled = self.scheduled(kernel, config=config, heuristic=heuristic)
-        final = expand_schedule(scheduled.kernel, contract=not self.strict_fp)
-        if CONFIG.debug:
-            verify(final, "scheduled")
-        if dumps("schedule"):
-            print(format_kernel(final))
-        return final
+        """Traced IR with the schedule applied: what the target compiles (it expands the
+        schedule's vector, unroll and tile annotations itself)."""
+        return self.scheduled(kernel, config=config, heuristic=heuristic).kernel
 
     def __getitem__(self, target: Target) -> Callable[..., object]:
         if target is cpu:
@@ -244,7 +237,7 @@ class KernelFunction:
     ) -> Specialization:
         """Compile (or load from the object cache) one version of the kernel."""
         compiled = compile_kernel(
-            self.final_ir(traced, config), checks=self.checks, strict_fp=self.strict_fp
+            self.scheduled_ir(traced, config), checks=self.checks, strict_fp=self.strict_fp
         )
         self._stats["compilations"] += 1
         self._stats["objects_loaded"] += compiled.from_cache
@@ -275,7 +268,7 @@ class KernelFunction:
     def lowered(self, *args: object, **kwargs: object) -> IRView:
         """The IR after scheduling and lowering, as the target compiles it."""
         try:
-            return IRView(self._spec_for(args, kwargs).compiled.kernel)
+            return IRView(self._spec_for(args, kwargs).compiled.final)
         except KdslError as err:
             raise (err if CONFIG.debug else err.with_traceback(None)) from None
 

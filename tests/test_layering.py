@@ -71,11 +71,12 @@ def test_layers_import_only_what_is_below_them():
 
 
 def test_nothing_in_the_package_imports_the_library():
+    """Only the command line, at the top of the stack, may (`kdsl demo`)."""
     bad = [
         f"{_module_name(p)} imports {m}"
         for p in PACKAGE.rglob("*.py")
         for m in _imports(p)
-        if m.startswith("kdsl.kernels")
+        if m.startswith("kdsl.kernels") and not _module_name(p).startswith("kdsl.cli")
     ]
     assert not bad, bad
 

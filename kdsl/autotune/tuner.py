@@ -193,7 +193,7 @@ def tune(
         leave=True,
     )
     try:
-        reference = fn.final_ir(session.traced, heuristic=True)
+        reference = fn.scheduled_ir(session.traced, heuristic=True)
         ref_key = backend.kernel_key(reference, fn.checks, fn.strict_fp)
         ref_obj = session.compile_all([(reference, ref_key)])[0]
         if isinstance(ref_obj, str):
@@ -237,7 +237,7 @@ def _run_batch(
     fresh: list[tuple[Config, Kernel, str]] = []
     for config in configs:
         try:
-            final = fn.final_ir(session.traced, config)
+            final = fn.scheduled_ir(session.traced, config)
         except ScheduleError as exc:
             _observe(report, search, Trial(config, "invalid", detail=str(exc.args[0])))
             continue
@@ -295,7 +295,7 @@ def _record(session: _Session, report: TuneReport) -> None:
             created=time.time(),
         )
     )
-    final = fn.final_ir(session.traced, report.best)
+    final = fn.scheduled_ir(session.traced, report.best)
     key = backend.kernel_key(final, fn.checks, fn.strict_fp)
     if key in session.objects:
         STORE.save(key, session.objects[key])

@@ -1,7 +1,8 @@
 """The CPU target's entry point: `compile_kernel` turns scheduled IR into a callable.
 
 The machine code comes from the object store when this kernel was compiled before (in
-any process); otherwise LLVM makes it (`build_object`) and the store keeps it.
+any process), found by the hash of the scheduled IR; otherwise the schedule is expanded
+(`expand`), LLVM makes the code (`build_object`), and the store keeps it.
 """
 
 from __future__ import annotations
@@ -12,8 +13,12 @@ from dataclasses import dataclass
 
 import llvmlite.binding as llvm
 
+from kdsl.config import CONFIG, dumps
 from kdsl.ir.hashing import structural_hash
 from kdsl.ir.nodes import Kernel
+from kdsl.ir.passes.expand import expand_schedule
+from kdsl.ir.printer import format_kernel
+from kdsl.ir.verify import verify
 from kdsl.targets.cpu import jit, runtime
 from kdsl.targets.cpu.codegen import ErrorSites, generate
 from kdsl.targets.cpu.objects import STORE, ObjectStore, object_key
@@ -30,11 +35,21 @@ class ObjectCode:
     uses_runtime: bool
 
 
+def expand(scheduled: Kernel, strict_fp: bool) -> Kernel:
+    """The schedule's annotations made explicit: the IR the code generator compiles."""
+    final = expand_schedule(scheduled, contract=not strict_fp)
+    if CONFIG.debug:
+        verify(final, "scheduled")
+    if dumps("schedule"):
+        print(format_kernel(final))
+    return final
+
+
 @dataclass
 class CpuKernel:
     """A compiled kernel: `cfunc(*arrays, *scalars)` returns 0 or an error code."""
 
-    kernel: Kernel
+    kernel: Kernel  # as scheduled
     cfunc: ctypes._CFuncPtr  # type: ignore[name-defined]
     sites: ErrorSites
     checks: bool
@@ -43,9 +58,14 @@ class CpuKernel:
     from_cache: bool
 
     @functools.cached_property
+    def final(self) -> Kernel:
+        """The expanded IR (made again on request: a cached object has none)."""
+        return expand(self.kernel, self.strict_fp)
+
+    @functools.cached_property
     def llvm_ir(self) -> str:
-        """LLVM IR as generated (made again on request: a cached object has none)."""
-        return str(generate(self.kernel, self.checks, self.strict_fp, self.symbol)[0])
+        """LLVM IR as generated (made again on request, like `final`)."""
+        return str(generate(self.final, self.checks, self.strict_fp, self.symbol)[0])
 
     @functools.cached_property
     def optimized_ir(self) -> str:
@@ -57,10 +77,11 @@ class CpuKernel:
         return jit.assembly(llvm.parse_assembly(self.optimized_ir))
 
 
-def build_object(kernel: Kernel, key: str, checks: bool, strict_fp: bool) -> ObjectCode:
-    """Run the code generator and LLVM: the kernel's machine code as an object file."""
-    symbol = f"kdsl_{kernel.name}_{key[:16]}"  # unique: many versions share one JIT
-    module, sites = generate(kernel, checks, strict_fp, symbol)
+def build_object(scheduled: Kernel, key: str, checks: bool, strict_fp: bool) -> ObjectCode:
+    """Expand the schedule, run the code generator and LLVM: the kernel's machine code as
+    an object file."""
+    symbol = f"kdsl_{scheduled.name}_{key[:16]}"  # unique: many versions share one JIT
+    module, sites = generate(expand(scheduled, strict_fp), checks, strict_fp, symbol)
     code = jit.emit_object(jit.optimize(module))
     return ObjectCode(code, symbol, sites, PARALLEL_FOR in module.globals)
 
@@ -78,9 +99,9 @@ def load_object(kernel: Kernel, obj: ObjectCode) -> ctypes._CFuncPtr:  # type: i
     return ctypes.CFUNCTYPE(ctypes.c_int64, *argtypes)(address)
 
 
-def kernel_key(kernel: Kernel, checks: bool, strict_fp: bool) -> str:
-    """The object store's key for this kernel's machine code."""
-    return object_key("kernel", structural_hash(kernel), checks, strict_fp)
+def kernel_key(scheduled: Kernel, checks: bool, strict_fp: bool) -> str:
+    """The object store's key for the machine code of a scheduled kernel."""
+    return object_key("kernel", structural_hash(scheduled), checks, strict_fp)
 
 
 def from_object(
@@ -94,8 +115,10 @@ def from_object(
 def compile_kernel(
     kernel: Kernel, checks: bool = False, strict_fp: bool = False, store: ObjectStore = STORE
 ) -> CpuKernel:
+    """A callable for scheduled IR. Under KDSL_DUMP the object cache is not read, so the
+    dumped passes run."""
     key = kernel_key(kernel, checks, strict_fp)
-    obj = store.load(key)
+    obj = None if CONFIG.dump else store.load(key)
     if isinstance(obj, ObjectCode):
         return from_object(kernel, obj, checks, strict_fp, from_cache=True)
     obj = build_object(kernel, key, checks, strict_fp)
