@@ -13,6 +13,7 @@ from pathlib import Path
 import harness
 import numpy as np
 import schedules
+import tuning
 
 import kdsl as kd
 from kdsl.targets.cpu.objects import STORE
@@ -185,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             schedules.scheduled_matmul_case(70),
         ]
         compile_repeats = 1
+        tuning_budget_s, tuning_n = 4.0, 48
     else:
         settings = harness.Settings(
             repeats=15, min_batch_s=0.05, working_set_bytes=64 << 20, settle_s=0.3
@@ -203,11 +205,14 @@ def main(argv: list[str] | None = None) -> int:
             schedules.scheduled_matmul_case(1024),
         ]
         compile_repeats = 5
+        tuning_budget_s, tuning_n = 100.0, 1024
     rng = np.random.default_rng(0)
     rows = [harness.run_case(case, settings, rng) for case in cases]
     rows.extend(compile_rows(compile_repeats))
+    tuning_rows, tuning_notes = tuning.run(tuning_budget_s, tuning_n, settings)
+    rows.extend(tuning_rows)
     title = "kdsl vs NumPy" + (" (quick run)" if ns.quick else "")
-    page = harness.markdown(rows, title, NOTES)
+    page = harness.markdown(rows, title, NOTES + tuning_notes)
     print(page)
     output = ns.output or (None if ns.quick else RESULTS)
     if output is not None:
