@@ -100,3 +100,15 @@ def test_environment_is_read_only_in_config():
         if "os.environ" in p.read_text() and p.name != "config.py"
     ]
     assert not readers, f"read configuration through kdsl.config, not os.environ: {readers}"
+
+
+def test_every_package_is_installed():
+    """pyproject lists packages by hand (kernels/ installs as kdsl.kernels): a new
+    subpackage missing there would be left out of the wheel."""
+    import tomllib
+
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {_module_name(p) for p in PACKAGE.rglob("__init__.py")} | {"kdsl.kernels"}
+    assert found == listed
