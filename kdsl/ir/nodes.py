@@ -84,7 +84,7 @@ class LoopExec(enum.Enum):
     SERIAL = "serial"
     VECTORIZED = "vectorized"
     UNROLLED = "unrolled"
-    PARALLEL = "parallel"
+    PARALLEL = "parallelized"
     GPU_BLOCK_X = "block.x"
     GPU_BLOCK_Y = "block.y"
     GPU_BLOCK_Z = "block.z"

@@ -134,7 +134,7 @@ def test_loop_header_shows_dependence_kind():
         (LoopExec.SERIAL, 1, "# parallel"),
         (LoopExec.VECTORIZED, 8, "# parallel, vectorized(8)"),
         (LoopExec.UNROLLED, 4, "# parallel, unrolled(4)"),
-        (LoopExec.PARALLEL, 1, "# parallel, parallel"),
+        (LoopExec.PARALLEL, 1, "# parallel, parallelized"),
         (LoopExec.GPU_THREAD_X, 1, "# parallel, thread.x"),
     ],
 )

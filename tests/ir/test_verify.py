@@ -109,7 +109,7 @@ def test_unknown_stage():
 
 def test_execution_kind_before_scheduling():
     k = kernel(replace(over_x(Store("y", (I,), x_at())), exec=LoopExec.PARALLEL))
-    fails(k, "loop i has execution parallel before scheduling")
+    fails(k, "loop i has execution parallelized before scheduling")
 
 
 def test_unknown_buffer_in_a_store():

@@ -335,14 +335,14 @@ def test_parallelize_with_and_without_a_thread_count():
     s.parallelize("io")
     assert_loops(
         s.kernel,
-        "io in (A.shape[0] + 15) // 16: parallel parallel/0",
+        "io in (A.shape[0] + 15) // 16: parallel parallelized/0",
         "  ii in min(16, A.shape[0] - io * 16): parallel",
         "    j in B.shape[1]: parallel",
         "      k in A.shape[1]: reduction",
     )
     s = mm()
     s.parallelize("j", 4)
-    assert loops(s.kernel)[1] == "  j in B.shape[1]: parallel parallel/4"
+    assert loops(s.kernel)[1] == "  j in B.shape[1]: parallel parallelized/4"
 
 
 def test_bind_maps_loops_to_gpu_axes():
