@@ -23,6 +23,7 @@ from kdsl.autotune.keys import (
     target_key,
 )
 from kdsl.autotune.strategies import config_key
+from kdsl.autotune.tuner import example_of, tune
 from kdsl.errors import ScheduleError
 from kdsl.ir.nodes import Kernel
 from kdsl.targets.cpu.call import CallLayout, Specialization
@@ -81,7 +82,10 @@ class TunedDispatch:
     ) -> tuple[dict[str, object], Specialization]:
         entry = nearest(registry.lookup(*self.key), shape)
         if self.fn.autotune_budget and (entry is None or entry.shape != shape):
-            self.fn.autotune(*args, budget=self.fn.autotune_budget, progress=False)
+            # Not `fn.autotune`: it drops the kernel's specializations, this one included,
+            # so the next call would trace and compile again.
+            example = example_of(self.fn.signature.names, tuple(args))
+            tune(self.fn, example, budget_s=self.fn.autotune_budget, progress=False)
             entry = nearest(registry.lookup(*self.key), shape)
         if entry is None:
             config, source = {}, "untuned (default params)"

@@ -75,6 +75,8 @@ def _tolerance(dtype: np.dtype) -> float:  # type: ignore[type-arg]
 
 def compare(got: Sequence[np.ndarray], want: Sequence[np.ndarray]) -> str | None:
     """Where `got` differs from `want` beyond reassociation's rounding, or None."""
+    if len(got) != len(want):
+        return f"{len(got)} outputs, expected {len(want)}"
     for n, (g, w) in enumerate(zip(got, want)):
         if g.shape != w.shape:
             return f"output {n} has shape {g.shape}, expected {w.shape}"
@@ -88,7 +90,8 @@ def compare(got: Sequence[np.ndarray], want: Sequence[np.ndarray]) -> str | None
         close = np.isclose(g64, w64, rtol=rtol, atol=rtol * max(scale, 1e-30), equal_nan=True)
         if not close.all():
             at = int(np.argmin(close))
-            return f"output {n} differs: {g64.flat[at]!r} vs {w64.flat[at]!r} at flat index {at}"
+            got_at, want_at = float(g64.flat[at]), float(w64.flat[at])
+            return f"output {n} differs: {got_at!r} vs {want_at!r} at flat index {at}"
     return None
 
 

@@ -3,7 +3,7 @@
 A worker is a fresh interpreter (not `multiprocessing`: its spawn method re-runs the
 user's script, which breaks every script without a `__main__` guard) that answers
 requests on a pipe: `(op, args)` → the reply of `op`. Compile workers run `build`;
-the measuring process holds a `measure._Bench` and runs its methods. A worker writes
+the measuring process holds a `measure.Bench` and runs its methods. A worker writes
 nothing to stdout but replies (prints go to stderr), and an exception in a request is
 its reply, so only a real crash ends a worker; the parent then sees the pipe close.
 """
@@ -59,7 +59,7 @@ class Worker:
     def receive(self, timeout: float | None = None) -> object:
         if not self.replies.poll(timeout):
             self.kill()
-            return Failure("timeout", f"no answer in {timeout:.0f} s")
+            return Failure("timeout", f"no answer in {timeout:.3g} s")
         try:
             return self.replies.recv()
         except (EOFError, OSError):

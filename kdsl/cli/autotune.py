@@ -7,7 +7,7 @@ import re
 
 from kdsl.autotune.keys import format_shape
 from kdsl.autotune.strategies import STRATEGIES
-from kdsl.autotune.tuner import TuneReport
+from kdsl.autotune.tuner import TuneReport, tune
 from kdsl.cli.common import UsageError, check_cache_dir, kernels_in
 from kdsl.cli.table import format_seconds, format_table
 from kdsl.kernel import KernelFunction
@@ -97,17 +97,18 @@ def run(ns: argparse.Namespace) -> int:
             f"nothing to tune: {', '.join(skipped)} declare no examples; pass --shape "
             "or declare @kd.kernel(examples=[...])"
         )
-    reports = []
-    for kernel, example in work:
-        reports.extend(
-            kernel.autotune(
-                **example,
-                budget=budget,
-                strategy=ns.strategy,
-                jobs=ns.jobs,
-                progress=not ns.no_progress,
-            )
+    # `tune`, not `kernel.autotune(**example)`: a kernel parameter may be named `budget`.
+    reports = [
+        tune(
+            kernel,
+            example,
+            budget_s=budget,
+            strategy=ns.strategy,
+            jobs=ns.jobs,
+            progress=not ns.no_progress,
         )
+        for kernel, example in work
+    ]
     print(summary(reports))
     if skipped:
         print(f"\nskipped (no examples; pass --shape): {', '.join(skipped)}")
@@ -127,7 +128,7 @@ def summary(reports: list[TuneReport]) -> str:
                 format_seconds(r.best_time_s),
                 format_seconds(r.default_time_s),
                 f"{r.speedup:.2f}×" if r.speedup else "-",
-                f"{tried} in {r.elapsed_s:.0f} s",
+                f"{tried} in {format_seconds(r.elapsed_s)}",
                 len(r.failures()),
             ]
         )

@@ -39,6 +39,7 @@ def add(commands: argparse._SubParsersAction) -> None:
 
 
 def _list(ns: argparse.Namespace) -> int:
+    check_cache_dir()
     entries = registry.database().entries()
     objects, size = STORE.count()
     print(f"cache directory: {cache_root()}")
@@ -66,6 +67,7 @@ def _list(ns: argparse.Namespace) -> int:
 
 
 def _show(ns: argparse.Namespace) -> int:
+    check_cache_dir()
     entries = registry.database().entries(ns.kernel)
     if ns.kernel and not entries:
         raise UsageError(f"no tuning results for a kernel named '{ns.kernel}'")
@@ -102,6 +104,7 @@ def _clear(ns: argparse.Namespace) -> int:
 
 
 def _export(ns: argparse.Namespace) -> int:
+    check_cache_dir()
     count = registry.database().export(ns.file)
     print(f"wrote {count} tuning result(s) to {ns.file}")
     return 0

@@ -1,0 +1,146 @@
+"""Tuned calls: the nearest tuned shape serves an untuned one, a stale config falls back
+to the default params, `autotune=` tunes a new shape on its first call, and a corrupt
+tuning database never stops a kernel."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import kdsl as kd
+from kdsl.autotune import registry
+from kdsl.autotune.database import Entry
+from kdsl.autotune.keys import kernel_identity, shape_of, signature_key, target_key
+from kdsl.config import VERSION
+from kdsl.kernel import KernelFunction
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def affine_kernel(name: str, **options: object) -> KernelFunction:
+    """A fresh kernel `y = 2x + 0.5` whose split factor is a param; the name makes its
+    identity, so each test's tuning results are its own."""
+
+    def affine(x, y):
+        i = kd.indices(x.shape[0])
+        y[i] = x[i] * 2.0 + 0.5
+
+    kernel = kd.kernel(affine, name=name, **options)
+
+    @kernel.schedule(kd.cpu)
+    def _(s):
+        s.split("i", s.param("f", [16, 64, 256]))
+
+    return kernel
+
+
+def arrays(n: int) -> tuple[np.ndarray, np.ndarray]:
+    x = np.random.default_rng(n).standard_normal(n, dtype=np.float32)
+    return x, np.zeros(n, np.float32)
+
+
+def record(kernel: KernelFunction, args: Sequence[object], config: dict[str, object]) -> None:
+    """File a tuning result for the kernel at the shapes of `args`, as the tuner would."""
+    specs, _ = kernel._specs(args, {})
+    traced = kernel.trace(specs)
+    registry.record(
+        Entry(
+            kernel_id=kernel_identity(traced),
+            kernel_name=kernel.name,
+            target=target_key(),
+            signature=signature_key(kernel.signature.names, specs),
+            shape=shape_of(args),
+            config=config,
+            time_s=1e-6,
+            default_time_s=2e-6,
+            kdsl_version=VERSION,
+            created=time.time(),
+        )
+    )
+
+
+def test_untuned_shape_uses_nearest_tuned_shape() -> None:
+    kernel = affine_kernel("dispatch_nearest")
+    record(kernel, arrays(4096), {"f": 256})
+    x, y = arrays(3000)
+    kernel(x, y)
+    np.testing.assert_allclose(y, x * 2.0 + 0.5, rtol=1e-6)
+    assert kernel.stats()["tuning"] == {"3000, 3000": "nearest tuned shape 4096, 4096"}
+    assert "io * 256 + ii" in str(kernel.lowered(x, y))  # the tuned split, not the default 16
+
+    exact = arrays(4096)
+    kernel(*exact)
+    assert kernel.stats()["tuning"]["4096, 4096"] == "tuned"
+    assert kernel.stats()["compilations"] == 1  # both shapes share one config's code
+
+
+def test_stale_config_warns_and_uses_default_params() -> None:
+    kernel = affine_kernel("dispatch_stale")
+    x, y = arrays(1000)
+    record(kernel, (x, y), {"f": 48})  # 48 is not among the choices any more
+    with pytest.warns(RuntimeWarning, match="no longer apply"):
+        kernel(x, y)
+    np.testing.assert_allclose(y, x * 2.0 + 0.5, rtol=1e-6)
+    assert kernel.stats()["tuning"] == {"1000, 1000": "stale tuning ignored (default params)"}
+    assert "io * 16 + ii" in str(kernel.lowered(x, y))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once, not at every call
+        kernel(x, y)
+
+
+def test_autotune_option_tunes_a_new_shape_on_first_call() -> None:
+    kernel = affine_kernel("dispatch_autotune", autotune=2)
+    x, y = arrays(2000)
+    assert registry.database().entries("dispatch_autotune") == []
+    kernel(x, y)
+    np.testing.assert_allclose(y, x * 2.0 + 0.5, rtol=1e-6)
+    (entry,) = registry.database().entries("dispatch_autotune")
+    assert entry.shape == ((2000,), (2000,))
+    assert entry.config["f"] in (16, 64, 256)
+    kernel(x, y)
+    stats = kernel.stats()
+    assert stats["tuning"] == {"2000, 2000": "tuned"}
+    # Tuning during the call keeps the call's specialization: no second trace or compile.
+    assert stats["compilations"] == 1 and stats["specializations"] == 1
+
+
+CORRUPT_CALLER = """
+import numpy as np
+import kdsl as kd
+
+@kd.kernel
+def survives_corrupt_db(x, y):
+    i = kd.indices(x.shape[0])
+    y[i] = x[i] + 1.0
+
+x = np.arange(10, dtype=np.float32)
+y = np.zeros_like(x)
+survives_corrupt_db(x, y)
+assert np.array_equal(y, x + 1), y
+print("ran")
+"""
+
+
+def test_corrupt_database_is_set_aside_and_kernel_runs(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "tuning.sqlite").write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 16)
+    script = tmp_path / "caller.py"
+    script.write_text(CORRUPT_CALLER)
+    env = {**os.environ, "KDSL_CACHE_DIR": str(cache), "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ran"
+    assert "RuntimeWarning" in done.stderr and "unreadable" in done.stderr
+    assert len(list(cache.glob("tuning.sqlite.corrupt-*"))) == 1
+    assert (cache / "tuning.sqlite").read_bytes().startswith(b"SQLite format 3\x00")

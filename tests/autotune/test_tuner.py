@@ -1,0 +1,190 @@
+"""The autotuner: exhaustive search of a small space, refused configs, the time budget,
+and a new process that runs the tuned kernel without tuning or compiling."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+import kdsl as kd
+from kdsl.autotune import registry
+from kdsl.autotune.strategies import config_key, space_size
+from kdsl.autotune.tuner import TuneReport, tune
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# The kernel's name is part of its identity: xdist workers share the cache directory, and
+# each that runs a test of this module tunes the kernel; each tunes its own.
+MATMUL_NAME = f"tuner_matmul_{os.getpid()}"
+# Written to a file so that a second process can import the very same kernel.
+MATMUL_SOURCE = f"""
+import kdsl as kd
+
+@kd.kernel(name="{MATMUL_NAME}")
+def tuner_matmul(a, b, c):
+    i, j, k = kd.indices(a.shape[0], b.shape[1], a.shape[1])
+    c[i, j] = kd.sum(a[i, k] * b[k, j], over=k)
+
+@tuner_matmul.schedule(kd.cpu)
+def _(s):
+    io, jo, ii, ji = s.tile("i", "j", s.param("ti", [4, 8]), s.param("tj", [16, 32]))
+    s.vectorize(ji, 16)
+    s.parallelize(io)
+"""
+M, K, N = 64, 48, 80  # not square: a mixed-up dimension shows
+MATMUL_EXAMPLE = {
+    "a": kd.spec((M, K), kd.f32),
+    "b": kd.spec((K, N), kd.f32),
+    "c": kd.spec((M, N), kd.f32),
+}
+MATMUL_SHAPE = ((M, K), (K, N), (M, N))
+
+# Run in a fresh interpreter: call the tuned kernel, report its stats and its error.
+CALLER_SCRIPT = """
+import importlib.util, json, sys
+import numpy as np
+
+spec = importlib.util.spec_from_file_location("tuned_kernels", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+rng = np.random.default_rng(7)
+a = rng.standard_normal((64, 48), dtype=np.float32)
+b = rng.standard_normal((48, 80), dtype=np.float32)
+c = np.zeros((64, 80), np.float32)
+module.tuner_matmul(a, b, c)
+error = float(np.max(np.abs(c - a.astype(np.float64) @ b.astype(np.float64))))
+print(json.dumps({"stats": module.tuner_matmul.stats(), "error": error}))
+"""
+
+
+def import_file(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tuned_matmul(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TuneReport]:
+    """The matmul's source file, and the report of tuning it once (2 x 2 configs)."""
+    path = tmp_path_factory.mktemp("tuner") / "tuned_kernels.py"
+    path.write_text(MATMUL_SOURCE)
+    kernel = import_file(path).tuner_matmul
+    report = tune(kernel, MATMUL_EXAMPLE, budget_s=30, jobs=2, progress=False)
+    return path, report
+
+
+def test_small_space_is_searched_exhaustively(tuned_matmul: tuple[Path, TuneReport]) -> None:
+    _, report = tuned_matmul
+    assert report.space == {"ti": (4, 8), "tj": (16, 32)}
+    every = [{"ti": ti, "tj": tj} for ti, tj in itertools.product((4, 8), (16, 32))]
+    assert sorted(config_key(t.config) for t in report.trials) == sorted(map(config_key, every))
+    assert {t.status for t in report.trials} <= {"ok", "slow"}, report.trials
+    first = report.trials[0]  # the default config leads, measured with no cutoff
+    assert first.config == {"ti": 4, "tj": 16} and first.status == "ok"
+    assert report.default_time_s == first.time_s
+
+    ok = [t for t in report.trials if t.status == "ok"]
+    fastest = min(ok, key=lambda t: t.time_s or 0.0)
+    assert report.best == fastest.config
+    assert report.best_time_s == fastest.time_s
+    assert report.speedup == pytest.approx(report.default_time_s / report.best_time_s)
+    assert report.per_minute > 0
+    assert report.failures() == []
+
+
+def test_best_config_is_recorded_once(tuned_matmul: tuple[Path, TuneReport]) -> None:
+    _, report = tuned_matmul
+    (entry,) = registry.database().entries(MATMUL_NAME)
+    assert entry.shape == MATMUL_SHAPE == report.shape
+    assert entry.config == report.best
+    assert entry.time_s == report.best_time_s
+    assert entry.default_time_s == report.default_time_s
+    assert entry.source == "autotune"
+
+
+def test_new_process_runs_tuned_kernel_without_compiling(
+    tuned_matmul: tuple[Path, TuneReport], tmp_path: Path
+) -> None:
+    path, _ = tuned_matmul
+    script = tmp_path / "call_tuned.py"
+    script.write_text(CALLER_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # KDSL_CACHE_DIR: the tests' (conftest.py)
+    done = subprocess.run(
+        [sys.executable, str(script), str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    stats = result["stats"]
+    assert stats["tuning"] == {"64x48, 48x80, 64x80": "tuned"}
+    assert stats["compilations"] == 1
+    assert stats["objects_loaded"] == stats["compilations"]  # no LLVM in this process
+    assert result["error"] < 1e-3
+
+
+@kd.kernel
+def tuner_refusals(x, y):
+    i, j = kd.indices(x.shape[0], x.shape[1])
+    y[i, j] = x[i, j] * 3.0 - 1.0
+
+
+@tuner_refusals.schedule(kd.cpu)
+def _(s):
+    s.split("j", s.param("f", [8, 0, 32]))  # splitting by 0 is refused
+
+
+def test_refused_choice_is_invalid_and_tuning_goes_on() -> None:
+    example = {"x": kd.spec((20, 100), kd.f32), "y": kd.spec((20, 100), kd.f32)}
+    report = tune(tuner_refusals, example, budget_s=30, jobs=0, progress=False)
+    by_factor = {t.config["f"]: t for t in report.trials}
+    assert sorted(by_factor) == [0, 8, 32]
+    refused = by_factor[0]
+    assert refused.status == "invalid" and refused.time_s is None
+    assert "split" in refused.detail and "factor" in refused.detail
+    assert {by_factor[8].status, by_factor[32].status} <= {"ok", "slow"}
+    assert report.best in ({"f": 8}, {"f": 32})
+    assert refused not in report.failures()  # a refused schedule is not a dropped candidate
+
+
+@kd.kernel
+def tuner_big_space(a, b, c):
+    i, j, k = kd.indices(a.shape[0], b.shape[1], a.shape[1])
+    c[i, j] = kd.sum(a[i, k] * b[k, j], over=k)
+
+
+@tuner_big_space.schedule(kd.cpu)
+def _(s):
+    factors = [1, 2, 4, 8, 16, 32]
+    io, _, _, _ = s.tile("i", "j", s.param("ti", factors), s.param("tj", factors))
+    s.split("k", s.param("tk", factors))
+    if s.param("parallel", [True, False]):
+        s.parallelize(io)
+
+
+def test_budget_is_respected() -> None:
+    example = {
+        "a": kd.spec((96, 64), kd.f32),
+        "b": kd.spec((64, 96), kd.f32),
+        "c": kd.spec((96, 96), kd.f32),
+    }
+    started = time.perf_counter()
+    report = tune(tuner_big_space, example, budget_s=3, jobs=2, progress=False)
+    wall = time.perf_counter() - started
+    assert space_size(report.space) == 432
+    assert wall < 15 and report.elapsed_s < 15
+    assert 0 < len(report.trials) < 432  # stopped by the budget, not by running out
+    assert report.best is not None and report.per_minute > 0

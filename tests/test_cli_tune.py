@@ -1,0 +1,222 @@
+"""`kdsl autotune` and `kdsl cache`: tables, the cache round trip, and usage errors (exit 2).
+
+Each test gets a cache directory of its own (`kdsl cache clear` must not empty the one
+the rest of the test run shares).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import kdsl.config
+from kdsl.autotune import registry
+from kdsl.cli import load_kernel, main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+KERNELS = """
+import kdsl as kd
+
+@kd.kernel(examples=[{"x": kd.spec((300,), kd.f32), "y": kd.spec((300,), kd.f32)}])
+def cli_affine(x, y):
+    i = kd.indices(x.shape[0])
+    y[i] = x[i] * 3.0 - 1.0
+
+@cli_affine.schedule(kd.cpu)
+def _(s):
+    s.split("i", s.param("f", [16, 64]))
+
+@kd.kernel
+def cli_budget(x, budget):
+    i = kd.indices(x.shape[0])
+    budget[i] = x[i] + 1.0
+
+def not_a_kernel(x):
+    return x
+"""
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fresh KDSL_CACHE_DIR for this process (the configuration is read once at import,
+    so the test swaps it) with the tuning database reopened there."""
+    root = tmp_path / "cache"
+    config = dataclasses.replace(kdsl.config.CONFIG, cache_dir=str(root))
+    monkeypatch.setattr(kdsl.config, "CONFIG", config)
+    registry.forget()
+    yield root
+    registry.forget()
+
+
+@pytest.fixture
+def kernels_file(tmp_path: Path) -> Path:
+    path = tmp_path / "tune_kernels.py"
+    path.write_text(KERNELS)
+    return path
+
+
+def kdsl_cli(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def tuned_shapes(kernel_name: str) -> list[tuple[tuple[int, ...], ...]]:
+    return [e.shape for e in registry.database().entries(kernel_name)]
+
+
+QUICK = ("--budget", "3s", "--jobs", "1", "--no-progress")
+
+
+@pytest.mark.usefixtures("cache_dir")
+def test_autotune_shape_prints_table_and_records(capsys, kernels_file: Path) -> None:
+    target = f"{kernels_file}:cli_affine"
+    code, out, err = kdsl_cli(capsys, "autotune", target, "--shape", "x=200:f32,y=200:f32", *QUICK)
+    assert code == 0, err
+    header, rule, row = out.splitlines()[:3]
+    columns = "kernel shape best params time default speedup tried dropped"
+    assert header.split() == columns.split() and set(rule) == {"-", " "}
+    assert row.startswith("cli_affine") and "200, 200" in row and "f=" in row
+    assert tuned_shapes("cli_affine") == [((200,), (200,))]
+
+
+@pytest.mark.usefixtures("cache_dir")
+def test_autotune_uses_declared_examples_then_cache_lists_them(capsys, kernels_file) -> None:
+    code, out, err = kdsl_cli(capsys, "autotune", f"{kernels_file}:cli_affine", *QUICK)
+    assert code == 0, err
+    assert "300, 300" in out
+    assert tuned_shapes("cli_affine") == [((300,), (300,))]
+    (entry,) = registry.database().entries("cli_affine")
+
+    code, out, err = kdsl_cli(capsys, "cache", "list")
+    assert code == 0, err
+    assert "tuning results: 1" in out
+    (line,) = [s for s in out.splitlines() if s.startswith("cli_affine")]
+    assert "300, 300" in line and f"f={entry.config['f']}" in line and "autotune" in line
+
+    code, out, err = kdsl_cli(capsys, "cache", "show", "cli_affine")
+    assert code == 0, err
+    (shown,) = json.loads(out)
+    assert shown["kernel"] == "cli_affine" and shown["shape"] == [[300], [300]]
+    assert shown["config"] == entry.config and shown["time_s"] == entry.time_s
+
+
+@pytest.mark.usefixtures("cache_dir")
+def test_kernel_parameter_may_share_an_option_name(capsys, kernels_file) -> None:
+    target = f"{kernels_file}:cli_budget"  # its parameter `budget` is not --budget
+    code, out, err = kdsl_cli(
+        capsys, "autotune", target, "--shape", "x=64:f32,budget=64:f32", *QUICK
+    )
+    assert code == 0, err
+    assert "cli_budget" in out and "(no params)" in out
+
+
+@pytest.mark.usefixtures("cache_dir")
+def test_cache_export_clear_import_round_trip(capsys, kernels_file: Path, tmp_path: Path) -> None:
+    code, _, err = kdsl_cli(capsys, "autotune", f"{kernels_file}:cli_affine", *QUICK)
+    assert code == 0, err
+    (before,) = registry.database().entries()
+    exported = tmp_path / "tuning.json"
+
+    assert kdsl_cli(capsys, "cache", "export", exported)[:2] == (
+        0,
+        f"wrote 1 tuning result(s) to {exported}\n",
+    )
+    assert json.loads(exported.read_text())["entries"][0]["config"] == before.config
+    code, out, _ = kdsl_cli(capsys, "cache", "clear")
+    assert code == 0 and out.startswith("removed 1 tuning result(s)")
+    code, out, _ = kdsl_cli(capsys, "cache", "list")
+    assert "tuning results: none" in out and "compiled objects: 0" in out
+
+    code, out, err = kdsl_cli(capsys, "cache", "import", exported)
+    assert code == 0, err
+    (after,) = registry.database().entries()
+    assert after == dataclasses.replace(before, source="import")
+
+    # A new process's view of the kernel finds the imported result.
+    kernel = load_kernel(f"{kernels_file}:cli_affine")
+    x = np.linspace(-1, 1, 300, dtype=np.float32)
+    y = np.zeros_like(x)
+    kernel(x, y)
+    np.testing.assert_allclose(y, x * 3.0 - 1.0, rtol=1e-6)
+    stats = kernel.stats()
+    assert stats["tuning"] == {"300, 300": "tuned"}
+    assert stats["compilations"] == 1 and stats["objects_loaded"] == 0  # cleared with the rest
+
+
+@pytest.mark.usefixtures("cache_dir")
+def test_cache_show_unknown_kernel_is_a_usage_error(capsys) -> None:
+    code, out, err = kdsl_cli(capsys, "cache", "show", "nosuch")
+    assert code == 2 and out == ""
+    assert err == "kdsl: error: no tuning results for a kernel named 'nosuch'\n"
+
+
+@pytest.mark.usefixtures("cache_dir")
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--shape", "x=200:f33,y=200:f32"], "'f33' is not a dtype"),
+        (["--shape", "x=200:f32"], "missing y"),
+        (["--shape", "x=200:f32,y=200:f32,z=3"], "unknown z"),
+        (["--shape", "x=20x:f32,y=200:f32"], "dimension"),
+        (["--target", "cuda"], "CUDA target is not available"),
+        (["--budget", "0s"], "--budget"),
+        (["--jobs", "-1"], "--jobs"),
+    ],
+)
+def test_autotune_bad_options_exit_2(capsys, kernels_file, argv, message) -> None:
+    code, out, err = kdsl_cli(capsys, "autotune", f"{kernels_file}:cli_affine", *argv)
+    assert code == 2 and out == ""
+    assert err.startswith("kdsl: error: ") and message in err
+    assert len(err.splitlines()) == 1  # one line, no traceback
+    assert registry.database().entries() == []  # nothing was tuned
+
+
+@pytest.mark.usefixtures("cache_dir")
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("nosuch", "has no kernel 'nosuch' (kernels there: cli_affine, cli_budget)"),
+        ("not_a_kernel", "is a function, not a kdsl kernel"),
+    ],
+)
+def test_autotune_unknown_kernel_exits_2(capsys, kernels_file, name, message) -> None:
+    code, out, err = kdsl_cli(capsys, "autotune", f"{kernels_file}:{name}", "--budget", "3s")
+    assert code == 2 and out == ""
+    assert message in err
+
+
+@pytest.mark.usefixtures("cache_dir")
+def test_autotune_missing_file_exits_2(capsys, tmp_path: Path) -> None:
+    code, _, err = kdsl_cli(capsys, "autotune", tmp_path / "absent.py")
+    assert code == 2 and "no such file" in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["autotune", "KERNELS:cli_affine", "--budget", "3s"], ["cache", "list"], ["cache", "show"]],
+)
+def test_unwritable_cache_dir_exits_2(tmp_path: Path, kernels_file: Path, argv) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")  # a directory under a file fails even as root
+    env = {**os.environ, "KDSL_CACHE_DIR": str(blocker / "cache"), "PYTHONPATH": str(ROOT)}
+    argv = [a.replace("KERNELS", str(kernels_file)) for a in argv]
+    done = subprocess.run(
+        [sys.executable, "-m", "kdsl.cli", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "KDSL_CACHE_DIR" in done.stderr
+    assert "Traceback" not in done.stderr
