@@ -51,11 +51,17 @@ class TunedDispatch:
     def find(
         cls, fn: KernelFunction, specs: tuple[ArgSpec, ...], traced: Kernel, layout: CallLayout
     ) -> TunedDispatch | None:
-        """A dispatcher when this signature has tuning results or may make them; else None."""
-        key = (kernel_identity(traced), target_key(), signature_key(fn.signature.names, specs))
-        if registry.lookup(*key):
-            return cls(fn, traced, layout, key)
-        if fn.autotune_budget and fn.scheduled(traced).space:
+        """A dispatcher when this signature has tuning results or may make them; else None
+        (always for a schedule without params: there is nothing to look up)."""
+        space = fn.search_space(traced)
+        if not space:
+            return None
+        key = (
+            kernel_identity(traced, space),
+            target_key(),
+            signature_key(fn.signature.names, specs),
+        )
+        if registry.lookup(*key) or fn.autotune_budget:
             return cls(fn, traced, layout, key)
         return None
 

@@ -150,6 +150,12 @@ class KernelFunction:
             fn(s)
         return s
 
+    def search_space(self, kernel: Kernel, target: Target = cpu) -> dict[str, tuple[object, ...]]:
+        """The schedule's tunable params and their choices ({} without a schedule)."""
+        if target.name not in self._schedules:
+            return {}
+        return dict(self.scheduled(kernel, target).space)
+
     def scheduled_ir(
         self, kernel: Kernel, config: Mapping[str, object] | None = None, heuristic: bool = False
     ) -> Kernel:
@@ -320,6 +326,14 @@ class KernelFunction:
         for each of the kernel's declared `examples`. `budget` is in seconds per example.
         Later calls (in any process) use the results; see `kdsl cache list`.
         """
+        options = {"budget", "strategy", "jobs", "progress"}
+        clash = [n for n in self.signature.names[len(args) :] if n in options and n not in kwargs]
+        if (args or kwargs) and clash:
+            raise KernelArgumentError(
+                f"parameter(s) {', '.join(clash)} share a name with autotune's options",
+                kernel=self.name,
+                fix="pass the kernel's arguments by position",
+            )
         if args or kwargs:
             bound = self.signature.bind(args, dict(kwargs))
             examples = [example_of(self.signature.names, tuple(bound))]

@@ -1,8 +1,9 @@
 """What a tuning result is filed under (DESIGN §4): kernel identity, target, signature, shape.
 
 * kernel identity — content-addressed: the structural hash of the traced IR (which
-  captures every helper the trace ran, in any module) plus kdsl's version; never file
-  times or the function's text.
+  captures every helper the trace ran, in any module), the schedule's search space
+  (param names and choices: results never apply to another schedule's params), and
+  kdsl's version; never file times or the function's text.
 * target — the CPU model and a digest of its features, e.g. `cpu/znver4/3f2a91c0`.
 * signature — each parameter's dtype and rank (and layout), or a constexpr's value.
 * shape — the array arguments' shapes in parameter order; scalars are not part of it.
@@ -11,7 +12,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import llvmlite.binding as llvm
 import numpy as np
@@ -24,8 +25,9 @@ from kdsl.trace.tracer import ArgSpec, ArraySpec, ConstSpec, ScalarSpec
 Shape = tuple[tuple[int, ...], ...]
 
 
-def kernel_identity(traced: Kernel) -> str:
-    return hashlib.sha256(f"{structural_hash(traced)}/{VERSION}".encode()).hexdigest()[:32]
+def kernel_identity(traced: Kernel, space: Mapping[str, Sequence[object]]) -> str:
+    text = f"{structural_hash(traced)}/{sorted((k, repr(v)) for k, v in space.items())}/{VERSION}"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def target_key(target: str = "cpu") -> str:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm  # the text bar: works in terminals and notebooks alike
 
 from kdsl.autotune import registry
 from kdsl.autotune.database import Entry
@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from kdsl.kernel import KernelFunction
 
 SLOW_CUTOFF = 2.0  # stop measuring a candidate once it is this much slower than the best
+CONFIRM = 3  # how many of the fastest are measured again at the end
 
 
 @dataclass(frozen=True)
@@ -135,10 +136,14 @@ class _Session:
         self.shape = shape_of(bound)
         self.traced = fn.trace(specs)
         self.layout = fn.call_layout(specs, self.traced)
-        self.key = (kernel_identity(self.traced), target_key(), signature_key(names, specs))
-        self.space = dict(fn.scheduled(self.traced).space)
+        self.space = fn.search_space(self.traced)
+        self.key = (
+            kernel_identity(self.traced, self.space),
+            target_key(),
+            signature_key(names, specs),
+        )
         self.pool = WorkerPool(jobs) if jobs else None
-        self.objects: dict[str, backend.ObjectCode] = {}
+        self.measured: dict[str, tuple[Config, Candidate]] = {}  # key → first config, code
 
     def candidate(self, final: Kernel, obj: backend.ObjectCode) -> Candidate:
         fn = self.fn
@@ -209,6 +214,7 @@ def tune(
             bar.update(len(configs))
             if report.best_time_s:
                 bar.set_postfix_str(_progress_note(report))
+        _confirm(session, measurer, times, report, min_time)
     finally:
         bar.close()
         if measurer is not None:
@@ -217,6 +223,35 @@ def tune(
     report.elapsed_s = time.perf_counter() - started
     _record(session, report)
     return report
+
+
+def _confirm(
+    session: _Session,
+    measurer: Measurer,
+    times: dict[str, float | None],
+    report: TuneReport,
+    min_time: float,
+) -> None:
+    """Measure the fastest few and the default again, interleaved, and keep each one's
+    best median: a candidate that met a noisy moment (another process, a frequency
+    change) gets a second chance, and the winner and the default are compared alike."""
+    ranked = sorted((t, k) for k, t in times.items() if t is not None and k in session.measured)
+    keys = [k for _, k in ranked[:CONFIRM]]
+    default = config_key(default_config(report.space))
+    keys += [k for k, (c, _) in session.measured.items() if config_key(c) == default]
+    best: dict[str, float] = {}
+    for _ in range(2):
+        for key in dict.fromkeys(keys):
+            again = measurer.measure(session.measured[key][1], min_time, None, 600.0)
+            if again.status == "ok" and again.time_s is not None:
+                best[key] = min(times[key] or again.time_s, best.get(key, again.time_s))
+    for key, time_s in best.items():
+        config = session.measured[key][0]
+        if config_key(config) == default:
+            report.default_time_s = time_s
+    if best:
+        winner = min(best, key=best.__getitem__)
+        report.best, report.best_time_s = dict(session.measured[winner][0]), best[winner]
 
 
 def _progress_note(report: TuneReport) -> str:
@@ -254,12 +289,11 @@ def _run_batch(
         else:
             cutoff = SLOW_CUTOFF * report.best_time_s if report.best_time_s else None
             timeout = max(60.0, 100 * (report.default_time_s or 0.0))
-            outcome: Outcome = measurer.measure(
-                session.candidate(final, obj), min_time, cutoff, timeout
-            )
+            candidate = session.candidate(final, obj)
+            outcome: Outcome = measurer.measure(candidate, min_time, cutoff, timeout)
             trial = Trial(config, outcome.status, outcome.time_s, outcome.detail)
             if outcome.status == "ok":
-                session.objects[key] = obj
+                session.measured[key] = (config, candidate)
         times[key] = trial.time_s if trial.status == "ok" else None
         _observe(report, search, trial)
 
@@ -297,5 +331,5 @@ def _record(session: _Session, report: TuneReport) -> None:
     )
     final = fn.scheduled_ir(session.traced, report.best)
     key = backend.kernel_key(final, fn.checks, fn.strict_fp)
-    if key in session.objects:
-        STORE.save(key, session.objects[key])
+    if key in session.measured:
+        STORE.save(key, session.measured[key][1].obj)

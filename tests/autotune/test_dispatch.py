@@ -53,7 +53,7 @@ def record(kernel: KernelFunction, args: Sequence[object], config: dict[str, obj
     traced = kernel.trace(specs)
     registry.record(
         Entry(
-            kernel_id=kernel_identity(traced),
+            kernel_id=kernel_identity(traced, kernel.search_space(traced)),
             kernel_name=kernel.name,
             target=target_key(),
             signature=signature_key(kernel.signature.names, specs),
@@ -121,6 +121,10 @@ def survives_corrupt_db(x, y):
     i = kd.indices(x.shape[0])
     y[i] = x[i] + 1.0
 
+@survives_corrupt_db.schedule(kd.cpu)
+def _(s):  # a tunable param: calls look the database up
+    s.split("i", s.param("f", [16, 64]))
+
 x = np.arange(10, dtype=np.float32)
 y = np.zeros_like(x)
 survives_corrupt_db(x, y)
@@ -144,3 +148,36 @@ def test_corrupt_database_is_set_aside_and_kernel_runs(tmp_path: Path) -> None:
     assert "RuntimeWarning" in done.stderr and "unreadable" in done.stderr
     assert len(list(cache.glob("tuning.sqlite.corrupt-*"))) == 1
     assert (cache / "tuning.sqlite").read_bytes().startswith(b"SQLite format 3\x00")
+
+
+def test_results_never_apply_to_another_schedules_params() -> None:
+    """The search space is part of the kernel's identity: the same algorithm under a
+    schedule with other params finds no tuning results."""
+    tuned = affine_kernel("dispatch_other_schedule")
+    record(tuned, arrays(512), {"f": 256})
+
+    def affine(x, y):
+        i = kd.indices(x.shape[0])
+        y[i] = x[i] * 2.0 + 0.5
+
+    other = kd.kernel(affine, name="dispatch_other_schedule")
+
+    @other.schedule(kd.cpu)
+    def _(s):
+        s.split("i", s.param("g", [32, 128]))
+
+    x, y = arrays(512)
+    other(x, y)
+    np.testing.assert_allclose(y, x * 2.0 + 0.5, rtol=1e-6)
+    assert other.stats()["tuning"] == {}  # no dispatcher: nothing was found
+    assert "io * 32 + ii" in str(other.lowered(x, y))
+
+
+def test_autotune_refuses_params_named_like_its_options() -> None:
+    def scaled(x, budget):
+        i = kd.indices(x.shape[0])
+        x[i] = x[i] * budget
+
+    kernel = kd.kernel(scaled)
+    with pytest.raises(kd.KernelArgumentError, match="pass the kernel's arguments by position"):
+        kernel.autotune(x=np.ones(4, np.float32), budget=2.0)

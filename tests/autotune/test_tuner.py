@@ -92,12 +92,13 @@ def test_small_space_is_searched_exhaustively(tuned_matmul: tuple[Path, TuneRepo
     assert {t.status for t in report.trials} <= {"ok", "slow"}, report.trials
     first = report.trials[0]  # the default config leads, measured with no cutoff
     assert first.config == {"ti": 4, "tj": 16} and first.status == "ok"
-    assert report.default_time_s == first.time_s
+    # the fastest few and the default are measured again at the end; each keeps its best
+    assert report.default_time_s is not None and report.default_time_s <= first.time_s
 
     ok = [t for t in report.trials if t.status == "ok"]
-    fastest = min(ok, key=lambda t: t.time_s or 0.0)
-    assert report.best == fastest.config
-    assert report.best_time_s == fastest.time_s
+    assert report.best in [t.config for t in ok]
+    assert report.best_time_s <= min(t.time_s for t in ok if t.config == report.best)
+    assert report.best_time_s <= report.default_time_s
     assert report.speedup == pytest.approx(report.default_time_s / report.best_time_s)
     assert report.per_minute > 0
     assert report.failures() == []
