@@ -153,9 +153,9 @@ NOTES = [
     "DESIGN §1's statements with temporaries, with a fuse/vectorize/parallelize schedule, "
     "against NumPy and against the same kernel with the default schedule (unfused); the "
     "scheduled matmul uses the tile/split/reorder/vectorize/unroll/parallelize schedule of "
-    "benchmarks/schedules.py with its params' first choices (no tuning yet). PyTorch is not "
+    "benchmarks/schedules.py with its params' first choices (the tuning rows tune DESIGN §3's schedule: benchmarks/tuning.py). PyTorch is not "
     "installed on this machine, so it has no column.",
-    "First call: a new kernel object traced and compiled (LLVM included) and run on 8 elements.",
+    "First call: a new kernel object traced and compiled (LLVM included) and run on 8 elements; 'cached object': the same with its machine code found in the cache directory (no LLVM).",
 ]
 
 
