@@ -62,8 +62,9 @@ class Spec:
         return rng.random(self.shape) < 0.5
 
 
-ArgExample = Spec | bool | int | float
-"""One example argument: an array to make (`Spec`) or a Python scalar passed as is."""
+ArgExample = Spec | bool | int | float | str | None
+"""One example argument: an array to make (`Spec`), or a Python value passed as is (a
+number; a string or None for a constexpr parameter)."""
 
 
 def spec(shape: int | Sequence[int], dtype: object) -> Spec:
@@ -160,7 +161,7 @@ def make_arguments(
     for name, example in examples.items():
         if isinstance(example, Spec):
             made[name] = example.random(rng)
-        elif isinstance(example, bool | int | float):
+        elif example is None or isinstance(example, bool | int | float | str):
             made[name] = example
         else:
             raise SpecError(

@@ -85,3 +85,35 @@ def test_peak_probes_compute_what_they_claim():
     assert FLOPS_PER_ELEMENT == 2 * 8 * 32 + 8
     copy_probe(x, y)
     np.testing.assert_array_equal(y, x)
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "gelu", "silu"])
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (19, 31, 23), (130, 67, 45)])
+def test_matmul_epilogue(activation, m, k, n):
+    from kdsl.kernels.matmul import reference
+
+    rng = _rng("epilogue", activation, m, k, n)
+    a, b = rng.standard_normal((m, k), np.float32), rng.standard_normal((k, n), np.float32)
+    bias = rng.standard_normal(n, np.float32)
+    for with_bias in (None, bias):
+        got = matmul(a, b, bias=with_bias, activation=activation)
+        want = reference(a, b, with_bias, activation)
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * np.abs(want).max())
+
+
+def test_batched_matmul():
+    rng = _rng("batched")
+    a = rng.standard_normal((3, 17, 9), np.float32)
+    b3, b2 = rng.standard_normal((3, 9, 11), np.float32), rng.standard_normal((9, 11), np.float32)
+    np.testing.assert_allclose(matmul(a, b3), a @ b3, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(matmul(a, b2), a @ b2, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="can't multiply"):
+        matmul(a, rng.standard_normal((2, 9, 11), np.float32))
+
+
+def test_matmul_argument_errors():
+    a = np.ones((4, 3), np.float32)
+    with pytest.raises(ValueError, match="activation 'tanh' is not one of"):
+        matmul(a, a.T, activation="tanh")
+    with pytest.raises(ValueError, match=r"bias has shape \(3,\), expected \(4,\)"):
+        matmul(a, a.T, bias=np.ones(3, np.float32))
