@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import harness
+import library
 import numpy as np
 import schedules
 import tuning
@@ -184,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
             *schedules.softmax_cases(8, 100),
             *schedules.rmsnorm_cases(8, 100),
             schedules.scheduled_matmul_case(70),
+            *library.matmul_cases([(33, 17, 20)]),
+            library.epilogue_case(40),
+            *library.row_cases(10, 37),
         ]
         compile_repeats = 1
         tuning_budget_s, tuning_n = 4.0, 48
@@ -203,6 +207,18 @@ def main(argv: list[str] | None = None) -> int:
             *schedules.softmax_cases(4096, 1024),
             *schedules.rmsnorm_cases(4096, 1024),
             schedules.scheduled_matmul_case(1024),
+            *library.matmul_cases(
+                [
+                    (256, 256, 256),
+                    (1024, 1024, 1024),
+                    (2048, 2048, 2048),
+                    (1000, 1000, 1000),
+                    (4096, 64, 4096),
+                ]
+            ),
+            library.epilogue_case(1024),
+            *library.row_cases(4096, 1024),
+            *library.row_cases(16384, 4096),
         ]
         compile_repeats = 5
         tuning_budget_s, tuning_n = 100.0, 1024

@@ -189,7 +189,7 @@ def test_quick_benchmark_writes_its_table(tmp_path):
     for name in names:
         assert name in page
     table = [line for line in page.splitlines() if line.startswith("| ")]
-    assert len(table) == 1 + 18  # header and one row per benchmark
+    assert len(table) == 1 + 26  # header and one row per benchmark
     assert page.strip() in done.stdout  # the same table is printed
     assert (results.read_bytes() if results.exists() else None) == before
 

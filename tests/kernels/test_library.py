@@ -46,6 +46,9 @@ def test_out_is_written_and_returned():
     np.testing.assert_allclose(out, softmax_reference(x), rtol=2e-6)
     with pytest.raises(ValueError, match="out has shape"):
         softmax(x, out=np.empty((9, 30), np.float32))
+    columns = np.empty((31, 9), np.float32).T  # not a view of rows: written through a copy
+    assert softmax(x, axis=0, out=columns) is columns
+    np.testing.assert_allclose(columns, softmax_reference(x, 0), rtol=2e-6)
 
 
 def test_bad_weight_shape_is_a_clear_error():
