@@ -214,6 +214,9 @@ class TuningDB:
     def _set_aside(self, exc: sqlite3.Error) -> None:
         self.close()
         aside = f"{self.path}.corrupt-{int(time.time())}"
+        n = 1
+        while os.path.exists(aside):  # a second corruption within the same second
+            aside, n = f"{self.path}.corrupt-{int(time.time())}-{n}", n + 1
         try:
             os.replace(self.path, aside)
             for suffix in ("-wal", "-shm"):
