@@ -1,5 +1,6 @@
 """The schedule a kernel gets when it has none (DESIGN §3): vectorize the innermost
-unit-stride loop of each nest, and parallelize the outermost parallel loop. Whether the
+unit-stride loop of each nest, and parallelize the outermost parallel loop (unless the
+nest scatters: stores at subscripts that depend on loaded data). Whether the
 parallel loop really runs on several threads is decided at run time from the work it
 holds, so small calls stay single-threaded.
 
@@ -26,7 +27,7 @@ def default_schedule(s: Schedule) -> None:
 def _schedule_nest(s: Schedule, nest: Loop) -> None:
     loops = [lp for lp in walk_stmts((nest,)) if isinstance(lp, Loop)]
     vector = _vector_candidate(loops)
-    parallel = nest if nest.kind is LoopKind.PARALLEL else None
+    parallel = nest if nest.kind is LoopKind.PARALLEL and not _scatters(nest) else None
     if vector is not None and parallel is not None and vector.var == parallel.var:
         if isinstance(nest.extent, Const) and int(nest.extent.value) <= SPLIT_1D:
             parallel = None
@@ -38,6 +39,17 @@ def _schedule_nest(s: Schedule, nest: Loop) -> None:
         _try(s.vectorize, vector.var, _width(s.kernel, vector))
     if parallel is not None:
         _try(s.parallelize, parallel.var)
+
+
+def _scatters(nest: Loop) -> bool:
+    """Whether a store's subscript depends on loaded data (`y[idx[i]] = ...`): two
+    iterations may write one element, and on threads the last writer would be whichever
+    came last in time. Such nests stay on one thread, in the serial order (a user's
+    `parallelize` is the user's promise that the subscripts never collide)."""
+    return any(
+        isinstance(st, Store) and any(isinstance(e, Load) for i in st.index for e in walk_expr(i))
+        for st in walk_stmts((nest,))
+    )
 
 
 def _try(step: object, *args: object) -> None:

@@ -60,3 +60,23 @@ def test_default_schedule_results_do_not_depend_on_the_thread_count(n):
 def test_set_num_threads_rejects_nonsense():
     with pytest.raises(ValueError, match="thread"):
         kd.set_num_threads(0)
+
+
+def test_a_nest_that_scatters_stays_on_one_thread():
+    """y[idx[i]] = x[i] with colliding subscripts: the last iteration wins, as in the
+    serial order, every time (on threads, it would be whichever wrote last)."""
+
+    @kd.kernel
+    def scatter(idx, x, y):
+        i = kd.indices(x.shape[0])
+        y[idx[i]] = x[i]
+
+    n = 200_000
+    idx = np.random.default_rng(3).integers(0, 64, n).astype(np.int64)
+    x = np.arange(n, dtype=np.float32)
+    y = np.zeros(64, np.float32)
+    scatter(idx, x, y)
+    assert "parallelized" not in str(scatter.lowered(idx, x, y))
+    want = np.zeros(64, np.float32)
+    want[idx] = x  # NumPy's fancy assignment: the last write wins too
+    np.testing.assert_array_equal(y, want)
