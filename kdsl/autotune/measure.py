@@ -43,14 +43,14 @@ class Candidate:
 
     name: str
     traced: Kernel  # result shapes are expressions over it
-    final: Kernel
+    scheduled: Kernel
     obj: backend.ObjectCode
     layout: CallLayout
     checks: bool
     strict_fp: bool
 
     def load(self) -> Specialization:
-        compiled = backend.from_object(self.final, self.obj, self.checks, self.strict_fp)
+        compiled = backend.from_object(self.scheduled, self.obj, self.checks, self.strict_fp)
         return self.layout.specialization(self.name, self.traced, compiled)
 
 

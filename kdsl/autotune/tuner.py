@@ -4,7 +4,7 @@ The work alternates between two phases so that both cores stay busy and no timin
 disturbed: a batch of candidates is compiled in a pool of worker processes (LLVM is the
 slow part, and it runs in parallel there), then the batch is measured one candidate at
 a time in the measuring process (`measure.Measurer`) while nothing else runs. Applying
-the schedule to the IR happens here, in Python, and is cheap; candidates whose final IR
+the schedule to the IR happens here, in Python, and is cheap; candidates whose scheduled IR
 is the same are compiled and measured once.
 
 Every candidate's outputs are compared with those of the kernel under kdsl's heuristic
@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-from tqdm import tqdm  # the text bar: works in terminals and notebooks alike
 
 from kdsl.autotune import registry
 from kdsl.autotune.database import Entry
@@ -49,7 +48,7 @@ from kdsl.autotune.worker import Failure, WorkerPool
 from kdsl.config import VERSION
 from kdsl.errors import KdslError, ScheduleError
 from kdsl.ir.nodes import Kernel
-from kdsl.specs import ArgExample, Spec, make_arguments
+from kdsl.specs import ArgExample, Spec
 from kdsl.targets.cpu import backend
 from kdsl.targets.cpu.objects import STORE
 from kdsl.types import from_numpy
@@ -131,8 +130,12 @@ class _Session:
                 fix=f"give every parameter: {', '.join(names)}",
             )
         self.examples = [example[n] for n in names]
-        args = list(make_arguments(dict(example), np.random.default_rng(0)).values())
-        specs, bound = fn._specs([args[names.index(n)] for n in names], {})
+        # Only shapes and dtypes are needed here: the measuring process makes the data.
+        placeholders = [
+            np.empty(e.shape, e.dtype.to_numpy()) if isinstance(e, Spec) else e
+            for e in self.examples
+        ]
+        specs, bound = fn._specs(placeholders, {})
         self.shape = shape_of(bound)
         self.traced = fn.trace(specs)
         self.layout = fn.call_layout(specs, self.traced)
@@ -145,17 +148,18 @@ class _Session:
         self.pool = WorkerPool(jobs) if jobs else None
         self.measured: dict[str, tuple[Config, Candidate]] = {}  # key → first config, code
 
-    def candidate(self, final: Kernel, obj: backend.ObjectCode) -> Candidate:
+    def candidate(self, scheduled: Kernel, obj: backend.ObjectCode) -> Candidate:
         fn = self.fn
-        return Candidate(fn.name, self.traced, final, obj, self.layout, fn.checks, fn.strict_fp)
+        layout = self.layout
+        return Candidate(fn.name, self.traced, scheduled, obj, layout, fn.checks, fn.strict_fp)
 
-    def compile_all(self, finals: list[tuple[Kernel, str]]) -> list[backend.ObjectCode | str]:
-        """Object code for each (final IR, key), or why it failed."""
+    def compile_all(self, work: list[tuple[Kernel, str]]) -> list[backend.ObjectCode | str]:
+        """Object code for each (scheduled IR, key), or why it failed."""
         options = (self.fn.checks, self.fn.strict_fp)
         if self.pool is None:
-            replies = [_build_here(final, key, *options) for final, key in finals]
+            replies = [_build_here(scheduled, key, *options) for scheduled, key in work]
         else:
-            replies = self.pool.run([("build", (f, k, *options)) for f, k in finals])
+            replies = self.pool.run([("build", (ir, key, *options)) for ir, key in work])
         return [
             f"{r.status}: {r.detail}" if isinstance(r, Failure) else r  # type: ignore[misc]
             for r in replies
@@ -166,9 +170,9 @@ class _Session:
             self.pool.close()
 
 
-def _build_here(final: Kernel, key: str, checks: bool, strict_fp: bool) -> object:
+def _build_here(scheduled: Kernel, key: str, checks: bool, strict_fp: bool) -> object:
     try:
-        return backend.build_object(final, key, checks, strict_fp)
+        return backend.build_object(scheduled, key, checks, strict_fp)
     except Exception as exc:  # a candidate's failure, reported, never fatal
         return Failure("error", f"{type(exc).__name__}: {exc}")
 
@@ -184,6 +188,8 @@ def tune(
     progress: bool = True,
 ) -> TuneReport:
     """Tune `fn`'s schedule params for one example call; record the best config."""
+    from tqdm import tqdm  # the text bar (terminals and notebooks alike); not at kdsl import
+
     started = time.perf_counter()
     jobs = (os.cpu_count() or 1) if jobs is None else jobs
     session = _Session(fn, example, jobs)
@@ -204,7 +210,7 @@ def tune(
         if isinstance(ref_obj, str):
             raise KdslError(f"kernel '{fn.name}' does not compile by default: {ref_obj}")
         measurer = Measurer(session.examples, seed, session.candidate(reference, ref_obj))
-        times: dict[str, float | None] = {}  # final IR key → time
+        times: dict[str, float | None] = {}  # scheduled IR's key → time
         min_time = min(0.2, max(0.02, budget_s / 300))
         while time.perf_counter() - started < budget_s:
             configs = search.propose(max(2 * jobs, 2))
@@ -272,24 +278,24 @@ def _run_batch(
     fresh: list[tuple[Config, Kernel, str]] = []
     for config in configs:
         try:
-            final = fn.scheduled_ir(session.traced, config)
+            scheduled = fn.scheduled_ir(session.traced, config)
         except ScheduleError as exc:
             _observe(report, search, Trial(config, "invalid", detail=str(exc.args[0])))
             continue
-        key = backend.kernel_key(final, fn.checks, fn.strict_fp)
+        key = backend.kernel_key(scheduled, fn.checks, fn.strict_fp)
         if key in times or any(key == k for _, _, k in fresh):
             report.trials.append(Trial(config, "same", times.get(key)))
             search.observe(config, times.get(key))
             continue
-        fresh.append((config, final, key))
-    built = session.compile_all([(final, key) for _, final, key in fresh])
-    for (config, final, key), obj in zip(fresh, built):
+        fresh.append((config, scheduled, key))
+    built = session.compile_all([(scheduled, key) for _, scheduled, key in fresh])
+    for (config, scheduled, key), obj in zip(fresh, built):
         if isinstance(obj, str):
             trial = Trial(config, "compile-error", detail=obj)
         else:
             cutoff = SLOW_CUTOFF * report.best_time_s if report.best_time_s else None
             timeout = max(60.0, 100 * (report.default_time_s or 0.0))
-            candidate = session.candidate(final, obj)
+            candidate = session.candidate(scheduled, obj)
             outcome: Outcome = measurer.measure(candidate, min_time, cutoff, timeout)
             trial = Trial(config, outcome.status, outcome.time_s, outcome.detail)
             if outcome.status == "ok":
@@ -329,7 +335,7 @@ def _record(session: _Session, report: TuneReport) -> None:
             created=time.time(),
         )
     )
-    final = fn.scheduled_ir(session.traced, report.best)
-    key = backend.kernel_key(final, fn.checks, fn.strict_fp)
-    if key in session.measured:
-        STORE.save(key, session.measured[key][1].obj)
+    best = config_key(report.best)
+    for key, (config, candidate) in session.measured.items():
+        if config_key(config) == best:
+            STORE.save(key, candidate.obj)

@@ -189,3 +189,13 @@ def test_budget_is_respected() -> None:
     assert wall < 15 and report.elapsed_s < 15
     assert 0 < len(report.trials) < 432  # stopped by the budget, not by running out
     assert report.best is not None and report.per_minute > 0
+
+
+def test_example_order_does_not_matter() -> None:
+    """An example dict lists parameters in any order; each gets its own shape."""
+    example = {"y": kd.spec((7, 40), kd.f32), "x": kd.spec((7, 40), kd.f32)}
+    report = tune(tuner_refusals, example, budget_s=30, jobs=0, progress=False)
+    assert report.shape == ((7, 40), (7, 40))
+    mixed = {"y": kd.spec((40, 7), kd.f32), "x": kd.spec((7, 40), kd.f32)}
+    with pytest.raises(kd.KdslError, match="reference run failed.*ShapeError"):  # x, y disagree
+        tune(tuner_refusals, mixed, budget_s=30, jobs=0, progress=False)
