@@ -24,7 +24,7 @@ from kdsl.targets.cpu.vector import vector_obstacle
 from kdsl.targets.interp.interpreter import interpret
 from kdsl.trace.tracer import ArgSpec, ArraySpec, ScalarSpec, trace
 
-Callable_ = Specialization | TunedDispatch  # what serves the calls of one signature
+Compiled = Specialization | TunedDispatch  # what serves the calls of one signature
 
 AUTOTUNE_BUDGET_S = 20.0  # per new shape, for @kd.kernel(autotune=True)
 
@@ -102,8 +102,8 @@ class KernelFunction:
         self.signature = Signature.of(fn, self.name)
         self.examples = check_examples(examples or [], self.signature)
         self.autotune_budget = _autotune_budget(autotune, self.name)
-        self._fast: dict[tuple[object, ...], Callable_] = {}
-        self._by_spec: dict[tuple[ArgSpec, ...], Callable_] = {}
+        self._fast: dict[tuple[object, ...], Compiled] = {}
+        self._by_spec: dict[tuple[ArgSpec, ...], Compiled] = {}
         self._lock = threading.RLock()
         self._fast_ok = not self.signature.constexpr and not static_shapes
         self._stats = {"calls": 0, "compilations": 0, "objects_loaded": 0}
@@ -203,7 +203,7 @@ class KernelFunction:
 
     def _specialize(
         self, args: Sequence[object], kwargs: dict[str, object]
-    ) -> tuple[Callable_, list[object]]:
+    ) -> tuple[Compiled, list[object]]:
         specs, bound = self._specs(args, kwargs)
         spec = self._by_spec.get(specs)
         if spec is None:
@@ -223,7 +223,7 @@ class KernelFunction:
             print(format_kernel(kernel))
         return kernel
 
-    def _compile(self, specs: tuple[ArgSpec, ...]) -> Callable_:
+    def _compile(self, specs: tuple[ArgSpec, ...]) -> Compiled:
         """The compiled code for one signature; a dispatcher over tuned variants when the
         tuning database has results for it (or `autotune=` asks to make them)."""
         traced = self.trace(specs)
@@ -279,10 +279,13 @@ class KernelFunction:
             raise (err if CONFIG.debug else err.with_traceback(None)) from None
 
     def schedule_of(self, *args: object, **kwargs: object) -> Schedule:
-        """The schedule applied for these arguments: prints as steps, `.to_json()` saves it."""
-        traced = self._traced(args, kwargs)[0]
+        """The schedule applied for these arguments, with their tuned params if any: prints
+        as steps, `.to_json()` saves it."""
         try:
-            return self.scheduled(traced)
+            call, bound = self._specialize(args, kwargs)
+            if isinstance(call, TunedDispatch):
+                return self.scheduled(call.traced, config=call.config(bound))
+            return self.scheduled(call.ir)
         except KdslError as err:
             raise (err if CONFIG.debug else err.with_traceback(None)) from None
 

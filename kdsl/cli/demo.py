@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm import tqdm
 
 import kdsl as kd
 from kdsl.cli.table import format_seconds, format_table
@@ -122,6 +121,8 @@ def add(commands: argparse._SubParsersAction) -> None:
 
 
 def run(ns: argparse.Namespace) -> int:
+    from tqdm import tqdm  # only when the demo runs, not for every `kdsl` command
+
     started = time.perf_counter()
     rng = np.random.default_rng(2026)
     cases = _cases()

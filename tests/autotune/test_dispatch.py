@@ -75,6 +75,7 @@ def test_untuned_shape_uses_nearest_tuned_shape() -> None:
     np.testing.assert_allclose(y, x * 2.0 + 0.5, rtol=1e-6)
     assert kernel.stats()["tuning"] == {"3000, 3000": "nearest tuned shape 4096, 4096"}
     assert "io * 256 + ii" in str(kernel.lowered(x, y))  # the tuned split, not the default 16
+    assert kernel.schedule_of(x, y).chosen == {"f": 256}  # what ran, not the first choices
 
     exact = arrays(4096)
     kernel(*exact)
