@@ -79,6 +79,39 @@ class Row:
 HEADER = ["benchmark", "size", "kdsl", "peer", "peer time", "peer/kdsl", "kdsl rate", "peer rate"]
 
 
+def matmul_case(
+    name: str,
+    size: str,
+    shape: tuple[int, int, int],
+    kdsl_fn: Callable[..., object],
+    peer_fn: Callable[..., object] | None = None,
+    *,
+    peer: str = "NumPy",
+    tol: float = 1e-3,
+) -> Case:
+    """C = A @ B for (m, k, n) = `shape`, on uniform data in [-1, 1): `kdsl_fn(a, b, c)`
+    against `peer_fn` (NumPy's matmul by default), rated in GFLOP/s."""
+    m, k, n = shape
+
+    def make(rng: np.random.Generator) -> Args:
+        a = rng.random((m, k), dtype=np.float32) * 2 - 1
+        b = rng.random((k, n), dtype=np.float32) * 2 - 1
+        return a, b, np.empty((m, n), np.float32)
+
+    return Case(
+        name,
+        size,
+        make,
+        kdsl_fn,
+        peer_fn or (lambda a, b, c: np.matmul(a, b, out=c)),
+        work=2.0 * m * n * k,
+        unit="GFLOP/s",
+        rtol=tol,
+        atol=tol,
+        peer=peer,
+    )
+
+
 def format_time(seconds: float) -> str:
     if seconds < 1e-3:
         return f"{seconds * 1e6:.2f} µs"

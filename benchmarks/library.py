@@ -26,30 +26,13 @@ except ImportError:  # NumPy has no erf: fall back to the math module, elementwi
 
 
 def matmul_cases(shapes: list[tuple[int, int, int]]) -> list[harness.Case]:
-    cases = []
-    for m, k, n in shapes:
+    def library_matmul(a, b, c):
+        matmul(a, b, out=c)
 
-        def make(rng, m=m, k=k, n=n):
-            return (
-                rng.standard_normal((m, k), np.float32),
-                rng.standard_normal((k, n), np.float32),
-                np.empty((m, n), np.float32),
-            )
-
-        cases.append(
-            harness.Case(
-                "library matmul f32",
-                f"{m}×{k}×{n}",
-                make,
-                lambda a, b, c: matmul(a, b, out=c),
-                lambda a, b, c: np.matmul(a, b, out=c),
-                work=2.0 * m * n * k,
-                unit="GFLOP/s",
-                rtol=1e-3,
-                atol=1e-3,
-            )
-        )
-    return cases
+    return [
+        harness.matmul_case("library matmul f32", "×".join(map(str, shape)), shape, library_matmul)
+        for shape in shapes
+    ]
 
 
 def numpy_gelu_epilogue(a, b, bias, c):

@@ -82,20 +82,8 @@ def row_sum_case(m: int, n: int) -> harness.Case:
 
 
 def matmul_case(n: int) -> harness.Case:
-    def make(rng):
-        a, b = rng.random((2, n, n), dtype=np.float32) * 2 - 1
-        return a, b, np.empty((n, n), np.float32)
-
-    return harness.Case(
-        "matmul, naive (kd.indices + kd.sum)",
-        f"{n}³",
-        make,
-        matmul,
-        lambda a, b, c: np.matmul(a, b, out=c),
-        work=2 * n**3,
-        unit="GFLOP/s",
-        rtol=1e-4,
-        atol=1e-4,
+    return harness.matmul_case(
+        "matmul, naive (kd.indices + kd.sum)", f"{n}³", (n, n, n), matmul, tol=1e-4
     )
 
 

@@ -224,21 +224,8 @@ def rmsnorm_cases(m: int, n: int) -> list[harness.Case]:
 
 
 def scheduled_matmul_case(n: int) -> harness.Case:
-    def make(rng):
-        a, b = rng.random((2, n, n), dtype=np.float32) * 2 - 1
-        return a, b, np.empty((n, n), np.float32)
-
-    return harness.Case(
-        "matmul, tile/split/reorder/vectorize/parallelize",
-        f"{n}³",
-        make,
-        matmul,
-        lambda a, b, c: np.matmul(a, b, out=c),
-        work=2 * n**3,
-        unit="GFLOP/s",
-        rtol=1e-3,
-        atol=1e-3,
-    )
+    name = "matmul, tile/split/reorder/vectorize/parallelize"
+    return harness.matmul_case(name, f"{n}³", (n, n, n), matmul)
 
 
 def _empty_task() -> int:

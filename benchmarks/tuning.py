@@ -147,28 +147,16 @@ def _compare(best: dict[str, object], n: int, settings: harness.Settings) -> lis
     default_params.schedule(kd.cpu)(_design_schedule)
     tuned.schedule(kd.cpu)(lambda s: _design_schedule(_Fixed(s, best)))
 
-    def make(rng):
-        a, b = rng.random((2, n, n), dtype=np.float32)
-        return a, b, np.empty((n, n), np.float32)
-
-    common = dict(work=2.0 * n**3, unit="GFLOP/s", rtol=1e-3, atol=1e-3)
+    size, shape = f"N = {n}", (n, n, n)
     cases = [
-        harness.Case(
-            "matmul, tuned params",
-            f"N = {n}",
-            make,
-            tuned,
-            lambda a, b, c: np.matmul(a, b, out=c),
-            **common,
-        ),
-        harness.Case(
+        harness.matmul_case("matmul, tuned params", size, shape, tuned),
+        harness.matmul_case(
             "matmul, tuned vs default params",
-            f"N = {n}",
-            make,
+            size,
+            shape,
             tuned,
             default_params,
             peer="kdsl, default params",
-            **common,
         ),
     ]
     rng = np.random.default_rng(1)
