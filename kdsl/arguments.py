@@ -11,6 +11,7 @@ import numpy as np
 from kdsl import types as T
 from kdsl.errors import KernelArgumentError
 from kdsl.specs import ArgExample, Spec
+from kdsl.targets.cuda.arrays import device_array
 from kdsl.trace.api import constexpr
 from kdsl.trace.tracer import ArgSpec, ArraySpec, ConstSpec, ScalarSpec
 
@@ -82,9 +83,8 @@ def as_host_array(value: object, name: str, sig: Signature) -> np.ndarray:
         kind = device()[0]
         if kind in _DLPACK_CUDA:
             raise sig.error(
-                f"argument '{name}' is a CUDA array, but this call runs on the CPU",
-                "move it to the host first (e.g. tensor.cpu() or cupy.asnumpy(x)), or call "
-                f"{sig.kernel}[kd.cuda](...) once the CUDA target is available",
+                f"argument '{name}' is a CUDA array of a dtype kdsl does not support",
+                "convert it (e.g. tensor.float())",
             )
         if kind != _DLPACK_CPU:
             raise sig.error(f"argument '{name}' lives on DLPack device type {kind}, not the CPU")
@@ -131,6 +131,10 @@ def spec_of(
     if isinstance(value, float):
         return ScalarSpec(T.f64, True), value
     if not isinstance(value, np.ndarray):
+        device = device_array(value)
+        if device is not None:
+            shape = device.shape if static_shapes else None
+            return ArraySpec(device.dtype, len(device.shape), device.contiguous, shape), device
         if hasattr(value, "__dlpack__"):
             value = as_host_array(value, name, sig)
         elif isinstance(value, list | tuple):

@@ -6,6 +6,8 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from kdsl.arguments import Signature, check_examples, fast_key, spec_of
 from kdsl.autotune.tuner import TuneReport, example_of, tune
 from kdsl.config import CONFIG, dumps
@@ -21,10 +23,15 @@ from kdsl.specs import ArgExample
 from kdsl.targets.cpu.backend import compile_kernel
 from kdsl.targets.cpu.call import CallLayout, Specialization
 from kdsl.targets.cpu.vector import vector_obstacle
+from kdsl.targets.cuda import driver
+from kdsl.targets.cuda.arrays import fast_key as cuda_fast_key
+from kdsl.targets.cuda.arrays import is_device
+from kdsl.targets.cuda.backend import PtxCode, compile_ptx_kernel
+from kdsl.targets.cuda.call import CudaSpecialization
 from kdsl.targets.interp.interpreter import interpret
 from kdsl.trace.tracer import ArgSpec, ArraySpec, ScalarSpec, trace
 
-Compiled = Specialization | TunedDispatch  # what serves the calls of one signature
+Compiled = Specialization | TunedDispatch | CudaSpecialization  # serves one signature
 
 AUTOTUNE_BUDGET_S = 20.0  # per new shape, for @kd.kernel(autotune=True)
 
@@ -103,6 +110,7 @@ class KernelFunction:
         self.examples = check_examples(examples or [], self.signature)
         self.autotune_budget = _autotune_budget(autotune, self.name)
         self._fast: dict[tuple[object, ...], Compiled] = {}
+        self._fast_cuda: dict[tuple[object, ...], CudaSpecialization] = {}
         self._by_spec: dict[tuple[ArgSpec, ...], Compiled] = {}
         self._lock = threading.RLock()
         self._fast_ok = not self.signature.constexpr and not static_shapes
@@ -122,6 +130,7 @@ class KernelFunction:
             with self._lock:
                 self._schedules[target.name] = fn
                 self._fast.clear()
+                self._fast_cuda.clear()
                 self._by_spec.clear()
             return fn
 
@@ -164,26 +173,35 @@ class KernelFunction:
         return self.scheduled(kernel, config=config, heuristic=heuristic).kernel
 
     def __getitem__(self, target: Target) -> Callable[..., object]:
-        if target is cpu:
-            return self
-        if target is cuda:
-            raise KernelArgumentError(
-                "the CUDA target is not available in this version of kdsl",
-                kernel=self.name,
-                fix=f"call {self.name}[kd.cpu](...) with host arrays",
-            )
-        raise TypeError(f"{target!r} is not a kdsl target; use kd.cpu or kd.cuda")
+        """`kernel[kd.cpu](...)` or `kernel[kd.cuda](...)`: run on that target."""
+        if not isinstance(target, Target):
+            raise TypeError(f"{target!r} is not a kdsl target; use kd.cpu or kd.cuda")
+        return lambda *args, **kwargs: self._call(args, kwargs, target)
 
     def __call__(self, *args: object, **kwargs: object) -> object:
+        """Run the kernel where its arrays live: the CPU for NumPy arrays, the GPU for
+        CUDA arrays (PyTorch, CuPy, any `__cuda_array_interface__` or DLPack array)."""
+        return self._call(args, kwargs, None)
+
+    def _call(
+        self, args: Sequence[object], kwargs: dict[str, object], target: Target | None
+    ) -> object:
         self._stats["calls"] += 1
         try:
             if not kwargs and self._fast_ok and len(args) == len(self.signature.names):
-                key = fast_key(args)
+                key = fast_key(args) if target is not cuda else None
                 if key is not None:
                     spec = self._fast.get(key)
                     if spec is not None:
                         return spec.run(args)
-            call, bound = self._specialize(args, kwargs)
+                elif target is not cpu and (key := cuda_fast_key(args)) is not None:
+                    gpu = self._fast_cuda.get(key)
+                    if gpu is not None:
+                        return gpu.run(args)
+            stream = kwargs.pop("stream", None) if "stream" not in self.signature.names else None
+            call, bound = self._specialize(args, kwargs, target)
+            if isinstance(call, CudaSpecialization):
+                return call.run(bound, stream)
             return call.run(bound)
         except KdslError as err:  # the user's call is the last frame shown
             raise (err if CONFIG.debug else err.with_traceback(None)) from None
@@ -201,15 +219,58 @@ class KernelFunction:
             values.append(passed)
         return tuple(specs), values
 
+    def _target_of(self, bound: Sequence[object], forced: Target | None) -> Target:
+        """Where the call runs: the forced target, else where its arrays live; mixing
+        host and device arrays is an error that says how to move them."""
+        names = [n for n in self.signature.names if n not in self.signature.constexpr]
+        values = [v for n, v in zip(self.signature.names, bound) if n in names]
+        arrays = [
+            (n, v)
+            for n, v in zip(names, values)
+            if hasattr(v, "__dlpack__")
+            or hasattr(type(v), "__cuda_array_interface__")
+            or isinstance(v, np.ndarray)
+        ]
+        on_gpu = [n for n, v in arrays if is_device(v)]
+        on_host = [n for n, v in arrays if not is_device(v)]
+        if forced is None and on_gpu and on_host:
+            raise self.signature.error(
+                f"the arguments mix devices: '{on_gpu[0]}' is a CUDA array and "
+                f"'{on_host[0]}' a host array",
+                "put them on one side: on the host (tensor.cpu(), cupy.asnumpy(x)) or on "
+                "the GPU (torch.as_tensor(x, device='cuda'), cupy.asarray(x))",
+            )
+        target = forced or (cuda if on_gpu else cpu)
+        if target is cpu and on_gpu:
+            raise self.signature.error(
+                f"argument '{on_gpu[0]}' is a CUDA array, but this call runs on the CPU",
+                "move it to the host first (e.g. tensor.cpu() or cupy.asnumpy(x))",
+            )
+        if target is cuda and on_host:
+            raise self.signature.error(
+                f"argument '{on_host[0]}' is a host array, but this call runs on the GPU",
+                "move it to the GPU first (e.g. torch.as_tensor(x, device='cuda') or "
+                "cupy.asarray(x))",
+            )
+        if target is cuda:
+            driver.require()  # before reading the arrays: say what is missing
+        return target
+
     def _specialize(
-        self, args: Sequence[object], kwargs: dict[str, object]
+        self, args: Sequence[object], kwargs: dict[str, object], target: Target | None = None
     ) -> tuple[Compiled, list[object]]:
+        target = self._target_of(self.signature.bind(args, dict(kwargs)), target)
         specs, bound = self._specs(args, kwargs)
-        spec = self._by_spec.get(specs)
+        key = (target.name, specs) if target is cuda else specs
+        spec = self._by_spec.get(key)  # type: ignore[arg-type]
         if spec is None:
             with self._lock:
-                spec = self._by_spec.get(specs) or self._compile(specs)
-                self._by_spec[specs] = spec
+                spec = self._by_spec.get(key) or self._compile(specs, target)  # type: ignore[arg-type]
+                self._by_spec[key] = spec  # type: ignore[index]
+        if target is cuda:
+            if self._fast_ok and not kwargs and (fast := cuda_fast_key(args)) is not None:
+                self._fast_cuda[fast] = spec  # type: ignore[assignment]
+            return spec, bound
         if self._fast_ok and not kwargs:
             key = fast_key(args)
             if key is not None:
@@ -223,11 +284,13 @@ class KernelFunction:
             print(format_kernel(kernel))
         return kernel
 
-    def _compile(self, specs: tuple[ArgSpec, ...]) -> Compiled:
+    def _compile(self, specs: tuple[ArgSpec, ...], target: Target = cpu) -> Compiled:
         """The compiled code for one signature; a dispatcher over tuned variants when the
         tuning database has results for it (or `autotune=` asks to make them)."""
         traced = self.trace(specs)
         layout = self.call_layout(specs, traced)
+        if target is cuda:
+            return self.build_cuda(traced, layout)
         dispatch = TunedDispatch.find(self, specs, traced, layout)
         return dispatch or self.build(traced, layout)
 
@@ -248,6 +311,21 @@ class KernelFunction:
         self._stats["compilations"] += 1
         self._stats["objects_loaded"] += compiled.from_cache
         return layout.specialization(self.name, traced, compiled)
+
+    def ptx_code(self, traced: Kernel, config: Mapping[str, object] | None = None) -> PtxCode:
+        """PTX for traced IR under this kernel's CUDA schedule (no GPU needed)."""
+        scheduled = self.scheduled(traced, cuda, config).kernel
+        code = compile_ptx_kernel(scheduled, checks=self.checks, strict_fp=self.strict_fp)
+        self._stats["compilations"] += 1
+        self._stats["objects_loaded"] += code.from_cache
+        return code
+
+    def build_cuda(self, traced: Kernel, layout: CallLayout) -> CudaSpecialization:
+        driver.require()
+        code = self.ptx_code(traced)
+        return CudaSpecialization(
+            self.name, traced, code, layout.array_pos, layout.scalar_pos, layout.param_names
+        )
 
     # --------------------------------------------------------------- inspection
 
@@ -285,7 +363,7 @@ class KernelFunction:
             call, bound = self._specialize(args, kwargs)
             if isinstance(call, TunedDispatch):
                 return self.scheduled(call.traced, config=call.config(bound))
-            return self.scheduled(call.ir)
+            return self.scheduled(call.ir, cuda if isinstance(call, CudaSpecialization) else cpu)
         except KdslError as err:
             raise (err if CONFIG.debug else err.with_traceback(None)) from None
 
@@ -297,6 +375,17 @@ class KernelFunction:
     def asm(self, *args: object, **kwargs: object) -> str:
         """The host assembly for these arguments."""
         return self._spec_for(args, kwargs).compiled.asm
+
+    def ptx(self, *args: object, **kwargs: object) -> str:
+        """The PTX of the kernel's CUDA schedule for these arguments' signature (host or
+        device arrays; no GPU needed: the architecture is the device's, KDSL_CUDA_ARCH's
+        or sm_80)."""
+        traced, _ = self._traced(args, kwargs)
+        try:
+            return self.ptx_code(traced).ptx
+        except KdslError as err:
+            err = err.with_kernel(self.name)
+            raise (err if CONFIG.debug else err.with_traceback(None)) from None
 
     def interpret(self, *args: object, **kwargs: object) -> object:
         """Run the kernel in the reference interpreter (slow, exact): the oracle for tests."""
@@ -356,6 +445,7 @@ class KernelFunction:
         ]
         with self._lock:  # new results: signatures look them up again
             self._fast.clear()
+            self._fast_cuda.clear()
             self._by_spec.clear()
         return reports
 

@@ -312,12 +312,34 @@ class _FakeCudaArray:
         raise AssertionError("must not be read")
 
 
-def test_cuda_array_to_cpu_kernel():
+def test_mixing_cuda_and_host_arrays():
     raises(
         kd.KernelArgumentError,
         lambda: add(_FakeCudaArray(), f32(2), f32(2)),
-        "'x' is a CUDA array",
+        "'x' is a CUDA array and 'y' a host array",
         ".cpu()",
+        "device='cuda'",
+    )
+
+
+def test_cuda_array_to_a_forced_cpu_call():
+    raises(
+        kd.KernelArgumentError,
+        lambda: add[kd.cpu](_FakeCudaArray(), f32(2), f32(2)),
+        "'x' is a CUDA array, but this call runs on the CPU",
+        ".cpu()",
+    )
+
+
+def test_cuda_call_without_a_gpu_names_the_extra(monkeypatch):
+    from kdsl.targets.cuda import driver
+
+    monkeypatch.setattr(driver, "unavailable_reason", lambda: "no NVIDIA driver was found")
+    raises(
+        kd.KernelArgumentError,
+        lambda: add[kd.cuda](_FakeCudaArray(), _FakeCudaArray(), _FakeCudaArray()),
+        "the CUDA target can't run: no NVIDIA driver",
+        'pip install "kdsl[cuda]"',
     )
 
 

@@ -11,7 +11,7 @@ replays like any other; a step the target refuses is skipped.
 from __future__ import annotations
 
 from kdsl.errors import ScheduleError
-from kdsl.ir.nodes import Const, Expr, Kernel, Load, Loop, LoopExec, LoopKind, LoopVar, Store
+from kdsl.ir.nodes import Const, Expr, Kernel, Load, Loop, LoopExec, LoopKind, LoopVar, Stmt, Store
 from kdsl.ir.visit import walk_all_exprs, walk_expr, walk_stmts
 from kdsl.schedule.recipe import Schedule
 
@@ -20,8 +20,59 @@ SPLIT_1D = 8192  # a one-loop nest is split so that chunks of it can run in para
 
 
 def default_schedule(s: Schedule) -> None:
+    if s.target == "cuda":
+        default_gpu_schedule(s)
+        return
     for nest in [st for st in s.kernel.body if isinstance(st, Loop)]:
         _schedule_nest(s, nest)
+
+
+def default_gpu_schedule(s: Schedule) -> None:
+    """Each top-level nest on the GPU: its outer parallel loops on blocks; threads
+    either across the innermost parallel loop (elementwise work: neighbouring threads
+    touch neighbouring elements), or across the loops inside it when those walk memory
+    with unit stride (rows: a block per row, its threads sharing the row's reductions)."""
+    for nest in [st for st in s.kernel.body if isinstance(st, Loop)]:
+        chain = _parallel_chain(nest)
+        if not chain:
+            if nest.kind is LoopKind.REDUCTION:
+                _try(s.bind, nest.var, "thread.x")  # one block shares the whole reduction
+            continue
+        inner = chain[-1]
+        rows = [c for c in inner.body if isinstance(c, Loop) and c.kind is not LoopKind.SERIAL]
+        if rows and max(_strides(c)[0] for c in rows) >= _strides(inner)[0]:
+            _bind_blocks(s, chain)
+            for child in rows:
+                _try(s.bind, child.var, "thread.x")
+        elif len(chain) <= 3:
+            outer, threads = s.split(inner.var, GPU_THREADS)
+            _bind_blocks(s, [*chain[:-1], _loop(s.kernel, outer)])
+            s.bind(threads, "thread.x")
+        else:
+            _bind_blocks(s, chain[:3])
+            s.bind(inner.var, "thread.x")
+
+
+GPU_THREADS = 256
+
+
+def _parallel_chain(nest: Loop) -> list[Loop]:
+    """The parallel loops perfectly nested from the top of `nest`."""
+    chain: list[Loop] = []
+    loop: Stmt = nest
+    while isinstance(loop, Loop) and loop.kind is LoopKind.PARALLEL:
+        chain.append(loop)
+        if len(loop.body) != 1:
+            break
+        loop = loop.body[0]
+    return chain
+
+
+def _bind_blocks(s: Schedule, loops: list[Loop]) -> None:
+    """The innermost of `loops` on block.x (the grid's largest axis), outer ones on y, z;
+    beyond three, loops stay serial in each block."""
+    for loop, axis in zip(reversed(loops[:3]), ("block.x", "block.y", "block.z")):
+        s.bind(loop.var, axis)
 
 
 def _schedule_nest(s: Schedule, nest: Loop) -> None:

@@ -328,9 +328,15 @@ def bind(ctx: StepContext, name: object, axis: object) -> None:
         )
     if axis not in GPU_AXES:
         raise ctx.refuse(f"{axis!r} is not a GPU axis", f"use one of {', '.join(sorted(GPU_AXES))}")
-    if loop.kind is not LoopKind.PARALLEL:
+    if loop.kind is LoopKind.SERIAL:
         raise ctx.refuse(
-            f"loop '{loop.var}' is a {loop.kind.value} loop: GPU threads run it out of order",
-            "bind parallel loops",
+            f"loop '{loop.var}' is a serial loop: GPU threads run it out of order",
+            "bind parallel loops, or reductions to threads",
+        )
+    if loop.kind is LoopKind.REDUCTION and str(axis).startswith("block."):
+        raise ctx.refuse(
+            f"loop '{loop.var}' is a reduction: blocks can't combine their parts",
+            "bind a reduction to thread.x (its threads combine their parts), or split it "
+            "and bind the parallel loops around it to blocks",
         )
     _annotate(ctx, name, GPU_AXES[str(axis)], 1)

@@ -29,7 +29,7 @@ from kdsl.config import VERSION, cache_root
 from kdsl.targets.cpu import jit
 
 _FORMAT = 1
-_COMPILER_DIRS = ("ir", "targets/cpu")  # what decides the machine code of a final IR
+_COMPILER_DIRS = ("ir", "targets/cpu", "targets/cuda")  # what decides the code of a final IR
 
 
 @functools.cache

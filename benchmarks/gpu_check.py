@@ -1,0 +1,177 @@
+"""The one GPU script: in one call on a GPU machine, run the CUDA tests, then time kdsl
+against PyTorch (same run, CUDA events, medians) and print a short table last.
+
+    python benchmarks/gpu_check.py            # logs and RESULTS-gpu.md under $OUT if set
+
+Without a GPU it says so and exits 0 (the PTX tests run everywhere in the test suite).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+OUT = Path(os.environ.get("OUT") or ROOT / "benchmarks" / "gpu-out")
+
+
+def run_tests() -> str:
+    log = OUT / "tests.log"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/targets/cuda", "-x"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    log.write_text(done.stdout + done.stderr)
+    tail = (done.stdout.strip().splitlines() or ["(no output)"])[-1]
+    print(done.stdout[-6000:], done.stderr[-3000:], sep="\n")
+    return f"{'PASS' if done.returncode == 0 else 'FAIL'}: {tail}"
+
+
+def time_gpu(fn, reps: int = 50) -> float:
+    """Median milliseconds of `fn` by CUDA events, after warming up."""
+    import torch
+
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(start.elapsed_time(stop))
+    return statistics.median(times)
+
+
+def call_overhead(fn, n: int = 20000) -> float:
+    """Microseconds per call from Python, launches queued without waiting."""
+    import torch
+
+    for _ in range(100):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    return (t1 - t0) / n * 1e6
+
+
+def benchmarks() -> list[tuple[str, str, str, str, str]]:
+    import torch
+    import torch.nn.functional as F
+
+    from kdsl.kernels.norms import layernorm_rows, rmsnorm_rows
+    from kdsl.kernels.softmax import softmax_rows
+    from tests import zoo
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    rows: list[tuple[str, str, str, str, str]] = []
+
+    # call overhead of a cached kernel, and PyTorch's for the same work
+    a, b, c = (torch.rand(1, device="cuda") for _ in range(3))
+    ours = call_overhead(lambda: zoo.saxpy(2.0, a, b, c))
+    theirs = call_overhead(lambda: torch.add(b, a, alpha=2.0, out=c))
+    rows.append(("call overhead (saxpy n=1)", "1", f"{ours:.1f} µs", f"{theirs:.1f} µs", f"{theirs / ours:.2f}"))
+
+    # bandwidth: device-to-device copy as the ceiling
+    n = 1 << 26  # 256 MiB of f32
+    x, y = torch.rand(n, device="cuda"), torch.rand(n, device="cuda")
+    out = torch.empty_like(x)
+    copy_ms = time_gpu(lambda: out.copy_(x))
+    copy_gbs = 2 * 4 * n / copy_ms / 1e6
+    rows.append(("copy (torch, the ceiling)", f"{n}", f"{copy_gbs:.0f} GB/s", "", ""))
+
+    def bandwidth_row(name, shape, nbytes, ours_fn, theirs_fn):
+        t_ours, t_theirs = time_gpu(ours_fn), time_gpu(theirs_fn)
+        gbs = nbytes / t_ours / 1e6
+        rows.append(
+            (
+                name,
+                shape,
+                f"{t_ours:.3f} ms ({gbs:.0f} GB/s, {100 * gbs / copy_gbs:.0f}% of copy)",
+                f"{t_theirs:.3f} ms",
+                f"{t_theirs / t_ours:.2f}",
+            )
+        )
+
+    bandwidth_row(
+        "saxpy",
+        f"{n}",
+        3 * 4 * n,
+        lambda: zoo.saxpy(2.0, x, y, out),
+        lambda: torch.add(y, x, alpha=2.0, out=out),
+    )
+    m, k = 16384, 4096
+    X = torch.randn(m, k, device="cuda")
+    Y = torch.empty_like(X)
+    w, bias = torch.rand(k, device="cuda"), torch.rand(k, device="cuda")
+    nbytes = 2 * 4 * m * k
+    shape = f"{m}×{k}"
+    bandwidth_row("softmax", shape, nbytes, lambda: softmax_rows(X, Y), lambda: torch.softmax(X, -1, out=Y))
+    bandwidth_row(
+        "rmsnorm", shape, nbytes, lambda: rmsnorm_rows(X, w, 1e-5, Y), lambda: F.rms_norm(X, (k,), w, 1e-5)
+    )
+    bandwidth_row(
+        "layernorm",
+        shape,
+        nbytes,
+        lambda: layernorm_rows(X, w, bias, 1e-5, Y),
+        lambda: F.layer_norm(X, (k,), w, bias, 1e-5),
+    )
+    # matmul f32 under the default GPU schedule (no tiling yet) against cuBLAS without TF32
+    N = 2048
+    A, B, C = (torch.randn(N, N, device="cuda") for _ in range(3))
+    t_ours, t_theirs = time_gpu(lambda: zoo.matmul(A, B, C), reps=5), time_gpu(lambda: torch.matmul(A, B, out=C), reps=5)
+    rows.append(
+        (
+            "matmul f32 (default schedule)",
+            f"{N}³",
+            f"{t_ours:.2f} ms ({2 * N**3 / t_ours / 1e9:.1f} TFLOP/s)",
+            f"{t_theirs:.2f} ms",
+            f"{t_theirs / t_ours:.2f}",
+        )
+    )
+    return rows
+
+
+def main() -> int:
+    OUT.mkdir(parents=True, exist_ok=True)
+    from kdsl.targets.cuda import driver
+
+    reason = driver.unavailable_reason()
+    if reason is not None:
+        print(f"no GPU check: {reason}")
+        return 0
+    import torch
+
+    name = driver.device_name()
+    header = f"GPU: {name} ({driver.device_arch()}), PyTorch {torch.__version__}, {datetime.date.today()}"
+    tests = run_tests()
+    rows = benchmarks()
+    lines = [
+        "# kdsl on the GPU",
+        "",
+        header,
+        "",
+        f"Tests (`pytest tests/targets/cuda`): {tests}",
+        "",
+        "| kernel | size | kdsl | PyTorch | PyTorch time / kdsl time |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    lines += [f"| {' | '.join(r)} |" for r in rows]
+    text = "\n".join(lines) + "\n"
+    (OUT / "RESULTS-gpu.md").write_text(text)
+    print(text)
+    return 0 if tests.startswith("PASS") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

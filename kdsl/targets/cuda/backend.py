@@ -1,0 +1,62 @@
+"""The CUDA target's compiler entry: scheduled IR → launch plan → PTX, kept in the
+object store (keyed by the scheduled IR's hash and the GPU architecture) so a new
+process skips LLVM. Loading PTX onto a device is the driver's job (driver.py)."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, replace
+
+from kdsl.config import CONFIG
+from kdsl.ir.hashing import structural_hash
+from kdsl.ir.nodes import Kernel
+from kdsl.targets.cpu.backend import expand
+from kdsl.targets.cpu.codegen import ErrorSites
+from kdsl.targets.cpu.objects import STORE, ObjectStore, object_key
+from kdsl.targets.cuda import ptx as nvptx
+from kdsl.targets.cuda.codegen import EntryParams, generate
+from kdsl.targets.cuda.plan import Plan, plan
+
+
+@dataclass(frozen=True)
+class PtxCode:
+    """A compiled GPU kernel: PTX text with one entry per launch, and how to call it."""
+
+    ptx: str
+    symbol: str  # entry n is f"{symbol}_{n}"
+    sm: str
+    plan: Plan
+    params: EntryParams
+    sites: ErrorSites
+    from_cache: bool = False
+
+    @functools.cached_property
+    def resources(self) -> str:
+        """ptxas' report: registers, shared memory and spills of each entry."""
+        return nvptx.assemble(self.ptx, self.sm)
+
+
+def build_ptx(scheduled: Kernel, key: str, sm: str, checks: bool, strict_fp: bool) -> PtxCode:
+    final = expand(scheduled, strict_fp)
+    launches = plan(final)
+    symbol = f"kdsl_{scheduled.name}_{key[:12]}".replace(".", "_")
+    module, sites, params = generate(final, launches, symbol, checks, strict_fp)
+    return PtxCode(nvptx.compile_ptx(module, sm), symbol, sm, launches, params, sites)
+
+
+def compile_ptx_kernel(
+    scheduled: Kernel,
+    checks: bool = False,
+    strict_fp: bool = False,
+    sm: str | None = None,
+    store: ObjectStore = STORE,
+) -> PtxCode:
+    """PTX for scheduled IR, from the object store when it was built before."""
+    sm = sm or nvptx.arch()
+    key = object_key("cuda", structural_hash(scheduled), checks, strict_fp, sm)
+    code = None if CONFIG.dump else store.load(key)
+    if isinstance(code, PtxCode):
+        return replace(code, from_cache=True)
+    code = build_ptx(scheduled, key, sm, checks, strict_fp)
+    store.save(key, code)
+    return code

@@ -1,0 +1,514 @@
+"""Expanded IR → an LLVM module for the NVPTX back end: one entry function per launch.
+
+Every entry takes the same parameters, so the host builds them once per call:
+
+    void kdsl_<name>_<launch>(ptr data, i64 dim…, [i64 stride…] for each array
+                              (parameters, results, then host-allocated temporaries),
+                              double|i64 scalar…, ptr scratch, ptr errors)
+
+Strides (in bytes) are passed only for parameters that may be non-contiguous. The code
+is the CPU target's statement by statement (the same operators and semantics, shared
+through `_Codegen`); what differs is here: loops bound to GPU axes, reductions across
+the threads of a block (warp shuffles, then shared memory), barriers, where
+temporaries live, stores outside thread-bound loops made by one thread, and errors
+recorded in a device word instead of returned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from llvmlite import ir
+
+from kdsl import types as T
+from kdsl.errors import CompileError
+from kdsl.ir.layout import constant_nbytes
+from kdsl.ir.nodes import (
+    Allocate,
+    Assign,
+    Binary,
+    BinaryOp,
+    Buffer,
+    BufferRole,
+    Fma,
+    If,
+    Kernel,
+    LocalVar,
+    Loop,
+    LoopExec,
+    LoopKind,
+    Stmt,
+    Store,
+    UnaryOp,
+)
+from kdsl.ir.visit import walk_stmts
+from kdsl.schedule.tree import outer_updates
+from kdsl.targets.cpu import vmath
+from kdsl.targets.cpu.codegen import ErrorSites, _Codegen
+from kdsl.targets.cpu.ops import I1, I8, I32, I64, PTR, Ops, llvm_type
+from kdsl.targets.cpu.state import ArrayInfo, ErrorKind
+from kdsl.targets.cuda.plan import BLOCK_AXES, THREAD_AXES, WARP, Launch, Plan, scratch_bytes
+
+SHARED = ir.PointerType(addrspace=3)
+_AXIS = "xyz"
+
+
+@dataclass(frozen=True)
+class EntryParams:
+    """The parameter list every entry of one kernel shares."""
+
+    arrays: tuple[tuple[str, bool], ...]  # (buffer, its strides are passed)
+    scalars: tuple[str, ...]
+
+    @classmethod
+    def of(cls, kernel: Kernel, host_temps: tuple[str, ...]) -> EntryParams:
+        buffers = {b.name: b for b in kernel.buffers}
+        names = [p.name for p in kernel.params if p.is_array] + list(kernel.results)
+        names += list(host_temps)
+        arrays = tuple((n, _strided(buffers[n])) for n in names)
+        return cls(arrays, tuple(p.name for p in kernel.params if not p.is_array))
+
+
+def _strided(buf: Buffer) -> bool:
+    return buf.role is BufferRole.PARAM and not buf.contiguous
+
+
+class GpuOps(Ops):
+    """Operators for the GPU: the transcendental functions come from kdsl's own
+    polynomials (vmath.py, the CPU's vector code) on one-lane vectors, since there is no
+    C library on the device and a CUDA toolkit's libdevice may not be installed."""
+
+    def unary(self, op: UnaryOp, a: ir.Value, d: T.DType) -> ir.Value:
+        if op in vmath.FUNCTIONS and not isinstance(a.type, ir.VectorType):
+            if op in (UnaryOp.TANH, UnaryOp.ERF) and d == T.f64:
+                raise CompileError(
+                    f"{op.value} of f64 is not available on the CUDA target",
+                    fix=f"compute {op.value} in f32 (cast the operand)",
+                )
+            lane = ir.Constant(I32, 0)
+            vec = self.b.insert_element(ir.Constant(ir.VectorType(a.type, 1), None), a, lane)
+            return self.b.extract_element(vmath.FUNCTIONS[op](self, vec), lane)
+        return super().unary(op, a, d)
+
+    def binary(
+        self, op: BinaryOp, a: ir.Value, c: ir.Value, d: T.DType, reassociate: bool = False
+    ) -> ir.Value:
+        if op is BinaryOp.POW and d.is_float:
+            return self._pow(a, c, d)
+        return super().binary(op, a, c, d, reassociate)
+
+    def _pow(self, a: ir.Value, c: ir.Value, d: T.DType) -> ir.Value:
+        """x**y as exp(y·log|x|), negated for a negative x and an odd integer y; NaN for a
+        negative x and a non-integer y; 1 for y = 0."""
+        b, t = self.b, a.type
+        zero, one = ir.Constant(t, 0.0), ir.Constant(t, 1.0)
+        mag = self.unary(UnaryOp.EXP, b.fmul(c, self.unary(UnaryOp.LOG, self._fabs(a), d)), d)
+        whole = b.fcmp_ordered("==", self.intrinsic(f"llvm.floor.{self.suffix(t)}", t, [c]), c)
+        half = b.fmul(c, ir.Constant(t, 0.5))
+        odd = b.and_(
+            whole,
+            b.fcmp_ordered("!=", self.intrinsic(f"llvm.floor.{self.suffix(t)}", t, [half]), half),
+        )
+        negative = b.fcmp_ordered("<", a, zero)
+        signed = b.select(b.and_(negative, odd), b.fneg(mag), mag)
+        result = b.select(b.and_(negative, b.not_(whole)), ir.Constant(t, float("nan")), signed)
+        return b.select(b.fcmp_ordered("==", c, zero), one, result)
+
+    def _fabs(self, a: ir.Value) -> ir.Value:
+        return self.intrinsic(f"llvm.fabs.{self.suffix(a.type)}", a.type, [a])
+
+    def libm(self, name32: str, x: ir.Value) -> ir.Value:
+        raise CompileError(
+            f"{name32.rstrip('f')} of this type has no GPU implementation in kdsl",
+            fix="compute it in f32",
+        )
+
+
+_IDENTITY = {BinaryOp.ADD: 0, BinaryOp.MUL: 1}
+
+
+class GpuCodegen(_Codegen):
+    """Emits one launch's entry function."""
+
+    def __init__(
+        self,
+        kernel: Kernel,
+        launch: Launch,
+        params: EntryParams,
+        module: ir.Module,
+        symbol: str,
+        checks: bool,
+        strict_fp: bool,
+        sites: ErrorSites,
+    ) -> None:
+        buffers = {b.name: b for b in kernel.buffers}
+        types: list[ir.Type] = []
+        for name, strided in params.arrays:
+            types += [PTR] + [I64] * (buffers[name].ndim * (2 if strided else 1))
+        scalars = [next(p for p in kernel.params if p.name == n) for n in params.scalars]
+        types += [ir.DoubleType() if p.dtype.is_float else I64 for p in scalars]
+        types += [PTR, PTR]  # scratch, errors
+        fn = ir.Function(module, ir.FunctionType(ir.VoidType(), types), name=symbol)
+        fn.calling_convention = "ptx_kernel"
+        super().__init__(kernel, fn, checks, strict_fp, sites)
+        self.ops = GpuOps(self.b)
+        self.launch = launch
+        self.thread_depth = 0  # thread-bound loops around the statement being emitted
+        self.divergent = 0  # ifs around it (their threads may disagree)
+        self.temps = {t.buffer: t for t in launch.temps}
+        self.shared_count = 0
+        self._bind_gpu_args(params, buffers, scalars)
+
+    # -------------------------------------------------------------- arguments
+
+    def _bind_gpu_args(
+        self, params: EntryParams, buffers: dict[str, Buffer], scalars: list
+    ) -> None:  # type: ignore[type-arg]
+        args = iter(self.fn.args)
+        for name, strided in params.arrays:
+            buf = buffers[name]
+            data = next(args)
+            data.name = name
+            dims = [next(args) for _ in range(buf.ndim)]
+            if strided:
+                strides = [next(args) for _ in range(buf.ndim)]
+            else:
+                strides = self._contiguous_strides(dims, buf.dtype)
+            self.state.arrays[name] = ArrayInfo(data, dims, strides)
+        for p in scalars:
+            arg = next(args)
+            arg.name = p.name
+            src = T.f64 if p.dtype.is_float else T.i64
+            self.state.scalars[p.name] = self.ops.cast(arg, src, p.dtype)
+        self.scratch, self.errors = next(args), next(args)
+        self.scratch.name, self.errors.name = "scratch", "errors"
+
+    # ----------------------------------------------------------- the hardware
+
+    def sreg(self, name: str, axis: int) -> ir.Value:
+        value = self.ops.intrinsic(f"llvm.nvvm.read.ptx.sreg.{name}.{_AXIS[axis]}", I32, [])
+        return self.b.zext(value, I64)
+
+    def barrier(self) -> None:
+        self.ops.intrinsic("llvm.nvvm.barrier0", ir.VoidType(), [])
+
+    def thread_linear(self) -> ir.Value:
+        b = self.b
+        bx, by, _ = self.launch.block
+        x, y, z = (self.sreg("tid", a) for a in range(3))
+        return b.add(x, b.mul(ir.Constant(I64, bx), b.add(y, b.mul(ir.Constant(I64, by), z))))
+
+    def block_linear(self) -> ir.Value:
+        b = self.b
+        x, y, z = (self.sreg("ctaid", a) for a in range(3))
+        nx, ny = self.sreg("nctaid", 0), self.sreg("nctaid", 1)
+        return b.add(x, b.mul(nx, b.add(y, b.mul(ny, z))))
+
+    def block_count(self) -> ir.Value:
+        b = self.b
+        return b.mul(self.sreg("nctaid", 0), b.mul(self.sreg("nctaid", 1), self.sreg("nctaid", 2)))
+
+    # ------------------------------------------------------------------ errors
+
+    def _fail_unless(self, ok: ir.Value, kind: ErrorKind, index: int) -> None:
+        """Record the first error in the device's error word and end this thread."""
+        fail = self.fn.append_basic_block(f"fail_{kind.name.lower()}")
+        cont = self.fn.append_basic_block("ok")
+        self.b.cbranch(ok, cont, fail)
+        self.b.position_at_end(fail)
+        code = ir.Constant(I64, int(kind) << 32 | index)
+        self.b.cmpxchg(self.errors, ir.Constant(I64, 0), code, "monotonic", "monotonic")
+        self.b.branch(self.cleanup)
+        self.b.position_at_end(cont)
+
+    def finish(self) -> None:
+        self.b.branch(self.cleanup)
+        self.b.position_at_end(self.cleanup)
+        self.b.ret_void()
+
+    # -------------------------------------------------------------- statements
+
+    def block(self, body: tuple[Stmt, ...]) -> None:
+        """The statements, with a barrier after each that writes memory when another
+        statement follows it (in this body, or in the next trip of its loop)."""
+        needs = [self._needs_barrier(s) for s in body]
+        looped = body is not self.launch.body and sum(needs) > 1
+        for n, s in enumerate(body):
+            self.stmt(s, [])
+            if needs[n] and (n < len(body) - 1 or looped):
+                self.barrier()
+
+    def _needs_barrier(self, s: Stmt) -> bool:
+        """After a statement that writes memory (or runs threads), before others of the
+        block read it: only where all the block's threads arrive together."""
+        if self.launch.threads == 1 or self.thread_depth or self.divergent:
+            return False
+        return any(
+            isinstance(x, Store) or (isinstance(x, Loop) and x.exec in THREAD_AXES)
+            for x in walk_stmts((s,))
+        )
+
+    def stmt(self, s: Stmt, heap: list[ir.Value]) -> None:
+        match s:
+            case Loop(exec=e) if e in BLOCK_AXES or e in THREAD_AXES:
+                self.memo = {}
+                self.bound_loop(s)
+            case Loop(exec=LoopExec.PARALLEL | LoopExec.VECTORIZED):
+                super().stmt(replace(s, exec=LoopExec.SERIAL), heap)
+            case Store() if self.launch.threads > 1 and not self.thread_depth:
+                with self.b.if_then(self._first_thread()):  # one thread stores for all
+                    super().stmt(s, heap)
+            case If():
+                self.divergent += 1
+                super().stmt(s, heap)
+                self.divergent -= 1
+            case Allocate(buffer=name):
+                self.allocate_gpu(self.buffers[name])
+            case _:
+                super().stmt(s, heap)
+
+    def _first_thread(self) -> ir.Value:
+        ok: ir.Value = ir.Constant(I1, 1)
+        for axis, n in enumerate(self.launch.block):
+            if n > 1:
+                zero = self.b.icmp_unsigned("==", self.sreg("tid", axis), ir.Constant(I64, 0))
+                ok = self.b.and_(ok, zero)
+        return ok
+
+    def bound_loop(self, loop: Loop) -> None:
+        """for v = index; v < extent; v += size of the axis."""
+        thread = loop.exec in THREAD_AXES
+        axis = (THREAD_AXES if thread else BLOCK_AXES)[loop.exec]
+        hw = ("tid", "ntid") if thread else ("ctaid", "nctaid")
+        combines = self._combines(loop) if thread else []
+        saved = []
+        for name, op, dtype in combines:  # each thread starts its part from the identity
+            slot = self.state.locals[name]
+            saved.append(self.b.load(slot, typ=llvm_type(dtype)))
+            self.b.store(self._identity(op, dtype), slot)
+        reduction = loop.kind is LoopKind.REDUCTION
+        self.reduction_depth += reduction
+        self.thread_depth += thread
+        start, step = self.sreg(hw[0], axis), self.sreg(hw[1], axis)
+        self.strided_loop(loop.var, start, self.expr(loop.extent), step, loop.body)
+        self.thread_depth -= thread
+        self.reduction_depth -= reduction
+        for (name, op, dtype), init in zip(combines, saved):
+            slot = self.state.locals[name]
+            total = self.block_reduce(self.b.load(slot, typ=llvm_type(dtype)), op, dtype, axis)
+            self.b.store(self.ops.binary(op, init, total, dtype), slot)
+
+    def strided_loop(
+        self, var: str, start: ir.Value, stop: ir.Value, step: ir.Value, body: tuple[Stmt, ...]
+    ) -> None:
+        b = self.b
+        slot = self._entry_alloca(I64, var)
+        self.state.loops[var] = slot
+        b.store(start, slot)
+        cond = self.fn.append_basic_block(f"{var}.cond")
+        inner = self.fn.append_basic_block(f"{var}.body")
+        done = self.fn.append_basic_block(f"{var}.end")
+        b.branch(cond)
+        b.position_at_end(cond)
+        b.cbranch(b.icmp_signed("<", b.load(slot, typ=I64), stop), inner, done)
+        b.position_at_end(inner)
+        self.block(body)
+        b.store(b.add(b.load(slot, typ=I64), step), slot)
+        b.branch(cond)
+        b.position_at_end(done)
+
+    # -------------------------------------------------------------- reductions
+
+    def _combines(self, loop: Loop) -> list[tuple[str, BinaryOp, T.DType]]:
+        """The outer locals a thread-bound loop accumulates into, with their operators:
+        after the loop, each is combined across the threads."""
+        updates = outer_updates(loop)
+        if not updates:
+            return []
+        first = updates[0]
+        if loop.kind is not LoopKind.REDUCTION:
+            raise self._refuse(
+                loop,
+                f"loop '{loop.var}' is bound to {loop.exec.value} but updates the local "
+                f"'{first.local}' declared outside it",
+                "bind a loop that contains the local's declaration",
+            )
+        if self.thread_depth or self.divergent:
+            raise self._refuse(
+                loop,
+                f"the reduction over '{loop.var}' is combined across threads, which needs "
+                "every thread of the block, but it is inside another thread-bound loop or an if",
+                "bind the reduction loop at the block's level",
+            )
+        if loop.exec is not LoopExec.GPU_THREAD_X and self.launch.block[0] > 1:
+            raise self._refuse(
+                loop,
+                f"the reduction over '{loop.var}' is bound to {loop.exec.value}",
+                "bind reductions to thread.x",
+            )
+        found: dict[str, tuple[str, BinaryOp, T.DType]] = {}
+        for a in updates:
+            op = _accumulation(a)
+            known = found.get(a.local)
+            if op is None or (known is not None and known[1] is not op):
+                raise self._refuse(
+                    loop,
+                    f"the local '{a.local}' is updated in loop '{loop.var}' in a way threads "
+                    "can't combine (only acc = acc + x, * x, max or min can be)",
+                    "make the loop a plain reduction, or leave it unbound",
+                )
+            found[a.local] = (a.local, op, a.value.dtype)
+        return list(found.values())
+
+    def _refuse(self, loop: Loop, what: str, fix: str) -> CompileError:
+        return CompileError(what, kernel=self.kernel.name, loc=loop.loc, fix=fix)
+
+    def _identity(self, op: BinaryOp, d: T.DType) -> ir.Value:
+        t = llvm_type(d)
+        if op in _IDENTITY:
+            value = _IDENTITY[op]
+            return ir.Constant(t, float(value) if d.is_float else value)
+        if d.is_float and d != T.bf16:
+            return ir.Constant(t, float("-inf") if op is BinaryOp.MAX else float("inf"))
+        if d == T.bf16:
+            return ir.Constant(t, 0xFF80 if op is BinaryOp.MAX else 0x7F80)
+        if d.is_bool:
+            return ir.Constant(t, 0 if op is BinaryOp.MAX else 1)
+        lo, hi = (-(1 << (d.bits - 1)), (1 << (d.bits - 1)) - 1) if d.is_signed else (0, -1)
+        return ir.Constant(t, lo if op is BinaryOp.MAX else hi)
+
+    def block_reduce(self, v: ir.Value, op: BinaryOp, d: T.DType, axis: int) -> ir.Value:
+        """`v` combined over the threads of axis x that share the other thread indices;
+        every one of them gets the result."""
+        n = self.launch.block[axis]
+        if n == 1:
+            return v
+        for offset in (16, 8, 4, 2, 1):
+            if offset < n:
+                v = self.ops.binary(op, v, self._shuffle(v, offset), d)
+        warps = -(-n // WARP)
+        if warps == 1:
+            return v
+        b = self.b
+        t = v.type
+        table = self._shared_array(
+            ir.ArrayType(t, warps * self.launch.block[1] * self.launch.block[2])
+        )
+        tx = self.sreg("tid", 0)
+        group = b.add(
+            self.sreg("tid", 1), b.mul(ir.Constant(I64, self.launch.block[1]), self.sreg("tid", 2))
+        )
+        base = b.mul(group, ir.Constant(I64, warps))
+        self.barrier()  # earlier readers of the table are done
+        lane0 = b.icmp_unsigned("==", b.urem(tx, ir.Constant(I64, WARP)), ir.Constant(I64, 0))
+        with b.if_then(lane0):
+            slot = b.gep(table, [b.add(base, b.udiv(tx, ir.Constant(I64, WARP)))], source_etype=t)
+            b.store(v, slot)
+        self.barrier()
+        total = b.load(b.gep(table, [base], source_etype=t), typ=t)
+        for k in range(1, warps):
+            index = b.add(base, ir.Constant(I64, k))
+            total = self.ops.binary(
+                op, total, b.load(b.gep(table, [index], source_etype=t), typ=t), d
+            )
+        return total
+
+    def _shuffle(self, v: ir.Value, offset: int) -> ir.Value:
+        """The value of lane (this lane xor offset), through 32-bit shuffles."""
+        b, t = self.b, v.type
+        bits = (
+            1
+            if t == I1
+            else (
+                t.width
+                if isinstance(t, ir.IntType)
+                else {"half": 16, "float": 32, "double": 64}[str(t)]
+            )
+        )
+        if bits == 64:
+            halves = b.bitcast(v, ir.VectorType(I32, 2))
+            out: ir.Value = ir.Constant(ir.VectorType(I32, 2), None)
+            for k in range(2):
+                lane = ir.Constant(I32, k)
+                part = self._shuffle32(b.extract_element(halves, lane), offset)
+                out = b.insert_element(out, part, lane)
+            return b.bitcast(out, t)
+        as_int = b.bitcast(v, ir.IntType(bits)) if not isinstance(t, ir.IntType) else v
+        wide = b.zext(as_int, I32) if bits < 32 else as_int
+        got = self._shuffle32(wide, offset)
+        narrow = b.trunc(got, ir.IntType(bits)) if bits < 32 else got
+        return b.bitcast(narrow, t) if not isinstance(t, ir.IntType) else narrow
+
+    def _shuffle32(self, v: ir.Value, offset: int) -> ir.Value:
+        args = [ir.Constant(I32, -1), v, ir.Constant(I32, offset), ir.Constant(I32, WARP - 1)]
+        return self.ops.intrinsic("llvm.nvvm.shfl.sync.bfly.i32", I32, args)
+
+    # -------------------------------------------------------------- temporaries
+
+    def _shared_array(self, ty: ir.Type) -> ir.Value:
+        """A block's shared memory of type `ty`, as a generic pointer."""
+        self.shared_count += 1
+        g = ir.GlobalVariable(
+            self.fn.module, ty, f"{self.fn.name}.shared{self.shared_count}", addrspace=3
+        )
+        g.linkage = "internal"
+        g.align = 16
+        return self.b.addrspacecast(g, PTR)
+
+    def allocate_gpu(self, buf: Buffer) -> None:
+        temp = self.temps[buf.name]
+        dims = [self.expr(d) for d in buf.shape]
+        strides = self._contiguous_strides(dims, buf.dtype)
+        size = constant_nbytes(buf.shape, buf.dtype.itemsize)
+        if temp.place == "local":
+            data = self._entry_alloca(ir.ArrayType(I8, max(1, size or 0)), buf.name)
+            data.align = 16
+        elif temp.place == "shared":
+            data = self._shared_array(ir.ArrayType(I8, max(1, size or 0)))
+        else:
+            data = self._scratch_slice(temp.buffer, temp.place)
+        self.state.arrays[buf.name] = ArrayInfo(data, dims, strides)
+
+    def _scratch_slice(self, name: str, place: str) -> ir.Value:
+        """This block's (or thread's) slice of the scratch buffer for temporary `name`:
+        all blocks' slices first, then all threads'."""
+        b = self.b
+        per_block = self.expr(scratch_bytes(self.launch.scratch("block-scratch")))
+        mine = self.launch.scratch(place)
+        before = mine[: [t.buffer for t in mine].index(name)]
+        offset = self.expr(scratch_bytes(before))
+        if place == "block-scratch":
+            start = b.mul(self.block_linear(), per_block)
+        else:
+            per_thread = self.expr(scratch_bytes(mine))
+            threads = ir.Constant(I64, self.launch.threads)
+            me = b.add(b.mul(self.block_linear(), threads), self.thread_linear())
+            start = b.add(b.mul(self.block_count(), per_block), b.mul(me, per_thread))
+        return b.gep(self.scratch, [b.add(start, offset)], source_etype=I8)
+
+
+def _accumulation(a: Assign) -> BinaryOp | None:
+    """The operator of `acc = acc op x` (or an fma into acc), else None."""
+    v, me = a.value, LocalVar(a.local, a.value.dtype)
+    if isinstance(v, Fma) and v.c == me:
+        return BinaryOp.ADD
+    if isinstance(v, Binary) and v.op in (BinaryOp.ADD, BinaryOp.MUL, BinaryOp.MAX, BinaryOp.MIN):
+        if v.lhs == me or v.rhs == me:
+            return v.op
+    return None
+
+
+def generate(
+    kernel: Kernel, plan: Plan, symbol: str, checks: bool = False, strict_fp: bool = False
+) -> tuple[ir.Module, ErrorSites, EntryParams]:
+    """An LLVM module for NVPTX with one entry per launch, named `symbol_<n>`."""
+    module = ir.Module(name=kernel.name)
+    module.triple = "nvptx64-nvidia-cuda"
+    params = EntryParams.of(kernel, plan.host_temps)
+    sites = ErrorSites()
+    for launch in plan.launches:
+        gen = GpuCodegen(
+            kernel, launch, params, module, f"{symbol}_{launch.index}", checks, strict_fp, sites
+        )
+        gen.run(launch.body)
+    return module, sites, params

@@ -1,0 +1,259 @@
+"""Scheduled IR → GPU launches: which statements each launch runs, its grid and block,
+and what the host does around them (shape checks, allocating top-level temporaries).
+
+A loop bound to a GPU axis runs its iterations spread over that axis: iteration `v` on
+the block (or thread) whose index is `v` modulo the axis' size, so any extent is right
+— one guarded iteration per index when the extent fits, a strided loop when it does
+not. Block-bound loops must enclose everything else of their launch (blocks can't wait
+for one another), so each top-level nest holding one is a launch of its own, and the
+statements between such nests run in single-block launches, in order on one stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kdsl.errors import CompileError
+from kdsl.ir.layout import constant_nbytes
+from kdsl.ir.nodes import (
+    Allocate,
+    Binary,
+    BinaryOp,
+    Cast,
+    Check,
+    Const,
+    DeclareLocal,
+    DimOf,
+    Expr,
+    If,
+    Kernel,
+    LocalVar,
+    Loop,
+    LoopExec,
+    LoopKind,
+    ScalarArg,
+    Select,
+    Stmt,
+    Unary,
+)
+from kdsl.ir.passes.expand import constant_bound
+from kdsl.ir.visit import walk_all_exprs, walk_expr, walk_stmts
+from kdsl.types import INDEX
+
+BLOCK_AXES = {LoopExec.GPU_BLOCK_X: 0, LoopExec.GPU_BLOCK_Y: 1, LoopExec.GPU_BLOCK_Z: 2}
+THREAD_AXES = {LoopExec.GPU_THREAD_X: 0, LoopExec.GPU_THREAD_Y: 1, LoopExec.GPU_THREAD_Z: 2}
+DEFAULT_THREADS = (256, 4, 1)  # a thread axis whose loop extent is not a constant
+MAX_THREADS = 1024
+MAX_GRID = (2**31 - 1, 65535, 65535)  # larger extents loop over the grid
+WARP = 32
+
+
+SHARED_BYTES = 48 * 1024  # static shared memory a block may have without opting in
+LOCAL_BYTES = 4 * 1024  # a per-thread temporary larger than this goes to scratch
+
+
+@dataclass(frozen=True)
+class Temp:
+    """Where a temporary allocated inside a launch lives: 'local' (each thread's own),
+    'shared' (the block's), or a slice of the global scratch buffer per block or per
+    thread (dynamic sizes, or too large for the others)."""
+
+    buffer: str
+    place: str  # local | shared | block-scratch | thread-scratch
+    nbytes: Expr  # its size (a constant unless in scratch)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch: its statements, the extents that size its grid (None: 1), its
+    block shape (threads per axis; a constant of the compiled code) and temporaries."""
+
+    index: int
+    body: tuple[Stmt, ...]
+    grid: tuple[Expr | None, Expr | None, Expr | None]
+    block: tuple[int, int, int]
+    temps: tuple[Temp, ...] = ()
+
+    def scratch(self, place: str) -> tuple[Temp, ...]:
+        return tuple(t for t in self.temps if t.place == place)
+
+    @property
+    def threads(self) -> int:
+        return self.block[0] * self.block[1] * self.block[2]
+
+
+@dataclass(frozen=True)
+class Plan:
+    launches: tuple[Launch, ...]
+    host_checks: tuple[Check, ...]  # evaluated from shapes and scalars before launching
+    host_temps: tuple[str, ...]  # top-level temporaries: allocated by the host
+
+
+def _host_evaluable(e: Expr) -> bool:
+    """Made of shapes, scalars and constants only: the host can compute it."""
+    return all(
+        isinstance(x, Const | DimOf | ScalarArg | Binary | Unary | Cast | Select)
+        for x in walk_expr(e)
+    )
+
+
+def _refuse(kernel: Kernel, what: str, fix: str, loop: Loop | None = None) -> CompileError:
+    return CompileError(what, kernel=kernel.name, loc=loop.loc if loop else None, fix=fix)
+
+
+def plan(kernel: Kernel) -> Plan:
+    """Split the kernel's top-level statements into launches (see the module docstring)."""
+    checks: list[Check] = []
+    temps: list[str] = []
+    groups: list[list[Stmt]] = [[]]
+    for s in kernel.body:
+        if isinstance(s, Check) and _host_evaluable(s.cond):
+            checks.append(s)
+        elif isinstance(s, Allocate):
+            temps.append(s.buffer)
+        elif isinstance(s, Loop) and _binds_blocks(s):
+            groups += [[s], []]
+        else:
+            groups[-1].append(s)
+    bodies = [tuple(g) for g in groups if g]
+    _check_locals(kernel, bodies)
+    launches = tuple(_launch(kernel, n, body) for n, body in enumerate(bodies))
+    return Plan(launches, tuple(checks), tuple(temps))
+
+
+def _binds_blocks(s: Stmt) -> bool:
+    return any(isinstance(x, Loop) and x.exec in BLOCK_AXES for x in walk_stmts((s,)))
+
+
+def _check_locals(kernel: Kernel, bodies: list[tuple[Stmt, ...]]) -> None:
+    """A top-level local lives in one launch's registers: no other launch can read it."""
+    for n, body in enumerate(bodies):
+        declared = {s.name for s in body if isinstance(s, DeclareLocal)}
+        for m, other in enumerate(bodies):
+            if m == n:
+                continue
+            used = {e.name for e in walk_all_exprs(other) if isinstance(e, LocalVar)}
+            for name in sorted(declared & used):
+                raise _refuse(
+                    kernel,
+                    f"the local '{name}' is set in one GPU launch and read in another "
+                    "(a loop bound to GPU blocks separates them)",
+                    "compute it inside the block-bound loop that uses it, or keep it in a "
+                    "one-element array",
+                )
+
+
+def _launch(kernel: Kernel, index: int, body: tuple[Stmt, ...]) -> Launch:
+    grid: list[Expr | None] = [None, None, None]
+    block = [1, 1, 1]
+    reduces = False
+    _check_nesting(kernel, body, outside_blocks=True)
+    for loop in (s for s in walk_stmts(body) if isinstance(s, Loop)):
+        if loop.exec in BLOCK_AXES:
+            axis = BLOCK_AXES[loop.exec]
+            if not _host_evaluable(loop.extent):
+                raise _refuse(
+                    kernel,
+                    f"loop '{loop.var}' is bound to {loop.exec.value}, but its extent "
+                    "depends on other loops, so the grid can't be sized before launching",
+                    "bind loops whose extents come from shapes and scalars to blocks",
+                    loop,
+                )
+            old = grid[axis]
+            grid[axis] = (
+                loop.extent if old is None else Binary(BinaryOp.MAX, old, loop.extent, INDEX)
+            )
+        elif loop.exec in THREAD_AXES:
+            axis = THREAD_AXES[loop.exec]
+            bound = constant_bound(loop.extent)
+            want = bound if bound is not None else DEFAULT_THREADS[axis]
+            block[axis] = max(block[axis], max(1, want))
+            reduces |= loop.kind is LoopKind.REDUCTION
+    if reduces and block[0] > 1 and block[0] % WARP:
+        block[0] += WARP - block[0] % WARP  # whole warps: extra threads run no iterations
+    if block[0] * block[1] * block[2] > MAX_THREADS:
+        raise _refuse(
+            kernel,
+            f"launch {index} needs {block[0]}×{block[1]}×{block[2]} threads per block, "
+            f"more than the GPU's {MAX_THREADS}",
+            "split the loops bound to threads by smaller factors",
+        )
+    threads = block[0] * block[1] * block[2]
+    temps = tuple(_temps(kernel, body, threads))
+    return Launch(index, body, (grid[0], grid[1], grid[2]), (block[0], block[1], block[2]), temps)
+
+
+def _temps(kernel: Kernel, body: tuple[Stmt, ...], threads: int) -> list[Temp]:
+    """Place each temporary: one allocated inside a thread-bound loop (or in a launch of
+    one thread per block) is the thread's own; one allocated outside them is shared by
+    the block's threads."""
+    out: list[Temp] = []
+    shared = 0
+
+    def visit(stmts: tuple[Stmt, ...], per_thread: bool) -> None:
+        nonlocal shared
+        for s in stmts:
+            if isinstance(s, Allocate):
+                buf = kernel.buffer(s.buffer)
+                size = constant_nbytes(buf.shape, buf.dtype.itemsize)
+                nbytes = _nbytes(buf.shape, buf.dtype.itemsize)
+                if per_thread or threads == 1:
+                    fits = size is not None and size <= LOCAL_BYTES
+                    out.append(Temp(buf.name, "local" if fits else "thread-scratch", nbytes))
+                elif size is not None and shared + _align(size) <= SHARED_BYTES:
+                    shared += _align(size)
+                    out.append(Temp(buf.name, "shared", nbytes))
+                else:
+                    out.append(Temp(buf.name, "block-scratch", nbytes))
+            elif isinstance(s, Loop):
+                visit(s.body, per_thread or s.exec in THREAD_AXES)
+            elif isinstance(s, If):
+                visit(s.then, per_thread)
+
+    visit(body, False)
+    return out
+
+
+def _align(n: int) -> int:
+    return -(-n // 16) * 16
+
+
+def _nbytes(shape: tuple[Expr, ...], itemsize: int) -> Expr:
+    """A buffer's size in bytes, rounded up to 16 (so slices after it stay aligned)."""
+    size: Expr = Const(itemsize, INDEX)
+    for d in shape:
+        d = Binary(BinaryOp.MAX, d, Const(0, INDEX), INDEX)
+        size = Binary(BinaryOp.MUL, size, d, INDEX)
+    rounded = Binary(BinaryOp.ADD, size, Const(15, INDEX), INDEX)
+    return Binary(
+        BinaryOp.MUL,
+        Binary(BinaryOp.FLOORDIV, rounded, Const(16, INDEX), INDEX),
+        Const(16, INDEX),
+        INDEX,
+    )
+
+
+def scratch_bytes(temps: tuple[Temp, ...]) -> Expr:
+    """The bytes of the temporaries' slices together."""
+    total: Expr = Const(0, INDEX)
+    for t in temps:
+        total = Binary(BinaryOp.ADD, total, t.nbytes, INDEX)
+    return total
+
+
+def _check_nesting(kernel: Kernel, body: tuple[Stmt, ...], outside_blocks: bool) -> None:
+    """Block-bound loops enclose the rest of their launch: only other block-bound loops
+    may be around them."""
+    for s in body:
+        if isinstance(s, Loop):
+            if s.exec in BLOCK_AXES and not outside_blocks:
+                raise _refuse(
+                    kernel,
+                    f"loop '{s.var}' is bound to {s.exec.value} inside a loop or statement "
+                    "that is not bound to blocks",
+                    "bind the outermost loops of a nest to blocks (reorder first if needed)",
+                    s,
+                )
+            _check_nesting(kernel, s.body, outside_blocks and s.exec in BLOCK_AXES)
+        elif isinstance(s, If):
+            _check_nesting(kernel, s.then, False)

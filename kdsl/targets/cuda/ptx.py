@@ -1,0 +1,83 @@
+"""LLVM's NVPTX back end through llvmlite: the GPU architecture to build for, the
+optimization pipeline, PTX text, and `ptxas` to check it where a toolkit is installed."""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+
+import llvmlite.binding as llvm
+from llvmlite import ir
+
+from kdsl.errors import CompileError
+
+TRIPLE = "nvptx64-nvidia-cuda"
+DEFAULT_ARCH = "sm_80"  # without a device or KDSL_CUDA_ARCH: runs on Ampere and later
+PTX_FEATURES = "+ptx80"  # PTX ISA 8.0 (CUDA 12.0): every driver kdsl supports loads it
+
+_lock = threading.Lock()
+
+
+def arch() -> str:
+    """The `sm_XX` to build for: KDSL_CUDA_ARCH, else the current device's, else sm_80."""
+    forced = os.environ.get("KDSL_CUDA_ARCH")
+    if forced:
+        return forced if forced.startswith("sm_") else f"sm_{forced}"
+    from kdsl.targets.cuda import driver
+
+    return driver.device_arch() or DEFAULT_ARCH
+
+
+@functools.cache
+def target_machine(sm: str) -> llvm.TargetMachine:
+    llvm.initialize_all_targets()
+    llvm.initialize_all_asmprinters()
+    target = llvm.Target.from_triple(TRIPLE)
+    return target.create_target_machine(cpu=sm, features=PTX_FEATURES, opt=3)
+
+
+def compile_ptx(module: ir.Module, sm: str) -> str:
+    """Verify, optimize (O3) and emit PTX for `sm`."""
+    tm = target_machine(sm)
+    with _lock:  # one LLVM context user at a time
+        try:
+            ref = llvm.parse_assembly(str(module))
+            ref.verify()
+        except RuntimeError as exc:
+            raise CompileError(
+                f"LLVM rejected the generated GPU code: {exc}",
+                fix="this is a kdsl bug; please report it with the kernel's source",
+            ) from exc
+        ref.triple = TRIPLE
+        ref.data_layout = str(tm.target_data)
+        pb = llvm.create_pass_builder(tm, llvm.create_pipeline_tuning_options(speed_level=3))
+        pb.getModulePassManager().run(ref, pb)
+        return str(tm.emit_assembly(ref))
+
+
+def ptxas_path() -> str | None:
+    return shutil.which("ptxas")
+
+
+def assemble(ptx: str, sm: str) -> str:
+    """Run `ptxas` on the PTX (it must be on PATH); its resource report (registers,
+    shared memory, spills). A rejected PTX raises CompileError with ptxas' messages."""
+    exe = ptxas_path()
+    if exe is None:
+        raise CompileError("ptxas is not on PATH", fix="install the CUDA toolkit to check PTX")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "kernel.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        done = subprocess.run(
+            [exe, f"-arch={sm}", "-v", src, "-o", os.path.join(tmp, "kernel.cubin")],
+            capture_output=True,
+            text=True,
+        )
+    if done.returncode:
+        raise CompileError(f"ptxas rejected the PTX for {sm}:\n{done.stderr.strip()}")
+    return done.stderr

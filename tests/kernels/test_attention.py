@@ -1,0 +1,170 @@
+"""kdsl.kernels.attention against its NumPy reference (and PyTorch's SDPA where installed):
+prefill and decode, GQA, causal, awkward lengths and head sizes, argument errors."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from kdsl.kernels import attention
+from kdsl.kernels.attention import TK, TQ, reference
+
+import kdsl as kd
+
+# (B, H, Hkv, Lq, Lk, D): primes, one tile, a tile and one, Lq ≷ Lk, D of 1, 5, 64, 128
+PREFILL = [
+    (1, 1, 1, 2, 2, 64),
+    (1, 2, 2, 7, 7, 64),
+    (2, 4, 2, 37, 37, 64),
+    (1, 8, 1, 131, 131, 64),
+    (1, 2, 1, TQ, TK, 64),
+    (1, 8, 1, TQ + 1, 2 * TK + 1, 64),
+    (1, 2, 2, 131, 37, 128),
+    (1, 2, 2, 37, 131, 128),
+    (2, 4, 2, 37, 131, 5),
+    (1, 2, 2, 131, 131, 1),
+    (1, 1, 1, 200, 300, 64),
+]
+# (B, H, Hkv, Lk, D) with Lq = 1: a KV cache of any length, split in chunks across cores
+DECODE = [
+    (1, 1, 1, 1, 64),
+    (1, 2, 2, 7, 64),
+    (2, 4, 2, 257, 64),
+    (1, 8, 1, 1000, 64),
+    (1, 2, 2, 600, 128),
+    (1, 4, 2, 300, 5),
+    (1, 1, 1, 37, 1),
+]
+
+
+def _qkv(key, B, H, Hkv, Lq, Lk, D, dtype=np.float32):
+    rng = np.random.default_rng(abs(hash(key)) % 2**32)
+    q = rng.standard_normal((B, H, Lq, D)).astype(dtype)
+    k = rng.standard_normal((B, Hkv, Lk, D)).astype(dtype)
+    v = rng.standard_normal((B, Hkv, Lk, D)).astype(dtype)
+    return q, k, v
+
+
+def _close(got, want):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("shape", PREFILL)
+def test_prefill(shape, causal):
+    q, k, v = _qkv(("prefill", shape, causal), *shape)
+    out = attention(q, k, v, causal=causal)
+    assert out.shape == q.shape and out.dtype == np.float32
+    _close(out, reference(q, k, v, causal))
+
+
+@pytest.mark.parametrize("shape", DECODE)
+def test_decode(shape):
+    B, H, Hkv, Lk, D = shape
+    q, k, v = _qkv(("decode", shape), B, H, Hkv, 1, Lk, D)
+    _close(attention(q, k, v), reference(q, k, v))
+
+
+def test_decode_causal_is_top_left():
+    """One causal query attends key 0 only (top-left, as torch's is_causal)."""
+    q, k, v = _qkv("decode causal", 1, 4, 2, 1, 50, 64)
+    out = attention(q, k, v, causal=True)
+    _close(out, np.repeat(v[:, :, :1], 2, axis=1))
+
+
+def test_scale_and_large_scores():
+    """Scores in the hundreds: no overflow in the online softmax (the f32 rounding of
+    scores this large is ~1e-5 of them, hence the looser tolerance); a custom scale."""
+    q, k, v = _qkv("large", 1, 2, 2, 70, 150, 64)
+    q *= 30
+    for scale in (None, 0.5):
+        for causal in (False, True):
+            got, want = attention(q, k, v, causal, scale), reference(q, k, v, causal, scale)
+            np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3)
+
+
+def test_strided_inputs_and_out():
+    """[B, L, H, D] arrays viewed as [B, H, L, D] (the usual projection layout)."""
+    q, k, v = (
+        np.ascontiguousarray(a.transpose(0, 2, 1, 3)) for a in _qkv("strided", 2, 4, 2, 33, 70, 64)
+    )
+    q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))
+    out = np.full(q.shape, np.nan, np.float32)
+    assert attention(q, k, v, causal=True, out=out) is out
+    _close(out, reference(q, k, v, True))
+
+
+def test_bf16_inputs():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    q, k, v = (a.astype(ml_dtypes.bfloat16) for a in _qkv("bf16", 1, 4, 2, 37, 77, 64))
+    _close(
+        attention(q, k, v, causal=True), reference(*(a.astype(np.float32) for a in (q, k, v)), True)
+    )
+
+
+@pytest.mark.parametrize("Lq,Lk", [(37, 131), (131, 37), (1, 20), (64, 64)])
+def test_matches_torch_sdpa(Lq, Lk):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    q, k, v = _qkv(("torch", Lq, Lk), 2, 8, 2, Lq, Lk, 64)
+    for causal in (False, True):
+        tq, tk, tv = (torch.from_numpy(a) for a in (q, k, v))
+        tk, tv = tk.repeat_interleave(4, dim=1), tv.repeat_interleave(4, dim=1)
+        want = F.scaled_dot_product_attention(tq, tk, tv, is_causal=causal).numpy()
+        _close(attention(q, k, v, causal=causal), want)
+
+
+@given(
+    B=st.integers(1, 2),
+    kv_heads=st.integers(1, 2),
+    group=st.sampled_from([1, 2]),
+    Lq=st.integers(1, 80),
+    Lk=st.integers(1, 150),
+    D=st.sampled_from([5, 64]),
+    causal=st.booleans(),
+)
+def test_shapes_property(B, kv_heads, group, Lq, Lk, D, causal):
+    q, k, v = _qkv(("hyp", B, kv_heads, group, Lq, Lk, D), B, kv_heads * group, kv_heads, Lq, Lk, D)
+    _close(attention(q, k, v, causal=causal), reference(q, k, v, causal))
+
+
+def test_empty_queries():
+    q, k, v = _qkv("empty", 1, 2, 2, 0, 5, 8)
+    assert attention(q, k, v).shape == (1, 2, 0, 8)
+
+
+@pytest.mark.parametrize(
+    "shapes,err,message",
+    [
+        (
+            ((2, 4, 8), (2, 4, 8), (2, 4, 8)),
+            kd.ShapeError,
+            r"'q' has shape \(2, 4, 8\), expected 4 dimensions",
+        ),
+        (((1, 4, 5, 8), (1, 3, 5, 8), (1, 3, 5, 8)), kd.ShapeError, "multiple of the kv heads"),
+        (((1, 4, 5, 8), (1, 2, 5, 8), (1, 2, 6, 8)), kd.ShapeError, "'k' has shape .* but 'v'"),
+        (((1, 4, 5, 8), (1, 2, 5, 16), (1, 2, 5, 16)), kd.ShapeError, "batch and head size"),
+        (((1, 4, 5, 8), (1, 2, 0, 8), (1, 2, 0, 8)), kd.ShapeError, "no keys"),
+    ],
+)
+def test_shape_errors_name_the_parameter(shapes, err, message):
+    q, k, v = (np.ones(s, np.float32) for s in shapes)
+    with pytest.raises(err, match=message) as info:
+        attention(q, k, v)
+    assert "fix:" in str(info.value)
+
+
+def test_argument_errors():
+    q = np.ones((1, 2, 3, 8), np.float32)
+    with pytest.raises(kd.KernelArgumentError, match="'k' is None"):
+        attention(q, None, q)
+    with pytest.raises(kd.KernelArgumentError, match="'v' has dtype complex64"):
+        attention(q, q, q.astype(np.complex64))
+    with pytest.raises(kd.ShapeError, match=r"'out' has shape \(1, 2, 3, 7\)"):
+        attention(q, q, q, out=np.empty((1, 2, 3, 7), np.float32))
+    frozen = np.empty_like(q)
+    frozen.flags.writeable = False
+    with pytest.raises(kd.KernelArgumentError, match="'out' is read-only"):
+        attention(q, q, q, out=frozen)
+    with pytest.raises(kd.KernelArgumentError, match="'out' has dtype int32"):
+        attention(q, q, q, out=np.empty(q.shape, np.int32))
+    assert isinstance(kd.ShapeError("x"), ValueError)  # callers may catch ValueError

@@ -1,0 +1,137 @@
+"""On a GPU: every test kernel and library kernel against NumPy on random data (tails,
+strides, many rows), through PyTorch, CuPy and plain DLPack arrays; streams; errors.
+Skipped where there is no GPU or no cuda-python (`pip install "kdsl[cuda]"`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import kdsl as kd
+from kdsl.targets.cuda import driver
+from tests import zoo
+from tests.helpers import random_array
+from tests.targets.cuda.cases import Case, cases
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not driver.available(), reason="no CUDA device or cuda-python"),
+]
+torch = pytest.importorskip("torch") if driver.available() else None
+
+CASES = cases(np.random.default_rng(11))
+
+
+def to_gpu(value: object) -> object:
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value)).cuda()
+    return value
+
+
+def run_case(case: Case, convert=to_gpu) -> None:
+    args = [convert(a) for a in case.args]
+    for pos in case.expected:  # poison the outputs: every element must be written
+        if pos >= 0:
+            args[pos].fill_(float("nan"))
+    result = case.kernel(*args)
+    torch.cuda.synchronize()
+    for pos, want in case.expected.items():
+        got = result if pos < 0 else args[pos]
+        got = got.cpu().numpy() if hasattr(got, "cpu") else np.asarray(got)
+        np.testing.assert_allclose(got, want, rtol=case.rtol, atol=case.rtol)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_case_on_gpu(case):
+    run_case(case)
+
+
+@pytest.mark.parametrize("m, n", [(1, 1), (2, 33), (5, 4097), (70000, 3), (3, 100003)])
+def test_rows_of_awkward_shapes(m, n):
+    rng = np.random.default_rng(m * n)
+    for case in cases(rng, m, n):
+        if case.name in ("softmax", "rmsnorm", "lib_softmax", "lib_rmsnorm", "lib_layernorm", "row_sum"):
+            run_case(case)
+
+
+def test_strided_input():
+    rng = np.random.default_rng(3)
+    base = torch.from_numpy(random_array(rng, (64, 202), np.float32)).cuda()
+    x = base[:, ::2]  # not contiguous
+    y = torch.empty((64, 101), device="cuda")
+    zoo.softmax(x, y)
+    np.testing.assert_allclose(y.cpu().numpy(), zoo.softmax_ref(x.cpu().numpy()), rtol=1e-4, atol=1e-5)
+
+
+def test_cupy_and_dlpack_arrays():
+    cupy = pytest.importorskip("cupy")
+    rng = np.random.default_rng(5)
+    x = random_array(rng, (1001,), np.float32)
+    cx, cy, cout = cupy.asarray(x), cupy.asarray(x * 2), cupy.empty(1001, np.float32)
+    zoo.saxpy(1.5, cx, cy, cout)
+    np.testing.assert_allclose(cupy.asnumpy(cout), 1.5 * x + 2 * x, rtol=1e-6)
+
+    class OnlyDLPack:
+        def __init__(self, t):
+            self.t = t
+
+        def __dlpack__(self, stream=None):
+            return self.t.__dlpack__()
+
+        def __dlpack_device__(self):
+            return self.t.__dlpack_device__()
+
+    tx, out = torch.from_numpy(x).cuda(), torch.empty(1001, device="cuda")
+    zoo.saxpy(2.0, OnlyDLPack(tx), OnlyDLPack(tx), OnlyDLPack(out))
+    torch.cuda.synchronize()
+    np.testing.assert_allclose(out.cpu().numpy(), 3 * x, rtol=1e-6)
+
+
+def test_runs_on_the_callers_stream():
+    x = torch.rand(1 << 20, device="cuda")
+    out = torch.empty_like(x)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        zoo.saxpy(3.0, x, x, out)  # the current stream
+    stream.synchronize()
+    torch.testing.assert_close(out, 4 * x)
+    other = torch.cuda.Stream()
+    zoo.saxpy(2.0, x, x, out, stream=other)
+    other.synchronize()
+    torch.testing.assert_close(out, 3 * x)
+
+
+def test_results_are_tensors_on_the_device():
+    x = torch.rand(7, 9, device="cuda")
+    y = zoo.scaled_copy(x, 2.0)
+    assert isinstance(y, torch.Tensor) and y.device == x.device
+    torch.testing.assert_close(y, 2 * x)
+
+
+def test_forced_target_and_mixing_errors():
+    x = torch.rand(5, device="cuda")
+    host = np.ones(5, np.float32)
+    with pytest.raises(kd.KernelArgumentError, match="host array"):
+        zoo.saxpy(1.0, x, host, torch.empty_like(x))
+    with pytest.raises(kd.KernelArgumentError, match=r"\.cpu\(\)"):
+        zoo.saxpy[kd.cpu](1.0, x, x, torch.empty_like(x))
+    with pytest.raises(kd.KernelArgumentError, match="on the GPU"):
+        zoo.saxpy[kd.cuda](1.0, host, host, np.empty_like(host))
+
+
+def test_shape_mismatch_is_a_shape_error():
+    x = torch.rand(5, device="cuda")
+    with pytest.raises(kd.ShapeError):
+        zoo.saxpy(1.0, x, torch.rand(6, device="cuda"), torch.empty_like(x))
+
+
+def test_bounds_checks_on_the_device():
+    @kd.kernel(checks=True)
+    def gather(x, idx, y):
+        i = kd.indices(idx.shape[0])
+        y[i] = x[idx[i]]
+
+    x = torch.rand(10, device="cuda")
+    idx = torch.tensor([1, 2, 30], device="cuda")
+    with pytest.raises(kd.BoundsError, match="out of bounds"):
+        gather(x, idx, torch.empty(3, device="cuda"))
