@@ -23,7 +23,16 @@ OUT = Path(os.environ.get("OUT") or ROOT / "benchmarks" / "gpu-out")
 
 def run_tests() -> str:
     log = OUT / "tests.log"
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/targets/cuda", "-x"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "tests/targets/cuda",
+        "-x",
+    ]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     log.write_text(done.stdout + done.stderr)
     tail = (done.stdout.strip().splitlines() or ["(no output)"])[-1]
@@ -64,12 +73,26 @@ def call_overhead(fn, n: int = 20000) -> float:
     return (t1 - t0) / n * 1e6
 
 
+def variant(kernel, args, config):
+    """A call of `kernel` on `args` with its schedule params set to `config`."""
+    from kdsl.targets.cuda.call import CudaSpecialization
+
+    specs, bound = kernel._specs(args, {})
+    traced = kernel.trace(specs)
+    layout = kernel.call_layout(specs, traced)
+    code = kernel.ptx_code(traced, config)
+    spec = CudaSpecialization(
+        kernel.name, traced, code, layout.array_pos, layout.scalar_pos, layout.param_names
+    )
+    return lambda: spec.run(bound)
+
+
 def benchmarks() -> list[tuple[str, str, str, str, str]]:
     import torch
     import torch.nn.functional as F
-
     from kdsl.kernels.norms import layernorm_rows, rmsnorm_rows
     from kdsl.kernels.softmax import softmax_rows
+
     from tests import zoo
 
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -79,7 +102,26 @@ def benchmarks() -> list[tuple[str, str, str, str, str]]:
     a, b, c = (torch.rand(1, device="cuda") for _ in range(3))
     ours = call_overhead(lambda: zoo.saxpy(2.0, a, b, c))
     theirs = call_overhead(lambda: torch.add(b, a, alpha=2.0, out=c))
-    rows.append(("call overhead (saxpy n=1)", "1", f"{ours:.1f} µs", f"{theirs:.1f} µs", f"{theirs / ours:.2f}"))
+    rows.append(
+        (
+            "call overhead (saxpy n=1)",
+            "1",
+            f"{ours:.1f} µs",
+            f"{theirs:.1f} µs",
+            f"{theirs / ours:.2f}",
+        )
+    )
+
+    import cProfile
+    import io
+    import pstats
+
+    profile = cProfile.Profile()
+    profile.runcall(lambda: [zoo.saxpy(2.0, a, b, c) for _ in range(3000)])
+    text = io.StringIO()
+    pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(14)
+    (OUT / "call_profile.txt").write_text(text.getvalue())
+    print(text.getvalue()[-3500:])
 
     # bandwidth: device-to-device copy as the ceiling
     n = 1 << 26  # 256 MiB of f32
@@ -115,21 +157,36 @@ def benchmarks() -> list[tuple[str, str, str, str, str]]:
     w, bias = torch.rand(k, device="cuda"), torch.rand(k, device="cuda")
     nbytes = 2 * 4 * m * k
     shape = f"{m}×{k}"
-    bandwidth_row("softmax", shape, nbytes, lambda: softmax_rows(X, Y), lambda: torch.softmax(X, -1, out=Y))
-    bandwidth_row(
-        "rmsnorm", shape, nbytes, lambda: rmsnorm_rows(X, w, 1e-5, Y), lambda: F.rms_norm(X, (k,), w, 1e-5)
-    )
-    bandwidth_row(
-        "layernorm",
-        shape,
-        nbytes,
-        lambda: layernorm_rows(X, w, bias, 1e-5, Y),
-        lambda: F.layer_norm(X, (k,), w, bias, 1e-5),
-    )
+    for threads in (256, 512, 1024):  # the schedules' `threads` param, swept by hand
+        config = {"threads": threads}
+        bandwidth_row(
+            f"softmax (threads={threads})",
+            shape,
+            nbytes,
+            variant(softmax_rows, (X, Y), config),
+            lambda: torch.softmax(X, -1, out=Y),
+        )
+        bandwidth_row(
+            f"rmsnorm (threads={threads})",
+            shape,
+            nbytes,
+            variant(rmsnorm_rows, (X, w, 1e-5, Y), config),
+            lambda: F.rms_norm(X, (k,), w, 1e-5),
+        )
+        bandwidth_row(
+            f"layernorm (threads={threads})",
+            shape,
+            nbytes,
+            variant(layernorm_rows, (X, w, bias, 1e-5, Y), config),
+            lambda: F.layer_norm(X, (k,), w, bias, 1e-5),
+        )
     # matmul f32 under the default GPU schedule (no tiling yet) against cuBLAS without TF32
     N = 2048
     A, B, C = (torch.randn(N, N, device="cuda") for _ in range(3))
-    t_ours, t_theirs = time_gpu(lambda: zoo.matmul(A, B, C), reps=5), time_gpu(lambda: torch.matmul(A, B, out=C), reps=5)
+    t_ours, t_theirs = (
+        time_gpu(lambda: zoo.matmul(A, B, C), reps=5),
+        time_gpu(lambda: torch.matmul(A, B, out=C), reps=5),
+    )
     rows.append(
         (
             "matmul f32 (default schedule)",

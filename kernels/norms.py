@@ -67,6 +67,29 @@ def _ln_cpu(s):
     s.parallelize("i")
 
 
+def _rows_on_gpu(s, loops, threads):
+    """A block per row, its threads across the row; the passes over it fused (the row
+    stays in L1/L2 between them) and its sums combined across the block's threads.
+    `threads` lists the block sizes to try, the best measured on an H100 first
+    (benchmarks/RESULTS-gpu.md)."""
+    for k in range(1, len(loops)):
+        s.fuse("i", f"i.{k}")
+    s.bind("i", "block.x")
+    threads = s.param("threads", threads)
+    for loop in loops:
+        s.bind(loop, "thread.x", threads)
+
+
+@rmsnorm_rows.schedule(kd.cuda)
+def _rms_cuda(s):
+    _rows_on_gpu(s, ("j", "j.1"), [512, 256, 1024])
+
+
+@layernorm_rows.schedule(kd.cuda)
+def _ln_cuda(s):
+    _rows_on_gpu(s, ("j", "j.1", "j.2"), [256, 512, 1024])
+
+
 def _check_weight(name: str, w: np.ndarray, n: int) -> np.ndarray:
     w = np.asarray(w)
     if w.shape != (n,):

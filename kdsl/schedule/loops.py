@@ -319,8 +319,14 @@ def parallelize(ctx: StepContext, name: object, threads: object = None) -> None:
     _annotate(ctx, name, LoopExec.PARALLEL, n)
 
 
-def bind(ctx: StepContext, name: object, axis: object) -> None:
+def bind(ctx: StepContext, name: object, axis: object, threads: object = None) -> None:
     _, loop = ctx.loop(name)
+    width = 1 if threads is None else _positive_int(ctx, threads, "thread count")
+    if threads is not None and (not str(axis).startswith("thread.") or width > 1024):
+        raise ctx.refuse(
+            f"threads={threads!r} does not fit {axis!r}",
+            "give threads= (at most 1024) only when binding to thread.x, y or z",
+        )
     if ctx.target != "cuda":
         raise ctx.refuse(
             "bind maps loops to GPU blocks and threads, and this is a CPU schedule",
@@ -339,4 +345,4 @@ def bind(ctx: StepContext, name: object, axis: object) -> None:
             "bind a reduction to thread.x (its threads combine their parts), or split it "
             "and bind the parallel loops around it to blocks",
         )
-    _annotate(ctx, name, GPU_AXES[str(axis)], 1)
+    _annotate(ctx, name, GPU_AXES[str(axis)], width)

@@ -110,8 +110,12 @@ class Schedule:
     def parallelize(self, loop: str, threads: int | None = None) -> None:
         self._apply(Step("parallelize", (loop,) if threads is None else (loop, threads)))
 
-    def bind(self, loop: str, axis: str) -> None:
-        self._apply(Step("bind", (loop, axis)))
+    def bind(self, loop: str, axis: str, threads: int | None = None) -> None:
+        """Run `loop` across GPU blocks or threads ("block.x", "thread.x", ...). A loop
+        bound to threads whose extent is not a constant gets `threads` of them (256
+        along x by default); it strides when its extent is larger."""
+        kwargs = () if threads is None else (("threads", threads),)
+        self._apply(Step("bind", (loop, axis), kwargs))
 
     def fuse(self, loop_a: str, loop_b: str) -> str:
         """Merge sibling loop `loop_b` into `loop_a` (same range); shrink temporaries that no

@@ -16,6 +16,7 @@ from kdsl.ir.nodes import Kernel, Loop, LoopExec, LoopKind
 from kdsl.ir.passes import lower
 from kdsl.ir.passes.expand import expand_schedule
 from kdsl.ir.printer import format_expr, format_kernel
+from kdsl.ir.visit import walk_stmts
 from kdsl.kernel import KernelFunction
 from kdsl.schedule import tree
 from kdsl.schedule.recipe import Schedule
@@ -909,15 +910,33 @@ def test_bind_refuses_an_unknown_axis():
         s.bind("i", "warp.x")
 
 
-def test_bind_refuses_a_reduction_loop():
+def test_bind_refuses_a_reduction_loop_on_blocks():
     s = mm(target="cuda")
     with refused(
-        'bind("k", "thread.x")',
-        "loop 'k' is a reduction loop: GPU threads run it out of order",
+        'bind("k", "block.x")',
+        "loop 'k' is a reduction: blocks can't combine their parts",
         "i, j, k",
-        "bind parallel loops",
+        "bind a reduction to thread.x",
     ):
-        s.bind("k", "thread.x")
+        s.bind("k", "block.x")
+
+
+def test_bind_takes_a_reduction_loop_on_threads():
+    s = mm(target="cuda")
+    s.bind("k", "thread.x", threads=128)
+    (k,) = [lp for lp in walk_stmts(s.kernel.body) if isinstance(lp, Loop) and lp.var == "k"]
+    assert (k.exec, k.width) == (LoopExec.GPU_THREAD_X, 128)
+
+
+def test_bind_refuses_threads_for_a_block_axis():
+    s = mm(target="cuda")
+    with refused(
+        'bind("i", "block.x", threads=64)',
+        "threads=64 does not fit 'block.x'",
+        "i, j, k",
+        "only when binding to thread.x",
+    ):
+        s.bind("i", "block.x", threads=64)
 
 
 def test_fuse_refuses_nested_loops():

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,17 +16,36 @@ from kdsl import types as T
 DLPACK_CUDA = 2
 
 
-@dataclass(frozen=True)
 class DeviceArray:
-    ptr: int
-    shape: tuple[int, ...]
-    strides: tuple[int, ...]  # in bytes
-    dtype: T.DType
-    device: int
-    readonly: bool
-    framework: str  # torch | cupy | cai | dlpack
-    stream: int | None  # the stream the producer named, if any
-    keep: object = None  # what must stay alive while kdsl uses the pointer
+    """What kdsl needs of a CUDA array (a plain class: made on every call, so cheap)."""
+
+    __slots__ = (
+        "ptr",
+        "shape",
+        "strides",
+        "dtype",
+        "device",
+        "readonly",
+        "framework",
+        "stream",
+        "keep",
+    )
+
+    def __init__(
+        self,
+        ptr: int,
+        shape: tuple[int, ...],
+        strides: tuple[int, ...],  # in bytes
+        dtype: T.DType,
+        device: int,
+        readonly: bool,
+        framework: str,  # torch | cupy | cai | dlpack
+        stream: int | None,  # the stream the producer named, if any
+        keep: object = None,  # what must stay alive while kdsl uses the pointer
+    ) -> None:
+        self.ptr, self.shape, self.strides, self.dtype = ptr, shape, strides, dtype
+        self.device, self.readonly, self.framework = device, readonly, framework
+        self.stream, self.keep = stream, keep
 
     @property
     def contiguous(self) -> bool:
@@ -37,6 +55,9 @@ class DeviceArray:
                 return False
             expected *= n
         return True
+
+
+_TORCH_DTYPES: dict[object, T.DType | None] = {}
 
 
 def _dtype_from_name(name: str) -> T.DType | None:
@@ -89,20 +110,14 @@ def device_array(value: object) -> DeviceArray | None:
 
 
 def _torch(t: Any) -> DeviceArray | None:
-    dtype = _dtype_from_name(str(t.dtype).removeprefix("torch."))
+    dtype = _TORCH_DTYPES.get(t.dtype, False)
+    if dtype is False:
+        dtype = _TORCH_DTYPES[t.dtype] = _dtype_from_name(str(t.dtype).removeprefix("torch."))
     if dtype is None:
         return None
     size = dtype.itemsize
-    return DeviceArray(
-        t.data_ptr(),
-        tuple(t.shape),
-        tuple(s * size for s in t.stride()),
-        dtype,
-        t.device.index or 0,
-        False,
-        "torch",
-        None,
-    )
+    strides = tuple([s * size for s in t.stride()])
+    return DeviceArray(t.data_ptr(), t.shape, strides, dtype, t.get_device(), False, "torch", None)
 
 
 def _cai(value: Any) -> DeviceArray | None:

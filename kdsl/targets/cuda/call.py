@@ -23,6 +23,8 @@ from kdsl.targets.cuda.backend import PtxCode
 from kdsl.targets.cuda.plan import MAX_GRID, scratch_bytes
 from kdsl.types import INDEX
 
+BLOCKS_PER_SM = 32  # more iterations of a block-bound loop than this: blocks loop over them
+
 
 @dataclass
 class CudaSpecialization:
@@ -97,9 +99,10 @@ class CudaSpecialization:
         launches = self.code.plan.launches
         sizes = self.sizes(shapes, scalars)
         grids, scratch_need = [], 0
+        limits = (driver.multiprocessors(device) * BLOCKS_PER_SM, *MAX_GRID[1:])
         for n, launch in enumerate(launches):
             g = sizes[5 * n : 5 * n + 3]
-            grid = tuple(max(0, min(int(v), MAX_GRID[a])) for a, v in enumerate(g))
+            grid = tuple(max(0, min(int(v), limits[a])) for a, v in enumerate(g))
             grids.append(grid)
             per_block, per_thread = sizes[5 * n + 3], sizes[5 * n + 4]
             blocks = grid[0] * grid[1] * grid[2]

@@ -123,6 +123,14 @@ def use_device(device: int) -> None:
     _local.device = device
 
 
+@functools.cache
+def multiprocessors(device: int) -> int:
+    drv = require()
+    dev = check(drv.cuDeviceGet(device), "cuDeviceGet")
+    attr = drv.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT
+    return int(check(drv.cuDeviceGetAttribute(attr, dev), "cuDeviceGetAttribute"))
+
+
 class Module:
     """PTX loaded on one device: its entry functions by name."""
 
@@ -167,14 +175,32 @@ def module(key: str, ptx: str, device: int) -> Module:
     return found
 
 
+@functools.cache
+def _raw_launch() -> Any:
+    """libcuda's cuLaunchKernel through ctypes: the launch is the one driver call made
+    on every kernel call, and this path costs a microsecond where cuda-python's
+    argument conversion costs several."""
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None
+    fn = lib.cuLaunchKernel
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p] + [ctypes.c_uint] * 7 + [ctypes.c_void_p] * 3
+    return fn
+
+
 def launch(
     fn: Any, grid: tuple[int, int, int], block: tuple[int, int, int], stream: int, params: int
 ) -> None:
     """Queue one launch on `stream`; `params` is the address of the argument pointers."""
-    drv = _driver()
-    err = drv.cuLaunchKernel(fn, *grid, *block, 0, stream, params, 0)[0]
+    raw = _raw_launch()
+    if raw is not None:
+        err = raw(int(fn), *grid, *block, 0, stream, params, None)
+    else:
+        err = _driver().cuLaunchKernel(fn, *grid, *block, 0, stream, params, 0)[0]
     if int(err):
-        check((err,), "launching the kernel")
+        check((_driver().CUresult(int(err)),), "launching the kernel")
 
 
 def synchronize(stream: int) -> None:

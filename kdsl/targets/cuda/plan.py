@@ -166,7 +166,11 @@ def _launch(kernel: Kernel, index: int, body: tuple[Stmt, ...]) -> Launch:
         elif loop.exec in THREAD_AXES:
             axis = THREAD_AXES[loop.exec]
             bound = constant_bound(loop.extent)
-            want = bound if bound is not None else DEFAULT_THREADS[axis]
+            want = (
+                bound
+                if bound is not None
+                else (loop.width if loop.width > 1 else DEFAULT_THREADS[axis])
+            )
             block[axis] = max(block[axis], max(1, want))
             reduces |= loop.kind is LoopKind.REDUCTION
     if reduces and block[0] > 1 and block[0] % WARP:

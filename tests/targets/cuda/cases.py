@@ -7,7 +7,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-
 from kdsl.kernels.matmul import matmul_kernel
 from kdsl.kernels.matmul import reference as matmul_reference
 from kdsl.kernels.norms import (
@@ -17,6 +16,7 @@ from kdsl.kernels.norms import (
     rmsnorm_rows,
 )
 from kdsl.kernels.softmax import softmax_rows
+
 from tests import zoo
 from tests.helpers import random_array
 
@@ -38,20 +38,39 @@ def cases(rng: np.random.Generator, m: int = 37, n: int = 301) -> list[Case]:
     qs = rng.integers(0, 256, (m, 16), dtype=np.uint8)
     d = f32(m)
     out = []
-    out.append(Case("saxpy", zoo.saxpy, [2.5, v, v * 0.5, np.empty_like(v)], {3: 2.5 * v + v * 0.5}))
-    out.append(Case("matmul", zoo.matmul, [a, bm, np.empty((m, 45), np.float32)], {2: a @ bm}, 1e-4))
-    out.append(Case("softmax", zoo.softmax, [x, np.empty_like(x)], {1: zoo.softmax_ref(x)}, 1e-4))
-    out.append(Case("cumsum", zoo.cumsum_rows, [x, np.empty_like(x)], {1: np.cumsum(x, axis=1)}, 1e-4))
     out.append(
-        Case("rmsnorm", zoo.rmsnorm, [x, w, np.empty_like(x), 1e-5], {2: zoo.rmsnorm_ref(x, w, 1e-5)}, 1e-4)
+        Case("saxpy", zoo.saxpy, [2.5, v, v * 0.5, np.empty_like(v)], {3: 2.5 * v + v * 0.5})
     )
     out.append(
-        Case("dequant", zoo.dequant_q4_0, [qs, d, np.empty((m, 32), np.float32)], {2: zoo.dequant_q4_0_ref(qs, d)})
+        Case("matmul", zoo.matmul, [a, bm, np.empty((m, 45), np.float32)], {2: a @ bm}, 1e-4)
+    )
+    out.append(Case("softmax", zoo.softmax, [x, np.empty_like(x)], {1: zoo.softmax_ref(x)}, 1e-4))
+    out.append(
+        Case("cumsum", zoo.cumsum_rows, [x, np.empty_like(x)], {1: np.cumsum(x, axis=1)}, 1e-4)
+    )
+    out.append(
+        Case(
+            "rmsnorm",
+            zoo.rmsnorm,
+            [x, w, np.empty_like(x), 1e-5],
+            {2: zoo.rmsnorm_ref(x, w, 1e-5)},
+            1e-4,
+        )
+    )
+    out.append(
+        Case(
+            "dequant",
+            zoo.dequant_q4_0,
+            [qs, d, np.empty((m, 32), np.float32)],
+            {2: zoo.dequant_q4_0_ref(qs, d)},
+        )
     )
     out.append(Case("relu", zoo.relu_where, [v, np.empty_like(v)], {1: np.maximum(v, 0)}))
     out.append(Case("scaled_copy", zoo.scaled_copy, [x, 3.0], {-1: x * 3}))
     out.append(Case("row_sum", zoo.row_sum, [x, np.empty(m, np.float32)], {1: x.sum(axis=1)}, 1e-4))
-    out.append(Case("gelu_tanh", zoo.gelu_tanh, [v, np.empty_like(v)], {1: zoo.gelu_tanh_ref(v)}, 1e-5))
+    out.append(
+        Case("gelu_tanh", zoo.gelu_tanh, [v, np.empty_like(v)], {1: zoo.gelu_tanh_ref(v)}, 1e-5)
+    )
     out.append(
         Case("lib_softmax", softmax_rows, [x, np.empty_like(x)], {1: zoo.softmax_ref(x)}, 1e-4)
     )

@@ -50,7 +50,14 @@ def test_case_on_gpu(case):
 def test_rows_of_awkward_shapes(m, n):
     rng = np.random.default_rng(m * n)
     for case in cases(rng, m, n):
-        if case.name in ("softmax", "rmsnorm", "lib_softmax", "lib_rmsnorm", "lib_layernorm", "row_sum"):
+        if case.name in (
+            "softmax",
+            "rmsnorm",
+            "lib_softmax",
+            "lib_rmsnorm",
+            "lib_layernorm",
+            "row_sum",
+        ):
             run_case(case)
 
 
@@ -60,7 +67,9 @@ def test_strided_input():
     x = base[:, ::2]  # not contiguous
     y = torch.empty((64, 101), device="cuda")
     zoo.softmax(x, y)
-    np.testing.assert_allclose(y.cpu().numpy(), zoo.softmax_ref(x.cpu().numpy()), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        y.cpu().numpy(), zoo.softmax_ref(x.cpu().numpy()), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_cupy_and_dlpack_arrays():
