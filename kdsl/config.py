@@ -52,3 +52,9 @@ def cache_root() -> Path:
     if CONFIG.cache_dir:
         return Path(CONFIG.cache_dir).expanduser()
     return Path(platformdirs.user_cache_dir("kdsl", appauthor=False))
+
+
+def cuda_arch() -> str | None:
+    """KDSL_CUDA_ARCH (e.g. sm_90), read when PTX is made rather than at import, so one
+    process can build for several GPU architectures (tests do)."""
+    return os.environ.get("KDSL_CUDA_ARCH", "").strip() or None

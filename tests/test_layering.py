@@ -18,7 +18,15 @@ ALLOWED = {
     "kdsl.schedule": {"kdsl.types", "kdsl.errors", "kdsl.config", "kdsl.ir"},
     "kdsl.targets.cpu": {"kdsl.types", "kdsl.errors", "kdsl.config", "kdsl.ir"},
     "kdsl.targets.interp": {"kdsl.types", "kdsl.errors", "kdsl.config", "kdsl.ir"},
-    "kdsl.targets.cuda": {"kdsl.types", "kdsl.errors", "kdsl.config", "kdsl.ir"},
+    # the GPU code generator extends the CPU's LLVM one: one definition of each
+    # operator's semantics, statement codegen and the object store
+    "kdsl.targets.cuda": {
+        "kdsl.types",
+        "kdsl.errors",
+        "kdsl.config",
+        "kdsl.ir",
+        "kdsl.targets.cpu",
+    },
 }
 
 

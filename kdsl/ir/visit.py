@@ -182,3 +182,10 @@ def fresh_namer(kernel: Kernel) -> Callable[[str], str]:
         return name
 
     return fresh
+
+
+def outer_updates(loop: Loop) -> list[Assign]:
+    """Assignments in `loop` to locals declared outside it: they carry values from one
+    iteration to the next, so they constrain reordering, distribution and threads."""
+    declared = {s.name for s in walk_stmts(loop.body) if isinstance(s, DeclareLocal)}
+    return [s for s in walk_stmts(loop.body) if isinstance(s, Assign) and s.local not in declared]

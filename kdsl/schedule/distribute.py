@@ -31,6 +31,7 @@ from kdsl.ir.nodes import (
     Store,
 )
 from kdsl.ir.visit import (
+    outer_updates,
     rename_loop_vars,
     walk_all_exprs,
     walk_expr,
@@ -80,7 +81,7 @@ def distribute(ctx: StepContext, path: tree.Path, keep: int) -> tuple[Stmt, ...]
             f" and is a {loop.kind.value} loop, so they can't be split into separate loops",
             "reorder only loops that are perfectly nested, or parallel loops around them",
         )
-    updates = tree.outer_updates(loop)
+    updates = outer_updates(loop)
     if updates:
         raise ctx.refuse(
             f"loop '{loop.var}' updates the local '{updates[0].local}' declared outside it",

@@ -23,7 +23,7 @@ from kdsl.ir.nodes import (
     Stmt,
 )
 from kdsl.ir.passes.expand import constant_bound
-from kdsl.ir.visit import walk_expr, walk_stmts
+from kdsl.ir.visit import outer_updates, walk_expr, walk_stmts
 from kdsl.schedule import tree
 from kdsl.schedule.distribute import distribute
 from kdsl.schedule.step import StepContext
@@ -160,7 +160,7 @@ def _check_permutation(
     ctx: StepContext, old: list[str], new: list[str], loops: dict[str, Loop]
 ) -> None:
     position = {v: n for n, v in enumerate(new)}
-    updates = tree.outer_updates(loops[old[0]])
+    updates = outer_updates(loops[old[0]])
     for a_pos, a in enumerate(old):
         for b in old[a_pos + 1 :]:
             if position[a] < position[b]:
@@ -310,7 +310,7 @@ def parallelize(ctx: StepContext, name: object, threads: object = None) -> None:
                 f"loop '{other.var}' around or inside it is already parallel",
                 "parallelize one loop of a nest (the outermost with enough iterations)",
             )
-    updates = tree.outer_updates(loop)
+    updates = outer_updates(loop)
     if updates:
         raise ctx.refuse(
             f"loop '{loop.var}' updates the local '{updates[0].local}' declared outside it",

@@ -12,8 +12,6 @@ from dataclasses import replace
 
 from kdsl.ir.nodes import (
     Allocate,
-    Assign,
-    DeclareLocal,
     Expr,
     If,
     Kernel,
@@ -137,13 +135,6 @@ def without_allocate(stmts: tuple[Stmt, ...], buffer: str) -> tuple[Stmt, ...]:
         lambda e: None,
         lambda s: None if isinstance(s, Allocate) and s.buffer == buffer else s,
     )
-
-
-def outer_updates(loop: Loop) -> list[Assign]:
-    """Assignments in `loop` to locals declared outside it: they carry values from one
-    iteration to the next, so they constrain reordering, distribution and threads."""
-    declared = {s.name for s in walk_stmts(loop.body) if isinstance(s, DeclareLocal)}
-    return [s for s in walk_stmts(loop.body) if isinstance(s, Assign) and s.local not in declared]
 
 
 def nest_of(body: tuple[Stmt, ...], path: Path) -> list[Loop]:

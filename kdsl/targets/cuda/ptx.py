@@ -13,6 +13,7 @@ import threading
 import llvmlite.binding as llvm
 from llvmlite import ir
 
+from kdsl.config import cuda_arch
 from kdsl.errors import CompileError
 
 TRIPLE = "nvptx64-nvidia-cuda"
@@ -24,7 +25,7 @@ _lock = threading.Lock()
 
 def arch() -> str:
     """The `sm_XX` to build for: KDSL_CUDA_ARCH, else the current device's, else sm_80."""
-    forced = os.environ.get("KDSL_CUDA_ARCH")
+    forced = cuda_arch()
     if forced:
         return forced if forced.startswith("sm_") else f"sm_{forced}"
     from kdsl.targets.cuda import driver
