@@ -72,6 +72,7 @@ def test_ir_is_the_default_view(capsys, kernels_file):
         ("--llvm", ["define", "@kdsl_scale_add", "float"]),
         ("--asm", ["scale_add", "ret"]),
         ("--lowered", ["scale_add", "alpha"]),
+        ("--ptx", [".visible .entry kdsl_scale_add", "ld.global", "%ctaid.x"]),
     ],
 )
 def test_show_other_views(capsys, kernels_file, view, needles):

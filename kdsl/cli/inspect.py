@@ -21,6 +21,7 @@ _VIEWS = {
     "lowered": "the IR after scheduling and lowering",
     "llvm": "the optimized LLVM IR",
     "asm": "the host assembly",
+    "ptx": "the PTX of the kernel's CUDA schedule (no GPU needed; KDSL_CUDA_ARCH picks sm_XX)",
 }
 _BENCHMARKS = Path(kdsl.__file__).resolve().parent.parent / "benchmarks" / "run.py"
 
@@ -28,7 +29,7 @@ _BENCHMARKS = Path(kdsl.__file__).resolve().parent.parent / "benchmarks" / "run.
 def _add_show(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "show",
-        help="print a kernel's IR, lowered IR, LLVM IR or assembly",
+        help="print a kernel's IR, lowered IR, LLVM IR, assembly or PTX",
         description="Specialize a kernel for example arguments and print what it compiles to.",
     )
     p.add_argument("target", help="path/to/file.py:KERNEL or package.module:KERNEL")

@@ -144,3 +144,56 @@ def test_bounds_checks_on_the_device():
     idx = torch.tensor([1, 2, 30], device="cuda")
     with pytest.raises(kd.BoundsError, match="out of bounds"):
         gather(x, idx, torch.empty(3, device="cuda"))
+
+
+def test_user_schedules_on_awkward_shapes():
+    """A user's GPU schedule (README's), a reduction on a thread count that is not a
+    multiple of a warp, and a row buffer of dynamic size (per-block scratch, barriers)."""
+
+    @kd.kernel
+    def matmul(A, B, C):
+        i, j, k = kd.indices(A.shape[0], B.shape[1], A.shape[1])
+        C[i, j] = kd.sum(A[i, k] * B[k, j], over=k)
+
+    @matmul.schedule(kd.cuda)
+    def _(s):
+        jo, ji = s.split("j", 128)
+        s.bind("i", "block.y")
+        s.bind(jo, "block.x")
+        s.bind(ji, "thread.x")
+
+    @kd.kernel
+    def row_sum(x, out):
+        i, j = kd.indices(x.shape[0], x.shape[1])
+        out[i] = kd.sum(x[i, j], over=j)
+
+    @row_sum.schedule(kd.cuda)
+    def _(s):
+        s.bind("i", "block.x")
+        s.bind("j", "thread.x", threads=100)
+
+    @kd.kernel
+    def softmax_buffered(x, y):
+        i, j = kd.indices(x.shape[0], x.shape[1])
+        m = kd.empty((x.shape[0],), kd.f32)
+        m[i] = kd.max(x[i, j], over=j)
+        e = kd.empty(x.shape, kd.f32)
+        e[i, j] = kd.exp(x[i, j] - m[i])
+        s = kd.empty((x.shape[0],), kd.f32)
+        s[i] = kd.sum(e[i, j], over=j)
+        y[i, j] = e[i, j] / s[i]
+
+    @softmax_buffered.schedule(kd.cuda)
+    def _(s):
+        for k in (1, 2, 3):
+            s.fuse("i", f"i.{k}")
+        s.bind("i", "block.x")
+        for loop in ("j", "j.1", "j.2", "j.3"):
+            s.bind(loop, "thread.x")
+
+    rng = np.random.default_rng(17)
+    a, b = random_array(rng, (37, 19), np.float32), random_array(rng, (19, 300), np.float32)
+    x = random_array(rng, (41, 1000), np.float32)
+    run_case(Case("mm", matmul, [a, b, np.empty((37, 300), np.float32)], {2: a @ b}, 1e-4))
+    run_case(Case("rs", row_sum, [x, np.empty(41, np.float32)], {1: x.sum(axis=1)}, 1e-4))
+    run_case(Case("sm", softmax_buffered, [x, np.empty_like(x)], {1: zoo.softmax_ref(x)}, 1e-4))
