@@ -1,0 +1,403 @@
+"""Scaled dot-product attention, flash-style: tiles of queries stream over tiles of keys
+with an online softmax (running max m, running sum l, rescaled accumulator), so no
+Lq × Lk matrix is ever in memory; plus a decode path for one query against a KV cache.
+
+Shapes: q [B, H, Lq, D], k and v [B, Hkv, Lk, D], H a multiple of Hkv (grouped-query
+attention: query head h reads kv head h // (H // Hkv)). `causal=True` uses the top-left
+alignment of PyTorch's `scaled_dot_product_attention(is_causal=True)`: query i attends
+keys j <= i, whatever Lq and Lk are.
+
+Prefill (`flash_kernel`): one task per (b, h, tile of TQ queries). The tile is stored
+transposed (qᵀ, D × TQ, pre-scaled) so that both inner products run with the queries
+across the vector lanes: Sᵀ = K·qᵀ is a matmul micro-kernel (RQK keys × TQ queries in
+registers over D), the softmax statistics are elementwise across lanes (no horizontal
+reductions), and P·V keeps RPV query rows × 64 of D in registers over the keys. Key
+tiles wholly below the causal diagonal run unmasked; the diagonal tiles and the tail tile
+of Lk run masked (keys clamped in bounds, masked scores -inf); tiles above the diagonal
+are never visited.
+
+Decode (`decode_kernel`): one task per (b, kv head, chunk of CH keys) with the H // Hkv
+query heads of that kv head together, each producing a partial (m, l, acc); a second
+loop nest combines the chunks (flash-decoding), so one head's cache is read by all
+cores.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+import kdsl as kd
+
+TQ = 64  # queries per prefill task: four AVX-512 vectors of f32
+TK = 64  # keys per tile
+NM = 4  # independent partial maxima per query (a latency-bound chain otherwise)
+CH = 256  # keys per decode chunk
+
+
+def _prefill_example(L: int, causal: bool) -> dict[str, object]:
+    f32 = kd.f32
+    return {
+        "q": kd.spec((1, 8, L, 64), f32),
+        "k": kd.spec((1, 8, L, 64), f32),
+        "v": kd.spec((1, 8, L, 64), f32),
+        "o": kd.spec((1, 8, L, 64), f32),
+        "scale": 0.125,
+        "group": 1,
+        "D": 64,
+        "causal": causal,
+    }
+
+
+def _d_tiling(D: int, widest: int = 64) -> tuple[int, int]:
+    """(DT, DP): the chunk of D that P·V keeps in registers (at most `widest`), and D
+    padded to a multiple of it (D itself unless D is not a multiple of 16)."""
+    for dt in (128, 64, 32, 16):
+        if dt <= widest and D % dt == 0:
+            return dt, D
+    return 16, -(-D // 16) * 16
+
+
+def _v_row(v, b, hk, row, da, D: int, dp: int):
+    """v[b, hk, row, da], zero in the padding columns past D."""
+    if dp == D:
+        return v[b, hk, row, da]
+    return kd.where(da < D, v[b, hk, row, kd.minimum(da, D - 1)], 0.0)
+
+
+@dataclass
+class _Task:
+    """What one prefill task's key tiles share (trace-time values: proxies and ints)."""
+
+    k: object
+    v: object
+    b: object  # batch entry
+    hk: object  # kv head
+    q0: object  # first query of the tile
+    kend: object  # keys [0, kend) may be attended
+    Lk: object
+    D: int
+    causal: bool
+    qT: object  # the query tile, transposed and scaled: D × TQ
+    m: object  # running max, per query
+    lsum: object  # running sum of exp(s - m), per query
+    acc: object  # running Σ exp(s - m)·v: TQ × DP
+    sT: object  # the tile's scores, then probabilities: TK × TQ
+    mx: object  # NM partial maxima per query
+    mt: object  # the new running max
+    al: object  # exp(old max - new max): how much acc and l shrink
+
+
+def _key_tile(t: _Task, k0, *, tag: str, masked: bool) -> None:
+    """The statements of one key tile starting at key k0 (a trace-time macro): Sᵀ, the
+    online-softmax update and acc = acc·α + P·V. Its loop names end in `tag`, so the
+    schedule can address each copy. A masked tile clamps key rows in bounds and scores
+    -inf for keys past kend and (causal) keys after each query."""
+    b, hk, D = t.b, t.hk, t.D
+    kj, qs, ds = kd.indices(TK, TQ, D, names=f"kj{tag} qs{tag} ds{tag}")
+    row = kd.minimum(k0 + kj, t.Lk - 1) if masked else k0 + kj
+    dot = kd.sum(t.k[b, hk, row, ds] * t.qT[ds, qs], over=ds)
+    if masked:
+        keep = k0 + kj < t.kend
+        if t.causal:
+            keep = keep & (k0 + kj <= t.q0 + qs)
+        dot = kd.where(keep, dot, -kd.inf)
+    t.sT[kj, qs] = dot
+    # the tile's row maxima as NM interleaved partial maxima, then the new running max
+    r, qm, kc = kd.indices(NM, TQ, TK // NM, names=f"r{tag} qm{tag} kc{tag}")
+    t.mx[r, qm] = kd.max(t.sT[kc * NM + r, qm], over=kc)
+    qn, rn = kd.indices(TQ, NM, names=f"qn{tag} rn{tag}")
+    t.mt[qn] = kd.maximum(t.m[qn], kd.max(t.mx[rn, qn], over=rn))
+    t.al[qn] = kd.exp(t.m[qn] - t.mt[qn])
+    t.m[qn] = t.mt[qn]
+    # p = exp(s - m) in place, and its row sums
+    qe, ke = kd.indices(TQ, TK, names=f"qe{tag} ke{tag}")
+    t.sT[ke, qe] = kd.exp(t.sT[ke, qe] - t.mt[qe])
+    ql, kl = kd.indices(TQ, TK, names=f"ql{tag} kl{tag}")
+    t.lsum[ql] = t.lsum[ql] * t.al[ql] + kd.sum(t.sT[kl, ql], over=kl)
+    # acc = acc·α + P·V, D in chunks of DT
+    dt, dp = _d_tiling(D)
+    qa, dc, dv, ka = kd.indices(TQ, dp // dt, dt, TK, names=f"qa{tag} dc{tag} dv{tag} ka{tag}")
+    da = dc * dt + dv
+    vrow = _v_row(t.v, b, hk, kd.minimum(k0 + ka, t.Lk - 1) if masked else k0 + ka, da, D, dp)
+    t.acc[qa, da] = t.acc[qa, da] * t.al[qa] + kd.sum(t.sT[ka, qa] * vrow, over=ka)
+
+
+def _query_tile(n, nq, causal: bool):
+    """The query tile that task n of a head runs. Causal tiles cost in proportion to their
+    index, so they are taken in the order 0, nq-1, 1, nq-2, …: any run of consecutive
+    tasks (a thread's share) holds light and heavy tiles alike."""
+    if not causal:
+        return n
+    return kd.where(n % 2 == 0, n // 2, nq - 1 - n // 2)
+
+
+@kd.kernel(
+    examples=[_prefill_example(1024, False), _prefill_example(1024, True)],
+)
+def flash_kernel(
+    q, k, v, o, scale, group: kd.constexpr, D: kd.constexpr, causal: kd.constexpr = False
+):
+    """o = softmax(q·kᵀ·scale [causal]) · v for q [B, H, Lq, D], k/v [B, H/group, Lk, D]."""
+    B, H, Lq, Lk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
+    nq = (Lq + TQ - 1) // TQ
+    for i in kd.grid(B * H * nq):
+        b = kd.local(i // (H * nq), kd.i64)
+        h = kd.local(i // nq % H, kd.i64)
+        hk = kd.local(h // group, kd.i64)
+        q0 = kd.local(_query_tile(i % nq, nq, causal) * TQ, kd.i64)
+        nqi = kd.local(kd.minimum(TQ, Lq - q0), kd.i64)
+        # keys this tile needs: all of them, or (causal) up to its last query
+        kend = kd.local(kd.minimum(Lk, q0 + nqi) if causal else Lk, kd.i64)
+        # key tiles entirely at or below every query of the tile (no mask needed)
+        n_plain = kd.local(kd.minimum(kend, q0 + 1) // TK if causal else Lk // TK, kd.i64)
+        n_masked = kd.local((kend + TK - 1) // TK - n_plain, kd.i64)
+
+        dp = _d_tiling(D)[1]
+        qT = kd.alloc((D, TQ))
+        m = kd.alloc((TQ,))
+        lsum = kd.alloc((TQ,))
+        acc = kd.alloc((TQ, dp))
+        sT = kd.alloc((TK, TQ))
+        mx = kd.alloc((NM, TQ))
+        mt = kd.alloc((TQ,))
+        al = kd.alloc((TQ,))
+        t = _Task(k, v, b, hk, q0, kend, Lk, D, causal, qT, m, lsum, acc, sT, mx, mt, al)
+        dt, qt = kd.indices(D, TQ, names="dt qt")
+        qT[dt, qt] = 0.0  # padding queries (past Lq) stay zero
+        qp, dq = kd.indices(nqi, D, names="qp dq")
+        qT[dq, qp] = q[b, h, q0 + qp, dq] * scale
+        qi = kd.indices(TQ, names="qi")
+        m[qi] = -kd.inf
+        lsum[qi] = 0.0
+        qz, dz = kd.indices(TQ, dp, names="qz dz")
+        acc[qz, dz] = 0.0
+        for kt in kd.range(n_plain):
+            _key_tile(t, kt * TK, tag="", masked=False)
+        for kt in kd.range(n_masked):
+            _key_tile(t, (n_plain + kt) * TK, tag="_m", masked=True)
+
+        qo, do = kd.indices(nqi, D, names="qo do")
+        qrow = _query_tile(i % nq, nq, causal) * TQ + qo
+        o[i // (H * nq), i // nq % H, qrow, do] = acc[qo, do] / lsum[qo]
+
+
+def _tile_schedule(s, tag: str, rqk, rpv) -> None:
+    """Sᵀ: RQK keys × TQ queries in registers over D; P·V: RPV queries × 64 of D in
+    registers over the tile's keys; the softmax steps vectorized across queries."""
+    kjo, kji = s.split(f"kj{tag}", rqk)
+    qc, qv = s.split(f"qs{tag}", 16)
+    s.reorder(kjo, qv, f"ds{tag}", kji, qc)
+    s.vectorize(qv, 16)
+    s.unroll(kji)
+    s.unroll(qc)
+
+    s.reorder(f"qm{tag}", f"kc{tag}", f"r{tag}")
+    s.vectorize(f"qm{tag}", 16)
+    s.unroll(f"r{tag}")
+    s.vectorize(f"qn{tag}", 16)
+    s.fuse(f"qe{tag}", f"ql{tag}")
+    s.fuse(f"ke{tag}", f"kl{tag}")
+    s.vectorize(f"qe{tag}", 16)
+
+    qo, qi = s.split(f"qa{tag}", rpv)
+    dc, dv = s.split(f"dv{tag}", 16)
+    s.reorder(qo, f"dc{tag}", dv, f"ka{tag}", qi, dc)
+    s.vectorize(dv, 16)
+    s.unroll(qi)
+    s.unroll(dc)
+
+
+@flash_kernel.schedule(kd.cpu)
+def _flash_cpu(s):
+    rqk = s.param("rqk", [4, 6])
+    rpv = s.param("rpv", [4, 2])
+    s.parallelize("i")
+    _tile_schedule(s, "", rqk, rpv)
+    _tile_schedule(s, "_m", rqk, rpv)
+    s.vectorize("do", 16)
+
+
+@kd.kernel
+def decode_kernel(q, k, v, o, scale, group: kd.constexpr, D: kd.constexpr):
+    """o[b, h, 0] = softmax(q[b, h, 0]·kᵀ·scale) · v for one query per head, the keys
+    split in chunks of CH across cores, the chunks' (m, l, acc) combined after."""
+    B, Hkv, Lk = k.shape[0], k.shape[1], k.shape[2]
+    nc = (Lk + CH - 1) // CH
+    dt, dp = _d_tiling(D, widest=128)
+    pm = kd.empty((B * Hkv * nc, group))  # per chunk and query head: max,
+    pl = kd.empty((B * Hkv * nc, group))  # sum of exp(s - max),
+    pacc = kd.empty((B * Hkv * nc, group, dp))  # and Σ exp(s - max)·v
+    for t in kd.grid(B * Hkv * nc):
+        b = kd.local(t // (Hkv * nc), kd.i64)
+        hk = kd.local(t // nc % Hkv, kd.i64)
+        c0 = kd.local(t % nc * CH, kd.i64)
+        n = kd.local(kd.minimum(CH, Lk - c0), kd.i64)
+        s = kd.alloc((group, CH))
+        js, rs, ds = kd.indices(n, group, D, names="js rs ds")
+        dot = kd.sum(q[b, hk * group + rs, 0, ds] * k[b, hk, c0 + js, ds], over=ds)
+        s[rs, js] = dot * scale
+        rm, jm = kd.indices(group, n, names="rm jm")
+        pm[t, rm] = kd.max(s[rm, jm], over=jm)
+        s[rm, jm] = kd.exp(s[rm, jm] - pm[t, rm])
+        pl[t, rm] = kd.sum(s[rm, jm], over=jm)
+        ra, dc, dv, ja = kd.indices(group, dp // dt, dt, n, names="ra dc dv ja")
+        da = dc * dt + dv
+        vrow = _v_row(v, b, hk, c0 + ja, da, D, dp)
+        pacc[t, ra, da] = kd.sum(s[ra, ja] * vrow, over=ja)
+    for u in kd.grid(B * Hkv * group):
+        bh = kd.local(u // group, kd.i64)  # b * Hkv + hk
+        r = kd.local(u % group, kd.i64)
+        w = kd.alloc((nc,))
+        c = kd.indices(nc, names="c")
+        mmax = kd.max(pm[bh * nc + c, r], over=c)
+        w[c] = kd.exp(pm[bh * nc + c, r] - mmax)
+        c1 = kd.indices(nc, names="c1")
+        total = kd.sum(pl[bh * nc + c1, r] * w[c1], over=c1)
+        do, co = kd.indices(D, nc, names="do co")
+        out = kd.sum(pacc[bh * nc + co, r, do] * w[co], over=co)
+        o[u // (Hkv * group), u % (Hkv * group), 0, do] = out / total
+
+
+@decode_kernel.schedule(kd.cpu)
+def _decode_cpu(s):
+    """q·k vectorized along D, four keys at a time; exp along the chunk; p·v with all of
+    D (up to 128) in registers over the chunk's keys."""
+    s.parallelize("t")
+    s.vectorize("ds", 16)
+    s.vectorize("jm", 16)
+    s.vectorize("jm.1", 16)
+    s.vectorize("jm.2", 16)
+    dvo, dvi = s.split("dv", 16)
+    s.reorder("ra", "dc", dvi, "ja", dvo)
+    s.vectorize(dvi, 16)
+    s.unroll(dvo)
+    s.vectorize("do", 16)
+
+
+_STORAGE = ("float32", "bfloat16", "float16")  # what the kernels read directly
+
+
+def _as_input(name: str, x: object) -> np.ndarray:
+    if x is None:
+        raise kd.KernelArgumentError(
+            f"attention: '{name}' is None", fix=f"pass {name} as an array [B, heads, L, D]"
+        )
+    a = np.asarray(x)
+    if a.ndim != 4:
+        raise kd.ShapeError(
+            f"attention: '{name}' has shape {a.shape}, expected 4 dimensions [B, heads, L, D]",
+            fix=f"reshape {name} (e.g. {name}[None] for one batch entry)",
+        )
+    if a.dtype.name in _STORAGE:
+        return a
+    if a.dtype.kind not in "fiu":
+        raise kd.KernelArgumentError(
+            f"attention: '{name}' has dtype {a.dtype}, expected a float array",
+            fix=f"pass {name} as float32 (or bfloat16/float16)",
+        )
+    return a.astype(np.float32)  # computed in f32 like every other input
+
+
+def _check_shapes(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> None:
+    B, H, _, D = q.shape
+    if k.shape != v.shape:
+        raise kd.ShapeError(
+            f"attention: 'k' has shape {k.shape} but 'v' has shape {v.shape}",
+            fix="k and v must both be [B, Hkv, Lk, D]",
+        )
+    if k.shape[0] != B or k.shape[3] != D:
+        raise kd.ShapeError(
+            f"attention: 'q' is {q.shape} but 'k' is {k.shape}: batch and head size (dims 0 "
+            "and 3) must agree",
+            fix=f"pass k and v of shape [{B}, Hkv, Lk, {D}]",
+        )
+    hkv = k.shape[1]
+    if hkv == 0 or H % hkv:
+        raise kd.ShapeError(
+            f"attention: 'q' has {H} heads and 'k' has {hkv}: the query heads must be a "
+            "multiple of the kv heads",
+            fix=f"use a number of kv heads that divides {H} (grouped-query attention)",
+        )
+    if k.shape[2] == 0 and q.shape[2] > 0:
+        raise kd.ShapeError(
+            "attention: 'k' has no keys (Lk = 0): the softmax over zero keys is undefined",
+            fix="pass at least one key",
+        )
+
+
+def _check_out(out: object, shape: tuple[int, ...]) -> np.ndarray:
+    if not isinstance(out, np.ndarray):
+        raise kd.KernelArgumentError(
+            f"attention: 'out' is {type(out).__name__}, expected a NumPy array",
+            fix="pass out=None to have it allocated, or a writable float32 array",
+        )
+    if out.shape != shape:
+        raise kd.ShapeError(
+            f"attention: 'out' has shape {out.shape}, expected {shape} (q's shape)",
+            fix="pass out=None or an array shaped like q",
+        )
+    if out.dtype.name not in _STORAGE:
+        raise kd.KernelArgumentError(
+            f"attention: 'out' has dtype {out.dtype}, expected float32 (or bfloat16/float16)",
+            fix="pass a float32 array, or out=None",
+        )
+    if not out.flags.writeable:
+        raise kd.KernelArgumentError(
+            "attention: 'out' is read-only", fix="pass a writable array, or out=None"
+        )
+    return out
+
+
+def attention(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    causal: bool = False,
+    scale: float | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """softmax(q·kᵀ·scale [+ causal mask])·v for q [B, H, Lq, D] and k, v [B, Hkv, Lk, D]
+    with H a multiple of Hkv (query head h uses kv head h // (H // Hkv)).
+
+    `scale` defaults to 1/sqrt(D). `causal=True` masks with PyTorch's top-left alignment
+    (`scaled_dot_product_attention(is_causal=True)`): query i attends keys j <= i, also
+    when Lq != Lk. Computes in f32; q, k, v may be float32, bfloat16 (ml_dtypes) or
+    float16 (others are converted to float32); the result is float32 unless `out` says
+    otherwise. One query (Lq == 1) takes the decode path.
+    """
+    q, k, v = _as_input("q", q), _as_input("k", k), _as_input("v", v)
+    _check_shapes(q, k, v)
+    B, H, Lq, D = q.shape
+    out = np.empty(q.shape, np.float32) if out is None else _check_out(out, q.shape)
+    if out.size == 0:
+        return out
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    group = H // k.shape[1]
+    if causal and k.shape[2] > Lq:  # top-left: keys past the last query are never seen
+        k, v = k[:, :, :Lq], v[:, :, :Lq]
+    if Lq == 1:
+        decode_kernel(q, k, v, out, scale, group, D)
+    else:
+        flash_kernel(q, k, v, out, scale, group, D, bool(causal))
+    return out
+
+
+def reference(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool = False, scale: float | None = None
+) -> np.ndarray:
+    """The whole Lq × Lk score matrix in float64, NumPy: the definition the kernels meet."""
+    q, k, v = (np.asarray(x).astype(np.float64) for x in (q, k, v))
+    group = q.shape[1] // k.shape[1]
+    k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    s = np.einsum("bhqd,bhkd->bhqk", q, k) * scale
+    if causal:
+        lq, lk = s.shape[-2:]
+        s = np.where(np.arange(lk)[None, :] <= np.arange(lq)[:, None], s, -np.inf)
+    s -= s.max(axis=-1, keepdims=True)
+    p = np.exp(s)
+    p /= p.sum(axis=-1, keepdims=True)
+    return np.einsum("bhqk,bhkd->bhqd", p, v)
