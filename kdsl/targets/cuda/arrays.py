@@ -71,14 +71,19 @@ def _dtype_from_name(name: str) -> T.DType | None:
         return None
 
 
+def _kind(value: object) -> str | None:
+    """How `value` is read as a CUDA array, or None when it is not one."""
+    if type(value).__name__ == "Tensor":  # its class has the array interface, for CUDA only
+        return "torch" if getattr(value, "is_cuda", False) else None
+    if hasattr(type(value), "__cuda_array_interface__"):
+        return "cai"
+    device = getattr(value, "__dlpack_device__", None)
+    return "dlpack" if device is not None and device()[0] == DLPACK_CUDA else None
+
+
 def is_device(value: object) -> bool:
     """Whether `value` is a CUDA array (without reading it)."""
-    if type(value).__name__ == "Tensor":
-        return bool(getattr(value, "is_cuda", False))
-    if hasattr(type(value), "__cuda_array_interface__"):
-        return True
-    device = getattr(value, "__dlpack_device__", None)
-    return device is not None and device()[0] == DLPACK_CUDA
+    return _kind(value) is not None
 
 
 def fast_key(args: Sequence[object]) -> tuple[object, ...] | None:
@@ -98,15 +103,10 @@ def fast_key(args: Sequence[object]) -> tuple[object, ...] | None:
 
 def device_array(value: object) -> DeviceArray | None:
     """The CUDA array `value` is, or None when it is not one (host arrays included)."""
-    if type(value).__name__ == "Tensor" and getattr(value, "is_cuda", False):
-        return _torch(value)
-    iface = getattr(type(value), "__cuda_array_interface__", None)
-    if iface is not None:
-        return _cai(value)
-    device = getattr(value, "__dlpack_device__", None)
-    if device is not None and device()[0] == DLPACK_CUDA:
-        return _dlpack(value)
-    return None
+    kind = _kind(value)
+    if kind is None:
+        return None
+    return {"torch": _torch, "cai": _cai, "dlpack": _dlpack}[kind](value)
 
 
 def _torch(t: Any) -> DeviceArray | None:
