@@ -202,6 +202,11 @@ class KernelFunction:
             call, bound = self._specialize(args, kwargs, target)
             if isinstance(call, CudaSpecialization):
                 return call.run(bound, stream)
+            if stream is not None:
+                raise self.signature.error(
+                    "stream= was given, but this call runs on the CPU",
+                    "pass stream= only with CUDA arrays",
+                )
             return call.run(bound)
         except KdslError as err:  # the user's call is the last frame shown
             raise (err if CONFIG.debug else err.with_traceback(None)) from None
@@ -211,7 +216,10 @@ class KernelFunction:
     def _specs(
         self, args: Sequence[object], kwargs: dict[str, object]
     ) -> tuple[tuple[ArgSpec, ...], list[object]]:
-        bound = self.signature.bind(args, dict(kwargs))
+        return self._specs_of(self.signature.bind(args, dict(kwargs)))
+
+    def _specs_of(self, bound: Sequence[object]) -> tuple[tuple[ArgSpec, ...], list[object]]:
+        """The trace specs of bound arguments, and the values to pass."""
         specs, values = [], []
         for name, value in zip(self.signature.names, bound):
             spec, passed = spec_of(name, value, self.signature, self.static_shapes)
@@ -222,17 +230,14 @@ class KernelFunction:
     def _target_of(self, bound: Sequence[object], forced: Target | None) -> Target:
         """Where the call runs: the forced target, else where its arrays live; mixing
         host and device arrays is an error that says how to move them."""
-        names = [n for n in self.signature.names if n not in self.signature.constexpr]
-        values = [v for n, v in zip(self.signature.names, bound) if n in names]
-        arrays = [
-            (n, v)
-            for n, v in zip(names, values)
-            if hasattr(v, "__dlpack__")
-            or hasattr(type(v), "__cuda_array_interface__")
-            or isinstance(v, np.ndarray)
-        ]
-        on_gpu = [n for n, v in arrays if is_device(v)]
-        on_host = [n for n, v in arrays if not is_device(v)]
+        on_gpu, on_host = [], []
+        for name, v in zip(self.signature.names, bound):
+            if name in self.signature.constexpr:
+                continue
+            if is_device(v):
+                on_gpu.append(name)
+            elif isinstance(v, np.ndarray) or hasattr(v, "__dlpack__"):
+                on_host.append(name)
         if forced is None and on_gpu and on_host:
             raise self.signature.error(
                 f"the arguments mix devices: '{on_gpu[0]}' is a CUDA array and "
@@ -259,8 +264,9 @@ class KernelFunction:
     def _specialize(
         self, args: Sequence[object], kwargs: dict[str, object], target: Target | None = None
     ) -> tuple[Compiled, list[object]]:
-        target = self._target_of(self.signature.bind(args, dict(kwargs)), target)
-        specs, bound = self._specs(args, kwargs)
+        bound_args = self.signature.bind(args, dict(kwargs))
+        target = self._target_of(bound_args, target)
+        specs, bound = self._specs_of(bound_args)
         key = (target.name, specs) if target is cuda else specs
         spec = self._by_spec.get(key)  # type: ignore[arg-type]
         if spec is None:
@@ -321,7 +327,6 @@ class KernelFunction:
         return code
 
     def build_cuda(self, traced: Kernel, layout: CallLayout) -> CudaSpecialization:
-        driver.require()
         code = self.ptx_code(traced)
         return CudaSpecialization(
             self.name, traced, code, layout.array_pos, layout.scalar_pos, layout.param_names

@@ -331,6 +331,15 @@ def test_cuda_array_to_a_forced_cpu_call():
     )
 
 
+def test_stream_on_a_cpu_call():
+    raises(
+        kd.KernelArgumentError,
+        lambda: add(f32(2), f32(2), f32(2), stream=1),
+        "stream= was given, but this call runs on the CPU",
+        "only with CUDA arrays",
+    )
+
+
 def test_cuda_call_without_a_gpu_names_the_extra(monkeypatch):
     from kdsl.targets.cuda import driver
 
