@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from kdsl import types as T
 from kdsl.errors import SourceLoc, TraceError
+from kdsl.ir.build import reduction_identity
 from kdsl.ir.layout import temp_scope
 from kdsl.ir.nodes import (
     Allocate,
@@ -25,7 +26,6 @@ from kdsl.ir.nodes import (
     BufferRole,
     Check,
     CheckKind,
-    Const,
     DeclareLocal,
     DimOf,
     Expr,
@@ -486,20 +486,6 @@ def _replace(e: Expr, old: Reduction, new: Expr) -> Expr:
     if isinstance(e, Reduction):
         return e
     return map_expr(e, lambda x: new if x is old else None)
-
-
-def reduction_identity(op: BinaryOp, dtype: DType) -> Const:
-    if op is BinaryOp.ADD:
-        return Const(False if dtype.is_bool else 0.0 if dtype.is_float else 0, dtype)
-    if op is BinaryOp.MUL:
-        return Const(True if dtype.is_bool else 1.0 if dtype.is_float else 1, dtype)
-    if dtype.is_float:
-        return Const(float("-inf") if op is BinaryOp.MAX else float("inf"), dtype)
-    if dtype.is_bool:
-        return Const(op is BinaryOp.MIN, dtype)
-    lo = -(1 << (dtype.bits - 1)) if dtype.is_signed else 0
-    hi = (1 << (dtype.bits - 1)) - 1 if dtype.is_signed else (1 << dtype.bits) - 1
-    return Const(lo if op is BinaryOp.MAX else hi, dtype)
 
 
 # ---------------------------------------------------------------- the active trace

@@ -40,6 +40,7 @@ from kdsl.ir.nodes import (
     LoopExec,
     LoopKind,
     LoopVar,
+    Param,
     ScalarArg,
     Scope,
     Select,
@@ -115,10 +116,14 @@ class _Codegen:
             if buf.name in written and buf.role is BufferRole.PARAM:
                 self._check_writeable(arg, pos)
         for p, arg in zip(scalars, self.fn.args[len(arrays) :]):
-            arg.name = p.name
-            src = T.f64 if p.dtype.is_float else T.i64
-            self.state.scalars[p.name] = self.ops.cast(arg, src, p.dtype)
+            self.bind_scalar(p, arg)
         self._check_aliasing(arrays, written)
+
+    def bind_scalar(self, p: Param, arg: ir.Argument) -> None:
+        """A scalar parameter, passed as double or i64, as its own dtype."""
+        arg.name = p.name
+        src = T.f64 if p.dtype.is_float else T.i64
+        self.state.scalars[p.name] = self.ops.cast(arg, src, p.dtype)
 
     def _field(self, obj: ir.Value, name: str, ty: ir.Type) -> ir.Value:
         addr = self.b.gep(obj, [ir.Constant(I64, ARRAY_LAYOUT[name])], source_etype=I8)
@@ -267,8 +272,15 @@ class _Codegen:
         slot.type = PTR
         return slot
 
-    def loop(self, var: str, start: ir.Value, stop: ir.Value, body: tuple[Stmt, ...]) -> None:
-        """for var in [start, stop): body"""
+    def loop(
+        self,
+        var: str,
+        start: ir.Value,
+        stop: ir.Value,
+        body: tuple[Stmt, ...],
+        step: ir.Value | None = None,
+    ) -> None:
+        """for var in [start, stop) by step (1 unless given): body"""
         b = self.b
         slot = self._entry_alloca(I64, var)
         self.state.loops[var] = slot
@@ -281,7 +293,7 @@ class _Codegen:
         b.cbranch(b.icmp_signed("<", b.load(slot, typ=I64), stop), inner, done)
         b.position_at_end(inner)
         self.block(body)
-        b.store(b.add(b.load(slot, typ=I64), ir.Constant(I64, 1)), slot)
+        b.store(b.add(b.load(slot, typ=I64), step or ir.Constant(I64, 1)), slot)
         b.branch(cond)
         b.position_at_end(done)
 

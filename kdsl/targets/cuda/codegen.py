@@ -22,6 +22,7 @@ from llvmlite import ir
 
 from kdsl import types as T
 from kdsl.errors import CompileError
+from kdsl.ir.build import reduction_identity
 from kdsl.ir.layout import constant_nbytes
 from kdsl.ir.nodes import (
     Allocate,
@@ -44,7 +45,7 @@ from kdsl.ir.nodes import (
 from kdsl.ir.visit import outer_updates, walk_stmts
 from kdsl.targets.cpu import vmath
 from kdsl.targets.cpu.codegen import ErrorSites, _Codegen
-from kdsl.targets.cpu.ops import I1, I8, I32, I64, PTR, Ops, llvm_type
+from kdsl.targets.cpu.ops import I1, I8, I32, I64, PTR, Ops, constant, llvm_type
 from kdsl.targets.cpu.state import ArrayInfo, ErrorKind
 from kdsl.targets.cuda.plan import BLOCK_AXES, THREAD_AXES, WARP, Launch, Plan, scratch_bytes
 
@@ -123,9 +124,6 @@ class GpuOps(Ops):
         )
 
 
-_IDENTITY = {BinaryOp.ADD: 0, BinaryOp.MUL: 1}
-
-
 class GpuCodegen(_Codegen):
     """Emits one launch's entry function."""
 
@@ -175,10 +173,7 @@ class GpuCodegen(_Codegen):
                 strides = self._contiguous_strides(dims, buf.dtype)
             self.state.arrays[name] = ArrayInfo(data, dims, strides)
         for p in scalars:
-            arg = next(args)
-            arg.name = p.name
-            src = T.f64 if p.dtype.is_float else T.i64
-            self.state.scalars[p.name] = self.ops.cast(arg, src, p.dtype)
+            self.bind_scalar(p, next(args))
         self.scratch, self.errors = next(args), next(args)
         self.scratch.name, self.errors.name = "scratch", "errors"
 
@@ -289,32 +284,13 @@ class GpuCodegen(_Codegen):
         self.reduction_depth += reduction
         self.thread_depth += thread
         start, step = self.sreg(hw[0], axis), self.sreg(hw[1], axis)
-        self.strided_loop(loop.var, start, self.expr(loop.extent), step, loop.body)
+        self.loop(loop.var, start, self.expr(loop.extent), loop.body, step)
         self.thread_depth -= thread
         self.reduction_depth -= reduction
         for (name, op, dtype), init in zip(combines, saved):
             slot = self.state.locals[name]
             total = self.block_reduce(self.b.load(slot, typ=llvm_type(dtype)), op, dtype, axis)
             self.b.store(self.ops.binary(op, init, total, dtype), slot)
-
-    def strided_loop(
-        self, var: str, start: ir.Value, stop: ir.Value, step: ir.Value, body: tuple[Stmt, ...]
-    ) -> None:
-        b = self.b
-        slot = self._entry_alloca(I64, var)
-        self.state.loops[var] = slot
-        b.store(start, slot)
-        cond = self.fn.append_basic_block(f"{var}.cond")
-        inner = self.fn.append_basic_block(f"{var}.body")
-        done = self.fn.append_basic_block(f"{var}.end")
-        b.branch(cond)
-        b.position_at_end(cond)
-        b.cbranch(b.icmp_signed("<", b.load(slot, typ=I64), stop), inner, done)
-        b.position_at_end(inner)
-        self.block(body)
-        b.store(b.add(b.load(slot, typ=I64), step), slot)
-        b.branch(cond)
-        b.position_at_end(done)
 
     # -------------------------------------------------------------- reductions
 
@@ -363,18 +339,7 @@ class GpuCodegen(_Codegen):
         return CompileError(what, kernel=self.kernel.name, loc=loop.loc, fix=fix)
 
     def _identity(self, op: BinaryOp, d: T.DType) -> ir.Value:
-        t = llvm_type(d)
-        if op in _IDENTITY:
-            value = _IDENTITY[op]
-            return ir.Constant(t, float(value) if d.is_float else value)
-        if d.is_float and d != T.bf16:
-            return ir.Constant(t, float("-inf") if op is BinaryOp.MAX else float("inf"))
-        if d == T.bf16:
-            return ir.Constant(t, 0xFF80 if op is BinaryOp.MAX else 0x7F80)
-        if d.is_bool:
-            return ir.Constant(t, 0 if op is BinaryOp.MAX else 1)
-        lo, hi = (-(1 << (d.bits - 1)), (1 << (d.bits - 1)) - 1) if d.is_signed else (0, -1)
-        return ir.Constant(t, lo if op is BinaryOp.MAX else hi)
+        return constant(reduction_identity(op, d).value, d)
 
     def block_reduce(self, v: ir.Value, op: BinaryOp, d: T.DType, axis: int) -> ir.Value:
         """`v` combined over the threads of axis x that share the other thread indices;
