@@ -62,6 +62,22 @@ def _tile_split(extent: Expr) -> tuple[int, Expr] | None:
     return None
 
 
+def split_tile(extent: Expr, var: str) -> tuple[int, Expr] | None:
+    """(c, n) when `extent` is `min(c, n - var·c)`: the inner loop of `split(…, c)` of a
+    loop over n, whose outer loop is `var` (full tiles while var < n // c)."""
+    tile = _tile_split(extent)
+    if tile is None:
+        return None
+    c, rest = tile
+    match rest:
+        case Binary(op=BinaryOp.SUB, lhs=n, rhs=Binary(op=BinaryOp.MUL, lhs=x, rhs=y)) if {
+            x,
+            y,
+        } == {LoopVar(var), index_const(c)} and LoopVar(var) not in walk_expr(n):
+            return c, n
+    return None
+
+
 class _Expander:
     def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
@@ -135,6 +151,13 @@ class _Expander:
 
     def vector_loop(self, loop: Loop) -> tuple[Stmt, ...]:
         w = loop.width
+        tiles = {
+            (s.extent, t)
+            for s in walk_stmts(loop.body)
+            if isinstance(s, Loop) and (t := split_tile(s.extent, loop.var)) is not None
+        }
+        if tiles:
+            return self.vector_over_tiles(loop, tiles)
         if isinstance(loop.extent, Const) and int(loop.extent.value) % w == 0:
             return self.vector_copies(loop)
         if isinstance(loop.extent, Const) and int(loop.extent.value) < w:
@@ -144,6 +167,26 @@ class _Expander:
             BinaryOp.MUL, index_op(BinaryOp.FLOORDIV, n, index_const(w)), index_const(w)
         )
         return (replace(loop, extent=main), *self.tail(loop, main, n))
+
+    def vector_over_tiles(
+        self, loop: Loop, tiles: set[tuple[Expr, tuple[int, Expr]]]
+    ) -> tuple[Stmt, ...]:
+        """A vector loop over the outer loop of a split whose inner tiles it contains:
+        the vectors cover only full tiles, where the inner extent is the constant c
+        (the same in every lane); the scalar tail takes the rest, edge tile included."""
+        full_tiles = [
+            index_op(BinaryOp.FLOORDIV, index_op(BinaryOp.MAX, n, index_const(0)), index_const(c))
+            for _, (c, n) in tiles
+        ]
+        count = full_tiles[0]
+        for other in full_tiles[1:]:
+            count = index_op(BinaryOp.MIN, count, other)
+        w = index_const(loop.width)
+        main = index_op(BinaryOp.MUL, index_op(BinaryOp.FLOORDIV, count, w), w)
+        constants = {extent: index_const(c) for extent, (c, _) in tiles}
+        body = tuple(map_stmt_exprs(s, constants.get) for s in loop.body)
+        n = index_op(BinaryOp.MAX, loop.extent, index_const(0))
+        return (replace(loop, extent=main, body=body), *self.tail(loop, main, n))
 
     def vector_copies(self, loop: Loop) -> tuple[Stmt, ...]:
         """A short vector loop of constant extent becomes one vector per copy: every

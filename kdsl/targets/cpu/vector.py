@@ -59,6 +59,7 @@ from kdsl.ir.nodes import (
     Unary,
 )
 from kdsl.ir.visit import walk_all_exprs, walk_expr, walk_stmts
+from kdsl.targets.cpu.dot import emit_dot_loop
 from kdsl.targets.cpu.ops import I1, I8, I32, I64, PTR, constant, llvm_type, memory_type
 from kdsl.targets.cpu.state import ErrorKind
 from kdsl.targets.cpu.vector_plan import VectorPlan, accumulation, plan_vector_loop
@@ -187,6 +188,12 @@ class _VectorLoop:
         b.position_at_end(done)
 
     def inner_loop(self, loop: Loop) -> None:
+        """A loop inside the vector loop: dot-product instructions where it is a short
+        sum of narrow products (dot.py), else scalar control with a vector body."""
+        if not emit_dot_loop(self, loop):
+            self.scalar_control_loop(loop)
+
+    def scalar_control_loop(self, loop: Loop) -> None:
         """A loop inside the vector loop: scalar control (a uniform extent), vector body.
 
         Vectors of a temporary that the loop updates in place at one address (a tile of

@@ -24,6 +24,7 @@ from kdsl.ir.nodes import (
     Stmt,
     Store,
 )
+from kdsl.ir.passes.expand import split_tile
 from kdsl.ir.visit import children, stmt_exprs, walk_expr, walk_stmts
 
 ACCUMULATE = (BinaryOp.ADD, BinaryOp.MUL, BinaryOp.MAX, BinaryOp.MIN)
@@ -144,7 +145,9 @@ def _obstacles(body: tuple[Stmt, ...], plan: VectorPlan) -> Iterator[str]:
                 yield f"it allocates the temporary '{name}' inside the loop"
             case Loop(var=var, exec=LoopExec.VECTORIZED | LoopExec.PARALLEL as how):
                 yield f"loop '{var}' inside it is {how.value} too"
-            case Loop(var=var, extent=extent) if plan.varying(extent):
+            case Loop(var=var, extent=extent) if plan.varying(extent) and (
+                split_tile(extent, plan.var) is None
+            ):
                 yield f"the extent of loop '{var}' inside it differs between lanes"
             case Store(buffer=name, index=index, value=value) if not any(
                 map(plan.varying, index)

@@ -1,0 +1,317 @@
+"""Dot-product instructions for a short reduction inside a vector loop.
+
+In a loop vectorized over v (width w), an inner loop over m of constant extent K whose
+body is `acc = acc + P(A) * P(B)`, with A and B narrow values read at subscripts
+`K·v + m + u` of their last axis, sums K adjacent products into each lane:
+
+    lane v of acc  +=  Σ_m  A[K·v + m] · B[K·v + m]
+
+That is exactly what the CPU's dot-product instructions compute, reading A and B as
+single w·K-element vectors:
+
+* u8/i8 → i32, K = 4: AVX512-VNNI `vpdpbusd` (unsigned × signed bytes; a signed×signed
+  or unsigned×unsigned pair is moved into that form by flipping the top bit of one side
+  and subtracting the constant it adds, so every integer result is exact);
+* i16 → i32, K = 2: `vpdpwssd`;
+* bf16 → f32, K = 2: AVX512-BF16 `vdpbf16ps` (which flushes denormal inputs and adds the
+  pair before the accumulator: a reassociation, so never under strict_fp).
+
+Without the instruction the same wide loads feed widening multiplies and K-way adds.
+The operands may be any element-wise expression of such loads (a nibble `q & 15`, say)
+and of values that do not depend on v or m.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import llvmlite.binding as llvm
+from llvmlite import ir
+
+from kdsl import types as T
+from kdsl.ir.nodes import (
+    Assign,
+    Binary,
+    BinaryOp,
+    BufferRole,
+    Cast,
+    Const,
+    Expr,
+    Load,
+    Loop,
+    LoopVar,
+    Unary,
+)
+from kdsl.ir.visit import walk_expr
+from kdsl.targets.cpu.ops import F32, I8, I32, I64, memory_type
+from kdsl.targets.cpu.vector_plan import accumulation
+
+if TYPE_CHECKING:
+    from kdsl.targets.cpu.vector import _VectorLoop
+
+_BYTES = (T.i8, T.u8)
+
+
+@dataclass(frozen=True)
+class _Dot:
+    slot: ir.Value  # the accumulator's vector
+    acc: T.DType  # i32 or f32
+    k: int
+    a: Expr  # the narrow operands
+    b: Expr
+
+
+def emit_dot_loop(vl: _VectorLoop, loop: Loop) -> bool:
+    """Emit `loop` (inside vector loop `vl`) as dot products; False when it isn't one."""
+    dot = _match(vl, loop)
+    if dot is None:
+        return False
+    b = vl.b
+    unit = _unit_strides(vl, (dot.a, dot.b))
+    if unit is None:
+        _emit(vl, loop, dot)
+        return True
+    with b.if_else(unit) as (then, otherwise):
+        with then:
+            _emit(vl, loop, dot)
+        with otherwise:
+            vl.scalar_control_loop(loop)
+    vl.computed.clear()  # values made in either branch don't dominate what follows
+    vl.gen.memo = {}
+    return True
+
+
+# ---------------------------------------------------------------------- recognizing
+
+
+def _match(vl: _VectorLoop, loop: Loop) -> _Dot | None:
+    if vl.mask is not None or vl.gen.checks or not isinstance(loop.extent, Const):
+        return None
+    k = int(loop.extent.value)
+    if len(loop.body) != 1 or not isinstance(s := loop.body[0], Assign):
+        return None
+    found = accumulation(s)
+    if found is None or found[0] is not BinaryOp.ADD:
+        return None
+    product = found[1]
+    if not (isinstance(product, Binary) and product.op is BinaryOp.MUL):
+        return None
+    a, b = product.lhs, product.rhs
+    if not (isinstance(a, Cast) and isinstance(b, Cast)):
+        return None
+    acc, a, b = product.dtype, a.operand, b.operand
+    kinds = {a.dtype, b.dtype}
+    fits = (
+        (acc == T.i32 and k == 4 and kinds <= set(_BYTES))
+        or (acc == T.i32 and k == 2 and kinds == {T.i16})
+        or (acc == T.f32 and k == 2 and kinds == {T.bf16} and not vl.gen.strict_fp)
+    )
+    if not fits or not (_wide_ok(vl, loop, a) and _wide_ok(vl, loop, b)):
+        return None
+    if s.local in vl.vslots:
+        slot = vl.vslots[s.local]
+    elif s.local in vl.partials:
+        slot = vl.partials[s.local][vl.copy]
+    else:
+        return None
+    return _Dot(slot, acc, k, a, b)
+
+
+def _wide_ok(vl: _VectorLoop, loop: Loop, e: Expr) -> bool:
+    """Whether `e` can be computed for all w·K (v, m) pairs as one vector."""
+    if _uniform(vl, loop, e):
+        return True
+    match e:
+        case Load(buffer=name, index=index, dtype=d):
+            return not d.is_bool and _wide_subscripts(vl, loop, name, index) is not None
+        case Binary(lhs=x, rhs=y):
+            return _wide_ok(vl, loop, x) and _wide_ok(vl, loop, y)
+        case Unary(operand=x) | Cast(operand=x):
+            return _wide_ok(vl, loop, x)
+    return False
+
+
+def _uniform(vl: _VectorLoop, loop: Loop, e: Expr) -> bool:
+    return not vl.plan.varying(e) and not any(
+        isinstance(n, LoopVar) and n.name == loop.var for n in walk_expr(e)
+    )
+
+
+def _wide_subscripts(
+    vl: _VectorLoop, loop: Loop, name: str, index: tuple[Expr, ...]
+) -> Expr | None:
+    """u when the last subscript is K·v + m + u and the others are uniform."""
+    if not index or not all(_uniform(vl, loop, i) for i in index[:-1]):
+        return None
+    form = _linear(index[-1], {vl.loop.var, loop.var})
+    if form is None:
+        return None
+    coefficients, rest = form
+    k = int(loop.extent.value)  # type: ignore[attr-defined]
+    if coefficients != {vl.loop.var: k, loop.var: 1} or not _uniform(vl, loop, rest):
+        return None
+    buf = vl.gen.buffers[name]
+    return rest if buf.role in (BufferRole.PARAM, BufferRole.TEMP) else None
+
+
+def _linear(e: Expr, names: set[str]) -> tuple[dict[str, int], Expr] | None:
+    """e as Σ coefficient·name + rest, where rest mentions none of `names`."""
+    if not any(isinstance(n, LoopVar) and n.name in names for n in walk_expr(e)):
+        return {}, e
+    match e:
+        case LoopVar(name=n):
+            return {n: 1}, Const(0, T.INDEX)
+        case Binary(op=BinaryOp.ADD | BinaryOp.SUB as op, lhs=x, rhs=y, dtype=T.INDEX):
+            left, right = _linear(x, names), _linear(y, names)
+            if left is None or right is None:
+                return None
+            sign = 1 if op is BinaryOp.ADD else -1
+            merged = dict(left[0])
+            for n, c in right[0].items():
+                merged[n] = merged.get(n, 0) + sign * c
+            return {n: c for n, c in merged.items() if c}, Binary(op, left[1], right[1], T.INDEX)
+        case (
+            Binary(op=BinaryOp.MUL, lhs=x, rhs=Const(value=c), dtype=T.INDEX)
+            | Binary(op=BinaryOp.MUL, lhs=Const(value=c), rhs=x, dtype=T.INDEX)
+        ):
+            inner = _linear(x, names)
+            if inner is None:
+                return None
+            scaled = {n: int(c) * v for n, v in inner[0].items()}
+            return scaled, Binary(BinaryOp.MUL, inner[1], Const(c, T.INDEX), T.INDEX)
+    return None
+
+
+def _unit_strides(vl: _VectorLoop, operands: tuple[Expr, ...]) -> ir.Value | None:
+    """A run-time test that the strided parameters read here have unit last strides
+    (None when none is strided)."""
+    tests: list[ir.Value] = []
+    seen: set[str] = set()
+    for e in operands:
+        for n in walk_expr(e):
+            if isinstance(n, Load) and n.buffer not in seen:
+                seen.add(n.buffer)
+                buf = vl.gen.buffers[n.buffer]
+                if buf.role is BufferRole.PARAM and not buf.contiguous:
+                    stride = vl.gen.state.arrays[n.buffer].strides[-1]
+                    size = ir.Constant(I64, buf.dtype.itemsize)
+                    tests.append(vl.b.icmp_signed("==", stride, size))
+    if not tests:
+        return None
+    result = tests[0]
+    for t in tests[1:]:
+        result = vl.b.and_(result, t)
+    return result
+
+
+# ---------------------------------------------------------------------- emitting
+
+
+def _emit(vl: _VectorLoop, loop: Loop, dot: _Dot) -> None:
+    b, ops, w = vl.b, vl.ops, vl.w
+    wide = functools.partial(_wide, vl, loop, dot.k)
+    a, c = wide(dot.a), wide(dot.b)
+    old = b.load(dot.slot, typ=dot.slot.allocated_type)
+    da, dc = dot.a.dtype, dot.b.dtype
+    if dot.acc == T.f32:
+        new = _bf16_dot(vl, old, a, c) if _has("avx512bf16", w) else None
+    elif dot.k == 2:
+        new = _intrinsic(vl, "vpdpwssd", old, a, c) if _has("avx512vnni", w) else None
+    else:
+        if da == T.i8 and dc == T.u8:
+            a, c, da, dc = c, a, dc, da
+        new = _byte_dot(vl, old, a, c, da, dc) if _has("avx512vnni", w) else None
+    if new is None:  # no instruction: widen, multiply, add the K products of each lane
+        products = ops.binary(
+            BinaryOp.MUL, ops.cast(a, da, dot.acc), ops.cast(c, dc, dot.acc), dot.acc
+        )
+        new = old
+        for m in range(dot.k):
+            lanes = ir.Constant(ir.VectorType(I32, w), [dot.k * v + m for v in range(w)])
+            part = b.shuffle_vector(products, ir.Constant(products.type, None), lanes)
+            new = ops.binary(BinaryOp.ADD, new, part, dot.acc)
+    b.store(new, dot.slot)
+
+
+def _wide(vl: _VectorLoop, loop: Loop, k: int, e: Expr) -> ir.Value:
+    """`e` for every (v, m) of this vector iteration: lane K·(v - v0) + m."""
+    b, ops = vl.b, vl.ops
+    n = vl.w * k
+    if _uniform(vl, loop, e):
+        scalar = vl.uniform(e)
+        vt = ir.VectorType(scalar.type, n)
+        one = b.insert_element(ir.Constant(vt, None), scalar, ir.Constant(I32, 0))
+        return b.shuffle_vector(
+            one, ir.Constant(vt, None), ir.Constant(ir.VectorType(I32, n), None)
+        )
+    match e:
+        case Load(buffer=name, index=index, dtype=d):
+            info = vl.gen.state.arrays[name]
+            rest = _wide_subscripts(vl, loop, name, index)
+            assert rest is not None  # _wide_ok said so
+            offset: ir.Value = b.mul(
+                b.add(b.mul(vl.base, ir.Constant(I64, k)), vl.uniform(rest)), info.strides[-1]
+            )
+            for i, stride in zip(index[:-1], info.strides):
+                offset = b.add(offset, b.mul(vl.uniform(i), stride))
+            at = b.gep(info.data, [offset], source_etype=I8)
+            return b.load(at, typ=ir.VectorType(memory_type(d), n), align=d.itemsize)
+        case Binary(op=op, lhs=x, rhs=y):
+            return ops.binary(op, _wide(vl, loop, k, x), _wide(vl, loop, k, y), x.dtype)
+        case Unary(op=op, operand=x, dtype=d):
+            return ops.unary(op, _wide(vl, loop, k, x), d)
+        case Cast(operand=x, dtype=d):
+            return ops.cast(_wide(vl, loop, k, x), x.dtype, d)
+    raise AssertionError(f"not a wide expression: {e!r}")
+
+
+def _byte_dot(
+    vl: _VectorLoop, acc: ir.Value, a: ir.Value, c: ir.Value, da: T.DType, dc: T.DType
+) -> ir.Value:
+    """acc + Σ4 a·c with vpdpbusd (unsigned a × signed c). Flipping the top bit of a
+    signed a makes it a + 128 unsigned; of an unsigned c, c - 128 signed; the extra
+    128·Σc (resp. 128·Σa) is one more vpdpbusd against the constant, subtracted."""
+    b = vl.b
+    top = ir.Constant(a.type, [0x80] * a.type.count)
+    if da == T.u8 and dc == T.i8:
+        return _intrinsic(vl, "vpdpbusd", acc, a, c)
+    zero = ir.Constant(acc.type, None)
+    if da == T.i8:  # both signed: (a + 128)·c - 128·c
+        main = _intrinsic(vl, "vpdpbusd", acc, b.xor(a, top), c)
+        return b.sub(main, _intrinsic(vl, "vpdpbusd", zero, top, c))
+    # both unsigned: a·(c - 128) + 128·a, where a·(-128) is vpdpbusd against 0x80 bytes
+    main = _intrinsic(vl, "vpdpbusd", acc, a, b.xor(c, top))
+    return b.sub(main, _intrinsic(vl, "vpdpbusd", zero, a, top))
+
+
+def _bf16_dot(vl: _VectorLoop, acc: ir.Value, a: ir.Value, c: ir.Value) -> ir.Value:
+    w = vl.w
+    name = f"llvm.x86.avx512bf16.dpbf16ps.{32 * w}"
+    words = ir.VectorType(I32, w)
+    args = [acc, vl.b.bitcast(a, words), vl.b.bitcast(c, words)]
+    return vl.ops.intrinsic(name, ir.VectorType(F32, w), args)
+
+
+def _intrinsic(vl: _VectorLoop, which: str, acc: ir.Value, a: ir.Value, c: ir.Value) -> ir.Value:
+    """The VNNI instruction on i32 words (the form every LLVM version accepts)."""
+    w = vl.w
+    words = ir.VectorType(I32, w)
+    args = [acc, vl.b.bitcast(a, words), vl.b.bitcast(c, words)]
+    return vl.ops.intrinsic(f"llvm.x86.avx512.{which}.{32 * w}", words, args)
+
+
+def _has(feature: str, w: int) -> bool:
+    """Whether this CPU runs `feature`'s instruction on w 32-bit lanes."""
+    features = _host_features()
+    return (
+        w in (4, 8, 16)
+        and features.get(feature, False)
+        and (w == 16 or features.get("avx512vl", False))
+    )
+
+
+@functools.cache
+def _host_features() -> dict[str, bool]:
+    return dict(llvm.get_host_cpu_features())
