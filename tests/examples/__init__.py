@@ -1,0 +1,1 @@
+"""Tests of the whole programs in examples/ (kdsl.examples)."""
