@@ -1,0 +1,1 @@
+"""C baselines of the llama2 runner (see build.py)."""
