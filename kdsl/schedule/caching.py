@@ -48,6 +48,7 @@ from kdsl.schedule.step import StepContext
 
 SCOPES = {"stack": Scope.STACK, "heap": Scope.HEAP, "shared": Scope.SHARED}
 STACK_MAX_BYTES = 1 << 20  # an explicit scope="stack" copy may be this large
+VECTOR_BYTES = 64  # the copy loops' vectors on CPU: one AVX-512 register
 _SERIAL_EXECS = (LoopExec.SERIAL, LoopExec.UNROLLED, LoopExec.VECTORIZED)
 
 
@@ -67,12 +68,15 @@ def cache(
 
     The copy loops are parallel, named after the copy (`B.c0` outermost, `B.c1`, …; the
     copy back `B.cw0`, …), innermost along the copy's last axis so their stores are
-    contiguous: vectorize `B.c1` to copy with vectors.
+    contiguous. On CPU, when that axis is also the buffer's last one (any layout that
+    keeps the last axis last, "packed" included), the innermost copy loop is vectorized
+    with 64-byte vectors, so a copy runs at memory speed without a schedule step of its
+    own; a copy outside every parallel loop can be parallelized (`B.c0`).
 
         for ko:                               for ko:
           for ii: for ki: for ji:               allocate B.c      # [64, 32]
             … B[ko*64 + ki, jo*32 + ji]    →    for B.c0 in range(min(64, K - ko * 64)):
-                                                  for B.c1 in range(min(32, N - jo * 32)):
+                                                  for B.c1 in range(min(32, N - jo * 32)):  # vectorized(16)
                                                     B.c[B.c0, B.c1] = B[ko * 64 + B.c0, jo * 32 + B.c1]
                                                 for ii: for ki: for ji:
                                                   … B.c[ki, ji]
@@ -91,7 +95,9 @@ def cache(
         _scope(ctx, scope, buf, shape),
         loc=ctx.loc,
     )
-    copy = _Copy(ctx, buf, local, spans, windows, order, loop)
+    around = tree.enclosing(ctx.kernel.body, path)
+    vectorized = any(isinstance(s, Loop) and s.exec is LoopExec.VECTORIZED for s in around)
+    copy = _Copy(ctx, buf, local, spans, windows, order, loop, vectorized)
     body = (Allocate(local.name, loc=ctx.loc), copy.inward(), *copy.retarget(loop.body))
     if written:
         body += (copy.outward(),)
@@ -228,6 +234,13 @@ def _scope(ctx: StepContext, scope: object, buf: Buffer, shape: tuple[Expr, ...]
     return SCOPES[str(scope)]
 
 
+def _vector_copy(ctx: StepContext, buf: Buffer, order: tuple[int, ...], inside: bool) -> bool:
+    """Whether the innermost copy loops run as vector code: on CPU, when they walk both
+    the buffer and the copy with unit stride (the copy's last axis is the buffer's last)
+    and no loop around them is a vector loop already."""
+    return ctx.target == "cpu" and not inside and buf.ndim > 0 and order[-1] == buf.ndim - 1
+
+
 class _Copy:
     """The copy loops between a buffer's box and its local copy, and the rewrite of the
     accesses to use the copy."""
@@ -241,9 +254,11 @@ class _Copy:
         windows: tuple[Window, ...],
         order: tuple[int, ...],
         at: Loop,
+        vectorized: bool,
     ) -> None:
         self.ctx, self.buf, self.local = ctx, buf, local
         self.spans, self.windows, self.order, self.at = spans, windows, order, at
+        self.vectors = _vector_copy(ctx, buf, order, vectorized)
 
     def local_index(self, index: tuple[Expr, ...]) -> tuple[Expr, ...]:
         rel = relative(index, self.spans)
@@ -269,6 +284,9 @@ class _Copy:
         )
         for d, n in reversed(list(zip(dims, names))):
             stmt = Loop(n, self.windows[d].count, LoopKind.PARALLEL, (stmt,), loc=self.ctx.loc)
+            if n == names[-1] and self.vectors:
+                lanes = max(2, min(64, VECTOR_BYTES // self.buf.dtype.itemsize))
+                stmt = replace(stmt, exec=LoopExec.VECTORIZED, width=lanes)
         return stmt
 
     def retarget(self, stmts: tuple[Stmt, ...]) -> tuple[Stmt, ...]:

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import kdsl as kd
-from kdsl.ir.nodes import Const, Kernel, Loop, LoopKind, Scope
+from kdsl.ir.nodes import Const, Kernel, Loop, LoopExec, LoopKind, Scope
 from kdsl.ir.passes import lower
 from kdsl.schedule.recipe import Schedule
 from kdsl.schedule.tree import loops
@@ -66,7 +66,7 @@ PACKED_B = """\
       for ko in range((A.shape[1] + 63) // 64):  # reduction
         allocate B.c
         for B.c0 in range(min(64, B.shape[0] - ko * 64)):  # parallel
-          for B.c1 in range(min(32, B.shape[1] - jo * 32)):  # parallel
+          for B.c1 in range(min(32, B.shape[1] - jo * 32)):  # parallel, vectorized(16)
             B.c[B.c0, B.c1] = B[ko * 64 + B.c0, jo * 32 + B.c1]
         for ii in range(min(4, A.shape[0] - io * 4)):  # parallel
           for ki in range(min(64, A.shape[1] - ko * 64)):  # reduction
@@ -144,14 +144,45 @@ def test_cache_a_stencil_tile(h: int, w: int, at: str) -> None:
     np.testing.assert_allclose(run(s.kernel, x=x, y=y)["y"], blur_ref(x), rtol=1e-6)
 
 
-def test_vectorize_the_copy() -> None:
+def test_the_copy_is_vector_code() -> None:
+    """On CPU a copy along the buffer's last axis is vectorized by cache itself (64-byte
+    vectors); a transposed copy, or one inside a vector loop, stays scalar."""
     a, b, c = mm_args(5, 45, 70)
     s = schedule(matmul, a, b, c)
     ko = tiled(s)[2]
     s.cache("B", at=ko)
-    s.vectorize("B.c1", 16)
     s.unroll("B.c0", 4)
+    assert loop_named(s.kernel, "B.c1").exec is LoopExec.VECTORIZED
+    assert loop_named(s.kernel, "B.c1").width == 16
+    s.cache("A", at=ko, layout="transposed")
+    assert loop_named(s.kernel, "A.c1").exec is LoopExec.SERIAL
     check_mm(s.kernel, a, b, c)
+    s = Schedule(lower(matmul.ir(a, b, c).kernel), target="cuda")
+    s.cache("B", at=tiled(s)[2])
+    assert loop_named(s.kernel, "B.c1").exec is LoopExec.SERIAL
+
+
+def test_a_parallel_copy() -> None:
+    """A panel packed outside the parallel loop, its copy spread over the threads."""
+
+    @kd.kernel
+    def mm(A, B, C):
+        i, j, k = kd.indices(A.shape[0], B.shape[1], A.shape[1])
+        C[i, j] = kd.sum(A[i, k] * B[k, j], over=k)
+
+    @mm.schedule(kd.cpu)
+    def _(s: Schedule) -> None:
+        io, ii = s.split("i", 4)
+        jo, ji = s.split("j", 64)
+        s.reorder(jo, io, ii, ji)
+        s.cache("B", at=jo)
+        s.parallelize("B.c0")
+        s.parallelize(io)
+
+    for m, n, k in [(1, 1, 1), (9, 70, 130), (0, 3, 2), (300, 200, 700)]:
+        a, b, c = mm_args(m, n, k)
+        mm(a, b, c)
+        np.testing.assert_allclose(c, a.astype(np.float64) @ b, rtol=1e-4, atol=1e-5)
 
 
 def test_cache_twice_gets_fresh_names() -> None:
