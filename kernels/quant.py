@@ -1,0 +1,405 @@
+"""GGML's Q8_0 and Q4_0 block formats, bit for bit, with kdsl kernels that quantize,
+dequantize and multiply with the dequantization fused into the dot products.
+
+A block holds 32 consecutive values of a row and one f16 scale d:
+* Q8_0 (34 bytes): d, then 32 int8 q;           value = d·q
+* Q4_0 (18 bytes): d, then 16 bytes of nibbles;  value j = d·(nibble - 8), the low
+  nibbles holding values 0–15 and the high nibbles values 16–31.
+A `QTensor` keeps a matrix in exactly GGML's bytes; the kernels read the scales and
+quants through strided views of those bytes (no unpacking copy).
+
+Matrix-vector products follow GGML: the activations are quantized to Q8_0 per block
+too, and each block's integer dot product (32 byte products summed in int32: AVX512-VNNI
+`vpdpbusd`, reached by splitting the block's loop by 4 and vectorizing it — see
+kdsl/targets/cpu/dot.py) is scaled by both blocks' scales. `activations="f32"` keeps
+the activations in f32 instead and dequantizes the weights in registers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+import kdsl as kd
+
+BLOCK = 32  # values per block, both formats
+FORMATS = {"q8_0": 34, "q4_0": 18}  # bytes per block
+
+
+@dataclass(frozen=True)
+class QTensor:
+    """A [rows, cols] matrix in a GGML block format; `data` is GGML's bytes, row by row."""
+
+    format: str
+    shape: tuple[int, int]
+    data: np.ndarray  # uint8 [rows, blocks · bytes per block]
+
+    @property
+    def blocks(self) -> int:
+        return self.shape[1] // BLOCK
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.data.nbytes)
+
+    @property
+    def scales(self) -> np.ndarray:
+        """f16 [rows, blocks], a view of the bytes."""
+        size = FORMATS[self.format]
+        return np.ndarray(
+            (self.shape[0], self.blocks), np.float16, self.data, 0, (self.data.strides[0], size)
+        )
+
+    @property
+    def quants(self) -> np.ndarray:
+        """int8 [rows, blocks, 32] (Q8_0) or uint8 [rows, blocks, 16] (Q4_0 nibble pairs)."""
+        size = FORMATS[self.format]
+        count, dtype = (32, np.int8) if self.format == "q8_0" else (16, np.uint8)
+        strides = (self.data.strides[0], size, 1)
+        return np.ndarray((self.shape[0], self.blocks, count), dtype, self.data, 2, strides)
+
+    def tobytes(self) -> bytes:
+        return self.data.tobytes()
+
+    @classmethod
+    def frombuffer(cls, buffer: object, fmt: str, shape: tuple[int, int]) -> QTensor:
+        """A QTensor over GGML bytes (e.g. a memory-mapped file), without copying."""
+        rows, cols = _check_shape(fmt, shape)
+        data = np.frombuffer(buffer, np.uint8)  # type: ignore[call-overload]
+        expected = rows * (cols // BLOCK) * FORMATS[fmt]
+        if data.size != expected:
+            raise ValueError(
+                f"{fmt} {rows}x{cols} takes {expected} bytes, the buffer has {data.size}"
+            )
+        return cls(fmt, (rows, cols), data.reshape(rows, -1))
+
+
+def _check_shape(fmt: str, shape: tuple[int, ...]) -> tuple[int, int]:
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}: expected one of {sorted(FORMATS)}")
+    if len(shape) != 2 or shape[1] % BLOCK:
+        raise ValueError(
+            f"{fmt} stores rows in blocks of {BLOCK}: expected a 2-D shape whose last "
+            f"dimension is a multiple of {BLOCK}, got {tuple(shape)}"
+        )
+    return int(shape[0]), int(shape[1])
+
+
+# ------------------------------------------------------------------ quantizing
+
+
+def _round_half_away(v):
+    """C's roundf on a traced f32 value, exactly: truncate, then step away from zero
+    when the dropped fraction is at least one half."""
+    t = v.astype(kd.i32)
+    step = kd.where(v > 0, 1, -1)
+    return t + kd.where(kd.abs(v - t.astype(kd.f32)) >= 0.5, step, 0)
+
+
+@kd.kernel
+def q8_0_blocks(x, d, q):
+    """GGML's quantize_row_q8_0: d = max|x| / 127 per block, q = round(x / d)."""
+    r, b, j = kd.indices(d.shape[0], d.shape[1], BLOCK)
+    scale = kd.empty(d.shape, kd.f32)
+    scale[r, b] = kd.max(kd.abs(x[r, BLOCK * b + j]), over=j) / 127
+    d[r, b] = scale[r, b]
+    inverse = kd.where(scale[r, b] != 0, 1 / scale[r, b], 0)
+    q[r, b, j] = _round_half_away(x[r, BLOCK * b + j] * inverse).astype(kd.i8)
+
+
+@q8_0_blocks.schedule(kd.cpu)
+def _q8_0_blocks_cpu(s):
+    s.fuse("r", "r.1")
+    s.fuse("r", "r.2")
+    s.fuse("b", "b.1")
+    s.fuse("b", "b.2")
+    s.vectorize("j", 16)
+    s.vectorize("j.1", 16)
+    s.parallelize("r")
+
+
+@kd.kernel
+def q4_0_blocks(x, d, q):
+    """GGML's quantize_row_q4_0: d = -m / 8 for m the block's first value of largest
+    magnitude; nibble = min(15, trunc(x / d + 8.5)), value j low and j + 16 high."""
+    r, b, j = kd.indices(d.shape[0], d.shape[1], BLOCK)
+    amax = kd.empty(d.shape, kd.f32)
+    amax[r, b] = kd.max(kd.abs(x[r, BLOCK * b + j]), over=j)
+    first = kd.empty(d.shape, kd.i32)
+    first[r, b] = kd.min(kd.where(kd.abs(x[r, BLOCK * b + j]) == amax[r, b], j, BLOCK), over=j)
+    scale = kd.empty(d.shape, kd.f32)
+    scale[r, b] = x[r, BLOCK * b + first[r, b]] / -8
+    d[r, b] = scale[r, b]
+    inverse = kd.where(scale[r, b] != 0, 1 / scale[r, b], 0)
+    h = kd.indices(BLOCK // 2, names="h")
+    low = kd.minimum((x[r, BLOCK * b + h] * inverse + 8.5).astype(kd.i8), 15)
+    high = kd.minimum((x[r, BLOCK * b + h + 16] * inverse + 8.5).astype(kd.i8), 15)
+    q[r, b, h] = (low | (high << 4)).astype(kd.u8)
+
+
+@q4_0_blocks.schedule(kd.cpu)
+def _q4_0_blocks_cpu(s):
+    for k in range(1, 5):
+        s.fuse("r", f"r.{k}")
+        s.fuse("b", f"b.{k}")
+    s.vectorize("j", 16)
+    s.vectorize("j.1", 16)
+    s.vectorize("h", 16)
+    s.parallelize("r")
+
+
+_QUANTIZERS = {"q8_0": (q8_0_blocks, np.int8, 32), "q4_0": (q4_0_blocks, np.uint8, 16)}
+
+
+def quantize(x: np.ndarray, fmt: str) -> QTensor:
+    """`x` ([rows, cols] or [cols], cols a multiple of 32) in GGML's `fmt`, bit for bit
+    what GGML's reference quantizer writes."""
+    x = np.asarray(x, np.float32)
+    matrix = x.reshape(1, -1) if x.ndim == 1 else x
+    rows, cols = _check_shape(fmt, matrix.shape)
+    kernel, qtype, count = _QUANTIZERS[fmt]
+    d = np.empty((rows, cols // BLOCK), np.float16)
+    q = np.empty((rows, cols // BLOCK, count), qtype)
+    kernel(matrix, d, q)
+    return _packed(fmt, d, q)
+
+
+def _packed(fmt: str, d: np.ndarray, q: np.ndarray) -> QTensor:
+    """Scales and quants interleaved into GGML's blocks."""
+    rows, blocks = d.shape
+    out = QTensor(fmt, (rows, blocks * BLOCK), np.empty((rows, blocks * FORMATS[fmt]), np.uint8))
+    out.scales[...] = d
+    out.quants[...] = q
+    return out
+
+
+def quantize_q8_0(x: np.ndarray) -> QTensor:
+    return quantize(x, "q8_0")
+
+
+def quantize_q4_0(x: np.ndarray) -> QTensor:
+    return quantize(x, "q4_0")
+
+
+# ------------------------------------------------------------------ dequantizing
+
+
+@kd.kernel
+def q8_0_values(d, q, y):
+    r, b, j = kd.indices(q.shape[0], q.shape[1], BLOCK)
+    y[r, BLOCK * b + j] = d[r, b].astype(kd.f32) * q[r, b, j].astype(kd.f32)
+
+
+@kd.kernel
+def q4_0_values(d, q, y):
+    r, b, h = kd.indices(q.shape[0], q.shape[1], BLOCK // 2)
+    scale = d[r, b].astype(kd.f32)
+    y[r, BLOCK * b + h] = scale * ((q[r, b, h] & 15).astype(kd.f32) - 8)
+    y[r, BLOCK * b + h + 16] = scale * ((q[r, b, h] >> 4).astype(kd.f32) - 8)
+
+
+def dequantize(w: QTensor, out: np.ndarray | None = None) -> np.ndarray:
+    """The f32 values a QTensor stands for."""
+    kernel = q8_0_values if w.format == "q8_0" else q4_0_values
+    if out is None:
+        out = np.empty(w.shape, np.float32)
+    kernel(w.scales, w.quants, out)
+    return out
+
+
+# ------------------------------------------------------------------ products
+#
+# Every product kernel computes y[t, r] = Σ_c x[t, c]·w[r, c] for a batch of t rows of
+# activations; rows r of the weights are split between the cores and each row's blocks
+# are read once for the whole batch.
+
+
+LANES_Q8, LANES_Q4 = BLOCK // 4, BLOCK // 8  # byte groups of 4 per block (Q4_0: per half)
+
+
+@kd.kernel
+def q8_0_dot_q8_0(d, q, xd, xq, y):
+    """Lane l of a block is bytes 4l … 4l+3 (one vpdpbusd lane); the lanes accumulate
+    block after block in f32 and are added once per row. Signed weight bytes become
+    unsigned by adding 128 (flipping the top bit), for the unsigned × signed product;
+    128·Σxq of the lane takes the offset back out."""
+    t, r, b, lane, m = kd.indices(xq.shape[0], q.shape[0], q.shape[1], LANES_Q8, 4)
+    xsum = kd.empty((xq.shape[0], q.shape[1], LANES_Q8), kd.i32)
+    xsum[t, b, lane] = kd.sum(xq[t, b, 4 * lane + m].astype(kd.i32), over=m)
+    biased = (q[r, b, 4 * lane + m].astype(kd.u8) ^ 128).astype(kd.i32)
+    dot = kd.sum(biased * xq[t, b, 4 * lane + m].astype(kd.i32), over=m) - 128 * xsum[t, b, lane]
+    scale = d[r, b].astype(kd.f32) * xd[t, b].astype(kd.f32)
+    lanes = kd.empty((xq.shape[0], q.shape[0], LANES_Q8), kd.f32)
+    lanes[t, r, lane] = kd.sum(dot.astype(kd.f32) * scale, over=b)
+    y[t, r] = kd.sum(lanes[t, r, lane], over=lane)
+
+
+@kd.kernel
+def q4_0_dot_q8_0(d, q, xd, xq, y):
+    """As for Q8_0, with lane l holding nibble bytes 4l … 4l+3: their low nibbles are
+    values 4l … 4l+3 of the block and their high nibbles values 16+4l … 16+4l+3. The
+    nibbles are unsigned bytes as they are; the -8 of every value is 8·Σxq of the lane."""
+    t, r, b, lane, m = kd.indices(xq.shape[0], q.shape[0], q.shape[1], LANES_Q4, 4)
+    xsum = kd.empty((xq.shape[0], q.shape[1], LANES_Q4), kd.i32)
+    pair = xq[t, b, 4 * lane + m].astype(kd.i32) + xq[t, b, 16 + 4 * lane + m].astype(kd.i32)
+    xsum[t, b, lane] = kd.sum(pair, over=m)
+    nibbles = q[r, b, 4 * lane + m]
+    low = kd.sum((nibbles & 15).astype(kd.i32) * xq[t, b, 4 * lane + m].astype(kd.i32), over=m)
+    high_x = xq[t, b, 16 + 4 * lane + m].astype(kd.i32)
+    high = kd.sum((nibbles >> 4).astype(kd.i32) * high_x, over=m)
+    scale = d[r, b].astype(kd.f32) * xd[t, b].astype(kd.f32)
+    lanes = kd.empty((xq.shape[0], q.shape[0], LANES_Q4), kd.f32)
+    dot = low + high - 8 * xsum[t, b, lane]
+    lanes[t, r, lane] = kd.sum(dot.astype(kd.f32) * scale, over=b)
+    y[t, r] = kd.sum(lanes[t, r, lane], over=lane)
+
+
+def _lanes_across_blocks(s, lane, width, batch=("t", "t.1"), block="b"):
+    """Rows of weights on all cores, the batch inside each row (its blocks are read
+    once), and the lanes of a block across a vector that accumulates block after block:
+    its row's sum then leaves the registers once. `batch`: the batch loops of the
+    lanes' statement and of the row sum."""
+    s.reorder("r", batch[0])
+    s.reorder("r.1", batch[1])
+    s.fuse("r", "r.1")
+    s.fuse(*batch)
+    s.reorder(block, lane)
+    s.vectorize(lane, width)
+    s.parallelize("r")
+
+
+@q8_0_dot_q8_0.schedule(kd.cpu)
+def _q8_0_dot_cpu(s):
+    _lanes_across_blocks(s, "lane.1", LANES_Q8, batch=("t.1", "t.2"), block="b.1")
+
+
+@q4_0_dot_q8_0.schedule(kd.cpu)
+def _q4_0_dot_cpu(s):
+    _lanes_across_blocks(s, "lane.1", LANES_Q4, batch=("t.1", "t.2"), block="b.1")
+
+
+@kd.kernel
+def q8_0_dot_f32(d, q, x, y):
+    """Weights dequantized in registers: lane j of a vector accumulates block after
+    block, and the lanes are added once per row."""
+    t, r, b, j = kd.indices(x.shape[0], q.shape[0], q.shape[1], BLOCK)
+    lanes = kd.empty((x.shape[0], q.shape[0], BLOCK), kd.f32)
+    weight = d[r, b].astype(kd.f32) * q[r, b, j].astype(kd.f32)
+    lanes[t, r, j] = kd.sum(weight * x[t, BLOCK * b + j], over=b)
+    y[t, r] = kd.sum(lanes[t, r, j], over=j)
+
+
+@kd.kernel
+def q4_0_dot_f32(d, q, x, y):
+    t, r, b, h = kd.indices(x.shape[0], q.shape[0], q.shape[1], BLOCK // 2)
+    lanes = kd.empty((x.shape[0], q.shape[0], BLOCK // 2), kd.f32)
+    scale = d[r, b].astype(kd.f32)
+    low = ((q[r, b, h] & 15).astype(kd.f32) - 8) * x[t, BLOCK * b + h]
+    high = ((q[r, b, h] >> 4).astype(kd.f32) - 8) * x[t, BLOCK * b + h + 16]
+    lanes[t, r, h] = kd.sum(scale * (low + high), over=b)
+    y[t, r] = kd.sum(lanes[t, r, h], over=h)
+
+
+@q8_0_dot_f32.schedule(kd.cpu)
+def _q8_0_f32_cpu(s):
+    _lanes_across_blocks(s, "j", 16)
+
+
+@q4_0_dot_f32.schedule(kd.cpu)
+def _q4_0_f32_cpu(s):
+    _lanes_across_blocks(s, "h", 16)
+
+
+_PRODUCTS = {
+    ("q8_0", "q8_0"): q8_0_dot_q8_0,
+    ("q4_0", "q8_0"): q4_0_dot_q8_0,
+    ("q8_0", "f32"): q8_0_dot_f32,
+    ("q4_0", "f32"): q4_0_dot_f32,
+}
+
+
+def qmatmul(
+    w: QTensor, x: np.ndarray, out: np.ndarray | None = None, activations: str = "q8_0"
+) -> np.ndarray:
+    """x @ wᵀ for x of shape [n, cols] (or [cols]): GGML's mul_mat. `activations="q8_0"`
+    (GGML's way, and the fast one) quantizes each row of x per block first; "f32"
+    multiplies the f32 activations by the weights dequantized in registers."""
+    if not isinstance(w, QTensor):
+        raise TypeError(f"w must be a QTensor (from quantize_q8_0/quantize_q4_0), got {type(w)}")
+    if activations not in ("q8_0", "f32"):
+        raise ValueError(f"activations must be 'q8_0' or 'f32', got {activations!r}")
+    x = np.asarray(x, np.float32)
+    vector = x.ndim == 1
+    batch = x.reshape(1, -1) if vector else x
+    if batch.ndim != 2 or batch.shape[1] != w.shape[1]:
+        raise ValueError(f"can't multiply x of shape {x.shape} by weights {w.shape} transposed")
+    shape = (batch.shape[0], w.shape[0])
+    y = out.reshape(shape) if out is not None and out.size == np.prod(shape) else None
+    if out is not None and y is None:
+        raise ValueError(f"out has shape {out.shape}, expected {shape[1:] if vector else shape}")
+    if y is None:
+        y = np.empty(shape, np.float32)
+    kernel = _PRODUCTS[(w.format, activations)]
+    if activations == "f32":
+        kernel(w.scales, w.quants, batch, y)
+    else:
+        xq = quantize_q8_0(batch)
+        kernel(w.scales, w.quants, xq.scales, xq.quants, y)
+    return y[0] if vector and out is None else (out if out is not None else y)
+
+
+def qmatvec(
+    w: QTensor, x: np.ndarray, out: np.ndarray | None = None, activations: str = "q8_0"
+) -> np.ndarray:
+    """w @ x for a vector x of length cols: the decoding step of a quantized model."""
+    x = np.asarray(x)
+    if x.ndim != 1:
+        raise ValueError(f"qmatvec takes a vector x, got shape {x.shape}; use qmatmul")
+    return qmatmul(w, x, out, activations)
+
+
+# ------------------------------------------------------------------ reference
+
+
+def reference_quantize(x: np.ndarray, fmt: str) -> QTensor:
+    """GGML's reference quantizers in NumPy, f32 arithmetic as in the C code."""
+    x = np.asarray(x, np.float32)
+    rows, cols = _check_shape(fmt, x.shape)
+    blocks = x.reshape(rows, cols // BLOCK, BLOCK)
+    if fmt == "q8_0":
+        d = np.abs(blocks).max(axis=2, keepdims=True) / np.float32(127)
+    else:  # the first value of largest magnitude, over -8
+        first = np.argmax(np.abs(blocks), axis=2)[..., None]
+        d = np.take_along_axis(blocks, first, axis=2) / np.float32(-8)
+    with np.errstate(divide="ignore"):
+        inverse = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+    v = blocks * inverse
+    if fmt == "q8_0":
+        q = (np.trunc(v) + np.where(np.abs(v - np.trunc(v)) >= 0.5, np.sign(v), 0)).astype(np.int8)
+    else:
+        nibbles = np.minimum(15, np.trunc(v + np.float32(8.5))).astype(np.uint8)
+        q = nibbles[..., :16] | (nibbles[..., 16:] << 4)
+    return _packed(fmt, d[..., 0], q)
+
+
+def reference_dequantize(w: QTensor) -> np.ndarray:
+    d = w.scales.astype(np.float32)[:, :, None]
+    q = w.quants
+    if w.format == "q4_0":
+        q = np.concatenate([(q & 15).astype(np.int8) - 8, (q >> 4).astype(np.int8) - 8], axis=2)
+    return (d * q.astype(np.float32)).reshape(w.shape)
+
+
+def reference_qmatmul(w: QTensor, x: np.ndarray, activations: str = "q8_0") -> np.ndarray:
+    """GGML's arithmetic in float64 NumPy: integer block dots times both scales."""
+    batch = np.asarray(x, np.float32).reshape(-1, w.shape[1])
+    if activations == "f32":
+        return batch.astype(np.float64) @ reference_dequantize(w).astype(np.float64).T
+    xq = reference_quantize(batch, "q8_0")
+    wq = w.quants.astype(np.int64)
+    if w.format == "q4_0":
+        wq = np.concatenate([(wq & 15) - 8, (wq >> 4) - 8], axis=2)
+    dots = np.einsum("rbj,tbj->trb", wq, xq.quants.astype(np.int64))
+    scales = w.scales.astype(np.float64)[None] * xq.scales.astype(np.float64)[:, None]
+    return (dots * scales).sum(axis=2)
