@@ -1,4 +1,5 @@
-"""The kdsl kernel library, written in kdsl: matmul, attention, softmax and norms (so far).
+"""The kdsl kernel library, written in kdsl: matmul, attention, softmax, norms and GGML's
+quantized formats.
 
 Each module holds the algorithm, a CPU schedule with its search space (`s.param`),
 example shapes for `kdsl autotune`, and a public function that allocates the output
@@ -8,6 +9,26 @@ when `out=` is not given.
 from kdsl.kernels.attention import attention
 from kdsl.kernels.matmul import matmul
 from kdsl.kernels.norms import layernorm, rmsnorm
+from kdsl.kernels.quant import (
+    QTensor,
+    dequantize,
+    qmatmul,
+    qmatvec,
+    quantize_q4_0,
+    quantize_q8_0,
+)
 from kdsl.kernels.softmax import softmax
 
-__all__ = ["attention", "layernorm", "matmul", "rmsnorm", "softmax"]
+__all__ = [
+    "QTensor",
+    "attention",
+    "dequantize",
+    "layernorm",
+    "matmul",
+    "qmatmul",
+    "qmatvec",
+    "quantize_q4_0",
+    "quantize_q8_0",
+    "rmsnorm",
+    "softmax",
+]
