@@ -1,4 +1,4 @@
-"""The `kdsl` command line: `kdsl show | autotune | cache | demo | bench | version`.
+"""The `kdsl` command line: `kdsl show | autotune | cache | demo | llama2 | bench | version`.
 
 Exit codes: 0 success; 1 a kdsl error (its message is printed); 2 a usage error
 (bad target, missing kernel, bad --args or --shape, unusable cache directory),
@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 import kdsl
-from kdsl.cli import autotune, cache, demo, inspect
+from kdsl.cli import autotune, cache, demo, inspect, llama2
 from kdsl.cli.common import UsageError, load_kernel
 from kdsl.errors import KdslError
 
@@ -26,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"kdsl {kdsl.__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    for module in (inspect, autotune, cache, demo):
+    for module in (inspect, autotune, cache, demo, llama2):
         module.add(commands)
     return parser
 

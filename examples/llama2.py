@@ -1,0 +1,455 @@
+"""llama2.c in kdsl: Llama-2 decoding where every step of the forward is a kdsl kernel.
+
+    python examples/llama2.py CHECKPOINT [-t temp] [-p topp] [-s seed] [-n steps]
+                              [-i prompt] [-z tokenizer.bin] [--quant q8_0|q4_0]
+
+CHECKPOINT is llama2.c's legacy float32 file or its version-2 int8 file ("ak42"; read
+through the `int8_groups` kernel below: a new quantized layout is a few lines of kdsl);
+`--quant` re-quantizes a float32 file to GGML's Q8_0 or Q4_0 (kdsl.kernels.quant) at
+load. Threads: KDSL_NUM_THREADS (all cores by default). Prints the text, then
+`achieved tok/s: N` as llama2.c does. `kdsl llama2 ...` runs the same.
+
+A layer is eight kernel calls for float32 (norm; q, k and v in one matrix-vector
+product; RoPE into the KV cache; attention over the cache; the output projection with
+the residual added; norm; w1 and w3 with SwiGLU fused; w2 with the residual added) and
+a few more for the quantized formats, whose activations are quantized once per input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from kdsl.examples.llama2_format import (
+    Config,
+    QWeights,
+    Tokenizer,
+    Weights,
+    read_checkpoint,
+    rope_tables,
+)
+from kdsl.examples.llama2_reference import Sampler, generate
+from kdsl.kernels import quant
+
+import kdsl as kd
+
+EPS = 1e-5
+
+# ---------------------------------------------------------------------- vector kernels
+
+
+@kd.kernel
+def rmsnorm(x, w, y):
+    j = kd.indices(x.shape[0])
+    inverse = 1 / kd.sqrt(kd.sum(x[j] * x[j], over=j) / x.shape[0] + EPS)
+    y[j] = w[j] * (inverse * x[j])
+
+
+@kd.kernel
+def rope(vec, cos, sin, out):
+    """Rotate each pair (2p, 2p+1) of every head by the position's angle for p."""
+    p = kd.indices(vec.shape[0] // 2)
+    f = p % cos.shape[0]
+    a, b = vec[2 * p], vec[2 * p + 1]
+    out[2 * p] = a * cos[f] - b * sin[f]
+    out[2 * p + 1] = a * sin[f] + b * cos[f]
+
+
+@kd.kernel
+def attend(q, keys, values, out):
+    """Each query head against the cached keys/values 0..pos of its kv head (GQA: heads
+    share kv heads in groups): softmax(q·k / √d) · v."""
+    heads, length, size = q.shape[0], keys.shape[0], q.shape[1]
+    h, t, d = kd.indices(heads, length, size)
+    g = h // (heads // keys.shape[1])
+    scores = kd.empty((heads, length), kd.f32)
+    scores[h, t] = kd.sum(q[h, d] * keys[t, g, d], over=d) / kd.sqrt(kd.cast(size, kd.f32))
+    top = kd.empty(heads, kd.f32)
+    top[h] = kd.max(scores[h, t], over=t)
+    weights = kd.empty((heads, length), kd.f32)
+    weights[h, t] = kd.exp(scores[h, t] - top[h])
+    total = kd.empty(heads, kd.f32)
+    total[h] = kd.sum(weights[h, t], over=t)
+    out[h, d] = kd.sum(weights[h, t] * values[t, g, d], over=t) / total[h]
+
+
+@attend.schedule(kd.cpu)
+def _attend_cpu(s):
+    for k in range(1, 5):
+        s.fuse("h", f"h.{k}")
+    s.reorder("t.4", "d.1")
+    s.vectorize("d", 16)
+    s.vectorize("d.1", 16)
+    s.parallelize("h")
+
+
+@kd.kernel
+def add(x, y):
+    i = kd.indices(x.shape[0])
+    x[i] = x[i] + y[i]
+
+
+@kd.kernel
+def swiglu(h13, h):
+    """h = silu(h1) · h3 for h13 = [h1; h3]."""
+    i = kd.indices(h.shape[0])
+    a = h13[i]
+    h[i] = a * (1 / (1 + kd.exp(-a))) * h13[i + h.shape[0]]
+
+
+# ---------------------------------------------------------------------- float32 matrices
+
+
+@kd.kernel
+def matvec(w, x, y):
+    i, j = kd.indices(w.shape[0], w.shape[1])
+    y[i] = kd.sum(w[i, j] * x[j], over=j)
+
+
+@kd.kernel
+def matvec_add(w, x, y):
+    """y += w @ x: the residual added as the row's sum is stored."""
+    i, j = kd.indices(w.shape[0], w.shape[1])
+    y[i] = y[i] + kd.sum(w[i, j] * x[j], over=j)
+
+
+@kd.kernel
+def swiglu_matvec(w1, w3, x, h):
+    """h = silu(w1 @ x) · (w3 @ x): both rows' sums in one pass over x."""
+    i, j = kd.indices(w1.shape[0], w1.shape[1])
+    a = kd.sum(w1[i, j] * x[j], over=j)
+    b = kd.sum(w3[i, j] * x[j], over=j)
+    h[i] = a * (1 / (1 + kd.exp(-a))) * b
+
+
+def _rows_on_cores(s):
+    s.vectorize("j", 16)
+    s.parallelize("i")
+
+
+for _kernel in (matvec, matvec_add):
+    _kernel.schedule(kd.cpu)(_rows_on_cores)
+
+
+@swiglu_matvec.schedule(kd.cpu)
+def _swiglu_cpu(s):
+    s.vectorize("j", 16)
+    s.vectorize("j.1", 16)
+    s.parallelize("i")
+
+
+# ---------------------------------------------------------------------- int8 groups
+
+
+@kd.kernel
+def quantize_groups(x, xq, xs):
+    """runq.c's activations: per group, scale = max|x| / 127 and q = round(x / scale)
+    (halves away from zero; an all-zero group gets q = 0)."""
+    g, j = kd.indices(xs.shape[0], x.shape[0] // xs.shape[0])
+    size = x.shape[0] // xs.shape[0]
+    scale = kd.empty(xs.shape, kd.f32)
+    scale[g] = kd.max(kd.abs(x[g * size + j]), over=j) / 127
+    xs[g] = scale[g]
+    v = kd.where(scale[g] != 0, x[g * size + j] / scale[g], 0)
+    t = v.astype(kd.i32)
+    away = kd.where(kd.abs(v - t.astype(kd.f32)) >= 0.5, kd.where(v > 0, 1, -1), 0)
+    xq[g * size + j] = (t + away).astype(kd.i8)
+
+
+@quantize_groups.schedule(kd.cpu)
+def _quantize_groups_cpu(s):
+    s.fuse("g", "g.1")
+    s.fuse("g", "g.2")
+    s.vectorize("j", 16)
+    s.vectorize("j.1", 16)
+
+
+def int8_groups(size: int) -> Callable[..., object]:
+    """The kernel for llama2.c's version-2 layout with groups of `size`: int8 weights
+    with a float32 scale per group along the row. Lane l of a group is its bytes 4l …
+    4l+3 (a vpdpbusd lane); signed weights are made unsigned by adding 128, taken back
+    out as 128·Σxq of the lane. The group size is a constant of the kernel, so a group's
+    lanes are one vector in registers (one kernel per group size, made once)."""
+    if size not in _INT8_KERNELS:
+        lanes = size // 4
+
+        @kd.kernel
+        def int8_groups(q, s, xq, xs, y):
+            r, g, lane, m = kd.indices(s.shape[0], s.shape[1], lanes, 4)
+            xsum = kd.empty((s.shape[1], lanes), kd.i32)
+            xsum[g, lane] = kd.sum(xq[g * size + 4 * lane + m].astype(kd.i32), over=m)
+            at = g * size + 4 * lane + m
+            biased = (q[r, at].astype(kd.u8) ^ 128).astype(kd.i32)
+            dot = kd.sum(biased * xq[at].astype(kd.i32), over=m) - 128 * xsum[g, lane]
+            partial = kd.empty((s.shape[0], lanes), kd.f32)
+            partial[r, lane] = kd.sum(dot.astype(kd.f32) * s[r, g] * xs[g], over=g)
+            y[r] = kd.sum(partial[r, lane], over=lane)
+
+        @int8_groups.schedule(kd.cpu)
+        def _(s):
+            s.fuse("r", "r.1")
+            s.reorder("g.1", "lane.1")
+            if lanes > 1:  # a group of 4 (a small model's odd hidden size) stays scalar
+                s.vectorize("lane.1", lanes)
+            s.parallelize("r")
+
+        _INT8_KERNELS[size] = int8_groups
+    return _INT8_KERNELS[size]
+
+
+_INT8_KERNELS: dict[int, Callable[..., object]] = {}
+
+
+@kd.kernel
+def dequantize_row(q, s, y):
+    j = kd.indices(q.shape[0])
+    y[j] = q[j].astype(kd.f32) * s[j // (q.shape[0] // s.shape[0])]
+
+
+# ---------------------------------------------------------------------- the layers' matrices
+
+
+class Float32Linear:
+    """y = W x for a float32 W [rows, cols] (a view of the checkpoint, no copy)."""
+
+    def __init__(self, w: np.ndarray):
+        self.w = np.ascontiguousarray(w, np.float32)
+        self.rows = self.w.shape[0]
+
+    def prepare(self, x: np.ndarray) -> np.ndarray:
+        return x
+
+    def __call__(self, x: np.ndarray, y: np.ndarray) -> None:
+        matvec(self.w, x, y)
+
+    def add_to(self, x: np.ndarray, y: np.ndarray, scratch: np.ndarray) -> None:
+        matvec_add(self.w, x, y)
+
+
+class _QuantizedLinear:
+    """A matrix whose activations are quantized once per input (`prepare`), then used by
+    every matrix that reads the same input; the residual is added by a second kernel."""
+
+    rows: int
+
+    def __call__(self, x: object, y: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def add_to(self, x: object, y: np.ndarray, scratch: np.ndarray) -> None:
+        out = scratch[: self.rows]
+        self(x, out)
+        add(y, out)
+
+    def gated(self, x: object, h13: np.ndarray, h: np.ndarray) -> None:
+        """h = silu(w1 x) · (w3 x) for this matrix = [w1; w3]."""
+        self(x, h13)
+        swiglu(h13, h)
+
+
+class Int8Linear(_QuantizedLinear):
+    """llama2.c's version-2 int8 rows with a float32 scale per group."""
+
+    def __init__(self, q: np.ndarray, s: np.ndarray):
+        self.q, self.s = q, s
+        self.rows, self.group = q.shape[0], q.shape[1] // s.shape[1]
+        if not self.group % 4 == 0:
+            raise ValueError(f"int8 group size {self.group} is not a multiple of 4")
+        self.kernel = int8_groups(self.group)
+
+    def prepare(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        xq = np.empty(x.shape, np.int8)
+        xs = np.empty(x.shape[0] // self.group, np.float32)
+        quantize_groups(x, xq, xs)
+        return xq, xs
+
+    def __call__(self, x: tuple[np.ndarray, np.ndarray], y: np.ndarray) -> None:
+        self.kernel(self.q, self.s, *x, y)
+
+
+class GgmlLinear(_QuantizedLinear):
+    """GGML's Q8_0 or Q4_0 rows; activations quantized to Q8_0 per block, as GGML does."""
+
+    def __init__(self, w: quant.QTensor):
+        self.d, self.q = w.scales, w.quants
+        self.rows = w.shape[0]
+        self.kernel = quant.q8_0_dot_q8_0 if w.format == "q8_0" else quant.q4_0_dot_q8_0
+
+    def prepare(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        blocks = x.shape[0] // quant.BLOCK
+        xd = np.empty((1, blocks), np.float16)
+        xq = np.empty((1, blocks, quant.BLOCK), np.int8)
+        quant.q8_0_blocks(x[None], xd, xq)
+        return xd, xq
+
+    def __call__(self, x: tuple[np.ndarray, np.ndarray], y: np.ndarray) -> None:
+        self.kernel(self.d, self.q, *x, y[None])
+
+
+class Layer:
+    def __init__(self, rms_att, qkv, wo, rms_ffn, w13, w2):
+        self.rms_att, self.qkv, self.wo = rms_att, qkv, wo
+        self.rms_ffn, self.w13, self.w2 = rms_ffn, w13, w2
+
+
+# ---------------------------------------------------------------------- the model
+
+
+class Transformer:
+    """The forward of llama2.c's run.c (float32) / runq.c (int8), one token at a time,
+    with a KV cache [n_layers, seq_len, kv_dim]; the same interface as the NumPy
+    reference (kdsl.examples.llama2_reference.Transformer), so they share `generate`."""
+
+    def __init__(
+        self, config: Config, weights: Weights | QWeights, quant_format: str | None = None
+    ):
+        self.config = c = config
+        if isinstance(weights, QWeights):
+            if quant_format is not None:
+                raise ValueError("--quant re-quantizes a float32 checkpoint, not an int8 one")
+            self.layers, self.classifier, self.embed = _int8_model(c, weights)
+        else:
+            self.layers, self.classifier, self.embed = _float_model(c, weights, quant_format)
+        self.rms_final = np.asarray(weights.rms_final, np.float32)
+        self.rope_cos, self.rope_sin = (np.ascontiguousarray(t) for t in rope_tables(c))
+        cache = (c.n_layers, c.seq_len, c.n_kv_heads, c.head_size)
+        self.key_cache, self.value_cache = np.zeros(cache, np.float32), np.zeros(cache, np.float32)
+        self.x = np.empty(c.dim, np.float32)
+        self.xb = np.empty(c.dim, np.float32)
+        self.qkv = np.empty(c.dim + 2 * c.kv_dim, np.float32)
+        self.q = np.empty((c.n_heads, c.head_size), np.float32)
+        self.att = np.empty((c.n_heads, c.head_size), np.float32)
+        self.h13 = np.empty(2 * c.hidden_dim, np.float32)
+        self.h = np.empty(c.hidden_dim, np.float32)
+        self.scratch = np.empty(max(c.dim, c.vocab_size), np.float32)
+        self.logits = np.empty(c.vocab_size, np.float32)
+
+    def forward(self, token: int, pos: int) -> np.ndarray:
+        c, x, xb = self.config, self.x, self.xb
+        self.embed(token, x)
+        cos, sin = self.rope_cos[pos], self.rope_sin[pos]
+        q, k, v = (
+            self.qkv[: c.dim],
+            self.qkv[c.dim : c.dim + c.kv_dim],
+            self.qkv[c.dim + c.kv_dim :],
+        )
+        for n, layer in enumerate(self.layers):
+            rmsnorm(x, layer.rms_att, xb)
+            layer.qkv(layer.qkv.prepare(xb), self.qkv)
+            rope(q, cos, sin, self.q.reshape(-1))
+            rope(k, cos, sin, self.key_cache[n, pos].reshape(-1))
+            self.value_cache[n, pos] = v.reshape(c.n_kv_heads, c.head_size)
+            attend(self.q, self.key_cache[n, : pos + 1], self.value_cache[n, : pos + 1], self.att)
+            flat = self.att.reshape(-1)
+            layer.wo.add_to(layer.wo.prepare(flat), x, self.scratch)
+            rmsnorm(x, layer.rms_ffn, xb)
+            layer.w13.gated(layer.w13.prepare(xb), self.h13, self.h)
+            layer.w2.add_to(layer.w2.prepare(self.h), x, self.scratch)
+        rmsnorm(x, self.rms_final, xb)
+        self.classifier(self.classifier.prepare(xb), self.logits)
+        return self.logits
+
+
+class _SwiGluFloat32:
+    """float32 w1 and w3 read in one kernel with SwiGLU fused."""
+
+    def __init__(self, w1: np.ndarray, w3: np.ndarray):
+        self.w1, self.w3 = (np.ascontiguousarray(w, np.float32) for w in (w1, w3))
+
+    def prepare(self, x: np.ndarray) -> np.ndarray:
+        return x
+
+    def gated(self, x: np.ndarray, h13: np.ndarray, h: np.ndarray) -> None:
+        swiglu_matvec(self.w1, self.w3, x, h)
+
+
+def _float_model(c: Config, w: Weights, quant_format: str | None):
+    """Layers for float32 weights as they are, or re-quantized to a GGML format."""
+    if quant_format is None:
+        linear: Callable[[np.ndarray], object] = Float32Linear
+    elif quant_format in quant.FORMATS:
+
+        def linear(m: np.ndarray) -> GgmlLinear:
+            return GgmlLinear(quant.quantize(m, quant_format))
+    else:
+        raise ValueError(f"--quant must be one of {sorted(quant.FORMATS)}, got {quant_format!r}")
+    layers = []
+    for n in range(c.n_layers):
+        qkv = linear(np.concatenate([w.wq[n], w.wk[n], w.wv[n]]))
+        w13 = (
+            _SwiGluFloat32(w.w1[n], w.w3[n])
+            if quant_format is None
+            else linear(np.concatenate([w.w1[n], w.w3[n]]))
+        )
+        layers.append(Layer(w.rms_att[n], qkv, linear(w.wo[n]), w.rms_ffn[n], w13, linear(w.w2[n])))
+    table = np.asarray(w.token_embedding, np.float32)
+
+    def embed(token: int, x: np.ndarray) -> None:
+        x[...] = table[token]
+
+    return layers, linear(w.wcls), embed
+
+
+def _int8_model(c: Config, w: QWeights):
+    layers = []
+    for n in range(c.n_layers):
+        qkv = Int8Linear(
+            np.concatenate([w.wq.q[n], w.wk.q[n], w.wv.q[n]]),
+            np.concatenate([w.wq.s[n], w.wk.s[n], w.wv.s[n]]),
+        )
+        w13 = Int8Linear(
+            np.concatenate([w.w1.q[n], w.w3.q[n]]), np.concatenate([w.w1.s[n], w.w3.s[n]])
+        )
+        wo, w2 = Int8Linear(w.wo.q[n], w.wo.s[n]), Int8Linear(w.w2.q[n], w.w2.s[n])
+        layers.append(Layer(w.rms_att[n], qkv, wo, w.rms_ffn[n], w13, w2))
+    table = w.token_embedding
+
+    def embed(token: int, x: np.ndarray) -> None:
+        dequantize_row(table.q[token], table.s[token], x)
+
+    return layers, Int8Linear(w.wcls.q, w.wcls.s), embed
+
+
+# ---------------------------------------------------------------------- command line
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="llama2", description="Llama-2 decoding with kdsl kernels (llama2.c's options)."
+    )
+    p.add_argument("checkpoint", help="llama2.c checkpoint: legacy float32 or version-2 int8")
+    p.add_argument("-t", type=float, default=1.0, help="temperature, 0 = greedy (default 1.0)")
+    p.add_argument("-p", type=float, default=0.9, help="top-p sampling, 1 = off (default 0.9)")
+    p.add_argument("-s", type=int, default=0, help="random seed (default: the time)")
+    p.add_argument("-n", type=int, default=256, help="steps to run, 0 = seq_len (default 256)")
+    p.add_argument("-i", default="", help="prompt")
+    p.add_argument("-z", default="tokenizer.bin", help="tokenizer.bin (default ./tokenizer.bin)")
+    p.add_argument("--quant", choices=sorted(quant.FORMATS), help="re-quantize a float32 file")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        config, weights = read_checkpoint(args.checkpoint)
+        tokenizer = Tokenizer.read(args.z)
+        transformer = Transformer(config, weights, args.quant)
+    except (OSError, ValueError) as err:
+        print(f"llama2: error: {err}", file=sys.stderr)
+        return 1
+    sampler = Sampler(config.vocab_size, args.t, args.p, args.s or int(time.time()))
+    transformer.forward(1, 0)  # compile (or load) every kernel before the clock starts
+    transformer.key_cache[...] = 0
+    transformer.value_cache[...] = 0
+    start = time.perf_counter()
+    tokens, text = generate(transformer, tokenizer, sampler, args.i, args.n)
+    elapsed = time.perf_counter() - start
+    print(text)
+    print(f"achieved tok/s: {(len(tokens) - 1) / elapsed:f}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""The kdsl llama2 runner (examples/llama2.py) against the NumPy reference forward:
+logits to 1e-4 relative and the same greedy tokens for 64+ steps, for the float32 file,
+the version-2 int8 file and both GGML re-quantizations; and its command line."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+from kdsl.examples import llama2 as runner
+from kdsl.examples import llama2_format as fmt
+from kdsl.examples import llama2_reference as ref
+from kdsl.kernels import quant
+
+from kdsl.cli import main as kdsl_main
+
+STEPS = 72
+# TINY's hidden size (172) is no multiple of GGML's 32-value blocks; this one is.
+BLOCKED = dataclasses.replace(fmt.TINY, hidden_dim=160)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    return fmt.write_checkpoint(tmp_path_factory.mktemp("tiny"), fmt.TINY, seed=3)
+
+
+@pytest.fixture(scope="module")
+def blocked(tmp_path_factory) -> dict[str, Path]:
+    return fmt.write_checkpoint(
+        tmp_path_factory.mktemp("blocked"), BLOCKED, seed=4, kinds=("float32",)
+    )
+
+
+class _GgmlMatrices:
+    """The reference's matrices re-quantized to a GGML format, with GGML's arithmetic
+    (activations quantized to Q8_0 per block): quant.reference_qmatmul in float64."""
+
+    def __init__(self, weights: fmt.Weights, fmt_name: str):
+        self.weights, self.format = weights, fmt_name
+
+    def embed(self, token: int) -> np.ndarray:
+        return np.array(self.weights.token_embedding[token], np.float32)
+
+    def linear(self, name: str, layer: int | None, x: np.ndarray) -> np.ndarray:
+        w = getattr(self.weights, name)
+        w = w if layer is None else w[layer]
+        return quant.reference_qmatmul(quant.reference_quantize(w, self.format), x)[0].astype(
+            np.float32
+        )
+
+
+def _reference(config, weights, quant_format=None) -> ref.Transformer:
+    model = ref.Transformer(config, weights)
+    if quant_format is not None:
+        model.matrices = _GgmlMatrices(weights, quant_format)
+    return model
+
+
+def _agree(config, weights, quant_format=None) -> list[float]:
+    """Greedy decoding from BOS: the same tokens for every step; returns each step's
+    largest logit difference relative to the largest logit."""
+    expected = _reference(config, weights, quant_format)
+    kdsl = runner.Transformer(config, weights, quant_format)
+    token, errors = fmt.BOS, []
+    for pos in range(STEPS):
+        want = expected.forward(token, pos)
+        got = kdsl.forward(token, pos)
+        errors.append(float(np.abs(got - want).max() / np.abs(want).max()))
+        assert int(np.argmax(got)) == int(np.argmax(want)), f"greedy tokens differ at {pos}"
+        token = int(np.argmax(want))
+    return errors
+
+
+def _within(errors: list[float], quantized: bool) -> None:
+    """float32: every step within 1e-4. Quantized activations: within 1e-4 until a sum
+    that differs from NumPy's in its last bit (another summation order) rounds an
+    activation to the neighbouring integer, as C's runq and NumPy also do now and
+    then; from there the cache carries a difference of about one quantum (< 2%)."""
+    if not quantized:
+        assert max(errors) < 1e-4, errors
+        return
+    first = next((pos for pos, e in enumerate(errors) if e >= 1e-4), len(errors))
+    assert first >= 8, errors
+    assert max(errors) < 2e-2, errors
+
+
+@pytest.mark.parametrize("kind", ["float32", "int8"])
+def test_llama2_c_files(tiny, kind: str) -> None:
+    _within(_agree(*fmt.read_checkpoint(tiny[kind])), quantized=kind == "int8")
+
+
+@pytest.mark.parametrize("quant_format", ["q8_0", "q4_0"])
+def test_requantized_to_ggml(blocked, quant_format: str) -> None:
+    _within(_agree(*fmt.read_checkpoint(blocked["float32"]), quant_format), quantized=True)
+
+
+def test_the_command_line_prints_text_and_speed(tiny, capsys) -> None:
+    argv = [str(tiny["float32"]), "-z", str(tiny["tokenizer"]), "-t", "0", "-n", "40", "-i", "the"]
+    assert runner.main(argv) == 0
+    out, err = capsys.readouterr()
+    config, weights = fmt.read_checkpoint(tiny["float32"])
+    tokenizer = fmt.Tokenizer.read(tiny["tokenizer"])
+    sampler = ref.Sampler(config.vocab_size, 0.0, 0.9, 1)
+    _, text = ref.generate(ref.Transformer(config, weights), tokenizer, sampler, "the", 40)
+    assert out == text + "\n"
+    assert err.startswith("achieved tok/s: ")
+    assert float(err.split(":")[1]) > 0
+
+
+def test_sampling_matches_the_reference_with_a_seed(tiny, capsys) -> None:
+    argv = [str(tiny["int8"]), "-z", str(tiny["tokenizer"]), "-t", "0.8", "-p", "0.9"]
+    assert kdsl_main(["llama2", *argv, "-s", "7", "-n", "30"]) == 0
+    out = capsys.readouterr().out
+    config, weights = fmt.read_checkpoint(tiny["int8"])
+    sampler = ref.Sampler(config.vocab_size, 0.8, 0.9, 7)
+    tokenizer = fmt.Tokenizer.read(tiny["tokenizer"])
+    _, text = ref.generate(ref.Transformer(config, weights), tokenizer, sampler, "", 30)
+    assert out == text + "\n"
+
+
+def test_bad_input_is_an_error_message_not_a_crash(tiny, tmp_path, capsys) -> None:
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(b"ak42" + b"\0" * 10)
+    assert runner.main([str(bad), "-z", str(tiny["tokenizer"])]) == 1
+    assert "llama2: error:" in capsys.readouterr().err
+    argv = [str(tiny["float32"]), "-z", str(tiny["tokenizer"]), "--quant", "q4_0"]
+    assert runner.main(argv) == 1  # hidden size 172 is no multiple of 32
+    assert "multiple of 32" in capsys.readouterr().err
