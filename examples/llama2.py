@@ -48,14 +48,23 @@ def rmsnorm(x, w, y):
     y[j] = w[j] * (inverse * x[j])
 
 
-@kd.kernel
-def rope(vec, cos, sin, out):
-    """Rotate each pair (2p, 2p+1) of every head by the position's angle for p."""
-    p = kd.indices(vec.shape[0] // 2)
+def _rotate(vec, start, cos, sin, out, p):
+    """RoPE: pair (2p, 2p+1) of vec[start:] rotated by the position's angle for p."""
     f = p % cos.shape[0]
-    a, b = vec[2 * p], vec[2 * p + 1]
+    a, b = vec[start + 2 * p], vec[start + 2 * p + 1]
     out[2 * p] = a * cos[f] - b * sin[f]
     out[2 * p + 1] = a * sin[f] + b * cos[f]
+
+
+@kd.kernel
+def rope_into_cache(qkv, cos, sin, q, key, value):
+    """From qkv = [q; k; v]: q rotated into `q`, k rotated into the key cache's row for
+    this position and v copied into the value cache's row."""
+    dim, kv_dim = q.shape[0], key.shape[0]
+    _rotate(qkv, 0, cos, sin, q, kd.indices(dim // 2, names="p"))
+    _rotate(qkv, dim, cos, sin, key, kd.indices(kv_dim // 2, names="pk"))
+    i = kd.indices(kv_dim)
+    value[i] = qkv[dim + kv_dim + i]
 
 
 @kd.kernel
@@ -327,20 +336,16 @@ class Transformer:
         self.logits = np.empty(c.vocab_size, np.float32)
 
     def forward(self, token: int, pos: int) -> np.ndarray:
-        c, x, xb = self.config, self.x, self.xb
+        x, xb = self.x, self.xb
         self.embed(token, x)
         cos, sin = self.rope_cos[pos], self.rope_sin[pos]
-        q, k, v = (
-            self.qkv[: c.dim],
-            self.qkv[c.dim : c.dim + c.kv_dim],
-            self.qkv[c.dim + c.kv_dim :],
-        )
         for n, layer in enumerate(self.layers):
             rmsnorm(x, layer.rms_att, xb)
             layer.qkv(layer.qkv.prepare(xb), self.qkv)
-            rope(q, cos, sin, self.q.reshape(-1))
-            rope(k, cos, sin, self.key_cache[n, pos].reshape(-1))
-            self.value_cache[n, pos] = v.reshape(c.n_kv_heads, c.head_size)
+            key, value = self.key_cache[n, pos], self.value_cache[n, pos]
+            rope_into_cache(
+                self.qkv, cos, sin, self.q.reshape(-1), key.reshape(-1), value.reshape(-1)
+            )
             attend(self.q, self.key_cache[n, : pos + 1], self.value_cache[n, : pos + 1], self.att)
             flat = self.att.reshape(-1)
             layer.wo.add_to(layer.wo.prepare(flat), x, self.scratch)

@@ -1,0 +1,230 @@
+"""llama2 decoding speed: kdsl (examples/llama2.py) against C baselines compiled with
+`gcc -O3 -march=native -fopenmp` (benchmarks/llama2_c) and the NumPy reference forward,
+all in one run: `python benchmarks/llama2.py [--quick] [--output PATH]`.
+
+Random-weight checkpoints of the shapes of the public stories15M and stories110M models
+(written once into kdsl's cache directory), greedy decoding from BOS, tokens per second
+over the whole run as llama2.c reports them. Formats: llama2.c's float32 file and its
+version-2 int8 file (both kdsl and C), and the float32 file re-quantized to GGML's Q8_0
+and Q4_0 at load (kdsl only). The weight-bandwidth bound is the bytes of weights a token
+reads over the read bandwidth of a kdsl streaming kernel measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import harness
+import numpy as np
+from kdsl.examples import llama2 as runner
+from kdsl.examples import llama2_format as fmt
+from kdsl.examples import llama2_reference as ref
+from llama2_c.build import compiler_available, run_c
+
+import kdsl as kd
+from kdsl.config import cache_root
+
+MODELS = {"stories15M": fmt.STORIES15M, "stories110M": fmt.STORIES110M}
+
+
+@kd.kernel
+def read_probe(x, out):
+    """out[i] = Σj x[i, j]: a streaming read on all cores, the bandwidth bound."""
+    i, j = kd.indices(x.shape[0], x.shape[1])
+    out[i] = kd.sum(x[i, j], over=j)
+
+
+def read_bandwidth(megabytes: int = 512) -> float:
+    """GB/s of the best of several reads of an array far larger than the L3."""
+    x = np.random.default_rng(0).random((megabytes * 256, 1024), dtype=np.float32)
+    out = np.empty(x.shape[0], np.float32)
+    read_probe(x, out)
+    best = min(_seconds(lambda: read_probe(x, out)) for _ in range(5))
+    return x.nbytes / best / 1e9
+
+
+def _seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def checkpoints(name: str, config: fmt.Config) -> dict[str, Path]:
+    """The model's random checkpoint files, written once per shape."""
+    directory = cache_root() / "llama2-bench" / name
+    paths = {k: directory / f"model_{k}.bin" for k in ("float32", "int8")}
+    paths["tokenizer"] = directory / "tokenizer.bin"
+    if not all(p.exists() for p in paths.values()):
+        return fmt.write_checkpoint(directory, config, seed=0)
+    return paths
+
+
+def weight_bytes(config: fmt.Config, kind: str) -> float:
+    """Bytes of weights one token reads (the embedding row aside)."""
+    c = config
+    per_layer = 2 * c.dim * c.dim + 2 * c.dim * c.kv_dim + 3 * c.dim * c.hidden_dim
+    values = c.n_layers * per_layer + c.vocab_size * c.dim
+    per_value = {"float32": 4, "int8": 1 + 4 / 64, "q8_0": 34 / 32, "q4_0": 18 / 32}[kind]
+    return values * per_value
+
+
+def kdsl_speed(paths: dict[str, Path], kind: str, steps: int, repeats: int) -> tuple[float, list]:
+    """Median tok/s of `repeats` greedy runs (kernels compiled before), and the tokens."""
+    checkpoint = paths["int8" if kind == "int8" else "float32"]
+    config, weights = fmt.read_checkpoint(checkpoint)
+    quant = kind if kind in ("q8_0", "q4_0") else None
+    model = runner.Transformer(config, weights, quant)
+    tokenizer = fmt.Tokenizer.read(paths["tokenizer"])
+    speeds, tokens = [], []
+    model.forward(fmt.BOS, 0)  # compile or load every kernel
+    for _ in range(repeats):
+        sampler = ref.Sampler(config.vocab_size, 0.0, 0.9, 1)
+        start = time.perf_counter()
+        tokens, _ = ref.generate(model, tokenizer, sampler, "", steps)
+        speeds.append((len(tokens) - 1) / (time.perf_counter() - start))
+    return statistics.median(speeds), tokens
+
+
+def numpy_speed(paths: dict[str, Path], steps: int) -> float:
+    config, weights = fmt.read_checkpoint(paths["float32"])
+    model = ref.Transformer(config, weights)
+    start = time.perf_counter()
+    for pos in range(steps):
+        model.forward(fmt.BOS, pos)
+    return steps / (time.perf_counter() - start)
+
+
+def c_speed(program: str, paths: dict[str, Path], steps: int, repeats: int) -> tuple[float, list]:
+    checkpoint = paths["int8" if program == "runq" else "float32"]
+    runs = [
+        run_c(program, checkpoint, paths["tokenizer"], steps=steps, threads=2)
+        for _ in range(repeats)
+    ]
+    return statistics.median(r.tok_per_s for r in runs), runs[-1].tokens
+
+
+@dataclasses.dataclass
+class Result:
+    model: str
+    what: str
+    tok_per_s: float
+    bound: float  # tok/s at the read bandwidth
+
+
+def measure(name: str, steps: int, repeats: int, bandwidth: float) -> list[Result]:
+    config = MODELS[name]
+    paths = checkpoints(name, config)
+    results = []
+    for kind in ("float32", "int8", "q8_0", "q4_0"):
+        speed, _ = kdsl_speed(paths, kind, steps, repeats)
+        bound = bandwidth * 1e9 / weight_bytes(config, kind)
+        results.append(Result(name, f"kdsl {kind}", speed, bound))
+    if compiler_available():
+        for program, kind in (("run", "float32"), ("runq", "int8")):
+            speed, _ = c_speed(program, paths, steps, repeats)
+            bound = bandwidth * 1e9 / weight_bytes(config, kind)
+            results.append(Result(name, f"C {program} ({kind})", speed, bound))
+    numpy_steps = min(steps, 32)
+    results.append(Result(name, "NumPy reference (float32)", numpy_speed(paths, numpy_steps), 0))
+    return results
+
+
+def targets(results: list[Result]) -> list[str]:
+    by = {(r.model, r.what): r.tok_per_s for r in results}
+    bound = {(r.model, r.what): r.bound for r in results}
+    notes = []
+
+    def ratio(model: str, a: str, b: str, goal: float, label: str) -> None:
+        if (model, a) in by and (model, b) in by:
+            x = by[(model, a)] / by[(model, b)]
+            notes.append(
+                f"{model}: {a} {x:.2f}× {b} ({label} ≥ {goal}×: {'met' if x >= goal else 'NOT met'})"
+            )
+
+    ratio("stories15M", "kdsl float32", "C run (float32)", 1.3, "target")
+    if ("stories110M", "kdsl float32") in by:
+        share = by[("stories110M", "kdsl float32")] / bound[("stories110M", "kdsl float32")]
+        notes.append(
+            f"stories110M: kdsl float32 at {100 * share:.0f}% of the weight-bandwidth bound "
+            f"(target ≥ 95%: {'met' if share >= 0.95 else 'NOT met'})"
+        )
+    for kind in ("int8", "q8_0", "q4_0"):
+        ratio("stories110M", f"kdsl {kind}", "C runq (int8)", 1.6, "target")
+    for model in MODELS:
+        ratio(model, "kdsl float32", "NumPy reference (float32)", 3.0, "target")
+    return notes
+
+
+def markdown(
+    results: list[Result], bandwidth: float, probe_mib: int, steps: int, notes: list[str]
+) -> str:
+    header = ["model", "runner", "tok/s", "vs C (same format)", "share of bandwidth bound"]
+    c_by = {
+        (r.model, r.what.split("(")[-1].rstrip(")")): r.tok_per_s
+        for r in results
+        if r.what.startswith("C ")
+    }
+    rows = []
+    for r in results:
+        kind = r.what.split()[-1].strip("()")
+        c = c_by.get((r.model, kind))
+        versus = f"{r.tok_per_s / c:.2f}×" if c and r.what.startswith("kdsl") else "—"
+        share = f"{100 * r.tok_per_s / r.bound:.0f}%" if r.bound else "—"
+        rows.append([r.model, r.what, f"{r.tok_per_s:.1f}", versus, share])
+    widths = [max(len(x) for x in col) for col in zip(header, *rows)]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+
+    now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    return (
+        "\n".join(
+            [
+                "# llama2 decoding: kdsl vs C and NumPy",
+                "",
+                f"Date: {now}  ",
+                f"Machine: {harness.machine()}",
+                "",
+                line(header),
+                "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+                *(line(r) for r in rows),
+                "",
+                f"* greedy decoding from BOS, {steps} steps, 2 threads (KDSL_NUM_THREADS / "
+                "OMP_NUM_THREADS); medians of repeated runs; random weights of each model's shape",
+                f"* read bandwidth {bandwidth:.1f} GB/s (a kdsl streaming sum over {probe_mib} MiB, best "
+                "of 5); the bound is that over the weight bytes one token reads",
+                *(f"* {n}" for n in notes),
+            ]
+        )
+        + "\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="stories15M only, few steps")
+    parser.add_argument("--output", type=Path, help="also write the Markdown page here")
+    ns = parser.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    kd.set_num_threads(2)
+    steps, repeats = (64, 1) if ns.quick else (256, 3)
+    names = ["stories15M"] if ns.quick else list(MODELS)
+    probe_mib = 64 if ns.quick else 512
+    bandwidth = read_bandwidth(probe_mib)
+    results = [r for name in names for r in measure(name, steps, repeats, bandwidth)]
+    page = markdown(results, bandwidth, probe_mib, steps, targets(results))
+    print(page)
+    if ns.output is not None:
+        ns.output.write_text(page, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
