@@ -24,35 +24,101 @@ def activate(v, activation):
     return v * kd.sigmoid(v)  # silu
 
 
-def _square(n: int) -> dict[str, kd.Spec]:
+def _example(m: int, k: int, n: int, bias: bool = True) -> dict[str, kd.Spec]:
     f32 = kd.f32
-    return {
-        "a": kd.spec((n, n), f32),
-        "b": kd.spec((n, n), f32),
-        "bias": kd.spec((1,), f32),
-        "c": kd.spec((n, n), f32),
-    }
+    arrays = {"a": (m, k), "b": (k, n), "bias": (1,), "c": (m, n)}
+    return {name: kd.spec(shape, f32) for name, shape in arrays.items() if bias or name != "bias"}
 
 
-@kd.kernel(examples=[_square(1024), _square(256)])
-def matmul_kernel(a, b, bias, c, activation: kd.constexpr = None, with_bias: kd.constexpr = False):
+def _product(a, b, c, bias=None, activation=None):
+    """The algorithm: c = activation(a @ b + bias), bias and activation optional."""
     i, j, k = kd.indices(a.shape[0], b.shape[1], a.shape[1])
     acc = kd.sum(a[i, k] * b[k, j], over=k)
-    if with_bias:
+    if bias is not None:
         acc = acc + bias[j]
     c[i, j] = activate(acc, activation)
 
 
-@matmul_kernel.schedule(kd.cpu)
-def _cpu(s):
-    """A ti × tj tile of C accumulates in AVX-512 registers while k runs over a panel of
-    tk; the epilogue runs on the tile as it is stored; rows of tiles on all cores."""
-    io, jo, ii, ji = s.tile("i", "j", s.param("ti", [8, 6, 4]), s.param("tj", [16, 32]))
-    ko, ki = s.split("k", s.param("tk", [256, 128, 512]))
-    s.reorder(io, jo, ko, ji, ki, ii)
-    s.vectorize(ji, 16)
+def _plain(a, b, c):
+    _product(a, b, c)
+
+
+def _with_epilogue(a, b, bias, c, activation: kd.constexpr = None, with_bias: kd.constexpr = False):
+    _product(a, b, c, bias if with_bias else None, activation)
+
+
+# One algorithm and one schedule (below), as four kernels: with the epilogue chosen at
+# compile time (constexpr arguments) or without one (whose calls take kdsl's fast path:
+# ~2 µs instead of ~20), each with two defaults for the loop that the cores share:
+# panels of B (each core packs its own) for most shapes, row strips of A when B has too
+# few panels to go round. `matmul` picks.
+_BIG, _SMALL, _NARROW = (1024, 1024, 1024), (256, 256, 256), (4096, 4096, 64)
+matmul_kernel = kd.kernel(
+    _with_epilogue, name="matmul_kernel", examples=[_example(*_BIG), _example(*_SMALL)]
+)
+matmul_rows_kernel = kd.kernel(
+    _with_epilogue, name="matmul_rows_kernel", examples=[_example(*_NARROW)]
+)
+product_kernel = kd.kernel(
+    _plain,
+    name="product_kernel",
+    examples=[_example(*_BIG, bias=False), _example(*_SMALL, bias=False)],
+)
+product_rows_kernel = kd.kernel(
+    _plain, name="product_rows_kernel", examples=[_example(*_NARROW, bias=False)]
+)
+PANEL = 64  # nc's first choice: `matmul` counts B's panels with it
+ACROSS = ("panels", "rows")
+
+
+def _register_blocked(s, across: str) -> None:
+    """The GotoBLAS/BLIS structure. B is cut into panels of nc columns, each packed
+    whole (all of k × nc, contiguous: it stays in L2 while every row strip of A streams
+    past it); C is computed mr × nr at a time, its mr·nr/16 accumulators in zmm registers
+    over all of k: per k, nr/16 vector loads of the packed panel and mr broadcasts of A
+    feed mr·nr/16 FMAs. The epilogue runs on the register tile as it is stored. The
+    cores share the panels (`across="panels"`) or the row strips of A (`"rows"`; the
+    packing copy is then split across them too).
+
+        for jo:                       # panel of nc columns   (parallel: panels)
+          pack b[:, jo·nc : +nc] into b.c (K × nc)
+          for io:                     # mr rows of C          (parallel: rows)
+            for jio:                  # nr columns of the panel
+              for ji (nr lanes): for k: for ii (unrolled):  c.acc[ii, ji] += a[.., k]·b.c[k, ..]
+              c[io·mr + ii, ...] = epilogue(acc)
+    """
+    across = s.param("across", sorted(ACROSS, key=lambda a: a != across))
+    mr = s.param("mr", [8, 6, 4])
+    nr = s.param("nr", [32, 16, 64])
+    nc = s.param("nc", [PANEL, 128, 32, 256])
+    io, ii = s.split("i", mr)
+    jo, jp = s.split("j", nc)
+    jr, ji = s.split(jp, nr)
+    s.reorder(jo, io, jr, ii, ji)  # the tile loops: a permutation of the perfect nest
+    s.reorder(ji, "k", ii)  # k inside the columns of the tile, its rows unrolled inside k
+    if s.param("pack_b", [True, False]):
+        s.cache("b", at=jo, layout="packed")  # the copy loop along columns is vector code
+        if across == "rows":
+            s.parallelize("b.c0")
+    s.vectorize(ji, nr)
     s.unroll(ii)
-    s.parallelize(io)
+    s.parallelize(jo if across == "panels" else io)
+
+
+def _across(default: str):
+    def schedule(s):
+        _register_blocked(s, default)
+
+    return schedule
+
+
+for _kernel, _default in [
+    (matmul_kernel, "panels"),
+    (matmul_rows_kernel, "rows"),
+    (product_kernel, "panels"),
+    (product_rows_kernel, "rows"),
+]:
+    _kernel.schedule(kd.cpu)(_across(_default))
 
 
 _NO_BIAS = np.zeros(1, np.float32)
@@ -87,13 +153,22 @@ def matmul(
         bias = np.asarray(bias, dtype)
         if bias.shape != (b.shape[-1],):
             raise ValueError(f"bias has shape {bias.shape}, expected ({b.shape[-1]},)")
-    args = (bias if bias is not None else _NO_BIAS.astype(dtype), activation, bias is not None)
     a, b = a.astype(dtype, copy=False), b.astype(dtype, copy=False)
-    if a.ndim == 2:
-        matmul_kernel(a, b, args[0], out, *args[1:])
+    m, n = a.shape[-2], b.shape[-1]
+    rows = -(-n // PANEL) < 2 * kd.get_num_threads() and m > n  # too few panels to share
+    plain = bias is None and activation is None
+    if plain:
+        kernel = product_rows_kernel if rows else product_kernel
     else:
-        for n in range(a.shape[0]):
-            matmul_kernel(a[n], b[n] if b.ndim == 3 else b, args[0], out[n], *args[1:])
+        kernel = matmul_rows_kernel if rows else matmul_kernel
+        with_bias = bias is not None
+        bias = bias if with_bias else _NO_BIAS.astype(dtype)
+    for t in range(a.shape[0]) if a.ndim == 3 else [...]:
+        x, y, z = a[t], b[t] if b.ndim == 3 else b, out[t]
+        if plain:
+            kernel(x, y, z)
+        else:
+            kernel(x, y, bias, z, activation, with_bias)
     return out
 
 

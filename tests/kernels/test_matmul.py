@@ -1,0 +1,176 @@
+"""kdsl.kernels.matmul: every tile edge (sizes 1, primes, not multiples of any tile),
+strides, batches and the epilogue against NumPy, under each choice of its search space,
+through both of its parallel layouts; and its inner loop in the machine code."""
+
+from __future__ import annotations
+
+import importlib
+import re
+
+import numpy as np
+import pytest
+
+import kdsl as kd
+
+mm = importlib.import_module("kdsl.kernels.matmul")
+
+# (m, k, n) around mr = 8 rows, nr = 32 columns, nc = 64-column panels of B
+SHAPES = [
+    (1, 1, 1),
+    (1, 300, 1),
+    (7, 5, 33),
+    (8, 64, 64),
+    (9, 17, 65),
+    (13, 1, 97),
+    (31, 129, 127),
+    (67, 45, 29),
+    (130, 257, 200),
+    (17, 3, 300),
+]
+KERNELS = [mm.product_kernel, mm.product_rows_kernel]
+
+
+def _rng(*key: object) -> np.random.Generator:
+    return np.random.default_rng(abs(hash(key)) % 2**32)
+
+
+def _operands(m: int, k: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = _rng("mm", m, k, n)
+    return rng.standard_normal((m, k), np.float32), rng.standard_normal((k, n), np.float32)
+
+
+def _close(got: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+    want = a.astype(np.float64) @ b.astype(np.float64)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(want).max()))
+
+
+def _run_config(kernel: kd.KernelFunction, config: dict[str, object], *args: object) -> None:
+    """Call `kernel` compiled with `config` for its schedule's params."""
+    specs, bound = kernel._specs(args, {})
+    traced = kernel.trace(specs)
+    kernel.build(traced, kernel.call_layout(specs, traced), config).run(bound)
+
+
+@pytest.mark.parametrize("kernel", KERNELS, ids=lambda k: k.name)
+@pytest.mark.parametrize("m,k,n", SHAPES)
+def test_every_edge(kernel: kd.KernelFunction, m: int, k: int, n: int) -> None:
+    a, b = _operands(m, k, n)
+    c = np.full((m, n), np.nan, np.float32)
+    kernel(a, b, c)
+    _close(c, a, b)
+
+
+def _one_at_a_time() -> list[dict[str, object]]:
+    """Each choice of each param, the others at their first choice."""
+    a, b = _operands(4, 4, 4)
+    space = mm.product_kernel.search_space(mm.product_kernel.ir(a, b, np.empty((4, 4))).kernel)
+    return [{name: choice} for name, choices in space.items() for choice in choices[1:]]
+
+
+@pytest.mark.parametrize("config", _one_at_a_time(), ids=str)
+def test_every_choice_of_the_search_space(config: dict[str, object]) -> None:
+    for m, k, n in [(1, 1, 1), (31, 129, 127), (130, 67, 300)]:
+        a, b = _operands(m, k, n)
+        c = np.full((m, n), np.nan, np.float32)
+        _run_config(mm.product_kernel, config, a, b, c)
+        _close(c, a, b)
+
+
+def test_strides() -> None:
+    """Views with any strides, the output included; a Fortran-ordered B."""
+    a, b = _operands(70, 90, 130)
+    out = np.full((80, 300), np.nan, np.float32)
+    view = out[5:75, 1::2][:, :130]
+    for x, y in [(a[:, ::1], np.asfortranarray(b)), (a[::-1], b[:, ::-1]), (a, b)]:
+        assert mm.matmul(x, y, out=view) is view
+        _close(view, x, y)
+    big = np.zeros((140, 180), np.float32)
+    big[::2, ::2] = a
+    _close(mm.matmul(big[::2, ::2], b), a, b)
+
+
+@pytest.mark.parametrize("m,k,n", [(200, 70, 40), (3, 70, 500), (64, 64, 64)])
+def test_both_parallel_layouts(m: int, k: int, n: int) -> None:
+    """`matmul` shares B's panels among the cores, or A's rows when B is narrow; both
+    give the same answer, on one thread too."""
+    a, b = _operands(m, k, n)
+    rows = mm.product_rows_kernel.stats()["calls"]
+    _close(mm.matmul(a, b), a, b)
+    narrow = -(-n // mm.PANEL) < 2 * kd.get_num_threads() and m > n
+    assert mm.product_rows_kernel.stats()["calls"] == rows + narrow
+    before = kd.get_num_threads()
+    kd.set_num_threads(1)
+    try:
+        for kernel in KERNELS:
+            c = np.empty((m, n), np.float32)
+            kernel(a, b, c)
+            _close(c, a, b)
+    finally:
+        kd.set_num_threads(before)
+
+
+@pytest.mark.parametrize("activation", mm.ACTIVATIONS)
+def test_epilogue_on_every_edge(activation: str | None) -> None:
+    for m, k, n in [(1, 1, 1), (9, 17, 65), (130, 67, 45), (31, 129, 127)]:
+        a, b = _operands(m, k, n)
+        bias = _rng("bias", n).standard_normal(n, np.float32)
+        for kernel in (mm.matmul_kernel, mm.matmul_rows_kernel):
+            c = np.full((m, n), np.nan, np.float32)
+            kernel(a, b, bias, c, activation, True)
+            want = mm.reference(a, b, bias, activation)
+            np.testing.assert_allclose(c, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_batched_epilogue() -> None:
+    rng = _rng("batched")
+    a = rng.standard_normal((3, 33, 40), np.float32)
+    b = rng.standard_normal((3, 40, 70), np.float32)
+    bias = rng.standard_normal(70, np.float32)
+    got = mm.matmul(a, b, bias=bias, activation="relu")
+    want = np.stack([mm.reference(a[t], b[t], bias, "relu") for t in range(3)])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_float64() -> None:
+    a, b = _operands(37, 50, 70)
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    got = mm.matmul(a64, b64)
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, a64 @ b64, rtol=1e-12, atol=1e-12)
+
+
+def _loops(asm: str) -> list[list[str]]:
+    """The instructions of each loop in the assembly: a label and the straight code up to
+    a branch back to it."""
+    lines = [ln.strip() for ln in asm.splitlines()]
+    found = []
+    for n, line in enumerate(lines):
+        label = re.fullmatch(r"(\.LBB\w+):", line)
+        if label is None:
+            continue
+        for end in range(n + 1, len(lines)):
+            if lines[end].endswith(":") and not lines[end].startswith("#"):
+                break
+            if re.fullmatch(rf"j\w+\s+{re.escape(label.group(1))}", lines[end]):
+                found.append(lines[n + 1 : end])
+                break
+    return found
+
+
+@pytest.mark.skipif(
+    not dict(__import__("llvmlite.binding").binding.get_host_cpu_features()).get("avx512f"),
+    reason="the register tile is sized for AVX-512",
+)
+def test_inner_loop_is_register_blocked() -> None:
+    """The micro-kernel: per k, 8 rows × 2 zmm of C updated by broadcast-A × load-B FMAs,
+    the 16 accumulators in registers (no stack traffic inside the loop)."""
+    a = np.ones((64, 64), np.float32)
+    loops = _loops(mm.product_kernel.asm(a, a, a))
+    fmas = [[i for i in body if re.match(r"vfmadd\d+ps\s.*%zmm", i)] for body in loops]
+    best = max(range(len(loops)), key=lambda n: len(fmas[n]))
+    body = loops[best]
+    assert len(fmas[best]) >= 16 and len(fmas[best]) % 16 == 0, body
+    assert not [i for i in body if "(%rsp" in i], body  # no spills or accumulator reloads
+    accumulators = {re.findall(r"%zmm\d+", i)[-1] for i in fmas[best]}
+    assert len(accumulators) == 16, body
+    assert sum("vbroadcastss" in i or "{1to16}" in i for i in body) >= len(fmas[best]) // 2
