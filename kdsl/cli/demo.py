@@ -40,7 +40,7 @@ class Case:
 
 
 def _cases() -> list[Case]:
-    from kdsl.kernels import layernorm, matmul, rmsnorm, softmax
+    from kdsl.kernels import layernorm, matmul, qmatvec, quant, rmsnorm, softmax
     from kdsl.kernels.norms import layernorm_reference, rmsnorm_reference
     from kdsl.kernels.softmax import reference as softmax_reference
 
@@ -56,7 +56,17 @@ def _cases() -> list[Case]:
 
         return make
 
+    def q4_0_matrix(rng):
+        w = quant.quantize_q4_0(rng.standard_normal((n * 4, n * 4), dtype=np.float32))
+        return w, rng.standard_normal(n * 4, dtype=np.float32)
+
+    def numpy_qmatvec(w, x):
+        """Dequantize, then BLAS, with x quantized to Q8_0 as GGML (and kdsl) do."""
+        x8 = quant.reference_dequantize(quant.reference_quantize(x[None], "q8_0"))[0]
+        return quant.reference_dequantize(w) @ x8
+
     row_bytes = 2 * ROW_BYTES  # read x, write y
+    q4_bytes = (n * 4) ** 2 * 18 // 32
     return [
         Case("matmul", f"{n}×{n}×{n}", square, matmul, np.matmul, 2 * n**3, "compute"),
         Case(
@@ -84,6 +94,15 @@ def _cases() -> list[Case]:
             layernorm,
             layernorm_reference,
             row_bytes,
+            "memory",
+        ),
+        Case(
+            "qmatvec Q4_0",
+            f"{4 * n}×{4 * n}",
+            q4_0_matrix,
+            qmatvec,
+            numpy_qmatvec,
+            q4_bytes,
             "memory",
         ),
     ]
