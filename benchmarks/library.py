@@ -8,11 +8,19 @@ outputs where they take one.
 
 from __future__ import annotations
 
+import ctypes
+import dataclasses
+import functools
 import math
+import types
+from pathlib import Path
 
 import harness
 import numpy as np
 from kdsl.kernels import layernorm, matmul, rmsnorm, softmax
+from kdsl.kernels.peak import FLOPS_PER_ELEMENT, fma_probe
+
+import kdsl as kd
 
 try:
     import torch
@@ -26,13 +34,104 @@ except ImportError:  # NumPy has no erf: fall back to the math module, elementwi
 
 
 def matmul_cases(shapes: list[tuple[int, int, int]]) -> list[harness.Case]:
+    """The library matmul against NumPy on both cores at each shape; then, for the square
+    shapes from 256 up, the same on one thread each (kdsl and OpenBLAS), and the largest
+    against the FMA peak."""
+
     def library_matmul(a, b, c):
         matmul(a, b, out=c)
 
-    return [
-        harness.matmul_case("library matmul f32", "×".join(map(str, shape)), shape, library_matmul)
+    def size(shape):
+        return "×".join(map(str, shape))
+
+    cases = [
+        harness.matmul_case("library matmul f32", size(shape), shape, library_matmul)
         for shape in shapes
     ]
+    square = [s for s in shapes if s[0] == s[1] == s[2] >= 256]
+    if square and blas_threads(None) is not None:
+        cases += [
+            harness.matmul_case(
+                "library matmul f32, 1 thread",
+                size(shape),
+                shape,
+                one_thread(library_matmul),
+                one_thread(lambda a, b, c: np.matmul(a, b, out=c)),
+                peer="NumPy, 1 thread",
+            )
+            for shape in square
+        ]
+    if square:
+        cases.append(peak_case(max(square), library_matmul))
+    return cases
+
+
+def blas_threads(n: int | None) -> int | None:
+    """Set OpenBLAS's thread count (None: only look); its previous count, or None when
+    NumPy's BLAS is not an OpenBLAS this can reach."""
+    lib = _openblas()
+    if lib is None:
+        return None
+    before = int(lib.get())
+    if n is not None:
+        lib.set(n)
+    return before
+
+
+@functools.cache
+def _openblas() -> types.SimpleNamespace | None:
+    """NumPy's bundled OpenBLAS (its symbols carry a scipy_ prefix and a 64 suffix)."""
+    libs = Path(np.__file__).resolve().parent.parent / "numpy.libs"
+    for path in sorted(libs.glob("*openblas*")):
+        lib = ctypes.CDLL(str(path))
+        for prefix, suffix in [("scipy_openblas", "64_"), ("openblas", "")]:
+            try:
+                get = getattr(lib, f"{prefix}_get_num_threads{suffix}")
+                set_ = getattr(lib, f"{prefix}_set_num_threads{suffix}")
+            except AttributeError:
+                continue
+            set_.argtypes = [ctypes.c_int]
+            return types.SimpleNamespace(get=get, set=set_)
+    return None
+
+
+def one_thread(fn):
+    """`fn` run with one thread for kdsl and for OpenBLAS (a few µs to switch)."""
+
+    def call(*args):
+        threads, blas = kd.get_num_threads(), blas_threads(1)
+        kd.set_num_threads(1)
+        try:
+            fn(*args)
+        finally:
+            kd.set_num_threads(threads)
+            blas_threads(blas)
+
+    return call
+
+
+def peak_case(shape: tuple[int, int, int], kdsl_fn) -> harness.Case:
+    """The matmul against the FMA probe (kernels/peak.py) doing as many flops: peer/kdsl
+    is the matmul's share of the machine's FMA peak, measured in the same run."""
+    m, k, n = shape
+    flops = 2.0 * m * n * k
+    probes = math.ceil(flops / (FLOPS_PER_ELEMENT << 20))  # calls on ≤ 4 MiB each
+    x = np.random.default_rng(1).random(round(flops / FLOPS_PER_ELEMENT / probes), np.float32)
+    y = np.empty_like(x)
+
+    def probe(a, b, c):
+        for _ in range(probes):
+            fma_probe(x, y)
+
+    case = harness.matmul_case(
+        "library matmul f32 vs FMA peak",
+        "×".join(map(str, shape)),
+        shape,
+        kdsl_fn,
+        probe,
+        peer="FMA probe, same flops",
+    )
+    return dataclasses.replace(case, reference=lambda a, b, c: np.matmul(a, b, out=c))
 
 
 def numpy_gelu_epilogue(a, b, bias, c):

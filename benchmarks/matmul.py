@@ -1,0 +1,165 @@
+"""The library matmul (kernels/matmul.py) against NumPy (OpenBLAS) and, where installed,
+PyTorch, same process: `python benchmarks/matmul.py [--quick] [--output PATH]`.
+
+Both cores (kdsl's pool, OpenBLAS's and PyTorch's threads at 2), then one thread each,
+then the fused bias + gelu epilogue; the FMA peak of the kdsl probe (kernels/peak.py) is
+measured before and after, and the page ends with issue 5's matmul targets, each met or
+not with its number. A full run writes benchmarks/RESULTS-matmul.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import harness
+import library
+import numpy as np
+from kdsl.kernels import matmul
+
+from kdsl.cli.demo import machine_peaks
+
+try:
+    import torch
+except ImportError:  # optional peer
+    torch = None
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS-matmul.md"
+SQUARE = [256, 1024, 2048]
+ODD = [(1000, 1000, 1000), (4096, 64, 4096)]
+NARROW = [(4096, 4096, 64), (64, 4096, 4096)]
+
+
+def library_matmul(a, b, c):
+    matmul(a, b, out=c)
+
+
+def torch_matmul(a, b, c):
+    torch.matmul(torch.from_numpy(a), torch.from_numpy(b), out=torch.from_numpy(c))
+
+
+def cases(square: list[int], odd: list[tuple[int, int, int]]) -> list[harness.Case]:
+    shapes = [(n, n, n) for n in square] + odd
+    out = [
+        harness.matmul_case("matmul f32", "×".join(map(str, s)), s, library_matmul) for s in shapes
+    ]
+    if torch is not None:
+        out += [
+            harness.matmul_case(
+                "matmul f32",
+                "×".join(map(str, s)),
+                s,
+                library_matmul,
+                torch_matmul,
+                peer="PyTorch",
+            )
+            for s in shapes
+        ]
+    if library.blas_threads(None) is not None:
+        out += [
+            harness.matmul_case(
+                "matmul f32, 1 thread",
+                f"{n}³",
+                (n, n, n),
+                library.one_thread(library_matmul),
+                library.one_thread(lambda a, b, c: np.matmul(a, b, out=c)),
+                peer="NumPy, 1 thread",
+            )
+            for n in square
+        ]
+    out.append(library.peak_case((square[-1],) * 3, library_matmul))
+    out.append(library.epilogue_case(square[min(1, len(square) - 1)]))
+    return out
+
+
+def targets(rows: list[harness.Row], peak: float) -> list[str]:
+    """Issue 5's matmul targets, each met or not, from the rows of this run."""
+
+    def row(name: str, size: str, peer: str = "NumPy") -> harness.Row | None:
+        return next(
+            (r for r in rows if r.benchmark == name and r.size == size and r.peer == peer), None
+        )
+
+    def ratio(r: harness.Row | None) -> float:
+        return r.numpy_s / r.kdsl_s if r and r.numpy_s else float("nan")
+
+    lines = []
+
+    def check(what: str, r: harness.Row | None, goal: float, stretch: float | None = None) -> None:
+        got = ratio(r)
+        verdict = "met" if got >= goal else "NOT met"
+        if stretch is not None:
+            verdict += f"; stretch {stretch:.2f}× {'met' if got >= stretch else 'not met'}"
+        lines.append(f"target: {what} ≥ {goal:.2f}×: {got:.2f}× ({verdict})")
+
+    for r in rows:
+        if r.benchmark == "matmul f32" and r.peer == "NumPy":
+            n = r.size.split("×")
+            if len(set(n)) == 1 and n[0] in ("1024", "2048"):
+                check(f"f32 {r.size} vs NumPy", r, 1.0, 1.15)
+            elif len(set(n)) == 1 and n[0] == "256":
+                check(f"f32 {r.size} vs NumPy", r, 0.9)
+            elif r.size in ("1000×1000×1000", "4096×64×4096"):
+                check(f"f32 {r.size} vs NumPy", r, 0.8)
+    for r in rows:
+        if r.benchmark == "matmul f32, 1 thread":
+            check(f"one thread {r.size} vs NumPy on one thread", r, 1.0)
+    top = next((r for r in rows if r.benchmark == "library matmul f32 vs FMA peak"), None)
+    if top is not None:
+        share = 2.0 * int(top.size.split("×")[0]) ** 3 / top.kdsl_s / 1e9 / peak
+        lines.append(
+            f"target: {top.size} ≥ 75% of the FMA peak ({peak:.0f} GFLOP/s, the better of "
+            f"the probes before and after): {100 * share:.0f}% "
+            f"({'met' if share >= 0.75 else 'NOT met'}); against the probe timed beside "
+            f"it: {100 * ratio(top):.0f}%"
+        )
+    gelu = next((r for r in rows if r.benchmark.startswith("matmul + bias + gelu")), None)
+    if gelu is not None:
+        check(f"matmul + bias + gelu {gelu.size} vs NumPy's matmul then epilogue", gelu, 1.2)
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, few repeats")
+    parser.add_argument(
+        "--output", type=Path, help=f"where to write the page (default {RESULTS.name})"
+    )
+    ns = parser.parse_args(argv)
+    if torch is not None:
+        torch.set_num_threads(2)
+    if ns.quick:
+        settings = harness.Settings(repeats=3, min_batch_s=0.005, working_set_bytes=1 << 20)
+        chosen = cases([64, 128], [(70, 33, 90)])
+    else:
+        settings = harness.Settings(
+            repeats=11, min_batch_s=0.1, working_set_bytes=64 << 20, settle_s=0.3
+        )
+        chosen = cases(SQUARE, ODD + NARROW)
+    before = machine_peaks(1 << 24)[0]
+    rng = np.random.default_rng(0)
+    rows = [harness.run_case(case, settings, rng) for case in chosen]
+    peak = max(before, machine_peaks(1 << 24)[0])
+    notes = [
+        "Times are medians of alternating batches (0.3 s pause before each side: OpenBLAS's "
+        "threads spin after a call); inputs uniform in [-1, 1), rotated among copies.",
+        "Two threads: kdsl's pool, OpenBLAS and PyTorch at 2; '1 thread' rows set kdsl and "
+        "OpenBLAS to one thread around each call. GFLOP/s count 2·m·n·k.",
+        "'vs FMA peak': the probe of kernels/peak.py doing as many flops, timed beside the "
+        "matmul; peer/kdsl is then the matmul's share of the peak.",
+        f"PyTorch {torch.__version__ if torch else '(not installed)'}.",
+        *targets(rows, peak),
+    ]
+    title = "kdsl matmul vs OpenBLAS" + (" (quick run)" if ns.quick else "")
+    page = harness.markdown(rows, title, notes)
+    print(page)
+    output = ns.output or (None if ns.quick else RESULTS)
+    if output is not None:
+        output.write_text(page, encoding="utf-8")
+        print(f"wrote {output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
