@@ -223,14 +223,19 @@ def q8_0_dot_q8_0(d, q, xd, xq, y):
     """Lane l of a block is bytes 4l … 4l+3 (one vpdpbusd lane); the lanes accumulate
     block after block in f32 and are added once per row. Signed weight bytes become
     unsigned by adding 128 (flipping the top bit), for the unsigned × signed product;
-    128·Σxq of the lane takes the offset back out."""
+    128·Σxq of the lane takes the offset back out. The first statements prepare, once per
+    call, what every row needs of the activations."""
     t, r, b, lane, m = kd.indices(xq.shape[0], q.shape[0], q.shape[1], LANES_Q8, 4)
-    xsum = kd.empty((xq.shape[0], q.shape[1], LANES_Q8), kd.i32)
-    xsum[t, b, lane] = kd.sum(xq[t, b, 4 * lane + m].astype(kd.i32), over=m)
+    offset, xscale = (
+        kd.empty((xq.shape[0], q.shape[1], LANES_Q8), kd.i32),
+        kd.empty(xd.shape, kd.f32),
+    )
+    offset[t, b, lane] = 128 * kd.sum(xq[t, b, 4 * lane + m].astype(kd.i32), over=m)
+    xscale[t, b] = xd[t, b].astype(kd.f32)
     biased = (q[r, b, 4 * lane + m].astype(kd.u8) ^ 128).astype(kd.i32)
-    dot = kd.sum(biased * xq[t, b, 4 * lane + m].astype(kd.i32), over=m) - 128 * xsum[t, b, lane]
-    scale = d[r, b].astype(kd.f32) * xd[t, b].astype(kd.f32)
+    dot = kd.sum(biased * xq[t, b, 4 * lane + m].astype(kd.i32), over=m) - offset[t, b, lane]
     lanes = kd.empty((xq.shape[0], q.shape[0], LANES_Q8), kd.f32)
+    scale = d[r, b].astype(kd.f32) * xscale[t, b]
     lanes[t, r, lane] = kd.sum(dot.astype(kd.f32) * scale, over=b)
     y[t, r] = kd.sum(lanes[t, r, lane], over=lane)
 
@@ -238,19 +243,23 @@ def q8_0_dot_q8_0(d, q, xd, xq, y):
 @kd.kernel
 def q4_0_dot_q8_0(d, q, xd, xq, y):
     """As for Q8_0, with lane l holding nibble bytes 4l … 4l+3: their low nibbles are
-    values 4l … 4l+3 of the block and their high nibbles values 16+4l … 16+4l+3. The
-    nibbles are unsigned bytes as they are; the -8 of every value is 8·Σxq of the lane."""
+    values 4l … 4l+3 of the block and their high nibbles values 16+4l … 16+4l+3 (two
+    chained vpdpbusd). The nibbles are unsigned bytes as they are; the -8 of every value
+    is 8·Σxq of the lane."""
     t, r, b, lane, m = kd.indices(xq.shape[0], q.shape[0], q.shape[1], LANES_Q4, 4)
-    xsum = kd.empty((xq.shape[0], q.shape[1], LANES_Q4), kd.i32)
-    pair = xq[t, b, 4 * lane + m].astype(kd.i32) + xq[t, b, 16 + 4 * lane + m].astype(kd.i32)
-    xsum[t, b, lane] = kd.sum(pair, over=m)
-    nibbles = q[r, b, 4 * lane + m]
-    low = kd.sum((nibbles & 15).astype(kd.i32) * xq[t, b, 4 * lane + m].astype(kd.i32), over=m)
+    offset, xscale = (
+        kd.empty((xq.shape[0], q.shape[1], LANES_Q4), kd.i32),
+        kd.empty(xd.shape, kd.f32),
+    )
+    low_x = xq[t, b, 4 * lane + m].astype(kd.i32)
     high_x = xq[t, b, 16 + 4 * lane + m].astype(kd.i32)
-    high = kd.sum((nibbles >> 4).astype(kd.i32) * high_x, over=m)
-    scale = d[r, b].astype(kd.f32) * xd[t, b].astype(kd.f32)
+    offset[t, b, lane] = 8 * kd.sum(low_x + high_x, over=m)
+    xscale[t, b] = xd[t, b].astype(kd.f32)
+    nibbles = q[r, b, 4 * lane + m]
+    products = (nibbles & 15).astype(kd.i32) * low_x + (nibbles >> 4).astype(kd.i32) * high_x
+    dot = kd.sum(products, over=m) - offset[t, b, lane]
     lanes = kd.empty((xq.shape[0], q.shape[0], LANES_Q4), kd.f32)
-    dot = low + high - 8 * xsum[t, b, lane]
+    scale = d[r, b].astype(kd.f32) * xscale[t, b]
     lanes[t, r, lane] = kd.sum(dot.astype(kd.f32) * scale, over=b)
     y[t, r] = kd.sum(lanes[t, r, lane], over=lane)
 
@@ -271,12 +280,12 @@ def _lanes_across_blocks(s, lane, width, batch=("t", "t.1"), block="b"):
 
 @q8_0_dot_q8_0.schedule(kd.cpu)
 def _q8_0_dot_cpu(s):
-    _lanes_across_blocks(s, "lane.1", LANES_Q8, batch=("t.1", "t.2"), block="b.1")
+    _lanes_across_blocks(s, "lane.1", LANES_Q8, batch=("t.2", "t.3"), block="b.2")
 
 
 @q4_0_dot_q8_0.schedule(kd.cpu)
 def _q4_0_dot_cpu(s):
-    _lanes_across_blocks(s, "lane.1", LANES_Q4, batch=("t.1", "t.2"), block="b.1")
+    _lanes_across_blocks(s, "lane.1", LANES_Q4, batch=("t.2", "t.3"), block="b.2")
 
 
 @kd.kernel

@@ -1,8 +1,9 @@
 """Dot-product instructions for a short reduction inside a vector loop.
 
 In a loop vectorized over v (width w), an inner loop over m of constant extent K whose
-body is `acc = acc + P(A) * P(B)`, with A and B narrow values read at subscripts
-`K·v + m + u` of their last axis, sums K adjacent products into each lane:
+body is `acc = acc + P(A) * P(B)` (or a sum of such products), with A and B narrow
+values read at subscripts `K·v + m + u` of their last axis, sums K adjacent products
+into each lane:
 
     lane v of acc  +=  Σ_m  A[K·v + m] · B[K·v + m]
 
@@ -59,8 +60,7 @@ class _Dot:
     slot: ir.Value  # the accumulator's vector
     acc: T.DType  # i32 or f32
     k: int
-    a: Expr  # the narrow operands
-    b: Expr
+    pairs: tuple[tuple[Expr, Expr], ...]  # the narrow operands of each product added
 
 
 def emit_dot_loop(vl: _VectorLoop, loop: Loop) -> bool:
@@ -69,7 +69,7 @@ def emit_dot_loop(vl: _VectorLoop, loop: Loop) -> bool:
     if dot is None:
         return False
     b = vl.b
-    unit = _unit_strides(vl, (dot.a, dot.b))
+    unit = _unit_strides(vl, tuple(e for pair in dot.pairs for e in pair))
     if unit is None:
         _emit(vl, loop, dot)
         return True
@@ -95,20 +95,8 @@ def _match(vl: _VectorLoop, loop: Loop) -> _Dot | None:
     found = accumulation(s)
     if found is None or found[0] is not BinaryOp.ADD:
         return None
-    product = found[1]
-    if not (isinstance(product, Binary) and product.op is BinaryOp.MUL):
-        return None
-    a, b = product.lhs, product.rhs
-    if not (isinstance(a, Cast) and isinstance(b, Cast)):
-        return None
-    acc, a, b = product.dtype, a.operand, b.operand
-    kinds = {a.dtype, b.dtype}
-    fits = (
-        (acc == T.i32 and k == 4 and kinds <= set(_BYTES))
-        or (acc == T.i32 and k == 2 and kinds == {T.i16})
-        or (acc == T.f32 and k == 2 and kinds == {T.bf16} and not vl.gen.strict_fp)
-    )
-    if not fits or not (_wide_ok(vl, loop, a) and _wide_ok(vl, loop, b)):
+    pairs = _products(found[1])
+    if not pairs or not all(_fits(vl, loop, k, found[1].dtype, a, b) for a, b in pairs):
         return None
     if s.local in vl.vslots:
         slot = vl.vslots[s.local]
@@ -116,7 +104,28 @@ def _match(vl: _VectorLoop, loop: Loop) -> _Dot | None:
         slot = vl.partials[s.local][vl.copy]
     else:
         return None
-    return _Dot(slot, acc, k, a, b)
+    return _Dot(slot, found[1].dtype, k, tuple(pairs))
+
+
+def _products(e: Expr) -> list[tuple[Expr, Expr]] | None:
+    """The operands (a, b) of `P(a)·P(b) + P(c)·P(d) + …`, each P a widening cast."""
+    match e:
+        case Binary(op=BinaryOp.ADD, lhs=x, rhs=y):
+            left, right = _products(x), _products(y)
+            return None if left is None or right is None else left + right
+        case Binary(op=BinaryOp.MUL, lhs=Cast(operand=a), rhs=Cast(operand=b)):
+            return [(a, b)]
+    return None
+
+
+def _fits(vl: _VectorLoop, loop: Loop, k: int, acc: T.DType, a: Expr, b: Expr) -> bool:
+    kinds = {a.dtype, b.dtype}
+    fits = (
+        (acc == T.i32 and k == 4 and kinds <= set(_BYTES))
+        or (acc == T.i32 and k == 2 and kinds == {T.i16})
+        or (acc == T.f32 and k == 2 and kinds == {T.bf16} and not vl.gen.strict_fp)
+    )
+    return fits and _wide_ok(vl, loop, a) and _wide_ok(vl, loop, b)
 
 
 def _wide_ok(vl: _VectorLoop, loop: Loop, e: Expr) -> bool:
@@ -210,11 +219,19 @@ def _unit_strides(vl: _VectorLoop, operands: tuple[Expr, ...]) -> ir.Value | Non
 
 
 def _emit(vl: _VectorLoop, loop: Loop, dot: _Dot) -> None:
+    """Each product's dot instruction in turn, accumulating into the local's vector."""
+    b = vl.b
+    new = b.load(dot.slot, typ=dot.slot.allocated_type)
+    for pair in dot.pairs:
+        new = _emit_one(vl, loop, dot, new, *pair)
+    b.store(new, dot.slot)
+
+
+def _emit_one(vl: _VectorLoop, loop: Loop, dot: _Dot, old: ir.Value, ea: Expr, eb: Expr):
     b, ops, w = vl.b, vl.ops, vl.w
     wide = functools.partial(_wide, vl, loop, dot.k)
-    a, c = wide(dot.a), wide(dot.b)
-    old = b.load(dot.slot, typ=dot.slot.allocated_type)
-    da, dc = dot.a.dtype, dot.b.dtype
+    a, c = wide(ea), wide(eb)
+    da, dc = ea.dtype, eb.dtype
     if dot.acc == T.f32:
         new = _bf16_dot(vl, old, a, c) if _has("avx512bf16", w) else None
     elif dot.k == 2:
@@ -232,7 +249,7 @@ def _emit(vl: _VectorLoop, loop: Loop, dot: _Dot) -> None:
             lanes = ir.Constant(ir.VectorType(I32, w), [dot.k * v + m for v in range(w)])
             part = b.shuffle_vector(products, ir.Constant(products.type, None), lanes)
             new = ops.binary(BinaryOp.ADD, new, part, dot.acc)
-    b.store(new, dot.slot)
+    return new
 
 
 def _wide(vl: _VectorLoop, loop: Loop, k: int, e: Expr) -> ir.Value:

@@ -88,6 +88,31 @@ def test_an_operand_may_be_an_expression_of_loads() -> None:
     np.testing.assert_array_equal(y, expected(a & 15, b, wrap=True))
 
 
+def test_a_sum_of_products_chains_the_instructions() -> None:
+    """Q4_0's two halves: low nibbles against one part of b, high against another."""
+
+    @kd.kernel
+    def halves(a, b, y):
+        r, j = kd.indices(a.shape[0], a.shape[1])
+        low = (a[r, j] & 15).astype(kd.i32) * b[j].astype(kd.i32)
+        high = (a[r, j] >> 4).astype(kd.i32) * b[j + a.shape[1]].astype(kd.i32)
+        y[r] = kd.sum(low + high, over=j)
+
+    @halves.schedule(kd.cpu)
+    def _(s):
+        jo, ji = s.split("j", 4)
+        s.vectorize(jo, 4)
+
+    rng = np.random.default_rng(5)
+    a, b = full_range(rng, (5, 48), np.uint8), full_range(rng, (96,), np.int8)
+    y = np.empty(5, np.int32)
+    halves(a, b, y)
+    want = expected(a & 15, b[:48], wrap=True) + expected(a >> 4, b[48:], wrap=True)
+    np.testing.assert_array_equal(y, want)
+    if dot._has("avx512vnni", 4):
+        assert halves.asm(a, b, y).count("vpdpbusd") >= 2
+
+
 def test_int16_pairs() -> None:
     rng = np.random.default_rng(2)
     a, b = full_range(rng, (9, 67), np.int16), full_range(rng, (67,), np.int16)
