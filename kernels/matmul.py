@@ -89,7 +89,7 @@ def _register_blocked(s, across: str) -> None:
     """
     across = s.param("across", sorted(ACROSS, key=lambda a: a != across))
     mr = s.param("mr", [8, 6, 4])
-    nr = s.param("nr", [32, 16, 64])
+    nr = s.param("nr", [16, 32, 64])
     nc = s.param("nc", [PANEL, 128, 32, 256])
     io, ii = s.split("i", mr)
     jo, jp = s.split("j", nc)

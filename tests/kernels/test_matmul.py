@@ -162,15 +162,18 @@ def _loops(asm: str) -> list[list[str]]:
     reason="the register tile is sized for AVX-512",
 )
 def test_inner_loop_is_register_blocked() -> None:
-    """The micro-kernel: per k, 8 rows × 2 zmm of C updated by broadcast-A × load-B FMAs,
-    the 16 accumulators in registers (no stack traffic inside the loop)."""
+    """The micro-kernel: per k, mr rows × nr/16 zmm of C updated by broadcast-A ×
+    load-B FMAs, the accumulators in registers (no stack traffic inside the loop)."""
     a = np.ones((64, 64), np.float32)
+    chosen = mm.product_kernel.schedule_of(a, a, a).chosen
+    tile = chosen["mr"] * chosen["nr"] // 16
     loops = _loops(mm.product_kernel.asm(a, a, a))
     fmas = [[i for i in body if re.match(r"vfmadd\d+ps\s.*%zmm", i)] for body in loops]
     best = max(range(len(loops)), key=lambda n: len(fmas[n]))
     body = loops[best]
-    assert len(fmas[best]) >= 16 and len(fmas[best]) % 16 == 0, body
+    assert len(fmas[best]) >= tile and len(fmas[best]) % tile == 0, body
     assert not [i for i in body if "(%rsp" in i], body  # no spills or accumulator reloads
     accumulators = {re.findall(r"%zmm\d+", i)[-1] for i in fmas[best]}
-    assert len(accumulators) == 16, body
-    assert sum("vbroadcastss" in i or "{1to16}" in i for i in body) >= len(fmas[best]) // 2
+    assert len(accumulators) == tile, body
+    broadcasts = sum("vbroadcastss" in i or "{1to16}" in i for i in body)
+    assert broadcasts >= len(fmas[best]) * 16 // chosen["nr"], body  # mr per k
