@@ -41,8 +41,8 @@ class Config:
             raise ValueError(f"llama2 config: every size must be positive, got {self}")
         if self.dim % self.n_heads or self.n_heads % self.n_kv_heads:
             raise ValueError(
-                f"llama2 config: dim ({self.dim}) must divide into n_heads ({self.n_heads}) "
-                f"and n_heads into n_kv_heads ({self.n_kv_heads})"
+                f"llama2 config: dim ({self.dim}) must be a multiple of n_heads "
+                f"({self.n_heads}), and n_heads of n_kv_heads ({self.n_kv_heads})"
             )
         if self.head_size % 2:
             raise ValueError(f"llama2 config: RoPE needs an even head size, got {self.head_size}")

@@ -199,6 +199,24 @@ def test_c_baseline_generates_the_reference_tokens(c_build, checkpoint, kind, te
     assert got.tok_per_s > 0
 
 
+@pytest.mark.parametrize("kind", ["float32", "int8"])
+def test_c_baseline_with_an_unshared_classifier(c_build, tmp_path, kind):
+    config = CONFIGS["mha-unshared"]
+    paths = fmt.write_checkpoint(tmp_path, config, seed=3, kinds=(kind,))
+    _, weights = fmt.read_checkpoint(paths[kind])
+    tok = fmt.Tokenizer.read(paths["tokenizer"])
+    sampler = ref.Sampler(config.vocab_size, 0.0, 0.9, seed=1)
+    tokens, _ = ref.generate(ref.Transformer(config, weights), tok, sampler, "", 40)
+    program = "run" if kind == "float32" else "runq"
+    assert c_build.run_c(program, paths[kind], paths["tokenizer"], steps=40).tokens == tokens
+
+
+def test_reference_command_line(checkpoint, capsys):
+    ref.main([str(checkpoint["int8"]), "-z", str(checkpoint["tokenizer"]), "-n", "12", "-i", "the"])
+    out, err = capsys.readouterr()
+    assert out.startswith("the") and "achieved tok/s:" in err
+
+
 def test_c_baseline_rejects_a_truncated_checkpoint(c_build, checkpoint, tmp_path):
     (tmp_path / "short.bin").write_bytes(checkpoint["int8"].read_bytes()[:-8])
     with pytest.raises(RuntimeError, match="header implies"):
