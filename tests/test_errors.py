@@ -230,6 +230,34 @@ def test_mismatched_shapes_name_both_arguments():
     assert err.loc.line == line_of(matmul, "here")
 
 
+def _doubler_here():
+    @kd.kernel
+    def doubler(x, y):
+        i = kd.indices(x.shape[0])
+        y[i] = x[i] * 2  # here
+
+    return doubler
+
+
+def _doubler_there():
+    @kd.kernel
+    def doubler(x, y):
+        i = kd.indices(x.shape[0])
+        y[i] = x[i] * 2  # there
+
+    return doubler
+
+
+def test_code_shared_by_identical_kernels_reports_each_ones_line():
+    """The object cache keys code by structure, not lines: a copy of a kernel elsewhere
+    reuses the first one's code, and its errors still point at its own line."""
+    for make, marker in ((_doubler_here, "here"), (_doubler_there, "there")):
+        kernel = make()
+        err = raises(kd.ShapeError, lambda k=kernel: k(f32(3), f32(4)), "x.shape[0]")
+        assert err.loc.line == line_of(kernel, marker)
+    assert kernel.stats()["objects_loaded"] == 1  # the second ran the first's code
+
+
 def test_array_too_short_for_a_constant_range():
     @kd.kernel
     def k(x, y):

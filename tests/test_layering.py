@@ -111,12 +111,12 @@ def test_environment_is_read_only_in_config():
 
 
 def test_every_package_is_installed():
-    """pyproject lists packages by hand (kernels/ installs as kdsl.kernels): a new
-    subpackage missing there would be left out of the wheel."""
+    """pyproject lists packages by hand (kernels/ installs as kdsl.kernels, examples/
+    as kdsl.examples): a new subpackage missing there would be left out of the wheel."""
     import tomllib
 
-    listed = set(
-        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
-    )
-    found = {_module_name(p) for p in PACKAGE.rglob("__init__.py")} | {"kdsl.kernels"}
-    assert found == listed
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    moved = {name for name, folder in setuptools["package-dir"].items() if name != folder}
+    found = {_module_name(p) for p in PACKAGE.rglob("__init__.py")} | moved
+    assert all((ROOT / setuptools["package-dir"][name] / "__init__.py").exists() for name in moved)
+    assert found == set(setuptools["packages"])

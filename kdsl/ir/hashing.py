@@ -3,7 +3,9 @@
 Each node's digest covers its type and fields, with child nodes replaced by their
 digests. Digests are memoized by identity, so a kernel whose expressions share
 sub-trees (a traced value used twice at every step) hashes in time linear in its DAG,
-while equal trees hash equal however they are shared. Source locations are left out.
+while equal trees hash equal however they are shared. Source locations are left out:
+`source_locations` lists them in the same walk order, so code compiled for one kernel
+can report errors at the lines of another kernel with the same hash.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import dataclasses
 import enum
 import hashlib
 
+from kdsl.errors import SourceLoc
 from kdsl.ir.nodes import Kernel
 from kdsl.types import DType
 
@@ -42,3 +45,24 @@ def structural_hash(kernel: Kernel) -> str:
         return result
 
     return digest(kernel)
+
+
+def source_locations(kernel: Kernel) -> tuple[SourceLoc | None, ...]:
+    """Every node's source location in a fixed walk order: two kernels with the same
+    structural hash list theirs position for position."""
+    found: list[SourceLoc | None] = []
+
+    def visit(value: object) -> None:
+        if isinstance(value, tuple):
+            for v in value:
+                visit(v)
+        elif dataclasses.is_dataclass(value) and not isinstance(value, DType | SourceLoc):
+            for f in dataclasses.fields(value):
+                child = getattr(value, f.name)
+                if f.name == "loc":
+                    found.append(child)
+                else:
+                    visit(child)
+
+    visit(kernel)
+    return tuple(found)

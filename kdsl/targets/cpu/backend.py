@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import llvmlite.binding as llvm
 
 from kdsl.config import CONFIG, dumps
-from kdsl.ir.hashing import structural_hash
+from kdsl.ir.hashing import source_locations, structural_hash
 from kdsl.ir.nodes import Kernel
 from kdsl.ir.passes.expand import expand_schedule
 from kdsl.ir.printer import format_kernel
@@ -82,6 +82,7 @@ def build_object(scheduled: Kernel, key: str, checks: bool, strict_fp: bool) -> 
     an object file."""
     symbol = f"kdsl_{scheduled.name}_{key[:16]}"  # unique: many versions share one JIT
     module, sites = generate(expand(scheduled, strict_fp), checks, strict_fp, symbol)
+    sites.locations = source_locations(scheduled)
     code = jit.emit_object(jit.optimize(module))
     return ObjectCode(code, symbol, sites, PARALLEL_FOR in module.globals)
 
@@ -109,7 +110,8 @@ def from_object(
 ) -> CpuKernel:
     """The callable kernel of machine code made earlier (here or in another process)."""
     cfunc = load_object(kernel, obj)
-    return CpuKernel(kernel, cfunc, obj.sites, checks, strict_fp, obj.symbol, from_cache)
+    sites = obj.sites.located_in(kernel)
+    return CpuKernel(kernel, cfunc, sites, checks, strict_fp, obj.symbol, from_cache)
 
 
 def compile_kernel(

@@ -12,12 +12,13 @@ turns into an exception.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from llvmlite import ir
 
 from kdsl import types as T
 from kdsl.errors import SourceLoc
+from kdsl.ir.hashing import source_locations
 from kdsl.ir.layout import constant_nbytes
 from kdsl.ir.nodes import (
     Allocate,
@@ -62,6 +63,22 @@ class ErrorSites:
 
     checks: list[Check] = field(default_factory=list)
     accesses: list[tuple[str, SourceLoc | None]] = field(default_factory=list)
+    # the compiled kernel's source_locations: the object store shares code between
+    # kernels with equal hashes (locations are not hashed), so errors are moved to the
+    # lines of the kernel that runs it
+    locations: tuple[SourceLoc | None, ...] = ()
+
+    def located_in(self, kernel: Kernel) -> ErrorSites:
+        """These sites at `kernel`'s source lines (`kernel` hashes as the compiled one)."""
+        now = source_locations(kernel)
+        if now == self.locations:
+            return self
+        moved = dict(zip(self.locations, now, strict=True))
+        return ErrorSites(
+            [replace(check, loc=moved.get(check.loc, check.loc)) for check in self.checks],
+            [(buffer, moved.get(loc, loc)) for buffer, loc in self.accesses],
+            now,
+        )
 
 
 class _Codegen:

@@ -8,7 +8,7 @@ import functools
 from dataclasses import dataclass, replace
 
 from kdsl.config import CONFIG
-from kdsl.ir.hashing import structural_hash
+from kdsl.ir.hashing import source_locations, structural_hash
 from kdsl.ir.nodes import Kernel
 from kdsl.targets.cpu.backend import expand
 from kdsl.targets.cpu.codegen import ErrorSites
@@ -41,6 +41,7 @@ def build_ptx(scheduled: Kernel, key: str, sm: str, checks: bool, strict_fp: boo
     launches = plan(final)
     symbol = f"kdsl_{scheduled.name}_{key[:12]}".replace(".", "_")
     module, sites, params = generate(final, launches, symbol, checks, strict_fp)
+    sites.locations = source_locations(scheduled)
     return PtxCode(nvptx.compile_ptx(module, sm), symbol, sm, launches, params, sites)
 
 
@@ -56,7 +57,7 @@ def compile_ptx_kernel(
     key = object_key("cuda", structural_hash(scheduled), checks, strict_fp, sm)
     code = None if CONFIG.dump else store.load(key)
     if isinstance(code, PtxCode):
-        return replace(code, from_cache=True)
+        return replace(code, from_cache=True, sites=code.sites.located_in(scheduled))
     code = build_ptx(scheduled, key, sm, checks, strict_fp)
     store.save(key, code)
     return code
