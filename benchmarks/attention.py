@@ -18,21 +18,14 @@ from pathlib import Path
 import harness
 import numpy as np
 from kdsl.kernels import attention
+from kdsl.kernels.peak import read_probe
 
-import kdsl as kd
 from kdsl.cli.demo import machine_peaks
 
 try:
     import torch
 except ImportError:  # optional peer
     torch = None
-
-
-@kd.kernel
-def read_probe(x, out):
-    """out[i] = Σj x[i, j]: a streaming read of x on all cores, the bound for decode."""
-    i, j = kd.indices(x.shape[0], x.shape[1])
-    out[i] = kd.sum(x[i, j], over=j)
 
 
 def numpy_attention(q, k, v, out, causal=False):

@@ -10,6 +10,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -25,6 +26,7 @@ class Settings:
     min_batch_s: float
     working_set_bytes: int
     settle_s: float = 0.0  # pause before each side's batch (see compare)
+    max_sets: int = 8  # most copies of the inputs to rotate through
 
 
 @dataclass(frozen=True)
@@ -125,7 +127,9 @@ def run_case(case: Case, settings: Settings, rng: np.random.Generator) -> Row:
     first = case.make(rng)
     check(case, first)
     set_bytes = sum(a.nbytes for a in first if isinstance(a, np.ndarray))
-    count = min(8, max(2, math.ceil(settings.working_set_bytes / max(1, set_bytes))))
+    count = min(
+        settings.max_sets, max(2, math.ceil(settings.working_set_bytes / max(1, set_bytes)))
+    )
     sets = [first] + [case.make(rng) for _ in range(count - 1)]
     kdsl_s, numpy_s = compare(case.kdsl, case.numpy, sets, settings)
     return Row(case.name, case.size, kdsl_s, numpy_s, case.unit, case.work, case.peer)
@@ -190,6 +194,17 @@ def median_time(fn: Callable[[], object], repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def last_level_cache_bytes() -> int:
+    """The largest CPU cache's size (Linux sysfs; 32 MiB where it can't be read): inputs
+    that must come from DRAM rotate through a few times this."""
+    sizes = []
+    for entry in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = entry.read_text().strip().upper()
+        unit = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:], 1)
+        sizes.append(int(text.rstrip("KM")) * unit)
+    return max(sizes, default=32 << 20)
 
 
 def machine() -> str:

@@ -26,19 +26,13 @@ import numpy as np
 from kdsl.examples import llama2 as runner
 from kdsl.examples import llama2_format as fmt
 from kdsl.examples import llama2_reference as ref
+from kdsl.kernels.peak import read_probe
 from llama2_c.build import compiler_available, run_c
 
 import kdsl as kd
 from kdsl.config import cache_root
 
 MODELS = {"stories15M": fmt.STORIES15M, "stories110M": fmt.STORIES110M}
-
-
-@kd.kernel
-def read_probe(x, out):
-    """out[i] = Σj x[i, j]: a streaming read on all cores, the bandwidth bound."""
-    i, j = kd.indices(x.shape[0], x.shape[1])
-    out[i] = kd.sum(x[i, j], over=j)
 
 
 def read_bandwidth(megabytes: int = 512) -> float:

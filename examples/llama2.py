@@ -9,10 +9,11 @@ through the `int8_groups` kernel below: a new quantized layout is a few lines of
 load. Threads: KDSL_NUM_THREADS (all cores by default). Prints the text, then
 `achieved tok/s: N` as llama2.c does. `kdsl llama2 ...` runs the same.
 
-A layer is eight kernel calls for float32 (norm; q, k and v in one matrix-vector
+A layer is nine kernel calls for float32 (norm; q, k and v in one matrix-vector
 product; RoPE into the KV cache; attention over the cache; the output projection with
-the residual added; norm; w1 and w3 with SwiGLU fused; w2 with the residual added) and
-a few more for the quantized formats, whose activations are quantized once per input.
+the residual added; norm; w1 and w3 in one matrix-vector product; SwiGLU; w2 with the
+residual added) and a few more for the quantized formats, whose activations are
+quantized once per input.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from kdsl.examples.llama2_format import (
 )
 from kdsl.examples.llama2_reference import Sampler, generate
 from kdsl.kernels import quant
+from kdsl.kernels.matvec import matvec_add_kernel, matvec_kernel
 
 import kdsl as kd
 
@@ -112,44 +114,6 @@ def swiglu(h13, h):
 # ---------------------------------------------------------------------- float32 matrices
 
 
-@kd.kernel
-def matvec(w, x, y):
-    i, j = kd.indices(w.shape[0], w.shape[1])
-    y[i] = kd.sum(w[i, j] * x[j], over=j)
-
-
-@kd.kernel
-def matvec_add(w, x, y):
-    """y += w @ x: the residual added as the row's sum is stored."""
-    i, j = kd.indices(w.shape[0], w.shape[1])
-    y[i] = y[i] + kd.sum(w[i, j] * x[j], over=j)
-
-
-@kd.kernel
-def swiglu_matvec(w1, w3, x, h):
-    """h = silu(w1 @ x) · (w3 @ x): both rows' sums in one pass over x."""
-    i, j = kd.indices(w1.shape[0], w1.shape[1])
-    a = kd.sum(w1[i, j] * x[j], over=j)
-    b = kd.sum(w3[i, j] * x[j], over=j)
-    h[i] = a * (1 / (1 + kd.exp(-a))) * b
-
-
-def _rows_on_cores(s):
-    s.vectorize("j", 16)
-    s.parallelize("i")
-
-
-for _kernel in (matvec, matvec_add):
-    _kernel.schedule(kd.cpu)(_rows_on_cores)
-
-
-@swiglu_matvec.schedule(kd.cpu)
-def _swiglu_cpu(s):
-    s.vectorize("j", 16)
-    s.vectorize("j.1", 16)
-    s.parallelize("i")
-
-
 # ---------------------------------------------------------------------- int8 groups
 
 
@@ -199,11 +163,13 @@ def int8_groups(size: int) -> Callable[..., object]:
 
         @int8_groups.schedule(kd.cpu)
         def _(s):
-            s.fuse("r", "r.1")
-            s.reorder("g.1", "lane.1")
+            rows, rest = s.split("r", s.param("rows", [8, 4, 1]))  # as kernels/matvec.py
+            s.reorder(rows, "lane.1", "g.1", rest)
             if lanes > 1:  # a group of 4 (a small model's odd hidden size) stays scalar
                 s.vectorize("lane.1", lanes)
-            s.parallelize("r")
+            s.unroll(rest)
+            s.parallelize(rows)
+            s.parallelize("r.1")
 
         _INT8_KERNELS[size] = int8_groups
     return _INT8_KERNELS[size]
@@ -232,10 +198,15 @@ class Float32Linear:
         return x
 
     def __call__(self, x: np.ndarray, y: np.ndarray) -> None:
-        matvec(self.w, x, y)
+        matvec_kernel(self.w, x, y)
 
     def add_to(self, x: np.ndarray, y: np.ndarray, scratch: np.ndarray) -> None:
-        matvec_add(self.w, x, y)
+        matvec_add_kernel(self.w, x, y)
+
+    def gated(self, x: np.ndarray, h13: np.ndarray, h: np.ndarray) -> None:
+        """h = silu(w1 x) · (w3 x) for this matrix = [w1; w3]."""
+        matvec_kernel(self.w, x, h13)
+        swiglu(h13, h)
 
 
 class _QuantizedLinear:
@@ -357,19 +328,6 @@ class Transformer:
         return self.logits
 
 
-class _SwiGluFloat32:
-    """float32 w1 and w3 read in one kernel with SwiGLU fused."""
-
-    def __init__(self, w1: np.ndarray, w3: np.ndarray):
-        self.w1, self.w3 = (np.ascontiguousarray(w, np.float32) for w in (w1, w3))
-
-    def prepare(self, x: np.ndarray) -> np.ndarray:
-        return x
-
-    def gated(self, x: np.ndarray, h13: np.ndarray, h: np.ndarray) -> None:
-        swiglu_matvec(self.w1, self.w3, x, h)
-
-
 def _float_model(c: Config, w: Weights, quant_format: str | None):
     """Layers for float32 weights as they are, or re-quantized to a GGML format."""
     if quant_format is None:
@@ -383,11 +341,7 @@ def _float_model(c: Config, w: Weights, quant_format: str | None):
     layers = []
     for n in range(c.n_layers):
         qkv = linear(np.concatenate([w.wq[n], w.wk[n], w.wv[n]]))
-        w13 = (
-            _SwiGluFloat32(w.w1[n], w.w3[n])
-            if quant_format is None
-            else linear(np.concatenate([w.w1[n], w.w3[n]]))
-        )
+        w13 = linear(np.concatenate([w.w1[n], w.w3[n]]))
         layers.append(Layer(w.rms_att[n], qkv, linear(w.wo[n]), w.rms_ffn[n], w13, linear(w.w2[n])))
     table = np.asarray(w.token_embedding, np.float32)
 

@@ -1,5 +1,5 @@
-"""The kdsl kernel library, written in kdsl: matmul, attention, softmax, norms and GGML's
-quantized formats.
+"""The kdsl kernel library, written in kdsl: matmul, matvec, attention, softmax, norms and
+GGML's quantized formats.
 
 Each module holds the algorithm, a CPU schedule with its search space (`s.param`),
 example shapes for `kdsl autotune`, and a public function that allocates the output
@@ -8,6 +8,7 @@ when `out=` is not given.
 
 from kdsl.kernels.attention import attention
 from kdsl.kernels.matmul import matmul
+from kdsl.kernels.matvec import matvec
 from kdsl.kernels.norms import layernorm, rmsnorm
 from kdsl.kernels.quant import (
     QTensor,
@@ -25,6 +26,7 @@ __all__ = [
     "dequantize",
     "layernorm",
     "matmul",
+    "matvec",
     "qmatmul",
     "qmatvec",
     "quantize_q4_0",

@@ -1,7 +1,9 @@
-"""Machine-peak probes written in kdsl: FMA throughput, for "% of peak" in `kdsl demo`
-and the benchmarks."""
+"""Machine-peak probes written in kdsl: FMA throughput, copy and read bandwidth, for "% of
+peak" in `kdsl demo` and the benchmarks."""
 
 from __future__ import annotations
+
+from kdsl.kernels.matvec import row_streams, row_sums
 
 import kdsl as kd
 
@@ -29,3 +31,17 @@ def copy_probe(x, y):
     """y = x: the bandwidth a streaming kernel can reach (vectorized, all cores)."""
     i = kd.indices(x.shape[0])
     y[i] = x[i]
+
+
+@kd.kernel
+def read_probe(x, out):
+    """out[i] = Σ_j x[i, j]: the read bandwidth of a streaming kernel, with the access
+    pattern of the fastest matrix-vector product (several rows per core at a time)."""
+
+    def store(i, total):
+        out[i] = total
+
+    row_sums(lambda i, j: x[i, j], x.shape[0], x.shape[1], store)
+
+
+read_probe.schedule(kd.cpu)(row_streams)

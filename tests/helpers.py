@@ -20,6 +20,14 @@ def random_array(rng: np.random.Generator, shape: tuple[int, ...], dtype: object
     return rng.integers(lo, 50, shape).astype(dt)
 
 
+def run_config(kernel, config: dict[str, object], *args: object) -> None:
+    """Call `kernel` compiled with `config` for its schedule's params (one point of its
+    search space, as the autotuner would)."""
+    specs, bound = kernel._specs(args, {})
+    traced = kernel.trace(specs)
+    kernel.build(traced, kernel.call_layout(specs, traced), config).run(bound)
+
+
 def _copies(args: list[object]) -> list[object]:
     return [a.copy() if isinstance(a, np.ndarray) else a for a in args]
 

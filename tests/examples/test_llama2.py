@@ -15,6 +15,7 @@ from kdsl.examples import llama2_reference as ref
 from kdsl.kernels import quant
 
 from kdsl.cli import main as kdsl_main
+from tests.helpers import random_array, run_config
 
 STEPS = 72
 # TINY's hidden size (172) is no multiple of GGML's 32-value blocks; this one is.
@@ -31,6 +32,23 @@ def blocked(tmp_path_factory) -> dict[str, Path]:
     return fmt.write_checkpoint(
         tmp_path_factory.mktemp("blocked"), BLOCKED, seed=4, kinds=("float32",)
     )
+
+
+@pytest.mark.parametrize("rows", [1, 9, 37])
+@pytest.mark.parametrize("size", [4, 64])
+@pytest.mark.parametrize("tile", [8, 4, 1])
+def test_int8_group_kernel(rows: int, size: int, tile: int) -> None:
+    """llama2.c's int8 rows (a float32 scale per group of `size`) against NumPy."""
+    rng = np.random.default_rng(rows + size + tile)
+    groups = 3
+    q = rng.integers(-127, 128, (rows, groups * size), dtype=np.int8)
+    xq = rng.integers(-127, 128, groups * size, dtype=np.int8)
+    s, xs = rng.random((rows, groups), np.float32), rng.random(groups, np.float32)
+    dots = (q.astype(np.int64) * xq).reshape(rows, groups, size).sum(axis=2)
+    want = (dots * s.astype(np.float64) * xs).sum(axis=1)
+    y = random_array(rng, (rows,), np.float32)
+    run_config(runner.int8_groups(size), {"rows": tile}, q, s, xq, xs, y)
+    np.testing.assert_allclose(y, want, rtol=1e-5)
 
 
 class _GgmlMatrices:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import kdsl as kd
+from tests.helpers import run_config
 
 mm = importlib.import_module("kdsl.kernels.matmul")
 
@@ -44,13 +45,6 @@ def _close(got: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(want).max()))
 
 
-def _run_config(kernel: kd.KernelFunction, config: dict[str, object], *args: object) -> None:
-    """Call `kernel` compiled with `config` for its schedule's params."""
-    specs, bound = kernel._specs(args, {})
-    traced = kernel.trace(specs)
-    kernel.build(traced, kernel.call_layout(specs, traced), config).run(bound)
-
-
 @pytest.mark.parametrize("kernel", KERNELS, ids=lambda k: k.name)
 @pytest.mark.parametrize("m,k,n", SHAPES)
 def test_every_edge(kernel: kd.KernelFunction, m: int, k: int, n: int) -> None:
@@ -72,7 +66,7 @@ def test_every_choice_of_the_search_space(config: dict[str, object]) -> None:
     for m, k, n in [(1, 1, 1), (31, 129, 127), (130, 67, 300)]:
         a, b = _operands(m, k, n)
         c = np.full((m, n), np.nan, np.float32)
-        _run_config(mm.product_kernel, config, a, b, c)
+        run_config(mm.product_kernel, config, a, b, c)
         _close(c, a, b)
 
 

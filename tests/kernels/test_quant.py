@@ -10,6 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kdsl.kernels import quant
 
+from tests.helpers import run_config
+
 gguf = pytest.importorskip("gguf")
 GGML_TYPES = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0}
 FORMATS = sorted(GGML_TYPES)
@@ -71,6 +73,21 @@ def test_products_match_ggml_arithmetic(fmt, activations, rows, cols, batch) -> 
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
     vector = quant.qmatvec(w, x[0], activations=activations)
     np.testing.assert_allclose(vector, want[0], rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("tile", [1, 4, 8])
+@pytest.mark.parametrize("rows, batch", [(1, 1), (7, 2), (13, 1), (37, 3)])
+def test_every_row_tile_of_the_byte_products(fmt, tile, rows, batch) -> None:
+    """Each choice of the schedule's `rows`, on row counts around the tiles."""
+    rng = np.random.default_rng(rows * 10 + tile)
+    w = quant.quantize(rng.standard_normal((rows, 96)).astype(np.float32), fmt)
+    x = quant.quantize_q8_0(rng.standard_normal((batch, 96)).astype(np.float32))
+    kernel = quant.q8_0_dot_q8_0 if fmt == "q8_0" else quant.q4_0_dot_q8_0
+    got = rng.standard_normal((batch, rows)).astype(np.float32)
+    run_config(kernel, {"rows": tile}, w.scales, w.quants, x.scales, x.quants, got)
+    want = quant.reference_qmatmul(w, quant.dequantize(x), "q8_0")
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
 def test_products_are_close_to_the_float_product() -> None:

@@ -1,0 +1,57 @@
+"""kdsl.kernels.matvec: the row-streaming matrix-vector products against NumPy, for every
+row tile of the schedule, on shapes around the lanes and the tiles."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+from kdsl.kernels.peak import read_probe
+
+from tests.helpers import random_array, run_config
+
+mv = importlib.import_module("kdsl.kernels.matvec")  # the module: `matvec` is also its function
+
+# rows and columns around the lanes (16) and the row tiles (8, 4, 2), and none at all
+SHAPES = [(1, 1), (0, 5), (3, 0), (7, 15), (13, 16), (9, 33), (37, 50), (64, 768)]
+
+
+@pytest.mark.parametrize("rows,cols", SHAPES)
+@pytest.mark.parametrize("kernel", [mv.matvec_kernel, mv.matvec_add_kernel], ids=lambda k: k.name)
+@pytest.mark.parametrize("tile", [8, 4, 2])
+def test_every_row_tile(kernel, rows: int, cols: int, tile: int) -> None:
+    rng = np.random.default_rng(rows * 100 + cols)
+    w, x = random_array(rng, (rows, cols), np.float32), random_array(rng, (cols,), np.float32)
+    y = random_array(rng, (rows,), np.float32)
+    want = w.astype(np.float64) @ x + (y if kernel is mv.matvec_add_kernel else 0)
+    run_config(kernel, {"rows": tile}, w, x, y)
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
+
+
+def test_public_function_strides_and_accumulate() -> None:
+    rng = np.random.default_rng(1)
+    w = random_array(rng, (50, 90), np.float32)[::2, 1::2]  # strided rows and columns
+    x = random_array(rng, (45,), np.float32)
+    np.testing.assert_allclose(mv.matvec(w, x), w @ x, rtol=1e-5, atol=1e-5)
+    out = random_array(rng, (25,), np.float32)
+    want = out + w @ x
+    assert mv.matvec(w, x, out=out, accumulate=True) is out
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_shapes_are_clear_errors() -> None:
+    w, x = np.ones((4, 3), np.float32), np.ones(3, np.float32)
+    with pytest.raises(ValueError, match="can't multiply"):
+        mv.matvec(w, np.ones(4, np.float32))
+    with pytest.raises(ValueError, match="out has shape"):
+        mv.matvec(w, x, out=np.ones(3, np.float32))
+    with pytest.raises(ValueError, match="pass out="):
+        mv.matvec(w, x, accumulate=True)
+
+
+def test_the_read_probe_sums_rows() -> None:
+    x = random_array(np.random.default_rng(2), (37, 50), np.float32)
+    out = np.empty(37, np.float32)
+    read_probe(x, out)
+    np.testing.assert_allclose(out, x.sum(axis=1), rtol=1e-5, atol=1e-5)
