@@ -24,6 +24,8 @@ import kdsl as kd
 
 try:
     import torch
+
+    torch.set_num_threads(2)
 except ImportError:  # optional peer
     torch = None
 
@@ -207,4 +209,58 @@ def row_cases(rows: int, cols: int) -> list[harness.Case]:
                 **common,
             )
         )
+        if torch is not None:
+            peer = functools.partial(_torch_row_kernel, name)
+            cases.append(
+                harness.Case(
+                    f"library {name}",
+                    size,
+                    make,
+                    kdsl_fn,
+                    peer,
+                    peer="PyTorch",
+                    reference=numpy_fn,
+                    **common,
+                )
+            )
     return cases
+
+
+def _torch_row_kernel(name: str, x: np.ndarray, *rest: np.ndarray) -> None:
+    """PyTorch's kernel on the same memory (from_numpy: no copy). None of these takes an
+    `out=`, so PyTorch allocates its result, as its users' code does."""
+    functional = torch.nn.functional
+    xt, params = torch.from_numpy(x), [torch.from_numpy(p) for p in rest[:-1]]
+    if name == "softmax":
+        torch.softmax(xt, 1)
+    elif name == "rmsnorm":
+        functional.rms_norm(xt, (x.shape[1],), params[0], eps=1e-5)
+    else:
+        functional.layer_norm(xt, (x.shape[1],), params[0], params[1], eps=1e-5)
+
+
+# issue 5's goals for the row kernels: a share of the copy's bandwidth, and against PyTorch
+_ROW_GOALS = {"softmax": 2.0, "rmsnorm": 2.0, "layernorm": 1.0}
+
+
+def row_targets(rows: list[harness.Row]) -> list[str]:
+    """A line per row-kernel target: ≥ 85% of np.copyto's bandwidth on the same bytes,
+    and the ratio to PyTorch."""
+    notes = []
+    for row in rows:
+        name = row.benchmark.removeprefix("library ").removesuffix(" vs copy")
+        if name not in _ROW_GOALS or row.numpy_s is None:
+            continue
+        ratio = row.numpy_s / row.kdsl_s
+        if row.peer.startswith("np.copyto"):
+            goal, what = 0.85, "of np.copyto's bandwidth"
+            shown = f"{100 * ratio:.0f}%"
+        elif row.peer == "PyTorch":
+            goal, what = _ROW_GOALS[name], "PyTorch"
+            shown = f"{ratio:.2f}×"
+        else:
+            continue
+        target = f"{100 * goal:.0f}%" if goal < 1 else f"{goal:.1f}×"
+        verdict = "met" if ratio >= goal else "NOT met"
+        notes.append(f"target: {name} {row.size} {shown} {what} (≥ {target}: {verdict})")
+    return notes

@@ -19,6 +19,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import harness
@@ -69,39 +70,40 @@ def weight_bytes(config: fmt.Config, kind: str) -> float:
     return values * per_value
 
 
-def kdsl_speed(paths: dict[str, Path], kind: str, steps: int, repeats: int) -> tuple[float, list]:
-    """Median tok/s of `repeats` greedy runs (kernels compiled before), and the tokens."""
+def kdsl_runner(paths: dict[str, Path], kind: str, steps: int) -> Callable[[], float]:
+    """One greedy run's tok/s, as a function (its kernels compiled here, before timing)."""
     checkpoint = paths["int8" if kind == "int8" else "float32"]
     config, weights = fmt.read_checkpoint(checkpoint)
     quant = kind if kind in ("q8_0", "q4_0") else None
     model = runner.Transformer(config, weights, quant)
     tokenizer = fmt.Tokenizer.read(paths["tokenizer"])
-    speeds, tokens = [], []
     model.forward(fmt.BOS, 0)  # compile or load every kernel
-    for _ in range(repeats):
+
+    def run() -> float:
         sampler = ref.Sampler(config.vocab_size, 0.0, 0.9, 1)
         start = time.perf_counter()
         tokens, _ = ref.generate(model, tokenizer, sampler, "", steps)
-        speeds.append((len(tokens) - 1) / (time.perf_counter() - start))
-    return statistics.median(speeds), tokens
+        return (len(tokens) - 1) / (time.perf_counter() - start)
+
+    return run
 
 
-def numpy_speed(paths: dict[str, Path], steps: int) -> float:
+def numpy_runner(paths: dict[str, Path], steps: int) -> Callable[[], float]:
     config, weights = fmt.read_checkpoint(paths["float32"])
     model = ref.Transformer(config, weights)
-    start = time.perf_counter()
-    for pos in range(steps):
-        model.forward(fmt.BOS, pos)
-    return steps / (time.perf_counter() - start)
+
+    def run() -> float:
+        start = time.perf_counter()
+        for pos in range(steps):
+            model.forward(fmt.BOS, pos)
+        return steps / (time.perf_counter() - start)
+
+    return run
 
 
-def c_speed(program: str, paths: dict[str, Path], steps: int, repeats: int) -> tuple[float, list]:
+def c_runner(program: str, paths: dict[str, Path], steps: int) -> Callable[[], float]:
     checkpoint = paths["int8" if program == "runq" else "float32"]
-    runs = [
-        run_c(program, checkpoint, paths["tokenizer"], steps=steps, threads=2)
-        for _ in range(repeats)
-    ]
-    return statistics.median(r.tok_per_s for r in runs), runs[-1].tokens
+    return lambda: run_c(program, checkpoint, paths["tokenizer"], steps=steps, threads=2).tok_per_s
 
 
 @dataclasses.dataclass
@@ -112,22 +114,36 @@ class Result:
     bound: float  # tok/s at the read bandwidth
 
 
-def measure(name: str, steps: int, repeats: int, bandwidth: float) -> list[Result]:
+def measure(name: str, steps: int, repeats: int, probe_mib: int) -> tuple[list[Result], float]:
+    """Every runner's median tok/s, the runners taking turns in each repeat (the machine's
+    speed drifts: one runner's repeats in a row would each meet another drift), with the
+    read bandwidth taken in each turn too (the best is the bound)."""
     config = MODELS[name]
     paths = checkpoints(name, config)
-    results = []
-    for kind in ("float32", "int8", "q8_0", "q4_0"):
-        speed, _ = kdsl_speed(paths, kind, steps, repeats)
-        bound = bandwidth * 1e9 / weight_bytes(config, kind)
-        results.append(Result(name, f"kdsl {kind}", speed, bound))
+    runners: dict[tuple[str, str], Callable[[], float]] = {
+        (f"kdsl {kind}", kind): kdsl_runner(paths, kind, steps)
+        for kind in ("float32", "int8", "q8_0", "q4_0")
+    }
     if compiler_available():
         for program, kind in (("run", "float32"), ("runq", "int8")):
-            speed, _ = c_speed(program, paths, steps, repeats)
-            bound = bandwidth * 1e9 / weight_bytes(config, kind)
-            results.append(Result(name, f"C {program} ({kind})", speed, bound))
-    numpy_steps = min(steps, 32)
-    results.append(Result(name, "NumPy reference (float32)", numpy_speed(paths, numpy_steps), 0))
-    return results
+            runners[(f"C {program} ({kind})", kind)] = c_runner(program, paths, steps)
+    runners[("NumPy reference (float32)", "")] = numpy_runner(paths, min(steps, 32))
+    speeds: dict[tuple[str, str], list[float]] = {key: [] for key in runners}
+    bandwidth = 0.0
+    for _ in range(repeats):
+        bandwidth = max(bandwidth, read_bandwidth(probe_mib))
+        for key, run in runners.items():
+            speeds[key].append(run())
+    results = [
+        Result(
+            name,
+            what,
+            statistics.median(speeds[(what, kind)]),
+            bandwidth * 1e9 / weight_bytes(config, kind) if kind else 0.0,
+        )
+        for what, kind in runners
+    ]
+    return results, bandwidth
 
 
 def targets(results: list[Result]) -> list[str]:
@@ -191,9 +207,11 @@ def markdown(
                 *(line(r) for r in rows),
                 "",
                 f"* greedy decoding from BOS, {steps} steps, 2 threads (KDSL_NUM_THREADS / "
-                "OMP_NUM_THREADS); medians of repeated runs; random weights of each model's shape",
-                f"* read bandwidth {bandwidth:.1f} GB/s (a kdsl streaming sum over {probe_mib} MiB, best "
-                "of 5); the bound is that over the weight bytes one token reads",
+                "OMP_NUM_THREADS); medians of repeated runs, the runners taking turns; random "
+                "weights of each model's shape",
+                f"* read bandwidth {bandwidth:.1f} GB/s (kernels.peak.read_probe over {probe_mib} "
+                "MiB, best of 5 in each turn); the bound is that over the weight bytes one token "
+                "reads",
                 *(f"* {n}" for n in notes),
             ]
         )
@@ -211,9 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     steps, repeats = (64, 1) if ns.quick else (256, 3)
     names = ["stories15M"] if ns.quick else list(MODELS)
     probe_mib = 64 if ns.quick else 512
-    bandwidth = read_bandwidth(probe_mib)
-    results = [r for name in names for r in measure(name, steps, repeats, bandwidth)]
-    page = markdown(results, bandwidth, probe_mib, steps, targets(results))
+    results, bandwidths = [], []
+    for name in names:
+        measured, bandwidth = measure(name, steps, repeats, probe_mib)
+        results += measured
+        bandwidths.append(bandwidth)
+    page = markdown(results, max(bandwidths), probe_mib, steps, targets(results))
     print(page)
     if ns.output is not None:
         ns.output.write_text(page, encoding="utf-8")

@@ -142,8 +142,7 @@ NOTES = [
     "DESIGN §1's statements with temporaries, with a fuse/vectorize/parallelize schedule, "
     "against NumPy and against the same kernel with the default schedule (unfused); the "
     "scheduled matmul uses the tile/split/reorder/vectorize/unroll/parallelize schedule of "
-    "benchmarks/schedules.py with its params' first choices (the tuning rows tune DESIGN §3's schedule: benchmarks/tuning.py). PyTorch is not "
-    "installed on this machine, so it has no column.",
+    "benchmarks/schedules.py with its params' first choices (the tuning rows tune DESIGN §3's schedule: benchmarks/tuning.py).",
     "First call: a new kernel object traced and compiled (LLVM included) and run on 8 elements; 'cached object': the same with its machine code found in the cache directory (no LLVM).",
 ]
 
@@ -216,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     tuning_rows, tuning_notes = tuning.run(tuning_budget_s, tuning_n, settings)
     rows.extend(tuning_rows)
     title = "kdsl vs NumPy" + (" (quick run)" if ns.quick else "")
-    page = harness.markdown(rows, title, NOTES + tuning_notes)
+    page = harness.markdown(rows, title, NOTES + tuning_notes + library.row_targets(rows))
     print(page)
     output = ns.output or (None if ns.quick else RESULTS)
     if output is not None:
