@@ -67,7 +67,7 @@ product_kernel = kd.kernel(
 product_rows_kernel = kd.kernel(
     _plain, name="product_rows_kernel", examples=[_example(*_NARROW, bias=False)]
 )
-PANEL = 64  # nc's first choice: `matmul` counts B's panels with it
+PANEL = 128  # nc's first choice: `matmul` counts B's panels with it
 ACROSS = ("panels", "rows")
 
 
@@ -89,8 +89,8 @@ def _register_blocked(s, across: str) -> None:
     """
     across = s.param("across", sorted(ACROSS, key=lambda a: a != across))
     mr = s.param("mr", [8, 6, 4])
-    nr = s.param("nr", [16, 32, 64])
-    nc = s.param("nc", [PANEL, 128, 32, 256])
+    nr = s.param("nr", [32, 16, 64])
+    nc = s.param("nc", [PANEL, 64, 32, 256])
     io, ii = s.split("i", mr)
     jo, jp = s.split("j", nc)
     jr, ji = s.split(jp, nr)

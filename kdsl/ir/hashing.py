@@ -48,15 +48,20 @@ def structural_hash(kernel: Kernel) -> str:
 
 
 def source_locations(kernel: Kernel) -> tuple[SourceLoc | None, ...]:
-    """Every node's source location in a fixed walk order: two kernels with the same
-    structural hash list theirs position for position."""
+    """The source locations of the kernel's nodes, each node once (a shared sub-tree is
+    visited once, as for the hash), in a fixed walk order: two kernels with the same
+    hash traced from the same code list theirs position for position."""
     found: list[SourceLoc | None] = []
+    seen: set[int] = set()
 
     def visit(value: object) -> None:
         if isinstance(value, tuple):
             for v in value:
                 visit(v)
         elif dataclasses.is_dataclass(value) and not isinstance(value, DType | SourceLoc):
+            if id(value) in seen:
+                return
+            seen.add(id(value))
             for f in dataclasses.fields(value):
                 child = getattr(value, f.name)
                 if f.name == "loc":

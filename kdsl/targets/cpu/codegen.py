@@ -71,9 +71,9 @@ class ErrorSites:
     def located_in(self, kernel: Kernel) -> ErrorSites:
         """These sites at `kernel`'s source lines (`kernel` hashes as the compiled one)."""
         now = source_locations(kernel)
-        if now == self.locations:
-            return self
-        moved = dict(zip(self.locations, now, strict=True))
+        if now == self.locations or len(now) != len(self.locations):
+            return self  # the same lines, or an equal program shaped otherwise: keep them
+        moved = dict(zip(self.locations, now))
         return ErrorSites(
             [replace(check, loc=moved.get(check.loc, check.loc)) for check in self.checks],
             [(buffer, moved.get(loc, loc)) for buffer, loc in self.accesses],
