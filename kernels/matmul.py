@@ -88,7 +88,7 @@ def _register_blocked(s, across: str) -> None:
               c[io·mr + ii, ...] = epilogue(acc)
     """
     across = s.param("across", sorted(ACROSS, key=lambda a: a != across))
-    mr = s.param("mr", [8, 6, 4])
+    mr = s.param("mr", [8, 6, 4, 12])
     nr = s.param("nr", [32, 16, 64])
     nc = s.param("nc", [PANEL, 64, 32, 256])
     io, ii = s.split("i", mr)

@@ -14,16 +14,19 @@ FLOPS_PER_ELEMENT = 2 * CHAINS * STEPS + CHAINS
 
 @kd.kernel
 def fma_probe(x, y):
-    """CHAINS interleaved chains of STEPS dependent FMAs per element; the default schedule
-    runs 16 elements per AVX-512 vector on all cores."""
-    i = kd.indices(x.shape[0])
-    chains = [x[i] + 0.01 * k for k in range(CHAINS)]
-    for _ in range(STEPS):
-        chains = [kd.fma(v, 0.999, 0.001) for v in chains]
-    total = chains[0]
-    for v in chains[1:]:
-        total = total + v
-    y[i] = total
+    """CHAINS chains of STEPS dependent FMAs per element, interleaved by a loop whose
+    every iteration steps each chain once (written out unrolled, LLVM's scheduler would
+    put each chain's FMAs back to back and leave the out-of-order window to find the
+    parallelism); the default schedule runs 16 elements per AVX-512 vector on all cores."""
+    for i in kd.grid(x.shape[0]):
+        chains = [kd.local(x[i] + 0.01 * k) for k in range(CHAINS)]
+        for _ in kd.range(STEPS):
+            for v in chains:
+                v.set(kd.fma(v, 0.999, 0.001))
+        total = chains[0] + 0.0
+        for v in chains[1:]:
+            total = total + v
+        y[i] = total
 
 
 @kd.kernel

@@ -20,12 +20,18 @@ def random_array(rng: np.random.Generator, shape: tuple[int, ...], dtype: object
     return rng.integers(lo, 50, shape).astype(dt)
 
 
-def run_config(kernel, config: dict[str, object], *args: object) -> None:
-    """Call `kernel` compiled with `config` for its schedule's params (one point of its
-    search space, as the autotuner would)."""
+def build_config(kernel, config: dict[str, object], *args: object):
+    """`kernel` compiled for these arguments with `config` for its schedule's params (one
+    point of its search space, as the autotuner would), and the arguments bound for it."""
     specs, bound = kernel._specs(args, {})
     traced = kernel.trace(specs)
-    kernel.build(traced, kernel.call_layout(specs, traced), config).run(bound)
+    return kernel.build(traced, kernel.call_layout(specs, traced), config), bound
+
+
+def run_config(kernel, config: dict[str, object], *args: object) -> None:
+    """Call `kernel` compiled with `config` for its schedule's params."""
+    compiled, bound = build_config(kernel, config, *args)
+    compiled.run(bound)
 
 
 def _copies(args: list[object]) -> list[object]:

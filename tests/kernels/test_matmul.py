@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import kdsl as kd
-from tests.helpers import run_config
+from tests.helpers import build_config, run_config
 
 mm = importlib.import_module("kdsl.kernels.matmul")
 
@@ -155,13 +155,16 @@ def _loops(asm: str) -> list[list[str]]:
     not dict(__import__("llvmlite.binding").binding.get_host_cpu_features()).get("avx512f"),
     reason="the register tile is sized for AVX-512",
 )
-def test_inner_loop_is_register_blocked() -> None:
+@pytest.mark.parametrize("tile_shape", [None, {"mr": 12, "nr": 32}, {"mr": 12, "nr": 16}])
+def test_inner_loop_is_register_blocked(tile_shape) -> None:
     """The micro-kernel: per k, mr rows × nr/16 zmm of C updated by broadcast-A ×
-    load-B FMAs, the accumulators in registers (no stack traffic inside the loop)."""
+    load-B FMAs, the accumulators in registers (no stack traffic inside the loop) — for
+    the default tile and for taller ones (24 of the 32 zmm registers held)."""
     a = np.ones((64, 64), np.float32)
-    chosen = mm.product_kernel.schedule_of(a, a, a).chosen
+    chosen = dict(mm.product_kernel.schedule_of(a, a, a).chosen)
+    chosen.update(tile_shape or {})
     tile = chosen["mr"] * chosen["nr"] // 16
-    loops = _loops(mm.product_kernel.asm(a, a, a))
+    loops = _loops(build_config(mm.product_kernel, chosen, a, a, a)[0].compiled.asm)
     fmas = [[i for i in body if re.match(r"vfmadd\d+ps\s.*%zmm", i)] for body in loops]
     best = max(range(len(loops)), key=lambda n: len(fmas[n]))
     body = loops[best]

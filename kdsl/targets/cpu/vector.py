@@ -230,38 +230,53 @@ class _VectorLoop:
         self.access(name, index, None, lambda at: self.store_at(at, value, dtype))
 
     def registers_for(self, loop: Loop) -> dict[tuple[str, tuple[Expr, ...]], ir.Value]:
-        """Slots for the temporaries' vectors `loop` updates at one loop-invariant address."""
+        """Slots for the temporaries' vectors `loop` updates at loop-invariant addresses: a
+        tile of them (`acc[0, j]`, `acc[1, j]`, …) when its subscripts tell them apart."""
         if self.mask is not None or self.gen.checks:
             return {}
         inner = {st.var for st in walk_stmts((loop,)) if isinstance(st, Loop)}
         inner |= {st.name for st in walk_stmts(loop.body) if isinstance(st, DeclareLocal)}
-        accesses: dict[str, set[tuple[Expr, ...]]] = {}
+        loaded: dict[str, set[tuple[Expr, ...]]] = {}
         for e in walk_all_exprs(loop.body):
             if isinstance(e, Load):
-                accesses.setdefault(e.buffer, set()).add(e.index)
-        stores = [st for st in loop.body if isinstance(st, Store)]  # unconditional ones
-        written = [st.buffer for st in walk_stmts(loop.body) if isinstance(st, Store)]
+                loaded.setdefault(e.buffer, set()).add(e.index)
+        stored: dict[str, list[tuple[Expr, ...]]] = {}
+        for st in walk_stmts(loop.body):
+            if isinstance(st, Store):
+                stored.setdefault(st.buffer, []).append(st.index)
+        unconditional: dict[str, list[tuple[Expr, ...]]] = {}
+        for st in loop.body:
+            if isinstance(st, Store):
+                unconditional.setdefault(st.buffer, []).append(st.index)
         held: dict[tuple[str, tuple[Expr, ...]], ir.Value] = {}
-        for st in stores:
-            buf = self.gen.buffers[st.buffer]
-            same = accesses.get(st.buffer, set()) <= {st.index}
-            once = written.count(st.buffer) == 1
-            invariant = not any(
+        for name, indices in unconditional.items():
+            buf = self.gen.buffers[name]
+            if (
+                buf.role is not BufferRole.TEMP
+                or buf.dtype.is_bool
+                or indices != stored[name]  # every store of it is one of these
+                or not loaded.get(name, set()) <= set(indices)
+                or not _apart(indices)
+                or not all(map(self._invariant_varying(inner), indices))
+            ):
+                continue
+            vt = self.vtype(memory_type(buf.dtype))
+            for index in indices:
+                held[(name, index)] = self.gen._entry_alloca(vt, f"{name}.reg")
+        return held
+
+    def _invariant_varying(self, inner: set[str]) -> Callable[[tuple[Expr, ...]], bool]:
+        """Whether an index stays put while the loop runs yet varies across the lanes."""
+
+        def test(index: tuple[Expr, ...]) -> bool:
+            moves = any(
                 isinstance(e, LoopVar | LocalVar) and e.name in inner
-                for i in st.index
+                for i in index
                 for e in walk_expr(i)
             )
-            if (
-                buf.role is BufferRole.TEMP
-                and not buf.dtype.is_bool
-                and same
-                and once
-                and invariant
-                and any(map(self.plan.varying, st.index))
-            ):
-                vt = self.vtype(memory_type(buf.dtype))
-                held[(st.buffer, st.index)] = self.gen._entry_alloca(vt, f"{st.buffer}.reg")
-        return held
+            return not moves and any(map(self.plan.varying, index))
+
+        return test
 
     def horizontal(self, op: BinaryOp, v: ir.Value, d: T.DType) -> ir.Value:
         """All lanes of `v` combined with `op`."""
@@ -641,6 +656,20 @@ def _fields(node: type) -> tuple[str, ...]:
     if node not in _FIELDS:
         _FIELDS[node] = tuple(f.name for f in fields(node) if f.name != "loc")
     return _FIELDS[node]
+
+
+def _apart(indices: list[tuple[Expr, ...]]) -> bool:
+    """Whether these subscripts of one buffer can never name the same element: each pair
+    differs by distinct constants on some axis (rows of a tile), so each may live in a
+    register of its own."""
+    if len(set(indices)) != len(indices):
+        return False
+    return all(
+        any(isinstance(x, Const) and isinstance(y, Const) and x.value != y.value
+            for x, y in zip(p, q, strict=True))
+        for n, p in enumerate(indices)
+        for q in indices[n + 1 :]
+    )
 
 
 def _read(b: ir.IRBuilder, slot: ir.AllocaInstr) -> ir.Value:
