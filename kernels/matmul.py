@@ -95,11 +95,20 @@ def _register_blocked(s, across: str) -> None:
     jo, jp = s.split("j", nc)
     jr, ji = s.split(jp, nr)
     s.reorder(jo, io, jr, ii, ji)  # the tile loops: a permutation of the perfect nest
-    s.reorder(ji, "k", ii)  # k inside the columns of the tile, its rows unrolled inside k
-    if s.param("pack_b", [True, False]):
-        s.cache("b", at=jo, layout="packed")  # the copy loop along columns is vector code
+    if s.dtype("a") == s.dtype("b") == kd.bf16:
+        # k in pairs: vdpbf16ps adds a[i, 2k'..2k'+1]·b[2k'..2k'+1, j] into lane j, reading
+        # B with the two rows of each pair interleaved (the "vnni" copy)
+        ko, k2 = s.split("k", 2)
+        s.reorder(ji, ko, ii, k2)
+        s.cache("b", at=jo, layout="vnni")
         if across == "rows":
             s.parallelize("b.c0")
+    else:
+        s.reorder(ji, "k", ii)  # k inside the columns of the tile, its rows unrolled inside k
+        if s.param("pack_b", [True, False]):
+            s.cache("b", at=jo, layout="packed")  # the copy loop along columns is vector code
+            if across == "rows":
+                s.parallelize("b.c0")
     s.vectorize(ji, nr)
     s.unroll(ii)
     s.parallelize(jo if across == "panels" else io)

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from kdsl.ir.build import index_const, index_op
 from kdsl.ir.layout import temp_scope
 from kdsl.ir.nodes import (
     Allocate,
+    BinaryOp,
     Buffer,
     BufferRole,
     Const,
@@ -33,6 +35,7 @@ from kdsl.ir.nodes import (
     Stmt,
     Store,
 )
+from kdsl.ir.passes.expand import constant_bound
 from kdsl.ir.visit import walk_all_exprs, walk_stmts
 from kdsl.schedule import tree
 from kdsl.schedule.bounds import (
@@ -40,6 +43,7 @@ from kdsl.schedule.bounds import (
     NotAffine,
     Span,
     Window,
+    linear,
     region,
     relative,
     size_expr,
@@ -63,8 +67,12 @@ def cache(
     loops outside `at` (tiles give constant sizes); `buffer` is not allocated inside
     `at`. `layout` is None or "packed" (the box, dense, in the buffer's axis order),
     "transposed" (axes reversed), or a permutation of the axes ("1,0" or [1, 0]): axis k
-    of the copy is axis layout[k] of the buffer. `scope` is None (stack when small and
-    of constant size, else heap), "stack", "heap", or "shared" (GPU schedules only).
+    of the copy is axis layout[k] of the buffer; or "vnni" for a 2-D buffer of 1- or
+    2-byte elements that is only read: rows in groups of g (4 bytes' worth: 2 bf16, 4
+    int8) interleaved along the columns, `copy[r // g, c·g + r % g] = box[r, c]`, the
+    operand layout of the CPU's dot-product instructions (a matmul's B for vdpbf16ps or
+    vpdpbusd). `scope` is None (stack when small and of constant size, else heap),
+    "stack", "heap", or "shared" (GPU schedules only).
 
     The copy loops are parallel, named after the copy (`B.c0` outermost, `B.c1`, …; the
     copy back `B.cw0`, …), innermost along the copy's last axis so their stores are
@@ -83,10 +91,26 @@ def cache(
     """
     buf = _buffer(ctx, buffer)
     path, loop = ctx.loop(at)
-    order = _layout(ctx, layout, buf)
+    group = _vnni_group(ctx, buf) if layout == "vnni" else 1
+    order = _layout(ctx, "packed" if group > 1 else layout, buf)
     written = _check_loop(ctx, buf, path, loop)
+    if written and group > 1:
+        raise ctx.refuse(
+            f"'{buf.name}' is written inside loop '{loop.var}', and a \"vnni\" copy is only read",
+            'cache it with layout="packed", or cache a buffer that the loop only reads',
+        )
     spans, windows = _region(ctx, buf, path, loop)
     shape = tuple(size_expr(spans[d].size) for d in order)
+    if group > 1:
+        rows, cols = shape
+        shape = (
+            index_op(
+                BinaryOp.FLOORDIV,
+                index_op(BinaryOp.ADD, rows, index_const(group - 1)),
+                index_const(group),
+            ),
+            index_op(BinaryOp.MUL, cols, index_const(group)),
+        )
     local = Buffer(
         ctx.fresh(f"{buf.name}.c"),
         buf.dtype,
@@ -97,7 +121,7 @@ def cache(
     )
     around = tree.enclosing(ctx.kernel.body, path)
     vectorized = any(isinstance(s, Loop) and s.exec is LoopExec.VECTORIZED for s in around)
-    copy = _Copy(ctx, buf, local, spans, windows, order, loop, vectorized)
+    copy = _Copy(ctx, buf, local, spans, windows, order, loop, vectorized, group)
     body = (Allocate(local.name, loc=ctx.loc), copy.inward(), *copy.retarget(loop.body))
     if written:
         body += (copy.outward(),)
@@ -140,12 +164,23 @@ def _layout(ctx: StepContext, layout: object, buf: Buffer) -> tuple[int, ...]:
         order = list(layout)
     if order is None or sorted(order) != list(range(n)):
         raise ctx.refuse(
-            f"layout {layout!r} is not 'packed', 'transposed' or a permutation of the "
-            f"{n} axes of '{buf.name}'",
-            'use layout="packed", "transposed", or e.g. "1,0" (axis k of the copy is axis '
-            "layout[k] of the buffer)",
+            f"layout {layout!r} is not 'packed', 'transposed', 'vnni' or a permutation of "
+            f"the {n} axes of '{buf.name}'",
+            'use layout="packed", "transposed", "vnni", or e.g. "1,0" (axis k of the copy is '
+            "axis layout[k] of the buffer)",
         )
     return tuple(order)
+
+
+def _vnni_group(ctx: StepContext, buf: Buffer) -> int:
+    """Rows per group of a "vnni" copy: as many as fill 4 bytes."""
+    if buf.ndim != 2 or buf.dtype.itemsize > 2 or buf.dtype.is_bool:
+        raise ctx.refuse(
+            f'layout "vnni" interleaves the rows of a 2-D buffer of 1- or 2-byte '
+            f"elements, and '{buf.name}' is {buf.ndim}-D {buf.dtype}",
+            'use layout="packed" for it',
+        )
+    return 4 // buf.dtype.itemsize
 
 
 def _check_loop(ctx: StepContext, buf: Buffer, path: tree.Path, loop: Loop) -> bool:
@@ -255,18 +290,79 @@ class _Copy:
         order: tuple[int, ...],
         at: Loop,
         vectorized: bool,
+        group: int = 1,
     ) -> None:
         self.ctx, self.buf, self.local = ctx, buf, local
         self.spans, self.windows, self.order, self.at = spans, windows, order, at
-        self.vectors = _vector_copy(ctx, buf, order, vectorized)
+        self.group = group
+        self.vectors = group == 1 and _vector_copy(ctx, buf, order, vectorized)
+        self.bounds = {
+            s.var: b
+            for s in walk_stmts(at.body)
+            if isinstance(s, Loop)
+            if (b := constant_bound(s.extent)) is not None
+        }
 
     def local_index(self, index: tuple[Expr, ...]) -> tuple[Expr, ...]:
         rel = relative(index, self.spans)
-        return tuple(rel[d] for d in self.order)
+        if self.group == 1:
+            return tuple(rel[d] for d in self.order)
+        g = index_const(self.group)
+        row, col = rel
+        high, low = self._grouped(row)
+        return high, index_op(BinaryOp.ADD, index_op(BinaryOp.MUL, col, g), low)
+
+    def _grouped(self, row: Expr) -> tuple[Expr, Expr]:
+        """(row // g, row % g), read off `g·x + y` when y is a loop of at most g
+        iterations (a k loop split by g), so the inner loop keeps a plain subscript."""
+        g, lin = self.group, linear(row)
+        if lin is not None and lin.const % g == 0:
+            small = [
+                a
+                for a, c in lin.terms
+                if c == 1 and isinstance(a, LoopVar) and self.bounds.get(a.name, g + 1) <= g
+            ]
+            if small and all(c % g == 0 for a, c in lin.terms if a != small[0]):
+                rest = Lin(
+                    lin.const // g, tuple((a, c // g) for a, c in lin.terms if a != small[0])
+                )
+                return rest.expr(), small[0]
+        return (
+            index_op(BinaryOp.FLOORDIV, row, index_const(g)),
+            index_op(BinaryOp.MOD, row, index_const(g)),
+        )
 
     def inward(self) -> Stmt:
         """local[...] = buf[...], loops in the copy's axis order (contiguous stores)."""
+        if self.group > 1:
+            return self._grouped_nest()
         return self._nest(self.order, "", inward=True)
+
+    def _grouped_nest(self) -> Stmt:
+        """The copy into a "vnni" layout: over row groups, columns, rows of the group, so
+        that the stores are contiguous."""
+        g = self.group
+        names = [self.ctx.fresh(f"{self.local.name}{k}") for k in range(3)]
+        group, col, member = (LoopVar(n) for n in names)
+        rows, cols = (w.count for w in self.windows)
+        row = index_op(BinaryOp.ADD, index_op(BinaryOp.MUL, group, index_const(g)), member)
+        where = (
+            (self.windows[0].start + Lin.of(row)).expr(),
+            (self.windows[1].start + Lin.of(col)).expr(),
+        )
+        here = (group, index_op(BinaryOp.ADD, index_op(BinaryOp.MUL, col, index_const(g)), member))
+        stmt: Stmt = Store(self.local.name, here, Load(self.buf.name, where, self.buf.dtype))
+        left = index_op(BinaryOp.SUB, rows, index_op(BinaryOp.MUL, group, index_const(g)))
+        extents = (
+            index_op(
+                BinaryOp.FLOORDIV, index_op(BinaryOp.ADD, rows, index_const(g - 1)), index_const(g)
+            ),
+            cols,
+            index_op(BinaryOp.MIN, index_const(g), left),
+        )
+        for n, extent in reversed(list(zip(names, extents))):
+            stmt = Loop(n, extent, LoopKind.PARALLEL, (stmt,), loc=self.ctx.loc)
+        return stmt
 
     def outward(self) -> Stmt:
         """buf[...] = local[...], loops in the buffer's axis order (contiguous stores)."""

@@ -87,6 +87,17 @@ class Schedule:
         self.chosen[name] = value
         return value
 
+    def dtype(self, buffer: str) -> Any:
+        """A buffer's element type (`kd.bf16`, …): what a schedule may depend on besides
+        its params, e.g. packing bf16 operands for the dot-product instructions."""
+        try:
+            return self.kernel.buffer(buffer).dtype
+        except KeyError:
+            names = ", ".join(b.name for b in self.kernel.buffers)
+            raise self._refuse(
+                f"dtype({buffer!r})", f"there is no buffer named {buffer!r}", f"name one of {names}"
+            ) from None
+
     # --------------------------------------------------------------- primitives
 
     def split(self, loop: str, factor: int) -> tuple[str, str]:

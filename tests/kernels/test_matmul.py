@@ -174,3 +174,53 @@ def test_inner_loop_is_register_blocked(tile_shape) -> None:
     assert len(accumulators) == tile, body
     broadcasts = sum("vbroadcastss" in i or "{1to16}" in i for i in body)
     assert broadcasts >= len(fmas[best]) * 16 // chosen["nr"], body  # mr per k
+
+
+# ------------------------------------------------------------------ bf16 operands
+
+
+def _bf16_operands(m: int, k: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    a, b = _operands(m, k, n)
+    return a.astype(ml_dtypes.bfloat16), b.astype(ml_dtypes.bfloat16)
+
+
+@pytest.mark.parametrize("kernel", KERNELS, ids=lambda k: k.name)
+@pytest.mark.parametrize("m,k,n", SHAPES)
+def test_bf16_operands_on_every_edge(kernel: kd.KernelFunction, m: int, k: int, n: int) -> None:
+    """bf16 A and B (k in pairs, B's rows interleaved), f32 sums: exact products of the
+    bf16 values, so only the order of the f32 additions differs from float64."""
+    a, b = _bf16_operands(m, k, n)
+    c = np.full((m, n), np.nan, np.float32)
+    kernel(a, b, c)
+    _close(c, a, b)
+
+
+def test_bf16_matmul_returns_bf16_and_fuses_the_epilogue() -> None:
+    a, b = _bf16_operands(31, 129, 127)
+    bias = _rng("bias", 127).standard_normal(127, np.float32)
+    got = mm.matmul(a, b, bias=bias, activation="gelu")
+    assert got.dtype == a.dtype
+    want = mm.reference(a, b, bias.astype(a.dtype), "gelu")
+    np.testing.assert_allclose(got.astype(np.float32), want, rtol=1e-2, atol=1e-2)
+    batched = mm.matmul(np.stack([a, a[::-1]]), b, out=np.empty((2, 31, 127), np.float32))
+    _close(batched[1], a[::-1], b)
+
+
+@pytest.mark.skipif(
+    not dict(__import__("llvmlite.binding").binding.get_host_cpu_features()).get("avx512bf16"),
+    reason="this CPU has no AVX512-BF16",
+)
+def test_bf16_inner_loop_uses_dot_products() -> None:
+    """Per pair of k: mr broadcasts of A's pair, nr/16 loads of B, mr·nr/16 vdpbf16ps
+    into the register tile; no FMAs and no stack traffic in the loop."""
+    a, _ = _bf16_operands(64, 64, 64)
+    c = np.empty((64, 64), np.float32)
+    chosen = mm.product_kernel.schedule_of(a, a, c).chosen
+    tile = chosen["mr"] * chosen["nr"] // 16
+    loops = _loops(mm.product_kernel.asm(a, a, c))
+    dots = [[i for i in body if i.startswith("vdpbf16ps")] for body in loops]
+    best = max(range(len(loops)), key=lambda n: len(dots[n]))
+    body = loops[best]
+    assert len(dots[best]) == tile, body
+    assert not [i for i in body if "(%rsp" in i or i.startswith("vfmadd")], body

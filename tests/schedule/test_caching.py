@@ -222,6 +222,58 @@ def test_cache_compiled() -> None:
         np.testing.assert_allclose(c, a.astype(np.float64) @ b, rtol=1e-4, atol=1e-5)
 
 
+# ------------------------------------------------------------------------ vnni
+
+
+@kd.kernel
+def int8_matmul(A, B, C):
+    i, j, k = kd.indices(A.shape[0], B.shape[1], A.shape[1])
+    C[i, j] = kd.sum(A[i, k].astype(kd.i32) * B[k, j].astype(kd.i32), over=k)
+
+
+def int8_args(m: int, n: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    a = RNG.integers(-128, 128, (m, k)).astype(np.int8)
+    b = RNG.integers(-128, 128, (k, n)).astype(np.int8)
+    return a, b, np.full((m, n), -1, np.int32)
+
+
+@given(m=SIZES, n=SIZES, k=SIZES, split_first=st.booleans())
+def test_vnni_copy_interleaves_groups_of_rows(m: int, n: int, k: int, split_first: bool) -> None:
+    """B's rows in groups of 4 (int8), each group interleaved along the columns; split
+    into groups of 4 first, the inner loop reads the copy at [ko, 4·j + k4] (the
+    operand of vpdpbusd), else at [k // 4, 4·j + k % 4]: the same sums either way."""
+    a, b, c = int8_args(m, n, k)
+    s = schedule(int8_matmul, a, b, c)
+    io, jo, ii, ji = s.tile("i", "j", 4, 32)
+    if split_first:
+        ko, k4 = s.split("k", 4)
+        s.reorder(io, jo, ji, ko, ii, k4)
+    assert s.cache("B", at=jo, layout="vnni") == "B.c"
+    text = loop_text(s.kernel)
+    assert "B.c[B.c0, B.c1 * 4 + B.c2] = B[B.c0 * 4 + B.c2, jo * 32 + B.c1]" in text
+    read = "B.c[ko, ji * 4 + ki]" if split_first else "B.c[k // 4, ji * 4 + k % 4]"
+    assert read in text, text
+    out = run(s.kernel, A=a, B=b, C=c)["C"]
+    np.testing.assert_array_equal(out, a.astype(np.int64) @ b.astype(np.int64))
+
+
+def test_refuses_vnni_for_wide_or_written_buffers() -> None:
+    s, names = mm_schedule()
+    msg = refusal(s, "cache", "B", names[2], "vnni")
+    assert "interleaves the rows of a 2-D buffer of 1- or 2-byte elements" in msg
+    assert "'B' is 2-D kd.f32" in msg and 'use layout="packed"' in msg
+
+    @kd.kernel
+    def bump(x, y):
+        i, j = kd.indices(x.shape[0], x.shape[1])
+        y[i, j] = x[i, j] + 1
+
+    s = schedule(bump, *(np.ones((6, 5), np.int8) for _ in range(2)))
+    s.split("i", 2)
+    msg = refusal(s, "cache", "y", "io", "vnni")
+    assert "'y' is written inside loop 'io', and a \"vnni\" copy is only read" in msg
+
+
 # ------------------------------------------------------------------------ refusals
 
 
@@ -273,7 +325,7 @@ def test_refuses_a_bad_layout(layout: object) -> None:
     s, names = mm_schedule()
     msg = refusal(s, "cache", "B", names[2], layout)
     assert 'cache("B", "ko", layout=' in msg
-    assert "is not 'packed', 'transposed' or a permutation of the 2 axes of 'B'" in msg
+    assert "is not 'packed', 'transposed', 'vnni' or a permutation of the 2 axes of 'B'" in msg
 
 
 def test_refuses_an_unused_buffer() -> None:

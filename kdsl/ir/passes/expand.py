@@ -40,6 +40,7 @@ from kdsl.ir.nodes import (
 from kdsl.ir.visit import fresh_namer, map_expr, map_stmt_exprs, walk_expr, walk_stmts
 
 MAX_VECTOR_COPIES = 8  # vectors of a constant-extent loop written out one by one
+MAX_GROUP = 4  # the most elements a dot-product instruction sums per lane (4 bytes)
 
 
 def constant_bound(extent: Expr) -> int | None:
@@ -99,7 +100,7 @@ class _Expander:
             return self.specialize_tile(loop, self.vector_loop)
         if loop.exec is LoopExec.UNROLLED:
             return self.specialize_tile(loop, self.unrolled)
-        return self.unswitch(loop)
+        return self.peel_groups(loop) or self.unswitch(loop)
 
     # -------------------------------------------------------------------- tiles
 
@@ -119,6 +120,29 @@ class _Expander:
         )
         self.tile_conditions[is_full] = is_edge
         return If(is_full, full, loc=loop.loc), If(is_edge, edge, loc=loop.loc)
+
+    def peel_groups(self, loop: Loop) -> tuple[Stmt, ...] | None:
+        """A serial loop over groups of at most MAX_GROUP (`split(k, 2)`: k in pairs) runs
+        its full groups with the constant extent, so that a dot-product instruction can
+        take each group whole, and the last, partial group after them."""
+        if loop.exec is not LoopExec.SERIAL:
+            return None
+        groups = {
+            (s.extent, t)
+            for s in walk_stmts(loop.body)
+            if isinstance(s, Loop)
+            and (t := split_tile(s.extent, loop.var)) is not None
+            and t[0] <= MAX_GROUP
+        }
+        if len(groups) != 1:
+            return None
+        ((extent, (c, n)),) = groups
+        full = index_op(
+            BinaryOp.FLOORDIV, index_op(BinaryOp.MAX, n, index_const(0)), index_const(c)
+        )
+        body = tuple(map_stmt_exprs(s, {extent: index_const(c)}.get) for s in loop.body)
+        n_all = index_op(BinaryOp.MAX, loop.extent, index_const(0))
+        return (replace(loop, extent=full, body=body), *self.tail(loop, full, n_all))
 
     def unswitch(self, loop: Loop) -> tuple[Stmt, ...]:
         """Move a full-or-edge tile test out of a loop it does not depend on, so that the

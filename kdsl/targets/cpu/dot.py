@@ -40,9 +40,12 @@ from kdsl.ir.nodes import (
     Cast,
     Const,
     Expr,
+    Fma,
     Load,
+    LocalVar,
     Loop,
     LoopVar,
+    Store,
     Unary,
 )
 from kdsl.ir.visit import walk_expr
@@ -90,21 +93,47 @@ def _match(vl: _VectorLoop, loop: Loop) -> _Dot | None:
     if vl.mask is not None or vl.gen.checks or not isinstance(loop.extent, Const):
         return None
     k = int(loop.extent.value)
-    if len(loop.body) != 1 or not isinstance(s := loop.body[0], Assign):
+    if len(loop.body) != 1:
         return None
-    found = accumulation(s)
-    if found is None or found[0] is not BinaryOp.ADD:
+    s = loop.body[0]
+    if isinstance(s, Assign):
+        found = accumulation(s)
+        slot = vl.vslots.get(s.local)
+        if slot is None and s.local in vl.partials:
+            slot = vl.partials[s.local][vl.copy]
+    elif isinstance(s, Store) and (s.buffer, s.index) in vl.held:
+        # an element of a register tile: `acc[r, v] = acc[r, v] + …`
+        found = _stored_accumulation(s)
+        slot = vl.held[(s.buffer, s.index)]
+    else:
+        return None
+    if found is None or found[0] is not BinaryOp.ADD or slot is None:
         return None
     pairs = _products(found[1])
     if not pairs or not all(_fits(vl, loop, k, found[1].dtype, a, b) for a, b in pairs):
         return None
-    if s.local in vl.vslots:
-        slot = vl.vslots[s.local]
-    elif s.local in vl.partials:
-        slot = vl.partials[s.local][vl.copy]
+    return _Dot(slot, found[1].dtype, k, tuple(pairs))
+
+
+def _stored_accumulation(s: Store) -> tuple[BinaryOp, Expr] | None:
+    """`accumulation` for `buf[i] = buf[i] + x` (or its contracted fma)."""
+    local = "\0held"  # a name no traced local has
+    mine = Load(s.buffer, s.index, s.value.dtype)
+
+    def as_local(e: Expr) -> Expr:
+        return LocalVar(local, e.dtype) if e == mine else e
+
+    v = s.value
+    if isinstance(v, Fma):
+        v = Fma(v.a, v.b, as_local(v.c), v.dtype)
+    elif isinstance(v, Binary):
+        v = Binary(v.op, as_local(v.lhs), as_local(v.rhs), v.dtype)
     else:
         return None
-    return _Dot(slot, found[1].dtype, k, tuple(pairs))
+    found = accumulation(Assign(local, v))
+    if found is None or any(n == mine for n in walk_expr(found[1])):
+        return None
+    return found
 
 
 def _products(e: Expr) -> list[tuple[Expr, Expr]] | None:
@@ -150,8 +179,10 @@ def _uniform(vl: _VectorLoop, loop: Loop, e: Expr) -> bool:
 
 def _wide_subscripts(
     vl: _VectorLoop, loop: Loop, name: str, index: tuple[Expr, ...]
-) -> Expr | None:
-    """u when the last subscript is K·v + m + u and the others are uniform."""
+) -> tuple[Expr, bool] | None:
+    """(u, False) when the last subscript is K·v + m + u and the others are uniform;
+    (u, True) when it is m + u: the same K elements for every lane (a matmul's A, its
+    pair of bf16 broadcast against the K-interleaved rows of B)."""
     if not index or not all(_uniform(vl, loop, i) for i in index[:-1]):
         return None
     form = _linear(index[-1], {vl.loop.var, loop.var})
@@ -159,10 +190,16 @@ def _wide_subscripts(
         return None
     coefficients, rest = form
     k = int(loop.extent.value)  # type: ignore[attr-defined]
-    if coefficients != {vl.loop.var: k, loop.var: 1} or not _uniform(vl, loop, rest):
+    if not _uniform(vl, loop, rest) or vl.gen.buffers[name].role not in (
+        BufferRole.PARAM,
+        BufferRole.TEMP,
+    ):
         return None
-    buf = vl.gen.buffers[name]
-    return rest if buf.role in (BufferRole.PARAM, BufferRole.TEMP) else None
+    if coefficients == {vl.loop.var: k, loop.var: 1}:
+        return rest, False
+    if coefficients == {loop.var: 1}:
+        return rest, True
+    return None
 
 
 def _linear(e: Expr, names: set[str]) -> tuple[dict[str, int], Expr] | None:
@@ -266,15 +303,23 @@ def _wide(vl: _VectorLoop, loop: Loop, k: int, e: Expr) -> ir.Value:
     match e:
         case Load(buffer=name, index=index, dtype=d):
             info = vl.gen.state.arrays[name]
-            rest = _wide_subscripts(vl, loop, name, index)
-            assert rest is not None  # _wide_ok said so
-            offset: ir.Value = b.mul(
-                b.add(b.mul(vl.base, ir.Constant(I64, k)), vl.uniform(rest)), info.strides[-1]
+            found = _wide_subscripts(vl, loop, name, index)
+            assert found is not None  # _wide_ok said so
+            rest, broadcast = found
+            first = (
+                vl.uniform(rest)
+                if broadcast
+                else b.add(b.mul(vl.base, ir.Constant(I64, k)), vl.uniform(rest))
             )
+            offset: ir.Value = b.mul(first, info.strides[-1])
             for i, stride in zip(index[:-1], info.strides):
                 offset = b.add(offset, b.mul(vl.uniform(i), stride))
             at = b.gep(info.data, [offset], source_etype=I8)
-            return b.load(at, typ=ir.VectorType(memory_type(d), n), align=d.itemsize)
+            if not broadcast:
+                return b.load(at, typ=ir.VectorType(memory_type(d), n), align=d.itemsize)
+            group = b.load(at, typ=ir.VectorType(memory_type(d), k), align=d.itemsize)
+            lanes = ir.Constant(ir.VectorType(I32, n), [m for _ in range(vl.w) for m in range(k)])
+            return b.shuffle_vector(group, ir.Constant(group.type, None), lanes)
         case Binary(op=op, lhs=x, rhs=y):
             return ops.binary(op, _wide(vl, loop, k, x), _wide(vl, loop, k, y), x.dtype)
         case Unary(op=op, operand=x, dtype=d):
@@ -304,26 +349,41 @@ def _byte_dot(
 
 
 def _bf16_dot(vl: _VectorLoop, acc: ir.Value, a: ir.Value, c: ir.Value) -> ir.Value:
-    w = vl.w
-    name = f"llvm.x86.avx512bf16.dpbf16ps.{32 * w}"
-    words = ir.VectorType(I32, w)
-    args = [acc, vl.b.bitcast(a, words), vl.b.bitcast(c, words)]
-    return vl.ops.intrinsic(name, ir.VectorType(F32, w), args)
+    return _per_register(vl, "avx512bf16.dpbf16ps", F32, acc, a, c)
 
 
 def _intrinsic(vl: _VectorLoop, which: str, acc: ir.Value, a: ir.Value, c: ir.Value) -> ir.Value:
     """The VNNI instruction on i32 words (the form every LLVM version accepts)."""
-    w = vl.w
-    words = ir.VectorType(I32, w)
-    args = [acc, vl.b.bitcast(a, words), vl.b.bitcast(c, words)]
-    return vl.ops.intrinsic(f"llvm.x86.avx512.{which}.{32 * w}", words, args)
+    return _per_register(vl, f"avx512.{which}", I32, acc, a, c)
+
+
+def _per_register(
+    vl: _VectorLoop, which: str, lane: ir.Type, acc: ir.Value, a: ir.Value, c: ir.Value
+) -> ir.Value:
+    """`llvm.x86.<which>` on each 16-lane part of the vector loop's lanes (one register
+    each: a loop vectorized by 32 is two), the operands as i32 words."""
+    b, w = vl.b, vl.w
+    part = min(w, 16)
+    words = [b.bitcast(v, ir.VectorType(I32, w)) for v in (a, c)]
+    name = f"llvm.x86.{which}.{32 * part}"
+    results = []
+    for start in range(0, w, part):
+        pick = ir.Constant(ir.VectorType(I32, part), list(range(start, start + part)))
+        args = [b.shuffle_vector(v, ir.Constant(v.type, None), pick) for v in (acc, *words)]
+        results.append(vl.ops.intrinsic(name, ir.VectorType(lane, part), args))
+    while len(results) > 1:  # the parts joined back, pairwise
+        n = 2 * results[0].type.count
+        join = ir.Constant(ir.VectorType(I32, n), list(range(n)))
+        results = [b.shuffle_vector(x, y, join) for x, y in zip(results[::2], results[1::2])]
+    return results[0]
 
 
 def _has(feature: str, w: int) -> bool:
-    """Whether this CPU runs `feature`'s instruction on w 32-bit lanes."""
+    """Whether this CPU runs `feature`'s instruction on w 32-bit lanes (a multiple of 16
+    as one instruction per 16)."""
     features = _host_features()
     return (
-        w in (4, 8, 16)
+        (w in (4, 8) or w % 16 == 0)
         and features.get(feature, False)
         and (w == 16 or features.get("avx512vl", False))
     )

@@ -231,7 +231,9 @@ class _VectorLoop:
 
     def registers_for(self, loop: Loop) -> dict[tuple[str, tuple[Expr, ...]], ir.Value]:
         """Slots for the temporaries' vectors `loop` updates at loop-invariant addresses: a
-        tile of them (`acc[0, j]`, `acc[1, j]`, …) when its subscripts tell them apart."""
+        tile of them (`acc[0, j]`, `acc[1, j]`, …) when its subscripts tell them apart.
+        A store in an inner loop or a branch is fine: the slot starts as the memory's
+        value and is written back after the loop, and the temporary is this thread's."""
         if self.mask is not None or self.gen.checks:
             return {}
         inner = {st.var for st in walk_stmts((loop,)) if isinstance(st, Loop)}
@@ -242,20 +244,16 @@ class _VectorLoop:
                 loaded.setdefault(e.buffer, set()).add(e.index)
         stored: dict[str, list[tuple[Expr, ...]]] = {}
         for st in walk_stmts(loop.body):
-            if isinstance(st, Store):
+            if isinstance(st, Store) and st.index not in stored.get(st.buffer, []):
                 stored.setdefault(st.buffer, []).append(st.index)
-        unconditional: dict[str, list[tuple[Expr, ...]]] = {}
-        for st in loop.body:
-            if isinstance(st, Store):
-                unconditional.setdefault(st.buffer, []).append(st.index)
         held: dict[tuple[str, tuple[Expr, ...]], ir.Value] = {}
-        for name, indices in unconditional.items():
+        for name, indices in stored.items():
             buf = self.gen.buffers[name]
             if (
                 buf.role is not BufferRole.TEMP
                 or buf.dtype.is_bool
-                or indices != stored[name]  # every store of it is one of these
                 or not loaded.get(name, set()) <= set(indices)
+                or any((name, index) in self.held for index in indices)  # by a loop around
                 or not _apart(indices)
                 or not all(map(self._invariant_varying(inner), indices))
             ):
@@ -665,8 +663,10 @@ def _apart(indices: list[tuple[Expr, ...]]) -> bool:
     if len(set(indices)) != len(indices):
         return False
     return all(
-        any(isinstance(x, Const) and isinstance(y, Const) and x.value != y.value
-            for x, y in zip(p, q, strict=True))
+        any(
+            isinstance(x, Const) and isinstance(y, Const) and x.value != y.value
+            for x, y in zip(p, q, strict=True)
+        )
         for n, p in enumerate(indices)
         for q in indices[n + 1 :]
     )

@@ -71,7 +71,8 @@ def test_the_instruction_is_used_where_the_cpu_has_it() -> None:
 
 @pytest.mark.parametrize("width", [4, 8, 16, 2, 32])
 def test_every_vector_width(width: int) -> None:
-    """Widths with an instruction (4, 8, 16 lanes) and without (2, 32): the wide fallback."""
+    """Widths with an instruction (4, 8, 16 lanes; 32 as two) and without (2): the wide
+    fallback."""
     rng = np.random.default_rng(width)
     a, b = full_range(rng, (5, 157), np.int8), full_range(rng, (157,), np.int8)
     y = np.empty(5, np.int32)
@@ -201,3 +202,52 @@ def test_random_shapes_match_the_interpreter(pair, rows: int, n: int, width: int
     kernel.interpret(a, b, interp)
     np.testing.assert_array_equal(y, interp)
     np.testing.assert_array_equal(y, expected(a, b, wrap=True))
+
+
+def make_tiled_matmul(group: int):
+    """C = A·B over a register tile: k in groups of `group`, B copied with its rows
+    interleaved ("vnni"), A's group broadcast to every lane."""
+
+    @kd.kernel
+    def matmul(a, b, c):
+        i, j, k = kd.indices(a.shape[0], b.shape[1], a.shape[1])
+        acc = kd.i32 if c.dtype == kd.i32 else kd.f32
+        c[i, j] = kd.sum(a[i, k].astype(acc) * b[k, j].astype(acc), over=k)
+
+    @matmul.schedule(kd.cpu)
+    def _(s):
+        io, jo, ii, ji = s.tile("i", "j", 4, 32)
+        ko, kg = s.split("k", group)
+        s.reorder(io, jo, ji, ko, ii, kg)
+        s.cache("b", at=jo, layout="vnni")
+        s.vectorize(ji, 32)
+        s.unroll(ii)
+        s.parallelize(io)
+
+    return matmul
+
+
+@pytest.mark.parametrize("da, db", BYTE_PAIRS)
+@pytest.mark.parametrize("m, k, n", [(1, 1, 1), (5, 7, 33), (9, 64, 64), (13, 131, 70)])
+def test_byte_matmul_on_a_register_tile(da, db, m: int, k: int, n: int) -> None:
+    """A's 4 bytes broadcast against 4 interleaved rows of B: vpdpbusd into each row of
+    the tile (held in registers), the K tail by plain code; exact for every signedness."""
+    rng = np.random.default_rng(m * k * n)
+    a, b = full_range(rng, (m, k), da), full_range(rng, (k, n), db)
+    c = np.full((m, n), -1, np.int32)
+    kernel = make_tiled_matmul(4)
+    kernel(a, b, c)
+    np.testing.assert_array_equal(c, a.astype(np.int64) @ b.astype(np.int64))
+    asm = kernel.asm(a, b, c)
+    assert ("vpdpbusd" in asm) == dot._has("avx512vnni", 16)
+
+
+def test_bf16_matmul_on_a_register_tile() -> None:
+    rng = np.random.default_rng(5)
+    a, b = full_range(rng, (13, 131), BF16), full_range(rng, (131, 70), BF16)
+    c = np.full((13, 70), np.nan, np.float32)
+    kernel = make_tiled_matmul(2)
+    kernel(a, b, c)
+    want = a.astype(np.float64) @ b.astype(np.float64)
+    np.testing.assert_allclose(c, want, rtol=1e-5, atol=1e-5)
+    assert ("vdpbf16ps" in kernel.asm(a, b, c)) == dot._has("avx512bf16", 16)
