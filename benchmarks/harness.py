@@ -207,6 +207,31 @@ def last_level_cache_bytes() -> int:
     return max(sizes, default=32 << 20)
 
 
+def _cpu_times() -> list[int] | None:
+    """The machine's CPU time counters (Linux /proc/stat: user, nice, system, idle, iowait,
+    irq, softirq, steal, …), or None where they can't be read."""
+    try:
+        with open("/proc/stat") as f:
+            return [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+_START_TIMES = _cpu_times()
+
+
+def _steal_note() -> str:
+    """The share of CPU time a virtual machine's host gave to others while this ran."""
+    now = _cpu_times()
+    if _START_TIMES is None or now is None or len(now) < 8:
+        return ""
+    spent = [b - a for a, b in zip(_START_TIMES, now)]
+    busy = sum(spent) - spent[3]  # all but idle
+    if busy <= 0:
+        return ""
+    return f", {100 * spent[7] / busy:.0f}% of the busy CPU time stolen by the VM's host"
+
+
 def machine() -> str:
     """CPU model, LLVM's name for it, cores and their load, OS and Python: where the numbers
     came from (a load above the benchmark's own ~1 means something else competed for the CPU)."""
@@ -222,7 +247,7 @@ def machine() -> str:
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return (
         f"{model} (LLVM: {llvm.get_host_cpu_name()}), {usable} usable of {os.cpu_count()} "
-        f"logical cores (load average {os.getloadavg()[0]:.2f} at the end); "
+        f"logical cores (load average {os.getloadavg()[0]:.2f} at the end{_steal_note()}); "
         f"{platform.system()} {platform.release()}; "
         f"Python {platform.python_version()}, NumPy {np.__version__}"
     )

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import harness
 import library
+import ml_dtypes
 import numpy as np
 from kdsl.kernels import matmul
 
@@ -68,9 +69,32 @@ def cases(square: list[int], odd: list[tuple[int, int, int]]) -> list[harness.Ca
             )
             for n in square
         ]
+    out += [bf16_case(n) for n in square[1:]]
     out.append(library.peak_case((square[-1],) * 3, library_matmul))
     out.append(library.epilogue_case(square[min(1, len(square) - 1)]))
     return out
+
+
+def bf16_case(n: int) -> harness.Case:
+    """bf16 A and B (f32 sums, vdpbf16ps where the CPU has it) against the f32 path on
+    the same values widened to f32."""
+
+    def make(rng):
+        a, b = (x.astype(ml_dtypes.bfloat16) for x in rng.uniform(-1, 1, (2, n, n)))
+        return a, b, a.astype(np.float32), b.astype(np.float32), np.empty((n, n), np.float32)
+
+    return harness.Case(
+        "matmul bf16 inputs",
+        f"{n}³",
+        make,
+        lambda a, b, a32, b32, c: matmul(a, b, out=c),
+        lambda a, b, a32, b32, c: matmul(a32, b32, out=c),
+        work=2.0 * n**3,
+        unit="GFLOP/s",
+        rtol=1e-4,
+        atol=1e-4,
+        peer="kdsl f32 path",
+    )
 
 
 def targets(rows: list[harness.Row], peak: float) -> list[str]:
@@ -114,6 +138,9 @@ def targets(rows: list[harness.Row], peak: float) -> list[str]:
             f"({'met' if share >= 0.75 else 'NOT met'}); against the probe timed beside "
             f"it: {100 * ratio(top):.0f}%"
         )
+    for r in rows:
+        if r.benchmark == "matmul bf16 inputs":
+            check(f"bf16 inputs {r.size} vs the f32 path (faster)", r, 1.0)
     gelu = next((r for r in rows if r.benchmark.startswith("matmul + bias + gelu")), None)
     if gelu is not None:
         check(f"matmul + bias + gelu {gelu.size} vs NumPy's matmul then epilogue", gelu, 1.2)

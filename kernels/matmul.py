@@ -95,7 +95,7 @@ def _register_blocked(s, across: str) -> None:
     jo, jp = s.split("j", nc)
     jr, ji = s.split(jp, nr)
     s.reorder(jo, io, jr, ii, ji)  # the tile loops: a permutation of the perfect nest
-    if s.dtype("a") == s.dtype("b") == kd.bf16:
+    if s.dtype("a") == s.dtype("b") == kd.bf16 and s.param("bf16_pairs", [True, False]):
         # k in pairs: vdpbf16ps adds a[i, 2k'..2k'+1]·b[2k'..2k'+1, j] into lane j, reading
         # B with the two rows of each pair interleaved (the "vnni" copy)
         ko, k2 = s.split("k", 2)
