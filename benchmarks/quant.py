@@ -38,10 +38,11 @@ def cases(fmt: str, rows: int, cols: int) -> list[harness.Case]:
     def reference(w, x, y):
         y[...] = quant.reference_qmatmul(w, x)[0]
 
-    def read(w, x, y):
-        read_probe(w.data.view(np.float32), y)
+    def read(w, x, y):  # the quants, then the scales: every byte the product reads
+        read_probe(w.q.view(np.float32), y)
+        read_probe(w.d.view(np.float32), y)
 
-    nbytes = rows * (cols // quant.BLOCK) * quant.FORMATS[fmt]
+    nbytes = quant.QTensor.empty(fmt, (rows, cols)).nbytes
     common = dict(work=float(nbytes), unit="GB/s", rtol=2e-3, atol=2e-3, reference=reference)
     name, size = f"qmatvec {fmt.upper()}", f"{rows}×{cols}"
     return [

@@ -253,19 +253,15 @@ class GgmlLinear(_QuantizedLinear):
     """GGML's Q8_0 or Q4_0 rows; activations quantized to Q8_0 per block, as GGML does."""
 
     def __init__(self, w: quant.QTensor):
-        self.d, self.q = w.scales, w.quants
+        self.w = w
         self.rows = w.shape[0]
         self.kernel = quant.q8_0_dot_q8_0 if w.format == "q8_0" else quant.q4_0_dot_q8_0
 
-    def prepare(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        blocks = x.shape[0] // quant.BLOCK
-        xd = np.empty((1, blocks), np.float16)
-        xq = np.empty((1, blocks, quant.BLOCK), np.int8)
-        quant.q8_0_blocks(x[None], xd, xq)
-        return xd, xq
+    def prepare(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
+        return quant.quantize_activations(x[None], self.w.format)
 
-    def __call__(self, x: tuple[np.ndarray, np.ndarray], y: np.ndarray) -> None:
-        self.kernel(self.d, self.q, *x, y[None])
+    def __call__(self, x: tuple[np.ndarray, ...], y: np.ndarray) -> None:
+        self.kernel(self.w.d, self.w.q, *x, y[None])
 
 
 class Layer:

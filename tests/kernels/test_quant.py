@@ -77,17 +77,35 @@ def test_products_match_ggml_arithmetic(fmt, activations, rows, cols, batch) -> 
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("tile", [1, 4, 8])
-@pytest.mark.parametrize("rows, batch", [(1, 1), (7, 2), (13, 1), (37, 3)])
-def test_every_row_tile_of_the_byte_products(fmt, tile, rows, batch) -> None:
-    """Each choice of the schedule's `rows`, on row counts around the tiles."""
+@pytest.mark.parametrize("rows, batch, cols", [(1, 1, 96), (7, 2, 160), (13, 1, 256), (37, 3, 32)])
+def test_every_row_tile_of_the_byte_products(fmt, tile, rows, batch, cols) -> None:
+    """Each choice of the schedule's `rows`, on row counts around the tiles and block
+    counts around the groups of blocks a vector spans (padded with zero blocks)."""
     rng = np.random.default_rng(rows * 10 + tile)
-    w = quant.quantize(rng.standard_normal((rows, 96)).astype(np.float32), fmt)
-    x = quant.quantize_q8_0(rng.standard_normal((batch, 96)).astype(np.float32))
+    w = quant.quantize(rng.standard_normal((rows, cols)).astype(np.float32), fmt)
+    x = rng.standard_normal((batch, cols)).astype(np.float32)
     kernel = quant.q8_0_dot_q8_0 if fmt == "q8_0" else quant.q4_0_dot_q8_0
     got = rng.standard_normal((batch, rows)).astype(np.float32)
-    run_config(kernel, {"rows": tile}, w.scales, w.quants, x.scales, x.quants, got)
-    want = quant.reference_qmatmul(w, quant.dequantize(x), "q8_0")
+    run_config(kernel, {"rows": tile}, w.d, w.q, *quant.quantize_activations(x, fmt), got)
+    want = quant.reference_qmatmul(w, x, "q8_0")
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_the_layout_pads_rows_to_whole_groups_of_blocks() -> None:
+    """kdsl's layout: scales and quants apart, rows padded to 2 (Q8_0) or 4 (Q4_0)
+    blocks with zero scales; GGML's bytes round-trip through it unchanged."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((3, 160)).astype(np.float32)  # 5 blocks a row
+    for fmt, padded in (("q8_0", 6), ("q4_0", 8)):
+        w = quant.quantize(x, fmt)
+        assert w.d.shape == (3, padded) and not w.d[:, 5:].any()
+        assert (
+            w.q.shape == (3, padded * quant.QUANT_BYTES[fmt])
+            and not w.q[:, 5 * quant.QUANT_BYTES[fmt] :].any()
+        )
+        assert w.nbytes == 3 * 5 * quant.FORMATS[fmt] == len(w.tobytes())
+        again = quant.QTensor.frombuffer(w.tobytes(), fmt, (3, 160))
+        assert np.array_equal(again.d, w.d) and np.array_equal(again.q, w.q)
 
 
 def test_products_are_close_to_the_float_product() -> None:

@@ -512,6 +512,9 @@ class _VectorLoop:
         slot = self.held.get((e.buffer, e.index))
         if slot is not None:
             return _read(self.b, slot)
+        grouped = self.grouped_load(e)
+        if grouped is not None:
+            return grouped
         value = self.access(e.buffer, e.index, e.loc, lambda at: self.load_at(at, e.dtype))
         return self.b.trunc(value, self.vtype(I1)) if e.dtype.is_bool else value
 
@@ -558,6 +561,54 @@ class _VectorLoop:
         phi.add_incoming(tv, tb)
         phi.add_incoming(fv, fb)
         return phi
+
+    def grouped_load(self, e: Load) -> ir.Value | None:
+        """`x[…, v // c + u]` with c dividing the width (one scale per group of c lanes):
+        the w/c consecutive elements from x[…, base // c + u] (every vector starts at a
+        multiple of w), each repeated for its c lanes; None for any other load."""
+        gen, b = self.gen, self.b
+        buf = gen.buffers[e.buffer]
+        if (
+            self.mask is not None
+            or gen.checks
+            or not e.index
+            or any(map(self.plan.varying, e.index[:-1]))
+            or not (buf.contiguous or buf.role is not BufferRole.PARAM)
+        ):
+            return None
+        found = self.grouped(e.index[-1])
+        if found is None:
+            return None
+        c, u = found
+        info = gen.state.arrays[e.buffer]
+        first = b.add(b.sdiv(self.base, ir.Constant(I64, c)), self.uniform(u))
+        offset: ir.Value = b.mul(first, info.strides[-1])
+        for i, stride in zip(e.index[:-1], info.strides):
+            offset = b.add(offset, b.mul(self.uniform(i), stride))
+        mt, n = memory_type(e.dtype), self.w // c
+        at = b.gep(info.data, [offset], source_etype=I8)
+        group = b.load(at, typ=ir.VectorType(mt, n), align=e.dtype.itemsize)
+        lanes = ir.Constant(ir.VectorType(I32, self.w), [k // c for k in range(self.w)])
+        value = b.shuffle_vector(group, ir.Constant(group.type, None), lanes)
+        return b.trunc(value, self.vtype(I1)) if e.dtype.is_bool else value
+
+    def grouped(self, e: Expr) -> tuple[int, Expr] | None:
+        """(c, u) when `e` is v // c + u (u uniform, c > 1 dividing the width)."""
+        varying = self.plan.varying
+        match e:
+            case Binary(
+                op=BinaryOp.FLOORDIV, lhs=LoopVar(name=n), rhs=Const(value=c), dtype=T.INDEX
+            ) if n == self.loop.var and isinstance(c, int) and c > 1 and self.w % c == 0:
+                return c, Const(0, T.INDEX)
+            case Binary(op=BinaryOp.ADD, lhs=x, rhs=y, dtype=T.INDEX) if varying(x) != varying(y):
+                inner = self.grouped(x if varying(x) else y)
+                other = y if varying(x) else x
+                return (
+                    None
+                    if inner is None
+                    else (inner[0], Binary(BinaryOp.ADD, other, inner[1], T.INDEX))
+                )
+        return None
 
     def unit_axis(self, index: tuple[Expr, ...]) -> tuple[int, Expr] | None:
         """(axis, u) when the only varying subscript is `v + u` in axis `axis`."""

@@ -683,3 +683,27 @@ def test_pow_and_libm_lanes_match_scalar_code():
         scalar = run_compiled(k, {"x": x, "y": np.zeros(64)})["y"]
         vector = run_compiled(with_vector_loop(k, "i", 8), {"x": x, "y": np.zeros(64)})["y"]
         assert_same(vector, scalar)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("group", [2, 4, 8, 16])
+@pytest.mark.parametrize("n", [1, 15, 16, 37, 64, 131])
+def test_one_element_per_group_of_lanes(group: int, n: int) -> None:
+    """`d[r, j // c + u]` (a scale per group of c lanes) loads w/c consecutive elements
+    and repeats each for its lanes: no gather; the tail runs as scalar code."""
+
+    @kd.kernel
+    def scale_groups(x, d, y):
+        r, j = kd.indices(x.shape[0], x.shape[1])
+        y[r, j] = x[r, j] * d[r, j // group + 1]
+
+    @scale_groups.schedule(kd.cpu)
+    def _(s):
+        s.vectorize("j", 16)
+
+    rng = np.random.default_rng(n * group)
+    x = rng.standard_normal((3, n)).astype(np.float32)
+    d = rng.standard_normal((3, n // group + 2)).astype(np.float32)
+    y = np.full_like(x, np.nan)
+    scale_groups(x, d, y)
+    np.testing.assert_array_equal(y, x * d[:, np.arange(n) // group + 1])
+    assert "gather" not in scale_groups.asm(x, d, y)
