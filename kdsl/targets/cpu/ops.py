@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import struct
 
+import numpy as np
 from llvmlite import ir
 
 from kdsl import types as T
@@ -130,10 +131,9 @@ class Ops:
                 return b.fptrunc(self._to_f32_odd(v), dt)
             return b.fpext(v, dt) if src.bits < dst.bits else b.fptrunc(v, dt)
         if src.is_float:
-            name = "llvm.fptosi.sat" if dst.is_signed else "llvm.fptoui.sat"
             if src == T.f16:
-                v, st = b.fpext(v, f32), f32
-            return self.intrinsic(f"{name}.{self.suffix(dt)}.{self.suffix(st)}", dt, [v])
+                v, src = b.fpext(v, f32), T.f32
+            return self._saturating_int(v, src, dst, dt)
         if dst.is_float:
             return b.sitofp(v, dt) if src.is_signed else b.uitofp(v, dt)
         if src.bits > dst.bits:
@@ -141,6 +141,25 @@ class Ops:
         if src.bits < dst.bits:
             return b.sext(v, dt) if src.is_signed else b.zext(v, dt)
         return v
+
+    def _saturating_int(self, v: ir.Value, src: T.DType, dst: T.DType, dt: ir.Type) -> ir.Value:
+        """Float to int, saturating (NaN to 0), as compares, selects and one plain
+        conversion: LLVM's fptosi.sat intrinsic becomes a scalar loop per lane on x86."""
+        b = self.b
+        lo = 0 if not dst.is_signed else -(2 ** (dst.bits - 1))
+        hi = 2**dst.bits - 1 if not dst.is_signed else 2 ** (dst.bits - 1) - 1
+        kind = np.float32 if src == T.f32 else np.float64
+        top = kind(hi)
+        if float(top) > hi:  # hi itself rounds up: the largest float below it
+            top = np.nextafter(top, kind(0))
+        ft = v.type
+        low_f, top_f = ir.Constant(ft, float(lo)), ir.Constant(ft, float(top))
+        clamped = b.select(b.fcmp_ordered("<", v, low_f), low_f, v)
+        clamped = b.select(b.fcmp_ordered(">", clamped, top_f), top_f, clamped)
+        out = b.fptosi(clamped, dt) if dst.is_signed else b.fptoui(clamped, dt)
+        if float(top) < hi:  # floats above the largest convertible one: hi
+            out = b.select(b.fcmp_ordered(">", v, top_f), ir.Constant(dt, hi), out)
+        return b.select(b.fcmp_unordered("uno", v, v), ir.Constant(dt, 0), out)
 
     def _to_f32_odd(self, x: ir.Value) -> ir.Value:
         """f64 `x` rounded to f32 by round-to-odd (an inexact result gets an odd last
