@@ -58,7 +58,12 @@ def _targets(rows: list[harness.Row]) -> list[str]:
     for row in rows:
         rate = row.work / row.kdsl_s / 1e9
         ratio = row.numpy_s / row.kdsl_s if row.numpy_s else 0.0
-        if row.peer.startswith("kdsl read"):
+        if row.peer.startswith("kdsl read") and row.benchmark.endswith("in L3"):
+            notes.append(
+                f"{row.benchmark} {row.size}: {rate:.1f} GB/s = {100 * ratio:.0f}% of a read "
+                "of the same bytes in the L3 (the compute rate, no target)"
+            )
+        elif row.peer.startswith("kdsl read"):
             notes.append(
                 f"{row.benchmark} {row.size}: {rate:.1f} GB/s = {100 * ratio:.0f}% of the "
                 f"read bandwidth ({row.work / row.numpy_s / 1e9:.1f} GB/s); target ≥ 80%: "
@@ -94,6 +99,15 @@ def main(argv: list[str] | None = None) -> int:
         for fmt in ("q4_0", "q8_0")
         for shape in shapes
         for case in cases(fmt, *shape)
+    ]
+    # the same product on one matrix that stays in the L3: its compute rate, which a DRAM
+    # shared with other tenants can hide
+    in_cache = dataclasses.replace(settings, working_set_bytes=1)
+    rows += [
+        harness.run_case(dataclasses.replace(case, name=f"{case.name} in L3"), in_cache, rng)
+        for fmt in ("q4_0", "q8_0")
+        for case in cases(fmt, *shapes[0])
+        if case.peer.startswith("kdsl read")
     ]
     notes = [
         "GB/s count the quantized weight bytes read per call (34 bytes per 32 values for "
