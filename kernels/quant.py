@@ -49,8 +49,7 @@ class QTensor:
     def empty(cls, fmt: str, shape: tuple[int, int]) -> QTensor:
         """Zero blocks, to be filled through `scales` and `quants`."""
         rows, cols = _check_shape(fmt, shape)
-        group = GROUP[fmt]
-        padded = -(-(cols // BLOCK) // group) * group
+        padded = _padded_blocks(cols, fmt)
         d = np.zeros((rows, padded), np.float16)
         q = np.zeros((rows, padded * QUANT_BYTES[fmt]), _QUANT_TYPES[fmt])
         return cls(fmt, (rows, cols), d, q)
@@ -105,6 +104,12 @@ class QTensor:
         out.scales[...] = _ggml_view(data, fmt, np.float16, 0, 1)[..., 0]
         out.quants[...] = _ggml_view(data, fmt, out.q.dtype, 2, QUANT_BYTES[fmt])
         return out
+
+
+def _padded_blocks(cols: int, fmt: str) -> int:
+    """Blocks a row of `cols` values takes in kdsl's layout: whole groups of them."""
+    group = GROUP[fmt]
+    return -(-(cols // BLOCK) // group) * group
 
 
 def _ggml_view(data: np.ndarray, fmt: str, dtype: object, at: int, count: int) -> np.ndarray:
@@ -375,8 +380,7 @@ def quantize_activations(x: np.ndarray, fmt: str) -> tuple[np.ndarray, ...]:
     padded blocks · 32] for Q8_0 weights, or for Q4_0 each block's first and second
     halves apart ([n, padded blocks · 16] each: the values that the low and the high
     nibbles of a weight byte multiply)."""
-    n, blocks = x.shape[0], x.shape[1] // BLOCK
-    padded = -(-blocks // GROUP[fmt]) * GROUP[fmt]
+    n, blocks, padded = x.shape[0], x.shape[1] // BLOCK, _padded_blocks(x.shape[1], fmt)
     scales = np.zeros((n, padded), np.float16)
     quants = np.zeros((n, padded, BLOCK), np.int8)
     q8_0_blocks(x, scales[:, :blocks], quants[:, :blocks])

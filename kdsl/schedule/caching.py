@@ -15,6 +15,7 @@ loop that is already parallel is refused.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 
 from kdsl.ir.build import index_const, index_op
@@ -35,7 +36,6 @@ from kdsl.ir.nodes import (
     Stmt,
     Store,
 )
-from kdsl.ir.passes.expand import constant_bound
 from kdsl.ir.visit import walk_all_exprs, walk_stmts
 from kdsl.schedule import tree
 from kdsl.schedule.bounds import (
@@ -43,6 +43,7 @@ from kdsl.schedule.bounds import (
     NotAffine,
     Span,
     Window,
+    inner_bounds,
     linear,
     region,
     relative,
@@ -103,14 +104,7 @@ def cache(
     shape = tuple(size_expr(spans[d].size) for d in order)
     if group > 1:
         rows, cols = shape
-        shape = (
-            index_op(
-                BinaryOp.FLOORDIV,
-                index_op(BinaryOp.ADD, rows, index_const(group - 1)),
-                index_const(group),
-            ),
-            index_op(BinaryOp.MUL, cols, index_const(group)),
-        )
+        shape = (_ceil_div(rows, group), index_op(BinaryOp.MUL, cols, index_const(group)))
     local = Buffer(
         ctx.fresh(f"{buf.name}.c"),
         buf.dtype,
@@ -181,6 +175,17 @@ def _vnni_group(ctx: StepContext, buf: Buffer) -> int:
             'use layout="packed" for it',
         )
     return 4 // buf.dtype.itemsize
+
+
+def _ceil_div(n: Expr, g: int) -> Expr:
+    return index_op(
+        BinaryOp.FLOORDIV, index_op(BinaryOp.ADD, n, index_const(g - 1)), index_const(g)
+    )
+
+
+def _interleaved(col: Expr, member: Expr, g: int) -> Expr:
+    """Column `col`, row `member` of its group, in a "vnni" copy's row: g·col + member."""
+    return index_op(BinaryOp.ADD, index_op(BinaryOp.MUL, col, index_const(g)), member)
 
 
 def _check_loop(ctx: StepContext, buf: Buffer, path: tree.Path, loop: Loop) -> bool:
@@ -296,21 +301,23 @@ class _Copy:
         self.spans, self.windows, self.order, self.at = spans, windows, order, at
         self.group = group
         self.vectors = group == 1 and _vector_copy(ctx, buf, order, vectorized)
-        self.bounds = {
-            s.var: b
-            for s in walk_stmts(at.body)
-            if isinstance(s, Loop)
-            if (b := constant_bound(s.extent)) is not None
+
+    @functools.cached_property
+    def few(self) -> set[str]:
+        """The loops inside `at` that run at most `group` iterations."""
+        return {
+            var
+            for var, bound in inner_bounds(self.at).items()
+            if bound.is_const and bound.const <= self.group
         }
 
     def local_index(self, index: tuple[Expr, ...]) -> tuple[Expr, ...]:
         rel = relative(index, self.spans)
         if self.group == 1:
             return tuple(rel[d] for d in self.order)
-        g = index_const(self.group)
         row, col = rel
         high, low = self._grouped(row)
-        return high, index_op(BinaryOp.ADD, index_op(BinaryOp.MUL, col, g), low)
+        return high, _interleaved(col, low, self.group)
 
     def _grouped(self, row: Expr) -> tuple[Expr, Expr]:
         """(row // g, row % g), read off `g·x + y` when y is a loop of at most g
@@ -318,9 +325,7 @@ class _Copy:
         g, lin = self.group, linear(row)
         if lin is not None and lin.const % g == 0:
             small = [
-                a
-                for a, c in lin.terms
-                if c == 1 and isinstance(a, LoopVar) and self.bounds.get(a.name, g + 1) <= g
+                a for a, c in lin.terms if c == 1 and isinstance(a, LoopVar) and a.name in self.few
             ]
             if small and all(c % g == 0 for a, c in lin.terms if a != small[0]):
                 rest = Lin(
@@ -350,16 +355,10 @@ class _Copy:
             (self.windows[0].start + Lin.of(row)).expr(),
             (self.windows[1].start + Lin.of(col)).expr(),
         )
-        here = (group, index_op(BinaryOp.ADD, index_op(BinaryOp.MUL, col, index_const(g)), member))
+        here = (group, _interleaved(col, member, g))
         stmt: Stmt = Store(self.local.name, here, Load(self.buf.name, where, self.buf.dtype))
         left = index_op(BinaryOp.SUB, rows, index_op(BinaryOp.MUL, group, index_const(g)))
-        extents = (
-            index_op(
-                BinaryOp.FLOORDIV, index_op(BinaryOp.ADD, rows, index_const(g - 1)), index_const(g)
-            ),
-            cols,
-            index_op(BinaryOp.MIN, index_const(g), left),
-        )
+        extents = (_ceil_div(rows, g), cols, index_op(BinaryOp.MIN, index_const(g), left))
         for n, extent in reversed(list(zip(names, extents))):
             stmt = Loop(n, extent, LoopKind.PARALLEL, (stmt,), loc=self.ctx.loc)
         return stmt

@@ -49,7 +49,7 @@ from kdsl.ir.nodes import (
     Unary,
 )
 from kdsl.ir.visit import walk_expr
-from kdsl.targets.cpu.ops import F32, I8, I32, I64, memory_type
+from kdsl.targets.cpu.ops import F32, I32, I64
 from kdsl.targets.cpu.vector_plan import accumulation
 
 if TYPE_CHECKING:
@@ -301,23 +301,14 @@ def _wide(vl: _VectorLoop, loop: Loop, k: int, e: Expr) -> ir.Value:
             one, ir.Constant(vt, None), ir.Constant(ir.VectorType(I32, n), None)
         )
     match e:
-        case Load(buffer=name, index=index, dtype=d):
-            info = vl.gen.state.arrays[name]
+        case Load(buffer=name, index=index):
             found = _wide_subscripts(vl, loop, name, index)
             assert found is not None  # _wide_ok said so
             rest, broadcast = found
-            first = (
-                vl.uniform(rest)
-                if broadcast
-                else b.add(b.mul(vl.base, ir.Constant(I64, k)), vl.uniform(rest))
-            )
-            offset: ir.Value = b.mul(first, info.strides[-1])
-            for i, stride in zip(index[:-1], info.strides):
-                offset = b.add(offset, b.mul(vl.uniform(i), stride))
-            at = b.gep(info.data, [offset], source_etype=I8)
             if not broadcast:
-                return b.load(at, typ=ir.VectorType(memory_type(d), n), align=d.itemsize)
-            group = b.load(at, typ=ir.VectorType(memory_type(d), k), align=d.itemsize)
+                first = b.add(b.mul(vl.base, ir.Constant(I64, k)), vl.uniform(rest))
+                return vl.run_at(e, first, n)
+            group = vl.run_at(e, vl.uniform(rest), k)
             lanes = ir.Constant(ir.VectorType(I32, n), [m for _ in range(vl.w) for m in range(k)])
             return b.shuffle_vector(group, ir.Constant(group.type, None), lanes)
         case Binary(op=op, lhs=x, rhs=y):

@@ -255,7 +255,7 @@ class _VectorLoop:
                 or not loaded.get(name, set()) <= set(indices)
                 or any((name, index) in self.held for index in indices)  # by a loop around
                 or not _apart(indices)
-                or not all(map(self._invariant_varying(inner), indices))
+                or not all(self.fixed_across_lanes(index, inner) for index in indices)
             ):
                 continue
             vt = self.vtype(memory_type(buf.dtype))
@@ -263,18 +263,15 @@ class _VectorLoop:
                 held[(name, index)] = self.gen._entry_alloca(vt, f"{name}.reg")
         return held
 
-    def _invariant_varying(self, inner: set[str]) -> Callable[[tuple[Expr, ...]], bool]:
-        """Whether an index stays put while the loop runs yet varies across the lanes."""
-
-        def test(index: tuple[Expr, ...]) -> bool:
-            moves = any(
-                isinstance(e, LoopVar | LocalVar) and e.name in inner
-                for i in index
-                for e in walk_expr(i)
-            )
-            return not moves and any(map(self.plan.varying, index))
-
-        return test
+    def fixed_across_lanes(self, index: tuple[Expr, ...], inner: set[str]) -> bool:
+        """Whether `index` stays put while the loop runs (it names none of `inner`, the
+        loop's own variables and locals) yet differs between the lanes."""
+        moves = any(
+            isinstance(e, LoopVar | LocalVar) and e.name in inner
+            for i in index
+            for e in walk_expr(i)
+        )
+        return not moves and any(map(self.plan.varying, index))
 
     def horizontal(self, op: BinaryOp, v: ir.Value, d: T.DType) -> ir.Value:
         """All lanes of `v` combined with `op`."""
@@ -512,10 +509,9 @@ class _VectorLoop:
         slot = self.held.get((e.buffer, e.index))
         if slot is not None:
             return _read(self.b, slot)
-        grouped = self.grouped_load(e)
-        if grouped is not None:
-            return grouped
-        value = self.access(e.buffer, e.index, e.loc, lambda at: self.load_at(at, e.dtype))
+        value = self.grouped_load(e)
+        if value is None:
+            value = self.access(e.buffer, e.index, e.loc, lambda at: self.load_at(at, e.dtype))
         return self.b.trunc(value, self.vtype(I1)) if e.dtype.is_bool else value
 
     def access(
@@ -580,17 +576,20 @@ class _VectorLoop:
         if found is None:
             return None
         c, u = found
-        info = gen.state.arrays[e.buffer]
         first = b.add(b.sdiv(self.base, ir.Constant(I64, c)), self.uniform(u))
+        group = self.run_at(e, first, self.w // c)
+        lanes = ir.Constant(ir.VectorType(I32, self.w), [k // c for k in range(self.w)])
+        return b.shuffle_vector(group, ir.Constant(group.type, None), lanes)
+
+    def run_at(self, e: Load, first: ir.Value, n: int) -> ir.Value:
+        """The n consecutive elements of `e`'s buffer from position `first` of its last
+        axis, the other subscripts of `e` being uniform."""
+        b, info = self.b, self.gen.state.arrays[e.buffer]
         offset: ir.Value = b.mul(first, info.strides[-1])
         for i, stride in zip(e.index[:-1], info.strides):
             offset = b.add(offset, b.mul(self.uniform(i), stride))
-        mt, n = memory_type(e.dtype), self.w // c
         at = b.gep(info.data, [offset], source_etype=I8)
-        group = b.load(at, typ=ir.VectorType(mt, n), align=e.dtype.itemsize)
-        lanes = ir.Constant(ir.VectorType(I32, self.w), [k // c for k in range(self.w)])
-        value = b.shuffle_vector(group, ir.Constant(group.type, None), lanes)
-        return b.trunc(value, self.vtype(I1)) if e.dtype.is_bool else value
+        return b.load(at, typ=ir.VectorType(memory_type(e.dtype), n), align=e.dtype.itemsize)
 
     def grouped(self, e: Expr) -> tuple[int, Expr] | None:
         """(c, u) when `e` is v // c + u (u uniform, c > 1 dividing the width)."""
