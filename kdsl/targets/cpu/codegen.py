@@ -56,6 +56,8 @@ from kdsl.targets.cpu.parallel import emit_parallel_loop
 from kdsl.targets.cpu.state import ArrayInfo, CodegenState, ErrorKind
 from kdsl.targets.cpu.vector import emit_vector_loop
 
+CACHE_LINE = 64  # bytes: temporaries start on a line
+
 
 @dataclass
 class ErrorSites:
@@ -326,10 +328,15 @@ class _Codegen:
         constant = constant_nbytes(buf.shape, buf.dtype.itemsize)
         if buf.scope is Scope.STACK and constant is not None:
             data = self._entry_alloca(ir.ArrayType(I8, max(1, constant)), buf.name)
-            data.align = 64  # a cache line: whole vectors never straddle two
+            data.align = CACHE_LINE  # whole vectors never straddle two lines
         else:
             slot = self._heap_slot(buf.name)
-            data = b.call(self._libc("malloc", PTR, [I64]), [b.add(size, ir.Constant(I64, 1))])
+            # cache-line aligned, as the stack copies are (malloc's 16 bytes would split
+            # every other vector load of a packed panel across two lines)
+            line = ir.Constant(I64, CACHE_LINE)
+            rounded = b.and_(b.add(size, line), ir.Constant(I64, -CACHE_LINE))
+            aligned_alloc = self._libc("aligned_alloc", PTR, [I64, I64])
+            data = b.call(aligned_alloc, [line, rounded])
             self._fail_unless(
                 b.icmp_unsigned("!=", data, ir.Constant(PTR, None)), ErrorKind.NO_MEMORY, 0
             )
