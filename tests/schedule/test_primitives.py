@@ -311,7 +311,7 @@ def test_unrolled_loops_expand_into_copies():
     )
 
 
-def test_vectorize_annotates_and_expands_to_a_main_loop_and_a_tail():
+def test_vectorize_annotates_and_expands_to_a_main_loop_and_a_masked_tail():
     s = mm()
     s.vectorize("j", 8)
     assert_loops(
@@ -325,9 +325,12 @@ def test_vectorize_annotates_and_expands_to_a_main_loop_and_a_tail():
         "i in A.shape[0]: parallel",
         "  j in max(B.shape[1], 0) // 8 * 8: parallel vectorized/8",
         "    k in A.shape[1]: reduction",
-        "  j.1 in max(B.shape[1], 0) - max(B.shape[1], 0) // 8 * 8: parallel",
+        "  j.1 in 8: parallel vectorized/8",
         "    k.1 in A.shape[1]: reduction",
     )
+    text = format_kernel(expand_schedule(s.kernel))
+    assert "if max(B.shape[1], 0) // 8 * 8 < max(B.shape[1], 0):" in text
+    assert "if max(B.shape[1], 0) // 8 * 8 + j.1 < max(B.shape[1], 0):" in text
 
 
 def test_parallelize_with_and_without_a_thread_count():

@@ -190,7 +190,18 @@ class _Expander:
         main = index_op(
             BinaryOp.MUL, index_op(BinaryOp.FLOORDIV, n, index_const(w)), index_const(w)
         )
-        return (replace(loop, extent=main), *self.tail(loop, main, n))
+        return replace(loop, extent=main), self.masked_tail(loop, main, n)
+
+    def masked_tail(self, loop: Loop, start: Expr, n: Expr) -> Stmt:
+        """Iterations [start, n), fewer than the width, as one vector whose lanes past n
+        are off (AVX-512 masks): a scalar tail would run a vectorized matmul's edge tile
+        of C one column at a time, with its accumulators in memory."""
+        var = self.fresh(loop.var)
+        at = index_op(BinaryOp.ADD, start, LoopVar(var))
+        body = self.clone_block(loop.body, {loop.var: at})
+        lanes = If(index_op(BinaryOp.LT, at, n), body, loc=loop.loc)
+        vector = replace(loop, var=var, extent=index_const(loop.width), body=(lanes,))
+        return If(index_op(BinaryOp.LT, start, n), (vector,), loc=loop.loc)
 
     def vector_over_tiles(
         self, loop: Loop, tiles: set[tuple[Expr, tuple[int, Expr]]]

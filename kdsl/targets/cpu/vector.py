@@ -233,8 +233,9 @@ class _VectorLoop:
         """Slots for the temporaries' vectors `loop` updates at loop-invariant addresses: a
         tile of them (`acc[0, j]`, `acc[1, j]`, …) when its subscripts tell them apart.
         A store in an inner loop or a branch is fine: the slot starts as the memory's
-        value and is written back after the loop, and the temporary is this thread's."""
-        if self.mask is not None or self.gen.checks:
+        value and is written back after the loop, and the temporary is this thread's.
+        Under a mask (a vector loop's tail) the load and the write-back are masked."""
+        if self.gen.checks:
             return {}
         inner = {st.var for st in walk_stmts((loop,)) if isinstance(st, Loop)}
         inner |= {st.name for st in walk_stmts(loop.body) if isinstance(st, DeclareLocal)}
@@ -364,7 +365,10 @@ class _VectorLoop:
         gen, b = self.gen, self.b
         slot = self.held.get((s.buffer, s.index))
         if slot is not None:  # kept in a register for the enclosing loop
-            b.store(self.vector(self.value(s.value)), slot)
+            value = self.vector(self.value(s.value))
+            if self.mask is not None:  # lanes that are off keep the register's value
+                value = b.select(self.mask, value, _read(b, slot))
+            b.store(value, slot)
             return
         if not any(map(self.plan.varying, s.index)):
             gen.stmt(s, [])  # the value is uniform too (plan_vector_loop checked)
@@ -561,12 +565,12 @@ class _VectorLoop:
     def grouped_load(self, e: Load) -> ir.Value | None:
         """`x[…, v // c + u]` with c dividing the width (one scale per group of c lanes):
         the w/c consecutive elements from x[…, base // c + u] (every vector starts at a
-        multiple of w), each repeated for its c lanes; None for any other load."""
+        multiple of w), each repeated for its c lanes; None for any other load. Under a
+        mask, an element is read when a lane of its group is on."""
         gen, b = self.gen, self.b
         buf = gen.buffers[e.buffer]
         if (
-            self.mask is not None
-            or gen.checks
+            gen.checks
             or not e.index
             or any(map(self.plan.varying, e.index[:-1]))
             or not (buf.contiguous or buf.role is not BufferRole.PARAM)
@@ -577,19 +581,36 @@ class _VectorLoop:
             return None
         c, u = found
         first = b.add(b.sdiv(self.base, ir.Constant(I64, c)), self.uniform(u))
-        group = self.run_at(e, first, self.w // c)
+        group = self.run_at(e, first, self.w // c, self.group_mask(c))
         lanes = ir.Constant(ir.VectorType(I32, self.w), [k // c for k in range(self.w)])
         return b.shuffle_vector(group, ir.Constant(group.type, None), lanes)
 
-    def run_at(self, e: Load, first: ir.Value, n: int) -> ir.Value:
+    def run_at(self, e: Load, first: ir.Value, n: int, mask: ir.Value | None = None) -> ir.Value:
         """The n consecutive elements of `e`'s buffer from position `first` of its last
-        axis, the other subscripts of `e` being uniform."""
+        axis, the other subscripts of `e` being uniform (only those `mask` selects)."""
         b, info = self.b, self.gen.state.arrays[e.buffer]
         offset: ir.Value = b.mul(first, info.strides[-1])
         for i, stride in zip(e.index[:-1], info.strides):
             offset = b.add(offset, b.mul(self.uniform(i), stride))
         at = b.gep(info.data, [offset], source_etype=I8)
-        return b.load(at, typ=ir.VectorType(memory_type(e.dtype), n), align=e.dtype.itemsize)
+        vt = ir.VectorType(memory_type(e.dtype), n)
+        if mask is None:
+            return b.load(at, typ=vt, align=e.dtype.itemsize)
+        name = f"llvm.masked.load.{self.ops.suffix(vt)}.{self.ops.suffix(at.type)}"
+        align = ir.Constant(I32, e.dtype.itemsize)
+        return self.ops.intrinsic(name, vt, [at, align, mask, ir.Constant(vt, None)])
+
+    def group_mask(self, c: int) -> ir.Value | None:
+        """<w/c x i1>: whether any lane of each group of c is on (None: all are)."""
+        if self.mask is None:
+            return None
+        b, undefined = self.b, ir.Constant(self.mask.type, None)
+        any_on: ir.Value | None = None
+        for k in range(c):
+            lanes = ir.Constant(ir.VectorType(I32, self.w // c), list(range(k, self.w, c)))
+            kth = b.shuffle_vector(self.mask, undefined, lanes)
+            any_on = kth if any_on is None else b.or_(any_on, kth)
+        return any_on
 
     def grouped(self, e: Expr) -> tuple[int, Expr] | None:
         """(c, u) when `e` is v // c + u (u uniform, c > 1 dividing the width)."""
@@ -599,6 +620,19 @@ class _VectorLoop:
                 op=BinaryOp.FLOORDIV, lhs=LoopVar(name=n), rhs=Const(value=c), dtype=T.INDEX
             ) if n == self.loop.var and isinstance(c, int) and c > 1 and self.w % c == 0:
                 return c, Const(0, T.INDEX)
+            case Binary(
+                op=BinaryOp.FLOORDIV,
+                lhs=Binary(op=BinaryOp.ADD, lhs=start, rhs=LoopVar(name=n)),
+                rhs=Const(value=c),
+                dtype=T.INDEX,
+            ) if (
+                n == self.loop.var
+                and isinstance(c, int)
+                and c > 1
+                and self.w % c == 0
+                and _multiple_of(start, c)
+            ):  # a masked tail's lanes: (start + v) // c, start a multiple of the width
+                return c, Binary(BinaryOp.FLOORDIV, start, Const(c, T.INDEX), T.INDEX)
             case Binary(op=BinaryOp.ADD, lhs=x, rhs=y, dtype=T.INDEX) if varying(x) != varying(y):
                 inner = self.grouped(x if varying(x) else y)
                 other = y if varying(x) else x
@@ -751,3 +785,15 @@ def _identity(op: BinaryOp, d: T.DType) -> bool | int | float:
 
 def _is_const(v: ir.Value, n: int) -> bool:
     return isinstance(v, ir.Constant) and v.constant == n
+
+
+def _multiple_of(e: Expr, c: int) -> bool:
+    """Whether `e` is `x // m * m` with c dividing m (where a vector loop's tail starts)."""
+    match e:
+        case Binary(
+            op=BinaryOp.MUL,
+            lhs=Binary(op=BinaryOp.FLOORDIV, rhs=Const(value=m)),
+            rhs=Const(value=m2),
+        ) if isinstance(m, int) and m == m2 and m % c == 0:
+            return True
+    return False

@@ -689,7 +689,8 @@ def test_pow_and_libm_lanes_match_scalar_code():
 @pytest.mark.parametrize("n", [1, 15, 16, 37, 64, 131])
 def test_one_element_per_group_of_lanes(group: int, n: int) -> None:
     """`d[r, j // c + u]` (a scale per group of c lanes) loads w/c consecutive elements
-    and repeats each for its lanes: no gather; the tail runs as scalar code."""
+    and repeats each for its lanes: no gather, in the masked tail too (the elements of its
+    groups with a lane on)."""
 
     @kd.kernel
     def scale_groups(x, d, y):
