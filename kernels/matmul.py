@@ -4,6 +4,7 @@ CPU schedule with its search space."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -51,7 +52,8 @@ def _with_epilogue(a, b, bias, c, activation: kd.constexpr = None, with_bias: kd
 # compile time (constexpr arguments) or without one (whose calls take kdsl's fast path:
 # ~2 µs instead of ~20), each with two defaults for the loop that the cores share:
 # panels of B (each core packs its own) for most shapes, row strips of A when B has too
-# few panels to go round. `matmul` picks.
+# few panels to go round. `matmul` picks, and picks the panel width by k (`panel_width`):
+# kernels with other widths than PANEL are made on first use.
 _BIG, _SMALL, _NARROW = (1024, 1024, 1024), (256, 256, 256), (4096, 4096, 64)
 matmul_kernel = kd.kernel(
     _with_epilogue, name="matmul_kernel", examples=[_example(*_BIG), _example(*_SMALL)]
@@ -67,11 +69,21 @@ product_kernel = kd.kernel(
 product_rows_kernel = kd.kernel(
     _plain, name="product_rows_kernel", examples=[_example(*_NARROW, bias=False)]
 )
-PANEL = 128  # nc's first choice: `matmul` counts B's panels with it
+PANEL = 128  # nc of the kernels above
+PANEL_WIDTHS = (32, 64, PANEL, 256, 512, 1024)
+PANEL_BYTES = 1 << 20  # a packed panel of B: about half of a core's L2
 ACROSS = ("panels", "rows")
 
 
-def _register_blocked(s, across: str) -> None:
+def panel_width(k: int, itemsize: int) -> int:
+    """nc for a product over k: the widest panel of B (k × nc) that fits PANEL_BYTES.
+    Short k gets wide panels (a pass over A and C per panel: with k = 64, nc = 128 ran at
+    0.65× of nc = 1024), long k narrow ones (k = 4096: nc = 64 ran 1.5× nc = 128)."""
+    fits = [nc for nc in PANEL_WIDTHS if k * nc * itemsize <= PANEL_BYTES]
+    return max(fits, default=PANEL_WIDTHS[0])
+
+
+def _register_blocked(s, across: str, panel: int) -> None:
     """The GotoBLAS/BLIS structure. B is cut into panels of nc columns, each packed
     whole (all of k × nc, contiguous: it stays in L2 while every row strip of A streams
     past it); C is computed mr × nr at a time, its mr·nr/16 accumulators in zmm registers
@@ -90,7 +102,7 @@ def _register_blocked(s, across: str) -> None:
     across = s.param("across", sorted(ACROSS, key=lambda a: a != across))
     mr = s.param("mr", [8, 6, 4, 12])
     nr = s.param("nr", [32, 16, 64])
-    nc = s.param("nc", [PANEL, 64, 32, 256])
+    nc = s.param("nc", sorted(PANEL_WIDTHS, key=lambda w: w != panel))
     io, ii = s.split("i", mr)
     jo, jp = s.split("j", nc)
     jr, ji = s.split(jp, nr)
@@ -114,20 +126,48 @@ def _register_blocked(s, across: str) -> None:
     s.parallelize(jo if across == "panels" else io)
 
 
-def _across(default: str):
+def _blocked(across: str, panel: int):
     def schedule(s):
-        _register_blocked(s, default)
+        _register_blocked(s, across, panel)
 
     return schedule
 
 
-for _kernel, _default in [
+for _kernel, _across in [
     (matmul_kernel, "panels"),
     (matmul_rows_kernel, "rows"),
     (product_kernel, "panels"),
     (product_rows_kernel, "rows"),
 ]:
-    _kernel.schedule(kd.cpu)(_across(_default))
+    _kernel.schedule(kd.cpu)(_blocked(_across, PANEL))
+
+
+def layout(m: int, k: int, n: int, itemsize: int, threads: int) -> tuple[str, int]:
+    """How `matmul` runs an m×k by k×n product: what the cores share ("panels" or
+    "rows") and the panel width. Panels as wide as `panel_width` allows, narrowed (down
+    to PANEL) until each core gets two; rows of A when B still has too few and A more."""
+    panel = panel_width(k, itemsize)
+    while -(-n // panel) < 2 * threads and panel > PANEL:
+        panel //= 2
+    rows = -(-n // panel) < 2 * threads and m > n
+    return "rows" if rows else "panels", panel
+
+
+@functools.cache
+def kernel_for(plain: bool, across: str, panel: int) -> kd.KernelFunction:
+    """The kernel for an epilogue or none, cores across panels or rows, panels of width
+    `panel` (the named kernels above for PANEL)."""
+    if panel == PANEL:
+        return {
+            (True, "panels"): product_kernel,
+            (True, "rows"): product_rows_kernel,
+            (False, "panels"): matmul_kernel,
+            (False, "rows"): matmul_rows_kernel,
+        }[plain, across]
+    name = f"{'product' if plain else 'matmul'}_{across}_{panel}_kernel"
+    kernel = kd.kernel(_plain if plain else _with_epilogue, name=name)
+    kernel.schedule(kd.cpu)(_blocked(across, panel))
+    return kernel
 
 
 _NO_BIAS = np.zeros(1, np.float32)
@@ -163,13 +203,10 @@ def matmul(
         if bias.shape != (b.shape[-1],):
             raise ValueError(f"bias has shape {bias.shape}, expected ({b.shape[-1]},)")
     a, b = a.astype(dtype, copy=False), b.astype(dtype, copy=False)
-    m, n = a.shape[-2], b.shape[-1]
-    rows = -(-n // PANEL) < 2 * kd.get_num_threads() and m > n  # too few panels to share
+    m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
     plain = bias is None and activation is None
-    if plain:
-        kernel = product_rows_kernel if rows else product_kernel
-    else:
-        kernel = matmul_rows_kernel if rows else matmul_kernel
+    kernel = kernel_for(plain, *layout(m, k, n, b.itemsize, kd.get_num_threads()))
+    if not plain:
         with_bias = bias is not None
         bias = bias if with_bias else _NO_BIAS.astype(dtype)
     for t in range(a.shape[0]) if a.ndim == 3 else [...]:

@@ -88,10 +88,11 @@ def test_both_parallel_layouts(m: int, k: int, n: int) -> None:
     """`matmul` shares B's panels among the cores, or A's rows when B is narrow; both
     give the same answer, on one thread too."""
     a, b = _operands(m, k, n)
-    rows = mm.product_rows_kernel.stats()["calls"]
+    across, panel = mm.layout(m, k, n, 4, kd.get_num_threads())
+    by_rows = mm.kernel_for(True, "rows", panel)
+    rows = by_rows.stats()["calls"]
     _close(mm.matmul(a, b), a, b)
-    narrow = -(-n // mm.PANEL) < 2 * kd.get_num_threads() and m > n
-    assert mm.product_rows_kernel.stats()["calls"] == rows + narrow
+    assert by_rows.stats()["calls"] == rows + (across == "rows")
     before = kd.get_num_threads()
     kd.set_num_threads(1)
     try:
@@ -101,6 +102,45 @@ def test_both_parallel_layouts(m: int, k: int, n: int) -> None:
             _close(c, a, b)
     finally:
         kd.set_num_threads(before)
+
+
+def test_panel_width_fits_the_panel_in_l2() -> None:
+    """Wide panels of B for short k, narrow ones for long k, always within PANEL_BYTES
+    unless even the narrowest is larger."""
+    widths = [mm.panel_width(k, 4) for k in (1, 64, 256, 1024, 2048, 4096, 100_000)]
+    assert widths == sorted(widths, reverse=True)
+    assert widths[0] == max(mm.PANEL_WIDTHS) and widths[-1] == min(mm.PANEL_WIDTHS)
+    assert mm.panel_width(2048, 4) == mm.PANEL and mm.panel_width(2048, 2) == 2 * mm.PANEL
+    for k in (64, 1000, 4096):
+        nc = mm.panel_width(k, 4)
+        assert k * nc * 4 <= mm.PANEL_BYTES < k * 2 * nc * 4 or nc == max(mm.PANEL_WIDTHS)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 8])
+def test_layout_gives_every_core_work(threads: int) -> None:
+    for m, k, n in [(256, 256, 256), (4096, 64, 4096), (4096, 4096, 64), (3, 70, 500)]:
+        across, panel = mm.layout(m, k, n, 4, threads)
+        assert panel <= mm.panel_width(k, 4)
+        panels = -(-n // panel)
+        if across == "panels":
+            assert panels >= 2 * threads or panel == mm.PANEL
+        else:
+            assert panels < 2 * threads and m > n
+
+
+@pytest.mark.parametrize("panel", mm.PANEL_WIDTHS)
+def test_every_panel_width(panel: int) -> None:
+    """Each panel width `matmul` may pick, with the epilogue and without, on shapes whose
+    columns end in a partial panel and a partial register tile."""
+    for m, k, n in [(1, 3, 1), (37, 70, panel + 45), (13, 5, 2 * panel + 1)]:
+        a, b = _operands(m, k, n)
+        c = np.full((m, n), np.nan, np.float32)
+        mm.kernel_for(True, "panels", panel)(a, b, c)
+        _close(c, a, b)
+        bias = _rng("bias", n).standard_normal(n, np.float32)
+        mm.kernel_for(False, "rows", panel)(a, b, bias, c, "relu", True)
+        want = mm.reference(a, b, bias, "relu")
+        np.testing.assert_allclose(c, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
 @pytest.mark.parametrize("activation", mm.ACTIVATIONS)
