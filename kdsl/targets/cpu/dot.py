@@ -28,7 +28,6 @@ import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import llvmlite.binding as llvm
 from llvmlite import ir
 
 from kdsl import types as T
@@ -49,6 +48,7 @@ from kdsl.ir.nodes import (
     Unary,
 )
 from kdsl.ir.visit import walk_expr
+from kdsl.targets.cpu import jit
 from kdsl.targets.cpu.ops import F32, I32, I64
 from kdsl.targets.cpu.vector_plan import accumulation
 
@@ -372,14 +372,4 @@ def _per_register(
 def _has(feature: str, w: int) -> bool:
     """Whether this CPU runs `feature`'s instruction on w 32-bit lanes (a multiple of 16
     as one instruction per 16)."""
-    features = _host_features()
-    return (
-        (w in (4, 8) or w % 16 == 0)
-        and features.get(feature, False)
-        and (w == 16 or features.get("avx512vl", False))
-    )
-
-
-@functools.cache
-def _host_features() -> dict[str, bool]:
-    return dict(llvm.get_host_cpu_features())
+    return (w in (4, 8) or w % 16 == 0) and jit.has_avx512(feature, min(w, 16), 32)

@@ -38,6 +38,21 @@ def host_description() -> str:
 
 
 @functools.cache
+def host_features() -> dict[str, bool]:
+    """This CPU's features by LLVM's names ("avx512f", "avx512vl", "avx512bf16", …)."""
+    return dict(llvm.get_host_cpu_features())
+
+
+def has_avx512(feature: str, lanes: int, bits: int) -> bool:
+    """Whether `feature`'s instructions run on a vector of `lanes` elements of `bits`
+    (narrower than a zmm register needs AVX512-VL too)."""
+    features = host_features()
+    return features.get(feature, False) and (
+        lanes * bits == 512 or features.get("avx512vl", False)
+    )
+
+
+@functools.cache
 def _engine() -> llvm.ExecutionEngine:
     tm = target_machine()
     backing = llvm.parse_assembly("")

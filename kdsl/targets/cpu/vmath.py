@@ -7,8 +7,8 @@ with the rest refitted), evaluated with fma. Special values follow C99: exp(-inf
 exp(+inf) = inf, log(0) = -inf, log(x < 0) = NaN, NaN in gives NaN out; results that
 underflow come out as correctly scaled denormals (never flushed to zero).
 
-- exp: x = n·ln2 + r, |r| <= ln2/2; e^r = 1 + r + r²·g(r); scaled by 2^n in two steps
-  (so that denormal results round once).
+- exp: x = n·ln2 + r, |r| <= ln2/2; e^r = 1 + r + r²·g(r); scaled by 2^n with AVX-512's
+  vscalefps, else in two steps (either way denormal results round once).
 - log: x = 2^k·m, m in [√½, √2); with s = (m-1)/(m+1), log m = 2s + s·R(s²) in
   fdlibm's arrangement, which keeps the rounding error of the small terms small.
 - tanh (f32): x + x³·P(x²) for |x| < 0.625, else 1 - 2/(e^{2|x|} + 1).
@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 from llvmlite import ir
 
 from kdsl.ir.nodes import UnaryOp
+from kdsl.targets.cpu import jit
 
 if TYPE_CHECKING:
     from kdsl.targets.cpu.ops import Ops
@@ -161,6 +162,23 @@ class _Vec:
     def is_nan(self, x: ir.Value) -> ir.Value:
         return self.b.fcmp_unordered("uno", x, x)
 
+    def scaled(self, p: ir.Value, n: ir.Value) -> ir.Value:
+        """p·2^n for integral n (a float) in exp's range, rounded once: one vscalefps
+        with AVX-512, else in two steps through the exponent bits."""
+        b, count = self.b, self.t.count
+        if count * self.bits == 512 and jit.has_avx512("avx512f", count, self.bits):
+            name = f"llvm.x86.avx512.mask.scalef.p{'d' if self.bits == 64 else 's'}.512"
+            mask = ir.Constant(ir.IntType(count), -1)
+            current = ir.Constant(ir.IntType(32), 4)  # the current rounding mode
+            return self.ops.intrinsic(name, self.t, [p, n, ir.Constant(self.t, None), mask, current])
+        if jit.has_avx512("avx512f", count, self.bits):  # via ldexp: narrower registers
+            k = b.fptosi(n, ir.VectorType(ir.IntType(32), count))
+            name = f"llvm.ldexp.{self.ops.suffix(self.t)}.{self.ops.suffix(k.type)}"
+            return self.ops.intrinsic(name, self.t, [p, k])
+        k = b.fptosi(n, self.it)
+        k1 = b.ashr(k, self.ci(1))
+        return b.fmul(b.fmul(p, self.pow2(k1)), self.pow2(b.sub(k, k1)))
+
     def pow2(self, k: ir.Value) -> ir.Value:
         """2^k for integer k in the normal range."""
         return self.b.bitcast(
@@ -179,10 +197,7 @@ def exp(ops: Ops, x: ir.Value) -> ir.Value:
     r = v.fma(n, v.c(-ln2_lo), r)
     g = v.poly(r, _EXP_F64 if v.bits == 64 else _EXP_F32)
     p = v.fma(v.fma(g, r, v.c(1.0)), r, v.c(1.0))
-    k = b.fptosi(n, v.it)
-    k1 = b.ashr(k, v.ci(1))
-    scaled = b.fmul(b.fmul(p, v.pow2(k1)), v.pow2(b.sub(k, k1)))
-    return b.select(v.is_nan(x), x, scaled)
+    return b.select(v.is_nan(x), x, v.scaled(p, n))
 
 
 def log(ops: Ops, x: ir.Value) -> ir.Value:

@@ -667,6 +667,31 @@ def test_vector_math_is_within_a_few_ulp(op, dtype):
     assert_same(run_compiled(vk, {"x": tiny, "y": np.zeros_like(tiny)})["y"], scalar)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("strict", [False, True])
+def test_division_by_a_uniform_value(strict: bool) -> None:
+    """x / s with s the same in every lane: one reciprocal and a multiplication per
+    vector (within 1.5 ulp), unless strict_fp keeps the division."""
+
+    def scale_rows(x, s, y):
+        i, j = kd.indices(x.shape[0], x.shape[1])
+        y[i, j] = x[i, j] / s[i]
+
+    kernel = kd.kernel(scale_rows, strict_fp=strict)
+    kernel.schedule(kd.cpu)(lambda s: s.vectorize("j", 16))
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((5, 37)).astype(np.float32)
+    s = rng.uniform(0.1, 10, 5).astype(np.float32)
+    y = np.empty_like(x)
+    kernel(x, s, y)
+    want = x / s[:, None]
+    if strict:
+        np.testing.assert_array_equal(y, want)
+    else:
+        ulp = np.spacing(np.abs(want))
+        assert np.all(np.abs(y - want) <= 1.5 * ulp)
+    assert ("vdivps" in kernel.asm(x, s, y)) == strict
+
+
 def test_pow_and_libm_lanes_match_scalar_code():
     """Operators that stay per-lane calls (f64 tanh and erf, **) agree with scalar code bit for bit."""
     x = np.random.default_rng(5).uniform(-3, 3, 64)
