@@ -47,9 +47,7 @@ def has_avx512(feature: str, lanes: int, bits: int) -> bool:
     """Whether `feature`'s instructions run on a vector of `lanes` elements of `bits`
     (narrower than a zmm register needs AVX512-VL too)."""
     features = host_features()
-    return features.get(feature, False) and (
-        lanes * bits == 512 or features.get("avx512vl", False)
-    )
+    return features.get(feature, False) and (lanes * bits == 512 or features.get("avx512vl", False))
 
 
 @functools.cache

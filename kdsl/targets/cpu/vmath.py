@@ -170,7 +170,9 @@ class _Vec:
             name = f"llvm.x86.avx512.mask.scalef.p{'d' if self.bits == 64 else 's'}.512"
             mask = ir.Constant(ir.IntType(count), -1)
             current = ir.Constant(ir.IntType(32), 4)  # the current rounding mode
-            return self.ops.intrinsic(name, self.t, [p, n, ir.Constant(self.t, None), mask, current])
+            return self.ops.intrinsic(
+                name, self.t, [p, n, ir.Constant(self.t, None), mask, current]
+            )
         if jit.has_avx512("avx512f", count, self.bits):  # via ldexp: narrower registers
             k = b.fptosi(n, ir.VectorType(ir.IntType(32), count))
             name = f"llvm.ldexp.{self.ops.suffix(self.t)}.{self.ops.suffix(k.type)}"
