@@ -239,7 +239,10 @@ class _Codegen:
         heap: list[ir.Value] = []
         for s in body:
             self.stmt(s, heap)
-        for slot in heap:  # temporaries live until the end of their block
+        self.free(heap)  # temporaries live until the end of their block
+
+    def free(self, heap: list[ir.Value]) -> None:
+        for slot in heap:
             self.b.call(self._libc("free", ir.VoidType(), [PTR]), [self.b.load(slot, typ=PTR)])
             self.b.store(ir.Constant(PTR, None), slot)
 
@@ -299,8 +302,21 @@ class _Codegen:
         body: tuple[Stmt, ...],
         step: ir.Value | None = None,
     ) -> None:
-        """for var in [start, stop) by step (1 unless given): body"""
+        """for var in [start, stop) by step (1 unless given): body
+
+        The heap temporaries that the body allocates first, at a size the loop doesn't
+        change, are allocated once around the loop instead of once per iteration (a
+        softmax row buffer per row, a packed panel per panel of a parallel loop's
+        chunk); a temporary's contents start undefined either way."""
         b = self.b
+        hoisted = _invariant_allocations(body, var, self.buffers)
+        if hoisted:
+            heap: list[ir.Value] = []
+            for s in hoisted:
+                self.stmt(s, heap)
+            self.loop(var, start, stop, body[len(hoisted) :], step)
+            self.free(heap)
+            return
         slot = self._entry_alloca(I64, var)
         self.state.loops[var] = slot
         b.store(start, slot)
@@ -452,3 +468,22 @@ def generate(
     gen = _Codegen.for_kernel(kernel, module, checks, strict_fp, symbol or f"kdsl_{kernel.name}")
     gen.run(kernel.body)
     return module, gen.sites
+
+
+def _invariant_allocations(
+    body: tuple[Stmt, ...], var: str, buffers: dict[str, Buffer]
+) -> tuple[Stmt, ...]:
+    """The Allocate statements that open `body`, of temporaries whose shape names
+    neither the loop's variable nor a local."""
+    found: list[Stmt] = []
+    for s in body:
+        if not isinstance(s, Allocate):
+            break
+        buf = buffers[s.buffer]
+        names = [e for d in buf.shape for e in walk_expr(d)]
+        if any(
+            isinstance(e, LocalVar) or (isinstance(e, LoopVar) and e.name == var) for e in names
+        ):
+            break
+        found.append(s)
+    return tuple(found)

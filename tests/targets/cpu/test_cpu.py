@@ -216,15 +216,19 @@ def rows_through_a_temporary(x, y):
             y[i, j] = row[j] + 1.0
 
 
-def test_heap_temporaries_start_on_a_cache_line():
+def test_heap_temporaries_start_on_a_cache_line_once_per_loop():
     """A run-time-sized temporary lives on the heap, 64-byte aligned like a stack one (a
-    packed panel on malloc's 16 bytes split every other vector load across two lines)."""
-    x = random_array(np.random.default_rng(5), (3, 37), np.float32)
+    packed panel on malloc's 16 bytes split every other vector load across two lines),
+    allocated once before the loop whose every iteration uses it, not per iteration."""
+    x = random_array(np.random.default_rng(5), (300, 37), np.float32)
     y = np.empty_like(x)
     rows_through_a_temporary(x, y)
     np.testing.assert_allclose(y, x * 2 + 1, rtol=1e-6)
     text = rows_through_a_temporary.llvm(x, y, optimized=False)
     assert '@"aligned_alloc"(i64 64,' in text and "malloc" not in text
+    task = text[text.index("define internal") :]
+    assert task.index('@"aligned_alloc"(') < task.index("i.body:") < task.index("i.end:")
+    assert task.index("i.end:") < task.rindex('call void @"free"')
 
 
 @given(
