@@ -8,10 +8,10 @@ JIT-compiled once per process by the kernels' engine and registered with
     i64 kdsl_parallel_for(ptr task, ptr closure, i64 n, i64 grain)
     i64 task(ptr closure, i64 begin, i64 end)       ; 0, or an error code
 
-[0, n) is cut into one contiguous, balanced chunk per thread (fewer if a chunk would get
-under `grain` iterations). The caller offers the loop to workers, then it and the workers
-that accept claim chunks from an atomic counter; the call returns 0 or the first nonzero
-code recorded. No Python and no GIL are involved.
+[0, n) is cut into CHUNKS_PER_THREAD contiguous, balanced chunks per thread (fewer if a
+chunk would get under `grain` iterations). The caller offers the loop to workers, then it
+and the workers that accept claim chunks from an atomic counter, so a thread that runs
+late takes fewer; the call returns 0 or the first nonzero code recorded. No Python and no GIL are involved.
 
 Futexes rather than pthread mutex/condvar: the protocol's own words are the futex words
 (a worker's `go` counter, the count of workers still running), so a thread sleeps with
@@ -56,6 +56,8 @@ from kdsl.targets.cpu import jit, objects
 PARALLEL_FOR = "kdsl_parallel_for"
 PARALLEL_FOR_THREADS = "kdsl_parallel_for_threads"  # same, with a thread count (0: default)
 MAX_THREADS = 256  # the pool's slots: the most threads one loop can use
+CHUNKS_PER_THREAD = 4  # a thread the host stalls (VM steal) or that got the costlier
+# part (causal attention) leaves chunks to the others, which a chunk per thread can't
 SPIN = 4096  # `pause`s a waiter spins before it sleeps: 50 to 100 µs on Zen 4
 
 I1, I32, I64, PTR = ir.IntType(1), ir.IntType(32), ir.IntType(64), ir.PointerType()
@@ -243,19 +245,20 @@ def _emit_parallel_for_threads(pool: _Pool) -> ir.Function:
     with b.if_then(b.icmp_signed("<", have, need), likely=False):
         b.call(start_workers, [have, need])
     have = b.load(pool.workers, typ=I64)  # fewer than needed if pthread_create failed
-    chunks = _min(b, chunks, b.add(have, _i64(1)))
-    with b.if_then(b.icmp_signed("<=", chunks, _i64(1)), likely=False):
+    threads = _min(b, chunks, b.add(have, _i64(1)))
+    with b.if_then(b.icmp_signed("<=", threads, _i64(1)), likely=False):
         _store_atomic(b, _i32(0), pool.busy, "release")
         b.branch(inline)
+    chunks = _min(b, b.mul(threads, _i64(CHUNKS_PER_THREAD)), most)
 
     # Plain stores: every worker is parked on its `go` word, and bumping it publishes them.
     for field, value in enumerate([task, closure, n, chunks]):
         b.store(value, pool.job_field(b, field))
     b.store(_i64(0), pool.next_chunk)
     b.store(_i64(0), pool.result)
-    offered = b.sub(chunks, _i64(1))
+    offered = b.sub(threads, _i64(1))
     b.store(b.trunc(offered, I32), pool.pending)
-    with _count(b, offered) as w:  # offer the loop to workers 0 .. chunks - 2
+    with _count(b, offered) as w:  # offer the loop to workers 0 .. threads - 2
         go = pool.slot(b, w, 0)
         b.atomic_rmw("add", go, _i32(1), "seq_cst")  # even (idle) -> odd (offered)
         asleep = b.load_atomic(pool.slot(b, w, 1), "seq_cst", 4, typ=I32)

@@ -148,10 +148,13 @@ def test_every_index_runs_once(fill: int, threads: int, n: int) -> None:
 def test_chunks_are_contiguous_balanced_and_at_least_grain(
     log_chunks: int, n: int, grain: int, threads: int
 ) -> None:
-    log = np.zeros(1 + 2 * threads, np.int64)
+    log = np.zeros(1 + 2 * threads * runtime.CHUNKS_PER_THREAD, np.int64)
     assert runtime.call_parallel_for(log_chunks, log.ctypes.data, n, grain, threads) == 0
     count = int(log[0])
-    assert count == min(threads, max(1, n // grain))
+    most = max(1, n // grain)
+    assert count == (
+        1 if min(threads, most) == 1 else min(threads * runtime.CHUNKS_PER_THREAD, most)
+    )
     chunks = sorted(zip(log[1 : 1 + 2 * count : 2], log[2 : 2 + 2 * count : 2]))
     assert chunks[0][0] == 0 and chunks[-1][1] == n
     assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))
@@ -162,9 +165,9 @@ def test_chunks_are_contiguous_balanced_and_at_least_grain(
 
 @pytest.fixture(scope="module")
 def rendezvous() -> int:
-    """closure: an int64 array [arrived, finished, chunks]. Each chunk arrives and waits
-    for all the others (returning 1 if they don't come: the chunks did not run at once);
-    then it finishes, every chunk but the first after a delay."""
+    """closure: an int64 array [arrived, finished, threads]. Each chunk arrives and waits
+    until `threads` chunks have (returning 1 if they don't come: the threads did not run
+    at once); then it finishes, every chunk but the first after a delay."""
 
     def body(b: ir.IRBuilder, fn: ir.Function) -> ir.Value:
         state, begin, _ = fn.args
@@ -206,16 +209,17 @@ def test_chunks_run_at_once_and_finish_before_the_call_returns(
     state = np.array([0, 0, threads], np.int64)
     codes: list[int] = []
     _within(20, lambda: codes.append(runtime.call_parallel_for(rendezvous, state.ctypes.data, 99)))
-    assert codes == [0], "the chunks did not all run at the same time"
-    assert state[1] == threads, "the call returned before every chunk had finished"
+    assert codes == [0], "the threads' first chunks did not all run at the same time"
+    chunks = threads * runtime.CHUNKS_PER_THREAD
+    assert state[1] == chunks, "the call returned before every chunk had finished"
 
 
 @needs_pool
-def test_default_thread_count_is_one_chunk_per_thread(log_chunks: int) -> None:
+def test_default_thread_count_sets_the_chunks(log_chunks: int) -> None:
     runtime.set_num_threads(3)
-    log = np.zeros(16, np.int64)
+    log = np.zeros(1 + 2 * 3 * runtime.CHUNKS_PER_THREAD, np.int64)
     assert runtime.call_parallel_for(log_chunks, log.ctypes.data, 1000) == 0
-    assert log[0] == 3
+    assert log[0] == 3 * runtime.CHUNKS_PER_THREAD
 
 
 def test_error_code_is_returned_and_pool_still_works(fill: int) -> None:
@@ -349,7 +353,7 @@ def test_forked_child_starts_its_own_workers(fill: int, rendezvous: int) -> None
     if pid == 0:  # the child's loop must run on two threads: its own workers
         state = np.array([0, 0, 2], np.int64)
         code = runtime.call_parallel_for(rendezvous, state.ctypes.data, 10)
-        os._exit(0 if code == 0 and state[1] == 2 else 1)
+        os._exit(0 if code == 0 and state[1] == 2 * runtime.CHUNKS_PER_THREAD else 1)
     deadline = time.monotonic() + 20
     while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
