@@ -1,7 +1,8 @@
 """Expand the loops a schedule annotated, so targets see only simple cases.
 
 * A vectorized loop becomes a main loop whose extent is a multiple of its width (the
-  target emits it as vector code) and a scalar tail loop for the rest.
+  target emits it as vector code) and one masked vector for the rest (a scalar tail
+  loop where the target can't vectorize the masked body).
 * An unrolled loop becomes copies of its body (fully, or `width` copies per iteration
   of a shorter loop, plus a tail).
 * A tile `min(c, n - o*c)` is specialized: the full tile (extent `c`, a constant) and
@@ -80,8 +81,9 @@ def split_tile(extent: Expr, var: str) -> tuple[int, Expr] | None:
 
 
 class _Expander:
-    def __init__(self, kernel: Kernel) -> None:
+    def __init__(self, kernel: Kernel, vectorizable: Callable[[Loop], bool]) -> None:
         self.kernel = kernel
+        self.vectorizable = vectorizable
         self.fresh = fresh_namer(kernel)
         self.buffers = {b.name: b for b in kernel.buffers}
         self.new_buffers: list[Buffer] = []
@@ -190,18 +192,22 @@ class _Expander:
         main = index_op(
             BinaryOp.MUL, index_op(BinaryOp.FLOORDIV, n, index_const(w)), index_const(w)
         )
-        return replace(loop, extent=main), self.masked_tail(loop, main, n)
+        return replace(loop, extent=main), *self.masked_tail(loop, main, n)
 
-    def masked_tail(self, loop: Loop, start: Expr, n: Expr) -> Stmt:
+    def masked_tail(self, loop: Loop, start: Expr, n: Expr) -> tuple[Stmt, ...]:
         """Iterations [start, n), fewer than the width, as one vector whose lanes past n
         are off (AVX-512 masks): a scalar tail would run a vectorized matmul's edge tile
-        of C one column at a time, with its accumulators in memory."""
+        of C one column at a time, with its accumulators in memory. Under the mask the
+        body's locals vary between lanes; where the target can't have that (a local as
+        an inner loop's extent), the tail stays scalar."""
         var = self.fresh(loop.var)
         at = index_op(BinaryOp.ADD, start, LoopVar(var))
         body = self.clone_block(loop.body, {loop.var: at})
         lanes = If(index_op(BinaryOp.LT, at, n), body, loc=loop.loc)
         vector = replace(loop, var=var, extent=index_const(loop.width), body=(lanes,))
-        return If(index_op(BinaryOp.LT, start, n), (vector,), loc=loop.loc)
+        if not self.vectorizable(vector):
+            return self.tail(loop, start, n)
+        return (If(index_op(BinaryOp.LT, start, n), (vector,), loc=loop.loc),)
 
     def vector_over_tiles(
         self, loop: Loop, tiles: set[tuple[Expr, tuple[int, Expr]]]
@@ -391,9 +397,14 @@ def _contract_accumulations(stmts: tuple[Stmt, ...], in_reduction: bool) -> tupl
     return tuple(out)
 
 
-def expand_schedule(kernel: Kernel, contract: bool = False) -> Kernel:
+def expand_schedule(
+    kernel: Kernel,
+    contract: bool = False,
+    vectorizable: Callable[[Loop], bool] = lambda loop: True,
+) -> Kernel:
     """Expand every vectorized and unrolled loop (see the module docstring); with
-    `contract` (kernels that allow reassociation), fuse multiply-adds into accumulators."""
-    ex = _Expander(kernel)
+    `contract` (kernels that allow reassociation), fuse multiply-adds into accumulators.
+    `vectorizable` says whether the target can emit a vector loop (a masked tail)."""
+    ex = _Expander(kernel, vectorizable)
     body = ex.block(_contract_accumulations(kernel.body, False) if contract else kernel.body)
     return replace(kernel, body=body, buffers=kernel.buffers + tuple(ex.new_buffers))

@@ -15,7 +15,7 @@ import llvmlite.binding as llvm
 
 from kdsl.config import CONFIG, dumps
 from kdsl.ir.hashing import source_locations, structural_hash
-from kdsl.ir.nodes import Kernel
+from kdsl.ir.nodes import Kernel, Loop
 from kdsl.ir.passes.expand import expand_schedule
 from kdsl.ir.printer import format_kernel
 from kdsl.ir.verify import verify
@@ -23,6 +23,7 @@ from kdsl.targets.cpu import jit, runtime
 from kdsl.targets.cpu.codegen import ErrorSites, generate
 from kdsl.targets.cpu.objects import STORE, ObjectStore, object_key
 from kdsl.targets.cpu.parallel import PARALLEL_FOR
+from kdsl.targets.cpu.vector_plan import plan_vector_loop
 
 
 @dataclass(frozen=True)
@@ -37,12 +38,16 @@ class ObjectCode:
 
 def expand(scheduled: Kernel, strict_fp: bool) -> Kernel:
     """The schedule's annotations made explicit: the IR the code generator compiles."""
-    final = expand_schedule(scheduled, contract=not strict_fp)
+    final = expand_schedule(scheduled, contract=not strict_fp, vectorizable=_vectorizable)
     if CONFIG.debug:
         verify(final, "scheduled")
     if dumps("schedule"):
         print(format_kernel(final))
     return final
+
+
+def _vectorizable(loop: Loop) -> bool:
+    return plan_vector_loop(loop).problem is None
 
 
 @dataclass

@@ -231,8 +231,7 @@ class _Codegen:
     def finish(self) -> None:
         self.b.branch(self.cleanup)
         self.b.position_at_end(self.cleanup)
-        for slot in self.state.heap_slots:
-            self.b.call(self._libc("free", ir.VoidType(), [PTR]), [self.b.load(slot, typ=PTR)])
+        self.free(self.state.heap_slots)
         self.b.ret(self.b.load(self.retcode, typ=I64))
 
     def block(self, body: tuple[Stmt, ...]) -> None:
@@ -310,12 +309,13 @@ class _Codegen:
         chunk); a temporary's contents start undefined either way."""
         b = self.b
         hoisted = _invariant_allocations(body, var, self.buffers)
-        if hoisted:
-            heap: list[ir.Value] = []
-            for s in hoisted:
-                self.stmt(s, heap)
-            self.loop(var, start, stop, body[len(hoisted) :], step)
-            self.free(heap)
+        if hoisted:  # (and only when the loop runs: a loop of no trips allocates nothing)
+            with b.if_then(b.icmp_signed("<", start, stop)):
+                heap: list[ir.Value] = []
+                for s in hoisted:
+                    self.stmt(s, heap)
+                self.loop(var, start, stop, body[len(hoisted) :], step)
+                self.free(heap)
             return
         slot = self._entry_alloca(I64, var)
         self.state.loops[var] = slot

@@ -19,7 +19,7 @@ def target_machine() -> llvm.TargetMachine:
     """A target machine for this CPU (its model and features, e.g. znver4 with AVX-512)."""
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
-    for lib in ("m", "c"):  # libm's tanhf/erff and libc's malloc/free for JIT-ed code
+    for lib in ("m", "c"):  # libm's tanhf/erff and libc's aligned_alloc/free for JIT-ed code
         path = ctypes.util.find_library(lib)
         if path:
             llvm.load_library_permanently(path)

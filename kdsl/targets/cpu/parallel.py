@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from kdsl.targets.cpu.codegen import _Codegen
 
 PARALLEL_FOR = "kdsl_parallel_for_threads"  # (task, closure, n, grain, threads; 0: default)
-MIN_WORK_PER_THREAD = 32768  # innermost iterations: below this a thread costs more than it saves
+MIN_WORK_PER_CHUNK = 32768  # innermost iterations: below this a chunk costs more than it saves
 UNKNOWN_EXTENT = 16  # for loops whose extent is only known inside the body
 
 
@@ -134,11 +134,11 @@ def _outline(gen: _Codegen, loop: Loop, types: list[ir.Type], names: Captured) -
 
 
 def _grain(gen: _Codegen, loop: Loop) -> ir.Value:
-    """max(1, MIN_WORK_PER_THREAD / the innermost iterations in one iteration of `loop`)."""
+    """max(1, MIN_WORK_PER_CHUNK / the innermost iterations in one iteration of `loop`)."""
     work = _work(gen, loop.body, loop.var)
     b = gen.b
     work = b.select(b.icmp_signed("<", work, ir.Constant(I64, 1)), ir.Constant(I64, 1), work)
-    grain = b.sdiv(ir.Constant(I64, MIN_WORK_PER_THREAD), work)
+    grain = b.sdiv(ir.Constant(I64, MIN_WORK_PER_CHUNK), work)
     return b.select(b.icmp_signed("<", grain, ir.Constant(I64, 1)), ir.Constant(I64, 1), grain)
 
 

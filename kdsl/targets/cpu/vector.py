@@ -2,7 +2,8 @@
 
 A vector loop of width w runs its body once per w consecutive iterations: iteration t
 handles the lanes v = t·w + 0 … t·w + w-1 (the expand pass guarantees the extent is a
-multiple of w; a scalar tail loop does the rest). Every expression of the body is
+multiple of w; one more vector with the lanes past the end masked off does the rest).
+Every expression of the body is
 
 * uniform — the same in every lane (it does not mention v or a vector local): scalar
   code, emitted by the scalar generator, broadcast where it meets a varying value; or
@@ -25,6 +26,7 @@ loop, which reorders a float sum or product (refused under strict_fp).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -67,6 +69,11 @@ from kdsl.targets.cpu.vector_plan import VectorPlan, accumulation, plan_vector_l
 if TYPE_CHECKING:
     from kdsl.targets.cpu.codegen import _Codegen
 
+# the normal numbers' magnitudes, f32 (False) and f64 (True)
+_NORMAL_RANGE = {
+    False: (2.0**-126, (2 - 2**-23) * 2.0**127),
+    True: (2.0**-1022, sys.float_info.max),
+}
 COPIES = 4  # vector iterations per trip of a loop with accumulators
 
 
@@ -118,7 +125,8 @@ class _VectorLoop:
         """
         gen, b = self.gen, self.b
         nested = any(isinstance(s, Loop) for s in walk_stmts(self.loop.body))
-        copies = COPIES if self.plan.accumulators and not nested else 1
+        short = isinstance(self.loop.extent, Const) and int(self.loop.extent.value) <= self.w
+        copies = COPIES if self.plan.accumulators and not (nested or short) else 1
         for name, (op, d) in self.plan.accumulators.items():
             if gen.strict_fp and d.is_float and op in (BinaryOp.ADD, BinaryOp.MUL):
                 raise CompileError(
@@ -421,12 +429,8 @@ class _VectorLoop:
                 return self.load(e)
             case Binary(op=BinaryOp.DIV, lhs=x, rhs=y) if (
                 x.dtype.is_float and not self.gen.strict_fp and not self.plan.varying(y)
-            ):  # one reciprocal, hoisted out of the loop: a zmm division costs ~10 FMAs
-                one = constant(1.0, x.dtype)
-                reciprocal = ops.binary(BinaryOp.DIV, one, self.uniform(y), x.dtype)
-                return ops.binary(
-                    BinaryOp.MUL, self.vector(self.value(x)), self.vector(reciprocal), x.dtype
-                )
+            ):
+                return self.divided_by_uniform(self.vector(self.value(x)), self.uniform(y))
             case Binary(op=op, lhs=x, rhs=y):
                 return ops.binary(
                     op, self.vector(self.value(x)), self.vector(self.value(y)), x.dtype
@@ -454,6 +458,29 @@ class _VectorLoop:
         phi.add_incoming(value, computed)
         phi.add_incoming(ir.Constant(value.type, None), before)
         return phi
+
+    def divided_by_uniform(self, x: ir.Value, y: ir.Value) -> ir.Value:
+        """x / y for y the same in every lane: x · (1/y), within 1.5 ulp, while 1/y is a
+        normal number (a zmm division costs ~10 FMAs; the scalar reciprocal is one
+        division per vector, hoisted when y is loop-invariant); a division otherwise (a
+        tiny y's reciprocal overflows, a huge one's is subnormal; 0, inf and NaN)."""
+        b, t = self.b, y.type
+        reciprocal = b.fdiv(ir.Constant(t, 1.0), y)
+        size = self.ops.intrinsic(f"llvm.fabs.{self.ops.suffix(t)}", t, [reciprocal])
+        tiny, largest = _NORMAL_RANGE[t == ir.DoubleType()]
+        normal = b.and_(
+            b.fcmp_ordered(">=", size, ir.Constant(t, tiny)),
+            b.fcmp_ordered("<=", size, ir.Constant(t, largest)),
+        )
+        with b.if_else(normal) as (then, otherwise):
+            with then:
+                fast, fast_from = b.fmul(x, self.splat(reciprocal)), b.block
+            with otherwise:
+                slow, slow_from = b.fdiv(x, self.splat(y)), b.block
+        result = b.phi(x.type)
+        result.add_incoming(fast, fast_from)
+        result.add_incoming(slow, slow_from)
+        return result
 
     def vector(self, v: ir.Value) -> ir.Value:
         return v if isinstance(v.type, ir.VectorType) else self.splat(v)
@@ -638,6 +665,7 @@ class _VectorLoop:
                 and isinstance(c, int)
                 and c > 1
                 and self.w % c == 0
+                and not varying(start)
                 and _multiple_of(start, c)
             ):  # a masked tail's lanes: (start + v) // c, start a multiple of the width
                 return c, Binary(BinaryOp.FLOORDIV, start, Const(c, T.INDEX), T.INDEX)

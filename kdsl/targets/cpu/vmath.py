@@ -173,7 +173,7 @@ class _Vec:
             return self.ops.intrinsic(
                 name, self.t, [p, n, ir.Constant(self.t, None), mask, current]
             )
-        if jit.has_avx512("avx512f", count, self.bits):  # via ldexp: narrower registers
+        if jit.has_avx512("avx512f", count, self.bits):  # via ldexp: other widths
             k = b.fptosi(n, ir.VectorType(ir.IntType(32), count))
             name = f"llvm.ldexp.{self.ops.suffix(self.t)}.{self.ops.suffix(k.type)}"
             return self.ops.intrinsic(name, self.t, [p, k])
