@@ -322,12 +322,24 @@ def _lanes_across_blocks(s, lane, width, batch=("t", "t.1"), block="b", rows=(1,
     s.parallelize("r.1")
 
 
-# Q8_0: eight rows at a time (11008×4096 over a rotation of six matrices, beyond the
-# L3: 16 GB/s one row at a time, 21 four, 22–26 eight). Q4_0: one row at a time — its
-# group of four blocks per vector already keeps as many reads in flight (1, 4 and 8 rows
-# all measured 15–17 GB/s), and one row is the simplest loop.
+# One row at a time, except Q8_0 rows of LONG_ROW columns or more (`qmatmul` picks):
+# 11008×4096 over a rotation of six matrices beyond the L3 read 16 GB/s one row at a
+# time, 21 four, 22–26 eight; the short rows of llama2's models (288–2048 columns) ran a
+# quarter slower eight at a time (stories15M Q8_0 417 → 312 tok/s). Q4_0's group of four
+# blocks per vector keeps as many reads in flight either way (1, 4, 8 rows: 15–17 GB/s).
+LONG_ROW = 4096
+
+
 @q8_0_dot_q8_0.schedule(kd.cpu)
 def _q8_0_dot_cpu(s):
+    _lanes_across_blocks(s, "lane.1", LANES, ("t.2", "t.3"), "g.1", rows=(1, 4, 8))
+
+
+q8_0_long_rows = kd.kernel(q8_0_dot_q8_0.fn, name="q8_0_long_rows")
+
+
+@q8_0_long_rows.schedule(kd.cpu)
+def _q8_0_long_rows_cpu(s):
     _lanes_across_blocks(s, "lane.1", LANES, ("t.2", "t.3"), "g.1", rows=(8, 4, 1))
 
 
@@ -416,6 +428,8 @@ def qmatmul(
     if y is None:
         y = np.empty(shape, np.float32)
     kernel = _PRODUCTS[(w.format, activations)]
+    if kernel is q8_0_dot_q8_0 and w.shape[1] >= LONG_ROW:
+        kernel = q8_0_long_rows
     if activations == "f32":
         kernel(w.scales, w.quants, batch, y)
     else:

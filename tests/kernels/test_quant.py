@@ -91,6 +91,20 @@ def test_every_row_tile_of_the_byte_products(fmt, tile, rows, batch, cols) -> No
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("cols", [quant.LONG_ROW - 32, quant.LONG_ROW])
+def test_long_q8_0_rows_take_the_eight_row_kernel(cols: int) -> None:
+    """Q8_0 rows of LONG_ROW columns or more run eight at a time, shorter ones one at a
+    time: the same products either way."""
+    rng = np.random.default_rng(cols)
+    w = quant.quantize(rng.standard_normal((13, cols)).astype(np.float32), "q8_0")
+    x = rng.standard_normal(cols).astype(np.float32)
+    before = quant.q8_0_long_rows.stats()["calls"]
+    got = quant.qmatvec(w, x)
+    assert quant.q8_0_long_rows.stats()["calls"] == before + (cols >= quant.LONG_ROW)
+    want = quant.reference_qmatmul(w, x[None], "q8_0")[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
 def test_the_layout_pads_rows_to_whole_groups_of_blocks() -> None:
     """kdsl's layout: scales and quants apart, rows padded to 2 (Q8_0) or 4 (Q4_0)
     blocks with zero scales; GGML's bytes round-trip through it unchanged."""
