@@ -11,7 +11,8 @@ JIT-compiled once per process by the kernels' engine and registered with
 [0, n) is cut into CHUNKS_PER_THREAD contiguous, balanced chunks per thread (fewer if a
 chunk would get under `grain` iterations). The caller offers the loop to workers, then it
 and the workers that accept claim chunks from an atomic counter, so a thread that runs
-late takes fewer; the call returns 0 or the first nonzero code recorded. No Python and no GIL are involved.
+late takes fewer; the call returns 0 or the first nonzero code recorded. No Python and no
+GIL are involved.
 
 Futexes rather than pthread mutex/condvar: the protocol's own words are the futex words
 (a worker's `go` counter, the count of workers still running), so a thread sleeps with

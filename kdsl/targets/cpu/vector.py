@@ -631,9 +631,7 @@ class _VectorLoop:
         vt = ir.VectorType(memory_type(e.dtype), n)
         if mask is None:
             return b.load(at, typ=vt, align=e.dtype.itemsize)
-        name = f"llvm.masked.load.{self.ops.suffix(vt)}.{self.ops.suffix(at.type)}"
-        align = ir.Constant(I32, e.dtype.itemsize)
-        return self.ops.intrinsic(name, vt, [at, align, mask, ir.Constant(vt, None)])
+        return self.masked_read("load", vt, at, mask, e.dtype.itemsize)
 
     def group_mask(self, c: int) -> ir.Value | None:
         """<w/c x i1>: whether any lane of each group of c is on (None: all are)."""
@@ -709,14 +707,19 @@ class _VectorLoop:
         return ptrs
 
     def load_at(self, at: _Lanes, d: T.DType) -> ir.Value:
-        b, mt = self.b, memory_type(d)
-        vt, align = self.vtype(mt), ir.Constant(I32, d.itemsize)
+        vt = self.vtype(memory_type(d))
         if at.contiguous and self.mask is None:
-            return b.load(at.address, typ=vt, align=d.itemsize)
+            return self.b.load(at.address, typ=vt, align=d.itemsize)
         kind = "load" if at.contiguous else "gather"
-        name = f"llvm.masked.{kind}.{self.ops.suffix(vt)}.{self.ops.suffix(at.address.type)}"
+        return self.masked_read(kind, vt, at.address, self.active(), d.itemsize)
+
+    def masked_read(
+        self, kind: str, vt: ir.VectorType, address: ir.Value, mask: ir.Value, align: int
+    ) -> ir.Value:
+        """llvm.masked.load (contiguous) or .gather: the lanes `mask` selects, zero else."""
+        name = f"llvm.masked.{kind}.{self.ops.suffix(vt)}.{self.ops.suffix(address.type)}"
         zero = ir.Constant(vt, None)
-        return self.ops.intrinsic(name, vt, [at.address, align, self.active(), zero])
+        return self.ops.intrinsic(name, vt, [address, ir.Constant(I32, align), mask, zero])
 
     def store_at(self, at: _Lanes, value: ir.Value, d: T.DType) -> None:
         if at.contiguous and self.mask is None:
@@ -752,16 +755,8 @@ class _VectorLoop:
         if index != LoopVar(self.loop.var):
             return False
         dim, extent = self.gen.buffers[name].shape[axis], self.loop.extent
-        match extent:  # (max(n, 0) // c) * c <= n, as the expand pass writes it
-            case Binary(
-                op=BinaryOp.MUL,
-                lhs=Binary(
-                    op=BinaryOp.FLOORDIV,
-                    lhs=Binary(op=BinaryOp.MAX, lhs=n, rhs=Const(value=0)),
-                    rhs=Const(value=c),
-                ),
-                rhs=Const(value=c2),
-            ) if c == c2 and int(c) > 0:
+        match _rounded_down(extent):  # (max(n, 0) // c) * c <= n, as the expand pass writes it
+            case (Binary(op=BinaryOp.MAX, lhs=n, rhs=Const(value=0)), c) if c > 0:
                 return n == dim
         return extent == dim
 
@@ -823,13 +818,19 @@ def _is_const(v: ir.Value, n: int) -> bool:
     return isinstance(v, ir.Constant) and v.constant == n
 
 
-def _multiple_of(e: Expr, c: int) -> bool:
-    """Whether `e` is `x // m * m` with c dividing m (where a vector loop's tail starts)."""
+def _rounded_down(e: Expr) -> tuple[Expr, int] | None:
+    """(x, m) when `e` is `x // m * m` (how the expand pass ends a vector loop's main part)."""
     match e:
         case Binary(
             op=BinaryOp.MUL,
-            lhs=Binary(op=BinaryOp.FLOORDIV, rhs=Const(value=m)),
+            lhs=Binary(op=BinaryOp.FLOORDIV, lhs=x, rhs=Const(value=m)),
             rhs=Const(value=m2),
-        ) if isinstance(m, int) and m == m2 and m % c == 0:
-            return True
-    return False
+        ) if isinstance(m, int) and m == m2:
+            return x, m
+    return None
+
+
+def _multiple_of(e: Expr, c: int) -> bool:
+    """Whether `e` is `x // m * m` with c dividing m (where a vector loop's tail starts)."""
+    rounded = _rounded_down(e)
+    return rounded is not None and rounded[1] % c == 0
