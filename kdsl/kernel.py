@@ -20,6 +20,7 @@ from kdsl.ir.printer import format_kernel
 from kdsl.schedule.default import default_schedule
 from kdsl.schedule.recipe import Schedule
 from kdsl.specs import ArgExample
+from kdsl.targets.cpu.amx import tile_instructions
 from kdsl.targets.cpu.backend import compile_kernel
 from kdsl.targets.cpu.call import CallLayout, Specialization
 from kdsl.targets.cpu.vector import vector_obstacle
@@ -151,6 +152,7 @@ class KernelFunction:
             strict_fp=self.strict_fp,
             config=config,
             vector_check=vector_obstacle if target is cpu else None,
+            tile_instructions=tile_instructions() if target is cpu else frozenset(),
         )
         fn = None if heuristic else self._schedules.get(target.name)
         if fn is None:

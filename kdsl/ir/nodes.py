@@ -85,6 +85,7 @@ class LoopExec(enum.Enum):
     VECTORIZED = "vectorized"
     UNROLLED = "unrolled"
     PARALLEL = "parallelized"
+    AMX = "amx"  # a tile product on the CPU's matrix registers (kdsl/ir/tile_product.py)
     GPU_BLOCK_X = "block.x"
     GPU_BLOCK_Y = "block.y"
     GPU_BLOCK_Z = "block.z"

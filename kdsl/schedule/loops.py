@@ -1,5 +1,5 @@
 """The loop primitives: split, reorder, and the execution annotations (unroll,
-vectorize, parallelize, bind). Each takes the step's context, checks legality against
+vectorize, parallelize, tensorize, bind). Each takes the step's context, checks legality against
 the loops' dependence kinds, and leaves the rewritten kernel in `ctx.kernel`.
 """
 
@@ -23,6 +23,7 @@ from kdsl.ir.nodes import (
     Stmt,
 )
 from kdsl.ir.passes.expand import constant_bound
+from kdsl.ir.tile_product import match as match_tile_product
 from kdsl.ir.visit import outer_updates, walk_expr, walk_stmts
 from kdsl.schedule import tree
 from kdsl.schedule.distribute import distribute
@@ -275,13 +276,24 @@ def vectorize(ctx: StepContext, name: object, width: object) -> None:
     _annotate(ctx, name, LoopExec.VECTORIZED, w)
 
 
-def recheck_vectors(ctx: StepContext) -> None:
-    """After any step: every vectorized loop must still be one the target can emit (a
-    later reorder or cache can put what it can't handle inside it)."""
-    if ctx.vector_check is None:
-        return
+def recheck_annotations(ctx: StepContext) -> None:
+    """After any step: every vectorized loop must still be one the target can emit, and
+    every tensorized one a tile product (a later reorder or cache can change what is
+    inside them)."""
+    buffers = {b.name: b for b in ctx.kernel.buffers}
     for loop in tree.loops(ctx.kernel):
-        reason = loop.exec is LoopExec.VECTORIZED and ctx.vector_check(loop, ctx.kernel)
+        if loop.exec is LoopExec.AMX:
+            found = match_tile_product(loop, buffers)
+            if isinstance(found, str):
+                raise ctx.refuse(
+                    f"tensorized loop '{loop.var}' is no longer a tile product: {found}",
+                    "tensorize after the steps that change the tile's loops",
+                )
+        reason = (
+            loop.exec is LoopExec.VECTORIZED
+            and ctx.vector_check is not None
+            and ctx.vector_check(loop, ctx.kernel)
+        )
         if reason:
             raise ctx.refuse(
                 f"loop '{loop.var}' can't be vectorized: {reason}",
@@ -317,6 +329,54 @@ def parallelize(ctx: StepContext, name: object, threads: object = None) -> None:
             "parallelize a loop that contains the local's declaration",
         )
     _annotate(ctx, name, LoopExec.PARALLEL, n)
+
+
+def tensorize(ctx: StepContext, name: object, instruction: object) -> None:
+    """Mark a tile product's rows loop to run on a matrix instruction; its nest is then
+    compiled whole (no step may change it afterwards)."""
+    path, loop = ctx.loop(name)
+    if instruction != "amx":
+        raise ctx.refuse(
+            f"{instruction!r} is not a matrix instruction kdsl knows",
+            "use 'amx' (the CPU's AMX-BF16 tiles)",
+        )
+    if instruction not in ctx.tile_instructions:
+        raise ctx.refuse(
+            f"the {ctx.target} target here has no {instruction!r} instruction",
+            'ask `s.has("amx")` first, and schedule the product without it otherwise',
+        )
+    if ctx.strict_fp:
+        raise ctx.refuse(
+            "matrix instructions sum the products in their own order, and the kernel is strict_fp",
+            "drop strict_fp=True, or leave the product to vector code",
+        )
+    _accumulate_in_tile(ctx, loop)
+    path, loop = ctx.loop(name)
+    found = match_tile_product(loop, {b.name: b for b in ctx.kernel.buffers})
+    if isinstance(found, str):
+        raise ctx.refuse(f"loop '{loop.var}' is not a tile product: {found}", _TILE_PRODUCT_FIX)
+    _set(ctx, path, replace(loop, exec=LoopExec.AMX, width=1))
+
+
+def _accumulate_in_tile(ctx: StepContext, rows: Loop) -> None:
+    """`for i: for j: sum = 0; for p: for t: sum += …; use(sum)` → the same with the sums
+    in a [rows, columns] temporary (moving the pairs loop out past the tile's loops and
+    back makes it one, as for a register tile): the form a matrix instruction computes."""
+    cols = rows.body[0] if len(rows.body) == 1 else None
+    if not isinstance(cols, Loop):
+        return
+    pairs = [s for s in cols.body if isinstance(s, Loop) and s.kind is LoopKind.REDUCTION]
+    if len(pairs) != 1 or len(pairs[0].body) != 1 or not isinstance(pairs[0].body[0], Loop):
+        return
+    pair = pairs[0].body[0]
+    reorder(ctx, (cols.var, pairs[0].var, rows.var, pair.var))
+    reorder(ctx, (rows.var, cols.var, pairs[0].var, pair.var))
+
+
+_TILE_PRODUCT_FIX = (
+    "split rows and columns by 16 or 32, k by 2, cache the right operand with "
+    "layout='vnni', and order the loops rows, columns, k pairs, k"
+)
 
 
 def bind(ctx: StepContext, name: object, axis: object, threads: object = None) -> None:

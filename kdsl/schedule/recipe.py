@@ -48,12 +48,14 @@ class Schedule:
         strict_fp: bool = False,
         config: Mapping[str, object] | None = None,
         vector_check: VectorCheck | None = None,
+        tile_instructions: frozenset[str] = frozenset(),
     ) -> None:
         self.kernel = kernel
         self.target = target
         self.strict_fp = strict_fp
         self.config = dict(config or {})
         self.vector_check = vector_check
+        self.tile_instructions = tile_instructions  # the target's matrix instructions
         self.steps: list[tuple[Step, object]] = []  # each step with what it returned
         self.space: dict[str, tuple[object, ...]] = {}
         self.chosen: dict[str, object] = {}
@@ -98,6 +100,11 @@ class Schedule:
                 f"dtype({buffer!r})", f"there is no buffer named {buffer!r}", f"name one of {names}"
             ) from None
 
+    def has(self, instruction: str) -> bool:
+        """Whether the target has a matrix instruction that `tensorize` can use ("amx":
+        the CPU's AMX-BF16 tile registers), for schedules that differ where it is."""
+        return instruction in self.tile_instructions
+
     # --------------------------------------------------------------- primitives
 
     def split(self, loop: str, factor: int) -> tuple[str, str]:
@@ -127,6 +134,11 @@ class Schedule:
         along x by default); it strides when its extent is larger."""
         kwargs = () if threads is None else (("threads", threads),)
         self._apply(Step("bind", (loop, axis), kwargs))
+
+    def tensorize(self, loop: str, instruction: str) -> None:
+        """Run the tile product whose rows loop is `loop` (rows, columns, pairs of k, k:
+        see kdsl/ir/tile_product.py) on the target's matrix instruction ("amx")."""
+        self._apply(Step("tensorize", (loop, instruction)))
 
     def fuse(self, loop_a: str, loop_b: str) -> str:
         """Merge sibling loop `loop_b` into `loop_a` (same range); shrink temporaries that no
@@ -160,6 +172,7 @@ class Schedule:
             loc=loc or _caller(),
             clones={k: list(v) for k, v in self._clones.items()},  # kept only on success
             vector_check=self.vector_check,
+            tile_instructions=self.tile_instructions,
         )
         primitive = PRIMITIVES.get(step.primitive)
         if primitive is None:
@@ -168,7 +181,7 @@ class Schedule:
                 f"use one of {', '.join(sorted(PRIMITIVES))}",
             )
         result = primitive(ctx, *step.args, **dict(step.kwargs))
-        loops.recheck_vectors(ctx)
+        loops.recheck_annotations(ctx)
         self.kernel = ctx.kernel
         self._clones = ctx.clones
         self.steps.append((step, result))
@@ -216,6 +229,7 @@ class Schedule:
         *,
         strict_fp: bool = False,
         vector_check: VectorCheck | None = None,
+        tile_instructions: frozenset[str] = frozenset(),
     ) -> Schedule:
         """Apply recorded steps to `kernel` (freshly traced): the same IR as when recorded."""
         data = json.loads(recipe) if isinstance(recipe, str) else recipe
@@ -225,6 +239,7 @@ class Schedule:
             strict_fp=strict_fp,
             config=data.get("config", {}),
             vector_check=vector_check,
+            tile_instructions=tile_instructions,
         )
         for name, choices in data.get("params", {}).items():
             s.param(name, choices)
@@ -240,6 +255,7 @@ PRIMITIVES: dict[str, Callable[..., object]] = {
     "unroll": loops.unroll,
     "vectorize": loops.vectorize,
     "parallelize": loops.parallelize,
+    "tensorize": loops.tensorize,
     "bind": loops.bind,
     "fuse": fusion.fuse,
     "compute_at": stages.compute_at,

@@ -95,7 +95,7 @@ class _Expander:
     def stmt(self, s: Stmt) -> tuple[Stmt, ...]:
         if isinstance(s, If):
             return (replace(s, then=self.block(s.then)),)
-        if not isinstance(s, Loop):
+        if not isinstance(s, Loop) or s.exec is LoopExec.AMX:  # (a tile product: whole)
             return (s,)
         loop = replace(s, body=self.block(s.body))
         if loop.exec is LoopExec.VECTORIZED:

@@ -12,6 +12,7 @@ turns into an exception.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from llvmlite import ir
@@ -51,6 +52,7 @@ from kdsl.ir.nodes import (
 )
 from kdsl.ir.visit import walk_expr, walk_stmts
 from kdsl.targets.cpu.abi import ARRAY_LAYOUT, WRITEABLE_FLAG
+from kdsl.targets.cpu.amx import emit_tile_product
 from kdsl.targets.cpu.ops import I1, I8, I32, I64, PTR, Ops, constant, llvm_type, memory_type
 from kdsl.targets.cpu.parallel import emit_parallel_loop
 from kdsl.targets.cpu.state import ArrayInfo, CodegenState, ErrorKind
@@ -272,6 +274,8 @@ class _Codegen:
                 emit_vector_loop(self, loop)
             case Loop(exec=LoopExec.PARALLEL) as loop:
                 emit_parallel_loop(self, loop)
+            case Loop(exec=LoopExec.AMX) as loop:
+                emit_tile_product(self, loop)
             case Loop(var=var, extent=ext, body=body, kind=kind):
                 reduction = kind is LoopKind.REDUCTION
                 self.reduction_depth += reduction
@@ -329,6 +333,28 @@ class _Codegen:
         b.position_at_end(inner)
         self.block(body)
         b.store(b.add(b.load(slot, typ=I64), step or ir.Constant(I64, 1)), slot)
+        b.branch(cond)
+        b.position_at_end(done)
+
+    def counted(
+        self, var: str, start: ir.Value, stop: ir.Value, step: int, body: Callable[[ir.Value], None]
+    ) -> None:
+        """for var in range(start, stop, step): body(the slot that holds var)"""
+        b = self.b
+        slot = self._entry_alloca(I64, var)
+        b.store(start, slot)
+        if _is_const(start, 0) and _is_const(stop, step):  # one trip: straight-line code
+            body(slot)
+            return
+        cond = self.fn.append_basic_block(f"{var}.cond")
+        inner = self.fn.append_basic_block(f"{var}.body")
+        done = self.fn.append_basic_block(f"{var}.end")
+        b.branch(cond)
+        b.position_at_end(cond)
+        b.cbranch(b.icmp_signed("<", b.load(slot, typ=I64), stop), inner, done)
+        b.position_at_end(inner)
+        body(slot)
+        b.store(b.add(b.load(slot, typ=I64), ir.Constant(I64, step)), slot)
         b.branch(cond)
         b.position_at_end(done)
 
@@ -487,3 +513,7 @@ def _invariant_allocations(
             break
         found.append(s)
     return tuple(found)
+
+
+def _is_const(v: ir.Value, n: int) -> bool:
+    return isinstance(v, ir.Constant) and v.constant == n

@@ -149,10 +149,10 @@ class _VectorLoop:
         if copies > 1:
             trip = ir.Constant(I64, copies * self.w)
             start = b.mul(b.sdiv(stop, trip), trip)
-            self.counted(
+            self.gen.counted(
                 self.loop.var, ir.Constant(I64, 0), start, copies * self.w, self.lanes_of(copies)
             )
-        self.counted(self.loop.var, start, stop, self.w, self.lanes_of(1))
+        self.gen.counted(self.loop.var, start, stop, self.w, self.lanes_of(1))
         gen.reduction_depth -= reduction
         for name, (op, d) in self.plan.accumulators.items():
             parts = [_read(b, slot) for slot in self.partials[name]]
@@ -172,28 +172,6 @@ class _VectorLoop:
                 self.block(self.loop.body)
 
         return body
-
-    def counted(
-        self, var: str, start: ir.Value, stop: ir.Value, step: int, body: Callable[[ir.Value], None]
-    ) -> None:
-        """for var in range(start, stop, step): body(the slot that holds var)"""
-        gen, b = self.gen, self.b
-        slot = gen._entry_alloca(I64, var)
-        b.store(start, slot)
-        if _is_const(start, 0) and _is_const(stop, step):  # one trip: straight-line code
-            body(slot)
-            return
-        cond = gen.fn.append_basic_block(f"{var}.cond")
-        inner = gen.fn.append_basic_block(f"{var}.body")
-        done = gen.fn.append_basic_block(f"{var}.end")
-        b.branch(cond)
-        b.position_at_end(cond)
-        b.cbranch(b.icmp_signed("<", b.load(slot, typ=I64), stop), inner, done)
-        b.position_at_end(inner)
-        body(slot)
-        b.store(b.add(b.load(slot, typ=I64), ir.Constant(I64, step)), slot)
-        b.branch(cond)
-        b.position_at_end(done)
 
     def inner_loop(self, loop: Loop) -> None:
         """A loop inside the vector loop: dot-product instructions where it is a short
@@ -218,13 +196,13 @@ class _VectorLoop:
 
         held = self.registers_for(loop)
         if not held:
-            self.counted(loop.var, ir.Constant(I64, 0), stop, 1, body)
+            self.gen.counted(loop.var, ir.Constant(I64, 0), stop, 1, body)
         else:
             with b.if_then(b.icmp_signed(">", stop, ir.Constant(I64, 0))):
                 for (name, index), slot in held.items():
                     b.store(self.load(Load(name, index, gen.buffers[name].dtype)), slot)
                 self.held.update(held)
-                self.counted(loop.var, ir.Constant(I64, 0), stop, 1, body)
+                self.gen.counted(loop.var, ir.Constant(I64, 0), stop, 1, body)
                 for key in held:
                     del self.held[key]
                 self.computed.clear()  # values made in the loop's body don't dominate here
@@ -812,10 +790,6 @@ def _identity(op: BinaryOp, d: T.DType) -> bool | int | float:
     if op is BinaryOp.MAX:
         return -(1 << (d.bits - 1)) if d.is_signed else 0
     return (1 << (d.bits - 1)) - 1 if d.is_signed else (1 << d.bits) - 1
-
-
-def _is_const(v: ir.Value, n: int) -> bool:
-    return isinstance(v, ir.Constant) and v.constant == n
 
 
 def _rounded_down(e: Expr) -> tuple[Expr, int] | None:

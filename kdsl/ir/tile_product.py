@@ -1,0 +1,192 @@
+"""Recognize a tile product: the loop nest that a matrix instruction (AMX on the CPU)
+computes whole.
+
+    for i in range(R):                  # rows of the tile (R ≤ TR)
+      for j in range(C):                # columns (C ≤ TC)
+        for p in range(P):              # pairs of k
+          for t in range(min(2, K - p·2)):
+            acc[i, j] = acc[i, j] + f32(a[a0 + i, k0 + p·2 + t]) · f32(b[b0 + p, 2·(c0 + j) + t])
+
+`acc` is a temporary of constant shape [TR, TC]; `a` holds bf16 rows of k; `b` holds
+bf16 in the "vnni" layout (`cache(b, at=..., layout="vnni")`): row p has the two k-rows
+2p and 2p + 1 of the original interleaved, column by column. The loops' execution marks
+inside the nest don't matter (the nest's meaning is its loops). The schedule step
+`tensorize` checks a nest with `match`; the code generator emits what it returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kdsl import types as T
+from kdsl.ir.affine import Lin, linear
+from kdsl.ir.build import index_const, index_op
+from kdsl.ir.nodes import (
+    Binary,
+    BinaryOp,
+    Buffer,
+    Cast,
+    Const,
+    Expr,
+    Fma,
+    Load,
+    Loop,
+    LoopKind,
+    LoopVar,
+    Scope,
+    Store,
+)
+from kdsl.ir.passes.expand import split_tile
+
+TILE = 16  # rows of a matrix register; 16 f32 (or 32 bf16) make a row of 64 bytes
+
+
+@dataclass(frozen=True)
+class TileProduct:
+    rows: Loop
+    cols: Loop
+    pairs: Loop
+    depth: Expr  # K: the number of products summed into each element
+    acc: str  # f32[TR, TC]
+    shape: tuple[int, int]  # (TR, TC)
+    a: str
+    a_at: tuple[Expr, Expr]  # a's subscripts where i = p = t = 0
+    b: str
+    b_at: tuple[Expr, Expr]  # b's subscripts where j = p = t = 0
+
+
+def match(loop: Loop, buffers: dict[str, Buffer]) -> TileProduct | str:
+    """The tile product that `loop` (the rows loop) is, or why it is not one."""
+    nest = _perfect_nest(loop, 4)
+    if isinstance(nest, str):
+        return nest
+    rows, cols, pairs, pair = nest
+    if rows.kind is not LoopKind.PARALLEL or cols.kind is not LoopKind.PARALLEL:
+        return (
+            f"loops '{rows.var}' and '{cols.var}' must be parallel (rows and columns of the tile)"
+        )
+    if pairs.kind is not LoopKind.REDUCTION or pair.kind is not LoopKind.REDUCTION:
+        return f"loops '{pairs.var}' and '{pair.var}' must be the reduction, split in pairs"
+    depth = _depth(pairs, pair)
+    if depth is None:
+        return (
+            f"loop '{pair.var}' must run over the pair of k that '{pairs.var}' picks "
+            "(split the reduction by 2: ko, k2 = s.split('k', 2))"
+        )
+    (store,) = pair.body if len(pair.body) == 1 else (None,)
+    if not isinstance(store, Store):
+        return f"the body of loop '{pair.var}' must be a single accumulation into a buffer"
+    acc = buffers[store.buffer]
+    shape = _tile_shape(acc)
+    if shape is None:
+        return (
+            f"the accumulator '{acc.name}' must be a temporary of f32 with a constant shape of "
+            f"{TILE} or {2 * TILE} by {TILE} or {2 * TILE} (split the rows and columns by 16 or 32)"
+        )
+    if store.index != (LoopVar(rows.var), LoopVar(cols.var)):
+        return f"the accumulator must be written at [{rows.var}, {cols.var}]"
+    operands = _product_of(store, buffers)
+    if operands is None:
+        return (
+            f"the statement must add a product of two bf16 loads into '{acc.name}' "
+            f"({acc.name}[{rows.var}, {cols.var}] += f32(a[..]) * f32(b[..]))"
+        )
+    names = (rows.var, cols.var, pairs.var, pair.var)
+    a, b = sorted(operands, key=lambda load: _coefficients(load, names)[1] != (1, 0, 0, 0))
+    a_at, b_at = (
+        _based(a, names, ((1, 0, 0, 0), (0, 0, 2, 1))),
+        _based(b, names, ((0, 0, 1, 0), (0, 2, 0, 1))),
+    )
+    if a_at is None or b_at is None:
+        return (
+            f"one operand must be read at [row + {rows.var}, k + {pairs.var}·2 + {pair.var}], "
+            f"the other in the vnni layout at [p + {pairs.var}, 2·(column + {cols.var}) + "
+            f"{pair.var}] (cache it with layout='vnni')"
+        )
+    return TileProduct(rows, cols, pairs, depth, acc.name, shape, a.buffer, a_at, b.buffer, b_at)
+
+
+def _perfect_nest(loop: Loop, depth: int) -> tuple[Loop, ...] | str:
+    nest = [loop]
+    while len(nest) < depth:
+        body = nest[-1].body
+        if len(body) != 1 or not isinstance(body[0], Loop):
+            return f"loop '{nest[-1].var}' must hold just one loop (rows, columns, pairs of k, k)"
+        nest.append(body[0])
+    return tuple(nest)
+
+
+def _depth(pairs: Loop, pair: Loop) -> Expr | None:
+    """K when the pair loop runs `min(2, K - p·2)` (or 2: then K = 2·P)."""
+    tile = split_tile(pair.extent, pairs.var)
+    if tile is not None and tile[0] == 2:
+        return tile[1]
+    if pair.extent == index_const(2):
+        return index_op(BinaryOp.MUL, pairs.extent, index_const(2))
+    return None
+
+
+def _tile_shape(acc: Buffer) -> tuple[int, int] | None:
+    if acc.dtype != T.f32 or acc.scope is Scope.GLOBAL or len(acc.shape) != 2:
+        return None
+    if not all(isinstance(d, Const) and int(d.value) in (TILE, 2 * TILE) for d in acc.shape):
+        return None
+    return int(acc.shape[0].value), int(acc.shape[1].value)  # type: ignore[union-attr]
+
+
+def _product_of(store: Store, buffers: dict[str, Buffer]) -> tuple[Load, Load] | None:
+    """The two bf16 loads whose product `store` adds into the element it writes."""
+    here = Load(store.buffer, store.index, T.f32)
+    match store.value:
+        case Fma(a=x, b=y, c=c) if _same(c, here):
+            factors = (x, y)
+        case Binary(op=BinaryOp.ADD, lhs=l, rhs=Binary(op=BinaryOp.MUL, lhs=x, rhs=y)) if _same(
+            l, here
+        ):
+            factors = (x, y)
+        case Binary(op=BinaryOp.ADD, lhs=Binary(op=BinaryOp.MUL, lhs=x, rhs=y), rhs=r) if _same(
+            r, here
+        ):
+            factors = (x, y)
+        case _:
+            return None
+    loads = tuple(_widened_bf16(f) for f in factors)
+    if any(load is None or load.buffer not in buffers for load in loads):
+        return None
+    return loads  # type: ignore[return-value]
+
+
+def _same(e: Expr, load: Load) -> bool:
+    return isinstance(e, Load) and (e.buffer, e.index, e.dtype) == (
+        load.buffer,
+        load.index,
+        load.dtype,
+    )
+
+
+def _widened_bf16(e: Expr) -> Load | None:
+    if isinstance(e, Cast) and e.dtype == T.f32:
+        e = e.operand
+    return e if isinstance(e, Load) and e.dtype == T.bf16 and len(e.index) == 2 else None
+
+
+def _coefficients(load: Load, names: tuple[str, ...]) -> list[tuple[int, ...]]:
+    lins = [linear(i) or Lin() for i in load.index]
+    return [tuple(lin.coeff(LoopVar(n)) for n in names) for lin in lins]
+
+
+def _based(
+    load: Load, names: tuple[str, ...], wanted: tuple[tuple[int, ...], ...]
+) -> tuple[Expr, Expr] | None:
+    """The load's subscripts with the nest's loops at 0, if its coefficients of the
+    loops are `wanted` (per axis) and nothing else in them depends on the nest."""
+    lins = [linear(i) for i in load.index]
+    if any(lin is None for lin in lins):
+        return None
+    if [tuple(lin.coeff(LoopVar(n)) for n in names) for lin in lins] != list(wanted):  # type: ignore[union-attr]
+        return None
+    loops = [LoopVar(n) for n in names]
+    based = [lin.without(loops) for lin in lins]  # type: ignore[union-attr]
+    if any(set(b.loop_vars()) & set(names) for b in based):
+        return None
+    return based[0].expr(), based[1].expr()
