@@ -100,6 +100,9 @@ def _register_blocked(s, across: str, panel: int) -> None:
               c[io·mr + ii, ...] = epilogue(acc)
     """
     across = s.param("across", sorted(ACROSS, key=lambda a: a != across))
+    if s.dtype("a") == s.dtype("b") == kd.bf16 and s.has("amx") and s.param("amx", [True, False]):
+        _on_tiles(s, across, panel)
+        return
     mr = s.param("mr", [8, 6, 4, 12])
     nr = s.param("nr", [32, 16, 64])
     nc = s.param("nc", sorted(PANEL_WIDTHS, key=lambda w: w != panel))
@@ -123,6 +126,34 @@ def _register_blocked(s, across: str, panel: int) -> None:
                 s.parallelize("b.c0")
     s.vectorize(ji, nr)
     s.unroll(ii)
+    s.parallelize(jo if across == "panels" else io)
+
+
+def _on_tiles(s, across: str, panel: int) -> None:
+    """bf16 on AMX: the same structure with a 16 × 32 (or 32 × 32) tile of C in two (four)
+    matrix registers, k in blocks of 32 (tdpbf16ps), B's panel in the vnni layout, A read
+    in place. (16 rows ran 1.2–1.6× faster than 32 at 1024³ and 2048³ here: a tile's
+    loads of A and B come from L2 and wait less for two accumulators than for four.)
+
+        for jo:                       # panel of nc columns
+          pack b[:, jo·nc : +nc] into b.c (K/2 × 2·nc, pairs of rows interleaved)
+          for io:                     # 16 rows of C
+            for jr:                   # 32 columns of the panel
+              acc = 0;  acc += a[rows, :] @ b.c[:, cols]   (tiles)
+              c[rows, cols] = epilogue(acc)                  (vector code)
+    """
+    tile = s.param("amx_tile", [16, 32])
+    nc = s.param("nc", sorted(PANEL_WIDTHS, key=lambda w: w != panel))
+    io, ii = s.split("i", tile)
+    jo, jp = s.split("j", nc)
+    jr, ji = s.split(jp, 32)
+    s.reorder(jo, io, jr, ii, ji)
+    s.split("k", 2)
+    s.cache("b", at=jo, layout="vnni")
+    if across == "rows":
+        s.parallelize("b.c0")
+    s.vectorize(ji, 16)
+    s.tensorize(ii, "amx")
     s.parallelize(jo if across == "panels" else io)
 
 

@@ -97,3 +97,29 @@ def linear(e: Expr) -> Lin | None:
     if any(isinstance(x, Load | LocalVar) for x in walk_expr(e)):
         return None
     return Lin.of(e if e.dtype == T.INDEX else Cast(e, T.INDEX))
+
+
+def tile_split(extent: Expr) -> tuple[int, Expr] | None:
+    """(c, n) when the extent is `min(c, n)`: a tile that is full when c <= n."""
+    if isinstance(extent, Binary) and extent.op is BinaryOp.MIN:
+        if isinstance(extent.lhs, Const):
+            return int(extent.lhs.value), extent.rhs
+        if isinstance(extent.rhs, Const):
+            return int(extent.rhs.value), extent.lhs
+    return None
+
+
+def split_tile(extent: Expr, var: str) -> tuple[int, Expr] | None:
+    """(c, n) when `extent` is `min(c, n - var·c)`: the inner loop of `split(…, c)` of a
+    loop over n, whose outer loop is `var` (full tiles while var < n // c)."""
+    tile = tile_split(extent)
+    if tile is None:
+        return None
+    c, rest = tile
+    match rest:
+        case Binary(op=BinaryOp.SUB, lhs=n, rhs=Binary(op=BinaryOp.MUL, lhs=x, rhs=y)) if {
+            x,
+            y,
+        } == {LoopVar(var), index_const(c)} and LoopVar(var) not in walk_expr(n):
+            return c, n
+    return None

@@ -85,7 +85,7 @@ class LoopExec(enum.Enum):
     VECTORIZED = "vectorized"
     UNROLLED = "unrolled"
     PARALLEL = "parallelized"
-    AMX = "amx"  # a tile product on the CPU's matrix registers (kdsl/ir/tile_product.py)
+    AMX = "amx"  # a tile product on AMX tiles (kdsl/ir/tile_product.py); width 0: from zero
     GPU_BLOCK_X = "block.x"
     GPU_BLOCK_Y = "block.y"
     GPU_BLOCK_Z = "block.z"

@@ -255,14 +255,18 @@ def test_bf16_matmul_returns_bf16_and_fuses_the_epilogue() -> None:
     not dict(__import__("llvmlite.binding").binding.get_host_cpu_features()).get("avx512bf16"),
     reason="this CPU has no AVX512-BF16",
 )
-def test_bf16_inner_loop_uses_dot_products() -> None:
+def test_bf16_inner_loop_uses_dot_products(monkeypatch: pytest.MonkeyPatch) -> None:
     """Per pair of k: mr broadcasts of A's pair, nr/16 loads of B, mr·nr/16 vdpbf16ps
-    into the register tile; no FMAs and no stack traffic in the loop."""
+    into the register tile; no FMAs and no stack traffic in the loop. (The schedule as on
+    a CPU without AMX: with it, bf16 products run on tiles, tests/targets/cpu/test_amx.py.)"""
+    monkeypatch.setattr(importlib.import_module("kdsl.kernel"), "tile_instructions", frozenset)
+    kernel = kd.kernel(mm._plain, name="product_on_vectors")
+    kernel.schedule(kd.cpu)(mm._blocked("panels", mm.PANEL))
     a, _ = _bf16_operands(64, 64, 64)
     c = np.empty((64, 64), np.float32)
-    chosen = mm.product_kernel.schedule_of(a, a, c).chosen
+    chosen = kernel.schedule_of(a, a, c).chosen
     tile = chosen["mr"] * chosen["nr"] // 16
-    loops = _loops(mm.product_kernel.asm(a, a, c))
+    loops = _loops(kernel.asm(a, a, c))
     dots = [[i for i in body if i.startswith("vdpbf16ps")] for body in loops]
     best = max(range(len(loops)), key=lambda n: len(dots[n]))
     body = loops[best]

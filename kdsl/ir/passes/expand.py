@@ -5,6 +5,8 @@
   loop where the target can't vectorize the masked body).
 * An unrolled loop becomes copies of its body (fully, or `width` copies per iteration
   of a shorter loop, plus a tail).
+* A tensorized tile product takes over the loops that zero its accumulator just before
+  it (it starts its tiles at zero).
 * A tile `min(c, n - o*c)` is specialized: the full tile (extent `c`, a constant) and
   the edge tile are separate copies, so the full one unrolls and vectorizes exactly.
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
+from kdsl.ir.affine import split_tile, tile_split
 from kdsl.ir.build import index_const, index_op
 from kdsl.ir.nodes import (
     Allocate,
@@ -38,6 +41,7 @@ from kdsl.ir.nodes import (
     Stmt,
     Store,
 )
+from kdsl.ir.tile_product import fold_zero_starts
 from kdsl.ir.visit import fresh_namer, map_expr, map_stmt_exprs, walk_expr, walk_stmts
 
 MAX_VECTOR_COPIES = 8  # vectors of a constant-extent loop written out one by one
@@ -54,32 +58,6 @@ def constant_bound(extent: Expr) -> int | None:
     return None
 
 
-def _tile_split(extent: Expr) -> tuple[int, Expr] | None:
-    """(c, n) when the extent is `min(c, n)`: a tile that is full when c <= n."""
-    if isinstance(extent, Binary) and extent.op is BinaryOp.MIN:
-        if isinstance(extent.lhs, Const):
-            return int(extent.lhs.value), extent.rhs
-        if isinstance(extent.rhs, Const):
-            return int(extent.rhs.value), extent.lhs
-    return None
-
-
-def split_tile(extent: Expr, var: str) -> tuple[int, Expr] | None:
-    """(c, n) when `extent` is `min(c, n - var·c)`: the inner loop of `split(…, c)` of a
-    loop over n, whose outer loop is `var` (full tiles while var < n // c)."""
-    tile = _tile_split(extent)
-    if tile is None:
-        return None
-    c, rest = tile
-    match rest:
-        case Binary(op=BinaryOp.SUB, lhs=n, rhs=Binary(op=BinaryOp.MUL, lhs=x, rhs=y)) if {
-            x,
-            y,
-        } == {LoopVar(var), index_const(c)} and LoopVar(var) not in walk_expr(n):
-            return c, n
-    return None
-
-
 class _Expander:
     def __init__(self, kernel: Kernel, vectorizable: Callable[[Loop], bool]) -> None:
         self.kernel = kernel
@@ -90,7 +68,7 @@ class _Expander:
         self.tile_conditions: dict[Expr, Expr] = {}  # "the tile is full" -> "it is an edge"
 
     def block(self, stmts: tuple[Stmt, ...]) -> tuple[Stmt, ...]:
-        return tuple(out for s in stmts for out in self.stmt(s))
+        return tuple(out for s in fold_zero_starts(stmts) for out in self.stmt(s))
 
     def stmt(self, s: Stmt) -> tuple[Stmt, ...]:
         if isinstance(s, If):
@@ -109,7 +87,7 @@ class _Expander:
     def specialize_tile(
         self, loop: Loop, expand: Callable[[Loop], tuple[Stmt, ...]]
     ) -> tuple[Stmt, ...]:
-        tile = _tile_split(loop.extent)
+        tile = tile_split(loop.extent)
         step = max(loop.width, 1)
         if tile is None or tile[0] < step or tile[0] % step:
             return expand(loop)

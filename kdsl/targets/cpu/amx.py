@@ -7,6 +7,7 @@ tile, about 16× the work of an AVX-512 FMA per instruction. An accumulator of T
 tiles of A (4, 5) and two of B (6, 7): the same register blocking as the vector
 micro-kernel, a level up.
 
+    configure the tiles (once per function)
     load the accumulator's tiles from acc
     for each block of 32 k:  load A's and B's tiles; tdpbf16ps for each pair
     store the tiles to acc
@@ -31,8 +32,9 @@ from typing import TYPE_CHECKING
 
 from llvmlite import ir
 
+from kdsl import types as T
 from kdsl.errors import CompileError
-from kdsl.ir.nodes import Loop, LoopExec, Stmt
+from kdsl.ir.nodes import Const, Loop, LoopExec, LoopKind, LoopVar, Stmt, Store
 from kdsl.ir.tile_product import TILE, TileProduct, match
 from kdsl.targets.cpu import jit
 from kdsl.targets.cpu.ops import I8, I16, I32, I64
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
 ROW_BYTES = 64  # a tile row: 16 f32, or 32 bf16 (16 pairs of k)
 K_BLOCK = 32  # k per tdpbf16ps
 ACC, A_TILES, B_TILES = 0, 4, 6  # tile registers: accumulators, then A's, then B's
+_CONFIG = "amx.config"
 _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA, _SYS_ARCH_PRCTL = 0x1023, 18, 158
 
 
@@ -75,6 +78,7 @@ class _TileProduct:
     def __init__(self, gen: _Codegen, p: TileProduct) -> None:
         self.gen, self.b, self.p = gen, gen.b, p
         self.tr, self.tc = p.shape
+        self.from_zero = p.rows.width == 0  # (fold_zero_starts)
         self.row_tiles, self.col_tiles = self.tr // TILE, self.tc // TILE
 
     def emit(self, loop: Loop) -> None:
@@ -99,6 +103,8 @@ class _TileProduct:
                 with b.if_then(some):
                     self.on_tiles()
             with scalar:
+                if self.from_zero:
+                    gen.stmt(_zeroed(p), [])
                 gen.stmt(_plain(loop), [])
 
     def element(self, name: str, at: tuple) -> ir.Value:  # type: ignore[type-arg]
@@ -119,10 +125,14 @@ class _TileProduct:
 
     def on_tiles(self) -> None:
         b, gen = self.b, self.gen
-        self.call("llvm.x86.ldtilecfg", [self.config()])
+        self.configure()
         acc = gen.state.arrays[self.p.acc]
         self.acc, self.acc_row = acc.data, acc.strides[0]
-        self.move_accumulators("llvm.x86.tileloadd64", self.acc, self.acc_row)
+        if self.from_zero:
+            for t in range(self.row_tiles * self.col_tiles):
+                self.call("llvm.x86.tilezero", [_tile(ACC + t)])
+        else:
+            self.move_accumulators("llvm.x86.tileloadd64", self.acc, self.acc_row)
         full = b.and_(
             b.icmp_signed("==", self.rows, _i64(self.tr)),
             b.icmp_signed("==", self.cols, _i64(self.tc)),
@@ -143,29 +153,32 @@ class _TileProduct:
                 self.move_accumulators("llvm.x86.tilestored64", self.acc, self.acc_row)
             with edge:
                 self.store_in_range()
-        self.call("llvm.x86.tilerelease", [])
 
-    def config(self) -> ir.Value:
-        """The 64-byte tile configuration: palette 1; the tiles used, 16 rows of 64 bytes."""
-        data = [0] * 64
-        data[0] = 1
-        used = [ACC + t for t in range(self.row_tiles * self.col_tiles)]
-        used += [A_TILES + r for r in range(self.row_tiles)]
-        used += [B_TILES + c for c in range(self.col_tiles)]
-        for t in used:
-            data[16 + 2 * t] = ROW_BYTES
-            data[48 + t] = TILE
-        module = self.gen.fn.module
-        name = f"amx.config.{self.row_tiles}x{self.col_tiles}"
-        config = module.globals.get(name)
+    def configure(self) -> None:
+        """Configure the tiles once, where the function starts: `ldtilecfg` costs about as
+        much as a 32 × 32 tile product over k = 64. Every tile gets 16 rows of 64 bytes,
+        so one configuration serves every tile shape."""
+        gen = self.gen
+        if gen.state.tiles_configured:
+            return
+        gen.state.tiles_configured = True
+        module = gen.fn.module
+        config = module.globals.get(_CONFIG)
         if config is None:
+            data = [0] * 64
+            data[0] = 1  # palette 1
+            for t in range(8):
+                data[16 + 2 * t] = ROW_BYTES
+                data[48 + t] = TILE
             ty = ir.ArrayType(I8, 64)
-            config = ir.GlobalVariable(module, ty, name)
+            config = ir.GlobalVariable(module, ty, _CONFIG)
             config.initializer = ir.Constant(ty, data)
             config.global_constant = True
             config.linkage = "internal"
             config.align = 64
-        return config
+        with self.b.goto_block(gen.entry):
+            self.b.position_at_start(gen.entry)
+            self.call("llvm.x86.ldtilecfg", [config])
 
     def move_accumulators(self, intrinsic: str, base: ir.Value, row: ir.Value) -> None:
         """Load (tileloadd64) or store (tilestored64) the accumulator tiles at `base`."""
@@ -271,10 +284,26 @@ class _TileProduct:
         return self.gen.ops.intrinsic(name, ret or ir.VoidType(), args)
 
 
+def release_tiles(gen: _Codegen) -> None:
+    """At the kernel's exit, hand its thread's tiles back if any code in it used them.
+    (Tasks of parallel loops keep theirs: a task may run on the calling thread in the
+    middle of the kernel, and the pool's threads configure them again per task.)"""
+    if "llvm.x86.tileloadd64" in gen.fn.module.globals:
+        gen.ops.intrinsic("llvm.x86.tilerelease", ir.VoidType(), [])
+
+
 def _plain(loop: Loop) -> Stmt:
     """The nest with no execution marks: ordinary scalar code."""
     body = tuple(_plain(s) if isinstance(s, Loop) else s for s in loop.body)
     return replace(loop, exec=LoopExec.SERIAL, width=1, body=body)
+
+
+def _zeroed(p: TileProduct) -> Stmt:
+    """The loops that set the accumulator to 0 in the tile's range (what a nest that
+    starts from zero took over from the schedule)."""
+    zero = Store(p.acc, (LoopVar(p.rows.var), LoopVar(p.cols.var)), Const(0.0, T.f32))
+    cols = Loop(p.cols.var, p.cols.extent, LoopKind.PARALLEL, (zero,))
+    return Loop(p.rows.var, p.rows.extent, LoopKind.PARALLEL, (cols,))
 
 
 def _tile(t: int) -> ir.Constant:

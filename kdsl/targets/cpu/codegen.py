@@ -52,7 +52,7 @@ from kdsl.ir.nodes import (
 )
 from kdsl.ir.visit import walk_expr, walk_stmts
 from kdsl.targets.cpu.abi import ARRAY_LAYOUT, WRITEABLE_FLAG
-from kdsl.targets.cpu.amx import emit_tile_product
+from kdsl.targets.cpu.amx import emit_tile_product, release_tiles
 from kdsl.targets.cpu.ops import I1, I8, I32, I64, PTR, Ops, constant, llvm_type, memory_type
 from kdsl.targets.cpu.parallel import emit_parallel_loop
 from kdsl.targets.cpu.state import ArrayInfo, CodegenState, ErrorKind
@@ -233,6 +233,8 @@ class _Codegen:
     def finish(self) -> None:
         self.b.branch(self.cleanup)
         self.b.position_at_end(self.cleanup)
+        if self.fn.linkage != "internal":  # the kernel's entry, not a parallel loop's task
+            release_tiles(self)
         self.free(self.state.heap_slots)
         self.b.ret(self.b.load(self.retcode, typ=I64))
 

@@ -22,6 +22,7 @@ class CodegenState:
     loops: dict[str, ir.Value] = field(default_factory=dict)  # loop name -> i64 slot
     locals: dict[str, ir.Value] = field(default_factory=dict)  # local name -> slot
     heap_slots: list[ir.Value] = field(default_factory=list)
+    tiles_configured: bool = False  # ldtilecfg emitted in this function's entry (amx.py)
 
 
 class ErrorKind(enum.IntEnum):

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from kdsl import types as T
+from kdsl.ir.affine import split_tile
 from kdsl.ir.nodes import (
     Allocate,
     Assign,
@@ -24,7 +25,6 @@ from kdsl.ir.nodes import (
     Stmt,
     Store,
 )
-from kdsl.ir.passes.expand import split_tile
 from kdsl.ir.visit import children, stmt_exprs, walk_expr, walk_stmts
 
 ACCUMULATE = (BinaryOp.ADD, BinaryOp.MUL, BinaryOp.MAX, BinaryOp.MIN)

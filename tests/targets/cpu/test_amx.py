@@ -112,6 +112,9 @@ def test_the_tiles_are_amx_instructions() -> None:
     a, b, c = _operands(np.random.default_rng(1), 64, 64, 64)
     asm = _KERNELS[32, 32].asm(a, b, c)
     assert "tdpbf16ps" in asm and "ldtilecfg" in asm and "tilerelease" in asm
+    # the tiles start at zero (tilezero) in place of the schedule's loops that zeroed
+    # the accumulator in memory, which a tile load would then wait for
+    assert "tilezero" in asm and "amx from zero" in str(_KERNELS[32, 32].lowered(a, b, c))
     assert "tdpbf16ps" not in _product(32, 32, tensorize=False).asm(a, b, c)
 
 
