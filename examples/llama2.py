@@ -50,9 +50,13 @@ def rmsnorm(x, w, y):
     y[j] = w[j] * (inverse * x[j])
 
 
-def _rotate(vec, start, cos, sin, out, p):
-    """RoPE: pair (2p, 2p+1) of vec[start:] rotated by the position's angle for p."""
-    f = p % cos.shape[0]
+def _rotate(vec, start, cos, sin, out, size, names):
+    """RoPE: pair f of each head of vec[start : start + size] rotated by the position's
+    angle for f. (Heads and pairs are two indices: `p % half` per element was an integer
+    division per lane, two thirds of the kernel's time.)"""
+    half = cos.shape[0]
+    h, f = kd.indices(size // (2 * half), half, names=names)
+    p = h * half + f
     a, b = vec[start + 2 * p], vec[start + 2 * p + 1]
     out[2 * p] = a * cos[f] - b * sin[f]
     out[2 * p + 1] = a * sin[f] + b * cos[f]
@@ -63,8 +67,8 @@ def rope_into_cache(qkv, cos, sin, q, key, value):
     """From qkv = [q; k; v]: q rotated into `q`, k rotated into the key cache's row for
     this position and v copied into the value cache's row."""
     dim, kv_dim = q.shape[0], key.shape[0]
-    _rotate(qkv, 0, cos, sin, q, kd.indices(dim // 2, names="p"))
-    _rotate(qkv, dim, cos, sin, key, kd.indices(kv_dim // 2, names="pk"))
+    _rotate(qkv, 0, cos, sin, q, dim, "h f")
+    _rotate(qkv, dim, cos, sin, key, kv_dim, "hk fk")
     i = kd.indices(kv_dim)
     value[i] = qkv[dim + kv_dim + i]
 
