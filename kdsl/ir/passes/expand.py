@@ -42,7 +42,14 @@ from kdsl.ir.nodes import (
     Store,
 )
 from kdsl.ir.tile_product import fold_zero_starts
-from kdsl.ir.visit import fresh_namer, map_expr, map_stmt_exprs, walk_expr, walk_stmts
+from kdsl.ir.visit import (
+    fresh_namer,
+    map_expr,
+    map_stmt_exprs,
+    outer_updates,
+    walk_expr,
+    walk_stmts,
+)
 
 MAX_VECTOR_COPIES = 8  # vectors of a constant-extent loop written out one by one
 MAX_GROUP = 4  # the most elements a dot-product instruction sums per lane (4 bytes)
@@ -210,10 +217,13 @@ class _Expander:
     def vector_copies(self, loop: Loop) -> tuple[Stmt, ...]:
         """A short vector loop of constant extent becomes one vector per copy: every
         address in a copy is then a constant offset, so a tile of accumulators on the
-        stack turns into registers (LLVM's SROA) instead of memory traffic."""
+        stack turns into registers (LLVM's SROA) instead of memory traffic. Not a loop that
+        accumulates into a local from outside (a dot product over a constant D): as one
+        loop its partial sums stay vectors to the end, where copies would each end in a
+        horizontal sum (attention decode's q·k spent most of its time in those)."""
         assert isinstance(loop.extent, Const)
         count = int(loop.extent.value) // loop.width
-        if not 2 <= count <= MAX_VECTOR_COPIES:
+        if not 2 <= count <= MAX_VECTOR_COPIES or outer_updates(loop):
             return (loop,)
         out: list[Stmt] = []
         for t in range(count):
