@@ -47,22 +47,29 @@ def _rms_cpu(s):
     ]
 )
 def layernorm_rows(x, w, b, eps, y):
+    """The mean and variance from one pass of shifted sums: with c the row's first
+    value, Σ(x - c) and Σ(x - c)² lose no precision to a large mean (as plain Σx² does)
+    and need no second pass over the row."""
     i, j = kd.indices(x.shape[0], x.shape[1])
     n = x.shape[1]
-    mean = kd.empty(x.shape[0], x.dtype)
-    mean[i] = kd.sum(x[i, j], over=j) / n
-    var = kd.empty(x.shape[0], x.dtype)
-    var[i] = kd.sum((x[i, j] - mean[i]) * (x[i, j] - mean[i]), over=j) / n
-    y[i, j] = (x[i, j] - mean[i]) * kd.rsqrt(var[i] + eps) * w[j] + b[j]
+    shift = kd.empty(x.shape[0], x.dtype)
+    shift[i] = x[i, 0]
+    sum1, sum2 = kd.empty(x.shape[0], x.dtype), kd.empty(x.shape[0], x.dtype)
+    sum1[i] = kd.sum(x[i, j] - shift[i], over=j)
+    sum2[i] = kd.sum((x[i, j] - shift[i]) * (x[i, j] - shift[i]), over=j)
+    mean = sum1[i] / n
+    inverse = kd.rsqrt(kd.maximum(sum2[i] / n - mean * mean, 0.0) + eps)
+    y[i, j] = (x[i, j] - (shift[i] + mean)) * inverse * w[j] + b[j]
 
 
 @layernorm_rows.schedule(kd.cpu)
 def _ln_cpu(s):
-    """Mean, variance (two-pass, exact even for large means) and output fused per row:
-    the row stays in cache between the passes."""
-    s.fuse("i", "i.1")
-    s.fuse("i", "i.2")
-    for loop in ("j", "j.1", "j.2"):
+    """The sums and the output fused per row: the row stays in cache between the two
+    passes."""
+    for k in (1, 2, 3):
+        s.fuse("i", f"i.{k}")
+    s.fuse("j", "j.1")
+    for loop in ("j", "j.2"):
         s.vectorize(loop, 16)
     s.parallelize("i")
 
@@ -87,7 +94,7 @@ def _rms_cuda(s):
 
 @layernorm_rows.schedule(kd.cuda)
 def _ln_cuda(s):
-    _rows_on_gpu(s, ("j", "j.1", "j.2"), [256, 512, 1024])
+    _rows_on_gpu(s, ("j", "j.1", "j.2"), [256, 512, 1024])  # (j, j.1 unfused: two sums)
 
 
 def _check_weight(name: str, w: np.ndarray, n: int) -> np.ndarray:

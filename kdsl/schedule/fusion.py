@@ -56,12 +56,11 @@ def fuse(ctx: StepContext, loop_a: object, loop_b: object) -> str:
         )
     kind = _fused_kind(ctx, a, b)
     block = _block(ctx.kernel, pa)
-    between = block[pa[-1] + 1 : pb[-1]]
-    _check_between(ctx, a, between)
     b_body = tree.substitute(b.body, b.var, LoopVar(a.var))
+    before, after = _move_between(ctx, a, b_body, block[pa[-1] + 1 : pb[-1]])
     _check_dependences(ctx, a, b, b_body)
     fused = replace(a, kind=kind, body=a.body + b_body)
-    new_block = block[: pa[-1]] + between + (fused,) + block[pb[-1] + 1 :]
+    new_block = block[: pa[-1]] + before + (fused,) + after + block[pb[-1] + 1 :]
     _set_block(ctx, pa, new_block)
     _contract(ctx, a.var)
     return a.var
@@ -89,23 +88,36 @@ def _set_block(ctx: StepContext, path: tree.Path, block: tuple[Stmt, ...]) -> No
     ctx.kernel = replace(ctx.kernel, body=tree.splice(ctx.kernel.body, path[:-1], (parent,)))
 
 
-def _check_between(ctx: StepContext, a: Loop, between: tuple[Stmt, ...]) -> None:
-    """Statements between the loops move before the first: allocations, and locals whose
-    initial value does not depend on the first loop."""
-    written = _written(a.body)
+def _move_between(
+    ctx: StepContext, a: Loop, b_body: tuple[Stmt, ...], between: tuple[Stmt, ...]
+) -> tuple[tuple[Stmt, ...], tuple[Stmt, ...]]:
+    """Where the statements between the loops go: before the fused loop (allocations,
+    and locals whose initial value does not depend on the first loop), or after it (a
+    statement using the first loop's result, such as a sum's store, when the second
+    loop neither uses what it writes nor writes what it reads)."""
+    written_a, written_b = _written(a.body), _written(b_body)
+    used_b = _reads(b_body) | written_b
+    before: list[Stmt] = []
+    after: list[Stmt] = []
     for s in between:
-        movable = isinstance(s, Allocate) or (
-            isinstance(s, DeclareLocal) and not (_read(s.init) & written)
-        )
-        if not movable:
+        reads = _reads((s,))
+        if not reads & _written(tuple(after)) and (
+            isinstance(s, Allocate) or (isinstance(s, DeclareLocal) and not reads & written_a)
+        ):
+            before.append(s)
+        elif not isinstance(s, Allocate) and not (_written((s,)) & used_b or reads & written_b):
+            after.append(s)
+        else:
             raise ctx.refuse(
                 f"a statement between the loops depends on loop '{a.var}' or has effects",
                 "fuse loops that are adjacent, or move the statement out of the way",
             )
+    return tuple(before), tuple(after)
 
 
 def _written(stmts: tuple[Stmt, ...]) -> set[str]:
     out = {s.buffer for s in walk_stmts(stmts) if isinstance(s, Store)}
+    out |= {s.name for s in walk_stmts(stmts) if isinstance(s, DeclareLocal)}
     return out | {s.local for s in walk_stmts(stmts) if isinstance(s, Assign)}
 
 

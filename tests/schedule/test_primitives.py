@@ -123,6 +123,13 @@ def between(x, y, z):
 
 
 @kd.kernel
+def two_sums(x, total, squares):
+    i, j = kd.indices(x.shape[0], x.shape[1])
+    total[i] = kd.sum(x[i, j], over=j)
+    squares[i] = kd.sum(x[i, j] * x[i, j], over=j)
+
+
+@kd.kernel
 def different_ranges(x, y, z):
     i = kd.indices(x.shape[0])
     y[i] = x[i] * 2
@@ -1017,6 +1024,22 @@ def test_fuse_refuses_a_local_one_loop_updates_and_the_other_reads():
         "fuse only loops",
     ):
         s.fuse("i", "k")
+
+
+def test_fuse_moves_a_sums_store_past_the_fused_loop():
+    """Between two reductions over j: the first sum's store (which needs the first loop)
+    moves after the fused loop, the second sum's initial value before it: one pass."""
+    x = random_array(np.random.default_rng(3), (5, 7), np.float32)
+    total, squares = np.empty(5, np.float32), np.empty(5, np.float32)
+    s = schedule(two_sums, x, total, squares)
+    s.fuse("i", "i.1")
+    assert s.fuse("j", "j.1") == "j"
+    text = format_kernel(s.kernel)
+    assert text.count("for j") == 1, text
+    assert text.index("sum_j.1: f32 = 0.0") < text.index("for j") < text.index("total[i] =")
+    interpret(s.kernel, {"x": x, "total": total, "squares": squares})
+    np.testing.assert_allclose(total, x.sum(axis=1), rtol=1e-5)
+    np.testing.assert_allclose(squares, (x * x).sum(axis=1), rtol=1e-5)
 
 
 def test_fuse_refuses_to_move_a_statement_with_effects():
