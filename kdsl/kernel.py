@@ -17,6 +17,7 @@ from kdsl.ir.hashing import structural_hash
 from kdsl.ir.nodes import Kernel
 from kdsl.ir.passes import lower
 from kdsl.ir.printer import format_kernel
+from kdsl.schedule import recipe
 from kdsl.schedule.default import default_schedule
 from kdsl.schedule.recipe import Schedule
 from kdsl.specs import ArgExample
@@ -31,6 +32,8 @@ from kdsl.targets.cuda.backend import PtxCode, compile_ptx_kernel
 from kdsl.targets.cuda.call import CudaSpecialization
 from kdsl.targets.interp.interpreter import interpret
 from kdsl.trace.tracer import ArgSpec, ArraySpec, ScalarSpec, trace
+
+recipe.host_tile_instructions = tile_instructions  # for Schedule.replay
 
 Compiled = Specialization | TunedDispatch | CudaSpecialization  # serves one signature
 
@@ -152,7 +155,7 @@ class KernelFunction:
             strict_fp=self.strict_fp,
             config=config,
             vector_check=vector_obstacle if target is cpu else None,
-            tile_instructions=tile_instructions() if target is cpu else frozenset(),
+            tile_instructions=tile_instructions if target is cpu else frozenset,
         )
         fn = None if heuristic else self._schedules.get(target.name)
         if fn is None:

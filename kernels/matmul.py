@@ -100,17 +100,22 @@ def _register_blocked(s, across: str, panel: int) -> None:
               c[io·mr + ii, ...] = epilogue(acc)
     """
     across = s.param("across", sorted(ACROSS, key=lambda a: a != across))
-    if s.dtype("a") == s.dtype("b") == kd.bf16 and s.has("amx") and s.param("amx", [True, False]):
-        _on_tiles(s, across, panel)
-        return
+    nc = s.param("nc", sorted(PANEL_WIDTHS, key=lambda w: w != panel))
+    bf16 = s.dtype("a") == s.dtype("b") == kd.bf16
+    tiles = bf16 and s.has("amx") and s.param("amx", [True, False])
+    # every path's params are declared whichever runs: the autotuner sees the whole space
+    rows = s.param("amx_tile", [16, 32]) if bf16 and s.has("amx") else None
     mr = s.param("mr", [8, 6, 4, 12])
     nr = s.param("nr", [32, 16, 64])
-    nc = s.param("nc", sorted(PANEL_WIDTHS, key=lambda w: w != panel))
+    pairs = s.param("bf16_pairs", [True, False]) if bf16 else False
+    if tiles:
+        _on_tiles(s, across, nc, rows)
+        return
     io, ii = s.split("i", mr)
     jo, jp = s.split("j", nc)
     jr, ji = s.split(jp, nr)
     s.reorder(jo, io, jr, ii, ji)  # the tile loops: a permutation of the perfect nest
-    if s.dtype("a") == s.dtype("b") == kd.bf16 and s.param("bf16_pairs", [True, False]):
+    if pairs:
         # k in pairs: vdpbf16ps adds a[i, 2k'..2k'+1]·b[2k'..2k'+1, j] into lane j, reading
         # B with the two rows of each pair interleaved (the "vnni" copy)
         ko, k2 = s.split("k", 2)
@@ -129,7 +134,7 @@ def _register_blocked(s, across: str, panel: int) -> None:
     s.parallelize(jo if across == "panels" else io)
 
 
-def _on_tiles(s, across: str, panel: int) -> None:
+def _on_tiles(s, across: str, nc: int, rows: int) -> None:
     """bf16 on AMX: the same structure with a 16 × 32 (or 32 × 32) tile of C in two (four)
     matrix registers, k in blocks of 32 (tdpbf16ps), B's panel in the vnni layout, A read
     in place. (16 rows ran 1.2–1.6× faster than 32 at 1024³ and 2048³ here: a tile's
@@ -142,9 +147,7 @@ def _on_tiles(s, across: str, panel: int) -> None:
               acc = 0;  acc += a[rows, :] @ b.c[:, cols]   (tiles)
               c[rows, cols] = epilogue(acc)                  (vector code)
     """
-    tile = s.param("amx_tile", [16, 32])
-    nc = s.param("nc", sorted(PANEL_WIDTHS, key=lambda w: w != panel))
-    io, ii = s.split("i", tile)
+    io, ii = s.split("i", rows)
     jo, jp = s.split("j", nc)
     jr, ji = s.split(jp, 32)
     s.reorder(jo, io, jr, ii, ji)

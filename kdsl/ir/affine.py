@@ -123,3 +123,13 @@ def split_tile(extent: Expr, var: str) -> tuple[int, Expr] | None:
         } == {LoopVar(var), index_const(c)} and LoopVar(var) not in walk_expr(n):
             return c, n
     return None
+
+
+def constant_bound(extent: Expr) -> int | None:
+    """A constant no smaller than the extent, if the extent is a constant or min(c, n)."""
+    if isinstance(extent, Const):
+        return int(extent.value)
+    if isinstance(extent, Binary) and extent.op is BinaryOp.MIN:
+        known = [b for s in (extent.lhs, extent.rhs) if (b := constant_bound(s)) is not None]
+        return min(known) if known else None
+    return None

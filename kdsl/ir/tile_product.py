@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from kdsl import types as T
-from kdsl.ir.affine import Lin, linear, split_tile
+from kdsl.ir.affine import Lin, constant_bound, linear, split_tile
 from kdsl.ir.build import index_const, index_op
 from kdsl.ir.nodes import (
     Binary,
@@ -46,7 +46,6 @@ TILE = 16  # rows of a matrix register; 16 f32 (or 32 bf16) make a row of 64 byt
 class TileProduct:
     rows: Loop
     cols: Loop
-    pairs: Loop
     depth: Expr  # K: the number of products summed into each element
     acc: str  # f32[TR, TC]
     shape: tuple[int, int]  # (TR, TC)
@@ -86,6 +85,10 @@ def match(loop: Loop, buffers: dict[str, Buffer]) -> TileProduct | str:
         )
     if store.index != (LoopVar(rows.var), LoopVar(cols.var)):
         return f"the accumulator must be written at [{rows.var}, {cols.var}]"
+    for loop, most in zip((rows, cols), shape):
+        bound = constant_bound(loop.extent)
+        if bound is None or bound > most:
+            return f"loop '{loop.var}' must run at most {most} times (the accumulator's extent)"
     operands = _product_of(store, buffers)
     if operands is None:
         return (
@@ -93,7 +96,7 @@ def match(loop: Loop, buffers: dict[str, Buffer]) -> TileProduct | str:
             f"({acc.name}[{rows.var}, {cols.var}] += f32(a[..]) * f32(b[..]))"
         )
     names = (rows.var, cols.var, pairs.var, pair.var)
-    a, b = sorted(operands, key=lambda load: _coefficients(load, names)[1] != (1, 0, 0, 0))
+    a, b = sorted(operands, key=lambda load: _coefficients(load, names)[0] != (1, 0, 0, 0))
     a_at, b_at = (
         _based(a, names, ((1, 0, 0, 0), (0, 0, 2, 1))),
         _based(b, names, ((0, 0, 1, 0), (0, 2, 0, 1))),
@@ -104,20 +107,20 @@ def match(loop: Loop, buffers: dict[str, Buffer]) -> TileProduct | str:
             f"the other in the vnni layout at [p + {pairs.var}, 2·(column + {cols.var}) + "
             f"{pair.var}] (cache it with layout='vnni')"
         )
-    return TileProduct(rows, cols, pairs, depth, acc.name, shape, a.buffer, a_at, b.buffer, b_at)
+    return TileProduct(rows, cols, depth, acc.name, shape, a.buffer, a_at, b.buffer, b_at)
 
 
-def fold_zero_starts(stmts: tuple[Stmt, ...]) -> tuple[Stmt, ...]:
+def mark_zero_starts(stmts: tuple[Stmt, ...]) -> tuple[Stmt, ...]:
     """A tensorized nest right after the loops that zero its accumulator over the same
-    rows and columns starts from zero itself (`width` 0): the tiles start as `tilezero`
-    instead of being loaded from memory just written (a store that a tile load must
-    wait for: about a third of a 32 × 32 × 64 product's time)."""
+    rows and columns is marked (`width` 0) as starting from zero: its tiles start as
+    `tilezero` instead of loads of memory just written (a store that a tile load must
+    wait for: about a third of a 32 × 32 × 64 product's time). The zeroing loops stay,
+    so the IR means the same to every reader."""
     out: list[Stmt] = []
     for s in stmts:
         if isinstance(s, Loop) and s.exec is LoopExec.AMX and out and _zeroes(out[-1], s):
-            out[-1] = replace(s, width=0)
-        else:
-            out.append(s)
+            s = replace(s, width=0)
+        out.append(s)
     return tuple(out)
 
 
@@ -151,17 +154,21 @@ def _perfect_nest(loop: Loop, depth: int) -> tuple[Loop, ...] | str:
 
 
 def _depth(pairs: Loop, pair: Loop) -> Expr | None:
-    """K when the pair loop runs `min(2, K - p·2)` (or 2: then K = 2·P)."""
+    """K when the pairs run over ⌈K/2⌉ and the pair loop `min(2, K - p·2)` (or 2: then
+    K = 2·P)."""
     tile = split_tile(pair.extent, pairs.var)
     if tile is not None and tile[0] == 2:
-        return tile[1]
+        whole = index_op(
+            BinaryOp.FLOORDIV, index_op(BinaryOp.ADD, tile[1], index_const(1)), index_const(2)
+        )
+        return tile[1] if pairs.extent == whole else None
     if pair.extent == index_const(2):
         return index_op(BinaryOp.MUL, pairs.extent, index_const(2))
     return None
 
 
 def _tile_shape(acc: Buffer) -> tuple[int, int] | None:
-    if acc.dtype != T.f32 or acc.scope is Scope.GLOBAL or len(acc.shape) != 2:
+    if acc.dtype != T.f32 or acc.scope not in (Scope.STACK, Scope.HEAP) or len(acc.shape) != 2:
         return None
     if not all(isinstance(d, Const) and int(d.value) in (TILE, 2 * TILE) for d in acc.shape):
         return None

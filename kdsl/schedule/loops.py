@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from kdsl.ir.affine import constant_bound
 from kdsl.ir.build import index_const, index_op
 from kdsl.ir.nodes import (
     Assign,
@@ -22,7 +23,6 @@ from kdsl.ir.nodes import (
     LoopVar,
     Stmt,
 )
-from kdsl.ir.passes.expand import constant_bound
 from kdsl.ir.tile_product import match as match_tile_product
 from kdsl.ir.visit import outer_updates, walk_expr, walk_stmts
 from kdsl.schedule import tree
@@ -333,14 +333,25 @@ def parallelize(ctx: StepContext, name: object, threads: object = None) -> None:
 
 def tensorize(ctx: StepContext, name: object, instruction: object) -> None:
     """Mark a tile product's rows loop to run on a matrix instruction; its nest is then
-    compiled whole (no step may change it afterwards)."""
-    path, loop = ctx.loop(name)
+    compiled whole (a later step that changes it is refused).
+
+    Before (the sum a scalar, or already a [rows, columns] temporary):
+        for ii: for ji: sum = 0; for ko: for ki: sum += f32(a[.., ko·2+ki]) · f32(b.c[ko, ..])
+    After (`acc` zeroed, used and freed around it as any reduction temporary):
+        for ii: for ji: for ko: for ki: acc[ii, ji] += …        # amx
+    Legal when the target has the instruction (`s.has`), the kernel is not strict_fp, and
+    the nest matches kdsl/ir/tile_product.py (B cached with layout="vnni")."""
+    _, loop = ctx.loop(name)
+    if loop.exec is not LoopExec.SERIAL:
+        raise ctx.refuse(
+            f"loop '{loop.var}' is already {loop.exec.value}", "annotate each loop once"
+        )
     if instruction != "amx":
         raise ctx.refuse(
             f"{instruction!r} is not a matrix instruction kdsl knows",
             "use 'amx' (the CPU's AMX-BF16 tiles)",
         )
-    if instruction not in ctx.tile_instructions:
+    if instruction not in ctx.tile_instructions():
         raise ctx.refuse(
             f"the {ctx.target} target here has no {instruction!r} instruction",
             'ask `s.has("amx")` first, and schedule the product without it otherwise',

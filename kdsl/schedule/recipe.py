@@ -21,6 +21,13 @@ from kdsl.schedule import caching, fusion, loops, stages
 from kdsl.schedule.step import Step, StepContext
 
 VectorCheck = Callable[[Loop, Kernel], "str | None"]
+TileInstructions = Callable[[], frozenset[str]]  # the target's matrix instructions ("amx")
+
+
+# What `replay` assumes of the CPU: kdsl.kernel puts the host's matrix instructions here
+# (the schedule layer does not import the targets).
+host_tile_instructions: TileInstructions = frozenset
+
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _LIBRARY_DIR = os.path.join(_PACKAGE_DIR, "kernels")
@@ -48,14 +55,14 @@ class Schedule:
         strict_fp: bool = False,
         config: Mapping[str, object] | None = None,
         vector_check: VectorCheck | None = None,
-        tile_instructions: frozenset[str] = frozenset(),
+        tile_instructions: TileInstructions = frozenset,
     ) -> None:
         self.kernel = kernel
         self.target = target
         self.strict_fp = strict_fp
         self.config = dict(config or {})
         self.vector_check = vector_check
-        self.tile_instructions = tile_instructions  # the target's matrix instructions
+        self.tile_instructions = tile_instructions  # asked only when a schedule needs them
         self.steps: list[tuple[Step, object]] = []  # each step with what it returned
         self.space: dict[str, tuple[object, ...]] = {}
         self.chosen: dict[str, object] = {}
@@ -103,7 +110,7 @@ class Schedule:
     def has(self, instruction: str) -> bool:
         """Whether the target has a matrix instruction that `tensorize` can use ("amx":
         the CPU's AMX-BF16 tile registers), for schedules that differ where it is."""
-        return instruction in self.tile_instructions
+        return instruction in self.tile_instructions()
 
     # --------------------------------------------------------------- primitives
 
@@ -229,10 +236,15 @@ class Schedule:
         *,
         strict_fp: bool = False,
         vector_check: VectorCheck | None = None,
-        tile_instructions: frozenset[str] = frozenset(),
+        tile_instructions: TileInstructions | None = None,
     ) -> Schedule:
-        """Apply recorded steps to `kernel` (freshly traced): the same IR as when recorded."""
+        """Apply recorded steps to `kernel` (freshly traced): the same IR as when recorded.
+        A CPU recipe may use this CPU's matrix instructions (`tensorize`) unless
+        `tile_instructions` says which."""
         data = json.loads(recipe) if isinstance(recipe, str) else recipe
+        if tile_instructions is None:
+            cpu = data.get("target", "cpu") == "cpu"
+            tile_instructions = host_tile_instructions if cpu else frozenset
         s = cls(
             kernel,
             target=data.get("target", "cpu"),

@@ -38,7 +38,7 @@ class StepContext:
     loc: SourceLoc | None = None
     clones: dict[str, list[str]] = field(default_factory=dict)  # loop -> its distributed copies
     vector_check: Callable[[Loop, Kernel], str | None] | None = None  # the target's limits
-    tile_instructions: frozenset[str] = frozenset()  # its matrix instructions ("amx")
+    tile_instructions: Callable[[], frozenset[str]] = frozenset  # its matrix instructions
     fresh: Callable[[str], str] = field(init=False)
 
     def __post_init__(self) -> None:

@@ -25,9 +25,10 @@ from hypothesis import strategies as st
 
 import kdsl as kd
 from kdsl.errors import CompileError
+from kdsl.ir.affine import constant_bound
 from kdsl.ir.nodes import Kernel, Loop
 from kdsl.ir.passes import lower
-from kdsl.ir.passes.expand import constant_bound, expand_schedule
+from kdsl.ir.passes.expand import expand_schedule
 from kdsl.ir.printer import format_kernel
 from kdsl.kernel import KernelFunction
 from kdsl.schedule import tree

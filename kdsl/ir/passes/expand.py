@@ -5,8 +5,8 @@
   loop where the target can't vectorize the masked body).
 * An unrolled loop becomes copies of its body (fully, or `width` copies per iteration
   of a shorter loop, plus a tail).
-* A tensorized tile product takes over the loops that zero its accumulator just before
-  it (it starts its tiles at zero).
+* A tensorized tile product right after the loops that zero its accumulator is marked
+  to start its tiles at zero.
 * A tile `min(c, n - o*c)` is specialized: the full tile (extent `c`, a constant) and
   the edge tile are separate copies, so the full one unrolls and vectorizes exactly.
 
@@ -41,7 +41,7 @@ from kdsl.ir.nodes import (
     Stmt,
     Store,
 )
-from kdsl.ir.tile_product import fold_zero_starts
+from kdsl.ir.tile_product import mark_zero_starts
 from kdsl.ir.visit import (
     fresh_namer,
     map_expr,
@@ -55,16 +55,6 @@ MAX_VECTOR_COPIES = 8  # vectors of a constant-extent loop written out one by on
 MAX_GROUP = 4  # the most elements a dot-product instruction sums per lane (4 bytes)
 
 
-def constant_bound(extent: Expr) -> int | None:
-    """A constant no smaller than the extent, if the extent is a constant or min(c, n)."""
-    if isinstance(extent, Const):
-        return int(extent.value)
-    if isinstance(extent, Binary) and extent.op is BinaryOp.MIN:
-        known = [b for s in (extent.lhs, extent.rhs) if (b := constant_bound(s)) is not None]
-        return min(known) if known else None
-    return None
-
-
 class _Expander:
     def __init__(self, kernel: Kernel, vectorizable: Callable[[Loop], bool]) -> None:
         self.kernel = kernel
@@ -75,7 +65,7 @@ class _Expander:
         self.tile_conditions: dict[Expr, Expr] = {}  # "the tile is full" -> "it is an edge"
 
     def block(self, stmts: tuple[Stmt, ...]) -> tuple[Stmt, ...]:
-        return tuple(out for s in fold_zero_starts(stmts) for out in self.stmt(s))
+        return tuple(out for s in mark_zero_starts(stmts) for out in self.stmt(s))
 
     def stmt(self, s: Stmt) -> tuple[Stmt, ...]:
         if isinstance(s, If):

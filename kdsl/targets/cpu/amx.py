@@ -32,9 +32,8 @@ from typing import TYPE_CHECKING
 
 from llvmlite import ir
 
-from kdsl import types as T
 from kdsl.errors import CompileError
-from kdsl.ir.nodes import Const, Loop, LoopExec, LoopKind, LoopVar, Stmt, Store
+from kdsl.ir.nodes import Expr, Loop, LoopExec, Stmt
 from kdsl.ir.tile_product import TILE, TileProduct, match
 from kdsl.targets.cpu import jit
 from kdsl.targets.cpu.ops import I8, I16, I32, I64
@@ -75,27 +74,32 @@ def emit_tile_product(gen: _Codegen, loop: Loop) -> None:
 
 
 class _TileProduct:
-    def __init__(self, gen: _Codegen, p: TileProduct) -> None:
-        self.gen, self.b, self.p = gen, gen.b, p
-        self.tr, self.tc = p.shape
-        self.from_zero = p.rows.width == 0  # (fold_zero_starts)
-        self.row_tiles, self.col_tiles = self.tr // TILE, self.tc // TILE
+    """The code of one tile product. Addresses are byte pointers, `*_row` byte strides:
+    `a_start` and `b_start` where the operands' tiles begin (k = 0), `acc` the
+    accumulator; `rows`, `cols`, `depth` the loops' extents (i64, clamped)."""
 
-    def emit(self, loop: Loop) -> None:
-        gen, b, p = self.gen, self.b, self.p
-        a, bv = gen.state.arrays[p.a], gen.state.arrays[p.b]
-        self.a_rows, self.b_rows = a.strides[0], bv.strides[0]
-        self.a = self.element(p.a, p.a_at)
-        self.bv = self.element(p.b, p.b_at)
+    def __init__(self, gen: _Codegen, p: TileProduct) -> None:
+        self.gen, self.builder, self.p = gen, gen.b, p
+        b = self.builder
+        self.tr, self.tc = p.shape
+        self.row_tiles, self.col_tiles = self.tr // TILE, self.tc // TILE
+        self.from_zero = p.rows.width == 0  # (mark_zero_starts)
+        a, bv, acc = (gen.state.arrays[name] for name in (p.a, p.b, p.acc))
+        self.a_row, self.b_row, self.acc_row = a.strides[0], bv.strides[0], acc.strides[0]
+        self.a_start, self.b_start = self.element(p.a, p.a_at), self.element(p.b, p.b_at)
+        self.acc = acc.data
         self.rows = self.clamped(gen.expr(p.rows.extent), self.tr)
         self.cols = self.clamped(gen.expr(p.cols.extent), self.tc)
         depth = gen.expr(p.depth)
         self.depth = b.select(b.icmp_signed("<", depth, _i64(0)), _i64(0), depth)
         two = _i64(2)
-        unit = b.and_(
+        self.unit = b.and_(
             b.icmp_signed("==", a.strides[1], two), b.icmp_signed("==", bv.strides[1], two)
         )
-        with b.if_else(unit) as (tiles, scalar):
+
+    def emit(self, loop: Loop) -> None:
+        b = self.builder
+        with b.if_else(self.unit) as (tiles, scalar):
             with tiles:
                 some = b.and_(
                     b.icmp_signed(">", self.rows, _i64(0)), b.icmp_signed(">", self.cols, _i64(0))
@@ -103,13 +107,11 @@ class _TileProduct:
                 with b.if_then(some):
                     self.on_tiles()
             with scalar:
-                if self.from_zero:
-                    gen.stmt(_zeroed(p), [])
-                gen.stmt(_plain(loop), [])
+                self.gen.stmt(_plain(loop), [])
 
-    def element(self, name: str, at: tuple) -> ir.Value:  # type: ignore[type-arg]
+    def element(self, name: str, at: tuple[Expr, Expr]) -> ir.Value:
         """The address of buffer `name` at subscripts `at`."""
-        info, b = self.gen.state.arrays[name], self.b
+        info, b = self.gen.state.arrays[name], self.builder
         offset = b.add(
             b.mul(self.gen.expr(at[0]), info.strides[0]),
             b.mul(self.gen.expr(at[1]), info.strides[1]),
@@ -117,17 +119,15 @@ class _TileProduct:
         return b.gep(info.data, [offset], source_etype=I8)
 
     def clamped(self, n: ir.Value, most: int) -> ir.Value:
-        b = self.b
+        b = self.builder
         n = b.select(b.icmp_signed("<", n, _i64(0)), _i64(0), n)
         return b.select(b.icmp_signed(">", n, _i64(most)), _i64(most), n)
 
     # ------------------------------------------------------------------ the tiles
 
     def on_tiles(self) -> None:
-        b, gen = self.b, self.gen
+        b, gen = self.builder, self.gen
         self.configure()
-        acc = gen.state.arrays[self.p.acc]
-        self.acc, self.acc_row = acc.data, acc.strides[0]
         if self.from_zero:
             for t in range(self.row_tiles * self.col_tiles):
                 self.call("llvm.x86.tilezero", [_tile(ACC + t)])
@@ -157,7 +157,9 @@ class _TileProduct:
     def configure(self) -> None:
         """Configure the tiles once, where the function starts: `ldtilecfg` costs about as
         much as a 32 × 32 tile product over k = 64. Every tile gets 16 rows of 64 bytes,
-        so one configuration serves every tile shape."""
+        so one configuration serves every tile shape. (The ABI lets a call clobber the
+        configuration; the only calls in kernel code are to malloc, free and kdsl's
+        thread pool, which don't touch it, and no tile holds data across a call.)"""
         gen = self.gen
         if gen.state.tiles_configured:
             return
@@ -176,29 +178,29 @@ class _TileProduct:
             config.global_constant = True
             config.linkage = "internal"
             config.align = 64
-        with self.b.goto_block(gen.entry):
-            self.b.position_at_start(gen.entry)
+        with self.builder.goto_block(gen.entry):
+            self.builder.position_at_start(gen.entry)
             self.call("llvm.x86.ldtilecfg", [config])
 
     def move_accumulators(self, intrinsic: str, base: ir.Value, row: ir.Value) -> None:
         """Load (tileloadd64) or store (tilestored64) the accumulator tiles at `base`."""
         for r in range(self.row_tiles):
             for c in range(self.col_tiles):
-                at = self.offset(base, b_mul(self.b, row, r * TILE), c * ROW_BYTES)
+                at = self.offset(base, _times(self.builder, row, r * TILE), c * ROW_BYTES)
                 self.call(intrinsic, [_tile(r * self.col_tiles + c), at, row])
 
     def block_in_place(self, kb_slot: ir.Value) -> None:
         """One block of 32 k, every tile read from A and B where they are."""
-        b = self.b
+        b = self.builder
         kb = b.load(kb_slot, typ=I64)
-        a = self.offset(self.a, b.mul(kb, _i64(K_BLOCK * 2)), 0)
-        bv = self.offset(self.bv, b.mul(kb, b.mul(self.b_rows, _i64(K_BLOCK // 2))), 0)
-        self.multiply(a, self.a_rows, bv, self.b_rows)
+        a = self.offset(self.a_start, b.mul(kb, _i64(K_BLOCK * 2)), 0)
+        bv = self.offset(self.b_start, b.mul(kb, b.mul(self.b_row, _i64(K_BLOCK // 2))), 0)
+        self.multiply(a, self.a_row, bv, self.b_row)
 
     def block_copied(self, kb_slot: ir.Value, k_left: ir.Value | None) -> None:
         """One block of k (32, or `k_left` < 32) read through zero-padded copies: rows of
         A past the tile's rows, columns of B past its columns and k past `k_left` are 0."""
-        b, gen = self.b, self.gen
+        b, gen = self.builder, self.gen
         kb = b.load(kb_slot, typ=I64)
         k_left = k_left or ir.Constant(I32, K_BLOCK)
         a_copy = gen._entry_alloca(ir.ArrayType(I8, self.tr * ROW_BYTES), "amx.a")
@@ -206,28 +208,28 @@ class _TileProduct:
         a_copy.align = b_copy.align = 64
         lanes = ir.Constant(ir.VectorType(I32, 32), list(range(32)))
         k_in = self.vector_lt(lanes, k_left)
-        a = self.offset(self.a, b.mul(kb, _i64(K_BLOCK * 2)), 0)
+        a = self.offset(self.a_start, b.mul(kb, _i64(K_BLOCK * 2)), 0)
         rows = b.trunc(self.rows, I32)
         for r in range(self.tr):  # row r of A's block: its k in range, if the row is
             row_in = b.icmp_signed("<", ir.Constant(I32, r), rows)
             mask = b.and_(k_in, self.splat(row_in))
-            self.copy_row(self.offset(a, b_mul(b, self.a_rows, r), 0), mask, a_copy, r * ROW_BYTES)
+            self.copy_row(self.offset(a, _times(b, self.a_row, r), 0), mask, a_copy, r * ROW_BYTES)
         pair = ir.Constant(ir.VectorType(I32, 32), [t % 2 for t in range(32)])
         column = [t // 2 for t in range(32)]
         cols = b.trunc(self.cols, I32)
-        bv = self.offset(self.bv, b.mul(kb, b.mul(self.b_rows, _i64(K_BLOCK // 2))), 0)
+        bv = self.offset(self.b_start, b.mul(kb, b.mul(self.b_row, _i64(K_BLOCK // 2))), 0)
         for p in range(TILE):  # pair-row p of B's block: k = 2p + (lane % 2)
             k_of = b.add(pair, self.splat(ir.Constant(I32, 2 * p)))
             for c in range(self.col_tiles):
                 col_of = ir.Constant(ir.VectorType(I32, 32), [j + c * TILE for j in column])
                 mask = b.and_(self.vector_lt(k_of, k_left), self.vector_lt(col_of, cols))
-                source = self.offset(bv, b_mul(b, self.b_rows, p), c * ROW_BYTES)
+                source = self.offset(bv, _times(b, self.b_row, p), c * ROW_BYTES)
                 self.copy_row(source, mask, b_copy, p * self.tc * 4 + c * ROW_BYTES)
         self.multiply(a_copy, _i64(ROW_BYTES), b_copy, _i64(self.tc * 4))
 
     def multiply(self, a: ir.Value, a_row: ir.Value, bv: ir.Value, b_row: ir.Value) -> None:
         for r in range(self.row_tiles):
-            at = self.offset(a, b_mul(self.b, a_row, r * TILE), 0)
+            at = self.offset(a, _times(self.builder, a_row, r * TILE), 0)
             self.call("llvm.x86.tileloadd64", [_tile(A_TILES + r), at, a_row])
         for c in range(self.col_tiles):
             at = self.offset(bv, _i64(0), c * ROW_BYTES)
@@ -239,7 +241,7 @@ class _TileProduct:
 
     def store_in_range(self) -> None:
         """The accumulators through a copy: only rows and columns in range reach acc."""
-        b, gen = self.b, self.gen
+        b, gen = self.builder, self.gen
         out = gen._entry_alloca(ir.ArrayType(I8, self.tr * self.tc * 4), "amx.c")
         out.align = 64
         row = _i64(self.tc * 4)
@@ -253,7 +255,7 @@ class _TileProduct:
                 first = ir.Constant(ir.VectorType(I32, TILE), [c * TILE] * TILE)
                 mask = b.and_(row_in, self.vector_lt(b.add(lanes, first), cols, TILE))
                 value = b.load(self.offset(out, _i64(r * self.tc * 4), c * ROW_BYTES), typ=f32s)
-                target = self.offset(self.acc, b_mul(b, self.acc_row, r), c * ROW_BYTES)
+                target = self.offset(self.acc, _times(b, self.acc_row, r), c * ROW_BYTES)
                 name = "llvm.masked.store.v16f32.p0"
                 self.call(name, [value, target, ir.Constant(I32, 4), mask])
 
@@ -264,13 +266,13 @@ class _TileProduct:
         vt = ir.VectorType(I16, 32)
         zero = ir.Constant(vt, None)
         row = self.call("llvm.masked.load.v32i16.p0", [source, ir.Constant(I32, 2), mask, zero], vt)
-        self.b.store(row, self.offset(into, _i64(0), at), align=64)
+        self.builder.store(row, self.offset(into, _i64(0), at), align=64)
 
     def vector_lt(self, v: ir.Value, n: ir.Value, lanes: int = 32) -> ir.Value:
-        return self.b.icmp_signed("<", v, self.splat(n, lanes))
+        return self.builder.icmp_signed("<", v, self.splat(n, lanes))
 
     def splat(self, v: ir.Value, lanes: int = 32) -> ir.Value:
-        b = self.b
+        b = self.builder
         vt = ir.VectorType(v.type, lanes)
         one = b.insert_element(ir.Constant(vt, ir.Undefined), v, ir.Constant(I32, 0))
         return b.shuffle_vector(
@@ -278,17 +280,21 @@ class _TileProduct:
         )
 
     def offset(self, base: ir.Value, by: ir.Value, plus: int) -> ir.Value:
-        return self.b.gep(base, [self.b.add(by, _i64(plus))], source_etype=I8)
+        return self.builder.gep(base, [self.builder.add(by, _i64(plus))], source_etype=I8)
 
     def call(self, name: str, args: list[ir.Value], ret: ir.Type | None = None) -> ir.Value:
         return self.gen.ops.intrinsic(name, ret or ir.VoidType(), args)
+
+
+def uses_tiles(module: ir.Module) -> bool:
+    return "llvm.x86.ldtilecfg" in module.globals
 
 
 def release_tiles(gen: _Codegen) -> None:
     """At the kernel's exit, hand its thread's tiles back if any code in it used them.
     (Tasks of parallel loops keep theirs: a task may run on the calling thread in the
     middle of the kernel, and the pool's threads configure them again per task.)"""
-    if "llvm.x86.tileloadd64" in gen.fn.module.globals:
+    if uses_tiles(gen.fn.module):
         gen.ops.intrinsic("llvm.x86.tilerelease", ir.VoidType(), [])
 
 
@@ -296,14 +302,6 @@ def _plain(loop: Loop) -> Stmt:
     """The nest with no execution marks: ordinary scalar code."""
     body = tuple(_plain(s) if isinstance(s, Loop) else s for s in loop.body)
     return replace(loop, exec=LoopExec.SERIAL, width=1, body=body)
-
-
-def _zeroed(p: TileProduct) -> Stmt:
-    """The loops that set the accumulator to 0 in the tile's range (what a nest that
-    starts from zero took over from the schedule)."""
-    zero = Store(p.acc, (LoopVar(p.rows.var), LoopVar(p.cols.var)), Const(0.0, T.f32))
-    cols = Loop(p.cols.var, p.cols.extent, LoopKind.PARALLEL, (zero,))
-    return Loop(p.rows.var, p.rows.extent, LoopKind.PARALLEL, (cols,))
 
 
 def _tile(t: int) -> ir.Constant:
@@ -314,5 +312,5 @@ def _i64(v: int) -> ir.Constant:
     return ir.Constant(I64, v)
 
 
-def b_mul(b: ir.IRBuilder, v: ir.Value, k: int) -> ir.Value:
+def _times(b: ir.IRBuilder, v: ir.Value, k: int) -> ir.Value:
     return b.mul(v, _i64(k))

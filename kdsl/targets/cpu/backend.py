@@ -14,12 +14,14 @@ from dataclasses import dataclass
 import llvmlite.binding as llvm
 
 from kdsl.config import CONFIG, dumps
+from kdsl.errors import CompileError
 from kdsl.ir.hashing import source_locations, structural_hash
 from kdsl.ir.nodes import Kernel, Loop
 from kdsl.ir.passes.expand import expand_schedule
 from kdsl.ir.printer import format_kernel
 from kdsl.ir.verify import verify
 from kdsl.targets.cpu import jit, runtime
+from kdsl.targets.cpu.amx import tile_instructions, uses_tiles
 from kdsl.targets.cpu.codegen import ErrorSites, generate
 from kdsl.targets.cpu.objects import STORE, ObjectStore, object_key
 from kdsl.targets.cpu.parallel import PARALLEL_FOR
@@ -34,6 +36,7 @@ class ObjectCode:
     symbol: str
     sites: ErrorSites  # what its error codes refer to
     uses_runtime: bool
+    uses_tiles: bool = False  # AMX: the process must be granted its state before it runs
 
 
 def expand(scheduled: Kernel, strict_fp: bool) -> Kernel:
@@ -89,11 +92,18 @@ def build_object(scheduled: Kernel, key: str, checks: bool, strict_fp: bool) -> 
     module, sites = generate(expand(scheduled, strict_fp), checks, strict_fp, symbol)
     sites.locations = source_locations(scheduled)
     code = jit.emit_object(jit.optimize(module))
-    return ObjectCode(code, symbol, sites, PARALLEL_FOR in module.globals)
+    return ObjectCode(code, symbol, sites, PARALLEL_FOR in module.globals, uses_tiles(module))
 
 
 def load_object(kernel: Kernel, obj: ObjectCode) -> ctypes._CFuncPtr:  # type: ignore[name-defined]
     """Load machine code into this process and type its entry for ctypes."""
+    if obj.uses_tiles and "amx" not in tile_instructions():  # (a process of its own, say)
+        raise CompileError(
+            f"kernel '{kernel.name}' was compiled to use AMX tiles, which this process "
+            "may not use (the CPU lacks them, or Linux refused the request)",
+            kernel=kernel.name,
+            fix="compile it again on this machine: clear the cache (`kdsl cache clear`)",
+        )
     if obj.uses_runtime:
         runtime.ensure_runtime()  # before loading: the kernel links to the pool's symbol
     address = jit.load_object(obj.code, obj.symbol)

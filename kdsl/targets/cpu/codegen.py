@@ -96,6 +96,7 @@ class _Codegen:
         self.checks = checks
         self.strict_fp = strict_fp
         self.reduction_depth = 0
+        self.is_entry = False  # the kernel's function (for_kernel), not an outlined task
         self.memo: dict[int, tuple[Expr, ir.Value]] = {}  # per statement, see expr()
         self.buffers = {b.name: b for b in kernel.buffers}
         self.fn = fn
@@ -124,6 +125,7 @@ class _Codegen:
         ]
         fn = ir.Function(module, ir.FunctionType(I64, types), name=symbol)
         gen = cls(kernel, fn, checks, strict_fp, ErrorSites())
+        gen.is_entry = True
         gen._bind_args(arrays, scalars)
         return gen
 
@@ -233,7 +235,7 @@ class _Codegen:
     def finish(self) -> None:
         self.b.branch(self.cleanup)
         self.b.position_at_end(self.cleanup)
-        if self.fn.linkage != "internal":  # the kernel's entry, not a parallel loop's task
+        if self.is_entry:  # (not a parallel loop's task)
             release_tiles(self)
         self.free(self.state.heap_slots)
         self.b.ret(self.b.load(self.retcode, typ=I64))
@@ -305,9 +307,9 @@ class _Codegen:
         start: ir.Value,
         stop: ir.Value,
         body: tuple[Stmt, ...],
-        step: ir.Value | None = None,
+        step: ir.Value | int = 1,
     ) -> None:
-        """for var in [start, stop) by step (1 unless given): body
+        """for var in [start, stop) by step: body
 
         The heap temporaries that the body allocates first, at a size the loop doesn't
         change, are allocated once around the loop instead of once per iteration (a
@@ -323,29 +325,27 @@ class _Codegen:
                 self.loop(var, start, stop, body[len(hoisted) :], step)
                 self.free(heap)
             return
-        slot = self._entry_alloca(I64, var)
-        self.state.loops[var] = slot
-        b.store(start, slot)
-        cond = self.fn.append_basic_block(f"{var}.cond")
-        inner = self.fn.append_basic_block(f"{var}.body")
-        done = self.fn.append_basic_block(f"{var}.end")
-        b.branch(cond)
-        b.position_at_end(cond)
-        b.cbranch(b.icmp_signed("<", b.load(slot, typ=I64), stop), inner, done)
-        b.position_at_end(inner)
-        self.block(body)
-        b.store(b.add(b.load(slot, typ=I64), step or ir.Constant(I64, 1)), slot)
-        b.branch(cond)
-        b.position_at_end(done)
+
+        def iteration(slot: ir.Value) -> None:
+            self.state.loops[var] = slot
+            self.block(body)
+
+        self.counted(var, start, stop, step, iteration)
 
     def counted(
-        self, var: str, start: ir.Value, stop: ir.Value, step: int, body: Callable[[ir.Value], None]
+        self,
+        var: str,
+        start: ir.Value,
+        stop: ir.Value,
+        step: ir.Value | int,
+        body: Callable[[ir.Value], None],
     ) -> None:
         """for var in range(start, stop, step): body(the slot that holds var)"""
         b = self.b
         slot = self._entry_alloca(I64, var)
         b.store(start, slot)
-        if _is_const(start, 0) and _is_const(stop, step):  # one trip: straight-line code
+        one_trip = isinstance(step, int) and _is_const(start, 0) and _is_const(stop, step)
+        if one_trip:  # straight-line code
             body(slot)
             return
         cond = self.fn.append_basic_block(f"{var}.cond")
@@ -356,7 +356,8 @@ class _Codegen:
         b.cbranch(b.icmp_signed("<", b.load(slot, typ=I64), stop), inner, done)
         b.position_at_end(inner)
         body(slot)
-        b.store(b.add(b.load(slot, typ=I64), ir.Constant(I64, step)), slot)
+        by = ir.Constant(I64, step) if isinstance(step, int) else step
+        b.store(b.add(b.load(slot, typ=I64), by), slot)
         b.branch(cond)
         b.position_at_end(done)
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from llvmlite import ir
 
+from kdsl.ir.affine import constant_bound
 from kdsl.ir.nodes import (
     Assign,
     Const,
@@ -27,7 +28,6 @@ from kdsl.ir.nodes import (
     Stmt,
     Store,
 )
-from kdsl.ir.passes.expand import constant_bound
 from kdsl.ir.visit import map_expr, walk_all_exprs, walk_expr, walk_stmts
 from kdsl.targets.cpu.ops import I64, PTR
 from kdsl.targets.cpu.state import ArrayInfo

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kdsl.errors import CompileError
+from kdsl.ir.affine import constant_bound
 from kdsl.ir.layout import constant_nbytes
 from kdsl.ir.nodes import (
     Allocate,
@@ -36,7 +37,6 @@ from kdsl.ir.nodes import (
     Stmt,
     Unary,
 )
-from kdsl.ir.passes.expand import constant_bound
 from kdsl.ir.visit import walk_all_exprs, walk_expr, walk_stmts
 from kdsl.types import INDEX
 

@@ -13,7 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kdsl as kd
+from kdsl.ir.passes import lower
+from kdsl.ir.passes.expand import expand_schedule
+from kdsl.ir.printer import format_kernel
 from kdsl.targets.cpu.amx import tile_instructions
+from kdsl.targets.interp.interpreter import interpret
 
 BF16 = ml_dtypes.bfloat16
 needs_amx = pytest.mark.skipif(
@@ -21,8 +25,10 @@ needs_amx = pytest.mark.skipif(
 )
 
 
-def _product(rows: int, cols: int, panel: int = 64, tensorize: bool = True) -> kd.KernelFunction:
-    @kd.kernel(name=f"amx_{rows}x{cols}_{panel}")
+def _product(
+    rows: int, cols: int, panel: int = 64, tensorize: bool = True, name: str = "amx"
+) -> kd.KernelFunction:
+    @kd.kernel(name=f"{name}_{rows}x{cols}_{panel}")
     def product(a, b, c):
         i, j, k = kd.indices(a.shape[0], b.shape[1], a.shape[1])
         c[i, j] = kd.sum(a[i, k] * b[k, j], over=k)
@@ -94,6 +100,57 @@ def test_long_products_agree_with_vector_code(m: int, k: int, n: int) -> None:
         c_interpreted = c.copy()
         amx.interpret(a, b, c_interpreted)
         np.testing.assert_allclose(c, c_interpreted, rtol=1e-5, atol=1e-4)
+
+
+@needs_amx
+def test_the_operands_may_come_in_either_order() -> None:
+    @kd.kernel
+    def swapped(a, b, c):
+        i, j, k = kd.indices(a.shape[0], b.shape[1], a.shape[1])
+        c[i, j] = kd.sum(b[k, j] * a[i, k], over=k)
+
+    swapped.schedule(kd.cpu)(lambda s: s.tensorize(_tile(s), "amx"))
+    a, b, c = _operands(np.random.default_rng(2), 45, 70, 33)
+    swapped(a, b, c)
+    _close(c, a, b)
+    assert "tdpbf16ps" in swapped.asm(a, b, c)
+
+
+@needs_amx
+def test_tiles_that_start_from_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the zeroing loops just before it, a nest loads its accumulator's tiles
+    (here: the expander told not to mark the zero start)."""
+    monkeypatch.setattr(
+        importlib.import_module("kdsl.ir.passes.expand"), "mark_zero_starts", lambda s: s
+    )
+    kernel = _product(32, 16, name="amx_loaded")
+    a, b, c = _operands(np.random.default_rng(4), 50, 77, 40)
+    kernel(a, b, c)
+    _close(c, a, b)
+    asm = kernel.asm(a, b, c)
+    assert "tdpbf16ps" in asm and "tilezero" not in asm
+
+
+@needs_amx
+def test_the_expanded_ir_means_what_the_code_computes() -> None:
+    """Marking a zero start keeps the zeroing loops: the interpreter agrees on the IR the
+    code generator compiles."""
+    kernel = _KERNELS[32, 32]
+    a, b, c = _operands(np.random.default_rng(6), 40, 40, 40)
+    final = expand_schedule(kernel.schedule_of(a, b, c).kernel)
+    interpret(final, {"a": a, "b": b, "c": c})
+    _close(c, a, b)
+
+
+@needs_amx
+def test_a_recorded_schedule_replays_on_this_cpu() -> None:
+    kernel = _KERNELS[16, 32]
+    a, b, c = _operands(np.random.default_rng(7), 40, 40, 40)
+    recorded = kernel.schedule_of(a, b, c)
+    traced = lower(kernel.trace(kernel._specs((a, b, c), {})[0]))
+    assert format_kernel(kd.Schedule.replay(recorded.to_json(), traced).kernel) == format_kernel(
+        recorded.kernel
+    )
 
 
 @needs_amx
@@ -173,6 +230,35 @@ def test_a_step_that_breaks_the_tile_afterwards_is_refused() -> None:
 
     message = _refusal(schedule)
     assert "no longer a tile product" in message
+
+
+@needs_amx
+@pytest.mark.parametrize("first", ["parallelize", "unroll", "tensorize"])
+def test_a_loop_is_annotated_once(first: str) -> None:
+    def schedule(s):
+        ii = _tile(s)
+        getattr(s, first)(*((ii, "amx") if first == "tensorize" else (ii,)))
+        s.tensorize(ii, "amx")
+
+    assert "is already" in _refusal(schedule)
+
+
+@needs_amx
+def test_an_object_with_tiles_is_refused_where_they_are_not_granted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A process that may not use AMX gets an error, not SIGILL (the autotuner's
+    measuring process asks for them when it loads such an object)."""
+    kernel = _product(16, 16, name="amx_refused")
+    a, b, c = _operands(np.random.default_rng(8), 20, 20, 20)
+    kernel(a, b, c)
+    backend = importlib.import_module("kdsl.targets.cpu.backend")
+    monkeypatch.setattr(backend, "tile_instructions", frozenset)
+    spec = kernel._spec_for((a, b, c), {})
+    obj = backend.build_object(spec.compiled.kernel, "0" * 16, False, False)
+    assert obj.uses_tiles
+    with pytest.raises(kd.CompileError, match="AMX tiles"):
+        backend.load_object(spec.compiled.kernel, obj)
 
 
 @needs_amx
