@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 from dataclasses import replace
 
+from kdsl.ir.affine import Lin, linear
 from kdsl.ir.build import index_const, index_op
 from kdsl.ir.layout import temp_scope
 from kdsl.ir.nodes import (
@@ -39,12 +40,10 @@ from kdsl.ir.nodes import (
 from kdsl.ir.visit import walk_all_exprs, walk_stmts
 from kdsl.schedule import tree
 from kdsl.schedule.bounds import (
-    Lin,
     NotAffine,
     Span,
     Window,
     inner_bounds,
-    linear,
     region,
     relative,
     size_expr,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from kdsl.ir.affine import Lin
 from kdsl.ir.layout import temp_scope
 from kdsl.ir.nodes import (
     Allocate,
@@ -49,7 +50,6 @@ from kdsl.ir.visit import (
 )
 from kdsl.schedule import tree
 from kdsl.schedule.bounds import (
-    Lin,
     NotAffine,
     Span,
     Window,
