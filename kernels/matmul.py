@@ -237,6 +237,10 @@ def matmul(
         if bias.shape != (b.shape[-1],):
             raise ValueError(f"bias has shape {bias.shape}, expected ({b.shape[-1]},)")
     a, b = a.astype(dtype, copy=False), b.astype(dtype, copy=False)
+    if a.shape[-1] > 1 and a.strides[-1] != a.itemsize:
+        # rows of A read whole (AMX tiles read 32 k at once; the vector path broadcasts
+        # along them): one copy, O(m·k), instead of a strided read per product
+        a = np.ascontiguousarray(a)
     m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
     plain = bias is None and activation is None
     kernel = kernel_for(plain, *layout(m, k, n, b.itemsize, kd.get_num_threads()))
