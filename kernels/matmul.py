@@ -120,18 +120,22 @@ def _register_blocked(s, across: str, panel: int) -> None:
         # B with the two rows of each pair interleaved (the "vnni" copy)
         ko, k2 = s.split("k", 2)
         s.reorder(ji, ko, ii, k2)
-        s.cache("b", at=jo, layout="vnni")
-        if across == "rows":
-            s.parallelize("b.c0")
+        _pack_b(s, jo, "vnni", across)
     else:
         s.reorder(ji, "k", ii)  # k inside the columns of the tile, its rows unrolled inside k
         if s.param("pack_b", [True, False]):
-            s.cache("b", at=jo, layout="packed")  # the copy loop along columns is vector code
-            if across == "rows":
-                s.parallelize("b.c0")
+            _pack_b(s, jo, "packed", across)  # the copy loop along columns is vector code
     s.vectorize(ji, nr)
     s.unroll(ii)
     s.parallelize(jo if across == "panels" else io)
+
+
+def _pack_b(s, jo: str, layout: str, across: str) -> None:
+    """B's panel copied at the start of each iteration of `jo`; by all cores when they
+    share the rows of A (each packs its own panels otherwise)."""
+    s.cache("b", at=jo, layout=layout)
+    if across == "rows":
+        s.parallelize("b.c0")
 
 
 def _on_tiles(s, across: str, nc: int, rows: int) -> None:
@@ -152,9 +156,7 @@ def _on_tiles(s, across: str, nc: int, rows: int) -> None:
     jr, ji = s.split(jp, 32)
     s.reorder(jo, io, jr, ii, ji)
     s.split("k", 2)
-    s.cache("b", at=jo, layout="vnni")
-    if across == "rows":
-        s.parallelize("b.c0")
+    _pack_b(s, jo, "vnni", across)
     s.vectorize(ji, 16)
     s.tensorize(ii, "amx")
     s.parallelize(jo if across == "panels" else io)

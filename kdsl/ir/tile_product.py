@@ -222,9 +222,7 @@ def _based(
     """The load's subscripts with the nest's loops at 0, if its coefficients of the
     loops are `wanted` (per axis) and nothing else in them depends on the nest."""
     lins = [linear(i) for i in load.index]
-    if any(lin is None for lin in lins):
-        return None
-    if [tuple(lin.coeff(LoopVar(n)) for n in names) for lin in lins] != list(wanted):  # type: ignore[union-attr]
+    if any(lin is None for lin in lins) or _coefficients(load, names) != list(wanted):
         return None
     loops = [LoopVar(n) for n in names]
     based = [lin.without(loops) for lin in lins]  # type: ignore[union-attr]

@@ -99,14 +99,16 @@ def _move_between(
     used_b = _reads(b_body) | written_b
     before: list[Stmt] = []
     after: list[Stmt] = []
+    written_after: set[str] = set()
     for s in between:
         reads = _reads((s,))
-        if not reads & _written(tuple(after)) and (
+        if not reads & written_after and (
             isinstance(s, Allocate) or (isinstance(s, DeclareLocal) and not reads & written_a)
         ):
             before.append(s)
         elif not isinstance(s, Allocate) and not (_written((s,)) & used_b or reads & written_b):
             after.append(s)
+            written_after |= _written((s,))
         else:
             raise ctx.refuse(
                 f"a statement between the loops depends on loop '{a.var}' or has effects",

@@ -216,10 +216,7 @@ def _mentions(e: Expr, var: str) -> bool:
 def _annotate(ctx: StepContext, name: object, exec_: LoopExec, width: int) -> list[Loop]:
     """Set how a loop (and its distributed copies) executes; return the loops annotated."""
     path, loop = ctx.loop(name)
-    if loop.exec is not LoopExec.SERIAL:
-        raise ctx.refuse(
-            f"loop '{loop.var}' is already {loop.exec.value}", "annotate each loop once"
-        )
+    _unannotated(ctx, loop)
     done = [replace(loop, exec=exec_, width=width)]
     _set(ctx, path, done[0])
     for copy in ctx.clones.get(loop.var, []):
@@ -230,6 +227,13 @@ def _annotate(ctx: StepContext, name: object, exec_: LoopExec, width: int) -> li
             done.append(replace(clone, exec=exec_, width=width))
             _set(ctx, cpath, done[-1])
     return done
+
+
+def _unannotated(ctx: StepContext, loop: Loop) -> None:
+    if loop.exec is not LoopExec.SERIAL:
+        raise ctx.refuse(
+            f"loop '{loop.var}' is already {loop.exec.value}", "annotate each loop once"
+        )
 
 
 def unroll(ctx: StepContext, name: object, factor: object = None) -> None:
@@ -280,10 +284,9 @@ def recheck_annotations(ctx: StepContext) -> None:
     """After any step: every vectorized loop must still be one the target can emit, and
     every tensorized one a tile product (a later reorder or cache can change what is
     inside them)."""
-    buffers = {b.name: b for b in ctx.kernel.buffers}
     for loop in tree.loops(ctx.kernel):
         if loop.exec is LoopExec.AMX:
-            found = match_tile_product(loop, buffers)
+            found = match_tile_product(loop, {b.name: b for b in ctx.kernel.buffers})
             if isinstance(found, str):
                 raise ctx.refuse(
                     f"tensorized loop '{loop.var}' is no longer a tile product: {found}",
@@ -342,10 +345,7 @@ def tensorize(ctx: StepContext, name: object, instruction: object) -> None:
     Legal when the target has the instruction (`s.has`), the kernel is not strict_fp, and
     the nest matches kdsl/ir/tile_product.py (B cached with layout="vnni")."""
     _, loop = ctx.loop(name)
-    if loop.exec is not LoopExec.SERIAL:
-        raise ctx.refuse(
-            f"loop '{loop.var}' is already {loop.exec.value}", "annotate each loop once"
-        )
+    _unannotated(ctx, loop)
     if instruction != "amx":
         raise ctx.refuse(
             f"{instruction!r} is not a matrix instruction kdsl knows",

@@ -90,8 +90,7 @@ class _TileProduct:
         self.acc = acc.data
         self.rows = self.clamped(gen.expr(p.rows.extent), self.tr)
         self.cols = self.clamped(gen.expr(p.cols.extent), self.tc)
-        depth = gen.expr(p.depth)
-        self.depth = b.select(b.icmp_signed("<", depth, _i64(0)), _i64(0), depth)
+        self.depth = self.clamped(gen.expr(p.depth))
         two = _i64(2)
         self.unit = b.and_(
             b.icmp_signed("==", a.strides[1], two), b.icmp_signed("==", bv.strides[1], two)
@@ -118,10 +117,11 @@ class _TileProduct:
         )
         return b.gep(info.data, [offset], source_etype=I8)
 
-    def clamped(self, n: ir.Value, most: int) -> ir.Value:
+    def clamped(self, n: ir.Value, most: int | None = None) -> ir.Value:
+        """n within [0, most] (an extent may be negative; a tile holds `most`)."""
         b = self.builder
         n = b.select(b.icmp_signed("<", n, _i64(0)), _i64(0), n)
-        return b.select(b.icmp_signed(">", n, _i64(most)), _i64(most), n)
+        return n if most is None else b.select(b.icmp_signed(">", n, _i64(most)), _i64(most), n)
 
     # ------------------------------------------------------------------ the tiles
 
@@ -189,26 +189,30 @@ class _TileProduct:
                 at = self.offset(base, _times(self.builder, row, r * TILE), c * ROW_BYTES)
                 self.call(intrinsic, [_tile(r * self.col_tiles + c), at, row])
 
-    def block_in_place(self, kb_slot: ir.Value) -> None:
-        """One block of 32 k, every tile read from A and B where they are."""
+    def block_start(self, kb_slot: ir.Value) -> tuple[ir.Value, ir.Value]:
+        """Where block kb of k starts in A (32 bf16 on) and in B (16 pair-rows down)."""
         b = self.builder
         kb = b.load(kb_slot, typ=I64)
         a = self.offset(self.a_start, b.mul(kb, _i64(K_BLOCK * 2)), 0)
         bv = self.offset(self.b_start, b.mul(kb, b.mul(self.b_row, _i64(K_BLOCK // 2))), 0)
+        return a, bv
+
+    def block_in_place(self, kb_slot: ir.Value) -> None:
+        """One block of 32 k, every tile read from A and B where they are."""
+        a, bv = self.block_start(kb_slot)
         self.multiply(a, self.a_row, bv, self.b_row)
 
     def block_copied(self, kb_slot: ir.Value, k_left: ir.Value | None) -> None:
         """One block of k (32, or `k_left` < 32) read through zero-padded copies: rows of
         A past the tile's rows, columns of B past its columns and k past `k_left` are 0."""
         b, gen = self.builder, self.gen
-        kb = b.load(kb_slot, typ=I64)
+        a, bv = self.block_start(kb_slot)
         k_left = k_left or ir.Constant(I32, K_BLOCK)
         a_copy = gen._entry_alloca(ir.ArrayType(I8, self.tr * ROW_BYTES), "amx.a")
         b_copy = gen._entry_alloca(ir.ArrayType(I8, TILE * self.tc * 4), "amx.b")
         a_copy.align = b_copy.align = 64
         lanes = ir.Constant(ir.VectorType(I32, 32), list(range(32)))
         k_in = self.vector_lt(lanes, k_left)
-        a = self.offset(self.a_start, b.mul(kb, _i64(K_BLOCK * 2)), 0)
         rows = b.trunc(self.rows, I32)
         for r in range(self.tr):  # row r of A's block: its k in range, if the row is
             row_in = b.icmp_signed("<", ir.Constant(I32, r), rows)
@@ -217,7 +221,6 @@ class _TileProduct:
         pair = ir.Constant(ir.VectorType(I32, 32), [t % 2 for t in range(32)])
         column = [t // 2 for t in range(32)]
         cols = b.trunc(self.cols, I32)
-        bv = self.offset(self.b_start, b.mul(kb, b.mul(self.b_row, _i64(K_BLOCK // 2))), 0)
         for p in range(TILE):  # pair-row p of B's block: k = 2p + (lane % 2)
             k_of = b.add(pair, self.splat(ir.Constant(I32, 2 * p)))
             for c in range(self.col_tiles):
@@ -272,12 +275,7 @@ class _TileProduct:
         return self.builder.icmp_signed("<", v, self.splat(n, lanes))
 
     def splat(self, v: ir.Value, lanes: int = 32) -> ir.Value:
-        b = self.builder
-        vt = ir.VectorType(v.type, lanes)
-        one = b.insert_element(ir.Constant(vt, ir.Undefined), v, ir.Constant(I32, 0))
-        return b.shuffle_vector(
-            one, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(I32, lanes), None)
-        )
+        return self.gen.ops.splat(v, lanes)
 
     def offset(self, base: ir.Value, by: ir.Value, plus: int) -> ir.Value:
         return self.builder.gep(base, [self.builder.add(by, _i64(plus))], source_etype=I8)

@@ -294,12 +294,7 @@ def _wide(vl: _VectorLoop, loop: Loop, k: int, e: Expr) -> ir.Value:
     b, ops = vl.b, vl.ops
     n = vl.w * k
     if _uniform(vl, loop, e):
-        scalar = vl.uniform(e)
-        vt = ir.VectorType(scalar.type, n)
-        one = b.insert_element(ir.Constant(vt, None), scalar, ir.Constant(I32, 0))
-        return b.shuffle_vector(
-            one, ir.Constant(vt, None), ir.Constant(ir.VectorType(I32, n), None)
-        )
+        return ops.splat(vl.uniform(e), n)
     match e:
         case Load(buffer=name, index=index):
             found = _wide_subscripts(vl, loop, name, index)

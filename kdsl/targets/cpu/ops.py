@@ -93,6 +93,14 @@ class Ops:
             fn = ir.Function(self.module, ir.FunctionType(ret, [a.type for a in args]), name=name)
         return self.b.call(fn, args, fastmath=flags)
 
+    def splat(self, v: ir.Value, lanes: int) -> ir.Value:
+        """<lanes x T> with `v` in every lane."""
+        b, vt = self.b, ir.VectorType(v.type, lanes)
+        one = b.insert_element(ir.Constant(vt, None), v, ir.Constant(I32, 0))
+        return b.shuffle_vector(
+            one, ir.Constant(vt, None), ir.Constant(ir.VectorType(I32, lanes), None)
+        )
+
     def suffix(self, t: ir.Type) -> str:
         """An intrinsic's type suffix: f32, i8, v16f32, v16p0, ..."""
         if isinstance(t, ir.VectorType):

@@ -464,9 +464,7 @@ class _VectorLoop:
         return v if isinstance(v.type, ir.VectorType) else self.splat(v)
 
     def splat(self, v: ir.Value) -> ir.Value:
-        b, vt = self.b, self.vtype(v.type)
-        one = b.insert_element(ir.Constant(vt, None), v, ir.Constant(I32, 0))
-        return b.shuffle_vector(one, ir.Constant(vt, None), ir.Constant(self.vtype(I32), None))
+        return self.ops.splat(v, self.w)
 
     def select(self, c: Expr, x: Expr, y: Expr) -> ir.Value:
         """As in the scalar code, a side that loads is evaluated only where it is chosen."""
