@@ -19,6 +19,7 @@ quantized once per input.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -34,7 +35,8 @@ from kdsl.examples.llama2_format import (
 )
 from kdsl.examples.llama2_reference import Sampler, generate
 from kdsl.kernels import quant
-from kdsl.kernels.matvec import matvec_add_kernel, matvec_kernel
+from kdsl.kernels.attention import decode_kernel
+from kdsl.kernels.matvec import matvec_for
 
 import kdsl as kd
 
@@ -50,55 +52,28 @@ def rmsnorm(x, w, y):
     y[j] = w[j] * (inverse * x[j])
 
 
-def _rotate(vec, start, cos, sin, out, size, names):
-    """RoPE: pair f of each head of vec[start : start + size] rotated by the position's
-    angle for f. (Heads and pairs are two indices: `p % half` per element was an integer
-    division per lane, two thirds of the kernel's time.)"""
+def _rotate(vec, start, cos, sin, out, names):
+    """RoPE: pair f of each head h of vec[start:] (heads of out.shape[1] values) rotated by
+    the position's angle for f into out[h]. (Heads and pairs are two indices: `p % half`
+    per element was an integer division per lane, two thirds of the kernel's time.)"""
     half = cos.shape[0]
-    h, f = kd.indices(size // (2 * half), half, names=names)
-    p = h * half + f
-    a, b = vec[start + 2 * p], vec[start + 2 * p + 1]
-    out[2 * p] = a * cos[f] - b * sin[f]
-    out[2 * p + 1] = a * sin[f] + b * cos[f]
+    h, f = kd.indices(out.shape[0], half, names=names)
+    at = start + h * (2 * half) + 2 * f
+    a, b = vec[at], vec[at + 1]
+    out[h, 2 * f] = a * cos[f] - b * sin[f]
+    out[h, 2 * f + 1] = a * sin[f] + b * cos[f]
 
 
 @kd.kernel
 def rope_into_cache(qkv, cos, sin, q, key, value):
-    """From qkv = [q; k; v]: q rotated into `q`, k rotated into the key cache's row for
-    this position and v copied into the value cache's row."""
-    dim, kv_dim = q.shape[0], key.shape[0]
-    _rotate(qkv, 0, cos, sin, q, dim, "h f")
-    _rotate(qkv, dim, cos, sin, key, kv_dim, "hk fk")
-    i = kd.indices(kv_dim)
-    value[i] = qkv[dim + kv_dim + i]
-
-
-@kd.kernel
-def attend(q, keys, values, out):
-    """Each query head against the cached keys/values 0..pos of its kv head (GQA: heads
-    share kv heads in groups): softmax(q·k / √d) · v."""
-    heads, length, size = q.shape[0], keys.shape[0], q.shape[1]
-    h, t, d = kd.indices(heads, length, size)
-    g = h // (heads // keys.shape[1])
-    scores = kd.empty((heads, length), kd.f32)
-    scores[h, t] = kd.sum(q[h, d] * keys[t, g, d], over=d) / kd.sqrt(kd.cast(size, kd.f32))
-    top = kd.empty(heads, kd.f32)
-    top[h] = kd.max(scores[h, t], over=t)
-    weights = kd.empty((heads, length), kd.f32)
-    weights[h, t] = kd.exp(scores[h, t] - top[h])
-    total = kd.empty(heads, kd.f32)
-    total[h] = kd.sum(weights[h, t], over=t)
-    out[h, d] = kd.sum(weights[h, t] * values[t, g, d], over=t) / total[h]
-
-
-@attend.schedule(kd.cpu)
-def _attend_cpu(s):
-    for k in range(1, 5):
-        s.fuse("h", f"h.{k}")
-    s.reorder("t.4", "d.1")
-    s.vectorize("d", 16)
-    s.vectorize("d.1", 16)
-    s.parallelize("h")
+    """From qkv = [q; k; v]: q rotated into `q` [heads, head_size], k rotated into the key
+    cache's row for this position ([kv heads, head_size], a strided view of the cache)
+    and v copied into the value cache's row."""
+    dim, kv_dim = q.shape[0] * q.shape[1], key.shape[0] * key.shape[1]
+    _rotate(qkv, 0, cos, sin, q, "h f")
+    _rotate(qkv, dim, cos, sin, key, "hk fk")
+    hv, i = kd.indices(value.shape[0], value.shape[1], names="hv i")
+    value[hv, i] = qkv[dim + kv_dim + hv * value.shape[1] + i]
 
 
 @kd.kernel
@@ -167,7 +142,9 @@ def int8_groups(size: int) -> Callable[..., object]:
 
         @int8_groups.schedule(kd.cpu)
         def _(s):
-            rows, rest = s.split("r", s.param("rows", [8, 4, 1]))  # as kernels/matvec.py
+            # one row at a time: the matrix is one stream per core (as kernels/matvec.py's
+            # short rows; eight at a time read 32000×768 at 9.3 GB/s, one at 14.2)
+            rows, rest = s.split("r", s.param("rows", [1, 4, 8]))
             s.reorder(rows, "lane.1", "g.1", rest)
             if lanes > 1:  # a group of 4 (a small model's odd hidden size) stays scalar
                 s.vectorize("lane.1", lanes)
@@ -197,19 +174,20 @@ class Float32Linear:
     def __init__(self, w: np.ndarray):
         self.w = np.ascontiguousarray(w, np.float32)
         self.rows = self.w.shape[0]
+        self.product, self.add_product = (matvec_for(w.shape[1], a) for a in (False, True))
 
     def prepare(self, x: np.ndarray) -> np.ndarray:
         return x
 
     def __call__(self, x: np.ndarray, y: np.ndarray) -> None:
-        matvec_kernel(self.w, x, y)
+        self.product(self.w, x, y)
 
     def add_to(self, x: np.ndarray, y: np.ndarray, scratch: np.ndarray) -> None:
-        matvec_add_kernel(self.w, x, y)
+        self.add_product(self.w, x, y)
 
     def gated(self, x: np.ndarray, h13: np.ndarray, h: np.ndarray) -> None:
         """h = silu(w1 x) · (w3 x) for this matrix = [w1; w3]."""
-        matvec_kernel(self.w, x, h13)
+        self.product(self.w, x, h13)
         swiglu(h13, h)
 
 
@@ -294,13 +272,17 @@ class Transformer:
             self.layers, self.classifier, self.embed = _float_model(c, weights, quant_format)
         self.rms_final = np.asarray(weights.rms_final, np.float32)
         self.rope_cos, self.rope_sin = (np.ascontiguousarray(t) for t in rope_tables(c))
-        cache = (c.n_layers, c.seq_len, c.n_kv_heads, c.head_size)
+        # head-major, as the library's attention reads it: [layer, kv head, position, d]
+        cache = (c.n_layers, c.n_kv_heads, c.seq_len, c.head_size)
         self.key_cache, self.value_cache = np.zeros(cache, np.float32), np.zeros(cache, np.float32)
         self.x = np.empty(c.dim, np.float32)
         self.xb = np.empty(c.dim, np.float32)
         self.qkv = np.empty(c.dim + 2 * c.kv_dim, np.float32)
         self.q = np.empty((c.n_heads, c.head_size), np.float32)
         self.att = np.empty((c.n_heads, c.head_size), np.float32)
+        self.att4 = self.att[None, :, None]  # [batch, heads, query, d], as attention's
+        self.q4 = self.q[None, :, None]
+        self.scale, self.group = 1 / math.sqrt(c.head_size), c.n_heads // c.n_kv_heads
         self.h13 = np.empty(2 * c.hidden_dim, np.float32)
         self.h = np.empty(c.hidden_dim, np.float32)
         self.scratch = np.empty(max(c.dim, c.vocab_size), np.float32)
@@ -313,11 +295,9 @@ class Transformer:
         for n, layer in enumerate(self.layers):
             rmsnorm(x, layer.rms_att, xb)
             layer.qkv(layer.qkv.prepare(xb), self.qkv)
-            key, value = self.key_cache[n, pos], self.value_cache[n, pos]
-            rope_into_cache(
-                self.qkv, cos, sin, self.q.reshape(-1), key.reshape(-1), value.reshape(-1)
-            )
-            attend(self.q, self.key_cache[n, : pos + 1], self.value_cache[n, : pos + 1], self.att)
+            keys, values = self.key_cache[n, None, :, : pos + 1], self.value_cache[n, None, :, : pos + 1]
+            rope_into_cache(self.qkv, cos, sin, self.q, keys[0, :, pos], values[0, :, pos])
+            decode_kernel(self.q4, keys, values, self.att4, self.scale, self.group, self.q.shape[1])
             flat = self.att.reshape(-1)
             layer.wo.add_to(layer.wo.prepare(flat), x, self.scratch)
             rmsnorm(x, layer.rms_ffn, xb)

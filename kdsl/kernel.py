@@ -31,7 +31,7 @@ from kdsl.targets.cuda.arrays import is_device
 from kdsl.targets.cuda.backend import PtxCode, compile_ptx_kernel
 from kdsl.targets.cuda.call import CudaSpecialization
 from kdsl.targets.interp.interpreter import interpret
-from kdsl.trace.tracer import ArgSpec, ArraySpec, ScalarSpec, trace
+from kdsl.trace.tracer import ArgSpec, ArraySpec, ScalarSpec, exact_key, trace
 
 recipe.host_tile_instructions = tile_instructions  # for Schedule.replay
 
@@ -117,7 +117,10 @@ class KernelFunction:
         self._fast_cuda: dict[tuple[object, ...], CudaSpecialization] = {}
         self._by_spec: dict[tuple[ArgSpec, ...], Compiled] = {}
         self._lock = threading.RLock()
-        self._fast_ok = not self.signature.constexpr and not static_shapes
+        self._fast_ok = not static_shapes
+        self._constexpr_pos = tuple(
+            n for n, name in enumerate(self.signature.names) if name in self.signature.constexpr
+        )
         self._stats = {"calls": 0, "compilations": 0, "objects_loaded": 0}
         self.tuning: dict[str, str] = {}  # shape → where its schedule params came from
         self._schedules: dict[str, Callable[[Schedule], object]] = {}
@@ -194,12 +197,12 @@ class KernelFunction:
         self._stats["calls"] += 1
         try:
             if not kwargs and self._fast_ok and len(args) == len(self.signature.names):
-                key = fast_key(args) if target is not cuda else None
+                key = self._fast_key(args, fast_key) if target is not cuda else None
                 if key is not None:
                     spec = self._fast.get(key)
                     if spec is not None:
                         return spec.run(args)
-                elif target is not cpu and (key := cuda_fast_key(args)) is not None:
+                elif target is not cpu and (key := self._fast_key(args, cuda_fast_key)) is not None:
                     gpu = self._fast_cuda.get(key)
                     if gpu is not None:
                         return gpu.run(args)
@@ -217,6 +220,25 @@ class KernelFunction:
             raise (err if CONFIG.debug else err.with_traceback(None)) from None
 
     # ----------------------------------------------------------- specialization
+
+    def _fast_key(
+        self, args: Sequence[object], keyer: Callable[[Sequence[object]], tuple[object, ...] | None]
+    ) -> tuple[object, ...] | None:
+        """The fast path's key: `keyer`'s (array kinds and scalar types) plus the values of
+        the constexpr arguments (by type and exact value, as ConstSpec compares them), which
+        pick the specialization; None for the careful path (a constexpr that is not a plain
+        Python number among them)."""
+        key = keyer(args)
+        if key is None or not self._constexpr_pos:
+            return key
+        values = []
+        for n in self._constexpr_pos:
+            v = args[n]
+            t = type(v)
+            if t is not int and t is not float and t is not bool:
+                return None
+            values.append(exact_key(v))  # -0.0 is not 0.0 here
+        return key + tuple(values)
 
     def _specs(
         self, args: Sequence[object], kwargs: dict[str, object]
@@ -279,11 +301,11 @@ class KernelFunction:
                 spec = self._by_spec.get(key) or self._compile(specs, target)  # type: ignore[arg-type]
                 self._by_spec[key] = spec  # type: ignore[index]
         if target is cuda:
-            if self._fast_ok and not kwargs and (fast := cuda_fast_key(args)) is not None:
+            if self._fast_ok and not kwargs and (fast := self._fast_key(args, cuda_fast_key)) is not None:
                 self._fast_cuda[fast] = spec  # type: ignore[assignment]
             return spec, bound
         if self._fast_ok and not kwargs:
-            key = fast_key(args)
+            key = self._fast_key(args, fast_key)
             if key is not None:
                 self._fast[key] = spec
         return spec, bound

@@ -239,22 +239,22 @@ def decode_kernel(q, k, v, o, scale, group: kd.constexpr, D: kd.constexpr):
         c0 = kd.local(t % nc * CH, kd.i64)
         n = kd.local(kd.minimum(CH, Lk - c0), kd.i64)
         s = kd.alloc((group, CH))
-        # q·k over STREAMS runs of the chunk at once (key st·CH/STREAMS + js): one core
-        # keeps several reads in flight, as the fastest streaming kernels do; keys past
-        # the cache's end read its last row, and their scores are never used
-        js, st, rs, ds = kd.indices(CH // STREAMS, STREAMS, group, D, names="js st rs ds")
-        key = kd.minimum(c0 + st * (CH // STREAMS) + js, Lk - 1)
+        # q·k over STREAMS runs of the chunk at once (key st·run + js): one core keeps
+        # several reads in flight, as the fastest streaming kernels do; keys past the
+        # chunk's end read the cache's last row, and their scores are never used. The
+        # runs split the chunk's n keys, not CH: a short cache costs its length
+        run = kd.local((n + STREAMS - 1) // STREAMS, kd.i64)
+        js, st, rs, ds = kd.indices(run, STREAMS, group, D, names="js st rs ds")
+        key = kd.minimum(c0 + st * run + js, Lk - 1)
         dot = kd.sum(q[b, hk * group + rs, 0, ds] * k[b, hk, key, ds], over=ds)
-        s[rs, st * (CH // STREAMS) + js] = dot * scale
+        s[rs, st * run + js] = dot * scale
         rm, jm = kd.indices(group, n, names="rm jm")
         pm[t, rm] = kd.max(s[rm, jm], over=jm)
         s[rm, jm] = kd.exp(s[rm, jm] - pm[t, rm])
         pl[t, rm] = kd.sum(s[rm, jm], over=jm)
-        ra, dc, dv, ja, sa = kd.indices(
-            group, dp // dt, dt, CH // STREAMS, STREAMS, names="ra dc dv ja sa"
-        )
+        ra, dc, dv, ja, sa = kd.indices(group, dp // dt, dt, run, STREAMS, names="ra dc dv ja sa")
         da = dc * dt + dv
-        j = sa * (CH // STREAMS) + ja
+        j = sa * run + ja
         vrow = _v_row(v, b, hk, kd.minimum(c0 + j, Lk - 1), da, D, dp)
         pacc[t, ra, da] = kd.sum(kd.where(j < n, s[ra, j] * vrow, 0.0), over=(ja, sa))
     for u in kd.grid(B * Hkv * group):

@@ -51,12 +51,13 @@ class ConstSpec:
     key: object = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "key", _exact(self.value))
+        object.__setattr__(self, "key", exact_key(self.value))
 
 
-def _exact(v: object) -> object:
+def exact_key(v: object) -> object:
+    """`v` compared by type and exact value (see ConstSpec)."""
     if isinstance(v, tuple):
-        return (tuple, tuple(_exact(x) for x in v))
+        return (tuple, tuple(exact_key(x) for x in v))
     if isinstance(v, float | complex | np.floating | np.complexfloating):
         return (type(v), repr(v))  # repr tells -0.0 from 0.0, and NaN equals NaN
     return (type(v), v)

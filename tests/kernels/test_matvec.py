@@ -13,18 +13,23 @@ from tests.helpers import random_array, run_config
 
 mv = importlib.import_module("kdsl.kernels.matvec")  # the module: `matvec` is also its function
 
-# rows and columns around the lanes (16) and the row tiles (8, 4, 2), and none at all
+# rows and columns around the lanes (16) and the row tiles (8, 4, 2, 1), and none at all
 SHAPES = [(1, 1), (0, 5), (3, 0), (7, 15), (13, 16), (9, 33), (37, 50), (64, 768)]
 
 
 @pytest.mark.parametrize("rows,cols", SHAPES)
-@pytest.mark.parametrize("kernel", [mv.matvec_kernel, mv.matvec_add_kernel], ids=lambda k: k.name)
-@pytest.mark.parametrize("tile", [8, 4, 2])
+@pytest.mark.parametrize(
+    "kernel",
+    [mv.matvec_kernel, mv.matvec_add_kernel, mv.matvec_long_rows, mv.matvec_add_long_rows],
+    ids=lambda k: k.name,
+)
+@pytest.mark.parametrize("tile", [8, 4, 2, 1])
 def test_every_row_tile(kernel, rows: int, cols: int, tile: int) -> None:
     rng = np.random.default_rng(rows * 100 + cols)
     w, x = random_array(rng, (rows, cols), np.float32), random_array(rng, (cols,), np.float32)
     y = random_array(rng, (rows,), np.float32)
-    want = w.astype(np.float64) @ x + (y if kernel is mv.matvec_add_kernel else 0)
+    adds = kernel in (mv.matvec_add_kernel, mv.matvec_add_long_rows)
+    want = w.astype(np.float64) @ x + (y if adds else 0)
     run_config(kernel, {"rows": tile}, w, x, y)
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
 
@@ -38,6 +43,20 @@ def test_public_function_strides_and_accumulate() -> None:
     want = out + w @ x
     assert mv.matvec(w, x, out=out, accumulate=True) is out
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_rows_are_streamed_by_their_length(accumulate: bool) -> None:
+    """Short rows one at a time, long ones several at a time: both kernels give w @ x."""
+    rng = np.random.default_rng(3)
+    for cols in (mv.LONG_ROW - 1, mv.LONG_ROW + 3):
+        kernel = mv.matvec_for(cols, accumulate)
+        assert (kernel.name.endswith("long_rows")) == (cols >= mv.LONG_ROW)
+        w, x = random_array(rng, (11, cols), np.float32), random_array(rng, (cols,), np.float32)
+        out = random_array(rng, (11,), np.float32)
+        want = w.astype(np.float64) @ x + (out if accumulate else 0)
+        mv.matvec(w, x, out=out, accumulate=accumulate)
+        np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-4)
 
 
 def test_bad_shapes_are_clear_errors() -> None:

@@ -922,6 +922,24 @@ def test_constexpr_zero_and_negative_zero_are_different_specializations():
     assert reciprocal.stats()["compilations"] == 2
 
 
+def test_repeated_constexpr_calls_take_the_cached_path_per_value():
+    """Calls repeat a kernel's constexpr values (a library's head size, a group): each
+    value keeps its own specialization on the fast path, by type and exact value."""
+
+    @kd.kernel
+    def scale(c: kd.constexpr, x, y):
+        i = kd.indices(x.shape[0])
+        y[i] = x[i] * c
+
+    x, y = np.array([3], np.int8), np.zeros(1, np.float64)
+    for _ in range(3):
+        for c, want in [(100, 44), (100.0, 300), (1, 3), (-0.0, -0.0), (0.0, 0.0)]:
+            scale(c, x, y)
+            assert y[0] == want and np.signbit(y[0]) == np.signbit(want)
+    assert scale.stats()["compilations"] == 5
+    assert len(scale._fast) == 5  # one cached entry per value, none per call
+
+
 def test_trailing_float_constexpr():
     """Regression: the direct call path once passed it on to the compiled function."""
 
