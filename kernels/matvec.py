@@ -34,18 +34,23 @@ def row_sums(term: Callable[..., object], rows, cols, store: Callable[..., None]
 
 
 LONG_ROW = 1024  # columns from which several rows at a time read faster than one
+PREFETCH = 64  # one row at a time: a hint this many vectors (4 KiB) ahead of the reads
 
 
-def row_streams(s, rows: tuple[int, ...] = (8, 4, 2, 1)) -> None:
+def row_streams(s, rows: tuple[int, ...] = (8, 4, 2, 1), matrix: str = "w") -> None:
     """`rows` rows at a time in the loop over the columns, their lanes in registers, on
     all cores; the rows' final sums in a parallel loop of their own. One row at a time,
-    its sum follows its lanes in the same parallel loop."""
+    its sum follows its lanes in the same parallel loop, and the rows of `matrix` are
+    prefetched ahead of the reads (see docs/schedules.md, "Streams from DRAM")."""
     tile = s.param("rows", list(rows))
     if tile == 1:
         s.fuse("i", "i.1")
         s.reorder("jo", "lane")
         s.vectorize("lane", LANE)
         s.parallelize("i")
+        ahead = s.param("prefetch", [PREFETCH, 0])  # vectors of the stream, 0: no hint
+        if ahead:
+            s.prefetch(matrix, "jo", ahead)
         return
     outer, rest = s.split("i", tile)
     s.reorder(outer, "lane", "jo", rest)

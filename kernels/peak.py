@@ -47,4 +47,6 @@ def read_probe(x, out):
     row_sums(lambda i, j: x[i, j], x.shape[0], x.shape[1], store)
 
 
-read_probe.schedule(kd.cpu)(row_streams)
+@read_probe.schedule(kd.cpu)
+def _read_probe_cpu(s):
+    row_streams(s, matrix="x")

@@ -246,6 +246,18 @@ class Allocate:
 
 
 @dataclass(frozen=True)
+class Prefetch:
+    """A hint: bring the cache line holding `buffer[index]` towards the core. Results never
+    depend on it, and an index outside the buffer is allowed (the hint is then dropped by
+    the hardware, never a fault): a schedule's `prefetch` computes the index of a later
+    iteration, which may lie past the end."""
+
+    buffer: str
+    index: tuple[Expr, ...]
+    loc: SourceLoc | None = _loc()
+
+
+@dataclass(frozen=True)
 class Loop:
     """for `var` in [0, extent): body."""
 
@@ -278,7 +290,7 @@ class Check:
     loc: SourceLoc | None = _loc()
 
 
-Stmt: TypeAlias = Store | DeclareLocal | Assign | Allocate | Loop | If | Check
+Stmt: TypeAlias = Store | DeclareLocal | Assign | Allocate | Loop | If | Check | Prefetch
 
 
 # -------------------------------------------------------------------------------- kernel

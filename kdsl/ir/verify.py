@@ -26,6 +26,7 @@ from kdsl.ir.nodes import (
     Loop,
     LoopExec,
     LoopVar,
+    Prefetch,
     ScalarArg,
     Select,
     Stmt,
@@ -114,6 +115,8 @@ class _Verifier:
             case Check(cond=c):
                 self.expr(c, loops, locals_)
                 self.require_bool(c)
+            case Prefetch(buffer=b, index=index):
+                self.access(b, index, loops, locals_)
             case _:
                 self.fail(f"not a statement: {s!r}")
 

@@ -22,6 +22,7 @@ from kdsl.ir.nodes import (
     LocalVar,
     Loop,
     LoopVar,
+    Prefetch,
     ScalarArg,
     Select,
     Stmt,
@@ -98,6 +99,8 @@ def stmt_exprs(s: Stmt) -> tuple[Expr, ...]:
     match s:
         case Store(index=index, value=v):
             return (*index, v)
+        case Prefetch(index=index):
+            return index
         case DeclareLocal(init=v) | Assign(value=v):
             return (v,)
         case Loop(extent=v) | If(cond=v) | Check(cond=v):
@@ -130,6 +133,8 @@ def map_stmt_exprs(s: Stmt, fn: Callable[[Expr], Expr | None]) -> Stmt:
     match s:
         case Store(index=index, value=v):
             return replace(s, index=tuple(m(i) for i in index), value=m(v))
+        case Prefetch(index=index):
+            return replace(s, index=tuple(m(i) for i in index))
         case DeclareLocal(init=v):
             return replace(s, init=m(v))
         case Assign(value=v):

@@ -1,5 +1,5 @@
-"""The loop primitives: split, reorder, and the execution annotations (unroll,
-vectorize, parallelize, tensorize, bind). Each takes the step's context, checks legality against
+"""The loop primitives: split, reorder, the execution annotations (unroll,
+vectorize, parallelize, tensorize, bind) and prefetch. Each takes the step's context, checks legality against
 the loops' dependence kinds, and leaves the rewritten kernel in `ctx.kernel`.
 """
 
@@ -14,17 +14,20 @@ from kdsl.ir.nodes import (
     Binary,
     BinaryOp,
     Const,
+    DeclareLocal,
     Expr,
     If,
+    Load,
     LocalVar,
     Loop,
     LoopExec,
     LoopKind,
     LoopVar,
+    Prefetch,
     Stmt,
 )
 from kdsl.ir.tile_product import match as match_tile_product
-from kdsl.ir.visit import outer_updates, walk_expr, walk_stmts
+from kdsl.ir.visit import map_expr, outer_updates, walk_all_exprs, walk_expr, walk_stmts
 from kdsl.schedule import tree
 from kdsl.schedule.distribute import distribute
 from kdsl.schedule.step import StepContext
@@ -388,6 +391,78 @@ _TILE_PRODUCT_FIX = (
     "split rows and columns by 16 or 32, k by 2, cache the right operand with "
     "layout='vnni', and order the loops rows, columns, k pairs, k"
 )
+
+
+def prefetch(ctx: StepContext, buffer: object, name: object, distance: object = 1) -> None:
+    """At the top of each iteration of a loop, fetch the cache lines of `buffer` that the
+    iteration `distance` ahead will read: DRAM's latency then overlaps the work between.
+
+    Before:  for j: … w[i, 16·j + l] …              (l a loop inside j)
+    After:   for j: prefetch w[i, 16·(j + d)]; … w[i, 16·j + l] …
+    One prefetch per distinct read (loops inside the loop at their first iteration, its
+    locals by their definitions). A hint: results never change, and an address past the
+    buffer's end is allowed (the hardware drops it). Best as the last step: it puts a
+    statement in the loop, so a later step needing a perfect nest there is refused."""
+    path, loop = ctx.loop(name)
+    d = _positive_int(ctx, distance, "prefetch distance")
+    names = [b.name for b in ctx.kernel.buffers]
+    if buffer not in names:
+        raise ctx.refuse(f"there is no buffer named {buffer!r}", f"name one of {', '.join(names)}")
+    reads = _streamed_reads(loop, str(buffer))
+    if not reads:
+        raise ctx.refuse(
+            f"loop '{loop.var}' reads no element of '{buffer}' that moves with it",
+            "prefetch at the loop whose iterations walk through the buffer",
+        )
+    ahead = index_op(BinaryOp.ADD, LoopVar(loop.var), index_const(d))
+
+    def shift(e: Expr) -> Expr | None:
+        return ahead if isinstance(e, LoopVar) and e.name == loop.var else None
+
+    hints = []
+    for index in reads:
+        moved = tuple(map_expr(i, shift) for i in index)
+        if moved not in hints:
+            hints.append(moved)
+    body = tuple(Prefetch(str(buffer), i, loc=ctx.loc) for i in hints) + loop.body
+    _set(ctx, path, replace(loop, body=body))
+
+
+def _streamed_reads(loop: Loop, buffer: str) -> list[tuple[Expr, ...]]:
+    """The indices of `buffer`'s reads in `loop` that depend on its variable, written with
+    what is known at the top of an iteration: inner loops' variables at 0, the body's
+    locals by their initial values. Reads whose index itself reads memory are left out
+    (a prefetch must not load)."""
+    starts: dict[str, Expr] = {
+        s.var: index_const(0) for s in walk_stmts(loop.body) if isinstance(s, Loop)
+    }
+    for s in walk_stmts(loop.body):
+        if isinstance(s, DeclareLocal):
+            starts.setdefault(s.name, s.init)
+    found = []
+    for e in walk_all_exprs(loop.body):
+        if isinstance(e, Load) and e.buffer == buffer:
+            index = tuple(_substitute(i, starts) for i in e.index)
+            uses = [x for i in index for x in walk_expr(i)]
+            if any(isinstance(x, Load) for x in uses):
+                continue
+            if any(isinstance(x, LoopVar) and x.name == loop.var for x in uses):
+                found.append(index)
+    return found
+
+
+def _substitute(e: Expr, values: dict[str, Expr], depth: int = 8) -> Expr:
+    """`e` with the inner loop variables and locals named in `values` replaced (locals
+    defined by other locals resolved a few levels deep; deeper ones are left as they are,
+    which a hint may be)."""
+
+    def fn(x: Expr) -> Expr | None:
+        if isinstance(x, LoopVar | LocalVar) and x.name in values:
+            value = values[x.name]
+            return _substitute(value, values, depth - 1) if depth > 0 else value
+        return None
+
+    return map_expr(e, fn)
 
 
 def bind(ctx: StepContext, name: object, axis: object, threads: object = None) -> None:

@@ -147,6 +147,12 @@ class Schedule:
         see kdsl/ir/tile_product.py) on the target's matrix instruction ("amx")."""
         self._apply(Step("tensorize", (loop, instruction)))
 
+    def prefetch(self, buffer: str, loop: str, distance: int = 1) -> None:
+        """At the top of each iteration of `loop`, fetch the cache lines of `buffer` that
+        the iteration `distance` ahead reads (a hint for streams from DRAM; results never
+        change). Best as a last step."""
+        self._apply(Step("prefetch", (buffer, loop, distance)))
+
     def fuse(self, loop_a: str, loop_b: str) -> str:
         """Merge sibling loop `loop_b` into `loop_a` (same range); shrink temporaries that no
         longer need their full extent. Returns the fused loop's name (`loop_a`)."""
@@ -268,6 +274,7 @@ PRIMITIVES: dict[str, Callable[..., object]] = {
     "vectorize": loops.vectorize,
     "parallelize": loops.parallelize,
     "tensorize": loops.tensorize,
+    "prefetch": loops.prefetch,
     "bind": loops.bind,
     "fuse": fusion.fuse,
     "compute_at": stages.compute_at,

@@ -23,14 +23,18 @@ SHAPES = [(1, 1), (0, 5), (3, 0), (7, 15), (13, 16), (9, 33), (37, 50), (64, 768
     [mv.matvec_kernel, mv.matvec_add_kernel, mv.matvec_long_rows, mv.matvec_add_long_rows],
     ids=lambda k: k.name,
 )
-@pytest.mark.parametrize("tile", [8, 4, 2, 1])
-def test_every_row_tile(kernel, rows: int, cols: int, tile: int) -> None:
+@pytest.mark.parametrize(
+    "config",
+    [{"rows": 8}, {"rows": 4}, {"rows": 2}, {"rows": 1}, {"rows": 1, "prefetch": 0}],
+    ids=str,
+)
+def test_every_row_tile(kernel, rows: int, cols: int, config: dict[str, int]) -> None:
     rng = np.random.default_rng(rows * 100 + cols)
     w, x = random_array(rng, (rows, cols), np.float32), random_array(rng, (cols,), np.float32)
     y = random_array(rng, (rows,), np.float32)
     adds = kernel in (mv.matvec_add_kernel, mv.matvec_add_long_rows)
     want = w.astype(np.float64) @ x + (y if adds else 0)
-    run_config(kernel, {"rows": tile}, w, x, y)
+    run_config(kernel, config, w, x, y)
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
 
 

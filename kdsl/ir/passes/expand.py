@@ -38,6 +38,7 @@ from kdsl.ir.nodes import (
     LoopExec,
     LoopKind,
     LoopVar,
+    Prefetch,
     Stmt,
     Store,
 )
@@ -309,7 +310,7 @@ class _Expander:
                     return replace(s, local=names[n])
                 case Allocate(buffer=b):
                     return replace(s, buffer=names[b])
-                case Store(buffer=b) if b in names:
+                case Store(buffer=b) | Prefetch(buffer=b) if b in names:
                     return replace(s, buffer=names[b])
             return s
 

@@ -43,6 +43,7 @@ from kdsl.ir.nodes import (
     LoopKind,
     LoopVar,
     Param,
+    Prefetch,
     ScalarArg,
     Scope,
     Select,
@@ -291,6 +292,8 @@ class _Codegen:
             case Check(cond=c):
                 self._fail_unless(self.expr(c), ErrorKind.CHECK, len(self.sites.checks))
                 self.sites.checks.append(s)
+            case Prefetch(buffer=name, index=index):
+                self.prefetch(name, index)
 
     def _entry_alloca(self, ty: ir.Type, name: str, size: ir.Value | None = None) -> ir.Value:
         """Allocas go in the entry block so loops don't grow the stack. The result is an
@@ -420,6 +423,17 @@ class _Codegen:
         for v, s in zip(idx, info.strides):
             offset = b.add(offset, b.mul(v, s))
         return b.gep(info.data, [offset], source_etype=I8)
+
+    def prefetch(self, name: str, index: tuple[Expr, ...]) -> None:
+        """`prefetcht0` of the element's line: no bounds check (the hardware drops a hint
+        to an address it can't read), read access, kept in every cache level."""
+        info = self.state.arrays[name]
+        offset: ir.Value = ir.Constant(I64, 0)
+        for i, stride in zip(index, info.strides):
+            offset = self.b.add(offset, self.b.mul(self.expr(i), stride))
+        at = self.b.gep(info.data, [offset], source_etype=I8)
+        read, keep, data = (ir.Constant(ir.IntType(32), v) for v in (0, 3, 1))
+        self.ops.intrinsic("llvm.prefetch.p0", ir.VoidType(), [at, read, keep, data])
 
     def _proven(self, name: str, axis: int, index: Expr) -> bool:
         """A bare loop variable whose extent is the dimension it subscripts is in bounds."""

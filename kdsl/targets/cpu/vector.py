@@ -55,6 +55,7 @@ from kdsl.ir.nodes import (
     Loop,
     LoopKind,
     LoopVar,
+    Prefetch,
     Select,
     Stmt,
     Store,
@@ -308,8 +309,29 @@ class _VectorLoop:
                 self.masked(self.and_mask(self.value(c)), lambda: self.block(then))
             case Check():
                 self.check(s)
+            case Prefetch(index=index) if self.copy == 0 and not any(
+                isinstance(e, LocalVar) and e.name in self.plan.varying_locals
+                for i in index
+                for e in walk_expr(i)
+            ):  # once per trip, at the first lane: a vector's elements share few lines
+                self.at_first_lane(lambda: gen.stmt(s, []))
+            case Prefetch():
+                pass
             case Allocate(buffer=name):
                 raise CompileError(f"a temporary ('{name}') inside vector loop '{self.loop.var}'")
+
+    def at_first_lane(self, emit: Callable[[], None]) -> None:
+        """Run scalar code (`emit`) that reads the vector loop's variable as its first lane."""
+        gen, var = self.gen, self.loop.var
+        slot = gen._entry_alloca(I64, f"{var}.first")
+        self.b.store(self.base, slot)
+        before = gen.state.loops.get(var)
+        gen.state.loops[var] = slot
+        emit()
+        if before is None:
+            del gen.state.loops[var]
+        else:
+            gen.state.loops[var] = before
 
     def masked(self, mask: ir.Value, emit: Callable[[], None]) -> None:
         """Run `emit` with `mask` as the active lanes, skipping it when none is active."""

@@ -38,6 +38,7 @@ from kdsl.ir.nodes import (
     Loop,
     LoopExec,
     LoopKind,
+    Prefetch,
     Stmt,
     Store,
     UnaryOp,
@@ -258,6 +259,8 @@ class GpuCodegen(_Codegen):
                 self.divergent -= 1
             case Allocate(buffer=name):
                 self.allocate_gpu(self.buffers[name])
+            case Prefetch():
+                pass  # a CPU schedule's hint; a GPU hides latency with its warps
             case _:
                 super().stmt(s, heap)
 

@@ -38,6 +38,7 @@ from kdsl.ir.nodes import (
     LocalVar,
     Loop,
     LoopVar,
+    Prefetch,
     ScalarArg,
     Select,
     Stmt,
@@ -236,6 +237,8 @@ class _Translator:
                 quoted = "".join(f"{self.expr(e)}, " for e in check_operands(s))
                 emit(f"{pad}if not {self.expr(c)}:")
                 emit(f"{pad}    raise _Trap({self.site(s)}, ({quoted}))")
+            case Prefetch():
+                emit(f"{pad}pass  # prefetch: a hint to the cache, nothing to compute")
             case _:
                 raise CompileError(f"the interpreter cannot run statement {s!r}")
 

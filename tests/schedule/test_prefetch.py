@@ -1,0 +1,133 @@
+"""`s.prefetch(buffer, loop, distance)`: a hint that never changes results — checked
+against NumPy and the interpreter on shapes where the hinted addresses run past the
+buffer's end — the statement it places, the instruction it becomes, and its refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import kdsl as kd
+from tests.helpers import check_kernel, random_array
+
+
+def _row_sums_kernel(distance: int, in_vector_loop: bool = False) -> kd.KernelFunction:
+    """y[i] = Σ_j w[i, j]·x[j] with the columns in vectors of 16 and `w` prefetched
+    `distance` vectors ahead: at the loop over the vectors, or (`in_vector_loop`) at that
+    loop inside the vectorized loop over the lanes (a hint at the first lane)."""
+
+    @kd.kernel
+    def row_sums(w, x, y):
+        i, jo, lane = kd.indices(w.shape[0], w.shape[1] // 16, 16)
+        part = kd.empty((w.shape[0], 16), kd.f32)
+        part[i, lane] = kd.sum(w[i, 16 * jo + lane] * x[16 * jo + lane], over=jo)
+        y[i] = kd.sum(part[i, lane], over=lane)
+
+    @row_sums.schedule(kd.cpu)
+    def _(s):
+        if in_vector_loop:
+            s.vectorize("lane", 16)
+            s.parallelize("i")
+            s.prefetch("w", "jo", distance)
+            return
+        s.fuse("i", "i.1")
+        s.reorder("jo", "lane")
+        s.vectorize("lane", 16)
+        s.parallelize("i")
+        s.prefetch("w", "jo", distance)
+
+    return row_sums
+
+
+def _expected(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    full = 16 * (w.shape[1] // 16)
+    return w[:, :full].astype(np.float64) @ x[:full]
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    rows=st.sampled_from([0, 1, 2, 7, 13, 37]),
+    cols=st.sampled_from([0, 15, 16, 17, 48, 113, 300]),
+    distance=st.sampled_from([1, 3, 32, 1000]),
+    in_vector_loop=st.booleans(),
+)
+def test_results_never_change(rows: int, cols: int, distance: int, in_vector_loop: bool) -> None:
+    rng = np.random.default_rng(rows * 1000 + cols)
+    w, x = random_array(rng, (rows, cols), np.float32), random_array(rng, (cols,), np.float32)
+    y = random_array(rng, (rows,), np.float32)
+    kernel = _row_sums_kernel(distance, in_vector_loop)
+    check_kernel(kernel, [w, x, y], {2: _expected(w, x)}, rtol=1e-5, atol=1e-5)
+
+
+def test_the_hint_reads_the_iteration_ahead_and_becomes_prefetcht0() -> None:
+    w, x, y = np.ones((3, 64), np.float32), np.ones(64, np.float32), np.zeros(3, np.float32)
+    kernel = _row_sums_kernel(32)
+    text = str(kernel.lowered(w, x, y))
+    assert "prefetch w[i, 16 * (jo + 32) + 0]" in text  # the inner lane loop at its start
+    assert "prefetcht0" in kernel.asm(w, x, y)
+    assert 's.prefetch("w", "jo", 32)' in str(kernel.schedule_of(w, x, y))
+
+
+def test_locals_of_the_loop_are_resolved_in_the_hint() -> None:
+    @kd.kernel
+    def pairs(v, out):
+        h, f = kd.indices(out.shape[0], out.shape[1] // 2)
+        at = h * out.shape[1] + 2 * f  # one local, read twice
+        out[h, 2 * f] = v[at] - v[at + 1]
+        out[h, 2 * f + 1] = v[at] + v[at + 1]
+
+    @pairs.schedule(kd.cpu)
+    def _(s):
+        s.prefetch("v", "h", 2)
+
+    v, out = random_array(np.random.default_rng(0), (5 * 12,), np.float32), np.zeros((5, 12))
+    out = out.astype(np.float32)
+    text = str(pairs.lowered(v, out))
+    assert "prefetch v[(h + 2) * out.shape[1]" in text.replace("  ", " ")
+    want = np.empty((5, 12))
+    pairs_v = v.reshape(5, 6, 2).astype(np.float64)
+    want[:, 0::2], want[:, 1::2] = pairs_v[..., 0] - pairs_v[..., 1], pairs_v.sum(-1)
+    check_kernel(pairs, [v, out], {1: want}, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("nope", "j", 4), "there is no buffer named 'nope'"),
+        (("x", "i", 4), "loop 'i' reads no element of 'x' that moves with it"),
+        (("w", "j", 0), "the prefetch distance must be a positive int"),
+        (("w", "missing", 4), "there is no loop named 'missing'"),
+    ],
+)
+def test_refusals_say_why(args: tuple[object, ...], message: str) -> None:
+    @kd.kernel
+    def row_sums(w, x, y):
+        i, j = kd.indices(w.shape[0], w.shape[1])
+        y[i] = kd.sum(w[i, j] * x[j], over=j)
+
+    @row_sums.schedule(kd.cpu)
+    def _(s):
+        s.prefetch(*args)
+
+    with pytest.raises(kd.ScheduleError, match=message.replace("(", r"\(")):
+        row_sums(np.ones((2, 3), np.float32), np.ones(3, np.float32), np.zeros(2, np.float32))
+
+
+def test_ptx_ignores_the_hint() -> None:
+    """A GPU schedule may carry the step (a shared recipe); the GPU code has no prefetch."""
+
+    @kd.kernel
+    def scale(x, y):
+        i = kd.indices(x.shape[0])
+        y[i] = 2 * x[i]
+
+    @scale.schedule(kd.cuda)
+    def _(s):
+        s.prefetch("x", "i", 8)
+        s.bind("i", "thread.x")
+
+    x = np.ones(100, np.float32)
+    ptx = scale.ptx(x, np.zeros_like(x))
+    assert ".entry" in ptx and "prefetch" not in ptx
