@@ -12,13 +12,16 @@ load. Threads: KDSL_NUM_THREADS (all cores by default). Prints the text, then
 A layer is nine kernel calls for float32 (norm; q, k and v in one matrix-vector
 product; RoPE into the KV cache; attention over the cache; the output projection with
 the residual added; norm; w1 and w3 in one matrix-vector product; SwiGLU; w2 with the
-residual added) and a few more for the quantized formats, whose activations are
-quantized once per input.
+residual added) and ten for the quantized formats, whose activations are quantized
+once per input by the kernel that makes them (each norm, which also adds the residual
+that the product before it left apart, and SwiGLU) or, for the attention's output, by
+one of its own.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 import time
@@ -45,11 +48,30 @@ EPS = 1e-5
 # ---------------------------------------------------------------------- vector kernels
 
 
+def _rmsnorm(x, w, y):
+    """y = rmsnorm(x) · w."""
+    n = kd.indices(x.shape[0], names="n")
+    inverse = 1 / kd.sqrt(kd.sum(x[n] * x[n], over=n) / x.shape[0] + EPS)
+    y[n] = w[n] * (inverse * x[n])
+    return y
+
+
+def _swiglu(h13, h):
+    """h = silu(h1) · h3 for h13 = [h1; h3]."""
+    i = kd.indices(h.shape[0], names="i")
+    a = h13[i]
+    h[i] = a * (1 / (1 + kd.exp(-a))) * h13[i + h.shape[0]]
+    return h
+
+
 @kd.kernel
 def rmsnorm(x, w, y):
-    j = kd.indices(x.shape[0])
-    inverse = 1 / kd.sqrt(kd.sum(x[j] * x[j], over=j) / x.shape[0] + EPS)
-    y[j] = w[j] * (inverse * x[j])
+    _rmsnorm(x, w, y)
+
+
+@kd.kernel
+def swiglu(h13, h):
+    _swiglu(h13, h)
 
 
 def _rotate(vec, start, cos, sin, out, names):
@@ -76,47 +98,104 @@ def rope_into_cache(qkv, cos, sin, q, key, value):
     value[hv, i] = qkv[dim + kv_dim + hv * value.shape[1] + i]
 
 
-@kd.kernel
-def add(x, y):
-    i = kd.indices(x.shape[0])
-    x[i] = x[i] + y[i]
+# ---------------------------------------------------------------------- quantized activations
+#
+# A quantized matrix's input is quantized by the kernel that makes it: rmsnorm or SwiGLU
+# into a temporary, then per group (int8) or per block (GGML's Q8_0), in one call. The
+# residual is added there too: a quantized product writes its output apart (`r`), and
+# the rmsnorm that comes next adds it to x first.
 
 
-@kd.kernel
-def swiglu(h13, h):
-    """h = silu(h1) · h3 for h13 = [h1; h3]."""
-    i = kd.indices(h.shape[0])
-    a = h13[i]
-    h[i] = a * (1 / (1 + kd.exp(-a))) * h13[i + h.shape[0]]
+_NORM_LOOPS = ("a", "a.1", "n", "n.1")  # _residual_rmsnorm's
 
 
-# ---------------------------------------------------------------------- float32 matrices
+def _residual_rmsnorm(x, r, w):
+    """x += r, and r = 0 (added once); then rmsnorm(x) · w, as a temporary."""
+    a = kd.indices(x.shape[0], names="a")
+    x[a] = x[a] + r[a]
+    r[a] = 0
+    return _rmsnorm(x, w, kd.empty(x.shape, kd.f32))
 
 
-# ---------------------------------------------------------------------- int8 groups
+def _store_groups(v, xq, xs):
+    """runq.c's activations: per group of v, scale = max|v| / 127 into xs and
+    q = round(v / scale) into xq (halves away from zero; an all-zero group gets q = 0)."""
+    g, k = kd.indices(xs.shape[0], v.shape[0] // xs.shape[0], names="g k")
+    at = g * (v.shape[0] // xs.shape[0]) + k
+    scale = kd.empty(xs.shape, kd.f32)
+    scale[g] = kd.max(kd.abs(v[at]), over=k) / 127
+    xs[g] = scale[g]
+    xq[at] = quant.round_half_away(kd.where(scale[g] != 0, v[at] / scale[g], 0)).astype(kd.i8)
+
+
+def _store_groups_cpu(s):
+    s.fuse("g", "g.1")
+    s.fuse("g", "g.2")
+    s.vectorize("k", 16)
+    s.vectorize("k.1", 16)
+
+
+def _vectorize_then(store_cpu, *loops):
+    """The schedule of a kernel that makes a vector in `loops` (16 values to a vector)
+    and then quantizes it (`store_cpu`: the quantizer's schedule)."""
+
+    def schedule(s):
+        for loop in loops:
+            s.vectorize(loop, 16)
+        store_cpu(s)
+
+    return schedule
 
 
 @kd.kernel
 def quantize_groups(x, xq, xs):
-    """runq.c's activations: per group, scale = max|x| / 127 and q = round(x / scale)
-    (halves away from zero; an all-zero group gets q = 0)."""
-    g, j = kd.indices(xs.shape[0], x.shape[0] // xs.shape[0])
-    size = x.shape[0] // xs.shape[0]
-    scale = kd.empty(xs.shape, kd.f32)
-    scale[g] = kd.max(kd.abs(x[g * size + j]), over=j) / 127
-    xs[g] = scale[g]
-    v = kd.where(scale[g] != 0, x[g * size + j] / scale[g], 0)
-    t = v.astype(kd.i32)
-    away = kd.where(kd.abs(v - t.astype(kd.f32)) >= 0.5, kd.where(v > 0, 1, -1), 0)
-    xq[g * size + j] = (t + away).astype(kd.i8)
+    _store_groups(x, xq, xs)
 
 
-@quantize_groups.schedule(kd.cpu)
-def _quantize_groups_cpu(s):
-    s.fuse("g", "g.1")
-    s.fuse("g", "g.2")
-    s.vectorize("j", 16)
-    s.vectorize("j.1", 16)
+quantize_groups.schedule(kd.cpu)(_store_groups_cpu)
+
+
+@kd.kernel
+def rmsnorm_groups(x, r, w, xq, xs):
+    _store_groups(_residual_rmsnorm(x, r, w), xq, xs)
+
+
+rmsnorm_groups.schedule(kd.cpu)(_vectorize_then(_store_groups_cpu, *_NORM_LOOPS))
+
+
+@kd.kernel
+def swiglu_groups(h13, xq, xs):
+    _store_groups(_swiglu(h13, kd.empty(xq.shape, kd.f32)), xq, xs)
+
+
+swiglu_groups.schedule(kd.cpu)(_vectorize_then(_store_groups_cpu, "i"))
+
+
+@kd.kernel
+def quantize_q8_0(x, d, q):
+    quant.store_q8_0(x, d, q)
+
+
+quantize_q8_0.schedule(kd.cpu)(quant.schedule_store_q8_0)
+
+
+@kd.kernel
+def rmsnorm_q8_0(x, r, w, d, q):
+    quant.store_q8_0(_residual_rmsnorm(x, r, w), d, q)
+
+
+rmsnorm_q8_0.schedule(kd.cpu)(_vectorize_then(quant.schedule_store_q8_0, *_NORM_LOOPS))
+
+
+@kd.kernel
+def swiglu_q8_0(h13, d, q):
+    quant.store_q8_0(_swiglu(h13, kd.empty((h13.shape[0] // 2,), kd.f32)), d, q)
+
+
+swiglu_q8_0.schedule(kd.cpu)(_vectorize_then(quant.schedule_store_q8_0, "i"))
+
+
+# ---------------------------------------------------------------------- int8 groups
 
 
 def int8_groups(size: int) -> Callable[..., object]:
@@ -165,6 +244,64 @@ def dequantize_row(q, s, y):
     y[j] = q[j].astype(kd.f32) * s[j // (q.shape[0] // s.shape[0])]
 
 
+# ---------------------------------------------------------------------- the layers' inputs
+
+
+class Float32Input:
+    """What float32 matrices read: a vector as it is, or its rmsnorm or the SwiGLU of
+    [h1; h3] in a buffer of `size`. (Their products add the residual to x themselves:
+    the pending residual r of `normed` is zero.)"""
+
+    def __init__(self, size: int):
+        self.y = np.empty(size, np.float32)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return x
+
+    def normed(self, x: np.ndarray, r: np.ndarray, w: np.ndarray) -> np.ndarray:
+        rmsnorm(x, w, self.y)
+        return self.y
+
+    def gated(self, h13: np.ndarray) -> np.ndarray:
+        swiglu(h13, self.y)
+        return self.y
+
+
+class QuantizedInput:
+    """What quantized matrices read: a vector, or its rmsnorm (after adding the pending
+    residual r to x) or the SwiGLU of [h1; h3], quantized in place by one kernel call
+    (`kernels`, one for each) into `out`; returns `args`, the products' arguments."""
+
+    def __init__(self, kernels: tuple[Callable[..., object], ...], out: tuple, args: tuple):
+        self.quantize, self.rmsnorm, self.swiglu = kernels
+        self.out, self.args = out, args
+
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
+        self.quantize(x, *self.out)
+        return self.args
+
+    def normed(self, x: np.ndarray, r: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, ...]:
+        self.rmsnorm(x, r, w, *self.out)
+        return self.args
+
+    def gated(self, h13: np.ndarray) -> tuple[np.ndarray, ...]:
+        self.swiglu(h13, *self.out)
+        return self.args
+
+
+def int8_input(group: int, size: int) -> QuantizedInput:
+    """runq.c's activations for a vector of `size`: int8, a float32 scale per `group`."""
+    out = (np.empty(size, np.int8), np.empty(size // group, np.float32))
+    return QuantizedInput((quantize_groups, rmsnorm_groups, swiglu_groups), out, out)
+
+
+def ggml_input(fmt: str, size: int) -> QuantizedInput:
+    """GGML's Q8_0 activations for a vector of `size`, laid out for `fmt` weights."""
+    x = quant.Activations(fmt, (1, size))
+    kernels = (quantize_q8_0, rmsnorm_q8_0, swiglu_q8_0)
+    return QuantizedInput(kernels, (x.scales[0], x.quants[0]), x.args)
+
+
 # ---------------------------------------------------------------------- the layers' matrices
 
 
@@ -173,42 +310,25 @@ class Float32Linear:
 
     def __init__(self, w: np.ndarray):
         self.w = np.ascontiguousarray(w, np.float32)
-        self.rows = self.w.shape[0]
         self.product, self.add_product = (matvec_for(w.shape[1], a) for a in (False, True))
-
-    def prepare(self, x: np.ndarray) -> np.ndarray:
-        return x
 
     def __call__(self, x: np.ndarray, y: np.ndarray) -> None:
         self.product(self.w, x, y)
 
-    def add_to(self, x: np.ndarray, y: np.ndarray, scratch: np.ndarray) -> None:
+    def add_to(self, x: np.ndarray, y: np.ndarray, r: np.ndarray) -> None:
+        """y + r += W x: into y."""
         self.add_product(self.w, x, y)
-
-    def gated(self, x: np.ndarray, h13: np.ndarray, h: np.ndarray) -> None:
-        """h = silu(w1 x) · (w3 x) for this matrix = [w1; w3]."""
-        self.product(self.w, x, h13)
-        swiglu(h13, h)
 
 
 class _QuantizedLinear:
-    """A matrix whose activations are quantized once per input (`prepare`), then used by
-    every matrix that reads the same input; the residual is added by a second kernel."""
+    """A matrix whose input is quantized (QuantizedInput)."""
 
-    rows: int
-
-    def __call__(self, x: object, y: np.ndarray) -> None:
+    def __call__(self, x: tuple[np.ndarray, ...], y: np.ndarray) -> None:
         raise NotImplementedError
 
-    def add_to(self, x: object, y: np.ndarray, scratch: np.ndarray) -> None:
-        out = scratch[: self.rows]
-        self(x, out)
-        add(y, out)
-
-    def gated(self, x: object, h13: np.ndarray, h: np.ndarray) -> None:
-        """h = silu(w1 x) · (w3 x) for this matrix = [w1; w3]."""
-        self(x, h13)
-        swiglu(h13, h)
+    def add_to(self, x: tuple[np.ndarray, ...], y: np.ndarray, r: np.ndarray) -> None:
+        """y + r += W x: into r, which the next QuantizedInput.normed adds to y."""
+        self(x, r)
 
 
 class Int8Linear(_QuantizedLinear):
@@ -216,18 +336,12 @@ class Int8Linear(_QuantizedLinear):
 
     def __init__(self, q: np.ndarray, s: np.ndarray):
         self.q, self.s = q, s
-        self.rows, self.group = q.shape[0], q.shape[1] // s.shape[1]
+        self.group = q.shape[1] // s.shape[1]
         if not self.group % 4 == 0:
             raise ValueError(f"int8 group size {self.group} is not a multiple of 4")
         self.kernel = int8_groups(self.group)
 
-    def prepare(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        xq = np.empty(x.shape, np.int8)
-        xs = np.empty(x.shape[0] // self.group, np.float32)
-        quantize_groups(x, xq, xs)
-        return xq, xs
-
-    def __call__(self, x: tuple[np.ndarray, np.ndarray], y: np.ndarray) -> None:
+    def __call__(self, x: tuple[np.ndarray, ...], y: np.ndarray) -> None:
         self.kernel(self.q, self.s, *x, y)
 
 
@@ -235,15 +349,11 @@ class GgmlLinear(_QuantizedLinear):
     """GGML's Q8_0 or Q4_0 rows; activations quantized to Q8_0 per block, as GGML does."""
 
     def __init__(self, w: quant.QTensor):
-        self.w = w
-        self.rows = w.shape[0]
+        self.d, self.q = w.d, w.q
         self.kernel = quant.q8_0_dot_q8_0 if w.format == "q8_0" else quant.q4_0_dot_q8_0
 
-    def prepare(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
-        return quant.quantize_activations(x[None], self.w.format)
-
     def __call__(self, x: tuple[np.ndarray, ...], y: np.ndarray) -> None:
-        self.kernel(self.w.d, self.w.q, *x, y[None])
+        self.kernel(self.d, self.q, *x, y[None])
 
 
 class Layer:
@@ -267,44 +377,43 @@ class Transformer:
         if isinstance(weights, QWeights):
             if quant_format is not None:
                 raise ValueError("--quant re-quantizes a float32 checkpoint, not an int8 one")
-            self.layers, self.classifier, self.embed = _int8_model(c, weights)
+            model = _int8_model(c, weights)
         else:
-            self.layers, self.classifier, self.embed = _float_model(c, weights, quant_format)
+            model = _float_model(c, weights, quant_format)
+        self.layers, self.classifier, self.embed, inputs = model
+        # what the matrices read, one per length of vector (made in place, as x below)
+        self.at_dim, self.at_hidden = inputs(c.dim), inputs(c.hidden_dim)
         self.rms_final = np.asarray(weights.rms_final, np.float32)
         self.rope_cos, self.rope_sin = (np.ascontiguousarray(t) for t in rope_tables(c))
         # head-major, as the library's attention reads it: [layer, kv head, position, d]
         cache = (c.n_layers, c.n_kv_heads, c.seq_len, c.head_size)
         self.key_cache, self.value_cache = np.zeros(cache, np.float32), np.zeros(cache, np.float32)
         self.x = np.empty(c.dim, np.float32)
-        self.xb = np.empty(c.dim, np.float32)
         self.qkv = np.empty(c.dim + 2 * c.kv_dim, np.float32)
         self.q = np.empty((c.n_heads, c.head_size), np.float32)
         self.att = np.empty((c.n_heads, c.head_size), np.float32)
+        self.att_flat = self.att.reshape(-1)
         self.att4 = self.att[None, :, None]  # [batch, heads, query, d], as attention's
         self.q4 = self.q[None, :, None]
         self.scale, self.group = 1 / math.sqrt(c.head_size), c.n_heads // c.n_kv_heads
         self.h13 = np.empty(2 * c.hidden_dim, np.float32)
-        self.h = np.empty(c.hidden_dim, np.float32)
-        self.scratch = np.empty(max(c.dim, c.vocab_size), np.float32)
+        # a quantized product's output that the next norm adds to x (zero otherwise)
+        self.residual = np.zeros(c.dim, np.float32)
         self.logits = np.empty(c.vocab_size, np.float32)
 
     def forward(self, token: int, pos: int) -> np.ndarray:
-        x, xb = self.x, self.xb
+        x, r, at_dim, at_hidden = self.x, self.residual, self.at_dim, self.at_hidden
         self.embed(token, x)
         cos, sin = self.rope_cos[pos], self.rope_sin[pos]
         for n, layer in enumerate(self.layers):
-            rmsnorm(x, layer.rms_att, xb)
-            layer.qkv(layer.qkv.prepare(xb), self.qkv)
+            layer.qkv(at_dim.normed(x, r, layer.rms_att), self.qkv)
             keys, values = self.key_cache[n, None, :, : pos + 1], self.value_cache[n, None, :, : pos + 1]
             rope_into_cache(self.qkv, cos, sin, self.q, keys[0, :, pos], values[0, :, pos])
             decode_kernel(self.q4, keys, values, self.att4, self.scale, self.group, self.q.shape[1])
-            flat = self.att.reshape(-1)
-            layer.wo.add_to(layer.wo.prepare(flat), x, self.scratch)
-            rmsnorm(x, layer.rms_ffn, xb)
-            layer.w13.gated(layer.w13.prepare(xb), self.h13, self.h)
-            layer.w2.add_to(layer.w2.prepare(self.h), x, self.scratch)
-        rmsnorm(x, self.rms_final, xb)
-        self.classifier(self.classifier.prepare(xb), self.logits)
+            layer.wo.add_to(at_dim(self.att_flat), x, r)
+            layer.w13(at_dim.normed(x, r, layer.rms_ffn), self.h13)
+            layer.w2.add_to(at_hidden.gated(self.h13), x, r)
+        self.classifier(at_dim.normed(x, r, self.rms_final), self.logits)
         return self.logits
 
 
@@ -312,10 +421,13 @@ def _float_model(c: Config, w: Weights, quant_format: str | None):
     """Layers for float32 weights as they are, or re-quantized to a GGML format."""
     if quant_format is None:
         linear: Callable[[np.ndarray], object] = Float32Linear
+        inputs: Callable[[int], object] = Float32Input
     elif quant_format in quant.FORMATS:
 
         def linear(m: np.ndarray) -> GgmlLinear:
             return GgmlLinear(quant.quantize(m, quant_format))
+
+        inputs = functools.partial(ggml_input, quant_format)
     else:
         raise ValueError(f"--quant must be one of {sorted(quant.FORMATS)}, got {quant_format!r}")
     layers = []
@@ -328,7 +440,7 @@ def _float_model(c: Config, w: Weights, quant_format: str | None):
     def embed(token: int, x: np.ndarray) -> None:
         x[...] = table[token]
 
-    return layers, linear(w.wcls), embed
+    return layers, linear(w.wcls), embed, inputs
 
 
 def _int8_model(c: Config, w: QWeights):
@@ -348,7 +460,8 @@ def _int8_model(c: Config, w: QWeights):
     def embed(token: int, x: np.ndarray) -> None:
         dequantize_row(table.q[token], table.s[token], x)
 
-    return layers, Int8Linear(w.wcls.q, w.wcls.s), embed
+    classifier = Int8Linear(w.wcls.q, w.wcls.s)
+    return layers, classifier, embed, functools.partial(int8_input, classifier.group)
 
 
 # ---------------------------------------------------------------------- command line

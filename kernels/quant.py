@@ -133,7 +133,7 @@ def _check_shape(fmt: str, shape: tuple[int, ...]) -> tuple[int, int]:
 # ------------------------------------------------------------------ quantizing
 
 
-def _round_half_away(v):
+def round_half_away(v):
     """C's roundf on a traced f32 value, exactly: truncate, then step away from zero
     when the dropped fraction is at least one half."""
     t = v.astype(kd.i32)
@@ -141,25 +141,41 @@ def _round_half_away(v):
     return t + kd.where(kd.abs(v - t.astype(kd.f32)) >= 0.5, step, 0)
 
 
+def store_q8_0(x, d, q):
+    """Inside a kernel: GGML's quantize_row_q8_0 of the traced f32 array x, a vector or
+    rows ([(rows,) 32 · blocks]): per block, d = max|x| / 127 into `d` [(rows,) blocks]
+    and q = round(x / d) into `q` [(rows,) blocks, 2, 16], the block's two halves (which
+    may lie apart: the Q4_0 product reads them from two arrays). Its loops are named r
+    (rows), b, j, half and h (schedule_store_q8_0)."""
+    *r, b, j = kd.indices(*d.shape, BLOCK, names="r b j" if len(d.shape) == 2 else "b j")
+    scale = kd.empty(d.shape, kd.f32)
+    scale[(*r, b)] = kd.max(kd.abs(x[(*r, BLOCK * b + j)]), over=j) / 127
+    d[(*r, b)] = scale[(*r, b)]
+    inverse = kd.where(scale[(*r, b)] != 0, 1 / scale[(*r, b)], 0)
+    half, h = kd.indices(2, BLOCK // 2, names="half h")
+    v = x[(*r, BLOCK * b + (BLOCK // 2) * half + h)] * inverse
+    q[(*r, b, half, h)] = round_half_away(v).astype(kd.i8)
+
+
+def schedule_store_q8_0(s, rows: bool = False):
+    """store_q8_0's loops fused per block (and row), its values 16 to a vector."""
+    for k in (1, 2):
+        if rows:
+            s.fuse("r", f"r.{k}")
+        s.fuse("b", f"b.{k}")
+    s.vectorize("j", 16)
+    s.vectorize("h", 16)
+
+
 @kd.kernel
 def q8_0_blocks(x, d, q):
-    """GGML's quantize_row_q8_0: d = max|x| / 127 per block, q = round(x / d)."""
-    r, b, j = kd.indices(d.shape[0], d.shape[1], BLOCK)
-    scale = kd.empty(d.shape, kd.f32)
-    scale[r, b] = kd.max(kd.abs(x[r, BLOCK * b + j]), over=j) / 127
-    d[r, b] = scale[r, b]
-    inverse = kd.where(scale[r, b] != 0, 1 / scale[r, b], 0)
-    q[r, b, j] = _round_half_away(x[r, BLOCK * b + j] * inverse).astype(kd.i8)
+    """GGML's quantize_row_q8_0 of the rows of x (store_q8_0)."""
+    store_q8_0(x, d, q)
 
 
 @q8_0_blocks.schedule(kd.cpu)
 def _q8_0_blocks_cpu(s):
-    s.fuse("r", "r.1")
-    s.fuse("r", "r.2")
-    s.fuse("b", "b.1")
-    s.fuse("b", "b.2")
-    s.vectorize("j", 16)
-    s.vectorize("j.1", 16)
+    schedule_store_q8_0(s, rows=True)
     s.parallelize("r")
 
 
@@ -202,7 +218,10 @@ def quantize(x: np.ndarray, fmt: str) -> QTensor:
     x = np.asarray(x, np.float32)
     matrix = x.reshape(1, -1) if x.ndim == 1 else x
     out = QTensor.empty(fmt, matrix.shape)
-    _QUANTIZERS[fmt](matrix, out.scales, out.quants)
+    quants = out.quants
+    if fmt == "q8_0":  # a block's halves, as q8_0_blocks writes them
+        quants = quants.reshape(*quants.shape[:2], 2, BLOCK // 2)
+    _QUANTIZERS[fmt](matrix, out.scales, quants)
     return out
 
 
@@ -388,22 +407,41 @@ _PRODUCTS = {
 }
 
 
-def quantize_activations(x: np.ndarray, fmt: str) -> tuple[np.ndarray, ...]:
-    """The rows of x ([n, cols]) in Q8_0, as the product with `fmt` weights reads them:
-    scales padded like the weights' (f16 [n, padded blocks]), then the quants [n,
-    padded blocks · 32] for Q8_0 weights, or for Q4_0 each block's first and second
-    halves apart ([n, padded blocks · 16] each: the values that the low and the high
-    nibbles of a weight byte multiply)."""
-    n, blocks, padded = x.shape[0], x.shape[1] // BLOCK, _padded_blocks(x.shape[1], fmt)
-    scales = np.zeros((n, padded), np.float16)
-    quants = np.zeros((n, padded, BLOCK), np.int8)
-    q8_0_blocks(x, scales[:, :blocks], quants[:, :blocks])
-    if fmt == "q8_0":
-        return scales, quants.reshape(n, -1)
-    halves = BLOCK // 2
-    low = np.ascontiguousarray(quants[:, :, :halves]).reshape(n, -1)
-    high = np.ascontiguousarray(quants[:, :, halves:]).reshape(n, -1)
-    return scales, low, high
+class Activations:
+    """Buffers for rows of activations [n, cols] in Q8_0, laid out as the product with
+    `fmt` weights reads them, and filled in place by `quantize` (one kernel call);
+    `args` are the product's activation arguments: the scales padded like the weights'
+    (f16 [n, padded blocks]), then the quants [n, padded blocks · 32] for Q8_0 weights,
+    or for Q4_0 each block's first and second halves apart ([n, padded blocks · 16]
+    each: the values that the low and the high nibbles of a weight byte multiply).
+    `scales` and `quants` are views of the unpadded blocks, as store_q8_0 writes them,
+    for kernels that make and quantize activations in one."""
+
+    def __init__(self, fmt: str, shape: tuple[int, int]):
+        n, cols = self.shape = _check_shape(fmt, shape)
+        blocks, padded, halves = cols // BLOCK, _padded_blocks(cols, fmt), BLOCK // 2
+        d = np.zeros((n, padded), np.float16)
+        if fmt == "q8_0":
+            quants = np.zeros((n, padded, 2, halves), np.int8)
+            self.args: tuple[np.ndarray, ...] = (d, quants.reshape(n, -1))
+        else:
+            quants = np.zeros((2, n, padded, halves), np.int8).transpose(1, 2, 0, 3)
+            self.args = (d, quants[:, :, 0].reshape(n, -1), quants[:, :, 1].reshape(n, -1))
+        self.scales, self.quants = d[:, :blocks], quants[:, :blocks]
+
+    def quantize(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
+        if x.shape != self.shape:
+            raise ValueError(f"these buffers hold activations {self.shape}, got {x.shape}")
+        q8_0_blocks(x, self.scales, self.quants)
+        return self.args
+
+
+def quantize_activations(
+    x: np.ndarray, fmt: str, out: Activations | None = None
+) -> tuple[np.ndarray, ...]:
+    """The rows of x ([n, cols]) in Q8_0, as the product with `fmt` weights reads them
+    (Activations.args); into `out`'s buffers when given (Activations(fmt, x.shape))."""
+    return (out or Activations(fmt, x.shape)).quantize(x)
 
 
 def qmatmul(

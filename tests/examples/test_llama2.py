@@ -51,6 +51,40 @@ def test_int8_group_kernel(rows: int, size: int, tile: int) -> None:
     np.testing.assert_allclose(y, want, rtol=1e-5)
 
 
+def _dequantized(kind: str, args: tuple[np.ndarray, ...], n: int) -> tuple[np.ndarray, ...]:
+    """The values a QuantizedInput's product arguments stand for, and each one's scale."""
+    if kind == "int8":
+        xq, xs = args
+        return (xq.reshape(len(xs), -1) * xs[:, None]).reshape(-1), np.repeat(xs, n // len(xs))
+    d = args[0][0, : n // 32].astype(np.float32)
+    width = 32 if kind == "q8_0" else 16  # a block's quants in each array
+    q = np.concatenate([a.reshape(-1, width)[: n // 32] for a in args[1:]], axis=1)
+    return (q * d[:, None]).reshape(-1), np.repeat(d, 32)
+
+
+@pytest.mark.parametrize("kind", ["int8", "q8_0", "q4_0"])
+def test_inputs_are_made_and_quantized_in_one_call(kind: str) -> None:
+    """A quantized input from a vector, from rmsnorm after adding the pending residual
+    (which it then clears), or from SwiGLU: each value within half a step of its scale
+    (and the f16 scale's rounding) of NumPy's."""
+    rng = np.random.default_rng(5)
+    n = 96
+    x, r, w = (rng.standard_normal(n).astype(np.float32) for _ in range(3))
+    h13 = rng.standard_normal(2 * n).astype(np.float32)
+    inputs = runner.int8_input(32, n) if kind == "int8" else runner.ggml_input(kind, n)
+    summed = x + r
+    normed = w * summed / np.sqrt(np.mean(summed.astype(np.float64) ** 2) + runner.EPS)
+    gated = h13[:n] / (1 + np.exp(-h13[:n].astype(np.float64))) * h13[n:]
+    for make, want in (
+        (lambda: inputs(x), x.copy()),
+        (lambda: inputs.normed(x, r, w), normed),
+        (lambda: inputs.gated(h13), gated),
+    ):
+        got, step = _dequantized(kind, make(), n)  # (each call reuses the buffers)
+        assert np.all(np.abs(got - want) <= 0.6 * step + 1e-6)
+    assert np.array_equal(x, summed) and not r.any()
+
+
 class _GgmlMatrices:
     """The reference's matrices re-quantized to a GGML format, with GGML's arithmetic
     (activations quantized to Q8_0 per block): quant.reference_qmatmul in float64."""

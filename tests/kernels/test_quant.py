@@ -122,6 +122,27 @@ def test_the_layout_pads_rows_to_whole_groups_of_blocks() -> None:
         assert np.array_equal(again.d, w.d) and np.array_equal(again.q, w.q)
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_activations_are_quantized_in_place(fmt: str) -> None:
+    """quantize_activations into `out`: the same buffers every call, holding GGML's Q8_0
+    of each x in turn (Q4_0's product reads each block's halves apart), padding zero."""
+    rng = np.random.default_rng(11)
+    out = quant.Activations(fmt, (3, 160))  # 5 blocks a row, padded to 6 or 8
+    for x in (awkward_values(rng, (3, 160)), rng.standard_normal((3, 160)).astype(np.float32)):
+        args = quant.quantize_activations(x, fmt, out=out)
+        assert args is out.args
+        want = quant.reference_quantize(x, "q8_0")
+        assert np.array_equal(args[0][:, :5], want.scales) and not args[0][:, 5:].any()
+        width = 32 if fmt == "q8_0" else 16  # a block's quants in each array
+        quants = [a.reshape(3, -1, width) for a in args[1:]]
+        assert np.array_equal(np.concatenate([q[:, :5] for q in quants], axis=2), want.quants)
+        assert not any(q[:, 5:].any() for q in quants)
+        fresh = quant.quantize_activations(x, fmt)
+        assert all(np.array_equal(a, b) for a, b in zip(args, fresh))
+    with pytest.raises(ValueError, match="activations"):
+        quant.quantize_activations(np.ones((3, 128), np.float32), fmt, out=out)
+
+
 def test_products_are_close_to_the_float_product() -> None:
     """Quantization error only: RMS about 1% of the result's for Q8_0, 10% for Q4_0."""
     rng = np.random.default_rng(2)
