@@ -230,6 +230,8 @@ def int8_groups(size: int) -> Callable[..., object]:
             s.unroll(rest)
             s.parallelize(rows)
             s.parallelize("r.1")
+            s.prefetch("q", "g.1", quant.PREFETCH)  # as the GGML formats' products
+            s.prefetch("s", "g.1", quant.PREFETCH)
 
         _INT8_KERNELS[size] = int8_groups
     return _INT8_KERNELS[size]

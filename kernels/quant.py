@@ -315,6 +315,9 @@ def q4_0_dot_q8_0(d, q, xd, xlow, xhigh, y):
     y[t, r] = kd.sum(lanes[t, r, lane], over=lane)
 
 
+PREFETCH = 64  # iterations of a row's loop over blocks (2-4 KiB of quants) ahead
+
+
 def _lanes_across_blocks(s, lane, width, batch=("t", "t.1"), block="b", rows=(1,)):
     """Rows of weights on all cores, the batch inside each row (its blocks are read
     once), and the lanes of a block across a vector that accumulates block after block:
@@ -322,7 +325,10 @@ def _lanes_across_blocks(s, lane, width, batch=("t", "t.1"), block="b", rows=(1,
     lanes' statement and of the row sum. A choice of `rows` above 1 runs that many rows
     at a time in the loop over the blocks, each with its own vector of lanes: a core
     then streams several rows at once, which keeps more reads from DRAM in flight (the
-    row sums are then a loop of their own)."""
+    row sums are then a loop of their own). One row at a time, the quants and scales
+    are prefetched PREFETCH iterations of the blocks' loop ahead (a row's work per cache
+    line leaves too few reads in flight otherwise: Q4_0 32000×768 beyond the L3 read 13.0
+    GB/s without the hint, 17.9 with it; Q8_0 16.8 and 21.4)."""
     s.reorder("r", batch[0])
     s.reorder("r.1", batch[1])
     tile = s.param("rows", list(rows))
@@ -332,6 +338,10 @@ def _lanes_across_blocks(s, lane, width, batch=("t", "t.1"), block="b", rows=(1,
         s.reorder(block, lane)
         s.vectorize(lane, width)
         s.parallelize("r")
+        ahead = s.param("prefetch", [PREFETCH, 0])  # 0: no hint
+        if ahead:
+            s.prefetch("q", block, ahead)
+            s.prefetch("d", block, ahead)
         return
     outer, inner = s.split("r", tile)
     s.reorder(outer, batch[0], lane, block, inner)

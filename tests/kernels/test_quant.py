@@ -76,17 +76,22 @@ def test_products_match_ggml_arithmetic(fmt, activations, rows, cols, batch) -> 
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("tile", [1, 4, 8])
+@pytest.mark.parametrize(
+    "config",
+    [{"rows": 1}, {"rows": 1, "prefetch": 0}, {"rows": 4}, {"rows": 8}],
+    ids=str,
+)
 @pytest.mark.parametrize("rows, batch, cols", [(1, 1, 96), (7, 2, 160), (13, 1, 256), (37, 3, 32)])
-def test_every_row_tile_of_the_byte_products(fmt, tile, rows, batch, cols) -> None:
-    """Each choice of the schedule's `rows`, on row counts around the tiles and block
-    counts around the groups of blocks a vector spans (padded with zero blocks)."""
-    rng = np.random.default_rng(rows * 10 + tile)
+def test_every_row_tile_of_the_byte_products(fmt, config, rows, batch, cols) -> None:
+    """Each choice of the schedule's `rows` (one row at a time with and without the
+    prefetch), on row counts around the tiles and block counts around the groups of
+    blocks a vector spans (padded with zero blocks)."""
+    rng = np.random.default_rng(rows * 10 + config["rows"])
     w = quant.quantize(rng.standard_normal((rows, cols)).astype(np.float32), fmt)
     x = rng.standard_normal((batch, cols)).astype(np.float32)
     kernel = quant.q8_0_dot_q8_0 if fmt == "q8_0" else quant.q4_0_dot_q8_0
     got = rng.standard_normal((batch, rows)).astype(np.float32)
-    run_config(kernel, {"rows": tile}, w.d, w.q, *quant.quantize_activations(x, fmt), got)
+    run_config(kernel, config, w.d, w.q, *quant.quantize_activations(x, fmt), got)
     want = quant.reference_qmatmul(w, x, "q8_0")
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
