@@ -231,6 +231,8 @@ class KernelFunction:
         key = keyer(args)
         if key is None or not self._constexpr_pos:
             return key
+        if len(args) != len(self.signature.names):  # a constexpr left to its default
+            return None
         values = []
         for n in self._constexpr_pos:
             v = args[n]

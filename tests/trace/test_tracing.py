@@ -940,6 +940,23 @@ def test_repeated_constexpr_calls_take_the_cached_path_per_value():
     assert len(scale._fast) == 5  # one cached entry per value, none per call
 
 
+def test_a_constexpr_left_to_its_default_takes_the_careful_path():
+    """Regression: the fast path's key read the omitted constexpr (IndexError)."""
+
+    @kd.kernel
+    def scale(x, y, c: kd.constexpr = 2):
+        i = kd.indices(x.shape[0])
+        y[i] = x[i] * c
+
+    x, y = np.array([3.0]), np.zeros(1)
+    for _ in range(2):
+        scale(x, y)
+        assert y[0] == 6.0
+        scale(x, y, 3)
+        assert y[0] == 9.0
+    assert scale.stats()["compilations"] == 2
+
+
 def test_trailing_float_constexpr():
     """Regression: the direct call path once passed it on to the compiled function."""
 
