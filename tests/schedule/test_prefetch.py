@@ -131,3 +131,26 @@ def test_ptx_ignores_the_hint() -> None:
     x = np.ones(100, np.float32)
     ptx = scale.ptx(x, np.zeros_like(x))
     assert ".entry" in ptx and "prefetch" not in ptx
+
+
+def test_a_parallel_loop_left_with_only_the_hint_captures_its_buffer() -> None:
+    """Regression: `reorder` distributes the hint into a loop of its own, without the
+    reads; parallelized, that loop's task did not capture the hinted buffer (KeyError)."""
+
+    @kd.kernel
+    def row_sums(w, x, y):
+        i, j = kd.indices(w.shape[0], w.shape[1])
+        y[i] = kd.sum(w[i, j] * x[j], over=j)
+
+    @row_sums.schedule(kd.cpu)
+    def _(s):
+        s.prefetch("w", "i", 2)
+        s.reorder("j", "i")
+        s.parallelize("i.1")  # the copy of 'i' that holds the hint
+
+    rng = np.random.default_rng(1)
+    w, x = random_array(rng, (37, 113), np.float32), random_array(rng, (113,), np.float32)
+    y = np.zeros(37, np.float32)
+    assert "prefetch w[i.1 + 2, 0]" in str(row_sums.lowered(w, x, y))
+    want = w.astype(np.float64) @ x
+    check_kernel(row_sums, [w, x, y], {2: want}, rtol=1e-5, atol=1e-5)

@@ -25,6 +25,7 @@ from kdsl.ir.nodes import (
     LocalVar,
     Loop,
     LoopVar,
+    Prefetch,
     Stmt,
     Store,
 )
@@ -101,7 +102,7 @@ def _used_names(body: tuple[Stmt, ...]) -> set[str]:
             used.add(e.buffer)
         elif isinstance(e, LoopVar | LocalVar):
             used.add(e.name)
-    used |= {s.buffer for s in walk_stmts(body) if isinstance(s, Store)}
+    used |= {s.buffer for s in walk_stmts(body) if isinstance(s, Store | Prefetch)}
     used |= {s.local for s in walk_stmts(body) if isinstance(s, Assign)}
     return used
 
