@@ -409,7 +409,10 @@ class Transformer:
         cos, sin = self.rope_cos[pos], self.rope_sin[pos]
         for n, layer in enumerate(self.layers):
             layer.qkv(at_dim.normed(x, r, layer.rms_att), self.qkv)
-            keys, values = self.key_cache[n, None, :, : pos + 1], self.value_cache[n, None, :, : pos + 1]
+            keys, values = (
+                self.key_cache[n, None, :, : pos + 1],
+                self.value_cache[n, None, :, : pos + 1],
+            )
             rope_into_cache(self.qkv, cos, sin, self.q, keys[0, :, pos], values[0, :, pos])
             decode_kernel(self.q4, keys, values, self.att4, self.scale, self.group, self.q.shape[1])
             layer.wo.add_to(at_dim(self.att_flat), x, r)

@@ -303,7 +303,11 @@ class KernelFunction:
                 spec = self._by_spec.get(key) or self._compile(specs, target)  # type: ignore[arg-type]
                 self._by_spec[key] = spec  # type: ignore[index]
         if target is cuda:
-            if self._fast_ok and not kwargs and (fast := self._fast_key(args, cuda_fast_key)) is not None:
+            if (
+                self._fast_ok
+                and not kwargs
+                and (fast := self._fast_key(args, cuda_fast_key)) is not None
+            ):
                 self._fast_cuda[fast] = spec  # type: ignore[assignment]
             return spec, bound
         if self._fast_ok and not kwargs:
