@@ -165,9 +165,9 @@ def fast_key(args: Sequence[object]) -> tuple[object, ...] | None:
         t = type(a)
         if t is np.ndarray:
             key.append((a.dtype, a.ndim, a.flags.c_contiguous))  # type: ignore[union-attr]
-        elif t is float or t is int or t is bool:
+        elif t is float or t is bool or (t is int and -(1 << 63) <= a < (1 << 63)):  # type: ignore[operator]
             key.append(t)
-        else:
+        else:  # (an int beyond 64 bits: the careful path says so; ctypes would wrap it)
             return None
     return tuple(key)
 

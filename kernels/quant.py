@@ -315,7 +315,8 @@ def q4_0_dot_q8_0(d, q, xd, xlow, xhigh, y):
     y[t, r] = kd.sum(lanes[t, r, lane], over=lane)
 
 
-PREFETCH = 64  # iterations of a row's loop over blocks (2-4 KiB of quants) ahead
+PREFETCH = 64  # iterations of a row's loop over blocks ahead (4 KiB of quants for the
+# byte products' groups of blocks, 1-2 KiB for the f32 products' single blocks)
 
 
 def _lanes_across_blocks(s, lane, width, batch=("t", "t.1"), block="b", rows=(1,)):

@@ -13,6 +13,7 @@ from kdsl.ir.nodes import (
     Assign,
     Binary,
     BinaryOp,
+    BufferRole,
     Const,
     DeclareLocal,
     Expr,
@@ -405,9 +406,14 @@ def prefetch(ctx: StepContext, buffer: object, name: object, distance: object = 
     statement in the loop, so a later step needing a perfect nest there is refused."""
     path, loop = ctx.loop(name)
     d = _positive_int(ctx, distance, "prefetch distance")
-    names = [b.name for b in ctx.kernel.buffers]
+    names = [b.name for b in ctx.kernel.buffers if b.role is not BufferRole.TEMP]
     if buffer not in names:
-        raise ctx.refuse(f"there is no buffer named {buffer!r}", f"name one of {', '.join(names)}")
+        what = "a temporary" if any(b.name == buffer for b in ctx.kernel.buffers) else "no buffer"
+        raise ctx.refuse(
+            f"there is {what} named {buffer!r} (a hint is for the arrays a kernel streams "
+            "from memory)",
+            f"name one of {', '.join(names)}",
+        )
     reads = _streamed_reads(loop, str(buffer))
     if not reads:
         raise ctx.refuse(

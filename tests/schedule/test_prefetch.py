@@ -96,7 +96,8 @@ def test_locals_of_the_loop_are_resolved_in_the_hint() -> None:
     "args, message",
     [
         (("nope", "j", 4), "there is no buffer named 'nope'"),
-        (("x", "i", 4), "loop 'i' reads no element of 'x' that moves with it"),
+        (("t", "j", 4), "there is a temporary named 't'"),
+        (("x", "i.1", 4), "loop 'i.1' reads no element of 'x' that moves with it"),
         (("w", "j", 0), "the prefetch distance must be a positive int"),
         (("w", "missing", 4), "there is no loop named 'missing'"),
     ],
@@ -105,7 +106,9 @@ def test_refusals_say_why(args: tuple[object, ...], message: str) -> None:
     @kd.kernel
     def row_sums(w, x, y):
         i, j = kd.indices(w.shape[0], w.shape[1])
-        y[i] = kd.sum(w[i, j] * x[j], over=j)
+        t = kd.empty(w.shape, kd.f32)  # a temporary: later steps may shrink or inline it
+        t[i, j] = w[i, j] * x[j]
+        y[i] = kd.sum(t[i, j], over=j)
 
     @row_sums.schedule(kd.cpu)
     def _(s):

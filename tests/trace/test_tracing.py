@@ -922,6 +922,21 @@ def test_constexpr_zero_and_negative_zero_are_different_specializations():
     assert reciprocal.stats()["compilations"] == 2
 
 
+def test_an_int_beyond_64_bits_is_an_error_on_a_cached_call_too():
+    """The second call takes the fast path; ctypes would wrap 2**64 + 7 to 7 there."""
+
+    @kd.kernel
+    def add(n, x, y):
+        i = kd.indices(x.shape[0])
+        y[i] = x[i] + n
+
+    x, y = np.zeros(2, np.int64), np.zeros(2, np.int64)
+    add(7, x, y)
+    with pytest.raises(kd.KernelArgumentError, match="does not fit in 64 bits"):
+        add(2**64 + 7, x, y)
+    assert (y == 7).all()
+
+
 def test_repeated_constexpr_calls_take_the_cached_path_per_value():
     """Calls repeat a kernel's constexpr values (a library's head size, a group): each
     value keeps its own specialization on the fast path, by type and exact value."""

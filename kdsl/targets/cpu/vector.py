@@ -309,11 +309,11 @@ class _VectorLoop:
                 self.masked(self.and_mask(self.value(c)), lambda: self.block(then))
             case Check():
                 self.check(s)
-            case Prefetch(index=index) if self.copy == 0 and not any(
+            case Prefetch(index=index) if not any(
                 isinstance(e, LocalVar) and e.name in self.plan.varying_locals
                 for i in index
                 for e in walk_expr(i)
-            ):  # once per trip, at the first lane: a vector's elements share few lines
+            ):  # once per vector, at its first lane: a vector's elements share few lines
                 self.at_first_lane(lambda: gen.stmt(s, []))
             case Prefetch():
                 pass
