@@ -222,18 +222,23 @@ def int8_groups(size: int) -> Callable[..., object]:
         @int8_groups.schedule(kd.cpu)
         def _(s):
             # one row at a time: the matrix is one stream per core (as kernels/matvec.py's
-            # short rows; eight at a time read 32000×768 at 9.3 GB/s, one at 14.2)
+            # short rows; eight at a time read 32000×768 at 9.3 GB/s, one at 14.2), the
+            # row's sum right after its lanes and its quants prefetched, as the GGML
+            # formats' products do (kernels/quant.py, _lanes_across_blocks)
             tile = s.param("rows", [1, 4, 8])
-            rows, rest = s.split("r", tile)
-            s.reorder(rows, "lane.1", "g.1", rest)
-            if lanes > 1:  # a group of 4 (a small model's odd hidden size) stays scalar
-                s.vectorize("lane.1", lanes)
-            s.unroll(rest)
-            s.parallelize(rows)
-            s.parallelize("r.1")
-            if tile == 1:  # as the GGML formats' products
+            if tile == 1:
+                rows = s.fuse("r", "r.1")
+                s.reorder("g.1", "lane.1")
                 s.prefetch("q", "g.1", quant.PREFETCH)
                 s.prefetch("s", "g.1", quant.PREFETCH)
+            else:
+                rows, rest = s.split("r", tile)
+                s.reorder(rows, "lane.1", "g.1", rest)
+                s.unroll(rest)
+                s.parallelize("r.1")
+            if lanes > 1:  # a group of 4 (a small model's odd hidden size) stays scalar
+                s.vectorize("lane.1", lanes)
+            s.parallelize(rows)
 
         _INT8_KERNELS[size] = int8_groups
     return _INT8_KERNELS[size]

@@ -49,8 +49,8 @@ def _with_epilogue(a, b, bias, c, activation: kd.constexpr = None, with_bias: kd
 
 
 # One algorithm and one schedule (below), as four kernels: with the epilogue chosen at
-# compile time (constexpr arguments) or without one (whose calls take kdsl's fast path:
-# ~2 µs instead of ~20), each with two defaults for the loop that the cores share:
+# compile time (constexpr arguments) or without one (three arguments, no placeholder
+# bias to pass), each with two defaults for the loop that the cores share:
 # panels of B (each core packs its own) for most shapes, row strips of A when B has too
 # few panels to go round. `matmul` picks, and picks the panel width by k (`panel_width`):
 # kernels with other widths than PANEL are made on first use.
