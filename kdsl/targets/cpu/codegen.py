@@ -419,19 +419,19 @@ class _Codegen:
                 ok = b.and_(ok, b.icmp_unsigned("<", v, d))
             self._fail_unless(ok, ErrorKind.BOUNDS, len(self.sites.accesses))
             self.sites.accesses.append((name, loc))
+        return self._element(info, idx)
+
+    def _element(self, info: ArrayInfo, idx: list[ir.Value]) -> ir.Value:
+        """The address of the element at subscripts `idx` (no check)."""
         offset: ir.Value = ir.Constant(I64, 0)
         for v, s in zip(idx, info.strides):
-            offset = b.add(offset, b.mul(v, s))
-        return b.gep(info.data, [offset], source_etype=I8)
+            offset = self.b.add(offset, self.b.mul(v, s))
+        return self.b.gep(info.data, [offset], source_etype=I8)
 
     def prefetch(self, name: str, index: tuple[Expr, ...]) -> None:
         """`prefetcht0` of the element's line: no bounds check (the hardware drops a hint
         to an address it can't read), read access, kept in every cache level."""
-        info = self.state.arrays[name]
-        offset: ir.Value = ir.Constant(I64, 0)
-        for i, stride in zip(index, info.strides):
-            offset = self.b.add(offset, self.b.mul(self.expr(i), stride))
-        at = self.b.gep(info.data, [offset], source_etype=I8)
+        at = self._element(self.state.arrays[name], [self.expr(i) for i in index])
         read, keep, data = (ir.Constant(ir.IntType(32), v) for v in (0, 3, 1))
         self.ops.intrinsic("llvm.prefetch.p0", ir.VoidType(), [at, read, keep, data])
 
