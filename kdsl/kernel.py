@@ -30,10 +30,12 @@ from kdsl.targets.cuda.arrays import fast_key as cuda_fast_key
 from kdsl.targets.cuda.arrays import is_device
 from kdsl.targets.cuda.backend import PtxCode, compile_ptx_kernel
 from kdsl.targets.cuda.call import CudaSpecialization
+from kdsl.targets.cuda.mma import tile_instructions as gpu_tile_instructions
 from kdsl.targets.interp.interpreter import interpret
 from kdsl.trace.tracer import ArgSpec, ArraySpec, ScalarSpec, exact_key, trace
 
-recipe.host_tile_instructions = tile_instructions  # for Schedule.replay
+TILE_INSTRUCTIONS = {"cpu": tile_instructions, "cuda": gpu_tile_instructions}  # `s.has`
+recipe.target_tile_instructions.update(TILE_INSTRUCTIONS)  # for Schedule.replay
 
 Compiled = Specialization | TunedDispatch | CudaSpecialization  # serves one signature
 
@@ -158,7 +160,7 @@ class KernelFunction:
             strict_fp=self.strict_fp,
             config=config,
             vector_check=vector_obstacle if target is cpu else None,
-            tile_instructions=tile_instructions if target is cpu else frozenset,
+            tile_instructions=TILE_INSTRUCTIONS.get(target.name, frozenset),
         )
         fn = None if heuristic else self._schedules.get(target.name)
         if fn is None:

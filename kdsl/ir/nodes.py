@@ -86,6 +86,7 @@ class LoopExec(enum.Enum):
     UNROLLED = "unrolled"
     PARALLEL = "parallelized"
     AMX = "amx"  # a tile product on AMX tiles (kdsl/ir/tile_product.py); width 0: from zero
+    MMA = "mma"  # a tile product on a GPU warp's mma.sync (the same nest; width 0: from zero)
     GPU_BLOCK_X = "block.x"
     GPU_BLOCK_Y = "block.y"
     GPU_BLOCK_Z = "block.z"

@@ -170,7 +170,7 @@ def format_stmts(body: tuple[Stmt, ...], indent: int = 1) -> list[str]:
                 out.append(f"{pad}prefetch {b}[{', '.join(format_expr(i) for i in index)}]")
             case Loop(var=var, extent=ext, kind=kind, body=inner, exec=ex, width=w):
                 how = "" if ex is LoopExec.SERIAL else f", {ex.value}" + (f"({w})" if w > 1 else "")
-                if ex is LoopExec.AMX and w == 0:
+                if ex in (LoopExec.AMX, LoopExec.MMA) and w == 0:
                     how += " from zero"
                 out.append(f"{pad}for {var} in range({format_expr(ext)}):  # {kind.value}{how}")
                 out.extend(format_stmts(inner, indent + 1))

@@ -1,5 +1,5 @@
-"""Recognize a tile product: the loop nest that a matrix instruction (AMX on the CPU)
-computes whole.
+"""Recognize a tile product: the loop nest that a matrix instruction (AMX on the CPU,
+mma.sync on a GPU warp) computes whole.
 
     for i in range(R):                  # rows of the tile (R ≤ TR)
       for j in range(C):                # columns (C ≤ TC)
@@ -7,9 +7,11 @@ computes whole.
           for t in range(min(2, K - p·2)):
             acc[i, j] = acc[i, j] + f32(a[a0 + i, k0 + p·2 + t]) · f32(b[b0 + p, 2·(c0 + j) + t])
 
-`acc` is a temporary of constant shape [TR, TC]; `a` holds bf16 rows of k; `b` holds
-bf16 in the "vnni" layout (`cache(b, at=..., layout="vnni")`): row p has the two k-rows
-2p and 2p + 1 of the original interleaved, column by column. The loops' execution marks
+`acc` is a temporary of constant shape [TR, TC] (SHAPES: which the instruction takes);
+`a` holds bf16 rows of k; `b` holds bf16 in the "vnni" layout (`cache(b, at=...,
+layout="vnni")`): row p has the two k-rows 2p and 2p + 1 of the original interleaved,
+column by column. A GPU warp reads its fragments element by element, so for "mma" `b`
+may also be plain rows of k: `b[b0 + p·2 + t, c0 + j]`. The loops' execution marks
 inside the nest don't matter (the nest's meaning is its loops). The schedule step
 `tensorize` checks a nest with `match`; the code generator emits what it returns.
 """
@@ -40,6 +42,13 @@ from kdsl.ir.nodes import (
 )
 
 TILE = 16  # rows of a matrix register; 16 f32 (or 32 bf16) make a row of 64 bytes
+INSTRUCTIONS = {LoopExec.AMX: "amx", LoopExec.MMA: "mma"}  # a tensorized loop's mark
+# the accumulator shapes each instruction takes: AMX holds up to 2 × 2 tiles of 16 × 16;
+# a warp holds TR·TC/32 f32 per thread in registers (m16n8 per mma.sync)
+SHAPES = {
+    "amx": tuple((r, c) for r in (TILE, 2 * TILE) for c in (TILE, 2 * TILE)),
+    "mma": tuple((r, c) for r in (16, 32, 64) for c in (8, 16, 32, 64) if r * c <= 2048),
+}
 
 
 @dataclass(frozen=True)
@@ -53,10 +62,11 @@ class TileProduct:
     a_at: tuple[Expr, Expr]  # a's subscripts where i = p = t = 0
     b: str
     b_at: tuple[Expr, Expr]  # b's subscripts where j = p = t = 0
+    b_vnni: bool = True  # b in the vnni layout (else plain rows of k: "mma" only)
 
 
-def match(loop: Loop, buffers: dict[str, Buffer]) -> TileProduct | str:
-    """The tile product that `loop` (the rows loop) is, or why it is not one."""
+def match(loop: Loop, buffers: dict[str, Buffer], instruction: str = "amx") -> TileProduct | str:
+    """The tile product that `loop` (the rows loop) is for `instruction`, or why not."""
     nest = _perfect_nest(loop, 4)
     if isinstance(nest, str):
         return nest
@@ -78,10 +88,14 @@ def match(loop: Loop, buffers: dict[str, Buffer]) -> TileProduct | str:
         return f"the body of loop '{pair.var}' must be a single accumulation into a buffer"
     acc = buffers[store.buffer]
     shape = _tile_shape(acc)
-    if shape is None:
+    if shape not in SHAPES[instruction]:
+        heights = sorted({r for r, _ in SHAPES[instruction]})
+        widths = sorted({c for _, c in SHAPES[instruction]})
         return (
-            f"the accumulator '{acc.name}' must be a temporary of f32 with a constant shape of "
-            f"{TILE} or {2 * TILE} by {TILE} or {2 * TILE} (split the rows and columns by 16 or 32)"
+            f"the accumulator '{acc.name}' must be a temporary of f32 with a constant shape "
+            f"of {_either(heights)} rows by {_either(widths)} columns"
+            + (" (at most 2048 elements)" if instruction == "mma" else "")
+            + " (split the rows and columns by those sizes)"
         )
     if store.index != (LoopVar(rows.var), LoopVar(cols.var)):
         return f"the accumulator must be written at [{rows.var}, {cols.var}]"
@@ -97,17 +111,35 @@ def match(loop: Loop, buffers: dict[str, Buffer]) -> TileProduct | str:
         )
     names = (rows.var, cols.var, pairs.var, pair.var)
     a, b = sorted(operands, key=lambda load: _coefficients(load, names)[0] != (1, 0, 0, 0))
-    a_at, b_at = (
-        _based(a, names, ((1, 0, 0, 0), (0, 0, 2, 1))),
-        _based(b, names, ((0, 0, 1, 0), (0, 2, 0, 1))),
-    )
+    a_at = _based(a, names, ((1, 0, 0, 0), (0, 0, 2, 1)))
+    b_at, vnni = _based(b, names, ((0, 0, 1, 0), (0, 2, 0, 1))), True
+    if b_at is None and instruction == "mma":
+        b_at, vnni = _based(b, names, ((0, 0, 2, 1), (0, 1, 0, 0))), False
     if a_at is None or b_at is None:
+        rows_of_k = (
+            f", or as rows of k at [k + {pairs.var}·2 + {pair.var}, column + {cols.var}]"
+            if instruction == "mma"
+            else ""
+        )
         return (
             f"one operand must be read at [row + {rows.var}, k + {pairs.var}·2 + {pair.var}], "
             f"the other in the vnni layout at [p + {pairs.var}, 2·(column + {cols.var}) + "
-            f"{pair.var}] (cache it with layout='vnni')"
+            f"{pair.var}] (cache it with layout='vnni'){rows_of_k}"
         )
-    return TileProduct(rows, cols, depth, acc.name, shape, a.buffer, a_at, b.buffer, b_at)
+    return TileProduct(rows, cols, depth, acc.name, shape, a.buffer, a_at, b.buffer, b_at, vnni)
+
+
+def _either(sizes: list[int]) -> str:
+    return ", ".join(map(str, sizes[:-1])) + f" or {sizes[-1]}"
+
+
+def accumulator(loop: Loop) -> str | None:
+    """The buffer a tensorized nest accumulates into (None if `loop` is not a nest)."""
+    nest = _perfect_nest(loop, 4)
+    if isinstance(nest, str) or len(nest[3].body) != 1:
+        return None
+    store = nest[3].body[0]
+    return store.buffer if isinstance(store, Store) else None
 
 
 def mark_zero_starts(stmts: tuple[Stmt, ...]) -> tuple[Stmt, ...]:
@@ -118,7 +150,7 @@ def mark_zero_starts(stmts: tuple[Stmt, ...]) -> tuple[Stmt, ...]:
     so the IR means the same to every reader."""
     out: list[Stmt] = []
     for s in stmts:
-        if isinstance(s, Loop) and s.exec is LoopExec.AMX and out and _zeroes(out[-1], s):
+        if isinstance(s, Loop) and s.exec in INSTRUCTIONS and out and _zeroes(out[-1], s):
             s = replace(s, width=0)
         out.append(s)
     return tuple(out)
@@ -170,7 +202,7 @@ def _depth(pairs: Loop, pair: Loop) -> Expr | None:
 def _tile_shape(acc: Buffer) -> tuple[int, int] | None:
     if acc.dtype != T.f32 or acc.scope not in (Scope.STACK, Scope.HEAP) or len(acc.shape) != 2:
         return None
-    if not all(isinstance(d, Const) and int(d.value) in (TILE, 2 * TILE) for d in acc.shape):
+    if not all(isinstance(d, Const) for d in acc.shape):
         return None
     return int(acc.shape[0].value), int(acc.shape[1].value)  # type: ignore[union-attr]
 

@@ -27,6 +27,7 @@ from kdsl.ir.nodes import (
     Prefetch,
     Stmt,
 )
+from kdsl.ir.tile_product import INSTRUCTIONS as TENSORIZED
 from kdsl.ir.tile_product import match as match_tile_product
 from kdsl.ir.visit import map_expr, outer_updates, walk_all_exprs, walk_expr, walk_stmts
 from kdsl.schedule import tree
@@ -289,8 +290,9 @@ def recheck_annotations(ctx: StepContext) -> None:
     every tensorized one a tile product (a later reorder or cache can change what is
     inside them)."""
     for loop in tree.loops(ctx.kernel):
-        if loop.exec is LoopExec.AMX:
-            found = match_tile_product(loop, {b.name: b for b in ctx.kernel.buffers})
+        if loop.exec in TENSORIZED:
+            buffers = {b.name: b for b in ctx.kernel.buffers}
+            found = match_tile_product(loop, buffers, TENSORIZED[loop.exec])
             if isinstance(found, str):
                 raise ctx.refuse(
                     f"tensorized loop '{loop.var}' is no longer a tile product: {found}",
@@ -345,32 +347,48 @@ def tensorize(ctx: StepContext, name: object, instruction: object) -> None:
     Before (the sum a scalar, or already a [rows, columns] temporary):
         for ii: for ji: sum = 0; for ko: for ki: sum += f32(a[.., ko·2+ki]) · f32(b.c[ko, ..])
     After (`acc` zeroed, used and freed around it as any reduction temporary):
-        for ii: for ji: for ko: for ki: acc[ii, ji] += …        # amx
+        for ii: for ji: for ko: for ki: acc[ii, ji] += …        # amx (or mma)
     Legal when the target has the instruction (`s.has`), the kernel is not strict_fp, and
-    the nest matches kdsl/ir/tile_product.py (B cached with layout="vnni")."""
+    the nest matches kdsl/ir/tile_product.py ("amx": B cached with layout="vnni"; "mma",
+    on a GPU: B so cached or as it is, and no loop bound to thread.x around the nest: a
+    warp's 32 lanes share it)."""
     _, loop = ctx.loop(name)
     _unannotated(ctx, loop)
-    if instruction != "amx":
-        raise ctx.refuse(
-            f"{instruction!r} is not a matrix instruction kdsl knows",
-            "use 'amx' (the CPU's AMX-BF16 tiles)",
-        )
+    if instruction not in _MATRIX_INSTRUCTIONS:
+        known = "; ".join(f"{k!r} ({v})" for k, v in _MATRIX_INSTRUCTIONS.items())
+        raise ctx.refuse(f"{instruction!r} is not a matrix instruction kdsl knows", f"use {known}")
     if instruction not in ctx.tile_instructions():
         raise ctx.refuse(
             f"the {ctx.target} target here has no {instruction!r} instruction",
-            'ask `s.has("amx")` first, and schedule the product without it otherwise',
+            f'ask `s.has("{instruction}")` first, and schedule the product without it otherwise',
         )
     if ctx.strict_fp:
         raise ctx.refuse(
             "matrix instructions sum the products in their own order, and the kernel is strict_fp",
             "drop strict_fp=True, or leave the product to vector code",
         )
+    path, _ = ctx.loop(name)
+    around = tree.enclosing(ctx.kernel.body, path)
+    lanes = [a for a in around if isinstance(a, Loop) and a.exec is LoopExec.GPU_THREAD_X]
+    if instruction == "mma" and lanes:
+        raise ctx.refuse(
+            f"loop '{lanes[0].var}' around the tile product is bound to thread.x, whose 32 "
+            "threads are the warp that runs each mma.sync",
+            "bind the loops over warps to thread.y or thread.z",
+        )
     _accumulate_in_tile(ctx, loop)
     path, loop = ctx.loop(name)
-    found = match_tile_product(loop, {b.name: b for b in ctx.kernel.buffers})
+    found = match_tile_product(loop, {b.name: b for b in ctx.kernel.buffers}, str(instruction))
     if isinstance(found, str):
         raise ctx.refuse(f"loop '{loop.var}' is not a tile product: {found}", _TILE_PRODUCT_FIX)
-    _set(ctx, path, replace(loop, exec=LoopExec.AMX, width=1))
+    mark = next(e for e, i in TENSORIZED.items() if i == instruction)
+    _set(ctx, path, replace(loop, exec=mark, width=1))
+
+
+_MATRIX_INSTRUCTIONS = {
+    "amx": "the CPU's AMX-BF16 tiles",
+    "mma": "a GPU warp's bf16 mma.sync, sm_80 and later",
+}
 
 
 def _accumulate_in_tile(ctx: StepContext, rows: Loop) -> None:
@@ -389,8 +407,9 @@ def _accumulate_in_tile(ctx: StepContext, rows: Loop) -> None:
 
 
 _TILE_PRODUCT_FIX = (
-    "split rows and columns by 16 or 32, k by 2, cache the right operand with "
-    "layout='vnni', and order the loops rows, columns, k pairs, k"
+    "split rows and columns by the tile's sizes (amx: 16 or 32; mma: 16, 32 or 64 rows by "
+    "8 to 64 columns), k by 2, cache the right operand with layout='vnni' (amx), and order "
+    "the loops rows, columns, k pairs, k"
 )
 
 

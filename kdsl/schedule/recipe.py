@@ -24,9 +24,9 @@ VectorCheck = Callable[[Loop, Kernel], "str | None"]
 TileInstructions = Callable[[], frozenset[str]]  # the target's matrix instructions ("amx")
 
 
-# What `replay` assumes of the CPU: kdsl.kernel puts the host's matrix instructions here
+# What `replay` assumes of each target: kdsl.kernel puts their matrix instructions here
 # (the schedule layer does not import the targets).
-host_tile_instructions: TileInstructions = frozenset
+target_tile_instructions: dict[str, TileInstructions] = {}
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -245,12 +245,12 @@ class Schedule:
         tile_instructions: TileInstructions | None = None,
     ) -> Schedule:
         """Apply recorded steps to `kernel` (freshly traced): the same IR as when recorded.
-        A CPU recipe may use this CPU's matrix instructions (`tensorize`) unless
+        A recipe may use its target's matrix instructions here (`tensorize`) unless
         `tile_instructions` says which."""
         data = json.loads(recipe) if isinstance(recipe, str) else recipe
         if tile_instructions is None:
-            cpu = data.get("target", "cpu") == "cpu"
-            tile_instructions = host_tile_instructions if cpu else frozenset
+            target = data.get("target", "cpu")
+            tile_instructions = target_tile_instructions.get(target, frozenset)
         s = cls(
             kernel,
             target=data.get("target", "cpu"),

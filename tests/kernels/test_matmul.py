@@ -281,7 +281,7 @@ def test_bf16_inner_loop_uses_dot_products(monkeypatch: pytest.MonkeyPatch) -> N
     """Per pair of k: mr broadcasts of A's pair, nr/16 loads of B, mr·nr/16 vdpbf16ps
     into the register tile; no FMAs and no stack traffic in the loop. (The schedule as on
     a CPU without AMX: with it, bf16 products run on tiles, tests/targets/cpu/test_amx.py.)"""
-    monkeypatch.setattr(importlib.import_module("kdsl.kernel"), "tile_instructions", frozenset)
+    monkeypatch.setitem(importlib.import_module("kdsl.kernel").TILE_INSTRUCTIONS, "cpu", frozenset)
     kernel = kd.kernel(mm._plain, name="product_on_vectors")
     kernel.schedule(kd.cpu)(mm._blocked("panels", mm.PANEL))
     a, _ = _bf16_operands(64, 64, 64)

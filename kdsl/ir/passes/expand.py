@@ -42,6 +42,7 @@ from kdsl.ir.nodes import (
     Stmt,
     Store,
 )
+from kdsl.ir.tile_product import INSTRUCTIONS as TENSORIZED
 from kdsl.ir.tile_product import mark_zero_starts
 from kdsl.ir.visit import (
     fresh_namer,
@@ -71,7 +72,7 @@ class _Expander:
     def stmt(self, s: Stmt) -> tuple[Stmt, ...]:
         if isinstance(s, If):
             return (replace(s, then=self.block(s.then)),)
-        if not isinstance(s, Loop) or s.exec is LoopExec.AMX:  # (a tile product: whole)
+        if not isinstance(s, Loop) or s.exec in TENSORIZED:  # (a tile product: whole)
             return (s,)
         loop = replace(s, body=self.block(s.body))
         if loop.exec is LoopExec.VECTORIZED:

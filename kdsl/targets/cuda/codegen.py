@@ -48,6 +48,7 @@ from kdsl.targets.cpu import vmath
 from kdsl.targets.cpu.codegen import ErrorSites, _Codegen
 from kdsl.targets.cpu.ops import I1, I8, I32, I64, PTR, Ops, constant, llvm_type
 from kdsl.targets.cpu.state import ArrayInfo, ErrorKind
+from kdsl.targets.cuda.mma import emit_mma
 from kdsl.targets.cuda.plan import BLOCK_AXES, THREAD_AXES, WARP, Launch, Plan, scratch_bytes
 
 SHARED = ir.PointerType(addrspace=3)
@@ -152,6 +153,12 @@ class GpuCodegen(_Codegen):
         self.ops = GpuOps(self.b)
         self.launch = launch
         self.thread_depth = 0  # thread-bound loops around the statement being emitted
+        self.lane_depth = 0  # those bound to thread.x
+        # tile products on warps: the block's x threads are one warp's lanes, and code
+        # in loops bound to thread.y/z is a warp's (its stores ordered by warp syncs)
+        self.on_warps = any(
+            isinstance(x, Loop) and x.exec is LoopExec.MMA for x in walk_stmts(launch.body)
+        )
         self.divergent = 0  # ifs around it (their threads may disagree)
         self.temps = {t.buffer: t for t in launch.temps}
         self.shared_count = 0
@@ -225,29 +232,43 @@ class GpuCodegen(_Codegen):
 
     def block(self, body: tuple[Stmt, ...]) -> None:
         """The statements, with a barrier after each that writes memory when another
-        statement follows it (in this body, or in the next trip of its loop)."""
+        statement follows it (in this body, or in the next trip of its loop): the
+        block's, or in a warp's code (loops bound to warps, in a launch of tile
+        products) the warp's."""
+        sync = self.barrier if not self.thread_depth else self.warp_sync
         needs = [self._needs_barrier(s) for s in body]
         looped = body is not self.launch.body and sum(needs) > 1
         for n, s in enumerate(body):
             self.stmt(s, [])
             if needs[n] and (n < len(body) - 1 or looped):
-                self.barrier()
+                sync()
 
     def _needs_barrier(self, s: Stmt) -> bool:
         """After a statement that writes memory (or runs threads), before others of the
-        block read it: only where all the block's threads arrive together."""
-        if self.launch.threads == 1 or self.thread_depth or self.divergent:
+        block (or warp) read it: only where all its threads arrive together."""
+        if self.launch.threads == 1 or self.divergent:
+            return False
+        if self.thread_depth and (self.lane_depth or not self.on_warps):
             return False
         return any(
             isinstance(x, Store) or (isinstance(x, Loop) and x.exec in THREAD_AXES)
             for x in walk_stmts((s,))
         )
 
+    def warp_sync(self) -> None:
+        """Orders the memory accesses of the warp's lanes (bar.warp.sync)."""
+        self.ops.intrinsic("llvm.nvvm.bar.warp.sync", ir.VoidType(), [ir.Constant(I32, -1)])
+
     def stmt(self, s: Stmt, heap: list[ir.Value]) -> None:
         match s:
             case Loop(exec=e) if e in BLOCK_AXES or e in THREAD_AXES:
                 self.memo = {}
                 self.bound_loop(s)
+            case Loop(exec=LoopExec.MMA) if self.launch.threads > WARP and not self.thread_depth:
+                with self.b.if_then(self._first_warp()):  # one warp computes it for all
+                    emit_mma(self, s)
+            case Loop(exec=LoopExec.MMA):
+                emit_mma(self, s)
             case Loop(exec=LoopExec.PARALLEL | LoopExec.VECTORIZED):
                 super().stmt(replace(s, exec=LoopExec.SERIAL), heap)
             case Store() if self.launch.threads > 1 and not self.thread_depth:
@@ -263,6 +284,14 @@ class GpuCodegen(_Codegen):
                 pass  # a CPU schedule's hint; a GPU hides latency with its warps
             case _:
                 super().stmt(s, heap)
+
+    def _first_warp(self) -> ir.Value:
+        ok: ir.Value = ir.Constant(I1, 1)
+        for axis in (1, 2):
+            if self.launch.block[axis] > 1:
+                zero = self.b.icmp_unsigned("==", self.sreg("tid", axis), ir.Constant(I64, 0))
+                ok = self.b.and_(ok, zero)
+        return ok
 
     def _first_thread(self) -> ir.Value:
         ok: ir.Value = ir.Constant(I1, 1)
@@ -285,9 +314,12 @@ class GpuCodegen(_Codegen):
             self.b.store(self._identity(op, dtype), slot)
         reduction = loop.kind is LoopKind.REDUCTION
         self.reduction_depth += reduction
+        lanes = loop.exec is LoopExec.GPU_THREAD_X
         self.thread_depth += thread
+        self.lane_depth += lanes
         start, step = self.sreg(hw[0], axis), self.sreg(hw[1], axis)
         self.loop(loop.var, start, self.expr(loop.extent), loop.body, step)
+        self.lane_depth -= lanes
         self.thread_depth -= thread
         self.reduction_depth -= reduction
         for (name, op, dtype), init in zip(combines, saved):
@@ -432,6 +464,12 @@ class GpuCodegen(_Codegen):
             data.align = 16
         elif temp.place == "shared":
             data = self._shared_array(ir.ArrayType(I8, max(1, size or 0)))
+        elif temp.place == "warp-shared":  # this warp's copy
+            each = -(-(size or 0) // 16) * 16
+            warps = self.launch.block[1] * self.launch.block[2]
+            table = self._shared_array(ir.ArrayType(I8, max(1, each * warps)))
+            warp = self.b.udiv(self.thread_linear(), ir.Constant(I64, WARP))
+            data = self.b.gep(table, [self.b.mul(warp, ir.Constant(I64, each))], source_etype=I8)
         else:
             data = self._scratch_slice(temp.buffer, temp.place)
         self.state.arrays[buf.name] = ArrayInfo(data, dims, strides)

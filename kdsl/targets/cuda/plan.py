@@ -37,6 +37,7 @@ from kdsl.ir.nodes import (
     Stmt,
     Unary,
 )
+from kdsl.ir.tile_product import accumulator
 from kdsl.ir.visit import walk_all_exprs, walk_expr, walk_stmts
 from kdsl.types import INDEX
 
@@ -55,11 +56,13 @@ LOCAL_BYTES = 4 * 1024  # a per-thread temporary larger than this goes to scratc
 @dataclass(frozen=True)
 class Temp:
     """Where a temporary allocated inside a launch lives: 'local' (each thread's own),
-    'shared' (the block's), or a slice of the global scratch buffer per block or per
-    thread (dynamic sizes, or too large for the others)."""
+    'shared' (the block's), 'warp-shared' (a copy in shared memory per warp: a tile
+    product's accumulator, whose fragments the warp's lanes hold), or a slice of the
+    global scratch buffer per block or per thread (dynamic sizes, or too large for the
+    others)."""
 
     buffer: str
-    place: str  # local | shared | block-scratch | thread-scratch
+    place: str  # local | shared | warp-shared | block-scratch | thread-scratch
     nbytes: Expr  # its size (a constant unless in scratch)
 
 
@@ -182,17 +185,53 @@ def _launch(kernel: Kernel, index: int, body: tuple[Stmt, ...]) -> Launch:
             f"more than the GPU's {MAX_THREADS}",
             "split the loops bound to threads by smaller factors",
         )
+    if any(isinstance(s, Loop) and s.exec is LoopExec.MMA for s in walk_stmts(body)):
+        block[0] = _warp_lanes(kernel, body, block[0])
     threads = block[0] * block[1] * block[2]
-    temps = tuple(_temps(kernel, body, threads))
+    temps = tuple(_temps(kernel, body, threads, block[1] * block[2]))
     return Launch(index, body, (grid[0], grid[1], grid[2]), (block[0], block[1], block[2]), temps)
 
 
-def _temps(kernel: Kernel, body: tuple[Stmt, ...], threads: int) -> list[Temp]:
+def _warp_lanes(kernel: Kernel, body: tuple[Stmt, ...], x: int) -> int:
+    """The block's x size in a launch with tile products on warps (mma.sync): one warp,
+    its lanes the x threads, so that thread.y and .z number the warps."""
+    if x > WARP:
+        raise _refuse(
+            kernel,
+            f"a tile product runs on warps (tensorize 'mma'), so a block has {WARP} threads "
+            f"along x, but a loop here is bound to {x} of them",
+            f"bind loops to thread.x with at most {WARP} threads (thread.y and .z: the warps)",
+        )
+
+    def visit(stmts: tuple[Stmt, ...], lanes: bool) -> None:
+        for s in stmts:
+            if isinstance(s, Loop) and s.exec is LoopExec.MMA and lanes:
+                raise _refuse(
+                    kernel,
+                    f"the tile product '{s.var}' is inside a loop bound to thread.x, whose "
+                    f"{WARP} threads are the warp that runs it",
+                    "bind the loops over warps to thread.y or thread.z",
+                    s,
+                )
+            if isinstance(s, Loop):
+                visit(s.body, lanes or s.exec is LoopExec.GPU_THREAD_X)
+            elif isinstance(s, If):
+                visit(s.then, lanes)
+
+    visit(body, False)
+    return WARP
+
+
+def _temps(kernel: Kernel, body: tuple[Stmt, ...], threads: int, warps: int) -> list[Temp]:
     """Place each temporary: one allocated inside a thread-bound loop (or in a launch of
-    one thread per block) is the thread's own; one allocated outside them is shared by
+    one thread per block) is the thread's own, unless a warp's tile product accumulates
+    into it (then the warp's, in shared memory); one allocated outside them is shared by
     the block's threads."""
     out: list[Temp] = []
     shared = 0
+    tiles = {
+        accumulator(s) for s in walk_stmts(body) if isinstance(s, Loop) and s.exec is LoopExec.MMA
+    }
 
     def visit(stmts: tuple[Stmt, ...], per_thread: bool) -> None:
         nonlocal shared
@@ -201,7 +240,17 @@ def _temps(kernel: Kernel, body: tuple[Stmt, ...], threads: int) -> list[Temp]:
                 buf = kernel.buffer(s.buffer)
                 size = constant_nbytes(buf.shape, buf.dtype.itemsize)
                 nbytes = _nbytes(buf.shape, buf.dtype.itemsize)
-                if per_thread or threads == 1:
+                if per_thread and buf.name in tiles and size is not None:
+                    shared += _align(size) * warps
+                    if shared > SHARED_BYTES:
+                        raise _refuse(
+                            kernel,
+                            f"the tile accumulators need {shared} bytes of shared memory for "
+                            f"{warps} warps, more than the {SHARED_BYTES} a block may have",
+                            "use smaller tiles or fewer warps per block",
+                        )
+                    out.append(Temp(buf.name, "warp-shared", nbytes))
+                elif per_thread or threads == 1:
                     fits = size is not None and size <= LOCAL_BYTES
                     out.append(Temp(buf.name, "local" if fits else "thread-scratch", nbytes))
                 elif size is not None and shared + _align(size) <= SHARED_BYTES:
