@@ -169,6 +169,40 @@ def _blocked(across: str, panel: int):
     return schedule
 
 
+def _on_gpu(s) -> None:
+    """bf16 on the GPU's tensor cores: a block computes a BM × BN tile of C, each of its
+    warps (thread.y by thread.z) a WM × WN part of it, with mma.sync over all of k (A and
+    B read in place: each lane its fragments); the warp's lanes (thread.x) zero and write
+    back its part, the epilogue applied there. Other dtypes, or a GPU without bf16 tensor
+    cores: the default GPU schedule.
+
+        for io, jo:                     # blocks: BM × BN of C
+          for iw, jw:                   # warps: WM × WN
+            acc = 0                     (lanes across the columns)
+            acc += a[rows, :] @ b[:, cols]   (mma.sync, m16n8k16)
+            c[rows, cols] = epilogue(acc)    (lanes across the columns)
+    """
+    bf16 = s.dtype("a") == s.dtype("b") == kd.bf16
+    if not (bf16 and s.has("mma")):
+        s.default()
+        return
+    warp_rows, warp_cols = s.param("warp_rows", [32, 16, 64]), s.param("warp_cols", [32, 64, 16])
+    warps_down, warps_across = s.param("warps_down", [2, 4, 1]), s.param("warps_across", [2, 4, 1])
+    io, ii = s.split("i", warp_rows * warps_down)
+    jo, ji = s.split("j", warp_cols * warps_across)
+    iw, ir = s.split(ii, warp_rows)
+    jw, jr = s.split(ji, warp_cols)
+    s.reorder(io, jo, iw, jw, ir, jr)
+    s.split("k", 2)
+    s.bind(io, "block.y")
+    s.bind(jo, "block.x")
+    s.bind(iw, "thread.y")
+    s.bind(jw, "thread.z")
+    s.tensorize(ir, "mma")
+    for lanes in (f"{jr}.1", f"{jr}.2"):  # the accumulator's zeroing and write-back
+        s.bind(lanes, "thread.x")
+
+
 for _kernel, _across in [
     (matmul_kernel, "panels"),
     (matmul_rows_kernel, "rows"),
@@ -176,6 +210,7 @@ for _kernel, _across in [
     (product_rows_kernel, "rows"),
 ]:
     _kernel.schedule(kd.cpu)(_blocked(_across, PANEL))
+    _kernel.schedule(kd.cuda)(_on_gpu)
 
 
 def layout(m: int, k: int, n: int, itemsize: int, threads: int) -> tuple[str, int]:
@@ -203,6 +238,7 @@ def kernel_for(plain: bool, across: str, panel: int) -> kd.KernelFunction:
     name = f"{'product' if plain else 'matmul'}_{across}_{panel}_kernel"
     kernel = kd.kernel(_plain if plain else _with_epilogue, name=name)
     kernel.schedule(kd.cpu)(_blocked(across, panel))
+    kernel.schedule(kd.cuda)(_on_gpu)
     return kernel
 
 

@@ -112,6 +112,14 @@ class Schedule:
         the CPU's AMX-BF16 tile registers), for schedules that differ where it is."""
         return instruction in self.tile_instructions()
 
+    def default(self) -> None:
+        """The target's default schedule (what a kernel without a schedule gets), as
+        steps of this one: for a schedule that is special only in some cases (a dtype,
+        an instruction the target lacks)."""
+        from kdsl.schedule.default import default_schedule  # (it builds on this class)
+
+        default_schedule(self)
+
     # --------------------------------------------------------------- primitives
 
     def split(self, loop: str, factor: int) -> tuple[str, str]:

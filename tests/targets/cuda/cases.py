@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import ml_dtypes
 import numpy as np
 from kdsl.kernels.matmul import matmul_kernel
 from kdsl.kernels.matmul import reference as matmul_reference
@@ -94,6 +95,16 @@ def cases(rng: np.random.Generator, m: int = 37, n: int = 301) -> list[Case]:
     )
     bias = f32(45)
     gelu = matmul_reference(a, bm, bias, "gelu")
+    bf16 = [x.astype(ml_dtypes.bfloat16) for x in (a, bm, bias)]
+    out.append(
+        Case(  # on tensor cores (mma.sync) where the GPU has them
+            "lib_matmul_bf16",
+            matmul_kernel,
+            [*bf16, np.empty((m, 45), np.float32), "silu", True],
+            {3: matmul_reference(*bf16, "silu")},
+            1e-4,
+        )
+    )
     out.append(
         Case(
             "lib_matmul",

@@ -4,6 +4,7 @@ Skipped where there is no GPU or no cuda-python (`pip install "kdsl[cuda]"`)."""
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -23,6 +24,9 @@ CASES = cases(np.random.default_rng(11))
 
 
 def to_gpu(value: object) -> object:
+    if isinstance(value, np.ndarray) and value.dtype == ml_dtypes.bfloat16:  # (NumPy has none)
+        bits = torch.from_numpy(np.ascontiguousarray(value).view(np.int16))
+        return bits.view(torch.bfloat16).cuda()
     if isinstance(value, np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(value)).cuda()
     return value
