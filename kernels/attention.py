@@ -223,6 +223,29 @@ def _flash_cpu(s):
     s.vectorize("do", 16)
 
 
+def _tile_on_threads(s, tag: str) -> None:
+    """A key tile's statements on the block's threads: a key row each for Sᵀ, a query
+    each for the softmax steps and P·V (D across a thread's registers)."""
+    for loop in ("kj", "qm", "qn", "qn.1", "qn.2", "qe", "ql", "qa"):
+        s.bind(f"{loop}{tag}" if "." not in loop else loop.replace(".", f"{tag}."), "thread.x")
+
+
+@flash_kernel.schedule(kd.cuda)
+def _flash_gpu(s):
+    """A block per query tile (of a batch entry and head), its TQ threads through the
+    key tiles together: every statement of a tile spread over them, the tile's rows in
+    shared memory, the barriers between statements placed by the compiler."""
+    s.bind("i", "block.x")
+    s.reorder("qm", "r")
+    s.reorder("qm_m", "r_m")
+    for loop in ("dt", "qi", "qi.1", "qz"):
+        s.bind(loop, "thread.x")
+    for loop in ("qp", "qo"):  # (extents below TQ: the tile's queries)
+        s.bind(loop, "thread.x", TQ)
+    _tile_on_threads(s, "")
+    _tile_on_threads(s, "_m")
+
+
 @kd.kernel
 def decode_kernel(q, k, v, o, scale, group: kd.constexpr, D: kd.constexpr):
     """o[b, h, 0] = softmax(q[b, h, 0]·kᵀ·scale) · v for one query per head, the keys

@@ -410,7 +410,29 @@ def _q4_0_f32_cpu(s):
     _lanes_across_blocks(s, "h", 16)
 
 
-_PRODUCTS = {
+def _rows_on_warps(s, lane: str) -> None:
+    """On a GPU: a block per row (and activation vector), the row's lanes on its threads
+    summing block after block, then added across them (shuffles): one pass over the
+    row's bytes, each block's read by the threads together."""
+    s.fuse("t", "t.1")
+    s.fuse("r", "r.1")
+    s.bind("t", "block.y")
+    s.bind("r", "block.x")
+    s.bind(lane, "thread.x")
+    s.bind(f"{lane}.1", "thread.x")
+
+
+@q8_0_dot_f32.schedule(kd.cuda)
+def _q8_0_f32_gpu(s):
+    _rows_on_warps(s, "j")
+
+
+@q4_0_dot_f32.schedule(kd.cuda)
+def _q4_0_f32_gpu(s):
+    _rows_on_warps(s, "h")
+
+
+PRODUCTS = {  # (weights, activations) → the product kernel
     ("q8_0", "q8_0"): q8_0_dot_q8_0,
     ("q4_0", "q8_0"): q4_0_dot_q8_0,
     ("q8_0", "f32"): q8_0_dot_f32,
@@ -476,7 +498,7 @@ def qmatmul(
         raise ValueError(f"out has shape {out.shape}, expected {shape[1:] if vector else shape}")
     if y is None:
         y = np.empty(shape, np.float32)
-    kernel = _PRODUCTS[(w.format, activations)]
+    kernel = PRODUCTS[(w.format, activations)]
     if kernel is q8_0_dot_q8_0 and w.shape[1] >= LONG_ROW:
         kernel = q8_0_long_rows
     if activations == "f32":

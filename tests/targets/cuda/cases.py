@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import ml_dtypes
 import numpy as np
+from kdsl.kernels.attention import decode_kernel, flash_kernel
+from kdsl.kernels.attention import reference as attention_reference
 from kdsl.kernels.matmul import matmul_kernel
 from kdsl.kernels.matmul import reference as matmul_reference
 from kdsl.kernels.norms import (
@@ -16,6 +18,8 @@ from kdsl.kernels.norms import (
     rmsnorm_reference,
     rmsnorm_rows,
 )
+from kdsl.kernels.quant import PRODUCTS as quant_products
+from kdsl.kernels.quant import quantize, reference_qmatmul
 from kdsl.kernels.softmax import softmax_rows
 
 from tests import zoo
@@ -111,6 +115,50 @@ def cases(rng: np.random.Generator, m: int = 37, n: int = 301) -> list[Case]:
             matmul_kernel,
             [a, bm, bias, np.empty((m, 45), np.float32), "gelu", True],
             {3: gelu},
+            1e-4,
+        )
+    )
+    w_rows = f32(m, 64)
+    for fmt in ("q8_0", "q4_0"):
+        weights = quantize(w_rows, fmt)
+        vectors = f32(2, 64)
+        out.append(
+            Case(
+                f"lib_{fmt}_f32",
+                quant_products[(fmt, "f32")],
+                [weights.scales, weights.quants, vectors, np.empty((2, m), np.float32)],
+                {3: reference_qmatmul(weights, vectors, "f32")},
+                1e-4,
+            )
+        )
+    out += _attention_cases(rng, 70)  # two tiles of queries and of keys, the last cut
+    return out
+
+
+def _attention_cases(rng: np.random.Generator, length: int) -> list[Case]:
+    """Flash attention (two query heads per key head; a head size that is padded) and
+    decoding against a cache of `length` keys."""
+    heads, kv_heads, d = 2, 1, 20
+    q = random_array(rng, (1, heads, length, d), np.float32)
+    k, v = (random_array(rng, (1, kv_heads, length, d), np.float32) for _ in range(2))
+    scale, group = 1 / np.sqrt(d), heads // kv_heads
+    out = [
+        Case(
+            f"lib_attention{'_causal' if causal else ''}",
+            flash_kernel,
+            [q, k, v, np.empty_like(q), scale, group, d, causal],
+            {3: attention_reference(q, k, v, causal)},
+            1e-4,
+        )
+        for causal in (False, True)
+    ]
+    one = np.ascontiguousarray(q[:, :, :1])
+    out.append(
+        Case(
+            "lib_decode",
+            decode_kernel,
+            [one, k, v, np.empty_like(one), scale, group, d],
+            {3: attention_reference(one, k, v, False)},
             1e-4,
         )
     )

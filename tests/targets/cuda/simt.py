@@ -210,7 +210,9 @@ def run(kernel: kd.KernelFunction, args: Sequence[object], config=None) -> objec
     llvm.initialize_native_asmprinter()
     ref = llvm.parse_assembly(_for_host(str(module)))
     ref.verify()
-    machine = llvm.Target.from_default_triple().create_target_machine(opt=0)
+    machine = llvm.Target.from_default_triple().create_target_machine(  # (f16 needs F16C)
+        cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(), opt=0
+    )
     engine = llvm.create_mcjit_compiler(ref, machine)
     engine.finalize_object()
     _engines.append(engine)
