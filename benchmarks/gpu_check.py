@@ -14,6 +14,7 @@ import statistics
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -196,6 +197,101 @@ def benchmarks() -> list[tuple[str, str, str, str, str]]:
             f"{t_theirs / t_ours:.2f}",
         )
     )
+    for section in (tensor_core_rows, quant_rows, attention_rows):
+        try:
+            rows += section(copy_gbs)
+        except Exception as exc:  # a section not yet run on a GPU: report, go on
+            rows.append((section.__name__, "", f"ERROR: {type(exc).__name__}: {exc}", "", ""))
+    return rows
+
+
+def tensor_core_rows(copy_gbs: float) -> list[tuple[str, str, str, str, str]]:
+    """bf16 matmul on mma.sync (the library's CUDA schedule, a few of its configs)
+    against cuBLAS (torch.matmul, bf16)."""
+    import torch
+    from kdsl.kernels.matmul import product_kernel
+
+    rows = []
+    for n in (4096, 8192):
+        a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+        c = torch.empty(n, n, device="cuda")
+        theirs = time_gpu(partial(torch.matmul, a, b), reps=10)
+        for config in (
+            {},
+            {"warp_rows": 64, "warp_cols": 32},
+            {"warps_down": 4, "warps_across": 2},
+        ):
+            ours = time_gpu(variant(product_kernel, (a, b, c), config), reps=5)
+            rows.append(
+                (
+                    f"matmul bf16, mma.sync {config or '(default params)'}",
+                    f"{n}³",
+                    f"{ours:.2f} ms ({2 * n**3 / ours / 1e9:.0f} TFLOP/s)",
+                    f"{theirs:.2f} ms",
+                    f"{theirs / ours:.2f}",
+                )
+            )
+    return rows
+
+
+def quant_rows(copy_gbs: float) -> list[tuple[str, str, str, str, str]]:
+    """Q4_0 / Q8_0 matrix-vector products (f32 activations) against the copy bandwidth,
+    and PyTorch's f32 matvec of the dequantized matrix as the peer."""
+    import numpy as np
+    import torch
+    from kdsl.kernels import quant
+
+    rows = []
+    for fmt in ("q4_0", "q8_0"):
+        for shape in ((4096, 4096), (14336, 4096)):
+            w = np.random.default_rng(0).standard_normal(shape, np.float32)
+            qt = quant.quantize(w, fmt)
+            d, q = (
+                torch.from_numpy(np.ascontiguousarray(t)).cuda() for t in (qt.scales, qt.quants)
+            )
+            x = torch.randn(1, shape[1], device="cuda")
+            y = torch.empty(1, shape[0], device="cuda")
+            dense = torch.from_numpy(quant.dequantize(qt)).cuda()
+            ours = time_gpu(partial(quant.PRODUCTS[(fmt, "f32")], d, q, x, y))
+            theirs = time_gpu(partial(torch.matmul, dense, x[0]))
+            gbs = qt.nbytes / ours / 1e6
+            rows.append(
+                (
+                    f"{fmt} matvec (f32 activations)",
+                    f"{shape[0]}×{shape[1]}",
+                    f"{ours:.3f} ms ({gbs:.0f} GB/s, {100 * gbs / copy_gbs:.0f}% of copy)",
+                    f"{theirs:.3f} ms (f32 matvec)",
+                    f"{theirs / ours:.2f}",
+                )
+            )
+    return rows
+
+
+def attention_rows(copy_gbs: float) -> list[tuple[str, str, str, str, str]]:
+    """Flash attention (f32, the library's CUDA schedule) against PyTorch's SDPA."""
+    import torch
+    import torch.nn.functional as F
+    from kdsl.kernels.attention import flash_kernel
+
+    rows = []
+    b, h, length, d = 1, 8, 1024, 64
+    q, k, v = (torch.randn(b, h, length, d, device="cuda") for _ in range(3))
+    o = torch.empty_like(q)
+    for causal in (False, True):
+        ours = time_gpu(partial(flash_kernel, q, k, v, o, d**-0.5, 1, d, causal), reps=5)
+        theirs = time_gpu(
+            partial(F.scaled_dot_product_attention, q, k, v, is_causal=causal), reps=10
+        )
+        flops = 4 * b * h * length * length * d / (2 if causal else 1)
+        rows.append(
+            (
+                f"attention f32{' causal' if causal else ''}",
+                f"B={b} H={h} L={length} D={d}",
+                f"{ours:.2f} ms ({flops / ours / 1e9:.1f} TFLOP/s)",
+                f"{theirs:.2f} ms",
+                f"{theirs / ours:.2f}",
+            )
+        )
     return rows
 
 
