@@ -33,6 +33,18 @@ def _rms_cpu(s):
     s.vectorize("j", 16)
     s.vectorize("j.1", 16)
     s.parallelize("i")
+    next_row_ahead(s, "j.1")
+
+
+def next_row_ahead(s, output_loop: str) -> None:
+    """While a row's output is computed and written, the next row's input streams in and
+    its output lines are fetched for writing (a param: the autotuner may drop it). A
+    row's passes otherwise wait on memory in turn: beyond the L3 (16384 × 4096) RMS norm
+    ran at 78% and layer norm at 76% of a copy's speed without the hints, 98% and 100%
+    with them."""
+    if s.param("prefetch", [True, False]):
+        s.prefetch("x", "i", 1, inside=output_loop)
+        s.prefetch("y", "i", 1, inside=output_loop)
 
 
 @kd.kernel(
@@ -72,6 +84,7 @@ def _ln_cpu(s):
     for loop in ("j", "j.2"):
         s.vectorize(loop, 16)
     s.parallelize("i")
+    next_row_ahead(s, "j.2")
 
 
 def _rows_on_gpu(s, loops, threads):

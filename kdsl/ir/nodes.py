@@ -251,11 +251,13 @@ class Prefetch:
     """A hint: bring the cache line holding `buffer[index]` towards the core. Results never
     depend on it, and an index outside the buffer is allowed (the hint is then dropped by
     the hardware, never a fault): a schedule's `prefetch` computes the index of a later
-    iteration, which may lie past the end."""
+    iteration, which may lie past the end. `write`: the line will be written (fetched
+    for ownership, so the store finds it ready)."""
 
     buffer: str
     index: tuple[Expr, ...]
     loc: SourceLoc | None = _loc()
+    write: bool = False
 
 
 @dataclass(frozen=True)

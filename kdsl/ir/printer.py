@@ -166,8 +166,9 @@ def format_stmts(body: tuple[Stmt, ...], indent: int = 1) -> list[str]:
                 out.append(f"{pad}{n} = {format_expr(v)}")
             case Allocate(buffer=b):
                 out.append(f"{pad}allocate {b}")
-            case Prefetch(buffer=b, index=index):
-                out.append(f"{pad}prefetch {b}[{', '.join(format_expr(i) for i in index)}]")
+            case Prefetch(buffer=b, index=index, write=w):
+                what = "prefetch for write" if w else "prefetch"
+                out.append(f"{pad}{what} {b}[{', '.join(format_expr(i) for i in index)}]")
             case Loop(var=var, extent=ext, kind=kind, body=inner, exec=ex, width=w):
                 how = "" if ex is LoopExec.SERIAL else f", {ex.value}" + (f"({w})" if w > 1 else "")
                 if ex in (LoopExec.AMX, LoopExec.MMA) and w == 0:

@@ -26,6 +26,7 @@ from kdsl.ir.nodes import (
     LoopVar,
     Prefetch,
     Stmt,
+    Store,
 )
 from kdsl.ir.tile_product import INSTRUCTIONS as TENSORIZED
 from kdsl.ir.tile_product import match as match_tile_product
@@ -413,16 +414,24 @@ _TILE_PRODUCT_FIX = (
 )
 
 
-def prefetch(ctx: StepContext, buffer: object, name: object, distance: object = 1) -> None:
+def prefetch(
+    ctx: StepContext, buffer: object, name: object, distance: object = 1, inside: object = None
+) -> None:
     """At the top of each iteration of a loop, fetch the cache lines of `buffer` that the
     iteration `distance` ahead will read: DRAM's latency then overlaps the work between.
 
     Before:  for j: … w[i, 16·j + l] …              (l a loop inside j)
     After:   for j: prefetch w[i, 16·(j + d)]; … w[i, 16·j + l] …
     One prefetch per distinct read (loops inside the loop at their first iteration, its
-    locals by their definitions). A hint: results never change, and an address past the
-    buffer's end is allowed (the hardware drops it). Best as the last step: it puts a
-    statement in the loop, so a later step needing a perfect nest there is refused."""
+    locals by their definitions). With `inside` (a loop within it), the hints go at the
+    top of that loop's iterations instead, for its reads, with the outer loop `distance`
+    ahead: a row's loop fetching the next row bit by bit while it computes this one.
+
+    Before:  for i: …; for j: … x[i, j] …
+    After:   for i: …; for j: prefetch x[i + d, j]; … x[i, j] …
+    A hint: results never change, and an address past the buffer's end is allowed (the
+    hardware drops it). Best as the last step: it puts a statement in the loop, so a
+    later step needing a perfect nest there is refused."""
     path, loop = ctx.loop(name)
     d = _positive_int(ctx, distance, "prefetch distance")
     names = [b.name for b in ctx.kernel.buffers if b.role is not BufferRole.TEMP]
@@ -433,10 +442,19 @@ def prefetch(ctx: StepContext, buffer: object, name: object, distance: object = 
             "from memory)",
             f"name one of {', '.join(names)}",
         )
-    reads = _streamed_reads(loop, str(buffer))
-    if not reads:
+    where_path, where = path, loop
+    if inside is not None:
+        where_path, where = ctx.loop(inside)
+        if where_path[: len(path)] != path or where_path == path:
+            raise ctx.refuse(
+                f"loop '{where.var}' is not inside loop '{loop.var}'",
+                f"name a loop nested in '{loop.var}' as inside=",
+            )
+    accesses = _streamed_accesses(where, str(buffer), loop.var)
+    if not accesses:
         raise ctx.refuse(
-            f"loop '{loop.var}' reads no element of '{buffer}' that moves with it",
+            f"loop '{where.var}' reads or writes no element of '{buffer}' that moves with "
+            f"loop '{loop.var}'",
             "prefetch at the loop whose iterations walk through the buffer",
         )
     ahead = index_op(BinaryOp.ADD, LoopVar(loop.var), index_const(d))
@@ -444,35 +462,46 @@ def prefetch(ctx: StepContext, buffer: object, name: object, distance: object = 
     def shift(e: Expr) -> Expr | None:
         return ahead if isinstance(e, LoopVar) and e.name == loop.var else None
 
-    hints = []
-    for index in reads:
+    hints: dict[tuple[Expr, ...], bool] = {}  # index → written (then fetched for writing)
+    for index, write in accesses:
         moved = tuple(map_expr(i, shift) for i in index)
-        if moved not in hints:
-            hints.append(moved)
-    body = tuple(Prefetch(str(buffer), i, loc=ctx.loc) for i in hints) + loop.body
-    _set(ctx, path, replace(loop, body=body))
+        hints[moved] = hints.get(moved, False) or write
+    body: tuple[Stmt, ...] = tuple(
+        Prefetch(str(buffer), i, loc=ctx.loc, write=w) for i, w in hints.items()
+    )
+    body += where.body
+    _set(ctx, where_path, replace(where, body=body))
 
 
-def _streamed_reads(loop: Loop, buffer: str) -> list[tuple[Expr, ...]]:
-    """The indices of `buffer`'s reads in `loop` that depend on its variable, written with
-    what is known at the top of an iteration: inner loops' variables at 0, the body's
-    locals by their initial values. Reads whose index itself reads memory are left out
-    (a prefetch must not load)."""
+def _streamed_accesses(loop: Loop, buffer: str, moving: str) -> list[tuple[tuple[Expr, ...], bool]]:
+    """The indices of `buffer`'s reads and writes (True) in `loop` that depend on the
+    variable `moving`, written with what is known at the top of an iteration: inner
+    loops' variables at 0, the body's locals by their initial values. Accesses whose
+    index itself reads memory are left out (a prefetch must not load)."""
     starts: dict[str, Expr] = {
         s.var: index_const(0) for s in walk_stmts(loop.body) if isinstance(s, Loop)
     }
     for s in walk_stmts(loop.body):
         if isinstance(s, DeclareLocal):
             starts.setdefault(s.name, s.init)
+    accesses = [
+        (e.index, False)
+        for e in walk_all_exprs(loop.body)
+        if isinstance(e, Load) and e.buffer == buffer
+    ]
+    accesses += [
+        (s.index, True)
+        for s in walk_stmts(loop.body)
+        if isinstance(s, Store) and s.buffer == buffer
+    ]
     found = []
-    for e in walk_all_exprs(loop.body):
-        if isinstance(e, Load) and e.buffer == buffer:
-            index = tuple(_substitute(i, starts) for i in e.index)
-            uses = [x for i in index for x in walk_expr(i)]
-            if any(isinstance(x, Load) for x in uses):
-                continue
-            if any(isinstance(x, LoopVar) and x.name == loop.var for x in uses):
-                found.append(index)
+    for raw, write in accesses:
+        index = tuple(_substitute(i, starts) for i in raw)
+        uses = [x for i in index for x in walk_expr(i)]
+        if any(isinstance(x, Load) for x in uses):
+            continue
+        if any(isinstance(x, LoopVar) and x.name == moving for x in uses):
+            found.append((index, write))
     return found
 
 

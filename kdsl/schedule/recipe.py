@@ -155,11 +155,14 @@ class Schedule:
         see kdsl/ir/tile_product.py) on the target's matrix instruction ("amx")."""
         self._apply(Step("tensorize", (loop, instruction)))
 
-    def prefetch(self, buffer: str, loop: str, distance: int = 1) -> None:
-        """At the top of each iteration of `loop`, fetch the cache lines of `buffer` that
-        the iteration `distance` ahead reads (a hint for streams from DRAM; results never
-        change). Best as a last step."""
-        self._apply(Step("prefetch", (buffer, loop, distance)))
+    def prefetch(
+        self, buffer: str, loop: str, distance: int = 1, inside: str | None = None
+    ) -> None:
+        """At the top of each iteration of `loop` (or of the loop `inside` within it),
+        fetch the cache lines of `buffer` that the iteration of `loop` `distance` ahead
+        reads (a hint for streams from DRAM; results never change). Best as a last step."""
+        args = (buffer, loop, distance) if inside is None else (buffer, loop, distance, inside)
+        self._apply(Step("prefetch", args))
 
     def fuse(self, loop_a: str, loop_b: str) -> str:
         """Merge sibling loop `loop_b` into `loop_a` (same range); shrink temporaries that no

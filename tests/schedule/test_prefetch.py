@@ -97,7 +97,8 @@ def test_locals_of_the_loop_are_resolved_in_the_hint() -> None:
     [
         (("nope", "j", 4), "there is no buffer named 'nope'"),
         (("t", "j", 4), "there is a temporary named 't'"),
-        (("x", "i.1", 4), "loop 'i.1' reads no element of 'x' that moves with it"),
+        (("x", "i.1", 4), "loop 'i.1' reads or writes no element of 'x' that moves with loop"),
+        (("w", "i.1", 1, "i"), "loop 'i' is not inside loop 'i.1'"),
         (("w", "j", 0), "the prefetch distance must be a positive int"),
         (("w", "missing", 4), "there is no loop named 'missing'"),
     ],
@@ -116,6 +117,56 @@ def test_refusals_say_why(args: tuple[object, ...], message: str) -> None:
 
     with pytest.raises(kd.ScheduleError, match=message.replace("(", r"\(")):
         row_sums(np.ones((2, 3), np.float32), np.ones(3, np.float32), np.zeros(2, np.float32))
+
+
+def _scaled_rows_kernel(distance: int) -> kd.KernelFunction:
+    """y = x / Σ_j x[i, j] per row (two passes over each row, vectorized), the next
+    rows' x and y fetched `distance` rows ahead inside the output loop."""
+
+    @kd.kernel
+    def scaled_rows(x, y):
+        i, j = kd.indices(x.shape[0], x.shape[1])
+        total = kd.empty(x.shape[0], kd.f32)
+        total[i] = kd.sum(x[i, j], over=j)
+        y[i, j] = x[i, j] / total[i]
+
+    @scaled_rows.schedule(kd.cpu)
+    def _(s):
+        s.fuse("i", "i.1")
+        s.vectorize("j", 16)
+        s.vectorize("j.1", 16)
+        s.parallelize("i")
+        s.prefetch("x", "i", distance, inside="j.1")
+        s.prefetch("y", "i", distance, inside="j.1")
+
+    return scaled_rows
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    rows=st.sampled_from([0, 1, 2, 7, 37]),
+    cols=st.sampled_from([1, 15, 16, 17, 113]),
+    distance=st.sampled_from([1, 2, 1000]),
+)
+def test_rows_ahead_inside_an_inner_loop_never_change_results(
+    rows: int, cols: int, distance: int
+) -> None:
+    rng = np.random.default_rng(rows * 100 + cols)
+    x = rng.uniform(0.5, 1.5, (rows, cols)).astype(np.float32)  # sums far from zero
+    y = random_array(rng, (rows, cols), np.float32)
+    want = x.astype(np.float64) / x.astype(np.float64).sum(axis=1, keepdims=True)
+    check_kernel(_scaled_rows_kernel(distance), [x, y], {1: want}, rtol=1e-5, atol=1e-6)
+
+
+def test_a_written_buffer_is_fetched_for_writing() -> None:
+    """Inside the output loop: the next row of x (read: prefetcht0) and of y (written:
+    prefetchw), at each vector's first lane."""
+    kernel = _scaled_rows_kernel(1)
+    x, y = np.ones((4, 64), np.float32), np.zeros((4, 64), np.float32)
+    text = str(kernel.lowered(x, y))
+    assert "prefetch x[i + 1, j.1]" in text and "prefetch for write y[i + 1, j.1]" in text
+    asm = kernel.asm(x, y)
+    assert "prefetcht0" in asm and "prefetchw" in asm
 
 
 def test_ptx_ignores_the_hint() -> None:

@@ -292,8 +292,8 @@ class _Codegen:
             case Check(cond=c):
                 self._fail_unless(self.expr(c), ErrorKind.CHECK, len(self.sites.checks))
                 self.sites.checks.append(s)
-            case Prefetch(buffer=name, index=index):
-                self.prefetch(name, index)
+            case Prefetch(buffer=name, index=index, write=write):
+                self.prefetch(name, index, write)
 
     def _entry_alloca(self, ty: ir.Type, name: str, size: ir.Value | None = None) -> ir.Value:
         """Allocas go in the entry block so loops don't grow the stack. The result is an
@@ -428,12 +428,13 @@ class _Codegen:
             offset = self.b.add(offset, self.b.mul(v, s))
         return self.b.gep(info.data, [offset], source_etype=I8)
 
-    def prefetch(self, name: str, index: tuple[Expr, ...]) -> None:
-        """`prefetcht0` of the element's line: no bounds check (the hardware drops a hint
-        to an address it can't read), read access, kept in every cache level."""
+    def prefetch(self, name: str, index: tuple[Expr, ...], write: bool = False) -> None:
+        """`prefetcht0` (`prefetchw` for a line to be written) of the element's line: no
+        bounds check (the hardware drops a hint to an address it can't read), kept in
+        every cache level."""
         at = self._element(self.state.arrays[name], [self.expr(i) for i in index])
-        read, keep, data = (ir.Constant(ir.IntType(32), v) for v in (0, 3, 1))
-        self.ops.intrinsic("llvm.prefetch.p0", ir.VoidType(), [at, read, keep, data])
+        access, keep, data = (ir.Constant(ir.IntType(32), v) for v in (int(write), 3, 1))
+        self.ops.intrinsic("llvm.prefetch.p0", ir.VoidType(), [at, access, keep, data])
 
     def _proven(self, name: str, axis: int, index: Expr) -> bool:
         """A bare loop variable whose extent is the dimension it subscripts is in bounds."""
