@@ -196,8 +196,8 @@ def _on_gpu(s) -> None:
     s.split("k", 2)
     s.bind(io, "block.y")
     s.bind(jo, "block.x")
-    s.bind(iw, "thread.y")
-    s.bind(jw, "thread.z")
+    s.bind(iw, "thread.y", warps_down)
+    s.bind(jw, "thread.z", warps_across)
     s.tensorize(ir, "mma")
     for lanes in (f"{jr}.1", f"{jr}.2"):  # the accumulator's zeroing and write-back
         s.bind(lanes, "thread.x")

@@ -133,15 +133,6 @@ def _either(sizes: list[int]) -> str:
     return ", ".join(map(str, sizes[:-1])) + f" or {sizes[-1]}"
 
 
-def accumulator(loop: Loop) -> str | None:
-    """The buffer a tensorized nest accumulates into (None if `loop` is not a nest)."""
-    nest = _perfect_nest(loop, 4)
-    if isinstance(nest, str) or len(nest[3].body) != 1:
-        return None
-    store = nest[3].body[0]
-    return store.buffer if isinstance(store, Store) else None
-
-
 def mark_zero_starts(stmts: tuple[Stmt, ...]) -> tuple[Stmt, ...]:
     """A tensorized nest right after the loops that zero its accumulator over the same
     rows and columns is marked (`width` 0) as starting from zero: its tiles start as

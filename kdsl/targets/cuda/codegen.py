@@ -265,10 +265,15 @@ class GpuCodegen(_Codegen):
                 self.memo = {}
                 self.bound_loop(s)
             case Loop(exec=LoopExec.MMA) if self.launch.threads > WARP and not self.thread_depth:
+                self.memo = {}
                 with self.b.if_then(self._first_warp()):  # one warp computes it for all
                     emit_mma(self, s)
             case Loop(exec=LoopExec.MMA):
+                self.memo = {}
                 emit_mma(self, s)
+            case Store(buffer=name) if self._warp_stores(name):
+                with self.b.if_then(self._first_lane()):  # one lane stores for its warp
+                    super().stmt(s, heap)
             case Loop(exec=LoopExec.PARALLEL | LoopExec.VECTORIZED):
                 super().stmt(replace(s, exec=LoopExec.SERIAL), heap)
             case Store() if self.launch.threads > 1 and not self.thread_depth:
@@ -284,6 +289,18 @@ class GpuCodegen(_Codegen):
                 pass  # a CPU schedule's hint; a GPU hides latency with its warps
             case _:
                 super().stmt(s, heap)
+
+    def _warp_stores(self, buffer: str) -> bool:
+        """Whether a store in this place is the warp's (made by one lane for all, as an
+        update in place read by every lane must be): in a warp's code (not the lanes'),
+        to memory the lanes share (not a thread's own temporary)."""
+        if not (self.on_warps and self.thread_depth and not self.lane_depth):
+            return False
+        temp = self.temps.get(buffer)
+        return temp is None or temp.place not in ("local", "thread-scratch")
+
+    def _first_lane(self) -> ir.Value:
+        return self.b.icmp_unsigned("==", self.sreg("tid", 0), ir.Constant(I64, 0))
 
     def _first_warp(self) -> ir.Value:
         ok: ir.Value = ir.Constant(I1, 1)
@@ -464,8 +481,8 @@ class GpuCodegen(_Codegen):
             data.align = 16
         elif temp.place == "shared":
             data = self._shared_array(ir.ArrayType(I8, max(1, size or 0)))
-        elif temp.place == "warp-shared":  # this warp's copy
-            each = -(-(size or 0) // 16) * 16
+        elif temp.place == "warp-shared":  # this warp's copy (nbytes: a constant bound)
+            each = int(temp.nbytes.value)  # type: ignore[attr-defined]
             warps = self.launch.block[1] * self.launch.block[2]
             table = self._shared_array(ir.ArrayType(I8, max(1, each * warps)))
             warp = self.b.udiv(self.thread_linear(), ir.Constant(I64, WARP))

@@ -222,7 +222,7 @@ class _WarpProduct:
             side_effect=False,
         )
         c = [b.load(s, typ=F32) for s in slots]
-        d = b.call(asm, [*a, *bw, *c])
+        d = b.call(asm, [*a, *bw, *c], attrs=("convergent",))  # all lanes, or none
         for n, slot in enumerate(slots):
             b.store(b.extract_value(d, n), slot)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from kdsl.errors import CompileError
 from kdsl.ir.affine import constant_bound
+from kdsl.ir.evaluate import evaluate
 from kdsl.ir.layout import constant_nbytes
 from kdsl.ir.nodes import (
     Allocate,
@@ -35,9 +36,9 @@ from kdsl.ir.nodes import (
     ScalarArg,
     Select,
     Stmt,
+    Store,
     Unary,
 )
-from kdsl.ir.tile_product import accumulator
 from kdsl.ir.visit import walk_all_exprs, walk_expr, walk_stmts
 from kdsl.types import INDEX
 
@@ -178,6 +179,9 @@ def _launch(kernel: Kernel, index: int, body: tuple[Stmt, ...]) -> Launch:
             reduces |= loop.kind is LoopKind.REDUCTION
     if reduces and block[0] > 1 and block[0] % WARP:
         block[0] += WARP - block[0] % WARP  # whole warps: extra threads run no iterations
+    warp_code = any(isinstance(s, Loop) and s.exec is LoopExec.MMA for s in walk_stmts(body))
+    if warp_code:
+        block[0] = _warp_lanes(kernel, body)
     if block[0] * block[1] * block[2] > MAX_THREADS:
         raise _refuse(
             kernel,
@@ -185,23 +189,15 @@ def _launch(kernel: Kernel, index: int, body: tuple[Stmt, ...]) -> Launch:
             f"more than the GPU's {MAX_THREADS}",
             "split the loops bound to threads by smaller factors",
         )
-    if any(isinstance(s, Loop) and s.exec is LoopExec.MMA for s in walk_stmts(body)):
-        block[0] = _warp_lanes(kernel, body, block[0])
     threads = block[0] * block[1] * block[2]
-    temps = tuple(_temps(kernel, body, threads, block[1] * block[2]))
+    temps = tuple(_temps(kernel, body, threads, block[1] * block[2] if warp_code else 0))
     return Launch(index, body, (grid[0], grid[1], grid[2]), (block[0], block[1], block[2]), temps)
 
 
-def _warp_lanes(kernel: Kernel, body: tuple[Stmt, ...], x: int) -> int:
+def _warp_lanes(kernel: Kernel, body: tuple[Stmt, ...]) -> int:
     """The block's x size in a launch with tile products on warps (mma.sync): one warp,
-    its lanes the x threads, so that thread.y and .z number the warps."""
-    if x > WARP:
-        raise _refuse(
-            kernel,
-            f"a tile product runs on warps (tensorize 'mma'), so a block has {WARP} threads "
-            f"along x, but a loop here is bound to {x} of them",
-            f"bind loops to thread.x with at most {WARP} threads (thread.y and .z: the warps)",
-        )
+    its lanes the x threads (a loop bound to thread.x strides over the 32), so that
+    thread.y and .z number the warps."""
 
     def visit(stmts: tuple[Stmt, ...], lanes: bool) -> None:
         for s in stmts:
@@ -224,32 +220,46 @@ def _warp_lanes(kernel: Kernel, body: tuple[Stmt, ...], x: int) -> int:
 
 def _temps(kernel: Kernel, body: tuple[Stmt, ...], threads: int, warps: int) -> list[Temp]:
     """Place each temporary: one allocated inside a thread-bound loop (or in a launch of
-    one thread per block) is the thread's own, unless a warp's tile product accumulates
-    into it (then the warp's, in shared memory); one allocated outside them is shared by
-    the block's threads."""
+    one thread per block) is the thread's own, except in a launch of warp code (`warps`
+    > 0: tile products on mma.sync), where one allocated in a warp's code (inside loops
+    bound to thread.y/z, not .x) is the warp's, in shared memory — its lanes share it as
+    they share the warp's work; one allocated outside them is shared by the block's
+    threads."""
     out: list[Temp] = []
     shared = 0
-    tiles = {
-        accumulator(s) for s in walk_stmts(body) if isinstance(s, Loop) and s.exec is LoopExec.MMA
-    }
+    by_lanes = _written_by_lanes(body)
 
-    def visit(stmts: tuple[Stmt, ...], per_thread: bool) -> None:
+    def visit(stmts: tuple[Stmt, ...], per_thread: bool, per_lane: bool) -> None:
         nonlocal shared
         for s in stmts:
             if isinstance(s, Allocate):
                 buf = kernel.buffer(s.buffer)
                 size = constant_nbytes(buf.shape, buf.dtype.itemsize)
                 nbytes = _nbytes(buf.shape, buf.dtype.itemsize)
-                if per_thread and buf.name in tiles and size is not None:
-                    shared += _align(size) * warps
+                if warps and per_thread and not per_lane:
+                    most = _bounded_nbytes(buf.shape, buf.dtype.itemsize)
+                    if most is None:
+                        if buf.name in by_lanes:  # (each lane would fill only its part)
+                            raise _refuse(
+                                kernel,
+                                f"the temporary '{buf.name}' of a warp's code is written by "
+                                "the warp's lanes (a loop bound to thread.x), but its size "
+                                "has no constant bound, so it can't be the warp's, in "
+                                "shared memory",
+                                "give it a constant shape (split its loops), or leave the "
+                                "loop that fills it unbound: every lane then fills its own",
+                            )
+                        out.append(Temp(buf.name, "thread-scratch", nbytes))
+                        continue
+                    shared += _align(most) * warps
                     if shared > SHARED_BYTES:
                         raise _refuse(
                             kernel,
-                            f"the tile accumulators need {shared} bytes of shared memory for "
-                            f"{warps} warps, more than the {SHARED_BYTES} a block may have",
+                            f"the warps' temporaries need {shared} bytes of shared memory "
+                            f"({warps} warps), more than the {SHARED_BYTES} a block may have",
                             "use smaller tiles or fewer warps per block",
                         )
-                    out.append(Temp(buf.name, "warp-shared", nbytes))
+                    out.append(Temp(buf.name, "warp-shared", Const(_align(most), INDEX)))
                 elif per_thread or threads == 1:
                     fits = size is not None and size <= LOCAL_BYTES
                     out.append(Temp(buf.name, "local" if fits else "thread-scratch", nbytes))
@@ -259,12 +269,37 @@ def _temps(kernel: Kernel, body: tuple[Stmt, ...], threads: int, warps: int) -> 
                 else:
                     out.append(Temp(buf.name, "block-scratch", nbytes))
             elif isinstance(s, Loop):
-                visit(s.body, per_thread or s.exec in THREAD_AXES)
+                lanes = per_lane or s.exec is LoopExec.GPU_THREAD_X
+                visit(s.body, per_thread or s.exec in THREAD_AXES, lanes)
             elif isinstance(s, If):
-                visit(s.then, per_thread)
+                visit(s.then, per_thread, per_lane)
 
-    visit(body, False)
+    visit(body, False, False)
     return out
+
+
+def _bounded_nbytes(shape: tuple[Expr, ...], itemsize: int) -> int | None:
+    """Bytes that hold a buffer of `shape` whatever its extents, when each has a constant
+    bound (a tile's `min(c, n)`), else None."""
+    size = itemsize
+    for d in shape:
+        constant = all(isinstance(x, Const | Binary) for x in walk_expr(d))
+        most = int(evaluate(d, {}, {})) if constant else constant_bound(d)
+        if most is None:
+            return None
+        size *= max(0, most)
+    return size
+
+
+def _written_by_lanes(body: tuple[Stmt, ...]) -> set[str]:
+    """The buffers stored to inside loops bound to thread.x."""
+    return {
+        x.buffer
+        for s in walk_stmts(body)
+        if isinstance(s, Loop) and s.exec is LoopExec.GPU_THREAD_X
+        for x in walk_stmts(s.body)
+        if isinstance(x, Store)
+    }
 
 
 def _align(n: int) -> int:

@@ -51,6 +51,7 @@ class _Block:
         self.warp_barriers = [threading.Barrier(min(32, n - 32 * w)) for w in range(warps)]
         self.slots: list[dict[int, object]] = [{} for _ in range(warps)]
         self.broken = False  # a barrier timed out: the emulated code deadlocked
+        self.failures: list[BaseException] = []  # raised in callbacks (ctypes drops them)
 
     def wait(self, barrier: threading.Barrier) -> None:
         try:
@@ -122,6 +123,19 @@ def _bf16_pair(word: int) -> tuple[float, float]:
     return tuple(float(v) for v in bits.view(ml_dtypes.bfloat16).astype(np.float32))
 
 
+def _recorded(callback):
+    """A callback whose exception fails the block (ctypes would print and drop it)."""
+
+    def run(*args):
+        try:
+            return callback(*args)
+        except Exception as exc:
+            _block().failures.append(exc)
+            return 0
+
+    return run
+
+
 def _mma(out: int, *operands) -> None:
     """D = A·B + C for m16n8k16 (bf16 in, f32 out), from the lanes' fragments laid out
     as the PTX ISA's "Matrix Fragments for mma.m16n8k16 with floating point type":
@@ -155,10 +169,10 @@ _CALLBACKS = {
         for kind in ("tid", "ntid", "ctaid", "nctaid")
         for axis in range(3)
     },
-    "kdsl_sim_barrier0": _VOID(_barrier),
-    "kdsl_sim_bar.warp.sync": _VOID_I32(_warp_sync),
-    "kdsl_sim_shfl.sync.bfly.i32": _SHFL(_shuffle_xor),
-    "kdsl_sim_mma_into": _MMA(_mma),
+    "kdsl_sim_barrier0": _VOID(_recorded(_barrier)),
+    "kdsl_sim_bar.warp.sync": _VOID_I32(_recorded(_warp_sync)),
+    "kdsl_sim_shfl.sync.bfly.i32": _SHFL(_recorded(_shuffle_xor)),
+    "kdsl_sim_mma_into": _MMA(_recorded(_mma)),
 }
 for _name, _fn in _CALLBACKS.items():
     llvm.add_symbol(_name, ctypes.cast(_fn, ctypes.c_void_p).value)
@@ -208,7 +222,8 @@ def run(kernel: kd.KernelFunction, args: Sequence[object], config=None) -> objec
     module, _, params = generate(final, launches, "sim")
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
-    ref = llvm.parse_assembly(_for_host(str(module)))
+    text = _for_host(str(module))
+    ref = llvm.parse_assembly(text)
     ref.verify()
     machine = llvm.Target.from_default_triple().create_target_machine(  # (f16 needs F16C)
         cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(), opt=0
@@ -217,6 +232,12 @@ def run(kernel: kd.KernelFunction, args: Sequence[object], config=None) -> objec
     engine.finalize_object()
     _engines.append(engine)
 
+    shared = [
+        (name, int(size))
+        for name, size in re.findall(
+            r'@"(sim_\d+\.shared\d+)" = internal global \[(\d+) x i8\]', text
+        )
+    ]
     names = [p.name for p in final.params]
     values = dict(zip(names, args))
     shapes = {n: np.shape(v) for n, v in values.items() if isinstance(v, np.ndarray)}
@@ -248,13 +269,16 @@ def run(kernel: kd.KernelFunction, args: Sequence[object], config=None) -> objec
         grid = tuple(max(0, int(v)) for v in sizes[:3])
         per_block, per_thread = int(sizes[3]), int(sizes[4])
         blocks = grid[0] * grid[1] * grid[2]
-        scratch = np.zeros(max(1, blocks * (per_block + launch.threads * per_thread)), np.uint8)
+        # memory nobody initialized holds NaNs (0xFF bytes), as it may on a GPU
+        scratch = np.full(max(1, blocks * (per_block + launch.threads * per_thread)), 255, np.uint8)
         entry = ctypes.CFUNCTYPE(None, *argtypes, ctypes.c_void_p, ctypes.c_void_p)(
             engine.get_function_address(f"sim_{launch.index}")
         )
         for z in range(grid[2]):
             for y in range(grid[1]):
                 for x in range(grid[0]):
+                    for name, size in shared:  # a block's shared memory starts as garbage
+                        ctypes.memset(engine.get_global_value_address(name), 255, size)
                     _run_block(
                         entry,
                         call_args + [scratch.ctypes.data, errors.ctypes.data],
@@ -290,6 +314,6 @@ def _run_block(entry, call_args, block, ctaid, grid) -> None:
         t.start()
     for t in threads:
         t.join()
-    if failures:
-        raise failures[0]
+    if failures or blk.failures:
+        raise (failures or blk.failures)[0]
     assert not blk.broken, f"block {ctaid} deadlocked: a barrier some threads never reached"

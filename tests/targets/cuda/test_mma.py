@@ -42,13 +42,15 @@ def _product(rows: int, cols: int, vnni: bool = False, k_outside: int = 0, name:
         iw, ir = s.split(ii, rows)
         jw, jr = s.split(ji, cols)
         s.reorder(io, jo, iw, jw, ir, jr)
-        k = "k"
+        k, kb = "k", ""
         if k_outside:
             kb, k = s.split("k", k_outside)
             s.reorder(kb, ir, jr)
         s.split(k, 2)
         if vnni:
-            s.cache("b", at=jw, layout="vnni")
+            s.cache("b", at=kb if k_outside else jw, layout="vnni")
+            if k_outside:  # a constant-size copy: the warp's, its lanes across the columns
+                s.bind("b.c1", "thread.x")
         s.bind(io, "block.y")
         s.bind(jo, "block.x")
         s.bind(iw, "thread.y")
@@ -96,6 +98,15 @@ def test_tiles_that_start_from_memory() -> None:
     simt.run(kernel, [a, b, c])
     _close(c, a, b)
     assert "mma from zero" not in _gpu_ir(kernel, a, b, c)
+
+
+def test_a_warps_copy_filled_by_its_lanes() -> None:
+    """B's block of k cached in the warp's code (a constant size: the warp's copy, in
+    shared memory), its columns copied by the lanes, read by the tile product."""
+    a, b, c = _operands(np.random.default_rng(9), 21, 75, 30)
+    kernel = _product(16, 16, vnni=True, k_outside=32)
+    simt.run(kernel, [a, b, c])
+    _close(c, a, b)
 
 
 def test_a_tile_with_nothing_to_add_leaves_its_accumulator() -> None:
@@ -192,7 +203,7 @@ def test_has_says_which_gpus_have_it(monkeypatch) -> None:
 @pytest.mark.parametrize("threads", [2, None])
 def test_lanes_bound_around_the_tile_afterwards_are_refused(threads) -> None:
     """The lanes of x are the warp's: a loop around the tile bound to them is refused
-    when compiled (bound after tensorize), as are more than 32 threads along x."""
+    when compiled (bound after tensorize)."""
 
     def schedule(s):
         ii = _tile(s, rows=32)
@@ -201,10 +212,7 @@ def test_lanes_bound_around_the_tile_afterwards_are_refused(threads) -> None:
         s.bind(iw, "thread.x", threads)
 
     message = _refusal(schedule, kd.CompileError)
-    if threads is None:  # 256 threads by default for a loop of unknown extent
-        assert "a block has 32 threads along x" in message and "at most 32" in message
-    else:
-        assert "inside a loop bound to thread.x" in message and "thread.y or thread.z" in message
+    assert "inside a loop bound to thread.x" in message and "thread.y or thread.z" in message
 
 
 def test_a_tile_inside_lanes_is_refused_by_the_step() -> None:
@@ -219,6 +227,24 @@ def test_a_tile_inside_lanes_is_refused_by_the_step() -> None:
 
     message = _refusal(schedule)
     assert "bound to thread.x" in message and "warp" in message
+
+
+def test_too_many_warps_are_refused_when_compiled() -> None:
+    """The 32 lanes along x count: 64 warps along y make 2048 threads, over the limit."""
+
+    def schedule(s):
+        io, ii = s.split("i", 1024)
+        iw, ir = s.split(ii, 16)
+        jo, ji = s.split("j", 8)
+        s.reorder(io, jo, iw, ir, ji)
+        s.split("k", 2)
+        s.bind(io, "block.y")
+        s.bind(jo, "block.x")
+        s.bind(iw, "thread.y", 64)
+        s.tensorize(ir, "mma")
+
+    message = _refusal(schedule, kd.CompileError)
+    assert "32×64×1 threads per block" in message
 
 
 def test_a_tile_of_another_shape_is_refused() -> None:
