@@ -19,7 +19,7 @@ from kdsl.kernels.norms import (
     rmsnorm_rows,
 )
 from kdsl.kernels.quant import PRODUCTS as quant_products
-from kdsl.kernels.quant import quantize, reference_qmatmul
+from kdsl.kernels.quant import quantize, quantize_activations, reference_qmatmul
 from kdsl.kernels.softmax import softmax_rows
 
 from tests import zoo
@@ -118,16 +118,26 @@ def cases(rng: np.random.Generator, m: int = 37, n: int = 301) -> list[Case]:
             1e-4,
         )
     )
-    w_rows = f32(m, 64)
+    w_rows = f32(m, 128)
     for fmt in ("q8_0", "q4_0"):
         weights = quantize(w_rows, fmt)
-        vectors = f32(2, 64)
+        vectors = f32(2, 128)
         out.append(
             Case(
                 f"lib_{fmt}_f32",
                 quant_products[(fmt, "f32")],
                 [weights.scales, weights.quants, vectors, np.empty((2, m), np.float32)],
                 {3: reference_qmatmul(weights, vectors, "f32")},
+                1e-4,
+            )
+        )
+        acts = quantize_activations(vectors, fmt)  # GGML's way: Q8_0 activations
+        out.append(
+            Case(
+                f"lib_{fmt}_q8_0",
+                quant_products[(fmt, "q8_0")],
+                [weights.d, weights.q, *acts, np.empty((2, m), np.float32)],
+                {2 + len(acts): reference_qmatmul(weights, vectors, "q8_0")},
                 1e-4,
             )
         )
