@@ -450,7 +450,7 @@ def prefetch(
                 f"loop '{where.var}' is not inside loop '{loop.var}'",
                 f"name a loop nested in '{loop.var}' as inside=",
             )
-    accesses = _streamed_accesses(where, str(buffer), loop.var)
+    accesses = _streamed_accesses(where, str(buffer), loop.var, loop)
     if not accesses:
         raise ctx.refuse(
             f"loop '{where.var}' reads or writes no element of '{buffer}' that moves with "
@@ -473,15 +473,18 @@ def prefetch(
     _set(ctx, where_path, replace(where, body=body))
 
 
-def _streamed_accesses(loop: Loop, buffer: str, moving: str) -> list[tuple[tuple[Expr, ...], bool]]:
+def _streamed_accesses(
+    loop: Loop, buffer: str, moving: str, outer: Loop
+) -> list[tuple[tuple[Expr, ...], bool]]:
     """The indices of `buffer`'s reads and writes (True) in `loop` that depend on the
-    variable `moving`, written with what is known at the top of an iteration: inner
-    loops' variables at 0, the body's locals by their initial values. Accesses whose
-    index itself reads memory are left out (a prefetch must not load)."""
+    variable `moving` (of `outer`: `loop` or one around it), written with what is known
+    at the top of an iteration: inner loops' variables at 0, the locals of `outer`'s
+    body by their initial values. Accesses whose index itself reads memory are left out
+    (a prefetch must not load)."""
     starts: dict[str, Expr] = {
         s.var: index_const(0) for s in walk_stmts(loop.body) if isinstance(s, Loop)
     }
-    for s in walk_stmts(loop.body):
+    for s in walk_stmts(outer.body):
         if isinstance(s, DeclareLocal):
             starts.setdefault(s.name, s.init)
     accesses = [

@@ -169,6 +169,29 @@ def test_a_written_buffer_is_fetched_for_writing() -> None:
     assert "prefetcht0" in asm and "prefetchw" in asm
 
 
+def test_inside_a_loop_the_outer_loops_locals_are_resolved() -> None:
+    """A local of the moving loop's body (a row's start) in the inner loop's index: the
+    hint advances the row through it."""
+
+    @kd.kernel
+    def pair_sums(v, out):
+        for i in kd.grid(out.shape[0]):
+            start = kd.local(2 * i * out.shape[1], kd.i64)
+            j = kd.indices(out.shape[1], names="j")
+            out[i, j] = v[start + 2 * j] + v[start + 2 * j + 1]
+
+    @pair_sums.schedule(kd.cpu)
+    def _(s):
+        s.prefetch("v", "i", 1, inside="j")
+
+    rng = np.random.default_rng(4)
+    v, out = random_array(rng, (7 * 22,), np.float32), np.zeros((7, 11), np.float32)
+    text = str(pair_sums.lowered(v, out)).replace("  ", " ")
+    assert "prefetch v[2 * (i + 1) * out.shape[1] + 2 * j]" in text
+    want = v.reshape(7, 11, 2).astype(np.float64).sum(-1)
+    check_kernel(pair_sums, [v, out], {1: want}, rtol=1e-6, atol=1e-6)
+
+
 def test_ptx_ignores_the_hint() -> None:
     """A GPU schedule may carry the step (a shared recipe); the GPU code has no prefetch."""
 
