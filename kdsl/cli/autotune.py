@@ -84,7 +84,11 @@ def _examples(kernel: KernelFunction, shapes: list[str] | None) -> list[dict[str
 
 def run(ns: argparse.Namespace) -> int:
     if ns.target == "cuda":
-        raise UsageError("--target cuda: the CUDA target is not available in this version")
+        raise UsageError(
+            "--target cuda: the tuner times candidates on the CPU only; timing GPU "
+            "candidates is not implemented yet (CUDA schedules run their params' first "
+            "choices: benchmarks/gpu_check.py compares configs by hand)"
+        )
     if ns.jobs is not None and ns.jobs < 0:
         raise UsageError("--jobs must be 0 (compile in this process) or more")
     budget = parse_budget(ns.budget)
