@@ -188,21 +188,26 @@ def benchmarks() -> list[tuple[str, str, str, str, str]]:
         time_gpu(lambda: zoo.matmul(A, B, C), reps=5),
         time_gpu(lambda: torch.matmul(A, B, out=C), reps=5),
     )
-    rows.append(
-        (
-            "matmul f32 (default schedule)",
-            f"{N}³",
-            f"{t_ours:.2f} ms ({2 * N**3 / t_ours / 1e9:.1f} TFLOP/s)",
-            f"{t_theirs:.2f} ms",
-            f"{t_theirs / t_ours:.2f}",
-        )
-    )
+    rows.append(flops_row("matmul f32 (default schedule)", f"{N}³", 2 * N**3, t_ours, t_theirs))
     for section in (tensor_core_rows, quant_rows, attention_rows):
         try:
             rows += section(copy_gbs)
         except Exception as exc:  # a section not yet run on a GPU: report, go on
             rows.append((section.__name__, "", f"ERROR: {type(exc).__name__}: {exc}", "", ""))
     return rows
+
+
+def flops_row(
+    name: str, size: str, flops: float, ours: float, theirs: float
+) -> tuple[str, str, str, str, str]:
+    """A table row for a compute-bound kernel: times in ms, kdsl's TFLOP/s, the ratio."""
+    return (
+        name,
+        size,
+        f"{ours:.2f} ms ({flops / ours / 1e9:.1f} TFLOP/s)",
+        f"{theirs:.2f} ms",
+        f"{theirs / ours:.2f}",
+    )
 
 
 def tensor_core_rows(copy_gbs: float) -> list[tuple[str, str, str, str, str]]:
@@ -222,15 +227,8 @@ def tensor_core_rows(copy_gbs: float) -> list[tuple[str, str, str, str, str]]:
             {"warps_down": 4, "warps_across": 2},
         ):
             ours = time_gpu(variant(product_kernel, (a, b, c), config), reps=5)
-            rows.append(
-                (
-                    f"matmul bf16, mma.sync {config or '(default params)'}",
-                    f"{n}³",
-                    f"{ours:.2f} ms ({2 * n**3 / ours / 1e9:.0f} TFLOP/s)",
-                    f"{theirs:.2f} ms",
-                    f"{theirs / ours:.2f}",
-                )
-            )
+            name = f"matmul bf16, mma.sync {config or '(default params)'}"
+            rows.append(flops_row(name, f"{n}³", 2 * n**3, ours, theirs))
     return rows
 
 
@@ -283,15 +281,8 @@ def attention_rows(copy_gbs: float) -> list[tuple[str, str, str, str, str]]:
             partial(F.scaled_dot_product_attention, q, k, v, is_causal=causal), reps=10
         )
         flops = 4 * b * h * length * length * d / (2 if causal else 1)
-        rows.append(
-            (
-                f"attention f32{' causal' if causal else ''}",
-                f"B={b} H={h} L={length} D={d}",
-                f"{ours:.2f} ms ({flops / ours / 1e9:.1f} TFLOP/s)",
-                f"{theirs:.2f} ms",
-                f"{theirs / ours:.2f}",
-            )
-        )
+        name = f"attention f32{' causal' if causal else ''}"
+        rows.append(flops_row(name, f"B={b} H={h} L={length} D={d}", flops, ours, theirs))
     return rows
 
 

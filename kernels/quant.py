@@ -410,7 +410,7 @@ def _q4_0_f32_cpu(s):
     _lanes_across_blocks(s, "h", 16)
 
 
-def _rows_on_warps(s, lane: str) -> None:
+def _rows_on_blocks(s, lane: str) -> None:
     """On a GPU: a block per row (and activation vector), the row's lanes on its threads
     summing block after block, then added across them (shuffles): one pass over the
     row's bytes, each block's read by the threads together."""
@@ -424,12 +424,12 @@ def _rows_on_warps(s, lane: str) -> None:
 
 @q8_0_dot_f32.schedule(kd.cuda)
 def _q8_0_f32_gpu(s):
-    _rows_on_warps(s, "j")
+    _rows_on_blocks(s, "j")
 
 
 @q4_0_dot_f32.schedule(kd.cuda)
 def _q4_0_f32_gpu(s):
-    _rows_on_warps(s, "h")
+    _rows_on_blocks(s, "h")
 
 
 PRODUCTS = {  # (weights, activations) → the product kernel

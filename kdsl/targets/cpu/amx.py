@@ -36,7 +36,7 @@ from kdsl.errors import CompileError
 from kdsl.ir.nodes import Expr, Loop, LoopExec, Stmt
 from kdsl.ir.tile_product import TILE, TileProduct, match
 from kdsl.targets.cpu import jit
-from kdsl.targets.cpu.ops import I8, I16, I32, I64
+from kdsl.targets.cpu.ops import I8, I16, I32, I64, clamped_extent
 
 if TYPE_CHECKING:
     from kdsl.targets.cpu.codegen import _Codegen
@@ -88,9 +88,9 @@ class _TileProduct:
         self.a_row, self.b_row, self.acc_row = a.strides[0], bv.strides[0], acc.strides[0]
         self.a_start, self.b_start = self.element(p.a, p.a_at), self.element(p.b, p.b_at)
         self.acc = acc.data
-        self.rows = self.clamped(gen.expr(p.rows.extent), self.tr)
-        self.cols = self.clamped(gen.expr(p.cols.extent), self.tc)
-        self.depth = self.clamped(gen.expr(p.depth))
+        self.rows = clamped_extent(b, gen.expr(p.rows.extent), self.tr)
+        self.cols = clamped_extent(b, gen.expr(p.cols.extent), self.tc)
+        self.depth = clamped_extent(b, gen.expr(p.depth))
         two = _i64(2)
         self.unit = b.and_(
             b.icmp_signed("==", a.strides[1], two), b.icmp_signed("==", bv.strides[1], two)
@@ -110,18 +110,7 @@ class _TileProduct:
 
     def element(self, name: str, at: tuple[Expr, Expr]) -> ir.Value:
         """The address of buffer `name` at subscripts `at`."""
-        info, b = self.gen.state.arrays[name], self.builder
-        offset = b.add(
-            b.mul(self.gen.expr(at[0]), info.strides[0]),
-            b.mul(self.gen.expr(at[1]), info.strides[1]),
-        )
-        return b.gep(info.data, [offset], source_etype=I8)
-
-    def clamped(self, n: ir.Value, most: int | None = None) -> ir.Value:
-        """n within [0, most] (an extent may be negative; a tile holds `most`)."""
-        b = self.builder
-        n = b.select(b.icmp_signed("<", n, _i64(0)), _i64(0), n)
-        return n if most is None else b.select(b.icmp_signed(">", n, _i64(most)), _i64(most), n)
+        return self.gen._element(self.gen.state.arrays[name], [self.gen.expr(i) for i in at])
 
     # ------------------------------------------------------------------ the tiles
 

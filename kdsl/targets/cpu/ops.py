@@ -33,6 +33,17 @@ HALF = ir.HalfType()
 PTR = ir.PointerType()
 
 
+def clamped_extent(b: ir.IRBuilder, n: ir.Value, most: int | None = None) -> ir.Value:
+    """An i64 extent within [0, most] (a loop's extent may be negative; a matrix tile
+    holds at most `most`)."""
+    zero = ir.Constant(I64, 0)
+    n = b.select(b.icmp_signed("<", n, zero), zero, n)
+    if most is None:
+        return n
+    top = ir.Constant(I64, most)
+    return b.select(b.icmp_signed(">", n, top), top, n)
+
+
 def llvm_type(d: DType) -> ir.Type:
     """The register type of a dtype (bf16 is its raw bits)."""
     if d.is_bool:

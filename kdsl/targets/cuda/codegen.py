@@ -156,9 +156,7 @@ class GpuCodegen(_Codegen):
         self.lane_depth = 0  # those bound to thread.x
         # tile products on warps: the block's x threads are one warp's lanes, and code
         # in loops bound to thread.y/z is a warp's (its stores ordered by warp syncs)
-        self.on_warps = any(
-            isinstance(x, Loop) and x.exec is LoopExec.MMA for x in walk_stmts(launch.body)
-        )
+        self.on_warps = launch.warp_code
         self.divergent = 0  # ifs around it (their threads may disagree)
         self.temps = {t.buffer: t for t in launch.temps}
         self.shared_count = 0
@@ -300,20 +298,16 @@ class GpuCodegen(_Codegen):
         return temp is None or temp.place not in ("local", "thread-scratch")
 
     def _first_lane(self) -> ir.Value:
-        return self.b.icmp_unsigned("==", self.sreg("tid", 0), ir.Constant(I64, 0))
+        return self._first_thread((0,))
 
     def _first_warp(self) -> ir.Value:
-        ok: ir.Value = ir.Constant(I1, 1)
-        for axis in (1, 2):
-            if self.launch.block[axis] > 1:
-                zero = self.b.icmp_unsigned("==", self.sreg("tid", axis), ir.Constant(I64, 0))
-                ok = self.b.and_(ok, zero)
-        return ok
+        return self._first_thread((1, 2))
 
-    def _first_thread(self) -> ir.Value:
+    def _first_thread(self, axes: tuple[int, ...] = (0, 1, 2)) -> ir.Value:
+        """Whether this thread's index is 0 along `axes` (the block's, by default)."""
         ok: ir.Value = ir.Constant(I1, 1)
-        for axis, n in enumerate(self.launch.block):
-            if n > 1:
+        for axis in axes:
+            if self.launch.block[axis] > 1:
                 zero = self.b.icmp_unsigned("==", self.sreg("tid", axis), ir.Constant(I64, 0))
                 ok = self.b.and_(ok, zero)
         return ok

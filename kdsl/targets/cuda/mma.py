@@ -33,7 +33,7 @@ from llvmlite import ir
 from kdsl.errors import CompileError
 from kdsl.ir.nodes import Loop
 from kdsl.ir.tile_product import TileProduct, match
-from kdsl.targets.cpu.ops import I8, I16, I32, I64
+from kdsl.targets.cpu.ops import I16, I32, I64, clamped_extent
 from kdsl.targets.cuda.ptx import arch
 
 if TYPE_CHECKING:
@@ -83,9 +83,9 @@ class _WarpProduct:
         self.gen, self.b, self.p = gen, gen.b, p
         b = self.b
         self.tr, self.tc = p.shape
-        self.rows = self.clamped(gen.expr(p.rows.extent), self.tr)
-        self.cols = self.clamped(gen.expr(p.cols.extent), self.tc)
-        self.depth = self.clamped(gen.expr(p.depth))
+        self.rows = clamped_extent(b, gen.expr(p.rows.extent), self.tr)
+        self.cols = clamped_extent(b, gen.expr(p.cols.extent), self.tc)
+        self.depth = clamped_extent(b, gen.expr(p.depth))
         lane = b.urem(gen.sreg("tid", 0), _i64(32))
         self.g, self.t2 = b.udiv(lane, _i64(4)), b.mul(b.urem(lane, _i64(4)), _i64(2))
         self.a_at = tuple(gen.expr(e) for e in p.a_at)
@@ -177,9 +177,7 @@ class _WarpProduct:
         return b.select(b.icmp_signed("<", i, extent), i, last)
 
     def address(self, name: str, at: tuple[ir.Value, ir.Value]) -> ir.Value:
-        info, b = self.gen.state.arrays[name], self.b
-        offset = b.add(b.mul(at[0], info.strides[0]), b.mul(at[1], info.strides[1]))
-        return b.gep(info.data, [offset], source_etype=I8)
+        return self.gen._element(self.gen.state.arrays[name], list(at))
 
     # ------------------------------------------------------------- accumulator
 
@@ -225,11 +223,6 @@ class _WarpProduct:
         d = b.call(asm, [*a, *bw, *c], attrs=("convergent",))  # all lanes, or none
         for n, slot in enumerate(slots):
             b.store(b.extract_value(d, n), slot)
-
-    def clamped(self, n: ir.Value, most: int | None = None) -> ir.Value:
-        b = self.b
-        n = b.select(b.icmp_signed("<", n, _i64(0)), _i64(0), n)
-        return n if most is None else b.select(b.icmp_signed(">", n, _i64(most)), _i64(most), n)
 
 
 def _i64(v: int) -> ir.Constant:

@@ -77,6 +77,7 @@ class Launch:
     grid: tuple[Expr | None, Expr | None, Expr | None]
     block: tuple[int, int, int]
     temps: tuple[Temp, ...] = ()
+    warp_code: bool = False  # tile products on warps: x is a warp's 32 lanes
 
     def scratch(self, place: str) -> tuple[Temp, ...]:
         return tuple(t for t in self.temps if t.place == place)
@@ -180,8 +181,9 @@ def _launch(kernel: Kernel, index: int, body: tuple[Stmt, ...]) -> Launch:
     if reduces and block[0] > 1 and block[0] % WARP:
         block[0] += WARP - block[0] % WARP  # whole warps: extra threads run no iterations
     warp_code = any(isinstance(s, Loop) and s.exec is LoopExec.MMA for s in walk_stmts(body))
-    if warp_code:
-        block[0] = _warp_lanes(kernel, body)
+    if warp_code:  # thread.y and .z number the warps; a thread.x loop strides over 32
+        _refuse_tiles_in_lanes(kernel, body)
+        block[0] = WARP
     if block[0] * block[1] * block[2] > MAX_THREADS:
         raise _refuse(
             kernel,
@@ -191,13 +193,12 @@ def _launch(kernel: Kernel, index: int, body: tuple[Stmt, ...]) -> Launch:
         )
     threads = block[0] * block[1] * block[2]
     temps = tuple(_temps(kernel, body, threads, block[1] * block[2] if warp_code else 0))
-    return Launch(index, body, (grid[0], grid[1], grid[2]), (block[0], block[1], block[2]), temps)
+    shape = (block[0], block[1], block[2])
+    return Launch(index, body, (grid[0], grid[1], grid[2]), shape, temps, warp_code)
 
 
-def _warp_lanes(kernel: Kernel, body: tuple[Stmt, ...]) -> int:
-    """The block's x size in a launch with tile products on warps (mma.sync): one warp,
-    its lanes the x threads (a loop bound to thread.x strides over the 32), so that
-    thread.y and .z number the warps."""
+def _refuse_tiles_in_lanes(kernel: Kernel, body: tuple[Stmt, ...]) -> None:
+    """A tile product (mma.sync) is a whole warp's: none may be inside a thread.x loop."""
 
     def visit(stmts: tuple[Stmt, ...], lanes: bool) -> None:
         for s in stmts:
@@ -215,7 +216,6 @@ def _warp_lanes(kernel: Kernel, body: tuple[Stmt, ...]) -> int:
                 visit(s.then, lanes)
 
     visit(body, False)
-    return WARP
 
 
 def _temps(kernel: Kernel, body: tuple[Stmt, ...], threads: int, warps: int) -> list[Temp]:
