@@ -210,7 +210,8 @@ def test_inner_loop_is_register_blocked(tile_shape) -> None:
     best = max(range(len(loops)), key=lambda n: len(fmas[n]))
     body = loops[best]
     assert len(fmas[best]) >= tile and len(fmas[best]) % tile == 0, body
-    tiles = [loops[n] for n in range(len(loops)) if len(fmas[n]) == len(fmas[best])]
+    # the tile loops: LLVM may unroll the full tiles' k loop and not the edge's (znver4)
+    tiles = [loops[n] for n in range(len(loops)) if fmas[n] and len(fmas[n]) % tile == 0]
     assert any("{%k" in i for t in tiles for i in t), tiles  # the masked edge of columns
     for t in tiles:
         assert not [i for i in t if "(%rsp" in i], t  # no spills or accumulator reloads

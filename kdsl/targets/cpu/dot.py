@@ -17,6 +17,9 @@ single w·K-element vectors:
 * bf16 → f32, K = 2: AVX512-BF16 `vdpbf16ps` (which flushes denormal inputs and adds the
   pair before the accumulator: a reassociation, so never under strict_fp).
 
+A vector loop's tail (a mask of active lanes) reads only its lanes' elements and keeps
+the sums of the others: a register tile's last columns run at the full tiles' speed (a
+matmul with n % 32 ≠ 0 ran at half speed when its edge tiles fell back to gathers).
 Without the instruction the same wide loads feed widening multiplies and K-way adds.
 The operands may be any element-wise expression of such loads (a nibble `q & 15`, say)
 and of values that do not depend on v or m.
@@ -90,7 +93,7 @@ def emit_dot_loop(vl: _VectorLoop, loop: Loop) -> bool:
 
 
 def _match(vl: _VectorLoop, loop: Loop) -> _Dot | None:
-    if vl.mask is not None or vl.gen.checks or not isinstance(loop.extent, Const):
+    if vl.gen.checks or not vl.some_active or not isinstance(loop.extent, Const):
         return None
     k = int(loop.extent.value)
     if len(loop.body) != 1:
@@ -259,8 +262,11 @@ def _emit(vl: _VectorLoop, loop: Loop, dot: _Dot) -> None:
     """Each product's dot instruction in turn, accumulating into the local's vector."""
     b = vl.b
     new = b.load(dot.slot, typ=dot.slot.allocated_type)
+    old = new
     for pair in dot.pairs:
         new = _emit_one(vl, loop, dot, new, *pair)
+    if vl.mask is not None:  # a tail: the lanes that are off keep their sums
+        new = b.select(vl.mask, new, old)
     b.store(new, dot.slot)
 
 
@@ -302,7 +308,7 @@ def _wide(vl: _VectorLoop, loop: Loop, k: int, e: Expr) -> ir.Value:
             rest, broadcast = found
             if not broadcast:
                 first = b.add(b.mul(vl.base, ir.Constant(I64, k)), vl.uniform(rest))
-                return vl.run_at(e, first, n)
+                return vl.run_at(e, first, n, _each_k_times(vl, k))
             group = vl.run_at(e, vl.uniform(rest), k)
             lanes = ir.Constant(ir.VectorType(I32, n), [m for _ in range(vl.w) for m in range(k)])
             return b.shuffle_vector(group, ir.Constant(group.type, None), lanes)
@@ -313,6 +319,15 @@ def _wide(vl: _VectorLoop, loop: Loop, k: int, e: Expr) -> ir.Value:
         case Cast(operand=x, dtype=d):
             return ops.cast(_wide(vl, loop, k, x), x.dtype, d)
     raise AssertionError(f"not a wide expression: {e!r}")
+
+
+def _each_k_times(vl: _VectorLoop, k: int) -> ir.Value | None:
+    """<w·K x i1>: each lane's bit of the active mask for its K elements (None: all on);
+    a tail vector reads only its lanes' elements, zeros for the others."""
+    if vl.mask is None:
+        return None
+    lanes = ir.Constant(ir.VectorType(I32, vl.w * k), [v for v in range(vl.w) for _ in range(k)])
+    return vl.b.shuffle_vector(vl.mask, ir.Constant(vl.mask.type, None), lanes)
 
 
 def _byte_dot(
