@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from kdsl.kernels._machine import stream_hints_first
 
 import kdsl as kd
 
@@ -48,7 +49,7 @@ def row_streams(s, rows: tuple[int, ...] = (8, 4, 2, 1), matrix: str = "w") -> N
         s.reorder("jo", "lane")
         s.vectorize("lane", LANE)
         s.parallelize("i")
-        ahead = s.param("prefetch", [PREFETCH, 0])  # vectors of the stream, 0: no hint
+        ahead = s.param("prefetch", stream_hints_first(PREFETCH))  # vectors ahead, 0: none
         if ahead:
             s.prefetch(matrix, "jo", ahead)
         return
