@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from kdsl.kernels._machine import stream_hints_first
+from kdsl.kernels._machine import one_row_first, stream_hints_first
 
 import kdsl as kd
 
@@ -43,7 +43,7 @@ def row_streams(s, rows: tuple[int, ...] = (8, 4, 2, 1), matrix: str = "w") -> N
     all cores; the rows' final sums in a parallel loop of their own. One row at a time,
     its sum follows its lanes in the same parallel loop, and the rows of `matrix` are
     prefetched ahead of the reads (see docs/schedules.md, "Streams from DRAM")."""
-    tile = s.param("rows", list(rows))
+    tile = s.param("rows", list(one_row_first(rows)))
     if tile == 1:
         s.fuse("i", "i.1")
         s.reorder("jo", "lane")

@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from kdsl.kernels._machine import one_row_first
 
 import kdsl as kd
 
@@ -332,7 +333,7 @@ def _lanes_across_blocks(s, lane, width, batch=("t", "t.1"), block="b", rows=(1,
     GB/s without the hint, 17.9 with it; Q8_0 16.8 and 21.4)."""
     s.reorder("r", batch[0])
     s.reorder("r.1", batch[1])
-    tile = s.param("rows", list(rows))
+    tile = s.param("rows", list(one_row_first(rows)))
     if tile == 1:
         s.fuse("r", "r.1")
         s.fuse(*batch)
@@ -357,6 +358,8 @@ def _lanes_across_blocks(s, lane, width, batch=("t", "t.1"), block="b", rows=(1,
 # time, 21 four, 22–26 eight; the short rows of llama2's models (288–2048 columns) ran a
 # quarter slower eight at a time (stories15M Q8_0 417 → 312 tok/s). Q4_0's group of four
 # blocks per vector keeps as many reads in flight either way (1, 4, 8 rows: 15–17 GB/s).
+# (Those are an Intel Xeon's numbers; on AMD Zen 4 one row at a time was faster for
+# every shape, long rows too: kernels/_machine.one_row_first.)
 LONG_ROW = 4096
 
 
