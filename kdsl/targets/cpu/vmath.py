@@ -162,11 +162,16 @@ class _Vec:
     def is_nan(self, x: ir.Value) -> ir.Value:
         return self.b.fcmp_unordered("uno", x, x)
 
+    def scalef(self) -> bool:
+        """Whether `scaled` is one vscalefps (a zmm of this type with AVX-512)."""
+        count = self.t.count
+        return count * self.bits == 512 and jit.has_avx512("avx512f", count, self.bits)
+
     def scaled(self, p: ir.Value, n: ir.Value) -> ir.Value:
         """p·2^n for integral n (a float) in exp's range, rounded once: one vscalefps
         with AVX-512, else in two steps through the exponent bits."""
         b, count = self.b, self.t.count
-        if count * self.bits == 512 and jit.has_avx512("avx512f", count, self.bits):
+        if self.scalef():
             name = f"llvm.x86.avx512.mask.scalef.p{'d' if self.bits == 64 else 's'}.512"
             mask = ir.Constant(ir.IntType(count), -1)
             current = ir.Constant(ir.IntType(32), 4)  # the current rounding mode
@@ -191,7 +196,8 @@ class _Vec:
 def exp(ops: Ops, x: ir.Value) -> ir.Value:
     v, b = _Vec(ops, x), ops.b
     lo, hi = _EXP_RANGE[v.bits]
-    xc = b.select(b.fcmp_unordered(">", x, v.c(hi)), v.c(hi), x)  # NaN too: fixed at the end
+    # ordered comparisons: a NaN passes both clamps (one vminps and one vmaxps each)
+    xc = b.select(b.fcmp_ordered(">", x, v.c(hi)), v.c(hi), x)
     xc = b.select(v.lt(xc, v.c(lo)), v.c(lo), xc)
     n = v.call("roundeven", b.fmul(xc, v.c(_LOG2E)))
     ln2_hi, ln2_lo = _LN2[v.bits]
@@ -199,7 +205,9 @@ def exp(ops: Ops, x: ir.Value) -> ir.Value:
     r = v.fma(n, v.c(-ln2_lo), r)
     g = v.poly(r, _EXP_F64 if v.bits == 64 else _EXP_F32)
     p = v.fma(v.fma(g, r, v.c(1.0)), r, v.c(1.0))
-    return b.select(v.is_nan(x), x, v.scaled(p, n))
+    if v.scalef():  # vscalefps carries the NaN through: no compare and blend for it
+        return v.scaled(p, n)
+    return b.select(v.is_nan(x), x, v.scaled(p, n))  # n as an integer would be poison
 
 
 def log(ops: Ops, x: ir.Value) -> ir.Value:
