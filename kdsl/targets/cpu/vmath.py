@@ -196,7 +196,7 @@ class _Vec:
 def exp(ops: Ops, x: ir.Value) -> ir.Value:
     v, b = _Vec(ops, x), ops.b
     lo, hi = _EXP_RANGE[v.bits]
-    # ordered comparisons: a NaN passes both clamps (one vminps and one vmaxps each)
+    # ordered comparisons, so a NaN passes both clamps (each clamp a vminps or vmaxps)
     xc = b.select(b.fcmp_ordered(">", x, v.c(hi)), v.c(hi), x)
     xc = b.select(v.lt(xc, v.c(lo)), v.c(lo), xc)
     n = v.call("roundeven", b.fmul(xc, v.c(_LOG2E)))
