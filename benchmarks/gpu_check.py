@@ -4,6 +4,11 @@ against PyTorch (same run, CUDA events, medians) and print a short table last.
     python benchmarks/gpu_check.py            # logs and RESULTS-gpu.md under $OUT if set
 
 Without a GPU it says so and exits 0 (the PTX tests run everywhere in the test suite).
+
+On a GPU machine where kdsl is not installed (kdsl.kernels lives in ./kernels, mapped
+by the package's install), from the repository's root, as run on 2026-12-04:
+
+    ln -sfn ../kernels kdsl/kernels && PYTHONPATH=$PWD python3 benchmarks/gpu_check.py
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 from functools import partial
 from pathlib import Path
 
@@ -32,7 +38,8 @@ def run_tests() -> str:
         "-p",
         "no:cacheprovider",
         "tests/targets/cuda",
-        "-x",
+        "-rfE",
+        "--timeout=120",
     ]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     log.write_text(done.stdout + done.stderr)
@@ -190,10 +197,14 @@ def benchmarks() -> list[tuple[str, str, str, str, str]]:
     )
     rows.append(flops_row("matmul f32 (default schedule)", f"{N}³", 2 * N**3, t_ours, t_theirs))
     for section in (tensor_core_rows, quant_rows, attention_rows):
+        done = len(rows)
         try:
             rows += section(copy_gbs)
         except Exception as exc:  # a section not yet run on a GPU: report, go on
+            with (OUT / "errors.log").open("a") as log:
+                log.write(f"--- {section.__name__}\n{traceback.format_exc()}\n")
             rows.append((section.__name__, "", f"ERROR: {type(exc).__name__}: {exc}", "", ""))
+        print(*rows[done:], sep="\n", flush=True)  # as they come: a timeout keeps them
     return rows
 
 
@@ -282,6 +293,18 @@ def attention_rows(copy_gbs: float) -> list[tuple[str, str, str, str, str]]:
         )
         flops = 4 * b * h * length * length * d / (2 if causal else 1)
         name = f"attention f32{' causal' if causal else ''}"
+        rows.append(flops_row(name, f"B={b} H={h} L={length} D={d}", flops, ours, theirs))
+    # the issue's shape: bf16, B=4, H=32, L=4096, D=128 (SDPA picks its flash backend)
+    b, h, length, d = 4, 32, 4096, 128
+    q, k, v = (torch.randn(b, h, length, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    o = torch.empty_like(q)
+    for causal in (False, True):
+        ours = time_gpu(partial(flash_kernel, q, k, v, o, d**-0.5, 1, d, causal), reps=3)
+        theirs = time_gpu(
+            partial(F.scaled_dot_product_attention, q, k, v, is_causal=causal), reps=10
+        )
+        flops = 4 * b * h * length * length * d / (2 if causal else 1)
+        name = f"attention bf16{' causal' if causal else ''}"
         rows.append(flops_row(name, f"B={b} H={h} L={length} D={d}", flops, ours, theirs))
     return rows
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 
 from kdsl.config import CONFIG
 from kdsl.ir.hashing import source_locations, structural_hash
-from kdsl.ir.nodes import Kernel
+from kdsl.ir.nodes import Buffer, Kernel
 from kdsl.targets.cpu.backend import expand
 from kdsl.targets.cpu.codegen import ErrorSites
 from kdsl.targets.cpu.objects import STORE, ObjectStore, object_key
@@ -28,6 +28,7 @@ class PtxCode:
     plan: Plan
     params: EntryParams
     sites: ErrorSites
+    buffers: tuple[Buffer, ...]  # the compiled kernel's: parameters, results, temporaries
     from_cache: bool = False
 
     @functools.cached_property
@@ -42,7 +43,8 @@ def build_ptx(scheduled: Kernel, key: str, sm: str, checks: bool, strict_fp: boo
     symbol = f"kdsl_{scheduled.name}_{key[:12]}".replace(".", "_")
     module, sites, params = generate(final, launches, symbol, checks, strict_fp)
     sites.locations = source_locations(scheduled)
-    return PtxCode(nvptx.compile_ptx(module, sm), symbol, sm, launches, params, sites)
+    ptx = nvptx.compile_ptx(module, sm)
+    return PtxCode(ptx, symbol, sm, launches, params, sites, final.buffers)
 
 
 def compile_ptx_kernel(

@@ -40,7 +40,8 @@ class CudaSpecialization:
 
     def __post_init__(self) -> None:
         plan = self.code.plan
-        self.buffers = {b.name: b for b in self.ir.buffers}
+        # the compiled kernel's buffers: the schedule's accumulators and temporaries too
+        self.buffers = {b.name: b for b in self.code.buffers}
         self.written = [
             n
             for n in sorted(

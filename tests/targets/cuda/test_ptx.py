@@ -3,6 +3,8 @@ schedule, becomes PTX that `ptxas` accepts for sm_80 and sm_90."""
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import pytest
 
@@ -22,3 +24,19 @@ def test_ptx_assembles(case, sm, monkeypatch):
     assert f".target {sm}" in text
     report = nvptx.assemble(text, sm)
     assert "Compiling entry function" in report
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_host_side_of_the_call_builds(case, monkeypatch):
+    """What the host keeps for each call (argument format, the written arrays, the
+    shapes it allocates) is made from the compiled kernel, the schedule's own buffers
+    included, without a GPU; the arrays the case writes are among those the call checks
+    before writing."""
+    monkeypatch.setenv("KDSL_CUDA_ARCH", "sm_90")
+    kernel = case.kernel
+    specs, _ = kernel._specs(case.args, {})
+    traced = kernel.trace(specs)
+    spec = kernel.build_cuda(traced, kernel.call_layout(specs, traced))
+    names = kernel.signature.names
+    assert {names[pos] for pos in case.expected if pos >= 0} <= set(spec.written)
+    assert struct.calcsize(spec.format) == 8 * spec.count
