@@ -87,12 +87,12 @@ def _ln_cpu(s):
     next_row_ahead(s, "j.2")
 
 
-def _rows_on_gpu(s, loops, threads):
-    """A block per row, its threads across the row; the passes over it fused (the row
-    stays in L1/L2 between them) and its sums combined across the block's threads.
-    `threads` lists the block sizes to try, the best measured on an H100 first
+def _rows_on_gpu(s, rows, loops, threads):
+    """A block per row, its threads across the row; the `rows` statements over rows fused
+    (the row stays in L1/L2 between its passes) and its sums combined across the block's
+    threads. `threads` lists the block sizes to try, the best measured on an H100 first
     (benchmarks/RESULTS-gpu.md)."""
-    for k in range(1, len(loops)):
+    for k in range(1, rows):
         s.fuse("i", f"i.{k}")
     s.bind("i", "block.x")
     threads = s.param("threads", threads)
@@ -102,12 +102,13 @@ def _rows_on_gpu(s, loops, threads):
 
 @rmsnorm_rows.schedule(kd.cuda)
 def _rms_cuda(s):
-    _rows_on_gpu(s, ("j", "j.1"), [512, 256, 1024])
+    _rows_on_gpu(s, 2, ("j", "j.1"), [512, 256, 1024])
 
 
 @layernorm_rows.schedule(kd.cuda)
 def _ln_cuda(s):
-    _rows_on_gpu(s, ("j", "j.1", "j.2"), [256, 512, 1024])  # (j, j.1 unfused: two sums)
+    # the shift, two sums (j, j.1 unfused) and the output: four statements over rows
+    _rows_on_gpu(s, 4, ("j", "j.1", "j.2"), [256, 512, 1024])
 
 
 def _check_weight(name: str, w: np.ndarray, n: int) -> np.ndarray:
