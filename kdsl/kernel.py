@@ -207,7 +207,7 @@ class KernelFunction:
                 elif target is not cpu and (key := self._fast_key(args, cuda_fast_key)) is not None:
                     gpu = self._fast_cuda.get(key)
                     if gpu is not None:
-                        return gpu.run(args)
+                        return gpu.run_tensors(args)
             stream = kwargs.pop("stream", None) if "stream" not in self.signature.names else None
             call, bound = self._specialize(args, kwargs, target)
             if isinstance(call, CudaSpecialization):

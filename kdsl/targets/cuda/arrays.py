@@ -6,6 +6,7 @@ arrays made by the same framework, so results come back as the caller's kind."""
 from __future__ import annotations
 
 import ctypes
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -220,17 +221,29 @@ def current_stream(arrays: list[DeviceArray], device: int) -> int:
             return a.stream
     frameworks = {a.framework for a in arrays}
     if "torch" in frameworks:
-        import torch
-
-        raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)  # no Stream object: µs
-        if raw is not None:
-            return int(raw(device))
-        return int(torch.cuda.current_stream(device).cuda_stream)
+        return torch_stream(device)
     if "cupy" in frameworks:
         import cupy
 
         return int(cupy.cuda.get_current_stream().ptr)
     return 0
+
+
+@functools.cache
+def _torch_raw_stream() -> Any:
+    import torch
+
+    return getattr(torch._C, "_cuda_getCurrentRawStream", None)  # no Stream object: µs
+
+
+def torch_stream(device: int) -> int:
+    """PyTorch's current stream on `device`."""
+    raw = _torch_raw_stream()
+    if raw is not None:
+        return int(raw(device))
+    import torch
+
+    return int(torch.cuda.current_stream(device).cuda_stream)
 
 
 def stream_handle(stream: object) -> int:

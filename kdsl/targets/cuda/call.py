@@ -23,6 +23,7 @@ from kdsl.targets.cuda.backend import PtxCode
 from kdsl.targets.cuda.plan import MAX_GRID, scratch_bytes
 from kdsl.types import INDEX
 
+SCRATCH = ("block-scratch", "thread-scratch")  # temporaries in global memory, per block/thread
 BLOCKS_PER_SM = 32  # more iterations of a block-bound loop than this: blocks loop over them
 
 
@@ -70,9 +71,26 @@ class CudaSpecialization:
         sizes = []
         for launch in plan.launches:
             sizes += [e if e is not None else Const(1, INDEX) for e in launch.grid]
-            sizes += [scratch_bytes(launch.scratch(p)) for p in ("block-scratch", "thread-scratch")]
+            sizes += [scratch_bytes(launch.scratch(p)) for p in SCRATCH]
         self.sizes = compile_evaluator(sizes)
         self.functions: dict[int, list[Any]] = {}  # device → entry per launch
+        # the lean path (run_tensors): each array argument's position, name, item size
+        # and whether its strides are passed; usable when every entry argument is the
+        # caller's, the call allocates nothing and the device checks nothing (then a
+        # call is a few µs of Python)
+        position = {n: k for k, n in enumerate(self.param_names)}
+        entry = [n for n, _ in self.code.params.arrays] + list(self.code.params.scalars)
+        scratch = any(la.scratch(p) for la in plan.launches for p in SCRATCH)
+        self.lean = all(n in position for n in entry) and not (
+            self.made or scratch or self.device_checks
+        )
+        self.slots = [
+            (position[n], n, self.buffers[n].dtype.itemsize, strided)
+            for n, strided in self.code.params.arrays
+            if self.lean
+        ]
+        self.scalar_slots = [position[n] for n in self.code.params.scalars if self.lean]
+        self.lean_grids: dict[tuple[object, ...], list[tuple[int, int, int]]] = {}
 
     # ------------------------------------------------------------------ calls
 
@@ -97,27 +115,22 @@ class CudaSpecialization:
             raise self._shape_error(shapes, scalars)
         self._check_writes(arrays)
         keep, results = self._allocate(arrays, shapes, scalars, device, handle)
-        launches = self.code.plan.launches
-        sizes = self.sizes(shapes, scalars)
-        grids, scratch_need = [], 0
-        limits = (driver.multiprocessors(device) * BLOCKS_PER_SM, *MAX_GRID[1:])
-        for n, launch in enumerate(launches):
-            g = sizes[5 * n : 5 * n + 3]
-            grid = tuple(max(0, min(int(v), limits[a])) for a, v in enumerate(g))
-            grids.append(grid)
-            per_block, per_thread = sizes[5 * n + 3], sizes[5 * n + 4]
-            blocks = grid[0] * grid[1] * grid[2]
-            scratch_need = max(scratch_need, blocks * (per_block + launch.threads * per_thread))
+        grids, scratch_need = self._grids(shapes, scalars, device)
         scratch = driver.DeviceBuffer(scratch_need, handle) if scratch_need else None
         errors = driver.DeviceBuffer(8, handle) if self.device_checks else None
         if errors is not None:
             errors.zero()
         keep += [scratch, errors]
-        params = self._pack(arrays, scalars, scratch, errors)
-        functions = self.functions.get(device) or self._load(device)
-        for fn, launch, grid in zip(functions, launches, grids):
-            if 0 not in grid:
-                driver.launch(fn, grid, launch.block, handle, params)  # type: ignore[arg-type]
+        words: list[object] = []
+        for name, strided in self.code.params.arrays:
+            a = arrays[name]
+            words.append(a.ptr)
+            words += a.shape
+            if strided:
+                words += a.strides
+        words += [scalars[n] for n in self.code.params.scalars]
+        words += [scratch.ptr if scratch else 0, errors.ptr if errors else 0]
+        self._launch(words, grids, device, handle)
         if errors is not None:
             code = driver.read_word(errors.ptr, handle)
             if code:
@@ -125,6 +138,92 @@ class CudaSpecialization:
         if not results:
             return None
         return results[0] if len(results) == 1 else tuple(results)
+
+    def run_tensors(self, args: Sequence[Any]) -> object:
+        """`run` for PyTorch CUDA tensors that the kernel's fast key matched (dtypes and
+        ranks known): read straight off the tensors, the host checks and grids computed
+        once per shape; anything unusual (a kernel that allocates or checks on the
+        device, arrays on two devices, a failed check, overlapping arguments) takes
+        `run`, which says what is wrong."""
+        if not self.lean:
+            return self.run(args)
+        words: list[object] = []
+        spans = []
+        device = args[self.slots[0][0]].get_device() if self.slots else 0
+        key: list[object] = [device]
+        for pos, name, size, strided in self.slots:
+            t = args[pos]
+            if t.get_device() != device:
+                return self.run(args)
+            shape, ptr = t.shape, t.data_ptr()
+            key.append(shape)
+            words.append(ptr)
+            words += shape
+            if strided:
+                strides = [n * size for n in t.stride()]
+                words += strides
+                spans.append((name, *_span(ptr, shape, strides, size)))
+            else:
+                n = size
+                for d in shape:
+                    n *= d
+                spans.append((name, ptr, ptr + n))
+        scalars = [args[i] for i in self.scalar_slots]
+        key += scalars
+        grids = self.lean_grids.get(shape_key := tuple(key))
+        if grids is None:
+            grids = self._lean_grids(args, device)
+            if grids is None:  # a host check failed
+                return self.run(args)
+            if len(self.lean_grids) > 64:
+                self.lean_grids.clear()
+            self.lean_grids[shape_key] = grids
+        if _overlaps(spans, self.written):
+            return self.run(args)
+        driver.use_device(device)
+        self._launch([*words, *scalars, 0, 0], grids, device, A.torch_stream(device))
+        return None
+
+    def _lean_grids(self, args: Sequence[Any], device: int) -> list[tuple[int, int, int]] | None:
+        """The grids of a call on these shapes and scalars, or None when a host check
+        fails on them."""
+        shapes = {name: args[pos].shape for pos, name, _, _ in self.slots}
+        scalars = {self.param_names[i]: args[i] for i in self.scalar_pos}
+        if not all(self.checks(shapes, scalars)):
+            return None
+        return self._grids(shapes, scalars, device)[0]
+
+    def _grids(
+        self, shapes: dict[str, Any], scalars: dict[str, Any], device: int
+    ) -> tuple[list[tuple[int, int, int]], int]:
+        """Each launch's grid (block-bound loops longer than the cap loop over blocks),
+        and the scratch memory the launches need at most."""
+        sizes = self.sizes(shapes, scalars)
+        limits = (driver.multiprocessors(device) * BLOCKS_PER_SM, *MAX_GRID[1:])
+        grids, scratch_need = [], 0
+        for n, launch in enumerate(self.code.plan.launches):
+            g = sizes[5 * n : 5 * n + 3]
+            grid = (
+                max(0, min(int(g[0]), limits[0])),
+                max(0, min(int(g[1]), limits[1])),
+                max(0, min(int(g[2]), limits[2])),
+            )
+            grids.append(grid)
+            per_block, per_thread = sizes[5 * n + 3], sizes[5 * n + 4]
+            blocks = grid[0] * grid[1] * grid[2]
+            scratch_need = max(scratch_need, blocks * (per_block + launch.threads * per_thread))
+        return grids, scratch_need
+
+    def _launch(
+        self, words: list[object], grids: list[tuple[int, int, int]], device: int, stream: int
+    ) -> None:
+        """Queue each launch; `words` are the entry's arguments: each array's pointer,
+        shape and (if passed) strides, the scalars, the scratch memory and error word."""
+        params = self._pack(words)
+        functions = self.functions.get(device) or self._load(device)
+        for fn, launch, grid in zip(functions, self.code.plan.launches, grids):
+            if 0 not in grid:
+                driver.launch(fn, grid, launch.block, stream, params)
 
     def _load(self, device: int) -> list[Any]:
         module = driver.module(self.code.symbol, self.code.ptx, device)
@@ -206,24 +305,9 @@ class CudaSpecialization:
                         fix=f"pass a copy of '{other}' (e.g. {other}.clone())",
                     )
 
-    def _pack(
-        self,
-        arrays: dict[str, A.DeviceArray],
-        scalars: dict[str, Any],
-        scratch: driver.DeviceBuffer | None,
-        errors: driver.DeviceBuffer | None,
-    ) -> int:
+    def _pack(self, words: list[object]) -> int:
         """The address of the argument pointers, in this thread's reusable buffers (the
         driver copies the values when the launch is queued)."""
-        values: list[object] = []
-        for name, strided in self.code.params.arrays:
-            a = arrays[name]
-            values.append(a.ptr)
-            values += a.shape
-            if strided:
-                values += a.strides
-        values += [scalars[n] for n in self.code.params.scalars]
-        values += [scratch.ptr if scratch else 0, errors.ptr if errors else 0]
         local = self._local
         if not hasattr(local, "values"):
             local.values = ctypes.create_string_buffer(8 * self.count)
@@ -232,7 +316,7 @@ class CudaSpecialization:
                 *[base + 8 * k for k in range(self.count)]
             )
             local.address = ctypes.addressof(local.pointers)
-        struct.pack_into(self.format, local.values, 0, *values)
+        struct.pack_into(self.format, local.values, 0, *words)
         return int(local.address)
 
     # ----------------------------------------------------------------- errors
@@ -265,17 +349,33 @@ def _size(shape: tuple[int, ...]) -> int:
     return n
 
 
-def _overlap(a: A.DeviceArray, b: A.DeviceArray) -> bool:
-    def extent(x: A.DeviceArray) -> tuple[int, int] | None:
-        if 0 in x.shape:
-            return None
-        lo = hi = x.ptr
-        for n, s in zip(x.shape, x.strides or A._c_strides(x.shape, x.dtype.itemsize)):
-            if s < 0:
-                lo += (n - 1) * s
-            else:
-                hi += (n - 1) * s
-        return lo, hi + x.dtype.itemsize
+def _span(ptr: int, shape: Sequence[int], strides: Sequence[int], size: int) -> tuple[int, int]:
+    """The bytes [lo, hi) an array's elements lie in (empty when it has none)."""
+    if 0 in shape:
+        return ptr, ptr
+    lo = hi = ptr
+    for n, s in zip(shape, strides):
+        if s < 0:
+            lo += (n - 1) * s
+        else:
+            hi += (n - 1) * s
+    return lo, hi + size
 
-    ea, eb = extent(a), extent(b)
-    return ea is not None and eb is not None and ea[0] < eb[1] and eb[0] < ea[1]
+
+def _overlaps(spans: list[tuple[str, int, int]], written: list[str]) -> bool:
+    """Whether a written array's bytes meet another array's."""
+    for name, lo, hi in spans:
+        if name in written:
+            for other, lo2, hi2 in spans:
+                if other != name and lo < hi2 and lo2 < hi and lo < hi and lo2 < hi2:
+                    return True
+    return False
+
+
+def _overlap(a: A.DeviceArray, b: A.DeviceArray) -> bool:
+    def extent(x: A.DeviceArray) -> tuple[int, int]:
+        strides = x.strides or A._c_strides(x.shape, x.dtype.itemsize)
+        return _span(x.ptr, x.shape, strides, x.dtype.itemsize)
+
+    (lo, hi), (lo2, hi2) = extent(a), extent(b)
+    return lo < hi and lo2 < hi2 and lo < hi2 and lo2 < hi

@@ -1,0 +1,90 @@
+"""The host side of a GPU call, without a GPU: the driver is replaced by a recorder, and
+arrays by stand-ins for PyTorch CUDA tensors. The lean path that cached calls take
+(`CudaSpecialization.run_tensors`) must queue exactly what the careful path (`run`)
+queues, and hand anything it does not handle to the careful path, whose errors the
+user sees."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import kdsl as kd
+from tests.targets.cuda.stubs import Tensor, install
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    return install(monkeypatch.setattr, monkeypatch.setenv)
+
+
+def _saxpy():
+    @kd.kernel
+    def saxpy(a, x, y, out):
+        i = kd.indices(x.shape[0])
+        out[i] = a * x[i] + y[i]
+
+    return saxpy
+
+
+def _careful_and_lean(kernel, args, launches):
+    """The launches of a first call (the careful path) and of a second (the lean one)."""
+    kernel(*args)
+    (spec,) = kernel._fast_cuda.values()
+    launches.words = spec.count
+    launches.clear()
+    spec.run(args)
+    careful = list(launches)
+    launches.clear()
+    kernel(*args)
+    return careful, list(launches)
+
+
+@pytest.mark.parametrize("n", [1, 257, 100003])
+def test_the_lean_path_queues_what_the_careful_path_does(launches, n):
+    args = [2.5, Tensor([n]), Tensor([n]), Tensor([n])]
+    careful, lean = _careful_and_lean(_saxpy(), args, launches)
+    assert len(lean) == 1 and lean == careful
+    fn, grid, block, stream, words = lean[0]
+    assert stream == 77 and grid[0] == min(-(-n // block[0]), 132 * 32)
+    assert words[0] == args[1].data_ptr() and n in words
+
+
+def test_strided_arguments_pass_their_strides(launches):
+    @kd.kernel
+    def scale_rows(x, y):
+        i, j = kd.indices(x.shape[0], x.shape[1])
+        y[i, j] = 2.0 * x[i, j]
+
+    base = np.empty(7 * 20, "f4")
+    x = Tensor([7, 9], strides=(20, 2), base=base)  # every other column of a wider array
+    careful, lean = _careful_and_lean(scale_rows, [x, Tensor([7, 9])], launches)
+    assert lean == careful
+    assert 80 in lean[0][4] and 8 in lean[0][4]  # x's strides in bytes
+
+
+def test_new_shapes_get_new_grids(launches):
+    saxpy = _saxpy()
+    saxpy(1.0, Tensor([10]), Tensor([10]), Tensor([10]))
+    (spec,) = saxpy._fast_cuda.values()
+    launches.words = spec.count
+    grids = []
+    for n in (10, 5000, 10):
+        launches.clear()
+        saxpy(1.0, Tensor([n]), Tensor([n]), Tensor([n]))
+        grids.append(launches[0][1][0])
+    assert grids[0] == grids[2] < grids[1]
+
+
+def test_what_the_lean_path_leaves_gets_the_careful_paths_errors(launches):
+    saxpy = _saxpy()
+    saxpy(1.0, Tensor([10]), Tensor([10]), Tensor([10]))
+    launches.clear()
+    with pytest.raises(kd.ShapeError, match="x.shape"):
+        saxpy(1.0, Tensor([10]), Tensor([11]), Tensor([10]))
+    x = Tensor([10])
+    with pytest.raises(kd.KernelArgumentError, match="share memory"):
+        saxpy(1.0, x, Tensor([10]), Tensor([10], base=x.memory))
+    with pytest.raises(kd.KernelArgumentError, match="different GPUs"):
+        saxpy(1.0, Tensor([10]), Tensor([10], device=1), Tensor([10]))
+    assert not launches
