@@ -44,16 +44,20 @@ def default_gpu_schedule(s: Schedule) -> None:
             _bind_blocks(s, chain)
             for child in rows:
                 _try(s.bind, child.var, "thread.x")
-        elif len(chain) <= 3:
-            outer, threads = s.split(inner.var, GPU_THREADS)
+        elif len(chain) <= 3:  # a block takes ELEMENTS_PER_THREAD runs of GPU_THREADS
+            outer, threads = s.split(inner.var, GPU_THREADS * ELEMENTS_PER_THREAD)
             _bind_blocks(s, [*chain[:-1], _loop(s.kernel, outer)])
-            s.bind(threads, "thread.x")
+            s.bind(threads, "thread.x", GPU_THREADS)
         else:
             _bind_blocks(s, chain[:3])
             s.bind(inner.var, "thread.x")
 
 
 GPU_THREADS = 256
+# elements per thread in elementwise work, strided by GPU_THREADS (coalesced): their
+# loads are in flight together (kdsl/targets/cuda/codegen.STRIDE_TRIPS); one element
+# a thread read and wrote at 70% of a copy's speed on an H200
+ELEMENTS_PER_THREAD = 4
 
 
 def _parallel_chain(nest: Loop) -> list[Loop]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import kdsl as kd
 from tests.targets.cuda import simt
 from tests.targets.cuda.cases import cases
 
@@ -36,3 +37,33 @@ def test_the_emulator_catches_a_wrong_fragment_layout(monkeypatch):
     args = [a.copy() if isinstance(a, np.ndarray) else a for a in case.args]
     simt.run(case.kernel, args)
     assert not np.allclose(args[3], case.expected[3], rtol=1e-3, atol=1e-3)
+
+
+def test_stride_loops_run_several_trips_at_once():
+    """A lanes' stride loop runs STRIDE_TRIPS trips at a time while that many remain,
+    then the rest one by one: rows long enough for both parts (and rows too short for
+    the first), a reduction and an elementwise pass over each."""
+    from kdsl.targets.cuda.codegen import STRIDE_TRIPS
+
+    threads = 32
+
+    @kd.kernel
+    def centre(x, y):
+        i, j = kd.indices(x.shape[0], x.shape[1])
+        total = kd.empty(x.shape[0], x.dtype)
+        total[i] = kd.sum(x[i, j], over=j)
+        y[i, j] = x[i, j] - total[i] / x.shape[1]
+
+    @centre.schedule(kd.cuda)
+    def _(s):
+        s.fuse("i", "i.1")
+        s.bind("i", "block.x")
+        s.bind("j", "thread.x", threads)
+        s.bind("j.1", "thread.x", threads)
+
+    rng = np.random.default_rng(5)
+    for n in (STRIDE_TRIPS * threads + 7, 2 * STRIDE_TRIPS * threads, 2 * threads + 10, 5):
+        x = rng.standard_normal((2, n)).astype(np.float32)
+        y = np.full_like(x, np.nan)
+        simt.run(centre, [x, y])
+        np.testing.assert_allclose(y, x - x.mean(axis=1, keepdims=True), rtol=1e-5, atol=1e-5)
