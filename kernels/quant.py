@@ -416,13 +416,17 @@ def _q4_0_f32_cpu(s):
 def _rows_on_blocks(s, lane: str) -> None:
     """On a GPU: a block per row (and activation vector), the row's lanes on its threads
     summing block after block, then added across them (shuffles): one pass over the
-    row's bytes, each block's read by the threads together."""
+    row's bytes, each block's read by the threads together. Several blocks' loads are
+    issued before their sums (the loop over blocks unrolled): one block's at a time
+    kept a few hundred bytes in flight per multiprocessor, and the products read at
+    3-12% of a copy's speed on an H200."""
     s.fuse("t", "t.1")
     s.fuse("r", "r.1")
     s.bind("t", "block.y")
     s.bind("r", "block.x")
     s.bind(lane, "thread.x")
     s.bind(f"{lane}.1", "thread.x")
+    s.unroll("b", s.param("blocks_at_once", [8, 16, 1]))
 
 
 @q8_0_dot_f32.schedule(kd.cuda)

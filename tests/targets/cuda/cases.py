@@ -118,10 +118,11 @@ def cases(rng: np.random.Generator, m: int = 37, n: int = 301) -> list[Case]:
             1e-4,
         )
     )
-    w_rows = f32(m, 128)
+    cols = 32 * 11  # blocks of 32: more than the GPU schedule reads at once, and a tail
+    w_rows = f32(m, cols)
     for fmt in ("q8_0", "q4_0"):
         weights = quantize(w_rows, fmt)
-        vectors = f32(2, 128)
+        vectors = f32(2, cols)
         out.append(
             Case(
                 f"lib_{fmt}_f32",
