@@ -145,8 +145,9 @@ class Schedule:
 
     def bind(self, loop: str, axis: str, threads: int | None = None) -> None:
         """Run `loop` across GPU blocks or threads ("block.x", "thread.x", ...). A loop
-        bound to threads whose extent is not a constant gets `threads` of them (256
-        along x by default); it strides when its extent is larger."""
+        bound to threads gets `threads` of them (at most its extent's constant bound;
+        without `threads`: that bound, else 256 along x); it strides when its extent is
+        larger."""
         kwargs = () if threads is None else (("threads", threads),)
         self._apply(Step("bind", (loop, axis), kwargs))
 

@@ -15,7 +15,7 @@ from kdsl.targets.cpu.codegen import ErrorSites
 from kdsl.targets.cpu.objects import STORE, ObjectStore, object_key
 from kdsl.targets.cuda import ptx as nvptx
 from kdsl.targets.cuda.codegen import EntryParams, generate
-from kdsl.targets.cuda.plan import Plan, plan
+from kdsl.targets.cuda.plan import Plan, plan, shared_limit
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class PtxCode:
 
 def build_ptx(scheduled: Kernel, key: str, sm: str, checks: bool, strict_fp: bool) -> PtxCode:
     final = expand(scheduled, strict_fp)
-    launches = plan(final)
+    launches = plan(final, shared_limit(sm))
     symbol = f"kdsl_{scheduled.name}_{key[:12]}".replace(".", "_")
     module, sites, params = generate(final, launches, symbol, checks, strict_fp)
     sites.locations = source_locations(scheduled)

@@ -223,13 +223,16 @@ class CudaSpecialization:
         functions = self.functions.get(device) or self._load(device)
         for fn, launch, grid in zip(functions, self.code.plan.launches, grids):
             if 0 not in grid:
-                driver.launch(fn, grid, launch.block, stream, params)
+                driver.launch(fn, grid, launch.block, stream, params, launch.dynamic_shared)
 
     def _load(self, device: int) -> list[Any]:
         module = driver.module(self.code.symbol, self.code.ptx, device)
-        functions = [
-            module.function(f"{self.code.symbol}_{la.index}") for la in self.code.plan.launches
-        ]
+        functions = []
+        for launch in self.code.plan.launches:
+            fn = module.function(f"{self.code.symbol}_{launch.index}")
+            if launch.dynamic_shared:
+                driver.allow_shared(fn, launch.dynamic_shared)
+            functions.append(fn)
         self.functions[device] = functions
         return functions
 

@@ -58,6 +58,7 @@ _AXIS = "xyz"
 # of what an H100/H200's bandwidth times its latency asks (a block-per-row RMS norm
 # read at 59% of a copy's speed on an H200, softmax at 40%)
 STRIDE_TRIPS = 4
+DYNAMIC_SHARED = "kdsl_dynamic_shared"
 
 
 @dataclass(frozen=True)
@@ -505,6 +506,17 @@ class GpuCodegen(_Codegen):
         g.align = 16
         return self.b.addrspacecast(g, PTR)
 
+    def _dynamic_shared(self) -> ir.Value:
+        """The block's dynamic shared memory (sized at launch), as a generic pointer: one
+        extern array that every entry of the module shares."""
+        module = self.fn.module
+        g = module.globals.get(DYNAMIC_SHARED)
+        if g is None:
+            g = ir.GlobalVariable(module, ir.ArrayType(I8, 0), DYNAMIC_SHARED, addrspace=3)
+            g.linkage = "external"
+            g.align = 16
+        return self.b.addrspacecast(g, PTR)
+
     def allocate_gpu(self, buf: Buffer) -> None:
         temp = self.temps[buf.name]
         dims = [self.expr(d) for d in buf.shape]
@@ -515,6 +527,9 @@ class GpuCodegen(_Codegen):
             data.align = 16
         elif temp.place == "shared":
             data = self._shared_array(ir.ArrayType(I8, max(1, size or 0)))
+        elif temp.place == "dynamic-shared":
+            offset = ir.Constant(I64, self.launch.dynamic_offset(buf.name))
+            data = self.b.gep(self._dynamic_shared(), [offset], source_etype=I8)
         elif temp.place == "warp-shared":  # this warp's copy (nbytes: a constant bound)
             each = int(temp.nbytes.value)  # type: ignore[attr-defined]
             warps = self.launch.block[1] * self.launch.block[2]

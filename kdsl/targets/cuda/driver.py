@@ -191,16 +191,30 @@ def _raw_launch() -> Any:
 
 
 def launch(
-    fn: Any, grid: tuple[int, int, int], block: tuple[int, int, int], stream: int, params: int
+    fn: Any,
+    grid: tuple[int, int, int],
+    block: tuple[int, int, int],
+    stream: int,
+    params: int,
+    shared: int = 0,
 ) -> None:
-    """Queue one launch on `stream`; `params` is the address of the argument pointers."""
+    """Queue one launch on `stream`; `params` is the address of the argument pointers,
+    `shared` the bytes of dynamic shared memory a block gets."""
     raw = _raw_launch()
     if raw is not None:
-        err = raw(int(fn), *grid, *block, 0, stream, params, None)
+        err = raw(int(fn), *grid, *block, shared, stream, params, None)
     else:
-        err = _driver().cuLaunchKernel(fn, *grid, *block, 0, stream, params, 0)[0]
+        err = _driver().cuLaunchKernel(fn, *grid, *block, shared, stream, params, 0)[0]
     if int(err):
         check((_driver().CUresult(int(err)),), "launching the kernel")
+
+
+def allow_shared(fn: Any, nbytes: int) -> None:
+    """Let blocks of entry `fn` have `nbytes` of dynamic shared memory (past 48 KB a
+    kernel must opt in)."""
+    drv = _driver()
+    attr = drv.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+    check(drv.cuFuncSetAttribute(fn, attr, nbytes), "allowing dynamic shared memory")
 
 
 def synchronize(stream: int) -> None:

@@ -51,19 +51,38 @@ WARP = 32
 
 
 SHARED_BYTES = 48 * 1024  # static shared memory a block may have without opting in
+# shared memory a block may have in all when its kernel opts in (dynamic shared memory,
+# cuFuncSetAttribute), by architecture: the CUDA programming guide's table of compute
+# capabilities. Other architectures keep the static 48 KB.
+OPT_IN_SHARED = {
+    "sm_80": 163 * 1024,
+    "sm_86": 99 * 1024,
+    "sm_87": 163 * 1024,
+    "sm_89": 99 * 1024,
+    "sm_90": 227 * 1024,
+}
+COMPILER_SHARED = 1024  # kept for the code generator's own tables (block reductions)
+
+
+def shared_limit(sm: str) -> int:
+    """Shared memory a block of a kernel built for `sm` may have, opting in."""
+    return OPT_IN_SHARED.get(sm.removesuffix("a"), SHARED_BYTES)
+
+
 LOCAL_BYTES = 4 * 1024  # a per-thread temporary larger than this goes to scratch
 
 
 @dataclass(frozen=True)
 class Temp:
     """Where a temporary allocated inside a launch lives: 'local' (each thread's own),
-    'shared' (the block's), 'warp-shared' (a copy in shared memory per warp: a tile
+    'shared' (the block's; 'dynamic-shared' past the static 48 KB, where the kernel
+    opts in to more), 'warp-shared' (a copy in shared memory per warp: a tile
     product's accumulator, whose fragments the warp's lanes hold), or a slice of the
     global scratch buffer per block or per thread (dynamic sizes, or too large for the
     others)."""
 
     buffer: str
-    place: str  # local | shared | warp-shared | block-scratch | thread-scratch
+    place: str  # local | shared | dynamic-shared | warp-shared | block-scratch | thread-scratch
     nbytes: Expr  # its size (a constant unless in scratch)
 
 
@@ -81,6 +100,17 @@ class Launch:
 
     def scratch(self, place: str) -> tuple[Temp, ...]:
         return tuple(t for t in self.temps if t.place == place)
+
+    @property
+    def dynamic_shared(self) -> int:
+        """Bytes of dynamic shared memory a block of this launch needs."""
+        return sum(_align(int(t.nbytes.value)) for t in self.scratch("dynamic-shared"))  # type: ignore[attr-defined]
+
+    def dynamic_offset(self, name: str) -> int:
+        """Where temporary `name` starts in the block's dynamic shared memory."""
+        mine = [t.buffer for t in self.scratch("dynamic-shared")]
+        before = self.scratch("dynamic-shared")[: mine.index(name)]
+        return sum(_align(int(t.nbytes.value)) for t in before)  # type: ignore[attr-defined]
 
     @property
     def threads(self) -> int:
@@ -106,8 +136,9 @@ def _refuse(kernel: Kernel, what: str, fix: str, loop: Loop | None = None) -> Co
     return CompileError(what, kernel=kernel.name, loc=loop.loc if loop else None, fix=fix)
 
 
-def plan(kernel: Kernel) -> Plan:
-    """Split the kernel's top-level statements into launches (see the module docstring)."""
+def plan(kernel: Kernel, shared: int = SHARED_BYTES) -> Plan:
+    """Split the kernel's top-level statements into launches (see the module docstring);
+    a block may have `shared` bytes of shared memory (`shared_limit` of the GPU)."""
     checks: list[Check] = []
     temps: list[str] = []
     groups: list[list[Stmt]] = [[]]
@@ -122,7 +153,7 @@ def plan(kernel: Kernel) -> Plan:
             groups[-1].append(s)
     bodies = [tuple(g) for g in groups if g]
     _check_locals(kernel, bodies)
-    launches = tuple(_launch(kernel, n, body) for n, body in enumerate(bodies))
+    launches = tuple(_launch(kernel, n, body, shared) for n, body in enumerate(bodies))
     return Plan(launches, tuple(checks), tuple(temps))
 
 
@@ -148,7 +179,7 @@ def _check_locals(kernel: Kernel, bodies: list[tuple[Stmt, ...]]) -> None:
                 )
 
 
-def _launch(kernel: Kernel, index: int, body: tuple[Stmt, ...]) -> Launch:
+def _launch(kernel: Kernel, index: int, body: tuple[Stmt, ...], shared: int) -> Launch:
     grid: list[Expr | None] = [None, None, None]
     block = [1, 1, 1]
     reduces = False
@@ -171,11 +202,10 @@ def _launch(kernel: Kernel, index: int, body: tuple[Stmt, ...]) -> Launch:
         elif loop.exec in THREAD_AXES:
             axis = THREAD_AXES[loop.exec]
             bound = constant_bound(loop.extent)
-            want = (
-                bound
-                if bound is not None
-                else (loop.width if loop.width > 1 else DEFAULT_THREADS[axis])
-            )
+            if loop.width > 1:  # bind(..., threads=n): n of them, striding past n
+                want = loop.width if bound is None else min(loop.width, bound)
+            else:
+                want = bound if bound is not None else DEFAULT_THREADS[axis]
             block[axis] = max(block[axis], max(1, want))
             reduces |= loop.kind is LoopKind.REDUCTION
     if reduces and block[0] > 1 and block[0] % WARP:
@@ -192,7 +222,8 @@ def _launch(kernel: Kernel, index: int, body: tuple[Stmt, ...]) -> Launch:
             "split the loops bound to threads by smaller factors",
         )
     threads = block[0] * block[1] * block[2]
-    temps = tuple(_temps(kernel, body, threads, block[1] * block[2] if warp_code else 0))
+    warps = block[1] * block[2] if warp_code else 0
+    temps = tuple(_temps(kernel, body, threads, warps, shared))
     shape = (block[0], block[1], block[2])
     return Launch(index, body, (grid[0], grid[1], grid[2]), shape, temps, warp_code)
 
@@ -218,19 +249,22 @@ def _refuse_tiles_in_lanes(kernel: Kernel, body: tuple[Stmt, ...]) -> None:
     visit(body, False)
 
 
-def _temps(kernel: Kernel, body: tuple[Stmt, ...], threads: int, warps: int) -> list[Temp]:
+def _temps(
+    kernel: Kernel, body: tuple[Stmt, ...], threads: int, warps: int, limit: int
+) -> list[Temp]:
     """Place each temporary: one allocated inside a thread-bound loop (or in a launch of
     one thread per block) is the thread's own, except in a launch of warp code (`warps`
     > 0: tile products on mma.sync), where one allocated in a warp's code (inside loops
     bound to thread.y/z, not .x) is the warp's, in shared memory — its lanes share it as
     they share the warp's work; one allocated outside them is shared by the block's
-    threads."""
+    threads: in static shared memory while it fits, then in dynamic (up to `limit` in
+    all), then in global scratch."""
     out: list[Temp] = []
-    shared = 0
+    shared = dynamic = 0
     by_lanes = _written_by_lanes(body)
 
     def visit(stmts: tuple[Stmt, ...], per_thread: bool, per_lane: bool) -> None:
-        nonlocal shared
+        nonlocal shared, dynamic
         for s in stmts:
             if isinstance(s, Allocate):
                 buf = kernel.buffer(s.buffer)
@@ -266,6 +300,11 @@ def _temps(kernel: Kernel, body: tuple[Stmt, ...], threads: int, warps: int) -> 
                 elif size is not None and shared + _align(size) <= SHARED_BYTES:
                     shared += _align(size)
                     out.append(Temp(buf.name, "shared", nbytes))
+                elif size is not None and shared + dynamic + _align(size) <= (
+                    limit - COMPILER_SHARED
+                ):
+                    dynamic += _align(size)
+                    out.append(Temp(buf.name, "dynamic-shared", Const(size, INDEX)))
                 else:
                     out.append(Temp(buf.name, "block-scratch", nbytes))
             elif isinstance(s, Loop):

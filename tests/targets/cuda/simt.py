@@ -25,8 +25,8 @@ import kdsl as kd
 from kdsl.ir.evaluate import compile_evaluator
 from kdsl.ir.nodes import Const
 from kdsl.targets.cpu.backend import expand
-from kdsl.targets.cuda.codegen import generate
-from kdsl.targets.cuda.plan import plan, scratch_bytes
+from kdsl.targets.cuda.codegen import DYNAMIC_SHARED, generate
+from kdsl.targets.cuda.plan import plan, scratch_bytes, shared_limit
 from kdsl.types import INDEX
 
 WAIT_S = 20.0  # a barrier that long unreached is a deadlock: fail instead of hanging
@@ -213,16 +213,24 @@ def _for_host(text: str) -> str:
 _engines: list[object] = []  # kept alive: their code is called after `run` returns
 
 
-def run(kernel: kd.KernelFunction, args: Sequence[object], config=None) -> object:
-    """Run `kernel`'s CUDA schedule on NumPy arrays (written in place), emulated; its
-    results, as a call returns them."""
+def run(
+    kernel: kd.KernelFunction, args: Sequence[object], config=None, sm: str = "sm_90"
+) -> object:
+    """Run `kernel`'s CUDA schedule on NumPy arrays (written in place), emulated, with the
+    shared memory a block has on `sm`; its results, as a call returns them."""
     traced, _ = kernel._traced(tuple(args), {})
     final = expand(kernel.scheduled(traced, kd.cuda, config).kernel, False)
-    launches = plan(final)
+    launches = plan(final, shared_limit(sm))
     module, _, params = generate(final, launches, "sim")
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
     text = _for_host(str(module))
+    # the dynamic shared memory: one array as large as the largest launch's
+    dynamic = max([la.dynamic_shared for la in launches.launches], default=0)
+    text = text.replace(
+        f'@"{DYNAMIC_SHARED}" = external global [0 x i8]',
+        f'@"{DYNAMIC_SHARED}" = internal global [{max(1, dynamic)} x i8] zeroinitializer',
+    )
     ref = llvm.parse_assembly(text)
     ref.verify()
     machine = llvm.Target.from_default_triple().create_target_machine(  # (f16 needs F16C)
@@ -235,7 +243,7 @@ def run(kernel: kd.KernelFunction, args: Sequence[object], config=None) -> objec
     shared = [
         (name, int(size))
         for name, size in re.findall(
-            r'@"(sim_\d+\.shared\d+)" = internal global \[(\d+) x i8\]', text
+            rf'@"(sim_\d+\.shared\d+|{DYNAMIC_SHARED})" = internal global \[(\d+) x i8\]', text
         )
     ]
     names = [p.name for p in final.params]

@@ -65,10 +65,10 @@ class Recorder(list):
 
     words = 0
 
-    def launch(self, fn, grid, block, stream, params):
+    def launch(self, fn, grid, block, stream, params, shared=0):
         pointers = ctypes.cast(params, ctypes.POINTER(ctypes.c_void_p))
         words = tuple(ctypes.c_int64.from_address(pointers[k]).value for k in range(self.words))
-        self.append((fn, grid, block, stream, words))
+        self.append((fn, grid, block, stream, words, shared))
 
 
 def install(patch, setenv) -> Recorder:
@@ -81,6 +81,7 @@ def install(patch, setenv) -> Recorder:
     patch(driver, "multiprocessors", lambda device: 132)
     patch(driver, "module", lambda key, ptx, device: _Module())
     patch(driver, "launch", recorder.launch)
+    patch(driver, "allow_shared", lambda fn, nbytes: None)
     patch(A, "torch_stream", lambda device: 77 + device)
     patch(A, "current_stream", lambda arrays, device: 77 + device)
     return recorder

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import kdsl as kd
+from kdsl.schedule.default import ELEMENTS_PER_THREAD
 from tests.targets.cuda.stubs import Tensor, install
 
 
@@ -45,8 +46,9 @@ def test_the_lean_path_queues_what_the_careful_path_does(launches, n):
     args = [2.5, Tensor([n]), Tensor([n]), Tensor([n])]
     careful, lean = _careful_and_lean(_saxpy(), args, launches)
     assert len(lean) == 1 and lean == careful
-    fn, grid, block, stream, words = lean[0]
-    assert stream == 77 and grid[0] == min(-(-n // block[0]), 132 * 32)
+    fn, grid, block, stream, words, shared = lean[0]
+    per_block = block[0] * ELEMENTS_PER_THREAD  # (the default schedule's)
+    assert stream == 77 and shared == 0 and grid[0] == min(-(-n // per_block), 132 * 32)
     assert words[0] == args[1].data_ptr() and n in words
 
 

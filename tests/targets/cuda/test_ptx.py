@@ -54,3 +54,30 @@ def test_library_launches_spread_over_blocks(case, monkeypatch):
     code = case.kernel.ptx_code(case.kernel.trace(specs))
     for launch in code.plan.launches:
         assert any(e is not None for e in launch.grid), f"launch {launch.index} is one block"
+
+
+@needs_ptxas
+@pytest.mark.parametrize("sm", ["sm_80", "sm_90"])
+def test_large_tiles_go_to_dynamic_shared_memory(sm, monkeypatch):
+    """Flash attention with D = 128 keeps its accumulator and scores (48 KB past its
+    static 34 KB) in shared memory where the GPU lets a kernel opt in to that much, and
+    the PTX declares the dynamic array; on an architecture without the table's opt-in
+    they stay in global scratch."""
+    from kdsl.kernels.attention import flash_kernel
+
+    from kdsl.targets.cuda.plan import shared_limit
+
+    monkeypatch.setenv("KDSL_CUDA_ARCH", sm)
+    q = np.zeros((1, 2, 70, 128), np.float32)
+    args = (q, q, q, np.empty_like(q), 0.1, 1, 128, False)
+    specs, _ = flash_kernel._specs(args, {})
+    code = flash_kernel.ptx_code(flash_kernel.trace(specs))
+    (launch,) = code.plan.launches
+    assert {t.buffer for t in launch.scratch("dynamic-shared")} == {"acc", "sT"}
+    assert not launch.scratch("block-scratch")
+    assert 48 * 1024 <= launch.dynamic_shared <= shared_limit(sm)
+    assert ".extern .shared" in code.ptx
+    assert "Compiling entry function" in nvptx.assemble(code.ptx, sm)
+    monkeypatch.setenv("KDSL_CUDA_ARCH", "sm_75")
+    old = flash_kernel.ptx_code(flash_kernel.trace(specs)).plan.launches[0]
+    assert old.dynamic_shared == 0 and old.scratch("block-scratch")

@@ -67,3 +67,42 @@ def test_stride_loops_run_several_trips_at_once():
         y = np.full_like(x, np.nan)
         simt.run(centre, [x, y])
         np.testing.assert_allclose(y, x - x.mean(axis=1, keepdims=True), rtol=1e-5, atol=1e-5)
+
+
+def test_block_temporaries_past_48_kb_in_dynamic_shared_memory():
+    """A block's temporary that the static 48 KB can't hold lives in dynamic shared
+    memory (the kernel opts in to more), not in global scratch: each block reverses its
+    row through a 52 KB staging buffer."""
+    width = 13000
+
+    @kd.kernel
+    def reverse_rows(x, y):
+        for i in kd.grid(x.shape[0]):
+            row = kd.alloc((width,))
+            j = kd.indices(width)
+            row[j] = x[i, j]
+            y[i, j] = row[width - 1 - j]
+
+    @reverse_rows.schedule(kd.cuda)
+    def _(s):
+        s.bind("i", "block.x")
+        for loop in ("j", "j.1"):
+            s.bind(loop, "thread.x", 128)
+
+    x = np.random.default_rng(2).standard_normal((2, width)).astype(np.float32)
+    y = np.full_like(x, np.nan)
+    simt.run(reverse_rows, [x, y])
+    np.testing.assert_array_equal(y, x[:, ::-1])
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_flash_attention_with_tiles_in_dynamic_shared_memory(causal):
+    """D = 128: the accumulator and the scores are two temporaries in dynamic shared
+    memory (at their offsets there), two query tiles, the last one cut."""
+    from kdsl.kernels.attention import flash_kernel, reference
+
+    rng = np.random.default_rng(3)
+    q, k, v = (rng.standard_normal((1, 1, 70, 128)).astype(np.float32) for _ in range(3))
+    o = np.full_like(q, np.nan)
+    simt.run(flash_kernel, [q, k, v, o, 128**-0.5, 1, 128, causal])
+    np.testing.assert_allclose(o, reference(q, k, v, causal), rtol=1e-4, atol=1e-4)
