@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 OUT = Path(os.environ.get("OUT") or ROOT / "benchmarks" / "gpu-out")
+ROTATION_BYTES = 512 << 20  # weights rotated through per timing: several times the L2
 
 
 def run_tests() -> str:
@@ -66,6 +67,22 @@ def time_gpu(fn, reps: int = 50) -> float:
     return statistics.median(times)
 
 
+def time_graph(fn, reps: int = 50) -> float:
+    """Median milliseconds of `fn`'s launches replayed from a CUDA graph: for work of a
+    few microseconds a launch, where queueing from Python would be the time measured."""
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()  # (compiles and loads outside the capture)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return time_gpu(graph.replay, reps)
+
+
 def call_overhead(fn, n: int = 20000) -> float:
     """Microseconds per call from Python, launches queued without waiting."""
     import torch
@@ -81,17 +98,32 @@ def call_overhead(fn, n: int = 20000) -> float:
     return (t1 - t0) / n * 1e6
 
 
-def variant(kernel, args, config):
-    """A call of `kernel` on `args` with its schedule params set to `config`."""
+def compiled(kernel, args, config):
+    """`kernel` compiled for `args` with its schedule params set to `config` (its
+    ptxas report logged under $OUT)."""
     from kdsl.targets.cuda.call import CudaSpecialization
 
-    specs, bound = kernel._specs(args, {})
+    specs, _ = kernel._specs(args, {})
     traced = kernel.trace(specs)
     layout = kernel.call_layout(specs, traced)
     code = kernel.ptx_code(traced, config)
-    spec = CudaSpecialization(
+    with (OUT / "resources.txt").open("a") as log:
+        log.write(f"--- {kernel.name} {config}\n{code.resources}\n")
+    return CudaSpecialization(
         kernel.name, traced, code, layout.array_pos, layout.scalar_pos, layout.param_names
     )
+
+
+def each(fn, calls):
+    """One call of `fn` for each argument tuple in `calls`, in turn (a rotation through
+    memory that the L2 can't hold)."""
+    return lambda: [fn(*args) for args in calls]
+
+
+def variant(kernel, args, config):
+    """A call of `kernel` on `args` with its schedule params set to `config`."""
+    spec = compiled(kernel, args, config)
+    _, bound = kernel._specs(args, {})
     return lambda: spec.run(bound)
 
 
@@ -245,34 +277,42 @@ def tensor_core_rows(copy_gbs: float) -> list[tuple[str, str, str, str, str]]:
 
 def quant_rows(copy_gbs: float) -> list[tuple[str, str, str, str, str]]:
     """Q4_0 / Q8_0 matrix-vector products (f32 activations) against the copy bandwidth,
-    and PyTorch's f32 matvec of the dequantized matrix as the peer."""
+    over a rotation of distinct matrices larger than the L2 (as a model's layers are),
+    for each choice of the schedule's blocks_at_once; PyTorch's f32 matvec of the
+    dequantized matrix (also rotated) as the peer."""
     import numpy as np
     import torch
     from kdsl.kernels import quant
 
     rows = []
     for fmt in ("q4_0", "q8_0"):
+        kernel = quant.PRODUCTS[(fmt, "f32")]
         for shape in ((4096, 4096), (14336, 4096)):
             w = np.random.default_rng(0).standard_normal(shape, np.float32)
             qt = quant.quantize(w, fmt)
+            count = max(2, -(-ROTATION_BYTES // qt.nbytes))
             d, q = (
                 torch.from_numpy(np.ascontiguousarray(t)).cuda() for t in (qt.scales, qt.quants)
             )
+            weights = [(d.clone(), q.clone()) for _ in range(count)]
             x = torch.randn(1, shape[1], device="cuda")
             y = torch.empty(1, shape[0], device="cuda")
             dense = torch.from_numpy(quant.dequantize(qt)).cuda()
-            ours = time_gpu(partial(quant.PRODUCTS[(fmt, "f32")], d, q, x, y))
-            theirs = time_gpu(partial(torch.matmul, dense, x[0]))
-            gbs = qt.nbytes / ours / 1e6
-            rows.append(
-                (
-                    f"{fmt} matvec (f32 activations)",
-                    f"{shape[0]}×{shape[1]}",
-                    f"{ours:.3f} ms ({gbs:.0f} GB/s, {100 * gbs / copy_gbs:.0f}% of copy)",
-                    f"{theirs:.3f} ms (f32 matvec)",
-                    f"{theirs / ours:.2f}",
+            denses = [dense.clone() for _ in range(max(2, -(-ROTATION_BYTES // (4 * w.size))))]
+            theirs = time_graph(each(torch.matmul, [(m, x[0]) for m in denses])) / len(denses)
+            for blocks in (8, 16, 1):  # the schedule's blocks_at_once choices
+                spec = compiled(kernel, (d, q, x, y), {"blocks_at_once": blocks})
+                ours = time_graph(each(spec.run, [((a, b, x, y),) for a, b in weights])) / count
+                gbs = qt.nbytes / ours / 1e6
+                rows.append(
+                    (
+                        f"{fmt} matvec (f32 activations, blocks_at_once={blocks})",
+                        f"{shape[0]}×{shape[1]}",
+                        f"{ours:.3f} ms ({gbs:.0f} GB/s, {100 * gbs / copy_gbs:.0f}% of copy)",
+                        f"{theirs:.3f} ms (f32 matvec)",
+                        f"{theirs / ours:.2f}",
+                    )
                 )
-            )
     return rows
 
 
