@@ -73,7 +73,7 @@ class CudaSpecialization:
             sizes += [e if e is not None else Const(1, INDEX) for e in launch.grid]
             sizes += [scratch_bytes(launch.scratch(p)) for p in SCRATCH]
         self.sizes = compile_evaluator(sizes)
-        self.functions: dict[int, list[Any]] = {}  # device → entry per launch
+        self.entries: dict[int, list[tuple[Any, tuple[int, int, int], int]]] = {}  # by device
         # the lean path (run_tensors): each array argument's position, name, item size
         # and whether its strides are passed; usable when every entry argument is the
         # caller's, the call allocates nothing and the device checks nothing (then a
@@ -220,21 +220,24 @@ class CudaSpecialization:
         """Queue each launch; `words` are the entry's arguments: each array's pointer,
         shape and (if passed) strides, the scalars, the scratch memory and error word."""
         params = self._pack(words)
-        functions = self.functions.get(device) or self._load(device)
-        for fn, launch, grid in zip(functions, self.code.plan.launches, grids):
+        entries = self.entries.get(device) or self._load(device)
+        for (fn, block, shared), grid in zip(entries, grids):
             if 0 not in grid:
-                driver.launch(fn, grid, launch.block, stream, params, launch.dynamic_shared)
+                driver.launch(fn, grid, block, stream, params, shared)
 
-    def _load(self, device: int) -> list[Any]:
+    def _load(self, device: int) -> list[tuple[Any, tuple[int, int, int], int]]:
+        """Each launch's entry on `device`, with its block shape and dynamic shared
+        memory (the entries that have some opted in to it)."""
         module = driver.module(self.code.symbol, self.code.ptx, device)
-        functions = []
+        entries = []
         for launch in self.code.plan.launches:
             fn = module.function(f"{self.code.symbol}_{launch.index}")
-            if launch.dynamic_shared:
-                driver.allow_shared(fn, launch.dynamic_shared)
-            functions.append(fn)
-        self.functions[device] = functions
-        return functions
+            shared = launch.dynamic_shared
+            if shared:
+                driver.allow_shared(fn, shared)
+            entries.append((fn, launch.block, shared))
+        self.entries[device] = entries
+        return entries
 
     def _allocate(
         self,
