@@ -163,6 +163,18 @@ def _attention_cases(rng: np.random.Generator, length: int) -> list[Case]:
         )
         for causal in (False, True)
     ]
+    # D = 128: the tiles past the static 48 KB of shared memory (dynamic shared memory)
+    q2, k2, v2 = (random_array(rng, (1, 1, length, 128), np.float32) for _ in range(3))
+    out += [
+        Case(
+            f"lib_attention_d128{'_causal' if causal else ''}",
+            flash_kernel,
+            [q2, k2, v2, np.empty_like(q2), 128**-0.5, 1, 128, causal],
+            {3: attention_reference(q2, k2, v2, causal)},
+            1e-4,
+        )
+        for causal in (False, True)
+    ]
     one = np.ascontiguousarray(q[:, :, :1])
     out.append(
         Case(
