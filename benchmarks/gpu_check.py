@@ -228,7 +228,7 @@ def benchmarks() -> list[tuple[str, str, str, str, str]]:
         time_gpu(lambda: torch.matmul(A, B, out=C), reps=5),
     )
     rows.append(flops_row("matmul f32 (default schedule)", f"{N}³", 2 * N**3, t_ours, t_theirs))
-    for section in (tensor_core_rows, quant_rows, attention_rows):
+    for section in (tensor_core_rows, quant_rows, attention_rows, autotune_rows):
         done = len(rows)
         try:
             rows += section(copy_gbs)
@@ -346,6 +346,55 @@ def attention_rows(copy_gbs: float) -> list[tuple[str, str, str, str, str]]:
         flops = 4 * b * h * length * length * d / (2 if causal else 1)
         name = f"attention bf16{' causal' if causal else ''}"
         rows.append(flops_row(name, f"B={b} H={h} L={length} D={d}", flops, ours, theirs))
+    return rows
+
+
+def autotune_rows(copy_gbs: float) -> list[tuple[str, str, str, str, str]]:
+    """`kdsl autotune --target cuda`'s search (kdsl.autotune.gpu.tune_gpu) on a few library
+    kernels: the best params against the default ones, each checked against the CPU."""
+    from kdsl.kernels.norms import rmsnorm_rows
+    from kdsl.kernels.quant import PRODUCTS
+    from kdsl.kernels.softmax import softmax_rows
+
+    import kdsl as kd
+    from kdsl.autotune.gpu import tune_gpu
+
+    rows, n, k = [], 16384, 4096
+    work = [
+        (softmax_rows, {"x": kd.spec((n, k), kd.f32), "y": kd.spec((n, k), kd.f32)}),
+        (
+            rmsnorm_rows,
+            {
+                "x": kd.spec((n, k), kd.f32),
+                "w": kd.spec((k,), kd.f32),
+                "eps": 1e-5,
+                "y": kd.spec((n, k), kd.f32),
+            },
+        ),
+        (
+            PRODUCTS[("q4_0", "f32")],
+            {
+                "d": kd.spec((k, k // 32), kd.f16),
+                "q": kd.spec((k, k // 32, 16), kd.u8),
+                "x": kd.spec((1, k), kd.f32),
+                "y": kd.spec((1, k), kd.f32),
+            },
+        ),
+    ]
+    for kernel, example in work:
+        report = tune_gpu(kernel, example, budget_s=20, progress=False)
+        dropped = [f"{t.config}: {t.status}" for t in report.failures()]
+        best = " ".join(f"{a}={b}" for a, b in (report.best or {}).items()) or "-"
+        rows.append(
+            (
+                f"autotune --target cuda: {kernel.name}",
+                ", ".join("x".join(map(str, s)) for s in report.shape),
+                f"best {best}: {1e3 * (report.best_time_s or 0):.3f} ms"
+                + (f"; dropped {'; '.join(dropped)}" if dropped else ""),
+                f"default {1e3 * (report.default_time_s or 0):.3f} ms",
+                f"{report.speedup or 0:.2f} (default / best)",
+            )
+        )
     return rows
 
 

@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 
 from kdsl.arguments import Signature, check_examples, fast_key, spec_of
+from kdsl.autotune.gpu import tune_gpu
 from kdsl.autotune.tuner import TuneReport, example_of, tune
 from kdsl.config import CONFIG, dumps
-from kdsl.dispatch import TunedDispatch
+from kdsl.dispatch import CudaDispatch, TunedDispatch
 from kdsl.errors import KdslError, KernelArgumentError
 from kdsl.ir.hashing import structural_hash
 from kdsl.ir.nodes import Kernel
@@ -37,7 +38,8 @@ from kdsl.trace.tracer import ArgSpec, ArraySpec, ScalarSpec, exact_key, trace
 TILE_INSTRUCTIONS = {"cpu": tile_instructions, "cuda": gpu_tile_instructions}  # `s.has`
 recipe.target_tile_instructions.update(TILE_INSTRUCTIONS)  # for Schedule.replay
 
-Compiled = Specialization | TunedDispatch | CudaSpecialization  # serves one signature
+GpuCall = CudaSpecialization | CudaDispatch
+Compiled = Specialization | TunedDispatch | GpuCall  # serves one signature
 
 AUTOTUNE_BUDGET_S = 20.0  # per new shape, for @kd.kernel(autotune=True)
 
@@ -116,7 +118,7 @@ class KernelFunction:
         self.examples = check_examples(examples or [], self.signature)
         self.autotune_budget = _autotune_budget(autotune, self.name)
         self._fast: dict[tuple[object, ...], Compiled] = {}
-        self._fast_cuda: dict[tuple[object, ...], CudaSpecialization] = {}
+        self._fast_cuda: dict[tuple[object, ...], GpuCall] = {}
         self._by_spec: dict[tuple[ArgSpec, ...], Compiled] = {}
         self._lock = threading.RLock()
         self._fast_ok = not static_shapes
@@ -210,7 +212,7 @@ class KernelFunction:
                         return gpu.run_tensors(args)
             stream = kwargs.pop("stream", None) if "stream" not in self.signature.names else None
             call, bound = self._specialize(args, kwargs, target)
-            if isinstance(call, CudaSpecialization):
+            if isinstance(call, CudaSpecialization | CudaDispatch):
                 return call.run(bound, stream)
             if stream is not None:
                 raise self.signature.error(
@@ -331,7 +333,7 @@ class KernelFunction:
         traced = self.trace(specs)
         layout = self.call_layout(specs, traced)
         if target is cuda:
-            return self.build_cuda(traced, layout)
+            return CudaDispatch.find(self, specs, traced, layout) or self.build_cuda(traced, layout)
         dispatch = TunedDispatch.find(self, specs, traced, layout)
         return dispatch or self.build(traced, layout)
 
@@ -361,8 +363,10 @@ class KernelFunction:
         self._stats["objects_loaded"] += code.from_cache
         return code
 
-    def build_cuda(self, traced: Kernel, layout: CallLayout) -> CudaSpecialization:
-        code = self.ptx_code(traced)
+    def build_cuda(
+        self, traced: Kernel, layout: CallLayout, config: Mapping[str, object] | None = None
+    ) -> CudaSpecialization:
+        code = self.ptx_code(traced, config)
         return CudaSpecialization(
             self.name, traced, code, layout.array_pos, layout.scalar_pos, layout.param_names
         )
@@ -403,6 +407,8 @@ class KernelFunction:
             call, bound = self._specialize(args, kwargs)
             if isinstance(call, TunedDispatch):
                 return self.scheduled(call.traced, config=call.config(bound))
+            if isinstance(call, CudaDispatch):
+                return self.scheduled(call.traced, cuda, call.config(bound))
             return self.scheduled(call.ir, cuda if isinstance(call, CudaSpecialization) else cpu)
         except KdslError as err:
             raise (err if CONFIG.debug else err.with_traceback(None)) from None
@@ -450,15 +456,17 @@ class KernelFunction:
         strategy: str = "auto",
         jobs: int | None = None,
         progress: bool = True,
+        target: Target | None = None,
         **kwargs: object,
     ) -> list[TuneReport]:
         """Tune this kernel's schedule params and record the best in the tuning database.
 
         With arguments, tune for their shapes and dtypes (`k.autotune(a, b, c)`); without,
         for each of the kernel's declared `examples`. `budget` is in seconds per example.
-        Later calls (in any process) use the results; see `kdsl cache list`.
+        `target=kd.cuda` tunes the CUDA schedule on the GPU. Later calls (in any process)
+        use the results; see `kdsl cache list`.
         """
-        options = {"budget", "strategy", "jobs", "progress"}
+        options = {"budget", "strategy", "jobs", "progress", "target"}
         clash = [n for n in self.signature.names[len(args) :] if n in options and n not in kwargs]
         if (args or kwargs) and clash:
             raise KernelArgumentError(
@@ -479,10 +487,16 @@ class KernelFunction:
                 fix=f"call {self.name}.autotune(...) with arrays, or declare "
                 "@kd.kernel(examples=[{...}])",
             )
-        reports = [
-            tune(self, e, budget_s=budget, strategy=strategy, jobs=jobs, progress=progress)
-            for e in examples
-        ]
+        if target is cuda:
+            reports = [
+                tune_gpu(self, e, budget_s=budget, strategy=strategy, progress=progress)
+                for e in examples
+            ]
+        else:
+            reports = [
+                tune(self, e, budget_s=budget, strategy=strategy, jobs=jobs, progress=progress)
+                for e in examples
+            ]
         with self._lock:  # new results: signatures look them up again
             self._fast.clear()
             self._fast_cuda.clear()

@@ -51,6 +51,7 @@ from kdsl.ir.nodes import Kernel
 from kdsl.specs import ArgExample, Spec
 from kdsl.targets.cpu import backend
 from kdsl.targets.cpu.objects import STORE
+from kdsl.targets.cuda.arrays import device_array
 from kdsl.types import from_numpy
 
 if TYPE_CHECKING:
@@ -109,10 +110,12 @@ def example_of(names: tuple[str, ...], args: tuple[object, ...]) -> dict[str, Ar
             example[name] = Spec(tuple(value.shape), dtype)
         elif isinstance(value, bool | int | float):
             example[name] = value
+        elif (array := device_array(value)) is not None:  # a CUDA array: its shape, dtype
+            example[name] = Spec(tuple(array.shape), array.dtype)
         else:
             raise KdslError(
-                f"argument '{name}' is a {type(value).__name__}; tune with NumPy arrays "
-                "and Python scalars"
+                f"argument '{name}' is a {type(value).__name__}; tune with NumPy or CUDA "
+                "arrays and Python scalars"
             )
     return example
 
@@ -280,7 +283,7 @@ def _run_batch(
         try:
             scheduled = fn.scheduled_ir(session.traced, config)
         except ScheduleError as exc:
-            _observe(report, search, Trial(config, "invalid", detail=str(exc.args[0])))
+            observe(report, search, Trial(config, "invalid", detail=str(exc.args[0])))
             continue
         key = backend.kernel_key(scheduled, fn.checks, fn.strict_fp)
         if key in times or any(key == k for _, _, k in fresh):
@@ -301,10 +304,10 @@ def _run_batch(
             if outcome.status == "ok":
                 session.measured[key] = (config, candidate)
         times[key] = trial.time_s if trial.status == "ok" else None
-        _observe(report, search, trial)
+        observe(report, search, trial)
 
 
-def _observe(report: TuneReport, search: Strategy, trial: Trial) -> None:
+def observe(report: TuneReport, search: Strategy, trial: Trial) -> None:
     report.trials.append(trial)
     ok = trial.status == "ok"
     search.observe(trial.config, trial.time_s if ok else None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 
+from kdsl.autotune.gpu import tune_gpu
 from kdsl.autotune.keys import format_shape
 from kdsl.autotune.strategies import STRATEGIES
 from kdsl.autotune.tuner import TuneReport, tune
@@ -12,6 +13,7 @@ from kdsl.cli.common import UsageError, check_cache_dir, kernels_in
 from kdsl.cli.table import format_seconds, format_table
 from kdsl.kernel import KernelFunction
 from kdsl.specs import ArgExample, SpecError, parse_args_spec
+from kdsl.targets.cuda import driver
 
 _BUDGET = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|min|h)?")
 _UNIT_S = {None: 1.0, "ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
@@ -54,7 +56,12 @@ def add(commands: argparse._SubParsersAction) -> None:
         choices=sorted(STRATEGIES) + ["auto"],
         help="search strategy (default auto: exhaustive for small spaces, else evolutionary)",
     )
-    p.add_argument("--target", default="cpu", choices=["cpu", "cuda"], help="default cpu")
+    p.add_argument(
+        "--target",
+        default="cpu",
+        choices=["cpu", "cuda"],
+        help="cpu (the default), or cuda: tune the CUDA schedules, timing on the GPU",
+    )
     p.add_argument("--jobs", type=int, default=None, help="compile workers (default: cores)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random strategies")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -83,12 +90,8 @@ def _examples(kernel: KernelFunction, shapes: list[str] | None) -> list[dict[str
 
 
 def run(ns: argparse.Namespace) -> int:
-    if ns.target == "cuda":
-        raise UsageError(
-            "--target cuda: the tuner times candidates on the CPU only; timing GPU "
-            "candidates is not implemented yet (CUDA schedules run their params' first "
-            "choices: benchmarks/gpu_check.py compares configs by hand)"
-        )
+    if ns.target == "cuda" and (reason := driver.unavailable_reason()) is not None:
+        raise UsageError(f"--target cuda tunes on a GPU, and here {reason}")
     if ns.jobs is not None and ns.jobs < 0:
         raise UsageError("--jobs must be 0 (compile in this process) or more")
     budget = parse_budget(ns.budget)
@@ -102,17 +105,31 @@ def run(ns: argparse.Namespace) -> int:
             "or declare @kd.kernel(examples=[...])"
         )
     # `tune`, not `kernel.autotune(**example)`: a kernel parameter may be named `budget`.
-    reports = [
-        tune(
-            kernel,
-            example,
-            budget_s=budget,
-            strategy=ns.strategy,
-            jobs=ns.jobs,
-            progress=not ns.no_progress,
-        )
-        for kernel, example in work
-    ]
+    if ns.target == "cuda":
+        reports = [
+            tune_gpu(
+                kernel,
+                example,
+                budget_s=budget,
+                strategy=ns.strategy,
+                seed=ns.seed,
+                progress=not ns.no_progress,
+            )
+            for kernel, example in work
+        ]
+    else:
+        reports = [
+            tune(
+                kernel,
+                example,
+                budget_s=budget,
+                strategy=ns.strategy,
+                jobs=ns.jobs,
+                seed=ns.seed,
+                progress=not ns.no_progress,
+            )
+            for kernel, example in work
+        ]
     print(summary(reports))
     if skipped:
         print(f"\nskipped (no examples; pass --shape): {', '.join(skipped)}")

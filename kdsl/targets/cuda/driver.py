@@ -229,6 +229,22 @@ def read_word(ptr: int, stream: int) -> int:
     return out.value
 
 
+def elapsed_s(run: Any, stream: int = 0) -> float:
+    """Seconds that the work `run()` queues on `stream` takes there (CUDA events)."""
+    drv = _driver()
+    start = check(drv.cuEventCreate(0), "cuEventCreate")
+    stop = check(drv.cuEventCreate(0), "cuEventCreate")
+    try:
+        check(drv.cuEventRecord(start, stream), "cuEventRecord")
+        run()
+        check(drv.cuEventRecord(stop, stream), "cuEventRecord")
+        check(drv.cuEventSynchronize(stop), "cuEventSynchronize")
+        return float(check(drv.cuEventElapsedTime(start, stop), "cuEventElapsedTime")) / 1e3
+    finally:
+        drv.cuEventDestroy(start)
+        drv.cuEventDestroy(stop)
+
+
 class DeviceBuffer:
     """Device memory from the driver's stream-ordered allocator, freed on the same
     stream when dropped. It exposes `__cuda_array_interface__` (a byte array unless
@@ -244,6 +260,19 @@ class DeviceBuffer:
 
     def zero(self) -> None:
         check(_driver().cuMemsetD8Async(self.ptr, 0, max(1, self.nbytes), self.stream), "memset")
+
+    @classmethod
+    def of(cls, host: Any, dtype: Any, stream: int = 0) -> DeviceBuffer:
+        """A device copy of the contiguous NumPy array `host` (kdsl dtype `dtype`)."""
+        buffer = cls(host.nbytes, stream, tuple(host.shape), dtype)
+        synchronize(stream)  # the allocation is stream-ordered; the copy is not
+        check(_driver().cuMemcpyHtoD(buffer.ptr, host.ctypes.data, host.nbytes), "copying in")
+        return buffer
+
+    def copy_to(self, host: Any) -> None:
+        """Into the contiguous NumPy array `host`, after the stream's work so far."""
+        synchronize(self.stream)
+        check(_driver().cuMemcpyDtoH(host.ctypes.data, self.ptr, host.nbytes), "copying out")
 
     @property
     def __cuda_array_interface__(self) -> dict[str, object]:
