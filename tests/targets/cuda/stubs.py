@@ -79,6 +79,8 @@ def install(patch, setenv) -> Recorder:
     patch(driver, "unavailable_reason", lambda: None)
     patch(driver, "use_device", lambda device: None)
     patch(driver, "multiprocessors", lambda device: 132)
+    patch(driver, "device_arch", lambda device=0: "sm_90")
+    patch(driver, "device_name", lambda device=0: "stub GPU")
     patch(driver, "module", lambda key, ptx, device: _Module())
     patch(driver, "launch", recorder.launch)
     patch(driver, "allow_shared", lambda fn, nbytes: None)

@@ -90,3 +90,13 @@ def test_what_the_lean_path_leaves_gets_the_careful_paths_errors(launches):
     with pytest.raises(kd.KernelArgumentError, match="different GPUs"):
         saxpy(1.0, Tensor([10]), Tensor([10], device=1), Tensor([10]))
     assert not launches
+
+
+def test_library_kernels_through_the_lean_path(launches):
+    """A library kernel with schedule params (looked up in the tuning database for this
+    GPU: untuned here) queues the same launch from both paths."""
+    from kdsl.kernels.norms import rmsnorm_rows
+
+    args = [Tensor([5, 300]), Tensor([300]), 1e-5, Tensor([5, 300])]
+    careful, lean = _careful_and_lean(rmsnorm_rows, args, launches)
+    assert lean == careful and lean[0][2] == (512, 1, 1)  # threads: the first choice
