@@ -169,7 +169,7 @@ class CudaSpecialization:
                     n *= d
                 spans.append((name, ptr, ptr + n))
         scalars = [args[i] for i in self.scalar_slots]
-        key += scalars
+        key += [args[i] for i in self.scalar_pos]  # (host checks may read any of them)
         grids = self.lean_grids.get(shape_key := tuple(key))
         if grids is None:
             grids = self._lean_grids(args, device)

@@ -100,3 +100,20 @@ def test_library_kernels_through_the_lean_path(launches):
     args = [Tensor([5, 300]), Tensor([300]), 1e-5, Tensor([5, 300])]
     careful, lean = _careful_and_lean(rmsnorm_rows, args, launches)
     assert lean == careful and lean[0][2] == (512, 1, 1)  # threads: the first choice
+
+
+def test_host_checks_that_read_scalars_are_made_for_each_value(launches):
+    """The lean path's cache of checked shapes is keyed by the scalars too: a count that
+    fits the arrays once and not the next time is refused the next time."""
+
+    @kd.kernel
+    def head(x, y, n):
+        i = kd.indices(n)
+        y[i] = 2.0 * x[i]
+
+    head(Tensor([10]), Tensor([10]), 10)
+    head(Tensor([10]), Tensor([10]), 10)
+    launches.clear()
+    with pytest.raises(kd.ShapeError, match="n <= x.shape"):
+        head(Tensor([10]), Tensor([10]), 11)
+    assert not launches
