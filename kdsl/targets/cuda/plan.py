@@ -51,6 +51,7 @@ WARP = 32
 
 
 SHARED_BYTES = 48 * 1024  # static shared memory a block may have without opting in
+LOCAL_BYTES = 4 * 1024  # a per-thread temporary larger than this goes to scratch
 # shared memory a block may have in all when its kernel opts in (dynamic shared memory,
 # cuFuncSetAttribute), by architecture: the CUDA programming guide's table of compute
 # capabilities. Other architectures keep the static 48 KB.
@@ -67,9 +68,6 @@ COMPILER_SHARED = 1024  # kept for the code generator's own tables (block reduct
 def shared_limit(sm: str) -> int:
     """Shared memory a block of a kernel built for `sm` may have, opting in."""
     return OPT_IN_SHARED.get(sm.removesuffix("a"), SHARED_BYTES)
-
-
-LOCAL_BYTES = 4 * 1024  # a per-thread temporary larger than this goes to scratch
 
 
 @dataclass(frozen=True)
