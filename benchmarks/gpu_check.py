@@ -107,8 +107,12 @@ def compiled(kernel, args, config):
     traced = kernel.trace(specs)
     layout = kernel.call_layout(specs, traced)
     code = kernel.ptx_code(traced, config)
+    try:
+        resources = code.resources
+    except Exception as exc:  # (ptxas may be missing there)
+        resources = f"no ptxas report: {exc}"
     with (OUT / "resources.txt").open("a") as log:
-        log.write(f"--- {kernel.name} {config}\n{code.resources}\n")
+        log.write(f"--- {kernel.name} {config}\n{resources}\n")
     return CudaSpecialization(
         kernel.name, traced, code, layout.array_pos, layout.scalar_pos, layout.param_names
     )

@@ -94,11 +94,14 @@ def test_what_the_lean_path_leaves_gets_the_careful_paths_errors(launches):
 
 def test_library_kernels_through_the_lean_path(launches):
     """A library kernel with schedule params (looked up in the tuning database for this
-    GPU: untuned here) queues the same launch from both paths."""
-    from kdsl.kernels.norms import rmsnorm_rows
+    GPU: untuned here) queues the same launch from both paths. (A copy of it: the stub
+    driver's entries must never reach the library kernel that a GPU test runs.)"""
+    from kdsl.kernels import norms
 
+    kernel = kd.kernel(norms.rmsnorm_rows.fn, name="rmsnorm_rows_on_stubs")
+    kernel.schedule(kd.cuda)(norms._rms_cuda)
     args = [Tensor([5, 300]), Tensor([300]), 1e-5, Tensor([5, 300])]
-    careful, lean = _careful_and_lean(rmsnorm_rows, args, launches)
+    careful, lean = _careful_and_lean(kernel, args, launches)
     assert lean == careful and lean[0][2] == (512, 1, 1)  # threads: the first choice
 
 
