@@ -87,13 +87,16 @@ def _ln_cpu(s):
     next_row_ahead(s, "j.2")
 
 
-def _rows_on_gpu(s, rows, loops, threads):
+def _rows_on_gpu(s, rows, loops, threads, fused=()):
     """A block per row, its threads across the row; the `rows` statements over rows fused
-    (the row stays in L1/L2 between its passes) and its sums combined across the block's
-    threads. `threads` lists the block sizes to try, the best measured on an H100 first
+    (the row stays in L1/L2 between its passes), the `fused` pairs of loops across the
+    row too (one pass for both), and its sums combined across the block's threads.
+    `threads` lists the block sizes to try, the best measured on an H100 first
     (benchmarks/RESULTS-gpu.md)."""
     for k in range(1, rows):
         s.fuse("i", f"i.{k}")
+    for pair in fused:
+        s.fuse(*pair)
     s.bind("i", "block.x")
     threads = s.param("threads", threads)
     for loop in loops:
@@ -107,8 +110,9 @@ def _rms_cuda(s):
 
 @layernorm_rows.schedule(kd.cuda)
 def _ln_cuda(s):
-    # the shift, two sums (j, j.1 unfused) and the output: four statements over rows
-    _rows_on_gpu(s, 4, ("j", "j.1", "j.2"), [256, 512, 1024])
+    # the shift, the two sums (one pass: each thread adds both) and the output: four
+    # statements over rows
+    _rows_on_gpu(s, 4, ("j", "j.2"), [256, 512, 1024], fused=[("j", "j.1")])
 
 
 def _check_weight(name: str, w: np.ndarray, n: int) -> np.ndarray:
