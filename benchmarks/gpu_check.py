@@ -350,7 +350,36 @@ def attention_rows(copy_gbs: float) -> list[tuple[str, str, str, str, str]]:
         flops = 4 * b * h * length * length * d / (2 if causal else 1)
         name = f"attention bf16{' causal' if causal else ''}"
         rows.append(flops_row(name, f"B={b} H={h} L={length} D={d}", flops, ours, theirs))
+    rows.append(decode_row(copy_gbs))
     return rows
+
+
+def decode_row(copy_gbs: float) -> tuple[str, str, str, str, str]:
+    """Decoding (one query per head against a KV cache of 4096, H=32, D=128, f32): the
+    cache's bytes against the copy bandwidth, and SDPA on the same tensors."""
+    import torch
+    import torch.nn.functional as F
+    from kdsl.kernels.attention import decode_kernel
+
+    h, length, d = 32, 4096, 128
+    q = torch.randn(1, h, 1, d, device="cuda")
+    k, v = (torch.randn(1, h, length, d, device="cuda") for _ in range(2))
+    o = torch.empty_like(q)
+    ours_fn = partial(decode_kernel, q, k, v, o, d**-0.5, 1, d)
+    try:  # (a few tens of microseconds: replayed, or Python's launches would be timed)
+        ours = time_graph(ours_fn)
+    except Exception as exc:
+        print(f"decode: no graph ({type(exc).__name__}: {exc}); timed call by call")
+        ours = time_gpu(ours_fn)
+    theirs = time_graph(partial(F.scaled_dot_product_attention, q, k, v))
+    gbs = 2 * k.numel() * 4 / ours / 1e6
+    return (
+        "attention decode f32",
+        f"H={h} KV={length} D={d}",
+        f"{ours:.3f} ms ({gbs:.0f} GB/s, {100 * gbs / copy_gbs:.0f}% of copy)",
+        f"{theirs:.3f} ms",
+        f"{theirs / ours:.2f}",
+    )
 
 
 def autotune_rows(copy_gbs: float) -> list[tuple[str, str, str, str, str]]:
