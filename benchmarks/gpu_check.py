@@ -232,7 +232,8 @@ def benchmarks() -> list[tuple[str, str, str, str, str]]:
         time_gpu(lambda: torch.matmul(A, B, out=C), reps=5),
     )
     rows.append(flops_row("matmul f32 (default schedule)", f"{N}³", 2 * N**3, t_ours, t_theirs))
-    for section in (tensor_core_rows, quant_rows, attention_rows, autotune_rows):
+    sections = (f32_matmul_rows, tensor_core_rows, quant_rows, attention_rows, autotune_rows)
+    for section in sections:
         done = len(rows)
         try:
             rows += section(copy_gbs)
@@ -257,6 +258,29 @@ def flops_row(
     )
 
 
+def f32_matmul_rows(copy_gbs: float) -> list[tuple[str, str, str, str, str]]:
+    """The library's f32 matmul (register tiles on the CUDA cores, each thread_tile)
+    against cuBLAS without TF32, checked against it first."""
+    import torch
+    from kdsl.kernels.matmul import product_kernel
+
+    rows = []
+    n = 4096
+    a, b = (torch.randn(n, n, device="cuda") for _ in range(2))
+    c = torch.empty(n, n, device="cuda")
+    want = torch.matmul(a, b)
+    theirs = time_gpu(partial(torch.matmul, a, b), reps=10)
+    for tile in (4, 8):
+        run = variant(product_kernel, (a, b, c), {"thread_tile": tile})
+        c.fill_(float("nan"))
+        run()
+        error = float((c - want).norm() / want.norm())
+        ours = time_gpu(run, reps=5)
+        name = f"matmul f32, register tiles {tile}×{tile} (rel. error {error:.1e})"
+        rows.append(flops_row(name, f"{n}³", 2 * n**3, ours, theirs))
+    return rows
+
+
 def tensor_core_rows(copy_gbs: float) -> list[tuple[str, str, str, str, str]]:
     """bf16 matmul on mma.sync (the library's CUDA schedule, a few of its configs)
     against cuBLAS (torch.matmul, bf16)."""
@@ -267,14 +291,19 @@ def tensor_core_rows(copy_gbs: float) -> list[tuple[str, str, str, str, str]]:
     for n in (4096, 8192):
         a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
         c = torch.empty(n, n, device="cuda")
+        want = torch.matmul(a.float(), b.float())
         theirs = time_gpu(partial(torch.matmul, a, b), reps=10)
         for config in (
             {},
             {"warp_rows": 64, "warp_cols": 32},
             {"warps_down": 4, "warps_across": 2},
         ):
-            ours = time_gpu(variant(product_kernel, (a, b, c), config), reps=5)
-            name = f"matmul bf16, mma.sync {config or '(default params)'}"
+            run = variant(product_kernel, (a, b, c), config)
+            c.fill_(float("nan"))
+            run()
+            error = float((c - want).norm() / want.norm())
+            ours = time_gpu(run, reps=5)
+            name = f"matmul bf16, mma.sync {config or '(default params)'} (rel. error {error:.1e})"
             rows.append(flops_row(name, f"{n}³", 2 * n**3, ours, theirs))
     return rows
 

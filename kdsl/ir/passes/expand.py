@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from kdsl.ir.affine import split_tile, tile_split
+from kdsl.ir.affine import constant_bound, split_tile, tile_split
 from kdsl.ir.build import index_const, index_op
 from kdsl.ir.nodes import (
     Allocate,
@@ -58,9 +58,12 @@ MAX_GROUP = 4  # the most elements a dot-product instruction sums per lane (4 by
 
 
 class _Expander:
-    def __init__(self, kernel: Kernel, vectorizable: Callable[[Loop], bool]) -> None:
+    def __init__(
+        self, kernel: Kernel, vectorizable: Callable[[Loop], bool], guarded_edges: bool
+    ) -> None:
         self.kernel = kernel
         self.vectorizable = vectorizable
+        self.guarded_edges = guarded_edges
         self.fresh = fresh_namer(kernel)
         self.buffers = {b.name: b for b in kernel.buffers}
         self.new_buffers: list[Buffer] = []
@@ -92,7 +95,11 @@ class _Expander:
             return expand(loop)
         c, n = tile
         full = expand(replace(loop, extent=index_const(c)))
-        edge = expand(self.clone(replace(loop, extent=n)))
+        edge_loop = self.clone(replace(loop, extent=n))
+        if self.guarded_edges and loop.exec is LoopExec.UNROLLED and loop.width == 0:
+            edge = self.guarded_copies(edge_loop, c)  # (the edge tile: n < c)
+        else:
+            edge = expand(edge_loop)
         is_full, is_edge = (
             index_op(BinaryOp.LE, index_const(c), n),
             index_op(BinaryOp.LT, n, index_const(c)),
@@ -235,10 +242,13 @@ class _Expander:
     # ------------------------------------------------------------------- unroll
 
     def unrolled(self, loop: Loop) -> tuple[Stmt, ...]:
-        if loop.width == 0:  # fully: the schedule checked the extent is a small constant
-            if not isinstance(loop.extent, Const):
-                return (replace(loop, exec=LoopExec.SERIAL, width=0),)
-            return self.copies(loop, index_const(0), int(loop.extent.value))
+        if loop.width == 0:  # fully: the schedule checked the extent has a small bound
+            if isinstance(loop.extent, Const):
+                return self.copies(loop, index_const(0), int(loop.extent.value))
+            bound = constant_bound(loop.extent)
+            if self.guarded_edges and bound is not None:
+                return self.guarded_copies(loop, bound)
+            return (replace(loop, exec=LoopExec.SERIAL, width=0),)
         u = loop.width
         if isinstance(loop.extent, Const) and int(loop.extent.value) <= u:
             return self.copies(loop, index_const(0), int(loop.extent.value))
@@ -250,6 +260,19 @@ class _Expander:
         if isinstance(loop.extent, Const) and int(loop.extent.value) % u == 0:
             return (main,)
         return (main, *self.tail(loop, index_op(BinaryOp.MUL, groups, index_const(u)), n))
+
+    def guarded_copies(self, loop: Loop, bound: int) -> tuple[Stmt, ...]:
+        """A copy for each trip up to the extent's constant bound, each run when its trip
+        is under the extent (an edge tile): subscripts stay constants, so a GPU keeps the
+        tile's accumulators in registers, which a serial loop would index at run time."""
+        return tuple(
+            If(
+                index_op(BinaryOp.LT, index_const(t), loop.extent),
+                self.clone_block(loop.body, {loop.var: index_const(t)}),
+                loc=loop.loc,
+            )
+            for t in range(bound)
+        )
 
     def copies(self, loop: Loop, start: Expr, count: int) -> tuple[Stmt, ...]:
         out: list[Stmt] = []
@@ -381,10 +404,13 @@ def expand_schedule(
     kernel: Kernel,
     contract: bool = False,
     vectorizable: Callable[[Loop], bool] = lambda loop: True,
+    guarded_edges: bool = False,
 ) -> Kernel:
     """Expand every vectorized and unrolled loop (see the module docstring); with
     `contract` (kernels that allow reassociation), fuse multiply-adds into accumulators.
-    `vectorizable` says whether the target can emit a vector loop (a masked tail)."""
-    ex = _Expander(kernel, vectorizable)
+    `vectorizable` says whether the target can emit a vector loop (a masked tail);
+    `guarded_edges`, whether a fully unrolled edge tile becomes guarded copies (the
+    GPU's) rather than a loop."""
+    ex = _Expander(kernel, vectorizable, guarded_edges)
     body = ex.block(_contract_accumulations(kernel.body, False) if contract else kernel.body)
     return replace(kernel, body=body, buffers=kernel.buffers + tuple(ex.new_buffers))

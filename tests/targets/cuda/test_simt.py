@@ -93,3 +93,19 @@ def test_block_temporaries_past_48_kb_in_dynamic_shared_memory():
     y = np.full_like(x, np.nan)
     simt.run(reverse_rows, [x, y])
     np.testing.assert_array_equal(y, x[:, ::-1])
+
+
+@pytest.mark.parametrize("tile", [4, 8])
+def test_register_tiled_matmul_on_full_and_edge_tiles(tile):
+    """The library's f32 GPU matmul (a thread's tile × tile sums in registers): a block
+    of full tiles, one cut in rows and columns, rows and columns past the last thread
+    tile; the epilogue applied as C is written."""
+    from kdsl.kernels.matmul import matmul_kernel, reference
+
+    rng = np.random.default_rng(4)
+    m, k, n = 16 * tile + 5, 7, 16 * tile + 13
+    a, b = rng.standard_normal((m, k)), rng.standard_normal((k, n))
+    a, b, bias = a.astype(np.float32), b.astype(np.float32), np.float32(rng.standard_normal(n))
+    c = np.full((m, n), np.nan, np.float32)
+    simt.run(matmul_kernel, [a, b, bias, c, "relu", True], {"thread_tile": tile})
+    np.testing.assert_allclose(c, reference(a, b, bias, "relu"), rtol=1e-5, atol=1e-5)
