@@ -16,7 +16,8 @@ recorded in a device word instead of returned.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 from llvmlite import ir
 
@@ -31,25 +32,30 @@ from kdsl.ir.nodes import (
     BinaryOp,
     Buffer,
     BufferRole,
+    Const,
+    Expr,
     Fma,
     If,
     Kernel,
+    Load,
     LocalVar,
     Loop,
     LoopExec,
     LoopKind,
+    LoopVar,
     Prefetch,
     Stmt,
     Store,
     UnaryOp,
 )
-from kdsl.ir.visit import outer_updates, walk_stmts
+from kdsl.ir.visit import outer_updates, walk_all_exprs, walk_expr, walk_stmts
 from kdsl.targets.cpu import vmath
 from kdsl.targets.cpu.codegen import ErrorSites, _Codegen
 from kdsl.targets.cpu.ops import I1, I8, I32, I64, PTR, Ops, constant, llvm_type
 from kdsl.targets.cpu.state import ArrayInfo, ErrorKind
 from kdsl.targets.cuda.mma import emit_mma
 from kdsl.targets.cuda.plan import BLOCK_AXES, THREAD_AXES, WARP, Launch, Plan, scratch_bytes
+from kdsl.types import INDEX
 
 SHARED = ir.PointerType(addrspace=3)
 _AXIS = "xyz"
@@ -58,6 +64,7 @@ _AXIS = "xyz"
 # of what an H100/H200's bandwidth times its latency asks (a block-per-row RMS norm
 # read at 59% of a copy's speed on an H200, softmax at 40%)
 STRIDE_TRIPS = 4
+VECTOR = 4  # 4-byte elements a thread takes together where they are 16-byte aligned
 DYNAMIC_SHARED = "kdsl_dynamic_shared"
 
 
@@ -165,6 +172,7 @@ class GpuCodegen(_Codegen):
         self.on_warps = launch.warp_code
         self.divergent = 0  # ifs around it (their threads may disagree)
         self.temps = {t.buffer: t for t in launch.temps}
+        self.group: _Group | None = None  # the vector group being emitted, if any
         self.shared_count = 0
         self._bind_gpu_args(params, buffers, scalars)
 
@@ -268,6 +276,11 @@ class GpuCodegen(_Codegen):
         self.ops.intrinsic("llvm.nvvm.bar.warp.sync", ir.VoidType(), [ir.Constant(I32, -1)])
 
     def stmt(self, s: Stmt, heap: list[ir.Value]) -> None:
+        group = self.group
+        if group is not None and isinstance(s, Store) and group.takes(s.buffer, s.index):
+            self.memo = {}
+            group.stores.setdefault((s.buffer, s.index), []).append(self.expr(s.value))
+            return
         match s:
             case Loop(exec=e) if e in BLOCK_AXES or e in THREAD_AXES:
                 self.memo = {}
@@ -340,7 +353,12 @@ class GpuCodegen(_Codegen):
         self.lane_depth += lanes
         start, step = self.sreg(hw[0], axis), self.sreg(hw[1], axis)
         if lanes and not self.on_warps and _straight(loop.body):
-            self.stride_trips(loop.var, start, self.expr(loop.extent), loop.body, step)
+            stop = self.expr(loop.extent)
+            runs = self._contiguous_runs(loop)
+            if runs:
+                self.vector_trips(loop.var, start, stop, loop.body, step, runs)
+            else:
+                self.stride_trips(loop.var, start, stop, loop.body, step)
         else:
             self.loop(loop.var, start, self.expr(loop.extent), loop.body, step)
         self.lane_depth -= lanes
@@ -354,30 +372,154 @@ class GpuCodegen(_Codegen):
     def stride_trips(
         self, var: str, start: ir.Value, stop: ir.Value, body: tuple[Stmt, ...], step: ir.Value
     ) -> None:
-        """for var = start; var < stop; var += step: body — STRIDE_TRIPS trips at a time
-        while that many remain (straight-line code: their loads issue together), then
-        the rest one at a time."""
+        """for var = start; var < stop; var += step: body, in trips of STRIDE_TRIPS."""
+
+        def trip(at: ir.Value) -> None:
+            self.state.loops[var] = at
+            self.block(body)
+
+        self._in_trips(var, start, stop, step, trip)
+
+    def _in_trips(
+        self,
+        name: str,
+        start: ir.Value,
+        stop: ir.Value,
+        step: ir.Value,
+        trip: Callable[[ir.Value], None],
+    ) -> None:
+        """for v = start; v < stop; v += step: trip(the slot holding v) — STRIDE_TRIPS
+        trips at a time while that many remain (straight-line code: their loads issue
+        together), then the rest one at a time."""
         b = self.b
-        slot = self._entry_alloca(I64, var)
+        slot = self._entry_alloca(I64, name)
         b.store(start, slot)
-        cond = self.fn.append_basic_block(f"{var}.trips")
-        inner = self.fn.append_basic_block(f"{var}.trips.body")
-        done = self.fn.append_basic_block(f"{var}.trips.end")
+        cond = self.fn.append_basic_block(f"{name}.trips")
+        inner = self.fn.append_basic_block(f"{name}.trips.body")
+        done = self.fn.append_basic_block(f"{name}.trips.end")
         b.branch(cond)
         b.position_at_end(cond)
         first = b.load(slot, typ=I64)
         last = b.add(first, b.mul(step, ir.Constant(I64, STRIDE_TRIPS - 1)))
         b.cbranch(b.icmp_signed("<", last, stop), inner, done)
         b.position_at_end(inner)
-        for trip in range(STRIDE_TRIPS):
-            at = self._entry_alloca(I64, f"{var}.{trip}")
-            b.store(b.add(first, b.mul(step, ir.Constant(I64, trip))), at)
-            self.state.loops[var] = at
-            self.block(body)
+        for k in range(STRIDE_TRIPS):
+            at = self._entry_alloca(I64, f"{name}.{k}")
+            b.store(b.add(first, b.mul(step, ir.Constant(I64, k))), at)
+            trip(at)
         b.store(b.add(first, b.mul(step, ir.Constant(I64, STRIDE_TRIPS))), slot)
         b.branch(cond)
         b.position_at_end(done)
-        self.loop(var, b.load(slot, typ=I64), stop, body, step)
+        self.counted(name, b.load(slot, typ=I64), stop, step, trip)
+
+    def _contiguous_runs(self, loop: Loop) -> list[str]:
+        """The arrays that `loop`'s body reads or writes along their last axis at the
+        loop's variable, when a thread may take VECTOR consecutive elements of each as
+        one 16-byte access: every access to the variable is such a subscript, of a
+        contiguous array of 4-byte elements in global memory, its other subscripts
+        made of loop variables, shapes and scalars (the last: the variable, plus such
+        an offset); no array is both read and written so; no `if` in the body. Else
+        []."""
+        if any(isinstance(s, If) for s in walk_stmts(loop.body)):
+            return []
+        read: set[str] = set()
+        written: set[str] = set()
+        for e in [*walk_all_exprs(loop.body), *walk_stmts(loop.body)]:
+            if not isinstance(e, Load | Store):
+                continue
+            uses = [any(x == LoopVar(loop.var) for x in walk_expr(i)) for i in e.index]
+            if not any(uses):
+                continue
+            buf = self.buffers[e.buffer]
+            if (
+                _offset_of(e.index[-1], loop.var) is None
+                or any(uses[:-1])
+                or any(isinstance(x, LocalVar | Load) for i in e.index for x in walk_expr(i))
+                or buf.dtype.itemsize != 4
+                or e.buffer in self.temps
+                or _strided(buf)
+            ):
+                return []
+            (written if isinstance(e, Store) else read).add(e.buffer)
+        return [] if read & written else sorted(read | written)
+
+    def vector_trips(
+        self,
+        var: str,
+        start: ir.Value,
+        stop: ir.Value,
+        body: tuple[Stmt, ...],
+        step: ir.Value,
+        runs: list[str],
+    ) -> None:
+        """The lanes' stride loop with VECTOR consecutive elements a thread, each array
+        in `runs` read or written 16 bytes at a time, when all of them are 16-byte
+        aligned, rows included (a uniform test); else `stride_trips`. The body runs
+        once per element of a group, taking its element of the group's vector loads
+        and leaving its stored values to the group's vector stores. Elements past the
+        last whole group are the first threads'."""
+        b = self.b
+        bits: ir.Value = ir.Constant(I64, 0)
+        for n in runs:
+            info = self.state.arrays[n]
+            bits = b.or_(bits, b.ptrtoint(info.data, I64))
+            for stride in info.strides[:-1]:
+                bits = b.or_(bits, stride)
+        for e in [*walk_all_exprs(body), *walk_stmts(body)]:  # where each run starts
+            if isinstance(e, Load | Store) and e.buffer in runs:
+                offset = _offset_of(e.index[-1], var)
+                if offset is not None:
+                    self.memo = {}
+                    bits = b.or_(bits, b.mul(self.expr(offset), ir.Constant(I64, 4)))
+        aligned = b.icmp_unsigned("==", b.and_(bits, ir.Constant(I64, 15)), ir.Constant(I64, 0))
+        with b.if_else(aligned) as (vector, scalar):
+            with vector:
+                groups = b.sdiv(stop, ir.Constant(I64, VECTOR))
+                self._in_trips(
+                    f"{var}.group", start, groups, step, lambda at: self._group(var, at, body, runs)
+                )
+                rest = b.add(b.mul(groups, ir.Constant(I64, VECTOR)), start)
+                self.loop(var, rest, stop, body, step)
+            with scalar:
+                self.stride_trips(var, start, stop, body, step)
+
+    def _group(self, var: str, at: ir.Value, body: tuple[Stmt, ...], runs: list[str]) -> None:
+        """One group of VECTOR elements: the vector loads, the body per element, the
+        vector stores."""
+        b = self.b
+        first = b.mul(b.load(at, typ=I64), ir.Constant(I64, VECTOR))
+        lanes = []
+        for lane in range(VECTOR):
+            slot = self._entry_alloca(I64, f"{var}.{lane}")
+            b.store(b.add(first, ir.Constant(I64, lane)), slot)
+            lanes.append(slot)
+        self.state.loops[var] = lanes[0]
+        group = _Group(set(runs), var)
+        for e in walk_all_exprs(body):
+            if isinstance(e, Load) and group.takes(e.buffer, e.index) and e not in group.loads:
+                self.memo = {}
+                vt = ir.VectorType(llvm_type(e.dtype), VECTOR)
+                group.loads[e] = b.load(self.address(e.buffer, e.index, e.loc), typ=vt, align=16)
+        self.group = group
+        for lane, slot in enumerate(lanes):
+            self.state.loops[var] = slot
+            group.lane = lane
+            self.block(body)
+        self.group = None
+        self.state.loops[var] = lanes[0]
+        for (name, index), values in group.stores.items():
+            vt = ir.VectorType(values[0].type, VECTOR)
+            vector: ir.Value = ir.Constant(vt, None)
+            for lane, value in enumerate(values):
+                vector = b.insert_element(vector, value, ir.Constant(I32, lane))
+            self.memo = {}
+            b.store(vector, self.address(name, index, None), align=16)
+
+    def _emit(self, e: Expr) -> ir.Value:
+        group = self.group
+        if group is not None and isinstance(e, Load) and e in group.loads:
+            return self.b.extract_element(group.loads[e], ir.Constant(I32, group.lane))
+        return super()._emit(e)
 
     # -------------------------------------------------------------- reductions
 
@@ -588,3 +730,30 @@ def generate(
 def _straight(body: tuple[Stmt, ...]) -> bool:
     """Statements with no loop or allocation inside: cheap to repeat for several trips."""
     return not any(isinstance(s, Loop | Allocate) for s in walk_stmts(body))
+
+
+@dataclass
+class _Group:
+    """A group of VECTOR consecutive elements of a lanes' loop (`var`) being emitted:
+    its vector loads of the `runs` arrays, and the values each element stores."""
+
+    runs: set[str]
+    var: str
+    lane: int = 0
+    loads: dict[Load, ir.Value] = field(default_factory=dict)
+    stores: dict[tuple[str, tuple[Expr, ...]], list[ir.Value]] = field(default_factory=dict)
+
+    def takes(self, buffer: str, index: tuple[Expr, ...]) -> bool:
+        return buffer in self.runs and _offset_of(index[-1], self.var) is not None
+
+
+def _offset_of(index: Expr, var: str) -> Expr | None:
+    """`o` when `index` is `var` (o = 0) or `o + var` / `var + o` with `o` free of
+    `var`; else None."""
+    if index == LoopVar(var):
+        return Const(0, INDEX)
+    if isinstance(index, Binary) and index.op is BinaryOp.ADD:
+        for this, other in ((index.rhs, index.lhs), (index.lhs, index.rhs)):
+            if this == LoopVar(var) and all(x != LoopVar(var) for x in walk_expr(other)):
+                return other
+    return None

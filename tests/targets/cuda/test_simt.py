@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import kdsl as kd
+from tests import zoo
 from tests.targets.cuda import simt
 from tests.targets.cuda.cases import cases
 
@@ -109,3 +110,41 @@ def test_register_tiled_matmul_on_full_and_edge_tiles(tile):
     c = np.full((m, n), np.nan, np.float32)
     simt.run(matmul_kernel, [a, b, bias, c, "relu", True], {"thread_tile": tile})
     np.testing.assert_allclose(c, reference(a, b, bias, "relu"), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("offset", [0, 1])  # elements: 16-byte aligned arrays, or not
+@pytest.mark.parametrize("n", [4 * 256 * 5 + 8, 4 * 3, 4 * 256 * 2 + 10, 2])
+def test_rows_read_16_bytes_at_a_time(n, offset):
+    """RMS norm (a reduction pass and an elementwise pass over each row, with a weight
+    vector): 16-byte aligned rows (whole 4-element groups) take the vector path, their
+    groups strided over the threads four at a time, and rows that are not (an array starting 4 bytes
+    in, a row length that is not a multiple of 4) the scalar one; both give the same
+    result."""
+    from kdsl.kernels.norms import rmsnorm_reference, rmsnorm_rows
+
+    rng = np.random.default_rng(n + offset)
+
+    def array(*shape):
+        size = int(np.prod(shape))
+        return np.empty(size + offset, np.float32)[offset:].reshape(shape)
+
+    x, w, y = array(3, n), array(n), array(3, n)
+    x[...] = rng.standard_normal(x.shape)
+    w[...] = rng.standard_normal(w.shape)
+    y[...] = np.nan
+    simt.run(rmsnorm_rows, [x, w, 1e-5, y], {"threads": 256})
+    np.testing.assert_allclose(y, rmsnorm_reference(x, w, 1e-5), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("offset", [0, 1])
+def test_elementwise_16_bytes_at_a_time(offset):
+    """saxpy under the default schedule (a block takes 1024 elements, 4 a thread): in
+    aligned arrays the full blocks run as 4-element groups and the last block's
+    elements past its last whole group singly; arrays starting 4 bytes in run the
+    scalar path."""
+    n = 1024 * 2 + 37
+    rng = np.random.default_rng(offset)
+    x, y, out = (np.empty(n + offset, np.float32)[offset:] for _ in range(3))
+    x[...], y[...], out[...] = rng.standard_normal(n), rng.standard_normal(n), np.nan
+    simt.run(zoo.saxpy, [1.5, x, y, out])
+    np.testing.assert_allclose(out, np.float32(1.5) * x + y, rtol=1e-6)
