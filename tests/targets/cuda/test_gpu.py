@@ -66,6 +66,29 @@ def test_rows_of_awkward_shapes(m, n):
             run_case(case)
 
 
+@pytest.mark.parametrize("offset", [0, 1])  # 16-byte aligned rows (vector path), or not
+def test_row_kernels_on_aligned_and_shifted_rows(offset):
+    """Rows of 4096 (whole 16-byte groups): arrays that start on a 16-byte boundary
+    take the 16-byte loads and stores, arrays that start 4 bytes in the scalar path."""
+    from kdsl.kernels.norms import layernorm_rows, rmsnorm_rows
+    from kdsl.kernels.softmax import softmax_rows
+
+    rng = np.random.default_rng(offset)
+    m, n = 33, 4096
+    x = torch.from_numpy(rng.standard_normal(m * n + offset).astype(np.float32)).cuda()
+    w = torch.from_numpy(rng.standard_normal(n + offset).astype(np.float32)).cuda()
+    x, w = x[offset:].view(m, n), w[offset:]
+    y = torch.full((m * n + offset,), float("nan"), device="cuda")[offset:].view(m, n)
+    rmsnorm_rows(x, w, 1e-5, y)
+    want = torch.nn.functional.rms_norm(x, (n,), w, 1e-5)
+    torch.testing.assert_close(y, want, rtol=1e-4, atol=1e-4)
+    softmax_rows(x, y)
+    torch.testing.assert_close(y, torch.softmax(x, -1), rtol=1e-4, atol=1e-6)
+    layernorm_rows(x, w, w, 1e-5, y)
+    want = torch.nn.functional.layer_norm(x, (n,), w, w, 1e-5)
+    torch.testing.assert_close(y, want, rtol=1e-4, atol=1e-4)
+
+
 def test_strided_input():
     rng = np.random.default_rng(3)
     base = torch.from_numpy(random_array(rng, (64, 202), np.float32)).cuda()
