@@ -418,9 +418,9 @@ class GpuCodegen(_Codegen):
         one 16-byte access: every access to the variable is such a subscript, of a
         contiguous array of 4-byte elements in global memory, its other subscripts
         made of loop variables, shapes and scalars (the last: the variable, plus such
-        an offset); no array is both read and written so; no `if` in the body. Else
-        []."""
-        if any(isinstance(s, If) for s in walk_stmts(loop.body)):
+        an offset); no array is both read and written so; no `if` in the body; no
+        bounds checks asked for (they check each element). Else []."""
+        if self.checks or any(isinstance(s, If) for s in walk_stmts(loop.body)):
             return []
         read: set[str] = set()
         written: set[str] = set()
