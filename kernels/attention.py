@@ -312,6 +312,23 @@ def _decode_cpu(s):
     s.vectorize("do", 16)
 
 
+@decode_kernel.schedule(kd.cuda)
+def _decode_gpu(s):
+    """A block per chunk of keys: a thread per key for q·k (its row read whole, from the
+    L1 after the first sector), the chunk's max, exponentials and sum across the
+    block's threads, a thread per output element for p·v (each key's row of v read by
+    the threads together); then a block per head combines the chunks, a thread per
+    chunk or output element. (The default GPU schedule bound the loops over the query
+    heads of a group — one for multi-head attention — so one thread did a chunk's
+    softmax and p·v alone.)"""
+    s.bind("t", "block.x")
+    for loop in ("js", "jm", "jm.1", "jm.2", "dv"):
+        s.bind(loop, "thread.x")
+    s.bind("u", "block.x")
+    for loop in ("c", "c.1", "c1", "do"):
+        s.bind(loop, "thread.x")
+
+
 _STORAGE = ("float32", "bfloat16", "float16")  # what the kernels read directly
 
 

@@ -148,3 +148,17 @@ def test_elementwise_16_bytes_at_a_time(offset):
     x[...], y[...], out[...] = rng.standard_normal(n), rng.standard_normal(n), np.nan
     simt.run(zoo.saxpy, [1.5, x, y, out])
     np.testing.assert_allclose(out, np.float32(1.5) * x + y, rtol=1e-6)
+
+
+def test_decoding_over_several_chunks():
+    """Decoding against a cache of three chunks of keys, the last one cut (the GPU
+    schedule: a block per chunk, then a block per head combining them), grouped query
+    heads and a head size of 128."""
+    from kdsl.kernels.attention import decode_kernel, reference
+
+    rng = np.random.default_rng(6)
+    q = rng.standard_normal((1, 4, 1, 128)).astype(np.float32)
+    k, v = (rng.standard_normal((1, 2, 600, 128)).astype(np.float32) for _ in range(2))
+    o = np.full_like(q, np.nan)
+    simt.run(decode_kernel, [q, k, v, o, 128**-0.5, 2, 128])
+    np.testing.assert_allclose(o, reference(q, k, v), rtol=1e-4, atol=1e-5)
