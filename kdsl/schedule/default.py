@@ -43,7 +43,7 @@ def default_gpu_schedule(s: Schedule) -> None:
         if rows and max(_strides(c)[0] for c in rows) >= _strides(inner)[0]:
             _bind_blocks(s, chain)
             for child in rows:
-                _try(s.bind, child.var, "thread.x")
+                _try(s.bind, _thread_loop(child).var, "thread.x")
         elif len(chain) <= 3:  # a block takes ELEMENTS_PER_THREAD runs of GPU_THREADS
             outer, threads = s.split(inner.var, GPU_THREADS * ELEMENTS_PER_THREAD)
             _bind_blocks(s, [*chain[:-1], _loop(s.kernel, outer)])
@@ -53,7 +53,21 @@ def default_gpu_schedule(s: Schedule) -> None:
             s.bind(inner.var, "thread.x")
 
 
+def _thread_loop(loop: Loop) -> Loop:
+    """The loop of a nest to spread over a block's threads: `loop`, or when its extent
+    is a constant too small to occupy a warp (a group of one query head, a padding
+    axis), the first loop inside it that is not serial, and so on down: the small loop
+    then runs in each thread."""
+    while isinstance(loop.extent, Const) and int(loop.extent.value) < WARP:
+        inner = [c for c in loop.body if isinstance(c, Loop) and c.kind is not LoopKind.SERIAL]
+        if not inner:
+            break
+        loop = inner[0]
+    return loop
+
+
 GPU_THREADS = 256
+WARP = 32
 # elements per thread in elementwise work, strided by GPU_THREADS (coalesced): their
 # loads are in flight together (kdsl/targets/cuda/codegen.STRIDE_TRIPS); one element
 # a thread read and wrote at 70% of a copy's speed on an H200
