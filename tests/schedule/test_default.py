@@ -80,3 +80,28 @@ def test_a_nest_that_scatters_stays_on_one_thread():
     want = np.zeros(64, np.float32)
     want[idx] = x  # NumPy's fancy assignment: the last write wins too
     np.testing.assert_array_equal(y, want)
+
+
+def test_the_gpu_default_spreads_threads_past_a_loop_too_small_for_a_warp(monkeypatch):
+    """Under a block's loop, a loop of extent 1 (one query head of a group) around an
+    elementwise pass: the threads take the loop inside it, not it (it had taken them:
+    one thread did the whole pass)."""
+    from kdsl.ir.nodes import Loop, LoopExec
+    from kdsl.ir.visit import walk_stmts
+
+    monkeypatch.setenv("KDSL_CUDA_ARCH", "sm_90")
+
+    @kd.kernel
+    def heads(x, y):
+        for t in kd.grid(x.shape[0]):
+            r, j = kd.indices(1, x.shape[1])
+            top = kd.alloc((1,))
+            top[r] = kd.max(x[t, j], over=j)
+            y[t, r, j] = x[t, j] - top[r]
+
+    x = random_array(np.random.default_rng(0), (3, 40), np.float32)
+    traced, _ = heads._traced((x, np.empty((3, 1, 40), np.float32)), {})
+    scheduled = heads.scheduled(traced, kd.cuda).kernel
+    execs = {s.var: s.exec for s in walk_stmts(scheduled.body) if isinstance(s, Loop)}
+    assert execs["j"] is execs["j.1"] is LoopExec.GPU_THREAD_X
+    assert execs["r.1"] is LoopExec.SERIAL
