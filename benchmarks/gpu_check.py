@@ -41,6 +41,8 @@ def run_tests() -> str:
         "tests/targets/cuda",
         "-rfE",
         "--timeout=120",
+        "-n",
+        "4",  # (the emulator's tests are CPU work: the device machine has 16 cores)
     ]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     log.write_text(done.stdout + done.stderr)
