@@ -24,14 +24,18 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from kdsl import types as T
-from kdsl.autotune import registry
-from kdsl.autotune.database import Entry
-from kdsl.autotune.keys import format_shape, kernel_identity, shape_of, signature_key
+from kdsl.autotune.keys import kernel_identity, shape_of, signature_key
 from kdsl.autotune.measure import compare
-from kdsl.autotune.strategies import Config, make_strategy, space_size
-from kdsl.autotune.tuner import Trial, TuneReport, observe
-from kdsl.config import VERSION
-from kdsl.errors import KdslError, ScheduleError
+from kdsl.autotune.strategies import Config, make_strategy
+from kdsl.autotune.tuner import (
+    Trial,
+    TuneReport,
+    example_values,
+    observe,
+    progress_bar,
+    record_best,
+)
+from kdsl.errors import ScheduleError
 from kdsl.specs import ArgExample, make_arguments
 from kdsl.targets.cuda import arrays as A
 from kdsl.targets.cuda import driver
@@ -120,21 +124,14 @@ def tune_gpu(
 ) -> TuneReport:
     """Tune `fn`'s CUDA schedule params for one example call on the GPU (or on `bench`,
     under `target`, the database's target key); record the best config."""
-    from tqdm import tqdm  # (as the CPU tuner: not at kdsl import)
-
     from kdsl.kernel import cuda
 
     started = time.perf_counter()
     names = fn.signature.names
-    missing = [n for n in names if n not in example]
-    if missing:
-        raise KdslError(
-            f"the example for kernel '{fn.name}' gives no value for {', '.join(missing)}",
-            fix=f"give every parameter: {', '.join(names)}",
-        )
+    values = example_values(fn, example)
     if bench is None:
         driver.require()
-    made = make_arguments({n: example[n] for n in names}, np.random.default_rng(seed))
+    made = make_arguments(dict(zip(names, values)), np.random.default_rng(seed))
     host = list(made.values())
     specs, bound = fn._specs(host, {})
     traced = fn.trace(specs)
@@ -145,13 +142,7 @@ def tune_gpu(
     bench = bench or GpuBench(host)
     search = make_strategy(strategy, space, seed=seed)
     times: dict[str, float | None] = {}  # PTX entry symbol → seconds (None: dropped)
-    bar = tqdm(
-        total=min(space_size(space), 10**6),
-        desc=f"{fn.name} {format_shape(report.shape)} (cuda)",
-        unit="cfg",
-        disable=not progress,
-        leave=True,
-    )
+    bar = progress_bar(report, progress, " (cuda)")
     try:
         while time.perf_counter() - started < budget_s:
             configs = search.propose(4)
@@ -163,21 +154,8 @@ def tune_gpu(
     finally:
         bar.close()
     report.elapsed_s = time.perf_counter() - started
-    if report.best is not None and report.best_time_s is not None:
-        registry.record(
-            Entry(
-                kernel_id=kernel_identity(traced, space),
-                kernel_name=fn.name,
-                target=target or gpu_target_key(),
-                signature=signature_key(names, specs),
-                shape=report.shape,
-                config=report.best,
-                time_s=report.best_time_s,
-                default_time_s=report.default_time_s,
-                kdsl_version=VERSION,
-                created=time.time(),
-            )
-        )
+    key = (kernel_identity(traced, space), target or gpu_target_key(), signature_key(names, specs))
+    record_best(report, key)
     return report
 
 

@@ -55,6 +55,8 @@ from kdsl.targets.cuda.arrays import device_array
 from kdsl.types import from_numpy
 
 if TYPE_CHECKING:
+    from tqdm import tqdm
+
     from kdsl.kernel import KernelFunction
 
 SLOW_CUTOFF = 2.0  # stop measuring a candidate once it is this much slower than the best
@@ -120,19 +122,61 @@ def example_of(names: tuple[str, ...], args: tuple[object, ...]) -> dict[str, Ar
     return example
 
 
+def example_values(fn: KernelFunction, example: Mapping[str, ArgExample]) -> list[ArgExample]:
+    """The example's value of each parameter, in order; an error naming any missing."""
+    names = fn.signature.names
+    missing = [n for n in names if n not in example]
+    if missing:
+        raise KdslError(
+            f"the example for kernel '{fn.name}' gives no value for {', '.join(missing)}",
+            fix=f"give every parameter: {', '.join(names)}",
+        )
+    return [example[n] for n in names]
+
+
+def progress_bar(report: TuneReport, progress: bool, target: str = "") -> tqdm:
+    """The run's bar: a step per config tried (a text bar in terminals and notebooks)."""
+    from tqdm import tqdm  # (not at kdsl import)
+
+    return tqdm(
+        total=min(space_size(report.space), 10**6),
+        desc=f"{report.kernel} {format_shape(report.shape)}{target}",
+        unit="cfg",
+        disable=not progress,
+        leave=True,
+    )
+
+
+def record_best(report: TuneReport, key: tuple[str, str, str]) -> bool:
+    """The report's best config into the tuning database under `key` (kernel identity,
+    target, signature); False when there is none."""
+    if report.best is None or report.best_time_s is None:
+        return False
+    kernel_id, target, signature = key
+    registry.record(
+        Entry(
+            kernel_id=kernel_id,
+            kernel_name=report.kernel,
+            target=target,
+            signature=signature,
+            shape=report.shape,
+            config=report.best,
+            time_s=report.best_time_s,
+            default_time_s=report.default_time_s,
+            kdsl_version=VERSION,
+            created=time.time(),
+        )
+    )
+    return True
+
+
 class _Session:
     """One tuning run: a kernel, an example, a budget."""
 
     def __init__(self, fn: KernelFunction, example: Mapping[str, ArgExample], jobs: int) -> None:
         self.fn = fn
         names = fn.signature.names
-        missing = [n for n in names if n not in example]
-        if missing:
-            raise KdslError(
-                f"the example for kernel '{fn.name}' gives no value for {', '.join(missing)}",
-                fix=f"give every parameter: {', '.join(names)}",
-            )
-        self.examples = [example[n] for n in names]
+        self.examples = example_values(fn, example)
         # Only shapes and dtypes are needed here: the measuring process makes the data.
         placeholders = [
             np.empty(e.shape, e.dtype.to_numpy()) if isinstance(e, Spec) else e
@@ -191,21 +235,13 @@ def tune(
     progress: bool = True,
 ) -> TuneReport:
     """Tune `fn`'s schedule params for one example call; record the best config."""
-    from tqdm import tqdm  # the text bar (terminals and notebooks alike); not at kdsl import
-
     started = time.perf_counter()
     jobs = (os.cpu_count() or 1) if jobs is None else jobs
     session = _Session(fn, example, jobs)
     report = TuneReport(fn.name, session.shape, session.space)
     search = make_strategy(strategy, session.space, seed=seed)
     measurer: Measurer | None = None
-    bar = tqdm(
-        total=min(space_size(session.space), 10**6),
-        desc=f"{fn.name} {format_shape(session.shape)}",
-        unit="cfg",
-        disable=not progress,
-        leave=True,
-    )
+    bar = progress_bar(report, progress)
     try:
         reference = fn.scheduled_ir(session.traced, heuristic=True)
         ref_key = backend.kernel_key(reference, fn.checks, fn.strict_fp)
@@ -320,25 +356,9 @@ def observe(report: TuneReport, search: Strategy, trial: Trial) -> None:
 
 
 def _record(session: _Session, report: TuneReport) -> None:
-    if report.best is None or report.best_time_s is None:
+    if not record_best(report, session.key):
         return
-    fn = session.fn
-    kernel_id, target, signature = session.key
-    registry.record(
-        Entry(
-            kernel_id=kernel_id,
-            kernel_name=fn.name,
-            target=target,
-            signature=signature,
-            shape=session.shape,
-            config=report.best,
-            time_s=report.best_time_s,
-            default_time_s=report.default_time_s,
-            kdsl_version=VERSION,
-            created=time.time(),
-        )
-    )
-    best = config_key(report.best)
+    best = config_key(report.best)  # type: ignore[arg-type]
     for key, (config, candidate) in session.measured.items():
         if config_key(config) == best:
             STORE.save(key, candidate.obj)
