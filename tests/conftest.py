@@ -41,3 +41,20 @@ def update_golden(request: pytest.FixtureRequest) -> bool:
 def pytest_unconfigure(config: pytest.Config) -> None:
     if _OWN_CACHE:
         shutil.rmtree(os.environ["KDSL_CACHE_DIR"], ignore_errors=True)
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    """A fresh KDSL_CACHE_DIR for this process (the configuration is read once at import,
+    so the test swaps it) with the tuning database reopened there."""
+    import dataclasses
+
+    import kdsl.config
+    from kdsl.autotune import registry
+
+    root = tmp_path / "cache"
+    config = dataclasses.replace(kdsl.config.CONFIG, cache_dir=str(root))
+    monkeypatch.setattr(kdsl.config, "CONFIG", config)
+    registry.forget()
+    yield root
+    registry.forget()

@@ -11,13 +11,11 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-import kdsl.config
 from kdsl.autotune import registry
 from kdsl.cli import load_kernel, main
 from kdsl.targets.cuda import driver
@@ -44,18 +42,6 @@ def cli_budget(x, budget):
 def not_a_kernel(x):
     return x
 """
-
-
-@pytest.fixture
-def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A fresh KDSL_CACHE_DIR for this process (the configuration is read once at import,
-    so the test swaps it) with the tuning database reopened there."""
-    root = tmp_path / "cache"
-    config = dataclasses.replace(kdsl.config.CONFIG, cache_dir=str(root))
-    monkeypatch.setattr(kdsl.config, "CONFIG", config)
-    registry.forget()
-    yield root
-    registry.forget()
 
 
 @pytest.fixture

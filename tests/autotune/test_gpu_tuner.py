@@ -4,10 +4,6 @@ records what tuned calls launch."""
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterator
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -23,16 +19,6 @@ from tests.targets.cuda.stubs import Tensor, install
 
 TARGET = "cuda/sm_90/emulated"
 TIMES = {64: 3e-6, 32: 1e-6, 96: 2e-6}  # what each thread count "takes"
-
-
-@pytest.fixture
-def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    root = tmp_path / "cache"
-    config = dataclasses.replace(kdsl.config.CONFIG, cache_dir=str(root))
-    monkeypatch.setattr(kdsl.config, "CONFIG", config)
-    registry.forget()
-    yield root
-    registry.forget()
 
 
 def _row_scale():
