@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import kdsl as kd
-import kdsl.config
 from kdsl import dispatch
 from kdsl.autotune import registry
 from kdsl.autotune.gpu import tune_gpu
