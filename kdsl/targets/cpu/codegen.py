@@ -342,15 +342,16 @@ class _Codegen:
         stop: ir.Value,
         step: ir.Value | int,
         body: Callable[[ir.Value], None],
-    ) -> None:
-        """for var in range(start, stop, step): body(the slot that holds var)"""
+    ) -> ir.Value:
+        """for var in range(start, stop, step): body(the slot that holds var); the slot
+        (after the loop: the first value not run)."""
         b = self.b
         slot = self._entry_alloca(I64, var)
         b.store(start, slot)
         one_trip = isinstance(step, int) and _is_const(start, 0) and _is_const(stop, step)
         if one_trip:  # straight-line code
             body(slot)
-            return
+            return slot
         cond = self.fn.append_basic_block(f"{var}.cond")
         inner = self.fn.append_basic_block(f"{var}.body")
         done = self.fn.append_basic_block(f"{var}.end")
@@ -363,6 +364,7 @@ class _Codegen:
         b.store(b.add(b.load(slot, typ=I64), by), slot)
         b.branch(cond)
         b.position_at_end(done)
+        return slot
 
     def allocate(self, buf: Buffer, heap: list[ir.Value]) -> None:
         b = self.b

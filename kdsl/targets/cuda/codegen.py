@@ -392,25 +392,17 @@ class GpuCodegen(_Codegen):
         trips at a time while that many remain (straight-line code: their loads issue
         together), then the rest one at a time."""
         b = self.b
-        slot = self._entry_alloca(I64, name)
-        b.store(start, slot)
-        cond = self.fn.append_basic_block(f"{name}.trips")
-        inner = self.fn.append_basic_block(f"{name}.trips.body")
-        done = self.fn.append_basic_block(f"{name}.trips.end")
-        b.branch(cond)
-        b.position_at_end(cond)
-        first = b.load(slot, typ=I64)
-        last = b.add(first, b.mul(step, ir.Constant(I64, STRIDE_TRIPS - 1)))
-        b.cbranch(b.icmp_signed("<", last, stop), inner, done)
-        b.position_at_end(inner)
-        for k in range(STRIDE_TRIPS):
-            at = self._entry_alloca(I64, f"{name}.{k}")
-            b.store(b.add(first, b.mul(step, ir.Constant(I64, k))), at)
-            trip(at)
-        b.store(b.add(first, b.mul(step, ir.Constant(I64, STRIDE_TRIPS))), slot)
-        b.branch(cond)
-        b.position_at_end(done)
-        self.counted(name, b.load(slot, typ=I64), stop, step, trip)
+        span = b.mul(step, ir.Constant(I64, STRIDE_TRIPS - 1))  # v … v + span: one turn
+
+        def trips(at: ir.Value) -> None:
+            first = b.load(at, typ=I64)
+            for k in range(STRIDE_TRIPS):
+                slot = self._entry_alloca(I64, f"{name}.{k}")
+                b.store(b.add(first, b.mul(step, ir.Constant(I64, k))), slot)
+                trip(slot)
+
+        turns = self.counted(f"{name}.trips", start, b.sub(stop, span), b.add(span, step), trips)
+        self.counted(name, b.load(turns, typ=I64), stop, step, trip)
 
     def _contiguous_runs(self, loop: Loop) -> list[str]:
         """The arrays that `loop`'s body reads or writes along their last axis at the
