@@ -120,6 +120,14 @@ def compiled(kernel, args, config):
     )
 
 
+def relative_error(run, out, want) -> float:
+    """‖out − want‖ / ‖want‖ after `run()` writes `out` (poisoned first: every element
+    must be written)."""
+    out.fill_(float("nan"))
+    run()
+    return float((out - want).norm() / want.norm())
+
+
 def each(fn, calls):
     """One call of `fn` for each argument tuple in `calls`, in turn (a rotation through
     memory that the L2 can't hold)."""
@@ -274,9 +282,7 @@ def f32_matmul_rows(copy_gbs: float) -> list[tuple[str, str, str, str, str]]:
     theirs = time_gpu(partial(torch.matmul, a, b), reps=10)
     for tile in (4, 8):
         run = variant(product_kernel, (a, b, c), {"thread_tile": tile})
-        c.fill_(float("nan"))
-        run()
-        error = float((c - want).norm() / want.norm())
+        error = relative_error(run, c, want)
         ours = time_gpu(run, reps=5)
         name = f"matmul f32, register tiles {tile}×{tile} (rel. error {error:.1e})"
         rows.append(flops_row(name, f"{n}³", 2 * n**3, ours, theirs))
@@ -301,9 +307,7 @@ def tensor_core_rows(copy_gbs: float) -> list[tuple[str, str, str, str, str]]:
             {"warps_down": 4, "warps_across": 2},
         ):
             run = variant(product_kernel, (a, b, c), config)
-            c.fill_(float("nan"))
-            run()
-            error = float((c - want).norm() / want.norm())
+            error = relative_error(run, c, want)
             ours = time_gpu(run, reps=5)
             name = f"matmul bf16, mma.sync {config or '(default params)'} (rel. error {error:.1e})"
             rows.append(flops_row(name, f"{n}³", 2 * n**3, ours, theirs))
@@ -358,29 +362,23 @@ def attention_rows(copy_gbs: float) -> list[tuple[str, str, str, str, str]]:
     from kdsl.kernels.attention import flash_kernel
 
     rows = []
-    b, h, length, d = 1, 8, 1024, 64
-    q, k, v = (torch.randn(b, h, length, d, device="cuda") for _ in range(3))
-    o = torch.empty_like(q)
-    for causal in (False, True):
-        ours = time_gpu(partial(flash_kernel, q, k, v, o, d**-0.5, 1, d, causal), reps=5)
-        theirs = time_gpu(
-            partial(F.scaled_dot_product_attention, q, k, v, is_causal=causal), reps=10
-        )
-        flops = 4 * b * h * length * length * d / (2 if causal else 1)
-        name = f"attention f32{' causal' if causal else ''}"
-        rows.append(flops_row(name, f"B={b} H={h} L={length} D={d}", flops, ours, theirs))
-    # the issue's shape: bf16, B=4, H=32, L=4096, D=128 (SDPA picks its flash backend)
-    b, h, length, d = 4, 32, 4096, 128
-    q, k, v = (torch.randn(b, h, length, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-    o = torch.empty_like(q)
-    for causal in (False, True):
-        ours = time_gpu(partial(flash_kernel, q, k, v, o, d**-0.5, 1, d, causal), reps=3)
-        theirs = time_gpu(
-            partial(F.scaled_dot_product_attention, q, k, v, is_causal=causal), reps=10
-        )
-        flops = 4 * b * h * length * length * d / (2 if causal else 1)
-        name = f"attention bf16{' causal' if causal else ''}"
-        rows.append(flops_row(name, f"B={b} H={h} L={length} D={d}", flops, ours, theirs))
+    # f32 at the CPU issue's shape; the GPU issue's: bf16, B=4, H=32, L=4096, D=128
+    # (SDPA picks its flash backend there)
+    for dtype, (b, h, length, d), reps in (
+        (torch.float32, (1, 8, 1024, 64), 5),
+        (torch.bfloat16, (4, 32, 4096, 128), 3),
+    ):
+        q, k, v = (torch.randn(b, h, length, d, device="cuda", dtype=dtype) for _ in range(3))
+        o = torch.empty_like(q)
+        for causal in (False, True):
+            ours = time_gpu(partial(flash_kernel, q, k, v, o, d**-0.5, 1, d, causal), reps=reps)
+            theirs = time_gpu(
+                partial(F.scaled_dot_product_attention, q, k, v, is_causal=causal), reps=10
+            )
+            flops = 4 * b * h * length * length * d / (2 if causal else 1)
+            kind = "f32" if dtype == torch.float32 else "bf16"
+            name = f"attention {kind}{' causal' if causal else ''}"
+            rows.append(flops_row(name, f"B={b} H={h} L={length} D={d}", flops, ours, theirs))
     rows.append(decode_row(copy_gbs))
     return rows
 
