@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 from kdsl.arguments import Signature, check_examples, fast_key, spec_of
-from kdsl.autotune.gpu import tune_gpu
-from kdsl.autotune.tuner import TuneReport, example_of, tune
+from kdsl.autotune.gpu import tune_on
+from kdsl.autotune.tuner import TuneReport, example_of
 from kdsl.config import CONFIG, dumps
 from kdsl.dispatch import CudaDispatch, TunedDispatch
 from kdsl.errors import KdslError, KernelArgumentError
@@ -487,16 +487,13 @@ class KernelFunction:
                 fix=f"call {self.name}.autotune(...) with arrays, or declare "
                 "@kd.kernel(examples=[{...}])",
             )
-        if target is cuda:
-            reports = [
-                tune_gpu(self, e, budget_s=budget, strategy=strategy, progress=progress)
-                for e in examples
-            ]
-        else:
-            reports = [
-                tune(self, e, budget_s=budget, strategy=strategy, jobs=jobs, progress=progress)
-                for e in examples
-            ]
+        where = (target or cpu).name
+        reports = [
+            tune_on(
+                where, self, e, budget_s=budget, strategy=strategy, jobs=jobs, progress=progress
+            )
+            for e in examples
+        ]
         with self._lock:  # new results: signatures look them up again
             self._fast.clear()
             self._fast_cuda.clear()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -34,6 +34,7 @@ from kdsl.autotune.tuner import (
     observe,
     progress_bar,
     record_best,
+    tune,
 )
 from kdsl.errors import ScheduleError
 from kdsl.specs import ArgExample, make_arguments
@@ -157,6 +158,21 @@ def tune_gpu(
     key = (kernel_identity(traced, space), target or gpu_target_key(), signature_key(names, specs))
     record_best(report, key)
     return report
+
+
+def tune_on(
+    target: str,
+    fn: KernelFunction,
+    example: Mapping[str, ArgExample],
+    *,
+    jobs: int | None = None,
+    **options: Any,
+) -> TuneReport:
+    """`tune` for target "cpu", `tune_gpu` for "cuda" (it compiles in this process: no
+    `jobs`); `options` are theirs (budget_s, strategy, seed, progress)."""
+    if target == "cuda":
+        return tune_gpu(fn, example, **options)
+    return tune(fn, example, jobs=jobs, **options)
 
 
 def _trial(

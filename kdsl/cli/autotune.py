@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import re
 
-from kdsl.autotune.gpu import tune_gpu
+from kdsl.autotune.gpu import tune_on
 from kdsl.autotune.keys import format_shape
 from kdsl.autotune.strategies import STRATEGIES
-from kdsl.autotune.tuner import TuneReport, tune
+from kdsl.autotune.tuner import TuneReport
 from kdsl.cli.common import UsageError, check_cache_dir, kernels_in
 from kdsl.cli.table import format_seconds, format_table
 from kdsl.kernel import KernelFunction
@@ -105,31 +105,19 @@ def run(ns: argparse.Namespace) -> int:
             "or declare @kd.kernel(examples=[...])"
         )
     # `tune`, not `kernel.autotune(**example)`: a kernel parameter may be named `budget`.
-    if ns.target == "cuda":
-        reports = [
-            tune_gpu(
-                kernel,
-                example,
-                budget_s=budget,
-                strategy=ns.strategy,
-                seed=ns.seed,
-                progress=not ns.no_progress,
-            )
-            for kernel, example in work
-        ]
-    else:
-        reports = [
-            tune(
-                kernel,
-                example,
-                budget_s=budget,
-                strategy=ns.strategy,
-                jobs=ns.jobs,
-                seed=ns.seed,
-                progress=not ns.no_progress,
-            )
-            for kernel, example in work
-        ]
+    reports = [
+        tune_on(
+            ns.target,
+            kernel,
+            example,
+            budget_s=budget,
+            strategy=ns.strategy,
+            jobs=ns.jobs,
+            seed=ns.seed,
+            progress=not ns.no_progress,
+        )
+        for kernel, example in work
+    ]
     print(summary(reports))
     if skipped:
         print(f"\nskipped (no examples; pass --shape): {', '.join(skipped)}")
