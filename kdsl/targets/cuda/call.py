@@ -178,8 +178,9 @@ class CudaSpecialization:
             if len(self.lean_grids) > 64:
                 self.lean_grids.clear()
             self.lean_grids[shape_key] = grids
-        if _overlaps(spans, self.written):
-            return self.run(args)
+        for name, lo, hi in spans:
+            if name in self.written and _meets(spans, name, lo, hi) is not None:
+                return self.run(args)
         driver.use_device(device)
         self._launch([*words, *scalars, 0, 0], grids, device, A.torch_stream(device))
         return None
@@ -294,6 +295,11 @@ class CudaSpecialization:
 
     def _check_writes(self, arrays: dict[str, A.DeviceArray]) -> None:
         """Written parameters must be writeable and share no memory with other arrays."""
+        spans = []
+        for n, a in arrays.items():
+            strides = a.strides or A._c_strides(a.shape, a.dtype.itemsize)
+            spans.append((n, *_span(a.ptr, a.shape, strides, a.dtype.itemsize)))
+        extents = {n: (lo, hi) for n, lo, hi in spans}
         for name in self.written:
             a = arrays[name]
             if a.readonly:
@@ -302,14 +308,14 @@ class CudaSpecialization:
                     kernel=self.name,
                     fix="pass a writeable copy",
                 )
-            for other, b in arrays.items():
-                if other != name and _overlap(a, b):
-                    raise KernelArgumentError(
-                        f"arguments '{name}' and '{other}' share memory, and the kernel "
-                        f"writes '{name}'",
-                        kernel=self.name,
-                        fix=f"pass a copy of '{other}' (e.g. {other}.clone())",
-                    )
+            other = _meets(spans, name, *extents[name])
+            if other is not None:
+                raise KernelArgumentError(
+                    f"arguments '{name}' and '{other}' share memory, and the kernel "
+                    f"writes '{name}'",
+                    kernel=self.name,
+                    fix=f"pass a copy of '{other}' (e.g. {other}.clone())",
+                )
 
     def _pack(self, words: list[object]) -> int:
         """The address of the argument pointers, in this thread's reusable buffers (the
@@ -368,20 +374,10 @@ def _span(ptr: int, shape: Sequence[int], strides: Sequence[int], size: int) -> 
     return lo, hi + size
 
 
-def _overlaps(spans: list[tuple[str, int, int]], written: list[str]) -> bool:
-    """Whether a written array's bytes meet another array's."""
-    for name, lo, hi in spans:
-        if name in written:
-            for other, lo2, hi2 in spans:
-                if other != name and lo < hi2 and lo2 < hi and lo < hi and lo2 < hi2:
-                    return True
-    return False
-
-
-def _overlap(a: A.DeviceArray, b: A.DeviceArray) -> bool:
-    def extent(x: A.DeviceArray) -> tuple[int, int]:
-        strides = x.strides or A._c_strides(x.shape, x.dtype.itemsize)
-        return _span(x.ptr, x.shape, strides, x.dtype.itemsize)
-
-    (lo, hi), (lo2, hi2) = extent(a), extent(b)
-    return lo < hi and lo2 < hi2 and lo < hi2 and lo2 < hi
+def _meets(spans: list[tuple[str, int, int]], name: str, lo: int, hi: int) -> str | None:
+    """The first other array whose bytes meet array `name`'s, [lo, hi) (spans: each
+    array's name and bytes), or None."""
+    for other, lo2, hi2 in spans:
+        if other != name and lo < hi2 and lo2 < hi and lo < hi and lo2 < hi2:
+            return other
+    return None
