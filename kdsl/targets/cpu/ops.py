@@ -87,7 +87,7 @@ def bf16_bits(x: float) -> int:
     return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) & 0xFFFF
 
 
-def _has_vrange(t: ir.Type) -> bool:
+def has_vrange(t: ir.Type) -> bool:
     """Whether vrangeps/pd (AVX-512DQ) takes vectors of type `t` (128, 256 or 512 bits)."""
     if not isinstance(t, ir.VectorType) or t.element not in (F32, F64):
         return False
@@ -259,7 +259,7 @@ class Ops:
         if op is BinaryOp.POW:
             return self.intrinsic(f"llvm.pow.{self.suffix(t)}", t, [a, c])
         if op in (BinaryOp.MAX, BinaryOp.MIN):
-            if _has_vrange(t):
+            if has_vrange(t):
                 return self._vrange_extreme(op, a, c)
             name = "maximum" if op is BinaryOp.MAX else "minimum"
             return self.intrinsic(f"llvm.{name}.{self.suffix(t)}", t, [a, c])
@@ -282,6 +282,31 @@ class Ops:
             args.append(ir.Constant(I32, 4))  # the current rounding mode (no override)
         ranged = self.intrinsic(f"llvm.x86.avx512.mask.range.{kind}.{bits}", t, args)
         return b.select(b.fcmp_unordered("uno", a, c), b.fadd(a, c), ranged)
+
+    def extreme_of_lanes(self, op: BinaryOp, v: ir.Value) -> ir.Value | None:
+        """The IEEE maximum/minimum of a float vector's lanes, or None without vrange for
+        its width and for 128 bits (AVX-512DQ, and VL under 512 bits): halves
+        folded together down to 128 bits, then lanes shifted down within them, each step
+        one _vrange_extreme; LLVM's llvm.vector.reduce.fmaximum orders zeros and NaNs
+        lane by lane in scalar code (about 50 instructions for 16 lanes, against 16)."""
+        b = self.b
+        lanes, width = v.type.count, v.type.count
+        smallest = 4 if v.type.element == F32 else 2  # lanes of a 128-bit vector
+        if not (has_vrange(v.type) and has_vrange(ir.VectorType(v.type.element, smallest))):
+            return None
+        while lanes > smallest:
+            lanes //= 2
+            low, high = (
+                b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, lanes), list(idx)))
+                for idx in (range(lanes), range(lanes, 2 * lanes))
+            )
+            v, width = self._vrange_extreme(op, low, high), lanes
+        while lanes > 1:
+            lanes //= 2
+            down = [min(n + lanes, width - 1) for n in range(width)]
+            mask = ir.Constant(ir.VectorType(I32, width), down)
+            v = self._vrange_extreme(op, v, b.shuffle_vector(v, v, mask))
+        return b.extract_element(v, ir.Constant(I32, 0))
 
     def _float_divmod(self, a: ir.Value, c: ir.Value) -> tuple[ir.Value, ir.Value]:
         """NumPy's npy_divmod: floor quotient and remainder with the divisor's sign."""

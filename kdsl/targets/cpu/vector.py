@@ -269,6 +269,8 @@ class _VectorLoop:
             kind = "fadd" if op is BinaryOp.ADD else "fmul"
             start = constant(_identity(op, d), d)
             return ops.intrinsic(name.format(kind), t, [start, v], flags=("reassoc",))
+        if d.is_float and (folded := ops.extreme_of_lanes(op, v)) is not None:
+            return folded
         if d.is_float:
             kind = "fmaximum" if op is BinaryOp.MAX else "fminimum"
         elif op in (BinaryOp.MAX, BinaryOp.MIN):
