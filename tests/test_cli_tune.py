@@ -98,6 +98,19 @@ def test_autotune_uses_declared_examples_then_cache_lists_them(capsys, kernels_f
 
 
 @pytest.mark.usefixtures("cache_dir")
+def test_a_kernel_bound_to_two_names_is_tuned_once(capsys, tmp_path: Path) -> None:
+    """(kernels/matvec.py binds its last kernel to a loop variable too)"""
+    path = tmp_path / "aliased.py"
+    path.write_text(KERNELS + "\nalias = cli_affine\n")
+    code, out, err = kdsl_cli(capsys, "autotune", path, *QUICK)
+    assert code == 0, err
+    assert [line.split()[0] for line in out.splitlines()[2:] if line.strip()][:2] == [
+        "cli_affine",
+        "skipped",
+    ]
+
+
+@pytest.mark.usefixtures("cache_dir")
 def test_kernel_parameter_may_share_an_option_name(capsys, kernels_file) -> None:
     target = f"{kernels_file}:cli_budget"  # its parameter `budget` is not --budget
     code, out, err = kdsl_cli(

@@ -82,12 +82,13 @@ def _put_on_path(folder: str) -> None:
 
 def kernels_in(target: str) -> list[KernelFunction]:
     """The kernels a target names: `where:NAME` is one; a file or module is all of its
-    kernels (in definition order)."""
+    kernels (in definition order, each once: a module may bind one to several names)."""
     where, colon, name = target.rpartition(":")
     if colon and name:
         return [load_kernel(target)]
     module = _load_module(target.rstrip(":"))
-    kernels = [v for v in vars(module).values() if isinstance(v, KernelFunction)]
+    found = {id(v): v for v in vars(module).values() if isinstance(v, KernelFunction)}
+    kernels = list(found.values())
     if not kernels:
         raise UsageError(f"{target} defines no kdsl kernels (decorate them with @kd.kernel)")
     return kernels
