@@ -253,6 +253,20 @@ def machine() -> str:
     )
 
 
+def tuning() -> str:
+    """The tuning results kernel calls could take: the cache directory's database, and
+    the rows kdsl ships for this CPU (kdsl/autotune/shipped.py)."""
+    from kdsl.autotune import registry, shipped
+    from kdsl.autotune.keys import target_key
+
+    own = len(registry.database().entries())
+    ships = len(shipped.entries(target_key()))
+    return (
+        f"{own} rows in the cache directory's database, {ships} shipped with kdsl for this CPU "
+        "(library calls of a tuned signature take the nearest tuned shape's params)"
+    )
+
+
 def markdown(rows: Sequence[Row], title: str, notes: Sequence[str]) -> str:
     """The results as a Markdown page: title, date, machine, an aligned table, notes."""
     table = [HEADER] + [r.cells() for r in rows]
@@ -266,7 +280,8 @@ def markdown(rows: Sequence[Row], title: str, notes: Sequence[str]) -> str:
         f"# {title}",
         "",
         f"Date: {now}  ",
-        f"Machine: {machine()}",
+        f"Machine: {machine()}  ",
+        f"Tuning: {tuning()}",
         "",
         line(HEADER),
         "|" + "|".join("-" * (w + 2) for w in widths) + "|",

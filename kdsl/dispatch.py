@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from kdsl.autotune import registry
+from kdsl.autotune import registry, shipped
 from kdsl.autotune.database import Entry, nearest
 from kdsl.autotune.gpu import gpu_target_key
 from kdsl.autotune.keys import (
@@ -71,11 +71,13 @@ class _ByShape(Generic[_Built]):
         entry = nearest(self._entries(shape, args), shape)
         if entry is None:
             config, source = {}, "untuned (default params)"
-        elif entry.shape == shape:
-            config, source = entry.config, f"tuned{self.target}"
         else:
-            nearby = format_shape(entry.shape)
-            config, source = entry.config, f"nearest tuned shape {nearby}{self.target}"
+            where = self.target + (" (shipped with kdsl)" if entry.source == shipped.SOURCE else "")
+            if entry.shape == shape:
+                config, source = entry.config, f"tuned{where}"
+            else:
+                nearby = format_shape(entry.shape)
+                config, source = entry.config, f"nearest tuned shape {nearby}{where}"
         self.fn.tuning[format_shape(shape)] = source
         known = self._variants.get(config_key(config))
         if known is not None:

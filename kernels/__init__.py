@@ -6,6 +6,9 @@ example shapes for `kdsl autotune`, and a public function that allocates the out
 when `out=` is not given.
 """
 
+import importlib
+import pkgutil
+
 from kdsl.kernels.attention import attention
 from kdsl.kernels.matmul import matmul
 from kdsl.kernels.matvec import matvec
@@ -19,6 +22,8 @@ from kdsl.kernels.quant import (
     quantize_q8_0,
 )
 from kdsl.kernels.softmax import softmax
+
+from kdsl.kernel import KernelFunction
 
 __all__ = [
     "QTensor",
@@ -34,3 +39,19 @@ __all__ = [
     "rmsnorm",
     "softmax",
 ]
+
+
+def module_names() -> list[str]:
+    """The library's public modules (kdsl.kernels.attention, …): what
+    benchmarks/ship_tuning.py tunes for the tuning kdsl ships."""
+    found = pkgutil.iter_modules(__path__, f"{__name__}.")
+    return [m.name for m in found if not m.name.rsplit(".", 1)[1].startswith("_")]
+
+
+def kernel_functions() -> dict[str, KernelFunction]:
+    """Every kernel of those modules, by name."""
+    kernels = {}
+    for name in module_names():
+        module = importlib.import_module(name)
+        kernels.update({k.name: k for k in vars(module).values() if isinstance(k, KernelFunction)})
+    return kernels

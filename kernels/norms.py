@@ -7,17 +7,19 @@ from kdsl.kernels._rows import over_rows
 
 import kdsl as kd
 
-_ROWS = (4096, 1024)
+# one shape in the L3 and one in DRAM (see softmax.py's EXAMPLES)
+_ROWS = ((4096, 1024), (16384, 4096))
 
 
 @kd.kernel(
     examples=[
         {
-            "x": kd.spec(_ROWS, kd.f32),
-            "w": kd.spec(_ROWS[1:], kd.f32),
+            "x": kd.spec(rows, kd.f32),
+            "w": kd.spec(rows[1:], kd.f32),
             "eps": 1e-5,
-            "y": kd.spec(_ROWS, kd.f32),
+            "y": kd.spec(rows, kd.f32),
         }
+        for rows in _ROWS
     ]
 )
 def rmsnorm_rows(x, w, eps, y):
@@ -50,12 +52,13 @@ def next_row_ahead(s, output_loop: str) -> None:
 @kd.kernel(
     examples=[
         {
-            "x": kd.spec(_ROWS, kd.f32),
-            "w": kd.spec(_ROWS[1:], kd.f32),
-            "b": kd.spec(_ROWS[1:], kd.f32),
+            "x": kd.spec(rows, kd.f32),
+            "w": kd.spec(rows[1:], kd.f32),
+            "b": kd.spec(rows[1:], kd.f32),
             "eps": 1e-5,
-            "y": kd.spec(_ROWS, kd.f32),
+            "y": kd.spec(rows, kd.f32),
         }
+        for rows in _ROWS
     ]
 )
 def layernorm_rows(x, w, b, eps, y):

@@ -164,7 +164,7 @@ class TuningDB:
         The whole file is checked first: a bad file raises DatabaseError and imports nothing.
         Imported rows get source "import"; returns how many.
         """
-        entries = _read_export(os.fspath(path))
+        entries = read_export(os.fspath(path))
         rows = [_to_row(e) for e in entries]
         self._run(lambda db: _write(db, rows))
         return len(rows)
@@ -414,7 +414,10 @@ _FIELD_CHECKS: dict[str, tuple[Callable[[object], bool], str]] = {
 }
 
 
-def _read_export(path: str) -> list[Entry]:
+def read_export(path: str, source: str = "import") -> list[Entry]:
+    """The entries of a file written by `export` (each with `source`); DatabaseError if any
+    part of it is not valid."""
+
     def bad(what: str) -> DatabaseError:
         return DatabaseError(
             f"the tuning export '{path}' is not valid: {what}; nothing was imported",
@@ -448,5 +451,5 @@ def _read_export(path: str) -> list[Entry]:
         fields = {name: item[name] for name in _FIELD_CHECKS}
         fields["shape"] = tuple(tuple(dims) for dims in item["shape"])
         fields["time_s"] = float(item["time_s"])
-        entries.append(Entry(**fields, source="import"))
+        entries.append(Entry(**fields, source=source))
     return entries

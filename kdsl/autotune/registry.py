@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import warnings
 
+from kdsl.autotune import shipped
 from kdsl.autotune.database import DatabaseError, Entry, TuningDB
 from kdsl.config import cache_root
 
@@ -30,7 +31,8 @@ def database() -> TuningDB:
 
 
 def lookup(kernel_id: str, target: str, signature: str) -> list[Entry]:
-    """Every tuned shape of this kernel signature (memoized for the process)."""
+    """Every tuned shape of this kernel signature (memoized for the process): the
+    database's, or where it has none, those shipped with kdsl (`shipped.py`)."""
     global _broken
     key = (kernel_id, target, signature)
     found = _memo.get(key)
@@ -47,6 +49,7 @@ def lookup(kernel_id: str, target: str, signature: str) -> list[Entry]:
                 RuntimeWarning,
                 stacklevel=2,
             )
+    found = found or shipped.lookup(*key)
     _memo[key] = found
     return found
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from tqdm import tqdm
 
     from kdsl.kernel import KernelFunction
+    from kdsl.trace.tracer import ArgSpec
 
 SLOW_CUTOFF = 2.0  # stop measuring a candidate once it is this much slower than the best
 CONFIRM = 3  # how many of the fastest are measured again at the end
@@ -170,28 +171,49 @@ def record_best(report: TuneReport, key: tuple[str, str, str]) -> bool:
     return True
 
 
+def example_key(fn: KernelFunction, example: Mapping[str, ArgExample]) -> tuple[str, str, str]:
+    """Where the tuning database files `fn`'s results for `example` on this CPU: the
+    kernel's identity, the target, the argument signature."""
+    specs, _ = _example_specs(fn, example_values(fn, example))
+    traced = fn.trace(specs)
+    return _key(fn, specs, traced, fn.search_space(traced))
+
+
+def _example_specs(
+    fn: KernelFunction, examples: Sequence[ArgExample]
+) -> tuple[tuple[ArgSpec, ...], list[object]]:
+    # Only shapes and dtypes are needed here: the measuring process makes the data.
+    placeholders = [
+        np.empty(e.shape, e.dtype.to_numpy()) if isinstance(e, Spec) else e for e in examples
+    ]
+    return fn._specs(placeholders, {})
+
+
+def _key(
+    fn: KernelFunction,
+    specs: tuple[ArgSpec, ...],
+    traced: Kernel,
+    space: Mapping[str, Sequence[object]],
+) -> tuple[str, str, str]:
+    return (
+        kernel_identity(traced, space),
+        target_key(),
+        signature_key(fn.signature.names, specs),
+    )
+
+
 class _Session:
     """One tuning run: a kernel, an example, a budget."""
 
     def __init__(self, fn: KernelFunction, example: Mapping[str, ArgExample], jobs: int) -> None:
         self.fn = fn
-        names = fn.signature.names
         self.examples = example_values(fn, example)
-        # Only shapes and dtypes are needed here: the measuring process makes the data.
-        placeholders = [
-            np.empty(e.shape, e.dtype.to_numpy()) if isinstance(e, Spec) else e
-            for e in self.examples
-        ]
-        specs, bound = fn._specs(placeholders, {})
+        specs, bound = _example_specs(fn, self.examples)
         self.shape = shape_of(bound)
         self.traced = fn.trace(specs)
         self.layout = fn.call_layout(specs, self.traced)
         self.space = fn.search_space(self.traced)
-        self.key = (
-            kernel_identity(self.traced, self.space),
-            target_key(),
-            signature_key(names, specs),
-        )
+        self.key = _key(fn, specs, self.traced, self.space)
         self.pool = WorkerPool(jobs) if jobs else None
         self.measured: dict[str, tuple[Config, Candidate]] = {}  # key → first config, code
 

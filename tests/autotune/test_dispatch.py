@@ -47,24 +47,27 @@ def arrays(n: int) -> tuple[np.ndarray, np.ndarray]:
     return x, np.zeros(n, np.float32)
 
 
-def record(kernel: KernelFunction, args: Sequence[object], config: dict[str, object]) -> None:
-    """File a tuning result for the kernel at the shapes of `args`, as the tuner would."""
+def entry_for(kernel: KernelFunction, args: Sequence[object], config: dict[str, object]) -> Entry:
+    """A tuning result for the kernel at the shapes of `args`, as the tuner files it."""
     specs, _ = kernel._specs(args, {})
     traced = kernel.trace(specs)
-    registry.record(
-        Entry(
-            kernel_id=kernel_identity(traced, kernel.search_space(traced)),
-            kernel_name=kernel.name,
-            target=target_key(),
-            signature=signature_key(kernel.signature.names, specs),
-            shape=shape_of(args),
-            config=config,
-            time_s=1e-6,
-            default_time_s=2e-6,
-            kdsl_version=VERSION,
-            created=time.time(),
-        )
+    return Entry(
+        kernel_id=kernel_identity(traced, kernel.search_space(traced)),
+        kernel_name=kernel.name,
+        target=target_key(),
+        signature=signature_key(kernel.signature.names, specs),
+        shape=shape_of(args),
+        config=config,
+        time_s=1e-6,
+        default_time_s=2e-6,
+        kdsl_version=VERSION,
+        created=time.time(),
     )
+
+
+def record(kernel: KernelFunction, args: Sequence[object], config: dict[str, object]) -> None:
+    """File a tuning result for the kernel at the shapes of `args`, as the tuner would."""
+    registry.record(entry_for(kernel, args, config))
 
 
 def test_untuned_shape_uses_nearest_tuned_shape() -> None:

@@ -1,0 +1,123 @@
+"""Tune the kernel library on this machine and write the results kdsl ships for it:
+`python benchmarks/ship_tuning.py [--budget 20s]`.
+
+Runs `kdsl autotune` on the library's modules (every kernel, its declared example shapes)
+in an empty cache directory, then times each result's best config against the default
+params again, the two taking turns (the tuner times configs one after another, and this
+machine's memory speed drifts between runs: a 20% "gain" can be the drift); keeps those
+at least MARGIN faster (a config within the noise of the default is not worth shipping:
+"nearest tuned shape" would carry it to shapes nobody measured), with the other shapes
+of their signatures as default-params rows (`ship`), and writes them to
+kdsl/autotune/tuned/<cpu>.json, where calls on a machine with the same CPU model and
+features find them when the user's own database has no row (kdsl/autotune/shipped.py). Rerun after changing a library kernel: its content hash
+changes, and `tests/autotune/test_shipped.py` says which shipped rows went stale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from kdsl.kernels import kernel_functions, module_names
+
+from kdsl.autotune.database import Entry, TuningDB
+from kdsl.autotune.keys import format_shape, shape_of, target_key
+from kdsl.autotune.registry import DB_NAME
+from kdsl.autotune.shipped import SHIPPED_DIR
+from kdsl.autotune.tuner import example_key, example_values
+from kdsl.kernel import KernelFunction
+from kdsl.specs import Spec
+
+MARGIN = 0.05  # the best config must take at most 95% of the default params' time
+TURNS = 15  # timed runs of each config, alternating
+
+
+def confirmed_speedup(fn: KernelFunction, entry: Entry) -> float:
+    """The default params' median time over the entry's config's, taking turns, on
+    random data of the entry's example."""
+    key = (entry.kernel_id, entry.target, entry.signature)
+    rng = np.random.default_rng(0)
+    for example in fn.examples:
+        values = [
+            rng.standard_normal(v.shape).astype(v.dtype.to_numpy()) if isinstance(v, Spec) else v
+            for v in example_values(fn, example)
+        ]
+        specs, bound = fn._specs(values, {})
+        if shape_of(bound) == entry.shape and example_key(fn, example) == key:
+            break
+    else:
+        raise LookupError(f"no example of {fn.name} has the tuned shape {entry.shape}")
+    traced = fn.trace(specs)
+    layout = fn.call_layout(specs, traced)
+    default, best = (fn.build(traced, layout, config) for config in ({}, entry.config))
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(TURNS + 1):  # the first turn warms up
+        for spent, spec in zip(times, (default, best)):
+            start = time.perf_counter()
+            spec.run(bound)
+            spent.append(time.perf_counter() - start)
+    return statistics.median(times[0][1:]) / statistics.median(times[1][1:])
+
+
+def ship(tuned: list[Entry], kernels: dict[str, KernelFunction]) -> list[Entry]:
+    """The rows to ship: every tuned shape of a kernel signature where some shape's best
+    config was confirmed faster, the others with the default params (an empty config):
+    a call takes the nearest tuned shape's config, so a signature's one shipped shape
+    would otherwise carry its config to every shape of that signature."""
+    confirmed: list[Entry] = []
+    for e in tuned:
+        faster = e.default_time_s is not None and e.time_s <= (1 - MARGIN) * e.default_time_s
+        again = confirmed_speedup(kernels[e.kernel_name], e) if faster else 1.0
+        if again >= 1 / (1 - MARGIN):
+            confirmed.append(e)
+        tuner = f"{e.default_time_s / e.time_s:.2f}×" if e.default_time_s else "-"
+        print(
+            f"{e.kernel_name} {format_shape(e.shape)}: tuner {tuner}, taking turns "
+            f"{again:.2f}× {e.config}{' (shipped)' if e in confirmed else ''}"
+        )
+    signatures = {(e.kernel_id, e.signature) for e in confirmed}
+    return [
+        e if e in confirmed else dataclasses.replace(e, config={})
+        for e in tuned
+        if (e.kernel_id, e.signature) in signatures
+    ]
+
+
+def shipped_path() -> Path:
+    """This machine's file: the target key's CPU model and feature digest."""
+    _, cpu, digest = target_key().split("/")
+    return SHIPPED_DIR / f"{cpu}-{digest}.json"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", default="20s", help="per kernel and shape (default 20s)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "KDSL_CACHE_DIR": cache}
+        command = [sys.executable, "-m", "kdsl", "autotune", *module_names()]
+        subprocess.run([*command, "--budget", args.budget, "--no-progress"], env=env, check=True)
+        tuned = TuningDB(Path(cache) / DB_NAME).entries()
+        shipped = ship(tuned, kernel_functions())
+        out = TuningDB(Path(cache) / "shipped.sqlite")
+        for e in shipped:
+            out.record(e)
+        path = shipped_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        out.export(path)
+        out.close()
+    gains = sum(bool(e.config) for e in shipped)
+    print(f"wrote {len(shipped)} rows ({gains} with params of their own) to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

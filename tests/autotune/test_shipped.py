@@ -1,0 +1,106 @@
+"""Tuning shipped with kdsl (kdsl/autotune/tuned/*.json): a call whose signature has no
+row in the user's database takes the shipped row of its key, the user's own tuning wins
+over it, a shipped file that can't be read is left out with a warning, and every row
+shipped for this machine belongs to a current library kernel (else it went stale)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from kdsl.kernels import kernel_functions
+
+from kdsl.autotune import registry, shipped
+from kdsl.autotune.database import TuningDB
+from kdsl.autotune.keys import target_key
+from kdsl.autotune.tuner import example_key
+from kdsl.kernel import KernelFunction
+from tests.autotune.test_dispatch import affine_kernel, arrays, entry_for
+
+
+@pytest.fixture
+def shipped_dir(tmp_path, monkeypatch, cache_dir):
+    """An empty folder of shipped files, read afresh, and an empty user database."""
+    folder = tmp_path / "tuned"
+    folder.mkdir()
+    monkeypatch.setattr(shipped, "SHIPPED_DIR", folder)
+    shipped.forget()
+    yield folder
+    shipped.forget()
+
+
+def ship(folder: Path, kernel: KernelFunction, args, config: dict[str, object]) -> None:
+    """A shipped file with one row: `config` for the kernel at the shapes of `args`."""
+    db = TuningDB(folder.parent / "to-ship.sqlite")
+    db.record(entry_for(kernel, args, config))
+    db.export(folder / "machine.json")
+    db.close()
+
+
+def test_a_shipped_row_serves_a_signature_the_database_has_no_row_for(shipped_dir):
+    kernel = affine_kernel("shipped_serves")
+    ship(shipped_dir, kernel, arrays(4096), {"f": 256})
+    x, y = arrays(3000)
+    kernel(x, y)
+    np.testing.assert_allclose(y, x * 2.0 + 0.5, rtol=1e-6)
+    assert kernel.stats()["tuning"] == {
+        "3000, 3000": "nearest tuned shape 4096, 4096 (shipped with kdsl)"
+    }
+    assert kernel.schedule_of(x, y).chosen == {"f": 256}  # not the first choice, 16
+
+
+def test_the_users_own_tuning_wins_over_a_shipped_row(shipped_dir):
+    kernel = affine_kernel("shipped_loses")
+    x, y = arrays(1000)
+    ship(shipped_dir, kernel, (x, y), {"f": 256})
+    registry.record(entry_for(kernel, (x, y), {"f": 64}))
+    kernel(x, y)
+    assert kernel.stats()["tuning"] == {"1000, 1000": "tuned"}
+    assert kernel.schedule_of(x, y).chosen == {"f": 64}
+
+
+def test_an_unreadable_shipped_file_is_left_out_with_one_warning(shipped_dir):
+    (shipped_dir / "broken.json").write_text('{"kdsl_tuning_export": 1, "entries": [3]}')
+    kernel = affine_kernel("shipped_broken")
+    x, y = arrays(100)
+    with pytest.warns(RuntimeWarning, match="left out a shipped tuning file.*broken.json"):
+        kernel(x, y)
+    np.testing.assert_allclose(y, x * 2.0 + 0.5, rtol=1e-6)
+    assert kernel.stats()["tuning"] == {}  # no tuning known: the plain call path
+    assert kernel.schedule_of(x, y).chosen == {"f": 16}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # read once per process
+        affine_kernel("shipped_broken_2")(x, y)
+
+
+def _library_keys() -> set[tuple[str, str, str]]:
+    """The tuning keys of every library kernel's declared examples on this CPU."""
+    return {
+        example_key(kernel, example)
+        for kernel in kernel_functions().values()
+        for example in kernel.examples
+    }
+
+
+def test_every_row_shipped_for_this_machine_is_a_current_library_kernel():
+    """A library kernel whose traced IR or search space changed has a new identity: its
+    shipped rows then serve nothing, silently. Rerun `python benchmarks/ship_tuning.py`."""
+    files = sorted(shipped.SHIPPED_DIR.glob("*.json"))
+    rows = [
+        entry
+        for path in files
+        for entry in json.loads(path.read_text())["entries"]
+        if entry["target"] == target_key()
+    ]
+    if not rows:
+        pytest.skip(f"kdsl ships no tuning for this CPU ({target_key()})")
+    live = _library_keys()
+    stale = [
+        f"{r['kernel_name']} {r['shape']}"
+        for r in rows
+        if (r["kernel_id"], r["target"], r["signature"]) not in live
+    ]
+    assert not stale, f"stale shipped tuning (rerun benchmarks/ship_tuning.py): {stale}"
