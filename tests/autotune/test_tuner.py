@@ -11,14 +11,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 import pytest
 
 import kdsl as kd
 from kdsl.autotune import registry
+from kdsl.autotune.measure import Outcome
 from kdsl.autotune.strategies import config_key, space_size
-from kdsl.autotune.tuner import TuneReport, tune
+from kdsl.autotune.tuner import TuneReport, _confirm, tune
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -199,3 +200,28 @@ def test_example_order_does_not_matter() -> None:
     mixed = {"y": kd.spec((40, 7), kd.f32), "x": kd.spec((7, 40), kd.f32)}
     with pytest.raises(kd.KdslError, match="reference run failed.*ShapeError"):  # x, y disagree
         tune(tuner_refusals, mixed, budget_s=30, jobs=0, progress=False)
+
+
+class _Turns:
+    """A measurer whose times come from a table (one per candidate), as if each config's
+    speed were steady while the search had timed them at different moments."""
+
+    def __init__(self, seconds: dict[str, float]) -> None:
+        self.seconds = seconds
+
+    def measure(self, candidate: str, *_: object) -> Outcome:
+        return Outcome("ok", self.seconds[candidate])
+
+
+def test_the_winner_is_ranked_by_the_final_turns_alone() -> None:
+    """The search timed "fast" in a fast moment (1 ms) and the default in a slow one;
+    taking turns at the end, "steady" is the faster and "fast" the slowest: the earlier
+    times must not decide."""
+    space = {"p": ("default", "fast", "steady")}
+    session = SimpleNamespace(measured={p: ({"p": p}, p) for p in space["p"]})
+    report = TuneReport("k", ((8,),), space)
+    searched = {"default": 3e-3, "fast": 1e-3, "steady": 2e-3}
+    turns = _Turns({"default": 2e-3, "fast": 2.5e-3, "steady": 1.5e-3})
+    _confirm(session, turns, searched, report, 0.01)  # type: ignore[arg-type]
+    assert report.best == {"p": "steady"} and report.best_time_s == 1.5e-3
+    assert report.default_time_s == 2e-3
