@@ -6,9 +6,9 @@ import argparse
 import json
 import time
 
-from kdsl.autotune import registry
+from kdsl.autotune import registry, shipped
 from kdsl.autotune.database import Entry
-from kdsl.autotune.keys import format_shape
+from kdsl.autotune.keys import format_shape, target_key
 from kdsl.cli.common import UsageError, check_cache_dir
 from kdsl.cli.table import format_seconds, format_table
 from kdsl.config import cache_root
@@ -44,6 +44,11 @@ def _list(ns: argparse.Namespace) -> int:
     objects, size = STORE.count()
     print(f"cache directory: {cache_root()}")
     print(f"compiled objects: {objects} ({size / 1e6:.1f} MB)")
+    ships = len(shipped.entries(target_key()))
+    print(
+        f"shipped with kdsl for this CPU: {ships} tuning results ({shipped.SHIPPED_DIR}; "
+        "a signature takes them where the database has none)"
+    )
     if not entries:
         print("tuning results: none (run `kdsl autotune`)")
         return 0

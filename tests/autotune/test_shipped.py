@@ -104,3 +104,13 @@ def test_every_row_shipped_for_this_machine_is_a_current_library_kernel():
         if (r["kernel_id"], r["target"], r["signature"]) not in live
     ]
     assert not stale, f"stale shipped tuning (rerun benchmarks/ship_tuning.py): {stale}"
+
+
+def test_cache_list_counts_the_rows_shipped_for_this_cpu(shipped_dir, capsys):
+    from kdsl.cli import main
+
+    kernel = affine_kernel("shipped_listed")
+    ship(shipped_dir, kernel, arrays(64), {"f": 64})
+    assert main(["cache", "list"]) == 0
+    out = capsys.readouterr().out
+    assert f"shipped with kdsl for this CPU: 1 tuning results ({shipped_dir}" in out
