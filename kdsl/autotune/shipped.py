@@ -38,13 +38,13 @@ def _by_key() -> dict[Key, list[Entry]]:
     rows: defaultdict[Key, list[Entry]] = defaultdict(list)
     for path in sorted(SHIPPED_DIR.glob("*.json")):
         try:
-            entries = read_export(str(path), source=SOURCE)
+            found = read_export(str(path), source=SOURCE)
         except DatabaseError as exc:
             warnings.warn(
                 f"kdsl: left out a shipped tuning file: {exc}", RuntimeWarning, stacklevel=4
             )
             continue
-        for entry in entries:
+        for entry in found:
             rows[(entry.kernel_id, entry.target, entry.signature)].append(entry)
     return dict(rows)
 
