@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import os
+import traceback
 
 import numpy as np
 import pytest
@@ -381,6 +383,19 @@ def test_cuda_call_without_a_gpu_names_the_extra(monkeypatch):
 
 
 # ------------------------------------------------------------------------- BoundsError
+
+
+def test_an_error_of_a_cached_call_shows_no_kdsl_internals():
+    """A signature already run takes the fast path of KernelFunction's call; its errors,
+    like the careful path's, carry no frames from under kdsl's entry point."""
+    kernel = _doubler_here()
+    kernel(f32(3), f32(3))
+    with pytest.raises(kd.ShapeError, match="x.shape") as info:
+        kernel(f32(3), f32(4))
+    frames = traceback.extract_tb(info.value.__traceback__)
+    inside = [f for f in frames if f"kdsl{os.sep}" in f.filename]
+    assert inside and all(f.filename.endswith(f"kdsl{os.sep}kernel.py") for f in inside)
+    assert kernel.stats()["specializations"] == 1
 
 
 def test_checks_turn_out_of_bounds_into_index_error():
