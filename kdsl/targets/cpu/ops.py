@@ -272,7 +272,7 @@ class Ops:
         vrange orders -0.0 below +0.0 as IEEE does but, given one NaN, returns the other
         operand, so where either is NaN an add (which returns its NaN) takes its place.
         LLVM lowers llvm.maximum to six (two blends to order the zeros, a compare and a
-        blend for NaN): the max pass of a softmax row is a third faster this way."""
+        blend for NaN): softmax 4096×1024 ran 1.04–1.05× faster this way (A/B, Zen 4)."""
         b, t = self.b, a.type
         kind, bits = ("ps", 32 * t.count) if t.element == F32 else ("pd", 64 * t.count)
         imm = 0b0101 if op is BinaryOp.MAX else 0b0100  # max or min; the sign as compared
@@ -285,9 +285,9 @@ class Ops:
 
     def extreme_of_lanes(self, op: BinaryOp, v: ir.Value) -> ir.Value | None:
         """The IEEE maximum/minimum of a float vector's lanes, or None without vrange for
-        its width and for 128 bits (AVX-512DQ, and VL under 512 bits): halves
-        folded together down to 128 bits, then lanes shifted down within them, each step
-        one _vrange_extreme; LLVM's llvm.vector.reduce.fmaximum orders zeros and NaNs
+        its width and for 128 bits (AVX-512DQ, and VL under 512 bits): halves folded
+        together down to 128 bits, then lanes shifted down within them, each step one
+        _vrange_extreme; LLVM's llvm.vector.reduce.fmaximum orders zeros and NaNs
         lane by lane in scalar code (about 50 instructions for 16 lanes, against 16)."""
         b = self.b
         lanes, width = v.type.count, v.type.count
