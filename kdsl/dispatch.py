@@ -16,14 +16,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from kdsl.autotune import registry, shipped
 from kdsl.autotune.database import Entry, nearest
 from kdsl.autotune.gpu import gpu_target_key
-from kdsl.autotune.keys import (
-    Shape,
-    format_shape,
-    kernel_identity,
-    shape_of,
-    signature_key,
-    target_key,
-)
+from kdsl.autotune.keys import Shape, format_shape, shape_of, target_key, tuning_key
 from kdsl.autotune.strategies import config_key
 from kdsl.autotune.tuner import example_of, tune
 from kdsl.errors import ScheduleError
@@ -109,11 +102,8 @@ def _tuning_key(
     space = fn.search_space(traced, cuda if on_gpu else cpu)
     if not space:
         return None
-    return (
-        kernel_identity(traced, space),
-        gpu_target_key() if on_gpu else target_key(),
-        signature_key(fn.signature.names, specs),
-    )
+    target = gpu_target_key() if on_gpu else target_key()
+    return tuning_key(fn.signature.names, specs, traced, space, target)
 
 
 class TunedDispatch(_ByShape[Specialization]):

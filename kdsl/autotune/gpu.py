@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from kdsl import types as T
-from kdsl.autotune.keys import kernel_identity, shape_of, signature_key
-from kdsl.autotune.measure import compare
+from kdsl.autotune.keys import shape_of, tuning_key
+from kdsl.autotune.measure import compare, returned
 from kdsl.autotune.strategies import Config, make_strategy
 from kdsl.autotune.tuner import (
     Trial,
@@ -91,10 +91,8 @@ class GpuBench:
 
     def outputs(self, spec: CudaSpecialization, config: Config) -> list[np.ndarray]:
         args, buffers = self._upload()
-        result = spec.run(args)
-        results = [] if result is None else list(result if isinstance(result, tuple) else [result])
         out = []
-        for buffer in [*buffers, *results]:
+        for buffer in [*buffers, *returned(spec.run(args))]:
             host = np.empty(buffer.shape, buffer.dtype.to_numpy())  # type: ignore[union-attr]
             buffer.copy_to(host)  # type: ignore[union-attr]
             out.append(host)
@@ -155,8 +153,7 @@ def tune_gpu(
     finally:
         bar.close()
     report.elapsed_s = time.perf_counter() - started
-    key = (kernel_identity(traced, space), target or gpu_target_key(), signature_key(names, specs))
-    record_best(report, key)
+    record_best(report, tuning_key(names, specs, traced, space, target or gpu_target_key()))
     return report
 
 
@@ -219,6 +216,5 @@ def _on_the_cpu(fn: KernelFunction, host: Sequence[object]) -> list[np.ndarray]:
     from kdsl.kernel import cpu
 
     args = [a.copy() if isinstance(a, np.ndarray) else a for a in host]
-    result = fn[cpu](*args)
-    results = [] if result is None else list(result if isinstance(result, tuple) else [result])
+    results = returned(fn[cpu](*args))
     return [a for a in args if isinstance(a, np.ndarray)] + [np.asarray(r) for r in results]

@@ -30,6 +30,18 @@ def kernel_identity(traced: Kernel, space: Mapping[str, Sequence[object]]) -> st
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+def tuning_key(
+    names: Sequence[str],
+    specs: Sequence[ArgSpec],
+    traced: Kernel,
+    space: Mapping[str, Sequence[object]],
+    target: str,
+) -> tuple[str, str, str]:
+    """What the tuning database files a kernel signature's results under: the kernel's
+    identity, the target (`target_key()`, or a GPU's), the signature."""
+    return kernel_identity(traced, space), target, signature_key(names, specs)
+
+
 def target_key(target: str = "cpu") -> str:
     features = llvm.get_host_cpu_features().flatten()
     digest = hashlib.sha256(features.encode()).hexdigest()[:8]

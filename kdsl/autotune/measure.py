@@ -19,6 +19,7 @@ import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -73,6 +74,13 @@ def _tolerance(dtype: np.dtype) -> float:  # type: ignore[type-arg]
     return {8: 1e-9, 4: 1e-3}.get(dtype.itemsize, 3e-2)  # f16/bf16: a few ulps of 8 bits
 
 
+def returned(result: object) -> list[Any]:
+    """What a kernel call returned, as a list: nothing, one result, or a tuple of them."""
+    if result is None:
+        return []
+    return list(result) if isinstance(result, tuple) else [result]
+
+
 def compare(got: Sequence[np.ndarray], want: Sequence[np.ndarray]) -> str | None:
     """Where `got` differs from `want` beyond reassociation's rounding, or None."""
     if len(got) != len(want):
@@ -116,9 +124,8 @@ class Bench:
 
     def _outputs(self, spec: Specialization) -> list[np.ndarray]:
         args = self._fresh()
-        result = spec.run(args)
-        returned = [] if result is None else list(result if isinstance(result, tuple) else [result])
-        return [a for a in args if isinstance(a, np.ndarray)] + returned
+        results = returned(spec.run(args))
+        return [a for a in args if isinstance(a, np.ndarray)] + results
 
     def reference_run(self, candidate: Candidate) -> None:
         self.reference = self._outputs(candidate.load())

@@ -27,14 +27,7 @@ import numpy as np
 
 from kdsl.autotune import registry
 from kdsl.autotune.database import Entry
-from kdsl.autotune.keys import (
-    Shape,
-    format_shape,
-    kernel_identity,
-    shape_of,
-    signature_key,
-    target_key,
-)
+from kdsl.autotune.keys import Shape, format_shape, shape_of, target_key, tuning_key
 from kdsl.autotune.measure import Candidate, Measurer, Outcome
 from kdsl.autotune.strategies import (
     Config,
@@ -177,7 +170,7 @@ def example_key(fn: KernelFunction, example: Mapping[str, ArgExample]) -> tuple[
     kernel's identity, the target, the argument signature."""
     specs, _ = _example_specs(fn, example_values(fn, example))
     traced = fn.trace(specs)
-    return _key(fn, specs, traced, fn.search_space(traced))
+    return tuning_key(fn.signature.names, specs, traced, fn.search_space(traced), target_key())
 
 
 def _example_specs(
@@ -188,19 +181,6 @@ def _example_specs(
         np.empty(e.shape, e.dtype.to_numpy()) if isinstance(e, Spec) else e for e in examples
     ]
     return fn._specs(placeholders, {})
-
-
-def _key(
-    fn: KernelFunction,
-    specs: tuple[ArgSpec, ...],
-    traced: Kernel,
-    space: Mapping[str, Sequence[object]],
-) -> tuple[str, str, str]:
-    return (
-        kernel_identity(traced, space),
-        target_key(),
-        signature_key(fn.signature.names, specs),
-    )
 
 
 class _Session:
@@ -214,7 +194,7 @@ class _Session:
         self.traced = fn.trace(specs)
         self.layout = fn.call_layout(specs, self.traced)
         self.space = fn.search_space(self.traced)
-        self.key = _key(fn, specs, self.traced, self.space)
+        self.key = tuning_key(fn.signature.names, specs, self.traced, self.space, target_key())
         self.pool = WorkerPool(jobs) if jobs else None
         self.measured: dict[str, tuple[Config, Candidate]] = {}  # key → first config, code
 
