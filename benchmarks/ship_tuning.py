@@ -9,8 +9,9 @@ at least MARGIN faster (a config within the noise of the default is not worth sh
 "nearest tuned shape" would carry it to shapes nobody measured), with the other shapes
 of their signatures as default-params rows (`ship`), and writes them to
 kdsl/autotune/tuned/<cpu>.json, where calls on a machine with the same CPU model and
-features find them when the user's own database has no row (kdsl/autotune/shipped.py). Rerun after changing a library kernel: its content hash
-changes, and `tests/autotune/test_shipped.py` says which shipped rows went stale.
+features find them when the user's own database has no row (kdsl/autotune/shipped.py).
+Rerun after changing a library kernel: its content hash changes, and
+`tests/autotune/test_shipped.py` says which shipped rows went stale.
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ import numpy as np
 from kdsl.kernels import kernel_functions, module_names
 
 from kdsl.autotune.database import Entry, TuningDB
-from kdsl.autotune.keys import format_shape, shape_of, target_key
+from kdsl.autotune.keys import format_shape, target_key
 from kdsl.autotune.registry import DB_NAME
 from kdsl.autotune.shipped import SHIPPED_DIR
 from kdsl.autotune.tuner import example_key, example_values
 from kdsl.kernel import KernelFunction
-from kdsl.specs import Spec
+from kdsl.specs import Spec, make_arguments
 
 MARGIN = 0.05  # the best config must take at most 95% of the default params' time
 TURNS = 15  # timed runs of each config, alternating
@@ -44,17 +45,15 @@ def confirmed_speedup(fn: KernelFunction, entry: Entry) -> float:
     """The default params' median time over the entry's config's, taking turns, on
     random data of the entry's example."""
     key = (entry.kernel_id, entry.target, entry.signature)
-    rng = np.random.default_rng(0)
     for example in fn.examples:
-        values = [
-            rng.standard_normal(v.shape).astype(v.dtype.to_numpy()) if isinstance(v, Spec) else v
-            for v in example_values(fn, example)
-        ]
-        specs, bound = fn._specs(values, {})
-        if shape_of(bound) == entry.shape and example_key(fn, example) == key:
+        values = example_values(fn, example)
+        shape = tuple(v.shape for v in values if isinstance(v, Spec))
+        if shape == entry.shape and example_key(fn, example) == key:
             break
     else:
         raise LookupError(f"no example of {fn.name} has the tuned shape {entry.shape}")
+    made = make_arguments(dict(zip(fn.signature.names, values)), np.random.default_rng(0))
+    specs, bound = fn._specs(list(made.values()), {})
     traced = fn.trace(specs)
     layout = fn.call_layout(specs, traced)
     default, best = (fn.build(traced, layout, config) for config in ({}, entry.config))
