@@ -164,10 +164,7 @@ class CudaSpecialization:
                 words += strides
                 spans.append((name, *_span(ptr, shape, strides, size)))
             else:
-                n = size
-                for d in shape:
-                    n *= d
-                spans.append((name, ptr, ptr + n))
+                spans.append((name, ptr, ptr + _size(shape) * size))
         scalars = [args[i] for i in self.scalar_slots]
         key += [args[i] for i in self.scalar_pos]  # (host checks may read any of them)
         grids = self.lean_grids.get(shape_key := tuple(key))
