@@ -19,7 +19,7 @@ import kdsl as kd
 from kdsl.autotune import registry
 from kdsl.autotune.measure import Outcome
 from kdsl.autotune.strategies import config_key, space_size
-from kdsl.autotune.tuner import TuneReport, _confirm, tune
+from kdsl.autotune.tuner import CONFIRM, TuneReport, _confirm, tune
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -93,12 +93,14 @@ def test_small_space_is_searched_exhaustively(tuned_matmul: tuple[Path, TuneRepo
     assert {t.status for t in report.trials} <= {"ok", "slow"}, report.trials
     first = report.trials[0]  # the default config leads, measured with no cutoff
     assert first.config == {"ti": 4, "tj": 16} and first.status == "ok"
-    # the fastest few and the default are measured again at the end; each keeps its best
-    assert report.default_time_s is not None and report.default_time_s <= first.time_s
+    # the fastest few and the default are measured again at the end, taking turns, and
+    # those times alone rank them (a search time may be a fast moment's: see
+    # test_the_winner_is_ranked_by_the_final_turns_alone)
+    assert report.default_time_s is not None
 
-    ok = [t for t in report.trials if t.status == "ok"]
-    assert report.best in [t.config for t in ok]
-    assert report.best_time_s <= min(t.time_s for t in ok if t.config == report.best)
+    ok = sorted((t for t in report.trials if t.status == "ok"), key=lambda t: t.time_s)
+    finalists = [t.config for t in ok[:CONFIRM]] + [first.config]
+    assert report.best in finalists
     assert report.best_time_s <= report.default_time_s
     assert report.speedup == pytest.approx(report.default_time_s / report.best_time_s)
     assert report.per_minute > 0
