@@ -10,6 +10,7 @@ a small call runs on the calling thread alone.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import TYPE_CHECKING
 
 from llvmlite import ir
@@ -18,6 +19,7 @@ from kdsl.ir.affine import constant_bound
 from kdsl.ir.nodes import (
     Assign,
     Const,
+    DeclareLocal,
     DimOf,
     Expr,
     If,
@@ -136,30 +138,47 @@ def _outline(gen: _Codegen, loop: Loop, types: list[ir.Type], names: Captured) -
 
 def _grain(gen: _Codegen, loop: Loop) -> ir.Value:
     """max(1, MIN_WORK_PER_CHUNK / the innermost iterations in one iteration of `loop`)."""
-    work = _work(gen, loop.body, loop.var)
+    work = _work(gen, loop.body, loop.var, _single_definitions(loop.body))
     b = gen.b
     work = b.select(b.icmp_signed("<", work, ir.Constant(I64, 1)), ir.Constant(I64, 1), work)
     grain = b.sdiv(ir.Constant(I64, MIN_WORK_PER_CHUNK), work)
     return b.select(b.icmp_signed("<", grain, ir.Constant(I64, 1)), ir.Constant(I64, 1), grain)
 
 
-def _work(gen: _Codegen, body: tuple[Stmt, ...], var: str) -> ir.Value:
+def _single_definitions(body: tuple[Stmt, ...]) -> dict[str, Expr]:
+    """The locals of `body` declared once and never assigned again, with their values."""
+    declared = [s for s in walk_stmts(body) if isinstance(s, DeclareLocal)]
+    once = Counter(s.name for s in declared)
+    once.update(s.local for s in walk_stmts(body) if isinstance(s, Assign))
+    return {s.name: s.init for s in declared if once[s.name] == 1}
+
+
+def _work(
+    gen: _Codegen, body: tuple[Stmt, ...], var: str, definitions: dict[str, Expr]
+) -> ir.Value:
     total: ir.Value = ir.Constant(I64, 1)
     for s in body:
         if isinstance(s, Loop):
-            inner = gen.b.mul(_extent_estimate(gen, s.extent, var), _work(gen, s.body, var))
+            extent = _extent_estimate(gen, s.extent, var, definitions)
+            inner = gen.b.mul(extent, _work(gen, s.body, var, definitions))
             total = gen.b.add(total, inner)
         elif isinstance(s, If):
-            total = gen.b.add(total, _work(gen, s.then, var))
+            total = gen.b.add(total, _work(gen, s.then, var, definitions))
     return total
 
 
-def _extent_estimate(gen: _Codegen, extent: Expr, var: str) -> ir.Value:
+def _extent_estimate(
+    gen: _Codegen, extent: Expr, var: str, definitions: dict[str, Expr]
+) -> ir.Value:
     """The extent as of the parallel loop's first iteration, when the kernel can compute
-    it before the loop; else a constant bound or a guess."""
-    first = map_expr(extent, lambda e: Const(0, e.dtype) if e == LoopVar(var) else None)
+    it before the loop from sizes and scalars alone (locals of the body replaced by
+    their definitions: a chunk's length `n = min(CH, L - c0)` is known at c0 = 0; never
+    from an array's data, which may not be there when the loop is empty); else a
+    constant bound or a guess."""
+    first = _first_iteration(extent, var, definitions)
     known = all(
-        (not isinstance(e, LoopVar) or e.name in gen.state.loops)
+        not isinstance(e, Load)
+        and (not isinstance(e, LoopVar) or e.name in gen.state.loops)
         and (not isinstance(e, LocalVar) or e.name in gen.state.locals)
         for e in walk_expr(first)
     )
@@ -167,3 +186,13 @@ def _extent_estimate(gen: _Codegen, extent: Expr, var: str) -> ir.Value:
         return gen.expr(first)
     bound = constant_bound(extent)
     return ir.Constant(I64, UNKNOWN_EXTENT if bound is None else bound)
+
+
+def _first_iteration(e: Expr, var: str, definitions: dict[str, Expr]) -> Expr:
+    """`e` with the body's locals replaced by their definitions (as deep as they nest)
+    and `var` by 0."""
+    for _ in range(len(definitions)):
+        if not any(isinstance(x, LocalVar) and x.name in definitions for x in walk_expr(e)):
+            break
+        e = map_expr(e, lambda x: definitions.get(x.name) if isinstance(x, LocalVar) else None)
+    return map_expr(e, lambda x: Const(0, x.dtype) if x == LoopVar(var) else None)
