@@ -7,7 +7,7 @@ Random-weight checkpoints of the shapes of the public stories15M and stories110M
 over the whole run as llama2.c reports them. Formats: llama2.c's float32 file and its
 version-2 int8 file (both kdsl and C), and the float32 file re-quantized to GGML's Q8_0
 and Q4_0 at load (kdsl only). The weight-bandwidth bound is the bytes of weights a token
-reads over the read bandwidth of a kdsl streaming kernel measured in the same run.
+reads over the read bandwidth of a kdsl streaming kernel measured just before each run.
 """
 
 from __future__ import annotations
@@ -36,13 +36,18 @@ from kdsl.config import cache_root
 MODELS = {"stories15M": fmt.STORIES15M, "stories110M": fmt.STORIES110M}
 
 
-def read_bandwidth(megabytes: int = 512) -> float:
-    """GB/s of the best of several reads of an array far larger than the L3."""
-    x = np.random.default_rng(0).random((megabytes * 256, 1024), dtype=np.float32)
-    out = np.empty(x.shape[0], np.float32)
-    read_probe(x, out)
-    best = min(_seconds(lambda: read_probe(x, out)) for _ in range(5))
-    return x.nbytes / best / 1e9
+class ReadBandwidth:
+    """GB/s of the best of a few reads of an array far larger than the L3, each time
+    it is called (the array made once)."""
+
+    def __init__(self, megabytes: int = 512):
+        self.x = np.random.default_rng(0).random((megabytes * 256, 1024), dtype=np.float32)
+        self.out = np.empty(self.x.shape[0], np.float32)
+        read_probe(self.x, self.out)
+
+    def __call__(self, reads: int = 3) -> float:
+        best = min(_seconds(lambda: read_probe(self.x, self.out)) for _ in range(reads))
+        return self.x.nbytes / best / 1e9
 
 
 def _seconds(fn) -> float:
@@ -111,13 +116,17 @@ class Result:
     model: str
     what: str
     tok_per_s: float
-    bound: float  # tok/s at the read bandwidth
+    share: float | None  # of the weight-bandwidth bound (weights' bytes / read bandwidth)
 
 
-def measure(name: str, steps: int, repeats: int, probe_mib: int) -> tuple[list[Result], float]:
+def measure(
+    name: str, steps: int, repeats: int, probe: ReadBandwidth
+) -> tuple[list[Result], list[float]]:
     """Every runner's median tok/s, the runners taking turns in each repeat (the machine's
-    speed drifts: one runner's repeats in a row would each meet another drift), with the
-    read bandwidth taken in each turn too (the best is the bound)."""
+    speed drifts: one runner's repeats in a row would each meet another drift), and its
+    median share of the bandwidth bound, each run against the read bandwidth measured
+    just before it (this machine's memory switches between a fast and a slow state
+    within minutes: a bound from another moment would compare two states)."""
     config = MODELS[name]
     paths = checkpoints(name, config)
     runners: dict[tuple[str, str], Callable[[], float]] = {
@@ -129,26 +138,30 @@ def measure(name: str, steps: int, repeats: int, probe_mib: int) -> tuple[list[R
             runners[(f"C {program} ({kind})", kind)] = c_runner(program, paths, steps)
     runners[("NumPy reference (float32)", "")] = numpy_runner(paths, min(steps, 32))
     speeds: dict[tuple[str, str], list[float]] = {key: [] for key in runners}
-    bandwidth = 0.0
+    shares: dict[tuple[str, str], list[float]] = {key: [] for key in runners}
+    bandwidths = []
     for _ in range(repeats):
-        bandwidth = max(bandwidth, read_bandwidth(probe_mib))
-        for key, run in runners.items():
-            speeds[key].append(run())
+        for (what, kind), run in runners.items():
+            bandwidths.append(probe())
+            speeds[(what, kind)].append(run())
+            if kind:
+                bound = bandwidths[-1] * 1e9 / weight_bytes(config, kind)
+                shares[(what, kind)].append(speeds[(what, kind)][-1] / bound)
     results = [
         Result(
             name,
             what,
             statistics.median(speeds[(what, kind)]),
-            bandwidth * 1e9 / weight_bytes(config, kind) if kind else 0.0,
+            statistics.median(shares[(what, kind)]) if kind else None,
         )
         for what, kind in runners
     ]
-    return results, bandwidth
+    return results, bandwidths
 
 
 def targets(results: list[Result]) -> list[str]:
     by = {(r.model, r.what): r.tok_per_s for r in results}
-    bound = {(r.model, r.what): r.bound for r in results}
+    shares = {(r.model, r.what): r.share for r in results}
     notes = []
 
     def ratio(model: str, a: str, b: str, goal: float, label: str) -> None:
@@ -159,8 +172,8 @@ def targets(results: list[Result]) -> list[str]:
             )
 
     ratio("stories15M", "kdsl float32", "C run (float32)", 1.3, "target")
-    if ("stories110M", "kdsl float32") in by:
-        share = by[("stories110M", "kdsl float32")] / bound[("stories110M", "kdsl float32")]
+    share = shares.get(("stories110M", "kdsl float32"))
+    if share is not None:
         notes.append(
             f"stories110M: kdsl float32 at {100 * share:.0f}% of the weight-bandwidth bound "
             f"(target ≥ 95%: {'met' if share >= 0.95 else 'NOT met'})"
@@ -173,7 +186,7 @@ def targets(results: list[Result]) -> list[str]:
 
 
 def markdown(
-    results: list[Result], bandwidth: float, probe_mib: int, steps: int, notes: list[str]
+    results: list[Result], bandwidths: list[float], probe_mib: int, steps: int, notes: list[str]
 ) -> str:
     header = ["model", "runner", "tok/s", "vs C (same format)", "share of bandwidth bound"]
     c_by = {
@@ -186,7 +199,7 @@ def markdown(
         kind = r.what.split()[-1].strip("()")
         c = c_by.get((r.model, kind))
         versus = f"{r.tok_per_s / c:.2f}×" if c and r.what.startswith("kdsl") else "—"
-        share = f"{100 * r.tok_per_s / r.bound:.0f}%" if r.bound else "—"
+        share = "—" if r.share is None else f"{100 * r.share:.0f}%"
         rows.append([r.model, r.what, f"{r.tok_per_s:.1f}", versus, share])
     widths = [max(len(x) for x in col) for col in zip(header, *rows)]
 
@@ -209,9 +222,12 @@ def markdown(
                 f"* greedy decoding from BOS, {steps} steps, 2 threads (KDSL_NUM_THREADS / "
                 "OMP_NUM_THREADS); medians of repeated runs, the runners taking turns; random "
                 "weights of each model's shape",
-                f"* read bandwidth {bandwidth:.1f} GB/s (kernels.peak.read_probe over {probe_mib} "
-                "MiB, best of 5 in each turn); the bound is that over the weight bytes one token "
-                "reads",
+                f"* share of the bound: the run's tok/s over (read bandwidth / the weight bytes "
+                "one token reads), the read bandwidth measured just before each run "
+                f"(kernels.peak.read_probe over {probe_mib} MiB, best of 3); median of the turns. "
+                f"The probes read {min(bandwidths):.1f}–{max(bandwidths):.1f} GB/s (median "
+                f"{statistics.median(bandwidths):.1f}): this machine's memory runs in a fast and a "
+                "slow state",
                 *(f"* {n}" for n in notes),
             ]
         )
@@ -229,12 +245,13 @@ def main(argv: list[str] | None = None) -> int:
     steps, repeats = (64, 1) if ns.quick else (256, 3)
     names = ["stories15M"] if ns.quick else list(MODELS)
     probe_mib = 64 if ns.quick else 512
+    probe = ReadBandwidth(probe_mib)
     results, bandwidths = [], []
     for name in names:
-        measured, bandwidth = measure(name, steps, repeats, probe_mib)
+        measured, probed = measure(name, steps, repeats, probe)
         results += measured
-        bandwidths.append(bandwidth)
-    page = markdown(results, max(bandwidths), probe_mib, steps, targets(results))
+        bandwidths += probed
+    page = markdown(results, bandwidths, probe_mib, steps, targets(results))
     print(page)
     if ns.output is not None:
         ns.output.write_text(page, encoding="utf-8")
