@@ -73,6 +73,22 @@ def test_wrong_number_of_subscripts():
     assert err.loc.line == line_of(k, "here")
 
 
+def test_an_axis_the_array_lacks():
+    @kd.kernel
+    def k(w, x, y):
+        i, j = kd.indices(w.shape[0], w.shape[1])  # here
+        y[i] = kd.sum(w[i, j] * x[j], over=j)
+
+    err = raises(
+        kd.TraceError,
+        lambda: k(f32(4), f32(4), f32(4)),
+        "w.shape[1], but array 'w' has 1 dimension(s)",
+        "pass an array of 2 dimensions or more as 'w'",
+    )
+    assert err.loc.line == line_of(k, "here")
+    assert k(f32(3, 4), f32(4), f32(3)) is None  # a 2-d w is fine
+
+
 def test_mixing_int_and_float_needs_cast():
     @kd.kernel
     def k(x, n, y):

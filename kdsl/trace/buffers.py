@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from kdsl import types as T
 from kdsl.errors import SourceLoc, TraceError
 from kdsl.ir.nodes import (
@@ -23,6 +25,29 @@ from kdsl.trace.context import Index, TraceContext
 from kdsl.trace.frames import location
 from kdsl.trace.values import Value, as_value, can_store, to_dtype
 from kdsl.types import DType
+
+
+class _Shape(tuple):  # type: ignore[type-arg]
+    """An array's shape inside a kernel: an axis it lacks is the user's error, named."""
+
+    def __new__(cls, name: str, dims: Iterable[Value]) -> _Shape:
+        shape = super().__new__(cls, dims)
+        shape.name = name
+        return shape
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def]
+        try:
+            return super().__getitem__(index)
+        except IndexError:
+            n, name = len(self), self.name
+            has = f"reads only {name}.shape[0]" + (f" to {name}.shape[{n - 1}]" if n > 1 else "")
+            raise TraceError(
+                f"{name}.shape[{index}], but array '{name}' has {n} dimension(s) here",
+                loc=location(),
+                fix=f"pass an array of {index + 1 if index >= 0 else -index} dimensions or more "
+                f"as '{name}', or change the kernel so that it "
+                + (has if n else f"treats '{name}' as a 0-d array (no shape)"),
+            ) from None
 
 
 class BufferProxy:
@@ -48,8 +73,8 @@ class BufferProxy:
     def shape(self) -> tuple[Value, ...]:
         b = self._buffer
         if b.role.value == "param":
-            return tuple(Value(DimOf(b.name, a), weak=True) for a in range(b.ndim))
-        return tuple(Value(d, weak=True) for d in b.shape)
+            return _Shape(self.name, (Value(DimOf(b.name, a), weak=True) for a in range(b.ndim)))
+        return _Shape(self.name, (Value(d, weak=True) for d in b.shape))
 
     def __repr__(self) -> str:
         return f"<kdsl array {self.name}: {self.dtype.name}, {self.ndim}-d>"
