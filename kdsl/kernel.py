@@ -13,7 +13,7 @@ from kdsl.autotune.gpu import tune_on
 from kdsl.autotune.tuner import TuneReport, example_of
 from kdsl.config import CONFIG, dumps
 from kdsl.dispatch import CudaDispatch, TunedDispatch
-from kdsl.errors import KdslError, KernelArgumentError
+from kdsl.errors import CompileError, KdslError, KernelArgumentError
 from kdsl.ir.hashing import structural_hash
 from kdsl.ir.nodes import Kernel
 from kdsl.ir.passes import lower
@@ -330,12 +330,22 @@ class KernelFunction:
     def _compile(self, specs: tuple[ArgSpec, ...], target: Target = cpu) -> Compiled:
         """The compiled code for one signature; a dispatcher over tuned variants when the
         tuning database has results for it (or `autotune=` asks to make them)."""
-        traced = self.trace(specs)
-        layout = self.call_layout(specs, traced)
-        if target is cuda:
-            return CudaDispatch.find(self, specs, traced, layout) or self.build_cuda(traced, layout)
-        dispatch = TunedDispatch.find(self, specs, traced, layout)
-        return dispatch or self.build(traced, layout)
+        try:
+            traced = self.trace(specs)
+            layout = self.call_layout(specs, traced)
+            if target is cuda:
+                found = CudaDispatch.find(self, specs, traced, layout)
+                return found or self.build_cuda(traced, layout)
+            dispatch = TunedDispatch.find(self, specs, traced, layout)
+            return dispatch or self.build(traced, layout)
+        except RecursionError:  # kdsl's passes recurse into expressions
+            raise CompileError(
+                "an expression is nested too deeply for kdsl's compiler (each operation "
+                "built in a Python loop nests the expression one level deeper)",
+                kernel=self.name,
+                fix="loop with kd.range instead, or keep the chain's value in a local every "
+                "few dozen operations (`v = kd.local(v)`, in a kd.grid/kd.range loop)",
+            ) from None
 
     def call_layout(self, specs: tuple[ArgSpec, ...], traced: Kernel) -> CallLayout:
         array_pos = tuple(n for n, s in enumerate(specs) if isinstance(s, ArraySpec))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import traceback
@@ -87,6 +88,65 @@ def test_an_axis_the_array_lacks():
     )
     assert err.loc.line == line_of(k, "here")
     assert k(f32(3, 4), f32(4), f32(3)) is None  # a 2-d w is fine
+
+
+def test_an_array_read_from_a_scalar_argument():
+    @kd.kernel
+    def k(a, y):
+        i = kd.indices(a.shape[0])  # here
+        y[i] = a[i]
+
+    err = raises(kd.TraceError, lambda: k(2.0, f32(3)), "parameter 'a' has no .shape")
+    assert "pass an array as 'a'" in str(err)
+    assert err.loc.line == line_of(k, "here")
+
+    @kd.kernel
+    def subscripted(a, y):
+        i = kd.indices(y.shape[0])
+        y[i] = a[i]
+
+    raises(
+        kd.TraceError, lambda: subscripted(2.0, f32(3)), "'a' is subscripted, but it is a scalar"
+    )
+
+
+def test_unpacking_one_index():
+    @kd.kernel
+    def k(x, y):
+        (i,) = kd.indices(y.shape[0])
+        y[i] = x[i]
+
+    raises(
+        kd.TraceError,
+        lambda: k(f32(3), f32(3)),
+        "can't be iterated or unpacked",
+        "i = kd.indices(n)",
+    )
+
+
+def test_an_int64_constant_out_of_range():
+    @kd.kernel
+    def k(x, y):
+        i = kd.indices(x.shape[0])
+        y[i] = x[i] + 2**63  # 2**63 - 1 is the largest i64
+
+    raises(
+        kd.TraceError,
+        lambda: k(np.arange(3), np.zeros(3, np.int64)),
+        "9223372036854775808 does not fit in i64",
+    )
+
+    @kd.kernel
+    def times(x, y, f: kd.constexpr):
+        i = kd.indices(x.shape[0])
+        y[i] = x[i] * f
+
+    raises(
+        kd.TraceError, lambda: times(np.arange(3), np.zeros(3, np.int64), 2**64 + 3), "fit in i64"
+    )
+    y = np.zeros(3, np.int64)
+    times(np.arange(3), y, 2**62)
+    assert y[1] == 2**62
 
 
 def test_mixing_int_and_float_needs_cast():
@@ -439,6 +499,53 @@ def test_interpreter_reports_out_of_bounds_too():
         gather.interpret(f32(4), np.array([0, -1], np.int64), f32(2))
 
 
+def test_a_gather_is_checked_without_checks():
+    """A subscript loaded from data can't be proven in bounds: it is checked whatever
+    `checks=` says (before, [0, 10**9] read far outside x and crashed the process)."""
+
+    @kd.kernel
+    def gather(x, idx, y):
+        i = kd.indices(idx.shape[0])
+        y[i] = x[idx[i]]  # here
+
+    @kd.kernel
+    def gather_vectorized(x, idx, y):
+        i = kd.indices(idx.shape[0])
+        y[i] = x[idx[i]]
+
+    gather_vectorized.schedule(kd.cpu)(lambda s: s.vectorize("i", 16))
+    x, rng = f32(37), np.random.default_rng(1)
+    for kernel in (gather, gather_vectorized):
+        for bad in (10**9, -5, 37):
+            idx = rng.integers(0, 37, 21)
+            idx[13] = bad
+            call = functools.partial(kernel, x, idx, f32(21))
+            err = raises(kd.BoundsError, call, "out of bounds on 'x'")
+            assert kernel is not gather or err.loc.line == line_of(gather, "here")
+        idx, y = rng.integers(0, 37, 21), f32(21)
+        kernel(x, idx, y)
+        np.testing.assert_array_equal(y, x[idx])
+
+
+def test_a_temporary_too_large_to_count_is_out_of_memory():
+    """2**62 floats is 2**64 bytes: the size wrapped to 0 and the loop wrote past a
+    tiny allocation (a crash) before the size was computed with overflow checks."""
+
+    @kd.kernel
+    def one(n, out):
+        t = kd.zeros((n,), kd.f32)
+        for i in kd.range(n):
+            t[i] = 1.0
+        out[0] = t[1]
+
+    for n in (2**62, 2**61 + 1):
+        with pytest.raises(kd.KdslError, match="out of memory"):
+            one(n, np.zeros(1, np.float32))
+    out = np.zeros(1, np.float32)
+    one(3, out)
+    assert out[0] == 1.0
+
+
 # ------------------------------------------------------------------------- CompileError
 
 
@@ -451,6 +558,18 @@ def test_verifier_failure_is_a_compile_error():
     )
     with pytest.raises(kd.CompileError, match="extent of loop i is f32"):
         verify(bad, "traced")
+
+
+def test_an_expression_too_deep_for_the_compiler():
+    @kd.kernel
+    def deep(x, y):
+        i = kd.indices(x.shape[0])
+        v = x[i]
+        for _ in range(2000):  # one expression, 4000 levels deep
+            v = v * 1.0001 + 1.0
+        y[i] = v
+
+    raises(kd.CompileError, lambda: deep(f32(4), f32(4)), "nested too deeply", "kd.local")
 
 
 def test_every_error_is_a_kdsl_error():

@@ -36,14 +36,22 @@ from kdsl.schedule.distribute import distribute
 from kdsl.schedule.step import StepContext
 
 MAX_FULL_UNROLL = 64
+MAX_UNROLL = 1024  # copies of a body: beyond, LLVM's compile time explodes (10^5 ran for minutes)
+MAX_FACTOR = 1 << 31  # any other factor (a split, a distance): far past any real extent, and
+# small enough that the IR's 64-bit arithmetic on it can't wrap
 GPU_AXES = {e.value: e for e in LoopExec if e.value.startswith(("block.", "thread."))}
 
 
-def _positive_int(ctx: StepContext, value: object, what: str) -> int:
+def _positive_int(ctx: StepContext, value: object, what: str, most: int = MAX_FACTOR) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ctx.refuse(
             f"the {what} must be a positive int, not {value!r}",
             f"pass an integer ≥ 1 as the {what}",
+        )
+    if value > most:
+        raise ctx.refuse(
+            f"the {what} {value} is larger than {most}",
+            f"pass an integer between 1 and {most} as the {what}",
         )
     return value
 
@@ -254,7 +262,7 @@ def unroll(ctx: StepContext, name: object, factor: object = None) -> None:
             )
         width = 0  # fully
     else:
-        width = _positive_int(ctx, factor, "unroll factor")
+        width = _positive_int(ctx, factor, "unroll factor", MAX_UNROLL)
     _annotate(ctx, name, LoopExec.UNROLLED, width)
 
 

@@ -11,13 +11,27 @@ import numpy as np
 
 from kdsl import types as T
 from kdsl.errors import TraceError
-from kdsl.ir.nodes import Binary, BinaryOp, Cast, Const, Expr, Fma, Select, Unary, UnaryOp
+from kdsl.ir.nodes import (
+    Binary,
+    BinaryOp,
+    Cast,
+    Const,
+    Expr,
+    Fma,
+    ScalarArg,
+    Select,
+    Unary,
+    UnaryOp,
+)
 from kdsl.trace.frames import location
 from kdsl.types import DType
 
 
 def trace_error(what: str, fix: str) -> TraceError:
     return TraceError(what, loc=location(), fix=fix)
+
+
+_ARRAY_ATTRIBUTES = frozenset({"shape", "ndim", "size", "strides", "T"})
 
 
 class Value:
@@ -60,7 +74,29 @@ class Value:
     __int__ = __float__ = __index__  # type: ignore[assignment]
 
     def __iter__(self):  # type: ignore[no-untyped-def]
-        raise trace_error("a symbolic value can't be iterated", "use kd.range or kd.grid for loops")
+        raise trace_error(
+            "a symbolic value can't be iterated or unpacked",
+            "loop with kd.range or kd.grid; kd.indices(n) with one extent returns one index: "
+            "write `i = kd.indices(n)`, not `i, = ...`",
+        )
+
+    def __getattr__(self, name: str) -> object:
+        if name in _ARRAY_ATTRIBUTES:  # an array's, read from a scalar: the wrong argument
+            raise trace_error(f"{self._what()} has no .{name}: it is a scalar", self._fix())
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __getitem__(self, index: object) -> Value:
+        raise trace_error(f"{self._what()} is subscripted, but it is a scalar", self._fix())
+
+    def _what(self) -> str:
+        e = self.expr
+        return f"parameter '{e.name}'" if isinstance(e, ScalarArg) else "a scalar value"
+
+    def _fix(self) -> str:
+        e = self.expr
+        if isinstance(e, ScalarArg):
+            return f"pass an array as '{e.name}' (np.asarray(v) for a 0-d one)"
+        return "read shapes and elements of arrays (kernel parameters), not of values"
 
     def __hash__(self) -> int:
         return id(self)
@@ -192,10 +228,12 @@ def as_value(x: object) -> Value:
 
 
 def _retype(v: Value, dtype: DType) -> Expr:
-    """`v`'s expression as `dtype`, folding constants (a weak value adapting to a typed one)."""
-    if v.dtype == dtype:
-        return v.expr
+    """`v`'s expression as `dtype`, folding constants (a weak value adapting to a typed
+    one); an integer constant is checked against the dtype's range even when the dtype
+    is its own (a Python int is i64 until it meets a typed operand: 2**63 is not one)."""
     e = v.expr
+    if v.dtype == dtype and not (isinstance(e, Const) and dtype.is_int):
+        return e
     if isinstance(e, Const):
         value = e.value
         if dtype.is_int:

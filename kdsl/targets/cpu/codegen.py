@@ -60,6 +60,7 @@ from kdsl.targets.cpu.state import ArrayInfo, CodegenState, ErrorKind
 from kdsl.targets.cpu.vector import emit_vector_loop
 
 CACHE_LINE = 64  # bytes: temporaries start on a line
+MAX_HEAP_BYTES = 1 << 62  # a temporary's size beyond this (or past 2^64) fails as out of memory
 
 
 @dataclass
@@ -370,11 +371,12 @@ class _Codegen:
         b = self.b
         dims = [self.expr(d) for d in buf.shape]
         strides = self._contiguous_strides(dims, buf.dtype)
-        size = ir.Constant(I64, buf.dtype.itemsize)
+        size: ir.Value = ir.Constant(I64, buf.dtype.itemsize)
+        too_big: ir.Value = ir.Constant(ir.IntType(1), 0)  # the product wrapped past 2^64
         for d in dims:
-            size = b.mul(
-                size, b.select(b.icmp_signed("<", d, ir.Constant(I64, 0)), ir.Constant(I64, 0), d)
-            )
+            extent = b.select(b.icmp_signed("<", d, ir.Constant(I64, 0)), ir.Constant(I64, 0), d)
+            product = b.umul_with_overflow(size, extent)
+            size, too_big = b.extract_value(product, 0), b.or_(too_big, b.extract_value(product, 1))
         constant = constant_nbytes(buf.shape, buf.dtype.itemsize)
         if buf.scope is Scope.STACK and constant is not None:
             data = self._entry_alloca(ir.ArrayType(I8, max(1, constant)), buf.name)
@@ -384,6 +386,8 @@ class _Codegen:
             # cache-line aligned, as the stack copies are (malloc's 16 bytes would split
             # every other vector load of a packed panel across two lines)
             line = ir.Constant(I64, CACHE_LINE)
+            too_big = b.or_(too_big, b.icmp_unsigned(">", size, ir.Constant(I64, MAX_HEAP_BYTES)))
+            self._fail_unless(b.not_(too_big), ErrorKind.NO_MEMORY, 0)
             rounded = b.and_(b.add(size, line), ir.Constant(I64, -CACHE_LINE))
             aligned_alloc = self._libc("aligned_alloc", PTR, [I64, I64])
             data = b.call(aligned_alloc, [line, rounded])
@@ -415,13 +419,21 @@ class _Codegen:
         b = self.b
         info = self.state.arrays[name]
         idx = [self.expr(i) for i in index]
-        if self.checks and not all(self._proven(name, a, i) for a, i in enumerate(index)):
+        if self.must_check(index) and not all(
+            self._proven(name, a, i) for a, i in enumerate(index)
+        ):
             ok = ir.Constant(I1, 1)
             for v, d in zip(idx, info.dims):
                 ok = b.and_(ok, b.icmp_unsigned("<", v, d))
             self._fail_unless(ok, ErrorKind.BOUNDS, len(self.sites.accesses))
             self.sites.accesses.append((name, loc))
         return self._element(info, idx)
+
+    def must_check(self, index: tuple[Expr, ...]) -> bool:
+        """Whether an access at `index` checks its bounds: always when a subscript comes
+        from loaded data (a gather's `x[idx[i]]`: nothing can prove it, and a bad index
+        would read or write anywhere in the process), else with `checks=True`."""
+        return self.checks or any(isinstance(e, Load) for i in index for e in walk_expr(i))
 
     def _element(self, info: ArrayInfo, idx: list[ir.Value]) -> ir.Value:
         """The address of the element at subscripts `idx` (no check)."""

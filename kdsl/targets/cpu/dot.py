@@ -50,7 +50,7 @@ from kdsl.ir.nodes import (
     Store,
     Unary,
 )
-from kdsl.ir.visit import walk_expr
+from kdsl.ir.visit import walk_all_exprs, walk_expr
 from kdsl.targets.cpu import jit
 from kdsl.targets.cpu.ops import F32, I32, I64
 from kdsl.targets.cpu.vector_plan import accumulation
@@ -95,6 +95,8 @@ def emit_dot_loop(vl: _VectorLoop, loop: Loop) -> bool:
 def _match(vl: _VectorLoop, loop: Loop) -> _Dot | None:
     if vl.gen.checks or not vl.some_active or not isinstance(loop.extent, Const):
         return None
+    if any(isinstance(e, Load) and vl.gen.must_check(e.index) for e in walk_all_exprs(loop.body)):
+        return None  # a gather's subscripts are checked: the plain path does that
     k = int(loop.extent.value)
     if len(loop.body) != 1:
         return None

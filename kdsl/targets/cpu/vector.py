@@ -563,7 +563,7 @@ class _VectorLoop:
         """Emit a load or store (`emit`) of the lanes' elements of `name[index]`."""
         gen, b = self.gen, self.b
         info, buf = gen.state.arrays[name], gen.buffers[name]
-        if gen.checks:
+        if gen.must_check(index):
             self.bounds_check(name, index, loc)
         axis = self.unit_axis(index)
         if axis is None:
@@ -605,7 +605,7 @@ class _VectorLoop:
         gen, b = self.gen, self.b
         buf = gen.buffers[e.buffer]
         if (
-            gen.checks
+            gen.must_check(e.index)
             or not e.index
             or any(map(self.plan.varying, e.index[:-1]))
             or not (buf.contiguous or buf.role is not BufferRole.PARAM)
