@@ -80,7 +80,13 @@ def as_host_array(value: object, name: str, sig: Signature) -> np.ndarray:
     """A NumPy view of a host array given through DLPack; errors for device arrays."""
     device = getattr(value, "__dlpack_device__", None)
     if device is not None:
-        kind = device()[0]
+        try:
+            kind = device()[0]
+        except (TypeError, ValueError, RuntimeError, BufferError) as exc:  # torch's "meta"
+            raise sig.error(
+                f"argument '{name}' has no memory that kdsl can read ({exc})",
+                "pass an array on the CPU or a CUDA GPU",
+            ) from None
         if kind in _DLPACK_CUDA:
             raise sig.error(
                 f"argument '{name}' is a CUDA array of a dtype kdsl does not support",
@@ -88,10 +94,20 @@ def as_host_array(value: object, name: str, sig: Signature) -> np.ndarray:
             )
         if kind != _DLPACK_CPU:
             raise sig.error(f"argument '{name}' lives on DLPack device type {kind}, not the CPU")
+    if getattr(value, "is_neg", lambda: False)():  # a torch view whose sign is pending
+        raise sig.error(
+            f"argument '{name}' is a tensor with its negation pending (torch's neg bit), "
+            "which DLPack does not carry: its values would be read with the wrong sign",
+            "pass tensor.resolve_neg()",
+        )
     try:
         return np.from_dlpack(value)  # type: ignore[arg-type]
     except (TypeError, BufferError, RuntimeError) as exc:
-        raise sig.error(f"argument '{name}' could not be read through DLPack: {exc}") from None
+        raise sig.error(
+            f"argument '{name}' could not be read through DLPack: {exc}",
+            "convert it to a dtype NumPy reads (tensor.float()); for bfloat16, view its "
+            "bits: np.from_dlpack(t.view(torch.int16)).view(ml_dtypes.bfloat16)",
+        ) from None
 
 
 def describe(value: object) -> str:

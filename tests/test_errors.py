@@ -392,6 +392,28 @@ def test_wrong_argument_count():
     )
 
 
+def test_torch_tensors_kdsl_cannot_read():
+    torch = pytest.importorskip("torch")
+
+    @kd.kernel
+    def add(x, y, out):
+        i = kd.indices(x.shape[0])
+        out[i] = x[i] + y[i]
+
+    meta = torch.empty(6, device="meta")
+    raises(
+        kd.KernelArgumentError, lambda: add(meta, f32(6), f32(6)), "no memory that kdsl can read"
+    )
+    a = torch.randn(4)
+    negated = torch.complex(a, a).conj().imag  # -a, as a view with torch's neg bit
+    raises(kd.KernelArgumentError, lambda: add(negated, f32(4), f32(4)), "resolve_neg()")
+    out = f32(4)
+    add(negated.resolve_neg(), np.zeros(4, np.float32), out)
+    np.testing.assert_array_equal(out, -a.numpy())
+    bf16 = torch.ones(4, dtype=torch.bfloat16)
+    raises(kd.KernelArgumentError, lambda: add(bf16, f32(4), f32(4)), "torch.int16")
+
+
 def test_read_only_output():
     out = f32(3)
     out.flags.writeable = False
