@@ -414,6 +414,35 @@ def test_torch_tensors_kdsl_cannot_read():
     raises(kd.KernelArgumentError, lambda: add(bf16, f32(4), f32(4)), "torch.int16")
 
 
+def test_a_python_int_argument_too_large_for_its_use():
+    """A Python int takes the dtype of the integer array it meets (int8 here): 300 would
+    wrap to 44, as NumPy 2 refuses to do."""
+
+    @kd.kernel
+    def scale(x, a, out):
+        i = kd.indices(x.shape[0])
+        out[i] = x[i] * a
+
+    x = np.arange(-3, 4, dtype=np.int8)
+    for bad in (300, -129):
+        out = np.zeros(7, np.int8)
+        raises(
+            kd.KernelArgumentError,
+            lambda: scale(x, bad, out),  # noqa: B023
+            f"-128 <= a <= 127 (the kernel uses 'a' as i8) does not hold (a = {bad})",
+        )
+        with pytest.raises(kd.KernelArgumentError, match="uses 'a' as i8"):
+            scale.interpret(x, bad, out)
+    out = np.zeros(7, np.int8)
+    scale(x, -42, out)
+    np.testing.assert_array_equal(out, x * np.int8(-42))
+    raises(
+        kd.KernelArgumentError,
+        lambda: scale(np.ones(2, np.uint64), -1, np.ones(2, np.uint64)),
+        "0 <= a",
+    )
+
+
 def test_read_only_output():
     out = f32(3)
     out.flags.writeable = False

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from kdsl.errors import BoundsError, ShapeError
+from kdsl.errors import BoundsError, KdslError, KernelArgumentError, ShapeError
 from kdsl.ir.nodes import Check, CheckKind, DimOf, Expr, LocalVar, LoopVar, ScalarArg
 from kdsl.ir.printer import format_expr
 from kdsl.ir.visit import walk_expr
@@ -18,6 +18,12 @@ _FIX = {
     CheckKind.SHAPE: "pass arrays whose dimensions agree",
     CheckKind.BOUNDS: "keep the subscript inside the array's shape, "
     "or guard it with kd.when / kd.where",
+    CheckKind.ARGUMENT: "pass a value in that range, or make the array operand a wider dtype",
+}
+_ERROR = {
+    CheckKind.SHAPE: ShapeError,
+    CheckKind.BOUNDS: BoundsError,
+    CheckKind.ARGUMENT: KernelArgumentError,
 }
 
 
@@ -44,8 +50,12 @@ def describe_failed_check(check: Check, values: Mapping[Expr, object]) -> str:
     return f"{check.what} does not hold" + (f" ({shown})" if shown else "")
 
 
-def check_error(check: Check, values: Mapping[Expr, object]) -> ShapeError | BoundsError:
-    """The error to raise for `check`: ShapeError or BoundsError by its kind, quoting
-    `values`, pointing at the check's source line, with the fix for that kind."""
-    cls = ShapeError if check.kind is CheckKind.SHAPE else BoundsError
-    return cls(describe_failed_check(check, values), loc=check.loc, fix=_FIX[check.kind])
+def check_error(
+    check: Check, values: Mapping[Expr, object], kernel: str | None = None
+) -> KdslError:
+    """The error to raise for `check`: ShapeError, BoundsError or KernelArgumentError by
+    its kind, quoting `values`, pointing at the check's source line, with the fix for
+    that kind."""
+    return _ERROR[check.kind](
+        describe_failed_check(check, values), kernel=kernel, loc=check.loc, fix=_FIX[check.kind]
+    )

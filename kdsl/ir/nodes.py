@@ -114,6 +114,7 @@ class BufferRole(enum.Enum):
 class CheckKind(enum.Enum):
     SHAPE = "shape"  # argument shapes must agree: ShapeError
     BOUNDS = "bounds"  # a subscript must be in bounds: BoundsError
+    ARGUMENT = "argument"  # a scalar argument must fit the dtype it is used as: KernelArgumentError
 
 
 # ---------------------------------------------------------------------------- expressions

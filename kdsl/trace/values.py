@@ -242,7 +242,7 @@ def _retype(v: Value, dtype: DType) -> Expr:
                     f"the float {value!r} can't become {dtype.name}",
                     "write an integer, or cast the other operand to a float dtype",
                 )
-            lo, hi = _int_range(dtype)
+            lo, hi = int_range(dtype)
             if not lo <= int(value) <= hi:
                 raise trace_error(
                     f"the constant {value!r} does not fit in {dtype.name}",
@@ -255,7 +255,7 @@ def _retype(v: Value, dtype: DType) -> Expr:
     return Cast(e, dtype)
 
 
-def _int_range(d: DType) -> tuple[int, int]:
+def int_range(d: DType) -> tuple[int, int]:
     if d.is_signed:
         return -(1 << (d.bits - 1)), (1 << (d.bits - 1)) - 1
     return 0, (1 << d.bits) - 1

@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from kdsl.errors import BoundsError, KdslError, KernelArgumentError, ShapeError
-from kdsl.ir.checks import describe_failed_check
+from kdsl.errors import BoundsError, KdslError, KernelArgumentError
+from kdsl.ir.checks import check_error
 from kdsl.ir.evaluate import evaluate
-from kdsl.ir.nodes import CheckKind, DimOf, Kernel, ScalarArg
+from kdsl.ir.nodes import DimOf, Kernel, ScalarArg
 from kdsl.ir.visit import walk_expr
 from kdsl.targets.cpu.backend import CpuKernel
 from kdsl.targets.cpu.state import ErrorKind
@@ -108,11 +108,7 @@ class Specialization:
                     for e in walk_expr(check.cond)
                     if isinstance(e, DimOf | ScalarArg)
                 }
-                what = describe_failed_check(check, values)
-                cls = ShapeError if check.kind is CheckKind.SHAPE else BoundsError
-                return cls(
-                    what, kernel=self.name, loc=check.loc, fix="pass arrays whose dimensions agree"
-                )
+                return check_error(check, values, self.name)
             case ErrorKind.READONLY:
                 return KernelArgumentError(
                     f"argument '{arrays[index]}' is read-only, but the kernel writes to it",

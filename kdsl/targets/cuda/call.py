@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kdsl.errors import BoundsError, KdslError, KernelArgumentError, ShapeError
-from kdsl.ir.checks import describe_failed_check
+from kdsl.errors import BoundsError, KdslError, KernelArgumentError
+from kdsl.ir.checks import check_error
 from kdsl.ir.evaluate import compile_evaluator, evaluate
 from kdsl.ir.nodes import BufferRole, Const, DimOf, Kernel, ScalarArg, Store
 from kdsl.ir.visit import walk_expr, walk_stmts
@@ -112,7 +112,7 @@ class CudaSpecialization:
         )
         shapes = {n: a.shape for n, a in arrays.items()}
         if not all(self.checks(shapes, scalars)):
-            raise self._shape_error(shapes, scalars)
+            raise self._host_check_error(shapes, scalars)
         self._check_writes(arrays)
         keep, results = self._allocate(arrays, shapes, scalars, device, handle)
         grids, scratch_need = self._grids(shapes, scalars, device)
@@ -274,7 +274,7 @@ class CudaSpecialization:
             )
         return devices.pop() if devices else 0
 
-    def _shape_error(self, shapes: dict[str, Any], scalars: dict[str, Any]) -> ShapeError:
+    def _host_check_error(self, shapes: dict[str, Any], scalars: dict[str, Any]) -> KdslError:
         for check in self.code.plan.host_checks:
             if not evaluate(check.cond, shapes, scalars):
                 values = {
@@ -282,12 +282,7 @@ class CudaSpecialization:
                     for e in walk_expr(check.cond)
                     if isinstance(e, DimOf | ScalarArg)
                 }
-                return ShapeError(
-                    describe_failed_check(check, values),
-                    kernel=self.name,
-                    loc=check.loc,
-                    fix="pass arrays whose dimensions agree",
-                )
+                return check_error(check, values, self.name)
         raise AssertionError("a host check failed and then passed")
 
     def _check_writes(self, arrays: dict[str, A.DeviceArray]) -> None:
@@ -339,9 +334,7 @@ class CudaSpecialization:
                 for e in walk_expr(check.cond)
                 if isinstance(e, DimOf | ScalarArg)
             }
-            return BoundsError(
-                describe_failed_check(check, values), kernel=self.name, loc=check.loc
-            )
+            return check_error(check, values, self.name)
         buffer, loc = self.code.sites.accesses[index]
         return BoundsError(
             f"subscript out of bounds on '{buffer}'",
