@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -107,6 +108,11 @@ class KernelFunction:
         examples: Sequence[Mapping[str, ArgExample]] | None = None,
         autotune: bool | float = False,
     ) -> None:
+        if not inspect.isfunction(fn):
+            raise KernelArgumentError(
+                f"kd.kernel decorates a Python function (def or lambda), not {fn!r}",
+                fix="write the kernel as a def and put @kd.kernel above it",
+            )
         self.fn = fn
         self.name = name or fn.__name__
         self.__doc__ = fn.__doc__

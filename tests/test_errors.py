@@ -443,6 +443,11 @@ def test_a_python_int_argument_too_large_for_its_use():
     )
 
 
+def test_decorating_what_is_not_a_function():
+    for thing in (int, 3, print):
+        raises(kd.KernelArgumentError, lambda: kd.kernel(thing), "decorates a Python function")  # noqa: B023
+
+
 def test_read_only_output():
     out = f32(3)
     out.flags.writeable = False

@@ -94,7 +94,9 @@ def measure_endless(x, y):
 @kd.kernel(checks=False)
 def measure_wild_store(x, y):
     i = kd.indices(x.shape[0])
-    y[kd.cast(x[i] * 1e12, kd.i64)] = x[i]  # terabytes outside y: the process dies
+    # terabytes outside y: the process dies (a subscript kdsl neither proves nor checks
+    # without checks=True; one loaded from data, x[i] · 1e12, is checked now)
+    y[(i + 1) * (x.shape[0] * 1000000000000)] = x[i]
 
 
 def candidate(kernel: KernelFunction) -> Candidate:
