@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,14 +29,38 @@ class Config:
     """KDSL_NUM_THREADS: default thread count of parallel loops."""
 
 
+def _num_threads() -> int | None:
+    """KDSL_NUM_THREADS as a positive int; None when unset, or (with a warning) invalid."""
+    text = os.environ.get("KDSL_NUM_THREADS", "").strip()
+    if not text:
+        return None
+    try:
+        threads = int(text)
+    except ValueError:
+        threads = 0
+    if threads > 0:
+        return threads
+    if hasattr(os, "sched_getaffinity"):
+        cores = len(os.sched_getaffinity(0))
+    else:
+        cores = os.cpu_count() or 1
+    warnings.warn(
+        f"KDSL_NUM_THREADS={text!r} is not a positive whole number of threads; ignoring it: "
+        f"parallel loops use one thread per core available to this process ({cores}). "
+        "Set it to a count such as KDSL_NUM_THREADS=8, or unset it.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return None
+
+
 def _read() -> Config:
-    threads = os.environ.get("KDSL_NUM_THREADS", "").strip()
     dump = os.environ.get("KDSL_DUMP", "")
     return Config(
         debug=_flag("KDSL_DEBUG"),
         dump=frozenset(p.strip() for p in dump.split(",") if p.strip()),
         cache_dir=os.environ.get("KDSL_CACHE_DIR") or None,
-        num_threads=int(threads) if threads.isdigit() and int(threads) > 0 else None,
+        num_threads=_num_threads(),
     )
 
 

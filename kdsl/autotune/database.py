@@ -8,7 +8,9 @@ One SQLite file (schema version in `PRAGMA user_version`, WAL journal) with one 
            time_s, default_time_s, kdsl_version, created, source,
            PRIMARY KEY (kernel_id, target, signature, shape))
 
-It is a cache: a corrupt or foreign file is set aside with a warning and rebuilt, never fatal.
+It is a cache: a corrupt or foreign file is set aside with a warning and rebuilt, never fatal;
+a row this module did not write (a config that is not a JSON object, say) is skipped, with
+one warning per file and process.
 Configs go through JSON, so a tuple in a config comes back as a list; ints, floats, strings and
 bools come back equal.
 """
@@ -116,7 +118,7 @@ class TuningDB:
         """Every tuned shape of one kernel on one target for one argument signature."""
         sql = f"{_SELECT} WHERE kernel_id = ? AND target = ? AND signature = ?"
         rows = self._run(lambda db: db.execute(sql, (kernel_id, target, signature)).fetchall())
-        return _sorted(_from_row(r) for r in rows)
+        return _sorted(self._entries_of(rows))
 
     def entries(self, kernel_name: str | None = None) -> list[Entry]:
         """All rows, or those of one kernel name, ordered by kernel name then shape."""
@@ -125,7 +127,7 @@ class TuningDB:
         else:
             sql = f"{_SELECT} WHERE kernel_name = ?"
             rows = self._run(lambda db: db.execute(sql, (kernel_name,)).fetchall())
-        return _sorted(_from_row(r) for r in rows)
+        return _sorted(self._entries_of(rows))
 
     def clear(self, kernel_name: str | None = None) -> int:
         """Delete all rows, or those of one kernel name; returns how many went."""
@@ -168,6 +170,27 @@ class TuningDB:
         rows = [_to_row(e) for e in entries]
         self._run(lambda db: _write(db, rows))
         return len(rows)
+
+    def _entries_of(self, rows: Iterable[Sequence[object]]) -> list[Entry]:
+        """The rows as entries, skipping (with one warning per database file and process)
+        any that isn't what this module writes: a config that is not a JSON object, a
+        shape that is not a list of lists of ints, a value of the wrong type."""
+        entries = []
+        for row in rows:
+            try:
+                entries.append(_from_row(row))
+            except _BadRow as exc:
+                if self.path not in _warned_bad_rows:
+                    _warned_bad_rows.add(self.path)
+                    warnings.warn(
+                        f"kdsl: the tuning database '{self.path}' has a bad row ({exc}); "
+                        "skipping it (and any others), so those kernels use untuned "
+                        "schedules. Tune them again (`kdsl autotune`), or clear the "
+                        "database (`kdsl cache clear`).",
+                        RuntimeWarning,
+                        stacklevel=4,
+                    )
+        return entries
 
     def close(self) -> None:
         if self._db is not None:
@@ -370,10 +393,38 @@ def _to_row(entry: Entry) -> tuple[object, ...]:
     )
 
 
+class _BadRow(Exception):
+    """A row of the tuning table that this module did not write (edited, or damaged)."""
+
+
+_warned_bad_rows: set[str] = set()  # database paths whose bad rows were reported
+
+
 def _from_row(row: Sequence[object]) -> Entry:
+    """The entry of one row; _BadRow if the row is not one this module writes."""
     fields = dict(zip(_COLUMNS, row))
-    fields["shape"] = tuple(tuple(dims) for dims in json.loads(str(fields["shape"])))
-    fields["config"] = json.loads(str(fields["config"]))
+    name = fields.get("kernel_name")
+    try:
+        shape = json.loads(str(fields["shape"]))
+        config = json.loads(str(fields["config"]))
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise _BadRow(f"kernel {name!r}: a shape or config that is not JSON ({exc})") from exc
+    if not _is_shape(shape):
+        raise _BadRow(f"kernel {name!r}: shape {shape!r} is not a list of lists of ints")
+    if not _is_config(config):
+        raise _BadRow(f"kernel {name!r}: config {config!r} is not a JSON object")
+    for column in ("kernel_id", "kernel_name", "target", "signature", "kdsl_version", "source"):
+        if not isinstance(fields[column], str):
+            raise _BadRow(f"kernel {name!r}: {column} {fields[column]!r} is not text")
+    for column in ("time_s", "created"):
+        if not _is_number(fields[column]):
+            raise _BadRow(f"kernel {name!r}: {column} {fields[column]!r} is not a number")
+    if fields["default_time_s"] is not None and not _is_number(fields["default_time_s"]):
+        raise _BadRow(
+            f"kernel {name!r}: default_time_s {fields['default_time_s']!r} is not a number"
+        )
+    fields["shape"] = tuple(tuple(dims) for dims in shape)
+    fields["config"] = config
     return Entry(**fields)  # type: ignore[arg-type]
 
 

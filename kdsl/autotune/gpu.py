@@ -30,6 +30,7 @@ from kdsl.autotune.strategies import Config, make_strategy
 from kdsl.autotune.tuner import (
     Trial,
     TuneReport,
+    check_budget,
     example_values,
     observe,
     progress_bar,
@@ -125,6 +126,7 @@ def tune_gpu(
     under `target`, the database's target key); record the best config."""
     from kdsl.kernel import cuda
 
+    budget_s = check_budget(budget_s, fn.name)
     started = time.perf_counter()
     names = fn.signature.names
     values = example_values(fn, example)

@@ -17,6 +17,7 @@ runs it without tuning or compiling.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -39,7 +40,7 @@ from kdsl.autotune.strategies import (
 )
 from kdsl.autotune.worker import Failure, WorkerPool
 from kdsl.config import VERSION
-from kdsl.errors import KdslError, ScheduleError
+from kdsl.errors import KdslError, KernelArgumentError, ScheduleError
 from kdsl.ir.nodes import Kernel
 from kdsl.specs import ArgExample, Spec
 from kdsl.targets.cpu import backend
@@ -227,6 +228,20 @@ def _build_here(scheduled: Kernel, key: str, checks: bool, strict_fp: bool) -> o
         return Failure("error", f"{type(exc).__name__}: {exc}")
 
 
+def check_budget(budget_s: object, kernel: str) -> float:
+    """The tuning budget in seconds: a finite number above 0 (KernelArgumentError if not:
+    a budget of 0 or less would try no config at all)."""
+    if isinstance(budget_s, int | float) and not isinstance(budget_s, bool):
+        if math.isfinite(budget_s) and budget_s > 0:
+            return float(budget_s)
+    raise KernelArgumentError(
+        f"autotune budget={budget_s!r}: the budget must be a positive number of "
+        "seconds per example",
+        kernel=kernel,
+        fix=f"write {kernel}.autotune(..., budget=60), or `--budget 60s` on the command line",
+    )
+
+
 def tune(
     fn: KernelFunction,
     example: Mapping[str, ArgExample],
@@ -238,6 +253,7 @@ def tune(
     progress: bool = True,
 ) -> TuneReport:
     """Tune `fn`'s schedule params for one example call; record the best config."""
+    budget_s = check_budget(budget_s, fn.name)
     started = time.perf_counter()
     jobs = (os.cpu_count() or 1) if jobs is None else jobs
     session = _Session(fn, example, jobs)

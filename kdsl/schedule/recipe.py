@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from kdsl.errors import ScheduleError, SourceLoc
@@ -72,6 +72,13 @@ class Schedule:
 
     def param(self, name: str, choices: Sequence[object]) -> Any:
         """A tunable: the autotuner's choice, or the first of `choices` without tuning."""
+        if isinstance(choices, str | bytes) or not isinstance(choices, Iterable):
+            raise self._refuse(
+                f"param({name!r}, {choices!r})",
+                "choices must be a non-empty sequence of values, "
+                f"not {type(choices).__name__} {choices!r}",
+                f"write s.param({name!r}, [{choices!r}]) for one value, or list the choices",
+            )
         options = tuple(choices)
         if not isinstance(name, str) or not options:
             raise self._refuse(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import warnings
 from dataclasses import dataclass
 
 import llvmlite.binding as llvm
@@ -139,11 +140,21 @@ def compile_kernel(
     kernel: Kernel, checks: bool = False, strict_fp: bool = False, store: ObjectStore = STORE
 ) -> CpuKernel:
     """A callable for scheduled IR. Under KDSL_DUMP the object cache is not read, so the
-    dumped passes run."""
+    dumped passes run. A stored object that can't be loaded is compiled again."""
     key = kernel_key(kernel, checks, strict_fp)
     obj = None if CONFIG.dump else store.load(key)
     if isinstance(obj, ObjectCode):
-        return from_object(kernel, obj, checks, strict_fp, from_cache=True)
+        try:
+            return from_object(kernel, obj, checks, strict_fp, from_cache=True)
+        except CompileError as exc:  # a stored object that won't load: compile it again
+            if obj.uses_tiles and "amx" not in tile_instructions():
+                raise  # not the object's fault: compiling again gives the same code
+            warnings.warn(
+                f"kdsl: the cached object of kernel '{kernel.name}' can't be loaded "
+                f"({exc.what}); compiling it again",
+                RuntimeWarning,
+                stacklevel=2,
+            )
     obj = build_object(kernel, key, checks, strict_fp)
     store.save(key, obj)
     return from_object(kernel, obj, checks, strict_fp)

@@ -92,12 +92,21 @@ _loaded: dict[str, int] = {}  # symbol → address: an object is loaded once per
 
 def load_object(code: bytes, symbol: str) -> int:
     """Load an object into the JIT (relocation only, no LLVM passes); the address of
-    `symbol` in it."""
+    `symbol` in it. CompileError if the object does not define `symbol` (its address
+    would be 0: calling it would crash the process)."""
     with _lock:
         address = _loaded.get(symbol)
         if address is None:
             engine = _engine()
             engine.add_object_file(llvm.ObjectFileRef.from_data(code))
             engine.finalize_object()
-            address = _loaded[symbol] = int(engine.get_function_address(symbol))
+            address = int(engine.get_function_address(symbol))
+            if not address:
+                raise CompileError(
+                    f"the compiled object has no function '{symbol}' (its address is 0); "
+                    "it was not called",
+                    fix="clear the cache with `kdsl cache clear` so the kernel is compiled "
+                    "again; if this repeats, it is a kdsl bug: please report it",
+                )
+            _loaded[symbol] = address
         return address

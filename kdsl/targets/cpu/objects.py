@@ -7,14 +7,20 @@ the final IR and the compile options), the host CPU (model and features), and a
 fingerprint of the compiler itself (kdsl's version and the source of the code
 generator), so a changed kdsl never loads objects made by another one.
 
-Files live in `<cache root>/objects/<2 hex>/<key>.kobj` (a pickle written by this
-module only), written to a temporary name and renamed, so a reader never sees half a
-file. A file that can't be read is a miss; a cache directory that can't be written
-turns the store off for the process with one warning: compiling still works.
+Files live in `<cache root>/objects/<2 hex>/<key>.kobj`: a magic line naming the format,
+the SHA-256 of the payload, then the payload (a pickle written by this module only).
+They are written to a temporary name and renamed, so a reader never sees half a file;
+the digest catches what renaming can't (a damaged disk, a stray write, a copy cut
+short), so damaged machine code is never loaded and called. A file without the magic
+(an older format) is a miss; a file whose digest or pickle is wrong is a miss too,
+removed with one warning per process, and the next save rebuilds it. A cache directory
+that can't be written turns the store off for the process with one warning: compiling
+still works.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -28,7 +34,9 @@ import llvmlite
 from kdsl.config import VERSION, cache_root
 from kdsl.targets.cpu import jit
 
-_FORMAT = 1
+_FORMAT = 2  # 2: magic line and SHA-256 digest before the pickle
+_MAGIC = b"kdsl-object 2\n"
+_DIGEST_SIZE = hashlib.sha256().digest_size
 _COMPILER_DIRS = ("ir", "targets/cpu", "targets/cuda")  # what decides the code of a final IR
 
 
@@ -55,6 +63,7 @@ class ObjectStore:
     def __init__(self, root: Path | None = None) -> None:
         self._root = root
         self.disabled = False
+        self._warned_damaged = False
 
     @property
     def root(self) -> Path:
@@ -64,16 +73,41 @@ class ObjectStore:
         return self.root / key[:2] / f"{key}.kobj"
 
     def load(self, key: str) -> object | None:
+        """The object stored under `key`, or None: not there, of an older format, or
+        damaged (then removed, with one warning per process)."""
         if self.disabled:
             return None
+        path = self._path(key)
         try:
-            with open(self._path(key), "rb") as f:
-                found = pickle.load(f)
-        except FileNotFoundError:
+            data = path.read_bytes()
+        except OSError:  # not there (the usual miss), or unreadable: compile again
             return None
-        except Exception:  # a damaged or foreign file is a miss; the next save replaces it
+        if not data.startswith(_MAGIC):
+            return None  # written by an older kdsl (no digest): the next save replaces it
+        digest = data[len(_MAGIC) : len(_MAGIC) + _DIGEST_SIZE]
+        payload = data[len(_MAGIC) + _DIGEST_SIZE :]
+        if hashlib.sha256(payload).digest() != digest:
+            self._damaged(path, "its checksum does not match its contents")
             return None
-        return found
+        try:
+            return pickle.loads(payload)
+        except Exception as exc:  # intact bytes of a class that changed: compile again
+            self._damaged(path, f"it can't be unpickled: {type(exc).__name__}: {exc}")
+            return None
+
+    def _damaged(self, path: Path, why: str) -> None:
+        """Remove a damaged file (the caller compiles again and saves a good one)."""
+        with contextlib.suppress(OSError):
+            path.unlink()
+        if not self._warned_damaged:
+            self._warned_damaged = True
+            warnings.warn(
+                f"kdsl: the compiled object '{path}' is damaged ({why}); removed it and "
+                "compiled the kernel again. If this repeats, check the disk, or run "
+                "`kdsl cache clear`.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     def save(self, key: str, obj: object) -> None:
         if self.disabled:
@@ -82,8 +116,9 @@ class ObjectStore:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
             with os.fdopen(fd, "wb") as f:
-                pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
+                f.write(_MAGIC + hashlib.sha256(payload).digest() + payload)
             os.replace(tmp, path)
         except OSError as exc:
             self.disabled = True
