@@ -6,35 +6,41 @@ import math
 from collections.abc import Callable
 
 import numpy as np
+from kdsl.kernels._checks import as_array, as_axis, out_array
+
+
+def rows_input(func: str, x: object) -> np.ndarray:
+    """`x` checked for a row-wise function: a float array of at least one dimension."""
+    return as_array(func, "x", x, kinds="f", min_ndim=1)
 
 
 def over_rows(
+    func: str,
     kernel: Callable[..., object],
-    x: np.ndarray,
-    out: np.ndarray | None,
+    x: object,
+    out: object,
     *params: object,
-    axis: int = -1,
+    axis: object = -1,
 ) -> np.ndarray:
-    """Run `kernel(x2, *params, y2)` on x viewed as rows × `axis`, writing `out`."""
-    x = np.asarray(x)
-    if x.ndim == 0:
-        raise ValueError("expected an array with at least one dimension, got a scalar")
-    last = axis in (-1, x.ndim - 1)  # the common case skips np.moveaxis (a few µs)
+    """Run `kernel(x2, *params, y2)` on x viewed as rows × `axis`, writing `out` (the
+    public function `func`'s; its errors name `func`)."""
+    x = rows_input(func, x)
+    axis = as_axis(func, axis, x.ndim)
+    last = axis == x.ndim - 1  # the common case skips np.moveaxis (a few µs)
     moved = x if last else np.moveaxis(x, axis, -1)
     rows = moved.reshape(_rows_shape(moved))
     if out is not None:
-        if out.shape != x.shape:
-            raise ValueError(f"out has shape {out.shape}, expected {x.shape}")
-        target = _rows_view(out if last else np.moveaxis(out, axis, -1))
-        if target is not None and target.dtype == x.dtype:
-            kernel(rows, *params, target)  # straight into `out`
+        target = out_array(func, out, x.shape, x.dtype)
+        view = _rows_view(target if last else np.moveaxis(target, axis, -1))
+        if view is not None:
+            kernel(rows, *params, view)  # straight into `out`
             return out
     y = np.empty(rows.shape, x.dtype)
     kernel(rows, *params, y)
     result = y.reshape(moved.shape) if last else np.moveaxis(y.reshape(moved.shape), -1, axis)
     if out is None:
         return result
-    out[...] = result
+    target[...] = result
     return out
 
 

@@ -30,6 +30,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from kdsl.kernels._checks import as_array, as_float, out_array, shape_error
 
 import kdsl as kd
 
@@ -333,24 +334,15 @@ _STORAGE = ("float32", "bfloat16", "float16")  # what the kernels read directly
 
 
 def _as_input(name: str, x: object) -> np.ndarray:
-    if x is None:
-        raise kd.KernelArgumentError(
-            f"attention: '{name}' is None", fix=f"pass {name} as an array [B, heads, L, D]"
-        )
-    a = np.asarray(x)
+    a = as_array("attention", name, x, kinds="fiu")
     if a.ndim != 4:
-        raise kd.ShapeError(
-            f"attention: '{name}' has shape {a.shape}, expected 4 dimensions [B, heads, L, D]",
-            fix=f"reshape {name} (e.g. {name}[None] for one batch entry)",
+        raise shape_error(
+            "attention",
+            f"'{name}' has shape {a.shape}, expected 4 dimensions [B, heads, L, D]",
+            f"reshape {name} (e.g. {name}[None] for one batch entry)",
         )
-    if a.dtype.name in _STORAGE:
-        return a
-    if a.dtype.kind not in "fiu":
-        raise kd.KernelArgumentError(
-            f"attention: '{name}' has dtype {a.dtype}, expected a float array",
-            fix=f"pass {name} as float32 (or bfloat16/float16)",
-        )
-    return a.astype(np.float32)  # computed in f32 like every other input
+    # computed in f32 like every other input
+    return a if a.dtype.name in _STORAGE else a.astype(np.float32)
 
 
 def _check_shapes(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> None:
@@ -380,29 +372,6 @@ def _check_shapes(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> None:
         )
 
 
-def _check_out(out: object, shape: tuple[int, ...]) -> np.ndarray:
-    if not isinstance(out, np.ndarray):
-        raise kd.KernelArgumentError(
-            f"attention: 'out' is {type(out).__name__}, expected a NumPy array",
-            fix="pass out=None to have it allocated, or a writable float32 array",
-        )
-    if out.shape != shape:
-        raise kd.ShapeError(
-            f"attention: 'out' has shape {out.shape}, expected {shape} (q's shape)",
-            fix="pass out=None or an array shaped like q",
-        )
-    if out.dtype.name not in _STORAGE:
-        raise kd.KernelArgumentError(
-            f"attention: 'out' has dtype {out.dtype}, expected float32 (or bfloat16/float16)",
-            fix="pass a float32 array, or out=None",
-        )
-    if not out.flags.writeable:
-        raise kd.KernelArgumentError(
-            "attention: 'out' is read-only", fix="pass a writable array, or out=None"
-        )
-    return out
-
-
 def attention(
     q: np.ndarray,
     k: np.ndarray,
@@ -423,18 +392,18 @@ def attention(
     q, k, v = _as_input("q", q), _as_input("k", k), _as_input("v", v)
     _check_shapes(q, k, v)
     B, H, Lq, D = q.shape
-    out = np.empty(q.shape, np.float32) if out is None else _check_out(out, q.shape)
-    if out.size == 0:
-        return out
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    o = out_array("attention", out, q.shape, np.float32, also=_STORAGE)
+    if o.size == 0:
+        return o if out is None else out
+    scale = 1.0 / math.sqrt(D) if scale is None else as_float("attention", "scale", scale)
     group = H // k.shape[1]
     if causal and k.shape[2] > Lq:  # top-left: keys past the last query are never seen
         k, v = k[:, :, :Lq], v[:, :, :Lq]
     if Lq == 1:
-        decode_kernel(q, k, v, out, scale, group, D)
+        decode_kernel(q, k, v, o, scale, group, D)
     else:
-        flash_kernel(q, k, v, out, scale, group, D, bool(causal))
-    return out
+        flash_kernel(q, k, v, o, scale, group, D, bool(causal))
+    return o if out is None else out
 
 
 def reference(

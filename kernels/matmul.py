@@ -8,6 +8,7 @@ import functools
 import math
 
 import numpy as np
+from kdsl.kernels._checks import FLOATS, argument_error, as_array, out_array, shape_error
 
 import kdsl as kd
 
@@ -282,26 +283,40 @@ def matmul(
 ) -> np.ndarray:
     """activation(a @ b + bias) for 2-D arrays of any strides, or batched: `a` of rank 3
     ([batch, m, k]) against `b` of rank 2 or 3. The bias (length n) and the activation
-    (None, "relu", "gelu", "silu") are applied in registers as C is written."""
-    a, b = np.asarray(a), np.asarray(b)
+    (None, "relu", "gelu", "silu") are applied in registers as C is written. `out` has the
+    inputs' dtype or another float dtype (f32 sums of bf16 inputs, say)."""
+    a, b = as_array("matmul", "a", a), as_array("matmul", "b", b)
     if activation not in ACTIVATIONS:
-        raise ValueError(f"activation {activation!r} is not one of {ACTIVATIONS}")
+        raise argument_error(
+            "matmul",
+            f"activation {activation!r} is not one of {ACTIVATIONS}",
+            "pass one of those, or None for no activation",
+        )
     if a.ndim not in (2, 3) or b.ndim not in (2, 3) or (a.ndim == 2 and b.ndim == 3):
-        raise ValueError(
-            f"expected a of rank 2 or 3 and b of rank 2 (or 3 with a), got {a.shape} and {b.shape}"
+        raise shape_error(
+            "matmul",
+            f"expected 'a' of rank 2 or 3 and 'b' of rank 2 (or 3 with a), got {a.shape} and "
+            f"{b.shape}",
+            "pass a [m, k] and b [k, n], or a [batch, m, k] and b [k, n] or [batch, k, n]",
         )
     if a.shape[-1] != b.shape[-2] or (a.ndim == b.ndim == 3 and a.shape[0] != b.shape[0]):
-        raise ValueError(f"can't multiply shapes {a.shape} and {b.shape}")
+        raise shape_error(
+            "matmul",
+            f"can't multiply shapes {a.shape} and {b.shape}",
+            "a's last dimension must be b's next to last (and their batch sizes agree)",
+        )
     dtype = np.result_type(a, b)
     shape = (*a.shape[:-1], b.shape[-1])
-    if out is None:
-        out = np.empty(shape, dtype)
-    elif out.shape != shape:
-        raise ValueError(f"out has shape {out.shape}, expected {shape}")
+    # any float output: the sums are stored converted (bf16 inputs, f32 results)
+    c = out_array("matmul", out, shape, dtype, also=FLOATS)
     if bias is not None:
-        bias = np.asarray(bias, dtype)
+        bias = as_array("matmul", "bias", bias).astype(dtype, copy=False)
         if bias.shape != (b.shape[-1],):
-            raise ValueError(f"bias has shape {bias.shape}, expected ({b.shape[-1]},)")
+            raise shape_error(
+                "matmul",
+                f"'bias' has shape {bias.shape}, expected ({b.shape[-1]},)",
+                "pass one bias value per column of the result, or bias=None",
+            )
     a, b = a.astype(dtype, copy=False), b.astype(dtype, copy=False)
     if a.shape[-1] > 1 and a.strides[-1] != a.itemsize:
         # rows of A read whole (AMX tiles read 32 k at once; the vector path broadcasts
@@ -314,12 +329,12 @@ def matmul(
         with_bias = bias is not None
         bias = bias if with_bias else _NO_BIAS.astype(dtype)
     for t in range(a.shape[0]) if a.ndim == 3 else [...]:
-        x, y, z = a[t], b[t] if b.ndim == 3 else b, out[t]
+        x, y, z = a[t], b[t] if b.ndim == 3 else b, c[t]
         if plain:
             kernel(x, y, z)
         else:
             kernel(x, y, bias, z, activation, with_bias)
-    return out
+    return c if out is None else out
 
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])

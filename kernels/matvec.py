@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from kdsl.kernels._checks import argument_error, as_array, out_array, shape_error
 from kdsl.kernels._machine import one_row_first, stream_hints_first
 
 import kdsl as kd
@@ -117,14 +118,18 @@ def matvec(
 ) -> np.ndarray:
     """w @ x for w [rows, cols] and x [cols] (float32, any strides); `accumulate=True`
     adds the product to `out` instead of overwriting it."""
-    w, x = np.asarray(w, np.float32), np.asarray(x, np.float32)
+    w = as_array("matvec", "w", w).astype(np.float32, copy=False)
+    x = as_array("matvec", "x", x).astype(np.float32, copy=False)
     if w.ndim != 2 or x.shape != (w.shape[1],):
-        raise ValueError(f"can't multiply w of shape {w.shape} by x of shape {x.shape}")
-    if out is None:
-        if accumulate:
-            raise ValueError("accumulate=True adds to `out`: pass out=")
-        out = np.empty(w.shape[0], np.float32)
-    elif out.shape != (w.shape[0],):
-        raise ValueError(f"out has shape {out.shape}, expected ({w.shape[0]},)")
-    matvec_for(w.shape[1], accumulate)(w, x, out)
-    return out
+        raise shape_error(
+            "matvec",
+            f"can't multiply w of shape {w.shape} by x of shape {x.shape}",
+            "pass w [rows, cols] and x [cols]",
+        )
+    if out is None and accumulate:
+        raise argument_error(
+            "matvec", "accumulate=True adds to `out`, and none was given", "pass out="
+        )
+    y = out_array("matvec", out, (w.shape[0],), np.float32)
+    matvec_for(w.shape[1], accumulate)(w, x, y)
+    return y if out is None else out

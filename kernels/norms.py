@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from kdsl.kernels._rows import over_rows
+from kdsl.kernels._checks import as_array, as_float, shape_error
+from kdsl.kernels._rows import over_rows, rows_input
 
 import kdsl as kd
 
@@ -120,20 +121,26 @@ def _ln_cuda(s):
     _rows_on_gpu(s, 4, ("j", "j.2"), [256, 512, 1024], fused=[("j", "j.1")])
 
 
-def _check_weight(name: str, w: np.ndarray, n: int) -> np.ndarray:
-    w = np.asarray(w)
+def _weight(func: str, name: str, w: object, x: np.ndarray) -> np.ndarray:
+    """A weight or bias: one value per element of x's rows, in x's dtype."""
+    w = as_array(func, name, w)
+    n = x.shape[-1]
     if w.shape != (n,):
-        raise ValueError(f"{name} has shape {w.shape}, expected ({n},) for rows of {n}")
-    return w
+        raise shape_error(
+            func,
+            f"'{name}' has shape {w.shape}, expected ({n},) for rows of {n}",
+            f"pass {name} with one value per element of x's last axis",
+        )
+    return w.astype(x.dtype, copy=False)
 
 
 def rmsnorm(
     x: np.ndarray, weight: np.ndarray, eps: float = 1e-5, out: np.ndarray | None = None
 ) -> np.ndarray:
     """x / sqrt(mean(x²) + eps) * weight over the last axis."""
-    x = np.asarray(x)
-    w = _check_weight("weight", weight, x.shape[-1]).astype(x.dtype, copy=False)
-    return over_rows(rmsnorm_rows, x, out, w, float(eps))
+    x = rows_input("rmsnorm", x)
+    w = _weight("rmsnorm", "weight", weight, x)
+    return over_rows("rmsnorm", rmsnorm_rows, x, out, w, as_float("rmsnorm", "eps", eps))
 
 
 def layernorm(
@@ -144,10 +151,9 @@ def layernorm(
     out: np.ndarray | None = None,
 ) -> np.ndarray:
     """(x - mean) / sqrt(var + eps) * weight + bias over the last axis."""
-    x = np.asarray(x)
-    w = _check_weight("weight", weight, x.shape[-1]).astype(x.dtype, copy=False)
-    b = _check_weight("bias", bias, x.shape[-1]).astype(x.dtype, copy=False)
-    return over_rows(layernorm_rows, x, out, w, b, float(eps))
+    x = rows_input("layernorm", x)
+    w, b = _weight("layernorm", "weight", weight, x), _weight("layernorm", "bias", bias, x)
+    return over_rows("layernorm", layernorm_rows, x, out, w, b, as_float("layernorm", "eps", eps))
 
 
 def rmsnorm_reference(x: np.ndarray, weight: np.ndarray, eps: float = 1e-5) -> np.ndarray:

@@ -21,9 +21,18 @@ dequantizes the weights in registers.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import numpy as np
+from kdsl.kernels._checks import (
+    argument_error,
+    as_array,
+    expect_array,
+    out_array,
+    shape_error,
+    type_name,
+)
 from kdsl.kernels._machine import one_row_first
 
 import kdsl as kd
@@ -46,10 +55,30 @@ class QTensor:
     d: np.ndarray  # f16 [rows, padded blocks]
     q: np.ndarray  # [rows, padded blocks · QUANT_BYTES]
 
+    def __post_init__(self) -> None:
+        """The format known, and `d` and `q` of the shapes and dtypes `shape` takes (the
+        kernels read them by their own shapes: a mismatch would be read as zeros)."""
+        rows, cols = _check_shape("QTensor", self.format, self.shape)
+        padded = _padded_blocks(cols, self.format)
+
+        def fix() -> str:
+            return (
+                f"make a {self.format} {rows}x{cols} QTensor with QTensor.empty (then fill "
+                "its scales and quants), quantize_q8_0/quantize_q4_0 or QTensor.frombuffer"
+            )
+
+        d = expect_array("QTensor", "d", self.d, (rows, padded), [np.float16], fix)
+        quants = (rows, padded * QUANT_BYTES[self.format])
+        q = expect_array("QTensor", "q", self.q, quants, [_QUANT_TYPES[self.format]], fix)
+        if q.size and q.strides[1] != q.itemsize:  # (`quants` views a row's blocks)
+            raise argument_error("QTensor", "'q' is not contiguous along its rows", fix())
+        for name, value in (("shape", (rows, cols)), ("d", d), ("q", q)):
+            object.__setattr__(self, name, value)
+
     @classmethod
     def empty(cls, fmt: str, shape: tuple[int, int]) -> QTensor:
         """Zero blocks, to be filled through `scales` and `quants`."""
-        rows, cols = _check_shape(fmt, shape)
+        rows, cols = _check_shape("QTensor.empty", fmt, shape)
         padded = _padded_blocks(cols, fmt)
         d = np.zeros((rows, padded), np.float16)
         q = np.zeros((rows, padded * QUANT_BYTES[fmt]), _QUANT_TYPES[fmt])
@@ -98,8 +127,10 @@ class QTensor:
         data = np.frombuffer(buffer, np.uint8)  # type: ignore[call-overload]
         expected = rows * (cols // BLOCK) * FORMATS[fmt]
         if data.size != expected:
-            raise ValueError(
-                f"{fmt} {rows}x{cols} takes {expected} bytes, the buffer has {data.size}"
+            raise shape_error(
+                "QTensor.frombuffer",
+                f"{fmt} {rows}x{cols} takes {expected} bytes, the buffer has {data.size}",
+                "pass the matrix's shape and exactly its bytes",
             )
         data = data.reshape(rows, -1)
         out.scales[...] = _ggml_view(data, fmt, np.float16, 0, 1)[..., 0]
@@ -120,15 +151,26 @@ def _ggml_view(data: np.ndarray, fmt: str, dtype: object, at: int, count: int) -
     return np.ndarray((data.shape[0], data.shape[1] // size, count), dtype, data, at, strides)
 
 
-def _check_shape(fmt: str, shape: tuple[int, ...]) -> tuple[int, int]:
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}: expected one of {sorted(FORMATS)}")
-    if len(shape) != 2 or shape[1] % BLOCK:
-        raise ValueError(
-            f"{fmt} stores rows in blocks of {BLOCK}: expected a 2-D shape whose last "
-            f"dimension is a multiple of {BLOCK}, got {tuple(shape)}"
+def _check_shape(func: str, fmt: object, shape: object) -> tuple[int, int]:
+    """(rows, cols) of a matrix in `fmt`, for `func`'s errors."""
+    if not isinstance(fmt, str) or fmt not in FORMATS:
+        raise argument_error(
+            func,
+            f"unknown format {fmt!r}: expected one of {sorted(FORMATS)}",
+            "pass 'q8_0' or 'q4_0'",
         )
-    return int(shape[0]), int(shape[1])
+    try:
+        rows, cols = (operator.index(n) for n in shape)
+    except (TypeError, ValueError):
+        rows, cols = -1, -1
+    if rows < 0 or cols < 0 or cols % BLOCK:
+        raise shape_error(
+            func,
+            f"{fmt} stores rows in blocks of {BLOCK}: expected a 2-D shape whose last "
+            f"dimension is a multiple of {BLOCK}, got {shape!r}",
+            f"pad the rows to a multiple of {BLOCK} values",
+        )
+    return rows, cols
 
 
 # ------------------------------------------------------------------ quantizing
@@ -216,8 +258,9 @@ _QUANTIZERS = {"q8_0": q8_0_blocks, "q4_0": q4_0_blocks}
 def quantize(x: np.ndarray, fmt: str) -> QTensor:
     """`x` ([rows, cols] or [cols], cols a multiple of 32) in GGML's `fmt`, bit for bit
     what GGML's reference quantizer writes."""
-    x = np.asarray(x, np.float32)
+    x = as_array("quantize", "x", x).astype(np.float32, copy=False)
     matrix = x.reshape(1, -1) if x.ndim == 1 else x
+    _check_shape("quantize", fmt, matrix.shape)
     out = QTensor.empty(fmt, matrix.shape)
     quants = out.quants
     if fmt == "q8_0":  # a block's halves, as q8_0_blocks writes them
@@ -253,11 +296,11 @@ def q4_0_values(d, q, y):
 
 def dequantize(w: QTensor, out: np.ndarray | None = None) -> np.ndarray:
     """The f32 values a QTensor stands for."""
+    _check_qtensor("dequantize", w)
     kernel = q8_0_values if w.format == "q8_0" else q4_0_values
-    if out is None:
-        out = np.empty(w.shape, np.float32)
-    kernel(w.scales, w.quants, out)
-    return out
+    y = out_array("dequantize", out, w.shape, np.float32)
+    kernel(w.scales, w.quants, y)
+    return y if out is None else out
 
 
 # ------------------------------------------------------------------ products
@@ -458,7 +501,7 @@ class Activations:
     for kernels that make and quantize activations in one."""
 
     def __init__(self, fmt: str, shape: tuple[int, int]):
-        n, cols = self.shape = _check_shape(fmt, shape)
+        n, cols = self.shape = _check_shape("Activations", fmt, shape)
         blocks, padded, halves = cols // BLOCK, _padded_blocks(cols, fmt), BLOCK // 2
         d = np.zeros((n, padded), np.float16)
         if fmt == "q8_0":
@@ -471,7 +514,11 @@ class Activations:
 
     def quantize(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
         if x.shape != self.shape:
-            raise ValueError(f"these buffers hold activations {self.shape}, got {x.shape}")
+            raise shape_error(
+                "quantize_activations",
+                f"these buffers hold activations {self.shape}, got {x.shape}",
+                f"pass buffers made by Activations(fmt, {x.shape}), or none",
+            )
         q8_0_blocks(x, self.scales, self.quants)
         return self.args
 
@@ -490,39 +537,60 @@ def qmatmul(
     """x @ wᵀ for x of shape [n, cols] (or [cols]): GGML's mul_mat. `activations="q8_0"`
     (GGML's way, and the fast one) quantizes each row of x per block first; "f32"
     multiplies the f32 activations by the weights dequantized in registers."""
-    if not isinstance(w, QTensor):
-        raise TypeError(f"w must be a QTensor (from quantize_q8_0/quantize_q4_0), got {type(w)}")
-    if activations not in ("q8_0", "f32"):
-        raise ValueError(f"activations must be 'q8_0' or 'f32', got {activations!r}")
-    x = np.asarray(x, np.float32)
-    vector = x.ndim == 1
-    batch = x.reshape(1, -1) if vector else x
-    if batch.ndim != 2 or batch.shape[1] != w.shape[1]:
-        raise ValueError(f"can't multiply x of shape {x.shape} by weights {w.shape} transposed")
-    shape = (batch.shape[0], w.shape[0])
-    y = out.reshape(shape) if out is not None and out.size == np.prod(shape) else None
-    if out is not None and y is None:
-        raise ValueError(f"out has shape {out.shape}, expected {shape[1:] if vector else shape}")
-    if y is None:
-        y = np.empty(shape, np.float32)
-    kernel = PRODUCTS[(w.format, activations)]
-    if kernel is q8_0_dot_q8_0 and w.shape[1] >= LONG_ROW:
-        kernel = q8_0_long_rows
-    if activations == "f32":
-        kernel(w.scales, w.quants, batch, y)
-    else:
-        kernel(w.d, w.q, *quantize_activations(batch, w.format), y)
-    return y[0] if vector and out is None else (out if out is not None else y)
+    return _product("qmatmul", w, as_array("qmatmul", "x", x), out, activations)
 
 
 def qmatvec(
     w: QTensor, x: np.ndarray, out: np.ndarray | None = None, activations: str = "q8_0"
 ) -> np.ndarray:
     """w @ x for a vector x of length cols: the decoding step of a quantized model."""
-    x = np.asarray(x)
+    x = as_array("qmatvec", "x", x)
     if x.ndim != 1:
-        raise ValueError(f"qmatvec takes a vector x, got shape {x.shape}; use qmatmul")
-    return qmatmul(w, x, out, activations)
+        raise shape_error(
+            "qmatvec", f"'x' has shape {x.shape}, expected a vector", "use qmatmul for rows of x"
+        )
+    return _product("qmatvec", w, x, out, activations)
+
+
+def _check_qtensor(func: str, w: object) -> None:
+    if not isinstance(w, QTensor):
+        raise argument_error(
+            func,
+            f"'w' is {type_name(w)}, expected a QTensor",
+            "quantize the weights first (quantize_q8_0/quantize_q4_0)",
+        )
+
+
+def _product(
+    func: str, w: QTensor, x: np.ndarray, out: np.ndarray | None, activations: str
+) -> np.ndarray:
+    """qmatmul and qmatvec: x (checked to be an array) by wᵀ, into `out` when given (any
+    strides: the kernels write through them)."""
+    _check_qtensor(func, w)
+    if activations not in ("q8_0", "f32"):
+        raise argument_error(
+            func, f"activations must be 'q8_0' or 'f32', got {activations!r}", "pass one of those"
+        )
+    x = x.astype(np.float32, copy=False)
+    vector = x.ndim == 1
+    batch = x.reshape(1, -1) if vector else x
+    if batch.ndim != 2 or batch.shape[1] != w.shape[1]:
+        raise shape_error(
+            func,
+            f"can't multiply x of shape {x.shape} by weights {w.shape} transposed",
+            f"pass x of shape ({w.shape[1]},) or (n, {w.shape[1]})",
+        )
+    shape = (batch.shape[0], w.shape[0])
+    y = out_array(func, out, shape[1:] if vector else shape, np.float32)
+    rows = y[None] if vector else y
+    kernel = PRODUCTS[(w.format, activations)]
+    if kernel is q8_0_dot_q8_0 and w.shape[1] >= LONG_ROW:
+        kernel = q8_0_long_rows
+    if activations == "f32":
+        kernel(w.scales, w.quants, batch, rows)
+    else:
+        kernel(w.d, w.q, *quantize_activations(batch, w.format), rows)
+    return y if out is None else out
 
 
 # ------------------------------------------------------------------ reference
@@ -531,7 +599,7 @@ def qmatvec(
 def reference_quantize(x: np.ndarray, fmt: str) -> QTensor:
     """GGML's reference quantizers in NumPy, f32 arithmetic as in the C code."""
     x = np.asarray(x, np.float32)
-    rows, cols = _check_shape(fmt, x.shape)
+    rows, cols = _check_shape("reference_quantize", fmt, x.shape)
     blocks = x.reshape(rows, cols // BLOCK, BLOCK)
     if fmt == "q8_0":
         d = np.abs(blocks).max(axis=2, keepdims=True) / np.float32(127)

@@ -64,7 +64,7 @@ def _cuda(s):
 
 def softmax(x: np.ndarray, axis: int = -1, out: np.ndarray | None = None) -> np.ndarray:
     """exp(x - max) / sum(exp(x - max)) along `axis`."""
-    return over_rows(softmax_rows, x, out, axis=axis)
+    return over_rows("softmax", softmax_rows, x, out, axis=axis)
 
 
 def reference(x: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -44,7 +44,7 @@ def test_out_is_written_and_returned():
     out = np.empty_like(x)
     assert softmax(x, out=out) is out
     np.testing.assert_allclose(out, softmax_reference(x), rtol=2e-6)
-    with pytest.raises(ValueError, match="out has shape"):
+    with pytest.raises(ValueError, match="'out' has shape"):
         softmax(x, out=np.empty((9, 30), np.float32))
     columns = np.empty((31, 9), np.float32).T  # not a view of rows: written through a copy
     assert softmax(x, axis=0, out=columns) is columns
@@ -53,7 +53,7 @@ def test_out_is_written_and_returned():
 
 def test_bad_weight_shape_is_a_clear_error():
     x = np.ones((4, 8), np.float32)
-    with pytest.raises(ValueError, match=r"weight has shape \(7,\), expected \(8,\)"):
+    with pytest.raises(ValueError, match=r"'weight' has shape \(7,\), expected \(8,\)"):
         rmsnorm(x, np.ones(7, np.float32))
 
 
@@ -118,5 +118,5 @@ def test_matmul_argument_errors():
     a = np.ones((4, 3), np.float32)
     with pytest.raises(ValueError, match="activation 'tanh' is not one of"):
         matmul(a, a.T, activation="tanh")
-    with pytest.raises(ValueError, match=r"bias has shape \(3,\), expected \(4,\)"):
+    with pytest.raises(ValueError, match=r"'bias' has shape \(3,\), expected \(4,\)"):
         matmul(a, a.T, bias=np.ones(3, np.float32))

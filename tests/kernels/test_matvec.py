@@ -67,7 +67,7 @@ def test_bad_shapes_are_clear_errors() -> None:
     w, x = np.ones((4, 3), np.float32), np.ones(3, np.float32)
     with pytest.raises(ValueError, match="can't multiply"):
         mv.matvec(w, np.ones(4, np.float32))
-    with pytest.raises(ValueError, match="out has shape"):
+    with pytest.raises(ValueError, match="'out' has shape"):
         mv.matvec(w, x, out=np.ones(3, np.float32))
     with pytest.raises(ValueError, match="pass out="):
         mv.matvec(w, x, accumulate=True)

@@ -190,7 +190,7 @@ def test_bad_input_is_a_clear_error() -> None:
         quant.qmatvec(np.ones((2, 64), np.float32), np.ones(64, np.float32))
     with pytest.raises(ValueError, match="activations"):
         quant.qmatvec(w, np.ones(64, np.float32), activations="int4")
-    with pytest.raises(ValueError, match="out has shape"):
+    with pytest.raises(ValueError, match="'out' has shape"):
         quant.qmatvec(w, np.ones(64, np.float32), out=np.empty(3, np.float32))
 
 

@@ -1,0 +1,148 @@
+"""Argument checks shared by the library's public functions: each error names the
+function and the argument and says the fix (kd.KernelArgumentError for a wrong type,
+dtype or value, kd.ShapeError for shapes that disagree; both are ValueErrors)."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from numpy.typing import DTypeLike
+
+import kdsl as kd
+
+FLOATS = ("float16", "bfloat16", "float32", "float64")  # dtypes the kernels compute in
+
+
+def argument_error(func: str, what: str, fix: str) -> kd.KernelArgumentError:
+    return kd.KernelArgumentError(f"{func}: {what}", fix=fix)
+
+
+def shape_error(func: str, what: str, fix: str) -> kd.ShapeError:
+    return kd.ShapeError(f"{func}: {what}", fix=fix)
+
+
+def is_float(dtype: np.dtype) -> bool:
+    return dtype.name in FLOATS
+
+
+def as_array(func: str, name: str, x: object, kinds: str = "biuf", min_ndim: int = 0) -> np.ndarray:
+    """`x` as a NumPy array whose dtype is of `kinds` ("f": floats, bfloat16 included;
+    "biuf": numbers) and that has at least `min_ndim` dimensions."""
+    if x is None:
+        raise argument_error(func, f"'{name}' is None", f"pass {name} as a NumPy array")
+    try:
+        a = np.asarray(x)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise argument_error(
+            func, f"'{name}' ({type_name(x)}) is not an array: {e}", "pass a NumPy array"
+        ) from e
+    if not (a.dtype.kind in kinds or ("f" in kinds and is_float(a.dtype))):
+        expected = "a float" if kinds == "f" else "a numeric"
+        raise argument_error(
+            func,
+            f"'{name}' has dtype {a.dtype}, expected {expected} array",
+            f"pass {name} as a float32 array (e.g. np.asarray({name}, np.float32))",
+        )
+    if a.ndim < min_ndim:
+        raise shape_error(
+            func,
+            f"'{name}' has shape {a.shape}, expected at least {min_ndim} dimension(s)",
+            f"pass {name} as an array (np.atleast_1d({name}) for a single value)",
+        )
+    return a
+
+
+def as_axis(func: str, axis: object, ndim: int) -> int:
+    """`axis` of an array of `ndim` dimensions, as a non-negative int."""
+    try:
+        if isinstance(axis, bool):
+            raise TypeError
+        index = operator.index(axis)
+    except TypeError:
+        raise argument_error(
+            func, f"'axis' is {axis!r} ({type_name(axis)}), expected an int", "pass an int"
+        ) from None
+    if not -ndim <= index < ndim:
+        raise argument_error(
+            func,
+            f"'axis' is {index}, out of range for an array of {ndim} dimension(s)",
+            f"pass an axis from {-ndim} to {ndim - 1}",
+        )
+    return index % ndim
+
+
+def as_float(func: str, name: str, value: object) -> float:
+    """A real scalar argument (eps, scale) as a Python float."""
+    a = None if isinstance(value, (str, bytes)) else np.asarray(value)
+    if a is None or a.ndim or a.dtype.kind not in "iuf":
+        raise argument_error(
+            func,
+            f"'{name}' is {value!r} ({type_name(value)}), expected a number",
+            "pass a float",
+        )
+    return float(a)
+
+
+def type_name(x: object) -> str:
+    """`x`'s type for a message: `list`, `numpy.ndarray`, `torch.Tensor`."""
+    kind = type(x)
+    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
+
+
+def out_array(
+    func: str, out: object, shape: tuple[int, ...], dtype: DTypeLike, also: Sequence[DTypeLike] = ()
+) -> np.ndarray:
+    """The array a function writes its result to: a new one of `shape` and `dtype` when
+    `out` is None, else `out` checked to be a writable array of `shape` and `dtype` (or one
+    of `also`): the array itself, or NumPy's view of a CPU tensor's memory (DLPack)."""
+    if out is None:
+        return np.empty(shape, dtype)
+    if isinstance(out, np.ndarray) and out.shape == shape and out.dtype == dtype:
+        if out.flags.writeable:  # the common case, in a fraction of a µs
+            return out
+
+    def fix() -> str:
+        return f"pass a NumPy array of shape {shape} and dtype {np.dtype(dtype)}, or out=None"
+
+    array = expect_array(func, "out", out, shape, (dtype, *also), fix)
+    if not array.flags.writeable:
+        raise argument_error(func, "'out' is read-only", fix())
+    return array
+
+
+def expect_array(
+    func: str,
+    name: str,
+    a: object,
+    shape: tuple[int, ...],
+    dtypes: Sequence[DTypeLike],
+    fix: Callable[[], str],
+) -> np.ndarray:
+    """`a` as a NumPy array (or a view of a DLPack tensor's memory) of `shape` and one of
+    `dtypes` (names for those NumPy may not know: "bfloat16"), else KernelArgumentError
+    for another type or dtype, ShapeError for another shape; `fix()` says what to pass.
+    (Called on every call with `out=`: the messages are made only when raised.)"""
+    array = _view(a)
+    if array is None:
+        raise argument_error(func, f"'{name}' is {type_name(a)}, expected a NumPy array", fix())
+    if array.shape != shape:
+        raise shape_error(func, f"'{name}' has shape {array.shape}, expected {shape}", fix())
+    if not any(array.dtype.name == d if isinstance(d, str) else array.dtype == d for d in dtypes):
+        names = dict.fromkeys(d if isinstance(d, str) else np.dtype(d).name for d in dtypes)
+        expected = f"one of {', '.join(names)}" if len(names) > 1 else next(iter(names))
+        raise argument_error(func, f"'{name}' has dtype {array.dtype}, expected {expected}", fix())
+    return array
+
+
+def _view(out: object) -> np.ndarray | None:
+    """`out` itself, NumPy's view of a DLPack tensor (a CPU PyTorch tensor), or None."""
+    if isinstance(out, np.ndarray):
+        return out
+    if hasattr(out, "__dlpack__"):
+        try:
+            return np.from_dlpack(out)
+        except (BufferError, RuntimeError, TypeError, ValueError):  # a GPU tensor, bfloat16
+            return None
+    return None
