@@ -17,7 +17,9 @@ signed ints in [-8, 8), unsigned ints in [0, 16), bools half true.
 
 from __future__ import annotations
 
+import math
 import operator
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -156,7 +158,18 @@ def _bad(item: str, why: str) -> SpecError:
 def make_arguments(
     examples: Mapping[str, ArgExample], rng: np.random.Generator
 ) -> dict[str, object]:
-    """Concrete arguments for example specs: fresh random arrays; scalars passed as given."""
+    """Concrete arguments for example specs: fresh random arrays; scalars passed as given.
+    Arrays that could not all fit in this machine's memory are a SpecError, not a
+    MemoryError (or the machine swapping) half-way through."""
+    arrays = {n: e for n, e in examples.items() if isinstance(e, Spec)}
+    nbytes = sum(math.prod(e.shape) * e.dtype.itemsize for e in arrays.values())
+    if nbytes > _memory_bytes():
+        shapes = ", ".join(f"{n}={e}" for n, e in arrays.items())
+        raise SpecError(
+            f"example arrays {shapes} need {nbytes / 2**30:.1f} GiB, more than this "
+            f"machine's memory ({_memory_bytes() / 2**30:.1f} GiB)",
+            fix="give smaller shapes: one compiled kernel serves every size",
+        )
     made: dict[str, object] = {}
     for name, example in examples.items():
         if isinstance(example, Spec):
@@ -169,3 +182,11 @@ def make_arguments(
                 fix="give kd.spec(shape, dtype) for an array, or a Python number",
             )
     return made
+
+
+def _memory_bytes() -> int:
+    """This machine's physical memory (no limit where the OS doesn't say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return 1 << 62

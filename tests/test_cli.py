@@ -52,6 +52,13 @@ def run(capsys, *argv):
     return code, out, err
 
 
+def test_show_refuses_example_arrays_larger_than_memory(capsys, kernels_file):
+    huge = "x=200000x200000:f32,y=16:f32,out=16:f32,alpha=0.5"
+    code, out, err = run(capsys, "show", f"{kernels_file}:scale_add", "--lowered", "--args", huge)
+    assert code == 2
+    assert "more than this machine's memory" in err and "give smaller shapes" in err
+
+
 def test_show_ir_is_the_kernels_ir(capsys, kernels_file):
     code, out, err = run(capsys, "show", f"{kernels_file}:scale_add", "--ir", "--args", ARGS)
     assert code == 0, err

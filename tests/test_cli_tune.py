@@ -111,6 +111,32 @@ def test_a_kernel_bound_to_two_names_is_tuned_once(capsys, tmp_path: Path) -> No
 
 
 @pytest.mark.usefixtures("cache_dir")
+def test_a_package_directory_is_tuned_with_its_modules(capsys, tmp_path: Path) -> None:
+    """DESIGN: targets are files, packages or module:kernel; a package's kernels live in
+    its modules (a directory used to be "no such file", a dotted package "no kernels")."""
+    package = tmp_path / "tunepkg_cli"
+    (package / "inner").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "inner" / "__init__.py").write_text("")
+    (package / "inner" / "mine.py").write_text(KERNELS)
+    for target in (package, "tunepkg_cli.inner"):
+        code, out, err = kdsl_cli(capsys, "autotune", target, *QUICK)
+        assert code == 0, err
+        assert "cli_affine" in out and "300, 300" in out
+
+
+def test_a_target_that_fails_to_import_shows_the_users_frames(capsys, tmp_path: Path) -> None:
+    path = tmp_path / "broken_cli.py"
+    path.write_text("import math\n\nraise RuntimeError('boom at import')\n")
+    for command in (("autotune", path), ("show", f"{path}:k", "--ir", "--args", "x=4:f32")):
+        code, out, err = kdsl_cli(capsys, *command)
+        assert code == 2
+        assert f"importing {path} failed" in err and "RuntimeError: boom at import" in err
+        assert f'File "{path}", line 3' in err
+        assert "importlib" not in err and "kdsl/cli" not in err
+
+
+@pytest.mark.usefixtures("cache_dir")
 def test_kernel_parameter_may_share_an_option_name(capsys, kernels_file) -> None:
     target = f"{kernels_file}:cli_budget"  # its parameter `budget` is not --budget
     code, out, err = kdsl_cli(

@@ -1,18 +1,23 @@
 """What the `kdsl` subcommands share: usage errors, and finding kernels named on the
-command line (`path/to/file.py:NAME`, `package.module:NAME`, a file or a module)."""
+command line (`path/to/file.py:NAME`, `package.module:NAME`, a file, a module, or a
+package: a dotted name or a directory with an `__init__.py`, its modules included)."""
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
 import os
+import pkgutil
 import sys
 import tempfile
+import traceback
 from pathlib import Path
 from types import ModuleType
 
 from kdsl.config import cache_root
 from kdsl.kernel import KernelFunction
+
+_KDSL_DIR = str(Path(__file__).resolve().parent.parent)
 
 
 class UsageError(Exception):
@@ -51,14 +56,33 @@ def _load_module(where: str) -> ModuleType:
             "the target is empty; write path/to/file.py:KERNEL or package.module:KERNEL"
         )
     if where.endswith(".py") or os.sep in where or "/" in where:
-        return _load_file(Path(where))
+        path = Path(where)
+        if path.is_dir():
+            return _load_package_dir(path)
+        return _load_file(path)
     _put_on_path(os.getcwd())  # as `python -m` does: modules of the current project
+    return _import(where)
+
+
+def _import(name: str) -> ModuleType:
+    """importlib.import_module, its failures told as the user's, not as kdsl's."""
     try:
-        return importlib.import_module(where)
+        return importlib.import_module(name)
     except ModuleNotFoundError as exc:
-        if exc.name is not None and (where == exc.name or where.startswith(exc.name + ".")):
-            raise UsageError(f"no module named '{where}' (nor a file: files end in .py)") from None
-        raise
+        if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
+            raise UsageError(f"no module named '{name}' (nor a file: files end in .py)") from None
+        raise UsageError(_import_failure(name, exc)) from None
+    except Exception as exc:
+        raise UsageError(_import_failure(name, exc)) from None
+
+
+def _load_package_dir(path: Path) -> ModuleType:
+    if not (path / "__init__.py").is_file():
+        raise UsageError(f"{path} is a directory without an __init__.py: name a .py file in it")
+    if not path.resolve().name.isidentifier():
+        raise UsageError(f"{path} is not a package name Python can import")
+    _put_on_path(str(path.resolve().parent))
+    return _import(path.resolve().name)
 
 
 def _load_file(path: Path) -> ModuleType:
@@ -71,8 +95,25 @@ def _load_file(path: Path) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     _put_on_path(str(path.resolve().parent))  # as `python file.py`: its sibling modules
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[name]
+        raise UsageError(_import_failure(str(path), exc)) from None
     return module
+
+
+def _import_failure(where: str, exc: BaseException) -> str:
+    """`where` raised `exc` while being imported: the error and the user's frames of it
+    (importlib's and kdsl's left out), as Python would print them."""
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if not f.filename.startswith(("<frozen", _KDSL_DIR))
+    ]
+    shown = "".join(traceback.format_list(frames))
+    error = "".join(traceback.format_exception_only(type(exc), exc)).rstrip()
+    return f"importing {where} failed:\n{shown}{error}"
 
 
 def _put_on_path(folder: str) -> None:
@@ -86,12 +127,22 @@ def kernels_in(target: str) -> list[KernelFunction]:
     where, colon, name = target.rpartition(":")
     if colon and name:
         return [load_kernel(target)]
-    module = _load_module(target.rstrip(":"))
-    found = {id(v): v for v in vars(module).values() if isinstance(v, KernelFunction)}
+    found: dict[int, KernelFunction] = {}
+    for module in _with_submodules(_load_module(target.rstrip(":"))):
+        found.update((id(v), v) for v in vars(module).values() if isinstance(v, KernelFunction))
     kernels = list(found.values())
     if not kernels:
         raise UsageError(f"{target} defines no kdsl kernels (decorate them with @kd.kernel)")
     return kernels
+
+
+def _with_submodules(module: ModuleType) -> list[ModuleType]:
+    """A module; a package and every module in it."""
+    if not hasattr(module, "__path__"):
+        return [module]
+    prefix = module.__name__ + "."
+    names = sorted(info.name for info in pkgutil.walk_packages(module.__path__, prefix))
+    return [module, *(_import(name) for name in names)]
 
 
 def check_cache_dir() -> None:

@@ -63,7 +63,10 @@ def _show(ns: argparse.Namespace) -> int:
     if missing or unknown:
         problem = f"missing {', '.join(missing)}" if missing else f"unknown {', '.join(unknown)}"
         raise UsageError(f"--args: {problem} (the kernel is {kernel.signature})")
-    args = make_arguments(examples, np.random.default_rng(0))
+    try:
+        args = make_arguments(examples, np.random.default_rng(0))
+    except SpecError as err:
+        raise UsageError(f"--args: {err.what}; {err.fix}") from None
     print(getattr(kernel, ns.view)(**args))
     return 0
 
