@@ -1,15 +1,8 @@
 """GGML's Q8_0 and Q4_0 block formats, bit for bit, with kdsl kernels that quantize,
 dequantize and multiply with the dequantization fused into the dot products.
 
-A block holds 32 consecutive values of a row and one f16 scale d:
-* Q8_0 (34 bytes): d, then 32 int8 q;           value = d·q
-* Q4_0 (18 bytes): d, then 16 bytes of nibbles;  value j = d·(nibble - 8), the low
-  nibbles holding values 0–15 and the high nibbles values 16–31.
-A `QTensor` holds exactly GGML's values, laid out as kdsl's kernels read them fastest:
-each row's scales in one array and its quants in another, padded with zero blocks to a
-whole number of groups of blocks whose quants fill a 64-byte vector (2 Q8_0 blocks, 4
-Q4_0 blocks). `tobytes()` writes GGML's interleaved bytes and `QTensor.frombuffer` reads
-them, bit for bit.
+The formats' layout is kernels/qtensor.py's `QTensor` (GGML's values bit for bit);
+GGML's own arithmetic in NumPy, the tests' yardstick, is kernels/quant_reference.py.
 
 Matrix-vector products follow GGML: the activations are quantized to Q8_0 per block
 too, and each block's integer dot product (32 byte products summed in int32: AVX512-VNNI
@@ -21,157 +14,30 @@ dequantizes the weights in registers.
 
 from __future__ import annotations
 
-import operator
-from dataclasses import dataclass
-
 import numpy as np
 from kdsl.kernels._checks import (
     argument_error,
     as_array,
-    expect_array,
     out_array,
     shape_error,
     type_name,
 )
 from kdsl.kernels._machine import one_row_first
+from kdsl.kernels.qtensor import (
+    BLOCK,
+    FORMATS,
+    QUANT_BYTES,
+    QTensor,
+    check_shape,
+    padded_blocks,
+)
+from kdsl.kernels.quant_reference import (
+    reference_dequantize,
+    reference_qmatmul,
+    reference_quantize,
+)
 
 import kdsl as kd
-
-BLOCK = 32  # values per block, both formats
-FORMATS = {"q8_0": 34, "q4_0": 18}  # bytes per block in GGML's files
-QUANT_BYTES = {"q8_0": 32, "q4_0": 16}  # the quants' bytes of a block
-GROUP = {"q8_0": 2, "q4_0": 4}  # blocks whose quants fill one 64-byte vector
-_QUANT_TYPES = {"q8_0": np.int8, "q4_0": np.uint8}
-
-
-@dataclass(frozen=True)
-class QTensor:
-    """A [rows, cols] matrix in a GGML block format: `d` holds each row's f16 scales and
-    `q` its quants (int8 for Q8_0, bytes of two nibbles for Q4_0), both padded with
-    zero blocks (zero scale) to a multiple of GROUP[format] blocks."""
-
-    format: str
-    shape: tuple[int, int]
-    d: np.ndarray  # f16 [rows, padded blocks]
-    q: np.ndarray  # [rows, padded blocks · QUANT_BYTES]
-
-    def __post_init__(self) -> None:
-        """The format known, and `d` and `q` of the shapes and dtypes `shape` takes (the
-        kernels read them by their own shapes: a mismatch would be read as zeros)."""
-        rows, cols = _check_shape("QTensor", self.format, self.shape)
-        padded = _padded_blocks(cols, self.format)
-
-        def fix() -> str:
-            return (
-                f"make a {self.format} {rows}x{cols} QTensor with QTensor.empty (then fill "
-                "its scales and quants), quantize_q8_0/quantize_q4_0 or QTensor.frombuffer"
-            )
-
-        d = expect_array("QTensor", "d", self.d, (rows, padded), [np.float16], fix)
-        quants = (rows, padded * QUANT_BYTES[self.format])
-        q = expect_array("QTensor", "q", self.q, quants, [_QUANT_TYPES[self.format]], fix)
-        if q.size and q.strides[1] != q.itemsize:  # (`quants` views a row's blocks)
-            raise argument_error("QTensor", "'q' is not contiguous along its rows", fix())
-        for name, value in (("shape", (rows, cols)), ("d", d), ("q", q)):
-            object.__setattr__(self, name, value)
-
-    @classmethod
-    def empty(cls, fmt: str, shape: tuple[int, int]) -> QTensor:
-        """Zero blocks, to be filled through `scales` and `quants`."""
-        rows, cols = _check_shape("QTensor.empty", fmt, shape)
-        padded = _padded_blocks(cols, fmt)
-        d = np.zeros((rows, padded), np.float16)
-        q = np.zeros((rows, padded * QUANT_BYTES[fmt]), _QUANT_TYPES[fmt])
-        return cls(fmt, (rows, cols), d, q)
-
-    @property
-    def blocks(self) -> int:
-        return self.shape[1] // BLOCK
-
-    @property
-    def nbytes(self) -> int:
-        """GGML's size of the matrix (the padding adds at most GROUP - 1 blocks a row)."""
-        return self.shape[0] * self.blocks * FORMATS[self.format]
-
-    @property
-    def scales(self) -> np.ndarray:
-        """f16 [rows, blocks], a view."""
-        return self.d[:, : self.blocks]
-
-    @property
-    def quants(self) -> np.ndarray:
-        """int8 [rows, blocks, 32] (Q8_0) or uint8 [rows, blocks, 16] (Q4_0 nibble pairs),
-        a view."""
-        count = QUANT_BYTES[self.format]
-        strides = (self.q.strides[0], count, 1)
-        return np.ndarray((self.shape[0], self.blocks, count), self.q.dtype, self.q, 0, strides)
-
-    def ggml(self) -> np.ndarray:
-        """GGML's bytes, uint8 [rows, blocks · bytes per block]: each block's f16 scale,
-        then its quants."""
-        count = QUANT_BYTES[self.format]
-        out = np.empty((self.shape[0], self.blocks * FORMATS[self.format]), np.uint8)
-        _ggml_view(out, self.format, np.float16, 0, 1)[..., 0] = self.scales
-        _ggml_view(out, self.format, self.q.dtype, 2, count)[...] = self.quants
-        return out
-
-    def tobytes(self) -> bytes:
-        return self.ggml().tobytes()
-
-    @classmethod
-    def frombuffer(cls, buffer: object, fmt: str, shape: tuple[int, int]) -> QTensor:
-        """A QTensor from GGML bytes (e.g. a memory-mapped file's), copied into kdsl's
-        layout."""
-        out = cls.empty(fmt, shape)
-        rows, cols = out.shape
-        data = np.frombuffer(buffer, np.uint8)  # type: ignore[call-overload]
-        expected = rows * (cols // BLOCK) * FORMATS[fmt]
-        if data.size != expected:
-            raise shape_error(
-                "QTensor.frombuffer",
-                f"{fmt} {rows}x{cols} takes {expected} bytes, the buffer has {data.size}",
-                "pass the matrix's shape and exactly its bytes",
-            )
-        data = data.reshape(rows, -1)
-        out.scales[...] = _ggml_view(data, fmt, np.float16, 0, 1)[..., 0]
-        out.quants[...] = _ggml_view(data, fmt, out.q.dtype, 2, QUANT_BYTES[fmt])
-        return out
-
-
-def _padded_blocks(cols: int, fmt: str) -> int:
-    """Blocks a row of `cols` values takes in kdsl's layout: whole groups of them."""
-    group = GROUP[fmt]
-    return -(-(cols // BLOCK) // group) * group
-
-
-def _ggml_view(data: np.ndarray, fmt: str, dtype: object, at: int, count: int) -> np.ndarray:
-    """[rows, blocks, count] elements of `dtype` from byte `at` of each GGML block."""
-    size = FORMATS[fmt]
-    strides = (data.strides[0], size, np.dtype(dtype).itemsize)
-    return np.ndarray((data.shape[0], data.shape[1] // size, count), dtype, data, at, strides)
-
-
-def _check_shape(func: str, fmt: object, shape: object) -> tuple[int, int]:
-    """(rows, cols) of a matrix in `fmt`, for `func`'s errors."""
-    if not isinstance(fmt, str) or fmt not in FORMATS:
-        raise argument_error(
-            func,
-            f"unknown format {fmt!r}: expected one of {sorted(FORMATS)}",
-            "pass 'q8_0' or 'q4_0'",
-        )
-    try:
-        rows, cols = (operator.index(n) for n in shape)
-    except (TypeError, ValueError):
-        rows, cols = -1, -1
-    if rows < 0 or cols < 0 or cols % BLOCK:
-        raise shape_error(
-            func,
-            f"{fmt} stores rows in blocks of {BLOCK}: expected a 2-D shape whose last "
-            f"dimension is a multiple of {BLOCK}, got {shape!r}",
-            f"pad the rows to a multiple of {BLOCK} values",
-        )
-    return rows, cols
-
 
 # ------------------------------------------------------------------ quantizing
 
@@ -260,7 +126,7 @@ def quantize(x: np.ndarray, fmt: str) -> QTensor:
     what GGML's reference quantizer writes."""
     x = as_array("quantize", "x", x).astype(np.float32, copy=False)
     matrix = x.reshape(1, -1) if x.ndim == 1 else x
-    _check_shape("quantize", fmt, matrix.shape)
+    check_shape("quantize", fmt, matrix.shape)
     out = QTensor.empty(fmt, matrix.shape)
     quants = out.quants
     if fmt == "q8_0":  # a block's halves, as q8_0_blocks writes them
@@ -501,8 +367,8 @@ class Activations:
     for kernels that make and quantize activations in one."""
 
     def __init__(self, fmt: str, shape: tuple[int, int]):
-        n, cols = self.shape = _check_shape("Activations", fmt, shape)
-        blocks, padded, halves = cols // BLOCK, _padded_blocks(cols, fmt), BLOCK // 2
+        n, cols = self.shape = check_shape("Activations", fmt, shape)
+        blocks, padded, halves = cols // BLOCK, padded_blocks(cols, fmt), BLOCK // 2
         d = np.zeros((n, padded), np.float16)
         if fmt == "q8_0":
             quants = np.zeros((n, padded, 2, halves), np.int8)
@@ -593,50 +459,18 @@ def _product(
     return y if out is None else out
 
 
-# ------------------------------------------------------------------ reference
-
-
-def reference_quantize(x: np.ndarray, fmt: str) -> QTensor:
-    """GGML's reference quantizers in NumPy, f32 arithmetic as in the C code."""
-    x = np.asarray(x, np.float32)
-    rows, cols = _check_shape("reference_quantize", fmt, x.shape)
-    blocks = x.reshape(rows, cols // BLOCK, BLOCK)
-    if fmt == "q8_0":
-        d = np.abs(blocks).max(axis=2, keepdims=True) / np.float32(127)
-    else:  # the first value of largest magnitude, over -8
-        first = np.argmax(np.abs(blocks), axis=2)[..., None]
-        d = np.take_along_axis(blocks, first, axis=2) / np.float32(-8)
-    with np.errstate(divide="ignore"):
-        inverse = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
-    v = blocks * inverse
-    if fmt == "q8_0":
-        q = (np.trunc(v) + np.where(np.abs(v - np.trunc(v)) >= 0.5, np.sign(v), 0)).astype(np.int8)
-    else:
-        nibbles = np.minimum(15, np.trunc(v + np.float32(8.5))).astype(np.uint8)
-        q = nibbles[..., :16] | (nibbles[..., 16:] << 4)
-    out = QTensor.empty(fmt, (rows, cols))
-    out.scales[...] = d[..., 0]
-    out.quants[...] = q
-    return out
-
-
-def reference_dequantize(w: QTensor) -> np.ndarray:
-    d = w.scales.astype(np.float32)[:, :, None]
-    q = w.quants
-    if w.format == "q4_0":
-        q = np.concatenate([(q & 15).astype(np.int8) - 8, (q >> 4).astype(np.int8) - 8], axis=2)
-    return (d * q.astype(np.float32)).reshape(w.shape)
-
-
-def reference_qmatmul(w: QTensor, x: np.ndarray, activations: str = "q8_0") -> np.ndarray:
-    """GGML's arithmetic in float64 NumPy: integer block dots times both scales."""
-    batch = np.asarray(x, np.float32).reshape(-1, w.shape[1])
-    if activations == "f32":
-        return batch.astype(np.float64) @ reference_dequantize(w).astype(np.float64).T
-    xq = reference_quantize(batch, "q8_0")
-    wq = w.quants.astype(np.int64)
-    if w.format == "q4_0":
-        wq = np.concatenate([(wq & 15) - 8, (wq >> 4) - 8], axis=2)
-    dots = np.einsum("rbj,tbj->trb", wq, xq.quants.astype(np.int64))
-    scales = w.scales.astype(np.float64)[None] * xq.scales.astype(np.float64)[:, None]
-    return (dots * scales).sum(axis=2)
+__all__ = [  # the formats and the reference, with the kernels: one module to import
+    "BLOCK",
+    "FORMATS",
+    "QUANT_BYTES",
+    "QTensor",
+    "dequantize",
+    "qmatmul",
+    "qmatvec",
+    "quantize",
+    "quantize_q4_0",
+    "quantize_q8_0",
+    "reference_dequantize",
+    "reference_qmatmul",
+    "reference_quantize",
+]
