@@ -210,10 +210,12 @@ def check_examples(
             raise sig.error(f"the example gives no value for {', '.join(missing)}")
         full: dict[str, ArgExample] = {n: sig.defaults[n] for n in sig.names if n not in example}  # type: ignore[misc]
         for name, value in example.items():
-            if not isinstance(value, Spec | bool | int | float):
+            constant = name in sig.constexpr and (value is None or isinstance(value, str))
+            if not (constant or isinstance(value, Spec | bool | int | float)):
                 raise sig.error(
                     f"example value for '{name}' is {describe(value)}",
-                    "give kd.spec(shape, dtype) for an array, or a Python number",
+                    "give kd.spec(shape, dtype) for an array, or a Python number (or, for "
+                    "a kd.constexpr parameter, a string or None)",
                 )
             full[name] = value
         checked.append({n: full[n] for n in sig.names})

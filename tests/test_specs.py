@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+import kdsl as kd
 from kdsl import types as T
 from kdsl.errors import KdslError
 from kdsl.specs import Spec, SpecError, make_arguments, parse_args_spec, spec
@@ -135,3 +136,26 @@ def test_fresh_data_each_time():
 def test_make_arguments_rejects_other_values():
     with pytest.raises(SpecError, match="example argument 'a' is a list"):
         make_arguments({"a": [1, 2]}, np.random.default_rng(0))
+
+
+def test_examples_give_a_constexpr_a_string_or_none():
+    """A kd.constexpr example may be a string or None (matmul's activation="gelu"), so
+    `kdsl autotune` can tune that variant; other parameters still take specs or numbers,
+    and a kernel's filled-in examples (its defaults included) are valid examples again."""
+
+    def epilogue(x, y, activation: kd.constexpr = None):
+        i = kd.indices(x.shape[0])
+        y[i] = x[i]
+
+    example = {"x": kd.spec((8,), kd.f32), "y": kd.spec((8,), kd.f32), "activation": "gelu"}
+    k = kd.kernel(epilogue, name="constexpr_examples", examples=[example])
+    assert k.examples[0]["activation"] == "gelu"
+    again = kd.kernel(
+        epilogue, name="constexpr_examples_again", examples=[{**example, "activation": None}]
+    )
+    assert (
+        kd.kernel(epilogue, name="filled", examples=again.examples).examples[0]["activation"]
+        is None
+    )
+    with pytest.raises(kd.KernelArgumentError, match="example value for 'x' is a str"):
+        kd.kernel(epilogue, name="bad", examples=[{**example, "x": "gelu"}])
