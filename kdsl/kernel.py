@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import inspect
+import os
 import threading
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -108,7 +110,7 @@ class KernelFunction:
         examples: Sequence[Mapping[str, ArgExample]] | None = None,
         autotune: bool | float = False,
     ) -> None:
-        if not inspect.isfunction(fn):
+        if not (inspect.isfunction(inspect.unwrap(fn)) or inspect.ismethod(fn)):
             raise KernelArgumentError(
                 f"kd.kernel decorates a Python function (def or lambda), not {fn!r}",
                 fix="write the kernel as a def and put @kd.kernel above it",
@@ -344,7 +346,9 @@ class KernelFunction:
                 return found or self.build_cuda(traced, layout)
             dispatch = TunedDispatch.find(self, specs, traced, layout)
             return dispatch or self.build(traced, layout)
-        except RecursionError:  # kdsl's passes recurse into expressions
+        except RecursionError as exc:  # kdsl's passes recurse into expressions
+            if not _raised_in_kdsl(exc):
+                raise  # the user's own recursion, as Python tells it
             raise CompileError(
                 "an expression is nested too deeply for kdsl's compiler (each operation "
                 "built in a Python loop nests the expression one level deeper)",
@@ -527,6 +531,15 @@ class KernelFunction:
             "cache_hits": self._stats["calls"] - self._stats["compilations"],
             "tuning": dict(self.tuning),
         }
+
+
+def _raised_in_kdsl(exc: BaseException) -> bool:
+    """The innermost frame of `exc`'s traceback is kdsl's code, not the user's."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and frames[-1].filename.startswith(_KDSL_DIR + os.sep)
+
+
+_KDSL_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def kernel(fn: Callable[..., object] | None = None, **options: Any) -> Any:

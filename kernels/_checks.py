@@ -30,6 +30,8 @@ def is_float(dtype: np.dtype) -> bool:
 def as_array(func: str, name: str, x: object, kinds: str = "biuf", min_ndim: int = 0) -> np.ndarray:
     """`x` as a NumPy array whose dtype is of `kinds` ("f": floats, bfloat16 included;
     "biuf": numbers) and that has at least `min_ndim` dimensions."""
+    if type(x) is np.ndarray and x.ndim >= min_ndim and x.dtype.kind in kinds:
+        return x  # the usual case
     if x is None:
         raise argument_error(func, f"'{name}' is None", f"pass {name} as a NumPy array")
     try:
@@ -56,6 +58,8 @@ def as_array(func: str, name: str, x: object, kinds: str = "biuf", min_ndim: int
 
 def as_axis(func: str, axis: object, ndim: int) -> int:
     """`axis` of an array of `ndim` dimensions, as a non-negative int."""
+    if type(axis) is int and -ndim <= axis < ndim:  # the usual case
+        return axis % ndim
     try:
         if isinstance(axis, bool):
             raise TypeError
@@ -75,6 +79,8 @@ def as_axis(func: str, axis: object, ndim: int) -> int:
 
 def as_float(func: str, name: str, value: object) -> float:
     """A real scalar argument (eps, scale) as a Python float."""
+    if type(value) is float or type(value) is int:  # the usual case, without NumPy
+        return float(value)
     a = None if isinstance(value, (str, bytes)) else np.asarray(value)
     if a is None or a.ndim or a.dtype.kind not in "iuf":
         raise argument_error(
@@ -99,7 +105,7 @@ def out_array(
     of `also`): the array itself, or NumPy's view of a CPU tensor's memory (DLPack)."""
     if out is None:
         return np.empty(shape, dtype)
-    if isinstance(out, np.ndarray) and out.shape == shape and out.dtype == dtype:
+    if type(out) is np.ndarray and out.shape == shape and out.dtype == dtype:
         if out.flags.writeable:  # the common case, in a fraction of a µs
             return out
 

@@ -17,14 +17,13 @@ def rows_input(func: str, x: object) -> np.ndarray:
 def over_rows(
     func: str,
     kernel: Callable[..., object],
-    x: object,
+    x: np.ndarray,
     out: object,
     *params: object,
     axis: object = -1,
 ) -> np.ndarray:
-    """Run `kernel(x2, *params, y2)` on x viewed as rows × `axis`, writing `out` (the
-    public function `func`'s; its errors name `func`)."""
-    x = rows_input(func, x)
+    """Run `kernel(x2, *params, y2)` on x (checked by `rows_input`) viewed as rows ×
+    `axis`, writing `out` (the public function `func`'s; its errors name `func`)."""
     axis = as_axis(func, axis, x.ndim)
     last = axis == x.ndim - 1  # the common case skips np.moveaxis (a few µs)
     moved = x if last else np.moveaxis(x, axis, -1)

@@ -118,8 +118,9 @@ def matvec(
 ) -> np.ndarray:
     """w @ x for w [rows, cols] and x [cols] (float32, any strides); `accumulate=True`
     adds the product to `out` instead of overwriting it."""
-    w = as_array("matvec", "w", w).astype(np.float32, copy=False)
-    x = as_array("matvec", "x", x).astype(np.float32, copy=False)
+    w, x = as_array("matvec", "w", w), as_array("matvec", "x", x)
+    if w.dtype != np.float32 or x.dtype != np.float32:  # (astype costs even when a no-op)
+        w, x = w.astype(np.float32, copy=False), x.astype(np.float32, copy=False)
     if w.ndim != 2 or x.shape != (w.shape[1],):
         raise shape_error(
             "matvec",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from kdsl.kernels._rows import over_rows
+from kdsl.kernels._rows import over_rows, rows_input
 
 import kdsl as kd
 
@@ -64,7 +64,7 @@ def _cuda(s):
 
 def softmax(x: np.ndarray, axis: int = -1, out: np.ndarray | None = None) -> np.ndarray:
     """exp(x - max) / sum(exp(x - max)) along `axis`."""
-    return over_rows("softmax", softmax_rows, x, out, axis=axis)
+    return over_rows("softmax", softmax_rows, rows_input("softmax", x), out, axis=axis)
 
 
 def reference(x: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -119,10 +119,16 @@ def test_a_package_directory_is_tuned_with_its_modules(capsys, tmp_path: Path) -
     (package / "__init__.py").write_text("")
     (package / "inner" / "__init__.py").write_text("")
     (package / "inner" / "mine.py").write_text(KERNELS)
+    (package / "__main__.py").write_text("raise SystemExit(7)  # a program: never imported\n")
     for target in (package, "tunepkg_cli.inner"):
         code, out, err = kdsl_cli(capsys, "autotune", target, *QUICK)
         assert code == 0, err
         assert "cli_affine" in out and "300, 300" in out
+    (package / "broken").mkdir()
+    (package / "broken" / "__init__.py").write_text("raise RuntimeError('sub boom')\n")
+    code, out, err = kdsl_cli(capsys, "autotune", package, *QUICK)
+    assert code == 2 and "importing tunepkg_cli.broken failed" in err
+    assert "RuntimeError: sub boom" in err and "importlib" not in err
 
 
 def test_a_target_that_fails_to_import_shows_the_users_frames(capsys, tmp_path: Path) -> None:

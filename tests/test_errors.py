@@ -416,31 +416,44 @@ def test_torch_tensors_kdsl_cannot_read():
 
 def test_a_python_int_argument_too_large_for_its_use():
     """A Python int takes the dtype of the integer array it meets (int8 here): 300 would
-    wrap to 44, as NumPy 2 refuses to do."""
+    wrap to 44, as NumPy 2 refuses to do; so would an expression of arguments (a + 1).
+    An explicit cast wraps, as NumPy's astype does."""
 
     @kd.kernel
     def scale(x, a, out):
         i = kd.indices(x.shape[0])
-        out[i] = x[i] * a
+        out[i] = x[i] * a  # here
+
+    @kd.kernel
+    def scale_next(x, a, out):
+        i = kd.indices(x.shape[0])
+        out[i] = x[i] * (a + 1)
+
+    @kd.kernel
+    def mix(x, seed, out):
+        i = kd.indices(x.shape[0])
+        out[i] = x[i] ^ kd.cast(seed, kd.u32)
 
     x = np.arange(-3, 4, dtype=np.int8)
     for bad in (300, -129):
         out = np.zeros(7, np.int8)
-        raises(
-            kd.KernelArgumentError,
-            lambda: scale(x, bad, out),  # noqa: B023
-            f"-128 <= a <= 127 (the kernel uses 'a' as i8) does not hold (a = {bad})",
-        )
-        with pytest.raises(kd.KernelArgumentError, match="uses 'a' as i8"):
+        call = functools.partial(scale, x, bad, out)
+        err = raises(kd.KernelArgumentError, call, "-128 <= a <= 127 ('a' meets i8 values")
+        assert f"(a = {bad})" in str(err) and err.loc.line == line_of(scale, "here")
+        with pytest.raises(kd.KernelArgumentError, match="'a' meets i8 values"):
             scale.interpret(x, bad, out)
     out = np.zeros(7, np.int8)
     scale(x, -42, out)
     np.testing.assert_array_equal(out, x * np.int8(-42))
-    raises(
-        kd.KernelArgumentError,
-        lambda: scale(np.ones(2, np.uint64), -1, np.ones(2, np.uint64)),
-        "0 <= a",
-    )
+    call = functools.partial(scale_next, x, 127, np.zeros(7, np.int8))
+    raises(kd.KernelArgumentError, call, "-128 <= a + 1 <= 127", "(a = 127)")
+    call = functools.partial(scale, np.ones(2, np.uint64), -1, np.ones(2, np.uint64))
+    raises(kd.KernelArgumentError, call, "0 <= a")
+    seeds = np.arange(3, dtype=np.uint32)
+    for seed in (2**40 + 5, -1):
+        out = np.zeros(3, np.uint32)
+        mix(seeds, seed, out)
+        np.testing.assert_array_equal(out, seeds ^ np.int64(seed).astype(np.uint32))
 
 
 def test_decorating_what_is_not_a_function():
@@ -583,6 +596,33 @@ def test_a_gather_is_checked_without_checks():
         np.testing.assert_array_equal(y, x[idx])
 
 
+def test_subscripts_from_locals_of_data_and_from_scalar_arguments_are_checked():
+    """What makes a subscript unprovable may come through a local (`j = idx[i]`) or from
+    a scalar argument (`x[i + n]`): those are checked too, without checks=True (both
+    crashed the process before)."""
+
+    @kd.kernel
+    def through_a_local(x, idx, y):
+        for i in kd.grid(idx.shape[0]):
+            j = kd.local(idx[i], kd.i64)
+            y[i] = x[j]
+
+    @kd.kernel
+    def shifted(x, n, y):
+        i = kd.indices(y.shape[0])
+        y[i] = x[i + n]
+
+    x = f32(5)
+    call = functools.partial(through_a_local, x, np.array([1, 2, 10**7]), f32(3))
+    raises(kd.BoundsError, call, "out of bounds on 'x'")
+    raises(kd.BoundsError, functools.partial(shifted, x, 10**8, f32(3)), "out of bounds on 'x'")
+    y = f32(3)
+    through_a_local(x, np.array([4, 0, 2]), y)
+    np.testing.assert_array_equal(y, x[[4, 0, 2]])
+    shifted(x, 2, y)
+    np.testing.assert_array_equal(y, x[2:])
+
+
 def test_a_temporary_too_large_to_count_is_out_of_memory():
     """2**62 floats is 2**64 bytes: the size wrapped to 0 and the loop wrote past a
     tiny allocation (a crash) before the size was computed with overflow checks."""
@@ -626,6 +666,43 @@ def test_an_expression_too_deep_for_the_compiler():
         y[i] = v
 
     raises(kd.CompileError, lambda: deep(f32(4), f32(4)), "nested too deeply", "kd.local")
+
+
+def test_a_users_recursion_stays_a_recursion_error():
+    def helper(v):
+        return helper(v)  # the user's own bug: Python says so, kdsl does not explain it
+
+    @kd.kernel
+    def recursing(x, y):
+        i = kd.indices(x.shape[0])
+        y[i] = helper(x[i])
+
+    with pytest.raises(RecursionError):
+        recursing(f32(4), f32(4))
+
+
+def test_hasattr_of_a_scalar_is_false_inside_a_kernel():
+    @kd.kernel
+    def duck(x, a, y):
+        i = kd.indices(y.shape[0])
+        y[i] = x[i] * (a[i] if hasattr(a, "shape") else a)
+
+    x, y = f32(3), f32(3)
+    duck(x, 2.0, y)
+    np.testing.assert_allclose(y, 2 * x)
+    duck(x, np.full(3, 3, np.float32), y)
+    np.testing.assert_allclose(y, 3 * x)
+
+
+def test_a_method_is_a_kernel_too():
+    class Library:
+        def add_one(self, x, y):
+            i = kd.indices(x.shape[0])
+            y[i] = x[i] + 1
+
+    x, y = f32(4), f32(4)
+    kd.kernel(Library().add_one)(x, y)
+    np.testing.assert_array_equal(y, x + 1)
 
 
 def test_every_error_is_a_kdsl_error():

@@ -409,20 +409,12 @@ def _from_row(row: Sequence[object]) -> Entry:
         config = json.loads(str(fields["config"]))
     except (json.JSONDecodeError, RecursionError) as exc:
         raise _BadRow(f"kernel {name!r}: a shape or config that is not JSON ({exc})") from exc
-    if not _is_shape(shape):
-        raise _BadRow(f"kernel {name!r}: shape {shape!r} is not a list of lists of ints")
-    if not _is_config(config):
-        raise _BadRow(f"kernel {name!r}: config {config!r} is not a JSON object")
-    for column in ("kernel_id", "kernel_name", "target", "signature", "kdsl_version", "source"):
-        if not isinstance(fields[column], str):
-            raise _BadRow(f"kernel {name!r}: {column} {fields[column]!r} is not text")
-    for column in ("time_s", "created"):
-        if not _is_number(fields[column]):
-            raise _BadRow(f"kernel {name!r}: {column} {fields[column]!r} is not a number")
-    if fields["default_time_s"] is not None and not _is_number(fields["default_time_s"]):
-        raise _BadRow(
-            f"kernel {name!r}: default_time_s {fields['default_time_s']!r} is not a number"
-        )
+    fields["shape"], fields["config"] = shape, config
+    for column, (check, description) in _FIELD_CHECKS.items():
+        if not check(fields[column]):
+            raise _BadRow(f"kernel {name!r}: {column} {fields[column]!r} is not {description}")
+    if not isinstance(fields["source"], str):
+        raise _BadRow(f"kernel {name!r}: source {fields['source']!r} is not a string")
     fields["shape"] = tuple(tuple(dims) for dims in shape)
     fields["config"] = config
     return Entry(**fields)  # type: ignore[arg-type]

@@ -17,7 +17,12 @@ from types import ModuleType
 from kdsl.config import cache_root
 from kdsl.kernel import KernelFunction
 
-_KDSL_DIR = str(Path(__file__).resolve().parent.parent)
+# frames of an import that are not the user's: importlib's and kdsl's
+_NOT_THE_USERS = (
+    "<frozen",
+    str(Path(importlib.__file__).resolve().parent) + os.sep,
+    str(Path(__file__).resolve().parent.parent) + os.sep,
+)
 
 
 class UsageError(Exception):
@@ -109,7 +114,7 @@ def _import_failure(where: str, exc: BaseException) -> str:
     frames = [
         f
         for f in traceback.extract_tb(exc.__traceback__)
-        if not f.filename.startswith(("<frozen", _KDSL_DIR))
+        if not f.filename.startswith(_NOT_THE_USERS)
     ]
     shown = "".join(traceback.format_list(frames))
     error = "".join(traceback.format_exception_only(type(exc), exc)).rstrip()
@@ -137,12 +142,15 @@ def kernels_in(target: str) -> list[KernelFunction]:
 
 
 def _with_submodules(module: ModuleType) -> list[ModuleType]:
-    """A module; a package and every module in it."""
+    """A module; a package and every module in it, subpackages too (each imported as
+    _import does, so a failure is the user's error; `__main__` is a program, not kernels)."""
     if not hasattr(module, "__path__"):
         return [module]
-    prefix = module.__name__ + "."
-    names = sorted(info.name for info in pkgutil.walk_packages(module.__path__, prefix))
-    return [module, *(_import(name) for name in names)]
+    found = [module]
+    for info in sorted(pkgutil.iter_modules(module.__path__), key=lambda m: m.name):
+        if info.name != "__main__":
+            found += _with_submodules(_import(f"{module.__name__}.{info.name}"))
+    return found
 
 
 def check_cache_dir() -> None:

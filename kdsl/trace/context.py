@@ -97,6 +97,8 @@ class TraceContext:
     offset_used: set[str] = field(default_factory=set)  # indices used inside subscript arithmetic
     alloc_loops: dict[str, set[str]] = field(default_factory=dict)  # temp -> loops around it
     declared_in: dict[str, list[Stmt]] = field(default_factory=dict)  # local/temp -> its block
+    # scalar-argument expressions narrowed to an integer dtype (values._note_narrowing)
+    narrowed: dict[tuple[Expr, DType], SourceLoc | None] = field(default_factory=dict)
     # in the statement being recorded: the reductions computed so far, by id (each kept
     # alive, so ids stay unique) -> (it, its value, the local or temporary holding that)
     computed: dict[int, tuple[Reduction, Expr, str]] | None = None

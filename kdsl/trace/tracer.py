@@ -9,14 +9,13 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from kdsl import types as T
-from kdsl.errors import KdslError, TraceError
+from kdsl.errors import KdslError, SourceLoc, TraceError
 from kdsl.ir.nodes import (
     Allocate,
     Binary,
     BinaryOp,
     Buffer,
     BufferRole,
-    Cast,
     Check,
     CheckKind,
     Const,
@@ -26,10 +25,10 @@ from kdsl.ir.nodes import (
     Param,
     ScalarArg,
     Scope,
-    Stmt,
 )
+from kdsl.ir.printer import format_expr
 from kdsl.ir.verify import verify
-from kdsl.ir.visit import map_stmt_exprs, walk_all_exprs
+from kdsl.ir.visit import map_stmt_exprs
 from kdsl.trace.buffers import BufferProxy
 from kdsl.trace.context import TraceContext, activate
 from kdsl.trace.values import Value, int_range
@@ -126,31 +125,25 @@ def _finish(ctx: TraceContext, returned: object) -> Kernel:
         results.append(out.name)
     params = [b for b in ctx.buffers.values() if b.role is BufferRole.PARAM]
     others = [b for b in ctx.buffers.values() if b.role is not BufferRole.PARAM]
-    body = (*ctx.tie_checks(), *_argument_checks(tuple(top)), *top)
+    body = (*ctx.tie_checks(), *_argument_checks(ctx.narrowed), *top)
     return Kernel(ctx.kernel, tuple(ctx.params), tuple(params + others), body, tuple(results))
 
 
-def _argument_checks(body: tuple[Stmt, ...]) -> list[Check]:
-    """A Python int argument is i64 until it meets a narrower integer operand, whose
-    dtype it takes (a weak scalar, as in NumPy): its value must fit that dtype, as
-    NumPy 2 requires too (300 used as an int8 would wrap to 44)."""
+def _argument_checks(narrowed: dict[tuple[Expr, DType], SourceLoc | None]) -> list[Check]:
+    """At the kernel's entry: each scalar-argument expression that met a narrower
+    integer operand fits that dtype (values._note_narrowing)."""
     checks = []
-    narrowed = {
-        (e.operand, e.dtype): None
-        for e in walk_all_exprs(body)
-        if isinstance(e, Cast) and isinstance(e.operand, ScalarArg) and e.dtype.is_int
-    }
-    for arg, dtype in narrowed:
-        if not arg.dtype.is_int:
-            continue
-        (lo, hi), (least, most) = int_range(dtype), int_range(arg.dtype)
-        bounds = [Binary(BinaryOp.LE, Const(lo, arg.dtype), arg, T.bool_)] if lo > least else []
+    for (e, dtype), loc in narrowed.items():
+        (lo, hi), (least, most) = int_range(dtype), int_range(e.dtype)
+        bounds = [Binary(BinaryOp.LE, Const(lo, e.dtype), e, T.bool_)] if lo > least else []
         if hi < most:
-            bounds.append(Binary(BinaryOp.LE, arg, Const(hi, arg.dtype), T.bool_))
-        if bounds:
-            cond = functools.reduce(lambda a, b: Binary(BinaryOp.AND, a, b, T.bool_), bounds)
-            what = f"{lo} <= {arg.name} <= {hi} (the kernel uses '{arg.name}' as {dtype.name})"
-            checks.append(Check(cond, CheckKind.ARGUMENT, what))
+            bounds.append(Binary(BinaryOp.LE, e, Const(hi, e.dtype), T.bool_))
+        cond = functools.reduce(lambda a, b: Binary(BinaryOp.AND, a, b, T.bool_), bounds)
+        text = format_expr(e)
+        what = (
+            f"{lo} <= {text} <= {hi} ('{text}' meets {dtype.name} values and becomes {dtype.name})"
+        )
+        checks.append(Check(cond, CheckKind.ARGUMENT, what, loc=loc))
     return checks
 
 

@@ -23,6 +23,7 @@ from kdsl.ir.nodes import (
     Unary,
     UnaryOp,
 )
+from kdsl.ir.visit import walk_expr
 from kdsl.trace.frames import location
 from kdsl.types import DType
 
@@ -32,6 +33,11 @@ def trace_error(what: str, fix: str) -> TraceError:
 
 
 _ARRAY_ATTRIBUTES = frozenset({"shape", "ndim", "size", "strides", "T"})
+
+
+class _NoArrayAttribute(TraceError, AttributeError):
+    """An array's attribute read from a scalar: the user's error, told at their line, and
+    still an AttributeError, so `hasattr(v, "shape")` is False (code that duck-types)."""
 
 
 class Value:
@@ -82,7 +88,9 @@ class Value:
 
     def __getattr__(self, name: str) -> object:
         if name in _ARRAY_ATTRIBUTES:  # an array's, read from a scalar: the wrong argument
-            raise trace_error(f"{self._what()} has no .{name}: it is a scalar", self._fix())
+            raise _NoArrayAttribute(
+                f"{self._what()} has no .{name}: it is a scalar", loc=location(), fix=self._fix()
+            )
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __getitem__(self, index: object) -> Value:
@@ -252,7 +260,31 @@ def _retype(v: Value, dtype: DType) -> Expr:
         if dtype.is_float:
             return Const(float(value), dtype)
         return Const(bool(value), dtype)
+    if v.weak and dtype.is_int and e.dtype.is_int and _of_scalar_arguments(e):
+        _note_narrowing(e, dtype)
     return Cast(e, dtype)
+
+
+def _of_scalar_arguments(e: Expr) -> bool:
+    """`e` is computed from scalar arguments (one at least) and constants alone: its
+    value is known at the kernel's entry."""
+    leaves = [x for x in walk_expr(e) if not isinstance(x, Binary | Unary | Cast)]
+    return all(isinstance(x, ScalarArg | Const) for x in leaves) and any(
+        isinstance(x, ScalarArg) for x in leaves
+    )
+
+
+def _note_narrowing(e: Expr, dtype: DType) -> None:
+    """A Python int argument (or an expression of them) took the narrower integer dtype
+    of what it met, as a weak scalar does in NumPy; the kernel checks at its entry that
+    the value fits, as NumPy 2 does (300 as an int8 would wrap to 44). An explicit
+    cast (kd.cast, .astype) wraps, as NumPy's astype does: not noted."""
+    from kdsl.trace.context import current  # (the context module imports this one)
+
+    lo, hi = int_range(dtype)
+    least, most = int_range(e.dtype)
+    if lo > least or hi < most:
+        current("trace").narrowed.setdefault((e, dtype), location())
 
 
 def int_range(d: DType) -> tuple[int, int]:

@@ -110,6 +110,7 @@ class _Codegen:
         self.loop_extents = {
             s.var: s.extent for s in walk_stmts(kernel.body) if isinstance(s, Loop)
         }
+        self.runtime_locals = _runtime_locals(kernel.body)
         self.retcode = self.b.alloca(I64, name="retcode")
         self.cleanup = self.fn.append_basic_block("cleanup")
         self.b.store(ir.Constant(I64, 0), self.retcode)
@@ -431,9 +432,10 @@ class _Codegen:
 
     def must_check(self, index: tuple[Expr, ...]) -> bool:
         """Whether an access at `index` checks its bounds: always when a subscript comes
-        from loaded data (a gather's `x[idx[i]]`: nothing can prove it, and a bad index
-        would read or write anywhere in the process), else with `checks=True`."""
-        return self.checks or any(isinstance(e, Load) for i in index for e in walk_expr(i))
+        from loaded data or a scalar argument, directly or through locals (a gather's
+        `x[idx[i]]`, `x[i + n]`: nothing proves them, and a bad value would read or write
+        anywhere in the process), else with `checks=True`."""
+        return self.checks or any(_from_runtime_values(i, self.runtime_locals) for i in index)
 
     def _element(self, info: ArrayInfo, idx: list[ir.Value]) -> ir.Value:
         """The address of the element at subscripts `idx` (no check)."""
@@ -549,3 +551,28 @@ def _invariant_allocations(
 
 def _is_const(v: ir.Value, n: int) -> bool:
     return isinstance(v, ir.Constant) and v.constant == n
+
+
+def _from_runtime_values(e: Expr, runtime_locals: frozenset[str]) -> bool:
+    """`e` reads array data or a scalar argument, or a local computed from them."""
+    return any(
+        isinstance(x, Load | ScalarArg) or (isinstance(x, LocalVar) and x.name in runtime_locals)
+        for x in walk_expr(e)
+    )
+
+
+def _runtime_locals(body: tuple[Stmt, ...]) -> frozenset[str]:
+    """The locals whose value comes from array data or scalar arguments, directly or
+    through other locals (`j = kd.local(idx[i])`): what no compile-time proof bounds."""
+    definitions = [(s.name, s.init) for s in walk_stmts(body) if isinstance(s, DeclareLocal)]
+    definitions += [(s.local, s.value) for s in walk_stmts(body) if isinstance(s, Assign)]
+    found: set[str] = set()
+    while True:
+        new = {
+            name
+            for name, value in definitions
+            if name not in found and _from_runtime_values(value, frozenset(found))
+        }
+        if not new:
+            return frozenset(found)
+        found |= new

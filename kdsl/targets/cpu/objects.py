@@ -35,7 +35,7 @@ from kdsl.config import VERSION, cache_root
 from kdsl.targets.cpu import jit
 
 _FORMAT = 2  # 2: magic line and SHA-256 digest before the pickle
-_MAGIC = b"kdsl-object 2\n"
+_MAGIC = f"kdsl-object {_FORMAT}\n".encode()
 _DIGEST_SIZE = hashlib.sha256().digest_size
 _COMPILER_DIRS = ("ir", "targets/cpu", "targets/cuda")  # what decides the code of a final IR
 
