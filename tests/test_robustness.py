@@ -299,3 +299,16 @@ def test_non_positive_budget_is_refused(budget: object) -> None:
     x = np.ones(64, np.float32)
     with pytest.raises(KernelArgumentError, match="budget must be a positive number"):
         kernel.autotune(x, np.zeros_like(x), budget=budget, progress=False, jobs=0)
+
+
+def test_more_threads_than_the_pool_has_warns_and_uses_its_slots(tmp_path: Path) -> None:
+    env = {**os.environ, "KDSL_NUM_THREADS": "1000", "KDSL_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", "import kdsl as kd; print(kd.get_num_threads())"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) == 256 and "1000 threads asked for" in done.stderr

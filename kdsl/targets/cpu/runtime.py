@@ -45,6 +45,7 @@ import contextlib
 import ctypes
 import os
 import threading
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -493,7 +494,20 @@ def _available_cores() -> int:
 
 _lock = threading.Lock()
 _runtime: _Runtime | None = None
-_num_threads = min(CONFIG.num_threads or _available_cores(), MAX_THREADS)
+def _default_threads() -> int:
+    """KDSL_NUM_THREADS, else the cores this process may run on; at most MAX_THREADS."""
+    wanted = CONFIG.num_threads or _available_cores()
+    if wanted > MAX_THREADS:
+        warnings.warn(
+            f"kdsl: {wanted} threads asked for (KDSL_NUM_THREADS or the cores), but the "
+            f"pool has {MAX_THREADS} slots: parallel loops use {MAX_THREADS}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return min(wanted, MAX_THREADS)
+
+
+_num_threads = _default_threads()
 
 
 def _object_code() -> bytes:
