@@ -715,3 +715,24 @@ def test_every_error_is_a_kdsl_error():
         kd.BoundsError,
     ):
         assert issubclass(cls, kd.KdslError)
+
+
+def test_interleaved_views_do_not_alias():
+    """The even and odd elements of one array, a complex array's .real and .imag: their
+    address ranges overlap but their elements never meet (they used to be refused)."""
+
+    @kd.kernel
+    def add(x, y, out):
+        i = kd.indices(x.shape[0])
+        out[i] = x[i] + y[i]
+
+    x, y = f32(11), f32(5)
+    want = x[::2][:5] + y
+    add(x[:10:2], y, x[1::2])
+    np.testing.assert_array_equal(x[1::2], want)
+    z = np.zeros(5, np.complex64)
+    add(x[:5], y, z.real)
+    add(y, y, z.imag)
+    np.testing.assert_array_equal(z, (x[:5] + y) + 1j * (y + y))
+    for shared in (x[2:11:2], x[1:6]):  # elements that do meet
+        raises(kd.KernelArgumentError, functools.partial(add, x[:10:2], y, shared), "share memory")

@@ -215,7 +215,33 @@ class _Codegen:
                 os_, oe, oempty = self._extent(self.state.arrays[other.name], other.dtype.itemsize)
                 overlap = b.and_(b.icmp_unsigned("<", ws, oe), b.icmp_unsigned("<", os_, we))
                 clash = b.and_(overlap, b.not_(b.or_(wempty, oempty)))
+                if len(wbuf.shape) == len(other.shape):
+                    apart = self._interleaved(wbuf, other)
+                    clash = b.and_(clash, b.not_(apart))
                 self._fail_unless(b.not_(clash), ErrorKind.ALIAS, p << 16 | q)
+
+    def _interleaved(self, wbuf: Buffer, other: Buffer) -> ir.Value:
+        """Two arrays of the same strides whose elements fall between each other's: the
+        even and odd elements of one array (`x[::2]`, `x[1::2]`), a complex array's
+        `.real` and `.imag`. With s the last axis's stride and every stride a multiple of
+        it, each array's elements lie at its start plus multiples of s; they never meet
+        when the starts differ, modulo s, by at least each one's itemsize."""
+        b = self.b
+        w, o = self.state.arrays[wbuf.name], self.state.arrays[other.name]
+        zero = ir.Constant(I64, 0)
+        s = w.strides[-1]
+        step = b.select(b.icmp_signed("<", s, zero), b.sub(zero, s), s)
+        nonzero = b.icmp_signed(">", step, zero)
+        safe = b.select(nonzero, step, ir.Constant(I64, 1))
+        same = nonzero
+        for ws, os_ in zip(w.strides, o.strides):
+            same = b.and_(same, b.icmp_signed("==", ws, os_))
+            same = b.and_(same, b.icmp_signed("==", b.srem(ws, safe), zero))
+        gap = b.srem(b.sub(b.ptrtoint(o.data, I64), b.ptrtoint(w.data, I64)), safe)
+        gap = b.select(b.icmp_signed("<", gap, zero), b.add(gap, safe), gap)  # in [0, s)
+        after_w = b.icmp_signed(">=", gap, ir.Constant(I64, wbuf.dtype.itemsize))
+        before_next = b.icmp_signed(">=", b.sub(safe, gap), ir.Constant(I64, other.dtype.itemsize))
+        return b.and_(same, b.and_(after_w, before_next))
 
     # ------------------------------------------------------------------ errors
 
