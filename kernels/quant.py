@@ -98,7 +98,10 @@ def q4_0_blocks(x, d, q):
     first = kd.empty(d.shape, kd.i32)
     first[r, b] = kd.min(kd.where(kd.abs(x[r, BLOCK * b + j]) == amax[r, b], j, BLOCK), over=j)
     scale = kd.empty(d.shape, kd.f32)
-    scale[r, b] = x[r, BLOCK * b + first[r, b]] / -8
+    # a NaN makes amax NaN and matches no value (first = BLOCK): the scale is then NaN,
+    # as the reference's, read inside the block (not the next block's first value)
+    m = x[r, BLOCK * b + kd.minimum(first[r, b], BLOCK - 1)]
+    scale[r, b] = kd.where(first[r, b] < BLOCK, m, amax[r, b]) / -8
     d[r, b] = scale[r, b]
     inverse = kd.where(scale[r, b] != 0, 1 / scale[r, b], 0)
     h = kd.indices(BLOCK // 2, names="h")

@@ -212,3 +212,16 @@ def test_random_shapes(fmt: str, rows: int, blocks: int, batch: int, seed: int) 
     np.testing.assert_allclose(
         quant.qmatmul(w, a), want, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(want).max())
     )
+
+
+@pytest.mark.parametrize("fmt", ["q8_0", "q4_0"])
+def test_a_nan_in_a_block_quantizes_as_the_reference(fmt: str) -> None:
+    """Q4_0 took a NaN block's scale from the next block's first value (or read past the
+    row's end: a BoundsError); now the scale is NaN and the quants match the reference."""
+    x = np.random.default_rng(10).standard_normal((3, 128)).astype(np.float32)
+    x[0, 5] = x[1, 100] = np.nan  # a row's first block and another's last
+    got = quant.quantize(x, fmt)
+    with np.errstate(invalid="ignore"):  # NumPy warns as it casts the NaN block's quants
+        want = quant.reference_quantize(x, fmt)
+    np.testing.assert_array_equal(got.scales, want.scales)  # NaN where NaN
+    np.testing.assert_array_equal(got.quants, want.quants)
