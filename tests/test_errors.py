@@ -736,3 +736,30 @@ def test_interleaved_views_do_not_alias():
     np.testing.assert_array_equal(z, (x[:5] + y) + 1j * (y + y))
     for shared in (x[2:11:2], x[1:6]):  # elements that do meet
         raises(kd.KernelArgumentError, functools.partial(add, x[:10:2], y, shared), "share memory")
+
+
+def test_a_shape_that_meets_narrow_integers():
+    """A shape is a weak integer: compared with int8 values it is compared exactly (200 as
+    an int8 was -56, so `x[i] < x.shape[0]` was False); in arithmetic it must fit, as
+    NumPy 2 requires (checked at entry, like a Python int argument)."""
+
+    @kd.kernel
+    def below_length(x, out):
+        i = kd.indices(x.shape[0])
+        out[i] = kd.where((x[i] < x.shape[0]) & (x[i] < 300), 1, 0).astype(kd.i8)
+
+    @kd.kernel
+    def per_length(x, out):
+        i = kd.indices(x.shape[0])
+        out[i] = x[i] // x.shape[0]
+
+    x = np.random.default_rng(3).integers(-128, 128, 200).astype(np.int8)
+    out = np.zeros(200, np.int8)
+    below_length(x, out)
+    np.testing.assert_array_equal(out, (x.astype(int) < 200).astype(np.int8))
+    call = functools.partial(per_length, x, np.zeros(200, np.int8))
+    raises(kd.KernelArgumentError, call, "-128 <= x.shape[0] <= 127", "(x.shape[0] = 200)")
+    small = x[:100]
+    out = np.zeros(100, np.int8)
+    per_length(small, out)
+    np.testing.assert_array_equal(out, small // np.int8(100))

@@ -16,6 +16,7 @@ from kdsl.ir.nodes import (
     BinaryOp,
     Cast,
     Const,
+    DimOf,
     Expr,
     Fma,
     ScalarArg,
@@ -260,25 +261,25 @@ def _retype(v: Value, dtype: DType) -> Expr:
         if dtype.is_float:
             return Const(float(value), dtype)
         return Const(bool(value), dtype)
-    if v.weak and dtype.is_int and e.dtype.is_int and _of_scalar_arguments(e):
+    if v.weak and dtype.is_int and e.dtype.is_int and _known_at_entry(e):
         _note_narrowing(e, dtype)
     return Cast(e, dtype)
 
 
-def _of_scalar_arguments(e: Expr) -> bool:
-    """`e` is computed from scalar arguments (one at least) and constants alone: its
-    value is known at the kernel's entry."""
+def _known_at_entry(e: Expr) -> bool:
+    """`e` is computed from scalar arguments and shapes (one at least) and constants
+    alone: its value is known at the kernel's entry."""
     leaves = [x for x in walk_expr(e) if not isinstance(x, Binary | Unary | Cast)]
-    return all(isinstance(x, ScalarArg | Const) for x in leaves) and any(
-        isinstance(x, ScalarArg) for x in leaves
+    return all(isinstance(x, ScalarArg | DimOf | Const) for x in leaves) and any(
+        isinstance(x, ScalarArg | DimOf) for x in leaves
     )
 
 
 def _note_narrowing(e: Expr, dtype: DType) -> None:
-    """A Python int argument (or an expression of them) took the narrower integer dtype
-    of what it met, as a weak scalar does in NumPy; the kernel checks at its entry that
-    the value fits, as NumPy 2 does (300 as an int8 would wrap to 44). An explicit
-    cast (kd.cast, .astype) wraps, as NumPy's astype does: not noted."""
+    """A Python int argument or a shape (or an expression of them) took the narrower
+    integer dtype of what it met, as a weak scalar does in NumPy; the kernel checks at
+    its entry that the value fits, as NumPy 2 does (300 as an int8 would wrap to 44).
+    An explicit cast (kd.cast, .astype) wraps, as NumPy's astype does: not noted."""
     from kdsl.trace.context import current  # (the context module imports this one)
 
     lo, hi = int_range(dtype)
@@ -326,12 +327,32 @@ def unify(a: Value, b: Value) -> tuple[Expr, Expr, DType, bool]:
     return _retype(a, d2), _retype(b, d2), d2, False
 
 
+def _compare_wide(a: Value, b: Value) -> bool:
+    """Compare in i64, not in the narrow integer dtype of one operand, when the other is
+    a weak integer that may not fit it: a shape, a scalar argument, or a constant out of
+    its range (`x[i] < x.shape[0]` with int8 x and 200 elements: 200 as an int8 is -56).
+    NumPy 2 compares such values exactly too."""
+    if a.weak == b.weak:
+        return False
+    typed, weak = (b, a) if a.weak else (a, b)
+    if not (typed.dtype.is_int and weak.dtype.is_int and typed.dtype.bits < 64):
+        return False
+    if not isinstance(weak.expr, Const):
+        return True
+    lo, hi = int_range(typed.dtype)
+    return not lo <= int(weak.expr.value) <= hi
+
+
 _BITWISE = {BinaryOp.AND, BinaryOp.OR, BinaryOp.XOR, BinaryOp.SHL, BinaryOp.SHR}
 _ARITH = {BinaryOp.ADD, BinaryOp.SUB, BinaryOp.MUL, BinaryOp.FLOORDIV, BinaryOp.MOD}
 
 
 def binary(op: BinaryOp, x: object, y: object) -> Value:
-    a, b, d, weak = unify(as_value(x), as_value(y))
+    xv, yv = as_value(x), as_value(y)
+    if op.is_comparison and _compare_wide(xv, yv):
+        a, b, d, weak = _retype(xv, T.i64), _retype(yv, T.i64), T.i64, False
+    else:
+        a, b, d, weak = unify(xv, yv)
     if op in _BITWISE and d.is_float:
         raise trace_error(
             f"bitwise operator {op.value} on {d.name} values",
