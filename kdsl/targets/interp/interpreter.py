@@ -27,7 +27,9 @@ Values
   1 / (1 + exp(-x)), each step rounded in the dtype. fma rounds once (exactly).
 - Cast is NumPy's conversion (int -> float rounds once to nearest even; int -> int
   wraps) except: float -> int truncates and saturates (NaN -> 0); anything -> bool is
-  `!= 0` (NaN -> True); anything but f32 -> bf16 goes through f32 (as ml_dtypes).
+  `!= 0` (NaN -> True); anything but f32 -> bf16 goes through f32, as the compiled
+  code does (so f64 -> bf16 rounds twice: ml_dtypes rounds f64 once, and the two differ
+  by one bf16 ulp where the f32 rounding lands on a bf16 tie).
   Constants are cast from their Python value (ints wrap). Scalar arguments arrive as
   f64 (float parameters) or i64 (the others; Python ints wrap) and are cast.
 
