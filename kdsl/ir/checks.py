@@ -7,9 +7,10 @@ know) and raise `check_error(check, values)`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from kdsl.errors import BoundsError, KdslError, KernelArgumentError, ShapeError
+from kdsl.ir.evaluate import evaluate
 from kdsl.ir.nodes import Check, CheckKind, DimOf, Expr, LocalVar, LoopVar, ScalarArg
 from kdsl.ir.printer import format_expr
 from kdsl.ir.visit import walk_expr
@@ -59,3 +60,19 @@ def check_error(
     return _ERROR[check.kind](
         describe_failed_check(check, values), kernel=kernel, loc=check.loc, fix=_FIX[check.kind]
     )
+
+
+def failed_check_error(
+    check: Check,
+    shapes: Mapping[str, Sequence[int]],
+    scalars: Mapping[str, object],
+    kernel: str | None = None,
+) -> KdslError:
+    """check_error for a check that failed in compiled code, quoting what its caller
+    knows after the call: the arguments' shapes and scalars it reads."""
+    values: dict[Expr, object] = {
+        e: evaluate(e, shapes, scalars)
+        for e in walk_expr(check.cond)
+        if isinstance(e, DimOf | ScalarArg)
+    }
+    return check_error(check, values, kernel)

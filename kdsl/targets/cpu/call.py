@@ -11,10 +11,9 @@ from typing import Any
 import numpy as np
 
 from kdsl.errors import BoundsError, KdslError, KernelArgumentError
-from kdsl.ir.checks import check_error
+from kdsl.ir.checks import failed_check_error
 from kdsl.ir.evaluate import evaluate
-from kdsl.ir.nodes import DimOf, Kernel, ScalarArg
-from kdsl.ir.visit import walk_expr
+from kdsl.ir.nodes import Kernel
 from kdsl.targets.cpu.backend import CpuKernel
 from kdsl.targets.cpu.state import ErrorKind
 
@@ -102,13 +101,7 @@ class Specialization:
         match kind:
             case ErrorKind.CHECK:
                 check = self.compiled.sites.checks[index]
-                shapes, scalars = self._environment(args, results)
-                values = {
-                    e: evaluate(e, shapes, scalars)
-                    for e in walk_expr(check.cond)
-                    if isinstance(e, DimOf | ScalarArg)
-                }
-                return check_error(check, values, self.name)
+                return failed_check_error(check, *self._environment(args, results), self.name)
             case ErrorKind.READONLY:
                 return KernelArgumentError(
                     f"argument '{arrays[index]}' is read-only, but the kernel writes to it",

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kdsl.errors import BoundsError, KdslError, KernelArgumentError
-from kdsl.ir.checks import check_error
+from kdsl.ir.checks import failed_check_error
 from kdsl.ir.evaluate import compile_evaluator, evaluate
-from kdsl.ir.nodes import BufferRole, Const, DimOf, Kernel, ScalarArg, Store
-from kdsl.ir.visit import walk_expr, walk_stmts
+from kdsl.ir.nodes import BufferRole, Const, Kernel, Store
+from kdsl.ir.visit import walk_stmts
 from kdsl.targets.cpu.state import ErrorKind
 from kdsl.targets.cuda import arrays as A
 from kdsl.targets.cuda import driver
@@ -277,12 +277,7 @@ class CudaSpecialization:
     def _host_check_error(self, shapes: dict[str, Any], scalars: dict[str, Any]) -> KdslError:
         for check in self.code.plan.host_checks:
             if not evaluate(check.cond, shapes, scalars):
-                values = {
-                    e: evaluate(e, shapes, scalars)
-                    for e in walk_expr(check.cond)
-                    if isinstance(e, DimOf | ScalarArg)
-                }
-                return check_error(check, values, self.name)
+                return failed_check_error(check, shapes, scalars, self.name)
         raise AssertionError("a host check failed and then passed")
 
     def _check_writes(self, arrays: dict[str, A.DeviceArray]) -> None:
@@ -329,12 +324,7 @@ class CudaSpecialization:
         kind, index = ErrorKind(code >> 32), code & 0xFFFFFFFF
         if kind is ErrorKind.CHECK:
             check = self.code.sites.checks[index]
-            values = {
-                e: evaluate(e, shapes, scalars)
-                for e in walk_expr(check.cond)
-                if isinstance(e, DimOf | ScalarArg)
-            }
-            return check_error(check, values, self.name)
+            return failed_check_error(check, shapes, scalars, self.name)
         buffer, loc = self.code.sites.accesses[index]
         return BoundsError(
             f"subscript out of bounds on '{buffer}'",
