@@ -29,6 +29,13 @@ class Config:
     """KDSL_NUM_THREADS: default thread count of parallel loops."""
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def _num_threads() -> int | None:
     """KDSL_NUM_THREADS as a positive int; None when unset, or (with a warning) invalid."""
     text = os.environ.get("KDSL_NUM_THREADS", "").strip()
@@ -40,13 +47,10 @@ def _num_threads() -> int | None:
         threads = 0
     if threads > 0:
         return threads
-    if hasattr(os, "sched_getaffinity"):
-        cores = len(os.sched_getaffinity(0))
-    else:
-        cores = os.cpu_count() or 1
     warnings.warn(
         f"KDSL_NUM_THREADS={text!r} is not a positive whole number of threads; ignoring it: "
-        f"parallel loops use one thread per core available to this process ({cores}). "
+        f"parallel loops use one thread per core available to this process "
+        f"({available_cores()}). "
         "Set it to a count such as KDSL_NUM_THREADS=8, or unset it.",
         RuntimeWarning,
         stacklevel=3,

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 import llvmlite.binding as llvm
 from llvmlite import ir
 
-from kdsl.config import CONFIG
+from kdsl.config import CONFIG, available_cores
 from kdsl.targets.cpu import jit, objects
 
 PARALLEL_FOR = "kdsl_parallel_for"
@@ -486,17 +486,13 @@ class _Runtime:
     reset: ctypes._CFuncPtr  # type: ignore[name-defined]
 
 
-def _available_cores() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
-
-
 _lock = threading.Lock()
 _runtime: _Runtime | None = None
+
+
 def _default_threads() -> int:
     """KDSL_NUM_THREADS, else the cores this process may run on; at most MAX_THREADS."""
-    wanted = CONFIG.num_threads or _available_cores()
+    wanted = CONFIG.num_threads or available_cores()
     if wanted > MAX_THREADS:
         warnings.warn(
             f"kdsl: {wanted} threads asked for (KDSL_NUM_THREADS or the cores), but the "
@@ -562,7 +558,7 @@ def set_num_threads(n: int) -> None:
     if not 1 <= n <= MAX_THREADS:
         raise ValueError(
             f"set_num_threads({n}): the thread count must be between 1 and {MAX_THREADS} "
-            f"(this machine has {_available_cores()} cores available)"
+            f"(this machine has {available_cores()} cores available)"
         )
     with _lock:
         _num_threads = n
