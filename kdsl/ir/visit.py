@@ -118,6 +118,16 @@ def walk_stmts(body: tuple[Stmt, ...]) -> Iterator[Stmt]:
             yield from walk_stmts(s.body if isinstance(s, Loop) else s.then)
 
 
+def local_definitions(body: tuple[Stmt, ...]) -> list[tuple[str, Expr]]:
+    """Every value a local is given in `body`: its declaration's and each assignment's,
+    in program order."""
+    return [
+        (s.name, s.init) if isinstance(s, DeclareLocal) else (s.local, s.value)
+        for s in walk_stmts(body)
+        if isinstance(s, DeclareLocal | Assign)
+    ]
+
+
 def walk_all_exprs(body: tuple[Stmt, ...]) -> Iterator[Expr]:
     for s in walk_stmts(body):
         for e in stmt_exprs(s):

@@ -51,7 +51,7 @@ from kdsl.ir.nodes import (
     Store,
     Unary,
 )
-from kdsl.ir.visit import walk_expr, walk_stmts
+from kdsl.ir.visit import local_definitions, walk_expr, walk_stmts
 from kdsl.targets.cpu.abi import ARRAY_LAYOUT, WRITEABLE_FLAG
 from kdsl.targets.cpu.amx import emit_tile_product, release_tiles
 from kdsl.targets.cpu.ops import I1, I8, I32, I64, PTR, Ops, constant, llvm_type, memory_type
@@ -590,8 +590,7 @@ def _from_runtime_values(e: Expr, runtime_locals: frozenset[str]) -> bool:
 def _runtime_locals(body: tuple[Stmt, ...]) -> frozenset[str]:
     """The locals whose value comes from array data or scalar arguments, directly or
     through other locals (`j = kd.local(idx[i])`): what no compile-time proof bounds."""
-    definitions = [(s.name, s.init) for s in walk_stmts(body) if isinstance(s, DeclareLocal)]
-    definitions += [(s.local, s.value) for s in walk_stmts(body) if isinstance(s, Assign)]
+    definitions = local_definitions(body)
     found: set[str] = set()
     while True:
         new = {

@@ -31,7 +31,7 @@ from kdsl.ir.nodes import (
     Stmt,
     Store,
 )
-from kdsl.ir.visit import map_expr, walk_all_exprs, walk_expr, walk_stmts
+from kdsl.ir.visit import local_definitions, map_expr, walk_all_exprs, walk_expr, walk_stmts
 from kdsl.targets.cpu.ops import I64, PTR
 from kdsl.targets.cpu.state import ArrayInfo
 
@@ -147,10 +147,12 @@ def _grain(gen: _Codegen, loop: Loop) -> ir.Value:
 
 def _single_definitions(body: tuple[Stmt, ...]) -> dict[str, Expr]:
     """The locals of `body` declared once and never assigned again, with their values."""
-    declared = [s for s in walk_stmts(body) if isinstance(s, DeclareLocal)]
-    once = Counter(s.name for s in declared)
-    once.update(s.local for s in walk_stmts(body) if isinstance(s, Assign))
-    return {s.name: s.init for s in declared if once[s.name] == 1}
+    given = Counter(name for name, _ in local_definitions(body))
+    return {
+        s.name: s.init
+        for s in walk_stmts(body)
+        if isinstance(s, DeclareLocal) and given[s.name] == 1
+    }
 
 
 def _work(
