@@ -130,14 +130,16 @@ def _finish(ctx: TraceContext, returned: object) -> Kernel:
 
 
 def _argument_checks(narrowed: dict[tuple[Expr, DType], SourceLoc | None]) -> list[Check]:
-    """At the kernel's entry: each scalar-argument expression that met a narrower
-    integer operand fits that dtype (values._note_narrowing)."""
+    """At the kernel's entry: each expression of scalar arguments and shapes that met
+    another integer dtype fits it (values._note_narrowing); none where every value does."""
     checks = []
     for (e, dtype), loc in narrowed.items():
         (lo, hi), (least, most) = int_range(dtype), int_range(e.dtype)
         bounds = [Binary(BinaryOp.LE, Const(lo, e.dtype), e, T.bool_)] if lo > least else []
         if hi < most:
             bounds.append(Binary(BinaryOp.LE, e, Const(hi, e.dtype), T.bool_))
+        if not bounds:
+            continue
         cond = functools.reduce(lambda a, b: Binary(BinaryOp.AND, a, b, T.bool_), bounds)
         text = format_expr(e)
         what = (

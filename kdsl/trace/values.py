@@ -282,10 +282,7 @@ def _note_narrowing(e: Expr, dtype: DType) -> None:
     An explicit cast (kd.cast, .astype) wraps, as NumPy's astype does: not noted."""
     from kdsl.trace.context import current  # (the context module imports this one)
 
-    lo, hi = int_range(dtype)
-    least, most = int_range(e.dtype)
-    if lo > least or hi < most:
-        current("trace").narrowed.setdefault((e, dtype), location())
+    current("trace").narrowed.setdefault((e, dtype), location())
 
 
 def int_range(d: DType) -> tuple[int, int]:
