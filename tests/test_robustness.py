@@ -24,12 +24,12 @@ import pytest
 import kdsl as kd
 from kdsl.autotune import registry
 from kdsl.autotune.database import Entry, TuningDB
-from kdsl.autotune.keys import kernel_identity, shape_of, signature_key, target_key
 from kdsl.config import VERSION
 from kdsl.errors import CompileError, KernelArgumentError
 from kdsl.targets.cpu import jit
 from kdsl.targets.cpu.backend import ObjectCode
 from kdsl.targets.cpu.objects import ObjectStore
+from tests.autotune.test_dispatch import affine_kernel, entry_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -169,37 +169,6 @@ def test_store_round_trip_and_older_format(tmp_path: Path) -> None:
 # ---------------------------------------------------------- bad tuning database rows
 
 
-def affine_kernel(name: str):  # type: ignore[no-untyped-def]
-    def affine(x, y):
-        i = kd.indices(x.shape[0])
-        y[i] = x[i] * 2.0 + 0.5
-
-    kernel = kd.kernel(affine, name=name)
-
-    @kernel.schedule(kd.cpu)
-    def _(s):
-        s.split("i", s.param("f", [16, 64, 256]))
-
-    return kernel
-
-
-def entry_for(kernel, args, config) -> Entry:  # type: ignore[no-untyped-def]
-    specs, _ = kernel._specs(args, {})
-    traced = kernel.trace(specs)
-    return Entry(
-        kernel_id=kernel_identity(traced, kernel.search_space(traced)),
-        kernel_name=kernel.name,
-        target=target_key(),
-        signature=signature_key(kernel.signature.names, specs),
-        shape=shape_of(args),
-        config=config,
-        time_s=1e-6,
-        default_time_s=2e-6,
-        kdsl_version=VERSION,
-        created=1700000000.0,
-    )
-
-
 def set_column(path: Path | str, column: str, text: object) -> None:
     with sqlite3.connect(path) as db:
         db.execute(f"UPDATE tuning SET {column} = ?", (text,))
@@ -279,15 +248,20 @@ def test_invalid_num_threads_warns(monkeypatch: pytest.MonkeyPatch, value: str) 
         assert kdsl.config._read().num_threads == 3
 
 
-def test_invalid_num_threads_does_not_stop_import(tmp_path: Path) -> None:
-    env = {**os.environ, "KDSL_NUM_THREADS": "abc", "KDSL_CACHE_DIR": str(tmp_path)}
-    done = subprocess.run(
+def threads_in_a_new_process(setting: str, cache: Path) -> subprocess.CompletedProcess[str]:
+    """A fresh process's kd.get_num_threads() under KDSL_NUM_THREADS=`setting`."""
+    env = {**os.environ, "KDSL_NUM_THREADS": setting, "KDSL_CACHE_DIR": str(cache)}
+    return subprocess.run(
         [sys.executable, "-c", "import kdsl as kd; print(kd.get_num_threads())"],
         env=env,
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def test_invalid_num_threads_does_not_stop_import(tmp_path: Path) -> None:
+    done = threads_in_a_new_process("abc", tmp_path)
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) >= 1
     assert done.stderr.count("KDSL_NUM_THREADS='abc'") == 1
@@ -302,13 +276,6 @@ def test_non_positive_budget_is_refused(budget: object) -> None:
 
 
 def test_more_threads_than_the_pool_has_warns_and_uses_its_slots(tmp_path: Path) -> None:
-    env = {**os.environ, "KDSL_NUM_THREADS": "1000", "KDSL_CACHE_DIR": str(tmp_path)}
-    done = subprocess.run(
-        [sys.executable, "-c", "import kdsl as kd; print(kd.get_num_threads())"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = threads_in_a_new_process("1000", tmp_path)
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) == 256 and "1000 threads asked for" in done.stderr
