@@ -54,6 +54,7 @@ from kdsl.ir.visit import (
 )
 
 MAX_VECTOR_COPIES = 8  # vectors of a constant-extent loop written out one by one
+NARROWEST_TAIL = 16  # lanes: a masked tail's vector narrows by halves down to this
 MAX_GROUP = 4  # the most elements a dot-product instruction sums per lane (4 bytes)
 
 
@@ -184,14 +185,33 @@ class _Expander:
         of C one column at a time, with its accumulators in memory. Under the mask the
         body's locals vary between lanes; where the target can't have that (a local as
         an inner loop's extent), the tail stays scalar."""
+        vector = self.masked_vector(loop, start, n, loop.width)
+        if not self.vectorizable(vector):
+            return self.tail(loop, start, n)
+        narrowed = self.narrowed_tail(loop, start, n, vector)
+        return (If(index_op(BinaryOp.LT, start, n), narrowed, loc=loop.loc),)
+
+    def masked_vector(self, loop: Loop, start: Expr, n: Expr, width: int) -> Loop:
+        """One vector of `width` lanes over iterations start + v, those past n off."""
         var = self.fresh(loop.var)
         at = index_op(BinaryOp.ADD, start, LoopVar(var))
         body = self.clone_block(loop.body, {loop.var: at})
         lanes = If(index_op(BinaryOp.LT, at, n), body, loc=loop.loc)
-        vector = replace(loop, var=var, extent=index_const(loop.width), body=(lanes,))
-        if not self.vectorizable(vector):
-            return self.tail(loop, start, n)
-        return (If(index_op(BinaryOp.LT, start, n), (vector,), loc=loop.loc),)
+        return replace(loop, var=var, extent=index_const(width), width=width, body=(lanes,))
+
+    def narrowed_tail(self, loop: Loop, start: Expr, n: Expr, vector: Loop) -> tuple[Stmt, ...]:
+        """`vector`, or a copy half as wide when the rest fits in it: a wide vector is
+        several registers, and a tail of 8 columns under a 32-lane mask (a matmul's edge
+        tile at n = 1000) ran two zmm of FMAs with the second all off."""
+        half = vector.width // 2
+        if vector.width % 2 or half < NARROWEST_TAIL:
+            return (vector,)
+        narrow = self.narrowed_tail(loop, start, n, self.masked_vector(loop, start, n, half))
+        rest = index_op(BinaryOp.SUB, n, start)
+        return (
+            If(index_op(BinaryOp.LE, rest, index_const(half)), narrow, loc=loop.loc),
+            If(index_op(BinaryOp.GT, rest, index_const(half)), (vector,), loc=loop.loc),
+        )
 
     def vector_over_tiles(
         self, loop: Loop, tiles: set[tuple[Expr, tuple[int, Expr]]]

@@ -45,7 +45,8 @@ from kdsl.ir.nodes import (
     UnaryOp,
 )
 from kdsl.ir.passes import lower
-from kdsl.ir.visit import map_stmt_exprs
+from kdsl.ir.passes.expand import expand_schedule
+from kdsl.ir.visit import map_stmt_exprs, walk_stmts
 from kdsl.targets.cpu.backend import CpuKernel, compile_kernel
 from kdsl.targets.cpu.vector import vector_obstacle
 from kdsl.targets.interp.interpreter import interpret
@@ -750,6 +751,38 @@ def test_a_tail_whose_body_cannot_vary_stays_scalar() -> None:
     y = np.empty_like(x)
     weighted(x, np.array([3], np.int64), w, y)
     np.testing.assert_allclose(y, x * w[:3].sum(), rtol=1e-6)
+
+
+@kd.kernel
+def scaled_and_summed(x, y, total):
+    for i in kd.grid(x.shape[0]):
+        y[i] = x[i] * 3.0
+    j = kd.indices(x.shape[0])
+    total[0] = kd.sum(x[j], over=j)
+
+
+scaled_and_summed.schedule(kd.cpu)(lambda s: (s.vectorize("i", 64), s.vectorize("j", 64)))
+
+
+def _vector_widths(k: Kernel) -> list[int]:
+    return [
+        s.width for s in walk_stmts(k.body) if isinstance(s, Loop) and s.exec == LoopExec.VECTORIZED
+    ]
+
+
+def test_a_wide_tail_narrows_to_the_lanes_it_needs() -> None:
+    """A 64-lane loop's tail is a 16-, 32- or 64-lane masked vector, whichever is the
+    narrowest that holds the rest (a store and a sum, across every boundary)."""
+    rng = np.random.default_rng(8)
+    x, y, total = np.ones(5, np.float32), np.empty(5, np.float32), np.empty(1, np.float32)
+    final = expand_schedule(scaled_and_summed.schedule_of(x, y, total).kernel)
+    assert sorted(_vector_widths(final)) == [16, 16, 32, 32, 64, 64, 64, 64]
+    for n in (0, 1, 15, 16, 17, 31, 32, 33, 48, 63, 64, 65, 80, 96, 97, 127, 128, 129):
+        x = rng.standard_normal(n).astype(np.float32)
+        y = np.full(n, np.nan, np.float32)
+        scaled_and_summed(x, y, total)
+        np.testing.assert_array_equal(y, x * np.float32(3.0))
+        np.testing.assert_allclose(total[0], x.astype(np.float64).sum(), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("strict", [False, True])
