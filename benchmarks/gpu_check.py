@@ -356,22 +356,24 @@ def quant_rows(copy_gbs: float) -> list[tuple[str, str, str, str, str]]:
 
 
 def attention_rows(copy_gbs: float) -> list[tuple[str, str, str, str, str]]:
-    """Flash attention (f32, the library's CUDA schedule) against PyTorch's SDPA."""
+    """Flash attention against PyTorch's SDPA: f32 on the library's CUDA schedule
+    (CUDA cores), bf16 on tensor cores (kernels/attention_tc.py)."""
     import torch
     import torch.nn.functional as F
     from kdsl.kernels.attention import flash_kernel
+    from kdsl.kernels.attention_tc import flash_mma_kernel
 
     rows = []
     # f32 at the CPU issue's shape; the GPU issue's: bf16, B=4, H=32, L=4096, D=128
     # (SDPA picks its flash backend there)
-    for dtype, (b, h, length, d), reps in (
-        (torch.float32, (1, 8, 1024, 64), 5),
-        (torch.bfloat16, (4, 32, 4096, 128), 3),
+    for kernel, dtype, (b, h, length, d), reps in (
+        (flash_kernel, torch.float32, (1, 8, 1024, 64), 5),
+        (flash_mma_kernel, torch.bfloat16, (4, 32, 4096, 128), 3),
     ):
         q, k, v = (torch.randn(b, h, length, d, device="cuda", dtype=dtype) for _ in range(3))
         o = torch.empty_like(q)
         for causal in (False, True):
-            ours = time_gpu(partial(flash_kernel, q, k, v, o, d**-0.5, 1, d, causal), reps=reps)
+            ours = time_gpu(partial(kernel, q, k, v, o, d**-0.5, 1, d, causal), reps=reps)
             theirs = time_gpu(
                 partial(F.scaled_dot_product_attention, q, k, v, is_causal=causal), reps=10
             )

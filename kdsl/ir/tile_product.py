@@ -11,7 +11,9 @@ mma.sync on a GPU warp) computes whole.
 `a` holds bf16 rows of k; `b` holds bf16 in the "vnni" layout (`cache(b, at=...,
 layout="vnni")`): row p has the two k-rows 2p and 2p + 1 of the original interleaved,
 column by column. A GPU warp reads its fragments element by element, so for "mma" `b`
-may also be plain rows of k: `b[b0 + p·2 + t, c0 + j]`. The loops' execution marks
+may also be plain rows of k, `b[b0 + p·2 + t, c0 + j]`, or columns of k, `b[c0 + j,
+b0 + p·2 + t]` (keys·queryᵀ in attention), and the operands may have more axes before
+those two, with subscripts the nest doesn't change (a head of a [B, H, L, D] array). The loops' execution marks
 inside the nest don't matter (the nest's meaning is its loops). The schedule step
 `tensorize` checks a nest with `match`; the code generator emits what it returns.
 """
@@ -21,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from kdsl import types as T
-from kdsl.ir.affine import Lin, constant_bound, linear, split_tile
+from kdsl.ir.affine import constant_bound, split_tile
 from kdsl.ir.build import index_const, index_op
 from kdsl.ir.nodes import (
     Binary,
@@ -40,6 +42,7 @@ from kdsl.ir.nodes import (
     Stmt,
     Store,
 )
+from kdsl.ir.visit import walk_expr
 
 TILE = 16  # rows of a matrix register; 16 f32 (or 32 bf16) make a row of 64 bytes
 INSTRUCTIONS = {LoopExec.AMX: "amx", LoopExec.MMA: "mma"}  # a tensorized loop's mark
@@ -59,10 +62,10 @@ class TileProduct:
     acc: str  # f32[TR, TC]
     shape: tuple[int, int]  # (TR, TC)
     a: str
-    a_at: tuple[Expr, Expr]  # a's subscripts where i = p = t = 0
+    a_at: tuple[Expr, ...]  # a's subscripts where i = p = t = 0 (the last two: row, k)
     b: str
-    b_at: tuple[Expr, Expr]  # b's subscripts where j = p = t = 0
-    b_vnni: bool = True  # b in the vnni layout (else plain rows of k: "mma" only)
+    b_at: tuple[Expr, ...]  # b's subscripts where j = p = t = 0
+    b_layout: str = "vnni"  # or (mma only) "rows" of k, b[k, column], or "columns", b[column, k]
 
 
 def match(loop: Loop, buffers: dict[str, Buffer], instruction: str = "amx") -> TileProduct | str:
@@ -110,23 +113,35 @@ def match(loop: Loop, buffers: dict[str, Buffer], instruction: str = "amx") -> T
             f"({acc.name}[{rows.var}, {cols.var}] += f32(a[..]) * f32(b[..]))"
         )
     names = (rows.var, cols.var, pairs.var, pair.var)
-    a, b = sorted(operands, key=lambda load: _coefficients(load, names)[0] != (1, 0, 0, 0))
+    a, b = sorted(operands, key=lambda load: _coefficients(load.index[-2], names) != (1, 0, 0, 0))
     a_at = _based(a, names, ((1, 0, 0, 0), (0, 0, 2, 1)))
-    b_at, vnni = _based(b, names, ((0, 0, 1, 0), (0, 2, 0, 1))), True
-    if b_at is None and instruction == "mma":
-        b_at, vnni = _based(b, names, ((0, 0, 2, 1), (0, 1, 0, 0))), False
-    if a_at is None or b_at is None:
-        rows_of_k = (
-            f", or as rows of k at [k + {pairs.var}·2 + {pair.var}, column + {cols.var}]"
+    layouts = B_LAYOUTS if instruction == "mma" else {"vnni": B_LAYOUTS["vnni"]}
+    found = ((lay, _based(b, names, wanted)) for lay, wanted in layouts.items())
+    b_layout, b_at = next(((lay, at) for lay, at in found if at is not None), ("", None))
+    two_d = instruction == "mma" or len(a.index) == len(b.index) == 2  # (AMX: rows of bytes)
+    if a_at is None or b_at is None or not two_d:
+        k = f"k + {pairs.var}·2 + {pair.var}"
+        others = (
+            f", as rows of k at [{k}, column + {cols.var}] or as columns of k at [column + "
+            f"{cols.var}, {k}] (these axes last, any before them the same for the whole tile)"
             if instruction == "mma"
-            else ""
+            else " (2-d arrays)"
         )
         return (
-            f"one operand must be read at [row + {rows.var}, k + {pairs.var}·2 + {pair.var}], "
-            f"the other in the vnni layout at [p + {pairs.var}, 2·(column + {cols.var}) + "
-            f"{pair.var}] (cache it with layout='vnni'){rows_of_k}"
+            f"one operand must be read at [row + {rows.var}, {k}], the other in the vnni "
+            f"layout at [p + {pairs.var}, 2·(column + {cols.var}) + {pair.var}] (cache it "
+            f"with layout='vnni'){others}"
         )
-    return TileProduct(rows, cols, depth, acc.name, shape, a.buffer, a_at, b.buffer, b_at, vnni)
+    return TileProduct(rows, cols, depth, acc.name, shape, a.buffer, a_at, b.buffer, b_at, b_layout)
+
+
+# the right operand's layouts: its last two subscripts' coefficients of the nest's loops
+# (rows, columns, pairs of k, k)
+B_LAYOUTS = {
+    "vnni": ((0, 0, 1, 0), (0, 2, 0, 1)),
+    "rows": ((0, 0, 2, 1), (0, 1, 0, 0)),
+    "columns": ((0, 1, 0, 0), (0, 0, 2, 1)),
+}
 
 
 def _either(sizes: list[int]) -> str:
@@ -231,24 +246,48 @@ def _same(e: Expr, load: Load) -> bool:
 def _widened_bf16(e: Expr) -> Load | None:
     if isinstance(e, Cast) and e.dtype == T.f32:
         e = e.operand
-    return e if isinstance(e, Load) and e.dtype == T.bf16 and len(e.index) == 2 else None
+    return e if isinstance(e, Load) and e.dtype == T.bf16 and len(e.index) >= 2 else None
 
 
-def _coefficients(load: Load, names: tuple[str, ...]) -> list[tuple[int, ...]]:
-    lins = [linear(i) or Lin() for i in load.index]
-    return [tuple(lin.coeff(LoopVar(n)) for n in names) for lin in lins]
+def _coefficients(e: Expr, names: tuple[str, ...]) -> tuple[int, ...] | None:
+    found = _in_loops(e, names)
+    return None if found is None else found[0]
+
+
+def _in_loops(e: Expr, names: tuple[str, ...]) -> tuple[tuple[int, ...], Expr] | None:
+    """`e` as Σ coefficient·loop over the loops `names`, plus a rest that doesn't depend
+    on them (any expression: locals and loads of the kernel are fine there, the nest
+    doesn't change them); None if `e` is not of that form."""
+    if not any(isinstance(x, LoopVar) and x.name in names for x in walk_expr(e)):
+        return (0,) * len(names), e
+    match e:
+        case LoopVar(name=n):
+            return tuple(int(n == m) for m in names), index_const(0)
+        case Binary(op=BinaryOp.ADD | BinaryOp.SUB as op, lhs=a, rhs=b):
+            x, y = _in_loops(a, names), _in_loops(b, names)
+            if x is None or y is None:
+                return None
+            sign = 1 if op is BinaryOp.ADD else -1
+            return tuple(u + sign * w for u, w in zip(x[0], y[0])), index_op(op, x[1], y[1])
+        case (
+            Binary(op=BinaryOp.MUL, lhs=a, rhs=Const(value=c))
+            | Binary(op=BinaryOp.MUL, lhs=Const(value=c), rhs=a)
+        ) if isinstance(c, int):
+            x = _in_loops(a, names)
+            if x is None:
+                return None
+            return tuple(u * c for u in x[0]), index_op(BinaryOp.MUL, x[1], index_const(c))
+    return None
 
 
 def _based(
     load: Load, names: tuple[str, ...], wanted: tuple[tuple[int, ...], ...]
-) -> tuple[Expr, Expr] | None:
-    """The load's subscripts with the nest's loops at 0, if its coefficients of the
-    loops are `wanted` (per axis) and nothing else in them depends on the nest."""
-    lins = [linear(i) for i in load.index]
-    if any(lin is None for lin in lins) or _coefficients(load, names) != list(wanted):
+) -> tuple[Expr, ...] | None:
+    """The load's subscripts with the nest's loops at 0, if the coefficients of the
+    loops in its last two are `wanted` (per axis), the axes before those don't have
+    them, and nothing else in any subscript depends on the nest."""
+    found = [_in_loops(i, names) for i in load.index]
+    before = [(0,) * len(names)] * (len(found) - len(wanted))
+    if any(f is None for f in found) or [f[0] for f in found] != before + list(wanted):  # type: ignore[index]
         return None
-    loops = [LoopVar(n) for n in names]
-    based = [lin.without(loops) for lin in lins]  # type: ignore[union-attr]
-    if any(set(b.loop_vars()) & set(names) for b in based):
-        return None
-    return based[0].expr(), based[1].expr()
+    return tuple(f[1] for f in found)  # type: ignore[index]

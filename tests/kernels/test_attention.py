@@ -103,6 +103,24 @@ def test_bf16_inputs():
     )
 
 
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize(
+    "shape", [(1, 2, 1, 20, 70, 20), (2, 1, 1, 131, 131, 64), (1, 1, 1, 1, 3, 1)]
+)
+def test_the_tensor_core_algorithm_on_the_cpu(shape, causal):
+    """kernels/attention_tc.py's flash attention for tensor cores (bf16, p rounded to
+    bf16 before its product with v) under the CPU's default schedule: the algorithm
+    itself, apart from its GPU schedule (tests/targets/cuda run that in the emulator)."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    from kdsl.kernels.attention_tc import flash_mma_kernel
+
+    q, k, v = (a.astype(ml_dtypes.bfloat16) for a in _qkv(("mma", shape, causal), *shape))
+    o = np.full(q.shape, np.nan, np.float32)
+    D, group = shape[-1], shape[1] // shape[2]
+    flash_mma_kernel(q, k, v, o, D**-0.5, group, D, causal)
+    np.testing.assert_allclose(o, reference(q, k, v, causal), rtol=1e-2, atol=1e-2)
+
+
 @pytest.mark.parametrize("Lq,Lk", [(37, 131), (131, 37), (1, 20), (64, 64)])
 def test_matches_torch_sdpa(Lq, Lk):
     torch = pytest.importorskip("torch")

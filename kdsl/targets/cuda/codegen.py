@@ -664,10 +664,15 @@ class GpuCodegen(_Codegen):
         elif temp.place == "dynamic-shared":
             offset = ir.Constant(I64, self.launch.dynamic_offset(buf.name))
             data = self.b.gep(self._dynamic_shared(), [offset], source_etype=I8)
-        elif temp.place == "warp-shared":  # this warp's copy (nbytes: a constant bound)
-            each = int(temp.nbytes.value)  # type: ignore[attr-defined]
+        elif temp.place in ("warp-shared", "warp-dynamic"):  # this warp's copy
             warps = self.launch.block[1] * self.launch.block[2]
-            table = self._shared_array(ir.ArrayType(I8, max(1, each * warps)))
+            if temp.place == "warp-shared":  # (nbytes: a copy's, a constant bound)
+                each = int(temp.nbytes.value)  # type: ignore[attr-defined]
+                table = self._shared_array(ir.ArrayType(I8, max(1, each * warps)))
+            else:  # (nbytes: all the copies')
+                each = int(temp.nbytes.value) // warps  # type: ignore[attr-defined]
+                offset = ir.Constant(I64, self.launch.dynamic_offset(buf.name))
+                table = self.b.gep(self._dynamic_shared(), [offset], source_etype=I8)
             warp = self.b.udiv(self.thread_linear(), ir.Constant(I64, WARP))
             data = self.b.gep(table, [self.b.mul(warp, ir.Constant(I64, each))], source_etype=I8)
         else:

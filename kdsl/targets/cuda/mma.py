@@ -151,23 +151,20 @@ class _WarpProduct:
         return b.or_(halves[0], b.shl(halves[1], ir.Constant(I32, 16)))
 
     def a_element(self, row: ir.Value, k: ir.Value) -> ir.Value:
-        p = self.p
         r = self.clamp_index(row, self.rows)
         kk = self.clamp_index(k, self.depth)
-        return self.address(p.a, (self.b.add(self.a_at[0], r), self.b.add(self.a_at[1], kk)))
+        return self.operand(self.p.a, self.a_at, (r, kk))
 
     def b_element(self, col: ir.Value, k: ir.Value) -> ir.Value:
         b, p = self.b, self.p
         c = self.clamp_index(col, self.cols)
         kk = self.clamp_index(k, self.depth)
-        if p.b_vnni:  # [k // 2, 2·column + k % 2]
-            at = (
-                b.add(self.b_at[0], b.udiv(kk, _i64(2))),
-                b.add(self.b_at[1], b.add(b.mul(c, _i64(2)), b.urem(kk, _i64(2)))),
-            )
-        else:
-            at = (b.add(self.b_at[0], kk), b.add(self.b_at[1], c))
-        return self.address(p.b, at)
+        offsets = {
+            "vnni": lambda: (b.udiv(kk, _i64(2)), b.add(b.mul(c, _i64(2)), b.urem(kk, _i64(2)))),
+            "rows": lambda: (kk, c),
+            "columns": lambda: (c, kk),
+        }
+        return self.operand(p.b, self.b_at, offsets[p.b_layout]())
 
     def clamp_index(self, i: ir.Value, extent: ir.Value) -> ir.Value:
         """i, or extent - 1 past the end: an address that is safe to read (extent > 0,
@@ -176,7 +173,14 @@ class _WarpProduct:
         last = b.sub(extent, _i64(1))
         return b.select(b.icmp_signed("<", i, extent), i, last)
 
-    def address(self, name: str, at: tuple[ir.Value, ir.Value]) -> ir.Value:
+    def operand(
+        self, name: str, at: tuple[ir.Value, ...], offsets: tuple[ir.Value, ir.Value]
+    ) -> ir.Value:
+        """The element of operand `name` at `at`, its last two subscripts moved by
+        `offsets` (the axes before them are the same for the whole tile)."""
+        return self.address(name, (*at[:-2], *(self.b.add(x, d) for x, d in zip(at[-2:], offsets))))
+
+    def address(self, name: str, at: tuple[ir.Value, ...]) -> ir.Value:
         return self.gen._element(self.gen.state.arrays[name], list(at))
 
     # ------------------------------------------------------------- accumulator

@@ -75,13 +75,13 @@ class Temp:
     """Where a temporary allocated inside a launch lives: 'local' (each thread's own),
     'shared' (the block's; 'dynamic-shared' past the static 48 KB, where the kernel
     opts in to more), 'warp-shared' (a copy in shared memory per warp: a tile
-    product's accumulator, whose fragments the warp's lanes hold), or a slice of the
-    global scratch buffer per block or per thread (dynamic sizes, or too large for the
-    others)."""
+    product's accumulator, whose fragments the warp's lanes hold; 'warp-dynamic' past
+    the static 48 KB), or a slice of the global scratch buffer per block or per thread
+    (dynamic sizes, or too large for the others)."""
 
     buffer: str
-    place: str  # local | shared | dynamic-shared | warp-shared | block-scratch | thread-scratch
-    nbytes: Expr  # its size (a constant unless in scratch)
+    place: str  # local | shared | dynamic-shared | warp-shared | warp-dynamic | block-scratch | thread-scratch
+    nbytes: Expr  # its size (a constant unless in scratch; a warp's copies: all of them)
 
 
 @dataclass(frozen=True)
@@ -102,13 +102,16 @@ class Launch:
     @property
     def dynamic_shared(self) -> int:
         """Bytes of dynamic shared memory a block of this launch needs."""
-        return sum(_align(int(t.nbytes.value)) for t in self.scratch("dynamic-shared"))  # type: ignore[attr-defined]
+        return sum(_align(int(t.nbytes.value)) for t in self._dynamic())  # type: ignore[attr-defined]
 
     def dynamic_offset(self, name: str) -> int:
         """Where temporary `name` starts in the block's dynamic shared memory."""
-        mine = [t.buffer for t in self.scratch("dynamic-shared")]
-        before = self.scratch("dynamic-shared")[: mine.index(name)]
+        mine = [t.buffer for t in self._dynamic()]
+        before = self._dynamic()[: mine.index(name)]
         return sum(_align(int(t.nbytes.value)) for t in before)  # type: ignore[attr-defined]
+
+    def _dynamic(self) -> tuple[Temp, ...]:
+        return tuple(t for t in self.temps if t.place in ("dynamic-shared", "warp-dynamic"))
 
     @property
     def threads(self) -> int:
@@ -283,15 +286,21 @@ def _temps(
                             )
                         out.append(Temp(buf.name, "thread-scratch", nbytes))
                         continue
-                    shared += _align(most) * warps
-                    if shared > SHARED_BYTES:
+                    copies = _align(most) * warps
+                    if shared + copies <= SHARED_BYTES:
+                        shared += copies
+                        out.append(Temp(buf.name, "warp-shared", Const(_align(most), INDEX)))
+                        continue
+                    dynamic += copies
+                    if shared + dynamic > limit - COMPILER_SHARED:
                         raise _refuse(
                             kernel,
-                            f"the warps' temporaries need {shared} bytes of shared memory "
-                            f"({warps} warps), more than the {SHARED_BYTES} a block may have",
+                            f"the warps' temporaries need {shared + dynamic} bytes of shared "
+                            f"memory ({warps} warps), more than the {limit - COMPILER_SHARED} "
+                            "a block may have on this GPU",
                             "use smaller tiles or fewer warps per block",
                         )
-                    out.append(Temp(buf.name, "warp-shared", Const(_align(most), INDEX)))
+                    out.append(Temp(buf.name, "warp-dynamic", Const(copies, INDEX)))
                 elif per_thread or threads == 1:
                     fits = size is not None and size <= LOCAL_BYTES
                     out.append(Temp(buf.name, "local" if fits else "thread-scratch", nbytes))

@@ -10,6 +10,7 @@ import ml_dtypes
 import numpy as np
 from kdsl.kernels.attention import decode_kernel, flash_kernel
 from kdsl.kernels.attention import reference as attention_reference
+from kdsl.kernels.attention_tc import flash_mma_kernel
 from kdsl.kernels.matmul import matmul_kernel
 from kdsl.kernels.matmul import reference as matmul_reference
 from kdsl.kernels.norms import (
@@ -174,6 +175,28 @@ def _attention_cases(rng: np.random.Generator, length: int) -> list[Case]:
             1e-4,
         )
         for causal in (False, True)
+    ]
+    # on tensor cores (bf16): grouped heads, a head size that is no multiple of 16 and
+    # queries for one warp and a part (20); causal with D = 128, two column tiles of the
+    # accumulator (its warps' tiles past the static 48 KB); keys in two tiles, one cut
+    bf16 = lambda *shape: random_array(rng, shape, np.float32).astype(ml_dtypes.bfloat16)  # noqa: E731
+    q3, k3, v3 = bf16(1, heads, 20, d), bf16(1, kv_heads, length, d), bf16(1, kv_heads, length, d)
+    q4, k4, v4 = (bf16(1, 1, length, 128) for _ in range(3))
+    out += [
+        Case(
+            "lib_attention_mma",
+            flash_mma_kernel,
+            [q3, k3, v3, np.empty(q3.shape, np.float32), scale, group, d, False],
+            {3: attention_reference(q3, k3, v3, False)},
+            1e-2,  # (p rounded to bf16 for its product with v)
+        ),
+        Case(
+            "lib_attention_mma_d128_causal",
+            flash_mma_kernel,
+            [q4, k4, v4, np.empty(q4.shape, np.float32), 128**-0.5, 1, 128, True],
+            {3: attention_reference(q4, k4, v4, True)},
+            1e-2,
+        ),
     ]
     one = np.ascontiguousarray(q[:, :, :1])
     out.append(

@@ -118,11 +118,6 @@ def _shuffle_xor(mask: int, value: int, offset: int, clamp: int) -> int:
     return seen.get(me.lane ^ offset, value)  # type: ignore[return-value]
 
 
-def _bf16_pair(word: int) -> tuple[float, float]:
-    bits = np.array([word & 0xFFFF, (word >> 16) & 0xFFFF], np.uint16)
-    return tuple(float(v) for v in bits.view(ml_dtypes.bfloat16).astype(np.float32))
-
-
 def _recorded(callback):
     """A callback whose exception fails the block (ctypes would print and drop it)."""
 
@@ -136,31 +131,43 @@ def _recorded(callback):
     return run
 
 
+def _fragment_positions() -> tuple[np.ndarray, ...]:
+    """Where each lane's fragment elements sit, per the PTX ISA's "Matrix Fragments for
+    mma.m16n8k16 with floating point type": groupID = lane >> 2, threadID_in_group =
+    lane % 4; A's ai at row groupID (+ 8 for i in 2, 3, 6, 7), column
+    2·threadID_in_group + (i & 1) (+ 8 for i ≥ 4); B's bi at row 2·threadID_in_group +
+    (i & 1) (+ 8 for i ≥ 2), column groupID; C's ci at row groupID (+ 8 for i ≥ 2),
+    column 2·threadID_in_group + (i & 1). Arrays [lane, i] of rows and of columns."""
+    lane = np.arange(32)[:, None]
+    group, tig = lane >> 2, lane % 4
+    i8, i4 = np.arange(8)[None, :], np.arange(4)[None, :]
+    a_rows = group + 8 * np.isin(i8, (2, 3, 6, 7))
+    a_cols = 2 * tig + (i8 & 1) + 8 * (i8 >= 4)
+    b_rows = 2 * tig + (i4 & 1) + 8 * (i4 >= 2)
+    b_cols = np.broadcast_to(group, b_rows.shape)
+    c_rows = group + 8 * (i4 >= 2)
+    c_cols = 2 * tig + (i4 & 1)
+    return a_rows, a_cols, b_rows, b_cols, c_rows, c_cols
+
+
+_A_ROWS, _A_COLS, _B_ROWS, _B_COLS, _C_ROWS, _C_COLS = _fragment_positions()
+
+
 def _mma(out: int, *operands) -> None:
-    """D = A·B + C for m16n8k16 (bf16 in, f32 out), from the lanes' fragments laid out
-    as the PTX ISA's "Matrix Fragments for mma.m16n8k16 with floating point type":
-    groupID = lane >> 2, threadID_in_group = lane % 4; A's ai at row groupID (+ 8 for
-    i in 2, 3, 6, 7), column 2·threadID_in_group + (i & 1) (+ 8 for i ≥ 4); B's bi at
-    row 2·threadID_in_group + (i & 1) (+ 8 for i ≥ 2), column groupID; C's ci at row
-    groupID (+ 8 for i ≥ 2), column 2·threadID_in_group + (i & 1)."""
+    """D = A·B + C for m16n8k16 (bf16 in, f32 out), from the 32 lanes' fragments (a
+    bf16 pair per 32-bit word, low half first), laid out as `_fragment_positions`."""
     me = _me()
     seen = _block().exchange(me, operands)
+    ops = [seen[lane] for lane in range(32)]
+    words = np.array([op[:6] for op in ops], np.int64).astype(np.uint32)  # type: ignore[index]
+    halves = words.view(np.uint16).view(ml_dtypes.bfloat16).astype(np.float64)  # (little-endian)
     a, b, c = np.zeros((16, 16)), np.zeros((16, 8)), np.zeros((16, 8))
-    for lane, ops in seen.items():
-        group, tig = lane >> 2, lane % 4
-        a_words, b_words, c_values = ops[:4], ops[4:6], ops[6:]  # type: ignore[index]
-        elems = [x for w in a_words for x in _bf16_pair(w)]
-        for i, v in enumerate(elems):
-            a[group + (8 if i in (2, 3, 6, 7) else 0), 2 * tig + (i & 1) + (8 if i >= 4 else 0)] = v
-        elems = [x for w in b_words for x in _bf16_pair(w)]
-        for i, v in enumerate(elems):
-            b[2 * tig + (i & 1) + (8 if i >= 2 else 0), group] = v
-        for i, v in enumerate(c_values):
-            c[group + (8 if i >= 2 else 0), 2 * tig + (i & 1)] = v
+    a[_A_ROWS, _A_COLS] = halves[:, :8]
+    b[_B_ROWS, _B_COLS] = halves[:, 8:]
+    c[_C_ROWS, _C_COLS] = np.array([op[6:] for op in ops])  # type: ignore[index]
     d = (a @ b + c).astype(np.float32)
-    group, tig = me.lane >> 2, me.lane % 4
-    mine = np.array([d[group + (8 if i >= 2 else 0), 2 * tig + (i & 1)] for i in range(4)])
-    ctypes.memmove(out, mine.astype(np.float32).tobytes(), 16)
+    mine = d[_C_ROWS[me.lane], _C_COLS[me.lane]]
+    ctypes.memmove(out, mine.tobytes(), 16)
 
 
 _CALLBACKS = {
