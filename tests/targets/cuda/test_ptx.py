@@ -81,3 +81,29 @@ def test_large_tiles_go_to_dynamic_shared_memory(sm, monkeypatch):
     monkeypatch.setenv("KDSL_CUDA_ARCH", "sm_75")
     old = flash_kernel.ptx_code(flash_kernel.trace(specs)).plan.launches[0]
     assert old.dynamic_shared == 0 and old.scratch("block-scratch")
+
+
+@needs_ptxas
+def test_warps_tiles_past_48_kb_go_to_dynamic_shared_memory(monkeypatch):
+    """Tensor-core flash attention with D = 128: its four warps' tiles (about 90 KB) are
+    each warp's slice of dynamic shared memory, after the static part; sm_90 lets a
+    block have that much, and the PTX assembles."""
+    import ml_dtypes
+    from kdsl.kernels.attention_tc import flash_mma_kernel
+
+    from kdsl.targets.cuda.plan import SHARED_BYTES, shared_limit
+
+    monkeypatch.setenv("KDSL_CUDA_ARCH", "sm_90")
+    q = np.zeros((1, 1, 70, 128), ml_dtypes.bfloat16)
+    args = (q, q, q, np.empty(q.shape, np.float32), 0.1, 1, 128, True)
+    specs, _ = flash_mma_kernel._specs(args, {})
+    code = flash_mma_kernel.ptx_code(flash_mma_kernel.trace(specs))
+    (launch,) = code.plan.launches
+    warps = launch.block[1] * launch.block[2]
+    places = {t.place for t in launch.temps}
+    assert warps == 4 and {"warp-shared", "warp-dynamic"} <= places
+    static = sum(int(t.nbytes.value) * warps for t in launch.scratch("warp-shared"))
+    assert static <= SHARED_BYTES < static + launch.dynamic_shared <= shared_limit("sm_90")
+    assert all(int(t.nbytes.value) % warps == 0 for t in launch.scratch("warp-dynamic"))
+    assert ".extern .shared" in code.ptx
+    assert "Compiling entry function" in nvptx.assemble(code.ptx, "sm_90")
