@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from kdsl.kernels import attention
-from kdsl.kernels.attention import TK, TQ, reference
+from kdsl.kernels.attention import TK, TK_FULL, TQ, reference
 
 import kdsl as kd
 
@@ -19,7 +19,7 @@ PREFILL = [
     (2, 4, 2, 37, 37, 64),
     (1, 8, 1, 131, 131, 64),
     (1, 2, 1, TQ, TK, 64),
-    (1, 8, 1, TQ + 1, 2 * TK + 1, 64),
+    (1, 8, 1, TQ + 1, 2 * TK_FULL + 1, 64),
     (1, 2, 2, 131, 37, 128),
     (1, 2, 2, 37, 131, 128),
     (2, 2, 2, 37, 131, 5),
