@@ -12,8 +12,11 @@ TR × TC accumulator is (TR/16)·(TC/8) such tiles, held in registers across all
 
 Which elements a lane holds is the PTX ISA's ("Matrix Fragments for mma.m16n8k16 with
 floating point type"), with g = lane / 4 and t = lane % 4: `A_WORDS`, `B_WORDS` and
-`C_ELEMENTS` below say it as offsets from (g, 2t). A lane reads its elements one by one
-(two 16-bit loads per word: nothing about the operands' alignment is assumed), each
+`C_ELEMENTS` below say it as offsets from (g, 2t). A word's two elements are k and k + 1
+with k even: where they are next to each other in memory on a 4-byte boundary (k along
+the operand's last axis, contiguous, the other strides and the tile's first element on
+4 bytes: checked at run time, once per product) and both inside the loops' range, the
+word is one 32-bit load. Otherwise the lane reads the two elements one by one, each
 clamped into the loops' range and replaced by zero outside it, so any R, C and K work
 and nothing outside them is read or written.
 
@@ -90,6 +93,20 @@ class _WarpProduct:
         self.g, self.t2 = b.udiv(lane, _i64(4)), b.mul(b.urem(lane, _i64(4)), _i64(2))
         self.a_at = tuple(gen.expr(e) for e in p.a_at)
         self.b_at = tuple(gen.expr(e) for e in p.b_at)
+        self.a_pairs = self.pairs_in_words(p.a, self.a_at)
+        # (B as rows of k: k + 1 is a row further on)
+        self.b_pairs = None if p.b_layout == "rows" else self.pairs_in_words(p.b, self.b_at)
+
+    def pairs_in_words(self, name: str, at: tuple[ir.Value, ...]) -> ir.Value:
+        """Whether every pair of elements k, k + 1 (k even) along the last axis of
+        operand `name` is one aligned 32-bit word: that axis contiguous, the others'
+        strides and the element at `at` (the tile's first) on 4 bytes."""
+        b, strides = self.b, self.gen.state.arrays[name].strides
+        ok = b.icmp_signed("==", strides[-1], _i64(2))
+        first = b.ptrtoint(self.address(name, at), I64)
+        for bytes_ in (*strides[:-1], first):
+            ok = b.and_(ok, b.icmp_signed("==", b.and_(bytes_, _i64(3)), _i64(0)))
+        return ok
 
     def emit(self) -> None:
         b = self.b
@@ -123,7 +140,8 @@ class _WarpProduct:
         for row_off, k_off in A_WORDS:
             row = b.add(self.g, _i64(mi * M + row_off))
             k = b.add(k0, b.add(self.t2, _i64(k_off)))
-            words.append(self.word(functools.partial(self.a_element, row), row, self.rows, k))
+            at = functools.partial(self.a_element, row)
+            words.append(self.word(at, row, self.rows, k, self.a_pairs))
         return words
 
     def b_fragment(self, ni: int, k0: ir.Value) -> list[ir.Value]:
@@ -133,16 +151,39 @@ class _WarpProduct:
         words = []
         for k_off, _ in B_WORDS:
             k = b.add(k0, b.add(self.t2, _i64(k_off)))
-            words.append(self.word(functools.partial(self.b_element, col), col, self.cols, k))
+            at = functools.partial(self.b_element, col)
+            words.append(self.word(at, col, self.cols, k, self.b_pairs))
         return words
 
     def word(
-        self, at: Callable[[ir.Value], ir.Value], where: ir.Value, extent: ir.Value, k: ir.Value
+        self,
+        at: Callable[[ir.Value], ir.Value],
+        where: ir.Value,
+        extent: ir.Value,
+        k: ir.Value,
+        pairs: ir.Value | None,
     ) -> ir.Value:
         """The 32-bit word of elements k (low half) and k + 1 (high half) at `where` (a
-        row of A or a column of B): zero where out of [0, extent) × [0, depth)."""
+        row of A or a column of B): zero where out of [0, extent) × [0, depth). One load
+        where `pairs` (see `pairs_in_words`) and both are inside."""
         b = self.b
         inside = b.icmp_signed("<", where, extent)
+        if pairs is None:
+            return self.halves(at, inside, k)
+        both = b.and_(inside, b.icmp_signed("<", b.add(k, _i64(1)), self.depth))
+        with b.if_else(b.and_(pairs, both)) as (then, otherwise):
+            with then:
+                whole, whole_block = b.load(at(k), typ=I32, align=4), b.block
+            with otherwise:
+                parts, parts_block = self.halves(at, inside, k), b.block
+        word = b.phi(I32)
+        word.add_incoming(whole, whole_block)
+        word.add_incoming(parts, parts_block)
+        return word
+
+    def halves(self, at: Callable[[ir.Value], ir.Value], inside: ir.Value, k: ir.Value) -> ir.Value:
+        """The word read one element at a time, each zero outside the loops' range."""
+        b = self.b
         halves = []
         for kk in (k, b.add(k, _i64(1))):
             ok = b.and_(inside, b.icmp_signed("<", kk, self.depth))

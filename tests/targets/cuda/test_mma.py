@@ -7,6 +7,7 @@ ptxas accepts; and it refuses what it can't compute."""
 from __future__ import annotations
 
 import importlib
+import re
 
 import ml_dtypes
 import numpy as np
@@ -127,6 +128,48 @@ def test_ptx_has_one_mma_per_tile_and_assembles(tile, sm, monkeypatch) -> None:
     )
     assert "bar.warp.sync" in text
     assert "Compiling entry function" in nvptx.assemble(text, sm)
+
+
+@kd.kernel
+def product_with_transposed(a, bt, c):
+    """c = a · btᵀ: B read as columns of k (as attention reads its keys)."""
+    i, j, k = kd.indices(a.shape[0], bt.shape[0], a.shape[1])
+    c[i, j] = kd.sum(a[i, k] * bt[j, k], over=k)
+
+
+@product_with_transposed.schedule(kd.cuda)
+def _(s):
+    io, ii = s.split("i", 32)
+    jo, ji = s.split("j", 32)
+    s.reorder(io, jo, ii, ji)
+    s.split("k", 2)
+    s.bind(io, "block.y")
+    s.bind(jo, "block.x")
+    s.tensorize(ii, "mma")
+
+
+@pytest.mark.parametrize(
+    "k, shift",
+    [(48, 0), (47, 0), (48, 1)],  # words whole; an odd k (rows off 4 bytes); views 2 bytes in
+)
+def test_words_read_whole_where_they_are_aligned(k: int, shift: int) -> None:
+    """Both operands along k: where a pair k, k + 1 is an aligned 32-bit word (rows of
+    an even length, starting on 4 bytes) a lane loads it at once, otherwise element by
+    element; the products agree either way, edges included."""
+    rng = np.random.default_rng(k + shift)
+    a = rng.uniform(-2, 2, (37, k + shift)).astype(BF16)[:, shift:]
+    bt = rng.uniform(-2, 2, (21, k + shift)).astype(BF16)[:, shift:]
+    c = np.full((37, 21), np.nan, np.float32)
+    simt.run(product_with_transposed, [a, bt, c])
+    _close(c, a, bt.T)
+
+
+def test_word_loads_are_in_the_ptx(monkeypatch) -> None:
+    monkeypatch.setenv("KDSL_CUDA_ARCH", "sm_90")
+    a, bt = np.zeros((37, 48), BF16), np.zeros((21, 48), BF16)
+    text = product_with_transposed.ptx(a, bt, np.zeros((37, 21), np.float32))
+    words = 2 * 4 + 4 * 2  # A's and B's words for a 32 × 32 tile, per step of 16 k
+    assert len(re.findall(r"ld\.global(\.nc)?\.b32", text)) == words
 
 
 def _refusal(schedule, error: type[Exception] = kd.ScheduleError) -> str:
