@@ -95,8 +95,9 @@ def measure_endless(x, y):
 def measure_wild_store(x, y):
     i = kd.indices(x.shape[0])
     # terabytes outside y: the process dies (a subscript kdsl neither proves nor checks
-    # without checks=True; one loaded from data, x[i] · 1e12, is checked now)
-    y[(i + 1) * (x.shape[0] * 1000000000000)] = x[i]
+    # without checks=True, i² not being linear; one loaded from data, x[i] · 1e12, and
+    # a linear one, (i + 1) · n · 1e12, are checked now)
+    y[i * i * (x.shape[0] * 1000000000000)] = x[i]
 
 
 def candidate(kernel: KernelFunction) -> Candidate:

@@ -1,4 +1,4 @@
-"""The bounds pass: affine subscripts proven in bounds by one check per call."""
+"""The bounds pass: subscripts proven in bounds by one check per call."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 
 import kdsl as kd
+from kdsl.ir.evaluate import evaluate
 from kdsl.ir.nodes import (
     Binary,
     BinaryOp,
     Buffer,
     BufferRole,
+    Cast,
     Check,
     CheckKind,
     Const,
@@ -25,8 +27,8 @@ from kdsl.ir.nodes import (
     Scope,
     Store,
 )
-from kdsl.ir.passes.bounds import affine, hoist_bounds_checks
-from kdsl.ir.visit import walk_stmts
+from kdsl.ir.passes.bounds import hoist_bounds_checks, value_range
+from kdsl.ir.visit import map_expr, walk_stmts
 from tests.helpers import check_kernel, random_array
 
 I, J = LoopVar("i"), LoopVar("j")  # noqa: E741
@@ -45,46 +47,62 @@ def b(op, x, y):
 ADD, SUB, MUL = BinaryOp.ADD, BinaryOp.SUB, BinaryOp.MUL
 
 
-# --------------------------------------------------------------------------- affine()
+# ---------------------------------------------------------------------- value_range()
+
+N = DimOf("x", 0)  # a shape: 5 below
+FLOOR, MIN, MAX = BinaryOp.FLOORDIV, BinaryOp.MIN, BinaryOp.MAX
+EXTENTS = {"i": c(4), "j": c(3)}
+
+
+def _at(expr, values):
+    """`expr` with its loop variables replaced by `values`."""
+    return map_expr(expr, lambda e: c(values[e.name]) if isinstance(e, LoopVar) else None)
 
 
 @pytest.mark.parametrize(
-    "expr, form",
+    "expr",
     [
-        (c(3), (3, {})),
-        (I, (0, {"i": 1})),
-        (b(ADD, I, c(2)), (2, {"i": 1})),
-        (b(SUB, I, c(1)), (-1, {"i": 1})),
-        (b(SUB, c(5), I), (5, {"i": -1})),
-        (b(ADD, b(MUL, c(2), I), c(1)), (1, {"i": 2})),
-        (b(MUL, b(ADD, I, c(1)), c(3)), (3, {"i": 3})),
-        (b(ADD, I, J), (0, {"i": 1, "j": 1})),
-        (b(SUB, I, J), (0, {"i": 1, "j": -1})),
-        (b(SUB, I, I), (0, {})),  # cancelled terms disappear
-        (b(MUL, I, c(0)), (0, {})),
-        (b(MUL, c(4), c(5)), (20, {})),
-        (b(ADD, b(MUL, c(16), I), b(SUB, J, c(8))), (-8, {"i": 16, "j": 1})),
+        c(3),
+        I,
+        b(ADD, I, c(2)),
+        b(SUB, c(5), I),
+        b(ADD, b(MUL, c(2), I), c(1)),
+        b(MUL, b(ADD, I, c(1)), c(3)),
+        b(SUB, I, J),
+        b(SUB, I, I),  # cancelled terms: the value 0 only
+        b(ADD, b(MUL, I, N), J),  # flattened: i·n + j
+        b(MUL, b(SUB, c(1), I), N),  # a shape times a negative span
+        b(SUB, b(MUL, J, N), b(MUL, I, b(ADD, N, c(1)))),
+        b(FLOOR, b(SUB, b(MUL, c(3), I), c(4)), c(2)),  # floor division of negatives too
+        b(MIN, b(ADD, I, J), b(SUB, N, c(2))),
+        b(MAX, c(2), b(SUB, I, J)),
+        b(FLOOR, b(MIN, b(MUL, I, N), c(7)), c(3)),
     ],
 )
-def test_affine_decomposition(expr, form):
-    assert affine(expr) == form
+def test_value_range_is_the_least_and_greatest_value(expr):
+    """Both ends are values the expression takes (so a check against them is exact)."""
+    lo, hi = value_range(expr, EXTENTS)
+    shapes = {"x": (5,)}
+    taken = [evaluate(_at(expr, {"i": i, "j": j}), shapes, {}) for i in range(4) for j in range(3)]
+    assert (evaluate(lo, shapes, {}), evaluate(hi, shapes, {})) == (min(taken), max(taken))
 
 
 @pytest.mark.parametrize(
     "expr",
     [
         b(MUL, I, J),  # not linear
-        b(ADD, I, DimOf("x", 0)),  # a shape is not a constant
+        b(MUL, I, I),
         Load("idx", (I,), kd.i64),  # data-dependent
         LocalVar("k", kd.i64),
-        b(BinaryOp.FLOORDIV, I, c(2)),
-        b(BinaryOp.MOD, I, c(2)),
-        c(True, kd.bool_),
-        c(1.5, kd.f64),
+        b(BinaryOp.MOD, I, c(2)),  # its extremes may not be taken
+        b(FLOOR, I, c(-2)),
+        b(MIN, I, J),  # extremes of the two together: not always taken
+        b(ADD, I, LoopVar("t")),  # a loop whose extent is not known
+        Binary(ADD, Cast(I, kd.i32), c(1, kd.i32), kd.i32),  # i32 arithmetic may wrap
     ],
 )
-def test_not_affine(expr):
-    assert affine(expr) is None
+def test_no_value_range(expr):
+    assert value_range(expr, EXTENTS) is None
 
 
 # --------------------------------------------------------------- checks on traced kernels
@@ -197,6 +215,48 @@ def test_serial_loop_reading_the_previous_iteration_is_checked():
     assert len(bounds_checks(scan, np.ones(4, F), np.ones(4, F))) >= 2
     with pytest.raises(kd.ShapeError):
         scan(np.ones(4, F), np.ones(3, F))
+
+
+@kd.kernel
+def flattened(x, y):
+    i, j = kd.indices(y.shape[0], y.shape[1])
+    y[i, j] = x[i * y.shape[1] + j]
+
+
+def test_flattened_subscripts_are_checked_once():
+    """x[i·n + j], n a shape: a read far past x (it crashed the process) is a ShapeError;
+    x of exactly the right length runs."""
+    assert len(bounds_checks(flattened, np.ones(12, F), np.ones((3, 4), F))) == 1
+    with pytest.raises(kd.ShapeError, match=r"i \* y.shape\[1\] \+ j of 'x'"):
+        flattened(np.ones(10, F), np.ones((1000, 1000), F))
+    x = random_array(np.random.default_rng(2), (12,), F)
+    check_kernel(flattened, [x, np.empty((3, 4), F)], {1: x.reshape(3, 4)})
+    flattened(np.ones(0, F), np.ones((0, 4), F))  # no iterations
+
+
+def test_locals_given_one_value_are_seen_through():
+    @kd.kernel
+    def pairs(x, y):
+        for i in kd.grid(y.shape[0]):
+            at = kd.local(2 * i + 1, kd.i64)
+            half = kd.local(at // 2, kd.i64)
+            y[i] = x[at] + x[kd.minimum(half, x.shape[0] - 1)]
+
+    assert len(bounds_checks(pairs, np.ones(7, F), np.ones(3, F))) == 2
+    x = random_array(np.random.default_rng(5), (7,), F)
+    check_kernel(pairs, [x, np.empty(3, F)], {1: x[1::2] + x[:3]})
+    with pytest.raises(kd.ShapeError, match="at of 'x'"):
+        pairs(np.ones(5, F), np.ones(3, F))
+
+
+def test_bounds_too_large_for_int64_fail_instead_of_wrapping():
+    @kd.kernel
+    def far(x, y):
+        i = kd.indices(y.shape[0])
+        y[i] = x[(i + 1) * (x.shape[0] * 10**12)]
+
+    with pytest.raises(kd.ShapeError, match="x.shape"):
+        far(np.ones(10, F), np.ones(10**7, F))
 
 
 def test_nothing_hoisted_under_kd_when():

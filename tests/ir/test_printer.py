@@ -219,7 +219,7 @@ def test_ir_view_prints_and_escapes_html():
 
     view = shift.lowered(np.ones(4, np.float32), np.ones(3, np.float32))
     assert str(view) == repr(view) == format_kernel(view.kernel)
-    assert "< x.shape[0]" in str(view)
+    assert "< f64(x.shape[0])" in str(view)
     html = view._repr_html_()
     assert html.startswith("<pre>") and html.endswith("</pre>")
-    assert "&lt; x.shape[0]" in html and "<" not in html[5:-6]
+    assert "&lt; f64(x.shape[0])" in html and "<" not in html[5:-6]

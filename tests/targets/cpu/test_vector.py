@@ -510,9 +510,10 @@ def shifted(x, out, s):
 
 
 def test_bounds_checks_in_vector_code():
-    k = with_vector_loop(
-        traced(shifted, np.ones(40, np.float32), np.ones(32, np.float32), 0), "i", 16
-    )
+    """Each lane's subscript checked (the traced IR without the one check per call that
+    the bounds pass would add for these linear subscripts, which would fail first)."""
+    args = (np.ones(40, np.float32), np.ones(32, np.float32), 0)
+    k = with_vector_loop(kd.kernel(shifted).ir(*args).kernel, "i", 16)
     compiled = compile_kernel(k, checks=True)
     x, out = np.arange(40, dtype=np.float32), np.zeros(32, np.float32)
     assert compiled.cfunc(x, out, 8) == 0
