@@ -12,14 +12,11 @@ from kdsl.ir.nodes import (
     BinaryOp,
     Buffer,
     BufferRole,
-    Cast,
     Check,
     CheckKind,
     Const,
     DimOf,
     Kernel,
-    Load,
-    LocalVar,
     Loop,
     LoopKind,
     LoopVar,
@@ -27,8 +24,8 @@ from kdsl.ir.nodes import (
     Scope,
     Store,
 )
-from kdsl.ir.passes.bounds import hoist_bounds_checks, value_range
-from kdsl.ir.visit import map_expr, walk_stmts
+from kdsl.ir.passes.bounds import hoist_bounds_checks
+from kdsl.ir.visit import walk_stmts
 from tests.helpers import check_kernel, random_array
 
 I, J = LoopVar("i"), LoopVar("j")  # noqa: E741
@@ -45,64 +42,6 @@ def b(op, x, y):
 
 
 ADD, SUB, MUL = BinaryOp.ADD, BinaryOp.SUB, BinaryOp.MUL
-
-
-# ---------------------------------------------------------------------- value_range()
-
-N = DimOf("x", 0)  # a shape: 5 below
-FLOOR, MIN, MAX = BinaryOp.FLOORDIV, BinaryOp.MIN, BinaryOp.MAX
-EXTENTS = {"i": c(4), "j": c(3)}
-
-
-def _at(expr, values):
-    """`expr` with its loop variables replaced by `values`."""
-    return map_expr(expr, lambda e: c(values[e.name]) if isinstance(e, LoopVar) else None)
-
-
-@pytest.mark.parametrize(
-    "expr",
-    [
-        c(3),
-        I,
-        b(ADD, I, c(2)),
-        b(SUB, c(5), I),
-        b(ADD, b(MUL, c(2), I), c(1)),
-        b(MUL, b(ADD, I, c(1)), c(3)),
-        b(SUB, I, J),
-        b(SUB, I, I),  # cancelled terms: the value 0 only
-        b(ADD, b(MUL, I, N), J),  # flattened: i·n + j
-        b(MUL, b(SUB, c(1), I), N),  # a shape times a negative span
-        b(SUB, b(MUL, J, N), b(MUL, I, b(ADD, N, c(1)))),
-        b(FLOOR, b(SUB, b(MUL, c(3), I), c(4)), c(2)),  # floor division of negatives too
-        b(MIN, b(ADD, I, J), b(SUB, N, c(2))),
-        b(MAX, c(2), b(SUB, I, J)),
-        b(FLOOR, b(MIN, b(MUL, I, N), c(7)), c(3)),
-    ],
-)
-def test_value_range_is_the_least_and_greatest_value(expr):
-    """Both ends are values the expression takes (so a check against them is exact)."""
-    lo, hi = value_range(expr, EXTENTS)
-    shapes = {"x": (5,)}
-    taken = [evaluate(_at(expr, {"i": i, "j": j}), shapes, {}) for i in range(4) for j in range(3)]
-    assert (evaluate(lo, shapes, {}), evaluate(hi, shapes, {})) == (min(taken), max(taken))
-
-
-@pytest.mark.parametrize(
-    "expr",
-    [
-        b(MUL, I, J),  # not linear
-        b(MUL, I, I),
-        Load("idx", (I,), kd.i64),  # data-dependent
-        LocalVar("k", kd.i64),
-        b(BinaryOp.MOD, I, c(2)),  # its extremes may not be taken
-        b(FLOOR, I, c(-2)),
-        b(MIN, I, J),  # extremes of the two together: not always taken
-        b(ADD, I, LoopVar("t")),  # a loop whose extent is not known
-        Binary(ADD, Cast(I, kd.i32), c(1, kd.i32), kd.i32),  # i32 arithmetic may wrap
-    ],
-)
-def test_no_value_range(expr):
-    assert value_range(expr, EXTENTS) is None
 
 
 # --------------------------------------------------------------- checks on traced kernels
@@ -334,7 +273,6 @@ def test_constant_loop_extent_and_negative_coefficient():
     (check,) = hoist_bounds_checks(k).body[:1]
     assert "9 - i" in check.what
     # lo = 9 + -1 * (10 - 1) = 0 and hi = 9: x needs 10 elements.
-    from kdsl.ir.evaluate import evaluate
 
     assert evaluate(check.cond, {"x": (10,)}, {}) is True
     assert evaluate(check.cond, {"x": (9,)}, {}) is False

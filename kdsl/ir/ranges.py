@@ -1,0 +1,177 @@
+"""The least and the greatest value of an index expression over a box of loops, as
+expressions of the argument shapes and scalars that a check at the kernel's entry can
+evaluate (kdsl/ir/passes/bounds.py checks subscripts against them).
+
+Handled: expressions linear in the loop variables whose coefficients may be shapes or
+scalars (`2*i + 1`, a flattened `i*n + j`), then `// c` (c > 0) and `min`/`max` with a
+shape or scalar around such an expression. Over a box (each loop from 0 to its extent
+- 1, independently of the others) a linear form takes its extremes at corners, and
+those functions keep order, so both bounds are values the expression takes: a check
+against them is exact. The bounds are f64, where a product too large for i64 stays too
+large instead of wrapping; they are exact while the values involved stay below 2**53
+in magnitude (subscripts of real arrays do). Expressions are analysed as DAGs: a
+sub-expression shared by object identity is looked at once.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kdsl import types as T
+from kdsl.ir.nodes import (
+    Binary,
+    BinaryOp,
+    Cast,
+    Const,
+    Expr,
+    Load,
+    LocalVar,
+    LoopVar,
+    ScalarArg,
+    Unary,
+    UnaryOp,
+)
+from kdsl.ir.visit import children
+
+ZERO, ONE = Const(0.0, T.f64), Const(1.0, T.f64)
+Linear = tuple[Expr, dict[str, Expr]]  # f64: the rest, and each loop variable's coefficient
+
+
+@dataclass(frozen=True)
+class Range:
+    lo: Expr  # f64
+    hi: Expr  # f64
+    scalars: bool  # whether a scalar argument is among what they are made of
+
+
+def value_range(e: Expr, extents: Mapping[str, Expr]) -> Range | None:
+    """The least and the greatest value index `e` takes over every iteration of the
+    loops `extents` (each non-empty), or None where kdsl can't say (see the module)."""
+    forms = _Forms(extents)
+    found = forms.range(e)
+    return None if found is None else Range(*found, forms.scalars)
+
+
+def f64(e: Expr) -> Expr:
+    if isinstance(e, Const) and not e.dtype.is_bool:
+        return Const(float(e.value), T.f64)
+    return e if e.dtype == T.f64 else Cast(e, T.f64)
+
+
+def f64_op(op: BinaryOp, a: Expr, b: Expr) -> Expr:
+    """a op b in f64, constants folded (the checks are read in printed IR)."""
+    if isinstance(a, Const) and isinstance(b, Const) and op in _FOLD:
+        return Const(_FOLD[op](a.value, b.value), T.bool_ if op.is_comparison else T.f64)
+    if op is BinaryOp.MUL and ZERO in (a, b):
+        return ZERO
+    if op is BinaryOp.ADD and a == ZERO or op is BinaryOp.MUL and a == ONE:
+        return b
+    if op in (BinaryOp.ADD, BinaryOp.SUB) and b == ZERO or op is BinaryOp.MUL and b == ONE:
+        return a
+    return Binary(op, a, b, T.bool_ if op.is_comparison else T.f64)
+
+
+_FOLD: dict[BinaryOp, Callable[[Any, Any], Any]] = {
+    BinaryOp.ADD: operator.add,
+    BinaryOp.SUB: operator.sub,
+    BinaryOp.MUL: operator.mul,
+    BinaryOp.MIN: min,
+    BinaryOp.MAX: max,
+    BinaryOp.GE: operator.ge,
+    BinaryOp.LT: operator.lt,
+}
+
+
+class _Forms:
+    """The analysis of one expression over the loops `extents`, each sub-expression's
+    results kept by identity."""
+
+    def __init__(self, extents: Mapping[str, Expr]) -> None:
+        self.extents = extents
+        self.scalars = False
+        self.levels: dict[int, tuple[Expr, bool]] = {}
+        self.forms: dict[int, tuple[Expr, Linear | None]] = {}
+
+    def kernel_level(self, e: Expr) -> bool:
+        """Made of shapes, scalars and constants only (no loop, local or data)."""
+        hit = self.levels.get(id(e))
+        if hit is None or hit[0] is not e:
+            self.scalars |= isinstance(e, ScalarArg)
+            level = not isinstance(e, LoopVar | LocalVar | Load) and all(
+                self.kernel_level(c) for c in children(e)
+            )
+            hit = self.levels[id(e)] = (e, level)
+        return hit[1]
+
+    def linear(self, e: Expr) -> Linear | None:
+        """Index `e` as rest + Σ coefficient·loop, or None when it is not of that form (a
+        product of two loop variables, data, a local, a narrower dtype)."""
+        hit = self.forms.get(id(e))
+        if hit is None or hit[0] is not e:
+            hit = self.forms[id(e)] = (e, self._linear(e))
+        return hit[1]
+
+    def _linear(self, e: Expr) -> Linear | None:
+        if self.kernel_level(e):
+            return f64(e), {}
+        if e.dtype != T.INDEX:
+            return None
+        match e:
+            case LoopVar(name=n) if n in self.extents:
+                return ZERO, {n: ONE}
+            case Binary(op=BinaryOp.ADD | BinaryOp.SUB as op, lhs=a, rhs=b):
+                x, y = self.linear(a), self.linear(b)
+                if x is None or y is None:
+                    return None
+                terms = dict(x[1])
+                for var, c in y[1].items():
+                    terms[var] = f64_op(op, terms.get(var, ZERO), c)
+                return f64_op(op, x[0], y[0]), terms
+            case Binary(op=BinaryOp.MUL, lhs=a, rhs=b):
+                x, y = self.linear(a), self.linear(b)
+                if x is None or y is None or (x[1] and y[1]):
+                    return None
+                (k, _), other = (x, y) if not x[1] else (y, x)
+                scaled = {var: f64_op(BinaryOp.MUL, c, k) for var, c in other[1].items()}
+                return f64_op(BinaryOp.MUL, other[0], k), scaled
+        return None
+
+    def range(self, e: Expr) -> tuple[Expr, Expr] | None:
+        form = self.linear(e)
+        if form is not None:
+            return self._corners(form)
+        match e:
+            case Binary(op=BinaryOp.FLOORDIV, lhs=a, rhs=Const(value=int(divisor))) if (
+                divisor > 0 and e.dtype == T.INDEX
+            ):
+                inner = self.range(a)
+                if inner is None:
+                    return None
+                by = Const(float(divisor), T.f64)
+                lo, hi = (Unary(UnaryOp.FLOOR, f64_op(BinaryOp.DIV, v, by), T.f64) for v in inner)
+                return lo, hi
+            case Binary(op=BinaryOp.MIN | BinaryOp.MAX as op, lhs=a, rhs=b) if e.dtype == T.INDEX:
+                varying, bound = (a, b) if self.kernel_level(b) else (b, a)
+                inner = self.range(varying) if self.kernel_level(bound) else None
+                if inner is None:
+                    return None
+                return f64_op(op, inner[0], f64(bound)), f64_op(op, inner[1], f64(bound))
+        return None
+
+    def _corners(self, form: Linear) -> tuple[Expr, Expr]:
+        """A linear form's extremes over the box: each term at 0 or at its extent - 1."""
+        lo = hi = form[0]
+        for var, c in form[1].items():
+            span = f64_op(BinaryOp.MUL, c, f64_op(BinaryOp.SUB, f64(self.extents[var]), ONE))
+            if isinstance(c, Const):  # (its sign known: one end moves)
+                if c.value > 0:
+                    hi = f64_op(BinaryOp.ADD, hi, span)
+                else:
+                    lo = f64_op(BinaryOp.ADD, lo, span)
+                continue
+            lo = f64_op(BinaryOp.ADD, lo, f64_op(BinaryOp.MIN, span, ZERO))
+            hi = f64_op(BinaryOp.ADD, hi, f64_op(BinaryOp.MAX, span, ZERO))
+        return lo, hi
