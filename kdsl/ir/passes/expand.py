@@ -49,12 +49,13 @@ from kdsl.ir.visit import (
     map_expr,
     map_stmt_exprs,
     outer_updates,
+    walk_all_exprs,
     walk_expr,
     walk_stmts,
 )
 
 MAX_VECTOR_COPIES = 8  # vectors of a constant-extent loop written out one by one
-NARROWEST_TAIL = 16  # lanes: a masked tail's vector narrows by halves down to this
+TAIL_BYTES = 64  # a masked tail's vector narrows by halves down to one register (AVX-512)
 MAX_GROUP = 4  # the most elements a dot-product instruction sums per lane (4 bytes)
 
 
@@ -200,11 +201,12 @@ class _Expander:
         return replace(loop, var=var, extent=index_const(width), width=width, body=(lanes,))
 
     def narrowed_tail(self, loop: Loop, start: Expr, n: Expr, vector: Loop) -> tuple[Stmt, ...]:
-        """`vector`, or a copy half as wide when the rest fits in it: a wide vector is
-        several registers, and a tail of 8 columns under a 32-lane mask (a matmul's edge
-        tile at n = 1000) ran two zmm of FMAs with the second all off."""
-        half = vector.width // 2
-        if vector.width % 2 or half < NARROWEST_TAIL:
+        """`vector`, or a copy half as wide when the rest fits in it, while the copy's
+        widest elements still fill a register: a vector wider than that is several
+        registers, and a tail of 8 columns under a 32-lane f32 mask (a matmul's edge tile
+        at n = 1000) ran two zmm of FMAs with the second all off."""
+        half = vector.width // 2  # (vector widths are powers of two)
+        if half * _widest_element(loop) < TAIL_BYTES:
             return (vector,)
         narrow = self.narrowed_tail(loop, start, n, self.masked_vector(loop, start, n, half))
         rest = index_op(BinaryOp.SUB, n, start)
@@ -434,3 +436,10 @@ def expand_schedule(
     ex = _Expander(kernel, vectorizable, guarded_edges)
     body = ex.block(_contract_accumulations(kernel.body, False) if contract else kernel.body)
     return replace(kernel, body=body, buffers=kernel.buffers + tuple(ex.new_buffers))
+
+
+def _widest_element(loop: Loop) -> int:
+    """Bytes of the widest element that `loop`'s body loads or stores."""
+    loads = [e.dtype.itemsize for e in walk_all_exprs(loop.body) if isinstance(e, Load)]
+    stores = [s.value.dtype.itemsize for s in walk_stmts(loop.body) if isinstance(s, Store)]
+    return max(loads + stores, default=1)

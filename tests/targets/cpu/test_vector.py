@@ -786,6 +786,27 @@ def test_a_wide_tail_narrows_to_the_lanes_it_needs() -> None:
         np.testing.assert_allclose(total[0], x.astype(np.float64).sum(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "dtype, width, tails",
+    [(np.uint8, 64, [64]), (np.float64, 16, [8, 16]), (np.float32, 16, [16])],
+)
+def test_a_tail_narrows_while_its_elements_fill_a_register(dtype, width, tails) -> None:
+    """64 bytes are one AVX-512 register: 64 u8 lanes don't narrow, 16 f64 do (to 8)."""
+
+    @kd.kernel(name=f"scaled_{np.dtype(dtype).name}_{width}")
+    def scaled(x, y):
+        i = kd.indices(x.shape[0])
+        y[i] = x[i] + x[i]
+
+    scaled.schedule(kd.cpu)(lambda s: s.vectorize("i", width))
+    x = (np.arange(width + 3) % 50).astype(dtype)
+    y = np.zeros_like(x)
+    final = expand_schedule(scaled.schedule_of(x, y).kernel)
+    assert sorted(_vector_widths(final)) == sorted([width, *tails])
+    scaled(x, y)
+    np.testing.assert_array_equal(y, x + x)
+
+
 @pytest.mark.parametrize("strict", [False, True])
 def test_division_by_a_uniform_value(strict: bool) -> None:
     """x / s with s the same in every lane: one reciprocal and a multiplication per
