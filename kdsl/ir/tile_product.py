@@ -13,9 +13,10 @@ layout="vnni")`): row p has the two k-rows 2p and 2p + 1 of the original interle
 column by column. A GPU warp reads its fragments element by element, so for "mma" `b`
 may also be plain rows of k, `b[b0 + p·2 + t, c0 + j]`, or columns of k, `b[c0 + j,
 b0 + p·2 + t]` (keys·queryᵀ in attention), and the operands may have more axes before
-those two, with subscripts the nest doesn't change (a head of a [B, H, L, D] array). The loops' execution marks
-inside the nest don't matter (the nest's meaning is its loops). The schedule step
-`tensorize` checks a nest with `match`; the code generator emits what it returns.
+those two, with subscripts the nest doesn't change (a head of a [B, H, L, D] array).
+The loops' execution marks inside the nest don't matter (the nest's meaning is its
+loops). The schedule step `tensorize` checks a nest with `match`; the code generator
+emits what it returns.
 """
 
 from __future__ import annotations
@@ -288,6 +289,9 @@ def _based(
     them, and nothing else in any subscript depends on the nest."""
     found = [_in_loops(i, names) for i in load.index]
     before = [(0,) * len(names)] * (len(found) - len(wanted))
-    if any(f is None for f in found) or [f[0] for f in found] != before + list(wanted):  # type: ignore[index]
+    if any(f is None for f in found):
         return None
-    return tuple(f[1] for f in found)  # type: ignore[index]
+    forms = [f for f in found if f is not None]
+    if [coefficients for coefficients, _ in forms] != before + list(wanted):
+        return None
+    return tuple(base for _, base in forms)

@@ -99,12 +99,13 @@ class _WarpProduct:
 
     def pairs_in_words(self, name: str, at: tuple[ir.Value, ...]) -> ir.Value:
         """Whether every pair of elements k, k + 1 (k even) along the last axis of
-        operand `name` is one aligned 32-bit word: that axis contiguous, the others'
-        strides and the element at `at` (the tile's first) on 4 bytes."""
+        operand `name` is one aligned 32-bit word: that axis contiguous, the next one's
+        stride and the element at `at` (the tile's first) on 4 bytes (the axes before
+        those are the same for the whole tile)."""
         b, strides = self.b, self.gen.state.arrays[name].strides
         ok = b.icmp_signed("==", strides[-1], _i64(2))
         first = b.ptrtoint(self.address(name, at), I64)
-        for bytes_ in (*strides[:-1], first):
+        for bytes_ in (strides[-2], first):
             ok = b.and_(ok, b.icmp_signed("==", b.and_(bytes_, _i64(3)), _i64(0)))
         return ok
 

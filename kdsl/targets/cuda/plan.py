@@ -80,7 +80,8 @@ class Temp:
     (dynamic sizes, or too large for the others)."""
 
     buffer: str
-    place: str  # local | shared | dynamic-shared | warp-shared | warp-dynamic | block-scratch | thread-scratch
+    place: str  # local, shared, dynamic-shared, warp-shared, warp-dynamic, block-scratch
+    # or thread-scratch
     nbytes: Expr  # its size (a constant unless in scratch; a warp's copies: all of them)
 
 
@@ -102,7 +103,8 @@ class Launch:
     @property
     def dynamic_shared(self) -> int:
         """Bytes of dynamic shared memory a block of this launch needs."""
-        return sum(_align(int(t.nbytes.value)) for t in self._dynamic())  # type: ignore[attr-defined]
+        sizes = (int(t.nbytes.value) for t in self._dynamic())  # type: ignore[attr-defined]
+        return sum(map(_align, sizes))
 
     def dynamic_offset(self, name: str) -> int:
         """Where temporary `name` starts in the block's dynamic shared memory."""

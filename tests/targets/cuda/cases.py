@@ -176,10 +176,13 @@ def _attention_cases(rng: np.random.Generator, length: int) -> list[Case]:
         )
         for causal in (False, True)
     ]
+
     # on tensor cores (bf16): grouped heads, a head size that is no multiple of 16 and
     # queries for one warp and a part (20); causal with D = 128, two column tiles of the
     # accumulator (its warps' tiles past the static 48 KB); keys in two tiles, one cut
-    bf16 = lambda *shape: random_array(rng, shape, np.float32).astype(ml_dtypes.bfloat16)  # noqa: E731
+    def bf16(*shape: int) -> np.ndarray:
+        return random_array(rng, shape, np.float32).astype(ml_dtypes.bfloat16)
+
     q3, k3, v3 = bf16(1, heads, 20, d), bf16(1, kv_heads, length, d), bf16(1, kv_heads, length, d)
     q4, k4, v4 = (bf16(1, 1, length, 128) for _ in range(3))
     out += [
