@@ -188,6 +188,24 @@ def test_locals_given_one_value_are_seen_through():
         pairs(np.ones(5, F), np.ones(3, F))
 
 
+def test_a_loop_over_a_local_given_one_value():
+    """`for t in kd.range(n)` with n a local of the shapes: its extent is known too."""
+
+    @kd.kernel
+    def shifted(x, y):
+        n = kd.local(y.shape[0] - 1, kd.i64)
+        for t in kd.range(n):
+            y[t] = x[t + 2]
+
+    assert len(bounds_checks(shifted, np.ones(5, F), np.ones(4, F))) == 1
+    x = random_array(np.random.default_rng(7), (5,), F)
+    y = np.zeros(4, F)
+    shifted(x, y)
+    np.testing.assert_array_equal(y[:3], x[2:])
+    with pytest.raises(kd.ShapeError, match=r"t \+ 2 of 'x'"):
+        shifted(np.ones(4, F), np.ones(4, F))
+
+
 def test_bounds_too_large_for_int64_fail_instead_of_wrapping():
     @kd.kernel
     def far(x, y):

@@ -76,7 +76,8 @@ class _Hoister:
         for s in body:
             match s:
                 case Loop(var=var, extent=ext, body=inner):
-                    ok = known and _kernel_level(ext)
+                    ext = self.inlined(ext)  # (a local's one value, as for subscripts)
+                    ok = known and _small(ext) and _kernel_level(ext)
                     self.block(inner, {**extents, var: ext}, ok)
                 case If():
                     continue  # guarded on purpose
