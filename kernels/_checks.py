@@ -34,6 +34,8 @@ def as_array(func: str, name: str, x: object, kinds: str = "biuf", min_ndim: int
         return x  # the usual case
     if x is None:
         raise argument_error(func, f"'{name}' is None", f"pass {name} as a NumPy array")
+    if on_a_gpu(x):
+        raise on_the_gpu_error(func, name, x)
     try:
         a = np.asarray(x)
     except (TypeError, ValueError, RuntimeError) as e:
@@ -54,6 +56,48 @@ def as_array(func: str, name: str, x: object, kinds: str = "biuf", min_ndim: int
             f"pass {name} as an array (np.atleast_1d({name}) for a single value)",
         )
     return a
+
+
+# the kernels a library function runs, which take CUDA arrays (the functions take host
+# arrays: they allocate, reshape and check with NumPy)
+GPU_KERNELS = {
+    "matmul": "kdsl.kernels.matmul.product_kernel(a, b, c) (or matmul_kernel, with an epilogue)",
+    "softmax": "kdsl.kernels.softmax.softmax_rows(x, y) (rows of a 2-d x)",
+    "rmsnorm": "kdsl.kernels.norms.rmsnorm_rows(x, w, eps, y) (rows of a 2-d x)",
+    "layernorm": "kdsl.kernels.norms.layernorm_rows(x, w, b, eps, y) (rows of a 2-d x)",
+    "attention": "kdsl.kernels.attention.flash_kernel(q, k, v, o, scale, group, D, causal) "
+    "(bf16 on tensor cores: kdsl.kernels.attention_tc.flash_mma_kernel, the same arguments)",
+}
+
+
+_DLPACK_CUDA = 2  # kDLCUDA, a DLPack device type
+
+
+def on_a_gpu(x: object) -> bool:
+    """Whether `x` is an array in a GPU's memory: a PyTorch CUDA tensor, or an array
+    whose `__cuda_array_interface__` or DLPack device says so (CuPy, Numba, JAX)."""
+    cuda = getattr(x, "is_cuda", None)  # (a PyTorch tensor's class has the interface)
+    if cuda is not None:
+        return cuda is True
+    if hasattr(type(x), "__cuda_array_interface__"):
+        return True
+    device = getattr(x, "__dlpack_device__", None)
+    try:
+        return device is not None and device()[0] == _DLPACK_CUDA
+    except Exception:  # (whatever an odd object's method raises: not a GPU array)
+        return False
+
+
+def on_the_gpu_error(func: str, name: str, x: object) -> kd.KernelArgumentError:
+    """The error for a CUDA array passed to a library function, naming the kernel that
+    runs on it."""
+    kernel = GPU_KERNELS.get(func)
+    on_gpu = f"call {kernel} on the CUDA arrays, or " if kernel else ""
+    return argument_error(
+        func,
+        f"'{name}' is a CUDA array ({type_name(x)}); kdsl.kernels.{func} takes host (NumPy) arrays",
+        f"{on_gpu}move the arrays to the host (e.g. tensor.cpu())",
+    )
 
 
 def as_axis(func: str, axis: object, ndim: int) -> int:
@@ -130,6 +174,8 @@ def expect_array(
     `dtypes` (names for those NumPy may not know: "bfloat16"), else KernelArgumentError
     for another type or dtype, ShapeError for another shape; `fix()` says what to pass.
     (Called on every call with `out=`: the messages are made only when raised.)"""
+    if on_a_gpu(a):
+        raise on_the_gpu_error(func, name, a)
     array = _view(a)
     if array is None:
         raise argument_error(func, f"'{name}' is {type_name(a)}, expected a NumPy array", fix())

@@ -444,3 +444,26 @@ def test_library_errors_are_kdsl_errors(call, err, message):
     assert isinstance(error, ValueError)  # code that caught the old ValueErrors still does
     if err is kd.KernelArgumentError:
         assert isinstance(error, TypeError)
+
+
+@pytest.mark.parametrize(
+    "call, kernel",
+    [
+        (lambda t: softmax(t), "softmax_rows"),
+        (lambda t: rmsnorm(t, W8), "rmsnorm_rows"),
+        (lambda t: layernorm(X, t, W8), "layernorm_rows"),
+        (lambda t: matmul(X, t), "product_kernel"),
+        (lambda t: attention(Q4, Q4, t), "flash_mma_kernel"),
+        (lambda t: qmatvec(Q8, t), None),
+        (lambda t: softmax(X, out=t), "softmax_rows"),
+    ],
+)
+def test_a_cuda_array_is_refused_with_the_kernel_that_takes_it(call, kernel):
+    """The functions compute on host arrays; a CUDA array (here a stand-in PyTorch CUDA
+    tensor, no GPU needed) gets an error naming the kernel to call on it instead."""
+    from tests.targets.cuda.stubs import Tensor
+
+    err = _raises(kd.KernelArgumentError, "is a CUDA array", call, Tensor([3, 8]))
+    assert "tensor.cpu()" in str(err)
+    if kernel:
+        assert kernel in str(err)
