@@ -4,10 +4,12 @@ evaluate (kdsl/ir/passes/bounds.py checks subscripts against them).
 
 Handled: expressions linear in the loop variables whose coefficients may be shapes or
 scalars (`2*i + 1`, a flattened `i*n + j`), then `// c` (c > 0) and `min`/`max` with a
-shape or scalar around such an expression. Over a box (each loop from 0 to its extent
+shape or scalar around such an expression, and `% m` (m a shape or scalar: a circular
+`x[(i + 1) % n]`) of one whose coefficients are ±1. Over a box (each loop from 0 to its extent
 - 1, independently of the others) a linear form takes its extremes at corners, and
-those functions keep order, so both bounds are values the expression takes: a check
-against them is exact. The bounds are f64, where a product too large for i64 stays too
+those functions keep order (and `%` of a form that takes every integer between its
+extremes has known extremes too), so both bounds are values the expression takes: a
+check against them is exact. The bounds are f64, where a product too large for i64 stays too
 large instead of wrapping; they are exact while the values involved stay below 2**53
 in magnitude (subscripts of real arrays do). Expressions are analysed as DAGs: a
 sub-expression shared by object identity is looked at once.
@@ -31,6 +33,7 @@ from kdsl.ir.nodes import (
     LocalVar,
     LoopVar,
     ScalarArg,
+    Select,
     Unary,
     UnaryOp,
 )
@@ -153,6 +156,10 @@ class _Forms:
                 by = Const(float(divisor), T.f64)
                 lo, hi = (Unary(UnaryOp.FLOOR, f64_op(BinaryOp.DIV, v, by), T.f64) for v in inner)
                 return lo, hi
+            case Binary(op=BinaryOp.MOD, lhs=a, rhs=m) if (
+                e.dtype == T.INDEX and self.kernel_level(m) and self._steps_by_one(a)
+            ):
+                return self._modulo(a, f64(m))
             case Binary(op=BinaryOp.MIN | BinaryOp.MAX as op, lhs=a, rhs=b) if e.dtype == T.INDEX:
                 varying, bound = (a, b) if self.kernel_level(b) else (b, a)
                 inner = self.range(varying) if self.kernel_level(bound) else None
@@ -160,6 +167,29 @@ class _Forms:
                     return None
                 return f64_op(op, inner[0], f64(bound)), f64_op(op, inner[1], f64(bound))
         return None
+
+    def _steps_by_one(self, e: Expr) -> bool:
+        """Whether `e` is linear with every coefficient ±1: over the box it takes every
+        integer between its extremes."""
+        form = self.linear(e)
+        return form is not None and all(c in (ONE, Const(-1.0, T.f64)) for c in form[1].values())
+
+    def _modulo(self, a: Expr, m: Expr) -> tuple[Expr, Expr]:
+        """a % m (floor modulo) for `a` taking every integer of [lo, hi]: lo % m and hi % m
+        when they are in one period of m, else 0 and m - 1 (both taken where a crosses a
+        multiple of m). A modulus of 0 or less gives a low end of -1: a check fails."""
+        lo, hi = self._corners(self.linear(a))  # type: ignore[arg-type]
+        divisor = f64_op(BinaryOp.MAX, m, ONE)  # (no division by 0 where a host evaluates it)
+        floor_lo, floor_hi = (
+            Unary(UnaryOp.FLOOR, f64_op(BinaryOp.DIV, v, divisor), T.f64) for v in (lo, hi)
+        )
+        same = Binary(BinaryOp.EQ, floor_lo, floor_hi, T.bool_)
+        low = f64_op(BinaryOp.SUB, lo, f64_op(BinaryOp.MUL, m, floor_lo))
+        high = f64_op(BinaryOp.SUB, hi, f64_op(BinaryOp.MUL, m, floor_hi))
+        positive = Binary(BinaryOp.GT, m, ZERO, T.bool_)
+        low = Select(positive, Select(same, low, ZERO, T.f64), Const(-1.0, T.f64), T.f64)
+        high = Select(same, high, f64_op(BinaryOp.SUB, m, ONE), T.f64)
+        return low, high
 
     def _corners(self, form: Linear) -> tuple[Expr, Expr]:
         """A linear form's extremes over the box: each term at 0 or at its extent - 1."""

@@ -206,6 +206,21 @@ def test_a_loop_over_a_local_given_one_value():
         shifted(np.ones(4, F), np.ones(4, F))
 
 
+def test_a_circular_subscript():
+    """x[(i + 1) % n] reads within [0, n): x of n elements or more runs, fewer is refused."""
+
+    @kd.kernel
+    def rotated(x, y):
+        i = kd.indices(y.shape[0])
+        y[i] = x[(i + 1) % y.shape[0]]
+
+    x = random_array(np.random.default_rng(9), (5,), F)
+    check_kernel(rotated, [x, np.empty(5, F)], {1: np.roll(x, -1)})
+    with pytest.raises(kd.ShapeError, match=r"% y.shape\[0\] of 'x'"):
+        rotated(np.ones(4, F), np.ones(5, F))
+    rotated(np.ones(0, F), np.ones(0, F))  # no iterations
+
+
 def test_bounds_too_large_for_int64_fail_instead_of_wrapping():
     @kd.kernel
     def far(x, y):

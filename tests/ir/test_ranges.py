@@ -24,7 +24,7 @@ def b(op, x, y):
 
 
 N = DimOf("x", 0)  # a shape: 5 below
-FLOOR, MIN, MAX = BinaryOp.FLOORDIV, BinaryOp.MIN, BinaryOp.MAX
+FLOOR, MIN, MAX, MOD = BinaryOp.FLOORDIV, BinaryOp.MIN, BinaryOp.MAX, BinaryOp.MOD
 EXTENTS = {"i": c(4), "j": c(3)}
 
 
@@ -51,6 +51,10 @@ def _at(expr, values):
         b(MIN, b(ADD, I, J), b(SUB, N, c(2))),
         b(MAX, c(2), b(SUB, I, J)),
         b(FLOOR, b(MIN, b(MUL, I, N), c(7)), c(3)),
+        b(MOD, b(ADD, I, c(1)), N),  # within one period: 1 … 4
+        b(MOD, b(ADD, I, J), c(3)),  # across one: 0 … 2
+        b(MOD, b(SUB, I, c(2)), N),  # negatives, floor modulo: 3, 4, 0, 1
+        b(MOD, b(SUB, c(9), b(ADD, I, J)), N),
     ],
 )
 def test_value_range_is_the_least_and_greatest_value(expr):
@@ -69,7 +73,7 @@ def test_value_range_is_the_least_and_greatest_value(expr):
         b(MUL, I, I),
         Load("idx", (I,), kd.i64),  # data-dependent
         LocalVar("k", kd.i64),
-        b(BinaryOp.MOD, I, c(2)),  # its extremes may not be taken
+        b(MOD, b(MUL, c(2), I), c(4)),  # even values only: 3 is never taken
         b(FLOOR, I, c(-2)),
         b(MIN, I, J),  # extremes of the two together: not always taken
         b(ADD, I, LoopVar("t")),  # a loop whose extent is not known
