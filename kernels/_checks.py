@@ -75,16 +75,18 @@ _DLPACK_CUDA = 2  # kDLCUDA, a DLPack device type
 
 def on_a_gpu(x: object) -> bool:
     """Whether `x` is an array in a GPU's memory: a PyTorch CUDA tensor, or an array
-    whose `__cuda_array_interface__` or DLPack device says so (CuPy, Numba, JAX)."""
-    cuda = getattr(x, "is_cuda", None)  # (a PyTorch tensor's class has the interface)
-    if cuda is not None:
-        return cuda is True
-    if hasattr(type(x), "__cuda_array_interface__"):
-        return True
-    device = getattr(x, "__dlpack_device__", None)
+    whose DLPack device says so (CuPy, JAX), or one that gives a
+    `__cuda_array_interface__` (Numba); asked in that order (JAX's CPU arrays have the
+    interface's property on their class, raising)."""
     try:
-        return device is not None and device()[0] == _DLPACK_CUDA
-    except Exception:  # (whatever an odd object's method raises: not a GPU array)
+        cuda = getattr(x, "is_cuda", None)
+        if isinstance(cuda, bool):
+            return cuda
+        device = getattr(x, "__dlpack_device__", None)
+        if device is not None:
+            return bool(device()[0] == _DLPACK_CUDA)
+        return getattr(x, "__cuda_array_interface__", None) is not None
+    except Exception:  # (whatever an odd object raises: not an array on a GPU)
         return False
 
 

@@ -5,7 +5,7 @@ evaluate (kdsl/ir/passes/bounds.py checks subscripts against them).
 Handled: expressions linear in the loop variables whose coefficients may be shapes or
 scalars (`2*i + 1`, a flattened `i*n + j`), then `// c` (c > 0) and `min`/`max` with a
 shape or scalar around such an expression, and `% m` (m a shape or scalar: a circular
-`x[(i + 1) % n]`) of one whose coefficients are ±1. Over a box (each loop from 0 to its extent
+`x[(i + 1) % n]`; floor modulo, `a % 0` being 0) of one whose coefficients are ±1. Over a box (each loop from 0 to its extent
 - 1, independently of the others) a linear form takes its extremes at corners, and
 those functions keep order (and `%` of a form that takes every integer between its
 extremes has known extremes too), so both bounds are values the expression takes: a
@@ -175,26 +175,40 @@ class _Forms:
         return form is not None and all(c in (ONE, Const(-1.0, T.f64)) for c in form[1].values())
 
     def _modulo(self, a: Expr, m: Expr) -> tuple[Expr, Expr]:
-        """a % m (floor modulo) for `a` taking every integer of [lo, hi]: lo % m and hi % m
-        when they are in one period of m, else 0 and m - 1 (both taken where a crosses a
-        multiple of m). A modulus of 0 or less gives a low end of -1: a check fails."""
+        """a % m as kdsl computes it (floor modulo; a % 0 is 0) for `a` taking every
+        integer of [lo, hi]: the ends' own values where [lo, hi] is within one period of
+        m (the modulo grows with a there), else the whole period: 0 and m - 1 for m > 0,
+        m + 1 and 0 for m < 0 (both taken where a crosses a multiple of m)."""
         lo, hi = self._corners(self.linear(a))  # type: ignore[arg-type]
-        divisor = f64_op(BinaryOp.MAX, m, ONE)  # (no division by 0 where a host evaluates it)
+        zero = Binary(BinaryOp.EQ, m, ZERO, T.bool_)
+        divisor = Select(zero, ONE, m, T.f64)  # (no division by 0 where a host evaluates it)
         floor_lo, floor_hi = (
             Unary(UnaryOp.FLOOR, f64_op(BinaryOp.DIV, v, divisor), T.f64) for v in (lo, hi)
         )
         same = Binary(BinaryOp.EQ, floor_lo, floor_hi, T.bool_)
-        low = f64_op(BinaryOp.SUB, lo, f64_op(BinaryOp.MUL, m, floor_lo))
-        high = f64_op(BinaryOp.SUB, hi, f64_op(BinaryOp.MUL, m, floor_hi))
         positive = Binary(BinaryOp.GT, m, ZERO, T.bool_)
-        low = Select(positive, Select(same, low, ZERO, T.f64), Const(-1.0, T.f64), T.f64)
-        high = Select(same, high, f64_op(BinaryOp.SUB, m, ONE), T.f64)
+        ends = (
+            (lo, floor_lo, Select(positive, ZERO, f64_op(BinaryOp.ADD, m, ONE), T.f64)),
+            (hi, floor_hi, Select(positive, f64_op(BinaryOp.SUB, m, ONE), ZERO, T.f64)),
+        )
+        low, high = (
+            Select(
+                zero,
+                ZERO,
+                Select(
+                    same, f64_op(BinaryOp.SUB, v, f64_op(BinaryOp.MUL, divisor, q)), whole, T.f64
+                ),
+                T.f64,
+            )
+            for v, q, whole in ends
+        )
         return low, high
 
     def _corners(self, form: Linear) -> tuple[Expr, Expr]:
         """A linear form's extremes over the box: each term at 0 or at its extent - 1."""
         lo = hi = form[0]
         for var, c in form[1].items():
+            self.kernel_level(self.extents[var])  # (notes a scalar argument among them)
             span = f64_op(BinaryOp.MUL, c, f64_op(BinaryOp.SUB, f64(self.extents[var]), ONE))
             if isinstance(c, Const):  # (its sign known: one end moves)
                 if c.value > 0:

@@ -197,7 +197,7 @@ def test_a_loop_over_a_local_given_one_value():
         for t in kd.range(n):
             y[t] = x[t + 2]
 
-    assert len(bounds_checks(shifted, np.ones(5, F), np.ones(4, F))) == 1
+    assert len(bounds_checks(shifted, np.ones(5, F), np.ones(4, F))) == 2  # y[t], x[t + 2]
     x = random_array(np.random.default_rng(7), (5,), F)
     y = np.zeros(4, F)
     shifted(x, y)
@@ -219,6 +219,37 @@ def test_a_circular_subscript():
     with pytest.raises(kd.ShapeError, match=r"% y.shape\[0\] of 'x'"):
         rotated(np.ones(4, F), np.ones(5, F))
     rotated(np.ones(0, F), np.ones(0, F))  # no iterations
+
+
+def test_a_bare_index_over_a_local_extent_is_checked():
+    """`for t in kd.range(n)`, n a local: the trace ties no shape to n, so y[t] itself is
+    checked (a short y was written past its end)."""
+
+    @kd.kernel
+    def copy(x, y):
+        n = kd.local(x.shape[0], kd.i64)
+        for t in kd.range(n):
+            y[t] = x[t]
+
+    with pytest.raises(kd.ShapeError, match="subscript t of 'y'"):
+        copy(np.arange(1000, dtype=F), np.zeros(4, F))
+    x = random_array(np.random.default_rng(3), (6,), F)
+    check_kernel(copy, [x, np.empty(6, F)], {1: x})
+
+
+@pytest.mark.parametrize("m", [0, -1])
+def test_a_modulus_of_zero_or_less_as_kdsl_computes_it(m):
+    """a % 0 is 0 and a % -1 is 0: index 0 is in bounds, the call runs."""
+
+    @kd.kernel
+    def rot(x, y, m):
+        i = kd.indices(y.shape[0])
+        y[i] = x[(i + 1) % m]
+
+    x = np.arange(5, dtype=F)
+    y = np.zeros(3, F)
+    rot(x, y, m)
+    np.testing.assert_array_equal(y, [0, 0, 0])
 
 
 def test_bounds_too_large_for_int64_fail_instead_of_wrapping():

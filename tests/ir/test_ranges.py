@@ -55,6 +55,9 @@ def _at(expr, values):
         b(MOD, b(ADD, I, J), c(3)),  # across one: 0 … 2
         b(MOD, b(SUB, I, c(2)), N),  # negatives, floor modulo: 3, 4, 0, 1
         b(MOD, b(SUB, c(9), b(ADD, I, J)), N),
+        b(MOD, b(ADD, I, c(1)), c(0)),  # a % 0 is 0
+        b(MOD, b(ADD, I, c(1)), c(-3)),  # floor modulo by a negative: -2 … 0
+        b(MOD, b(ADD, I, c(4)), c(-7)),  # within one period of it: -3 … 0
     ],
 )
 def test_value_range_is_the_least_and_greatest_value(expr):

@@ -467,3 +467,26 @@ def test_a_cuda_array_is_refused_with_the_kernel_that_takes_it(call, kernel):
     assert "tensor.cpu()" in str(err)
     if kernel:
         assert kernel in str(err)
+
+
+class _HostArrayWithAnInterfaceProperty:
+    """Like a JAX CPU array: its class has `__cuda_array_interface__` (raising), its
+    DLPack device is the CPU, NumPy reads it."""
+
+    def __init__(self, a: np.ndarray) -> None:
+        self.a = a
+
+    @property
+    def __cuda_array_interface__(self):
+        raise AttributeError("not on a GPU")
+
+    def __dlpack_device__(self):
+        return (1, 0)
+
+    def __array__(self, dtype=None, copy=None):
+        return self.a
+
+
+def test_a_host_array_with_the_cuda_interface_on_its_class_is_computed():
+    got = softmax(_HostArrayWithAnInterfaceProperty(X))
+    np.testing.assert_allclose(got, softmax_reference(X), rtol=1e-5)

@@ -69,6 +69,7 @@ class _Hoister:
         self.shapes = {b.name: b.shape for b in kernel.buffers}
         self.values = _single_values(kernel.body)
         self.inlined_values: dict[str, Expr] = {}
+        self.unbound: set[str] = set()  # loops over a local: a bare index is checked here
         self.checks: list[Check] = []
         self.visited: set[int] = set()  # shared sub-expressions, by identity (kept alive)
 
@@ -76,6 +77,8 @@ class _Hoister:
         for s in body:
             match s:
                 case Loop(var=var, extent=ext, body=inner):
+                    if any(isinstance(x, LocalVar) for x in walk_expr(ext)):
+                        self.unbound.add(var)  # (the trace ties no shape to its extent)
                     ext = self.inlined(ext)  # (a local's one value, as for subscripts)
                     ok = known and _small(ext) and _kernel_level(ext)
                     self.block(inner, {**extents, var: ext}, ok)
@@ -103,7 +106,7 @@ class _Hoister:
         self, buffer: str, index: tuple[Expr, ...], extents: dict[str, Expr], node: Load | Store
     ) -> None:
         for axis, sub in enumerate(index):
-            if isinstance(sub, LoopVar):
+            if isinstance(sub, LoopVar) and sub.name not in self.unbound:
                 continue  # a bare index: the shape checks of the trace cover it
             span = value_range(self.inlined(sub), extents)
             if span is None or not _small(span.lo) or not _small(span.hi):
