@@ -139,13 +139,7 @@ def product_with_transposed(a, bt, c):
 
 @product_with_transposed.schedule(kd.cuda)
 def _(s):
-    io, ii = s.split("i", 32)
-    jo, ji = s.split("j", 32)
-    s.reorder(io, jo, ii, ji)
-    s.split("k", 2)
-    s.bind(io, "block.y")
-    s.bind(jo, "block.x")
-    s.tensorize(ii, "mma")
+    s.tensorize(_tile(s, 32, 32), "mma")
 
 
 @pytest.mark.parametrize(
