@@ -176,10 +176,10 @@ def expect_array(
     `dtypes` (names for those NumPy may not know: "bfloat16"), else KernelArgumentError
     for another type or dtype, ShapeError for another shape; `fix()` says what to pass.
     (Called on every call with `out=`: the messages are made only when raised.)"""
-    if on_a_gpu(a):
-        raise on_the_gpu_error(func, name, a)
     array = _view(a)
-    if array is None:
+    if array is None:  # (asked only here: a GPU array has no NumPy view)
+        if on_a_gpu(a):
+            raise on_the_gpu_error(func, name, a)
         raise argument_error(func, f"'{name}' is {type_name(a)}, expected a NumPy array", fix())
     if array.shape != shape:
         raise shape_error(func, f"'{name}' has shape {array.shape}, expected {shape}", fix())
