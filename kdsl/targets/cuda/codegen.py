@@ -664,13 +664,12 @@ class GpuCodegen(_Codegen):
         elif temp.place == "dynamic-shared":
             offset = ir.Constant(I64, self.launch.dynamic_offset(buf.name))
             data = self.b.gep(self._dynamic_shared(), [offset], source_etype=I8)
-        elif temp.place in ("warp-shared", "warp-dynamic"):  # this warp's copy
-            warps = self.launch.block[1] * self.launch.block[2]
-            if temp.place == "warp-shared":  # (nbytes: a copy's, a constant bound)
-                each = int(temp.nbytes.value)  # type: ignore[attr-defined]
-                table = self._shared_array(ir.ArrayType(I8, max(1, each * warps)))
-            else:  # (nbytes: all the copies')
-                each = int(temp.nbytes.value) // warps  # type: ignore[attr-defined]
+        elif temp.place in ("warp-shared", "warp-dynamic"):  # this warp's copy of all
+            copies = int(temp.nbytes.value)  # type: ignore[attr-defined]
+            each = copies // (self.launch.block[1] * self.launch.block[2])
+            if temp.place == "warp-shared":
+                table = self._shared_array(ir.ArrayType(I8, max(1, copies)))
+            else:
                 offset = ir.Constant(I64, self.launch.dynamic_offset(buf.name))
                 table = self.b.gep(self._dynamic_shared(), [offset], source_etype=I8)
             warp = self.b.udiv(self.thread_linear(), ir.Constant(I64, WARP))

@@ -82,7 +82,7 @@ class Temp:
     buffer: str
     place: str  # local, shared, dynamic-shared, warp-shared, warp-dynamic, block-scratch
     # or thread-scratch
-    nbytes: Expr  # its size (a constant unless in scratch; a warp's copies: all of them)
+    nbytes: Expr  # its size (a constant unless in scratch; a warp's: all warps' copies)
 
 
 @dataclass(frozen=True)
@@ -291,7 +291,7 @@ def _temps(
                     copies = _align(most) * warps
                     if shared + copies <= SHARED_BYTES:
                         shared += copies
-                        out.append(Temp(buf.name, "warp-shared", Const(_align(most), INDEX)))
+                        out.append(Temp(buf.name, "warp-shared", Const(copies, INDEX)))
                         continue
                     dynamic += copies
                     if shared + dynamic > limit - COMPILER_SHARED:

@@ -102,8 +102,9 @@ def test_warps_tiles_past_48_kb_go_to_dynamic_shared_memory(monkeypatch):
     warps = launch.block[1] * launch.block[2]
     places = {t.place for t in launch.temps}
     assert warps == 4 and {"warp-shared", "warp-dynamic"} <= places
-    static = sum(int(t.nbytes.value) * warps for t in launch.scratch("warp-shared"))
+    static = sum(int(t.nbytes.value) for t in launch.scratch("warp-shared"))
     assert static <= SHARED_BYTES < static + launch.dynamic_shared <= shared_limit("sm_90")
-    assert all(int(t.nbytes.value) % warps == 0 for t in launch.scratch("warp-dynamic"))
+    warps_copies = launch.scratch("warp-shared") + launch.scratch("warp-dynamic")
+    assert all(int(t.nbytes.value) % warps == 0 for t in warps_copies)
     assert ".extern .shared" in code.ptx
     assert "Compiling entry function" in nvptx.assemble(code.ptx, "sm_90")
