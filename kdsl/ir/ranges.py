@@ -58,6 +58,11 @@ def value_range(e: Expr, extents: Mapping[str, Expr]) -> Range | None:
     return None if found is None else Range(*found, forms.scalars)
 
 
+def kernel_level(e: Expr) -> bool:
+    """Made of shapes, scalars and constants only (no loop, local or data)."""
+    return _Forms({}).kernel_level(e)
+
+
 def f64(e: Expr) -> Expr:
     if isinstance(e, Const) and not e.dtype.is_bool:
         return Const(float(e.value), T.f64)

@@ -36,7 +36,7 @@ from kdsl.ir.nodes import (
     Store,
 )
 from kdsl.ir.printer import format_expr
-from kdsl.ir.ranges import ZERO, f64, f64_op, value_range
+from kdsl.ir.ranges import ZERO, f64, f64_op, kernel_level, value_range
 from kdsl.ir.visit import (
     children,
     local_definitions,
@@ -60,10 +60,6 @@ def _small(e: Expr, most: int = 256) -> bool:
     return True
 
 
-def _kernel_level(e: Expr) -> bool:
-    return not any(isinstance(x, LoopVar | LocalVar | Load) for x in walk_expr(e))
-
-
 class _Hoister:
     def __init__(self, kernel: Kernel) -> None:
         self.shapes = {b.name: b.shape for b in kernel.buffers}
@@ -80,7 +76,7 @@ class _Hoister:
                     if any(isinstance(x, LocalVar) for x in walk_expr(ext)):
                         self.unbound.add(var)  # (the trace ties no shape to its extent)
                     ext = self.inlined(ext)  # (a local's one value, as for subscripts)
-                    ok = known and _small(ext) and _kernel_level(ext)
+                    ok = known and _small(ext) and kernel_level(ext)
                     self.block(inner, {**extents, var: ext}, ok)
                 case If():
                     continue  # guarded on purpose
