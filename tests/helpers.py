@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import pathlib
+import zlib
 
 import numpy as np
 
 GOLDEN = pathlib.Path(__file__).parent / "golden"
+
+
+def keyed_rng(*key: object) -> np.random.Generator:
+    """A generator seeded by `key` (a test's parameters), the same in every process:
+    a failure reruns with its data (Python's str hash differs between processes)."""
+    return np.random.default_rng(zlib.crc32(repr(key).encode()))
 
 
 def random_array(rng: np.random.Generator, shape: tuple[int, ...], dtype: object) -> np.ndarray:

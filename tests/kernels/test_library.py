@@ -7,18 +7,16 @@ from kdsl.kernels.norms import layernorm_reference, rmsnorm_reference
 from kdsl.kernels.peak import FLOPS_PER_ELEMENT, copy_probe, fma_probe
 from kdsl.kernels.softmax import reference as softmax_reference
 
+from tests.helpers import keyed_rng
+
 ROW_SHAPES = [(1, 1), (3, 17), (37, 101), (2, 5, 7), (0, 4), (64, 1029)]
 MATMUL_SHAPES = [(1, 1, 1), (7, 13, 5), (67, 45, 29), (130, 257, 33), (0, 3, 4), (16, 0, 8)]
-
-
-def _rng(*key):
-    return np.random.default_rng(abs(hash(key)) % 2**32)
 
 
 @pytest.mark.parametrize("shape", ROW_SHAPES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_softmax(shape, dtype):
-    x = (_rng(shape).standard_normal(shape) * 4).astype(dtype)
+    x = (keyed_rng(shape).standard_normal(shape) * 4).astype(dtype)
     for axis in range(-len(shape), len(shape)):
         if shape[axis] == 0:  # NumPy's max of nothing raises; kdsl returns the empty array
             assert softmax(x, axis=axis).shape == shape
@@ -30,7 +28,7 @@ def test_softmax(shape, dtype):
 
 @pytest.mark.parametrize("shape", ROW_SHAPES)
 def test_norms(shape):
-    rng = _rng("norms", shape)
+    rng = keyed_rng("norms", shape)
     x = rng.standard_normal(shape).astype(np.float32) + 3.0  # a mean far from 0
     w, b = rng.standard_normal((2, shape[-1])).astype(np.float32)
     np.testing.assert_allclose(rmsnorm(x, w), rmsnorm_reference(x, w), rtol=1e-5, atol=1e-6)
@@ -40,7 +38,7 @@ def test_norms(shape):
 
 
 def test_out_is_written_and_returned():
-    x = _rng("out").standard_normal((9, 31)).astype(np.float32)
+    x = keyed_rng("out").standard_normal((9, 31)).astype(np.float32)
     out = np.empty_like(x)
     assert softmax(x, out=out) is out
     np.testing.assert_allclose(out, softmax_reference(x), rtol=2e-6)
@@ -59,7 +57,7 @@ def test_bad_weight_shape_is_a_clear_error():
 
 @pytest.mark.parametrize("m,k,n", MATMUL_SHAPES)
 def test_matmul(m, k, n):
-    rng = _rng("matmul", m, k, n)
+    rng = keyed_rng("matmul", m, k, n)
     a, b = (
         rng.standard_normal((m, k)).astype(np.float32),
         rng.standard_normal((k, n)).astype(np.float32),
@@ -75,7 +73,7 @@ def test_matmul_shape_mismatch():
 
 
 def test_peak_probes_compute_what_they_claim():
-    x = _rng("probe").random(1000, dtype=np.float32)
+    x = keyed_rng("probe").random(1000, dtype=np.float32)
     y = np.empty_like(x)
     fma_probe(x, y)
     expected = np.zeros_like(x, dtype=np.float64)
@@ -95,7 +93,7 @@ def test_peak_probes_compute_what_they_claim():
 def test_matmul_epilogue(activation, m, k, n):
     from kdsl.kernels.matmul import reference
 
-    rng = _rng("epilogue", activation, m, k, n)
+    rng = keyed_rng("epilogue", activation, m, k, n)
     a, b = rng.standard_normal((m, k), np.float32), rng.standard_normal((k, n), np.float32)
     bias = rng.standard_normal(n, np.float32)
     for with_bias in (None, bias):
@@ -105,7 +103,7 @@ def test_matmul_epilogue(activation, m, k, n):
 
 
 def test_batched_matmul():
-    rng = _rng("batched")
+    rng = keyed_rng("batched")
     a = rng.standard_normal((3, 17, 9), np.float32)
     b3, b2 = rng.standard_normal((3, 9, 11), np.float32), rng.standard_normal((9, 11), np.float32)
     np.testing.assert_allclose(matmul(a, b3), a @ b3, rtol=1e-5, atol=1e-5)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import kdsl as kd
-from tests.helpers import build_config, run_config
+from tests.helpers import build_config, keyed_rng, run_config
 
 mm = importlib.import_module("kdsl.kernels.matmul")
 
@@ -31,12 +31,8 @@ SHAPES = [
 KERNELS = [mm.product_kernel, mm.product_rows_kernel]
 
 
-def _rng(*key: object) -> np.random.Generator:
-    return np.random.default_rng(abs(hash(key)) % 2**32)
-
-
 def _operands(m: int, k: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = _rng("mm", m, k, n)
+    rng = keyed_rng("mm", m, k, n)
     return rng.standard_normal((m, k), np.float32), rng.standard_normal((k, n), np.float32)
 
 
@@ -137,7 +133,7 @@ def test_every_panel_width(panel: int) -> None:
         c = np.full((m, n), np.nan, np.float32)
         mm.kernel_for(True, "panels", panel)(a, b, c)
         _close(c, a, b)
-        bias = _rng("bias", n).standard_normal(n, np.float32)
+        bias = keyed_rng("bias", n).standard_normal(n, np.float32)
         mm.kernel_for(False, "rows", panel)(a, b, bias, c, "relu", True)
         want = mm.reference(a, b, bias, "relu")
         np.testing.assert_allclose(c, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
@@ -147,7 +143,7 @@ def test_every_panel_width(panel: int) -> None:
 def test_epilogue_on_every_edge(activation: str | None) -> None:
     for m, k, n in [(1, 1, 1), (9, 17, 65), (130, 67, 45), (31, 129, 127)]:
         a, b = _operands(m, k, n)
-        bias = _rng("bias", n).standard_normal(n, np.float32)
+        bias = keyed_rng("bias", n).standard_normal(n, np.float32)
         for kernel in (mm.matmul_kernel, mm.matmul_rows_kernel):
             c = np.full((m, n), np.nan, np.float32)
             kernel(a, b, bias, c, activation, True)
@@ -156,7 +152,7 @@ def test_epilogue_on_every_edge(activation: str | None) -> None:
 
 
 def test_batched_epilogue() -> None:
-    rng = _rng("batched")
+    rng = keyed_rng("batched")
     a = rng.standard_normal((3, 33, 40), np.float32)
     b = rng.standard_normal((3, 40, 70), np.float32)
     bias = rng.standard_normal(70, np.float32)
@@ -243,7 +239,7 @@ def test_bf16_operands_on_every_edge(kernel: kd.KernelFunction, m: int, k: int, 
 
 def test_bf16_matmul_returns_bf16_and_fuses_the_epilogue() -> None:
     a, b = _bf16_operands(31, 129, 127)
-    bias = _rng("bias", 127).standard_normal(127, np.float32)
+    bias = keyed_rng("bias", 127).standard_normal(127, np.float32)
     got = mm.matmul(a, b, bias=bias, activation="gelu")
     assert got.dtype == a.dtype
     want = mm.reference(a, b, bias.astype(a.dtype), "gelu")
