@@ -125,7 +125,7 @@ def _store_groups(v, xq, xs):
     scale = kd.empty(xs.shape, kd.f32)
     scale[g] = kd.max(kd.abs(v[at]), over=k) / 127
     xs[g] = scale[g]
-    xq[at] = quant.round_half_away(kd.where(scale[g] != 0, v[at] / scale[g], 0)).astype(kd.i8)
+    xq[at] = quant.round_half_away(v[at] / kd.where(scale[g] != 0, scale[g], 1)).astype(kd.i8)
 
 
 def _store_groups_cpu(s):

@@ -67,10 +67,12 @@ def _d_tiling(D: int, widest: int = 64) -> tuple[int, int]:
 
 
 def _v_row(v, b, hk, row, da, D: int, dp: int):
-    """v[b, hk, row, da], zero in the padding columns past D."""
+    """v[b, hk, row, da]; the padding columns past D repeat the last one (their sums
+    are never written out, and an unguarded read is proved in bounds once, not checked
+    at each element)."""
     if dp == D:
         return v[b, hk, row, da]
-    return kd.where(da < D, v[b, hk, row, kd.minimum(da, D - 1)], 0.0)
+    return v[b, hk, row, kd.minimum(da, D - 1)]
 
 
 @dataclass
@@ -280,11 +282,15 @@ def decode_kernel(q, k, v, o, scale, group: kd.constexpr, D: kd.constexpr):
         pm[t, rm] = kd.max(s[rm, jm], over=jm)
         s[rm, jm] = kd.exp(s[rm, jm] - pm[t, rm])
         pl[t, rm] = kd.sum(s[rm, jm], over=jm)
+        # the runs' keys past n weigh nothing (they are attended keys or the clamped last
+        # one, read unguarded: kdsl proves the reads below in bounds once per chunk)
+        rz, jz = kd.indices(group, STREAMS * run - n, names="rz jz")
+        s[rz, n + jz] = 0.0
         ra, dc, dv, ja, sa = kd.indices(group, dp // dt, dt, run, STREAMS, names="ra dc dv ja sa")
         da = dc * dt + dv
         j = sa * run + ja
         vrow = _v_row(v, b, hk, kd.minimum(c0 + j, Lk - 1), da, D, dp)
-        pacc[t, ra, da] = kd.sum(kd.where(j < n, s[ra, j] * vrow, 0.0), over=(ja, sa))
+        pacc[t, ra, da] = kd.sum(s[ra, j] * vrow, over=(ja, sa))
     for u in kd.grid(B * Hkv * group):
         bh = kd.local(u // group, kd.i64)  # b * Hkv + hk
         r = kd.local(u % group, kd.i64)

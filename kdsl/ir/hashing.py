@@ -5,7 +5,9 @@ digests. Digests are memoized by identity, so a kernel whose expressions share
 sub-trees (a traced value used twice at every step) hashes in time linear in its DAG,
 while equal trees hash equal however they are shared. Source locations are left out:
 `source_locations` lists them in the same walk order, so code compiled for one kernel
-can report errors at the lines of another kernel with the same hash.
+can report errors at the lines of another kernel with the same hash. A field added
+to a node later is left out while it has its default (UNSET_UNHASHED), so the keys of
+IR without it, in object caches and tuning databases, stay the same.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import enum
 import hashlib
 
 from kdsl.errors import SourceLoc
-from kdsl.ir.nodes import Kernel
+from kdsl.ir.nodes import UNSET_UNHASHED, Kernel
 from kdsl.types import DType
 
 
@@ -34,6 +36,7 @@ def structural_hash(kernel: Kernel) -> str:
                 f"{f.name}={digest(getattr(value, f.name))}"
                 for f in dataclasses.fields(value)
                 if f.compare  # source locations are not compared, nor hashed
+                and not (f.metadata.get(UNSET_UNHASHED) and getattr(value, f.name) == f.default)
             ]
             text = f"{type(value).__name__}({','.join(fields)})"
         elif isinstance(value, enum.Enum):

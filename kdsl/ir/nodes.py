@@ -19,6 +19,13 @@ def _loc() -> SourceLoc | None:
     return field(default=None, compare=False, hash=False, repr=False)  # type: ignore[return-value]
 
 
+UNSET_UNHASHED = "unset_unhashed"  # a field kdsl/ir/hashing.py hashes only when it is set
+
+
+def _flag() -> bool:
+    return field(default=False, metadata={UNSET_UNHASHED: True})  # type: ignore[return-value]
+
+
 class BinaryOp(enum.Enum):
     ADD = "+"
     SUB = "-"
@@ -165,6 +172,7 @@ class Load:
     index: tuple[Expr, ...]
     dtype: DType
     loc: SourceLoc | None = _loc()
+    checked: bool = _flag()  # nothing proves it in bounds before the kernel runs (passes/bounds.py)
 
 
 @dataclass(frozen=True)
@@ -220,6 +228,7 @@ class Store:
     index: tuple[Expr, ...]
     value: Expr
     loc: SourceLoc | None = _loc()
+    checked: bool = _flag()  # as Load's
 
 
 @dataclass(frozen=True)

@@ -83,8 +83,8 @@ def _expr(e: Expr) -> tuple[str, int]:
             return (n, _ATOM)
         case DimOf(buffer=b, axis=a):
             return (f"{b}.shape[{a}]", _ATOM)
-        case Load(buffer=b, index=index):
-            return (f"{b}[{', '.join(format_expr(i) for i in index)}]", _ATOM)
+        case Load(buffer=b, index=index, checked=checked):
+            return (_subscripted(b, index, checked), _ATOM)
         case Binary(op=op, lhs=a, rhs=b) if op in (BinaryOp.MAX, BinaryOp.MIN):
             return (f"{op.value}({format_expr(a)}, {format_expr(b)})", _ATOM)
         case Binary(op=op, lhs=a, rhs=b):
@@ -150,16 +150,19 @@ def _bind_shared(s: Stmt, pad: str) -> list[str]:
     return lines
 
 
+def _subscripted(buffer: str, index: tuple[Expr, ...], checked: bool) -> str:
+    """`x[i, j]`; `x[i, j]?` for an access checked where it runs (nothing proved it)."""
+    return f"{buffer}[{', '.join(format_expr(i) for i in index)}]{'?' if checked else ''}"
+
+
 def format_stmts(body: tuple[Stmt, ...], indent: int = 1) -> list[str]:
     pad = "  " * indent
     out: list[str] = []
     for s in body:
         out.extend(_bind_shared(s, pad))
         match s:
-            case Store(buffer=b, index=index, value=v):
-                out.append(
-                    f"{pad}{b}[{', '.join(format_expr(i) for i in index)}] = {format_expr(v)}"
-                )
+            case Store(buffer=b, index=index, value=v, checked=checked):
+                out.append(f"{pad}{_subscripted(b, index, checked)} = {format_expr(v)}")
             case DeclareLocal(name=n, dtype=d, init=v):
                 out.append(f"{pad}{n}: {d.name} = {format_expr(v)}")
             case Assign(local=n, value=v):

@@ -67,6 +67,12 @@ def map_expr(e: Expr, fn: Callable[[Expr], Expr | None]) -> Expr:
 
     A sub-expression shared by identity is rebuilt once and stays shared, so the work
     is linear in the expression's DAG, not its (possibly exponential) tree."""
+    return rebuild_expr(e, lambda _, new: fn(new))
+
+
+def rebuild_expr(e: Expr, fn: Callable[[Expr, Expr], Expr | None]) -> Expr:
+    """`map_expr`, with `fn` given each node as it was (to look it up by identity) and
+    as rebuilt."""
     done: dict[int, tuple[Expr, Expr]] = {}
 
     def go(x: Expr) -> Expr:
@@ -86,7 +92,7 @@ def map_expr(e: Expr, fn: Callable[[Expr], Expr | None]) -> Expr:
                 new = replace(x, a=go(a), b=go(b), c=go(c))
             case _:
                 new = x
-        out = fn(new)
+        out = fn(x, new)
         result = new if out is None else out
         done[id(x)] = (x, result)
         return result
@@ -136,10 +142,11 @@ def walk_all_exprs(body: tuple[Stmt, ...]) -> Iterator[Expr]:
 
 def map_stmt_exprs(s: Stmt, fn: Callable[[Expr], Expr | None]) -> Stmt:
     """Rebuild one statement (and its nested ones) with `map_expr(…, fn)` on every expression."""
+    return with_exprs(s, lambda e: map_expr(e, fn))
 
-    def m(e: Expr) -> Expr:
-        return map_expr(e, fn)
 
+def with_exprs(s: Stmt, m: Callable[[Expr], Expr]) -> Stmt:
+    """One statement (and its nested ones) with each expression `e` replaced by `m(e)`."""
     match s:
         case Store(index=index, value=v):
             return replace(s, index=tuple(m(i) for i in index), value=m(v))
@@ -150,9 +157,9 @@ def map_stmt_exprs(s: Stmt, fn: Callable[[Expr], Expr | None]) -> Stmt:
         case Assign(value=v):
             return replace(s, value=m(v))
         case Loop(extent=v, body=body):
-            return replace(s, extent=m(v), body=tuple(map_stmt_exprs(b, fn) for b in body))
+            return replace(s, extent=m(v), body=tuple(with_exprs(b, m) for b in body))
         case If(cond=v, then=then):
-            return replace(s, cond=m(v), then=tuple(map_stmt_exprs(b, fn) for b in then))
+            return replace(s, cond=m(v), then=tuple(with_exprs(b, m) for b in then))
         case Check(cond=v):
             return replace(s, cond=m(v))
         case Allocate():

@@ -25,6 +25,7 @@ from kdsl.ir.nodes import (
     Store,
 )
 from kdsl.ir.passes.bounds import hoist_bounds_checks
+from kdsl.ir.printer import format_kernel
 from kdsl.ir.visit import walk_stmts
 from tests.helpers import check_kernel, random_array
 
@@ -262,27 +263,113 @@ def test_bounds_too_large_for_int64_fail_instead_of_wrapping():
         far(np.ones(10, F), np.ones(10**7, F))
 
 
-def test_nothing_hoisted_under_kd_when():
+def lowered_text(kernel, *args) -> str:
+    """The kernel's IR after the bounds pass, printed (`x[i]?`: checked where it runs)."""
+    return format_kernel(hoist_bounds_checks(kernel.ir(*args).kernel))
+
+
+def test_nothing_hoisted_under_kd_when_but_checked_where_it_runs():
     @kd.kernel
-    def guarded(x, y):
+    def guarded(x, y, slack):
         for i in kd.grid(y.shape[0]):
-            with kd.when(i + 2 < x.shape[0]):
+            with kd.when(i + 2 < x.shape[0] + slack):
                 y[i] = x[i + 2]
 
-    assert bounds_checks(guarded, np.ones(2, F), np.ones(5, F)) == []
+    assert bounds_checks(guarded, np.ones(2, F), np.ones(5, F), 0) == []
+    assert "x[i + 2]?" in lowered_text(guarded, np.ones(2, F), np.ones(5, F), 0)
     x, y = np.arange(4, dtype=F), np.full(5, -1, F)
-    check_kernel(guarded, [x, y], {1: np.array([2, 3, -1, -1, -1], F)})
+    check_kernel(guarded, [x, y, 0], {1: np.array([2, 3, -1, -1, -1], F)})
+    with pytest.raises(kd.BoundsError, match="'x'"):  # a guard one too loose
+        guarded(x, y, 1)
 
 
-def test_nothing_hoisted_from_where_branches():
+def test_nothing_hoisted_from_where_branches_but_checked_where_they_run():
     @kd.kernel
-    def shifted(x, y):
+    def shifted(x, y, slack):
         i = kd.indices(y.shape[0])
-        y[i] = kd.where(i + 1 < x.shape[0], x[i + 1], 0.0)
+        y[i] = kd.where(i + 1 < x.shape[0] + slack, x[i + 1], 0.0)
 
-    assert bounds_checks(shifted, np.ones(3, F), np.ones(3, F)) == []
+    assert bounds_checks(shifted, np.ones(3, F), np.ones(3, F), 0) == []
     x = np.arange(3, dtype=F) + 1
-    check_kernel(shifted, [x, np.empty(3, F)], {1: np.array([2, 3, 0], F)})
+    check_kernel(shifted, [x, np.empty(3, F), 0], {1: np.array([2, 3, 0], F)})
+    with pytest.raises(kd.BoundsError, match="'x'"):
+        shifted(x, np.empty(3, F), 1)
+
+
+@pytest.mark.parametrize("n", [1, 5, 16, 37])
+def test_loops_shorter_than_a_constant_need_no_check_even_guarded(n):
+    """A temporary of constant shape read in a `where` branch, over loops that a
+    constant bounds (`range(min(16, n - r))`): in bounds whatever the guard."""
+
+    @kd.kernel
+    def tiles(x, y):
+        for t in kd.range((x.shape[0] + 15) // 16):
+            tile = kd.alloc((16,))
+            r = kd.local(t * 16, kd.i64)
+            for k in kd.range(kd.minimum(16, x.shape[0] - r)):
+                tile[k] = x[r + k]
+            for k in kd.range(kd.minimum(16, x.shape[0] - r)):
+                y[r + k] = kd.where(x[r + k] > 0, tile[k], 0.0)
+
+    x = random_array(np.random.default_rng(n), (n,), F)
+    assert "]?" not in lowered_text(tiles, x, np.empty(n, F))
+    check_kernel(tiles, [x, np.empty(n, F)], {1: np.maximum(x, 0)})
+
+
+@pytest.mark.parametrize(("rows", "cols"), [(1, 1), (3, 5), (13, 7)])
+def test_a_product_of_loop_variables_is_checked_once_per_outer_iteration(rows, cols):
+    """x[i * j] is linear in j once i is fixed: one check before loop j, none per element."""
+
+    @kd.kernel
+    def products(x, y):
+        for i, j in kd.grid(y.shape[0], y.shape[1]):
+            y[i, j] = x[i * j]
+
+    x = random_array(np.random.default_rng(rows * cols), ((rows - 1) * (cols - 1) + 1,), F)
+    y = np.empty((rows, cols), F)
+    assert "]?" not in lowered_text(products, x, y)
+    placed = hoist_bounds_checks(products.ir(x, y).kernel)
+    (outer,) = [s for s in placed.body if isinstance(s, Loop)]
+    assert isinstance(outer.body[0], Check) and "i * j" in outer.body[0].what
+    i, j = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+    check_kernel(products, [x, y], {1: x[i * j]})
+    if rows > 1 and cols > 1:
+        with pytest.raises(kd.BoundsError, match=r"i \* j of 'x'"):
+            products(x[:-1], y)
+
+
+def test_a_triangular_loop_is_checked_once_per_row():
+    @kd.kernel
+    def prefix(x, y):
+        for i in kd.grid(y.shape[0]):
+            acc = kd.local(0.0)
+            for j in kd.range(i + 1):
+                acc += x[j]
+            y[i] = acc
+
+    x = random_array(np.random.default_rng(7), (7,), F)
+    assert "]?" not in lowered_text(prefix, x, np.empty(7, F))
+    check_kernel(prefix, [x, np.empty(7, F)], {1: np.cumsum(x)})
+    with pytest.raises(kd.BoundsError, match="subscript j of 'x'"):
+        prefix(x[:3], np.empty(7, F))  # (it read past x before)
+
+
+@pytest.mark.parametrize("n", [1, 4, 11])
+def test_subscripts_nothing_proves_are_checked_where_they_run(n):
+    """A square and a modulus of a non-unit stride: no range is known, so each access
+    is checked as it runs, and a bad call raises instead of reading out of bounds."""
+
+    @kd.kernel
+    def squares(x, y):
+        i = kd.indices(y.shape[0])
+        y[i] = x[i * i] + x[(2 * i) % 7]
+
+    x = random_array(np.random.default_rng(n), (max((n - 1) ** 2 + 1, 7),), F)
+    assert "x[i * i]?" in lowered_text(squares, x, np.empty(n, F))
+    i = np.arange(n)
+    check_kernel(squares, [x, np.empty(n, F)], {1: x[i * i] + x[(2 * i) % 7]})
+    with pytest.raises(kd.BoundsError, match="'x'"):
+        squares(x, np.empty(n + 20, F))
 
 
 def test_data_dependent_subscript_is_not_hoisted():
@@ -298,7 +385,7 @@ def test_data_dependent_subscript_is_not_hoisted():
     check_kernel(gather, [x, idx, np.empty(3, F)], {2: x[idx]})
 
 
-def test_loop_with_an_extent_from_another_loop_is_not_hoisted():
+def test_loop_with_an_extent_from_another_loop_is_not_hoisted_to_the_entry():
     @kd.kernel
     def triangle(x, y):
         for i in kd.grid(y.shape[0]):
@@ -306,6 +393,8 @@ def test_loop_with_an_extent_from_another_loop_is_not_hoisted():
                 y[i] = y[i] + x[j + 1]
 
     assert bounds_checks(triangle, np.ones(5, F), np.ones(4, F)) == []
+    with pytest.raises(kd.BoundsError, match=r"j \+ 1 of 'x'"):
+        triangle(np.ones(3, F), np.ones(4, F))
 
 
 # ----------------------------------------------------------------- the pass on its own

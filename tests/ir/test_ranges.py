@@ -58,6 +58,16 @@ def _at(expr, values):
         b(MOD, b(ADD, I, c(1)), c(0)),  # a % 0 is 0
         b(MOD, b(ADD, I, c(1)), c(-3)),  # floor modulo by a negative: -2 … 0
         b(MOD, b(ADD, I, c(4)), c(-7)),  # within one period of it: -3 … 0
+        b(FLOOR, I, c(-2)),  # by a negative: order reversed
+        b(FLOOR, b(ADD, I, J), c(0)),  # a // 0 is 0
+        b(FLOOR, b(SUB, b(MUL, c(3), J), I), N),  # by a shape
+        b(FLOOR, b(MUL, c(7), I), b(SUB, c(2), N)),  # by a negative made of a shape
+        b(MOD, b(FLOOR, b(ADD, I, J), c(2)), c(2)),  # a floor division steps by one too
+        b(MOD, b(FLOOR, b(SUB, c(8), I), N), b(SUB, N, c(3))),
+        b(ADD, b(FLOOR, I, c(3)), c(1)),  # shifted, scaled or subtracted from a shape
+        b(SUB, N, b(MOD, b(ADD, I, J), c(4))),
+        b(MUL, c(-3), b(MIN, b(ADD, I, J), c(4))),
+        b(MUL, b(MOD, I, c(3)), b(SUB, c(2), N)),
     ],
 )
 def test_value_range_is_the_least_and_greatest_value(expr):
@@ -77,7 +87,7 @@ def test_value_range_is_the_least_and_greatest_value(expr):
         Load("idx", (I,), kd.i64),  # data-dependent
         LocalVar("k", kd.i64),
         b(MOD, b(MUL, c(2), I), c(4)),  # even values only: 3 is never taken
-        b(FLOOR, I, c(-2)),
+        b(FLOOR, b(MUL, I, J), c(2)),
         b(MIN, I, J),  # extremes of the two together: not always taken
         b(ADD, I, LoopVar("t")),  # a loop whose extent is not known
         Binary(ADD, Cast(I, kd.i32), c(1, kd.i32), kd.i32),  # i32 arithmetic may wrap

@@ -1,23 +1,34 @@
-"""Hoist bounds checks: prove subscripts in bounds with one check per call.
+"""Prove subscripts in bounds before their loops run, or check them where they run.
 
-For a subscript whose least and greatest values over its loops kdsl/ir/ranges.py can
-give as expressions of the argument shapes and scalars (linear in the loop variables,
-with shapes or scalars as coefficients: `x[2*i + 1]`, `y[i, j - 1]`, a flattened
-`x[i * n + j]`; through `// c` and `min`/`max` with a shape; through index locals given
-one value), with loop extents known before the kernel runs, one check at the top of
-the kernel, "every enclosing loop is empty, or lo >= 0 and hi < dim", replaces a check
-per element: wrong shapes raise ShapeError (a wrong scalar, BoundsError) instead of
-reading out of bounds. The bounds are exact, so no call that stays in bounds is
-refused. Subscripts under `kd.when` or in a `kd.where` branch may be guarded by design,
-and data-dependent ones can't be proved: `checks=True` covers those at run time.
+For each subscript of each access (a bare index of a loop over shapes is the trace's
+shape checks' business), in this order:
+- Constants alone keep it in a constant dimension (a temporary's `tile[k]` over
+  `range(min(16, n - r))`): nothing to check.
+- kdsl/ir/ranges.py gives its least and greatest values over all its loops as
+  expressions of the shapes and scalars (linear in the loop variables, with shapes or
+  scalars as coefficients: `x[2*i + 1]`, a flattened `x[i * n + j]`; through `//`,
+  `%`, `min`/`max` with a shape; through index locals given one value), the loop
+  extents being known before the kernel runs: one check at the top of the kernel,
+  "every enclosing loop is empty, or lo >= 0 and hi < dim", replaces a check per
+  element: wrong shapes raise ShapeError (a wrong scalar, BoundsError).
+- It gives them over the innermost loops only, from values fixed before those start
+  (outer loops' variables, locals: `x[i*j]` over j, `x[j]` for j < i, attention's
+  key tiles of one query tile): the same check, placed just before those loops, runs
+  once per outer iteration (BoundsError).
+- Else (no range known, or the access is under `kd.when` or in a `kd.where` branch,
+  whose guard may be what keeps it in bounds) the access is marked `checked`: the
+  code checks it where it runs.
+The bounds are exact, so no call that stays in bounds is refused, and no access reads
+or writes outside its array.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from kdsl import types as T
 from kdsl.ir.nodes import (
+    Assign,
     Binary,
     BinaryOp,
     Check,
@@ -41,10 +52,14 @@ from kdsl.ir.visit import (
     children,
     local_definitions,
     map_expr,
+    rebuild_expr,
     stmt_exprs,
     walk_expr,
     walk_stmts,
+    with_exprs,
 )
+
+TRUE = Const(True, T.bool_)
 
 
 def _op(op: BinaryOp, a: Expr, b: Expr) -> Expr:
@@ -60,63 +75,141 @@ def _small(e: Expr, most: int = 256) -> bool:
     return True
 
 
+@dataclass(frozen=True, eq=False)
+class _Frame:
+    loop: Loop
+    extent: Expr  # with the index locals given one value inlined
+
+
+Frames = tuple[_Frame | None, ...]  # the enclosing loops, outermost first; None: a guard
+
+
 class _Hoister:
     def __init__(self, kernel: Kernel) -> None:
         self.shapes = {b.name: b.shape for b in kernel.buffers}
         self.values = _single_values(kernel.body)
         self.inlined_values: dict[str, Expr] = {}
-        self.unbound: set[str] = set()  # loops over a local: a bare index is checked here
-        self.checks: list[Check] = []
+        self.locals = frozenset(
+            s.name for s in walk_stmts(kernel.body) if isinstance(s, DeclareLocal)
+        )
+        self.checks: list[Check] = []  # at the kernel's entry
+        self.before: dict[int, list[Check]] = {}  # before the loop of that identity
+        self.unproven: set[int] = set()  # the Loads and Stores to check at run time, by identity
         self.visited: set[int] = set()  # shared sub-expressions, by identity (kept alive)
 
-    def block(self, body: tuple[Stmt, ...], extents: dict[str, Expr], known: bool) -> None:
+    def block(self, body: tuple[Stmt, ...], frames: Frames) -> None:
         for s in body:
             match s:
-                case Loop(var=var, extent=ext, body=inner):
-                    if any(isinstance(x, LocalVar) for x in walk_expr(ext)):
-                        self.unbound.add(var)  # (the trace ties no shape to its extent)
-                    ext = self.inlined(ext)  # (a local's one value, as for subscripts)
-                    ok = known and _small(ext) and kernel_level(ext)
-                    self.block(inner, {**extents, var: ext}, ok)
-                case If():
-                    continue  # guarded on purpose
-                case _ if known:
+                case Loop(extent=ext, body=inner):
+                    self.expr(ext, frames)
+                    self.block(inner, (*frames, _Frame(s, self.inlined(ext))))
+                case If(cond=cond, then=then):
+                    self.expr(cond, frames)
+                    self.block(then, (*frames, None))  # (the `if` may be the access's guard)
+                case _:
                     for e in stmt_exprs(s):
-                        self.expr(e, extents)
+                        self.expr(e, frames)
                     if isinstance(s, Store):
-                        self.access(s.buffer, s.index, extents, s)
+                        self.access(s, frames)
 
-    def expr(self, e: Expr, extents: dict[str, Expr]) -> None:
+    def expr(self, e: Expr, frames: Frames) -> None:
         if id(e) in self.visited:
             return
         self.visited.add(id(e))
-        if isinstance(e, Select):
-            self.expr(e.cond, extents)  # the branches may be guarded on purpose
+        if isinstance(e, Select):  # a branch runs only where the condition picks it
+            self.expr(e.cond, frames)
+            self.expr(e.if_true, (*frames, None))
+            self.expr(e.if_false, (*frames, None))
             return
         if isinstance(e, Load):
-            self.access(e.buffer, e.index, extents, e)
+            self.access(e, frames)
         for c in children(e):
-            self.expr(c, extents)
+            self.expr(c, frames)
 
-    def access(
-        self, buffer: str, index: tuple[Expr, ...], extents: dict[str, Expr], node: Load | Store
-    ) -> None:
-        for axis, sub in enumerate(index):
-            if isinstance(sub, LoopVar) and sub.name not in self.unbound:
-                continue  # a bare index: the shape checks of the trace cover it
-            span = value_range(self.inlined(sub), extents)
+    def access(self, node: Load | Store, frames: Frames) -> None:
+        for axis, sub in enumerate(node.index):
+            if _tied(sub, frames) or self.always_in(node, axis, sub, frames):
+                continue
+            if not self.placed(node, axis, sub, frames):
+                self.unproven.add(id(node))
+
+    def always_in(self, node: Load | Store, axis: int, sub: Expr, frames: Frames) -> bool:
+        """Whether constants alone keep `sub` within a constant dimension, whatever the
+        guards: each loop it runs over is shorter than a constant (`range(min(16, n))`)."""
+        dim = self.shapes[node.buffer][axis]
+        limits = {f.loop.var: c for f in frames if f is not None and (c := _at_most(f.extent))}
+        span = value_range(self.inlined(sub), limits) if isinstance(dim, Const) else None
+        return span is not None and (
+            f64_op(BinaryOp.GE, span.lo, ZERO) == f64_op(BinaryOp.LT, span.hi, f64(dim)) == TRUE
+        )
+
+    def placed(self, node: Load | Store, axis: int, sub: Expr, frames: Frames) -> bool:
+        """Place one exact check of `sub` against its dimension before the outermost
+        enclosing loops over which kdsl/ir/ranges.py knows its range from values fixed
+        before they start: at the kernel's entry when those are all of them; False when
+        there are none."""
+        value = self.inlined(sub)
+        dim = self.shapes[node.buffer][axis]
+        for start in range(len(frames) + 1):
+            loops = frames[start:]
+            if any(f is None for f in loops) or start and start == len(frames):
+                continue
+            fixed = self.fixed(frames[:start], loops) if start else frozenset()
+            extents = {f.loop.var: f.extent for f in loops if f is not None}
+            if not all(_small(x) and kernel_level(x, fixed) for x in extents.values()):
+                continue
+            span = value_range(value, extents, fixed)
             if span is None or not _small(span.lo) or not _small(span.hi):
                 continue
-            dim = self.shapes[buffer][axis]
             low, high = f64_op(BinaryOp.GE, span.lo, ZERO), f64_op(BinaryOp.LT, span.hi, f64(dim))
-            cond = high if low == Const(True, T.bool_) else _op(BinaryOp.AND, low, high)
+            cond = high if low == TRUE else _op(BinaryOp.AND, low, high)
             for ext in extents.values():
                 cond = _op(BinaryOp.OR, _op(BinaryOp.LE, ext, Const(0, T.i64)), cond)
-            what = f"subscript {format_expr(sub)} of '{buffer}' stays in [0, {format_expr(dim)})"
-            kind = CheckKind.BOUNDS if span.scalars else CheckKind.SHAPE  # (a scalar's value)
+            what = (
+                f"subscript {format_expr(sub)} of '{node.buffer}' stays in [0, {format_expr(dim)})"
+            )
+            kind = CheckKind.BOUNDS if span.scalars else CheckKind.SHAPE  # (a value, not a shape)
             check = Check(cond, kind, what, loc=node.loc)
-            if all(check != c for c in self.checks):
-                self.checks.append(check)
+            where = self.before.setdefault(id(loops[0].loop), []) if start else self.checks  # type: ignore[union-attr]
+            if all(check != c for c in where):
+                where.append(check)
+            return True
+        return False
+
+    def fixed(self, outer: Frames, loops: Frames) -> frozenset[str]:
+        """The names whose values stay the same during the loops `loops` and are known
+        just before them: the variables of the loops `outer`, and the locals given no
+        value inside."""
+        changing = {
+            s.name if isinstance(s, DeclareLocal) else s.local
+            for s in walk_stmts((loops[0].loop,))  # type: ignore[union-attr]
+            if isinstance(s, DeclareLocal | Assign)
+        }
+        return frozenset(f.loop.var for f in outer if f is not None) | (self.locals - changing)
+
+    def marked(self, body: tuple[Stmt, ...]) -> tuple[Stmt, ...]:
+        """`body` with the unproven accesses marked `checked` and the checks placed
+        before loops."""
+
+        def mark(was: Expr, new: Expr) -> Expr | None:
+            if isinstance(new, Load) and id(was) in self.unproven:
+                return replace(new, checked=True)
+            return None
+
+        out: list[Stmt] = []
+        for s in body:
+            match s:
+                case Loop(extent=ext, body=inner):
+                    out.extend(self.before.get(id(s), ()))
+                    new: Stmt = replace(s, extent=rebuild_expr(ext, mark), body=self.marked(inner))
+                case If(cond=cond, then=then):
+                    new = replace(s, cond=rebuild_expr(cond, mark), then=self.marked(then))
+                case _:
+                    new = with_exprs(s, lambda e: rebuild_expr(e, mark))
+                    if isinstance(new, Store) and id(s) in self.unproven:
+                        new = replace(new, checked=True)
+            out.append(new)
+        return tuple(out)
 
     def inlined(self, e: Expr) -> Expr:
         """`e` with each index local that is given one value (its declaration's) replaced
@@ -131,6 +224,28 @@ class _Hoister:
             return self.inlined_values[x.name]
 
         return map_expr(e, value)
+
+
+def _at_most(extent: Expr) -> Const | None:
+    """A constant that `extent` never exceeds, if it shows one (`16`, `min(16, n - r)`)."""
+    match extent:
+        case Const(value=int()):
+            return extent
+        case Binary(op=BinaryOp.MIN, lhs=a, rhs=b):
+            found = [c for c in (_at_most(a), _at_most(b)) if c is not None]
+            return min(found, key=lambda c: c.value, default=None)
+    return None
+
+
+def _tied(sub: Expr, frames: Frames) -> bool:
+    """A bare index of a loop over shapes and constants: the trace's shape checks cover
+    it (it ties no shape to a loop over a local or an outer loop's variable)."""
+    if not isinstance(sub, LoopVar):
+        return False
+    for f in frames:
+        if f is not None and f.loop.var == sub.name:
+            return not any(isinstance(x, LoopVar | LocalVar) for x in walk_expr(f.loop.extent))
+    return False
 
 
 def _single_values(body: tuple[Stmt, ...]) -> dict[str, Expr]:
@@ -148,11 +263,12 @@ def _single_values(body: tuple[Stmt, ...]) -> dict[str, Expr]:
 
 
 def hoist_bounds_checks(kernel: Kernel) -> Kernel:
-    """Add one check per subscript that isn't already proven (see the module's doc)."""
+    """Add one check per subscript that isn't already proven, and mark the accesses
+    that no check at the entry can prove `checked` (see the module's doc)."""
     hoister = _Hoister(kernel)
-    hoister.block(kernel.body, {}, True)
+    hoister.block(kernel.body, ())
+    body = hoister.marked(kernel.body) if hoister.unproven or hoister.before else kernel.body
     leading = 0
-    while leading < len(kernel.body) and isinstance(kernel.body[leading], Check):
+    while leading < len(body) and isinstance(body[leading], Check):
         leading += 1
-    body = (*kernel.body[:leading], *hoister.checks, *kernel.body[leading:])
-    return replace(kernel, body=body)
+    return replace(kernel, body=(*body[:leading], *hoister.checks, *body[leading:]))

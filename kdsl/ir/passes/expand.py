@@ -415,7 +415,7 @@ def _contract_accumulations(stmts: tuple[Stmt, ...], in_reduction: bool) -> tupl
             case If(then=then):
                 s = replace(s, then=_contract_accumulations(then, in_reduction))
             case Store(buffer=b, index=ix, value=v) if in_reduction:
-                s = replace(s, value=fused(Load(b, ix, v.dtype), v))
+                s = replace(s, value=fused(Load(b, ix, v.dtype, checked=s.checked), v))
             case Assign(local=n, value=v) if in_reduction:
                 s = replace(s, value=fused(LocalVar(n, v.dtype), v))
         out.append(s)

@@ -289,7 +289,7 @@ class _Codegen:
                 dtype = self.buffers[name].dtype
                 if dtype.is_bool:
                     val = b.zext(val, I8)
-                b.store(val, self.address(name, index, s.loc))
+                b.store(val, self.address(name, index, s.loc, s.checked))
             case DeclareLocal(name=n, dtype=d, init=v):
                 slot = self.state.locals.get(n) or self._entry_alloca(llvm_type(d), n)
                 self.state.locals[n] = slot
@@ -442,11 +442,13 @@ class _Codegen:
 
     # ------------------------------------------------------------- expressions
 
-    def address(self, name: str, index: tuple[Expr, ...], loc: SourceLoc | None) -> ir.Value:
+    def address(
+        self, name: str, index: tuple[Expr, ...], loc: SourceLoc | None, checked: bool = False
+    ) -> ir.Value:
         b = self.b
         info = self.state.arrays[name]
         idx = [self.expr(i) for i in index]
-        if self.must_check(index) and not all(
+        if self.must_check(index, checked) and not all(
             self._proven(name, a, i) for a, i in enumerate(index)
         ):
             ok = ir.Constant(I1, 1)
@@ -456,12 +458,17 @@ class _Codegen:
             self.sites.accesses.append((name, loc))
         return self._element(info, idx)
 
-    def must_check(self, index: tuple[Expr, ...]) -> bool:
-        """Whether an access at `index` checks its bounds: always when a subscript comes
-        from loaded data or a scalar argument, directly or through locals (a gather's
-        `x[idx[i]]`, `x[i + n]`: nothing proves them, and a bad value would read or write
-        anywhere in the process), else with `checks=True`."""
-        return self.checks or any(_from_runtime_values(i, self.runtime_locals) for i in index)
+    def must_check(self, index: tuple[Expr, ...], checked: bool = False) -> bool:
+        """Whether an access at `index` checks its bounds: always when the bounds pass
+        marked it `checked` (nothing proved it before the kernel runs) or a subscript
+        comes from loaded data or a scalar argument, directly or through locals (a
+        gather's `x[idx[i]]`, `x[i + n]`: a bad value would read or write anywhere in
+        the process), else with `checks=True`."""
+        return (
+            self.checks
+            or checked
+            or any(_from_runtime_values(i, self.runtime_locals) for i in index)
+        )
 
     def _element(self, info: ArrayInfo, idx: list[ir.Value]) -> ir.Value:
         """The address of the element at subscripts `idx` (no check)."""
@@ -510,7 +517,7 @@ class _Codegen:
             case DimOf(buffer=name, axis=a):
                 return self.state.arrays[name].dims[a]
             case Load(buffer=name, index=index, dtype=d):
-                value = b.load(self.address(name, index, e.loc), typ=memory_type(d))
+                value = b.load(self.address(name, index, e.loc, e.checked), typ=memory_type(d))
                 return b.trunc(value, I1) if d.is_bool else value
             case Binary(op=op, lhs=x, rhs=y):
                 return ops.binary(op, self.expr(x), self.expr(y), x.dtype)

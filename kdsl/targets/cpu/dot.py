@@ -95,7 +95,10 @@ def emit_dot_loop(vl: _VectorLoop, loop: Loop) -> bool:
 def _match(vl: _VectorLoop, loop: Loop) -> _Dot | None:
     if vl.gen.checks or not vl.some_active or not isinstance(loop.extent, Const):
         return None
-    if any(isinstance(e, Load) and vl.gen.must_check(e.index) for e in walk_all_exprs(loop.body)):
+    if any(
+        isinstance(e, Load) and vl.gen.must_check(e.index, e.checked)
+        for e in walk_all_exprs(loop.body)
+    ):
         return None  # a gather's subscripts are checked: the plain path does that
     k = int(loop.extent.value)
     if len(loop.body) != 1:

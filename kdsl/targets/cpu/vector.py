@@ -387,7 +387,9 @@ class _VectorLoop:
         value = self.vector(self.value(s.value))
         if buf.dtype.is_bool:
             value = b.zext(value, self.vtype(I8))
-        self.access(s.buffer, s.index, s.loc, lambda at: self.store_at(at, value, buf.dtype))
+        self.access(
+            s.buffer, s.index, s.loc, lambda at: self.store_at(at, value, buf.dtype), s.checked
+        )
 
     # ------------------------------------------------------------------ expressions
 
@@ -550,7 +552,9 @@ class _VectorLoop:
             return _read(self.b, slot)
         value = self.grouped_load(e)
         if value is None:
-            value = self.access(e.buffer, e.index, e.loc, lambda at: self.load_at(at, e.dtype))
+            value = self.access(
+                e.buffer, e.index, e.loc, lambda at: self.load_at(at, e.dtype), e.checked
+            )
         return self.b.trunc(value, self.vtype(I1)) if e.dtype.is_bool else value
 
     def access(
@@ -559,11 +563,12 @@ class _VectorLoop:
         index: tuple[Expr, ...],
         loc: SourceLoc | None,
         emit: Callable[[_Lanes], ir.Value | None],
+        checked: bool = False,
     ) -> ir.Value | None:
         """Emit a load or store (`emit`) of the lanes' elements of `name[index]`."""
         gen, b = self.gen, self.b
         info, buf = gen.state.arrays[name], gen.buffers[name]
-        if gen.must_check(index):
+        if gen.must_check(index, checked):
             self.bounds_check(name, index, loc)
         axis = self.unit_axis(index)
         if axis is None:
@@ -605,7 +610,7 @@ class _VectorLoop:
         gen, b = self.gen, self.b
         buf = gen.buffers[e.buffer]
         if (
-            gen.must_check(e.index)
+            gen.must_check(e.index, e.checked)
             or not e.index
             or any(map(self.plan.varying, e.index[:-1]))
             or not (buf.contiguous or buf.role is not BufferRole.PARAM)

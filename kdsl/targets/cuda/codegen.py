@@ -424,7 +424,8 @@ class GpuCodegen(_Codegen):
                 continue
             buf = self.buffers[e.buffer]
             if (
-                _offset_of(e.index[-1], loop.var) is None
+                e.checked
+                or _offset_of(e.index[-1], loop.var) is None
                 or any(uses[:-1])
                 or any(isinstance(x, LocalVar | Load) for i in e.index for x in walk_expr(i))
                 or buf.dtype.itemsize != 4
