@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import kdsl as kd
+from tests.helpers import random_array
 
 
 def line_of(fn, marker: str) -> int:
@@ -737,6 +738,33 @@ def test_interleaved_views_do_not_alias():
     np.testing.assert_array_equal(z, (x[:5] + y) + 1j * (y + y))
     for shared in (x[2:11:2], x[1:6]):  # elements that do meet
         raises(kd.KernelArgumentError, functools.partial(add, x[:10:2], y, shared), "share memory")
+
+
+def test_views_of_one_matrix_that_share_no_element_do_not_alias():
+    """A matrix's left and right column halves, its even and odd rows, a block and
+    another block's transpose: their address ranges meet, their elements don't (they
+    were refused: the entry compares ranges; NumPy's exact test now decides)."""
+
+    @kd.kernel
+    def double(x, y):
+        i, j = kd.indices(x.shape[0], x.shape[1])
+        y[i, j] = 2 * x[i, j]
+
+    a = random_array(np.random.default_rng(4), (6, 8), np.float32)
+    for source, target in (
+        (lambda m: m[:, :4], lambda m: m[:, 4:]),
+        (lambda m: m[::2], lambda m: m[1::2]),
+        (lambda m: m[:4, :4].T, lambda m: m[:4, 4:]),
+    ):
+        m = a.copy()
+        want = 2 * source(a)
+        double(source(m), target(m))
+        np.testing.assert_array_equal(target(m), want)
+        np.testing.assert_array_equal(source(m), source(a))  # (read, not written)
+    m = a.copy()
+    with pytest.raises(kd.KernelArgumentError, match="'y' and 'x' share memory"):
+        double(m[:, :4], m[:, 2:6])  # columns 2 and 3 meet
+    np.testing.assert_array_equal(m, a)  # refused before writing anything
 
 
 def test_a_shape_that_meets_narrow_integers():

@@ -352,6 +352,9 @@ class Kernel:
     buffers: tuple[Buffer, ...]
     body: tuple[Stmt, ...]
     results: tuple[str, ...] = ()  # buffers returned to the caller, in order
+    # the caller found that no written array argument shares memory with another one:
+    # no check of that at the entry (targets/cpu/call.py, where address ranges meet)
+    disjoint: bool = _flag()
 
     def buffer(self, name: str) -> Buffer:
         for b in self.buffers:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ctypes
 import struct
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +16,7 @@ from kdsl.ir.checks import failed_check_error
 from kdsl.ir.evaluate import compile_evaluator, evaluate
 from kdsl.ir.nodes import BufferRole, Const, Kernel, Store
 from kdsl.ir.visit import walk_stmts
+from kdsl.targets.cpu.overlap import Layout, share_memory
 from kdsl.targets.cpu.state import ErrorKind
 from kdsl.targets.cuda import arrays as A
 from kdsl.targets.cuda import driver
@@ -175,9 +176,8 @@ class CudaSpecialization:
             if len(self.lean_grids) > 64:
                 self.lean_grids.clear()
             self.lean_grids[shape_key] = grids
-        for name, lo, hi in spans:
-            if name in self.written and _meets(spans, name, lo, hi) is not None:
-                return self.run(args)
+        if any(n in self.written and _meets(spans, n) is not None for n, _, _ in spans):
+            return self.run(args)  # (which says whether they share memory)
         driver.use_device(device)
         self._launch([*words, *scalars, 0, 0], grids, device, A.torch_stream(device))
         return None
@@ -282,11 +282,16 @@ class CudaSpecialization:
 
     def _check_writes(self, arrays: dict[str, A.DeviceArray]) -> None:
         """Written parameters must be writeable and share no memory with other arrays."""
-        spans = []
-        for n, a in arrays.items():
-            strides = a.strides or A._c_strides(a.shape, a.dtype.itemsize)
-            spans.append((n, *_span(a.ptr, a.shape, strides, a.dtype.itemsize)))
-        extents = {n: (lo, hi) for n, lo, hi in spans}
+        layouts = {
+            n: Layout(
+                a.ptr,
+                a.shape,
+                a.strides or A._c_strides(a.shape, a.dtype.itemsize),
+                a.dtype.itemsize,
+            )
+            for n, a in arrays.items()
+        }
+        spans = [(n, *_span(x.address, x.shape, x.strides, x.itemsize)) for n, x in layouts.items()]
         for name in self.written:
             a = arrays[name]
             if a.readonly:
@@ -295,7 +300,8 @@ class CudaSpecialization:
                     kernel=self.name,
                     fix="pass a writeable copy",
                 )
-            other = _meets(spans, name, *extents[name])
+            mine = layouts[name]
+            other = _meets(spans, name, lambda o, mine=mine: share_memory(mine, layouts[o]))
             if other is not None:
                 raise KernelArgumentError(
                     f"arguments '{name}' and '{other}' share memory, and the kernel "
@@ -354,10 +360,14 @@ def _span(ptr: int, shape: Sequence[int], strides: Sequence[int], size: int) -> 
     return lo, hi + size
 
 
-def _meets(spans: list[tuple[str, int, int]], name: str, lo: int, hi: int) -> str | None:
-    """The first other array whose bytes meet array `name`'s, [lo, hi) (spans: each
-    array's name and bytes), or None."""
+def _meets(
+    spans: list[tuple[str, int, int]], name: str, shares: Callable[[str], bool] = lambda _: True
+) -> str | None:
+    """The first other array whose bytes [lo, hi) meet array `name`'s (spans: each
+    array's name and bytes) and that `shares` memory with it (an exact test, for those
+    only), or None."""
+    lo, hi = next((lo, hi) for n, lo, hi in spans if n == name)
     for other, lo2, hi2 in spans:
-        if other != name and lo < hi2 and lo2 < hi and lo < hi and lo2 < hi2:
+        if other != name and lo < hi2 and lo2 < hi and lo < hi and lo2 < hi2 and shares(other):
             return other
     return None

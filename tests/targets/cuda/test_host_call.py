@@ -65,6 +65,27 @@ def test_strided_arguments_pass_their_strides(launches):
     assert 80 in lean[0][4] and 8 in lean[0][4]  # x's strides in bytes
 
 
+def test_halves_of_one_matrix_share_no_memory(launches):
+    """Their address ranges meet, their elements don't: both paths launch (they were
+    refused); halves that do meet are refused before any launch."""
+
+    @kd.kernel
+    def scale_rows(x, y):
+        i, j = kd.indices(x.shape[0], x.shape[1])
+        y[i, j] = 2.0 * x[i, j]
+
+    memory = np.empty(6 * 8, "f4")
+    left, right = (Tensor([6, 4], strides=(8, 1), base=memory[k:]) for k in (0, 4))
+    for _ in range(2):  # the careful path, then the lean one
+        launches.clear()
+        scale_rows(left, right)
+        assert len(launches) == 1
+    launches.clear()
+    with pytest.raises(kd.KernelArgumentError, match="share memory"):
+        scale_rows(left, Tensor([6, 4], strides=(8, 1), base=memory[2:]))
+    assert not launches
+
+
 def test_new_shapes_get_new_grids(launches):
     saxpy = _saxpy()
     saxpy(1.0, Tensor([10]), Tensor([10]), Tensor([10]))
