@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -298,6 +300,29 @@ def test_nothing_hoisted_from_where_branches_but_checked_where_they_run():
         shifted(x, np.empty(3, F), 1)
 
 
+@pytest.mark.parametrize("n", [1, 2, 13])
+def test_guards_that_keep_a_subscript_in_bounds_leave_it_unchecked(n):
+    """A stencil's edges, as users write them: the guard's comparison (or its
+    negation, in a where's second value) and the loop's extent prove the neighbours'
+    subscripts in bounds, so no element is checked."""
+
+    @kd.kernel
+    def neighbours(x, y):
+        for i in kd.grid(x.shape[0]):
+            left = kd.where(i >= 1, x[i - 1], 0.0)
+            right = kd.where(i + 1 >= x.shape[0], 0.0, x[i + 1])
+            y[i] = left + right
+            with kd.when((i >= 1) & (i + 1 < x.shape[0])):
+                y[i] = x[i + 1] - x[i - 1]
+
+    x = random_array(np.random.default_rng(n), (n,), F)
+    assert "]?" not in lowered_text(neighbours, x, np.empty(n, F))
+    padded = np.pad(x, 1)
+    want = padded[:-2] + padded[2:]
+    want[1:-1] = x[2:] - x[:-2]
+    check_kernel(neighbours, [x, np.empty(n, F)], {1: want})
+
+
 @pytest.mark.parametrize("n", [1, 5, 16, 37])
 def test_loops_shorter_than_a_constant_need_no_check_even_guarded(n):
     """A temporary of constant shape read in a `where` branch, over loops that a
@@ -444,6 +469,7 @@ SUBSCRIPTS = {  # x's subscript in loop j of row i; n is x.shape[0]
     "i // 2 + j": lambda i, j, n: i // 2 + j,
     "min(i + j, n - 1)": lambda i, j, n: kd.minimum(i + j, n - 1),
     "j * j": lambda i, j, n: j * j,
+    "i - j": lambda i, j, n: i - j,
 }
 EXTENTS = {  # loop j's extent in row i; m is y.shape[1]
     "m": lambda i, m: m,
@@ -467,6 +493,50 @@ def _row_sums(subscript, extent):
 ROW_SUMS = {(s, e): _row_sums(SUBSCRIPTS[s], EXTENTS[e]) for s in SUBSCRIPTS for e in EXTENTS}
 
 
+GUARDS = {  # kd.when's condition for x[s], n = x.shape[0]; some let s stray
+    "s < n": lambda s, n: s < n,
+    "s <= n": lambda s, n: s <= n,
+    "0 <= s < n": lambda s, n: (s >= 0) & (s < n),
+    "not (s < 0 or s >= n)": lambda s, n: ~((s < 0) | (s >= n)),
+    "s >= 0": lambda s, n: s >= 0,
+}
+GUARDED = ("i + j", "2*i - j + 1", "i - j")
+
+
+@functools.cache
+def _guarded_row_sums(which: str, guard: str, extent: str):
+    subscript, when, size = SUBSCRIPTS[which], GUARDS[guard], EXTENTS[extent]
+
+    @kd.kernel
+    def guarded_sums(x, y):
+        for i in kd.grid(y.shape[0]):
+            acc = kd.local(0.0)
+            for j in kd.range(size(i, y.shape[1])):
+                s = subscript(i, j, x.shape[0])
+                with kd.when(when(s, x.shape[0])):
+                    acc += x[s]
+            y[i, 0] = acc
+
+    return guarded_sums
+
+
+@given(
+    st.sampled_from(GUARDED),
+    st.sampled_from(sorted(GUARDS)),
+    st.sampled_from(["m", "i + 1"]),
+    st.integers(0, 30),
+    st.integers(0, 9),
+    st.integers(1, 9),
+)
+@settings(max_examples=120, deadline=None)
+def test_guarded_reads_raise_exactly_where_the_interpreter_finds_them_out_of_bounds(
+    which, guard, extent, n, rows, m
+):
+    """Guards that imply the bounds leave the reads unchecked; the others are checked
+    where they run: either way the compiled kernel agrees with the interpreter."""
+    _agree_with_interpreter(_guarded_row_sums(which, guard, extent), n, rows, m)
+
+
 @given(
     st.sampled_from(sorted(ROW_SUMS)),
     st.integers(0, 40),
@@ -477,7 +547,10 @@ ROW_SUMS = {(s, e): _row_sums(SUBSCRIPTS[s], EXTENTS[e]) for s in SUBSCRIPTS for
 def test_compiled_raises_exactly_when_the_interpreter_reads_out_of_bounds(which, n, rows, m):
     """Every access is proved or checked: the compiled kernel raises where an access
     falls outside x (the interpreter checks each one) and agrees with it elsewhere."""
-    kernel = ROW_SUMS[which]
+    _agree_with_interpreter(ROW_SUMS[which], n, rows, m)
+
+
+def _agree_with_interpreter(kernel, n: int, rows: int, m: int) -> None:
     x = random_array(np.random.default_rng(n * 100 + rows * 10 + m), (n,), F)
     out, ref = np.zeros((rows, m), F), np.zeros((rows, m), F)
     try:

@@ -3,7 +3,8 @@
 For each subscript of each access (a bare index of a loop over shapes is the trace's
 shape checks' business), in this order:
 - Constants alone keep it in a constant dimension (a temporary's `tile[k]` over
-  `range(min(16, n - r))`): nothing to check.
+  `range(min(16, n - r))`), or the guards around it do (`x[i + 1]` under
+  `kd.when(i + 1 < x.shape[0])`, with the loops' extents): nothing to check.
 - kdsl/ir/ranges.py gives its least and greatest values over all its loops as
   expressions of the shapes and scalars (linear in the loop variables, with shapes or
   scalars as coefficients: `x[2*i + 1]`, a flattened `x[i * n + j]`; through `//`,
@@ -15,18 +16,22 @@ shape checks' business), in this order:
   (outer loops' variables, locals: `x[i*j]` over j, `x[j]` for j < i, attention's
   key tiles of one query tile): the same check, placed just before those loops, runs
   once per outer iteration (BoundsError).
-- Else (no range known, or the access is under `kd.when` or in a `kd.where` branch,
-  whose guard may be what keeps it in bounds) the access is marked `checked`: the
-  code checks it where it runs.
+- Else (no range known, or the access is under a `kd.when` or in a `kd.where` branch
+  whose guard keeps it in bounds in a way not seen above: a check before the guard
+  could refuse a good call) the access is marked `checked`: the code checks it where
+  it runs.
 The bounds are exact, so no call that stays in bounds is refused, and no access reads
 or writes outside its array.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 from kdsl import types as T
+from kdsl.ir.affine import Lin, constant_bound, linear
+from kdsl.ir.build import index_const
 from kdsl.ir.nodes import (
     Assign,
     Binary,
@@ -35,6 +40,7 @@ from kdsl.ir.nodes import (
     CheckKind,
     Const,
     DeclareLocal,
+    DimOf,
     Expr,
     If,
     Kernel,
@@ -45,6 +51,8 @@ from kdsl.ir.nodes import (
     Select,
     Stmt,
     Store,
+    Unary,
+    UnaryOp,
 )
 from kdsl.ir.printer import format_expr
 from kdsl.ir.ranges import ZERO, f64, f64_op, kernel_level, value_range
@@ -81,7 +89,13 @@ class _Frame:
     extent: Expr  # with the index locals given one value inlined
 
 
-Frames = tuple[_Frame | None, ...]  # the enclosing loops, outermost first; None: a guard
+@dataclass(frozen=True, eq=False)
+class _Guard:
+    cond: Expr
+    holds: bool  # whether the code runs where `cond` holds (an `if`, a where's first value)
+
+
+Frames = tuple[_Frame | _Guard, ...]  # what encloses an access, outermost first
 
 
 class _Hoister:
@@ -105,7 +119,7 @@ class _Hoister:
                     self.block(inner, (*frames, _Frame(s, self.inlined(ext))))
                 case If(cond=cond, then=then):
                     self.expr(cond, frames)
-                    self.block(then, (*frames, None))  # (the `if` may be the access's guard)
+                    self.block(then, (*frames, _Guard(cond, True)))
                 case _:
                     for e in stmt_exprs(s):
                         self.expr(e, frames)
@@ -118,8 +132,8 @@ class _Hoister:
         self.visited.add(id(e))
         if isinstance(e, Select):  # a branch runs only where the condition picks it
             self.expr(e.cond, frames)
-            self.expr(e.if_true, (*frames, None))
-            self.expr(e.if_false, (*frames, None))
+            self.expr(e.if_true, (*frames, _Guard(e.cond, True)))
+            self.expr(e.if_false, (*frames, _Guard(e.cond, False)))
             return
         if isinstance(e, Load):
             self.access(e, frames)
@@ -128,7 +142,11 @@ class _Hoister:
 
     def access(self, node: Load | Store, frames: Frames) -> None:
         for axis, sub in enumerate(node.index):
-            if _tied(sub, frames) or self.always_in(node, axis, sub, frames):
+            if (
+                _tied(sub, frames)
+                or self.always_in(node, axis, sub, frames)
+                or self.guarded_in(node, axis, sub, frames)
+            ):
                 continue
             if not self.placed(node, axis, sub, frames):
                 self.unproven.add(id(node))
@@ -137,11 +155,39 @@ class _Hoister:
         """Whether constants alone keep `sub` within a constant dimension, whatever the
         guards: each loop it runs over is shorter than a constant (`range(min(16, n))`)."""
         dim = self.shapes[node.buffer][axis]
-        limits = {f.loop.var: c for f in frames if f is not None and (c := _at_most(f.extent))}
+        limits = {
+            f.loop.var: index_const(c)
+            for f in frames
+            if isinstance(f, _Frame) and (c := constant_bound(f.extent)) is not None
+        }
         span = value_range(self.inlined(sub), limits) if isinstance(dim, Const) else None
         return span is not None and (
             f64_op(BinaryOp.GE, span.lo, ZERO) == f64_op(BinaryOp.LT, span.hi, f64(dim)) == TRUE
         )
+
+    def guarded_in(self, node: Load | Store, axis: int, sub: Expr, frames: Frames) -> bool:
+        """Whether what encloses the access keeps `sub` in its dimension wherever it runs:
+        0 <= sub <= dim - 1 each follows from a guard's comparison (`kd.when(i + 1 <
+        n)` around `x[i + 1]`) or a loop's extent (`i <= n - 1`) plus something that is
+        never negative (loop variables, shapes, constants), as affine forms."""
+        if not any(isinstance(f, _Guard) for f in frames):
+            return False
+        at = linear(self.inlined(sub))
+        if at is None:
+            return False
+        known = [fact for f in frames for fact in self.facts(f)]
+        dim = linear(self.shapes[node.buffer][axis])
+        return dim is not None and all(
+            _never_negative(t) or any(_never_negative(t - k) for k in known)
+            for t in (at, (dim - at).plus(-1))
+        )
+
+    def facts(self, frame: _Frame | _Guard) -> list[Lin]:
+        """Affine forms that are >= 0 where the code inside `frame` runs."""
+        if isinstance(frame, _Frame):
+            extent = linear(frame.extent)
+            return [] if extent is None else [(extent - Lin.of(LoopVar(frame.loop.var))).plus(-1)]
+        return list(_comparisons(self.inlined(frame.cond), frame.holds))
 
     def placed(self, node: Load | Store, axis: int, sub: Expr, frames: Frames) -> bool:
         """Place one exact check of `sub` against its dimension before the outermost
@@ -152,10 +198,10 @@ class _Hoister:
         dim = self.shapes[node.buffer][axis]
         for start in range(len(frames) + 1):
             loops = frames[start:]
-            if any(f is None for f in loops) or start and start == len(frames):
+            if any(isinstance(f, _Guard) for f in loops) or start and start == len(frames):
                 continue
             fixed = self.fixed(frames[:start], loops) if start else frozenset()
-            extents = {f.loop.var: f.extent for f in loops if f is not None}
+            extents = {f.loop.var: f.extent for f in loops if isinstance(f, _Frame)}
             if not all(_small(x) and kernel_level(x, fixed) for x in extents.values()):
                 continue
             span = value_range(value, extents, fixed)
@@ -185,7 +231,9 @@ class _Hoister:
             for s in walk_stmts((loops[0].loop,))  # type: ignore[union-attr]
             if isinstance(s, DeclareLocal | Assign)
         }
-        return frozenset(f.loop.var for f in outer if f is not None) | (self.locals - changing)
+        return frozenset(f.loop.var for f in outer if isinstance(f, _Frame)) | (
+            self.locals - changing
+        )
 
     def marked(self, body: tuple[Stmt, ...]) -> tuple[Stmt, ...]:
         """`body` with the unproven accesses marked `checked` and the checks placed
@@ -226,15 +274,36 @@ class _Hoister:
         return map_expr(e, value)
 
 
-def _at_most(extent: Expr) -> Const | None:
-    """A constant that `extent` never exceeds, if it shows one (`16`, `min(16, n - r)`)."""
-    match extent:
-        case Const(value=int()):
-            return extent
-        case Binary(op=BinaryOp.MIN, lhs=a, rhs=b):
-            found = [c for c in (_at_most(a), _at_most(b)) if c is not None]
-            return min(found, key=lambda c: c.value, default=None)
-    return None
+def _comparisons(cond: Expr, holds: bool) -> Iterator[Lin]:
+    """Affine forms >= 0 wherever `cond` is `holds`: from its comparisons of indices,
+    through `~`, `&` (where it holds) and `|` (where it doesn't)."""
+    match cond:
+        case Unary(op=UnaryOp.INVERT, operand=a) if a.dtype == T.bool_:
+            yield from _comparisons(a, not holds)
+        case Binary(op=BinaryOp.AND | BinaryOp.OR as op, lhs=a, rhs=b) if op is (
+            BinaryOp.AND if holds else BinaryOp.OR
+        ):
+            yield from _comparisons(a, holds)
+            yield from _comparisons(b, holds)
+        case Binary(op=op, lhs=a, rhs=b) if op in _OPPOSITE and a.dtype == b.dtype == T.INDEX:
+            op = op if holds else _OPPOSITE[op]
+            x, y = linear(a), linear(b)
+            if x is not None and y is not None:  # (integers: a < b is b - a - 1 >= 0)
+                difference = y - x if op in (BinaryOp.LT, BinaryOp.LE) else x - y
+                yield difference.plus(-1 if op in (BinaryOp.LT, BinaryOp.GT) else 0)
+
+
+_OPPOSITE = {  # the comparison that holds where one doesn't
+    BinaryOp.LT: BinaryOp.GE,
+    BinaryOp.GE: BinaryOp.LT,
+    BinaryOp.LE: BinaryOp.GT,
+    BinaryOp.GT: BinaryOp.LE,
+}
+
+
+def _never_negative(form: Lin) -> bool:
+    """A constant >= 0 plus positive multiples of loop variables and shapes."""
+    return form.const >= 0 and all(c > 0 and isinstance(a, LoopVar | DimOf) for a, c in form.terms)
 
 
 def _tied(sub: Expr, frames: Frames) -> bool:
@@ -243,7 +312,7 @@ def _tied(sub: Expr, frames: Frames) -> bool:
     if not isinstance(sub, LoopVar):
         return False
     for f in frames:
-        if f is not None and f.loop.var == sub.name:
+        if isinstance(f, _Frame) and f.loop.var == sub.name:
             return not any(isinstance(x, LoopVar | LocalVar) for x in walk_expr(f.loop.extent))
     return False
 
