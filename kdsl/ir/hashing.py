@@ -7,7 +7,7 @@ while equal trees hash equal however they are shared. Source locations are left 
 `source_locations` lists them in the same walk order, so code compiled for one kernel
 can report errors at the lines of another kernel with the same hash. A field added
 to a node later is left out while it has its default (UNSET_UNHASHED), so the keys of
-IR without it, in object caches and tuning databases, stay the same.
+traced IR without it, in tuning databases, stay the same.
 """
 
 from __future__ import annotations

@@ -19,7 +19,9 @@ def _loc() -> SourceLoc | None:
     return field(default=None, compare=False, hash=False, repr=False)  # type: ignore[return-value]
 
 
-UNSET_UNHASHED = "unset_unhashed"  # a field kdsl/ir/hashing.py hashes only when it is set
+# a field kdsl/ir/hashing.py hashes only when set: one added later leaves the keys of
+# traced IR (tuning databases, shipped tuning) as they were
+UNSET_UNHASHED = "unset_unhashed"
 
 
 def _flag() -> bool:

@@ -385,6 +385,20 @@ def tensorize(ctx: StepContext, name: object, instruction: object) -> None:
             "threads are the warp that runs each mma.sync",
             "bind the loops over warps to thread.y or thread.z",
         )
+    checked = [
+        e.buffer
+        for e in [*walk_all_exprs(loop.body), *walk_stmts(loop.body)]
+        if isinstance(e, Load | Store)
+        and (e.checked or any(isinstance(x, Load) for i in e.index for x in walk_expr(i)))
+    ]
+    if checked:
+        raise ctx.refuse(
+            f"loop '{loop.var}' reads or writes '{checked[0]}' where kdsl checks each element "
+            "(nothing proves its subscripts in bounds before the loops), and a matrix "
+            "instruction reads whole tiles unchecked",
+            "keep the product's subscripts affine in its loops, with extents made of shapes, "
+            "constants and values fixed before the nest, and no guard around its reads",
+        )
     _accumulate_in_tile(ctx, loop)
     path, loop = ctx.loop(name)
     found = match_tile_product(loop, {b.name: b for b in ctx.kernel.buffers}, str(instruction))

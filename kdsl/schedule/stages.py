@@ -27,6 +27,7 @@ from kdsl.ir.nodes import (
     Assign,
     Buffer,
     BufferRole,
+    Check,
     Const,
     DeclareLocal,
     Expr,
@@ -101,8 +102,13 @@ def inline(ctx: StepContext, stage: object) -> None:
             f"use compute_at('{buf.name}', loop) to compute it inside a loop of its consumer",
         )
     inner: Stmt = prod.nest
-    while isinstance(inner, Loop) and len(inner.body) == 1:
-        inner = inner.body[0]
+    placed = False  # whether the bounds pass checked the store's reads before a loop
+    while isinstance(inner, Loop):
+        statements = [s for s in inner.body if not isinstance(s, Check)]
+        placed |= len(statements) < len(inner.body)
+        if len(statements) != 1:
+            break
+        inner = statements[0]
     if inner is not prod.store:
         raise ctx.refuse(
             f"the loops that compute '{buf.name}' contain more than its store (a condition, "
@@ -118,11 +124,15 @@ def inline(ctx: StepContext, stage: object) -> None:
     def expand(e: Expr) -> Expr | None:
         if isinstance(e, Load) and e.buffer == buf.name:
             values = dict(zip(prod.dims, e.index))
-            return map_expr(
-                prod.store.value,
-                lambda x: values.get(x.name) if isinstance(x, LoopVar) else None,
-            )
+            return map_expr(prod.store.value, lambda x: at(x, values))
         return None
+
+    def at(x: Expr, values: dict[str, Expr]) -> Expr | None:
+        """`x` where the consumer reads: the producer's checks stay behind, so its reads
+        are checked where they run."""
+        if isinstance(x, LoopVar):
+            return values.get(x.name)
+        return replace(x, checked=True) if placed and isinstance(x, Load) else None
 
     body = tree.without_allocate(tree.splice(ctx.kernel.body, prod.path, ()), buf.name)
     ctx.kernel = replace(

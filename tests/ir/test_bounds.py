@@ -561,3 +561,52 @@ def _agree_with_interpreter(kernel, n: int, rows: int, m: int) -> None:
         return
     kernel(x, out)
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@kd.kernel
+def from_a_stale_local(x, y):
+    a = kd.local(-1, kd.i64)
+    for i in kd.range(y.shape[0]):
+        t = kd.local(a, kd.i64)  # one value, but made of a local that changes after
+        a += 1
+        for j in kd.range(y.shape[1]):
+            y[i, j] = x[t + j]
+
+
+@kd.kernel
+def over_a_length_written_first(x, nn, y):
+    for t in kd.range(1):
+        nn[t] = nn[t] + 100
+    for j in kd.range(nn[0]):  # (the trace's entry check saw nn[0] before the write)
+        y[j] = x[j]
+
+
+@kd.kernel
+def over_a_stored_length(x, nn, y):
+    for j in kd.range(nn[0]):
+        y[j] = x[j]
+
+
+@pytest.mark.parametrize(
+    ("kernel", "args"),
+    [
+        (from_a_stale_local, (np.arange(1, 6, dtype=F), np.zeros((1, 3), F))),
+        (from_a_stale_local, (np.arange(1, 6, dtype=F), np.zeros((3, 3), F))),
+        (over_a_length_written_first, (np.arange(4, dtype=F), np.array([2]), np.zeros(200, F))),
+        (over_a_stored_length, (np.arange(5, dtype=F), np.array([], np.int64), np.zeros(5, F))),
+        (over_a_stored_length, (np.arange(5, dtype=F), np.array([3]), np.zeros(5, F))),
+    ],
+)
+def test_values_that_change_or_are_missing_are_not_trusted(kernel, args):
+    """Found by review: a check read a local's value after it changed, a loop over data
+    the kernel wrote was taken for the length the entry saw, and the entry read nn[0]
+    of an empty nn. Each now agrees with the interpreter."""
+    outcomes = []
+    for run in (kernel.interpret, kernel):
+        copies = [np.copy(a) for a in args]
+        try:
+            run(*copies)
+            outcomes.append(("ran", copies[-1].tolist()))
+        except (kd.BoundsError, kd.ShapeError) as err:
+            outcomes.append((type(err).__name__, None))
+    assert outcomes[0] == outcomes[1]

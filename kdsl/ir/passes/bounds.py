@@ -77,9 +77,12 @@ def _op(op: BinaryOp, a: Expr, b: Expr) -> Expr:
 def _small(e: Expr, most: int = 256) -> bool:
     """Whether `e` has at most `most` nodes as a tree (as its check is printed, quoted
     and evaluated on a GPU's host: a chain of locals can make a DAG whose tree is huge)."""
-    for count, _ in enumerate(walk_expr(e)):
-        if count >= most:
+    count, stack = 0, [e]
+    while stack:
+        count += 1
+        if count > most:
             return False
+        stack.extend(children(stack.pop()))
     return True
 
 
@@ -106,10 +109,12 @@ class _Hoister:
         self.locals = frozenset(
             s.name for s in walk_stmts(kernel.body) if isinstance(s, DeclareLocal)
         )
-        self.checks: list[Check] = []  # at the kernel's entry
-        self.before: dict[int, list[Check]] = {}  # before the loop of that identity
+        self.checks: list[Check] = []  # at the kernel's entry, after the trace's
+        self.before: dict[int, list[Check]] = {}  # before the statement of that identity
+        self.leading: Check | None = None  # the trace's entry check being looked at
         self.unproven: set[int] = set()  # the Loads and Stores to check at run time, by identity
         self.visited: set[int] = set()  # shared sub-expressions, by identity (kept alive)
+        self.changing: dict[int, frozenset[str]] = {}  # the locals each loop gives values
 
     def block(self, body: tuple[Stmt, ...], frames: Frames) -> None:
         for s in body:
@@ -121,10 +126,13 @@ class _Hoister:
                     self.expr(cond, frames)
                     self.block(then, (*frames, _Guard(cond, True)))
                 case _:
+                    # (a trace's entry check may read data: `nn[0] <= x.shape[0]`)
+                    self.leading = s if isinstance(s, Check) and not frames else None
                     for e in stmt_exprs(s):
                         self.expr(e, frames)
                     if isinstance(s, Store):
                         self.access(s, frames)
+        self.leading = None
 
     def expr(self, e: Expr, frames: Frames) -> None:
         if id(e) in self.visited:
@@ -142,44 +150,30 @@ class _Hoister:
 
     def access(self, node: Load | Store, frames: Frames) -> None:
         for axis, sub in enumerate(node.index):
-            if (
-                _tied(sub, frames)
-                or self.always_in(node, axis, sub, frames)
-                or self.guarded_in(node, axis, sub, frames)
-            ):
+            if _tied(sub, frames):
                 continue
-            if not self.placed(node, axis, sub, frames):
+            value, dim = self.inlined(sub), self.shapes[node.buffer][axis]
+            if not (
+                _always_in(value, dim, frames)
+                or self.guarded_in(value, dim, frames)
+                or self.placed(node, sub, value, dim, frames)
+            ):
                 self.unproven.add(id(node))
 
-    def always_in(self, node: Load | Store, axis: int, sub: Expr, frames: Frames) -> bool:
-        """Whether constants alone keep `sub` within a constant dimension, whatever the
-        guards: each loop it runs over is shorter than a constant (`range(min(16, n))`)."""
-        dim = self.shapes[node.buffer][axis]
-        limits = {
-            f.loop.var: index_const(c)
-            for f in frames
-            if isinstance(f, _Frame) and (c := constant_bound(f.extent)) is not None
-        }
-        span = value_range(self.inlined(sub), limits) if isinstance(dim, Const) else None
-        return span is not None and (
-            f64_op(BinaryOp.GE, span.lo, ZERO) == f64_op(BinaryOp.LT, span.hi, f64(dim)) == TRUE
-        )
-
-    def guarded_in(self, node: Load | Store, axis: int, sub: Expr, frames: Frames) -> bool:
-        """Whether what encloses the access keeps `sub` in its dimension wherever it runs:
-        0 <= sub <= dim - 1 each follows from a guard's comparison (`kd.when(i + 1 <
+    def guarded_in(self, value: Expr, dim: Expr, frames: Frames) -> bool:
+        """Whether what encloses the access keeps `value` in `dim` wherever it runs:
+        0 <= value <= dim - 1 each follows from a guard's comparison (`kd.when(i + 1 <
         n)` around `x[i + 1]`) or a loop's extent (`i <= n - 1`) plus something that is
         never negative (loop variables, shapes, constants), as affine forms."""
         if not any(isinstance(f, _Guard) for f in frames):
             return False
-        at = linear(self.inlined(sub))
-        if at is None:
+        at, size = linear(value), linear(dim)
+        if at is None or size is None:
             return False
         known = [fact for f in frames for fact in self.facts(f)]
-        dim = linear(self.shapes[node.buffer][axis])
-        return dim is not None and all(
+        return all(
             _never_negative(t) or any(_never_negative(t - k) for k in known)
-            for t in (at, (dim - at).plus(-1))
+            for t in (at, (size - at).plus(-1))
         )
 
     def facts(self, frame: _Frame | _Guard) -> list[Lin]:
@@ -189,19 +183,28 @@ class _Hoister:
             return [] if extent is None else [(extent - Lin.of(LoopVar(frame.loop.var))).plus(-1)]
         return list(_comparisons(self.inlined(frame.cond), frame.holds))
 
-    def placed(self, node: Load | Store, axis: int, sub: Expr, frames: Frames) -> bool:
-        """Place one exact check of `sub` against its dimension before the outermost
-        enclosing loops over which kdsl/ir/ranges.py knows its range from values fixed
-        before they start: at the kernel's entry when those are all of them; False when
-        there are none."""
-        value = self.inlined(sub)
-        dim = self.shapes[node.buffer][axis]
+    def placed(self, node: Load | Store, sub: Expr, value: Expr, dim: Expr, frames: Frames) -> bool:
+        """Place one exact check of `value` (`sub` as written) against `dim` before the
+        outermost enclosing loops over which kdsl/ir/ranges.py knows its range from
+        values fixed before they start: at the kernel's entry when those are all of
+        them; False when there are none (nor any guard among them: a check before a
+        guard could refuse a good call)."""
         for start in range(len(frames) + 1):
-            loops = frames[start:]
-            if any(isinstance(f, _Guard) for f in loops) or start and start == len(frames):
+            inner = frames[start:]
+            loops = [f for f in inner if isinstance(f, _Frame)]
+            if len(loops) < len(inner):
                 continue
-            fixed = self.fixed(frames[:start], loops) if start else frozenset()
-            extents = {f.loop.var: f.extent for f in loops if isinstance(f, _Frame)}
+            if start == 0:
+                fixed: frozenset[str] = frozenset()
+                where = (
+                    self.before.setdefault(id(self.leading), []) if self.leading else self.checks
+                )
+            elif loops:
+                fixed = self.fixed(frames[:start], loops[0].loop)
+                where = self.before.setdefault(id(loops[0].loop), [])
+            else:
+                return False  # no loop left: the access is checked where it runs
+            extents = {f.loop.var: f.extent for f in loops}
             if not all(_small(x) and kernel_level(x, fixed) for x in extents.values()):
                 continue
             span = value_range(value, extents, fixed)
@@ -216,28 +219,28 @@ class _Hoister:
             )
             kind = CheckKind.BOUNDS if span.scalars else CheckKind.SHAPE  # (a value, not a shape)
             check = Check(cond, kind, what, loc=node.loc)
-            where = self.before.setdefault(id(loops[0].loop), []) if start else self.checks  # type: ignore[union-attr]
             if all(check != c for c in where):
                 where.append(check)
             return True
         return False
 
-    def fixed(self, outer: Frames, loops: Frames) -> frozenset[str]:
-        """The names whose values stay the same during the loops `loops` and are known
-        just before them: the variables of the loops `outer`, and the locals given no
-        value inside."""
-        changing = {
-            s.name if isinstance(s, DeclareLocal) else s.local
-            for s in walk_stmts((loops[0].loop,))  # type: ignore[union-attr]
-            if isinstance(s, DeclareLocal | Assign)
-        }
+    def fixed(self, outer: Frames, loop: Loop) -> frozenset[str]:
+        """The names whose values stay the same during `loop` and are known just before
+        it: the variables of the loops `outer`, and the locals given no value inside."""
+        changing = self.changing.get(id(loop))
+        if changing is None:
+            changing = self.changing[id(loop)] = frozenset(
+                s.name if isinstance(s, DeclareLocal) else s.local
+                for s in walk_stmts((loop,))
+                if isinstance(s, DeclareLocal | Assign)
+            )
         return frozenset(f.loop.var for f in outer if isinstance(f, _Frame)) | (
             self.locals - changing
         )
 
     def marked(self, body: tuple[Stmt, ...]) -> tuple[Stmt, ...]:
         """`body` with the unproven accesses marked `checked` and the checks placed
-        before loops."""
+        before their statements."""
 
         def mark(was: Expr, new: Expr) -> Expr | None:
             if isinstance(new, Load) and id(was) in self.unproven:
@@ -246,9 +249,9 @@ class _Hoister:
 
         out: list[Stmt] = []
         for s in body:
+            out.extend(self.before.get(id(s), ()))
             match s:
                 case Loop(extent=ext, body=inner):
-                    out.extend(self.before.get(id(s), ()))
                     new: Stmt = replace(s, extent=rebuild_expr(ext, mark), body=self.marked(inner))
                 case If(cond=cond, then=then):
                     new = replace(s, cond=rebuild_expr(cond, mark), then=self.marked(then))
@@ -272,6 +275,20 @@ class _Hoister:
             return self.inlined_values[x.name]
 
         return map_expr(e, value)
+
+
+def _always_in(value: Expr, dim: Expr, frames: Frames) -> bool:
+    """Whether constants alone keep `value` within a constant `dim`, whatever the guards:
+    each loop it runs over is shorter than a constant (`range(min(16, n))`)."""
+    limits = {
+        f.loop.var: index_const(c)
+        for f in frames
+        if isinstance(f, _Frame) and (c := constant_bound(f.extent)) is not None
+    }
+    span = value_range(value, limits) if isinstance(dim, Const) else None
+    return span is not None and (
+        f64_op(BinaryOp.GE, span.lo, ZERO) == f64_op(BinaryOp.LT, span.hi, f64(dim)) == TRUE
+    )
 
 
 def _comparisons(cond: Expr, holds: bool) -> Iterator[Lin]:
@@ -308,27 +325,42 @@ def _never_negative(form: Lin) -> bool:
 
 def _tied(sub: Expr, frames: Frames) -> bool:
     """A bare index of a loop over shapes and constants: the trace's shape checks cover
-    it (it ties no shape to a loop over a local or an outer loop's variable)."""
+    it (it ties no shape to a loop over a local, an outer loop's variable or data,
+    which the kernel may have written since its entry)."""
     if not isinstance(sub, LoopVar):
         return False
     for f in frames:
         if isinstance(f, _Frame) and f.loop.var == sub.name:
-            return not any(isinstance(x, LoopVar | LocalVar) for x in walk_expr(f.loop.extent))
+            return not any(
+                isinstance(x, LoopVar | LocalVar | Load) for x in walk_expr(f.loop.extent)
+            )
     return False
 
 
 def _single_values(body: tuple[Stmt, ...]) -> dict[str, Expr]:
     """The index locals given exactly one value, and that value (of the same dtype: a
-    narrower local would wrap)."""
+    narrower local would wrap), where it still holds wherever the local does: made of
+    no data (which the kernel may write) and no local given another value later."""
     values: dict[str, list[Expr]] = {}
     for name, value in local_definitions(body):
         values.setdefault(name, []).append(value)
     declared = {s.name: s.dtype for s in walk_stmts(body) if isinstance(s, DeclareLocal)}
-    return {
+    single = {
         name: vs[0]
         for name, vs in values.items()
         if len(vs) == 1 and declared.get(name) == T.INDEX and vs[0].dtype == T.INDEX
     }
+    while stale := [
+        name
+        for name, value in single.items()
+        if any(
+            isinstance(x, Load) or isinstance(x, LocalVar) and x.name not in single
+            for x in walk_expr(value)
+        )
+    ]:
+        for name in stale:
+            del single[name]
+    return single
 
 
 def hoist_bounds_checks(kernel: Kernel) -> Kernel:

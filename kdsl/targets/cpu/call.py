@@ -68,13 +68,13 @@ class Specialization:
             except ctypes.ArgumentError as exc:
                 raise self._unpassable(exc) from None
             if code:
-                self._check(code, args, args, [])
+                self._raise_or_retry(code, args, args, [])
             return None
         results = [np.empty(self._shape(shape, args), dtype) for shape, dtype in self.results]
         call = [*[args[i] for i in self.array_pos], *results, *[args[i] for i in self.scalar_pos]]
         code = self._invoke(self.compiled, call)
         if code:
-            self._check(code, args, call, results)
+            self._raise_or_retry(code, args, call, results)
         if not results:
             return None
         return results[0] if len(results) == 1 else tuple(results)
@@ -88,7 +88,7 @@ class Specialization:
     def _unpassable(self, exc: ctypes.ArgumentError) -> KdslError:
         return KdslError(f"a scalar argument can't be passed: {exc}", kernel=self.name)
 
-    def _check(
+    def _raise_or_retry(
         self, code: int, args: Sequence[object], call: Sequence[object], results: list[np.ndarray]
     ) -> None:
         """Raise the error that `code` reports. The entry refuses written arrays whose
@@ -106,12 +106,15 @@ class Specialization:
         """A written array argument and another one that share memory, if any."""
         arrays = {self.param_names[i]: args[i] for i in self.array_pos}
         layouts = {n: Layout.of(a) for n, a in arrays.items()}  # type: ignore[arg-type]
-        written = {s.buffer for s in walk_stmts(self.ir.body) if isinstance(s, Store)}
-        for w in sorted(written & layouts.keys()):
+        for w in sorted(self._written & layouts.keys()):
             for other, layout in layouts.items():
                 if other != w and share_memory(layouts[w], layout):
                     return w, other
         return None
+
+    @functools.cached_property
+    def _written(self) -> set[str]:
+        return {s.buffer for s in walk_stmts(self.ir.body) if isinstance(s, Store)}
 
     @functools.cached_property
     def _disjoint(self) -> CpuKernel:

@@ -461,10 +461,10 @@ class _Codegen:
 
     def must_check(self, index: tuple[Expr, ...], checked: bool = False) -> bool:
         """Whether an access at `index` checks its bounds: always when the bounds pass
-        marked it `checked` (nothing proved it before the kernel runs) or a subscript
-        comes from loaded data or a scalar argument, directly or through locals (a
-        gather's `x[idx[i]]`, `x[i + n]`: a bad value would read or write anywhere in
-        the process), else with `checks=True`."""
+        marked it `checked` (nothing proved it before its loops run), and when a
+        subscript comes from loaded data, directly or through locals (a gather's
+        `x[idx[i]]`; the pass marks those too: this also covers the reads that a
+        schedule step makes from them), else with `checks=True`."""
         return (
             self.checks
             or checked
@@ -588,16 +588,16 @@ def _is_const(v: ir.Value, n: int) -> bool:
 
 
 def _from_runtime_values(e: Expr, runtime_locals: frozenset[str]) -> bool:
-    """`e` reads array data or a scalar argument, or a local computed from them."""
+    """`e` reads array data, or a local computed from it."""
     return any(
-        isinstance(x, Load | ScalarArg) or (isinstance(x, LocalVar) and x.name in runtime_locals)
+        isinstance(x, Load) or (isinstance(x, LocalVar) and x.name in runtime_locals)
         for x in walk_expr(e)
     )
 
 
 def _runtime_locals(body: tuple[Stmt, ...]) -> frozenset[str]:
-    """The locals whose value comes from array data or scalar arguments, directly or
-    through other locals (`j = kd.local(idx[i])`): what no compile-time proof bounds."""
+    """The locals whose value comes from array data, directly or through other locals
+    (`j = kd.local(idx[i])`): what no proof before the loops bounds."""
     definitions = local_definitions(body)
     found: set[str] = set()
     while True:

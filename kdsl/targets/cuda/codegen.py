@@ -411,7 +411,8 @@ class GpuCodegen(_Codegen):
         contiguous array of 4-byte elements in global memory, its other subscripts
         made of loop variables, shapes and scalars (the last: the variable, plus such
         an offset); no array is both read and written so; no `if` in the body; no
-        bounds checks asked for (they check each element). Else []."""
+        bounds checks asked for or marked by the bounds pass (they check each
+        element). Else []."""
         if self.checks or any(isinstance(s, If) for s in walk_stmts(loop.body)):
             return []
         read: set[str] = set()

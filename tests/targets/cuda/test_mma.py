@@ -289,6 +289,21 @@ def test_a_tile_of_another_shape_is_refused() -> None:
     assert "not a tile product" in message and "16, 32 or 64 rows" in message
 
 
+def test_a_product_that_reads_rows_from_data_is_refused() -> None:
+    """A's rows picked by an index array: each element is checked where it runs, and
+    an mma reads whole tiles unchecked."""
+
+    @kd.kernel
+    def gathered(a, rows, b, c):
+        i, j, k = kd.indices(rows.shape[0], b.shape[1], a.shape[1])
+        c[i, j] = kd.sum(a[rows[i], k] * b[k, j], over=k)
+
+    gathered.schedule(kd.cuda)(lambda s: s.tensorize(_tile(s), "mma"))
+    a, b, c = _operands(np.random.default_rng(0), 8, 8, 8)
+    with pytest.raises(kd.ScheduleError, match="'a' where kdsl checks each element"):
+        gathered.ptx(a, np.arange(8), b, c)
+
+
 def test_the_ir_says_mma_and_from_zero() -> None:
     a, b, c = _operands(np.random.default_rng(0), 20, 20, 20)
     text = _gpu_ir(_product(16, 16), a, b, c)
