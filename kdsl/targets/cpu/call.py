@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from kdsl.errors import BoundsError, KdslError, KernelArgumentError
+from kdsl.errors import BoundsError, KdslError, KernelArgumentError, SourceLoc
 from kdsl.ir.checks import failed_check_error
 from kdsl.ir.evaluate import evaluate
 from kdsl.ir.nodes import Kernel, Store
@@ -152,12 +152,8 @@ class Specialization:
                 return _alias_error(self.name, arrays[index >> 16], arrays[index & 0xFFFF])
             case ErrorKind.BOUNDS:
                 buffer, loc = self.compiled.sites.accesses[index]
-                return BoundsError(
-                    f"subscript out of bounds on '{buffer}'",
-                    kernel=self.name,
-                    loc=loc,
-                    fix="check the subscript against the array's shape",
-                )
+                shapes = self._environment(args, results)[0]
+                return out_of_bounds(self.name, buffer, loc, shapes.get(buffer))
         return KdslError("out of memory for the kernel's temporaries", kernel=self.name)
 
 
@@ -166,4 +162,19 @@ def _alias_error(kernel: str, written: str, other: str) -> KernelArgumentError:
         f"arguments '{written}' and '{other}' share memory, and the kernel writes '{written}'",
         kernel=kernel,
         fix=f"pass a copy: np.copy({other})",
+    )
+
+
+def out_of_bounds(
+    kernel: str, buffer: str, loc: SourceLoc | None, shape: tuple[int, ...] | None
+) -> BoundsError:
+    """A subscript checked where it ran fell outside its array (of `shape`, None for
+    a temporary)."""
+    of = f"'{buffer}'" + ("" if shape is None else f" of shape {tuple(shape)}")
+    return BoundsError(
+        f"a subscript of {of} fell outside it",
+        kernel=kernel,
+        loc=loc,
+        fix="keep the subscript inside the array's shape, or guard it with kd.when / kd.where "
+        "(kernel.interpret(...) names the subscript's values)",
     )

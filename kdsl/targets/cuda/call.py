@@ -11,11 +11,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kdsl.errors import BoundsError, KdslError, KernelArgumentError
+from kdsl.errors import KdslError, KernelArgumentError
 from kdsl.ir.checks import failed_check_error
 from kdsl.ir.evaluate import compile_evaluator, evaluate
 from kdsl.ir.nodes import BufferRole, Const, Kernel, Store
 from kdsl.ir.visit import walk_stmts
+from kdsl.targets.cpu.call import out_of_bounds
 from kdsl.targets.cpu.overlap import Layout, share_memory
 from kdsl.targets.cpu.state import ErrorKind
 from kdsl.targets.cuda import arrays as A
@@ -332,12 +333,7 @@ class CudaSpecialization:
             check = self.code.sites.checks[index]
             return failed_check_error(check, shapes, scalars, self.name)
         buffer, loc = self.code.sites.accesses[index]
-        return BoundsError(
-            f"subscript out of bounds on '{buffer}'",
-            kernel=self.name,
-            loc=loc,
-            fix="check the subscript against the array's shape",
-        )
+        return out_of_bounds(self.name, buffer, loc, shapes.get(buffer))
 
 
 def _size(shape: tuple[int, ...]) -> int:
