@@ -162,3 +162,20 @@ def test_decoding_over_several_chunks():
     o = np.full_like(q, np.nan)
     simt.run(decode_kernel, [q, k, v, o, 128**-0.5, 2, 128])
     np.testing.assert_allclose(o, reference(q, k, v), rtol=1e-4, atol=1e-5)
+
+
+def test_an_access_nothing_proves_is_checked_on_the_device():
+    """x[i * i] has no range kdsl knows: the bounds pass marks it, and the GPU code
+    checks it at each element (the kernel records the error instead of reading past x)."""
+
+    @kd.kernel
+    def squares(x, y):
+        i = kd.indices(y.shape[0])
+        y[i] = x[i * i]
+
+    x = np.arange(10, dtype=np.float32)
+    y = np.full(3, np.nan, np.float32)
+    simt.run(squares, [x, y])
+    np.testing.assert_array_equal(y, x[[0, 1, 4]])
+    with pytest.raises(AssertionError, match="recorded an error"):
+        simt.run(squares, [x, np.empty(5, np.float32)])  # 4 · 4 is past x
