@@ -59,16 +59,17 @@ def value_range(
     """The least and the greatest value index `e` takes over every iteration of the
     loops `extents` (each non-empty), or None where kdsl can't say (see the module).
     The bounds and the extents are made of shapes, scalars, constants and the loop
-    variables and locals named in `fixed` (outer loops' and locals that keep their
-    value during those loops: the bounds are then those of one run of the loops)."""
+    variables, locals and arrays named in `fixed` (outer loops' variables, and locals
+    and array data that keep their value during those loops: the bounds are then
+    those of one run of the loops)."""
     forms = _Forms(extents, fixed)
     found = forms.range(e)
     return None if found is None else Range(*found, forms.scalars)
 
 
 def kernel_level(e: Expr, fixed: frozenset[str] = frozenset()) -> bool:
-    """Made of shapes, scalars, constants and the loop variables and locals in `fixed`
-    only (no other loop or local, no data)."""
+    """Made of shapes, scalars, constants and the loop variables, locals and arrays in
+    `fixed` only (no other loop, local or data)."""
     return _Forms({}, fixed).kernel_level(e)
 
 
@@ -121,7 +122,8 @@ class _Forms:
             level = (
                 e.name in self.fixed  # type: ignore[union-attr]
                 if named
-                else not isinstance(e, Load) and all(self.kernel_level(c) for c in children(e))
+                else (not isinstance(e, Load) or e.buffer in self.fixed)
+                and all(self.kernel_level(c) for c in children(e))
             )
             self.scalars |= isinstance(e, ScalarArg) or named and level
             hit = self.levels[id(e)] = (e, level)

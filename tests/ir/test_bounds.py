@@ -563,6 +563,30 @@ def _agree_with_interpreter(kernel, n: int, rows: int, m: int) -> None:
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("writes_lengths", [False, True])
+def test_a_ragged_loop_over_lengths_read_from_data(writes_lengths):
+    """Rows of different lengths, read from an array the kernel never writes: one check
+    before each row's loop, none per element. If the kernel also writes the lengths,
+    each element is checked."""
+
+    @kd.kernel
+    def ragged(x, lengths, y):
+        for b in kd.grid(x.shape[0]):
+            for j in kd.range(lengths[b]):
+                y[b, j] = 2 * x[b, j]
+            if writes_lengths:
+                lengths[b] = lengths[b] + 0
+
+    rng = np.random.default_rng(3)
+    x, lengths = random_array(rng, (4, 9), F), np.array([9, 0, 3, 7])
+    text = lowered_text(ragged, x, lengths, np.zeros((4, 9), F))
+    assert ("x[b, j]?" in text) == writes_lengths
+    want = np.where(np.arange(9) < lengths[:, None], 2 * x, 0)
+    check_kernel(ragged, [x, lengths, np.zeros((4, 9), F)], {2: want})
+    with pytest.raises(kd.BoundsError, match="'x'|'y'"):
+        ragged(x, np.array([9, 0, 10, 7]), np.zeros((4, 9), F))
+
+
 @kd.kernel
 def from_a_stale_local(x, y):
     a = kd.local(-1, kd.i64)

@@ -13,8 +13,9 @@ shape checks' business), in this order:
   "every enclosing loop is empty, or lo >= 0 and hi < dim", replaces a check per
   element: wrong shapes raise ShapeError (a wrong scalar, BoundsError).
 - It gives them over the innermost loops only, from values fixed before those start
-  (outer loops' variables, locals: `x[i*j]` over j, `x[j]` for j < i, attention's
-  key tiles of one query tile): the same check, placed just before those loops, runs
+  (outer loops' variables, locals, and lengths read from arrays the kernel never
+  writes: `x[i*j]` over j, `x[j]` for j < i, attention's key tiles of one query tile,
+  a ragged `range(lengths[b])`): the same check, placed just before those loops, runs
   once per outer iteration (BoundsError).
 - Else (no range known, or the access is under a `kd.when` or in a `kd.where` branch
   whose guard keeps it in bounds in a way not seen above: a check before the guard
@@ -90,6 +91,7 @@ def _small(e: Expr, most: int = 256) -> bool:
 class _Frame:
     loop: Loop
     extent: Expr  # with the index locals given one value inlined
+    settled: bool  # the data it reads is proven in bounds before it and never written
 
 
 @dataclass(frozen=True, eq=False)
@@ -115,13 +117,20 @@ class _Hoister:
         self.unproven: set[int] = set()  # the Loads and Stores to check at run time, by identity
         self.visited: set[int] = set()  # shared sub-expressions, by identity (kept alive)
         self.changing: dict[int, frozenset[str]] = {}  # the locals each loop gives values
+        written = {s.buffer for s in walk_stmts(kernel.body) if isinstance(s, Store)}
+        self.read_only = frozenset(b.name for b in kernel.buffers) - written
 
     def block(self, body: tuple[Stmt, ...], frames: Frames) -> None:
         for s in body:
             match s:
                 case Loop(extent=ext, body=inner):
                     self.expr(ext, frames)
-                    self.block(inner, (*frames, _Frame(s, self.inlined(ext))))
+                    settled = all(
+                        id(x) not in self.unproven and x.buffer in self.read_only
+                        for x in walk_expr(ext)
+                        if isinstance(x, Load)
+                    )
+                    self.block(inner, (*frames, _Frame(s, self.inlined(ext), settled)))
                 case If(cond=cond, then=then):
                     self.expr(cond, frames)
                     self.block(then, (*frames, _Guard(cond, True)))
@@ -205,8 +214,14 @@ class _Hoister:
             else:
                 return False  # no loop left: the access is checked where it runs
             extents = {f.loop.var: f.extent for f in loops}
-            if not all(_small(x) and kernel_level(x, fixed) for x in extents.values()):
-                continue
+            if not all(
+                _small(f.extent)
+                and kernel_level(
+                    f.extent, fixed | (self.read_only if start and f.settled else set())
+                )
+                for f in loops
+            ):
+                continue  # (a ragged loop's length read from data is known before it)
             span = value_range(value, extents, fixed)
             if span is None or not _small(span.lo) or not _small(span.hi):
                 continue
@@ -217,7 +232,8 @@ class _Hoister:
             what = (
                 f"subscript {format_expr(sub)} of '{node.buffer}' stays in [0, {format_expr(dim)})"
             )
-            kind = CheckKind.BOUNDS if span.scalars else CheckKind.SHAPE  # (a value, not a shape)
+            # (made of values, not only of shapes: inside a loop, or of scalars)
+            kind = CheckKind.BOUNDS if span.scalars or start else CheckKind.SHAPE
             check = Check(cond, kind, what, loc=node.loc)
             if all(check != c for c in where):
                 where.append(check)
