@@ -21,6 +21,7 @@ from kdsl.ir.nodes import (
     Allocate,
     Assign,
     BufferRole,
+    Check,
     DeclareLocal,
     Expr,
     Kernel,
@@ -92,7 +93,8 @@ def _move_between(
     ctx: StepContext, a: Loop, b_body: tuple[Stmt, ...], between: tuple[Stmt, ...]
 ) -> tuple[tuple[Stmt, ...], tuple[Stmt, ...]]:
     """Where the statements between the loops go: before the fused loop (allocations,
-    and locals whose initial value does not depend on the first loop), or after it (a
+    and locals and bounds checks that do not depend on the first loop: a check must
+    come before the accesses it guards), or after it (a
     statement using the first loop's result, such as a sum's store, when the second
     loop neither uses what it writes nor writes what it reads)."""
     written_a, written_b = _written(a.body), _written(b_body)
@@ -103,10 +105,13 @@ def _move_between(
     for s in between:
         reads = _reads((s,))
         if not reads & written_after and (
-            isinstance(s, Allocate) or (isinstance(s, DeclareLocal) and not reads & written_a)
+            isinstance(s, Allocate)
+            or (isinstance(s, DeclareLocal | Check) and not reads & written_a)
         ):
             before.append(s)
-        elif not isinstance(s, Allocate) and not (_written((s,)) & used_b or reads & written_b):
+        elif not isinstance(s, Allocate | Check) and not (
+            _written((s,)) & used_b or reads & written_b
+        ):
             after.append(s)
             written_after |= _written((s,))
         else:

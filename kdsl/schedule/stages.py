@@ -104,6 +104,12 @@ def inline(ctx: StepContext, stage: object) -> None:
     inner: Stmt = prod.nest
     placed = False  # whether the bounds pass checked the store's reads before a loop
     while isinstance(inner, Loop):
+        if inner.var in prod.dims and inner.extent != buf.shape[prod.dims.index(inner.var)]:
+            raise ctx.refuse(
+                f"loop '{inner.var}' computes '{buf.name}' over {format_expr(inner.extent)}, "
+                "not its whole dimension: a read elsewhere would compute what was never stored",
+                f"compute '{buf.name}' over its whole shape, or use compute_at('{buf.name}', loop)",
+            )
         statements = [s for s in inner.body if not isinstance(s, Check)]
         placed |= len(statements) < len(inner.body)
         if len(statements) != 1:
@@ -124,15 +130,15 @@ def inline(ctx: StepContext, stage: object) -> None:
     def expand(e: Expr) -> Expr | None:
         if isinstance(e, Load) and e.buffer == buf.name:
             values = dict(zip(prod.dims, e.index))
-            return map_expr(prod.store.value, lambda x: at(x, values))
+            return map_expr(prod.store.value, lambda x: at(x, values, placed or e.checked))
         return None
 
-    def at(x: Expr, values: dict[str, Expr]) -> Expr | None:
-        """`x` where the consumer reads: the producer's checks stay behind, so its reads
-        are checked where they run."""
+    def at(x: Expr, values: dict[str, Expr], checked: bool) -> Expr | None:
+        """`x` where the consumer reads: if the producer's checks stay behind or the
+        consumer's read was checked, its reads are checked where they run."""
         if isinstance(x, LoopVar):
             return values.get(x.name)
-        return replace(x, checked=True) if placed and isinstance(x, Load) else None
+        return replace(x, checked=True) if checked and isinstance(x, Load) else None
 
     body = tree.without_allocate(tree.splice(ctx.kernel.body, prod.path, ()), buf.name)
     ctx.kernel = replace(

@@ -625,12 +625,121 @@ def test_values_that_change_or_are_missing_are_not_trusted(kernel, args):
     """Found by review: a check read a local's value after it changed, a loop over data
     the kernel wrote was taken for the length the entry saw, and the entry read nn[0]
     of an empty nn. Each now agrees with the interpreter."""
+    _same_outcome(kernel, args)
+
+
+def _same_outcome(kernel, args) -> None:
+    """The interpreter (which checks every access) and the compiled kernel both raise,
+    or both write the same arrays."""
     outcomes = []
     for run in (kernel.interpret, kernel):
-        copies = [np.copy(a) for a in args]
+        copies = [np.copy(a) if isinstance(a, np.ndarray) else a for a in args]
         try:
             run(*copies)
-            outcomes.append(("ran", copies[-1].tolist()))
+            arrays = [a.tolist() for a in copies if isinstance(a, np.ndarray)]
+            outcomes.append(("ran", arrays))
         except (kd.BoundsError, kd.ShapeError) as err:
             outcomes.append((type(err).__name__, None))
     assert outcomes[0] == outcomes[1]
+
+
+# ------------------------------------------------- a second review's cases (all were bugs)
+
+
+@kd.kernel
+def nested_ragged(cnt, lengths, y):
+    for b in kd.grid(y.shape[0]):
+        for _r in kd.range(cnt[b]):
+            for j in kd.range(lengths[b + 1]):  # (read only where loop _r runs)
+                y[b, j] = y[b, j] + 1.0
+
+
+@kd.kernel
+def wrapping_guard(x, y, s):
+    for i in kd.grid(y.shape[0]):
+        with kd.when((s >= 0) & (i + s < x.shape[0])):  # (i + s wraps past i64's end)
+            y[i] = x[i + s]
+
+
+@kd.kernel
+def shared_with_a_branch(x, y):
+    for i in kd.grid(y.shape[0]):
+        v = x[i + 1]  # read by the where's branch and, unguarded, after it
+        y[i] = kd.where(i + 1 < x.shape[0], v, 0.0) + v
+
+
+@kd.kernel
+def huge_scalars(x, y, s1, s2):
+    for i in kd.grid(y.shape[0]):
+        y[i] = x[i + s1 - s2]  # (s1 - s2 rounds to 0 in f64)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "args"),
+    [
+        (nested_ragged, (np.array([1, 1, 1, 0]), np.array([2, 2, 2, 2]), np.zeros((4, 3), F))),
+        (nested_ragged, (np.array([1, 1, 1, 1]), np.array([2, 2, 2, 2, 3]), np.zeros((4, 3), F))),
+        (wrapping_guard, (np.arange(5, dtype=F), np.zeros(3, F), 2**63 - 1)),
+        (wrapping_guard, (np.arange(5, dtype=F), np.zeros(3, F), 1)),
+        (shared_with_a_branch, (np.arange(4, dtype=F), np.zeros(4, F))),
+        (shared_with_a_branch, (np.arange(5, dtype=F), np.zeros(4, F))),
+        (huge_scalars, (np.arange(4, dtype=F), np.zeros(4, F), 2**60 + 64, 2**60)),
+        (huge_scalars, (np.arange(4, dtype=F), np.zeros(4, F), 7, 7)),
+    ],
+)
+def test_a_second_reviews_cases_agree_with_the_interpreter(kernel, args):
+    """A check that read lengths of a loop that doesn't run, a guard whose sum wraps, a
+    load proven under a where's guard and read outside it too, scalars past 2**53."""
+    _same_outcome(kernel, args)
+
+
+def test_fusing_loops_keeps_their_checks_before_them():
+    """A check placed before the second loop moves before the fused loop: nothing is
+    written before it fails (it was moved after, and y was written past its end)."""
+
+    @kd.kernel
+    def two_rows(x, lengths, y, z):
+        for b in kd.grid(x.shape[0]):
+            for j in kd.grid(lengths[b]):
+                y[b, j] = x[b, j] + 1.0
+            for j in kd.grid(lengths[b]):
+                z[b, j] = y[b, j] * 2.0
+
+    two_rows.schedule(kd.cpu)(lambda s: s.fuse("j", "j.1"))
+    x, lengths = random_array(np.random.default_rng(2), (3, 6), F), np.array([4, 2, 6])
+    y, z = np.zeros((3, 6), F), np.zeros((3, 1), F)
+    with pytest.raises(kd.BoundsError):
+        two_rows(x, lengths, y, z)
+    assert not y[:, 1:].any()  # (the checks run before the rows' loop)
+    y, z = np.zeros((3, 6), F), np.zeros((3, 6), F)
+    two_rows(x, lengths, y, z)
+    keep = np.arange(6) < lengths[:, None]
+    np.testing.assert_allclose(z, np.where(keep, 2 * (x + 1), 0), rtol=1e-6)
+
+
+def test_inlining_keeps_the_consumers_check_and_needs_the_whole_temporary():
+    @kd.kernel
+    def squares(x, y):
+        t = kd.alloc((x.shape[0],))
+        for a in kd.grid(x.shape[0]):
+            t[a] = x[a] * 2.0
+        for i in kd.grid(y.shape[0]):
+            y[i] = t[i * i]  # checked where it runs: so is x's read, inlined
+
+    @kd.kernel
+    def part(x, y):
+        t = kd.alloc((x.shape[0],))
+        for a in kd.grid(x.shape[0] - 1):
+            t[a] = x[a + 1]
+        for i in kd.grid(y.shape[0]):
+            y[i] = t[i]
+
+    for kernel in (squares, part):
+        kernel.schedule(kd.cpu)(lambda s: s.inline("t"))
+    x = np.arange(5, dtype=F)
+    squares(x, y := np.zeros(3, F))
+    np.testing.assert_array_equal(y, 2 * x[[0, 1, 4]])
+    with pytest.raises(kd.BoundsError):
+        squares(x, np.zeros(4, F))  # 3 · 3 is past x
+    with pytest.raises(kd.ScheduleError, match="not its whole dimension"):
+        part(x, np.zeros(5, F))

@@ -115,7 +115,8 @@ class _Hoister:
         self.before: dict[int, list[Check]] = {}  # before the statement of that identity
         self.leading: Check | None = None  # the trace's entry check being looked at
         self.unproven: set[int] = set()  # the Loads and Stores to check at run time, by identity
-        self.visited: set[int] = set()  # shared sub-expressions, by identity (kept alive)
+        self.everywhere: set[int] = set()  # those proven where no guard is around them
+        self.visited: set[tuple[int, bool]] = set()  # sub-expressions (kept alive), guarded?
         self.changing: dict[int, frozenset[str]] = {}  # the locals each loop gives values
         written = {s.buffer for s in walk_stmts(kernel.body) if isinstance(s, Store)}
         self.read_only = frozenset(b.name for b in kernel.buffers) - written
@@ -144,9 +145,10 @@ class _Hoister:
         self.leading = None
 
     def expr(self, e: Expr, frames: Frames) -> None:
-        if id(e) in self.visited:
+        seen = (id(e), any(isinstance(f, _Guard) for f in frames))
+        if seen in self.visited:
             return
-        self.visited.add(id(e))
+        self.visited.add(seen)
         if isinstance(e, Select):  # a branch runs only where the condition picks it
             self.expr(e.cond, frames)
             self.expr(e.if_true, (*frames, _Guard(e.cond, True)))
@@ -158,16 +160,22 @@ class _Hoister:
             self.expr(c, frames)
 
     def access(self, node: Load | Store, frames: Frames) -> None:
+        proven = True
         for axis, sub in enumerate(node.index):
             if _tied(sub, frames):
                 continue
             value, dim = self.inlined(sub), self.shapes[node.buffer][axis]
-            if not (
+            proven &= (
                 _always_in(value, dim, frames)
                 or self.guarded_in(value, dim, frames)
                 or self.placed(node, sub, value, dim, frames)
-            ):
-                self.unproven.add(id(node))
+            )
+        # (a load shared by a where's branch and the rest of its statement is looked at
+        # in both: what's proven where it runs unguarded holds wherever it runs)
+        if proven and not any(isinstance(f, _Guard) for f in frames):
+            self.everywhere.add(id(node))
+        elif not proven:
+            self.unproven.add(id(node))
 
     def guarded_in(self, value: Expr, dim: Expr, frames: Frames) -> bool:
         """Whether what encloses the access keeps `value` in `dim` wherever it runs:
@@ -177,7 +185,7 @@ class _Hoister:
         if not any(isinstance(f, _Guard) for f in frames):
             return False
         at, size = linear(value), linear(dim)
-        if at is None or size is None:
+        if at is None or size is None or not (_plain(at) and _plain(size)):
             return False
         known = [fact for f in frames for fact in self.facts(f)]
         return all(
@@ -214,14 +222,15 @@ class _Hoister:
             else:
                 return False  # no loop left: the access is checked where it runs
             extents = {f.loop.var: f.extent for f in loops}
+            # (the first loop's length may be read from data, known just before it; an
+            # inner loop's only where the loops around it run)
+            data = self.read_only if start and loops and loops[0].settled else frozenset()
             if not all(
                 _small(f.extent)
-                and kernel_level(
-                    f.extent, fixed | (self.read_only if start and f.settled else set())
-                )
+                and kernel_level(f.extent, fixed | (data if f is loops[0] else set()))
                 for f in loops
             ):
-                continue  # (a ragged loop's length read from data is known before it)
+                continue
             span = value_range(value, extents, fixed)
             if span is None or not _small(span.lo) or not _small(span.hi):
                 continue
@@ -321,7 +330,8 @@ def _comparisons(cond: Expr, holds: bool) -> Iterator[Lin]:
         case Binary(op=op, lhs=a, rhs=b) if op in _OPPOSITE and a.dtype == b.dtype == T.INDEX:
             op = op if holds else _OPPOSITE[op]
             x, y = linear(a), linear(b)
-            if x is not None and y is not None:  # (integers: a < b is b - a - 1 >= 0)
+            if x is not None and y is not None and _plain(x) and _plain(y):
+                # (integers: a < b is b - a - 1 >= 0)
                 difference = y - x if op in (BinaryOp.LT, BinaryOp.LE) else x - y
                 yield difference.plus(-1 if op in (BinaryOp.LT, BinaryOp.GT) else 0)
 
@@ -332,6 +342,16 @@ _OPPOSITE = {  # the comparison that holds where one doesn't
     BinaryOp.LE: BinaryOp.GT,
     BinaryOp.GT: BinaryOp.LE,
 }
+
+
+def _plain(form: Lin) -> bool:
+    """Loop variables and shapes with small coefficients: no value of it comes near
+    i64's ends, where `a < b` would not mean what it means for integers (a scalar
+    argument may be anything)."""
+    small = 1 << 31
+    return abs(form.const) < small and all(
+        isinstance(a, LoopVar | DimOf) and abs(c) < small for a, c in form.terms
+    )
 
 
 def _never_negative(form: Lin) -> bool:
@@ -384,6 +404,7 @@ def hoist_bounds_checks(kernel: Kernel) -> Kernel:
     that no check at the entry can prove `checked` (see the module's doc)."""
     hoister = _Hoister(kernel)
     hoister.block(kernel.body, ())
+    hoister.unproven -= hoister.everywhere
     body = hoister.marked(kernel.body) if hoister.unproven or hoister.before else kernel.body
     leading = 0
     while leading < len(body) and isinstance(body[leading], Check):

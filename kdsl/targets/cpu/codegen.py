@@ -462,8 +462,9 @@ class _Codegen:
     def must_check(self, index: tuple[Expr, ...], checked: bool = False) -> bool:
         """Whether an access at `index` checks its bounds: always when the bounds pass
         marked it `checked` (nothing proved it before its loops run), and when a
-        subscript comes from loaded data, directly or through locals (a gather's
-        `x[idx[i]]`; the pass marks those too: this also covers the reads that a
+        subscript comes from loaded data or a scalar argument, directly or through
+        locals (a gather's `x[idx[i]]`, `x[i + n]`: the pass's checks of a scalar's
+        value are f64, exact only below 2**53, and this also covers the reads that a
         schedule step makes from them), else with `checks=True`."""
         return (
             self.checks
@@ -588,16 +589,16 @@ def _is_const(v: ir.Value, n: int) -> bool:
 
 
 def _from_runtime_values(e: Expr, runtime_locals: frozenset[str]) -> bool:
-    """`e` reads array data, or a local computed from it."""
+    """`e` reads array data or a scalar argument, or a local computed from them."""
     return any(
-        isinstance(x, Load) or (isinstance(x, LocalVar) and x.name in runtime_locals)
+        isinstance(x, Load | ScalarArg) or (isinstance(x, LocalVar) and x.name in runtime_locals)
         for x in walk_expr(e)
     )
 
 
 def _runtime_locals(body: tuple[Stmt, ...]) -> frozenset[str]:
-    """The locals whose value comes from array data, directly or through other locals
-    (`j = kd.local(idx[i])`): what no proof before the loops bounds."""
+    """The locals whose value comes from array data or scalar arguments, directly or
+    through other locals (`j = kd.local(idx[i])`)."""
     definitions = local_definitions(body)
     found: set[str] = set()
     while True:
