@@ -499,6 +499,8 @@ GUARDS = {  # kd.when's condition for x[s], n = x.shape[0]; some let s stray
     "0 <= s < n": lambda s, n: (s >= 0) & (s < n),
     "not (s < 0 or s >= n)": lambda s, n: ~((s < 0) | (s >= n)),
     "s >= 0": lambda s, n: s >= 0,
+    "s == n - 1": lambda s, n: s == n - 1,
+    "s == n": lambda s, n: s == n,
 }
 GUARDED = ("i + j", "2*i - j + 1", "i - j")
 

@@ -317,8 +317,8 @@ def _always_in(value: Expr, dim: Expr, frames: Frames) -> bool:
 
 
 def _comparisons(cond: Expr, holds: bool) -> Iterator[Lin]:
-    """Affine forms >= 0 wherever `cond` is `holds`: from its comparisons of indices,
-    through `~`, `&` (where it holds) and `|` (where it doesn't)."""
+    """Affine forms >= 0 wherever `cond` is `holds`: from its comparisons of indices
+    (`==` where it holds), through `~`, `&` (where it holds) and `|` (where it doesn't)."""
     match cond:
         case Unary(op=UnaryOp.INVERT, operand=a) if a.dtype == T.bool_:
             yield from _comparisons(a, not holds)
@@ -327,6 +327,10 @@ def _comparisons(cond: Expr, holds: bool) -> Iterator[Lin]:
         ):
             yield from _comparisons(a, holds)
             yield from _comparisons(b, holds)
+        case Binary(op=BinaryOp.EQ, lhs=a, rhs=b) if holds and a.dtype == b.dtype == T.INDEX:
+            x, y = linear(a), linear(b)
+            if x is not None and y is not None and _plain(x) and _plain(y):
+                yield from (y - x, x - y)
         case Binary(op=op, lhs=a, rhs=b) if op in _OPPOSITE and a.dtype == b.dtype == T.INDEX:
             op = op if holds else _OPPOSITE[op]
             x, y = linear(a), linear(b)
