@@ -123,6 +123,8 @@ class _Hoister:
 
     def block(self, body: tuple[Stmt, ...], frames: Frames) -> None:
         for s in body:
+            # (a trace's entry check may read data: `nn[0] <= x.shape[0]`)
+            self.leading = s if isinstance(s, Check) and not frames else None
             match s:
                 case Loop(extent=ext, body=inner):
                     self.expr(ext, frames)
@@ -136,8 +138,6 @@ class _Hoister:
                     self.expr(cond, frames)
                     self.block(then, (*frames, _Guard(cond, True)))
                 case _:
-                    # (a trace's entry check may read data: `nn[0] <= x.shape[0]`)
-                    self.leading = s if isinstance(s, Check) and not frames else None
                     for e in stmt_exprs(s):
                         self.expr(e, frames)
                     if isinstance(s, Store):
@@ -211,14 +211,13 @@ class _Hoister:
             loops = [f for f in inner if isinstance(f, _Frame)]
             if len(loops) < len(inner):
                 continue
+            anchor: Stmt | None  # the statement the check goes before (None: the entry's)
             if start == 0:
                 fixed: frozenset[str] = frozenset()
-                where = (
-                    self.before.setdefault(id(self.leading), []) if self.leading else self.checks
-                )
+                anchor = self.leading
             elif loops:
                 fixed = self.fixed(frames[:start], loops[0].loop)
-                where = self.before.setdefault(id(loops[0].loop), [])
+                anchor = loops[0].loop
             else:
                 return False  # no loop left: the access is checked where it runs
             extents = {f.loop.var: f.extent for f in loops}
@@ -244,6 +243,7 @@ class _Hoister:
             # (made of values, not only of shapes: inside a loop, or of scalars)
             kind = CheckKind.BOUNDS if span.scalars or start else CheckKind.SHAPE
             check = Check(cond, kind, what, loc=node.loc)
+            where = self.checks if anchor is None else self.before.setdefault(id(anchor), [])
             if all(check != c for c in where):
                 where.append(check)
             return True
