@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from kdsl import types as T
 from kdsl.ir.affine import Lin, linear
 from kdsl.ir.build import index_const, index_op
-from kdsl.ir.nodes import Binary, BinaryOp, DimOf, Expr, Loop, LoopVar
+from kdsl.ir.nodes import Binary, BinaryOp, DimOf, Expr, Loop, LoopVar, Select
 from kdsl.ir.printer import format_expr
 from kdsl.ir.visit import walk_expr, walk_stmts
 from kdsl.schedule.distribute import upper_bound
@@ -193,13 +193,27 @@ def size_expr(size: Lin) -> Expr:
     return Binary(BinaryOp.MAX, size.expr(), index_const(0), T.INDEX)
 
 
-def relative(index: tuple[Expr, ...], spans: tuple[Span, ...]) -> tuple[Expr, ...]:
-    """`index` relative to the box's corner: e - lo per dimension, simplified."""
+def relative(
+    index: tuple[Expr, ...], spans: tuple[Span, ...], inside: tuple[Expr, ...] | None = None
+) -> tuple[Expr, ...]:
+    """`index` relative to the box's corner: e - lo per dimension, simplified. With the
+    buffer's shape `inside`, for an access checked at each element: a subscript outside
+    the buffer (perhaps inside the box, where nothing was copied or computed) becomes -1,
+    outside the box too, so the box's check raises as the buffer's would have."""
     out = []
-    for e, span in zip(index, spans):
+    for d, (e, span) in enumerate(zip(index, spans)):
         lin = linear(e)
         assert lin is not None, "footprint accepted only affine subscripts"
-        out.append((lin - span.lo).expr())
+        rel = (lin - span.lo).expr()
+        if inside is not None:
+            ok = Binary(
+                BinaryOp.AND,
+                Binary(BinaryOp.GE, e, index_const(0), T.bool_),
+                Binary(BinaryOp.LT, e, inside[d], T.bool_),
+                T.bool_,
+            )
+            rel = Select(ok, rel, index_const(-1), T.INDEX)
+        out.append(rel)
     return tuple(out)
 
 

@@ -11,6 +11,12 @@ body (read-modify-write), so elements of the box that the body does not write ke
 their values. The copy back writes the whole box: if iterations of a parallel loop
 around `at` had overlapping boxes they would race, so caching a written buffer inside a
 loop that is already parallel is refused.
+
+An access that the bounds pass could not prove in bounds (`checked`, checked at each
+element) must still fail outside the buffer, and a subscript past the buffer's end may
+be inside the box, where nothing was copied. Such a read of a buffer that is only read
+keeps reading the buffer itself (a gather need not be affine then); the copy of a
+buffer also written checks such an access against the buffer's shape.
 """
 
 from __future__ import annotations
@@ -99,7 +105,8 @@ def cache(
             f"'{buf.name}' is written inside loop '{loop.var}', and a \"vnni\" copy is only read",
             'cache it with layout="packed", or cache a buffer that the loop only reads',
         )
-    spans, windows = _region(ctx, buf, path, loop)
+    uses = _uses(ctx, buf, loop, written)
+    spans, windows = _region(ctx, buf, path, loop, uses)
     shape = tuple(size_expr(spans[d].size) for d in order)
     if group > 1:
         rows, cols = shape
@@ -114,7 +121,7 @@ def cache(
     )
     around = tree.enclosing(ctx.kernel.body, path)
     vectorized = any(isinstance(s, Loop) and s.exec is LoopExec.VECTORIZED for s in around)
-    copy = _Copy(ctx, buf, local, spans, windows, order, loop, vectorized, group)
+    copy = _Copy(ctx, buf, local, spans, windows, order, loop, vectorized, group, written)
     body = (Allocate(local.name, loc=ctx.loc), copy.inward(), *copy.retarget(loop.body))
     if written:
         body += (copy.outward(),)
@@ -219,14 +226,31 @@ def _check_loop(ctx: StepContext, buf: Buffer, path: tree.Path, loop: Loop) -> b
     return writes
 
 
+def _uses(ctx: StepContext, buf: Buffer, loop: Loop, written: bool) -> list[tuple[Expr, ...]]:
+    """The subscripts of the accesses of `buf` inside `loop` that the copy serves."""
+    loads = [e for e in walk_all_exprs(loop.body) if isinstance(e, Load) and e.buffer == buf.name]
+    uses = [e.index for e in loads if written or not e.checked]
+    uses += [
+        s.index for s in walk_stmts(loop.body) if isinstance(s, Store) and s.buffer == buf.name
+    ]
+    if not uses:
+        where = f" (line {loads[0].loc.line})" if loads[0].loc else ""
+        raise ctx.refuse(
+            f"every read of '{buf.name}' inside loop '{loop.var}'{where} is checked at each "
+            f"element (nothing proves it inside '{buf.name}'), so those reads keep reading "
+            f"'{buf.name}' and a copy would serve none",
+            f"guard the subscripts so that kdsl proves them (kd.when(i + 1 < "
+            f"{buf.name}.shape[0]), kd.where), or leave '{buf.name}' uncached",
+        )
+    return uses
+
+
 def _region(
-    ctx: StepContext, buf: Buffer, path: tree.Path, loop: Loop
+    ctx: StepContext, buf: Buffer, path: tree.Path, loop: Loop, uses: list[tuple[Expr, ...]]
 ) -> tuple[tuple[Span, ...], tuple[Window, ...]]:
-    """The box of `buf` used in one iteration of `loop`, and its part inside `buf`."""
+    """The box of `buf` that `uses` touch in one iteration of `loop`, and its part
+    inside `buf`."""
     around = [s for s in tree.enclosing(ctx.kernel.body, path) if isinstance(s, Loop)]
-    body = loop.body
-    uses = [e.index for e in walk_all_exprs(body) if isinstance(e, Load) and e.buffer == buf.name]
-    uses += [s.index for s in walk_stmts(body) if isinstance(s, Store) and s.buffer == buf.name]
     try:
         return region(around, loop, uses, buf.shape)
     except NotAffine as err:
@@ -295,10 +319,11 @@ class _Copy:
         at: Loop,
         vectorized: bool,
         group: int = 1,
+        written: bool = False,
     ) -> None:
         self.ctx, self.buf, self.local = ctx, buf, local
         self.spans, self.windows, self.order, self.at = spans, windows, order, at
-        self.group = group
+        self.group, self.written = group, written
         self.vectors = group == 1 and _vector_copy(ctx, buf, order, vectorized)
 
     @functools.cached_property
@@ -310,8 +335,8 @@ class _Copy:
             if bound.is_const and bound.const <= self.group
         }
 
-    def local_index(self, index: tuple[Expr, ...]) -> tuple[Expr, ...]:
-        rel = relative(index, self.spans)
+    def local_index(self, index: tuple[Expr, ...], checked: bool = False) -> tuple[Expr, ...]:
+        rel = relative(index, self.spans, self.buf.shape if checked else None)
         if self.group == 1:
             return tuple(rel[d] for d in self.order)
         row, col = rel
@@ -384,17 +409,20 @@ class _Copy:
         return stmt
 
     def retarget(self, stmts: tuple[Stmt, ...]) -> tuple[Stmt, ...]:
-        """`stmts` with every access of the buffer made an access of the copy."""
+        """`stmts` with the accesses of the buffer that the copy serves made accesses of
+        the copy (a checked read of a buffer only read keeps reading the buffer)."""
         name = self.buf.name
 
         def expr(e: Expr) -> Expr | None:
-            if isinstance(e, Load) and e.buffer == name:
-                return replace(e, buffer=self.local.name, index=self.local_index(e.index))
+            if isinstance(e, Load) and e.buffer == name and (self.written or not e.checked):
+                index = self.local_index(e.index, e.checked)
+                return replace(e, buffer=self.local.name, index=index)
             return None
 
         def stmt(s: Stmt) -> Stmt:
             if isinstance(s, Store) and s.buffer == name:
-                return replace(s, buffer=self.local.name, index=self.local_index(s.index))
+                index = self.local_index(s.index, s.checked)
+                return replace(s, buffer=self.local.name, index=index)
             return s
 
         return tree.rewrite(stmts, expr, stmt)

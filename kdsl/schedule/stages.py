@@ -195,7 +195,8 @@ def compute_at(ctx: StepContext, stage: object, loop: object) -> None:
 
     def rebase(e: Expr) -> Expr | None:
         if isinstance(e, Load) and e.buffer == buf.name:
-            return replace(e, index=relative(e.index, spans))
+            inside = buf.shape if e.checked else None  # (keeps the check of the whole stage)
+            return replace(e, index=relative(e.index, spans, inside))
         return None
 
     body = tree.without_allocate(tree.splice(ctx.kernel.body, prod.path, ()), buf.name)

@@ -23,6 +23,7 @@ from tests.schedule.test_stages import (
     refusal,
     run,
     schedule,
+    vec,
 )
 
 SIZES = st.sampled_from([0, 1, 2, 3, 5, 7, 13, 67])
@@ -344,11 +345,87 @@ def test_refuses_an_unknown_buffer() -> None:
 
 
 def test_refuses_a_data_dependent_access() -> None:
-    s = schedule(gather, random_array(RNG, (5,), np.float32), np.zeros(3, np.int64), np.ones(3))
+    """On the traced IR, before the bounds pass marks the gather's read checked (a
+    checked read is left out of the copy: test_refuses_to_drop_a_check)."""
+    traced = gather.ir(vec(5), np.zeros(3, np.int64), vec(3)).kernel  # type: ignore[attr-defined]
+    s = Schedule(traced)
     s.inline("t")
     msg = refusal(s, "cache", "x", "i")
     assert 'cache("x", "i")' in msg
     assert "the part of 'x' used in one iteration of loop 'i' can't be bounded" in msg
+
+
+@kd.kernel
+def next_where(x, m, y):
+    i = kd.indices(y.shape[0])
+    y[i] = x[i] + kd.where(m[i] > 0, x[i + 1], 0.0)  # the guard reads data: x[i + 1] checked
+
+
+@next_where.schedule(kd.cpu)
+def _cache_x(s: Schedule) -> None:
+    s.split("i", 8)
+    s.cache("x", at="io")
+
+
+@pytest.mark.parametrize("n", [1, 7, 13, 16, 19])
+def test_a_checked_read_reads_the_buffer_not_the_copy(n: int) -> None:
+    """x[i + 1] past x's end would read an element never copied: it reads x, checked."""
+    x, m, y = vec(n), RNG.random(n).astype(np.float32) + 0.5, vec(n)
+    m[-1] = -1  # the last element takes the guard's other side: in bounds
+    s = schedule(next_where, x, m, y)
+    s.split("i", 8)
+    s.cache("x", at="io")
+    assert "x[io * 8 + ii + 1]?" in loop_text(s.kernel) and "x.c[ii] +" in loop_text(s.kernel)
+    want = x + np.where(m > 0, np.append(x[1:], 0), 0)
+    np.testing.assert_allclose(run(s.kernel, x=x, m=m, y=y)["y"], want, rtol=1e-6)
+    next_where(x, m, y)
+    np.testing.assert_allclose(y, want, rtol=1e-6)
+    m[-1] = 1  # now x[n] is read
+    with pytest.raises(kd.BoundsError, match="a subscript of 'x' of shape"):
+        next_where(x, m, y)
+
+
+def test_refuses_a_copy_that_only_checked_reads_would_use() -> None:
+    s = schedule(gather, vec(5), np.zeros(3, np.int64), vec(3))
+    s.inline("t")
+    msg = refusal(s, "cache", "x", "i")
+    assert 'cache("x", "i")' in msg
+    assert "every read of 'x' inside loop 'i' (line " in msg
+    assert "is checked at each element (nothing proves it inside 'x'), so those reads" in msg
+    assert "kd.when(i + 1 < x.shape[0])" in msg
+
+
+@pytest.mark.parametrize("n", [2, 3, 9, 10])
+def test_a_written_copy_checks_its_checked_accesses_against_the_buffer(n: int) -> None:
+    """x[i + 2] under a guard that reads data: past x's end it raises, though inside
+    the copy's box (where nothing was copied)."""
+
+    @kd.kernel
+    def bump(x, m, y):
+        for i in kd.range(x.shape[0] - 1):  # (ordered: x[i + 2] is written later)
+            x[i] = x[i] + kd.where(m[i] > 0, x[i + 2], 0.0)
+        y[0] = 1.0
+
+    @bump.schedule(kd.cpu)
+    def _(s: Schedule) -> None:
+        s.split("i", 4)
+        s.cache("x", at="io")
+
+    x, m, y = vec(n), RNG.random(n).astype(np.float32) + 0.5, vec(1)
+    m[-2:] = -1  # the guard's other side where x[i + 2] would be past the end
+    want = x.copy()
+    for i in range(n - 1):
+        want[i] += x[i + 2] if m[i] > 0 else 0
+    s = schedule(bump, x, m, y)
+    s.split("i", 4)
+    s.cache("x", at="io")
+    np.testing.assert_allclose(run(s.kernel, x=x, m=m, y=y)["x"], want, rtol=1e-6)
+    got = x.copy()
+    bump(got, m, y)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    m[-2] = 1
+    with pytest.raises(kd.BoundsError, match="a subscript of 'x' fell outside it"):
+        bump(x.copy(), m, y)
 
 
 def test_refuses_a_size_that_varies() -> None:

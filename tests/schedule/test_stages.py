@@ -385,6 +385,40 @@ def gather(x, idx, y):
     y[i] = t[idx[i]]
 
 
+@kd.kernel
+def ahead(x, m, y):
+    a = kd.indices(x.shape[0], names="a")
+    t = kd.empty(x.shape[0], x.dtype)
+    t[a] = 2 * x[a]
+    i = kd.indices(y.shape[0])
+    y[i] = kd.where(m[i] > 0, t[i + 1], 0.0)  # the guard reads data: t[i + 1] checked
+
+
+@ahead.schedule(kd.cpu)
+def _ahead_at_tiles(s: Schedule) -> None:
+    s.compute_at("t", s.split("i", 4)[0])
+
+
+@pytest.mark.parametrize("n", [1, 4, 6, 9])
+def test_compute_at_keeps_the_check_of_a_checked_read(n: int) -> None:
+    """t[i + 1] past t's end is inside the box, where nothing was computed: it raises
+    as the whole stage's read would have."""
+    x, m, y = vec(n), RNG.random(n).astype(np.float32) + 0.5, vec(n)
+    m[-1] = -1  # the guard's other side where t[i + 1] would be past the end
+    s = schedule(ahead, x, m, y)
+    s.compute_at("t", s.split("i", 4)[0])
+    assert "t[where(" in loop_text(s.kernel)
+    want = np.where(m > 0, 2 * np.append(x[1:], 0), 0)
+    np.testing.assert_allclose(run(s.kernel, x=x, m=m, y=y)["y"], want, rtol=1e-6)
+    ahead(x, m, y)
+    np.testing.assert_allclose(y, want, rtol=1e-6)
+    m[-1] = 1
+    with pytest.raises(kd.BoundsError, match="a subscript of 't' fell outside it"):
+        ahead(x, m, y)
+    with pytest.raises(kd.BoundsError):
+        run(s.kernel, x=x, m=m, y=y)
+
+
 @pytest.mark.parametrize("step", ["inline", "compute_at"])
 def test_refuses_a_parameter(step: str) -> None:
     x, y = blur_args(3, 3)

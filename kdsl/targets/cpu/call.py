@@ -169,8 +169,10 @@ def out_of_bounds(
     kernel: str, buffer: str, loc: SourceLoc | None, shape: tuple[int, ...] | None
 ) -> BoundsError:
     """A subscript checked where it ran fell outside its array (of `shape`, None for
-    a temporary)."""
-    of = f"'{buffer}'" + ("" if shape is None else f" of shape {tuple(shape)}")
+    a temporary). A buffer that a schedule step made (`x.c`, the copy of `x`; `t.1`) is
+    named by the array of the user's it stands for."""
+    name = buffer.split(".")[0]  # (a user's name has no dot)
+    of = f"'{name}'" + ("" if shape is None else f" of shape {tuple(shape)}")
     return BoundsError(
         f"a subscript of {of} fell outside it",
         kernel=kernel,
