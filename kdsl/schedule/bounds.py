@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from kdsl import types as T
 from kdsl.ir.affine import Lin, linear
 from kdsl.ir.build import index_const, index_op
-from kdsl.ir.nodes import Binary, BinaryOp, DimOf, Expr, Loop, LoopVar, Select
+from kdsl.ir.nodes import Binary, BinaryOp, Const, DimOf, Expr, Loop, LoopVar, Select
 from kdsl.ir.printer import format_expr
 from kdsl.ir.visit import walk_expr, walk_stmts
 from kdsl.schedule.distribute import upper_bound
@@ -108,13 +108,15 @@ def footprint(
 
 
 def _span(subscripts: list[Expr], bounds: Mapping[str, Lin], ranges: Mapping[str, Expr]) -> Span:
-    inner = {LoopVar(v): b for v, b in bounds.items()}
+    inner: dict[Expr, Lin] = {LoopVar(v): b for v, b in bounds.items()}
     los, his = [], []
     for e in subscripts:
         lin = linear(e)
         if lin is None:
             raise NotAffine(f"the subscript {format_expr(e)} depends on data")
         for atom, _ in lin.terms:
+            if (count := _quotient_count(atom, bounds)) is not None:
+                inner[atom] = count
             if atom not in inner and mentions(atom, bounds):
                 raise NotAffine(
                     f"the subscript {format_expr(e)} is not affine in the loops "
@@ -134,6 +136,18 @@ def _span(subscripts: list[Expr], bounds: Mapping[str, Lin], ranges: Mapping[str
         his.append(hi)
     lo, hi = _extreme(los, -1, subscripts), _extreme(his, 1, subscripts)
     return Span(lo, (hi - lo).plus(1))
+
+
+def _quotient_count(atom: Expr, bounds: Mapping[str, Lin]) -> Lin | None:
+    """How many values `v // c` takes, for an inner loop `v` of a constant bound: such a
+    term (a lane's block, `2 * g + lane // 8`) spans a box as a loop of that many
+    iterations would."""
+    match atom:
+        case Binary(op=BinaryOp.FLOORDIV, lhs=LoopVar(name=v), rhs=Const(value=int(c))) if (
+            c > 0 and v in bounds and bounds[v].is_const
+        ):
+            return Lin(_last(bounds[v]).const // c + 1)
+    return None
 
 
 def _last(bound: Lin) -> Lin:

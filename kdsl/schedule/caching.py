@@ -68,8 +68,9 @@ def cache(
     """Copy the box of `buffer` used in one iteration of loop `at` into a local buffer,
     at the start of each iteration; returns the local buffer's name (`B.c`).
 
-    It requires: every access of `buffer` inside `at` is affine in the loops inside
-    `at` (loops outside are fixed for the iteration); the box's size does not depend on
+    It requires: every access of `buffer` inside `at` (but a checked read: see the
+    module) is affine in the loops inside `at` and their quotients by constants (`lane
+    // 8`; loops outside are fixed for the iteration); the box's size does not depend on
     loops outside `at` (tiles give constant sizes); `buffer` is not allocated inside
     `at`. `layout` is None or "packed" (the box, dense, in the buffer's axis order),
     "transposed" (axes reversed), or a permutation of the axes ("1,0" or [1, 0]): axis k

@@ -157,7 +157,8 @@ def compute_at(ctx: StepContext, stage: object, loop: object) -> None:
     It requires: `stage` is a temporary written by one store `t[v1, …, vn] = …` inside
     parallel loops over v1…vn (a reduction may sit between: softmax's row max); `loop`
     is inside the consumer, a statement after the producer in the same block, and
-    contains every read of `stage`, each affine in the loops inside `loop`; the
+    contains every read of `stage`, each affine in the loops inside `loop` (and their
+    quotients by constants); the
     producer's inputs are not written from the producer to the consumer.
 
     `t` becomes a buffer of the box's size (constant when the loops inside `loop` have

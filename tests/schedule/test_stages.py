@@ -285,6 +285,27 @@ def test_compute_at_per_element_recomputes() -> None:
     np.testing.assert_allclose(out, softmax_ref(x), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("groups", [1, 3, 8])
+def test_compute_at_a_quotient_of_an_inner_loop(groups: int) -> None:
+    """`2 * g + lane // 8` (a vector's lanes over two blocks, as the quantized
+    products read their scales) spans 2 values per g: the box is 2 long."""
+
+    @kd.kernel
+    def per_lane(x, y):
+        b = kd.indices(x.shape[0], names="b")
+        t = kd.empty(x.shape[0], x.dtype)
+        t[b] = 2 * x[b]
+        g, lane = kd.indices(y.shape[0], 16)
+        y[g, lane] = t[2 * g + lane // 8]
+
+    x, y = vec(2 * groups), random_array(RNG, (groups, 16), np.float32)
+    s = schedule(per_lane, x, y)
+    s.compute_at("t", "g")
+    assert "buffer t: f32[2]" in format_kernel(s.kernel)
+    want = np.repeat(2 * x.reshape(groups, 2), 8, axis=1)
+    np.testing.assert_allclose(run(s.kernel, x=x, y=y)["y"], want, rtol=1e-6)
+
+
 def test_compute_at_moved_loops_stay_schedulable() -> None:
     x, y = blur_args(5, 6)
     s = schedule(blur, x, y)
