@@ -58,16 +58,8 @@ def as_array(func: str, name: str, x: object, kinds: str = "biuf", min_ndim: int
     return a
 
 
-# the kernels a library function runs, which take CUDA arrays (the functions take host
-# arrays: they allocate, reshape and check with NumPy)
-GPU_KERNELS = {
-    "matmul": "kdsl.kernels.matmul.product_kernel(a, b, c) (or matmul_kernel, with an epilogue)",
-    "softmax": "kdsl.kernels.softmax.softmax_rows(x, y) (rows of a 2-d x)",
-    "rmsnorm": "kdsl.kernels.norms.rmsnorm_rows(x, w, eps, y) (rows of a 2-d x)",
-    "layernorm": "kdsl.kernels.norms.layernorm_rows(x, w, b, eps, y) (rows of a 2-d x)",
-    "attention": "kdsl.kernels.attention.flash_kernel(q, k, v, o, scale, group, D, causal) "
-    "(bf16 on tensor cores: kdsl.kernels.attention_tc.flash_mma_kernel, the same arguments)",
-}
+# the functions that run on the GPU of PyTorch and CuPy CUDA arrays (kernels/_device.py)
+ON_GPU = ("matmul", "softmax", "rmsnorm", "layernorm", "attention")
 
 
 _DLPACK_CUDA = 2  # kDLCUDA, a DLPack device type
@@ -91,14 +83,19 @@ def on_a_gpu(x: object) -> bool:
 
 
 def on_the_gpu_error(func: str, name: str, x: object) -> kd.KernelArgumentError:
-    """The error for a CUDA array passed to a library function, naming the kernel that
-    runs on it."""
-    kernel = GPU_KERNELS.get(func)
-    on_gpu = f"call {kernel} on the CUDA arrays, or " if kernel else ""
+    """The error for a CUDA array passed to a library function that computes on the host:
+    one that takes only host arrays, or one whose first array is in host memory."""
+    if func in ON_GPU:
+        return argument_error(
+            func,
+            f"'{name}' is a CUDA array ({type_name(x)}), and the first array is in host memory",
+            f"pass every array on one device: on a GPU kdsl.kernels.{func} runs there (e.g. "
+            "x.cuda()), or move them to the host (tensor.cpu())",
+        )
     return argument_error(
         func,
         f"'{name}' is a CUDA array ({type_name(x)}); kdsl.kernels.{func} takes host (NumPy) arrays",
-        f"{on_gpu}move the arrays to the host (e.g. tensor.cpu())",
+        "move the arrays to the host (e.g. tensor.cpu())",
     )
 
 

@@ -30,7 +30,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from kdsl.kernels import _device
 from kdsl.kernels._checks import as_array, as_float, out_array, shape_error
+from kdsl.kernels.attention_tc import flash_mma_kernel
 
 import kdsl as kd
 
@@ -345,37 +347,41 @@ _STORAGE = ("float32", "bfloat16", "float16")  # what the kernels read directly
 
 def _as_input(name: str, x: object) -> np.ndarray:
     a = as_array("attention", name, x, kinds="fiu")
-    if a.ndim != 4:
-        raise shape_error(
-            "attention",
-            f"'{name}' has shape {a.shape}, expected 4 dimensions [B, heads, L, D]",
-            f"reshape {name} (e.g. {name}[None] for one batch entry)",
-        )
+    _check_rank(name, a.shape)
     # computed in f32 like every other input
     return a if a.dtype.name in _STORAGE else a.astype(np.float32)
 
 
-def _check_shapes(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> None:
-    B, H, _, D = q.shape
-    if k.shape != v.shape:
+def _check_rank(name: str, shape: tuple[int, ...]) -> None:
+    if len(shape) != 4:
+        raise shape_error(
+            "attention",
+            f"'{name}' has shape {shape}, expected 4 dimensions [B, heads, L, D]",
+            f"reshape {name} (e.g. {name}[None] for one batch entry)",
+        )
+
+
+def _check_shapes(q: tuple[int, ...], k: tuple[int, ...], v: tuple[int, ...]) -> None:
+    """The shapes of q, k and v, each 4-D, agree."""
+    B, H, _, D = q
+    if k != v:
         raise kd.ShapeError(
-            f"attention: 'k' has shape {k.shape} but 'v' has shape {v.shape}",
+            f"attention: 'k' has shape {k} but 'v' has shape {v}",
             fix="k and v must both be [B, Hkv, Lk, D]",
         )
-    if k.shape[0] != B or k.shape[3] != D:
+    if k[0] != B or k[3] != D:
         raise kd.ShapeError(
-            f"attention: 'q' is {q.shape} but 'k' is {k.shape}: batch and head size (dims 0 "
-            "and 3) must agree",
+            f"attention: 'q' is {q} but 'k' is {k}: batch and head size (dims 0 and 3) must agree",
             fix=f"pass k and v of shape [{B}, Hkv, Lk, {D}]",
         )
-    hkv = k.shape[1]
+    hkv = k[1]
     if hkv == 0 or H % hkv:
         raise kd.ShapeError(
             f"attention: 'q' has {H} heads and 'k' has {hkv}: the query heads must be a "
             "multiple of the kv heads",
             fix=f"use a number of kv heads that divides {H} (grouped-query attention)",
         )
-    if k.shape[2] == 0 and q.shape[2] > 0:
+    if k[2] == 0 and q[2] > 0:
         raise kd.ShapeError(
             "attention: 'k' has no keys (Lk = 0): the softmax over zero keys is undefined",
             fix="pass at least one key",
@@ -398,9 +404,24 @@ def attention(
     when Lq != Lk. Computes in f32; q, k, v may be float32, bfloat16 (ml_dtypes) or
     float16 (others are converted to float32); the result is float32 unless `out` says
     otherwise. One query (Lq == 1) takes the decode path.
+
+    On PyTorch or CuPy CUDA arrays (float32, or bfloat16 on tensor cores) it runs on
+    their GPU.
     """
+    if type(q) is not np.ndarray and (dev := _device.on_device("attention", q)) is not None:
+        shapes = tuple(tuple(dev.array(n, x).shape) for n, x in (("q", q), ("k", k), ("v", v)))
+        for name, shape in zip("qkv", shapes):
+            _check_rank(name, shape)
+        _check_shapes(*shapes)
+        scale = (
+            1.0 / math.sqrt(shapes[0][3])
+            if scale is None
+            else as_float("attention", "scale", scale)
+        )
+        kernels = {"f32": flash_kernel, "decode": decode_kernel, "bf16": flash_mma_kernel}
+        return _device.attention(dev, q, k, v, out, scale, bool(causal), kernels)
     q, k, v = _as_input("q", q), _as_input("k", k), _as_input("v", v)
-    _check_shapes(q, k, v)
+    _check_shapes(q.shape, k.shape, v.shape)
     B, H, Lq, D = q.shape
     o = out_array("attention", out, q.shape, np.float32, also=_STORAGE)
     if o.size == 0:

@@ -8,6 +8,7 @@ import functools
 import math
 
 import numpy as np
+from kdsl.kernels import _device
 from kdsl.kernels._checks import FLOATS, argument_error, as_array, out_array, shape_error
 
 import kdsl as kd
@@ -274,6 +275,28 @@ def kernel_for(plain: bool, across: str, panel: int) -> kd.KernelFunction:
 _NO_BIAS = np.zeros(1, np.float32)
 
 
+def _check_operands(activation: object, a: tuple[int, ...], b: tuple[int, ...]) -> None:
+    """The activation, and the operands' shapes `a` and `b`."""
+    if activation not in ACTIVATIONS:
+        raise argument_error(
+            "matmul",
+            f"activation {activation!r} is not one of {ACTIVATIONS}",
+            "pass one of those, or None for no activation",
+        )
+    if len(a) not in (2, 3) or len(b) not in (2, 3) or (len(a) == 2 and len(b) == 3):
+        raise shape_error(
+            "matmul",
+            f"expected 'a' of rank 2 or 3 and 'b' of rank 2 (or 3 with a), got {a} and {b}",
+            "pass a [m, k] and b [k, n], or a [batch, m, k] and b [k, n] or [batch, k, n]",
+        )
+    if a[-1] != b[-2] or (len(a) == len(b) == 3 and a[0] != b[0]):
+        raise shape_error(
+            "matmul",
+            f"can't multiply shapes {a} and {b}",
+            "a's last dimension must be b's next to last (and their batch sizes agree)",
+        )
+
+
 def matmul(
     a: np.ndarray,
     b: np.ndarray,
@@ -284,27 +307,15 @@ def matmul(
     """activation(a @ b + bias) for 2-D arrays of any strides, or batched: `a` of rank 3
     ([batch, m, k]) against `b` of rank 2 or 3. The bias (length n) and the activation
     (None, "relu", "gelu", "silu") are applied in registers as C is written. `out` has the
-    inputs' dtype or another float dtype (f32 sums of bf16 inputs, say)."""
+    inputs' dtype or another float dtype (f32 sums of bf16 inputs, say). On PyTorch or
+    CuPy CUDA arrays it runs on their GPU (tensor cores for bf16)."""
+    if type(a) is not np.ndarray and (dev := _device.on_device("matmul", a)) is not None:
+        dev.array("b", b)
+        _check_operands(activation, tuple(a.shape), tuple(b.shape))
+        kernels = (product_kernel, matmul_kernel)
+        return _device.matmul(dev, a, b, out, bias, activation, kernels)
     a, b = as_array("matmul", "a", a), as_array("matmul", "b", b)
-    if activation not in ACTIVATIONS:
-        raise argument_error(
-            "matmul",
-            f"activation {activation!r} is not one of {ACTIVATIONS}",
-            "pass one of those, or None for no activation",
-        )
-    if a.ndim not in (2, 3) or b.ndim not in (2, 3) or (a.ndim == 2 and b.ndim == 3):
-        raise shape_error(
-            "matmul",
-            f"expected 'a' of rank 2 or 3 and 'b' of rank 2 (or 3 with a), got {a.shape} and "
-            f"{b.shape}",
-            "pass a [m, k] and b [k, n], or a [batch, m, k] and b [k, n] or [batch, k, n]",
-        )
-    if a.shape[-1] != b.shape[-2] or (a.ndim == b.ndim == 3 and a.shape[0] != b.shape[0]):
-        raise shape_error(
-            "matmul",
-            f"can't multiply shapes {a.shape} and {b.shape}",
-            "a's last dimension must be b's next to last (and their batch sizes agree)",
-        )
+    _check_operands(activation, a.shape, b.shape)
     dtype = np.result_type(a, b)
     shape = (*a.shape[:-1], b.shape[-1])
     # any float output: the sums are stored converted (bf16 inputs, f32 results)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from kdsl.kernels import _device
 from kdsl.kernels._checks import as_array, as_float, shape_error
 from kdsl.kernels._rows import over_rows, rows_input
 
@@ -137,7 +138,10 @@ def _weight(func: str, name: str, w: object, x: np.ndarray) -> np.ndarray:
 def rmsnorm(
     x: np.ndarray, weight: np.ndarray, eps: float = 1e-5, out: np.ndarray | None = None
 ) -> np.ndarray:
-    """x / sqrt(mean(x²) + eps) * weight over the last axis."""
+    """x / sqrt(mean(x²) + eps) * weight over the last axis (on the GPU of PyTorch or
+    CuPy CUDA arrays)."""
+    if type(x) is not np.ndarray and (dev := _device.on_device("rmsnorm", x)) is not None:
+        return _device.over_rows(dev, rmsnorm_rows, x, out, {"weight": weight}, eps)
     x = rows_input("rmsnorm", x)
     w = _weight("rmsnorm", "weight", weight, x)
     return over_rows("rmsnorm", rmsnorm_rows, x, out, w, as_float("rmsnorm", "eps", eps))
@@ -150,7 +154,11 @@ def layernorm(
     eps: float = 1e-5,
     out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(x - mean) / sqrt(var + eps) * weight + bias over the last axis."""
+    """(x - mean) / sqrt(var + eps) * weight + bias over the last axis (on the GPU of
+    PyTorch or CuPy CUDA arrays)."""
+    if type(x) is not np.ndarray and (dev := _device.on_device("layernorm", x)) is not None:
+        weights = {"weight": weight, "bias": bias}
+        return _device.over_rows(dev, layernorm_rows, x, out, weights, eps)
     x = rows_input("layernorm", x)
     w, b = _weight("layernorm", "weight", weight, x), _weight("layernorm", "bias", bias, x)
     return over_rows("layernorm", layernorm_rows, x, out, w, b, as_float("layernorm", "eps", eps))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from kdsl.kernels import _device
 from kdsl.kernels._rows import over_rows, rows_input
 
 import kdsl as kd
@@ -63,7 +64,10 @@ def _cuda(s):
 
 
 def softmax(x: np.ndarray, axis: int = -1, out: np.ndarray | None = None) -> np.ndarray:
-    """exp(x - max) / sum(exp(x - max)) along `axis`."""
+    """exp(x - max) / sum(exp(x - max)) along `axis`. On PyTorch or CuPy CUDA arrays it
+    runs on their GPU."""
+    if type(x) is not np.ndarray and (dev := _device.on_device("softmax", x)) is not None:
+        return _device.over_rows(dev, softmax_rows, x, out, {}, axis=axis)
     return over_rows("softmax", softmax_rows, rows_input("softmax", x), out, axis=axis)
 
 

@@ -225,3 +225,47 @@ def test_user_schedules_on_awkward_shapes():
     run_case(Case("mm", matmul, [a, b, np.empty((37, 300), np.float32)], {2: a @ b}, 1e-4))
     run_case(Case("rs", row_sum, [x, np.empty(41, np.float32)], {1: x.sum(axis=1)}, 1e-4))
     run_case(Case("sm", softmax_buffered, [x, np.empty_like(x)], {1: zoo.softmax_ref(x)}, 1e-4))
+
+
+def test_library_functions_on_tensors():
+    """kdsl.kernels' functions on CUDA tensors: tensors back, on the same device,
+    against PyTorch (tests/kernels/test_on_device.py covers the rest without a GPU)."""
+    import torch.nn.functional as F
+    from kdsl.kernels import attention, layernorm, matmul, rmsnorm, softmax
+
+    g = torch.Generator(device="cuda").manual_seed(5)
+
+    def rand(*shape, dtype=torch.float32):
+        return torch.randn(*shape, device="cuda", generator=g).to(dtype)
+
+    x, w, b = rand(3, 5, 1000), rand(1000), rand(1000)
+    y = softmax(x, axis=1)
+    assert isinstance(y, torch.Tensor) and y.device == x.device
+    torch.testing.assert_close(y, torch.softmax(x, 1))
+    torch.testing.assert_close(layernorm(x, w, b), F.layer_norm(x, (1000,), w, b, 1e-5))
+    rms = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * w
+    torch.testing.assert_close(rmsnorm(x, w), rms, rtol=1e-4, atol=1e-4)
+    a, m, bias = rand(70, 130), rand(130, 300), rand(300)
+    want = F.gelu(a @ m + bias)
+    torch.testing.assert_close(
+        matmul(a, m, bias=bias, activation="gelu"), want, rtol=1e-3, atol=1e-3
+    )
+    a16, m16 = a.bfloat16(), m.bfloat16()
+    out = torch.empty(70, 300, device="cuda")
+    matmul(a16, m16, out=out)
+    torch.testing.assert_close(out, a16.float() @ m16.float(), rtol=1e-2, atol=1e-2)
+    for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 2e-2)):
+        q, k, v = (
+            rand(2, 4, 100, 64, dtype=dtype),
+            rand(2, 2, 100, 64, dtype=dtype),
+            rand(2, 2, 100, 64, dtype=dtype),
+        )
+        for causal in (False, True):
+            got = attention(q, k, v, causal=causal)
+            kk, vv = (t.float().repeat_interleave(2, dim=1) for t in (k, v))
+            want = F.scaled_dot_product_attention(q.float(), kk, vv, is_causal=causal)
+            torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+    q = rand(1, 4, 1, 64)
+    got = attention(q, k.float(), v.float())
+    kk, vv = (t.float().repeat_interleave(2, dim=1) for t in (k, v))
+    torch.testing.assert_close(got, F.scaled_dot_product_attention(q, kk, vv), rtol=1e-4, atol=1e-4)
