@@ -2,7 +2,9 @@
 GPU. The arrays are reshaped with their own methods (`reshape`, `swapaxes`, indexing:
 both libraries have them), results are made by the same library on the same device,
 and the kernels' CUDA schedules run on the arrays' stream, as any kdsl kernel called on
-them does. Errors name the function and the argument, as on the host.
+them does. Errors name the function and the argument, as on the host. (What is read of
+an array goes through its library's public API, `_Torch` and `_CuPy`: the library uses
+kdsl's public API only.)
 
 Unlike the host functions, which convert what NumPy can, these take the dtypes their
 kernels read and say how to convert others: a conversion on the GPU is the caller's
@@ -12,7 +14,7 @@ to see (it allocates), and PyTorch's own functions refuse mixed dtypes too.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from kdsl.kernels._checks import (
@@ -25,22 +27,8 @@ from kdsl.kernels._checks import (
 )
 
 import kdsl as kd
-from kdsl import types as T
-from kdsl.targets.cuda import arrays
 
-FRAMEWORKS = ("torch", "cupy")  # whose arrays have the methods used here
-_NAMES = {
-    "torch": "PyTorch tensor",
-    "cupy": "CuPy array",
-    "cai": "CUDA array",
-    "dlpack": "CUDA array",
-}
-FLOATS = (T.f32, T.bf16, T.f16)
-
-
-def dtype_name(dtype: T.DType) -> str:
-    """As PyTorch and NumPy name it."""
-    return "bfloat16" if dtype == T.bf16 else dtype.to_numpy().name
+FLOATS = ("float32", "bfloat16", "float16")  # the dtypes the kernels read
 
 
 def launch(kernel: kd.KernelFunction, *args: object) -> None:
@@ -48,96 +36,162 @@ def launch(kernel: kd.KernelFunction, *args: object) -> None:
     kernel[kd.cuda](*args)
 
 
+class _Torch:
+    """What the functions read of a PyTorch CUDA tensor, and new tensors beside one."""
+
+    kind = "PyTorch tensor"
+
+    @staticmethod
+    def dtype(x: Any) -> str:
+        return str(x.dtype).removeprefix("torch.")
+
+    @staticmethod
+    def device(x: Any) -> int:
+        return int(x.get_device())
+
+    @staticmethod
+    def pointer(x: Any) -> int:
+        return int(x.data_ptr())
+
+    @staticmethod
+    def strides(x: Any) -> tuple[int, ...]:  # in elements
+        return tuple(x.stride())
+
+    @staticmethod
+    def empty(like: Any, shape: tuple[int, ...], dtype: str) -> Any:
+        import torch
+
+        return torch.empty(shape, dtype=getattr(torch, dtype), device=like.device)
+
+
+class _CuPy:
+    """The same of a CuPy array."""
+
+    kind = "CuPy array"
+
+    @staticmethod
+    def dtype(x: Any) -> str:
+        return str(x.dtype)
+
+    @staticmethod
+    def device(x: Any) -> int:
+        return int(x.device.id)
+
+    @staticmethod
+    def pointer(x: Any) -> int:
+        return int(x.data.ptr)
+
+    @staticmethod
+    def strides(x: Any) -> tuple[int, ...]:
+        return tuple(s // x.itemsize for s in x.strides)
+
+    @staticmethod
+    def empty(like: Any, shape: tuple[int, ...], dtype: str) -> Any:
+        import cupy
+
+        with like.device:
+            return cupy.empty(shape, dtype)
+
+
+LIBRARIES: dict[str, type[_Torch] | type[_CuPy]] = {"torch": _Torch, "cupy": _CuPy}
+
+
+def _library(x: object) -> type[_Torch] | type[_CuPy] | None:
+    return LIBRARIES.get(type(x).__module__.partition(".")[0])
+
+
 class Device:
-    """The device that a call's CUDA arrays live on, and the library that made them."""
+    """The device that a call's CUDA arrays live on, the library that made them, and its
+    first array (named `first`: `x`, `a`, `q`)."""
 
-    def __init__(self, func: str, framework: str, device: int) -> None:
-        self.func, self.framework, self.device = func, framework, device
+    def __init__(self, func: str, first: str, x: Any, lib: type[_Torch] | type[_CuPy]) -> None:
+        self.func, self.first, self.like, self.lib = func, first, x, lib
+        self.device = lib.device(x)
 
-    def array(
-        self, name: str, x: object, dtypes: tuple[T.DType, ...] = FLOATS, like: str = ""
-    ) -> Any:
-        """`x`, checked: a CUDA array of this call's library and device, of one of `dtypes`
-        (the dtype of the array named `like`, when given)."""
-        info = arrays.device_array(x) if on_a_gpu(x) else None
-        if info is None:
+    def array(self, name: str, x: object, dtypes: tuple[str, ...] = FLOATS, like: str = "") -> str:
+        """The dtype of `x`, checked: an array of this call's library on its device, of
+        one of `dtypes` (the dtype of the array named `like`, when given)."""
+        lib = _library(x) if on_a_gpu(x) else None
+        fix = f"pass every array on one device (e.g. {name}.to({self.first}.device))"
+        if x is None:
+            raise argument_error(self.func, f"'{name}' is None", fix)
+        if not on_a_gpu(x):
+            where = f"is {type_name(x)} in host memory, and the other arrays are on a GPU"
+            raise argument_error(self.func, f"'{name}' {where}", fix)
+        if lib is not self.lib or lib.device(x) != self.device:
+            mine = f"a {lib.kind} on GPU {lib.device(x)}" if lib else f"a {type_name(x)}"
             raise argument_error(
                 self.func,
-                f"'{name}' is {type_name(x)} in host memory, and the other arrays are on "
-                f"GPU {self.device}",
-                f"pass every array on one device (e.g. {name}.cuda() or {name}.to(x.device))",
+                f"'{name}' is {mine}, and '{self.first}' is a {self.lib.kind} on GPU {self.device}",
+                f"pass every array from one library on one device (e.g. "
+                f"{name}.to({self.first}.device))",
             )
-        if info.device != self.device or info.framework != self.framework:
-            mine, first = _NAMES[info.framework], _NAMES[self.framework]
-            raise argument_error(
-                self.func,
-                f"'{name}' is a {mine} on GPU {info.device}, and the first array is a {first} "
-                f"on GPU {self.device}",
-                f"pass every array from one library on one device (e.g. {name}.to(x.device))",
-            )
-        if info.dtype not in dtypes:
-            have = dtype_name(info.dtype)
+        dtype = lib.dtype(x)
+        if dtype not in dtypes:
             if like:
-                what, fix = f"and '{like}' has {dtype_name(dtypes[0])}", f"{name}.to({like}.dtype)"
+                what, how = f"and '{like}' has {dtypes[0]}", f"{name}.to({like}.dtype)"
             else:
-                what = f"and on a GPU this function takes {', '.join(map(dtype_name, dtypes))}"
-                fix = f"{name}.float()"
+                what, how = (
+                    f"and on a GPU this function takes {', '.join(dtypes)}",
+                    f"{name}.float()",
+                )
             raise argument_error(
                 self.func,
-                f"'{name}' has dtype {have}, {what}",
-                f"convert it first (e.g. {fix} with PyTorch, .astype() with CuPy)",
+                f"'{name}' has dtype {dtype}, {what}",
+                f"convert it first (e.g. {how} with PyTorch, .astype() with CuPy)",
             )
-        return x
+        return dtype
 
-    def empty(self, shape: tuple[int, ...], dtype: T.DType) -> Any:
-        return arrays.empty(self.framework, shape, dtype, self.device, 0)
+    def empty(self, shape: tuple[int, ...], dtype: str) -> Any:
+        return self.lib.empty(self.like, shape, dtype)
 
-    def out(self, out: object, shape: tuple[int, ...], dtypes: tuple[T.DType, ...]) -> Any:
+    def out(self, out: Any, shape: tuple[int, ...], dtypes: tuple[str, ...]) -> Any:
         """`out` checked to take a result of `shape` (one of `dtypes`), or a new array of
         `shape` and the first of `dtypes`."""
         if out is None:
             return self.empty(shape, dtypes[0])
-        self.array("out", out, dtypes)
+        fix = f"pass out of shape {shape} and dtype {dtypes[0]}, or out=None"
+        dtype = self.array("out", out, FLOATS)
+        if dtype not in dtypes:
+            raise argument_error(
+                self.func, f"'out' has dtype {dtype}, expected {' or '.join(dtypes)}", fix
+            )
         if tuple(out.shape) != shape:
             raise shape_error(
-                self.func,
-                f"'out' has shape {tuple(out.shape)}, expected {shape}",
-                f"pass out of shape {shape}, or out=None",
+                self.func, f"'out' has shape {tuple(out.shape)}, expected {shape}", fix
             )
-        if arrays.device_array(out).readonly:
-            raise argument_error(self.func, "'out' is read-only", "pass a writable array")
+        if any(s == 0 and n > 1 for s, n in zip(self.lib.strides(out), shape)):
+            raise argument_error(
+                self.func,
+                "'out' repeats its elements along an axis (a stride of 0: an expanded view)",
+                "pass an array with an element per result (e.g. out.contiguous())",
+            )
         return out
 
 
-def on_device(func: str, first: object) -> Device | None:
-    """The device of a call whose first array is `first`, or None when `first` is not
-    a CUDA array (the host function runs, and refuses a CUDA array among the others)."""
+def on_device(func: str, first: object, name: str) -> Device | None:
+    """The device of a call whose first array (named `name`) is `first`, or None when
+    `first` is not a CUDA array (the host function runs, and refuses a CUDA array among
+    the others)."""
     if not on_a_gpu(first):
         return None
-    info = arrays.device_array(first)
-    if info is None:
+    lib = _library(first)
+    if lib is None:
         raise argument_error(
             func,
-            f"the first array ({type_name(first)}) has a dtype that kdsl can't read",
-            "pass float32, bfloat16 or float16 arrays",
-        )
-    if info.framework not in FRAMEWORKS:
-        raise argument_error(
-            func,
-            f"the arrays are {type_name(first)} ({info.framework}); on a GPU "
-            "kdsl.kernels' functions take PyTorch tensors or CuPy arrays",
+            f"'{name}' is {type_name(first)}; on a GPU kdsl.kernels' functions take "
+            "PyTorch tensors or CuPy arrays",
             "pass torch.as_tensor(x, device='cuda') or cupy.asarray(x), or call the "
             "function's kernel on these arrays",
         )
-    return Device(func, info.framework, info.device)
+    return Device(func, name, first, lib)
 
 
-def _rows_view(a: Any, rows: int, n: int) -> Any | None:
+def _rows_view(dev: Device, a: Any, rows: int, n: int) -> Any | None:
     """`a` as rows × n without a copy, or None when its strides don't allow one (both
     libraries' `reshape` copies then, and the copy starts elsewhere)."""
     view = a.reshape(rows, n)
-    same = arrays.device_array(view).ptr == arrays.device_array(a).ptr
-    return view if same else None
+    return view if dev.lib.pointer(view) == dev.lib.pointer(a) else None
 
 
 def over_rows(
@@ -152,7 +206,7 @@ def over_rows(
     """softmax and the norms: `kernel(rows, *weights, [eps], y)` over `axis` of x (any
     shape of at least one dimension), each of the `weights` one value per element of a
     row, in x's dtype."""
-    dtype = arrays.device_array(dev.array("x", x)).dtype
+    dtype = dev.array("x", x)
     if x.ndim == 0:
         raise shape_error(dev.func, "'x' is 0-d", "pass an array of at least one dimension")
     axis = as_axis(dev.func, axis, x.ndim)
@@ -179,7 +233,7 @@ def over_rows(
     target = dev.out(out, tuple(x.shape), (dtype,))
     moved_target = target if last else target.swapaxes(axis, -1)
     if rows * n:
-        y = _rows_view(moved_target, rows, n)
+        y = _rows_view(dev, moved_target, rows, n)
         if y is not None:
             launch(kernel, *args, y)  # straight into `out`
         else:
@@ -197,12 +251,14 @@ def matmul(
     bias: object,
     activation: str | None,
     kernels: tuple[kd.KernelFunction, kd.KernelFunction],
+    check: Callable[[tuple[int, ...], tuple[int, ...]], None],
 ) -> Any:
     """The library's matmul on the GPU: `kernels` are the plain product's and the one with
-    an epilogue; shapes checked by the caller. The result has the inputs' dtype, or
-    `out`'s (any float: f32 sums of bf16 inputs)."""
-    dtype = arrays.device_array(dev.array("a", a)).dtype
+    an epilogue, `check` checks the shapes. The result has the inputs' dtype, or `out`'s
+    (any float: f32 sums of bf16 inputs)."""
+    dtype = dev.array("a", a)
     dev.array("b", b, (dtype,), like="a")
+    check(tuple(a.shape), tuple(b.shape))
     c = dev.out(out, (*a.shape[:-1], b.shape[-1]), (dtype, *(d for d in FLOATS if d != dtype)))
     n = b.shape[-1]
     plain = bias is None and activation is None
@@ -232,26 +288,30 @@ def attention(
     k: Any,
     v: Any,
     out: object,
-    scale: float,
+    scale: float | None,
     causal: bool,
     kernels: Mapping[str, kd.KernelFunction],
+    check: Callable[[tuple[int, ...], tuple[int, ...], tuple[int, ...]], None],
 ) -> Any:
-    """The library's attention on the GPU: f32 on the CUDA cores (`kernels["f32"]`, and
-    `kernels["decode"]` for one query), bf16 on tensor cores (`kernels["bf16"]`); the
-    result is f32 unless `out` says otherwise; shapes checked by the caller."""
-    dtype = arrays.device_array(dev.array("q", q, (T.f32, T.bf16))).dtype
+    """The library's attention on the GPU, `check` checking the shapes: f32 on the CUDA
+    cores (`kernels["f32"]`, and `kernels["decode"]` for one query), bf16 on tensor cores
+    (`kernels["bf16"]`, which read pairs along D: an odd D runs on the CUDA cores); the
+    result is f32 unless `out` says otherwise."""
+    dtype = dev.array("q", q, ("float32", "bfloat16"))
     dev.array("k", k, (dtype,), like="q")
     dev.array("v", v, (dtype,), like="q")
     shape = tuple(q.shape)
+    check(shape, tuple(k.shape), tuple(v.shape))
     o = dev.out(out, shape, FLOATS)
     if math.prod(shape) == 0:
         return o
     B, H, Lq, D = shape
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
     group = H // k.shape[1]
     if causal and k.shape[2] > Lq:  # top-left: keys past the last query are never seen
         k, v = k[:, :, :Lq], v[:, :, :Lq]
-    into = o if arrays.device_array(o).dtype == T.f32 else dev.empty(shape, T.f32)
-    if dtype == T.bf16:
+    into = o if dev.lib.dtype(o) == "float32" else dev.empty(shape, "float32")
+    if dtype == "bfloat16" and D % 2 == 0:
         launch(kernels["bf16"], q, k, v, into, scale, group, D, bool(causal))
     elif Lq == 1:
         launch(kernels["decode"], q, k, v, into, scale, group, D)

@@ -32,10 +32,12 @@ def over_rows(
         target = out_array(func, out, x.shape, x.dtype)
         view = _rows_view(target if last else np.moveaxis(target, axis, -1))
         if view is not None:
-            kernel(rows, *params, view)  # straight into `out`
+            if rows.size:
+                kernel(rows, *params, view)  # straight into `out`
             return out
     y = np.empty(rows.shape, x.dtype)
-    kernel(rows, *params, y)
+    if rows.size:  # (rows of no elements: nothing to normalize)
+        kernel(rows, *params, y)
     result = y.reshape(moved.shape) if last else np.moveaxis(y.reshape(moved.shape), -1, axis)
     if out is None:
         return result

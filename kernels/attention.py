@@ -361,6 +361,13 @@ def _check_rank(name: str, shape: tuple[int, ...]) -> None:
         )
 
 
+def _check_all(q: tuple[int, ...], k: tuple[int, ...], v: tuple[int, ...]) -> None:
+    """The shapes of q, k and v: each 4-D, and agreeing."""
+    for name, shape in zip("qkv", (q, k, v)):
+        _check_rank(name, shape)
+    _check_shapes(q, k, v)
+
+
 def _check_shapes(q: tuple[int, ...], k: tuple[int, ...], v: tuple[int, ...]) -> None:
     """The shapes of q, k and v, each 4-D, agree."""
     B, H, _, D = q
@@ -408,18 +415,10 @@ def attention(
     On PyTorch or CuPy CUDA arrays (float32, or bfloat16 on tensor cores) it runs on
     their GPU.
     """
-    if type(q) is not np.ndarray and (dev := _device.on_device("attention", q)) is not None:
-        shapes = tuple(tuple(dev.array(n, x).shape) for n, x in (("q", q), ("k", k), ("v", v)))
-        for name, shape in zip("qkv", shapes):
-            _check_rank(name, shape)
-        _check_shapes(*shapes)
-        scale = (
-            1.0 / math.sqrt(shapes[0][3])
-            if scale is None
-            else as_float("attention", "scale", scale)
-        )
+    if type(q) is not np.ndarray and (dev := _device.on_device("attention", q, "q")) is not None:
         kernels = {"f32": flash_kernel, "decode": decode_kernel, "bf16": flash_mma_kernel}
-        return _device.attention(dev, q, k, v, out, scale, bool(causal), kernels)
+        scale = None if scale is None else as_float("attention", "scale", scale)
+        return _device.attention(dev, q, k, v, out, scale, bool(causal), kernels, _check_all)
     q, k, v = _as_input("q", q), _as_input("k", k), _as_input("v", v)
     _check_shapes(q.shape, k.shape, v.shape)
     B, H, Lq, D = q.shape

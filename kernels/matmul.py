@@ -309,11 +309,10 @@ def matmul(
     (None, "relu", "gelu", "silu") are applied in registers as C is written. `out` has the
     inputs' dtype or another float dtype (f32 sums of bf16 inputs, say). On PyTorch or
     CuPy CUDA arrays it runs on their GPU (tensor cores for bf16)."""
-    if type(a) is not np.ndarray and (dev := _device.on_device("matmul", a)) is not None:
-        dev.array("b", b)
-        _check_operands(activation, tuple(a.shape), tuple(b.shape))
+    if type(a) is not np.ndarray and (dev := _device.on_device("matmul", a, "a")) is not None:
         kernels = (product_kernel, matmul_kernel)
-        return _device.matmul(dev, a, b, out, bias, activation, kernels)
+        check = functools.partial(_check_operands, activation)
+        return _device.matmul(dev, a, b, out, bias, activation, kernels, check)
     a, b = as_array("matmul", "a", a), as_array("matmul", "b", b)
     _check_operands(activation, a.shape, b.shape)
     dtype = np.result_type(a, b)

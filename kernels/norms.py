@@ -140,7 +140,7 @@ def rmsnorm(
 ) -> np.ndarray:
     """x / sqrt(mean(x²) + eps) * weight over the last axis (on the GPU of PyTorch or
     CuPy CUDA arrays)."""
-    if type(x) is not np.ndarray and (dev := _device.on_device("rmsnorm", x)) is not None:
+    if type(x) is not np.ndarray and (dev := _device.on_device("rmsnorm", x, "x")) is not None:
         return _device.over_rows(dev, rmsnorm_rows, x, out, {"weight": weight}, eps)
     x = rows_input("rmsnorm", x)
     w = _weight("rmsnorm", "weight", weight, x)
@@ -156,7 +156,7 @@ def layernorm(
 ) -> np.ndarray:
     """(x - mean) / sqrt(var + eps) * weight + bias over the last axis (on the GPU of
     PyTorch or CuPy CUDA arrays)."""
-    if type(x) is not np.ndarray and (dev := _device.on_device("layernorm", x)) is not None:
+    if type(x) is not np.ndarray and (dev := _device.on_device("layernorm", x, "x")) is not None:
         weights = {"weight": weight, "bias": bias}
         return _device.over_rows(dev, layernorm_rows, x, out, weights, eps)
     x = rows_input("layernorm", x)

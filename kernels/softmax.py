@@ -66,7 +66,7 @@ def _cuda(s):
 def softmax(x: np.ndarray, axis: int = -1, out: np.ndarray | None = None) -> np.ndarray:
     """exp(x - max) / sum(exp(x - max)) along `axis`. On PyTorch or CuPy CUDA arrays it
     runs on their GPU."""
-    if type(x) is not np.ndarray and (dev := _device.on_device("softmax", x)) is not None:
+    if type(x) is not np.ndarray and (dev := _device.on_device("softmax", x, "x")) is not None:
         return _device.over_rows(dev, softmax_rows, x, out, {}, axis=axis)
     return over_rows("softmax", softmax_rows, rows_input("softmax", x), out, axis=axis)
 

@@ -49,6 +49,14 @@ def test_out_is_written_and_returned():
     np.testing.assert_allclose(columns, softmax_reference(x, 0), rtol=2e-6)
 
 
+@pytest.mark.parametrize("shape", [(3, 0), (0, 4), (2, 0, 5)])
+def test_rows_of_no_elements(shape):
+    """Nothing to compute, on every row function (as on a GPU: test_on_device.py)."""
+    x, w = np.ones(shape, np.float32), np.ones(shape[-1], np.float32)
+    for got in (softmax(x), rmsnorm(x, w), layernorm(x, w, w), layernorm(x, w, w, out=x.copy())):
+        assert got.shape == shape
+
+
 def test_bad_weight_shape_is_a_clear_error():
     x = np.ones((4, 8), np.float32)
     with pytest.raises(ValueError, match=r"'weight' has shape \(7,\), expected \(8,\)"):

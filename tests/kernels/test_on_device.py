@@ -20,7 +20,6 @@ from kdsl.kernels.softmax import reference as softmax_reference
 from kdsl.kernels.softmax import softmax
 
 import kdsl as kd
-from kdsl.targets.cuda import arrays
 from tests.helpers import random_array
 from tests.targets.cuda import simt
 
@@ -45,6 +44,7 @@ class Tensor:
     """A PyTorch CUDA tensor as kdsl reads one, over a NumPy array `a` (its views are
     NumPy's views, its copies NumPy's copies), on GPU `device`."""
 
+    __module__ = "torch"  # (what tells the library's functions a tensor's library)
     is_cuda = True
 
     def __init__(self, a: np.ndarray, device: int = 0) -> None:
@@ -95,12 +95,12 @@ def launches(monkeypatch):
         ran.append(kernel.name)
         simt.run(kernel, [_host(a) for a in args])
 
-    def empty(framework, shape, dtype, device, stream):
-        assert framework == "torch"
-        return Tensor(np.full(shape, np.nan, dtype.to_numpy()), device)
+    def empty(like, shape, dtype):
+        numpy_dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
+        return Tensor(np.full(shape, np.nan, numpy_dtype), like.device)
 
     monkeypatch.setattr(_device, "launch", launch)
-    monkeypatch.setattr(arrays, "empty", empty)
+    monkeypatch.setattr(_device._Torch, "empty", staticmethod(empty))
     return ran
 
 
@@ -193,7 +193,7 @@ def test_attention_decode_and_bf16(launches):
         ),
         (
             lambda: matmul(gpu(2, 3), Tensor(np.ones((3, 2), np.float32), device=1)),
-            "'b' is a PyTorch tensor on GPU 1, and the first array is a PyTorch tensor on GPU 0",
+            "'b' is a PyTorch tensor on GPU 1, and 'a' is a PyTorch tensor on GPU 0",
         ),
         (
             lambda: rmsnorm(gpu(2, 3), gpu(3, dtype=np.float16)),
@@ -204,6 +204,21 @@ def test_attention_decode_and_bf16(launches):
             "'x' has dtype int32, and on a GPU this function takes float32, bfloat16",
         ),
         (lambda: softmax(gpu(2, 3), out=gpu(3, 2)), "'out' has shape (3, 2), expected (2, 3)"),
+        (
+            lambda: softmax(gpu(2, 3, dtype=ml_dtypes.bfloat16), out=gpu(2, 3)),
+            "'out' has dtype float32, expected bfloat16",
+        ),
+        (
+            lambda: softmax(
+                gpu(2, 3), out=Tensor(np.broadcast_to(np.zeros(3, np.float32), (2, 3)))
+            ),
+            "'out' repeats its elements along an axis",
+        ),
+        (lambda: layernorm(gpu(2, 3), gpu(3), None), "'bias' is None"),
+        (
+            lambda: rmsnorm(gpu(2, 3), Tensor(np.ones(3, np.complex64))),
+            "'weight' has dtype complex64, and 'x' has float32",
+        ),
         (lambda: layernorm(gpu(2, 3), gpu(4), gpu(4)), "'weight' has shape (4,), expected (3,)"),
         (lambda: matmul(gpu(2, 3), gpu(2, 3)), "can't multiply shapes (2, 3) and (2, 3)"),
         (lambda: attention(gpu(1, 2, 3), gpu(1, 2, 3), gpu(1, 2, 3)), "expected 4 dimensions"),
@@ -217,9 +232,20 @@ def test_errors_name_the_argument_and_the_fix(launches, call, message):
     assert not launches
 
 
+def test_attention_of_empty_heads_and_of_an_odd_head_size(launches):
+    """D = 0: nothing to compute (no default scale of 1/√0 either); bf16 with an odd D:
+    the tensor cores read pairs along D, so the CUDA cores' kernel runs it."""
+    empty = gpu(1, 1, 2, 0)
+    assert attention(empty, empty, empty).shape == (1, 1, 2, 0) and not launches
+    q, k, v = (gpu(1, 2, 5, 3, dtype=ml_dtypes.bfloat16) for _ in range(3))
+    want = attention_reference(q.a, k.a, v.a)
+    np.testing.assert_allclose(attention(q, k, v).a, want, rtol=1e-2, atol=1e-2)
+    assert launches == ["flash_kernel"]
+
+
 def test_arrays_of_another_library_are_refused(monkeypatch):
     """Only PyTorch's and CuPy's arrays have the methods used (a Numba array: the
     kernels themselves take it)."""
-    monkeypatch.setattr(_device, "FRAMEWORKS", ("cupy",))
+    monkeypatch.delitem(_device.LIBRARIES, "torch")
     with pytest.raises(kd.KernelArgumentError, match="take PyTorch tensors or CuPy arrays"):
         softmax(gpu(2, 3))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -152,8 +152,7 @@ class Specialization:
                 return _alias_error(self.name, arrays[index >> 16], arrays[index & 0xFFFF])
             case ErrorKind.BOUNDS:
                 buffer, loc = self.compiled.sites.accesses[index]
-                shapes = self._environment(args, results)[0]
-                return out_of_bounds(self.name, buffer, loc, shapes.get(buffer))
+                return out_of_bounds(self.name, buffer, loc, self._environment(args, results)[0])
         return KdslError("out of memory for the kernel's temporaries", kernel=self.name)
 
 
@@ -166,12 +165,14 @@ def _alias_error(kernel: str, written: str, other: str) -> KernelArgumentError:
 
 
 def out_of_bounds(
-    kernel: str, buffer: str, loc: SourceLoc | None, shape: tuple[int, ...] | None
+    kernel: str, buffer: str, loc: SourceLoc | None, shapes: Mapping[str, tuple[int, ...]]
 ) -> BoundsError:
-    """A subscript checked where it ran fell outside its array (of `shape`, None for
-    a temporary). A buffer that a schedule step made (`x.c`, the copy of `x`; `t.1`) is
-    named by the array of the user's it stands for."""
+    """A subscript checked where it ran fell outside its array (an argument's, of the
+    shape in `shapes`, or a temporary). A buffer that a schedule step made (`x.c`, the
+    copy of `x`, checked against x's shape; `t.1`) is named by the user's array it
+    stands for."""
     name = buffer.split(".")[0]  # (a user's name has no dot)
+    shape = shapes.get(buffer, shapes.get(name))
     of = f"'{name}'" + ("" if shape is None else f" of shape {tuple(shape)}")
     return BoundsError(
         f"a subscript of {of} fell outside it",

@@ -333,7 +333,7 @@ class CudaSpecialization:
             check = self.code.sites.checks[index]
             return failed_check_error(check, shapes, scalars, self.name)
         buffer, loc = self.code.sites.accesses[index]
-        return out_of_bounds(self.name, buffer, loc, shapes.get(buffer))
+        return out_of_bounds(self.name, buffer, loc, shapes)
 
 
 def _size(shape: tuple[int, ...]) -> int:
