@@ -129,7 +129,9 @@ class BufferProxy:
             elif isinstance(part, Value):
                 # arithmetic on an index (x[i + 1]) makes it a position; one only inside
                 # another array's subscript (x[idx[i]]) was classified by that subscript
-                self._ctx.offset_used.update(self._ctx.free_vars([part.expr], in_loads=False))
+                # (an explicit loop's index too: `indptr[r + 1]` in `for r in kd.grid(n)`)
+                used = self._ctx.free_vars([part.expr], in_loads=False, bound=True)
+                self._ctx.offset_used.update(used)
             v = as_value(part)
             if not v.dtype.is_int:
                 raise TraceError(

@@ -199,16 +199,19 @@ class TraceContext:
 
     # ------------------------------------------------------------ expression helpers
 
-    def free_vars(self, exprs: list[Expr], *, in_loads: bool = True) -> list[str]:
+    def free_vars(
+        self, exprs: list[Expr], *, in_loads: bool = True, bound: bool = False
+    ) -> list[str]:
         """Unbound index placeholders in `exprs`, in creation order; with in_loads=False,
-        not those only inside the subscripts of loads."""
+        not those only inside the subscripts of loads; with bound=True, those of the
+        enclosing explicit loops too."""
         found: set[str] = set()
         for e in exprs:
-            self._collect_free(e, found, in_loads)
+            self._collect_free(e, found, in_loads, bound)
         return sorted(found, key=lambda p: self.indices[p].uid)
 
     def _collect_free(
-        self, e: Expr, found: set[str], in_loads: bool, seen: set[int] | None = None
+        self, e: Expr, found: set[str], in_loads: bool, bound: bool, seen: set[int] | None = None
     ) -> None:
         seen = set() if seen is None else seen  # shared sub-expressions, by identity
         if id(e) in seen:
@@ -216,15 +219,19 @@ class TraceContext:
         seen.add(id(e))
         if isinstance(e, Reduction):
             inner: set[str] = set()
-            self._collect_free(e.body, inner, in_loads)
+            self._collect_free(e.body, inner, in_loads, bound)
             found |= inner - set(e.over)
             return
         if isinstance(e, Load) and not in_loads:
             return
-        if isinstance(e, LoopVar) and e.name.startswith("%") and e.name not in self.bound:
+        if (
+            isinstance(e, LoopVar)
+            and e.name.startswith("%")
+            and (bound or e.name not in self.bound)
+        ):
             found.add(e.name)
         for c in children(e):
-            self._collect_free(c, found, in_loads, seen)
+            self._collect_free(c, found, in_loads, bound, seen)
 
     def reductions_in(self, exprs: list[Expr]) -> list[Reduction]:
         """Outermost Reduction nodes in `exprs` (each once)."""

@@ -1006,3 +1006,31 @@ def test_plain_subscripts_tie_dimensions():
     for run in (copy, copy.interpret):
         with pytest.raises(kd.ShapeError, match=r"x.shape\[0\] == y.shape\[0\]"):
             run(np.ones(3, F), np.ones(4, F))
+
+
+@pytest.mark.parametrize("rows", [0, 1, 7])
+def test_an_explicit_loops_index_with_an_offset_is_a_position(rows):
+    """`indptr[r + 1]` (in a loop's extent) makes r a position, as `x[i + 1]` does for
+    an implicit loop: the CSR product's indptr, one longer than y, is accepted (its r
+    was tied to y's length before: "y.shape[0] == indptr.shape[0]")."""
+
+    @kd.kernel
+    def spmv(indptr, indices, data, x, y):
+        for r in kd.grid(y.shape[0]):
+            acc = kd.local(0.0, kd.f32)
+            for j in kd.range(indptr[r + 1] - indptr[r]):
+                acc += data[indptr[r] + j] * x[indices[indptr[r] + j]]
+            y[r] = acc
+
+    rng = np.random.default_rng(rows)
+    lengths = rng.integers(0, 4, rows)
+    indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    indices = rng.integers(0, 5, indptr[-1]).astype(np.int64)
+    data, x = rng.random(indptr[-1]).astype(F), rng.random(5).astype(F)
+    want = np.array([data[a:b] @ x[indices[a:b]] for a, b in zip(indptr, indptr[1:])], F)
+    for run in (spmv, spmv.interpret):
+        y = np.full(rows, np.nan, F)
+        run(indptr, indices, data, x, y)
+        np.testing.assert_allclose(y, want.reshape(rows), rtol=1e-6)
+    with pytest.raises(kd.ShapeError, match=r"y.shape\[0\] <= indptr.shape\[0\]"):
+        spmv(indptr[:-2] if rows > 1 else indptr[:0], indices, data, x, np.ones(rows + 1, F))
