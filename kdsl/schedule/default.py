@@ -1,6 +1,8 @@
 """The schedule a kernel gets when it has none (DESIGN §3): vectorize the innermost
 unit-stride loop of each nest, and parallelize the outermost parallel loop (unless the
-nest scatters: stores at subscripts that depend on loaded data). Whether the
+nest scatters: stores at subscripts that depend on loaded data; such a store's loop is
+not vectorized either, and on a GPU the nest runs in one thread: colliding subscripts
+keep the serial order's result, `H[idx[i]] += 1` counts every i). Whether the
 parallel loop really runs on several threads is decided at run time from the work it
 holds, so small calls stay single-threaded.
 
@@ -33,6 +35,8 @@ def default_gpu_schedule(s: Schedule) -> None:
     touch neighbouring elements), or across the loops inside it when those walk memory
     with unit stride (rows: a block per row, its threads sharing the row's reductions)."""
     for nest in [st for st in s.kernel.body if isinstance(st, Loop)]:
+        if _scatters(nest):
+            continue  # in the serial order, on one thread
         chain = _parallel_chain(nest)
         if not chain:
             if nest.kind is LoopKind.REDUCTION:
@@ -110,13 +114,18 @@ def _schedule_nest(s: Schedule, nest: Loop) -> None:
         _try(s.parallelize, parallel.var)
 
 
-def _scatters(nest: Loop) -> bool:
-    """Whether a store's subscript depends on loaded data (`y[idx[i]] = ...`): two
-    iterations may write one element, and on threads the last writer would be whichever
-    came last in time. Such nests stay on one thread, in the serial order (a user's
-    `parallelize` is the user's promise that the subscripts never collide)."""
+def _scatters(nest: Loop, var: str | None = None) -> bool:
+    """Whether a store's subscript depends on loaded data (`y[idx[i]] = ...`; with
+    `var`, and on that loop's variable): two iterations may write one element, and on
+    threads the last writer would be whichever came last in time, in a vector the
+    lanes' reads of an element would all come before their writes (`H[idx[i]] += 1`
+    would count colliding i once). Such loops run one iteration after another, in
+    the serial order (a user's `parallelize` or `vectorize` is the user's promise that
+    the subscripts never collide)."""
     return any(
-        isinstance(st, Store) and any(isinstance(e, Load) for i in st.index for e in walk_expr(i))
+        isinstance(st, Store)
+        and any(isinstance(e, Load) for i in st.index for e in walk_expr(i))
+        and (var is None or any(_mentions(i, var) for i in st.index))
         for st in walk_stmts((nest,))
     )
 
@@ -136,7 +145,7 @@ def _vector_candidate(loops: list[Loop]) -> Loop | None:
     """The innermost loop that most accesses walk with unit stride, and none gathers."""
     best: tuple[int, Loop] | None = None
     for lp in loops:
-        if lp.kind is LoopKind.SERIAL or lp.exec is not LoopExec.SERIAL:
+        if lp.kind is LoopKind.SERIAL or lp.exec is not LoopExec.SERIAL or _scatters(lp, lp.var):
             continue
         if isinstance(lp.extent, Const) and int(lp.extent.value) < 4:
             continue

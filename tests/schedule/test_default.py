@@ -82,6 +82,33 @@ def test_a_nest_that_scatters_stays_on_one_thread():
     np.testing.assert_array_equal(y, want)
 
 
+@pytest.mark.parametrize("dtype", [np.int32, np.float32])
+@pytest.mark.parametrize("n, bins", [(16, 1), (1000, 7), (100_003, 256), (0, 3)])
+def test_a_scatter_add_counts_every_collision(n, bins, dtype):
+    """H[idx[i]] += 1 in a vector of 16 lanes read each colliding bin before any lane
+    wrote it: counts were lost (16 zeros gave [1]). Its loop now runs one iteration
+    after another, as the interpreter does, on the CPU and (the default GPU schedule
+    leaves the nest on one thread) in the GPU emulator."""
+    from tests.targets.cuda import simt
+
+    @kd.kernel
+    def hist(idx, H):
+        i = kd.indices(idx.shape[0])
+        H[idx[i]] += 1
+
+    idx = np.random.default_rng(n).integers(0, bins, n).astype(np.int64)
+    want = np.bincount(idx, minlength=bins).astype(dtype)
+    for run in (hist, hist.interpret):
+        H = np.zeros(bins, dtype)
+        run(idx, H)
+        np.testing.assert_array_equal(H, want)
+    assert "vectorized" not in str(hist.lowered(idx, H))
+    if n <= 1000:
+        H = np.zeros(bins, dtype)
+        simt.run(hist, [idx, H])
+        np.testing.assert_array_equal(H, want)
+
+
 def test_the_gpu_default_spreads_threads_past_a_loop_too_small_for_a_warp(monkeypatch):
     """Under a block's loop, a loop of extent 1 (one query head of a group) around an
     elementwise pass: the threads take the loop inside it, not it (it had taken them:
