@@ -15,6 +15,7 @@ from __future__ import annotations
 from kdsl.errors import ScheduleError
 from kdsl.ir.nodes import Const, Expr, Kernel, Load, Loop, LoopExec, LoopKind, LoopVar, Stmt, Store
 from kdsl.ir.visit import walk_all_exprs, walk_expr, walk_stmts
+from kdsl.schedule import tree
 from kdsl.schedule.recipe import Schedule
 
 VECTOR_BYTES = 64  # one AVX-512 register
@@ -98,20 +99,40 @@ def _bind_blocks(s: Schedule, loops: list[Loop]) -> None:
 
 
 def _schedule_nest(s: Schedule, nest: Loop) -> None:
-    loops = [lp for lp in walk_stmts((nest,)) if isinstance(lp, Loop)]
-    vector = _vector_candidate(loops)
+    vectors = _vector_loops(nest)
     parallel = nest if nest.kind is LoopKind.PARALLEL and not _scatters(nest) else None
-    if vector is not None and parallel is not None and vector.var == parallel.var:
+    if parallel is not None and [v.var for v in vectors] == [parallel.var]:
         if isinstance(nest.extent, Const) and int(nest.extent.value) <= SPLIT_1D:
             parallel = None
         else:
             outer, inner = s.split(nest.var, SPLIT_1D)
-            vector = _loop(s.kernel, inner)
+            vectors = [_loop(s.kernel, inner)]
             parallel = _loop(s.kernel, outer)
-    if vector is not None:
+    for vector in vectors:
         _try(s.vectorize, vector.var, _width(s.kernel, vector))
     if parallel is not None:
         _try(s.parallelize, parallel.var)
+
+
+def _vector_loops(loop: Loop) -> list[Loop]:
+    """The loops of `loop`'s nest to vectorize: where its body holds several loops (a
+    softmax's row max, its sum of exponentials, its scaled row), those of each of them;
+    else the one candidate of the nest (_vector_candidate)."""
+    children = _child_loops(loop.body)
+    if len(children) > 1:
+        picked = [v for child in children for v in _vector_loops(child)]
+        if picked:
+            return picked
+    best = _vector_candidate([lp for lp in walk_stmts((loop,)) if isinstance(lp, Loop)])
+    return [] if best is None else [best]
+
+
+def _child_loops(body: tuple[Stmt, ...]) -> list[Loop]:
+    """The loops directly in `body` (inside an `if` too), not those inside them."""
+    found: list[Loop] = []
+    for st in body:
+        found.extend([st] if isinstance(st, Loop) else _child_loops(tree.body_of(st)))
+    return found
 
 
 def _scatters(nest: Loop, var: str | None = None) -> bool:
