@@ -17,7 +17,7 @@ from kdsl.ir.evaluate import evaluate
 from kdsl.ir.nodes import Kernel, Store
 from kdsl.ir.visit import walk_stmts
 from kdsl.targets.cpu.backend import CpuKernel, compile_kernel
-from kdsl.targets.cpu.overlap import Layout, share_memory
+from kdsl.targets.cpu.overlap import Layout, in_place_pairs, share_memory
 from kdsl.targets.cpu.state import ErrorKind
 
 
@@ -103,14 +103,21 @@ class Specialization:
             raise self.error(code, args, results)
 
     def _sharing(self, args: Sequence[object]) -> tuple[str, str] | None:
-        """A written array argument and another one that share memory, if any."""
+        """A written array argument and another one that share memory, if any (but the
+        same view of an array that the kernel may update in place)."""
         arrays = {self.param_names[i]: args[i] for i in self.array_pos}
         layouts = {n: Layout.of(a) for n, a in arrays.items()}  # type: ignore[arg-type]
         for w in sorted(self._written & layouts.keys()):
             for other, layout in layouts.items():
-                if other != w and share_memory(layouts[w], layout):
+                if other == w or (layout == layouts[w] and (w, other) in self._in_place):
+                    continue
+                if share_memory(layouts[w], layout):
                     return w, other
         return None
+
+    @functools.cached_property
+    def _in_place(self) -> frozenset[tuple[str, str]]:
+        return in_place_pairs(self.ir)
 
     @functools.cached_property
     def _written(self) -> set[str]:

@@ -5,6 +5,7 @@ as PyTorch and CuPy users expect), and device errors turned into the user's erro
 from __future__ import annotations
 
 import ctypes
+import functools
 import struct
 import threading
 from collections.abc import Callable, Sequence
@@ -17,7 +18,7 @@ from kdsl.ir.evaluate import compile_evaluator, evaluate
 from kdsl.ir.nodes import BufferRole, Const, Kernel, Store
 from kdsl.ir.visit import walk_stmts
 from kdsl.targets.cpu.call import out_of_bounds
-from kdsl.targets.cpu.overlap import Layout, share_memory
+from kdsl.targets.cpu.overlap import Layout, in_place_pairs, share_memory
 from kdsl.targets.cpu.state import ErrorKind
 from kdsl.targets.cuda import arrays as A
 from kdsl.targets.cuda import driver
@@ -302,7 +303,16 @@ class CudaSpecialization:
                     fix="pass a writeable copy",
                 )
             mine = layouts[name]
-            other = _meets(spans, name, lambda o, mine=mine: share_memory(mine, layouts[o]))
+            other = _meets(
+                spans,
+                name,
+                lambda o, mine=mine, name=name: (
+                    not (  # (an array updated in place: let be)
+                        layouts[o] == mine and (name, o) in self._in_place
+                    )
+                    and share_memory(mine, layouts[o])
+                ),
+            )
             if other is not None:
                 raise KernelArgumentError(
                     f"arguments '{name}' and '{other}' share memory, and the kernel "
@@ -310,6 +320,10 @@ class CudaSpecialization:
                     kernel=self.name,
                     fix=f"pass a copy of '{other}' (e.g. {other}.clone())",
                 )
+
+    @functools.cached_property
+    def _in_place(self) -> frozenset[tuple[str, str]]:
+        return in_place_pairs(self.ir)
 
     def _pack(self, words: list[object]) -> int:
         """The address of the argument pointers, in this thread's reusable buffers (the

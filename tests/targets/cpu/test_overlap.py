@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import kdsl as kd
 from kdsl.targets.cpu import overlap
 from kdsl.targets.cpu.overlap import Layout, share_memory
 
@@ -46,3 +48,50 @@ def test_too_hard_to_tell_counts_as_sharing(monkeypatch):
     a, b = BASE[::2, ::7].T, BASE.ravel()[3::9]
     assert not np.shares_memory(a, b)
     assert share_memory(Layout.of(a), Layout.of(b))
+
+
+def _pairs(fn, *args):
+    return overlap.in_place_pairs(fn.ir(*args).kernel)
+
+
+def test_a_kernel_may_update_an_array_in_place():
+    """One statement writes y at all its loops' indices and reads x and y there only:
+    x and y may be one array (relu(x, out=x)); anything else may not."""
+
+    @kd.kernel
+    def axpy(a, x, w, y):
+        i, j = kd.indices(x.shape[0], x.shape[1])
+        y[i, j] = a * x[i, j] + y[i, j] * w[j]
+
+    @kd.kernel
+    def shifted(x, y):
+        i = kd.indices(x.shape[0] - 1)
+        y[i] = x[i + 1]
+
+    @kd.kernel
+    def centred(x, y):
+        i, j = kd.indices(x.shape[0], x.shape[1])
+        y[i, j] = x[i, j] - kd.max(x[i, j], over=j)  # (the max: another statement)
+
+    @kd.kernel
+    def twice(x, y):
+        for i in kd.grid(x.shape[0]):
+            for _ in kd.range(2):
+                y[i] = x[i] + 1.0  # written twice: x[i] would be read after y[i] changed
+
+    x, w = np.random.default_rng(0).random((3, 5), np.float32), np.ones(5, np.float32)
+    assert _pairs(axpy, 2.0, x, w, x) == {("y", "x")}  # (w is read at [j], not [i, j])
+    assert not _pairs(shifted, x[0], x[0]) and not _pairs(centred, x, x)
+    assert not _pairs(twice, x[0], x[0])
+    want = 2 * x + x * w
+    axpy(2.0, x, w, x)
+    np.testing.assert_allclose(x, want, rtol=1e-6)
+    for kernel, args in (
+        (shifted, (x[0], x[0])),
+        (centred, (x, x)),
+        (axpy, (2.0, x, w, x.T.copy().T)),
+    ):
+        if kernel is axpy:  # the same memory, but not the same view (x[1:] by x[:-1])
+            args = (2.0, x[1:], w, x[:-1])
+        with pytest.raises(kd.KernelArgumentError, match="share memory"):
+            kernel(*args)

@@ -86,6 +86,20 @@ def test_halves_of_one_matrix_share_no_memory(launches):
     assert not launches
 
 
+def test_an_array_updated_in_place(launches):
+    """out = a·x + y with out the same tensor as x: each element is read only by the
+    thread that writes it, so the call is queued (the CPU's rule: test_overlap.py); a
+    view of it one element along is refused."""
+    saxpy = _saxpy()
+    x = Tensor([10])
+    for _ in range(2):  # the careful path, then the lean one (which hands it over)
+        launches.clear()
+        saxpy(1.0, x, Tensor([10]), x)
+        assert len(launches) == 1
+    with pytest.raises(kd.KernelArgumentError, match="share memory"):
+        saxpy(1.0, x, Tensor([10]), Tensor([10], base=x.memory[1:]))
+
+
 def test_new_shapes_get_new_grids(launches):
     saxpy = _saxpy()
     saxpy(1.0, Tensor([10]), Tensor([10]), Tensor([10]))
@@ -107,7 +121,7 @@ def test_what_the_lean_path_leaves_gets_the_careful_paths_errors(launches):
         saxpy(1.0, Tensor([10]), Tensor([11]), Tensor([10]))
     x = Tensor([10])
     with pytest.raises(kd.KernelArgumentError, match="share memory"):
-        saxpy(1.0, x, Tensor([10]), Tensor([10], base=x.memory))
+        saxpy(1.0, x, Tensor([10]), Tensor([10], base=x.memory[1:]))
     with pytest.raises(kd.KernelArgumentError, match="different GPUs"):
         saxpy(1.0, Tensor([10]), Tensor([10], device=1), Tensor([10]))
     assert not launches
