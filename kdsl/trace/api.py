@@ -6,9 +6,12 @@ import builtins
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import numpy as np
+
 from kdsl import types as T
 from kdsl.errors import TraceError
-from kdsl.ir.nodes import BinaryOp, Expr, LocalVar, LoopKind, LoopVar, Store, UnaryOp
+from kdsl.ir.nodes import BinaryOp, Const, Expr, LocalVar, LoopKind, LoopVar, Store, UnaryOp
+from kdsl.ir.printer import format_expr
 from kdsl.ir.visit import walk_expr
 from kdsl.trace import values as V
 from kdsl.trace.buffers import BufferProxy, LocalProxy
@@ -84,9 +87,56 @@ def _loops(
         yield idxs[0] if len(idxs) == 1 else tuple(idxs)
 
 
-def range(n: object) -> Iterator[Index]:  # noqa: A001 - kd.range mirrors Python's range
-    """An ordered loop: `for i in kd.range(n)`; iterations may depend on earlier ones."""
-    yield from _loops("range", LoopKind.SERIAL, (n,))  # type: ignore[misc]
+def range(*args: object) -> Iterator[Value]:  # noqa: A001 - kd.range mirrors Python's range
+    """An ordered loop: `for i in kd.range(n)`, `kd.range(start, stop)` or
+    `kd.range(start, stop, step)` (a positive constant step); iterations may depend on
+    earlier ones. Like Python's range, it runs no iteration when start >= stop."""
+    current("range")
+    if not 1 <= len(args) <= 3:
+        raise TraceError(
+            f"kd.range takes 1 to 3 arguments (stop, or start, stop[, step]), not {len(args)}",
+            loc=location(),
+            fix="e.g. kd.range(n) or kd.range(1, n)",
+        )
+    start, stop = (0, args[0]) if len(args) == 1 else args[:2]
+    step = _step(args[2]) if len(args) == 3 else 1
+    if _is_int(start) and start == 0 and step == 1:
+        yield from _loops("range", LoopKind.SERIAL, (stop,))  # type: ignore[misc]
+        return
+    for what, bound in (("start", start), ("stop", stop)):
+        if not as_value(bound).dtype.is_int:
+            raise TraceError(
+                f"kd.range's {what} is {as_value(bound).dtype.name}, not an integer",
+                loc=location(),
+                fix="pass ints, shape values or integer expressions",
+            )
+    count: object  # iterations: max(0, ceil((stop - start) / step)), as Python's range
+    if _is_int(start) and _is_int(stop):
+        count = len(builtins.range(int(start), int(stop), step))  # type: ignore[call-overload]
+    else:
+        count = V.maximum(as_value(stop) - start, 0)
+        if step != 1:
+            count = (count + (step - 1)) // step  # type: ignore[operator]
+    for t in _loops("range", LoopKind.SERIAL, (count,)):
+        yield t * step + start if step != 1 else t + start  # type: ignore[operator]
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int | np.integer) and not isinstance(x, bool)
+
+
+def _step(step: object) -> int:
+    """kd.range's step: a positive constant."""
+    value = step.expr.value if isinstance(step, Value) and isinstance(step.expr, Const) else step
+    if not _is_int(value) or value <= 0:  # type: ignore[operator]
+        text = format_expr(step.expr) if isinstance(step, Value) else repr(step)
+        raise TraceError(
+            f"kd.range's step must be a positive constant int, not {text}",
+            loc=location(),
+            fix="use a step such as 2 (a Python int or a kd.constexpr); for a symbolic or "
+            "negative step, loop over kd.range(count) and compute the position from it",
+        )
+    return int(value)
 
 
 def grid(*extents: object) -> Iterator[Index | tuple[Index, ...]]:
@@ -207,12 +257,23 @@ _REDUCERS = {"sum": BinaryOp.ADD, "prod": BinaryOp.MUL, "max": BinaryOp.MAX, "mi
 def _reduce(label: str, x: object, over: object) -> Value:
     ctx = current(label)
     loc = location()
+    if over is None:
+        free = [ctx.indices[p].name for p in ctx.free_vars([as_value(x).expr])]
+        hint = f"over={free[0]}" if len(free) == 1 else f"over=({', '.join(free)})"
+        raise TraceError(
+            f"kd.{label} needs over=: the index (or indices) to reduce",
+            loc=loc,
+            fix=f"e.g. kd.{label}(..., {hint})"
+            if free
+            else f"e.g. k = kd.indices(n); kd.{label}(x[k], over=k)",
+        )
     axes = over if isinstance(over, tuple | list) else (over,)
     if not axes or not all(isinstance(a, Index) for a in axes):
         raise TraceError(
             f"kd.{label}(..., over=) needs an index variable or a tuple of them",
             loc=loc,
-            fix=f"e.g. k = kd.indices(n); kd.{label}(x[k], over=k)",
+            fix=f"e.g. k = kd.indices(n); kd.{label}(x[k], over=k)"
+            + (f"; for two values, kd.{label}imum(a, b)" if label in ("max", "min") else ""),
         )
     for a in axes:
         if a.placeholder in ctx.bound:  # type: ignore[union-attr]
@@ -222,28 +283,30 @@ def _reduce(label: str, x: object, over: object) -> Value:
                 fix="reduce over a fresh index from kd.indices",
             )
     v = V.widen(as_value(x))
-    if v.dtype.is_bool and label in ("sum", "prod"):
-        v = V.cast(v, T.i64)
+    if label in ("sum", "prod") and v.dtype.bits < 32 and not v.dtype.is_float:
+        # as NumPy does: bool and 8- and 16-bit integers sum in 64 bits (a 32-bit
+        # integer sum stays 32-bit, as in C: the library's int8 dot products rely on it)
+        v = V.cast(v, T.u64 if v.dtype.kind is T.Kind.UINT else T.i64)
     r = Reduction(_REDUCERS[label], v.expr, tuple(a.placeholder for a in axes), v.dtype, label)  # type: ignore[union-attr]
     if ctx.free_vars([r]):
         return Value(r)  # type: ignore[arg-type]
     return Value(ctx.reduce_now(r, loc))
 
 
-def sum(x: object, over: object) -> Value:  # noqa: A001
+def sum(x: object, over: object = None) -> Value:  # noqa: A001
     """Sum of `x` over the index (or indices) `over`."""
     return _reduce("sum", x, over)
 
 
-def prod(x: object, over: object) -> Value:
+def prod(x: object, over: object = None) -> Value:
     return _reduce("prod", x, over)
 
 
-def max(x: object, over: object) -> Value:  # noqa: A001
+def max(x: object, over: object = None) -> Value:  # noqa: A001
     return _reduce("max", x, over)
 
 
-def min(x: object, over: object) -> Value:  # noqa: A001
+def min(x: object, over: object = None) -> Value:  # noqa: A001
     return _reduce("min", x, over)
 
 

@@ -14,7 +14,6 @@ from kdsl.ir.nodes import (
     DimOf,
     Expr,
     Load,
-    LocalVar,
     LoopKind,
     LoopVar,
     Store,
@@ -23,7 +22,7 @@ from kdsl.ir.printer import format_expr
 from kdsl.ir.visit import walk_expr
 from kdsl.trace.context import Index, TraceContext
 from kdsl.trace.frames import location
-from kdsl.trace.values import Value, as_value, can_store, to_dtype
+from kdsl.trace.values import NotAValue, Value, as_value, can_store, to_dtype
 from kdsl.types import DType
 
 
@@ -50,7 +49,7 @@ class _Shape(tuple):  # type: ignore[type-arg]
             ) from None
 
 
-class BufferProxy:
+class BufferProxy(NotAValue):
     """An array inside a kernel: `A[i, j]` reads, `A[i, j] = v` writes."""
 
     def __init__(self, ctx: TraceContext, name: str) -> None:
@@ -102,12 +101,17 @@ class BufferProxy:
 
     def _index(self, key: object, loc: SourceLoc | None) -> tuple[Expr, ...]:
         parts = key if isinstance(key, tuple) else (key,)
+        if self.ndim == 0 and parts == (Ellipsis,):  # x[...], as NumPy reads a 0-d array
+            parts = ()
         if len(parts) != self.ndim:
+            names = "ijkl" if self.ndim <= 4 else [f"i{a}" for a in range(self.ndim)]
             raise TraceError(
                 f"array '{self.name}' has {self.ndim} dimension(s) but is subscripted with "
                 f"{len(parts)}",
                 loc=loc,
-                fix=f"give one index per dimension, e.g. {self.name}[{', '.join('ijkl'[: self.ndim])}]",
+                fix=f"give one index per dimension, e.g. {self.name}[{', '.join(names[: self.ndim])}]"
+                if self.ndim
+                else f"a 0-d array has no index: write {self.name}[()] (or {self.name}[...])",
             )
         out: list[Expr] = []
         for axis, part in enumerate(parts):
@@ -145,6 +149,31 @@ class BufferProxy:
             out.append(e)
         return tuple(out)
 
+    def value_error(self) -> TraceError:
+        name, loc = self.name, location()
+        if self.ndim:
+            return TraceError(
+                f"array '{name}' used as a value",
+                loc=loc,
+                fix=f"subscript it: {name}[{', '.join('ijkl'[: self.ndim])}]",
+            )
+        if self._buffer.role.value == "param":
+            return TraceError(
+                f"argument '{name}' is a 0-d array, used here as a value",
+                loc=loc,
+                fix=f"pass a Python or NumPy scalar as '{name}' (float({name}) or {name}[()] "
+                f"in the caller), or read it in the kernel as {name}[()]",
+            )
+        return TraceError(
+            f"0-d array '{name}' used as a value", loc=loc, fix=f"read it as {name}[()]"
+        )
+
+    def _dtype_fix(self, d: DType) -> str:
+        """How to give this array the dtype `d` instead."""
+        if self._buffer.role.value == "param":
+            return f"pass a {d.to_numpy().name} array as '{self.name}'"
+        return f"create '{self.name}' with dtype kd.{d.name}"
+
     def __getitem__(self, key: object) -> Value:
         loc = location()
         index = self._index(key, loc)
@@ -159,7 +188,8 @@ class BufferProxy:
                 f"storing a {v.dtype.name} value into '{self.name}' ({self.dtype.name}) "
                 "would lose its kind",
                 loc=loc,
-                fix=f"convert explicitly: value.astype(kd.{self.dtype.name})",
+                fix=f"convert explicitly: value.astype(kd.{self.dtype.name}), or "
+                + self._dtype_fix(v.dtype),
             )
         ctx = self._ctx
         ctx.check_scope(self.name, loc)
@@ -170,6 +200,19 @@ class BufferProxy:
             return Store(self.name, idx, val, loc=loc)
 
         ctx.record([*index, to_dtype(v, self.dtype)], build, loc)
+
+
+def _not_a_value(self: BufferProxy, *_: object) -> None:
+    raise self.value_error()
+
+
+for _op in (
+    "add sub mul truediv floordiv mod pow and or xor lshift rshift".split()
+):  # arithmetic on an array (x + 1), either side: the same error as x in a value's place
+    setattr(BufferProxy, f"__{_op}__", _not_a_value)
+    setattr(BufferProxy, f"__r{_op}__", _not_a_value)
+for _op in "lt le gt ge neg pos abs invert float int index".split():
+    setattr(BufferProxy, f"__{_op}__", _not_a_value)
 
 
 def _add(e: Expr, k: int) -> Expr:
@@ -212,14 +255,26 @@ def _check_race(
 
 
 class LocalProxy(Value):
-    """A scalar variable of a kernel (`kd.local`): read it as a value, update it in place."""
+    """A scalar variable of a kernel (`kd.local`): read it as a value, update it in place.
 
-    __slots__ = ("_ctx", "name")
+    Each read is a node the trace can tell from later ones (kdsl.trace.versions): a
+    value built from the local keeps the value it had then, as in Python."""
+
+    __slots__ = ("_ctx", "name", "_dtype")
 
     def __init__(self, ctx: TraceContext, name: str, dtype: DType) -> None:
-        super().__init__(LocalVar(name, dtype))
         self._ctx = ctx
         self.name = name
+        self._dtype = dtype
+        self.weak = False
+
+    @property  # type: ignore[override]
+    def expr(self) -> Expr:
+        return self._ctx.locals.read(self.name, self._dtype)
+
+    @property
+    def dtype(self) -> DType:
+        return self._dtype
 
     def set(self, value: object) -> LocalProxy:
         loc = location()
@@ -242,7 +297,8 @@ class LocalProxy(Value):
                 fix=f"use kd.sum(..., over={ctx.indices[free[0]].name}) for a reduction, or an "
                 "explicit `for` over kd.range/kd.grid",
             )
-        ctx.record([expr], lambda es: Assign(self.name, es[0], loc=loc), loc)
+        with ctx.locals.assignment(self.name):
+            ctx.record([expr], lambda es: Assign(self.name, es[0], loc=loc), loc)
         return self
 
     def __iadd__(self, o: object) -> LocalProxy:

@@ -43,6 +43,7 @@ from kdsl.ir.printer import format_expr
 from kdsl.ir.visit import children, map_expr, walk_all_exprs, walk_expr, walk_stmts
 from kdsl.trace.frames import location
 from kdsl.trace.values import Value, as_value, to_dtype
+from kdsl.trace.versions import LocalVersions
 from kdsl.types import DType
 
 
@@ -102,6 +103,10 @@ class TraceContext:
     # in the statement being recorded: the reductions computed so far, by id (each kept
     # alive, so ids stay unique) -> (it, its value, the local or temporary holding that)
     computed: dict[int, tuple[Reduction, Expr, str]] | None = None
+    locals: LocalVersions = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.locals = LocalVersions(self)
 
     # ------------------------------------------------------------------ names & blocks
 
@@ -168,6 +173,7 @@ class TraceContext:
         self.bound[idx.placeholder] = name
         self.loop_kinds[name] = kind
         self.blocks.append([])
+        self.locals.note_uses(extent)  # evaluated once: the body may not change it
         try:
             yield name
         finally:
@@ -176,7 +182,7 @@ class TraceContext:
             del self.loop_kinds[name]
             if kind is LoopKind.PARALLEL:
                 _check_independent(body, name)
-            self.emit(Loop(name, extent, kind, body, loc=loc))
+            self.emit(Loop(name, self.locals.rewrite(extent), kind, body, loc=loc))
 
     @contextmanager
     def guard(self, cond: Value, loc: SourceLoc | None) -> Iterator[None]:
@@ -195,7 +201,8 @@ class TraceContext:
             yield
         finally:
             self.guards.pop()
-            self.emit(If(resolved, tuple(self.blocks.pop()), loc=loc))
+            then = tuple(self.blocks.pop())
+            self.emit(If(self.locals.rewrite(resolved), then, loc=loc))
 
     # ------------------------------------------------------------ expression helpers
 
@@ -254,12 +261,17 @@ class TraceContext:
         return out
 
     def resolve(self, e: Expr, loc: SourceLoc | None) -> Expr:
-        """Replace bound index placeholders by their loop names; check that the locals and
-        temporaries `e` reads are still in scope."""
+        """Replace bound index placeholders by their loop names, and reads of locals that
+        changed since by snapshots; check that the locals and temporaries `e` reads are
+        still in scope."""
 
         def fn(x: Expr) -> Expr | None:
-            if isinstance(x, LocalVar | Load):
-                self.check_scope(x.name if isinstance(x, LocalVar) else x.buffer, loc)
+            if isinstance(x, LocalVar):
+                snapshot = self.locals.resolve(x, loc)
+                self.check_scope(x.name, loc)
+                return snapshot
+            if isinstance(x, Load):
+                self.check_scope(x.buffer, loc)
             if isinstance(x, LoopVar) and x.name.startswith("%"):
                 if x.name not in self.bound:
                     raise TraceError(

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import builtins
 import dis
+import linecache
 import os
+import re
 import sys
-from types import CodeType, FrameType
+from types import CodeType, FrameType, ModuleType
 
 from kdsl.errors import SourceLoc
 
@@ -63,6 +66,36 @@ def location(frame: FrameType | None = None) -> SourceLoc | None:
             positions.end_col_offset,
         )
     return SourceLoc(frame.f_code.co_filename, frame.f_lineno)
+
+
+_CALLEE = re.compile(r"\s*([A-Za-z_][\w.]*)\s*\(")
+
+
+def called_function(frame: FrameType | None = None) -> object:
+    """The function the user's code is calling now, when the call is written as a plain
+    or dotted name (`max(…)`, `math.exp(…)`, `exp(…)`); None otherwise."""
+    frame = frame or user_frame()
+    if frame is None:
+        return None
+    instrs, pos = _current(frame)
+    if pos < 0 or not instrs[pos].opname.startswith("CALL"):
+        return None
+    p = instrs[pos].positions
+    if p is None or p.lineno is None or p.col_offset is None:
+        return None
+    text = linecache.getline(frame.f_code.co_filename, p.lineno)
+    end = p.end_col_offset if p.end_lineno == p.lineno else None
+    found = _CALLEE.match(text[p.col_offset : end])
+    if found is None:
+        return None
+    first, *rest = found.group(1).split(".")
+    scopes = (frame.f_locals, frame.f_globals, vars(builtins))
+    obj = next((scope[first] for scope in scopes if first in scope), None)
+    for attr in rest:
+        if not isinstance(obj, ModuleType):  # read modules' attributes only: no side effects
+            return None
+        obj = getattr(obj, attr, None)
+    return obj
 
 
 _STORES = {"STORE_FAST", "STORE_NAME", "STORE_GLOBAL", "STORE_DEREF"}

@@ -7,6 +7,9 @@ f16/bf16 operands are widened to f32 before any arithmetic.
 
 from __future__ import annotations
 
+import builtins
+import operator
+
 import numpy as np
 
 from kdsl import types as T
@@ -25,7 +28,7 @@ from kdsl.ir.nodes import (
     UnaryOp,
 )
 from kdsl.ir.visit import walk_expr
-from kdsl.trace.frames import location
+from kdsl.trace.frames import called_function, location
 from kdsl.types import DType
 
 
@@ -39,6 +42,13 @@ _ARRAY_ATTRIBUTES = frozenset({"shape", "ndim", "size", "strides", "T"})
 class _NoArrayAttribute(TraceError, AttributeError):
     """An array's attribute read from a scalar: the user's error, told at their line, and
     still an AttributeError, so `hasattr(v, "shape")` is False (code that duck-types)."""
+
+
+class NotAValue:
+    """A trace-time object that is not a scalar (an array): `as_value` raises its error."""
+
+    def value_error(self) -> TraceError:
+        raise NotImplementedError
 
 
 class Value:
@@ -64,6 +74,14 @@ class Value:
         return f"<kdsl value {format_expr(self.expr)}: {self.dtype.name}{' (weak)' if self.weak else ''}>"
 
     def __bool__(self) -> bool:
+        callee = called_function()
+        if callee is builtins.max or callee is builtins.min:  # they compare with `if`
+            name = "max" if callee is builtins.max else "min"
+            raise trace_error(
+                f"Python's {name}() on a symbolic value: it compares with `if`",
+                f"use kd.{name}imum(a, b) for two values, or kd.{name}(x[k], over=k) to reduce "
+                "over an index",
+            )
         raise trace_error(
             "Python `if`, `while`, `and`, `or` or `not` on a symbolic value: its truth is only "
             "known when the kernel runs",
@@ -72,6 +90,20 @@ class Value:
         )
 
     def __index__(self) -> int:
+        callee = called_function()
+        if isinstance(callee, type) and issubclass(callee, int | float | np.number):
+            raise trace_error(
+                f"{callee.__name__}() of a symbolic value: its number is only known when the "
+                "kernel runs",
+                "convert with x.astype(kd.f32) or x.astype(kd.i64)",
+            )
+        module = getattr(callee, "__module__", None)
+        if module in ("math", "cmath"):  # (NumPy's functions: __array_ufunc__)
+            name = getattr(callee, "__name__", "")
+            raise trace_error(
+                f"{module}.{name}() on a symbolic value: it needs a concrete number",
+                _kd_math_fix(name),
+            )
         raise trace_error(
             "a symbolic value used where Python needs a concrete int (range(), a list index, …)",
             "use kd.range(n) / kd.grid(n) for loops over symbolic extents, or mark the "
@@ -79,6 +111,19 @@ class Value:
         )
 
     __int__ = __float__ = __index__  # type: ignore[assignment]
+
+    def __array_ufunc__(
+        self, ufunc: np.ufunc, method: str, *inputs: object, **kwargs: object
+    ) -> Value:
+        """A NumPy scalar meeting a value (`np.float32(2) * v`) calls the ufunc of the
+        operator: computed as the operator; any other NumPy function is an error."""
+        op = _UFUNC_OPERATORS.get(ufunc) if method == "__call__" and not kwargs else None
+        if op is not None:
+            return op(*(as_value(x) for x in inputs))  # type: ignore[no-any-return]
+        raise trace_error(
+            f"NumPy's np.{ufunc.__name__} on a symbolic value: NumPy computes on concrete arrays",
+            _kd_math_fix(ufunc.__name__),
+        )
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         raise trace_error(
@@ -214,6 +259,43 @@ class Value:
         return unary(UnaryOp.ABS, self)
 
 
+# kd.* functions for the math functions of Python and NumPy of the same meaning
+_KD_MATH = {
+    **{n: f"kd.{n}" for n in ("exp", "log", "sqrt", "tanh", "erf", "floor", "ceil", "abs")},
+    **{"fabs": "kd.abs", "absolute": "kd.abs", "pow": "x ** y", "power": "x ** y"},
+    **{"maximum": "kd.maximum", "fmax": "kd.maximum", "minimum": "kd.minimum"},
+    **{"fmin": "kd.minimum", "where": "kd.where", "fma": "kd.fma"},
+}
+
+_UFUNC_OPERATORS = {
+    np.add: operator.add,
+    np.subtract: operator.sub,
+    np.multiply: operator.mul,
+    np.true_divide: operator.truediv,
+    np.floor_divide: operator.floordiv,
+    np.remainder: operator.mod,
+    np.power: operator.pow,
+    np.bitwise_and: operator.and_,
+    np.bitwise_or: operator.or_,
+    np.bitwise_xor: operator.xor,
+    np.left_shift: operator.lshift,
+    np.right_shift: operator.rshift,
+    np.less: operator.lt,
+    np.less_equal: operator.le,
+    np.greater: operator.gt,
+    np.greater_equal: operator.ge,
+    np.equal: operator.eq,
+    np.not_equal: operator.ne,
+}
+
+
+def _kd_math_fix(name: str) -> str:
+    kd_name = _KD_MATH.get(name)
+    if kd_name is None:
+        return "use kdsl's math on values: kd.exp, kd.log, kd.sqrt, kd.tanh, kd.abs, …"
+    return f"use {kd_name}" + ("(...)" if kd_name.startswith("kd.") else "")
+
+
 # ------------------------------------------------------------------------ conversions
 
 
@@ -230,6 +312,8 @@ def as_value(x: object) -> Value:
         return Value(Const(x, T.i64), weak=True)
     if isinstance(x, float):
         return Value(Const(x, T.f64), weak=True)
+    if isinstance(x, NotAValue):
+        raise x.value_error()
     raise trace_error(
         f"{type(x).__name__} object used as a value inside a kernel",
         "kernels compute on numbers: use a subscripted array element, a scalar or a kd.* value",

@@ -1,0 +1,430 @@
+"""What a usability probe found: values read from locals keep their value, integer sums
+widen as in NumPy, kd.range(start, stop, step), and errors that name the kd.* fix."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import kdsl as kd
+from kdsl.ir.nodes import DeclareLocal, Loop, LoopKind
+from kdsl.ir.visit import walk_stmts
+from tests.helpers import check_kernel, keyed_rng, random_array
+from tests.test_errors import line_of, raises
+
+F = np.float32
+SIZES = [0, 1, 2, 7, 13]
+
+
+def traced(kernel, *args):
+    return kernel.ir(*args).kernel
+
+
+def declared(kernel_ir) -> list[str]:
+    return [s.name for s in walk_stmts(kernel_ir.body) if isinstance(s, DeclareLocal)]
+
+
+# ---------------------------------------------------- values read from a local keep them
+
+
+@kd.kernel
+def snapshot_set(x, y):
+    a = kd.local(1.0, dtype=kd.f32)
+    b = a * 10.0
+    a.set(x[0])
+    y[0] = b
+    y[1] = a
+
+
+@kd.kernel
+def snapshot_iadd(x, y):
+    a = kd.local(1.0, dtype=kd.f32)
+    b = a * 10.0
+    a += x[0]
+    y[0] = b
+    y[1] = a
+
+
+@pytest.mark.parametrize("kernel", [snapshot_set, snapshot_iadd])
+def test_a_value_built_from_a_local_keeps_the_value_it_read(kernel):
+    x = random_array(keyed_rng(kernel.name), (3,), F)
+    a = x[0] if kernel is snapshot_set else 1.0 + x[0]
+    check_kernel(kernel, [x, np.zeros(2, F)], {1: np.array([10.0, a], F)})
+    assert declared(traced(kernel, x, np.zeros(2, F))) == ["a", "a_old"]
+
+
+@kd.kernel
+def condition_before_when(x, y, t):
+    v1 = kd.local(0.0, dtype=kd.f32)
+    i = kd.indices(x.shape[0])
+    c1 = x[i] > v1
+    with kd.when(t > 0.0):
+        v1.set(t)
+    with kd.when(t > -1.0):
+        y[i] = kd.where(c1, 1.0, 0.0) + v1
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_a_condition_built_before_a_when_block_that_sets_the_local(n):
+    x = random_array(keyed_rng("when", n), (n,), F)
+    want = (x > 0).astype(F) + F(0.5)
+    check_kernel(condition_before_when, [x, np.zeros(n, F), 0.5], {1: want})
+
+
+@kd.kernel
+def carried_into_a_loop(x, y):
+    a = kd.local(1.0, dtype=kd.f32)
+    n = kd.local(3, dtype=kd.i64)
+    b = a * 10.0
+    for t in kd.range(kd.minimum(n, x.shape[0])):  # evaluated once, as Python's range
+        y[t] = b + x[t]  # the same b in every iteration
+        a += 1.0
+        n.set(1)
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_a_value_from_before_a_loop_that_assigns_the_local(n):
+    x = random_array(keyed_rng("loop", n), (n,), F)
+    want = np.zeros(n, F)
+    want[:3] = x[:3] + 10.0
+    check_kernel(carried_into_a_loop, [x, np.zeros(n, F)], {1: want})
+    ir = traced(carried_into_a_loop, x, np.zeros(n, F))
+    assert declared(ir) == ["a", "n", "a_old", "n_old"]  # both before the loop
+
+
+@kd.kernel
+def accumulate(x, y):
+    s = kd.local(0.0, dtype=kd.f32)
+    for t in kd.range(x.shape[0]):
+        s += x[t]
+        s.set(s * 0.5 + x[t])
+    y[0] = s
+
+
+@kd.kernel
+def per_iteration(x, y):
+    a = kd.local(1.0, dtype=kd.f32)
+    for t in kd.range(x.shape[0]):
+        b = a * 2.0
+        a.set(b + x[t])
+        y[t] = b
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_accumulators_take_no_snapshot_and_values_in_a_loop_are_per_iteration(n):
+    x = random_array(keyed_rng("acc", n), (n,), F)
+    s, a, want = 0.0, 1.0, np.zeros(n, F)
+    for t in range(n):
+        s = (s + x[t]) * 0.5 + x[t]
+        want[t], a = 2 * a, 2 * a + x[t]
+    check_kernel(accumulate, [x, np.zeros(1, F)], {1: np.array([s], F)}, rtol=1e-5)
+    check_kernel(per_iteration, [x, np.zeros(n, F)], {1: want}, rtol=1e-5)
+    assert declared(traced(accumulate, x, np.zeros(1, F))) == ["s"]
+    ir = traced(per_iteration, x, np.zeros(n, F))
+    (loop,) = [s for s in ir.body if isinstance(s, Loop)]
+    assert isinstance(loop.body[0], DeclareLocal) and loop.body[0].name == "a_old"
+
+
+def test_a_value_used_after_the_block_where_its_local_changed():
+    @kd.kernel
+    def k(x, y):
+        a = kd.local(1.0, dtype=kd.f32)
+        with kd.when(x[0] > 0.0):
+            b = a * 10.0  # read
+            a.set(5.0)
+        y[0] = b  # here
+
+    err = raises(
+        kd.TraceError,
+        lambda: k(np.ones(2, F), np.zeros(2, F)),
+        f"read from local 'a' at line {line_of(k, 'read')} is used after 'a' changed",
+        "b = kd.local(0.0)",
+    )
+    assert err.loc.line == line_of(k, "here")
+
+
+# --------------------------------------------------------- integer reductions widen
+
+
+@kd.kernel
+def sum_rows(x, y):
+    i, j = kd.indices(x.shape[0], x.shape[1])
+    y[i] = kd.sum(x[i, j], over=j)
+
+
+@kd.kernel
+def prod_rows(x, y):
+    i, j = kd.indices(x.shape[0], x.shape[1])
+    y[i] = kd.prod(x[i, j], over=j)
+
+
+@pytest.mark.parametrize("dtype", [np.bool_, np.int8, np.int16, np.uint8, np.uint16])
+@pytest.mark.parametrize("shape", [(1000, 100), (3, 0), (1, 1), (4, 7)])
+def test_small_integer_sums_accumulate_in_64_bits_as_numpy(dtype, shape):
+    x = random_array(keyed_rng(dtype, shape), shape, dtype)
+    if shape == (1000, 100) and dtype is not np.bool_:
+        x[:] = np.iinfo(dtype).max  # any 8- or 16-bit sum of these wraps
+    want = x.sum(axis=1)
+    assert want.dtype == (np.uint64 if np.dtype(dtype).kind == "u" else np.int64)
+    out = np.zeros(shape[0], want.dtype)
+    check_kernel(sum_rows, [x, out], {1: want}, rtol=0, atol=0)
+    (acc,) = [s for s in walk_stmts(traced(sum_rows, x, out).body) if isinstance(s, DeclareLocal)]
+    assert acc.dtype == kd.u64 if np.dtype(dtype).kind == "u" else kd.i64
+
+
+@pytest.mark.parametrize("dtype", [np.bool_, np.int8, np.uint16])
+def test_small_integer_products_accumulate_in_64_bits_as_numpy(dtype):
+    x = (random_array(keyed_rng(dtype), (5, 12), dtype) % 5).astype(dtype)
+    x[x == 0] = 3
+    want = x.prod(axis=1)
+    check_kernel(prod_rows, [x, np.zeros(5, want.dtype)], {1: want}, rtol=0, atol=0)
+
+
+def test_32_bit_sums_stay_32_bit_and_max_keeps_its_dtype():
+    @kd.kernel
+    def k(x, y, z):
+        i = kd.indices(x.shape[0])
+        y[0] = kd.sum(x[i], over=i)
+        z[0] = kd.max(x[i].astype(kd.i8), over=i)
+
+    x = np.full(3, 2**30, np.int32)
+    y, z = np.zeros(1, np.int64), np.zeros(1, np.int64)
+    k(x, y, z)
+    assert y[0] == np.int32(x.sum(dtype=np.int32))  # wraps, as C's int does
+    dtypes = [s.dtype for s in walk_stmts(traced(k, x, y, z).body) if isinstance(s, DeclareLocal)]
+    assert dtypes == [kd.i32, kd.i8]
+
+
+# ----------------------------------------------------------- kd.range(start, stop, step)
+
+
+@kd.kernel
+def differences(x, y):
+    for j in kd.range(1, x.shape[0]):
+        y[j] = x[j] - x[j - 1]
+
+
+@kd.kernel
+def every_third(x, y, start):
+    for j in kd.range(start, x.shape[0], 3):
+        y[j] = x[j] * 2.0
+
+
+@kd.kernel
+def constant_bounds(x, y):
+    for j in kd.range(2, 5):
+        y[j] = x[j] + 1.0
+    for j in kd.range(5, 2):  # empty, as Python's
+        y[j] = 0.0
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_range_with_start_and_step_matches_python(n):
+    x = random_array(keyed_rng("range", n), (n,), F)
+    want = np.zeros(n, F)
+    want[1:] = x[1:] - x[:-1]
+    check_kernel(differences, [x, np.zeros(n, F)], {1: want})
+    for start in (0, 1, 5):
+        want = np.zeros(n, F)
+        want[start::3] = x[start::3] * 2.0
+        check_kernel(every_third, [x, np.zeros(n, F), start], {1: want})
+
+
+def test_range_with_constant_bounds_and_the_users_loop_name():
+    x = random_array(keyed_rng("const"), (6,), F)
+    want = np.zeros(6, F)
+    want[2:5] = x[2:5] + 1.0
+    check_kernel(constant_bounds, [x, np.zeros(6, F)], {1: want})
+    loops = [s for s in walk_stmts(traced(differences, x, x).body) if isinstance(s, Loop)]
+    assert [(s.var, s.kind) for s in loops] == [("j", LoopKind.SERIAL)]
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        ("0, x.shape[0], 0", "step must be a positive constant int, not 0"),
+        ("0, x.shape[0], -1", "step must be a positive constant int, not -1"),
+        ("0, x.shape[0], x.shape[0]", "not x.shape[0]"),
+        ("0, 1, 2, 3", "kd.range takes 1 to 3 arguments"),
+        ("0.5, x.shape[0]", "kd.range's start is f64, not an integer"),
+    ],
+)
+def test_range_refuses_what_it_cant_loop_over(args, needle):
+    namespace = {"kd": kd}
+    exec(
+        f"def k(x, y):\n    for j in kd.range({args}):\n        y[j] = 1.0\n",
+        namespace,
+    )
+    kernel = kd.kernel(namespace["k"])
+    with pytest.raises(kd.TraceError, match="fix:") as info:
+        kernel(np.ones(3, F), np.ones(3, F))
+    assert needle in str(info.value) and "in kernel 'k'" in str(info.value)
+
+
+# ------------------------------------------------------------------- messages that help
+
+
+@pytest.mark.parametrize("n", [0, 1, 7])
+def test_a_0d_array_is_subscripted_with_ellipsis_or_empty_tuple(n):
+    @kd.kernel
+    def total(x, out):
+        i = kd.indices(x.shape[0])
+        out[...] = kd.sum(x[i], over=i) + 2.5
+
+    @kd.kernel
+    def scale(x, y, factor):
+        i = kd.indices(x.shape[0])
+        y[i] = x[i] * factor[()]
+
+    x = random_array(keyed_rng("0d", n), (n,), F)
+    check_kernel(total, [x, np.zeros((), F)], {1: np.array(x.sum() + 2.5, F)})
+    check_kernel(scale, [x, np.zeros(n, F), np.array(3.0, F)], {1: x * 3})
+
+
+def test_a_0d_array_with_an_index_says_out_empty_tuple():
+    @kd.kernel
+    def k(out):
+        out[0] = 1.0  # here
+
+    err = raises(kd.TraceError, lambda: k(np.zeros((), F)), "0 dimension(s)", "write out[()]")
+    assert err.loc.line == line_of(k, "here")
+
+
+def test_builtin_max_points_to_kd_maximum():
+    @kd.kernel
+    def k(x, y):
+        i = kd.indices(x.shape[0])
+        y[i] = max(x[i], 0.0)  # here
+
+    err = raises(
+        kd.TraceError, lambda: k(np.ones(3, F), np.ones(3, F)), "Python's max()", "kd.maximum(a, b)"
+    )
+    assert err.loc.line == line_of(k, "here") and "kd.max(x[k], over=k)" in str(err)
+
+
+@pytest.mark.parametrize(
+    "call, fix",
+    [(np.exp, "kd.exp"), (np.sqrt, "kd.sqrt"), (np.abs, "kd.abs"), (np.sign, "kdsl's math")],
+)
+def test_numpy_functions_point_to_kd(call, fix):
+    @kd.kernel
+    def k(x, y):
+        i = kd.indices(x.shape[0])
+        y[i] = call(x[i])  # here
+
+    err = raises(kd.TraceError, lambda: k(np.ones(3, F), np.ones(3, F)), "NumPy's np.", fix)
+    assert err.loc.line == line_of(k, "here")
+
+
+def test_numpy_maximum_points_to_kd_maximum_and_numpy_scalars_still_compute():
+    @kd.kernel
+    def bad(x, y):
+        i = kd.indices(x.shape[0])
+        y[i] = np.maximum(x[i], 0.0)  # here
+
+    err = raises(kd.TraceError, lambda: bad(np.ones(3, F), np.ones(3, F)), "kd.maximum")
+    assert err.loc.line == line_of(bad, "here")
+
+    @kd.kernel
+    def k(x, y):
+        i = kd.indices(x.shape[0])
+        y[i] = np.float32(2) * x[i] + (np.float32(0) < x[i]).astype(kd.f32) - np.float32(1) / 4
+
+    x = random_array(keyed_rng("npscalar"), (7,), F)
+    check_kernel(k, [x, np.zeros(7, F)], {1: 2 * x + (x > 0) - 0.25})
+
+
+@pytest.mark.parametrize("call, fix", [(math.exp, "kd.exp"), (math.sqrt, "kd.sqrt")])
+def test_math_functions_point_to_kd(call, fix):
+    @kd.kernel
+    def k(x, y):
+        i = kd.indices(x.shape[0])
+        y[i] = call(x[i])  # here
+
+    err = raises(kd.TraceError, lambda: k(np.ones(3, F), np.ones(3, F)), "needs a concrete", fix)
+    assert err.loc.line == line_of(k, "here")
+
+
+def test_math_module_call_is_named():
+    @kd.kernel
+    def k(x, y):
+        i = kd.indices(x.shape[0])
+        y[i] = math.tanh(x[i])  # here
+
+    err = raises(kd.TraceError, lambda: k(np.ones(3, F), np.ones(3, F)), "math.tanh()", "kd.tanh")
+    assert err.loc.line == line_of(k, "here")
+
+
+def test_float_of_a_value_points_to_astype():
+    @kd.kernel
+    def k(x, y):
+        i = kd.indices(x.shape[0])
+        y[i] = float(x[i])  # here
+
+    err = raises(kd.TraceError, lambda: k(np.ones(3, F), np.ones(3, F)), "float()", ".astype(")
+    assert err.loc.line == line_of(k, "here")
+
+
+def test_a_reduction_without_over_names_the_index():
+    @kd.kernel
+    def one(x, y):
+        i = kd.indices(x.shape[0])
+        y[0] = kd.sum(x[i])  # here
+
+    @kd.kernel
+    def two(x, y):
+        i, j = kd.indices(x.shape[0], x.shape[1])
+        y[0] = kd.max(x[i, j])
+
+    err = raises(kd.TraceError, lambda: one(np.ones(3, F), np.ones(1, F)), "needs over=", "over=i")
+    assert err.loc.line == line_of(one, "here")
+    raises(kd.TraceError, lambda: two(np.ones((2, 3), F), np.ones(1, F)), "over=(i, j)")
+
+
+def test_kd_max_of_two_values_points_to_kd_maximum():
+    @kd.kernel
+    def k(x, y):
+        i = kd.indices(x.shape[0])
+        y[i] = kd.max(x[i], 0.0)
+
+    raises(kd.TraceError, lambda: k(np.ones(3, F), np.ones(3, F)), "kd.maximum(a, b)")
+
+
+def test_a_0d_array_argument_used_as_a_scalar():
+    @kd.kernel
+    def k(x, y, temp):
+        i = kd.indices(x.shape[0])
+        y[i] = x[i] / temp  # here
+
+    err = raises(
+        kd.TraceError,
+        lambda: k(np.ones(3, F), np.ones(3, F), np.array(2.0)),
+        "argument 'temp' is a 0-d array",
+        "float(temp)",
+        "temp[()]",
+    )
+    assert err.loc.line == line_of(k, "here")
+
+    @kd.kernel
+    def left(x, y, temp):
+        i = kd.indices(x.shape[0])
+        y[i] = temp + x[i]
+
+    raises(kd.TraceError, lambda: left(np.ones(3, F), np.ones(3, F), np.array(2.0)), "0-d array")
+
+
+def test_a_float_into_an_int_output_names_both_fixes():
+    @kd.kernel
+    def k(x, y):
+        i = kd.indices(x.shape[0])
+        y[i] = x[i] * 2.0  # here
+
+    err = raises(
+        kd.TraceError,
+        lambda: k(np.ones(3, F), np.zeros(3, np.int32)),
+        "value.astype(kd.i32)",
+        "pass a float32 array as 'y'",
+    )
+    assert err.loc.line == line_of(k, "here")
