@@ -216,7 +216,7 @@ class _Codegen:
                 os_, oe, oempty = self._extent(self.state.arrays[other.name], other.dtype.itemsize)
                 overlap = b.and_(b.icmp_unsigned("<", ws, oe), b.icmp_unsigned("<", os_, we))
                 clash = b.and_(overlap, b.not_(b.or_(wempty, oempty)))
-                if len(wbuf.shape) == len(other.shape):
+                if len(wbuf.shape) == len(other.shape) > 0:  # (a 0-d array has no stride)
                     apart = self._interleaved(wbuf, other)
                     clash = b.and_(clash, b.not_(apart))
                 self._fail_unless(b.not_(clash), ErrorKind.ALIAS, p << 16 | q)

@@ -95,3 +95,18 @@ def test_a_kernel_may_update_an_array_in_place():
             args = (2.0, x[1:], w, x[:-1])
         with pytest.raises(kd.KernelArgumentError, match="share memory"):
             kernel(*args)
+
+
+def test_zero_d_arrays_are_checked_too():
+    """A written 0-d array and another 0-d one: the entry's test of interleaved views
+    took the last axis's stride, which a 0-d array has none of (an IndexError)."""
+
+    @kd.kernel
+    def twice(a, b):
+        b[()] = a[()] * 2.0
+
+    a, b = np.array(3.0, np.float32), np.array(0.0, np.float32)
+    twice(a, b)
+    assert b == 6.0
+    twice(a, a)  # in place: one statement reads and writes the one element
+    assert a == 6.0
