@@ -17,6 +17,8 @@ from kdsl.targets.cpu.runtime import get_num_threads, set_num_threads
 from kdsl.trace.api import (
     abs,
     alloc,
+    argmax,
+    argmin,
     cast,
     ceil,
     constexpr,
@@ -66,6 +68,8 @@ __all__ = [
     "TraceError",
     "abs",
     "alloc",
+    "argmax",
+    "argmin",
     "bf16",
     "bool_",
     "cast",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -308,6 +308,35 @@ def max(x: object, over: object = None) -> Value:  # noqa: A001
 
 def min(x: object, over: object = None) -> Value:  # noqa: A001
     return _reduce("min", x, over)
+
+
+def argmax(x: object, over: object = None) -> Value:
+    """The first position along index `over` of the greatest value of `x` (a NaN counts
+    as the greatest, as in NumPy's argmax), an i64; over an empty range, its length."""
+    return _arg("argmax", max, x, over)
+
+
+def argmin(x: object, over: object = None) -> Value:
+    """The first position of the least value (a NaN counts as the least, as in NumPy)."""
+    return _arg("argmin", min, x, over)
+
+
+def _arg(label: str, extreme: Callable[..., Value], x: object, over: object) -> Value:
+    """Two reductions over `over`: the extreme, then the first position holding it (or
+    a NaN: the extreme is NaN then)."""
+    loc = location()
+    current(label)
+    if not isinstance(over, Index):
+        raise TraceError(
+            f"kd.{label} takes one index variable, over=",
+            loc=loc,
+            fix=f"e.g. j = kd.indices(n); kd.{label}(x[i, j], over=j)",
+        )
+    value = as_value(x)
+    best = extreme(value, over=over)
+    length = Value(over.extent)
+    first = min(V.where((value == best) | (value != value), over, length), over=over)
+    return minimum(first, length)
 
 
 # ------------------------------------------------------------------------------ math

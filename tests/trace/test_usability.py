@@ -428,3 +428,41 @@ def test_a_float_into_an_int_output_names_both_fixes():
         "pass a float32 array as 'y'",
     )
     assert err.loc.line == line_of(k, "here")
+
+
+@pytest.mark.parametrize("shape", [(3, 1), (5, 13), (4, 0), (0, 3), (64, 257)])
+@pytest.mark.parametrize("dtype", [np.float32, np.int16])
+def test_argmax_and_argmin_are_numpys(shape, dtype):
+    """The first position of the extreme; ties, NaNs (the extreme, as in NumPy) and an
+    empty row (its length) included; compiled and interpreted."""
+
+    @kd.kernel
+    def positions(x, hi, lo):
+        i, j = kd.indices(x.shape[0], x.shape[1])
+        hi[i] = kd.argmax(x[i, j], over=j)
+        lo[i] = kd.argmin(x[i, j], over=j)
+
+    rng = np.random.default_rng(shape[1])
+    x = (rng.standard_normal(shape) * 3).astype(dtype)
+    if shape == (5, 13):
+        x[1, 4] = np.nan if dtype == np.float32 else x[1, 4]
+        x[2, :] = 1  # a tie everywhere: the first
+        x[3, [7, 9]] = x[3].max() + 1
+    for run in (positions, positions.interpret):
+        hi, lo = np.full(shape[0], -5, np.int64), np.full(shape[0], -5, np.int64)
+        run(x, hi, lo)
+        if shape[1]:
+            np.testing.assert_array_equal(hi, np.argmax(x, axis=1))
+            np.testing.assert_array_equal(lo, np.argmin(x, axis=1))
+        else:
+            assert (hi == 0).all() and (lo == 0).all()
+
+
+def test_argmax_takes_one_index():
+    @kd.kernel
+    def flat(x, out):
+        i, j = kd.indices(x.shape[0], x.shape[1])
+        out[0] = kd.argmax(x[i, j], over=(i, j))
+
+    with pytest.raises(kd.TraceError, match="kd.argmax takes one index variable"):
+        flat(np.ones((2, 2), np.float32), np.zeros(1, np.int64))
