@@ -1,8 +1,9 @@
 """The schedule a kernel gets when it has none (DESIGN §3): vectorize the innermost
 unit-stride loop of each nest, and parallelize the outermost parallel loop (unless the
-nest scatters: stores at subscripts that depend on loaded data; such a store's loop is
-not vectorized either, and on a GPU the nest runs in one thread: colliding subscripts
-keep the serial order's result, `H[idx[i]] += 1` counts every i). Whether the
+nest scatters: stores at subscripts that depend on loaded data). A loop two of whose
+iterations may write one element (`H[idx[i]] += 1`, `y[j // 4] += x[j]`) is not
+vectorized, nor bound on a GPU: colliding subscripts keep the serial order's result.
+Whether the
 parallel loop really runs on several threads is decided at run time from the work it
 holds, so small calls stay single-threaded.
 
@@ -13,7 +14,22 @@ replays like any other; a step the target refuses is skipped.
 from __future__ import annotations
 
 from kdsl.errors import ScheduleError
-from kdsl.ir.nodes import Const, Expr, Kernel, Load, Loop, LoopExec, LoopKind, LoopVar, Stmt, Store
+from kdsl.ir.affine import linear
+from kdsl.ir.nodes import (
+    Allocate,
+    Binary,
+    BinaryOp,
+    Const,
+    Expr,
+    Kernel,
+    Load,
+    Loop,
+    LoopExec,
+    LoopKind,
+    LoopVar,
+    Stmt,
+    Store,
+)
 from kdsl.ir.visit import walk_all_exprs, walk_expr, walk_stmts
 from kdsl.schedule import tree
 from kdsl.schedule.recipe import Schedule
@@ -36,15 +52,23 @@ def default_gpu_schedule(s: Schedule) -> None:
     touch neighbouring elements), or across the loops inside it when those walk memory
     with unit stride (rows: a block per row, its threads sharing the row's reductions)."""
     for nest in [st for st in s.kernel.body if isinstance(st, Loop)]:
-        if _scatters(nest):
-            continue  # in the serial order, on one thread
         chain = _parallel_chain(nest)
         if not chain:
             if nest.kind is LoopKind.REDUCTION:
                 _try(s.bind, nest.var, "thread.x")  # one block shares the whole reduction
             continue
+        colliding = [k for k, lp in enumerate(chain) if _collides(lp)]
+        if colliding:  # the loops down to it run in order, in one block (blocks can't
+            rest = chain[colliding[-1] + 1 :]  # sit inside them): its threads share the rest
+            if rest:
+                _try(s.bind, rest[-1].var, "thread.x")
+            continue
         inner = chain[-1]
-        rows = [c for c in inner.body if isinstance(c, Loop) and c.kind is not LoopKind.SERIAL]
+        rows = [
+            c
+            for c in inner.body
+            if isinstance(c, Loop) and c.kind is not LoopKind.SERIAL and not _collides(c)
+        ]
         if rows and max(_strides(c)[0] for c in rows) >= _strides(inner)[0]:
             _bind_blocks(s, chain)
             for child in rows:
@@ -100,7 +124,8 @@ def _bind_blocks(s: Schedule, loops: list[Loop]) -> None:
 
 def _schedule_nest(s: Schedule, nest: Loop) -> None:
     vectors = _vector_loops(nest)
-    parallel = nest if nest.kind is LoopKind.PARALLEL and not _scatters(nest) else None
+    serial = _scatters(nest) or _collides(nest)
+    parallel = nest if nest.kind is LoopKind.PARALLEL and not serial else None
     if parallel is not None and [v.var for v in vectors] == [parallel.var]:
         if isinstance(nest.extent, Const) and int(nest.extent.value) <= SPLIT_1D:
             parallel = None
@@ -135,19 +160,43 @@ def _child_loops(body: tuple[Stmt, ...]) -> list[Loop]:
     return found
 
 
-def _scatters(nest: Loop, var: str | None = None) -> bool:
-    """Whether a store's subscript depends on loaded data (`y[idx[i]] = ...`; with
-    `var`, and on that loop's variable): two iterations may write one element, and on
-    threads the last writer would be whichever came last in time, in a vector the
-    lanes' reads of an element would all come before their writes (`H[idx[i]] += 1`
-    would count colliding i once). Such loops run one iteration after another, in
-    the serial order (a user's `parallelize` or `vectorize` is the user's promise that
-    the subscripts never collide)."""
+def _scatters(nest: Loop) -> bool:
+    """Whether a store's subscript depends on loaded data (`y[idx[i]] = ...`): two
+    iterations may write one element, and on threads the last writer would be whichever
+    came last in time. Such nests stay on one thread, in the serial order (a user's
+    `parallelize` is the user's promise that the subscripts never collide)."""
+    return any(
+        isinstance(st, Store) and any(isinstance(e, Load) for i in st.index for e in walk_expr(i))
+        for st in walk_stmts((nest,))
+    )
+
+
+def _collides(loop: Loop) -> bool:
+    """Whether two iterations of `loop` may write one element: a store inside it (to an
+    array it doesn't allocate) none of whose subscripts takes a different value in each
+    iteration (`H[idx[i]] += 1`, `y[j // 4] += x[j]`, `y[perm[i], j]` for i; not
+    `y[perm[i], j]` for j). Its lanes would read an element before any lane wrote it
+    (counts lost), its threads write it in any order: it stays serial, in the serial
+    order (a user's `vectorize` or `bind` is the user's promise that they never meet)."""
+    inside = {st.buffer for st in walk_stmts(loop.body) if isinstance(st, Allocate)}
     return any(
         isinstance(st, Store)
-        and any(isinstance(e, Load) for i in st.index for e in walk_expr(i))
-        and (var is None or any(_mentions(i, var) for i in st.index))
-        for st in walk_stmts((nest,))
+        and st.buffer not in inside
+        and not any(_spreads(i, loop.var) for i in st.index)
+        for st in walk_stmts(loop.body)
+    )
+
+
+def _spreads(sub: Expr, var: str) -> bool:
+    """Whether subscript `sub` takes a different value for each value of loop `var`
+    (the other loops fixed): var times a nonzero constant, or times a shape (`i * n +
+    j`), plus terms without var; not through data, `//` or `%`."""
+    lin = linear(sub)
+    if lin is None:
+        return False
+    terms = [(a, c) for a, c in lin.terms if _mentions(a, var)]
+    return bool(terms) and all(
+        a == LoopVar(var) or isinstance(a, Binary) and a.op is BinaryOp.MUL for a, _ in terms
     )
 
 
@@ -166,7 +215,7 @@ def _vector_candidate(loops: list[Loop]) -> Loop | None:
     """The innermost loop that most accesses walk with unit stride, and none gathers."""
     best: tuple[int, Loop] | None = None
     for lp in loops:
-        if lp.kind is LoopKind.SERIAL or lp.exec is not LoopExec.SERIAL or _scatters(lp, lp.var):
+        if lp.kind is LoopKind.SERIAL or lp.exec is not LoopExec.SERIAL or _collides(lp):
             continue
         if isinstance(lp.extent, Const) and int(lp.extent.value) < 4:
             continue

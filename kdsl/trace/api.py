@@ -114,7 +114,11 @@ def range(*args: object) -> Iterator[Value]:  # noqa: A001 - kd.range mirrors Py
     if _is_int(start) and _is_int(stop):
         count = len(builtins.range(int(start), int(stop), step))  # type: ignore[call-overload]
     else:
-        count = V.maximum(as_value(stop) - start, 0)
+        # in i64 (u8 bounds 5 and 3 would wrap to 254 trips), and `start` read once,
+        # before the loop, as Python's range reads it
+        if not _is_int(start):
+            start = local(V.cast(start, T.i64), T.i64)
+        count = V.maximum(V.cast(stop, T.i64) - start, 0)
         if step != 1:
             count = (count + (step - 1)) // step  # type: ignore[operator]
     for t in _loops("range", LoopKind.SERIAL, (count,)):

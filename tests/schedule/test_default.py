@@ -133,6 +133,43 @@ def test_each_pass_over_a_row_is_vectorized(shape):
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-7)
 
 
+def test_colliding_subscripts_stay_serial_and_distinct_ones_do_not():
+    """y[j // 4] += x[j] (four iterations per element) neither vectorized nor on
+    threads; a row scatter y[perm[i], j] keeps its column loop vectorized (and on a
+    GPU its rows run in order, one block's threads across the columns; emulated)."""
+    from tests.targets.cuda import simt
+
+    @kd.kernel
+    def pool(x, y):
+        j = kd.indices(x.shape[0])
+        y[j // 4] += x[j]
+
+    @kd.kernel
+    def permute_rows(perm, x, y):
+        i, j = kd.indices(x.shape[0], x.shape[1])
+        y[perm[i], j] = x[i, j]
+
+    rng = np.random.default_rng(2)
+    x = random_array(rng, (100_003,), np.float32)
+    y = np.zeros(25_001, np.float32)
+    pool(x, y)
+    want_pool = np.add.reduceat(x.astype(np.float64), np.arange(0, x.size, 4))
+    np.testing.assert_allclose(y, want_pool, rtol=1e-5, atol=1e-6)
+    text = str(pool.lowered(x, y))
+    assert "vectorized" not in text and "parallelized" not in text
+    perm = rng.integers(0, 5, 9).astype(np.int64)  # rows collide: the last one wins
+    x2 = random_array(rng, (9, 70), np.float32)
+    want = np.zeros((5, 70), np.float32)
+    want[perm] = x2
+    y2 = np.zeros((5, 70), np.float32)
+    permute_rows(perm, x2, y2)
+    np.testing.assert_array_equal(y2, want)
+    assert "# parallel, vectorized(" in str(permute_rows.lowered(perm, x2, y2))
+    y2[...] = 0
+    simt.run(permute_rows, [perm, x2, y2])
+    np.testing.assert_array_equal(y2, want)
+
+
 def test_the_gpu_default_spreads_threads_past_a_loop_too_small_for_a_warp(monkeypatch):
     """Under a block's loop, a loop of extent 1 (one query head of a group) around an
     elementwise pass: the threads take the loop inside it, not it (it had taken them:

@@ -466,3 +466,31 @@ def test_argmax_takes_one_index():
 
     with pytest.raises(kd.TraceError, match="kd.argmax takes one index variable"):
         flat(np.ones((2, 2), np.float32), np.zeros(1, np.int64))
+
+
+@pytest.mark.parametrize(
+    "dtype, bounds, trips",
+    [(np.uint8, [5, 3], 0), (np.uint16, [5, 3], 0), (np.int8, [-100, 100], 200)],
+)
+def test_kd_range_bounds_are_read_once_in_64_bits(dtype, bounds, trips):
+    """Bounds from narrow arrays: u8 5..3 ran 254 trips (the count wrapped), int8
+    -100..100 none; a start that the loop changes is read once, as Python reads it."""
+
+    @kd.kernel
+    def count(a, y):
+        for _ in kd.range(a[0], a[1]):
+            y[0] += 1.0
+
+    @kd.kernel
+    def moving(x, y):
+        s = kd.local(2)
+        for j in kd.range(s, 6):
+            y[j] = x[j]
+            s += 1
+
+    y = np.zeros(1, np.float32)
+    count(np.array(bounds, dtype), y)
+    assert y[0] == trips
+    x, y = np.arange(10, dtype=np.float32), np.zeros(10, np.float32)
+    moving(x, y)
+    np.testing.assert_array_equal(y, np.where((x >= 2) & (x < 6), x, 0))

@@ -17,7 +17,7 @@ from kdsl.ir.evaluate import evaluate
 from kdsl.ir.nodes import Kernel, Store
 from kdsl.ir.visit import walk_stmts
 from kdsl.targets.cpu.backend import CpuKernel, compile_kernel
-from kdsl.targets.cpu.overlap import Layout, in_place_pairs, share_memory
+from kdsl.targets.cpu.overlap import Layout, in_place_pairs, one_view, share_memory
 from kdsl.targets.cpu.state import ErrorKind
 
 
@@ -109,7 +109,7 @@ class Specialization:
         layouts = {n: Layout.of(a) for n, a in arrays.items()}  # type: ignore[arg-type]
         for w in sorted(self._written & layouts.keys()):
             for other, layout in layouts.items():
-                if other == w or (layout == layouts[w] and (w, other) in self._in_place):
+                if other == w or ((w, other) in self._in_place and one_view(layouts[w], layout)):
                     continue
                 if share_memory(layouts[w], layout):
                     return w, other

@@ -62,6 +62,20 @@ def share_memory(a: Layout, b: Layout) -> bool:
         return True
 
 
+def one_view(a: Layout, b: Layout) -> bool:
+    """Whether `a` and `b` are the same view of an array whose elements are all apart
+    (a sliding window's rows overlap: one element there is several of the view's), so
+    that distinct subscripts are distinct elements: what an in-place update needs."""
+    if a != b:
+        return False
+    reach = a.itemsize  # bytes spanned by the axes of smaller stride
+    for stride, n in sorted((abs(s), n) for n, s in zip(a.shape, a.strides) if n > 1):
+        if stride < reach:
+            return False
+        reach = stride * (n - 1) + reach
+    return True
+
+
 def in_place_pairs(kernel: Kernel) -> frozenset[tuple[str, str]]:
     """The (written, other) parameter pairs that may be one array, the same view of it
     (`relu(x, out=x)`): one statement writes `written`, at distinct loop variables, bare,

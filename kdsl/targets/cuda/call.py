@@ -18,7 +18,7 @@ from kdsl.ir.evaluate import compile_evaluator, evaluate
 from kdsl.ir.nodes import BufferRole, Const, Kernel, Store
 from kdsl.ir.visit import walk_stmts
 from kdsl.targets.cpu.call import out_of_bounds
-from kdsl.targets.cpu.overlap import Layout, in_place_pairs, share_memory
+from kdsl.targets.cpu.overlap import Layout, in_place_pairs, one_view, share_memory
 from kdsl.targets.cpu.state import ErrorKind
 from kdsl.targets.cuda import arrays as A
 from kdsl.targets.cuda import driver
@@ -308,7 +308,7 @@ class CudaSpecialization:
                 name,
                 lambda o, mine=mine, name=name: (
                     not (  # (an array updated in place: let be)
-                        layouts[o] == mine and (name, o) in self._in_place
+                        (name, o) in self._in_place and one_view(mine, layouts[o])
                     )
                     and share_memory(mine, layouts[o])
                 ),

@@ -110,3 +110,19 @@ def test_zero_d_arrays_are_checked_too():
     assert b == 6.0
     twice(a, a)  # in place: one statement reads and writes the one element
     assert a == 6.0
+
+
+def test_a_view_whose_rows_overlap_is_not_updated_in_place():
+    """A sliding window's rows share elements: y[i, j] = 2 x[i, j] in place would double
+    some elements twice (reviewed: it did)."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    @kd.kernel
+    def scale(x, y):
+        i, j = kd.indices(y.shape[0], y.shape[1])
+        y[i, j] = x[i, j] * 2.0
+
+    w = sliding_window_view(np.arange(8, dtype=np.float32), 4, writeable=True)
+    assert not overlap.one_view(Layout.of(w), Layout.of(w))
+    with pytest.raises(kd.KernelArgumentError, match="share memory"):
+        scale(w, w)
