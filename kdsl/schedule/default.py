@@ -148,6 +148,8 @@ def _vector_loops(loop: Loop) -> list[Loop]:
         picked = [v for child in children for v in _vector_loops(child)]
         if picked:
             return picked
+    elif children and len(below := _vector_loops(children[0])) > 1:
+        return below  # (side by side further down: a batch's rows)
     best = _vector_candidate([lp for lp in walk_stmts((loop,)) if isinstance(lp, Loop)])
     return [] if best is None else [best]
 

@@ -276,6 +276,11 @@ class LocalProxy(Value):
     def dtype(self) -> DType:
         return self._dtype
 
+    def __pos__(self) -> Value:
+        """A read of the local now (`prev = +acc` keeps this value; `prev = acc` is the
+        local itself, as a Python name bound to the same object)."""
+        return Value(self.expr)
+
     def set(self, value: object) -> LocalProxy:
         loc = location()
         v = as_value(value)

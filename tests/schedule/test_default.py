@@ -127,6 +127,15 @@ def test_each_pass_over_a_row_is_vectorized(shape):
     text = str(softmax.lowered(x, y, 0.7))
     for loop in ("j", "j.1", "j.2"):
         assert f"for {loop} in range(max(x.shape[1], 0) // 16 * 16):" in text
+
+    @kd.kernel
+    def batched(x, y):  # the three loops one loop further down
+        b, i, j = kd.indices(x.shape[0], x.shape[1], x.shape[2])
+        e = kd.exp(x[b, i, j] - kd.max(x[b, i, j], over=j))
+        y[b, i, j] = e / kd.sum(e, over=j)
+
+    x3 = np.stack([x, x])
+    assert str(batched.lowered(x3, x3.copy())).count("# reduction, vectorized(16)") == 4
     softmax(x, y, 0.7)
     z = (x - x.max(axis=1, keepdims=True)) / 0.7
     want = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)

@@ -494,3 +494,21 @@ def test_kd_range_bounds_are_read_once_in_64_bits(dtype, bounds, trips):
     x, y = np.arange(10, dtype=np.float32), np.zeros(10, np.float32)
     moving(x, y)
     np.testing.assert_array_equal(y, np.where((x >= 2) & (x < 6), x, 0))
+
+
+def test_unary_plus_reads_a_local_now():
+    """`prev = +acc` keeps acc's value (it returned the local itself: acc - prev was 0)."""
+
+    @kd.kernel
+    def steps(x, y):
+        acc = kd.local(0.0, kd.f32)
+        for t in kd.range(x.shape[0]):
+            prev = +acc
+            acc += x[t]
+            y[t] = acc - prev
+
+    x = np.arange(1, 6, dtype=np.float32)
+    for run in (steps, steps.interpret):
+        y = np.zeros(5, np.float32)
+        run(x, y)
+        np.testing.assert_array_equal(y, x)
