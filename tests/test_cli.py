@@ -217,3 +217,19 @@ def test_demo_checks_and_times_every_library_kernel(capsys):
         line = next(row for row in out.splitlines() if row.startswith(name))
         assert " ok " in line and "×" in line and "%" in line
     assert "peak:" in out and "WRONG" not in out
+
+
+def test_quick_naive_benchmark_checks_and_times_each_kernel(tmp_path):
+    """benchmarks/naive.py: unscheduled kernels, each checked against NumPy before it is
+    timed (a wrong result fails the run)."""
+    output = tmp_path / "naive.md"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "naive.py"), "--quick", "--output", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    page = output.read_text(encoding="utf-8")
+    for name in ("softmax", "rmsnorm", "argmax of each row", "histogram", "embedding rows"):
+        assert f"| {name}" in page

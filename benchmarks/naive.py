@@ -1,0 +1,164 @@
+"""Kernels as a user first writes them, with no schedule, against NumPy: the default
+schedule's share of "a naive kernel is already fast" (kdsl/schedule/default.py).
+
+    python benchmarks/naive.py [--quick] [--output benchmarks/RESULTS-naive.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import harness
+import numpy as np
+
+import kdsl as kd
+
+# ------------------------------------------------------------------ the kernels
+
+
+@kd.kernel
+def softmax(x, y):
+    """Three passes over each row, side by side: each is vectorized."""
+    i, j = kd.indices(x.shape[0], x.shape[1])
+    m = kd.max(x[i, j], over=j)
+    e = kd.exp(x[i, j] - m)
+    y[i, j] = e / kd.sum(e, over=j)
+
+
+@kd.kernel
+def rmsnorm(x, w, y):
+    i, j = kd.indices(x.shape[0], x.shape[1])
+    y[i, j] = x[i, j] * kd.rsqrt(kd.sum(x[i, j] * x[i, j], over=j) / x.shape[1] + 1e-5) * w[j]
+
+
+@kd.kernel
+def argmax(x, out):
+    i, j = kd.indices(x.shape[0], x.shape[1])
+    out[i] = kd.argmax(x[i, j], over=j)
+
+
+@kd.kernel
+def histogram(idx, counts):
+    """Colliding subscripts: run in the serial order (every count kept)."""
+    i = kd.indices(idx.shape[0])
+    counts[idx[i]] += 1
+
+
+@kd.kernel
+def gather_rows(table, ids, y):
+    """An embedding lookup: rows of a table by token id."""
+    t, d = kd.indices(ids.shape[0], table.shape[1])
+    y[t, d] = table[ids[t], d]
+
+
+# ------------------------------------------------------------------ the cases
+
+
+def _rows(shape: tuple[int, int]):
+    def make(rng: np.random.Generator) -> harness.Args:
+        x = rng.standard_normal(shape, dtype=np.float32)
+        return x, np.empty(shape, np.float32)
+
+    return make
+
+
+def _np_softmax(x: np.ndarray, y: np.ndarray) -> None:
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    np.divide(e, e.sum(axis=1, keepdims=True), out=y)
+
+
+def _np_rmsnorm(x: np.ndarray, w: np.ndarray, y: np.ndarray) -> None:
+    scale = 1 / np.sqrt(np.mean(x * x, axis=1, keepdims=True) + 1e-5)
+    np.multiply(x * scale, w, out=y)
+
+
+def cases(rows: int, cols: int, n: int) -> list[harness.Case]:
+    shape = (rows, cols)
+    size = f"{rows}×{cols}"
+    moved = 2 * rows * cols * 4  # each element read and written once
+
+    def norm_args(rng: np.random.Generator) -> harness.Args:
+        x = rng.standard_normal(shape, dtype=np.float32)
+        return x, rng.standard_normal(cols, dtype=np.float32), np.empty(shape, np.float32)
+
+    def argmax_args(rng: np.random.Generator) -> harness.Args:
+        return rng.standard_normal(shape, dtype=np.float32), np.empty(rows, np.int64)
+
+    def histogram_args(rng: np.random.Generator) -> harness.Args:
+        return rng.integers(0, 256, n).astype(np.int64), np.zeros(256, np.int64)
+
+    def count(idx: np.ndarray, counts: np.ndarray) -> None:
+        counts[...] = 0
+        histogram(idx, counts)
+
+    def gather_args(rng: np.random.Generator) -> harness.Args:
+        table = rng.standard_normal((32000, 256), dtype=np.float32)
+        ids = rng.integers(0, 32000, rows).astype(np.int64)
+        return table, ids, np.empty((rows, 256), np.float32)
+
+    return [
+        harness.Case("softmax", size, _rows(shape), softmax, _np_softmax, moved, "GB/s", 1e-5),
+        harness.Case("rmsnorm", size, norm_args, rmsnorm, _np_rmsnorm, moved, "GB/s", 1e-4, 1e-5),
+        harness.Case(
+            "argmax of each row",
+            size,
+            argmax_args,
+            argmax,
+            lambda x, out: np.argmax(x, axis=1, out=out),
+            rows * cols * 4,
+            "GB/s",
+        ),
+        harness.Case(
+            "histogram, 256 bins",
+            f"{n}",
+            histogram_args,
+            count,
+            lambda idx, counts: np.copyto(counts, np.bincount(idx, minlength=256)),
+            n * 8,
+            "GB/s",
+        ),
+        harness.Case(
+            "embedding rows",
+            f"{rows}×256 of 32000",
+            gather_args,
+            gather_rows,
+            lambda table, ids, y: np.take(table, ids, axis=0, out=y),
+            2 * rows * 256 * 4,
+            "GB/s",
+        ),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, few repeats")
+    parser.add_argument("--output", type=Path, help="also write the Markdown page here")
+    ns = parser.parse_args(argv)
+    if ns.quick:
+        settings = harness.Settings(repeats=3, min_batch_s=0.005, working_set_bytes=1 << 20)
+        all_cases = cases(64, 100, 10_000)
+    else:
+        settings = harness.Settings(
+            repeats=9, min_batch_s=0.05, working_set_bytes=64 << 20, settle_s=0.3
+        )
+        all_cases = cases(4096, 1000, 4_000_003)
+    rng = np.random.default_rng(0)
+    rows = [harness.run_case(case, settings, rng) for case in all_cases]
+    notes = [
+        "each kernel as written, with no schedule: the default one vectorizes each loop "
+        "over a row (the softmax's three passes each), parallelizes the outer loop, and "
+        "keeps loops whose iterations may write one element serial (the histogram)",
+        "checked against NumPy on fresh random data first; medians of alternating batches",
+        "GB/s count each array's bytes read and written once (the histogram: its ids)",
+    ]
+    title = "kdsl kernels with no schedule vs NumPy" + (" (quick run)" if ns.quick else "")
+    page = harness.markdown(rows, title, notes)
+    print(page)
+    if ns.output is not None:
+        ns.output.write_text(page, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
