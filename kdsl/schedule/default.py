@@ -1,8 +1,8 @@
 """The schedule a kernel gets when it has none (DESIGN §3): vectorize the innermost
-unit-stride loop of each nest, and parallelize the outermost parallel loop (unless the
-nest scatters: stores at subscripts that depend on loaded data). A loop two of whose
-iterations may write one element (`H[idx[i]] += 1`, `y[j // 4] += x[j]`) is not
-vectorized, nor bound on a GPU: colliding subscripts keep the serial order's result.
+unit-stride loop of each nest, and parallelize the outermost parallel loop. A loop two
+of whose iterations may write one element (`H[idx[i]] += 1`, `y[j // 4] += x[j]`: a
+scatter) is neither vectorized nor parallelized, nor bound on a GPU: colliding
+subscripts keep the serial order's result.
 Whether the
 parallel loop really runs on several threads is decided at run time from the work it
 holds, so small calls stay single-threaded.
@@ -124,8 +124,7 @@ def _bind_blocks(s: Schedule, loops: list[Loop]) -> None:
 
 def _schedule_nest(s: Schedule, nest: Loop) -> None:
     vectors = _vector_loops(nest)
-    serial = _scatters(nest) or _collides(nest)
-    parallel = nest if nest.kind is LoopKind.PARALLEL and not serial else None
+    parallel = nest if nest.kind is LoopKind.PARALLEL and not _collides(nest) else None
     if parallel is not None and [v.var for v in vectors] == [parallel.var]:
         if isinstance(nest.extent, Const) and int(nest.extent.value) <= SPLIT_1D:
             parallel = None
@@ -160,17 +159,6 @@ def _child_loops(body: tuple[Stmt, ...]) -> list[Loop]:
     for st in body:
         found.extend([st] if isinstance(st, Loop) else _child_loops(tree.body_of(st)))
     return found
-
-
-def _scatters(nest: Loop) -> bool:
-    """Whether a store's subscript depends on loaded data (`y[idx[i]] = ...`): two
-    iterations may write one element, and on threads the last writer would be whichever
-    came last in time. Such nests stay on one thread, in the serial order (a user's
-    `parallelize` is the user's promise that the subscripts never collide)."""
-    return any(
-        isinstance(st, Store) and any(isinstance(e, Load) for i in st.index for e in walk_expr(i))
-        for st in walk_stmts((nest,))
-    )
 
 
 def _collides(loop: Loop) -> bool:
