@@ -196,10 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         *_targets(rows, peak, copy_gbs),
     ]
     title = "kdsl attention vs NumPy and PyTorch" + (" (quick run)" if ns.quick else "")
-    page = harness.markdown(rows, title, notes)
-    print(page)
-    if ns.output is not None:
-        ns.output.write_text(page, encoding="utf-8")
+    harness.publish(harness.markdown(rows, title, notes), ns.output)
     return 0
 
 

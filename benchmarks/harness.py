@@ -7,6 +7,7 @@ import math
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -265,6 +266,14 @@ def tuning() -> str:
         f"{own} rows in the cache directory's database, {ships} shipped with kdsl for this CPU "
         "(library calls of a tuned signature take the nearest tuned shape's params)"
     )
+
+
+def publish(page: str, output: Path | None) -> None:
+    """Print a results page, and write it to `output` when there is one."""
+    print(page)
+    if output is not None:
+        output.write_text(page, encoding="utf-8")
+        print(f"wrote {output}", file=sys.stderr)
 
 
 def markdown(rows: Sequence[Row], title: str, notes: Sequence[str]) -> str:

@@ -252,9 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         results += measured
         bandwidths += probed
     page = markdown(results, bandwidths, probe_mib, steps, targets(results))
-    print(page)
-    if ns.output is not None:
-        ns.output.write_text(page, encoding="utf-8")
+    harness.publish(page, ns.output)
     return 0
 
 

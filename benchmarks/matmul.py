@@ -190,12 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         *targets(rows, peak),
     ]
     title = "kdsl matmul vs OpenBLAS" + (" (quick run)" if ns.quick else "")
-    page = harness.markdown(rows, title, notes)
-    print(page)
-    output = ns.output or (None if ns.quick else RESULTS)
-    if output is not None:
-        output.write_text(page, encoding="utf-8")
-        print(f"wrote {output}", file=sys.stderr)
+    harness.publish(
+        harness.markdown(rows, title, notes), ns.output or (None if ns.quick else RESULTS)
+    )
     return 0
 
 

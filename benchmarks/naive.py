@@ -153,10 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         "GB/s count each array's bytes read and written once (the histogram: its ids)",
     ]
     title = "kdsl kernels with no schedule vs NumPy" + (" (quick run)" if ns.quick else "")
-    page = harness.markdown(rows, title, notes)
-    print(page)
-    if ns.output is not None:
-        ns.output.write_text(page, encoding="utf-8")
+    harness.publish(harness.markdown(rows, title, notes), ns.output)
     return 0
 
 

@@ -122,10 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     title = "kdsl quantized matvec vs NumPy and the read bandwidth" + (
         " (quick run)" if ns.quick else ""
     )
-    page = harness.markdown(rows, title, notes)
-    print(page)
-    if ns.output is not None:
-        ns.output.write_text(page, encoding="utf-8")
+    harness.publish(harness.markdown(rows, title, notes), ns.output)
     return 0
 
 

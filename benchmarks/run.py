@@ -216,11 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     rows.extend(tuning_rows)
     title = "kdsl vs NumPy" + (" (quick run)" if ns.quick else "")
     page = harness.markdown(rows, title, NOTES + tuning_notes + library.row_targets(rows))
-    print(page)
-    output = ns.output or (None if ns.quick else RESULTS)
-    if output is not None:
-        output.write_text(page, encoding="utf-8")
-        print(f"wrote {output}", file=sys.stderr)
+    harness.publish(page, ns.output or (None if ns.quick else RESULTS))
     return 0
 
 

@@ -180,18 +180,26 @@ def test_console_entry_point_in_a_fresh_process(kernels_file):
     assert "Traceback" not in done.stderr
 
 
+def _quick_benchmark(script: str, tmp_path) -> tuple[str, subprocess.CompletedProcess[str]]:
+    """Run benchmarks/`script` --quick, its page written under tmp_path: the page and the
+    finished process (which must have succeeded)."""
+    output = tmp_path / "results.md"
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / script),
+        "--quick",
+        "--output",
+        str(output),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return output.read_text(encoding="utf-8"), done
+
+
 def test_quick_benchmark_writes_its_table(tmp_path):
     results = ROOT / "benchmarks" / "RESULTS.md"
     before = results.read_bytes() if results.exists() else None
-    output = tmp_path / "results.md"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--output", str(output)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    page = output.read_text(encoding="utf-8")
+    page, done = _quick_benchmark("run.py", tmp_path)
     assert page.startswith("# kdsl vs NumPy (quick run)") and "Machine: " in page
     names = ["saxpy", "row sum", "matmul, naive", "call overhead", "parallel", "fork/join"]
     names += ["copy", "softmax, fused", "RMS norm, fused", "matmul, tile", "trace + compile"]
@@ -222,14 +230,6 @@ def test_demo_checks_and_times_every_library_kernel(capsys):
 def test_quick_naive_benchmark_checks_and_times_each_kernel(tmp_path):
     """benchmarks/naive.py: unscheduled kernels, each checked against NumPy before it is
     timed (a wrong result fails the run)."""
-    output = tmp_path / "naive.md"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "naive.py"), "--quick", "--output", str(output)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    page = output.read_text(encoding="utf-8")
+    page, _ = _quick_benchmark("naive.py", tmp_path)
     for name in ("softmax", "rmsnorm", "argmax of each row", "histogram", "embedding rows"):
         assert f"| {name}" in page

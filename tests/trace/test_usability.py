@@ -305,16 +305,23 @@ def test_builtin_max_points_to_kd_maximum():
 
 
 @pytest.mark.parametrize(
-    "call, fix",
-    [(np.exp, "kd.exp"), (np.sqrt, "kd.sqrt"), (np.abs, "kd.abs"), (np.sign, "kdsl's math")],
+    "call, what, fix",
+    [
+        (np.exp, "NumPy's np.", "kd.exp"),
+        (np.sqrt, "NumPy's np.", "kd.sqrt"),
+        (np.abs, "NumPy's np.", "kd.abs"),
+        (np.sign, "NumPy's np.", "kdsl's math"),
+        (math.exp, "needs a concrete", "kd.exp"),
+        (math.sqrt, "needs a concrete", "kd.sqrt"),
+    ],
 )
-def test_numpy_functions_point_to_kd(call, fix):
+def test_numpy_and_math_functions_point_to_kd(call, what, fix):
     @kd.kernel
     def k(x, y):
         i = kd.indices(x.shape[0])
         y[i] = call(x[i])  # here
 
-    err = raises(kd.TraceError, lambda: k(np.ones(3, F), np.ones(3, F)), "NumPy's np.", fix)
+    err = raises(kd.TraceError, lambda: k(np.ones(3, F), np.ones(3, F)), what, fix)
     assert err.loc.line == line_of(k, "here")
 
 
@@ -334,17 +341,6 @@ def test_numpy_maximum_points_to_kd_maximum_and_numpy_scalars_still_compute():
 
     x = random_array(keyed_rng("npscalar"), (7,), F)
     check_kernel(k, [x, np.zeros(7, F)], {1: 2 * x + (x > 0) - 0.25})
-
-
-@pytest.mark.parametrize("call, fix", [(math.exp, "kd.exp"), (math.sqrt, "kd.sqrt")])
-def test_math_functions_point_to_kd(call, fix):
-    @kd.kernel
-    def k(x, y):
-        i = kd.indices(x.shape[0])
-        y[i] = call(x[i])  # here
-
-    err = raises(kd.TraceError, lambda: k(np.ones(3, F), np.ones(3, F)), "needs a concrete", fix)
-    assert err.loc.line == line_of(k, "here")
 
 
 def test_math_module_call_is_named():
