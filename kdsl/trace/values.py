@@ -95,7 +95,7 @@ class Value:
             raise trace_error(
                 f"{callee.__name__}() of a symbolic value: its number is only known when the "
                 "kernel runs",
-                "convert with x.astype(kd.f32) or x.astype(kd.i64)",
+                _conversion_fix(callee),
             )
         module = getattr(callee, "__module__", None)
         if module in ("math", "cmath"):  # (NumPy's functions: __array_ufunc__)
@@ -111,6 +111,18 @@ class Value:
         )
 
     __int__ = __float__ = __index__  # type: ignore[assignment]
+
+    def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
+        """NumPy converting a value: `np.float32(x[i])` gets the message `float(x[i])`
+        gets, `np.asarray(v)` its own (not NumPy's 'array element with a sequence')."""
+        callee = called_function()
+        if isinstance(callee, type) and issubclass(callee, np.number):
+            self.__index__()
+        raise trace_error(
+            "a symbolic value given to a NumPy function: NumPy computes on concrete arrays",
+            "compute with the value's operators and kd functions (kd.exp, kd.where, …); "
+            "convert dtypes with v.astype(kd.f32)",
+        )
 
     def __array_ufunc__(
         self, ufunc: np.ufunc, method: str, *inputs: object, **kwargs: object
@@ -287,6 +299,14 @@ _UFUNC_OPERATORS = {
     np.equal: operator.eq,
     np.not_equal: operator.ne,
 }
+
+
+def _conversion_fix(target: type) -> str:
+    """`np.float32(v)` → v.astype(kd.f32); `int(v)` → v.astype(kd.i64)."""
+    dtype = T.from_numpy(np.dtype(target)) if issubclass(target, np.number) else None
+    if dtype is not None:
+        return f"convert with x.astype(kd.{dtype.name})"
+    return "convert with x.astype(kd.f32) or x.astype(kd.i64)"
 
 
 def _kd_math_fix(name: str) -> str:
