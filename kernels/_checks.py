@@ -59,7 +59,7 @@ def as_array(func: str, name: str, x: object, kinds: str = "biuf", min_ndim: int
 
 
 # the functions that run on the GPU of PyTorch and CuPy CUDA arrays (kernels/_device.py)
-ON_GPU = ("matmul", "softmax", "rmsnorm", "layernorm", "attention")
+ON_GPU = ("matmul", "softmax", "rmsnorm", "layernorm", "attention", "qmatvec", "qmatmul")
 
 
 _DLPACK_CUDA = 2  # kDLCUDA, a DLPack device type

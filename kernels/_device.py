@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 from kdsl.kernels._checks import (
     argument_error,
     as_axis,
@@ -63,6 +64,16 @@ class _Torch:
 
         return torch.empty(shape, dtype=getattr(torch, dtype), device=like.device)
 
+    @staticmethod
+    def from_host(like: Any, a: np.ndarray) -> Any:
+        import torch
+
+        return torch.as_tensor(a, device=like.device)
+
+    @staticmethod
+    def to_host(x: Any) -> np.ndarray:
+        return np.asarray(x.cpu().numpy())
+
 
 class _CuPy:
     """The same of a CuPy array."""
@@ -92,6 +103,17 @@ class _CuPy:
         with like.device:
             return cupy.empty(shape, dtype)
 
+    @staticmethod
+    def from_host(like: Any, a: np.ndarray) -> Any:
+        import cupy
+
+        with like.device:
+            return cupy.asarray(a)
+
+    @staticmethod
+    def to_host(x: Any) -> np.ndarray:
+        return np.asarray(x.get())
+
 
 LIBRARIES: dict[str, type[_Torch] | type[_CuPy]] = {"torch": _Torch, "cupy": _CuPy}
 
@@ -118,7 +140,7 @@ class Device:
         if not on_a_gpu(x):
             where = f"is {type_name(x)} in host memory, and the other arrays are on a GPU"
             raise argument_error(self.func, f"'{name}' {where}", fix)
-        if lib is not self.lib or lib.device(x) != self.device:
+        if lib is None or not self.same_device(x):
             mine = f"a {lib.kind} on GPU {lib.device(x)}" if lib else f"a {type_name(x)}"
             raise argument_error(
                 self.func,
@@ -133,7 +155,7 @@ class Device:
             else:
                 what, how = (
                     f"and on a GPU this function takes {', '.join(dtypes)}",
-                    f"{name}.float()",
+                    f"{name}.to(torch.{dtypes[0]})",
                 )
             raise argument_error(
                 self.func,
@@ -141,6 +163,10 @@ class Device:
                 f"convert it first (e.g. {how} with PyTorch, .astype() with CuPy)",
             )
         return dtype
+
+    def same_device(self, x: object) -> bool:
+        """Whether `x` (an array on a GPU) is of this call's library on its device."""
+        return _library(x) is self.lib and self.lib.device(x) == self.device
 
     def empty(self, shape: tuple[int, ...], dtype: str) -> Any:
         return self.lib.empty(self.like, shape, dtype)
@@ -320,3 +346,54 @@ def attention(
     if into is not o:
         o[...] = into
     return o
+
+
+def check_blocks(
+    d: Any, q: Any, scales: tuple[int, int], quants: tuple[int, int], qtype: str, fix: str
+) -> None:
+    """A QTensor's arrays on a GPU: its scales `d` (float16, of shape `scales`) and quants
+    `q` (`qtype`, of shape `quants`, contiguous along its rows) on one device."""
+    dev = on_device("QTensor", d, "d")
+    if dev is None:
+        raise argument_error(
+            "QTensor",
+            f"'d' is {type_name(d)} in host memory, and 'q' is on a GPU",
+            "pass both in host memory or both on one GPU (QTensor.to(x) moves both)",
+        )
+    for name, a, shape, dtype in (("d", d, scales, "float16"), ("q", q, quants, qtype)):
+        dev.array(name, a, (dtype,))
+        if tuple(a.shape) != shape:
+            raise shape_error(
+                "QTensor", f"'{name}' has shape {tuple(a.shape)}, expected {shape}", fix
+            )
+    if math.prod(quants) and quants[1] > 1 and dev.lib.strides(q)[1] != 1:
+        raise argument_error("QTensor", "'q' is not contiguous along its rows", fix)
+
+
+def qproduct(dev: Device, w: Any, x: Any, out: object, kernel: kd.KernelFunction) -> Any:
+    """qmatvec and qmatmul on the GPU: `kernel(scales, quants, rows of x, rows of y)`
+    multiplies the f32 rows of x by the blocks of the QTensor `w` (on x's device),
+    dequantized in registers; the result is f32, [n, rows of w] or a vector for a vector
+    x."""
+    dev.array("x", x, ("float32",))
+    if not on_a_gpu(w.d) or not dev.same_device(w.d):
+        lib = _library(w.d) if on_a_gpu(w.d) else None
+        where = (
+            "in host memory"
+            if not on_a_gpu(w.d)
+            else f"on GPU {lib.device(w.d)}"
+            if lib is dev.lib
+            else f"in a {type_name(w.d)}"
+        )
+        raise argument_error(
+            dev.func,
+            f"'w' holds its blocks {where}, and 'x' is a {dev.lib.kind} on GPU {dev.device}",
+            "move the blocks to x's GPU once: w = w.to(x)",
+        )
+    vector = x.ndim == 1
+    batch = x[None] if vector else x
+    rows, n = w.shape[0], batch.shape[0]
+    y = dev.out(out, (rows,) if vector else (n, rows), ("float32",))
+    if n * rows:
+        launch(kernel, w.scales, w.quants, batch, y[None] if vector else y)
+    return y

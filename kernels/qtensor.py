@@ -17,7 +17,8 @@ import operator
 from dataclasses import dataclass
 
 import numpy as np
-from kdsl.kernels._checks import argument_error, expect_array, shape_error
+from kdsl.kernels import _device
+from kdsl.kernels._checks import argument_error, expect_array, on_a_gpu, shape_error, type_name
 
 BLOCK = 32  # values per block, both formats
 FORMATS = {"q8_0": 34, "q4_0": 18}  # bytes per block in GGML's files
@@ -49,8 +50,13 @@ class QTensor:
                 "its scales and quants), quantize_q8_0/quantize_q4_0 or QTensor.frombuffer"
             )
 
-        d = expect_array("QTensor", "d", self.d, (rows, padded), [np.float16], fix)
         quants = (rows, padded * QUANT_BYTES[self.format])
+        if on_a_gpu(self.d) or on_a_gpu(self.q):
+            qtype = np.dtype(QUANT_TYPES[self.format]).name
+            _device.check_blocks(self.d, self.q, (rows, padded), quants, qtype, fix())
+            object.__setattr__(self, "shape", (rows, cols))
+            return
+        d = expect_array("QTensor", "d", self.d, (rows, padded), [np.float16], fix)
         q = expect_array("QTensor", "q", self.q, quants, [QUANT_TYPES[self.format]], fix)
         if q.size and q.strides[1] != q.itemsize:  # (`quants` views a row's blocks)
             raise argument_error("QTensor", "'q' is not contiguous along its rows", fix())
@@ -85,12 +91,37 @@ class QTensor:
         """int8 [rows, blocks, 32] (Q8_0) or uint8 [rows, blocks, 16] (Q4_0 nibble pairs),
         a view."""
         count = QUANT_BYTES[self.format]
+        if not isinstance(self.q, np.ndarray):  # on a GPU: its library's view
+            return self.q.reshape(self.shape[0], self.q.shape[1] // count, count)[:, : self.blocks]
         strides = (self.q.strides[0], count, 1)
         return np.ndarray((self.shape[0], self.blocks, count), self.q.dtype, self.q, 0, strides)
 
+    def to(self, like: object) -> QTensor:
+        """These blocks where the array `like` is, as `torch.Tensor.to(other)`: on its GPU
+        for a PyTorch tensor or a CuPy array there, in host memory for a NumPy array;
+        `self` when they are there already."""
+        target = _device.on_device("QTensor.to", like, "like")
+        if target is None and not isinstance(like, np.ndarray):
+            raise argument_error(
+                "QTensor.to",
+                f"'like' is {type_name(like)}, expected an array where the blocks should go",
+                "pass a NumPy array for host memory, or a PyTorch tensor or CuPy array on the GPU",
+            )
+        here = _device.on_device("QTensor.to", self.d, "d")
+        if here is None and target is None:
+            return self
+        if here is not None and target is not None and here.same_device(like):
+            return self
+        d, q = (here.lib.to_host(a) for a in (self.d, self.q)) if here else (self.d, self.q)
+        if target is not None:
+            d, q = target.lib.from_host(like, d), target.lib.from_host(like, q)
+        return QTensor(self.format, self.shape, d, q)
+
     def ggml(self) -> np.ndarray:
         """GGML's bytes, uint8 [rows, blocks · bytes per block]: each block's f16 scale,
-        then its quants."""
+        then its quants (in host memory, wherever the blocks are)."""
+        if on_a_gpu(self.d):
+            return self.to(np.empty(0)).ggml()
         count = QUANT_BYTES[self.format]
         out = np.empty((self.shape[0], self.blocks * FORMATS[self.format]), np.uint8)
         ggml_view(out, self.format, np.float16, 0, 1)[..., 0] = self.scales

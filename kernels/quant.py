@@ -15,9 +15,11 @@ dequantizes the weights in registers.
 from __future__ import annotations
 
 import numpy as np
+from kdsl.kernels import _device
 from kdsl.kernels._checks import (
     argument_error,
     as_array,
+    on_a_gpu,
     out_array,
     shape_error,
     type_name,
@@ -401,23 +403,20 @@ def quantize_activations(
 
 
 def qmatmul(
-    w: QTensor, x: np.ndarray, out: np.ndarray | None = None, activations: str = "q8_0"
+    w: QTensor, x: np.ndarray, out: np.ndarray | None = None, activations: str | None = None
 ) -> np.ndarray:
     """x @ wᵀ for x of shape [n, cols] (or [cols]): GGML's mul_mat. `activations="q8_0"`
-    (GGML's way, and the fast one) quantizes each row of x per block first; "f32"
-    multiplies the f32 activations by the weights dequantized in registers."""
-    return _product("qmatmul", w, as_array("qmatmul", "x", x), out, activations)
+    (GGML's way, and the fast one on the host: the default there) quantizes each row of x
+    per block first; "f32" (the GPU's way and default) multiplies the f32 activations by
+    the weights dequantized in registers. On a GPU, x is a PyTorch tensor or a CuPy
+    array there, and w's blocks are on the same device (`w.to(x)`)."""
+    return _product("qmatmul", w, x, out, activations)
 
 
 def qmatvec(
-    w: QTensor, x: np.ndarray, out: np.ndarray | None = None, activations: str = "q8_0"
+    w: QTensor, x: np.ndarray, out: np.ndarray | None = None, activations: str | None = None
 ) -> np.ndarray:
     """w @ x for a vector x of length cols: the decoding step of a quantized model."""
-    x = as_array("qmatvec", "x", x)
-    if x.ndim != 1:
-        raise shape_error(
-            "qmatvec", f"'x' has shape {x.shape}, expected a vector", "use qmatmul for rows of x"
-        )
     return _product("qmatvec", w, x, out, activations)
 
 
@@ -431,28 +430,51 @@ def _check_qtensor(func: str, w: object) -> None:
 
 
 def _product(
-    func: str, w: QTensor, x: np.ndarray, out: np.ndarray | None, activations: str
+    func: str, w: QTensor, x: object, out: np.ndarray | None, activations: str | None
 ) -> np.ndarray:
-    """qmatmul and qmatvec: x (checked to be an array) by wᵀ, into `out` when given (any
-    strides: the kernels write through them)."""
+    """qmatmul and qmatvec: x by wᵀ, into `out` when given (any strides: the kernels
+    write through them); on x's GPU when x is a CUDA array."""
     _check_qtensor(func, w)
-    if activations not in ("q8_0", "f32"):
+    if activations not in (None, "q8_0", "f32"):
         raise argument_error(
             func, f"activations must be 'q8_0' or 'f32', got {activations!r}", "pass one of those"
         )
-    x = x.astype(np.float32, copy=False)
-    vector = x.ndim == 1
-    batch = x.reshape(1, -1) if vector else x
-    if batch.ndim != 2 or batch.shape[1] != w.shape[1]:
+    dev = _device.on_device(func, x, "x") if type(x) is not np.ndarray else None
+    if dev is None:
+        x = as_array(func, "x", x).astype(np.float32, copy=False)
+    shape = tuple(x.shape)  # type: ignore[attr-defined]
+    if func == "qmatvec" and len(shape) != 1:
+        raise shape_error(
+            func, f"'x' has shape {shape}, expected a vector", "use qmatmul for rows of x"
+        )
+    if len(shape) not in (1, 2) or shape[-1] != w.shape[1]:
         raise shape_error(
             func,
-            f"can't multiply x of shape {x.shape} by weights {w.shape} transposed",
+            f"can't multiply x of shape {shape} by weights {w.shape} transposed",
             f"pass x of shape ({w.shape[1]},) or (n, {w.shape[1]})",
         )
-    shape = (batch.shape[0], w.shape[0])
-    y = out_array(func, out, shape[1:] if vector else shape, np.float32)
+    if dev is not None:
+        if activations == "q8_0":
+            raise argument_error(
+                func,
+                "on a GPU the activations stay f32 (the weights are dequantized in registers)",
+                "leave activations out, or pass activations='f32'",
+            )
+        return _device.qproduct(dev, w, x, out, PRODUCTS[(w.format, "f32")])  # type: ignore[no-any-return]
+    if on_a_gpu(w.d):
+        raise argument_error(
+            func,
+            "'w' holds its blocks on a GPU, and 'x' is in host memory",
+            "pass x on w's GPU (e.g. torch.as_tensor(x, device='cuda')), or move the "
+            "blocks to the host: w.to(x)",
+        )
+    assert isinstance(x, np.ndarray)
+    vector = x.ndim == 1
+    batch = x.reshape(1, -1) if vector else x
+    rows_shape = (batch.shape[0], w.shape[0])
+    y = out_array(func, out, rows_shape[1:] if vector else rows_shape, np.float32)
     rows = y[None] if vector else y
-    kernel = PRODUCTS[(w.format, activations)]
+    kernel = PRODUCTS[(w.format, activations or "q8_0")]
     if kernel is q8_0_dot_q8_0 and w.shape[1] >= LONG_ROW:
         kernel = q8_0_long_rows
     if activations == "f32":

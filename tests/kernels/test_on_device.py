@@ -16,6 +16,7 @@ from kdsl.kernels.attention import reference as attention_reference
 from kdsl.kernels.matmul import matmul
 from kdsl.kernels.matmul import reference as matmul_reference
 from kdsl.kernels.norms import layernorm, layernorm_reference, rmsnorm, rmsnorm_reference
+from kdsl.kernels.quant import QTensor, qmatmul, qmatvec, quantize, reference_qmatmul
 from kdsl.kernels.softmax import reference as softmax_reference
 from kdsl.kernels.softmax import softmax
 
@@ -101,6 +102,9 @@ def launches(monkeypatch):
 
     monkeypatch.setattr(_device, "launch", launch)
     monkeypatch.setattr(_device._Torch, "empty", staticmethod(empty))
+    copy_in = staticmethod(lambda like, a: Tensor(a.copy(), like.device))
+    monkeypatch.setattr(_device._Torch, "from_host", copy_in)
+    monkeypatch.setattr(_device._Torch, "to_host", staticmethod(lambda x: x.a.copy()))
     return ran
 
 
@@ -182,6 +186,75 @@ def test_attention_decode_and_bf16(launches):
     want = attention_reference(q.a, k.a, v.a, True)
     np.testing.assert_allclose(out.a.astype(np.float32), want, rtol=2e-2, atol=2e-2)
     assert launches == ["decode_kernel", "flash_mma_kernel"]
+
+
+@pytest.mark.parametrize("fmt", ["q8_0", "q4_0"])
+def test_quantized_products_on_the_gpu(launches, fmt):
+    """Blocks moved to the GPU with QTensor.to, multiplied by f32 vectors and rows there
+    (a strided x and out included), dequantized in registers as on the host."""
+    w = quantize(random_array(RNG, (13, 32 * 5), np.float32), fmt)
+    wg = w.to(gpu(1))
+    assert (
+        isinstance(wg.d, Tensor)
+        and wg.to(gpu(2)) is wg
+        and wg.to(np.empty(0)).ggml().tobytes() == w.tobytes()
+    )
+    assert wg.ggml().tobytes() == w.tobytes()
+    x = gpu(32 * 5)
+    y = qmatvec(wg, x)
+    assert isinstance(y, Tensor) and y.shape == (13,)
+    np.testing.assert_allclose(y.a, reference_qmatmul(w, x.a, "f32")[0], rtol=1e-5, atol=1e-5)
+    rows = gpu(6, 32 * 5)[::2]
+    out = Tensor(np.zeros((13, 3), np.float32).T)
+    assert qmatmul(wg, rows, out=out, activations="f32") is out
+    np.testing.assert_allclose(out.a, reference_qmatmul(w, rows.a, "f32"), rtol=1e-5, atol=1e-5)
+    assert qmatmul(wg, gpu(0, 32 * 5)).shape == (0, 13)
+    assert launches == [f"{fmt}_dot_f32"] * 2
+
+
+def _on_gpu(fmt: str = "q8_0", cols: int = 64, device: int = 0) -> QTensor:
+    return quantize(random_array(RNG, (3, cols), np.float32), fmt).to(Tensor(np.empty(0), device))
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: qmatvec(quantize(np.ones((3, 64), np.float32), "q8_0"), gpu(64)), "w = w.to(x)"),
+        (lambda: qmatvec(_on_gpu(), np.ones(64, np.float32)), "host: w.to(x)"),
+        (
+            lambda: qmatvec(_on_gpu(device=1), gpu(64)),
+            "'w' holds its blocks on GPU 1, and 'x' is a PyTorch tensor on GPU 0",
+        ),
+        (lambda: qmatvec(_on_gpu(), gpu(64), activations="q8_0"), "the activations stay f32"),
+        (lambda: qmatvec(_on_gpu(), gpu(64, dtype=np.float16)), "x.to(torch.float32)"),
+        (lambda: qmatvec(_on_gpu(), gpu(2, 64)), "expected a vector"),
+        (lambda: qmatmul(_on_gpu(), gpu(2, 32)), "can't multiply x of shape (2, 32)"),
+        (lambda: _on_gpu().to([1.0]), "'like' is list"),
+        (
+            lambda: QTensor(
+                "q8_0", (3, 64), gpu(3, 2, dtype=np.float16), np.zeros((3, 64), np.int8)
+            ),
+            "'q' is numpy.ndarray in host memory",
+        ),
+        (
+            lambda: QTensor(
+                "q8_0", (3, 64), np.zeros((3, 2), np.float16), gpu(3, 64, dtype=np.int8)
+            ),
+            "'d' is numpy.ndarray in host memory, and 'q' is on a GPU",
+        ),
+        (
+            lambda: QTensor(
+                "q4_0", (3, 64), gpu(3, 4, dtype=np.float16), gpu(3, 64, dtype=np.int8)
+            ),
+            "'q' has dtype int8",
+        ),
+    ],
+)
+def test_quantized_errors_on_the_gpu(launches, call, message):
+    with pytest.raises(kd.KdslError) as info:
+        call()
+    assert message in str(info.value) and "fix:" in str(info.value)
+    assert not launches
 
 
 @pytest.mark.parametrize(

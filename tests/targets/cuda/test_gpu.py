@@ -269,3 +269,14 @@ def test_library_functions_on_tensors():
     got = attention(q, k, v)
     kk, vv = (t.repeat_interleave(2, dim=1) for t in (k, v))
     torch.testing.assert_close(got, F.scaled_dot_product_attention(q, kk, vv), rtol=1e-4, atol=1e-4)
+    from kdsl.kernels.quant import dequantize, qmatmul, qmatvec, quantize
+
+    for fmt in ("q8_0", "q4_0"):
+        weights = quantize(
+            np.random.default_rng(6).standard_normal((300, 32 * 13), np.float32), fmt
+        )
+        on_gpu = weights.to(a)
+        dense = torch.as_tensor(dequantize(weights), device="cuda")
+        vec, rows = rand(32 * 13), rand(3, 32 * 13)
+        torch.testing.assert_close(qmatvec(on_gpu, vec), dense @ vec, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(qmatmul(on_gpu, rows), rows @ dense.T, rtol=1e-4, atol=1e-4)
