@@ -36,6 +36,7 @@ from kdsl.targets.cuda.backend import PtxCode, compile_ptx_kernel
 from kdsl.targets.cuda.call import CudaSpecialization
 from kdsl.targets.cuda.mma import tile_instructions as gpu_tile_instructions
 from kdsl.targets.interp.interpreter import interpret
+from kdsl.trace.bindings import Bindings
 from kdsl.trace.tracer import ArgSpec, ArraySpec, ScalarSpec, exact_key, trace
 
 TILE_INSTRUCTIONS = {"cpu": tile_instructions, "cuda": gpu_tile_instructions}  # `s.has`
@@ -128,6 +129,7 @@ class KernelFunction:
         self._fast: dict[tuple[object, ...], Compiled] = {}
         self._fast_cuda: dict[tuple[object, ...], GpuCall] = {}
         self._by_spec: dict[tuple[ArgSpec, ...], Compiled] = {}
+        self._bindings: Bindings | None = None  # the globals the cached traces read
         self._lock = threading.RLock()
         self._fast_ok = not static_shapes
         self._constexpr_pos = tuple(
@@ -207,6 +209,9 @@ class KernelFunction:
         self, args: Sequence[object], kwargs: dict[str, object], target: Target | None
     ) -> object:
         self._stats["calls"] += 1
+        bindings = self._bindings
+        if bindings is not None and bindings.changed():
+            self._forget_if_rebound()
         try:
             if not kwargs and self._fast_ok and len(args) == len(self.signature.names):
                 key = self._fast_key(args, fast_key) if target is not cuda else None
@@ -232,6 +237,18 @@ class KernelFunction:
             raise (err if CONFIG.debug else err.with_traceback(None)) from None
 
     # ----------------------------------------------------------- specialization
+
+    def _forget_if_rebound(self) -> None:
+        """Drop every compiled signature when a global or closure variable that the traces
+        read is now another object (a notebook cell redefined a helper or a constant): the
+        next call traces again, so that every signature sees the same values."""
+        bindings = self._bindings
+        if bindings is not None and bindings.changed():
+            with self._lock:
+                self._by_spec.clear()
+                self._fast.clear()
+                self._fast_cuda.clear()
+                self._bindings = None
 
     def _fast_key(
         self, args: Sequence[object], keyer: Callable[[Sequence[object]], tuple[object, ...] | None]
@@ -305,6 +322,7 @@ class KernelFunction:
     def _specialize(
         self, args: Sequence[object], kwargs: dict[str, object], target: Target | None = None
     ) -> tuple[Compiled, list[object]]:
+        self._forget_if_rebound()
         bound_args = self.signature.bind(args, dict(kwargs))
         target = self._target_of(bound_args, target)
         specs, bound = self._specs_of(bound_args)
@@ -339,6 +357,9 @@ class KernelFunction:
         """The compiled code for one signature; a dispatcher over tuned variants when the
         tuning database has results for it (or `autotune=` asks to make them)."""
         try:
+            if self._bindings is None:  # (read before the trace: what it will see)
+                bindings = Bindings(self.fn)
+                self._bindings = bindings if bindings else None
             traced = self.trace(specs)
             layout = self.call_layout(specs, traced)
             if target is cuda:

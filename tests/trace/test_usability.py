@@ -511,3 +511,61 @@ def test_unary_plus_reads_a_local_now():
         y = np.zeros(5, np.float32)
         run(x, y)
         np.testing.assert_array_equal(y, x)
+
+
+_SCALE = 2.0
+
+
+def _act(v):
+    return kd.maximum(v, 0.0)
+
+
+def test_rebound_globals_and_helpers_are_read_again(monkeypatch):
+    """A notebook cell sets a constant and redefines a helper: every signature's next call
+    sees both (the float32 signature kept 2·relu while a new float64 one saw 3·|x|)."""
+    import sys
+
+    module = sys.modules[__name__]
+
+    @kd.kernel
+    def k(x, y):
+        i = kd.indices(x.shape[0])
+        y[i] = _act(x[i]) * _SCALE
+
+    x = random_array(keyed_rng("rebound"), (9,), F)
+    y = np.empty(9, F)
+    k(x, y)
+    np.testing.assert_allclose(y, 2 * np.maximum(x, 0))
+    k(x, y)
+    assert k.stats()["compilations"] == 1  # nothing rebound: the same code
+    monkeypatch.setattr(module, "_SCALE", 3.0)
+    monkeypatch.setattr(module, "_act", lambda v: kd.abs(v))
+    for dtype in (F, np.float64, F):
+        y = np.empty(9, dtype)
+        k(x.astype(dtype), y)
+        np.testing.assert_allclose(y, 3 * np.abs(x), rtol=1e-6)
+
+
+def test_a_changed_closure_variable_is_read_again():
+    def make():
+        factor = 2.0
+
+        @kd.kernel
+        def k(x, y):
+            i = kd.indices(x.shape[0])
+            y[i] = x[i] * factor
+
+        def set_factor(value):
+            nonlocal factor
+            factor = value
+
+        return k, set_factor
+
+    k, set_factor = make()
+    x, y = random_array(keyed_rng("closure"), (5,), F), np.empty(5, F)
+    k(x, y)
+    np.testing.assert_allclose(y, 2 * x)
+    set_factor(5.0)
+    k(x, y)
+    np.testing.assert_allclose(y, 5 * x)
+    assert "5.0" in str(k.ir(x, y))
