@@ -94,7 +94,8 @@ class Specialization:
         """Raise the error that `code` reports. The entry refuses written arrays whose
         address ranges meet another's before doing anything; where they share no byte
         after all (the halves of a matrix's rows), the call runs without that check."""
-        if ErrorKind(code >> 32) is ErrorKind.ALIAS:
+        index = code & 0xFFFFFFFF
+        if ErrorKind(code >> 32) is ErrorKind.ALIAS and index >> 16 != index & 0xFFFF:
             sharing = self._sharing(args)
             if sharing is not None:
                 raise _alias_error(self.name, *sharing)
@@ -164,10 +165,22 @@ class Specialization:
 
 
 def _alias_error(kernel: str, written: str, other: str) -> KernelArgumentError:
+    if written == other:
+        return overlaps_itself_error(kernel, written)
     return KernelArgumentError(
         f"arguments '{written}' and '{other}' share memory, and the kernel writes '{written}'",
         kernel=kernel,
         fix=f"pass a copy: np.copy({other})",
+    )
+
+
+def overlaps_itself_error(kernel: str, name: str) -> KernelArgumentError:
+    return KernelArgumentError(
+        f"argument '{name}' overlaps itself (two of its elements share memory: a stride "
+        "of 0, or as_strided rows that meet), and the kernel writes it",
+        kernel=kernel,
+        fix=f"write into an array whose elements are apart (e.g. np.empty({name}.shape)), "
+        "then copy or reduce it as you meant",
     )
 
 

@@ -141,6 +141,7 @@ class _Codegen:
             self.state.arrays[buf.name] = self._read_array(buf, arg)
             if buf.name in written and buf.role is BufferRole.PARAM:
                 self._check_writeable(arg, pos)
+                self._check_self_overlap(self.state.arrays[buf.name], buf.dtype.itemsize, pos)
         for p, arg in zip(scalars, self.fn.args[len(arrays) :]):
             self.bind_scalar(p, arg)
         if not self.kernel.disjoint:
@@ -188,6 +189,24 @@ class _Codegen:
             "!=", self.b.and_(flags, ir.Constant(I32, WRITEABLE_FLAG)), ir.Constant(I32, 0)
         )
         self._fail_unless(ok, ErrorKind.READONLY, pos)
+
+    def _check_self_overlap(self, info: ArrayInfo, itemsize: int, pos: int) -> None:
+        """A written array two of whose elements surely share memory (threads would race
+        on them): overlap.overlaps_itself, in code. Reported as an ALIAS of the array
+        with itself."""
+        b = self.b
+        zero, one = ir.Constant(I64, 0), ir.Constant(I64, 1)
+        start, end, _ = self._extent(info, itemsize)
+        count: ir.Value = one
+        repeats: ir.Value = ir.Constant(I1, 0)
+        for d, s in zip(info.dims, info.strides):
+            many = b.icmp_signed(">", d, one)
+            repeats = b.or_(repeats, b.and_(many, b.icmp_signed("==", s, zero)))
+            count = b.mul(count, d)
+        span = b.sub(b.ptrtoint(end, I64), b.ptrtoint(start, I64))
+        packed = b.icmp_signed("<", span, b.mul(count, ir.Constant(I64, itemsize)))
+        clash = b.or_(repeats, b.and_(b.icmp_signed(">", count, one), packed))
+        self._fail_unless(b.not_(clash), ErrorKind.ALIAS, pos << 16 | pos)
 
     def _extent(self, info: ArrayInfo, itemsize: int) -> tuple[ir.Value, ir.Value, ir.Value]:
         """(lowest address, one past the highest, is-empty) of an array's elements."""

@@ -62,6 +62,20 @@ def share_memory(a: Layout, b: Layout) -> bool:
         return True
 
 
+def overlaps_itself(a: Layout) -> bool:
+    """Whether two elements of `a` surely share memory: a stride of 0 along an axis of
+    two elements or more, or fewer bytes spanned than its elements fill (a writable
+    `as_strided` view whose rows overlap). The CPU entry makes the same test in its
+    code (codegen's _check_self_overlap)."""
+    count, lo, hi = 1, 0, a.itemsize
+    for n, s in zip(a.shape, a.strides):
+        if n > 1 and s == 0:
+            return True
+        count *= n
+        lo, hi = (lo + (n - 1) * s, hi) if s < 0 else (lo, hi + (n - 1) * s)
+    return count > 1 and hi - lo < count * a.itemsize
+
+
 def one_view(a: Layout, b: Layout) -> bool:
     """Whether `a` and `b` are the same view of an array whose elements are all apart
     (a sliding window's rows overlap: one element there is several of the view's), so

@@ -17,8 +17,14 @@ from kdsl.ir.checks import failed_check_error
 from kdsl.ir.evaluate import compile_evaluator, evaluate
 from kdsl.ir.nodes import BufferRole, Const, Kernel, Store
 from kdsl.ir.visit import walk_stmts
-from kdsl.targets.cpu.call import out_of_bounds
-from kdsl.targets.cpu.overlap import Layout, in_place_pairs, one_view, share_memory
+from kdsl.targets.cpu.call import out_of_bounds, overlaps_itself_error
+from kdsl.targets.cpu.overlap import (
+    Layout,
+    in_place_pairs,
+    one_view,
+    overlaps_itself,
+    share_memory,
+)
 from kdsl.targets.cpu.state import ErrorKind
 from kdsl.targets.cuda import arrays as A
 from kdsl.targets.cuda import driver
@@ -166,6 +172,8 @@ class CudaSpecialization:
                 strides = [n * size for n in t.stride()]
                 words += strides
                 spans.append((name, *_span(ptr, shape, strides, size)))
+                if name in self.written and overlaps_itself(Layout(ptr, shape, strides, size)):
+                    return self.run(args)  # (which refuses it)
             else:
                 spans.append((name, ptr, ptr + _size(shape) * size))
         scalars = [args[i] for i in self.scalar_slots]
@@ -303,6 +311,8 @@ class CudaSpecialization:
                     fix="pass a writeable copy",
                 )
             mine = layouts[name]
+            if overlaps_itself(mine):
+                raise overlaps_itself_error(self.name, name)
             other = _meets(
                 spans,
                 name,

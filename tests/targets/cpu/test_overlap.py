@@ -126,3 +126,58 @@ def test_a_view_whose_rows_overlap_is_not_updated_in_place():
     assert not overlap.one_view(Layout.of(w), Layout.of(w))
     with pytest.raises(kd.KernelArgumentError, match="share memory"):
         scale(w, w)
+
+
+def _elements_meet(a: np.ndarray) -> bool:
+    """Brute force: whether two elements of `a` share a byte."""
+    starts = np.zeros(1, np.int64)
+    for n, s in zip(a.shape, a.strides):
+        starts = (starts[:, None] + np.arange(n) * s).ravel()
+    starts.sort()
+    return bool(starts.size > 1 and (np.diff(starts) < a.itemsize).any())
+
+
+@given(
+    st.lists(st.integers(1, 5), min_size=1, max_size=3).flatmap(
+        lambda shape: st.tuples(
+            st.just(shape), st.lists(st.integers(-3, 12), min_size=len(shape), max_size=len(shape))
+        )
+    )
+)
+@settings(max_examples=300, deadline=None)
+def test_overlaps_itself_is_sure(layout):
+    """Whenever it says two elements meet they do (brute force), and a view of one
+    array made by slicing and transposing never does."""
+    shape, steps = layout
+    memory = np.zeros(200, np.float32)
+    strides = tuple(4 * s for s in steps)
+    start = 4 * sum(-s * (n - 1) for n, s in zip(shape, steps) if s < 0)
+    a = np.lib.stride_tricks.as_strided(memory[start // 4 :], shape, strides)
+    if overlap.overlaps_itself(Layout.of(a)):  # (it may miss a sparse overlap: a sure test)
+        assert _elements_meet(a)
+    elif 0 in steps[:1] and shape[0] > 1:
+        raise AssertionError("a stride of 0 along an axis of two elements was missed")
+    assert not any(
+        overlap.overlaps_itself(Layout.of(v)) for v in (BASE[::2, 1::3].T, BASE[:, ::-1])
+    )
+
+
+def test_an_output_that_overlaps_itself_is_refused():
+    """A writable view whose elements share memory (a stride of 0, rows that meet): the
+    threads raced on it and left a different row each call."""
+    from numpy.lib.stride_tricks import as_strided
+
+    @kd.kernel
+    def copy(x, y):
+        i, j = kd.indices(x.shape[0], x.shape[1])
+        y[i, j] = x[i, j]
+
+    x = np.random.default_rng(1).random((300, 8), np.float32)
+    memory = np.zeros(8 * 300, np.float32)
+    for strides in ((0, 4), (8, 4)):  # every row one; each row half on the next
+        with pytest.raises(kd.KernelArgumentError, match="'y' overlaps itself"):
+            copy(x, as_strided(memory, (300, 8), strides))
+    copy(as_strided(memory, (300, 8), (0, 4)), np.empty((300, 8), np.float32))  # read: fine
+    y = np.empty((300, 8), np.float32)
+    copy(x, y)
+    np.testing.assert_array_equal(y, x)

@@ -155,3 +155,20 @@ def test_host_checks_that_read_scalars_are_made_for_each_value(launches):
     with pytest.raises(kd.ShapeError, match="n <= x.shape"):
         head(Tensor([10]), Tensor([10]), 11)
     assert not launches
+
+
+def test_an_output_that_overlaps_itself_is_refused_on_both_paths(launches):
+    """A written tensor with a stride of 0 (expand()'s view, made writable): the
+    threads would race on its shared elements."""
+
+    @kd.kernel
+    def scale_rows(x, y):
+        i, j = kd.indices(x.shape[0], x.shape[1])
+        y[i, j] = 2.0 * x[i, j]
+
+    scale_rows(Tensor([6, 4]), Tensor([6, 4]))  # cached: the next calls take the lean path
+    launches.clear()
+    for _ in range(2):
+        with pytest.raises(kd.KernelArgumentError, match="'y' overlaps itself"):
+            scale_rows(Tensor([6, 4]), Tensor([6, 4], strides=(0, 1)))
+    assert not launches
