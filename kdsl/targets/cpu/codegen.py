@@ -205,7 +205,7 @@ class _Codegen:
             count = b.mul(count, d)
         span = b.sub(b.ptrtoint(end, I64), b.ptrtoint(start, I64))
         packed = b.icmp_signed("<", span, b.mul(count, ir.Constant(I64, itemsize)))
-        clash = b.or_(repeats, b.and_(b.icmp_signed(">", count, one), packed))
+        clash = b.and_(b.icmp_signed(">", count, one), b.or_(repeats, packed))  # (empty: none)
         self._fail_unless(b.not_(clash), ErrorKind.ALIAS, pos << 16 | pos)
 
     def _extent(self, info: ArrayInfo, itemsize: int) -> tuple[ir.Value, ir.Value, ir.Value]:

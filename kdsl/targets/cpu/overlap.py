@@ -67,13 +67,12 @@ def overlaps_itself(a: Layout) -> bool:
     two elements or more, or fewer bytes spanned than its elements fill (a writable
     `as_strided` view whose rows overlap). The CPU entry makes the same test in its
     code (codegen's _check_self_overlap)."""
-    count, lo, hi = 1, 0, a.itemsize
+    count, lo, hi, repeats = 1, 0, a.itemsize, False
     for n, s in zip(a.shape, a.strides):
-        if n > 1 and s == 0:
-            return True
+        repeats |= n > 1 and s == 0
         count *= n
         lo, hi = (lo + (n - 1) * s, hi) if s < 0 else (lo, hi + (n - 1) * s)
-    return count > 1 and hi - lo < count * a.itemsize
+    return count > 1 and (repeats or hi - lo < count * a.itemsize)  # (none: no overlap)
 
 
 def one_view(a: Layout, b: Layout) -> bool:
