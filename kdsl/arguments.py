@@ -13,6 +13,7 @@ from kdsl.errors import KernelArgumentError
 from kdsl.specs import ArgExample, Spec
 from kdsl.targets.cuda.arrays import device_array
 from kdsl.trace.api import constexpr
+from kdsl.trace.frames import location
 from kdsl.trace.tracer import ArgSpec, ArraySpec, ConstSpec, ScalarSpec
 
 _DLPACK_CPU = 1
@@ -126,7 +127,10 @@ def spec_of(
             hash(raw)
         except TypeError:
             raise sig.error(
-                f"constexpr argument '{name}' must be hashable, got {describe(raw)}"
+                f"constexpr argument '{name}' must be hashable, got {describe(raw)}",
+                f"pass a tuple: tuple({name})"
+                + (f" (tuple({name}.tolist()) for an array)" if isinstance(raw, np.ndarray) else "")
+                + ", or make the parameter an array argument",
             ) from None
         return ConstSpec(raw), raw
     if value is None:
@@ -153,6 +157,15 @@ def spec_of(
             return ArraySpec(device.dtype, len(device.shape), device.contiguous, shape), device
         if hasattr(value, "__dlpack__"):
             value = as_host_array(value, name, sig)
+        elif type(value).__module__.startswith("kdsl.trace"):  # an array or value of a trace
+            raise KernelArgumentError(
+                f"kernel '{sig.kernel}' is called inside another kernel (argument '{name}' is "
+                "one of its arrays or values): kdsl kernels don't call each other",
+                kernel=sig.kernel,
+                loc=location(),
+                fix=f"make '{sig.kernel}' a plain Python function (no @kd.kernel): called in a "
+                "kernel, a function is traced into it",
+            )
         elif isinstance(value, list | tuple):
             raise sig.error(
                 f"argument '{name}' is a {type(value).__name__}", "pass np.asarray(value) instead"

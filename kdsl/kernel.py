@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import os
 import threading
@@ -572,6 +573,15 @@ def kernel(fn: Callable[..., object] | None = None, **options: Any) -> Any:
     number}), autotune (True, or a budget in seconds: a call whose shape has no tuning
     result tunes it first).
     """
+    known = list(inspect.signature(KernelFunction.__init__).parameters)[2:]
+    for option in options:
+        if option not in known:
+            close = difflib.get_close_matches(option, known, n=1)
+            raise KernelArgumentError(
+                f"kd.kernel has no option {option!r}",
+                fix=(f"did you mean {close[0]!r}? " if close else "")
+                + f"the options are {', '.join(known)}",
+            )
     if fn is None:
         return lambda f: KernelFunction(f, **options)
     return KernelFunction(fn, **options)

@@ -229,12 +229,20 @@ def _check_race(
     in_index = {e.name for i in index for e in walk_expr(i) if isinstance(e, LoopVar)}
     missing = sorted(parallel - in_index)
     if missing:
+        fix = (
+            "combine the values with kd.sum/kd.max/… over that index, or use kd.range for an "
+            "ordered loop"
+        )
+        if buffer in ctx.alloc_loops:  # a scratch array: one per iteration is what's meant
+            fix = (
+                f"give each iteration its own '{buffer}': bind the index with `for "
+                f"{missing[0]} in kd.grid(n):` and allocate '{buffer}' inside that loop; or {fix}"
+            )
         raise TraceError(
             f"'{buffer}[{', '.join(format_expr(i) for i in index)}]' is written by every "
             f"iteration of parallel loop '{missing[0]}': the writes race",
             loc=loc,
-            fix="combine the values with kd.sum/kd.max/… over that index, or use kd.range "
-            "for an ordered loop",
+            fix=fix,
         )
     for e in (*index, value):
         for load in walk_expr(e):

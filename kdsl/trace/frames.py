@@ -10,19 +10,25 @@ import re
 import sys
 from types import CodeType, FrameType, ModuleType
 
+import numpy as np
+
 from kdsl.errors import SourceLoc
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _LIBRARY_DIR = os.path.join(_PACKAGE_DIR, "kernels")
+_NUMPY_DIR = os.path.dirname(os.path.abspath(np.__file__)) + os.sep
 
 
 def _is_internal(code: CodeType) -> bool:
     path = code.co_filename
+    if path.startswith(_NUMPY_DIR):  # np.sum(x[i]) reaches kdsl through NumPy's Python
+        return True
     return path.startswith(_PACKAGE_DIR) and not path.startswith(_LIBRARY_DIR)
 
 
 def user_frame() -> FrameType | None:
-    """The innermost frame that is not kdsl's own code (kdsl.kernels counts as user code)."""
+    """The innermost frame that is neither kdsl's own code (kdsl.kernels counts as user
+    code) nor NumPy's."""
     frame: FrameType | None = sys._getframe(1)
     while frame is not None and _is_internal(frame.f_code):
         frame = frame.f_back

@@ -82,11 +82,20 @@ class Value:
                 f"use kd.{name}imum(a, b) for two values, or kd.{name}(x[k], over=k) to reduce "
                 "over an index",
             )
+        fix = (
+            "use kd.where(cond, a, b) for a value, or `with kd.when(cond):` for statements; "
+            "use & | ~ to combine conditions"
+        )
+        scalars = [e.name for e in walk_expr(self.expr) if isinstance(e, ScalarArg)]
+        if scalars:  # a flag or a size: Python may branch on it, if it is a constexpr
+            fix = (
+                f"to branch in Python, mark the parameter kd.constexpr (`{scalars[0]}: "
+                f"kd.constexpr` in the signature: one compiled version per value); else {fix}"
+            )
         raise trace_error(
             "Python `if`, `while`, `and`, `or` or `not` on a symbolic value: its truth is only "
             "known when the kernel runs",
-            "use kd.where(cond, a, b) for a value, or `with kd.when(cond):` for statements; "
-            "use & | ~ to combine conditions",
+            fix,
         )
 
     def __index__(self) -> int:
@@ -132,9 +141,36 @@ class Value:
         op = _UFUNC_OPERATORS.get(ufunc) if method == "__call__" and not kwargs else None
         if op is not None:
             return op(*(as_value(x) for x in inputs))  # type: ignore[no-any-return]
+        name = ufunc.__name__
+        callee = called_function()  # np.sum(v) reaches here as np.add.reduce
+        if method != "__call__" and getattr(callee, "__module__", "").startswith("numpy"):
+            name = getattr(callee, "__name__", name)
         raise trace_error(
-            f"NumPy's np.{ufunc.__name__} on a symbolic value: NumPy computes on concrete arrays",
-            _kd_math_fix(ufunc.__name__),
+            f"NumPy's np.{name} on a symbolic value: NumPy computes on concrete arrays",
+            _kd_math_fix(name),
+        )
+
+    def __round__(self, ndigits: object = None) -> Value:
+        raise trace_error(
+            "round() of a symbolic value: Python rounds concrete numbers",
+            "use kd.floor(x + 0.5) (halves up), or kd.floor / kd.ceil",
+        )
+
+    def __trunc__(self) -> Value:
+        raise trace_error(
+            "math.trunc() of a symbolic value: Python truncates concrete numbers",
+            "use x.astype(kd.i64) (it truncates toward zero), or kd.floor / kd.ceil",
+        )
+
+    def __divmod__(self, other: object) -> Value:
+        raise trace_error("divmod() of a symbolic value", "write the two: a // b and a % b")
+
+    __rdivmod__ = __divmod__
+
+    def __len__(self) -> int:
+        raise trace_error(
+            "len() of a symbolic value: it is a scalar",
+            "for an array's length, use x.shape[0] of the array",
         )
 
     def __iter__(self):  # type: ignore[no-untyped-def]
@@ -277,6 +313,9 @@ _KD_MATH = {
     **{"fabs": "kd.abs", "absolute": "kd.abs", "pow": "x ** y", "power": "x ** y"},
     **{"maximum": "kd.maximum", "fmax": "kd.maximum", "minimum": "kd.minimum"},
     **{"fmin": "kd.minimum", "where": "kd.where", "fma": "kd.fma"},
+    **{n: f"kd.{n}(x[k], over=k)" for n in ("sum", "prod", "max", "min", "argmax", "argmin")},
+    **{"amax": "kd.max(x[k], over=k)", "amin": "kd.min(x[k], over=k)"},
+    **{"mean": "kd.sum(x[k], over=k) / n"},
 }
 
 _UFUNC_OPERATORS = {
@@ -313,7 +352,7 @@ def _kd_math_fix(name: str) -> str:
     kd_name = _KD_MATH.get(name)
     if kd_name is None:
         return "use kdsl's math on values: kd.exp, kd.log, kd.sqrt, kd.tanh, kd.abs, …"
-    return f"use {kd_name}" + ("(...)" if kd_name.startswith("kd.") else "")
+    return f"use {kd_name}" + ("(...)" if kd_name.startswith("kd.") and "(" not in kd_name else "")
 
 
 # ------------------------------------------------------------------------ conversions

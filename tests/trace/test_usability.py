@@ -569,3 +569,97 @@ def test_a_changed_closure_variable_is_read_again():
     k(x, y)
     np.testing.assert_allclose(y, 5 * x)
     assert "5.0" in str(k.ir(x, y))
+
+
+@pytest.mark.parametrize(
+    "body, what, fix",
+    [
+        (lambda v: round(v), "round() of a symbolic value", "kd.floor(x + 0.5)"),
+        (lambda v: math.trunc(v), "math.trunc() of a symbolic value", "astype(kd.i64)"),
+        (lambda v: divmod(v, 3.0)[0], "divmod() of a symbolic value", "a // b and a % b"),
+        (lambda v: v * len(v), "len() of a symbolic value", "x.shape[0]"),
+        (lambda v: np.sum(v), "NumPy's np.sum", "kd.sum(x[k], over=k)"),
+        (lambda v: np.max(v), "NumPy's np.max", "kd.max(x[k], over=k)"),
+    ],
+)
+def test_python_builtins_and_numpy_reductions_point_to_kd(body, what, fix):
+    """These escaped as raw TypeErrors; np.sum's error pointed into NumPy's source."""
+
+    @kd.kernel
+    def k(x, y):
+        i = kd.indices(x.shape[0])
+        y[i] = body(x[i])
+
+    err = raises(kd.TraceError, lambda: k(np.ones(3, F), np.ones(3, F)), what, fix)
+    assert err.loc.file == __file__
+
+
+def test_an_if_on_a_scalar_parameter_suggests_constexpr():
+    @kd.kernel
+    def k(x, y, use_bias):
+        i = kd.indices(x.shape[0])
+        if use_bias:  # here
+            y[i] = x[i] + 1.0
+
+    err = raises(
+        kd.TraceError, lambda: k(np.ones(3, F), np.ones(3, F), True), "use_bias: kd.constexpr"
+    )
+    assert err.loc.line == line_of(k, "here")
+
+
+def test_misspelt_kernel_option_names_the_right_one():
+    with pytest.raises(kd.KernelArgumentError, match="did you mean 'static_shapes'"):
+
+        @kd.kernel(static_shape=True)
+        def k(x):
+            x[0] = 1.0
+
+
+def test_a_kernel_called_inside_a_kernel_says_so():
+    @kd.kernel
+    def inner(x, y):
+        i = kd.indices(x.shape[0])
+        y[i] = x[i]
+
+    @kd.kernel
+    def outer(x, y):
+        inner(x, y)  # here
+
+    err = raises(
+        kd.KernelArgumentError,
+        lambda: outer(np.ones(3, F), np.ones(3, F)),
+        "called inside another kernel",
+        "plain Python function",
+    )
+    assert err.loc.line == line_of(outer, "here")
+
+
+def test_a_list_for_a_constexpr_suggests_a_tuple():
+    @kd.kernel
+    def k(x, ks: kd.constexpr):
+        x[0] = float(sum(ks))
+
+    raises(
+        kd.KernelArgumentError, lambda: k(np.ones(3, F), [1, 2]), "must be hashable", "tuple(ks)"
+    )
+    raises(kd.KernelArgumentError, lambda: k(np.ones(3, F), np.arange(2)), "tuple(ks.tolist())")
+    x = np.ones(3, F)
+    k(x, (1, 2))
+    assert x[0] == 3.0
+
+
+def test_a_shared_scratch_array_suggests_one_per_iteration():
+    @kd.kernel
+    def window_max(x, y):
+        i = kd.indices(y.shape[0])
+        buf = kd.zeros((3,), kd.f32)
+        for t in range(3):
+            buf[t] = x[i + t]
+        y[i] = kd.maximum(kd.maximum(buf[0], buf[1]), buf[2])
+
+    raises(
+        kd.TraceError,
+        lambda: window_max(np.ones(9, F), np.ones(7, F)),
+        "the writes race",
+        "allocate 'buf' inside that loop",
+    )
