@@ -51,6 +51,9 @@ class Signature:
     def bind(self, args: Sequence[object], kwargs: dict[str, object]) -> list[object]:
         if len(args) > len(self.names):
             raise self.error(f"takes {len(self.names)} arguments but {len(args)} were given")
+        unknown = [k for k in kwargs if k not in self.names]
+        if unknown:  # (before 'missing': a misspelt name is both)
+            raise self.error(f"unexpected argument(s) {', '.join(map(repr, unknown))}")
         bound = list(args)
         for name in self.names[len(args) :]:
             if name in kwargs:
@@ -59,8 +62,8 @@ class Signature:
                 bound.append(self.defaults[name])
             else:
                 raise self.error(f"missing argument '{name}'")
-        if kwargs:
-            raise self.error(f"unexpected argument(s) {', '.join(map(repr, kwargs))}")
+        if kwargs:  # a parameter given by position and by name
+            raise self.error(f"argument(s) {', '.join(map(repr, kwargs))} given twice")
         return bound
 
     def error(self, what: str, fix: str | None = None) -> KernelArgumentError:

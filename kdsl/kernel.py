@@ -214,6 +214,8 @@ class KernelFunction:
         if bindings is not None and bindings.changed():
             self._forget_if_rebound()
         try:
+            if kwargs and self._fast_ok:
+                args, kwargs = self._positional(args, kwargs)
             if not kwargs and self._fast_ok and len(args) == len(self.signature.names):
                 key = self._fast_key(args, fast_key) if target is not cuda else None
                 if key is not None:
@@ -238,6 +240,19 @@ class KernelFunction:
             raise (err if CONFIG.debug else err.with_traceback(None)) from None
 
     # ----------------------------------------------------------- specialization
+
+    def _positional(
+        self, args: Sequence[object], kwargs: dict[str, object]
+    ) -> tuple[Sequence[object], dict[str, object]]:
+        """A call naming the parameters after the positional ones, in their order (what
+        the fast path takes); as given when it names others or leaves some to defaults."""
+        names = self.signature.names
+        if len(args) + len(kwargs) != len(names):
+            return args, kwargs
+        try:
+            return (*args, *(kwargs[n] for n in names[len(args) :])), {}
+        except KeyError:  # a name that is not a parameter, or a default left out
+            return args, kwargs
 
     def _forget_if_rebound(self) -> None:
         """Drop every compiled signature when a global or closure variable that the traces

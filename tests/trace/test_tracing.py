@@ -955,6 +955,27 @@ def test_repeated_constexpr_calls_take_the_cached_path_per_value():
     assert len(scale._fast) == 5  # one cached entry per value, none per call
 
 
+def test_calls_by_keyword_take_the_cached_path_too():
+    """Naming the parameters cost ~10 µs a call (the careful path's binding); a call
+    naming them in any order is the positional call, and a wrong name is still refused."""
+
+    @kd.kernel
+    def axpy(a, x, y):
+        i = kd.indices(x.shape[0])
+        y[i] = a * x[i] + y[i]
+
+    x = random_array(rng_for(5), (5,), F)
+    y = np.zeros(5, F)
+    axpy(2.0, y=y, x=x)
+    axpy(x=x, a=1.0, y=y)
+    np.testing.assert_allclose(y, 3 * x, rtol=1e-6)
+    assert len(axpy._fast) == 1 and axpy.stats()["compilations"] == 1
+    with pytest.raises(kd.KernelArgumentError, match="unexpected argument.*'z'"):
+        axpy(2.0, x=x, z=y)  # (it said "missing argument 'y'")
+    with pytest.raises(kd.KernelArgumentError, match="'a' given twice"):
+        axpy(2.0, x, y, a=1.0)
+
+
 def test_a_constexpr_left_to_its_default_takes_the_careful_path():
     """Regression: the fast path's key read the omitted constexpr (IndexError)."""
 
