@@ -146,7 +146,7 @@ def spec_of(
             )
         return ScalarSpec(d, False), value.item()
     if isinstance(value, bool):
-        return ScalarSpec(T.bool_, False), value
+        return ScalarSpec(T.bool_, True), value
     if isinstance(value, int):
         if not -(1 << 63) <= value < (1 << 63):
             raise sig.error(f"argument '{name}' = {value} does not fit in 64 bits")

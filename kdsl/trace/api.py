@@ -161,7 +161,7 @@ def local(init: object, dtype: object = None) -> LocalProxy:
     v = as_value(init)
     if dtype is not None:
         d = T.as_dtype(dtype)
-    elif v.weak:
+    elif v.weak and not v.dtype.is_bool:
         d = T.DEFAULT_FLOAT if v.dtype.is_float else T.DEFAULT_INT
     else:
         d = T.compute_dtype(v.dtype)

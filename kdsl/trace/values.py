@@ -365,8 +365,8 @@ def as_value(x: object) -> Value:
     # NumPy scalars are typed; checked first, as np.float64 is a subclass of float
     if isinstance(x, np.generic | np.ndarray) and x.ndim == 0:
         return Value(Const(x.item(), T.as_dtype(x.dtype)))
-    if isinstance(x, bool):
-        return Value(Const(x, T.bool_))
+    if isinstance(x, bool):  # weak too: f32 * True is f32, as in NumPy 2
+        return Value(Const(x, T.bool_), weak=True)
     if isinstance(x, int):
         return Value(Const(x, T.i64), weak=True)
     if isinstance(x, float):
@@ -566,6 +566,8 @@ def fma(a: object, b: object, c: object) -> Value:
 
 def where(cond: object, a: object, b: object) -> Value:
     c = as_value(cond)
+    if c.weak and c.dtype.is_int:  # a Python int as a flag, as NumPy takes it
+        c = binary(BinaryOp.NE, c, 0)
     if not c.dtype.is_bool:
         raise trace_error(
             f"kd.where condition is {c.dtype.name}, not bool",

@@ -663,3 +663,29 @@ def test_a_shared_scratch_array_suggests_one_per_iteration():
         "the writes race",
         "allocate 'buf' inside that loop",
     )
+
+
+def test_python_bools_are_weak_like_python_ints_and_floats():
+    """NumPy 2: f32 * True is f32, i32 + True is i32, and np.where(1, a, b) takes 1 as
+    true; all three were refused ('mixing f32 and bool_ operands')."""
+
+    @kd.kernel
+    def axpb(x, a, b, y):
+        i = kd.indices(x.shape[0])
+        y[i] = x[i] * a + b
+
+    @kd.kernel
+    def maybe_neg(x, flag, y):
+        i = kd.indices(x.shape[0])
+        keep = kd.local(True)
+        y[i] = kd.where(flag, x[i], -x[i]) * kd.where(keep, 1, 0)
+
+    x = random_array(keyed_rng("weak-bool"), (6,), F)
+    check_kernel(axpb, [x, True, False, np.zeros(6, F)], {3: x * True + False})
+    ints = np.arange(6, dtype=np.int32)
+    check_kernel(axpb, [ints, 2, True, np.zeros(6, np.int32)], {3: ints * 2 + True})
+    for flag in (1, 0, True):
+        check_kernel(maybe_neg, [x, flag, np.zeros(6, F)], {2: np.where(flag, x, -x)})
+    traced = maybe_neg.ir(x, 1, np.zeros(6, F)).kernel
+    (keep,) = [s for s in walk_stmts(traced.body) if isinstance(s, DeclareLocal)]
+    assert keep.dtype == kd.bool_  # (a weak bool is no int64 local)
