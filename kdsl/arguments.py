@@ -186,7 +186,9 @@ def spec_of(
             "convert it, e.g. x.astype(np.float32)",
         )
     shape = tuple(array.shape) if static_shapes else None
-    return ArraySpec(d, array.ndim, bool(array.flags.c_contiguous), shape), array
+    c_order = bool(array.flags.c_contiguous)
+    fortran = not c_order and bool(array.flags.f_contiguous)
+    return ArraySpec(d, array.ndim, c_order, shape, fortran), array
 
 
 def fast_key(args: Sequence[object]) -> tuple[object, ...] | None:
@@ -196,7 +198,8 @@ def fast_key(args: Sequence[object]) -> tuple[object, ...] | None:
     for a in args:
         t = type(a)
         if t is np.ndarray:
-            key.append((a.dtype, a.ndim, a.flags.c_contiguous))  # type: ignore[union-attr]
+            flags = a.flags  # type: ignore[union-attr]
+            key.append((a.dtype, a.ndim, flags.c_contiguous, flags.f_contiguous))  # type: ignore[union-attr]
         elif t is float or t is bool or (t is int and -(1 << 63) <= a < (1 << 63)):  # type: ignore[operator]
             key.append(t)
         else:  # (an int beyond 64 bits: the careful path says so; ctypes would wrap it)

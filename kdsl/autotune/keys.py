@@ -53,7 +53,7 @@ def signature_key(names: Sequence[str], specs: Sequence[ArgSpec]) -> str:
     for name, spec in zip(names, specs):
         match spec:
             case ArraySpec():
-                layout = "C" if spec.contiguous else "S"
+                layout = "C" if spec.contiguous else "F" if spec.fortran else "S"
                 parts.append(f"{name}:{spec.dtype.name}[{spec.ndim},{layout}]")
             case ScalarSpec():
                 parts.append(f"{name}:{spec.dtype.name}")

@@ -330,8 +330,9 @@ class Buffer:
     """An array the kernel reads or writes.
 
     `shape` is in terms of parameters (DimOf, ScalarArg, Const). Parameter buffers take
-    their strides from the caller unless `contiguous`; temporaries and results are
-    always C-contiguous.
+    their strides from the caller unless `contiguous` (C order) or `fortran` (Fortran
+    order: the first axis the contiguous one); temporaries and results are always
+    C-contiguous.
     """
 
     name: str
@@ -341,6 +342,7 @@ class Buffer:
     scope: Scope
     contiguous: bool = True
     loc: SourceLoc | None = _loc()
+    fortran: bool = False
 
     @property
     def ndim(self) -> int:

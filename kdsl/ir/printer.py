@@ -190,6 +190,7 @@ def format_stmts(body: tuple[Stmt, ...], indent: int = 1) -> list[str]:
 def _buffer_decl(b: Buffer) -> str:
     dims = ", ".join(format_expr(d) for d in b.shape)
     layout = "" if b.contiguous or b.role is not BufferRole.PARAM else ", strided"
+    layout = ", Fortran order" if b.fortran else layout
     return f"{b.name}: {b.dtype.name}[{dims}] {b.role.value} {b.scope.value}{layout}"
 
 

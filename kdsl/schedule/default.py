@@ -123,7 +123,10 @@ def _bind_blocks(s: Schedule, loops: list[Loop]) -> None:
 
 
 def _schedule_nest(s: Schedule, nest: Loop) -> None:
-    vectors = _vector_loops(nest)
+    fortran = _fortran(s.kernel)
+    vectors = _vector_loops(nest, fortran)
+    if fortran and len(vectors) == 1:
+        nest, vectors = _vector_loop_inside(s, nest, vectors[0])
     parallel = nest if nest.kind is LoopKind.PARALLEL and not _collides(nest) else None
     if parallel is not None and [v.var for v in vectors] == [parallel.var]:
         if isinstance(nest.extent, Const) and int(nest.extent.value) <= SPLIT_1D:
@@ -138,18 +141,36 @@ def _schedule_nest(s: Schedule, nest: Loop) -> None:
         _try(s.parallelize, parallel.var)
 
 
-def _vector_loops(loop: Loop) -> list[Loop]:
+def _fortran(kernel: Kernel) -> frozenset[str]:
+    """The parameter arrays in Fortran order: their first axis is the contiguous one."""
+    return frozenset(b.name for b in kernel.buffers if b.fortran)
+
+
+def _vector_loop_inside(s: Schedule, nest: Loop, vector: Loop) -> tuple[Loop, list[Loop]]:
+    """An elementwise nest over Fortran-ordered arrays vectorizes its outer loop (their
+    first axis): moved innermost, each thread walks whole columns in order (1000 × 1000:
+    0.08 ms, as C order; 2.9 ms unscheduled). The nest and its vector loop after that."""
+    chain = _parallel_chain(nest)
+    if vector not in chain[:-1] or _child_loops(chain[-1].body):
+        return nest, [vector]
+    order = [lp.var for lp in chain if lp is not vector] + [vector.var]
+    _try(s.reorder, *order)
+    return _loop(s.kernel, order[0]), [_loop(s.kernel, vector.var)]
+
+
+def _vector_loops(loop: Loop, fortran: frozenset[str] = frozenset()) -> list[Loop]:
     """The loops of `loop`'s nest to vectorize: where its body holds several loops (a
     softmax's row max, its sum of exponentials, its scaled row), those of each of them;
     else the one candidate of the nest (_vector_candidate)."""
     children = _child_loops(loop.body)
     if len(children) > 1:
-        picked = [v for child in children for v in _vector_loops(child)]
+        picked = [v for child in children for v in _vector_loops(child, fortran)]
         if picked:
             return picked
-    elif children and len(below := _vector_loops(children[0])) > 1:
+    elif children and len(below := _vector_loops(children[0], fortran)) > 1:
         return below  # (side by side further down: a batch's rows)
-    best = _vector_candidate([lp for lp in walk_stmts((loop,)) if isinstance(lp, Loop)])
+    loops = [lp for lp in walk_stmts((loop,)) if isinstance(lp, Loop)]
+    best = _vector_candidate(loops, fortran)
     return [] if best is None else [best]
 
 
@@ -201,7 +222,7 @@ def _loop(kernel: Kernel, name: str) -> Loop:
     return next(lp for lp in walk_stmts(kernel.body) if isinstance(lp, Loop) and lp.var == name)
 
 
-def _vector_candidate(loops: list[Loop]) -> Loop | None:
+def _vector_candidate(loops: list[Loop], fortran: frozenset[str] = frozenset()) -> Loop | None:
     """The innermost loop that most accesses walk with unit stride, and none gathers."""
     best: tuple[int, Loop] | None = None
     for lp in loops:
@@ -209,24 +230,27 @@ def _vector_candidate(loops: list[Loop]) -> Loop | None:
             continue
         if isinstance(lp.extent, Const) and int(lp.extent.value) < 4:
             continue
-        unit, strided = _strides(lp)
+        unit, strided = _strides(lp, fortran)
         if unit and not strided and (best is None or unit >= best[0]):  # ties: the deeper
             best = (unit, lp)
     return best[1] if best else None
 
 
-def _strides(lp: Loop) -> tuple[int, int]:
-    """How many accesses in `lp` have its variable only in their last subscript, and how
-    many have it elsewhere (they would need gathers)."""
+def _strides(lp: Loop, fortran: frozenset[str] = frozenset()) -> tuple[int, int]:
+    """How many accesses in `lp` have its variable only in their contiguous subscript
+    (the last; the first of a Fortran-ordered array), and how many have it elsewhere
+    (they would need gathers)."""
     unit = strided = 0
-    accesses: list[tuple[Expr, ...]] = [
-        e.index for e in walk_all_exprs(lp.body) if isinstance(e, Load)
+    accesses: list[tuple[str, tuple[Expr, ...]]] = [
+        (e.buffer, e.index) for e in walk_all_exprs(lp.body) if isinstance(e, Load)
     ]
-    accesses += [st.index for st in walk_stmts(lp.body) if isinstance(st, Store)]
-    for index in accesses:
+    accesses += [(st.buffer, st.index) for st in walk_stmts(lp.body) if isinstance(st, Store)]
+    for buffer, index in accesses:
         uses = [_mentions(i, lp.var) for i in index]
         if not any(uses):
             continue
+        if buffer in fortran:
+            uses.reverse()
         if uses[-1] and not any(uses[:-1]):
             unit += 1
         else:

@@ -41,6 +41,7 @@ class ArraySpec:
     ndim: int
     contiguous: bool = True
     shape: tuple[int, ...] | None = None  # only under static_shapes
+    fortran: bool = False  # Fortran order (and not C order: two axes of 2+ elements)
 
 
 @dataclass(frozen=True)
@@ -80,10 +81,12 @@ def trace(fn: Callable[..., object], name: str, specs: Sequence[tuple[str, ArgSp
     for pname, spec in specs:
         ctx.names.add(pname)
         match spec:
-            case ArraySpec(dtype=d, ndim=n, contiguous=c):
+            case ArraySpec(dtype=d, ndim=n, contiguous=c, fortran=f):
                 shape = tuple(DimOf(pname, a) for a in range(n))
                 ctx.params.append(Param(pname, d, n))
-                ctx.buffers[pname] = Buffer(pname, d, shape, BufferRole.PARAM, Scope.GLOBAL, c)
+                ctx.buffers[pname] = Buffer(
+                    pname, d, shape, BufferRole.PARAM, Scope.GLOBAL, c, fortran=f
+                )
                 args.append(BufferProxy(ctx, pname))
             case ScalarSpec(dtype=d, weak=w):
                 ctx.params.append(Param(pname, d, None, weak=w))

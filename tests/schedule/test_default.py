@@ -202,3 +202,65 @@ def test_the_gpu_default_spreads_threads_past_a_loop_too_small_for_a_warp(monkey
     execs = {s.var: s.exec for s in walk_stmts(scheduled.body) if isinstance(s, Loop)}
     assert execs["j"] is execs["j.1"] is LoopExec.GPU_THREAD_X
     assert execs["r.1"] is LoopExec.SERIAL
+
+
+@kd.kernel
+def add2d(x, z, y):
+    i, j = kd.indices(x.shape[0], x.shape[1])
+    y[i, j] = x[i, j] * 2.0 + z[i, j]
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 13), (17, 1), (0, 5), (33, 257)])
+def test_fortran_ordered_arrays_vectorize_their_first_axis(shape):
+    """An elementwise nest over Fortran-ordered arrays: its first axis is the contiguous
+    one, so it goes innermost and vectorized (1000 × 1000 took 2.9 ms, 37× NumPy:
+    the inner loop walked a stride of 4000 bytes, not vectorized)."""
+    rng = np.random.default_rng(sum(shape))
+    x, z = (np.asfortranarray(random_array(rng, shape, np.float32)) for _ in range(2))
+    y = np.asfortranarray(np.full(shape, np.nan, np.float32))
+    add2d(x, z, y)
+    np.testing.assert_allclose(y, x * 2 + z, rtol=1e-6)
+    if min(shape) > 1:
+        steps = str(add2d.schedule_of(x, z, y)).splitlines()[1:]
+        assert steps == ['s.reorder("j", "i")', 's.vectorize("i", 16)', 's.parallelize("j")']
+        assert "Fortran order" in str(add2d.lowered(x, z, y))
+
+
+@pytest.mark.parametrize("layouts", ["FCF", "CFC", "FFF"])
+def test_mixed_orders_matmul_and_row_sums_of_fortran_arrays(layouts):
+    rng = np.random.default_rng(len(layouts))
+
+    def array(shape, order):
+        return np.asarray(random_array(rng, shape, np.float32), order="F" if order == "F" else "C")
+
+    a, b = array((13, 29), layouts[0]), array((29, 7), layouts[1])
+    c = array((13, 7), layouts[2])
+    matmul(a, b, c)
+    np.testing.assert_allclose(c, a @ b, rtol=1e-4, atol=1e-5)
+    x, z = array((13, 29), layouts[0]), array((13, 29), layouts[1])
+    y = array((13, 29), layouts[2])
+    add2d(x, z, y)
+    np.testing.assert_allclose(y, x * 2 + z, rtol=1e-6)
+
+
+def test_a_strided_array_vectorized_along_another_axis_than_its_last():
+    """A vector loop over a strided array's first axis loads contiguously where that
+    axis' stride is the element's size at run time (columns of a Fortran array), and
+    lane by lane elsewhere (rows of a C array): both give the same values."""
+
+    @kd.kernel
+    def scale(x, y):
+        i, j = kd.indices(x.shape[0], x.shape[1])
+        y[i, j] = x[i, j] * 3.0
+
+    @scale.schedule(kd.cpu)
+    def _(s):
+        s.reorder("j", "i")
+        s.vectorize("i", 16)
+
+    rng = np.random.default_rng(3)
+    base = random_array(rng, (37, 10), np.float32)
+    for x in (np.asfortranarray(base)[:, ::2], base[:, ::2]):  # axis 0 stride 4; 80 bytes
+        y = np.full(x.shape, np.nan, np.float32)
+        scale(x, y)
+        np.testing.assert_allclose(y, x * 3, rtol=1e-6)

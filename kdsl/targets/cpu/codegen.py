@@ -168,6 +168,8 @@ class _Codegen:
         ]
         if buf.contiguous or buf.role is BufferRole.RESULT:
             strides = self._contiguous_strides(dims, buf.dtype)
+        elif buf.fortran:  # the C strides of the reversed axes
+            strides = self._contiguous_strides(dims[::-1], buf.dtype)[::-1]
         else:
             strides = [
                 b.load(b.gep(strides_ptr, [ir.Constant(I64, a)], source_etype=I64), typ=I64)

@@ -585,10 +585,11 @@ class _VectorLoop:
         def spread() -> _Lanes:  # lane k at first + k·stride
             return _Lanes(self.gep(first, b.mul(self.lanes, self.splat(stride))))
 
-        if axis[0] != len(index) - 1:
-            return emit(spread())
-        if buf.contiguous or buf.role is not BufferRole.PARAM:
-            return emit(_Lanes(first, contiguous=True))
+        if buf.contiguous or buf.fortran or buf.role is not BufferRole.PARAM:
+            unit = axis[0] == (0 if buf.fortran else len(index) - 1)  # (C order: the last)
+            return emit(_Lanes(first, contiguous=True) if unit else spread())
+        # strided: along any axis, contiguous where its stride is the element's size at run
+        # time (the first axis of a Fortran-ordered array, the rows of a transposed one)
         unit = b.icmp_signed("==", stride, ir.Constant(I64, buf.dtype.itemsize))
         with b.if_else(unit) as (then, otherwise):
             with then:
