@@ -58,7 +58,10 @@ def check_error(
     its kind, quoting `values`, pointing at the check's source line, with the fix for
     that kind."""
     return _ERROR[check.kind](
-        describe_failed_check(check, values), kernel=kernel, loc=check.loc, fix=_FIX[check.kind]
+        describe_failed_check(check, values),
+        kernel=kernel,
+        loc=check.loc,
+        fix=check.fix or _FIX[check.kind],
     )
 
 

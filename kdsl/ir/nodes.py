@@ -296,13 +296,15 @@ class If:
 class Check:
     """Stop the kernel with an error when `cond` is false.
 
-    `what` names the condition for the user; the runtime adds the values involved.
+    `what` names the condition for the user; the runtime adds the values involved;
+    `fix` says what to do, where it is not the kind's usual fix.
     """
 
     cond: Expr
     kind: CheckKind
     what: str
     loc: SourceLoc | None = _loc()
+    fix: str | None = None
 
 
 Stmt: TypeAlias = Store | DeclareLocal | Assign | Allocate | Loop | If | Check | Prefetch

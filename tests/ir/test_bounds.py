@@ -72,6 +72,9 @@ def test_stencil_gets_one_check_for_the_offset_read():
     assert check.kind is CheckKind.SHAPE
     assert check.what == "subscript i + 2 of 'x' stays in [0, x.shape[0])"
     assert "x[i + 2]" in check.loc.text
+    with pytest.raises(kd.ShapeError) as info:  # (it said: pass arrays whose dimensions agree)
+        stencil(np.ones(4, F), np.ones(3, F))
+    assert "shorten the loop it runs over" in info.value.fix
 
 
 def test_checks_go_after_the_tie_checks_and_before_the_loops():

@@ -242,7 +242,12 @@ class _Hoister:
             )
             # (made of values, not only of shapes: inside a loop, or of scalars)
             kind = CheckKind.BOUNDS if span.scalars or start else CheckKind.SHAPE
-            check = Check(cond, kind, what, loc=node.loc)
+            fix = (
+                f"keep {format_expr(sub)} inside [0, {format_expr(dim)}): shorten the loop "
+                "it runs over (e.g. kd.indices(n - 1) for a subscript i + 1), pass a longer "
+                f"'{node.buffer}', or guard the access with kd.when / kd.where"
+            )
+            check = Check(cond, kind, what, loc=node.loc, fix=fix)
             where = self.checks if anchor is None else self.before.setdefault(id(anchor), [])
             if all(check != c for c in where):
                 where.append(check)
