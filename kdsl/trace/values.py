@@ -22,6 +22,7 @@ from kdsl.ir.nodes import (
     DimOf,
     Expr,
     Fma,
+    LocalVar,
     ScalarArg,
     Select,
     Unary,
@@ -440,9 +441,25 @@ def widen(v: Value) -> Value:
 
 
 def _kind_mix_error(a: Value, b: Value) -> TraceError:
+    from kdsl.ir.printer import format_expr
+
+    def cast(v: Value, to: DType) -> str:  # (a loop index still unnamed prints as %n)
+        t = format_expr(v.expr)
+        if len(t) > 30 or "%" in t:
+            return f"the {v.dtype.name} operand with .astype(kd.{to.name})"
+        return f"{t}.astype(kd.{to.name})"
+
+    fix = f"cast one operand: {cast(b, a.dtype)}, or {cast(a, b.dtype)}"
+    for local, other in ((a, b), (b, a)):
+        if isinstance(local.expr, LocalVar):  # acc = kd.local(0) gathering floats
+            fix = (
+                f"declare the local in the dtype it gathers (kd.local(0.0), or "
+                f"kd.local(0, kd.{other.dtype.name})); or {fix}"
+            )
+            break
     return trace_error(
         f"mixing {a.dtype.name} and {b.dtype.name} operands needs an explicit cast",
-        f"write x.astype(kd.{b.dtype.name}) or kd.cast(x, kd.{a.dtype.name}) on one operand",
+        fix,
     )
 
 

@@ -689,3 +689,21 @@ def test_python_bools_are_weak_like_python_ints_and_floats():
     traced = maybe_neg.ir(x, 1, np.zeros(6, F)).kernel
     (keep,) = [s for s in walk_stmts(traced.body) if isinstance(s, DeclareLocal)]
     assert keep.dtype == kd.bool_  # (a weak bool is no int64 local)
+
+
+def test_an_int_local_gathering_floats_says_how_to_declare_it():
+    """The fix said `x.astype(kd.f32)` for an f32 array named x (a placeholder x)."""
+
+    @kd.kernel
+    def total(x, y):
+        acc = kd.local(0)
+        for t in kd.range(x.shape[0]):
+            acc += x[t]
+        y[0] = acc
+
+    raises(
+        kd.TraceError,
+        lambda: total(np.ones(4, F), np.zeros(1, F)),
+        "mixing i64 and f32",
+        "kd.local(0.0)",
+    )
