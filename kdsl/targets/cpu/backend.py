@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import llvmlite.binding as llvm
@@ -17,7 +18,7 @@ import llvmlite.binding as llvm
 from kdsl.config import CONFIG, dumps
 from kdsl.errors import CompileError
 from kdsl.ir.hashing import source_locations, structural_hash
-from kdsl.ir.nodes import Kernel, Loop
+from kdsl.ir.nodes import Buffer, Kernel, Loop
 from kdsl.ir.passes.expand import expand_schedule
 from kdsl.ir.printer import format_kernel
 from kdsl.ir.verify import verify
@@ -46,7 +47,7 @@ def expand(scheduled: Kernel, strict_fp: bool, guarded_edges: bool = False) -> K
     final = expand_schedule(
         scheduled,
         contract=not strict_fp,
-        vectorizable=_vectorizable,
+        vectorizable=functools.partial(_vectorizable, {b.name: b for b in scheduled.buffers}),
         guarded_edges=guarded_edges,
     )
     if CONFIG.debug:
@@ -56,8 +57,8 @@ def expand(scheduled: Kernel, strict_fp: bool, guarded_edges: bool = False) -> K
     return final
 
 
-def _vectorizable(loop: Loop) -> bool:
-    return plan_vector_loop(loop).problem is None
+def _vectorizable(buffers: Mapping[str, Buffer], loop: Loop) -> bool:
+    return plan_vector_loop(loop, buffers).problem is None
 
 
 @dataclass

@@ -26,6 +26,7 @@ loop, which reorders a float sum or product (refused under strict_fp).
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -79,7 +80,7 @@ COPIES = 4  # vector iterations per trip of a loop with accumulators
 
 
 def emit_vector_loop(gen: _Codegen, loop: Loop) -> None:
-    plan = plan_vector_loop(loop)
+    plan = plan_vector_loop(loop, gen.buffers)
     if plan.problem:
         raise CompileError(
             f"loop '{loop.var}' can't be vectorized: {plan.problem}",
@@ -92,7 +93,7 @@ def emit_vector_loop(gen: _Codegen, loop: Loop) -> None:
 
 def vector_obstacle(loop: Loop, kernel: Kernel) -> str | None:
     """Why `loop` can't be vectorized (None when it can): schedules check early."""
-    return plan_vector_loop(loop).problem
+    return plan_vector_loop(loop, {b.name: b for b in kernel.buffers}).problem
 
 
 class _VectorLoop:
@@ -101,6 +102,7 @@ class _VectorLoop:
         self.loop, self.plan, self.w = loop, plan, loop.width
         self.lanes: ir.Value = ir.Constant(ir.VectorType(I64, self.w), list(range(self.w)))
         self.vslots: dict[str, ir.Value] = {}  # vector locals
+        self.lane_slots: dict[str, ir.Value] = {}  # the lanes' temporaries: a vector each
         self.held: dict[tuple[str, tuple[Expr, ...]], ir.Value] = {}  # see inner_loop
         self.partials: dict[str, list[ir.Value]] = {}  # accumulators' vectors of partials
         self.copy = 0  # which of them this copy of the body updates
@@ -319,6 +321,11 @@ class _VectorLoop:
                 self.at_first_lane(lambda: gen.stmt(s, []))
             case Prefetch():
                 pass
+            case Allocate(buffer=name) if name in self.plan.lane_temps:
+                buf = self.plan.lane_temps[name]
+                count = math.prod(int(d.value) for d in buf.shape)  # type: ignore[attr-defined]
+                vt = ir.ArrayType(self.vtype(memory_type(buf.dtype)), max(1, count))
+                self.lane_slots[name] = self.lane_slots.get(name) or gen._entry_alloca(vt, name)
             case Allocate(buffer=name):
                 raise CompileError(f"a temporary ('{name}') inside vector loop '{self.loop.var}'")
 
@@ -371,8 +378,35 @@ class _VectorLoop:
         gen._fail_unless(ok, ErrorKind.CHECK, len(gen.sites.checks))
         gen.sites.checks.append(s)
 
+    def lane_slot(self, name: str, index: tuple[Expr, ...], loc: SourceLoc | None) -> ir.Value:
+        """Where the lanes' vector of `name[index]` is, for a temporary each lane has its
+        own (the subscripts are the same in every lane: plan_vector_loop checked)."""
+        gen, b = self.gen, self.b
+        buf = self.plan.lane_temps[name]
+        dims = [int(d.value) for d in buf.shape]  # type: ignore[attr-defined]
+        if gen.checks or not all(gen._proven(name, a, i) for a, i in enumerate(index)):
+            ok: ir.Value = ir.Constant(I1, 1)
+            for i, d in zip(index, dims):
+                ok = b.and_(ok, b.icmp_unsigned("<", self.uniform(i), ir.Constant(I64, d)))
+            gen._fail_unless(ok, ErrorKind.BOUNDS, len(gen.sites.accesses))
+            gen.sites.accesses.append((name, loc))
+        flat: ir.Value = ir.Constant(I64, 0)
+        for i, d in zip(index, dims):
+            flat = b.add(b.mul(flat, ir.Constant(I64, d)), self.uniform(i))
+        vt = self.vtype(memory_type(buf.dtype))
+        return b.gep(self.lane_slots[name], [flat], source_etype=vt)
+
     def store(self, s: Store) -> None:
         gen, b = self.gen, self.b
+        if s.buffer in self.lane_slots:
+            at = self.lane_slot(s.buffer, s.index, s.loc)
+            value = self.vector(self.value(s.value))
+            if gen.buffers[s.buffer].dtype.is_bool:
+                value = b.zext(value, self.vtype(I8))
+            if self.mask is not None:  # lanes that are off keep their element
+                value = b.select(self.mask, value, b.load(at, typ=value.type))
+            b.store(value, at)
+            return
         slot = self.held.get((s.buffer, s.index))
         if slot is not None:  # kept in a register for the enclosing loop
             value = self.vector(self.value(s.value))
@@ -550,6 +584,10 @@ class _VectorLoop:
         slot = self.held.get((e.buffer, e.index))
         if slot is not None:
             return _read(self.b, slot)
+        if e.buffer in self.lane_slots:
+            at = self.lane_slot(e.buffer, e.index, e.loc)
+            value = self.b.load(at, typ=self.vtype(memory_type(e.dtype)))
+            return self.b.trunc(value, self.vtype(I1)) if e.dtype.is_bool else value
         value = self.grouped_load(e)
         if value is None:
             value = self.access(

@@ -4,7 +4,8 @@ reason `vector_obstacle` gives schedules so they refuse early)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from kdsl import types as T
@@ -14,10 +15,14 @@ from kdsl.ir.nodes import (
     Assign,
     Binary,
     BinaryOp,
+    Buffer,
+    BufferRole,
+    Const,
     DeclareLocal,
     Expr,
     Fma,
     If,
+    Load,
     LocalVar,
     Loop,
     LoopExec,
@@ -25,9 +30,10 @@ from kdsl.ir.nodes import (
     Stmt,
     Store,
 )
-from kdsl.ir.visit import children, stmt_exprs, walk_expr, walk_stmts
+from kdsl.ir.visit import children, stmt_exprs, walk_all_exprs, walk_expr, walk_stmts
 
 ACCUMULATE = (BinaryOp.ADD, BinaryOp.MUL, BinaryOp.MAX, BinaryOp.MIN)
+LANE_TEMP_ELEMENTS = 64  # a temporary of this many elements or fewer may be one per lane
 
 
 @dataclass
@@ -38,6 +44,8 @@ class VectorPlan:
     var: str
     varying_locals: set[str] = field(default_factory=set)
     accumulators: dict[str, tuple[BinaryOp, T.DType]] = field(default_factory=dict)
+    # small temporaries allocated in the body: each lane has its own (vectors in memory)
+    lane_temps: dict[str, Buffer] = field(default_factory=dict)
     problem: str | None = None
     known: dict[int, tuple[Expr, bool]] = field(default_factory=dict, repr=False)
 
@@ -51,6 +59,8 @@ class VectorPlan:
                 and e.name == self.var
                 or isinstance(e, LocalVar)
                 and e.name in self.varying_locals
+                or isinstance(e, Load)
+                and e.buffer in self.lane_temps
             )
             hit = self.known[id(e)] = (e, result)
         return hit[1]
@@ -75,13 +85,33 @@ def _reads(e: Expr, local: str) -> bool:
     return any(isinstance(n, LocalVar) and n.name == local for n in walk_expr(e))
 
 
-def plan_vector_loop(loop: Loop) -> VectorPlan:
+def plan_vector_loop(loop: Loop, buffers: Mapping[str, Buffer] | None = None) -> VectorPlan:
+    """`buffers`: the kernel's, by name (a small temporary allocated in the loop then
+    becomes one per lane; without them, an obstacle)."""
     plan = VectorPlan(loop.var)
+    plan.lane_temps = _lane_temps(loop, buffers or {})
     plan.problem = _accumulators(loop, plan)
     if plan.problem is None:
         _varying_locals(loop, plan)
-        plan.problem = next(_obstacles(loop.body, plan), None)
+        plan.problem = next(_obstacles(loop, plan), None)
     return plan
+
+
+def _lane_temps(loop: Loop, buffers: Mapping[str, Buffer]) -> dict[str, Buffer]:
+    """The temporaries allocated in `loop` of a few elements, of a constant shape: a
+    window of a stencil, a small sort's buffer (`buf = kd.zeros((7,), kd.f32)` in a
+    kd.grid loop)."""
+    found = {}
+    for s in walk_stmts(loop.body):
+        buf = buffers.get(s.buffer) if isinstance(s, Allocate) else None
+        if (
+            buf is not None
+            and buf.role is BufferRole.TEMP
+            and all(isinstance(d, Const) for d in buf.shape)
+            and math.prod(int(d.value) for d in buf.shape) <= LANE_TEMP_ELEMENTS  # type: ignore[union-attr]
+        ):
+            found[buf.name] = buf
+    return found
 
 
 def _accumulators(loop: Loop, plan: VectorPlan) -> str | None:
@@ -138,11 +168,17 @@ def _with_masks(
             yield from _with_masks(s.then, plan, masked or plan.varying(s.cond))
 
 
-def _obstacles(body: tuple[Stmt, ...], plan: VectorPlan) -> Iterator[str]:
-    for s, _ in _with_masks(body, plan, False):
+def _obstacles(loop: Loop, plan: VectorPlan) -> Iterator[str]:
+    for e in walk_all_exprs(loop.body):
+        if isinstance(e, Load) and e.buffer in plan.lane_temps and any(map(plan.varying, e.index)):
+            yield f"its lanes read the temporary '{e.buffer}' at subscripts that differ"
+    for s, _ in _with_masks(loop.body, plan, False):
         match s:
-            case Allocate(buffer=name):
+            case Allocate(buffer=name) if name not in plan.lane_temps:
                 yield f"it allocates the temporary '{name}' inside the loop"
+            case Store(buffer=name, index=index) if name in plan.lane_temps:
+                if any(map(plan.varying, index)):
+                    yield f"its lanes write the temporary '{name}' at subscripts that differ"
             case Loop(var=var, exec=LoopExec.VECTORIZED | LoopExec.PARALLEL as how):
                 yield f"loop '{var}' inside it is {how.value} too"
             case Loop(var=var, extent=extent) if plan.varying(extent) and (
