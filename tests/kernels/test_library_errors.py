@@ -454,7 +454,8 @@ def test_library_errors_are_kdsl_errors(call, err, message):
         (lambda t: matmul(X, t), True),
         (lambda t: attention(Q4, Q4, t), True),
         (lambda t: softmax(X, out=t), True),
-        (lambda t: qmatvec(Q8, t), False),
+        (lambda t: qmatvec(Q8, np.ones(64, np.float32), out=t), True),
+        (lambda t: quantize_q8_0(t), False),
     ],
 )
 def test_a_cuda_array_among_host_arrays_is_refused(call, on_gpu):
