@@ -304,7 +304,7 @@ class Check:
     kind: CheckKind
     what: str
     loc: SourceLoc | None = _loc()
-    fix: str | None = None
+    fix: str | None = field(default=None, metadata={UNSET_UNHASHED: True})
 
 
 Stmt: TypeAlias = Store | DeclareLocal | Assign | Allocate | Loop | If | Check | Prefetch
@@ -344,7 +344,7 @@ class Buffer:
     scope: Scope
     contiguous: bool = True
     loc: SourceLoc | None = _loc()
-    fortran: bool = False
+    fortran: bool = _flag()
 
     @property
     def ndim(self) -> int:
