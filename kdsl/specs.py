@@ -12,7 +12,9 @@ The text form (the CLI's `--args`/`--shape`, DESIGN §4) is a comma-separated li
   `inf`) or a bool (`True`, `False`).
 
 Arrays are filled with fresh random data, never zeros: floats uniform in [-1, 1),
-signed ints in [-8, 8), unsigned ints in [0, 16), bools half true.
+signed ints in [-8, 8), unsigned ints in [0, 16), bools half true; `kd.spec(..., low=,
+high=)` sets the range (e.g. an index array's valid rows). A concrete NumPy array given as
+an example (`kernel.autotune(a, b, c)`) is used as it is: a copy of its values.
 """
 
 from __future__ import annotations
@@ -43,10 +45,12 @@ class SpecError(KdslError, ValueError):
 
 @dataclass(frozen=True)
 class Spec:
-    """An example array argument: a shape and a dtype, filled with random data when used."""
+    """An example array argument: a shape and a dtype, filled with random data when used
+    (in `values` where given, else the dtype's default range)."""
 
     shape: tuple[int, ...]
     dtype: DType
+    values: tuple[float, float] | None = None  # [low, high), from kd.spec(low=, high=)
 
     def __str__(self) -> str:
         return "x".join(map(str, self.shape)) + ":" + self.dtype.name
@@ -55,24 +59,34 @@ class Spec:
         """A new array of this shape and dtype with random (never all-zero) contents."""
         d = self.dtype
         if d.is_float:
+            low, high = self.values or (-1.0, 1.0)
             wide = np.float64 if d.bits == 64 else np.float32
-            data = rng.random(self.shape, dtype=wide) * 2 - 1
+            data = low + rng.random(self.shape, dtype=wide) * (high - low)
             return data.astype(d.to_numpy(), copy=False)
         if d.is_int:
-            low, high = _SIGNED_RANGE if d.is_signed else _UNSIGNED_RANGE
-            return rng.integers(low, high, size=self.shape, dtype=d.to_numpy())
+            low, high = self.values or (_SIGNED_RANGE if d.is_signed else _UNSIGNED_RANGE)
+            return rng.integers(int(low), int(high), size=self.shape, dtype=d.to_numpy())
         return rng.random(self.shape) < 0.5
 
 
-ArgExample = Spec | bool | int | float | str | None
-"""One example argument: an array to make (`Spec`), or a Python value passed as is (a
-number; a string or None for a constexpr parameter)."""
+ArgExample = Spec | np.ndarray | bool | int | float | str | None
+"""One example argument: an array to make (`Spec`), an array whose values are copied
+(NumPy), or a Python value passed as is (a number; a string or None for a constexpr
+parameter)."""
 
 
-def spec(shape: int | Sequence[int], dtype: object) -> Spec:
+def spec(
+    shape: int | Sequence[int],
+    dtype: object,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+) -> Spec:
     """An example array argument, `kd.spec((512, 256), kd.f32)`: random data of that shape.
 
-    `dtype` is a kdsl dtype, a NumPy dtype or a name such as "f32".
+    `dtype` is a kdsl dtype, a NumPy dtype or a name such as "f32". `low` and `high`
+    (given together) make the values fall in [low, high): an index array needs them,
+    e.g. `kd.spec((512,), kd.i64, low=0, high=1000)` for rows of a 1000-row table.
     """
     dims = (shape,) if isinstance(shape, int) else tuple(shape)
     try:
@@ -90,7 +104,32 @@ def spec(shape: int | Sequence[int], dtype: object) -> Spec:
         dt = as_dtype(dtype)
     except TypeError as exc:
         raise SpecError(str(exc)) from None
-    return Spec(dims, dt)
+    if low is None and high is None:
+        return Spec(dims, dt)
+    return Spec(dims, dt, _values(dt, low, high))
+
+
+def _values(dtype: DType, low: float | None, high: float | None) -> tuple[float, float]:
+    """`kd.spec`'s low and high, checked: numbers (whole ones for an integer dtype) that
+    the dtype holds, low < high."""
+    fix = "e.g. kd.spec((512,), kd.i64, low=0, high=1000): values from 0 to 999"
+    if dtype.is_bool:
+        raise SpecError("a bool spec has no value range (low=, high=)", fix="leave them out")
+    kind = int if dtype.is_int else int | float
+    numbers = [v for v in (low, high) if isinstance(v, kind) and not isinstance(v, bool)]
+    if low is None or high is None or len(numbers) < 2:
+        what = "whole numbers" if dtype.is_int else "numbers"
+        raise SpecError(f"spec low={low!r}, high={high!r}: both must be {what}", fix=fix)
+    if not low < high:
+        raise SpecError(f"spec low={low!r} is not below high={high!r}", fix=fix)
+    if dtype.is_int:
+        info = np.iinfo(dtype.to_numpy())
+        if low < info.min or high - 1 > info.max:
+            raise SpecError(
+                f"spec low={low!r}, high={high!r}: {dtype.name} holds {info.min} to {info.max}",
+                fix=fix,
+            )
+    return low, high
 
 
 def parse_args_spec(text: str) -> dict[str, ArgExample]:
@@ -174,6 +213,8 @@ def make_arguments(
     for name, example in examples.items():
         if isinstance(example, Spec):
             made[name] = example.random(rng)
+        elif isinstance(example, np.ndarray):
+            made[name] = np.array(example, order="C")  # a copy: the kernel may write it
         elif example is None or isinstance(example, bool | int | float | str):
             made[name] = example
         else:

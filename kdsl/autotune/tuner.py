@@ -96,16 +96,16 @@ class TuneReport:
 
 
 def example_of(names: tuple[str, ...], args: tuple[object, ...]) -> dict[str, ArgExample]:
-    """Example specs with the shapes and dtypes of concrete arguments (specs stay)."""
+    """The example of concrete arguments: NumPy arrays stay, for their values (an index
+    array's random stand-in would subscript out of bounds); specs stay."""
     example: dict[str, ArgExample] = {}
     for name, value in zip(names, args):
         if isinstance(value, Spec):
             example[name] = value
         elif isinstance(value, np.ndarray):
-            dtype = from_numpy(value.dtype)
-            if dtype is None:
+            if from_numpy(value.dtype) is None:
                 raise KdslError(f"argument '{name}' has a dtype kdsl can't tune ({value.dtype})")
-            example[name] = Spec(tuple(value.shape), dtype)
+            example[name] = value
         elif isinstance(value, bool | int | float):
             example[name] = value
         elif (array := device_array(value)) is not None:  # a CUDA array: its shape, dtype
@@ -177,9 +177,13 @@ def example_key(fn: KernelFunction, example: Mapping[str, ArgExample]) -> tuple[
 def _example_specs(
     fn: KernelFunction, examples: Sequence[ArgExample]
 ) -> tuple[tuple[ArgSpec, ...], list[object]]:
-    # Only shapes and dtypes are needed here: the measuring process makes the data.
+    # Only shapes and dtypes are needed here: the measuring process makes the data, in C
+    # order (a strided array's copy too).
     placeholders = [
-        np.empty(e.shape, e.dtype.to_numpy()) if isinstance(e, Spec) else e for e in examples
+        np.empty(e.shape, e.dtype if isinstance(e, np.ndarray) else e.dtype.to_numpy())
+        if isinstance(e, Spec | np.ndarray)
+        else e
+        for e in examples
     ]
     return fn._specs(placeholders, {})
 
@@ -279,6 +283,11 @@ def tune(
             if report.best_time_s:
                 bar.set_postfix_str(_progress_note(report))
         _confirm(session, measurer, times, report, min_time)
+    except KdslError as exc:
+        told = _random_indices(fn, session.examples, exc)
+        if told is None:
+            raise
+        raise told from None
     finally:
         bar.close()
         if measurer is not None:
@@ -287,6 +296,34 @@ def tune(
     report.elapsed_s = time.perf_counter() - started
     _record(session, report)
     return report
+
+
+def _random_indices(
+    fn: KernelFunction, examples: Sequence[ArgExample], exc: KdslError
+) -> KdslError | None:
+    """The reference run's BoundsError told as what it likely is when integer arrays of
+    the example hold random values: indices that the kernel's subscripts never take in
+    real use. None for any other error."""
+    if "BoundsError: " not in exc.what:
+        return None
+    names = fn.signature.names
+    random = [(n, e) for n, e in zip(names, examples) if isinstance(e, Spec) and e.dtype.is_int]
+    if not random or any(e.values is not None for _, e in random):
+        return None
+    bounds = exc.what.split("BoundsError: ", 1)[1].splitlines()[0]
+    bounds = bounds.removeprefix(f"in kernel '{fn.name}': ")
+    arrays = ", ".join(f"'{n}'" for n, _ in random)
+    held = f"array {arrays} holds" if len(random) == 1 else f"arrays {arrays} hold"
+    name, first = random[0]
+    return KdslError(
+        f"the default schedule's run on the example's random data failed: {bounds} "
+        f"(integer {held} random values, not valid indices)",
+        kernel=fn.name,
+        fix=f"tune on your own arrays, {fn.name}.autotune({', '.join(names)}), whose "
+        "values are used as they are; or give each index array its range of valid "
+        f"values in the example, e.g. '{name}': kd.spec({first.shape}, "
+        f"kd.{first.dtype.name}, low=0, high=ROWS)",
+    )
 
 
 def _confirm(

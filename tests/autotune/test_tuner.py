@@ -1,5 +1,6 @@
 """The autotuner: exhaustive search of a small space, refused configs, the time budget,
-and a new process that runs the tuned kernel without tuning or compiling."""
+a new process that runs the tuned kernel without tuning or compiling, and the example's
+data (the user's arrays, or random values that an index array can't take)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
+import numpy as np
 import pytest
 
 import kdsl as kd
@@ -202,6 +204,45 @@ def test_example_order_does_not_matter() -> None:
     mixed = {"y": kd.spec((40, 7), kd.f32), "x": kd.spec((7, 40), kd.f32)}
     with pytest.raises(kd.KdslError, match="reference run failed.*ShapeError"):  # x, y disagree
         tune(tuner_refusals, mixed, budget_s=30, jobs=0, progress=False)
+
+
+@kd.kernel
+def tuner_gather(table, idx, out):
+    i = kd.indices(idx.shape[0])
+    out[i] = table[idx[i]]
+
+
+@tuner_gather.schedule(kd.cpu)
+def _(s):
+    s.split("i", s.param("f", [8, 16]))
+
+
+def test_arrays_are_tuned_on_their_own_values() -> None:
+    """Random stand-ins for `idx` would subscript `table` out of bounds."""
+    table = np.arange(50, dtype=np.float32)
+    idx = np.arange(40, dtype=np.int64) * 7 % 50
+    out = np.zeros(40, np.float32)
+    (report,) = tuner_gather.autotune(table, idx, out, budget=2, jobs=0, progress=False)
+    assert report.best is not None and report.failures() == []
+    assert not out.any()  # candidates wrote copies
+
+
+def test_random_index_data_is_named_and_a_spec_range_fixes_it() -> None:
+    example = {
+        "table": kd.spec((50,), kd.f32),
+        "idx": kd.spec((40,), kd.i64),
+        "out": kd.spec((40,), kd.f32),
+    }
+    with pytest.raises(kd.KdslError) as raised:
+        tune(tuner_gather, example, budget_s=2, jobs=0, progress=False)
+    message = str(raised.value)
+    assert "random data failed: a subscript of 'table'" in message
+    assert "integer array 'idx' holds random values" in message
+    assert "tuner_gather.autotune(table, idx, out)" in message
+    assert "'idx': kd.spec((40,), kd.i64, low=0, high=ROWS)" in message
+    example["idx"] = kd.spec((40,), kd.i64, low=0, high=50)
+    report = tune(tuner_gather, example, budget_s=2, jobs=0, progress=False)
+    assert report.best is not None and report.failures() == []
 
 
 class _Turns:
