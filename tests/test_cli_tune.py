@@ -131,6 +131,29 @@ def test_a_package_directory_is_tuned_with_its_modules(capsys, tmp_path: Path) -
     assert "RuntimeError: sub boom" in err and "importlib" not in err
 
 
+@pytest.mark.usefixtures("cache_dir")
+def test_a_kernel_that_fails_is_reported_and_the_others_tuned(capsys, tmp_path: Path) -> None:
+    path = tmp_path / "one_broken.py"
+    broken = """
+@kd.kernel(examples=[{"x": kd.spec((40,), kd.f32), "y": kd.spec((40,), kd.f32)}])
+def cli_broken(x, y):
+    i = kd.indices(x.shape[0])
+    y[i] = x[i] + 1.0
+
+@cli_broken.schedule(kd.cpu)
+def _(s):
+    s.split("ii", s.param("f", [4, 8]))  # no loop 'ii'
+"""
+    path.write_text(KERNELS + broken)
+    code, out, err = kdsl_cli(capsys, "autotune", path, *QUICK)
+    assert code == 1
+    rows = {line.split()[0]: line for line in out.splitlines()[2:4]}
+    assert "(failed, below)" in rows["cli_broken"] and "f=" in rows["cli_affine"]
+    assert '  failed cli_broken: schedule step split("ii", 4) is not possible' in out
+    assert "in kernel 'cli_broken'" in err and "no loop named 'ii'" in err
+    assert tuned_shapes("cli_affine") == [((300,), (300,))]
+
+
 def test_a_target_that_fails_to_import_shows_the_users_frames(capsys, tmp_path: Path) -> None:
     path = tmp_path / "broken_cli.py"
     path.write_text("import math\n\nraise RuntimeError('boom at import')\n")

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
+from dataclasses import dataclass
 
 from kdsl.autotune.gpu import tune_on
-from kdsl.autotune.keys import format_shape
+from kdsl.autotune.keys import Shape, format_shape
 from kdsl.autotune.strategies import STRATEGIES
 from kdsl.autotune.tuner import TuneReport
 from kdsl.cli.common import UsageError, check_cache_dir, kernels_in
 from kdsl.cli.table import format_seconds, format_table
+from kdsl.errors import KdslError
 from kdsl.kernel import KernelFunction
-from kdsl.specs import ArgExample, SpecError, parse_args_spec
+from kdsl.specs import ArgExample, Spec, SpecError, parse_args_spec
 from kdsl.targets.cuda import driver
 
 _BUDGET = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|min|h)?")
@@ -104,30 +107,48 @@ def run(ns: argparse.Namespace) -> int:
             f"nothing to tune: {', '.join(skipped)} declare no examples; pass --shape "
             "or declare @kd.kernel(examples=[...])"
         )
-    # `tune`, not `kernel.autotune(**example)`: a kernel parameter may be named `budget`.
-    reports = [
-        tune_on(
-            ns.target,
-            kernel,
-            example,
-            budget_s=budget,
-            strategy=ns.strategy,
-            jobs=ns.jobs,
-            seed=ns.seed,
-            progress=not ns.no_progress,
-        )
-        for kernel, example in work
-    ]
-    print(summary(reports))
+    results: list[TuneReport | Failed] = []
+    for kernel, example in work:
+        try:
+            # `tune`, not `kernel.autotune(**example)`: a parameter may be named `budget`.
+            report = tune_on(
+                ns.target,
+                kernel,
+                example,
+                budget_s=budget,
+                strategy=ns.strategy,
+                jobs=ns.jobs,
+                seed=ns.seed,
+                progress=not ns.no_progress,
+            )
+        except KdslError as err:  # one kernel's error: the others are still tuned
+            print(err.with_kernel(kernel.name), file=sys.stderr)
+            shape = tuple(tuple(e.shape) for e in example.values() if isinstance(e, Spec))
+            results.append(Failed(kernel.name, shape, err))
+            continue
+        results.append(report)
+    print(summary(results))
     if skipped:
         print(f"\nskipped (no examples; pass --shape): {', '.join(skipped)}")
-    return 0
+    return 1 if any(isinstance(r, Failed) for r in results) else 0
 
 
-def summary(reports: list[TuneReport]) -> str:
-    """The final table, then the candidates dropped and why."""
-    rows = []
-    for r in reports:
+@dataclass(frozen=True)
+class Failed:
+    """A kernel and example whose tuning stopped on a kdsl error."""
+
+    kernel: str
+    shape: Shape
+    error: KdslError
+
+
+def summary(results: list[TuneReport | Failed]) -> str:
+    """The final table, then the candidates dropped and the kernels failed, and why."""
+    rows: list[list[object]] = []
+    for r in results:
+        if isinstance(r, Failed):
+            rows.append([r.kernel, format_shape(r.shape), "(failed, below)", "", "", "", "", ""])
+            continue
         tried = sum(1 for t in r.trials if t.status not in ("same", "invalid"))
         rows.append(
             [
@@ -143,7 +164,10 @@ def summary(reports: list[TuneReport]) -> str:
         )
     headers = ["kernel", "shape", "best params", "time", "default", "speedup", "tried", "dropped"]
     lines = [format_table(headers, rows)]
-    for r in reports:
+    for r in results:
+        if isinstance(r, Failed):
+            lines.append(f"  failed {r.kernel}: {r.error.what.splitlines()[0]}")
+            continue
         for trial in r.failures():
             detail = trial.detail.splitlines()[0][:120] if trial.detail else ""
             lines.append(f"  dropped {r.kernel} {_params(trial.config)}: {trial.status} {detail}")
