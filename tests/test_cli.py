@@ -180,6 +180,21 @@ def test_console_entry_point_in_a_fresh_process(kernels_file):
     assert "Traceback" not in done.stderr
 
 
+def test_a_closed_stdout_ends_quietly(kernels_file):
+    """`kdsl show ... --llvm | head`: the reader leaves before the output is written."""
+    show = subprocess.Popen(
+        [sys.executable, "-m", "kdsl.cli", "show", f"{kernels_file}:scale_add", "--llvm"]
+        + ["--args", ARGS],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    show.stdout.close()  # no reader: the first write fails with EPIPE
+    err = show.stderr.read()
+    assert show.wait(timeout=60) == 141  # 128 + SIGPIPE, as a shell reports `seq 1e6 | head`
+    assert err == ""
+
+
 def _quick_benchmark(script: str, tmp_path) -> tuple[str, subprocess.CompletedProcess[str]]:
     """Run benchmarks/`script` --quick, its page written under tmp_path: the page and the
     finished process (which must have succeeded)."""

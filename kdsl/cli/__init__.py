@@ -2,13 +2,17 @@
 
 Exit codes: 0 success; 1 a kdsl error (its message is printed); 2 a usage error
 (bad target, missing kernel, bad --args or --shape, unusable cache directory),
-reported in one line without a traceback. Each subcommand module has an `add`
-function that declares its options and the function that runs it; `main` dispatches.
+reported in one line without a traceback; 141 (128 + SIGPIPE, as for any tool), quietly,
+when the reader of stdout went away (`kdsl show ... | head`). Each subcommand module has
+an `add` function that declares its options and the function that runs it; `main`
+dispatches.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -42,7 +46,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     ns.options = extra
     try:
-        return ns.run(ns)
+        code: int = ns.run(ns)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        # Python's advice: point stdout at devnull, or the flush at exit fails again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except UsageError as err:
         print(f"kdsl: error: {err}", file=sys.stderr)
         return 2
