@@ -118,6 +118,8 @@ class TunedDispatch(_ByShape[Specialization]):
         key = _tuning_key(fn, specs, traced, on_gpu=False)
         if key is not None and (registry.lookup(*key) or fn.autotune_budget):
             return cls(fn, traced, layout, key)
+        if key is not None:  # results made for this kernel's earlier code or params?
+            registry.warn_if_stale(fn.name, key, cls.command)
         return None
 
     def run(self, args: Sequence[object]) -> object:
@@ -159,6 +161,8 @@ class CudaDispatch(_ByShape[CudaSpecialization]):
         key = _tuning_key(fn, specs, traced, on_gpu=True)
         if key is not None and registry.lookup(*key):
             return cls(fn, traced, layout, key)
+        if key is not None:
+            registry.warn_if_stale(fn.name, key, cls.command)
         return None
 
     def run(self, args: Sequence[object], stream: object = None) -> object:

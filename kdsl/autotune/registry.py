@@ -12,12 +12,13 @@ import warnings
 
 from kdsl.autotune import shipped
 from kdsl.autotune.database import DatabaseError, Entry, TuningDB
-from kdsl.config import cache_root
+from kdsl.config import VERSION, cache_root
 
 DB_NAME = "tuning.sqlite"
 
 _local = threading.local()  # a SQLite connection belongs to the thread that opened it
 _memo: dict[tuple[str, str, str], list[Entry]] = {}
+_stale_checked: set[tuple[str, str, str]] = set()
 _broken = False
 
 
@@ -54,6 +55,38 @@ def lookup(kernel_id: str, target: str, signature: str) -> list[Entry]:
     return found
 
 
+def warn_if_stale(kernel_name: str, key: tuple[str, str, str], command: str) -> None:
+    """Warn once per signature and process when the database has results for this kernel
+    name, target and signature under another kernel identity, by this kdsl: made before
+    the kernel's code or its `s.param` choices changed (both are in the identity), so
+    calls no longer use them. For a signature `lookup` found nothing for."""
+    kernel_id, target, signature = key
+    if _broken or key in _stale_checked:
+        return
+    _stale_checked.add(key)
+    try:
+        rows = database().entries(kernel_name)
+    except DatabaseError:
+        return  # (lookup has warned)
+    stale = [
+        e
+        for e in rows
+        if (e.target, e.signature, e.kdsl_version) == (target, signature, VERSION)
+        and e.kernel_id != kernel_id
+    ]
+    if stale:
+        tuned = max(stale, key=lambda e: e.created).config
+        params = ", ".join(f"{k}={v!r}" for k, v in tuned.items())
+        warnings.warn(
+            f"kernel '{kernel_name}': its tuning results for arguments {signature} "
+            f"({params}) were made before its code or its s.param choices changed, so they "
+            f"no longer apply and calls use the default params. Tune again with "
+            f"`{command}`, or drop them with `kdsl cache clear --kernel {kernel_name}`.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
 def record(entry: Entry) -> None:
     database().record(entry)
     _memo.pop((entry.kernel_id, entry.target, entry.signature), None)
@@ -63,6 +96,7 @@ def forget() -> None:
     """Drop the in-memory view (after `kdsl cache clear` or an import)."""
     global _broken
     _memo.clear()
+    _stale_checked.clear()
     db: TuningDB | None = getattr(_local, "db", None)
     if db is not None:
         db.close()

@@ -171,10 +171,37 @@ def test_results_never_apply_to_another_schedules_params() -> None:
         s.split("i", s.param("g", [32, 128]))
 
     x, y = arrays(512)
-    other(x, y)
+    with pytest.warns(RuntimeWarning, match="s.param choices changed"):
+        other(x, y)
     np.testing.assert_allclose(y, x * 2.0 + 0.5, rtol=1e-6)
     assert other.stats()["tuning"] == {}  # no dispatcher: nothing was found
     assert "io * 32 + ii" in str(other.lowered(x, y))
+
+
+def test_results_of_edited_param_choices_warn_once() -> None:
+    """Reordered choices change the kernel's identity: its tuning no longer applies,
+    and the first lookup of the signature says why (not silently the first choice)."""
+    record(affine_kernel("dispatch_edited"), arrays(512), {"f": 256})
+
+    def affine(x, y):
+        i = kd.indices(x.shape[0])
+        y[i] = x[i] * 2.0 + 0.5
+
+    edited = kd.kernel(affine, name="dispatch_edited")
+
+    @edited.schedule(kd.cpu)
+    def _(s):
+        s.split("i", s.param("f", [64, 16, 256]))
+
+    new = entry_for(edited, arrays(512), {})
+    key = (new.kernel_id, new.target, new.signature)
+    assert registry.lookup(*key) == []
+    with pytest.warns(RuntimeWarning, match=r"\(f=256\) were made before its code or its s.param"):
+        registry.warn_if_stale("dispatch_edited", key, "kdsl autotune")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per signature; never for another kernel's
+        registry.warn_if_stale("dispatch_edited", key, "kdsl autotune")
+        registry.warn_if_stale("dispatch_never_tuned", key[:2] + ("x:f32[1,C]",), "kdsl")
 
 
 def test_autotune_refuses_params_named_like_its_options() -> None:
