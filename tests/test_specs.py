@@ -159,3 +159,26 @@ def test_examples_give_a_constexpr_a_string_or_none():
     )
     with pytest.raises(kd.KernelArgumentError, match="example value for 'x' is a str"):
         kd.kernel(epilogue, name="bad", examples=[{**example, "x": "gelu"}])
+
+
+def test_a_value_range_bounds_the_random_data():
+    rng = np.random.default_rng(0)
+    idx = spec((1000,), kd.i64, low=3, high=7).random(rng)
+    assert idx.min() == 3 and idx.max() == 6
+    x = spec((1000,), kd.f32, low=10.0, high=12.0).random(rng)
+    assert 10.0 <= x.min() and x.max() < 12.0
+
+
+@pytest.mark.parametrize(
+    "dtype, low, high, why",
+    [
+        (kd.i64, 0, None, "both must be whole numbers"),
+        (kd.i64, 0.5, 4, "both must be whole numbers"),
+        (kd.f32, 2.0, 1.0, "is not below"),
+        (kd.u8, 0, 300, "u8 holds 0 to 255"),
+        (kd.bool_, 0, 1, "no value range"),
+    ],
+)
+def test_a_bad_value_range_is_refused(dtype, low, high, why):
+    with pytest.raises(SpecError, match=why):
+        spec((4,), dtype, low=low, high=high)
