@@ -181,9 +181,15 @@ def spec_of(
     array: np.ndarray = value  # type: ignore[assignment]
     d = T.from_numpy(array.dtype)
     if d is None:
+        native = array.dtype.newbyteorder("=")
+        swapped = not array.dtype.isnative and T.from_numpy(native) is not None
+        target = f"np.{native.name}" if swapped else "np.float32"
         raise sig.error(
-            f"argument '{name}' has dtype {array.dtype}, which kdsl does not support",
-            "convert it, e.g. x.astype(np.float32)",
+            f"argument '{name}' has dtype {array.dtype}"
+            + (" (the other byte order)" if swapped else "")
+            + ", which kdsl does not support",
+            f"convert it, e.g. {name}.astype({target}); for an output, write into that array "
+            f"and copy it back into '{name}'",
         )
     shape = tuple(array.shape) if static_shapes else None
     c_order = bool(array.flags.c_contiguous)

@@ -17,7 +17,7 @@ from kdsl.autotune.gpu import tune_on
 from kdsl.autotune.tuner import TuneReport, example_of
 from kdsl.config import CONFIG, dumps
 from kdsl.dispatch import CudaDispatch, TunedDispatch
-from kdsl.errors import CompileError, KdslError, KernelArgumentError
+from kdsl.errors import CompileError, KdslError, KernelArgumentError, SourceLoc
 from kdsl.ir.hashing import structural_hash
 from kdsl.ir.nodes import Kernel
 from kdsl.ir.passes import lower
@@ -116,6 +116,15 @@ class KernelFunction:
             raise KernelArgumentError(
                 f"kd.kernel decorates a Python function (def or lambda), not {fn!r}",
                 fix="write the kernel as a def and put @kd.kernel above it",
+            )
+        params = list(inspect.signature(fn).parameters)
+        if inspect.isfunction(fn) and params[:1] == ["self"]:  # decorated in a class body
+            raise KernelArgumentError(
+                f"kd.kernel on a method ('{fn.__name__}' takes self): a kernel is a function "
+                "of arrays and numbers, and a call through an object would pass it as one",
+                kernel=fn.__name__,
+                fix="define the kernel outside the class (or under @staticmethod, without "
+                "self) and call it from a method, passing what it needs from self as arguments",
             )
         self.fn = fn
         self.name = name or fn.__name__
@@ -386,10 +395,12 @@ class KernelFunction:
         except RecursionError as exc:  # kdsl's passes recurse into expressions
             if not _raised_in_kdsl(exc):
                 raise  # the user's own recursion, as Python tells it
+            code = getattr(inspect.unwrap(self.fn), "__code__", None)
             raise CompileError(
                 "an expression is nested too deeply for kdsl's compiler (each operation "
                 "built in a Python loop nests the expression one level deeper)",
                 kernel=self.name,
+                loc=code and SourceLoc(code.co_filename, code.co_firstlineno),
                 fix="loop with kd.range instead, or keep the chain's value in a local every "
                 "few dozen operations (`v = kd.local(v)`, in a kd.grid/kd.range loop)",
             ) from None

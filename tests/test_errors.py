@@ -98,6 +98,7 @@ def test_an_array_read_from_a_scalar_argument():
         y[i] = a[i]
 
     err = raises(kd.TraceError, lambda: k(2.0, f32(3)), "parameter 'a' has no .shape")
+    assert type(err).__name__ == "TraceError"  # (its class is one that hasattr() sees too)
     assert "pass an array as 'a'" in str(err)
     assert err.loc.line == line_of(k, "here")
 
@@ -285,7 +286,44 @@ def test_returning_a_parameter():
     def k(x):
         return x
 
-    raises(kd.TraceError, lambda: k(f32(2)), "can return only arrays it created")
+    raises(
+        kd.TraceError, lambda: k(f32(2)), "can return only arrays it created", "not parameter 'x'"
+    )
+
+    @kd.kernel
+    def twice(x):
+        i = kd.indices(x.shape[0])
+        if x.ndim > 5:
+            return None
+        return x[i] * 2.0  # here
+
+    err = raises(kd.TraceError, lambda: twice(f32(2)), "not a value of dtype f32")
+    assert err.loc.line == line_of(twice, "here")  # (it had no line)
+
+
+def test_a_kernel_on_a_method_says_to_define_it_outside_the_class():
+    with pytest.raises(kd.KernelArgumentError, match="takes self") as info:
+
+        class Layer:
+            @kd.kernel
+            def forward(self, x, y):
+                y[0] = x[0]
+
+    assert "outside the class" in info.value.fix
+
+
+def test_an_array_of_the_other_byte_order_says_how_to_convert_it():
+    @kd.kernel
+    def copy(x, out):
+        i = kd.indices(x.shape[0])
+        out[i] = x[i]
+
+    raises(
+        kd.KernelArgumentError,
+        lambda: copy(f32(3), f32(3).astype(">f4")),
+        "dtype >f4 (the other byte order)",
+        "out.astype(np.float32)",
+    )
 
 
 # ------------------------------------------------------------------------- ShapeError
@@ -667,7 +705,8 @@ def test_an_expression_too_deep_for_the_compiler():
             v = v * 1.0001 + 1.0
         y[i] = v
 
-    raises(kd.CompileError, lambda: deep(f32(4), f32(4)), "nested too deeply", "kd.local")
+    err = raises(kd.CompileError, lambda: deep(f32(4), f32(4)), "nested too deeply", "kd.local")
+    assert err.loc.line == deep.fn.__code__.co_firstlineno  # the kernel's def, at least
 
 
 def test_a_users_recursion_stays_a_recursion_error():

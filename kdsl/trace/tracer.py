@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dis
 import functools
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -96,22 +98,42 @@ def trace(fn: Callable[..., object], name: str, specs: Sequence[tuple[str, ArgSp
     try:
         with activate(ctx):
             returned = fn(*args)
-        kernel = _finish(ctx, returned)
+        kernel = _finish(ctx, returned, fn)
     except KdslError as err:
         raise err.with_kernel(name) from None
     static = {p: s.shape for p, s in specs if isinstance(s, ArraySpec) and s.shape is not None}
     return verify(_bake_shapes(kernel, static) if static else kernel, "traced")
 
 
-def _finish(ctx: TraceContext, returned: object) -> Kernel:
+def _return_location(fn: Callable[..., object]) -> SourceLoc | None:
+    """The first `return` of `fn` that returns something (the trace has left it)."""
+    code = getattr(inspect.unwrap(fn), "__code__", None)
+    if code is None:
+        return None
+    instrs = list(dis.get_instructions(code))
+    for before, ins in zip(instrs, instrs[1:]):
+        implicit = before.opname == "LOAD_CONST" and before.argval is None
+        if ins.opname == "RETURN_VALUE" and not implicit and ins.positions and ins.positions.lineno:
+            return SourceLoc(code.co_filename, ins.positions.lineno)
+    return None
+
+
+def _finish(ctx: TraceContext, returned: object, fn: Callable[..., object]) -> Kernel:
     outs = returned if isinstance(returned, tuple) else () if returned is None else (returned,)
     results: list[str] = []
     top = ctx.blocks[0]
     for out in outs:
         if not isinstance(out, BufferProxy) or ctx.buffers[out.name].role is not BufferRole.TEMP:
+            what = (
+                f"a value of dtype {out.dtype.name}"
+                if isinstance(out, Value)
+                else f"parameter '{out.name}'"
+                if isinstance(out, BufferProxy)
+                else f"a {type(out).__name__}"
+            )
             raise TraceError(
-                f"a kernel can return only arrays it created with kd.empty/kd.zeros, not {out!r}",
-                loc=None,
+                f"a kernel can return only arrays it created with kd.empty/kd.zeros, not {what}",
+                loc=_return_location(fn),
                 fix="write results into an output argument, or return kd.empty(shape, dtype)",
             )
         alloc = next((s for s in top if isinstance(s, Allocate) and s.buffer == out.name), None)

@@ -42,7 +42,13 @@ _ARRAY_ATTRIBUTES = frozenset({"shape", "ndim", "size", "strides", "T"})
 
 class _NoArrayAttribute(TraceError, AttributeError):
     """An array's attribute read from a scalar: the user's error, told at their line, and
-    still an AttributeError, so `hasattr(v, "shape")` is False (code that duck-types)."""
+    still an AttributeError, so `hasattr(v, "shape")` is False (code that duck-types).
+    A traceback names it as the TraceError it is."""
+
+    __module__, __qualname__ = "kdsl.errors", "TraceError"
+
+
+_NoArrayAttribute.__name__ = "TraceError"
 
 
 class NotAValue:
