@@ -33,7 +33,7 @@ from kdsl.ir.tile_product import match as match_tile_product
 from kdsl.ir.visit import map_expr, outer_updates, walk_all_exprs, walk_expr, walk_stmts
 from kdsl.schedule import tree
 from kdsl.schedule.distribute import distribute
-from kdsl.schedule.step import StepContext
+from kdsl.schedule.step import StepContext, as_int
 
 MAX_FULL_UNROLL = 64
 MAX_UNROLL = 1024  # copies of a body: beyond, LLVM's compile time explodes (10^5 ran for minutes)
@@ -43,17 +43,18 @@ GPU_AXES = {e.value: e for e in LoopExec if e.value.startswith(("block.", "threa
 
 
 def _positive_int(ctx: StepContext, value: object, what: str, most: int = MAX_FACTOR) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    n = as_int(value)
+    if n is None or n < 1:
         raise ctx.refuse(
             f"the {what} must be a positive int, not {value!r}",
             f"pass an integer ≥ 1 as the {what}",
         )
-    if value > most:
+    if n > most:
         raise ctx.refuse(
-            f"the {what} {value} is larger than {most}",
+            f"the {what} {n} is larger than {most}",
             f"pass an integer between 1 and {most} as the {what}",
         )
-    return value
+    return n
 
 
 def _set(ctx: StepContext, path: tree.Path, loop: Loop) -> None:
@@ -266,8 +267,21 @@ def unroll(ctx: StepContext, name: object, factor: object = None) -> None:
     _annotate(ctx, name, LoopExec.UNROLLED, width)
 
 
+def _cpu_only(ctx: StepContext, loop: Loop, on: str) -> None:
+    """vectorize and parallelize are CPU steps: the GPU target would run the loop
+    serially in one thread (the symmetric of refusing bind on CPU)."""
+    if ctx.target == "cuda":
+        raise ctx.refuse(
+            f"{ctx.step.primitive} runs a loop on {on}, and this is a GPU schedule: the "
+            "loop would run serially, in one GPU thread",
+            f'bind the loop to GPU blocks or threads instead: s.bind("{loop.var}", '
+            f'"block.x") or s.bind("{loop.var}", "thread.x")',
+        )
+
+
 def vectorize(ctx: StepContext, name: object, width: object) -> None:
     path, loop = ctx.loop(name)
+    _cpu_only(ctx, loop, "a CPU's vector registers")
     for other in tree.nest_of(ctx.kernel.body, path):
         if other.exec is LoopExec.VECTORIZED:
             raise ctx.refuse(
@@ -328,6 +342,7 @@ def _float_accumulation(loop: Loop) -> bool:
 
 def parallelize(ctx: StepContext, name: object, threads: object = None) -> None:
     path, loop = ctx.loop(name)
+    _cpu_only(ctx, loop, "a CPU's cores")
     n = 0 if threads is None else _positive_int(ctx, threads, "thread count")
     if loop.kind is not LoopKind.PARALLEL:
         raise ctx.refuse(
@@ -570,4 +585,25 @@ def bind(ctx: StepContext, name: object, axis: object, threads: object = None) -
             "bind a reduction to thread.x (its threads combine their parts), or split it "
             "and bind the parallel loops around it to blocks",
         )
-    _annotate(ctx, name, GPU_AXES[str(axis)], width)
+    for bound in _annotate(ctx, name, GPU_AXES[str(axis)], width):  # (and its copies)
+        _check_axis_free(ctx, bound, str(axis))
+
+
+def _check_axis_free(ctx: StepContext, loop: Loop, axis: str) -> None:
+    """One GPU index can't number two nested loops: both would take its value, and only
+    the iterations where they are equal (a diagonal) would run."""
+    path = tree.find(ctx.kernel.body, loop.var)
+    assert path is not None
+    nest = tree.nest_of(ctx.kernel.body, path)
+    other = next((lp for lp in nest if lp.exec.value == axis), None)
+    if other is None:
+        return
+    used = {lp.exec.value for lp in nest}
+    kind = axis.split(".")[0]  # another block axis for a block loop, thread for thread
+    free = [a for a in sorted(GPU_AXES) if a.startswith(kind) and a not in used]
+    raise ctx.refuse(
+        f"loop '{other.var}' in the same nest is already bound to {axis}, and loops "
+        f"'{other.var}' and '{loop.var}' can't share one GPU axis",
+        f"bind '{loop.var}' to another axis{f', e.g. {free[0]}' if free else ''}, or leave "
+        "one of them unbound",
+    )

@@ -9,16 +9,17 @@ a freshly traced kernel and gives the same IR.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kdsl.errors import ScheduleError, SourceLoc
 from kdsl.ir.nodes import Kernel, Loop
 from kdsl.schedule import caching, fusion, loops, stages
-from kdsl.schedule.step import Step, StepContext
+from kdsl.schedule.step import Step, StepContext, plain
 
 VectorCheck = Callable[[Loop, Kernel], "str | None"]
 TileInstructions = Callable[[], frozenset[str]]  # the target's matrix instructions ("amx")
@@ -79,12 +80,22 @@ class Schedule:
                 f"not {type(choices).__name__} {choices!r}",
                 f"write s.param({name!r}, [{choices!r}]) for one value, or list the choices",
             )
-        options = tuple(choices)
+        options = tuple(plain(c) for c in choices)  # np.int64 choices recorded as ints
         if not isinstance(name, str) or not options:
             raise self._refuse(
                 f"param({name!r}, {list(options)!r})",
                 "a param needs a name and at least one choice",
                 'write s.param("tile", [32, 64])',
+            )
+        # the autotuner tells choices apart by their JSON text (lists by value)
+        texts = [json.dumps(c, sort_keys=True, default=repr) for c in options]
+        repeats = [c for n, c in enumerate(options) if texts[n] in texts[:n]]
+        if repeats:
+            once = [c for n, c in enumerate(options) if texts[n] not in texts[:n]]
+            raise self._refuse(
+                f"param({name!r}, {list(options)!r})",
+                f"param '{name}' lists the choice {repeats[0]!r} more than once",
+                f"list each choice once: s.param({name!r}, {once!r})",
             )
         if name in self.space and self.space[name] != options:
             raise self._refuse(
@@ -126,6 +137,25 @@ class Schedule:
         from kdsl.schedule.default import default_schedule  # (it builds on this class)
 
         default_schedule(self)
+
+    if not TYPE_CHECKING:  # (hidden from mypy, which then still flags a misspelled step)
+
+        def __getattr__(self, name: str) -> Any:
+            """A misspelled step (`s.vectorise`) is the user's mistake: say so at their
+            line, with the steps it is close to. Private and dunder names, which Python's
+            own machinery probes, stay an AttributeError."""
+            kernel = vars(self).get("kernel")
+            if name.startswith("_") or kernel is None:
+                raise AttributeError(name)
+            steps = [*sorted(PRIMITIVES), "param", "has", "dtype", "default"]
+            close = difflib.get_close_matches(name, steps, n=3)
+            hint = f"did you mean {' or '.join(f's.{c}' for c in close)}? " if close else ""
+            raise ScheduleError(
+                f"'{name}' is not a schedule step",
+                kernel=kernel.name,
+                loc=_caller(),
+                fix=f"{hint}the steps are {', '.join(steps)}",
+            )
 
     # --------------------------------------------------------------- primitives
 

@@ -156,10 +156,11 @@ def compute_at(ctx: StepContext, stage: object, loop: object) -> None:
 
     It requires: `stage` is a temporary written by one store `t[v1, …, vn] = …` inside
     parallel loops over v1…vn (a reduction may sit between: softmax's row max); `loop`
-    is inside the consumer, a statement after the producer in the same block, and
+    is inside the consumer, a statement after the producer in the same block (or is the
+    loop whose body holds both, as after a fuse: the producer then stays in place), and
     contains every read of `stage`, each affine in the loops inside `loop` (and their
-    quotients by constants); the
-    producer's inputs are not written from the producer to the consumer.
+    quotients by constants); the producer's inputs are not written from the producer to
+    the consumer.
 
     `t` becomes a buffer of the box's size (constant when the loops inside `loop` have
     constant bounds, as tiles do), allocated in each iteration of `loop`; the producer's
@@ -188,11 +189,11 @@ def compute_at(ctx: StepContext, stage: object, loop: object) -> None:
             f"compute_at a loop that contains every read of '{buf.name}' (fuse its "
             "consumers first), or leave it whole",
         )
-    _check_inputs_unchanged(ctx, prod, buf.name, lpath[len(prod.block)])
+    _check_inputs_unchanged(ctx, prod, buf.name, max(p[len(prod.block)] for p in readers))
     spans, windows = _region(ctx, buf.name, prod, lpath, at)
     shape = tuple(size_expr(s.size) for s in spans)
     local = replace(buf, shape=shape, scope=temp_scope(shape, buf.dtype.itemsize))
-    nest = _producer_over(prod, spans, windows)
+    computed = (Allocate(buf.name, loc=buf.loc), *_producer_over(prod, spans, windows))
 
     def rebase(e: Expr) -> Expr | None:
         if isinstance(e, Load) and e.buffer == buf.name:
@@ -200,16 +201,21 @@ def compute_at(ctx: StepContext, stage: object, loop: object) -> None:
             return replace(e, index=relative(e.index, spans, inside))
         return None
 
-    body = tree.without_allocate(tree.splice(ctx.kernel.body, prod.path, ()), buf.name)
-    path = tree.find(body, at.var)  # removing the producer shifts the loop
-    assert path is not None
-    moved = tree.at(body, path)
-    assert isinstance(moved, Loop)
-    consumer = tuple(map_stmt_exprs(s, rebase) for s in moved.body)
-    new_at = replace(moved, body=(Allocate(buf.name, loc=buf.loc), *nest, *consumer))
+    if lpath == prod.block:  # `at` holds the producer (after a fuse): shrink it in place
+        body = tree.without_allocate(ctx.kernel.body, buf.name)
+        # (found again: removing the allocation before it shifts it)
+        store = next(p for p, s in tree.positions(body) if s == prod.store)
+        body = tree.splice(body, store[: len(prod.path)], computed)
+    else:
+        body = tree.without_allocate(tree.splice(ctx.kernel.body, prod.path, ()), buf.name)
+        where = tree.find(body, at.var)  # removing the producer shifts the loop
+        assert where is not None
+        moved = tree.at(body, where)
+        assert isinstance(moved, Loop)
+        body = tree.splice(body, where, (replace(moved, body=(*computed, *moved.body)),))
     ctx.kernel = replace(
         ctx.kernel,
-        body=tree.splice(body, path, (new_at,)),
+        body=tuple(map_stmt_exprs(s, rebase) for s in body),  # only `at` reads the stage
         buffers=tuple(local if b.name == buf.name else b for b in ctx.kernel.buffers),
     )
 
@@ -223,6 +229,8 @@ def _check_in_consumer(
             f"name a loop of the statement that reads '{stage}'",
         )
     depth = len(prod.block)
+    if lpath == prod.block:
+        return  # `at` holds the producer and its consumers: computed in it already
     if lpath[:depth] != prod.block or lpath[depth] < prod.path[-1]:
         raise ctx.refuse(
             f"loop '{at.var}' is not inside a consumer of '{stage}' (a statement after "

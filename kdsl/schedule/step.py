@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -10,6 +11,25 @@ from kdsl.errors import ScheduleError, SourceLoc
 from kdsl.ir.nodes import Kernel, Loop
 from kdsl.ir.visit import fresh_namer
 from kdsl.schedule import tree
+
+
+def as_int(value: object) -> int | None:
+    """`value` as an int if it is an integer of any type (a NumPy one too), else None
+    (bools too: True is no factor)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def plain(value: object) -> object:
+    """`value` with its integers as ints (in lists and tuples too): what JSON can hold."""
+    if isinstance(value, list | tuple):
+        return type(value)(plain(v) for v in value)
+    n = as_int(value)
+    return value if n is None else n
 
 
 @dataclass(frozen=True)
@@ -20,10 +40,19 @@ class Step:
     args: tuple[object, ...] = ()
     kwargs: tuple[tuple[str, object], ...] = ()
 
+    def __post_init__(self) -> None:
+        # a NumPy integer factor (np.int64(4)) is recorded as the int it is
+        object.__setattr__(self, "args", plain(self.args))
+        object.__setattr__(self, "kwargs", tuple((k, plain(v)) for k, v in self.kwargs))
+
     def __str__(self) -> str:
-        parts = [json.dumps(a) for a in self.args] + [
-            f"{k}={json.dumps(v)}" for k, v in self.kwargs
-        ]
+        def text(v: object) -> str:
+            try:
+                return json.dumps(v)
+            except TypeError:  # a refused odd argument (np.float32(4.0)) prints as itself
+                return repr(v)
+
+        parts = [text(a) for a in self.args] + [f"{k}={text(v)}" for k, v in self.kwargs]
         return f"{self.primitive}({', '.join(parts)})"
 
 

@@ -368,6 +368,16 @@ def test_bind_maps_loops_to_gpu_axes():
     )
 
 
+def test_bind_puts_sibling_loops_on_one_axis():
+    """Loops side by side (a row's passes) share thread.x: only nested loops can't."""
+    s = schedule(two_steps, V, V.copy(), V.copy(), target="cuda")
+    s.bind("i", "thread.x")
+    s.bind("i.1", "thread.x")
+    assert_loops(
+        s.kernel, "i in x.shape[0]: parallel thread.x/1", "i.1 in x.shape[0]: parallel thread.x/1"
+    )
+
+
 def test_fuse_merges_sibling_loops():
     s = schedule(two_steps, V, V.copy(), V.copy())
     assert s.fuse("i", "i.1") == "i"
@@ -459,6 +469,30 @@ def test_a_schedule_replays_from_json_to_the_same_ir():
     assert s.to_dict()["params"] == {"tk": [4, 8]}
 
 
+def test_numpy_integers_are_factors_and_choices():
+    """Regression (probe F1): np.int64 factors and choices were refused, and formatting
+    the refusal raised a TypeError; they are recorded as the ints they are."""
+    s = mm()
+    ti = s.param("ti", list(np.arange(4, 12, 4)))
+    s.split("i", ti)
+    s.tile("j", "k", np.int64(4), np.int32(3))
+    s.vectorize("ji", np.int64(4))
+    s.unroll("ii", np.uint8(2))
+    assert s.space == {"ti": (4, 8)} and type(s.space["ti"][0]) is int
+    assert str(s).splitlines()[1:] == [
+        "# param ti in [4, 8]: 4",
+        'io, ii = s.split("i", 4)',
+        'jo, ko, ji, ki = s.tile("j", "k", 4, 3)',
+        's.vectorize("ji", 4)',
+        's.unroll("ii", 2)',
+    ]
+    again = Schedule.replay(s.to_json(), lower(matmul.ir(A, B, C).kernel))
+    assert again.kernel == s.kernel
+    c = C.copy()
+    interpret(expand_schedule(s.kernel), {"A": A, "B": B, "C": c})
+    np.testing.assert_allclose(c, A @ B, rtol=1e-5, atol=1e-5)
+
+
 def test_replayed_schedule_interprets_to_the_same_result():
     s = mm()
     s.tile("i", "j", 4, 8)
@@ -494,6 +528,19 @@ def test_param_refuses_no_choices():
         call='s.param("t", [])',
     ):
         s.param("t", [])
+
+
+def test_param_refuses_a_repeated_choice():
+    """Regression (probe F9): accepted, then the autotuner died with a ValueError."""
+    s = mm()
+    with refused(
+        "param('w', [16, 8, 16])",
+        "param 'w' lists the choice 16 more than once",
+        None,
+        "list each choice once: s.param('w', [16, 8])",
+        call='s.param("w", [16, 8, np.int64(16)])',
+    ):
+        s.param("w", [16, 8, np.int64(16)])
 
 
 def test_param_refuses_a_second_set_of_choices():
@@ -533,6 +580,23 @@ def test_replay_refuses_an_unknown_primitive():
         Schedule.replay(recipe, lower(matmul.ir(A, B, C).kernel))
 
 
+def test_a_misspelled_step_names_the_closest_steps():
+    """Regression (probe F8): `s.vectorise` was a raw AttributeError from kdsl's frames."""
+    k = KernelFunction(matmul.fn, name="matmul")
+
+    @k.schedule(kd.cpu)
+    def _(s):
+        s.vectorise("j", 16)
+
+    with pytest.raises(kd.ScheduleError) as info:
+        k(A, B, C.copy())
+    err, msg = info.value, str(info.value)
+    assert msg.startswith("in kernel 'matmul': 'vectorise' is not a schedule step\n"), msg
+    assert err.loc is not None and err.loc.file == __file__, msg
+    assert err.loc.text.strip() == 's.vectorise("j", 16)', msg
+    assert err.fix is not None and err.fix.startswith("did you mean s.vectorize? the steps are")
+
+
 def test_split_refuses_an_unknown_loop():
     s = mm()
     with refused('split("q", 4)', "there is no loop named 'q'", "i, j, k", ANY_LOOP):
@@ -569,6 +633,26 @@ def test_split_refuses_a_factor_that_is_not_an_int(factor):
         call='s.split("k", factor)',
     ):
         s.split("k", factor)
+
+
+def test_a_refused_numpy_factor_prints_as_itself():
+    s = mm()
+    with refused(
+        'split("k", 0)',
+        "the split factor must be a positive int, not 0",
+        "i, j, k",
+        "pass an integer ≥ 1 as the split factor",
+        call='s.split("k", np.int64(0))',
+    ):
+        s.split("k", np.int64(0))
+    with refused(
+        'split("k", np.float32(4.0))',
+        "the split factor must be a positive int, not np.float32(4.0)",
+        "i, j, k",
+        "pass an integer ≥ 1 as the split factor",
+        call='s.split("k", np.float32(4))',
+    ):
+        s.split("k", np.float32(4))
 
 
 def test_split_refuses_an_annotated_loop():
@@ -898,6 +982,31 @@ def test_parallelize_refuses_zero_threads():
         s.parallelize("i", 0)
 
 
+def test_parallelize_refuses_a_cuda_schedule():
+    """Regression (probe F7): the GPU target ran the loop serially, in one thread."""
+    s = mm(target="cuda")
+    with refused(
+        'parallelize("i")',
+        "parallelize runs a loop on a CPU's cores, and this is a GPU schedule: the loop "
+        "would run serially, in one GPU thread",
+        "i, j, k",
+        'bind the loop to GPU blocks or threads instead: s.bind("i", "block.x") or '
+        's.bind("i", "thread.x")',
+    ):
+        s.parallelize("i")
+
+
+def test_vectorize_refuses_a_cuda_schedule():
+    s = mm(target="cuda")
+    with refused(
+        'vectorize("j", 8)',
+        "vectorize runs a loop on a CPU's vector registers, and this is a GPU schedule",
+        "i, j, k",
+        's.bind("j", "block.x") or s.bind("j", "thread.x")',
+    ):
+        s.vectorize("j", 8)
+
+
 def test_bind_refuses_a_cpu_schedule():
     s = mm()
     with refused(
@@ -947,6 +1056,25 @@ def test_bind_refuses_threads_for_a_block_axis():
         "only when binding to thread.x",
     ):
         s.bind("i", "block.x", threads=64)
+
+
+@pytest.mark.parametrize(
+    "first, second, axis, free",
+    [("i", "j", "block.x", "block.y"), ("j", "i", "thread.x", "thread.y")],
+)
+def test_bind_refuses_two_nested_loops_on_one_axis(first, second, axis, free):
+    """Regression (probe F6): both loops took the one index, so only the diagonal ran."""
+    s = mm(target="cuda")
+    s.bind(first, axis)
+    with refused(
+        f'bind("{second}", "{axis}")',
+        f"loop '{first}' in the same nest is already bound to {axis}, and loops "
+        f"'{first}' and '{second}' can't share one GPU axis",
+        "i, j, k",
+        f"bind '{second}' to another axis, e.g. {free}, or leave one of them unbound",
+        call="s.bind(second, axis)",
+    ):
+        s.bind(second, axis)
 
 
 def test_fuse_refuses_nested_loops():

@@ -368,6 +368,57 @@ def test_compute_at_softmax_compiled() -> None:
         np.testing.assert_allclose(y, softmax_ref(x), rtol=1e-5, atol=1e-7)
 
 
+@kd.kernel
+def pairs(x, y):
+    i, j = kd.indices(x.shape[0], x.shape[1])
+    t = kd.empty(x.shape, kd.f32)
+    t[i, j] = kd.exp(x[i, j]) * 0.5
+    r, c = kd.indices(x.shape[0], y.shape[1], names="r c")
+    y[r, c] = t[r, c] + t[r, c + 1]
+
+
+@given(h=SIZES, w=SIZES)
+def test_compute_at_the_fused_loop_that_holds_the_producer(h: int, w: int) -> None:
+    """Regression (probe F2): after fuse, compute_at at the fused loop (around the
+    producer, not a consumer's) raised an IndexError. The producer stays where it is and
+    computes only the part of the row the consumer reads."""
+    x, y = random_array(RNG, (h, w + 4), np.float32), random_array(RNG, (h, w), np.float32)
+    s = schedule(pairs, x, y)
+    s.fuse("i", "r")
+    s.compute_at("t", "i")
+    assert loop_text(s.kernel) == (
+        "  for i in range(x.shape[0]):  # parallel\n"
+        "    allocate t\n"
+        "    for j in range(min(y.shape[1] + 1, x.shape[1])):  # parallel\n"
+        "      t[j] = exp(x[i, j]) * 0.5\n"
+        "    for c in range(y.shape[1]):  # parallel\n"
+        "      y[i, c] = t[c] + t[c + 1]"
+    )
+    t = np.exp(x.astype(np.float64)) * 0.5
+    want = t[:, :w] + t[:, 1 : w + 1]
+    np.testing.assert_allclose(run(s.kernel, x=x, y=y)["y"], want, rtol=1e-6)
+
+
+def test_compute_at_the_loop_around_a_cached_copy_compiled() -> None:
+    """Regression (probe F3): compute_at on the copy `cache` made (computed in that loop
+    already) raised an IndexError; it recomputes the same copy."""
+
+    @kd.kernel
+    def row_sums(x, out):
+        i, j = kd.indices(x.shape[0], x.shape[1])
+        out[i] = kd.sum(x[i, j], over=j)
+
+    @row_sums.schedule(kd.cpu)
+    def _(s: Schedule) -> None:
+        s.compute_at(s.cache("x", "i"), "i")
+
+    for shape in [(1, 1), (13, 101), (3, 17)]:
+        x = random_array(RNG, shape, np.float32)
+        out = np.zeros(shape[0], np.float32)
+        row_sums(x, out)
+        np.testing.assert_allclose(out, x.astype(np.float64).sum(axis=1), rtol=1e-5, atol=1e-5)
+
+
 # ------------------------------------------------------------------------ refusals
 
 
