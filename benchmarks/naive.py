@@ -52,6 +52,27 @@ def gather_rows(table, ids, y):
     y[t, d] = table[ids[t], d]
 
 
+@kd.kernel
+def axpy2d(x, z, y):
+    """Elementwise over 2-D arrays, here Fortran-ordered (a DataFrame's values, x.T):
+    the default schedule walks their first axis innermost."""
+    i, j = kd.indices(x.shape[0], x.shape[1])
+    y[i, j] = 2.0 * x[i, j] + z[i, j]
+
+
+@kd.kernel
+def window_max(x, y):
+    """A sliding maximum through a small scratch array per element: one per lane."""
+    for i in kd.grid(y.shape[0]):
+        buf = kd.zeros((7,), kd.f32)
+        for t in range(7):
+            buf[t] = x[i + t]
+        m = buf[0]
+        for t in range(1, 7):
+            m = kd.maximum(m, buf[t])
+        y[i] = m
+
+
 # ------------------------------------------------------------------ the cases
 
 
@@ -92,6 +113,22 @@ def cases(rows: int, cols: int, n: int) -> list[harness.Case]:
         counts[...] = 0
         histogram(idx, counts)
 
+    def fortran_args(rng: np.random.Generator) -> harness.Args:
+        x, z = (np.asfortranarray(rng.standard_normal(shape, dtype=np.float32)) for _ in "xz")
+        return x, z, np.empty(shape, np.float32, order="F")
+
+    def np_axpy(x: np.ndarray, z: np.ndarray, y: np.ndarray) -> None:
+        np.multiply(x, 2.0, out=y)
+        y += z
+
+    def window_args(rng: np.random.Generator) -> harness.Args:
+        return rng.standard_normal(n + 6, dtype=np.float32), np.empty(n, np.float32)
+
+    def np_window_max(x: np.ndarray, y: np.ndarray) -> None:
+        np.copyto(y, x[:n])
+        for t in range(1, 7):
+            np.maximum(y, x[t : t + n], out=y)
+
     def gather_args(rng: np.random.Generator) -> harness.Args:
         table = rng.standard_normal((32000, 256), dtype=np.float32)
         ids = rng.integers(0, 32000, rows).astype(np.int64)
@@ -116,6 +153,24 @@ def cases(rows: int, cols: int, n: int) -> list[harness.Case]:
             count,
             lambda idx, counts: np.copyto(counts, np.bincount(idx, minlength=256)),
             n * 8,
+            "GB/s",
+        ),
+        harness.Case(
+            "2x + z, Fortran order",
+            size,
+            fortran_args,
+            axpy2d,
+            np_axpy,
+            3 * rows * cols * 4,
+            "GB/s",
+        ),
+        harness.Case(
+            "sliding max of 7, scratch array",
+            f"{n}",
+            window_args,
+            window_max,
+            np_window_max,
+            2 * n * 4,
             "GB/s",
         ),
         harness.Case(
@@ -148,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     notes = [
         "each kernel as written, with no schedule: the default one vectorizes each loop "
         "over a row (the softmax's three passes each), parallelizes the outer loop, and "
-        "keeps loops whose iterations may write one element serial (the histogram)",
+        "keeps loops whose iterations may write one element serial (the histogram); it "
+        "walks Fortran-ordered arrays along their first axis, and gives each vector lane "
+        "its own copy of a small scratch array",
         "checked against NumPy on fresh random data first; medians of alternating batches",
         "GB/s count each array's bytes read and written once (the histogram: its ids)",
     ]
