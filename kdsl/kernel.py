@@ -145,7 +145,7 @@ class KernelFunction:
         self._constexpr_pos = tuple(
             n for n, name in enumerate(self.signature.names) if name in self.signature.constexpr
         )
-        self._stats = {"calls": 0, "compilations": 0, "objects_loaded": 0}
+        self._stats = {"calls": 0, "compilations": 0, "objects_loaded": 0, "compiling_calls": 0}
         self.tuning: dict[str, str] = {}  # shape → where its schedule params came from
         self._schedules: dict[str, Callable[[Schedule], object]] = {}
 
@@ -235,6 +235,16 @@ class KernelFunction:
                     gpu = self._fast_cuda.get(key)
                     if gpu is not None:
                         return gpu.run_tensors(args)
+            return self._careful_call(args, kwargs, target)
+        except KdslError as err:  # the user's call is the last frame shown
+            raise (err if CONFIG.debug else err.with_traceback(None)) from None
+
+    def _careful_call(
+        self, args: Sequence[object], kwargs: dict[str, object], target: Target | None
+    ) -> object:
+        """A call the fast path did not take: it may compile (counted, for stats())."""
+        compiled = self._stats["compilations"]
+        try:
             stream = kwargs.pop("stream", None) if "stream" not in self.signature.names else None
             call, bound = self._specialize(args, kwargs, target)
             if isinstance(call, CudaSpecialization | CudaDispatch):
@@ -245,8 +255,8 @@ class KernelFunction:
                     "pass stream= only with CUDA arrays",
                 )
             return call.run(bound)
-        except KdslError as err:  # the user's call is the last frame shown
-            raise (err if CONFIG.debug else err.with_traceback(None)) from None
+        finally:
+            self._stats["compiling_calls"] += self._stats["compilations"] > compiled
 
     # ----------------------------------------------------------- specialization
 
@@ -329,6 +339,8 @@ class KernelFunction:
                 "the GPU (torch.as_tensor(x, device='cuda'), cupy.asarray(x))",
             )
         target = forced or (cuda if on_gpu else cpu)
+        if target is cuda:
+            driver.require()  # first: moving arrays to a GPU needs CUDA (say what is missing)
         if target is cpu and on_gpu:
             raise self.signature.error(
                 f"argument '{on_gpu[0]}' is a CUDA array, but this call runs on the CPU",
@@ -340,8 +352,6 @@ class KernelFunction:
                 "move it to the GPU first (e.g. torch.as_tensor(x, device='cuda') or "
                 "cupy.asarray(x))",
             )
-        if target is cuda:
-            driver.require()  # before reading the arrays: say what is missing
         return target
 
     def _specialize(
@@ -574,9 +584,9 @@ class KernelFunction:
         running LLVM; specializations; and where each tuned shape's schedule params came
         from: makes recompiles and tuning misses visible."""
         return {
-            **self._stats,
+            **{k: v for k, v in self._stats.items() if k != "compiling_calls"},
             "specializations": len(self._by_spec),
-            "cache_hits": self._stats["calls"] - self._stats["compilations"],
+            "cache_hits": self._stats["calls"] - self._stats["compiling_calls"],
             "tuning": dict(self.tuning),
         }
 

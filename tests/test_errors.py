@@ -831,3 +831,22 @@ def test_a_shape_that_meets_narrow_integers():
     out = np.zeros(100, np.int8)
     per_length(small, out)
     np.testing.assert_array_equal(out, small // np.int8(100))
+
+
+def test_forcing_cuda_without_it_says_what_is_missing(monkeypatch):
+    """It said to move the host arrays to the GPU, which can't work without CUDA."""
+    from kdsl.targets.cuda import driver
+
+    monkeypatch.setattr(driver, "unavailable_reason", lambda: "cuda-python is not installed")
+
+    @kd.kernel
+    def copy(x, y):
+        i = kd.indices(x.shape[0])
+        y[i] = x[i]
+
+    raises(
+        kd.KernelArgumentError,
+        lambda: copy[kd.cuda](f32(3), f32(3)),
+        "cuda-python is not installed",
+        ".[cuda]",
+    )

@@ -287,7 +287,7 @@ class Schedule:
     def replay(
         cls,
         recipe: str | Mapping[str, Any],
-        kernel: Kernel,
+        kernel: Kernel | Any,
         *,
         strict_fp: bool = False,
         vector_check: VectorCheck | None = None,
@@ -295,7 +295,9 @@ class Schedule:
     ) -> Schedule:
         """Apply recorded steps to `kernel` (freshly traced): the same IR as when recorded.
         A recipe may use its target's matrix instructions here (`tensorize`) unless
-        `tile_instructions` says which."""
+        `tile_instructions` says which. `kernel` may be what `kernel.ir(...)` prints (its
+        `.kernel`)."""
+        kernel = getattr(kernel, "kernel", kernel)  # (an IRView: kdsl.kernel may not be imported here)
         data = json.loads(recipe) if isinstance(recipe, str) else recipe
         if tile_instructions is None:
             target = data.get("target", "cpu")

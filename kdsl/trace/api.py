@@ -116,8 +116,9 @@ def range(*args: object) -> Iterator[Value]:  # noqa: A001 - kd.range mirrors Py
     else:
         # in i64 (u8 bounds 5 and 3 would wrap to 254 trips), and `start` read once,
         # before the loop, as Python's range reads it
-        if not _is_int(start):
-            start = local(V.cast(start, T.i64), T.i64)
+        if not _is_int(start):  # (named apart: the loop keeps the user's name)
+            found = assigned_names()
+            start = _local(V.cast(start, T.i64), T.i64, f"{found[0] if found else 'range'}_start")
         count = V.maximum(V.cast(stop, T.i64) - start, 0)
         if step != 1:
             count = (count + (step - 1)) // step  # type: ignore[operator]
@@ -154,6 +155,11 @@ def grid(*extents: object) -> Iterator[Index | tuple[Index, ...]]:
 
 def local(init: object, dtype: object = None) -> LocalProxy:
     """A scalar variable: update with `acc += x` or `acc.set(x)`."""
+    return _local(init, dtype, None)
+
+
+def _local(init: object, dtype: object, name: str | None) -> LocalProxy:
+    """kd.local, named `name` (else after the variable the user assigns it to)."""
     from kdsl.ir.nodes import DeclareLocal
 
     ctx = current("local")
@@ -178,7 +184,7 @@ def local(init: object, dtype: object = None) -> LocalProxy:
             fix="declare the local before the kd.when",
         )
     found = assigned_names()
-    name = ctx.fresh(found[0] if found else "local")
+    name = ctx.fresh(name or (found[0] if found else "local"))
     init_expr = V.cast(v, d).expr if not v.weak else to_dtype(v, d)
     ctx.record([init_expr], lambda es: DeclareLocal(name, d, es[0], loc=loc), loc)
     ctx.declare(name)

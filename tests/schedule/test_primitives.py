@@ -503,6 +503,20 @@ def test_replayed_schedule_interprets_to_the_same_result():
     np.testing.assert_allclose(c, A @ B, rtol=1e-5, atol=1e-5)
 
 
+def test_a_kernels_schedule_replays_onto_what_ir_returns():
+    """docs/schedules.md: replay(k.schedule_of(...).to_json(), k.ir(...)) (an IRView)."""
+
+    @kd.kernel
+    def scale(x, y):
+        i = kd.indices(x.shape[0])
+        y[i] = x[i] * 2.0
+
+    x = np.arange(40, dtype=np.float32)
+    recipe = scale.schedule_of(x, x.copy()).to_json()
+    replayed = kd.Schedule.replay(recipe, scale.ir(x, x.copy()))
+    assert replayed.kernel == scale.schedule_of(x, x.copy()).kernel
+
+
 def test_param_is_the_first_choice_unless_configured():
     s = mm()
     assert s.param("tile", [32, 64]) == 32

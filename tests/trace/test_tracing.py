@@ -1055,3 +1055,20 @@ def test_an_explicit_loops_index_with_an_offset_is_a_position(rows):
         np.testing.assert_allclose(y, want.reshape(rows), rtol=1e-6)
     with pytest.raises(kd.ShapeError, match=r"y.shape\[0\] <= indptr.shape\[0\]"):
         spmv(indptr[:-2] if rows > 1 else indptr[:0], indices, data, x, np.ones(rows + 1, F))
+
+
+def test_cache_hits_count_the_calls_that_compiled_nothing():
+    """It was calls - compilations: -1 after k.asm(...) (a compilation with no call)."""
+
+    @kd.kernel
+    def double(x, y):
+        i = kd.indices(x.shape[0])
+        y[i] = x[i] * 2.0
+
+    x = np.ones(5, F)
+    double.asm(x, x.copy())
+    assert double.stats()["cache_hits"] == 0
+    double(x, x.copy())  # compiled by asm: a hit
+    double(x.astype(np.float64), np.ones(5))  # a new signature: compiles
+    double(x, x.copy())
+    assert double.stats()["calls"] == 3 and double.stats()["cache_hits"] == 2

@@ -707,3 +707,23 @@ def test_an_int_local_gathering_floats_says_how_to_declare_it():
         "mixing i64 and f32",
         "kd.local(0.0)",
     )
+
+
+def test_a_kd_range_from_a_scalar_start_keeps_the_users_loop_name():
+    """The start's local took the name 'j' and the loop became 'j.1', so a schedule's
+    s.unroll("j") was refused."""
+
+    @kd.kernel
+    def shifted(x, y, start):
+        for j in kd.range(start, x.shape[0]):
+            y[j] = x[j] + 1.0
+
+    @shifted.schedule(kd.cpu)
+    def _(s):
+        s.unroll("j", 4)
+
+    x = random_array(keyed_rng("range-name"), (11,), F)
+    y = np.zeros(11, F)
+    shifted(x, y, 3)
+    np.testing.assert_array_equal(y, np.where(np.arange(11) >= 3, x + 1, 0))
+    assert "for j in range" in str(shifted.ir(x, y, 3))

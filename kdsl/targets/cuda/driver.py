@@ -63,7 +63,8 @@ def require() -> Any:
         raise KernelArgumentError(
             f"the CUDA target can't run: {reason}",
             fix="call the kernel with host (NumPy) arrays, or run on a machine with an "
-            'NVIDIA GPU and `pip install "kdsl[cuda]"`',
+            'NVIDIA GPU and `pip install "kdsl[cuda]"` (from a checkout: `pip install -e '
+            '".[cuda]"`)',
         )
     return _driver()
 
