@@ -479,9 +479,9 @@ def _int8_model(c: Config, w: QWeights):
 # ---------------------------------------------------------------------- command line
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(prog: str = "llama2") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="llama2", description="Llama-2 decoding with kdsl kernels (llama2.c's options)."
+        prog=prog, description="Llama-2 decoding with kdsl kernels (llama2.c's options)."
     )
     p.add_argument("checkpoint", help="llama2.c checkpoint: legacy float32 or version-2 int8")
     p.add_argument("-t", type=float, default=1.0, help="temperature, 0 = greedy (default 1.0)")
@@ -494,8 +494,8 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str = "llama2") -> int:
+    args = parser(prog).parse_args(argv)
     try:
         config, weights = read_checkpoint(args.checkpoint)
         tokenizer = Tokenizer.read(args.z)

@@ -22,7 +22,7 @@ class Config:
     debug: bool
     """KDSL_DEBUG=1: verify IR after every pass, bounds checks on, internal frames shown."""
     dump: frozenset[str]
-    """KDSL_DUMP=trace,lower: print the IR after the named passes ('all' for every one)."""
+    """KDSL_DUMP=trace,bounds: print the IR after the named passes ('all' for every one)."""
     cache_dir: str | None
     """KDSL_CACHE_DIR: where compiled objects and tuning results live."""
     num_threads: int | None
@@ -58,11 +58,28 @@ def _num_threads() -> int | None:
     return None
 
 
+# what KDSL_DUMP may name: the traced IR, the lowering passes (kdsl/ir/passes), the
+# scheduled IR as the CPU target compiles it
+DUMPS = ("trace", "bounds", "schedule", "all")
+
+
+def _dump() -> frozenset[str]:
+    names = frozenset(p.strip() for p in os.environ.get("KDSL_DUMP", "").split(",") if p.strip())
+    unknown = sorted(names - set(DUMPS))
+    if unknown:
+        warnings.warn(
+            f"KDSL_DUMP names {', '.join(unknown)}, which kdsl does not print; it prints "
+            f"{', '.join(DUMPS)}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return names
+
+
 def _read() -> Config:
-    dump = os.environ.get("KDSL_DUMP", "")
     return Config(
         debug=_flag("KDSL_DEBUG"),
-        dump=frozenset(p.strip() for p in dump.split(",") if p.strip()),
+        dump=_dump(),
         cache_dir=os.environ.get("KDSL_CACHE_DIR") or None,
         num_threads=_num_threads(),
     )

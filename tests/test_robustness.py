@@ -232,6 +232,32 @@ def test_param_with_a_scalar_for_choices_is_a_schedule_error() -> None:
         kernel(x, np.zeros_like(x))
 
 
+def test_an_unknown_dump_name_warns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """KDSL_DUMP=lower printed nothing, silently (and still bypassed the object cache)."""
+    import kdsl.config
+
+    monkeypatch.setenv("KDSL_DUMP", "lower, trace")
+    with pytest.warns(RuntimeWarning, match="names lower, which kdsl does not print"):
+        assert kdsl.config._read().dump == {"lower", "trace"}
+    monkeypatch.setenv("KDSL_DUMP", "trace,bounds,schedule")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kdsl.config._read()
+
+
+def test_every_dump_name_is_one_kdsl_prints() -> None:
+    """config.DUMPS lists the names the passes and the compilers look up."""
+    import pathlib
+    import re
+
+    import kdsl.config
+    from kdsl.ir.passes import PASSES
+
+    source = "".join(p.read_text() for p in pathlib.Path(kdsl.config.__file__).parent.rglob("*.py"))
+    used = set(re.findall(r'\bdumps\("(\w+)"\)', source)) | {name for name, _ in PASSES}
+    assert used | {"all"} == set(kdsl.config.DUMPS)
+
+
 @pytest.mark.parametrize("value", ["abc", "0", "-3", "2.5"])
 def test_invalid_num_threads_warns(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     import kdsl.config

@@ -104,7 +104,8 @@ def run(ns: argparse.Namespace) -> int:
     skipped = [k.name for k in kernels if not _examples(k, ns.shape)]
     if not work:
         raise UsageError(
-            f"nothing to tune: {', '.join(skipped)} declare no examples; pass --shape "
+            f"nothing to tune: {', '.join(skipped)} "
+            f"{'declares' if len(skipped) == 1 else 'declare'} no examples; pass --shape "
             "or declare @kd.kernel(examples=[...])"
         )
     results: list[TuneReport | Failed] = []

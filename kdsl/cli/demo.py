@@ -134,9 +134,10 @@ def machine_peaks(copy_bytes: int) -> tuple[float, float]:
 
 
 def add(commands: argparse._SubParsersAction) -> None:
-    commands.add_parser(
-        "demo", help="check and time the library kernels against NumPy"
-    ).set_defaults(run=run)
+    what = "check and time the library kernels against NumPy"
+    commands.add_parser("demo", help=what, description=what[0].upper() + what[1:] + ".").set_defaults(
+        run=run
+    )
 
 
 def run(ns: argparse.Namespace) -> int:

@@ -86,9 +86,10 @@ def _bench(ns: argparse.Namespace) -> int:
 
 
 def _add_version(commands: argparse._SubParsersAction) -> None:
-    commands.add_parser(
-        "version", help="print the versions of kdsl and what it runs on"
-    ).set_defaults(run=_version)
+    what = "print the versions of kdsl and what it runs on"
+    commands.add_parser("version", help=what, description=what[0].upper() + what[1:] + ".").set_defaults(
+        run=_version
+    )
 
 
 def _version(ns: argparse.Namespace) -> int:

@@ -17,4 +17,4 @@ def add(commands: argparse._SubParsersAction) -> None:
 def run(ns: argparse.Namespace) -> int:
     from kdsl.examples.llama2 import main  # the example imports the kernel library
 
-    return main(ns.options)
+    return main(ns.options, prog="kdsl llama2")
