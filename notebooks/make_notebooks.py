@@ -101,8 +101,8 @@ QUICKSTART: list[Cell] = [
         ## An elementwise kernel
 
         One index variable, one statement: SiLU, `x * sigmoid(x)`. Shapes are dynamic, so
-        the same compiled code serves arrays of any length (the vector loop gets a scalar
-        tail for lengths that are not a multiple of the vector width).
+        the same compiled code serves arrays of any length (the vector loop gets a masked
+        vector tail for lengths that are not a multiple of the vector width).
         """
     ),
     code(
@@ -144,8 +144,9 @@ QUICKSTART: list[Cell] = [
         """
         `kernel.lowered(*args)` is the IR after scheduling, as the code generator sees it.
         This kernel has no schedule of its own, so it got the *default schedule*: the `j`
-        loop (unit stride in `B` and `C`) runs as 16-wide vector code with a scalar tail,
-        and the outer `i` loop may run on several cores. Each loop's comment gives its
+        loop (unit stride in `B` and `C`) runs as 16-wide vector code with a masked vector
+        tail (`j.1`: one more vector with the lanes past the end switched off), and the
+        outer `i` loop may run on several cores. Each loop's comment gives its
         kind from the algorithm (`parallel`, `reduction`), then what the schedule made of
         it (`parallel` again for multi-core, `vectorized(16)`).
         """
@@ -623,11 +624,13 @@ AUTOTUNE: list[Cell] = [
         ## Tune from Python
 
         `kernel.autotune(*args, budget=seconds)` tunes for the shapes and dtypes of the
-        arguments (their values do not matter). Candidates are compiled in worker
-        processes, each is checked against the default schedule's output before its time
-        counts, and a progress bar shows the best so far. With 18 candidates the search
-        is exhaustive; larger spaces are searched randomly or by evolution within the
-        budget.
+        arguments, and runs the candidates on copies of their values, so an index array
+        must hold valid indices (only `kd.spec` examples, below, are filled with random
+        data; an index array's spec needs its range, `low=`/`high=`). Candidates are
+        compiled in worker processes, each is checked against the default schedule's
+        output before its time counts, and a progress bar shows the best so far. With 18
+        candidates the search is exhaustive; larger spaces are searched randomly or by
+        evolution within the budget.
         """
     ),
     code(

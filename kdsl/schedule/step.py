@@ -92,7 +92,7 @@ class StepContext:
         if path is None:
             raise self.refuse(
                 f"there is no loop named '{name}'",
-                "use one of the loop names listed (print kernel.lowered(...) to see the loops)",
+                "use one of the loop names listed (kernel.ir(...) prints the loops a schedule names)",
             )
         loop = tree.at(self.kernel.body, path)
         assert isinstance(loop, Loop)
