@@ -26,6 +26,7 @@ loop, which reorders a float sum or product (refused under strict_fp).
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 from collections.abc import Callable, Iterator
@@ -42,6 +43,7 @@ from kdsl.ir.nodes import (
     Assign,
     Binary,
     BinaryOp,
+    Buffer,
     BufferRole,
     Cast,
     Check,
@@ -130,7 +132,8 @@ class _VectorLoop:
         nested = any(isinstance(s, Loop) for s in walk_stmts(self.loop.body))
         short = isinstance(self.loop.extent, Const) and int(self.loop.extent.value) <= self.w
         copies = COPIES if self.plan.accumulators and not (nested or short) else 1
-        for name, (op, d) in self.plan.accumulators.items():
+        arrays = {n: (op, buf.dtype) for n, (op, buf) in self.plan.array_accumulators.items()}
+        for name, (op, d) in {**self.plan.accumulators, **arrays}.items():
             if gen.strict_fp and d.is_float and op in (BinaryOp.ADD, BinaryOp.MUL):
                 raise CompileError(
                     f"vectorizing loop '{self.loop.var}' reorders the float accumulation "
@@ -139,6 +142,9 @@ class _VectorLoop:
                     loc=self.loop.loc,
                     fix="drop strict_fp=True, or vectorize another loop",
                 )
+        for name, (op, buf) in self.plan.array_accumulators.items():
+            self.open_array_partials(name, op, buf)
+        for name, (op, d) in self.plan.accumulators.items():
             identity = self.splat(constant(_identity(op, d), d))
             self.partials[name] = [
                 gen._entry_alloca(identity.type, f"{name}.lanes") for _ in range(copies)
@@ -163,6 +169,35 @@ class _VectorLoop:
                 parts = [self.ops.binary(op, x, y, d) for x, y in zip(parts[::2], parts[1::2])]
             acc = gen.state.locals[name]
             b.store(self.ops.binary(op, _read(b, acc), self.horizontal(op, parts[0], d), d), acc)
+        for name, (op, buf) in self.plan.array_accumulators.items():
+            self.close_array_partials(name, op, buf)
+
+    def open_array_partials(self, name: str, op: BinaryOp, buf: Buffer) -> None:
+        """A vector of partials per element of the array accumulator `name`, each the
+        identity of `op` (lane_slot addresses them, as a lane temporary's vectors)."""
+        count = math.prod(int(d.value) for d in buf.shape)  # type: ignore[attr-defined]
+        identity = self.splat(constant(_identity(op, buf.dtype), buf.dtype))
+        slots = self.gen._entry_alloca(ir.ArrayType(identity.type, count), f"{name}.lanes")
+        self.lane_slots[name] = slots
+        for k in range(count):
+            self.b.store(
+                identity, self.b.gep(slots, [ir.Constant(I64, k)], source_etype=identity.type)
+            )
+
+    def close_array_partials(self, name: str, op: BinaryOp, buf: Buffer) -> None:
+        """Each element of `name` combined with its lanes' partials (the identity where
+        the loop never updated it)."""
+        b, d = self.b, buf.dtype
+        vt = self.vtype(memory_type(d))
+        dims = [int(e.value) for e in buf.shape]  # type: ignore[attr-defined]
+        for k, index in enumerate(itertools.product(*map(range, dims))):
+            lanes = b.load(
+                b.gep(self.lane_slots[name], [ir.Constant(I64, k)], source_etype=vt), typ=vt
+            )
+            at = self.gen.address(name, tuple(Const(i, T.INDEX) for i in index), None, False)
+            old = b.load(at, typ=memory_type(d))
+            b.store(self.ops.binary(op, old, self.horizontal(op, lanes, d), d), at)
+        del self.lane_slots[name]
 
     def lanes_of(self, copies: int) -> Callable[[ir.Value], None]:
         """The vector loop's body, `copies` times: w consecutive iterations each."""
@@ -372,6 +407,23 @@ class _VectorLoop:
             new = self.b.select(self.mask, new, old)
         self.b.store(new, slot)
 
+    def accumulate_element(self, s: Store) -> None:
+        """`t[r] = t[r] op x`: into the lanes' partials of element r."""
+        found = accumulation(s)
+        assert found is not None  # plan_vector_loop made it an array accumulator
+        op, x = found
+        at = self.lane_slot(s.buffer, s.index, s.loc)
+        d = self.plan.array_accumulators[s.buffer][1].dtype
+        old = self.b.load(at, typ=self.vtype(memory_type(d)))
+        if isinstance(s.value, Fma):  # keep the single rounding of the contracted sum
+            a, c = (self.vector(self.value(e)) for e in (s.value.a, s.value.b))
+            new = self.ops.fma(a, c, old)
+        else:
+            new = self.ops.binary(op, old, self.vector(self.value(x)), d)
+        if self.mask is not None:
+            new = self.b.select(self.mask, new, old)
+        self.b.store(new, at)
+
     def check(self, s: Check) -> None:
         gen = self.gen
         ok = self.all(self.value(s.cond)) if self.plan.varying(s.cond) else self.uniform(s.cond)
@@ -382,7 +434,7 @@ class _VectorLoop:
         """Where the lanes' vector of `name[index]` is, for a temporary each lane has its
         own (the subscripts are the same in every lane: plan_vector_loop checked)."""
         gen, b = self.gen, self.b
-        buf = self.plan.lane_temps[name]
+        buf = self.plan.lane_temps.get(name) or self.plan.array_accumulators[name][1]
         dims = [int(d.value) for d in buf.shape]  # type: ignore[attr-defined]
         if gen.checks or not all(gen._proven(name, a, i) for a, i in enumerate(index)):
             ok: ir.Value = ir.Constant(I1, 1)
@@ -398,6 +450,9 @@ class _VectorLoop:
 
     def store(self, s: Store) -> None:
         gen, b = self.gen, self.b
+        if s.buffer in self.plan.array_accumulators:
+            self.accumulate_element(s)
+            return
         if s.buffer in self.lane_slots:
             at = self.lane_slot(s.buffer, s.index, s.loc)
             value = self.vector(self.value(s.value))

@@ -46,6 +46,9 @@ class VectorPlan:
     accumulators: dict[str, tuple[BinaryOp, T.DType]] = field(default_factory=dict)
     # small temporaries allocated in the body: each lane has its own (vectors in memory)
     lane_temps: dict[str, Buffer] = field(default_factory=dict)
+    # small temporaries from outside whose elements the body only accumulates into
+    # (`acc[r] = acc[r] + x`, a row tile's sums): a vector of partials per element
+    array_accumulators: dict[str, tuple[BinaryOp, Buffer]] = field(default_factory=dict)
     problem: str | None = None
     known: dict[int, tuple[Expr, bool]] = field(default_factory=dict, repr=False)
 
@@ -66,19 +69,30 @@ class VectorPlan:
         return hit[1]
 
 
-def accumulation(s: Assign) -> tuple[BinaryOp, Expr] | None:
+def accumulation(s: Assign | Store) -> tuple[BinaryOp, Expr] | None:
     """(op, x) when `s` is `acc = acc op x` or `acc = x op acc` with an accumulating op;
-    `acc = fma(a, b, acc)` (a contracted sum) is (ADD, a * b)."""
+    `acc = fma(a, b, acc)` (a contracted sum) is (ADD, a * b). `acc` is a local, or an
+    element of an array (`t[r] = t[r] + x`: the same subscripts, which x doesn't read)."""
     v = s.value
-    if isinstance(v, Fma) and v.c == LocalVar(s.local, v.dtype):
+    if isinstance(s, Assign):
+        mine: Expr = LocalVar(s.local, v.dtype)
+        reads = lambda e: _reads(e, s.local)  # noqa: E731
+    else:
+        mine = Load(s.buffer, s.index, v.dtype)
+        reads = lambda e: _loads(e, s.buffer)  # noqa: E731
+    if isinstance(v, Fma) and v.c == mine:
         product = Binary(BinaryOp.MUL, v.a, v.b, v.dtype)
-        return None if _reads(product, s.local) else (BinaryOp.ADD, product)
+        return None if reads(product) else (BinaryOp.ADD, product)
     if not isinstance(v, Binary) or v.op not in ACCUMULATE:
         return None
-    for mine, x in ((v.lhs, v.rhs), (v.rhs, v.lhs)):
-        if mine == LocalVar(s.local, v.dtype) and not _reads(x, s.local):
+    for own, x in ((v.lhs, v.rhs), (v.rhs, v.lhs)):
+        if own == mine and not reads(x):
             return v.op, x
     return None
+
+
+def _loads(e: Expr, buffer: str) -> bool:
+    return any(isinstance(n, Load) and n.buffer == buffer for n in walk_expr(e))
 
 
 def _reads(e: Expr, local: str) -> bool:
@@ -93,8 +107,53 @@ def plan_vector_loop(loop: Loop, buffers: Mapping[str, Buffer] | None = None) ->
     plan.problem = _accumulators(loop, plan)
     if plan.problem is None:
         _varying_locals(loop, plan)
+        plan.array_accumulators = _array_accumulators(loop, buffers or {}, plan)
         plan.problem = next(_obstacles(loop, plan), None)
     return plan
+
+
+def _array_accumulators(
+    loop: Loop, buffers: Mapping[str, Buffer], plan: VectorPlan
+) -> dict[str, tuple[BinaryOp, Buffer]]:
+    """The small temporaries from outside the loop that its body reads and writes only
+    as `t[r] = t[r] op x`, one op each (a split row loop moved inside the vector loop:
+    `sum_j[ii] += W[i, j] · x[j]`); the lanes' sums of each element stay apart until the
+    loop ends."""
+    found: dict[str, tuple[BinaryOp, Buffer]] = {}
+    updates: dict[str, list[Store]] = {}
+    for s in walk_stmts(loop.body):
+        if isinstance(s, Store):
+            updates.setdefault(s.buffer, []).append(s)
+    for name, stores in updates.items():
+        buf = buffers.get(name)
+        if buf is None or name in plan.lane_temps or not _small_constant(buf):
+            continue
+        updated = [accumulation(s) for s in stores]
+        ops = {u[0] for u in updated if u is not None}
+        if None in updated or len(ops) != 1:
+            continue
+        if any(plan.varying(i) for s in stores for i in s.index):
+            continue  # an element per lane: stored as any array's
+        if any(_reads_elsewhere(s, name) for s in walk_stmts(loop.body)):
+            continue  # its value is needed during the loop
+        found[name] = (ops.pop(), buf)
+    return found
+
+
+def _reads_elsewhere(s: Stmt, name: str) -> bool:
+    """Whether `s` reads array `name` other than as its own accumulation's element (`t[r]`
+    in `t[r] = t[r] + x`, whose x accumulation() checked)."""
+    if isinstance(s, Store) and s.buffer == name:
+        return any(_loads(i, name) for i in s.index)
+    return any(_loads(e, name) for e in stmt_exprs(s))
+
+
+def _small_constant(buf: Buffer) -> bool:
+    return (
+        buf.role is BufferRole.TEMP
+        and all(isinstance(d, Const) for d in buf.shape)
+        and math.prod(int(d.value) for d in buf.shape) <= LANE_TEMP_ELEMENTS  # type: ignore[union-attr]
+    )
 
 
 def _lane_temps(loop: Loop, buffers: Mapping[str, Buffer]) -> dict[str, Buffer]:
@@ -104,12 +163,7 @@ def _lane_temps(loop: Loop, buffers: Mapping[str, Buffer]) -> dict[str, Buffer]:
     found = {}
     for s in walk_stmts(loop.body):
         buf = buffers.get(s.buffer) if isinstance(s, Allocate) else None
-        if (
-            buf is not None
-            and buf.role is BufferRole.TEMP
-            and all(isinstance(d, Const) for d in buf.shape)
-            and math.prod(int(d.value) for d in buf.shape) <= LANE_TEMP_ELEMENTS  # type: ignore[union-attr]
-        ):
+        if buf is not None and _small_constant(buf):
             found[buf.name] = buf
     return found
 
@@ -185,9 +239,11 @@ def _obstacles(loop: Loop, plan: VectorPlan) -> Iterator[str]:
                 split_tile(extent, plan.var) is None
             ):
                 yield f"the extent of loop '{var}' inside it differs between lanes"
-            case Store(buffer=name, index=index, value=value) if not any(
-                map(plan.varying, index)
-            ) and plan.varying(value):
+            case Store(buffer=name, index=index, value=value) if (
+                name not in plan.array_accumulators
+                and not any(map(plan.varying, index))
+                and plan.varying(value)
+            ):
                 yield (
                     f"it stores values that differ between lanes into one element of "
                     f"'{name}' (the subscripts don't depend on '{plan.var}')"

@@ -31,6 +31,7 @@ from kdsl.ir.nodes import (
     Fma,
     If,
     Kernel,
+    Load,
     LocalVar,
     Loop,
     LoopExec,
@@ -916,3 +917,44 @@ def test_a_small_temporary_per_iteration_is_one_per_lane(n, checks):
     np.testing.assert_array_equal(y, maxima + np.where(x[:n] > 0.5, x[:n], 0))
     np.testing.assert_array_equal(hits, x[:n] > 0.5)
     assert "vectorize" in str(window.schedule_of(x, y, hits))
+
+
+@pytest.mark.parametrize("red, ref", [(kd.sum, np.sum), (kd.max, np.max)])
+@pytest.mark.parametrize("m, n", [(1, 1), (3, 17), (4, 16), (13, 1000), (5, 0)])
+def test_a_row_tile_of_sums_accumulates_in_vector_partials(red, ref, m, n):
+    """The register-blocked matvec (4 rows share each vector of x): the split row loop
+    moved inside the vectorized reduction makes its sums a small array, `sum_j[ii] +=
+    …`, which vectorizing refused ("stores values that differ between lanes into one
+    element"). Each element now keeps a vector of partials, combined after the loop."""
+
+    def mv(W, x, y):
+        i, j = kd.indices(W.shape[0], W.shape[1])
+        y[i] = red(W[i, j] * x[j], over=j)
+
+    kernel = kd.kernel(mv, name=f"blocked_{red.__name__}")
+
+    @kernel.schedule(kd.cpu)
+    def _(s):
+        io, ii = s.split("i", 4)
+        s.reorder(io, "j", ii)
+        s.unroll(ii)
+        s.vectorize("j", 16)
+
+    rng = np.random.default_rng(m * 100 + n)
+    W, x = random_array(rng, (m, n), np.float32), random_array(rng, (n,), np.float32)
+    y = np.full(m, np.nan, np.float32)
+    kernel(W, x, y)
+    want = ref(W * x, axis=1, initial=0.0 if red is kd.sum else -np.inf)
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
+
+
+def test_an_array_read_inside_the_loop_is_no_accumulator():
+    """Its running value is needed during the loop: the lanes can't keep partials."""
+    acc = Buffer("t", T.f32, (Const(2, T.i64),), BufferRole.TEMP, Scope.STACK)
+    t0 = Load("t", (_i64(0),), T.f32)
+    loop = _loop((Store("t", (_i64(0),), Binary(BinaryOp.ADD, t0, X, T.f32)), Store("a", (I,), t0)))
+    k = _scheduled((Allocate("t"), loop), acc)
+    found = vector_obstacle(loop, k)
+    assert found is not None and "one element of 't'" in found
+    plain = _loop((Store("t", (_i64(0),), Binary(BinaryOp.ADD, t0, X, T.f32)),))
+    assert vector_obstacle(plain, _scheduled((Allocate("t"), plain), acc)) is None
