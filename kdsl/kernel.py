@@ -392,10 +392,10 @@ class KernelFunction:
         """The compiled code for one signature; a dispatcher over tuned variants when the
         tuning database has results for it (or `autotune=` asks to make them)."""
         try:
-            if self._bindings is None:  # (read before the trace: what it will see)
+            traced = self.trace(specs)
+            if self._bindings is None:  # (after the trace: what a helper set in it stays)
                 bindings = Bindings(self.fn)
                 self._bindings = bindings if bindings else None
-            traced = self.trace(specs)
             layout = self.call_layout(specs, traced)
             if target is cuda:
                 found = CudaDispatch.find(self, specs, traced, layout)

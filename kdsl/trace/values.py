@@ -472,8 +472,8 @@ def _kind_mix_error(a: Value, b: Value) -> TraceError:
 def unify(a: Value, b: Value) -> tuple[Expr, Expr, DType, bool]:
     """Bring two operands to one dtype: (lhs, rhs, dtype, weak)."""
     a, b = widen(a), widen(b)
-    if a.weak and b.weak:
-        d = T.promote(a.dtype, b.dtype) or T.f64
+    if a.weak and b.weak:  # (a Python bool meeting an int or a float takes its kind)
+        d = T.promote(a.dtype, b.dtype) or (a.dtype if b.dtype.is_bool else b.dtype)
         return _retype(a, d), _retype(b, d), d, True
     if a.weak or b.weak:
         typed, weak = (b, a) if a.weak else (a, b)

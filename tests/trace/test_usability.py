@@ -727,3 +727,50 @@ def test_a_kd_range_from_a_scalar_start_keeps_the_users_loop_name():
     shifted(x, y, 3)
     np.testing.assert_array_equal(y, np.where(np.arange(11) >= 3, x + 1, 0))
     assert "for j in range" in str(shifted.ir(x, y, 3))
+
+
+_TRACES = 0
+
+
+def _counted(v):
+    global _TRACES
+    _TRACES += 1  # a helper that sets a global while traced
+    return v * _SCALE
+
+
+def test_a_global_set_again_to_an_equal_value_is_no_change(monkeypatch):
+    """SCALE = float(cfg['scale']) before each call re-traced every call (1.3 ms), as did
+    a helper setting a global while traced; a change of type or sign still counts."""
+    import sys
+
+    module = sys.modules[__name__]
+
+    @kd.kernel
+    def k(x, y):
+        i = kd.indices(x.shape[0])
+        y[i] = _counted(x[i])
+
+    x, y = random_array(keyed_rng("equal-rebind"), (6,), F), np.empty(6, F)
+    for _ in range(5):
+        monkeypatch.setattr(module, "_SCALE", float("2.0"))  # a new float object each time
+        k(x, y)
+    assert k.stats()["compilations"] == 1
+    np.testing.assert_allclose(y, 2 * x, rtol=1e-6)
+    for value, want in ((-0.0, -0.0 * x), (2, 2 * x), (3.0, 3 * x)):  # sign, type, value
+        monkeypatch.setattr(module, "_SCALE", value)
+        k(x, y)
+        np.testing.assert_array_equal(np.signbit(y), np.signbit(want.astype(F)))
+    assert k.stats()["compilations"] == 4
+
+
+def test_a_python_bool_meeting_a_python_int_is_an_int():
+    """Both weak: bool + int had no common dtype and fell back to f64 (x[i + skip * 2]:
+    a float subscript; flag | 4: a float bit operation)."""
+
+    @kd.kernel
+    def shifted(x, skip, flag, y):
+        i = kd.indices(y.shape[0])
+        y[i] = x[i + skip * 2] & (flag | 4)
+
+    x = np.arange(10, dtype=np.int32)
+    check_kernel(shifted, [x, True, True, np.zeros(8, np.int32)], {3: x[2:] & 5})
