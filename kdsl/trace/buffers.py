@@ -176,8 +176,9 @@ class BufferProxy(NotAValue):
 
     def __getitem__(self, key: object) -> Value:
         loc = location()
-        index = self._index(key, loc)
-        return Value(Load(self.name, index, self.dtype, loc=loc))
+        load = Load(self.name, self._index(key, loc), self.dtype, loc=loc)
+        self._ctx.writes.read(load)
+        return Value(load)
 
     def __setitem__(self, key: object, value: object) -> None:
         loc = location()
@@ -200,6 +201,7 @@ class BufferProxy(NotAValue):
             return Store(self.name, idx, val, loc=loc)
 
         ctx.record([*index, to_dtype(v, self.dtype)], build, loc)
+        ctx.writes.wrote(self.name, index, loc)
 
 
 def _not_a_value(self: BufferProxy, *_: object) -> None:

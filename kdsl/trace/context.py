@@ -44,6 +44,7 @@ from kdsl.ir.visit import children, map_expr, walk_all_exprs, walk_expr, walk_st
 from kdsl.trace.frames import location
 from kdsl.trace.values import Value, as_value, to_dtype
 from kdsl.trace.versions import LocalVersions
+from kdsl.trace.writes import ArrayWrites
 from kdsl.types import DType
 
 
@@ -104,9 +105,11 @@ class TraceContext:
     # alive, so ids stay unique) -> (it, its value, the local or temporary holding that)
     computed: dict[int, tuple[Reduction, Expr, str]] | None = None
     locals: LocalVersions = field(init=False)
+    writes: ArrayWrites = field(init=False)
 
     def __post_init__(self) -> None:
         self.locals = LocalVersions(self)
+        self.writes = ArrayWrites(self)
 
     # ------------------------------------------------------------------ names & blocks
 
@@ -297,6 +300,7 @@ class TraceContext:
         if self.computed is not None:  # a part of the statement being recorded
             self._record(exprs, build, loc)
             return
+        self.writes.check_use(exprs, loc)
         # A reduction used twice in one statement is computed once; not across statements,
         # as those may change what it reads.
         self.computed = {}

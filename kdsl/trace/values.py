@@ -473,7 +473,9 @@ def unify(a: Value, b: Value) -> tuple[Expr, Expr, DType, bool]:
     """Bring two operands to one dtype: (lhs, rhs, dtype, weak)."""
     a, b = widen(a), widen(b)
     if a.weak and b.weak:  # (a Python bool meeting an int or a float takes its kind)
-        d = T.promote(a.dtype, b.dtype) or (a.dtype if b.dtype.is_bool else b.dtype)
+        d = T.promote(a.dtype, b.dtype) or (
+            a.dtype if b.dtype.is_bool else b.dtype if a.dtype.is_bool else T.f64
+        )
         return _retype(a, d), _retype(b, d), d, True
     if a.weak or b.weak:
         typed, weak = (b, a) if a.weak else (a, b)

@@ -774,3 +774,84 @@ def test_a_python_bool_meeting_a_python_int_is_an_int():
 
     x = np.arange(10, dtype=np.int32)
     check_kernel(shifted, [x, True, True, np.zeros(8, np.int32)], {3: x[2:] & 5})
+
+
+def test_a_value_read_before_a_write_of_its_element_is_refused():
+    """`lo` is the load X[r, 0]: used after X[r, 0] was written, the statement read the
+    new element (a compare-and-swap lost a value, silently)."""
+
+    @kd.kernel
+    def swap(X):
+        for r in kd.grid(X.shape[0]):
+            lo = X[r, 0]
+            hi = X[r, 1]
+            X[r, 0] = kd.minimum(lo, hi)
+            X[r, 1] = kd.maximum(lo, hi)  # here
+
+    err = raises(
+        kd.TraceError,
+        lambda: swap(np.ones((2, 2), F)),
+        "a value read from X[r, 0]",
+        "v = kd.local(X[r, 0])",
+    )
+    assert err.loc.line == line_of(swap, "here")
+
+    @kd.kernel
+    def swapped(X):  # the fix: locals keep the old values
+        for r in kd.grid(X.shape[0]):
+            lo = kd.local(X[r, 0])
+            hi = kd.local(X[r, 1])
+            X[r, 0] = kd.minimum(lo, hi)
+            X[r, 1] = kd.maximum(lo, hi)
+
+    x = random_array(keyed_rng("swap"), (9, 2), F)
+    check_kernel(swapped, [x], {0: np.sort(x, axis=1)})
+
+
+@pytest.mark.parametrize("case", ["tuple", "reduction", "carried"])
+def test_more_uses_after_a_write_are_refused(case):
+    @kd.kernel
+    def tuple_swap(X):
+        i = kd.indices(X.shape[0])
+        X[i, 0], X[i, 1] = kd.minimum(X[i, 0], X[i, 1]), kd.maximum(X[i, 0], X[i, 1])
+
+    @kd.kernel
+    def restore(X):
+        i, j = kd.indices(X.shape[0], X.shape[1])
+        s = kd.sum(X[i, j], over=j)
+        X[i, j] = X[i, j] / s
+        X[i, j] = X[i, j] * s
+
+    @kd.kernel
+    def carried(x, y):
+        v = x[0] * 2.0
+        for t in kd.range(y.shape[0]):
+            y[t] = v
+            x[0] = 100.0
+
+    kernel, fix = {
+        "tuple": (tuple_swap, "into another array first"),
+        "reduction": (restore, "into another array first"),
+        "carried": (carried, "kd.local(x[0])"),
+    }[case]
+    args = [np.ones((3, 2), F)] if case != "carried" else [np.ones(3, F), np.ones(4, F)]
+    raises(kd.TraceError, lambda: kernel(*args), "a value read from", fix)
+
+
+def test_reads_and_writes_of_other_elements_are_fine():
+    """X[r, 1] is not X[r, 0]; a read after the write reads the new value, as in Python."""
+
+    @kd.kernel
+    def shift(X):
+        for r in kd.grid(X.shape[0]):
+            a = X[r, 1]
+            X[r, 0] = X[r, 0] + a
+            X[r, 1] = a * 2.0
+            X[r, 2] = X[r, 0]
+
+    x = random_array(keyed_rng("other-elements"), (5, 3), F)
+    want = x.copy()
+    want[:, 0] += x[:, 1]
+    want[:, 1] = x[:, 1] * 2
+    want[:, 2] = want[:, 0]
+    check_kernel(shift, [x], {0: want})
