@@ -166,16 +166,21 @@ class _Codegen:
             b.load(b.gep(dims_ptr, [ir.Constant(I64, a)], source_etype=I64), typ=I64)
             for a in range(buf.ndim)
         ]
-        if buf.contiguous or buf.role is BufferRole.RESULT:
-            strides = self._contiguous_strides(dims, buf.dtype)
-        elif buf.fortran:  # the C strides of the reversed axes
-            strides = self._contiguous_strides(dims[::-1], buf.dtype)[::-1]
-        else:
-            strides = [
-                b.load(b.gep(strides_ptr, [ir.Constant(I64, a)], source_etype=I64), typ=I64)
-                for a in range(buf.ndim)
-            ]
+        strides = self.known_strides(buf, dims) or [
+            b.load(b.gep(strides_ptr, [ir.Constant(I64, a)], source_etype=I64), typ=I64)
+            for a in range(buf.ndim)
+        ]
         return ArrayInfo(data, dims, strides)
+
+    def known_strides(self, buf: Buffer, dims: list[ir.Value]) -> list[ir.Value] | None:
+        """The strides of `buf` made from its dimensions where its layout fixes them (C
+        or Fortran order; temporaries and results are C), so that LLVM sees the unit one
+        as the constant it is; None for a strided argument's, which the caller gives."""
+        if buf.contiguous or buf.role is not BufferRole.PARAM:
+            return self._contiguous_strides(dims, buf.dtype)
+        if buf.fortran:  # the C strides of the reversed axes
+            return self._contiguous_strides(dims[::-1], buf.dtype)[::-1]
+        return None
 
     def _contiguous_strides(self, dims: list[ir.Value], dtype: T.DType) -> list[ir.Value]:
         strides: list[ir.Value] = []

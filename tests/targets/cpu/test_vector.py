@@ -958,3 +958,25 @@ def test_an_array_read_inside_the_loop_is_no_accumulator():
     assert found is not None and "one element of 't'" in found
     plain = _loop((Store("t", (_i64(0),), Binary(BinaryOp.ADD, t0, X, T.f32)),))
     assert vector_obstacle(plain, _scheduled((Allocate("t"), plain), acc)) is None
+
+
+def test_a_parallel_tasks_arrays_keep_their_unit_stride():
+    """A serial loop over a row inside a parallelized loop: the task got every stride
+    through its closure, so LLVM saw no unit stride and read the rows with gathers (20x
+    slower than the same loop unparallelized). C-ordered arrays' strides are made
+    again from their dimensions in the task."""
+
+    @kd.kernel
+    def rowmax(x, out):
+        for s in kd.grid(x.shape[0]):
+            m = kd.local(-kd.inf, kd.f32)
+            for t in kd.range(x.shape[1]):
+                m.set(kd.maximum(m, x[s, t]))
+            out[s] = m
+
+    x = random_array(np.random.default_rng(7), (37, 101), np.float32)
+    out = np.empty(37, np.float32)
+    rowmax(x, out)
+    np.testing.assert_array_equal(out, x.max(axis=1))
+    code = rowmax.llvm(x, out)
+    assert "parallelize" in str(rowmax.schedule_of(x, out)) and "gather" not in code
