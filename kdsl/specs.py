@@ -214,7 +214,9 @@ def make_arguments(
         if isinstance(example, Spec):
             made[name] = example.random(rng)
         elif isinstance(example, np.ndarray):
-            made[name] = np.array(example, order="C")  # a copy: the kernel may write it
+            # a copy (the kernel may write it) in the array's order: C or Fortran, each
+            # its own specialization (a strided view's copy is C)
+            made[name] = np.array(example, order="K")
         elif example is None or isinstance(example, bool | int | float | str):
             made[name] = example
         else:

@@ -177,11 +177,13 @@ def example_key(fn: KernelFunction, example: Mapping[str, ArgExample]) -> tuple[
 def _example_specs(
     fn: KernelFunction, examples: Sequence[ArgExample]
 ) -> tuple[tuple[ArgSpec, ...], list[object]]:
-    # Only shapes and dtypes are needed here: the measuring process makes the data, in C
-    # order (a strided array's copy too).
+    # Only shapes, dtypes and orders are needed here: the measuring process makes the
+    # data (a copy of an array in its order, as make_arguments makes it)
     placeholders = [
-        np.empty(e.shape, e.dtype if isinstance(e, np.ndarray) else e.dtype.to_numpy())
-        if isinstance(e, Spec | np.ndarray)
+        np.empty_like(e, order="K")
+        if isinstance(e, np.ndarray)
+        else np.empty(e.shape, e.dtype.to_numpy())
+        if isinstance(e, Spec)
         else e
         for e in examples
     ]

@@ -227,6 +227,28 @@ def test_arrays_are_tuned_on_their_own_values() -> None:
     assert not out.any()  # candidates wrote copies
 
 
+@kd.kernel
+def tuner_fortran(x, y):
+    i, j = kd.indices(x.shape[0], x.shape[1])
+    y[i, j] = x[i, j] * 2.0
+
+
+@tuner_fortran.schedule(kd.cpu)
+def _(s):
+    s.split("i", s.param("ti", [4, 8]))
+
+
+def test_fortran_ordered_arrays_are_tuned_as_they_are_called() -> None:
+    """Their copies and placeholders were C-ordered: the tuning made was for the C
+    signature, and a Fortran call found none."""
+    x = np.asfortranarray(np.arange(60, dtype=np.float32).reshape(6, 10))
+    y = np.asfortranarray(np.zeros((6, 10), np.float32))
+    tuner_fortran.autotune(x, y, budget=2, jobs=0, progress=False)
+    tuner_fortran(x, y)
+    assert list(tuner_fortran.stats()["tuning"].values()) == ["tuned"]
+    np.testing.assert_array_equal(y, 2 * x)
+
+
 def test_random_index_data_is_named_and_a_spec_range_fixes_it() -> None:
     example = {
         "table": kd.spec((50,), kd.f32),
