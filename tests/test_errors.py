@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import pickle
 import traceback
 
 import numpy as np
@@ -99,6 +100,7 @@ def test_an_array_read_from_a_scalar_argument():
 
     err = raises(kd.TraceError, lambda: k(2.0, f32(3)), "parameter 'a' has no .shape")
     assert type(err).__name__ == "TraceError"  # (its class is one that hasattr() sees too)
+    assert type(pickle.loads(pickle.dumps(err))) is kd.TraceError
     assert "pass an array as 'a'" in str(err)
     assert err.loc.line == line_of(k, "here")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
 import signal
 import sys
 from collections.abc import Sequence
@@ -50,6 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
         return code
     except BrokenPipeError:
+        if not _stdout_closed():
+            raise  # another pipe broke (a worker's): not the reader of our output
         # Python's advice: point stdout at devnull, or the flush at exit fails again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
@@ -61,5 +64,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def _stdout_closed() -> bool:
+    """Whether stdout's reader has gone away (a pipe's write end then polls as an
+    error); True where poll() is missing."""
+    if not hasattr(select, "poll"):
+        return True
+    poller = select.poll()
+    poller.register(sys.stdout.fileno(), select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
 if __name__ == "__main__":
     sys.exit(main())
+

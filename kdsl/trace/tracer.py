@@ -111,11 +111,27 @@ def _return_location(fn: Callable[..., object]) -> SourceLoc | None:
     if code is None:
         return None
     instrs = list(dis.get_instructions(code))
+    line = None
     for before, ins in zip(instrs, instrs[1:]):
+        line = _line(before) or line
         implicit = before.opname == "LOAD_CONST" and before.argval is None
-        if ins.opname == "RETURN_VALUE" and not implicit and ins.positions and ins.positions.lineno:
-            return SourceLoc(code.co_filename, ins.positions.lineno)
+        returns = ins.opname == "RETURN_VALUE" and not implicit
+        returns |= ins.opname == "RETURN_CONST" and ins.argval is not None  # (3.12)
+        if returns:
+            at = _line(ins) or line
+            return SourceLoc(code.co_filename, at) if at else None
     return None
+
+
+def _line(ins: dis.Instruction) -> int | None:
+    """The source line of an instruction, on each Python's `dis` (3.13: line_number;
+    3.11: positions; 3.10: starts_line, on the first instruction of a line only)."""
+    for value in (getattr(ins, "line_number", None), getattr(ins, "positions", None)):
+        line = getattr(value, "lineno", value)
+        if isinstance(line, int) and not isinstance(line, bool) and line > 0:
+            return line
+    start = ins.starts_line
+    return start if isinstance(start, int) and not isinstance(start, bool) else None
 
 
 def _finish(ctx: TraceContext, returned: object, fn: Callable[..., object]) -> Kernel:

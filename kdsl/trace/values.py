@@ -47,6 +47,9 @@ class _NoArrayAttribute(TraceError, AttributeError):
 
     __module__, __qualname__ = "kdsl.errors", "TraceError"
 
+    def __reduce__(self) -> tuple[object, ...]:  # pickled as the TraceError it shows
+        return TraceError(self.what, kernel=self.kernel, loc=self.loc, fix=self.fix).__reduce__()
+
 
 _NoArrayAttribute.__name__ = "TraceError"
 

@@ -76,6 +76,15 @@ def test_stencil_gets_one_check_for_the_offset_read():
         stencil(np.ones(4, F), np.ones(3, F))
     assert "shorten the loop it runs over" in info.value.fix
 
+    @kd.kernel
+    def back(x, y):
+        i = kd.indices(x.shape[0])
+        y[i] = x[i - 1]
+
+    with pytest.raises(kd.ShapeError) as info:
+        back(np.ones(4, F), np.ones(4, F))
+    assert "start the loop it runs over later (kd.range(1, n)" in info.value.fix
+
 
 def test_checks_go_after_the_tie_checks_and_before_the_loops():
     body = stencil.lowered(np.ones(5, F), np.ones(3, F)).kernel.body

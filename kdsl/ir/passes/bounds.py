@@ -242,10 +242,18 @@ class _Hoister:
             )
             # (made of values, not only of shapes: inside a loop, or of scalars)
             kind = CheckKind.BOUNDS if span.scalars or start else CheckKind.SHAPE
+            offset = linear(sub)
+            below = offset is not None and offset.const < 0  # x[i - 1]: i must start at 1
+            shorten = (
+                "start the loop it runs over later (kd.range(1, n) for a subscript i - 1)"
+                if below
+                else "shorten the loop it runs over (e.g. kd.indices(n - 1) for a subscript "
+                "i + 1)"
+            )
+            longer = "" if below else f", pass a longer '{node.buffer}'"
             fix = (
-                f"keep {format_expr(sub)} inside [0, {format_expr(dim)}): shorten the loop "
-                "it runs over (e.g. kd.indices(n - 1) for a subscript i + 1), pass a longer "
-                f"'{node.buffer}', or guard the access with kd.when / kd.where"
+                f"keep {format_expr(sub)} inside [0, {format_expr(dim)}): {shorten}{longer}, "
+                "or guard the access with kd.when / kd.where"
             )
             check = Check(cond, kind, what, loc=node.loc, fix=fix)
             where = self.checks if anchor is None else self.before.setdefault(id(anchor), [])
