@@ -7,6 +7,8 @@ view (kernels then run their untuned schedules), never an error at call time.
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import warnings
 
@@ -78,13 +80,26 @@ def warn_if_stale(kernel_name: str, key: tuple[str, str, str], command: str) -> 
         tuned = max(stale, key=lambda e: e.created).config
         params = ", ".join(f"{k}={v!r}" for k, v in tuned.items())
         warnings.warn(
-            f"kernel '{kernel_name}': its tuning results for arguments {signature} "
-            f"({params}) were made before its code or its s.param choices changed, so they "
-            f"no longer apply and calls use the default params. Tune again with "
-            f"`{command}`, or drop them with `kdsl cache clear --kernel {kernel_name}`.",
+            f"kernel '{kernel_name}': the tuning results for arguments {signature} "
+            f"({params}) were made for a kernel of this name whose code or s.param choices "
+            f"differ (an earlier version of it?), so they don't apply and calls use the "
+            f"default params. Tune again with `{command}`, or drop them with "
+            f"`kdsl cache clear --kernel {kernel_name}`.",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=_user_stacklevel(),
         )
+
+
+def _user_stacklevel() -> int:
+    """warnings.warn's stacklevel that names the user's line: the first frame outside
+    kdsl (the call that compiled the kernel)."""
+    level, frame = 2, sys._getframe(2)  # (warn_if_stale's caller)
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_KDSL_DIR):
+        level, frame = level + 1, frame.f_back
+    return level
+
+
+_KDSL_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def record(entry: Entry) -> None:
