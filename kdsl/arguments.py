@@ -131,7 +131,9 @@ def spec_of(
         except TypeError:
             raise sig.error(
                 f"constexpr argument '{name}' must be hashable, got {describe(raw)}",
-                f"pass a tuple: tuple({name})"
+                f"pass {name}.item() (a 0-d array's number)"
+                if isinstance(raw, np.ndarray) and raw.ndim == 0
+                else f"pass a tuple: tuple({name})"
                 + (f" (tuple({name}.tolist()) for an array)" if isinstance(raw, np.ndarray) else "")
                 + ", or make the parameter an array argument",
             ) from None
@@ -149,7 +151,12 @@ def spec_of(
         return ScalarSpec(T.bool_, True), value
     if isinstance(value, int):
         if not -(1 << 63) <= value < (1 << 63):
-            raise sig.error(f"argument '{name}' = {value} does not fit in 64 bits")
+            raise sig.error(
+                f"argument '{name}' = {value} does not fit in 64 bits",
+                f"pass np.uint64({value}) for an unsigned value below 2**64"
+                if 0 < value < 1 << 64
+                else "pass a value that fits a 64-bit integer, or split it",
+            )
         return ScalarSpec(T.i64, True), value
     if isinstance(value, float):
         return ScalarSpec(T.f64, True), value

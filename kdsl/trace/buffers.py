@@ -22,7 +22,14 @@ from kdsl.ir.printer import format_expr
 from kdsl.ir.visit import walk_expr
 from kdsl.trace.context import Index, TraceContext
 from kdsl.trace.frames import location
-from kdsl.trace.values import NotAValue, Value, as_value, can_store, to_dtype
+from kdsl.trace.values import (
+    NotAValue,
+    Value,
+    _NoArrayAttribute,
+    as_value,
+    can_store,
+    to_dtype,
+)
 from kdsl.types import DType
 
 
@@ -77,6 +84,27 @@ class BufferProxy(NotAValue):
 
     def __repr__(self) -> str:
         return f"<kdsl array {self.name}: {self.dtype.name}, {self.ndim}-d>"
+
+    def __getattr__(self, attr: str) -> object:
+        """NumPy's array attributes and methods (x.size, x.T, x.sum()): a kernel reads
+        elements, so each gets the kernel's way of saying it."""
+        if attr.startswith("_"):
+            raise AttributeError(attr)
+        name, n = self.name, self.ndim
+        shape = " * ".join(f"{name}.shape[{a}]" for a in range(n)) or "1"
+        ways = {
+            "size": f"use {shape}",
+            "T": f"subscript it with the indices swapped: {name}[j, i] for {name}.T[i, j]",
+            "sum": f"reduce over an index: kd.sum({name}[i], over=i)",
+            "max": f"reduce over an index: kd.max({name}[i], over=i)",
+            "min": f"reduce over an index: kd.min({name}[i], over=i)",
+            "astype": f"convert each element: {name}[i].astype(kd.f32)",
+        }
+        raise _NoArrayAttribute(  # (an AttributeError too: hasattr(x, "size") is False)
+            f"{name}.{attr}: inside a kernel an array has only .shape, .ndim and .dtype",
+            loc=location(),
+            fix=ways.get(attr, f"compute it from {name}.shape and its elements {name}[...]"),
+        )
 
     def __len__(self) -> int:
         raise TraceError(

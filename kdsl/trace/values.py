@@ -23,6 +23,7 @@ from kdsl.ir.nodes import (
     Expr,
     Fma,
     LocalVar,
+    LoopVar,
     ScalarArg,
     Select,
     Unary,
@@ -41,9 +42,10 @@ _ARRAY_ATTRIBUTES = frozenset({"shape", "ndim", "size", "strides", "T"})
 
 
 class _NoArrayAttribute(TraceError, AttributeError):
-    """An array's attribute read from a scalar: the user's error, told at their line, and
-    still an AttributeError, so `hasattr(v, "shape")` is False (code that duck-types).
-    A traceback names it as the TraceError it is."""
+    """An attribute a value or an array lacks in a kernel (a scalar's .shape, an array's
+    .size): the user's error, told at their line, and still an AttributeError, so
+    `hasattr(v, "shape")` is False (code that duck-types). A traceback names it as the
+    TraceError it is."""
 
     __module__, __qualname__ = "kdsl.errors", "TraceError"
 
@@ -111,10 +113,13 @@ class Value:
     def __index__(self) -> int:
         callee = called_function()
         if isinstance(callee, type) and issubclass(callee, int | float | np.number):
+            index = isinstance(self.expr, LoopVar)  # (kd.indices/kd.grid hand out LoopVars)
             raise trace_error(
                 f"{callee.__name__}() of a symbolic value: its number is only known when the "
                 "kernel runs",
-                _conversion_fix(callee),
+                "subscript with the index itself (x[i]), it is an integer already"
+                if index and callee is int
+                else _conversion_fix(callee),
             )
         module = getattr(callee, "__module__", None)
         if module in ("math", "cmath"):  # (NumPy's functions: __array_ufunc__)
@@ -199,6 +204,12 @@ class Value:
 
     def __getitem__(self, index: object) -> Value:
         raise trace_error(f"{self._what()} is subscripted, but it is a scalar", self._fix())
+
+    def __setitem__(self, index: object, value: object) -> None:
+        raise trace_error(
+            f"{self._what()} is written, but it is a scalar (a value, not an array)",
+            "for an output, pass an array (np.zeros(1) for one number) and write out[0]",
+        )
 
     def _what(self) -> str:
         e = self.expr
@@ -326,6 +337,11 @@ _KD_MATH = {
     **{n: f"kd.{n}(x[k], over=k)" for n in ("sum", "prod", "max", "min", "argmax", "argmin")},
     **{"amax": "kd.max(x[k], over=k)", "amin": "kd.min(x[k], over=k)"},
     **{"mean": "kd.sum(x[k], over=k) / n"},
+    **{
+        n: f"a table of np.{n} values computed outside, passed as an array (kdsl has no "
+        f"kd.{n}); or kd.exp, kd.tanh, kd.erf, … where they serve"
+        for n in ("sin", "cos", "tan", "arcsin", "arccos", "arctan")
+    },
 }
 
 _UFUNC_OPERATORS = {

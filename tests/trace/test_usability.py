@@ -855,3 +855,46 @@ def test_reads_and_writes_of_other_elements_are_fine():
     want[:, 1] = x[:, 1] * 2
     want[:, 2] = want[:, 0]
     check_kernel(shift, [x], {0: want})
+
+
+@pytest.mark.parametrize(
+    "body, what, fix",
+    [
+        (lambda x, y, i: y.__setitem__(i, x[i] * x.size), "x.size", "x.shape[0]"),
+        (lambda x, y, i: y.__setitem__(i, x.T[i]), "x.T", "indices swapped"),
+        (lambda x, y, i: y.__setitem__(i, x[int(i)]), "int() of a symbolic", "x[i]"),
+        (lambda x, y, i: y.__setitem__(i, np.sin(x[i])), "np.sin", "a table of np.sin"),
+    ],
+)
+def test_array_attributes_int_of_an_index_and_sin_say_what_to_do(body, what, fix):
+    """Raw AttributeErrors (x.size, x.T), 'x.astype(kd.f32)' for int(i), and a list of
+    unrelated functions for np.sin."""
+
+    @kd.kernel
+    def k(x, y):
+        i = kd.indices(x.shape[0])
+        body(x, y, i)
+
+    raises(kd.TraceError, lambda: k(np.ones(3, F), np.ones(3, F)), what, fix)
+
+
+def test_writing_a_scalar_parameter_and_a_0d_constexpr_say_what_to_do():
+    @kd.kernel
+    def k(x, s):
+        s[()] = x[0]
+
+    raises(kd.TraceError, lambda: k(np.ones(3, F), 0.0), "is written, but it is a scalar", "out[0]")
+
+    @kd.kernel
+    def scaled(x, p: kd.constexpr):
+        x[0] = x[0] * p
+
+    raises(kd.KernelArgumentError, lambda: scaled(np.ones(3, F), np.array(2.0)), "p.item()")
+
+
+def test_an_int_past_int64_suggests_uint64():
+    @kd.kernel
+    def add(seed, out):
+        out[0] = out[0] + seed
+
+    raises(kd.KernelArgumentError, lambda: add(2**63, np.zeros(1, np.uint64)), "np.uint64(")
