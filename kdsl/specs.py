@@ -115,7 +115,7 @@ def _values(dtype: DType, low: float | None, high: float | None) -> tuple[float,
     fix = "e.g. kd.spec((512,), kd.i64, low=0, high=1000): values from 0 to 999"
     if dtype.is_bool:
         raise SpecError("a bool spec has no value range (low=, high=)", fix="leave them out")
-    kind = int if dtype.is_int else int | float
+    kind = int | np.integer if dtype.is_int else int | float | np.integer | np.floating
     numbers = [v for v in (low, high) if isinstance(v, kind) and not isinstance(v, bool)]
     if low is None or high is None or len(numbers) < 2:
         what = "whole numbers" if dtype.is_int else "numbers"
@@ -129,7 +129,8 @@ def _values(dtype: DType, low: float | None, high: float | None) -> tuple[float,
                 f"spec low={low!r}, high={high!r}: {dtype.name} holds {info.min} to {info.max}",
                 fix=fix,
             )
-    return low, high
+    plain = int if dtype.is_int else float  # (NumPy scalars as Python numbers)
+    return plain(low), plain(high)  # type: ignore[arg-type]
 
 
 def parse_args_spec(text: str) -> dict[str, ArgExample]:

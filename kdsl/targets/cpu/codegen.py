@@ -203,20 +203,27 @@ class _Codegen:
         with itself."""
         b = self.b
         zero, one = ir.Constant(I64, 0), ir.Constant(I64, 1)
-        start, end, _ = self._extent(info, itemsize)
+        lo, hi, _ = self._offsets(info, itemsize)
         count: ir.Value = one
         repeats: ir.Value = ir.Constant(I1, 0)
         for d, s in zip(info.dims, info.strides):
             many = b.icmp_signed(">", d, one)
             repeats = b.or_(repeats, b.and_(many, b.icmp_signed("==", s, zero)))
             count = b.mul(count, d)
-        span = b.sub(b.ptrtoint(end, I64), b.ptrtoint(start, I64))
-        packed = b.icmp_signed("<", span, b.mul(count, ir.Constant(I64, itemsize)))
+        packed = b.icmp_signed("<", b.sub(hi, lo), b.mul(count, ir.Constant(I64, itemsize)))
         clash = b.and_(b.icmp_signed(">", count, one), b.or_(repeats, packed))  # (empty: none)
         self._fail_unless(b.not_(clash), ErrorKind.ALIAS, pos << 16 | pos)
 
     def _extent(self, info: ArrayInfo, itemsize: int) -> tuple[ir.Value, ir.Value, ir.Value]:
         """(lowest address, one past the highest, is-empty) of an array's elements."""
+        lo, hi, empty = self._offsets(info, itemsize)
+        start = self.b.gep(info.data, [lo], source_etype=I8)
+        end = self.b.gep(info.data, [hi], source_etype=I8)
+        return start, end, empty
+
+    def _offsets(self, info: ArrayInfo, itemsize: int) -> tuple[ir.Value, ir.Value, ir.Value]:
+        """(lowest byte offset, one past the highest, is-empty) of an array's elements
+        from its data pointer."""
         b = self.b
         lo, hi = ir.Constant(I64, 0), ir.Constant(I64, itemsize)
         empty = ir.Constant(I1, 0)
@@ -226,9 +233,7 @@ class _Codegen:
             lo = b.add(lo, b.select(neg, off, ir.Constant(I64, 0)))
             hi = b.add(hi, b.select(neg, ir.Constant(I64, 0), off))
             empty = b.or_(empty, b.icmp_signed("<=", d, ir.Constant(I64, 0)))
-        start = b.gep(info.data, [lo], source_etype=I8)
-        end = b.gep(info.data, [hi], source_etype=I8)
-        return start, end, empty
+        return lo, hi, empty
 
     def _check_aliasing(self, arrays: list[Buffer], written: set[str]) -> None:
         b = self.b

@@ -27,7 +27,6 @@ loop, which reorders a float sum or product (refused under strict_fp).
 from __future__ import annotations
 
 import itertools
-import math
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -68,7 +67,12 @@ from kdsl.ir.visit import walk_all_exprs, walk_expr, walk_stmts
 from kdsl.targets.cpu.dot import emit_dot_loop
 from kdsl.targets.cpu.ops import I1, I8, I32, I64, PTR, constant, llvm_type, memory_type
 from kdsl.targets.cpu.state import ErrorKind
-from kdsl.targets.cpu.vector_plan import VectorPlan, accumulation, plan_vector_loop
+from kdsl.targets.cpu.vector_plan import (
+    VectorPlan,
+    accumulation,
+    constant_count,
+    plan_vector_loop,
+)
 
 if TYPE_CHECKING:
     from kdsl.targets.cpu.codegen import _Codegen
@@ -175,7 +179,7 @@ class _VectorLoop:
     def open_array_partials(self, name: str, op: BinaryOp, buf: Buffer) -> None:
         """A vector of partials per element of the array accumulator `name`, each the
         identity of `op` (lane_slot addresses them, as a lane temporary's vectors)."""
-        count = math.prod(int(d.value) for d in buf.shape)  # type: ignore[attr-defined]
+        count = constant_count(buf) or 1
         identity = self.splat(constant(_identity(op, buf.dtype), buf.dtype))
         slots = self.gen._entry_alloca(ir.ArrayType(identity.type, count), f"{name}.lanes")
         self.lane_slots[name] = slots
@@ -358,8 +362,8 @@ class _VectorLoop:
                 pass
             case Allocate(buffer=name) if name in self.plan.lane_temps:
                 buf = self.plan.lane_temps[name]
-                count = math.prod(int(d.value) for d in buf.shape)  # type: ignore[attr-defined]
-                vt = ir.ArrayType(self.vtype(memory_type(buf.dtype)), max(1, count))
+                count = constant_count(buf) or 1
+                vt = ir.ArrayType(self.vtype(memory_type(buf.dtype)), count)
                 self.lane_slots[name] = self.lane_slots.get(name) or gen._entry_alloca(vt, name)
             case Allocate(buffer=name):
                 raise CompileError(f"a temporary ('{name}') inside vector loop '{self.loop.var}'")

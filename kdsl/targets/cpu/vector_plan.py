@@ -148,12 +148,16 @@ def _reads_elsewhere(s: Stmt, name: str) -> bool:
     return any(_loads(e, name) for e in stmt_exprs(s))
 
 
+def constant_count(buf: Buffer) -> int | None:
+    """The elements of a buffer of a constant shape; None for another."""
+    if not all(isinstance(d, Const) for d in buf.shape):
+        return None
+    return math.prod(int(d.value) for d in buf.shape)  # type: ignore[union-attr]
+
+
 def _small_constant(buf: Buffer) -> bool:
-    return (
-        buf.role is BufferRole.TEMP
-        and all(isinstance(d, Const) for d in buf.shape)
-        and math.prod(int(d.value) for d in buf.shape) <= LANE_TEMP_ELEMENTS  # type: ignore[union-attr]
-    )
+    count = constant_count(buf)
+    return buf.role is BufferRole.TEMP and count is not None and count <= LANE_TEMP_ELEMENTS
 
 
 def _lane_temps(loop: Loop, buffers: Mapping[str, Buffer]) -> dict[str, Buffer]:
