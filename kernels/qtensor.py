@@ -98,10 +98,11 @@ class QTensor:
 
     def to(self, like: object) -> QTensor:
         """These blocks where the array `like` is, as `torch.Tensor.to(other)`: on its GPU
-        for a PyTorch tensor or a CuPy array there, in host memory for a NumPy array;
-        `self` when they are there already."""
+        for a PyTorch tensor or a CuPy array there, in host memory for a host array (NumPy,
+        a CPU tensor); `self` when they are there already."""
         target = _device.on_device("QTensor.to", like, "like")
-        if target is None and not isinstance(like, np.ndarray):
+        host = isinstance(like, np.ndarray) or hasattr(like, "__dlpack__")  # (a CPU tensor)
+        if target is None and not host:
             raise argument_error(
                 "QTensor.to",
                 f"'like' is {type_name(like)}, expected an array where the blocks should go",

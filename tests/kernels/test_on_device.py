@@ -322,3 +322,10 @@ def test_arrays_of_another_library_are_refused(monkeypatch):
     monkeypatch.delitem(_device.LIBRARIES, "torch")
     with pytest.raises(kd.KernelArgumentError, match="take PyTorch tensors or CuPy arrays"):
         softmax(gpu(2, 3))
+
+
+def test_quantized_blocks_come_back_to_a_cpu_tensors_side(launches):
+    torch = pytest.importorskip("torch")
+    w = quantize(random_array(RNG, (3, 64), np.float32), "q4_0")
+    back = w.to(gpu(1)).to(torch.zeros(1))  # a CPU tensor: host memory
+    assert isinstance(back.d, np.ndarray) and back.tobytes() == w.tobytes()
