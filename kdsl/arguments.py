@@ -220,6 +220,20 @@ def fast_key(args: Sequence[object]) -> tuple[object, ...] | None:
     return tuple(key)
 
 
+def host_views(args: Sequence[object]) -> list[object] | None:
+    """`args` with their PyTorch CPU tensors as NumPy views (`tensor.numpy()`, 0.7 µs;
+    DLPack takes 2.4), for the fast path; None where one can't be viewed so (a CUDA,
+    bf16, grad-tracking or sign-pending tensor: the careful path says what to do)."""
+    out = list(args)
+    for n, a in enumerate(args):
+        if type(a).__module__ == "torch":
+            try:
+                out[n] = a.numpy()  # type: ignore[attr-defined]
+            except (RuntimeError, TypeError, AttributeError):
+                return None
+    return out
+
+
 def check_examples(
     examples: Sequence[Mapping[str, ArgExample]], sig: Signature
 ) -> list[dict[str, ArgExample]]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from kdsl.arguments import Signature, check_examples, fast_key, spec_of
+from kdsl.arguments import Signature, check_examples, fast_key, host_views, spec_of
 from kdsl.autotune.gpu import tune_on
 from kdsl.autotune.tuner import TuneReport, example_of
 from kdsl.config import CONFIG, dumps
@@ -235,6 +235,10 @@ class KernelFunction:
                     gpu = self._fast_cuda.get(key)
                     if gpu is not None:
                         return gpu.run_tensors(args)
+                if key is None and target is not cuda and (host := host_views(args)) is not None:
+                    spec = self._fast.get(self._fast_key(host, fast_key))  # (CPU tensors)
+                    if spec is not None:
+                        return spec.run(host)
             return self._careful_call(args, kwargs, target)
         except KdslError as err:  # the user's call is the last frame shown
             raise (err if CONFIG.debug else err.with_traceback(None)) from None
@@ -376,7 +380,9 @@ class KernelFunction:
                 self._fast_cuda[fast] = spec  # type: ignore[assignment]
             return spec, bound
         if self._fast_ok and not kwargs:
-            key = self._fast_key(args, fast_key)
+            # a CPU tensor is keyed as the NumPy view it is passed as (host_views)
+            viewed = [b if type(a).__module__ == "torch" else a for a, b in zip(args, bound)]
+            key = self._fast_key(viewed, fast_key)
             if key is not None:
                 self._fast[key] = spec
         return spec, bound

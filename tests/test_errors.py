@@ -451,6 +451,11 @@ def test_torch_tensors_kdsl_cannot_read():
     out = f32(4)
     add(negated.resolve_neg(), np.zeros(4, np.float32), out)
     np.testing.assert_array_equal(out, -a.numpy())
+    # cached now, and CPU tensors take the fast path (tensor.numpy()): it still refuses
+    raises(kd.KernelArgumentError, lambda: add(negated, f32(4), f32(4)), "resolve_neg()")
+    add(a, a, out)
+    np.testing.assert_array_equal(out, 2 * a.numpy())
+    assert len(add._fast) == 1
     bf16 = torch.ones(4, dtype=torch.bfloat16)
     raises(kd.KernelArgumentError, lambda: add(bf16, f32(4), f32(4)), "torch.int16")
 
