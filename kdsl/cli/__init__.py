@@ -76,4 +76,3 @@ def _stdout_closed() -> bool:
 
 if __name__ == "__main__":
     sys.exit(main())
-

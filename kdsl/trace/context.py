@@ -171,11 +171,13 @@ class TraceContext:
                 loc=loc,
                 fix="create a new index with kd.indices for the inner loop",
             )
+        self.writes.check_use([idx.extent], loc)
         extent = self.resolve(idx.extent, loc)
         name = self.fresh(idx.name)
         self.bound[idx.placeholder] = name
         self.loop_kinds[name] = kind
         self.blocks.append([])
+        self.writes.loop_opened(self.blocks[-1])
         self.locals.note_uses(extent)  # evaluated once: the body may not change it
         try:
             yield name
@@ -189,6 +191,7 @@ class TraceContext:
 
     @contextmanager
     def guard(self, cond: Value, loc: SourceLoc | None) -> Iterator[None]:
+        self.writes.check_use([cond.expr], loc)
         per_statement = bool(self.free_vars([cond.expr]))
         if per_statement:
             self.guards.append(_Guard(cond.expr, True))
@@ -300,7 +303,7 @@ class TraceContext:
         if self.computed is not None:  # a part of the statement being recorded
             self._record(exprs, build, loc)
             return
-        self.writes.check_use(exprs, loc)
+        self.writes.check_use(exprs + [g.cond for g in self.guards if g.per_statement], loc)
         # A reduction used twice in one statement is computed once; not across statements,
         # as those may change what it reads.
         self.computed = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 import dis
 import linecache
 import os
@@ -17,11 +18,12 @@ from kdsl.errors import SourceLoc
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _LIBRARY_DIR = os.path.join(_PACKAGE_DIR, "kernels")
 _NUMPY_DIR = os.path.dirname(os.path.abspath(np.__file__)) + os.sep
+_CONTEXTLIB = contextlib.__file__
 
 
 def _is_internal(code: CodeType) -> bool:
     path = code.co_filename
-    if path.startswith(_NUMPY_DIR):  # np.sum(x[i]) reaches kdsl through NumPy's Python
+    if path.startswith(_NUMPY_DIR) or path == _CONTEXTLIB:  # np.sum(x[i]); `with kd.when`
         return True
     return path.startswith(_PACKAGE_DIR) and not path.startswith(_LIBRARY_DIR)
 

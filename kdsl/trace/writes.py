@@ -12,13 +12,13 @@ told apart from other elements' by their subscripts: `X[r, 0]` and `X[r, 1]` nev
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from kdsl.errors import SourceLoc, TraceError
-from kdsl.ir.affine import linear
-from kdsl.ir.nodes import Expr, Load, LoopVar
+from kdsl.ir.affine import Lin, linear
+from kdsl.ir.nodes import DimOf, Expr, Load, LoopVar, Stmt
 from kdsl.ir.printer import format_expr
 from kdsl.ir.visit import children, map_expr, walk_expr
 
@@ -30,8 +30,8 @@ if TYPE_CHECKING:
 class _Read:
     load: Load  # the node handed out: found again by identity
     writes: int  # how many writes of its array came before it
-    blocks: tuple[int, ...]  # ids of the blocks open at the read
-    used_in: set[int] = field(default_factory=set)  # ids of blocks opened since, used in
+    blocks: tuple[list[Stmt], ...]  # the blocks open at the read (kept: ids get reused)
+    used_in: list[list[Stmt]] = field(default_factory=list)  # loop bodies opened since
 
 
 @dataclass(frozen=True)
@@ -48,9 +48,13 @@ class ArrayWrites:
         self.writes: dict[str, list[_Write]] = {}
         self.reads: dict[int, _Read] = {}  # id(load) -> its read
         self.by_array: dict[str, list[_Read]] = {}
+        self.loop_bodies: list[list[Stmt]] = []  # (a kd.when block repeats nothing)
+
+    def loop_opened(self, body: list[Stmt]) -> None:
+        self.loop_bodies.append(body)
 
     def read(self, load: Load) -> None:
-        blocks = tuple(map(id, self.ctx.blocks))
+        blocks = tuple(self.ctx.blocks)
         read = _Read(load, len(self.writes.get(load.buffer, ())), blocks)
         self.reads[id(load)] = read
         self.by_array.setdefault(load.buffer, []).append(read)
@@ -60,34 +64,57 @@ class ArrayWrites:
         the blocks the others are used in (see `wrote`)."""
         if not self.reads:
             return
-        open_now = [id(b) for b in self.ctx.blocks]
         for load in _loads(exprs):
             read = self.reads.get(id(load))
             if read is None or read.load is not load:
                 continue
             for write in self.writes.get(load.buffer, [])[read.writes :]:
-                if _may_meet(write.index, load.index):
+                if self._may_meet(write.index, load.index):
                     raise _stale(_element(load, self.ctx), load, write, loc, self._fix(load))
-            read.used_in.update(b for b in open_now if b not in read.blocks)
+            for b in self.ctx.blocks:  # loops opened since the read, still open
+                if (
+                    _has(self.loop_bodies, b)
+                    and not _has(read.blocks, b)
+                    and not _has(read.used_in, b)
+                ):
+                    read.used_in.append(b)
 
     def wrote(self, buffer: str, index: tuple[Expr, ...], loc: SourceLoc | None) -> None:
         write = _Write(index, loc)
         self.writes.setdefault(buffer, []).append(write)
-        open_now = {id(b) for b in self.ctx.blocks}
         for read in self.by_array.get(buffer, []):
             # used in a loop opened since the read and still open: its next iterations
             # would read this write
-            if read.used_in & open_now and _may_meet(index, read.load.index):
+            carried = any(_has(self.ctx.blocks, b) for b in read.used_in)
+            if carried and self._may_meet(index, read.load.index):
                 load = read.load
                 raise _carried(_element(load, self.ctx), load, write, self._fix(load))
 
-    def _fix(self, load: Load) -> str:
-        implicit = any(
+    def _may_meet(self, a: tuple[Expr, ...], b: tuple[Expr, ...]) -> bool:
+        """Whether two subscripts of one array may name one element: not where an axis'
+        subscripts never take one value (`X[r, 0]`, `X[r, 1]`; `x[t + 1]`, `x[0]`). An
+        index over implicit loops takes every value in each statement (`x[i + 1]` meets
+        `x[i]`): subscripts with one are compared as apart only when the other is a
+        constant."""
+        for x, y in zip(a, b):
+            lx, ly = linear(x), linear(y)
+            if lx is None or ly is None:
+                continue
+            if self._free(x) or self._free(y):
+                if not (lx.is_const or ly.is_const):
+                    continue
+            if _apart(lx - ly):
+                return False
+        return True
+
+    def _free(self, e: Expr) -> bool:
+        return any(
             isinstance(x, LoopVar) and x.name.startswith("%") and x.name not in self.ctx.bound
-            for i in load.index
-            for x in walk_expr(i)
-        )  # (an element per index value: no one local can keep them)
-        if implicit:
+            for x in walk_expr(e)
+        )
+
+    def _fix(self, load: Load) -> str:
+        if any(map(self._free, load.index)):  # an element per index value: no one local
             return (
                 "compute the value into another array first (t = kd.empty(shape, dtype); "
                 f"t[i] = …) and read t, or write the results into another array than "
@@ -115,16 +142,19 @@ def _loads(exprs: list[Expr]) -> Iterator[Load]:
         stack.extend([body] if body is not None else children(e))  # type: ignore[arg-type]
 
 
-def _may_meet(a: tuple[Expr, ...], b: tuple[Expr, ...]) -> bool:
-    """Whether two subscripts of one array may name one element: not when an axis'
-    subscripts differ by a constant other than 0 (`X[r, 0]`, `X[r, 1]`)."""
-    for x, y in zip(a, b):
-        lx, ly = linear(x), linear(y)
-        if lx is not None and ly is not None:
-            d = lx - ly
-            if d.is_const and d.const != 0:
-                return False
-    return True
+def _has(blocks: Sequence[list[Stmt]], block: list[Stmt]) -> bool:
+    return any(b is block for b in blocks)
+
+
+def _apart(d: Lin) -> bool:
+    """Whether d (a difference of subscripts) is never 0: a constant other than 0, or
+    one sign throughout (its atoms, loop variables and shapes, are never negative)."""
+    if not all(isinstance(a, LoopVar | DimOf) for a, _ in d.terms):
+        return d.is_const and d.const != 0
+    coeffs = [c for _, c in d.terms]
+    return (d.const > 0 and all(c >= 0 for c in coeffs)) or (
+        d.const < 0 and all(c <= 0 for c in coeffs)
+    )
 
 
 def _element(load: Load, ctx: TraceContext) -> str:

@@ -898,3 +898,68 @@ def test_an_int_past_int64_suggests_uint64():
         out[0] = out[0] + seed
 
     raises(kd.KernelArgumentError, lambda: add(2**63, np.zeros(1, np.uint64)), "np.uint64(")
+
+
+def test_array_reads_in_conditions_extents_and_when_blocks():
+    """After a review: a stale read in a kd.when condition or a loop extent was missed
+    (an if/else as two kd.when blocks gave all 1s); a kd.when block counted as a loop
+    (an in-place leaky ReLU was refused); a closed block's id could stand for a new
+    one; x[i + 1] and x[i] over implicit indices were told apart; x[t + 1] for t >= 0
+    met x[0]."""
+
+    @kd.kernel
+    def ifelse(x):
+        for i in kd.grid(x.shape[0]):
+            v = x[i]
+            with kd.when(v > 0):
+                x[i] = -1.0
+            with kd.when(v <= 0):  # here
+                x[i] = 1.0
+
+    err = raises(kd.TraceError, lambda: ifelse(np.ones(5, F)), "a value read from x[i]")
+    assert err.loc.line == line_of(ifelse, "here")
+
+    @kd.kernel
+    def count_then_reset(cnt, y):
+        k = cnt[0]
+        cnt[0] = 0
+        for t in kd.range(k):
+            y[t] = 1.0
+
+    raises(kd.TraceError, lambda: count_then_reset(np.array([3]), np.zeros(5, F)), "cnt[0]")
+
+    @kd.kernel
+    def shifted(x, y):
+        i = kd.indices(y.shape[0])
+        v = x[i]
+        x[i + 1] = 0.0
+        y[i] = v
+
+    raises(kd.TraceError, lambda: shifted(np.ones(6, F), np.ones(5, F)), "a value read from x[i]")
+
+    @kd.kernel
+    def leaky(x):
+        for i in kd.grid(x.shape[0]):
+            v = x[i]
+            with kd.when(v < 0):
+                x[i] = v * 0.1
+
+    @kd.kernel
+    def two_loops(x, y):
+        for r in kd.grid(x.shape[0]):
+            v = x[r]
+            for t in kd.range(y.shape[1]):
+                y[r, t] = v
+            for _ in kd.range(3):
+                x[r] = x[r] + 1.0
+
+    @kd.kernel
+    def minus_first(x):
+        base = x[0]
+        for t in kd.range(1, x.shape[0]):
+            x[t] = x[t] - base
+
+    x = random_array(keyed_rng("when-reads"), (7,), F)
+    check_kernel(leaky, [x], {0: np.where(x < 0, x * F(0.1), x)})
+    check_kernel(two_loops, [x, np.zeros((7, 4), F)], {0: x + 3, 1: np.repeat(x[:, None], 4, 1)})
+    check_kernel(minus_first, [x], {0: np.concatenate([x[:1], x[1:] - x[0]])})

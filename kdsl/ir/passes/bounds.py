@@ -247,8 +247,7 @@ class _Hoister:
             shorten = (
                 "start the loop it runs over later (kd.range(1, n) for a subscript i - 1)"
                 if below
-                else "shorten the loop it runs over (e.g. kd.indices(n - 1) for a subscript "
-                "i + 1)"
+                else "shorten the loop it runs over (e.g. kd.indices(n - 1) for a subscript i + 1)"
             )
             longer = "" if below else f", pass a longer '{node.buffer}'"
             fix = (
