@@ -215,8 +215,8 @@ def make_arguments(
         if isinstance(example, Spec):
             made[name] = example.random(rng)
         elif isinstance(example, np.ndarray):
-            # a copy (the kernel may write it) in the array's order: C or Fortran, each
-            # its own specialization (a strided view's copy is C)
+            # a copy (the kernel may write it) in the array's order (order="K": C,
+            # Fortran, or the order of a strided view's axes), each its own specialization
             made[name] = np.array(example, order="K")
         elif example is None or isinstance(example, bool | int | float | str):
             made[name] = example

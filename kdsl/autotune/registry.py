@@ -94,7 +94,7 @@ def _user_stacklevel() -> int:
     """warnings.warn's stacklevel that names the user's line: the first frame outside
     kdsl (the call that compiled the kernel)."""
     level, frame = 2, sys._getframe(2)  # (warn_if_stale's caller)
-    while frame.f_back is not None and frame.f_code.co_filename.startswith(_KDSL_DIR):
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_KDSL_DIR + os.sep):
         level, frame = level + 1, frame.f_back
     return level
 
