@@ -219,9 +219,9 @@ class KernelFunction:
         self, args: Sequence[object], kwargs: dict[str, object], target: Target | None
     ) -> object:
         self._stats["calls"] += 1
-        bindings = self._bindings
+        bindings = self._bindings  # (inline: every cached call asks)
         if bindings is not None and bindings.changed():
-            self._forget_if_rebound()
+            self._forget()
         try:
             if kwargs and self._fast_ok:
                 args, kwargs = self._positional(args, kwargs)
@@ -278,16 +278,19 @@ class KernelFunction:
             return args, kwargs
 
     def _forget_if_rebound(self) -> None:
-        """Drop every compiled signature when a global or closure variable that the traces
-        read is now another object (a notebook cell redefined a helper or a constant): the
-        next call traces again, so that every signature sees the same values."""
         bindings = self._bindings
         if bindings is not None and bindings.changed():
-            with self._lock:
-                self._by_spec.clear()
-                self._fast.clear()
-                self._fast_cuda.clear()
-                self._bindings = None
+            self._forget()
+
+    def _forget(self) -> None:
+        """Drop every compiled signature: a global or closure variable that the traces
+        read is now another value (a notebook cell redefined a helper or a constant), so
+        the next call traces again and every signature sees the same values."""
+        with self._lock:
+            self._by_spec.clear()
+            self._fast.clear()
+            self._fast_cuda.clear()
+            self._bindings = None
 
     def _fast_key(
         self, args: Sequence[object], keyer: Callable[[Sequence[object]], tuple[object, ...] | None]

@@ -132,12 +132,11 @@ class BufferProxy(NotAValue):
         if self.ndim == 0 and parts == (Ellipsis,):  # x[...], as NumPy reads a 0-d array
             parts = ()
         if len(parts) != self.ndim:
-            names = "ijkl" if self.ndim <= 4 else [f"i{a}" for a in range(self.ndim)]
             raise TraceError(
                 f"array '{self.name}' has {self.ndim} dimension(s) but is subscripted with "
                 f"{len(parts)}",
                 loc=loc,
-                fix=f"give one index per dimension, e.g. {self.name}[{', '.join(names[: self.ndim])}]"
+                fix=f"give one index per dimension, e.g. {self._example()}"
                 if self.ndim
                 else f"a 0-d array has no index: write {self.name}[()] (or {self.name}[...])",
             )
@@ -183,7 +182,7 @@ class BufferProxy(NotAValue):
             return TraceError(
                 f"array '{name}' used as a value",
                 loc=loc,
-                fix=f"subscript it: {name}[{', '.join('ijkl'[: self.ndim])}]",
+                fix=f"subscript it: {self._example()}",
             )
         if self._buffer.role.value == "param":
             return TraceError(
@@ -195,6 +194,11 @@ class BufferProxy(NotAValue):
         return TraceError(
             f"0-d array '{name}' used as a value", loc=loc, fix=f"read it as {name}[()]"
         )
+
+    def _example(self) -> str:
+        """The array subscripted, as an example: `x[i, j]`."""
+        names = "ijkl" if self.ndim <= 4 else [f"i{a}" for a in range(self.ndim)]
+        return f"{self.name}[{', '.join(names[: self.ndim])}]"
 
     def _dtype_fix(self, d: DType) -> str:
         """How to give this array the dtype `d` instead."""

@@ -20,7 +20,7 @@ from kdsl.errors import SourceLoc, TraceError
 from kdsl.ir.affine import Lin, linear
 from kdsl.ir.nodes import DimOf, Expr, Load, LoopVar, Stmt
 from kdsl.ir.printer import format_expr
-from kdsl.ir.visit import children, map_expr, walk_expr
+from kdsl.ir.visit import children, map_expr
 
 if TYPE_CHECKING:
     from kdsl.trace.context import TraceContext
@@ -100,21 +100,14 @@ class ArrayWrites:
             lx, ly = linear(x), linear(y)
             if lx is None or ly is None:
                 continue
-            if self._free(x) or self._free(y):
-                if not (lx.is_const or ly.is_const):
-                    continue
+            if self.ctx.free_vars([x, y]) and not (lx.is_const or ly.is_const):
+                continue
             if _apart(lx - ly):
                 return False
         return True
 
-    def _free(self, e: Expr) -> bool:
-        return any(
-            isinstance(x, LoopVar) and x.name.startswith("%") and x.name not in self.ctx.bound
-            for x in walk_expr(e)
-        )
-
     def _fix(self, load: Load) -> str:
-        if any(map(self._free, load.index)):  # an element per index value: no one local
+        if self.ctx.free_vars(list(load.index)):  # an element per index value: no one local
             return (
                 "compute the value into another array first (t = kd.empty(shape, dtype); "
                 f"t[i] = …) and read t, or write the results into another array than "

@@ -395,13 +395,21 @@ class _VectorLoop:
             new = self.b.select(self.mask, new, _read(self.b, slot))
         self.b.store(new, slot)
 
-    def accumulate(self, s: Assign) -> None:
+    def accumulate(self, s: Assign | Store) -> None:
+        """`acc = acc op x` into the local's partials; `t[r] = t[r] op x` into the
+        partials of the array accumulator's element r."""
         found = accumulation(s)
         assert found is not None  # plan_vector_loop made it an accumulator
         op, x = found
-        slot = self.partials[s.local][self.copy]
-        d = self.plan.accumulators[s.local][1]
-        old = _read(self.b, slot)
+        if isinstance(s, Assign):
+            slot = self.partials[s.local][self.copy]
+            d = self.plan.accumulators[s.local][1]
+            vt = slot.allocated_type
+        else:
+            slot = self.lane_slot(s.buffer, s.index, s.loc)
+            d = self.plan.array_accumulators[s.buffer][1].dtype
+            vt = self.vtype(memory_type(d))
+        old = self.b.load(slot, typ=vt)
         if isinstance(s.value, Fma):  # keep the single rounding of the contracted sum
             a, b = (self.vector(self.value(e)) for e in (s.value.a, s.value.b))
             new = self.ops.fma(a, b, old)
@@ -410,23 +418,6 @@ class _VectorLoop:
         if self.mask is not None:
             new = self.b.select(self.mask, new, old)
         self.b.store(new, slot)
-
-    def accumulate_element(self, s: Store) -> None:
-        """`t[r] = t[r] op x`: into the lanes' partials of element r."""
-        found = accumulation(s)
-        assert found is not None  # plan_vector_loop made it an array accumulator
-        op, x = found
-        at = self.lane_slot(s.buffer, s.index, s.loc)
-        d = self.plan.array_accumulators[s.buffer][1].dtype
-        old = self.b.load(at, typ=self.vtype(memory_type(d)))
-        if isinstance(s.value, Fma):  # keep the single rounding of the contracted sum
-            a, c = (self.vector(self.value(e)) for e in (s.value.a, s.value.b))
-            new = self.ops.fma(a, c, old)
-        else:
-            new = self.ops.binary(op, old, self.vector(self.value(x)), d)
-        if self.mask is not None:
-            new = self.b.select(self.mask, new, old)
-        self.b.store(new, at)
 
     def check(self, s: Check) -> None:
         gen = self.gen
@@ -455,7 +446,7 @@ class _VectorLoop:
     def store(self, s: Store) -> None:
         gen, b = self.gen, self.b
         if s.buffer in self.plan.array_accumulators:
-            self.accumulate_element(s)
+            self.accumulate(s)
             return
         if s.buffer in self.lane_slots:
             at = self.lane_slot(s.buffer, s.index, s.loc)

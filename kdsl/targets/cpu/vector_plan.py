@@ -74,21 +74,23 @@ def accumulation(s: Assign | Store) -> tuple[BinaryOp, Expr] | None:
     `acc = fma(a, b, acc)` (a contracted sum) is (ADD, a * b). `acc` is a local, or an
     element of an array (`t[r] = t[r] + x`: the same subscripts, which x doesn't read)."""
     v = s.value
-    if isinstance(s, Assign):
-        mine: Expr = LocalVar(s.local, v.dtype)
-        reads = lambda e: _reads(e, s.local)  # noqa: E731
-    else:
-        mine = Load(s.buffer, s.index, v.dtype)
-        reads = lambda e: _loads(e, s.buffer)  # noqa: E731
+    mine: Expr = (
+        LocalVar(s.local, v.dtype) if isinstance(s, Assign) else Load(s.buffer, s.index, v.dtype)
+    )
     if isinstance(v, Fma) and v.c == mine:
         product = Binary(BinaryOp.MUL, v.a, v.b, v.dtype)
-        return None if reads(product) else (BinaryOp.ADD, product)
+        return None if _touches(product, s) else (BinaryOp.ADD, product)
     if not isinstance(v, Binary) or v.op not in ACCUMULATE:
         return None
     for own, x in ((v.lhs, v.rhs), (v.rhs, v.lhs)):
-        if own == mine and not reads(x):
+        if own == mine and not _touches(x, s):
             return v.op, x
     return None
+
+
+def _touches(e: Expr, s: Assign | Store) -> bool:
+    """Whether `e` reads what `s` accumulates into (its local, or any of its array)."""
+    return _reads(e, s.local) if isinstance(s, Assign) else _loads(e, s.buffer)
 
 
 def _loads(e: Expr, buffer: str) -> bool:
