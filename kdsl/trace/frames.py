@@ -5,9 +5,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import dis
-import linecache
 import os
-import re
 import sys
 from types import CodeType, FrameType, ModuleType
 
@@ -76,7 +74,31 @@ def location(frame: FrameType | None = None) -> SourceLoc | None:
     return SourceLoc(frame.f_code.co_filename, frame.f_lineno)
 
 
-_CALLEE = re.compile(r"\s*([A-Za-z_][\w.]*)\s*\(")
+# what may run between a callee's loads and its call, at the call's own position
+_CALL_STEPS = {"PUSH_NULL", "PRECALL", "KW_NAMES", "CACHE", "NOP", "EXTENDED_ARG"}
+
+
+def _callee_names(instrs: list[dis.Instruction], pos: int) -> list[str]:
+    """The dotted name the call at instrs[pos] calls (['math', 'exp'] for `math.exp(v)`),
+    read from the bytecode, so that code typed at a prompt (no source file) is served
+    too: the loads at the call's own start position, before it. [] when the callee is
+    not a plain or dotted name (`f(x)(y)`, `fs[0](x)`)."""
+    call = instrs[pos].positions
+    if call is None or call.lineno is None:
+        return []
+    start = (call.lineno, call.col_offset)
+    names: list[str] = []
+    for ins in instrs[:pos]:
+        p = ins.positions
+        if p is None or (p.lineno, p.col_offset) != start:
+            continue
+        if ins.opname in ("LOAD_ATTR", "LOAD_METHOD") and names:
+            names.append(ins.argval)
+        elif ins.opname.startswith(("LOAD_GLOBAL", "LOAD_NAME", "LOAD_FAST", "LOAD_DEREF")):
+            names = [ins.argval]
+        elif ins.opname not in _CALL_STEPS:  # a call or a subscript makes the callee
+            names = []
+    return names
 
 
 def called_function(frame: FrameType | None = None) -> object:
@@ -88,15 +110,10 @@ def called_function(frame: FrameType | None = None) -> object:
     instrs, pos = _current(frame)
     if pos < 0 or not instrs[pos].opname.startswith("CALL"):
         return None
-    p = instrs[pos].positions
-    if p is None or p.lineno is None or p.col_offset is None:
+    names = _callee_names(instrs, pos)
+    if not names:
         return None
-    text = linecache.getline(frame.f_code.co_filename, p.lineno)
-    end = p.end_col_offset if p.end_lineno == p.lineno else None
-    found = _CALLEE.match(text[p.col_offset : end])
-    if found is None:
-        return None
-    first, *rest = found.group(1).split(".")
+    first, *rest = names
     scopes = (frame.f_locals, frame.f_globals, vars(builtins))
     obj = next((scope[first] for scope in scopes if first in scope), None)
     for attr in rest:

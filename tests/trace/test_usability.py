@@ -366,6 +366,23 @@ def test_float_of_a_value_points_to_astype():
     assert err.loc.line == line_of(k, "here")
 
 
+@pytest.mark.parametrize(
+    "body, what, fix",
+    [
+        ("max(x[i], 0.0)", "Python's max()", "kd.maximum(a, b)"),
+        ("math.exp(x[i])", "math.exp()", "kd.exp"),
+        ("float(x[i])", "float()", ".astype("),
+    ],
+)
+def test_a_kernel_typed_at_a_prompt_gets_the_same_messages(body, what, fix):
+    """No source file (a REPL, exec): the callee is read from the bytecode."""
+    source = f"def k(x, y):\n    i = kd.indices(x.shape[0])\n    y[i] = {body}\n"
+    scope: dict[str, object] = {"kd": kd, "math": math}
+    exec(compile(source, "<stdin>", "exec"), scope)
+    k = kd.kernel(scope["k"])
+    raises(kd.TraceError, lambda: k(np.ones(3, F), np.ones(3, F)), what, fix)
+
+
 def test_a_reduction_without_over_names_the_index():
     @kd.kernel
     def one(x, y):
