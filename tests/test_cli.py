@@ -151,9 +151,24 @@ def test_usage_errors_exit_2_in_one_line(capsys, kernels_file, target, args, mes
     assert out == ""
 
 
-def test_args_are_required(capsys, kernels_file):
+def test_args_are_required_without_declared_examples(capsys, kernels_file):
     code, _, err = run(capsys, "show", f"{kernels_file}:scale_add")
-    assert code == 2 and "--args" in err
+    assert code == 2 and "--args is needed" in err and "each of x, y, out, alpha" in err
+
+
+def test_show_without_args_takes_the_first_declared_example(capsys, tmp_path):
+    path = tmp_path / "with_examples.py"
+    path.write_text(
+        KERNELS.replace(
+            "@kd.kernel\ndef scale_add",
+            "@kd.kernel(examples=[{'x': kd.spec((24,), kd.f64), 'y': kd.spec((24,), kd.f64),"
+            " 'out': kd.spec((24,), kd.f64), 'alpha': 0.5}])\ndef scale_add",
+        )
+    )
+    code, out, err = run(capsys, "show", f"{path}:scale_add", "--lowered")
+    assert code == 0, err
+    x = np.ones(24, np.float64)
+    assert out.strip() == str(load_kernel(f"{path}:scale_add").lowered(x, x, x, 0.5)).strip()
 
 
 def test_no_command_and_unknown_options(capsys):

@@ -43,20 +43,30 @@ def _add_show(commands: argparse._SubParsersAction) -> None:
         "--args",
         "--shape",
         dest="args",
-        required=True,
         metavar="SPEC",
         help="example arguments, e.g. 'A=512x256:f32,B=256:f32,eps=1e-5' "
-        "(NAME=DIMSxDIMS:DTYPE for arrays, NAME=:DTYPE for 0-d, NAME=NUMBER for scalars)",
+        "(NAME=DIMSxDIMS:DTYPE for arrays, NAME=:DTYPE for 0-d, NAME=NUMBER for scalars); "
+        "default: the kernel's first declared example (@kd.kernel(examples=[...]))",
     )
     p.set_defaults(run=_show, view="ir")
 
 
 def _show(ns: argparse.Namespace) -> int:
     kernel = load_kernel(ns.target)
-    try:
-        examples = parse_args_spec(ns.args)
-    except SpecError as err:
-        raise UsageError(f"--args: {err.what}; {err.fix}") from None
+    if ns.args is None:
+        if not kernel.examples:
+            raise UsageError(
+                f"--args is needed: kernel '{kernel.name}' declares no examples; pass a "
+                f"value for each of {', '.join(kernel.signature.names)} (e.g. "
+                "--args 'A=512x256:f32,eps=1e-5'), or declare examples with "
+                "@kd.kernel(examples=[{...}])"
+            )
+        examples = dict(kernel.examples[0])
+    else:
+        try:
+            examples = parse_args_spec(ns.args)
+        except SpecError as err:
+            raise UsageError(f"--args: {err.what}; {err.fix}") from None
     names = kernel.signature.names
     missing = [n for n in names if n not in examples and n not in kernel.signature.defaults]
     unknown = [n for n in examples if n not in names]
