@@ -223,16 +223,21 @@ def _loop(kernel: Kernel, name: str) -> Loop:
 
 
 def _vector_candidate(loops: list[Loop], fortran: frozenset[str] = frozenset()) -> Loop | None:
-    """The innermost loop that most accesses walk with unit stride, and none gathers."""
-    best: tuple[int, Loop] | None = None
+    """The loop that most accesses walk with unit stride, and none gathers: a parallel
+    loop before a reduction's (whose lanes would be added up for every element it
+    makes), then the innermost. A convolution `Y[i, j] = Σ X[i + p, j + q]·W[p, q]`
+    vectorizes j, each lane an output, not the filter's short q (1000² by 3×3: 0.67 ms
+    against 16.5)."""
+    best: tuple[tuple[bool, int], Loop] | None = None
     for lp in loops:
         if lp.kind is LoopKind.SERIAL or lp.exec is not LoopExec.SERIAL or _collides(lp):
             continue
         if isinstance(lp.extent, Const) and int(lp.extent.value) < 4:
             continue
         unit, strided = _strides(lp, fortran)
-        if unit and not strided and (best is None or unit >= best[0]):  # ties: the deeper
-            best = (unit, lp)
+        rank = (lp.kind is LoopKind.PARALLEL, unit)
+        if unit and not strided and (best is None or rank >= best[0]):  # ties: the deeper
+            best = (rank, lp)
     return best[1] if best else None
 
 

@@ -38,6 +38,31 @@ def test_matmul_vectorizes_the_unit_stride_loop_not_the_reduction():
     assert steps == ['s.vectorize("j", 8)', 's.parallelize("i")']  # 8 f64 lanes
 
 
+@kd.kernel
+def conv2d(X, W, Y):
+    i, j, p, q = kd.indices(Y.shape[0], Y.shape[1], W.shape[0], W.shape[1])
+    Y[i, j] = kd.sum(X[i + p, j + q] * W[p, q], over=(p, q))
+
+
+def _valid_conv2d(X: np.ndarray, W: np.ndarray) -> np.ndarray:
+    windows = np.lib.stride_tricks.sliding_window_view(X, W.shape)
+    return np.einsum("ijpq,pq->ij", windows.astype(np.float64), W.astype(np.float64))
+
+
+@pytest.mark.parametrize("out_shape, k", [((1, 1), 1), ((7, 13), 3), ((31, 1021), 5), ((3, 2), 7)])
+def test_a_convolution_vectorizes_its_outputs_not_the_short_filter(out_shape, k):
+    """Both j and the filter's q walk X with unit stride: the parallel j is vectorized
+    (each lane an output), not the reduction (its lanes added for every output)."""
+    rng = np.random.default_rng(k)
+    X = random_array(rng, (out_shape[0] + k - 1, out_shape[1] + k - 1), np.float32)
+    W = random_array(rng, (k, k), np.float32)
+    Y = np.empty(out_shape, np.float32)
+    steps = str(conv2d.schedule_of(X, W, Y)).splitlines()[1:]
+    assert steps == ['s.vectorize("j", 16)', 's.parallelize("i")']
+    conv2d(X, W, Y)
+    np.testing.assert_allclose(Y, _valid_conv2d(X, W), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 8191, 8193, 100_003])
 def test_default_schedule_results_do_not_depend_on_the_thread_count(n):
     rng = np.random.default_rng(n)
