@@ -57,7 +57,7 @@ from kdsl.targets.cpu.amx import emit_tile_product, release_tiles
 from kdsl.targets.cpu.ops import I1, I8, I32, I64, PTR, Ops, constant, llvm_type, memory_type
 from kdsl.targets.cpu.parallel import emit_parallel_loop
 from kdsl.targets.cpu.state import ArrayInfo, CodegenState, ErrorKind
-from kdsl.targets.cpu.vector import emit_vector_loop
+from kdsl.targets.cpu.vector import carried_partials, emit_vector_loop
 
 CACHE_LINE = 64  # bytes: temporaries start on a line
 MAX_HEAP_BYTES = 1 << 62  # a temporary's size beyond this (or past 2^64) fails as out of memory
@@ -98,6 +98,9 @@ class _Codegen:
         self.checks = checks
         self.strict_fp = strict_fp
         self.reduction_depth = 0
+        # vector loop -> accumulator -> the slot of its partials that an outer reduction
+        # loop keeps (vector.carried_partials)
+        self.carried: dict[str, dict[str, ir.Value]] = {}
         self.is_entry = False  # the kernel's function (for_kernel), not an outlined task
         self.memo: dict[int, tuple[Expr, ir.Value]] = {}  # per statement, see expr()
         self.buffers = {b.name: b for b in kernel.buffers}
@@ -341,10 +344,11 @@ class _Codegen:
                 emit_parallel_loop(self, loop)
             case Loop(exec=LoopExec.AMX) as loop:
                 emit_tile_product(self, loop)
-            case Loop(var=var, extent=ext, body=body, kind=kind):
+            case Loop(var=var, extent=ext, body=body, kind=kind) as loop:
                 reduction = kind is LoopKind.REDUCTION
                 self.reduction_depth += reduction
-                self.loop(var, ir.Constant(I64, 0), self.expr(ext), body)
+                with carried_partials(self, loop):
+                    self.loop(var, ir.Constant(I64, 0), self.expr(ext), body)
                 self.reduction_depth -= reduction
             case If(cond=c, then=then):
                 with b.if_then(self.expr(c)):

@@ -21,7 +21,10 @@ accumulator over an inner reduction loop, as in a naive matmul) is plain code.
 Locals declared in the body are vectors when any assignment to them is varying or
 masked; a local declared outside may only be an accumulator (`acc = acc op x`, op in
 + * max min): it gets a vector of partial results, combined across lanes after the
-loop, which reorders a float sum or product (refused under strict_fp).
+loop, which reorders a float sum or product (refused under strict_fp). Inside scalar
+reduction loops that only accumulate into it (the outer part of a split reduction, the
+j of a sum over (j, k) with k vectorized), the partials stay vectors across them and
+the lanes are combined once after the outermost (`carried_partials`).
 """
 
 from __future__ import annotations
@@ -65,11 +68,12 @@ from kdsl.ir.nodes import (
 )
 from kdsl.ir.visit import walk_all_exprs, walk_expr, walk_stmts
 from kdsl.targets.cpu.dot import emit_dot_loop
-from kdsl.targets.cpu.ops import I1, I8, I32, I64, PTR, constant, llvm_type, memory_type
+from kdsl.targets.cpu.ops import I1, I8, I32, I64, PTR, Ops, constant, llvm_type, memory_type
 from kdsl.targets.cpu.state import ErrorKind
 from kdsl.targets.cpu.vector_plan import (
     VectorPlan,
     accumulation,
+    carried_accumulators,
     constant_count,
     plan_vector_loop,
 )
@@ -95,6 +99,71 @@ def emit_vector_loop(gen: _Codegen, loop: Loop) -> None:
             fix="vectorize an inner loop with a simpler body, or leave it scalar",
         )
     _VectorLoop(gen, loop, plan).emit()
+
+
+@contextmanager
+def carried_partials(gen: _Codegen, loop: Loop) -> Iterator[None]:
+    """Emit scalar reduction loop `loop` (in the `with` block) with the partial results of
+    the vector loops inside it kept as vectors across all of it: a split reduction's
+    `for jo: for ji (vectorized)` combines its lanes once after `jo`, as one vectorized
+    loop does after itself, not after each `ji`. The vector loops that follow one another
+    in its body (an unrolled middle loop's copies) take turns among COPIES vectors of
+    partials, independent chains of adds."""
+    found = {
+        var: (width, {n: a for n, a in accumulators.items() if n not in gen.carried.get(var, {})})
+        for var, (width, accumulators) in carried_accumulators(loop, gen.buffers).items()
+    }  # (less what an outer reduction loop carries already)
+    slots: dict[str, dict[tuple[int, int], ir.Value]] = {}  # name -> (width, turn) -> slot
+    turns: dict[tuple[str, int], int] = {}
+    for var, (width, accumulators) in found.items():
+        for name, (op, d) in accumulators.items():
+            turn = turns.get((name, width), 0)
+            turns[(name, width)] = turn + 1
+            mine = slots.setdefault(name, {})
+            key = (width, turn % COPIES)
+            if key not in mine:
+                mine[key] = identity_slot(gen, op, d, width, name)
+            gen.carried.setdefault(var, {})[name] = mine[key]
+    yield
+    for var, (_, accumulators) in found.items():
+        for name in accumulators:
+            del gen.carried[var][name]
+    ops = {n: a for _, accumulators in found.values() for n, a in accumulators.items()}
+    for name, mine in slots.items():
+        combine_into_local(gen, name, *ops[name], list(mine.values()))
+
+
+def identity_slot(gen: _Codegen, op: BinaryOp, d: T.DType, width: int, name: str) -> ir.Value:
+    """A new vector of `width` partial results of `op`, each its identity."""
+    identity = gen.ops.splat(constant(_identity(op, d), d), width)
+    slot = gen._entry_alloca(identity.type, f"{name}.lanes")
+    gen.b.store(identity, slot)
+    return slot
+
+
+def combine_into_local(
+    gen: _Codegen, name: str, op: BinaryOp, d: T.DType, slots: list[ir.Value]
+) -> None:
+    """local `name` op= every lane of the partials in `slots` (vectors of any widths)."""
+    b, ops = gen.b, gen.ops
+    widths: dict[ir.Type, list[ir.Value]] = {}
+    for slot in slots:
+        widths.setdefault(slot.allocated_type, []).append(slot)
+    acc = gen.state.locals[name]
+    total = _read(b, acc)
+    for same in widths.values():
+        total = ops.binary(op, total, horizontal(ops, op, _pairwise(ops, op, same, d), d), d)
+    b.store(total, acc)
+
+
+def _pairwise(ops: Ops, op: BinaryOp, slots: list[ir.Value], d: T.DType) -> ir.Value:
+    """The vectors in `slots` combined lane by lane, pairwise."""
+    parts = [_read(ops.b, slot) for slot in slots]
+    while len(parts) > 1:
+        parts = [ops.binary(op, x, y, d) for x, y in zip(parts[::2], parts[1::2])] + parts[
+            len(parts) // 2 * 2 :
+        ]
+    return parts[0]
 
 
 def vector_obstacle(loop: Loop, kernel: Kernel) -> str | None:
@@ -148,13 +217,11 @@ class _VectorLoop:
                 )
         for name, (op, buf) in self.plan.array_accumulators.items():
             self.open_array_partials(name, op, buf)
+        carried = gen.carried.get(self.loop.var, {})
         for name, (op, d) in self.plan.accumulators.items():
-            identity = self.splat(constant(_identity(op, d), d))
-            self.partials[name] = [
-                gen._entry_alloca(identity.type, f"{name}.lanes") for _ in range(copies)
-            ]
-            for slot in self.partials[name]:
-                b.store(identity, slot)
+            first = [carried[name]] if name in carried else []
+            own = [identity_slot(gen, op, d, self.w, name) for _ in range(copies - len(first))]
+            self.partials[name] = first + own
         reduction = self.loop.kind is LoopKind.REDUCTION
         gen.reduction_depth += reduction
         start: ir.Value = ir.Constant(I64, 0)
@@ -168,11 +235,10 @@ class _VectorLoop:
         self.gen.counted(self.loop.var, start, stop, self.w, self.lanes_of(1))
         gen.reduction_depth -= reduction
         for name, (op, d) in self.plan.accumulators.items():
-            parts = [_read(b, slot) for slot in self.partials[name]]
-            while len(parts) > 1:  # pairwise
-                parts = [self.ops.binary(op, x, y, d) for x, y in zip(parts[::2], parts[1::2])]
-            acc = gen.state.locals[name]
-            b.store(self.ops.binary(op, _read(b, acc), self.horizontal(op, parts[0], d), d), acc)
+            if name in carried:  # the lanes stay apart until the outer loop ends
+                b.store(_pairwise(self.ops, op, self.partials[name], d), carried[name])
+            else:
+                combine_into_local(gen, name, op, d, self.partials[name])
         for name, (op, buf) in self.plan.array_accumulators.items():
             self.close_array_partials(name, op, buf)
 
@@ -200,7 +266,7 @@ class _VectorLoop:
             )
             at = self.gen.address(name, tuple(Const(i, T.INDEX) for i in index), None, False)
             old = b.load(at, typ=memory_type(d))
-            b.store(self.ops.binary(op, old, self.horizontal(op, lanes, d), d), at)
+            b.store(self.ops.binary(op, old, horizontal(self.ops, op, lanes, d), d), at)
         del self.lane_slots[name]
 
     def lanes_of(self, copies: int) -> Callable[[ir.Value], None]:
@@ -301,24 +367,6 @@ class _VectorLoop:
             for e in walk_expr(i)
         )
         return not moves and any(map(self.plan.varying, index))
-
-    def horizontal(self, op: BinaryOp, v: ir.Value, d: T.DType) -> ir.Value:
-        """All lanes of `v` combined with `op`."""
-        ops, t = self.ops, v.type.element
-        name = f"llvm.vector.reduce.{{}}.{ops.suffix(v.type)}"
-        if d.is_float and op in (BinaryOp.ADD, BinaryOp.MUL):
-            kind = "fadd" if op is BinaryOp.ADD else "fmul"
-            start = constant(_identity(op, d), d)
-            return ops.intrinsic(name.format(kind), t, [start, v], flags=("reassoc",))
-        if d.is_float and (folded := ops.extreme_of_lanes(op, v)) is not None:
-            return folded
-        if d.is_float:
-            kind = "fmaximum" if op is BinaryOp.MAX else "fminimum"
-        elif op in (BinaryOp.MAX, BinaryOp.MIN):
-            kind = ("s" if d.is_signed else "u") + op.name.lower()
-        else:
-            kind = op.name.lower()
-        return ops.intrinsic(name.format(kind), t, [v])
 
     # ------------------------------------------------------------------ statements
 
@@ -853,6 +901,25 @@ class _VectorLoop:
             case (Binary(op=BinaryOp.MAX, lhs=n, rhs=Const(value=0)), c) if c > 0:
                 return n == dim
         return extent == dim
+
+
+def horizontal(ops: Ops, op: BinaryOp, v: ir.Value, d: T.DType) -> ir.Value:
+    """All lanes of `v` combined with `op`."""
+    t = v.type.element
+    name = f"llvm.vector.reduce.{{}}.{ops.suffix(v.type)}"
+    if d.is_float and op in (BinaryOp.ADD, BinaryOp.MUL):
+        kind = "fadd" if op is BinaryOp.ADD else "fmul"
+        start = constant(_identity(op, d), d)
+        return ops.intrinsic(name.format(kind), t, [start, v], flags=("reassoc",))
+    if d.is_float and (folded := ops.extreme_of_lanes(op, v)) is not None:
+        return folded
+    if d.is_float:
+        kind = "fmaximum" if op is BinaryOp.MAX else "fminimum"
+    elif op in (BinaryOp.MAX, BinaryOp.MIN):
+        kind = ("s" if d.is_signed else "u") + op.name.lower()
+    else:
+        kind = op.name.lower()
+    return ops.intrinsic(name.format(kind), t, [v])
 
 
 _FIELDS: dict[type, tuple[str, ...]] = {}

@@ -5,7 +5,7 @@ reason `vector_obstacle` gives schedules so they refuse early)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from kdsl import types as T
@@ -26,6 +26,7 @@ from kdsl.ir.nodes import (
     LocalVar,
     Loop,
     LoopExec,
+    LoopKind,
     LoopVar,
     Stmt,
     Store,
@@ -33,6 +34,7 @@ from kdsl.ir.nodes import (
 from kdsl.ir.visit import children, stmt_exprs, walk_all_exprs, walk_expr, walk_stmts
 
 ACCUMULATE = (BinaryOp.ADD, BinaryOp.MUL, BinaryOp.MAX, BinaryOp.MIN)
+SCALAR_EXECS = (LoopExec.SERIAL, LoopExec.UNROLLED)
 LANE_TEMP_ELEMENTS = 64  # a temporary of this many elements or fewer may be one per lane
 
 
@@ -254,6 +256,70 @@ def _obstacles(loop: Loop, plan: VectorPlan) -> Iterator[str]:
                     f"it stores values that differ between lanes into one element of "
                     f"'{name}' (the subscripts don't depend on '{plan.var}')"
                 )
+
+
+def carried_accumulators(
+    loop: Loop, buffers: Mapping[str, Buffer]
+) -> dict[str, tuple[int, dict[str, tuple[BinaryOp, T.DType]]]]:
+    """For a scalar reduction loop, the vector loops inside it whose partial results may
+    stay vectors across all of `loop` (by variable: its width and those accumulators): the
+    locals declared outside `loop` that its body only accumulates into, with one op,
+    through reduction loops only (a split reduction's `jo` around its vectorized `ji`:
+    its lanes are then combined once after `jo`, not after every `ji`). The sum over
+    `loop`'s iterations may be reassociated as any reduction's may."""
+    if loop.kind is not LoopKind.REDUCTION or loop.exec not in SCALAR_EXECS:
+        return {}
+    declared = {s.name for s in walk_stmts(loop.body) if isinstance(s, DeclareLocal)}
+    ops: dict[str, BinaryOp] = {}
+    refused: set[str] = set()
+    vectors: list[tuple[Loop, VectorPlan]] = []
+
+    def accumulated(name: str, op: BinaryOp) -> None:
+        if ops.setdefault(name, op) is not op:
+            refused.add(name)
+
+    def visit(body: tuple[Stmt, ...], through_reductions: bool) -> None:
+        for s in body:
+            if isinstance(s, Loop) and s.exec is LoopExec.VECTORIZED:
+                plan = plan_vector_loop(s, buffers)
+                if through_reductions and s.kind is LoopKind.REDUCTION and not plan.problem:
+                    vectors.append((s, plan))
+                    for name, (op, _) in plan.accumulators.items():
+                        accumulated(name, op)
+                    refused.update(_read_locals(walk_all_exprs((s,))) - set(plan.accumulators))
+                else:
+                    refused.update(_read_locals(walk_all_exprs((s,))))
+                    refused.update(u.local for u in walk_stmts(s.body) if isinstance(u, Assign))
+                continue
+            found = accumulation(s) if isinstance(s, Assign) else None
+            if found is not None and through_reductions:
+                accumulated(s.local, found[0])
+                refused.update(_read_locals(walk_expr(found[1])))
+            else:
+                if isinstance(s, Assign):
+                    refused.add(s.local)
+                refused.update(_read_locals(e for x in stmt_exprs(s) for e in walk_expr(x)))
+            if isinstance(s, Loop):
+                visit(s.body, through_reductions and _scalar_reduction(s))
+            elif isinstance(s, If):
+                visit(s.then, through_reductions)
+
+    visit(loop.body, True)
+    carried = set(ops) - refused - declared
+    found: dict[str, tuple[int, dict[str, tuple[BinaryOp, T.DType]]]] = {}
+    for vector, plan in vectors:
+        mine = {n: a for n, a in plan.accumulators.items() if n in carried}
+        if mine:
+            found[vector.var] = (vector.width, mine)
+    return found
+
+
+def _scalar_reduction(loop: Loop) -> bool:
+    return loop.kind is LoopKind.REDUCTION and loop.exec in SCALAR_EXECS
+
+
+def _read_locals(exprs: Iterable[Expr]) -> set[str]:
+    return {e.name for e in exprs if isinstance(e, LocalVar)}
 
 
 # ------------------------------------------------------------------------------ emission

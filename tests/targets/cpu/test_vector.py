@@ -3,6 +3,7 @@ lane, for every operator and dtype, memory access pattern, mask, reduction and n
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import ml_dtypes
@@ -980,3 +981,236 @@ def test_a_parallel_tasks_arrays_keep_their_unit_stride():
     np.testing.assert_array_equal(out, x.max(axis=1))
     code = rowmax.llvm(x, out)
     assert "parallelize" in str(rowmax.schedule_of(x, out)) and "gather" not in code
+
+
+# ------------------------------------------- split reductions: the lanes combined once
+
+
+def _split(s, j: str, w: int) -> str:
+    """`j` split by w, the inner part vectorized; the outer loop's name."""
+    jo, ji = s.split(j, w)
+    s.vectorize(ji, w)
+    return jo
+
+
+def _split_twice(s, j: str, w: int) -> None:
+    s.split(_split(s, j, w), 3)
+
+
+def _unrolled_middle(s, j: str, w: int) -> None:
+    _, middle = s.split(_split(s, j, w), 4)
+    s.unroll(middle)
+
+
+def _split_wider(s, j: str, w: int) -> None:
+    """Tiles of 3w/2: a full vector and a masked one of w/2 lanes per tile."""
+    _, ji = s.split(j, 3 * w // 2)
+    s.vectorize(ji, w)
+
+
+SPLIT_REDUCTIONS = {
+    "split": _split,
+    "split twice": _split_twice,
+    "unrolled middle": _unrolled_middle,
+    "tiles not a multiple of the width": _split_wider,
+}
+
+
+def _row_reductions(x, z, y, hi, lo, p):
+    i, j = kd.indices(*x.shape)
+    y[i] = 2 * kd.sum(x[i, j], over=j) + x[i, 0]
+    hi[i] = kd.max(x[i, j], over=j)
+    lo[i] = kd.min(x[i, j], over=j)
+    p[i] = kd.prod(z[i, j], over=j)
+
+
+def _total(which: str, name: str):
+    """A kernel reducing a whole vector with kd.<which> into out[0]."""
+
+    def total(x, out):
+        j = kd.indices(x.shape[0])
+        out[0] = getattr(kd, which)(x[j], over=j)
+
+    return kd.kernel(total, name=name)
+
+
+def _factors(rng: np.random.Generator, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """Factors whose product neither vanishes nor explodes (integers wrap, exactly)."""
+    if np.dtype(dtype).kind == "f":
+        return (1 + random_array(rng, shape, dtype) / 64).astype(dtype)
+    return rng.choice(np.array([-2, -1, 1, 3], dtype), shape)
+
+
+def _reduced(which: str, x: np.ndarray, axis: int | tuple[int, ...]) -> np.ndarray:
+    """NumPy's reduction, sums and products of floats in f64."""
+    wide = np.float64 if x.dtype.kind == "f" else x.dtype
+    if which in ("max", "min"):
+        return getattr(np, which)(x, axis=axis)
+    return getattr(np, which)(x.astype(wide), axis=axis, dtype=wide).astype(x.dtype)
+
+
+def _assert_reduced(got: np.ndarray, want: np.ndarray, n: int) -> None:
+    if got.dtype.kind == "f":  # sums and products reassociated
+        rtol = 1e-12 if got.dtype == np.float64 else 1e-5 * max(n, 1) ** 0.5
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol)
+    else:
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("schedule", SPLIT_REDUCTIONS)
+@pytest.mark.parametrize("dtype, w", [(np.float32, 16), (np.float64, 8), (np.int32, 16)])
+def test_split_reductions_keep_their_results(schedule, dtype, w):
+    """Sum (inside a larger expression), max, min and product, each split with the inner
+    part vectorized: the outer loops keep the lanes' partials, combined once per row.
+    Row lengths below the width, between it and the tile, and long, on parallel rows."""
+    kernel = kd.kernel(_row_reductions, name=f"rows_{schedule.replace(' ', '_')}")
+
+    @kernel.schedule(kd.cpu)
+    def _(s):
+        for j in ("j", "j.1", "j.2", "j.3"):
+            SPLIT_REDUCTIONS[schedule](s, j, w)
+        s.parallelize("i")
+
+    rng = np.random.default_rng(w)
+    for n in (1, 7, 15, 17, 1000):  # 70 rows of 1000: enough work for threads
+        x, z = random_array(rng, (70, n), dtype), _factors(rng, (70, n), dtype)
+        outs = [np.full(70, 99, dtype) for _ in range(4)]
+        kernel(x, z, *outs)
+        wants = [2 * _reduced("sum", x, 1) + x[:, 0], x.max(1), x.min(1), _reduced("prod", z, 1)]
+        for got, want in zip(outs, wants):
+            _assert_reduced(got, want, n)
+
+
+def _grid_reductions(x, y, hi):
+    i, j, k = kd.indices(*x.shape)
+    y[i] = kd.sum(x[i, j, k], over=(j, k))
+    hi[i] = kd.max(x[i, j, k], over=(j, k))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32])
+@pytest.mark.parametrize("split", [False, True])
+def test_a_reduction_over_two_indices_vectorized_innermost(dtype, split):
+    """The j loop around the vectorized k (or its split's outer loop) keeps the partials."""
+    kernel = kd.kernel(_grid_reductions, name=f"grid_reductions_{split}")
+
+    @kernel.schedule(kd.cpu)
+    def _(s):
+        for k in ("k", "k.1"):
+            if split:
+                _split(s, k, 8)
+            else:
+                s.vectorize(k, 8)
+
+    rng = np.random.default_rng(3)
+    for m, n in ((1, 1), (3, 7), (2, 17), (5, 1000)):
+        x = random_array(rng, (4, m, n), dtype)
+        y, hi = np.zeros(4, dtype), np.zeros(4, dtype)
+        kernel(x, y, hi)
+        _assert_reduced(y, _reduced("sum", x, (1, 2)), m * n)
+        np.testing.assert_array_equal(hi, x.max((1, 2)))
+
+
+@given(
+    factor=st.integers(1, 40),
+    again=st.sampled_from([None, 1, 2, 5]),
+    unroll=st.booleans(),
+    w=st.sampled_from([4, 8, 16]),
+    n=st.integers(0, 300),
+    which=st.sampled_from(["sum", "max", "min", "prod"]),
+    dtype=st.sampled_from([np.float32, np.float64, np.int32]),
+)
+def test_random_splits_of_a_vectorized_reduction(factor, again, unroll, w, n, which, dtype):
+    """Any factor (a tile shorter or longer than the vector, or not its multiple), the
+    outer loop split again and maybe unrolled."""
+    kernel = _total(which, f"total_{which}")
+
+    @kernel.schedule(kd.cpu)
+    def _(s):
+        jo, ji = s.split("j", factor)
+        s.vectorize(ji, w)
+        if again is not None:
+            _, middle = s.split(jo, again)
+            if unroll:
+                s.unroll(middle)
+
+    rng = np.random.default_rng(n)
+    x = _factors(rng, (n,), dtype) if which == "prod" else random_array(rng, (n,), dtype)
+    out = np.full(1, 99, dtype)
+    kernel(x, out)
+    if n or which in ("sum", "prod"):  # (NumPy's max and min have no identity)
+        _assert_reduced(out, _reduced(which, x, 0).reshape(1), n)
+
+
+def _function_blocks(code: str) -> dict[str, list[str]]:
+    """The lines of each basic block, by label, of the one function in LLVM IR `code`."""
+    label = re.compile(r'^("[^"]+"|[\w.$-]+):')
+    blocks: dict[str, list[str]] = {}
+    lines = blocks.setdefault("entry", [])
+    for line in code[code.index("define ") :].splitlines()[1:]:
+        if line.startswith("}"):
+            break
+        head = label.match(line)
+        lines = blocks.setdefault(head.group(1), []) if head else lines
+        lines.append(line)
+    return blocks
+
+
+def _in_loops(blocks: dict[str, list[str]]) -> set[str]:
+    """The blocks from which a path of branches leads back to themselves."""
+    target = re.compile(r'label %("[^"]+"|[\w.$-]+)')
+    successors = {
+        b: [t for line in lines for t in target.findall(line)] for b, lines in blocks.items()
+    }
+
+    def returns(start: str) -> bool:
+        seen, todo = set(), list(successors[start])
+        while todo:
+            b = todo.pop()
+            if b == start:
+                return True
+            if b not in seen:
+                seen.add(b)
+                todo += successors.get(b, [])
+        return False
+
+    return {b for b in blocks if returns(b)}
+
+
+def _combined_outside_loops(code: str, callee: str) -> None:
+    """`callee` (a horizontal reduction) is called in `code`, never inside a loop."""
+    blocks = _function_blocks(code)
+    calling = {b for b, lines in blocks.items() if any(f"@{callee}(" in x for x in lines)}
+    assert calling, f"no call of {callee} in\n{code}"
+    assert not calling & _in_loops(blocks), f"{callee} inside a loop:\n{code}"
+
+
+@pytest.mark.parametrize("schedule", SPLIT_REDUCTIONS)
+@pytest.mark.parametrize(
+    "which, dtype, callee",
+    [
+        ("sum", np.float32, "llvm.vector.reduce.fadd.v16f32"),
+        ("sum", np.int32, "llvm.vector.reduce.add.v16i32"),
+        ("prod", np.float64, "llvm.vector.reduce.fmul.v16f64"),
+    ],
+)
+def test_a_split_reduction_combines_its_lanes_after_its_loops(schedule, which, dtype, callee):
+    """The horizontal combine of a whole-array reduction's lanes is outside every loop: it
+    was in the split's outer loop, once per tile (a row sum split by 16 took 1.5x the
+    time of the unsplit one on rows in cache)."""
+    kernel = _total(which, f"total_{which}_{schedule.replace(' ', '_')}")
+    kernel.schedule(kd.cpu)(lambda s: SPLIT_REDUCTIONS[schedule](s, "j", 16))
+    x, out = np.ones(100, dtype), np.zeros(1, dtype)
+    _combined_outside_loops(kernel.llvm(x, out), callee)
+
+
+def test_the_lanes_of_two_reduction_loops_combine_after_both():
+    """over=(j, k) with k vectorized: the j loop keeps k's partials."""
+
+    @kd.kernel
+    def grand_total(x, out):
+        j, k = kd.indices(*x.shape)
+        out[0] = kd.sum(x[j, k], over=(j, k))
+
+    grand_total.schedule(kd.cpu)(lambda s: s.vectorize("k", 16))
+    x, out = np.ones((9, 100), np.float32), np.zeros(1, np.float32)
+    _combined_outside_loops(grand_total.llvm(x, out), "llvm.vector.reduce.fadd.v16f32")
