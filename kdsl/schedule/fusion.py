@@ -1,9 +1,12 @@
 """`fuse`: merge two sibling loops over the same range, then contract temporaries.
 
 After `fuse(a, b)` the body of `b` runs right after the body of `a`, iteration by
-iteration. That is legal when every buffer the two loops share (one writing it) is
-touched by both only at the element of the current iteration along some axis, so no
-iteration of `b` needs what a later iteration of `a` writes.
+iteration. That is legal when no iteration of `b` touches an element of a buffer the two
+loops share (one writing it) that a later iteration of `a` touches: those would now
+come in the other order (kdsl/ir/dependence.py proves the subscripts apart: `c[2*i]` and
+`c[2*i + 1]`). Where one touches what an earlier iteration of `a` does (`y[i + 1] = …`
+then `… = y[i]`), the order would be kept, but the fused loop's iterations would depend
+on each other: refused too, unless the loops are serial (`kd.range`) already.
 
 Contraction is where fusion saves memory traffic: a temporary that is now used only
 inside the fused loop, always at the current iteration along one axis, loses that axis.
@@ -16,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import replace
 
+from kdsl.ir.dependence import Order, accesses, meet_orders
 from kdsl.ir.layout import temp_scope
 from kdsl.ir.nodes import (
     Allocate,
@@ -59,7 +63,15 @@ def fuse(ctx: StepContext, loop_a: object, loop_b: object) -> str:
     block = _block(ctx.kernel, pa)
     b_body = tree.substitute(b.body, b.var, LoopVar(a.var))
     before, after = _move_between(ctx, a, b_body, block[pa[-1] + 1 : pb[-1]])
-    _check_dependences(ctx, a, b, b_body)
+    carried = _check_dependences(ctx, a, b, b_body)
+    if carried is not None and kind is not LoopKind.SERIAL:
+        raise ctx.refuse(
+            f"fusing '{a.var}' and '{b.var}' makes the fused loop's iterations depend on "
+            f"each other: an iteration of '{b.var}' touches an element of '{carried}' that "
+            f"an earlier iteration of '{a.var}' writes or reads (one of them writing it)",
+            "keep the loops apart, or write both statements in one kd.range loop if that "
+            "order is what you want",
+        )
     fused = replace(a, kind=kind, body=a.body + b_body)
     new_block = block[: pa[-1]] + before + (fused,) + after + block[pb[-1] + 1 :]
     _set_block(ctx, pa, new_block)
@@ -158,13 +170,22 @@ def _private_axes(accesses: list[tuple[Expr, ...]], var: str) -> list[int]:
     return [d for d in range(ndim) if all(ix[d] == LoopVar(var) for ix in accesses)]
 
 
-def _check_dependences(ctx: StepContext, a: Loop, b: Loop, b_body: tuple[Stmt, ...]) -> None:
+def _check_dependences(
+    ctx: StepContext, a: Loop, b: Loop, b_body: tuple[Stmt, ...]
+) -> str | None:
+    """Refuse the fusion if an iteration of `b` touches an element that a later iteration
+    of `a` touches (one writing it), or both use a local one updates; return a buffer of
+    which one touches an element an earlier iteration of `a` does (the fused loop's
+    iterations then depend on each other), if any."""
     wa, wb = _written(a.body), _written(b_body)
     ra, rb = _reads(a.body), _reads(b_body)
+    carried: str | None = None
     for name in sorted((wa & (rb | wb)) | (ra & wb)):
         if any(name == buf.name for buf in ctx.kernel.buffers):
-            accesses = _accesses(a.body, name) + _accesses(b_body, name)
-            if _private_axes(accesses, a.var):
+            orders = _meet_orders(a, b_body, name)
+            if Order.LATER not in orders:
+                if Order.EARLIER in orders:
+                    carried = carried or name
                 continue
             what = f"'{b.var}' would read or overwrite elements of '{name}' out of order"
         else:
@@ -173,6 +194,20 @@ def _check_dependences(ctx: StepContext, a: Loop, b: Loop, b_body: tuple[Stmt, .
             f"fusing '{a.var}' and '{b.var}' changes the result: {what}",
             "fuse only loops whose shared buffers are indexed by the loop variable itself",
         )
+    return carried
+
+
+def _meet_orders(a: Loop, b_body: tuple[Stmt, ...], buffer: str) -> frozenset[Order]:
+    """How an iteration of `a` and one of `b_body` (on a's variable) touching one element
+    of `buffer`, one of them writing it, may be ordered."""
+    first = [x for x in accesses(a.body) if x.buffer == buffer]
+    second = [y for y in accesses(b_body) if y.buffer == buffer]
+    orders: set[Order] = set()
+    for x in first:
+        for y in second:
+            if x.write or y.write:
+                orders |= meet_orders(x, y, a.var, a.extent)
+    return frozenset(orders)
 
 
 # ---------------------------------------------------------------- contraction

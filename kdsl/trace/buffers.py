@@ -228,9 +228,9 @@ class BufferProxy(NotAValue):
         ctx.check_scope(self.name, loc)
 
         def build(es: list[Expr]) -> Store:
-            idx, val = tuple(es[:-1]), es[-1]
-            _check_race(ctx, self.name, idx, val, loc)
-            return Store(self.name, idx, val, loc=loc)
+            store = Store(self.name, tuple(es[:-1]), es[-1], loc=loc)
+            _check_race(ctx, store)
+            return store
 
         ctx.record([*index, to_dtype(v, self.dtype)], build, loc)
         ctx.writes.wrote(self.name, index, loc)
@@ -253,11 +253,10 @@ def _add(e: Expr, k: int) -> Expr:
     return Binary(BinaryOp.ADD, e, Const(k, T.i64), T.i64)
 
 
-def _check_race(
-    ctx: TraceContext, buffer: str, index: tuple[Expr, ...], value: Expr, loc: SourceLoc | None
-) -> None:
-    """Under parallel loops, a store may not read its own buffer elsewhere, nor write one
-    element from several iterations."""
+def _check_race(ctx: TraceContext, store: Store) -> None:
+    """Under parallel loops, a store may not read its own buffer where another iteration
+    writes it (`TraceContext.carried`), nor write one element from several iterations."""
+    buffer, index, loc = store.buffer, store.index, store.loc
     parallel = {n for n, k in ctx.loop_kinds.items() if k is LoopKind.PARALLEL}
     parallel -= ctx.alloc_loops.get(buffer, set())  # each of their iterations has its own copy
     in_index = {e.name for i in index for e in walk_expr(i) if isinstance(e, LoopVar)}
@@ -278,22 +277,25 @@ def _check_race(
             loc=loc,
             fix=fix,
         )
-    for e in (*index, value):
+    for e in (*index, store.value):
         for load in walk_expr(e):
             if not isinstance(load, Load) or load.buffer != buffer or load.index == index:
                 continue
-            for a, b in zip(load.index, index, strict=True):
-                vars_ = {x.name for x in (*walk_expr(a), *walk_expr(b)) if isinstance(x, LoopVar)}
-                if a != b and vars_ & parallel:
-                    raise TraceError(
-                        f"'{buffer}' is written at [{', '.join(format_expr(i) for i in index)}] "
-                        f"and read at [{', '.join(format_expr(i) for i in load.index)}] under "
-                        f"parallel loop(s) {', '.join(sorted(vars_ & parallel))}: iterations "
-                        "would race",
-                        loc=loc,
-                        fix="write the result to another array, or make the loop ordered "
-                        "with kd.range",
-                    )
+            differ = [(a, b) for a, b in zip(load.index, index, strict=True) if a != b]
+            racing = [r for a, b in differ if (r := _loop_names(a, b) & parallel)]
+            if racing and any(ctx.carried(store, load, var) for var in sorted(parallel)):
+                raise TraceError(
+                    f"'{buffer}' is written at [{', '.join(format_expr(i) for i in index)}] "
+                    f"and read at [{', '.join(format_expr(i) for i in load.index)}] under "
+                    f"parallel loop(s) {', '.join(sorted(racing[0]))}: iterations "
+                    "would race",
+                    loc=loc,
+                    fix="write the result to another array, or make the loop ordered with kd.range",
+                )
+
+
+def _loop_names(*exprs: Expr) -> set[str]:
+    return {x.name for e in exprs for x in walk_expr(e) if isinstance(x, LoopVar)}
 
 
 class LocalProxy(Value):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from kdsl import types as T
 from kdsl.errors import SourceLoc, TraceError
 from kdsl.ir.build import reduction_identity
+from kdsl.ir.dependence import Access, accesses, meet_orders
 from kdsl.ir.layout import temp_scope
 from kdsl.ir.nodes import (
     Allocate,
@@ -40,7 +41,7 @@ from kdsl.ir.nodes import (
     Store,
 )
 from kdsl.ir.printer import format_expr
-from kdsl.ir.visit import children, map_expr, walk_all_exprs, walk_expr, walk_stmts
+from kdsl.ir.visit import children, map_expr, walk_expr
 from kdsl.trace.frames import location
 from kdsl.trace.values import Value, as_value, to_dtype
 from kdsl.trace.versions import LocalVersions
@@ -186,7 +187,7 @@ class TraceContext:
             del self.bound[idx.placeholder]
             del self.loop_kinds[name]
             if kind is LoopKind.PARALLEL:
-                _check_independent(body, name)
+                _check_independent(body, name, extent)
             self.emit(Loop(name, self.locals.rewrite(extent), kind, body, loc=loc))
 
     @contextmanager
@@ -451,6 +452,13 @@ class TraceContext:
         self.declare(name)
         return name
 
+    def carried(self, store: Store, load: Load, loop: str) -> bool:
+        """`carried` for a statement being recorded in the open loops, `loop` among them."""
+        extents = {name: self.indices[p].extent for p, name in self.bound.items()}
+        names = list(self.loop_kinds)  # outermost first
+        inside = tuple((n, extents[n]) for n in names[names.index(loop) + 1 :])
+        return carried(Access(store, inside), Access(load, inside), loop, extents[loop])
+
     # ------------------------------------------------------------------- shape ties
 
     def tie(self, idx: Index, buffer: str, axis: int, loc: SourceLoc | None) -> None:
@@ -487,25 +495,36 @@ class TraceContext:
         return checks
 
 
-def _check_independent(body: tuple[Stmt, ...], var: str) -> None:
-    """The iterations of a parallel loop may not depend on each other: no statement of
-    its body reads an element another iteration writes (`b[j] = a[j + 1]; a[j] = …`)."""
-    stores = [s for s in walk_stmts(body) if isinstance(s, Store)]
-    loads = [e for e in walk_all_exprs(body) if isinstance(e, Load)]
-    for store in stores:
-        for load in loads:
-            if load.buffer != store.buffer or load.index == store.index:
-                continue
-            differ = [(a, b) for a, b in zip(load.index, store.index, strict=True) if a != b]
-            if any(LoopVar(var) in (*walk_expr(a), *walk_expr(b)) for a, b in differ):
+def _check_independent(body: tuple[Stmt, ...], var: str, extent: Expr) -> None:
+    """The iterations of a parallel loop over [0, extent) may not depend on each other:
+    no statement of its body reads an element another iteration writes (`b[j] = a[j + 1];
+    a[j] = …`; see `carried`)."""
+    found = accesses(body)
+    for store in (x for x in found if x.write):
+        for load in found:
+            if not load.write and carried(store, load, var, extent):
                 raise TraceError(
                     f"'{store.buffer}' is written at "
                     f"[{', '.join(format_expr(i) for i in store.index)}] and read at "
                     f"[{', '.join(format_expr(i) for i in load.index)}] in parallel loop "
                     f"'{var}': its iterations would depend on each other",
-                    loc=load.loc or store.loc,
+                    loc=load.node.loc or store.node.loc,
                     fix="use kd.range for an ordered loop, or write to another array",
                 )
+
+
+def carried(store: Access, load: Access, var: str, extent: Expr) -> bool:
+    """Whether `load` may read what `store` writes in another iteration of the loop `var`
+    over [0, extent). A read at the written subscripts themselves, or at ones that differ
+    only where the loop is not mentioned, counts as the iteration's own; other subscripts
+    must be proven apart (kdsl/ir/dependence.py: `X[8*p + s]` and `X[8*p + s + 4]` for
+    s < 4)."""
+    if load.buffer != store.buffer or load.index == store.index:
+        return False
+    differ = [(a, b) for a, b in zip(load.index, store.index, strict=True) if a != b]
+    return any(LoopVar(var) in (*walk_expr(a), *walk_expr(b)) for a, b in differ) and bool(
+        meet_orders(store, load, var, extent)
+    )
 
 
 def _replace(e: Expr, old: Reduction, new: Expr) -> Expr:

@@ -1211,22 +1211,3 @@ def test_a_refused_tile_names_the_tile_step():
     s = schedule(two_steps, V, V.copy(), V.copy())
     with refused('tile("i", "i.1", 4, 4)', "", "i, i.1", "reorder loops of one nest", call=""):
         s.tile("i", "i.1", 4, 4)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="LIMITATION: fuse's dependence test only recognizes subscripts that are the "
-    "loop variable itself, so fusing two loops split by the same factor is refused with "
-    "'changes the result', which is not so",
-)
-def test_loops_split_alike_fuse():
-    s = schedule(two_steps, V, V.copy(), V.copy())
-    s.split("i", 4)
-    s.split("i.1", 4)
-    s.fuse("io", "i.1o")
-    s.fuse("ii", "i.1i")
-    assert_loops(
-        s.kernel,
-        "io in (x.shape[0] + 3) // 4: parallel",
-        "  ii in min(4, x.shape[0] - io * 4): parallel",
-    )
