@@ -107,6 +107,12 @@ def test_row_sum(m, n):
     check_kernel(zoo.row_sum, [x, np.empty(m)], {1: x.sum(axis=1)}, rtol=1e-10, atol=1e-12)
 
 
+@given(n=SIZES, dtype=st.sampled_from([np.float32, np.float64]))
+def test_waves(n, dtype):
+    x = random_array(np.random.default_rng(n), (n,), dtype)
+    check_kernel(zoo.waves, [x, np.empty_like(x)], {1: zoo.waves_ref(x)})
+
+
 def test_gelu(rng):
     x = random_array(rng, (1001,), np.float32) * 6
     check_kernel(

@@ -104,3 +104,16 @@ def gelu_tanh(x, y):
 
 def gelu_tanh_ref(x):
     return 0.5 * x * (1.0 + np.tanh(0.7978845608 * (x + 0.044715 * x**3)))
+
+
+@kd.kernel
+def waves(x, y):
+    """sin of arguments past Cody–Waite's range (Payne–Hanek), cos, exp2 and log2."""
+    i = kd.indices(x.shape[0])
+    v = x[i]
+    y[i] = kd.sin(v * 1e10) * kd.cos(v) + kd.exp2(v * 8.0) - kd.log2(kd.abs(v) + 0.5)
+
+
+def waves_ref(x):
+    t = x.dtype.type
+    return np.sin(x * t(1e10)) * np.cos(x) + np.exp2(x * t(8)) - np.log2(np.abs(x) + t(0.5))

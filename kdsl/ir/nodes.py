@@ -65,12 +65,16 @@ class UnaryOp(enum.Enum):
     INVERT = "invert"  # bitwise not; logical not on bool
     ABS = "abs"
     EXP = "exp"
+    EXP2 = "exp2"
     LOG = "log"
+    LOG2 = "log2"
     SQRT = "sqrt"
     RSQRT = "rsqrt"
     TANH = "tanh"
     SIGMOID = "sigmoid"
     ERF = "erf"
+    SIN = "sin"
+    COS = "cos"
     FLOOR = "floor"
     CEIL = "ceil"
 

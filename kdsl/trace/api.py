@@ -363,12 +363,16 @@ def _unary(op: UnaryOp):  # type: ignore[no-untyped-def]
 
 
 exp = _unary(UnaryOp.EXP)
+exp2 = _unary(UnaryOp.EXP2)
 log = _unary(UnaryOp.LOG)
+log2 = _unary(UnaryOp.LOG2)
 sqrt = _unary(UnaryOp.SQRT)
 rsqrt = _unary(UnaryOp.RSQRT)
 tanh = _unary(UnaryOp.TANH)
 sigmoid = _unary(UnaryOp.SIGMOID)
 erf = _unary(UnaryOp.ERF)
+sin = _unary(UnaryOp.SIN)
+cos = _unary(UnaryOp.COS)
 floor = _unary(UnaryOp.FLOOR)
 ceil = _unary(UnaryOp.CEIL)
 

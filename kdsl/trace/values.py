@@ -330,17 +330,21 @@ class Value:
 
 # kd.* functions for the math functions of Python and NumPy of the same meaning
 _KD_MATH = {
-    **{n: f"kd.{n}" for n in ("exp", "log", "sqrt", "tanh", "erf", "floor", "ceil", "abs")},
+    **{
+        n: f"kd.{n}"
+        for n in ("exp", "exp2", "log", "log2", "sqrt", "tanh", "erf", "sin", "cos")
+        + ("floor", "ceil", "abs")
+    },
     **{"fabs": "kd.abs", "absolute": "kd.abs", "pow": "x ** y", "power": "x ** y"},
     **{"maximum": "kd.maximum", "fmax": "kd.maximum", "minimum": "kd.minimum"},
     **{"fmin": "kd.minimum", "where": "kd.where", "fma": "kd.fma"},
     **{n: f"kd.{n}(x[k], over=k)" for n in ("sum", "prod", "max", "min", "argmax", "argmin")},
     **{"amax": "kd.max(x[k], over=k)", "amin": "kd.min(x[k], over=k)"},
-    **{"mean": "kd.sum(x[k], over=k) / n"},
+    **{"mean": "kd.sum(x[k], over=k) / n", "tan": "kd.sin(x) / kd.cos(x)"},
     **{
         n: f"a table of np.{n} values computed outside, passed as an array (kdsl has no "
-        f"kd.{n}); or kd.exp, kd.tanh, kd.erf, … where they serve"
-        for n in ("sin", "cos", "tan", "arcsin", "arccos", "arctan")
+        f"kd.{n}); or kd.sin, kd.exp, kd.log, … where they serve"
+        for n in ("arcsin", "arccos", "arctan")
     },
 }
 

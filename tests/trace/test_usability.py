@@ -355,6 +355,13 @@ def test_math_module_call_is_named():
     err = raises(kd.TraceError, lambda: k(np.ones(3, F), np.ones(3, F)), "math.tanh()", "kd.tanh")
     assert err.loc.line == line_of(k, "here")
 
+    @kd.kernel
+    def k2(x, y):
+        i = kd.indices(x.shape[0])
+        y[i] = math.sin(x[i]) + math.log2(x[i])
+
+    raises(kd.TraceError, lambda: k2(np.ones(3, F), np.ones(3, F)), "math.sin()", "kd.sin")
+
 
 def test_float_of_a_value_points_to_astype():
     @kd.kernel
@@ -880,12 +887,14 @@ def test_reads_and_writes_of_other_elements_are_fine():
         (lambda x, y, i: y.__setitem__(i, x[i] * x.size), "x.size", "x.shape[0]"),
         (lambda x, y, i: y.__setitem__(i, x.T[i]), "x.T", "indices swapped"),
         (lambda x, y, i: y.__setitem__(i, x[int(i)]), "int() of a symbolic", "x[i]"),
-        (lambda x, y, i: y.__setitem__(i, np.sin(x[i])), "np.sin", "a table of np.sin"),
+        (lambda x, y, i: y.__setitem__(i, np.sin(x[i])), "np.sin", "use kd.sin"),
+        (lambda x, y, i: y.__setitem__(i, np.tan(x[i])), "np.tan", "kd.sin(x) / kd.cos(x)"),
+        (lambda x, y, i: y.__setitem__(i, np.arcsin(x[i])), "np.arcsin", "a table of np.arcsin"),
     ],
 )
 def test_array_attributes_int_of_an_index_and_sin_say_what_to_do(body, what, fix):
-    """Raw AttributeErrors (x.size, x.T), 'x.astype(kd.f32)' for int(i), and a list of
-    unrelated functions for np.sin."""
+    """Raw AttributeErrors (x.size, x.T), 'x.astype(kd.f32)' for int(i), kd.sin for np.sin,
+    and a list of unrelated functions for np.arcsin."""
 
     @kd.kernel
     def k(x, y):

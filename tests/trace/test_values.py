@@ -115,6 +115,10 @@ def test_mixing_bool_and_int_needs_a_cast():
         (lambda x, y, s: x[0, 0] / x.shape[1], np.float32, kd.f32),
         (lambda x, y, s: x[0, 0] + x.shape[1], np.int8, kd.i8),
         (lambda x, y, s: x[0, 0] + 1, np.bool_, kd.i64),
+        (lambda x, y, s: x[0, 0] * kd.exp2(3), np.float32, kd.f32),  # weak through math
+        (lambda x, y, s: x[0, 0] + kd.exp2(s), np.float32, kd.f32),
+        (lambda x, y, s: x[0, 0] - kd.log2(x.shape[1]), np.float16, kd.f32),
+        (lambda x, y, s: kd.sin(0.5) * x[0, 0], np.float64, kd.f64),
     ],
 )
 def test_weak_scalars_take_the_typed_operands_dtype(fn, x, result):
@@ -299,7 +303,8 @@ def test_integer_power_with_symbolic_exponent_is_an_error():
     [(np.float32, kd.f32), (np.float64, kd.f64), (np.float16, kd.f32), (np.int32, kd.f64)],
 )
 def test_float_functions_widen_halves_and_convert_integers(x, result):
-    for fn in (kd.exp, kd.log, kd.sqrt, kd.rsqrt, kd.tanh, kd.sigmoid, kd.erf, kd.floor):
+    functions = (kd.exp, kd.exp2, kd.log, kd.log2, kd.sqrt, kd.rsqrt, kd.tanh, kd.sigmoid)
+    for fn in (*functions, kd.erf, kd.sin, kd.cos, kd.floor):
         assert dtype_of(lambda x, y, s, fn=fn: fn(x[0, 0]), x) == result
 
 

@@ -6,8 +6,9 @@ amount outside [0, bits) saturate; float // and % follow NumPy's divmod; float t
 casts saturate; f16 uses LLVM `half`, bf16 is carried as its 16 bits.
 
 Every operator takes scalars or vectors (`<w x T>`, one lane per iteration of a
-vectorized loop) alike, lane by lane with the same semantics; only exp, log, tanh,
-sigmoid and erf of vectors take another road (vmath.py's polynomials).
+vectorized loop) alike, lane by lane with the same semantics; only the transcendental
+functions of vectors (exp, exp2, log, log2, tanh, sigmoid, erf, sin, cos) take another
+road (vmath.py's polynomials); scalars call the C library.
 """
 
 from __future__ import annotations
@@ -408,7 +409,17 @@ class Ops:
         s = self.suffix(t)
         one = ir.Constant(t, 1.0)
         match op:
-            case UnaryOp.EXP | UnaryOp.LOG | UnaryOp.SQRT | UnaryOp.FLOOR | UnaryOp.CEIL:
+            case (
+                UnaryOp.EXP
+                | UnaryOp.EXP2
+                | UnaryOp.LOG
+                | UnaryOp.LOG2
+                | UnaryOp.SIN
+                | UnaryOp.COS
+                | UnaryOp.SQRT
+                | UnaryOp.FLOOR
+                | UnaryOp.CEIL
+            ):
                 return self.intrinsic(f"llvm.{op.value}.{s}", t, [a])
             case UnaryOp.RSQRT:
                 return b.fdiv(one, self.intrinsic(f"llvm.sqrt.{s}", t, [a]))

@@ -1,16 +1,28 @@
-"""exp, log, tanh, sigmoid and erf of float vectors, as straight-line LLVM IR.
+"""exp, exp2, log, log2, tanh, sigmoid, erf, sin and cos of float vectors, in LLVM IR.
 
 Scalar code calls the C library; a vector loop can't afford a call per lane, so these
 are written out: range reduction, then a polynomial (coefficients fitted by least
 squares on Chebyshev points in 50-digit arithmetic, rounded to the dtype one at a time
 with the rest refitted), evaluated with fma. Special values follow C99: exp(-inf) = 0,
-exp(+inf) = inf, log(0) = -inf, log(x < 0) = NaN, NaN in gives NaN out; results that
-underflow come out as correctly scaled denormals (never flushed to zero).
+exp(+inf) = inf, log(0) = -inf, log(x < 0) = NaN, sin(±inf) = NaN, sin(-0) = -0, NaN
+in gives NaN out; results that underflow come out as correctly scaled denormals (never
+flushed to zero). The GPU runs the same code on one-lane vectors.
 
 - exp: x = n·ln2 + r, |r| <= ln2/2; e^r = 1 + r + r²·g(r); scaled by 2^n with AVX-512's
   vscalefps, else in two steps (either way denormal results round once).
+- exp2: x = n + f, n = roundeven(x), f exact; 2^f = 1 + f·Q(f) on [-½, ½], scaled by
+  2^n. On an AVX-512 zmm f is one vreduceps, n = x - f and the scaling one vscalefps,
+  which carry ±inf and NaN through (9 instructions for 16 floats, no clamps); other
+  widths clamp x first, then do the same in more steps, to the same bits.
 - log: x = 2^k·m, m in [√½, √2); with s = (m-1)/(m+1), log m = 2s + s·R(s²) in
   fdlibm's arrangement, which keeps the rounding error of the small terms small.
+- log2: log's reduction, then k + log(m)/ln2 with log m and 1/ln2 each carried in two
+  parts (fdlibm's e_log2.c, an fma for the exact product).
+- sin, cos: x = n·π/2 + r, |r| <= π/4, n rounded by adding 1.5·2^23 (f32) or 1.5·2^52
+  (f64), its low bits then read from the sum's; r = x - n·π/2 with π/2 in three parts
+  (Cody–Waite), right to r's last bit for |x| <= 2^17 (f32) or 2^30 (f64); larger
+  arguments go to Payne–Hanek (pio2.py), in a branch taken only when a lane has one.
+  Then ±(r + r³·S(r²)) or ±(1 + r²·C(r²)) as n mod 4 says.
 - tanh (f32): x + x³·P(x²) for |x| < 0.625, else 1 - 2/(e^{2|x|} + 1).
 - erf (f32): x + x·Q(x²) for |x| < 0.875, else 1 - e^{-x²}·R(x) with x² split exactly in
   two (fma) and R a polynomial for erfc(x)·e^{x²} on [0.875, 4]; 1 beyond 4.
@@ -22,11 +34,16 @@ rounded to f32; 80-bit long double for f64), over every 97th f32 bit pattern (44
 points: all exponents, denormals, inf, NaN) and 2 million random f64 inputs of every
 exponent and of [-750, 750] (tests/targets/cpu/test_vector.py keeps it so):
 
-    f32: exp 1, log 1, tanh 1, erf 1, sigmoid 4 (against 1/(1+exp(-x)) with a correctly
-         rounded exp and each step rounded in f32, as the interpreter defines it)
-    f64: exp 1, log 1, sigmoid 4 (the same way); tanh, erf: the C library's
+    f32: exp 1, exp2 1, log 1, log2 1, sin 2, cos 2, tanh 1, erf 1, sigmoid 4 (against
+         1/(1+exp(-x)) with a correctly rounded exp and each step rounded in f32, as
+         the interpreter defines it); exp2, log2, sin and cos the same over all 2^32
+         inputs (sin and cos round r = x - n·π/2 once more, which costs an ulp where r
+         and the result are in different binades)
+    f64: exp 1, exp2 1, log 1, log2 1, sin 2, cos 2, sigmoid 4 (the same way); tanh,
+         erf: the C library's
 
-Against NumPy's own f32 ufuncs (not correctly rounded either): exp 2, log 3, tanh 1.
+Against NumPy's own f32 ufuncs (not correctly rounded either): exp 2, exp2 3, log 3,
+log2 2, sin 1, cos 1, tanh 1 (NumPy's exp2 is 3 ulp off the correctly rounded result).
 """
 
 from __future__ import annotations
@@ -37,7 +54,7 @@ from typing import TYPE_CHECKING
 from llvmlite import ir
 
 from kdsl.ir.nodes import UnaryOp
-from kdsl.targets.cpu import jit
+from kdsl.targets.cpu import jit, pio2
 
 if TYPE_CHECKING:
     from kdsl.targets.cpu.ops import Ops
@@ -116,7 +133,71 @@ _ERFC_F32 = (
 _ERFC_MID = 2.4375
 _ERF_ONE = 4.0  # erf(x) rounds to 1 in f32 from 3.92 on
 
+# 2^f = 1 + f·Q(f) on [-1/2, 1/2]: Q's coefficients
+_EXP2_F32 = (
+    0.6931471824645996,
+    0.24022644758224487,
+    0.055503591895103455,
+    0.009618841111660004,
+    0.0013391136890277267,
+    0.00015238006017170846,
+)
+_EXP2_F64 = (
+    0.6931471805599453,
+    0.24022650695910133,
+    0.05550410866482226,
+    0.009618129107593498,
+    0.0013333558146380658,
+    0.00015403530457765014,
+    1.5252733805508415e-05,
+    1.3215435001110848e-06,
+    1.0178086773687693e-07,
+    7.073826046303358e-09,
+    4.449955477539561e-10,
+)
+# exp2's argument is clamped to [lo, hi] where 2^n is two steps (beyond: 0 or inf anyway)
+_EXP2_RANGE = {32: (-151.0, 129.0), 64: (-1076.0, 1025.0)}
+# sin r = r + r·z·S(z) and cos r = 1 + z·C(z), z = r² <= 0.8²
+_SIN = {
+    32: (-0.16666652262210846, 0.008332029916346073, -0.00019498838810250163),
+    64: (
+        -0.1666666666666662,
+        0.008333333333319757,
+        -0.00019841269827676413,
+        2.7557312950203164e-06,
+        -2.5050641636191404e-08,
+        1.5890026917978748e-10,
+    ),
+}
+_COS = {
+    32: (-0.5, 0.04166664183139801, -0.0013887141831219196, 2.4414253857685253e-05),
+    64: (
+        -0.5,
+        0.04166666666666657,
+        -0.001388888888886881,
+        2.480158728628522e-05,
+        -2.755731345548452e-07,
+        2.0875604266470646e-09,
+        -1.1353610644992426e-11,
+    ),
+}
+# π/2 = the sum of three positive floats (the rest is below 2^-72 for f32, 2^-159 for
+# f64); positive, so that -q·part is -0 for q = 0 and sin(-0) stays -0
+_PIO2 = {
+    32: (1.570796251296997, 7.549789415861596e-08, 5.390302953474238e-15),
+    64: (1.5707963267948966, 6.123233995736765e-17, 1.082856673921914e-32),
+}
+_TWO_OVER_PI = 0.6366197723675814
+# where Cody–Waite stops being right to r's last bit (q·π/2 in three parts): beyond,
+# Payne–Hanek (pio2.py)
+_TRIG_FAST = {32: 2.0**17, 64: 2.0**30}
+
 _LOG2E = 1.4426950408889634
+# 1/ln 2 = hi + lo for each dtype
+_LOG2E_PARTS = {
+    32: (1.4426950216293335, 1.925963033500011e-08),
+    64: (1.4426950408889634, 2.0355273740931033e-17),
+}
 # ln 2 = hi + lo with hi short enough that k·hi is exact for every exponent k
 _LN2 = {
     32: (0.693145751953125, 1.4286068203094173e-06),
@@ -162,22 +243,35 @@ class _Vec:
     def is_nan(self, x: ir.Value) -> ir.Value:
         return self.b.fcmp_unordered("uno", x, x)
 
-    def scalef(self) -> bool:
-        """Whether `scaled` is one vscalefps (a zmm of this type with AVX-512)."""
-        count = self.t.count
-        return count * self.bits == 512 and jit.has_avx512("avx512f", count, self.bits)
+    def clamp(self, x: ir.Value, lo: float, hi: float) -> ir.Value:
+        """x within [lo, hi]; ordered comparisons, so a NaN passes both (each clamp a
+        vminps or vmaxps)."""
+        b = self.b
+        x = b.select(b.fcmp_ordered(">", x, self.c(hi)), self.c(hi), x)
+        return b.select(self.lt(x, self.c(lo)), self.c(lo), x)
+
+    def avx512(self, feature: str) -> bool:
+        """Whether this type is a zmm register and `feature` is there for it."""
+        return self.t.count * self.bits == 512 and jit.has_avx512(feature, self.t.count, self.bits)
+
+    def x86(self, name: str, *args: ir.Value) -> ir.Value:
+        """An AVX-512 intrinsic on a zmm, all lanes, the current rounding mode."""
+        mask = ir.Constant(ir.IntType(self.t.count), -1)
+        current = ir.Constant(ir.IntType(32), 4)
+        kind = "pd" if self.bits == 64 else "ps"
+        return self.ops.intrinsic(
+            f"llvm.x86.avx512.mask.{name}.{kind}.512",
+            self.t,
+            [*args, ir.Constant(self.t, None), mask, current],
+        )
 
     def scaled(self, p: ir.Value, n: ir.Value) -> ir.Value:
         """p·2^n for integral n (a float) in exp's range, rounded once: one vscalefps
-        with AVX-512, else in two steps through the exponent bits."""
+        with AVX-512 (which takes 2^floor(n) of any n: 0 for -inf, inf for inf), else in
+        two steps through the exponent bits."""
         b, count = self.b, self.t.count
-        if self.scalef():
-            name = f"llvm.x86.avx512.mask.scalef.p{'d' if self.bits == 64 else 's'}.512"
-            mask = ir.Constant(ir.IntType(count), -1)
-            current = ir.Constant(ir.IntType(32), 4)  # the current rounding mode
-            return self.ops.intrinsic(
-                name, self.t, [p, n, ir.Constant(self.t, None), mask, current]
-            )
+        if self.avx512("avx512f"):
+            return self.x86("scalef", p, n)
         if jit.has_avx512("avx512f", count, self.bits):  # via ldexp: other widths
             k = b.fptosi(n, ir.VectorType(ir.IntType(32), count))
             name = f"llvm.ldexp.{self.ops.suffix(self.t)}.{self.ops.suffix(k.type)}"
@@ -195,23 +289,36 @@ class _Vec:
 
 def exp(ops: Ops, x: ir.Value) -> ir.Value:
     v, b = _Vec(ops, x), ops.b
-    lo, hi = _EXP_RANGE[v.bits]
-    # ordered comparisons, so a NaN passes both clamps (each clamp a vminps or vmaxps)
-    xc = b.select(b.fcmp_ordered(">", x, v.c(hi)), v.c(hi), x)
-    xc = b.select(v.lt(xc, v.c(lo)), v.c(lo), xc)
+    xc = v.clamp(x, *_EXP_RANGE[v.bits])
     n = v.call("roundeven", b.fmul(xc, v.c(_LOG2E)))
     ln2_hi, ln2_lo = _LN2[v.bits]
     r = v.fma(n, v.c(-ln2_hi), xc)
     r = v.fma(n, v.c(-ln2_lo), r)
     g = v.poly(r, _EXP_F64 if v.bits == 64 else _EXP_F32)
     p = v.fma(v.fma(g, r, v.c(1.0)), r, v.c(1.0))
-    if v.scalef():  # vscalefps carries the NaN through: no compare and blend for it
+    if v.avx512("avx512f"):  # vscalefps carries the NaN through: no compare and blend for it
         return v.scaled(p, n)
     return b.select(v.is_nan(x), x, v.scaled(p, n))  # n as an integer would be poison
 
 
-def log(ops: Ops, x: ir.Value) -> ir.Value:
+def exp2(ops: Ops, x: ir.Value) -> ir.Value:
     v, b = _Vec(ops, x), ops.b
+    coeffs = (1.0, *(_EXP2_F64 if v.bits == 64 else _EXP2_F32))
+    if v.avx512("avx512dq"):
+        # f = x - roundeven(x), exact, in one vreduceps (imm 8: to nearest, 0 fraction
+        # bits, no precision exception; 0 for ±inf), and n = x - f: ±inf stays, which
+        # vscalefps turns into inf or 0 (a NaN goes through both)
+        f = v.x86("reduce", x, ir.Constant(ir.IntType(32), 8))
+        return v.scaled(v.poly(f, coeffs), b.fsub(x, f))
+    xc = v.clamp(x, *_EXP2_RANGE[v.bits])
+    n = v.call("roundeven", xc)
+    return b.select(v.is_nan(x), x, v.scaled(v.poly(b.fsub(xc, n), coeffs), n))
+
+
+def _log_parts(v: _Vec, x: ir.Value) -> tuple[ir.Value, ...]:
+    """x = 2^k·(1 + f), 1 + f in [√½, √2): (k as a float, f, f²/2, s·(f²/2 + R(s²)))
+    with s = f/(2 + f) and log(1 + f) = f - f²/2 + s·(f²/2 + R(s²))."""
+    b = v.b
     min_normal = 2.0 ** (1 - v.bias)
     tiny = v.lt(x, v.c(min_normal))
     xs = b.select(tiny, b.fmul(x, v.c(2.0**v.mant)), x)  # denormals: normalize first
@@ -228,10 +335,36 @@ def log(ops: Ops, x: ir.Value) -> ir.Value:
     z = b.fmul(s, s)
     big_r = b.fmul(z, v.poly(z, _LOG_F64 if v.bits == 64 else _LOG_F32))
     hfsq = b.fmul(b.fmul(v.c(0.5), f), f)
-    dk = b.sitofp(k, v.t)
+    return b.sitofp(k, v.t), f, hfsq, b.fmul(s, b.fadd(hfsq, big_r))
+
+
+def log(ops: Ops, x: ir.Value) -> ir.Value:
+    v, b = _Vec(ops, x), ops.b
+    dk, f, hfsq, sr = _log_parts(v, x)
     ln2_hi, ln2_lo = _LN2[v.bits]
-    tail = b.fadd(b.fmul(s, b.fadd(hfsq, big_r)), b.fmul(dk, v.c(ln2_lo)))
-    result = b.fsub(b.fmul(dk, v.c(ln2_hi)), b.fsub(b.fsub(hfsq, tail), f))
+    tail = b.fadd(sr, b.fmul(dk, v.c(ln2_lo)))
+    return _log_specials(v, x, b.fsub(b.fmul(dk, v.c(ln2_hi)), b.fsub(b.fsub(hfsq, tail), f)))
+
+
+def log2(ops: Ops, x: ir.Value) -> ir.Value:
+    """k + log(1 + f)/ln 2, the logarithm carried in two parts (fdlibm's e_log2.c, with
+    an fma for the exact product where fdlibm cuts bits off)."""
+    v, b = _Vec(ops, x), ops.b
+    dk, f, hfsq, sr = _log_parts(v, x)
+    hi = b.fsub(f, hfsq)
+    lo = b.fadd(b.fsub(b.fsub(f, hi), hfsq), sr)  # f - hi is exact
+    l2e_hi, l2e_lo = _LOG2E_PARTS[v.bits]
+    top = b.fmul(hi, v.c(l2e_hi))
+    rest = v.fma(hi, v.c(l2e_hi), b.fneg(top))
+    rest = b.fadd(rest, v.fma(lo, v.c(l2e_hi), b.fmul(b.fadd(hi, lo), v.c(l2e_lo))))
+    whole = b.fadd(dk, top)  # |dk| >= |top| or dk = 0: its error is exact
+    rest = b.fadd(rest, b.fadd(b.fsub(dk, whole), top))
+    return _log_specials(v, x, b.fadd(whole, rest))
+
+
+def _log_specials(v: _Vec, x: ir.Value, result: ir.Value) -> ir.Value:
+    """inf at inf, -inf at 0, NaN below 0 and at NaN."""
+    b = v.b
     result = b.select(b.fcmp_ordered("==", x, v.c(float("inf"))), x, result)
     result = b.select(b.fcmp_ordered("==", x, v.c(0.0)), v.c(float("-inf")), result)
     result = b.select(v.lt(x, v.c(0.0)), v.c(float("nan")), result)
@@ -271,6 +404,56 @@ def sigmoid(ops: Ops, x: ir.Value) -> ir.Value:
     return b.fdiv(one, b.fadd(one, exp(ops, b.fneg(x))))
 
 
+def sin(ops: Ops, x: ir.Value) -> ir.Value:
+    return _sin_of_quadrant(ops, x, 0)
+
+
+def cos(ops: Ops, x: ir.Value) -> ir.Value:
+    return _sin_of_quadrant(ops, x, 1)  # cos x = sin(x + π/2)
+
+
+def _sin_of_quadrant(ops: Ops, x: ir.Value, quadrant: int) -> ir.Value:
+    """sin(x + quadrant·π/2): x = n·π/2 + r, then ±sin r or ±cos r as n mod 4 says."""
+    v, b = _Vec(ops, x), ops.b
+    shifter = v.c(1.5 * 2.0**v.mant)  # t's last bit is 1: t = n + shifter, n rounded
+    t = v.fma(x, v.c(_TWO_OVER_PI), shifter)
+    q = b.fsub(t, shifter)
+    r = x
+    for part in _PIO2[v.bits]:
+        r = v.fma(b.fneg(q), v.c(part), r)  # right to its last bit up to _TRIG_FAST
+    ax = v.call("fabs", x)
+    large = b.and_(v.lt(v.c(_TRIG_FAST[v.bits]), ax), v.lt(ax, v.c(float("inf"))))
+    r, n = _reduced_large(v, x, large, r, b.bitcast(t, v.it))
+    n = b.add(n, v.ci(quadrant))
+    z = b.fmul(r, r)
+    sin_r = v.fma(b.fmul(r, z), v.poly(z, _SIN[v.bits]), r)
+    sin_r = v.call("copysign", sin_r, r)  # its sign (|r| <= π/4), and -0 at -0
+    cos_r = v.fma(z, v.poly(z, _COS[v.bits]), v.c(1.0))
+    odd = b.trunc(n, ir.VectorType(ir.IntType(1), v.t.count))
+    result = b.bitcast(b.select(odd, cos_r, sin_r), v.it)
+    sign = b.shl(b.and_(n, v.ci(2)), v.ci(v.bits - 2))  # negative in quadrants 2 and 3
+    return b.bitcast(b.xor(result, sign), v.t)
+
+
+def _reduced_large(
+    v: _Vec, x: ir.Value, large: ir.Value, r: ir.Value, n: ir.Value
+) -> tuple[ir.Value, ir.Value]:
+    """(r, n) with the `large` lanes' from Payne–Hanek, in a branch taken only when
+    there are some."""
+    b, count = v.b, v.t.count
+    mask = b.bitcast(large, ir.IntType(count))
+    before = b.block
+    with b.if_then(b.icmp_unsigned("!=", mask, ir.Constant(mask.type, 0)), likely=False):
+        r_large, n_large = pio2.reduce(v.ops, x)
+        r_new, n_new = b.select(large, r_large, r), b.select(large, n_large, n)
+        after = b.block
+    r_phi, n_phi = b.phi(r.type), b.phi(n.type)
+    for phi, old, new in ((r_phi, r, r_new), (n_phi, n, n_new)):
+        phi.add_incoming(old, before)
+        phi.add_incoming(new, after)
+    return r_phi, n_phi
+
+
 def _per_lane(ops: Ops, name32: str, x: ir.Value) -> ir.Value:
     """The C library's function, called once per lane."""
     b = ops.b
@@ -283,8 +466,12 @@ def _per_lane(ops: Ops, name32: str, x: ir.Value) -> ir.Value:
 
 FUNCTIONS: dict[UnaryOp, Callable[[Ops, ir.Value], ir.Value]] = {
     UnaryOp.EXP: exp,
+    UnaryOp.EXP2: exp2,
     UnaryOp.LOG: log,
+    UnaryOp.LOG2: log2,
     UnaryOp.TANH: tanh,
     UnaryOp.ERF: erf,
     UnaryOp.SIGMOID: sigmoid,
+    UnaryOp.SIN: sin,
+    UnaryOp.COS: cos,
 }

@@ -19,12 +19,13 @@ Values
   or -1 for `>>` of a negative signed value; `>>` is arithmetic on signed dtypes and
   logical on unsigned ones.
 - Comparisons give bool; on floats IEEE ordered, except `!=` (true if either is NaN).
-- neg, abs, `~` (logical not on bool); sqrt, floor, ceil exact. exp, log, tanh, erf
-  and `**` are the C library's double function (Python's math; NumPy's f64 `**`)
-  rounded once to the dtype: for f32 nearly always correctly rounded, and what a
-  target computing in f64 then truncating gets bit for bit (NumPy's f32 ufuncs differ
-  by an ulp on up to 40% of inputs). rsqrt(x) = 1 / sqrt(x) and sigmoid(x) =
-  1 / (1 + exp(-x)), each step rounded in the dtype. fma rounds once (exactly).
+- neg, abs, `~` (logical not on bool); sqrt, floor, ceil exact. exp, exp2, log, log2,
+  tanh, erf, sin, cos and `**` are the C library's double function (Python's math;
+  NumPy's f64 `**`) rounded once to the dtype: for f32 nearly always correctly
+  rounded, and what a target computing in f64 then truncating gets bit for bit
+  (NumPy's f32 ufuncs differ by an ulp on up to 40% of inputs). rsqrt(x) = 1 / sqrt(x)
+  and sigmoid(x) = 1 / (1 + exp(-x)), each step rounded in the dtype. fma rounds once
+  (exactly).
 - Cast is NumPy's conversion (int -> float rounds once to nearest even; int -> int
   wraps) except: float -> int truncates and saturates (NaN -> 0); anything -> bool is
   `!= 0` (NaN -> True); anything but f32 -> bf16 goes through f32, as the compiled

@@ -213,23 +213,39 @@ def _exp(x: float) -> float:
         return math.inf
 
 
-def _log(x: float) -> float:
-    if x > 0 or x != x:
-        return math.log(x)
-    return -math.inf if x == 0 else math.nan
+def _exp2(x: float) -> float:
+    try:
+        return math.pow(2.0, x)
+    except OverflowError:
+        return math.inf
+
+
+def _logarithm(fn: Callable[[float], float]) -> Callable[[float], float]:
+    """`fn` with C's values where Python raises: -inf at 0, NaN below."""
+    return lambda x: fn(x) if x > 0 or x != x else -math.inf if x == 0 else math.nan
+
+
+def _periodic(fn: Callable[[float], float]) -> Callable[[float], float]:
+    """`fn` with C's NaN at ±inf, where Python raises."""
+    return lambda x: fn(x) if math.isfinite(x) else math.nan
 
 
 _LIBM: dict[UnaryOp, Callable[[float], float]] = {
     UnaryOp.EXP: _exp,
-    UnaryOp.LOG: _log,
+    UnaryOp.EXP2: _exp2,
+    UnaryOp.LOG: _logarithm(math.log),
+    UnaryOp.LOG2: _logarithm(math.log2),
     UnaryOp.TANH: math.tanh,
     UnaryOp.ERF: math.erf,
+    UnaryOp.SIN: _periodic(math.sin),
+    UnaryOp.COS: _periodic(math.cos),
 }
 
 
 def libm(op: UnaryOp, d: DType) -> Fn1:
-    """exp, log, tanh or erf in float dtype `d`: the C library's double function of the
-    value, rounded once to `d` (nearly always the correctly rounded result)."""
+    """exp, exp2, log, log2, tanh, erf, sin or cos in float dtype `d`: the C library's
+    double function of the value, rounded once to `d` (nearly always the correctly
+    rounded result)."""
     fn, narrow = _LIBM[op], cast(T.f64, d)
     return lambda a: narrow(np.float64(fn(float(a))))
 

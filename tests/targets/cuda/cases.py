@@ -77,6 +77,9 @@ def cases(rng: np.random.Generator, m: int = 37, n: int = 301) -> list[Case]:
     out.append(
         Case("gelu_tanh", zoo.gelu_tanh, [v, np.empty_like(v)], {1: zoo.gelu_tanh_ref(v)}, 1e-5)
     )
+    for u in (v, v.astype(np.float64)):
+        name = f"waves_{u.dtype}"
+        out.append(Case(name, zoo.waves, [u, np.empty_like(u)], {1: zoo.waves_ref(u)}, 1e-5))
     out.append(
         Case("lib_softmax", softmax_rows, [x, np.empty_like(x)], {1: zoo.softmax_ref(x)}, 1e-4)
     )

@@ -192,7 +192,11 @@ def test_unary_functions():
             (UnaryOp.SQRT, np.sqrt(x)),
             (UnaryOp.RSQRT, 1 / np.sqrt(x)),
             (UnaryOp.EXP, [math.exp(v) for v in x[:4]] + [np.inf, 0.0, np.nan]),
+            (UnaryOp.EXP2, [2**0.25, 16.0, 2**-1.5, 1.0, np.inf, 0.0, np.nan]),
             (UnaryOp.LOG, [math.log(v) for v in x[:2]] + [np.nan, -np.inf, np.inf, np.nan, np.nan]),
+            (UnaryOp.LOG2, [-2.0, 2.0, np.nan, -np.inf, np.inf, np.nan, np.nan]),
+            (UnaryOp.SIN, [math.sin(v) for v in x[:4]] + [np.nan] * 3),
+            (UnaryOp.COS, [math.cos(v) for v in x[:4]] + [np.nan] * 3),
             (UnaryOp.SIGMOID, [1 / (1 + math.exp(-v)) for v in x[:4]] + [1.0, 0.0, np.nan]),
             (UnaryOp.ERF, [math.erf(v) for v in x]),
             (UnaryOp.TANH, [math.tanh(v) for v in x]),
@@ -203,12 +207,16 @@ def test_unary_functions():
             np.testing.assert_array_equal(run_unary(op, x), want, err_msg=op.value)
 
 
-@pytest.mark.parametrize("op", [UnaryOp.EXP, UnaryOp.LOG, UnaryOp.TANH, UnaryOp.ERF])
+@pytest.mark.parametrize(
+    "op",
+    [UnaryOp.EXP, UnaryOp.EXP2, UnaryOp.LOG, UnaryOp.LOG2]
+    + [UnaryOp.TANH, UnaryOp.ERF, UnaryOp.SIN, UnaryOp.COS],
+)
 def test_f32_functions_are_the_double_function_rounded_once(op):
     x = np.abs(np.random.default_rng(2).standard_normal(200).astype(np.float32)) * 3
     got = run_unary(op, x)
     assert got.dtype == np.float32
-    fn = getattr(math, op.value)
+    fn = (lambda v: 2.0**v) if op is UnaryOp.EXP2 else getattr(math, op.value)
     np.testing.assert_array_equal(got, [np.float32(fn(v)) for v in x.tolist()])
 
 
