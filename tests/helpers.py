@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import re
 import zlib
 
 import numpy as np
@@ -86,3 +87,21 @@ def check_golden(name: str, text: str, update: bool) -> None:
     assert text + "\n" == path.read_text(), (
         f"{path} differs; rerun with --update-golden if intended"
     )
+
+
+def asm_loops(asm: str) -> list[list[str]]:
+    """The instructions of each loop in the assembly: a label and the straight code up to
+    a branch back to it."""
+    lines = [ln.strip() for ln in asm.splitlines()]
+    found = []
+    for n, line in enumerate(lines):
+        label = re.fullmatch(r"(\.LBB\w+):", line)
+        if label is None:
+            continue
+        for end in range(n + 1, len(lines)):
+            if lines[end].endswith(":") and not lines[end].startswith("#"):
+                break
+            if re.fullmatch(rf"j\w+\s+{re.escape(label.group(1))}", lines[end]):
+                found.append(lines[n + 1 : end])
+                break
+    return found

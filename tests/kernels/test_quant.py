@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kdsl.kernels import quant
 
-from tests.helpers import run_config
+from tests.helpers import asm_loops, run_config
 
 gguf = pytest.importorskip("gguf")
 GGML_TYPES = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0}
@@ -108,6 +108,23 @@ def test_long_q8_0_rows_take_the_eight_row_kernel(cols: int) -> None:
     assert quant.q8_0_long_rows.stats()["calls"] == before + (cols >= quant.LONG_ROW)
     want = quant.reference_qmatmul(w, x[None], "q8_0")[0]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.skipif(
+    not dict(__import__("llvmlite.binding").binding.get_host_cpu_features()).get("avx512vnni"),
+    reason="the byte products' loop is read as AVX512-VNNI code",
+)
+@pytest.mark.parametrize("fmt", ["q8_0", "q4_0"])
+def test_the_byte_products_loop_takes_nothing_from_the_stack(fmt: str) -> None:
+    """Each core's rows run in a task: the quants' unit stride is a constant there, so
+    the loop over blocks addresses them with offsets, not with strides reloaded from the
+    stack at each access (a Q8_0 loop had eight such reloads)."""
+    w = quant.quantize(np.ones((64, 4096), np.float32), fmt)
+    x = np.ones((1, 4096), np.float32)
+    kernel = quant.q8_0_long_rows if fmt == "q8_0" else quant.q4_0_dot_q8_0
+    args = (w.d, w.q, *quant.quantize_activations(x, fmt), np.empty((1, 64), np.float32))
+    loops = [body for body in asm_loops(kernel.asm(*args)) if any("vpdpbusd" in i for i in body)]
+    assert loops and all(not [i for i in body if "(%rsp" in i] for body in loops), loops
 
 
 def test_the_layout_pads_rows_to_whole_groups_of_blocks() -> None:
