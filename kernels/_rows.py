@@ -8,6 +8,15 @@ from collections.abc import Callable
 import numpy as np
 from kdsl.kernels._checks import as_array, as_axis, out_array
 
+import kdsl as kd
+
+
+def statistics_dtype(dtype: kd.DType) -> kd.DType:
+    """Inside a kernel: the dtype a row's sums and maxima are kept in, `x.dtype` for f32
+    and f64 rows, f32 for f16/bf16 (an f16 sum of squares overflows past 65504: a
+    4096-wide row of standard deviation 4 normalized to zeros)."""
+    return dtype if dtype in (kd.f32, kd.f64) else kd.f32
+
 
 def rows_input(func: str, x: object) -> np.ndarray:
     """`x` checked for a row-wise function: a float array of at least one dimension."""

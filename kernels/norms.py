@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from kdsl.kernels import _device
 from kdsl.kernels._checks import as_array, as_float, shape_error
-from kdsl.kernels._rows import over_rows, rows_input
+from kdsl.kernels._rows import over_rows, rows_input, statistics_dtype
 
 import kdsl as kd
 
@@ -26,7 +26,7 @@ _ROWS = ((4096, 1024), (16384, 4096))
 )
 def rmsnorm_rows(x, w, eps, y):
     i, j = kd.indices(x.shape[0], x.shape[1])
-    ss = kd.empty(x.shape[0], x.dtype)
+    ss = kd.empty(x.shape[0], statistics_dtype(x.dtype))
     ss[i] = kd.sum(x[i, j] * x[i, j], over=j)
     y[i, j] = x[i, j] * kd.rsqrt(ss[i] / x.shape[1] + eps) * w[j]
 
@@ -71,9 +71,10 @@ def layernorm_rows(x, w, b, eps, y):
     and need no second pass over the row."""
     i, j = kd.indices(x.shape[0], x.shape[1])
     n = x.shape[1]
-    shift = kd.empty(x.shape[0], x.dtype)
+    acc = statistics_dtype(x.dtype)
+    shift = kd.empty(x.shape[0], acc)
     shift[i] = x[i, 0]
-    sum1, sum2 = kd.empty(x.shape[0], x.dtype), kd.empty(x.shape[0], x.dtype)
+    sum1, sum2 = kd.empty(x.shape[0], acc), kd.empty(x.shape[0], acc)
     sum1[i] = kd.sum(x[i, j] - shift[i], over=j)
     sum2[i] = kd.sum((x[i, j] - shift[i]) * (x[i, j] - shift[i]), over=j)
     mean = sum1[i] / n

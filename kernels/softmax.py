@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from kdsl.kernels import _device
-from kdsl.kernels._rows import over_rows, rows_input
+from kdsl.kernels._rows import over_rows, rows_input, statistics_dtype
 
 import kdsl as kd
 
@@ -19,11 +19,12 @@ EXAMPLES = [
 @kd.kernel(examples=EXAMPLES)
 def softmax_rows(x, y):
     i, j = kd.indices(x.shape[0], x.shape[1])
-    m = kd.empty(x.shape[0], x.dtype)
+    acc = statistics_dtype(x.dtype)
+    m = kd.empty(x.shape[0], acc)
     m[i] = kd.max(x[i, j], over=j)
-    e = kd.empty(x.shape, x.dtype)
+    e = kd.empty(x.shape, acc)
     e[i, j] = kd.exp(x[i, j] - m[i])
-    s = kd.empty(x.shape[0], x.dtype)
+    s = kd.empty(x.shape[0], acc)
     s[i] = kd.sum(e[i, j], over=j)
     # one division a row, then a multiply an element, instead of a division an element
     # (the result moves by at most an ulp; on Zen 4 the speed moved within the noise)

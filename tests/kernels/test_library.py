@@ -37,6 +37,32 @@ def test_norms(shape):
     )
 
 
+@pytest.mark.parametrize("dtype", [np.float16, "bfloat16"])
+@pytest.mark.parametrize("cols", [1, 13, 4096])
+def test_narrow_float_rows_keep_their_statistics_in_f32(dtype, cols):
+    """f16/bf16 rows are summed and their sums kept in f32: an f16 sum of squares past
+    65504 had normalized whole rows to zeros (a 4096-wide row of standard deviation 8)."""
+    if dtype == "bfloat16":
+        dtype = pytest.importorskip("ml_dtypes").bfloat16
+    rng = keyed_rng("narrow", cols)
+    x = (rng.standard_normal((5, cols)) * 8 + 2).astype(dtype)
+    w, b = (rng.standard_normal((2, cols)) + 1).astype(dtype)
+    wide = x.astype(np.float64), w.astype(np.float64), b.astype(np.float64)
+    tol = dict(rtol=2e-2, atol=2e-2)  # one rounding of the output to 8 or 11 bits
+    np.testing.assert_allclose(rmsnorm(x, w).astype(np.float64), rmsnorm_reference(*wide[:2]), **tol)
+    np.testing.assert_allclose(
+        layernorm(x, w, b).astype(np.float64), layernorm_reference(*wide, 1e-5), **tol
+    )
+    np.testing.assert_allclose(
+        softmax(x).astype(np.float64), softmax_reference(wide[0]), rtol=2e-2, atol=1e-6
+    )
+
+
+def test_a_long_f16_softmax_row_sums_past_the_f16_range():
+    got = softmax(np.zeros((1, 70_000), np.float16))
+    np.testing.assert_allclose(got.astype(np.float64), 1 / 70_000, rtol=1e-2)
+
+
 def test_out_is_written_and_returned():
     x = keyed_rng("out").standard_normal((9, 31)).astype(np.float32)
     out = np.empty_like(x)
