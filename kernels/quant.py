@@ -474,6 +474,8 @@ def _product(
     rows_shape = (batch.shape[0], w.shape[0])
     y = out_array(func, out, rows_shape[1:] if vector else rows_shape, np.float32)
     rows = y[None] if vector else y
+    if rows.size == 0:  # no rows of x (or of w): nothing to multiply
+        return y if out is None else out
     kernel = PRODUCTS[(w.format, activations or "q8_0")]
     if kernel is q8_0_dot_q8_0 and w.shape[1] >= LONG_ROW:
         kernel = q8_0_long_rows

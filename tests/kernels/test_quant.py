@@ -194,6 +194,14 @@ def test_strided_activations() -> None:
     )
 
 
+@pytest.mark.parametrize("activations", [None, "q8_0", "f32"])
+@pytest.mark.parametrize("fmt", ["q8_0", "q4_0"])
+def test_no_rows_of_activations(fmt: str, activations: str | None) -> None:
+    w = quant.quantize(np.ones((64, 256), np.float32), fmt)
+    got = quant.qmatmul(w, np.zeros((0, 256), np.float32), activations=activations)
+    assert got.shape == (0, 64) and got.dtype == np.float32
+
+
 def test_bad_input_is_a_clear_error() -> None:
     rng = np.random.default_rng(6)
     with pytest.raises(ValueError, match="multiple of 32"):
