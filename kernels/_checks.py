@@ -161,6 +161,24 @@ def out_array(
     return array
 
 
+def apart(target: np.ndarray, *inputs: object) -> np.ndarray:
+    """Where a function computes a result to be written to `target`: `target` itself, or
+    a new array like it where it may share memory with one of the `inputs` (a kernel may
+    not write what it reads elsewhere). `written` then copies it over: `softmax(x, out=x)`
+    works in place, as NumPy's `np.exp(x, out=x)` does."""
+    if any(type(a) is np.ndarray and np.may_share_memory(target, a) for a in inputs):
+        return np.empty_like(target)
+    return target
+
+
+def written(work: np.ndarray, target: np.ndarray, out: object) -> object:
+    """The end of a function that computed into `work` (`apart(target, …)`): `work`
+    copied into `target` if they differ; `out` itself when given (a tensor, say)."""
+    if work is not target:
+        target[...] = work
+    return target if out is None else out
+
+
 def expect_array(
     func: str,
     name: str,

@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable
 
 import numpy as np
-from kdsl.kernels._checks import as_array, as_axis, out_array
+from kdsl.kernels._checks import apart, as_array, as_axis, out_array
 
 import kdsl as kd
 
@@ -40,7 +40,7 @@ def over_rows(
     if out is not None:
         target = out_array(func, out, x.shape, x.dtype)
         view = _rows_view(target if last else np.moveaxis(target, axis, -1))
-        if view is not None:
+        if view is not None and apart(view, rows) is view:
             if rows.size:
                 kernel(rows, *params, view)  # straight into `out`
             return out

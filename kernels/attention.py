@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from kdsl.kernels import _device
-from kdsl.kernels._checks import as_array, as_float, out_array, shape_error
+from kdsl.kernels._checks import apart, as_array, as_float, out_array, shape_error, written
 from kdsl.kernels.attention_tc import flash_mma_kernel
 
 import kdsl as kd
@@ -422,9 +422,10 @@ def attention(
     q, k, v = _as_input("q", q), _as_input("k", k), _as_input("v", v)
     _check_shapes(q.shape, k.shape, v.shape)
     B, H, Lq, D = q.shape
-    o = out_array("attention", out, q.shape, np.float32, also=_STORAGE)
-    if o.size == 0:
-        return o if out is None else out
+    target = out_array("attention", out, q.shape, np.float32, also=_STORAGE)
+    if target.size == 0:
+        return target if out is None else out
+    o = apart(target, q, k, v)
     scale = 1.0 / math.sqrt(D) if scale is None else as_float("attention", "scale", scale)
     group = H // k.shape[1]
     if causal and k.shape[2] > Lq:  # top-left: keys past the last query are never seen
@@ -433,7 +434,7 @@ def attention(
         decode_kernel(q, k, v, o, scale, group, D)
     else:
         flash_kernel(q, k, v, o, scale, group, D, bool(causal))
-    return o if out is None else out
+    return written(o, target, out)
 
 
 def reference(

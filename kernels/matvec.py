@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from kdsl.kernels._checks import argument_error, as_array, out_array, shape_error
+from kdsl.kernels._checks import apart, argument_error, as_array, out_array, shape_error, written
 from kdsl.kernels._machine import one_row_first, stream_hints_first
 
 import kdsl as kd
@@ -131,6 +131,9 @@ def matvec(
         raise argument_error(
             "matvec", "accumulate=True adds to `out`, and none was given", "pass out="
         )
-    y = out_array("matvec", out, (w.shape[0],), np.float32)
+    target = out_array("matvec", out, (w.shape[0],), np.float32)
+    y = apart(target, w, x)
+    if accumulate and y is not target:
+        y[...] = target
     matvec_for(w.shape[1], accumulate)(w, x, y)
-    return y if out is None else out
+    return written(y, target, out)

@@ -17,12 +17,14 @@ from __future__ import annotations
 import numpy as np
 from kdsl.kernels import _device
 from kdsl.kernels._checks import (
+    apart,
     argument_error,
     as_array,
     on_a_gpu,
     out_array,
     shape_error,
     type_name,
+    written,
 )
 from kdsl.kernels._machine import one_row_first
 from kdsl.kernels.qtensor import (
@@ -472,10 +474,11 @@ def _product(
     vector = x.ndim == 1
     batch = x.reshape(1, -1) if vector else x
     rows_shape = (batch.shape[0], w.shape[0])
-    y = out_array(func, out, rows_shape[1:] if vector else rows_shape, np.float32)
+    target = out_array(func, out, rows_shape[1:] if vector else rows_shape, np.float32)
+    if target.size == 0:  # no rows of x (or of w): nothing to multiply
+        return target if out is None else out
+    y = apart(target, x)
     rows = y[None] if vector else y
-    if rows.size == 0:  # no rows of x (or of w): nothing to multiply
-        return y if out is None else out
     kernel = PRODUCTS[(w.format, activations or "q8_0")]
     if kernel is q8_0_dot_q8_0 and w.shape[1] >= LONG_ROW:
         kernel = q8_0_long_rows
@@ -483,7 +486,7 @@ def _product(
         kernel(w.scales, w.quants, batch, rows)
     else:
         kernel(w.d, w.q, *quantize_activations(batch, w.format), rows)
-    return y if out is None else out
+    return written(y, target, out)
 
 
 __all__ = [  # the formats and the reference, with the kernels: one module to import

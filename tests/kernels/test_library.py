@@ -118,6 +118,38 @@ def test_matmul_of_a_column_runs_as_a_matrix_vector_product(m, k):
     assert kernel.stats()["calls"] == before + (m > 0)
 
 
+def test_out_may_be_an_input():
+    """In place, as NumPy's ufuncs allow: computed apart, then copied into `out` (a
+    kernel may not write what it reads elsewhere)."""
+    from kdsl.kernels import attention
+    from kdsl.kernels.attention import reference as attention_reference
+    from kdsl.kernels.matvec import matvec
+
+    rng = keyed_rng("in place")
+    x = rng.standard_normal((9, 31)).astype(np.float32)
+    w, b = rng.standard_normal((2, 31)).astype(np.float32)
+    for f, want in [
+        (lambda a: softmax(a, axis=0, out=a), softmax_reference(x, 0)),
+        (lambda a: rmsnorm(a, w, out=a), rmsnorm_reference(x, w)),
+        (lambda a: layernorm(a, w, b, out=a), layernorm_reference(x, w, b, 1e-5)),
+    ]:
+        a = x.copy()
+        assert f(a) is a
+        np.testing.assert_allclose(a, want, rtol=1e-4, atol=1e-5)
+    s = rng.standard_normal((33, 33)).astype(np.float32)
+    want = s.astype(np.float64) @ s
+    assert matmul(s, s, out=s) is s
+    np.testing.assert_allclose(s, want, rtol=1e-4, atol=1e-4)
+    q, k = rng.standard_normal((2, 1, 2, 70, 13)).astype(np.float32)
+    want = attention_reference(q, k, k)
+    attention(q, k, k, out=q)
+    np.testing.assert_allclose(q, want, rtol=1e-4, atol=1e-5)
+    m, v = rng.standard_normal((40, 40)).astype(np.float32), w[:1].repeat(40)
+    want = m.astype(np.float64) @ v
+    matvec(m, v, out=v)
+    np.testing.assert_allclose(v, want, rtol=1e-4, atol=1e-4)
+
+
 def test_matmul_shape_mismatch():
     with pytest.raises(ValueError, match="can't multiply"):
         matmul(np.ones((2, 3), np.float32), np.ones((4, 2), np.float32))
