@@ -1,13 +1,16 @@
 """llama2.c in kdsl: Llama-2 decoding where every step of the forward is a kdsl kernel.
 
-    python examples/llama2.py CHECKPOINT [-t temp] [-p topp] [-s seed] [-n steps]
-                              [-i prompt] [-z tokenizer.bin] [--quant q8_0|q4_0]
+    python examples/llama2.py CHECKPOINT [-t TEMP] [-p TOPP] [-s SEED] [-n STEPS]
+                              [-i PROMPT] [-z TOKENIZER] [--quant q8_0|q4_0]
 
 CHECKPOINT is llama2.c's legacy float32 file or its version-2 int8 file ("ak42"; read
 through the `int8_groups` kernel below: a new quantized layout is a few lines of kdsl);
 `--quant` re-quantizes a float32 file to GGML's Q8_0 or Q4_0 (kdsl.kernels.quant) at
-load. Threads: KDSL_NUM_THREADS (all cores by default). Prints the text, then
-`achieved tok/s: N` as llama2.c does. `kdsl llama2 ...` runs the same.
+load (dim and hidden_dim must be multiples of its 32-value blocks). Options out of range
+are taken as run.c takes them (`--help` says how), and tokenizer.bin's first vocab_size
+pieces are read: a tokenizer with fewer is an error. Threads: KDSL_NUM_THREADS (all cores
+by default). Prints the text, then `achieved tok/s: N` as llama2.c does. `kdsl llama2 ...`
+runs the same.
 
 A layer is nine kernel calls for float32 (norm; q, k and v in one matrix-vector
 product; RoPE into the KV cache; attention over the cache; the output projection with
@@ -31,12 +34,11 @@ import numpy as np
 from kdsl.examples.llama2_format import (
     Config,
     QWeights,
-    Tokenizer,
     Weights,
     read_checkpoint,
     rope_tables,
 )
-from kdsl.examples.llama2_reference import Sampler, generate
+from kdsl.examples.llama2_reference import Sampler, add_options, generate, read_tokenizer
 from kdsl.kernels import quant
 from kdsl.kernels.attention import decode_kernel
 from kdsl.kernels.matvec import matvec_for
@@ -435,6 +437,7 @@ def _float_model(c: Config, w: Weights, quant_format: str | None):
         linear: Callable[[np.ndarray], object] = Float32Linear
         inputs: Callable[[int], object] = Float32Input
     elif quant_format in quant.FORMATS:
+        _check_blocks(c, quant_format)
 
         def linear(m: np.ndarray) -> GgmlLinear:
             return GgmlLinear(quant.quantize(m, quant_format))
@@ -453,6 +456,20 @@ def _float_model(c: Config, w: Weights, quant_format: str | None):
         x[...] = table[token]
 
     return layers, linear(w.wcls), embed, inputs
+
+
+def _check_blocks(c: Config, quant_format: str) -> None:
+    """GGML's formats store a row in blocks of quant.BLOCK values: every matrix's rows
+    (dim values long, w2's hidden_dim) must be whole blocks."""
+    rows = (("dim", c.dim, "wq, wk, wv, wo, w1, w3 and wcls"), ("hidden_dim", c.hidden_dim, "w2"))
+    for what, size, names in rows:
+        if size % quant.BLOCK:
+            raise ValueError(
+                f"--quant {quant_format} stores rows in blocks of {quant.BLOCK} values, but the "
+                f"rows of {names} have {what} = {size}: --quant needs model dimensions (dim, "
+                f"hidden_dim) that are multiples of {quant.BLOCK}, and this model's are "
+                f"({c.dim}, {c.hidden_dim}); run without --quant"
+            )
 
 
 def _int8_model(c: Config, w: QWeights):
@@ -481,16 +498,16 @@ def _int8_model(c: Config, w: QWeights):
 
 def parser(prog: str = "llama2") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=prog, description="Llama-2 decoding with kdsl kernels (llama2.c's options)."
+        prog=prog,
+        description="Llama-2 decoding with kdsl kernels, with llama2.c's options and rules.",
     )
-    p.add_argument("checkpoint", help="llama2.c checkpoint: legacy float32 or version-2 int8")
-    p.add_argument("-t", type=float, default=1.0, help="temperature, 0 = greedy (default 1.0)")
-    p.add_argument("-p", type=float, default=0.9, help="top-p sampling, 1 = off (default 0.9)")
-    p.add_argument("-s", type=int, default=0, help="random seed (default: the time)")
-    p.add_argument("-n", type=int, default=256, help="steps to run, 0 = seq_len (default 256)")
-    p.add_argument("-i", default="", help="prompt")
-    p.add_argument("-z", default="tokenizer.bin", help="tokenizer.bin (default ./tokenizer.bin)")
-    p.add_argument("--quant", choices=sorted(quant.FORMATS), help="re-quantize a float32 file")
+    add_options(p)
+    p.add_argument(
+        "--quant",
+        choices=sorted(quant.FORMATS),
+        help=f"re-quantize a float32 checkpoint at load (needs dim and hidden_dim that are "
+        f"multiples of {quant.BLOCK})",
+    )
     return p
 
 
@@ -498,12 +515,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "llama2") -> int:
     args = parser(prog).parse_args(argv)
     try:
         config, weights = read_checkpoint(args.checkpoint)
-        tokenizer = Tokenizer.read(args.z)
+        tokenizer = read_tokenizer(args.z, config.vocab_size)
+        sampler = Sampler(config.vocab_size, args.t, args.p, args.s)
         transformer = Transformer(config, weights, args.quant)
     except (OSError, ValueError) as err:
-        print(f"llama2: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {err}", file=sys.stderr)
         return 1
-    sampler = Sampler(config.vocab_size, args.t, args.p, args.s or int(time.time()))
     transformer.forward(1, 0)  # compile (or load) every kernel before the clock starts
     transformer.key_cache[...] = 0
     transformer.value_cache[...] = 0

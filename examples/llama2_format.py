@@ -432,15 +432,16 @@ class Tokenizer:
         return len(self.pieces)
 
     @classmethod
-    def read(cls, path: str | Path) -> Tokenizer:
+    def read(cls, path: str | Path, max_pieces: int | None = None) -> Tokenizer:
         """Read a tokenizer.bin: int32 max_token_length, then per piece a float32 score, an
-        int32 length and the bytes, to the end of the file."""
+        int32 length and the bytes, to the end of the file or `max_pieces` pieces (the file
+        does not say how many it holds: run.c reads the model's vocab_size)."""
         data = Path(path).read_bytes()
         if len(data) < 4:
             raise ValueError(f"{path}: {len(data)} bytes, too short for a tokenizer.bin")
         (max_len,) = struct.unpack_from("<i", data)
         pieces, scores, offset = [], [], 4
-        while offset < len(data):
+        while offset < len(data) and (max_pieces is None or len(pieces) < max_pieces):
             if offset + 8 > len(data):
                 raise ValueError(f"{path}: truncated in piece {len(pieces)}")
             score, length = struct.unpack_from("<fi", data, offset)

@@ -11,8 +11,10 @@ runs it with llama2.c's options.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from kdsl.examples.llama2_format import (
@@ -149,15 +151,23 @@ class Transformer:
 class Sampler:
     """llama2.c's sampler: greedy at temperature 0, else a draw from softmax(logits / t),
     from the top-p nucleus when 0 < topp < 1, with llama2.c's xorshift generator, so a seed
-    draws the same tokens as C from the same logits."""
+    draws the same tokens as C from the same logits.
+
+    The options are taken as run.c's main takes them: a temperature below 0 is 0 (greedy),
+    a top-p outside [0, 1] is 0.9, and the seed is C's unsigned 64-bit value (-1 is
+    2**64 - 1), 0 meaning the clock's seconds. NaN is a ValueError (C's sampling is
+    undefined there)."""
 
     _MASK = (1 << 64) - 1
 
     def __init__(self, vocab_size: int, temperature: float, topp: float, seed: int):
+        for name, value in (("temperature", temperature), ("top-p", topp)):
+            if math.isnan(value):
+                raise ValueError(f"the {name} is NaN: pass a number")
         self.vocab_size = vocab_size
-        self.temperature = F32(temperature)
-        self.topp = F32(topp)
-        self.state = seed & self._MASK
+        self.temperature = F32(max(temperature, 0.0))
+        self.topp = F32(topp if 0 <= topp <= 1 else 0.9)
+        self.state = seed & self._MASK or int(time.time()) & 0xFFFFFFFF
 
     def random_u32(self) -> int:
         """xorshift* (Marsaglia; Vigna's multiplier), the top 32 bits of the product."""
@@ -210,7 +220,8 @@ def generate(
     transformer: Transformer, tokenizer: Tokenizer, sampler: Sampler, prompt: str, steps: int
 ) -> tuple[list[int], str]:
     """llama2.c's generate loop: the prompt's tokens are forced, then each next token is
-    sampled; stops after `steps` positions (0 or more than seq_len: seq_len) or at BOS.
+    sampled; stops after `steps` positions (0 or less, or more than seq_len: seq_len, as
+    run.c) or at BOS.
     Returns all tokens from the prompt's BOS on, and the text printed, as llama2.c prints."""
     steps = transformer.config.seq_len if not 0 < steps <= transformer.config.seq_len else steps
     prompt_tokens = tokenizer.encode(prompt, bos=True)
@@ -228,25 +239,59 @@ def generate(
     return tokens, b"".join(text).decode("utf-8", errors="replace")
 
 
-def main(argv: list[str] | None = None) -> None:
+def read_tokenizer(path: str | Path, vocab_size: int) -> Tokenizer:
+    """The tokenizer of a model of `vocab_size` tokens, read as run.c's build_tokenizer
+    reads it: the file's first vocab_size pieces (a longer file's others are not read). A
+    file with fewer is a ValueError: the model would sample tokens it has no piece for."""
+    tokenizer = Tokenizer.read(path, max_pieces=vocab_size)
+    if tokenizer.vocab_size < vocab_size:
+        raise ValueError(
+            f"{path} has {tokenizer.vocab_size} pieces but the checkpoint's vocab_size is "
+            f"{vocab_size}: pass the tokenizer made for this model with -z"
+        )
+    return tokenizer
+
+
+# llama2.c's options: flag, type, default, metavar, help (run.c's rules for values out of
+# range are Sampler's and generate's)
+_OPTIONS = (
+    ("-t", float, 1.0, "TEMP", "temperature (default 1.0); 0 or below: greedy"),
+    ("-p", float, 0.9, "TOPP", "top-p (default 0.9); 1: off; outside [0, 1]: 0.9"),
+    ("-s", int, 0, "SEED", "random seed (default 0: the time)"),
+    ("-n", int, 256, "STEPS", "steps (default 256); below 1 or past seq_len: seq_len"),
+    ("-i", str, "", "PROMPT", "prompt (default: none)"),
+    ("-z", str, "tokenizer.bin", "TOKENIZER", "the model's tokenizer (default tokenizer.bin)"),
+)
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """The checkpoint and llama2.c's options, -t -p -s -n -i -z."""
+    parser.add_argument(
+        "checkpoint", help="llama2.c checkpoint: legacy float32 or version-2 int8 ('ak42')"
+    )
+    for flag, kind, default, metavar, text in _OPTIONS:
+        parser.add_argument(flag, type=kind, default=default, metavar=metavar, help=text)
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint")
-    parser.add_argument("-t", type=float, default=1.0, help="temperature (0: greedy)")
-    parser.add_argument("-p", type=float, default=0.9, help="top-p (1: off)")
-    parser.add_argument("-s", type=int, default=0, help="random seed (0: time)")
-    parser.add_argument("-n", type=int, default=256, help="steps (0: seq_len)")
-    parser.add_argument("-i", default="", help="prompt")
-    parser.add_argument("-z", default="tokenizer.bin", help="tokenizer.bin path")
+    add_options(parser)
     args = parser.parse_args(argv)
-    config, weights = read_checkpoint(args.checkpoint)
-    transformer = Transformer(config, weights)
-    sampler = Sampler(config.vocab_size, args.t, args.p, args.s or int(time.time()))
+    try:
+        config, weights = read_checkpoint(args.checkpoint)
+        tokenizer = read_tokenizer(args.z, config.vocab_size)
+        sampler = Sampler(config.vocab_size, args.t, args.p, args.s)
+        transformer = Transformer(config, weights)
+    except (OSError, ValueError) as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 1
     start = time.perf_counter()
-    tokens, text = generate(transformer, Tokenizer.read(args.z), sampler, args.i, args.n)
+    tokens, text = generate(transformer, tokenizer, sampler, args.i, args.n)
     elapsed = time.perf_counter() - start
     print(text)
     print(f"achieved tok/s: {(len(tokens) - 1) / elapsed:f}", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

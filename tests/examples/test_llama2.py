@@ -177,6 +177,76 @@ def test_bad_input_is_an_error_message_not_a_crash(tiny, tmp_path, capsys) -> No
     bad.write_bytes(b"ak42" + b"\0" * 10)
     assert runner.main([str(bad), "-z", str(tiny["tokenizer"])]) == 1
     assert "llama2: error:" in capsys.readouterr().err
+
+
+def _error(argv: list[str], capsys) -> str:
+    """What `kdsl llama2 ...` prints for an input it refuses: one line, exit status 1."""
+    assert kdsl_main(["llama2", *argv]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "Traceback" not in err
+    return err
+
+
+def test_quant_of_dimensions_that_are_not_whole_blocks_is_an_error(tiny, capsys) -> None:
     argv = [str(tiny["float32"]), "-z", str(tiny["tokenizer"]), "--quant", "q4_0"]
-    assert runner.main(argv) == 1  # hidden size 172 is no multiple of 32
-    assert "multiple of 32" in capsys.readouterr().err
+    assert _error(argv, capsys) == (
+        "kdsl llama2: error: --quant q4_0 stores rows in blocks of 32 values, but the rows of "
+        "w2 have hidden_dim = 172: --quant needs model dimensions (dim, hidden_dim) that are "
+        "multiples of 32, and this model's are (64, 172); run without --quant\n"
+    )
+    narrow = dataclasses.replace(BLOCKED, dim=48, n_heads=2, n_kv_heads=1)
+    paths = fmt.write_checkpoint(tiny["float32"].parent / "narrow", narrow, 6, ("float32",))
+    argv = [str(paths["float32"]), "-z", str(paths["tokenizer"]), "--quant", "q8_0"]
+    assert "the rows of wq, wk, wv, wo, w1, w3 and wcls have dim = 48" in _error(argv, capsys)
+
+
+def test_a_tokenizer_with_fewer_pieces_than_the_vocabulary_is_an_error(tiny, tmp_path, capsys):
+    """As llama2.c, which reads vocab_size pieces; the model would sample tokens that have
+    no piece (an IndexError in decoding, before)."""
+    big = dataclasses.replace(fmt.TINY, vocab_size=512)
+    model = fmt.write_checkpoint(tmp_path, big, seed=5, kinds=("float32",))["float32"]
+    assert _error([str(model), "-z", str(tiny["tokenizer"]), "-n", "64"], capsys) == (
+        f"kdsl llama2: error: {tiny['tokenizer']} has 300 pieces but the checkpoint's "
+        "vocab_size is 512: pass the tokenizer made for this model with -z\n"
+    )
+
+
+def test_a_tokenizer_with_more_pieces_is_read_to_the_vocabulary(tiny, tmp_path, capsys):
+    """As llama2.c, the first vocab_size pieces; the others are not tokens of the model
+    (a prompt merged into one, the model's embedding had no row for it, before)."""
+    tokenizer = fmt.Tokenizer.read(tiny["tokenizer"])
+    prompt = "the"
+    first, second = tokenizer.encode(prompt)[1:3]
+    extra = [tokenizer.pieces[first] + tokenizer.pieces[second]]  # merged first if read
+    extra += [b"<extra %d>" % i for i in range(511 - fmt.TINY.vocab_size)]
+    bigger = fmt.Tokenizer(tokenizer.pieces + extra, tokenizer.scores + [1e9] * len(extra))
+    bigger.write(tmp_path / "bigger.bin")
+    argv = [str(tiny["float32"]), "-t", "0", "-n", "24", "-i", prompt]
+    assert runner.main([*argv, "-z", str(tmp_path / "bigger.bin")]) == 0
+    with_more = capsys.readouterr().out
+    assert runner.main([*argv, "-z", str(tiny["tokenizer"])]) == 0
+    assert with_more == capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "given, taken",
+    [
+        (["-t", "-1"], ["-t", "0"]),  # a negative temperature is greedy
+        (["-p", "1.5"], ["-p", "0.9"]),  # a top-p outside [0, 1] is 0.9
+        (["-p", "-0.5"], ["-p", "0.9"]),
+        (["-n", "-3"], ["-n", "0"]),  # steps below 1 are seq_len
+        (["-n", "1000"], ["-n", "128"]),  # and so are steps past it
+    ],
+)
+def test_options_out_of_range_are_taken_as_run_c_takes_them(tiny, capsys, given, taken):
+    argv = [str(tiny["float32"]), "-z", str(tiny["tokenizer"]), "-s", "5", "-i", "the"]
+    texts = []
+    for options in (given, taken):
+        assert runner.main([*argv, *options]) == 0
+        texts.append(capsys.readouterr().out)
+    assert texts[0] == texts[1]
+
+
+def test_a_nan_option_is_an_error(tiny, capsys) -> None:
+    argv = [str(tiny["float32"]), "-z", str(tiny["tokenizer"]), "-t", "nan"]
+    assert _error(argv, capsys) == "kdsl llama2: error: the temperature is NaN: pass a number\n"

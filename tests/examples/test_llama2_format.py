@@ -190,6 +190,18 @@ def test_tokenizer_file_round_trip(tmp_path):
         fmt.Tokenizer.read(tmp_path / "short.bin")
 
 
+def test_tokenizer_read_stops_after_max_pieces(tmp_path):
+    """As run.c's build_tokenizer, which reads the model's vocab_size pieces: the rest of
+    the file is not read (here a truncated piece)."""
+    tok = fmt.random_tokenizer(400, seed=2)
+    tok.write(tmp_path / "t.bin")
+    (tmp_path / "short.bin").write_bytes((tmp_path / "t.bin").read_bytes()[:-3])
+    read = fmt.Tokenizer.read(tmp_path / "short.bin", max_pieces=300)
+    assert read.pieces == tok.pieces[:300] and read.scores == tok.scores[:300]
+    assert read.max_token_length == tok.max_token_length
+    assert fmt.Tokenizer.read(tmp_path / "t.bin", max_pieces=500).vocab_size == 400
+
+
 def test_random_tokenizer_encodes_and_decodes_multibyte_text():
     tok = fmt.random_tokenizer(2000, seed=1)
     assert tok.vocab_size == 2000 and len(set(tok.pieces)) == 2000

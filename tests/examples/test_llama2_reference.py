@@ -133,6 +133,21 @@ def test_sampler_greedy_multinomial_and_nucleus():
     assert set(nucleus.sample(logits) for _ in range(300)) == {0, 1}
 
 
+def test_sampler_takes_options_as_run_c_takes_them(monkeypatch):
+    """run.c's main: a temperature below 0 is 0, a top-p outside [0, 1] is 0.9, the seed is
+    an unsigned 64-bit integer (-1 is 2**64 - 1) and 0 is the clock's seconds."""
+    monkeypatch.setattr(ref.time, "time", lambda: 1700000000.75)
+    logits = np.log(np.array([0.1, 0.6, 0.3], np.float32))
+    assert all(ref.Sampler(3, -1.0, 0.9, seed=1).sample(logits) == 1 for _ in range(50))
+    topps = [ref.Sampler(3, 1.0, p, seed=1).topp for p in (1.5, -0.5, 1.0, 0.0)]
+    assert topps == [np.float32(0.9), np.float32(0.9), 1, 0]
+    seeds = [ref.Sampler(3, 1.0, 0.9, seed=s).state for s in (0, -1, 2**64, 7)]
+    assert seeds == [1700000000, 2**64 - 1, 1700000000, 7]
+    for temperature, topp in ((float("nan"), 0.9), (1.0, float("nan"))):
+        with pytest.raises(ValueError, match="is NaN: pass a number"):
+            ref.Sampler(3, temperature, topp, seed=1)
+
+
 class _Scripted:
     """A transformer stub whose logits pick a scripted token at each position."""
 
@@ -211,10 +226,16 @@ def test_c_baseline_with_an_unshared_classifier(c_build, tmp_path, kind):
     assert c_build.run_c(program, paths[kind], paths["tokenizer"], steps=40).tokens == tokens
 
 
-def test_reference_command_line(checkpoint, capsys):
-    ref.main([str(checkpoint["int8"]), "-z", str(checkpoint["tokenizer"]), "-n", "12", "-i", "the"])
+def test_reference_command_line(checkpoint, tmp_path, capsys):
+    argv = [str(checkpoint["int8"]), "-n", "12", "-i", "the"]
+    assert ref.main([*argv, "-z", str(checkpoint["tokenizer"])]) == 0
     out, err = capsys.readouterr()
     assert out.startswith("the") and "achieved tok/s:" in err
+    fmt.random_tokenizer(280, seed=1).write(tmp_path / "small.bin")
+    assert ref.main([*argv, "-z", str(tmp_path / "small.bin")]) == 1
+    assert "small.bin has 280 pieces but the checkpoint's vocab_size is 300" in (
+        capsys.readouterr().err
+    )
 
 
 def test_c_baseline_rejects_a_truncated_checkpoint(c_build, checkpoint, tmp_path):
