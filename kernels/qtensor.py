@@ -136,8 +136,15 @@ class QTensor:
     def frombuffer(cls, buffer: object, fmt: str, shape: tuple[int, int]) -> QTensor:
         """A QTensor from GGML bytes (e.g. a memory-mapped file's), copied into kdsl's
         layout."""
-        out = cls.empty(fmt, shape)
-        rows, cols = out.shape
+        if isinstance(buffer, str) and buffer in FORMATS:
+            raise argument_error(
+                "QTensor.frombuffer",
+                f"the first argument is the format {buffer!r}: the order is (buffer, fmt, "
+                "shape)",
+                f"call QTensor.frombuffer(data, {buffer!r}, (rows, cols))",
+            )
+        rows, cols = check_shape("QTensor.frombuffer", fmt, shape)
+        out = cls.empty(fmt, (rows, cols))
         data = np.frombuffer(buffer, np.uint8)  # type: ignore[call-overload]
         expected = rows * (cols // BLOCK) * FORMATS[fmt]
         if data.size != expected:

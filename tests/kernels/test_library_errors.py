@@ -418,6 +418,17 @@ def test_good_arguments_still_compute():
             "QTensor.frombuffer: q8_0 1x32 takes 34 bytes",
         ),
         (
+            lambda: QTensor.frombuffer("q4_0", (1, 32), b"\0" * 18),  # type: ignore[arg-type]
+            kd.KernelArgumentError,
+            r"QTensor.frombuffer: the first argument is the format 'q4_0': the order is "
+            r"\(buffer, fmt, shape\)",
+        ),
+        (
+            lambda: QTensor.frombuffer(b"\0" * 18, "q4_0", (1, 31)),
+            kd.ShapeError,
+            "QTensor.frombuffer: q4_0 stores rows in blocks of 32",
+        ),
+        (
             lambda: qmatvec(Q8, np.ones(32, np.float32)),
             kd.ShapeError,
             r"qmatvec: can't multiply x of shape \(32,\)",
