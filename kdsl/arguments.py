@@ -120,6 +120,22 @@ def describe(value: object) -> str:
     return f"a {type(value).__name__}"
 
 
+def _scalar_kind(value: np.generic) -> str:
+    names = {"f": "long double", "c": "complex"}
+    return names.get(value.dtype.kind, type(value).__name__)
+
+
+def _unsupported_scalar_fix(name: str, value: np.generic) -> str:
+    if value.dtype.kind == "f":
+        return f"pass '{name}' as a float or an np.float64: float(value) (f64 is kdsl's widest)"
+    if value.dtype.kind == "c":
+        return (
+            f"kdsl has no complex numbers: pass value.real and value.imag as two float "
+            f"arguments in place of '{name}'"
+        )
+    return f"pass '{name}' as a Python number, or a NumPy int, float or bool scalar"
+
+
 def spec_of(
     name: str, value: object, sig: Signature, static_shapes: bool
 ) -> tuple[ArgSpec, object]:
@@ -140,13 +156,15 @@ def spec_of(
         return ConstSpec(raw), raw
     if value is None:
         raise sig.error(f"argument '{name}' is None", "pass a NumPy array or a number")
-    if isinstance(value, np.generic):  # typed; checked first, as np.float64 is a float
+    if isinstance(value, np.generic):  # checked first, as np.float64 is a float
         d = T.from_numpy(value.dtype)
         if d is None:
             raise sig.error(
-                f"argument '{name}' has dtype {value.dtype}, which kdsl does not support"
+                f"argument '{name}' is a NumPy {_scalar_kind(value)} scalar ({value.dtype}), "
+                "which kdsl does not support",
+                _unsupported_scalar_fix(name, value),
             )
-        return ScalarSpec(d, False), value.item()
+        return ScalarSpec(d, True), value.item()  # weak, as a Python number (language.md)
     if isinstance(value, bool):
         return ScalarSpec(T.bool_, True), value
     if isinstance(value, int):

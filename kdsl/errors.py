@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import linecache
 from dataclasses import dataclass
 
@@ -21,6 +22,29 @@ class SourceLoc:
     @property
     def text(self) -> str:
         return linecache.getline(self.file, self.line).rstrip("\n")
+
+    def expression(self) -> tuple[str, ast.expr] | None:
+        """The span's text and its parsed expression, where the span is one expression
+        on one line (as Python 3.11 reports a running operation); else None."""
+        if self.col is None or self.end_col is None:
+            return None
+        span = self.text[self.col : self.end_col]
+        try:
+            return span, ast.parse(span, mode="eval").body
+        except SyntaxError:
+            return None
+
+    def subscripts(self) -> tuple[str, ...] | None:
+        """The subscripts as the user wrote them, where the span is a subscripted array
+        (`data[t, j - 2]`: ("t", "j - 2")); None where it is something else."""
+        found = self.expression()
+        if found is None:
+            return None
+        span, node = found
+        if not isinstance(node, ast.Subscript):
+            return None
+        parts = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+        return tuple(ast.get_source_segment(span, p) or ast.unparse(p) for p in parts)
 
     def excerpt(self) -> str:
         """The source line with a caret under the span, indented for a message."""

@@ -113,6 +113,24 @@ def test_waves(n, dtype):
     check_kernel(zoo.waves, [x, np.empty_like(x)], {1: zoo.waves_ref(x)})
 
 
+@given(
+    n=SIZES,
+    dtype=st.sampled_from([np.float32, np.float64]),
+    g=st.sampled_from([2.2, 2.0, -1.0, -0.5, 7.0]),
+)
+def test_powers(n, dtype, g):
+    rng = np.random.default_rng(n)
+    x = random_array(rng, (n,), dtype) * 4
+    e = np.where(rng.random(n) < 0.5, np.round(x * 3), x * 3).astype(dtype)
+    check_kernel(zoo.powers, [x, e, g, np.empty_like(x)], {3: zoo.powers_ref(x, e, g)})
+
+
+@given(n=SIZES, dtype=st.sampled_from([np.float32, np.float64]))
+def test_rounded(n, dtype):
+    x = np.round(random_array(np.random.default_rng(n), (n,), dtype) * 40) / 8  # halves
+    check_kernel(zoo.rounded, [x, np.empty_like(x)], {1: zoo.rounded_ref(x)}, rtol=0, atol=0)
+
+
 def test_gelu(rng):
     x = random_array(rng, (1001,), np.float32) * 6
     check_kernel(

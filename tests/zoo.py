@@ -117,3 +117,33 @@ def waves(x, y):
 def waves_ref(x):
     t = x.dtype.type
     return np.sin(x * t(1e10)) * np.cos(x) + np.exp2(x * t(8)) - np.log2(np.abs(x) + t(0.5))
+
+
+@kd.kernel
+def powers(x, e, g, y):
+    """** with an array of exponents (NaN for a negative x and a fraction) and with a
+    scalar one (2 and -1 take shortcuts in vector code)."""
+    i = kd.indices(x.shape[0])
+    y[i] = x[i] ** e[i] + kd.abs(x[i]) ** g
+
+
+@kd.kernel
+def rounded(x, y):
+    """Halves to even, as np.round: 2.5 → 2, -0.5 → -0."""
+    i = kd.indices(x.shape[0])
+    y[i] = kd.round(x[i] * 4.0)
+
+
+def rounded_ref(x):
+    return np.round(x * x.dtype.type(4))
+
+
+@kd.kernel
+def power_of(x, e, y):
+    i = kd.indices(x.shape[0])
+    y[i] = x[i] ** e[i]
+
+
+def powers_ref(x, e, g):
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.power(x, e) + np.power(np.abs(x), x.dtype.type(g))

@@ -50,6 +50,7 @@ _UNARY: dict[UnaryOp, Callable[..., bool | int | float]] = {
     UnaryOp.INVERT: lambda a: (not a) if isinstance(a, bool) else ~a,
     UnaryOp.FLOOR: math.floor,
     UnaryOp.CEIL: math.ceil,
+    UnaryOp.ROUND: round,  # (Python's: halves to even)
     UnaryOp.SQRT: math.sqrt,
 }
 

@@ -77,6 +77,7 @@ class UnaryOp(enum.Enum):
     COS = "cos"
     FLOOR = "floor"
     CEIL = "ceil"
+    ROUND = "round"  # to the nearest integer, halves to even (np.round, Python's round)
 
     @property
     def float_only(self) -> bool:

@@ -87,6 +87,12 @@ def _expr(e: Expr) -> tuple[str, int]:
             return (_subscripted(b, index, checked), _ATOM)
         case Binary(op=op, lhs=a, rhs=b) if op in (BinaryOp.MAX, BinaryOp.MIN):
             return (f"{op.value}({format_expr(a)}, {format_expr(b)})", _ATOM)
+        case Binary(op=BinaryOp.ADD | BinaryOp.SUB as op, lhs=a, rhs=Const(value=v) as c) if (
+            not isinstance(v, bool) and v < 0
+        ):  # j + -2 reads j - 2 (the same number, float or int)
+            flipped = BinaryOp.SUB if op is BinaryOp.ADD else BinaryOp.ADD
+            prec = _PRECEDENCE[op]
+            return (f"{_paren(a, prec)} {flipped.value} {_expr(Const(-v, c.dtype))[0]}", prec)
         case Binary(op=op, lhs=a, rhs=b):
             prec = _PRECEDENCE.get(op, _COMPARE)
             # Left-associative, except **: right-associative, and its base binds tighter

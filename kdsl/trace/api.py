@@ -13,6 +13,7 @@ from kdsl.errors import TraceError
 from kdsl.ir.nodes import BinaryOp, Const, Expr, LocalVar, LoopKind, LoopVar, Store, UnaryOp
 from kdsl.ir.printer import format_expr
 from kdsl.ir.visit import walk_expr
+from kdsl.trace import hints
 from kdsl.trace import values as V
 from kdsl.trace.buffers import BufferProxy, LocalProxy
 from kdsl.trace.context import Index, Reduction, current
@@ -74,6 +75,7 @@ def _loops(
             loc=loc,
             fix="put the kd.when inside the loop, or bind the indices with kd.grid first",
         )
+    _check_bounds(api, extents, "extent")
     idxs = [ctx.new_index(n, e) for n, e in zip(_names(api, len(extents), None), extents)]
 
     def nest(k: int) -> Iterator[None]:
@@ -100,6 +102,7 @@ def range(*args: object) -> Iterator[Value]:  # noqa: A001 - kd.range mirrors Py
         )
     start, stop = (0, args[0]) if len(args) == 1 else args[:2]
     step = _step(args[2]) if len(args) == 3 else 1
+    _check_bounds("range", (start, stop), "bounds")
     if _is_int(start) and start == 0 and step == 1:
         yield from _loops("range", LoopKind.SERIAL, (stop,))  # type: ignore[misc]
         return
@@ -122,8 +125,34 @@ def range(*args: object) -> Iterator[Value]:  # noqa: A001 - kd.range mirrors Py
         count = V.maximum(V.cast(stop, T.i64) - start, 0)
         if step != 1:
             count = (count + (step - 1)) // step  # type: ignore[operator]
+    ctx = current("range")
     for t in _loops("range", LoopKind.SERIAL, (count,)):
-        yield t * step + start if step != 1 else t + start  # type: ignore[operator]
+        value = t * step + start if step != 1 else t + start  # type: ignore[operator]
+        ctx.user_forms[value.expr] = t.name  # (messages print it as t)
+        yield value
+
+
+def _check_bounds(api: str, bounds: tuple[object, ...], what: str) -> None:
+    """A loop's bounds may not depend on an implicit index (`kd.range(offs[r], offs[r +
+    1])` under `r = kd.indices(n)`): each r would need its own loop, so r must be a
+    loop of its own, around this one."""
+    ctx = current(api)
+    exprs = [as_value(b).expr for b in bounds if not isinstance(b, bool | int | np.integer)]
+    free = [ctx.indices[p] for p in ctx.free_vars(exprs)]
+    if not free:
+        return
+    names = ", ".join(i.name for i in free)
+    extents = ", ".join(format_expr(hints.in_users_names(i.extent)) for i in free)
+    read = ", ".join(format_expr(hints.in_users_names(e)) for e in exprs if ctx.free_vars([e]))
+    one = len(free) == 1
+    raise TraceError(
+        f"kd.{api}'s {what} ({read}) depend{'s' if what == 'extent' else ''} on the implicit "
+        f"index{'' if one else 'es'} {names}: each {free[0].name} needs a loop of its own, so "
+        f"{names} must be {'a real loop' if one else 'real loops'} around this one",
+        loc=location(),
+        fix=f"loop over {'it' if one else 'them'}: `for {names} in kd.grid({extents}):` "
+        f"(in place of kd.indices), with this loop in its body",
+    )
 
 
 def _is_int(x: object) -> bool:
@@ -167,6 +196,8 @@ def _local(init: object, dtype: object, name: str | None) -> LocalProxy:
     v = as_value(init)
     if dtype is not None:
         d = T.as_dtype(dtype)
+    elif isinstance(init, np.generic):  # kd.local(np.float64(0)): the scalar's dtype
+        d = T.compute_dtype(v.dtype)
     elif v.weak and not v.dtype.is_bool:
         d = T.DEFAULT_FLOAT if v.dtype.is_float else T.DEFAULT_INT
     else:
@@ -375,6 +406,8 @@ sin = _unary(UnaryOp.SIN)
 cos = _unary(UnaryOp.COS)
 floor = _unary(UnaryOp.FLOOR)
 ceil = _unary(UnaryOp.CEIL)
+round = _unary(UnaryOp.ROUND)  # noqa: A001 - kd.round mirrors np.round
+round.__doc__ = "Elementwise rounding to the nearest integer, halves to even, as np.round."
 
 
 def abs(x: object) -> Value:  # noqa: A001

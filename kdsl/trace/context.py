@@ -102,6 +102,9 @@ class TraceContext:
     declared_in: dict[str, list[Stmt]] = field(default_factory=dict)  # local/temp -> its block
     # scalar-argument expressions narrowed to an integer dtype (values._note_narrowing)
     narrowed: dict[tuple[Expr, DType], SourceLoc | None] = field(default_factory=dict)
+    # the values a kd.range(start, stop[, step]) loop hands the user (t + start, as the
+    # IR counts t from 0) -> the user's name for them, for messages
+    user_forms: dict[Expr, str] = field(default_factory=dict)
     # in the statement being recorded: the reductions computed so far, by id (each kept
     # alive, so ids stay unique) -> (it, its value, the local or temporary holding that)
     computed: dict[int, tuple[Reduction, Expr, str]] | None = None
@@ -538,6 +541,11 @@ def _replace(e: Expr, old: Reduction, new: Expr) -> Expr:
 # ---------------------------------------------------------------- the active trace
 
 _active = threading.local()
+
+
+def active() -> TraceContext | None:
+    """The trace running in this thread, if any."""
+    return getattr(_active, "ctx", None)
 
 
 def current(api_name: str) -> TraceContext:

@@ -65,11 +65,12 @@ def location(frame: FrameType | None = None) -> SourceLoc | None:
     instrs, pos = _current(frame)
     positions = instrs[pos].positions if pos >= 0 else None
     if positions is not None and positions.lineno is not None:
+        one_line = positions.end_lineno == positions.lineno  # (else the span ends elsewhere)
         return SourceLoc(
             frame.f_code.co_filename,
             positions.lineno,
             positions.col_offset,
-            positions.end_col_offset,
+            positions.end_col_offset if one_line else None,
         )
     return SourceLoc(frame.f_code.co_filename, frame.f_lineno)
 

@@ -30,6 +30,7 @@ from kdsl.ir.nodes import (
     UnaryOp,
 )
 from kdsl.ir.visit import walk_expr
+from kdsl.trace import hints
 from kdsl.trace.frames import called_function, location
 from kdsl.types import DType
 
@@ -94,6 +95,9 @@ class Value:
                 f"use kd.{name}imum(a, b) for two values, or kd.{name}(x[k], over=k) to reduce "
                 "over an index",
             )
+        logic = hints.logic_fix()
+        if logic is not None:  # `0.0 < x[i] < 1.0`, `a and b`: Python's `and` inside
+            raise trace_error(*logic)
         fix = (
             "use kd.where(cond, a, b) for a value, or `with kd.when(cond):` for statements; "
             "use & | ~ to combine conditions"
@@ -167,8 +171,14 @@ class Value:
 
     def __round__(self, ndigits: object = None) -> Value:
         raise trace_error(
-            "round() of a symbolic value: Python rounds concrete numbers",
-            "use kd.floor(x + 0.5) (halves up), or kd.floor / kd.ceil",
+            "round() of a symbolic value: Python rounds concrete numbers", hints.round_fix(ndigits)
+        )
+
+    def round(self, decimals: object = 0, out: object = None) -> Value:
+        """np.round(v) and np.around(v) call this (a NumPy scalar's method)."""
+        raise trace_error(
+            "np.round() of a symbolic value: NumPy rounds concrete numbers",
+            hints.round_fix(decimals),
         )
 
     def __trunc__(self) -> Value:
@@ -336,6 +346,7 @@ _KD_MATH = {
         + ("floor", "ceil", "abs")
     },
     **{"fabs": "kd.abs", "absolute": "kd.abs", "pow": "x ** y", "power": "x ** y"},
+    **{"rint": "kd.round", "round": "kd.round", "around": "kd.round"},
     **{"maximum": "kd.maximum", "fmax": "kd.maximum", "minimum": "kd.minimum"},
     **{"fmin": "kd.minimum", "where": "kd.where", "fma": "kd.fma"},
     **{n: f"kd.{n}(x[k], over=k)" for n in ("sum", "prod", "max", "min", "argmax", "argmin")},
@@ -389,12 +400,13 @@ def _kd_math_fix(name: str) -> str:
 
 
 def as_value(x: object) -> Value:
-    """A Value for `x`: Values pass through, Python scalars become weak constants."""
+    """A Value for `x`: Values pass through, Python and NumPy scalars become weak
+    constants (a NumPy scalar of its dtype: it decides only where nothing typed does)."""
     if isinstance(x, Value):
         return x
-    # NumPy scalars are typed; checked first, as np.float64 is a subclass of float
+    # checked first, as np.float64 is a subclass of float
     if isinstance(x, np.generic | np.ndarray) and x.ndim == 0:
-        return Value(Const(x.item(), T.as_dtype(x.dtype)))
+        return Value(Const(x.item(), T.as_dtype(x.dtype)), weak=True)
     if isinstance(x, bool):  # weak too: f32 * True is f32, as in NumPy 2
         return Value(Const(x, T.bool_), weak=True)
     if isinstance(x, int):
@@ -470,15 +482,14 @@ def widen(v: Value) -> Value:
 
 
 def _kind_mix_error(a: Value, b: Value) -> TraceError:
-    from kdsl.ir.printer import format_expr
+    def cast(v: Value, to: DType) -> str:
+        return hints.cast_text(v.expr, to.name)
 
-    def cast(v: Value, to: DType) -> str:  # (a loop index still unnamed prints as %n)
-        t = format_expr(v.expr)
-        if len(t) > 30 or "%" in t:
-            return f"the {v.dtype.name} operand with .astype(kd.{to.name})"
-        return f"{t}.astype(kd.{to.name})"
-
-    fix = f"cast one operand: {cast(b, a.dtype)}, or {cast(a, b.dtype)}"
+    if a.dtype.is_bool or b.dtype.is_bool:  # a mask meeting numbers: the mask converts
+        flag, number = (a, b) if a.dtype.is_bool else (b, a)
+        fix = f"convert the bool: {cast(flag, number.dtype)}"
+    else:
+        fix = f"cast one operand: {cast(b, a.dtype)}, or {cast(a, b.dtype)}"
     for local, other in ((a, b), (b, a)):
         if isinstance(local.expr, LocalVar):  # acc = kd.local(0) gathering floats
             fix = (
@@ -561,7 +572,10 @@ def binary(op: BinaryOp, x: object, y: object) -> Value:
 
 
 def power(x: object, y: object) -> Value:
-    """`x ** y`: repeated multiplication for small constant integer exponents."""
+    """`x ** y`: repeated multiplication for small constant integer exponents, and for
+    the constant exponents np.power treats apart its forms, which give its results at
+    every value: x·x for 2, sqrt for 0.5 (-0 → -0 and -inf → NaN, where C's pow gives
+    +0 and inf), 1/x for -1, x for 1, 1 for 0 (a NaN's too)."""
     base, exp = as_value(x), as_value(y)
     if isinstance(exp.expr, Const) and not exp.dtype.is_float and exp.weak:
         n = int(exp.expr.value)
@@ -579,6 +593,18 @@ def power(x: object, y: object) -> Value:
             "integer ** with an exponent that is not a constant in 0..8",
             "cast the base to a float dtype, or use a constant exponent",
         )
+    if isinstance(b, Const):
+        match float(b.value):
+            case 0.0:
+                return Value(Const(1.0, d), weak)
+            case 1.0:
+                return Value(a, weak)
+            case 2.0:
+                return Value(Binary(BinaryOp.MUL, a, a, d), weak)
+            case 0.5:
+                return Value(Unary(UnaryOp.SQRT, a, d), weak)
+            case -1.0:
+                return Value(Binary(BinaryOp.DIV, Const(1.0, d), a, d), weak)
     return Value(Binary(BinaryOp.POW, a, b, d), weak)
 
 

@@ -69,7 +69,11 @@ ADD, SUB, MUL, DIV, POW = BinaryOp.ADD, BinaryOp.SUB, BinaryOp.MUL, BinaryOp.DIV
         (neg(op(ADD, A, B)), "-(a + b)"),
         (op(MUL, neg(A), B), "-a * b"),
         (neg(neg(A)), "-(-a)"),
-        (op(ADD, A, Const(-2.0, kd.f32)), "a + -2.0"),
+        (op(ADD, A, Const(-2.0, kd.f32)), "a - 2.0"),
+        (op(ADD, N, Const(-2, kd.i32)), "n - 2"),
+        (op(SUB, N, Const(-2, kd.i32)), "n + 2"),
+        (op(SUB, C, op(ADD, N, Const(-2, kd.i32))), "c - (n - 2)"),
+        (op(ADD, op(SUB, A, B), Const(-2.0, kd.f32)), "a - b - 2.0"),
         (Unary(UnaryOp.INVERT, P, kd.bool_), "~p"),
         (Unary(UnaryOp.INVERT, op(BinaryOp.AND, P, Q), kd.bool_), "~(p & q)"),
         (op(BinaryOp.AND, op(BinaryOp.OR, P, Q), P), "(p | q) & p"),
@@ -112,6 +116,8 @@ def test_printed_expressions_evaluate_like_the_tree_in_python():
     assert eval(format_expr(op(POW, A, neg(B))), env) == 2.0**-3.0
     assert eval(format_expr(op(POW, op(POW, A, B), C)), env) == (2.0**3.0) ** 5.0
     assert eval(format_expr(op(BinaryOp.EQ, op(BinaryOp.LT, A, B), P)), env) is False
+    minus = op(SUB, C, op(ADD, A, Const(-2.0, kd.f32)))  # printed c - (a - 2.0)
+    assert eval(format_expr(minus), env) == 5.0 - (2.0 + -2.0)
 
 
 # ---------------------------------------------------------------------------- statements

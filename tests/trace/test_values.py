@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import kdsl as kd
-from kdsl.ir.nodes import Binary, BinaryOp, Cast, Const, Fma, Load, Select, Store
+from kdsl.ir.nodes import Binary, BinaryOp, Cast, Const, Fma, Load, Select, Store, Unary, UnaryOp
 from kdsl.ir.printer import format_expr
 from kdsl.ir.visit import walk_expr, walk_stmts
 
@@ -147,24 +147,33 @@ def test_weak_with_weak_stays_weak():
     assert w.dtype == kd.f64 and w.weak
 
 
-def test_numpy_scalar_arguments_are_typed():
+def test_numpy_scalar_arguments_are_weak_like_python_numbers():
+    """A NumPy scalar is a number: it takes the dtype of the typed operand it meets, of
+    any kind (NumPy 2 would make np.float64 · f32 an f64, np.int32 · f32 an f64)."""
     assert dtype_of(lambda x, y, s: x[0, 0] * s, np.float64, s=np.float32(0.5)) == kd.f64
     assert dtype_of(lambda x, y, s: x[0, 0] * s, np.float16, s=np.float32(0.5)) == kd.f32
-    assert dtype_of(lambda x, y, s: x[0, 0] + s, np.int32, s=np.int64(3)) == kd.i64
+    assert dtype_of(lambda x, y, s: x[0, 0] + s, np.int32, s=np.int64(3)) == kd.i32
     assert dtype_of(lambda x, y, s: x[0, 0] + s, np.int32, s=3) == kd.i32
+    assert dtype_of(lambda x, y, s: x[0, 0] * s, np.float32, s=np.float64(0.5)) == kd.f32
+    assert dtype_of(lambda x, y, s: x[0, 0] * s, np.float32, s=np.int32(3)) == kd.f32
+    assert dtype_of(lambda x, y, s: x[0, 0] * s, np.float32, s=np.True_) == kd.f32
+    assert dtype_of(lambda x, y, s: x[0, 0] * s, np.int32, s=np.float32(0.5)) == kd.f64
 
 
-def test_numpy_scalar_constants_are_typed():
+def test_numpy_scalar_constants_are_weak_like_python_numbers():
     assert dtype_of(lambda x, y, s: x[0, 0] + np.int8(2), np.int32) == kd.i32
-    assert dtype_of(lambda x, y, s: x[0, 0] + np.int64(2), np.int32) == kd.i64
+    assert dtype_of(lambda x, y, s: x[0, 0] + np.int64(2), np.int32) == kd.i32
+    assert dtype_of(lambda x, y, s: x[0, 0] * np.float64(2.0), np.float32) == kd.f32
+    assert dtype_of(lambda x, y, s: x[0, 0] * np.int32(3), np.float32) == kd.f32
+    assert dtype_of(lambda x, y, s: np.float32(2) * x[0, 0], np.float64) == kd.f64
 
 
-def test_numpy_float64_constant_is_typed():
-    assert dtype_of(lambda x, y, s: x[0, 0] * np.float64(2.0), np.float32) == kd.f64
-
-
-def test_numpy_float64_argument_is_typed():
-    assert dtype_of(lambda x, y, s: x[0, 0] * s, np.float32, s=np.float64(0.5)) == kd.f64
+def test_numpy_scalar_alone_keeps_its_dtype():
+    """Where nothing typed decides: two NumPy scalars promote as NumPy's, and
+    kd.local(np.float64(0)) declares an f64 local."""
+    assert dtype_of(lambda x, y, s: s * np.float32(2), s=np.float32(0.5)) == kd.f32
+    assert dtype_of(lambda x, y, s: kd.local(np.float64(0)), np.float32) == kd.f64
+    assert dtype_of(lambda x, y, s: kd.local(np.int8(0)), np.float32) == kd.i8
 
 
 def test_weak_constant_that_does_not_fit_is_an_error():
@@ -279,15 +288,25 @@ def test_power_zero_is_one():
     assert v.expr == Const(1.0, kd.f32)
 
 
-def test_square_root_power_is_pow():
+def test_exponents_numpy_treats_apart_are_its_operations():
+    """x ** 0.5 is sqrt, ** 2.0 a product, ** -1 a division, ** 1.0 x, ** 0.0 one: what
+    np.power computes for them (its sqrt gives -0 at -0 and NaN at -inf, where C's pow
+    gives +0 and inf)."""
     v = value_of(lambda x, y, s: x[0, 0] ** 0.5)
-    assert v.expr.op is BinaryOp.POW and v.dtype == kd.f32
-    assert v.expr.rhs == Const(0.5, kd.f32)
+    assert v.expr == Unary(UnaryOp.SQRT, v.expr.operand, kd.f32)
+    assert format_expr(value_of(lambda x, y, s: x[0, 0] ** 2.0).expr) == "x[0, 0] * x[0, 0]"
+    assert format_expr(value_of(lambda x, y, s: x[0, 0] ** -1).expr) == "1.0 / x[0, 0]"
+    assert format_expr(value_of(lambda x, y, s: x[0, 0] ** -1.0).expr) == "1.0 / x[0, 0]"
+    assert format_expr(value_of(lambda x, y, s: x[0, 0] ** 1.0).expr) == "x[0, 0]"
+    assert value_of(lambda x, y, s: x[0, 0] ** 0.0, np.float64).expr == Const(1.0, kd.f64)
+    assert value_of(lambda x, y, s: x[0, 0] ** np.float32(0.5)).expr.op is UnaryOp.SQRT
 
 
-def test_negative_and_large_integer_exponents_are_pow_on_floats():
-    assert value_of(lambda x, y, s: x[0, 0] ** -1).expr.op is BinaryOp.POW
+def test_other_exponents_are_pow_on_floats():
+    assert value_of(lambda x, y, s: x[0, 0] ** -2).expr.op is BinaryOp.POW
     assert value_of(lambda x, y, s: x[0, 0] ** 9).expr.op is BinaryOp.POW
+    assert value_of(lambda x, y, s: x[0, 0] ** 2.2).expr.op is BinaryOp.POW
+    assert value_of(lambda x, y, s: x[0, 0] ** s).expr.op is BinaryOp.POW
 
 
 def test_integer_power_with_symbolic_exponent_is_an_error():

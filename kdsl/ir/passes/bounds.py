@@ -168,7 +168,7 @@ class _Hoister:
             proven &= (
                 _always_in(value, dim, frames)
                 or self.guarded_in(value, dim, frames)
-                or self.placed(node, sub, value, dim, frames)
+                or self.placed(node, axis, value, dim, frames)
             )
         # (a load shared by a where's branch and the rest of its statement is looked at
         # in both: what's proven where it runs unguarded holds wherever it runs)
@@ -200,8 +200,8 @@ class _Hoister:
             return [] if extent is None else [(extent - Lin.of(LoopVar(frame.loop.var))).plus(-1)]
         return list(_comparisons(self.inlined(frame.cond), frame.holds))
 
-    def placed(self, node: Load | Store, sub: Expr, value: Expr, dim: Expr, frames: Frames) -> bool:
-        """Place one exact check of `value` (`sub` as written) against `dim` before the
+    def placed(self, node: Load | Store, axis: int, value: Expr, dim: Expr, frames: Frames) -> bool:
+        """Place one exact check of `value` (the subscript on `axis`) against `dim` before the
         outermost enclosing loops over which kdsl/ir/ranges.py knows its range from
         values fixed before they start: at the kernel's entry when those are all of
         them; False when there are none (nor any guard among them: a check before a
@@ -237,9 +237,9 @@ class _Hoister:
             cond = high if low == TRUE else _op(BinaryOp.AND, low, high)
             for ext in extents.values():
                 cond = _op(BinaryOp.OR, _op(BinaryOp.LE, ext, Const(0, T.i64)), cond)
-            what = (
-                f"subscript {format_expr(sub)} of '{node.buffer}' stays in [0, {format_expr(dim)})"
-            )
+            sub = node.index[axis]
+            text = _as_written(node, axis)
+            what = f"subscript {text} of '{node.buffer}' stays in [0, {format_expr(dim)})"
             # (made of values, not only of shapes: inside a loop, or of scalars)
             kind = CheckKind.BOUNDS if span.scalars or start else CheckKind.SHAPE
             offset = linear(sub)
@@ -251,7 +251,7 @@ class _Hoister:
             )
             longer = "" if below else f", pass a longer '{node.buffer}'"
             fix = (
-                f"keep {format_expr(sub)} inside [0, {format_expr(dim)}): {shorten}{longer}, "
+                f"keep {text} inside [0, {format_expr(dim)}): {shorten}{longer}, "
                 "or guard the access with kd.when / kd.where"
             )
             check = Check(cond, kind, what, loc=node.loc, fix=fix)
@@ -373,6 +373,15 @@ def _plain(form: Lin) -> bool:
 def _never_negative(form: Lin) -> bool:
     """A constant >= 0 plus positive multiples of loop variables and shapes."""
     return form.const >= 0 and all(c > 0 and isinstance(a, LoopVar | DimOf) for a, c in form.terms)
+
+
+def _as_written(node: Load | Store, axis: int) -> str:
+    """The subscript on `axis` as the user wrote it (`t` of a kd.range(start, stop) loop,
+    which the IR counts from 0 and reads as t + t_start), else as the IR has it."""
+    written = node.loc.subscripts() if node.loc is not None else None
+    if written is not None and len(written) == len(node.index):
+        return written[axis]
+    return format_expr(node.index[axis])
 
 
 def _tied(sub: Expr, frames: Frames) -> bool:

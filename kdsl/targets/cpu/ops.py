@@ -7,8 +7,8 @@ casts saturate; f16 uses LLVM `half`, bf16 is carried as its 16 bits.
 
 Every operator takes scalars or vectors (`<w x T>`, one lane per iteration of a
 vectorized loop) alike, lane by lane with the same semantics; only the transcendental
-functions of vectors (exp, exp2, log, log2, tanh, sigmoid, erf, sin, cos) take another
-road (vmath.py's polynomials); scalars call the C library.
+functions of vectors (exp, exp2, log, log2, tanh, sigmoid, erf, sin, cos) and float **
+take another road (vmath.py's polynomials, vpow.py); scalars call the C library.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from llvmlite import ir
 
 from kdsl import types as T
 from kdsl.ir.nodes import BinaryOp, UnaryOp
-from kdsl.targets.cpu import jit, vmath
+from kdsl.targets.cpu import jit, vmath, vpow
 from kdsl.types import DType
 
 I1 = ir.IntType(1)
@@ -258,6 +258,8 @@ class Ops:
         if op in simple:
             return simple[op](a, c)
         if op is BinaryOp.POW:
+            if isinstance(t, ir.VectorType):
+                return vpow.power(self, a, c)
             return self.intrinsic(f"llvm.pow.{self.suffix(t)}", t, [a, c])
         if op in (BinaryOp.MAX, BinaryOp.MIN):
             if has_vrange(t):
@@ -421,6 +423,8 @@ class Ops:
                 | UnaryOp.CEIL
             ):
                 return self.intrinsic(f"llvm.{op.value}.{s}", t, [a])
+            case UnaryOp.ROUND:  # halves to even: vrndscaleps, cvt.rni on the GPU
+                return self.intrinsic(f"llvm.roundeven.{s}", t, [a])
             case UnaryOp.RSQRT:
                 return b.fdiv(one, self.intrinsic(f"llvm.sqrt.{s}", t, [a]))
             case UnaryOp.SIGMOID:

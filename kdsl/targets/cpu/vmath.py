@@ -207,7 +207,7 @@ _LN2 = {
 _EXP_RANGE = {32: (-104.0, 89.0), 64: (-746.0, 710.0)}
 
 
-class _Vec:
+class Vec:
     """Helpers for one float vector type: constants, fma, polynomials, bit tricks."""
 
     def __init__(self, ops: Ops, x: ir.Value) -> None:
@@ -288,7 +288,7 @@ class _Vec:
 
 
 def exp(ops: Ops, x: ir.Value) -> ir.Value:
-    v, b = _Vec(ops, x), ops.b
+    v, b = Vec(ops, x), ops.b
     xc = v.clamp(x, *_EXP_RANGE[v.bits])
     n = v.call("roundeven", b.fmul(xc, v.c(_LOG2E)))
     ln2_hi, ln2_lo = _LN2[v.bits]
@@ -301,21 +301,29 @@ def exp(ops: Ops, x: ir.Value) -> ir.Value:
     return b.select(v.is_nan(x), x, v.scaled(p, n))  # n as an integer would be poison
 
 
-def exp2(ops: Ops, x: ir.Value) -> ir.Value:
-    v, b = _Vec(ops, x), ops.b
-    coeffs = (1.0, *(_EXP2_F64 if v.bits == 64 else _EXP2_F32))
+def exp2(
+    ops: Ops, x: ir.Value, q: tuple[float, ...] | None = None, lo: ir.Value | None = None
+) -> ir.Value:
+    """2^x, or 2^(x + lo) for a small `lo` (pow's double-double exponent, its low part 0
+    where x is not finite); `q` replaces the polynomial Q (2^f = 1 + f·Q(f)) where less
+    accuracy serves."""
+    v, b = Vec(ops, x), ops.b
+    coeffs = (1.0, *(q or (_EXP2_F64 if v.bits == 64 else _EXP2_F32)))
     if v.avx512("avx512dq"):
         # f = x - roundeven(x), exact, in one vreduceps (imm 8: to nearest, 0 fraction
         # bits, no precision exception; 0 for ±inf), and n = x - f: ±inf stays, which
         # vscalefps turns into inf or 0 (a NaN goes through both)
         f = v.x86("reduce", x, ir.Constant(ir.IntType(32), 8))
-        return v.scaled(v.poly(f, coeffs), b.fsub(x, f))
+        g = f if lo is None else b.fadd(f, lo)
+        return v.scaled(v.poly(g, coeffs), b.fsub(x, f))
     xc = v.clamp(x, *_EXP2_RANGE[v.bits])
     n = v.call("roundeven", xc)
-    return b.select(v.is_nan(x), x, v.scaled(v.poly(b.fsub(xc, n), coeffs), n))
+    f = b.fsub(xc, n)
+    g = f if lo is None else b.fadd(f, lo)
+    return b.select(v.is_nan(x), x, v.scaled(v.poly(g, coeffs), n))
 
 
-def _log_parts(v: _Vec, x: ir.Value) -> tuple[ir.Value, ...]:
+def _log_parts(v: Vec, x: ir.Value) -> tuple[ir.Value, ...]:
     """x = 2^k·(1 + f), 1 + f in [√½, √2): (k as a float, f, f²/2, s·(f²/2 + R(s²)))
     with s = f/(2 + f) and log(1 + f) = f - f²/2 + s·(f²/2 + R(s²))."""
     b = v.b
@@ -339,7 +347,7 @@ def _log_parts(v: _Vec, x: ir.Value) -> tuple[ir.Value, ...]:
 
 
 def log(ops: Ops, x: ir.Value) -> ir.Value:
-    v, b = _Vec(ops, x), ops.b
+    v, b = Vec(ops, x), ops.b
     dk, f, hfsq, sr = _log_parts(v, x)
     ln2_hi, ln2_lo = _LN2[v.bits]
     tail = b.fadd(sr, b.fmul(dk, v.c(ln2_lo)))
@@ -349,7 +357,7 @@ def log(ops: Ops, x: ir.Value) -> ir.Value:
 def log2(ops: Ops, x: ir.Value) -> ir.Value:
     """k + log(1 + f)/ln 2, the logarithm carried in two parts (fdlibm's e_log2.c, with
     an fma for the exact product where fdlibm cuts bits off)."""
-    v, b = _Vec(ops, x), ops.b
+    v, b = Vec(ops, x), ops.b
     dk, f, hfsq, sr = _log_parts(v, x)
     hi = b.fsub(f, hfsq)
     lo = b.fadd(b.fsub(b.fsub(f, hi), hfsq), sr)  # f - hi is exact
@@ -362,7 +370,7 @@ def log2(ops: Ops, x: ir.Value) -> ir.Value:
     return _log_specials(v, x, b.fadd(whole, rest))
 
 
-def _log_specials(v: _Vec, x: ir.Value, result: ir.Value) -> ir.Value:
+def _log_specials(v: Vec, x: ir.Value, result: ir.Value) -> ir.Value:
     """inf at inf, -inf at 0, NaN below 0 and at NaN."""
     b = v.b
     result = b.select(b.fcmp_ordered("==", x, v.c(float("inf"))), x, result)
@@ -374,7 +382,7 @@ def _log_specials(v: _Vec, x: ir.Value, result: ir.Value) -> ir.Value:
 def tanh(ops: Ops, x: ir.Value) -> ir.Value:
     if x.type.element != ir.FloatType():
         return _per_lane(ops, "tanhf", x)
-    v, b = _Vec(ops, x), ops.b
+    v, b = Vec(ops, x), ops.b
     ax = v.call("fabs", x)
     z = b.fmul(x, x)
     small = v.fma(b.fmul(x, z), v.poly(z, _TANH_F32), x)
@@ -386,7 +394,7 @@ def tanh(ops: Ops, x: ir.Value) -> ir.Value:
 def erf(ops: Ops, x: ir.Value) -> ir.Value:
     if x.type.element != ir.FloatType():
         return _per_lane(ops, "erff", x)
-    v, b = _Vec(ops, x), ops.b
+    v, b = Vec(ops, x), ops.b
     ax = v.call("fabs", x)
     small = v.fma(x, v.poly(b.fmul(x, x), _ERF_F32), x)
     xc = b.select(v.lt(ax, v.c(_ERF_ONE)), ax, v.c(_ERF_ONE))
@@ -414,7 +422,7 @@ def cos(ops: Ops, x: ir.Value) -> ir.Value:
 
 def _sin_of_quadrant(ops: Ops, x: ir.Value, quadrant: int) -> ir.Value:
     """sin(x + quadrant·π/2): x = n·π/2 + r, then ±sin r or ±cos r as n mod 4 says."""
-    v, b = _Vec(ops, x), ops.b
+    v, b = Vec(ops, x), ops.b
     shifter = v.c(1.5 * 2.0**v.mant)  # t's last bit is 1: t = n + shifter, n rounded
     t = v.fma(x, v.c(_TWO_OVER_PI), shifter)
     q = b.fsub(t, shifter)
@@ -436,7 +444,7 @@ def _sin_of_quadrant(ops: Ops, x: ir.Value, quadrant: int) -> ir.Value:
 
 
 def _reduced_large(
-    v: _Vec, x: ir.Value, large: ir.Value, r: ir.Value, n: ir.Value
+    v: Vec, x: ir.Value, large: ir.Value, r: ir.Value, n: ir.Value
 ) -> tuple[ir.Value, ir.Value]:
     """(r, n) with the `large` lanes' from Payne–Hanek, in a branch taken only when
     there are some."""

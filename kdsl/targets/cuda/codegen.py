@@ -49,7 +49,7 @@ from kdsl.ir.nodes import (
     UnaryOp,
 )
 from kdsl.ir.visit import outer_updates, walk_all_exprs, walk_expr, walk_stmts
-from kdsl.targets.cpu import vmath
+from kdsl.targets.cpu import vmath, vpow
 from kdsl.targets.cpu.codegen import ErrorSites, _Codegen
 from kdsl.targets.cpu.ops import I1, I8, I32, I64, PTR, Ops, constant, llvm_type
 from kdsl.targets.cpu.state import ArrayInfo, ErrorKind
@@ -89,9 +89,10 @@ def _strided(buf: Buffer) -> bool:
 
 
 class GpuOps(Ops):
-    """Operators for the GPU: the transcendental functions come from kdsl's own
-    polynomials (vmath.py, the CPU's vector code) on one-lane vectors, since there is no
-    C library on the device and a CUDA toolkit's libdevice may not be installed."""
+    """Operators for the GPU: the transcendental functions and ** come from kdsl's own
+    polynomials (vmath.py and vpow.py, the CPU's vector code) on one-lane vectors, since
+    there is no C library on the device and a CUDA toolkit's libdevice may not be
+    installed."""
 
     def unary(self, op: UnaryOp, a: ir.Value, d: T.DType) -> ir.Value:
         if op in vmath.FUNCTIONS and not isinstance(a.type, ir.VectorType):
@@ -108,29 +109,12 @@ class GpuOps(Ops):
     def binary(
         self, op: BinaryOp, a: ir.Value, c: ir.Value, d: T.DType, reassociate: bool = False
     ) -> ir.Value:
-        if op is BinaryOp.POW and d.is_float:
-            return self._pow(a, c, d)
+        if op is BinaryOp.POW and d.is_float and not isinstance(a.type, ir.VectorType):
+            lane = ir.Constant(I32, 0)
+            one = ir.Constant(ir.VectorType(a.type, 1), None)
+            x, y = (self.b.insert_element(one, v, lane) for v in (a, c))
+            return self.b.extract_element(vpow.power(self, x, y), lane)
         return super().binary(op, a, c, d, reassociate)
-
-    def _pow(self, a: ir.Value, c: ir.Value, d: T.DType) -> ir.Value:
-        """x**y as exp(y·log|x|), negated for a negative x and an odd integer y; NaN for a
-        negative x and a non-integer y; 1 for y = 0."""
-        b, t = self.b, a.type
-        zero, one = ir.Constant(t, 0.0), ir.Constant(t, 1.0)
-        mag = self.unary(UnaryOp.EXP, b.fmul(c, self.unary(UnaryOp.LOG, self._fabs(a), d)), d)
-        whole = b.fcmp_ordered("==", self.intrinsic(f"llvm.floor.{self.suffix(t)}", t, [c]), c)
-        half = b.fmul(c, ir.Constant(t, 0.5))
-        odd = b.and_(
-            whole,
-            b.fcmp_ordered("!=", self.intrinsic(f"llvm.floor.{self.suffix(t)}", t, [half]), half),
-        )
-        negative = b.fcmp_ordered("<", a, zero)
-        signed = b.select(b.and_(negative, odd), b.fneg(mag), mag)
-        result = b.select(b.and_(negative, b.not_(whole)), ir.Constant(t, float("nan")), signed)
-        return b.select(b.fcmp_ordered("==", c, zero), one, result)
-
-    def _fabs(self, a: ir.Value) -> ir.Value:
-        return self.intrinsic(f"llvm.fabs.{self.suffix(a.type)}", a.type, [a])
 
     def libm(self, name32: str, x: ir.Value) -> ir.Value:
         raise CompileError(

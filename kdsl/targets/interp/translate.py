@@ -71,7 +71,12 @@ _OPERATORS: dict[BinaryOp, tuple[str, str]] = {
     BinaryOp.GE: (">=", "bif"),
     BinaryOp.GT: (">", "bif"),
 }
-_UFUNCS = {UnaryOp.SQRT: np.sqrt, UnaryOp.FLOOR: np.floor, UnaryOp.CEIL: np.ceil}  # exact
+_UFUNCS = {  # exact
+    UnaryOp.SQRT: np.sqrt,
+    UnaryOp.FLOOR: np.floor,
+    UnaryOp.CEIL: np.ceil,
+    UnaryOp.ROUND: np.rint,  # halves to even
+}
 _NOT_IDENT = re.compile(r"[^0-9A-Za-z_]")
 _MAX_DEPTH = 32  # deeper expressions are split into temporaries (Python limits nesting)
 _CHUNK = 1 << 16
@@ -381,7 +386,7 @@ class _Translator:
             case UnaryOp.SIGMOID:
                 one, exp = self.value(scalars.numpy_type(d)(1)), scalars.libm(UnaryOp.EXP, d)
                 return f"({one} / ({one} + {self.value(exp, 'exp')}(-{a})))"
-            case UnaryOp.SQRT | UnaryOp.FLOOR | UnaryOp.CEIL:
+            case UnaryOp.SQRT | UnaryOp.FLOOR | UnaryOp.CEIL | UnaryOp.ROUND:
                 return f"{self.value(_UFUNCS[op], op.name.lower())}({a})"
         return f"{self.value(scalars.libm(op, d), op.name.lower())}({a})"
 

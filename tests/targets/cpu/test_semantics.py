@@ -12,7 +12,7 @@ from tests.helpers import random_array
 INT_OPS = ["+", "-", "*", "//", "%", "&", "|", "^", "<<", ">>", "max", "min", "where"]
 FLOAT_OPS = ["+", "-", "*", "/", "//", "%", "max", "min", "where"]
 INT_UNARY = ["neg", "abs", "~"]
-FLOAT_UNARY = ["neg", "abs", "floor", "ceil", "sqrt"]
+FLOAT_UNARY = ["neg", "abs", "floor", "ceil", "round", "sqrt"]
 BINARY = {
     "+": lambda x, y: x + y,
     "-": lambda x, y: x - y,
@@ -35,6 +35,7 @@ UNARY = {
     "~": lambda x: ~x,
     "floor": kd.floor,
     "ceil": kd.ceil,
+    "round": kd.round,
     "sqrt": kd.sqrt,
 }
 

@@ -80,6 +80,19 @@ def cases(rng: np.random.Generator, m: int = 37, n: int = 301) -> list[Case]:
     for u in (v, v.astype(np.float64)):
         name = f"waves_{u.dtype}"
         out.append(Case(name, zoo.waves, [u, np.empty_like(u)], {1: zoo.waves_ref(u)}, 1e-5))
+        e = np.where(np.arange(u.size) % 2 == 0, np.round(u * 9), u * 9).astype(u.dtype)
+        want = {3: zoo.powers_ref(u * 4, e, 2.2)}
+        out.append(Case(f"powers_{u.dtype}", zoo.powers, [u * 4, e, 2.2, np.empty_like(u)], want))
+        halves = np.round(u * 8) / 8  # (many halves: x·4 ends in .5)
+        out.append(
+            Case(
+                f"rounded_{u.dtype}",
+                zoo.rounded,
+                [halves, np.empty_like(u)],
+                {1: zoo.rounded_ref(halves)},
+                0,
+            )
+        )
     out.append(
         Case("lib_softmax", softmax_rows, [x, np.empty_like(x)], {1: zoo.softmax_ref(x)}, 1e-4)
     )

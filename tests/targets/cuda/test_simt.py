@@ -9,6 +9,8 @@ import pytest
 
 import kdsl as kd
 from tests import zoo
+from tests.targets.cpu.test_vector import assert_same, ulp_error
+from tests.targets.cpu.test_vpow import _specials
 from tests.targets.cuda import simt
 from tests.targets.cuda.cases import cases
 
@@ -179,3 +181,20 @@ def test_an_access_nothing_proves_is_checked_on_the_device():
     np.testing.assert_array_equal(y, x[[0, 1, 4]])
     with pytest.raises(AssertionError, match="recorded an error"):
         simt.run(squares, [x, np.empty(5, np.float32)])  # 4 · 4 is past x
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_power_special_values_in_the_emulator(dtype):
+    """The GPU's ** is vpow.py's on one-lane vectors: np.power's special values bit for
+    bit (NaN^0 = 1, 1^NaN = 1, (-1)^inf = 1, -0 and -inf to odd powers, …), within 1 ulp
+    elsewhere."""
+    x, e = _specials(dtype)
+    y = np.full_like(x, 7.0)
+    simt.run(zoo.power_of, [x, e, y])
+    with np.errstate(all="ignore"):
+        want = np.power(x, e)
+    exact = ~np.isfinite(want) | (want == 0) | (np.abs(want) == 1) | ~np.isfinite(x)
+    exact |= (x == 0) | (np.abs(x) == 1) | ~np.isfinite(e) | (e == 0)
+    with np.errstate(over="ignore"):
+        assert_same(y[exact], want[exact])
+    assert ulp_error(y, want).max() <= 1

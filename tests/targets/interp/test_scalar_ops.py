@@ -202,6 +202,7 @@ def test_unary_functions():
             (UnaryOp.TANH, [math.tanh(v) for v in x]),
             (UnaryOp.FLOOR, np.floor(x)),
             (UnaryOp.CEIL, np.ceil(x)),
+            (UnaryOp.ROUND, np.round(x)),
             (UnaryOp.ABS, np.abs(x)),
         ]:
             np.testing.assert_array_equal(run_unary(op, x), want, err_msg=op.value)
