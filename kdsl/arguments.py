@@ -105,13 +105,23 @@ def as_host_array(value: object, name: str, sig: Signature) -> np.ndarray:
             "pass tensor.resolve_neg()",
         )
     try:
-        return np.from_dlpack(value)  # type: ignore[arg-type]
+        return host_view(value)
     except (TypeError, BufferError, RuntimeError) as exc:
         raise sig.error(
             f"argument '{name}' could not be read through DLPack: {exc}",
-            "convert it to a dtype NumPy reads (tensor.float()); for bfloat16, view its "
-            "bits: np.from_dlpack(t.view(torch.int16)).view(ml_dtypes.bfloat16)",
+            "convert it to a dtype NumPy reads (tensor.float())",
         ) from None
+
+
+def host_view(value: object) -> np.ndarray:
+    """NumPy's view of a host array's memory through DLPack; a PyTorch bfloat16 tensor's
+    (which NumPy can't read) through its bits, as ml_dtypes' bfloat16."""
+    if type(value).__module__ == "torch" and str(getattr(value, "dtype", "")) == "torch.bfloat16":
+        import torch
+
+        bits = np.from_dlpack(value.view(torch.int16))  # type: ignore[attr-defined]
+        return bits.view(T.bf16.to_numpy())
+    return np.from_dlpack(value)  # type: ignore[arg-type]
 
 
 def describe(value: object) -> str:

@@ -27,6 +27,19 @@ def is_float(dtype: np.dtype) -> bool:
     return dtype.name in FLOATS
 
 
+def _is_torch_bfloat16(x: object) -> bool:
+    return type(x).__module__ == "torch" and str(getattr(x, "dtype", "")) == "torch.bfloat16"
+
+
+def _torch_bfloat16(x: object) -> np.ndarray:
+    """A PyTorch bfloat16 tensor's memory, which NumPy can't read, as ml_dtypes' bfloat16
+    (through its bits; kernels read such tensors the same way: kdsl.arguments)."""
+    import ml_dtypes
+    import torch
+
+    return np.from_dlpack(x.view(torch.int16)).view(ml_dtypes.bfloat16)  # type: ignore[attr-defined]
+
+
 def as_array(func: str, name: str, x: object, kinds: str = "biuf", min_ndim: int = 0) -> np.ndarray:
     """`x` as a NumPy array whose dtype is of `kinds` ("f": floats, bfloat16 included;
     "biuf": numbers) and that has at least `min_ndim` dimensions."""
@@ -37,8 +50,8 @@ def as_array(func: str, name: str, x: object, kinds: str = "biuf", min_ndim: int
     if on_a_gpu(x):
         raise on_the_gpu_error(func, name, x)
     try:
-        a = np.asarray(x)
-    except (TypeError, ValueError, RuntimeError) as e:
+        a = _torch_bfloat16(x) if _is_torch_bfloat16(x) else np.asarray(x)
+    except (TypeError, ValueError, RuntimeError, BufferError) as e:
         raise argument_error(
             func, f"'{name}' ({type_name(x)}) is not an array: {e}", "pass a NumPy array"
         ) from e

@@ -501,3 +501,15 @@ class _HostArrayWithAnInterfaceProperty:
 def test_a_host_array_with_the_cuda_interface_on_its_class_is_computed():
     got = softmax(_HostArrayWithAnInterfaceProperty(X))
     np.testing.assert_allclose(got, softmax_reference(X), rtol=1e-5)
+
+
+def test_torch_cpu_bfloat16_tensors_are_read_and_grad_ones_say_detach():
+    """NumPy can't read a bfloat16 tensor through DLPack: the library reads its bits."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("ml_dtypes")
+    x = torch.randn(4, 9).bfloat16()
+    got = softmax(x)
+    assert got.dtype.name == "bfloat16"
+    want = torch.softmax(x.float(), -1).numpy()
+    np.testing.assert_allclose(got.astype(np.float32), want, rtol=1e-2, atol=1e-3)
+    _raises(kd.KernelArgumentError, "detach", softmax, torch.randn(3, requires_grad=True))
