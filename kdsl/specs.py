@@ -61,7 +61,9 @@ class Spec:
         if d.is_float:
             low, high = self.values or (-1.0, 1.0)
             wide = np.float64 if d.bits == 64 else np.float32
-            data = low + rng.random(self.shape, dtype=wide) * (high - low)
+            data = rng.random(self.shape, dtype=wide)
+            data *= high - low  # in place: no temporaries the size of the array
+            data += low
             return data.astype(d.to_numpy(), copy=False)
         if d.is_int:
             low, high = self.values or (_SIGNED_RANGE if d.is_signed else _UNSIGNED_RANGE)

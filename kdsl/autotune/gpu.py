@@ -17,13 +17,13 @@ emulator instead of a GPU.
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from kdsl import types as T
+from kdsl.autotune.budget import Budget
 from kdsl.autotune.keys import shape_of, tuning_key
 from kdsl.autotune.measure import compare, returned
 from kdsl.autotune.strategies import Config, make_strategy
@@ -126,35 +126,42 @@ def tune_gpu(
     under `target`, the database's target key); record the best config."""
     from kdsl.kernel import cuda
 
-    budget_s = check_budget(budget_s, fn.name)
-    started = time.perf_counter()
+    budget = Budget(check_budget(budget_s, fn.name))
     names = fn.signature.names
     values = example_values(fn, example)
     if bench is None:
         driver.require()
-    made = make_arguments(dict(zip(names, values)), np.random.default_rng(seed))
-    host = list(made.values())
-    specs, bound = fn._specs(host, {})
-    traced = fn.trace(specs)
-    layout = fn.call_layout(specs, traced)
-    space = fn.search_space(traced, cuda)
-    report = TuneReport(fn.name, shape_of(bound), space)
-    reference = _on_the_cpu(fn, host)
-    bench = bench or GpuBench(host)
+    with budget.phase("setup"):
+        made = make_arguments(dict(zip(names, values)), np.random.default_rng(seed))
+        host = list(made.values())
+        specs, bound = fn._specs(host, {})
+        traced = fn.trace(specs)
+        layout = fn.call_layout(specs, traced)
+        space = fn.search_space(traced, cuda)
+        reference = _on_the_cpu(fn, host)
+        bench = bench or GpuBench(host)
+    report = TuneReport(fn.name, shape_of(bound), space, budget_s=budget.seconds)
     search = make_strategy(strategy, space, seed=seed)
     times: dict[str, float | None] = {}  # PTX entry symbol → seconds (None: dropped)
     bar = progress_bar(report, progress, " (cuda)")
     try:
-        while time.perf_counter() - started < budget_s:
-            configs = search.propose(4)
-            if not configs:
+        # one config at a time: the default params first, whatever the budget; then each
+        # only if the time left covers what the configs before took on average
+        while configs := search.propose(1):
+            first = not report.trials
+            if not first and not budget.fitting(1, 0):
                 break
-            for config in configs:
-                observe(report, search, _trial(fn, traced, layout, config, bench, reference, times))
-            bar.update(len(configs))
+            with budget.phase("default params" if first else "search"):
+                start = budget.clock()
+                trial = _trial(fn, traced, layout, configs[0], bench, reference, times)
+                if trial.status not in ("same", "invalid"):
+                    budget.measured(budget.clock() - start)
+            observe(report, search, trial)
+            bar.update(1)
     finally:
         bar.close()
-    report.elapsed_s = time.perf_counter() - started
+    report.elapsed_s = budget.elapsed()
+    report.phases = dict(budget.phases)
     record_best(report, tuning_key(names, specs, traced, space, target or gpu_target_key()))
     return report
 

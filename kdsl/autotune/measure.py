@@ -1,12 +1,15 @@
 """Measuring candidates in a process of their own, so that a crash never takes the tuner down.
 
-The measuring process holds the example inputs (several copies, used in turn, so a
-candidate never finds its data warm in cache from its own previous call) and the
-reference outputs. For each candidate it loads the machine code (no LLVM here), runs it
-once on fresh inputs, compares every output with the reference, and only then times it:
-one warm-up call, then samples until `min_time` has passed (at least `MIN_SAMPLES`),
-each sample one call or, for calls under `BATCH_S`, a batch of calls; the result is the
-median. A candidate whose median after a few samples is far over `cutoff` stops early.
+The measuring process makes the example's arguments once (random data for its specs)
+and holds them, several copies of them (used in turn, so a candidate never finds its
+data warm in cache from its own previous call) and the reference outputs; no candidate
+makes arrays. For each candidate it loads the machine code (no LLVM here), runs it once
+on a copy given the example's values again, compares every output with the reference
+(a chunk at a time), and only then times it: one warm-up call, then samples until
+`min_time` has passed (at least `MIN_SAMPLES`), each sample one call or, for calls
+under `BATCH_S`, a batch of calls; the result is the median. A candidate whose median
+after a few samples is far over `cutoff` stops early. A candidate measured again (the
+tuner's final turns) is not checked again.
 
 `Measurer` is the parent's side: it starts the process (`worker.Worker`), restarts it
 when a candidate kills it or runs past its time, and replays the setup so the next
@@ -36,6 +39,7 @@ BATCH_S = 1e-3  # calls shorter than this are timed in batches
 EARLY_SAMPLES = 3  # samples after which a candidate over its cutoff stops
 ROTATION_BYTES = 64 << 20  # input copies together span at least this (twice the L3)
 MAX_COPIES = 8
+COMPARE_CHUNK = 1 << 18  # elements compared at a time
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,13 @@ class Outcome:
     detail: str = ""
 
 
+def turn_s(time_s: float, min_time: float) -> float:
+    """About how long `Bench.measure` takes without its check for a kernel call of
+    `time_s`: the warm-up, then at least `MIN_SAMPLES` samples and `min_time`."""
+    sample = max(time_s, BATCH_S)
+    return time_s + min(MAX_SAMPLES * sample, max(min_time, MIN_SAMPLES * sample))
+
+
 # ----------------------------------------------------------- the measuring process
 
 
@@ -88,23 +99,57 @@ def compare(got: Sequence[np.ndarray], want: Sequence[np.ndarray]) -> str | None
     for n, (g, w) in enumerate(zip(got, want)):
         if g.shape != w.shape:
             return f"output {n} has shape {g.shape}, expected {w.shape}"
-        if w.dtype.kind in "biu":
-            if not np.array_equal(g, w):
-                return f"output {n} differs at {int(np.argmax(g != w))} (integers must match)"
-            continue
-        g64, w64 = g.astype(np.float64), w.astype(np.float64)
-        rtol = _tolerance(w.dtype)
-        scale = float(np.nanmax(np.abs(w64), initial=0.0)) if w64.size else 0.0
-        close = np.isclose(g64, w64, rtol=rtol, atol=rtol * max(scale, 1e-30), equal_nan=True)
-        if not close.all():
-            at = int(np.argmin(close))
-            got_at, want_at = float(g64.flat[at]), float(w64.flat[at])
-            return f"output {n} differs: {got_at!r} vs {want_at!r} at flat index {at}"
+        wrong = _differs(g.reshape(-1), w.reshape(-1))
+        if wrong:
+            return f"output {n} {wrong}"
     return None
 
 
+def _differs(got: np.ndarray, want: np.ndarray) -> str | None:
+    """`compare` for one flat array, a chunk at a time (the float64 temporaries of a
+    256 MiB output took seconds of page faults): chunks that are equal bit for bit (an
+    input the kernel left alone, most integer outputs) are done with at once."""
+    unequal = _unequal_chunks(got, want)
+    if not unequal:
+        return None
+    if want.dtype.kind in "biu":
+        at = unequal[0]
+        first = at + int(np.argmax(got[at : at + COMPARE_CHUNK] != want[at : at + COMPARE_CHUNK]))
+        return f"differs at {first} (integers must match)"
+    rtol = _tolerance(want.dtype)
+    scale = max(
+        (
+            float(np.nanmax(np.abs(want[at : at + COMPARE_CHUNK].astype(np.float64)), initial=0.0))
+            for at in range(0, want.size, COMPARE_CHUNK)
+        ),
+        default=0.0,
+    )
+    for at in unequal:
+        g64 = got[at : at + COMPARE_CHUNK].astype(np.float64)
+        w64 = want[at : at + COMPARE_CHUNK].astype(np.float64)
+        close = np.isclose(g64, w64, rtol=rtol, atol=rtol * max(scale, 1e-30), equal_nan=True)
+        if not close.all():
+            bad = int(np.argmin(close))
+            got_at, want_at = float(g64[bad]), float(w64[bad])
+            return f"differs: {got_at!r} vs {want_at!r} at flat index {at + bad}"
+    return None
+
+
+def _unequal_chunks(got: np.ndarray, want: np.ndarray) -> list[int]:
+    """Where the chunks of two flat arrays start that are not equal bit for bit (NaNs
+    equal)."""
+    return [
+        at
+        for at in range(0, want.size, COMPARE_CHUNK)
+        if not np.array_equal(
+            got[at : at + COMPARE_CHUNK], want[at : at + COMPARE_CHUNK], equal_nan=True
+        )
+    ]
+
+
 class Bench:
-    """The measuring process's state: inputs, their copies, the reference outputs."""
+    """The measuring process's state: the example's arguments, made once, their copies,
+    the reference outputs."""
 
     def __init__(self) -> None:
         self.inputs: list[object] = []
@@ -112,27 +157,46 @@ class Bench:
         self.reference: list[np.ndarray] = []
 
     def setup(self, examples: Sequence[ArgExample], seed: int, threads: int) -> None:
+        """The example's arguments (random data for its specs) and copies of them to run
+        candidates on: the only arrays made, once for every candidate."""
         runtime.set_num_threads(threads)
         named = {f"a{n}": e for n, e in enumerate(examples)}
         self.inputs = list(make_arguments(named, np.random.default_rng(seed)).values())
         nbytes = sum(a.nbytes for a in self.inputs if isinstance(a, np.ndarray))
         count = min(MAX_COPIES, max(1, -(-ROTATION_BYTES // max(nbytes, 1))))
-        self.copies = [self._fresh() for _ in range(count)]
-
-    def _fresh(self) -> list[object]:
-        return [a.copy() if isinstance(a, np.ndarray) else a for a in self.inputs]
+        self.copies = [
+            [a.copy() if isinstance(a, np.ndarray) else a for a in self.inputs]
+            for _ in range(count)
+        ]
 
     def _outputs(self, spec: Specialization) -> list[np.ndarray]:
-        args = self._fresh()
+        """Every array after a call (the arguments, then the results) on the first copy,
+        given the example's values again first: a kernel may write any argument, and its
+        previous runs did. The next call overwrites them."""
+        args = self.copies[0]
+        for copy, value in zip(args, self.inputs):
+            if isinstance(copy, np.ndarray):
+                np.copyto(copy, value)  # type: ignore[arg-type]
         results = returned(spec.run(args))
         return [a for a in args if isinstance(a, np.ndarray)] + results
 
     def reference_run(self, candidate: Candidate) -> None:
-        self.reference = self._outputs(candidate.load())
+        """The reference's outputs, kept; an argument it leaves as it was is its own."""
+        given = [a for a in self.inputs if isinstance(a, np.ndarray)]
+        self.reference = [
+            given[n]
+            if n < len(given) and not _unequal_chunks(out.reshape(-1), given[n].reshape(-1))
+            else out.copy()
+            for n, out in enumerate(self._outputs(candidate.load()))
+        ]
 
-    def measure(self, candidate: Candidate, min_time: float, cutoff: float | None) -> Outcome:
+    def measure(
+        self, candidate: Candidate, min_time: float, cutoff: float | None, check: bool = True
+    ) -> Outcome:
+        """The candidate's outputs checked against the reference (unless `check` is
+        False: it was checked before), then its time."""
         spec = candidate.load()
-        wrong = compare(self._outputs(spec), self.reference)
+        wrong = compare(self._outputs(spec), self.reference) if check else None
         if wrong:
             return Outcome("wrong", detail=wrong)
         copies, turn = self.copies, 0
@@ -178,10 +242,21 @@ class Measurer:
                     raise KdslError(f"the reference run failed: {reply.status}: {reply.detail}")
         return self._worker
 
+    def start(self) -> None:
+        """Start the process: it makes the example's arrays and runs the reference (else
+        the first `measure` does)."""
+        self._ready()
+
     def measure(
-        self, candidate: Candidate, min_time: float, cutoff: float | None, timeout: float
+        self,
+        candidate: Candidate,
+        min_time: float,
+        cutoff: float | None,
+        timeout: float,
+        check: bool = True,
     ) -> Outcome:
-        reply = self._ready().ask(("measure", (candidate, min_time, cutoff)), timeout)
+        request = ("measure", (candidate, min_time, cutoff, check))
+        reply = self._ready().ask(request, timeout)
         if isinstance(reply, Failure):
             if reply.status != "error":  # the process is gone: start afresh next time
                 self.close()

@@ -5,7 +5,8 @@ disturbed: a batch of candidates is compiled in a pool of worker processes (LLVM
 slow part, and it runs in parallel there), then the batch is measured one candidate at
 a time in the measuring process (`measure.Measurer`) while nothing else runs. Applying
 the schedule to the IR happens here, in Python, and is cheap; candidates whose scheduled IR
-is the same are compiled and measured once.
+is the same are compiled and measured once. The default params come first, alone; later
+batches start only as far as the time left covers them (`budget.Budget`).
 
 Every candidate's outputs are compared with those of the kernel under kdsl's heuristic
 default schedule (an oracle independent of the user's schedule) before its time counts;
@@ -27,9 +28,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kdsl.autotune import registry
+from kdsl.autotune.budget import Budget
 from kdsl.autotune.database import Entry
 from kdsl.autotune.keys import Shape, format_shape, shape_of, target_key, tuning_key
-from kdsl.autotune.measure import Candidate, Measurer, Outcome
+from kdsl.autotune.measure import Candidate, Measurer, Outcome, turn_s
 from kdsl.autotune.strategies import (
     Config,
     Strategy,
@@ -79,6 +81,8 @@ class TuneReport:
     best_time_s: float | None = None
     default_time_s: float | None = None
     elapsed_s: float = 0.0
+    budget_s: float | None = None
+    phases: dict[str, float] = field(default_factory=dict)  # seconds spent in each
 
     @property
     def speedup(self) -> float | None:
@@ -191,9 +195,10 @@ def _example_specs(
 
 
 class _Session:
-    """One tuning run: a kernel, an example, a budget."""
+    """One tuning run's kernel and example, and its compile workers."""
 
     def __init__(self, fn: KernelFunction, example: Mapping[str, ArgExample], jobs: int) -> None:
+        self.jobs = jobs
         self.fn = fn
         self.examples = example_values(fn, example)
         specs, bound = _example_specs(fn, self.examples)
@@ -210,13 +215,19 @@ class _Session:
         layout = self.layout
         return Candidate(fn.name, self.traced, scheduled, obj, layout, fn.checks, fn.strict_fp)
 
-    def compile_all(self, work: list[tuple[Kernel, str]]) -> list[backend.ObjectCode | str]:
-        """Object code for each (scheduled IR, key), or why it failed."""
+    def compile_all(
+        self, work: list[tuple[Kernel, str]], budget: Budget | None
+    ) -> list[backend.ObjectCode | str]:
+        """Object code for each (scheduled IR, key), or why it failed; the time it took
+        goes to `budget`'s estimates of what candidates take to compile."""
         options = (self.fn.checks, self.fn.strict_fp)
+        start = budget.clock() if budget is not None else 0.0
         if self.pool is None:
             replies = [_build_here(scheduled, key, *options) for scheduled, key in work]
         else:
             replies = self.pool.run([("build", (ir, key, *options)) for ir, key in work])
+        if budget is not None:
+            budget.compiled(budget.clock() - start, len(work), self.jobs)
         return [
             f"{r.status}: {r.detail}" if isinstance(r, Failure) else r  # type: ignore[misc]
             for r in replies
@@ -258,33 +269,30 @@ def tune(
     seed: int = 0,
     progress: bool = True,
 ) -> TuneReport:
-    """Tune `fn`'s schedule params for one example call; record the best config."""
-    budget_s = check_budget(budget_s, fn.name)
-    started = time.perf_counter()
+    """Tune `fn`'s schedule params for one example call; record the best config. The
+    budget covers the whole run (see `budget.Budget`)."""
+    budget = Budget(check_budget(budget_s, fn.name))
     jobs = (os.cpu_count() or 1) if jobs is None else jobs
-    session = _Session(fn, example, jobs)
-    report = TuneReport(fn.name, session.shape, session.space)
+    with budget.phase("setup"):
+        session = _Session(fn, example, jobs)
+    report = TuneReport(fn.name, session.shape, session.space, budget_s=budget.seconds)
     search = make_strategy(strategy, session.space, seed=seed)
     measurer: Measurer | None = None
     bar = progress_bar(report, progress)
     try:
-        reference = fn.scheduled_ir(session.traced, heuristic=True)
-        ref_key = backend.kernel_key(reference, fn.checks, fn.strict_fp)
-        ref_obj = session.compile_all([(reference, ref_key)])[0]
-        if isinstance(ref_obj, str):
-            raise KdslError(f"kernel '{fn.name}' does not compile by default: {ref_obj}")
-        measurer = Measurer(session.examples, seed, session.candidate(reference, ref_obj))
-        times: dict[str, float | None] = {}  # scheduled IR's key → time
-        min_time = min(0.2, max(0.02, budget_s / 300))
-        while time.perf_counter() - started < budget_s:
-            configs = search.propose(max(2 * jobs, 2))
-            if not configs:
-                break
-            _run_batch(session, measurer, configs, times, report, search, min_time)
-            bar.update(len(configs))
-            if report.best_time_s:
-                bar.set_postfix_str(_progress_note(report))
-        _confirm(session, measurer, times, report, min_time)
+        with budget.phase("setup"):
+            reference = fn.scheduled_ir(session.traced, heuristic=True)
+            ref_key = backend.kernel_key(reference, fn.checks, fn.strict_fp)
+            # (not an estimate of the candidates': the heuristic schedule compiles faster)
+            ref_obj = session.compile_all([(reference, ref_key)], None)[0]
+            if isinstance(ref_obj, str):
+                raise KdslError(f"kernel '{fn.name}' does not compile by default: {ref_obj}")
+            measurer = Measurer(session.examples, seed, session.candidate(reference, ref_obj))
+            measurer.start()  # the example's arrays, made once, and the reference run
+        run = _Run(session, measurer, report, budget)
+        run.search(search, bar)
+        with budget.phase("final turns"):
+            _confirm(session, measurer, run.times, report, run.min_time, budget)
     except KdslError as exc:
         told = _random_indices(fn, session.examples, exc)
         if told is None:
@@ -295,7 +303,8 @@ def tune(
         if measurer is not None:
             measurer.close()
         session.close()
-    report.elapsed_s = time.perf_counter() - started
+    report.elapsed_s = budget.elapsed()
+    report.phases = dict(budget.phases)
     _record(session, report)
     return report
 
@@ -334,23 +343,33 @@ def _confirm(
     times: dict[str, float | None],
     report: TuneReport,
     min_time: float,
+    budget: Budget,
 ) -> None:
     """Measure the fastest few and the default again, taking turns, and rank them by
     these times alone: the search timed them one after another, and a machine whose
     speed drifts (another process, a frequency change, memory shared with a neighbour)
     can flatter whichever ran in a fast moment (a 1.10× "win" over the default that
     measured 0.89× taking turns, benchmarks/ship_tuning.py). Each keeps its best median
-    of CONFIRM_ROUNDS."""
+    of CONFIRM_ROUNDS; a turn after the first is taken only if the budget covers it (the
+    search kept it time for them all). A single finalist is not measured again."""
     ranked = sorted((t, k) for k, t in times.items() if t is not None and k in session.measured)
     keys = [k for _, k in ranked[:CONFIRM]]
     default = config_key(default_config(report.space))
     keys += [k for k, (c, _) in session.measured.items() if config_key(c) == default]
+    keys = list(dict.fromkeys(keys))
+    if len(keys) < 2:
+        return
     best: dict[str, float] = {}
-    for _ in range(CONFIRM_ROUNDS):
-        for key in dict.fromkeys(keys):
-            again = measurer.measure(session.measured[key][1], min_time, None, 600.0)
+    turn_took = 0.0
+    for turn in range(CONFIRM_ROUNDS):
+        if turn and budget.left() < turn_took:
+            break
+        start = budget.clock()
+        for key in keys:
+            again = measurer.measure(session.measured[key][1], min_time, None, 600.0, check=False)
             if again.status == "ok" and again.time_s is not None:
                 best[key] = min(again.time_s, best.get(key, again.time_s))
+        turn_took = budget.clock() - start
     for key, time_s in best.items():
         config = session.measured[key][0]
         if config_key(config) == default:
@@ -365,43 +384,95 @@ def _progress_note(report: TuneReport) -> str:
     return note + (f" ({report.speedup:.2f}× default)" if report.speedup else "")
 
 
-def _run_batch(
-    session: _Session,
-    measurer: Measurer,
-    configs: list[Config],
-    times: dict[str, float | None],
-    report: TuneReport,
-    search: Strategy,
-    min_time: float,
-) -> None:
-    fn = session.fn
-    fresh: list[tuple[Config, Kernel, str]] = []
-    for config in configs:
-        try:
-            scheduled = fn.scheduled_ir(session.traced, config)
-        except ScheduleError as exc:
-            observe(report, search, Trial(config, "invalid", detail=str(exc.args[0])))
-            continue
-        key = backend.kernel_key(scheduled, fn.checks, fn.strict_fp)
-        if key in times or any(key == k for _, _, k in fresh):
-            report.trials.append(Trial(config, "same", times.get(key)))
-            search.observe(config, times.get(key))
-            continue
-        fresh.append((config, scheduled, key))
-    built = session.compile_all([(scheduled, key) for _, scheduled, key in fresh])
-    for (config, scheduled, key), obj in zip(fresh, built):
+class _Run:
+    """The search of one run: batches of candidates, each compiled (in parallel) then
+    checked and timed one at a time, while the budget covers them."""
+
+    def __init__(
+        self, session: _Session, measurer: Measurer, report: TuneReport, budget: Budget
+    ) -> None:
+        self.session, self.measurer, self.report, self.budget = session, measurer, report, budget
+        self.times: dict[str, float | None] = {}  # scheduled IR's key → time (None: dropped)
+        self.min_time = min(0.2, max(0.02, budget.seconds / 300))
+
+    def search(self, search: Strategy, bar: tqdm) -> None:
+        """The default params first, alone: they are measured whatever the budget (the
+        baseline), and what they cost is the first estimate of what the others will.
+        Then batches of up to two candidates per compile worker, the last one cut to
+        what the time left covers."""
+        size, phase = 1, "default params"
+        while configs := search.propose(size):
+            with self.budget.phase(phase):
+                ended = self.batch(configs, search, first=size == 1)
+            bar.update(len(configs))
+            if self.report.best_time_s:
+                bar.set_postfix_str(_progress_note(self.report))
+            if ended:
+                return
+            size, phase = max(2 * self.session.jobs, 2), "search"
+
+    def final_turns_s(self, more: int) -> float:
+        """The time to keep for the final turns if `more` candidates are measured ok."""
+        finalists = len(self.session.measured) + more
+        if finalists < 2:
+            return 0.0
+        time_s = self.report.default_time_s or self.report.best_time_s or 0.0
+        return CONFIRM_ROUNDS * min(finalists, CONFIRM + 1) * turn_s(time_s, self.min_time)
+
+    def batch(self, configs: list[Config], search: Strategy, first: bool) -> bool:
+        """Measure `configs` (all of them if `first`, else as many as the budget covers);
+        True when the budget ends the search."""
+        session, report, fn = self.session, self.report, self.session.fn
+        fresh: list[tuple[Config, Kernel, str]] = []
+        for config in configs:
+            try:
+                scheduled = fn.scheduled_ir(session.traced, config)
+            except ScheduleError as exc:
+                observe(report, search, Trial(config, "invalid", detail=str(exc.args[0])))
+                continue
+            key = backend.kernel_key(scheduled, fn.checks, fn.strict_fp)
+            if key in self.times or any(key == k for _, _, k in fresh):
+                report.trials.append(Trial(config, "same", self.times.get(key)))
+                search.observe(config, self.times.get(key))
+                continue
+            fresh.append((config, scheduled, key))
+        fits = len(fresh) if first else self.fitting(len(fresh), session.jobs)
+        ended = fits < len(fresh) or (not first and self.budget.left() <= 0)
+        fresh = fresh[:fits]
+        built = session.compile_all([(scheduled, key) for _, scheduled, key in fresh], self.budget)
+        for (config, scheduled, key), obj in zip(fresh, built):
+            if not first and self.budget.left() < self.budget.measure_s() + self.final_turns_s(1):
+                return True  # the compiles took longer than expected
+            self.times[key] = self.measure(config, scheduled, key, obj, search)
+        return ended
+
+    def fitting(self, most: int, jobs: int) -> int:
+        return self.budget.fitting(most, jobs, self.final_turns_s)
+
+    def measure(
+        self,
+        config: Config,
+        scheduled: Kernel,
+        key: str,
+        obj: backend.ObjectCode | str,
+        search: Strategy,
+    ) -> float | None:
+        """Check and time one compiled candidate; its time if it is ok."""
+        report = self.report
         if isinstance(obj, str):
             trial = Trial(config, "compile-error", detail=obj)
         else:
             cutoff = SLOW_CUTOFF * report.best_time_s if report.best_time_s else None
             timeout = max(60.0, 100 * (report.default_time_s or 0.0))
-            candidate = session.candidate(scheduled, obj)
-            outcome: Outcome = measurer.measure(candidate, min_time, cutoff, timeout)
+            candidate = self.session.candidate(scheduled, obj)
+            start = self.budget.clock()
+            outcome: Outcome = self.measurer.measure(candidate, self.min_time, cutoff, timeout)
+            self.budget.measured(self.budget.clock() - start)
             trial = Trial(config, outcome.status, outcome.time_s, outcome.detail)
             if outcome.status == "ok":
-                session.measured[key] = (config, candidate)
-        times[key] = trial.time_s if trial.status == "ok" else None
+                self.session.measured[key] = (config, candidate)
         observe(report, search, trial)
+        return trial.time_s if trial.status == "ok" else None
 
 
 def observe(report: TuneReport, search: Strategy, trial: Trial) -> None:

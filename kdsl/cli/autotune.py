@@ -172,7 +172,28 @@ def summary(results: list[TuneReport | Failed]) -> str:
         for trial in r.failures():
             detail = trial.detail.splitlines()[0][:120] if trial.detail else ""
             lines.append(f"  dropped {r.kernel} {_params(trial.config)}: {trial.status} {detail}")
+        lines += _over_budget(r)
     return "\n".join(lines)
+
+
+def _over_budget(report: TuneReport) -> list[str]:
+    """Where a run's time went, when it took more than its budget (by over 5%)."""
+    budget = report.budget_s
+    if budget is None or report.elapsed_s <= 1.05 * budget:
+        return []
+    phases = report.phases.items()
+    spent = ", ".join(f"{name} {format_seconds(s)}" for name, s in phases if s >= 0.01)
+    first = report.phases.get("setup", 0.0) + report.phases.get("default params", 0.0)
+    why = (
+        "the setup (tracing, compiling and running the reference, making the example's "
+        "arrays) and the default params (always measured: the baseline) took longer than "
+        "the budget by themselves"
+        if first > budget
+        else "the last candidates or the final turns took longer than the candidates "
+        "before them predicted"
+    )
+    took = f"{format_seconds(report.elapsed_s)} of a {format_seconds(budget)} budget"
+    return [f"  over budget {report.kernel} {format_shape(report.shape)}: {took} ({spent}): {why}"]
 
 
 def _params(config: dict[str, object] | None) -> str:
