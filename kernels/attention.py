@@ -43,6 +43,9 @@ TK_FULL = 128  # keys per tile, not causal (1.2% faster at L = 1024 and 2048; ca
 NM = 4  # independent partial maxima per query (a latency-bound chain otherwise)
 CH = 256  # keys per decode chunk
 STREAMS = 4  # runs of a chunk's keys read at once
+# scores are kept in base 2 (q·k·scale·log2 e), so that each probability is one exp2:
+# exp(s - m) = exp2((s - m)·log2 e), the multiplication folded into the queries' scale
+LOG2E = 1.4426950408889634
 
 
 def _prefill_example(L: int, causal: bool) -> dict[str, object]:
@@ -121,11 +124,11 @@ def _key_tile(t: _Task, k0, *, tag: str, masked: bool) -> None:
     t.mx[r, qm] = kd.max(t.sT[kc * NM + r, qm], over=kc)
     qn, rn = kd.indices(TQ, NM, names=f"qn{tag} rn{tag}")
     t.mt[qn] = kd.maximum(t.m[qn], kd.max(t.mx[rn, qn], over=rn))
-    t.al[qn] = kd.exp(t.m[qn] - t.mt[qn])
+    t.al[qn] = kd.exp2(t.m[qn] - t.mt[qn])
     t.m[qn] = t.mt[qn]
-    # p = exp(s - m) in place, and its row sums
+    # p = exp(s - m) in place (in base 2: see LOG2E), and its row sums
     qe, ke = kd.indices(TQ, tk, names=f"qe{tag} ke{tag}")
-    t.sT[ke, qe] = kd.exp(t.sT[ke, qe] - t.mt[qe])
+    t.sT[ke, qe] = kd.exp2(t.sT[ke, qe] - t.mt[qe])
     ql, kl = kd.indices(TQ, tk, names=f"ql{tag} kl{tag}")
     t.lsum[ql] = t.lsum[ql] * t.al[ql] + kd.sum(t.sT[kl, ql], over=kl)
     # acc = acc·α + P·V, D in chunks of DT
@@ -180,7 +183,7 @@ def flash_kernel(
         dt, qt = kd.indices(D, TQ, names="dt qt")
         qT[dt, qt] = 0.0  # padding queries (past Lq) stay zero
         qp, dq = kd.indices(nqi, D, names="qp dq")
-        qT[dq, qp] = q[b, h, q0 + qp, dq] * scale
+        qT[dq, qp] = q[b, h, q0 + qp, dq] * (scale * LOG2E)
         qi = kd.indices(TQ, names="qi")
         m[qi] = -kd.inf
         lsum[qi] = 0.0
@@ -279,10 +282,10 @@ def decode_kernel(q, k, v, o, scale, group: kd.constexpr, D: kd.constexpr):
         js, st, rs, ds = kd.indices(run, STREAMS, group, D, names="js st rs ds")
         key = kd.minimum(c0 + st * run + js, Lk - 1)
         dot = kd.sum(q[b, hk * group + rs, 0, ds] * k[b, hk, key, ds], over=ds)
-        s[rs, st * run + js] = dot * scale
+        s[rs, st * run + js] = dot * (scale * LOG2E)
         rm, jm = kd.indices(group, n, names="rm jm")
         pm[t, rm] = kd.max(s[rm, jm], over=jm)
-        s[rm, jm] = kd.exp(s[rm, jm] - pm[t, rm])
+        s[rm, jm] = kd.exp2(s[rm, jm] - pm[t, rm])
         pl[t, rm] = kd.sum(s[rm, jm], over=jm)
         # the runs' keys past n weigh nothing (they are attended keys or the clamped last
         # one, read unguarded: kdsl proves the reads below in bounds once per chunk)
@@ -299,7 +302,7 @@ def decode_kernel(q, k, v, o, scale, group: kd.constexpr, D: kd.constexpr):
         w = kd.alloc((nc,))
         c = kd.indices(nc, names="c")
         mmax = kd.max(pm[bh * nc + c, r], over=c)
-        w[c] = kd.exp(pm[bh * nc + c, r] - mmax)
+        w[c] = kd.exp2(pm[bh * nc + c, r] - mmax)
         c1 = kd.indices(nc, names="c1")
         total = kd.sum(pl[bh * nc + c1, r] * w[c1], over=c1)
         do, co = kd.indices(D, nc, names="do co")
