@@ -56,8 +56,9 @@ from kdsl.targets.cpu.abi import ARRAY_LAYOUT, WRITEABLE_FLAG
 from kdsl.targets.cpu.amx import emit_tile_product, release_tiles
 from kdsl.targets.cpu.ops import I1, I8, I32, I64, PTR, Ops, constant, llvm_type, memory_type
 from kdsl.targets.cpu.parallel import emit_parallel_loop
+from kdsl.targets.cpu.partials import Chain, Strips, carried_partials
 from kdsl.targets.cpu.state import ArrayInfo, CodegenState, ErrorKind
-from kdsl.targets.cpu.vector import carried_partials, emit_vector_loop
+from kdsl.targets.cpu.vector import emit_vector_loop
 
 CACHE_LINE = 64  # bytes: temporaries start on a line
 MAX_HEAP_BYTES = 1 << 62  # a temporary's size beyond this (or past 2^64) fails as out of memory
@@ -98,9 +99,9 @@ class _Codegen:
         self.checks = checks
         self.strict_fp = strict_fp
         self.reduction_depth = 0
-        # vector loop -> accumulator -> the slot of its partials that an outer reduction
-        # loop keeps (vector.carried_partials)
-        self.carried: dict[str, dict[str, ir.Value]] = {}
+        # vector loop -> accumulator -> the chain of its partials that an outer reduction
+        # loop keeps (partials.carried_partials)
+        self.carried: dict[str, dict[str, Chain]] = {}
         self.is_entry = False  # the kernel's function (for_kernel), not an outlined task
         self.memo: dict[int, tuple[Expr, ir.Value]] = {}  # per statement, see expr()
         self.buffers = {b.name: b for b in kernel.buffers}
@@ -347,8 +348,8 @@ class _Codegen:
             case Loop(var=var, extent=ext, body=body, kind=kind) as loop:
                 reduction = kind is LoopKind.REDUCTION
                 self.reduction_depth += reduction
-                with carried_partials(self, loop):
-                    self.loop(var, ir.Constant(I64, 0), self.expr(ext), body)
+                with carried_partials(self, loop) as strips:
+                    self.loop(var, ir.Constant(I64, 0), self.expr(ext), body, strips=strips)
                 self.reduction_depth -= reduction
             case If(cond=c, then=then):
                 with b.if_then(self.expr(c)):
@@ -375,8 +376,10 @@ class _Codegen:
         stop: ir.Value,
         body: tuple[Stmt, ...],
         step: ir.Value | int = 1,
+        strips: Strips | None = None,
     ) -> None:
-        """for var in [start, stop) by step: body
+        """for var in [start, stop) by step: body (in `strips` where given: a carried float
+        sum's blocks, partials.carried_partials)
 
         The heap temporaries that the body allocates first, at a size the loop doesn't
         change, are allocated once around the loop instead of once per iteration (a
@@ -389,7 +392,7 @@ class _Codegen:
                 heap: list[ir.Value] = []
                 for s in hoisted:
                     self.stmt(s, heap)
-                self.loop(var, start, stop, body[len(hoisted) :], step)
+                self.loop(var, start, stop, body[len(hoisted) :], step, strips)
                 self.free(heap)
             return
 
@@ -397,7 +400,10 @@ class _Codegen:
             self.state.loops[var] = slot
             self.block(body)
 
-        self.counted(var, start, stop, step, iteration)
+        if strips is None:
+            self.counted(var, start, stop, step, iteration)
+        else:
+            strips.emit(self, var, start, stop, iteration)
 
     def counted(
         self,

@@ -24,11 +24,13 @@ masked; a local declared outside may only be an accumulator (`acc = acc op x`, o
 loop, which reorders a float sum or product (refused under strict_fp). Inside scalar
 reduction loops that only accumulate into it (the outer part of a split reduction, the
 j of a sum over (j, k) with k vectorized), the partials stay vectors across them and
-the lanes are combined once after the outermost (`carried_partials`).
+the lanes are combined once after the outermost. A float sum's partials move up into
+levels of block sums every BLOCK trips (partials.py has both).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import sys
 from collections.abc import Callable, Iterator
@@ -68,12 +70,32 @@ from kdsl.ir.nodes import (
 )
 from kdsl.ir.visit import walk_all_exprs, walk_expr, walk_stmts
 from kdsl.targets.cpu.dot import emit_dot_loop
-from kdsl.targets.cpu.ops import I1, I8, I32, I64, PTR, Ops, constant, llvm_type, memory_type
+from kdsl.targets.cpu.ops import I1, I8, I32, I64, PTR, constant, llvm_type, memory_type
+from kdsl.targets.cpu.partials import (
+    BLOCK,
+    COPIES,
+    Chain,
+    Levels,
+    add_blocks,
+    blocked,
+    combine_into_local,
+    horizontal,
+    identity,
+    identity_slot,
+    in_blocks,
+    move_up,
+    new_counter,
+    open_chain,
+    open_levels,
+    pairwise,
+    read_slot,
+    reserve,
+    with_levels,
+)
 from kdsl.targets.cpu.state import ErrorKind
 from kdsl.targets.cpu.vector_plan import (
     VectorPlan,
     accumulation,
-    carried_accumulators,
     constant_count,
     plan_vector_loop,
 )
@@ -86,7 +108,6 @@ _NORMAL_RANGE = {
     False: (2.0**-126, (2 - 2**-23) * 2.0**127),
     True: (2.0**-1022, sys.float_info.max),
 }
-COPIES = 4  # vector iterations per trip of a loop with accumulators
 
 
 def emit_vector_loop(gen: _Codegen, loop: Loop) -> None:
@@ -99,71 +120,6 @@ def emit_vector_loop(gen: _Codegen, loop: Loop) -> None:
             fix="vectorize an inner loop with a simpler body, or leave it scalar",
         )
     _VectorLoop(gen, loop, plan).emit()
-
-
-@contextmanager
-def carried_partials(gen: _Codegen, loop: Loop) -> Iterator[None]:
-    """Emit scalar reduction loop `loop` (in the `with` block) with the partial results of
-    the vector loops inside it kept as vectors across all of it: a split reduction's
-    `for jo: for ji (vectorized)` combines its lanes once after `jo`, as one vectorized
-    loop does after itself, not after each `ji`. The vector loops that follow one another
-    in its body (an unrolled middle loop's copies) take turns among COPIES vectors of
-    partials, independent chains of adds."""
-    found = {
-        var: (width, {n: a for n, a in accumulators.items() if n not in gen.carried.get(var, {})})
-        for var, (width, accumulators) in carried_accumulators(loop, gen.buffers).items()
-    }  # (less what an outer reduction loop carries already)
-    slots: dict[str, dict[tuple[int, int], ir.Value]] = {}  # name -> (width, turn) -> slot
-    turns: dict[tuple[str, int], int] = {}
-    for var, (width, accumulators) in found.items():
-        for name, (op, d) in accumulators.items():
-            turn = turns.get((name, width), 0)
-            turns[(name, width)] = turn + 1
-            mine = slots.setdefault(name, {})
-            key = (width, turn % COPIES)
-            if key not in mine:
-                mine[key] = identity_slot(gen, op, d, width, name)
-            gen.carried.setdefault(var, {})[name] = mine[key]
-    yield
-    for var, (_, accumulators) in found.items():
-        for name in accumulators:
-            del gen.carried[var][name]
-    ops = {n: a for _, accumulators in found.values() for n, a in accumulators.items()}
-    for name, mine in slots.items():
-        combine_into_local(gen, name, *ops[name], list(mine.values()))
-
-
-def identity_slot(gen: _Codegen, op: BinaryOp, d: T.DType, width: int, name: str) -> ir.Value:
-    """A new vector of `width` partial results of `op`, each its identity."""
-    identity = gen.ops.splat(constant(_identity(op, d), d), width)
-    slot = gen._entry_alloca(identity.type, f"{name}.lanes")
-    gen.b.store(identity, slot)
-    return slot
-
-
-def combine_into_local(
-    gen: _Codegen, name: str, op: BinaryOp, d: T.DType, slots: list[ir.Value]
-) -> None:
-    """local `name` op= every lane of the partials in `slots` (vectors of any widths)."""
-    b, ops = gen.b, gen.ops
-    widths: dict[ir.Type, list[ir.Value]] = {}
-    for slot in slots:
-        widths.setdefault(slot.allocated_type, []).append(slot)
-    acc = gen.state.locals[name]
-    total = _read(b, acc)
-    for same in widths.values():
-        total = ops.binary(op, total, horizontal(ops, op, _pairwise(ops, op, same, d), d), d)
-    b.store(total, acc)
-
-
-def _pairwise(ops: Ops, op: BinaryOp, slots: list[ir.Value], d: T.DType) -> ir.Value:
-    """The vectors in `slots` combined lane by lane, pairwise."""
-    parts = [_read(ops.b, slot) for slot in slots]
-    while len(parts) > 1:
-        parts = [ops.binary(op, x, y, d) for x, y in zip(parts[::2], parts[1::2])] + parts[
-            len(parts) // 2 * 2 :
-        ]
-    return parts[0]
 
 
 def vector_obstacle(loop: Loop, kernel: Kernel) -> str | None:
@@ -180,6 +136,8 @@ class _VectorLoop:
         self.lane_slots: dict[str, ir.Value] = {}  # the lanes' temporaries: a vector each
         self.held: dict[tuple[str, tuple[Expr, ...]], ir.Value] = {}  # see inner_loop
         self.partials: dict[str, list[ir.Value]] = {}  # accumulators' vectors of partials
+        self.chains: dict[str, Chain] = {}  # the first of each, with a float sum's count
+        self.array_levels: dict[str, list[Levels]] = {}  # an array's float sums': by element
         self.copy = 0  # which of them this copy of the body updates
         self.base: ir.Value = ir.Constant(I64, 0)  # lane 0's iteration
         self.mask: ir.Value | None = None  # the active lanes; None: all
@@ -200,11 +158,60 @@ class _VectorLoop:
         An accumulating body without loops of its own runs COPIES vector iterations per
         trip, each into its own partials: independent chains hide the latency of the
         adds; the remaining iterations (fewer than COPIES·w) follow one vector at a time.
+        A float sum's chains run in blocks (`run`), unless the loop is too short to fill
+        one; where it is carried, its chain and count are the outer loop's.
         """
         gen, b = self.gen, self.b
         nested = any(isinstance(s, Loop) for s in walk_stmts(self.loop.body))
-        short = isinstance(self.loop.extent, Const) and int(self.loop.extent.value) <= self.w
+        extent = self.loop.extent
+        few = isinstance(extent, Const) and int(extent.value) <= BLOCK * self.w
+        short = isinstance(extent, Const) and int(extent.value) <= self.w
         copies = COPIES if self.plan.accumulators and not (nested or short) else 1
+        self.refuse_strict_fp()
+        for name, (op, buf) in self.plan.array_accumulators.items():
+            self.open_array_partials(name, op, buf, few)
+        carried = gen.carried.get(self.loop.var, {})
+        self.open_partials(copies, few, carried)
+        reduction = self.loop.kind is LoopKind.REDUCTION
+        gen.reduction_depth += reduction
+        start: ir.Value = ir.Constant(I64, 0)
+        stop = gen.expr(extent)
+        counted = {n: c for n, c in self.chains.items() if c.count is not None}
+        if copies > 1:
+            trip = ir.Constant(I64, copies * self.w)
+            start = b.mul(b.sdiv(stop, trip), trip)
+            self.run(ir.Constant(I64, 0), start, copies, few, counted)
+            # fewer than COPIES trips follow, which only a carried chain needs to count
+            counted = {n: c for n, c in counted.items() if n in carried}
+        self.run(start, stop, 1, few or copies > 1, counted)
+        gen.reduction_depth -= reduction
+        for name, (op, d) in self.plan.accumulators.items():
+            if name in carried and copies > 1:  # the lanes stay apart until the outer
+                slot = carried[name].slot  # loop ends (a tree of adds: its latency is short)
+                b.store(pairwise(self.ops, op, self.partials[name], d), slot)
+            elif name not in carried:
+                groups = [(self.partials[name], self.chains[name].levels)]
+                combine_into_local(gen, name, op, d, groups)
+        for name, (op, buf) in self.plan.array_accumulators.items():
+            self.close_array_partials(name, op, buf)
+
+    def open_partials(self, copies: int, few: bool, carried: dict[str, Chain]) -> None:
+        """`copies` vectors of partials per accumulator: the first the chain an outer loop
+        carries, or a new one (blocked unless the loop has `few` trips), then new ones."""
+        gen = self.gen
+        for name, (op, d) in self.plan.accumulators.items():
+            chain = carried.get(name) or (
+                Chain(identity_slot(gen, op, d, self.w, name))
+                if few
+                else open_chain(gen, op, d, self.w, name, None)
+            )
+            own = [identity_slot(gen, op, d, self.w, name) for _ in range(copies - 1)]
+            self.chains[name] = chain
+            self.partials[name] = [chain.slot, *own]
+
+    def refuse_strict_fp(self) -> None:
+        """A float sum or product's vector partials reorder it: not under strict_fp."""
+        gen = self.gen
         arrays = {n: (op, buf.dtype) for n, (op, buf) in self.plan.array_accumulators.items()}
         for name, (op, d) in {**self.plan.accumulators, **arrays}.items():
             if gen.strict_fp and d.is_float and op in (BinaryOp.ADD, BinaryOp.MUL):
@@ -215,65 +222,105 @@ class _VectorLoop:
                     loc=self.loop.loc,
                     fix="drop strict_fp=True, or vectorize another loop",
                 )
-        for name, (op, buf) in self.plan.array_accumulators.items():
-            self.open_array_partials(name, op, buf)
-        carried = gen.carried.get(self.loop.var, {})
-        for name, (op, d) in self.plan.accumulators.items():
-            first = [carried[name]] if name in carried else []
-            own = [identity_slot(gen, op, d, self.w, name) for _ in range(copies - len(first))]
-            self.partials[name] = first + own
-        reduction = self.loop.kind is LoopKind.REDUCTION
-        gen.reduction_depth += reduction
-        start: ir.Value = ir.Constant(I64, 0)
-        stop = gen.expr(self.loop.extent)
-        if copies > 1:
-            trip = ir.Constant(I64, copies * self.w)
-            start = b.mul(b.sdiv(stop, trip), trip)
-            self.gen.counted(
-                self.loop.var, ir.Constant(I64, 0), start, copies * self.w, self.lanes_of(copies)
-            )
-        self.gen.counted(self.loop.var, start, stop, self.w, self.lanes_of(1))
-        gen.reduction_depth -= reduction
-        for name, (op, d) in self.plan.accumulators.items():
-            if name in carried:  # the lanes stay apart until the outer loop ends
-                b.store(_pairwise(self.ops, op, self.partials[name], d), carried[name])
-            else:
-                combine_into_local(gen, name, op, d, self.partials[name])
-        for name, (op, buf) in self.plan.array_accumulators.items():
-            self.close_array_partials(name, op, buf)
 
-    def open_array_partials(self, name: str, op: BinaryOp, buf: Buffer) -> None:
+    def run(
+        self, start: ir.Value, stop: ir.Value, copies: int, few: bool, chains: dict[str, Chain]
+    ) -> None:
+        """The iterations [start, stop), `copies` vectors a trip. With blocked partials
+        (float sums), in blocks of BLOCK trips unless there are `few` trips: the `chains`
+        count each block before it runs (`reserve`: a chain about to pass BLOCK additions
+        moves up first), a chain carried in strips (no count) moves up between blocks, an
+        array's elements after each. A carried chain's run of one block (a row of a sum
+        over two axes) is one loop, as it was unblocked: a loop nest there cost 3-12%."""
+        gen, b, var = self.gen, self.b, self.loop.var
+        step = copies * self.w
+        carried = gen.carried.get(var, {})
+        strips = {n: c.levels for n, c in carried.items() if c.count is None and c.levels}
+
+        def block(first: ir.Value, last: ir.Value, inner: bool = False) -> None:
+            trips = b.sdiv(b.sub(last, first), ir.Constant(I64, step))
+            for name, chain in chains.items():
+                reserve(gen, chain, self.partials[name], trips)
+            if inner:  # counted from zero: LLVM unrolls it as it did the loop unblocked
+                for name, levels in strips.items():  # (from the block's start, it did not)
+                    with b.if_then(b.icmp_signed("!=", first, start)):
+                        move_up(gen, self.partials[name], levels)
+                size = b.sub(last, first)
+                gen.counted(var, ir.Constant(I64, 0), size, step, self.lanes_of(copies, first))
+            else:
+                gen.counted(var, first, last, step, self.lanes_of(copies))
+            for name, levels in self.array_levels.items():
+                self.move_array_up(name, levels)
+
+        if few or not (chains or strips or self.array_levels):
+            block(start, stop)
+            return
+        blocks = functools.partial(in_blocks, gen, var, start, stop, BLOCK * step)
+        if not (strips or any(n in carried for n in chains)):
+            blocks(lambda f, t: block(f, t, inner=True))
+            return
+        one = b.icmp_signed("<=", b.sub(stop, start), ir.Constant(I64, BLOCK * step))
+        with b.if_else(one, likely=True) as (then, otherwise):
+            with then:
+                block(start, stop)
+            with otherwise:
+                blocks(lambda f, t: block(f, t, inner=True))
+
+    def open_array_partials(self, name: str, op: BinaryOp, buf: Buffer, few: bool) -> None:
         """A vector of partials per element of the array accumulator `name`, each the
-        identity of `op` (lane_slot addresses them, as a lane temporary's vectors)."""
-        count = constant_count(buf) or 1
-        identity = self.splat(constant(_identity(op, buf.dtype), buf.dtype))
-        slots = self.gen._entry_alloca(ir.ArrayType(identity.type, count), f"{name}.lanes")
+        identity of `op` (lane_slot addresses them, as a lane temporary's vectors); a
+        float sum's levels for each, unless the loop has `few` trips."""
+        gen, count = self.gen, constant_count(buf) or 1
+        start = self.splat(constant(identity(op, buf.dtype), buf.dtype))
+        slots = gen._entry_alloca(ir.ArrayType(start.type, count), f"{name}.lanes")
         self.lane_slots[name] = slots
         for k in range(count):
-            self.b.store(
-                identity, self.b.gep(slots, [ir.Constant(I64, k)], source_etype=identity.type)
-            )
+            self.b.store(start, self.b.gep(slots, [ir.Constant(I64, k)], source_etype=start.type))
+        if blocked(op, buf.dtype) and not few:
+            blocks = new_counter(gen, f"{name}.blocks")
+            self.array_levels[name] = [
+                open_levels(gen, buf.dtype, self.w, name, blocks) for _ in range(count)
+            ]
+
+    def array_partial(self, name: str, k: int) -> tuple[ir.Value, ir.VectorType]:
+        """Where the lanes' partials of element k of array accumulator `name` are."""
+        vt = self.vtype(memory_type(self.gen.buffers[name].dtype))
+        return self.b.gep(self.lane_slots[name], [ir.Constant(I64, k)], source_etype=vt), vt
+
+    def move_array_up(self, name: str, levels: list[Levels]) -> None:
+        """Each element's partials up into its levels, and back to zero."""
+        d = self.gen.buffers[name].dtype
+        sums = []
+        for k, mine in enumerate(levels):
+            at, vt = self.array_partial(name, k)
+            sums.append((mine, self.b.load(at, typ=vt)))
+            self.b.store(self.splat(constant(identity(BinaryOp.ADD, d), d)), at)
+        add_blocks(self.gen, sums)
 
     def close_array_partials(self, name: str, op: BinaryOp, buf: Buffer) -> None:
         """Each element of `name` combined with its lanes' partials (the identity where
         the loop never updated it)."""
         b, d = self.b, buf.dtype
-        vt = self.vtype(memory_type(d))
         dims = [int(e.value) for e in buf.shape]  # type: ignore[attr-defined]
+        levels = self.array_levels.pop(name, None)
         for k, index in enumerate(itertools.product(*map(range, dims))):
-            lanes = b.load(
-                b.gep(self.lane_slots[name], [ir.Constant(I64, k)], source_etype=vt), typ=vt
+            at, vt = self.array_partial(name, k)
+            lanes = with_levels(
+                self.ops, op, d, b.load(at, typ=vt), None if levels is None else levels[k]
             )
             at = self.gen.address(name, tuple(Const(i, T.INDEX) for i in index), None, False)
             old = b.load(at, typ=memory_type(d))
             b.store(self.ops.binary(op, old, horizontal(self.ops, op, lanes, d), d), at)
         del self.lane_slots[name]
 
-    def lanes_of(self, copies: int) -> Callable[[ir.Value], None]:
-        """The vector loop's body, `copies` times: w consecutive iterations each."""
+    def lanes_of(self, copies: int, offset: ir.Value | None = None) -> Callable[[ir.Value], None]:
+        """The vector loop's body, `copies` times: w consecutive iterations each, from the
+        loop counter's value (plus `offset`)."""
 
         def body(slot: ir.Value) -> None:
             first = self.b.load(slot, typ=I64)
+            if offset is not None:
+                first = self.b.add(first, offset)
             for copy in range(copies):
                 self.copy = copy
                 self.base = self.b.add(first, ir.Constant(I64, copy * self.w))
@@ -316,7 +363,7 @@ class _VectorLoop:
                 self.computed.clear()  # values made in the loop's body don't dominate here
                 gen.memo = {}
                 for (name, index), slot in held.items():
-                    self.write_back(name, index, _read(b, slot))
+                    self.write_back(name, index, read_slot(b, slot))
         gen.reduction_depth -= reduction
 
     def write_back(self, name: str, index: tuple[Expr, ...], value: ir.Value) -> None:
@@ -440,7 +487,7 @@ class _VectorLoop:
     def assign(self, slot: ir.Value, value: Expr) -> None:
         new = self.vector(self.value(value))
         if self.mask is not None:
-            new = self.b.select(self.mask, new, _read(self.b, slot))
+            new = self.b.select(self.mask, new, read_slot(self.b, slot))
         self.b.store(new, slot)
 
     def accumulate(self, s: Assign | Store) -> None:
@@ -509,7 +556,7 @@ class _VectorLoop:
         if slot is not None:  # kept in a register for the enclosing loop
             value = self.vector(self.value(s.value))
             if self.mask is not None:  # lanes that are off keep the register's value
-                value = b.select(self.mask, value, _read(b, slot))
+                value = b.select(self.mask, value, read_slot(b, slot))
             b.store(value, slot)
             return
         if not any(map(self.plan.varying, s.index)):
@@ -560,7 +607,7 @@ class _VectorLoop:
                 lanes = self.b.add(self.splat(self.base), self.lanes)
                 return lanes if d == T.INDEX else ops.cast(lanes, T.INDEX, d)
             case LocalVar(name=n):
-                return _read(self.b, self.vslots[n])
+                return read_slot(self.b, self.vslots[n])
             case Load():
                 return self.load(e)
             case Binary(op=BinaryOp.DIV, lhs=x, rhs=y) if (
@@ -681,7 +728,7 @@ class _VectorLoop:
     def load(self, e: Load) -> ir.Value:
         slot = self.held.get((e.buffer, e.index))
         if slot is not None:
-            return _read(self.b, slot)
+            return read_slot(self.b, slot)
         if e.buffer in self.lane_slots:
             at = self.lane_slot(e.buffer, e.index, e.loc)
             value = self.b.load(at, typ=self.vtype(memory_type(e.dtype)))
@@ -903,25 +950,6 @@ class _VectorLoop:
         return extent == dim
 
 
-def horizontal(ops: Ops, op: BinaryOp, v: ir.Value, d: T.DType) -> ir.Value:
-    """All lanes of `v` combined with `op`."""
-    t = v.type.element
-    name = f"llvm.vector.reduce.{{}}.{ops.suffix(v.type)}"
-    if d.is_float and op in (BinaryOp.ADD, BinaryOp.MUL):
-        kind = "fadd" if op is BinaryOp.ADD else "fmul"
-        start = constant(_identity(op, d), d)
-        return ops.intrinsic(name.format(kind), t, [start, v], flags=("reassoc",))
-    if d.is_float and (folded := ops.extreme_of_lanes(op, v)) is not None:
-        return folded
-    if d.is_float:
-        kind = "fmaximum" if op is BinaryOp.MAX else "fminimum"
-    elif op in (BinaryOp.MAX, BinaryOp.MIN):
-        kind = ("s" if d.is_signed else "u") + op.name.lower()
-    else:
-        kind = op.name.lower()
-    return ops.intrinsic(name.format(kind), t, [v])
-
-
 _FIELDS: dict[type, tuple[str, ...]] = {}
 
 
@@ -948,31 +976,12 @@ def _apart(indices: list[tuple[Expr, ...]]) -> bool:
     )
 
 
-def _read(b: ir.IRBuilder, slot: ir.AllocaInstr) -> ir.Value:
-    return b.load(slot, typ=slot.allocated_type)
-
-
 @dataclass
 class _Lanes:
     """Where the lanes' elements are: consecutive from `address`, or at <w x ptr>."""
 
     address: ir.Value
     contiguous: bool = False
-
-
-def _identity(op: BinaryOp, d: T.DType) -> bool | int | float:
-    """x op identity == x for every x (-0.0 for a float sum, so that -0.0 survives)."""
-    if op is BinaryOp.ADD:
-        return -0.0 if d.is_float else 0
-    if op is BinaryOp.MUL:
-        return 1
-    if d.is_float:
-        return float("-inf") if op is BinaryOp.MAX else float("inf")
-    if d.is_bool:
-        return op is BinaryOp.MIN
-    if op is BinaryOp.MAX:
-        return -(1 << (d.bits - 1)) if d.is_signed else 0
-    return (1 << (d.bits - 1)) - 1 if d.is_signed else (1 << d.bits) - 1
 
 
 def _rounded_down(e: Expr) -> tuple[Expr, int] | None:

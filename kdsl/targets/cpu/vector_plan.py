@@ -258,27 +258,37 @@ def _obstacles(loop: Loop, plan: VectorPlan) -> Iterator[str]:
                 )
 
 
-def carried_accumulators(
-    loop: Loop, buffers: Mapping[str, Buffer]
-) -> dict[str, tuple[int, dict[str, tuple[BinaryOp, T.DType]]]]:
-    """For a scalar reduction loop, the vector loops inside it whose partial results may
-    stay vectors across all of `loop` (by variable: its width and those accumulators): the
-    locals declared outside `loop` that its body only accumulates into, with one op,
-    through reduction loops only (a split reduction's `jo` around its vectorized `ji`:
-    its lanes are then combined once after `jo`, not after every `ji`). The sum over
+@dataclass
+class Carried:
+    """What a scalar reduction loop's iterations only accumulate into, by local: the
+    vector loops inside it whose partials may stay vectors across it (by variable: its
+    width and those accumulators), and the float sums its body adds to directly, in
+    scalar code (by local: how many statements add to it in an iteration, its type)."""
+
+    vectors: dict[str, tuple[int, dict[str, tuple[BinaryOp, T.DType]]]]
+    sums: dict[str, tuple[int, T.DType]]
+
+
+def carried_accumulators(loop: Loop, buffers: Mapping[str, Buffer]) -> Carried:
+    """For a scalar reduction loop, the accumulations that may be kept apart across all of
+    `loop`: into the locals declared outside it that its body only accumulates into, with
+    one op, through reduction loops only (a split reduction's `jo` around its vectorized
+    `ji`: its lanes are then combined once after `jo`, not after every `ji`). The sum over
     `loop`'s iterations may be reassociated as any reduction's may."""
     if loop.kind is not LoopKind.REDUCTION or loop.exec not in SCALAR_EXECS:
-        return {}
+        return Carried({}, {})
     declared = {s.name for s in walk_stmts(loop.body) if isinstance(s, DeclareLocal)}
     ops: dict[str, BinaryOp] = {}
     refused: set[str] = set()
     vectors: list[tuple[Loop, VectorPlan]] = []
+    direct: dict[str, tuple[int, T.DType]] = {}  # scalar sums in the body, not in a loop
+    nested: set[str] = set()  # accumulated in scalar code otherwise (in inner loops, ...)
 
     def accumulated(name: str, op: BinaryOp) -> None:
         if ops.setdefault(name, op) is not op:
             refused.add(name)
 
-    def visit(body: tuple[Stmt, ...], through_reductions: bool) -> None:
+    def visit(body: tuple[Stmt, ...], through_reductions: bool, depth: int) -> None:
         for s in body:
             if isinstance(s, Loop) and s.exec is LoopExec.VECTORIZED:
                 plan = plan_vector_loop(s, buffers)
@@ -292,26 +302,32 @@ def carried_accumulators(
                     refused.update(u.local for u in walk_stmts(s.body) if isinstance(u, Assign))
                 continue
             found = accumulation(s) if isinstance(s, Assign) else None
-            if found is not None and through_reductions:
+            if isinstance(s, Assign) and found is not None and through_reductions:
                 accumulated(s.local, found[0])
                 refused.update(_read_locals(walk_expr(found[1])))
+                if depth or found[0] is not BinaryOp.ADD or not s.value.dtype.is_float:
+                    nested.add(s.local)
+                else:
+                    count = direct.get(s.local, (0, s.value.dtype))[0]
+                    direct[s.local] = (count + 1, s.value.dtype)
             else:
                 if isinstance(s, Assign):
                     refused.add(s.local)
                 refused.update(_read_locals(e for x in stmt_exprs(s) for e in walk_expr(x)))
             if isinstance(s, Loop):
-                visit(s.body, through_reductions and _scalar_reduction(s))
+                visit(s.body, through_reductions and _scalar_reduction(s), depth + 1)
             elif isinstance(s, If):
-                visit(s.then, through_reductions)
+                visit(s.then, through_reductions, depth)
 
-    visit(loop.body, True)
+    visit(loop.body, True, 0)
     carried = set(ops) - refused - declared
     found: dict[str, tuple[int, dict[str, tuple[BinaryOp, T.DType]]]] = {}
     for vector, plan in vectors:
         mine = {n: a for n, a in plan.accumulators.items() if n in carried}
         if mine:
             found[vector.var] = (vector.width, mine)
-    return found
+    sums = {n: a for n, a in direct.items() if n in carried and n not in nested}
+    return Carried(found, sums)
 
 
 def _scalar_reduction(loop: Loop) -> bool:
