@@ -6,7 +6,7 @@ loops share (one writing it) that a later iteration of `a` touches: those would 
 come in the other order (kdsl/ir/dependence.py proves the subscripts apart: `c[2*i]` and
 `c[2*i + 1]`). Where one touches what an earlier iteration of `a` does (`y[i + 1] = …`
 then `… = y[i]`), the order would be kept, but the fused loop's iterations would depend
-on each other: refused too, unless the loops are serial (`kd.range`) already.
+on each other: refused too (serial `kd.range` loops are not fused at all).
 
 Contraction is where fusion saves memory traffic: a temporary that is now used only
 inside the fused loop, always at the current iteration along one axis, loses that axis.
@@ -64,7 +64,7 @@ def fuse(ctx: StepContext, loop_a: object, loop_b: object) -> str:
     b_body = tree.substitute(b.body, b.var, LoopVar(a.var))
     before, after = _move_between(ctx, a, b_body, block[pa[-1] + 1 : pb[-1]])
     carried = _check_dependences(ctx, a, b, b_body)
-    if carried is not None and kind is not LoopKind.SERIAL:
+    if carried is not None:
         raise ctx.refuse(
             f"fusing '{a.var}' and '{b.var}' makes the fused loop's iterations depend on "
             f"each other: an iteration of '{b.var}' touches an element of '{carried}' that "

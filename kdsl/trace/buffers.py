@@ -283,7 +283,7 @@ def _check_race(ctx: TraceContext, store: Store) -> None:
                 continue
             differ = [(a, b) for a, b in zip(load.index, index, strict=True) if a != b]
             racing = [r for a, b in differ if (r := _loop_names(a, b) & parallel)]
-            if racing and any(ctx.carried(store, load, var) for var in sorted(parallel)):
+            if racing and any(ctx.meets_across(store, load, var) for var in sorted(parallel)):
                 raise TraceError(
                     f"'{buffer}' is written at [{', '.join(format_expr(i) for i in index)}] "
                     f"and read at [{', '.join(format_expr(i) for i in load.index)}] under "

@@ -455,8 +455,9 @@ class TraceContext:
         self.declare(name)
         return name
 
-    def carried(self, store: Store, load: Load, loop: str) -> bool:
-        """`carried` for a statement being recorded in the open loops, `loop` among them."""
+    def meets_across(self, store: Store, load: Load, loop: str) -> bool:
+        """Whether `load` may read what `store` writes in another iteration of `loop`
+        (`carried`), for a statement being recorded in the open loops, `loop` among them."""
         extents = {name: self.indices[p].extent for p, name in self.bound.items()}
         names = list(self.loop_kinds)  # outermost first
         inside = tuple((n, extents[n]) for n in names[names.index(loop) + 1 :])
@@ -503,22 +504,32 @@ def _check_independent(body: tuple[Stmt, ...], var: str, extent: Expr) -> None:
     no statement of its body reads an element another iteration writes (`b[j] = a[j + 1];
     a[j] = …`; see `carried`)."""
     found = accesses(body)
-    for store in (x for x in found if x.write):
-        for load in found:
-            if not load.write and carried(store, load, var, extent):
+    stores = [x for x in found if x.write]
+    for n, store in enumerate(stores):
+        for other in found:
+            if other.write and (other in stores[: n + 1] or _scatters(store, other)):
+                continue  # (each pair of stores once; a scatter's collisions stay serial)
+            if carried(store, other, var, extent):
+                what = "written again" if other.write else "read"
                 raise TraceError(
                     f"'{store.buffer}' is written at "
-                    f"[{', '.join(format_expr(i) for i in store.index)}] and read at "
-                    f"[{', '.join(format_expr(i) for i in load.index)}] in parallel loop "
+                    f"[{', '.join(format_expr(i) for i in store.index)}] and {what} at "
+                    f"[{', '.join(format_expr(i) for i in other.index)}] in parallel loop "
                     f"'{var}': its iterations would depend on each other",
-                    loc=load.node.loc or store.node.loc,
+                    loc=other.node.loc or store.node.loc,
                     fix="use kd.range for an ordered loop, or write to another array",
                 )
 
 
+def _scatters(*stores: Access) -> bool:
+    """Whether a store's subscripts read data (`H[idx[i]]`): two iterations may write
+    one element by design, and the default schedule keeps such a loop serial."""
+    return any(isinstance(x, Load) for st in stores for i in st.index for x in walk_expr(i))
+
+
 def carried(store: Access, load: Access, var: str, extent: Expr) -> bool:
-    """Whether `load` may read what `store` writes in another iteration of the loop `var`
-    over [0, extent). A read at the written subscripts themselves, or at ones that differ
+    """Whether `load` may read (or, a store, write) what `store` writes in another
+    iteration of the loop `var` over [0, extent). A read at the written subscripts themselves, or at ones that differ
     only where the loop is not mentioned, counts as the iteration's own; other subscripts
     must be proven apart (kdsl/ir/dependence.py: `X[8*p + s]` and `X[8*p + s + 4]` for
     s < 4)."""

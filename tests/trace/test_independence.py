@@ -120,6 +120,39 @@ def test_a_neighbour_through_a_local_is_refused():
     assert err.loc.line == line_of(k, "here")
 
 
+def test_two_writes_that_meet_across_iterations_are_refused():
+    """Iteration i's X[2*i + 2] is iteration i + 1's X[2*i]: the compiled loop's result
+    depended on the threads' order (a review found it); X[i, 0] and X[i, 1] never meet,
+    and a scatter's collisions (subscripts read from data) stay the default schedule's."""
+
+    @kd.kernel
+    def k(X):
+        for i in kd.grid(X.shape[0] // 2 - 1):
+            X[2 * i] = 1.0
+            X[2 * i + 2] = 2.0  # here
+
+    err = raises(
+        kd.TraceError,
+        lambda: k(np.zeros(10, F)),
+        "'X' is written at [2 * i] and written again at [2 * i + 2] in parallel loop 'i'",
+        "kd.range",
+    )
+    assert err.loc.line == line_of(k, "here")
+
+    @kd.kernel
+    def pairs(X, idx, H):
+        for i in kd.grid(X.shape[0]):
+            X[i, 0] = 1.0
+            X[i, 1] = 2.0
+            H[idx[i]] = 1.0
+            H[idx[i] + 1] = 2.0
+
+    X, H = np.zeros((3, 2), F), np.zeros(6, F)
+    pairs(X, np.array([0, 2, 4]), H)
+    np.testing.assert_array_equal(X, [[1, 2]] * 3)
+    np.testing.assert_array_equal(H, [1, 2] * 3)
+
+
 def test_a_wider_block_is_refused_for_the_outer_loop():
     """With s < 5, X[8*p + 4 + 4] of iteration p is X[8*(p + 1) + 0] of the next."""
 
