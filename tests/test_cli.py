@@ -130,7 +130,19 @@ def test_kdsl_error_exits_1_with_its_message(capsys, kernels_file):
     [
         ("{dir}/missing.py:scale_add", ARGS, "no such file: {dir}/missing.py"),
         ("{file}:nope", ARGS, "has no kernel 'nope' (kernels there: scale_add, branchy, scaled)"),
-        ("{file}:plain", ARGS, "'plain' in {file} is a function, not a kdsl kernel"),
+        (
+            "{file}:plain",
+            ARGS,
+            "'plain' in {file} is a function, not a kdsl kernel (decorate it with @kd.kernel, "
+            "or name a kernel: kernels in {file}: scale_add, branchy, scaled)",
+        ),
+        (  # a library function named as if it were a module
+            "kdsl.kernels.rmsnorm",
+            ARGS,
+            "no module named 'kdsl.kernels.rmsnorm' (nor a file: files end in .py); 'rmsnorm' "
+            "is a function of kdsl.kernels, defined in kdsl.kernels.norms: try "
+            "kdsl.kernels.norms",
+        ),
         (
             "{file}",
             ARGS,

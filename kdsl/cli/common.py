@@ -51,7 +51,7 @@ def load_kernel(target: str) -> KernelFunction:
         raise UsageError(f"{where} has no kernel '{name}' (kernels there: {found})")
     raise UsageError(
         f"'{name}' in {where} is a {type(value).__name__}, not a kdsl kernel "
-        "(decorate it with @kd.kernel)"
+        f"(decorate it with @kd.kernel, or name a kernel: kernels in {where}: {found})"
     )
 
 
@@ -75,10 +75,26 @@ def _import(name: str) -> ModuleType:
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
         if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
-            raise UsageError(f"no module named '{name}' (nor a file: files end in .py)") from None
+            raise UsageError(
+                f"no module named '{name}' (nor a file: files end in .py)" + _defined_in(name)
+            ) from None
         raise UsageError(_import_failure(name, exc)) from None
     except Exception as exc:
         raise UsageError(_import_failure(name, exc)) from None
+
+
+def _defined_in(name: str) -> str:
+    """For `package.function` given as a module (`kdsl.kernels.rmsnorm`): where the
+    function is defined, whose kernels the user may mean; else nothing."""
+    package, _, attr = name.rpartition(".")
+    try:
+        value = getattr(importlib.import_module(package), attr, None) if package else None
+    except Exception:
+        return ""
+    home = getattr(value, "__module__", None)
+    if value is None or not isinstance(home, str) or home == package:
+        return ""
+    return f"; '{attr}' is a {type(value).__name__} of {package}, defined in {home}: try {home}"
 
 
 def _load_package_dir(path: Path) -> ModuleType:
