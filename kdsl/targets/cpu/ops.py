@@ -34,15 +34,23 @@ HALF = ir.HalfType()
 PTR = ir.PointerType()
 
 
+def smin(b: ir.IRBuilder, x: ir.Value, y: ir.Value | int) -> ir.Value:
+    """The smaller of two i64 values (an int: a constant)."""
+    y = ir.Constant(I64, y) if isinstance(y, int) else y
+    return b.select(b.icmp_signed("<", x, y), x, y)
+
+
+def smax(b: ir.IRBuilder, x: ir.Value, y: ir.Value | int) -> ir.Value:
+    """The larger of two i64 values (an int: a constant)."""
+    y = ir.Constant(I64, y) if isinstance(y, int) else y
+    return b.select(b.icmp_signed(">", x, y), x, y)
+
+
 def clamped_extent(b: ir.IRBuilder, n: ir.Value, most: int | None = None) -> ir.Value:
     """An i64 extent within [0, most] (a loop's extent may be negative; a matrix tile
     holds at most `most`)."""
-    zero = ir.Constant(I64, 0)
-    n = b.select(b.icmp_signed("<", n, zero), zero, n)
-    if most is None:
-        return n
-    top = ir.Constant(I64, most)
-    return b.select(b.icmp_signed(">", n, top), top, n)
+    n = smax(b, n, 0)
+    return n if most is None else smin(b, n, most)
 
 
 def llvm_type(d: DType) -> ir.Type:

@@ -33,7 +33,7 @@ from kdsl.ir.nodes import (
     Store,
 )
 from kdsl.ir.visit import local_definitions, map_expr, walk_all_exprs, walk_expr, walk_stmts
-from kdsl.targets.cpu.ops import I64, PTR
+from kdsl.targets.cpu.ops import I64, PTR, smax
 from kdsl.targets.cpu.state import ArrayInfo
 
 if TYPE_CHECKING:
@@ -151,9 +151,8 @@ def _grain(gen: _Codegen, loop: Loop) -> ir.Value:
     """max(1, MIN_WORK_PER_CHUNK / the innermost iterations in one iteration of `loop`)."""
     work = _work(gen, loop.body, loop.var, _single_definitions(loop.body))
     b = gen.b
-    work = b.select(b.icmp_signed("<", work, ir.Constant(I64, 1)), ir.Constant(I64, 1), work)
-    grain = b.sdiv(ir.Constant(I64, MIN_WORK_PER_CHUNK), work)
-    return b.select(b.icmp_signed("<", grain, ir.Constant(I64, 1)), ir.Constant(I64, 1), grain)
+    grain = b.sdiv(ir.Constant(I64, MIN_WORK_PER_CHUNK), smax(b, work, 1))
+    return smax(b, grain, 1)
 
 
 def _single_definitions(body: tuple[Stmt, ...]) -> dict[str, Expr]:

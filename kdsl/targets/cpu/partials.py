@@ -48,7 +48,7 @@ from kdsl.ir.nodes import (
     Stmt,
 )
 from kdsl.ir.visit import walk_expr, walk_stmts
-from kdsl.targets.cpu.ops import I64, Ops, constant
+from kdsl.targets.cpu.ops import I64, Ops, constant, smax, smin
 from kdsl.targets.cpu.vector_plan import carried_accumulators
 
 if TYPE_CHECKING:
@@ -162,7 +162,7 @@ def in_blocks(
     def each(slot: ir.Value) -> None:
         first = b.load(slot, typ=I64)
         last = b.add(first, ir.Constant(I64, size) if isinstance(size, int) else size)
-        block(first, b.select(b.icmp_signed("<", stop, last), stop, last))
+        block(first, smin(b, stop, last))
 
     gen.counted(f"{var}.block", start, stop, size, each)
 
@@ -272,8 +272,8 @@ def carried_partials(gen: _Codegen, loop: Loop) -> Iterator[Strips | None]:
         strips.append((chain, ir.Constant(I64, STRIP // n)))
     size: ir.Value = ir.Constant(I64, 1)
     for k, (_, most) in enumerate(strips):
-        size = most if k == 0 else _smin(gen.b, size, most)
-    yield Strips(_smax(gen.b, size, 1), [c for c, _ in strips]) if strips else None
+        size = most if k == 0 else smin(gen.b, size, most)
+    yield Strips(smax(gen.b, size, 1), [c for c, _ in strips]) if strips else None
     for var, (_, accumulators) in found.items():
         for name in accumulators:
             del gen.carried[var][name]
@@ -327,7 +327,7 @@ def _strip_chains(gen: _Codegen, loop: Loop) -> list[tuple[Chain, ir.Value]]:
                 before = trips.get(id(chain), (chain, ir.Constant(I64, 0)))[1]
                 trips[id(chain)] = (chain, b.add(before, b.sdiv(extent, width)))
     block = ir.Constant(I64, BLOCK)
-    return [(chain, b.sdiv(block, _smax(b, n, 1))) for chain, n in trips.values()]
+    return [(chain, b.sdiv(block, smax(b, n, 1))) for chain, n in trips.values()]
 
 
 def _homes(loop: Loop) -> dict[str, tuple[Loop, Loop]]:
@@ -360,15 +360,6 @@ def _invariant(home: Loop, vector: Loop) -> bool:
     return not any(
         isinstance(e, LoopVar | LocalVar) and e.name in inside for e in walk_expr(vector.extent)
     )
-
-
-def _smin(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
-    return b.select(b.icmp_signed("<", x, y), x, y)
-
-
-def _smax(b: ir.IRBuilder, x: ir.Value, y: ir.Value | int) -> ir.Value:
-    y = ir.Constant(I64, y) if isinstance(y, int) else y
-    return b.select(b.icmp_signed(">", x, y), x, y)
 
 
 def _top_level(body: tuple[Stmt, ...]) -> Iterator[Stmt]:

@@ -54,6 +54,7 @@ from llvmlite import ir
 
 from kdsl.config import CONFIG, available_cores
 from kdsl.targets.cpu import jit, objects
+from kdsl.targets.cpu.ops import smax, smin
 
 PARALLEL_FOR = "kdsl_parallel_for"
 PARALLEL_FOR_THREADS = "kdsl_parallel_for_threads"  # same, with a thread count (0: default)
@@ -125,14 +126,6 @@ def _store_atomic(b: ir.IRBuilder, value: ir.Value, ptr: ir.Value, ordering: str
     """An atomic store, as an exchange whose result is unused (llvmlite's `store_atomic`
     still wants typed pointers); x86 compiles a seq_cst store to `xchg` anyway."""
     b.atomic_rmw("xchg", ptr, value, ordering)
-
-
-def _min(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
-    return b.select(b.icmp_signed("<", x, y), x, y)
-
-
-def _max(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
-    return b.select(b.icmp_signed(">", x, y), x, y)
 
 
 @dataclass
@@ -226,9 +219,9 @@ def _emit_parallel_for_threads(pool: _Pool) -> ir.Function:
         b.ret(_i64(0))
     default = b.load_atomic(pool.num_threads, "monotonic", 8, typ=I64)
     want = b.select(b.icmp_signed(">", threads, _i64(0)), threads, default)
-    want = _min(b, _max(b, want, _i64(1)), _i64(MAX_THREADS))
-    most = _max(b, b.sdiv(n, _max(b, grain, _i64(1))), _i64(1))  # chunks of >= grain
-    chunks = _min(b, want, most)
+    want = smin(b, smax(b, want, _i64(1)), _i64(MAX_THREADS))
+    most = smax(b, b.sdiv(n, smax(b, grain, _i64(1))), _i64(1))  # chunks of >= grain
+    chunks = smin(b, want, most)
     inline = fn.append_basic_block("inline")
     lock = fn.append_basic_block("lock")
     b.cbranch(b.icmp_signed("<=", chunks, _i64(1)), inline, lock)
@@ -247,11 +240,11 @@ def _emit_parallel_for_threads(pool: _Pool) -> ir.Function:
     with b.if_then(b.icmp_signed("<", have, need), likely=False):
         b.call(start_workers, [have, need])
     have = b.load(pool.workers, typ=I64)  # fewer than needed if pthread_create failed
-    threads = _min(b, chunks, b.add(have, _i64(1)))
+    threads = smin(b, chunks, b.add(have, _i64(1)))
     with b.if_then(b.icmp_signed("<=", threads, _i64(1)), likely=False):
         _store_atomic(b, _i32(0), pool.busy, "release")
         b.branch(inline)
-    chunks = _min(b, b.mul(threads, _i64(CHUNKS_PER_THREAD)), most)
+    chunks = smin(b, b.mul(threads, _i64(CHUNKS_PER_THREAD)), most)
 
     # Plain stores: every worker is parked on its `go` word, and bumping it publishes them.
     for field, value in enumerate([task, closure, n, chunks]):
@@ -382,7 +375,7 @@ def _emit_run_chunks(pool: _Pool) -> ir.Function:
     b.cbranch(b.icmp_signed("<", c, chunks), body, done)
 
     b.position_at_end(body)
-    begin = b.add(b.mul(c, size), _min(b, c, extra))
+    begin = b.add(b.mul(c, size), smin(b, c, extra))
     end = b.add(b.add(begin, size), b.zext(b.icmp_signed("<", c, extra), I64))
     code = b.call(task, [closure, begin, end])
     with b.if_then(b.icmp_signed("!=", code, _i64(0)), likely=False):
