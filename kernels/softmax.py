@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from kdsl.kernels import _device
 from kdsl.kernels._rows import over_rows, rows_input, statistics_dtype
 
 import kdsl as kd
+
+# exp(t) = exp2(t·log2 e): exp2 takes fewer instructions (no range reduction by ln 2),
+# which is what bounds a row in the L3 (4096×1024: 11% faster); the product's rounding
+# moves a probability by |x - max|·6e-8 of itself
+LOG2E = math.log2(math.e)
 
 # one shape in the L3 and one in DRAM: their best params differ (the prefetch hints pay
 # only in DRAM), and a call takes the nearest tuned shape's
@@ -23,7 +30,7 @@ def softmax_rows(x, y):
     m = kd.empty(x.shape[0], acc)
     m[i] = kd.max(x[i, j], over=j)
     e = kd.empty(x.shape, acc)
-    e[i, j] = kd.exp(x[i, j] - m[i])
+    e[i, j] = kd.exp2((x[i, j] - m[i]) * LOG2E)
     s = kd.empty(x.shape[0], acc)
     s[i] = kd.sum(e[i, j], over=j)
     # one division a row, then a multiply an element, instead of a division an element
