@@ -73,6 +73,30 @@ def window_max(x, y):
         y[i] = m
 
 
+@kd.kernel
+def complex_multiply(a, b, c):
+    """Interleaved complex numbers (re, im, re, im, …): lanes two elements apart."""
+    i = kd.indices(a.shape[0] // 2)
+    c[2 * i] = a[2 * i] * b[2 * i] - a[2 * i + 1] * b[2 * i + 1]
+    c[2 * i + 1] = a[2 * i] * b[2 * i + 1] + a[2 * i + 1] * b[2 * i]
+
+
+@kd.kernel
+def complex_multiply_grid(a, b, c):
+    """The same in one loop: its two stores fill each pair, written as whole vectors
+    (the implicit form is two loops, each writing every other element)."""
+    for i in kd.grid(a.shape[0] // 2):
+        c[2 * i] = a[2 * i] * b[2 * i] - a[2 * i + 1] * b[2 * i + 1]
+        c[2 * i + 1] = a[2 * i] * b[2 * i + 1] + a[2 * i + 1] * b[2 * i]
+
+
+@kd.kernel
+def luminance(rgb, y):
+    """An (n, 3) image's pixels to gray: three channels of each row."""
+    i = kd.indices(rgb.shape[0])
+    y[i] = 0.299 * rgb[i, 0] + 0.587 * rgb[i, 1] + 0.114 * rgb[i, 2]
+
+
 # ------------------------------------------------------------------ the cases
 
 
@@ -129,6 +153,22 @@ def cases(rows: int, cols: int, n: int) -> list[harness.Case]:
         for t in range(1, 7):
             np.maximum(y, x[t : t + n], out=y)
 
+    def complex_args(rng: np.random.Generator) -> harness.Args:
+        a, b = (rng.standard_normal(2 * n, dtype=np.float32) for _ in "ab")
+        return a, b, np.empty(2 * n, np.float32)
+
+    def np_complex_multiply(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> None:
+        np.multiply(a.view(np.complex64), b.view(np.complex64), out=c.view(np.complex64))
+
+    def pixel_args(rng: np.random.Generator) -> harness.Args:
+        return rng.random((n, 3), dtype=np.float32), np.empty(n, np.float32)
+
+    def np_luminance(rgb: np.ndarray, y: np.ndarray) -> None:
+        """The quickest NumPy spelling here (`rgb @ w` took twice as long)."""
+        np.multiply(rgb[:, 0], np.float32(0.299), out=y)
+        y += np.float32(0.587) * rgb[:, 1]
+        y += np.float32(0.114) * rgb[:, 2]
+
     def gather_args(rng: np.random.Generator) -> harness.Args:
         table = rng.standard_normal((32000, 256), dtype=np.float32)
         ids = rng.integers(0, 32000, rows).astype(np.int64)
@@ -172,6 +212,39 @@ def cases(rows: int, cols: int, n: int) -> list[harness.Case]:
             np_window_max,
             2 * n * 4,
             "GB/s",
+        ),
+        harness.Case(
+            "complex multiply, interleaved",
+            f"{n}",
+            complex_args,
+            complex_multiply,
+            np_complex_multiply,
+            3 * 2 * n * 4,
+            "GB/s",
+            1e-5,
+            1e-5,
+        ),
+        harness.Case(
+            "complex multiply, one kd.grid loop",
+            f"{n}",
+            complex_args,
+            complex_multiply_grid,
+            np_complex_multiply,
+            3 * 2 * n * 4,
+            "GB/s",
+            1e-5,
+            1e-5,
+        ),
+        harness.Case(
+            "luminance of (n, 3) pixels",
+            f"{n}×3",
+            pixel_args,
+            luminance,
+            np_luminance,
+            4 * n * 4,
+            "GB/s",
+            1e-5,
+            1e-5,
         ),
         harness.Case(
             "embedding rows",

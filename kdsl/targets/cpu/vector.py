@@ -10,8 +10,10 @@ Every expression of the body is
 * varying — a `<w x T>` vector, lane by lane with the scalar operators' semantics.
 
 Memory: a subscript `v + uniform` in the innermost axis of a contiguous buffer is one
-vector load or store (a strided parameter checks its stride at run time); any other
-varying address is a gather or scatter; a uniform address is a scalar access.
+vector load or store (a strided parameter checks its stride at run time); lanes a few
+elements apart (`a[2·v + 1]`, `x[v, 2]` of rows of 3) are whole vectors and shuffles
+(strided.py); any other varying address is a gather or scatter; a uniform address is a
+scalar access.
 Control: a uniform `If` branches; a varying one narrows the *mask* of active lanes, under
 which stores are masked, assignments select, and loads are masked (a lane that is off
 may be out of bounds, just as a `where` side that the scalar code would not evaluate).
@@ -93,6 +95,13 @@ from kdsl.targets.cpu.partials import (
     with_levels,
 )
 from kdsl.targets.cpu.state import ErrorKind
+from kdsl.targets.cpu.strided import (
+    Runs,
+    filled_runs,
+    store_filled_runs,
+    strided_load,
+    strided_store,
+)
 from kdsl.targets.cpu.vector_plan import (
     VectorPlan,
     accumulation,
@@ -146,6 +155,7 @@ class _VectorLoop:
         self.computed: dict[tuple[int, int], tuple[ir.Value | None, ir.Value]] = {}
         self.numbers: dict[int, tuple[Expr, int]] = {}  # id(node) -> (node, its structure)
         self.structures: dict[tuple[object, ...], int] = {}
+        self.runs = Runs(self)  # the statement's strided loads (strided.py)
 
     def vtype(self, t: ir.Type) -> ir.VectorType:
         return ir.VectorType(t, self.w)
@@ -418,13 +428,27 @@ class _VectorLoop:
     # ------------------------------------------------------------------ statements
 
     def block(self, body: tuple[Stmt, ...]) -> None:
-        for s in body:
-            self.stmt(s)
+        for piece in filled_runs(self, body):
+            if len(piece) == 1:
+                self.stmt(piece[0])
+            else:
+                store_filled_runs(self, piece)
 
     def stmt(self, s: Stmt) -> None:
+        with self.statement_scope(s):
+            self.statement(s)
+
+    @contextmanager
+    def statement_scope(self, s: Stmt) -> Iterator[None]:
+        """While statement `s` is emitted: its own values (a store may have changed what a
+        load would read), and its strided loads (strided.py)."""
+        self.computed.clear()
+        self.gen.memo = {}  # the scalar generator's values for this statement (_Codegen.expr)
+        with self.runs.of(s, self.mask):
+            yield
+
+    def statement(self, s: Stmt) -> None:
         gen, b = self.gen, self.b
-        self.computed.clear()  # a store may have changed what a load would read
-        gen.memo = {}  # the scalar generator's values for this statement (see _Codegen.expr)
         match s:
             case Store():
                 self.store(s)
@@ -566,6 +590,8 @@ class _VectorLoop:
         value = self.vector(self.value(s.value))
         if buf.dtype.is_bool:
             value = b.zext(value, self.vtype(I8))
+        if strided_store(self, s, value):
+            return
         self.access(
             s.buffer, s.index, s.loc, lambda at: self.store_at(at, value, buf.dtype), s.checked
         )
@@ -734,6 +760,8 @@ class _VectorLoop:
             value = self.b.load(at, typ=self.vtype(memory_type(e.dtype)))
             return self.b.trunc(value, self.vtype(I1)) if e.dtype.is_bool else value
         value = self.grouped_load(e)
+        if value is None:
+            value = strided_load(self, e)
         if value is None:
             value = self.access(
                 e.buffer, e.index, e.loc, lambda at: self.load_at(at, e.dtype), e.checked

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from kdsl import types as T
-from kdsl.ir.affine import split_tile
+from kdsl.ir.affine import Lin, linear, split_tile
 from kdsl.ir.nodes import (
     Allocate,
     Assign,
@@ -28,6 +28,7 @@ from kdsl.ir.nodes import (
     LoopExec,
     LoopKind,
     LoopVar,
+    Select,
     Stmt,
     Store,
 )
@@ -36,6 +37,7 @@ from kdsl.ir.visit import children, stmt_exprs, walk_all_exprs, walk_expr, walk_
 ACCUMULATE = (BinaryOp.ADD, BinaryOp.MUL, BinaryOp.MAX, BinaryOp.MIN)
 SCALAR_EXECS = (LoopExec.SERIAL, LoopExec.UNROLLED)
 LANE_TEMP_ELEMENTS = 64  # a temporary of this many elements or fewer may be one per lane
+MAX_STRIDE = 8  # lanes this many elements apart or fewer are read as whole vectors (strided.py)
 
 
 @dataclass
@@ -336,6 +338,89 @@ def _scalar_reduction(loop: Loop) -> bool:
 
 def _read_locals(exprs: Iterable[Expr]) -> set[str]:
     return {e.name for e in exprs if isinstance(e, LocalVar)}
+
+
+# ------------------------------------------------------------------------------ strided
+
+
+@dataclass(frozen=True)
+class Strided:
+    """A vector access whose lanes are `s` elements apart, each `phase` elements into its
+    run of s: `a[2·v + 1]` (s = 2, phase 1), `x[v, 2]` of rows of 3 (s = 3, phase 2).
+    `start` holds the subscripts of lane 0's run with v taken as 0 (`step`·v is added on
+    `axis`, the one subscript that differs between lanes)."""
+
+    axis: int
+    step: int
+    start: tuple[Expr, ...]
+    phase: int
+    s: int
+
+
+def strided_access(
+    plan: VectorPlan, index: tuple[Expr, ...], row: int | None = None
+) -> Strided | None:
+    """How the lanes of an access at `index` lie, when they are a few elements apart: v
+    times a constant from 2 to MAX_STRIDE in the last subscript (the other subscripts
+    the same in every lane), or v in another axis and a constant in the last one, where
+    the rows are `row` elements long (s = step · row)."""
+    varying = [a for a, i in enumerate(index) if plan.varying(i)]
+    if len(varying) != 1:
+        return None
+    axis, last, v = varying[0], len(index) - 1, LoopVar(plan.var)
+    lin = linear(index[axis])
+    if lin is None or lin.coeff(v) < 1:
+        return None
+    step, rest = lin.coeff(v), lin.without([v])
+    if any(plan.varying(atom) for atom, _ in rest.terms):
+        return None  # v also inside another term (`2·v + v // 3`)
+    if axis == last:
+        if not 2 <= step <= MAX_STRIDE:
+            return None
+        phase = rest.const % step  # (a[2·v + 3]: the run from a[2·v + 2], phase 1)
+        run = Lin(rest.const - phase, rest.terms).expr()
+        return Strided(axis, step, (*index[:axis], run), phase, step)
+    column = index[last]
+    if row is None or not isinstance(column, Const) or type(column.value) is not int:
+        return None
+    if not (0 <= column.value < row and 2 <= step * row <= MAX_STRIDE):
+        return None
+    start = (*index[:axis], rest.expr(), *index[axis + 1 : last], Const(0, T.INDEX))
+    return Strided(axis, step, start, column.value, step * row)
+
+
+def named_columns(body: tuple[Stmt, ...]) -> dict[str, int]:
+    """Per array, one more than the largest constant last subscript that `body` names
+    (`x[i, 0]`, `x[i, 2]`: 3): how long its rows likely are, where only the run time
+    knows (the code that relies on it checks)."""
+    found: dict[str, int] = {}
+    accesses = [(e.buffer, e.index) for e in walk_all_exprs(body) if isinstance(e, Load)]
+    accesses += [(s.buffer, s.index) for s in walk_stmts(body) if isinstance(s, Store)]
+    for name, index in accesses:
+        last = index[-1] if index else None
+        if isinstance(last, Const) and type(last.value) is int and last.value >= 0:
+            found[name] = max(found.get(name, 0), last.value + 1)
+    return found
+
+
+def unconditional_loads(exprs: Iterable[Expr]) -> Iterator[Load]:
+    """The loads that evaluating `exprs` performs in every active lane: not those in a
+    side of a `where` that loads, which vector code evaluates only where it is chosen."""
+    seen: set[int] = set()
+    stack = list(exprs)
+    while stack:
+        e = stack.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, Load):
+            yield e
+        if isinstance(e, Select) and any(
+            isinstance(n, Load) for side in (e.if_true, e.if_false) for n in walk_expr(side)
+        ):
+            stack.append(e.cond)
+        else:
+            stack.extend(children(e))
 
 
 # ------------------------------------------------------------------------------ emission
