@@ -2,6 +2,7 @@
 
 from kdsl.config import VERSION
 from kdsl.errors import (
+    ArgumentTraceError,
     BoundsError,
     CompileError,
     KdslError,
@@ -58,6 +59,7 @@ from kdsl.types import DType, bf16, bool_, f16, f32, f64, i8, i16, i32, i64, u8,
 __version__ = VERSION
 
 __all__ = [
+    "ArgumentTraceError",
     "BoundsError",
     "CompileError",
     "DType",
@@ -69,6 +71,8 @@ __all__ = [
     "Schedule",
     "ScheduleError",
     "ShapeError",
+    "Spec",
+    "SpecError",
     "Target",
     "TraceError",
     "abs",
@@ -115,6 +119,7 @@ __all__ = [
     "set_num_threads",
     "sigmoid",
     "sin",
+    "spec",
     "sqrt",
     "sum",
     "tanh",

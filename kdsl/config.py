@@ -1,11 +1,14 @@
-"""Configuration from the environment, read once at import: no os.environ elsewhere."""
+"""Configuration from the environment, read once at import: no os.environ elsewhere.
+Also `user_stacklevel`, so that kdsl's warnings name the user's line."""
 
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 import platformdirs
 
@@ -36,6 +39,32 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
+_KDSL_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def user_stacklevel() -> int:
+    """The stacklevel for a warnings.warn made where this is called, that names the
+    user's line: the innermost frame outside kdsl (its library included) and Python's
+    import machinery. That is the call of a kernel, or for the settings read here at
+    import, the `import kdsl` line. (warnings steps over the import machinery's frames
+    without counting them; so does this.)"""
+    library = sys.modules.get("kdsl.kernels")  # (a checkout keeps it outside kdsl/)
+    ours = (_KDSL_DIR, os.path.dirname(getattr(library, "__file__", None) or _KDSL_DIR) + os.sep)
+    level, frame = 1, sys._getframe(1)  # the frame that warns: stacklevel 1
+    while frame.f_back is not None and (
+        _importing(frame) or frame.f_code.co_filename.startswith(ours)
+    ):
+        frame = frame.f_back
+        level += not _importing(frame)
+    return level
+
+
+def _importing(frame: FrameType) -> bool:
+    """A frame of Python's import machinery (as warnings tells them)."""
+    path = frame.f_code.co_filename
+    return "importlib" in path and "_bootstrap" in path
+
+
 def _num_threads() -> int | None:
     """KDSL_NUM_THREADS as a positive int; None when unset, or (with a warning) invalid."""
     text = os.environ.get("KDSL_NUM_THREADS", "").strip()
@@ -53,7 +82,7 @@ def _num_threads() -> int | None:
         f"({available_cores()}). "
         "Set it to a count such as KDSL_NUM_THREADS=8, or unset it.",
         RuntimeWarning,
-        stacklevel=3,
+        stacklevel=user_stacklevel(),
     )
     return None
 
@@ -71,7 +100,7 @@ def _dump() -> frozenset[str]:
             f"KDSL_DUMP names {', '.join(unknown)}, which kdsl does not print; it prints "
             f"{', '.join(DUMPS)}",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
     return names
 

@@ -19,6 +19,7 @@ from kdsl.autotune.gpu import gpu_target_key
 from kdsl.autotune.keys import Shape, format_shape, shape_of, target_key, tuning_key
 from kdsl.autotune.strategies import config_key
 from kdsl.autotune.tuner import example_of, tune
+from kdsl.config import user_stacklevel
 from kdsl.errors import ScheduleError
 from kdsl.ir.nodes import Kernel
 from kdsl.targets.cpu.call import CallLayout, Specialization
@@ -83,7 +84,7 @@ class _ByShape(Generic[_Built]):
                 f"({exc.args[0] if exc.args else exc}); using the default params. "
                 f"Tune again with `{self.command}`.",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=user_stacklevel(),
             )
             self.fn.tuning[format_shape(shape)] = "stale tuning ignored (default params)"
             config = {}

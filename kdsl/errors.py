@@ -117,12 +117,21 @@ class KernelArgumentError(KdslError, TypeError, ValueError):
     """A bad argument: wrong type, dtype, rank, read-only output, aliasing, wrong device."""
 
 
+class ArgumentTraceError(TraceError, KernelArgumentError):
+    """An argument the kernel's code can't be traced with: an array of another rank than
+    the kernel reads, an output whose dtype can't hold what the kernel stores in it, a
+    scalar where the kernel reads an array. A TraceError (found while tracing, told at
+    the kernel's line) and a KernelArgumentError (a TypeError and a ValueError: the
+    caller passed the wrong thing)."""
+
+
 class ScheduleError(KdslError):
     """A schedule step that does not apply, or is not legal, on the kernel's loops."""
 
 
 class CompileError(KdslError):
-    """Code generation failed (a kdsl bug or a backend limit); the message says which."""
+    """Code generation failed (a kdsl bug, a backend limit, or a GPU architecture kdsl
+    can't build for); the message says which."""
 
 
 class BoundsError(KdslError, IndexError):

@@ -148,7 +148,7 @@ QUICKSTART: list[Cell] = [
         tail (`j.1`: one more vector with the lanes past the end switched off), and the
         outer `i` loop may run on several cores. Each loop's comment gives its
         kind from the algorithm (`parallel`, `reduction`), then what the schedule made of
-        it (`parallel` again for multi-core, `vectorized(16)`).
+        it (`parallelized` for multi-core, `vectorized(16)`).
         """
     ),
     code(

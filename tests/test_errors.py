@@ -98,9 +98,12 @@ def test_an_array_read_from_a_scalar_argument():
         i = kd.indices(a.shape[0])  # here
         y[i] = a[i]
 
-    err = raises(kd.TraceError, lambda: k(2.0, f32(3)), "parameter 'a' has no .shape")
-    assert type(err).__name__ == "TraceError"  # (its class is one that hasattr() sees too)
-    assert type(pickle.loads(pickle.dumps(err))) is kd.TraceError
+    err = raises(
+        kd.KernelArgumentError, lambda: k(2.0, f32(3)), "parameter 'a' has no .shape"
+    )  # the caller's error, found while tracing: a TraceError too
+    assert isinstance(err, kd.TraceError) and isinstance(err, AttributeError)
+    assert type(err).__name__ == "ArgumentTraceError"  # (its class is one hasattr() sees too)
+    assert type(pickle.loads(pickle.dumps(err))) is kd.ArgumentTraceError
     assert "pass an array as 'a'" in str(err)
     assert err.loc.line == line_of(k, "here")
 
@@ -110,8 +113,126 @@ def test_an_array_read_from_a_scalar_argument():
         y[i] = a[i]
 
     raises(
-        kd.TraceError, lambda: subscripted(2.0, f32(3)), "'a' is subscripted, but it is a scalar"
+        kd.ArgumentTraceError,
+        lambda: subscripted(2.0, f32(3)),
+        "'a' is subscripted, but it is a scalar",
     )
+
+
+def test_an_array_attribute_numpy_has_and_a_kernel_lacks():
+    @kd.kernel
+    def k(x, y):
+        i = kd.indices(x.shape[0])
+        y[i] = x[i] / x.size  # here
+
+    err = raises(kd.TraceError, lambda: k(f32(3), f32(3)), "x.size: inside a kernel", "x.shape[0]")
+    assert not isinstance(err, kd.KernelArgumentError)  # the kernel's code is wrong
+    assert isinstance(err, AttributeError) and type(err).__name__ == "TraceError"
+    assert type(pickle.loads(pickle.dumps(err))) is kd.TraceError
+    assert err.loc.line == line_of(k, "here")
+
+
+# --------------------------------------- ArgumentTraceError: a bad argument, while tracing
+
+
+def matmul_kernel():
+    @kd.kernel
+    def matmul(A, B, C):
+        i, j, k = kd.indices(A.shape[0], B.shape[1], A.shape[1])  # shapes
+        C[i, j] = kd.sum(A[i, k] * B[k, j], over=k)  # store
+
+    return matmul
+
+
+def argument_error(call, *needles):
+    """A bad argument, found while tracing: the KernelArgumentError (TypeError and
+    ValueError) DESIGN §2 promises, and the TraceError that points at the kernel's line."""
+    err = raises(kd.ArgumentTraceError, call, *needles)
+    assert isinstance(err, kd.KernelArgumentError) and isinstance(err, kd.TraceError)
+    assert isinstance(err, TypeError) and isinstance(err, ValueError)
+    assert type(pickle.loads(pickle.dumps(err))) is kd.ArgumentTraceError
+    return err
+
+
+def test_an_array_of_too_few_dimensions_is_a_kernel_argument_error():
+    matmul = matmul_kernel()
+    a, b, c = f32(8, 4), f32(4, 6), f32(8, 6)
+    err = argument_error(
+        lambda: matmul(a, b.ravel(), c),
+        "in kernel 'matmul': B.shape[1], but array 'B' has 1 dimension(s) here",
+        "fix: pass an array of 2 dimensions or more as 'B', or change the kernel so that it "
+        "reads only B.shape[0]",
+    )
+    assert err.loc.line == line_of(matmul, "shapes")
+    assert "    i, j, k = kd.indices(A.shape[0], B.shape[1], A.shape[1])" in str(err)
+    try:
+        matmul(a, b.ravel(), c)
+    except (TypeError, ValueError) as caught:  # what a caller checking input writes
+        assert "B.shape[1]" in str(caught)
+
+
+def test_an_array_of_too_many_dimensions_is_a_kernel_argument_error():
+    matmul = matmul_kernel()
+    err = argument_error(
+        lambda: matmul(f32(8, 4), f32(4, 6)[None], f32(8, 6)),
+        "array 'B' has 3 dimension(s) but is subscripted with 2",
+        "one index per dimension",
+    )
+    assert err.loc.line == line_of(matmul, "store")
+
+
+def test_an_output_whose_dtype_cant_hold_the_value_is_a_kernel_argument_error():
+    matmul = matmul_kernel()
+    err = argument_error(
+        lambda: matmul(f32(8, 4), f32(4, 6), np.zeros((8, 6), np.int32)),
+        "storing a f32 value into 'C' (i32) would lose its kind",
+        "pass a float32 array as 'C'",
+    )
+    assert err.loc.line == line_of(matmul, "store")
+
+
+def test_a_0d_array_for_a_scalar_is_a_kernel_argument_error():
+    @kd.kernel
+    def k(x, s, y):
+        i = kd.indices(x.shape[0])
+        y[i] = x[i] * s  # here
+
+    err = argument_error(
+        lambda: k(f32(3), np.array(2.0, np.float32), f32(3)), "argument 's' is a 0-d array"
+    )
+    assert err.loc.line == line_of(k, "here")
+
+
+def test_a_scalar_written_as_an_array_is_a_kernel_argument_error():
+    @kd.kernel
+    def k(x, y):
+        i = kd.indices(x.shape[0])
+        y[i] = x[i]  # here
+
+    err = argument_error(lambda: k(f32(3), 1.0), "parameter 'y' is written, but it is a scalar")
+    assert err.loc.line == line_of(k, "here")
+
+
+def test_the_kernels_own_temporaries_stay_trace_errors():
+    """A temporary's rank and dtype are the kernel's doing: no argument is wrong."""
+
+    @kd.kernel
+    def rank(x, y):
+        t = kd.alloc((4,), kd.f32)
+        i = kd.indices(t.shape[1])  # here
+        y[i] = x[i]
+
+    @kd.kernel
+    def kind(x, y):
+        t = kd.alloc((3,), kd.i32)
+        i = kd.indices(x.shape[0])
+        t[i] = x[i]  # here
+        y[i] = t[i]
+
+    for kernel, needle in ((rank, "t.shape[1], but array 't'"), (kind, "into 't' (i32)")):
+        err = raises(kd.TraceError, functools.partial(kernel, f32(3), f32(3)), needle)
+        assert not isinstance(err, kd.KernelArgumentError), kernel
+        assert err.loc.line == line_of(kernel, "here")
 
 
 def test_unpacking_one_index():
@@ -178,6 +299,28 @@ def test_float_into_int_buffer():
         kd.TraceError, lambda: k(f32(3), np.zeros(3, np.int32)), "into 'y' (i32)", "astype(kd.i32)"
     )
     assert err.loc.line == line_of(k, "here")
+
+
+@pytest.mark.parametrize(
+    "body, fix",
+    [
+        ("np.float32(x[i])", "convert with x[i].astype(kd.f32)"),
+        ("float(x[i])", "convert with x[i].astype(kd.f32) or x[i].astype(kd.f64)"),
+        ("np.int16(x[i] * 2) + 1", "convert with (x[i] * 2).astype(kd.i16)"),
+        ("int(v)", "convert with v.astype(kd.i64)"),
+    ],
+)
+def test_a_conversion_python_makes_names_the_users_value(body, fix, tmp_path):
+    """The fix is code that runs: the value converted as the user wrote it."""
+    source = tmp_path / "user_kernel.py"
+    source.write_text(
+        "import numpy as np\nimport kdsl as kd\n\n\n@kd.kernel\ndef k(x, y):\n"
+        f"    i = kd.indices(x.shape[0])\n    v = x[i] + 0.5\n    y[i] = {body}\n"
+    )
+    scope: dict[str, object] = {}
+    exec(compile(source.read_text(), str(source), "exec"), scope)
+    err = raises(kd.TraceError, lambda: scope["k"](f32(3), f32(3)), "of a symbolic value", fix)
+    assert err.loc.line == 9 and str(err).endswith(f"fix: {fix}")
 
 
 def test_read_write_race_under_implicit_loop():
@@ -759,6 +902,7 @@ def test_a_method_is_a_kernel_too():
 def test_every_error_is_a_kdsl_error():
     for cls in (
         kd.TraceError,
+        kd.ArgumentTraceError,
         kd.ShapeError,
         kd.KernelArgumentError,
         kd.ScheduleError,

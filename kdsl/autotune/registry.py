@@ -7,14 +7,12 @@ view (kernels then run their untuned schedules), never an error at call time.
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
 import warnings
 
 from kdsl.autotune import shipped
 from kdsl.autotune.database import DatabaseError, Entry, TuningDB
-from kdsl.config import VERSION, cache_root
+from kdsl.config import VERSION, cache_root, user_stacklevel
 
 DB_NAME = "tuning.sqlite"
 
@@ -50,7 +48,7 @@ def lookup(kernel_id: str, target: str, signature: str) -> list[Entry]:
             warnings.warn(
                 f"kdsl can't read tuning results ({exc}); kernels use untuned schedules",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=user_stacklevel(),
             )
     found = found or shipped.lookup(*key)
     _memo[key] = found
@@ -86,20 +84,8 @@ def warn_if_stale(kernel_name: str, key: tuple[str, str, str], command: str) -> 
             f"default params. Tune again with `{command}`, or drop them with "
             f"`kdsl cache clear --kernel {kernel_name}`.",
             RuntimeWarning,
-            stacklevel=_user_stacklevel(),
+            stacklevel=user_stacklevel(),
         )
-
-
-def _user_stacklevel() -> int:
-    """warnings.warn's stacklevel that names the user's line: the first frame outside
-    kdsl (the call that compiled the kernel)."""
-    level, frame = 2, sys._getframe(2)  # (warn_if_stale's caller)
-    while frame.f_back is not None and frame.f_code.co_filename.startswith(_KDSL_DIR + os.sep):
-        level, frame = level + 1, frame.f_back
-    return level
-
-
-_KDSL_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def record(entry: Entry) -> None:

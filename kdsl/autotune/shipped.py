@@ -16,6 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from kdsl.autotune.database import DatabaseError, Entry, read_export
+from kdsl.config import user_stacklevel
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "tuned"
 SOURCE = "shipped"
@@ -41,7 +42,9 @@ def _by_key() -> dict[Key, list[Entry]]:
             found = read_export(str(path), source=SOURCE)
         except DatabaseError as exc:
             warnings.warn(
-                f"kdsl: left out a shipped tuning file: {exc}", RuntimeWarning, stacklevel=4
+                f"kdsl: left out a shipped tuning file: {exc}",
+                RuntimeWarning,
+                stacklevel=user_stacklevel(),
             )
             continue
         for entry in found:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from kdsl import types as T
-from kdsl.errors import SourceLoc, TraceError
+from kdsl.errors import ArgumentTraceError, SourceLoc, TraceError
 from kdsl.ir.nodes import (
     Assign,
     Binary,
@@ -34,11 +34,12 @@ from kdsl.types import DType
 
 
 class _Shape(tuple):  # type: ignore[type-arg]
-    """An array's shape inside a kernel: an axis it lacks is the user's error, named."""
+    """An array's shape inside a kernel: an axis it lacks is the user's error, named (the
+    caller's, an ArgumentTraceError, where the array is an argument)."""
 
-    def __new__(cls, name: str, dims: Iterable[Value]) -> _Shape:
+    def __new__(cls, name: str, dims: Iterable[Value], argument: bool) -> _Shape:
         shape = super().__new__(cls, dims)
-        shape.name = name
+        shape.name, shape.argument = name, argument
         return shape
 
     def __getitem__(self, index):  # type: ignore[no-untyped-def]
@@ -47,7 +48,8 @@ class _Shape(tuple):  # type: ignore[type-arg]
         except IndexError:
             n, name = len(self), self.name
             has = f"reads only {name}.shape[0]" + (f" to {name}.shape[{n - 1}]" if n > 1 else "")
-            raise TraceError(
+            error = ArgumentTraceError if self.argument else TraceError
+            raise error(
                 f"{name}.shape[{index}], but array '{name}' has {n} dimension(s) here",
                 loc=location(),
                 fix=f"pass an array of {index + 1 if index >= 0 else -index} dimensions or more "
@@ -78,9 +80,19 @@ class BufferProxy(NotAValue):
     @property
     def shape(self) -> tuple[Value, ...]:
         b = self._buffer
-        if b.role.value == "param":
-            return _Shape(self.name, (Value(DimOf(b.name, a), weak=True) for a in range(b.ndim)))
-        return _Shape(self.name, (Value(d, weak=True) for d in b.shape))
+        if self._argument:
+            dims = (Value(DimOf(b.name, a), weak=True) for a in range(b.ndim))
+            return _Shape(self.name, dims, argument=True)
+        return _Shape(self.name, (Value(d, weak=True) for d in b.shape), argument=False)
+
+    @property
+    def _argument(self) -> bool:
+        """Whether the array is the kernel's argument (not a temporary of its own): then
+        a rank or dtype its code can't use is the caller's error, an ArgumentTraceError."""
+        return self._buffer.role.value == "param"  # type: ignore[no-any-return]
+
+    def _error(self) -> type[TraceError]:
+        return ArgumentTraceError if self._argument else TraceError
 
     def __repr__(self) -> str:
         return f"<kdsl array {self.name}: {self.dtype.name}, {self.ndim}-d>"
@@ -132,7 +144,7 @@ class BufferProxy(NotAValue):
         if self.ndim == 0 and parts == (Ellipsis,):  # x[...], as NumPy reads a 0-d array
             parts = ()
         if len(parts) != self.ndim:
-            raise TraceError(
+            raise self._error()(
                 f"array '{self.name}' has {self.ndim} dimension(s) but is subscripted with "
                 f"{len(parts)}",
                 loc=loc,
@@ -184,8 +196,8 @@ class BufferProxy(NotAValue):
                 loc=loc,
                 fix=f"subscript it: {self._example()}",
             )
-        if self._buffer.role.value == "param":
-            return TraceError(
+        if self._argument:
+            return ArgumentTraceError(
                 f"argument '{name}' is a 0-d array, used here as a value",
                 loc=loc,
                 fix=f"pass a Python or NumPy scalar as '{name}' (float({name}) or {name}[()] "
@@ -202,7 +214,7 @@ class BufferProxy(NotAValue):
 
     def _dtype_fix(self, d: DType) -> str:
         """How to give this array the dtype `d` instead."""
-        if self._buffer.role.value == "param":
+        if self._argument:
             return f"pass a {d.to_numpy().name} array as '{self.name}'"
         return f"create '{self.name}' with dtype kd.{d.name}"
 
@@ -217,7 +229,7 @@ class BufferProxy(NotAValue):
         index = self._index(key, loc)
         v = as_value(value)
         if not can_store(v, self.dtype):
-            raise TraceError(
+            raise self._error()(
                 f"storing a {v.dtype.name} value into '{self.name}' ({self.dtype.name}) "
                 "would lose its kind",
                 loc=loc,

@@ -7,13 +7,14 @@ f16/bf16 operands are widened to f32 before any arithmetic.
 
 from __future__ import annotations
 
+import ast
 import builtins
 import operator
 
 import numpy as np
 
 from kdsl import types as T
-from kdsl.errors import TraceError
+from kdsl.errors import ArgumentTraceError, TraceError
 from kdsl.ir.nodes import (
     Binary,
     BinaryOp,
@@ -42,19 +43,21 @@ def trace_error(what: str, fix: str) -> TraceError:
 _ARRAY_ATTRIBUTES = frozenset({"shape", "ndim", "size", "strides", "T"})
 
 
-class _NoArrayAttribute(TraceError, AttributeError):
-    """An attribute a value or an array lacks in a kernel (a scalar's .shape, an array's
-    .size): the user's error, told at their line, and still an AttributeError, so
-    `hasattr(v, "shape")` is False (code that duck-types). A traceback names it as the
-    TraceError it is."""
+def _also_attribute_error(error: type[TraceError]) -> type[TraceError]:
+    """`error` for an attribute a value or an array lacks in a kernel (a scalar's .shape,
+    an array's .size): the user's error, told at their line, and still an AttributeError,
+    so `hasattr(v, "shape")` is False (code that duck-types). A traceback names it as the
+    `error` it is, and it pickles as one."""
 
-    __module__, __qualname__ = "kdsl.errors", "TraceError"
+    def __reduce__(self: TraceError) -> tuple[object, ...]:
+        return error(self.what, kernel=self.kernel, loc=self.loc, fix=self.fix).__reduce__()
 
-    def __reduce__(self) -> tuple[object, ...]:  # pickled as the TraceError it shows
-        return TraceError(self.what, kernel=self.kernel, loc=self.loc, fix=self.fix).__reduce__()
+    names = {"__module__": error.__module__, "__qualname__": error.__qualname__}
+    return type(error.__name__, (error, AttributeError), {**names, "__reduce__": __reduce__})
 
 
-_NoArrayAttribute.__name__ = "TraceError"
+_NoArrayAttribute = _also_attribute_error(TraceError)  # an array's .size, a value's .shape
+_NoArgumentAttribute = _also_attribute_error(ArgumentTraceError)  # a scalar argument's .shape
 
 
 class NotAValue:
@@ -123,7 +126,7 @@ class Value:
                 "kernel runs",
                 "subscript with the index itself (x[i]), it is an integer already"
                 if index and callee is int
-                else _conversion_fix(callee),
+                else _conversion_fix(callee, self.expr),
             )
         module = getattr(callee, "__module__", None)
         if module in ("math", "cmath"):  # (NumPy's functions: __array_ufunc__)
@@ -207,19 +210,27 @@ class Value:
 
     def __getattr__(self, name: str) -> object:
         if name in _ARRAY_ATTRIBUTES:  # an array's, read from a scalar: the wrong argument
-            raise _NoArrayAttribute(
+            argument = isinstance(self.expr, ScalarArg)
+            raise (_NoArgumentAttribute if argument else _NoArrayAttribute)(
                 f"{self._what()} has no .{name}: it is a scalar", loc=location(), fix=self._fix()
             )
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __getitem__(self, index: object) -> Value:
-        raise trace_error(f"{self._what()} is subscripted, but it is a scalar", self._fix())
+        raise self._error()(
+            f"{self._what()} is subscripted, but it is a scalar", loc=location(), fix=self._fix()
+        )
 
     def __setitem__(self, index: object, value: object) -> None:
-        raise trace_error(
+        raise self._error()(
             f"{self._what()} is written, but it is a scalar (a value, not an array)",
-            "for an output, pass an array (np.zeros(1) for one number) and write out[0]",
+            loc=location(),
+            fix="for an output, pass an array (np.zeros(1) for one number) and write out[0]",
         )
+
+    def _error(self) -> type[TraceError]:
+        """A scalar argument used as an array is the caller's error: ArgumentTraceError."""
+        return ArgumentTraceError if isinstance(self.expr, ScalarArg) else TraceError
 
     def _what(self) -> str:
         e = self.expr
@@ -381,12 +392,36 @@ _UFUNC_OPERATORS = {
 }
 
 
-def _conversion_fix(target: type) -> str:
-    """`np.float32(v)` → v.astype(kd.f32); `int(v)` → v.astype(kd.i64)."""
+def _conversion_fix(target: type, expr: Expr) -> str:
+    """`np.float32(x[i])` → x[i].astype(kd.f32); `int(v)` → v.astype(kd.i64); `float(v)`
+    → v.astype(kd.f32) or kd.f64: the value as the user wrote it in the call."""
     dtype = T.from_numpy(np.dtype(target)) if issubclass(target, np.number) else None
     if dtype is not None:
-        return f"convert with x.astype(kd.{dtype.name})"
-    return "convert with x.astype(kd.f32) or x.astype(kd.i64)"
+        dtypes = [dtype]
+    else:  # int(), float(), a NumPy type kdsl lacks (np.longdouble)
+        dtypes = [T.i64] if issubclass(target, int | np.integer) else [T.f32, T.f64]
+    converted = _converted_text(expr)
+    if converted is None:
+        return "convert the value with " + " or ".join(f".astype(kd.{d.name})" for d in dtypes)
+    return "convert with " + " or ".join(f"{converted}.astype(kd.{d.name})" for d in dtypes)
+
+
+def _converted_text(expr: Expr) -> str | None:
+    """The value a conversion call (`np.float32(x[i] + 1)`) converts, as code to call
+    .astype on (`(x[i] + 1)`): its text in the user's call, or where the source is not
+    at hand (a prompt), the value printed in the user's names; None if neither."""
+    loc = location()
+    found = loc.expression() if loc is not None else None
+    if found is not None and isinstance(found[1], ast.Call) and len(found[1].args) == 1:
+        span, arg = found[0], found[1].args[0]
+        text = ast.get_source_segment(span, arg) or ast.unparse(arg)
+    else:
+        text = hints.user_text(expr)
+        if text is None:
+            return None
+        arg = ast.parse(text, mode="eval").body
+    atom = isinstance(arg, ast.Name | ast.Subscript | ast.Attribute | ast.Call)
+    return text if atom else f"({text})"
 
 
 def _kd_math_fix(name: str) -> str:

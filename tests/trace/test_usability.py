@@ -313,8 +313,8 @@ def test_builtin_max_points_to_kd_maximum():
         (np.sign, "NumPy's np.", "kdsl's math"),
         (math.exp, "needs a concrete", "kd.exp"),
         (math.sqrt, "needs a concrete", "kd.sqrt"),
-        (np.float32, "float32() of a symbolic value", "x.astype(kd.f32)"),  # was NumPy's
-        (np.int16, "int16() of a symbolic value", "x.astype(kd.i16)"),  # 'with a sequence'
+        (np.float32, "float32() of a symbolic value", "x[i].astype(kd.f32)"),  # was NumPy's
+        (np.int16, "int16() of a symbolic value", "x[i].astype(kd.i16)"),  # 'with a sequence'
         (np.asarray, "given to a NumPy function", "v.astype(kd.f32)"),
     ],
 )

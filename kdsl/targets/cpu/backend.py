@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import llvmlite.binding as llvm
 
-from kdsl.config import CONFIG, dumps
+from kdsl.config import CONFIG, dumps, user_stacklevel
 from kdsl.errors import CompileError
 from kdsl.ir.hashing import source_locations, structural_hash
 from kdsl.ir.nodes import Buffer, Kernel, Loop
@@ -154,7 +154,7 @@ def compile_kernel(
                 f"kdsl: the cached object of kernel '{kernel.name}' can't be loaded "
                 f"({exc.what}); compiling it again",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=user_stacklevel(),
             )
     obj = build_object(kernel, key, checks, strict_fp)
     store.save(key, obj)

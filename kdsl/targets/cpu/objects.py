@@ -31,7 +31,7 @@ from pathlib import Path
 
 import llvmlite
 
-from kdsl.config import VERSION, cache_root
+from kdsl.config import VERSION, cache_root, user_stacklevel
 from kdsl.targets.cpu import jit
 
 _FORMAT = 2  # 2: magic line and SHA-256 digest before the pickle
@@ -106,7 +106,7 @@ class ObjectStore:
                 "compiled the kernel again. If this repeats, check the disk, or run "
                 "`kdsl cache clear`.",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=user_stacklevel(),
             )
 
     def save(self, key: str, obj: object) -> None:
@@ -126,7 +126,7 @@ class ObjectStore:
                 f"kdsl can't write compiled objects to {self.root} ({exc}); kernels will be "
                 "compiled again in each process. Set KDSL_CACHE_DIR to a writable directory.",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=user_stacklevel(),
             )
 
     def clear(self) -> int:

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 import llvmlite.binding as llvm
 from llvmlite import ir
 
-from kdsl.config import CONFIG, available_cores
+from kdsl.config import CONFIG, available_cores, user_stacklevel
 from kdsl.targets.cpu import jit, objects
 from kdsl.targets.cpu.ops import smax, smin
 
@@ -491,7 +491,7 @@ def _default_threads() -> int:
             f"kdsl: {wanted} threads asked for (KDSL_NUM_THREADS or the cores), but the "
             f"pool has {MAX_THREADS} slots: parallel loops use {MAX_THREADS}",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=user_stacklevel(),
         )
     return min(wanted, MAX_THREADS)
 

@@ -19,18 +19,40 @@ from kdsl.errors import CompileError
 TRIPLE = "nvptx64-nvidia-cuda"
 DEFAULT_ARCH = "sm_80"  # without a device or KDSL_CUDA_ARCH: runs on Ampere and later
 PTX_FEATURES = "+ptx80"  # PTX ISA 8.0 (CUDA 12.0): every driver kdsl supports loads it
+# what kdsl builds for: the architectures of PTX ISA 8.0 from CUDA 12's oldest (LLVM
+# stops the process on a newer one). A newer GPU gets sm_90's PTX, which its driver
+# compiles for it (PTX runs on later GPUs; sm_90a's, made for Hopper alone, does not).
+ARCHS = (
+    *("sm_50", "sm_52", "sm_53", "sm_60", "sm_61", "sm_62", "sm_70", "sm_72", "sm_75"),
+    *("sm_80", "sm_86", "sm_87", "sm_89", "sm_90", "sm_90a"),
+)
+NEWEST_PORTABLE = "sm_90"
 
 _lock = threading.Lock()
 
 
 def arch() -> str:
-    """The `sm_XX` to build for: KDSL_CUDA_ARCH, else the current device's, else sm_80."""
+    """The `sm_XX` to build for: KDSL_CUDA_ARCH (one of ARCHS, `90` for sm_90 too; a
+    CompileError if not), else the current device's (sm_90 for one newer than ARCHS),
+    else sm_80."""
     forced = cuda_arch()
     if forced:
-        return forced if forced.startswith("sm_") else f"sm_{forced}"
+        sm = forced if forced.startswith("sm_") else f"sm_{forced}"
+        if sm not in ARCHS:
+            raise CompileError(
+                f"KDSL_CUDA_ARCH={forced!r} is not a GPU architecture kdsl builds for",
+                fix=f"set it to one of {', '.join(ARCHS)} ({NEWEST_PORTABLE} for a newer "
+                "GPU: its driver compiles that PTX for it), or unset it to build for this "
+                f"machine's GPU ({DEFAULT_ARCH} without one)",
+            )
+        return sm
     from kdsl.targets.cuda import driver
 
-    return driver.device_arch() or DEFAULT_ARCH
+    device = driver.device_arch()
+    if device is None:
+        return DEFAULT_ARCH
+    newer = device not in ARCHS and int(device.removeprefix("sm_")) > 90
+    return NEWEST_PORTABLE if newer else device
 
 
 @functools.cache
