@@ -2,7 +2,8 @@
 PyTorch, same process: `python benchmarks/matmul.py [--quick] [--output PATH]`.
 
 Both cores (kdsl's pool, OpenBLAS's and PyTorch's threads at 2), then one thread each,
-then the fused bias + gelu epilogue; the FMA peak of the kdsl probe (kernels/peak.py) is
+then the fused bias + gelu epilogue, then products of one row (x @ w, LLM decoding's
+shape: w read once, rated in GB/s of w; `--one-row` runs only those); the FMA peak of the kdsl probe (kernels/peak.py) is
 measured before and after, and the page ends with issue 5's matmul targets, each met or
 not with its number. A full run writes benchmarks/RESULTS-matmul.md.
 """
@@ -10,6 +11,7 @@ not with its number. A full run writes benchmarks/RESULTS-matmul.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -30,6 +32,7 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS-matmul.md"
 SQUARE = [256, 1024, 2048]
 ODD = [(1000, 1000, 1000), (4096, 64, 4096)]
 NARROW = [(4096, 4096, 64), (64, 4096, 4096)]
+ONE_ROW = [(1, 4096, 4096), (1, 768, 32000), (1, 4096, 11008), (1, 1000, 1000)]
 
 
 def library_matmul(a, b, c):
@@ -76,6 +79,66 @@ def cases(square: list[int], odd: list[tuple[int, int, int]]) -> list[harness.Ca
     out.append(library.peak_case((square[-1],) * 3, library_matmul))
     out.append(library.epilogue_case(square[min(1, len(square) - 1)]))
     return out
+
+
+def one_row_cases(shapes: list[tuple[int, int, int]]) -> list[harness.Case]:
+    """x @ w for x of one row (kernels/vecmat.py), rated by the bytes of w it reads: w
+    as given (C order), then transposed (a linear layer's weight [n, k] used as w.T)
+    with a bias, then with the bias + gelu epilogue; then the first shape on one thread
+    (kdsl and OpenBLAS: each core's own stream)."""
+    out = [_one_row_case(s) for s in shapes]
+    out.append(_one_row_case(shapes[0], transposed=True))
+    out.append(_one_row_case(shapes[0], activation="gelu"))
+    if library.blas_threads(None) is not None:
+        case = _one_row_case(shapes[0])
+        out.append(
+            dataclasses.replace(
+                case,
+                name="matmul f32, one row, 1 thread",
+                kdsl=library.one_thread(case.kdsl),
+                numpy=library.one_thread(case.numpy),
+                peer="NumPy, 1 thread",
+            )
+        )
+    return out
+
+
+def _one_row_case(
+    shape: tuple[int, int, int], transposed: bool = False, activation: str | None = None
+) -> harness.Case:
+    m, k, n = shape
+    epilogue = transposed or activation is not None
+
+    def make(rng):
+        x = rng.random((m, k), dtype=np.float32) * 2 - 1
+        w = rng.random((n, k) if transposed else (k, n), dtype=np.float32) * 2 - 1
+        return (
+            x,
+            w.T if transposed else w,
+            rng.standard_normal(n, np.float32),
+            np.empty((m, n), np.float32),
+        )
+
+    def numpy_product(x, w, bias, y):
+        np.matmul(x, w, out=y)
+        if epilogue:
+            y += bias
+
+    name = "matmul f32, one row" + (", w transposed + bias" if transposed else "")
+    name += f" + bias + {activation}" if activation else ""
+    return harness.Case(
+        name,
+        "×".join(map(str, shape)),
+        make,
+        lambda x, w, bias, y: matmul(
+            x, w, out=y, bias=bias if epilogue else None, activation=activation
+        ),
+        library.numpy_gelu_epilogue if activation == "gelu" else numpy_product,
+        work=4.0 * k * n,
+        unit="GB/s",
+        rtol=1e-3,
+        atol=1e-3,
+    )
 
 
 def bf16_case(shape: tuple[int, int, int], against_torch: bool = False) -> harness.Case:
@@ -155,12 +218,18 @@ def targets(rows: list[harness.Row], peak: float) -> list[str]:
     gelu = next((r for r in rows if r.benchmark.startswith("matmul + bias + gelu")), None)
     if gelu is not None:
         check(f"matmul + bias + gelu {gelu.size} vs NumPy's matmul then epilogue", gelu, 1.2)
+    for r in rows:
+        if r.benchmark == "matmul f32, one row" and r.size != "1×1000×1000":
+            check(f"one row {r.size} vs NumPy (w from DRAM)", r, 1.0)
     return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats")
+    parser.add_argument(
+        "--one-row", action="store_true", help="only the products of one row (no page written)"
+    )
     parser.add_argument(
         "--output", type=Path, help=f"where to write the page (default {RESULTS.name})"
     )
@@ -169,30 +238,32 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(2)
     if ns.quick:
         settings = harness.Settings(repeats=3, min_batch_s=0.005, working_set_bytes=1 << 20)
-        chosen = cases([64, 128], [(70, 33, 90)])
+        chosen = [] if ns.one_row else cases([64, 128], [(70, 33, 90)])
+        chosen += one_row_cases([(1, 300, 200)])
     else:
         settings = harness.Settings(
             repeats=11, min_batch_s=0.1, working_set_bytes=64 << 20, settle_s=0.3
         )
-        chosen = cases(SQUARE, ODD + NARROW)
-    before = machine_peaks(1 << 24)[0]
+        chosen = [] if ns.one_row else cases(SQUARE, ODD + NARROW)
+        chosen += one_row_cases(ONE_ROW)
+    before = 0.0 if ns.one_row else machine_peaks(1 << 24)[0]
     rng = np.random.default_rng(0)
     rows = [harness.run_case(case, settings, rng) for case in chosen]
-    peak = max(before, machine_peaks(1 << 24)[0])
+    peak = before if ns.one_row else max(before, machine_peaks(1 << 24)[0])
     notes = [
         "Times are medians of alternating batches (0.3 s pause before each side: OpenBLAS's "
         "threads spin after a call); inputs uniform in [-1, 1), rotated among copies.",
         "Two threads: kdsl's pool, OpenBLAS and PyTorch at 2; '1 thread' rows set kdsl and "
-        "OpenBLAS to one thread around each call. GFLOP/s count 2·m·n·k.",
+        "OpenBLAS to one thread around each call. GFLOP/s count 2·m·n·k; the GB/s of the "
+        "'one row' rows count the bytes of w (4·k·n), read once.",
         "'vs FMA peak': the probe of kernels/peak.py doing as many flops, timed beside the "
         "matmul; peer/kdsl is then the matmul's share of the peak.",
         f"PyTorch {torch.__version__ if torch else '(not installed)'}.",
         *targets(rows, peak),
     ]
     title = "kdsl matmul vs OpenBLAS" + (" (quick run)" if ns.quick else "")
-    harness.publish(
-        harness.markdown(rows, title, notes), ns.output or (None if ns.quick else RESULTS)
-    )
+    default = None if ns.quick or ns.one_row else RESULTS
+    harness.publish(harness.markdown(rows, title, notes), ns.output or default)
     return 0
 
 

@@ -1,6 +1,7 @@
 """kdsl.kernels.matmul: every tile edge (sizes 1, primes, not multiples of any tile),
 strides, batches and the epilogue against NumPy, under each choice of its search space,
-through both of its parallel layouts; and its inner loop in the machine code."""
+through both of its parallel layouts; and its inner loop in the machine code. Then
+products of one row (kernels/vecmat.py) the same ways."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import re
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import kdsl as kd
 from tests.helpers import asm_loops, build_config, keyed_rng, run_config
@@ -275,3 +278,198 @@ def test_bf16_inner_loop_uses_dot_products(monkeypatch: pytest.MonkeyPatch) -> N
     body = loops[best]
     assert len(dots[best]) == tile, body
     assert not [i for i in body if "(%rsp" in i or i.startswith("vfmadd")], body
+
+
+# ------------------------------------------------------------------ one row: x @ w
+
+vm = importlib.import_module("kdsl.kernels.vecmat")
+EDGES = [1, 2, 15, 16, 17, 31, 257, 1000]
+
+
+def _row(k: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x [1, k], w [k, n] and a bias [n], fresh for each shape."""
+    rng = keyed_rng("row", k, n)
+    x, w = rng.standard_normal((1, k), np.float32), rng.standard_normal((k, n), np.float32)
+    return x, w, rng.standard_normal(n, np.float32)
+
+
+def _close_epilogue(got, x, w, bias=None, activation=None) -> None:
+    want = mm.reference(x, w, bias, activation)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(want).max()))
+
+
+def _one_row_calls() -> int:
+    return vm.vecmat_kernel.stats()["calls"]
+
+
+@pytest.mark.parametrize("k", [0, *EDGES])
+def test_one_row_on_every_edge(k: int) -> None:
+    """x @ w for x of one row runs vecmat (n = 1 without an epilogue: matvec's dot)."""
+    for n in EDGES:
+        x, w, _ = _row(k, n)
+        calls = _one_row_calls()
+        _close(mm.matmul(x, w), x, w)
+        assert _one_row_calls() == calls + (n > 1)
+
+
+@pytest.mark.parametrize("activation", mm.ACTIVATIONS)
+def test_one_row_epilogue(activation: str | None) -> None:
+    """Bias and activation fused; with k = 0 the result is activation(bias), or zeros."""
+    for k, n in [(0, 7), (1, 1), (17, 33), (100, 257), (1000, 31)]:
+        x, w, bias = _row(k, n)
+        for b in (bias, None):
+            got = mm.matmul(x, w, bias=b, activation=activation)
+            _close_epilogue(got, x, w, b, activation)
+    empty = mm.matmul(np.ones((1, 0), np.float32), np.ones((0, 5), np.float32))
+    np.testing.assert_array_equal(empty, np.zeros((1, 5)))
+
+
+def _layouts(w: np.ndarray) -> list[np.ndarray]:
+    """w's values in other layouts: C order, Fortran order (unit stride down k, as a
+    transposed [n, k] weight), rows reversed, columns reversed, a strided view."""
+    k, n = w.shape
+    big = np.zeros((2 * k + 1, 3 * n), np.float32)
+    big[1::2, ::3] = w
+    reversed_rows = np.ascontiguousarray(w[::-1])[::-1]
+    reversed_columns = np.ascontiguousarray(w[:, ::-1])[:, ::-1]
+    return [w, np.asfortranarray(w), reversed_rows, reversed_columns, big[1::2, ::3]]
+
+
+@pytest.mark.parametrize("k,n", [(1, 17), (31, 2), (257, 100), (1000, 257)])
+def test_one_row_strides(k: int, n: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any strides of w, x and out, with and without the epilogue; a w whose columns
+    are contiguous (the transpose of a row-major [n, k]) runs matvec's row streams."""
+    streams = []
+    real = vm.matvec
+
+    def spy(w, x, out=None):
+        streams.append(w.shape)
+        return real(w, x, out=out)
+
+    monkeypatch.setattr(vm, "matvec", spy)
+    x, w, bias = _row(k, n)
+    wide = np.zeros((1, 2 * k), np.float32)
+    wide[:, ::2] = x
+    out = np.full((3, 2 * n), np.nan, np.float32)
+    for v in _layouts(w):
+        np.testing.assert_array_equal(v, w)
+        for b, act in [(None, None), (bias, "silu")]:
+            view = out[1:2, ::2]
+            streams.clear()
+            assert mm.matmul(wide[:, ::2], v, out=view, bias=b, activation=act) is view
+            _close_epilogue(view, x, w, b, act)
+            assert streams == ([(n, k)] if v.flags.f_contiguous and k > 1 else [])
+
+
+def test_one_row_out_that_is_an_input() -> None:
+    """out= one of the inputs (x @ w into x, w square): computed apart, copied over."""
+    x, w, bias = _row(40, 40)
+    want = mm.reference(x, w, bias, "gelu")
+    got = mm.matmul(x, w, out=x, bias=bias, activation="gelu")
+    assert got is x
+    np.testing.assert_allclose(x, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 8])
+def test_one_row_on_any_thread_count(threads: int) -> None:
+    """The rows are cut into parts by the thread count (with rows left over): the same
+    answer from each cut."""
+    before = kd.get_num_threads()
+    kd.set_num_threads(threads)
+    try:
+        for k, n in [(33, 70), (1000, 257), (4099, 17)]:
+            x, w, bias = _row(k, n)
+            assert vm.parts_for(k, threads) in (0, *range(2, vm.PARTS_PER_THREAD * threads + 1))
+            _close_epilogue(mm.matmul(x, w, bias=bias, activation="relu"), x, w, bias, "relu")
+    finally:
+        kd.set_num_threads(before)
+
+
+def _cut(x: np.ndarray, w: np.ndarray, parts: int) -> tuple[np.ndarray, ...]:
+    """vecmat_kernel's arguments for x @ w cut into `parts` parts (no epilogue)."""
+    k, n = w.shape
+    rows = k // parts if parts else 0
+    split = parts * rows
+    xs, ws = x[:split].reshape(parts, rows), w[:split].reshape(parts, rows, n)
+    return xs, ws, x[split:], w[split:], np.zeros(1, np.float32), np.full(n, np.nan, np.float32)
+
+
+def _one_row_space() -> list[dict[str, object]]:
+    """Each choice of each of vecmat_kernel's params, the others at their first choice."""
+    x, w, _ = _row(64, 16)
+    args = _cut(x[0], w, 2)
+    space = vm.vecmat_kernel.search_space(vm.vecmat_kernel.ir(*args).kernel)
+    return [{name: choice} for name, choices in space.items() for choice in choices[1:]]
+
+
+@pytest.mark.parametrize("config", _one_row_space(), ids=str)
+def test_one_row_every_choice_of_the_search_space(config: dict[str, object]) -> None:
+    """Parts of rows not a multiple of the rows read together, rows left over, columns
+    not a multiple of a segment or of the vectors."""
+    for k, n, parts in [(1, 1, 0), (45, 100, 4), (1003, 2100, 8), (70, 8200, 3)]:
+        x, w, _ = _row(k, n)
+        args = _cut(x[0], w, parts)
+        run_config(vm.vecmat_kernel, config, *args)
+        _close(args[-1][np.newaxis], x, w)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    k=st.integers(0, 700),
+    n=st.integers(1, 700),
+    layout=st.integers(0, 4),
+    activation=st.sampled_from(mm.ACTIVATIONS),
+    with_bias=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_one_row_random_shapes(
+    k: int, n: int, layout: int, activation: str | None, with_bias: bool, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((1, k), np.float32)
+    w = _layouts(rng.standard_normal((k, n), np.float32))[layout]
+    bias = rng.standard_normal(n, np.float32) if with_bias else None
+    _close_epilogue(mm.matmul(x, w, bias=bias, activation=activation), x, w, bias, activation)
+
+
+def test_one_row_of_other_dtypes() -> None:
+    """bf16 operands and f64 ones keep the GEMM path; f32 sums into an f64 out too."""
+    a, b = _bf16_operands(1, 129, 127)
+    bias = keyed_rng("bias", 127).standard_normal(127, np.float32)
+    got = mm.matmul(a, b, bias=bias, activation="gelu")
+    assert got.dtype == a.dtype
+    want = mm.reference(a, b, bias.astype(a.dtype), "gelu")
+    np.testing.assert_allclose(got.astype(np.float32), want, rtol=1e-2, atol=1e-2)
+    _close(mm.matmul(a, b, out=np.empty((1, 127), np.float32)), a, b)
+    x, w, _ = _row(300, 70)
+    np.testing.assert_allclose(mm.matmul(x.astype(np.float64), w), x.astype(np.float64) @ w)
+    _close(mm.matmul(x, w, out=np.empty((1, 70), np.float64)), x, w)
+
+
+def test_one_row_kernel_checks_no_access_where_it_runs() -> None:
+    """Every access of the product proven in bounds before its loops start."""
+    from kdsl.ir.passes import lower
+    from tests.kernels.test_no_run_time_checks import _checked
+
+    x, w, bias = _row(1003, 300)
+    args = (*_cut(x[0], w, 8)[:4], bias, np.empty(300, np.float32), 3, True)
+    specs = vm.vecmat_kernel._specs(args, {})[0]
+    assert not sorted(set(_checked(lower(vm.vecmat_kernel.trace(specs)))))
+
+
+@pytest.mark.skipif(
+    not dict(__import__("llvmlite.binding").binding.get_host_cpu_features()).get("avx512f"),
+    reason="the vectors are sized for AVX-512",
+)
+def test_one_row_inner_loop_stores_the_sums_once_per_rows() -> None:
+    """A part's loop: per 64 columns, `rows` rows × 4 zmm FMAs, the partial sums loaded
+    and stored once for all of them."""
+    x, w, _ = _row(1024, 1000)
+    args = _cut(x[0], w, 8)
+    chosen = dict(vm.vecmat_kernel.schedule_of(*args).chosen)
+    loops = asm_loops(build_config(vm.vecmat_kernel, chosen, *args)[0].compiled.asm)
+    fmas = [[i for i in body if re.match(r"vfmadd\d+ps\s.*%zmm", i)] for body in loops]
+    best = max(range(len(loops)), key=lambda n: len(fmas[n]))
+    body = loops[best]
+    stores = [i for i in body if re.match(r"vmov\w+\s+%zmm\d+, ", i)]
+    assert stores and len(fmas[best]) == chosen["rows"] * len(stores), body
