@@ -13,11 +13,12 @@ from typing import Any
 import numpy as np
 
 from kdsl.arguments import Signature, check_examples, fast_key, host_views, spec_of
+from kdsl.autotune.database import SavedConfig
 from kdsl.autotune.gpu import tune_on
 from kdsl.autotune.tuner import TuneReport, example_of
 from kdsl.config import CONFIG, dumps
 from kdsl.dispatch import CudaDispatch, TunedDispatch
-from kdsl.errors import CompileError, KdslError, KernelArgumentError, SourceLoc
+from kdsl.errors import CompileError, KdslError, KernelArgumentError, ScheduleError, SourceLoc
 from kdsl.ir.hashing import structural_hash
 from kdsl.ir.nodes import Kernel
 from kdsl.ir.passes import lower
@@ -139,7 +140,7 @@ class KernelFunction:
         self._fast: dict[tuple[object, ...], Compiled] = {}
         self._fast_cuda: dict[tuple[object, ...], GpuCall] = {}
         self._by_spec: dict[tuple[ArgSpec, ...], Compiled] = {}
-        self._bindings: Bindings | None = None  # the globals the cached traces read
+        self._bindings: Bindings | _AnyOf | None = None  # the globals the compiled code read
         self._lock = threading.RLock()
         self._fast_ok = not static_shapes
         self._constexpr_pos = tuple(
@@ -160,9 +161,7 @@ class KernelFunction:
         def attach(fn: Callable[[Schedule], object]) -> Callable[[Schedule], object]:
             with self._lock:
                 self._schedules[target.name] = fn
-                self._fast.clear()
-                self._fast_cuda.clear()
-                self._by_spec.clear()
+                self._forget()  # (its globals are watched from the next compile on)
             return fn
 
         return attach
@@ -175,7 +174,10 @@ class KernelFunction:
         heuristic: bool = False,
     ) -> Schedule:
         """Apply this kernel's schedule for `target`, with tunables set from `config`, to
-        traced IR; the default (heuristic) schedule when it has none or `heuristic`."""
+        traced IR; the default (heuristic) schedule when it has none or `heuristic`. A
+        param that `config` leaves out takes its first choice, but a config from the
+        tuning database that leaves out one of the search space's is refused (a
+        ScheduleError): an edited or cut tuning file, not what the autotuner measured."""
         s = Schedule(
             lower(kernel),
             target=target.name,
@@ -189,7 +191,24 @@ class KernelFunction:
             default_schedule(s)
         else:
             fn(s)
+            if isinstance(config, SavedConfig) and any(n not in config for n in s.space):
+                self._check_complete(kernel, target, config)
         return s
+
+    def _check_complete(self, kernel: Kernel, target: Target, config: Mapping[str, object]) -> None:
+        """Refuse a config that lacks a param of the search space (a param that only a
+        choice of another one reaches is not in it, and may be left out)."""
+        space = self.scheduled(kernel, target).space
+        missing = [name for name in space if name not in config]
+        if missing:
+            given = ", ".join(f"{k}={v!r}" for k, v in config.items())
+            raise ScheduleError(
+                f"the configured params ({given}) give no value for "
+                + ", ".join(f"'{name}' (one of {list(space[name])})" for name in missing)
+                + ": an incomplete config (an edited or partial tuning file?)",
+                kernel=self.name,
+                fix="tune again (`kdsl autotune`), or give every param in the file",
+            )
 
     def search_space(self, kernel: Kernel, target: Target = cpu) -> dict[str, tuple[object, ...]]:
         """The schedule's tunable params and their choices ({} without a schedule)."""
@@ -283,9 +302,10 @@ class KernelFunction:
             self._forget()
 
     def _forget(self) -> None:
-        """Drop every compiled signature: a global or closure variable that the traces
-        read is now another value (a notebook cell redefined a helper or a constant), so
-        the next call traces again and every signature sees the same values."""
+        """Drop every compiled signature: a global or closure variable that the traces or
+        the schedules read is now another value (a notebook cell redefined a helper or a
+        constant), so the next call traces again and every signature sees the same
+        values."""
         with self._lock:
             self._by_spec.clear()
             self._fast.clear()
@@ -403,8 +423,7 @@ class KernelFunction:
         try:
             traced = self.trace(specs)
             if self._bindings is None:  # (after the trace: what a helper set in it stays)
-                bindings = Bindings(self.fn)
-                self._bindings = bindings if bindings else None
+                self._bindings = self._watch()
             layout = self.call_layout(specs, traced)
             if target is cuda:
                 found = CudaDispatch.find(self, specs, traced, layout)
@@ -423,6 +442,15 @@ class KernelFunction:
                 fix="loop with kd.range instead, or keep the chain's value in a local every "
                 "few dozen operations (`v = kd.local(v)`, in a kd.grid/kd.range loop)",
             ) from None
+
+    def _watch(self) -> Bindings | _AnyOf | None:
+        """The outside names that the kernel's code and its schedules read (a schedule's
+        `TILE` is baked into the code as much as the kernel's `SCALE`): a call after one
+        is rebound compiles again. None when they read none."""
+        watched = [b for f in (self.fn, *self._schedules.values()) if (b := Bindings(f))]
+        if len(watched) > 1:
+            return _AnyOf(watched)
+        return watched[0] if watched else None
 
     def call_layout(self, specs: tuple[ArgSpec, ...], traced: Kernel) -> CallLayout:
         array_pos = tuple(n for n, s in enumerate(specs) if isinstance(s, ArraySpec))
@@ -478,7 +506,9 @@ class KernelFunction:
 
     def ir(self, *args: object, **kwargs: object) -> IRView:
         """The traced IR for these arguments (printable; shown as HTML in notebooks)."""
-        return IRView(self._traced(args, kwargs)[0])
+        traced = self._traced(args, kwargs)[0]
+        recipe.traced_kernels.add(traced)  # Schedule.replay onto it lowers it first
+        return IRView(traced)
 
     def lowered(self, *args: object, **kwargs: object) -> IRView:
         """The IR after scheduling and lowering, as the target compiles it."""
@@ -598,6 +628,18 @@ class KernelFunction:
             "cache_hits": self._stats["calls"] - self._stats["compiling_calls"],
             "tuning": dict(self.tuning),
         }
+
+
+class _AnyOf:
+    """Several functions' `Bindings` as one: changed when any of them is."""
+
+    __slots__ = ("_parts",)
+
+    def __init__(self, parts: list[Bindings]) -> None:
+        self._parts = parts
+
+    def changed(self) -> bool:
+        return any(b.changed() for b in self._parts)
 
 
 def _raised_in_kdsl(exc: BaseException) -> bool:

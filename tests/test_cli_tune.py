@@ -212,7 +212,24 @@ def test_cache_export_clear_import_round_trip(capsys, kernels_file: Path, tmp_pa
 def test_cache_show_unknown_kernel_is_a_usage_error(capsys) -> None:
     code, out, err = kdsl_cli(capsys, "cache", "show", "nosuch")
     assert code == 2 and out == ""
-    assert err == "kdsl: error: no tuning results for a kernel named 'nosuch'\n"
+    assert err == "kdsl: error: no tuning results for a kernel named 'nosuch'; the cache has none\n"
+
+
+@pytest.mark.usefixtures("cache_dir")
+def test_cache_clear_of_an_unknown_kernel_lists_the_kernels_there(capsys) -> None:
+    """(probe5: it printed "removed 0" and exited 0)"""
+    from tests.autotune.test_database import make_entry
+
+    registry.database().record(make_entry(kernel_name="cli_affine"))
+    code, out, err = kdsl_cli(capsys, "cache", "clear", "--kernel", "cli_afine")
+    assert code == 2 and out == ""
+    assert err == (
+        "kdsl: error: no tuning results for a kernel named 'cli_afine' (did you mean "
+        "'cli_affine'?); kernels with results: cli_affine\n"
+    )
+    assert len(registry.database().entries()) == 1
+    code, out, _ = kdsl_cli(capsys, "cache", "clear", "--kernel", "cli_affine")
+    assert code == 0 and out == "removed 1 tuning result(s) of 'cli_affine'\n"
 
 
 @pytest.mark.usefixtures("cache_dir")

@@ -11,8 +11,8 @@ One SQLite file (schema version in `PRAGMA user_version`, WAL journal) with one 
 It is a cache: a corrupt or foreign file is set aside with a warning and rebuilt, never fatal;
 a row this module did not write (a config that is not a JSON object, say) is skipped, with
 one warning per file and process.
-Configs go through JSON, so a tuple in a config comes back as a list; ints, floats, strings and
-bools come back equal.
+Configs go through JSON, so a tuple in a config comes back as a list (`s.param` matches it to
+its tuple choice by the JSON text); ints, floats, strings and bools come back equal.
 """
 
 from __future__ import annotations
@@ -73,7 +73,24 @@ _INSERT = (
     f"INSERT OR REPLACE INTO tuning ({', '.join(_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(_COLUMNS))})"
 )
+# An import replaces the row with its key too, but a row that is the same but for its
+# source (an export imported back, say) keeps the source it had ("autotune").
+_KEPT = ("kernel_name", "config", "time_s", "default_time_s", "kdsl_version", "created")
+_MERGE = (
+    f"{_INSERT.replace('INSERT OR REPLACE', 'INSERT')} "
+    "ON CONFLICT (kernel_id, target, signature, shape) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _KEPT)
+    + f", source = CASE WHEN ({', '.join(_KEPT)}) IS "
+    f"({', '.join(f'excluded.{c}' for c in _KEPT)}) THEN source ELSE excluded.source END"
+)
 _WRITABLE_FIX = "set KDSL_CACHE_DIR to a writable directory"
+
+
+class SavedConfig(dict[str, object]):
+    """A config as the tuning database (or an export file) holds it. The autotuner saves
+    whole configs, so it gives a value for every param of its kernel's search space;
+    kdsl.kernel refuses one that does not (an edited or cut file) instead of letting the
+    missing params take their first choices unsaid."""
 
 
 class DatabaseError(KdslError):
@@ -164,11 +181,12 @@ class TuningDB:
         """Merge a file written by `export` (its rows replace rows with the same key).
 
         The whole file is checked first: a bad file raises DatabaseError and imports nothing.
-        Imported rows get source "import"; returns how many.
+        Imported rows get source "import", but a row already here as it is in the file
+        keeps its source; returns how many rows the file had.
         """
         entries = read_export(os.fspath(path))
         rows = [_to_row(e) for e in entries]
-        self._run(lambda db: _write(db, rows))
+        self._run(lambda db: _write(db, rows, _MERGE))
         return len(rows)
 
     def _entries_of(self, rows: Iterable[Sequence[object]]) -> list[Entry]:
@@ -326,16 +344,29 @@ def _ensure_schema(db: sqlite3.Connection) -> None:
             raise sqlite3.DatabaseError(
                 f"schema version {version}, this kdsl reads {SCHEMA_VERSION}"
             )
+        _check_columns(db)
         db.execute("COMMIT")
     except BaseException:
         _rollback(db)
         raise
 
 
-def _write(db: sqlite3.Connection, rows: list[tuple[object, ...]]) -> None:
+def _check_columns(db: sqlite3.Connection) -> None:
+    """A `tuning` table of other columns (another program's, or an older kdsl's that did
+    not set the schema version) is a foreign file: the base DatabaseError, so that it is
+    set aside like a corrupt one."""
+    columns = tuple(row[1] for row in db.execute("PRAGMA table_info(tuning)"))
+    if columns != _COLUMNS:
+        raise sqlite3.DatabaseError(
+            f"its tuning table has the columns ({', '.join(columns)}), this kdsl writes "
+            f"({', '.join(_COLUMNS)})"
+        )
+
+
+def _write(db: sqlite3.Connection, rows: list[tuple[object, ...]], sql: str = _INSERT) -> None:
     db.execute("BEGIN IMMEDIATE")
     try:
-        db.executemany(_INSERT, rows)
+        db.executemany(sql, rows)
         db.execute("COMMIT")
     except BaseException:
         _rollback(db)
@@ -416,7 +447,7 @@ def _from_row(row: Sequence[object]) -> Entry:
     if not isinstance(fields["source"], str):
         raise _BadRow(f"kernel {name!r}: source {fields['source']!r} is not a string")
     fields["shape"] = tuple(tuple(dims) for dims in shape)
-    fields["config"] = config
+    fields["config"] = SavedConfig(config)
     return Entry(**fields)  # type: ignore[arg-type]
 
 
@@ -493,6 +524,7 @@ def read_export(path: str, source: str = "import") -> list[Entry]:
                 raise bad(f"entries[{i}].{name} must be {description}, not {item[name]!r}")
         fields = {name: item[name] for name in _FIELD_CHECKS}
         fields["shape"] = tuple(tuple(dims) for dims in item["shape"])
+        fields["config"] = SavedConfig(item["config"])
         fields["time_s"] = float(item["time_s"])
         entries.append(Entry(**fields, source=source))
     return entries

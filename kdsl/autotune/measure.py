@@ -92,17 +92,30 @@ def returned(result: object) -> list[Any]:
     return list(result) if isinstance(result, tuple) else [result]
 
 
-def compare(got: Sequence[np.ndarray], want: Sequence[np.ndarray]) -> str | None:
-    """Where `got` differs from `want` beyond reassociation's rounding, or None."""
+def compare(
+    got: Sequence[np.ndarray], want: Sequence[np.ndarray], names: Sequence[str] = ()
+) -> str | None:
+    """Where `got` differs from `want` beyond reassociation's rounding, or None; each
+    output called by its name in `names` (else by its position)."""
     if len(got) != len(want):
         return f"{len(got)} outputs, expected {len(want)}"
     for n, (g, w) in enumerate(zip(got, want)):
+        name = names[n] if n < len(names) else f"output {n}"
         if g.shape != w.shape:
-            return f"output {n} has shape {g.shape}, expected {w.shape}"
+            return f"{name} has shape {g.shape}, expected {w.shape}"
         wrong = _differs(g.reshape(-1), w.reshape(-1))
         if wrong:
-            return f"output {n} {wrong}"
+            return f"{name} {wrong}"
     return None
+
+
+def output_names(param_names: Sequence[str], args: Sequence[object], results: int) -> list[str]:
+    """What `compare` calls the outputs of a call with `args` (the array arguments, then
+    the `results` arrays returned): 'y', 'the result', 'result 1'."""
+    arrays = [f"'{n}'" for n, a in zip(param_names, args) if isinstance(a, np.ndarray)]
+    if results == 1:
+        return [*arrays, "the result"]
+    return arrays + [f"result {k}" for k in range(results)]
 
 
 def _differs(got: np.ndarray, want: np.ndarray) -> str | None:
@@ -190,14 +203,18 @@ class Bench:
             for n, out in enumerate(self._outputs(candidate.load()))
         ]
 
+    def _wrong(self, spec: Specialization, layout: CallLayout) -> str | None:
+        """Where the candidate's outputs differ from the reference's, naming the output."""
+        names = output_names(layout.param_names, self.inputs, len(layout.results))
+        return compare(self._outputs(spec), self.reference, names)
+
     def measure(
         self, candidate: Candidate, min_time: float, cutoff: float | None, check: bool = True
     ) -> Outcome:
         """The candidate's outputs checked against the reference (unless `check` is
         False: it was checked before), then its time."""
         spec = candidate.load()
-        wrong = compare(self._outputs(spec), self.reference) if check else None
-        if wrong:
+        if check and (wrong := self._wrong(spec, candidate.layout)):
             return Outcome("wrong", detail=wrong)
         copies, turn = self.copies, 0
         start = time.perf_counter()
@@ -220,6 +237,12 @@ class Bench:
         return Outcome("ok", statistics.median(samples))
 
 
+def failure_text(failure: Failure) -> str:
+    """What a worker's failure says: the error it raised, or what happened to the
+    process (it crashed, timed out)."""
+    return failure.detail if failure.status == "error" else f"{failure.status}: {failure.detail}"
+
+
 class Measurer:
     """The parent's handle on the measuring process: restarted after a crash or a
     timeout, with its setup replayed."""
@@ -239,7 +262,7 @@ class Measurer:
                 reply = self._worker.ask(request, timeout=600.0)
                 if isinstance(reply, Failure):
                     self.close()
-                    raise KdslError(f"the reference run failed: {reply.status}: {reply.detail}")
+                    raise KdslError(f"the reference run failed: {failure_text(reply)}")
         return self._worker
 
     def start(self) -> None:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import json
 import math
 import random
 from collections.abc import Iterator, Mapping, Sequence
+
+from kdsl.schedule.recipe import choice_text
 
 Config = dict[str, object]
 Space = Mapping[str, Sequence[object]]
@@ -31,14 +32,10 @@ def default_config(space: Space) -> Config:
     return {name: choices[0] for name, choices in space.items()}
 
 
-def _value_key(value: object) -> str:
-    # By value, so equal lists match; repr covers the rare non-JSON choice.
-    return json.dumps(value, sort_keys=True, default=repr)
-
-
 def config_key(config: Mapping[str, object]) -> tuple[tuple[str, str], ...]:
-    """A hashable key for a config, independent of its key order and of list identity."""
-    return tuple(sorted((name, _value_key(value)) for name, value in config.items()))
+    """A hashable key for a config, independent of its key order and of list identity (a
+    choice by its JSON text: a tuple as the list a saved config holds)."""
+    return tuple(sorted((name, choice_text(value)) for name, value in config.items()))
 
 
 class _LazyPermutation:
@@ -76,7 +73,7 @@ class Strategy:
         self.choices = [tuple(space[name]) for name in self.names]
         self._lookup: list[dict[str, int]] = []
         for name, choices in zip(self.names, self.choices):
-            keys = {_value_key(c): i for i, c in enumerate(choices)}
+            keys = {choice_text(c): i for i, c in enumerate(choices)}
             if not choices or len(keys) != len(choices):
                 raise ValueError(f"parameter {name!r} needs at least one choice and no repeats")
             self._lookup.append(keys)
@@ -96,7 +93,7 @@ class Strategy:
     def _index(self, config: Mapping[str, object]) -> Index:
         try:
             return tuple(
-                self._lookup[p][_value_key(config[name])] for p, name in enumerate(self.names)
+                self._lookup[p][choice_text(config[name])] for p, name in enumerate(self.names)
             )
         except KeyError:
             raise ValueError(f"config {config!r} is not in the search space") from None

@@ -22,7 +22,7 @@ import math
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -31,7 +31,7 @@ from kdsl.autotune import registry
 from kdsl.autotune.budget import Budget
 from kdsl.autotune.database import Entry
 from kdsl.autotune.keys import Shape, format_shape, shape_of, target_key, tuning_key
-from kdsl.autotune.measure import Candidate, Measurer, Outcome, turn_s
+from kdsl.autotune.measure import Candidate, Measurer, Outcome, failure_text, turn_s
 from kdsl.autotune.strategies import (
     Config,
     Strategy,
@@ -228,10 +228,7 @@ class _Session:
             replies = self.pool.run([("build", (ir, key, *options)) for ir, key in work])
         if budget is not None:
             budget.compiled(budget.clock() - start, len(work), self.jobs)
-        return [
-            f"{r.status}: {r.detail}" if isinstance(r, Failure) else r  # type: ignore[misc]
-            for r in replies
-        ]
+        return [failure_text(r) if isinstance(r, Failure) else r for r in replies]  # type: ignore[misc]
 
     def close(self) -> None:
         if self.pool is not None:
@@ -476,6 +473,8 @@ class _Run:
 
 
 def observe(report: TuneReport, search: Strategy, trial: Trial) -> None:
+    if trial.detail:
+        trial = replace(trial, detail=one_line(trial.detail, report.kernel))
     report.trials.append(trial)
     ok = trial.status == "ok"
     search.observe(trial.config, trial.time_s if ok else None)
@@ -485,6 +484,27 @@ def observe(report: TuneReport, search: Strategy, trial: Trial) -> None:
         report.default_time_s = trial.time_s
     if report.best_time_s is None or trial.time_s < report.best_time_s:
         report.best, report.best_time_s = dict(trial.config), trial.time_s
+
+
+def one_line(detail: str, kernel: str) -> str:
+    """A dropped candidate's reason as one line: the first line of the error, without the
+    kernel's name (the report names it) or the class of a kdsl error before it (the
+    trial's status says as much: "compile-error", not "compile-error CompileError: in
+    kernel 'k': ...")."""
+    line = detail.strip().partition("\n")[0]
+    kind, colon, rest = line.partition(": ")
+    if colon and kind in _subclasses(KdslError):
+        line = rest
+    return line.removeprefix(f"in kernel '{kernel}': ")
+
+
+def _subclasses(cls: type) -> set[str]:
+    """The names of `cls` and of every class below it."""
+    names = {cls.__name__}
+    subs: list[type] = cls.__subclasses__()
+    for sub in subs:
+        names |= _subclasses(sub)
+    return names
 
 
 def _record(session: _Session, report: TuneReport) -> None:

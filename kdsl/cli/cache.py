@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import time
 
@@ -75,7 +76,7 @@ def _show(ns: argparse.Namespace) -> int:
     check_cache_dir()
     entries = registry.database().entries(ns.kernel)
     if ns.kernel and not entries:
-        raise UsageError(f"no tuning results for a kernel named '{ns.kernel}'")
+        raise _unknown_kernel(ns.kernel)
     print(json.dumps([_as_json(e) for e in entries], indent=2))
     return 0
 
@@ -96,11 +97,22 @@ def _as_json(e: Entry) -> dict[str, object]:
     }
 
 
+def _unknown_kernel(name: str) -> UsageError:
+    """No tuning results for a kernel of this name: which kernels have some."""
+    names = sorted({e.kernel_name for e in registry.database().entries()})
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    there = f"kernels with results: {', '.join(names)}" if names else "the cache has none"
+    return UsageError(f"no tuning results for a kernel named '{name}'{hint}; {there}")
+
+
 def _clear(ns: argparse.Namespace) -> int:
     check_cache_dir()
     removed = registry.database().clear(ns.kernel)
     registry.forget()
     if ns.kernel:
+        if not removed:
+            raise _unknown_kernel(ns.kernel)
         print(f"removed {removed} tuning result(s) of '{ns.kernel}'")
         return 0
     objects = STORE.clear()

@@ -13,11 +13,13 @@ import difflib
 import json
 import os
 import sys
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from kdsl.errors import ScheduleError, SourceLoc
 from kdsl.ir.nodes import Kernel, Loop
+from kdsl.ir.passes import lower
 from kdsl.schedule import caching, fusion, loops, stages
 from kdsl.schedule.step import Step, StepContext, plain
 
@@ -29,9 +31,20 @@ TileInstructions = Callable[[], frozenset[str]]  # the target's matrix instructi
 # (the schedule layer does not import the targets).
 target_tile_instructions: dict[str, TileInstructions] = {}
 
+# The traced IR that `kernel.ir(...)` handed out (kdsl.kernel adds it): `replay` lowers it
+# first, as a kernel's own schedule starts from lowered IR. Any other Kernel is taken as
+# lowered already: lowering twice would repeat its checks.
+traced_kernels: weakref.WeakSet[Kernel] = weakref.WeakSet()
+
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _LIBRARY_DIR = os.path.join(_PACKAGE_DIR, "kernels")
+
+
+def choice_text(value: object) -> str:
+    """A choice's JSON text: how the autotuner and the tuning database tell choices apart
+    (a tuple and a list of the same items are one choice; repr for what JSON can't hold)."""
+    return json.dumps(value, sort_keys=True, default=repr)
 
 
 def _caller() -> SourceLoc | None:
@@ -88,7 +101,7 @@ class Schedule:
                 'write s.param("tile", [32, 64])',
             )
         # the autotuner tells choices apart by their JSON text (lists by value)
-        texts = [json.dumps(c, sort_keys=True, default=repr) for c in options]
+        texts = [choice_text(c) for c in options]
         repeats = [c for n, c in enumerate(options) if texts[n] in texts[:n]]
         if repeats:
             once = [c for n, c in enumerate(options) if texts[n] not in texts[:n]]
@@ -97,19 +110,22 @@ class Schedule:
                 f"param '{name}' lists the choice {repeats[0]!r} more than once",
                 f"list each choice once: s.param({name!r}, {once!r})",
             )
-        if name in self.space and self.space[name] != options:
+        if name in self.space and list(map(choice_text, self.space[name])) != texts:
             raise self._refuse(
                 f"param({name!r}, …)",
                 f"param '{name}' was declared before with other choices {list(self.space[name])}",
                 "give each param one set of choices, or a new name",
             )
+        # so is a configured value: a saved config holds a tuple choice as a list
         value = self.config.get(name, options[0])
-        if value not in options:
+        text = choice_text(value)
+        if text not in texts:
             raise self._refuse(
                 f"param({name!r}, …)",
                 f"the configured value {value!r} is not one of {list(options)}",
                 "tune again: the search space changed since this configuration was saved",
             )
+        value = options[texts.index(text)]  # the choice as the schedule wrote it
         self.space[name] = options
         self.chosen[name] = value
         return value
@@ -295,9 +311,13 @@ class Schedule:
     ) -> Schedule:
         """Apply recorded steps to `kernel` (freshly traced): the same IR as when recorded.
         A recipe may use its target's matrix instructions here (`tensorize`) unless
-        `tile_instructions` says which. `kernel` may be what `kernel.ir(...)` prints (its
-        `.kernel`)."""
-        kernel = getattr(kernel, "kernel", kernel)  # (an IRView: kdsl.kernel may not be imported here)
+        `tile_instructions` says which. `kernel` may be what `kernel.ir(...)` returns, or
+        its `.kernel`: lowered first (its bounds checks added), as `kernel.schedule_of`
+        does; any other Kernel is taken as lowered already (`kdsl.ir.passes.lower`)."""
+        # (an IRView: kdsl.kernel may not be imported here)
+        kernel = getattr(kernel, "kernel", kernel)
+        if kernel in traced_kernels:
+            kernel = lower(kernel)
         data = json.loads(recipe) if isinstance(recipe, str) else recipe
         if tile_instructions is None:
             target = data.get("target", "cpu")
