@@ -40,12 +40,14 @@ def mentions(e: Expr, names: Iterable[str]) -> list[str]:
 # ------------------------------------------------------------------------ the loops
 
 
-def inner_bounds(at: Loop) -> dict[str, Lin]:
-    """Every loop inside `at`: a loop-invariant bound on its extent."""
+def inner_bounds(at: Loop, used: Iterable[str]) -> dict[str, Lin]:
+    """The loops inside `at` named in `used` (those a region's subscripts mention: the
+    extent of another, say a copy loop of another buffer's cache, bounds nothing there):
+    a loop-invariant bound on each one's extent."""
     inner = [s for s in walk_stmts(at.body) if isinstance(s, Loop)]
-    names = {lp.var for lp in inner}
+    names, wanted = {lp.var for lp in inner}, set(used)
     out = {}
-    for lp in inner:
+    for lp in (lp for lp in inner if lp.var in wanted):
         bound = upper_bound(lp.extent)
         lin = linear(bound)
         if lin is None or mentions(bound, names):
@@ -237,7 +239,9 @@ def region(
     """The box covering `indices` (accesses inside loop `at`, which the loops `around`
     enclose) in one iteration of `at`, and its part inside [0, extents)."""
     ranges = {lp.var: lp.extent for lp in (*around, at)}
-    spans = footprint(indices, inner_bounds(at), ranges)
+    inner = {s.var for s in walk_stmts(at.body) if isinstance(s, Loop)}
+    used = {v for index in indices for e in index for v in mentions(e, inner)}
+    spans = footprint(indices, inner_bounds(at, used), ranges)
     varying = sorted({v for s in spans for v in s.size.loop_vars()})
     if varying:  # a buffer's shape can't depend on loops
         raise NotAffine(f"its size changes with loop {', '.join(repr(v) for v in varying)}")

@@ -49,11 +49,11 @@ from kdsl.schedule.bounds import (
     NotAffine,
     Span,
     Window,
-    inner_bounds,
     region,
     relative,
     size_expr,
 )
+from kdsl.schedule.distribute import upper_bound
 from kdsl.schedule.step import StepContext
 
 SCOPES = {"stack": Scope.STACK, "heap": Scope.HEAP, "shared": Scope.SHARED}
@@ -330,10 +330,11 @@ class _Copy:
     @functools.cached_property
     def few(self) -> set[str]:
         """The loops inside `at` that run at most `group` iterations."""
+        inner = [s for s in walk_stmts(self.at.body) if isinstance(s, Loop)]
         return {
-            var
-            for var, bound in inner_bounds(self.at).items()
-            if bound.is_const and bound.const <= self.group
+            lp.var
+            for lp in inner
+            if isinstance(bound := upper_bound(lp.extent), Const) and bound.value <= self.group
         }
 
     def local_index(self, index: tuple[Expr, ...], checked: bool = False) -> tuple[Expr, ...]:

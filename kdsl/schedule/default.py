@@ -1,4 +1,5 @@
-"""The schedule a kernel gets when it has none (DESIGN §3): vectorize the innermost
+"""The schedule a kernel gets when it has none (DESIGN §3): fuse sibling nests of
+element-wise stores over the same loops (default_fuse.py), vectorize the innermost
 unit-stride loop of each nest, and parallelize the outermost parallel loop. A loop two
 of whose iterations may write one element (`H[idx[i]] += 1`, `y[j // 4] += x[j]`: a
 scatter) is neither vectorized nor parallelized, nor bound on a GPU: colliding
@@ -32,18 +33,34 @@ from kdsl.ir.nodes import (
 )
 from kdsl.ir.visit import walk_all_exprs, walk_expr, walk_stmts
 from kdsl.schedule import tree
+from kdsl.schedule.default_fuse import fuse_siblings
 from kdsl.schedule.recipe import Schedule
 
 VECTOR_BYTES = 64  # one AVX-512 register
 SPLIT_1D = 8192  # a one-loop nest is split so that chunks of it can run in parallel
+# rows this many elements long or shorter: x[i, 0], x[i, 1], x[i, 2] with i vectorized are
+# whole vector loads and shuffles on the CPU (kdsl/targets/cpu/vector_plan.MAX_STRIDE)
+SHORT_ROW = 8
 
 
 def default_schedule(s: Schedule) -> None:
     if s.target == "cuda":
         default_gpu_schedule(s)
         return
+    fuse_siblings(s, _plan)
     for nest in [st for st in s.kernel.body if isinstance(st, Loop)]:
         _schedule_nest(s, nest)
+
+
+def _plan(kernel: Kernel, nest: Loop) -> tuple[int | None, int, bool]:
+    """What `_schedule_nest` does to a perfect nest (default_fuse's test that fusing
+    changes none of it): how deep its vector loop is and how wide, and whether the nest
+    may run on threads."""
+    chain = [lp.var for lp in _parallel_chain(nest)]
+    vectors = _vector_loops(nest, _fortran(kernel), _short_rows(kernel))
+    if len(vectors) != 1 or vectors[0].var not in chain:
+        return None, 0, _collides(nest)
+    return chain.index(vectors[0].var), _width(kernel, vectors[0]), _collides(nest)
 
 
 def default_gpu_schedule(s: Schedule) -> None:
@@ -124,7 +141,7 @@ def _bind_blocks(s: Schedule, loops: list[Loop]) -> None:
 
 def _schedule_nest(s: Schedule, nest: Loop) -> None:
     fortran = _fortran(s.kernel)
-    vectors = _vector_loops(nest, fortran)
+    vectors = _vector_loops(nest, fortran, _short_rows(s.kernel))
     if fortran and len(vectors) == 1:
         nest, vectors = _vector_loop_inside(s, nest, vectors[0])
     parallel = nest if nest.kind is LoopKind.PARALLEL and not _collides(nest) else None
@@ -158,19 +175,44 @@ def _vector_loop_inside(s: Schedule, nest: Loop, vector: Loop) -> tuple[Loop, li
     return _loop(s.kernel, order[0]), [_loop(s.kernel, vector.var)]
 
 
-def _vector_loops(loop: Loop, fortran: frozenset[str] = frozenset()) -> list[Loop]:
+def _short_rows(kernel: Kernel) -> dict[str, int]:
+    """The C-ordered arrays whose rows are SHORT_ROW elements or fewer, with their
+    length: the last dimension where it is a constant, else (as the CPU target takes
+    it, and checks at run time) one more than the largest constant last subscript the
+    kernel names (`x[i, 2]`: 3)."""
+    named: dict[str, int] = {}
+    accesses = [(e.buffer, e.index) for e in walk_all_exprs(kernel.body) if isinstance(e, Load)]
+    accesses += [(st.buffer, st.index) for st in walk_stmts(kernel.body) if isinstance(st, Store)]
+    for name, index in accesses:
+        last = index[-1] if index else None
+        if isinstance(last, Const) and type(last.value) is int and last.value >= 0:
+            named[name] = max(named.get(name, 0), last.value + 1)
+    rows: dict[str, int] = {}
+    for buf in kernel.buffers:
+        if buf.fortran or len(buf.shape) < 2:
+            continue
+        last = buf.shape[-1]
+        row = int(last.value) if isinstance(last, Const) else named.get(buf.name)
+        if row is not None and row <= SHORT_ROW:
+            rows[buf.name] = row
+    return rows
+
+
+def _vector_loops(
+    loop: Loop, fortran: frozenset[str] = frozenset(), rows: dict[str, int] | None = None
+) -> list[Loop]:
     """The loops of `loop`'s nest to vectorize: where its body holds several loops (a
     softmax's row max, its sum of exponentials, its scaled row), those of each of them;
     else the one candidate of the nest (_vector_candidate)."""
     children = _child_loops(loop.body)
     if len(children) > 1:
-        picked = [v for child in children for v in _vector_loops(child, fortran)]
+        picked = [v for child in children for v in _vector_loops(child, fortran, rows)]
         if picked:
             return picked
-    elif children and len(below := _vector_loops(children[0], fortran)) > 1:
+    elif children and len(below := _vector_loops(children[0], fortran, rows)) > 1:
         return below  # (side by side further down: a batch's rows)
     loops = [lp for lp in walk_stmts((loop,)) if isinstance(lp, Loop)]
-    best = _vector_candidate(loops, fortran)
+    best = _vector_candidate(loops, fortran, rows)
     return [] if best is None else [best]
 
 
@@ -222,29 +264,35 @@ def _loop(kernel: Kernel, name: str) -> Loop:
     return next(lp for lp in walk_stmts(kernel.body) if isinstance(lp, Loop) and lp.var == name)
 
 
-def _vector_candidate(loops: list[Loop], fortran: frozenset[str] = frozenset()) -> Loop | None:
+def _vector_candidate(
+    loops: list[Loop], fortran: frozenset[str] = frozenset(), rows: dict[str, int] | None = None
+) -> Loop | None:
     """The loop that most accesses walk with unit stride, and none gathers: a parallel
     loop before a reduction's (whose lanes would be added up for every element it
     makes), then the innermost. A convolution `Y[i, j] = Σ X[i + p, j + q]·W[p, q]`
     vectorizes j, each lane an output, not the filter's short q (1000² by 3×3: 0.67 ms
-    against 16.5)."""
+    against 16.5). An access to a short row by a constant (`x[i, 2]` of rows of 3, see
+    `_short_rows`) counts as unit stride for i: its lanes are loaded as whole vectors."""
     best: tuple[tuple[bool, int], Loop] | None = None
     for lp in loops:
         if lp.kind is LoopKind.SERIAL or lp.exec is not LoopExec.SERIAL or _collides(lp):
             continue
         if isinstance(lp.extent, Const) and int(lp.extent.value) < 4:
             continue
-        unit, strided = _strides(lp, fortran)
+        unit, strided = _strides(lp, fortran, rows)
         rank = (lp.kind is LoopKind.PARALLEL, unit)
         if unit and not strided and (best is None or rank >= best[0]):  # ties: the deeper
             best = (rank, lp)
     return best[1] if best else None
 
 
-def _strides(lp: Loop, fortran: frozenset[str] = frozenset()) -> tuple[int, int]:
+def _strides(
+    lp: Loop, fortran: frozenset[str] = frozenset(), rows: dict[str, int] | None = None
+) -> tuple[int, int]:
     """How many accesses in `lp` have its variable only in their contiguous subscript
-    (the last; the first of a Fortran-ordered array), and how many have it elsewhere
-    (they would need gathers)."""
+    (the last; the first of a Fortran-ordered array) or reach a short row by a constant
+    (`x[i, 2]`, rows in `rows`), and how many have it elsewhere (they would need
+    gathers)."""
     unit = strided = 0
     accesses: list[tuple[str, tuple[Expr, ...]]] = [
         (e.buffer, e.index) for e in walk_all_exprs(lp.body) if isinstance(e, Load)
@@ -258,9 +306,31 @@ def _strides(lp: Loop, fortran: frozenset[str] = frozenset()) -> tuple[int, int]
             uses.reverse()
         if uses[-1] and not any(uses[:-1]):
             unit += 1
+        elif rows and buffer in rows and _short_row(index, lp.var, rows[buffer]):
+            unit += 1
         else:
             strided += 1
     return unit, strided
+
+
+def _short_row(index: tuple[Expr, ...], var: str, row: int) -> bool:
+    """Whether `x[index]`, in rows `row` long, is `x[…, k·var + …, …, c]`: var in one
+    axis but the last, with a constant coefficient k, and the last subscript a constant
+    c in the row, such that the lanes of a vector over var are k·row ≤ SHORT_ROW
+    elements apart (kdsl/targets/cpu/vector_plan.strided_access reads them whole)."""
+    last = index[-1]
+    if not isinstance(last, Const) or type(last.value) is not int or not 0 <= last.value < row:
+        return False
+    axes = [a for a, sub in enumerate(index) if _mentions(sub, var)]
+    if len(axes) != 1 or axes[0] == len(index) - 1:
+        return False
+    lin = linear(index[axes[0]])
+    if lin is None:
+        return False
+    step = lin.coeff(LoopVar(var))
+    if any(_mentions(a, var) for a, _ in lin.without([LoopVar(var)]).terms):
+        return False
+    return 2 <= step * row <= SHORT_ROW
 
 
 def _mentions(e: Expr, var: str) -> bool:

@@ -38,8 +38,10 @@ from kdsl.ir.nodes import (
     Stmt,
     Store,
 )
+from kdsl.ir.printer import format_expr
 from kdsl.ir.visit import walk_all_exprs, walk_expr, walk_stmts
 from kdsl.schedule import tree
+from kdsl.schedule.extents import same_extent
 from kdsl.schedule.step import StepContext
 from kdsl.types import DType
 
@@ -54,10 +56,13 @@ def fuse(ctx: StepContext, loop_a: object, loop_b: object) -> str:
         )
     if a.exec is not LoopExec.SERIAL or b.exec is not LoopExec.SERIAL:
         raise ctx.refuse("one of the loops is already annotated", "fuse before annotating")
-    if a.extent != b.extent:
+    if not same_extent(ctx.kernel, a.extent, b.extent):
+        ea, eb = format_expr(a.extent), format_expr(b.extent)
         raise ctx.refuse(
-            f"loops '{a.var}' and '{b.var}' have different ranges",
-            "fuse loops over the same range (split one of them to match first)",
+            f"loops '{a.var}' (over {ea}) and '{b.var}' (over {eb}) have different ranges, "
+            "as far as the kernel's shape checks prove",
+            f"fuse loops over one range: write both over the same extent (e.g. {ea}), or "
+            "split both by the same factor first",
         )
     kind = _fused_kind(ctx, a, b)
     block = _block(ctx.kernel, pa)
@@ -170,9 +175,7 @@ def _private_axes(accesses: list[tuple[Expr, ...]], var: str) -> list[int]:
     return [d for d in range(ndim) if all(ix[d] == LoopVar(var) for ix in accesses)]
 
 
-def _check_dependences(
-    ctx: StepContext, a: Loop, b: Loop, b_body: tuple[Stmt, ...]
-) -> str | None:
+def _check_dependences(ctx: StepContext, a: Loop, b: Loop, b_body: tuple[Stmt, ...]) -> str | None:
     """Refuse the fusion if an iteration of `b` touches an element that a later iteration
     of `a` touches (one writing it), or both use a local one updates; return a buffer of
     which one touches an element an earlier iteration of `a` does (the fused loop's

@@ -28,6 +28,7 @@ from kdsl.ir.nodes import (
     Stmt,
     Store,
 )
+from kdsl.ir.printer import format_expr
 from kdsl.ir.tile_product import INSTRUCTIONS as TENSORIZED
 from kdsl.ir.tile_product import match as match_tile_product
 from kdsl.ir.visit import map_expr, outer_updates, walk_all_exprs, walk_expr, walk_stmts
@@ -280,20 +281,27 @@ def _cpu_only(ctx: StepContext, loop: Loop, on: str) -> None:
 
 
 def vectorize(ctx: StepContext, name: object, width: object) -> None:
+    """Run the loop as vector code, `width` lanes at a time (a power of two up to 64).
+    Width 1 leaves it scalar: a no-op once the loop is found not yet annotated (as
+    unroll's factor 1), so that a param's choices may include "no vectors",
+    `s.param("w", [1, 8, 16])`."""
     path, loop = ctx.loop(name)
     _cpu_only(ctx, loop, "a CPU's vector registers")
+    w = _positive_int(ctx, width, "vector width")
+    if w & (w - 1) or w > 64:
+        raise ctx.refuse(
+            f"vector width {w} is not a power of two between 1 and 64",
+            "use 4, 8 or 16 (16 f32 lanes fill an AVX-512 register), or 1 for scalar code",
+        )
+    if w == 1:
+        _unannotated(ctx, loop)
+        return
     for other in tree.nest_of(ctx.kernel.body, path):
         if other.exec is LoopExec.VECTORIZED:
             raise ctx.refuse(
                 f"loop '{other.var}' around or inside it is already vectorized",
                 "vectorize one loop of a nest",
             )
-    w = _positive_int(ctx, width, "vector width")
-    if w & (w - 1) or not 2 <= w <= 64:
-        raise ctx.refuse(
-            f"vector width {w} is not a power of two between 2 and 64",
-            "use 4, 8 or 16 (16 f32 lanes fill an AVX-512 register)",
-        )
     if loop.kind is LoopKind.SERIAL:
         raise ctx.refuse(
             f"loop '{loop.var}' is serial (kd.range): its iterations depend on earlier ones",
@@ -487,8 +495,22 @@ def prefetch(
                 f"loop '{where.var}' is not inside loop '{loop.var}'",
                 f"name a loop nested in '{loop.var}' as inside=",
             )
-    accesses = _streamed_accesses(where, str(buffer), loop.var, loop)
+    every = _accesses_at_top(where, str(buffer), loop)
+    accesses = [
+        (index, write)
+        for index, write in every
+        if not _loads_in(index) and any(_mentions(i, loop.var) for i in index)
+    ]
     if not accesses:
+        gathers = [load for index, _ in every for load in _loads_in(index)]
+        if gathers:
+            raise ctx.refuse(
+                f"loop '{where.var}' reads or writes '{buffer}' only at subscripts that read "
+                f"memory ({format_expr(gathers[0])}), and a prefetch computes its address "
+                "without loading",
+                f"prefetch '{gathers[0].buffer}', which the subscript reads, instead, or "
+                "leave the gather's reads to the hardware",
+            )
         raise ctx.refuse(
             f"loop '{where.var}' reads or writes no element of '{buffer}' that moves with "
             f"loop '{loop.var}'",
@@ -510,14 +532,10 @@ def prefetch(
     _set(ctx, where_path, replace(where, body=body))
 
 
-def _streamed_accesses(
-    loop: Loop, buffer: str, moving: str, outer: Loop
-) -> list[tuple[tuple[Expr, ...], bool]]:
-    """The indices of `buffer`'s reads and writes (True) in `loop` that depend on the
-    variable `moving` (of `outer`: `loop` or one around it), written with what is known
-    at the top of an iteration: inner loops' variables at 0, the locals of `outer`'s
-    body by their initial values. Accesses whose index itself reads memory are left out
-    (a prefetch must not load)."""
+def _accesses_at_top(loop: Loop, buffer: str, outer: Loop) -> list[tuple[tuple[Expr, ...], bool]]:
+    """The indices of `buffer`'s reads and writes (True) in `loop`, written with what is
+    known at the top of an iteration: inner loops' variables at 0, the locals of
+    `outer`'s body (`outer`: `loop` or one around it) by their initial values."""
     starts: dict[str, Expr] = {
         s.var: index_const(0) for s in walk_stmts(loop.body) if isinstance(s, Loop)
     }
@@ -534,15 +552,13 @@ def _streamed_accesses(
         for s in walk_stmts(loop.body)
         if isinstance(s, Store) and s.buffer == buffer
     ]
-    found = []
-    for raw, write in accesses:
-        index = tuple(_substitute(i, starts) for i in raw)
-        uses = [x for i in index for x in walk_expr(i)]
-        if any(isinstance(x, Load) for x in uses):
-            continue
-        if any(isinstance(x, LoopVar) and x.name == moving for x in uses):
-            found.append((index, write))
-    return found
+    return [(tuple(_substitute(i, starts) for i in raw), write) for raw, write in accesses]
+
+
+def _loads_in(index: tuple[Expr, ...]) -> list[Load]:
+    """The reads of memory in subscripts `index` (a gather's `idx[i]`): a prefetch of
+    such an access would have to load."""
+    return [x for i in index for x in walk_expr(i) if isinstance(x, Load)]
 
 
 def _substitute(e: Expr, values: dict[str, Expr], depth: int = 8) -> Expr:

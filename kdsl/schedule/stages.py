@@ -58,6 +58,7 @@ from kdsl.schedule.bounds import (
     relative,
     size_expr,
 )
+from kdsl.schedule.extents import same_extent
 from kdsl.schedule.step import StepContext
 from kdsl.types import INDEX
 
@@ -104,7 +105,8 @@ def inline(ctx: StepContext, stage: object) -> None:
     inner: Stmt = prod.nest
     placed = False  # whether the bounds pass checked the store's reads before a loop
     while isinstance(inner, Loop):
-        if inner.var in prod.dims and inner.extent != buf.shape[prod.dims.index(inner.var)]:
+        dim = buf.shape[prod.dims.index(inner.var)] if inner.var in prod.dims else None
+        if dim is not None and not same_extent(ctx.kernel, inner.extent, dim):
             raise ctx.refuse(
                 f"loop '{inner.var}' computes '{buf.name}' over {format_expr(inner.extent)}, "
                 "not its whole dimension: a read elsewhere would compute what was never stored",

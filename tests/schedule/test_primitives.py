@@ -873,12 +873,12 @@ def test_vectorize_refuses_a_serial_loop():
         s.vectorize("j", 4)
 
 
-@pytest.mark.parametrize("width", [1, 3, 12, 128])
+@pytest.mark.parametrize("width", [3, 12, 128])
 def test_vectorize_refuses_a_width_that_is_no_power_of_two_in_range(width):
     s = mm()
     with refused(
         f'vectorize("j", {width})',
-        f"vector width {width} is not a power of two between 2 and 64",
+        f"vector width {width} is not a power of two between 1 and 64",
         "i, j, k",
         "use 4, 8 or 16",
         call='s.vectorize("j", width)',
@@ -1117,9 +1117,9 @@ def test_fuse_refuses_loops_over_different_ranges():
     s = schedule(different_ranges, V, V.copy(), V.copy())
     with refused(
         'fuse("i", "k")',
-        "loops 'i' and 'k' have different ranges",
+        "loops 'i' (over x.shape[0]) and 'k' (over x.shape[0] - 1) have different ranges",
         "i, k",
-        "fuse loops over the same range",
+        "fuse loops over one range: write both over the same extent (e.g. x.shape[0])",
     ):
         s.fuse("i", "k")
 
