@@ -326,11 +326,14 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     rows = [harness.run_case(case, settings, rng) for case in all_cases]
     notes = [
-        "each kernel as written, with no schedule: the default one vectorizes each loop "
-        "over a row (the softmax's three passes each), parallelizes the outer loop, and "
-        "keeps loops whose iterations may write one element serial (the histogram); it "
-        "walks Fortran-ordered arrays along their first axis, and gives each vector lane "
-        "its own copy of a small scratch array",
+        "each kernel as written, with no schedule: the default one fuses statements "
+        "over the same loops into one loop (the complex multiply's two, the normalized "
+        "vector's three), vectorizes each loop over a row (the softmax's three passes "
+        "each) or, for rows of a few elements read by constant columns (x[i, 2]), the "
+        "loop over the rows, parallelizes the outer loop, and keeps loops whose "
+        "iterations may write one element serial (the histogram); it walks "
+        "Fortran-ordered arrays along their first axis, and gives each vector lane its "
+        "own copy of a small scratch array",
         "checked against NumPy on fresh random data first; medians of alternating batches",
         "GB/s count each array's bytes read and written once (the histogram: its ids)",
     ]

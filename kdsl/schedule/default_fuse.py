@@ -26,6 +26,7 @@ from kdsl.errors import ScheduleError
 from kdsl.ir.nodes import Kernel, Load, Loop, LoopExec, LoopKind, Store
 from kdsl.ir.visit import walk_all_exprs, walk_stmts
 from kdsl.schedule import tree
+from kdsl.schedule.extents import same_extent
 from kdsl.schedule.recipe import Schedule
 
 MAX_STATEMENTS = 16  # stores in one fused nest
@@ -79,12 +80,13 @@ def _fuse_nests(s: Schedule, a: str, b: str, plan: Plan) -> bool:
 
 def fusible(kernel: Kernel, first: Loop, second: Loop, plan: Plan) -> bool:
     """Whether the default fuses these sibling nests (if `fuse` accepts): both perfect
-    nests of parallel loops over the same extents around stores only, sharing an
-    array, with no more than MAX_STATEMENTS stores together, scheduled alike."""
-    chains = _chain(first), _chain(second)
-    if chains[0] is None or chains[1] is None:
+    nests of parallel loops over the same extents (equal, or made so by the kernel's
+    shape checks) around stores only, sharing an array, with no more than
+    MAX_STATEMENTS stores together, scheduled alike."""
+    one, two = _chain(first), _chain(second)
+    if one is None or two is None or len(one) != len(two):
         return False
-    if [lp.extent for lp in chains[0]] != [lp.extent for lp in chains[1]]:
+    if not all(same_extent(kernel, a.extent, b.extent) for a, b in zip(one, two)):
         return False
     stores = [st for lp in (first, second) for st in walk_stmts(lp.body) if isinstance(st, Store)]
     if len(stores) > MAX_STATEMENTS:

@@ -182,6 +182,28 @@ def test_a_temporary_between_two_statements_becomes_a_scalar(n):
     assert "allocate t" not in str(logistic.lowered(x, y))
 
 
+@pytest.mark.parametrize("n", SIZES)
+def test_loops_over_shapes_the_kernel_checks_equal_fuse(n):
+    """i over x.shape[0], k over t.shape[0]: t[i] ties the two (a shape check), so the
+    loops run over one range and fuse."""
+
+    @kd.kernel
+    def two_sizes(x, t, y):
+        i = kd.indices(x.shape[0])
+        t[i] = x[i] * 2.0
+        k = kd.indices(t.shape[0])
+        y[k] = t[k] + 1.0
+
+    x = random_array(np.random.default_rng(n), (n,), np.float32)
+    t, y = np.full_like(x, np.nan), np.full_like(x, np.nan)
+    two_sizes(x, t, y)
+    np.testing.assert_allclose(t, x * 2, rtol=1e-6)
+    np.testing.assert_allclose(y, x * 2 + 1, rtol=1e-6)
+    assert steps(two_sizes, x, t, y)[0] == 's.fuse("i", "k")'
+    with pytest.raises(kd.ShapeError):
+        two_sizes(x, np.empty(n + 1, np.float32), y)
+
+
 def test_statements_whose_fusion_would_change_the_result_stay_apart():
     """z reads y backwards: in one loop it would read elements of y not written yet."""
 
