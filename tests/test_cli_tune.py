@@ -104,10 +104,10 @@ def test_a_kernel_bound_to_two_names_is_tuned_once(capsys, tmp_path: Path) -> No
     path.write_text(KERNELS + "\nalias = cli_affine\n")
     code, out, err = kdsl_cli(capsys, "autotune", path, *QUICK)
     assert code == 0, err
-    assert [line.split()[0] for line in out.splitlines()[2:] if line.strip()][:2] == [
-        "cli_affine",
-        "skipped",
-    ]
+    rows = [line.split()[0] for line in out.splitlines()[2:] if line.strip()]
+    # (a loaded machine may overrun the 3 s budget: the "over budget" lines say where)
+    rows = [word for word in rows if word != "over"]
+    assert rows[:2] == ["cli_affine", "skipped"]
 
 
 @pytest.mark.usefixtures("cache_dir")
