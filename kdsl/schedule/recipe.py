@@ -31,10 +31,27 @@ TileInstructions = Callable[[], frozenset[str]]  # the target's matrix instructi
 # (the schedule layer does not import the targets).
 target_tile_instructions: dict[str, TileInstructions] = {}
 
+
 # The traced IR that `kernel.ir(...)` handed out (kdsl.kernel adds it): `replay` lowers it
 # first, as a kernel's own schedule starts from lowered IR. Any other Kernel is taken as
 # lowered already: lowering twice would repeat its checks.
-traced_kernels: weakref.WeakSet[Kernel] = weakref.WeakSet()
+class _ByIdentity:
+    """Kernels held weakly and found by identity: a Kernel's own hash walks its whole tree,
+    which takes exponential time on shared sub-expressions (a WeakSet hashed it)."""
+
+    def __init__(self) -> None:
+        self._refs: dict[int, weakref.ref[Kernel]] = {}
+
+    def add(self, kernel: Kernel) -> None:
+        key = id(kernel)
+        self._refs[key] = weakref.ref(kernel, lambda _, key=key: self._refs.pop(key, None))
+
+    def __contains__(self, kernel: object) -> bool:
+        ref = self._refs.get(id(kernel))
+        return ref is not None and ref() is kernel
+
+
+traced_kernels = _ByIdentity()
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
