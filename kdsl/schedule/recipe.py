@@ -44,7 +44,11 @@ class _ByIdentity:
 
     def add(self, kernel: Kernel) -> None:
         key = id(kernel)
-        self._refs[key] = weakref.ref(kernel, lambda _, key=key: self._refs.pop(key, None))
+
+        def forget(_: weakref.ref[Kernel]) -> None:
+            self._refs.pop(key, None)
+
+        self._refs[key] = weakref.ref(kernel, forget)
 
     def __contains__(self, kernel: object) -> bool:
         ref = self._refs.get(id(kernel))
