@@ -213,7 +213,8 @@ def rows_through_a_temporary(x, y):
         for j in kd.grid(x.shape[1]):
             row[j] = x[i, j] * 2.0
         for j in kd.grid(x.shape[1]):
-            y[i, j] = row[j] + 1.0
+            # Reversed, so the two loops cannot fuse and shrink the row to a register.
+            y[i, j] = row[x.shape[1] - 1 - j] + 1.0
 
 
 def test_heap_temporaries_start_on_a_cache_line_once_per_loop():
@@ -223,7 +224,7 @@ def test_heap_temporaries_start_on_a_cache_line_once_per_loop():
     x = random_array(np.random.default_rng(5), (300, 37), np.float32)
     y = np.empty_like(x)
     rows_through_a_temporary(x, y)
-    np.testing.assert_allclose(y, x * 2 + 1, rtol=1e-6)
+    np.testing.assert_allclose(y, x[:, ::-1] * 2 + 1, rtol=1e-6)
     text = rows_through_a_temporary.llvm(x, y, optimized=False)
     assert '@"aligned_alloc"(i64 64,' in text and "malloc" not in text
     task = text[text.index("define internal") :]
