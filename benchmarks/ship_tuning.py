@@ -33,7 +33,7 @@ from kdsl.autotune.database import Entry, TuningDB
 from kdsl.autotune.keys import format_shape, target_key
 from kdsl.autotune.registry import DB_NAME
 from kdsl.autotune.shipped import SHIPPED_DIR
-from kdsl.autotune.tuner import example_key, example_values
+from kdsl.autotune.tuner import example_key, example_specs, example_values
 from kdsl.kernel import KernelFunction
 from kdsl.specs import Spec, make_arguments
 
@@ -41,17 +41,29 @@ MARGIN = 0.05  # the best config must take at most 95% of the default params' ti
 TURNS = 15  # timed runs of each config, alternating
 
 
-def confirmed_speedup(fn: KernelFunction, entry: Entry) -> float:
-    """The default params' median time over the entry's config's, taking turns, on
-    random data of the entry's example."""
+def example_of(fn: KernelFunction, entry: Entry) -> list[object]:
+    """The values of `fn`'s declared example that `entry` was tuned on."""
     key = (entry.kernel_id, entry.target, entry.signature)
     for example in fn.examples:
         values = example_values(fn, example)
         shape = tuple(v.shape for v in values if isinstance(v, Spec))
         if shape == entry.shape and example_key(fn, example) == key:
-            break
-    else:
-        raise LookupError(f"no example of {fn.name} has the tuned shape {entry.shape}")
+            return values
+    raise LookupError(f"no example of {fn.name} has the tuned shape {entry.shape}")
+
+
+def default_config(fn: KernelFunction, entry: Entry) -> dict[str, object]:
+    """The default params of `entry`'s kernel and signature, each named (the first
+    choice of every param): a shipped row must give them all, or the call refuses it
+    as an incomplete config and warns."""
+    specs, _ = example_specs(fn, example_of(fn, entry))
+    return {name: choices[0] for name, choices in fn.search_space(fn.trace(specs)).items()}
+
+
+def confirmed_speedup(fn: KernelFunction, entry: Entry) -> float:
+    """The default params' median time over the entry's config's, taking turns, on
+    random data of the entry's example."""
+    values = example_of(fn, entry)
     made = make_arguments(dict(zip(fn.signature.names, values)), np.random.default_rng(0))
     specs, bound = fn._specs(list(made.values()), {})
     traced = fn.trace(specs)
@@ -68,7 +80,7 @@ def confirmed_speedup(fn: KernelFunction, entry: Entry) -> float:
 
 def ship(tuned: list[Entry], kernels: dict[str, KernelFunction]) -> list[Entry]:
     """The rows to ship: every tuned shape of a kernel signature where some shape's best
-    config was confirmed faster, the others with the default params (an empty config):
+    config was confirmed faster, the others with the default params, each named:
     a call takes the nearest tuned shape's config, so a signature's one shipped shape
     would otherwise carry its config to every shape of that signature."""
     confirmed: list[Entry] = []
@@ -84,7 +96,9 @@ def ship(tuned: list[Entry], kernels: dict[str, KernelFunction]) -> list[Entry]:
         )
     signatures = {(e.kernel_id, e.signature) for e in confirmed}
     return [
-        e if e in confirmed else dataclasses.replace(e, config={})
+        e
+        if e in confirmed
+        else dataclasses.replace(e, config=default_config(kernels[e.kernel_name], e))
         for e in tuned
         if (e.kernel_id, e.signature) in signatures
     ]

@@ -173,12 +173,12 @@ def record_best(report: TuneReport, key: tuple[str, str, str]) -> bool:
 def example_key(fn: KernelFunction, example: Mapping[str, ArgExample]) -> tuple[str, str, str]:
     """Where the tuning database files `fn`'s results for `example` on this CPU: the
     kernel's identity, the target, the argument signature."""
-    specs, _ = _example_specs(fn, example_values(fn, example))
+    specs, _ = example_specs(fn, example_values(fn, example))
     traced = fn.trace(specs)
     return tuning_key(fn.signature.names, specs, traced, fn.search_space(traced), target_key())
 
 
-def _example_specs(
+def example_specs(
     fn: KernelFunction, examples: Sequence[ArgExample]
 ) -> tuple[tuple[ArgSpec, ...], list[object]]:
     # Only shapes, dtypes and orders are needed here: the measuring process makes the
@@ -201,7 +201,7 @@ class _Session:
         self.jobs = jobs
         self.fn = fn
         self.examples = example_values(fn, example)
-        specs, bound = _example_specs(fn, self.examples)
+        specs, bound = example_specs(fn, self.examples)
         self.shape = shape_of(bound)
         self.traced = fn.trace(specs)
         self.layout = fn.call_layout(specs, self.traced)

@@ -16,7 +16,7 @@ from kdsl.kernels import kernel_functions
 from kdsl.autotune import registry, shipped
 from kdsl.autotune.database import TuningDB
 from kdsl.autotune.keys import target_key
-from kdsl.autotune.tuner import example_key
+from kdsl.autotune.tuner import example_key, example_specs, example_values
 from kdsl.kernel import KernelFunction
 from tests.autotune.test_dispatch import affine_kernel, arrays, entry_for
 
@@ -104,6 +104,31 @@ def test_every_row_shipped_for_this_machine_is_a_current_library_kernel():
         if (r["kernel_id"], r["target"], r["signature"]) not in live
     ]
     assert not stale, f"stale shipped tuning (rerun benchmarks/ship_tuning.py): {stale}"
+
+
+def test_every_shipped_row_names_each_param_of_its_kernel():
+    """A row missing a param is refused at the call, with a warning, and the call runs
+    the default params: a row of default params must name them all. (ship_tuning wrote
+    them as {}, and rmsnorm 4096 × 1024 warned in every process that called it.)"""
+    spaces = {}
+    for kernel in kernel_functions().values():
+        for example in kernel.examples:
+            specs, _ = example_specs(kernel, example_values(kernel, example))
+            kernel_id, _, signature = example_key(kernel, example)
+            spaces[kernel_id, signature] = kernel.search_space(kernel.trace(specs))
+    rows = [
+        entry
+        for path in sorted(shipped.SHIPPED_DIR.glob("*.json"))
+        for entry in json.loads(path.read_text())["entries"]
+    ]
+    live = [(r, spaces[key]) for r in rows if (key := (r["kernel_id"], r["signature"])) in spaces]
+    assert live, "no shipped row belongs to a current library kernel"
+    incomplete = [
+        f"{r['kernel_name']} {r['shape']} {r['target']}: no {sorted(set(space) - set(r['config']))}"
+        for r, space in live
+        if set(space) - set(r["config"])
+    ]
+    assert not incomplete, incomplete
 
 
 def test_cache_list_counts_the_rows_shipped_for_this_cpu(shipped_dir, capsys):
