@@ -79,9 +79,9 @@ class _Expander:
             return (replace(s, then=self.block(s.then)),)
         if not isinstance(s, Loop) or s.exec in TENSORIZED:  # (a tile product: whole)
             return (s,)
+        if s.exec is LoopExec.VECTORIZED:  # (expands its body once it knows its tiles)
+            return self.specialize_tile(s, self.vector_loop)
         loop = replace(s, body=self.block(s.body))
-        if loop.exec is LoopExec.VECTORIZED:
-            return self.specialize_tile(loop, self.vector_loop)
         if loop.exec is LoopExec.UNROLLED:
             return self.specialize_tile(loop, self.unrolled)
         return self.peel_groups(loop) or self.unswitch(loop)
@@ -162,6 +162,9 @@ class _Expander:
     # ---------------------------------------------------------------- vectorize
 
     def vector_loop(self, loop: Loop) -> tuple[Stmt, ...]:
+        """`loop`, its body not yet expanded: the tiles of a split whose outer loop it is
+        get their constant extent first (an unrolled tile expanded before that became
+        a full and an edge copy, and the edge's extent differed between lanes)."""
         w = loop.width
         tiles = {
             (s.extent, t)
@@ -170,6 +173,7 @@ class _Expander:
         }
         if tiles:
             return self.vector_over_tiles(loop, tiles)
+        loop = replace(loop, body=self.block(loop.body))
         if isinstance(loop.extent, Const) and int(loop.extent.value) % w == 0:
             return self.vector_copies(loop)
         if isinstance(loop.extent, Const) and int(loop.extent.value) < w:
@@ -231,9 +235,10 @@ class _Expander:
         w = index_const(loop.width)
         main = index_op(BinaryOp.MUL, index_op(BinaryOp.FLOORDIV, count, w), w)
         constants = {extent: index_const(c) for extent, (c, _) in tiles}
-        body = tuple(map_stmt_exprs(s, constants.get) for s in loop.body)
+        body = self.block(tuple(map_stmt_exprs(s, constants.get) for s in loop.body))
         n = index_op(BinaryOp.MAX, loop.extent, index_const(0))
-        return (replace(loop, extent=main, body=body), *self.tail(loop, main, n))
+        rest = (out for s in self.tail(loop, main, n) for out in self.stmt(s))
+        return (replace(loop, extent=main, body=body), *rest)
 
     def vector_copies(self, loop: Loop) -> tuple[Stmt, ...]:
         """A short vector loop of constant extent becomes one vector per copy: every
