@@ -105,3 +105,11 @@ def asm_loops(asm: str) -> list[list[str]]:
                 found.append(lines[n + 1 : end])
                 break
     return found
+
+
+def vector_register() -> str:
+    """The assembly name of this CPU's widest float vector registers: "zmm" with AVX-512,
+    "ymm" with AVX2 only (a 16-lane f32 vector is then two of them)."""
+    from kdsl.targets.cpu.jit import host_features
+
+    return "zmm" if host_features().get("avx512f") else "ymm"
