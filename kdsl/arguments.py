@@ -269,6 +269,8 @@ def check_examples(
     naming every parameter (or leaving it to its default)."""
     if isinstance(examples, Mapping):
         examples = [examples]
+    names = ", ".join(f'"{n}": ...' for n in sig.names)
+    example_fix = f"name each of the kernel's parameters once: examples=[{{{names}}}]"
     checked = []
     for example in examples:
         if not isinstance(example, Mapping):
@@ -278,10 +280,12 @@ def check_examples(
             )
         unknown = [n for n in example if n not in sig.names]
         if unknown:
-            raise sig.error(f"the example names unknown parameter(s) {', '.join(unknown)}")
+            raise sig.error(
+                f"the example names unknown parameter(s) {', '.join(unknown)}", example_fix
+            )
         missing = [n for n in sig.names if n not in example and n not in sig.defaults]
         if missing:
-            raise sig.error(f"the example gives no value for {', '.join(missing)}")
+            raise sig.error(f"the example gives no value for {', '.join(missing)}", example_fix)
         full: dict[str, ArgExample] = {n: sig.defaults[n] for n in sig.names if n not in example}  # type: ignore[misc]
         for name, value in example.items():
             constant = name in sig.constexpr and (value is None or isinstance(value, str))

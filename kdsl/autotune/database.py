@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import TypeVar
 
+from kdsl.config import user_stacklevel
 from kdsl.errors import KdslError
 
 SCHEMA_VERSION = 1
@@ -206,7 +207,7 @@ class TuningDB:
                         "schedules. Tune them again (`kdsl autotune`), or clear the "
                         "database (`kdsl cache clear`).",
                         RuntimeWarning,
-                        stacklevel=4,
+                        stacklevel=user_stacklevel(),
                     )
         return entries
 
@@ -276,7 +277,7 @@ class TuningDB:
             f"'{aside}' and started a new one. Tuning results will be rebuilt as kernels are "
             "tuned again.",
             RuntimeWarning,
-            stacklevel=4,
+            stacklevel=user_stacklevel(),
         )
 
     def _error(self, exc: sqlite3.Error) -> DatabaseError:

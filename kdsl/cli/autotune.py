@@ -170,7 +170,7 @@ def summary(results: list[TuneReport | Failed]) -> str:
             lines.append(f"  failed {r.kernel}: {r.error.what.splitlines()[0]}")
             continue
         for trial in r.failures():
-            detail = trial.detail.splitlines()[0][:120] if trial.detail else ""
+            detail = trial.detail.splitlines()[0] if trial.detail else ""
             lines.append(f"  dropped {r.kernel} {_params(trial.config)}: {trial.status} {detail}")
         lines += _over_budget(r)
     return "\n".join(lines)

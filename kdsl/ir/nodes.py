@@ -373,6 +373,12 @@ class Kernel:
                 return b
         raise KeyError(name)
 
+    def __str__(self) -> str:
+        """The kernel as the loop IR prints (`print(schedule.replay(...))`)."""
+        from kdsl.ir.printer import format_kernel  # (the printer imports this module)
+
+        return format_kernel(self)
+
 
 def is_bool(e: Expr) -> bool:
     return e.dtype == bool_
