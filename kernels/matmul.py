@@ -19,6 +19,7 @@ from kdsl.kernels._checks import (
     shape_error,
     written,
 )
+from kdsl.kernels._machine import panel_bytes, register_tile
 from kdsl.kernels.matvec import matvec
 from kdsl.kernels.vecmat import ACTIVATIONS, activate, vecmat
 
@@ -71,7 +72,7 @@ product_rows_kernel = kd.kernel(
 )
 PANEL = 128  # nc of the kernels above
 PANEL_WIDTHS = (32, 64, PANEL, 256, 512, 1024)
-PANEL_BYTES = 1 << 20  # a packed panel of B: about half of a core's L2
+PANEL_BYTES = panel_bytes()  # a packed panel of B: as much of a core's L2 as paid
 ACROSS = ("panels", "rows")
 
 
@@ -86,7 +87,7 @@ def panel_width(k: int, itemsize: int) -> int:
 def _register_blocked(s, across: str, panel: int) -> None:
     """The GotoBLAS/BLIS structure. B is cut into panels of nc columns, each packed
     whole (all of k × nc, contiguous: it stays in L2 while every row strip of A streams
-    past it); C is computed mr × nr at a time, its mr·nr/16 accumulators in zmm registers
+    past it); C is computed mr × nr at a time, its mr·nr accumulators in vector registers
     over all of k: per k, nr/16 vector loads of the packed panel and mr broadcasts of A
     feed mr·nr/16 FMAs. The epilogue runs on the register tile as it is stored. The
     cores share the panels (`across="panels"`) or the row strips of A (`"rows"`; the
@@ -105,8 +106,9 @@ def _register_blocked(s, across: str, panel: int) -> None:
     tiles = bf16 and s.has("amx") and s.param("amx", [True, False])
     # every path's params are declared whichever runs: the autotuner sees the whole space
     rows = s.param("amx_tile", [16, 32]) if bf16 and s.has("amx") else None
-    mr = s.param("mr", [8, 6, 4, 12])
-    nr = s.param("nr", [32, 16, 64])
+    first_mr, first_nr = register_tile()
+    mr = s.param("mr", sorted([8, 6, 4, 12], key=lambda r: r != first_mr))
+    nr = s.param("nr", sorted([32, 16, 64], key=lambda r: r != first_nr))
     pairs = s.param("bf16_pairs", [True, False]) if bf16 else False
     if tiles:
         _on_tiles(s, across, nc, rows)

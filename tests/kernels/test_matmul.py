@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kdsl as kd
-from tests.helpers import asm_loops, build_config, keyed_rng, run_config
+from tests.helpers import asm_loops, build_config, keyed_rng, run_config, vector_register
 
 mm = importlib.import_module("kdsl.kernels.matmul")
 
@@ -109,10 +109,10 @@ def test_panel_width_fits_the_panel_in_l2() -> None:
     widths = [mm.panel_width(k, 4) for k in (1, 64, 256, 1024, 2048, 4096, 100_000)]
     assert widths == sorted(widths, reverse=True)
     assert widths[0] == max(mm.PANEL_WIDTHS) and widths[-1] == min(mm.PANEL_WIDTHS)
-    assert mm.panel_width(2048, 4) == mm.PANEL and mm.panel_width(2048, 2) == 2 * mm.PANEL
+    assert mm.panel_width(2048, 2) == 2 * mm.panel_width(2048, 4)  # bf16: twice as wide
     for k in (64, 1000, 4096):
         nc = mm.panel_width(k, 4)
-        assert k * nc * 4 <= mm.PANEL_BYTES < k * 2 * nc * 4 or nc == max(mm.PANEL_WIDTHS)
+        assert k * nc * 4 <= mm.PANEL_BYTES < k * 2 * nc * 4 or nc in (max(mm.PANEL_WIDTHS), min(mm.PANEL_WIDTHS))
 
 
 @pytest.mark.parametrize("threads", [1, 2, 8])
@@ -172,36 +172,38 @@ def test_float64() -> None:
     np.testing.assert_allclose(got, a64 @ b64, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.skipif(
-    not dict(__import__("llvmlite.binding").binding.get_host_cpu_features()).get("avx512f"),
-    reason="the register tile is sized for AVX-512",
-)
-@pytest.mark.parametrize("tile_shape", [None, {"mr": 12, "nr": 32}, {"mr": 12, "nr": 16}])
+REGISTER = vector_register()  # zmm (AVX-512: 16 f32 lanes, 32 registers) or ymm (AVX2)
+LANES = 16 if REGISTER == "zmm" else 8
+TALLER = [{"mr": 12, "nr": 32}, {"mr": 12, "nr": 16}] if LANES == 16 else [{"mr": 4, "nr": 16}]
+
+
+@pytest.mark.parametrize("tile_shape", [None, *TALLER])
 def test_inner_loop_is_register_blocked(tile_shape) -> None:
-    """The micro-kernel: per k, mr rows × nr/16 zmm of C updated by broadcast-A ×
-    load-B FMAs, the accumulators in registers (no stack traffic inside the loop; none
-    of vectors in the edges' tiles) — for
-    the default tile and for taller ones (24 of the 32 zmm registers held), and in the
+    """The micro-kernel: per k, mr rows × nr/LANES registers of C updated by broadcast-A
+    × load-B FMAs, the accumulators in registers (no stack traffic inside the loop; none
+    of vectors in the edges' tiles) — for the default tile of this CPU's registers and
+    for other ones (with AVX-512, taller: 24 of the 32 zmm registers held), and in the
     edge tile of columns too (masked lanes)."""
     a = np.ones((64, 64), np.float32)
     chosen = dict(mm.product_kernel.schedule_of(a, a, a).chosen)
     chosen.update(tile_shape or {})
-    tile = chosen["mr"] * chosen["nr"] // 16
+    tile = chosen["mr"] * chosen["nr"] // LANES
     loops = asm_loops(build_config(mm.product_kernel, chosen, a, a, a)[0].compiled.asm)
-    fmas = [[i for i in body if re.match(r"vfmadd\d+ps\s.*%zmm", i)] for body in loops]
-    best = max(range(len(loops)), key=lambda n: len(fmas[n]))
+    fmas = [[i for i in body if re.match(rf"vfmadd\d+ps\s.*%{REGISTER}", i)] for body in loops]
+    best = max(range(len(loops)), key=lambda n: (len(fmas[n]), -len(loops[n])))  # full tile
     body = loops[best]
     assert len(fmas[best]) >= tile and len(fmas[best]) % tile == 0, body
     # the tile loops: LLVM may unroll the full tiles' k loop and not the edge's (znver4)
     tiles = [loops[n] for n in range(len(loops)) if fmas[n] and len(fmas[n]) % tile == 0]
-    assert any("{%k" in i for t in tiles for i in t), tiles  # the masked edge of columns
     assert not [i for i in body if "(%rsp" in i], body  # no spills or accumulator reloads
-    for t in tiles:  # the edges' tiles: no vector one (a pointer's reload is allowed)
-        assert not [i for i in t if "(%rsp" in i and "mm" in i], t
-    accumulators = {re.findall(r"%zmm\d+", i)[-1] for i in fmas[best]}
+    if LANES == 16:  # (AVX2 has no mask registers: its edge blends every FMA, and spills)
+        assert any("{%k" in i for t in tiles for i in t), tiles  # the masked edge of columns
+        for t in tiles:  # the edges' tiles: no vector one (a pointer's reload is allowed)
+            assert not [i for i in t if "(%rsp" in i and "mm" in i], t
+    accumulators = {re.findall(rf"%{REGISTER}\d+", i)[-1] for i in fmas[best]}
     assert len(accumulators) == tile, body
-    broadcasts = sum("vbroadcastss" in i or "{1to16}" in i for i in body)
-    assert broadcasts >= len(fmas[best]) * 16 // chosen["nr"], body  # mr per k
+    broadcasts = sum("vbroadcastss" in i or f"{{1to{LANES}}}" in i for i in body)
+    assert broadcasts >= len(fmas[best]) * LANES // chosen["nr"], body  # mr per k
 
 
 # ------------------------------------------------------------------ bf16 operands
@@ -469,7 +471,7 @@ def test_one_row_inner_loop_stores_the_sums_once_per_rows() -> None:
     chosen = dict(vm.vecmat_kernel.schedule_of(*args).chosen)
     loops = asm_loops(build_config(vm.vecmat_kernel, chosen, *args)[0].compiled.asm)
     fmas = [[i for i in body if re.match(r"vfmadd\d+ps\s.*%zmm", i)] for body in loops]
-    best = max(range(len(loops)), key=lambda n: len(fmas[n]))
+    best = max(range(len(loops)), key=lambda n: (len(fmas[n]), -len(loops[n])))  # full tile
     body = loops[best]
     stores = [i for i in body if re.match(r"vmov\w+\s+%zmm\d+, ", i)]
     assert stores and len(fmas[best]) == chosen["rows"] * len(stores), body
