@@ -3,11 +3,16 @@ peak" in `kdsl demo` and the benchmarks."""
 
 from __future__ import annotations
 
+from kdsl.kernels._machine import vector_bytes
 from kdsl.kernels.matvec import row_streams, row_sums
 
 import kdsl as kd
 
-CHAINS = 8  # independent FMA chains per element: covers the FMA latency (4 cycles × 2 pipes)
+# Independent FMA chains per element: enough 16-lane vectors in flight to cover the FMA
+# latency (4-5 cycles × 2 pipes), few enough to stay in registers. A vector is one zmm
+# with AVX-512 (8 of them); two ymm with AVX2, whose 16 registers 8 such chains overflow
+# (on a Zen 2 the probe spilled and measured 110 GFLOP/s, where NumPy's matmul ran 170).
+CHAINS = 8 if vector_bytes() == 64 else 6
 STEPS = 32  # FMAs per chain
 FLOPS_PER_ELEMENT = 2 * CHAINS * STEPS + CHAINS
 
@@ -17,7 +22,7 @@ def fma_probe(x, y):
     """CHAINS chains of STEPS dependent FMAs per element, interleaved by a loop whose
     every iteration steps each chain once (written out unrolled, LLVM's scheduler would
     put each chain's FMAs back to back and leave the out-of-order window to find the
-    parallelism); the default schedule runs 16 elements per AVX-512 vector on all cores."""
+    parallelism); the default schedule runs 16 elements per vector on all cores."""
     for i in kd.grid(x.shape[0]):
         chains = [kd.local(x[i] + 0.01 * k) for k in range(CHAINS)]
         for _ in kd.range(STEPS):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from kdsl.kernels import layernorm, matmul, rmsnorm, softmax
 from kdsl.kernels.norms import layernorm_reference, rmsnorm_reference
-from kdsl.kernels.peak import FLOPS_PER_ELEMENT, copy_probe, fma_probe
+from kdsl.kernels.peak import CHAINS, FLOPS_PER_ELEMENT, copy_probe, fma_probe
 from kdsl.kernels.softmax import reference as softmax_reference
 
 from tests.helpers import keyed_rng
@@ -160,13 +160,13 @@ def test_peak_probes_compute_what_they_claim():
     y = np.empty_like(x)
     fma_probe(x, y)
     expected = np.zeros_like(x, dtype=np.float64)
-    for k in range(8):
+    for k in range(CHAINS):
         v = x.astype(np.float64) + 0.01 * k
         for _ in range(32):
             v = v * 0.999 + 0.001
         expected += v
     np.testing.assert_allclose(y, expected, rtol=1e-5)
-    assert FLOPS_PER_ELEMENT == 2 * 8 * 32 + 8
+    assert FLOPS_PER_ELEMENT == 2 * CHAINS * 32 + CHAINS
     copy_probe(x, y)
     np.testing.assert_array_equal(y, x)
 
