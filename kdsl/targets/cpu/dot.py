@@ -288,6 +288,8 @@ def _emit_one(vl: _VectorLoop, loop: Loop, dot: _Dot, old: ir.Value, ea: Expr, e
         if da == T.i8 and dc == T.u8:
             a, c, da, dc = c, a, dc, da
         new = _byte_dot(vl, old, a, c, da, dc) if _has("avx512vnni", w) else None
+    if new is None and dot.acc == T.i32 and {da, dc} <= _PAIRED and _has_avx2(w * dot.k):
+        new = _pair_dot(vl, old, a, c, da, dc, dot.k)
     if new is None:  # no instruction: widen, multiply, add the K products of each lane
         products = ops.binary(
             BinaryOp.MUL, ops.cast(a, da, dot.acc), ops.cast(c, dc, dot.acc), dot.acc
@@ -352,6 +354,49 @@ def _byte_dot(
     # both unsigned: a·(c - 128) + 128·a, where a·(-128) is vpdpbusd against 0x80 bytes
     main = _intrinsic(vl, "vpdpbusd", acc, a, b.xor(c, top))
     return b.sub(main, _intrinsic(vl, "vpdpbusd", zero, a, top))
+
+
+def _pair_dot(
+    vl: _VectorLoop, acc: ir.Value, a: ir.Value, c: ir.Value, da: T.DType, dc: T.DType, k: int
+) -> ir.Value:
+    """acc + Σk a·c without VNNI (AVX2): both sides widened to i16, `vpmaddwd` sums each
+    pair of adjacent products into an i32, exactly (the bytes' products fit in 16 bits
+    and no sum of two overflows 32); for K = 4 the pairs of pairs are added. (vpmaddubsw
+    would take the bytes as they are, but saturates its 16-bit sums.)"""
+    b, ops = vl.b, vl.ops
+    wide = [ops.cast(v, d, T.i16) for v, d in ((a, da), (c, dc))]
+    n = wide[0].type.count
+    part = min(n, 16)  # i16 lanes per register (a ymm; an xmm for 8)
+    name = "llvm.x86.avx2.pmadd.wd" if part == 16 else "llvm.x86.sse2.pmadd.wd"
+    sums = []
+    for start in range(0, n, part):
+        pick = ir.Constant(ir.VectorType(I32, part), list(range(start, start + part)))
+        args = [b.shuffle_vector(v, ir.Constant(v.type, None), pick) for v in wide]
+        sums.append(ops.intrinsic(name, ir.VectorType(I32, part // 2), args))
+    while len(sums) > 1:  # the parts joined back, pairwise
+        m = 2 * sums[0].type.count
+        join = ir.Constant(ir.VectorType(I32, m), list(range(m)))
+        sums = [b.shuffle_vector(x, y, join) for x, y in zip(sums[::2], sums[1::2])]
+    pairs = sums[0]  # n/2 lanes: each the sum of two adjacent products
+    if k == 4:
+        half = pairs.type.count // 2
+        even, odd = (
+            b.shuffle_vector(
+                pairs, ir.Constant(pairs.type, None), ir.Constant(ir.VectorType(I32, half), lanes)
+            )
+            for lanes in (list(range(0, 2 * half, 2)), list(range(1, 2 * half, 2)))
+        )
+        pairs = b.add(even, odd)
+    return b.add(acc, pairs)
+
+
+_PAIRED = {T.i8, T.u8, T.i16}  # the values that widen to i16 exactly
+
+
+def _has_avx2(elements: int) -> bool:
+    """Whether `_pair_dot` takes `elements` 8- or 16-bit values: whole xmm or ymm
+    registers of i16, with AVX2."""
+    return (elements == 8 or elements % 16 == 0) and jit.host_features().get("avx2", False)
 
 
 def _bf16_dot(vl: _VectorLoop, acc: ir.Value, a: ir.Value, c: ir.Value) -> ir.Value:
