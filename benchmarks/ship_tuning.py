@@ -78,11 +78,12 @@ def confirmed_speedup(fn: KernelFunction, entry: Entry) -> float:
     return statistics.median(times[0][1:]) / statistics.median(times[1][1:])
 
 
-def ship(tuned: list[Entry], kernels: dict[str, KernelFunction]) -> list[Entry]:
+def ship(tuned: list[Entry], kernels: dict[str, KernelFunction]) -> tuple[list[Entry], int]:
     """The rows to ship: every tuned shape of a kernel signature where some shape's best
     config was confirmed faster, the others with the default params, each named:
     a call takes the nearest tuned shape's config, so a signature's one shipped shape
-    would otherwise carry its config to every shape of that signature."""
+    would otherwise carry its config to every shape of that signature; and how many
+    rows were confirmed faster."""
     confirmed: list[Entry] = []
     for e in tuned:
         faster = e.default_time_s is not None and e.time_s <= (1 - MARGIN) * e.default_time_s
@@ -95,13 +96,14 @@ def ship(tuned: list[Entry], kernels: dict[str, KernelFunction]) -> list[Entry]:
             f"{again:.2f}× {e.config}{' (shipped)' if e in confirmed else ''}"
         )
     signatures = {(e.kernel_id, e.signature) for e in confirmed}
-    return [
+    rows = [
         e
         if e in confirmed
         else dataclasses.replace(e, config=default_config(kernels[e.kernel_name], e))
         for e in tuned
         if (e.kernel_id, e.signature) in signatures
     ]
+    return rows, len(confirmed)
 
 
 def shipped_path() -> Path:
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         command = [sys.executable, "-m", "kdsl", "autotune", *module_names()]
         subprocess.run([*command, "--budget", args.budget, "--no-progress"], env=env, check=True)
         tuned = TuningDB(Path(cache) / DB_NAME).entries()
-        shipped = ship(tuned, kernel_functions())
+        shipped, gains = ship(tuned, kernel_functions())
         out = TuningDB(Path(cache) / "shipped.sqlite")
         for e in shipped:
             out.record(e)
@@ -127,7 +129,6 @@ def main(argv: list[str] | None = None) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         out.export(path)
         out.close()
-    gains = sum(bool(e.config) for e in shipped)
     print(f"wrote {len(shipped)} rows ({gains} with params of their own) to {path}")
     return 0
 

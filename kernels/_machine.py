@@ -5,6 +5,7 @@ is what an untuned call runs)."""
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 
 from llvmlite import binding as llvm
@@ -46,11 +47,12 @@ def l2_bytes() -> int:
     """A core's L2 cache, as Linux reports it (1 MiB where it doesn't say)."""
     for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
         try:
-            level, size = (index / "level").read_text(), (index / "size").read_text().strip()
+            level, size = (index / "level").read_text(), (index / "size").read_text()
         except OSError:
             continue
-        if level.strip() == "2" and size[:-1].isdigit():
-            return int(size[:-1]) << {"K": 10, "M": 20}.get(size[-1], 0)
+        found = re.fullmatch(r"(\d+)([KMG]?)", size.strip())
+        if level.strip() == "2" and found:
+            return int(found[1]) << {"": 0, "K": 10, "M": 20, "G": 30}[found[2]]
     return 1 << 20
 
 
@@ -64,8 +66,8 @@ def register_tile() -> tuple[int, int]:
 
 
 def panel_bytes() -> int:
-    """How much of a core's L2 a packed panel of B may fill: all of it where the tile
-    is 8 × 32 on AVX-512 (measured on a Zen 4, 1 MiB L2), half on AVX2 (a Zen 2, 512
-    KiB: at 1024³ panels of 64 and 32 columns ran 0.98-1.03× NumPy, 128 columns 0.83×;
-    at 2048³ 32 columns 0.83-0.92×, 128 columns 0.67-0.72×)."""
-    return l2_bytes() if vector_bytes() == 64 else l2_bytes() // 2
+    """How much of a core's L2 a packed panel of B may fill: 1 MiB with AVX-512 (measured
+    on a Zen 4, whose L2 it fills: at k = 4096, 64 columns ran 1.5× faster than 128),
+    half the L2 with AVX2 (a Zen 2, 512 KiB: at 1024³ panels of 64 and 32 columns ran
+    0.98-1.03× NumPy, 128 columns 0.83×; at 2048³ 32 columns 0.83-0.92×, 128 0.67-0.72×)."""
+    return 1 << 20 if vector_bytes() == 64 else l2_bytes() // 2

@@ -360,8 +360,8 @@ def _pair_dot(
     vl: _VectorLoop, acc: ir.Value, a: ir.Value, c: ir.Value, da: T.DType, dc: T.DType, k: int
 ) -> ir.Value:
     """acc + Σk a·c without VNNI (AVX2): both sides widened to i16, `vpmaddwd` sums each
-    pair of adjacent products into an i32, exactly (the bytes' products fit in 16 bits
-    and no sum of two overflows 32); for K = 4 the pairs of pairs are added. (vpmaddubsw
+    pair of adjacent products into an i32, exactly for bytes (an i16 pair of -32768s
+    wraps, as the 32-bit sum of the fallback does); for K = 4 the pairs of pairs are added. (vpmaddubsw
     would take the bytes as they are, but saturates its 16-bit sums.)"""
     b, ops = vl.b, vl.ops
     wide = [ops.cast(v, d, T.i16) for v, d in ((a, da), (c, dc))]
