@@ -286,8 +286,11 @@ def _emit_one(vl: _VectorLoop, loop: Loop, dot: _Dot, old: ir.Value, ea: Expr, e
         new = _intrinsic(vl, "vpdpwssd", old, a, c) if _has("avx512vnni", w) else None
     else:
         if da == T.i8 and dc == T.u8:
-            a, c, da, dc = c, a, dc, da
+            a, c, da, dc, ea = c, a, dc, da, eb
         new = _byte_dot(vl, old, a, c, da, dc) if _has("avx512vnni", w) else None
+        small = da == T.u8 and dc == T.i8 and _under_128(ea)
+        if new is None and small and _has_avx2(w * 2):  # (w·4 bytes: w·2 words)
+            new = _small_byte_dot(vl, old, a, c)
     if new is None and dot.acc == T.i32 and {da, dc} <= _PAIRED and _has_avx2(w * dot.k):
         new = _pair_dot(vl, old, a, c, da, dc, dot.k)
     if new is None:  # no instruction: widen, multiply, add the K products of each lane
@@ -373,11 +376,7 @@ def _pair_dot(
         pick = ir.Constant(ir.VectorType(I32, part), list(range(start, start + part)))
         args = [b.shuffle_vector(v, ir.Constant(v.type, None), pick) for v in wide]
         sums.append(ops.intrinsic(name, ir.VectorType(I32, part // 2), args))
-    while len(sums) > 1:  # the parts joined back, pairwise
-        m = 2 * sums[0].type.count
-        join = ir.Constant(ir.VectorType(I32, m), list(range(m)))
-        sums = [b.shuffle_vector(x, y, join) for x, y in zip(sums[::2], sums[1::2])]
-    pairs = sums[0]  # n/2 lanes: each the sum of two adjacent products
+    pairs = _joined(b, sums)  # n/2 lanes: each the sum of two adjacent products
     if k == 4:
         half = pairs.type.count // 2
         even, odd = (
@@ -391,6 +390,49 @@ def _pair_dot(
 
 
 _PAIRED = {T.i8, T.u8, T.i16}  # the values that widen to i16 exactly
+
+
+def _small_byte_dot(vl: _VectorLoop, acc: ir.Value, a: ir.Value, c: ir.Value) -> ir.Value:
+    """acc + Σ4 a·c for unsigned bytes a under 128 (a nibble: Q4_0's `q & 15`) and signed
+    c, without VNNI (AVX2): `vpmaddubsw` sums adjacent products into i16 lanes, which
+    cannot saturate (2 · 127 · 128 < 2^15), then `vpmaddwd` against ones sums adjacent
+    i16 pairs into i32: the 4 products of each lane, in half the instructions of
+    widening both sides first."""
+    b = vl.b
+    n = a.type.count
+    part = min(n, 32)  # bytes per register (a ymm; an xmm for 16)
+    wide = part == 32
+    bytes_name = "llvm.x86.avx2.pmadd.ub.sw" if wide else "llvm.x86.ssse3.pmadd.ub.sw.128"
+    words_name = "llvm.x86.avx2.pmadd.wd" if wide else "llvm.x86.sse2.pmadd.wd"
+    i16 = ir.VectorType(ir.IntType(16), part // 2)
+    ones = ir.Constant(i16, [1] * (part // 2))
+    sums = []
+    for start in range(0, n, part):
+        pick = ir.Constant(ir.VectorType(I32, part), list(range(start, start + part)))
+        args = [b.shuffle_vector(v, ir.Constant(v.type, None), pick) for v in (a, c)]
+        pairs = vl.ops.intrinsic(bytes_name, i16, args)
+        sums.append(vl.ops.intrinsic(words_name, ir.VectorType(I32, part // 4), [pairs, ones]))
+    return b.add(acc, _joined(b, sums))
+
+
+def _under_128(e: Expr) -> bool:
+    """Whether the unsigned byte expression `e` is always below 128: masked by a constant
+    under 128 (`q & 15`) or shifted right (`q >> 4`)."""
+    match e:
+        case Binary(op=BinaryOp.AND, lhs=x, rhs=y):
+            return any(isinstance(v, Const) and 0 <= int(v.value) < 128 for v in (x, y))
+        case Binary(op=BinaryOp.SHR, rhs=Const(value=shift)):
+            return e.dtype == T.u8 and int(shift) >= 1
+    return False
+
+
+def _joined(b: ir.IRBuilder, parts: list[ir.Value]) -> ir.Value:
+    """Vectors of the same type, one after another in one vector (joined pairwise)."""
+    while len(parts) > 1:
+        m = 2 * parts[0].type.count
+        join = ir.Constant(ir.VectorType(I32, m), list(range(m)))
+        parts = [b.shuffle_vector(x, y, join) for x, y in zip(parts[::2], parts[1::2])]
+    return parts[0]
 
 
 def _has_avx2(elements: int) -> bool:
@@ -422,11 +464,7 @@ def _per_register(
         pick = ir.Constant(ir.VectorType(I32, part), list(range(start, start + part)))
         args = [b.shuffle_vector(v, ir.Constant(v.type, None), pick) for v in (acc, *words)]
         results.append(vl.ops.intrinsic(name, ir.VectorType(lane, part), args))
-    while len(results) > 1:  # the parts joined back, pairwise
-        n = 2 * results[0].type.count
-        join = ir.Constant(ir.VectorType(I32, n), list(range(n)))
-        results = [b.shuffle_vector(x, y, join) for x, y in zip(results[::2], results[1::2])]
-    return results[0]
+    return _joined(b, results)
 
 
 def _has(feature: str, w: int) -> bool:

@@ -90,6 +90,40 @@ def test_an_operand_may_be_an_expression_of_loads() -> None:
     np.testing.assert_array_equal(y, expected(a & 15, b, wrap=True))
 
 
+@pytest.mark.parametrize("width", [2, 4, 8, 16, 32])
+@pytest.mark.parametrize("small", ["& 15", "& 127", ">> 1", "& 128", "& 255"])
+def test_bytes_under_128_times_signed_bytes(width: int, small: str) -> None:
+    """A nibble (or any unsigned byte kept under 128) times a signed byte: without VNNI,
+    vpmaddubsw's 16-bit pair sums, which only such a bound keeps from saturating (a mask
+    of 128 or more takes the exact pairs of i16 instead). Every i8, -128 included, at
+    lengths with tails."""
+    masks = {"& 15": 15, "& 127": 127, "& 128": 128, "& 255": 255}
+
+    @kd.kernel
+    def bounded(a, b, y):
+        r, j = kd.indices(a.shape[0], a.shape[1])
+        left = a[r, j] >> 1 if small == ">> 1" else a[r, j] & masks[small]
+        y[r] = kd.sum(left.astype(kd.i32) * b[j].astype(kd.i32), over=j)
+
+    @bounded.schedule(kd.cpu)
+    def _(s):
+        jo, ji = s.split("j", 4)
+        s.vectorize(jo, width)
+
+    rng = np.random.default_rng(width)
+    for n in (1, 37, 4 * width, 4 * width * 3 + 5):
+        a, b = full_range(rng, (3, n), np.uint8), full_range(rng, (n,), np.int8)
+        b[:2] = -128
+        a[:, :2] = 255
+        y = np.empty(3, np.int32)
+        bounded(a, b, y)
+        left = a >> 1 if small == ">> 1" else a & masks[small]
+        np.testing.assert_array_equal(y, expected(left, b, wrap=True))
+    asm = bounded.asm(a, b, y)
+    if not dot._has("avx512vnni", width) and dot._has_avx2(2 * width):
+        assert ("vpmaddubsw" in asm) == (small not in ("& 128", "& 255")), small
+
+
 def test_a_sum_of_products_chains_the_instructions() -> None:
     """Q4_0's two halves: low nibbles against one part of b, high against another."""
 
