@@ -289,9 +289,10 @@ def _emit_one(vl: _VectorLoop, loop: Loop, dot: _Dot, old: ir.Value, ea: Expr, e
             a, c, da, dc, ea = c, a, dc, da, eb
         new = _byte_dot(vl, old, a, c, da, dc) if _has("avx512vnni", w) else None
         small = da == T.u8 and dc == T.i8 and _under_128(ea)
-        if new is None and small and _has_avx2(w * 2):  # (w·4 bytes: w·2 words)
+        if new is None and small and _has_avx2(2 * w):  # (w·4 bytes: 2w words)
             new = _small_byte_dot(vl, old, a, c)
-    if new is None and dot.acc == T.i32 and {da, dc} <= _PAIRED and _has_avx2(w * dot.k):
+    pairs = {da, dc} <= set(_BYTES) if dot.k == 4 else da == dc == T.i16
+    if new is None and dot.acc == T.i32 and pairs and _has_avx2(2 * w):  # (2w words)
         new = _pair_dot(vl, old, a, c, da, dc, dot.k)
     if new is None:  # no instruction: widen, multiply, add the K products of each lane
         products = ops.binary(
@@ -362,42 +363,51 @@ def _byte_dot(
 def _pair_dot(
     vl: _VectorLoop, acc: ir.Value, a: ir.Value, c: ir.Value, da: T.DType, dc: T.DType, k: int
 ) -> ir.Value:
-    """acc + Σk a·c without VNNI (AVX2): both sides widened to i16, `vpmaddwd` sums each
-    pair of adjacent products into an i32, exactly for bytes (an i16 pair of -32768s
-    wraps, as the 32-bit sum of the fallback does); for K = 4 the pairs of pairs are added. (vpmaddubsw
-    would take the bytes as they are, but saturates its 16-bit sums.)"""
-    b, ops = vl.b, vl.ops
-    wide = [ops.cast(v, d, T.i16) for v, d in ((a, da), (c, dc))]
-    n = wide[0].type.count
+    """acc + Σk a·c without VNNI (AVX2), with `vpmaddwd`, which sums each pair of adjacent
+    i16 products into an i32: K = 2 takes i16 words as they are; K = 4 takes bytes as
+    words twice, the even bytes of each word widened in place (a shift up and back), then
+    the odd ones (a shift down), so that each lane's two sums of two are its 4 products,
+    with no shuffle. Exact for bytes; an i16 pair of -32768s wraps, as 32-bit sums do."""
+    b = vl.b
+    if k == 2:
+        halves = [(a, c)]
+    else:
+        even_a, odd_a = _byte_halves(b, a, da)
+        even_c, odd_c = _byte_halves(b, c, dc)
+        halves = [(even_a, even_c), (odd_a, odd_c)]
+    sums = [_madd_words(vl, x, y) for x, y in halves]
+    return b.add(acc, sums[0] if k == 2 else b.add(*sums))
+
+
+def _byte_halves(b: ir.IRBuilder, v: ir.Value, dtype: T.DType) -> tuple[ir.Value, ir.Value]:
+    """The even and the odd bytes of `v` as i16 words (sign- or zero-extended)."""
+    words = b.bitcast(v, ir.VectorType(ir.IntType(16), v.type.count // 2))
+    eight = ir.Constant(words.type, [8] * words.type.count)
+    if dtype == T.i8:
+        return b.ashr(b.shl(words, eight), eight), b.ashr(words, eight)
+    low = ir.Constant(words.type, [0xFF] * words.type.count)
+    return b.and_(words, low), b.lshr(words, eight)
+
+
+def _madd_words(vl: _VectorLoop, x: ir.Value, y: ir.Value) -> ir.Value:
+    """vpmaddwd over i16 vectors of any whole number of registers (or one xmm)."""
+    n = x.type.count
     part = min(n, 16)  # i16 lanes per register (a ymm; an xmm for 8)
     name = "llvm.x86.avx2.pmadd.wd" if part == 16 else "llvm.x86.sse2.pmadd.wd"
     sums = []
     for start in range(0, n, part):
         pick = ir.Constant(ir.VectorType(I32, part), list(range(start, start + part)))
-        args = [b.shuffle_vector(v, ir.Constant(v.type, None), pick) for v in wide]
-        sums.append(ops.intrinsic(name, ir.VectorType(I32, part // 2), args))
-    pairs = _joined(b, sums)  # n/2 lanes: each the sum of two adjacent products
-    if k == 4:
-        half = pairs.type.count // 2
-        even, odd = (
-            b.shuffle_vector(
-                pairs, ir.Constant(pairs.type, None), ir.Constant(ir.VectorType(I32, half), lanes)
-            )
-            for lanes in (list(range(0, 2 * half, 2)), list(range(1, 2 * half, 2)))
-        )
-        pairs = b.add(even, odd)
-    return b.add(acc, pairs)
-
-
-_PAIRED = {T.i8, T.u8, T.i16}  # the values that widen to i16 exactly
+        args = [vl.b.shuffle_vector(v, ir.Constant(v.type, None), pick) for v in (x, y)]
+        sums.append(vl.ops.intrinsic(name, ir.VectorType(I32, part // 2), args))
+    return _joined(vl.b, sums)
 
 
 def _small_byte_dot(vl: _VectorLoop, acc: ir.Value, a: ir.Value, c: ir.Value) -> ir.Value:
     """acc + Σ4 a·c for unsigned bytes a under 128 (a nibble: Q4_0's `q & 15`) and signed
     c, without VNNI (AVX2): `vpmaddubsw` sums adjacent products into i16 lanes, which
     cannot saturate (2 · 127 · 128 < 2^15), then `vpmaddwd` against ones sums adjacent
-    i16 pairs into i32: the 4 products of each lane, in half the instructions of
-    widening both sides first."""
+    i16 pairs into i32: the 4 products of each lane, with no byte widened (fewer
+    instructions than `_pair_dot`'s)."""
     b = vl.b
     n = a.type.count
     part = min(n, 32)  # bytes per register (a ymm; an xmm for 16)
@@ -435,10 +445,10 @@ def _joined(b: ir.IRBuilder, parts: list[ir.Value]) -> ir.Value:
     return parts[0]
 
 
-def _has_avx2(elements: int) -> bool:
-    """Whether `_pair_dot` takes `elements` 8- or 16-bit values: whole xmm or ymm
-    registers of i16, with AVX2."""
-    return (elements == 8 or elements % 16 == 0) and jit.host_features().get("avx2", False)
+def _has_avx2(words: int) -> bool:
+    """Whether vectors of `words` i16 lanes (the w·K bytes or w·2 words of w lanes) are
+    whole xmm or ymm registers, with AVX2."""
+    return (words == 8 or words % 16 == 0) and jit.host_features().get("avx2", False)
 
 
 def _bf16_dot(vl: _VectorLoop, acc: ir.Value, a: ir.Value, c: ir.Value) -> ir.Value:
