@@ -21,6 +21,8 @@ import numpy as np
 from kdsl.kernels import quant
 from kdsl.kernels.peak import read_probe
 
+from kdsl.targets.cpu.jit import host_features
+
 
 def numpy_qmatvec(w: quant.QTensor, x: np.ndarray, y: np.ndarray) -> None:
     """What a NumPy user writes: dequantize the whole matrix, then a BLAS matvec."""
@@ -77,6 +79,15 @@ def _targets(rows: list[harness.Row]) -> list[str]:
     return notes
 
 
+def _byte_products() -> str:
+    """The instructions that multiply the bytes on this CPU (kdsl/targets/cpu/dot.py)."""
+    if host_features().get("avx512vnni"):
+        return "AVX512-VNNI (vpdpbusd)"
+    if host_features().get("avx2"):
+        return "AVX2 (vpmaddubsw for the Q4_0 nibbles, vpmaddwd)"
+    return "widening multiplies (no VNNI or AVX2 here)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats")
@@ -116,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         "the L3), so the weights come from DRAM as a model's layers do; medians of "
         "alternating batches",
         "kdsl quantizes the activations to Q8_0 per block (as GGML does) and multiplies "
-        "bytes with AVX512-VNNI; checked against an exact NumPy model of that arithmetic",
+        f"bytes with {_byte_products()}; checked against an exact NumPy model of that "
+        "arithmetic",
         *_targets(rows),
     ]
     title = "kdsl quantized matvec vs NumPy and the read bandwidth" + (
