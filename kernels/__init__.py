@@ -42,16 +42,19 @@ __all__ = [
 
 
 def module_names() -> list[str]:
-    """The library's public modules (kdsl.kernels.attention, …): what
-    benchmarks/ship_tuning.py tunes for the tuning kdsl ships."""
+    """The library's public modules that define kernels (kdsl.kernels.attention, …): what
+    benchmarks/ship_tuning.py tunes for the tuning kdsl ships (`kdsl autotune` refuses
+    a module of none, such as qtensor)."""
     found = pkgutil.iter_modules(__path__, f"{__name__}.")
-    return [m.name for m in found if not m.name.rsplit(".", 1)[1].startswith("_")]
+    public = [m.name for m in found if not m.name.rsplit(".", 1)[1].startswith("_")]
+    return [name for name in public if _kernels_of(name)]
 
 
 def kernel_functions() -> dict[str, KernelFunction]:
     """Every kernel of those modules, by name."""
-    kernels = {}
-    for name in module_names():
-        module = importlib.import_module(name)
-        kernels.update({k.name: k for k in vars(module).values() if isinstance(k, KernelFunction)})
-    return kernels
+    return {k.name: k for name in module_names() for k in _kernels_of(name)}
+
+
+def _kernels_of(module_name: str) -> list[KernelFunction]:
+    module = importlib.import_module(module_name)
+    return [k for k in vars(module).values() if isinstance(k, KernelFunction)]

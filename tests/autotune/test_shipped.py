@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from kdsl.kernels import kernel_functions
+from kdsl.kernels import kernel_functions, module_names
 
 from kdsl.autotune import registry, shipped
 from kdsl.autotune.database import TuningDB
@@ -130,6 +130,14 @@ def test_every_shipped_row_names_each_param_of_its_kernel():
         if set(space) - set(r["config"])
     ]
     assert not incomplete, incomplete
+
+
+def test_ship_tuning_tunes_the_modules_that_define_kernels():
+    """`kdsl autotune` refuses a module without kernels (qtensor): ship_tuning's list of
+    modules leaves such modules out, and its run failed before tuning anything."""
+    names = module_names()
+    assert "kdsl.kernels.matmul" in names and "kdsl.kernels.qtensor" not in names
+    assert "kdsl.kernels.quant" in names and len(kernel_functions()) >= 20
 
 
 def test_cache_list_counts_the_rows_shipped_for_this_cpu(shipped_dir, capsys):
