@@ -19,7 +19,7 @@ from kdsl.kernels._checks import (
     shape_error,
     written,
 )
-from kdsl.kernels._machine import panel_bytes, register_tile
+from kdsl.kernels._machine import bf16_pairs_first, panel_bytes, register_tile
 from kdsl.kernels.matvec import matvec
 from kdsl.kernels.vecmat import ACTIVATIONS, activate, vecmat
 
@@ -109,7 +109,7 @@ def _register_blocked(s, across: str, panel: int) -> None:
     first_mr, first_nr = register_tile()
     mr = s.param("mr", sorted([8, 6, 4, 12], key=lambda r: r != first_mr))
     nr = s.param("nr", sorted([32, 16, 64], key=lambda r: r != first_nr))
-    pairs = s.param("bf16_pairs", [True, False]) if bf16 else False
+    pairs = s.param("bf16_pairs", bf16_pairs_first()) if bf16 else False
     if tiles:
         _on_tiles(s, across, nc, rows)
         return
