@@ -36,10 +36,14 @@ def one_row_first(rows: tuple[int, ...]) -> tuple[int, ...]:
 
 
 @functools.cache
+def _features() -> dict[str, bool]:
+    return dict(llvm.get_host_cpu_features())
+
+
 def vector_bytes() -> int:
     """The width of this CPU's float vector registers: 64 bytes with AVX-512 (32 of
     them), 32 with AVX2 only (16 of them)."""
-    return 64 if dict(llvm.get_host_cpu_features()).get("avx512f") else 32
+    return 64 if _features().get("avx512f") else 32
 
 
 def bf16_pairs_first() -> list[bool]:
@@ -47,8 +51,7 @@ def bf16_pairs_first() -> list[bool]:
     AVX512-BF16's `vdpbf16ps`, which takes a pair per lane; last elsewhere, where each
     pair was widened and shuffled apart (on a Zen 2, AVX2, 1024³ ran at 28 GFLOP/s with
     pairs, 77 without: bf16 widened to f32 as it is loaded)."""
-    has = dict(llvm.get_host_cpu_features()).get("avx512bf16", False)
-    return [True, False] if has else [False, True]
+    return [True, False] if _features().get("avx512bf16") else [False, True]
 
 
 @functools.cache

@@ -391,14 +391,10 @@ def _byte_halves(b: ir.IRBuilder, v: ir.Value, dtype: T.DType) -> tuple[ir.Value
 
 def _madd_words(vl: _VectorLoop, x: ir.Value, y: ir.Value) -> ir.Value:
     """vpmaddwd over i16 vectors of any whole number of registers (or one xmm)."""
-    n = x.type.count
-    part = min(n, 16)  # i16 lanes per register (a ymm; an xmm for 8)
+    part = min(x.type.count, 16)  # i16 lanes per register (a ymm; an xmm for 8)
     name = "llvm.x86.avx2.pmadd.wd" if part == 16 else "llvm.x86.sse2.pmadd.wd"
-    sums = []
-    for start in range(0, n, part):
-        pick = ir.Constant(ir.VectorType(I32, part), list(range(start, start + part)))
-        args = [vl.b.shuffle_vector(v, ir.Constant(v.type, None), pick) for v in (x, y)]
-        sums.append(vl.ops.intrinsic(name, ir.VectorType(I32, part // 2), args))
+    pieces = zip(_pieces(vl.b, x, part), _pieces(vl.b, y, part))
+    sums = [vl.ops.intrinsic(name, ir.VectorType(I32, part // 2), list(xy)) for xy in pieces]
     return _joined(vl.b, sums)
 
 
@@ -409,18 +405,15 @@ def _small_byte_dot(vl: _VectorLoop, acc: ir.Value, a: ir.Value, c: ir.Value) ->
     i16 pairs into i32: the 4 products of each lane, with no byte widened (fewer
     instructions than `_pair_dot`'s)."""
     b = vl.b
-    n = a.type.count
-    part = min(n, 32)  # bytes per register (a ymm; an xmm for 16)
+    part = min(a.type.count, 32)  # bytes per register (a ymm; an xmm for 16)
     wide = part == 32
     bytes_name = "llvm.x86.avx2.pmadd.ub.sw" if wide else "llvm.x86.ssse3.pmadd.ub.sw.128"
     words_name = "llvm.x86.avx2.pmadd.wd" if wide else "llvm.x86.sse2.pmadd.wd"
     i16 = ir.VectorType(ir.IntType(16), part // 2)
     ones = ir.Constant(i16, [1] * (part // 2))
     sums = []
-    for start in range(0, n, part):
-        pick = ir.Constant(ir.VectorType(I32, part), list(range(start, start + part)))
-        args = [b.shuffle_vector(v, ir.Constant(v.type, None), pick) for v in (a, c)]
-        pairs = vl.ops.intrinsic(bytes_name, i16, args)
+    for xy in zip(_pieces(b, a, part), _pieces(b, c, part)):
+        pairs = vl.ops.intrinsic(bytes_name, i16, list(xy))
         sums.append(vl.ops.intrinsic(words_name, ir.VectorType(I32, part // 4), [pairs, ones]))
     return b.add(acc, _joined(b, sums))
 
@@ -434,6 +427,16 @@ def _under_128(e: Expr) -> bool:
         case Binary(op=BinaryOp.SHR, rhs=Const(value=shift)):
             return e.dtype == T.u8 and int(shift) >= 1
     return False
+
+
+def _pieces(b: ir.IRBuilder, v: ir.Value, part: int) -> list[ir.Value]:
+    """`v`'s lanes in consecutive pieces of `part` lanes (one register each)."""
+    lanes = ir.VectorType(I32, part)
+    undefined = ir.Constant(v.type, None)
+    return [
+        b.shuffle_vector(v, undefined, ir.Constant(lanes, list(range(start, start + part))))
+        for start in range(0, v.type.count, part)
+    ]
 
 
 def _joined(b: ir.IRBuilder, parts: list[ir.Value]) -> ir.Value:
@@ -469,12 +472,8 @@ def _per_register(
     part = min(w, 16)
     words = [b.bitcast(v, ir.VectorType(I32, w)) for v in (a, c)]
     name = f"llvm.x86.{which}.{32 * part}"
-    results = []
-    for start in range(0, w, part):
-        pick = ir.Constant(ir.VectorType(I32, part), list(range(start, start + part)))
-        args = [b.shuffle_vector(v, ir.Constant(v.type, None), pick) for v in (acc, *words)]
-        results.append(vl.ops.intrinsic(name, ir.VectorType(lane, part), args))
-    return _joined(b, results)
+    pieces = zip(*(_pieces(b, v, part) for v in (acc, *words)))
+    return _joined(b, [vl.ops.intrinsic(name, ir.VectorType(lane, part), list(p)) for p in pieces])
 
 
 def _has(feature: str, w: int) -> bool:
