@@ -275,18 +275,53 @@ def kernel_for(plain: bool, across: str, panel: int) -> kd.KernelFunction:
 _NO_BIAS = np.zeros(1, np.float32)
 
 
-def _check_operands(activation: object, a: tuple[int, ...], b: tuple[int, ...]) -> None:
-    """The activation, and the operands' shapes `a` and `b`."""
+def _check_activation(activation: object) -> None:
     if activation not in ACTIVATIONS:
         raise argument_error(
             "matmul",
             f"activation {activation!r} is not one of {ACTIVATIONS}",
             "pass one of those, or None for no activation",
         )
+
+
+def product_shape(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of a @ b by NumPy's rules: the last two axes are matrices (a vector `a`
+    is one row, a vector `b` one column, and the result drops that axis), the axes
+    before them are batches, broadcast against each other."""
+    if not a or not b:
+        raise shape_error(
+            "matmul",
+            f"can't multiply shapes {a} and {b}: a scalar has no axis to sum over",
+            "pass arrays of at least one dimension (multiply scalars with *)",
+        )
+    k_b = b[-2] if len(b) > 1 else b[0]
+    if a[-1] != k_b:
+        raise shape_error(
+            "matmul",
+            f"can't multiply shapes {a} and {b}: a has {a[-1]} columns and b {k_b} rows",
+            "a's last dimension must be b's next to last (b's only one, for a vector)",
+        )
+    try:
+        batch = np.broadcast_shapes(a[:-2], b[:-2])
+    except ValueError:
+        raise shape_error(
+            "matmul",
+            f"can't multiply shapes {a} and {b}: their batch axes {a[:-2]} and {b[:-2]} "
+            "don't broadcast",
+            "give the axes before the last two equal sizes, or 1 where one is shared",
+        ) from None
+    rows, columns = a[-2:-1], b[-1:] if len(b) > 1 else ()  # (a vector's axis dropped)
+    return (*batch, *rows, *columns)
+
+
+def _check_operands(activation: object, a: tuple[int, ...], b: tuple[int, ...]) -> None:
+    """(The GPU path's check: matrices, or a batch of them against one or as many.)"""
+    _check_activation(activation)
     if len(a) not in (2, 3) or len(b) not in (2, 3) or (len(a) == 2 and len(b) == 3):
         raise shape_error(
             "matmul",
-            f"expected 'a' of rank 2 or 3 and 'b' of rank 2 (or 3 with a), got {a} and {b}",
+            f"on a GPU, expected 'a' of rank 2 or 3 and 'b' of rank 2 (or 3 with a), got "
+            f"{a} and {b}",
             "pass a [m, k] and b [k, n], or a [batch, m, k] and b [k, n] or [batch, k, n]",
         )
     if a[-1] != b[-2] or (len(a) == len(b) == 3 and a[0] != b[0]):
@@ -297,6 +332,35 @@ def _check_operands(activation: object, a: tuple[int, ...], b: tuple[int, ...]) 
         )
 
 
+def _matrices(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Views of a, b and the result c whose last two axes are matrices: a vector `a` as
+    one row, a vector `b` as one column. One `b` for every batch: the batches of `a`
+    and `c` as the rows of one matrix each where that needs no copy (one product
+    instead of a call per batch, each packing all of b again)."""
+    x = a if a.ndim > 1 else a[None]
+    y = b if b.ndim > 1 else b[:, None]
+    z = c[..., None] if b.ndim == 1 else c
+    z = z[..., None, :] if a.ndim == 1 else z
+    if y.ndim == 2 and x.ndim > 2:
+        rows, rows_out = x.reshape(-1, x.shape[-1]), z.reshape(-1, z.shape[-1])
+        if np.may_share_memory(rows, x) and np.may_share_memory(rows_out, z):
+            return rows, y, rows_out
+    return x, y, z
+
+
+def _batches(x: np.ndarray, y: np.ndarray, z: np.ndarray):
+    """(a matrix of x, of y, of z) for each batch of the result z."""
+    for at in np.ndindex(*z.shape[:-2]):
+        yield _batch_of(x, at), _batch_of(y, at), z[at]
+
+
+def _batch_of(m: np.ndarray, at: tuple[int, ...]) -> np.ndarray:
+    """m's matrix in batch `at` of the result: m's batch axes are the last of at's (an
+    axis missing or of size 1 is repeated: broadcast)."""
+    mine = at[len(at) - (m.ndim - 2) :]
+    return m[tuple(0 if size == 1 else i for i, size in zip(mine, m.shape))]
+
+
 def matmul(
     a: np.ndarray,
     b: np.ndarray,
@@ -304,27 +368,30 @@ def matmul(
     bias: np.ndarray | None = None,
     activation: str | None = None,
 ) -> np.ndarray:
-    """activation(a @ b + bias) for 2-D arrays of any strides, or batched: `a` of rank 3
-    ([batch, m, k]) against `b` of rank 2 or 3. The bias (length n) and the activation
-    (None, "relu", "gelu", "silu") are applied in registers as C is written. `out` has the
+    """activation(a @ b + bias) for arrays of any strides, with NumPy's `matmul` rules for
+    shapes: matrices, vectors (`a` [k] as one row, `b` [k] as one column, the result
+    without that axis) and batches of them ([..., m, k] against [..., k, n], the axes
+    before the last two broadcast). The bias (length n) and the activation (None,
+    "relu", "gelu", "silu") are applied in registers as C is written. `out` has the
     inputs' dtype or another float dtype (f32 sums of bf16 inputs, say). On PyTorch or
-    CuPy CUDA arrays it runs on their GPU (tensor cores for bf16)."""
+    CuPy CUDA arrays it runs on their GPU (tensor cores for bf16; matrices, or batches of
+    them of rank 3)."""
     if type(a) is not np.ndarray and (dev := _device.on_device("matmul", a, "a")) is not None:
         kernels = (product_kernel, matmul_kernel)
         check = functools.partial(_check_operands, activation)
         return _device.matmul(dev, a, b, out, bias, activation, kernels, check)
     a, b = as_array("matmul", "a", a), as_array("matmul", "b", b)
-    _check_operands(activation, a.shape, b.shape)
+    _check_activation(activation)
     dtype = np.result_type(a, b)
-    shape = (*a.shape[:-1], b.shape[-1])
     # any float output: the sums are stored converted (bf16 inputs, f32 results)
-    target = out_array("matmul", out, shape, dtype, also=FLOATS)
+    target = out_array("matmul", out, product_shape(a.shape, b.shape), dtype, also=FLOATS)
+    n = b.shape[-1] if b.ndim > 1 else 1
     if bias is not None:
         bias = as_array("matmul", "bias", bias).astype(dtype, copy=False)
-        if bias.shape != (b.shape[-1],):
+        if bias.shape != (n,):
             raise shape_error(
                 "matmul",
-                f"'bias' has shape {bias.shape}, expected ({b.shape[-1]},)",
+                f"'bias' has shape {bias.shape}, expected ({n},)",
                 "pass one bias value per column of the result, or bias=None",
             )
     a, b = a.astype(dtype, copy=False), b.astype(dtype, copy=False)
@@ -332,28 +399,34 @@ def matmul(
         # rows of A read whole (AMX tiles read 32 k at once; the vector path broadcasts
         # along them): one copy, O(m·k), instead of a strided read per product
         a = np.ascontiguousarray(a)
-    m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
     c = apart(target, a, b, bias)
+    x, y, z = _matrices(a, b, c)
+    for matrices in _batches(x, y, z) if z.ndim > 2 else [(x, y, z)]:
+        _product_of_matrices(*matrices, bias, activation)
+    result = written(c, target, out)
+    return result[()] if out is None and c.ndim == 0 else result  # (NumPy: v @ v a scalar)
+
+
+def _product_of_matrices(
+    a: np.ndarray, b: np.ndarray, c: np.ndarray, bias: np.ndarray | None, activation: str | None
+) -> None:
+    """c = activation(a @ b + bias) for 2-D arrays of one dtype (c of any float dtype)."""
+    m, k, n = a.shape[0], a.shape[1], b.shape[1]
     plain = bias is None and activation is None
-    if plain and n == 1 and a.ndim == 2 and dtype == np.float32 and c.dtype == np.float32:
+    f32 = a.dtype == np.float32 and c.dtype == np.float32
+    if plain and n == 1 and f32:
         # a column: the row streams of matvec (1024 x 1024: 0.35 -> 0.065 ms), not panels
         matvec(a, b[:, 0], out=c[:, 0])
-        return written(c, target, out)
-    if m == 1 and a.ndim == b.ndim == 2 and dtype == np.float32 and c.dtype == np.float32:
+    elif m == 1 and f32:
         # a row: w streamed once by all cores (1 x 4096 x 4096: 26 -> 7.7 ms), not panels
         vecmat(a[0], b, c[0], bias, activation)
-        return written(c, target, out)
-    kernel = kernel_for(plain, *layout(m, k, n, b.itemsize, kd.get_num_threads()))
-    if not plain:
+    elif plain:
+        kernel_for(True, *layout(m, k, n, b.itemsize, kd.get_num_threads()))(a, b, c)
+    else:
+        kernel = kernel_for(False, *layout(m, k, n, b.itemsize, kd.get_num_threads()))
         with_bias = bias is not None
-        bias = bias if with_bias else _NO_BIAS.astype(dtype)
-    for t in range(a.shape[0]) if a.ndim == 3 else [...]:
-        x, y, z = a[t], b[t] if b.ndim == 3 else b, c[t]
-        if plain:
-            kernel(x, y, z)
-        else:
-            kernel(x, y, bias, z, activation, with_bias)
-    return written(c, target, out)
+        bias = bias if with_bias else _NO_BIAS.astype(a.dtype)
+        kernel(a, b, bias, c, activation, with_bias)
 
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])

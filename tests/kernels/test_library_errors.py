@@ -374,7 +374,12 @@ def test_good_arguments_still_compute():
             kd.ShapeError,
             r"matmul: can't multiply shapes \(3, 8\) and \(3, 8\)",
         ),
-        (lambda: matmul(X[0], X.T), kd.ShapeError, "matmul: expected 'a' of rank 2 or 3"),
+        (lambda: matmul(np.float32(2), X), kd.ShapeError, "matmul: .* a scalar has no axis"),
+        (
+            lambda: matmul(np.stack([X, X]), np.stack([X.T] * 3)),
+            kd.ShapeError,
+            r"their batch axes \(2,\) and \(3,\) don't broadcast",
+        ),
         (
             lambda: matmul(X, X.T, activation="tanh"),
             kd.KernelArgumentError,

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 import kdsl as kd
 from tests.helpers import asm_loops, build_config, keyed_rng, run_config, vector_register
@@ -112,7 +113,10 @@ def test_panel_width_fits_the_panel_in_l2() -> None:
     assert mm.panel_width(2048, 2) == 2 * mm.panel_width(2048, 4)  # bf16: twice as wide
     for k in (64, 1000, 4096):
         nc = mm.panel_width(k, 4)
-        assert k * nc * 4 <= mm.PANEL_BYTES < k * 2 * nc * 4 or nc in (max(mm.PANEL_WIDTHS), min(mm.PANEL_WIDTHS))
+        assert k * nc * 4 <= mm.PANEL_BYTES < k * 2 * nc * 4 or nc in (
+            max(mm.PANEL_WIDTHS),
+            min(mm.PANEL_WIDTHS),
+        )
 
 
 @pytest.mark.parametrize("threads", [1, 2, 8])
@@ -164,6 +168,67 @@ def test_batched_epilogue() -> None:
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+@settings(max_examples=40, deadline=None)
+@given(shapes=hnp.mutually_broadcastable_shapes(signature=np.matmul.signature, max_side=9))
+def test_numpy_shape_rules(shapes: hnp.BroadcastableShapes) -> None:
+    """Vectors, matrices and batches broadcast against each other, as np.matmul does."""
+    (sa, sb), want_shape = shapes.input_shapes, shapes.result_shape
+    rng = keyed_rng("shapes", sa, sb)
+    a, b = rng.standard_normal(sa, np.float32), rng.standard_normal(sb, np.float32)
+    got = mm.matmul(a, b)
+    want = np.matmul(a.astype(np.float64), b.astype(np.float64))
+    assert np.shape(got) == want.shape == want_shape
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_vector_operands_take_the_bias_and_activation() -> None:
+    rng = keyed_rng("vectors")
+    a, b = rng.standard_normal((5, 40), np.float32), rng.standard_normal((40, 9), np.float32)
+    bias = rng.standard_normal(9, np.float32)
+    got = mm.matmul(a[0], b, bias=bias, activation="gelu")
+    np.testing.assert_allclose(got, mm.reference(a[:1], b, bias, "gelu")[0], rtol=1e-4, atol=1e-4)
+    got = mm.matmul(a, b[:, 0], bias=bias[:1], activation="silu")
+    want = mm.reference(a, b[:, :1], bias[:1], "silu")[:, 0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    dot = mm.matmul(a[0], b[:, 0])
+    assert np.ndim(dot) == 0
+    np.testing.assert_allclose(dot, a[0].astype(np.float64) @ b[:, 0], rtol=1e-4)
+
+
+def test_batches_against_one_b_run_as_one_product(monkeypatch: pytest.MonkeyPatch) -> None:
+    """[..., m, k] @ [k, n]: the batches' rows are one matrix (one call packing b once)
+    where a and the result merge without a copy; a batch per call where they don't."""
+    calls: list[tuple[int, ...]] = []
+    real = mm._product_of_matrices
+    monkeypatch.setattr(
+        mm, "_product_of_matrices", lambda a, *rest: calls.append(a.shape) or real(a, *rest)
+    )
+    rng = keyed_rng("merged")
+    a, b = rng.standard_normal((2, 3, 5, 40), np.float32), rng.standard_normal((40, 9), np.float32)
+    want = a.astype(np.float64) @ b
+    np.testing.assert_allclose(mm.matmul(a, b), want, rtol=1e-4, atol=1e-4)
+    assert calls == [(30, 40)]
+    calls.clear()
+    every_other = a[:, ::2]  # batches that are not one matrix's rows
+    np.testing.assert_allclose(mm.matmul(every_other, b), want[:, ::2], rtol=1e-4, atol=1e-4)
+    assert calls == [(5, 40)] * 4
+
+
+def test_broadcast_batches_write_out_in_place() -> None:
+    rng = keyed_rng("broadcast out")
+    a, b = (
+        rng.standard_normal((3, 1, 6, 20), np.float32),
+        rng.standard_normal((4, 20, 7), np.float32),
+    )
+    out = np.full((3, 4, 6, 7), np.nan, np.float32)
+    assert mm.matmul(a, b, out=out) is out
+    np.testing.assert_allclose(out, a.astype(np.float64) @ b, rtol=1e-4, atol=1e-4)
+    square = rng.standard_normal((2, 8, 8), np.float32)
+    want = square.astype(np.float64) @ square[0]
+    mm.matmul(square, square[0], out=square)  # out is an input: computed apart, then copied
+    np.testing.assert_allclose(square, want, rtol=1e-4, atol=1e-4)
+
+
 def test_float64() -> None:
     a, b = _operands(37, 50, 70)
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
@@ -204,6 +269,19 @@ def test_inner_loop_is_register_blocked(tile_shape) -> None:
     assert len(accumulators) == tile, body
     broadcasts = sum("vbroadcastss" in i or f"{{1to{LANES}}}" in i for i in body)
     assert broadcasts >= len(fmas[best]) * LANES // chosen["nr"], body  # mr per k
+
+
+def test_edge_rows_are_copies_of_the_tile_row_not_a_loop() -> None:
+    """The rows past the last full tile of mr rows run as a copy of the tile's row per
+    row they may have (each under a test of m), not as a loop over rows: a loop indexes
+    its accumulators at run time, in memory (the edge ran 1.5× slower per row)."""
+    a = np.ones((64, 64), np.float32)
+    mr = dict(mm.product_kernel.schedule_of(a, a, a).chosen)["mr"]
+    text = str(mm.product_kernel.lowered(a, a, a))
+    rows_left = f"a.shape[0] - io * {mr}"
+    assert f"if {rows_left} < {mr}:" in text
+    assert all(f"if {t} < {rows_left}:" in text for t in range(mr - 1))
+    assert not re.search(rf"for .* in range\({re.escape(rows_left)}\)", text), text
 
 
 # ------------------------------------------------------------------ bf16 operands

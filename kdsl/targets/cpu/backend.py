@@ -41,14 +41,12 @@ class ObjectCode:
     uses_tiles: bool = False  # AMX: the process must be granted its state before it runs
 
 
-def expand(scheduled: Kernel, strict_fp: bool, guarded_edges: bool = False) -> Kernel:
-    """The schedule's annotations made explicit: the IR the code generator compiles
-    (`guarded_edges`: see `expand_schedule`)."""
+def expand(scheduled: Kernel, strict_fp: bool) -> Kernel:
+    """The schedule's annotations made explicit: the IR the code generator compiles."""
     final = expand_schedule(
         scheduled,
         contract=not strict_fp,
         vectorizable=functools.partial(_vectorizable, {b.name: b for b in scheduled.buffers}),
-        guarded_edges=guarded_edges,
     )
     if CONFIG.debug:
         verify(final, "scheduled")

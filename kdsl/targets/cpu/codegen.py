@@ -12,6 +12,7 @@ turns into an exception.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -59,6 +60,7 @@ from kdsl.targets.cpu.parallel import emit_parallel_loop
 from kdsl.targets.cpu.partials import Chain, Strips, carried_partials
 from kdsl.targets.cpu.state import ArrayInfo, CodegenState, ErrorKind
 from kdsl.targets.cpu.vector import emit_vector_loop
+from kdsl.targets.cpu.vector_plan import named_columns
 
 CACHE_LINE = 64  # bytes: temporaries start on a line
 MAX_HEAP_BYTES = 1 << 62  # a temporary's size beyond this (or past 2^64) fails as out of memory
@@ -118,6 +120,12 @@ class _Codegen:
         self.retcode = self.b.alloca(I64, name="retcode")
         self.cleanup = self.fn.append_basic_block("cleanup")
         self.b.store(ir.Constant(I64, 0), self.retcode)
+
+    @functools.cached_property
+    def named_columns(self) -> dict[str, int]:
+        """vector_plan.named_columns of the whole kernel, found once: each vector loop
+        asks, and a walk per loop made compiles quadratic in the kernel's size."""
+        return named_columns(self.kernel.body)
 
     @classmethod
     def for_kernel(

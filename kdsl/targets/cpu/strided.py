@@ -37,7 +37,6 @@ from kdsl.ir.visit import stmt_exprs, walk_expr
 from kdsl.targets.cpu.ops import I1, I8, I32, I64, PTR, memory_type
 from kdsl.targets.cpu.vector_plan import (
     Strided,
-    named_columns,
     strided_access,
     unconditional_loads,
 )
@@ -57,7 +56,6 @@ class Runs:
         self.statement: Stmt | None = None
         self.mask: ir.Value | None = None  # the statement's: where its loads share runs
         self.shared: dict[tuple[str, tuple[Expr, ...]], frozenset[int]] | None = None
-        self.columns: dict[str, int] | None = None
 
     @contextmanager
     def of(self, s: Stmt, mask: ir.Value | None) -> Iterator[None]:
@@ -73,9 +71,7 @@ class Runs:
         last = self.vl.gen.buffers[name].shape[-1]
         if isinstance(last, Const):
             return int(last.value)
-        if self.columns is None:
-            self.columns = named_columns(self.vl.gen.kernel.body)
-        return self.columns.get(name)
+        return self.vl.gen.named_columns.get(name)
 
     def phases(self, e: Load, found: Strided) -> frozenset[int]:
         """The phases of `e`'s runs that its load reads: those of all the statement's

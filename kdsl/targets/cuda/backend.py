@@ -38,7 +38,7 @@ class PtxCode:
 
 
 def build_ptx(scheduled: Kernel, key: str, sm: str, checks: bool, strict_fp: bool) -> PtxCode:
-    final = expand(scheduled, strict_fp, guarded_edges=True)
+    final = expand(scheduled, strict_fp)
     launches = plan(final, shared_limit(sm))
     symbol = f"kdsl_{scheduled.name}_{key[:12]}".replace(".", "_")
     module, sites, params = generate(final, launches, symbol, checks, strict_fp)

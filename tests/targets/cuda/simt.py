@@ -226,7 +226,7 @@ def run(
     """Run `kernel`'s CUDA schedule on NumPy arrays (written in place), emulated, with the
     shared memory a block has on `sm`; its results, as a call returns them."""
     traced, _ = kernel._traced(tuple(args), {})
-    final = expand(kernel.scheduled(traced, kd.cuda, config).kernel, False, guarded_edges=True)
+    final = expand(kernel.scheduled(traced, kd.cuda, config).kernel, False)
     launches = plan(final, shared_limit(sm))
     module, _, params = generate(final, launches, "sim")
     llvm.initialize_native_target()
