@@ -74,6 +74,11 @@ PANEL = 128  # nc of the kernels above
 PANEL_WIDTHS = (32, 64, PANEL, 256, 512, 1024)
 PANEL_BYTES = panel_bytes()  # a packed panel of B: as much of a core's L2 as paid
 ACROSS = ("panels", "rows")
+# rows of B per packed block where all of k in a panel of PANEL columns would not fit
+# PANEL_BYTES (0: all of k at once). Zen 2 (512 KiB L2), 2 threads, k = 4096: m = 64
+# 104 -> 124 GFLOP/s, m = 256 136 -> 163; 2048^3 163 -> 170; one thread 1024^3 +3%
+DEPTHS = (0, 256, 512)
+KC = 256
 
 
 def panel_width(k: int, itemsize: int) -> int:
@@ -84,7 +89,7 @@ def panel_width(k: int, itemsize: int) -> int:
     return max(fits, default=PANEL_WIDTHS[0])
 
 
-def _register_blocked(s, across: str, panel: int) -> None:
+def _register_blocked(s, across: str, panel: int, depth: int) -> None:
     """The GotoBLAS/BLIS structure. B is cut into panels of nc columns, each packed
     whole (all of k × nc, contiguous: it stays in L2 while every row strip of A streams
     past it); C is computed mr × nr at a time, its mr·nr accumulators in vector registers
@@ -99,9 +104,21 @@ def _register_blocked(s, across: str, panel: int) -> None:
             for jio:                  # nr columns of the panel
               for ji (nr lanes): for k: for ii (unrolled):  c.acc[ii, ji] += a[.., k]·b.c[k, ..]
               c[io·mr + ii, ...] = epilogue(acc)
+
+    With a depth kc (k too long for a panel in L2), a panel is packed kc rows at a time
+    and the register tiles run over each block in turn, their sums kept in memory (a
+    panel of C, m × nc) between blocks; the epilogue follows the last block:
+
+        for jo:
+          acc[:, :] = 0               # m × nc
+          for ko:                     # kc rows of B
+            pack b[ko·kc : +kc, jo·nc : +nc] into b.c
+            for io: for jio: (load the tile of acc) … for ki … (store it)
+          c[:, jo·nc : +nc] = epilogue(acc)
     """
     across = s.param("across", sorted(ACROSS, key=lambda a: a != across))
     nc = s.param("nc", sorted(PANEL_WIDTHS, key=lambda w: w != panel))
+    kc = s.param("kc", sorted(DEPTHS, key=lambda d: d != depth))
     bf16 = s.dtype("a") == s.dtype("b") == kd.bf16
     tiles = bf16 and s.has("amx") and s.param("amx", [True, False])
     # every path's params are declared whichever runs: the autotuner sees the whole space
@@ -124,9 +141,14 @@ def _register_blocked(s, across: str, panel: int) -> None:
         s.reorder(ji, ko, ii, k2)
         _pack_b(s, jo, "vnni", across)
     else:
-        s.reorder(ji, "k", ii)  # k inside the columns of the tile, its rows unrolled inside k
+        k, packed_at = "k", jo
+        if kc:
+            ko, k = s.split("k", kc)
+            s.reorder(jo, ko, io, jr, ii, ji)  # (after the tile loops: acc is a panel of C)
+            packed_at = ko
+        s.reorder(ji, k, ii)  # k inside the columns of the tile, its rows unrolled inside k
         if s.param("pack_b", [True, False]):
-            _pack_b(s, jo, "packed", across)  # the copy loop along columns is vector code
+            _pack_b(s, packed_at, "packed", across)  # the copy along columns: vector code
     s.vectorize(ji, nr)
     s.unroll(ii)
     s.parallelize(jo if across == "panels" else io)
@@ -164,9 +186,9 @@ def _on_tiles(s, across: str, nc: int, rows: int) -> None:
     s.parallelize(jo if across == "panels" else io)
 
 
-def _blocked(across: str, panel: int):
+def _blocked(across: str, panel: int, depth: int = 0):
     def schedule(s):
-        _register_blocked(s, across, panel)
+        _register_blocked(s, across, panel, depth)
 
     return schedule
 
@@ -243,31 +265,37 @@ for _kernel, _across in [
     _kernel.schedule(kd.cuda)(_on_gpu)
 
 
-def layout(m: int, k: int, n: int, itemsize: int, threads: int) -> tuple[str, int]:
+def layout(m: int, k: int, n: int, itemsize: int, threads: int) -> tuple[str, int, int]:
     """How `matmul` runs an m×k by k×n product: what the cores share ("panels" or
-    "rows") and the panel width. Panels as wide as `panel_width` allows, narrowed (down
-    to PANEL) until each core gets two; rows of A when B still has too few and A more."""
+    "rows"), the panel width and the depth of k per packed block (0: all of k). Panels
+    as wide as `panel_width` allows, narrowed (down to PANEL) until each core gets two;
+    rows of A when B still has too few and A more; panels of PANEL columns KC rows at a
+    time where all of k would not fit PANEL_BYTES in them."""
     panel = panel_width(k, itemsize)
     while -(-n // panel) < 2 * threads and panel > PANEL:
         panel //= 2
-    rows = -(-n // panel) < 2 * threads and m > n
-    return "rows" if rows else "panels", panel
+    if -(-n // panel) < 2 * threads and m > n:
+        return "rows", panel, 0
+    if k * PANEL * itemsize > PANEL_BYTES:
+        return "panels", PANEL, KC
+    return "panels", panel, 0
 
 
 @functools.cache
-def kernel_for(plain: bool, across: str, panel: int) -> kd.KernelFunction:
+def kernel_for(plain: bool, across: str, panel: int, depth: int = 0) -> kd.KernelFunction:
     """The kernel for an epilogue or none, cores across panels or rows, panels of width
-    `panel` (the named kernels above for PANEL)."""
-    if panel == PANEL:
+    `panel` and k in blocks of `depth` (the named kernels above for PANEL and all of k)."""
+    if panel == PANEL and depth == 0:
         return {
             (True, "panels"): product_kernel,
             (True, "rows"): product_rows_kernel,
             (False, "panels"): matmul_kernel,
             (False, "rows"): matmul_rows_kernel,
         }[plain, across]
-    name = f"{'product' if plain else 'matmul'}_{across}_{panel}_kernel"
+    blocks = f"_{depth}" if depth else ""
+    name = f"{'product' if plain else 'matmul'}_{across}_{panel}{blocks}_kernel"
     kernel = kd.kernel(_plain if plain else _with_epilogue, name=name)
-    kernel.schedule(kd.cpu)(_blocked(across, panel))
+    kernel.schedule(kd.cpu)(_blocked(across, panel, depth))
     kernel.schedule(kd.cuda)(_on_gpu)
     return kernel
 
