@@ -118,8 +118,8 @@ def _register_blocked(s, across: str, panel: int, depth: int) -> None:
     """
     across = s.param("across", sorted(ACROSS, key=lambda a: a != across))
     nc = s.param("nc", sorted(PANEL_WIDTHS, key=lambda w: w != panel))
-    kc = s.param("kc", sorted(DEPTHS, key=lambda d: d != depth))
     bf16 = s.dtype("a") == s.dtype("b") == kd.bf16
+    kc = 0 if bf16 else s.param("kc", sorted(DEPTHS, key=lambda d: d != depth))  # (see layout)
     tiles = bf16 and s.has("amx") and s.param("amx", [True, False])
     # every path's params are declared whichever runs: the autotuner sees the whole space
     rows = s.param("amx_tile", [16, 32]) if bf16 and s.has("amx") else None
@@ -269,15 +269,16 @@ def layout(m: int, k: int, n: int, itemsize: int, threads: int) -> tuple[str, in
     """How `matmul` runs an m×k by k×n product: what the cores share ("panels" or
     "rows"), the panel width and the depth of k per packed block (0: all of k). Panels
     as wide as `panel_width` allows, narrowed (down to PANEL) until each core gets two;
-    rows of A when B still has too few and A more; panels of PANEL columns KC rows at a
-    time where all of k would not fit PANEL_BYTES in them."""
+    rows of A when B still has too few and A more; for f32, panels of PANEL columns KC
+    rows at a time where all of k would not fit PANEL_BYTES in them and the cores still
+    get two each."""
     panel = panel_width(k, itemsize)
     while -(-n // panel) < 2 * threads and panel > PANEL:
         panel //= 2
     if -(-n // panel) < 2 * threads and m > n:
         return "rows", panel, 0
-    if k * PANEL * itemsize > PANEL_BYTES:
-        return "panels", PANEL, KC
+    if itemsize == 4 and k * PANEL * itemsize > PANEL_BYTES and -(-n // PANEL) >= 2 * threads:
+        return "panels", PANEL, KC  # (bf16's schedules take all of k)
     return "panels", panel, 0
 
 
@@ -369,8 +370,8 @@ def _matrices(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, 
     y = b if b.ndim > 1 else b[:, None]
     z = c[..., None] if b.ndim == 1 else c
     z = z[..., None, :] if a.ndim == 1 else z
-    if y.ndim == 2 and x.ndim > 2:
-        rows, rows_out = x.reshape(-1, x.shape[-1]), z.reshape(-1, z.shape[-1])
+    if y.ndim == 2 and x.ndim > 2 and x.size and z.size:
+        rows, rows_out = (v.reshape(math.prod(v.shape[:-1]), v.shape[-1]) for v in (x, z))
         if np.may_share_memory(rows, x) and np.may_share_memory(rows_out, z):
             return rows, y, rows_out
     return x, y, z
@@ -408,7 +409,7 @@ def matmul(
         kernels = (product_kernel, matmul_kernel)
         check = functools.partial(_check_operands, activation)
         return _device.matmul(dev, a, b, out, bias, activation, kernels, check)
-    a, b = as_array("matmul", "a", a), as_array("matmul", "b", b)
+    a, b = as_array("matmul", "a", a, "iuf"), as_array("matmul", "b", b, "iuf")
     _check_activation(activation)
     dtype = np.result_type(a, b)
     # any float output: the sums are stored converted (bf16 inputs, f32 results)

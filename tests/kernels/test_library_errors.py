@@ -375,6 +375,7 @@ def test_good_arguments_still_compute():
             r"matmul: can't multiply shapes \(3, 8\) and \(3, 8\)",
         ),
         (lambda: matmul(np.float32(2), X), kd.ShapeError, "matmul: .* a scalar has no axis"),
+        (lambda: matmul(X > 0, X.T), kd.KernelArgumentError, "matmul: 'a' has dtype bool"),
         (
             lambda: matmul(np.stack([X, X]), np.stack([X.T] * 3)),
             kd.ShapeError,

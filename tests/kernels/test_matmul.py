@@ -121,12 +121,13 @@ def test_panel_width_fits_the_panel_in_l2() -> None:
 
 @pytest.mark.parametrize("threads", [1, 2, 8])
 def test_layout_gives_every_core_work(threads: int) -> None:
-    for m, k, n in [(256, 256, 256), (4096, 64, 4096), (4096, 4096, 64), (3, 70, 500)]:
+    shapes = [(256, 256, 256), (4096, 64, 4096), (4096, 4096, 64), (3, 70, 500)]
+    for m, k, n in [*shapes, (120, 4096, 128), (500, 4096, 1000), (300, 4096, 300)]:
         across, panel, depth = mm.layout(m, k, n, 4, threads)
         assert panel <= mm.panel_width(k, 4) or depth
         panels = -(-n // panel)
         if across == "panels":
-            assert panels >= 2 * threads or panel == mm.PANEL
+            assert panels >= 2 * threads or (panel <= mm.PANEL and not depth)
         else:
             assert panels < 2 * threads and m > n and not depth
 
@@ -242,6 +243,28 @@ def test_batches_against_one_b_run_as_one_product(monkeypatch: pytest.MonkeyPatc
     every_other = a[:, ::2]  # batches that are not one matrix's rows
     np.testing.assert_allclose(mm.matmul(every_other, b), want[:, ::2], rtol=1e-4, atol=1e-4)
     assert calls == [(5, 40)] * 4
+
+
+@pytest.mark.parametrize(
+    "sa,sb", [((2, 3, 0), (0, 4)), ((2, 3, 5), (5, 0)), ((2, 3, 0), (0,)), ((0, 3, 5), (5, 2))]
+)
+def test_empty_batched_products(sa: tuple[int, ...], sb: tuple[int, ...]) -> None:
+    """Sums over k = 0 are zeros; no columns or no batches, an empty result."""
+    a, b = np.ones(sa, np.float32), np.ones(sb, np.float32)
+    got = mm.matmul(a, b)
+    assert got.shape == np.matmul(a, b).shape and not got.any()
+
+
+def test_vector_dot_vector_into_out_and_batches_into_float64() -> None:
+    rng = keyed_rng("out dtypes")
+    v, w = rng.standard_normal(50, np.float32), rng.standard_normal(50, np.float32)
+    out = np.full((), np.nan, np.float32)
+    assert mm.matmul(v, w, out=out) is out
+    np.testing.assert_allclose(out, v.astype(np.float64) @ w, rtol=1e-5)
+    a, b = rng.standard_normal((3, 4, 9), np.float32), rng.standard_normal((9, 5), np.float32)
+    wide = np.full((3, 4, 5), np.nan)
+    assert mm.matmul(a, b, out=wide) is wide
+    np.testing.assert_allclose(wide, a.astype(np.float64) @ b, rtol=1e-5, atol=1e-5)
 
 
 def test_broadcast_batches_write_out_in_place() -> None:

@@ -95,11 +95,11 @@ class _Expander:
             return expand(loop)
         c, n = tile
         full = expand(replace(loop, extent=index_const(c)))
-        edge_loop = self.clone(replace(loop, extent=n))
+        edge_loop = replace(loop, extent=n)
         if loop.exec is LoopExec.UNROLLED and loop.width == 0:
-            edge = self.guarded_copies(edge_loop, c - 1)  # (the edge tile: n < c)
+            edge = self.guarded_copies(edge_loop, c - 1)  # (each a clone; the edge: n < c)
         else:
-            edge = expand(edge_loop)
+            edge = expand(self.clone(edge_loop))
         is_full, is_edge = (
             index_op(BinaryOp.LE, index_const(c), n),
             index_op(BinaryOp.LT, n, index_const(c)),

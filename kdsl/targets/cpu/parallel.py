@@ -116,6 +116,7 @@ def _outline(gen: _Codegen, loop: Loop, types: list[ir.Type], names: Captured) -
     task.linkage = "internal"
     sub = type(gen)(gen.kernel, task, gen.checks, gen.strict_fp, gen.sites)
     sub.reduction_depth = gen.reduction_depth
+    sub.named_columns = gen.named_columns  # (the same kernel's: found once)
     closure, begin, end = task.args
     parts: dict[str, list[ir.Value]] = {}
     for n, (kind, name, _) in enumerate(names):
