@@ -9,11 +9,15 @@ in gives NaN out; results that underflow come out as correctly scaled denormals 
 flushed to zero). The GPU runs the same code on one-lane vectors.
 
 - exp: x = n·ln2 + r, |r| <= ln2/2; e^r = 1 + r + r²·g(r); scaled by 2^n with AVX-512's
-  vscalefps, else in two steps (either way denormal results round once).
+  vscalefps, else in two steps (either way denormal results round once). Without
+  AVX-512, n is first added to the exponent bits, exact where every lane's result is a
+  normal number (almost always); a vector with a lane that is not (NaN, ±inf, a result
+  near overflow or denormal) takes the clamped two-step path in a branch.
 - exp2: x = n + f, n = roundeven(x), f exact; 2^f = 1 + f·Q(f) on [-½, ½], scaled by
   2^n. On an AVX-512 zmm f is one vreduceps, n = x - f and the scaling one vscalefps,
   which carry ±inf and NaN through (9 instructions for 16 floats, no clamps); other
-  widths clamp x first, then do the same in more steps, to the same bits.
+  widths clamp x first, then do the same in more steps, to the same bits (without
+  AVX-512, in exp's branch: first the exponent bits).
 - log: x = 2^k·m, m in [√½, √2); with s = (m-1)/(m+1), log m = 2s + s·R(s²) in
   fdlibm's arrangement, which keeps the rounding error of the small terms small.
 - log2: log's reduction, then k + log(m)/ln2 with log m and 1/ln2 each carried in two
@@ -157,6 +161,8 @@ _EXP2_F64 = (
 )
 # exp2's argument is clamped to [lo, hi] where 2^n is two steps (beyond: 0 or inf anyway)
 _EXP2_RANGE = {32: (-151.0, 129.0), 64: (-1076.0, 1025.0)}
+# n for which p·2^n is a normal number for every p in [1/√2, √2] (exp's and exp2's)
+_NORMAL_N = {32: (-125.0, 127.0), 64: (-1021.0, 1023.0)}
 # sin r = r + r·z·S(z) and cos r = 1 + z·C(z), z = r² <= 0.8²
 _SIN = {
     32: (-0.16666652262210846, 0.008332029916346073, -0.00019498838810250163),
@@ -288,17 +294,27 @@ class Vec:
 
 
 def exp(ops: Ops, x: ir.Value) -> ir.Value:
-    v, b = Vec(ops, x), ops.b
-    xc = v.clamp(x, *_EXP_RANGE[v.bits])
-    n = v.call("roundeven", b.fmul(xc, v.c(_LOG2E)))
+    v = Vec(ops, x)
+    if not _scales_by_bits(v):
+        return _exp_clamped(v, x)
+    return _normal_first(v, *_exp_parts(v, x), lambda: _exp_clamped(v, x))
+
+
+def _exp_parts(v: Vec, x: ir.Value) -> tuple[ir.Value, ir.Value]:
+    """(n, e^r) for x = n·ln2 + r."""
+    n = v.call("roundeven", v.b.fmul(x, v.c(_LOG2E)))
     ln2_hi, ln2_lo = _LN2[v.bits]
-    r = v.fma(n, v.c(-ln2_hi), xc)
+    r = v.fma(n, v.c(-ln2_hi), x)
     r = v.fma(n, v.c(-ln2_lo), r)
     g = v.poly(r, _EXP_F64 if v.bits == 64 else _EXP_F32)
-    p = v.fma(v.fma(g, r, v.c(1.0)), r, v.c(1.0))
+    return n, v.fma(v.fma(g, r, v.c(1.0)), r, v.c(1.0))
+
+
+def _exp_clamped(v: Vec, x: ir.Value) -> ir.Value:
+    n, p = _exp_parts(v, v.clamp(x, *_EXP_RANGE[v.bits]))
     if v.avx512("avx512f"):  # vscalefps carries the NaN through: no compare and blend for it
         return v.scaled(p, n)
-    return b.select(v.is_nan(x), x, v.scaled(p, n))  # n as an integer would be poison
+    return v.b.select(v.is_nan(x), x, v.scaled(p, n))  # n as an integer would be poison
 
 
 def exp2(
@@ -316,11 +332,48 @@ def exp2(
         f = v.x86("reduce", x, ir.Constant(ir.IntType(32), 8))
         g = f if lo is None else b.fadd(f, lo)
         return v.scaled(v.poly(g, coeffs), b.fsub(x, f))
+    if lo is None and _scales_by_bits(v):
+        n = v.call("roundeven", x)
+        p = v.poly(b.fsub(x, n), coeffs)
+        return _normal_first(v, n, p, lambda: _exp2_clamped(v, x, coeffs, lo))
+    return _exp2_clamped(v, x, coeffs, lo)
+
+
+def _exp2_clamped(v: Vec, x: ir.Value, coeffs: tuple[float, ...], lo: ir.Value | None) -> ir.Value:
+    b = v.b
     xc = v.clamp(x, *_EXP2_RANGE[v.bits])
     n = v.call("roundeven", xc)
     f = b.fsub(xc, n)
     g = f if lo is None else b.fadd(f, lo)
     return b.select(v.is_nan(x), x, v.scaled(v.poly(g, coeffs), n))
+
+
+def _scales_by_bits(v: Vec) -> bool:
+    """Whether exp and exp2 scale by 2^n through the exponent bits first: CPU vectors
+    without AVX-512's vscalefps (whose two-step scaling and NaN blend cost more than a
+    branch: AVX2, exp2 of 8 floats 21 → 15 instructions)."""
+    return v.t.count > 1 and not jit.has_avx512("avx512f", v.t.count, v.bits)
+
+
+def _normal_first(v: Vec, n: ir.Value, p: ir.Value, careful: Callable[[], ir.Value]) -> ir.Value:
+    """p·2^n (p in [1/√2, √2], n integral) by adding n to p's exponent bits, exact where
+    the product is a normal number: where every lane's n is in _NORMAL_N; otherwise (a
+    NaN, ±inf, or a result near overflow or denormal in some lane) `careful()`, in a
+    branch taken only then."""
+    b = v.b
+    lo, hi = _NORMAL_N[v.bits]
+    normal = b.and_(b.fcmp_ordered(">=", n, v.c(lo)), b.fcmp_ordered("<=", n, v.c(hi)))
+    k = b.fptosi(n, v.it)  # (poison in a lane out of range: then the branch's value serves)
+    fast = b.bitcast(b.add(b.bitcast(p, v.it), b.shl(k, v.ci(v.mant))), v.t)
+    lanes = b.bitcast(normal, ir.IntType(v.t.count))
+    before = b.block
+    with b.if_then(b.icmp_unsigned("!=", lanes, ir.Constant(lanes.type, -1)), likely=False):
+        slow = careful()
+        after = b.block
+    result = b.phi(v.t)
+    result.add_incoming(fast, before)
+    result.add_incoming(slow, after)
+    return result
 
 
 def _log_parts(v: Vec, x: ir.Value) -> tuple[ir.Value, ...]:

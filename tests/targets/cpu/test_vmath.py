@@ -181,3 +181,36 @@ def test_vector_math_is_the_same_at_every_width(op, dtype):
     with np.errstate(over="ignore"):  # (assert_same looks for NaN in f32)
         for other in got[1:]:
             assert_same(other, got[0])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("op", [UnaryOp.EXP, UnaryOp.EXP2])
+def test_exp_of_a_vector_with_a_lane_out_of_the_normal_range(op, dtype):
+    """Without AVX-512, a vector whose results are all normal numbers scales by adding
+    to their exponent bits, and one with a lane that is not (here a NaN, an inf or a
+    denormal result) takes the clamped two-step path: the other lanes' bits are the
+    same either way, and the special lane's are the scalar code's."""
+    d = T.f32 if dtype == np.float32 else T.f64
+    top = (
+        {UnaryOp.EXP2: 127.0, UnaryOp.EXP: 88.0}
+        if d == T.f32
+        else {UnaryOp.EXP2: 1023.0, UnaryOp.EXP: 709.0}
+    )
+    x = np.random.default_rng(7).uniform(-top[op], top[op], 4096).astype(dtype)
+    store = Store("y", (LoopVar("i"),), Unary(op, at("x", d), d))
+    k = kernel({"x": (d, 1), "y": (d, 1)}, (Loop("i", DimOf("x", 0), LoopKind.PARALLEL, (store,)),))
+    loop = k.body[0]
+    assert isinstance(loop, Loop)
+    specials = np.array([np.nan, np.inf, -np.inf, -1e4, 1e4, -top[op] * 1.2], dtype)
+    mixed = x.copy()
+    mixed[::8] = np.resize(specials, mixed[::8].size)  # a lane of every vector
+    for w in (8, 16):
+        vector = replace(k, body=(replace(loop, exec=LoopExec.VECTORIZED, width=w),))
+        normal, special = (
+            run_compiled(vector, {"x": a, "y": np.zeros_like(a)})["y"] for a in (x, mixed)
+        )
+        keep = np.arange(x.size) % 8 != 0
+        np.testing.assert_array_equal(special[keep], normal[keep])
+        scalar = run_compiled(k, {"x": mixed[::8].copy(), "y": np.zeros_like(mixed[::8])})["y"]
+        with np.errstate(over="ignore"):
+            assert_same(special[::8], scalar)  # type: ignore[arg-type]
