@@ -34,6 +34,7 @@ SQUARE = [256, 1024, 2048]
 ODD = [(1000, 1000, 1000), (4096, 64, 4096)]
 NARROW = [(4096, 4096, 64), (64, 4096, 4096)]
 ONE_ROW = [(1, 4096, 4096), (1, 768, 32000), (1, 4096, 11008), (1, 1000, 1000)]
+BATCHED = (32, 16, 1024, 1024)
 
 
 def library_matmul(a, b, c):
@@ -79,9 +80,32 @@ def cases(square: list[int], odd: list[tuple[int, int, int]]) -> list[harness.Ca
         # (without it PyTorch's bf16 matmul is no peer: 0.8 GFLOP/s at 1024³ on a Zen 2,
         # 22 s a call at 2048³, and the run took hours)
         out += [bf16_case(s, against_torch=True) for s in bf16_shapes]
+    out.append(batched_case(*BATCHED))
     out.append(library.peak_case((square[-1],) * 3, library_matmul))
     out.append(library.epilogue_case(square[min(1, len(square) - 1)]))
     return out
+
+
+def batched_case(batch: int, m: int, k: int, n: int) -> harness.Case:
+    """[batch, m, k] @ [k, n] (a linear layer over a batch of sequences): NumPy's
+    matmul calls BLAS once per batch; kdsl's takes the batches' rows as one matrix."""
+
+    def make(rng):
+        a = rng.random((batch, m, k), dtype=np.float32) * 2 - 1
+        b = rng.random((k, n), dtype=np.float32) * 2 - 1
+        return a, b, np.empty((batch, m, n), np.float32)
+
+    return harness.Case(
+        "matmul f32, batches against one b",
+        f"{batch}×{m}×{k} @ {k}×{n}",
+        make,
+        library_matmul,
+        lambda a, b, c: np.matmul(a, b, out=c),
+        work=2.0 * batch * m * k * n,
+        unit="GFLOP/s",
+        rtol=1e-3,
+        atol=1e-3,
+    )
 
 
 def one_row_cases(shapes: list[tuple[int, int, int]]) -> list[harness.Case]:

@@ -47,6 +47,7 @@ def expand(scheduled: Kernel, strict_fp: bool) -> Kernel:
         scheduled,
         contract=not strict_fp,
         vectorizable=functools.partial(_vectorizable, {b.name: b for b in scheduled.buffers}),
+        register_bytes=jit.register_bytes(),
     )
     if CONFIG.debug:
         verify(final, "scheduled")

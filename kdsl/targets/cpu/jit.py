@@ -43,6 +43,11 @@ def host_features() -> dict[str, bool]:
     return dict(llvm.get_host_cpu_features())
 
 
+def register_bytes() -> int:
+    """The width of this CPU's float vector registers: 64 with AVX-512, else 32."""
+    return 64 if host_features().get("avx512f", False) else 32
+
+
 def has_avx512(feature: str, lanes: int, bits: int) -> bool:
     """Whether `feature`'s instructions run on a vector of `lanes` elements of `bits`
     (narrower than a zmm register needs AVX512-VL too)."""

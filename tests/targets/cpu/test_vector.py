@@ -799,11 +799,19 @@ def test_a_wide_tail_narrows_to_the_lanes_it_needs() -> None:
 
 
 @pytest.mark.parametrize(
-    "dtype, width, tails",
-    [(np.uint8, 64, [64]), (np.float64, 16, [8, 16]), (np.float32, 16, [16])],
+    "register, dtype, width, tails",
+    [
+        (64, np.uint8, 64, [64]),
+        (64, np.float64, 16, [8, 16]),
+        (64, np.float32, 16, [16]),
+        (32, np.uint8, 64, [32, 64]),
+        (32, np.float64, 16, [4, 8, 16]),
+        (32, np.float32, 16, [8, 16]),
+    ],
 )
-def test_a_tail_narrows_while_its_elements_fill_a_register(dtype, width, tails) -> None:
-    """64 bytes are one AVX-512 register: 64 u8 lanes don't narrow, 16 f64 do (to 8)."""
+def test_a_tail_narrows_while_its_elements_fill_a_register(register, dtype, width, tails) -> None:
+    """64 bytes are one AVX-512 register: 64 u8 lanes don't narrow, 16 f64 do (to 8);
+    32 bytes are one AVX2 register: 16 f32 lanes narrow to 8."""
 
     @kd.kernel(name=f"scaled_{np.dtype(dtype).name}_{width}")
     def scaled(x, y):
@@ -813,7 +821,7 @@ def test_a_tail_narrows_while_its_elements_fill_a_register(dtype, width, tails) 
     scaled.schedule(kd.cpu)(lambda s: s.vectorize("i", width))
     x = (np.arange(width + 3) % 50).astype(dtype)
     y = np.zeros_like(x)
-    final = expand_schedule(scaled.schedule_of(x, y).kernel)
+    final = expand_schedule(scaled.schedule_of(x, y).kernel, register_bytes=register)
     assert sorted(_vector_widths(final)) == sorted([width, *tails])
     scaled(x, y)
     np.testing.assert_array_equal(y, x + x)
