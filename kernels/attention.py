@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 from kdsl.kernels import _device
 from kdsl.kernels._checks import apart, as_array, as_float, out_array, shape_error, written
+from kdsl.kernels._machine import score_keys_first
 from kdsl.kernels.attention_tc import flash_mma_kernel
 
 import kdsl as kd
@@ -227,7 +228,7 @@ def _tile_schedule(s, tag: str, rqk, rpv) -> None:
 
 @flash_kernel.schedule(kd.cpu)
 def _flash_cpu(s):
-    rqk = s.param("rqk", [4, 6])
+    rqk = s.param("rqk", score_keys_first())
     rpv = s.param("rpv", [4, 2])
     s.parallelize("i")
     _tile_schedule(s, "", rqk, rpv)
