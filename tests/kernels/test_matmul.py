@@ -313,7 +313,9 @@ def test_inner_loop_is_register_blocked(tile_shape) -> None:
     assert len(fmas[best]) >= tile and len(fmas[best]) % tile == 0, body
     # the tile loops: LLVM may unroll the full tiles' k loop and not the edge's (znver4)
     tiles = [loops[n] for n in range(len(loops)) if fmas[n] and len(fmas[n]) % tile == 0]
-    assert not [i for i in body if "(%rsp" in i], body  # no spills or accumulator reloads
+    # no vector spills or accumulator reloads (a general register's may be: the loop's
+    # bound, one load per 32 FMAs, is reloaded on a Zen 4 beside the edge rows' copies)
+    assert not [i for i in body if "(%rsp" in i and "mm" in i], body
     if LANES == 16:  # (AVX2 has no mask registers: its edge blends every FMA, and spills)
         assert any("{%k" in i for t in tiles for i in t), tiles  # the masked edge of columns
         for t in tiles:  # the edges' tiles: no vector one (a pointer's reload is allowed)
