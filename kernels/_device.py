@@ -14,7 +14,7 @@ to see (it allocates), and PyTorch's own functions refuse mixed dtypes too.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -277,16 +277,18 @@ def matmul(
     bias: object,
     activation: str | None,
     kernels: tuple[kd.KernelFunction, kd.KernelFunction],
-    check: Callable[[tuple[int, ...], tuple[int, ...]], None],
+    shape_of: Callable[[tuple[int, ...], tuple[int, ...]], tuple[int, ...]],
+    matrices: Callable[[Any, Any, Any], Iterable[tuple[Any, Any, Any]]],
 ) -> Any:
     """The library's matmul on the GPU: `kernels` are the plain product's and the one with
-    an epilogue, `check` checks the shapes. The result has the inputs' dtype, or `out`'s
-    (any float: f32 sums of bf16 inputs)."""
+    an epilogue, `shape_of` checks the shapes and gives the result's, `matrices` yields
+    the 2-D products that make it (views of a, b and the result). The result has the
+    inputs' dtype, or `out`'s (any float: f32 sums of bf16 inputs)."""
     dtype = dev.array("a", a)
     dev.array("b", b, (dtype,), like="a")
-    check(tuple(a.shape), tuple(b.shape))
-    c = dev.out(out, (*a.shape[:-1], b.shape[-1]), (dtype, *(d for d in FLOATS if d != dtype)))
-    n = b.shape[-1]
+    shape = shape_of(tuple(a.shape), tuple(b.shape))
+    c = dev.out(out, shape, (dtype, *(d for d in FLOATS if d != dtype)))
+    n = b.shape[-1] if b.ndim > 1 else 1
     plain = bias is None and activation is None
     if bias is not None:
         dev.array("bias", bias, (dtype,), like="a")
@@ -299,8 +301,7 @@ def matmul(
     if math.prod(c.shape) == 0:
         return c
     epilogue = () if plain else (bias if bias is not None else dev.empty((1,), dtype),)
-    for t in range(a.shape[0]) if a.ndim == 3 else [...]:
-        x, y, z = a[t], b[t] if b.ndim == 3 else b, c[t]
+    for x, y, z in matrices(a, b, c):
         if plain:
             launch(kernels[0], x, y, z)
         else:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import numpy as np
 from kdsl.kernels import _device
@@ -343,33 +345,26 @@ def product_shape(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
     return (*batch, *rows, *columns)
 
 
-def _check_operands(activation: object, a: tuple[int, ...], b: tuple[int, ...]) -> None:
-    """(The GPU path's check: matrices, or a batch of them against one or as many.)"""
-    _check_activation(activation)
-    if len(a) not in (2, 3) or len(b) not in (2, 3) or (len(a) == 2 and len(b) == 3):
-        raise shape_error(
-            "matmul",
-            f"on a GPU, expected 'a' of rank 2 or 3 and 'b' of rank 2 (or 3 with a), got "
-            f"{a} and {b}",
-            "pass a [m, k] and b [k, n], or a [batch, m, k] and b [k, n] or [batch, k, n]",
-        )
-    if a[-1] != b[-2] or (len(a) == len(b) == 3 and a[0] != b[0]):
-        raise shape_error(
-            "matmul",
-            f"can't multiply shapes {a} and {b}",
-            "a's last dimension must be b's next to last (and their batch sizes agree)",
-        )
-
-
-def _matrices(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, ...]:
+def _views(a: Any, b: Any, c: Any) -> tuple[Any, Any, Any]:
     """Views of a, b and the result c whose last two axes are matrices: a vector `a` as
-    one row, a vector `b` as one column. One `b` for every batch: the batches of `a`
-    and `c` as the rows of one matrix each where that needs no copy (one product
-    instead of a call per batch, each packing all of b again)."""
+    one row, a vector `b` as one column (NumPy arrays, or a GPU library's)."""
     x = a if a.ndim > 1 else a[None]
     y = b if b.ndim > 1 else b[:, None]
     z = c[..., None] if b.ndim == 1 else c
-    z = z[..., None, :] if a.ndim == 1 else z
+    return x, y, (z[..., None, :] if a.ndim == 1 else z)
+
+
+def _products(a: Any, b: Any, c: Any) -> Iterable[tuple[Any, Any, Any]]:
+    """The 2-D products (views of a, b and c) that make c = a @ b."""
+    x, y, z = _views(a, b, c)
+    return _batches(x, y, z) if z.ndim > 2 else [(x, y, z)]
+
+
+def _matrices(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, ...]:
+    """`_views`; with one `b` for every batch, the batches of `a` and `c` as the rows of
+    one matrix each where that needs no copy (one product instead of a call per batch,
+    each packing all of b again)."""
+    x, y, z = _views(a, b, c)
     if y.ndim == 2 and x.ndim > 2 and x.size and z.size:
         rows, rows_out = (v.reshape(math.prod(v.shape[:-1]), v.shape[-1]) for v in (x, z))
         if np.may_share_memory(rows, x) and np.may_share_memory(rows_out, z):
@@ -377,13 +372,13 @@ def _matrices(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, 
     return x, y, z
 
 
-def _batches(x: np.ndarray, y: np.ndarray, z: np.ndarray):
+def _batches(x: Any, y: Any, z: Any) -> Iterator[tuple[Any, Any, Any]]:
     """(a matrix of x, of y, of z) for each batch of the result z."""
     for at in np.ndindex(*z.shape[:-2]):
         yield _batch_of(x, at), _batch_of(y, at), z[at]
 
 
-def _batch_of(m: np.ndarray, at: tuple[int, ...]) -> np.ndarray:
+def _batch_of(m: Any, at: tuple[int, ...]) -> Any:
     """m's matrix in batch `at` of the result: m's batch axes are the last of at's (an
     axis missing or of size 1 is repeated: broadcast)."""
     mine = at[len(at) - (m.ndim - 2) :]
@@ -403,12 +398,11 @@ def matmul(
     before the last two broadcast). The bias (length n) and the activation (None,
     "relu", "gelu", "silu") are applied in registers as C is written. `out` has the
     inputs' dtype or another float dtype (f32 sums of bf16 inputs, say). On PyTorch or
-    CuPy CUDA arrays it runs on their GPU (tensor cores for bf16; matrices, or batches of
-    them of rank 3)."""
+    CuPy CUDA arrays it runs on their GPU (tensor cores for bf16), a launch per matrix."""
     if type(a) is not np.ndarray and (dev := _device.on_device("matmul", a, "a")) is not None:
+        _check_activation(activation)
         kernels = (product_kernel, matmul_kernel)
-        check = functools.partial(_check_operands, activation)
-        return _device.matmul(dev, a, b, out, bias, activation, kernels, check)
+        return _device.matmul(dev, a, b, out, bias, activation, kernels, product_shape, _products)
     a, b = as_array("matmul", "a", a, "iuf"), as_array("matmul", "b", b, "iuf")
     _check_activation(activation)
     dtype = np.result_type(a, b)

@@ -165,6 +165,26 @@ def test_matmul_batched_and_bf16_into_f32(launches):
     np.testing.assert_allclose(out.a, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize(
+    "sa, sb, products",
+    [
+        ((7,), (7, 3), 1),
+        ((5, 7), (7,), 1),
+        ((7,), (7,), 1),
+        ((2, 1, 4, 7), (3, 7, 2), 6),
+        ((3, 4, 7), (7, 2), 3),
+    ],
+)
+def test_matmul_takes_numpys_shapes(launches, sa, sb, products):
+    """Vectors and broadcast batches as on the CPU: a launch per matrix of the result."""
+    a, b = gpu(*sa), gpu(*sb)
+    got = matmul(a, b).a
+    want = np.matmul(a.a.astype(np.float64), b.a.astype(np.float64))
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert launches == ["product_kernel"] * products
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_attention_f32_grouped_heads(launches, causal):
     q, k, v = gpu(1, 2, 9, 20), gpu(1, 1, 12, 20), gpu(1, 1, 12, 20)
