@@ -354,22 +354,19 @@ def _views(a: Any, b: Any, c: Any) -> tuple[Any, Any, Any]:
     return x, y, (z[..., None, :] if a.ndim == 1 else z)
 
 
-def _products(a: Any, b: Any, c: Any) -> Iterable[tuple[Any, Any, Any]]:
-    """The 2-D products (views of a, b and c) that make c = a @ b."""
+def _products(
+    a: Any, b: Any, c: Any, rows_together: bool = False
+) -> Iterable[tuple[Any, Any, Any]]:
+    """The 2-D products (views of a, b and c) that make c = a @ b. With `rows_together`
+    (NumPy arrays) and one `b` for every batch, the batches of `a` and `c` are the rows
+    of one matrix each where that needs no copy (one product instead of a call per
+    batch, each packing all of b again)."""
     x, y, z = _views(a, b, c)
-    return _batches(x, y, z) if z.ndim > 2 else [(x, y, z)]
-
-
-def _matrices(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, ...]:
-    """`_views`; with one `b` for every batch, the batches of `a` and `c` as the rows of
-    one matrix each where that needs no copy (one product instead of a call per batch,
-    each packing all of b again)."""
-    x, y, z = _views(a, b, c)
-    if y.ndim == 2 and x.ndim > 2 and x.size and z.size:
+    if rows_together and y.ndim == 2 and x.ndim > 2 and x.size and z.size:
         rows, rows_out = (v.reshape(math.prod(v.shape[:-1]), v.shape[-1]) for v in (x, z))
         if np.may_share_memory(rows, x) and np.may_share_memory(rows_out, z):
-            return rows, y, rows_out
-    return x, y, z
+            x, z = rows, rows_out
+    return _batches(x, y, z) if z.ndim > 2 else [(x, y, z)]
 
 
 def _batches(x: Any, y: Any, z: Any) -> Iterator[tuple[Any, Any, Any]]:
@@ -399,12 +396,11 @@ def matmul(
     "relu", "gelu", "silu") are applied in registers as C is written. `out` has the
     inputs' dtype or another float dtype (f32 sums of bf16 inputs, say). On PyTorch or
     CuPy CUDA arrays it runs on their GPU (tensor cores for bf16), a launch per matrix."""
+    _check_activation(activation)
     if type(a) is not np.ndarray and (dev := _device.on_device("matmul", a, "a")) is not None:
-        _check_activation(activation)
         kernels = (product_kernel, matmul_kernel)
         return _device.matmul(dev, a, b, out, bias, activation, kernels, product_shape, _products)
     a, b = as_array("matmul", "a", a, "iuf"), as_array("matmul", "b", b, "iuf")
-    _check_activation(activation)
     dtype = np.result_type(a, b)
     # any float output: the sums are stored converted (bf16 inputs, f32 results)
     target = out_array("matmul", out, product_shape(a.shape, b.shape), dtype, also=FLOATS)
@@ -423,8 +419,7 @@ def matmul(
         # along them): one copy, O(m·k), instead of a strided read per product
         a = np.ascontiguousarray(a)
     c = apart(target, a, b, bias)
-    x, y, z = _matrices(a, b, c)
-    for matrices in _batches(x, y, z) if z.ndim > 2 else [(x, y, z)]:
+    for matrices in _products(a, b, c, rows_together=True):
         _product_of_matrices(*matrices, bias, activation)
     result = written(c, target, out)
     return result[()] if out is None and c.ndim == 0 else result  # (NumPy: v @ v a scalar)
@@ -440,15 +435,17 @@ def _product_of_matrices(
     if plain and n == 1 and f32:
         # a column: the row streams of matvec (1024 x 1024: 0.35 -> 0.065 ms), not panels
         matvec(a, b[:, 0], out=c[:, 0])
-    elif m == 1 and f32:
+        return
+    if m == 1 and f32:
         # a row: w streamed once by all cores (1 x 4096 x 4096: 26 -> 7.7 ms), not panels
         vecmat(a[0], b, c[0], bias, activation)
-    elif plain:
-        kernel_for(True, *layout(m, k, n, b.itemsize, kd.get_num_threads()))(a, b, c)
+        return
+    kernel = kernel_for(plain, *layout(m, k, n, b.itemsize, kd.get_num_threads()))
+    if plain:
+        kernel(a, b, c)
     else:
-        kernel = kernel_for(False, *layout(m, k, n, b.itemsize, kd.get_num_threads()))
         with_bias = bias is not None
-        bias = bias if with_bias else _NO_BIAS.astype(a.dtype)
+        bias = bias if with_bias else _NO_BIAS.astype(a.dtype, copy=False)
         kernel(a, b, bias, c, activation, with_bias)
 
 
