@@ -48,6 +48,7 @@ def next_row_ahead(s, output_loop: str) -> None:
     with them. (Where they don't pay, the tuning kdsl ships says so: on the Zen 4 it was
     made on, RMS norm 16384 × 4096 and layer norm 4096 × 1024 ran faster without them,
     1.08× and 1.13× taking turns.)"""
+    s.nontemporal("y")  # beyond the last-level cache, past it: no read of its lines first
     if s.param("prefetch", [True, False]):
         s.prefetch("x", "i", 1, inside=output_loop)
         s.prefetch("y", "i", 1, inside=output_loop)

@@ -49,6 +49,8 @@ def _cpu(s):
     for loop in ("j", "j.1", "j.3"):
         s.vectorize(loop, 16)
     s.parallelize("i")
+    # beyond the last-level cache, the output goes past it (no read of its lines first)
+    s.nontemporal("y")
     if s.param("prefetch", [True, False]):
         # the next row streams in while this one's exponentials are computed, and its
         # output lines are fetched for writing while this one's are written (beyond the

@@ -350,6 +350,8 @@ class Buffer:
     contiguous: bool = True
     loc: SourceLoc | None = _loc()
     fortran: bool = _flag()
+    # written past the caches where larger than the last-level cache (s.nontemporal)
+    nontemporal: bool = _flag()
 
     @property
     def ndim(self) -> int:

@@ -197,6 +197,7 @@ def _buffer_decl(b: Buffer) -> str:
     dims = ", ".join(format_expr(d) for d in b.shape)
     layout = "" if b.contiguous or b.role is not BufferRole.PARAM else ", strided"
     layout = ", Fortran order" if b.fortran else layout
+    layout += ", nontemporal" if b.nontemporal else ""
     return f"{b.name}: {b.dtype.name}[{dims}] {b.role.value} {b.scope.value}{layout}"
 
 

@@ -1,5 +1,5 @@
 """The loop primitives: split, reorder, the execution annotations (unroll,
-vectorize, parallelize, tensorize, bind) and prefetch. Each takes the step's context, checks legality against
+vectorize, parallelize, tensorize, bind) and the memory hints (prefetch, nontemporal). Each takes the step's context, checks legality against
 the loops' dependence kinds, and leaves the rewritten kernel in `ctx.kernel`.
 """
 
@@ -530,6 +530,40 @@ def prefetch(
     )
     body += where.body
     _set(ctx, where_path, replace(where, body=body))
+
+
+def nontemporal(ctx: StepContext, buffer: object) -> None:
+    """Write `buffer` past the caches when it is larger than the last-level cache: its
+    lines are then not read before they are written (a store to a line not in cache
+    reads it first), nor do they push the inputs out. For outputs streamed to DRAM
+    once, such as a norm's over rows that don't fit the cache; smaller ones are written
+    as before, to stay in cache for what reads them next. A hint: results never change.
+    On the CPU, vector loops' contiguous stores of it (movnt, in a vector loop whose
+    first stores up to the register's alignment run masked); a GPU ignores it."""
+    written = {s.buffer for s in walk_stmts(ctx.kernel.body) if isinstance(s, Store)}
+    names = [
+        b.name for b in ctx.kernel.buffers if b.role is not BufferRole.TEMP and b.name in written
+    ]
+    if buffer not in names:
+        found = [b for b in ctx.kernel.buffers if b.name == buffer]
+        what = (
+            "no buffer"
+            if not found
+            else "a temporary"
+            if found[0].role is BufferRole.TEMP
+            else "an array the kernel only reads"
+        )
+        raise ctx.refuse(
+            f"there is {what} named {buffer!r} (the hint is for arrays the kernel writes "
+            "to memory)",
+            f"name one of {', '.join(names)}" if names else "the kernel writes no array",
+        )
+    ctx.kernel = replace(
+        ctx.kernel,
+        buffers=tuple(
+            replace(b, nontemporal=True) if b.name == buffer else b for b in ctx.kernel.buffers
+        ),
+    )
 
 
 def _accesses_at_top(loop: Loop, buffer: str, outer: Loop) -> list[tuple[tuple[Expr, ...], bool]]:

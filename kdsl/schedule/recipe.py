@@ -239,6 +239,11 @@ class Schedule:
         args = (buffer, loop, distance) if inside is None else (buffer, loop, distance, inside)
         self._apply(Step("prefetch", args))
 
+    def nontemporal(self, buffer: str) -> None:
+        """Write `buffer` past the caches where it is larger than the last-level cache
+        (an output streamed to DRAM: no read of its lines before they are written)."""
+        self._apply(Step("nontemporal", (buffer,)))
+
     def fuse(self, loop_a: str, loop_b: str) -> str:
         """Merge sibling loop `loop_b` into `loop_a` (same range); shrink temporaries that no
         longer need their full extent. Returns the fused loop's name (`loop_a`)."""
@@ -367,6 +372,7 @@ PRIMITIVES: dict[str, Callable[..., object]] = {
     "parallelize": loops.parallelize,
     "tensorize": loops.tensorize,
     "prefetch": loops.prefetch,
+    "nontemporal": loops.nontemporal,
     "bind": loops.bind,
     "fuse": fusion.fuse,
     "compute_at": stages.compute_at,

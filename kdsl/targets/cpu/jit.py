@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ctypes.util
 import functools
+import re
 import threading
+from pathlib import Path
 
 import llvmlite.binding as llvm
 from llvmlite import ir
@@ -46,6 +48,22 @@ def host_features() -> dict[str, bool]:
 def register_bytes() -> int:
     """The width of this CPU's float vector registers: 64 with AVX-512, else 32."""
     return 64 if host_features().get("avx512f", False) else 32
+
+
+@functools.cache
+def last_level_cache_bytes() -> int:
+    """The largest data cache Linux reports for this CPU (the L3; 32 MiB where it says
+    nothing): an array larger than it is written past the caches where a schedule asks
+    (s.nontemporal)."""
+    sizes = []
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            kind, size = ((index / f).read_text().strip() for f in ("type", "size"))
+        except OSError:
+            continue
+        if kind != "Instruction" and (found := re.fullmatch(r"(\d+)([KMG]?)", size)):
+            sizes.append(int(found[1]) << 10 * " KMG".index(found[2] or " "))
+    return max(sizes, default=32 << 20)
 
 
 def has_avx512(feature: str, lanes: int, bits: int) -> bool:

@@ -95,6 +95,7 @@ from kdsl.targets.cpu.partials import (
     with_levels,
 )
 from kdsl.targets.cpu.state import ErrorKind
+from kdsl.targets.cpu.streaming import LINE_BYTES, run_streaming, streamed_store
 from kdsl.targets.cpu.strided import (
     Runs,
     filled_runs,
@@ -148,6 +149,8 @@ class _VectorLoop:
         self.chains: dict[str, Chain] = {}  # the first of each, with a float sum's count
         self.array_levels: dict[str, list[Levels]] = {}  # an array's float sums': by element
         self.copy = 0  # which of them this copy of the body updates
+        # the store written past the caches on this path (streaming.py): buffer, index
+        self.streaming: tuple[str, tuple[Expr, ...]] | None = None
         self.base: ir.Value = ir.Constant(I64, 0)  # lane 0's iteration
         self.mask: ir.Value | None = None  # the active lanes; None: all
         self.some_active = True  # the mask has an active lane (code runs only then)
@@ -193,7 +196,11 @@ class _VectorLoop:
             self.run(ir.Constant(I64, 0), start, copies, few, counted)
             # fewer than COPIES trips follow, which only a carried chain needs to count
             counted = {n: c for n, c in counted.items() if n in carried}
-        self.run(start, stop, 1, few or copies > 1, counted)
+        streamed = streamed_store(self)
+        if streamed is None:
+            self.run(start, stop, 1, few or copies > 1, counted)
+        else:  # (no accumulators: one copy, from 0)
+            run_streaming(self, streamed, stop, lambda: self.run(start, stop, 1, few, counted))
         gen.reduction_depth -= reduction
         for name, (op, d) in self.plan.accumulators.items():
             if name in carried and copies > 1:  # the lanes stay apart until the outer
@@ -471,6 +478,8 @@ class _VectorLoop:
                 self.masked(self.and_mask(self.value(c)), lambda: self.block(then))
             case Check():
                 self.check(s)
+            case Prefetch(buffer=name) if self.streaming and name == self.streaming[0]:
+                pass  # the stores bypass the cache: fetching their lines is wasted
             case Prefetch(index=index) if not any(
                 isinstance(e, LocalVar) and e.name in self.plan.varying_locals
                 for i in index
@@ -592,8 +601,13 @@ class _VectorLoop:
             value = b.zext(value, self.vtype(I8))
         if strided_store(self, s, value):
             return
+        nontemporal = self.streaming == (s.buffer, s.index)
         self.access(
-            s.buffer, s.index, s.loc, lambda at: self.store_at(at, value, buf.dtype), s.checked
+            s.buffer,
+            s.index,
+            s.loc,
+            lambda at: self.store_at(at, value, buf.dtype, nontemporal),
+            s.checked,
         )
 
     # ------------------------------------------------------------------ expressions
@@ -787,11 +801,7 @@ class _VectorLoop:
             for i, stride in zip(index, info.strides):
                 offset = b.add(offset, b.mul(self.vector(self.value(i)), self.splat(stride)))
             return emit(_Lanes(self.gep(info.data, offset)))
-        offset = ir.Constant(I64, 0)
-        for a, (i, stride) in enumerate(zip(index, info.strides)):
-            at = b.add(self.base, self.uniform(axis[1])) if a == axis[0] else self.uniform(i)
-            offset = b.add(offset, b.mul(at, stride))
-        first, stride = b.gep(info.data, [offset], source_etype=I8), info.strides[axis[0]]
+        first, stride = self.first_lane(name, index, axis), info.strides[axis[0]]
 
         def spread() -> _Lanes:  # lane k at first + k·stride
             return _Lanes(self.gep(first, b.mul(self.lanes, self.splat(stride))))
@@ -894,6 +904,20 @@ class _VectorLoop:
                 )
         return None
 
+    def first_lane(
+        self, name: str, index: tuple[Expr, ...], axis: tuple[int, Expr] | None = None
+    ) -> ir.Value:
+        """The address of the first lane's element of `name[index]`, whose only varying
+        subscript is `v + u` in an axis (`axis`: unit_axis's answer, found if not given)."""
+        b, info = self.b, self.gen.state.arrays[name]
+        axis = axis or self.unit_axis(index)
+        assert axis is not None, "first_lane of an access that is not along one axis"
+        offset: ir.Value = ir.Constant(I64, 0)
+        for a, (i, stride) in enumerate(zip(index, info.strides)):
+            at = b.add(self.base, self.uniform(axis[1])) if a == axis[0] else self.uniform(i)
+            offset = b.add(offset, b.mul(at, stride))
+        return b.gep(info.data, [offset], source_etype=I8)
+
     def unit_axis(self, index: tuple[Expr, ...]) -> tuple[int, Expr] | None:
         """(axis, u) when the only varying subscript is `v + u` in axis `axis`."""
         varying = [a for a, i in enumerate(index) if self.plan.varying(i)]
@@ -938,7 +962,14 @@ class _VectorLoop:
         zero = ir.Constant(vt, None)
         return self.ops.intrinsic(name, vt, [address, ir.Constant(I32, align), mask, zero])
 
-    def store_at(self, at: _Lanes, value: ir.Value, d: T.DType) -> None:
+    def store_at(self, at: _Lanes, value: ir.Value, d: T.DType, nontemporal: bool = False) -> None:
+        """Store the lanes; `nontemporal`: a movnt store, its address at a cache line's
+        start (streaming.py makes it so)."""
+        if at.contiguous and self.mask is None and nontemporal:
+            stored = self.b.store(value, at.address, align=LINE_BYTES)
+            hint = self.b.module.add_metadata([ir.Constant(I32, 1)])
+            stored.set_metadata("nontemporal", hint)
+            return
         if at.contiguous and self.mask is None:
             self.b.store(value, at.address, align=d.itemsize)
             return
