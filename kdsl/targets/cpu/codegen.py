@@ -59,6 +59,7 @@ from kdsl.targets.cpu.ops import I1, I8, I32, I64, PTR, Ops, constant, llvm_type
 from kdsl.targets.cpu.parallel import emit_parallel_loop
 from kdsl.targets.cpu.partials import Chain, Strips, carried_partials
 from kdsl.targets.cpu.state import ArrayInfo, CodegenState, ErrorKind
+from kdsl.targets.cpu.streaming import fence_streamed_stores
 from kdsl.targets.cpu.vector import emit_vector_loop
 from kdsl.targets.cpu.vector_plan import named_columns
 
@@ -105,6 +106,7 @@ class _Codegen:
         # loop keeps (partials.carried_partials)
         self.carried: dict[str, dict[str, Chain]] = {}
         self.is_entry = False  # the kernel's function (for_kernel), not an outlined task
+        self.streamed = False  # some stores went past the caches (streaming.py)
         self.memo: dict[int, tuple[Expr, ir.Value]] = {}  # per statement, see expr()
         self.buffers = {b.name: b for b in kernel.buffers}
         self.fn = fn
@@ -310,6 +312,8 @@ class _Codegen:
         self.b.position_at_end(self.cleanup)
         if self.is_entry:  # (not a parallel loop's task)
             release_tiles(self)
+        if self.streamed:
+            fence_streamed_stores(self.ops)
         self.free(self.state.heap_slots)
         self.b.ret(self.b.load(self.retcode, typ=I64))
 

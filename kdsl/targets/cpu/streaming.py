@@ -16,7 +16,11 @@ of whole lines, each stored past the cache, then the rest masked. A smaller buff
 one whose elements are not aligned to their size, takes the loop as it is without the
 hint; so does a loop with accumulators or an inner loop, or whose vectors are not whole
 cache lines. On the streaming path the loop's prefetches of the
-buffer are dropped: they would fetch the lines the stores bypass.
+buffer are dropped: they would fetch the lines the stores bypass. Such stores are
+weakly ordered, so a function that made them (a parallel loop's task too) ends with a
+fence (sfence, which glibc's memcpy ends its own with: a locked instruction, LLVM's
+x86 seq_cst fence, is not documented to order them), for the caller, or the thread that
+joins the task, reads the output next.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import llvmlite.binding as llvm
 from llvmlite import ir
 
 from kdsl.ir.nodes import (
@@ -40,7 +45,7 @@ from kdsl.ir.nodes import (
 )
 from kdsl.ir.visit import walk_expr, walk_stmts
 from kdsl.targets.cpu import jit
-from kdsl.targets.cpu.ops import I1, I64, smin
+from kdsl.targets.cpu.ops import I1, I64, Ops, smin
 
 if TYPE_CHECKING:
     from kdsl.targets.cpu.vector import _VectorLoop
@@ -116,7 +121,7 @@ def run_streaming(vl: _VectorLoop, store: Store, stop: ir.Value, plain: Callable
     stream = b.select(runs, b.and_(big, aligned), ir.Constant(I1, 0))  # (no poison branch)
     with b.if_else(stream) as (then, otherwise):
         with then:
-            vl.streaming = (store.buffer, store.index)
+            vl.streaming, gen.streamed = (store.buffer, store.index), True
             line = ir.Constant(I64, LINE_BYTES - 1)
             to_boundary = b.and_(b.sub(ir.Constant(I64, 0), address), line)
             head = smin(b, b.udiv(to_boundary, ir.Constant(I64, item)), stop)
@@ -138,3 +143,11 @@ def _partial_vector(vl: _VectorLoop, first: ir.Value, end: ir.Value) -> None:
     count = b.sub(end, first)
     active = b.icmp_signed("<", vl.lanes, vl.splat(count))
     vl.masked(active, lambda: vl.block(vl.loop.body))
+
+
+def fence_streamed_stores(ops: Ops) -> None:
+    """Make the function's nontemporal stores visible before it returns."""
+    if llvm.get_process_triple().startswith("x86_64"):
+        ops.intrinsic("llvm.x86.sse.sfence", ir.VoidType(), [])
+    else:
+        ops.b.fence("seq_cst")
