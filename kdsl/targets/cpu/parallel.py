@@ -35,6 +35,7 @@ from kdsl.ir.nodes import (
 from kdsl.ir.visit import local_definitions, map_expr, walk_all_exprs, walk_expr, walk_stmts
 from kdsl.targets.cpu.ops import I64, PTR, smax
 from kdsl.targets.cpu.state import ArrayInfo
+from kdsl.targets.cpu.streaming import fence_streamed_stores
 
 if TYPE_CHECKING:
     from kdsl.targets.cpu.codegen import _Codegen
@@ -54,6 +55,8 @@ def emit_parallel_loop(gen: _Codegen, loop: Loop) -> None:
     task = _outline(gen, loop, [v.type for v in values], names)
     grain = _grain(gen, loop)
     threads = ir.Constant(I64, loop.width)  # parallelize(loop, threads=…); 0: the default
+    if gen.streamed:  # the tasks may read what this function stored past the caches
+        fence_streamed_stores(gen.ops)
     code = b.call(_runtime(gen.fn.module), [task, closure, stop, grain, threads])
     with b.if_then(b.icmp_signed("!=", code, ir.Constant(I64, 0)), likely=False):
         b.store(code, gen.retcode)

@@ -15,7 +15,8 @@ line's start run as one vector with the lanes past them masked off, then whole v
 of whole lines, each stored past the cache, then the rest masked. A smaller buffer, or
 one whose elements are not aligned to their size, takes the loop as it is without the
 hint; so does a loop with accumulators or an inner loop, or whose vectors are not whole
-cache lines. On the streaming path the loop's prefetches of the
+cache lines, or with an access that relies on vectors starting at multiples of their
+width (a load of one element per group of lanes, `x[j // 32]`; a strided one). On the streaming path the loop's prefetches of the
 buffer are dropped: they would fetch the lines the stores bypass. Such stores are
 weakly ordered, so a function that made them (a parallel loop's task too) ends with a
 fence (sfence, which glibc's memcpy ends its own with: a locked instruction, LLVM's
@@ -41,9 +42,10 @@ from kdsl.ir.nodes import (
     LocalVar,
     Loop,
     LoopVar,
+    Prefetch,
     Store,
 )
-from kdsl.ir.visit import walk_expr, walk_stmts
+from kdsl.ir.visit import walk_all_exprs, walk_expr, walk_stmts
 from kdsl.targets.cpu import jit
 from kdsl.targets.cpu.ops import I1, I64, Ops, smin
 
@@ -63,6 +65,11 @@ def streamed_store(vl: _VectorLoop) -> Store | None:
         return None
     if isinstance(loop.extent, Const) and int(loop.extent.value) <= vl.w:
         return None  # one vector: nothing to stream
+    if not all(
+        _consecutive(i, loop.var) or all(_fixed(e, loop.var) for e in i) for i in _indices(loop)
+    ):
+        return None  # an access that assumes its vectors start at multiples of w (a grouped
+        # load's `x[j // c]`, a strided one's `a[2·j + 1]`), which the streamed ones don't
     for s in loop.body:
         if not isinstance(s, Store):
             continue
@@ -91,6 +98,12 @@ def _consecutive(index: tuple[Expr, ...], var: str) -> bool:
         case _:
             return False
     return all(_fixed(e, var) for e in [*outer, *offsets])
+
+
+def _indices(loop: Loop) -> list[tuple[Expr, ...]]:
+    """The subscripts of every load, store and prefetch in the loop's body."""
+    stmts = [s.index for s in walk_stmts(loop.body) if isinstance(s, Store | Prefetch)]
+    return stmts + [e.index for e in walk_all_exprs(loop.body) if isinstance(e, Load)]
 
 
 def _fixed(e: Expr, var: str) -> bool:

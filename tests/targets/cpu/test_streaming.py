@@ -138,15 +138,22 @@ def test_outputs_under_the_threshold_are_written_through_the_cache(cache_dir, mo
 
 
 @pytest.mark.parametrize("name", ["softmax", "rmsnorm", "layernorm"])
-def test_the_library_row_kernels_stream_the_same_values(stream_all, name):
+def test_the_library_row_kernels_stream_the_same_values(stream_all, monkeypatch, name):
     from kdsl.kernels import norms
     from kdsl.kernels.softmax import reference as softmax_reference
+    from kdsl.kernels.softmax import softmax_rows
 
+    kernel = {"softmax": softmax_rows, "rmsnorm": norms.rmsnorm_rows}.get(
+        name, norms.layernorm_rows
+    )
+    for compiled in ("_fast", "_by_spec"):  # compiled again, with the threshold at 0
+        monkeypatch.setattr(kernel, compiled, {})
+    before = kernel.stats()
     rng = keyed_rng("stream-library", name)
     for shape in [(3, 1), (5, 17), (4, 1000), (2, 4099)]:
         x = random_array(rng, shape, np.float32)
         w, b = (random_array(rng, shape[1:], np.float32) for _ in range(2))
-        y, _ = padded_output(shape, np.float32, 3)
+        y, raw = padded_output(shape, np.float32, 3)
         if name == "softmax":
             softmax(x, out=y)
             reference = softmax_reference(x)
@@ -157,6 +164,60 @@ def test_the_library_row_kernels_stream_the_same_values(stream_all, name):
             layernorm(x, w, b, out=y)
             reference = norms.layernorm_reference(x, w, b)
         np.testing.assert_allclose(y, reference, rtol=2e-5, atol=1e-6)
+        assert np.count_nonzero(raw != SENTINEL) <= y.size
+    after = kernel.stats()  # built here, not loaded from the cache: no object yet
+    assert after["compilations"] > before["compilations"]
+    assert after["objects_loaded"] == before["objects_loaded"]
+
+
+def test_loads_that_assume_aligned_vectors_keep_the_loop_as_it_was(stream_all):
+    """A load of one element per group of lanes (`s[i, j // 32]`, a Q8_0 scale's
+    pattern) reads its elements for vectors starting at multiples of the width: the
+    loop doesn't stream (the streamed vectors start at a cache line instead)."""
+
+    @kd.kernel
+    def dequantize(q, s, y):
+        i, j = kd.indices(q.shape[0], q.shape[1])
+        y[i, j] = q[i, j] * s[i, j // 32]
+
+    @dequantize.schedule(kd.cpu)
+    def _(sched):
+        sched.vectorize("j", 16)
+        sched.nontemporal("y")
+
+    rng = keyed_rng("stream-grouped")
+    q = random_array(rng, (3, 320), np.float32)
+    scales = random_array(rng, (3, 10), np.float32)
+    for offset in (0, 3, 12):
+        y, raw = padded_output(q.shape, np.float32, offset)
+        dequantize(q, scales, y)
+        np.testing.assert_array_equal(y, q * np.repeat(scales, 32, axis=1))
+    assert "movnt" not in dequantize.asm(q, scales, y)
+
+
+def test_stores_past_the_cache_are_fenced_before_other_threads_read_them(stream_all):
+    """A serial stage streams y, then a parallel stage's tasks read it: a fence before
+    the tasks start, and one before the kernel returns."""
+
+    @kd.kernel
+    def two_stages(x, y, z):
+        i, j = kd.indices(x.shape[0], x.shape[1])
+        y[i, j] = x[i, j] + 1
+        z[i, j] = y[i, j] * 2
+
+    @two_stages.schedule(kd.cpu)
+    def _(s):
+        s.vectorize("j", 16)
+        s.parallelize("i.1")
+        s.nontemporal("y")
+
+    rng = keyed_rng("stream-fence")
+    x = random_array(rng, (33, 70), np.float32)
+    y, z = np.empty_like(x), np.empty_like(x)
+    two_stages(x, y, z)
+    np.testing.assert_array_equal(z, (x + 1) * 2)
+    entry = two_stages.asm(x, y, z).split(".i:")[0]  # (the task's function follows)
+    assert entry.count("sfence") == 2, entry
 
 
 def test_the_step_names_the_arrays_it_can_mark():
