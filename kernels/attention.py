@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 from kdsl.kernels import _device
 from kdsl.kernels._checks import apart, as_array, as_float, out_array, shape_error, written
-from kdsl.kernels._machine import score_keys_first
+from kdsl.kernels._machine import score_keys_first, value_queries_first
 from kdsl.kernels.attention_tc import flash_mma_kernel
 
 import kdsl as kd
@@ -229,7 +229,7 @@ def _tile_schedule(s, tag: str, rqk, rpv) -> None:
 @flash_kernel.schedule(kd.cpu)
 def _flash_cpu(s):
     rqk = s.param("rqk", score_keys_first())
-    rpv = s.param("rpv", [4, 2])
+    rpv = s.param("rpv", value_queries_first())
     s.parallelize("i")
     _tile_schedule(s, "", rqk, rpv)
     _tile_schedule(s, "_m", rqk, rpv)
