@@ -1,6 +1,7 @@
 """The loop primitives: split, reorder, the execution annotations (unroll,
-vectorize, parallelize, tensorize, bind) and the memory hints (prefetch, nontemporal). Each takes the step's context, checks legality against
-the loops' dependence kinds, and leaves the rewritten kernel in `ctx.kernel`.
+vectorize, parallelize, tensorize, bind) and the memory hints (prefetch, nontemporal).
+Each takes the step's context, checks legality against the loops' dependence kinds, and
+leaves the rewritten kernel in `ctx.kernel`.
 """
 
 from __future__ import annotations
@@ -538,8 +539,9 @@ def nontemporal(ctx: StepContext, buffer: object) -> None:
     reads it first), nor do they push the inputs out. For outputs streamed to DRAM
     once, such as a norm's over rows that don't fit the cache; smaller ones are written
     as before, to stay in cache for what reads them next. A hint: results never change.
-    On the CPU, vector loops' contiguous stores of it (movnt, in a vector loop whose
-    first stores up to the register's alignment run masked); a GPU ignores it."""
+    On the CPU: the contiguous stores of it in vector loops (movnt from the first cache
+    line boundary on, the stores before it and after the last whole line masked:
+    kdsl/targets/cpu/streaming.py); a GPU ignores it."""
     written = {s.buffer for s in walk_stmts(ctx.kernel.body) if isinstance(s, Store)}
     names = [
         b.name for b in ctx.kernel.buffers if b.role is not BufferRole.TEMP and b.name in written

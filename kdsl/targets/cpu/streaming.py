@@ -16,12 +16,13 @@ of whole lines, each stored past the cache, then the rest masked. A smaller buff
 one whose elements are not aligned to their size, takes the loop as it is without the
 hint; so does a loop with accumulators or an inner loop, or whose vectors are not whole
 cache lines, or with an access that relies on vectors starting at multiples of their
-width (a load of one element per group of lanes, `x[j // 32]`; a strided one). On the streaming path the loop's prefetches of the
-buffer are dropped: they would fetch the lines the stores bypass. Such stores are
-weakly ordered, so a function that made them (a parallel loop's task too) ends with a
-fence (sfence, which glibc's memcpy ends its own with: a locked instruction, LLVM's
-x86 seq_cst fence, is not documented to order them), for the caller, or the thread that
-joins the task, reads the output next.
+width (a load of one element per group of lanes, `x[j // 32]`; a strided one). On the
+streaming path the loop's prefetches of the buffer are dropped: they would fetch the
+lines the stores bypass. Such stores are weakly ordered, so a function that made them
+(a parallel loop's task too) ends with a fence, and one that starts a parallel loop
+after them fences first: sfence, which glibc's memcpy ends its own with (a locked
+instruction, LLVM's x86 seq_cst fence, is not documented to order them); the caller,
+or the threads of the tasks, read the output next.
 """
 
 from __future__ import annotations
