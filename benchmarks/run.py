@@ -138,7 +138,9 @@ NOTES = [
     "Schedule cases (benchmarks/schedules.py): 'parallel' is the default schedule on all "
     "cores against the same kernel with kd.set_num_threads(1); 'empty fork/join' calls the "
     "native pool from Python through ctypes (both sides pay the same ~0.8 µs of ctypes); "
-    "'copy' against np.copyto is the memory-bandwidth yardstick; softmax and RMS norm are "
+    "'copy' against np.copyto is the memory-bandwidth yardstick, and 'copy, s.nontemporal' the "
+    "same copy with its output written past the caches where it is larger than the L3 (no read "
+    "of each output line before it is written) against the default schedule; softmax and RMS norm are "
     "DESIGN §1's statements with temporaries, with a fuse/vectorize/parallelize schedule, "
     "against NumPy and against the same kernel with the default schedule (unfused); the "
     "scheduled matmul uses the tile/split/reorder/vectorize/unroll/parallelize schedule of "
@@ -169,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             schedules.parallel_case(10_000),
             schedules.fork_join_case(),
             schedules.copy_case(10_000),
+            schedules.nontemporal_case(10_000),
             *schedules.softmax_cases(8, 100),
             *schedules.rmsnorm_cases(8, 100),
             schedules.scheduled_matmul_case(70),
@@ -191,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             schedules.parallel_case(4_000_000),
             schedules.fork_join_case(),
             schedules.copy_case(10_000_000),
+            schedules.nontemporal_case(10_000_000),
             *schedules.softmax_cases(4096, 1024),
             *schedules.rmsnorm_cases(4096, 1024),
             schedules.scheduled_matmul_case(1024),

@@ -6,6 +6,8 @@ kdsl kernel without the step being measured (one thread; unfused).
 
 from __future__ import annotations
 
+import dataclasses
+
 import harness
 import numpy as np
 from llvmlite import ir
@@ -154,6 +156,32 @@ def copy_case(n: int) -> harness.Case:
         work=8 * n,
         unit="GB/s",
         peer="np.copyto",
+    )
+
+
+@kd.kernel
+def streamed_copy(x, y):
+    i = kd.indices(x.shape[0])
+    y[i] = x[i]
+
+
+@streamed_copy.schedule(kd.cpu)
+def _streamed_copy_schedule(s):
+    """The default schedule, the output written past the caches beyond the L3."""
+    s.default()
+    s.nontemporal("y")
+
+
+def nontemporal_case(n: int) -> harness.Case:
+    """A copy with s.nontemporal against the same copy with the default schedule: the
+    read of each output line before it is written, which the step saves."""
+    base = copy_case(n)
+    return dataclasses.replace(
+        base,
+        name="copy y = x, s.nontemporal (past the caches)",
+        kdsl=streamed_copy,
+        numpy=copy,
+        peer="kdsl, default schedule",
     )
 
 
