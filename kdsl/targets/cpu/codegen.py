@@ -55,6 +55,7 @@ from kdsl.ir.nodes import (
 from kdsl.ir.visit import local_definitions, walk_expr, walk_stmts
 from kdsl.targets.cpu.abi import ARRAY_LAYOUT, WRITEABLE_FLAG
 from kdsl.targets.cpu.amx import emit_tile_product, release_tiles
+from kdsl.targets.cpu.jit import CACHE_LINE
 from kdsl.targets.cpu.ops import I1, I8, I32, I64, PTR, Ops, constant, llvm_type, memory_type
 from kdsl.targets.cpu.parallel import emit_parallel_loop
 from kdsl.targets.cpu.partials import Chain, Strips, carried_partials
@@ -63,7 +64,6 @@ from kdsl.targets.cpu.streaming import fence_streamed_stores
 from kdsl.targets.cpu.vector import emit_vector_loop
 from kdsl.targets.cpu.vector_plan import named_columns
 
-CACHE_LINE = 64  # bytes: temporaries start on a line
 MAX_HEAP_BYTES = 1 << 62  # a temporary's size beyond this (or past 2^64) fails as out of memory
 
 

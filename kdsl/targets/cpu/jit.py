@@ -45,6 +45,9 @@ def host_features() -> dict[str, bool]:
     return dict(llvm.get_host_cpu_features())
 
 
+CACHE_LINE = 64  # bytes: heap temporaries start on one; streamed stores fill whole ones
+
+
 def register_bytes() -> int:
     """The width of this CPU's float vector registers: 64 with AVX-512, else 32."""
     return 64 if host_features().get("avx512f", False) else 32

@@ -53,8 +53,6 @@ from kdsl.targets.cpu.ops import I1, I64, Ops, smin
 if TYPE_CHECKING:
     from kdsl.targets.cpu.vector import _VectorLoop
 
-LINE_BYTES = 64  # a cache line: the streamed vectors' size and alignment are multiples
-
 
 def streamed_store(vl: _VectorLoop) -> Store | None:
     """The first store in the vector loop's body that can stream, or None."""
@@ -76,7 +74,7 @@ def streamed_store(vl: _VectorLoop) -> Store | None:
             continue
         buf = gen.buffers[s.buffer]
         laid_out = buf.role is not BufferRole.PARAM or (buf.contiguous and not buf.fortran)
-        whole = vl.w * buf.dtype.itemsize % LINE_BYTES == 0
+        whole = vl.w * buf.dtype.itemsize % jit.CACHE_LINE == 0
         if buf.nontemporal and laid_out and whole and _consecutive(s.index, loop.var):
             return s
     return None
@@ -136,7 +134,7 @@ def run_streaming(vl: _VectorLoop, store: Store, stop: ir.Value, plain: Callable
     with b.if_else(stream) as (then, otherwise):
         with then:
             vl.streaming, gen.streamed = (store.buffer, store.index), True
-            line = ir.Constant(I64, LINE_BYTES - 1)
+            line = ir.Constant(I64, jit.CACHE_LINE - 1)
             to_boundary = b.and_(b.sub(ir.Constant(I64, 0), address), line)
             head = smin(b, b.udiv(to_boundary, ir.Constant(I64, item)), stop)
             _partial_vector(vl, ir.Constant(I64, 0), head)

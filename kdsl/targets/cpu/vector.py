@@ -72,6 +72,7 @@ from kdsl.ir.nodes import (
 )
 from kdsl.ir.visit import walk_all_exprs, walk_expr, walk_stmts
 from kdsl.targets.cpu.dot import emit_dot_loop
+from kdsl.targets.cpu.jit import CACHE_LINE
 from kdsl.targets.cpu.ops import I1, I8, I32, I64, PTR, constant, llvm_type, memory_type
 from kdsl.targets.cpu.partials import (
     BLOCK,
@@ -95,7 +96,7 @@ from kdsl.targets.cpu.partials import (
     with_levels,
 )
 from kdsl.targets.cpu.state import ErrorKind
-from kdsl.targets.cpu.streaming import LINE_BYTES, run_streaming, streamed_store
+from kdsl.targets.cpu.streaming import run_streaming, streamed_store
 from kdsl.targets.cpu.strided import (
     Runs,
     filled_runs,
@@ -966,7 +967,7 @@ class _VectorLoop:
         """Store the lanes; `nontemporal`: a movnt store, its address at a cache line's
         start (streaming.py makes it so)."""
         if at.contiguous and self.mask is None and nontemporal:
-            stored = self.b.store(value, at.address, align=LINE_BYTES)
+            stored = self.b.store(value, at.address, align=CACHE_LINE)
             hint = self.b.module.add_metadata([ir.Constant(I32, 1)])
             stored.set_metadata("nontemporal", hint)
             return

@@ -380,7 +380,7 @@ def _outside_normal(v: Vec, n: ir.Value) -> ir.Value:
     instructions; softmax rows in the L2 1.08× faster on a Zen 2)."""
     b = v.b
     lo, hi = _NORMAL_N[v.bits]
-    step = max(1, min(v.t.count, jit.register_bytes() * 8 // v.bits))
+    step = min(v.t.count, jit.register_bytes() * 8 // v.bits)
     part_type = ir.VectorType(v.t.element, step)
     outside: ir.Value | None = None
     for start in range(0, v.t.count, step):
