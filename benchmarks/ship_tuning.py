@@ -1,5 +1,5 @@
 """Tune the kernel library on this machine and write the results kdsl ships for it:
-`python benchmarks/ship_tuning.py [--budget 20s]`.
+`python benchmarks/ship_tuning.py [--budget 20s] [--only MODULE ...]`.
 
 Runs `kdsl autotune` on the library's modules (every kernel, its declared example shapes)
 in an empty cache directory, then times each result's best config against the default
@@ -11,13 +11,15 @@ of their signatures as default-params rows (`ship`), and writes them to
 kdsl/autotune/tuned/<cpu>.json, where calls on a machine with the same CPU model and
 features find them when the user's own database has no row (kdsl/autotune/shipped.py).
 Rerun after changing a library kernel: its content hash changes, and
-`tests/autotune/test_shipped.py` says which shipped rows went stale.
+`tests/autotune/test_shipped.py` says which shipped rows went stale. `--only` retunes the
+named modules (e.g. `--only matvec`) and keeps the file's rows of every other kernel.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import os
 import statistics
 import subprocess
@@ -29,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from kdsl.kernels import kernel_functions, module_names
 
-from kdsl.autotune.database import Entry, TuningDB
+from kdsl.autotune.database import Entry, TuningDB, read_export
 from kdsl.autotune.keys import format_shape, target_key
 from kdsl.autotune.registry import DB_NAME
 from kdsl.autotune.shipped import SHIPPED_DIR
@@ -112,20 +114,52 @@ def shipped_path() -> Path:
     return SHIPPED_DIR / f"{cpu}-{digest}.json"
 
 
+def modules_to_tune(only: list[str] | None) -> list[str]:
+    """The library's modules that `--only` names (short names such as "matvec"), or all."""
+    every = module_names()
+    if not only:
+        return every
+    named = [m for m in every if m.rsplit(".", 1)[1] in only or m in only]
+    unknown = set(only) - {m.rsplit(".", 1)[1] for m in named} - set(named)
+    if unknown:
+        short = ", ".join(m.rsplit(".", 1)[1] for m in every)
+        raise SystemExit(f"--only: no library module {', '.join(sorted(unknown))} ({short})")
+    return named
+
+
+def kept_rows(path: Path, retuned: set[str]) -> list[Entry]:
+    """The rows of `path` (this machine's shipped file) of kernels not being retuned."""
+    if not path.exists():
+        return []
+    return [e for e in read_export(str(path)) if e.kernel_name not in retuned]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", default="20s", help="per kernel and shape (default 20s)")
+    parser.add_argument(
+        "--only", nargs="+", metavar="MODULE", help="retune these library modules only"
+    )
     args = parser.parse_args(argv)
+    modules = modules_to_tune(args.only)
+    kernels = kernel_functions()
+    retuned = {
+        k.name
+        for m in modules
+        for k in vars(importlib.import_module(m)).values()
+        if isinstance(k, KernelFunction)
+    }
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "KDSL_CACHE_DIR": cache}
-        command = [sys.executable, "-m", "kdsl", "autotune", *module_names()]
+        command = [sys.executable, "-m", "kdsl", "autotune", *modules]
         subprocess.run([*command, "--budget", args.budget, "--no-progress"], env=env, check=True)
         tuned = TuningDB(Path(cache) / DB_NAME).entries()
-        shipped, gains = ship(tuned, kernel_functions())
+        shipped, gains = ship(tuned, kernels)
+        path = shipped_path()
+        shipped += kept_rows(path, retuned) if args.only else []
         out = TuningDB(Path(cache) / "shipped.sqlite")
         for e in shipped:
             out.record(e)
-        path = shipped_path()
         path.parent.mkdir(parents=True, exist_ok=True)
         out.export(path)
         out.close()
