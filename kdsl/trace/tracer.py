@@ -64,11 +64,14 @@ class ConstSpec:
         object.__setattr__(self, "key", exact_key(self.value))
 
 
+_INEXACT = (float, complex, np.floating, np.complexfloating)  # (a `|` union is made per use)
+
+
 def exact_key(v: object) -> object:
     """`v` compared by type and exact value (see ConstSpec)."""
     if isinstance(v, tuple):
         return (tuple, tuple(exact_key(x) for x in v))
-    if isinstance(v, float | complex | np.floating | np.complexfloating):
+    if isinstance(v, _INEXACT):
         return (type(v), repr(v))  # repr tells -0.0 from 0.0, and NaN equals NaN
     return (type(v), v)
 

@@ -57,26 +57,26 @@ class Specialization:
 
     def __post_init__(self) -> None:
         # Arguments already in the compiled function's order (arrays, then scalars) and
-        # nothing to allocate: the call passes them straight through.
-        order = self.array_pos + self.scalar_pos
-        self.direct = not self.results and order == tuple(range(len(self.param_names)))
+        # nothing to allocate: the call passes them straight through (`direct`).
+        self.order = self.array_pos + self.scalar_pos
+        self.direct = not self.results and self.order == tuple(range(len(self.param_names)))
 
     def run(self, args: Sequence[object]) -> object:
-        if self.direct:  # (the call with the least between Python and the kernel)
+        if not self.results:  # (the calls with the least between Python and the kernel:
+            # the arguments as given, or in the entry's order without the constexpr ones)
+            call = args if self.direct else [args[i] for i in self.order]
             try:
-                code = self.compiled.cfunc(*args)
+                code = self.compiled.cfunc(*call)
             except ctypes.ArgumentError as exc:
                 raise self._unpassable(exc) from None
             if code:
-                self._raise_or_retry(code, args, args, [])
+                self._raise_or_retry(code, args, call, [])
             return None
         results = [np.empty(self._shape(shape, args), dtype) for shape, dtype in self.results]
         call = [*[args[i] for i in self.array_pos], *results, *[args[i] for i in self.scalar_pos]]
         code = self._invoke(self.compiled, call)
         if code:
             self._raise_or_retry(code, args, call, results)
-        if not results:
-            return None
         return results[0] if len(results) == 1 else tuple(results)
 
     def _invoke(self, compiled: CpuKernel, call: Sequence[object]) -> int:
