@@ -50,7 +50,7 @@ def bf16_pairs_first() -> list[bool]:
     """A param's choices for a bf16 matmul summing k in pairs: first where the CPU has
     AVX512-BF16's `vdpbf16ps`, which takes a pair per lane; last elsewhere, where each
     pair was widened and shuffled apart (on a Zen 2, AVX2, 1024³ ran at 28 GFLOP/s with
-    pairs, 77 without: bf16 widened to f32 as it is loaded)."""
+    pairs, 77 without and widened as loaded, 176 widened in the packed copies)."""
     return [True, False] if _features().get("avx512bf16") else [False, True]
 
 

@@ -121,7 +121,7 @@ def _register_blocked(s, across: str, panel: int, depth: int) -> None:
     across = s.param("across", sorted(ACROSS, key=lambda a: a != across))
     nc = s.param("nc", sorted(PANEL_WIDTHS, key=lambda w: w != panel))
     bf16 = s.dtype("a") == s.dtype("b") == kd.bf16
-    kc = 0 if bf16 else s.param("kc", sorted(DEPTHS, key=lambda d: d != depth))  # (see layout)
+    kc = s.param("kc", sorted(DEPTHS, key=lambda d: d != depth))  # (see layout)
     tiles = bf16 and s.has("amx") and s.param("amx", [True, False])
     # every path's params are declared whichever runs: the autotuner sees the whole space
     rows = s.param("amx_tile", [16, 32]) if bf16 and s.has("amx") else None
@@ -129,6 +129,7 @@ def _register_blocked(s, across: str, panel: int, depth: int) -> None:
     mr = s.param("mr", sorted([8, 6, 4, 12], key=lambda r: r != first_mr))
     nr = s.param("nr", sorted([32, 16, 64], key=lambda r: r != first_nr))
     pairs = s.param("bf16_pairs", bf16_pairs_first()) if bf16 else False
+    kc = 0 if pairs else kc  # (the "vnni" copy takes all of k)
     if tiles:
         _on_tiles(s, across, nc, rows)
         return
@@ -149,17 +150,24 @@ def _register_blocked(s, across: str, panel: int, depth: int) -> None:
             s.reorder(jo, ko, io, jr, ii, ji)  # (after the tile loops: acc is a panel of C)
             packed_at = ko
         s.reorder(ji, k, ii)  # k inside the columns of the tile, its rows unrolled inside k
+        # bf16 without a bf16 dot instruction: the copies hold the values widened to f32,
+        # once per element copied, and the tiles run the f32 code (widened as they were
+        # read, a broadcast of A took four instructions: on a Zen 2, 1024³ ran at 0.48×
+        # the f32 product)
+        widened = kd.f32 if bf16 else None
         if s.param("pack_b", [True, False]):
-            _pack_b(s, packed_at, "packed", across)  # the copy along columns: vector code
+            _pack_b(s, packed_at, "packed", across, widened)  # along columns: vector code
+        if bf16:
+            s.cache("a", at=io, layout="packed", dtype=kd.f32)
     s.vectorize(ji, nr)
     s.unroll(ii)
     s.parallelize(jo if across == "panels" else io)
 
 
-def _pack_b(s, jo: str, layout: str, across: str) -> None:
-    """B's panel copied at the start of each iteration of `jo`; by all cores when they
-    share the rows of A (each packs its own panels otherwise)."""
-    s.cache("b", at=jo, layout=layout)
+def _pack_b(s, jo: str, layout: str, across: str, dtype=None) -> None:
+    """B's panel copied (converted to `dtype`, if given) at the start of each iteration of
+    `jo`; by all cores when they share the rows of A (each packs its own panels otherwise)."""
+    s.cache("b", at=jo, layout=layout, dtype=dtype)
     if across == "rows":
         s.parallelize("b.c0")
 
@@ -440,7 +448,8 @@ def _product_of_matrices(
         # a row: w streamed once by all cores (1 x 4096 x 4096: 26 -> 7.7 ms), not panels
         vecmat(a[0], b, c[0], bias, activation)
         return
-    kernel = kernel_for(plain, *layout(m, k, n, b.itemsize, kd.get_num_threads()))
+    packed = 4 if b.dtype.name == "bfloat16" and not bf16_pairs_first()[0] else b.itemsize
+    kernel = kernel_for(plain, *layout(m, k, n, packed, kd.get_num_threads()))  # (f32 panels)
     if plain:
         kernel(a, b, c)
     else:

@@ -12,6 +12,12 @@ their values. The copy back writes the whole box: if iterations of a parallel lo
 around `at` had overlapping boxes they would race, so caching a written buffer inside a
 loop that is already parallel is refused.
 
+A copy of a buffer only read may hold its values converted to a wider dtype (`dtype`:
+bf16 widened to f32, say) when the wider one holds every value of the buffer's exactly:
+the conversion is then made once per element copied instead of at each read (a
+matmul's packed panels, read once per row of the other operand), and reads that
+convert to that dtype read the copy as it is.
+
 An access that the bounds pass could not prove in bounds (`checked`, checked at each
 element) must still fail outside the buffer, and a subscript past the buffer's end may
 be inside the box, where nothing was copied. Such a read of a buffer that is only read
@@ -32,6 +38,7 @@ from kdsl.ir.nodes import (
     BinaryOp,
     Buffer,
     BufferRole,
+    Cast,
     Const,
     Expr,
     Load,
@@ -55,6 +62,7 @@ from kdsl.schedule.bounds import (
 )
 from kdsl.schedule.distribute import upper_bound
 from kdsl.schedule.step import StepContext
+from kdsl.types import DType, Kind, as_dtype
 
 SCOPES = {"stack": Scope.STACK, "heap": Scope.HEAP, "shared": Scope.SHARED}
 STACK_MAX_BYTES = 1 << 20  # an explicit scope="stack" copy may be this large
@@ -63,7 +71,12 @@ _SERIAL_EXECS = (LoopExec.SERIAL, LoopExec.UNROLLED, LoopExec.VECTORIZED)
 
 
 def cache(
-    ctx: StepContext, buffer: object, at: object, layout: object = None, scope: object = None
+    ctx: StepContext,
+    buffer: object,
+    at: object,
+    layout: object = None,
+    scope: object = None,
+    dtype: object = None,
 ) -> str:
     """Copy the box of `buffer` used in one iteration of loop `at` into a local buffer,
     at the start of each iteration; returns the local buffer's name (`B.c`).
@@ -79,7 +92,9 @@ def cache(
     int8) interleaved along the columns, `copy[r // g, c·g + r % g] = box[r, c]`, the
     operand layout of the CPU's dot-product instructions (a matmul's B for vdpbf16ps or
     vpdpbusd). `scope` is None (stack when small and of constant size, else heap),
-    "stack", "heap", or "shared" (GPU schedules only).
+    "stack", "heap", or "shared" (GPU schedules only). `dtype` (a buffer only read) makes
+    the copy hold its values converted to a dtype that represents each of them exactly
+    (`kd.f32` for a bf16, f16, int8 or int16 buffer).
 
     The copy loops are parallel, named after the copy (`B.c0` outermost, `B.c1`, …; the
     copy back `B.cw0`, …), innermost along the copy's last axis so their stores are
@@ -106,6 +121,7 @@ def cache(
             f"'{buf.name}' is written inside loop '{loop.var}', and a \"vnni\" copy is only read",
             'cache it with layout="packed", or cache a buffer that the loop only reads',
         )
+    held = _held_dtype(ctx, buf, dtype, written, group)
     uses = _uses(ctx, buf, loop, written)
     spans, windows = _region(ctx, buf, path, loop, uses)
     shape = tuple(size_expr(spans[d].size) for d in order)
@@ -114,7 +130,7 @@ def cache(
         shape = (_ceil_div(rows, group), index_op(BinaryOp.MUL, cols, index_const(group)))
     local = Buffer(
         ctx.fresh(f"{buf.name}.c"),
-        buf.dtype,
+        held,
         shape,
         BufferRole.TEMP,
         _scope(ctx, scope, buf, shape),
@@ -171,6 +187,58 @@ def _layout(ctx: StepContext, layout: object, buf: Buffer) -> tuple[int, ...]:
             "axis layout[k] of the buffer)",
         )
     return tuple(order)
+
+
+def _held_dtype(ctx: StepContext, buf: Buffer, dtype: object, written: bool, group: int) -> DType:
+    """The dtype of the copy's elements: the buffer's, or `dtype` where it may convert."""
+    if dtype is None:
+        return buf.dtype
+    try:
+        dtype = as_dtype(dtype)
+    except TypeError:
+        raise ctx.refuse(
+            f"dtype={dtype!r} is not a kdsl dtype", "pass one such as kd.f32"
+        ) from None
+    if dtype == buf.dtype:
+        return buf.dtype
+    if written:
+        raise ctx.refuse(
+            f"'{buf.name}' is written inside the loop, and its copy is copied back, so it "
+            f"can't hold {dtype.name} values",
+            "leave out dtype=, or cache a buffer that the loop only reads",
+        )
+    if group > 1:
+        raise ctx.refuse(
+            f'a "vnni" copy interleaves {buf.dtype.name} pairs for dot-product '
+            f"instructions, and can't hold {dtype.name} values",
+            'leave out dtype=, or use layout="packed"',
+        )
+    if not holds_exactly(dtype, buf.dtype):
+        raise ctx.refuse(
+            f"a copy of '{buf.name}' ({buf.dtype.name}) in {dtype.name} would change values: "
+            f"{dtype.name} does not hold every {buf.dtype.name} exactly",
+            "convert to a wider dtype (kd.f32 holds every bf16, f16, int8 and int16 value), "
+            "or leave out dtype=",
+        )
+    return dtype
+
+
+_SIGNIFICAND_BITS = {"bf16": 8, "f16": 11, "f32": 24, "f64": 53}
+
+
+def holds_exactly(wide: DType, narrow: DType) -> bool:
+    """Whether every value of `narrow` is a value of `wide`."""
+    if narrow.is_bool or wide.is_bool:
+        return False
+    if wide.is_float:
+        if narrow.is_float:
+            return wide.bits > narrow.bits
+        return narrow.bits <= _SIGNIFICAND_BITS[wide.name]
+    if narrow.is_float:
+        return False
+    if narrow.kind is wide.kind:
+        return wide.bits > narrow.bits
+    return narrow.kind is Kind.UINT and wide.bits > narrow.bits  # unsigned into signed
 
 
 def _vnni_group(ctx: StepContext, buf: Buffer) -> int:
@@ -399,26 +467,39 @@ class _Copy:
         where = tuple((w.start + Lin.of(var[d])).expr() for d, w in enumerate(self.windows))
         here = self.local_index(where)
         stmt: Stmt = (
-            Store(self.local.name, here, Load(self.buf.name, where, self.buf.dtype))
+            Store(
+                self.local.name, here, self._converted(Load(self.buf.name, where, self.buf.dtype))
+            )
             if inward
             else Store(self.buf.name, where, Load(self.local.name, here, self.buf.dtype))
         )
         for d, n in reversed(list(zip(dims, names))):
             stmt = Loop(n, self.windows[d].count, LoopKind.PARALLEL, (stmt,), loc=self.ctx.loc)
             if n == names[-1] and self.vectors:
-                lanes = max(2, min(64, VECTOR_BYTES // self.buf.dtype.itemsize))
+                lanes = max(2, min(64, VECTOR_BYTES // self.local.dtype.itemsize))
                 stmt = replace(stmt, exec=LoopExec.VECTORIZED, width=lanes)
         return stmt
 
+    def _converted(self, value: Expr) -> Expr:
+        held = self.local.dtype
+        return value if held == self.buf.dtype else Cast(value, held)
+
     def retarget(self, stmts: tuple[Stmt, ...]) -> tuple[Stmt, ...]:
         """`stmts` with the accesses of the buffer that the copy serves made accesses of
-        the copy (a checked read of a buffer only read keeps reading the buffer)."""
-        name = self.buf.name
+        the copy (a checked read of a buffer only read keeps reading the buffer). A copy
+        in another dtype is read back as the buffer's dtype, and a conversion of that to
+        the copy's dtype reads the copy as it is (exact: the copy holds every value)."""
+        name, local, held = self.buf.name, self.local.name, self.local.dtype
 
         def expr(e: Expr) -> Expr | None:
             if isinstance(e, Load) and e.buffer == name and (self.written or not e.checked):
                 index = self.local_index(e.index, e.checked)
-                return replace(e, buffer=self.local.name, index=index)
+                copy = replace(e, buffer=local, index=index, dtype=held)
+                return copy if held == e.dtype else Cast(copy, e.dtype)
+            if isinstance(e, Cast) and isinstance(read := e.operand, Cast):
+                inner = read.operand  # a read of a converted copy, converted again
+                if isinstance(inner, Load) and inner.buffer == local:
+                    return inner if e.dtype == held else Cast(inner, e.dtype)
             return None
 
         def stmt(s: Stmt) -> Stmt:

@@ -22,6 +22,7 @@ from kdsl.ir.nodes import Kernel, Loop
 from kdsl.ir.passes import lower
 from kdsl.schedule import caching, fusion, loops, stages
 from kdsl.schedule.step import Step, StepContext, plain
+from kdsl.types import DType
 
 VectorCheck = Callable[[Loop, Kernel], "str | None"]
 TileInstructions = Callable[[], frozenset[str]]  # the target's matrix instructions ("amx")
@@ -258,11 +259,19 @@ class Schedule:
         self._apply(Step("inline", (stage,)))
 
     def cache(
-        self, buffer: str, at: str, layout: str | None = None, scope: str | None = None
+        self,
+        buffer: str,
+        at: str,
+        layout: str | None = None,
+        scope: str | None = None,
+        dtype: DType | None = None,
     ) -> str:
         """Copy the tile of `buffer` used in one iteration of `at` into a local buffer
-        (re-laid out by `layout`, e.g. "packed"); returns the local buffer's name."""
-        kwargs = tuple((k, v) for k, v in (("layout", layout), ("scope", scope)) if v is not None)
+        (re-laid out by `layout`, e.g. "packed"; its values converted to a wider `dtype`,
+        e.g. kd.f32 for bf16); returns the local buffer's name."""
+        held = dtype.name if isinstance(dtype, DType) else dtype  # (steps hold JSON values)
+        named = (("layout", layout), ("scope", scope), ("dtype", held))
+        kwargs = tuple((k, v) for k, v in named if v is not None)
         return self._apply(Step("cache", (buffer, at), kwargs))  # type: ignore[return-value]
 
     # ------------------------------------------------------------- application

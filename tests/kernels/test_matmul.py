@@ -415,6 +415,27 @@ def test_bf16_inner_loop_uses_dot_products(monkeypatch: pytest.MonkeyPatch) -> N
     assert not [i for i in body if "(%rsp" in i or i.startswith("vfmadd")], body
 
 
+def test_bf16_without_dot_products_widens_in_the_copies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the CPU has no bf16 dot instruction (the schedule's first choice there), the
+    packed panel of B and the tile's rows of A hold f32: the register tile's loop is the
+    f32 one, with no widening in it (widened as it read, a Zen 2 ran it at 0.48× f32)."""
+    monkeypatch.setitem(importlib.import_module("kdsl.kernel").TILE_INSTRUCTIONS, "cpu", frozenset)
+    monkeypatch.setattr(mm, "bf16_pairs_first", lambda: [False, True])
+    kernel = kd.kernel(mm._plain, name="product_widened")
+    kernel.schedule(kd.cpu)(mm._blocked("panels", mm.PANEL))
+    a, b = _bf16_operands(70, 129, 67)
+    c = np.full((70, 67), np.nan, np.float32)
+    kernel(a, b, c)
+    _close(c, a, b)
+    scheduled = kernel.schedule_of(a, b, c)
+    copies = {buf.name: buf.dtype for buf in scheduled.kernel.buffers if ".c" in buf.name}
+    assert set(copies.values()) == {kd.f32} and {"a.c", "b.c"} <= copies.keys(), copies
+    loops = asm_loops(kernel.asm(a, b, c))
+    body = max(loops, key=lambda lines: sum(i.startswith("vfmadd") for i in lines))
+    widening = [i for i in body if i.startswith(("vpmovzx", "vpslld", "vpunpck", "vpshufb"))]
+    assert sum(i.startswith("vfmadd") for i in body) >= 8 and not widening, body
+
+
 # ------------------------------------------------------------------ one row: x @ w
 
 vm = importlib.import_module("kdsl.kernels.vecmat")

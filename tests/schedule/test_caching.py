@@ -278,6 +278,147 @@ def test_refuses_vnni_for_wide_or_written_buffers() -> None:
     assert "'y' is written inside loop 'io', and a \"vnni\" copy is only read" in msg
 
 
+# ------------------------------------------------------------------------ widened copies
+
+
+@kd.kernel
+def bf16_matmul(A, B, C):
+    i, j, k = kd.indices(A.shape[0], B.shape[1], A.shape[1])
+    C[i, j] = kd.sum(A[i, k] * B[k, j], over=k)
+
+
+def bf16_args(m: int, n: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    bf16 = kd.bf16.to_numpy()
+    a, b, c = mm_args(m, n, k)
+    return a.astype(bf16), b.astype(bf16), c
+
+
+@given(m=SIZES, n=SIZES, k=SIZES)
+def test_copies_widened_to_f32_are_read_as_they_are(m: int, n: int, k: int) -> None:
+    """bf16 panels held as f32: converted once as they are copied, and the products read
+    them with no conversion left (the values are the same, so the sums are too)."""
+    a, b, c = bf16_args(m, n, k)
+    s = schedule(bf16_matmul, a, b, c)
+    io, jo, ko, *_ = tiled(s)
+    s.cache("B", at=ko, dtype=kd.f32)
+    s.cache("A", at=io, dtype=kd.f32, layout="transposed")
+    assert s.kernel.buffer("B.c").dtype == kd.f32 == s.kernel.buffer("A.c").dtype
+    text = loop_text(s.kernel)
+    assert "B.c[B.c0, B.c1] = f32(B[ko * 64 + B.c0, jo * 32 + B.c1])" in text
+    assert "A.c[ko * 64 + ki, ii] * B.c[ki, ji]" in text and "f32(B.c" not in text
+    out = run(s.kernel, A=a, B=b, C=c)["C"]
+    want = a.astype(np.float64) @ b.astype(np.float64)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+
+
+def test_int8_copies_widened_to_i32_give_exact_sums() -> None:
+    a, b, c = int8_args(9, 37, 70)
+    s = schedule(int8_matmul, a, b, c)
+    _, _, ko, *_ = tiled(s)
+    s.cache("B", at=ko, dtype="i32")  # (a dtype's name does as well)
+    assert "B.c[ki, ji]" in loop_text(s.kernel) and "i32(B.c" not in loop_text(s.kernel)
+    out = run(s.kernel, A=a, B=b, C=c)["C"]
+    np.testing.assert_array_equal(out, a.astype(np.int64) @ b.astype(np.int64))
+
+
+def test_a_read_of_a_widened_copy_as_it_was_keeps_its_dtype() -> None:
+    """A read that does not convert reads the copy back in the buffer's dtype: bf16
+    values copied through an f32 copy come out as they went in."""
+
+    @kd.kernel
+    def shift(x, y):
+        i = kd.indices(y.shape[0])
+        y[i] = x[i + 1]
+
+    bf16 = kd.bf16.to_numpy()
+    x, y = random_array(RNG, (41,), np.float32).astype(bf16), np.zeros(40, bf16)
+    s = schedule(shift, x, y)
+    io, _ = s.split("i", 8)
+    s.cache("x", at=io, dtype=kd.f32)
+    assert "bf16(x.c[" in loop_text(s.kernel)
+    np.testing.assert_array_equal(run(s.kernel, x=x, y=y)["y"], x[1:])
+
+
+def test_widened_copies_compiled_and_replayed() -> None:
+    @kd.kernel
+    def mm(A, B, C):
+        i, j, k = kd.indices(A.shape[0], B.shape[1], A.shape[1])
+        C[i, j] = kd.sum(A[i, k] * B[k, j], over=k)
+
+    @mm.schedule(kd.cpu)
+    def _(s: Schedule) -> None:
+        io, jo, ko, ii, ki, ji = tiled(s)
+        s.cache("B", at=ko, layout="packed", dtype=kd.f32)
+        s.cache("A", at=io, dtype=kd.f32)
+        s.vectorize(ji, 16)
+
+    for m, n, k in [(1, 1, 1), (9, 70, 130), (0, 3, 2), (4, 32, 64)]:
+        a, b, c = bf16_args(m, n, k)
+        mm(a, b, c)
+        want = a.astype(np.float64) @ b.astype(np.float64)
+        np.testing.assert_allclose(c, want, rtol=1e-5, atol=1e-5)
+    a, b, c = bf16_args(5, 9, 7)
+    s = schedule(bf16_matmul, a, b, c)
+    s.cache("B", at=tiled(s)[2], dtype=kd.f32)
+    assert 'dtype="f32"' in str(s)
+    again = Schedule.replay(s.to_json(), lower(bf16_matmul.ir(a, b, c).kernel))
+    assert again.kernel == s.kernel
+
+
+@pytest.mark.parametrize(
+    ("buffer", "dtype", "says"),
+    [
+        ("A", kd.bf16, "in bf16 would change values: bf16 does not hold every f32 exactly"),
+        ("A", kd.i32, "in i32 would change values"),
+        ("A", "f128", "dtype='f128' is not a kdsl dtype"),
+        ("C", kd.f64, "'C' is written inside the loop, and its copy is copied back"),
+    ],
+)
+def test_refuses_a_copy_that_would_change_values(buffer: str, dtype: object, says: str) -> None:
+    s, names = mm_schedule()
+    with pytest.raises(kd.ScheduleError) as info:
+        s.cache(buffer, at=names[1], dtype=dtype)  # type: ignore[arg-type]
+    assert says in str(info.value)
+
+
+def test_refuses_a_widened_vnni_copy() -> None:
+    s = schedule(int8_matmul, *int8_args(5, 9, 7))
+    _, jo, _, _ = s.tile("i", "j", 4, 32)
+    with pytest.raises(kd.ScheduleError) as info:
+        s.cache("B", at=jo, layout="vnni", dtype=kd.i32)
+    assert "can't hold i32 values" in str(info.value) and 'use layout="packed"' in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("wide", "narrow", "holds"),
+    [
+        (kd.f32, kd.bf16, True),
+        (kd.f32, kd.f16, True),
+        (kd.f64, kd.f32, True),
+        (kd.f16, kd.bf16, False),
+        (kd.f32, kd.i16, True),
+        (kd.f32, kd.i32, False),
+        (kd.f64, kd.i32, True),
+        (kd.bf16, kd.u8, True),
+        (kd.i16, kd.u8, True),
+        (kd.i16, kd.i8, True),
+        (kd.u16, kd.i8, False),
+        (kd.i8, kd.u8, False),
+        (kd.i32, kd.f16, False),
+    ],
+)
+def test_which_dtypes_hold_which(wide: kd.DType, narrow: kd.DType, holds: bool) -> None:
+    from kdsl.schedule.caching import holds_exactly
+
+    assert holds_exactly(wide, narrow) is holds
+    if narrow.is_int:  # NumPy agrees on the integers that are hardest to hold
+        limits = np.iinfo(narrow.to_numpy())
+        values = np.array([limits.min, limits.max, limits.max - 1], narrow.to_numpy())
+        with np.errstate(all="ignore"):
+            converted = values.astype(wide.to_numpy())
+        assert all(float(a) == float(b) for a, b in zip(values, converted)) is holds
+
+
 # ------------------------------------------------------------------------ refusals
 
 
