@@ -86,11 +86,18 @@ def score_keys_first() -> list[int]:
 
 
 def value_queries_first() -> list[int]:
-    """The choices of attention's queries per register block of P·V (a query's row of
-    D = 64 outputs: four vectors with AVX-512, eight ymm with AVX2), the first sized to
-    the registers: 4 queries (16 of the 32 zmm) with AVX-512, 1 with AVX2 (4 queries'
-    32 ymm spilled: a Zen 2, B=1 H=8 L=1024 D=64, non-causal 20.0 -> 17.9 ms with one)."""
-    return [4, 2, 1] if vector_bytes() == 64 else [1, 2, 4]
+    """The choices of attention's queries per register block of P·V (each holding
+    value_width() of D), the first sized to the registers: 4 queries × 64 of D (16 of
+    the 32 zmm) with AVX-512, 2 × 32 with AVX2 (8 of its 16 ymm)."""
+    return [4, 2, 1] if vector_bytes() == 64 else [2, 1, 4]
+
+
+def value_width() -> int:
+    """How much of D attention's P·V block holds per query: 64 with AVX-512, 32 with AVX2.
+    Measured on a Zen 2, B=1 H=8 D=64: 2 queries × 32 against 1 × 64 (whose 8 ymm
+    accumulators took a load per FMA; 4 × 64's 32 ymm spilled), L=1024 non-causal 112 ->
+    133 GFLOP/s, causal 106 -> 124; L=2048 114 -> 135 and 108 -> 128."""
+    return 64 if vector_bytes() == 64 else 32
 
 
 def panel_bytes() -> int:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 from kdsl.kernels import _device
 from kdsl.kernels._checks import apart, as_array, as_float, out_array, shape_error, written
-from kdsl.kernels._machine import score_keys_first, value_queries_first
+from kdsl.kernels._machine import score_keys_first, value_queries_first, value_width
 from kdsl.kernels.attention_tc import flash_mma_kernel
 
 import kdsl as kd
@@ -132,8 +132,8 @@ def _key_tile(t: _Task, k0, *, tag: str, masked: bool) -> None:
     t.sT[ke, qe] = kd.exp2(t.sT[ke, qe] - t.mt[qe])
     ql, kl = kd.indices(TQ, tk, names=f"ql{tag} kl{tag}")
     t.lsum[ql] = t.lsum[ql] * t.al[ql] + kd.sum(t.sT[kl, ql], over=kl)
-    # acc = acc·α + P·V, D in chunks of DT
-    dt, dp = _d_tiling(D)
+    # acc = acc·α + P·V, D in chunks of DT (what a block of queries keeps in registers)
+    dt, dp = _d_tiling(D, widest=value_width())
     qa, dc, dv, ka = kd.indices(TQ, dp // dt, dt, tk, names=f"qa{tag} dc{tag} dv{tag} ka{tag}")
     da = dc * dt + dv
     vrow = _v_row(t.v, b, hk, kd.minimum(k0 + ka, t.Lk - 1) if masked else k0 + ka, da, D, dp)
@@ -201,7 +201,7 @@ def flash_kernel(
 
 
 def _tile_schedule(s, tag: str, rqk, rpv) -> None:
-    """Sᵀ: RQK keys × TQ queries in registers over D; P·V: RPV queries × 64 of D in
+    """Sᵀ: RQK keys × TQ queries in registers over D; P·V: RPV queries × DT of D in
     registers over the tile's keys; the softmax steps vectorized across queries."""
     kjo, kji = s.split(f"kj{tag}", rqk)
     qc, qv = s.split(f"qs{tag}", 16)
