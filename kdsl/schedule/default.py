@@ -8,6 +8,11 @@ Whether the
 parallel loop really runs on several threads is decided at run time from the work it
 holds, so small calls stay single-threaded.
 
+A contraction (`C[i, j] = Σk A[i, k]·B[k, j]`: the vector loop's body a reduction that
+reads something the loop around it does not index) is computed in register tiles:
+TILE_ROWS rows of the output × one vector, the reduction outside the rows, so that each
+vector read of B serves every row of the tile (`_register_tiles`).
+
 Every step goes through the same `Schedule` as a user's, so the default prints and
 replays like any other; a step the target refuses is skipped.
 """
@@ -41,6 +46,11 @@ SPLIT_1D = 8192  # a one-loop nest is split so that chunks of it can run in para
 # rows this many elements long or shorter: x[i, 0], x[i, 1], x[i, 2] with i vectorized are
 # whole vector loads and shuffles on the CPU (kdsl/targets/cpu/vector_plan.MAX_STRIDE)
 SHORT_ROW = 8
+# rows of a contraction's register tile: 6 rows × 16 floats is 12 of AVX2's 16 ymm (and 6
+# of AVX-512's zmm). Zen 2, 2 threads, a naive matmul (kd.indices + kd.sum): 1024³ 4 ->
+# 91 GFLOP/s, 256³ 34 -> 92; its first call compiles in 0.75 s instead of 0.11 (the edge
+# rows and columns are code of their own)
+TILE_ROWS = 6
 
 
 def default_schedule(s: Schedule) -> None:
@@ -152,10 +162,48 @@ def _schedule_nest(s: Schedule, nest: Loop) -> None:
             outer, inner = s.split(nest.var, SPLIT_1D)
             vectors = [_loop(s.kernel, inner)]
             parallel = _loop(s.kernel, outer)
+    tiled = _register_tiles(s, nest, vectors)
+    if tiled is not None:
+        rows, vectors = tiled
+        parallel = _loop(s.kernel, rows) if parallel is nest else parallel
     for vector in vectors:
         _try(s.vectorize, vector.var, _width(s.kernel, vector))
     if parallel is not None:
         _try(s.parallelize, parallel.var)
+
+
+def _register_tiles(s: Schedule, nest: Loop, vectors: list[Loop]) -> tuple[str, list[Loop]] | None:
+    """A contraction's output in tiles of TILE_ROWS rows × one vector of columns (`tile`
+    and `reorder`, as a user's matmul schedule): the reduction inside the columns and
+    the rows unrolled inside it, so the sums stay in registers over the whole reduction
+    and each vector of the operand that the rows share is read once per tile. Applied
+    where the vector loop's parent in the nest's parallel chain (the rows) has a body of
+    just the vector loop, whose body holds one reduction loop of straight statements,
+    reading something the rows don't index and something they do. The loop of tiles of
+    rows and the vector loop, or None where it doesn't apply."""
+    chain = _parallel_chain(nest)
+    if len(vectors) != 1 or len(chain) < 2 or vectors[0] is not chain[-1]:
+        return None
+    rows, columns = chain[-2], chain[-1]
+    inner = _child_loops(columns.body)
+    if len(inner) != 1 or inner[0].kind is not LoopKind.REDUCTION or _child_loops(inner[0].body):
+        return None
+    if isinstance(rows.extent, Const) and int(rows.extent.value) < TILE_ROWS:
+        return None
+    reads = [e.index for e in walk_all_exprs(inner[0].body) if isinstance(e, Load)]
+    by_row = [any(_mentions(i, rows.var) for i in index) for index in reads]
+    if all(by_row) or not any(by_row):
+        return None
+    try:
+        with s._all_or_none():
+            tile_rows, _, row, column = s.tile(
+                rows.var, columns.var, TILE_ROWS, _width(s.kernel, columns)
+            )
+            s.reorder(column, inner[0].var, row)
+            s.unroll(row)
+    except ScheduleError:
+        return None
+    return tile_rows, [_loop(s.kernel, column)]
 
 
 def _fortran(kernel: Kernel) -> frozenset[str]:

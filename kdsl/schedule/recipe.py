@@ -9,12 +9,13 @@ a freshly traced kernel and gives the same IR.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import os
 import sys
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from kdsl.errors import ScheduleError, SourceLoc
@@ -275,6 +276,17 @@ class Schedule:
         return self._apply(Step("cache", (buffer, at), kwargs))  # type: ignore[return-value]
 
     # ------------------------------------------------------------- application
+
+    @contextlib.contextmanager
+    def _all_or_none(self) -> Iterator[None]:
+        """Steps that apply together or not at all: a refusal inside puts the schedule
+        back as it was before them (the default schedule's compound steps)."""
+        saved = self.kernel, list(self.steps), self._clones
+        try:
+            yield
+        except ScheduleError:
+            self.kernel, self.steps, self._clones = saved
+            raise
 
     def _apply(self, step: Step, loc: SourceLoc | None = None) -> object:
         ctx = StepContext(

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import kdsl as kd
-from tests.helpers import random_array, vector_register
+from kdsl.schedule.default import TILE_ROWS
+from tests.helpers import asm_loops, random_array, vector_register
 
 
 @kd.kernel
@@ -32,10 +35,58 @@ def test_a_one_loop_kernel_is_split_vectorized_and_parallelized():
     assert vector_register() in saxpy.asm(2.0, x, x.copy())  # the widest vectors here
 
 
-def test_matmul_vectorizes_the_unit_stride_loop_not_the_reduction():
+def test_matmul_runs_in_register_tiles_vectorized_along_the_unit_stride_loop():
+    """TILE_ROWS rows × a vector of the output (8 f64 lanes), the reduction inside the
+    columns and the rows unrolled inside it: each vector of B serves the tile's rows."""
     a = np.ones((4, 4), np.float64)
     steps = str(matmul.schedule_of(a, a, a.copy())).splitlines()[1:]
-    assert steps == ['s.vectorize("j", 8)', 's.parallelize("i")']  # 8 f64 lanes
+    assert steps == [
+        f'io, jo, ii, ji = s.tile("i", "j", {TILE_ROWS}, 8)',
+        's.reorder("ji", "k", "ii")',
+        's.unroll("ii")',
+        's.vectorize("ji", 8)',
+        's.parallelize("io")',
+    ]
+
+
+@settings(deadline=None, max_examples=25)
+@given(
+    m=st.sampled_from([0, 1, 5, 6, 7, 13, 67]),
+    k=st.sampled_from([0, 1, 3, 17, 64]),
+    n=st.sampled_from([1, 7, 8, 16, 37, 100]),
+    dtype=st.sampled_from([np.float32, np.float64, np.int32]),
+)
+def test_a_register_tiled_contraction_on_every_edge(m, k, n, dtype):
+    rng = np.random.default_rng(m * 10000 + k * 100 + n)
+    a, b = random_array(rng, (m, k), dtype), random_array(rng, (k, n), dtype)
+    c = np.full((m, n), 7, dtype)
+    matmul(a, b, c)
+    want = a.astype(np.float64) @ b.astype(np.float64)
+    np.testing.assert_allclose(c, want, rtol=1e-5, atol=1e-4)
+
+
+def test_the_tile_sums_stay_in_registers():
+    """The loop over k holds the tile's FMAs (its rows × the vector's registers), with
+    B's vector read once for all of them and nothing kept on the stack."""
+    a = np.ones((64, 64), np.float32)
+    loops = asm_loops(matmul.asm(a, a, a.copy()))
+    body = max(loops, key=lambda lines: sum(i.startswith("vfmadd") for i in lines))
+    registers = 1 if vector_register() == "zmm" else 2
+    assert sum(i.startswith("vfmadd") for i in body) == TILE_ROWS * registers, body
+    assert not [i for i in body if "(%rsp" in i], body
+
+
+@kd.kernel
+def batched_vecmat(x, w, y):
+    i, j, k = kd.indices(y.shape[0], y.shape[1], x.shape[1])
+    y[i, j] = kd.sum(x[i, k] * w[i, k, j], over=k)
+
+
+def test_a_reduction_whose_rows_share_no_read_is_not_tiled():
+    """Each row i reads its own w[i]: a tile of rows would share no vector of it."""
+    x, w = np.ones((6, 5), np.float32), np.ones((6, 5, 32), np.float32)
+    steps = str(batched_vecmat.schedule_of(x, w, np.empty((6, 32), np.float32))).splitlines()
+    assert steps[1:] == ['s.vectorize("j", 16)', 's.parallelize("i")'], steps
 
 
 @kd.kernel
