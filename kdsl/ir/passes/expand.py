@@ -101,6 +101,8 @@ class _Expander:
         edge_loop = replace(loop, extent=n)
         if loop.exec is LoopExec.UNROLLED and loop.width == 0:
             edge = self.guarded_copies(edge_loop, c - 1)  # (each a clone; the edge: n < c)
+        elif loop.exec is LoopExec.VECTORIZED and c == step:  # (the edge: under one vector)
+            edge = self.vector_loop(self.clone(edge_loop), within_one=True)
         else:
             edge = expand(self.clone(edge_loop))
         is_full, is_edge = (
@@ -162,10 +164,12 @@ class _Expander:
 
     # ---------------------------------------------------------------- vectorize
 
-    def vector_loop(self, loop: Loop) -> tuple[Stmt, ...]:
+    def vector_loop(self, loop: Loop, within_one: bool = False) -> tuple[Stmt, ...]:
         """`loop`, its body not yet expanded: the tiles of a split whose outer loop it is
         get their constant extent first (an unrolled tile expanded before that became
-        a full and an edge copy, and the edge's extent differed between lanes)."""
+        a full and an edge copy, and the edge's extent differed between lanes). A loop
+        `within_one` vector (a tile's edge) is its masked tail alone: no loop of whole
+        vectors that would never run (its code compiled for nothing)."""
         w = loop.width
         tiles = {
             (s.extent, t)
@@ -180,6 +184,8 @@ class _Expander:
         if isinstance(loop.extent, Const) and int(loop.extent.value) < w:
             return (replace(loop, exec=LoopExec.SERIAL, width=1),)
         n = index_op(BinaryOp.MAX, loop.extent, index_const(0))
+        if within_one:
+            return self.masked_tail(loop, index_const(0), n)
         main = index_op(
             BinaryOp.MUL, index_op(BinaryOp.FLOORDIV, n, index_const(w)), index_const(w)
         )
