@@ -48,7 +48,7 @@ SPLIT_1D = 8192  # a one-loop nest is split so that chunks of it can run in para
 SHORT_ROW = 8
 # rows of a contraction's register tile: 6 rows × 16 floats is 12 of AVX2's 16 ymm (and 6
 # of AVX-512's zmm). Zen 2, 2 threads, a naive matmul (kd.indices + kd.sum): 1024³ 4 ->
-# 91 GFLOP/s, 256³ 34 -> 92; its first call compiles in 0.75 s instead of 0.11 (the edge
+# 91 GFLOP/s, 256³ 34 -> 92; its first call compiles in 0.57 s instead of 0.11 (the edge
 # rows and columns are code of their own)
 TILE_ROWS = 6
 
