@@ -279,16 +279,17 @@ def layout(m: int, k: int, n: int, itemsize: int, threads: int) -> tuple[str, in
     """How `matmul` runs an m×k by k×n product: what the cores share ("panels" or
     "rows"), the panel width and the depth of k per packed block (0: all of k). Panels
     as wide as `panel_width` allows, narrowed (down to PANEL) until each core gets two;
-    rows of A when B still has too few and A more; for f32, panels of PANEL columns KC
+    rows of A when B still has too few and A more; for 4-byte panels (f32, and bf16
+    packed as f32 where the CPU has no bf16 dot instruction), panels of PANEL columns KC
     rows at a time where all of k would not fit PANEL_BYTES in them and the cores still
-    get two each."""
+    get two each. `itemsize` is the packed panel's."""
     panel = panel_width(k, itemsize)
     while -(-n // panel) < 2 * threads and panel > PANEL:
         panel //= 2
     if -(-n // panel) < 2 * threads and m > n:
         return "rows", panel, 0
     if itemsize == 4 and k * PANEL * itemsize > PANEL_BYTES and -(-n // PANEL) >= 2 * threads:
-        return "panels", PANEL, KC  # (bf16's schedules take all of k)
+        return "panels", PANEL, KC  # (the "vnni" bf16 panels take all of k)
     return "panels", panel, 0
 
 

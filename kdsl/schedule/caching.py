@@ -133,7 +133,7 @@ def cache(
         held,
         shape,
         BufferRole.TEMP,
-        _scope(ctx, scope, buf, shape),
+        _scope(ctx, scope, buf, shape, held),
         loc=ctx.loc,
     )
     around = tree.enclosing(ctx.kernel.body, path)
@@ -331,8 +331,10 @@ def _region(
         ) from None
 
 
-def _scope(ctx: StepContext, scope: object, buf: Buffer, shape: tuple[Expr, ...]) -> Scope:
-    itemsize = buf.dtype.itemsize
+def _scope(
+    ctx: StepContext, scope: object, buf: Buffer, shape: tuple[Expr, ...], held: DType
+) -> Scope:
+    itemsize = held.itemsize  # (the copy's elements, maybe wider than the buffer's)
     if scope is None:
         return temp_scope(shape, itemsize)
     if scope not in SCOPES:
@@ -490,16 +492,21 @@ class _Copy:
         in another dtype is read back as the buffer's dtype, and a conversion of that to
         the copy's dtype reads the copy as it is (exact: the copy holds every value)."""
         name, local, held = self.buf.name, self.local.name, self.local.dtype
+        # the casts made below (not the kernel's own), kept alive so no id is reused
+        reads_back: dict[int, Cast] = {}
 
         def expr(e: Expr) -> Expr | None:
             if isinstance(e, Load) and e.buffer == name and (self.written or not e.checked):
                 index = self.local_index(e.index, e.checked)
                 copy = replace(e, buffer=local, index=index, dtype=held)
-                return copy if held == e.dtype else Cast(copy, e.dtype)
-            if isinstance(e, Cast) and isinstance(read := e.operand, Cast):
-                inner = read.operand  # a read of a converted copy, converted again
-                if isinstance(inner, Load) and inner.buffer == local:
-                    return inner if e.dtype == held else Cast(inner, e.dtype)
+                if held == e.dtype:
+                    return copy
+                back = Cast(copy, e.dtype)
+                reads_back[id(back)] = back
+                return back
+            if isinstance(e, Cast) and reads_back.get(id(e.operand)) is e.operand:
+                inner = reads_back[id(e.operand)].operand  # the copy's read, converted again
+                return inner if e.dtype == held else Cast(inner, e.dtype)
             return None
 
         def stmt(s: Stmt) -> Stmt:

@@ -26,6 +26,7 @@ from kdsl.ir.nodes import (
     Binary,
     BinaryOp,
     Const,
+    DeclareLocal,
     Expr,
     Kernel,
     Load,
@@ -163,24 +164,27 @@ def _schedule_nest(s: Schedule, nest: Loop) -> None:
             vectors = [_loop(s.kernel, inner)]
             parallel = _loop(s.kernel, outer)
     tiled = _register_tiles(s, nest, vectors)
-    if tiled is not None:
-        rows, vectors = tiled
-        parallel = _loop(s.kernel, rows) if parallel is nest else parallel
+    if tiled is not None:  # (its vector loop vectorized)
+        rows, tiles = tiled
+        vectors = []
+        if parallel is not None and parallel.var == rows:
+            parallel = _loop(s.kernel, tiles)
     for vector in vectors:
         _try(s.vectorize, vector.var, _width(s.kernel, vector))
     if parallel is not None:
         _try(s.parallelize, parallel.var)
 
 
-def _register_tiles(s: Schedule, nest: Loop, vectors: list[Loop]) -> tuple[str, list[Loop]] | None:
+def _register_tiles(s: Schedule, nest: Loop, vectors: list[Loop]) -> tuple[str, str] | None:
     """A contraction's output in tiles of TILE_ROWS rows × one vector of columns (`tile`
     and `reorder`, as a user's matmul schedule): the reduction inside the columns and
     the rows unrolled inside it, so the sums stay in registers over the whole reduction
     and each vector of the operand that the rows share is read once per tile. Applied
     where the vector loop's parent in the nest's parallel chain (the rows) has a body of
     just the vector loop, whose body holds one reduction loop of straight statements,
-    reading something the rows don't index and something they do. The loop of tiles of
-    rows and the vector loop, or None where it doesn't apply."""
+    reading something the rows don't index and something they do, and the columns are not
+    a constant under one vector. The rows' loop and the loop of tiles of rows (the
+    vector loop vectorized), or None where it doesn't apply."""
     chain = _parallel_chain(nest)
     if len(vectors) != 1 or len(chain) < 2 or vectors[0] is not chain[-1]:
         return None
@@ -188,7 +192,13 @@ def _register_tiles(s: Schedule, nest: Loop, vectors: list[Loop]) -> tuple[str, 
     inner = _child_loops(columns.body)
     if len(inner) != 1 or inner[0].kind is not LoopKind.REDUCTION or _child_loops(inner[0].body):
         return None
-    if isinstance(rows.extent, Const) and int(rows.extent.value) < TILE_ROWS:
+    # the tile's sums are locals of the columns' body: as wide as its widest element
+    sums = [st.dtype.itemsize for st in columns.body if isinstance(st, DeclareLocal)]
+    width = min(_width(s.kernel, columns), VECTOR_BYTES // max(sums, default=1))
+    if any(
+        isinstance(lp.extent, Const) and int(lp.extent.value) < n
+        for lp, n in ((rows, TILE_ROWS), (columns, width))
+    ):
         return None
     reads = [e.index for e in walk_all_exprs(inner[0].body) if isinstance(e, Load)]
     by_row = [any(_mentions(i, rows.var) for i in index) for index in reads]
@@ -196,14 +206,13 @@ def _register_tiles(s: Schedule, nest: Loop, vectors: list[Loop]) -> tuple[str, 
         return None
     try:
         with s._all_or_none():
-            tile_rows, _, row, column = s.tile(
-                rows.var, columns.var, TILE_ROWS, _width(s.kernel, columns)
-            )
+            tiles, _, row, column = s.tile(rows.var, columns.var, TILE_ROWS, width)
             s.reorder(column, inner[0].var, row)
             s.unroll(row)
+            s.vectorize(column, width)
     except ScheduleError:
         return None
-    return tile_rows, [_loop(s.kernel, column)]
+    return rows.var, tiles
 
 
 def _fortran(kernel: Kernel) -> frozenset[str]:

@@ -23,7 +23,7 @@ from kdsl.ir.nodes import Kernel, Loop
 from kdsl.ir.passes import lower
 from kdsl.schedule import caching, fusion, loops, stages
 from kdsl.schedule.step import Step, StepContext, plain
-from kdsl.types import DType
+from kdsl.types import DType, as_dtype
 
 VectorCheck = Callable[[Loop, Kernel], "str | None"]
 TileInstructions = Callable[[], frozenset[str]]  # the target's matrix instructions ("amx")
@@ -79,6 +79,17 @@ def _caller() -> SourceLoc | None:
             return SourceLoc(path, frame.f_lineno)
         frame = frame.f_back  # type: ignore[assignment]
     return None
+
+
+def _dtype_name(dtype: object) -> object:
+    """A dtype as a step holds it: its kdsl name ("f32"), or as given where it names none
+    (the step then says so)."""
+    if dtype is None:
+        return None
+    try:
+        return as_dtype(dtype).name
+    except TypeError:
+        return dtype
 
 
 class Schedule:
@@ -270,7 +281,7 @@ class Schedule:
         """Copy the tile of `buffer` used in one iteration of `at` into a local buffer
         (re-laid out by `layout`, e.g. "packed"; its values converted to a wider `dtype`,
         e.g. kd.f32 for bf16); returns the local buffer's name."""
-        held = dtype.name if isinstance(dtype, DType) else dtype  # (steps hold JSON values)
+        held = _dtype_name(dtype)  # (steps hold JSON values)
         named = (("layout", layout), ("scope", scope), ("dtype", held))
         kwargs = tuple((k, v) for k, v in named if v is not None)
         return self._apply(Step("cache", (buffer, at), kwargs))  # type: ignore[return-value]
@@ -285,7 +296,7 @@ class Schedule:
         try:
             yield
         except ScheduleError:
-            self.kernel, self.steps, self._clones = saved
+            self.kernel, self.steps[:], self._clones = saved
             raise
 
     def _apply(self, step: Step, loc: SourceLoc | None = None) -> object:

@@ -365,6 +365,54 @@ def test_widened_copies_compiled_and_replayed() -> None:
     assert again.kernel == s.kernel
 
 
+def test_the_kernels_own_conversions_of_a_cached_buffer_stay() -> None:
+    """Only the conversion back that a widened copy's reads make is folded away: the
+    kernel's own (f32 rounded to bf16, u8 read as i8) stay, with or without dtype=."""
+
+    @kd.kernel
+    def rounded(x, y):
+        i = kd.indices(y.shape[0])
+        y[i] = x[i].astype(kd.bf16) * 2.0
+
+    @kd.kernel
+    def wrapped(x, y):
+        i = kd.indices(y.shape[0])
+        y[i] = x[i].astype(kd.i8).astype(kd.i32) + 1
+
+    x = (1 + np.arange(40, dtype=np.float32) / 1000).astype(np.float32)  # not bf16 values
+    s = schedule(rounded, x, np.zeros(40, np.float32))
+    s.cache("x", at=s.split("i", 8)[0])
+    want = x.astype(kd.bf16.to_numpy()).astype(np.float32) * 2
+    np.testing.assert_array_equal(run(s.kernel, x=x, y=np.zeros(40, np.float32))["y"], want)
+    u = np.arange(190, 230, dtype=np.uint8)
+    for dtype in (None, kd.i32):
+        s = schedule(wrapped, u, np.zeros(40, np.int32))
+        s.cache("x", at=s.split("i", 8)[0], dtype=dtype)
+        got = run(s.kernel, x=u, y=np.zeros(40, np.int32))["y"]
+        np.testing.assert_array_equal(got, u.astype(np.int8).astype(np.int32) + 1)
+
+
+def test_a_widened_copy_on_the_stack_counts_its_own_bytes() -> None:
+    """A 520 × 520 bf16 tile takes 540,800 bytes as it is and 1,081,600 as f32: past the
+    stack's 1 MiB only when widened."""
+
+    @kd.kernel
+    def doubled(x, y):
+        i, j = kd.indices(x.shape[0], x.shape[1])
+        y[i, j] = x[i, j] * 2
+
+    bf16 = kd.bf16.to_numpy()
+    for dtype in (None, kd.f32):
+        s = schedule(doubled, np.ones((1030, 1030), bf16), np.zeros((1030, 1030), np.float32))
+        jo = s.tile("i", "j", 520, 520)[1]
+        if dtype is None:
+            s.cache("x", at=jo, scope="stack")
+            continue
+        with pytest.raises(kd.ScheduleError) as info:
+            s.cache("x", at=jo, scope="stack", dtype=dtype)
+        assert "takes 1081600 bytes, more than the 1048576 allowed" in str(info.value)
+
+
 @pytest.mark.parametrize(
     ("buffer", "dtype", "says"),
     [

@@ -77,6 +77,51 @@ def test_the_tile_sums_stay_in_registers():
 
 
 @kd.kernel
+def batched_matmul(A, B, C):
+    b, i, j, k = kd.indices(A.shape[0], A.shape[1], B.shape[2], A.shape[2])
+    C[b, i, j] = kd.sum(A[b, i, k] * B[b, k, j], over=k)
+
+
+def test_a_batch_of_contractions_keeps_its_batch_loop_parallel():
+    a = np.ones((2, 7, 9), np.float32)
+    steps = str(batched_matmul.schedule_of(a, a[:, :, :7].copy(), a.copy())).splitlines()
+    assert steps[1:] == [
+        f'io, jo, ii, ji = s.tile("i", "j", {TILE_ROWS}, 16)',
+        's.reorder("ji", "k", "ii")',
+        's.unroll("ii")',
+        's.vectorize("ji", 16)',
+        's.parallelize("b")',
+    ], steps
+    rng = np.random.default_rng(4)
+    a, b = random_array(rng, (3, 13, 5), np.float32), random_array(rng, (3, 5, 17), np.float32)
+    c = np.full((3, 13, 17), np.nan, np.float32)
+    batched_matmul(a, b, c)
+    np.testing.assert_allclose(c, a.astype(np.float64) @ b, rtol=1e-5, atol=1e-5)
+
+
+@kd.kernel
+def int8_products(A, B, C):
+    i, j, k = kd.indices(A.shape[0], B.shape[1], A.shape[1])
+    C[i, j] = kd.sum(A[i, k] * B[k, j], over=k)  # (i8 products, summed in i64)
+
+
+def test_a_contraction_is_as_wide_as_its_sums():
+    """i8 products summed in i64 (kd.sum's integer accumulator): vectors of 8 sums, the
+    width a register tile of them can hold, not the 16 of the inputs and output. (Each
+    product wraps in i8, as the kernel says.)"""
+    a = np.ones((8, 8), np.int8)
+    steps = str(int8_products.schedule_of(a, a, np.zeros((8, 8), np.int32))).splitlines()
+    assert 's.vectorize("ji", 8)' in steps, steps
+    rng = np.random.default_rng(5)
+    x = rng.integers(-128, 128, (13, 70)).astype(np.int8)
+    y = rng.integers(-128, 128, (70, 19)).astype(np.int8)
+    out = np.zeros((13, 19), np.int32)
+    int8_products(x, y, out)
+    wrapped = (x[:, :, None] * y[None, :, :]).astype(np.int64).sum(axis=1)  # i8 products
+    np.testing.assert_array_equal(out, wrapped.astype(np.int32))
+
+
+@kd.kernel
 def batched_vecmat(x, w, y):
     i, j, k = kd.indices(y.shape[0], y.shape[1], x.shape[1])
     y[i, j] = kd.sum(x[i, k] * w[i, k, j], over=k)
