@@ -114,6 +114,14 @@ def normalize_rows(x, y):
     y[i, j] = x[i, j] / kd.sqrt(kd.sum(x[i, j] * x[i, j], over=j))
 
 
+@kd.kernel
+def matmul(a, b, c):
+    """A contraction: the default schedule computes it in register tiles of 6 rows × a
+    vector of columns (each vector of b serves the tile's rows)."""
+    i, j, k = kd.indices(a.shape[0], b.shape[1], a.shape[1])
+    c[i, j] = kd.sum(a[i, k] * b[k, j], over=k)
+
+
 # ------------------------------------------------------------------ the cases
 
 
@@ -201,7 +209,22 @@ def cases(rows: int, cols: int, n: int) -> list[harness.Case]:
         ids = rng.integers(0, 32000, rows).astype(np.int64)
         return table, ids, np.empty((rows, 256), np.float32)
 
+    def matmul_args(rng: np.random.Generator) -> harness.Args:
+        a, b = (rng.standard_normal((cols, cols), dtype=np.float32) for _ in "ab")
+        return a, b, np.empty((cols, cols), np.float32)
+
     return [
+        harness.Case(
+            "matmul, kd.sum over k",
+            f"{cols}³",
+            matmul_args,
+            matmul,
+            lambda a, b, c: np.matmul(a, b, out=c),
+            2 * cols**3,
+            "GFLOP/s",
+            1e-4,
+            1e-4,
+        ),
         harness.Case("softmax", size, _rows(shape), softmax, _np_softmax, moved, "GB/s", 1e-5),
         harness.Case("rmsnorm", size, norm_args, rmsnorm, _np_rmsnorm, moved, "GB/s", 1e-4, 1e-5),
         harness.Case(
@@ -332,10 +355,12 @@ def main(argv: list[str] | None = None) -> int:
         "each) or, for rows of a few elements read by constant columns (x[i, 2]), the "
         "loop over the rows, parallelizes the outer loop, and keeps loops whose "
         "iterations may write one element serial (the histogram); it walks "
-        "Fortran-ordered arrays along their first axis, and gives each vector lane its "
-        "own copy of a small scratch array",
+        "Fortran-ordered arrays along their first axis, gives each vector lane its "
+        "own copy of a small scratch array, and computes a contraction (the matmul) in "
+        "register tiles of 6 rows × a vector of columns",
         "checked against NumPy on fresh random data first; medians of alternating batches",
-        "GB/s count each array's bytes read and written once (the histogram: its ids)",
+        "GB/s count each array's bytes read and written once (the histogram: its ids); "
+        "GFLOP/s count 2·n³ (NumPy's matmul is BLAS, on its own threads)",
     ]
     title = "kdsl kernels with no schedule vs NumPy" + (" (quick run)" if ns.quick else "")
     harness.publish(harness.markdown(rows, title, notes), ns.output)
