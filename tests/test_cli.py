@@ -274,5 +274,6 @@ def test_quick_naive_benchmark_checks_and_times_each_kernel(tmp_path):
     """benchmarks/naive.py: unscheduled kernels, each checked against NumPy before it is
     timed (a wrong result fails the run)."""
     page, _ = _quick_benchmark("naive.py", tmp_path)
-    for name in ("softmax", "rmsnorm", "argmax of each row", "histogram", "embedding rows"):
+    names = ("matmul, kd.sum over k", "softmax", "rmsnorm", "argmax of each row", "histogram")
+    for name in (*names, "embedding rows"):
         assert f"| {name}" in page
