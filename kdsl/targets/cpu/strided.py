@@ -40,6 +40,7 @@ from kdsl.targets.cpu.vector_plan import (
     strided_access,
     unconditional_loads,
 )
+from kdsl.types import DType
 
 if TYPE_CHECKING:
     from kdsl.targets.cpu.vector import _VectorLoop
@@ -188,13 +189,15 @@ def _filling(vl: _VectorLoop, body: tuple[Stmt, ...], at: int) -> tuple[Stmt, ..
 
 def _plain_store(vl: _VectorLoop, s: Stmt) -> tuple[Store, Strided] | None:
     """`s` with where its lanes lie, when it is a store into an array (not a lane's
-    temporary, an accumulator or a register) at adjacent runs, unchecked."""
+    temporary, an accumulator or a register) at runs of a few elements, unchecked (runs
+    whose elements may not be adjacent, as the rows of an (n, k) array, are checked at
+    run time by `store_filled_runs`)."""
     if not isinstance(s, Store) or s.buffer in vl.plan.array_accumulators:
         return None
     if (s.buffer, s.index) in vl.held or vl.gen.must_check(s.index, s.checked):
         return None
     found = locate(vl, s.buffer, s.index)
-    if found is None or not _adjacent(vl, s.buffer, found):
+    if found is None:
         return None
     return s, found
 
@@ -208,16 +211,49 @@ def _reads(s: Stmt, name: str) -> bool:
 def store_filled_runs(vl: _VectorLoop, piece: tuple[Stmt, ...]) -> None:
     """Stores from `filled_runs`: each value computed as its statement's, then all of
     them interleaved into one <s·w x T> vector, written with plain vector stores (in a
-    masked tail: the active lanes' runs)."""
+    masked tail: the active lanes' runs). Where the runs' elements are adjacent only if
+    the array's strides say so (an (n, k) array's rows, k known at run time), each value
+    is scattered to its elements when they are not (a scatter of its own per store:
+    rows of 4, or a view of 3 columns of 5, keep the elements the kernel never names)."""
     b = vl.b
     stores = [store for s in piece if (store := _plain_store(vl, s)) is not None]
     assert len(stores) == len(piece)  # as _filling found them
     first, run = stores[0][0], stores[0][1]
     d, n = vl.gen.buffers[first.buffer].dtype, run.s * vl.w
-    whole: ir.Value | None = None
-    for s, where in stores:
+    values = []
+    for s, _ in stores:
         with vl.statement_scope(s):
-            value = vl.vector(vl.value(s.value))
+            values.append(vl.vector(vl.value(s.value)))
+    origin = _origin(vl, first.buffer, run)
+    apart = _apart(vl, first.buffer, run)
+    if apart is None:
+        _store_whole(vl, stores, values, origin, n, d)
+        return
+    with b.if_else(apart, likely=True) as (then, otherwise):
+        with then:
+            _store_whole(vl, stores, values, origin, n, d)
+        with otherwise:
+            for (s, where), value in zip(stores, values):
+                lanes = [k * where.s + where.phase for k in range(vl.w)]
+                at = _addresses(vl, s.buffer, where, origin, lanes)
+                name = f"llvm.masked.scatter.{vl.ops.suffix(value.type)}.{vl.ops.suffix(at.type)}"
+                args = [value, at, ir.Constant(I32, d.itemsize), vl.active()]
+                vl.ops.intrinsic(name, ir.VoidType(), args)
+
+
+def _store_whole(
+    vl: _VectorLoop,
+    stores: list[tuple[Store, Strided]],
+    values: list[ir.Value],
+    origin: ir.Value,
+    n: int,
+    d: DType,
+) -> None:
+    """The stores' values interleaved into one <s·w x T> vector and written over their
+    runs (adjacent elements)."""
+    b, run = vl.b, stores[0][1]
+    whole: ir.Value | None = None
+    for (_, where), value in zip(stores, values):
         if d.is_bool:
             value = b.zext(value, vl.vtype(I8))
         spread = b.shuffle_vector(value, ir.Constant(value.type, None), _indices(range(n), run.s))
@@ -225,7 +261,6 @@ def store_filled_runs(vl: _VectorLoop, piece: tuple[Stmt, ...]) -> None:
         whole = spread if whole is None else b.select(mine, spread, whole)
     assert whole is not None
     mask = _run_mask(vl, run.s, frozenset(range(run.s)), exact=True)
-    origin = _origin(vl, first.buffer, run)
     if mask is None:
         b.store(whole, origin, align=d.itemsize)
     else:
