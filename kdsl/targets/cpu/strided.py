@@ -223,7 +223,8 @@ def store_filled_runs(vl: _VectorLoop, piece: tuple[Stmt, ...]) -> None:
     values = []
     for s, _ in stores:
         with vl.statement_scope(s):
-            values.append(vl.vector(vl.value(s.value)))
+            value = vl.vector(vl.value(s.value))
+        values.append(b.zext(value, vl.vtype(I8)) if d.is_bool else value)  # (bytes)
     origin = _origin(vl, first.buffer, run)
     apart = _apart(vl, first.buffer, run)
     if apart is None:
@@ -254,8 +255,6 @@ def _store_whole(
     b, run = vl.b, stores[0][1]
     whole: ir.Value | None = None
     for (_, where), value in zip(stores, values):
-        if d.is_bool:
-            value = b.zext(value, vl.vtype(I8))
         spread = b.shuffle_vector(value, ir.Constant(value.type, None), _indices(range(n), run.s))
         mine = ir.Constant(ir.VectorType(I1, n), [j % run.s == where.phase for j in range(n)])
         whole = spread if whole is None else b.select(mine, spread, whole)

@@ -392,6 +392,36 @@ def test_pixels_of_three_channels(n, dtype):
     allclose(g, x[:, 0] * 3 + x[:, 1] * 5 + x[:, 2])
 
 
+@kd.kernel
+def signs(x, y):
+    """Three bool columns per row: bytes, written whole or scattered."""
+    i = kd.indices(x.shape[0])
+    y[i, 0] = x[i] > 0
+    y[i, 1] = x[i] < 0
+    y[i, 2] = x[i] == 0
+
+
+signs.schedule(kd.cpu)(lambda s: s.vectorize("i", 16))
+
+
+@pytest.mark.parametrize("layout", ["three columns", "four columns", "a view of three of five"])
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 41])
+def test_bool_rows_whole_or_scattered(layout, n):
+    """Bool rows are bytes of 0 or 1 on both paths; the columns the kernel never names
+    keep their bytes."""
+    x = keyed_rng("signs", layout, n).integers(-2, 3, n).astype(np.float32)
+    width = {"three columns": 3, "four columns": 4, "a view of three of five": 5}[layout]
+    full = np.full((n, width), 7, np.uint8).view(np.bool_)
+    y = full[:, 1:4] if width == 5 else full
+    signs(x, y)
+    want = np.stack([x > 0, x < 0, x == 0], axis=1)
+    np.testing.assert_array_equal(y[:, :3].view(np.uint8), want.view(np.uint8))
+    others = [c for c in range(width) if not (width == 5 and 1 <= c < 4 or width < 5 and c < 3)]
+    assert (full[:, others].view(np.uint8) == 7).all()
+    code = signs.llvm(x, y)  # bytes on both paths: an i1 lane's byte has bits LLVM leaves open
+    assert "masked.scatter.v16i8" in code and "masked.scatter.v16i1" not in code
+
+
 def test_rows_filled_by_their_stores_are_written_whole():
     """The three stores of each (n, 3) row go out as one <48 x float> store of 16 rows
     where the strides say the rows are adjacent (they are checked at run time: the
