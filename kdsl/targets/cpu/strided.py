@@ -26,7 +26,7 @@ where they are not.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -140,20 +140,42 @@ def strided_store(vl: _VectorLoop, s: Store, value: ir.Value) -> bool:
     n = found.s * vl.w
     spread = b.shuffle_vector(value, ir.Constant(value.type, None), _indices(range(n), found.s))
     mask = _run_mask(vl, found.s, frozenset({found.phase}), exact=True)
-    origin, apart = _origin(vl, s.buffer, found), _apart(vl, s.buffer, found)
-    if apart is None:
-        _masked_store(vl, spread, origin, mask, d.itemsize)
-        return True
-    with b.if_else(apart, likely=True) as (then, otherwise):
-        with then:
-            _masked_store(vl, spread, origin, mask, d.itemsize)
-        with otherwise:
-            lanes = [k * found.s + found.phase for k in range(vl.w)]
-            at = _addresses(vl, s.buffer, found, origin, lanes)
-            name = f"llvm.masked.scatter.{vl.ops.suffix(value.type)}.{vl.ops.suffix(at.type)}"
-            args = [value, at, ir.Constant(I32, d.itemsize), vl.active()]
-            vl.ops.intrinsic(name, ir.VoidType(), args)
+    origin = _origin(vl, s.buffer, found)
+    _where_adjacent(
+        vl,
+        _apart(vl, s.buffer, found),
+        lambda: _masked_store(vl, spread, origin, mask, d.itemsize),
+        lambda: _scatter(vl, s.buffer, found, origin, value, d.itemsize),
+    )
     return True
+
+
+def _where_adjacent(
+    vl: _VectorLoop,
+    apart: ir.Value | None,
+    adjacent: Callable[[], None],
+    scatter: Callable[[], None],
+) -> None:
+    """`adjacent()` where the runs' elements are adjacent (surely: `apart` None; else as
+    `apart` says at run time), `scatter()` where they are not."""
+    if apart is None:
+        adjacent()
+        return
+    with vl.b.if_else(apart, likely=True) as (then, otherwise):
+        with then:
+            adjacent()
+        with otherwise:
+            scatter()
+
+
+def _scatter(
+    vl: _VectorLoop, name: str, found: Strided, origin: ir.Value, value: ir.Value, size: int
+) -> None:
+    """`value`'s active lanes to their elements, found by the array's strides."""
+    lanes = [k * found.s + found.phase for k in range(vl.w)]
+    at = _addresses(vl, name, found, origin, lanes)
+    intrinsic = f"llvm.masked.scatter.{vl.ops.suffix(value.type)}.{vl.ops.suffix(at.type)}"
+    vl.ops.intrinsic(intrinsic, ir.VoidType(), [value, at, ir.Constant(I32, size), vl.active()])
 
 
 def filled_runs(vl: _VectorLoop, body: tuple[Stmt, ...]) -> Iterator[tuple[Stmt, ...]]:
@@ -226,20 +248,17 @@ def store_filled_runs(vl: _VectorLoop, piece: tuple[Stmt, ...]) -> None:
             value = vl.vector(vl.value(s.value))
         values.append(b.zext(value, vl.vtype(I8)) if d.is_bool else value)  # (bytes)
     origin = _origin(vl, first.buffer, run)
-    apart = _apart(vl, first.buffer, run)
-    if apart is None:
-        _store_whole(vl, stores, values, origin, n, d)
-        return
-    with b.if_else(apart, likely=True) as (then, otherwise):
-        with then:
-            _store_whole(vl, stores, values, origin, n, d)
-        with otherwise:
-            for (s, where), value in zip(stores, values):
-                lanes = [k * where.s + where.phase for k in range(vl.w)]
-                at = _addresses(vl, s.buffer, where, origin, lanes)
-                name = f"llvm.masked.scatter.{vl.ops.suffix(value.type)}.{vl.ops.suffix(at.type)}"
-                args = [value, at, ir.Constant(I32, d.itemsize), vl.active()]
-                vl.ops.intrinsic(name, ir.VoidType(), args)
+
+    def scatter() -> None:
+        for (s, where), value in zip(stores, values):
+            _scatter(vl, s.buffer, where, origin, value, d.itemsize)
+
+    _where_adjacent(
+        vl,
+        _apart(vl, first.buffer, run),
+        lambda: _store_whole(vl, stores, values, origin, n, d),
+        scatter,
+    )
 
 
 def _store_whole(
