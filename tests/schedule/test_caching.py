@@ -36,6 +36,11 @@ def matmul(A, B, C):
     C[i, j] = kd.sum(A[i, k] * B[k, j], over=k)
 
 
+def compiled_matmul(name: str) -> kd.KernelFunction:
+    """`matmul` as a kernel of its own, for a test to give its own CPU schedule."""
+    return kd.kernel(matmul.fn, name=name)
+
+
 def mm_args(m: int, n: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return (
         random_array(RNG, (m, k), np.float32),
@@ -166,10 +171,7 @@ def test_the_copy_is_vector_code() -> None:
 def test_a_parallel_copy() -> None:
     """A panel packed outside the parallel loop, its copy spread over the threads."""
 
-    @kd.kernel
-    def mm(A, B, C):
-        i, j, k = kd.indices(A.shape[0], B.shape[1], A.shape[1])
-        C[i, j] = kd.sum(A[i, k] * B[k, j], over=k)
+    mm = compiled_matmul("mm_parallel_copy")
 
     @mm.schedule(kd.cpu)
     def _(s: Schedule) -> None:
@@ -208,10 +210,7 @@ def test_cache_replays_from_json() -> None:
 
 
 def test_cache_compiled() -> None:
-    @kd.kernel
-    def mm(A, B, C):
-        i, j, k = kd.indices(A.shape[0], B.shape[1], A.shape[1])
-        C[i, j] = kd.sum(A[i, k] * B[k, j], over=k)
+    mm = compiled_matmul("mm_cached")
 
     @mm.schedule(kd.cpu)
     def _(s: Schedule) -> None:
@@ -281,12 +280,6 @@ def test_refuses_vnni_for_wide_or_written_buffers() -> None:
 # ------------------------------------------------------------------------ widened copies
 
 
-@kd.kernel
-def bf16_matmul(A, B, C):
-    i, j, k = kd.indices(A.shape[0], B.shape[1], A.shape[1])
-    C[i, j] = kd.sum(A[i, k] * B[k, j], over=k)
-
-
 def bf16_args(m: int, n: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     bf16 = kd.bf16.to_numpy()
     a, b, c = mm_args(m, n, k)
@@ -298,7 +291,7 @@ def test_copies_widened_to_f32_are_read_as_they_are(m: int, n: int, k: int) -> N
     """bf16 panels held as f32: converted once as they are copied, and the products read
     them with no conversion left (the values are the same, so the sums are too)."""
     a, b, c = bf16_args(m, n, k)
-    s = schedule(bf16_matmul, a, b, c)
+    s = schedule(matmul, a, b, c)
     io, jo, ko, *_ = tiled(s)
     s.cache("B", at=ko, dtype=kd.f32)
     s.cache("A", at=io, dtype=kd.f32, layout="transposed")
@@ -340,10 +333,7 @@ def test_a_read_of_a_widened_copy_as_it_was_keeps_its_dtype() -> None:
 
 
 def test_widened_copies_compiled_and_replayed() -> None:
-    @kd.kernel
-    def mm(A, B, C):
-        i, j, k = kd.indices(A.shape[0], B.shape[1], A.shape[1])
-        C[i, j] = kd.sum(A[i, k] * B[k, j], over=k)
+    mm = compiled_matmul("mm_widened")
 
     @mm.schedule(kd.cpu)
     def _(s: Schedule) -> None:
@@ -358,10 +348,10 @@ def test_widened_copies_compiled_and_replayed() -> None:
         want = a.astype(np.float64) @ b.astype(np.float64)
         np.testing.assert_allclose(c, want, rtol=1e-5, atol=1e-5)
     a, b, c = bf16_args(5, 9, 7)
-    s = schedule(bf16_matmul, a, b, c)
+    s = schedule(matmul, a, b, c)
     s.cache("B", at=tiled(s)[2], dtype=kd.f32)
     assert 'dtype="f32"' in str(s)
-    again = Schedule.replay(s.to_json(), lower(bf16_matmul.ir(a, b, c).kernel))
+    again = Schedule.replay(s.to_json(), lower(matmul.ir(a, b, c).kernel))
     assert again.kernel == s.kernel
 
 
