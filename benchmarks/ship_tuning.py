@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import os
 import statistics
 import subprocess
@@ -143,12 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     modules = modules_to_tune(args.only)
     kernels = kernel_functions()
-    retuned = {
-        k.name
-        for m in modules
-        for k in vars(importlib.import_module(m)).values()
-        if isinstance(k, KernelFunction)
-    }
+    retuned = set(kernel_functions(modules))
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "KDSL_CACHE_DIR": cache}
         command = [sys.executable, "-m", "kdsl", "autotune", *modules]

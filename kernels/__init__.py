@@ -8,6 +8,7 @@ when `out=` is not given.
 
 import importlib
 import pkgutil
+from collections.abc import Sequence
 
 from kdsl.kernels.attention import attention
 from kdsl.kernels.matmul import matmul
@@ -50,9 +51,9 @@ def module_names() -> list[str]:
     return [name for name in public if _kernels_of(name)]
 
 
-def kernel_functions() -> dict[str, KernelFunction]:
-    """Every kernel of those modules, by name."""
-    return {k.name: k for name in module_names() for k in _kernels_of(name)}
+def kernel_functions(modules: Sequence[str] | None = None) -> dict[str, KernelFunction]:
+    """Every kernel of those modules (or of `modules`, full names), by name."""
+    return {k.name: k for name in modules or module_names() for k in _kernels_of(name)}
 
 
 def _kernels_of(module_name: str) -> list[KernelFunction]:
