@@ -1,5 +1,6 @@
 """The loop primitives: split, reorder, the execution annotations (unroll,
-vectorize, parallelize, tensorize, bind) and the memory hints (prefetch, nontemporal).
+vectorize, parallelize, tensorize, bind), the memory hints (prefetch, nontemporal) and
+versions of a nest for short and long loops (specialize).
 Each takes the step's context, checks legality against the loops' dependence kinds, and
 leaves the rewritten kernel in `ctx.kernel`.
 """
@@ -10,6 +11,7 @@ from dataclasses import replace
 
 from kdsl.ir.affine import constant_bound
 from kdsl.ir.build import index_const, index_op
+from kdsl.ir.clone import Cloner
 from kdsl.ir.nodes import (
     Assign,
     Binary,
@@ -531,6 +533,57 @@ def prefetch(
     )
     body += where.body
     _set(ctx, where_path, replace(where, body=body))
+
+
+def specialize(ctx: StepContext, name: object, below: object) -> tuple[str, ...]:
+    """Two versions of the nest holding a loop whose extent is known only when the
+    kernel runs: a copy for when the loop runs fewer than `below` iterations, the nest
+    as it was otherwise, each to be scheduled its own way (rows shorter than a vector:
+    vectorized across the rows instead of along them).
+
+    Before:  for i: … for j in range(n): …
+    After:   if n < below: for i.1: … for j.1 in range(n): …
+             if n >= below: for i: … for j in range(n): …
+    The copy's loops (and locals, temporaries) get fresh names: returned in the order
+    the nest lists its loops, outermost first."""
+    path, loop = ctx.loop(name)
+    n = _positive_int(ctx, below, "bound")
+    if isinstance(loop.extent, Const):
+        raise ctx.refuse(
+            f"loop '{loop.var}' always runs {loop.extent.value} iterations, which the "
+            "compiler knows already",
+            "schedule the nest for that extent directly",
+        )
+    top = next(
+        (
+            p
+            for p in (path[:k] for k in range(1, len(path) + 1))
+            if isinstance(tree.at(ctx.kernel.body, p), Loop)
+        ),
+    )
+    nest = tree.at(ctx.kernel.body, top)
+    assert isinstance(nest, Loop)
+    declared = {s.name for s in walk_stmts((nest,)) if isinstance(s, DeclareLocal)}
+    moving = [
+        e
+        for e in walk_expr(loop.extent)
+        if isinstance(e, LoopVar) or isinstance(e, LocalVar) and e.name in declared
+    ]
+    if moving:
+        raise ctx.refuse(
+            f"the extent of loop '{loop.var}' ({format_expr(loop.extent)}) changes within "
+            f"the nest, with {format_expr(moving[0])}",
+            "specialize on a loop whose extent is fixed before the nest starts (a shape)",
+        )
+    cloner = Cloner(ctx.fresh, ctx.kernel.buffers)
+    (copy,), names = cloner.renamed((nest,), {})
+    short = index_op(BinaryOp.LT, loop.extent, index_const(n))
+    long = index_op(BinaryOp.GE, loop.extent, index_const(n))
+    versions = (If(short, (copy,), loc=ctx.loc), If(long, (nest,), loc=ctx.loc))
+    body = tree.splice(ctx.kernel.body, top, versions)
+    buffers = ctx.kernel.buffers + tuple(cloner.new_buffers)
+    ctx.kernel = replace(ctx.kernel, body=body, buffers=buffers)
+    return tuple(names[lp.var] for lp in walk_stmts((nest,)) if isinstance(lp, Loop))
 
 
 def nontemporal(ctx: StepContext, buffer: object) -> None:

@@ -257,6 +257,12 @@ class Schedule:
         (an output streamed to DRAM: no read of its lines before they are written)."""
         self._apply(Step("nontemporal", (buffer,)))
 
+    def specialize(self, loop: str, below: int) -> tuple[str, ...]:
+        """Run a copy of the nest holding `loop` where `loop`'s extent (known when the
+        kernel runs) is under `below`, the nest as it is otherwise; returns the copy's
+        loop names, outermost first, to schedule each version its own way."""
+        return self._apply(Step("specialize", (loop,), (("below", below),)))  # type: ignore[return-value]
+
     def fuse(self, loop_a: str, loop_b: str) -> str:
         """Merge sibling loop `loop_b` into `loop_a` (same range); shrink temporaries that no
         longer need their full extent. Returns the fused loop's name (`loop_a`)."""
@@ -405,6 +411,7 @@ PRIMITIVES: dict[str, Callable[..., object]] = {
     "tensorize": loops.tensorize,
     "prefetch": loops.prefetch,
     "nontemporal": loops.nontemporal,
+    "specialize": loops.specialize,
     "bind": loops.bind,
     "fuse": fusion.fuse,
     "compute_at": stages.compute_at,

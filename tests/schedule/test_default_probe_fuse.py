@@ -300,28 +300,6 @@ def test_sibling_loops_inside_a_row_loop_fuse():
     assert 's.fuse("j", "j.1")' in steps(scaled, x, y, z)
 
 
-@kd.kernel
-def normalize_rows(x, y):
-    i, j = kd.indices(x.shape[0], x.shape[1])
-    y[i, j] = x[i, j] / kd.sqrt(kd.sum(x[i, j] * x[i, j], over=j))
-
-
-@pytest.mark.parametrize("shape", [(0, 3), (1, 3), (8209, 3), (13, 1), (7, 40)])
-def test_rows_of_a_length_known_only_at_run_time_keep_their_vector_loop(shape):
-    """y[i, j] over j < x.shape[1]: the rows' length is unknown when compiling, so the
-    row loops stay the vector loops (vectorizing i instead gathers every element: 1.5x
-    quicker on rows of 3 here, 6x slower on rows of 16)."""
-    x = random_array(np.random.default_rng(shape[0]), shape, np.float32)
-    y = np.full_like(x, np.nan)
-    normalize_rows(x, y)
-    np.testing.assert_allclose(y, _normalized(x), rtol=1e-5, atol=1e-6)
-    assert steps(normalize_rows, x, y) == [
-        's.vectorize("j", 16)',
-        's.vectorize("j.1", 16)',
-        's.parallelize("i")',
-    ]
-
-
 def test_the_default_recipe_replays():
     a = random_array(np.random.default_rng(9), (26,), np.float32)
     c = np.empty_like(a)

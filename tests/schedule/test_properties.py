@@ -43,7 +43,16 @@ WIDTHS = [4, 8, 16]
 SIZES = [0, 1, 11, 13, 17, 23, 37]  # a multiple of no factor (0 of all of them)
 SMALL = [0, 1, 5, 7, 11, 13]  # for the nests with more work per element
 MAX_STEPS = 6
-PRIMITIVES = ["split", "tile", "reorder", "unroll", "vectorize", "parallelize", "fuse"]
+PRIMITIVES = [
+    "split",
+    "tile",
+    "reorder",
+    "unroll",
+    "vectorize",
+    "parallelize",
+    "fuse",
+    "specialize",
+]
 Step = tuple[str, tuple[object, ...]]
 
 # --------------------------------------------------------------------------- kernels
@@ -296,6 +305,8 @@ def _draw_step(data: st.DataObject, kernel: Kernel, primitives: list[str]) -> St
             return "vectorize", (lp.var, data.draw(st.sampled_from(WIDTHS)))
         case "parallelize":
             return "parallelize", (lp.var,)
+        case "specialize":
+            return "specialize", (lp.var, data.draw(st.sampled_from(SIZES)))
         case _:
             later = data.draw(st.sampled_from([q.var for q in _siblings_after(kernel, path)]))
             return "fuse", (lp.var, later)
@@ -331,7 +342,8 @@ def random_schedule(
         stats[step[0]] += 1
         stats["applied"] += 1
     stats["examples"] += 1
-    return [(step.primitive, step.args) for step, _ in s.steps]
+    # (a keyword argument follows the positional ones: specialize's `below`)
+    return [(step.primitive, step.args + tuple(v for _, v in step.kwargs)) for step, _ in s.steps]
 
 
 # --------------------------------------------------------------------------- running

@@ -21,14 +21,12 @@ from dataclasses import replace
 
 from kdsl.ir.affine import constant_bound, split_tile, tile_split
 from kdsl.ir.build import index_const, index_op
+from kdsl.ir.clone import Cloner
 from kdsl.ir.nodes import (
-    Allocate,
     Assign,
     Binary,
     BinaryOp,
-    Buffer,
     Const,
-    DeclareLocal,
     Expr,
     Fma,
     If,
@@ -39,7 +37,6 @@ from kdsl.ir.nodes import (
     LoopExec,
     LoopKind,
     LoopVar,
-    Prefetch,
     Stmt,
     Store,
 )
@@ -47,7 +44,6 @@ from kdsl.ir.tile_product import INSTRUCTIONS as TENSORIZED
 from kdsl.ir.tile_product import mark_zero_starts
 from kdsl.ir.visit import (
     fresh_namer,
-    map_expr,
     map_stmt_exprs,
     outer_updates,
     walk_all_exprs,
@@ -68,8 +64,7 @@ class _Expander:
         self.vectorizable = vectorizable
         self.register_bytes = register_bytes
         self.fresh = fresh_namer(kernel)
-        self.buffers = {b.name: b for b in kernel.buffers}
-        self.new_buffers: list[Buffer] = []
+        self.cloner = Cloner(self.fresh, kernel.buffers)
         self.tile_conditions: dict[Expr, Expr] = {}  # "the tile is full" -> "it is an edge"
 
     def block(self, stmts: tuple[Stmt, ...]) -> tuple[Stmt, ...]:
@@ -326,57 +321,10 @@ class _Expander:
     # -------------------------------------------------------------------- clone
 
     def clone(self, loop: Loop) -> Loop:
-        (copy,) = self.clone_block((loop,), {})
-        assert isinstance(copy, Loop)
-        return copy
+        return self.cloner.loop(loop)
 
     def clone_block(self, stmts: tuple[Stmt, ...], values: dict[str, Expr]) -> tuple[Stmt, ...]:
-        """`stmts` with loop variables replaced by `values` and everything they declare
-        (loops, locals, temporaries) renamed."""
-        loops, names = {}, {}
-        for s in walk_stmts(stmts):
-            if isinstance(s, Loop):
-                loops[s.var] = self.fresh(s.var)
-            elif isinstance(s, DeclareLocal):
-                names[s.name] = self.fresh(s.name)
-            elif isinstance(s, Allocate):
-                names[s.buffer] = self.fresh(s.buffer)
-                buf = self.buffers[s.buffer]
-                self.new_buffers.append(replace(buf, name=names[s.buffer]))
-                self.buffers[names[s.buffer]] = self.new_buffers[-1]
-
-        def expr(e: Expr) -> Expr | None:
-            match e:
-                case LoopVar(name=n) if n in values:
-                    return values[n]
-                case LoopVar(name=n) if n in loops:
-                    return replace(e, name=loops[n])
-                case LocalVar(name=n) if n in names:
-                    return replace(e, name=names[n])
-                case Load(buffer=b) if b in names:
-                    return replace(e, buffer=names[b])
-            return None
-
-        def stmt(s: Stmt) -> Stmt:
-            s = map_stmt_exprs(s, expr) if not isinstance(s, Loop | If) else s
-            match s:
-                case Loop(var=v, extent=x, body=body):
-                    return replace(
-                        s, var=loops[v], extent=map_expr(x, expr), body=tuple(stmt(b) for b in body)
-                    )
-                case If(cond=c, then=then):
-                    return replace(s, cond=map_expr(c, expr), then=tuple(stmt(b) for b in then))
-                case DeclareLocal(name=n):
-                    return replace(s, name=names[n])
-                case Assign(local=n) if n in names:
-                    return replace(s, local=names[n])
-                case Allocate(buffer=b):
-                    return replace(s, buffer=names[b])
-                case Store(buffer=b) | Prefetch(buffer=b) if b in names:
-                    return replace(s, buffer=names[b])
-            return s
-
-        return tuple(stmt(s) for s in stmts)
+        return self.cloner.block(stmts, values)
 
 
 def _depends_on_loop_state(cond: Expr, loop: Loop) -> bool:
@@ -451,7 +399,7 @@ def expand_schedule(
     narrows."""
     ex = _Expander(kernel, vectorizable, register_bytes)
     body = ex.block(_contract_accumulations(kernel.body, False) if contract else kernel.body)
-    return replace(kernel, body=body, buffers=kernel.buffers + tuple(ex.new_buffers))
+    return replace(kernel, body=body, buffers=kernel.buffers + tuple(ex.cloner.new_buffers))
 
 
 def _widest_element(loop: Loop) -> int:

@@ -54,7 +54,15 @@ from kdsl.targets.cpu.codegen import ErrorSites, _Codegen
 from kdsl.targets.cpu.ops import I1, I8, I32, I64, PTR, Ops, constant, llvm_type
 from kdsl.targets.cpu.state import ArrayInfo, ErrorKind
 from kdsl.targets.cuda.mma import emit_mma
-from kdsl.targets.cuda.plan import BLOCK_AXES, THREAD_AXES, WARP, Launch, Plan, scratch_bytes
+from kdsl.targets.cuda.plan import (
+    BLOCK_AXES,
+    THREAD_AXES,
+    WARP,
+    Launch,
+    Plan,
+    host_evaluable,
+    scratch_bytes,
+)
 from kdsl.types import INDEX
 
 SHARED = ir.PointerType(addrspace=3)
@@ -284,6 +292,8 @@ class GpuCodegen(_Codegen):
             case Store() if self.launch.threads > 1 and not self.thread_depth:
                 with self.b.if_then(self._first_thread()):  # one thread stores for all
                     super().stmt(s, heap)
+            case If(cond=c) if host_evaluable(c):
+                super().stmt(s, heap)  # (shapes and scalars: every thread agrees)
             case If():
                 self.divergent += 1
                 super().stmt(s, heap)

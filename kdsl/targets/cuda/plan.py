@@ -11,7 +11,7 @@ statements between such nests run in single-block launches, in order on one stre
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kdsl.errors import CompileError
 from kdsl.ir.affine import constant_bound
@@ -127,7 +127,7 @@ class Plan:
     host_temps: tuple[str, ...]  # top-level temporaries: allocated by the host
 
 
-def _host_evaluable(e: Expr) -> bool:
+def host_evaluable(e: Expr) -> bool:
     """Made of shapes, scalars and constants only: the host can compute it."""
     return all(
         isinstance(x, Const | DimOf | ScalarArg | Binary | Unary | Cast | Select)
@@ -146,18 +146,35 @@ def plan(kernel: Kernel, shared: int = SHARED_BYTES) -> Plan:
     temps: list[str] = []
     groups: list[list[Stmt]] = [[]]
     for s in kernel.body:
-        if isinstance(s, Check) and _host_evaluable(s.cond):
+        if isinstance(s, Check) and host_evaluable(s.cond):
             checks.append(s)
         elif isinstance(s, Allocate):
             temps.append(s.buffer)
         elif isinstance(s, Loop) and _binds_blocks(s):
             groups += [[s], []]
+        elif isinstance(s, If) and host_evaluable(s.cond) and _one_block_nest(s.then):
+            groups += [[_test_in_blocks(s)], []]
         else:
             groups[-1].append(s)
     bodies = [tuple(g) for g in groups if g]
     _check_locals(kernel, bodies)
     launches = tuple(_launch(kernel, n, body, shared) for n, body in enumerate(bodies))
     return Plan(launches, tuple(checks), tuple(temps))
+
+
+def _one_block_nest(body: tuple[Stmt, ...]) -> bool:
+    return len(body) == 1 and isinstance(body[0], Loop) and body[0].exec in BLOCK_AXES
+
+
+def _test_in_blocks(version: If) -> Loop:
+    """`if cond: nest` (a version of a nest picked by shapes: `specialize`) as a launch
+    of its own: the nest's blocks each test the condition, inside its block-bound loops
+    (a launch whose blocks all find it false does nothing)."""
+    nest = version.then[0]
+    assert isinstance(nest, Loop)
+    if _one_block_nest(nest.body):
+        return replace(nest, body=(_test_in_blocks(replace(version, then=nest.body)),))
+    return replace(nest, body=(replace(version, then=nest.body),))
 
 
 def _binds_blocks(s: Stmt) -> bool:
@@ -190,7 +207,7 @@ def _launch(kernel: Kernel, index: int, body: tuple[Stmt, ...], shared: int) -> 
     for loop in (s for s in walk_stmts(body) if isinstance(s, Loop)):
         if loop.exec in BLOCK_AXES:
             axis = BLOCK_AXES[loop.exec]
-            if not _host_evaluable(loop.extent):
+            if not host_evaluable(loop.extent):
                 raise _refuse(
                     kernel,
                     f"loop '{loop.var}' is bound to {loop.exec.value}, but its extent "
