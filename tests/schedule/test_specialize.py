@@ -139,7 +139,7 @@ def test_the_default_vectorizes_rows_shorter_than_a_vector_across_them(rows, col
     assert steps[:4] == [
         f'i.1, j.2, j.1.1 = s.specialize("j", below={width})',
         'i.1o, i.1i = s.split("i.1", 8192)',
-        f's.vectorize("i.1i", {width})',
+        f's.vectorize("i.1i", {width // 2})',  # (a row's elements are gathered)
         's.parallelize("i.1o")',
     ]
     assert steps[4:] == [f's.vectorize("j", {width})', f's.vectorize("j.1", {width})'] + [

@@ -53,6 +53,10 @@ from kdsl.ir.visit import (
 
 MAX_VECTOR_COPIES = 8  # vectors of a constant-extent loop written out one by one
 REGISTER_BYTES = 64  # a masked tail's vector narrows by halves down to one register
+# a tile of more vectors than this runs as its own loop, with one masked vector at its end,
+# not as a full copy and an edge copy: the masked vector costs little next to the loop,
+# and the copy a second compile of the body (a split by 8192 of a default schedule)
+LONG_TILE = 64
 MAX_GROUP = 4  # the most elements a dot-product instruction sums per lane (4 bytes)
 
 
@@ -84,12 +88,16 @@ class _Expander:
 
     # -------------------------------------------------------------------- tiles
 
+    @staticmethod
+    def long_vector_tile(loop: Loop, tile: int) -> bool:
+        return loop.exec is LoopExec.VECTORIZED and tile > LONG_TILE * loop.width
+
     def specialize_tile(
         self, loop: Loop, expand: Callable[[Loop], tuple[Stmt, ...]]
     ) -> tuple[Stmt, ...]:
         tile = tile_split(loop.extent)
         step = max(loop.width, 1)
-        if tile is None or tile[0] < step or tile[0] % step:
+        if tile is None or tile[0] < step or tile[0] % step or self.long_vector_tile(loop, tile[0]):
             return expand(loop)
         c, n = tile
         full = expand(replace(loop, extent=index_const(c)))

@@ -826,6 +826,28 @@ def test_the_edge_of_a_one_vector_tile_is_its_masked_tail_alone() -> None:
         np.testing.assert_array_equal(y, x * 2)
 
 
+def test_a_long_tile_is_one_vector_loop_with_its_masked_tail() -> None:
+    """A tile of more than LONG_TILE vectors (a 1-D default's split by 8192) is not
+    copied into a full tile and an edge tile: one loop of whole vectors and the masked
+    vector after it (each copy compiled its body again)."""
+
+    @kd.kernel
+    def scaled(x, y):
+        i = kd.indices(x.shape[0])
+        y[i] = x[i] * 2
+
+    x = np.ones(40, np.float32)
+    final = expand_schedule(scaled.schedule_of(x, x.copy()).kernel)
+    vectors = [s for s in walk_stmts(final.body) if isinstance(s, Loop) and s.width > 1]
+    assert len(vectors) == 2 and not isinstance(vectors[0].extent, Const), vectors
+    rng = np.random.default_rng(5)
+    for n in (0, 1, 15, 16, 8191, 8192, 8193, 40000):
+        x = rng.standard_normal(n).astype(np.float32)
+        y = np.full_like(x, np.nan)
+        scaled(x, y)
+        np.testing.assert_array_equal(y, x * 2)
+
+
 @pytest.mark.parametrize(
     "register, dtype, width, tails",
     [
