@@ -115,6 +115,20 @@ def normalize_rows(x, y):
 
 
 @kd.kernel
+def column_sums(x, out):
+    """A sum down the columns: in blocks of columns, each row read a block at a time."""
+    i, j = kd.indices(x.shape[0], x.shape[1])
+    out[j] = kd.sum(x[i, j], over=i)
+
+
+@kd.kernel
+def total(x, out):
+    """A sum of one long loop: in parts on all threads (rfactor), combined in order."""
+    i = kd.indices(x.shape[0])
+    out[0] = kd.sum(x[i], over=i)
+
+
+@kd.kernel
 def matmul(a, b, c):
     """A contraction: the default schedule computes it in register tiles of 6 rows × a
     vector of columns (each vector of b serves the tile's rows)."""
@@ -235,6 +249,28 @@ def cases(rows: int, cols: int, n: int) -> list[harness.Case]:
             lambda x, out: np.argmax(x, axis=1, out=out),
             rows * cols * 4,
             "GB/s",
+        ),
+        harness.Case(
+            "column sums, kd.sum over i",
+            size,
+            lambda rng: (rng.standard_normal(shape, dtype=np.float32), np.empty(cols, np.float32)),
+            column_sums,
+            lambda x, out: np.sum(x, axis=0, out=out),
+            rows * cols * 4,
+            "GB/s",
+            1e-4,
+            1e-4,
+        ),
+        harness.Case(
+            "sum of one long vector",
+            f"{4 * n}",
+            lambda rng: (rng.standard_normal(4 * n, dtype=np.float32), np.empty(1, np.float32)),
+            total,
+            lambda x, out: np.sum(x, out=out.reshape(())),
+            4 * n * 4,
+            "GB/s",
+            1e-4,
+            1e-2,
         ),
         harness.Case(
             "histogram, 256 bins",

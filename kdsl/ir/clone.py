@@ -49,21 +49,20 @@ class Cloner:
         return self.renamed(stmts, values)[0]
 
     def renamed(
-        self, stmts: tuple[Stmt, ...], values: dict[str, Expr]
+        self, stmts: tuple[Stmt, ...], values: dict[str, Expr], temps: tuple[str, ...] = ()
     ) -> tuple[tuple[Stmt, ...], dict[str, str]]:
-        """`block`, and the name each loop of `stmts` has in the copy."""
-        loops, names = {}, {}
+        """`block`, and the name each loop and temporary of `stmts` has in the copy;
+        `temps`, temporaries allocated outside `stmts`, are renamed too (the caller
+        allocates the copies')."""
+        loops: dict[str, str] = {}
+        names = {t: self._new_temp(t) for t in temps}
         for s in walk_stmts(stmts):
             if isinstance(s, Loop):
                 loops[s.var] = self.fresh(s.var)
             elif isinstance(s, DeclareLocal):
                 names[s.name] = self.fresh(s.name)
             elif isinstance(s, Allocate):
-                names[s.buffer] = self.fresh(s.buffer)
-                self.buffers[names[s.buffer]] = replace(
-                    self.buffers[s.buffer], name=names[s.buffer]
-                )
-                self.new_buffers.append(self.buffers[names[s.buffer]])
+                names[s.buffer] = self._new_temp(s.buffer)
 
         def expr(e: Expr) -> Expr | None:
             match e:
@@ -96,4 +95,10 @@ class Cloner:
                     return replace(s, buffer=names[b])
             return s
 
-        return tuple(stmt(s) for s in stmts), loops
+        return tuple(stmt(s) for s in stmts), loops | names
+
+    def _new_temp(self, name: str) -> str:
+        new = self.fresh(name)
+        self.buffers[new] = replace(self.buffers[name], name=new)
+        self.new_buffers.append(self.buffers[new])
+        return new

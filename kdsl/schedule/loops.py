@@ -13,6 +13,7 @@ from kdsl.ir.affine import constant_bound
 from kdsl.ir.build import index_const, index_op
 from kdsl.ir.clone import Cloner
 from kdsl.ir.nodes import (
+    Allocate,
     Assign,
     Binary,
     BinaryOp,
@@ -21,6 +22,7 @@ from kdsl.ir.nodes import (
     DeclareLocal,
     Expr,
     If,
+    Kernel,
     Load,
     LocalVar,
     Loop,
@@ -575,15 +577,34 @@ def specialize(ctx: StepContext, name: object, below: object) -> tuple[str, ...]
             f"the nest, with {format_expr(moving[0])}",
             "specialize on a loop whose extent is fixed before the nest starts (a shape)",
         )
+    # the temporaries only this nest uses, allocated before it: the copy's own, so that a
+    # later step (compute_at, inline) finds one producer of each in each version
+    temps = sorted(_used_only_in(ctx.kernel, top))
     cloner = Cloner(ctx.fresh, ctx.kernel.buffers)
-    (copy,), names = cloner.renamed((nest,), {})
+    (copy,), names = cloner.renamed((nest,), {}, tuple(temps))
+    allocations = tuple(Allocate(names[t], loc=ctx.loc) for t in temps)
     short = index_op(BinaryOp.LT, loop.extent, index_const(n))
     long = index_op(BinaryOp.GE, loop.extent, index_const(n))
-    versions = (If(short, (copy,), loc=ctx.loc), If(long, (nest,), loc=ctx.loc))
+    versions = (If(short, (*allocations, copy), loc=ctx.loc), If(long, (nest,), loc=ctx.loc))
     body = tree.splice(ctx.kernel.body, top, versions)
     buffers = ctx.kernel.buffers + tuple(cloner.new_buffers)
     ctx.kernel = replace(ctx.kernel, body=body, buffers=buffers)
     return tuple(names[lp.var] for lp in walk_stmts((nest,)) if isinstance(lp, Loop))
+
+
+def _used_only_in(kernel: Kernel, top: tree.Path) -> set[str]:
+    """The temporaries allocated outside the nest at `top` that only it reads or writes."""
+
+    def used(stmts: tuple[Stmt, ...]) -> set[str]:
+        found = {e.buffer for e in walk_all_exprs(stmts) if isinstance(e, Load)}
+        return found | {s.buffer for s in walk_stmts(stmts) if isinstance(s, Store | Prefetch)}
+
+    nest = tree.at(kernel.body, top)
+    inside = used((nest,))
+    allocated = {s.buffer for s in walk_stmts((nest,)) if isinstance(s, Allocate)}
+    temps = {b.name for b in kernel.buffers if b.role is BufferRole.TEMP}
+    elsewhere = used(tree.splice(kernel.body, top, ()))
+    return (inside & temps) - allocated - elsewhere
 
 
 def nontemporal(ctx: StepContext, buffer: object) -> None:

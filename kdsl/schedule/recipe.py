@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from kdsl.errors import ScheduleError, SourceLoc
 from kdsl.ir.nodes import Kernel, Loop
 from kdsl.ir.passes import lower
-from kdsl.schedule import caching, fusion, loops, stages
+from kdsl.schedule import caching, fusion, loops, rfactor, stages
 from kdsl.schedule.step import Step, StepContext, plain
 from kdsl.types import DType, as_dtype
 
@@ -263,6 +263,12 @@ class Schedule:
         loop names, outermost first, to schedule each version its own way."""
         return self._apply(Step("specialize", (loop,), (("below", below),)))  # type: ignore[return-value]
 
+    def rfactor(self, loop: str) -> str:
+        """Make reduction loop `loop` (the outer loop of a split reduction) parallel: each
+        iteration accumulates into parts of its own, combined in order after it; returns
+        the combining loop's name. Then `parallelize(loop)`."""
+        return self._apply(Step("rfactor", (loop,)))  # type: ignore[return-value]
+
     def fuse(self, loop_a: str, loop_b: str) -> str:
         """Merge sibling loop `loop_b` into `loop_a` (same range); shrink temporaries that no
         longer need their full extent. Returns the fused loop's name (`loop_a`)."""
@@ -412,6 +418,7 @@ PRIMITIVES: dict[str, Callable[..., object]] = {
     "prefetch": loops.prefetch,
     "nontemporal": loops.nontemporal,
     "specialize": loops.specialize,
+    "rfactor": rfactor.rfactor,
     "bind": loops.bind,
     "fuse": fusion.fuse,
     "compute_at": stages.compute_at,

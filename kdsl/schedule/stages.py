@@ -31,6 +31,7 @@ from kdsl.ir.nodes import (
     Const,
     DeclareLocal,
     Expr,
+    If,
     Load,
     LocalVar,
     Loop,
@@ -324,9 +325,14 @@ def _producer(ctx: StepContext, stage: str) -> Producer:
         if isinstance(s, Store) and s.buffer == stage
     ]
     if len(stores) != 1:
+        tops = {p[0] for p, _ in stores}
+        versions = len(tops) > 1 and all(isinstance(ctx.kernel.body[t], If) for t in tops)
         raise ctx.refuse(
-            f"'{stage}' is written by {len(stores)} statements, not one",
-            "inline or compute_at a temporary written once, as t[i, j] = … (not accumulated)",
+            f"'{stage}' is written by {len(stores)} statements, not one"
+            + (", one in each version of its nest (specialize)" if versions else ""),
+            "inline or compute_at before specializing the nest that writes it"
+            if versions
+            else "inline or compute_at a temporary written once, as t[i, j] = … (not accumulated)",
         )
     path, store = stores[0]
     around = tree.enclosing(ctx.kernel.body, path)

@@ -128,10 +128,23 @@ def batched_vecmat(x, w, y):
 
 
 def test_a_reduction_whose_rows_share_no_read_is_not_tiled():
-    """Each row i reads its own w[i]: a tile of rows would share no vector of it."""
-    x, w = np.ones((6, 5), np.float32), np.ones((6, 5, 32), np.float32)
-    steps = str(batched_vecmat.schedule_of(x, w, np.empty((6, 32), np.float32))).splitlines()
-    assert steps[1:] == ['s.vectorize("j", 16)', 's.parallelize("i")'], steps
+    """Each row i reads its own w[i]: a tile of rows would share no vector of it. Its
+    sums go down the columns of w[i] instead, in blocks of columns (and a version for
+    fewer columns than a vector), the rows on threads."""
+    rng = np.random.default_rng(2)
+    for n in (3, 32, 2049):
+        x, w = random_array(rng, (6, 5), np.float32), random_array(rng, (6, 5, n), np.float32)
+        y = np.full((6, n), np.nan, np.float32)
+        steps = str(batched_vecmat.schedule_of(x, w, y)).splitlines()[1:]
+        assert not any(".tile(" in step for step in steps), steps
+        assert steps[-4:] == [
+            'jo, ji = s.split("j", 2048)',
+            's.reorder("jo", "k", "ji")',
+            's.vectorize("ji", 16)',
+            's.parallelize("i")',
+        ], steps
+        batched_vecmat(x, w, y)
+        np.testing.assert_allclose(y, np.einsum("ik,ikj->ij", x, w), rtol=1e-5, atol=1e-5)
 
 
 @kd.kernel
@@ -385,3 +398,97 @@ def test_a_strided_array_vectorized_along_another_axis_than_its_last():
         y = np.full(x.shape, np.nan, np.float32)
         scale(x, y)
         np.testing.assert_allclose(y, x * 3, rtol=1e-6)
+
+
+@kd.kernel
+def column_sums(x, out):
+    i, j = kd.indices(x.shape[0], x.shape[1])
+    out[j] = kd.sum(x[i, j], over=i)
+
+
+@kd.kernel
+def transposed_matvec(w, x, y):  # y = wᵀ·x
+    i, j = kd.indices(w.shape[1], w.shape[0])
+    y[i] = kd.sum(w[j, i] * x[j], over=j)
+
+
+def test_a_sum_down_the_columns_goes_in_blocks_of_columns():
+    """Each row read a block of columns at a time into a block of sums that stays in L1
+    (Zen 2, 4096 × 1024: 2.57 → 0.72 ms); fewer columns than a vector keep theirs in a
+    register (a version of their own)."""
+    x = np.ones((9, 40), np.float32)
+    steps = str(column_sums.schedule_of(x, np.empty(40, np.float32))).splitlines()[1:]
+    assert steps == [
+        'j.1, i.1 = s.specialize("j", below=16)',
+        's.vectorize("j.1", 16)',
+        'jo, ji = s.split("j", 2048)',
+        's.reorder("jo", "i", "ji")',
+        's.vectorize("ji", 16)',
+        's.parallelize("jo")',
+    ]
+
+
+@settings(deadline=None, max_examples=30)
+@given(
+    rows=st.sampled_from([0, 1, 7, 300]),
+    cols=st.sampled_from([0, 1, 3, 15, 16, 17, 2047, 2048, 2049, 4100]),
+    dtype=st.sampled_from([np.float32, np.float64, np.int32]),
+)
+def test_column_sums_and_transposed_products_on_every_edge(rows, cols, dtype):
+    rng = np.random.default_rng(rows * 10000 + cols)
+    x = random_array(rng, (rows, cols), dtype)
+    out = np.full(cols, 7, dtype)
+    column_sums(x, out)
+    tol = {"rtol": 1e-4, "atol": 1e-4} if dtype != np.int32 else {}
+    np.testing.assert_allclose(out, x.astype(np.float64).sum(axis=0), **tol)
+    v = random_array(rng, (rows,), dtype)
+    y = np.full(cols, 7, dtype)
+    transposed_matvec(x, v, y)
+    np.testing.assert_allclose(y, x.T.astype(np.float64) @ v.astype(np.float64), **tol)
+
+
+@kd.kernel
+def transpose(x, y):
+    i, j = kd.indices(x.shape[0], x.shape[1])
+    y[j, i] = x[i, j]
+
+
+@kd.kernel
+def batched_transpose_add(x, z, y):
+    b, i, j = kd.indices(x.shape[0], x.shape[1], x.shape[2])
+    y[b, j, i] = x[b, i, j] + z[b, j, i] * 2
+
+
+def test_a_transpose_goes_in_tiles_vectorized_along_its_writes():
+    """Reads along j, writes along i: tiles of 16 × 16 (their lines in L1), the loop
+    along the writes innermost and vectorized (Zen 2, 2048²: 34 -> 2.8 ms, NumPy 34)."""
+    x = np.ones((40, 50), np.float32)
+    steps = str(transpose.schedule_of(x, x.T.copy())).splitlines()[1:]
+    assert steps == [
+        'io, jo, ii, ji = s.tile("i", "j", 16, 16)',
+        's.reorder("io", "jo", "ji", "ii")',
+        's.vectorize("ii", 16)',
+        's.parallelize("io")',
+    ]
+
+
+@settings(deadline=None, max_examples=20)
+@given(
+    batch=st.sampled_from([1, 3]),
+    rows=st.sampled_from([0, 1, 15, 16, 17, 70]),
+    cols=st.sampled_from([1, 5, 16, 33]),
+    dtype=st.sampled_from([np.float32, np.float64, np.int8]),
+)
+def test_transposes_on_every_edge(batch, rows, cols, dtype):
+    rng = np.random.default_rng(batch * 10000 + rows * 100 + cols)
+    x = random_array(rng, (rows, cols), dtype)
+    y = np.zeros((cols, rows), dtype)
+    transpose(x, y)
+    np.testing.assert_array_equal(y, x.T)
+    x3 = random_array(rng, (batch, rows, cols), dtype)
+    z3 = random_array(rng, (batch, cols, rows), dtype)
+    y3 = np.zeros_like(z3)
+    batched_transpose_add(x3, z3, y3)
+    np.testing.assert_array_equal(y3, x3.transpose(0, 2, 1) + z3 * 2)
+    steps = str(batched_transpose_add.schedule_of(x3, z3, y3))
+    assert 's.parallelize("b")' in steps and ".tile(" in steps

@@ -190,3 +190,139 @@ def test_on_the_gpu_each_version_is_a_launch_whose_blocks_test_the_shape(cols, m
     assert text.count(".entry") == 2
     if nvptx.ptxas_path() is not None:
         assert "Compiling entry function" in nvptx.assemble(text, "sm_90")
+
+
+def test_versions_within_versions_on_the_gpu_and_what_it_refuses(monkeypatch):
+    """A version specialized again: each nest a launch testing both conditions. Block
+    loops with statements between them, or a version chosen by data, are refused with
+    what to do instead of an error about the user's bindings."""
+    from tests.targets.cuda import simt
+
+    monkeypatch.setenv("KDSL_CUDA_ARCH", "sm_90")
+    nested = _normalize_rows()
+
+    @nested.schedule(kd.cuda)
+    def _(s):
+        i, j, _ = s.specialize("j", below=32)
+        i2, _, _ = s.specialize(j, below=4)
+        for rows in (i, i2, "i"):
+            s.bind(rows, "block.x")
+        for loop in ("j", "j.1", "j.2", "j.1.1", "j.2.1", "j.1.1.1"):
+            s.bind(loop, "thread.x")
+
+    for cols in (2, 9, 40):
+        x = _rows(np.random.default_rng(cols), (3, cols), np.float32)
+        y = np.full_like(x, np.nan)
+        simt.run(nested, [x, y])
+        np.testing.assert_allclose(y, _normalized(x), rtol=1e-5)
+    assert nested.ptx(x, y).count(".entry") == 3
+
+    @kd.kernel
+    def batched(x, y):
+        for b in kd.grid(x.shape[0]):
+            first = kd.local(x[b, 0, 0])
+            for i in kd.grid(x.shape[1]):
+                j = kd.indices(x.shape[2])
+                y[b, i, j] = x[b, i, j] * first + kd.sum(x[b, i, j], over=j)
+
+    @batched.schedule(kd.cuda)
+    def _(s):
+        s.specialize("j", below=8)
+        for b, i, j, j1 in (("b", "i", "j", "j.1"), ("b.1", "i.1", "j.2", "j.1.1")):
+            s.bind(b, "block.y")
+            s.bind(i, "block.x")
+            s.bind(j, "thread.x")
+            s.bind(j1, "thread.x")
+
+    x3 = np.ones((2, 3, 5), np.float32)
+    with pytest.raises(kd.CompileError, match="statements between them, so its blocks can't"):
+        batched.ptx(x3, x3.copy())
+
+    @kd.kernel
+    def by_data(n, x, y):
+        for i in kd.grid(x.shape[0]):
+            for j in kd.range(n[0]):
+                y[i] += x[i, j]
+
+    @by_data.schedule(kd.cuda)
+    def _(s):
+        s.specialize("j", below=4)
+        s.bind("i", "block.x")
+        s.bind("i.1", "block.x")
+
+    n = np.array([3], np.int64)
+    with pytest.raises(kd.CompileError, match="which reads memory or a loop's variable"):
+        by_data.ptx(n, np.ones((4, 5), np.float32), np.zeros(4, np.float32))
+
+
+def test_steps_after_specialize_find_one_producer_per_version() -> None:
+    """A temporary only the nest uses gets a copy of its own in the copy (compute_at
+    works in each version); one another nest reads stays shared, and a step that needs
+    its one producer says to come before specialize."""
+
+    @kd.kernel
+    def scaled(x, y):
+        i, j = kd.indices(x.shape[0], x.shape[1])
+        t = kd.empty(x.shape, kd.f32)
+        t[i, j] = x[i, j] * 2
+        y[i, j] = t[i, j] + kd.sum(t[i, j], over=j)
+
+    x = _rows(np.random.default_rng(1), (6, 5), np.float32)
+    traced = lower(scaled.ir(x, x.copy()).kernel)
+    s = Schedule(traced)
+    s.fuse("i", "i.1")
+    names = s.specialize("j.1", below=8)
+    s.compute_at("t", "i")
+    s.compute_at("t.1", names[0])
+    assert "t.1" in [b.name for b in s.kernel.buffers]
+
+    @kd.kernel
+    def softmax(x, y):
+        i, j = kd.indices(x.shape[0], x.shape[1])
+        m = kd.empty((x.shape[0],), kd.f32)
+        m[i] = kd.max(x[i, j], over=j)
+        y[i, j] = kd.exp(x[i, j] - m[i])
+
+    s = Schedule(lower(softmax.ir(x, x.copy()).kernel))
+    s.specialize("j", below=8)
+    with pytest.raises(kd.ScheduleError, match="before specializing the nest that writes it"):
+        s.compute_at("m", "i.1")
+
+
+def test_the_default_keeps_colliding_rows_serial_in_both_versions() -> None:
+    """y[perm[b], i, j]: two batches may write one row, so neither version puts the
+    batches on threads; rows under a loop with statements beside them are vectorized
+    themselves (not the batch loop)."""
+
+    @kd.kernel
+    def scatter_rows(perm, x, y):
+        b, i, j = kd.indices(x.shape[0], x.shape[1], x.shape[2])
+        y[perm[b], i, j] = x[b, i, j] / kd.sum(x[b, i, j], over=j)
+
+    perm = np.array([1, 1, 0, 2], np.int64)
+    x = _rows(np.random.default_rng(4), (4, 300, 3), np.float32)
+    assert "parallelize" not in str(scatter_rows.schedule_of(perm, x, x.copy()))
+    y = np.zeros_like(x)
+    scatter_rows(perm, x, y)
+    want = np.zeros_like(x)
+    for b in range(4):
+        want[perm[b]] = x[b] / x[b].sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(y, want, rtol=1e-6)
+
+    @kd.kernel
+    def batched(x, y):
+        for b in kd.grid(x.shape[0]):
+            first = kd.local(x[b, 0, 0])
+            for i in kd.grid(x.shape[1]):
+                j = kd.indices(x.shape[2])
+                y[b, i, j] = x[b, i, j] * first + kd.sum(x[b, i, j], over=j)
+
+    steps = str(batched.schedule_of(x, x.copy())).splitlines()[1:4]
+    assert steps == [
+        'b.1, i.1, j.2, j.1.1 = s.specialize("j", below=16)',
+        's.vectorize("i.1", 8)',
+        's.parallelize("b.1")',
+    ]
+    y = np.full_like(x, np.nan)
+    batched(x, y)
+    np.testing.assert_allclose(y, x * x[:, :1, :1] + x.sum(axis=2, keepdims=True), rtol=1e-5)

@@ -39,6 +39,7 @@ from kdsl.ir.nodes import (
     Store,
     Unary,
 )
+from kdsl.ir.printer import format_expr
 from kdsl.ir.visit import walk_all_exprs, walk_expr, walk_stmts
 from kdsl.types import INDEX
 
@@ -152,8 +153,8 @@ def plan(kernel: Kernel, shared: int = SHARED_BYTES) -> Plan:
             temps.append(s.buffer)
         elif isinstance(s, Loop) and _binds_blocks(s):
             groups += [[s], []]
-        elif isinstance(s, If) and host_evaluable(s.cond) and _one_block_nest(s.then):
-            groups += [[_test_in_blocks(s)], []]
+        elif isinstance(s, If) and _binds_blocks(s):
+            groups += [[nest] for nest in _versions(kernel, s, ())] + [[]]
         else:
             groups[-1].append(s)
     bodies = [tuple(g) for g in groups if g]
@@ -162,19 +163,54 @@ def plan(kernel: Kernel, shared: int = SHARED_BYTES) -> Plan:
     return Plan(launches, tuple(checks), tuple(temps))
 
 
-def _one_block_nest(body: tuple[Stmt, ...]) -> bool:
-    return len(body) == 1 and isinstance(body[0], Loop) and body[0].exec in BLOCK_AXES
+def _versions(kernel: Kernel, version: If, tests: tuple[Expr, ...]) -> list[Loop]:
+    """`if cond: nest` (a version of a nest picked by shapes: `specialize`, perhaps
+    within another's) as launches of their own: each nest's blocks test the conditions,
+    inside its block-bound loops (a launch whose blocks all find them false does
+    nothing)."""
+    if not host_evaluable(version.cond):
+        raise _refuse(
+            kernel,
+            f"a version of a nest runs where {format_expr(version.cond)}, which reads memory "
+            "or a loop's variable: the GPU's blocks can't all test it before they start",
+            "specialize on a loop whose extent is made of shapes and scalars",
+        )
+    tests = (*tests, version.cond)
+    nests: list[Loop] = []
+    for s in version.then:
+        if isinstance(s, If) and _binds_blocks(s):
+            nests += _versions(kernel, s, tests)
+        elif isinstance(s, Loop) and s.exec in BLOCK_AXES:
+            nests.append(_test_in_blocks(kernel, s, tests))
+        else:
+            raise _refuse(
+                kernel,
+                "a version of a nest (specialize) holds statements beside its block-bound "
+                "loops, which its blocks can't share",
+                "bind the version's outermost loops to blocks",
+            )
+    return nests
 
 
-def _test_in_blocks(version: If) -> Loop:
-    """`if cond: nest` (a version of a nest picked by shapes: `specialize`) as a launch
-    of its own: the nest's blocks each test the condition, inside its block-bound loops
-    (a launch whose blocks all find it false does nothing)."""
-    nest = version.then[0]
-    assert isinstance(nest, Loop)
-    if _one_block_nest(nest.body):
-        return replace(nest, body=(_test_in_blocks(replace(version, then=nest.body)),))
-    return replace(nest, body=(replace(version, then=nest.body),))
+def _test_in_blocks(kernel: Kernel, nest: Loop, tests: tuple[Expr, ...]) -> Loop:
+    """`nest` with its blocks testing `tests`: inside its perfectly nested block loops."""
+    body = nest.body
+    if len(body) == 1 and isinstance(body[0], Loop) and body[0].exec in BLOCK_AXES:
+        return replace(nest, body=(_test_in_blocks(kernel, body[0], tests),))
+    if _binds_blocks(If(tests[0], body)):
+        raise _refuse(
+            kernel,
+            f"a version of a nest (specialize) binds loop '{nest.var}' and loops inside it "
+            "to blocks with statements between them, so its blocks can't test which "
+            "version runs",
+            "bind perfectly nested loops to blocks in each version (or specialize only in "
+            "the CPU schedule)",
+            nest,
+        )
+    test = tests[0]
+    for more in tests[1:]:
+        test = Binary(BinaryOp.AND, test, more, more.dtype)
+    return replace(nest, body=(If(test, body, loc=nest.loc),))
 
 
 def _binds_blocks(s: Stmt) -> bool:
