@@ -293,12 +293,15 @@ def _column_blocks(s: Schedule, nest: Loop, vectors: list[Loop]) -> bool:
             if not isinstance(columns.extent, Const):  # fewer columns than a vector: their
                 narrow = dict(zip(order, s.specialize(columns.var, below=width)))
                 s.vectorize(narrow[columns.var], width)  # sums in one register, as before
-                if len(chain) > 1:
+                if len(chain) > 1 and not _collides(chain[0]):
                     s.parallelize(narrow[chain[0].var])
             blocks, lanes = s.split(columns.var, COLUMN_BLOCK // max(sums, default=4))
             s.reorder(blocks, reduction.var, lanes)
             s.vectorize(lanes, width)
-            s.parallelize(chain[0].var if len(chain) > 1 else blocks)
+            if len(chain) == 1:
+                s.parallelize(blocks)
+            elif not _collides(chain[0]):  # (batches that may write one row stay in order)
+                s.parallelize(chain[0].var)
     except ScheduleError:
         return False
     return True

@@ -492,3 +492,20 @@ def test_transposes_on_every_edge(batch, rows, cols, dtype):
     np.testing.assert_array_equal(y3, x3.transpose(0, 2, 1) + z3 * 2)
     steps = str(batched_transpose_add.schedule_of(x3, z3, y3))
     assert 's.parallelize("b")' in steps and ".tile(" in steps
+
+
+def test_column_sums_of_batches_that_may_meet_stay_in_order():
+    """y[perm[b], j] += Σi x[b, i, j]: two batches may add to one row, so the batches
+    run in order (on threads, additions were lost)."""
+
+    @kd.kernel
+    def scatter_sums(perm, x, y):
+        b, i, j = kd.indices(x.shape[0], x.shape[1], x.shape[2])
+        y[perm[b], j] += kd.sum(x[b, i, j], over=i)
+
+    perm = np.zeros(64, np.int64)
+    x = np.random.default_rng(0).integers(1, 3, (64, 2, 2100)).astype(np.float32)
+    y = np.zeros((1, 2100), np.float32)
+    assert "parallelize" not in str(scatter_sums.schedule_of(perm, x, y))
+    scatter_sums(perm, x, y)
+    np.testing.assert_array_equal(y[0], x.sum(axis=(0, 1)))

@@ -228,3 +228,25 @@ def test_on_the_gpu_each_block_sums_a_part(monkeypatch) -> None:
         np.testing.assert_allclose(out[0], x.astype(np.float64).sum(), rtol=1e-5, atol=1e-6)
     monkeypatch.setenv("KDSL_CUDA_ARCH", "sm_90")
     assert total.ptx(x, out).count(".entry") == 2
+
+
+def test_parts_bound_to_blocks_inside_blocks_are_refused() -> None:
+    """The parts of each row's sum on block.x inside the rows' block.y: a block would
+    combine the parts before the other blocks wrote theirs."""
+
+    @kd.kernel
+    def rows(x, out):
+        i, j = kd.indices(x.shape[0], x.shape[1])
+        out[i] = kd.sum(x[i, j], over=j)
+
+    @rows.schedule(kd.cuda)
+    def _(s):
+        parts, elements = s.split("j", 16)
+        s.rfactor(parts)
+        s.bind("i", "block.y")
+        s.bind(parts, "block.x")
+        s.bind(elements, "thread.x")
+
+    x = np.ones((4, 40), np.float32)
+    with pytest.raises(kd.CompileError, match="a block can't wait for the others"):
+        rows.ptx(x, np.zeros(4, np.float32))

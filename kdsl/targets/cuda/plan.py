@@ -29,6 +29,7 @@ from kdsl.ir.nodes import (
     Expr,
     If,
     Kernel,
+    Load,
     LocalVar,
     Loop,
     LoopExec,
@@ -154,7 +155,9 @@ def plan(kernel: Kernel, shared: int = SHARED_BYTES) -> Plan:
         elif isinstance(s, Loop) and _binds_blocks(s):
             groups += [[s], []]
         elif isinstance(s, If) and _binds_blocks(s):
-            groups += [[nest] for nest in _versions(kernel, s, ())] + [[]]
+            nests, allocated = _versions(kernel, s, ())
+            groups += [[nest] for nest in nests] + [[]]
+            temps += allocated
         else:
             groups[-1].append(s)
     bodies = [tuple(g) for g in groups if g]
@@ -163,33 +166,42 @@ def plan(kernel: Kernel, shared: int = SHARED_BYTES) -> Plan:
     return Plan(launches, tuple(checks), tuple(temps))
 
 
-def _versions(kernel: Kernel, version: If, tests: tuple[Expr, ...]) -> list[Loop]:
+def _versions(kernel: Kernel, version: If, tests: tuple[Expr, ...]) -> tuple[list[Loop], list[str]]:
     """`if cond: nest` (a version of a nest picked by shapes: `specialize`, perhaps
     within another's) as launches of their own: each nest's blocks test the conditions,
     inside its block-bound loops (a launch whose blocks all find them false does
-    nothing)."""
+    nothing). The nests, and the temporaries the versions allocate (by the host, as a
+    kernel's top-level ones)."""
     if not host_evaluable(version.cond):
-        raise _refuse(
-            kernel,
-            f"a version of a nest runs where {format_expr(version.cond)}, which reads memory "
-            "or a loop's variable: the GPU's blocks can't all test it before they start",
-            "specialize on a loop whose extent is made of shapes and scalars",
+        raise CompileError(
+            f"loops bound to blocks are inside an if whose test ({format_expr(version.cond)}) "
+            "reads memory or a loop's variable: the blocks can't all make it before they start",
+            kernel=kernel.name,
+            loc=version.loc,
+            fix="test it inside the block-bound loops (or, for specialize, choose a loop whose "
+            "extent is made of shapes and scalars)",
         )
     tests = (*tests, version.cond)
     nests: list[Loop] = []
+    temps: list[str] = []
     for s in version.then:
         if isinstance(s, If) and _binds_blocks(s):
-            nests += _versions(kernel, s, tests)
+            more, allocated = _versions(kernel, s, tests)
+            nests, temps = nests + more, temps + allocated
         elif isinstance(s, Loop) and s.exec in BLOCK_AXES:
             nests.append(_test_in_blocks(kernel, s, tests))
+        elif isinstance(s, Allocate):
+            temps.append(s.buffer)
         else:
-            raise _refuse(
-                kernel,
-                "a version of a nest (specialize) holds statements beside its block-bound "
-                "loops, which its blocks can't share",
-                "bind the version's outermost loops to blocks",
+            raise CompileError(
+                "an if around loops bound to blocks holds other statements too, which "
+                "the blocks can't share",
+                kernel=kernel.name,
+                loc=version.loc,
+                fix="move those statements out of the if, or test the condition inside the "
+                "block-bound loops",
             )
-    return nests
+    return nests, temps
 
 
 def _test_in_blocks(kernel: Kernel, nest: Loop, tests: tuple[Expr, ...]) -> Loop:
@@ -200,11 +212,10 @@ def _test_in_blocks(kernel: Kernel, nest: Loop, tests: tuple[Expr, ...]) -> Loop
     if _binds_blocks(If(tests[0], body)):
         raise _refuse(
             kernel,
-            f"a version of a nest (specialize) binds loop '{nest.var}' and loops inside it "
-            "to blocks with statements between them, so its blocks can't test which "
-            "version runs",
-            "bind perfectly nested loops to blocks in each version (or specialize only in "
-            "the CPU schedule)",
+            f"loop '{nest.var}' and loops inside it are bound to blocks with statements "
+            "between them, inside an if (a version of the nest: specialize), so the blocks "
+            "can't test the condition",
+            "bind perfectly nested loops to blocks there (or specialize only in the CPU schedule)",
             nest,
         )
     test = tests[0]
@@ -430,6 +441,28 @@ def scratch_bytes(temps: tuple[Temp, ...]) -> Expr:
     return total
 
 
+def _check_after_blocks(kernel: Kernel, body: tuple[Stmt, ...]) -> None:
+    """In a block's code, what follows a loop bound to blocks inside it reads nothing
+    that loop writes: other blocks write it, and a block can't wait for them (the parts
+    of an rfactor bound to blocks inside another block-bound loop, combined after it)."""
+    for n, s in enumerate(body):
+        if not (isinstance(s, Loop) and s.exec in BLOCK_AXES):
+            continue
+        written = {x.buffer for x in walk_stmts(s.body) if isinstance(x, Store)}
+        later = body[n + 1 :]
+        read = sorted(written & {e.buffer for e in walk_all_exprs(later) if isinstance(e, Load)})
+        if read:
+            raise _refuse(
+                kernel,
+                f"after loop '{s.var}', bound to {s.exec.value} inside another block-bound "
+                f"loop, the block reads '{read[0]}', which other blocks write in that loop: "
+                "a block can't wait for the others",
+                f"bind loop '{s.var}' to threads instead (a block's threads share it), or bind "
+                "only the outer loop to blocks",
+                s,
+            )
+
+
 def _check_nesting(kernel: Kernel, body: tuple[Stmt, ...], outside_blocks: bool) -> None:
     """Block-bound loops enclose the rest of their launch: only other block-bound loops
     may be around them."""
@@ -444,5 +477,7 @@ def _check_nesting(kernel: Kernel, body: tuple[Stmt, ...], outside_blocks: bool)
                     s,
                 )
             _check_nesting(kernel, s.body, outside_blocks and s.exec in BLOCK_AXES)
+            if s.exec in BLOCK_AXES:
+                _check_after_blocks(kernel, s.body)
         elif isinstance(s, If):
             _check_nesting(kernel, s.then, False)
