@@ -129,6 +129,13 @@ def total(x, out):
 
 
 @kd.kernel
+def transpose(x, y):
+    """Reads along j, writes along i: in 16 x 16 tiles, vectorized along the writes."""
+    i, j = kd.indices(x.shape[0], x.shape[1])
+    y[j, i] = x[i, j]
+
+
+@kd.kernel
 def matmul(a, b, c):
     """A contraction: the default schedule computes it in register tiles of 6 rows × a
     vector of columns (each vector of b serves the tile's rows)."""
@@ -273,6 +280,18 @@ def cases(rows: int, cols: int, n: int) -> list[harness.Case]:
             1e-2,
         ),
         harness.Case(
+            "transpose",
+            f"{cols}×{rows}",
+            lambda rng: (
+                rng.standard_normal((cols, rows), dtype=np.float32),
+                np.empty((rows, cols), np.float32),
+            ),
+            transpose,
+            lambda x, y: np.copyto(y, x.T),
+            2 * rows * cols * 4,
+            "GB/s",
+        ),
+        harness.Case(
             "histogram, 256 bins",
             f"{n}",
             histogram_args,
@@ -389,11 +408,14 @@ def main(argv: list[str] | None = None) -> int:
         "over the same loops into one loop (the complex multiply's two, the normalized "
         "vector's three), vectorizes each loop over a row (the softmax's three passes "
         "each) or, for rows of a few elements read by constant columns (x[i, 2]), the "
-        "loop over the rows, parallelizes the outer loop, and keeps loops whose "
+        "loop over the rows (and, in a version of its own, for rows found shorter than "
+        "a vector when it runs), parallelizes the outer loop, and keeps loops whose "
         "iterations may write one element serial (the histogram); it walks "
         "Fortran-ordered arrays along their first axis, gives each vector lane its "
-        "own copy of a small scratch array, and computes a contraction (the matmul) in "
-        "register tiles of 6 rows × a vector of columns",
+        "own copy of a small scratch array, computes a contraction (the matmul) in "
+        "register tiles of 6 rows × a vector of columns, sums down the columns in blocks "
+        "of columns, a long sum in parts on all threads (rfactor), and a transpose in "
+        "16 × 16 tiles",
         "checked against NumPy on fresh random data first; medians of alternating batches",
         "GB/s count each array's bytes read and written once (the histogram: its ids); "
         "GFLOP/s count 2·n³ (NumPy's matmul is BLAS, on its own threads)",
