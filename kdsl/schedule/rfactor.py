@@ -42,7 +42,7 @@ from kdsl.ir.nodes import (
     Store,
 )
 from kdsl.ir.printer import format_expr
-from kdsl.ir.visit import outer_updates, walk_all_exprs, walk_expr
+from kdsl.ir.visit import outer_updates, walk_all_exprs, walk_expr, walk_stmts
 from kdsl.schedule import tree
 from kdsl.schedule.distribute import upper_bound
 from kdsl.schedule.step import StepContext
@@ -115,7 +115,7 @@ def rfactor(ctx: StepContext, name: object) -> str:
         ),
         loc=loop.loc,
     )
-    # each accumulator declared beside the loop, and not read between, moves past it:
+    # each accumulator declared beside the loop, and not used between, moves past it:
     # into one block of code with the combining loop (on a GPU, one launch)
     parent, position = path[:-1], path[-1]
     block = tree.body_of(tree.at(ctx.kernel.body, parent)) if parent else ctx.kernel.body
@@ -123,7 +123,7 @@ def rfactor(ctx: StepContext, name: object) -> str:
     moved = tuple(
         d
         for n, d in enumerate(before)
-        if isinstance(d, DeclareLocal) and d.name in ops and not _reads(before[n + 1 :], d.name)
+        if isinstance(d, DeclareLocal) and d.name in ops and not _uses(before[n + 1 :], d.name)
     )
     kept = tuple(s for s in before if s not in moved)
     new_block = (*kept, *allocs, spread, *moved, combine, *block[position + 1 :])
@@ -135,8 +135,12 @@ def rfactor(ctx: StepContext, name: object) -> str:
     return combine_var
 
 
-def _reads(stmts: tuple[Stmt, ...], local: str) -> bool:
-    return any(isinstance(e, LocalVar) and e.name == local for e in walk_all_exprs(stmts))
+def _uses(stmts: tuple[Stmt, ...], local: str) -> bool:
+    """Whether `stmts` read or assign `local`."""
+    assigned = any(isinstance(s, Assign) and s.local == local for s in walk_stmts(stmts))
+    return assigned or any(
+        isinstance(e, LocalVar) and e.name == local for e in walk_all_exprs(stmts)
+    )
 
 
 def _combine_ops(ctx: StepContext, loop: Loop) -> dict[str, tuple[BinaryOp, DType]]:
