@@ -250,3 +250,35 @@ def test_parts_bound_to_blocks_inside_blocks_are_refused() -> None:
     x = np.ones((4, 40), np.float32)
     with pytest.raises(kd.CompileError, match="a block can't wait for the others"):
         rows.ptx(x, np.zeros(4, np.float32))
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    rows=st.sampled_from([0, 1, 15, 16, 17, 300]),
+    cols=st.sampled_from([0, 1, 3, 16, 1001]),
+    dtype=st.sampled_from([np.float32, np.float64, np.int32]),
+)
+def test_the_default_sums_a_nest_of_two_loops_in_parts_of_rows(rows, cols, dtype) -> None:
+    """kd.sum over (i, j): parts of PART_ROWS rows on threads, each row's loop
+    vectorized (Zen 2, 4096²: 3.6 -> 2.0 ms); max too."""
+    from kdsl.schedule.default import PART_ROWS
+
+    @kd.kernel
+    def total(x, out):
+        i, j = kd.indices(x.shape[0], x.shape[1])
+        out[0] = kd.sum(x[i, j], over=(i, j))
+        out[1] = kd.max(x[i, j], over=(i, j))
+
+    x = random_array(np.random.default_rng(rows * 1000 + cols), (rows, cols), dtype)
+    out = np.full(2, 7, dtype)
+    total(x, out)
+    tol = {"rtol": 1e-5} if np.dtype(dtype).kind == "f" else {}
+    np.testing.assert_allclose(out[0], x.astype(np.float64).sum(), **tol)
+    if x.size:
+        assert out[1] == x.max()
+    steps = str(total.schedule_of(x, out)).splitlines()[1:]
+    assert steps[:3] == [
+        f'io, ii = s.split("i", {PART_ROWS})',
+        's.rfactor("io")',
+        's.parallelize("io")',
+    ]
