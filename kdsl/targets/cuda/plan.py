@@ -7,6 +7,8 @@ the block (or thread) whose index is `v` modulo the axis' size, so any extent is
 not. Block-bound loops must enclose everything else of their launch (blocks can't wait
 for one another), so each top-level nest holding one is a launch of its own, and the
 statements between such nests run in single-block launches, in order on one stream.
+A top-level `if` on shapes and scalars around such nests (the versions `specialize`
+makes) is a launch per nest whose blocks each test the condition.
 """
 
 from __future__ import annotations
