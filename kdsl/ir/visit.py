@@ -206,6 +206,18 @@ def fresh_namer(kernel: Kernel) -> Callable[[str], str]:
     return fresh
 
 
+def buffers_accessed(body: tuple[Stmt, ...]) -> set[str]:
+    """The buffers `body` reads or stores to."""
+    read = {e.buffer for e in walk_all_exprs(body) if isinstance(e, Load)}
+    return read | {s.buffer for s in walk_stmts(body) if isinstance(s, Store)}
+
+
+def locals_used(body: tuple[Stmt, ...]) -> set[str]:
+    """The locals `body` reads or assigns."""
+    read = {e.name for e in walk_all_exprs(body) if isinstance(e, LocalVar)}
+    return read | {s.local for s in walk_stmts(body) if isinstance(s, Assign)}
+
+
 def outer_updates(loop: Loop) -> list[Assign]:
     """Assignments in `loop` to locals declared outside it: they carry values from one
     iteration to the next, so they constrain reordering, distribution and threads."""

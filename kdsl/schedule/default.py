@@ -297,11 +297,10 @@ def _column_blocks(s: Schedule, nest: Loop, vectors: list[Loop]) -> bool:
         return False  # (the reduction walks along a row)
     sums = [st.dtype.itemsize for st in columns.body if isinstance(st, DeclareLocal)]
     width = _width(s.kernel, columns)
-    order = [lp.var for lp in walk_stmts((nest,)) if isinstance(lp, Loop)]
     try:
         with s._all_or_none():
             if not isinstance(columns.extent, Const):  # fewer columns than a vector: their
-                narrow = dict(zip(order, s.specialize(columns.var, below=width)))
+                narrow = _specialized(s, nest, columns, width)
                 s.vectorize(narrow[columns.var], width)  # sums in one register, as before
                 if len(chain) > 1 and not _collides(chain[0]):
                     s.parallelize(narrow[chain[0].var])
@@ -338,10 +337,9 @@ def _short_rows_version(s: Schedule, nest: Loop, vectors: list[Loop]) -> None:
         return
     below = min(_width(s.kernel, v) for v in vectors)
     width = _width(s.kernel, row) * SHORT_ROWS_VECTOR // VECTOR_BYTES
-    order = [lp.var for lp in walk_stmts((nest,)) if isinstance(lp, Loop)]
     try:
         with s._all_or_none():
-            copy = dict(zip(order, s.specialize(vectors[0].var, below=below)))
+            copy = _specialized(s, nest, vectors[0], below)
             if row.var == nest.var:
                 outer, lanes = s.split(copy[row.var], SPLIT_1D)
                 s.vectorize(lanes, width)
@@ -352,6 +350,12 @@ def _short_rows_version(s: Schedule, nest: Loop, vectors: list[Loop]) -> None:
                     s.parallelize(copy[nest.var])
     except ScheduleError:
         pass  # (the rows' loop can't be vectorized: one version, as before)
+
+
+def _specialized(s: Schedule, nest: Loop, loop: Loop, below: int) -> dict[str, str]:
+    """`s.specialize(loop, below)`: the copy's loop names by the nest's."""
+    order = [lp.var for lp in walk_stmts((nest,)) if isinstance(lp, Loop)]
+    return dict(zip(order, s.specialize(loop.var, below=below)))
 
 
 def _parent_loop(nest: Loop, loop: Loop) -> str | None:

@@ -31,14 +31,15 @@ from kdsl.ir.nodes import (
     Store,
 )
 from kdsl.ir.visit import (
+    buffers_accessed,
+    locals_used,
     outer_updates,
     rename_loop_vars,
-    walk_all_exprs,
     walk_expr,
-    walk_stmts,
 )
 from kdsl.schedule import tree
 from kdsl.schedule.step import StepContext
+from kdsl.types import DType
 
 
 def upper_bound(extent: Expr) -> Expr:
@@ -110,31 +111,30 @@ def distribute(ctx: StepContext, path: tree.Path, keep: int) -> tuple[Stmt, ...]
 
 
 def _crossing_locals(first: tuple[Stmt, ...], rest: tuple[Stmt, ...]) -> list[DeclareLocal]:
-    used = {e.name for e in walk_all_exprs(rest) if isinstance(e, LocalVar)}
-    used |= {s.local for s in walk_stmts(rest) if isinstance(s, Assign)}
+    used = locals_used(rest)
     return [s for s in first if isinstance(s, DeclareLocal) and s.name in used]
 
 
 def _crossing_buffers(first: tuple[Stmt, ...], rest: tuple[Stmt, ...]) -> list[str]:
-    used = {e.buffer for e in walk_all_exprs(rest) if isinstance(e, Load)}
-    used |= {s.buffer for s in walk_stmts(rest) if isinstance(s, Store)}
+    used = buffers_accessed(rest)
     return [s.buffer for s in first if isinstance(s, Allocate) and s.buffer in used]
 
 
-def _new_temp(ctx: StepContext, buf: Buffer) -> None:
+def per_iteration_temp(ctx: StepContext, base: str, dtype: DType, loop: Loop) -> str:
+    """A new temporary, named from `base`, of one `dtype` element per iteration of
+    `loop` (as many as its extent's constant bound where it has one); its name."""
+    name = ctx.fresh(base)
+    shape = (upper_bound(loop.extent),)
+    buf = Buffer(name, dtype, shape, BufferRole.TEMP, temp_scope(shape, dtype.itemsize))
     ctx.kernel = replace(ctx.kernel, buffers=(*ctx.kernel.buffers, buf))
+    return name
 
 
 def _expand_local(
     ctx: StepContext, loop: Loop, local: DeclareLocal, groups: list[tuple[Stmt, ...]]
 ) -> tuple[list[tuple[Stmt, ...]], Stmt]:
     """The local becomes a buffer with one element per iteration of `loop`."""
-    name = ctx.fresh(local.name)
-    shape = (upper_bound(loop.extent),)
-    _new_temp(
-        ctx,
-        Buffer(name, local.dtype, shape, BufferRole.TEMP, temp_scope(shape, local.dtype.itemsize)),
-    )
+    name = per_iteration_temp(ctx, local.name, local.dtype, loop)
     index: tuple[Expr, ...] = (LoopVar(loop.var),)
 
     def read(e: Expr) -> Expr | None:

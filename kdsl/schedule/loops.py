@@ -36,7 +36,14 @@ from kdsl.ir.nodes import (
 from kdsl.ir.printer import format_expr
 from kdsl.ir.tile_product import INSTRUCTIONS as TENSORIZED
 from kdsl.ir.tile_product import match as match_tile_product
-from kdsl.ir.visit import map_expr, outer_updates, walk_all_exprs, walk_expr, walk_stmts
+from kdsl.ir.visit import (
+    buffers_accessed,
+    map_expr,
+    outer_updates,
+    walk_all_exprs,
+    walk_expr,
+    walk_stmts,
+)
 from kdsl.schedule import tree
 from kdsl.schedule.distribute import distribute
 from kdsl.schedule.step import StepContext, as_int
@@ -594,16 +601,11 @@ def specialize(ctx: StepContext, name: object, below: object) -> tuple[str, ...]
 
 def _used_only_in(kernel: Kernel, top: tree.Path) -> set[str]:
     """The temporaries allocated outside the nest at `top` that only it reads or writes."""
-
-    def used(stmts: tuple[Stmt, ...]) -> set[str]:
-        found = {e.buffer for e in walk_all_exprs(stmts) if isinstance(e, Load)}
-        return found | {s.buffer for s in walk_stmts(stmts) if isinstance(s, Store | Prefetch)}
-
     nest = tree.at(kernel.body, top)
-    inside = used((nest,))
+    inside = buffers_accessed((nest,))
     allocated = {s.buffer for s in walk_stmts((nest,)) if isinstance(s, Allocate)}
     temps = {b.name for b in kernel.buffers if b.role is BufferRole.TEMP}
-    elsewhere = used(tree.splice(kernel.body, top, ()))
+    elsewhere = buffers_accessed(tree.splice(kernel.body, top, ()))
     return (inside & temps) - allocated - elsewhere
 
 

@@ -22,14 +22,11 @@ from __future__ import annotations
 from dataclasses import replace
 
 from kdsl.ir.build import reduction_identity
-from kdsl.ir.layout import temp_scope
 from kdsl.ir.nodes import (
     Allocate,
     Assign,
     Binary,
     BinaryOp,
-    Buffer,
-    BufferRole,
     DeclareLocal,
     Expr,
     Load,
@@ -42,9 +39,9 @@ from kdsl.ir.nodes import (
     Store,
 )
 from kdsl.ir.printer import format_expr
-from kdsl.ir.visit import outer_updates, walk_all_exprs, walk_expr, walk_stmts
+from kdsl.ir.visit import locals_used, outer_updates, walk_all_exprs, walk_expr
 from kdsl.schedule import tree
-from kdsl.schedule.distribute import upper_bound
+from kdsl.schedule.distribute import per_iteration_temp
 from kdsl.schedule.step import StepContext
 from kdsl.types import DType
 
@@ -70,11 +67,8 @@ def rfactor(ctx: StepContext, name: object) -> str:
     parts: dict[str, tuple[str, str]] = {}  # accumulator → (its part in the loop, their buffer)
     allocs: list[Stmt] = []
     for acc, (_, dtype) in ops.items():
-        part, buffer = ctx.fresh(acc), ctx.fresh(f"{acc}.parts")
-        shape = (upper_bound(loop.extent),)
-        scope = temp_scope(shape, dtype.itemsize)
-        new = Buffer(buffer, dtype, shape, BufferRole.TEMP, scope)
-        ctx.kernel = replace(ctx.kernel, buffers=(*ctx.kernel.buffers, new))
+        part = ctx.fresh(acc)
+        buffer = per_iteration_temp(ctx, f"{acc}.parts", dtype, loop)
         parts[acc] = part, buffer
         allocs.append(Allocate(buffer, loc=ctx.loc))
 
@@ -123,7 +117,9 @@ def rfactor(ctx: StepContext, name: object) -> str:
     moved = tuple(
         d
         for n, d in enumerate(before)
-        if isinstance(d, DeclareLocal) and d.name in ops and not _uses(before[n + 1 :], d.name)
+        if isinstance(d, DeclareLocal)
+        and d.name in ops
+        and d.name not in locals_used(before[n + 1 :])
     )
     kept = tuple(s for s in before if s not in moved)
     new_block = (*kept, *allocs, spread, *moved, combine, *block[position + 1 :])
@@ -133,14 +129,6 @@ def rfactor(ctx: StepContext, name: object) -> str:
     else:
         ctx.kernel = replace(ctx.kernel, body=new_block)
     return combine_var
-
-
-def _uses(stmts: tuple[Stmt, ...], local: str) -> bool:
-    """Whether `stmts` read or assign `local`."""
-    assigned = any(isinstance(s, Assign) and s.local == local for s in walk_stmts(stmts))
-    return assigned or any(
-        isinstance(e, LocalVar) and e.name == local for e in walk_all_exprs(stmts)
-    )
 
 
 def _combine_ops(ctx: StepContext, loop: Loop) -> dict[str, tuple[BinaryOp, DType]]:

@@ -28,6 +28,14 @@ def _reductions() -> kd.KernelFunction:
     return kd.kernel(reductions)
 
 
+def _total(strict_fp: bool = False) -> kd.KernelFunction:
+    def total(x, out):
+        i = kd.indices(x.shape[0])
+        out[0] = kd.sum(x[i], over=i)
+
+    return kd.kernel(total, strict_fp=strict_fp)
+
+
 def _split_parts(chunk: int):
     def schedule(s):
         for name in [lp for lp in ("i", "i.1", "i.2", "i.3", "i.4") if lp in str(s.kernel)]:
@@ -116,12 +124,7 @@ def test_refusals_say_why(kernel_name: str, loop: str, message: str) -> None:
             total = total + x[j]
             y[j] = total
 
-    @kd.kernel
-    def total(x, y):
-        i = kd.indices(x.shape[0])
-        y[0] = kd.sum(x[i], over=i)
-
-    kernel = {"scaled": scaled, "running": running, "total": total}[kernel_name]
+    kernel = {"scaled": scaled, "running": running, "total": _total()}[kernel_name]
 
     @kernel.schedule(kd.cpu)
     def _(s):
@@ -140,12 +143,7 @@ def test_a_loop_that_reads_its_running_value_is_refused() -> None:
     from kdsl.ir.nodes import LocalVar, Loop, LoopVar, Store
     from kdsl.types import f32
 
-    @kd.kernel
-    def total(x, y):
-        i = kd.indices(x.shape[0])
-        y[0] = kd.sum(x[i], over=i)
-
-    kernel = lower(total.ir(np.ones(4, np.float32), np.ones(4, np.float32)).kernel)
+    kernel = lower(_total().ir(np.ones(4, np.float32), np.ones(4, np.float32)).kernel)
     n, loop = next((n, s) for n, s in enumerate(kernel.body) if isinstance(s, Loop))
     running = Store("y", (LoopVar("i"),), LocalVar("sum_i", f32))
     body = list(kernel.body)
@@ -156,10 +154,7 @@ def test_a_loop_that_reads_its_running_value_is_refused() -> None:
 
 
 def test_strict_fp_keeps_the_sum_in_order() -> None:
-    @kd.kernel(strict_fp=True)
-    def total(x, y):
-        i = kd.indices(x.shape[0])
-        y[0] = kd.sum(x[i], over=i)
+    total = _total(strict_fp=True)
 
     @total.schedule(kd.cpu)
     def _(s):
@@ -209,10 +204,7 @@ def test_on_the_gpu_each_block_sums_a_part(monkeypatch) -> None:
     a second launch, the accumulator declared in it (a local lives in one launch)."""
     from tests.targets.cuda import simt
 
-    @kd.kernel
-    def total(x, out):
-        i = kd.indices(x.shape[0])
-        out[0] = kd.sum(x[i], over=i)
+    total = _total()
 
     @total.schedule(kd.cuda)
     def _(s):

@@ -26,6 +26,19 @@ def _normalize_rows() -> kd.KernelFunction:
     return kd.kernel(normalize_rows)
 
 
+def _batched() -> kd.KernelFunction:
+    """Rows under a batch loop with a statement beside them (the batch's first value)."""
+
+    def batched(x, y):
+        for b in kd.grid(x.shape[0]):
+            first = kd.local(x[b, 0, 0])
+            for i in kd.grid(x.shape[1]):
+                j = kd.indices(x.shape[2])
+                y[b, i, j] = x[b, i, j] * first + kd.sum(x[b, i, j], over=j)
+
+    return kd.kernel(batched)
+
+
 def _normalized(x: np.ndarray) -> np.ndarray:
     wide = x.astype(np.float64)
     return wide / np.sqrt((wide * wide).sum(axis=1, keepdims=True))
@@ -217,13 +230,7 @@ def test_versions_within_versions_on_the_gpu_and_what_it_refuses(monkeypatch):
         np.testing.assert_allclose(y, _normalized(x), rtol=1e-5)
     assert nested.ptx(x, y).count(".entry") == 3
 
-    @kd.kernel
-    def batched(x, y):
-        for b in kd.grid(x.shape[0]):
-            first = kd.local(x[b, 0, 0])
-            for i in kd.grid(x.shape[1]):
-                j = kd.indices(x.shape[2])
-                y[b, i, j] = x[b, i, j] * first + kd.sum(x[b, i, j], over=j)
+    batched = _batched()
 
     @batched.schedule(kd.cuda)
     def _(s):
@@ -309,13 +316,7 @@ def test_the_default_keeps_colliding_rows_serial_in_both_versions() -> None:
         want[perm[b]] = x[b] / x[b].sum(axis=1, keepdims=True)
     np.testing.assert_allclose(y, want, rtol=1e-6)
 
-    @kd.kernel
-    def batched(x, y):
-        for b in kd.grid(x.shape[0]):
-            first = kd.local(x[b, 0, 0])
-            for i in kd.grid(x.shape[1]):
-                j = kd.indices(x.shape[2])
-                y[b, i, j] = x[b, i, j] * first + kd.sum(x[b, i, j], over=j)
+    batched = _batched()
 
     steps = str(batched.schedule_of(x, x.copy())).splitlines()[1:4]
     assert steps == [

@@ -105,9 +105,9 @@ class _Expander:
         if loop.exec is LoopExec.UNROLLED and loop.width == 0:
             edge = self.guarded_copies(edge_loop, c - 1)  # (each a clone; the edge: n < c)
         elif loop.exec is LoopExec.VECTORIZED and c == step:  # (the edge: under one vector)
-            edge = self.vector_loop(self.clone(edge_loop), within_one=True)
+            edge = self.vector_loop(self.cloner.loop(edge_loop), within_one=True)
         else:
-            edge = expand(self.clone(edge_loop))
+            edge = expand(self.cloner.loop(edge_loop))
         is_full, is_edge = (
             index_op(BinaryOp.LE, index_const(c), n),
             index_op(BinaryOp.LT, n, index_const(c)),
@@ -158,7 +158,7 @@ class _Expander:
             return (loop,)
         edge_cond = self.tile_conditions[cond]
         full = replace(loop, body=_decide(loop.body, cond, edge_cond))
-        edge_loop = self.clone(loop)
+        edge_loop = self.cloner.loop(loop)
         edge = replace(edge_loop, body=_decide(edge_loop.body, edge_cond, cond))
         return (
             If(cond, self.unswitch(full), loc=loop.loc),
@@ -210,7 +210,7 @@ class _Expander:
         """One vector of `width` lanes over iterations start + v, those past n off."""
         var = self.fresh(loop.var)
         at = index_op(BinaryOp.ADD, start, LoopVar(var))
-        body = self.clone_block(loop.body, {loop.var: at})
+        body = self.cloner.block(loop.body, {loop.var: at})
         lanes = If(index_op(BinaryOp.LT, at, n), body, loc=loop.loc)
         return replace(loop, var=var, extent=index_const(width), width=width, body=(lanes,))
 
@@ -266,14 +266,14 @@ class _Expander:
         for t in range(count):
             var = self.fresh(loop.var)
             at = index_op(BinaryOp.ADD, LoopVar(var), index_const(t * loop.width))
-            body = self.clone_block(loop.body, {loop.var: at})
+            body = self.cloner.block(loop.body, {loop.var: at})
             out.append(replace(loop, var=var, extent=index_const(loop.width), body=body))
         return tuple(out)
 
     def tail(self, loop: Loop, start: Expr, n: Expr) -> tuple[Stmt, ...]:
         """A serial loop over iterations [start, n) of `loop`."""
         var = self.fresh(loop.var)
-        body = self.clone_block(loop.body, {loop.var: index_op(BinaryOp.ADD, start, LoopVar(var))})
+        body = self.cloner.block(loop.body, {loop.var: index_op(BinaryOp.ADD, start, LoopVar(var))})
         rest = index_op(BinaryOp.SUB, n, start)
         return (Loop(var, rest, loop.kind, body, loc=loop.loc),)
 
@@ -309,7 +309,7 @@ class _Expander:
         return tuple(
             If(
                 index_op(BinaryOp.LT, index_const(t), loop.extent),
-                self.clone_block(loop.body, {loop.var: index_const(t)}),
+                self.cloner.block(loop.body, {loop.var: index_const(t)}),
                 loc=loop.loc,
             )
             for t in range(bound)
@@ -323,16 +323,8 @@ class _Expander:
                 if start == index_const(0)
                 else index_op(BinaryOp.ADD, start, index_const(t))
             )
-            out += self.clone_block(loop.body, {loop.var: at})
+            out += self.cloner.block(loop.body, {loop.var: at})
         return tuple(out)
-
-    # -------------------------------------------------------------------- clone
-
-    def clone(self, loop: Loop) -> Loop:
-        return self.cloner.loop(loop)
-
-    def clone_block(self, stmts: tuple[Stmt, ...], values: dict[str, Expr]) -> tuple[Stmt, ...]:
-        return self.cloner.block(stmts, values)
 
 
 def _depends_on_loop_state(cond: Expr, loop: Loop) -> bool:

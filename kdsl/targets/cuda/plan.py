@@ -211,7 +211,7 @@ def _test_in_blocks(kernel: Kernel, nest: Loop, tests: tuple[Expr, ...]) -> Loop
     body = nest.body
     if len(body) == 1 and isinstance(body[0], Loop) and body[0].exec in BLOCK_AXES:
         return replace(nest, body=(_test_in_blocks(kernel, body[0], tests),))
-    if _binds_blocks(If(tests[0], body)):
+    if any(_binds_blocks(s) for s in body):
         raise _refuse(
             kernel,
             f"loop '{nest.var}' and loops inside it are bound to blocks with statements "
