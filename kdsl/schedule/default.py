@@ -26,10 +26,12 @@ from __future__ import annotations
 
 from kdsl.errors import ScheduleError
 from kdsl.ir.affine import linear
+from kdsl.ir.extents import same_extent
 from kdsl.ir.nodes import (
     Allocate,
     Binary,
     BinaryOp,
+    BufferRole,
     Const,
     DeclareLocal,
     Expr,
@@ -42,7 +44,7 @@ from kdsl.ir.nodes import (
     Stmt,
     Store,
 )
-from kdsl.ir.visit import walk_all_exprs, walk_expr, walk_stmts
+from kdsl.ir.visit import map_expr, stmt_exprs, walk_all_exprs, walk_expr, walk_stmts
 from kdsl.schedule import tree
 from kdsl.schedule.default_fuse import fuse_siblings
 from kdsl.schedule.recipe import Schedule
@@ -170,6 +172,9 @@ def _bind_blocks(s: Schedule, loops: list[Loop]) -> None:
 def _schedule_nest(s: Schedule, nest: Loop) -> None:
     fortran = _fortran(s.kernel)
     vectors = _vector_loops(nest, fortran, _short_rows(s.kernel))
+    collapsed = _collapsed_rows(s, nest)
+    if collapsed is not None:  # (its accesses, x[f // m, f % m], run in unit stride)
+        nest, vectors = collapsed, [collapsed]
     if not fortran:  # (these read C order's rows as the contiguous axis)
         _short_rows_version(s, nest, vectors)
         if _column_blocks(s, nest, vectors) or _transpose_tiles(s, nest, vectors):
@@ -178,7 +183,8 @@ def _schedule_nest(s: Schedule, nest: Loop) -> None:
         return
     if fortran and len(vectors) == 1:
         nest, vectors = _vector_loop_inside(s, nest, vectors[0])
-    parallel = nest if nest.kind is LoopKind.PARALLEL and not _collides(nest) else None
+    spread = collapsed is not None or not _collides(nest)  # (// and % hide it from _collides)
+    parallel = nest if nest.kind is LoopKind.PARALLEL and spread else None
     if parallel is not None and [v.var for v in vectors] == [parallel.var]:
         if isinstance(nest.extent, Const) and int(nest.extent.value) <= SPLIT_1D:
             parallel = None
@@ -196,6 +202,62 @@ def _schedule_nest(s: Schedule, nest: Loop) -> None:
         _try(s.vectorize, vector.var, _width(s.kernel, vector))
     if parallel is not None:
         _try(s.parallelize, parallel.var)
+
+
+def _collapsed_rows(s: Schedule, nest: Loop) -> Loop | None:
+    """An elementwise nest over whole C-ordered arrays (`y[i, j] = 2·x[i, j] + z[i, j]`:
+    each array subscripted by the nest's loops in order, which appear nowhere else) as
+    one loop over all the elements (`collapse`): one stream, vectorized across the rows'
+    ends, where a vector loop along each row ended it with a masked vector. Zen 2, 4M
+    rows of 3 floats: 12.9 → 3.3 ms; of 7: 4.4 → 1.9 ms; 4096 rows of 1000: 1.1 ms
+    either way. The loop made, or None where it doesn't apply."""
+    chain = _parallel_chain(nest)
+    if len(chain) < 2 or _child_loops(chain[-1].body) or _collides(nest):
+        return None
+    if not _whole_rows(s.kernel, chain):
+        return None
+    try:
+        with s._all_or_none():
+            name = chain[0].var
+            for lp in chain[1:]:
+                name = s.collapse(name, lp.var)
+    except ScheduleError:
+        return None
+    return _loop(s.kernel, name)
+
+
+def _whole_rows(kernel: Kernel, chain: list[Loop]) -> bool:
+    """Whether the body of the chain's innermost loop stores only to, and reads its
+    loops' variables only as, `x[…, i, j]`: the chain's variables in order ending the
+    subscripts of a C-ordered array whose axes they run over fully."""
+    rows = tuple(LoopVar(lp.var) for lp in chain)
+
+    def whole(name: str, index: tuple[Expr, ...]) -> bool:
+        buf = kernel.buffer(name)
+        lead = len(index) - len(rows)
+        return (
+            lead >= 0
+            and index[lead:] == rows
+            and (buf.contiguous or buf.role is not BufferRole.PARAM)
+            and not buf.fortran
+            and all(
+                same_extent(kernel, lp.extent, buf.shape[lead + k])
+                for k, lp in enumerate(chain)
+                if k  # (the rows' count doesn't enter an element's address)
+            )
+        )
+
+    def strip(e: Expr) -> Expr | None:
+        return Const(0, e.dtype) if isinstance(e, Load) and whole(e.buffer, e.index) else None
+
+    body = chain[-1].body
+    values: list[Expr] = []
+    for st in walk_stmts(body):
+        if isinstance(st, Store) and not whole(st.buffer, st.index):
+            return False
+        values += [st.value] if isinstance(st, Store) else stmt_exprs(st)
+    rest = [map_expr(e, strip) for e in values]
+    return not any(_mentions(e, lp.var) for e in rest for lp in chain)
 
 
 def _transpose_tiles(s: Schedule, nest: Loop, vectors: list[Loop]) -> bool:

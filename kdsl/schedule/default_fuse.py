@@ -23,10 +23,10 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 
 from kdsl.errors import ScheduleError
+from kdsl.ir.extents import same_extent
 from kdsl.ir.nodes import Kernel, Load, Loop, LoopExec, LoopKind, Store
 from kdsl.ir.visit import walk_all_exprs, walk_stmts
 from kdsl.schedule import tree
-from kdsl.schedule.extents import same_extent
 from kdsl.schedule.recipe import Schedule
 
 MAX_STATEMENTS = 16  # stores in one fused nest

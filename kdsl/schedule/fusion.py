@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from kdsl.ir.dependence import Order, accesses, meet_orders
+from kdsl.ir.extents import same_extent
 from kdsl.ir.layout import temp_scope
 from kdsl.ir.nodes import (
     Allocate,
@@ -41,7 +42,6 @@ from kdsl.ir.nodes import (
 from kdsl.ir.printer import format_expr
 from kdsl.ir.visit import walk_all_exprs, walk_expr, walk_stmts
 from kdsl.schedule import tree
-from kdsl.schedule.extents import same_extent
 from kdsl.schedule.step import StepContext
 from kdsl.types import DType
 

@@ -117,6 +117,50 @@ def tile(ctx: StepContext, l1: object, l2: object, f1: object, f2: object) -> tu
     return o1, o2, i1, i2
 
 
+def collapse(ctx: StepContext, outer: object, inner: object) -> str:
+    """`for a in range(n): for b in range(m): body` → `for ab in range(n*m): body` with
+    `a = ab // m` and `b = ab % m`: the same iterations in the same order, as one loop
+    (split's inverse). A 2-D elementwise nest over C-ordered arrays becomes one stream:
+    the CPU target addresses `x[ab // m, ab % m]` of an array whose rows are m long as
+    its element ab, with no division (kdsl/targets/cpu/flatten.py), so short rows cost
+    no masked vector each."""
+    opath, o = ctx.loop(outer)
+    _, i = ctx.loop(inner)
+    if o.body != (i,):
+        raise ctx.refuse(
+            f"loop '{i.var}' is not the only statement of loop '{o.var}'",
+            "collapse a loop and the loop that is all of its body (a perfect nest): "
+            "name the outer loop first",
+        )
+    for lp in (o, i):
+        if lp.exec is not LoopExec.SERIAL:
+            raise ctx.refuse(
+                f"loop '{lp.var}' is already {lp.exec.value}",
+                "collapse loops before annotating them (unroll, vectorize, parallelize, bind)",
+            )
+    if o.kind is not i.kind:
+        raise ctx.refuse(
+            f"loop '{o.var}' is {o.kind.value} and loop '{i.var}' {i.kind.value}",
+            "collapse two loops of one kind (two parallel loops, two reduction loops)",
+        )
+    if _mentions(i.extent, o.var):
+        raise ctx.refuse(
+            f"the extent of loop '{i.var}' ({format_expr(i.extent)}) depends on '{o.var}'",
+            "collapse a rectangular nest: an inner extent fixed before the outer loop starts",
+        )
+    m = i.extent
+    if isinstance(o.extent, Const) and isinstance(m, Const):
+        n: Expr = index_const(int(o.extent.value) * int(m.value))
+    else:
+        n = index_op(BinaryOp.MUL, o.extent, m)
+    var = ctx.fresh(f"{o.var}{i.var}")
+    flat = LoopVar(var)
+    body = tree.substitute(i.body, o.var, index_op(BinaryOp.FLOORDIV, flat, m))
+    body = tree.substitute(body, i.var, index_op(BinaryOp.MOD, flat, m))
+    _set(ctx, opath, Loop(var, n, o.kind, body, loc=o.loc))
+    return var
+
+
 # ------------------------------------------------------------------------ reorder
 
 

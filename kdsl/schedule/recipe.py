@@ -217,6 +217,11 @@ class Schedule:
         """Split two nested loops and order the pieces (outer1, outer2, inner1, inner2)."""
         return self._apply(Step("tile", (l1, l2, f1, f2)))  # type: ignore[return-value]
 
+    def collapse(self, outer: str, inner: str) -> str:
+        """Make a loop and the loop that is its whole body one loop over both (the same
+        iterations, in the same order); returns its name (`"ij"` for `"i"`, `"j"`)."""
+        return self._apply(Step("collapse", (outer, inner)))  # type: ignore[return-value]
+
     def reorder(self, *loops_: str) -> None:
         """Put the named loops of one nest in this order, outermost first."""
         self._apply(Step("reorder", loops_))
@@ -410,6 +415,7 @@ class Schedule:
 PRIMITIVES: dict[str, Callable[..., object]] = {
     "split": loops.split,
     "tile": loops.tile,
+    "collapse": loops.collapse,
     "reorder": lambda ctx, *names: loops.reorder(ctx, names),
     "unroll": loops.unroll,
     "vectorize": loops.vectorize,

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from kdsl.ir.affine import Lin
+from kdsl.ir.extents import same_extent
 from kdsl.ir.layout import temp_scope
 from kdsl.ir.nodes import (
     Allocate,
@@ -59,7 +60,6 @@ from kdsl.schedule.bounds import (
     relative,
     size_expr,
 )
-from kdsl.schedule.extents import same_extent
 from kdsl.schedule.step import StepContext
 from kdsl.types import INDEX
 

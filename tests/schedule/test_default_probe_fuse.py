@@ -158,8 +158,10 @@ def test_two_dimensional_nests_fuse_level_by_level(shape):
     assert steps(two_outputs, x, z, y, w) == [
         's.fuse("i", "i.1")',
         's.fuse("j", "j.1")',
-        's.vectorize("j", 16)',
-        's.parallelize("i")',
+        's.collapse("i", "j")',  # (whole C-ordered arrays: one stream)
+        'ijo, iji = s.split("ij", 8192)',
+        's.vectorize("iji", 16)',
+        's.parallelize("ijo")',
     ]
 
 

@@ -592,7 +592,7 @@ def test_replay_refuses_an_unknown_primitive():
         'frobnicate("i")',
         "'frobnicate' is not a schedule primitive",
         "i, j, k",
-        "use one of bind, cache, compute_at, fuse, inline, nontemporal, parallelize, prefetch, reorder,",
+        "use one of bind, cache, collapse, compute_at, fuse, inline, nontemporal, parallelize, prefetch, reorder,",
         call="Schedule.replay(recipe, lower(matmul.ir(A, B, C).kernel))",
     ):
         Schedule.replay(recipe, lower(matmul.ir(A, B, C).kernel))

@@ -52,6 +52,7 @@ PRIMITIVES = [
     "parallelize",
     "fuse",
     "specialize",
+    "collapse",
 ]
 Step = tuple[str, tuple[object, ...]]
 
@@ -275,7 +276,7 @@ def _draw_step(data: st.DataObject, kernel: Kernel, primitives: list[str]) -> St
     weighted = primitives + ["fuse"] * 2 * ("fuse" in primitives)  # few loops can fuse
     prim = data.draw(st.sampled_from(weighted), label="primitive")
     inside = {p: [q for r, q in loops if len(r) > len(p) and r[: len(p)] == p] for p, _ in loops}
-    if prim in ("tile", "reorder"):
+    if prim in ("tile", "reorder", "collapse"):
         loops = [(p, q) for p, q in loops if inside[p]]
     elif prim == "fuse":
         loops = [(p, q) for p, q in loops if _siblings_after(kernel, p)]
@@ -307,6 +308,9 @@ def _draw_step(data: st.DataObject, kernel: Kernel, primitives: list[str]) -> St
             return "parallelize", (lp.var,)
         case "specialize":
             return "specialize", (lp.var, data.draw(st.sampled_from(SIZES)))
+        case "collapse":  # (mostly the loop that is its body: the legal case)
+            inner = [q.var for q in lp.body if isinstance(q, Loop)] or [q.var for q in inside[path]]
+            return "collapse", (lp.var, data.draw(st.sampled_from(inner)))
         case _:
             later = data.draw(st.sampled_from([q.var for q in _siblings_after(kernel, path)]))
             return "fuse", (lp.var, later)

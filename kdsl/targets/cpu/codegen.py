@@ -55,6 +55,7 @@ from kdsl.ir.nodes import (
 from kdsl.ir.visit import local_definitions, walk_expr, walk_stmts
 from kdsl.targets.cpu.abi import ARRAY_LAYOUT, WRITEABLE_FLAG
 from kdsl.targets.cpu.amx import emit_tile_product, release_tiles
+from kdsl.targets.cpu.flatten import flatten_rows
 from kdsl.targets.cpu.jit import CACHE_LINE
 from kdsl.targets.cpu.ops import I1, I8, I32, I64, PTR, Ops, constant, llvm_type, memory_type
 from kdsl.targets.cpu.parallel import emit_parallel_loop
@@ -612,6 +613,8 @@ def generate(
 ) -> tuple[ir.Module, ErrorSites]:
     """An LLVM module with the kernel's entry function named `symbol` (see the module
     docstring), and what its error codes refer to."""
+    if not checks:
+        kernel = flatten_rows(kernel)
     module = ir.Module(name=kernel.name)
     gen = _Codegen.for_kernel(kernel, module, checks, strict_fp, symbol or f"kdsl_{kernel.name}")
     gen.run(kernel.body)

@@ -50,9 +50,14 @@ def entry_equalities(kernel: Kernel) -> dict[Expr, Expr]:
 def same_extent(kernel: Kernel, a: Expr, b: Expr) -> bool:
     """Whether loops over `a` and over `b` run over the same range once the kernel's
     entry checks have passed."""
+    return a == b or equal_after(entry_equalities(kernel), a, b)
+
+
+def equal_after(equal: dict[Expr, Expr], a: Expr, b: Expr) -> bool:
+    """Whether `a` and `b` have the same value once the checks that made `equal`
+    (entry_equalities) have passed: for a caller comparing many pairs."""
     if a == b:
         return True
-    equal = entry_equalities(kernel)
 
     def canonical(e: Expr) -> Expr | None:
         return equal.get(e) if isinstance(e, _LEAVES) else None  # (leaves hash cheaply)

@@ -1,0 +1,123 @@
+"""Rows of a C-ordered array addressed as one run of elements.
+
+`collapse` makes a nest over an array's rows and columns one loop `f` that subscripts
+`x[f // m, f % m]`, m being the rows' length. In a C-ordered array each row starts m
+elements after the one before, so that element is the array's element f counted from
+the first: its address is that of `x[0, f]` (0·stride₀ + f·stride₁, the strides being
+made from the dimensions). The code generator gets `x[0, f]`: no division, and a vector
+loop over f loads and stores whole vectors across the rows' ends, not a masked vector
+per row. The same holds for any two neighbouring axes (`x[b, f // m, f % m]`) and, one
+pair after the other, for three or more collapsed loops.
+
+Not where subscripts are checked when the code runs (`checks=True`, or an access the
+bounds pass marked `checked`): `x[0, f]` is past the end of row 0 for f ≥ m.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+
+from kdsl.ir.build import index_const
+from kdsl.ir.extents import entry_equalities, equal_after
+from kdsl.ir.nodes import (
+    Assign,
+    Binary,
+    BinaryOp,
+    Buffer,
+    BufferRole,
+    DeclareLocal,
+    Expr,
+    If,
+    Kernel,
+    Load,
+    LocalVar,
+    Loop,
+    Prefetch,
+    Stmt,
+    Store,
+)
+from kdsl.ir.visit import map_expr, walk_stmts, with_exprs
+
+
+def flatten_rows(kernel: Kernel) -> Kernel:
+    """`kernel` with each `x[…, e // m, e % m, …]` of a C-ordered array whose axis has m
+    elements written `x[…, 0, e, …]`."""
+    c_ordered = {
+        b.name: b
+        for b in kernel.buffers
+        if (b.contiguous or b.role is not BufferRole.PARAM) and not b.fortran
+    }
+    if not c_ordered:
+        return kernel
+    assigned = {s.local for s in walk_stmts(kernel.body) if isinstance(s, Assign)}
+    flat = _Flattener(c_ordered, entry_equalities(kernel), assigned)
+    return replace(kernel, body=flat.block(kernel.body, {}))
+
+
+class _Flattener:
+    def __init__(
+        self, buffers: dict[str, Buffer], equal: dict[Expr, Expr], assigned: set[str]
+    ) -> None:
+        self.buffers, self.equal, self.assigned = buffers, equal, assigned
+
+    def block(self, stmts: tuple[Stmt, ...], outer: Mapping[str, Expr]) -> tuple[Stmt, ...]:
+        """The statements rewritten; `outer`: the values of the locals declared around
+        them that no statement assigns again (a tail's `$3 = $2 // m` subscripts)."""
+        known = dict(outer)
+        out: list[Stmt] = []
+        for s in stmts:
+            match s:
+                case Loop(extent=n, body=body):
+                    s = replace(s, extent=self.expr(n, known), body=self.block(body, known))
+                case If(cond=c, then=then):
+                    s = replace(s, cond=self.expr(c, known), then=self.block(then, known))
+                case Store(buffer=name, index=index, value=v, checked=checked):
+                    index = tuple(self.expr(i, known) for i in index)
+                    s = replace(
+                        s,
+                        index=self.index(name, index, known, checked),
+                        value=self.expr(v, known),
+                    )
+                case Prefetch(buffer=name, index=index):
+                    index = tuple(self.expr(i, known) for i in index)
+                    s = replace(s, index=self.index(name, index, known, False))
+                case _:
+                    s = with_exprs(s, lambda e: self.expr(e, known))
+                    if isinstance(s, DeclareLocal) and s.name not in self.assigned:
+                        known[s.name] = s.init
+            out.append(s)
+        return tuple(out)
+
+    def expr(self, e: Expr, known: Mapping[str, Expr]) -> Expr:
+        def load(x: Expr) -> Expr | None:
+            if not isinstance(x, Load):
+                return None
+            return replace(x, index=self.index(x.buffer, x.index, known, x.checked))
+
+        return map_expr(e, load)
+
+    def index(
+        self, name: str, index: tuple[Expr, ...], known: Mapping[str, Expr], checked: bool
+    ) -> tuple[Expr, ...]:
+        buf = self.buffers.get(name)
+        if buf is None or checked:
+            return index
+        out = list(index)
+        for k in range(len(out) - 1):
+            rows, cols = (_value(out[a], known) for a in (k, k + 1))
+            if (
+                isinstance(rows, Binary)
+                and isinstance(cols, Binary)
+                and rows.op is BinaryOp.FLOORDIV
+                and cols.op is BinaryOp.MOD
+                and rows.lhs == cols.lhs
+                and rows.rhs == cols.rhs
+                and equal_after(self.equal, rows.rhs, buf.shape[k + 1])
+            ):
+                out[k], out[k + 1] = index_const(0), rows.lhs
+        return tuple(out)
+
+
+def _value(e: Expr, known: Mapping[str, Expr]) -> Expr:
+    return known.get(e.name, e) if isinstance(e, LocalVar) else e

@@ -1,0 +1,195 @@
+"""`s.collapse(outer, inner)`: a perfect nest of two loops as one loop over both, the
+same iterations in the same order — checked against NumPy over shapes with 0, 1 and
+primes, with the CPU target addressing C-ordered rows as one run (no gathers) and
+strided arrays still right; the refusals; and the default schedule, which collapses
+elementwise nests over whole C-ordered arrays and nothing else."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import kdsl as kd
+from tests.helpers import random_array
+
+
+def _axpy(**options: object) -> kd.KernelFunction:
+    def axpy(x, z, y):
+        for i, j in kd.grid(x.shape[0], x.shape[1]):
+            y[i, j] = 2 * x[i, j] + z[i, j]
+
+    return kd.kernel(axpy, **options)
+
+
+def _one_stream(s) -> None:
+    f = s.collapse("i", "j")
+    chunks, lanes = s.split(f, 64)
+    s.vectorize(lanes, 8)
+    s.parallelize(chunks)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    rows=st.sampled_from([0, 1, 2, 7, 13, 37]),
+    cols=st.sampled_from([0, 1, 3, 5, 17]),
+    dtype=st.sampled_from([np.float32, np.float64, np.int32]),
+)
+def test_collapsed_nest_matches_numpy(rows: int, cols: int, dtype: type) -> None:
+    axpy = _axpy()
+    axpy.schedule(kd.cpu)(_one_stream)
+    rng = np.random.default_rng(rows * 100 + cols)
+    x, z = (random_array(rng, (rows, cols), dtype) for _ in range(2))
+    y = np.zeros_like(x)
+    axpy(x, z, y)
+    np.testing.assert_array_equal(y, 2 * x + z)
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_three_loops_collapse_pair_by_pair(static: bool) -> None:
+    """collapse(collapse(b, i), j): one loop over a 3-D array (constant extents too)."""
+
+    def scale(x, y):
+        for b, i, j in kd.grid(x.shape[0], x.shape[1], x.shape[2]):
+            y[b, i, j] = x[b, i, j] * 3 - 1
+
+    kernel = kd.kernel(scale, static_shapes=static)
+
+    @kernel.schedule(kd.cpu)
+    def _(s):
+        f = s.collapse(s.collapse("b", "i"), "j")
+        s.vectorize(f, 8)
+
+    x = random_array(np.random.default_rng(3), (3, 5, 7), np.float32)
+    y = np.zeros_like(x)
+    kernel(x, y)
+    np.testing.assert_allclose(y, x * 3 - 1, rtol=1e-6)
+    assert "gather" not in kernel.llvm(x, y)
+
+
+def test_contiguous_rows_are_one_run_and_strided_ones_still_right() -> None:
+    """C-ordered arrays: `x[f // m, f % m]` is addressed as element f, whole vectors with
+    no gather; a strided array (its rows not m elements apart) gathers, and is right."""
+    axpy = _axpy()
+    axpy.schedule(kd.cpu)(_one_stream)
+    rng = np.random.default_rng(5)
+    x, z = (random_array(rng, (101, 3), np.float32) for _ in range(2))
+    assert "gather" not in axpy.llvm(x, z, np.empty_like(x))
+    wide = random_array(rng, (101, 6), np.float32)
+    strided = wide[:, ::2]
+    y = np.zeros_like(x)
+    axpy(strided, z, y)
+    np.testing.assert_allclose(y, 2 * strided + z, rtol=1e-6)
+    assert "gather" in axpy.llvm(strided, z, y)
+
+
+def test_checked_subscripts_keep_their_rows() -> None:
+    """With checks=True each subscript is checked against its axis, so the rows are not
+    addressed as one run: the result is the same."""
+    axpy = _axpy(checks=True)
+    axpy.schedule(kd.cpu)(_one_stream)
+    rng = np.random.default_rng(6)
+    x, z = (random_array(rng, (29, 3), np.float32) for _ in range(2))
+    y = np.zeros_like(x)
+    axpy(x, z, y)
+    np.testing.assert_allclose(y, 2 * x + z, rtol=1e-6)
+
+
+def test_reduction_loops_collapse_into_one() -> None:
+    """kd.sum over (i, j) is a nest of two reduction loops: one loop over all elements,
+    vectorized."""
+
+    def total(x, out):
+        i, j = kd.indices(x.shape[0], x.shape[1])
+        out[0] = kd.sum(x[i, j], over=(i, j))
+
+    kernel = kd.kernel(total)
+
+    @kernel.schedule(kd.cpu)
+    def _(s):
+        s.vectorize(s.collapse("i", "j"), 8)
+
+    x = random_array(np.random.default_rng(7), (13, 17), np.float32)
+    out = np.zeros(1, np.float32)
+    kernel(x, out)
+    np.testing.assert_allclose(out[0], x.astype(np.float64).sum(), rtol=1e-5)
+
+
+def test_collapse_refusals_name_the_loop_and_the_fix() -> None:
+    def serial_rows(x, y):
+        for i in kd.grid(x.shape[0]):
+            for j in kd.range(x.shape[1]):
+                y[i, j] = x[i, j]
+
+    def triangle(x, y):
+        for i in kd.grid(x.shape[0]):
+            for j in kd.grid(i + 1):
+                y[i, j] = x[i, j]
+
+    def row_sums(x, y):
+        i, j = kd.indices(x.shape[0], x.shape[1])
+        y[i, 0] = kd.sum(x[i, j], over=j)
+
+    cases = [
+        (_axpy(), lambda s: s.collapse("j", "i"), "is not the only statement"),
+        (_axpy(), lambda s: (s.vectorize("j", 8), s.collapse("i", "j")), "already vectorized"),
+        (kd.kernel(serial_rows), lambda s: s.collapse("i", "j"), "is parallel and loop 'j' serial"),
+        (kd.kernel(triangle), lambda s: s.collapse("i", "j"), "depends on 'i'"),
+        (kd.kernel(row_sums), lambda s: s.collapse("i", "j"), "is not the only statement"),
+    ]
+    x = random_array(np.random.default_rng(8), (4, 4), np.float32)
+    for kernel, steps, message in cases:
+        kernel.schedule(kd.cpu)(steps)
+        args = [x, np.zeros_like(x)] + [x] * (kernel.name == "axpy")
+        with pytest.raises(kd.ScheduleError, match=message) as err:
+            kernel(*args)
+        assert err.value.fix and "collapse" in str(err.value)
+
+
+def _steps(kernel: kd.KernelFunction, *args: object) -> list[str]:
+    return str(kernel.schedule_of(*args)).splitlines()[1:]
+
+
+def test_default_collapses_elementwise_nests_over_whole_arrays() -> None:
+    """Rows of run-time length: one stream, on threads; the same as NumPy over shapes
+    with short and long rows."""
+    axpy = _axpy()
+    rng = np.random.default_rng(9)
+    for shape in [(0, 3), (1, 1), (4001, 3), (37, 1000), (5, 0)]:
+        x, z = (random_array(rng, shape, np.float32) for _ in range(2))
+        y = np.zeros_like(x)
+        axpy(x, z, y)
+        np.testing.assert_allclose(y, 2 * x + z, rtol=1e-6)
+    assert _steps(axpy, x, z, y)[0] == 's.collapse("i", "j")'
+    assert any(step.startswith("s.parallelize") for step in _steps(axpy, x, z, y))
+
+
+def test_default_keeps_nests_that_need_their_rows() -> None:
+    """A broadcast row (`b[j]`), a loop variable used as a value, a Fortran-ordered or a
+    strided array: each element's row and column are needed, so no collapse."""
+
+    def bias(x, b, y):
+        for i, j in kd.grid(x.shape[0], x.shape[1]):
+            y[i, j] = x[i, j] + b[j]
+
+    def ramp(x, y):
+        for i, j in kd.grid(x.shape[0], x.shape[1]):
+            y[i, j] = x[i, j] * j
+
+    rng = np.random.default_rng(10)
+    x = random_array(rng, (31, 3), np.float32)
+    b = random_array(rng, (3,), np.float32)
+    y = np.zeros_like(x)
+    axpy = _axpy()
+    runs = [
+        (kd.kernel(bias), (x, b, y), x + b),
+        (kd.kernel(ramp), (x, y), x * np.arange(3, dtype=np.float32)),
+        (axpy, (np.asfortranarray(x), x, y), 3 * x),
+        (axpy, (random_array(rng, (31, 6), np.float32)[:, ::2], x, y), None),
+    ]
+    for kernel, args, want in runs:
+        assert not any("collapse" in step for step in _steps(kernel, *args))
+        kernel(*args)
+        if want is not None:
+            np.testing.assert_allclose(y, want, rtol=1e-6)
