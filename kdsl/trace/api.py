@@ -51,8 +51,10 @@ def _names(api: str, count: int, names: str | None) -> list[str]:
 
 
 def indices(*extents: object, names: str | None = None) -> Index | tuple[Index, ...]:
-    """Index variables over [0, extent); one extent gives one Index, several a tuple."""
+    """Index variables over [0, extent); one extent gives one Index, several a tuple; a
+    shape (`kd.indices(x.shape)`) gives one per axis."""
     ctx = current("indices")
+    extents = _unpacked(extents)
     if not extents:
         raise TraceError(
             "kd.indices() needs at least one extent", loc=location(), fix="e.g. kd.indices(n)"
@@ -61,6 +63,13 @@ def indices(*extents: object, names: str | None = None) -> Index | tuple[Index, 
         ctx.new_index(n, e) for n, e in zip(_names("indices", len(extents), names), extents)
     )
     return made[0] if len(made) == 1 else made
+
+
+def _unpacked(extents: tuple[object, ...]) -> tuple[object, ...]:
+    """The extents, a shape given alone (`x.shape`, a tuple) standing for its axes'."""
+    if len(extents) == 1 and isinstance(extents[0], tuple | list):
+        return tuple(extents[0])
+    return extents
 
 
 def _loops(
@@ -174,7 +183,9 @@ def _step(step: object) -> int:
 
 
 def grid(*extents: object) -> Iterator[Index | tuple[Index, ...]]:
-    """A nest of independent loops: `for i, j in kd.grid(m, n)`."""
+    """A nest of independent loops: `for i, j in kd.grid(m, n)`, or one per axis of a
+    shape: `for i, j in kd.grid(x.shape)`."""
+    extents = _unpacked(extents)
     if not extents:
         raise TraceError(
             "kd.grid() needs at least one extent", loc=location(), fix="e.g. kd.grid(m, n)"

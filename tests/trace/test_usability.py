@@ -241,6 +241,29 @@ def test_range_with_constant_bounds_and_the_users_loop_name():
     assert [(s.var, s.kind) for s in loops] == [("j", LoopKind.SERIAL)]
 
 
+@kd.kernel
+def doubled_by_shape(x, y):
+    for i, j in kd.grid(x.shape):
+        y[i, j] = 2 * x[i, j]
+
+
+@kd.kernel
+def negated_by_shape(x):
+    i, j, k = kd.indices(x.shape)
+    y = kd.empty(x.shape, x.dtype)
+    y[i, j, k] = -x[i, j, k]
+    return y
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (1, 1), (7, 5)])
+def test_grid_and_indices_take_a_whole_shape(shape):
+    """kd.grid(x.shape) is kd.grid(x.shape[0], x.shape[1]); kd.indices(x.shape) too."""
+    x = random_array(keyed_rng("by shape", *shape), shape, F)
+    check_kernel(doubled_by_shape, [x, np.zeros(shape, F)], {1: 2 * x})
+    cube = random_array(keyed_rng("by shape 3d", *shape), (*shape, 2), F)
+    np.testing.assert_array_equal(negated_by_shape(cube), -cube)
+
+
 @pytest.mark.parametrize(
     "args, needle",
     [
