@@ -54,8 +54,9 @@ def gather_rows(table, ids, y):
 
 @kd.kernel
 def axpy2d(x, z, y):
-    """Elementwise over 2-D arrays, here Fortran-ordered (a DataFrame's values, x.T):
-    the default schedule walks their first axis innermost."""
+    """Elementwise over 2-D arrays: Fortran-ordered (a DataFrame's values, x.T), the
+    default schedule walks their first axis innermost; C-ordered, it collapses the nest
+    into one loop over all elements (rows of 3 are no masked vector each)."""
     i, j = kd.indices(x.shape[0], x.shape[1])
     y[i, j] = 2.0 * x[i, j] + z[i, j]
 
@@ -191,6 +192,10 @@ def cases(rows: int, cols: int, n: int) -> list[harness.Case]:
         np.multiply(x, 2.0, out=y)
         y += z
 
+    def rows3_args(rng: np.random.Generator) -> harness.Args:
+        x, z = (rng.standard_normal((n, 3), dtype=np.float32) for _ in "xz")
+        return x, z, np.empty((n, 3), np.float32)
+
     def window_args(rng: np.random.Generator) -> harness.Args:
         return rng.standard_normal(n + 6, dtype=np.float32), np.empty(n, np.float32)
 
@@ -310,6 +315,15 @@ def cases(rows: int, cols: int, n: int) -> list[harness.Case]:
             "GB/s",
         ),
         harness.Case(
+            "2x + z, (n, 3) rows",
+            f"{n}×3",
+            rows3_args,
+            axpy2d,
+            np_axpy,
+            3 * 3 * n * 4,
+            "GB/s",
+        ),
+        harness.Case(
             "sliding max of 7, scratch array",
             f"{n}",
             window_args,
@@ -411,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
         "loop over the rows (and, in a version of its own, for rows found shorter than "
         "a vector when it runs), parallelizes the outer loop, and keeps loops whose "
         "iterations may write one element serial (the histogram); it walks "
-        "Fortran-ordered arrays along their first axis, gives each vector lane its "
+        "Fortran-ordered arrays along their first axis, makes an elementwise nest over "
+        "whole C-ordered arrays one loop over all elements (collapse), gives each vector lane its "
         "own copy of a small scratch array, computes a contraction (the matmul) in "
         "register tiles of 6 rows × a vector of columns, sums down the columns in blocks "
         "of columns, a long sum in parts on all threads (rfactor), and a transpose in "
