@@ -99,12 +99,15 @@ def default_gpu_schedule(s: Schedule) -> None:
     touch neighbouring elements), or across the loops inside it when those walk memory
     with unit stride (rows: a block per row, its threads sharing the row's reductions)."""
     for nest in [st for st in s.kernel.body if isinstance(st, Loop)]:
+        collapsed = _collapsed_rows(s, nest)  # (rows of 3: not 3 busy threads a block)
+        nest = collapsed or nest
         chain = _parallel_chain(nest)
         if not chain:
             if nest.kind is LoopKind.REDUCTION:
                 _try(s.bind, nest.var, "thread.x")  # one block shares the whole reduction
             continue
-        colliding = [k for k, lp in enumerate(chain) if _collides(lp)]
+        # (// and % hide a collapsed loop's spread from _collides)
+        colliding = [k for k, lp in enumerate(chain) if _collides(lp) and not collapsed]
         if colliding:  # the loops down to it run in order, in one block (blocks can't
             rest = chain[colliding[-1] + 1 :]  # sit inside them): its threads share the rest
             if rest:

@@ -193,3 +193,24 @@ def test_default_keeps_nests_that_need_their_rows() -> None:
         kernel(*args)
         if want is not None:
             np.testing.assert_allclose(y, want, rtol=1e-6)
+
+
+def test_default_gpu_schedule_collapses_short_rows_onto_threads() -> None:
+    """On a GPU too: rows of 3 become one run of elements over the blocks' threads (not
+    a block per row with 3 busy threads), right in the SIMT emulator, and ptxas (where
+    installed) accepts the PTX."""
+    from kdsl.targets.cuda import ptx as nvptx
+    from tests.targets.cuda import simt
+
+    axpy = _axpy()
+    rng = np.random.default_rng(11)
+    x, z = (random_array(rng, (37, 3), np.float32) for _ in range(2))
+    y = np.full_like(x, np.nan)
+    simt.run(axpy, [x, z, y])
+    np.testing.assert_allclose(y, 2 * x + z, rtol=1e-6)
+    traced, _ = axpy._traced((x, z, y), {})
+    assert str(axpy.scheduled(traced, kd.cuda)).splitlines()[1] == 's.collapse("i", "j")'
+    ptx = axpy.ptx(x, z, y)
+    assert "div" not in ptx and "rem" not in ptx
+    if nvptx.ptxas_path() is not None:
+        nvptx.assemble(ptx, "sm_90")

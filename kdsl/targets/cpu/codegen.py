@@ -20,6 +20,7 @@ from llvmlite import ir
 
 from kdsl import types as T
 from kdsl.errors import SourceLoc
+from kdsl.ir.flatten import flatten_rows
 from kdsl.ir.hashing import source_locations
 from kdsl.ir.layout import constant_nbytes
 from kdsl.ir.nodes import (
@@ -55,7 +56,6 @@ from kdsl.ir.nodes import (
 from kdsl.ir.visit import local_definitions, walk_expr, walk_stmts
 from kdsl.targets.cpu.abi import ARRAY_LAYOUT, WRITEABLE_FLAG
 from kdsl.targets.cpu.amx import emit_tile_product, release_tiles
-from kdsl.targets.cpu.flatten import flatten_rows
 from kdsl.targets.cpu.jit import CACHE_LINE
 from kdsl.targets.cpu.ops import I1, I8, I32, I64, PTR, Ops, constant, llvm_type, memory_type
 from kdsl.targets.cpu.parallel import emit_parallel_loop

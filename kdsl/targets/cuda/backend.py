@@ -8,6 +8,7 @@ import functools
 from dataclasses import dataclass, replace
 
 from kdsl.config import CONFIG
+from kdsl.ir.flatten import flatten_rows
 from kdsl.ir.hashing import source_locations, structural_hash
 from kdsl.ir.nodes import Buffer, Kernel
 from kdsl.targets.cpu.backend import expand
@@ -37,9 +38,19 @@ class PtxCode:
         return nvptx.assemble(self.ptx, self.sm)
 
 
-def build_ptx(scheduled: Kernel, key: str, sm: str, checks: bool, strict_fp: bool) -> PtxCode:
+def launches_of(
+    scheduled: Kernel, sm: str, checks: bool = False, strict_fp: bool = False
+) -> tuple[Kernel, Plan]:
+    """The IR the code generator compiles (the schedule expanded, C-ordered rows
+    addressed as runs where subscripts aren't checked) and its launches on `sm`."""
     final = expand(scheduled, strict_fp)
-    launches = plan(final, shared_limit(sm))
+    if not checks:
+        final = flatten_rows(final)
+    return final, plan(final, shared_limit(sm))
+
+
+def build_ptx(scheduled: Kernel, key: str, sm: str, checks: bool, strict_fp: bool) -> PtxCode:
+    final, launches = launches_of(scheduled, sm, checks, strict_fp)
     symbol = f"kdsl_{scheduled.name}_{key[:12]}".replace(".", "_")
     module, sites, params = generate(final, launches, symbol, checks, strict_fp)
     sites.locations = source_locations(scheduled)

@@ -24,9 +24,9 @@ import numpy as np
 import kdsl as kd
 from kdsl.ir.evaluate import compile_evaluator
 from kdsl.ir.nodes import Const
-from kdsl.targets.cpu.backend import expand
+from kdsl.targets.cuda.backend import launches_of
 from kdsl.targets.cuda.codegen import DYNAMIC_SHARED, generate
-from kdsl.targets.cuda.plan import plan, scratch_bytes, shared_limit
+from kdsl.targets.cuda.plan import scratch_bytes
 from kdsl.types import INDEX
 
 WAIT_S = 20.0  # a barrier that long unreached is a deadlock: fail instead of hanging
@@ -226,8 +226,7 @@ def run(
     """Run `kernel`'s CUDA schedule on NumPy arrays (written in place), emulated, with the
     shared memory a block has on `sm`; its results, as a call returns them."""
     traced, _ = kernel._traced(tuple(args), {})
-    final = expand(kernel.scheduled(traced, kd.cuda, config).kernel, False)
-    launches = plan(final, shared_limit(sm))
+    final, launches = launches_of(kernel.scheduled(traced, kd.cuda, config).kernel, sm)
     module, _, params = generate(final, launches, "sim")
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()

@@ -4,9 +4,9 @@
 `x[f // m, f % m]`, m being the rows' length. In a C-ordered array each row starts m
 elements after the one before, so that element is the array's element f counted from
 the first: its address is that of `x[0, f]` (0·stride₀ + f·stride₁, the strides being
-made from the dimensions). The code generator gets `x[0, f]`: no division, and a vector
-loop over f loads and stores whole vectors across the rows' ends, not a masked vector
-per row. The same holds for any two neighbouring axes (`x[b, f // m, f % m]`) and, one
+made from the dimensions, on the CPU and the GPU). The code generators get `x[0, f]`: no
+division, and a vector loop over f (a GPU thread's run of elements) loads and stores
+whole vectors across the rows' ends, not a masked vector per row. The same holds for any two neighbouring axes (`x[b, f // m, f % m]`) and, one
 pair after the other, for three or more collapsed loops.
 
 Not where subscripts are checked when the code runs (`checks=True`, or an access the
