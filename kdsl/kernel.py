@@ -182,6 +182,7 @@ class KernelFunction:
             lower(kernel),
             target=target.name,
             strict_fp=self.strict_fp,
+            checks=self.checks,
             config=config,
             vector_check=vector_obstacle if target is cpu else None,
             tile_instructions=TILE_INSTRUCTIONS.get(target.name, frozenset),

@@ -9,8 +9,9 @@ division, and a vector loop over f (a GPU thread's run of elements) loads and st
 whole vectors across the rows' ends, not a masked vector per row. The same holds for any two neighbouring axes (`x[b, f // m, f % m]`) and, one
 pair after the other, for three or more collapsed loops.
 
-Not where subscripts are checked when the code runs (`checks=True`, or an access the
-bounds pass marked `checked`): `x[0, f]` is past the end of row 0 for f ≥ m.
+Not where subscripts are checked when the code runs (`checks=True`, an access the
+bounds pass marked `checked`, a subscript computed from data or a scalar argument):
+`x[0, f]` is past the end of row 0 for f ≥ m.
 """
 
 from __future__ import annotations
@@ -37,7 +38,14 @@ from kdsl.ir.nodes import (
     Stmt,
     Store,
 )
-from kdsl.ir.visit import map_expr, walk_stmts, with_exprs
+from kdsl.ir.visit import (
+    from_runtime_values,
+    map_expr,
+    runtime_locals,
+    walk_expr,
+    walk_stmts,
+    with_exprs,
+)
 
 
 def flatten_rows(kernel: Kernel) -> Kernel:
@@ -51,19 +59,25 @@ def flatten_rows(kernel: Kernel) -> Kernel:
     if not c_ordered:
         return kernel
     assigned = {s.local for s in walk_stmts(kernel.body) if isinstance(s, Assign)}
-    flat = _Flattener(c_ordered, entry_equalities(kernel), assigned)
+    flat = _Flattener(c_ordered, entry_equalities(kernel), assigned, runtime_locals(kernel.body))
     return replace(kernel, body=flat.block(kernel.body, {}))
 
 
 class _Flattener:
     def __init__(
-        self, buffers: dict[str, Buffer], equal: dict[Expr, Expr], assigned: set[str]
+        self,
+        buffers: dict[str, Buffer],
+        equal: dict[Expr, Expr],
+        assigned: set[str],
+        runtime: frozenset[str],
     ) -> None:
-        self.buffers, self.equal, self.assigned = buffers, equal, assigned
+        self.buffers, self.equal, self.assigned, self.runtime = buffers, equal, assigned, runtime
 
     def block(self, stmts: tuple[Stmt, ...], outer: Mapping[str, Expr]) -> tuple[Stmt, ...]:
         """The statements rewritten; `outer`: the values of the locals declared around
-        them that no statement assigns again (a tail's `$3 = $2 // m` subscripts)."""
+        them whose value can't change while they are in scope (a tail's `$3 = $2 // m`
+        subscripts): none of them, nor a local their value reads, is assigned again, and
+        their value reads no array."""
         known = dict(outer)
         out: list[Stmt] = []
         for s in stmts:
@@ -84,10 +98,25 @@ class _Flattener:
                     s = replace(s, index=self.index(name, index, known, False))
                 case _:
                     s = with_exprs(s, lambda e: self.expr(e, known))
-                    if isinstance(s, DeclareLocal) and s.name not in self.assigned:
-                        known[s.name] = s.init
+                    if isinstance(s, DeclareLocal):
+                        self.declare(known, s)
             out.append(s)
         return tuple(out)
+
+    def declare(self, known: dict[str, Expr], s: DeclareLocal) -> None:
+        """Record a local's value where it can't change; forget the values that read an
+        earlier local of its name (shadowed from here on)."""
+        stale = {s.name}
+        while stale:
+            name = stale.pop()
+            known.pop(name, None)
+            stale |= {k for k, v in known.items() if _mentions_local(v, name)}
+        steady = not any(
+            isinstance(x, Load) or isinstance(x, LocalVar) and x.name in self.assigned
+            for x in walk_expr(s.init)
+        )
+        if steady and s.name not in self.assigned:
+            known[s.name] = s.init
 
     def expr(self, e: Expr, known: Mapping[str, Expr]) -> Expr:
         def load(x: Expr) -> Expr | None:
@@ -101,8 +130,8 @@ class _Flattener:
         self, name: str, index: tuple[Expr, ...], known: Mapping[str, Expr], checked: bool
     ) -> tuple[Expr, ...]:
         buf = self.buffers.get(name)
-        if buf is None or checked:
-            return index
+        if buf is None or checked or any(from_runtime_values(i, self.runtime) for i in index):
+            return index  # (the code checks each of its subscripts)
         out = list(index)
         for k in range(len(out) - 1):
             rows, cols = (_value(out[a], known) for a in (k, k + 1))
@@ -121,3 +150,7 @@ class _Flattener:
 
 def _value(e: Expr, known: Mapping[str, Expr]) -> Expr:
     return known.get(e.name, e) if isinstance(e, LocalVar) else e
+
+
+def _mentions_local(e: Expr, name: str) -> bool:
+    return any(isinstance(x, LocalVar) and x.name == name for x in walk_expr(e))

@@ -223,3 +223,27 @@ def outer_updates(loop: Loop) -> list[Assign]:
     iteration to the next, so they constrain reordering, distribution and threads."""
     declared = {s.name for s in walk_stmts(loop.body) if isinstance(s, DeclareLocal)}
     return [s for s in walk_stmts(loop.body) if isinstance(s, Assign) and s.local not in declared]
+
+
+def from_runtime_values(e: Expr, runtime_locals: frozenset[str]) -> bool:
+    """`e` reads array data or a scalar argument, or a local computed from them."""
+    return any(
+        isinstance(x, Load | ScalarArg) or (isinstance(x, LocalVar) and x.name in runtime_locals)
+        for x in walk_expr(e)
+    )
+
+
+def runtime_locals(body: tuple[Stmt, ...]) -> frozenset[str]:
+    """The locals whose value comes from array data or scalar arguments, directly or
+    through other locals (`j = kd.local(idx[i])`)."""
+    definitions = local_definitions(body)
+    found: set[str] = set()
+    while True:
+        new = {
+            name
+            for name, value in definitions
+            if name not in found and from_runtime_values(value, frozenset(found))
+        }
+        if not new:
+            return frozenset(found)
+        found |= new

@@ -213,9 +213,11 @@ def _collapsed_rows(s: Schedule, nest: Loop) -> Loop | None:
     one loop over all the elements (`collapse`): one stream, vectorized across the rows'
     ends, where a vector loop along each row ended it with a masked vector. Zen 2, 4M
     rows of 3 floats: 12.9 → 3.3 ms; of 7: 4.4 → 1.9 ms; 4096 rows of 1000: 1.1 ms
-    either way. The loop made, or None where it doesn't apply."""
+    either way. Not where each subscript is checked when the code runs (`checks=True`):
+    there each element's row and column are computed. The loop made, or None where it
+    doesn't apply."""
     chain = _parallel_chain(nest)
-    if len(chain) < 2 or _child_loops(chain[-1].body) or _collides(nest):
+    if s.checks or len(chain) < 2 or _child_loops(chain[-1].body) or _collides(nest):
         return None
     if not _whole_rows(s.kernel, chain):
         return None

@@ -18,8 +18,10 @@ from kdsl.ir.nodes import (
     Binary,
     BinaryOp,
     BufferRole,
+    Check,
     Const,
     DeclareLocal,
+    DimOf,
     Expr,
     If,
     Kernel,
@@ -126,11 +128,22 @@ def collapse(ctx: StepContext, outer: object, inner: object) -> str:
     no masked vector each."""
     opath, o = ctx.loop(outer)
     _, i = ctx.loop(inner)
-    if o.body != (i,):
+    if i not in o.body:
         raise ctx.refuse(
-            f"loop '{i.var}' is not the only statement of loop '{o.var}'",
+            f"loop '{i.var}' is not directly inside loop '{o.var}'",
             "collapse a loop and the loop that is all of its body (a perfect nest): "
             "name the outer loop first",
+        )
+    if o.body != (i,):
+        other = next(st for st in o.body if st is not i)
+        what = (
+            "a bounds check for the loops inside it (kernel.lowered(...) prints it)"
+            if isinstance(other, Check)
+            else "other statements"
+        )
+        raise ctx.refuse(
+            f"loop '{o.var}' holds {what} besides loop '{i.var}'",
+            "collapse a perfect nest: a loop whose body is just the other loop",
         )
     for lp in (o, i):
         if lp.exec is not LoopExec.SERIAL:
@@ -143,22 +156,42 @@ def collapse(ctx: StepContext, outer: object, inner: object) -> str:
             f"loop '{o.var}' is {o.kind.value} and loop '{i.var}' {i.kind.value}",
             "collapse two loops of one kind (two parallel loops, two reduction loops)",
         )
-    if _mentions(i.extent, o.var):
+    written = {st.buffer for st in walk_stmts((i,)) if isinstance(st, Store)}
+    assigned = {st.local for st in walk_stmts((i,)) if isinstance(st, Assign)}
+    changing = [
+        e
+        for e in walk_expr(i.extent)
+        if (isinstance(e, LoopVar) and e.name == o.var)
+        or (isinstance(e, Load) and e.buffer in written)
+        or (isinstance(e, LocalVar) and e.name in assigned)
+    ]
+    if changing:
         raise ctx.refuse(
-            f"the extent of loop '{i.var}' ({format_expr(i.extent)}) depends on '{o.var}'",
+            f"the extent of loop '{i.var}' ({format_expr(i.extent)}) changes with "
+            f"{format_expr(changing[0])} from one iteration of loop '{o.var}' to the next",
             "collapse a rectangular nest: an inner extent fixed before the outer loop starts",
         )
-    m = i.extent
-    if isinstance(o.extent, Const) and isinstance(m, Const):
-        n: Expr = index_const(int(o.extent.value) * int(m.value))
+    m = _at_least_zero(i.extent)  # (two empty loops, -2 × -2, make no 4 iterations)
+    n = _at_least_zero(o.extent)
+    if isinstance(n, Const) and isinstance(m, Const):
+        n = index_const(int(n.value) * int(m.value))
     else:
-        n = index_op(BinaryOp.MUL, o.extent, m)
+        n = index_op(BinaryOp.MUL, n, m)
     var = ctx.fresh(f"{o.var}{i.var}")
     flat = LoopVar(var)
     body = tree.substitute(i.body, o.var, index_op(BinaryOp.FLOORDIV, flat, m))
     body = tree.substitute(body, i.var, index_op(BinaryOp.MOD, flat, m))
     _set(ctx, opath, Loop(var, n, o.kind, body, loc=o.loc))
     return var
+
+
+def _at_least_zero(extent: Expr) -> Expr:
+    """`max(extent, 0)`, as a loop runs it: the same where it can't be negative."""
+    if isinstance(extent, Const):
+        return index_const(max(0, int(extent.value)))
+    if isinstance(extent, DimOf):
+        return extent
+    return index_op(BinaryOp.MAX, extent, index_const(0))
 
 
 # ------------------------------------------------------------------------ reorder

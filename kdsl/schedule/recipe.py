@@ -104,10 +104,12 @@ class Schedule:
         config: Mapping[str, object] | None = None,
         vector_check: VectorCheck | None = None,
         tile_instructions: TileInstructions = frozenset,
+        checks: bool = False,
     ) -> None:
         self.kernel = kernel
         self.target = target
         self.strict_fp = strict_fp
+        self.checks = checks  # each subscript checked where it runs (kd.kernel(checks=True))
         self.config = dict(config or {})
         self.vector_check = vector_check
         self.tile_instructions = tile_instructions  # asked only when a schedule needs them

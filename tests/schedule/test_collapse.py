@@ -86,7 +86,7 @@ def test_contiguous_rows_are_one_run_and_strided_ones_still_right() -> None:
 
 def test_checked_subscripts_keep_their_rows() -> None:
     """With checks=True each subscript is checked against its axis, so the rows are not
-    addressed as one run: the result is the same."""
+    addressed as one run: the result is the same (and the default doesn't collapse)."""
     axpy = _axpy(checks=True)
     axpy.schedule(kd.cpu)(_one_stream)
     rng = np.random.default_rng(6)
@@ -94,6 +94,42 @@ def test_checked_subscripts_keep_their_rows() -> None:
     y = np.zeros_like(x)
     axpy(x, z, y)
     np.testing.assert_allclose(y, 2 * x + z, rtol=1e-6)
+    assert not any("collapse" in step for step in _steps(_axpy(checks=True), x, z, y))
+
+
+def test_two_empty_loops_make_no_iterations() -> None:
+    """Extents below zero run no iteration: collapsed, -2 × -2 is no 4 iterations (the
+    bounds proofs were made for the empty nest); larger arrays are right."""
+
+    def interior(x, y):
+        for i, j in kd.grid(x.shape[0] - 2, x.shape[1] - 2):
+            y[i, j] = x[i + 2, j + 2] + 1
+
+    kernel = kd.kernel(interior)
+    kernel.schedule(kd.cpu)(lambda s: s.collapse("i", "j"))
+    rng = np.random.default_rng(12)
+    for shape in [(0, 0), (1, 1), (1, 0), (2, 5), (7, 4)]:
+        big = np.zeros((12, 12), np.float32)
+        y = big[3:9, 3:9]  # (writes past it would land in big)
+        x = random_array(rng, shape, np.float32)
+        kernel(x, y)
+        rows, cols = max(shape[0] - 2, 0), max(shape[1] - 2, 0)
+        np.testing.assert_allclose(y[:rows, :cols], x[2:, 2:] + 1, rtol=1e-6)
+        assert np.count_nonzero(big) == np.count_nonzero(y[:rows, :cols] != 0)
+
+
+def test_subscripts_from_scalar_arguments_are_checked_as_before() -> None:
+    """`x[(i + k) // m, (i + k) % m]` with k an argument: checked axis by axis when the
+    code runs, so not addressed as one run; a valid call still works."""
+
+    def window(x, k, y):
+        for i in kd.grid(y.shape[0]):
+            y[i] = x[(i + k) // x.shape[1], (i + k) % x.shape[1]]
+
+    x = random_array(np.random.default_rng(13), (4, 3), np.float32)
+    y = np.zeros(4, np.float32)
+    kd.kernel(window)(x, 4, y)
+    np.testing.assert_array_equal(y, x.ravel()[4:8])
 
 
 def test_reduction_loops_collapse_into_one() -> None:
@@ -131,12 +167,26 @@ def test_collapse_refusals_name_the_loop_and_the_fix() -> None:
         i, j = kd.indices(x.shape[0], x.shape[1])
         y[i, 0] = kd.sum(x[i, j], over=j)
 
+    def counted(x, y):
+        for i in kd.range(y.shape[0]):
+            for j in kd.range(x[0, 0].astype(kd.i64)):
+                y[i, j] += 1.0
+                x[0, 0] = 1.0
+
+    def ragged(x, y):
+        for i in kd.grid(x.shape[0]):
+            for j in kd.grid(i + 1):
+                y[i, j] = x[i, j]
+
     cases = [
-        (_axpy(), lambda s: s.collapse("j", "i"), "is not the only statement"),
+        (_axpy(), lambda s: s.collapse("j", "i"), "not directly inside"),
         (_axpy(), lambda s: (s.vectorize("j", 8), s.collapse("i", "j")), "already vectorized"),
         (kd.kernel(serial_rows), lambda s: s.collapse("i", "j"), "is parallel and loop 'j' serial"),
         (kd.kernel(triangle), lambda s: s.collapse("i", "j"), "depends on 'i'"),
-        (kd.kernel(row_sums), lambda s: s.collapse("i", "j"), "is not the only statement"),
+        (kd.kernel(row_sums), lambda s: s.collapse("i", "j"), "holds other statements"),
+        (kd.kernel(counted), lambda s: s.collapse("i", "j"), r"changes with x\[0, 0\]"),
+        (kd.kernel(ragged), lambda s: s.collapse("i", "j"), "holds a bounds check"),
+        (_axpy(), lambda s: s.collapse("i", "i"), "not directly inside"),
     ]
     x = random_array(np.random.default_rng(8), (4, 4), np.float32)
     for kernel, steps, message in cases:

@@ -53,7 +53,7 @@ from kdsl.ir.nodes import (
     Store,
     Unary,
 )
-from kdsl.ir.visit import local_definitions, walk_expr, walk_stmts
+from kdsl.ir.visit import from_runtime_values, runtime_locals, walk_expr, walk_stmts
 from kdsl.targets.cpu.abi import ARRAY_LAYOUT, WRITEABLE_FLAG
 from kdsl.targets.cpu.amx import emit_tile_product, release_tiles
 from kdsl.targets.cpu.jit import CACHE_LINE
@@ -119,7 +119,7 @@ class _Codegen:
         self.loop_extents = {
             s.var: s.extent for s in walk_stmts(kernel.body) if isinstance(s, Loop)
         }
-        self.runtime_locals = _runtime_locals(kernel.body)
+        self.runtime_locals = runtime_locals(kernel.body)
         self.retcode = self.b.alloca(I64, name="retcode")
         self.cleanup = self.fn.append_basic_block("cleanup")
         self.b.store(ir.Constant(I64, 0), self.retcode)
@@ -523,7 +523,7 @@ class _Codegen:
         return (
             self.checks
             or checked
-            or any(_from_runtime_values(i, self.runtime_locals) for i in index)
+            or any(from_runtime_values(i, self.runtime_locals) for i in index)
         )
 
     def _element(self, info: ArrayInfo, idx: list[ir.Value]) -> ir.Value:
@@ -644,25 +644,3 @@ def _is_const(v: ir.Value, n: int) -> bool:
     return isinstance(v, ir.Constant) and v.constant == n
 
 
-def _from_runtime_values(e: Expr, runtime_locals: frozenset[str]) -> bool:
-    """`e` reads array data or a scalar argument, or a local computed from them."""
-    return any(
-        isinstance(x, Load | ScalarArg) or (isinstance(x, LocalVar) and x.name in runtime_locals)
-        for x in walk_expr(e)
-    )
-
-
-def _runtime_locals(body: tuple[Stmt, ...]) -> frozenset[str]:
-    """The locals whose value comes from array data or scalar arguments, directly or
-    through other locals (`j = kd.local(idx[i])`)."""
-    definitions = local_definitions(body)
-    found: set[str] = set()
-    while True:
-        new = {
-            name
-            for name, value in definitions
-            if name not in found and _from_runtime_values(value, frozenset(found))
-        }
-        if not new:
-            return frozenset(found)
-        found |= new
