@@ -215,6 +215,34 @@ def test_default_collapses_elementwise_nests_over_whole_arrays() -> None:
     assert any(step.startswith("s.parallelize") for step in _steps(axpy, x, z, y))
 
 
+def test_default_collapses_the_inner_loops_of_a_batch() -> None:
+    """`y[b, i, j] = x[b, i, j] * s[b]` and `y[b, i, j] = x[i, j] + 1`: the loops over
+    each batch's rows and columns collapse, the batch's loop stays around them."""
+
+    @kd.kernel
+    def scaled(x, s, y):
+        for b, i, j in kd.grid(x.shape):
+            y[b, i, j] = x[b, i, j] * s[b]
+
+    @kd.kernel
+    def repeated(x, y):
+        for b, i, j in kd.grid(y.shape):
+            y[b, i, j] = x[i, j] + 1
+
+    rng = np.random.default_rng(14)
+    for shape in [(0, 3, 3), (2, 0, 3), (2, 3, 0), (1, 1, 1), (3, 37, 5)]:
+        x, y = random_array(rng, shape, np.float32), np.zeros(shape, np.float32)
+        s = random_array(rng, shape[:1], np.float32)
+        scaled(x, s, y)
+        np.testing.assert_allclose(y, x * s[:, None, None], rtol=1e-6)
+        rows = random_array(rng, shape[1:], np.float32)
+        repeated(rows, y)
+        np.testing.assert_allclose(y, np.broadcast_to(rows + 1, shape), rtol=1e-6)
+    for kernel, args in [(scaled, (x, s, y)), (repeated, (rows, y))]:
+        steps = _steps(kernel, *args)
+        assert steps[0] == 's.collapse("i", "j")' and 's.parallelize("b")' in steps
+
+
 def test_default_keeps_nests_that_need_their_rows() -> None:
     """A broadcast row (`b[j]`), a loop variable used as a value, a Fortran-ordered or a
     strided array: each element's row and column are needed, so no collapse."""
