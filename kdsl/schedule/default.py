@@ -196,15 +196,48 @@ def _schedule_nest(s: Schedule, nest: Loop) -> None:
             vectors = [_loop(s.kernel, inner)]
             parallel = _loop(s.kernel, outer)
     tiled = _register_tiles(s, nest, vectors)
+    last = None
     if tiled is not None:  # (its vector loop vectorized)
-        rows, tiles = tiled
+        rows, last = tiled
         vectors = []
         if parallel is not None and parallel.var == rows:
-            parallel = _loop(s.kernel, tiles)
+            parallel = _loop(s.kernel, last)
     for vector in vectors:
         _try(s.vectorize, vector.var, _width(s.kernel, vector))
     if parallel is not None:
-        _try(s.parallelize, parallel.var)
+        _try(s.parallelize, _with_loops_below(s, parallel.var, last))
+
+
+def _with_loops_below(s: Schedule, name: str, last: str | None = None) -> str:
+    """The loop to run on threads: loop `name` and the parallel loops perfectly nested
+    in it that hold loops, down to the first annotated one (a vector loop, unrolled rows) or to `last`
+    (a contraction's tiles of rows: a thread's band of rows reads each row of A once),
+    collapsed into one (`collapse`): a batch of 1 (`x[b, i, j]` of shape (1, 4096,
+    1000)) ran on one thread, as did the odd batch out (3 on 2 threads). Each iteration
+    divides once for its batch and row (kdsl/ir/flatten.py drops the division from
+    C-ordered arrays' addresses). Zen 2, a row softmax of (1, 4096, 1000): 5.2 → 2.6 ms.
+    The name of the loop."""
+    loop: Stmt = _loop(s.kernel, name)
+    below: list[str] = []
+    while (
+        isinstance(loop, Loop)
+        and loop.var != last
+        and len(loop.body) == 1
+        and isinstance(loop.body[0], Loop)
+    ):
+        loop = loop.body[0]
+        if loop.kind is not LoopKind.PARALLEL or loop.exec is not LoopExec.SERIAL:
+            break
+        if _collides(loop) or not _child_loops(loop.body):
+            break  # (innermost: a division an element, which no vector loop shares)
+        below.append(loop.var)
+    try:
+        with s._all_or_none():
+            for inner in below:
+                name = s.collapse(name, inner)
+    except ScheduleError:
+        pass  # (an extent that depends on the loop around it: the outer loop alone)
+    return name
 
 
 def _collapsed_rows(s: Schedule, nest: Loop) -> tuple[Loop, Loop] | None:

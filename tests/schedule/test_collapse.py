@@ -292,3 +292,26 @@ def test_default_gpu_schedule_collapses_short_rows_onto_threads() -> None:
     assert "div" not in ptx and "rem" not in ptx
     if nvptx.ptxas_path() is not None:
         nvptx.assemble(ptx, "sm_90")
+
+
+@kd.kernel
+def _batched_rms(x, w, y):
+    b, i, j = kd.indices(x.shape[0], x.shape[1], x.shape[2])
+    norm = kd.rsqrt(kd.sum(x[b, i, j] * x[b, i, j], over=j) / x.shape[2] + 1e-5)
+    y[b, i, j] = x[b, i, j] * norm * w[j]
+
+
+@pytest.mark.parametrize("shape", [(1, 37, 29), (3, 7, 17), (1, 1, 1), (2, 0, 5), (1, 5, 0)])
+def test_default_runs_the_batch_and_its_rows_on_threads(shape) -> None:
+    """A batch of rows (`x[b, i, j]`, a row's sum over j): the batch and row loops are
+    one parallel loop, so a batch of 1 uses every core; right for any shape."""
+    rng = np.random.default_rng(sum(shape))
+    x, w = random_array(rng, shape, np.float32), random_array(rng, shape[2:], np.float32)
+    y = np.full_like(x, np.nan)
+    _batched_rms(x, w, y)
+    wide = x.astype(np.float64)
+    mean = (wide * wide).sum(axis=2, keepdims=True) / max(shape[2], 1)  # (no row: no mean)
+    want = wide / np.sqrt(mean + 1e-5) * w
+    np.testing.assert_allclose(y, want, rtol=2e-5, atol=1e-6)
+    steps = _steps(_batched_rms, x, w, y)
+    assert 's.collapse("b", "i")' in steps and 's.parallelize("bi")' in steps
