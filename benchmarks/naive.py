@@ -27,6 +27,20 @@ def softmax(x, y):
 
 
 @kd.kernel
+def batched_softmax(x, y):
+    """Rows in batches, here a batch of one: the batch and row loops run on threads as
+    one loop."""
+    b, i, j = kd.indices(x.shape[0], x.shape[1], x.shape[2])
+    m = kd.max(x[b, i, j], over=j)
+    e = kd.exp(x[b, i, j] - m)
+    y[b, i, j] = e / kd.sum(e, over=j)
+
+
+def _np_batched_softmax(x: np.ndarray, y: np.ndarray) -> None:
+    _np_softmax(x[0], y[0])
+
+
+@kd.kernel
 def rmsnorm(x, w, y):
     i, j = kd.indices(x.shape[0], x.shape[1])
     y[i, j] = x[i, j] * kd.rsqrt(kd.sum(x[i, j] * x[i, j], over=j) / x.shape[1] + 1e-5) * w[j]
@@ -147,7 +161,7 @@ def matmul(a, b, c):
 # ------------------------------------------------------------------ the cases
 
 
-def _rows(shape: tuple[int, int]):
+def _rows(shape: tuple[int, ...]):
     def make(rng: np.random.Generator) -> harness.Args:
         x = rng.standard_normal(shape, dtype=np.float32)
         return x, np.empty(shape, np.float32)
@@ -252,6 +266,16 @@ def cases(rows: int, cols: int, n: int) -> list[harness.Case]:
             1e-4,
         ),
         harness.Case("softmax", size, _rows(shape), softmax, _np_softmax, moved, "GB/s", 1e-5),
+        harness.Case(
+            "softmax, a batch of one",
+            f"1×{size}",
+            _rows((1, *shape)),
+            batched_softmax,
+            _np_batched_softmax,
+            moved,
+            "GB/s",
+            1e-5,
+        ),
         harness.Case("rmsnorm", size, norm_args, rmsnorm, _np_rmsnorm, moved, "GB/s", 1e-4, 1e-5),
         harness.Case(
             "argmax of each row",
@@ -423,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
         "vector's three), vectorizes each loop over a row (the softmax's three passes "
         "each) or, for rows of a few elements read by constant columns (x[i, 2]), the "
         "loop over the rows (and, in a version of its own, for rows found shorter than "
-        "a vector when it runs), parallelizes the outer loop, and keeps loops whose "
+        "a vector when it runs), parallelizes the outer loop (with the loops of rows "
+        "inside it: a batch of one), and keeps loops whose "
         "iterations may write one element serial (the histogram); it walks "
         "Fortran-ordered arrays along their first axis, makes an elementwise nest over "
         "whole C-ordered arrays one loop over all elements (collapse), gives each vector lane its "
