@@ -4,10 +4,11 @@
 `x[f // m, f % m]`, m being the rows' length. In a C-ordered array each row starts m
 elements after the one before, so that element is the array's element f counted from
 the first: its address is that of `x[0, f]` (0·stride₀ + f·stride₁, the strides being
-made from the dimensions, on the CPU and the GPU). The code generators get `x[0, f]`: no
-division, and a vector loop over f (a GPU thread's run of elements) loads and stores
-whole vectors across the rows' ends, not a masked vector per row. The same holds for any two neighbouring axes (`x[b, f // m, f % m]`) and, one
-pair after the other, for three or more collapsed loops.
+made from the dimensions, on the CPU and the GPU). The code generators get `x[0, f]`:
+no division, and a vector loop over f (a GPU thread's run of elements) loads and
+stores whole vectors across the rows' ends, not a masked vector per row. The same
+holds for any two neighbouring axes (`x[b, f // m, f % m]`) and, one pair after the
+other, for three or more collapsed loops.
 
 Not where subscripts are checked when the code runs (`checks=True`, an access the
 bounds pass marked `checked`, a subscript computed from data or a scalar argument):
@@ -142,7 +143,7 @@ class _Flattener:
                 and cols.op is BinaryOp.MOD
                 and rows.lhs == cols.lhs
                 and rows.rhs == cols.rhs
-                and equal_after(self.equal, rows.rhs, buf.shape[k + 1])
+                and equal_after(self.equal, _unclamped(rows.rhs), buf.shape[k + 1])
             ):
                 out[k], out[k + 1] = index_const(0), rows.lhs
         return tuple(out)
@@ -154,3 +155,11 @@ def _value(e: Expr, known: Mapping[str, Expr]) -> Expr:
 
 def _mentions_local(e: Expr, name: str) -> bool:
     return any(isinstance(x, LocalVar) and x.name == name for x in walk_expr(e))
+
+
+def _unclamped(m: Expr) -> Expr:
+    """`e` for collapse's `max(e, 0)`: equal to an axis's length (never negative) where
+    e is."""
+    if isinstance(m, Binary) and m.op is BinaryOp.MAX and m.rhs == index_const(0):
+        return m.lhs
+    return m

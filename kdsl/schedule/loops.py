@@ -123,9 +123,9 @@ def collapse(ctx: StepContext, outer: object, inner: object) -> str:
     """`for a in range(n): for b in range(m): body` → `for ab in range(n*m): body` with
     `a = ab // m` and `b = ab % m`: the same iterations in the same order, as one loop
     (split's inverse). A 2-D elementwise nest over C-ordered arrays becomes one stream:
-    the CPU target addresses `x[ab // m, ab % m]` of an array whose rows are m long as
-    its element ab, with no division (kdsl/ir/flatten.py), so short rows cost
-    no masked vector each."""
+    the code generators address `x[ab // m, ab % m]` of an array whose rows are m long
+    as its element ab, with no division (kdsl/ir/flatten.py), so short rows cost no
+    masked vector each."""
     opath, o = ctx.loop(outer)
     _, i = ctx.loop(inner)
     if i not in o.body:
