@@ -16,7 +16,9 @@ known only at run time get a second version of their nest for rows shorter than 
 vector, vectorized across the rows (`_short_rows_version`). A sum down the columns
 runs in blocks of columns whose sums stay in L1 (`_column_blocks`), and a reduction of
 one long loop into a value in parts on all threads (`_parts_on_threads`); a transpose
-in tiles (`_transpose_tiles`).
+in tiles (`_transpose_tiles`). An elementwise nest over whole C-ordered arrays is one
+loop over all their elements (`_collapsed_rows`), and the loop on threads takes the
+parallel loops of rows inside it along (`_with_loops_below`: a batch of one).
 
 Every step goes through the same `Schedule` as a user's, so the default prints and
 replays like any other; a step the target refuses is skipped.
@@ -106,8 +108,7 @@ def default_gpu_schedule(s: Schedule) -> None:
             if nest.kind is LoopKind.REDUCTION:
                 _try(s.bind, nest.var, "thread.x")  # one block shares the whole reduction
             continue
-        # (// and % hide a collapsed loop's spread from _collides)
-        colliding = [k for k, lp in enumerate(chain) if _collides(lp) and not collapsed]
+        colliding = [k for k, lp in enumerate(chain) if _collides(lp, collapsed)]
         if colliding:  # the loops down to it run in order, in one block (blocks can't
             rest = chain[colliding[-1] + 1 :]  # sit inside them): its threads share the rest
             if rest:
@@ -186,7 +187,7 @@ def _schedule_nest(s: Schedule, nest: Loop) -> None:
         return
     if fortran and len(vectors) == 1:
         nest, vectors = _vector_loop_inside(s, nest, vectors[0])
-    spread = collapsed is not None or not _collides(nest)  # (// and % hide it from _collides)
+    spread = not _collides(nest, collapsed)
     parallel = nest if nest.kind is LoopKind.PARALLEL and spread else None
     if parallel is not None and [v.var for v in vectors] == [parallel.var]:
         if isinstance(nest.extent, Const) and int(nest.extent.value) <= SPLIT_1D:
@@ -210,13 +211,13 @@ def _schedule_nest(s: Schedule, nest: Loop) -> None:
 
 def _with_loops_below(s: Schedule, name: str, last: str | None = None) -> str:
     """The loop to run on threads: loop `name` and the parallel loops perfectly nested
-    in it that hold loops, down to the first annotated one (a vector loop, unrolled rows) or to `last`
-    (a contraction's tiles of rows: a thread's band of rows reads each row of A once),
-    collapsed into one (`collapse`): a batch of 1 (`x[b, i, j]` of shape (1, 4096,
-    1000)) ran on one thread, as did the odd batch out (3 on 2 threads). Each iteration
-    divides once for its batch and row (kdsl/ir/flatten.py drops the division from
-    C-ordered arrays' addresses). Zen 2, a row softmax of (1, 4096, 1000): 5.2 → 2.6 ms.
-    The name of the loop."""
+    in it that hold loops, down to the first annotated one (a vector loop, unrolled
+    rows) or to `last` (a contraction's tiles of rows: a thread's band of rows reads
+    each row of A once), collapsed into one (`collapse`): a batch of 1 (`x[b, i, j]` of
+    shape (1, 4096, 1000)) ran on one thread, as did the odd batch out (3 on 2 threads).
+    Each iteration divides once for its batch and row (kdsl/ir/flatten.py drops the
+    division from C-ordered arrays' addresses). Zen 2, a row softmax of (1, 4096,
+    1000): 5.2 → 2.6 ms. The name of the loop."""
     loop: Stmt = _loop(s.kernel, name)
     below: list[str] = []
     while (
@@ -591,13 +592,17 @@ def _child_loops(body: tuple[Stmt, ...]) -> list[Loop]:
     return found
 
 
-def _collides(loop: Loop) -> bool:
+def _collides(loop: Loop, collapsed: tuple[Loop, Loop] | None = None) -> bool:
     """Whether two iterations of `loop` may write one element: a store inside it (to an
     array it doesn't allocate) none of whose subscripts takes a different value in each
     iteration (`H[idx[i]] += 1`, `y[j // 4] += x[j]`, `y[perm[i], j]` for i; not
     `y[perm[i], j]` for j). Its lanes would read an element before any lane wrote it
     (counts lost), its threads write it in any order: it stays serial, in the serial
-    order (a user's `vectorize` or `bind` is the user's promise that they never meet)."""
+    order (a user's `vectorize` or `bind` is the user's promise that they never meet).
+    Not the loop `_collapsed_rows` made (`collapsed`'s second), which spreads over its
+    arrays' rows and columns together (`y[ij // m, ij % m]`: `//` and `%` hide it)."""
+    if collapsed is not None and loop.var == collapsed[1].var:
+        return False
     inside = {st.buffer for st in walk_stmts(loop.body) if isinstance(st, Allocate)}
     return any(
         isinstance(st, Store)

@@ -315,3 +315,25 @@ def test_default_runs_the_batch_and_its_rows_on_threads(shape) -> None:
     np.testing.assert_allclose(y, want, rtol=2e-5, atol=1e-6)
     steps = _steps(_batched_rms, x, w, y)
     assert 's.collapse("b", "i")' in steps and 's.parallelize("bi")' in steps
+
+
+def test_a_colliding_loop_around_collapsed_rows_stays_in_order() -> None:
+    """`y[a, idx[b], i, j] += …`: the rows (i, j) collapse, but two b may write one
+    element, so b runs in order on the CPU and is bound to no GPU blocks."""
+
+    @kd.kernel
+    def scatter(x, idx, y):
+        for a, b, i, j in kd.grid(x.shape):
+            y[a, idx[b], i, j] += x[a, b, i, j]
+
+    rng = np.random.default_rng(15)
+    x = random_array(rng, (2, 37, 5, 3), np.float32)
+    idx = rng.integers(0, 2, 37)
+    y = np.zeros((2, 2, 5, 3), np.float32)
+    scatter(x, idx, y)
+    want = np.zeros((2, 2, 5, 3))
+    np.add.at(want, (slice(None), idx), x.astype(np.float64))
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)  # (f32 sums of 37)
+    traced, _ = scatter._traced((x, idx, y), {})
+    gpu = str(scatter.scheduled(traced, kd.cuda)).splitlines()[1:]
+    assert gpu[0] == 's.collapse("i", "j")' and not any('"b"' in step for step in gpu)
