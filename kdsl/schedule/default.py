@@ -197,45 +197,44 @@ def _schedule_nest(s: Schedule, nest: Loop) -> None:
             vectors = [_loop(s.kernel, inner)]
             parallel = _loop(s.kernel, outer)
     tiled = _register_tiles(s, nest, vectors)
-    last = None
     if tiled is not None:  # (its vector loop vectorized)
-        rows, last = tiled
+        rows, tiles = tiled
         vectors = []
         if parallel is not None and parallel.var == rows:
-            parallel = _loop(s.kernel, last)
+            parallel = _loop(s.kernel, tiles)
     for vector in vectors:
         _try(s.vectorize, vector.var, _width(s.kernel, vector))
     if parallel is not None:
-        _try(s.parallelize, _with_loops_below(s, parallel.var, last))
+        _try(s.parallelize, _with_loops_below(s, parallel.var))
 
 
-def _with_loops_below(s: Schedule, name: str, last: str | None = None) -> str:
+def _with_loops_below(s: Schedule, name: str) -> str:
     """The loop to run on threads: loop `name` and the parallel loops perfectly nested
-    in it that hold loops, down to the first annotated one (a vector loop, unrolled
-    rows) or to `last` (a contraction's tiles of rows: a thread's band of rows reads
-    each row of A once), collapsed into one (`collapse`): a batch of 1 (`x[b, i, j]` of
-    shape (1, 4096, 1000)) ran on one thread, as did the odd batch out (3 on 2 threads).
-    Each iteration divides once for its batch and row (kdsl/ir/flatten.py drops the
-    division from C-ordered arrays' addresses). Zen 2, a row softmax of (1, 4096,
-    1000): 5.2 → 2.6 ms. The name of the loop."""
+    in it that hold loops, down to the first annotated one (a vector loop), collapsed
+    into one (`collapse`) where every array reads them as neighbouring axes of C order
+    (`x[b, i, j]`): a batch of 1 (shape (1, 4096, 1000)) ran on one thread, as did the
+    odd batch out (3 on 2 threads). kdsl/ir/flatten.py drops the division from the
+    addresses. Zen 2, a row softmax of (1, 4096, 1000): 5.2 → 2.6 ms. The name of the
+    loop."""
     loop: Stmt = _loop(s.kernel, name)
-    below: list[str] = []
-    while (
-        isinstance(loop, Loop)
-        and loop.var != last
-        and len(loop.body) == 1
-        and isinstance(loop.body[0], Loop)
-    ):
+    below: list[Loop] = []
+    while isinstance(loop, Loop) and len(loop.body) == 1 and isinstance(loop.body[0], Loop):
         loop = loop.body[0]
         if loop.kind is not LoopKind.PARALLEL or loop.exec is not LoopExec.SERIAL:
             break
         if _collides(loop) or not _child_loops(loop.body):
             break  # (innermost: a division an element, which no vector loop shares)
-        below.append(loop.var)
+        below.append(loop)
+    # only where the arrays' addresses lose the division: elsewhere (a transposed
+    # x[i, b, j], a tile's x[b, 6·io + ii, k], i as a value) it would stay in the inner
+    # loops, and a batched matmul ran 1.7× slower
+    top = _loop(s.kernel, name)
+    while below and not _whole_rows(s.kernel, [top, *below], trailing=False):
+        below.pop()
     try:
         with s._all_or_none():
             for inner in below:
-                name = s.collapse(name, inner)
+                name = s.collapse(name, inner.var)
     except ScheduleError:
         pass  # (an extent that depends on the loop around it: the outer loop alone)
     return name
@@ -268,20 +267,22 @@ def _collapsed_rows(s: Schedule, nest: Loop) -> tuple[Loop, Loop] | None:
     return None
 
 
-def _whole_rows(kernel: Kernel, loops: list[Loop]) -> bool:
+def _whole_rows(kernel: Kernel, loops: list[Loop], trailing: bool = True) -> bool:
     """Whether the body of the innermost of `loops` (a perfect nest) stores only to, and
     reads their variables only as, `x[…, i, j]`: the loops' variables in order ending
-    the subscripts of a C-ordered array whose axes they run over fully (the subscripts
-    before them free of those variables)."""
+    the subscripts (with `trailing=False`, anywhere in them: `x[b, i, j]` for loops b
+    and i) of a C-ordered array whose axes they run over fully (the other subscripts
+    free of those variables)."""
     rows = tuple(LoopVar(lp.var) for lp in loops)
 
     def whole(name: str, index: tuple[Expr, ...]) -> bool:
         buf = kernel.buffer(name)
-        lead = len(index) - len(rows)
+        starts = [len(index) - len(rows)] if trailing else range(len(index) - len(rows) + 1)
+        lead = next((p for p in starts if p >= 0 and index[p : p + len(rows)] == rows), -1)
+        others = index[:lead] + index[lead + len(rows) :]
         return (
             lead >= 0
-            and index[lead:] == rows
-            and not any(_mentions(i, lp.var) for i in index[:lead] for lp in loops)
+            and not any(_mentions(i, lp.var) for i in others for lp in loops)
             and (buf.contiguous or buf.role is not BufferRole.PARAM)
             and not buf.fortran
             and all(

@@ -337,3 +337,31 @@ def test_a_colliding_loop_around_collapsed_rows_stays_in_order() -> None:
     traced, _ = scatter._traced((x, idx, y), {})
     gpu = str(scatter.scheduled(traced, kd.cuda)).splitlines()[1:]
     assert gpu[0] == 's.collapse("i", "j")' and not any('"b"' in step for step in gpu)
+
+
+def test_default_keeps_batches_whose_rows_are_not_whole_on_their_own_loop() -> None:
+    """A transposed read (`x[i, b, j]`) or a row index used as a value: the batch loop
+    alone runs on threads (collapsed, each row would divide for its indices)."""
+
+    @kd.kernel
+    def transposed_sums(x, y):
+        b, i, j = kd.indices(x.shape[1], x.shape[0], x.shape[2])
+        y[b, i] = kd.sum(x[i, b, j], over=j)
+
+    @kd.kernel
+    def ramp(x, y):
+        b, i, j = kd.indices(x.shape[0], x.shape[1], x.shape[2])
+        y[b, i, j] = x[b, i, j] * i + kd.sum(x[b, i, j], over=j)
+
+    rng = np.random.default_rng(16)
+    x = random_array(rng, (5, 3, 17), np.float32)
+    y = np.zeros((3, 5), np.float32)
+    transposed_sums(x, y)
+    np.testing.assert_allclose(y, x.sum(axis=2).T, rtol=1e-5, atol=1e-6)
+    z = np.zeros_like(x)
+    ramp(x, z)
+    i = np.arange(3, dtype=np.float32)[None, :, None]
+    np.testing.assert_allclose(z, x * i + x.sum(axis=2, keepdims=True), rtol=1e-5, atol=1e-5)
+    for kernel, args in [(transposed_sums, (x, y)), (ramp, (x, z))]:
+        steps = _steps(kernel, *args)
+        assert not any("collapse" in step for step in steps) and 's.parallelize("b")' in steps

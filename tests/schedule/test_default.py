@@ -82,9 +82,9 @@ def batched_matmul(A, B, C):
     C[b, i, j] = kd.sum(A[b, i, k] * B[b, k, j], over=k)
 
 
-def test_a_batch_of_contractions_runs_its_batches_and_row_tiles_on_threads():
-    """The batch loop and the tiles of rows collapse into one parallel loop (a batch of
-    one still uses every core); the column tiles stay inside a thread's band of rows."""
+def test_a_batch_of_contractions_keeps_its_batch_loop_parallel():
+    """The batch loop alone runs on threads: collapsed with the tiles of rows, the
+    division for a tile's rows (`6·io + ii`) stayed in the loop over k (1.7× slower)."""
     a = np.ones((2, 7, 9), np.float32)
     steps = str(batched_matmul.schedule_of(a, a[:, :, :7].copy(), a.copy())).splitlines()
     assert steps[1:] == [
@@ -92,8 +92,7 @@ def test_a_batch_of_contractions_runs_its_batches_and_row_tiles_on_threads():
         's.reorder("ji", "k", "ii")',
         's.unroll("ii")',
         's.vectorize("ji", 16)',
-        's.collapse("b", "io")',
-        's.parallelize("bio")',
+        's.parallelize("b")',
     ], steps
     rng = np.random.default_rng(4)
     a, b = random_array(rng, (3, 13, 5), np.float32), random_array(rng, (3, 5, 17), np.float32)
