@@ -196,6 +196,8 @@ def _schedule_nest(s: Schedule, nest: Loop) -> None:
             outer, inner = s.split(nest.var, SPLIT_1D)
             vectors = [_loop(s.kernel, inner)]
             parallel = _loop(s.kernel, outer)
+    elif parallel is not None and collapsed is not None:
+        parallel, vectors = _chunks_with_batches(s, parallel, collapsed[1])
     tiled = _register_tiles(s, nest, vectors)
     if tiled is not None:  # (its vector loop vectorized)
         rows, tiles = tiled
@@ -206,6 +208,30 @@ def _schedule_nest(s: Schedule, nest: Loop) -> None:
         _try(s.vectorize, vector.var, _width(s.kernel, vector))
     if parallel is not None:
         _try(s.parallelize, _with_loops_below(s, parallel.var))
+
+
+def _chunks_with_batches(s: Schedule, top: Loop, rows: Loop) -> tuple[Loop, list[Loop]]:
+    """Collapsed rows inside batch loops (`y[b, i, j] = x[b, i, j] · s[b]`, rows `ij`):
+    the rows in chunks of SPLIT_1D elements, and the batches with the chunks as the loop
+    on threads (a batch of one ran on one core), dividing once a chunk. Zen 2, 6M floats
+    scaled per batch: a batch of 1 2.5 → 1.7 ms, of 3 2.1 → 1.8 ms, of 4 1.64 either
+    way. The loop on threads and the vector loop."""
+    if isinstance(rows.extent, Const) and int(rows.extent.value) <= SPLIT_1D:
+        return top, [rows]
+    names = [lp.var for lp in _parallel_chain(_loop(s.kernel, top.var))]
+    if rows.var not in names or any(
+        _collides(_loop(s.kernel, n)) for n in names[1 : names.index(rows.var)]
+    ):
+        return top, [rows]  # (a loop of them may write one element twice: in order)
+    try:
+        with s._all_or_none():
+            chunks, lanes = s.split(rows.var, SPLIT_1D)
+            name = top.var
+            for inner in names[1 : names.index(rows.var)] + [chunks]:
+                name = s.collapse(name, inner)
+    except ScheduleError:
+        return top, [rows]
+    return _loop(s.kernel, name), [_loop(s.kernel, lanes)]
 
 
 def _with_loops_below(s: Schedule, name: str) -> str:

@@ -217,7 +217,8 @@ def test_default_collapses_elementwise_nests_over_whole_arrays() -> None:
 
 def test_default_collapses_the_inner_loops_of_a_batch() -> None:
     """`y[b, i, j] = x[b, i, j] * s[b]` and `y[b, i, j] = x[i, j] + 1`: the loops over
-    each batch's rows and columns collapse, the batch's loop stays around them."""
+    each batch's rows and columns collapse, in chunks that run on threads together with
+    the batches (a batch of one uses every core)."""
 
     @kd.kernel
     def scaled(x, s, y):
@@ -230,7 +231,7 @@ def test_default_collapses_the_inner_loops_of_a_batch() -> None:
             y[b, i, j] = x[i, j] + 1
 
     rng = np.random.default_rng(14)
-    for shape in [(0, 3, 3), (2, 0, 3), (2, 3, 0), (1, 1, 1), (3, 37, 5)]:
+    for shape in [(0, 3, 3), (2, 0, 3), (2, 3, 0), (1, 1, 1), (3, 37, 5), (2, 5000, 3)]:
         x, y = random_array(rng, shape, np.float32), np.zeros(shape, np.float32)
         s = random_array(rng, shape[:1], np.float32)
         scaled(x, s, y)
@@ -240,7 +241,12 @@ def test_default_collapses_the_inner_loops_of_a_batch() -> None:
         np.testing.assert_allclose(y, np.broadcast_to(rows + 1, shape), rtol=1e-6)
     for kernel, args in [(scaled, (x, s, y)), (repeated, (rows, y))]:
         steps = _steps(kernel, *args)
-        assert steps[0] == 's.collapse("i", "j")' and 's.parallelize("b")' in steps
+        assert steps[:3] == [
+            's.collapse("i", "j")',
+            'ijo, iji = s.split("ij", 8192)',
+            's.collapse("b", "ijo")',
+        ]
+        assert 's.parallelize("bijo")' in steps
 
 
 def test_default_keeps_nests_that_need_their_rows() -> None:
@@ -334,6 +340,7 @@ def test_a_colliding_loop_around_collapsed_rows_stays_in_order() -> None:
     want = np.zeros((2, 2, 5, 3))
     np.add.at(want, (slice(None), idx), x.astype(np.float64))
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)  # (f32 sums of 37)
+    assert _steps(scatter, x, idx, y)[-1] == 's.parallelize("a")'
     traced, _ = scatter._traced((x, idx, y), {})
     gpu = str(scatter.scheduled(traced, kd.cuda)).splitlines()[1:]
     assert gpu[0] == 's.collapse("i", "j")' and not any('"b"' in step for step in gpu)
