@@ -175,10 +175,11 @@ def _bind_blocks(s: Schedule, loops: list[Loop]) -> None:
 
 def _schedule_nest(s: Schedule, nest: Loop) -> None:
     fortran = _fortran(s.kernel)
-    vectors = _vector_loops(nest, fortran, _short_rows(s.kernel))
     collapsed = _collapsed_rows(s, nest)
     if collapsed is not None:  # (its accesses, x[f // m, f % m], run in unit stride)
         nest, vectors = collapsed[0], [collapsed[1]]
+    else:
+        vectors = _vector_loops(nest, fortran, _short_rows(s.kernel))
     if not fortran:  # (these read C order's rows as the contiguous axis)
         _short_rows_version(s, nest, vectors)
         if _column_blocks(s, nest, vectors) or _transpose_tiles(s, nest, vectors):
@@ -242,7 +243,8 @@ def _with_loops_below(s: Schedule, name: str) -> str:
     odd batch out (3 on 2 threads). kdsl/ir/flatten.py drops the division from the
     addresses. Zen 2, a row softmax of (1, 4096, 1000): 5.2 → 2.6 ms. The name of the
     loop."""
-    loop: Stmt = _loop(s.kernel, name)
+    top = _loop(s.kernel, name)
+    loop: Stmt = top
     below: list[Loop] = []
     while isinstance(loop, Loop) and len(loop.body) == 1 and isinstance(loop.body[0], Loop):
         loop = loop.body[0]
@@ -254,7 +256,6 @@ def _with_loops_below(s: Schedule, name: str) -> str:
     # only where the arrays' addresses lose the division: elsewhere (a transposed
     # x[i, b, j], a tile's x[b, 6·io + ii, k], i as a value) it would stay in the inner
     # loops, and a batched matmul ran 1.7× slower
-    top = _loop(s.kernel, name)
     while below and not _whole_rows(s.kernel, [top, *below], trailing=False):
         below.pop()
     try:
