@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import difflib
 import json
-import os
 import sys
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -23,6 +22,7 @@ from kdsl.ir.nodes import Kernel, Loop
 from kdsl.ir.passes import lower
 from kdsl.schedule import caching, fusion, loops, rfactor, stages
 from kdsl.schedule.step import Step, StepContext, plain
+from kdsl.trace.frames import kdsls_own
 from kdsl.types import DType, as_dtype
 
 VectorCheck = Callable[[Loop, Kernel], "str | None"]
@@ -60,10 +60,6 @@ class _ByIdentity:
 traced_kernels = _ByIdentity()
 
 
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_LIBRARY_DIR = os.path.join(_PACKAGE_DIR, "kernels")
-
-
 def choice_text(value: object) -> str:
     """A choice's JSON text: how the autotuner and the tuning database tell choices apart
     (a tuple and a list of the same items are one choice; repr for what JSON can't hold)."""
@@ -75,7 +71,7 @@ def _caller() -> SourceLoc | None:
     frame = sys._getframe(1)
     while frame is not None:
         path = frame.f_code.co_filename
-        if not path.startswith(_PACKAGE_DIR) or path.startswith(_LIBRARY_DIR):
+        if not kdsls_own(path):
             return SourceLoc(path, frame.f_lineno)
         frame = frame.f_back  # type: ignore[assignment]
     return None

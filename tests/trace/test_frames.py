@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 
 import numpy as np
@@ -125,6 +126,25 @@ def test_names_inside_a_kernel_come_from_its_frame():
 
     text = str(k.ir(np.ones((2, 2), np.float32), np.ones((2, 2), np.float32)))
     assert "for row in" in text and "for col in" in text
+
+
+@pytest.mark.parametrize("folder", ["kernels", "examples"])
+def test_kernels_shipped_inside_the_package_are_users_code(folder):
+    """An installed wheel holds kdsl.kernels and kdsl.examples inside the package (an
+    editable install beside it): their kernels' loops are named as a user's are, which
+    their schedules rely on (the int8 llama2 kernel's fuse("r", ...))."""
+    source = (
+        "@kd.kernel\n"
+        "def k(x, y):\n"
+        "    row, col = kd.indices(x.shape[0], x.shape[1])\n"
+        "    y[row, col] = x[row, col]\n"
+    )
+    path = os.path.join(os.path.dirname(os.path.abspath(kd.__file__)), folder, "shipped.py")
+    namespace = {"kd": kd}
+    exec(compile(source, path, "exec"), namespace)
+    text = str(namespace["k"].ir(np.ones((2, 2), np.float32), np.ones((2, 2), np.float32)))
+    assert "for row in" in text and "for col in" in text
+    assert user_frame() is not None
 
 
 # ------------------------------------------------------------------------- location
