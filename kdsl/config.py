@@ -40,6 +40,15 @@ def available_cores() -> int:
 
 
 _KDSL_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+# kdsl.kernels and kdsl.examples are kernels written with kdsl, as a user's are (an
+# installed wheel holds them inside the package, an editable install beside it)
+_USERS_DIRS = tuple(os.path.join(_KDSL_DIR, d) + os.sep for d in ("kernels", "examples"))
+
+
+def kdsls_own(path: str) -> bool:
+    """Whether the source file at `path` is kdsl's machinery rather than code that uses
+    it: the frames a trace skips to find the user's line."""
+    return path.startswith(_KDSL_DIR) and not path.startswith(_USERS_DIRS)
 
 
 def user_stacklevel() -> int:

@@ -17,12 +17,12 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from kdsl.config import kdsls_own
 from kdsl.errors import ScheduleError, SourceLoc
 from kdsl.ir.nodes import Kernel, Loop
 from kdsl.ir.passes import lower
 from kdsl.schedule import caching, fusion, loops, rfactor, stages
 from kdsl.schedule.step import Step, StepContext, plain
-from kdsl.trace.frames import kdsls_own
 from kdsl.types import DType, as_dtype
 
 VectorCheck = Callable[[Loop, Kernel], "str | None"]

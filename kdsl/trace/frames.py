@@ -11,19 +11,11 @@ from types import CodeType, FrameType, ModuleType
 
 import numpy as np
 
+from kdsl.config import kdsls_own
 from kdsl.errors import SourceLoc
 
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
-# kdsl.kernels and kdsl.examples are kernels written with kdsl, as a user's are (an
-# installed wheel holds them inside the package, an editable install beside it)
-_USERS_DIRS = tuple(os.path.join(_PACKAGE_DIR, d) + os.sep for d in ("kernels", "examples"))
 _NUMPY_DIR = os.path.dirname(os.path.abspath(np.__file__)) + os.sep
 _CONTEXTLIB = contextlib.__file__
-
-
-def kdsls_own(path: str) -> bool:
-    """Whether the source file at `path` is kdsl's machinery rather than code that uses it."""
-    return path.startswith(_PACKAGE_DIR) and not path.startswith(_USERS_DIRS)
 
 
 def _is_internal(code: CodeType) -> bool:
