@@ -41,6 +41,7 @@ from kdsl.examples.llama2_format import (
 from kdsl.examples.llama2_reference import Sampler, add_options, generate, read_tokenizer
 from kdsl.kernels import quant
 from kdsl.kernels.attention import decode_kernel
+from kdsl.kernels.hugepages import HugePageArena
 from kdsl.kernels.matvec import matvec_for
 
 import kdsl as kd
@@ -316,11 +317,15 @@ def ggml_input(fmt: str, size: int) -> QuantizedInput:
 # ---------------------------------------------------------------------- the layers' matrices
 
 
-class Float32Linear:
-    """y = W x for a float32 W [rows, cols] (a view of the checkpoint, no copy)."""
+# Each matrix is copied out of the memory-mapped checkpoint into a HugePageArena: read
+# once per token, it streams faster from huge pages than from the file's 4 KiB ones.
 
-    def __init__(self, w: np.ndarray):
-        self.w = np.ascontiguousarray(w, np.float32)
+
+class Float32Linear:
+    """y = W x for a float32 W [rows, cols]."""
+
+    def __init__(self, w: np.ndarray, arena: HugePageArena):
+        self.w = arena.copy(np.asarray(w, np.float32))
         self.product, self.add_product = (matvec_for(w.shape[1], a) for a in (False, True))
 
     def __call__(self, x: np.ndarray, y: np.ndarray) -> None:
@@ -345,8 +350,8 @@ class _QuantizedLinear:
 class Int8Linear(_QuantizedLinear):
     """llama2.c's version-2 int8 rows with a float32 scale per group."""
 
-    def __init__(self, q: np.ndarray, s: np.ndarray):
-        self.q, self.s = q, s
+    def __init__(self, q: np.ndarray, s: np.ndarray, arena: HugePageArena):
+        self.q, self.s = arena.copy(q), arena.copy(s)
         self.group = q.shape[1] // s.shape[1]
         if not self.group % 4 == 0:
             raise ValueError(f"int8 group size {self.group} is not a multiple of 4")
@@ -359,8 +364,8 @@ class Int8Linear(_QuantizedLinear):
 class GgmlLinear(_QuantizedLinear):
     """GGML's Q8_0 or Q4_0 rows; activations quantized to Q8_0 per block, as GGML does."""
 
-    def __init__(self, w: quant.QTensor):
-        self.d, self.q = w.d, w.q
+    def __init__(self, w: quant.QTensor, arena: HugePageArena):
+        self.d, self.q = arena.copy(w.d), arena.copy(w.q)
         self.kernel = quant.q8_0_dot_q8_0 if w.format == "q8_0" else quant.q4_0_dot_q8_0
 
     def __call__(self, x: tuple[np.ndarray, ...], y: np.ndarray) -> None:
@@ -433,14 +438,18 @@ class Transformer:
 
 def _float_model(c: Config, w: Weights, quant_format: str | None):
     """Layers for float32 weights as they are, or re-quantized to a GGML format."""
+    arena = HugePageArena()
     if quant_format is None:
-        linear: Callable[[np.ndarray], object] = Float32Linear
+
+        def linear(m: np.ndarray) -> object:
+            return Float32Linear(m, arena)
+
         inputs: Callable[[int], object] = Float32Input
     elif quant_format in quant.FORMATS:
         _check_blocks(c, quant_format)
 
-        def linear(m: np.ndarray) -> GgmlLinear:
-            return GgmlLinear(quant.quantize(m, quant_format))
+        def linear(m: np.ndarray) -> object:
+            return GgmlLinear(quant.quantize(m, quant_format), arena)
 
         inputs = functools.partial(ggml_input, quant_format)
     else:
@@ -473,23 +482,28 @@ def _check_blocks(c: Config, quant_format: str) -> None:
 
 
 def _int8_model(c: Config, w: QWeights):
+    arena = HugePageArena()
     layers = []
     for n in range(c.n_layers):
         qkv = Int8Linear(
             np.concatenate([w.wq.q[n], w.wk.q[n], w.wv.q[n]]),
             np.concatenate([w.wq.s[n], w.wk.s[n], w.wv.s[n]]),
+            arena,
         )
         w13 = Int8Linear(
-            np.concatenate([w.w1.q[n], w.w3.q[n]]), np.concatenate([w.w1.s[n], w.w3.s[n]])
+            np.concatenate([w.w1.q[n], w.w3.q[n]]),
+            np.concatenate([w.w1.s[n], w.w3.s[n]]),
+            arena,
         )
-        wo, w2 = Int8Linear(w.wo.q[n], w.wo.s[n]), Int8Linear(w.w2.q[n], w.w2.s[n])
+        wo = Int8Linear(w.wo.q[n], w.wo.s[n], arena)
+        w2 = Int8Linear(w.w2.q[n], w.w2.s[n], arena)
         layers.append(Layer(w.rms_att[n], qkv, wo, w.rms_ffn[n], w13, w2))
     table = w.token_embedding
 
     def embed(token: int, x: np.ndarray) -> None:
         dequantize_row(table.q[token], table.s[token], x)
 
-    classifier = Int8Linear(w.wcls.q, w.wcls.s)
+    classifier = Int8Linear(w.wcls.q, w.wcls.s, arena)
     return layers, classifier, embed, functools.partial(int8_input, classifier.group)
 
 

@@ -148,6 +148,30 @@ def test_requantized_to_ggml(blocked, quant_format: str) -> None:
     _within(_agree(*fmt.read_checkpoint(blocked["float32"]), quant_format), quantized=True)
 
 
+@pytest.mark.parametrize("kind", ["float32", "int8", "q4_0"])
+def test_matrices_are_copied_out_of_the_memory_mapped_file(tiny, blocked, kind: str) -> None:
+    """Every matrix a token streams is a copy in a HugePageArena (the file's pages are
+    4 KiB) holding the file's values."""
+    path = tiny["int8"] if kind == "int8" else (blocked if kind == "q4_0" else tiny)["float32"]
+    config, weights = fmt.read_checkpoint(path)
+    model = runner.Transformer(config, weights, "q4_0" if kind == "q4_0" else None)
+    linears = [model.classifier] + [
+        getattr(layer, name) for layer in model.layers for name in ("qkv", "wo", "w13", "w2")
+    ]
+    file = np.memmap(path, np.uint8, mode="r")
+    for linear in linears:
+        arrays = [a for a in vars(linear).values() if isinstance(a, np.ndarray)]
+        assert arrays and not any(np.shares_memory(a, file) for a in arrays)
+    wo = model.layers[1].wo
+    if kind == "float32":
+        np.testing.assert_array_equal(wo.w, weights.wo[1])
+    elif kind == "int8":
+        np.testing.assert_array_equal(wo.q, weights.wo.q[1])
+        np.testing.assert_array_equal(wo.s, weights.wo.s[1])
+    else:
+        np.testing.assert_array_equal(wo.q, quant.quantize(weights.wo[1], "q4_0").q)
+
+
 def test_the_command_line_prints_text_and_speed(tiny, capsys) -> None:
     argv = [str(tiny["float32"]), "-z", str(tiny["tokenizer"]), "-t", "0", "-n", "40", "-i", "the"]
     assert runner.main(argv) == 0
