@@ -27,10 +27,13 @@ import kdsl as kd
 LANE = 16
 
 
-def row_sums(term: Callable[..., object], rows, cols, store: Callable[..., None]) -> None:
-    """store(i, Σ_j term(i, j)) for every row i < rows, j < cols, summed in lanes."""
-    i, jo, lane = kd.indices(rows, cols // LANE, LANE)
-    tail = kd.indices(cols % LANE, names="tail")
+def row_sums(
+    term: Callable[..., object], rows, cols, store: Callable[..., None], prefix: str = ""
+) -> None:
+    """store(i, Σ_j term(i, j)) for every row i < rows, j < cols, summed in lanes; the
+    loops are named i, jo, lane and tail after `prefix` (several products in a kernel)."""
+    i, jo, lane = kd.indices(rows, cols // LANE, LANE, names=f"{prefix}i {prefix}jo {prefix}lane")
+    tail = kd.indices(cols % LANE, names=f"{prefix}tail")
     full = LANE * (cols // LANE)
     part = kd.empty((rows, LANE), kd.f32)
     part[i, lane] = kd.sum(term(i, LANE * jo + lane), over=jo)
@@ -41,32 +44,36 @@ LONG_ROW = 768  # columns from which several rows at a time read faster than one
 PREFETCH = 64  # one row at a time: a hint this many vectors (4 KiB) ahead of the reads
 
 
-def row_streams(s, rows: tuple[int, ...] = (8, 4, 2, 1), matrix: str = "w") -> None:
+def row_streams(
+    s, rows: tuple[int, ...] = (8, 4, 2, 1), matrix: str = "w", prefix: str = ""
+) -> None:
     """`rows` rows at a time in the loop over the columns, their lanes in registers, on
     all cores; the rows' final sums in a parallel loop of their own. One row at a time,
     its sum follows its lanes in the same parallel loop, and the rows of `matrix` are
-    prefetched ahead of the reads (see docs/schedules.md, "Streams from DRAM")."""
-    tile = s.param("rows", list(one_row_first(rows)))
+    prefetched ahead of the reads (see docs/schedules.md, "Streams from DRAM"). `prefix`:
+    row_sums' (its params take the same one)."""
+    i, jo, lane = (prefix + name for name in ("i", "jo", "lane"))
+    tile = s.param(f"{prefix}rows", list(one_row_first(rows)))
     if tile == 1:
-        s.fuse("i", "i.1")
-        s.reorder("jo", "lane")
-        s.vectorize("lane", LANE)
-        s.parallelize("i")
-        ahead = s.param("prefetch", stream_hints_first(PREFETCH))  # vectors ahead, 0: none
+        s.fuse(i, f"{i}.1")
+        s.reorder(jo, lane)
+        s.vectorize(lane, LANE)
+        s.parallelize(i)
+        ahead = s.param(f"{prefix}prefetch", stream_hints_first(PREFETCH))  # 0: none
         if ahead:
-            s.prefetch(matrix, "jo", ahead)
+            s.prefetch(matrix, jo, ahead)
         return
-    outer, rest = s.split("i", tile)
-    s.reorder(outer, "lane", "jo", rest)
-    s.vectorize("lane", LANE)
+    outer, rest = s.split(i, tile)
+    s.reorder(outer, lane, jo, rest)
+    s.vectorize(lane, LANE)
     s.unroll(rest)
     s.parallelize(outer)
-    s.parallelize("i.1")
+    s.parallelize(f"{i}.1")
 
 
-def short_rows(s) -> None:
+def short_rows(s, matrix: str = "w", prefix: str = "") -> None:
     """row_streams, one row at a time unless tuned otherwise."""
-    row_streams(s, (1, 8, 4, 2))
+    row_streams(s, (1, 8, 4, 2), matrix, prefix)
 
 
 def _example(rows: int, cols: int) -> dict[str, kd.Spec]:

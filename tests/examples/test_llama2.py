@@ -20,6 +20,10 @@ from tests.helpers import random_array, run_config
 STEPS = 72
 # TINY's hidden size (172) is no multiple of GGML's 32-value blocks; this one is.
 BLOCKED = dataclasses.replace(fmt.TINY, hidden_dim=160)
+# no size a multiple of a vector (heads of 14), five query heads to one kv head
+ODD = fmt.Config(
+    dim=70, hidden_dim=101, n_layers=2, n_heads=5, n_kv_heads=1, vocab_size=263, seq_len=80
+)
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +147,13 @@ def test_llama2_c_files(tiny, kind: str) -> None:
     _within(_agree(*fmt.read_checkpoint(tiny[kind])), quantized=kind == "int8")
 
 
+def test_float32_layers_of_odd_sizes(tmp_path) -> None:
+    """The float32 layer kernel (one call a layer) with sizes that are no multiple of
+    its vectors, grouped-query attention and a cache filled to 72 positions of 80."""
+    path = fmt.write_checkpoint(tmp_path, ODD, seed=6, kinds=("float32",))["float32"]
+    _within(_agree(*fmt.read_checkpoint(path)), quantized=False)
+
+
 @pytest.mark.parametrize("quant_format", ["q8_0", "q4_0"])
 def test_requantized_to_ggml(blocked, quant_format: str) -> None:
     _within(_agree(*fmt.read_checkpoint(blocked["float32"]), quant_format), quantized=True)
@@ -155,17 +166,22 @@ def test_matrices_are_copied_out_of_the_memory_mapped_file(tiny, blocked, kind: 
     path = tiny["int8"] if kind == "int8" else (blocked if kind == "q4_0" else tiny)["float32"]
     config, weights = fmt.read_checkpoint(path)
     model = runner.Transformer(config, weights, "q4_0" if kind == "q4_0" else None)
-    linears = [model.classifier] + [
+    file = np.memmap(path, np.uint8, mode="r")
+    if kind == "float32":  # one kernel per layer
+        arrays = [a for layer in model.layers for a in layer.weights]
+        arrays += [model.head.rms, model.head.w]
+        assert not any(np.shares_memory(a, file) for a in arrays)
+        np.testing.assert_array_equal(model.layers[1].weights[2], weights.wo[1])
+        np.testing.assert_array_equal(model.head.w, weights.wcls)
+        return
+    linears = [model.head.classifier] + [
         getattr(layer, name) for layer in model.layers for name in ("qkv", "wo", "w13", "w2")
     ]
-    file = np.memmap(path, np.uint8, mode="r")
     for linear in linears:
         arrays = [a for a in vars(linear).values() if isinstance(a, np.ndarray)]
         assert arrays and not any(np.shares_memory(a, file) for a in arrays)
     wo = model.layers[1].wo
-    if kind == "float32":
-        np.testing.assert_array_equal(wo.w, weights.wo[1])
-    elif kind == "int8":
+    if kind == "int8":
         np.testing.assert_array_equal(wo.q, weights.wo.q[1])
         np.testing.assert_array_equal(wo.s, weights.wo.s[1])
     else:
