@@ -208,7 +208,8 @@ def _schedule_nest(s: Schedule, nest: Loop) -> None:
     for vector in vectors:
         _try(s.vectorize, vector.var, _width(s.kernel, vector))
     if parallel is not None:
-        _try(s.parallelize, _with_loops_below(s, parallel.var))
+        for loop in _with_loops_below(s, parallel.var):
+            _try(s.parallelize, loop)
 
 
 def _chunks_with_batches(s: Schedule, top: Loop, rows: Loop) -> tuple[Loop, list[Loop]]:
@@ -235,14 +236,17 @@ def _chunks_with_batches(s: Schedule, top: Loop, rows: Loop) -> tuple[Loop, list
     return _loop(s.kernel, name), [_loop(s.kernel, lanes)]
 
 
-def _with_loops_below(s: Schedule, name: str) -> str:
-    """The loop to run on threads: loop `name` and the parallel loops perfectly nested
+def _with_loops_below(s: Schedule, name: str) -> list[str]:
+    """The loops to run on threads: loop `name` and the parallel loops perfectly nested
     in it that hold loops, down to the first annotated one (a vector loop), collapsed
     into one (`collapse`) where every array reads them as neighbouring axes of C order
     (`x[b, i, j]`): a batch of 1 (shape (1, 4096, 1000)) ran on one thread, as did the
     odd batch out (3 on 2 threads). kdsl/ir/flatten.py drops the division from the
-    addresses. Zen 2, a row softmax of (1, 4096, 1000): 5.2 → 2.6 ms. The name of the
-    loop."""
+    addresses. Zen 2, a row softmax of (1, 4096, 1000): 5.2 → 2.6 ms. Where the first
+    of them can't be collapsed, it runs on threads inside loop `name` instead: the pool
+    runs a loop too short for two threads (a batch of one) on the caller, which leaves
+    the threads to the loop inside, and a loop inside one already on threads inline
+    (Zen 2, a naive batched matmul of one 512³ product 4.4 → 2.2 ms). Their names."""
     top = _loop(s.kernel, name)
     loop: Stmt = top
     below: list[Loop] = []
@@ -256,15 +260,18 @@ def _with_loops_below(s: Schedule, name: str) -> str:
     # only where the arrays' addresses lose the division: elsewhere (a transposed
     # x[i, b, j], a tile's x[b, 6·io + ii, k], i as a value) it would stay in the inner
     # loops, and a batched matmul ran 1.7× slower
+    nested = [below[0].var] if below else []
     while below and not _whole_rows(s.kernel, [top, *below], trailing=False):
         below.pop()
+    if not below:
+        return [name, *nested]
     try:
         with s._all_or_none():
             for inner in below:
                 name = s.collapse(name, inner.var)
-    except ScheduleError:
-        pass  # (an extent that depends on the loop around it: the outer loop alone)
-    return name
+    except ScheduleError:  # (an extent that depends on the loop around it)
+        return [name, *nested]
+    return [name]
 
 
 def _collapsed_rows(s: Schedule, nest: Loop) -> tuple[Loop, Loop] | None:

@@ -438,7 +438,12 @@ def _float_accumulation(loop: Loop) -> bool:
 
 
 def parallelize(ctx: StepContext, name: object, threads: object = None) -> None:
-    path, loop = ctx.loop(name)
+    """Run a parallel loop's iterations in chunks on the thread pool. Loops on threads
+    may nest (a batch loop and the rows inside it): the pool gives its threads to the
+    first of them with work for two chunks, the loop around it running on the caller
+    (a batch of one) or the loops inside it inline in each task (kdsl/targets/cpu/
+    runtime.py), so every core is busy however the work divides between them."""
+    _, loop = ctx.loop(name)
     _cpu_only(ctx, loop, "a CPU's cores")
     n = 0 if threads is None else _positive_int(ctx, threads, "thread count")
     if loop.kind is not LoopKind.PARALLEL:
@@ -446,12 +451,6 @@ def parallelize(ctx: StepContext, name: object, threads: object = None) -> None:
             f"loop '{loop.var}' is a {loop.kind.value} loop: its iterations are not independent",
             "parallelize a parallel loop (an implicit index or kd.grid), e.g. an outer one",
         )
-    for other in tree.nest_of(ctx.kernel.body, path):
-        if other.exec is LoopExec.PARALLEL:
-            raise ctx.refuse(
-                f"loop '{other.var}' around or inside it is already parallel",
-                "parallelize one loop of a nest (the outermost with enough iterations)",
-            )
     updates = outer_updates(loop)
     if updates:
         raise ctx.refuse(

@@ -954,30 +954,6 @@ def test_parallelize_refuses_a_serial_loop():
         s.parallelize("i")
 
 
-def test_parallelize_refuses_a_loop_inside_a_parallel_one():
-    s = mm()
-    s.parallelize("i")
-    with refused(
-        'parallelize("j")',
-        "loop 'i' around or inside it is already parallel",
-        "i, j, k",
-        "parallelize one loop of a nest",
-    ):
-        s.parallelize("j")
-
-
-def test_parallelize_refuses_a_loop_around_a_parallel_one():
-    s = mm()
-    s.parallelize("j")
-    with refused(
-        'parallelize("i")',
-        "loop 'j' around or inside it is already parallel",
-        "i, j, k",
-        "parallelize one loop of a nest",
-    ):
-        s.parallelize("i")
-
-
 def test_parallelize_refuses_a_loop_that_updates_an_outer_local():
     s = schedule(total, V, V.copy())
     with refused(

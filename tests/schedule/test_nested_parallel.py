@@ -1,0 +1,80 @@
+"""Loops on threads inside loops on threads (`parallelize` of a batch loop and of the
+row tiles inside it): the pool runs whichever has work for two chunks, the other on the
+caller or inline in each chunk; the results are the serial loops'."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import kdsl as kd
+
+
+def _bmm(a, b, c):
+    n, i, j, k = kd.indices(a.shape[0], a.shape[1], b.shape[2], a.shape[2])
+    c[n, i, j] = kd.sum(a[n, i, k] * b[n, k, j], over=k)
+
+
+def _tiles_on_threads(s):
+    s.tile("i", "j", 6, 8)
+    s.reorder("ji", "k", "ii")
+    s.unroll("ii")
+    s.vectorize("ji", 8)
+    s.parallelize("n")
+    s.parallelize("io")
+    s.parallelize("jo")
+
+
+nested = kd.kernel(_bmm, name="nested_bmm")
+nested.schedule(kd.cpu)(_tiles_on_threads)
+nested_checked = kd.kernel(_bmm, name="nested_bmm_checked", checks=True)
+nested_checked.schedule(kd.cpu)(_tiles_on_threads)
+by_default = kd.kernel(_bmm, name="default_bmm")
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    batch=st.sampled_from([0, 1, 2, 3, 5]),
+    rows=st.sampled_from([1, 5, 7, 13, 61]),
+    cols=st.sampled_from([1, 3, 9, 17, 67]),
+    depth=st.sampled_from([1, 2, 11, 40]),
+    seed=st.integers(0, 2**16),
+)
+def test_nested_loops_on_threads_compute_the_product(batch, rows, cols, depth, seed) -> None:
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((batch, rows, depth), dtype=np.float32)
+    b = rng.standard_normal((batch, depth, cols), dtype=np.float32)
+    want = np.matmul(a.astype(np.float64), b.astype(np.float64))
+    for kernel in (nested, nested_checked, by_default):
+        c = np.full((batch, rows, cols), np.nan, np.float32)
+        kernel(a, b, c)
+        np.testing.assert_allclose(c, want, rtol=1e-4, atol=1e-4 * depth)
+
+
+def test_an_error_inside_the_inner_loop_on_threads_is_raised() -> None:
+    """A bounds error in a chunk of the inner loop on threads (a batch of one: the
+    outer loop runs on the caller) is the call's error, and the pool still works."""
+
+    @kd.kernel(checks=True)
+    def gather_rows(x, idx, y):
+        n, i, j = kd.indices(y.shape[0], y.shape[1], y.shape[2])
+        y[n, i, j] = x[n, idx[i], j]
+
+    @gather_rows.schedule(kd.cpu)
+    def _(s):
+        s.parallelize("n")
+        s.parallelize("i")
+
+    x = np.random.default_rng(0).standard_normal((1, 50, 300), dtype=np.float32)
+    idx = np.arange(5000) % 50
+    y = np.empty((1, 5000, 300), np.float32)
+    gather_rows(x, idx, y)
+    np.testing.assert_array_equal(y, x[:, idx])
+    idx[4321] = 50
+    with pytest.raises(kd.BoundsError, match="idx"):
+        gather_rows(x, idx, y)
+    idx[4321] = 7
+    gather_rows(x, idx, y)
+    np.testing.assert_array_equal(y, x[:, idx])
