@@ -158,6 +158,14 @@ def matmul(a, b, c):
     c[i, j] = kd.sum(a[i, k] * b[k, j], over=k)
 
 
+@kd.kernel
+def batched_matmul(a, b, c):
+    """A batch of contractions: the batch loop and the tiles of rows inside it both on
+    threads, so that a batch of one keeps both cores."""
+    n, i, j, k = kd.indices(a.shape[0], a.shape[1], b.shape[2], a.shape[2])
+    c[n, i, j] = kd.sum(a[n, i, k] * b[n, k, j], over=k)
+
+
 # ------------------------------------------------------------------ the cases
 
 
@@ -253,6 +261,23 @@ def cases(rows: int, cols: int, n: int) -> list[harness.Case]:
         a, b = (rng.standard_normal((cols, cols), dtype=np.float32) for _ in "ab")
         return a, b, np.empty((cols, cols), np.float32)
 
+    def products(shape: tuple[int, ...], inner: int, columns: int):
+        """The arguments of a @ b for `a` of `shape` (batch axes first) and b of inner ×
+        columns per batch."""
+
+        def make(rng: np.random.Generator) -> harness.Args:
+            a = rng.standard_normal(shape, dtype=np.float32)
+            b = rng.standard_normal((*shape[:-2], inner, columns), dtype=np.float32)
+            return a, b, np.empty((*shape[:-1], columns), np.float32)
+
+        return make
+
+    def np_matmul(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> None:
+        np.matmul(a, b, out=c)
+
+    long = 4 * cols  # a vector times a 4000² matrix
+    batch = min(512, long)  # a batch of one 512³ product
+
     return [
         harness.Case(
             "matmul, kd.sum over k",
@@ -264,6 +289,28 @@ def cases(rows: int, cols: int, n: int) -> list[harness.Case]:
             "GFLOP/s",
             1e-4,
             1e-4,
+        ),
+        harness.Case(
+            "matmul, a batch of one",
+            f"1×{batch}³",
+            products((1, batch, batch), batch, batch),
+            batched_matmul,
+            np_matmul,
+            2 * batch**3,
+            "GFLOP/s",
+            1e-4,
+            1e-4,
+        ),
+        harness.Case(
+            "vector × matrix, kd.sum over k",
+            f"1×{long}·{long}²",
+            products((1, long), long, long),
+            matmul,
+            np_matmul,
+            (long * long + 2 * long) * 4,
+            "GB/s",
+            1e-4,
+            1e-3,
         ),
         harness.Case("softmax", size, _rows(shape), softmax, _np_softmax, moved, "GB/s", 1e-5),
         harness.Case(

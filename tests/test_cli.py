@@ -276,6 +276,6 @@ def test_quick_naive_benchmark_checks_and_times_each_kernel(tmp_path):
     page, _ = _quick_benchmark("naive.py", tmp_path)
     names = ("matmul, kd.sum over k", "softmax", "rmsnorm", "argmax of each row", "histogram")
     names += ("column sums, kd.sum over i", "sum of one long vector", "transpose")
-    names += ("2x + z, (n, 3) rows", "softmax, a batch of one")
-    for name in (*names, "embedding rows"):
+    names += ("2x + z, (n, 3) rows", "softmax, a batch of one", "matmul, a batch of one")
+    for name in (*names, "vector × matrix, kd.sum over k", "embedding rows"):
         assert f"| {name}" in page
