@@ -69,12 +69,12 @@ def _swiglu(h13, h, name="i"):
     return h
 
 
-def _rotate(vec, start, cos, sin, heads, store, names):
-    """RoPE: pair f of each of `heads` heads of vec[start:] rotated by the position's
-    angle for f, stored as store(head, index in the head, value). (Heads and pairs are
-    two indices: `p % half` per element was an integer division per lane, two thirds of
-    the kernel's time.)"""
-    half = cos.shape[0]
+def _rotate(vec, start, cos, sin, heads, size, store, names):
+    """RoPE: pair f of each of `heads` heads (of `size` values) of vec[start:] rotated by
+    the position's angle for f, stored as store(head, index in the head, value). (Heads
+    and pairs are two indices: `p % half` per element was an integer division per lane,
+    two thirds of the kernel's time.)"""
+    half = size // 2  # (cos and sin are checked to hold as many angles)
     h, f = kd.indices(heads, half, names=names)
     at = start + h * (2 * half) + 2 * f
     a, b = vec[at], vec[at + 1]
@@ -86,8 +86,8 @@ def _rope_into(qkv, cos, sin, heads, kv_heads, head_size, q, k, v):
     """From qkv = [q; k; v]: q rotated into q(h, i, value), k rotated into k(h, i, value)
     and v copied into v(h, i, value) (the cache's row), i < head_size."""
     dim, kv_dim = heads * head_size, kv_heads * head_size
-    _rotate(qkv, 0, cos, sin, heads, q, "h f")
-    _rotate(qkv, dim, cos, sin, kv_heads, k, "hk fk")
+    _rotate(qkv, 0, cos, sin, heads, head_size, q, "h f")
+    _rotate(qkv, dim, cos, sin, kv_heads, head_size, k, "hk fk")
     hv, i = kd.indices(kv_heads, head_size, names="hv i")
     v(hv, i, qkv[dim + kv_dim + hv * head_size + i])
 

@@ -10,7 +10,8 @@ A buffer that is also written inside `at` is copied in, used, and copied back af
 body (read-modify-write), so elements of the box that the body does not write keep
 their values. The copy back writes the whole box: if iterations of a parallel loop
 around `at` had overlapping boxes they would race, so caching a written buffer inside a
-loop that is already parallel is refused.
+loop that is already parallel is refused, and so is parallelizing a loop around such a
+copy later (`copies_back`).
 
 A copy of a buffer only read may hold its values converted to a wider dtype (`dtype`:
 bf16 widened to f32, say) when the wider one holds every value of the buffer's exactly:
@@ -148,6 +149,19 @@ def cache(
         buffers=(*ctx.kernel.buffers, local),
     )
     return local.name
+
+
+def copies_back(loop: Loop) -> list[str]:
+    """The buffers whose cached copies are written back inside `loop`'s body by a copy
+    nest that `loop` is not part of (`buf[...] = buf.c[...]` after a cached loop): the
+    boxes that iterations of `loop` on threads would write back may overlap."""
+    found = []
+    for st in walk_stmts(loop.body):
+        if isinstance(st, Store) and isinstance(st.value, Load):
+            copy = st.value.buffer
+            if copy.startswith(f"{st.buffer}.c") and not loop.var.startswith(f"{copy}w"):
+                found.append(st.buffer)
+    return found
 
 
 def _buffer(ctx: StepContext, name: object) -> Buffer:

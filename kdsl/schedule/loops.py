@@ -47,6 +47,7 @@ from kdsl.ir.visit import (
     walk_stmts,
 )
 from kdsl.schedule import tree
+from kdsl.schedule.caching import copies_back
 from kdsl.schedule.distribute import distribute
 from kdsl.schedule.step import StepContext, as_int
 
@@ -440,9 +441,11 @@ def _float_accumulation(loop: Loop) -> bool:
 def parallelize(ctx: StepContext, name: object, threads: object = None) -> None:
     """Run a parallel loop's iterations in chunks on the thread pool. Loops on threads
     may nest (a batch loop and the rows inside it): the pool gives its threads to the
-    first of them with work for two chunks, the loop around it running on the caller
-    (a batch of one) or the loops inside it inline in each task (kdsl/targets/cpu/
-    runtime.py), so every core is busy however the work divides between them."""
+    outermost of them with work for two chunks, a loop around it too short for that (a
+    batch of one) running on the caller and the loops inside it inline in each chunk
+    (kdsl/targets/cpu/runtime.py). (So a batch of 3 on 2 threads still runs one batch
+    on one thread at the end.) A loop holding the copy back of a cache is refused: the
+    copies written back by its iterations may overlap."""
     _, loop = ctx.loop(name)
     _cpu_only(ctx, loop, "a CPU's cores")
     n = 0 if threads is None else _positive_int(ctx, threads, "thread count")
@@ -456,6 +459,14 @@ def parallelize(ctx: StepContext, name: object, threads: object = None) -> None:
         raise ctx.refuse(
             f"loop '{loop.var}' updates the local '{updates[0].local}' declared outside it",
             "parallelize a loop that contains the local's declaration",
+        )
+    backs = copies_back(loop)
+    if backs:
+        raise ctx.refuse(
+            f"loop '{loop.var}' writes back a cached copy of '{backs[0]}' in each iteration: "
+            "copies written back by different threads could overlap",
+            f"parallelize a loop inside the cached one or the copy's own loops, or leave "
+            f"'{backs[0]}' uncached",
         )
     _annotate(ctx, name, LoopExec.PARALLEL, n)
 

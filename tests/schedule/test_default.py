@@ -497,6 +497,7 @@ def test_transposes_on_every_edge(batch, rows, cols, dtype):
     np.testing.assert_array_equal(y3, x3.transpose(0, 2, 1) + z3 * 2)
     steps = str(batched_transpose_add.schedule_of(x3, z3, y3))
     assert 's.parallelize("b")' in steps and ".tile(" in steps
+    assert 's.parallelize("io")' in steps  # (the tiles too: a batch of one on threads)
 
 
 def test_column_sums_of_batches_that_may_meet_stay_in_order():

@@ -78,3 +78,94 @@ def test_an_error_inside_the_inner_loop_on_threads_is_raised() -> None:
     idx[4321] = 7
     gather_rows(x, idx, y)
     np.testing.assert_array_equal(y, x[:, idx])
+
+
+@pytest.mark.parametrize("on_threads", [("b",), ("i",), ("b", "i")])
+def test_a_temporary_shaped_by_an_array_the_task_reads_nowhere_else(on_threads) -> None:
+    """The task's closure carries what the temporaries' shapes read (z's length here:
+    it was left out, and the compile failed with a KeyError)."""
+
+    @kd.kernel
+    def scratch(x, z, y):
+        for b in kd.grid(x.shape[0]):
+            for i in kd.grid(x.shape[1]):
+                t = kd.empty((z.shape[0], 2), kd.f64)
+                t[0, 0] = x[b, i] * 2.0
+                t[0, 1] = x[b, i] + 1.0
+                y[b, i] = t[0, 0] + t[0, 1]
+
+    @scratch.schedule(kd.cpu)
+    def _(s):
+        for loop in on_threads:
+            s.parallelize(loop)
+
+    x = np.random.default_rng(1).random((3, 70001))
+    y = np.zeros_like(x)
+    scratch(x, np.zeros(4), y)
+    np.testing.assert_allclose(y, 3 * x + 1)
+
+
+@kd.kernel
+def interleave(x, y):
+    i, k = kd.indices(2, x.shape[1])
+    y[2 * k + i] = kd.sqrt(x[i, k] * x[i, k] + 1.0)
+
+
+def _interleaved(x: np.ndarray) -> np.ndarray:
+    want = np.empty(2 * x.shape[1])
+    want[0::2], want[1::2] = np.sqrt(x[0] ** 2 + 1), np.sqrt(x[1] ** 2 + 1)
+    return want
+
+
+def test_a_loop_around_the_copy_back_of_a_cache_is_not_put_on_threads() -> None:
+    """Each iteration of i writes back y's whole box, which holds the other iteration's
+    elements too: on threads they raced (caching inside a loop already on threads was
+    refused; parallelizing it after the cache was not)."""
+    x = np.random.default_rng(2).random((2, 1 << 14))
+
+    @kd.kernel
+    def raced(x, y):
+        interleave.fn(x, y)
+
+    @raced.schedule(kd.cpu)
+    def _(s):
+        ko, ki = s.split("k", 4096)
+        s.cache("y", at=ko)
+        s.parallelize("i")
+
+    with pytest.raises(kd.ScheduleError, match="writes back a cached copy of 'y'"):
+        raced(x, np.zeros(2 * x.shape[1]))
+
+    @kd.kernel
+    def inside(x, y):
+        interleave.fn(x, y)
+
+    @inside.schedule(kd.cpu)
+    def _(s):  # a loop inside the cached one: fine
+        ko, ki = s.split("k", 4096)
+        s.cache("y", at=ko)
+        s.parallelize(ki)
+
+    y = np.zeros(2 * x.shape[1])
+    inside(x, y)
+    np.testing.assert_allclose(y, _interleaved(x))
+
+
+def test_the_copy_back_loops_themselves_may_go_on_threads() -> None:
+    @kd.kernel
+    def doubled(x, y):
+        r, c = kd.indices(x.shape[0], x.shape[1])
+        y[r, c] = x[r, c] * 2.0 + y[r, c]
+
+    @doubled.schedule(kd.cpu)
+    def _(s):
+        ro, ri = s.split("r", 64)
+        s.cache("y", at=ro)
+        s.parallelize("y.c0")
+        s.parallelize("y.cw0")
+
+    x = np.random.default_rng(3).random((131, 997))
+    y0 = np.random.default_rng(4).random((131, 997))
+    y = y0.copy()
+    doubled(x, y)
+    np.testing.assert_allclose(y, 2 * x + y0)

@@ -17,7 +17,9 @@ from llvmlite import ir
 
 from kdsl.ir.affine import constant_bound
 from kdsl.ir.nodes import (
+    Allocate,
     Assign,
+    Buffer,
     BufferRole,
     Const,
     DeclareLocal,
@@ -82,7 +84,7 @@ def _capture(gen: _Codegen, loop: Loop) -> tuple[Captured, list[ir.Value]]:
     """The values the loop's body uses (arrays, scalars, loop variables, locals),
     flattened, with where each comes from. Only those: a temporary of a block that has
     ended may still be in the state, and its pointer is not valid here."""
-    used = _used_names(loop.body)
+    used = _used_names(loop.body, gen.buffers)
     names: Captured = []
     values: list[ir.Value] = []
     for name, info in gen.state.arrays.items():
@@ -101,9 +103,17 @@ def _capture(gen: _Codegen, loop: Loop) -> tuple[Captured, list[ir.Value]]:
     return names, values
 
 
-def _used_names(body: tuple[Stmt, ...]) -> set[str]:
+def _used_names(body: tuple[Stmt, ...], buffers: dict[str, Buffer]) -> set[str]:
+    """The arrays, loop variables and locals `body` reads or writes, those that the
+    shapes of the temporaries it allocates read included."""
+    shapes = [
+        dim
+        for st in walk_stmts(body)
+        if isinstance(st, Allocate)
+        for dim in buffers[st.buffer].shape
+    ]
     used: set[str] = set()
-    for e in walk_all_exprs(body):
+    for e in [*walk_all_exprs(body), *(x for dim in shapes for x in walk_expr(dim))]:
         if isinstance(e, Load | DimOf):
             used.add(e.buffer)
         elif isinstance(e, LoopVar | LocalVar):
