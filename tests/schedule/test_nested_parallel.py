@@ -169,3 +169,83 @@ def test_the_copy_back_loops_themselves_may_go_on_threads() -> None:
     y = y0.copy()
     doubled(x, y)
     np.testing.assert_allclose(y, 2 * x + y0)
+
+
+def _packed_tiles(kc: int, pack_on_threads: bool):
+    """A matmul's BLIS-like schedule: b packed per block of columns (and of k), the
+    blocks, the tiles of rows, the packing and the tiles of columns all on threads."""
+
+    def schedule(s):
+        io, ii = s.split("i", 6)
+        jo, jp = s.split("j", 64)
+        jr, ji = s.split(jp, 16)
+        s.reorder(jo, io, jr, ii, ji)
+        k, at = "k", jo
+        if kc:
+            ko, k = s.split("k", kc)
+            s.reorder(jo, ko, io, jr, ii, ji)
+            at = ko
+        s.reorder(ji, k, ii)
+        s.cache("b", at=at, layout="packed")
+        s.vectorize(ji, 16)
+        s.unroll(ii)
+        for loop in (jo, io, *(["b.c0"] if pack_on_threads else []), jr):
+            s.parallelize(loop)
+
+    return schedule
+
+
+@pytest.mark.parametrize("checks", [False, True])
+@pytest.mark.parametrize(("kc", "pack_on_threads"), [(0, False), (32, True)])
+def test_packed_panels_with_every_level_on_threads(kc, pack_on_threads, checks) -> None:
+    """Temporaries allocated in an outer task and read by the inner ones, the packing
+    loops on threads inside a loop on threads: the product's every element."""
+
+    def product(a, b, c):
+        i, j, k = kd.indices(a.shape[0], b.shape[1], a.shape[1])
+        c[i, j] = kd.sum(a[i, k] * b[k, j], over=k)
+
+    kernel = kd.kernel(product, name=f"packed_{kc}_{pack_on_threads}_{checks}", checks=checks)
+    kernel.schedule(kd.cpu)(_packed_tiles(kc, pack_on_threads))
+    rng = np.random.default_rng(kc)
+    for m, k, n in [(0, 5, 7), (1, 1, 1), (7, 13, 200), (61, 67, 131), (300, 80, 300)]:
+        a = rng.standard_normal((m, k), dtype=np.float32)
+        b = rng.standard_normal((k, n), dtype=np.float32)
+        c = np.full((m, n), np.nan, np.float32)
+        kernel(a, b, c)
+        want = a.astype(np.float64) @ b.astype(np.float64)
+        np.testing.assert_allclose(c, want, rtol=1e-4, atol=1e-3)
+
+
+def test_locals_and_temporaries_of_the_outer_task_in_the_inner_ones() -> None:
+    """A local the outer task updates in a serial loop, and a temporary it allocates
+    there, read by the loops on threads inside it."""
+
+    @kd.kernel
+    def rows(x, idx, y):
+        for b in kd.grid(x.shape[0]):
+            s = kd.local(x[b, 0] * 2.0)
+            for r in kd.range(3):
+                s.set(s + 1.0)
+                t = kd.empty((y.shape[2],), kd.f64)
+                for i in kd.grid(y.shape[2]):
+                    t[i] = s * x[b, idx[i]] + r
+                for i2 in kd.grid(y.shape[2]):
+                    y[b, r, i2] = t[y.shape[2] - 1 - i2] + b
+
+    @rows.schedule(kd.cpu)
+    def _(s):
+        for loop in ("b", "i", "i2"):
+            s.parallelize(loop)
+
+    rng = np.random.default_rng(5)
+    for batch, width, n in [(1, 50, 100003), (2, 30, 70001), (5, 7, 13), (3, 5, 0)]:
+        x = rng.standard_normal((batch, width))
+        idx = rng.integers(0, width, n)
+        y = np.full((batch, 3, n), np.nan)
+        rows(x, idx, y)
+        s = x[:, 0] * 2.0
+        for r in range(3):
+            s = s + 1.0
+            t = s[:, None] * x[:, idx] + r
+            np.testing.assert_allclose(y[:, r], t[:, ::-1] + np.arange(batch)[:, None])
