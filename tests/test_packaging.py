@@ -15,6 +15,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("kdsl", "kernels", "examples", "pyproject.toml", "README.md")
+# no index, no version check, no settings from the environment (PIP_USER would break
+# --target): the build and install use what is here, offline
+PIP = ("--no-index", "--disable-pip-version-check", "--isolated")
 
 # what the installed package must do: its own files, the library and the example kernels
 CHECK = """
@@ -58,6 +61,7 @@ def test_the_wheel_holds_the_library_and_runs_installed(tmp_path: Path) -> None:
             str(source),
             "--no-deps",
             "--no-build-isolation",
+            *PIP,
             "-q",
             "-w",
             str(tmp_path / "dist"),
@@ -79,6 +83,7 @@ def test_the_wheel_holds_the_library_and_runs_installed(tmp_path: Path) -> None:
             "-m",
             "pip",
             "install",
+            *PIP,
             "--no-deps",
             "-q",
             "--target",

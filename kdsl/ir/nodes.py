@@ -236,6 +236,9 @@ class Store:
     value: Expr
     loc: SourceLoc | None = _loc()
     checked: bool = _flag()  # as Load's
+    # the write-back of a cached copy (kdsl/schedule/caching.py): it writes a whole box,
+    # which another iteration of a loop around the copy may share
+    copy_back: bool = _flag()
 
 
 @dataclass(frozen=True)

@@ -152,16 +152,13 @@ def cache(
 
 
 def copies_back(loop: Loop) -> list[str]:
-    """The buffers whose cached copies are written back inside `loop`'s body by a copy
-    nest that `loop` is not part of (`buf[...] = buf.c[...]` after a cached loop): the
-    boxes that iterations of `loop` on threads would write back may overlap."""
-    found = []
-    for st in walk_stmts(loop.body):
-        if isinstance(st, Store) and isinstance(st.value, Load):
-            copy = st.value.buffer
-            if copy.startswith(f"{st.buffer}.c") and not loop.var.startswith(f"{copy}w"):
-                found.append(st.buffer)
-    return found
+    """The buffers that a cached copy is written back to inside `loop`, where `loop` is
+    not one of the write-back's own loops (its body more than the copy): the boxes that
+    iterations of `loop` running at once would write back may overlap."""
+    stmts = list(walk_stmts(loop.body))
+    backs = [st.buffer for st in stmts if isinstance(st, Store) and st.copy_back]
+    copying = all(isinstance(st, Loop) or isinstance(st, Store) and st.copy_back for st in stmts)
+    return [] if copying else backs
 
 
 def _buffer(ctx: StepContext, name: object) -> Buffer:
@@ -487,7 +484,9 @@ class _Copy:
                 self.local.name, here, self._converted(Load(self.buf.name, where, self.buf.dtype))
             )
             if inward
-            else Store(self.buf.name, where, Load(self.local.name, here, self.buf.dtype))
+            else Store(
+                self.buf.name, where, Load(self.local.name, here, self.buf.dtype), copy_back=True
+            )
         )
         for d, n in reversed(list(zip(dims, names))):
             stmt = Loop(n, self.windows[d].count, LoopKind.PARALLEL, (stmt,), loc=self.ctx.loc)

@@ -460,15 +460,30 @@ def parallelize(ctx: StepContext, name: object, threads: object = None) -> None:
             f"loop '{loop.var}' updates the local '{updates[0].local}' declared outside it",
             "parallelize a loop that contains the local's declaration",
         )
-    backs = copies_back(loop)
-    if backs:
-        raise ctx.refuse(
-            f"loop '{loop.var}' writes back a cached copy of '{backs[0]}' in each iteration: "
-            "copies written back by different threads could overlap",
-            f"parallelize a loop inside the cached one or the copy's own loops, or leave "
-            f"'{backs[0]}' uncached",
-        )
+    _refuse_copies_back(ctx, loop, "threads")
     _annotate(ctx, name, LoopExec.PARALLEL, n)
+
+
+def _refuse_copies_back(ctx: StepContext, loop: Loop, what: str) -> None:
+    """Refuse to run the iterations of `loop` (and of its distributed copies) at once
+    where one writes back a cached copy (caching.copies_back), as `cache` refuses to
+    cache a written buffer inside a loop that already runs so."""
+    clones = (_loop_named(ctx, c) for c in ctx.clones.get(loop.var, []))
+    for lp in (loop, *(c for c in clones if c is not None)):
+        backs = copies_back(lp)
+        if backs:
+            raise ctx.refuse(
+                f"loop '{lp.var}' writes back a cached copy of '{backs[0]}' in each iteration: "
+                f"copies written back by different {what} could overlap",
+                "put a loop inside the cached one (or the copy's own loops) there, or leave "
+                f"'{backs[0]}' uncached",
+            )
+
+
+def _loop_named(ctx: StepContext, name: str) -> Loop | None:
+    path = tree.find(ctx.kernel.body, name)
+    found = tree.at(ctx.kernel.body, path) if path is not None else None
+    return found if isinstance(found, Loop) else None
 
 
 def tensorize(ctx: StepContext, name: object, instruction: object) -> None:
@@ -800,6 +815,7 @@ def bind(ctx: StepContext, name: object, axis: object, threads: object = None) -
             "bind a reduction to thread.x (its threads combine their parts), or split it "
             "and bind the parallel loops around it to blocks",
         )
+    _refuse_copies_back(ctx, loop, "blocks or threads")
     for bound in _annotate(ctx, name, GPU_AXES[str(axis)], width):  # (and its copies)
         _check_axis_free(ctx, bound, str(axis))
 

@@ -10,6 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kdsl as kd
+from kdsl.ir.passes import lower
+from kdsl.schedule.recipe import Schedule
 
 
 def _bmm(a, b, c):
@@ -249,3 +251,65 @@ def test_locals_and_temporaries_of_the_outer_task_in_the_inner_ones() -> None:
             s = s + 1.0
             t = s[:, None] * x[:, idx] + r
             np.testing.assert_allclose(y[:, r], t[:, ::-1] + np.arange(batch)[:, None])
+
+
+def _interleave_schedule(target: str):
+    x = np.zeros((2, 1 << 12))
+    return Schedule(lower(interleave.ir(x, np.zeros(2 << 12)).kernel), target=target)
+
+
+def test_the_copy_back_is_found_however_the_cache_was_renamed_or_copied() -> None:
+    """The write-back is marked in the IR, not found by name: a second cache of the
+    buffer around the first (the inner write-back then stores to the outer copy), a
+    specialized version's renamed copies, the distributed copy of a loop that reorder
+    made: each is refused, where they were wrong results; the copy's own loops stay
+    allowed in the specialized version too."""
+    s = _interleave_schedule("cpu")
+    ko, ki = s.split("k", 256)
+    s.cache("y", at=ko)
+    s.cache("y", at="i")
+    with pytest.raises(kd.ScheduleError, match="writes back a cached copy"):
+        s.parallelize(ko)
+    s = _interleave_schedule("cpu")
+    ko, ki = s.split("k", 256)
+    s.cache("y", at=ko)
+    names = s.specialize(ko, below=4)
+    with pytest.raises(kd.ScheduleError, match="writes back a cached copy"):
+        s.parallelize(names[0])
+
+    @kd.kernel
+    def doubled(x, y):
+        r, c = kd.indices(x.shape[0], x.shape[1])
+        y[r, c] = x[r, c] * 2.0 + y[r, c]
+
+    x = np.zeros((100, 40))
+    s = Schedule(lower(doubled.ir(x, x.copy()).kernel), target="cpu")
+    ro, ri = s.split("r", 16)
+    s.cache("y", at=ro)
+    names = s.specialize("c", below=8)
+    s.parallelize(next(n for n in names if n.startswith("y.cw0")))  # (its own rows)
+
+
+def test_a_distributed_copy_of_the_loop_is_checked_too() -> None:
+    @kd.kernel
+    def parts(x, z, y):
+        for i in kd.grid(x.shape[0]):
+            for j in kd.grid(x.shape[1]):
+                z[i, j] = x[i, j] * 2.0
+            y[2 * i] = x[i, 0] + 1.0
+            y[2 * i + 1] = x[i, 1] + 1.0
+
+    x = np.zeros((300, 4))
+    s = Schedule(lower(parts.ir(x, x.copy(), np.zeros(600)).kernel), target="cpu")
+    s.reorder("j", "i")  # (the stores after j go to a copy of i, "i.1")
+    s.cache("y", at="i.1")
+    with pytest.raises(kd.ScheduleError, match="loop 'i.1' writes back a cached copy"):
+        s.parallelize("i")
+
+
+def test_gpu_blocks_around_a_copy_back_are_refused_as_threads_are() -> None:
+    s = _interleave_schedule("cuda")
+    ko, ki = s.split("k", 256)
+    s.cache("y", at=ko, scope="shared")
+    with pytest.raises(kd.ScheduleError, match="different blocks or threads"):
+        s.bind("i", "block.x")
