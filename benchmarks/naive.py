@@ -495,7 +495,8 @@ def main(argv: list[str] | None = None) -> int:
         "each) or, for rows of a few elements read by constant columns (x[i, 2]), the "
         "loop over the rows (and, in a version of its own, for rows found shorter than "
         "a vector when it runs), parallelizes the outer loop (with the loops of rows "
-        "inside it: a batch of one), and keeps loops whose "
+        "inside it: a batch of one, or, where it can't make them one loop, with the "
+        "loop inside it on threads too: a batched matmul's row tiles), and keeps loops whose "
         "iterations may write one element serial (the histogram); it walks "
         "Fortran-ordered arrays along their first axis, makes an elementwise nest over "
         "whole C-ordered arrays one loop over all elements (collapse), gives each vector lane its "
@@ -503,6 +504,9 @@ def main(argv: list[str] | None = None) -> int:
         "register tiles of 6 rows × a vector of columns, sums down the columns in blocks "
         "of columns, a long sum in parts on all threads (rfactor), and a transpose in "
         "16 × 16 tiles",
+        "a vector times a matrix: the register tiles read the matrix a vector of columns "
+        "at a time down k, a row's length between reads; the library's kdsl.kernels.matmul "
+        "streams its rows instead (matmul page: 1×4096·4096², 1.06× NumPy)",
         "checked against NumPy on fresh random data first; medians of alternating batches",
         "GB/s count each array's bytes read and written once (the histogram: its ids); "
         "GFLOP/s count 2·n³ (NumPy's matmul is BLAS, on its own threads)",
