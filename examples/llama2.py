@@ -44,7 +44,7 @@ from kdsl.examples.llama2_reference import Sampler, add_options, generate, read_
 from kdsl.kernels import quant
 from kdsl.kernels.attention import decode_kernel
 from kdsl.kernels.hugepages import HugePageArena
-from kdsl.kernels.matvec import row_sums, short_rows
+from kdsl.kernels.matvec import added_to, into, product, short_rows
 
 import kdsl as kd
 
@@ -131,25 +131,6 @@ def _attend(q, key, value, pos, scale, out):
     out[h * size + d] = kd.sum(score[h, t] * value[h // group, t, d], over=t) / total[h]
 
 
-def _product(w, x, store, prefix):
-    """store(i, (w @ x)[i]) (matvec.row_sums, its loops after `prefix`)."""
-    row_sums(lambda i, j: w[i, j] * x[j], w.shape[0], w.shape[1], store, prefix)
-
-
-def _into_vector(y):
-    def store(i, total):
-        y[i] = total
-
-    return store
-
-
-def _added_to(y):
-    def store(i, total):
-        y[i] = y[i] + total
-
-    return store
-
-
 @kd.kernel
 def float32_layer(x, rms_att, wqkv, wo, rms_ffn, w13, w2, cos, sin, key, value, pos, scale):
     """A layer of run.c's forward on x, in one call: the token's key and value written into
@@ -158,19 +139,19 @@ def float32_layer(x, rms_att, wqkv, wo, rms_ffn, w13, w2, cos, sin, key, value, 
     heads, size = x.shape[0] // key.shape[2], key.shape[2]
     xb = _rmsnorm(x, rms_att, kd.empty(x.shape, kd.f32), "n")
     qkv = kd.empty((wqkv.shape[0],), kd.f32)
-    _product(wqkv, xb, _into_vector(qkv), "q")
+    product(wqkv, xb, into(qkv), "q")
     q = kd.empty((heads, size), kd.f32)
     _rope_into(
         qkv, cos, sin, heads, key.shape[0], size, _into(q), _into(key, pos), _into(value, pos)
     )
     att = kd.empty(x.shape, kd.f32)
     _attend(q, key, value, pos, scale, att)
-    _product(wo, att, _added_to(x), "o")
+    product(wo, att, added_to(x), "o")
     xb = _rmsnorm(x, rms_ffn, kd.empty(x.shape, kd.f32), "f")
     h13 = kd.empty((w13.shape[0],), kd.f32)
-    _product(w13, xb, _into_vector(h13), "u")
+    product(w13, xb, into(h13), "u")
     hb = _swiglu(h13, kd.empty((w2.shape[1],), kd.f32), "g")
-    _product(w2, hb, _added_to(x), "d")
+    product(w2, hb, added_to(x), "d")
 
 
 @float32_layer.schedule(kd.cpu)
@@ -192,7 +173,7 @@ def _float32_layer_cpu(s):
 @kd.kernel
 def rmsnorm_product(x, w, m, y):
     """y = m @ (rmsnorm(x) · w): the classifier's input and product in one call."""
-    _product(m, _rmsnorm(x, w, kd.empty(x.shape, kd.f32)), _into_vector(y), "")
+    product(m, _rmsnorm(x, w, kd.empty(x.shape, kd.f32)), into(y), "")
 
 
 @rmsnorm_product.schedule(kd.cpu)

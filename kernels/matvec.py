@@ -40,6 +40,29 @@ def row_sums(
     store(i, kd.sum(part[i, lane], over=lane) + kd.sum(term(i, full + tail), over=tail))
 
 
+def product(w, x, store: Callable[..., None], prefix: str = "") -> None:
+    """store(i, (w @ x)[i]) for every row i of w (row_sums, its loops after `prefix`)."""
+    row_sums(lambda i, j: w[i, j] * x[j], w.shape[0], w.shape[1], store, prefix)
+
+
+def into(y) -> Callable[..., None]:
+    """A row_sums store: y[i] = the row's sum."""
+
+    def store(i, total):
+        y[i] = total
+
+    return store
+
+
+def added_to(y) -> Callable[..., None]:
+    """A row_sums store: y[i] += the row's sum (a residual)."""
+
+    def store(i, total):
+        y[i] = y[i] + total
+
+    return store
+
+
 LONG_ROW = 768  # columns from which several rows at a time read faster than one
 PREFETCH = 64  # one row at a time: a hint this many vectors (4 KiB) ahead of the reads
 
@@ -94,20 +117,13 @@ _LONG_ROWS = [_example(32000, LONG_ROW), _example(4096, 4096), _example(11008, 4
 
 @kd.kernel(examples=_SHORT_ROWS)
 def matvec_kernel(w, x, y):
-    def store(i, total):
-        y[i] = total
-
-    row_sums(lambda i, j: w[i, j] * x[j], w.shape[0], w.shape[1], store)
+    product(w, x, into(y))
 
 
 @kd.kernel(examples=_SHORT_ROWS)
 def matvec_add_kernel(w, x, y):
     """y += w @ x: the residual added as each row's sum is stored."""
-
-    def store(i, total):
-        y[i] = y[i] + total
-
-    row_sums(lambda i, j: w[i, j] * x[j], w.shape[0], w.shape[1], store)
+    product(w, x, added_to(y))
 
 
 matvec_long_rows = kd.kernel(matvec_kernel.fn, name="matvec_long_rows", examples=_LONG_ROWS)

@@ -4,7 +4,7 @@ peak" in `kdsl demo` and the benchmarks."""
 from __future__ import annotations
 
 from kdsl.kernels._machine import vector_bytes
-from kdsl.kernels.matvec import row_streams, row_sums
+from kdsl.kernels.matvec import into, row_streams, row_sums
 
 import kdsl as kd
 
@@ -45,11 +45,7 @@ def copy_probe(x, y):
 def read_probe(x, out):
     """out[i] = Σ_j x[i, j]: the read bandwidth of a streaming kernel, with the access
     pattern of the fastest matrix-vector product (several rows per core at a time)."""
-
-    def store(i, total):
-        out[i] = total
-
-    row_sums(lambda i, j: x[i, j], x.shape[0], x.shape[1], store)
+    row_sums(lambda i, j: x[i, j], x.shape[0], x.shape[1], into(out))
 
 
 @read_probe.schedule(kd.cpu)

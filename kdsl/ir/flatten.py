@@ -42,6 +42,7 @@ from kdsl.ir.nodes import (
 from kdsl.ir.visit import (
     from_runtime_values,
     map_expr,
+    mentions_local,
     runtime_locals,
     walk_expr,
     walk_stmts,
@@ -52,16 +53,18 @@ from kdsl.ir.visit import (
 def flatten_rows(kernel: Kernel) -> Kernel:
     """`kernel` with each `x[…, e // m, e % m, …]` of a C-ordered array whose axis has m
     elements written `x[…, 0, e, …]`."""
-    c_ordered = {
-        b.name: b
-        for b in kernel.buffers
-        if (b.contiguous or b.role is not BufferRole.PARAM) and not b.fortran
-    }
+    c_ordered = {b.name: b for b in kernel.buffers if in_c_order(b)}
     if not c_ordered:
         return kernel
     assigned = {s.local for s in walk_stmts(kernel.body) if isinstance(s, Assign)}
     flat = _Flattener(c_ordered, entry_equalities(kernel), assigned, runtime_locals(kernel.body))
     return replace(kernel, body=flat.block(kernel.body, {}))
+
+
+def in_c_order(buf: Buffer) -> bool:
+    """Whether `buf`'s elements lie in C order with no gaps when the kernel runs (the
+    addresses flatten_rows makes): a contiguous argument or a temporary, not Fortran."""
+    return (buf.contiguous or buf.role is not BufferRole.PARAM) and not buf.fortran
 
 
 class _Flattener:
@@ -111,7 +114,7 @@ class _Flattener:
         while stale:
             name = stale.pop()
             known.pop(name, None)
-            stale |= {k for k, v in known.items() if _mentions_local(v, name)}
+            stale |= {k for k, v in known.items() if mentions_local(v, name)}
         steady = not any(
             isinstance(x, Load) or isinstance(x, LocalVar) and x.name in self.assigned
             for x in walk_expr(s.init)
@@ -151,10 +154,6 @@ class _Flattener:
 
 def _value(e: Expr, known: Mapping[str, Expr]) -> Expr:
     return known.get(e.name, e) if isinstance(e, LocalVar) else e
-
-
-def _mentions_local(e: Expr, name: str) -> bool:
-    return any(isinstance(x, LocalVar) and x.name == name for x in walk_expr(e))
 
 
 def _unclamped(m: Expr) -> Expr:

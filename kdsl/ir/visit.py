@@ -225,6 +225,11 @@ def outer_updates(loop: Loop) -> list[Assign]:
     return [s for s in walk_stmts(loop.body) if isinstance(s, Assign) and s.local not in declared]
 
 
+def mentions_local(e: Expr, name: str) -> bool:
+    """Whether `e` reads local `name`."""
+    return any(isinstance(x, LocalVar) and x.name == name for x in walk_expr(e))
+
+
 def from_runtime_values(e: Expr, runtime_locals: frozenset[str]) -> bool:
     """`e` reads array data or a scalar argument, or a local computed from them."""
     return any(

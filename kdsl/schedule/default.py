@@ -29,11 +29,11 @@ from __future__ import annotations
 from kdsl.errors import ScheduleError
 from kdsl.ir.affine import linear
 from kdsl.ir.extents import same_extent
+from kdsl.ir.flatten import in_c_order
 from kdsl.ir.nodes import (
     Allocate,
     Binary,
     BinaryOp,
-    BufferRole,
     Const,
     DeclareLocal,
     Expr,
@@ -317,8 +317,7 @@ def _whole_rows(kernel: Kernel, loops: list[Loop], trailing: bool = True) -> boo
         return (
             lead >= 0
             and not any(_mentions(i, lp.var) for i in others for lp in loops)
-            and (buf.contiguous or buf.role is not BufferRole.PARAM)
-            and not buf.fortran
+            and in_c_order(buf)  # (where flatten_rows drops the division)
             and all(
                 same_extent(kernel, lp.extent, buf.shape[lead + k])
                 for k, lp in enumerate(loops)

@@ -325,14 +325,23 @@ def _annotate(ctx: StepContext, name: object, exec_: LoopExec, width: int) -> li
     _unannotated(ctx, loop)
     done = [replace(loop, exec=exec_, width=width)]
     _set(ctx, path, done[0])
-    for copy in ctx.clones.get(loop.var, []):
-        cpath = tree.find(ctx.kernel.body, copy)
-        if cpath is not None:
-            clone = tree.at(ctx.kernel.body, cpath)
-            assert isinstance(clone, Loop)
-            done.append(replace(clone, exec=exec_, width=width))
-            _set(ctx, cpath, done[-1])
+    for cpath, clone in _clones(ctx, loop.var):
+        done.append(replace(clone, exec=exec_, width=width))
+        _set(ctx, cpath, done[-1])
     return done
+
+
+def _clones(ctx: StepContext, var: str) -> list[tuple[tree.Path, Loop]]:
+    """The copies of loop `var` that distributing its body made (ctx.clones) and that
+    are still in the kernel, with their paths."""
+    found = []
+    for copy in ctx.clones.get(var, []):
+        path = tree.find(ctx.kernel.body, copy)
+        if path is not None:
+            clone = tree.at(ctx.kernel.body, path)
+            assert isinstance(clone, Loop)
+            found.append((path, clone))
+    return found
 
 
 def _unannotated(ctx: StepContext, loop: Loop) -> None:
@@ -468,8 +477,7 @@ def _refuse_copies_back(ctx: StepContext, loop: Loop, what: str) -> None:
     """Refuse to run the iterations of `loop` (and of its distributed copies) at once
     where one writes back a cached copy (caching.copies_back), as `cache` refuses to
     cache a written buffer inside a loop that already runs so."""
-    clones = (_loop_named(ctx, c) for c in ctx.clones.get(loop.var, []))
-    for lp in (loop, *(c for c in clones if c is not None)):
+    for lp in (loop, *(clone for _, clone in _clones(ctx, loop.var))):
         backs = copies_back(lp)
         if backs:
             raise ctx.refuse(
@@ -478,12 +486,6 @@ def _refuse_copies_back(ctx: StepContext, loop: Loop, what: str) -> None:
                 "put a loop inside the cached one (or the copy's own loops) there, or leave "
                 f"'{backs[0]}' uncached",
             )
-
-
-def _loop_named(ctx: StepContext, name: str) -> Loop | None:
-    path = tree.find(ctx.kernel.body, name)
-    found = tree.at(ctx.kernel.body, path) if path is not None else None
-    return found if isinstance(found, Loop) else None
 
 
 def tensorize(ctx: StepContext, name: object, instruction: object) -> None:

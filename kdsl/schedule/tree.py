@@ -15,12 +15,11 @@ from kdsl.ir.nodes import (
     Expr,
     If,
     Kernel,
-    LocalVar,
     Loop,
     LoopVar,
     Stmt,
 )
-from kdsl.ir.visit import map_stmt_exprs, walk_all_exprs, walk_expr, walk_stmts
+from kdsl.ir.visit import map_stmt_exprs, walk_all_exprs, walk_stmts
 
 ExprFn = Callable[[Expr], Expr | None]
 
@@ -101,10 +100,6 @@ def substitute(stmts: tuple[Stmt, ...], var: str, value: Expr) -> tuple[Stmt, ..
 
 def mentions_var(stmts: tuple[Stmt, ...], var: str) -> bool:
     return any(isinstance(e, LoopVar) and e.name == var for e in walk_all_exprs(stmts))
-
-
-def mentions_local(e: Expr, name: str) -> bool:
-    return any(isinstance(x, LocalVar) and x.name == name for x in walk_expr(e))
 
 
 def rewrite(
