@@ -92,7 +92,7 @@ def _rope_into(qkv, cos, sin, heads, kv_heads, head_size, q, k, v):
     v(hv, i, qkv[dim + kv_dim + hv * head_size + i])
 
 
-def _into(buffer, *at):
+def _into_heads(buffer, *at):
     """A store(h, i, value) into buffer[h, *at, i]."""
 
     def store(h, i, value):
@@ -107,7 +107,9 @@ def rope_into_cache(qkv, cos, sin, q, key, value):
     cache's row for this position ([kv heads, head_size], a strided view of the cache)
     and v copied into the value cache's row."""
     heads, kv_heads, size = q.shape[0], key.shape[0], q.shape[1]
-    _rope_into(qkv, cos, sin, heads, kv_heads, size, _into(q), _into(key), _into(value))
+    _rope_into(
+        qkv, cos, sin, heads, kv_heads, size, _into_heads(q), _into_heads(key), _into_heads(value)
+    )
 
 
 # ---------------------------------------------------------------------- a float32 layer
@@ -142,7 +144,15 @@ def float32_layer(x, rms_att, wqkv, wo, rms_ffn, w13, w2, cos, sin, key, value, 
     product(wqkv, xb, into(qkv), "q")
     q = kd.empty((heads, size), kd.f32)
     _rope_into(
-        qkv, cos, sin, heads, key.shape[0], size, _into(q), _into(key, pos), _into(value, pos)
+        qkv,
+        cos,
+        sin,
+        heads,
+        key.shape[0],
+        size,
+        _into_heads(q),
+        _into_heads(key, pos),
+        _into_heads(value, pos),
     )
     att = kd.empty(x.shape, kd.f32)
     _attend(q, key, value, pos, scale, att)
