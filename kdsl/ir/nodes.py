@@ -371,6 +371,10 @@ class Kernel:
     # the caller found that no written array argument shares memory with another one:
     # no check of that at the entry (targets/cpu/call.py, where address ranges meet)
     disjoint: bool = _flag()
+    # (written, other) array parameters that may be one view of an array, found on the
+    # traced IR (kdsl/ir/passes/in_place.py), which a schedule leaves true
+    # but not recognizable: the entry lets such a pair through without the caller's check
+    in_place: tuple[tuple[str, str], ...] = field(default=(), metadata={UNSET_UNHASHED: True})
 
     def buffer(self, name: str) -> Buffer:
         for b in self.buffers:

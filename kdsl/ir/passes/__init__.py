@@ -11,10 +11,14 @@ from collections.abc import Callable
 from kdsl.config import CONFIG, dumps
 from kdsl.ir.nodes import Kernel
 from kdsl.ir.passes.bounds import hoist_bounds_checks
+from kdsl.ir.passes.in_place import mark_in_place
 from kdsl.ir.printer import format_kernel
 from kdsl.ir.verify import verify
 
-PASSES: tuple[tuple[str, Callable[[Kernel], Kernel]], ...] = (("bounds", hoist_bounds_checks),)
+PASSES: tuple[tuple[str, Callable[[Kernel], Kernel]], ...] = (
+    ("in_place", mark_in_place),
+    ("bounds", hoist_bounds_checks),
+)
 
 
 def lower(kernel: Kernel, stage: str = "traced") -> Kernel:

@@ -15,9 +15,10 @@ from kdsl.errors import BoundsError, KdslError, KernelArgumentError, SourceLoc
 from kdsl.ir.checks import failed_check_error
 from kdsl.ir.evaluate import evaluate
 from kdsl.ir.nodes import Kernel, Store
+from kdsl.ir.passes.in_place import in_place_pairs
 from kdsl.ir.visit import walk_stmts
 from kdsl.targets.cpu.backend import CpuKernel, compile_kernel
-from kdsl.targets.cpu.overlap import Layout, in_place_pairs, one_view, share_memory
+from kdsl.targets.cpu.overlap import Layout, one_view, share_memory
 from kdsl.targets.cpu.state import ErrorKind
 
 

@@ -16,15 +16,10 @@ from kdsl.errors import KdslError, KernelArgumentError
 from kdsl.ir.checks import failed_check_error
 from kdsl.ir.evaluate import compile_evaluator, evaluate
 from kdsl.ir.nodes import BufferRole, Const, Kernel, Store
+from kdsl.ir.passes.in_place import in_place_pairs
 from kdsl.ir.visit import walk_stmts
 from kdsl.targets.cpu.call import out_of_bounds, overlaps_itself_error
-from kdsl.targets.cpu.overlap import (
-    Layout,
-    in_place_pairs,
-    one_view,
-    overlaps_itself,
-    share_memory,
-)
+from kdsl.targets.cpu.overlap import Layout, one_view, overlaps_itself, share_memory
 from kdsl.targets.cpu.state import ErrorKind
 from kdsl.targets.cuda import arrays as A
 from kdsl.targets.cuda import driver
