@@ -12,12 +12,13 @@ pieces are read: a tokenizer with fewer is an error. Threads: KDSL_NUM_THREADS (
 by default). Prints the text, then `achieved tok/s: N` as llama2.c does. `kdsl llama2 ...`
 runs the same.
 
-A float32 layer is one kernel call (`float32_layer`: norm; q, k and v in one
-matrix-vector product; RoPE into the KV cache; attention over the cache; the output
-projection with the residual added; norm; w1 and w3 in one product; SwiGLU; w2 with
-the residual added), written from the same helpers as the library's kernels and
-scheduled step by step: as nine calls, a small model's token spent a tenth of its time
-between them. The quantized formats' layers are ten calls, their activations
+A float32 token is one kernel call (`float32_forward`, each array stacked by layer: for
+each layer, norm; q, k and v in one matrix-vector product; RoPE into the KV cache;
+attention over the cache; the output projection with the residual added; norm; w1 and
+w3 in one product; SwiGLU; w2 with the residual added; then the classifier's norm and
+product), written from the same helpers as the library's kernels and scheduled step by
+step: as nine calls a layer, a small model's token spent a tenth of its time between
+them. The quantized formats' layers are ten calls, their activations
 quantized once per input by the kernel that makes them (each norm, which also adds the
 residual that the product before it left apart, and SwiGLU) or, for the attention's
 output, by one of its own.
@@ -133,11 +134,9 @@ def _attend(q, key, value, pos, scale, out):
     out[h * size + d] = kd.sum(score[h, t] * value[h // group, t, d], over=t) / total[h]
 
 
-@kd.kernel
-def float32_layer(x, rms_att, wqkv, wo, rms_ffn, w13, w2, cos, sin, key, value, pos, scale):
-    """A layer of run.c's forward on x, in one call: the token's key and value written into
-    the layer's caches ([kv heads, seq_len, head_size]) at `pos`. (Nine kernel calls made
-    one: stories15M float32 423 → 456 tok/s on a Zen 2.)"""
+def _float32_layer(x, rms_att, wqkv, wo, rms_ffn, w13, w2, cos, sin, key, value, pos, scale):
+    """A layer of run.c's forward on x: the token's key and value written into the
+    layer's caches ([kv heads, seq_len, head_size]) at `pos`."""
     heads, size = x.shape[0] // key.shape[2], key.shape[2]
     xb = _rmsnorm(x, rms_att, kd.empty(x.shape, kd.f32), "n")
     qkv = kd.empty((wqkv.shape[0],), kd.f32)
@@ -164,11 +163,53 @@ def float32_layer(x, rms_att, wqkv, wo, rms_ffn, w13, w2, cos, sin, key, value, 
     product(w2, hb, added_to(x), "d")
 
 
-@float32_layer.schedule(kd.cpu)
-def _float32_layer_cpu(s):
+class _Layer:
+    """Layer `n` of an array stacked by layer ([n_layers, ...]) as a one-layer helper
+    indexes it: `w[i, j]` is `stack[n, i, j]` (a view at trace time)."""
+
+    def __init__(self, stack, n):
+        self.stack, self.n = stack, n
+
+    @property
+    def shape(self):
+        return self.stack.shape[1:]
+
+    def __getitem__(self, index):
+        return self.stack[(self.n, *(index if isinstance(index, tuple) else (index,)))]
+
+    def __setitem__(self, index, value):
+        self.stack[(self.n, *(index if isinstance(index, tuple) else (index,)))] = value
+
+
+@kd.kernel
+def float32_forward(
+    x, rms_att, wqkv, wo, rms_ffn, w13, w2, cos, sin, key, value, pos, scale, rms_final, wcls, y
+):
+    """run.c's forward from the token's embedding x to its logits y, in one call: each
+    layer (its arrays stacked by layer, the caches [layer, kv heads, seq_len, head_size]),
+    then the classifier's norm and product. (A call per layer and one for the classifier
+    made one: stories15M float32 479 → 493 tok/s on a Zen 2; nine calls a layer made one
+    before: 423 → 456.)"""
+    for layer in kd.range(wqkv.shape[0]):
+        stacked = (rms_att, wqkv, wo, rms_ffn, w13, w2)
+        _float32_layer(
+            x,
+            *(_Layer(a, layer) for a in stacked),
+            cos,
+            sin,
+            _Layer(key, layer),
+            _Layer(value, layer),
+            pos,
+            scale,
+        )
+    product(wcls, _rmsnorm(x, rms_final, kd.empty(x.shape, kd.f32), "c"), into(y), "c")
+
+
+@float32_forward.schedule(kd.cpu)
+def _float32_forward_cpu(s):
     """Each product as kernels/matvec.py streams rows; attention with a head per task:
     its scores' dot products along D, the rest along the keys, the output along D."""
-    for norm in ("n", "f"):
+    for norm in ("n", "f", "c"):
         s.vectorize(norm, 16)
         s.vectorize(f"{norm}.1", 16)
     for prefix, matrix in (("q", "wqkv"), ("o", "wo"), ("u", "w13"), ("d", "w2")):
@@ -178,19 +219,7 @@ def _float32_layer_cpu(s):
     for loop in ("ad", "mt", "mt.1", "mt.2", "od", "g"):
         s.vectorize(loop, 16)
     s.parallelize("ah")
-
-
-@kd.kernel
-def rmsnorm_product(x, w, m, y):
-    """y = m @ (rmsnorm(x) · w): the classifier's input and product in one call."""
-    product(m, _rmsnorm(x, w, kd.empty(x.shape, kd.f32)), into(y), "")
-
-
-@rmsnorm_product.schedule(kd.cpu)
-def _rmsnorm_product_cpu(s):
-    s.vectorize("n", 16)
-    s.vectorize("n.1", 16)
-    short_rows(s, "m")
+    short_rows(s, "wcls", "c")
 
 
 # ---------------------------------------------------------------------- quantized activations
@@ -440,43 +469,46 @@ class QuantizedLayer:
         self.w2(t.at_hidden.gated(t.h13), r)
 
 
-class QuantizedHead:
-    """The logits from a quantized classifier."""
+class QuantizedModel:
+    """Quantized matrices: each layer's calls, then the classifier's."""
 
-    def __init__(self, classifier: Linear):
-        self.classifier = classifier
+    def __init__(self, layers: list[QuantizedLayer], classifier: Linear):
+        self.layers, self.classifier = layers, classifier
 
-    def __call__(self, t: Transformer) -> None:
+    def __call__(self, t: Transformer, pos: int) -> None:
+        cos, sin = t.rope_cos[pos], t.rope_sin[pos]
+        for n, layer in enumerate(self.layers):
+            layer(t, n, pos, cos, sin)
         self.classifier(t.at_dim.normed(t.x, t.residual, t.rms_final), t.logits)
 
 
-class Float32Layer:
-    """A layer of float32 matrices: one kernel call (float32_layer)."""
+class Float32Model:
+    """Float32 matrices: a token's layers and classifier in one kernel call
+    (float32_forward), each array stacked by layer."""
 
-    def __init__(self, w: Weights, n: int, arena: HugePageArena):
-        matrices = (
-            w.rms_att[n],
-            np.concatenate([w.wq[n], w.wk[n], w.wv[n]]),
-            w.wo[n],
-            w.rms_ffn[n],
-            np.concatenate([w.w1[n], w.w3[n]]),
-            w.w2[n],
+    def __init__(self, w: Weights, arena: HugePageArena):
+        def stacked(arrays) -> np.ndarray:
+            return arena.copy(np.asarray(np.stack(arrays), np.float32))
+
+        layers = range(len(w.wq))
+        self.weights = (
+            stacked(w.rms_att),
+            stacked([np.concatenate([w.wq[n], w.wk[n], w.wv[n]]) for n in layers]),
+            stacked(w.wo),
+            stacked(w.rms_ffn),
+            stacked([np.concatenate([w.w1[n], w.w3[n]]) for n in layers]),
+            stacked(w.w2),
         )
-        self.weights = tuple(arena.copy(np.asarray(m, np.float32)) for m in matrices)
+        self.rms_final, self.wcls = (
+            arena.copy(np.asarray(a, np.float32)) for a in (w.rms_final, w.wcls)
+        )
 
-    def __call__(self, t: Transformer, n: int, pos: int, cos, sin) -> None:
-        key, value = t.key_cache[n], t.value_cache[n]
-        float32_layer(t.x, *self.weights, cos, sin, key, value, pos, t.scale)
-
-
-class Float32Head:
-    """The logits from a float32 classifier: one kernel call (rmsnorm_product)."""
-
-    def __init__(self, rms_final: np.ndarray, wcls: np.ndarray, arena: HugePageArena):
-        self.rms, self.w = (arena.copy(np.asarray(a, np.float32)) for a in (rms_final, wcls))
-
-    def __call__(self, t: Transformer) -> None:
-        rmsnorm_product(t.x, self.rms, self.w, t.logits)
+    def __call__(self, t: Transformer, pos: int) -> None:
+        cos, sin = t.rope_cos[pos], t.rope_sin[pos]
+        caches = (t.key_cache, t.value_cache)
+        float32_forward(
+            t.x, *self.weights, cos, sin, *caches, pos, t.scale, self.rms_final, self.wcls, t.logits
+        )
 
 
 # ---------------------------------------------------------------------- the model
@@ -497,7 +529,7 @@ class Transformer:
             model = _int8_model(c, weights)
         else:
             model = _float_model(c, weights, quant_format)
-        self.layers, self.head, self.embed, inputs = model
+        self.model, self.embed, inputs = model
         # what quantized matrices read, one per length of vector (made in place, as x)
         self.at_dim, self.at_hidden = inputs(c.dim), inputs(c.hidden_dim)
         self.rms_final = np.asarray(weights.rms_final, np.float32)
@@ -520,10 +552,7 @@ class Transformer:
 
     def forward(self, token: int, pos: int) -> np.ndarray:
         self.embed(token, self.x)
-        cos, sin = self.rope_cos[pos], self.rope_sin[pos]
-        for n, layer in enumerate(self.layers):
-            layer(self, n, pos, cos, sin)
-        self.head(self)
+        self.model(self, pos)
         return self.logits
 
 
@@ -536,8 +565,7 @@ def _float_model(c: Config, w: Weights, quant_format: str | None):
         x[...] = table[token]
 
     if quant_format is None:
-        layers = [Float32Layer(w, n, arena) for n in range(c.n_layers)]
-        return layers, Float32Head(w.rms_final, w.wcls, arena), embed, _no_input
+        return Float32Model(w, arena), embed, _no_input
     if quant_format not in quant.FORMATS:
         raise ValueError(f"--quant must be one of {sorted(quant.FORMATS)}, got {quant_format!r}")
     _check_blocks(c, quant_format)
@@ -552,7 +580,7 @@ def _float_model(c: Config, w: Weights, quant_format: str | None):
         wo, w2 = linear(w.wo[n]), linear(w.w2[n])
         quantized.append(QuantizedLayer(w.rms_att[n], qkv, wo, w.rms_ffn[n], w13, w2))
     inputs = functools.partial(ggml_input, quant_format)
-    return quantized, QuantizedHead(linear(w.wcls)), embed, inputs
+    return QuantizedModel(quantized, linear(w.wcls)), embed, inputs
 
 
 def _no_input(size: int) -> None:
@@ -597,7 +625,8 @@ def _int8_model(c: Config, w: QWeights):
         dequantize_row(table.q[token], table.s[token], x)
 
     classifier = Int8Linear(w.wcls.q, w.wcls.s, arena)
-    return layers, QuantizedHead(classifier), embed, functools.partial(int8_input, classifier.group)
+    model = QuantizedModel(layers, classifier)
+    return model, embed, functools.partial(int8_input, classifier.group)
 
 
 # ---------------------------------------------------------------------- command line

@@ -98,7 +98,7 @@ def _num_threads() -> int | None:
 
 # what KDSL_DUMP may name: the traced IR, the lowering passes (kdsl/ir/passes), the
 # scheduled IR as the CPU target compiles it
-DUMPS = ("trace", "bounds", "schedule", "all")
+DUMPS = ("trace", "in_place", "bounds", "schedule", "all")
 
 
 def _dump() -> frozenset[str]:

@@ -148,7 +148,7 @@ def test_llama2_c_files(tiny, kind: str) -> None:
 
 
 def test_float32_layers_of_odd_sizes(tmp_path) -> None:
-    """The float32 layer kernel (one call a layer) with sizes that are no multiple of
+    """The float32 forward kernel (one call a token) with sizes that are no multiple of
     its vectors, grouped-query attention and a cache filled to 72 positions of 80."""
     path = fmt.write_checkpoint(tmp_path, ODD, seed=6, kinds=("float32",))["float32"]
     _within(_agree(*fmt.read_checkpoint(path)), quantized=False)
@@ -167,20 +167,20 @@ def test_matrices_are_copied_out_of_the_memory_mapped_file(tiny, blocked, kind: 
     config, weights = fmt.read_checkpoint(path)
     model = runner.Transformer(config, weights, "q4_0" if kind == "q4_0" else None)
     file = np.memmap(path, np.uint8, mode="r")
-    if kind == "float32":  # one kernel per layer
-        arrays = [a for layer in model.layers for a in layer.weights]
-        arrays += [model.head.rms, model.head.w]
+    if kind == "float32":  # one kernel call a token: each array stacked by layer
+        arrays = [*model.model.weights, model.model.rms_final, model.model.wcls]
         assert not any(np.shares_memory(a, file) for a in arrays)
-        np.testing.assert_array_equal(model.layers[1].weights[2], weights.wo[1])
-        np.testing.assert_array_equal(model.head.w, weights.wcls)
+        np.testing.assert_array_equal(model.model.weights[2][1], weights.wo[1])
+        np.testing.assert_array_equal(model.model.wcls, weights.wcls)
         return
-    linears = [model.head.classifier] + [
-        getattr(layer, name) for layer in model.layers for name in ("qkv", "wo", "w13", "w2")
+    layers = model.model.layers
+    linears = [model.model.classifier] + [
+        getattr(layer, name) for layer in layers for name in ("qkv", "wo", "w13", "w2")
     ]
     for linear in linears:
         arrays = [a for a in vars(linear).values() if isinstance(a, np.ndarray)]
         assert arrays and not any(np.shares_memory(a, file) for a in arrays)
-    wo = model.layers[1].wo
+    wo = layers[1].wo
     if kind == "int8":
         np.testing.assert_array_equal(wo.q, weights.wo.q[1])
         np.testing.assert_array_equal(wo.s, weights.wo.s[1])

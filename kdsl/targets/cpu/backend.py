@@ -20,6 +20,7 @@ from kdsl.errors import CompileError
 from kdsl.ir.hashing import source_locations, structural_hash
 from kdsl.ir.nodes import Buffer, Kernel, Loop
 from kdsl.ir.passes.expand import expand_schedule
+from kdsl.ir.passes.hoist import hoist_divisions
 from kdsl.ir.printer import format_kernel
 from kdsl.ir.verify import verify
 from kdsl.targets.cpu import jit, runtime
@@ -96,7 +97,8 @@ def build_object(scheduled: Kernel, key: str, checks: bool, strict_fp: bool) -> 
     """Expand the schedule, run the code generator and LLVM: the kernel's machine code as
     an object file."""
     symbol = f"kdsl_{scheduled.name}_{key[:16]}"  # unique: many versions share one JIT
-    module, sites = generate(expand(scheduled, strict_fp), checks, strict_fp, symbol)
+    final = hoist_divisions(expand(scheduled, strict_fp))  # (CPU only: a GPU's launches
+    module, sites = generate(final, checks, strict_fp, symbol)  # can't share such locals)
     sites.locations = source_locations(scheduled)
     code = jit.emit_object(jit.optimize(module))
     return ObjectCode(code, symbol, sites, PARALLEL_FOR in module.globals, uses_tiles(module))

@@ -1,0 +1,130 @@
+"""Integer divisions that every iteration of a loop computes alike, computed once before it.
+
+A subscript such as `key[h // group, t, d]` in a loop over keys t (the kv head of query
+head h, in grouped-query attention) divides once per key: two divisions per score, half
+the time of a small head's scores (Zen 2, 6 heads of 48 at 256 keys: 21 → 11 µs). LLVM
+leaves them in the loop: a division by zero is 0 in kdsl, a select on the divisor that
+LLVM does not count as safe to run before a loop that may run no iteration. kdsl's
+division is total, so it is: each largest integer expression holding a floor division or
+a remainder, that reads no array, no local (but those made here) and none of the
+variables of the loop or of the loops inside it, becomes a local declared just before the
+outermost such loop.
+The bodies of vector loops (and tile products) are left as they are: their expressions
+may be hoisted before them, never into them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+from kdsl.ir.nodes import (
+    Binary,
+    BinaryOp,
+    DeclareLocal,
+    Expr,
+    If,
+    Kernel,
+    Load,
+    LocalVar,
+    Loop,
+    LoopExec,
+    LoopVar,
+    Stmt,
+)
+from kdsl.ir.visit import (
+    children,
+    fresh_namer,
+    rebuild_expr,
+    stmt_exprs,
+    walk_expr,
+    walk_stmts,
+    with_exprs,
+)
+
+_DIVISIONS = (BinaryOp.FLOORDIV, BinaryOp.MOD)
+_RECURSE = (LoopExec.SERIAL, LoopExec.PARALLEL)  # loops whose bodies may take locals
+
+
+def hoist_divisions(kernel: Kernel) -> Kernel:
+    return replace(kernel, body=_Hoister(fresh_namer(kernel)).block(kernel.body))
+
+
+# The most nodes an expression may have, counted as a tree, to be hoisted: an index's
+# division is a few. (IR expressions share sub-expressions, and a tree walk, equality or
+# hash of a large one is exponential in its depth: every walk here is by identity.)
+MAX_NODES = 64
+
+
+class _Hoister:
+    def __init__(self, fresh: Callable[[str], str]) -> None:
+        self.fresh = fresh
+        self.made: set[str] = set()  # the locals made here: as invariant as what they hold
+
+    def block(self, body: tuple[Stmt, ...]) -> tuple[Stmt, ...]:
+        out: list[Stmt] = []
+        for s in body:
+            if isinstance(s, Loop):
+                found = _invariant_divisions(s, self.made)
+                local = {
+                    e: LocalVar(self.fresh("div"), e.dtype) for e in dict.fromkeys(found.values())
+                }
+                self.made |= {v.name for v in local.values()}
+                out += [DeclareLocal(v.name, v.dtype, e) for e, v in local.items()]
+                if found:
+                    by_id = {i: local[e] for i, e in found.items()}
+                    s = replace(s, body=tuple(_replaced(b, by_id) for b in s.body))
+                if s.exec in _RECURSE:
+                    s = replace(s, body=self.block(s.body))
+            elif isinstance(s, If):
+                s = replace(s, then=self.block(s.then))
+            out.append(s)
+        return tuple(out)
+
+
+def _replaced(s: Stmt, by_id: dict[int, LocalVar]) -> Stmt:
+    return with_exprs(s, lambda e: rebuild_expr(e, lambda old, _: by_id.get(id(old))))
+
+
+def _invariant_divisions(loop: Loop, made: set[str]) -> dict[int, Expr]:
+    """The largest division-holding integer expressions in `loop`'s body that read no
+    array and no local but those `made`, and vary with no loop of it (`loop` included):
+    each occurrence by its identity, in program order."""
+    varying = {loop.var} | {s.var for s in walk_stmts(loop.body) if isinstance(s, Loop)}
+    sizes: dict[int, int] = {}
+    found: dict[int, Expr] = {}
+    seen: set[int] = set()
+
+    def visit(e: Expr) -> None:
+        if id(e) in seen:
+            return
+        seen.add(id(e))
+        if _tree_size(e, sizes) <= MAX_NODES and _hoistable(e, varying, made):
+            found[id(e)] = e
+            return
+        for c in children(e):
+            visit(c)
+
+    for s in walk_stmts(loop.body):
+        for e in stmt_exprs(s):
+            visit(e)
+    return found
+
+
+def _tree_size(e: Expr, sizes: dict[int, int]) -> int:
+    """Nodes of `e` counted as a tree (capped past MAX_NODES), memoized by identity."""
+    if id(e) not in sizes:
+        sizes[id(e)] = min(1 + sum(_tree_size(c, sizes) for c in children(e)), MAX_NODES + 1)
+    return sizes[id(e)]
+
+
+def _hoistable(e: Expr, varying: set[str], made: set[str]) -> bool:
+    if not e.dtype.is_int:
+        return False
+    nodes = list(walk_expr(e))
+    return any(isinstance(x, Binary) and x.op in _DIVISIONS for x in nodes) and not any(
+        isinstance(x, Load)
+        or (isinstance(x, LocalVar) and x.name not in made)
+        or (isinstance(x, LoopVar) and x.name in varying)
+        for x in nodes
+    )
