@@ -487,16 +487,21 @@ class Float32Model:
     (float32_forward), each array stacked by layer."""
 
     def __init__(self, w: Weights, arena: HugePageArena):
-        def stacked(arrays) -> np.ndarray:
-            return arena.copy(np.asarray(np.stack(arrays), np.float32))
+        def stacked(*parts) -> np.ndarray:
+            """The layers' arrays (each the concatenation of `parts`' rows) stacked, made
+            a layer at a time in the arena (no second copy of the whole)."""
+            first = np.concatenate([p[0] for p in parts])
+            out = arena.empty((len(parts[0]), *first.shape), np.float32)
+            for n, layer in enumerate(out):
+                layer[...] = np.concatenate([p[n] for p in parts])
+            return out
 
-        layers = range(len(w.wq))
         self.weights = (
             stacked(w.rms_att),
-            stacked([np.concatenate([w.wq[n], w.wk[n], w.wv[n]]) for n in layers]),
+            stacked(w.wq, w.wk, w.wv),
             stacked(w.wo),
             stacked(w.rms_ffn),
-            stacked([np.concatenate([w.w1[n], w.w3[n]]) for n in layers]),
+            stacked(w.w1, w.w3),
             stacked(w.w2),
         )
         self.rms_final, self.wcls = (

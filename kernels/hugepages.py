@@ -14,6 +14,7 @@ Where the system gives no huge pages, the arena is plain memory and nothing chan
 from __future__ import annotations
 
 import contextlib
+import math
 import mmap
 
 import numpy as np
@@ -35,13 +36,20 @@ class HugePageArena:
     def copy(self, a: np.ndarray) -> np.ndarray:
         """A C-ordered, writable copy of `a` in the arena."""
         a = np.asarray(a)
-        start = -(-self._used // ALIGN) * ALIGN
-        if start + a.nbytes > self._chunk.size:
-            self._chunk, start = _huge_chunk(max(self.chunk_bytes, a.nbytes)), 0
-        self._used = start + a.nbytes
-        out = self._chunk[start : self._used].view(a.dtype).reshape(a.shape)
+        out = self.empty(a.shape, a.dtype)
         out[...] = a
         return out
+
+    def empty(self, shape: tuple[int, ...], dtype: object) -> np.ndarray:
+        """A new C-ordered array in the arena (its values unset): to fill in parts, where
+        a copy would first need the whole array elsewhere."""
+        dtype = np.dtype(dtype)
+        nbytes = math.prod(shape) * dtype.itemsize
+        start = -(-self._used // ALIGN) * ALIGN
+        if start + nbytes > self._chunk.size:
+            self._chunk, start = _huge_chunk(max(self.chunk_bytes, nbytes)), 0
+        self._used = start + nbytes
+        return self._chunk[start : self._used].view(dtype).reshape(shape)
 
 
 def _huge_chunk(nbytes: int) -> np.ndarray:

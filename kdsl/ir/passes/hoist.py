@@ -6,21 +6,25 @@ the time of a small head's scores (Zen 2, 6 heads of 48 at 256 keys: 21 â†’ 11 Â
 leaves them in the loop: a division by zero is 0 in kdsl, a select on the divisor that
 LLVM does not count as safe to run before a loop that may run no iteration. kdsl's
 division is total, so it is: each largest integer expression holding a floor division or
-a remainder, that reads no array, no local (but those made here) and none of the
-variables of the loop or of the loops inside it, becomes a local declared just before the
-outermost such loop.
-The bodies of vector loops (and tile products) are left as they are: their expressions
-may be hoisted before them, never into them.
+a remainder by a value known when the kernel runs, that reads no array, no local (but
+those made here) and none of the variables of the loop or of the loops inside it, becomes
+a local declared just before the outermost such loop. Not a division by a constant: LLVM
+hoists it itself, and the code generator reads such expressions as they are (a vector
+tail's start, `n // 16 * 16`, is a multiple of the width; a tile product's extents are
+its tile's). Loop extents stay as they are too (computed once per run of their loop, and
+compared by the vectorizer with the dimensions they cover); the bodies of vector loops get
+no locals, and tile products (AMX, MMA) are left whole.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 from kdsl.ir.nodes import (
     Binary,
     BinaryOp,
+    Const,
     DeclareLocal,
     Expr,
     If,
@@ -44,6 +48,7 @@ from kdsl.ir.visit import (
 
 _DIVISIONS = (BinaryOp.FLOORDIV, BinaryOp.MOD)
 _RECURSE = (LoopExec.SERIAL, LoopExec.PARALLEL)  # loops whose bodies may take locals
+_TILES = (LoopExec.AMX, LoopExec.MMA)  # tile products, matched by their form
 
 
 def hoist_divisions(kernel: Kernel) -> Kernel:
@@ -64,7 +69,7 @@ class _Hoister:
     def block(self, body: tuple[Stmt, ...]) -> tuple[Stmt, ...]:
         out: list[Stmt] = []
         for s in body:
-            if isinstance(s, Loop):
+            if isinstance(s, Loop) and s.exec not in _TILES:
                 found = _invariant_divisions(s, self.made)
                 local = {
                     e: LocalVar(self.fresh("div"), e.dtype) for e in dict.fromkeys(found.values())
@@ -105,10 +110,21 @@ def _invariant_divisions(loop: Loop, made: set[str]) -> dict[int, Expr]:
         for c in children(e):
             visit(c)
 
-    for s in walk_stmts(loop.body):
-        for e in stmt_exprs(s):
-            visit(e)
+    for s in _outside_tiles(loop.body):
+        if not isinstance(s, Loop):  # (an extent: see the module docstring)
+            for e in stmt_exprs(s):
+                visit(e)
     return found
+
+
+def _outside_tiles(body: tuple[Stmt, ...]) -> Iterator[Stmt]:
+    """`walk_stmts`, not into tile products."""
+    for s in body:
+        if isinstance(s, Loop) and s.exec in _TILES:
+            continue
+        yield s
+        if isinstance(s, Loop | If):
+            yield from _outside_tiles(s.body if isinstance(s, Loop) else s.then)
 
 
 def _tree_size(e: Expr, sizes: dict[int, int]) -> int:
@@ -122,7 +138,10 @@ def _hoistable(e: Expr, varying: set[str], made: set[str]) -> bool:
     if not e.dtype.is_int:
         return False
     nodes = list(walk_expr(e))
-    return any(isinstance(x, Binary) and x.op in _DIVISIONS for x in nodes) and not any(
+    by_variable = (
+        isinstance(x, Binary) and x.op in _DIVISIONS and not isinstance(x.rhs, Const) for x in nodes
+    )
+    return any(by_variable) and not any(
         isinstance(x, Load)
         or (isinstance(x, LocalVar) and x.name not in made)
         or (isinstance(x, LoopVar) and x.name in varying)

@@ -57,6 +57,15 @@ def expand(scheduled: Kernel, strict_fp: bool) -> Kernel:
     return final
 
 
+def cpu_final(scheduled: Kernel, strict_fp: bool) -> Kernel:
+    """`expand`, then the CPU's own pass: divisions out of the loops that compute them
+    alike (not on a GPU, whose launches can't share such locals)."""
+    final = hoist_divisions(expand(scheduled, strict_fp))
+    if CONFIG.debug:
+        verify(final, "scheduled")
+    return final
+
+
 def _vectorizable(buffers: Mapping[str, Buffer], loop: Loop) -> bool:
     return plan_vector_loop(loop, buffers).problem is None
 
@@ -75,8 +84,9 @@ class CpuKernel:
 
     @functools.cached_property
     def final(self) -> Kernel:
-        """The expanded IR (made again on request: a cached object has none)."""
-        return expand(self.kernel, self.strict_fp)
+        """The IR the code generator compiled (made again on request: a cached object has
+        none)."""
+        return cpu_final(self.kernel, self.strict_fp)
 
     @functools.cached_property
     def llvm_ir(self) -> str:
@@ -97,8 +107,7 @@ def build_object(scheduled: Kernel, key: str, checks: bool, strict_fp: bool) -> 
     """Expand the schedule, run the code generator and LLVM: the kernel's machine code as
     an object file."""
     symbol = f"kdsl_{scheduled.name}_{key[:16]}"  # unique: many versions share one JIT
-    final = hoist_divisions(expand(scheduled, strict_fp))  # (CPU only: a GPU's launches
-    module, sites = generate(final, checks, strict_fp, symbol)  # can't share such locals)
+    module, sites = generate(cpu_final(scheduled, strict_fp), checks, strict_fp, symbol)
     sites.locations = source_locations(scheduled)
     code = jit.emit_object(jit.optimize(module))
     return ObjectCode(code, symbol, sites, PARALLEL_FOR in module.globals, uses_tiles(module))

@@ -280,7 +280,30 @@ class _Codegen:
         same = b.icmp_unsigned("==", b.ptrtoint(w.data, I64), b.ptrtoint(o.data, I64))
         for mine, theirs in (*zip(w.dims, o.dims), *zip(w.strides, o.strides)):
             same = b.and_(same, b.icmp_signed("==", mine, theirs))
-        return same
+        n = len(w.dims)
+        apart = b.or_(
+            self._apart(w, wbuf.dtype.itemsize, range(n)),
+            self._apart(w, wbuf.dtype.itemsize, range(n)[::-1]),
+        )
+        return b.and_(same, apart)
+
+    def _apart(self, info: ArrayInfo, itemsize: int, outer_first: range) -> ir.Value:
+        """Whether each axis (of two elements or more) steps at least the bytes that the
+        axes after it in `outer_first` span: then no two elements share a byte (C order,
+        or Fortran's, with any steps and signs). A view whose elements are apart in
+        another order of its axes answers no: the caller's exact test decides then (an
+        `as_strided` view whose rows overlap must not be updated in place)."""
+        b = self.b
+        zero, one = ir.Constant(I64, 0), ir.Constant(I64, 1)
+        ok: ir.Value = ir.Constant(I1, 1)
+        reach: ir.Value = ir.Constant(I64, itemsize)
+        for axis in reversed(outer_first):
+            d, s = info.dims[axis], info.strides[axis]
+            step = b.select(b.icmp_signed("<", s, zero), b.sub(zero, s), s)
+            many = b.icmp_signed(">", d, one)
+            ok = b.and_(ok, b.or_(b.not_(many), b.icmp_signed(">=", step, reach)))
+            reach = b.select(many, b.add(b.mul(step, b.sub(d, one)), reach), reach)
+        return ok
 
     def _interleaved(self, wbuf: Buffer, other: Buffer) -> ir.Value:
         """Two arrays of the same strides whose elements fall between each other's: the
@@ -657,5 +680,3 @@ def _invariant_allocations(
 
 def _is_const(v: ir.Value, n: int) -> bool:
     return isinstance(v, ir.Constant) and v.constant == n
-
-

@@ -119,6 +119,18 @@ def test_an_update_in_place_needs_no_check_in_python(monkeypatch):
         np.testing.assert_allclose(x, want, rtol=1e-6)
         with pytest.raises(kd.KernelArgumentError, match="share memory"):
             axpy(1.5, x[1:], w, x[:-1])
+    # one view, but elements (2, 0) and (0, 3) are one float: refused as before (reviewed)
+    rows = np.lib.stride_tricks.as_strided(
+        np.zeros(64, np.float32), (3, 4), strides=(12, 8), writeable=True
+    )
+    with pytest.raises(kd.KernelArgumentError, match="share memory"):
+        axpy(1.5, rows, w[:4], rows)
+    reversed_rows = x[::-1, ::-2]  # apart, with negative strides: in place, natively
+    want = 1.5 * reversed_rows + reversed_rows * w[: reversed_rows.shape[1]]
+    with monkeypatch.context() as m:
+        m.setattr(Specialization, "_sharing", lambda *_: pytest.fail("checked in Python"))
+        axpy(1.5, reversed_rows, w[: reversed_rows.shape[1]], reversed_rows)
+    np.testing.assert_allclose(reversed_rows, want, rtol=1e-6)
 
 
 def test_zero_d_arrays_are_checked_too():
