@@ -34,6 +34,25 @@ def test_a_copy_holds_the_same_values_in_c_order_on_a_cache_line(shape, dtype) -
     assert not np.shares_memory(copy, source)
 
 
+def test_an_empty_array_is_filled_in_parts_beside_the_copies() -> None:
+    """`empty`: a new array of the shape and dtype asked for, C-ordered on a cache line, apart
+    from the arena's other arrays (the llama2 runner fills its stacked layers a layer at a
+    time)."""
+    rng = np.random.default_rng(2)
+    arena = HugePageArena(chunk_bytes=1 << 16)
+    before = arena.copy(_random((5,), np.int8, rng))
+    stacked = arena.empty((3, 7, 11), np.float32)
+    after = arena.copy(_random((9,), np.float64, rng))
+    assert stacked.shape == (3, 7, 11) and stacked.dtype == np.float32
+    assert stacked.flags.c_contiguous and stacked.ctypes.data % ALIGN == 0
+    layers = [_random((7, 11), np.float32, rng) for _ in range(3)]
+    for layer, values in zip(stacked, layers):
+        layer[...] = values
+    np.testing.assert_array_equal(stacked, np.stack(layers))
+    assert not np.shares_memory(stacked, before) and not np.shares_memory(stacked, after)
+    assert arena.empty((0, 4), np.int8).shape == (0, 4)
+
+
 def test_copies_do_not_overlap_and_outlive_the_arena() -> None:
     rng = np.random.default_rng(1)
     arena = HugePageArena(chunk_bytes=1 << 16)
