@@ -51,7 +51,7 @@ def _loop(stmts, name: str) -> Loop:
 
 
 def test_a_head_s_group_is_divided_once_per_head_not_once_per_key():
-    q, key, out = np.ones((6, 16), np.float32), np.ones((3, 40, 16), np.float32), np.empty((6, 40))
+    q, key, out = np.ones((6, 16), np.float32), np.ones((3, 40, 16), np.float32), np.zeros((6, 40))
     before = _expanded(grouped_scores, q, key, out.astype(np.float32))
     after = hoist_divisions(before)
     assert _divisions(_loop(before.body, "t").body)  # h // group at every key

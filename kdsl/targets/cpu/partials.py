@@ -240,10 +240,23 @@ def total(
 def with_levels(
     ops: Ops, op: BinaryOp, d: T.DType, partials: ir.Value, levels: Levels | None
 ) -> ir.Value:
-    """`partials` op each level's sums (a blocked sum's; none for another)."""
-    for slot in levels.slots if levels is not None else ():
-        partials = ops.binary(op, partials, read_slot(ops.b, slot), d)
-    return partials
+    """`partials` op each level's sums (a blocked sum's; none for another), in a branch
+    taken only where some block moved up: a short sum's levels are all zero, and adding
+    them cost a dot product of 48 floats a fifth of its time (Zen 2, llama2's scores)."""
+    if levels is None:
+        return partials
+    b = ops.b
+    moved = b.icmp_signed("!=", b.load(levels.blocks, typ=I64), ir.Constant(I64, 0))
+    before = b.block
+    with b.if_then(moved, likely=False):
+        summed = partials
+        for slot in levels.slots:
+            summed = ops.binary(op, summed, read_slot(b, slot), d)
+        after = b.block
+    result = b.phi(partials.type)
+    result.add_incoming(partials, before)
+    result.add_incoming(summed, after)
+    return result
 
 
 @contextmanager
