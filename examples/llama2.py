@@ -174,11 +174,14 @@ class _Layer:
     def shape(self):
         return self.stack.shape[1:]
 
+    def _at(self, index):
+        return (self.n, *(index if isinstance(index, tuple) else (index,)))
+
     def __getitem__(self, index):
-        return self.stack[(self.n, *(index if isinstance(index, tuple) else (index,)))]
+        return self.stack[self._at(index)]
 
     def __setitem__(self, index, value):
-        self.stack[(self.n, *(index if isinstance(index, tuple) else (index,)))] = value
+        self.stack[self._at(index)] = value
 
 
 @kd.kernel
