@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kdsl as kd
-from kdsl.schedule.default import TILE_ROWS
+from kdsl.schedule.default import COLUMN_BLOCK, STREAMED_ROWS, TILE_ROWS
 from tests.helpers import asm_loops, random_array, vector_register
 
 
@@ -40,7 +40,7 @@ def test_matmul_runs_in_register_tiles_vectorized_along_the_unit_stride_loop():
     columns and the rows unrolled inside it: each vector of B serves the tile's rows."""
     a = np.ones((4, 4), np.float64)
     steps = str(matmul.schedule_of(a, a, a.copy())).splitlines()[1:]
-    assert steps == [
+    assert steps[7:] == [
         f'io, jo, ii, ji = s.tile("i", "j", {TILE_ROWS}, 8)',
         's.reorder("ji", "k", "ii")',
         's.unroll("ii")',
@@ -48,6 +48,49 @@ def test_matmul_runs_in_register_tiles_vectorized_along_the_unit_stride_loop():
         's.parallelize("io")',
         's.parallelize("jo")',  # (for one row tile: a vector times a matrix)
     ]
+
+
+def test_one_row_streams_the_matrix_rows_into_blocks_of_sums():
+    """A vector times a matrix (one row, known only at run time: a version of its own)
+    walks STREAMED_ROWS rows of B at a time into a block of COLUMN_BLOCK bytes of sums,
+    the blocks on threads: B is read row after row, not a vector down each column."""
+    a = np.ones((4, 4), np.float32)
+    steps = str(matmul.schedule_of(a, a, a.copy())).splitlines()[1:]
+    assert steps[:7] == [
+        'i.1, j.1, k.1 = s.specialize("i", below=2)',
+        f'j.1o, j.1i = s.split("j.1", {COLUMN_BLOCK // 4})',
+        f'k.1o, k.1i = s.split("k.1", {STREAMED_ROWS})',
+        's.reorder("i.1", "j.1o", "k.1o", "j.1i", "k.1i")',
+        's.unroll("k.1i")',
+        's.vectorize("j.1i", 16)',
+        's.parallelize("j.1o")',
+    ], steps
+
+
+@kd.kernel
+def vecmat(x, w, y):
+    i, j, k = kd.indices(1, w.shape[1], w.shape[0])
+    y[i, j] = kd.sum(x[i, k] * w[k, j], over=k)
+
+
+@settings(deadline=None, max_examples=20)
+@given(
+    k=st.sampled_from([0, 1, 3, 4, 5, 17, 4099]),
+    n=st.sampled_from([1, 7, 16, 37, 2047, 2049, 4100]),
+    dtype=st.sampled_from([np.float32, np.float64, np.int32]),
+)
+def test_a_constant_single_row_is_streamed_whole(k, n, dtype):
+    """One row known when the kernel is traced: no tiles, no second version; every
+    column block and row remainder (k not a multiple of STREAMED_ROWS) against NumPy."""
+    x = np.ones((1, 3), dtype)
+    steps = str(vecmat.schedule_of(x, np.ones((3, 5), dtype), np.ones((1, 5), dtype)))
+    assert "specialize" not in steps and "tile" not in steps and "k.1" not in steps, steps
+    rng = np.random.default_rng(k * 10000 + n)
+    x, w = random_array(rng, (1, k), dtype), random_array(rng, (k, n), dtype)
+    y = np.full((1, n), 7, dtype)
+    vecmat(x, w, y)
+    want = x.astype(np.float64) @ w.astype(np.float64)
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-4)
 
 
 @settings(deadline=None, max_examples=25)
@@ -89,7 +132,8 @@ def test_a_batch_of_contractions_keeps_its_batch_loop_parallel():
     loop over k (1.7× slower)."""
     a = np.ones((2, 7, 9), np.float32)
     steps = str(batched_matmul.schedule_of(a, a[:, :, :7].copy(), a.copy())).splitlines()
-    assert steps[1:] == [
+    assert 's.parallelize("b.1")' in steps[:10], steps  # (the version for one row)
+    assert steps[-6:] == [
         f'io, jo, ii, ji = s.tile("i", "j", {TILE_ROWS}, 16)',
         's.reorder("ji", "k", "ii")',
         's.unroll("ii")',
@@ -98,10 +142,12 @@ def test_a_batch_of_contractions_keeps_its_batch_loop_parallel():
         's.parallelize("io")',
     ], steps
     rng = np.random.default_rng(4)
-    a, b = random_array(rng, (3, 13, 5), np.float32), random_array(rng, (3, 5, 17), np.float32)
-    c = np.full((3, 13, 17), np.nan, np.float32)
-    batched_matmul(a, b, c)
-    np.testing.assert_allclose(c, a.astype(np.float64) @ b, rtol=1e-5, atol=1e-5)
+    for rows in (13, 1):  # (one row: the version that streams b's rows)
+        a = random_array(rng, (3, rows, 5), np.float32)
+        b = random_array(rng, (3, 5, 17), np.float32)
+        c = np.full((3, rows, 17), np.nan, np.float32)
+        batched_matmul(a, b, c)
+        np.testing.assert_allclose(c, a.astype(np.float64) @ b, rtol=1e-5, atol=1e-5)
 
 
 @kd.kernel
