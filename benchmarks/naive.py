@@ -153,7 +153,8 @@ def transpose(x, y):
 @kd.kernel
 def matmul(a, b, c):
     """A contraction: the default schedule computes it in register tiles of 6 rows × a
-    vector of columns (each vector of b serves the tile's rows)."""
+    vector of columns (each vector of b serves the tile's rows), b packed a panel of
+    columns at a time; one row of a streams b's rows instead."""
     i, j, k = kd.indices(a.shape[0], b.shape[1], a.shape[1])
     c[i, j] = kd.sum(a[i, k] * b[k, j], over=k)
 
@@ -501,11 +502,12 @@ def main(argv: list[str] | None = None) -> int:
         "Fortran-ordered arrays along their first axis, makes an elementwise nest over "
         "whole C-ordered arrays one loop over all elements (collapse), gives each vector lane its "
         "own copy of a small scratch array, computes a contraction (the matmul) in "
-        "register tiles of 6 rows × a vector of columns, sums down the columns in blocks "
+        "register tiles of 6 rows × a vector of columns over panels of b packed 32 columns "
+        "at a time (0.73× NumPy before the packing), sums down the columns in blocks "
         "of columns, a long sum in parts on all threads (rfactor), and a transpose in "
         "16 × 16 tiles",
-        "a vector times a matrix: one row, so the default runs its version for fewer rows "
-        "than a register tile, which streams four rows of the matrix at a time into blocks "
+        "a vector times a matrix: one row, so the default runs its version for a single "
+        "row, which streams four rows of the matrix at a time into blocks "
         "of 2048 column sums (the blocks on threads); the register tiles read it a vector "
         "of columns at a time down k, a row's length between reads (0.32× NumPy before)",
         "checked against NumPy on fresh random data first; medians of alternating batches",

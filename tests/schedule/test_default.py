@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kdsl as kd
-from kdsl.schedule.default import COLUMN_BLOCK, STREAMED_ROWS, TILE_ROWS
+from kdsl.schedule.default import COLUMN_BLOCK, PANEL_TILES, STREAMED_ROWS, TILE_ROWS
 from tests.helpers import asm_loops, random_array, vector_register
 
 
@@ -37,7 +37,9 @@ def test_a_one_loop_kernel_is_split_vectorized_and_parallelized():
 
 def test_matmul_runs_in_register_tiles_vectorized_along_the_unit_stride_loop():
     """TILE_ROWS rows × a vector of the output (8 f64 lanes), the reduction inside the
-    columns and the rows unrolled inside it: each vector of B serves the tile's rows."""
+    columns and the rows unrolled inside it: each vector of B serves the tile's rows.
+    The tiles go in panels of PANEL_TILES vectors of columns, each panel of B packed
+    whole before the tiles of rows walk it, the panels on threads."""
     a = np.ones((4, 4), np.float64)
     steps = str(matmul.schedule_of(a, a, a.copy())).splitlines()[1:]
     assert steps[7:] == [
@@ -45,9 +47,46 @@ def test_matmul_runs_in_register_tiles_vectorized_along_the_unit_stride_loop():
         's.reorder("ji", "k", "ii")',
         's.unroll("ii")',
         's.vectorize("ji", 8)',
-        's.parallelize("io")',
-        's.parallelize("jo")',  # (for one row tile: a vector times a matrix)
+        f'joo, joi = s.split("jo", {PANEL_TILES})',
+        's.reorder("joo", "io", "joi")',
+        's.cache("B", "joo", layout="packed")',
+        's.parallelize("joo")',
     ]
+
+
+@kd.kernel
+def scaled_matmul(A, B, s, C):
+    i, j, k = kd.indices(A.shape[0], B.shape[1], A.shape[1])
+    C[i, j] = kd.sum(A[i, k] * (B[k, j] * s[j]), over=k)
+
+
+@kd.kernel
+def sum_of_products(A, B, D, C):
+    i, j, k = kd.indices(A.shape[0], B.shape[1], A.shape[1])
+    C[i, j] = kd.sum(A[i, k] * (B[k, j] + D[k, j]), over=k)
+
+
+def test_only_the_one_array_the_rows_share_along_the_reduction_is_packed():
+    """B[k, j]·s[j]: B is packed (read along k), s read in place once a tile. B[k, j] +
+    D[k, j]: two such arrays, no one panel to copy, so the register tiles read both in
+    place, the tiles of rows on threads. Both against NumPy."""
+    a = np.ones((4, 4), np.float32)
+    steps = str(scaled_matmul.schedule_of(a, a, a[0].copy(), a.copy())).splitlines()
+    assert [step for step in steps if "cache" in step] == [
+        's.cache("B", "joo", layout="packed")'
+    ], steps
+    steps = str(sum_of_products.schedule_of(a, a, a, a.copy())).splitlines()
+    assert not any("cache" in step for step in steps), steps
+    assert steps[-2:] == ['s.parallelize("io")', 's.parallelize("jo")'], steps
+    rng = np.random.default_rng(3)
+    x, y = random_array(rng, (13, 37), np.float32), random_array(rng, (37, 19), np.float32)
+    z = random_array(rng, (19,), np.float32)
+    out = np.full((13, 19), np.nan, np.float32)
+    scaled_matmul(x, y, z, out)
+    np.testing.assert_allclose(out, x.astype(np.float64) @ (y * z), rtol=1e-5, atol=1e-5)
+    d = random_array(rng, (37, 19), np.float32)
+    sum_of_products(x, y, d, out)
+    np.testing.assert_allclose(out, x.astype(np.float64) @ (y + d), rtol=1e-5, atol=1e-5)
 
 
 def test_one_row_streams_the_matrix_rows_into_blocks_of_sums():
@@ -127,19 +166,22 @@ def batched_matmul(A, B, C):
 
 
 def test_a_batch_of_contractions_keeps_its_batch_loop_parallel():
-    """The batch loop runs on threads, and the tiles of rows inside it too (for a batch
+    """The batch loop runs on threads, and the panels of B inside it too (for a batch
     of one), not collapsed: the division for a tile's rows (`6·io + ii`) stayed in the
     loop over k (1.7× slower)."""
     a = np.ones((2, 7, 9), np.float32)
     steps = str(batched_matmul.schedule_of(a, a[:, :, :7].copy(), a.copy())).splitlines()
     assert 's.parallelize("b.1")' in steps[:10], steps  # (the version for one row)
-    assert steps[-6:] == [
+    assert steps[-9:] == [
         f'io, jo, ii, ji = s.tile("i", "j", {TILE_ROWS}, 16)',
         's.reorder("ji", "k", "ii")',
         's.unroll("ii")',
         's.vectorize("ji", 16)',
+        f'joo, joi = s.split("jo", {PANEL_TILES})',
+        's.reorder("joo", "io", "joi")',
+        's.cache("B", "joo", layout="packed")',
         's.parallelize("b")',
-        's.parallelize("io")',
+        's.parallelize("joo")',
     ], steps
     rng = np.random.default_rng(4)
     for rows in (13, 1):  # (one row: the version that streams b's rows)
