@@ -142,9 +142,7 @@ NOTES = [
     "same copy with its output written past the caches where it is larger than the L3 (no read "
     "of each output line before it is written) against the default schedule; softmax and RMS norm are "
     "DESIGN §1's statements with temporaries, with a fuse/vectorize/parallelize schedule, "
-    "against NumPy and against the same kernel with each statement its own nest (unfused); "
-    "'default schedule vs unfused' is the kernel with no schedule, whose loops of rows the "
-    "default fuses (m, e and s shrink to a scalar, a row buffer and a scalar); the "
+    "against NumPy and against the same kernel with the default schedule (unfused); the "
     "scheduled matmul uses the tile/split/reorder/vectorize/unroll/parallelize schedule of "
     "benchmarks/schedules.py with its params' first choices (the tuning rows tune DESIGN §3's schedule: benchmarks/tuning.py).",
     "First call: a new kernel object traced and compiled (LLVM included) and run on 8 elements; 'cached object': the same with its machine code found in the cache directory (no LLVM).",

@@ -24,7 +24,7 @@ from collections.abc import Callable, Hashable
 
 from kdsl.errors import ScheduleError
 from kdsl.ir.extents import same_extent
-from kdsl.ir.nodes import BufferRole, Kernel, Load, Loop, LoopExec, LoopKind, Store
+from kdsl.ir.nodes import Kernel, Load, Loop, LoopExec, LoopKind, Store
 from kdsl.ir.visit import walk_all_exprs, walk_stmts
 from kdsl.schedule import tree
 from kdsl.schedule.recipe import Schedule
@@ -34,55 +34,6 @@ MAX_STATEMENTS = 16  # stores in one fused nest
 # What the default schedule would do to a nest (which loop it vectorizes, how wide,
 # whether it parallelizes): nests are fused only where this stays the same.
 Plan = Callable[[Kernel, Loop], Hashable]
-
-
-def fuse_rows(s: Schedule) -> None:
-    """Fuse each top-level nest into the one before it where both are loops of rows (a
-    parallel loop whose loops inside it are reductions or hold none: a row's max, its
-    exponentials, its sum, its scaled elements) over the same extent, and the later
-    reads a temporary that the earlier writes: DESIGN §1's four-statement softmax
-    becomes one loop of rows, each row's max and sum a scalar and its exponentials a
-    row buffer (`fuse` shrinks them), instead of four passes over memory with a full
-    temporary between them. `fuse` refuses what would change the result (a later row
-    reading an element an earlier row of the other nest writes)."""
-    first: str | None = None
-    for lp in [st for st in s.kernel.body if isinstance(st, Loop)]:
-        if first is not None and _fuse_rows_into(s, first, lp.var):
-            continue
-        first = lp.var if _rows(lp) else None
-
-
-def _fuse_rows_into(s: Schedule, a: str, b: str) -> bool:
-    first, second = _loop(s.kernel, a), _loop(s.kernel, b)
-    if not _rows(second) or not same_extent(s.kernel, first.extent, second.extent):
-        return False
-    temps = {buf.name for buf in s.kernel.buffers if buf.role is BufferRole.TEMP}
-    written = {st.buffer for st in walk_stmts((first,)) if isinstance(st, Store)}
-    read = {e.buffer for e in walk_all_exprs((second,)) if isinstance(e, Load)}
-    if not written & read & temps:
-        return False  # (nothing handed from one to the other to keep in cache)
-    trial = Schedule(s.kernel, target=s.target, strict_fp=s.strict_fp)
-    try:
-        trial.fuse(a, b)
-    except ScheduleError:
-        return False
-    s.fuse(a, b)
-    return True
-
-
-def _rows(lp: Loop) -> bool:
-    """Whether `lp` is a loop of rows: parallel, not yet annotated, and no parallel loop
-    inside it holds a reduction (a contraction's columns do: they keep their own tiles)."""
-    if lp.kind is not LoopKind.PARALLEL or lp.exec is not LoopExec.SERIAL:
-        return False
-    return not any(
-        isinstance(inner, Loop)
-        and inner.kind is LoopKind.PARALLEL
-        and any(
-            isinstance(r, Loop) and r.kind is LoopKind.REDUCTION for r in walk_stmts(inner.body)
-        )
-        for inner in walk_stmts(lp.body)
-    )
 
 
 def fuse_siblings(s: Schedule, plan: Plan) -> None:
