@@ -589,11 +589,11 @@ def _register_tiles(s: Schedule, nest: Loop, vectors: list[Loop]) -> tuple[str, 
     reading something the rows don't index and something they do, and the columns are not
     a constant under one vector. Then, where the shared operand is one array read along
     the reduction and the columns, the tiles go in panels of PANEL_TILES of them, each
-    panel of it packed (`_packed_panels`), and the panels run on threads (each packs its
-    own; the tiles of rows inside them on threads too ran slower, the pool's nesting
-    taking the two cores for the rows of one panel at a time). The rows' loop and the
-    loop to run on threads (the vector loop vectorized), or None where it doesn't
-    apply."""
+    panel of it packed (`_packed_panels`); the panels run on threads (each packs its
+    own), and the tiles of rows inside them too, which the pool takes where there are
+    too few panels to go round (one panel: 32 columns of f32). The rows' loop and the
+    loops to run on threads, outermost first (the vector loop vectorized), or None where
+    it doesn't apply."""
     found = _contraction(nest, vectors)
     if found is None:
         return None
@@ -617,7 +617,7 @@ def _register_tiles(s: Schedule, nest: Loop, vectors: list[Loop]) -> tuple[str, 
         return None
     shared = _shared_operand(s.kernel, reduction, rows, columns)
     panels = None if shared is None else _packed_panels(s, shared, tiles, column_tiles)
-    return rows.var, [tiles if panels is None else panels]
+    return rows.var, [tiles] if panels is None else [panels, tiles]
 
 
 def _shared_operand(kernel: Kernel, reduction: Loop, rows: Loop, columns: Loop) -> str | None:
