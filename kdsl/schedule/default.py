@@ -526,13 +526,23 @@ def _parent_loop(nest: Loop, loop: Loop) -> str | None:
     return around[-1].var if around else None
 
 
-def _contraction(nest: Loop, vectors: list[Loop]) -> tuple[list[Loop], Loop] | None:
-    """The chain and reduction loop of a contraction (`_reduction_in_vector_loop`, its
-    rows sharing reads: `_shared_by_rows`), if the nest is one."""
+def _contraction(
+    kernel: Kernel, nest: Loop, vectors: list[Loop]
+) -> tuple[list[Loop], Loop, int, int] | None:
+    """If the nest is a contraction (`_reduction_in_vector_loop`, its rows sharing
+    reads: `_shared_by_rows`): its parallel chain (rows and columns last), its
+    reduction loop, the bytes of its widest sum (a local of the columns' body; 0 for
+    none) and the vector width the sums allow."""
     found = _reduction_in_vector_loop(nest, vectors)
     if found is None or len(found[0]) < 2 or not _shared_by_rows(found[0][-2], found[1]):
         return None
-    return found
+    chain, reduction = found
+    columns = chain[-1]
+    sums = max(
+        (st.dtype.itemsize for st in columns.body if isinstance(st, DeclareLocal)), default=0
+    )
+    width = min(_width(kernel, columns), VECTOR_BYTES // max(sums, 1))
+    return chain, reduction, sums, width
 
 
 def _streamed_rows(s: Schedule, nest: Loop, vectors: list[Loop]) -> bool:
@@ -547,13 +557,11 @@ def _streamed_rows(s: Schedule, nest: Loop, vectors: list[Loop]) -> bool:
     vector times a 4000² matrix: 5.1 → 1.74 ms (NumPy 1.65), 768 × 32000: 9.0 → 2.4 ms
     (NumPy 2.05); the naive matmul's first call compiles in 0.98 s instead of 0.76.
     Whether the whole nest is done (its rows the constant 1)."""
-    found = _contraction(nest, vectors)
+    found = _contraction(s.kernel, nest, vectors)
     if found is None:
         return False
-    chain, reduction = found
+    chain, reduction, sums, width = found
     rows, columns = chain[-2], chain[-1]
-    sums = [st.dtype.itemsize for st in columns.body if isinstance(st, DeclareLocal)]
-    width = min(_width(s.kernel, columns), VECTOR_BYTES // max(sums, default=1))
     if isinstance(columns.extent, Const) and int(columns.extent.value) < width:
         return False
     single = isinstance(rows.extent, Const)
@@ -566,7 +574,7 @@ def _streamed_rows(s: Schedule, nest: Loop, vectors: list[Loop]) -> bool:
                 if single
                 else _specialized(s, nest, rows, 2)
             )
-            blocks, lanes = s.split(names[columns.var], COLUMN_BLOCK // max(sums, default=4))
+            blocks, lanes = s.split(names[columns.var], COLUMN_BLOCK // (sums or 4))
             ko, ki = s.split(names[reduction.var], STREAMED_ROWS)
             s.reorder(names[rows.var], blocks, ko, lanes, ki)
             s.unroll(ki)
@@ -594,14 +602,11 @@ def _register_tiles(s: Schedule, nest: Loop, vectors: list[Loop]) -> tuple[str, 
     too few panels to go round (one panel: 32 columns of f32). The rows' loop and the
     loops to run on threads, outermost first (the vector loop vectorized), or None where
     it doesn't apply."""
-    found = _contraction(nest, vectors)
+    found = _contraction(s.kernel, nest, vectors)
     if found is None:
         return None
-    chain, reduction = found
+    chain, reduction, _, width = found  # (the tile's sums: as wide as the widest)
     rows, columns = chain[-2], chain[-1]
-    # the tile's sums are locals of the columns' body: as wide as its widest element
-    sums = [st.dtype.itemsize for st in columns.body if isinstance(st, DeclareLocal)]
-    width = min(_width(s.kernel, columns), VECTOR_BYTES // max(sums, default=1))
     if any(
         isinstance(lp.extent, Const) and int(lp.extent.value) < n
         for lp, n in ((rows, TILE_ROWS), (columns, width))
