@@ -82,7 +82,10 @@ TILE_ROWS = 6
 # process each; the packing's strided reads swing 0.5-0.75x between processes where B
 # spans more pages than the TLB holds): 1000³ 0.44 -> 1.00×, 2000³ 0.21 -> 0.94,
 # 64×4096×4096 0.09 -> 0.75, 4096×64×4096 0.51 -> 0.77 (4 vectors: 0.99, 0.85, 0.72,
-# 0.86; 8: 0.55, 0.74, 0.68, 0.96). The first call compiles in 1.17 s instead of 0.98
+# 0.86; 8: 0.55, 0.74, 0.68, 0.96). The first call compiles in 1.17 s instead of 0.98.
+# Where B's part of a tile fits L2 unpacked (256³) the copy costs more than it saves:
+# 208 -> 232 µs (NumPy 240); a version for reductions under 512 kept 208 but took the
+# first call to 1.76 s, so it isn't made
 PANEL_TILES = 2
 # rows of B that a contraction of a single row streams at once into its block of sums
 # (`_streamed_rows`): Zen 2, a vector times a 4000² matrix, one row at a time 2.3 ms, four
