@@ -12,7 +12,9 @@ kdsl/autotune/tuned/<cpu>.json, where calls on a machine with the same CPU model
 features find them when the user's own database has no row (kdsl/autotune/shipped.py).
 Rerun after changing a library kernel: its content hash changes, and
 `tests/autotune/test_shipped.py` says which shipped rows went stale. `--only` retunes the
-named modules (e.g. `--only matvec`) and keeps the file's rows of every other kernel.
+named modules (e.g. `--only matvec`) and `--threads` the named thread counts (e.g.
+`--threads 1,2`; default: the current count); the file keeps its rows of every other
+kernel and count.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from kdsl.autotune.shipped import SHIPPED_DIR
 from kdsl.autotune.tuner import example_key, example_specs, example_values
 from kdsl.kernel import KernelFunction
 from kdsl.specs import Spec, make_arguments
+from kdsl.targets.cpu import runtime
 
 MARGIN = 0.05  # the best config must take at most 95% of the default params' time
 TURNS = 15  # timed runs of each config, alternating
@@ -71,20 +74,25 @@ def confirmed_speedup(fn: KernelFunction, entry: Entry) -> float:
     layout = fn.call_layout(specs, traced)
     default, best = (fn.build(traced, layout, config) for config in ({}, entry.config))
     times: tuple[list[float], list[float]] = ([], [])
-    for _ in range(TURNS + 1):  # the first turn warms up
-        for spent, spec in zip(times, (default, best)):
-            start = time.perf_counter()
-            spec.run(bound)
-            spent.append(time.perf_counter() - start)
+    before = runtime.get_num_threads()
+    runtime.set_num_threads(entry.threads or before)  # the count it was tuned on
+    try:
+        for _ in range(TURNS + 1):  # the first turn warms up
+            for spent, spec in zip(times, (default, best)):
+                start = time.perf_counter()
+                spec.run(bound)
+                spent.append(time.perf_counter() - start)
+    finally:
+        runtime.set_num_threads(before)
     return statistics.median(times[0][1:]) / statistics.median(times[1][1:])
 
 
 def ship(tuned: list[Entry], kernels: dict[str, KernelFunction]) -> tuple[list[Entry], int]:
-    """The rows to ship: every tuned shape of a kernel signature where some shape's best
-    config was confirmed faster, the others with the default params, each named:
-    a call takes the nearest tuned shape's config, so a signature's one shipped shape
-    would otherwise carry its config to every shape of that signature; and how many
-    rows were confirmed faster."""
+    """The rows to ship: every tuned shape of a kernel signature and thread count where
+    some shape's best config was confirmed faster, the others with the default params,
+    each named: a call takes the nearest tuned shape's config, so a signature's one
+    shipped shape would otherwise carry its config to every shape of that signature; and
+    how many rows were confirmed faster."""
     confirmed: list[Entry] = []
     for e in tuned:
         faster = e.default_time_s is not None and e.time_s <= (1 - MARGIN) * e.default_time_s
@@ -93,16 +101,16 @@ def ship(tuned: list[Entry], kernels: dict[str, KernelFunction]) -> tuple[list[E
             confirmed.append(e)
         tuner = f"{e.default_time_s / e.time_s:.2f}×" if e.default_time_s else "-"
         print(
-            f"{e.kernel_name} {format_shape(e.shape)}: tuner {tuner}, taking turns "
-            f"{again:.2f}× {e.config}{' (shipped)' if e in confirmed else ''}"
+            f"{e.kernel_name} {format_shape(e.shape)} on {e.threads} threads: tuner {tuner}, "
+            f"taking turns {again:.2f}× {e.config}{' (shipped)' if e in confirmed else ''}"
         )
-    signatures = {(e.kernel_id, e.signature) for e in confirmed}
+    signatures = {(e.kernel_id, e.signature, e.threads) for e in confirmed}
     rows = [
         e
         if e in confirmed
         else dataclasses.replace(e, config=default_config(kernels[e.kernel_name], e))
         for e in tuned
-        if (e.kernel_id, e.signature) in signatures
+        if (e.kernel_id, e.signature, e.threads) in signatures
     ]
     return rows, len(confirmed)
 
@@ -126,11 +134,16 @@ def modules_to_tune(only: list[str] | None) -> list[str]:
     return named
 
 
-def kept_rows(path: Path, retuned: set[str]) -> list[Entry]:
-    """The rows of `path` (this machine's shipped file) of kernels not being retuned."""
+def kept_rows(path: Path, retuned: set[str], counts: list[int]) -> list[Entry]:
+    """The rows of `path` (this machine's shipped file) that this run does not retune:
+    those of other kernels or other thread counts."""
     if not path.exists():
         return []
-    return [e for e in read_export(str(path)) if e.kernel_name not in retuned]
+    return [
+        e
+        for e in read_export(str(path))
+        if e.kernel_name not in retuned or e.threads not in counts
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,18 +152,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", nargs="+", metavar="MODULE", help="retune these library modules only"
     )
+    parser.add_argument(
+        "--threads",
+        default=str(runtime.get_num_threads()),
+        metavar="N[,N...]",
+        help="thread counts to tune for (default: the current count)",
+    )
     args = parser.parse_args(argv)
     modules = modules_to_tune(args.only)
+    counts = [int(n) for n in args.threads.split(",")]
     kernels = kernel_functions()
     retuned = set(kernel_functions(modules))
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "KDSL_CACHE_DIR": cache}
-        command = [sys.executable, "-m", "kdsl", "autotune", *modules]
+        command = [sys.executable, "-m", "kdsl", "autotune", *modules, "--threads", args.threads]
         subprocess.run([*command, "--budget", args.budget, "--no-progress"], env=env, check=True)
         tuned = TuningDB(Path(cache) / DB_NAME).entries()
         shipped, gains = ship(tuned, kernels)
         path = shipped_path()
-        shipped += kept_rows(path, retuned) if args.only else []
+        shipped += kept_rows(path, retuned, counts)
         out = TuningDB(Path(cache) / "shipped.sqlite")
         for e in shipped:
             out.record(e)

@@ -2,9 +2,10 @@
 (`TunedDispatch` on the CPU, `CudaDispatch` on a GPU).
 
 A kernel signature with tuning results (or `@kd.kernel(autotune=...)`) is served by a
-`TunedDispatch`: each new shape finds its nearest tuned shape once (exact first), and
-each distinct config is compiled (or loaded from the object cache) once; later calls of
-a shape already seen cost one dict lookup.
+`TunedDispatch`: each new shape finds its nearest tuned shape once per thread count
+(`kd.set_num_threads`; the exact shape and count first), and each distinct config is
+compiled (or loaded from the object cache) once; later calls of a shape already seen
+cost one dict lookup.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from kdsl.autotune import registry, shipped
-from kdsl.autotune.database import Entry, nearest
+from kdsl.autotune.database import Entry, nearest, tuned_for
 from kdsl.autotune.gpu import gpu_target_key
 from kdsl.autotune.keys import Shape, format_shape, shape_of, target_key, tuning_key
 from kdsl.autotune.strategies import config_key
@@ -22,6 +23,7 @@ from kdsl.autotune.tuner import example_of, tune
 from kdsl.config import user_stacklevel
 from kdsl.errors import ScheduleError
 from kdsl.ir.nodes import Kernel
+from kdsl.targets.cpu import runtime
 from kdsl.targets.cpu.call import CallLayout, Specialization
 from kdsl.targets.cuda.call import CudaSpecialization
 from kdsl.trace.tracer import ArgSpec
@@ -33,9 +35,9 @@ _Built = TypeVar("_Built")
 
 
 class _ByShape(Generic[_Built]):
-    """What both dispatchers do: a shape's config chosen once (the nearest tuned
-    shape's), each distinct config built once (the default params' instead, with a
-    warning, when tuned ones no longer apply to the schedule)."""
+    """What both dispatchers do: a shape's config chosen once per thread count (the
+    nearest tuned shape's), each distinct config built once (the default params' instead,
+    with a warning, when tuned ones no longer apply to the schedule)."""
 
     target = ""  # noted after "tuned" in `fn.tuning`
     command = "kdsl autotune"  # what a stale tuning's warning says to run
@@ -44,30 +46,39 @@ class _ByShape(Generic[_Built]):
         self, fn: KernelFunction, traced: Kernel, layout: CallLayout, key: tuple[str, str, str]
     ) -> None:
         self.fn, self.traced, self.layout, self.key = fn, traced, layout, key
-        self._by_shape: dict[Shape, tuple[dict[str, object], _Built]] = {}
+        self._by_shape: dict[tuple[Shape, int], tuple[dict[str, object], _Built]] = {}
         self._variants: dict[tuple[object, ...], _Built] = {}
 
     def _for_shape(self, shape: Shape, args: Sequence[object]) -> tuple[dict[str, object], _Built]:
-        found = self._by_shape.get(shape)
+        threads = self._threads()
+        found = self._by_shape.get((shape, threads))
         if found is None:
             with self.fn._lock:
-                found = self._by_shape.get(shape) or self._choose(shape, args)
-                self._by_shape[shape] = found
+                found = self._by_shape.get((shape, threads)) or self._choose(shape, threads, args)
+                self._by_shape[shape, threads] = found
         return found
 
-    def _entries(self, shape: Shape, args: Sequence[object]) -> list[Entry]:
+    def _threads(self) -> int:
+        """The thread count tuned rows are chosen for; 0 where it has no say."""
+        return 0
+
+    def _entries(self, shape: Shape, threads: int, args: Sequence[object]) -> list[Entry]:
         return registry.lookup(*self.key)
 
     def _build(self, config: dict[str, object]) -> _Built:
         raise NotImplementedError
 
-    def _choose(self, shape: Shape, args: Sequence[object]) -> tuple[dict[str, object], _Built]:
-        entry = nearest(self._entries(shape, args), shape)
+    def _choose(
+        self, shape: Shape, threads: int, args: Sequence[object]
+    ) -> tuple[dict[str, object], _Built]:
+        entry = nearest(self._entries(shape, threads, args), shape, threads)
         if entry is None:
             config, source = {}, "untuned (default params)"
         else:
             where = self.target + (" (shipped with kdsl)" if entry.source == shipped.SOURCE else "")
-            if entry.shape == shape:
+            if entry.threads not in (0, threads):
+                where = f" on {entry.threads} thread{'s' * (entry.threads > 1)}{where}"
+            if tuned_for(entry, shape, threads):
                 config, source = entry.config, f"tuned{where}"
             else:
                 nearby = format_shape(entry.shape)
@@ -132,9 +143,12 @@ class TunedDispatch(_ByShape[Specialization]):
     def config(self, args: Sequence[object]) -> dict[str, object]:
         return self._for_shape(shape_of(args), args)[0]
 
-    def _entries(self, shape: Shape, args: Sequence[object]) -> list[Entry]:
-        entry = nearest(registry.lookup(*self.key), shape)
-        if self.fn.autotune_budget and (entry is None or entry.shape != shape):
+    def _threads(self) -> int:
+        return runtime.get_num_threads()
+
+    def _entries(self, shape: Shape, threads: int, args: Sequence[object]) -> list[Entry]:
+        entry = nearest(registry.lookup(*self.key), shape, threads)
+        if self.fn.autotune_budget and (entry is None or not tuned_for(entry, shape, threads)):
             # Not `fn.autotune`: it drops the kernel's specializations, this one included,
             # so the next call would trace and compile again.
             example = example_of(self.fn.signature.names, tuple(args))

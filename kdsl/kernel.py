@@ -147,7 +147,8 @@ class KernelFunction:
             n for n, name in enumerate(self.signature.names) if name in self.signature.constexpr
         )
         self._stats = {"calls": 0, "compilations": 0, "objects_loaded": 0, "compiling_calls": 0}
-        self.tuning: dict[str, str] = {}  # shape → where its schedule params came from
+        # shape → where its schedule params came from (for the thread count that chose them)
+        self.tuning: dict[str, str] = {}
         self._schedules: dict[str, Callable[[Schedule], object]] = {}
 
     def __repr__(self) -> str:

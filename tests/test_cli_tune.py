@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import kdsl as kd
 from kdsl.autotune import registry
 from kdsl.cli import load_kernel, main
 from kdsl.targets.cuda import driver
@@ -70,10 +71,29 @@ def test_autotune_shape_prints_table_and_records(capsys, kernels_file: Path) -> 
     code, out, err = kdsl_cli(capsys, "autotune", target, "--shape", "x=200:f32,y=200:f32", *QUICK)
     assert code == 0, err
     header, rule, row = out.splitlines()[:3]
-    columns = "kernel shape best params time default speedup tried dropped"
+    columns = "kernel shape threads best params time default speedup tried dropped"
     assert header.split() == columns.split() and set(rule) == {"-", " "}
     assert row.startswith("cli_affine") and "200, 200" in row and "f=" in row
     assert tuned_shapes("cli_affine") == [((200,), (200,))]
+
+
+@pytest.mark.usefixtures("cache_dir")
+def test_autotune_threads_tunes_each_count_and_restores_the_count(capsys, kernels_file) -> None:
+    before = kd.get_num_threads()
+    code, out, err = kdsl_cli(
+        capsys, "autotune", f"{kernels_file}:cli_affine", "--threads", "1,2", *QUICK
+    )
+    assert code == 0, err
+    assert kd.get_num_threads() == before
+    rows = [line.split() for line in out.splitlines() if line.startswith("cli_affine")]
+    assert [row[3] for row in rows] == ["1", "2"]  # kernel, shape (two words), threads
+    entries = registry.database().entries("cli_affine")
+    assert [(e.shape, e.threads) for e in entries] == [(((300,), (300,)), 1), (((300,), (300,)), 2)]
+
+    code, out, err = kdsl_cli(capsys, "cache", "list")
+    assert code == 0, err
+    listed = [line.split()[3] for line in out.splitlines() if line.startswith("cli_affine")]
+    assert listed == ["1", "2"]
 
 
 @pytest.mark.usefixtures("cache_dir")
@@ -247,6 +267,9 @@ def test_cache_clear_of_an_unknown_kernel_lists_the_kernels_there(capsys) -> Non
         ),
         (["--budget", "0s"], "--budget"),
         (["--jobs", "-1"], "--jobs"),
+        (["--threads", "0"], "--threads '0': write thread counts from 1 to"),
+        (["--threads", "1,,2"], "--threads '1,,2'"),
+        (["--threads", "two"], "such as 1,2"),
     ],
 )
 def test_autotune_bad_options_exit_2(capsys, kernels_file, argv, message) -> None:

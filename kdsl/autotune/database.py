@@ -1,13 +1,19 @@
-"""The tuning database: the best config found per kernel, target, signature and shape, on disk.
+"""The tuning database: the best config found per kernel, target, signature, shape and thread
+count, on disk.
 
 One SQLite file (schema version in `PRAGMA user_version`, WAL journal) with one table:
 
     tuning(kernel_id, kernel_name, target, signature,
-           shape   TEXT  -- JSON, e.g. [[2, 64], [2, 64]]
-           config  TEXT  -- JSON object of the chosen schedule params
+           shape   TEXT     -- JSON, e.g. [[2, 64], [2, 64]]
+           threads INTEGER  -- the CPU threads it was tuned on; 0: not recorded (a GPU's
+                            -- row, or one from before schema 2), which serves any count
+           config  TEXT     -- JSON object of the chosen schedule params
            time_s, default_time_s, kdsl_version, created, source,
-           PRIMARY KEY (kernel_id, target, signature, shape))
+           PRIMARY KEY (kernel_id, target, signature, shape, threads))
 
+The thread count is part of the key because a schedule tuned on all cores (which loop goes
+to the threads, how big their blocks are) is not the best one for a single thread.
+A schema-1 file (no thread count) is migrated in place, its rows with threads 0.
 It is a cache: a corrupt or foreign file is set aside with a warning and rebuilt, never fatal;
 a row this module did not write (a config that is not a JSON object, say) is skipped, with
 one warning per file and process.
@@ -32,7 +38,7 @@ from typing import TypeVar
 from kdsl.config import user_stacklevel
 from kdsl.errors import KdslError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 EXPORT_FORMAT = 1
 # Long enough that concurrent tuners queue up instead of losing a result.
 BUSY_TIMEOUT_S = 10.0
@@ -46,6 +52,7 @@ _COLUMNS = (
     "target",
     "signature",
     "shape",
+    "threads",
     "config",
     "time_s",
     "default_time_s",
@@ -60,15 +67,17 @@ CREATE TABLE IF NOT EXISTS tuning (
     target TEXT NOT NULL,
     signature TEXT NOT NULL,
     shape TEXT NOT NULL,
+    threads INTEGER NOT NULL,
     config TEXT NOT NULL,
     time_s REAL NOT NULL,
     default_time_s REAL,
     kdsl_version TEXT NOT NULL,
     created REAL NOT NULL,
     source TEXT NOT NULL,
-    PRIMARY KEY (kernel_id, target, signature, shape)
+    PRIMARY KEY (kernel_id, target, signature, shape, threads)
 )
 """
+_KEY = "kernel_id, target, signature, shape, threads"
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM tuning"
 _INSERT = (
     f"INSERT OR REPLACE INTO tuning ({', '.join(_COLUMNS)}) "
@@ -79,7 +88,7 @@ _INSERT = (
 _KEPT = ("kernel_name", "config", "time_s", "default_time_s", "kdsl_version", "created")
 _MERGE = (
     f"{_INSERT.replace('INSERT OR REPLACE', 'INSERT')} "
-    "ON CONFLICT (kernel_id, target, signature, shape) DO UPDATE SET "
+    f"ON CONFLICT ({_KEY}) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in _KEPT)
     + f", source = CASE WHEN ({', '.join(_KEPT)}) IS "
     f"({', '.join(f'excluded.{c}' for c in _KEPT)}) THEN source ELSE excluded.source END"
@@ -100,7 +109,8 @@ class DatabaseError(KdslError):
 
 @dataclass(frozen=True)
 class Entry:
-    """One tuning result: the best config of one kernel on one target for one shape."""
+    """One tuning result: the best config of one kernel on one target for one shape and
+    thread count."""
 
     kernel_id: str  # content hash of the kernel (hex)
     kernel_name: str  # for display
@@ -113,6 +123,7 @@ class Entry:
     kdsl_version: str
     created: float  # unix time
     source: str = "autotune"  # "autotune" or "import"
+    threads: int = 0  # the CPU threads it was tuned on; 0: not recorded, serves any count
 
 
 class TuningDB:
@@ -289,27 +300,37 @@ class TuningDB:
         return DatabaseError(f"tuning database '{self.path}': {message}", fix=fix)
 
 
-def nearest(entries: Sequence[Entry], shape: Shape) -> Entry | None:
-    """The entry whose shape is closest to `shape`, or None if no entry has the same ranks.
+def tuned_for(entry: Entry, shape: Shape, threads: int) -> bool:
+    """Whether `entry` was tuned on this shape and thread count (or kept no count)."""
+    return entry.shape == shape and entry.threads in (0, threads)
 
-    An exact match wins; otherwise the smallest sum over all dims of |log2(a+1) - log2(b+1)|,
-    so 64 is as near to 128 as 1024 is to 2048. The first entry wins a tie.
+
+def nearest(entries: Sequence[Entry], shape: Shape, threads: int = 0) -> Entry | None:
+    """The entry nearest to `shape` on `threads` CPU threads, or None if no entry has the
+    same ranks.
+
+    An entry of the same shape and thread count wins; otherwise the smallest distance: the
+    sum over all dims of |log2(a+1) - log2(b+1)|, so 64 is as near to 128 as 1024 is to
+    2048, plus |log2(t) - log2(u)| for the thread counts, so that tuning on twice the
+    threads is as far as twice one dim. A row that did not record its thread count (0) is
+    as near as one of the same count, but one that did wins a tie; so does the first entry.
     """
     ranks = [len(s) for s in shape]
     best: Entry | None = None
-    best_distance = math.inf
+    best_distance = (math.inf, True)
     for entry in entries:
-        if entry.shape == shape:
-            return entry
         if [len(s) for s in entry.shape] != ranks:
             continue
+        unrecorded = not (entry.threads and threads)
         distance = sum(
             abs(math.log2(a + 1) - math.log2(b + 1))
             for mine, theirs in zip(shape, entry.shape)
             for a, b in zip(mine, theirs)
         )
-        if distance < best_distance:
-            best, best_distance = entry, distance
+        if not unrecorded:
+            distance += abs(math.log2(entry.threads) - math.log2(threads))
+        if (distance, unrecorded) < best_distance:
+            best, best_distance = entry, (distance, unrecorded)
     return best
 
 
@@ -341,6 +362,8 @@ def _ensure_schema(db: sqlite3.Connection) -> None:
         if version == 0:
             db.execute(_CREATE)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        elif version == 1:
+            _migrate_from_1(db)
         elif version != SCHEMA_VERSION:
             raise sqlite3.DatabaseError(
                 f"schema version {version}, this kdsl reads {SCHEMA_VERSION}"
@@ -352,15 +375,30 @@ def _ensure_schema(db: sqlite3.Connection) -> None:
         raise
 
 
-def _check_columns(db: sqlite3.Connection) -> None:
+def _migrate_from_1(db: sqlite3.Connection) -> None:
+    """Schema 1 had no thread count (part of the key now): its rows get threads 0, which
+    serves any count, so nobody's tuning is lost. Within _ensure_schema's transaction."""
+    old = tuple(c for c in _COLUMNS if c != "threads")
+    _check_columns(db, old)
+    db.execute("ALTER TABLE tuning RENAME TO tuning_schema_1")
+    db.execute(_CREATE)
+    db.execute(
+        f"INSERT INTO tuning ({', '.join(old)}, threads) "
+        f"SELECT {', '.join(old)}, 0 FROM tuning_schema_1"
+    )
+    db.execute("DROP TABLE tuning_schema_1")
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _check_columns(db: sqlite3.Connection, expected: tuple[str, ...] = _COLUMNS) -> None:
     """A `tuning` table of other columns (another program's, or an older kdsl's that did
     not set the schema version) is a foreign file: the base DatabaseError, so that it is
     set aside like a corrupt one."""
     columns = tuple(row[1] for row in db.execute("PRAGMA table_info(tuning)"))
-    if columns != _COLUMNS:
+    if columns != expected:
         raise sqlite3.DatabaseError(
             f"its tuning table has the columns ({', '.join(columns)}), this kdsl writes "
-            f"({', '.join(_COLUMNS)})"
+            f"({', '.join(expected)})"
         )
 
 
@@ -394,7 +432,7 @@ def _rollback(db: sqlite3.Connection) -> None:
 
 
 def _sorted(entries: Iterable[Entry]) -> list[Entry]:
-    return sorted(entries, key=lambda e: (e.kernel_name, e.shape, e.target, e.signature))
+    return sorted(entries, key=lambda e: (e.kernel_name, e.shape, e.threads, e.target, e.signature))
 
 
 def _shape_json(shape: Shape) -> str:
@@ -416,6 +454,7 @@ def _to_row(entry: Entry) -> tuple[object, ...]:
         entry.target,
         entry.signature,
         _shape_json(entry.shape),
+        entry.threads,
         config,
         entry.time_s,
         entry.default_time_s,
@@ -462,11 +501,13 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _is_shape(value: object) -> bool:
     return isinstance(value, list) and all(
-        isinstance(dims, list)
-        and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in dims)
-        for dims in value
+        isinstance(dims, list) and all(_is_count(d) for d in dims) for dims in value
     )
 
 
@@ -481,6 +522,7 @@ _FIELD_CHECKS: dict[str, tuple[Callable[[object], bool], str]] = {
     "target": (lambda v: isinstance(v, str), "a string"),
     "signature": (lambda v: isinstance(v, str), "a string"),
     "shape": (_is_shape, "a list of lists of non-negative ints"),
+    "threads": (_is_count, "a non-negative int"),
     "config": (_is_config, "an object with string keys"),
     "time_s": (_is_number, "a number"),
     "default_time_s": (lambda v: v is None or _is_number(v), "a number or null"),
@@ -518,6 +560,7 @@ def read_export(path: str, source: str = "import") -> list[Entry]:
     for i, item in enumerate(items):
         if not isinstance(item, dict):
             raise bad(f"entries[{i}] must be an object")
+        item = {"threads": 0, **item}  # (files from before the thread count was kept)
         for name, (check, description) in _FIELD_CHECKS.items():
             if name not in item:
                 raise bad(f'entries[{i}] has no "{name}"')

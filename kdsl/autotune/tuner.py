@@ -45,7 +45,7 @@ from kdsl.config import VERSION
 from kdsl.errors import KdslError, KernelArgumentError, ScheduleError
 from kdsl.ir.nodes import Kernel
 from kdsl.specs import ArgExample, Spec
-from kdsl.targets.cpu import backend
+from kdsl.targets.cpu import backend, runtime
 from kdsl.targets.cpu.objects import STORE
 from kdsl.targets.cuda.arrays import device_array
 from kdsl.types import from_numpy
@@ -83,6 +83,7 @@ class TuneReport:
     elapsed_s: float = 0.0
     budget_s: float | None = None
     phases: dict[str, float] = field(default_factory=dict)  # seconds spent in each
+    threads: int = 0  # the CPU threads each config ran on (0: a GPU's run)
 
     @property
     def speedup(self) -> float | None:
@@ -149,7 +150,7 @@ def progress_bar(report: TuneReport, progress: bool, target: str = "") -> tqdm:
 
 def record_best(report: TuneReport, key: tuple[str, str, str]) -> bool:
     """The report's best config into the tuning database under `key` (kernel identity,
-    target, signature); False when there is none."""
+    target, signature) and its thread count; False when there is none."""
     if report.best is None or report.best_time_s is None:
         return False
     kernel_id, target, signature = key
@@ -165,6 +166,7 @@ def record_best(report: TuneReport, key: tuple[str, str, str]) -> bool:
             default_time_s=report.default_time_s,
             kdsl_version=VERSION,
             created=time.time(),
+            threads=report.threads,
         )
     )
     return True
@@ -272,7 +274,13 @@ def tune(
     jobs = (os.cpu_count() or 1) if jobs is None else jobs
     with budget.phase("setup"):
         session = _Session(fn, example, jobs)
-    report = TuneReport(fn.name, session.shape, session.space, budget_s=budget.seconds)
+    report = TuneReport(
+        fn.name,
+        session.shape,
+        session.space,
+        budget_s=budget.seconds,
+        threads=runtime.get_num_threads(),
+    )
     search = make_strategy(strategy, session.space, seed=seed)
     measurer: Measurer | None = None
     bar = progress_bar(report, progress)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from kdsl.autotune.gpu import tune_on
@@ -16,6 +18,7 @@ from kdsl.cli.table import format_seconds, format_table
 from kdsl.errors import KdslError
 from kdsl.kernel import KernelFunction
 from kdsl.specs import ArgExample, Spec, SpecError, parse_args_spec
+from kdsl.targets.cpu import runtime
 from kdsl.targets.cuda import driver
 
 _BUDGET = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|min|h)?")
@@ -65,6 +68,13 @@ def add(commands: argparse._SubParsersAction) -> None:
         choices=["cpu", "cuda"],
         help="cpu (the default), or cuda: tune the CUDA schedules, timing on the GPU",
     )
+    p.add_argument(
+        "--threads",
+        metavar="N[,N...]",
+        help="CPU thread counts to tune for, e.g. 1,2: a schedule's best params depend on "
+        "them, and calls take the results of their own count (kd.set_num_threads); "
+        "default: the current count (KDSL_NUM_THREADS, else the cores)",
+    )
     p.add_argument("--jobs", type=int, default=None, help="compile workers (default: cores)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random strategies")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -92,11 +102,30 @@ def _examples(kernel: KernelFunction, shapes: list[str] | None) -> list[dict[str
     return examples  # type: ignore[return-value]
 
 
+def parse_threads(text: str | None, target: str) -> list[int | None]:
+    """'1,2' → [1, 2]; None (not given) → [None], the current count."""
+    if text is None:
+        return [None]
+    if target == "cuda":
+        raise UsageError("--threads counts CPU threads; --target cuda tunes on the GPU")
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or not all(1 <= n <= runtime.MAX_THREADS for n in counts):
+        raise UsageError(
+            f"--threads {text!r}: write thread counts from 1 to {runtime.MAX_THREADS}, "
+            "separated by commas, such as 1,2"
+        )
+    return list(dict.fromkeys(counts))
+
+
 def run(ns: argparse.Namespace) -> int:
     if ns.target == "cuda" and (reason := driver.unavailable_reason()) is not None:
         raise UsageError(f"--target cuda tunes on a GPU, and here {reason}")
     if ns.jobs is not None and ns.jobs < 0:
         raise UsageError("--jobs must be 0 (compile in this process) or more")
+    thread_counts = parse_threads(ns.threads, ns.target)
     budget = parse_budget(ns.budget)
     check_cache_dir()
     kernels = [k for target in ns.targets for k in kernels_in(target)]
@@ -109,29 +138,45 @@ def run(ns: argparse.Namespace) -> int:
             "or declare @kd.kernel(examples=[...])"
         )
     results: list[TuneReport | Failed] = []
-    for kernel, example in work:
-        try:
-            # `tune`, not `kernel.autotune(**example)`: a parameter may be named `budget`.
-            report = tune_on(
-                ns.target,
-                kernel,
-                example,
-                budget_s=budget,
-                strategy=ns.strategy,
-                jobs=ns.jobs,
-                seed=ns.seed,
-                progress=not ns.no_progress,
-            )
-        except KdslError as err:  # one kernel's error: the others are still tuned
-            print(err.with_kernel(kernel.name), file=sys.stderr)
-            shape = tuple(tuple(e.shape) for e in example.values() if isinstance(e, Spec))
-            results.append(Failed(kernel.name, shape, err))
-            continue
-        results.append(report)
+    for threads in thread_counts:
+        with _threads(threads):
+            results += [_tune(ns, kernel, example, budget) for kernel, example in work]
     print(summary(results))
     if skipped:
         print(f"\nskipped (no examples; pass --shape): {', '.join(skipped)}")
     return 1 if any(isinstance(r, Failed) for r in results) else 0
+
+
+@contextlib.contextmanager
+def _threads(count: int | None) -> Iterator[None]:
+    """Parallel loops on `count` threads within (None: as they are)."""
+    before = runtime.get_num_threads()
+    runtime.set_num_threads(count or before)
+    try:
+        yield
+    finally:
+        runtime.set_num_threads(before)
+
+
+def _tune(
+    ns: argparse.Namespace, kernel: KernelFunction, example: dict[str, ArgExample], budget: float
+) -> TuneReport | Failed:
+    try:
+        # `tune`, not `kernel.autotune(**example)`: a parameter may be named `budget`.
+        return tune_on(
+            ns.target,
+            kernel,
+            example,
+            budget_s=budget,
+            strategy=ns.strategy,
+            jobs=ns.jobs,
+            seed=ns.seed,
+            progress=not ns.no_progress,
+        )
+    except KdslError as err:  # one kernel's error: the others are still tuned
+        print(err.with_kernel(kernel.name), file=sys.stderr)
+        shape = tuple(tuple(e.shape) for e in example.values() if isinstance(e, Spec))
+        return Failed(kernel.name, shape, err)
 
 
 @dataclass(frozen=True)
@@ -148,13 +193,14 @@ def summary(results: list[TuneReport | Failed]) -> str:
     rows: list[list[object]] = []
     for r in results:
         if isinstance(r, Failed):
-            rows.append([r.kernel, format_shape(r.shape), "(failed, below)", "", "", "", "", ""])
+            rows.append([r.kernel, format_shape(r.shape), "", "(failed, below)", *[""] * 5])
             continue
         tried = sum(1 for t in r.trials if t.status not in ("same", "invalid"))
         rows.append(
             [
                 r.kernel,
                 format_shape(r.shape),
+                r.threads or "-",
                 _params(r.best) if r.space else "(no params)",
                 format_seconds(r.best_time_s),
                 format_seconds(r.default_time_s),
@@ -163,7 +209,8 @@ def summary(results: list[TuneReport | Failed]) -> str:
                 len(r.failures()),
             ]
         )
-    headers = ["kernel", "shape", "best params", "time", "default", "speedup", "tried", "dropped"]
+    headers = ["kernel", "shape", "threads", "best params", "time", "default", "speedup"]
+    headers += ["tried", "dropped"]
     lines = [format_table(headers, rows)]
     for r in results:
         if isinstance(r, Failed):

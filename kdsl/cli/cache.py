@@ -58,6 +58,7 @@ def _list(ns: argparse.Namespace) -> int:
         [
             e.kernel_name,
             format_shape(e.shape),
+            e.threads or "any",
             " ".join(f"{k}={v}" for k, v in e.config.items()) or "-",
             format_seconds(e.time_s),
             f"{e.default_time_s / e.time_s:.2f}×" if e.default_time_s else "-",
@@ -67,7 +68,8 @@ def _list(ns: argparse.Namespace) -> int:
         ]
         for e in entries
     ]
-    headers = ["kernel", "shape", "params", "time", "speedup", "target", "source", "tuned"]
+    headers = ["kernel", "shape", "threads", "params", "time", "speedup", "target", "source"]
+    headers.append("tuned")
     print(format_table(headers, rows))
     return 0
 
@@ -88,6 +90,7 @@ def _as_json(e: Entry) -> dict[str, object]:
         "target": e.target,
         "signature": e.signature,
         "shape": [list(s) for s in e.shape],
+        "threads": e.threads,
         "config": e.config,
         "time_s": e.time_s,
         "default_time_s": e.default_time_s,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
 import pathlib
+import sqlite3
 import stat
 import warnings
 
@@ -24,6 +26,7 @@ def make_entry(
     signature: str = "a:f32[2,C] b:f32[2,C]",
     shape: tuple[tuple[int, ...], ...] | None = None,
     time_s: float = 1e-3,
+    threads: int = 0,
 ) -> Entry:
     return Entry(
         kernel_id=kernel_id,
@@ -36,6 +39,7 @@ def make_entry(
         default_time_s=2e-3,
         kdsl_version="0.1.0",
         created=1700000000.0 + i,
+        threads=threads,
     )
 
 
@@ -108,9 +112,67 @@ def test_nearest() -> None:
     assert nearest([], ((1,),)) is None
 
 
+def test_nearest_prefers_results_of_the_calls_thread_count() -> None:
+    one, two = (make_entry(shape=((256, 256),), threads=t) for t in (1, 2))
+    unrecorded = make_entry(shape=((256, 256),))
+    assert nearest([two, one], ((256, 256),), threads=1) is one
+    assert nearest([one, two], ((256, 256),), threads=2) is two
+    assert nearest([one, two], ((256, 256),), threads=8) is two  # nearer in log2
+    assert nearest([unrecorded, one], ((256, 256),), threads=1) is one  # recorded wins a tie
+    assert nearest([unrecorded, two], ((256, 256),), threads=1) is unrecorded  # serves any
+    # Twice the threads weighs as much as one dim twice as long.
+    wide = make_entry(shape=((256, 4096),), threads=1)
+    near = make_entry(shape=((256, 300),), threads=1)
+    assert nearest([wide, two], ((256, 256),), threads=1) is two
+    assert nearest([two, near], ((256, 256),), threads=1) is near
+    assert nearest([one, two], ((256, 256),)) is one  # no count asked (a GPU): shape only
+
+
+def test_results_for_two_thread_counts_are_two_rows(tmp_path: pathlib.Path) -> None:
+    db = TuningDB(tmp_path / "tuning.db")
+    one, two = make_entry(threads=1), make_entry(threads=2, time_s=5e-4)
+    db.record(one)
+    db.record(two)
+    db.record(make_entry(threads=2, time_s=4e-4))  # replaces its own count's row only
+    found = db.lookup(one.kernel_id, one.target, one.signature)
+    assert [(e.threads, e.time_s) for e in found] == [(1, 1e-3), (2, 4e-4)]
+
+
+# The table of schema 1 (kdsl before thread counts), as such files hold it.
+_SCHEMA_1 = """CREATE TABLE tuning (
+    kernel_id TEXT NOT NULL, kernel_name TEXT NOT NULL, target TEXT NOT NULL,
+    signature TEXT NOT NULL, shape TEXT NOT NULL, config TEXT NOT NULL, time_s REAL NOT NULL,
+    default_time_s REAL, kdsl_version TEXT NOT NULL, created REAL NOT NULL,
+    source TEXT NOT NULL, PRIMARY KEY (kernel_id, target, signature, shape))"""
+
+
+def test_a_schema_1_file_is_migrated_keeping_its_rows(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "tuning.db"
+    old = sqlite3.connect(path)
+    old.execute(_SCHEMA_1)
+    old.execute(
+        "INSERT INTO tuning VALUES ('abc', 'add', 'cpu/x/1', 'a:f32[1,C]', '[[7]]', "
+        "'{\"f\": 64}', 0.5, 1.0, '0.1.0', 3.0, 'autotune')"
+    )
+    old.execute("PRAGMA user_version = 1")
+    old.commit()
+    old.close()
+    db = TuningDB(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # migrated, not set aside
+        (kept,) = db.lookup("abc", "cpu/x/1", "a:f32[1,C]")
+    assert (kept.shape, kept.config, kept.time_s, kept.threads) == (((7,),), {"f": 64}, 0.5, 0)
+    db.record(dataclasses.replace(kept, threads=2, config={"f": 16}))
+    assert sorted(e.threads for e in db.entries()) == [0, 2]
+    db.close()
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone() == (2,)
+    assert not list(tmp_path.glob("*.corrupt-*"))
+
+
 def test_export_import_round_trip(tmp_path: pathlib.Path) -> None:
     src = TuningDB(tmp_path / "a.db")
-    entries = [make_entry(i) for i in range(3)] + [make_entry(kernel_name="mul", kernel_id="m")]
+    entries = [make_entry(i, threads=i) for i in range(3)]
+    entries.append(make_entry(kernel_name="mul", kernel_id="m"))
     for e in entries:
         src.record(e)
     out = tmp_path / "export.json"
@@ -122,6 +184,20 @@ def test_export_import_round_trip(tmp_path: pathlib.Path) -> None:
     imported = dst.entries()
     assert all(e.source == "import" for e in imported)
     assert [_without_source(e) for e in imported] == [_without_source(e) for e in src.entries()]
+
+
+def test_an_export_without_thread_counts_imports_as_serving_any(tmp_path: pathlib.Path) -> None:
+    src = TuningDB(tmp_path / "a.db")
+    src.record(make_entry(threads=2))
+    out = tmp_path / "export.json"
+    src.export(out)
+    doc = json.loads(out.read_text())
+    assert doc["entries"][0]["threads"] == 2
+    del doc["entries"][0]["threads"]  # as files from before the count was kept
+    out.write_text(json.dumps(doc))
+    dst = TuningDB(tmp_path / "b.db")
+    dst.import_(out)
+    assert [e.threads for e in dst.entries()] == [0]
 
 
 def _without_source(entry: Entry) -> Entry:
@@ -157,6 +233,13 @@ def _bad_exports() -> list[tuple[str, str]]:
         (
             json.dumps({"kdsl_tuning_export": 1, "entries": [{**good, "time_s": "fast"}]}),
             "entries[0].time_s must be a number",
+        ),
+        *(
+            (
+                json.dumps({"kdsl_tuning_export": 1, "entries": [{**good, "threads": bad}]}),
+                "entries[0].threads must be a non-negative int",
+            )
+            for bad in (-1, "2", True, 1.5)
         ),
     ]
 

@@ -4,12 +4,13 @@ tuning database never stops a kernel."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +48,11 @@ def arrays(n: int) -> tuple[np.ndarray, np.ndarray]:
     return x, np.zeros(n, np.float32)
 
 
-def entry_for(kernel: KernelFunction, args: Sequence[object], config: dict[str, object]) -> Entry:
-    """A tuning result for the kernel at the shapes of `args`, as the tuner files it."""
+def entry_for(
+    kernel: KernelFunction, args: Sequence[object], config: dict[str, object], threads: int = 0
+) -> Entry:
+    """A tuning result for the kernel at the shapes of `args` (on `threads`), as the tuner
+    files it."""
     specs, _ = kernel._specs(args, {})
     traced = kernel.trace(specs)
     return Entry(
@@ -62,12 +66,25 @@ def entry_for(kernel: KernelFunction, args: Sequence[object], config: dict[str, 
         default_time_s=2e-6,
         kdsl_version=VERSION,
         created=time.time(),
+        threads=threads,
     )
 
 
-def record(kernel: KernelFunction, args: Sequence[object], config: dict[str, object]) -> None:
+def record(
+    kernel: KernelFunction, args: Sequence[object], config: dict[str, object], threads: int = 0
+) -> None:
     """File a tuning result for the kernel at the shapes of `args`, as the tuner would."""
-    registry.record(entry_for(kernel, args, config))
+    registry.record(entry_for(kernel, args, config, threads))
+
+
+@contextlib.contextmanager
+def threads(count: int) -> Iterator[None]:
+    before = kd.get_num_threads()
+    kd.set_num_threads(count)
+    try:
+        yield
+    finally:
+        kd.set_num_threads(before)
 
 
 def test_untuned_shape_uses_nearest_tuned_shape() -> None:
@@ -84,6 +101,30 @@ def test_untuned_shape_uses_nearest_tuned_shape() -> None:
     kernel(*exact)
     assert kernel.stats()["tuning"]["4096, 4096"] == "tuned"
     assert kernel.stats()["compilations"] == 1  # both shapes share one config's code
+
+
+def test_each_thread_count_takes_its_own_tuning() -> None:
+    """A schedule tuned on two threads is not the best on one: calls take the rows of
+    their own count (kd.set_num_threads), the nearest count's where it has none."""
+    kernel = affine_kernel("dispatch_threads")
+    x, y = arrays(3001)
+    record(kernel, (x, y), {"f": 64}, threads=1)
+    record(kernel, (x, y), {"f": 256}, threads=2)
+    for count, split, source in [
+        (1, 64, "tuned"),
+        (2, 256, "tuned"),
+        (4, 256, "nearest tuned shape 3001, 3001 on 2 threads"),
+        (1, 64, None),  # chosen once per count: kept (the stats tell the latest choice)
+    ]:
+        with threads(count):
+            y[:] = 0
+            kernel(x, y)
+            np.testing.assert_allclose(y, x * 2.0 + 0.5, rtol=1e-6)
+            assert kernel.schedule_of(x, y).chosen == {"f": split}
+            assert f"io * {split} + ii" in str(kernel.lowered(x, y))
+        if source is not None:
+            assert kernel.stats()["tuning"] == {"3001, 3001": source}
+    assert kernel.stats()["compilations"] == 2  # one per config, not per count
 
 
 def test_stale_config_warns_and_uses_default_params() -> None:
