@@ -1,5 +1,5 @@
 """Tune the kernel library on this machine and write the results kdsl ships for it:
-`python benchmarks/ship_tuning.py [--budget 20s] [--only MODULE ...]`.
+`python benchmarks/ship_tuning.py [--budget 20s] [--only MODULE ...] [--threads N,...]`.
 
 Runs `kdsl autotune` on the library's modules (every kernel, its declared example shapes)
 in an empty cache directory, then times each result's best config against the default
@@ -88,11 +88,11 @@ def confirmed_speedup(fn: KernelFunction, entry: Entry) -> float:
 
 
 def ship(tuned: list[Entry], kernels: dict[str, KernelFunction]) -> tuple[list[Entry], int]:
-    """The rows to ship: every tuned shape of a kernel signature and thread count where
-    some shape's best config was confirmed faster, the others with the default params,
-    each named: a call takes the nearest tuned shape's config, so a signature's one
-    shipped shape would otherwise carry its config to every shape of that signature; and
-    how many rows were confirmed faster."""
+    """The rows to ship: every tuned shape and thread count of a kernel signature where
+    some row's best config was confirmed faster, the others with the default params,
+    each named: a call takes the nearest tuned row's config (by shape and count), so a
+    signature's one shipped row would otherwise carry its config to every shape and
+    count of that signature; and how many rows were confirmed faster."""
     confirmed: list[Entry] = []
     for e in tuned:
         faster = e.default_time_s is not None and e.time_s <= (1 - MARGIN) * e.default_time_s
@@ -104,13 +104,13 @@ def ship(tuned: list[Entry], kernels: dict[str, KernelFunction]) -> tuple[list[E
             f"{e.kernel_name} {format_shape(e.shape)} on {e.threads} threads: tuner {tuner}, "
             f"taking turns {again:.2f}× {e.config}{' (shipped)' if e in confirmed else ''}"
         )
-    signatures = {(e.kernel_id, e.signature, e.threads) for e in confirmed}
+    signatures = {(e.kernel_id, e.signature) for e in confirmed}
     rows = [
         e
         if e in confirmed
         else dataclasses.replace(e, config=default_config(kernels[e.kernel_name], e))
         for e in tuned
-        if (e.kernel_id, e.signature, e.threads) in signatures
+        if (e.kernel_id, e.signature) in signatures
     ]
     return rows, len(confirmed)
 
@@ -134,16 +134,32 @@ def modules_to_tune(only: list[str] | None) -> list[str]:
     return named
 
 
-def kept_rows(path: Path, retuned: set[str], counts: list[int]) -> list[Entry]:
+def kept_rows(path: Path, retuned: set[str] | None, counts: list[int]) -> list[Entry]:
     """The rows of `path` (this machine's shipped file) that this run does not retune:
-    those of other kernels or other thread counts."""
+    those of kernels not `retuned` (None: all are) or of other thread counts, as long as
+    they still belong to a library kernel as it is now (else they serve nothing)."""
     if not path.exists():
         return []
+    live = {
+        example_key(fn, example) for fn in kernel_functions().values() for example in fn.examples
+    }
     return [
         e
         for e in read_export(str(path))
-        if e.kernel_name not in retuned or e.threads not in counts
+        if (e.kernel_id, e.target, e.signature) in live
+        and ((retuned is not None and e.kernel_name not in retuned) or e.threads not in counts)
     ]
+
+
+def thread_counts(text: str) -> list[int]:
+    """'1,2' → [1, 2] (argparse's type: a bad count is a usage error)."""
+    try:
+        counts = [int(n) for n in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: write thread counts such as 1,2")
+    return counts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,18 +170,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--threads",
-        default=str(runtime.get_num_threads()),
+        type=thread_counts,
+        default=[runtime.get_num_threads()],
         metavar="N[,N...]",
-        help="thread counts to tune for (default: the current count)",
+        help="thread counts to tune for (default: the current count); the file keeps "
+        "its rows of other counts",
     )
     args = parser.parse_args(argv)
     modules = modules_to_tune(args.only)
-    counts = [int(n) for n in args.threads.split(",")]
+    counts: list[int] = args.threads
     kernels = kernel_functions()
-    retuned = set(kernel_functions(modules))
+    retuned = set(kernel_functions(modules)) if args.only else None
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "KDSL_CACHE_DIR": cache}
-        command = [sys.executable, "-m", "kdsl", "autotune", *modules, "--threads", args.threads]
+        threads = ",".join(map(str, counts))
+        command = [sys.executable, "-m", "kdsl", "autotune", *modules, "--threads", threads]
         subprocess.run([*command, "--budget", args.budget, "--no-progress"], env=env, check=True)
         tuned = TuningDB(Path(cache) / DB_NAME).entries()
         shipped, gains = ship(tuned, kernels)

@@ -5,7 +5,7 @@ A kernel signature with tuning results (or `@kd.kernel(autotune=...)`) is served
 `TunedDispatch`: each new shape finds its nearest tuned shape once per thread count
 (`kd.set_num_threads`; the exact shape and count first), and each distinct config is
 compiled (or loaded from the object cache) once; later calls of a shape already seen
-cost one dict lookup.
+cost a look at the thread count and one dict lookup.
 """
 
 from __future__ import annotations
@@ -46,16 +46,24 @@ class _ByShape(Generic[_Built]):
         self, fn: KernelFunction, traced: Kernel, layout: CallLayout, key: tuple[str, str, str]
     ) -> None:
         self.fn, self.traced, self.layout, self.key = fn, traced, layout, key
-        self._by_shape: dict[tuple[Shape, int], tuple[dict[str, object], _Built]] = {}
+        # the choices per thread count, and the current count's (one attribute: a thread
+        # that reads it never sees one count's choices under another's)
+        self._by_count: dict[int, dict[Shape, tuple[dict[str, object], _Built]]] = {}
+        self._current: tuple[int, dict[Shape, tuple[dict[str, object], _Built]]] = (-1, {})
         self._variants: dict[tuple[object, ...], _Built] = {}
 
     def _for_shape(self, shape: Shape, args: Sequence[object]) -> tuple[dict[str, object], _Built]:
         threads = self._threads()
-        found = self._by_shape.get((shape, threads))
+        count, by_shape = self._current
+        if count != threads:
+            with self.fn._lock:
+                by_shape = self._by_count.setdefault(threads, {})
+                self._current = (threads, by_shape)
+        found = by_shape.get(shape)
         if found is None:
             with self.fn._lock:
-                found = self._by_shape.get((shape, threads)) or self._choose(shape, threads, args)
-                self._by_shape[shape, threads] = found
+                found = by_shape.get(shape) or self._choose(shape, threads, args)
+                by_shape[shape] = found
         return found
 
     def _threads(self) -> int:

@@ -44,6 +44,20 @@ def not_a_kernel(x):
     return x
 """
 
+PARALLEL = """
+import kdsl as kd
+
+@kd.kernel(examples=[{"x": kd.spec((300, 64), kd.f32), "y": kd.spec((300,), kd.f32)}])
+def cli_rows(x, y):
+    i, j = kd.indices(x.shape[0], x.shape[1])
+    y[i] = kd.sum(x[i, j], over=j)
+
+@cli_rows.schedule(kd.cpu)
+def _(s):
+    s.split("i", s.param("f", [8, 32]))
+    s.parallelize("io")
+"""
+
 
 @pytest.fixture
 def kernels_file(tmp_path: Path) -> Path:
@@ -78,22 +92,43 @@ def test_autotune_shape_prints_table_and_records(capsys, kernels_file: Path) -> 
 
 
 @pytest.mark.usefixtures("cache_dir")
-def test_autotune_threads_tunes_each_count_and_restores_the_count(capsys, kernels_file) -> None:
+def test_autotune_threads_tunes_each_count_and_restores_the_count(capsys, tmp_path) -> None:
+    path = tmp_path / "parallel_kernels.py"
+    path.write_text(PARALLEL)
     before = kd.get_num_threads()
+    kd.set_num_threads(3)  # neither count tuned: the restore can fail
+    try:
+        code, out, err = kdsl_cli(
+            capsys, "autotune", f"{path}:cli_rows", "--threads", "2,1", *QUICK
+        )
+        assert kd.get_num_threads() == 3
+    finally:
+        kd.set_num_threads(before)
+    assert code == 0, err
+    rows = [line.split() for line in out.splitlines() if line.startswith("cli_rows")]
+    assert [row[3] for row in rows] == ["2", "1"]  # kernel, shape (two words), threads
+    entries = registry.database().entries("cli_rows")
+    assert [(e.shape, e.threads) for e in entries] == [
+        (((300, 64), (300,)), 1),
+        (((300, 64), (300,)), 2),
+    ]
+
+    code, out, err = kdsl_cli(capsys, "cache", "list")
+    assert code == 0, err
+    listed = [line.split()[3] for line in out.splitlines() if line.startswith("cli_rows")]
+    assert listed == ["1", "2"]
+
+
+@pytest.mark.usefixtures("cache_dir")
+def test_a_schedule_without_parallel_loops_is_tuned_for_any_count(capsys, kernels_file) -> None:
+    """Its params can't depend on the thread count: one row serves them all."""
     code, out, err = kdsl_cli(
         capsys, "autotune", f"{kernels_file}:cli_affine", "--threads", "1,2", *QUICK
     )
     assert code == 0, err
-    assert kd.get_num_threads() == before
     rows = [line.split() for line in out.splitlines() if line.startswith("cli_affine")]
-    assert [row[3] for row in rows] == ["1", "2"]  # kernel, shape (two words), threads
-    entries = registry.database().entries("cli_affine")
-    assert [(e.shape, e.threads) for e in entries] == [(((300,), (300,)), 1), (((300,), (300,)), 2)]
-
-    code, out, err = kdsl_cli(capsys, "cache", "list")
-    assert code == 0, err
-    listed = [line.split()[3] for line in out.splitlines() if line.startswith("cli_affine")]
-    assert listed == ["1", "2"]
+    assert [row[3] for row in rows] == ["any", "any"]
+    assert [e.threads for e in registry.database().entries("cli_affine")] == [0]
 
 
 @pytest.mark.usefixtures("cache_dir")
@@ -270,6 +305,7 @@ def test_cache_clear_of_an_unknown_kernel_lists_the_kernels_there(capsys) -> Non
         (["--threads", "0"], "--threads '0': write thread counts from 1 to"),
         (["--threads", "1,,2"], "--threads '1,,2'"),
         (["--threads", "two"], "such as 1,2"),
+        (["--threads", "1", "--target", "cuda"], "--threads counts CPU threads"),
     ],
 )
 def test_autotune_bad_options_exit_2(capsys, kernels_file, argv, message) -> None:

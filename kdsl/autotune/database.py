@@ -5,15 +5,18 @@ One SQLite file (schema version in `PRAGMA user_version`, WAL journal) with one 
 
     tuning(kernel_id, kernel_name, target, signature,
            shape   TEXT     -- JSON, e.g. [[2, 64], [2, 64]]
-           threads INTEGER  -- the CPU threads it was tuned on; 0: not recorded (a GPU's
-                            -- row, or one from before schema 2), which serves any count
+           threads INTEGER  -- the CPU threads it was tuned on; 0: none recorded (a GPU's
+                            -- row, a schedule without parallel loops, one from before
+                            -- schema 2), which serves any count
            config  TEXT     -- JSON object of the chosen schedule params
            time_s, default_time_s, kdsl_version, created, source,
            PRIMARY KEY (kernel_id, target, signature, shape, threads))
 
 The thread count is part of the key because a schedule tuned on all cores (which loop goes
 to the threads, how big their blocks are) is not the best one for a single thread.
-A schema-1 file (no thread count) is migrated in place, its rows with threads 0.
+A schema-1 file (no thread count) is migrated in place, its rows with threads 0; an older
+kdsl sets a schema-2 file aside (its rows are lost to it), and one that had the file open
+before the migration still writes rows, with threads 0 (the column's default).
 It is a cache: a corrupt or foreign file is set aside with a warning and rebuilt, never fatal;
 a row this module did not write (a config that is not a JSON object, say) is skipped, with
 one warning per file and process.
@@ -39,7 +42,7 @@ from kdsl.config import user_stacklevel
 from kdsl.errors import KdslError
 
 SCHEMA_VERSION = 2
-EXPORT_FORMAT = 1
+EXPORT_FORMAT = 2  # 2 gives each row's thread count; 1 (read too) had none
 # Long enough that concurrent tuners queue up instead of losing a result.
 BUSY_TIMEOUT_S = 10.0
 
@@ -67,7 +70,7 @@ CREATE TABLE IF NOT EXISTS tuning (
     target TEXT NOT NULL,
     signature TEXT NOT NULL,
     shape TEXT NOT NULL,
-    threads INTEGER NOT NULL,
+    threads INTEGER NOT NULL DEFAULT 0,
     config TEXT NOT NULL,
     time_s REAL NOT NULL,
     default_time_s REAL,
@@ -77,7 +80,14 @@ CREATE TABLE IF NOT EXISTS tuning (
     PRIMARY KEY (kernel_id, target, signature, shape, threads)
 )
 """
-_KEY = "kernel_id, target, signature, shape, threads"
+_KEY_COLUMNS = ("kernel_id", "target", "signature", "shape", "threads")
+_KEY = ", ".join(_KEY_COLUMNS)
+# A row with a thread count replaces the row of its shape that has none (from before
+# counts were kept): else that row, as near as any count, would outlive every re-tune.
+_UNRECORDED = (
+    "DELETE FROM tuning WHERE kernel_id = ? AND target = ? AND signature = ? AND shape = ? "
+    "AND threads = 0 AND ? > 0"
+)
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM tuning"
 _INSERT = (
     f"INSERT OR REPLACE INTO tuning ({', '.join(_COLUMNS)}) "
@@ -405,6 +415,9 @@ def _check_columns(db: sqlite3.Connection, expected: tuple[str, ...] = _COLUMNS)
 def _write(db: sqlite3.Connection, rows: list[tuple[object, ...]], sql: str = _INSERT) -> None:
     db.execute("BEGIN IMMEDIATE")
     try:
+        db.executemany(
+            _UNRECORDED, [[row[_COLUMNS.index(c)] for c in _KEY_COLUMNS] for row in rows]
+        )
         db.executemany(sql, rows)
         db.execute("COMMIT")
     except BaseException:
@@ -551,8 +564,9 @@ def read_export(path: str, source: str = "import") -> list[Entry]:
         ) from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise bad(f"not JSON ({exc})") from exc
-    if not isinstance(doc, dict) or doc.get("kdsl_tuning_export") != EXPORT_FORMAT:
-        raise bad(f'no "kdsl_tuning_export": {EXPORT_FORMAT} marker')
+    if not isinstance(doc, dict) or doc.get("kdsl_tuning_export") not in (1, EXPORT_FORMAT):
+        raise bad(f'no "kdsl_tuning_export": {EXPORT_FORMAT} (or 1) marker')
+    unrecorded = doc["kdsl_tuning_export"] == 1
     items = doc.get("entries")
     if not isinstance(items, list):
         raise bad('"entries" must be a list')
@@ -560,7 +574,8 @@ def read_export(path: str, source: str = "import") -> list[Entry]:
     for i, item in enumerate(items):
         if not isinstance(item, dict):
             raise bad(f"entries[{i}] must be an object")
-        item = {"threads": 0, **item}  # (files from before the thread count was kept)
+        if unrecorded:
+            item = {**item, "threads": 0}
         for name, (check, description) in _FIELD_CHECKS.items():
             if name not in item:
                 raise bad(f'entries[{i}] has no "{name}"')

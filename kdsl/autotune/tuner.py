@@ -43,7 +43,8 @@ from kdsl.autotune.strategies import (
 from kdsl.autotune.worker import Failure, WorkerPool
 from kdsl.config import VERSION
 from kdsl.errors import KdslError, KernelArgumentError, ScheduleError
-from kdsl.ir.nodes import Kernel
+from kdsl.ir.nodes import Kernel, Loop, LoopExec
+from kdsl.ir.visit import walk_stmts
 from kdsl.specs import ArgExample, Spec
 from kdsl.targets.cpu import backend, runtime
 from kdsl.targets.cpu.objects import STORE
@@ -310,8 +311,21 @@ def tune(
         session.close()
     report.elapsed_s = budget.elapsed()
     report.phases = dict(budget.phases)
+    report.threads = _threads_that_mattered(session, report.threads)
     _record(session, report)
     return report
+
+
+def _threads_that_mattered(session: _Session, threads: int) -> int:
+    """The thread count a run's result is filed under: the run's, or 0 (it serves any
+    count) where no candidate measured ran a loop on threads, or there is no pool: the
+    count changed nothing then, and another count would only tune it again."""
+    parallel = any(
+        isinstance(st, Loop) and st.exec is LoopExec.PARALLEL
+        for _, candidate in session.measured.values()
+        for st in walk_stmts(candidate.scheduled.body)
+    )
+    return threads if parallel and runtime.has_thread_pool() else 0
 
 
 def _random_indices(

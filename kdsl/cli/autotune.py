@@ -15,6 +15,7 @@ from kdsl.autotune.strategies import STRATEGIES
 from kdsl.autotune.tuner import TuneReport
 from kdsl.cli.common import UsageError, check_cache_dir, kernels_in
 from kdsl.cli.table import format_seconds, format_table
+from kdsl.config import available_cores
 from kdsl.errors import KdslError
 from kdsl.kernel import KernelFunction
 from kdsl.specs import ArgExample, Spec, SpecError, parse_args_spec
@@ -117,15 +118,22 @@ def parse_threads(text: str | None, target: str) -> list[int | None]:
             f"--threads {text!r}: write thread counts from 1 to {runtime.MAX_THREADS}, "
             "separated by commas, such as 1,2"
         )
+    cores = available_cores()
+    if max(counts) > cores:
+        print(
+            f"kdsl autotune: note: --threads {max(counts)} is more than the {cores} cores "
+            "this process may use; those timings share cores and say little",
+            file=sys.stderr,
+        )
     return list(dict.fromkeys(counts))
 
 
 def run(ns: argparse.Namespace) -> int:
+    thread_counts = parse_threads(ns.threads, ns.target)
     if ns.target == "cuda" and (reason := driver.unavailable_reason()) is not None:
         raise UsageError(f"--target cuda tunes on a GPU, and here {reason}")
     if ns.jobs is not None and ns.jobs < 0:
         raise UsageError("--jobs must be 0 (compile in this process) or more")
-    thread_counts = parse_threads(ns.threads, ns.target)
     budget = parse_budget(ns.budget)
     check_cache_dir()
     kernels = [k for target in ns.targets for k in kernels_in(target)]
@@ -176,7 +184,7 @@ def _tune(
     except KdslError as err:  # one kernel's error: the others are still tuned
         print(err.with_kernel(kernel.name), file=sys.stderr)
         shape = tuple(tuple(e.shape) for e in example.values() if isinstance(e, Spec))
-        return Failed(kernel.name, shape, err)
+        return Failed(kernel.name, shape, err, runtime.get_num_threads())
 
 
 @dataclass(frozen=True)
@@ -186,6 +194,7 @@ class Failed:
     kernel: str
     shape: Shape
     error: KdslError
+    threads: int
 
 
 def summary(results: list[TuneReport | Failed]) -> str:
@@ -193,14 +202,14 @@ def summary(results: list[TuneReport | Failed]) -> str:
     rows: list[list[object]] = []
     for r in results:
         if isinstance(r, Failed):
-            rows.append([r.kernel, format_shape(r.shape), "", "(failed, below)", *[""] * 5])
+            rows.append([r.kernel, format_shape(r.shape), r.threads, "(failed, below)", *[""] * 5])
             continue
         tried = sum(1 for t in r.trials if t.status not in ("same", "invalid"))
         rows.append(
             [
                 r.kernel,
                 format_shape(r.shape),
-                r.threads or "-",
+                r.threads or "any",
                 _params(r.best) if r.space else "(no params)",
                 format_seconds(r.best_time_s),
                 format_seconds(r.default_time_s),

@@ -162,7 +162,7 @@ def test_a_schema_1_file_is_migrated_keeping_its_rows(tmp_path: pathlib.Path) ->
         warnings.simplefilter("error")  # migrated, not set aside
         (kept,) = db.lookup("abc", "cpu/x/1", "a:f32[1,C]")
     assert (kept.shape, kept.config, kept.time_s, kept.threads) == (((7,),), {"f": 64}, 0.5, 0)
-    db.record(dataclasses.replace(kept, threads=2, config={"f": 16}))
+    db.record(dataclasses.replace(kept, shape=((9,),), threads=2))
     assert sorted(e.threads for e in db.entries()) == [0, 2]
     db.close()
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone() == (2,)
@@ -177,7 +177,7 @@ def test_export_import_round_trip(tmp_path: pathlib.Path) -> None:
         src.record(e)
     out = tmp_path / "export.json"
     assert src.export(out) == 4
-    assert json.loads(out.read_text())["kdsl_tuning_export"] == 1
+    assert json.loads(out.read_text())["kdsl_tuning_export"] == 2
 
     dst = TuningDB(tmp_path / "b.db")
     assert dst.import_(out) == 4
@@ -186,18 +186,38 @@ def test_export_import_round_trip(tmp_path: pathlib.Path) -> None:
     assert [_without_source(e) for e in imported] == [_without_source(e) for e in src.entries()]
 
 
-def test_an_export_without_thread_counts_imports_as_serving_any(tmp_path: pathlib.Path) -> None:
+def test_an_export_of_format_1_imports_as_serving_any_thread_count(
+    tmp_path: pathlib.Path,
+) -> None:
     src = TuningDB(tmp_path / "a.db")
     src.record(make_entry(threads=2))
     out = tmp_path / "export.json"
     src.export(out)
     doc = json.loads(out.read_text())
     assert doc["entries"][0]["threads"] == 2
-    del doc["entries"][0]["threads"]  # as files from before the count was kept
-    out.write_text(json.dumps(doc))
+    del doc["entries"][0]["threads"]  # as kdsl wrote files before the count was kept
+    out.write_text(json.dumps({**doc, "kdsl_tuning_export": 1}))
     dst = TuningDB(tmp_path / "b.db")
     dst.import_(out)
     assert [e.threads for e in dst.entries()] == [0]
+    out.write_text(json.dumps(doc))  # format 2 without the count: refused
+    with pytest.raises(DatabaseError, match='entries\\[0\\] has no "threads"'):
+        dst.import_(out)
+
+
+def test_a_row_with_a_thread_count_replaces_its_shapes_unrecorded_row(
+    tmp_path: pathlib.Path,
+) -> None:
+    db = TuningDB(tmp_path / "tuning.db")
+    db.record(make_entry(threads=0, time_s=3.0))  # from before counts were kept
+    db.record(make_entry(1, threads=0))  # another shape's
+    db.record(make_entry(threads=2, time_s=1.0))  # a re-tune is the newer truth
+    assert [(e.shape, e.threads) for e in db.entries()] == [
+        (make_entry().shape, 2),
+        (make_entry(1).shape, 0),
+    ]
+    db.record(make_entry(threads=0, time_s=2.0))  # (a GPU's or a serial schedule's)
+    assert len(db.entries()) == 3
 
 
 def _without_source(entry: Entry) -> Entry:
@@ -206,6 +226,7 @@ def _without_source(entry: Entry) -> Entry:
 
 def _bad_exports() -> list[tuple[str, str]]:
     good = {
+        "threads": 2,
         "kernel_id": "abc",
         "kernel_name": "add",
         "target": "cpu/x/1",
@@ -218,25 +239,26 @@ def _bad_exports() -> list[tuple[str, str]]:
         "created": 1.0,
     }
     missing = {k: v for k, v in good.items() if k != "config"}
+    marker = {"kdsl_tuning_export": 2}
     return [
         ("{not json", "not JSON"),
         (json.dumps([good]), "kdsl_tuning_export"),
-        (json.dumps({"kdsl_tuning_export": 1, "entries": {}}), '"entries" must be a list'),
+        (json.dumps({**marker, "entries": {}}), '"entries" must be a list'),
         (
-            json.dumps({"kdsl_tuning_export": 1, "entries": [good, missing]}),
+            json.dumps({**marker, "entries": [good, missing]}),
             'entries[1] has no "config"',
         ),
         (
-            json.dumps({"kdsl_tuning_export": 1, "entries": [{**good, "shape": [["4"]]}]}),
+            json.dumps({**marker, "entries": [{**good, "shape": [["4"]]}]}),
             "entries[0].shape must be",
         ),
         (
-            json.dumps({"kdsl_tuning_export": 1, "entries": [{**good, "time_s": "fast"}]}),
+            json.dumps({**marker, "entries": [{**good, "time_s": "fast"}]}),
             "entries[0].time_s must be a number",
         ),
         *(
             (
-                json.dumps({"kdsl_tuning_export": 1, "entries": [{**good, "threads": bad}]}),
+                json.dumps({**marker, "entries": [{**good, "threads": bad}]}),
                 "entries[0].threads must be a non-negative int",
             )
             for bad in (-1, "2", True, 1.5)

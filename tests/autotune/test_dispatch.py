@@ -155,6 +155,12 @@ def test_autotune_option_tunes_a_new_shape_on_first_call() -> None:
     assert stats["tuning"] == {"2000, 2000": "tuned"}
     # Tuning during the call keeps the call's specialization: no second trace or compile.
     assert stats["compilations"] == 1 and stats["specializations"] == 1
+    # No candidate ran a loop on threads: the row serves any count, not tuned again.
+    assert entry.threads == 0
+    with threads(1):
+        kernel(x, y)
+    assert len(registry.database().entries("dispatch_autotune")) == 1
+    assert kernel.stats()["tuning"] == {"2000, 2000": "tuned"}
 
 
 CORRUPT_CALLER = """
