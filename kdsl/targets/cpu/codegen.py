@@ -55,6 +55,7 @@ from kdsl.ir.nodes import (
 )
 from kdsl.ir.visit import from_runtime_values, runtime_locals, walk_expr, walk_stmts
 from kdsl.targets.cpu.abi import ARRAY_LAYOUT, WRITEABLE_FLAG
+from kdsl.targets.cpu.aliasing import annotate_aliasing
 from kdsl.targets.cpu.amx import emit_tile_product, release_tiles
 from kdsl.targets.cpu.jit import CACHE_LINE
 from kdsl.targets.cpu.ops import I1, I8, I32, I64, PTR, Ops, constant, llvm_type, memory_type
@@ -355,6 +356,7 @@ class _Codegen:
             fence_streamed_stores(self.ops)
         self.free(self.state.heap_slots)
         self.b.ret(self.b.load(self.retcode, typ=I64))
+        annotate_aliasing(self)
 
     def block(self, body: tuple[Stmt, ...]) -> None:
         heap: list[ir.Value] = []

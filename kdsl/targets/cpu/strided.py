@@ -293,7 +293,8 @@ def _span(vl: _VectorLoop, name: str, found: Strided, phases: frozenset[int]) ->
     key = (vl.structures.setdefault(run, len(vl.structures)), id(vl.mask))
     hit = vl.computed.get(key)
     if hit is None or hit[0] is not vl.mask:
-        hit = vl.computed[key] = (vl.mask, _read_span(vl, name, found, phases))
+        reads = frozenset([vl.alias_groups.get(name, name)]).union(*map(vl.reads, found.start))
+        hit = vl.computed[key] = (vl.mask, _read_span(vl, name, found, phases), reads)
     return hit[1]
 
 

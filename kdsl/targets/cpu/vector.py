@@ -71,6 +71,7 @@ from kdsl.ir.nodes import (
     Unary,
 )
 from kdsl.ir.visit import walk_all_exprs, walk_expr, walk_stmts
+from kdsl.targets.cpu.aliasing import scope_groups
 from kdsl.targets.cpu.dot import emit_dot_loop
 from kdsl.targets.cpu.jit import CACHE_LINE
 from kdsl.targets.cpu.ops import I1, I8, I32, I64, PTR, constant, llvm_type, memory_type
@@ -155,8 +156,11 @@ class _VectorLoop:
         self.base: ir.Value = ir.Constant(I64, 0)  # lane 0's iteration
         self.mask: ir.Value | None = None  # the active lanes; None: all
         self.some_active = True  # the mask has an active lane (code runs only then)
-        # values computed for the current statement, by structure and mask (see `value`)
-        self.computed: dict[tuple[int, int], tuple[ir.Value | None, ir.Value]] = {}
+        # values computed in the current block, by structure and mask (see `value`), with
+        # what each read (see `forget_written`)
+        self.computed: dict[tuple[int, int], tuple[ir.Value | None, ir.Value, frozenset[str]]] = {}
+        self.read_sets: dict[int, tuple[Expr, frozenset[str]]] = {}  # id(node) -> its reads
+        self.alias_groups = scope_groups(gen.kernel)
         self.numbers: dict[int, tuple[Expr, int]] = {}  # id(node) -> (node, its structure)
         self.structures: dict[tuple[object, ...], int] = {}
         self.runs = Runs(self)  # the statement's strided loads (strided.py)
@@ -436,11 +440,16 @@ class _VectorLoop:
     # ------------------------------------------------------------------ statements
 
     def block(self, body: tuple[Stmt, ...]) -> None:
+        """The statements of `body`, which share the values they compute until a
+        statement writes what a value read (`forget_written`); none come in from before
+        (another copy of the body, or a loop's last trip, made them) or go out."""
+        self.computed.clear()
         for piece in filled_runs(self, body):
             if len(piece) == 1:
                 self.stmt(piece[0])
             else:
                 store_filled_runs(self, piece)
+        self.computed.clear()
 
     def stmt(self, s: Stmt) -> None:
         with self.statement_scope(s):
@@ -448,12 +457,50 @@ class _VectorLoop:
 
     @contextmanager
     def statement_scope(self, s: Stmt) -> Iterator[None]:
-        """While statement `s` is emitted: its own values (a store may have changed what a
-        load would read), and its strided loads (strided.py)."""
-        self.computed.clear()
+        """While statement `s` is emitted: its strided loads (strided.py); after it, the
+        values computed so far that it may have changed are forgotten."""
         self.gen.memo = {}  # the scalar generator's values for this statement (_Codegen.expr)
         with self.runs.of(s, self.mask):
             yield
+        self.forget_written(s)
+
+    def forget_written(self, s: Stmt) -> None:
+        """Drop the values that statement `s` may have changed: those reading the array it
+        stores to (or any array that may be the same memory: aliasing.scope_groups) or
+        the local it assigns; all of them after a loop or a condition (their values
+        don't reach past them). Fused statements so share loads and whatever is computed
+        from them: three components of a vector divided by its length load the vector
+        and take the square root once, not three times."""
+        match s:
+            case Store(buffer=name):
+                written = self.alias_groups.get(name, name)
+            case DeclareLocal(name=name) | Assign(local=name):
+                written = _LOCAL + name
+            case Check() | Prefetch():
+                return
+            case _:
+                self.computed.clear()
+                return
+        for key, (_, _, reads) in list(self.computed.items()):
+            if written in reads:
+                del self.computed[key]
+
+    def reads(self, e: Expr) -> frozenset[str]:
+        """The arrays (by alias group) and locals (`_LOCAL` + name) that `e` reads."""
+        hit = self.read_sets.get(id(e))
+        if hit is None or hit[0] is not e:
+            found: set[str] = set()
+            if isinstance(e, Load):
+                found.add(self.alias_groups.get(e.buffer, e.buffer))
+            elif isinstance(e, LocalVar):
+                found.add(_LOCAL + e.name)
+            for name in _fields(type(e)):
+                v = getattr(e, name)
+                for child in v if isinstance(v, tuple) else (v,):
+                    if isinstance(child, Expr):
+                        found |= self.reads(child)
+            hit = self.read_sets[id(e)] = (e, frozenset(found))
+        return hit[1]
 
     def statement(self, s: Stmt) -> None:
         gen, b = self.gen, self.b
@@ -621,7 +668,7 @@ class _VectorLoop:
         key = (self.structure(e), id(self.mask))
         hit = self.computed.get(key)
         if hit is None or hit[0] is not self.mask:
-            hit = self.computed[key] = (self.mask, self.compute(e))
+            hit = self.computed[key] = (self.mask, self.compute(e), self.reads(e))
         return hit[1]
 
     def structure(self, e: Expr) -> int:
@@ -1011,6 +1058,9 @@ class _VectorLoop:
 
 
 _FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+_LOCAL = "local:"  # (a local's name among the arrays that an expression reads)
 
 
 def _fields(node: type) -> tuple[str, ...]:

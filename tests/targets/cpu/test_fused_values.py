@@ -1,0 +1,79 @@
+"""Fused statements share what they compute (kdsl/targets/cpu/vector.py, forget_written)
+until a statement writes what a value read; array arguments carry alias scopes
+(kdsl/targets/cpu/aliasing.py), one per array but for arrays updated in place."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import kdsl as kd
+from kdsl.targets.cpu.aliasing import scope_groups
+from tests.helpers import random_array
+
+
+@kd.kernel
+def unit_vectors(x, y):
+    i = kd.indices(x.shape[0])
+    r = kd.sqrt(x[i, 0] * x[i, 0] + x[i, 1] * x[i, 1] + x[i, 2] * x[i, 2])
+    y[i, 0] = x[i, 0] / r
+    y[i, 1] = x[i, 1] / r
+    y[i, 2] = x[i, 2] / r
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 16, 17, 100_003])
+def test_three_fused_statements_take_one_square_root(n: int) -> None:
+    x = random_array(np.random.default_rng(n), (n, 3), np.float32)
+    y = np.empty_like(x)
+    unit_vectors(x, y)
+    np.testing.assert_allclose(y, x / np.sqrt((x * x).sum(axis=1, keepdims=True)), rtol=2e-6)
+    assert 'fuse("i", "i.1")' in str(unit_vectors.schedule_of(x, y))
+    # Each vector body (the main one and its tails) computes the length once, where it
+    # took one per statement before, and divides three times.
+    code = unit_vectors.llvm(x, y)
+    roots = re.findall(r"call <\d+ x float> @llvm\.sqrt", code)
+    divisions = re.findall(r"fdiv <\d+ x float>", code)
+    assert roots and len(divisions) == 3 * len(roots), (roots, divisions)
+
+
+@kd.kernel
+def before_and_after(x, y, z, w):
+    """z reads y before the store to y, w after it: fused, w must see the new y."""
+    i = kd.indices(x.shape[0])
+    z[i] = kd.exp(x[i]) + y[i]
+    y[i] = x[i] * 3.0
+    w[i] = kd.exp(x[i]) + y[i]
+
+
+@pytest.mark.parametrize("n", [1, 7, 16, 33, 4099])
+def test_a_store_forgets_the_values_that_read_its_array(n: int) -> None:
+    rng = np.random.default_rng(n)
+    x, y = (random_array(rng, (n,), np.float32) for _ in range(2))
+    z, w = np.empty_like(x), np.empty_like(x)
+    y0 = y.copy()
+    before_and_after(x, y, z, w)
+    assert "fuse" in str(before_and_after.schedule_of(x, y, z, w))
+    np.testing.assert_allclose(z, np.exp(x) + y0, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(y, x * np.float32(3.0), rtol=1e-6)
+    np.testing.assert_allclose(w, np.exp(x) + x * np.float32(3.0), rtol=1e-6, atol=1e-6)
+
+
+@kd.kernel
+def scaled_in_place(x, y, w):
+    i = kd.indices(x.shape[0])
+    y[i] = x[i] * w[0]
+
+
+def test_arrays_updated_in_place_share_a_scope_and_the_call_is_right() -> None:
+    rng = np.random.default_rng(5)
+    x, w = random_array(rng, (1001,), np.float32), random_array(rng, (1,), np.float32)
+    lowered = scaled_in_place.lowered(x, x.copy(), w).kernel
+    assert ("y", "x") in lowered.in_place
+    assert scope_groups(lowered) == {"x": "x", "y": "x", "w": "w"}
+    want = x * w[0]
+    scaled_in_place(x, x, w)  # y is x: one view, allowed
+    np.testing.assert_array_equal(x, want)
+    code = scaled_in_place.llvm(x, x, w)
+    assert '!"kdsl.scaled_in_place.w"' in code and '!"kdsl.scaled_in_place.y"' not in code
