@@ -492,7 +492,8 @@ def main(argv: list[str] | None = None) -> int:
     notes = [
         "each kernel as written, with no schedule: the default one fuses statements "
         "over the same loops into one loop (the complex multiply's two, the normalized "
-        "vector's three), vectorizes each loop over a row (the softmax's three passes "
+        "vector's three, which then load the vector and take its length once, not once "
+        "each: 3.4× NumPy before), vectorizes each loop over a row (the softmax's three passes "
         "each) or, for rows of a few elements read by constant columns (x[i, 2]), the "
         "loop over the rows (and, in a version of its own, for rows found shorter than "
         "a vector when it runs), parallelizes the outer loop (with the loops of rows "
