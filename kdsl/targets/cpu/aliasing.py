@@ -1,14 +1,19 @@
-"""Alias scopes on the loads and stores of array parameters (LLVM's `!alias.scope` and
+"""Alias scopes on the loads and stores of array arguments (LLVM's `!alias.scope` and
 `!noalias`), so that LLVM may keep a value loaded from one array in a register across a
-store to another: `y[i, 0] = x[i, 0] / r; y[i, 1] = x[i, 1] / r`, with the three
-statements fused, loaded x and computed r once instead of after each store to y.
+store to another (reuse it, hoist it out of a loop), as kdsl's own vector code does
+between fused statements (vector.py's `forget_written`): the scalar code and LLVM's
+passes otherwise load `x[i, 0]` again after each store to `y`.
 
 Sound because the entry refuses a written array that shares a byte with any other
 argument (codegen's _check_aliasing, call.py's exact test where address ranges meet),
 but for the same view of an array that one statement updates in place (Kernel.in_place):
-such arrays share one scope, as any array does with itself. Temporaries are the
-kernel's own allocations, which LLVM tells apart without help; other instructions
-(AMX and dot-product intrinsics, prefetches) keep LLVM's own answers.
+such arrays share one scope, as any array does with itself. Results are new arrays that
+the call allocates (call.py), so no argument can share their memory; a way to pass one
+in (an `out=` for results) must bring them under the entry's test first. Temporaries
+are left untagged: LLVM tells the kernel's own allocations apart where it sees them
+made, though not in a parallel loop's task, which takes them from a closure (an
+optimization missed there, never a wrong answer); so are other instructions (AMX and
+dot-product intrinsics, prefetches), which keep LLVM's own answers.
 """
 
 from __future__ import annotations

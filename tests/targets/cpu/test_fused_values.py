@@ -69,3 +69,37 @@ def test_arrays_updated_in_place_share_a_scope_and_the_call_is_right() -> None:
     np.testing.assert_array_equal(x, want)
     code = scaled_in_place.llvm(x, x, w)
     assert '!"kdsl.scaled_in_place.w"' in code and '!"kdsl.scaled_in_place.y"' not in code
+
+
+@pytest.mark.parametrize("checks", [False, True])
+@pytest.mark.parametrize("n", [1, 16, 37])
+def test_values_under_a_condition_are_forgotten_after_a_store_they_read(
+    checks: bool, n: int
+) -> None:
+    """The same `where` before and after a store to an array its chosen side reads: the
+    values computed under the narrowed mask are shared, then forgotten."""
+
+    def before_after_where(x, u, w, y, z):
+        i = kd.indices(x.shape[0])
+        y[i] = kd.where(x[i] > 0, x[i] * u[i] + w[0], 0.0)
+        u[i] = x[i] * 2.0
+        z[i] = kd.where(x[i] > 0, x[i] * u[i] + w[0], 1.0)
+
+    kernel = kd.kernel(before_after_where, checks=checks)
+    rng = np.random.default_rng(n)
+    x, u, w = (random_array(rng, shape, np.float32) for shape in [(n,), (n,), (1,)])
+    y, z = np.empty_like(x), np.empty_like(x)
+    want_y = np.where(x > 0, x * u + w[0], 0)
+    want_z = np.where(x > 0, x * (x * np.float32(2.0)) + w[0], 1)
+    kernel(x, u, w, y, z)
+    assert "fuse" in str(kernel.schedule_of(x, u, w, y, z))
+    np.testing.assert_allclose(y, want_y, rtol=1e-6)
+    np.testing.assert_allclose(z, want_z, rtol=1e-6)
+
+
+def test_the_tasks_of_a_parallel_loop_tag_the_arrays_they_take_from_the_closure() -> None:
+    x = random_array(np.random.default_rng(3), (50_000, 3), np.float32)
+    code = normalize3.llvm(x, np.empty_like(x))
+    tasks = re.split(r"\ndefine ", code)[1:]
+    parallel = [t for t in tasks if re.match(r'[^(]*@"?kdsl_normalize3_\w+\.\w+"?\(', t)]
+    assert parallel and all("!alias.scope" in t and "!noalias" in t for t in parallel)
