@@ -218,8 +218,17 @@ def summary(results: list[TuneReport | Failed]) -> str:
                 len(r.failures()),
             ]
         )
-    headers = ["kernel", "shape", "threads", "best params", "time", "default", "speedup"]
-    headers += ["tried", "dropped"]
+    headers = [
+        "kernel",
+        "shape",
+        "threads",
+        "best params",
+        "time",
+        "default",
+        "speedup",
+        "tried",
+        "dropped",
+    ]
     lines = [format_table(headers, rows)]
     for r in results:
         if isinstance(r, Failed):

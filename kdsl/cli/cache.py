@@ -68,8 +68,17 @@ def _list(ns: argparse.Namespace) -> int:
         ]
         for e in entries
     ]
-    headers = ["kernel", "shape", "threads", "params", "time", "speedup", "target", "source"]
-    headers.append("tuned")
+    headers = [
+        "kernel",
+        "shape",
+        "threads",
+        "params",
+        "time",
+        "speedup",
+        "target",
+        "source",
+        "tuned",
+    ]
     print(format_table(headers, rows))
     return 0
 
