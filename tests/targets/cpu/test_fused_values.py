@@ -8,6 +8,8 @@ import re
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import kdsl as kd
 from kdsl.targets.cpu.aliasing import scope_groups
@@ -103,3 +105,83 @@ def test_the_tasks_of_a_parallel_loop_tag_the_arrays_they_take_from_the_closure(
     tasks = re.split(r"\ndefine ", code)[1:]
     parallel = [t for t in tasks if re.match(r'[^(]*@"?kdsl_normalize3_\w+\.\w+"?\(', t)]
     assert parallel and all("!alias.scope" in t and "!noalias" in t for t in parallel)
+
+
+# Random programs of element-wise statements over four arrays (`a` only read): the default
+# fuses them into one loop whose statements share values, and every result must be what
+# running the statements one after another gives.
+_ARRAYS = "abcd"
+_leaf = st.one_of(
+    st.tuples(st.just("load"), st.sampled_from(_ARRAYS), st.integers(0, 2)),
+    st.tuples(st.just("const"), st.sampled_from([0.5, -1.25, 2.0])),
+)
+_expr = st.recursive(
+    _leaf,
+    lambda inner: st.one_of(
+        st.tuples(st.sampled_from(["add", "sub", "mul", "max"]), inner, inner),
+        st.tuples(st.just("where"), st.sampled_from(_ARRAYS), st.integers(0, 2), inner, inner),
+    ),
+    max_leaves=6,
+)
+_program = st.lists(
+    st.tuples(st.sampled_from("bcd"), st.integers(0, 2), _expr), min_size=2, max_size=5
+)
+
+
+def _build(e, get, where, maximum):
+    """`e` over the arrays' values at one element (`get(array, column)`): kdsl values
+    (kd.where, kd.maximum) or NumPy arrays (np.where, np.maximum) alike."""
+    match e:
+        case ("load", name, column):
+            return get(name, column)
+        case ("const", v):
+            return np.float32(v)
+        case ("where", name, column, x, y):
+            chosen = get(name, column) > 0
+            return where(chosen, _build(x, get, where, maximum), _build(y, get, where, maximum))
+        case (op, x, y):
+            x, y = _build(x, get, where, maximum), _build(y, get, where, maximum)
+            if op == "max":
+                return maximum(x, y)
+            return x + y if op == "add" else x - y if op == "sub" else x * y
+    raise AssertionError(e)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    program=_program,
+    n=st.sampled_from([1, 7, 16, 37]),
+    columns=st.sampled_from([0, 3]),
+    seed=st.integers(0, 2**16),
+)
+def test_random_fused_statements_match_running_them_in_order(program, n, columns, seed) -> None:
+    """Over vectors (`columns` 0: a column is ignored) or rows of 3 read and written by
+    constant columns (`x[i, 2]`: whole vectors and shuffles, strided.py)."""
+
+    def statements(a, b, c, d):
+        i = kd.indices(a.shape[0])
+        arrays = dict(zip(_ARRAYS, (a, b, c, d)))
+
+        def at(name, column):
+            return (i, column) if columns else i
+
+        for target, column, e in program:
+            arrays[target][at(target, column)] = _build(
+                e, lambda name, col: arrays[name][at(name, col)], kd.where, kd.maximum
+            )
+
+    kernel = kd.kernel(statements, name=f"random_statements_{columns}")
+    rng = np.random.default_rng(seed)
+    shape = (n, columns) if columns else (n,)
+    given_arrays = [random_array(rng, shape, np.float32) for _ in _ARRAYS]
+    want = dict(zip(_ARRAYS, (x.copy() for x in given_arrays)))
+
+    def view(name, column):
+        return want[name][:, column] if columns else want[name]
+
+    for target, column, e in program:
+        value = _build(e, view, np.where, np.maximum)
+        view(target, column)[...] = np.broadcast_to(value, (n,)).astype(np.float32)
+    kernel(*given_arrays)
+    for name, got in zip(_ARRAYS, given_arrays):
+        np.testing.assert_allclose(got, want[name], rtol=1e-5, atol=1e-6, err_msg=name)
