@@ -37,6 +37,8 @@ from kdsl.autotune.keys import format_shape, target_key
 from kdsl.autotune.registry import DB_NAME
 from kdsl.autotune.shipped import SHIPPED_DIR
 from kdsl.autotune.tuner import example_key, example_specs, example_values
+from kdsl.cli.autotune import parse_threads
+from kdsl.cli.common import UsageError
 from kdsl.kernel import KernelFunction
 from kdsl.specs import Spec, make_arguments
 from kdsl.targets.cpu import runtime
@@ -74,16 +76,12 @@ def confirmed_speedup(fn: KernelFunction, entry: Entry) -> float:
     layout = fn.call_layout(specs, traced)
     default, best = (fn.build(traced, layout, config) for config in ({}, entry.config))
     times: tuple[list[float], list[float]] = ([], [])
-    before = runtime.get_num_threads()
-    runtime.set_num_threads(entry.threads or before)  # the count it was tuned on
-    try:
+    with runtime.num_threads_within(entry.threads or None):  # the count it was tuned on
         for _ in range(TURNS + 1):  # the first turn warms up
             for spent, spec in zip(times, (default, best)):
                 start = time.perf_counter()
                 spec.run(bound)
                 spent.append(time.perf_counter() - start)
-    finally:
-        runtime.set_num_threads(before)
     return statistics.median(times[0][1:]) / statistics.median(times[1][1:])
 
 
@@ -152,14 +150,12 @@ def kept_rows(path: Path, retuned: set[str] | None, counts: list[int]) -> list[E
 
 
 def thread_counts(text: str) -> list[int]:
-    """'1,2' → [1, 2] (argparse's type: a bad count is a usage error)."""
+    """'1,2' → [1, 2], as `kdsl autotune --threads` reads them (argparse's type: a bad
+    count is a usage error)."""
     try:
-        counts = [int(n) for n in text.split(",")]
-    except ValueError:
-        counts = []
-    if not counts or min(counts) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: write thread counts such as 1,2")
-    return counts
+        return [n for n in parse_threads(text, "cpu") if n is not None]
+    except UsageError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def main(argv: list[str] | None = None) -> int:

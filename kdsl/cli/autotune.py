@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import re
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from kdsl.autotune.gpu import tune_on
@@ -147,23 +145,12 @@ def run(ns: argparse.Namespace) -> int:
         )
     results: list[TuneReport | Failed] = []
     for threads in thread_counts:
-        with _threads(threads):
+        with runtime.num_threads_within(threads):
             results += [_tune(ns, kernel, example, budget) for kernel, example in work]
     print(summary(results))
     if skipped:
         print(f"\nskipped (no examples; pass --shape): {', '.join(skipped)}")
     return 1 if any(isinstance(r, Failed) for r in results) else 0
-
-
-@contextlib.contextmanager
-def _threads(count: int | None) -> Iterator[None]:
-    """Parallel loops on `count` threads within (None: as they are)."""
-    before = runtime.get_num_threads()
-    runtime.set_num_threads(count or before)
-    try:
-        yield
-    finally:
-        runtime.set_num_threads(before)
 
 
 def _tune(

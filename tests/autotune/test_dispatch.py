@@ -4,13 +4,12 @@ tuning database never stops a kernel."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from kdsl.autotune.database import Entry
 from kdsl.autotune.keys import kernel_identity, shape_of, signature_key, target_key
 from kdsl.config import VERSION
 from kdsl.kernel import KernelFunction
+from kdsl.targets.cpu import runtime
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,16 +77,6 @@ def record(
     registry.record(entry_for(kernel, args, config, threads))
 
 
-@contextlib.contextmanager
-def threads(count: int) -> Iterator[None]:
-    before = kd.get_num_threads()
-    kd.set_num_threads(count)
-    try:
-        yield
-    finally:
-        kd.set_num_threads(before)
-
-
 def test_untuned_shape_uses_nearest_tuned_shape() -> None:
     kernel = affine_kernel("dispatch_nearest")
     record(kernel, arrays(4096), {"f": 256})
@@ -116,7 +106,7 @@ def test_each_thread_count_takes_its_own_tuning() -> None:
         (4, 256, "nearest tuned shape 3001, 3001 on 2 threads"),
         (1, 64, None),  # chosen once per count: kept (the stats tell the latest choice)
     ]:
-        with threads(count):
+        with runtime.num_threads_within(count):
             y[:] = 0
             kernel(x, y)
             np.testing.assert_allclose(y, x * 2.0 + 0.5, rtol=1e-6)
@@ -157,7 +147,7 @@ def test_autotune_option_tunes_a_new_shape_on_first_call() -> None:
     assert stats["compilations"] == 1 and stats["specializations"] == 1
     # No candidate ran a loop on threads: the row serves any count, not tuned again.
     assert entry.threads == 0
-    with threads(1):
+    with runtime.num_threads_within(1):
         kernel(x, y)
     assert len(registry.database().entries("dispatch_autotune")) == 1
     assert kernel.stats()["tuning"] == {"2000, 2000": "tuned"}

@@ -565,6 +565,18 @@ def get_num_threads() -> int:
     return _num_threads
 
 
+@contextlib.contextmanager
+def num_threads_within(count: int | None) -> Iterator[None]:
+    """Parallel loops on `count` threads inside the block (None: as they are), the count
+    before restored after it (tuning for a given count, timing a row on it)."""
+    before = get_num_threads()
+    set_num_threads(count or before)
+    try:
+        yield
+    finally:
+        set_num_threads(before)
+
+
 def call_parallel_for(
     task: int, closure: int | None, n: int, grain: int = 1, threads: int = 0
 ) -> int:
