@@ -52,7 +52,7 @@ from kdsl.ir.nodes import (
 )
 from kdsl.ir.visit import map_expr, stmt_exprs, walk_all_exprs, walk_expr, walk_stmts
 from kdsl.schedule import tree
-from kdsl.schedule.default_fuse import fuse_siblings
+from kdsl.schedule.default_fuse import fuse_siblings, reuse_values
 from kdsl.schedule.recipe import Schedule
 
 VECTOR_BYTES = 64  # one AVX-512 register
@@ -98,6 +98,7 @@ def default_schedule(s: Schedule) -> None:
         default_gpu_schedule(s)
         return
     fuse_siblings(s, _plan)
+    reuse_values(s)
     for nest in [st for st in s.kernel.body if isinstance(st, Loop)]:
         _schedule_nest(s, nest)
 

@@ -16,6 +16,11 @@ read twice to save), and nests that the default would vectorize or parallelize
 differently (a transposing store next to a unit-stride one: fused, neither would be
 vectorized). At most MAX_STATEMENTS stores go into one nest, to bound the values held
 in registers at once and the streams of memory walked side by side.
+
+Then `reuse_values`: where a loop computes again what the loop right before it computed
+from the same elements (a one-statement softmax's exponentials, summed in one loop and
+divided by the sum in the next), the first stores it into the second's output and the
+second reads it back (`reuse`, kdsl/schedule/reuse.py).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from kdsl.ir.nodes import Kernel, Load, Loop, LoopExec, LoopKind, Store
 from kdsl.ir.visit import walk_all_exprs, walk_stmts
 from kdsl.schedule import tree
 from kdsl.schedule.recipe import Schedule
+from kdsl.schedule.reuse import shared_value
 
 MAX_STATEMENTS = 16  # stores in one fused nest
 
@@ -51,6 +57,20 @@ def _fuse_block(s: Schedule, owner: str | None, plan: Plan) -> None:
     for lp in _block_loops(s.kernel, owner):
         if _chain(lp) is None:  # (a chain's body is stores: nothing to fuse inside)
             _fuse_block(s, lp.var, plan)
+
+
+def reuse_values(s: Schedule, owner: str | None = None) -> None:
+    """In every block, `reuse` between each loop and the next where the next one
+    computes again a value the first computed (and `reuse` accepts)."""
+    loops = _block_loops(s.kernel, owner)
+    for first, second in zip(loops, loops[1:]):
+        if shared_value(first, second) is not None:
+            try:
+                s.reuse(first.var, second.var)
+            except ScheduleError:
+                pass  # (its output can't hold the value: computed twice, as written)
+    for lp in _block_loops(s.kernel, owner):
+        reuse_values(s, lp.var)
 
 
 def _block_loops(kernel: Kernel, owner: str | None) -> list[Loop]:

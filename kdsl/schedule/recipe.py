@@ -21,7 +21,7 @@ from kdsl.config import kdsls_own
 from kdsl.errors import ScheduleError, SourceLoc
 from kdsl.ir.nodes import Kernel, Loop
 from kdsl.ir.passes import lower
-from kdsl.schedule import caching, fusion, loops, rfactor, stages
+from kdsl.schedule import caching, fusion, loops, reuse, rfactor, stages
 from kdsl.schedule.step import Step, StepContext, plain
 from kdsl.types import DType, as_dtype
 
@@ -277,6 +277,12 @@ class Schedule:
         longer need their full extent. Returns the fused loop's name (`loop_a`)."""
         return self._apply(Step("fuse", (loop_a, loop_b)))  # type: ignore[return-value]
 
+    def reuse(self, loop_a: str, loop_b: str) -> None:
+        """Compute once what sibling loops `loop_a` and `loop_b` (right after it) both
+        compute from the same elements: `loop_a` also stores it where `loop_b` writes,
+        and `loop_b` reads it back from there (a one-statement softmax's exponentials)."""
+        self._apply(Step("reuse", (loop_a, loop_b)))
+
     def compute_at(self, stage: str, loop: str) -> None:
         """Compute temporary `stage` inside `loop` of its consumer, only the part it needs."""
         self._apply(Step("compute_at", (stage, loop)))
@@ -425,6 +431,7 @@ PRIMITIVES: dict[str, Callable[..., object]] = {
     "rfactor": rfactor.rfactor,
     "bind": loops.bind,
     "fuse": fusion.fuse,
+    "reuse": reuse.reuse,
     "compute_at": stages.compute_at,
     "inline": stages.inline,
     "cache": caching.cache,

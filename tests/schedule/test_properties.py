@@ -51,6 +51,7 @@ PRIMITIVES = [
     "vectorize",
     "parallelize",
     "fuse",
+    "reuse",
     "specialize",
     "collapse",
 ]
@@ -100,6 +101,16 @@ def softmax(x):
     s[i] = kd.sum(e[i, j], over=j)
     y = kd.empty(x.shape, x.dtype)
     y[i, j] = e[i, j] / s[i]
+    return y
+
+
+@kd.kernel
+def softmax_one_statement(x):
+    """The exponentials in the sum's loop and again in the output's (`reuse`)."""
+    i, j = kd.indices(x.shape[0], x.shape[1])
+    e = kd.exp(x[i, j] - kd.max(x[i, j], over=j))
+    y = kd.empty(x.shape, x.dtype)
+    y[i, j] = e / kd.sum(e, over=j)
     return y
 
 
@@ -242,6 +253,13 @@ FAMILIES = [
         atol=1e-7,
         prelude=SOFTMAX_FUSED,
     ),
+    Family(
+        "softmax_one_statement",
+        softmax_one_statement,
+        _matrix(np.float32, SMALL),
+        rtol=1e-5,
+        atol=1e-7,
+    ),
     Family("rmsnorm", rmsnorm, _rmsnorm_args, rtol=1e-5, atol=1e-6),
     Family(
         "rmsnorm_fused",
@@ -273,12 +291,13 @@ def _draw_step(data: st.DataObject, kernel: Kernel, primitives: list[str]) -> St
     """A step on the loops `kernel` has now: mostly legal, sometimes not (then the
     schedule refuses it and the test skips it)."""
     loops = _loops(kernel)
-    weighted = primitives + ["fuse"] * 2 * ("fuse" in primitives)  # few loops can fuse
+    # few loops can fuse, or reuse a value
+    weighted = primitives + [p for p in ("fuse", "reuse") if p in primitives] * 2
     prim = data.draw(st.sampled_from(weighted), label="primitive")
     inside = {p: [q for r, q in loops if len(r) > len(p) and r[: len(p)] == p] for p, _ in loops}
     if prim in ("tile", "reorder", "collapse"):
         loops = [(p, q) for p, q in loops if inside[p]]
-    elif prim == "fuse":
+    elif prim in ("fuse", "reuse"):
         loops = [(p, q) for p, q in loops if _siblings_after(kernel, p)]
     if not loops:
         return None
@@ -313,7 +332,7 @@ def _draw_step(data: st.DataObject, kernel: Kernel, primitives: list[str]) -> St
             return "collapse", (lp.var, data.draw(st.sampled_from(inner)))
         case _:
             later = data.draw(st.sampled_from([q.var for q in _siblings_after(kernel, path)]))
-            return "fuse", (lp.var, later)
+            return prim, (lp.var, later)
 
 
 def _apply(s: Schedule, step: Step) -> None:
