@@ -98,7 +98,7 @@ def default_schedule(s: Schedule) -> None:
         default_gpu_schedule(s)
         return
     fuse_siblings(s, _plan)
-    reuse_values(s)
+    reuse_values(s, _vector_plan)
     for nest in [st for st in s.kernel.body if isinstance(st, Loop)]:
         _schedule_nest(s, nest)
 
@@ -112,6 +112,13 @@ def _plan(kernel: Kernel, nest: Loop) -> tuple[int | None, int, bool]:
     if len(vectors) != 1 or vectors[0].var not in chain:
         return None, 0, _collides(nest)
     return chain.index(vectors[0].var), _width(kernel, vectors[0]), _collides(nest)
+
+
+def _vector_plan(kernel: Kernel, loop: Loop) -> tuple[tuple[str, int], ...]:
+    """Which loops of `loop`'s nest the default vectorizes, and how wide (default_fuse's
+    test that a `reuse` changes none of it)."""
+    vectors = _vector_loops(loop, _fortran(kernel), _short_rows(kernel))
+    return tuple((v.var, _width(kernel, v)) for v in vectors)
 
 
 def default_gpu_schedule(s: Schedule) -> None:

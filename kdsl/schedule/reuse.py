@@ -11,7 +11,9 @@ reads it back from there:
 A softmax written as one statement (`y[i, j] = e / kd.sum(e, over=j)`, with `e =
 kd.exp(x[i, j] - m)`) takes each exponential once instead of twice, in no memory but
 its output's. Nothing rounds or reassociates: the value is stored at its own type (an
-output of another dtype is refused) and read back unchanged.
+output of another dtype is refused) and read back unchanged. (The second loop now uses
+the first loop's value: where the two compute it differently, say one in vector code and
+one in scalar, the last bits may differ from before.)
 """
 
 from __future__ import annotations
@@ -165,8 +167,12 @@ def _cannot_stash(ctx: StepContext, a: Loop, b: Loop, store: Store) -> str | Non
     others = [i for i in store.index if not _is_var(i, b.var)]
     if len(bare) != 1 or any(_mentions(i, b.var) for i in others):
         return f"'{y}' is not written at an element of its own by each iteration of '{b.var}'"
-    if any(isinstance(x, LocalVar) for i in store.index for x in walk_expr(i)):
+    read = [x for i in store.index for x in walk_expr(i)]
+    if any(isinstance(x, LocalVar) for x in read):
         return f"the subscripts of '{y}' read a local"
+    written = {s.buffer for s in walk_stmts(a.body) if isinstance(s, Store)}
+    if any(isinstance(x, Load) and x.buffer in written for x in read):
+        return f"the subscripts of '{y}' read an array that loop '{a.var}' writes"
     loads = [e for e in walk_all_exprs((a, b)) if isinstance(e, Load) and e.buffer == y]
     stores = [s for s in walk_stmts(a.body) if isinstance(s, Store) and s.buffer == y]
     if loads or stores:

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kdsl as kd
-from kdsl.ir.nodes import Load, Store, Unary, UnaryOp
+from kdsl.ir.nodes import Binary, BinaryOp, Load, Store, Unary, UnaryOp
 from kdsl.ir.visit import walk_expr, walk_stmts
 from kdsl.schedule.recipe import Schedule
 from tests.helpers import check_kernel, keyed_rng, random_array
@@ -64,7 +64,32 @@ def two_nests(x, w, y):
     y[i, j] = kd.exp(x[i, j])
 
 
-KERNELS = {f.__name__: f for f in (softmax, weighted, accumulated, positive_part, two_nests)}
+def data_subscript(x, z, y):
+    """The output's row is read from an array the first loop writes: kept before that
+    write, the value would land in another row than the second loop's."""
+    j = kd.indices(x.shape[0])
+    z[j] = kd.cast(kd.exp(x[j]), kd.i64)
+    y[z[0], j] = kd.exp(x[j]) * 2.0
+
+
+def transposed(x, y):
+    """Stored transposed, the kept value would make the sum's loop a strided one."""
+    i, j = kd.indices(x.shape[0], x.shape[1])
+    e = kd.exp(x[i, j])
+    y[j, i] = e / kd.sum(e, over=j)
+
+
+def cheap(x, w, y):
+    """A product is not worth a store and a load to compute once."""
+    i, j = kd.indices(x.shape[0], x.shape[1])
+    p = x[i, j] * w[j]
+    y[i, j] = p / kd.sum(p, over=j)
+
+
+KERNELS = {
+    f.__name__: f
+    for f in (softmax, weighted, accumulated, positive_part, two_nests, data_subscript)
+}
 
 
 def _stashes(kernel: kd.KernelFunction, *args: np.ndarray) -> list[Store]:
@@ -84,6 +109,10 @@ def _exps_read_back(kernel: kd.KernelFunction, *args: np.ndarray) -> int:
     stores = [s for s in walk_stmts(lowered.body) if isinstance(s, Store) and s.buffer == "y"]
     exp = [s for s in stores if any(_is_exp(e) for e in walk_expr(s.value))]
     return len(exp) - len([s for s in exp if isinstance(s.value, Unary)])
+
+
+def _is_division(e: object) -> bool:
+    return isinstance(e, Binary) and e.op is BinaryOp.DIV
 
 
 def _is_exp(e: object) -> bool:
@@ -128,9 +157,9 @@ def test_the_default_keeps_values_it_cannot_reuse(name: str) -> None:
     assert not _stashes(kernel, *args) and _exps_read_back(kernel, *args) > 0
 
 
-def test_a_wider_output_is_not_used_to_keep_the_value() -> None:
-    """f32 exponentials kept in an f64 output would be stored exact; an f16 output would
-    round them: refused, and the results are the default's."""
+def test_an_output_of_another_dtype_is_not_used_to_keep_the_value() -> None:
+    """An f16 output would round the f32 exponentials: refused (any other dtype is), and
+    the results are the default's."""
     kernel = kd.kernel(softmax)
     x = random_array(keyed_rng("f16"), (9, 31), np.float32)
     y = np.empty((9, 31), np.float16)
@@ -160,12 +189,15 @@ def _scheduled(fn, steps) -> kd.KernelFunction:
         ("two_nests", ("i", "i.1"), "the body of loop 'i.1' is not one store"),
         ("accumulated", ("j", "j.1"), "the loops read 'y'"),
         ("positive_part", ("j", "j.1"), "computes no part of what loop 'j.1' stores"),
+        ("data_subscript", ("j", "j.1"), "read an array that loop 'j' writes"),
     ],
 )
 def test_refusals_say_why(name: str, loops: tuple[str, str], message: str) -> None:
     kernel = _scheduled(KERNELS[name], lambda s: s.reuse(*loops))
     x = np.ones((4, 5), np.float32)
     args = [x, x.copy()] if name == "softmax" else [x, x[:, 0].copy(), x.copy()]
+    if name == "data_subscript":
+        args = [x[0], np.zeros(5, np.int64), x.copy()]
     with pytest.raises(kd.ScheduleError, match=message):
         kernel(*args)
 
@@ -190,3 +222,35 @@ def test_by_hand_then_scheduled_replays_and_runs() -> None:
     np.testing.assert_allclose(y, _reference("softmax", x, x[0], y), rtol=1e-5, atol=1e-7)
     loads = [e for e in walk_expr(s.kernel.body[-1].body[-1].body[0].value) if isinstance(e, Load)]
     assert [e.buffer for e in loads] == ["y"]
+
+
+def test_a_subscript_read_from_what_the_first_loop_writes_keeps_both_loops() -> None:
+    """(A review found the value kept in row 0, read back from row 1.)"""
+    kernel = kd.kernel(data_subscript)
+    x = np.array([0, 0.5, 1, 1.5], np.float32)
+    z, y = np.zeros(4, np.int64), random_array(keyed_rng("rows"), (3, 4), np.float32)
+    want = y.copy()
+    want[1] = np.exp(x) * 2
+    check_kernel(kernel, [x, z, y], {2: want})
+    assert not _stashes(kernel, x, z, y)
+
+
+@pytest.mark.parametrize("name", ["transposed", "cheap"])
+def test_the_default_reuses_only_what_pays(name: str) -> None:
+    """Not into a transposed output (the sum's loop would no longer be vectorized: 3.5×
+    slower), nor a product (a store and a load to save a multiply)."""
+    fn = {"transposed": transposed, "cheap": cheap}[name]
+    kernel = kd.kernel(fn)
+    rng = keyed_rng(name)
+    x = random_array(rng, (37, 45), np.float32)
+    args = (
+        [x, np.empty((45, 37), np.float32)] if name == "transposed" else [x, x[0].copy(), x.copy()]
+    )
+    lowered = kernel.lowered(*args).kernel
+    kept = [s for s in walk_stmts(lowered.body) if isinstance(s, Store) and s.buffer == "y"]
+    divides = [any(_is_division(e) for e in walk_expr(s.value)) for s in kept]
+    assert kept and all(divides)  # (no store of the value alone)
+    if name == "transposed":
+        kernel(*args)
+        e = np.exp(x.astype(np.float64))
+        np.testing.assert_allclose(args[1], (e / e.sum(1, keepdims=True)).T, rtol=1e-5)
