@@ -19,7 +19,8 @@ one in scalar, the last bits may differ from before.)
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import fields, replace
+from typing import get_args
 
 from kdsl.ir.extents import same_extent
 from kdsl.ir.nodes import (
@@ -43,6 +44,7 @@ from kdsl.ir.printer import format_expr
 from kdsl.ir.visit import (
     children,
     map_expr,
+    rebuild_expr,
     stmt_exprs,
     walk_all_exprs,
     walk_expr,
@@ -103,7 +105,11 @@ def reuse(ctx: StepContext, loop_a: object, loop_b: object) -> None:
         store.buffer, index, _renamed(value, b.var, a.var), loc=store.loc, checked=store.checked
     )
     back = Load(store.buffer, store.index, value.dtype, loc=store.loc, checked=store.checked)
-    rest = replace(store, value=map_expr(store.value, lambda e: back if e == value else None))
+    shapes = _Shapes()
+    kept = shapes.of(value)
+    rest = replace(
+        store, value=rebuild_expr(store.value, lambda e, _: back if shapes.of(e) == kept else None)
+    )
     block = (replace(a, body=(stash, *a.body)), replace(b, body=(rest,)))
     ctx.kernel = replace(ctx.kernel, body=tree.splice(ctx.kernel.body, pa, block[:1]))
     ctx.kernel = replace(ctx.kernel, body=tree.splice(ctx.kernel.body, pb, block[1:]))
@@ -119,7 +125,8 @@ def shared_value(a: Loop, b: Loop) -> Expr | None:
     assigned = {s.local for s in a.body if isinstance(s, Assign)}
     assigned |= {s.name for s in a.body if isinstance(s, DeclareLocal)}
     written = {s.buffer for s in a.body if isinstance(s, Store)} | {store.buffer}
-    in_a = {e for s in a.body for top in stmt_exprs(s) for e in _unconditional(top)}
+    shapes = _Shapes({a.var: b.var})  # (b's expressions can't name a's variable)
+    in_a = {shapes.of(e) for s in a.body for top in stmt_exprs(s) for e in _unconditional(top)}
     for e in _unconditional(store.value):
         if not (isinstance(e, Binary | Unary | Fma) and e.dtype.is_float):
             continue
@@ -130,9 +137,41 @@ def shared_value(a: Loop, b: Loop) -> Expr | None:
             continue  # (a local that changes inside `a`)
         if any(isinstance(x, Load) and x.buffer in written for x in parts):
             continue
-        if _renamed(e, b.var, a.var) in in_a:
+        if shapes.of(e) in in_a:
             return e
     return None
+
+
+class _Shapes:
+    """A number for each expression's structure, equal for equal expressions (as `==`
+    compares them, loop variables renamed by `renames`), computed once per node: an
+    expression that shares parts costs its number of nodes, not the size of its tree
+    (`e = e * e` twenty times over)."""
+
+    def __init__(self, renames: dict[str, str] | None = None) -> None:
+        self.renames = renames or {}
+        self.numbers: dict[tuple[object, ...], int] = {}
+        self.done: dict[int, tuple[Expr, int]] = {}
+
+    def of(self, e: Expr) -> int:
+        hit = self.done.get(id(e))
+        if hit is not None and hit[0] is e:
+            return hit[1]
+        parts: list[object] = [type(e)]
+        for f in fields(e):
+            value = getattr(e, f.name)
+            if not f.compare:
+                continue
+            if isinstance(e, LoopVar) and f.name == "name":
+                value = self.renames.get(value, value)
+            elif isinstance(value, tuple):
+                value = tuple(self.of(v) for v in value)
+            elif isinstance(value, _EXPRS):
+                value = self.of(value)
+            parts.append(value)
+        number = self.numbers.setdefault(tuple(parts), len(self.numbers))
+        self.done[id(e)] = (e, number)
+        return number
 
 
 def _single_store(b: Loop) -> Store | None:
@@ -147,14 +186,17 @@ def _straight(a: Loop) -> bool:
 
 
 def _unconditional(e: Expr) -> Iterator[Expr]:
-    """`e` and its parts, largest first, but for the arms of a select (which may be
-    computed only where they are chosen)."""
-    yield e
-    if isinstance(e, Select):
-        yield from _unconditional(e.cond)
-        return
-    for c in children(e):
-        yield from _unconditional(c)
+    """`e` and its parts, largest first (each once), but for the arms of a select (which
+    may be computed only where they are chosen)."""
+    seen: set[int] = set()
+    stack = [e]
+    while stack:
+        x = stack.pop()
+        if id(x) in seen:
+            continue
+        seen.add(id(x))
+        yield x
+        stack.extend(reversed((x.cond,) if isinstance(x, Select) else children(x)))
 
 
 def _cannot_stash(ctx: StepContext, a: Loop, b: Loop, store: Store) -> str | None:
@@ -180,6 +222,9 @@ def _cannot_stash(ctx: StepContext, a: Loop, b: Loop, store: Store) -> str | Non
     if any(y in pair for pair in (*ctx.kernel.in_place, *in_place_pairs(ctx.kernel))):
         return f"'{y}' may be updated in place, one view with an array the loops read"
     return None
+
+
+_EXPRS = get_args(Expr)
 
 
 def _mentions(e: Expr, var: str) -> bool:
