@@ -18,6 +18,7 @@ one in scalar, the last bits may differ from before.)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import fields, replace
 from typing import get_args
@@ -168,6 +169,8 @@ class _Shapes:
                 value = tuple(self.of(v) for v in value)
             elif isinstance(value, _EXPRS):
                 value = self.of(value)
+            elif isinstance(value, float):  # (0.0 == -0.0, but 1 / x*0.0 is not 1 / x*-0.0)
+                value = (value, math.copysign(1.0, value))
             parts.append(value)
         number = self.numbers.setdefault(tuple(parts), len(self.numbers))
         self.done[id(e)] = (e, number)

@@ -276,3 +276,18 @@ def test_a_value_that_shares_its_parts_is_matched_in_linear_time() -> None:
     kernel(x, y)
     e = np.exp(x.astype(np.float64) * 0.75**60)
     np.testing.assert_allclose(y, e / e.sum(1, keepdims=True), rtol=1e-5)
+
+
+def test_values_that_differ_in_the_sign_of_a_zero_are_not_one_value() -> None:
+    """0.0 == -0.0 in Python, but exp(1 / (x·0.0)) is inf and exp(1 / (x·-0.0)) is 0 for
+    x > 0: taken for one value, the output would be inf / inf."""
+
+    def signed_zero(x, y):
+        i, j = kd.indices(x.shape[0], x.shape[1])
+        y[i, j] = kd.exp(1.0 / (x[i, j] * -0.0)) / kd.sum(kd.exp(1.0 / (x[i, j] * 0.0)), over=j)
+
+    kernel = kd.kernel(signed_zero)
+    x = np.abs(random_array(keyed_rng("zero"), (3, 17), np.float32)) + 0.5
+    y = np.full_like(x, 7.0)
+    assert not _stashes(kernel, x, y)
+    check_kernel(kernel, [x, y], {1: np.zeros_like(x)})
