@@ -48,9 +48,10 @@ def children(e: Expr) -> tuple[Expr, ...]:
     raise TypeError(f"not an IR expression: {e!r}")
 
 
-def walk_expr(e: Expr) -> Iterator[Expr]:
-    """`e` and all its sub-expressions, parents first; a sub-expression shared by
-    identity is visited once (the walk is linear in the DAG, not the tree)."""
+def walk_expr(e: Expr, parts: Callable[[Expr], tuple[Expr, ...]] = children) -> Iterator[Expr]:
+    """`e` and all its sub-expressions (those `parts` gives: all of them by default),
+    parents first; a sub-expression shared by identity is visited once (the walk is
+    linear in the DAG, not the tree)."""
     seen: set[int] = set()
     stack = [e]
     while stack:
@@ -59,7 +60,7 @@ def walk_expr(e: Expr) -> Iterator[Expr]:
             continue
         seen.add(id(x))
         yield x
-        stack.extend(reversed(children(x)))
+        stack.extend(reversed(parts(x)))
 
 
 def map_expr(e: Expr, fn: Callable[[Expr], Expr | None]) -> Expr:
@@ -223,6 +224,11 @@ def outer_updates(loop: Loop) -> list[Assign]:
     iteration to the next, so they constrain reordering, distribution and threads."""
     declared = {s.name for s in walk_stmts(loop.body) if isinstance(s, DeclareLocal)}
     return [s for s in walk_stmts(loop.body) if isinstance(s, Assign) and s.local not in declared]
+
+
+def mentions_loop_var(e: Expr, name: str) -> bool:
+    """Whether `e` reads the variable of loop `name`."""
+    return any(isinstance(x, LoopVar) and x.name == name for x in walk_expr(e))
 
 
 def mentions_local(e: Expr, name: str) -> bool:

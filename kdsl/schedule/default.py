@@ -50,7 +50,13 @@ from kdsl.ir.nodes import (
     Stmt,
     Store,
 )
-from kdsl.ir.visit import map_expr, stmt_exprs, walk_all_exprs, walk_expr, walk_stmts
+from kdsl.ir.visit import (
+    map_expr,
+    mentions_loop_var,
+    stmt_exprs,
+    walk_all_exprs,
+    walk_stmts,
+)
 from kdsl.schedule import tree
 from kdsl.schedule.default_fuse import fuse_siblings, reuse_values
 from kdsl.schedule.recipe import Schedule
@@ -346,7 +352,7 @@ def _whole_rows(kernel: Kernel, loops: list[Loop], trailing: bool = True) -> boo
         others = index[:lead] + index[lead + len(rows) :]
         return (
             lead >= 0
-            and not any(_mentions(i, lp.var) for i in others for lp in loops)
+            and not any(mentions_loop_var(i, lp.var) for i in others for lp in loops)
             and in_c_order(buf)  # (where flatten_rows drops the division)
             and all(
                 same_extent(kernel, lp.extent, buf.shape[lead + k])
@@ -364,7 +370,7 @@ def _whole_rows(kernel: Kernel, loops: list[Loop], trailing: bool = True) -> boo
             return False
         values += [st.value] if isinstance(st, Store) else stmt_exprs(st)
     rest = [map_expr(e, strip) for e in values]
-    return not any(_mentions(e, lp.var) for e in rest for lp in loops)
+    return not any(mentions_loop_var(e, lp.var) for e in rest for lp in loops)
 
 
 def _transpose_tiles(s: Schedule, nest: Loop, vectors: list[Loop]) -> bool:
@@ -409,10 +415,10 @@ def _stores_along(loop: Loop) -> bool:
     reads = [e.index for e in walk_all_exprs(loop.body) if isinstance(e, Load)]
 
     def along(index: tuple[Expr, ...]) -> bool:
-        uses = [_mentions(i, loop.var) for i in index]
+        uses = [mentions_loop_var(i, loop.var) for i in index]
         return bool(uses) and uses[-1] and not any(uses[:-1])
 
-    moving = [r for r in reads if any(_mentions(i, loop.var) for i in r)]
+    moving = [r for r in reads if any(mentions_loop_var(i, loop.var) for i in r)]
     return bool(stores) and all(map(along, stores)) and not all(map(along, moving))
 
 
@@ -644,9 +650,9 @@ def _shared_operand(kernel: Kernel, reduction: Loop, rows: Loop, columns: Loop) 
         e.buffer
         for e in walk_all_exprs(reduction.body)
         if isinstance(e, Load)
-        and not any(_mentions(i, rows.var) for i in e.index)
-        and any(_mentions(i, reduction.var) for i in e.index)
-        and any(_mentions(i, columns.var) for i in e.index)
+        and not any(mentions_loop_var(i, rows.var) for i in e.index)
+        and any(mentions_loop_var(i, reduction.var) for i in e.index)
+        and any(mentions_loop_var(i, columns.var) for i in e.index)
     }
     params = {b.name for b in kernel.buffers if b.role is BufferRole.PARAM}
     return reads.pop() if len(reads) == 1 and reads <= params else None
@@ -687,7 +693,7 @@ def _shared_by_rows(rows: Loop, reduction: Loop) -> bool:
     doesn't (`A[i, k]` and `B[k, j]` for rows i): a contraction, whose rows can share
     the reads of B."""
     reads = [e.index for e in walk_all_exprs(reduction.body) if isinstance(e, Load)]
-    by_row = [any(_mentions(i, rows.var) for i in index) for index in reads]
+    by_row = [any(mentions_loop_var(i, rows.var) for i in index) for index in reads]
     return any(by_row) and not all(by_row)
 
 
@@ -784,7 +790,7 @@ def _spreads(sub: Expr, var: str) -> bool:
     lin = linear(sub)
     if lin is None:
         return False
-    terms = [(a, c) for a, c in lin.terms if _mentions(a, var)]
+    terms = [(a, c) for a, c in lin.terms if mentions_loop_var(a, var)]
     return bool(terms) and all(
         a == LoopVar(var) or isinstance(a, Binary) and a.op is BinaryOp.MUL for a, _ in terms
     )
@@ -836,7 +842,7 @@ def _strides(
     ]
     accesses += [(st.buffer, st.index) for st in walk_stmts(lp.body) if isinstance(st, Store)]
     for buffer, index in accesses:
-        uses = [_mentions(i, lp.var) for i in index]
+        uses = [mentions_loop_var(i, lp.var) for i in index]
         if not any(uses):
             continue
         if buffer in fortran:
@@ -858,20 +864,16 @@ def _short_row(index: tuple[Expr, ...], var: str, row: int) -> bool:
     last = index[-1]
     if not isinstance(last, Const) or type(last.value) is not int or not 0 <= last.value < row:
         return False
-    axes = [a for a, sub in enumerate(index) if _mentions(sub, var)]
+    axes = [a for a, sub in enumerate(index) if mentions_loop_var(sub, var)]
     if len(axes) != 1 or axes[0] == len(index) - 1:
         return False
     lin = linear(index[axes[0]])
     if lin is None:
         return False
     step = lin.coeff(LoopVar(var))
-    if any(_mentions(a, var) for a, _ in lin.without([LoopVar(var)]).terms):
+    if any(mentions_loop_var(a, var) for a, _ in lin.without([LoopVar(var)]).terms):
         return False
     return 2 <= step * row <= SHORT_ROW
-
-
-def _mentions(e: Expr, var: str) -> bool:
-    return any(isinstance(x, LoopVar) and x.name == var for x in walk_expr(e))
 
 
 def _width(kernel: Kernel, lp: Loop) -> int:

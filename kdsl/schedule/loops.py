@@ -41,6 +41,7 @@ from kdsl.ir.tile_product import match as match_tile_product
 from kdsl.ir.visit import (
     buffers_accessed,
     map_expr,
+    mentions_loop_var,
     outer_updates,
     walk_all_exprs,
     walk_expr,
@@ -273,7 +274,7 @@ def _check_permutation(
             if position[a] < position[b]:
                 continue  # a stays outside b
             la, lb = loops[a], loops[b]
-            if _mentions(lb.extent, a):
+            if mentions_loop_var(lb.extent, a):
                 raise ctx.refuse(
                     f"the extent of loop '{b}' depends on loop '{a}', so '{b}' can't move "
                     f"outside it",
@@ -310,10 +311,6 @@ def _check_updates(ctx: StepContext, a: str, b: str, updates: list[Assign]) -> N
                 f"accumulation into '{s.local}', and the kernel is strict_fp",
                 "drop strict_fp=True to allow reassociation, or keep the loops' order",
             )
-
-
-def _mentions(e: Expr, var: str) -> bool:
-    return any(isinstance(x, LoopVar) and x.name == var for x in walk_expr(e))
 
 
 # --------------------------------------------------------------- annotations
@@ -615,7 +612,7 @@ def prefetch(
     accesses = [
         (index, write)
         for index, write in every
-        if not _loads_in(index) and any(_mentions(i, loop.var) for i in index)
+        if not _loads_in(index) and any(mentions_loop_var(i, loop.var) for i in index)
     ]
     if not accesses:
         gathers = [load for index, _ in every for load in _loads_in(index)]

@@ -45,6 +45,7 @@ from kdsl.ir.printer import format_expr
 from kdsl.ir.visit import (
     children,
     map_expr,
+    mentions_loop_var,
     rebuild_expr,
     stmt_exprs,
     walk_all_exprs,
@@ -132,7 +133,7 @@ def shared_value(a: Loop, b: Loop) -> Expr | None:
         if not (isinstance(e, Binary | Unary | Fma) and e.dtype.is_float):
             continue
         parts = list(walk_expr(e))
-        if not any(_is_var(x, b.var) for x in parts):
+        if not mentions_loop_var(e, b.var):
             continue
         if any(isinstance(x, LocalVar) and x.name in assigned for x in parts):
             continue  # (a local that changes inside `a`)
@@ -189,17 +190,9 @@ def _straight(a: Loop) -> bool:
 
 
 def _unconditional(e: Expr) -> Iterator[Expr]:
-    """`e` and its parts, largest first (each once), but for the arms of a select (which
+    """`e` and its parts, parents first (each once), but for the arms of a select (which
     may be computed only where they are chosen)."""
-    seen: set[int] = set()
-    stack = [e]
-    while stack:
-        x = stack.pop()
-        if id(x) in seen:
-            continue
-        seen.add(id(x))
-        yield x
-        stack.extend(reversed((x.cond,) if isinstance(x, Select) else children(x)))
+    return walk_expr(e, lambda x: (x.cond,) if isinstance(x, Select) else children(x))
 
 
 def _cannot_stash(ctx: StepContext, a: Loop, b: Loop, store: Store) -> str | None:
@@ -210,7 +203,7 @@ def _cannot_stash(ctx: StepContext, a: Loop, b: Loop, store: Store) -> str | Non
     y = store.buffer
     bare = [i for i in store.index if _is_var(i, b.var)]
     others = [i for i in store.index if not _is_var(i, b.var)]
-    if len(bare) != 1 or any(_mentions(i, b.var) for i in others):
+    if len(bare) != 1 or any(mentions_loop_var(i, b.var) for i in others):
         return f"'{y}' is not written at an element of its own by each iteration of '{b.var}'"
     read = [x for i in store.index for x in walk_expr(i)]
     if any(isinstance(x, LocalVar) for x in read):
@@ -228,10 +221,6 @@ def _cannot_stash(ctx: StepContext, a: Loop, b: Loop, store: Store) -> str | Non
 
 
 _EXPRS = get_args(Expr)
-
-
-def _mentions(e: Expr, var: str) -> bool:
-    return any(_is_var(x, var) for x in walk_expr(e))
 
 
 def _renamed(e: Expr, old: str, new: str) -> Expr:
