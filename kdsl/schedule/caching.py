@@ -52,7 +52,7 @@ from kdsl.ir.nodes import (
     Store,
 )
 from kdsl.ir.visit import walk_all_exprs, walk_stmts
-from kdsl.schedule import tree
+from kdsl.schedule import layouts, tree
 from kdsl.schedule.bounds import (
     NotAffine,
     Span,
@@ -88,7 +88,10 @@ def cache(
     loops outside `at` (tiles give constant sizes); `buffer` is not allocated inside
     `at`. `layout` is None or "packed" (the box, dense, in the buffer's axis order),
     "transposed" (axes reversed), or a permutation of the axes ("1,0" or [1, 0]): axis k
-    of the copy is axis layout[k] of the buffer; or "vnni" for a 2-D buffer of 1- or
+    of the copy is axis layout[k] of the buffer, whole or cut in blocks ("1//16,0,1%16",
+    or `lambda k, n: (n // 16, k, n % 16)`: micro-panels, kdsl/schedule/layouts.py; a
+    subscript `16·x + y` with y a loop of at most 16 iterations is read off as block x,
+    element y); or "vnni" for a 2-D buffer of 1- or
     2-byte elements that is only read: rows in groups of g (4 bytes' worth: 2 bf16, 4
     int8) interleaved along the columns, `copy[r // g, c·g + r % g] = box[r, c]`, the
     operand layout of the CPU's dot-product instructions (a matmul's B for vdpbf16ps or
@@ -115,7 +118,7 @@ def cache(
     buf = _buffer(ctx, buffer)
     path, loop = ctx.loop(at)
     group = _vnni_group(ctx, buf) if layout == "vnni" else 1
-    order = _layout(ctx, "packed" if group > 1 else layout, buf)
+    parts = _layout(ctx, "packed" if group > 1 else layout, buf)
     written = _check_loop(ctx, buf, path, loop)
     if written and group > 1:
         raise ctx.refuse(
@@ -125,7 +128,7 @@ def cache(
     held = _held_dtype(ctx, buf, dtype, written, group)
     uses = _uses(ctx, buf, loop, written)
     spans, windows = _region(ctx, buf, path, loop, uses)
-    shape = tuple(size_expr(spans[d].size) for d in order)
+    shape = tuple(_part_extent(p, size_expr(spans[p.axis].size)) for p in parts)
     if group > 1:
         rows, cols = shape
         shape = (_ceil_div(rows, group), index_op(BinaryOp.MUL, cols, index_const(group)))
@@ -139,7 +142,7 @@ def cache(
     )
     around = tree.enclosing(ctx.kernel.body, path)
     vectorized = any(isinstance(s, Loop) and s.exec is LoopExec.VECTORIZED for s in around)
-    copy = _Copy(ctx, buf, local, spans, windows, order, loop, vectorized, group, written)
+    copy = _Copy(ctx, buf, local, spans, windows, parts, loop, vectorized, group, written)
     body = (Allocate(local.name, loc=ctx.loc), copy.inward(), *copy.retarget(loop.body))
     if written:
         body += (copy.outward(),)
@@ -173,31 +176,17 @@ def _buffer(ctx: StepContext, name: object) -> Buffer:
         ) from None
 
 
-def _layout(ctx: StepContext, layout: object, buf: Buffer) -> tuple[int, ...]:
-    """Axis k of the copy is axis order[k] of the buffer."""
-    n = buf.ndim
-    if layout is None or layout == "packed":
-        return tuple(range(n))
-    if layout == "transposed":
-        return tuple(reversed(range(n)))
-    order: list[int] | None = None
-    if isinstance(layout, str):
-        try:
-            order = [int(p) for p in layout.split(",")]
-        except ValueError:
-            order = None
-    elif isinstance(layout, list | tuple) and all(
-        isinstance(p, int) and not isinstance(p, bool) for p in layout
-    ):
-        order = list(layout)
-    if order is None or sorted(order) != list(range(n)):
+def _layout(ctx: StepContext, layout: object, buf: Buffer) -> tuple[layouts.Part, ...]:
+    """The copy's axes: which axis of the buffer each walks, whole or cut in blocks."""
+    try:
+        return layouts.parse(layout, buf.ndim)
+    except layouts.LayoutError as err:
         raise ctx.refuse(
-            f"layout {layout!r} is not 'packed', 'transposed', 'vnni' or a permutation of "
-            f"the {n} axes of '{buf.name}'",
-            'use layout="packed", "transposed", "vnni", or e.g. "1,0" (axis k of the copy is '
-            "axis layout[k] of the buffer)",
-        )
-    return tuple(order)
+            f"layout {layout!r} does not lay out the {buf.ndim} axes of '{buf.name}': {err}",
+            'use layout="packed", "transposed", "vnni", a permutation such as "1,0" (axis k '
+            "of the copy is axis layout[k] of the buffer), or blocks such as "
+            '"1//16,0,1%16" (= lambda k, n: (n // 16, k, n % 16))',
+        ) from None
 
 
 def _held_dtype(ctx: StepContext, buf: Buffer, dtype: object, written: bool, group: int) -> DType:
@@ -264,9 +253,17 @@ def _vnni_group(ctx: StepContext, buf: Buffer) -> int:
 
 
 def _ceil_div(n: Expr, g: int) -> Expr:
+    if isinstance(n, Const):  # (a copy of constant size stays on the stack)
+        return index_const(-(-int(n.value) // g))
     return index_op(
         BinaryOp.FLOORDIV, index_op(BinaryOp.ADD, n, index_const(g - 1)), index_const(g)
     )
+
+
+def _block_left(count: Expr, block: Expr, g: int) -> Expr:
+    """The elements of block `block` (of g) among `count`: min(g, count - g·block)."""
+    left = index_op(BinaryOp.SUB, count, index_op(BinaryOp.MUL, block, index_const(g)))
+    return index_op(BinaryOp.MIN, index_const(g), left)
 
 
 def _interleaved(col: Expr, member: Expr, g: int) -> Expr:
@@ -379,11 +376,27 @@ def _scope(
     return SCOPES[str(scope)]
 
 
-def _vector_copy(ctx: StepContext, buf: Buffer, order: tuple[int, ...], inside: bool) -> bool:
+def _part_extent(part: layouts.Part, size: Expr) -> Expr:
+    """The extent of a copy's axis over `size` elements of its buffer axis."""
+    if not part.block:
+        return size
+    return index_const(part.block) if part.inner else _ceil_div(size, part.block)
+
+
+def _vector_copy(
+    ctx: StepContext, buf: Buffer, parts: tuple[layouts.Part, ...], inside: bool
+) -> bool:
     """Whether the innermost copy loops run as vector code: on CPU, when they walk both
-    the buffer and the copy with unit stride (the copy's last axis is the buffer's last)
-    and no loop around them is a vector loop already."""
-    return ctx.target == "cpu" and not inside and buf.ndim > 0 and order[-1] == buf.ndim - 1
+    the buffer and the copy with unit stride (the copy's last axis is the buffer's last,
+    whole or the elements of its blocks) and no loop around them is a vector loop already."""
+    last = parts[-1] if parts else None
+    return (
+        ctx.target == "cpu"
+        and not inside
+        and last is not None
+        and last.axis == buf.ndim - 1
+        and (last.inner or not last.block)
+    )
 
 
 class _Copy:
@@ -397,42 +410,49 @@ class _Copy:
         local: Buffer,
         spans: tuple[Span, ...],
         windows: tuple[Window, ...],
-        order: tuple[int, ...],
+        parts: tuple[layouts.Part, ...],
         at: Loop,
         vectorized: bool,
         group: int = 1,
         written: bool = False,
     ) -> None:
         self.ctx, self.buf, self.local = ctx, buf, local
-        self.spans, self.windows, self.order, self.at = spans, windows, order, at
+        self.spans, self.windows, self.parts, self.at = spans, windows, parts, at
         self.group, self.written = group, written
-        self.vectors = group == 1 and _vector_copy(ctx, buf, order, vectorized)
+        self.vectors = group == 1 and _vector_copy(ctx, buf, parts, vectorized)
+        # the loops known to run at most so many iterations: those inside `at` bounded
+        # by constants (found once), and the copy's own loops over a block's elements
+        self.bounds: dict[str, int] = {}
 
     @functools.cached_property
-    def few(self) -> set[str]:
-        """The loops inside `at` that run at most `group` iterations."""
+    def _inner_bounds(self) -> dict[str, int]:
         inner = [s for s in walk_stmts(self.at.body) if isinstance(s, Loop)]
         return {
-            lp.var
+            lp.var: int(bound.value)
             for lp in inner
-            if isinstance(bound := upper_bound(lp.extent), Const) and bound.value <= self.group
+            if isinstance(bound := upper_bound(lp.extent), Const)
         }
 
     def local_index(self, index: tuple[Expr, ...], checked: bool = False) -> tuple[Expr, ...]:
         rel = relative(index, self.spans, self.buf.shape if checked else None)
-        if self.group == 1:
-            return tuple(rel[d] for d in self.order)
-        row, col = rel
-        high, low = self._grouped(row)
-        return high, _interleaved(col, low, self.group)
+        if self.group > 1:
+            row, col = rel
+            high, low = self._divmod(row, self.group)
+            return high, _interleaved(col, low, self.group)
+        out = []
+        for p in self.parts:
+            out.append(self._divmod(rel[p.axis], p.block)[p.inner] if p.block else rel[p.axis])
+        return tuple(out)
 
-    def _grouped(self, row: Expr) -> tuple[Expr, Expr]:
+    def _divmod(self, row: Expr, g: int) -> tuple[Expr, Expr]:
         """(row // g, row % g), read off `g·x + y` when y is a loop of at most g
-        iterations (a k loop split by g), so the inner loop keeps a plain subscript."""
-        g, lin = self.group, linear(row)
+        iterations (a loop split by g), so the inner loop keeps a plain subscript."""
+        lin = linear(row)
         if lin is not None and lin.const % g == 0:
             small = [
-                a for a, c in lin.terms if c == 1 and isinstance(a, LoopVar) and a.name in self.few
+                a
+                for a, c in lin.terms
+                if c == 1 and isinstance(a, LoopVar) and self._at_most(a.name, g)
             ]
             if small and all(c % g == 0 for a, c in lin.terms if a != small[0]):
                 rest = Lin(
@@ -444,11 +464,15 @@ class _Copy:
             index_op(BinaryOp.MOD, row, index_const(g)),
         )
 
+    def _at_most(self, var: str, g: int) -> bool:
+        bound = self.bounds.get(var, self._inner_bounds.get(var))
+        return bound is not None and bound <= g
+
     def inward(self) -> Stmt:
         """local[...] = buf[...], loops in the copy's axis order (contiguous stores)."""
         if self.group > 1:
             return self._grouped_nest()
-        return self._nest(self.order, "", inward=True)
+        return self._nest(self.parts, "", inward=True)
 
     def _grouped_nest(self) -> Stmt:
         """The copy into a "vnni" layout: over row groups, columns, rows of the group, so
@@ -464,20 +488,30 @@ class _Copy:
         )
         here = (group, _interleaved(col, member, g))
         stmt: Stmt = Store(self.local.name, here, Load(self.buf.name, where, self.buf.dtype))
-        left = index_op(BinaryOp.SUB, rows, index_op(BinaryOp.MUL, group, index_const(g)))
-        extents = (_ceil_div(rows, g), cols, index_op(BinaryOp.MIN, index_const(g), left))
+        extents = (_ceil_div(rows, g), cols, _block_left(rows, group, g))
         for n, extent in reversed(list(zip(names, extents))):
             stmt = Loop(n, extent, LoopKind.PARALLEL, (stmt,), loc=self.ctx.loc)
         return stmt
 
     def outward(self) -> Stmt:
-        """buf[...] = local[...], loops in the buffer's axis order (contiguous stores)."""
-        return self._nest(tuple(range(self.buf.ndim)), "w", inward=False)
+        """buf[...] = local[...], loops in the buffer's axis order (contiguous stores),
+        or in the copy's where it cuts axes in blocks."""
+        whole = tuple(layouts.Part(d) for d in range(self.buf.ndim))
+        return self._nest(self.parts if layouts.blocked(self.parts) else whole, "w", False)
 
-    def _nest(self, dims: tuple[int, ...], tag: str, inward: bool) -> Stmt:
-        names = [self.ctx.fresh(f"{self.local.name}{tag}{k}") for k in range(len(dims))]
-        var = {d: LoopVar(n) for d, n in zip(dims, names)}
-        where = tuple((w.start + Lin.of(var[d])).expr() for d, w in enumerate(self.windows))
+    def _nest(self, parts: tuple[layouts.Part, ...], tag: str, inward: bool) -> Stmt:
+        names = [self.ctx.fresh(f"{self.local.name}{tag}{k}") for k in range(len(parts))]
+        var = {(p.axis, p.inner): LoopVar(n) for p, n in zip(parts, names)}
+        offsets = []
+        for d in range(self.buf.ndim):
+            block = next((p.block for p in parts if p.axis == d), 0)
+            if block:  # element block·outer + inner of the window
+                offset = Lin.of(var[d, False]) * block + Lin.of(var[d, True])
+                self.bounds[var[d, True].name] = block
+            else:
+                offset = Lin.of(var[d, False])
+            offsets.append(offset)
+        where = tuple((w.start + o).expr() for w, o in zip(self.windows, offsets))
         here = self.local_index(where)
         stmt: Stmt = (
             Store(
@@ -488,8 +522,15 @@ class _Copy:
                 self.buf.name, where, Load(self.local.name, here, self.buf.dtype), copy_back=True
             )
         )
-        for d, n in reversed(list(zip(dims, names))):
-            stmt = Loop(n, self.windows[d].count, LoopKind.PARALLEL, (stmt,), loc=self.ctx.loc)
+        for p, n in reversed(list(zip(parts, names))):
+            count = self.windows[p.axis].count
+            if not p.block:
+                extent = count
+            elif p.inner:
+                extent = _block_left(count, var[p.axis, False], p.block)
+            else:
+                extent = _ceil_div(count, p.block)
+            stmt = Loop(n, extent, LoopKind.PARALLEL, (stmt,), loc=self.ctx.loc)
             if n == names[-1] and self.vectors:
                 lanes = max(2, min(64, VECTOR_BYTES // self.local.dtype.itemsize))
                 stmt = replace(stmt, exec=LoopExec.VECTORIZED, width=lanes)

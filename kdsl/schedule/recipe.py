@@ -21,7 +21,7 @@ from kdsl.config import kdsls_own
 from kdsl.errors import ScheduleError, SourceLoc
 from kdsl.ir.nodes import Kernel, Loop
 from kdsl.ir.passes import lower
-from kdsl.schedule import caching, fusion, loops, reuse, rfactor, stages
+from kdsl.schedule import caching, fusion, layouts, loops, reuse, rfactor, stages
 from kdsl.schedule.step import Step, StepContext, plain
 from kdsl.types import DType, as_dtype
 
@@ -295,15 +295,16 @@ class Schedule:
         self,
         buffer: str,
         at: str,
-        layout: str | None = None,
+        layout: str | Callable[..., object] | None = None,
         scope: str | None = None,
         dtype: DType | None = None,
     ) -> str:
         """Copy the tile of `buffer` used in one iteration of `at` into a local buffer
-        (re-laid out by `layout`, e.g. "packed"; its values converted to a wider `dtype`,
-        e.g. kd.f32 for bf16); returns the local buffer's name."""
+        (re-laid out by `layout`, e.g. "packed", or cut in blocks: lambda k, n: (n // 16,
+        k, n % 16); its values converted to a wider `dtype`, e.g. kd.f32 for bf16);
+        returns the local buffer's name."""
         held = _dtype_name(dtype)  # (steps hold JSON values)
-        named = (("layout", layout), ("scope", scope), ("dtype", held))
+        named = (("layout", layouts.spelled(layout)), ("scope", scope), ("dtype", held))
         kwargs = tuple((k, v) for k, v in named if v is not None)
         return self._apply(Step("cache", (buffer, at), kwargs))  # type: ignore[return-value]
 
