@@ -76,11 +76,11 @@ PANEL = 128  # nc of the kernels above
 PANEL_WIDTHS = (32, 64, PANEL, 256, 512, 1024)
 PANEL_BYTES = panel_bytes()  # a packed panel of B: as much of a core's L2 as paid
 ACROSS = ("panels", "rows")
-# rows of B per packed block where all of k in a panel of PANEL columns would not fit
-# PANEL_BYTES (0: all of k at once). Zen 2 (512 KiB L2), 2 threads, k = 4096: m = 64
-# 104 -> 124 GFLOP/s, m = 256 136 -> 163; 2048^3 163 -> 170; one thread 1024^3 +3%
+# rows of B per packed block, a tunable (0: all of k at once, the default). Blocks of 256
+# rows paid on a Zen 2 while a panel was packed row after row (k = 4096, m = 256: 136 ->
+# 163 GFLOP/s); packed in micro-panels, all of k ran faster on a Zen 3 (2048³ 103-117
+# against 93-99 GFLOP/s, 1024 x 4096 x 1024 102-115 against 97-103)
 DEPTHS = (0, 256, 512)
-KC = 256
 
 
 def panel_width(k: int, itemsize: int) -> int:
@@ -108,7 +108,7 @@ def _register_blocked(s, across: str, panel: int, depth: int) -> None:
               for ji (nr lanes): for k: for ii (unrolled):  c.acc[ii, ji] += a[.., k]·b.c[k, ..]
               c[io·mr + ii, ...] = epilogue(acc)
 
-    With a depth kc (k too long for a panel in L2), a panel is packed kc rows at a time
+    With a depth kc (a tunable: see DEPTHS), a panel is packed kc rows at a time
     and the register tiles run over each block in turn, their sums kept in memory (a
     panel of C, m × nc) between blocks; the epilogue follows the last block:
 
@@ -122,7 +122,7 @@ def _register_blocked(s, across: str, panel: int, depth: int) -> None:
     across = s.param("across", sorted(ACROSS, key=lambda a: a != across))
     nc = s.param("nc", sorted(PANEL_WIDTHS, key=lambda w: w != panel))
     bf16 = s.dtype("a") == s.dtype("b") == kd.bf16
-    kc = s.param("kc", sorted(DEPTHS, key=lambda d: d != depth))  # (see layout)
+    kc = s.param("kc", sorted(DEPTHS, key=lambda d: d != depth))  # (see DEPTHS)
     tiles = bf16 and s.has("amx") and s.param("amx", [True, False])
     # every path's params are declared whichever runs: the autotuner sees the whole space
     rows = s.param("amx_tile", [16, 32]) if bf16 and s.has("amx") else None
@@ -278,22 +278,17 @@ for _kernel, _across in [
     _kernel.schedule(kd.cuda)(_on_gpu)
 
 
-def layout(m: int, k: int, n: int, itemsize: int, threads: int) -> tuple[str, int, int]:
+def layout(m: int, k: int, n: int, itemsize: int, threads: int) -> tuple[str, int]:
     """How `matmul` runs an m×k by k×n product: what the cores share ("panels" or
-    "rows"), the panel width and the depth of k per packed block (0: all of k). Panels
-    as wide as `panel_width` allows, narrowed (down to PANEL) until each core gets two;
-    rows of A when B still has too few and A more; for 4-byte panels (f32, and bf16
-    packed as f32 where the CPU has no bf16 dot instruction), panels of PANEL columns KC
-    rows at a time where all of k would not fit PANEL_BYTES in them and the cores still
-    get two each. `itemsize` is the packed panel's."""
+    "rows") and the panel width. Panels as wide as `panel_width` allows, narrowed (down
+    to PANEL) until each core gets two; rows of A when B still has too few and A more.
+    `itemsize` is the packed panel's."""
     panel = panel_width(k, itemsize)
     while -(-n // panel) < 2 * threads and panel > PANEL:
         panel //= 2
     if -(-n // panel) < 2 * threads and m > n:
-        return "rows", panel, 0
-    if itemsize == 4 and k * PANEL * itemsize > PANEL_BYTES and -(-n // PANEL) >= 2 * threads:
-        return "panels", PANEL, KC  # (the "vnni" bf16 panels take all of k)
-    return "panels", panel, 0
+        return "rows", panel
+    return "panels", panel
 
 
 @functools.cache

@@ -88,8 +88,8 @@ def test_both_parallel_layouts(m: int, k: int, n: int) -> None:
     """`matmul` shares B's panels among the cores, or A's rows when B is narrow; both
     give the same answer, on one thread too."""
     a, b = _operands(m, k, n)
-    across, panel, depth = mm.layout(m, k, n, 4, kd.get_num_threads())
-    by_rows = mm.kernel_for(True, "rows", panel, depth)
+    across, panel = mm.layout(m, k, n, 4, kd.get_num_threads())
+    by_rows = mm.kernel_for(True, "rows", panel)
     rows = by_rows.stats()["calls"]
     _close(mm.matmul(a, b), a, b)
     assert by_rows.stats()["calls"] == rows + (across == "rows")
@@ -123,34 +123,22 @@ def test_panel_width_fits_the_panel_in_l2() -> None:
 def test_layout_gives_every_core_work(threads: int) -> None:
     shapes = [(256, 256, 256), (4096, 64, 4096), (4096, 4096, 64), (3, 70, 500)]
     for m, k, n in [*shapes, (120, 4096, 128), (500, 4096, 1000), (300, 4096, 300)]:
-        across, panel, depth = mm.layout(m, k, n, 4, threads)
-        assert panel <= mm.panel_width(k, 4) or depth
+        across, panel = mm.layout(m, k, n, 4, threads)
+        assert panel <= mm.panel_width(k, 4)
         panels = -(-n // panel)
         if across == "panels":
-            assert panels >= 2 * threads or (panel <= mm.PANEL and not depth)
+            assert panels >= 2 * threads or panel <= mm.PANEL
         else:
-            assert panels < 2 * threads and m > n and not depth
-
-
-@pytest.mark.parametrize("k", [64, 1024, 4096, 100_000])
-def test_long_k_is_packed_in_blocks(k: int) -> None:
-    """All of k in a panel while PANEL columns of it fit PANEL_BYTES; else panels of
-    PANEL columns, KC rows of B at a time."""
-    across, panel, depth = mm.layout(512, k, 4096, 4, 2)
-    assert across == "panels"
-    if k * mm.PANEL * 4 <= mm.PANEL_BYTES:
-        assert depth == 0
-    else:
-        assert (panel, depth) == (mm.PANEL, mm.KC)
+            assert panels < 2 * threads and m > n
 
 
 @pytest.mark.parametrize("plain", [True, False])
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (7, 255, 33), (13, 257, 129), (31, 600, 200)])
 def test_blocks_of_k_on_every_edge(plain: bool, m: int, k: int, n: int) -> None:
-    """k in blocks of KC (the last one partial, or the only one), the sums of a panel of
-    C kept across them and the epilogue after the last."""
+    """k in blocks of 256 (the last one partial, or the only one), the sums of a panel of
+    C kept across them and the epilogue after the last: the tunable depth."""
     a, b = _operands(m, k, n)
-    kernel = mm.kernel_for(plain, "panels", mm.PANEL, mm.KC)
+    kernel = mm.kernel_for(plain, "panels", mm.PANEL, 256)
     c = np.full((m, n), np.nan, np.float32)
     if plain:
         kernel(a, b, c)
