@@ -78,8 +78,8 @@ PANEL_BYTES = panel_bytes()  # a packed panel of B: as much of a core's L2 as pa
 ACROSS = ("panels", "rows")
 # rows of B per packed block, a tunable (0: all of k at once, the default). Blocks of 256
 # rows paid on a Zen 2 while a panel was packed row after row (k = 4096, m = 256: 136 ->
-# 163 GFLOP/s); packed in micro-panels, all of k ran faster on a Zen 3 (2048³ 103-117
-# against 93-99 GFLOP/s, 1024 x 4096 x 1024 102-115 against 97-103)
+# 163 GFLOP/s); packed in micro-panels, they ran within ±10% of all of k on a Zen 3, in
+# either direction from run to run
 DEPTHS = (0, 256, 512)
 
 
@@ -95,7 +95,7 @@ def _register_blocked(s, across: str, panel: int, depth: int) -> None:
     """The GotoBLAS/BLIS structure. B is cut into panels of nc columns, each packed
     whole (all of k × nc, contiguous: it stays in L2 while every row strip of A streams
     past it) in micro-panels of nr columns (k × nr each, read front to back by a tile:
-    on a Zen 3, 1.08–1.2× the panel packed row after row); C is computed mr × nr at a time, its mr·nr accumulators in vector registers
+    on a Zen 3, 1.04–1.17× the panel packed row after row); C is computed mr × nr at a time, its mr·nr accumulators in vector registers
     over all of k: per k, nr/16 vector loads of the packed panel and mr broadcasts of A
     feed mr·nr/16 FMAs. The epilogue runs on the register tile as it is stored. The
     cores share the panels (`across="panels"`) or the row strips of A (`"rows"`; the
@@ -280,10 +280,13 @@ for _kernel, _across in [
 
 def layout(m: int, k: int, n: int, itemsize: int, threads: int) -> tuple[str, int]:
     """How `matmul` runs an m×k by k×n product: what the cores share ("panels" or
-    "rows") and the panel width. Panels as wide as `panel_width` allows, narrowed (down
-    to PANEL) until each core gets two; rows of A when B still has too few and A more.
-    `itemsize` is the packed panel's."""
-    panel = panel_width(k, itemsize)
+    "rows") and the panel width. Panels as wide as `panel_width` allows but never
+    narrower than PANEL (each panel is a pass over A; a tile streams its micro-panel
+    front to back, so a panel larger than PANEL_BYTES costs little: Zen 3, 2048³, 128
+    columns of all of k ran 1.05-1.15× the panel of 32 in two of three runs), narrowed
+    (down to PANEL) until each core gets two; rows of A when B still has too few and A
+    more. `itemsize` is the packed panel's."""
+    panel = max(panel_width(k, itemsize), PANEL)
     while -(-n // panel) < 2 * threads and panel > PANEL:
         panel //= 2
     if -(-n // panel) < 2 * threads and m > n:
