@@ -166,6 +166,30 @@ def test_store_round_trip_and_older_format(tmp_path: Path) -> None:
     assert not path.exists()
 
 
+def test_assembly_is_kept_beside_the_object(cache_dir: Path, monkeypatch) -> None:
+    """`kernel.asm(...)` runs the code generator and LLVM again (a stored object has no
+    assembly): its text is stored too, and a second kernel of the same code reads it."""
+
+    def scale(x, y):
+        i = kd.indices(x.shape[0])
+        y[i] = x[i] * 3.0 + 1.0
+
+    x = np.random.default_rng(3).standard_normal(37).astype(np.float32)
+    first = kd.kernel(scale, name="asm_kept")
+    text = first.asm(x, x.copy())
+    assert "vfmadd" in text or "vmul" in text
+
+    def no_llvm(*_):
+        raise AssertionError("LLVM ran again for a stored assembly")
+
+    monkeypatch.setattr(jit, "assembly", no_llvm)
+    second = kd.kernel(scale, name="asm_kept")
+    assert second.asm(x, x.copy()) == text
+    y = np.empty_like(x)
+    second(x, y)
+    np.testing.assert_allclose(y, x * 3.0 + 1.0, rtol=1e-6)
+
+
 # ---------------------------------------------------------- bad tuning database rows
 
 

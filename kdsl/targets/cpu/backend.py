@@ -99,8 +99,16 @@ class CpuKernel:
 
     @functools.cached_property
     def asm(self) -> str:
-        """Host assembly, made on first request (it costs a third of a compile)."""
-        return jit.assembly(llvm.parse_assembly(self.optimized_ir))
+        """Host assembly, made on first request (it costs about as much as a compile: the
+        code generator and LLVM run again) and kept in the object store beside the object,
+        for the next process or kernel that asks for the same code."""
+        key = object_key("assembly", structural_hash(self.kernel), self.checks, self.strict_fp)
+        text = STORE.load(key)
+        if isinstance(text, str):
+            return text
+        text = jit.assembly(llvm.parse_assembly(self.optimized_ir))
+        STORE.save(key, text)
+        return text
 
 
 def build_object(scheduled: Kernel, key: str, checks: bool, strict_fp: bool) -> ObjectCode:
