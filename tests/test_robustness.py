@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -95,9 +96,19 @@ def assert_runs(tmp_path: Path, seed: int, damaged: bool) -> None:
     assert warned == (1 if damaged else 0), done.stderr  # at most one warning per process
 
 
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache directory where the program compiled and stored its objects (once: each
+    test damages a copy of it)."""
+    root = tmp_path_factory.mktemp("stored")
+    assert_runs(root, 1, damaged=False)
+    object_files(root)
+    return root / "cache"
+
+
 @pytest.mark.parametrize("offset", [300, 600, 900, 2500])
-def test_damaged_object_is_rebuilt_not_run(tmp_path: Path, offset: int) -> None:
-    assert_runs(tmp_path, 1, damaged=False)  # compiles, stores the objects
+def test_damaged_object_is_rebuilt_not_run(tmp_path: Path, stored: Path, offset: int) -> None:
+    shutil.copytree(stored, tmp_path / "cache")
     files = object_files(tmp_path)
     for path in files:
         xor_at(path, offset)
@@ -108,10 +119,10 @@ def test_damaged_object_is_rebuilt_not_run(tmp_path: Path, offset: int) -> None:
     assert "is damaged" not in done.stderr
 
 
-def test_stored_object_without_its_symbol_is_not_called(tmp_path: Path) -> None:
+def test_stored_object_without_its_symbol_is_not_called(tmp_path: Path, stored: Path) -> None:
     """A stored object whose entry symbol isn't in its code (address 0) is compiled
     again, never called."""
-    assert_runs(tmp_path, 6, damaged=False)
+    shutil.copytree(stored, tmp_path / "cache")
     store = ObjectStore(tmp_path / "cache")
     changed = 0
     for path in object_files(tmp_path):
