@@ -42,6 +42,7 @@ from kdsl.ir.nodes import (
     Cast,
     Const,
     Expr,
+    If,
     Load,
     Loop,
     LoopExec,
@@ -91,9 +92,8 @@ def cache(
     of the copy is axis layout[k] of the buffer, whole or cut in blocks ("1//16,0,1%16",
     or `lambda k, n: (n // 16, k, n % 16)`: micro-panels, kdsl/schedule/layouts.py; a
     subscript `16·x + y` with y a loop of at most 16 iterations is read off as block x,
-    element y); or "vnni" for a 2-D buffer of 1- or
-    2-byte elements that is only read: rows in groups of g (4 bytes' worth: 2 bf16, 4
-    int8) interleaved along the columns, `copy[r // g, c·g + r % g] = box[r, c]`, the
+    element y); or "vnni" for a 2-D buffer of 1- or 2-byte elements that is only read:
+    rows in groups of g (4 bytes' worth: 2 bf16, 4 int8) interleaved along the columns, `copy[r // g, c·g + r % g] = box[r, c]`, the
     operand layout of the CPU's dot-product instructions (a matmul's B for vdpbf16ps or
     vpdpbusd). `scope` is None (stack when small and of constant size, else heap),
     "stack", "heap", or "shared" (GPU schedules only). `dtype` (a buffer only read) makes
@@ -448,6 +448,8 @@ class _Copy:
         """(row // g, row % g), read off `g·x + y` when y is a loop of at most g
         iterations (a loop split by g), so the inner loop keeps a plain subscript."""
         lin = linear(row)
+        if lin is not None and lin.is_const:
+            return index_const(lin.const // g), index_const(lin.const % g)
         if lin is not None and lin.const % g == 0:
             small = [
                 a
@@ -522,14 +524,19 @@ class _Copy:
                 self.buf.name, where, Load(self.local.name, here, self.buf.dtype), copy_back=True
             )
         )
-        for p, n in reversed(list(zip(parts, names))):
+        extents = []
+        for k, p in enumerate(parts):
             count = self.windows[p.axis].count
             if not p.block:
-                extent = count
-            elif p.inner:
-                extent = _block_left(count, var[p.axis, False], p.block)
-            else:
-                extent = _ceil_div(count, p.block)
+                extents.append(count)
+            elif not p.inner:
+                extents.append(_ceil_div(count, p.block))
+            elif any(q.axis == p.axis for q in parts[:k]):  # (inside its block's loop)
+                extents.append(_block_left(count, var[p.axis, False], p.block))
+            else:  # outside it: a block's whole width, each element tested at the store
+                extents.append(index_op(BinaryOp.MIN, index_const(p.block), count))
+                stmt = If(index_op(BinaryOp.LT, offsets[p.axis].expr(), count), (stmt,))
+        for n, extent in reversed(list(zip(names, extents))):
             stmt = Loop(n, extent, LoopKind.PARALLEL, (stmt,), loc=self.ctx.loc)
             if n == names[-1] and self.vectors:
                 lanes = max(2, min(64, VECTOR_BYTES // self.local.dtype.itemsize))

@@ -123,6 +123,19 @@ def test_blocked_rows_of_a_and_a_written_c(m: int, n: int, k: int) -> None:
     check_mm(s.kernel, a, b, c)
 
 
+@given(m=SIZES, n=SIZES, k=SIZES)
+@settings(max_examples=20, deadline=None)
+def test_elements_of_a_block_outside_its_blocks(m: int, n: int, k: int) -> None:
+    """A layout that walks a block's elements before the blocks ("1%8,0,1//8"): the copy's
+    element loop runs a block's whole width, each element tested against the box."""
+    a, b, c = mm_args(m, n, k)
+    s = schedule(matmul, a, b, c)
+    ko = tiled(s)[2]
+    s.cache("B", at=ko, layout="1%8,0,1//8")
+    assert "if B.c2 * 8 + B.c0 < min(32, B.shape[1] - jo * 32):" in loop_text(s.kernel)
+    check_mm(s.kernel, a, b, c)
+
+
 def test_compiled_micro_panels_match_numpy() -> None:
     mm = compiled_matmul("mm_micro_panels")
     mm.schedule(kd.cpu)(lambda s: (micro_panels(s), s.vectorize("jii", 16), s.unroll("ii")))

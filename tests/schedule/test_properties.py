@@ -54,7 +54,9 @@ PRIMITIVES = [
     "reuse",
     "specialize",
     "collapse",
+    "cache",
 ]
+BLOCKS = [2, 3, 8, 16]  # of a cached copy's blocked axis
 Step = tuple[str, tuple[object, ...]]
 
 # --------------------------------------------------------------------------- kernels
@@ -327,12 +329,30 @@ def _draw_step(data: st.DataObject, kernel: Kernel, primitives: list[str]) -> St
             return "parallelize", (lp.var,)
         case "specialize":
             return "specialize", (lp.var, data.draw(st.sampled_from(SIZES)))
+        case "cache":
+            return _draw_cache(data, kernel, lp.var)
         case "collapse":  # (mostly the loop that is its body: the legal case)
             inner = [q.var for q in lp.body if isinstance(q, Loop)] or [q.var for q in inside[path]]
             return "collapse", (lp.var, data.draw(st.sampled_from(inner)))
         case _:
             later = data.draw(st.sampled_from([q.var for q in _siblings_after(kernel, path)]))
             return prim, (lp.var, later)
+
+
+def _draw_cache(data: st.DataObject, kernel: Kernel, at: str) -> Step | None:
+    """A copy of a buffer at loop `at`: in its own layout, transposed, or with one axis
+    cut in blocks (the blocks and their elements anywhere among the other axes)."""
+    buffers = [b for b in kernel.buffers if b.ndim]
+    if not buffers:
+        return None
+    buf = data.draw(st.sampled_from(buffers), label="cached")
+    how = data.draw(st.sampled_from(["packed", "transposed", "blocked"]), label="layout")
+    if how != "blocked":
+        return "cache", (buf.name, at, how)
+    axis = data.draw(st.integers(0, buf.ndim - 1))
+    block = data.draw(st.sampled_from(BLOCKS))
+    parts = [str(d) for d in range(buf.ndim) if d != axis] + [f"{axis}//{block}", f"{axis}%{block}"]
+    return "cache", (buf.name, at, ",".join(data.draw(st.permutations(parts))))
 
 
 def _apply(s: Schedule, step: Step) -> None:
