@@ -1,12 +1,15 @@
 """A SIMT emulator for tests without a GPU: the LLVM IR that the CUDA target generates,
-rebuilt for this CPU and run one OS thread per GPU thread, block after block.
+rebuilt for this CPU and run block after block, one OS thread per GPU thread.
 
-The module's GPU-only parts become calls into Python: the special registers (tid,
-ntid, ctaid, nctaid), the block barrier and the warp's sync, shuffles and `mma.sync` —
-the last modelled from the PTX ISA's fragment layout for m16n8k16 (written out here
-from its text, independently of kdsl/targets/cuda/mma.py, so the emulator checks the
-emitter). Shared memory is a global of the module: one block runs at a time. Slow
-(a Python call per special-register read): for small shapes only.
+Each thread calls the kernel's entry with its special registers (tid, ntid, ctaid,
+nctaid) as extra arguments. The block barrier, the warp's sync and its shuffles are
+native code (`_SYNC`) that waits on Python's locks without the GIL, and gives up where
+the emulated code deadlocks. `mma.sync` is a call into Python, modelled from the PTX
+ISA's fragment layout for m16n8k16 (written out here from its text, independently of
+kdsl/targets/cuda/mma.py, so the emulator checks the emitter). A module that uses none
+of these runs a block's threads one after the other in the caller's thread: nothing in
+it can tell their order. Shared memory is a global of the module: one block runs at a
+time. For small shapes only (a barrier wakes every thread's OS thread).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from kdsl.targets.cuda.plan import scratch_bytes
 from kdsl.types import INDEX
 
 WAIT_S = 20.0  # a barrier that long unreached is a deadlock: fail instead of hanging
-_AXES = "xyz"
+_SREGS = [f"{kind}.{axis}" for kind in ("tid", "ntid", "ctaid", "nctaid") for axis in "xyz"]
 
 
 @dataclass
@@ -40,13 +43,26 @@ class _Thread:
     lane: int
 
 
-class _Block:
-    """The rendezvous of one block's threads: barriers and the warps' exchanges."""
+class _Sync(ctypes.Structure):
+    """A block's state for its native barriers and shuffles (`_SYNC`'s `%kdsl_sim_block`)."""
 
-    def __init__(self, block: tuple[int, int, int], ctaid: tuple[int, int, int], grid) -> None:
-        self.block, self.ctaid, self.grid = block, ctaid, grid
+    _fields_ = [
+        ("locks", ctypes.POINTER(ctypes.c_void_p)),  # each thread's, held: it waits on it
+        ("threads", ctypes.c_int32),
+        ("broken", ctypes.c_int32),  # a barrier timed out: the emulated code deadlocked
+        ("arrived", ctypes.c_int32),  # at the block's barrier
+        ("warp_arrived", ctypes.c_int32 * 32),
+        ("slots", ctypes.c_int32 * 2048),  # each thread's value in a shuffle, two sets
+        ("shuffles", ctypes.c_int32 * 1024),  # each thread's so far: the set it writes
+    ]
+
+
+class _Block:
+    """The rendezvous of one block's threads for `mma.sync`: the warps' exchanges."""
+
+    def __init__(self, block: tuple[int, int, int], ctaid: tuple[int, int, int]) -> None:
+        self.ctaid = ctaid
         n = block[0] * block[1] * block[2]
-        self.barrier = threading.Barrier(n)
         warps = -(-n // 32)
         self.warp_barriers = [threading.Barrier(min(32, n - 32 * w)) for w in range(warps)]
         self.slots: list[dict[int, object]] = [{} for _ in range(warps)]
@@ -82,40 +98,7 @@ def _block() -> _Block:
 
 # ------------------------------------------------------------------ the callbacks
 
-_SREG = ctypes.CFUNCTYPE(ctypes.c_int32)
-_VOID = ctypes.CFUNCTYPE(None)
-_VOID_I32 = ctypes.CFUNCTYPE(None, ctypes.c_int32)
-_SHFL = ctypes.CFUNCTYPE(
-    ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32
-)
 _MMA = ctypes.CFUNCTYPE(None, ctypes.c_void_p, *[ctypes.c_int32] * 6, *[ctypes.c_float] * 4)
-
-
-def _sreg(kind: str, axis: int):
-    def read() -> int:
-        blk = _block()
-        return {
-            "tid": _me().tid,
-            "ntid": blk.block,
-            "ctaid": blk.ctaid,
-            "nctaid": blk.grid,
-        }[kind][axis]
-
-    return _SREG(read)
-
-
-def _barrier() -> None:
-    _block().wait(_block().barrier)
-
-
-def _warp_sync(mask: int) -> None:
-    _block().exchange(_me(), None)
-
-
-def _shuffle_xor(mask: int, value: int, offset: int, clamp: int) -> int:
-    me = _me()
-    seen = _block().exchange(me, value)
-    return seen.get(me.lane ^ offset, value)  # type: ignore[return-value]
 
 
 def _recorded(callback):
@@ -170,19 +153,122 @@ def _mma(out: int, *operands) -> None:
     ctypes.memmove(out, mine.tobytes(), 16)
 
 
-_CALLBACKS = {
-    **{
-        f"kdsl_sim_read.ptx.sreg.{kind}.{_AXES[axis]}": _sreg(kind, axis)
-        for kind in ("tid", "ntid", "ctaid", "nctaid")
-        for axis in range(3)
-    },
-    "kdsl_sim_barrier0": _VOID(_recorded(_barrier)),
-    "kdsl_sim_bar.warp.sync": _VOID_I32(_recorded(_warp_sync)),
-    "kdsl_sim_shfl.sync.bfly.i32": _SHFL(_recorded(_shuffle_xor)),
-    "kdsl_sim_mma_into": _MMA(_recorded(_mma)),
-}
+_CALLBACKS = {"kdsl_sim_mma_into": _MMA(_recorded(_mma))}
 for _name, _fn in _CALLBACKS.items():
     llvm.add_symbol(_name, ctypes.cast(_fn, ctypes.c_void_p).value)
+
+# Python's own locks, which wait without the GIL and can time out: the native barriers'
+_allocate_lock = ctypes.CFUNCTYPE(ctypes.c_void_p)(("PyThread_allocate_lock", ctypes.pythonapi))
+_acquire_lock = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int)(
+    ("PyThread_acquire_lock", ctypes.pythonapi)
+)
+_free_lock = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(("PyThread_free_lock", ctypes.pythonapi))
+for _name in ("PyThread_acquire_lock_timed", "PyThread_release_lock"):
+    llvm.add_symbol(_name, ctypes.cast(getattr(ctypes.pythonapi, _name), ctypes.c_void_p).value)
+
+# The block barrier, the warp's sync and shuffles, on a block's `_Sync`, without the GIL.
+# A thread arriving at a barrier counts itself in; the last to arrive lets the others
+# go, each waiting on its own lock. One that has waited WAIT_S marks the block broken,
+# after which nobody waits. A shuffle writes the thread's value in one of two sets of
+# slots, in turn, and reads its partner's after the warp's sync: a set is written again
+# two shuffles later, past the next one's sync, which no lane reaches before reading.
+_SYNC = """
+%kdsl_sim_block = type { ptr, i32, i32, i32, [32 x i32], [2048 x i32], [1024 x i32] }
+declare i32 @PyThread_acquire_lock_timed(ptr, i64, i32)
+declare void @PyThread_release_lock(ptr)
+
+define internal void @kdsl_sim_wait(ptr %b, ptr %arrived, i32 %first, i32 %n, i32 %me) {
+entry:
+  %brokenp = getelementptr %kdsl_sim_block, ptr %b, i32 0, i32 2
+  %broken = load atomic i32, ptr %brokenp seq_cst, align 4
+  %locks = load ptr, ptr %b
+  %skip = icmp ne i32 %broken, 0
+  br i1 %skip, label %done, label %arrive
+arrive:
+  %k = atomicrmw add ptr %arrived, i32 1 seq_cst
+  %n1 = sub i32 %n, 1
+  %last = icmp eq i32 %k, %n1
+  br i1 %last, label %open, label %sleep
+open:
+  store atomic i32 0, ptr %arrived seq_cst, align 4  ; (before anyone can arrive again)
+  br label %loop
+loop:
+  %i = phi i32 [0, %open], [%next, %step]
+  %t = add i32 %first, %i
+  %other = icmp ne i32 %t, %me
+  br i1 %other, label %release, label %step
+release:
+  %lp = getelementptr ptr, ptr %locks, i32 %t
+  %l = load ptr, ptr %lp
+  call void @PyThread_release_lock(ptr %l)
+  br label %step
+step:
+  %next = add i32 %i, 1
+  %more = icmp slt i32 %next, %n
+  br i1 %more, label %loop, label %done
+sleep:
+  %mp = getelementptr ptr, ptr %locks, i32 %me
+  %m = load ptr, ptr %mp
+  %got = call i32 @PyThread_acquire_lock_timed(ptr %m, i64 WAIT_US, i32 0)
+  %late = icmp ne i32 %got, 1
+  br i1 %late, label %break, label %done
+break:
+  store atomic i32 1, ptr %brokenp seq_cst, align 4
+  br label %done
+done:
+  ret void
+}
+
+define internal void @"kdsl_sim_barrier0"(ptr %b, i32 %me) {
+  %np = getelementptr %kdsl_sim_block, ptr %b, i32 0, i32 1
+  %n = load i32, ptr %np
+  %arrived = getelementptr %kdsl_sim_block, ptr %b, i32 0, i32 3
+  call void @kdsl_sim_wait(ptr %b, ptr %arrived, i32 0, i32 %n, i32 %me)
+  ret void
+}
+
+define internal void @"kdsl_sim_bar.warp.sync"(ptr %b, i32 %me, i32 %mask) {
+  %np = getelementptr %kdsl_sim_block, ptr %b, i32 0, i32 1
+  %threads = load i32, ptr %np
+  %warp = lshr i32 %me, 5
+  %first = shl i32 %warp, 5
+  %rest = sub i32 %threads, %first
+  %partial = icmp slt i32 %rest, 32
+  %n = select i1 %partial, i32 %rest, i32 32
+  %arrived = getelementptr %kdsl_sim_block, ptr %b, i32 0, i32 4, i32 %warp
+  call void @kdsl_sim_wait(ptr %b, ptr %arrived, i32 %first, i32 %n, i32 %me)
+  ret void
+}
+
+define internal i32 @"kdsl_sim_shfl.sync.bfly.i32"(ptr %b, i32 %me, i32 %mask, i32 %value,
+                                                    i32 %offset, i32 %clamp) {
+entry:
+  %shuffles = getelementptr %kdsl_sim_block, ptr %b, i32 0, i32 6, i32 %me
+  %k = load i32, ptr %shuffles
+  %k1 = add i32 %k, 1
+  store i32 %k1, ptr %shuffles
+  %odd = and i32 %k, 1
+  %set = mul i32 %odd, 1024
+  %slots = getelementptr %kdsl_sim_block, ptr %b, i32 0, i32 5, i32 %set
+  %mine = getelementptr i32, ptr %slots, i32 %me
+  store i32 %value, ptr %mine
+  call void @"kdsl_sim_bar.warp.sync"(ptr %b, i32 %me, i32 %mask)
+  %from = xor i32 %me, %offset
+  %np = getelementptr %kdsl_sim_block, ptr %b, i32 0, i32 1
+  %threads = load i32, ptr %np
+  %inside = icmp slt i32 %from, %threads
+  %lane = icmp ult i32 %offset, 32
+  %there = and i1 %inside, %lane  ; (else no such lane in the warp: mine)
+  br i1 %there, label %read, label %done
+read:
+  %theirs = getelementptr i32, ptr %slots, i32 %from
+  %v = load i32, ptr %theirs
+  br label %done
+done:
+  %result = phi i32 [%value, %entry], [%v, %read]
+  ret i32 %result
+}
+"""
 
 # the mma's struct result, made in IR from a callback that writes memory
 _MMA_WRAPPER = """
@@ -206,15 +292,35 @@ define {float, float, float, float} @kdsl_sim_mma(i32 %a0, i32 %a1, i32 %a2, i32
 """
 
 
-def _for_host(text: str) -> str:
-    """The NVPTX module's text, made a module for this CPU that calls the emulator."""
+def _for_host(text: str) -> tuple[str, bool]:
+    """The NVPTX module's text, made a module for this CPU that calls the emulator; and
+    whether its threads meet (at barriers, shuffles, `mma.sync`)."""
     text = re.sub(r'target triple = "[^"]*"', "", text)
     text = re.sub(r'target datalayout = "[^"]*"', "", text)
     text = text.replace("ptx_kernel ", "")
     text = text.replace(" addrspace(3)", "").replace("addrspacecast", "bitcast")
-    text = re.sub(r'@"?llvm\.nvvm\.([\w.]+)"?', r'@"kdsl_sim_\1"', text)
+    # Each thread passes the entry its special registers, its block's `_Sync` and its
+    # index in the block, as last parameters: reading a register costs no call into
+    # Python. Only the entries use them: a use elsewhere would be of an undefined value,
+    # which parsing rejects.
+    params = [*(f'i32 %"kdsl_sim_{r}"' for r in _SREGS), 'ptr %"kdsl_sim_block"']
+    params.append('i32 %"kdsl_sim_thread"')
+    text = re.sub(r'(define void @"sim_\d+"\([^)]*)\)', rf"\1, {', '.join(params)})", text)
+    text = re.sub(r'declare [^\n]*@"?llvm\.nvvm\.[^\n]*\n', "", text)
+    sreg = r'call i32 @"?llvm\.nvvm\.read\.ptx\.sreg\.([\w.]+)"?\(\)'
+    text = re.sub(sreg, r'add i32 %"kdsl_sim_\1", 0', text)
+    # the barriers and shuffles, defined in _SYNC, are given the block and the thread
+    synced = re.search(r'@"?llvm\.nvvm\.', text) is not None
+    at = 'ptr %"kdsl_sim_block", i32 %"kdsl_sim_thread"'
+    text = re.sub(
+        r'@"?llvm\.nvvm\.([\w.]+)"?\((\)?)',
+        lambda m: f'@"kdsl_sim_{m[1]}"({at}{")" if m[2] else ", "}',
+        text,
+    )
+    mma = re.search(r'asm\s+"mma\.sync[^"]*", "[^"]*"', text) is not None
     text = re.sub(r'asm\s+"mma\.sync[^"]*", "[^"]*"', "@kdsl_sim_mma", text)
-    return text + (_MMA_WRAPPER if "@kdsl_sim_mma" in text else "")
+    sync = _SYNC.replace("WAIT_US", str(int(WAIT_S * 1e6)))
+    return text + sync + (_MMA_WRAPPER if mma else ""), synced or mma
 
 
 _engines: list[object] = []  # kept alive: their code is called after `run` returns
@@ -230,7 +336,7 @@ def run(
     module, _, params = generate(final, launches, "sim")
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
-    text = _for_host(str(module))
+    text, synced = _for_host(str(module))
     # the dynamic shared memory: one array as large as the largest launch's
     dynamic = max([la.dynamic_shared for la in launches.launches], default=0)
     text = text.replace(
@@ -285,49 +391,91 @@ def run(
         blocks = grid[0] * grid[1] * grid[2]
         # memory nobody initialized holds NaNs (0xFF bytes), as it may on a GPU
         scratch = np.full(max(1, blocks * (per_block + launch.threads * per_thread)), 255, np.uint8)
-        entry = ctypes.CFUNCTYPE(None, *argtypes, ctypes.c_void_p, ctypes.c_void_p)(
-            engine.get_function_address(f"sim_{launch.index}")
+        entry = ctypes.CFUNCTYPE(
+            None,
+            *argtypes,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            *[ctypes.c_int32] * 12,
+            ctypes.POINTER(_Sync),
+            ctypes.c_int32,
+        )(engine.get_function_address(f"sim_{launch.index}"))
+
+        def fresh_shared() -> None:  # a block's shared memory starts as garbage
+            for name, size in shared:
+                ctypes.memset(engine.get_global_value_address(name), 255, size)
+
+        _run_launch(
+            entry,
+            [*call_args, scratch.ctypes.data, errors.ctypes.data],
+            launch.block,
+            grid,
+            fresh_shared,
+            synced,
         )
-        for z in range(grid[2]):
-            for y in range(grid[1]):
-                for x in range(grid[0]):
-                    for name, size in shared:  # a block's shared memory starts as garbage
-                        ctypes.memset(engine.get_global_value_address(name), 255, size)
-                    _run_block(
-                        entry,
-                        call_args + [scratch.ctypes.data, errors.ctypes.data],
-                        launch.block,
-                        (x, y, z),
-                        grid,
-                    )
     assert errors[0] == 0, f"the kernel recorded an error: {int(errors[0]):#x}"
     results = [values[n] for n in final.results]
     return None if not results else results[0] if len(results) == 1 else tuple(results)
 
 
-def _run_block(entry, call_args, block, ctaid, grid) -> None:
-    blk = _Block(block, ctaid, grid)
+def _run_launch(entry, call_args, block, grid, fresh_shared, synced: bool) -> None:
+    """Run the grid's blocks one after the other, each thread calling `entry` with its
+    special registers; `synced`: the threads meet (at barriers, shuffles, mma)."""
+    ctaids = [(x, y, z) for z in range(grid[2]) for y in range(grid[1]) for x in range(grid[0])]
+    tids = [(x, y, z) for z in range(block[2]) for y in range(block[1]) for x in range(block[0])]
+    assert len(tids) <= 1024, "more threads in a block than CUDA allows (and `_Sync` holds)"
+    if not synced:  # the threads never meet: no order of them can be told from another
+        for ctaid in ctaids:
+            fresh_shared()
+            for linear, tid in enumerate(tids):
+                entry(*call_args, *tid, *block, *ctaid, *grid, None, linear)
+        return
+    # One OS thread per GPU thread, kept for all the blocks: its `go` lock lets it run
+    # the next block (or stop, when there is none), `finished` tells that it has.
+    go, finished = [threading.Lock() for _ in tids], [threading.Lock() for _ in tids]
+    for lock in (*go, *finished):
+        lock.acquire()
+    current: list[tuple[_Block, _Sync] | None] = [None]
     failures: list[BaseException] = []
+    locks = (ctypes.c_void_p * len(tids))(*(_allocate_lock() for _ in tids))
+    for lock in locks:
+        _acquire_lock(lock, 1)
 
-    def thread(tid: tuple[int, int, int]) -> None:
-        linear = tid[0] + block[0] * (tid[1] + block[1] * tid[2])
+    def thread(linear: int, tid: tuple[int, int, int]) -> None:
         _state.thread = _Thread(tid, linear // 32, linear % 32)
-        _state.block = blk
-        try:
-            entry(*call_args)
-        except BaseException as exc:  # reported by the caller
-            failures.append(exc)
+        while True:
+            go[linear].acquire()
+            if current[0] is None:
+                return
+            blk, sync = current[0]
+            _state.block = blk
+            try:
+                entry(*call_args, *tid, *block, *blk.ctaid, *grid, ctypes.byref(sync), linear)
+            except BaseException as exc:  # reported by the caller
+                failures.append(exc)
+            finished[linear].release()
 
-    threads = [
-        threading.Thread(target=thread, args=((x, y, z),))
-        for z in range(block[2])
-        for y in range(block[1])
-        for x in range(block[0])
-    ]
+    threads = [threading.Thread(target=thread, args=args) for args in enumerate(tids)]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
-    if failures or blk.failures:
-        raise (failures or blk.failures)[0]
-    assert not blk.broken, f"block {ctaid} deadlocked: a barrier some threads never reached"
+    try:
+        for ctaid in ctaids:
+            fresh_shared()
+            blk, sync = _Block(block, ctaid), _Sync(locks, len(tids))
+            current[0] = blk, sync
+            for lock in go:
+                lock.release()
+            for lock in finished:
+                lock.acquire()
+            if failures or blk.failures:
+                raise (failures or blk.failures)[0]
+            broken = blk.broken or sync.broken
+            assert not broken, f"block {ctaid} deadlocked: a barrier some threads never reached"
+    finally:
+        current[0] = None
+        for lock in go:
+            lock.release()
+        for t in threads:
+            t.join()
+        for lock in locks:
+            _free_lock(lock)
