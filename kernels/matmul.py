@@ -95,11 +95,12 @@ def _register_blocked(s, across: str, panel: int, depth: int) -> None:
     """The GotoBLAS/BLIS structure. B is cut into panels of nc columns, each packed
     whole (all of k × nc, contiguous: it stays in L2 while every row strip of A streams
     past it) in micro-panels of nr columns (k × nr each, read front to back by a tile:
-    on a Zen 3, 1.04–1.17× the panel packed row after row); C is computed mr × nr at a time, its mr·nr accumulators in vector registers
-    over all of k: per k, nr/16 vector loads of the packed panel and mr broadcasts of A
-    feed mr·nr/16 FMAs. The epilogue runs on the register tile as it is stored. The
-    cores share the panels (`across="panels"`) or the row strips of A (`"rows"`; the
-    packing copy is then split across them too).
+    on a Zen 3, 1.04–1.17× the panel packed row after row); C is computed mr × nr at a
+    time, its mr·nr accumulators in vector registers over all of k: per k, nr/16 vector
+    loads of the packed panel and mr broadcasts of A feed mr·nr/16 FMAs. The epilogue
+    runs on the register tile as it is stored. The cores share the panels
+    (`across="panels"`) or the row strips of A (`"rows"`; the packing copy is then split
+    across them too).
 
         for jo:                       # panel of nc columns   (parallel: panels)
           pack b[:, jo·nc : +nc] into b.c (K × nc)
@@ -283,7 +284,7 @@ def layout(m: int, k: int, n: int, itemsize: int, threads: int) -> tuple[str, in
     "rows") and the panel width. Panels as wide as `panel_width` allows but never
     narrower than PANEL (each panel is a pass over A; a tile streams its micro-panel
     front to back, so a panel larger than PANEL_BYTES costs little: Zen 3, 2048³, 128
-    columns of all of k ran 1.05-1.15× the panel of 32 in two of three runs), narrowed
+    columns ran 0.98–1.05× the 32 that PANEL_BYTES allows, within the noise), narrowed
     (down to PANEL) until each core gets two; rows of A when B still has too few and A
     more. `itemsize` is the packed panel's."""
     panel = max(panel_width(k, itemsize), PANEL)
