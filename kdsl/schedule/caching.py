@@ -160,7 +160,9 @@ def copies_back(loop: Loop) -> list[str]:
     iterations of `loop` running at once would write back may overlap."""
     stmts = list(walk_stmts(loop.body))
     backs = [st.buffer for st in stmts if isinstance(st, Store) and st.copy_back]
-    copying = all(isinstance(st, Loop) or isinstance(st, Store) and st.copy_back for st in stmts)
+    copying = all(
+        isinstance(st, Loop | If) or isinstance(st, Store) and st.copy_back for st in stmts
+    )  # (an If: a block's element tested against the box, in a blocked layout)
     return [] if copying else backs
 
 

@@ -13,6 +13,7 @@ as its string.
 from __future__ import annotations
 
 import inspect
+import numbers
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,6 +89,9 @@ class _Axis:
     def __init__(self, axis: int) -> None:
         self.axis = axis
 
+    def __repr__(self) -> str:
+        return f"axis {self.axis}"
+
     def __floordiv__(self, block: object) -> Part:
         return Part(self.axis, _block(block), inner=False)
 
@@ -96,16 +100,17 @@ class _Axis:
 
 
 def _block(block: object) -> int:
-    if type(block) is not int or block < 1:
+    if isinstance(block, bool) or not isinstance(block, numbers.Integral) or block < 1:
         raise LayoutError(f"a block is a positive int, not {block!r}")
-    return block
+    return int(block)
 
 
 def spell(layout: Callable[..., object]) -> str:
     """The layout string of a layout function, e.g. `lambda k, n: (n // 16, k, n % 16)`
     -> "1//16,0,1%16"."""
     try:
-        ndim = len(inspect.signature(layout).parameters)
+        params = inspect.signature(layout).parameters.values()
+        ndim = sum(p.default is p.empty and p.kind is not p.VAR_KEYWORD for p in params)
     except (TypeError, ValueError):
         raise LayoutError(f"{layout!r} is not a function of the buffer's axes") from None
     try:

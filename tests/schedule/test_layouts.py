@@ -52,6 +52,8 @@ def test_parse(layout: object, parts: tuple[Part, ...]) -> None:
 
 def test_a_function_is_spelled_as_its_string() -> None:
     assert layouts.spell(lambda i, k: (i // 6, k, i % 6)) == "0//6,1,0%6"
+    assert layouts.spell(lambda k, n, w=16: (n // w, k, n % w)) == MICRO_PANELS
+    assert layouts.spell(lambda k, n: (n // np.int64(16), k, n % 16)) == MICRO_PANELS
     assert layouts.spell(lambda i, j, k: (k, i, j)) == "2,0,1"
     assert ",".join(map(str, layouts.parse(layouts.spell(lambda k, n: (n, k)), 2))) == "1,0"
 
@@ -69,6 +71,7 @@ def test_a_function_is_spelled_as_its_string() -> None:
         (lambda k, n: (n // 16.0, k, n % 16), "a block is a positive int, not 16.0"),
         (lambda k, n: (n + 1, k), "it may only cut an axis with // and %"),
         (lambda k, n: (n, 3), "the layout function returned 3"),
+        (lambda k, n: (n // k, n % k), "a block is a positive int, not axis 0"),
         (lambda *axes: axes, "it leaves out axis 1"),
     ],
 )
@@ -133,6 +136,18 @@ def test_elements_of_a_block_outside_its_blocks(m: int, n: int, k: int) -> None:
     ko = tiled(s)[2]
     s.cache("B", at=ko, layout="1%8,0,1//8")
     assert "if B.c2 * 8 + B.c0 < min(32, B.shape[1] - jo * 32):" in loop_text(s.kernel)
+    check_mm(s.kernel, a, b, c)
+
+
+@pytest.mark.parametrize("layout", ["1//8,0,1%8", "1%8,0,1//8"])
+def test_a_blocked_copy_back_can_run_on_every_thread(layout: str) -> None:
+    """The copy back's loops write apart, the element-first layout's tested stores too
+    (they were taken for loops that do more than copy, and refused)."""
+    a, b, c = mm_args(9, 70, 13)
+    s = schedule(matmul, a, b, c)
+    jo = tiled(s)[1]
+    s.cache("C", at=jo, layout=layout)
+    s.parallelize("C.cw0")
     check_mm(s.kernel, a, b, c)
 
 
