@@ -29,6 +29,7 @@ buffer also written checks such an access against the buffer's shape.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import replace
 
 from kdsl.ir.affine import Lin, linear
@@ -93,8 +94,8 @@ def cache(
     or `lambda k, n: (n // 16, k, n % 16)`: micro-panels, kdsl/schedule/layouts.py; a
     subscript `16·x + y` with y a loop of at most 16 iterations is read off as block x,
     element y); or "vnni" for a 2-D buffer of 1- or 2-byte elements that is only read:
-    rows in groups of g (4 bytes' worth: 2 bf16, 4 int8) interleaved along the columns, `copy[r // g, c·g + r % g] = box[r, c]`, the
-    operand layout of the CPU's dot-product instructions (a matmul's B for vdpbf16ps or
+    rows in groups of g (4 bytes' worth: 2 bf16, 4 int8) interleaved along the columns,
+    `copy[r // g, c·g + r % g] = box[r, c]`, the operand layout of the CPU's dot-product instructions (a matmul's B for vdpbf16ps or
     vpdpbusd). `scope` is None (stack when small and of constant size, else heap),
     "stack", "heap", or "shared" (GPU schedules only). `dtype` (a buffer only read) makes
     the copy hold its values converted to a dtype that represents each of them exactly
@@ -262,6 +263,27 @@ def _ceil_div(n: Expr, g: int) -> Expr:
     )
 
 
+def _divmod(row: Expr, g: int, bounds: Mapping[str, int]) -> tuple[Expr, Expr]:
+    """(row // g, row % g), read off `g·x + y` when y is a loop of at most g iterations
+    (`bounds`: a loop split by g), so the inner loop keeps a plain subscript."""
+    lin = linear(row)
+    if lin is not None and lin.is_const:
+        return index_const(lin.const // g), index_const(lin.const % g)
+    if lin is not None and lin.const % g == 0:
+        small = [
+            a
+            for a, c in lin.terms
+            if c == 1 and isinstance(a, LoopVar) and bounds.get(a.name, g + 1) <= g
+        ]
+        if small and all(c % g == 0 for a, c in lin.terms if a != small[0]):
+            rest = Lin(lin.const // g, tuple((a, c // g) for a, c in lin.terms if a != small[0]))
+            return rest.expr(), small[0]
+    return (
+        index_op(BinaryOp.FLOORDIV, row, index_const(g)),
+        index_op(BinaryOp.MOD, row, index_const(g)),
+    )
+
+
 def _block_left(count: Expr, block: Expr, g: int) -> Expr:
     """The elements of block `block` (of g) among `count`: min(g, count - g·block)."""
     left = index_op(BinaryOp.SUB, count, index_op(BinaryOp.MUL, block, index_const(g)))
@@ -422,12 +444,10 @@ class _Copy:
         self.spans, self.windows, self.parts, self.at = spans, windows, parts, at
         self.group, self.written = group, written
         self.vectors = group == 1 and _vector_copy(ctx, buf, parts, vectorized)
-        # the loops known to run at most so many iterations: those inside `at` bounded
-        # by constants (found once), and the copy's own loops over a block's elements
-        self.bounds: dict[str, int] = {}
 
     @functools.cached_property
     def _inner_bounds(self) -> dict[str, int]:
+        """The constant bounds of the loops inside `at` (most iterations each runs)."""
         inner = [s for s in walk_stmts(self.at.body) if isinstance(s, Loop)]
         return {
             lp.var: int(bound.value)
@@ -435,42 +455,24 @@ class _Copy:
             if isinstance(bound := upper_bound(lp.extent), Const)
         }
 
-    def local_index(self, index: tuple[Expr, ...], checked: bool = False) -> tuple[Expr, ...]:
+    def local_index(
+        self,
+        index: tuple[Expr, ...],
+        checked: bool = False,
+        copying: Mapping[str, int] | None = None,
+    ) -> tuple[Expr, ...]:
+        """The copy's subscript for the buffer's `index`; `copying`: the bounds of the copy
+        loops around it (the loops over a block's elements), besides those inside `at`."""
         rel = relative(index, self.spans, self.buf.shape if checked else None)
+        bounds = {**self._inner_bounds, **copying} if copying else self._inner_bounds
         if self.group > 1:
             row, col = rel
-            high, low = self._divmod(row, self.group)
+            high, low = _divmod(row, self.group, bounds)
             return high, _interleaved(col, low, self.group)
         out = []
         for p in self.parts:
-            out.append(self._divmod(rel[p.axis], p.block)[p.inner] if p.block else rel[p.axis])
+            out.append(_divmod(rel[p.axis], p.block, bounds)[p.inner] if p.block else rel[p.axis])
         return tuple(out)
-
-    def _divmod(self, row: Expr, g: int) -> tuple[Expr, Expr]:
-        """(row // g, row % g), read off `g·x + y` when y is a loop of at most g
-        iterations (a loop split by g), so the inner loop keeps a plain subscript."""
-        lin = linear(row)
-        if lin is not None and lin.is_const:
-            return index_const(lin.const // g), index_const(lin.const % g)
-        if lin is not None and lin.const % g == 0:
-            small = [
-                a
-                for a, c in lin.terms
-                if c == 1 and isinstance(a, LoopVar) and self._at_most(a.name, g)
-            ]
-            if small and all(c % g == 0 for a, c in lin.terms if a != small[0]):
-                rest = Lin(
-                    lin.const // g, tuple((a, c // g) for a, c in lin.terms if a != small[0])
-                )
-                return rest.expr(), small[0]
-        return (
-            index_op(BinaryOp.FLOORDIV, row, index_const(g)),
-            index_op(BinaryOp.MOD, row, index_const(g)),
-        )
-
-    def _at_most(self, var: str, g: int) -> bool:
-        bound = self.bounds.get(var, self._inner_bounds.get(var))
-        return bound is not None and bound <= g
 
     def inward(self) -> Stmt:
         """local[...] = buf[...], loops in the copy's axis order (contiguous stores)."""
@@ -506,17 +508,17 @@ class _Copy:
     def _nest(self, parts: tuple[layouts.Part, ...], tag: str, inward: bool) -> Stmt:
         names = [self.ctx.fresh(f"{self.local.name}{tag}{k}") for k in range(len(parts))]
         var = {(p.axis, p.inner): LoopVar(n) for p, n in zip(parts, names)}
-        offsets = []
+        offsets, copying = [], {}
         for d in range(self.buf.ndim):
             block = next((p.block for p in parts if p.axis == d), 0)
             if block:  # element block·outer + inner of the window
                 offset = Lin.of(var[d, False]) * block + Lin.of(var[d, True])
-                self.bounds[var[d, True].name] = block
+                copying[var[d, True].name] = block
             else:
                 offset = Lin.of(var[d, False])
             offsets.append(offset)
         where = tuple((w.start + o).expr() for w, o in zip(self.windows, offsets))
-        here = self.local_index(where)
+        here = self.local_index(where, copying=copying)
         stmt: Stmt = (
             Store(
                 self.local.name, here, self._converted(Load(self.buf.name, where, self.buf.dtype))
