@@ -328,20 +328,24 @@ swiglu_q8_0.schedule(kd.cpu)(_vectorize_then(quant.schedule_store_q8_0, "i"))
 def int8_groups(size: int) -> Callable[..., object]:
     """The kernel for llama2.c's version-2 layout with groups of `size`: int8 weights
     with a float32 scale per group along the row. Lane l of a group is its bytes 4l …
-    4l+3 (a vpdpbusd lane); signed weights are made unsigned by adding 128, taken back
-    out as 128·Σxq of the lane. The group size is a constant of the kernel, so a group's
-    lanes are one vector in registers (one kernel per group size, made once)."""
+    4l+3 (a vpdpbusd lane), summed in the form of this CPU's byte products
+    (quant.signed_bytes_dot; runq.c's activations stay within ±127 too). The group size
+    is a constant of the kernel, so a group's lanes are one vector in registers (one
+    kernel per group size, made once)."""
     if size not in _INT8_KERNELS:
         lanes = size // 4
 
         @kd.kernel
-        def int8_groups(q, s, xq, xs, y):
+        def int8_groups(q, s, xq, xs, y, biased: kd.constexpr = quant.BIASED):
             r, g, lane, m = kd.indices(s.shape[0], s.shape[1], lanes, 4)
-            xsum = kd.empty((s.shape[1], lanes), kd.i32)
-            xsum[g, lane] = kd.sum(xq[g * size + 4 * lane + m].astype(kd.i32), over=m)
             at = g * size + 4 * lane + m
-            biased = (q[r, at].astype(kd.u8) ^ 128).astype(kd.i32)
-            dot = kd.sum(biased * xq[at].astype(kd.i32), over=m) - 128 * xsum[g, lane]
+            offset = None
+            if biased:  # 128·Σxq of each lane, once per call
+                gb, lb, mb = kd.indices(s.shape[1], lanes, 4, names="gb lb mb")
+                xsum = kd.empty((s.shape[1], lanes), kd.i32)
+                xsum[gb, lb] = 128 * kd.sum(xq[gb * size + 4 * lb + mb].astype(kd.i32), over=mb)
+                offset = xsum[g, lane]
+            dot = quant.signed_bytes_dot(q[r, at], xq[at], m, biased, offset)
             partial = kd.empty((s.shape[0], lanes), kd.f32)
             partial[r, lane] = kd.sum(dot.astype(kd.f32) * s[r, g] * xs[g], over=g)
             y[r] = kd.sum(partial[r, lane], over=lane)
@@ -355,16 +359,16 @@ def int8_groups(size: int) -> Callable[..., object]:
             tile = s.param("rows", [1, 4, 8])
             if tile == 1:
                 rows = s.fuse("r", "r.1")
-                s.reorder("g.1", "lane.1")
-                s.prefetch("q", "g.1", quant.PREFETCH)
-                s.prefetch("s", "g.1", quant.PREFETCH)
+                s.reorder("g", "lane")
+                s.prefetch("q", "g", quant.PREFETCH)
+                s.prefetch("s", "g", quant.PREFETCH)
             else:
                 rows, rest = s.split("r", tile)
-                s.reorder(rows, "lane.1", "g.1", rest)
+                s.reorder(rows, "lane", "g", rest)
                 s.unroll(rest)
                 s.parallelize("r.1")
             if lanes > 1:  # a group of 4 (a small model's odd hidden size) stays scalar
-                s.vectorize("lane.1", lanes)
+                s.vectorize("lane", lanes)
             s.parallelize(rows)
 
         _INT8_KERNELS[size] = int8_groups

@@ -54,6 +54,14 @@ def bf16_pairs_first() -> list[bool]:
     return [True, False] if _features().get("avx512bf16") else [False, True]
 
 
+def byte_products_biased() -> bool:
+    """Whether quantized kernels write their signed byte products with the weights made
+    unsigned (+128, taken back out once per call): the form of AVX512-VNNI's vpdpbusd,
+    unsigned × signed. Without VNNI, signed × signed products whose activations exclude
+    -128 take fewer instructions (kernels/quant.py, signed_bytes_dot)."""
+    return bool(_features().get("avx512vnni"))
+
+
 @functools.cache
 def l2_bytes() -> int:
     """A core's L2 cache, as Linux reports it (1 MiB where it doesn't say)."""

@@ -41,18 +41,21 @@ def blocked(tmp_path_factory) -> dict[str, Path]:
 @pytest.mark.parametrize("rows", [1, 9, 37])
 @pytest.mark.parametrize("size", [4, 64])
 @pytest.mark.parametrize("tile", [8, 4, 1])
-def test_int8_group_kernel(rows: int, size: int, tile: int) -> None:
-    """llama2.c's int8 rows (a float32 scale per group of `size`) against NumPy."""
+@pytest.mark.parametrize("biased", [True, False])
+def test_int8_group_kernel(rows: int, size: int, tile: int, biased: bool) -> None:
+    """llama2.c's int8 rows (a float32 scale per group of `size`) against NumPy, in
+    either form of the byte products (quant.signed_bytes_dot), weights of -128 included."""
     rng = np.random.default_rng(rows + size + tile)
     groups = 3
-    q = rng.integers(-127, 128, (rows, groups * size), dtype=np.int8)
+    q = rng.integers(-128, 128, (rows, groups * size), dtype=np.int8)
     xq = rng.integers(-127, 128, groups * size, dtype=np.int8)
     s, xs = rng.random((rows, groups), np.float32), rng.random(groups, np.float32)
     dots = (q.astype(np.int64) * xq).reshape(rows, groups, size).sum(axis=2)
     want = (dots * s.astype(np.float64) * xs).sum(axis=1)
     y = random_array(rng, (rows,), np.float32)
-    run_config(runner.int8_groups(size), {"rows": tile}, q, s, xq, xs, y)
-    np.testing.assert_allclose(y, want, rtol=1e-5)
+    run_config(runner.int8_groups(size), {"rows": tile}, q, s, xq, xs, y, biased)
+    # the integer dots are exact; their f32 sum over groups may cancel to a small row
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
 
 
 def _dequantized(kind: str, args: tuple[np.ndarray, ...], n: int) -> tuple[np.ndarray, ...]:

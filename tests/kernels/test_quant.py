@@ -85,15 +85,20 @@ def test_products_match_ggml_arithmetic(fmt, activations, rows, cols, batch) -> 
 def test_every_row_tile_of_the_byte_products(fmt, config, rows, batch, cols) -> None:
     """Each choice of the schedule's `rows` (one row at a time with and without the
     prefetch), on row counts around the tiles and block counts around the groups of
-    blocks a vector spans (padded with zero blocks)."""
+    blocks a vector spans (padded with zero blocks); Q8_0 in either form of its byte
+    products (signed_bytes_dot), whichever this CPU takes, with weights of -128."""
     rng = np.random.default_rng(rows * 10 + config["rows"])
     w = quant.quantize(rng.standard_normal((rows, cols)).astype(np.float32), fmt)
     x = rng.standard_normal((batch, cols)).astype(np.float32)
-    kernel = quant.q8_0_dot_q8_0 if fmt == "q8_0" else quant.q4_0_dot_q8_0
-    got = rng.standard_normal((batch, rows)).astype(np.float32)
-    run_config(kernel, config, w.d, w.q, *quant.quantize_activations(x, fmt), got)
+    if fmt == "q8_0":
+        w.q[:, :3] = -128  # (a quantizer never writes it; a file may hold it)
     want = quant.reference_qmatmul(w, x, "q8_0")
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    activations = quant.quantize_activations(x, fmt)
+    for form in [()] if fmt == "q4_0" else [(True,), (False,)]:  # q8_0: biased or not
+        kernel = quant.q4_0_dot_q8_0 if fmt == "q4_0" else quant.q8_0_dot_q8_0
+        got = rng.standard_normal((batch, rows)).astype(np.float32)
+        run_config(kernel, config, w.d, w.q, *activations, got, *form)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
 @pytest.mark.parametrize("cols", [quant.LONG_ROW - 32, quant.LONG_ROW])

@@ -124,6 +124,36 @@ def test_bytes_under_128_times_signed_bytes(width: int, small: str) -> None:
         assert ("vpmaddubsw" in asm) == (small not in ("& 128", "& 255")), small
 
 
+@pytest.mark.parametrize("width", [2, 4, 8, 16, 32])
+@pytest.mark.parametrize("floor", [-127, 0, -128])
+def test_signed_bytes_times_bytes_clamped_above_minus_128(width: int, floor: int) -> None:
+    """Signed bytes times signed bytes that never hold -128 (clamped from below): without
+    VNNI, the first's sign moves onto the second (vpsignb) for vpmaddubsw's pairs, exact
+    for every i8 of the first, -128 included; a clamp that lets -128 through (-128)
+    takes the exact pairs of i16 instead."""
+
+    @kd.kernel
+    def clamped(a, b, y):
+        r, j = kd.indices(a.shape[0], a.shape[1])
+        y[r] = kd.sum(a[r, j].astype(kd.i32) * kd.maximum(b[j], floor).astype(kd.i32), over=j)
+
+    @clamped.schedule(kd.cpu)
+    def _(s):
+        jo, ji = s.split("j", 4)
+        s.vectorize(jo, width)
+
+    rng = np.random.default_rng(width - floor)
+    for n in (1, 37, 4 * width, 4 * width * 3 + 5):
+        a, b = full_range(rng, (3, n), np.int8), full_range(rng, (n,), np.int8)
+        a[:, :2], b[:1], b[1:2] = -128, -128, 127
+        y = np.empty(3, np.int32)
+        clamped(a, b, y)
+        np.testing.assert_array_equal(y, expected(a, np.maximum(b, floor), wrap=True))
+    asm = clamped.asm(a, b, y)
+    if not dot._has("avx512vnni", width) and dot._has_avx2(2 * width):
+        assert ("vpsignb" in asm) == (floor > -128), floor
+
+
 def test_a_sum_of_products_chains_the_instructions() -> None:
     """Q4_0's two halves: low nibbles against one part of b, high against another."""
 
