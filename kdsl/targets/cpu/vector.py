@@ -69,8 +69,9 @@ from kdsl.ir.nodes import (
     Stmt,
     Store,
     Unary,
+    UnaryOp,
 )
-from kdsl.ir.visit import walk_all_exprs, walk_expr, walk_stmts
+from kdsl.ir.visit import children, walk_all_exprs, walk_expr, walk_stmts
 from kdsl.targets.cpu.aliasing import scope_groups
 from kdsl.targets.cpu.dot import emit_dot_loop
 from kdsl.targets.cpu.jit import CACHE_LINE
@@ -120,6 +121,14 @@ _NORMAL_RANGE = {
     False: (2.0**-126, (2 - 2**-23) * 2.0**127),
     True: (2.0**-1022, sys.float_info.max),
 }
+
+# what VectorLoop.per_group computes on the values of groups of lanes: arithmetic that is
+# safe on the zeros that a masked load reads for a group whose lanes are all off
+_PER_GROUP = (Binary, Unary, Cast)
+_SAFE_BINARY = frozenset(
+    {BinaryOp.ADD, BinaryOp.SUB, BinaryOp.MUL, BinaryOp.MAX, BinaryOp.MIN, BinaryOp.AND}
+)
+_SAFE_UNARY = frozenset({UnaryOp.NEG, UnaryOp.ABS})
 
 
 def emit_vector_loop(gen: _Codegen, loop: Loop) -> None:
@@ -689,6 +698,9 @@ class _VectorLoop:
     def compute(self, e: Expr) -> ir.Value:
         if not self.plan.varying(e):
             return self.uniform(e)
+        spread = self.per_group(e)
+        if spread is not None:
+            return spread
         ops = self.ops
         match e:
             case LoopVar(dtype=d):
@@ -877,23 +889,76 @@ class _VectorLoop:
         the w/c consecutive elements from x[…, base // c + u] (every vector starts at a
         multiple of w), each repeated for its c lanes; None for any other load. Under a
         mask, an element is read when a lane of its group is on."""
-        gen, b = self.gen, self.b
-        buf = gen.buffers[e.buffer]
+        c = self.load_groups(e)
+        return None if c is None else self.spread(self.group_values(e, c), c)
+
+    def load_groups(self, e: Load) -> int | None:
+        """c when `e` is a grouped load (`grouped_load`) of memory, None otherwise."""
+        buf = self.gen.buffers[e.buffer]
         if (
-            gen.must_check(e.index, e.checked)
+            (e.buffer, e.index) in self.held
+            or e.buffer in self.lane_slots
+            or self.gen.must_check(e.index, e.checked)
             or not e.index
             or any(map(self.plan.varying, e.index[:-1]))
             or not (buf.contiguous or buf.role is not BufferRole.PARAM)
         ):
             return None
         found = self.grouped(e.index[-1])
-        if found is None:
+        return None if found is None else found[0]
+
+    def per_group(self, e: Expr) -> ir.Value | None:
+        """Arithmetic on grouped loads only (and uniform values), `d[r, v // 8]·s[v // 8]`:
+        computed on the w/c values of the groups, then spread to their lanes, instead of
+        on all w lanes (a Q8_0 product's two scales per vector: 2 lanes converted and
+        multiplied, not 16); None for any other expression (a load alone included)."""
+        if isinstance(e, Load) or not isinstance(e, _PER_GROUP):
             return None
-        c, u = found
-        first = b.add(b.sdiv(self.base, ir.Constant(I64, c)), self.uniform(u))
-        group = self.run_at(e, first, self.w // c, self.group_mask(c))
+        c = self.groups_of(e)
+        return None if c is None else self.spread(self.group_values(e, c), c)
+
+    def groups_of(self, e: Expr) -> int | None:
+        """The c of the grouped loads that varying `e` is computed from, when they share
+        one and every operation is safe on the values of groups whose lanes are all off
+        (a masked load reads zeros there: no division)."""
+        if not self.plan.varying(e):
+            return 0  # (any c)
+        if isinstance(e, Load):
+            return self.load_groups(e)
+        if (
+            not isinstance(e, _PER_GROUP)
+            or (isinstance(e, Binary) and e.op not in _SAFE_BINARY)
+            or (isinstance(e, Unary) and e.op not in _SAFE_UNARY)
+        ):
+            return None
+        found = {self.groups_of(x) for x in children(e)} - {0}
+        return found.pop() if len(found) == 1 and None not in found else None
+
+    def group_values(self, e: Expr, c: int) -> ir.Value:
+        """Varying `e` (`groups_of` said c) on the w/c values of the vector's groups."""
+        n, b = self.w // c, self.b
+        if not self.plan.varying(e):
+            return self.ops.splat(self.uniform(e), n)
+        match e:
+            case Load(index=index):
+                found = self.grouped(index[-1])
+                assert found is not None
+                first = b.add(b.sdiv(self.base, ir.Constant(I64, c)), self.uniform(found[1]))
+                return self.run_at(e, first, n, self.group_mask(c))
+            case Binary(op=op, lhs=x, rhs=y):
+                return self.ops.binary(
+                    op, self.group_values(x, c), self.group_values(y, c), x.dtype
+                )
+            case Unary(op=op, operand=x, dtype=d):
+                return self.ops.unary(op, self.group_values(x, c), d)
+            case Cast(operand=x, dtype=d):
+                return self.ops.cast(self.group_values(x, c), x.dtype, d)
+        raise AssertionError(f"not a grouped expression: {e!r}")
+
+    def spread(self, groups: ir.Value, c: int) -> ir.Value:
+        """Each of the w/c group values repeated for its c lanes."""
         lanes = ir.Constant(ir.VectorType(I32, self.w), [k // c for k in range(self.w)])
-        return b.shuffle_vector(group, ir.Constant(group.type, None), lanes)
+        return self.b.shuffle_vector(groups, ir.Constant(groups.type, None), lanes)
 
     def run_at(self, e: Load, first: ir.Value, n: int, mask: ir.Value | None = None) -> ir.Value:
         """The n consecutive elements of `e`'s buffer from position `first` of its last

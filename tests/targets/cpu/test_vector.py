@@ -950,6 +950,42 @@ def test_one_element_per_group_of_lanes(group: int, n: int) -> None:
     assert "gather" not in scale_groups.asm(x, d, y)
 
 
+@pytest.mark.parametrize("group", [2, 4, 8, 16])
+@pytest.mark.parametrize("n", [1, 15, 16, 37, 131])
+def test_arithmetic_on_one_element_per_group_runs_on_the_groups(group: int, n: int) -> None:
+    """A Q8_0 block's two scales, `d[r, j // c]·s[j // c]` (f16 converted, a product, a
+    max with a uniform value): computed on the w/c values of the groups, then repeated
+    for their lanes, the same as lane by lane, in masked tails too; a division stays
+    lane by lane (a group whose lanes are all off reads zeros)."""
+
+    @kd.kernel
+    def scales(x, d, s, y, z):
+        r, j = kd.indices(x.shape[0], x.shape[1])
+        scale = kd.maximum(d[r, j // group].astype(kd.f32) * s[j // group + 1], -0.5)
+        y[r, j] = x[r, j] * scale
+        r2, j2 = kd.indices(x.shape[0], x.shape[1])
+        z[r2, j2] = x[r2, j2] + 1 / s[j2 // group]
+
+    @scales.schedule(kd.cpu)
+    def _(sch):
+        sch.vectorize("j", 16)
+        sch.vectorize("j2", 16)
+
+    rng = np.random.default_rng(n * group)
+    x = rng.standard_normal((3, n)).astype(np.float32)
+    d = rng.standard_normal((3, -(-n // group))).astype(np.float16)
+    s = (rng.random(-(-n // group) + 1) + 0.5).astype(np.float32)
+    y, z = np.full_like(x, np.nan), np.full_like(x, np.nan)
+    scales(x, d, s, y, z)
+    at = np.arange(n) // group
+    np.testing.assert_array_equal(y, x * np.maximum(d[:, at].astype(np.float32) * s[at + 1], -0.5))
+    np.testing.assert_allclose(z, x + 1 / s[at], rtol=2e-7)
+    asm = scales.asm(x, d, s, y, z)
+    assert "gather" not in asm
+    if group == 8:  # two groups a vector of 16: 2 halves converted, not 16
+        assert re.search(r"vcvtph2ps\s+%xmm\d+, %xmm", asm), asm
+
+
 @pytest.mark.parametrize("n", [0, 1, 17, 1000])
 @pytest.mark.parametrize("checks", [False, True])
 def test_a_small_temporary_per_iteration_is_one_per_lane(n, checks):
