@@ -264,12 +264,25 @@ def _unit_strides(vl: _VectorLoop, operands: tuple[Expr, ...]) -> ir.Value | Non
 
 
 def _emit(vl: _VectorLoop, loop: Loop, dot: _Dot) -> None:
-    """Each product's dot instruction in turn, accumulating into the local's vector."""
+    """Each product's dot instruction in turn, accumulating into the local's vector.
+    Without VNNI, products that AVX2 takes as i16 pairs of byte products (`_byte_words`)
+    are added as such while their sums stay within i16 (Q4_0's low and high nibbles),
+    then widened to the i32 lanes once."""
     b = vl.b
     new = b.load(dot.slot, typ=dot.slot.allocated_type)
     old = new
-    for pair in dot.pairs:
-        new = _emit_one(vl, loop, dot, new, *pair)
+    words: _Words | None = None
+    for ea, eb in dot.pairs:
+        found = _byte_words(vl, loop, dot, ea, eb)
+        if found is None:
+            new = _emit_one(vl, loop, dot, new, ea, eb)
+        elif words is not None and words.bound + found.bound < 2**15:
+            pieces = [b.add(x, y) for x, y in zip(words.pieces, found.pieces)]
+            words = _Words(pieces, words.bound + found.bound)
+        else:
+            new = new if words is None else _widened(vl, new, words)
+            words = found
+    new = new if words is None else _widened(vl, new, words)
     if vl.mask is not None:  # a tail: the lanes that are off keep their sums
         new = b.select(vl.mask, new, old)
     b.store(new, dot.slot)
@@ -288,14 +301,6 @@ def _emit_one(vl: _VectorLoop, loop: Loop, dot: _Dot, old: ir.Value, ea: Expr, e
         if da == T.i8 and dc == T.u8:
             a, c, da, dc, ea = c, a, dc, da, eb
         new = _byte_dot(vl, old, a, c, da, dc) if _has("avx512vnni", w) else None
-        small = da == T.u8 and dc == T.i8 and _under_128(ea)
-        if new is None and small and _has_avx2(2 * w):  # (w·4 bytes: 2w words)
-            new = _unsigned_signed_pairs(vl, old, a, c)
-        if new is None and da == dc == T.i8 and _has_avx2(2 * w):
-            if _above_min_byte(eb):
-                new = _sign_moved_dot(vl, old, a, c)
-            elif _above_min_byte(ea):
-                new = _sign_moved_dot(vl, old, c, a)
     pairs = {da, dc} <= set(_BYTES) if dot.k == 4 else da == dc == T.i16
     if new is None and dot.acc == T.i32 and pairs and _has_avx2(2 * w):  # (2w words)
         new = _pair_dot(vl, old, a, c, da, dc, dot.k)
@@ -403,54 +408,71 @@ def _madd_words(vl: _VectorLoop, x: ir.Value, y: ir.Value) -> ir.Value:
     return _joined(vl.b, sums)
 
 
-def _unsigned_signed_pairs(
-    vl: _VectorLoop, acc: ir.Value, a: ir.Value, c: ir.Value
-) -> ir.Value:
-    """acc + Σ4 a·c for unsigned bytes a and signed bytes c whose pairs of products stay
-    within i16 (a nibble, Q4_0's `q & 15`, by any byte: 2 · 127 · 128 < 2^15), without
-    VNNI (AVX2): `vpmaddubsw` sums adjacent products into i16 lanes, then `vpmaddwd`
-    against ones sums adjacent i16 pairs into i32: the 4 products of each lane, with no
-    byte widened (fewer instructions than `_pair_dot`'s)."""
-    b = vl.b
+@dataclass(frozen=True)
+class _Words:
+    """Sums of adjacent byte products in i16 lanes (vpmaddubsw's, a register a piece),
+    not yet widened to i32, and the largest magnitude such a sum can have."""
+
+    pieces: list[ir.Value]
+    bound: int
+
+
+def _byte_words(vl: _VectorLoop, loop: Loop, dot: _Dot, ea: Expr, eb: Expr) -> _Words | None:
+    """Without VNNI (AVX2), a product of bytes that `vpmaddubsw` (unsigned × signed, pairs
+    summed in i16) takes exactly: a u8 below 128 (a nibble, `q & 15`) by any i8, or an i8
+    by an i8 that is never -128 (`kd.maximum(x, -127)`), whose sign moves onto the other
+    (a·c = |a|·(c·sign a): `vpsignb`, GGML's AVX2 Q8_0 product); None otherwise."""
+    w = vl.w
+    if dot.acc != T.i32 or dot.k != 4 or _has("avx512vnni", w) or not _has_avx2(2 * w):
+        return None  # (w·4 bytes: 2w words)
+    if ea.dtype == T.i8 and eb.dtype == T.u8:
+        ea, eb = eb, ea
+    if ea.dtype == T.i8 and _above_min_byte(ea):
+        ea, eb = eb, ea
+    wide = functools.partial(_wide, vl, loop, dot.k)
+    largest = _largest_byte(ea)
+    if ea.dtype == T.u8 and eb.dtype == T.i8 and largest < 128:
+        return _Words(_pair_words(vl, wide(ea), wide(eb)), 2 * largest * 128)
+    if ea.dtype == eb.dtype == T.i8 and _above_min_byte(eb):
+        a, c = wide(ea), wide(eb)
+        b, part = vl.b, min(a.type.count, 32)
+        name = "llvm.x86.avx2.psign.b" if part == 32 else "llvm.x86.ssse3.psign.b.128"
+        kind = ir.VectorType(ir.IntType(8), part)
+        magnitude, signed = [], []
+        for x, y in zip(_pieces(b, a, part), _pieces(b, c, part)):
+            magnitude.append(vl.ops.intrinsic(name, kind, [x, x]))  # |a|: -128 stays 0x80
+            signed.append(vl.ops.intrinsic(name, kind, [y, x]))  # c, -c or 0: within ±127
+        return _Words(_pair_words(vl, _joined(b, magnitude), _joined(b, signed)), 2 * 128 * 127)
+    return None
+
+
+def _pair_words(vl: _VectorLoop, a: ir.Value, c: ir.Value) -> list[ir.Value]:
+    """`vpmaddubsw` of unsigned bytes a and signed bytes c, a register at a time."""
     part = min(a.type.count, 32)  # bytes per register (a ymm; an xmm for 16)
-    wide = part == 32
-    bytes_name = "llvm.x86.avx2.pmadd.ub.sw" if wide else "llvm.x86.ssse3.pmadd.ub.sw.128"
-    words_name = "llvm.x86.avx2.pmadd.wd" if wide else "llvm.x86.sse2.pmadd.wd"
+    name = "llvm.x86.avx2.pmadd.ub.sw" if part == 32 else "llvm.x86.ssse3.pmadd.ub.sw.128"
     i16 = ir.VectorType(ir.IntType(16), part // 2)
-    ones = ir.Constant(i16, [1] * (part // 2))
-    sums = []
-    for xy in zip(_pieces(b, a, part), _pieces(b, c, part)):
-        pairs = vl.ops.intrinsic(bytes_name, i16, list(xy))
-        sums.append(vl.ops.intrinsic(words_name, ir.VectorType(I32, part // 4), [pairs, ones]))
-    return b.add(acc, _joined(b, sums))
+    pieces = zip(_pieces(vl.b, a, part), _pieces(vl.b, c, part))
+    return [vl.ops.intrinsic(name, i16, list(xy)) for xy in pieces]
 
 
-def _sign_moved_dot(vl: _VectorLoop, acc: ir.Value, a: ir.Value, c: ir.Value) -> ir.Value:
-    """acc + Σ4 a·c for signed bytes a and c, c never -128, without VNNI (AVX2):
-    a·c = |a|·(c·sign a). `vpsignb` moves a's sign onto c (exact: c·sign a is c, -c or
-    0, within ±127) and takes |a| (the -128 of a stays 0x80, which unsigned is 128);
-    the unsigned × signed pairs are then at most 2 · 128 · 127 < 2^15 (GGML's AVX2 Q8_0
-    product; 5 instructions per register against `_pair_dot`'s 9)."""
-    b = vl.b
-    part = min(a.type.count, 32)
-    name = "llvm.x86.avx2.psign.b" if part == 32 else "llvm.x86.ssse3.psign.b.128"
-    kind = ir.VectorType(ir.IntType(8), part)
-    magnitude, signed = [], []
-    for x, y in zip(_pieces(b, a, part), _pieces(b, c, part)):
-        magnitude.append(vl.ops.intrinsic(name, kind, [x, x]))
-        signed.append(vl.ops.intrinsic(name, kind, [y, x]))
-    return _unsigned_signed_pairs(vl, acc, _joined(b, magnitude), _joined(b, signed))
+def _widened(vl: _VectorLoop, acc: ir.Value, words: _Words) -> ir.Value:
+    """acc + the i16 sums of `words` added in pairs into i32 lanes (`vpmaddwd` against
+    ones): each lane's 4 products."""
+    joined = _joined(vl.b, words.pieces)
+    ones = ir.Constant(joined.type, [1] * joined.type.count)
+    return vl.b.add(acc, _madd_words(vl, joined, ones))
 
 
-def _under_128(e: Expr) -> bool:
-    """Whether the unsigned byte expression `e` is always below 128: masked by a constant
-    under 128 (`q & 15`) or shifted right (`q >> 4`)."""
+def _largest_byte(e: Expr) -> int:
+    """The largest value of the unsigned byte expression `e`: a mask's constant (`q & 15`),
+    255 >> s for a shift right (`q >> 4`), 255 otherwise."""
     match e:
         case Binary(op=BinaryOp.AND, lhs=x, rhs=y):
-            return any(isinstance(v, Const) and 0 <= int(v.value) < 128 for v in (x, y))
-        case Binary(op=BinaryOp.SHR, rhs=Const(value=shift)):
-            return e.dtype == T.u8 and int(shift) >= 1
-    return False
+            masks = [int(v.value) for v in (x, y) if isinstance(v, Const) and 0 <= int(v.value)]
+            return min([255, *masks])
+        case Binary(op=BinaryOp.SHR, rhs=Const(value=shift)) if e.dtype == T.u8:
+            return 255 >> min(int(shift), 8)
+    return 255
 
 
 def _above_min_byte(e: Expr) -> bool:

@@ -154,29 +154,42 @@ def test_signed_bytes_times_bytes_clamped_above_minus_128(width: int, floor: int
         assert ("vpsignb" in asm) == (floor > -128), floor
 
 
-def test_a_sum_of_products_chains_the_instructions() -> None:
-    """Q4_0's two halves: low nibbles against one part of b, high against another."""
+@pytest.mark.parametrize("width", [4, 8])
+@pytest.mark.parametrize("mask", [15, 127])
+def test_a_sum_of_products_chains_the_instructions(width: int, mask: int) -> None:
+    """Q4_0's two halves: low nibbles against one part of b, high against another. Without
+    VNNI, two nibble products' i16 pair sums are added before they are widened (one
+    vpmaddwd for both: 2·2·15·128 < 2^15); bytes up to 127 are widened apart (two such
+    sums could leave i16). Every i8 of b, -128 included."""
 
     @kd.kernel
     def halves(a, b, y):
         r, j = kd.indices(a.shape[0], a.shape[1])
-        low = (a[r, j] & 15).astype(kd.i32) * b[j].astype(kd.i32)
-        high = (a[r, j] >> 4).astype(kd.i32) * b[j + a.shape[1]].astype(kd.i32)
+        low = (a[r, j] & mask).astype(kd.i32) * b[j].astype(kd.i32)
+        high = (a[r, j] >> (8 - mask.bit_length())).astype(kd.i32) * b[j + a.shape[1]].astype(
+            kd.i32
+        )
         y[r] = kd.sum(low + high, over=j)
 
     @halves.schedule(kd.cpu)
     def _(s):
         jo, ji = s.split("j", 4)
-        s.vectorize(jo, 4)
+        s.vectorize(jo, width)
 
     rng = np.random.default_rng(5)
     a, b = full_range(rng, (5, 48), np.uint8), full_range(rng, (96,), np.int8)
+    b[:3], a[:, :3] = -128, 255
     y = np.empty(5, np.int32)
     halves(a, b, y)
-    want = expected(a & 15, b[:48], wrap=True) + expected(a >> 4, b[48:], wrap=True)
+    shift = 8 - mask.bit_length()
+    want = expected(a & mask, b[:48], wrap=True) + expected(a >> shift, b[48:], wrap=True)
     np.testing.assert_array_equal(y, want)
-    if dot._has("avx512vnni", 4):
-        assert halves.asm(a, b, y).count("vpdpbusd") >= 2
+    asm = halves.asm(a, b, y)
+    if dot._has("avx512vnni", width):
+        assert asm.count("vpdpbusd") >= 2
+    elif dot._has_avx2(2 * width):
+        pairs, widened = asm.count("vpmaddubsw"), asm.count("vpmaddwd")
+        assert pairs and widened == (pairs // 2 if mask == 15 else pairs), (pairs, widened)
 
 
 def test_int16_pairs() -> None:
