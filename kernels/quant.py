@@ -186,6 +186,36 @@ def dequantize(w: QTensor, out: np.ndarray | None = None) -> np.ndarray:
 LANES = 16  # i32 lanes of a vector: each sums one group of 4 quant bytes
 
 
+def _examples(fmt: str, activations: str, shapes: list[tuple[int, int]]) -> list[dict]:
+    """`kdsl autotune`'s calls of a product kernel: weights of `fmt` (rows × cols for
+    each shape) by one vector of activations, in the layout the kernel reads."""
+    f16, f32, i8 = kd.f16, kd.f32, kd.i8
+    quant, width = kd.i8 if fmt == "q8_0" else kd.u8, QUANT_BYTES[fmt]
+    examples: list[dict] = []
+    for rows, cols in shapes:
+        y = kd.spec((1, rows), f32)
+        if activations == "f32":  # QTensor.scales and .quants
+            blocks = cols // BLOCK
+            d, q = kd.spec((rows, blocks), f16), kd.spec((rows, blocks, width), quant)
+            examples.append({"d": d, "q": q, "x": kd.spec((1, cols), f32), "y": y})
+            continue
+        blocks = padded_blocks(cols, fmt)  # QTensor.d and .q, and Activations.args
+        d, q, xd = (
+            kd.spec((rows, blocks), f16),
+            kd.spec((rows, blocks * width), quant),
+            kd.spec((1, blocks), f16),
+        )
+        xs = ("xq",) if fmt == "q8_0" else ("xlow", "xhigh")
+        x = {name: kd.spec((1, blocks * BLOCK // len(xs)), i8) for name in xs}
+        examples.append({"d": d, "q": q, "xd": xd, **x, "y": y})
+    return examples
+
+
+# the shapes each product kernel runs (qmatmul picks by format and row length): a model's
+# rows beyond the L3, where the params that pay differ from those in cache
+_SHORT, _LONG = [(32000, 768)], [(4096, 4096), (11008, 4096)]
+
+
 def signed_bytes_dot(w, x, over, biased: bool, offset=None):
     """Σ w·x over `over` for signed weight bytes w and activation bytes x (a trace-time
     macro), in the form the CPU's byte products take. `biased` (VNNI's vpdpbusd, unsigned
@@ -204,7 +234,7 @@ def signed_bytes_dot(w, x, over, biased: bool, offset=None):
 BIASED = byte_products_biased()  # the form of the byte products (signed_bytes_dot)
 
 
-@kd.kernel
+@kd.kernel(examples=_examples("q8_0", "q8_0", _SHORT))
 def q8_0_dot_q8_0(d, q, xd, xq, y, biased: kd.constexpr = BIASED):
     """A vector's lane l sums bytes 4l … 4l+3 of a group of 2 blocks (one vpdpbusd lane),
     scaled by its block's scales, group after group in f32; the lanes are added once per
@@ -228,7 +258,7 @@ def q8_0_dot_q8_0(d, q, xd, xq, y, biased: kd.constexpr = BIASED):
     y[t, r] = kd.sum(lanes[t, r, lane], over=lane)
 
 
-@kd.kernel
+@kd.kernel(examples=_examples("q4_0", "q8_0", _SHORT + _LONG[:1]))
 def q4_0_dot_q8_0(d, q, xd, xlow, xhigh, y):
     """As for Q8_0, over groups of 4 blocks: lane l holds nibble bytes 4l … 4l+3 of the
     group, whose low nibbles multiply the activations' first halves of the blocks
@@ -304,7 +334,9 @@ def _q8_0_dot_cpu(s):
     _lanes_across_blocks(s, "lane", LANES, ("t.1", "t.2"), "g", rows=(1, 4, 8))
 
 
-q8_0_long_rows = kd.kernel(q8_0_dot_q8_0.fn, name="q8_0_long_rows")
+q8_0_long_rows = kd.kernel(
+    q8_0_dot_q8_0.fn, name="q8_0_long_rows", examples=_examples("q8_0", "q8_0", _LONG)
+)
 
 
 @q8_0_long_rows.schedule(kd.cpu)
@@ -317,7 +349,7 @@ def _q4_0_dot_cpu(s):
     _lanes_across_blocks(s, "lane.1", LANES, ("t.2", "t.3"), "g.1", rows=(1, 4, 8))
 
 
-@kd.kernel
+@kd.kernel(examples=_examples("q8_0", "f32", _LONG[:1]))
 def q8_0_dot_f32(d, q, x, y):
     """Weights dequantized in registers: lane j of a vector accumulates block after
     block, and the lanes are added once per row."""
@@ -328,7 +360,7 @@ def q8_0_dot_f32(d, q, x, y):
     y[t, r] = kd.sum(lanes[t, r, j], over=j)
 
 
-@kd.kernel
+@kd.kernel(examples=_examples("q4_0", "f32", _LONG[:1]))
 def q4_0_dot_f32(d, q, x, y):
     t, r, b, h = kd.indices(x.shape[0], q.shape[0], q.shape[1], BLOCK // 2)
     lanes = kd.empty((x.shape[0], q.shape[0], BLOCK // 2), kd.f32)

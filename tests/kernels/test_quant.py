@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kdsl.kernels import quant
+from kdsl.specs import make_arguments
 
 from tests.helpers import asm_loops, run_config
 
@@ -99,6 +100,25 @@ def test_every_row_tile_of_the_byte_products(fmt, config, rows, batch, cols) -> 
         got = rng.standard_normal((batch, rows)).astype(np.float32)
         run_config(kernel, config, w.d, w.q, *activations, got, *form)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("activations", ["q8_0", "f32"])
+def test_tuning_examples_are_the_arguments_the_products_get(fmt, activations) -> None:
+    """`kdsl autotune` times each product kernel on its declared examples: those are
+    made by the same function as this small one, which has the shapes and dtypes of
+    what qmatmul passes."""
+    w = quant.quantize(np.ones((7, 96), np.float32), fmt)
+    if activations == "f32":
+        args = (w.scales, w.quants, np.ones((1, 96), np.float32))
+    else:
+        args = (w.d, w.q, *quant.quantize_activations(np.ones((1, 96), np.float32), fmt))
+    (example,) = quant._examples(fmt, activations, [(7, 96)])
+    made = make_arguments(example, np.random.default_rng(0)).values()
+    want = (*args, np.empty((1, 7), np.float32))
+    assert [(a.shape, a.dtype) for a in made] == [(a.shape, a.dtype) for a in want]
+    kernel = quant.PRODUCTS[fmt, activations]
+    assert kernel.examples and set(example) <= set(kernel.examples[0])  # (and constexprs)
 
 
 @pytest.mark.parametrize("cols", [quant.LONG_ROW - 32, quant.LONG_ROW])
