@@ -20,9 +20,14 @@ single w·K-element vectors:
 A vector loop's tail (a mask of active lanes) reads only its lanes' elements and keeps
 the sums of the others: a register tile's last columns run at the full tiles' speed (a
 matmul with n % 32 ≠ 0 ran at half speed when its edge tiles fell back to gathers).
-Without the instruction the same wide loads feed widening multiplies and K-way adds.
-The operands may be any element-wise expression of such loads (a nibble `q & 15`, say)
-and of values that do not depend on v or m.
+Without VNNI, AVX2 takes bytes as `vpmaddubsw` (unsigned × signed, adjacent products
+summed in i16) then `vpmaddwd` against ones, where no i16 sum can saturate: an unsigned
+byte under 128 (a nibble) by any signed one, or signed by signed when one side is never
+-128 (`kd.maximum(x, -127)`: the other's sign moves onto it with `vpsignb`, GGML's Q8_0
+trick); several such products are added in i16 while their bound allows. Other bytes
+and i16 pairs take `vpmaddwd` on widened words. Without any, the same wide loads feed
+widening multiplies and K-way adds. The operands may be any element-wise expression of
+such loads (a nibble `q & 15`, say) and of values that do not depend on v or m.
 """
 
 from __future__ import annotations
