@@ -49,12 +49,14 @@ def parse(layout: object, ndim: int) -> tuple[Part, ...]:
         return tuple(Part(d) for d in reversed(range(ndim)))
     if callable(layout):
         layout = spell(layout)
-    if isinstance(layout, list | tuple) and all(type(p) is int for p in layout):
-        layout = ",".join(str(p) for p in layout)
+    if isinstance(layout, list | tuple) and all(type(p) in (int, str) for p in layout):
+        layout = ",".join(str(p) for p in layout)  # (1, 0) or ("1//16", 0, "1%16")
     if not isinstance(layout, str):
         raise LayoutError(f"{layout!r} is not a layout")
     parts = []
     for text in layout.split(","):
+        if not text.strip():
+            raise LayoutError("it has an empty part (a comma at an end, or two together)")
         match = _PART.match(text)
         if match is None:
             raise LayoutError(f"{text.strip()!r} is not an axis, 'axis//block' or 'axis%block'")
@@ -65,6 +67,10 @@ def parse(layout: object, ndim: int) -> tuple[Part, ...]:
 
 
 def _check(parts: list[Part], ndim: int) -> None:
+    extra = sorted({p.axis for p in parts if p.axis >= ndim})
+    if extra:
+        axes = f"axes 0 to {ndim - 1}" if ndim > 1 else "axis 0" if ndim else "no axes"
+        raise LayoutError(f"it names axis {extra[0]}, and the buffer has {axes}")
     for axis in range(ndim):
         mine = [p for p in parts if p.axis == axis]
         whole = [p for p in mine if not p.block]
@@ -78,9 +84,6 @@ def _check(parts: list[Part], ndim: int) -> None:
             raise LayoutError(f"axis {axis} needs both its blocks ({axis}//w) and {axis}%w")
         if outer and outer[0].block != inner[0].block:
             raise LayoutError(f"axis {axis} is cut into blocks of two sizes")
-    extra = sorted({p.axis for p in parts if p.axis >= ndim})
-    if extra:
-        raise LayoutError(f"the buffer has {ndim} axes, and it names axis {extra[0]}")
 
 
 class _Axis:
