@@ -540,12 +540,22 @@ class _Copy:
             else:  # outside it: a block's whole width, each element tested at the store
                 extents.append(index_op(BinaryOp.MIN, index_const(p.block), count))
                 stmt = If(index_op(BinaryOp.LT, offsets[p.axis].expr(), count), (stmt,))
+        lanes = self._lanes(parts[-1])
         for n, extent in reversed(list(zip(names, extents))):
             stmt = Loop(n, extent, LoopKind.PARALLEL, (stmt,), loc=self.ctx.loc)
-            if n == names[-1] and self.vectors:
-                lanes = max(2, min(64, VECTOR_BYTES // self.local.dtype.itemsize))
+            if n == names[-1] and self.vectors and lanes:
                 stmt = replace(stmt, exec=LoopExec.VECTORIZED, width=lanes)
         return stmt
+
+    def _lanes(self, innermost: layouts.Part) -> int:
+        """The vector width of the innermost copy loop: a full vector, or for the elements
+        of a block, the widest power of two within the block (none under 4: a masked
+        vector a block of 2 or 3 would cost more than its scalar copies)."""
+        lanes = max(2, min(64, VECTOR_BYTES // self.local.dtype.itemsize))
+        if not innermost.inner:
+            return lanes
+        within = 1 << (innermost.block.bit_length() - 1)
+        return min(lanes, within) if within >= 4 else 0
 
     def _converted(self, value: Expr) -> Expr:
         held = self.local.dtype

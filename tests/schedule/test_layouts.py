@@ -144,6 +144,21 @@ def test_elements_of_a_block_outside_its_blocks(m: int, n: int, k: int) -> None:
     check_mm(s.kernel, a, b, c)
 
 
+@pytest.mark.parametrize(("block", "lanes"), [(16, 16), (32, 16), (6, 4), (4, 4), (3, 0), (2, 0)])
+def test_a_block_s_elements_are_copied_in_vectors_that_fit_it(block: int, lanes: int) -> None:
+    """The innermost copy loop walks a block's elements: its vectors are the widest power
+    of two within the block (a full vector at most), none for a block under 4 (a masked
+    vector of 16 lanes copied each 2 or 3 elements)."""
+    a, b, c = mm_args(9, 70, 13)
+    s = schedule(matmul, a, b, c)
+    jo = tiled(s)[1]
+    s.cache("B", at=jo, layout=f"1//{block},0,1%{block}")
+    lines = loop_text(s.kernel).splitlines()
+    copy = next(ln for ln in lines if "for B.c2 in" in ln)
+    assert copy.endswith(f"vectorized({lanes})") if lanes else "vectorized" not in copy, copy
+    check_mm(s.kernel, a, b, c)
+
+
 @pytest.mark.parametrize("layout", ["1//8,0,1%8", "1%8,0,1//8"])
 def test_a_blocked_copy_back_can_run_on_every_thread(layout: str) -> None:
     """The copy back's loops write apart, the element-first layout's tested stores too
