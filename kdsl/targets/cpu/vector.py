@@ -890,7 +890,7 @@ class _VectorLoop:
         multiple of w), each repeated for its c lanes; None for any other load. Under a
         mask, an element is read when a lane of its group is on."""
         c = self.load_groups(e)
-        return None if c is None else self.spread(self.group_values(e, c), c)
+        return None if c is None else self.spread(self.group_values(e, c, {}), c)
 
     def load_groups(self, e: Load) -> int | None:
         """c when `e` is a grouped load (`grouped_load`) of memory, None otherwise."""
@@ -914,46 +914,58 @@ class _VectorLoop:
         multiplied, not 16); None for any other expression (a load alone included)."""
         if isinstance(e, Load) or not isinstance(e, _PER_GROUP):
             return None
-        c = self.groups_of(e)
-        return None if c is None else self.spread(self.group_values(e, c), c)
+        c = self.groups_of(e, {})
+        return None if c is None else self.spread(self.group_values(e, c, {}), c)
 
-    def groups_of(self, e: Expr) -> int | None:
+    def groups_of(self, e: Expr, seen: dict[int, int | None]) -> int | None:
         """The c of the grouped loads that varying `e` is computed from, when they share
         one and every operation is safe on the values of groups whose lanes are all off
-        (a masked load reads zeros there: no division)."""
+        (a masked load reads zeros there: no division). `seen`: the answers so far, by
+        node (traced values share their parts: a tree can be exponentially larger)."""
+        if id(e) in seen:
+            return seen[id(e)]
         if not self.plan.varying(e):
-            return 0  # (any c)
-        if isinstance(e, Load):
-            return self.load_groups(e)
-        if (
+            found: int | None = 0  # (any c)
+        elif isinstance(e, Load):
+            found = self.load_groups(e)
+        elif (
             not isinstance(e, _PER_GROUP)
             or (isinstance(e, Binary) and e.op not in _SAFE_BINARY)
             or (isinstance(e, Unary) and e.op not in _SAFE_UNARY)
         ):
-            return None
-        found = {self.groups_of(x) for x in children(e)} - {0}
-        return found.pop() if len(found) == 1 and None not in found else None
+            found = None
+        else:
+            parts = {self.groups_of(x, seen) for x in children(e)} - {0}
+            found = parts.pop() if len(parts) == 1 and None not in parts else None
+        seen[id(e)] = found
+        return found
 
-    def group_values(self, e: Expr, c: int) -> ir.Value:
-        """Varying `e` (`groups_of` said c) on the w/c values of the vector's groups."""
-        n, b = self.w // c, self.b
-        if not self.plan.varying(e):
-            return self.ops.splat(self.uniform(e), n)
+    def group_values(self, e: Expr, c: int, made: dict[int, ir.Value]) -> ir.Value:
+        """Varying `e` (`groups_of` said c) on the w/c values of the vector's groups;
+        `made`: the values so far, by node."""
+        if id(e) in made:
+            return made[id(e)]
+        n, b, ops = self.w // c, self.b, self.ops
         match e:
+            case _ if not self.plan.varying(e):
+                value = ops.splat(self.uniform(e), n)
             case Load(index=index):
                 found = self.grouped(index[-1])
                 assert found is not None
                 first = b.add(b.sdiv(self.base, ir.Constant(I64, c)), self.uniform(found[1]))
-                return self.run_at(e, first, n, self.group_mask(c))
+                value = self.run_at(e, first, n, self.group_mask(c))
             case Binary(op=op, lhs=x, rhs=y):
-                return self.ops.binary(
-                    op, self.group_values(x, c), self.group_values(y, c), x.dtype
+                value = ops.binary(
+                    op, self.group_values(x, c, made), self.group_values(y, c, made), x.dtype
                 )
             case Unary(op=op, operand=x, dtype=d):
-                return self.ops.unary(op, self.group_values(x, c), d)
+                value = ops.unary(op, self.group_values(x, c, made), d)
             case Cast(operand=x, dtype=d):
-                return self.ops.cast(self.group_values(x, c), x.dtype, d)
-        raise AssertionError(f"not a grouped expression: {e!r}")
+                value = ops.cast(self.group_values(x, c, made), x.dtype, d)
+            case _:
+                raise AssertionError(f"not a grouped expression: {e!r}")
+        made[id(e)] = value
+        return value
 
     def spread(self, groups: ir.Value, c: int) -> ir.Value:
         """Each of the w/c group values repeated for its c lanes."""

@@ -986,6 +986,26 @@ def test_arithmetic_on_one_element_per_group_runs_on_the_groups(group: int, n: i
         assert re.search(r"vcvtph2ps\s+%xmm\d+, %xmm", asm), asm
 
 
+def test_a_value_per_group_that_shares_its_parts_compiles_in_linear_time() -> None:
+    """`g = g·0.5 + g·0.25` sixty times over a scale per group of 8 lanes: a tree of 2⁶⁰
+    nodes in 180, whose per-group form is found and computed once per node."""
+
+    @kd.kernel
+    def deep(x, d, y):
+        j = kd.indices(x.shape[0])
+        g = d[j // 8]
+        for _ in range(60):
+            g = g * 0.5 + g * 0.25
+        y[j] = x[j] * g
+
+    deep.schedule(kd.cpu)(lambda s: s.vectorize("j", 16))
+    rng = np.random.default_rng(3)
+    x, d = rng.standard_normal(37).astype(np.float32), rng.standard_normal(5).astype(np.float32)
+    y = np.empty_like(x)
+    deep(x, d, y)
+    np.testing.assert_allclose(y, x * d[np.arange(37) // 8] * 0.75**60, rtol=1e-5)
+
+
 @pytest.mark.parametrize("n", [0, 1, 17, 1000])
 @pytest.mark.parametrize("checks", [False, True])
 def test_a_small_temporary_per_iteration_is_one_per_lane(n, checks):
