@@ -976,8 +976,10 @@ def test_calls_by_keyword_take_the_cached_path_too():
         axpy(2.0, x, y, a=1.0)
 
 
-def test_a_constexpr_left_to_its_default_takes_the_careful_path():
-    """Regression: the fast path's key read the omitted constexpr (IndexError)."""
+def test_a_constexpr_left_to_its_default_takes_the_fast_path():
+    """A call that leaves a constexpr to its default is the call that passes it, on the
+    fast path (it took the careful path: a Q8_0 product's call 43 µs against 19; and
+    before that, the fast path's key read the omitted constexpr: IndexError)."""
 
     @kd.kernel
     def scale(x, y, c: kd.constexpr = 2):
@@ -991,6 +993,11 @@ def test_a_constexpr_left_to_its_default_takes_the_careful_path():
         scale(x, y, 3)
         assert y[0] == 9.0
     assert scale.stats()["compilations"] == 2
+    scale._careful_call = None  # (a call that needs it now fails)
+    scale(x, y)
+    assert y[0] == 6.0
+    scale(x, y, c=3)
+    assert y[0] == 9.0
 
 
 def test_trailing_float_constexpr():
