@@ -55,6 +55,35 @@ def cases(fmt: str, rows: int, cols: int) -> list[harness.Case]:
     ]
 
 
+def form_case(rows: int, cols: int) -> harness.Case:
+    """The Q8_0 product (the kernel alone, on activations quantized once) with its byte
+    products in this CPU's form (quant.signed_bytes_dot) against the other form."""
+
+    def make(rng: np.random.Generator):
+        w = quant.quantize(rng.standard_normal((rows, cols), np.float32), "q8_0")
+        xd, xq = quant.quantize_activations(rng.standard_normal((1, cols), np.float32), "q8_0")
+        return w, xd, xq, np.empty((1, rows), np.float32)
+
+    def form(biased: bool):
+        def run(w, xd, xq, y):
+            quant.q8_0_long_rows(w.d, w.q, xd, xq, y, biased)
+
+        return run
+
+    other = "signed (AVX2's)" if quant.BIASED else "biased (VNNI's)"
+    nbytes = rows * (cols // quant.BLOCK) * quant.FORMATS["q8_0"]
+    return harness.Case(
+        "Q8_0 byte products in L3",
+        f"{rows}×{cols}",
+        make,
+        form(quant.BIASED),
+        form(not quant.BIASED),
+        work=float(nbytes),
+        unit="GB/s",
+        peer=f"the {other} form",
+    )
+
+
 def _targets(rows: list[harness.Row]) -> list[str]:
     notes = []
     for row in rows:
@@ -84,7 +113,7 @@ def _byte_products() -> str:
     if host_features().get("avx512vnni"):
         return "AVX512-VNNI (vpdpbusd)"
     if host_features().get("avx2"):
-        return "AVX2 (vpmaddubsw for the Q4_0 nibbles, vpmaddwd)"
+        return "AVX2 (vpmaddubsw and vpmaddwd; Q8_0's signs moved with vpsignb)"
     return "widening multiplies (no VNNI or AVX2 here)"
 
 
@@ -120,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         for case in cases(fmt, *shapes[0])
         if case.peer.startswith("kdsl read")
     ]
+    rows.append(harness.run_case(form_case(*shapes[0]), in_cache, rng))
     notes = [
         "GB/s count the quantized weight bytes read per call (34 bytes per 32 values for "
         "Q8_0, 18 for Q4_0); the read row rates its peer by the same bytes",
@@ -129,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         "kdsl quantizes the activations to Q8_0 per block (as GGML does) and multiplies "
         f"bytes with {_byte_products()}; checked against an exact NumPy model of that "
         "arithmetic",
+        "byte products' forms (kernels/quant.py, signed_bytes_dot): this CPU's "
+        f"({'biased, for vpdpbusd' if quant.BIASED else 'signed, for vpsignb + vpmaddubsw'})"
+        " against the other, both exact (the same outputs)",
         *_targets(rows),
     ]
     title = "kdsl quantized matvec vs NumPy and the read bandwidth" + (
