@@ -190,23 +190,23 @@ def _examples(fmt: str, activations: str, shapes: list[tuple[int, int]]) -> list
     """`kdsl autotune`'s calls of a product kernel: weights of `fmt` (rows × cols for
     each shape) by one vector of activations, in the layout the kernel reads."""
     f16, f32, i8 = kd.f16, kd.f32, kd.i8
-    quant, width = kd.i8 if fmt == "q8_0" else kd.u8, QUANT_BYTES[fmt]
+    quants, width = (i8 if fmt == "q8_0" else kd.u8), QUANT_BYTES[fmt]
     examples: list[dict] = []
     for rows, cols in shapes:
         y = kd.spec((1, rows), f32)
         if activations == "f32":  # QTensor.scales and .quants
             blocks = cols // BLOCK
-            d, q = kd.spec((rows, blocks), f16), kd.spec((rows, blocks, width), quant)
+            d, q = kd.spec((rows, blocks), f16), kd.spec((rows, blocks, width), quants)
             examples.append({"d": d, "q": q, "x": kd.spec((1, cols), f32), "y": y})
             continue
         blocks = padded_blocks(cols, fmt)  # QTensor.d and .q, and Activations.args
         d, q, xd = (
             kd.spec((rows, blocks), f16),
-            kd.spec((rows, blocks * width), quant),
+            kd.spec((rows, blocks * width), quants),
             kd.spec((1, blocks), f16),
         )
-        xs = ("xq",) if fmt == "q8_0" else ("xlow", "xhigh")
-        x = {name: kd.spec((1, blocks * BLOCK // len(xs)), i8) for name in xs}
+        halves = ("xq",) if fmt == "q8_0" else ("xlow", "xhigh")
+        x = {name: kd.spec((1, blocks * BLOCK // len(halves)), i8) for name in halves}
         examples.append({"d": d, "q": q, "xd": xd, **x, "y": y})
     return examples
 

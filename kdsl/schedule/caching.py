@@ -540,7 +540,7 @@ class _Copy:
             else:  # outside it: a block's whole width, each element tested at the store
                 extents.append(index_op(BinaryOp.MIN, index_const(p.block), count))
                 stmt = If(index_op(BinaryOp.LT, offsets[p.axis].expr(), count), (stmt,))
-        lanes = self._lanes(parts[-1])
+        lanes = self._lanes(parts[-1]) if self.vectors else 0  # (a 0-d buffer: no parts)
         for n, extent in reversed(list(zip(names, extents))):
             stmt = Loop(n, extent, LoopKind.PARALLEL, (stmt,), loc=self.ctx.loc)
             if n == names[-1] and self.vectors and lanes:

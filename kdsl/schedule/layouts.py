@@ -53,6 +53,8 @@ def parse(layout: object, ndim: int) -> tuple[Part, ...]:
         layout = ",".join(str(p) for p in layout)  # (1, 0) or ("1//16", 0, "1%16")
     if not isinstance(layout, str):
         raise LayoutError(f"{layout!r} is not a layout")
+    if not layout.strip():
+        raise LayoutError("it names no axes")
     parts = []
     for text in layout.split(","):
         if not text.strip():

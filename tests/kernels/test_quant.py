@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kdsl.kernels import quant
-from kdsl.specs import make_arguments
 
+from kdsl.specs import make_arguments
 from tests.helpers import asm_loops, run_config
 
 gguf = pytest.importorskip("gguf")

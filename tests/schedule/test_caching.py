@@ -225,6 +225,25 @@ def test_cache_compiled() -> None:
         np.testing.assert_allclose(c, a.astype(np.float64) @ b, rtol=1e-4, atol=1e-5)
 
 
+def test_a_zero_dimensional_buffer_is_cached() -> None:
+    """A 0-d array (a scale) copied at a loop: one element, no copy loop to vectorize."""
+
+    @kd.kernel
+    def scaled(x, s, y):
+        i = kd.indices(x.shape[0])
+        y[i] = x[i] * s[()]
+
+    @scaled.schedule(kd.cpu)
+    def _(sch: Schedule) -> None:
+        io, _ = sch.split("i", 8)
+        sch.cache("s", at=io)
+
+    x, s = np.arange(13, dtype=np.float32), np.array(1.5, np.float32)
+    y = np.empty_like(x)
+    scaled(x, s, y)
+    np.testing.assert_array_equal(y, x * 1.5)
+
+
 # ------------------------------------------------------------------------ vnni
 
 

@@ -72,6 +72,7 @@ def test_a_function_is_spelled_as_its_string() -> None:
         ("1//16,0,1%16,", "it has an empty part (a comma at an end, or two together)"),
         ("1//16,,0,1%16", "it has an empty part"),
         ([1.0, 0], "[1.0, 0] is not a layout"),
+        ((), "it names no axes"),
         ("1/16,0,1%16", "'1/16' is not an axis, 'axis//block' or 'axis%block'"),
         (lambda k, n: (n // 16.0, k, n % 16), "a block is a positive int, not 16.0"),
         (lambda k, n: (n + 1, k), "it may only cut an axis with // and %"),

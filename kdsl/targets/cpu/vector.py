@@ -122,7 +122,7 @@ _NORMAL_RANGE = {
     True: (2.0**-1022, sys.float_info.max),
 }
 
-# what VectorLoop.per_group computes on the values of groups of lanes: arithmetic that is
+# what _VectorLoop.per_group computes on the values of groups of lanes: arithmetic that is
 # safe on the zeros that a masked load reads for a group whose lanes are all off
 _PER_GROUP = (Binary, Unary, Cast)
 _SAFE_BINARY = frozenset(
@@ -926,8 +926,8 @@ class _VectorLoop:
             return seen[id(e)]
         if not self.plan.varying(e):
             found: int | None = 0  # (any c)
-        elif isinstance(e, Load):
-            found = self.load_groups(e)
+        elif isinstance(e, Load):  # (a bool in memory is a byte: load() narrows it)
+            found = None if e.dtype.is_bool else self.load_groups(e)
         elif (
             not isinstance(e, _PER_GROUP)
             or (isinstance(e, Binary) and e.op not in _SAFE_BINARY)

@@ -986,6 +986,30 @@ def test_arithmetic_on_one_element_per_group_runs_on_the_groups(group: int, n: i
         assert re.search(r"vcvtph2ps\s+%xmm\d+, %xmm", asm), asm
 
 
+@pytest.mark.parametrize("n", [1, 37])
+def test_flags_per_group_of_lanes_stay_lane_by_lane(n: int) -> None:
+    """Bool loads of one flag per group (`f[j // 8] & g[j // 8]`, a bool cast to a byte):
+    memory holds a bool as a byte, so they are not computed per group (the per-group
+    form made `and` of bytes where flags were expected: invalid IR)."""
+
+    @kd.kernel
+    def flags(x, f, g, y, z):
+        j = kd.indices(x.shape[0])
+        y[j] = kd.where(f[j // 8] & g[j // 8], x[j], 0.0)
+        j2 = kd.indices(x.shape[0], names="j2")
+        z[j2] = f[j2 // 8].astype(kd.u8) + 1
+
+    flags.schedule(kd.cpu)(lambda s: (s.vectorize("j", 16), s.vectorize("j2", 16)))
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal(n).astype(np.float32)
+    f, g = rng.random(n // 8 + 1) < 0.5, rng.random(n // 8 + 1) < 0.5
+    y, z = np.empty_like(x), np.empty(n, np.uint8)
+    flags(x, f, g, y, z)
+    at = np.arange(n) // 8
+    np.testing.assert_array_equal(y, np.where(f[at] & g[at], x, 0))
+    np.testing.assert_array_equal(z, f[at].astype(np.uint8) + 1)
+
+
 def test_a_value_per_group_that_shares_its_parts_compiles_in_linear_time() -> None:
     """`g = g·0.5 + g·0.25` sixty times over a scale per group of 8 lanes: a tree of 2⁶⁰
     nodes in 180, whose per-group form is found and computed once per node."""
