@@ -223,8 +223,8 @@ def signed_bytes_dot(w, x, over, biased: bool, offset=None):
     `offset`, 128·Σx over the same bytes, computed once per call, taken back out.
     Otherwise signed × signed, with x clamped at -127: quantized activations never reach
     -128 (store_q8_0 rounds within ±127), and the clamp lets the compiler move the
-    weights' signs onto them (AVX2: vpsignb, vpmaddubsw; 1.12–1.18× the biased form's
-    Q8_0 4096×4096 on a Zen 3)."""
+    weights' signs onto them (AVX2: vpsignb, vpmaddubsw; the Q8_0 product of 4096×4096
+    ran 1.12–1.30× the biased form's speed on a Zen 3: benchmarks/quant.py)."""
     if biased:
         unsigned = (w.astype(kd.u8) ^ 128).astype(kd.i32)
         return kd.sum(unsigned * x.astype(kd.i32), over=over) - offset
