@@ -306,16 +306,18 @@ def make_tiled_matmul(group: int):
 
 
 @pytest.mark.parametrize("da, db", BYTE_PAIRS)
-@pytest.mark.parametrize("m, k, n", [(1, 1, 1), (5, 7, 33), (9, 64, 64), (13, 131, 70)])
-def test_byte_matmul_on_a_register_tile(da, db, m: int, k: int, n: int) -> None:
+def test_byte_matmul_on_a_register_tile(da, db) -> None:
     """A's 4 bytes broadcast against 4 interleaved rows of B: vpdpbusd into each row of
-    the tile (held in registers), the K tail by plain code; exact for every signedness."""
-    rng = np.random.default_rng(m * k * n)
-    a, b = full_range(rng, (m, k), da), full_range(rng, (k, n), db)
-    c = np.full((m, n), -1, np.int32)
+    the tile (held in registers), the K tail by plain code; exact for every signedness.
+    The shapes in one test: one compile (~12 s) serves them all, where a test each
+    compiled it again on whichever worker ran it."""
     kernel = make_tiled_matmul(4)
-    kernel(a, b, c)
-    np.testing.assert_array_equal(c, a.astype(np.int64) @ b.astype(np.int64))
+    for m, k, n in [(1, 1, 1), (5, 7, 33), (9, 64, 64), (13, 131, 70)]:
+        rng = np.random.default_rng(m * k * n)
+        a, b = full_range(rng, (m, k), da), full_range(rng, (k, n), db)
+        c = np.full((m, n), -1, np.int32)
+        kernel(a, b, c)
+        np.testing.assert_array_equal(c, a.astype(np.int64) @ b.astype(np.int64))
     asm = kernel.asm(a, b, c)
     assert ("vpdpbusd" in asm) == dot._has("avx512vnni", 16)
 
