@@ -294,9 +294,9 @@ class KernelFunction:
         others or leaves out one without a default."""
         names, defaults = self.signature.names, self.signature.defaults
         rest = names[len(args) :]
-        if len(kwargs) > len(rest) or any(n not in kwargs and n not in defaults for n in rest):
+        if any(n not in rest for n in kwargs):  # a name that is not a parameter, or given twice
             return args, kwargs
-        if len(kwargs) != sum(n in kwargs for n in rest):  # a name that is not a parameter
+        if any(n not in kwargs and n not in defaults for n in rest):
             return args, kwargs
         return (*args, *(kwargs[n] if n in kwargs else defaults[n] for n in rest)), {}
 

@@ -95,11 +95,12 @@ def cache(
     subscript `16·x + y` with y a loop of at most 16 iterations is read off as block x,
     element y); or "vnni" for a 2-D buffer of 1- or 2-byte elements that is only read:
     rows in groups of g (4 bytes' worth: 2 bf16, 4 int8) interleaved along the columns,
-    `copy[r // g, c·g + r % g] = box[r, c]`, the operand layout of the CPU's dot-product instructions (a matmul's B for vdpbf16ps or
-    vpdpbusd). `scope` is None (stack when small and of constant size, else heap),
-    "stack", "heap", or "shared" (GPU schedules only). `dtype` (a buffer only read) makes
-    the copy hold its values converted to a dtype that represents each of them exactly
-    (`kd.f32` for a bf16, f16, int8 or int16 buffer).
+    `copy[r // g, c·g + r % g] = box[r, c]`, the operand layout of the CPU's dot-product
+    instructions (a matmul's B for vdpbf16ps or vpdpbusd). `scope` is None (stack when
+    small and of constant size, else heap), "stack", "heap", or "shared" (GPU schedules
+    only). `dtype` (a buffer only read) makes the copy hold its values converted to a
+    dtype that represents each of them exactly (`kd.f32` for a bf16, f16, int8 or int16
+    buffer).
 
     The copy loops are parallel, named after the copy (`B.c0` outermost, `B.c1`, …; the
     copy back `B.cw0`, …), innermost along the copy's last axis so their stores are
@@ -543,7 +544,7 @@ class _Copy:
         lanes = self._lanes(parts[-1]) if self.vectors else 0  # (a 0-d buffer: no parts)
         for n, extent in reversed(list(zip(names, extents))):
             stmt = Loop(n, extent, LoopKind.PARALLEL, (stmt,), loc=self.ctx.loc)
-            if n == names[-1] and self.vectors and lanes:
+            if n == names[-1] and lanes:
                 stmt = replace(stmt, exec=LoopExec.VECTORIZED, width=lanes)
         return stmt
 

@@ -95,8 +95,8 @@ def test_every_row_tile_of_the_byte_products(fmt, config, rows, batch, cols) -> 
         w.q[:, :3] = -128  # (a quantizer never writes it; a file may hold it)
     want = quant.reference_qmatmul(w, x, "q8_0")
     activations = quant.quantize_activations(x, fmt)
+    kernel = quant.q4_0_dot_q8_0 if fmt == "q4_0" else quant.q8_0_dot_q8_0
     for form in [()] if fmt == "q4_0" else [(True,), (False,)]:  # q8_0: biased or not
-        kernel = quant.q4_0_dot_q8_0 if fmt == "q4_0" else quant.q8_0_dot_q8_0
         got = rng.standard_normal((batch, rows)).astype(np.float32)
         run_config(kernel, config, w.d, w.q, *activations, got, *form)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())

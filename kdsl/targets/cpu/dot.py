@@ -434,30 +434,33 @@ def _byte_words(vl: _VectorLoop, loop: Loop, dot: _Dot, ea: Expr, eb: Expr) -> _
         ea, eb = eb, ea
     if ea.dtype == T.i8 and _above_min_byte(ea):
         ea, eb = eb, ea
-    wide = functools.partial(_wide, vl, loop, dot.k)
     largest = _largest_byte(ea)
-    if ea.dtype == T.u8 and eb.dtype == T.i8 and largest < 128:
-        return _Words(_pair_words(vl, wide(ea), wide(eb)), 2 * largest * 128)
-    if ea.dtype == eb.dtype == T.i8 and _above_min_byte(eb):
-        a, c = wide(ea), wide(eb)
-        b, part = vl.b, min(a.type.count, 32)
-        name = "llvm.x86.avx2.psign.b" if part == 32 else "llvm.x86.ssse3.psign.b.128"
-        kind = ir.VectorType(ir.IntType(8), part)
-        magnitude, signed = [], []
-        for x, y in zip(_pieces(b, a, part), _pieces(b, c, part)):
-            magnitude.append(vl.ops.intrinsic(name, kind, [x, x]))  # |a|: -128 stays 0x80
-            signed.append(vl.ops.intrinsic(name, kind, [y, x]))  # c, -c or 0: within ±127
-        return _Words(_pair_words(vl, _joined(b, magnitude), _joined(b, signed)), 2 * 128 * 127)
-    return None
-
-
-def _pair_words(vl: _VectorLoop, a: ir.Value, c: ir.Value) -> list[ir.Value]:
-    """`vpmaddubsw` of unsigned bytes a and signed bytes c, a register at a time."""
+    small = ea.dtype == T.u8 and eb.dtype == T.i8 and largest < 128
+    if not small and not (ea.dtype == eb.dtype == T.i8 and _above_min_byte(eb)):
+        return None
+    a, c = _wide(vl, loop, dot.k, ea), _wide(vl, loop, dot.k, eb)
     part = min(a.type.count, 32)  # bytes per register (a ymm; an xmm for 16)
+    pairs = zip(_pieces(vl.b, a, part), _pieces(vl.b, c, part))
+    if small:
+        return _Words([_pair_words(vl, x, y) for x, y in pairs], 2 * largest * 128)
+    sign = "llvm.x86.avx2.psign.b" if part == 32 else "llvm.x86.ssse3.psign.b.128"
+    kind = ir.VectorType(ir.IntType(8), part)
+    pieces = [
+        _pair_words(
+            vl,
+            vl.ops.intrinsic(sign, kind, [x, x]),  # |a|: -128 stays 0x80, 128 unsigned
+            vl.ops.intrinsic(sign, kind, [y, x]),  # c, -c or 0: within ±127
+        )
+        for x, y in pairs
+    ]
+    return _Words(pieces, 2 * 128 * 127)
+
+
+def _pair_words(vl: _VectorLoop, a: ir.Value, c: ir.Value) -> ir.Value:
+    """`vpmaddubsw` of one register of unsigned bytes a and one of signed bytes c."""
+    part = a.type.count
     name = "llvm.x86.avx2.pmadd.ub.sw" if part == 32 else "llvm.x86.ssse3.pmadd.ub.sw.128"
-    i16 = ir.VectorType(ir.IntType(16), part // 2)
-    pieces = zip(_pieces(vl.b, a, part), _pieces(vl.b, c, part))
-    return [vl.ops.intrinsic(name, i16, list(xy)) for xy in pieces]
+    return vl.ops.intrinsic(name, ir.VectorType(ir.IntType(16), part // 2), [a, c])
 
 
 def _widened(vl: _VectorLoop, acc: ir.Value, words: _Words) -> ir.Value:

@@ -912,7 +912,7 @@ class _VectorLoop:
         computed on the w/c values of the groups, then spread to their lanes, instead of
         on all w lanes (a Q8_0 product's two scales per vector: 2 lanes converted and
         multiplied, not 16); None for any other expression (a load alone included)."""
-        if isinstance(e, Load) or not isinstance(e, _PER_GROUP):
+        if not isinstance(e, _PER_GROUP):  # (a load alone: grouped_load)
             return None
         c = self.groups_of(e, {})
         return None if c is None else self.spread(self.group_values(e, c, {}), c)
