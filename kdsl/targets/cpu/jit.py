@@ -45,6 +45,23 @@ def host_features() -> dict[str, bool]:
     return dict(llvm.get_host_cpu_features())
 
 
+_GATHER_PROBE = """
+declare <8 x float> @llvm.masked.gather.v8f32.v8p0(<8 x ptr>, i32, <8 x i1>, <8 x float>)
+define <8 x float> @probe(<8 x ptr> %at, <8 x i1> %on) {
+  %v = call <8 x float> @llvm.masked.gather.v8f32.v8p0(<8 x ptr> %at, i32 4, <8 x i1> %on, <8 x float> zeroinitializer)
+  ret <8 x float> %v
+}
+"""
+
+
+@functools.cache
+def gathers_in_hardware() -> bool:
+    """Whether LLVM gives this CPU's gather instructions a masked gather. Where it deems
+    them slow (AMD Zen 2 and 3) it writes a branch and a load per lane instead."""
+    probe = llvm.parse_assembly(_GATHER_PROBE)
+    return "gather" in target_machine().emit_assembly(probe)
+
+
 CACHE_LINE = 64  # bytes: heap temporaries start on one; streamed stores fill whole ones
 
 

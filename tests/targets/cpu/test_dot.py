@@ -4,6 +4,8 @@ full range of each dtype, tails, strided and unit-stride-checked arguments."""
 
 from __future__ import annotations
 
+import re
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -320,6 +322,12 @@ def test_byte_matmul_on_a_register_tile(da, db) -> None:
         np.testing.assert_array_equal(c, a.astype(np.int64) @ b.astype(np.int64))
     asm = kernel.asm(a, b, c)
     assert ("vpdpbusd" in asm) == dot._has("avx512vnni", 16)
+    # the tail tile (70 = 2·32 + 6) reads each lane's 4 bytes of B as one masked word:
+    # AVX2 has no masked byte loads, and LLVM made a branch per byte of one
+    ir = kernel.llvm(a, b, c, optimized=False)
+    words = r'(%"[^"]+") = call <(\d+) x i32> @"llvm\.masked\.load\.v\d+i32\.p0"\(.*<\d+ x i1> %'
+    casts = [f"bitcast <{n} x i32> {v} to <{4 * int(n)} x i8>" for v, n in re.findall(words, ir)]
+    assert any(cast in ir for cast in casts)
 
 
 def test_bf16_matmul_on_a_register_tile() -> None:

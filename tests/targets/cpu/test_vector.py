@@ -49,6 +49,7 @@ from kdsl.ir.nodes import (
 from kdsl.ir.passes import lower
 from kdsl.ir.passes.expand import expand_schedule
 from kdsl.ir.visit import map_stmt_exprs, walk_stmts
+from kdsl.targets.cpu import vector
 from kdsl.targets.cpu.backend import CpuKernel, compile_kernel
 from kdsl.targets.cpu.vector import vector_obstacle
 from kdsl.targets.interp.interpreter import interpret
@@ -307,6 +308,46 @@ def test_access_patterns_and_strided_arguments(n, step, checks, dtype_width):
     m = random_array(rng, (n, 3), dtype)
     outs = [np.zeros(n, dtype) for _ in range(5)]
     check_traced(patterns, [x, idx, m, *outs], {"i", "i.1", "i.2", "i.3", "i.4"}, w, checks=checks)
+
+
+class _Unstored:
+    """An object store that keeps nothing: each compile runs the code generator."""
+
+    def load(self, key: str) -> None:
+        return None
+
+    def save(self, key: str, obj: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("in_hardware", [False, True])
+def test_gathers_and_scatters_of_every_lane_or_masked(in_hardware, monkeypatch):
+    """The patterns' gathers and scatters in tails (lanes off): right whether LLVM is
+    given masked ones (CPUs whose gather instructions it uses) or ones of every lane, the
+    lanes that are off pointed at a stack slot (where it would write a branch per lane,
+    as on Zen 3); in the second form no gather or scatter it is given is masked."""
+    monkeypatch.setattr(vector, "gathers_in_hardware", lambda: in_hardware)
+    rng = np.random.default_rng(7)
+    n = 37  # two vectors of 16 and a tail of 5
+    x = random_array(rng, (3 * n + 1,), np.float32)[::-3][:n]
+    idx = rng.permutation(n).astype(np.int64)
+    m = random_array(rng, (n, 3), np.float32)
+    args = [x, idx, m, *(np.full(n, np.nan, np.float32) for _ in range(5))]
+    k = traced(patterns, *args)
+    for var in ("i", "i.1", "i.2", "i.3", "i.4"):
+        k = with_vector_loop(k, var, 16)
+    compiled = compile_kernel(k, store=_Unstored())  # type: ignore[arg-type]
+    copies = [same_layout(a) for a in args]
+    assert compiled.cfunc(*copies) == 0
+    want = run_interpreted(traced(patterns, *args), dict(zip([p.name for p in k.params], args)))
+    for got, p in zip(copies, k.params):
+        assert_same(got, want[p.name], p.name)  # type: ignore[arg-type]
+    masks = re.findall(  # each gather's and scatter's mask: a constant (<…>) or a value (%)
+        r'@"llvm\.masked\.(?:gather|scatter)\.[^"]*"\(.*, i32 \d+, <\d+ x i1> ([%<])',
+        compiled.llvm_ir,
+    )
+    assert len(masks) > 10  # the patterns gather and scatter, in their vectors and tails
+    assert ("%" in masks) == in_hardware
 
 
 def scaled(x, out, a):
