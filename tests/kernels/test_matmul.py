@@ -483,10 +483,11 @@ def _layouts(w: np.ndarray) -> list[np.ndarray]:
     return [w, np.asfortranarray(w), reversed_rows, reversed_columns, big[1::2, ::3]]
 
 
-@pytest.mark.parametrize("k,n", [(1, 17), (31, 2), (257, 100), (1000, 257)])
-def test_one_row_strides(k: int, n: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_row_strides(monkeypatch: pytest.MonkeyPatch) -> None:
     """Any strides of w, x and out, with and without the epilogue; a w whose columns
-    are contiguous (the transpose of a row-major [n, k]) runs matvec's row streams."""
+    are contiguous (the transpose of a row-major [n, k]) runs matvec's row streams.
+    The shapes in one test: their strided kernels (5-8 s to compile each) are shared,
+    where a test a shape compiled them again on whichever worker ran it."""
     streams = []
     real = vm.matvec
 
@@ -495,19 +496,20 @@ def test_one_row_strides(k: int, n: int, monkeypatch: pytest.MonkeyPatch) -> Non
         return real(w, x, out=out)
 
     monkeypatch.setattr(vm, "matvec", spy)
-    x, w, bias = _row(k, n)
-    wide = np.zeros((1, 2 * k), np.float32)
-    wide[:, ::2] = x
-    out = np.full((3, 2 * n), np.nan, np.float32)
-    for v in _layouts(w):
-        np.testing.assert_array_equal(v, w)
-        for with_bias, act in ONE_ROW_EPILOGUES:
-            b = bias if with_bias else None
-            view = out[1:2, ::2]
-            streams.clear()
-            assert mm.matmul(wide[:, ::2], v, out=view, bias=b, activation=act) is view
-            _close_epilogue(view, x, w, b, act)
-            assert streams == ([(n, k)] if v.flags.f_contiguous and k > 1 else [])
+    for k, n in [(1, 17), (31, 2), (257, 100), (1000, 257)]:
+        x, w, bias = _row(k, n)
+        wide = np.zeros((1, 2 * k), np.float32)
+        wide[:, ::2] = x
+        out = np.full((3, 2 * n), np.nan, np.float32)
+        for v in _layouts(w):
+            np.testing.assert_array_equal(v, w)
+            for with_bias, act in ONE_ROW_EPILOGUES:
+                b = bias if with_bias else None
+                view = out[1:2, ::2]
+                streams.clear()
+                assert mm.matmul(wide[:, ::2], v, out=view, bias=b, activation=act) is view
+                _close_epilogue(view, x, w, b, act)
+                assert streams == ([(n, k)] if v.flags.f_contiguous and k > 1 else [])
 
 
 def test_one_row_out_that_is_an_input() -> None:
