@@ -63,17 +63,29 @@ def byte_products_biased() -> bool:
 
 
 @functools.cache
-def l2_bytes() -> int:
-    """A core's L2 cache, as Linux reports it (1 MiB where it doesn't say)."""
+def _cache_bytes() -> dict[int, int]:
+    """A core's data (or unified) cache at each level, as Linux reports them."""
+    sizes = {}
     for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
         try:
-            level, size = (index / "level").read_text(), (index / "size").read_text()
+            level, kind, size = ((index / f).read_text().strip() for f in ("level", "type", "size"))
         except OSError:
             continue
-        found = re.fullmatch(r"(\d+)([KMG]?)", size.strip())
-        if level.strip() == "2" and found:
-            return int(found[1]) << {"": 0, "K": 10, "M": 20, "G": 30}[found[2]]
-    return 1 << 20
+        found = re.fullmatch(r"(\d+)([KMG]?)", size)
+        if kind != "Instruction" and found:
+            sizes[int(level)] = int(found[1]) << {"": 0, "K": 10, "M": 20, "G": 30}[found[2]]
+    return sizes
+
+
+def l2_bytes() -> int:
+    """A core's L2 cache (1 MiB where Linux doesn't say)."""
+    return _cache_bytes().get(2, 1 << 20)
+
+
+def last_level_cache_bytes() -> int:
+    """The last-level cache (32 MiB where Linux doesn't say)."""
+    sizes = _cache_bytes()
+    return sizes[max(sizes)] if sizes else 32 << 20
 
 
 def register_tile() -> tuple[int, int]:

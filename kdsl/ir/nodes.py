@@ -353,8 +353,10 @@ class Buffer:
     contiguous: bool = True
     loc: SourceLoc | None = _loc()
     fortran: bool = _flag()
-    # written past the caches where larger than the last-level cache (s.nontemporal)
+    # written past the caches where larger than the last-level cache (s.nontemporal),
+    # or than `nontemporal_above` bytes when that is set
     nontemporal: bool = _flag()
+    nontemporal_above: int = field(default=0, metadata={UNSET_UNHASHED: True})
 
     @property
     def ndim(self) -> int:

@@ -198,6 +198,7 @@ def _buffer_decl(b: Buffer) -> str:
     layout = "" if b.contiguous or b.role is not BufferRole.PARAM else ", strided"
     layout = ", Fortran order" if b.fortran else layout
     layout += ", nontemporal" if b.nontemporal else ""
+    layout += f" above {b.nontemporal_above} bytes" if b.nontemporal_above else ""
     return f"{b.name}: {b.dtype.name}[{dims}] {b.role.value} {b.scope.value}{layout}"
 
 

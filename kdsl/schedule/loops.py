@@ -710,12 +710,13 @@ def _used_only_in(kernel: Kernel, top: tree.Path) -> set[str]:
     return (inside & temps) - allocated - elsewhere
 
 
-def nontemporal(ctx: StepContext, buffer: object) -> None:
-    """Write `buffer` past the caches when it is larger than the last-level cache: its
-    lines are then not read before they are written (a store to a line not in cache
-    reads it first), nor do they push the inputs out. For outputs streamed to DRAM
-    once, such as a norm's over rows that don't fit the cache; smaller ones are written
-    as before, to stay in cache for what reads them next. A hint: results never change.
+def nontemporal(ctx: StepContext, buffer: object, above: object = None) -> None:
+    """Write `buffer` past the caches when it is larger than the last-level cache (or
+    than `above` bytes): its lines are then not read before they are written (a store
+    to a line not in cache reads it first), nor do they push the inputs out. For outputs
+    streamed to DRAM once, such as a norm's over rows that don't fit the cache; smaller
+    ones are written as before, to stay in cache for what reads them next. A hint:
+    results never change.
     On the CPU: the contiguous stores of it in vector loops (movnt from the first cache
     line boundary on, the stores before it and after the last whole line masked:
     kdsl/targets/cpu/streaming.py); a GPU ignores it."""
@@ -737,10 +738,13 @@ def nontemporal(ctx: StepContext, buffer: object) -> None:
             "to memory)",
             f"name one of {', '.join(names)}" if names else "the kernel writes no array",
         )
+    what = "size in bytes above which it streams"
+    size = 0 if above is None else _positive_int(ctx, above, what, most=1 << 62)
     ctx.kernel = replace(
         ctx.kernel,
         buffers=tuple(
-            replace(b, nontemporal=True) if b.name == buffer else b for b in ctx.kernel.buffers
+            replace(b, nontemporal=True, nontemporal_above=size) if b.name == buffer else b
+            for b in ctx.kernel.buffers
         ),
     )
 

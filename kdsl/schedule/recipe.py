@@ -255,10 +255,13 @@ class Schedule:
         args = (buffer, loop, distance) if inside is None else (buffer, loop, distance, inside)
         self._apply(Step("prefetch", args))
 
-    def nontemporal(self, buffer: str) -> None:
+    def nontemporal(self, buffer: str, above: int | None = None) -> None:
         """Write `buffer` past the caches where it is larger than the last-level cache
-        (an output streamed to DRAM: no read of its lines before they are written)."""
-        self._apply(Step("nontemporal", (buffer,)))
+        (an output streamed to DRAM: no read of its lines before they are written), or
+        than `above` bytes: an output that must share the cache with inputs as large
+        overflows it at half its size (a tunable: `above=s.param(...)`; None keeps the
+        cache's size)."""
+        self._apply(Step("nontemporal", (buffer,), (("above", above),)))
 
     def specialize(self, loop: str, below: int) -> tuple[str, ...]:
         """Run a copy of the nest holding `loop` where `loop`'s extent (known when the

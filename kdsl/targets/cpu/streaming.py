@@ -114,8 +114,8 @@ def _fixed(e: Expr, var: str) -> bool:
 
 def run_streaming(vl: _VectorLoop, store: Store, stop: ir.Value, plain: Callable[[], None]) -> None:
     """The vector loop's iterations [0, stop) with `store` nontemporal where its buffer is
-    larger than the last-level cache and its elements aligned to their size; `plain()`
-    runs them otherwise."""
+    larger than the last-level cache (or its `nontemporal_above` bytes) and its elements
+    aligned to their size; `plain()` runs them otherwise."""
     gen, b = vl.gen, vl.b
     buf = gen.buffers[store.buffer]
     item = buf.dtype.itemsize
@@ -125,7 +125,8 @@ def run_streaming(vl: _VectorLoop, store: Store, stop: ir.Value, plain: Callable
     total: ir.Value = ir.Constant(I64, item)
     for d in gen.state.arrays[store.buffer].dims:
         total = b.mul(total, d)
-    big = b.icmp_signed(">", total, ir.Constant(I64, jit.last_level_cache_bytes()))
+    above = buf.nontemporal_above or jit.last_level_cache_bytes()
+    big = b.icmp_signed(">", total, ir.Constant(I64, above))
     aligned = b.icmp_unsigned(
         "==", b.and_(address, ir.Constant(I64, item - 1)), ir.Constant(I64, 0)
     )

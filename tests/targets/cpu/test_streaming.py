@@ -9,6 +9,8 @@ threshold)."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -31,7 +33,7 @@ def stream_all(cache_dir, monkeypatch):
     monkeypatch.setattr(jit, "last_level_cache_bytes", lambda: 0)
 
 
-def scaling(width: int = 16, hinted: bool = True) -> kd.KernelFunction:
+def scaling(width: int = 16, hinted: bool = True, above: int | None = None) -> kd.KernelFunction:
     @kd.kernel
     def scale(x, y):
         i, j = kd.indices(x.shape[0], x.shape[1])
@@ -43,7 +45,7 @@ def scaling(width: int = 16, hinted: bool = True) -> kd.KernelFunction:
         s.parallelize("i")
         s.prefetch("y", "i", 1, inside="j")  # dropped on the streaming path
         if hinted:
-            s.nontemporal("y")
+            s.nontemporal("y", above=above)
 
     return scale
 
@@ -135,6 +137,23 @@ def test_outputs_under_the_threshold_are_written_through_the_cache(cache_dir, mo
         x = random_array(rng, shape, np.float32)
         y, raw = padded_output(shape, np.float32, 5)
         check(kernel, x, y, raw)
+
+
+def test_a_threshold_of_its_own(cache_dir):
+    """`above=` bytes instead of the cache's size (compared when the kernel runs too);
+    refused unless a positive int."""
+    kernel, rng = scaling(above=3000), keyed_rng("stream-above")
+    for shape in [(4, 100), (40, 100)]:  # 1600 and 16000 bytes
+        x = random_array(rng, shape, np.float32)
+        y, raw = padded_output(shape, np.float32, 5)
+        check(kernel, x, y, raw)
+    assert re.search(r"icmp sgt i64 %\S+, 3000\b", kernel.llvm(x, y, optimized=False))
+    assert "y: f32[y.shape[0], y.shape[1]] param global, nontemporal above 3000 bytes" in str(
+        kernel.lowered(x, y)
+    )
+    for bad in (0, -1, 2.5, "big"):
+        with pytest.raises(kd.ScheduleError, match="above which it streams must be a positive"):
+            scaling(above=bad)(x, y)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("name", ["softmax", "rmsnorm", "layernorm"])
