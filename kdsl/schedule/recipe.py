@@ -261,7 +261,8 @@ class Schedule:
         than `above` bytes: an output that must share the cache with inputs as large
         overflows it at half its size (a tunable: `above=s.param(...)`; None keeps the
         cache's size)."""
-        self._apply(Step("nontemporal", (buffer,), (("above", above),)))
+        kwargs = () if above is None else (("above", above),)
+        self._apply(Step("nontemporal", (buffer,), kwargs))
 
     def specialize(self, loop: str, below: int) -> tuple[str, ...]:
         """Run a copy of the nest holding `loop` where `loop`'s extent (known when the

@@ -113,6 +113,22 @@ def _base(address: ir.Value | None, bases: dict[int, str]) -> str | None:
             address = address.pointer
         elif isinstance(address, ir.CastInstr) and address.opname in ("bitcast", "addrspacecast"):
             address = address.operands[0]
+        elif isinstance(address, ir.SelectInstr) and _on_the_stack(address.operands[2]):
+            address = address.operands[1]  # (the lanes that are off: vector.off_lanes_elsewhere)
         else:
             return None
     return None
+
+
+def _on_the_stack(value: ir.Value) -> bool:
+    """Whether `value` is an alloca's address, or a vector of it: memory no argument
+    shares."""
+    while True:
+        if isinstance(value, ir.AllocaInstr):
+            return True
+        if isinstance(value, ir.ShuffleVector):
+            value = value.operands[0]
+        elif isinstance(value, ir.InsertElement):
+            value = value.operands[1]
+        else:
+            return False

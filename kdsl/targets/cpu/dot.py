@@ -335,7 +335,7 @@ def _wide(vl: _VectorLoop, loop: Loop, k: int, e: Expr) -> ir.Value:
             if not broadcast:
                 first = b.add(b.mul(vl.base, ir.Constant(I64, k)), vl.uniform(rest))
                 if vl.mask is not None and k * e.dtype.itemsize in (4, 8):
-                    return vl.run_at(e, first, n, vl.mask, word=k)  # a lane's k: one word
+                    return vl.run_at(e, first, n, vl.mask, per_word=k)  # a lane's k: a word
                 return vl.run_at(e, first, n, _each_k_times(vl, k))
             group = vl.run_at(e, vl.uniform(rest), k)
             lanes = ir.Constant(ir.VectorType(I32, n), [m for _ in range(vl.w) for m in range(k)])

@@ -45,21 +45,31 @@ def host_features() -> dict[str, bool]:
     return dict(llvm.get_host_cpu_features())
 
 
-_GATHER_PROBE = """
+_PROBES = {
+    "gather": """
 declare <8 x float> @llvm.masked.gather.v8f32.v8p0(<8 x ptr>, i32, <8 x i1>, <8 x float>)
 define <8 x float> @probe(<8 x ptr> %at, <8 x i1> %on) {
   %v = call <8 x float> @llvm.masked.gather.v8f32.v8p0(<8 x ptr> %at, i32 4, <8 x i1> %on, <8 x float> zeroinitializer)
   ret <8 x float> %v
 }
-"""
+""",
+    "scatter": """
+declare void @llvm.masked.scatter.v8f32.v8p0(<8 x float>, <8 x ptr>, i32, <8 x i1>)
+define void @probe(<8 x float> %v, <8 x ptr> %at, <8 x i1> %on) {
+  call void @llvm.masked.scatter.v8f32.v8p0(<8 x float> %v, <8 x ptr> %at, i32 4, <8 x i1> %on)
+  ret void
+}
+""",
+}
 
 
 @functools.cache
-def gathers_in_hardware() -> bool:
-    """Whether LLVM gives this CPU's gather instructions a masked gather. Where it deems
-    them slow (AMD Zen 2 and 3) it writes a branch and a load per lane instead."""
-    probe = llvm.parse_assembly(_GATHER_PROBE)
-    return "gather" in target_machine().emit_assembly(probe)
+def in_hardware(kind: str) -> bool:
+    """Whether LLVM gives a masked "gather" or "scatter" this CPU's instruction for it.
+    Where it has none or deems it slow (AVX2 has no scatter; Zen 2 and 3's gathers are
+    slow) it writes a branch and a load or store per lane instead."""
+    probe = llvm.parse_assembly(_PROBES[kind])
+    return kind in target_machine().emit_assembly(probe)
 
 
 CACHE_LINE = 64  # bytes: heap temporaries start on one; streamed stores fill whole ones

@@ -173,9 +173,7 @@ def _scatter(
 ) -> None:
     """`value`'s active lanes to their elements, found by the array's strides."""
     lanes = [k * found.s + found.phase for k in range(vl.w)]
-    at = _addresses(vl, name, found, origin, lanes)
-    intrinsic = f"llvm.masked.scatter.{vl.ops.suffix(value.type)}.{vl.ops.suffix(at.type)}"
-    vl.ops.intrinsic(intrinsic, ir.VoidType(), [value, at, ir.Constant(I32, size), vl.active()])
+    vl.scatter(value, _addresses(vl, name, found, origin, lanes), size)
 
 
 def filled_runs(vl: _VectorLoop, body: tuple[Stmt, ...]) -> Iterator[tuple[Stmt, ...]]:

@@ -74,7 +74,7 @@ from kdsl.ir.nodes import (
 from kdsl.ir.visit import children, walk_all_exprs, walk_expr, walk_stmts
 from kdsl.targets.cpu.aliasing import scope_groups
 from kdsl.targets.cpu.dot import emit_dot_loop
-from kdsl.targets.cpu.jit import CACHE_LINE, gathers_in_hardware
+from kdsl.targets.cpu.jit import CACHE_LINE, in_hardware
 from kdsl.targets.cpu.ops import I1, I8, I32, I64, PTR, constant, llvm_type, memory_type
 from kdsl.targets.cpu.partials import (
     BLOCK,
@@ -164,6 +164,7 @@ class _VectorLoop:
         self.streaming: tuple[str, tuple[Expr, ...]] | None = None
         self.base: ir.Value = ir.Constant(I64, 0)  # lane 0's iteration
         self.mask: ir.Value | None = None  # the active lanes; None: all
+        self.spare_slots: dict[str, ir.Value] = {}  # by element type: off_lanes_elsewhere
         self.some_active = True  # the mask has an active lane (code runs only then)
         # values computed in the current block, by structure and mask (see `value`), with
         # what each read (see `forget_written`)
@@ -973,12 +974,12 @@ class _VectorLoop:
         return self.b.shuffle_vector(groups, ir.Constant(groups.type, None), lanes)
 
     def run_at(
-        self, e: Load, first: ir.Value, n: int, mask: ir.Value | None = None, word: int = 1
+        self, e: Load, first: ir.Value, n: int, mask: ir.Value | None = None, per_word: int = 1
     ) -> ir.Value:
         """The n consecutive elements of `e`'s buffer from position `first` of its last
         axis, the other subscripts of `e` being uniform (only those `mask` selects). With
-        `word` > 1, `mask` selects whole words of that many elements (32 or 64 bits), read
-        as integers: AVX2 masks loads of such lanes (vpmaskmovd/q) but not of bytes, and
+        `per_word` > 1, `mask` selects whole words of that many elements (32 or 64 bits),
+        read as integers: AVX2 masks loads of such lanes (vpmaskmovd/q) but not of bytes, and
         LLVM splits a byte-masked load into a branch per byte, slow to run and to compile."""
         b, info = self.b, self.gen.state.arrays[e.buffer]
         offset: ir.Value = b.mul(first, info.strides[-1])
@@ -988,9 +989,9 @@ class _VectorLoop:
         vt = ir.VectorType(memory_type(e.dtype), n)
         if mask is None:
             return b.load(at, typ=vt, align=e.dtype.itemsize)
-        if word == 1:
+        if per_word == 1:
             return self.masked_read("load", vt, at, mask, e.dtype.itemsize)
-        words = ir.VectorType(ir.IntType(8 * word * e.dtype.itemsize), n // word)
+        words = ir.VectorType(ir.IntType(8 * per_word * e.dtype.itemsize), n // per_word)
         return b.bitcast(self.masked_read("load", words, at, mask, e.dtype.itemsize), vt)
 
     def group_mask(self, c: int) -> ir.Value | None:
@@ -1093,20 +1094,32 @@ class _VectorLoop:
         """llvm.masked.load (contiguous) or .gather: the lanes `mask` selects, zero else."""
         name = f"llvm.masked.{kind}.{self.ops.suffix(vt)}.{self.ops.suffix(address.type)}"
         zero = ir.Constant(vt, None)
-        if kind == "load" or gathers_in_hardware() or isinstance(mask, ir.Constant):
+        if kind == "load" or in_hardware("gather") or isinstance(mask, ir.Constant):
             return self.ops.intrinsic(name, vt, [address, ir.Constant(I32, align), mask, zero])
         every = ir.Constant(mask.type, 1)
         at = self.off_lanes_elsewhere(address, mask, vt.element)
         read = self.ops.intrinsic(name, vt, [at, ir.Constant(I32, align), every, zero])
         return self.b.select(mask, read, zero)
 
+    def scatter(self, value: ir.Value, address: ir.Value, align: int) -> None:
+        """llvm.masked.scatter of `value`'s active lanes to their `address`es."""
+        mask = self.active()
+        if self.mask is not None and not in_hardware("scatter"):
+            address = self.off_lanes_elsewhere(address, mask, value.type.element)
+            mask = ir.Constant(mask.type, 1)
+        name = f"llvm.masked.scatter.{self.ops.suffix(value.type)}.{self.ops.suffix(address.type)}"
+        self.ops.intrinsic(name, ir.VoidType(), [value, address, ir.Constant(I32, align), mask])
+
     def off_lanes_elsewhere(self, address: ir.Value, mask: ir.Value, ty: ir.Type) -> ir.Value:
         """The lanes' addresses, those `mask` leaves off pointing at a slot on the stack.
-        Where LLVM splits a gather or scatter into a load or store per lane (CPUs whose
-        gather instructions it deems slow: jit.gathers_in_hardware), one of every lane
-        is straight-line code, where a masked one took a branch per lane: 64 lanes of
-        f32 made 128 blocks, and a kernel of strided arguments compiled 2-3x slower."""
-        spare = self.gen._entry_alloca(ty, "off.lanes")
+        Where LLVM splits a gather or scatter into a load or store per lane (CPUs without
+        its instruction, or whose gathers it deems slow: jit.in_hardware), one of every
+        lane is straight-line code, where a masked one took a branch per lane: 64 lanes
+        of f32 made 128 blocks, and a kernel of strided arguments compiled 2-3x slower.
+        (aliasing.py looks through the select to the array's addresses.)"""
+        spare = self.spare_slots.get(str(ty))
+        if spare is None:
+            spare = self.spare_slots[str(ty)] = self.gen._entry_alloca(ty, "off.lanes")
         return self.b.select(mask, address, self.ops.splat(spare, address.type.count))
 
     def store_at(self, at: _Lanes, value: ir.Value, d: T.DType, nontemporal: bool = False) -> None:
@@ -1120,16 +1133,12 @@ class _VectorLoop:
         if at.contiguous and self.mask is None:
             self.b.store(value, at.address, align=d.itemsize)
             return
-        kind = "store" if at.contiguous else "scatter"
-        name = (
-            f"llvm.masked.{kind}.{self.ops.suffix(value.type)}.{self.ops.suffix(at.address.type)}"
-        )
+        if not at.contiguous:
+            self.scatter(value, at.address, d.itemsize)
+            return
+        name = f"llvm.masked.store.{self.ops.suffix(value.type)}.{self.ops.suffix(at.address.type)}"
         align = ir.Constant(I32, d.itemsize)
-        address, mask = at.address, self.active()
-        if kind == "scatter" and not gathers_in_hardware() and self.mask is not None:
-            address = self.off_lanes_elsewhere(address, mask, value.type.element)
-            mask = ir.Constant(mask.type, 1)
-        self.ops.intrinsic(name, ir.VoidType(), [value, address, align, mask])
+        self.ops.intrinsic(name, ir.VoidType(), [value, at.address, align, self.active()])
 
     def active(self) -> ir.Value:
         return self.mask if self.mask is not None else ir.Constant(self.vtype(I1), 1)

@@ -320,34 +320,44 @@ class _Unstored:
         pass
 
 
+def gathers_and_scatters(x, idx, m, o1, o2, o3, o4, o5, p):
+    patterns(x, idx, m, o1, o2, o3, o4, o5)
+    i = kd.indices(x.shape[0])
+    p[i, 1] = x[i]  # a strided store: a scatter where the rows' length is not 3 after all
+
+
 @pytest.mark.parametrize("in_hardware", [False, True])
 def test_gathers_and_scatters_of_every_lane_or_masked(in_hardware, monkeypatch):
-    """The patterns' gathers and scatters in tails (lanes off): right whether LLVM is
-    given masked ones (CPUs whose gather instructions it uses) or ones of every lane, the
-    lanes that are off pointed at a stack slot (where it would write a branch per lane,
-    as on Zen 3); in the second form no gather or scatter it is given is masked."""
-    monkeypatch.setattr(vector, "gathers_in_hardware", lambda: in_hardware)
+    """Gathers and scatters in tails (lanes off): right whether LLVM is given masked ones
+    (CPUs with its instructions for them) or ones of every lane, the lanes that are off
+    pointed at a stack slot (where it would write a branch per lane: a Zen 3's gathers,
+    AVX2's scatters); in the second form no gather or scatter it is given is masked."""
+    monkeypatch.setattr(vector, "in_hardware", lambda kind: in_hardware)
     rng = np.random.default_rng(7)
     n = 37  # two vectors of 16 and a tail of 5
     x = random_array(rng, (3 * n + 1,), np.float32)[::-3][:n]
     idx = rng.permutation(n).astype(np.int64)
     m = random_array(rng, (n, 3), np.float32)
-    args = [x, idx, m, *(np.full(n, np.nan, np.float32) for _ in range(5))]
-    k = traced(patterns, *args)
-    for var in ("i", "i.1", "i.2", "i.3", "i.4"):
+    p = np.full((n, 4), np.nan, np.float32)[:, :3]  # rows 4 apart
+    args = [x, idx, m, *(np.full(n, np.nan, np.float32) for _ in range(5)), p]
+    k = traced(gathers_and_scatters, *args)
+    for var in ("i", "i.1", "i.2", "i.3", "i.4", "i.5"):
         k = with_vector_loop(k, var, 16)
     compiled = compile_kernel(k, store=_Unstored())  # type: ignore[arg-type]
     copies = [same_layout(a) for a in args]
     assert compiled.cfunc(*copies) == 0
-    want = run_interpreted(traced(patterns, *args), dict(zip([p.name for p in k.params], args)))
-    for got, p in zip(copies, k.params):
-        assert_same(got, want[p.name], p.name)  # type: ignore[arg-type]
+    names = [q.name for q in k.params]
+    want = run_interpreted(traced(gathers_and_scatters, *args), dict(zip(names, args)))
+    for got, name in zip(copies, names):
+        assert_same(got, want[name], name)  # type: ignore[arg-type]
     masks = re.findall(  # each gather's and scatter's mask: a constant (<…>) or a value (%)
-        r'@"llvm\.masked\.(?:gather|scatter)\.[^"]*"\(.*, i32 \d+, <\d+ x i1> ([%<])',
+        r'@"llvm\.masked\.(gather|scatter)\.[^"]*"\(.*, i32 \d+, <\d+ x i1> ([%<])',
         compiled.llvm_ir,
     )
-    assert len(masks) > 10  # the patterns gather and scatter, in their vectors and tails
-    assert ("%" in masks) == in_hardware
+    assert {kind for kind, _ in masks} == {"gather", "scatter"}
+    assert any(mask == "%" for _, mask in masks) == in_hardware
+    calls = re.findall(r'call .*@"llvm\.masked\.(?:gather|scatter).*', compiled.llvm_ir)
+    assert all("!alias.scope" in line for line in calls)  # (through the select to the array)
 
 
 def scaled(x, out, a):
