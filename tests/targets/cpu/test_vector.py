@@ -51,6 +51,7 @@ from kdsl.ir.passes.expand import expand_schedule
 from kdsl.ir.visit import map_stmt_exprs, walk_stmts
 from kdsl.targets.cpu import vector
 from kdsl.targets.cpu.backend import CpuKernel, compile_kernel
+from kdsl.targets.cpu.objects import ObjectStore
 from kdsl.targets.cpu.vector import vector_obstacle
 from kdsl.targets.interp.interpreter import interpret
 from kdsl.targets.interp.translate import translate
@@ -310,16 +311,6 @@ def test_access_patterns_and_strided_arguments(n, step, checks, dtype_width):
     check_traced(patterns, [x, idx, m, *outs], {"i", "i.1", "i.2", "i.3", "i.4"}, w, checks=checks)
 
 
-class _Unstored:
-    """An object store that keeps nothing: each compile runs the code generator."""
-
-    def load(self, key: str) -> None:
-        return None
-
-    def save(self, key: str, obj: object) -> None:
-        pass
-
-
 def gathers_and_scatters(x, idx, m, o1, o2, o3, o4, o5, p):
     patterns(x, idx, m, o1, o2, o3, o4, o5)
     i = kd.indices(x.shape[0])
@@ -327,7 +318,7 @@ def gathers_and_scatters(x, idx, m, o1, o2, o3, o4, o5, p):
 
 
 @pytest.mark.parametrize("in_hardware", [False, True])
-def test_gathers_and_scatters_of_every_lane_or_masked(in_hardware, monkeypatch):
+def test_gathers_and_scatters_of_every_lane_or_masked(in_hardware, monkeypatch, tmp_path):
     """Gathers and scatters in tails (lanes off): right whether LLVM is given masked ones
     (CPUs with its instructions for them) or ones of every lane, the lanes that are off
     pointed at a stack slot (where it would write a branch per lane: a Zen 3's gathers,
@@ -343,7 +334,7 @@ def test_gathers_and_scatters_of_every_lane_or_masked(in_hardware, monkeypatch):
     k = traced(gathers_and_scatters, *args)
     for var in ("i", "i.1", "i.2", "i.3", "i.4", "i.5"):
         k = with_vector_loop(k, var, 16)
-    compiled = compile_kernel(k, store=_Unstored())  # type: ignore[arg-type]
+    compiled = compile_kernel(k, store=ObjectStore(tmp_path))  # an empty store: compiled here
     copies = [same_layout(a) for a in args]
     assert compiled.cfunc(*copies) == 0
     names = [q.name for q in k.params]
