@@ -98,11 +98,29 @@ def register_tile() -> tuple[int, int]:
 
 
 def score_keys_first() -> list[int]:
-    """The choices of attention's keys per register block of scores (a key's row is
-    TQ = 64 queries: four vectors with AVX-512, eight ymm with AVX2), the first sized to
-    the registers: 4 keys (16 of the 32 zmm) with AVX-512, 1 with AVX2 (4 keys spilled:
-    a Zen 2, B=1 H=8 L=1024 D=64, 91 -> 104-110 GFLOP/s with one)."""
-    return [4, 6, 1] if vector_bytes() == 64 else [1, 4, 6]
+    """The choices of attention's keys per register block of scores (each key's row of
+    `score_queries_first()` queries), the first sized to the registers: 4 keys × 64
+    queries (16 of the 32 zmm) with AVX-512, 2 × 32 with AVX2 (8 of its 16 ymm). Measured
+    with AVX2: 4 keys × 64 spilled (a Zen 2, B=1 H=8 L=1024 D=64, 91 -> 104-110 GFLOP/s
+    with one); on a Zen 3, 2 × 32 ran 1.15-1.17× 1 × 64 at L = 1024 and 2048 (non-causal,
+    15 rounds taking turns; causal 1.05-1.10×)."""
+    return [4, 6, 1] if vector_bytes() == 64 else [2, 1, 4]
+
+
+def score_queries_first(tile: int) -> list[int]:
+    """The choices of attention's queries per register block of scores, out of a task's
+    `tile`: all of them with AVX-512 (four zmm), half with AVX2 (four ymm; see
+    score_keys_first)."""
+    return [tile, tile // 2] if vector_bytes() == 64 else [tile // 2, tile]
+
+
+def full_key_tile() -> int:
+    """Keys per tile of a non-causal attention (a causal one takes 64: its diagonal
+    tiles, masked, grow with the tile): 128 with AVX-512 (1.2% faster than 64 on a Zen 4
+    at L = 1024 and 2048), 64 with AVX2 (a Zen 3, whose tile of 128 keys' scores, keys
+    and values overflow the 32 KiB L1 with 8-lane vectors: 64 ran 1.07-1.12× faster at
+    L = 1024 and 2048, 15 rounds taking turns)."""
+    return 128 if vector_bytes() == 64 else 64
 
 
 def value_queries_first() -> list[int]:

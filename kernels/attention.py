@@ -9,7 +9,7 @@ keys j <= i, whatever Lq and Lk are.
 
 Prefill (`flash_kernel`): one task per (b, h, tile of TQ queries). The tile is stored
 transposed (qᵀ, D × TQ, pre-scaled) so that both inner products run with the queries
-across the vector lanes: Sᵀ = K·qᵀ is a matmul micro-kernel (RQK keys × TQ queries in
+across the vector lanes: Sᵀ = K·qᵀ is a matmul micro-kernel (RQK keys × SQ queries in
 registers over D), the softmax statistics are elementwise across lanes (no horizontal
 reductions), and P·V keeps RPV query rows × 64 of D in registers over the keys. Key
 tiles wholly below the causal diagonal run unmasked; the diagonal tiles and the tail tile
@@ -32,15 +32,20 @@ from dataclasses import dataclass
 import numpy as np
 from kdsl.kernels import _device
 from kdsl.kernels._checks import apart, as_array, as_float, out_array, shape_error, written
-from kdsl.kernels._machine import score_keys_first, value_queries_first, value_width
+from kdsl.kernels._machine import (
+    full_key_tile,
+    score_keys_first,
+    score_queries_first,
+    value_queries_first,
+    value_width,
+)
 from kdsl.kernels.attention_tc import flash_mma_kernel
 
 import kdsl as kd
 
 TQ = 64  # queries per prefill task: four AVX-512 vectors of f32
 TK = 64  # keys per tile, causal
-TK_FULL = 128  # keys per tile, not causal (1.2% faster at L = 1024 and 2048; causal 2–4%
-# slower: its diagonal tiles, masked, grow with the tile)
+TK_FULL = full_key_tile()  # keys per tile, not causal (the machine's: see full_key_tile)
 NM = 4  # independent partial maxima per query (a latency-bound chain otherwise)
 CH = 256  # keys per decode chunk
 STREAMS = 4  # runs of a chunk's keys read at once
@@ -200,12 +205,13 @@ def flash_kernel(
         o[i // (H * nq), i // nq % H, qrow, do] = acc[qo, do] / lsum[qo]
 
 
-def _tile_schedule(s, tag: str, rqk, rpv) -> None:
-    """Sᵀ: RQK keys × TQ queries in registers over D; P·V: RPV queries × DT of D in
+def _tile_schedule(s, tag: str, rqk, sq, rpv) -> None:
+    """Sᵀ: RQK keys × SQ queries in registers over D; P·V: RPV queries × DT of D in
     registers over the tile's keys; the softmax steps vectorized across queries."""
     kjo, kji = s.split(f"kj{tag}", rqk)
-    qc, qv = s.split(f"qs{tag}", 16)
-    s.reorder(kjo, qv, f"ds{tag}", kji, qc)
+    qb, qs = s.split(f"qs{tag}", sq)
+    qc, qv = s.split(qs, 16)
+    s.reorder(kjo, qb, qv, f"ds{tag}", kji, qc)
     s.vectorize(qv, 16)
     s.unroll(kji)
     s.unroll(qc)
@@ -229,10 +235,11 @@ def _tile_schedule(s, tag: str, rqk, rpv) -> None:
 @flash_kernel.schedule(kd.cpu)
 def _flash_cpu(s):
     rqk = s.param("rqk", score_keys_first())
+    sq = s.param("sq", score_queries_first(TQ))
     rpv = s.param("rpv", value_queries_first())
     s.parallelize("i")
-    _tile_schedule(s, "", rqk, rpv)
-    _tile_schedule(s, "_m", rqk, rpv)
+    _tile_schedule(s, "", rqk, sq, rpv)
+    _tile_schedule(s, "_m", rqk, sq, rpv)
     s.vectorize("do", 16)
 
 
