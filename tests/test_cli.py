@@ -261,13 +261,22 @@ def test_bench_passes_options_to_the_script(capfd):
     assert "--quick" in out and "--output" in out
 
 
-def test_demo_checks_and_times_every_library_kernel(capsys):
+def test_demo_checks_and_times_every_library_kernel(capsys, monkeypatch):
+    """Every kernel checked and timed; the machine's peaks probed before the kernels and
+    after them, the better of each pair taken (here two made-up pairs, after the probes
+    themselves ran once)."""
+    from kdsl.cli import demo
+
+    probed = demo.machine_peaks(1 << 20)
+    assert all(0 < p < float("inf") for p in probed)
+    pairs = iter([(7e5, 3.0), (9e5, 2.0)])
+    monkeypatch.setattr(demo, "machine_peaks", lambda copy_bytes: next(pairs))
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
     for name in ("matmul", "softmax", "rmsnorm", "layernorm"):
         line = next(row for row in out.splitlines() if row.startswith(name))
         assert " ok " in line and "×" in line and "%" in line
-    assert "peak:" in out and "WRONG" not in out
+    assert "peak: 900000 GFLOP/s" in out and " 3 GB/s (copy" in out and "WRONG" not in out
 
 
 def test_quick_naive_benchmark_checks_and_times_each_kernel(tmp_path):
