@@ -163,6 +163,12 @@ def _register_blocked(s, across: str, panel: int, depth: int) -> None:
             _pack_b(s, packed_at, f"1//{nr},0,1%{nr}", across, widened)
         if bf16:
             s.cache("a", at=io, layout="packed", dtype=kd.f32)
+    # the tile's zeroing and write-back (the sum's statements before and after it) with
+    # its rows inside its columns: unrolled, the rows share one vector loop instead of a
+    # loop each with its own tails (75 vector loops in a kernel → 21; the matmul kernel
+    # with a gelu epilogue compiled in 1.7 s instead of 1.8–2.2 s)
+    for part in (1, 2):
+        s.reorder(f"{ji}.{part}", f"{ii}.{part}")
     s.vectorize(ji, nr)
     s.unroll(ii)
     s.parallelize(jo if across == "panels" else io)
