@@ -182,8 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     before = machine_peaks(kv_bytes)
     rng = np.random.default_rng(0)
     rows = [harness.run_case(case, settings, rng) for case in cases]
-    # the better of two probes, before and after: another load on the machine lowers one
-    peak, copy_gbs = (max(a, b) for a, b in zip(before, machine_peaks(kv_bytes)))
+    peak, copy_gbs = machine_peaks(kv_bytes, than=before)  # (the better of before and after)
     notes = [
         f"FMA peak {peak:.0f} GFLOP/s (kdsl probe, kernels/peak.py); copy "
         f"{copy_gbs:.1f} GB/s read+written (the faster of np.copyto and a kdsl copy of "

@@ -99,11 +99,12 @@ def register_tile() -> tuple[int, int]:
 
 def score_keys_first() -> list[int]:
     """The choices of attention's keys per register block of scores (each key's row of
-    `score_queries_first()` queries), the first sized to the registers: 4 keys × 64
-    queries (16 of the 32 zmm) with AVX-512, 2 × 32 with AVX2 (8 of its 16 ymm). Measured
-    with AVX2: 4 keys × 64 spilled (a Zen 2, B=1 H=8 L=1024 D=64, 91 -> 104-110 GFLOP/s
-    with one); on a Zen 3, 2 × 32 ran 1.15-1.17× 1 × 64 at L = 1024 and 2048 (non-causal,
-    15 rounds taking turns; causal 1.05-1.10×)."""
+    the queries `score_queries_first` gives), the first sized to the registers: 4 keys
+    × 64 queries (16 of the 32 zmm) with AVX-512, 2 × 32 with AVX2 (8 of its 16 ymm).
+    Measured with AVX2: 4 keys × 64 spilled (a Zen 2, B=1 H=8 L=1024 D=64, 91 -> 104-110
+    GFLOP/s with one); on a Zen 3, 2 × 32 ran 1.15-1.17× 1 × 64 at L = 1024 and 2048
+    (non-causal, 15 rounds taking turns; causal 1.05-1.10×). (6 keys, once a choice with
+    AVX2, spills there at any of these widths.)"""
     return [4, 6, 1] if vector_bytes() == 64 else [2, 1, 4]
 
 
@@ -115,11 +116,10 @@ def score_queries_first(tile: int) -> list[int]:
 
 
 def full_key_tile() -> int:
-    """Keys per tile of a non-causal attention (a causal one takes 64: its diagonal
-    tiles, masked, grow with the tile): 128 with AVX-512 (1.2% faster than 64 on a Zen 4
-    at L = 1024 and 2048), 64 with AVX2 (a Zen 3, whose tile of 128 keys' scores, keys
-    and values overflow the 32 KiB L1 with 8-lane vectors: 64 ran 1.07-1.12× faster at
-    L = 1024 and 2048, 15 rounds taking turns)."""
+    """Keys per tile of a non-causal attention on this CPU (a causal one takes 64: its
+    diagonal tiles, masked, grow with the tile): 128 with AVX-512 (on a Zen 4, 1.2%
+    faster than 64 at L = 1024 and 2048), 64 with AVX2 (on a Zen 3, 1.07-1.12× faster
+    than 128 at L = 1024 and 2048, 15 rounds taking turns; 20-30% in single runs)."""
     return 128 if vector_bytes() == 64 else 64
 
 

@@ -42,6 +42,13 @@ def run_config(kernel, config: dict[str, object], *args: object) -> None:
     compiled.run(bound)
 
 
+def each_choice(kernel, *args: object) -> list[dict[str, object]]:
+    """The configs that take each choice of each of `kernel`'s params for these
+    arguments beyond the first, the other params at their first choice."""
+    space = kernel.search_space(kernel.ir(*args).kernel)
+    return [{name: choice} for name, choices in space.items() for choice in choices[1:]]
+
+
 def _copies(args: list[object]) -> list[object]:
     return [a.copy() if isinstance(a, np.ndarray) else a for a in args]
 

@@ -262,21 +262,28 @@ def test_bench_passes_options_to_the_script(capfd):
 
 
 def test_demo_checks_and_times_every_library_kernel(capsys, monkeypatch):
-    """Every kernel checked and timed; the machine's peaks probed before the kernels and
-    after them, the better of each pair taken (here two made-up pairs, after the probes
-    themselves ran once)."""
+    """Every kernel checked and timed, its rate a share of the machine's peaks: probed
+    before the kernels and again after them, the better of each pair taken (here made-up
+    probes, after the real one ran once)."""
     from kdsl.cli import demo
 
     probed = demo.machine_peaks(1 << 20)
     assert all(0 < p < float("inf") for p in probed)
-    pairs = iter([(7e5, 3.0), (9e5, 2.0)])
-    monkeypatch.setattr(demo, "machine_peaks", lambda copy_bytes: next(pairs))
+    assert demo.machine_peaks(1 << 20, than=(1e9, 0.0))[0] == 1e9
+    calls, probes = [], iter([(7e5, 2.0), (9e5, 3.0)])
+    monkeypatch.setattr(
+        demo, "machine_peaks", lambda b, than=None: calls.append(than) or next(probes)
+    )
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
+    assert calls == [None, (7e5, 2.0)]  # the second probe is given the first
     for name in ("matmul", "softmax", "rmsnorm", "layernorm"):
         line = next(row for row in out.splitlines() if row.startswith(name))
         assert " ok " in line and "×" in line and "%" in line
     assert "peak: 900000 GFLOP/s" in out and " 3 GB/s (copy" in out and "WRONG" not in out
+    rmsnorm = next(row for row in out.splitlines() if row.startswith("rmsnorm")).split()
+    rate, share = float(rmsnorm[-3]), float(rmsnorm[-1].rstrip("%"))
+    assert abs(share - 100 * rate / 3.0) <= 100 * 0.5 / 3.0 + 0.5  # the peaks after
 
 
 def test_quick_naive_benchmark_checks_and_times_each_kernel(tmp_path):

@@ -122,16 +122,21 @@ def median_time(fn: Callable[[], object], budget_s: float = 0.4, least: int = 5)
     return statistics.median(times)
 
 
-def machine_peaks(copy_bytes: int) -> tuple[float, float]:
+def machine_peaks(
+    copy_bytes: int, than: tuple[float, float] | None = None
+) -> tuple[float, float]:
     """(FMA GFLOP/s of the kdsl probe, GB/s of the faster of a kdsl copy and np.copyto
-    of `copy_bytes`)."""
+    of `copy_bytes`); with `than` (an earlier probe's), the better of each pair: a
+    machine shared with others (a VM) slows down for seconds at a time, and a peak
+    probed in such a spell made a kernel's rate read 131% of it."""
     x = np.random.default_rng(0).random(1 << 20, dtype=np.float32)
     y = np.empty_like(x)
     flops = median_time(lambda: fma_probe(x, y))
     a = np.ones(copy_bytes // 4, np.float32)
     b = np.empty_like(a)
     copy = min(median_time(lambda: np.copyto(b, a)), median_time(lambda: copy_probe(a, b)))
-    return FLOPS_PER_ELEMENT * x.size / flops / 1e9, 2 * a.nbytes / copy / 1e9
+    peaks = (FLOPS_PER_ELEMENT * x.size / flops / 1e9, 2 * a.nbytes / copy / 1e9)
+    return peaks if than is None else (max(peaks[0], than[0]), max(peaks[1], than[1]))
 
 
 def add(commands: argparse._SubParsersAction) -> None:
@@ -182,13 +187,9 @@ def run(ns: argparse.Namespace) -> int:
             t_numpy = median_time(lambda: case.numpy(*args))  # noqa: B023
             measured.append((case, error, t_kdsl, t_numpy))
             bar.update()
-        # the probes again after the cases, and the better of each pair: a machine shared
-        # with others (a VM) slows down for seconds at a time, and a peak measured in such
-        # a spell made a kernel's rate read 131% of it
         bar.set_postfix_str("peak probes")
-        after = machine_peaks(ROW_BYTES)
+        peaks = machine_peaks(ROW_BYTES, than=before)  # (again after the kernels)
         bar.update()
-    gflops_peak, gbs_peak = peaks = (max(before[0], after[0]), max(before[1], after[1]))
     rows = [_row(*m, peaks) for m in measured]
     headers = ["kernel", "shape", "check", "kdsl", "NumPy", "speedup", "rate", "of peak"]
     print(
@@ -197,8 +198,8 @@ def run(ns: argparse.Namespace) -> int:
     )
     print(format_table(headers, rows))
     print(
-        f"\npeak: {gflops_peak:.0f} GFLOP/s (FMA probe, written in kdsl), "
-        f"{gbs_peak:.0f} GB/s (copy of {ROW_BYTES >> 20} MiB, the row kernels' size); "
+        f"\npeak: {peaks[0]:.0f} GFLOP/s (FMA probe, written in kdsl), "
+        f"{peaks[1]:.0f} GB/s (copy of {ROW_BYTES >> 20} MiB, the row kernels' size); "
         "speedup = NumPy time / kdsl time; "
         f"{time.perf_counter() - started:.1f} s in all"
     )

@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from kdsl.kernels import attention
-from kdsl.kernels.attention import TK, TK_FULL, TQ, flash_kernel, reference
+from kdsl.kernels.attention import CPU_KEYS, TK, TQ, flash_kernel, reference
 
 import kdsl as kd
-from tests.helpers import keyed_rng, run_config
+from tests.helpers import each_choice, keyed_rng, run_config
 
 # (B, H, Hkv, Lq, Lk, D): primes, one tile, a tile and one, Lq ≷ Lk, D of 1, 5, 64, 128
 PREFILL = [
@@ -18,7 +18,7 @@ PREFILL = [
     (2, 4, 2, 37, 37, 64),
     (1, 8, 1, 131, 131, 64),
     (1, 2, 1, TQ, TK, 64),
-    (1, 8, 1, TQ + 1, 2 * TK_FULL + 1, 64),
+    (1, 8, 1, TQ + 1, 2 * CPU_KEYS + 1, 64),
     (1, 2, 2, 131, 37, 128),
     (1, 2, 2, 37, 131, 128),
     (2, 2, 2, 37, 131, 5),
@@ -58,23 +58,22 @@ def test_prefill(shape, causal):
     _close(out, reference(q, k, v, causal))
 
 
-def _prefill_choices() -> list[dict[str, object]]:
-    """Each choice of each param of flash_kernel's CPU schedule, the others at their
-    first (its register blocks: keys and queries of the scores, queries of P·V)."""
-    q, k, v = _qkv("space", 1, 1, 1, 4, 4, 64)
-    traced = flash_kernel.ir(q, k, v, np.empty_like(q), 0.125, 1, 64, True).kernel
-    space = flash_kernel.search_space(traced)
-    return [{name: choice} for name, choices in space.items() for choice in choices[1:]]
+_SMALL = _qkv("space", 1, 1, 1, 4, 4, 64)
 
 
-@pytest.mark.parametrize("config", _prefill_choices(), ids=str)
-def test_prefill_every_choice_of_the_search_space(config):
-    """Causal, so that both the plain tiles and the masked ones run; queries and keys
-    not multiples of any tile, with a GQA group of two."""
-    q, k, v = _qkv(("space", str(config)), 1, 2, 1, 2 * TQ + 3, 2 * TQ + 3, 64)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize(
+    "config", each_choice(flash_kernel, *_SMALL, np.empty_like(_SMALL[0]), 0.125, 1, 64), ids=str
+)
+def test_prefill_every_choice_of_the_search_space(config, causal):
+    """Each choice of each param of flash_kernel's CPU schedule (its register blocks: keys
+    and queries of the scores, queries of P·V), the others at their first: queries and
+    keys not multiples of any tile, a GQA group of two; causal, the plain tiles and the
+    masked ones run."""
+    q, k, v = _qkv(("space", str(config), causal), 1, 2, 1, 2 * TQ + 3, 2 * CPU_KEYS + 3, 64)
     o = np.full(q.shape, np.nan, np.float32)
-    run_config(flash_kernel, config, q, k, v, o, 0.125, 2, 64, True)
-    _close(o, reference(q, k, v, True, 0.125))
+    run_config(flash_kernel, config, q, k, v, o, 0.125, 2, 64, causal, CPU_KEYS)
+    _close(o, reference(q, k, v, causal, 0.125))
 
 
 @pytest.mark.parametrize("shape", DECODE)

@@ -15,7 +15,14 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import kdsl as kd
-from tests.helpers import asm_loops, build_config, keyed_rng, run_config, vector_register
+from tests.helpers import (
+    asm_loops,
+    build_config,
+    each_choice,
+    keyed_rng,
+    run_config,
+    vector_register,
+)
 
 mm = importlib.import_module("kdsl.kernels.matmul")
 
@@ -54,14 +61,9 @@ def test_every_edge(kernel: kd.KernelFunction, m: int, k: int, n: int) -> None:
     _close(c, a, b)
 
 
-def _one_at_a_time() -> list[dict[str, object]]:
-    """Each choice of each param, the others at their first choice."""
-    a, b = _operands(4, 4, 4)
-    space = mm.product_kernel.search_space(mm.product_kernel.ir(a, b, np.empty((4, 4))).kernel)
-    return [{name: choice} for name, choices in space.items() for choice in choices[1:]]
-
-
-@pytest.mark.parametrize("config", _one_at_a_time(), ids=str)
+@pytest.mark.parametrize(
+    "config", each_choice(mm.product_kernel, *_operands(4, 4, 4), np.empty((4, 4))), ids=str
+)
 def test_every_choice_of_the_search_space(config: dict[str, object]) -> None:
     for m, k, n in [(1, 1, 1), (31, 129, 127), (130, 67, 300)]:
         a, b = _operands(m, k, n)
@@ -347,6 +349,17 @@ def test_bf16_operands_on_every_edge(kernel: kd.KernelFunction, m: int, k: int, 
     _close(c, a, b)
 
 
+@pytest.mark.parametrize("pairs", [True, False])
+def test_bf16_sums_in_pairs_or_widened(pairs: bool) -> None:
+    """Both bf16 paths on any CPU: k in pairs with B's rows interleaved (the "vnni" copy,
+    whether the CPU has vdpbf16ps or not) and the copies widened to f32, on edge tiles."""
+    for m, k, n in [(1, 1, 1), (13, 7, 33), (70, 129, 67)]:
+        a, b = _bf16_operands(m, k, n)
+        c = np.full((m, n), np.nan, np.float32)
+        run_config(mm.product_kernel, {"bf16_pairs": pairs}, a, b, c)
+        _close(c, a, b)
+
+
 def test_bf16_matmul_returns_bf16_and_fuses_the_epilogue() -> None:
     a, b = _bf16_operands(31, 129, 127)
     bias = keyed_rng("bias", 127).standard_normal(127, np.float32)
@@ -545,15 +558,12 @@ def _cut(x: np.ndarray, w: np.ndarray, parts: int) -> tuple[np.ndarray, ...]:
     return xs, ws, x[split:], w[split:], np.zeros(1, np.float32), np.full(n, np.nan, np.float32)
 
 
-def _one_row_space() -> list[dict[str, object]]:
-    """Each choice of each of vecmat_kernel's params, the others at their first choice."""
+def _small_cut() -> tuple[np.ndarray, ...]:
     x, w, _ = _row(64, 16)
-    args = _cut(x[0], w, 2)
-    space = vm.vecmat_kernel.search_space(vm.vecmat_kernel.ir(*args).kernel)
-    return [{name: choice} for name, choices in space.items() for choice in choices[1:]]
+    return _cut(x[0], w, 2)
 
 
-@pytest.mark.parametrize("config", _one_row_space(), ids=str)
+@pytest.mark.parametrize("config", each_choice(vm.vecmat_kernel, *_small_cut()), ids=str)
 def test_one_row_every_choice_of_the_search_space(config: dict[str, object]) -> None:
     """Parts of rows not a multiple of the rows read together, rows left over, columns
     not a multiple of a segment or of the vectors."""
