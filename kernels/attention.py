@@ -111,6 +111,8 @@ class _Task:
     mx: object  # NM partial maxima per query
     mt: object  # the new running max
     al: object  # exp(old max - new max): how much acc and l shrink
+    kt: object  # keys of another dtype than f32: the tile's rows in f32, tk × D; or None
+    vt: object  # values of another dtype than f32: the tile's rows in f32, tk × DP; or None
 
 
 def _key_tile(t: _Task, k0, *, tag: str, masked: bool) -> None:
@@ -119,9 +121,18 @@ def _key_tile(t: _Task, k0, *, tag: str, masked: bool) -> None:
     schedule can address each copy. A masked tile clamps key rows in bounds and scores
     -inf for keys past kend and (causal) keys after each query."""
     b, hk, D, tk = t.b, t.hk, t.D, t.tk
+
+    def key(j):
+        return kd.minimum(k0 + j, t.Lk - 1) if masked else k0 + j
+
     kj, qs, ds = kd.indices(tk, TQ, D, names=f"kj{tag} qs{tag} ds{tag}")
-    row = kd.minimum(k0 + kj, t.Lk - 1) if masked else k0 + kj
-    dot = kd.sum(t.k[b, hk, row, ds] * t.qT[ds, qs], over=ds)
+    if t.kt is None:
+        krow = t.k[b, hk, key(kj), ds]
+    else:  # (the tile's keys widened once, not by each block of queries: see vt below)
+        kw, dk = kd.indices(tk, D, names=f"kw{tag} dk{tag}")
+        t.kt[kw, dk] = t.k[b, hk, key(kw), dk].astype(kd.f32)
+        krow = t.kt[kj, ds]
+    dot = kd.sum(krow * t.qT[ds, qs], over=ds)
     if masked:
         keep = k0 + kj < t.kend
         if t.causal:
@@ -144,7 +155,14 @@ def _key_tile(t: _Task, k0, *, tag: str, masked: bool) -> None:
     dt, dp = _d_tiling(D, widest=value_width())
     qa, dc, dv, ka = kd.indices(TQ, dp // dt, dt, tk, names=f"qa{tag} dc{tag} dv{tag} ka{tag}")
     da = dc * dt + dv
-    vrow = _v_row(t.v, b, hk, kd.minimum(k0 + ka, t.Lk - 1) if masked else k0 + ka, da, D, dp)
+    if t.vt is None:
+        vrow = _v_row(t.v, b, hk, key(ka), da, D, dp)
+    else:
+        # the tile's values widened to f32 once, not by each block of queries that reads
+        # them (bf16, B=1 H=8 L=1024 D=64 on a Zen 3: 1.2× the time of f32 inputs before)
+        vw, dw = kd.indices(tk, dp, names=f"vw{tag} dw{tag}")
+        t.vt[vw, dw] = _v_row(t.v, b, hk, key(vw), dw, D, dp).astype(kd.f32)
+        vrow = t.vt[ka, da]
     t.acc[qa, da] = t.acc[qa, da] * t.al[qa] + kd.sum(t.sT[ka, qa] * vrow, over=ka)
 
 
@@ -197,7 +215,11 @@ def flash_kernel(
         mx = kd.alloc((NM, TQ))
         mt = kd.alloc((TQ,))
         al = kd.alloc((TQ,))
-        t = _Task(k, v, b, hk, q0, kend, Lk, D, causal, qT, m, lsum, acc, tk, sT, mx, mt, al)
+        kt = None if k.dtype == kd.f32 else kd.alloc((tk, D))
+        vt = None if v.dtype == kd.f32 else kd.alloc((tk, dp))
+        t = _Task(
+            k, v, b, hk, q0, kend, Lk, D, causal, qT, m, lsum, acc, tk, sT, mx, mt, al, kt, vt
+        )
         dt, qt = kd.indices(D, TQ, names="dt qt")
         qT[dt, qt] = 0.0  # padding queries (past Lq) stay zero
         qp, dq = kd.indices(nqi, D, names="qp dq")
@@ -240,6 +262,10 @@ def _tile_schedule(s, tag: str, rqk, sq, rpv) -> None:
     dc, dv = s.split(f"dv{tag}", 16)
     s.reorder(qo, f"dc{tag}", dv, f"ka{tag}", qi, dc)
     s.vectorize(dv, 16)
+    # the tile's keys and values widened to f32, where they are of another dtype
+    for buffer, loop in (("k", f"dk{tag}"), ("v", f"dw{tag}")):
+        if s.dtype(buffer) != kd.f32:
+            s.vectorize(loop, 16)
     s.unroll(qi)
     s.unroll(dc)
 
@@ -256,9 +282,12 @@ def _flash_cpu(s):
 
 
 def _tile_on_threads(s, tag: str) -> None:
-    """A key tile's statements on the block's threads: a key row each for Sᵀ, a query
-    each for the softmax steps and P·V (D across a thread's registers)."""
-    for loop in ("kj", "qm", "qn", "qn.1", "qn.2", "qe", "ql", "qa"):
+    """A key tile's statements on the block's threads: a key row each for Sᵀ (and for
+    widening keys and values of another dtype than f32), a query each for the softmax
+    steps and P·V (D across a thread's registers)."""
+    loops = ["kj", "qm", "qn", "qn.1", "qn.2", "qe", "ql", "qa"]
+    loops += [rows for buffer, rows in (("k", "kw"), ("v", "vw")) if s.dtype(buffer) != kd.f32]
+    for loop in loops:
         s.bind(f"{loop}{tag}" if "." not in loop else loop.replace(".", f"{tag}."), "thread.x")
 
 

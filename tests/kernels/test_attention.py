@@ -112,12 +112,17 @@ def test_strided_inputs_and_out():
     _close(out, reference(q, k, v, True))
 
 
-def test_bf16_inputs():
+@pytest.mark.parametrize(
+    "dtype,causal,D", [("bfloat16", True, 64), ("float16", False, 64), ("bfloat16", False, 20)]
+)
+def test_16_bit_inputs(dtype, causal, D):
+    """bf16 and f16 q, k, v (each key tile's keys and values widened to f32 once), with
+    masked tiles and a head size padded for P·V."""
     ml_dtypes = pytest.importorskip("ml_dtypes")
-    q, k, v = (a.astype(ml_dtypes.bfloat16) for a in _qkv("bf16", 1, 4, 2, 37, 77, 64))
-    _close(
-        attention(q, k, v, causal=True), reference(*(a.astype(np.float32) for a in (q, k, v)), True)
-    )
+    typ = getattr(ml_dtypes, dtype, None) or np.dtype(dtype)
+    q, k, v = (a.astype(typ) for a in _qkv(("16 bit", dtype, D), 1, 4, 2, 37, 2 * CPU_KEYS + 5, D))
+    want = reference(*(a.astype(np.float32) for a in (q, k, v)), causal)
+    _close(attention(q, k, v, causal=causal), want)
 
 
 @pytest.mark.parametrize("causal", [False, True])
