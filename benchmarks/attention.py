@@ -5,7 +5,8 @@ Prefill: B=1, H=8, D=64, L in {1024, 2048}, causal or not, rated in GFLOP/s of u
 work (4·B·H·L²·D non-causal; causal counts only the unmasked scores) next to the FMA
 peak measured by the kdsl probe (kernels/peak.py) in the same run. Decode: one query
 per head against a KV cache (H=32, D=128, 4096 keys), rated in GB/s of K and V read,
-against NumPy attention and against np.copyto of the same bytes.
+against NumPy attention and against np.copyto of the same bytes. bf16 inputs: against
+PyTorch's SDPA on bf16 tensors and against kdsl on f32 copies of them.
 """
 
 from __future__ import annotations
@@ -88,6 +89,33 @@ def prefill_cases(L: int, causal: bool, B: int = 1, H: int = 8, D: int = 64) -> 
             )
         )
     return cases
+
+
+def bf16_cases(L: int, B: int = 1, H: int = 8, D: int = 64) -> list:
+    """bf16 q, k, v (ml_dtypes; f32 results) against PyTorch's SDPA on the same bf16
+    values (its result rounded to bf16), and against kdsl on their f32 values."""
+    import ml_dtypes
+
+    def make(rng):
+        q, k, v = rng.standard_normal((3, B, H, L, D), np.float32).astype(ml_dtypes.bfloat16)
+        return q, k, v, np.empty((B, H, L, D), np.float32)
+
+    def run(q, k, v, out):
+        attention(q, k, v, out=out)
+
+    def as_f32(q, k, v, out):
+        attention(*(a.astype(np.float32) for a in (q, k, v)), out=out)
+
+    def torch_bf16(q, k, v, out):
+        tq, tk, tv = (torch.from_numpy(a.view(np.int16)).view(torch.bfloat16) for a in (q, k, v))
+        out[...] = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv).float().numpy()
+
+    common = dict(work=_useful_flops(B, H, L, D, False), unit="GFLOP/s", atol=2e-2, rtol=2e-2)
+    size = f"B={B} H={H} L={L} D={D}"
+    peers = [(as_f32, "kdsl, f32 copies of the inputs")]
+    peers += [(torch_bf16, "torch SDPA, bf16")] if torch is not None else []
+    name = "attention of bf16 inputs"
+    return [harness.Case(name, size, make, run, fn, peer=peer, **common) for fn, peer in peers]
 
 
 def decode_cases(H: int = 32, D: int = 128, Lk: int = 4096) -> list:
@@ -177,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         lengths, decode = [1024, 2048], dict(H=32, D=128, Lk=4096)
     cases = [c for L in lengths for causal in (False, True) for c in prefill_cases(L, causal)]
+    cases += bf16_cases(lengths[0])
     cases += decode_cases(**decode)
     kv_bytes = 2 * decode["H"] * decode["Lk"] * decode["D"] * 4
     before = machine_peaks(kv_bytes)
