@@ -12,13 +12,13 @@ PyTorch's SDPA on bf16 tensors and against kdsl on f32 copies of them.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
 import harness
 import numpy as np
 from kdsl.kernels import attention
+from kdsl.kernels.attention import textbook
 from kdsl.kernels.peak import read_probe
 
 from kdsl.cli.demo import machine_peaks
@@ -31,15 +31,7 @@ except ImportError:  # optional peer
 
 def numpy_attention(q, k, v, out, causal=False):
     """The textbook version: the whole score matrix, softmax, then P·V (BLAS matmuls)."""
-    s = np.matmul(q, k.transpose(0, 1, 3, 2))
-    s *= np.float32(1 / math.sqrt(q.shape[-1]))
-    if causal:
-        lq, lk = s.shape[-2:]
-        s[..., np.arange(lk)[None, :] > np.arange(lq)[:, None]] = -np.inf
-    s -= s.max(axis=-1, keepdims=True)
-    np.exp(s, out=s)
-    s /= s.sum(axis=-1, keepdims=True)
-    np.matmul(s, v, out=out)
+    textbook(q, k, v, causal, out=out)
 
 
 def torch_attention(q, k, v, out, causal=False):

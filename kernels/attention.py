@@ -489,6 +489,23 @@ def attention(
     return written(o, target, out)
 
 
+def textbook(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool = False, out: np.ndarray | None = None
+) -> np.ndarray:
+    """The NumPy version people write, in float32, as `kdsl demo` and the benchmarks time
+    it: the whole score matrix (BLAS), its softmax, then P·V (q and k of one head count,
+    scale 1/sqrt(D))."""
+    s = np.matmul(q, k.transpose(0, 1, 3, 2))
+    s *= np.float32(1 / math.sqrt(q.shape[-1]))
+    if causal:
+        lq, lk = s.shape[-2:]
+        s[..., np.arange(lk)[None, :] > np.arange(lq)[:, None]] = -np.inf
+    s -= s.max(axis=-1, keepdims=True)
+    np.exp(s, out=s)
+    s /= s.sum(axis=-1, keepdims=True)
+    return np.matmul(s, v, out=out)
+
+
 def reference(
     q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool = False, scale: float | None = None
 ) -> np.ndarray:

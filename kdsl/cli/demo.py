@@ -12,6 +12,7 @@ ones.
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import statistics
 import time
@@ -26,6 +27,7 @@ from kdsl.kernels.peak import FLOPS_PER_ELEMENT, copy_probe, fma_probe
 
 ROWS, COLS = 4096, 1024  # 16 MiB of f32: resident in this CPU's 32 MiB L3, like the copy
 ROW_BYTES = 4 * ROWS * COLS
+HEADS = (1, 8, 1024, 64)  # attention's q, k and v: [B, H, L, D]
 
 
 @dataclass
@@ -41,7 +43,8 @@ class Case:
 
 
 def _cases() -> list[Case]:
-    from kdsl.kernels import layernorm, matmul, qmatvec, quant, rmsnorm, softmax
+    from kdsl.kernels import attention, layernorm, matmul, qmatvec, quant, rmsnorm, softmax
+    from kdsl.kernels.attention import textbook
     from kdsl.kernels.norms import layernorm_reference, rmsnorm_reference
     from kdsl.kernels.softmax import reference as softmax_reference
 
@@ -65,6 +68,9 @@ def _cases() -> list[Case]:
         """Dequantize, then BLAS, with x quantized to Q8_0 as GGML (and kdsl) do."""
         x8 = quant.reference_dequantize(quant.reference_quantize(x[None], "q8_0"))[0]
         return quant.reference_dequantize(w) @ x8
+
+    def heads(rng):
+        return tuple(rng.standard_normal(HEADS, dtype=np.float32) for _ in range(3))
 
     row_bytes = 2 * ROW_BYTES  # read x, write y
     q4_bytes = (n * 4) ** 2 * 18 // 32
@@ -98,6 +104,15 @@ def _cases() -> list[Case]:
             "memory",
         ),
         Case(
+            "attention",
+            "×".join(map(str, HEADS)),
+            heads,
+            attention,
+            textbook,
+            4 * math.prod(HEADS) * HEADS[2],  # 4·B·H·L²·D
+            "compute",
+        ),
+        Case(
             "qmatvec Q4_0",
             f"{4 * n}×{4 * n}",
             q4_0_matrix,
@@ -122,9 +137,7 @@ def median_time(fn: Callable[[], object], budget_s: float = 0.4, least: int = 5)
     return statistics.median(times)
 
 
-def machine_peaks(
-    copy_bytes: int, than: tuple[float, float] | None = None
-) -> tuple[float, float]:
+def machine_peaks(copy_bytes: int, than: tuple[float, float] | None = None) -> tuple[float, float]:
     """(FMA GFLOP/s of the kdsl probe, GB/s of the faster of a kdsl copy and np.copyto
     of `copy_bytes`); with `than` (an earlier probe's), the better of each pair: a
     machine shared with others (a VM) slows down for seconds at a time, and a peak
