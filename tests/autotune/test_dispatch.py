@@ -93,6 +93,31 @@ def test_untuned_shape_uses_nearest_tuned_shape() -> None:
     assert kernel.stats()["compilations"] == 1  # both shapes share one config's code
 
 
+def test_an_untuned_first_call_applies_its_schedule_once() -> None:
+    """The tuning lookup asks for the search space, then the compile for the default
+    params' IR: one run of the schedule serves both (a second took 7% of compiling four
+    library kernels); a new trace (another dtype) runs it again."""
+    runs = []
+
+    def affine(x, y):
+        i = kd.indices(x.shape[0])
+        y[i] = x[i] * 2.0 + 0.5
+
+    kernel = kd.kernel(affine, name="dispatch_schedule_once")
+
+    @kernel.schedule(kd.cpu)
+    def _(s):
+        runs.append(s.param("f", [16, 64]))
+        s.split("i", runs[-1])
+
+    x, y = arrays(100)
+    kernel(x, y)
+    np.testing.assert_allclose(y, x * 2.0 + 0.5, rtol=1e-6)
+    assert runs == [16]
+    kernel(x.astype(np.float64), y.astype(np.float64))
+    assert runs == [16, 16]
+
+
 def test_each_thread_count_takes_its_own_tuning() -> None:
     """A schedule tuned on two threads is not the best on one: calls take the rows of
     their own count (kd.set_num_threads), the nearest count's where it has none."""
