@@ -88,23 +88,24 @@ def bf16_cases(L: int, B: int = 1, H: int = 8, D: int = 64) -> list:
     values (its result rounded to bf16), and against kdsl on their f32 values."""
     import ml_dtypes
 
-    def make(rng):
+    def make(rng):  # the bf16 inputs, then their values in f32
         q, k, v = rng.standard_normal((3, B, H, L, D), np.float32).astype(ml_dtypes.bfloat16)
-        return q, k, v, np.empty((B, H, L, D), np.float32)
+        f32 = (a.astype(np.float32) for a in (q, k, v))
+        return q, k, v, *f32, np.empty((B, H, L, D), np.float32)
 
-    def run(q, k, v, out):
+    def run(q, k, v, q32, k32, v32, out):
         attention(q, k, v, out=out)
 
-    def as_f32(q, k, v, out):
-        attention(*(a.astype(np.float32) for a in (q, k, v)), out=out)
+    def as_f32(q, k, v, q32, k32, v32, out):
+        attention(q32, k32, v32, out=out)
 
-    def torch_bf16(q, k, v, out):
+    def torch_bf16(q, k, v, q32, k32, v32, out):
         tq, tk, tv = (torch.from_numpy(a.view(np.int16)).view(torch.bfloat16) for a in (q, k, v))
         out[...] = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv).float().numpy()
 
     common = dict(work=_useful_flops(B, H, L, D, False), unit="GFLOP/s", atol=2e-2, rtol=2e-2)
     size = f"B={B} H={H} L={L} D={D}"
-    peers = [(as_f32, "kdsl, f32 copies of the inputs")]
+    peers = [(as_f32, "kdsl, the same values in f32")]
     peers += [(torch_bf16, "torch SDPA, bf16")] if torch is not None else []
     name = "attention of bf16 inputs"
     return [harness.Case(name, size, make, run, fn, peer=peer, **common) for fn, peer in peers]

@@ -234,12 +234,13 @@ class KernelFunction:
         """scheduled(kernel, target), kept for the last IR asked about (the object itself:
         each trace makes a new one): a call's tuning lookup, then its compile, apply the
         schedule once (it took 7% of compiling four library kernels a second time)."""
-        last = self._default
-        if last is not None and last[0] is kernel and last[1] == target.name:
-            return last[2]
-        s = self.scheduled(kernel, target)
-        self._default = (kernel, target.name, s)
-        return s
+        with self._lock:  # (_forget drops it under the lock)
+            last = self._default
+            if last is not None and last[0] is kernel and last[1] == target.name:
+                return last[2]
+            s = self.scheduled(kernel, target)
+            self._default = (kernel, target.name, s)
+            return s
 
     def __getitem__(self, target: Target) -> Callable[..., object]:
         """`kernel[kd.cpu](...)` or `kernel[kd.cuda](...)`: run on that target."""
@@ -493,7 +494,11 @@ class KernelFunction:
 
     def ptx_code(self, traced: Kernel, config: Mapping[str, object] | None = None) -> PtxCode:
         """PTX for traced IR under this kernel's CUDA schedule (no GPU needed)."""
-        scheduled = self.scheduled(traced, cuda, config).kernel
+        scheduled = (
+            self.scheduled(traced, cuda, config)
+            if config is not None
+            else self._scheduled_by_default(traced, cuda)
+        ).kernel
         code = compile_ptx_kernel(scheduled, checks=self.checks, strict_fp=self.strict_fp)
         self._stats["compilations"] += 1
         self._stats["objects_loaded"] += code.from_cache

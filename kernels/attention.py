@@ -111,8 +111,8 @@ class _Task:
     mx: object  # NM partial maxima per query
     mt: object  # the new running max
     al: object  # exp(old max - new max): how much acc and l shrink
-    kt: object  # keys of another dtype than f32: the tile's rows in f32, tk × D; or None
-    vt: object  # values of another dtype than f32: the tile's rows in f32, tk × DP; or None
+    k32: object  # keys of another dtype than f32: the tile's rows in f32, tk × D; or None
+    v32: object  # values of another dtype than f32: the tile's rows in f32, tk × DP; or None
 
 
 def _key_tile(t: _Task, k0, *, tag: str, masked: bool) -> None:
@@ -126,12 +126,12 @@ def _key_tile(t: _Task, k0, *, tag: str, masked: bool) -> None:
         return kd.minimum(k0 + j, t.Lk - 1) if masked else k0 + j
 
     kj, qs, ds = kd.indices(tk, TQ, D, names=f"kj{tag} qs{tag} ds{tag}")
-    if t.kt is None:
+    if t.k32 is None:
         krow = t.k[b, hk, key(kj), ds]
-    else:  # (the tile's keys widened once, not by each block of queries: see vt below)
+    else:  # (the tile's keys widened once, not by each block of queries: see v32 below)
         kw, dk = kd.indices(tk, D, names=f"kw{tag} dk{tag}")
-        t.kt[kw, dk] = t.k[b, hk, key(kw), dk].astype(kd.f32)
-        krow = t.kt[kj, ds]
+        t.k32[kw, dk] = t.k[b, hk, key(kw), dk].astype(kd.f32)
+        krow = t.k32[kj, ds]
     dot = kd.sum(krow * t.qT[ds, qs], over=ds)
     if masked:
         keep = k0 + kj < t.kend
@@ -155,14 +155,14 @@ def _key_tile(t: _Task, k0, *, tag: str, masked: bool) -> None:
     dt, dp = _d_tiling(D, widest=value_width())
     qa, dc, dv, ka = kd.indices(TQ, dp // dt, dt, tk, names=f"qa{tag} dc{tag} dv{tag} ka{tag}")
     da = dc * dt + dv
-    if t.vt is None:
+    if t.v32 is None:
         vrow = _v_row(t.v, b, hk, key(ka), da, D, dp)
     else:
         # the tile's values widened to f32 once, not by each block of queries that reads
         # them (bf16, B=1 H=8 L=1024 D=64 on a Zen 3: 1.2× the time of f32 inputs before)
         vw, dw = kd.indices(tk, dp, names=f"vw{tag} dw{tag}")
-        t.vt[vw, dw] = _v_row(t.v, b, hk, key(vw), dw, D, dp).astype(kd.f32)
-        vrow = t.vt[ka, da]
+        t.v32[vw, dw] = _v_row(t.v, b, hk, key(vw), dw, D, dp).astype(kd.f32)
+        vrow = t.v32[ka, da]
     t.acc[qa, da] = t.acc[qa, da] * t.al[qa] + kd.sum(t.sT[ka, qa] * vrow, over=ka)
 
 
@@ -215,10 +215,10 @@ def flash_kernel(
         mx = kd.alloc((NM, TQ))
         mt = kd.alloc((TQ,))
         al = kd.alloc((TQ,))
-        kt = None if k.dtype == kd.f32 else kd.alloc((tk, D))
-        vt = None if v.dtype == kd.f32 else kd.alloc((tk, dp))
+        k32 = None if k.dtype == kd.f32 else kd.alloc((tk, D))
+        v32 = None if v.dtype == kd.f32 else kd.alloc((tk, dp))
         t = _Task(
-            k, v, b, hk, q0, kend, Lk, D, causal, qT, m, lsum, acc, tk, sT, mx, mt, al, kt, vt
+            k, v, b, hk, q0, kend, Lk, D, causal, qT, m, lsum, acc, tk, sT, mx, mt, al, k32, v32
         )
         dt, qt = kd.indices(D, TQ, names="dt qt")
         qT[dt, qt] = 0.0  # padding queries (past Lq) stay zero
@@ -492,9 +492,9 @@ def attention(
 def textbook(
     q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool = False, out: np.ndarray | None = None
 ) -> np.ndarray:
-    """The NumPy version people write, in float32, as `kdsl demo` and the benchmarks time
-    it: the whole score matrix (BLAS), its softmax, then P·V (q and k of one head count,
-    scale 1/sqrt(D))."""
+    """The NumPy version people write, as `kdsl demo` and the benchmarks time it: the
+    whole score matrix (BLAS), its softmax, then P·V, in the inputs' dtype, scale
+    1/sqrt(D); q, k and v with as many heads (no grouped-query attention)."""
     s = np.matmul(q, k.transpose(0, 1, 3, 2))
     s *= np.float32(1 / math.sqrt(q.shape[-1]))
     if causal:

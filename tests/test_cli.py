@@ -277,7 +277,7 @@ def test_demo_checks_and_times_every_library_kernel(capsys, monkeypatch):
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
     assert calls == [None, (7e5, 2.0)]  # the second probe is given the first
-    for name in ("matmul", "softmax", "rmsnorm", "layernorm"):
+    for name in ("matmul", "softmax", "rmsnorm", "layernorm", "attention", "qmatvec"):
         line = next(row for row in out.splitlines() if row.startswith(name))
         assert " ok " in line and "×" in line and "%" in line
     assert "peak: 900000 GFLOP/s" in out and " 3 GB/s (copy" in out and "WRONG" not in out

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from kdsl.kernels import attention
-from kdsl.kernels.attention import CPU_KEYS, TK, TQ, flash_kernel, reference
+from kdsl.kernels.attention import CPU_KEYS, TK, TQ, flash_kernel, reference, textbook
 
 import kdsl as kd
 from tests.helpers import each_choice, keyed_rng, run_config
@@ -116,13 +116,23 @@ def test_strided_inputs_and_out():
     "dtype,causal,D", [("bfloat16", True, 64), ("float16", False, 64), ("bfloat16", False, 20)]
 )
 def test_16_bit_inputs(dtype, causal, D):
-    """bf16 and f16 q, k, v (each key tile's keys and values widened to f32 once), with
-    masked tiles and a head size padded for P·V."""
+    """bf16 and f16 q, k, v, with masked tiles and a head size padded for P·V: each key
+    tile's keys and values are widened to f32 once, into tiles of their own."""
     ml_dtypes = pytest.importorskip("ml_dtypes")
     typ = getattr(ml_dtypes, dtype, None) or np.dtype(dtype)
     q, k, v = (a.astype(typ) for a in _qkv(("16 bit", dtype, D), 1, 4, 2, 37, 2 * CPU_KEYS + 5, D))
     want = reference(*(a.astype(np.float32) for a in (q, k, v)), causal)
     _close(attention(q, k, v, causal=causal), want)
+    traced = str(flash_kernel.ir(q, k, v, np.empty(q.shape, np.float32), 0.1, 2, D, causal))
+    assert "buffer k32: f32" in traced and "buffer v32: f32" in traced
+
+
+def test_the_textbook_numpy_version():
+    """kernels.attention.textbook, the f32 NumPy peer that `kdsl demo` and the benchmarks
+    time, against the float64 definition, causal and not."""
+    q, k, v = _qkv("textbook", 2, 3, 3, 37, 50, 16)
+    for causal in (False, True):
+        _close(textbook(q, k, v, causal), reference(q, k, v, causal))
 
 
 @pytest.mark.parametrize("causal", [False, True])

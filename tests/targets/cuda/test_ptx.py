@@ -86,17 +86,26 @@ def test_large_tiles_go_to_dynamic_shared_memory(sm, monkeypatch):
 @needs_ptxas
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_flash_attention_of_16_bit_inputs_on_the_cuda_cores(dtype, monkeypatch):
-    """bf16 of an odd head size (which tensor cores don't take) and f16 run the f32
-    flash kernel, each key tile's keys and values widened to f32 once, on the block's
-    threads: the PTX assembles for sm_80 and sm_90."""
+    """flash_kernel on 16-bit inputs (the library's GPU attention takes bf16 of an odd
+    head size there, which tensor cores don't; f16 when called directly): each key
+    tile's keys and values are widened to f32 once, by the block's threads (a key row
+    each), and the PTX assembles for sm_80 and sm_90."""
     import ml_dtypes
     from kdsl.kernels.attention import flash_kernel
 
+    from kdsl.ir.printer import format_kernel
+    from kdsl.kernel import cuda
+
     q = np.zeros((1, 2, 70, 21), getattr(ml_dtypes, dtype, None) or np.dtype(dtype))
+    args = (q, q, q, np.empty(q.shape, np.float32), 0.2, 1, 21, True)
+    specs, _ = flash_kernel._specs(args, {})
+    scheduled = format_kernel(flash_kernel.scheduled(flash_kernel.trace(specs), cuda).kernel)
+    copies = [
+        line for line in scheduled.splitlines() if line.strip().startswith(("for kw", "for vw"))
+    ]
+    assert len(copies) == 4 and all("thread.x" in line for line in copies), copies
     for sm in ("sm_80", "sm_90"):
         monkeypatch.setenv("KDSL_CUDA_ARCH", sm)
-        args = (q, q, q, np.empty(q.shape, np.float32), 0.2, 1, 21, True)
-        specs, _ = flash_kernel._specs(args, {})
         code = flash_kernel.ptx_code(flash_kernel.trace(specs))
         assert "Compiling entry function" in nvptx.assemble(code.ptx, sm)
 
