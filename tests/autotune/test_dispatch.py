@@ -26,14 +26,14 @@ from kdsl.targets.cpu import runtime
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def affine(x, y):
+    i = kd.indices(x.shape[0])
+    y[i] = x[i] * 2.0 + 0.5
+
+
 def affine_kernel(name: str, **options: object) -> KernelFunction:
     """A fresh kernel `y = 2x + 0.5` whose split factor is a param; the name makes its
     identity, so each test's tuning results are its own."""
-
-    def affine(x, y):
-        i = kd.indices(x.shape[0])
-        y[i] = x[i] * 2.0 + 0.5
-
     kernel = kd.kernel(affine, name=name, **options)
 
     @kernel.schedule(kd.cpu)
@@ -98,11 +98,6 @@ def test_an_untuned_first_call_applies_its_schedule_once() -> None:
     params' IR: one run of the schedule serves both (a second took 7% of compiling four
     library kernels); a new trace (another dtype) runs it again."""
     runs = []
-
-    def affine(x, y):
-        i = kd.indices(x.shape[0])
-        y[i] = x[i] * 2.0 + 0.5
-
     kernel = kd.kernel(affine, name="dispatch_schedule_once")
 
     @kernel.schedule(kd.cpu)
@@ -221,11 +216,6 @@ def test_results_never_apply_to_another_schedules_params() -> None:
     schedule with other params finds no tuning results."""
     tuned = affine_kernel("dispatch_other_schedule")
     record(tuned, arrays(512), {"f": 256})
-
-    def affine(x, y):
-        i = kd.indices(x.shape[0])
-        y[i] = x[i] * 2.0 + 0.5
-
     other = kd.kernel(affine, name="dispatch_other_schedule")
 
     @other.schedule(kd.cpu)
@@ -245,11 +235,6 @@ def test_results_of_edited_param_choices_warn_once() -> None:
     """Reordered choices change the kernel's identity: its tuning no longer applies,
     and the first lookup of the signature says why (not silently the first choice)."""
     record(affine_kernel("dispatch_edited"), arrays(512), {"f": 256})
-
-    def affine(x, y):
-        i = kd.indices(x.shape[0])
-        y[i] = x[i] * 2.0 + 0.5
-
     edited = kd.kernel(affine, name="dispatch_edited")
 
     @edited.schedule(kd.cpu)
