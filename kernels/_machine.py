@@ -103,8 +103,8 @@ def score_keys_first() -> list[int]:
     × 64 queries (16 of the 32 zmm) with AVX-512, 2 × 32 with AVX2 (8 of its 16 ymm).
     Measured with AVX2: 4 keys × 64 spilled (a Zen 2, B=1 H=8 L=1024 D=64, 91 -> 104-110
     GFLOP/s with one); on a Zen 3, 2 × 32 ran 1.15-1.17× 1 × 64 at L = 1024 and 2048
-    (non-causal, 15 rounds taking turns; causal 1.05-1.10×). (6 keys, once a choice with
-    AVX2, spills there at any of these widths.)"""
+    (non-causal, 15 rounds taking turns; causal 1.05-1.10×). (6 keys, a choice with AVX2
+    before, would need 24 or 48 ymm at these query widths: more than there are.)"""
     return [4, 6, 1] if vector_bytes() == 64 else [2, 1, 4]
 
 
