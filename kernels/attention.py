@@ -274,7 +274,7 @@ def _tile_schedule(s, tag: str, rqk, sq, rpv) -> None:
 def _flash_cpu(s):
     rqk = s.param("rqk", score_keys_first())
     sq = s.param("sq", score_queries_first(TQ))
-    rpv = s.param("rpv", value_queries_first())
+    rpv = s.param("rpv", value_queries_first(s.extent("dv")))  # (dv: P·V's chunk of D)
     s.parallelize("i")
     _tile_schedule(s, "", rqk, sq, rpv)
     _tile_schedule(s, "_m", rqk, sq, rpv)

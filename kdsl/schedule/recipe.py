@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 from kdsl.config import kdsls_own
 from kdsl.errors import ScheduleError, SourceLoc
-from kdsl.ir.nodes import Kernel, Loop
+from kdsl.ir.nodes import Const, Kernel, Loop
 from kdsl.ir.passes import lower
-from kdsl.schedule import caching, fusion, layouts, loops, reuse, rfactor, stages
+from kdsl.ir.visit import walk_stmts
+from kdsl.schedule import caching, fusion, layouts, loops, reuse, rfactor, stages, tree
 from kdsl.schedule.step import Step, StepContext, plain
 from kdsl.types import DType, as_dtype
 
@@ -173,6 +174,22 @@ class Schedule:
                 f"dtype({buffer!r})", f"there is no buffer named {buffer!r}", f"name one of {names}"
             ) from None
 
+    def extent(self, loop: str) -> int | None:
+        """How many iterations `loop` runs where that is a constant (a constexpr's, a
+        trace-time value's), else None (a shape's, a split's inner loop, whose last tile
+        may be short): for schedules that size a register block by it (attention's P·V
+        holds 64 floats of D in eight ymm: 4 queries where its chunk of D is 16, 2 where
+        it is 32)."""
+        path = tree.find(self.kernel.body, loop) if isinstance(loop, str) else None
+        if path is None:
+            names = ", ".join(lp.var for lp in walk_stmts(self.kernel.body) if isinstance(lp, Loop))
+            raise self._refuse(
+                f"extent({loop!r})", f"there is no loop named {loop!r}", f"name one of {names}"
+            )
+        found = tree.at(self.kernel.body, path)
+        assert isinstance(found, Loop)
+        return int(found.extent.value) if isinstance(found.extent, Const) else None
+
     def has(self, instruction: str) -> bool:
         """Whether the target has a matrix instruction that `tensorize` can use ("amx":
         the CPU's AMX-BF16 tile registers), for schedules that differ where it is."""
@@ -195,7 +212,7 @@ class Schedule:
             kernel = vars(self).get("kernel")
             if name.startswith("_") or kernel is None:
                 raise AttributeError(name)
-            steps = [*sorted(PRIMITIVES), "param", "has", "dtype", "default"]
+            steps = [*sorted(PRIMITIVES), "param", "has", "dtype", "extent", "default"]
             close = difflib.get_close_matches(name, steps, n=3)
             hint = f"did you mean {' or '.join(f's.{c}' for c in close)}? " if close else ""
             raise ScheduleError(

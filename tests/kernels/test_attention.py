@@ -127,6 +127,19 @@ def test_16_bit_inputs(dtype, causal, D):
     assert "buffer k32: f32" in traced and "buffer v32: f32" in traced
 
 
+def test_values_block_is_sized_by_the_chunk_of_d():
+    """P·V's register block holds as many queries as fill its registers with the chunk
+    of D that the head size allows (s.extent of the chunk's loop): D=80 runs chunks of
+    16, D=64 the widest (value_width)."""
+    from kdsl.kernels._machine import value_queries_first, value_width
+
+    assert value_queries_first(16)[0] == 4 and value_queries_first()[0] in (2, 4)
+    for D, chunk in ((80, 16), (64, value_width())):
+        q = np.zeros((1, 1, 5, D), np.float32)
+        chosen = flash_kernel.schedule_of(q, q, q, q.copy(), 0.1, 1, D, False, CPU_KEYS).chosen
+        assert chosen["rpv"] == value_queries_first(chunk)[0], (D, chosen)
+
+
 def test_the_textbook_numpy_version():
     """kernels.attention.textbook, the f32 NumPy peer that `kdsl demo` and the benchmarks
     time, against the float64 definition, causal and not."""

@@ -529,6 +529,31 @@ def test_param_is_the_first_choice_unless_configured():
     assert s.space == {"tile": (32, 64)} and s.chosen == {"tile": 32}
 
 
+def test_extent_is_a_loops_constant_trip_count_or_none():
+    """s.extent: a constant extent as an int (a trace-time one, or a split of it by a
+    divisor), None where the extent is a shape's or a tile's that may be short."""
+
+    @kd.kernel
+    def rows(x, y):
+        i, j = kd.indices(x.shape[0], 48)
+        y[i, j] = x[i, j] * 2.0
+
+    seen = {}
+
+    @rows.schedule(kd.cpu)
+    def _(s):
+        seen["i"], seen["j"] = s.extent("i"), s.extent("j")
+        jo, ji = s.split("j", 16)
+        io, ii = s.split("i", 4)
+        seen.update({n: s.extent(n) for n in (jo, ji, ii)})
+
+    x = random_array(np.random.default_rng(0), (5, 48), np.float32)
+    y = np.empty_like(x)
+    rows(x, y)
+    np.testing.assert_array_equal(y, 2 * x)
+    assert seen == {"i": None, "j": 48, "jo": 3, "ji": 16, "ii": None}
+
+
 # -------------------------------------------------------------------------- refusals
 # One test per refusal: the message names the step, says why, lists the loops, quotes
 # the line of this file that called the primitive and says what to do instead.
@@ -613,6 +638,13 @@ def test_a_misspelled_step_names_the_closest_steps():
     assert err.loc is not None and err.loc.file == __file__, msg
     assert err.loc.text.strip() == 's.vectorise("j", 16)', msg
     assert err.fix is not None and err.fix.startswith("did you mean s.vectorize? the steps are")
+
+
+def test_extent_refuses_an_unknown_loop():
+    s = mm()
+    step, fix = "extent('q')", "name one of i, j, k"
+    with refused(step, "there is no loop named 'q'", None, fix, call='s.extent("q")'):
+        s.extent("q")
 
 
 def test_split_refuses_an_unknown_loop():
