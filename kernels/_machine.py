@@ -128,7 +128,8 @@ def value_queries_first(chunk: int | None = None) -> list[int]:
     `chunk` of D, value_width() when not given), the first as many as fill 16 of the 32
     zmm with AVX-512, 8 of the 16 ymm with AVX2, at most 4: 4 × 64 of D with AVX-512;
     2 × 32 with AVX2 (see value_width), or 4 × 16 where D is no multiple of 32 (on a
-    Zen 3, D=80: 108 GFLOP/s against 2 × 16's 90)."""
+    Zen 3, D=80, L=1024, in three runs: 108, 137 and 131 GFLOP/s against 2 × 16's 90, 107
+    and 99)."""
     registers = 16 if vector_bytes() == 64 else 8
     first = min(4, max(1, registers * vector_bytes() // 4 // (chunk or value_width())))
     return [first, *(r for r in ([4, 2, 1] if vector_bytes() == 64 else [2, 1, 4]) if r != first)]

@@ -176,13 +176,15 @@ class Schedule:
 
     def extent(self, loop: str) -> int | None:
         """How many iterations `loop` runs where that is a constant (a constexpr's, a
-        trace-time value's), else None (a shape's, a split's inner loop, whose last tile
-        may be short): for schedules that size a register block by it (attention's P·V
-        holds 64 floats of D in eight ymm: 4 queries where its chunk of D is 16, 2 where
-        it is 32)."""
+        trace-time value's; of a split of a constant loop, the outer loop always and the
+        inner one where the factor divides), else None (a shape's, an inner loop whose
+        last tile may be short): for schedules that size a register block by it
+        (attention's P·V holds 64 floats of D in eight ymm: 4 queries where its chunk of D
+        is 16, 2 where it is 32)."""
         path = tree.find(self.kernel.body, loop) if isinstance(loop, str) else None
         if path is None:
-            names = ", ".join(lp.var for lp in walk_stmts(self.kernel.body) if isinstance(lp, Loop))
+            loops = (lp.var for lp in walk_stmts(self.kernel.body) if isinstance(lp, Loop))
+            names = ", ".join(loops) or "none"
             raise self._refuse(
                 f"extent({loop!r})", f"there is no loop named {loop!r}", f"name one of {names}"
             )

@@ -6,7 +6,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from kdsl.kernels import attention
-from kdsl.kernels.attention import CPU_KEYS, TK, TQ, flash_kernel, reference, textbook
+from kdsl.kernels.attention import (
+    CPU_KEYS,
+    TK,
+    TQ,
+    _flash_cpu,
+    flash_kernel,
+    reference,
+    textbook,
+)
 
 import kdsl as kd
 from tests.helpers import each_choice, keyed_rng, run_config
@@ -127,17 +135,25 @@ def test_16_bit_inputs(dtype, causal, D):
     assert "buffer k32: f32" in traced and "buffer v32: f32" in traced
 
 
-def test_values_block_is_sized_by_the_chunk_of_d():
-    """P·V's register block holds as many queries as fill its registers with the chunk
-    of D that the head size allows (s.extent of the chunk's loop): D=80 runs chunks of
-    16, D=64 the widest (value_width)."""
-    from kdsl.kernels._machine import value_queries_first, value_width
+@pytest.mark.parametrize("vector_bytes", [32, 64])
+def test_values_block_is_sized_by_the_chunk_of_d(vector_bytes, monkeypatch):
+    """P·V's register block holds as many queries as fill its registers (8 ymm, 16 zmm)
+    with the chunk of D that the head size allows, at most 4: with AVX2, 4 where D=80
+    runs chunks of 16 and 2 where D=64 runs chunks of 32; with AVX-512, 4. The schedule
+    reads the chunk with s.extent."""
+    from kdsl.kernels import _machine
 
-    assert value_queries_first(16)[0] == 4 and value_queries_first()[0] in (2, 4)
-    for D, chunk in ((80, 16), (64, value_width())):
+    monkeypatch.setattr(_machine, "vector_bytes", lambda: vector_bytes)
+    avx2 = vector_bytes == 32
+    assert _machine.value_queries_first(16) == [4, 2, 1]
+    assert _machine.value_queries_first(32) == ([2, 1, 4] if avx2 else [4, 2, 1])
+    assert _machine.value_queries_first(64) == ([1, 2, 4] if avx2 else [4, 2, 1])
+    kernel = kd.kernel(flash_kernel.fn, name=f"flash_{vector_bytes}")
+    kernel.schedule(kd.cpu)(_flash_cpu)
+    for D, rows in ((80, 4), (64, 2 if avx2 else 4)):
         q = np.zeros((1, 1, 5, D), np.float32)
-        chosen = flash_kernel.schedule_of(q, q, q, q.copy(), 0.1, 1, D, False, CPU_KEYS).chosen
-        assert chosen["rpv"] == value_queries_first(chunk)[0], (D, chosen)
+        chosen = kernel.schedule_of(q, q, q, q.copy(), 0.1, 1, D, False, CPU_KEYS).chosen
+        assert chosen["rpv"] == rows, (D, chosen)
 
 
 def test_the_textbook_numpy_version():

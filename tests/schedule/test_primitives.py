@@ -530,8 +530,9 @@ def test_param_is_the_first_choice_unless_configured():
 
 
 def test_extent_is_a_loops_constant_trip_count_or_none():
-    """s.extent: a constant extent as an int (a trace-time one, or a split of it by a
-    divisor), None where the extent is a shape's or a tile's that may be short."""
+    """s.extent: a constant extent as an int (a trace-time one; of its split, the outer
+    loop, and the inner one where the factor divides), None where the extent is a
+    shape's or a tile's that may be short; a loop split away is no longer there."""
 
     @kd.kernel
     def rows(x, y):
@@ -544,14 +545,23 @@ def test_extent_is_a_loops_constant_trip_count_or_none():
     def _(s):
         seen["i"], seen["j"] = s.extent("i"), s.extent("j")
         jo, ji = s.split("j", 16)
+        seen["refused"] = _refusal(lambda: s.extent("j"))  # (split: named jo and ji now)
+        jio, jii = s.split(ji, 5)  # 16 = 3 · 5 + 1: the last tile is short
         io, ii = s.split("i", 4)
-        seen.update({n: s.extent(n) for n in (jo, ji, ii)})
+        seen.update({n: s.extent(n) for n in (jo, jio, jii, ii)})
 
     x = random_array(np.random.default_rng(0), (5, 48), np.float32)
     y = np.empty_like(x)
     rows(x, y)
     np.testing.assert_array_equal(y, 2 * x)
-    assert seen == {"i": None, "j": 48, "jo": 3, "ji": 16, "ii": None}
+    assert seen.pop("refused").startswith("schedule step extent('j') is not possible")
+    assert seen == {"i": None, "j": 48, "jo": 3, "jio": 4, "jii": None, "ii": None}
+
+
+def _refusal(query) -> str:
+    with pytest.raises(kd.ScheduleError) as info:
+        query()
+    return str(info.value).split(": ", 1)[1]
 
 
 # -------------------------------------------------------------------------- refusals
