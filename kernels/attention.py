@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from numbers import Integral
 
 import numpy as np
 from kdsl.kernels import _device
@@ -190,7 +191,13 @@ def flash_kernel(
     keys: kd.constexpr = TK_FULL,
 ):
     """o = softmax(q·kᵀ·scale [causal]) · v for q [B, H, Lq, D], k/v [B, H/group, Lk, D];
-    a non-causal tile holds `keys` keys (a positive multiple of NM), a causal one TK."""
+    a non-causal tile holds `keys` keys (a positive multiple of NM: refused otherwise), a
+    causal one TK."""
+    if isinstance(keys, bool) or not isinstance(keys, Integral) or keys <= 0 or keys % NM:
+        raise kd.KernelArgumentError(
+            f"keys={keys!r}: a tile's keys are a positive multiple of {NM}",
+            fix=f"pass keys={TK_FULL} (or leave it out), or another multiple of {NM}",
+        )
     B, H, Lq, Lk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
     nq = (Lq + TQ - 1) // TQ
     for i in kd.grid(B * H * nq):

@@ -156,6 +156,18 @@ def test_values_block_is_sized_by_the_chunk_of_d(vector_bytes, monkeypatch):
         assert chosen["rpv"] == rows, (D, chosen)
 
 
+def test_a_key_tile_of_any_multiple_of_nm_and_no_other():
+    """flash_kernel's `keys` (a non-causal tile's): 8 keys give the same attention; 6 or 0
+    are refused, saying which values it takes."""
+    q, k, v = _qkv("keys", 1, 2, 1, 37, 29, 16)
+    o = np.full(q.shape, np.nan, np.float32)
+    flash_kernel(q, k, v, o, 0.25, 2, 16, False, 8)
+    _close(o, reference(q, k, v, False, 0.25))
+    for keys in (6, 0):
+        with pytest.raises(kd.KernelArgumentError, match=f"keys={keys}: .* multiple of 4"):
+            flash_kernel(q, k, v, o, 0.25, 2, 16, False, keys)
+
+
 def test_the_textbook_numpy_version():
     """kernels.attention.textbook, the f32 NumPy peer that `kdsl demo` and the benchmarks
     time, against the float64 definition, causal and not."""
