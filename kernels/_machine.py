@@ -123,9 +123,9 @@ def full_key_tile() -> int:
     return 128 if vector_bytes() == 64 else 64
 
 
-def value_queries_first(chunk: int | None = None) -> list[int]:
+def value_queries_first(chunk: int | None) -> list[int]:
     """The choices of attention's queries per register block of P·V (each holding a
-    `chunk` of D, value_width() when not given), the first as many as fill 16 of the 32
+    `chunk` of D, value_width() where the schedule can't tell: None), the first as many as fill 16 of the 32
     zmm with AVX-512, 8 of the 16 ymm with AVX2, at most 4: 4 × 64 of D with AVX-512;
     2 × 32 with AVX2 (see value_width), or 4 × 16 where D is no multiple of 32 (on a
     Zen 3, D=80, L=1024, in three runs: 108, 137 and 131 GFLOP/s against 2 × 16's 90, 107
