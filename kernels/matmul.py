@@ -79,8 +79,15 @@ ACROSS = ("panels", "rows")
 # rows of B per packed block, a tunable (0: all of k at once, the default). Blocks of 256
 # rows paid on a Zen 2 while a panel was packed row after row (k = 4096, m = 256: 136 ->
 # 163 GFLOP/s); packed in micro-panels, they ran within ±10% of all of k on a Zen 3, in
-# either direction from run to run
+# either direction from run to run, except where A has few rows (`layout`)
 DEPTHS = (0, 256, 512)
+# `layout` packs blocks of DEPTH rows of B where A has at most SHORT rows and a panel of
+# all of k would overflow PANEL_BYTES: the few row strips then reread the block from L2,
+# not the whole panel from L3, and the sums kept between blocks (SHORT × nc) stay in L1
+# or L2. On a Zen 3 (one process, 7-9 rounds taking turns): 32×4096×4096 1.24× all of k,
+# 64×4096×4096 1.12×, 64×11008×4096 1.27×, 96×4096×4096 1.13×, 128×4096×4096 1.10×;
+# with more rows the gain went (256×4096×4096 0.94–1.03×, 2048³ 0.95×)
+DEPTH, SHORT = 256, 128
 
 
 def panel_width(k: int, itemsize: int) -> int:
@@ -287,20 +294,22 @@ for _kernel, _across in [
     _kernel.schedule(kd.cuda)(_on_gpu)
 
 
-def layout(m: int, k: int, n: int, itemsize: int, threads: int) -> tuple[str, int]:
+def layout(m: int, k: int, n: int, itemsize: int, threads: int) -> tuple[str, int, int]:
     """How `matmul` runs an m×k by k×n product: what the cores share ("panels" or
-    "rows") and the panel width. Panels as wide as `panel_width` allows but never
-    narrower than PANEL (each panel is a pass over A; a tile streams its micro-panel
-    front to back, so a panel larger than PANEL_BYTES costs little: Zen 3, 2048³, 128
-    columns ran 0.98–1.05× the 32 that PANEL_BYTES allows, within the noise), narrowed
-    (down to PANEL) until each core gets two; rows of A when B still has too few and A
-    more. `itemsize` is the packed panel's."""
+    "rows"), the panel width and the rows of B per packed block (0: all of k). Panels as
+    wide as `panel_width` allows but never narrower than PANEL (each panel is a pass over
+    A; a tile streams its micro-panel front to back, so a panel larger than PANEL_BYTES
+    costs little: Zen 3, 2048³, 128 columns ran 0.98–1.05× the 32 that PANEL_BYTES
+    allows, within the noise), narrowed (down to PANEL) until each core gets two; rows of
+    A when B still has too few and A more. Blocks of DEPTH rows where A is SHORT and the
+    panel overflows PANEL_BYTES. `itemsize` is the packed panel's."""
     panel = max(panel_width(k, itemsize), PANEL)
     while -(-n // panel) < 2 * threads and panel > PANEL:
         panel //= 2
     if -(-n // panel) < 2 * threads and m > n:
-        return "rows", panel
-    return "panels", panel
+        return "rows", panel, 0
+    blocks = m <= SHORT and k > DEPTH and k * panel * itemsize > PANEL_BYTES
+    return "panels", panel, DEPTH if blocks else 0
 
 
 @functools.cache

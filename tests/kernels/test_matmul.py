@@ -90,7 +90,7 @@ def test_both_parallel_layouts(m: int, k: int, n: int) -> None:
     """`matmul` shares B's panels among the cores, or A's rows when B is narrow; both
     give the same answer, on one thread too."""
     a, b = _operands(m, k, n)
-    across, panel = mm.layout(m, k, n, 4, kd.get_num_threads())
+    across, panel, _ = mm.layout(m, k, n, 4, kd.get_num_threads())
     by_rows = mm.kernel_for(True, "rows", panel)
     rows = by_rows.stats()["calls"]
     _close(mm.matmul(a, b), a, b)
@@ -125,13 +125,38 @@ def test_panel_width_fits_the_panel_in_l2() -> None:
 def test_layout_gives_every_core_work(threads: int) -> None:
     shapes = [(256, 256, 256), (4096, 64, 4096), (4096, 4096, 64), (3, 70, 500)]
     for m, k, n in [*shapes, (120, 4096, 128), (500, 4096, 1000), (300, 4096, 300)]:
-        across, panel = mm.layout(m, k, n, 4, threads)
+        across, panel, _ = mm.layout(m, k, n, 4, threads)
         assert panel <= max(mm.panel_width(k, 4), mm.PANEL)
         panels = -(-n // panel)
         if across == "panels":
             assert panels >= 2 * threads or panel <= mm.PANEL
         else:
             assert panels < 2 * threads and m > n
+
+
+def test_layout_packs_blocks_of_k_for_few_rows_of_a() -> None:
+    """Blocks of DEPTH rows of B where A has at most SHORT rows and a panel of all of k
+    overflows PANEL_BYTES; all of k for more rows, short k, or B shared by rows."""
+    long_k = 4 * mm.PANEL_BYTES // (4 * mm.PANEL)  # a panel of PANEL columns: 4× the bytes
+    for m, k, n, depth in [
+        (64, long_k, 4096, mm.DEPTH),
+        (mm.SHORT, long_k, 1000, mm.DEPTH),
+        (mm.SHORT + 1, long_k, 4096, 0),  # more rows: the sums between blocks grow
+        (64, 64, 4096, 0),  # the panel fits
+        (64, mm.DEPTH, 4096, 0),  # one block is all of k
+        (mm.SHORT, long_k, 3, 0),  # rows of A shared: no panels to block
+    ]:
+        assert mm.layout(m, k, n, 4, 2)[2] == depth, (m, k, n)
+    a, b = _operands(61, long_k + 3, 300)  # (the last block partial)
+    blocked = mm.kernel_for(True, *mm.layout(61, long_k + 3, 300, 4, 2))
+    calls = blocked.stats()["calls"]
+    before = kd.get_num_threads()
+    kd.set_num_threads(2)
+    try:
+        _close(mm.matmul(a, b), a, b)
+    finally:
+        kd.set_num_threads(before)
+    assert blocked.stats()["calls"] == calls + 1
 
 
 @pytest.mark.parametrize("plain", [True, False])
