@@ -294,6 +294,7 @@ for _kernel, _across in [
     _kernel.schedule(kd.cuda)(_on_gpu)
 
 
+@functools.cache  # (a few µs a call otherwise)
 def layout(m: int, k: int, n: int, itemsize: int, threads: int) -> tuple[str, int, int]:
     """How `matmul` runs an m×k by k×n product: what the cores share ("panels" or
     "rows"), the panel width and the rows of B per packed block (0: all of k). Panels as
@@ -361,7 +362,7 @@ def product_shape(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
             "a's last dimension must be b's next to last (b's only one, for a vector)",
         )
     try:
-        batch = np.broadcast_shapes(a[:-2], b[:-2])
+        batch = np.broadcast_shapes(a[:-2], b[:-2]) if len(a) > 2 or len(b) > 2 else ()
     except ValueError:
         raise shape_error(
             "matmul",
@@ -468,7 +469,7 @@ def _product_of_matrices(
         # a row: w streamed once by all cores (1 x 4096 x 4096: 26 -> 7.7 ms), not panels
         vecmat(a[0], b, c[0], bias, activation)
         return
-    packed = 4 if b.dtype.name == "bfloat16" and not bf16_pairs_first()[0] else b.itemsize
+    packed = 4 if _bf16(b.dtype) and not bf16_pairs_first()[0] else b.itemsize
     kernel = kernel_for(plain, *layout(m, k, n, packed, kd.get_num_threads()))  # (f32 panels)
     if plain:
         kernel(a, b, c)
@@ -476,6 +477,12 @@ def _product_of_matrices(
         with_bias = bias is not None
         bias = bias if with_bias else _NO_BIAS.astype(a.dtype, copy=False)
         kernel(a, b, bias, c, activation, with_bias)
+
+
+@functools.cache
+def _bf16(dtype: np.dtype) -> bool:
+    """Whether `dtype` is bfloat16 (asked once per dtype: `dtype.name` costs a few µs)."""
+    return dtype.name == "bfloat16"
 
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
