@@ -197,17 +197,6 @@ def median_time(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def last_level_cache_bytes() -> int:
-    """The largest CPU cache's size (Linux sysfs; 32 MiB where it can't be read): inputs
-    that must come from DRAM rotate through a few times this."""
-    sizes = []
-    for entry in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
-        text = entry.read_text().strip().upper()
-        unit = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:], 1)
-        sizes.append(int(text.rstrip("KM")) * unit)
-    return max(sizes, default=32 << 20)
-
-
 def _cpu_times() -> list[int] | None:
     """The machine's CPU time counters (Linux /proc/stat: user, nice, system, idle, iowait,
     irq, softirq, steal, …), or None where they can't be read."""

@@ -21,6 +21,7 @@ import numpy as np
 from kdsl.kernels import quant
 from kdsl.kernels.peak import read_probe
 
+import kdsl as kd
 from kdsl.targets.cpu.jit import host_features
 
 
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats")
     parser.add_argument("--output", type=Path, help="also write the Markdown page here")
     ns = parser.parse_args(argv)
-    working_set = 3 * harness.last_level_cache_bytes()
+    working_set = 3 * kd.cpu.cache_bytes()
     if ns.quick:
         settings = harness.Settings(repeats=3, min_batch_s=0.005, working_set_bytes=1 << 20)
         shapes = [(256, 512)]

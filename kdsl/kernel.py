@@ -27,6 +27,7 @@ from kdsl.schedule import recipe
 from kdsl.schedule.default import default_schedule
 from kdsl.schedule.recipe import Schedule
 from kdsl.specs import ArgExample
+from kdsl.targets.cpu import jit
 from kdsl.targets.cpu.amx import tile_instructions
 from kdsl.targets.cpu.backend import compile_kernel
 from kdsl.targets.cpu.call import CallLayout, Specialization
@@ -74,7 +75,27 @@ class Target:
         return f"kd.{self.name}"
 
 
-cpu = Target("cpu")
+class CpuTarget(Target):
+    """The host CPU (`kd.cpu`), with the facts a schedule or a library function sizes its
+    tiles by."""
+
+    def cache_bytes(self, level: int | None = None) -> int:
+        """A core's data cache at `level` (1, 2 or 3; None: the last level, the largest),
+        in bytes, as Linux reports it. A level the CPU lacks (no L3) is the last one below
+        it; where Linux reports nothing, 32 KiB, 1 MiB and 32 MiB."""
+        sizes = jit.cache_bytes()
+        if level is None:
+            return max(sizes.values())
+        if type(level) is not int or level not in jit.DEFAULT_CACHE_BYTES:
+            raise KdslError(
+                f"kd.cpu.cache_bytes({level!r}): there is no cache level {level!r}",
+                fix="ask for level 1, 2 or 3, or None for the last level",
+            )
+        below = [size for n, size in sizes.items() if n <= level]
+        return sizes.get(level) or (max(below) if below else jit.DEFAULT_CACHE_BYTES[level])
+
+
+cpu = CpuTarget("cpu")
 cuda = Target("cuda")
 
 

@@ -5,10 +5,10 @@ is what an untuned call runs)."""
 from __future__ import annotations
 
 import functools
-import re
-from pathlib import Path
 
 from llvmlite import binding as llvm
+
+import kdsl as kd
 
 
 @functools.cache
@@ -60,32 +60,6 @@ def byte_products_biased() -> bool:
     unsigned × signed. Without VNNI, signed × signed products whose activations exclude
     -128 take fewer instructions (kernels/quant.py, signed_bytes_dot)."""
     return bool(_features().get("avx512vnni"))
-
-
-@functools.cache
-def _cache_bytes() -> dict[int, int]:
-    """A core's data (or unified) cache at each level, as Linux reports them."""
-    sizes = {}
-    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
-        try:
-            level, kind, size = ((index / f).read_text().strip() for f in ("level", "type", "size"))
-        except OSError:
-            continue
-        found = re.fullmatch(r"(\d+)([KMG]?)", size)
-        if kind != "Instruction" and found:
-            sizes[int(level)] = int(found[1]) << {"": 0, "K": 10, "M": 20, "G": 30}[found[2]]
-    return sizes
-
-
-def l2_bytes() -> int:
-    """A core's L2 cache (1 MiB where Linux doesn't say)."""
-    return _cache_bytes().get(2, 1 << 20)
-
-
-def last_level_cache_bytes() -> int:
-    """The largest cache, the last level (32 MiB where Linux doesn't say): the size kdsl
-    streams outputs past by default (s.nontemporal)."""
-    return max(_cache_bytes().values(), default=32 << 20)
 
 
 def register_tile() -> tuple[int, int]:
@@ -148,4 +122,4 @@ def panel_bytes() -> int:
     on a Zen 4, whose L2 it fills: at k = 4096, 64 columns ran 1.5× faster than 128),
     half the L2 with AVX2 (a Zen 2, 512 KiB: at 1024³ panels of 64 and 32 columns ran
     0.98-1.03× NumPy, 128 columns 0.83×; at 2048³ 32 columns 0.83-0.92×, 128 0.67-0.72×)."""
-    return 1 << 20 if vector_bytes() == 64 else l2_bytes() // 2
+    return 1 << 20 if vector_bytes() == 64 else kd.cpu.cache_bytes(2) // 2

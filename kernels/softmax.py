@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 from kdsl.kernels import _device
-from kdsl.kernels._machine import last_level_cache_bytes
 from kdsl.kernels._rows import over_rows, rows_input, statistics_dtype
 
 import kdsl as kd
@@ -56,7 +55,7 @@ def _cpu(s):
     # ran 1.22-1.28× faster so, taking turns). The param is the fraction, not the bytes: the
     # tuning key must not depend on the machine's cache (its choices are hashed)
     share = s.param("stream_share", [1, 4])
-    s.nontemporal("y", above=None if share == 1 else last_level_cache_bytes() // share)
+    s.nontemporal("y", above=None if share == 1 else kd.cpu.cache_bytes() // share)
     if s.param("prefetch", [True, False]):
         # the next row streams in while this one's exponentials are computed, and its
         # output lines are fetched for writing while this one's are written (beyond the

@@ -7,7 +7,10 @@ from __future__ import annotations
 import ast
 import pathlib
 
+import pytest
+
 import kdsl as kd
+from kdsl.targets.cpu import jit
 
 # The kd.* names of DESIGN.md (§1 writing kernels, §2 calling them, §3 schedules,
 # §4 autotuning), which is not in this repository.
@@ -43,3 +46,18 @@ def test_star_import_gets_spec():
     exec("from kdsl import *", scope)
     assert {"spec", "Spec", "SpecError", "ArgumentTraceError"} <= set(scope)
     assert scope["spec"] is kd.spec
+
+
+def test_cpu_cache_bytes_reads_this_cpu_and_fills_what_linux_leaves_out(monkeypatch):
+    """kd.cpu.cache_bytes: each level of this CPU growing outward, None the largest; a
+    level the CPU lacks is the last one below it, a level Linux doesn't report at all
+    the default; anything but 1, 2, 3 or None a KdslError naming the choices."""
+    sizes = [kd.cpu.cache_bytes(level) for level in (1, 2, 3)]
+    assert 0 < sizes[0] <= sizes[1] <= sizes[2] == kd.cpu.cache_bytes()
+    monkeypatch.setattr(jit, "cache_bytes", lambda: {2: 1 << 21, 1: 48 << 10})  # no L3
+    assert [kd.cpu.cache_bytes(n) for n in (1, 2, 3, None)] == [48 << 10] + [1 << 21] * 3
+    monkeypatch.setattr(jit, "cache_bytes", lambda: {3: 1 << 25})
+    assert kd.cpu.cache_bytes(1) == jit.DEFAULT_CACHE_BYTES[1]
+    for level in (0, 4, True, "2", 2.0):
+        with pytest.raises(kd.KdslError, match="level 1, 2 or 3"):
+            kd.cpu.cache_bytes(level)  # type: ignore[arg-type]

@@ -80,20 +80,30 @@ def register_bytes() -> int:
     return 64 if host_features().get("avx512f", False) else 32
 
 
+# a core's data cache at each level where Linux doesn't say (sysfs unreadable)
+DEFAULT_CACHE_BYTES = {1: 32 << 10, 2: 1 << 20, 3: 32 << 20}
+
+
 @functools.cache
-def last_level_cache_bytes() -> int:
-    """The largest data cache Linux reports for this CPU (the L3; 32 MiB where it says
-    nothing): an array larger than it is written past the caches where a schedule asks
-    (s.nontemporal)."""
-    sizes = []
-    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+def cache_bytes() -> dict[int, int]:
+    """A core's data (or unified) cache at each level Linux reports for this CPU, in
+    bytes; DEFAULT_CACHE_BYTES where it reports none."""
+    sizes: dict[int, int] = {}
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
         try:
-            kind, size = ((index / f).read_text().strip() for f in ("type", "size"))
+            level, kind, size = ((index / f).read_text().strip() for f in ("level", "type", "size"))
         except OSError:
             continue
-        if kind != "Instruction" and (found := re.fullmatch(r"(\d+)([KMG]?)", size)):
-            sizes.append(int(found[1]) << 10 * " KMG".index(found[2] or " "))
-    return max(sizes, default=32 << 20)
+        found = re.fullmatch(r"(\d+)([KMG]?)", size)
+        if kind != "Instruction" and found and level.isdigit():
+            sizes[int(level)] = int(found[1]) << 10 * " KMG".index(found[2] or " ")
+    return sizes or dict(DEFAULT_CACHE_BYTES)
+
+
+def last_level_cache_bytes() -> int:
+    """The largest data cache (the L3 on most CPUs): an array larger than it is written
+    past the caches where a schedule asks (s.nontemporal)."""
+    return max(cache_bytes().values())
 
 
 def has_avx512(feature: str, lanes: int, bits: int) -> bool:

@@ -9,7 +9,6 @@ threshold)."""
 
 from __future__ import annotations
 
-import importlib
 import re
 
 import numpy as np
@@ -169,9 +168,7 @@ def test_the_library_row_kernels_stream_the_same_values(stream_all, monkeypatch,
     for compiled in ("_fast", "_by_spec"):  # compiled again, with the threshold at 0
         monkeypatch.setattr(kernel, compiled, {})
     # (or at a byte, where the tuning streams softmax from a share of the cache)
-    monkeypatch.setattr(
-        importlib.import_module("kdsl.kernels.softmax"), "last_level_cache_bytes", lambda: 4
-    )
+    monkeypatch.setattr(jit, "cache_bytes", lambda: {3: 4})
     before = kernel.stats()
     rng = keyed_rng("stream-library", name)
     for shape in [(3, 1), (5, 17), (4, 1000), (2, 4099)]:
