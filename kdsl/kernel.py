@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import operator
 import os
 import threading
 import traceback
@@ -74,25 +75,38 @@ class Target:
     def __repr__(self) -> str:
         return f"kd.{self.name}"
 
+    def __reduce__(self) -> str:
+        return self.name  # (pickled and copied as the module's own: `is kd.cpu` holds)
+
 
 class CpuTarget(Target):
     """The host CPU (`kd.cpu`), with the facts a schedule or a library function sizes its
     tiles by."""
 
     def cache_bytes(self, level: int | None = None) -> int:
-        """A core's data cache at `level` (1, 2 or 3; None: the last level, the largest),
-        in bytes, as Linux reports it. A level the CPU lacks (no L3) is the last one below
-        it; where Linux reports nothing, 32 KiB, 1 MiB and 32 MiB."""
+        """The data cache at `level` (1, 2, 3, …; None: the last level, the largest) in
+        bytes, as Linux reports it for the first CPU: an L1 or L2 is usually a core's own,
+        an L3 the whole cache a group of cores shares. Where Linux reports no L1 or L2,
+        32 KiB and 1 MiB; a level past the last one (an L3 on a CPU with two) is the last
+        one; KdslError for anything but a positive integer or None."""
         sizes = jit.cache_bytes()
         if level is None:
             return max(sizes.values())
-        if type(level) is not int or level not in jit.DEFAULT_CACHE_BYTES:
+        try:
+            n = operator.index(level)
+        except TypeError:
+            n = 0
+        if n < 1 or isinstance(level, bool):
             raise KdslError(
-                f"kd.cpu.cache_bytes({level!r}): there is no cache level {level!r}",
-                fix="ask for level 1, 2 or 3, or None for the last level",
+                f"kd.cpu.cache_bytes({level!r}): a cache level is 1, 2 or 3 (or None)",
+                fix="ask for level 1, 2 or 3, or leave it out for the last level",
             )
-        below = [size for n, size in sizes.items() if n <= level]
-        return sizes.get(level) or (max(below) if below else jit.DEFAULT_CACHE_BYTES[level])
+        if n in sizes:
+            return sizes[n]
+        if n < 3:
+            return jit.DEFAULT_CACHE_BYTES[n]
+        below = [size for m, size in sizes.items() if m < n]
+        return max(below, default=jit.DEFAULT_CACHE_BYTES[3])
 
 
 cpu = CpuTarget("cpu")

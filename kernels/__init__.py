@@ -24,7 +24,7 @@ from kdsl.kernels.quant import (
 )
 from kdsl.kernels.softmax import softmax
 
-from kdsl.kernel import KernelFunction
+import kdsl as kd
 
 __all__ = [
     "QTensor",
@@ -51,11 +51,11 @@ def module_names() -> list[str]:
     return [name for name in public if _kernels_of(name)]
 
 
-def kernel_functions(modules: Sequence[str] | None = None) -> dict[str, KernelFunction]:
+def kernel_functions(modules: Sequence[str] | None = None) -> dict[str, kd.KernelFunction]:
     """Every kernel of those modules (or of `modules`, full names), by name."""
     return {k.name: k for name in modules or module_names() for k in _kernels_of(name)}
 
 
-def _kernels_of(module_name: str) -> list[KernelFunction]:
+def _kernels_of(module_name: str) -> list[kd.KernelFunction]:
     module = importlib.import_module(module_name)
-    return [k for k in vars(module).values() if isinstance(k, KernelFunction)]
+    return [k for k in vars(module).values() if isinstance(k, kd.KernelFunction)]

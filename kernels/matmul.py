@@ -21,7 +21,12 @@ from kdsl.kernels._checks import (
     shape_error,
     written,
 )
-from kdsl.kernels._machine import bf16_pairs_first, panel_bytes, register_tile
+from kdsl.kernels._machine import (
+    bf16_pairs_first,
+    blocks_for_few_rows,
+    panel_bytes,
+    register_tile,
+)
 from kdsl.kernels.matvec import matvec
 from kdsl.kernels.vecmat import ACTIVATIONS, activate, vecmat
 
@@ -55,8 +60,9 @@ def _with_epilogue(a, b, bias, c, activation: kd.constexpr = None, with_bias: kd
 # compile time (constexpr arguments) or without one (three arguments, no placeholder
 # bias to pass), each with two defaults for the loop that the cores share:
 # panels of B (each core packs its own) for most shapes, row strips of A when B has too
-# few panels to go round. `matmul` picks, and picks the panel width by k (`panel_width`):
-# kernels with other widths than PANEL are made on first use.
+# few panels to go round. `matmul` picks, and picks the panel width by k (`panel_width`)
+# and blocks of k for few rows of A (`layout`): kernels with other widths than PANEL, or
+# with blocks, are made on first use.
 _BIG, _SMALL, _NARROW = (1024, 1024, 1024), (256, 256, 256), (4096, 4096, 64)
 matmul_kernel = kd.kernel(
     _with_epilogue, name="matmul_kernel", examples=[_example(*_BIG), _example(*_SMALL)]
@@ -76,18 +82,16 @@ PANEL = 128  # nc of the kernels above
 PANEL_WIDTHS = (32, 64, PANEL, 256, 512, 1024)
 PANEL_BYTES = panel_bytes()  # a packed panel of B: as much of a core's L2 as paid
 ACROSS = ("panels", "rows")
-# rows of B per packed block, a tunable (0: all of k at once, the default). Blocks of 256
-# rows paid on a Zen 2 while a panel was packed row after row (k = 4096, m = 256: 136 ->
-# 163 GFLOP/s); packed in micro-panels, they ran within ±10% of all of k on a Zen 3, in
-# either direction from run to run, except where A has few rows (`layout`)
+# rows of B per packed block, a tunable (0: all of k at once, the default but for few rows
+# of A: `layout`). Blocks of 256 rows paid on a Zen 2 while a panel was packed row after
+# row (k = 4096, m = 256: 136 -> 163 GFLOP/s); packed in micro-panels, they ran within
+# ±10% of all of k on a Zen 3, in either direction from run to run
 DEPTHS = (0, 256, 512)
-# `layout` packs blocks of DEPTH rows of B where A has at most SHORT rows and a panel of
-# all of k would overflow PANEL_BYTES: the few row strips then reread the block from L2,
-# not the whole panel from L3, and the sums kept between blocks (SHORT × nc) stay in L1
-# or L2. On a Zen 3 (one process, 7-9 rounds taking turns): 32×4096×4096 1.24× all of k,
-# 64×4096×4096 1.12×, 64×11008×4096 1.27×, 96×4096×4096 1.13×, 128×4096×4096 1.10×;
-# with more rows the gain went (256×4096×4096 0.94–1.03×, 2048³ 0.95×)
-DEPTH, SHORT = 256, 128
+# `layout` packs blocks of BLOCK_DEPTH rows of B where A has at most FEW_ROWS rows (two
+# row strips or more) and a panel of all of k would overflow PANEL_BYTES: the row strips
+# then reread the block from L2, not the whole panel from L3, and the sums kept between
+# blocks (FEW_ROWS × nc) stay in L1 or L2 (see _machine.blocks_for_few_rows for where)
+BLOCK_DEPTH, FEW_ROWS = DEPTHS[1], 128
 
 
 def panel_width(k: int, itemsize: int) -> int:
@@ -294,7 +298,8 @@ for _kernel, _across in [
     _kernel.schedule(kd.cuda)(_on_gpu)
 
 
-@functools.cache  # (a few µs a call otherwise)
+# (a few µs a call otherwise; it reads module constants: a test that patches them clears it)
+@functools.lru_cache(maxsize=1024)
 def layout(m: int, k: int, n: int, itemsize: int, threads: int) -> tuple[str, int, int]:
     """How `matmul` runs an m×k by k×n product: what the cores share ("panels" or
     "rows"), the panel width and the rows of B per packed block (0: all of k). Panels as
@@ -302,15 +307,17 @@ def layout(m: int, k: int, n: int, itemsize: int, threads: int) -> tuple[str, in
     A; a tile streams its micro-panel front to back, so a panel larger than PANEL_BYTES
     costs little: Zen 3, 2048³, 128 columns ran 0.98–1.05× the 32 that PANEL_BYTES
     allows, within the noise), narrowed (down to PANEL) until each core gets two; rows of
-    A when B still has too few and A more. Blocks of DEPTH rows where A is SHORT and the
-    panel overflows PANEL_BYTES. `itemsize` is the packed panel's."""
+    A when B still has too few and A more. Blocks of BLOCK_DEPTH rows of B where A has
+    two row strips to FEW_ROWS rows and the panel overflows PANEL_BYTES (on the CPUs of
+    `blocks_for_few_rows`). `itemsize` is the packed panel's."""
     panel = max(panel_width(k, itemsize), PANEL)
     while -(-n // panel) < 2 * threads and panel > PANEL:
         panel //= 2
     if -(-n // panel) < 2 * threads and m > n:
         return "rows", panel, 0
-    blocks = m <= SHORT and k > DEPTH and k * panel * itemsize > PANEL_BYTES
-    return "panels", panel, DEPTH if blocks else 0
+    few = 2 * register_tile()[0] <= m <= FEW_ROWS and blocks_for_few_rows()
+    blocks = few and k > BLOCK_DEPTH and k * panel * itemsize > PANEL_BYTES
+    return "panels", panel, BLOCK_DEPTH if blocks else 0
 
 
 @functools.cache
@@ -459,6 +466,8 @@ def _product_of_matrices(
 ) -> None:
     """c = activation(a @ b + bias) for 2-D arrays of one dtype (c of any float dtype)."""
     m, k, n = a.shape[0], a.shape[1], b.shape[1]
+    if c.size == 0:  # (nothing to write; k = 0 still writes the epilogue of zero sums)
+        return
     plain = bias is None and activation is None
     f32 = a.dtype == np.float32 and c.dtype == np.float32
     if plain and n == 1 and f32:
@@ -469,8 +478,10 @@ def _product_of_matrices(
         # a row: w streamed once by all cores (1 x 4096 x 4096: 26 -> 7.7 ms), not panels
         vecmat(a[0], b, c[0], bias, activation)
         return
-    packed = 4 if _bf16(b.dtype) and not bf16_pairs_first()[0] else b.itemsize
-    kernel = kernel_for(plain, *layout(m, k, n, packed, kd.get_num_threads()))  # (f32 panels)
+    pairs = _bf16(b.dtype) and bf16_pairs_first()[0]  # (the "vnni" copy takes all of k)
+    packed = 4 if _bf16(b.dtype) and not pairs else b.itemsize  # (f32 panels)
+    across, panel, depth = layout(m, k, n, packed, kd.get_num_threads())
+    kernel = kernel_for(plain, across, panel, 0 if pairs else depth)
     if plain:
         kernel(a, b, c)
     else:

@@ -1004,3 +1004,17 @@ def test_forcing_cuda_without_it_says_what_is_missing(monkeypatch):
         "cuda-python is not installed",
         ".[cuda]",
     )
+
+
+# ------------------------------------------------------------------- host facts
+
+
+@pytest.mark.parametrize("level", [0, -1, True, "2", 2.0])
+def test_a_cache_level_that_is_not_one(level):
+    raises(
+        kd.KdslError,
+        lambda: kd.cpu.cache_bytes(level),
+        f"kd.cpu.cache_bytes({level!r})",
+        "a cache level is 1, 2 or 3",
+        "ask for level 1, 2 or 3",
+    )

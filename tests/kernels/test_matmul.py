@@ -134,29 +134,53 @@ def test_layout_gives_every_core_work(threads: int) -> None:
             assert panels < 2 * threads and m > n
 
 
-def test_layout_packs_blocks_of_k_for_few_rows_of_a() -> None:
-    """Blocks of DEPTH rows of B where A has at most SHORT rows and a panel of all of k
-    overflows PANEL_BYTES; all of k for more rows, short k, or B shared by rows."""
-    long_k = 4 * mm.PANEL_BYTES // (4 * mm.PANEL)  # a panel of PANEL columns: 4× the bytes
-    for m, k, n, depth in [
-        (64, long_k, 4096, mm.DEPTH),
-        (mm.SHORT, long_k, 1000, mm.DEPTH),
-        (mm.SHORT + 1, long_k, 4096, 0),  # more rows: the sums between blocks grow
-        (64, 64, 4096, 0),  # the panel fits
-        (64, mm.DEPTH, 4096, 0),  # one block is all of k
-        (mm.SHORT, long_k, 3, 0),  # rows of A shared: no panels to block
-    ]:
-        assert mm.layout(m, k, n, 4, 2)[2] == depth, (m, k, n)
-    a, b = _operands(61, long_k + 3, 300)  # (the last block partial)
-    blocked = mm.kernel_for(True, *mm.layout(61, long_k + 3, 300, 4, 2))
-    calls = blocked.stats()["calls"]
-    before = kd.get_num_threads()
-    kd.set_num_threads(2)
+@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16"])
+def test_layout_packs_blocks_of_k_for_few_rows_of_a(monkeypatch, dtype: str) -> None:
+    """Blocks of BLOCK_DEPTH rows of B where A has two row strips to FEW_ROWS rows and a
+    panel of all of k overflows PANEL_BYTES (where _machine says so); all of k for more
+    rows or one strip, short k, B shared by rows, or where it doesn't. Products through
+    the blocks (a partial last one) match, with and without an epilogue."""
+    monkeypatch.setattr(mm, "blocks_for_few_rows", lambda: True)
+    mm.layout.cache_clear()
     try:
-        _close(mm.matmul(a, b), a, b)
+        long_k = 4 * mm.PANEL_BYTES // (4 * mm.PANEL)  # a panel of PANEL columns: 4× the bytes
+        few, strip = mm.FEW_ROWS, mm.register_tile()[0]
+        wide = 2 * mm.PANEL_BYTES // (mm.BLOCK_DEPTH * mm.PANEL)  # bytes an element: overflows
+        for m, k, n, itemsize, depth in [
+            (64, long_k, 4096, 4, mm.BLOCK_DEPTH),
+            (few, long_k, 1000, 4, mm.BLOCK_DEPTH),
+            (2 * strip, mm.BLOCK_DEPTH + 1, 4096, wide, mm.BLOCK_DEPTH),
+            (few + 1, long_k, 4096, 4, 0),  # more rows: the sums between blocks grow
+            (2 * strip - 1, long_k, 4096, 4, 0),  # one row strip: nothing reread
+            (64, 64, 4096, 4, 0),  # the panel fits
+            (2 * strip, mm.BLOCK_DEPTH, 4096, wide, 0),  # one block is all of k
+            (few, long_k, 3, 4, 0),  # rows of A shared: no panels to block
+        ]:
+            assert mm.layout(m, k, n, itemsize, 2)[2] == depth, (m, k, n, itemsize)
+        monkeypatch.setattr(mm, "blocks_for_few_rows", lambda: False)
+        mm.layout.cache_clear()
+        assert mm.layout(64, long_k, 4096, 4, 2)[2] == 0
+        monkeypatch.setattr(mm, "blocks_for_few_rows", lambda: True)
+        mm.layout.cache_clear()
+        m, k, n = 61, long_k + 3, 300  # (the last block partial)
+        assert mm.layout(m, k, n, 4, 1)[2] == mm.BLOCK_DEPTH
+        bf16 = dtype == "bfloat16"
+        kind = pytest.importorskip("ml_dtypes").bfloat16 if bf16 else np.dtype(dtype)
+        a, b = (x.astype(kind) for x in _operands(m, k, n))
+        bias = keyed_rng("bias", n).standard_normal(n).astype(kind)
+        before = kd.get_num_threads()
+        kd.set_num_threads(1)  # (the layout of one thread; the blocks' sums are the same)
+        try:
+            tol = 2e-2 if bf16 else 1e-4
+            got = mm.matmul(a, b, bias=bias, activation="gelu").astype(np.float64)
+            want = mm.reference(a, b, bias, "gelu")
+            np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+            got = mm.matmul(a, b).astype(np.float64)
+            np.testing.assert_allclose(got, mm.reference(a, b), rtol=tol, atol=tol)
+        finally:
+            kd.set_num_threads(before)
     finally:
-        kd.set_num_threads(before)
-    assert blocked.stats()["calls"] == calls + 1
+        mm.layout.cache_clear()
 
 
 @pytest.mark.parametrize("plain", [True, False])
@@ -576,11 +600,8 @@ def test_one_row_on_any_thread_count(threads: int) -> None:
 
 def _cut(x: np.ndarray, w: np.ndarray, parts: int) -> tuple[np.ndarray, ...]:
     """vecmat_kernel's arguments for x @ w cut into `parts` parts (no epilogue)."""
-    k, n = w.shape
-    rows = k // parts if parts else 0
-    split = parts * rows
-    xs, ws = x[:split].reshape(parts, rows), w[:split].reshape(parts, rows, n)
-    return xs, ws, x[split:], w[split:], np.zeros(1, np.float32), np.full(n, np.nan, np.float32)
+    n = w.shape[1]
+    return (*vm.cut(x, w, parts), np.zeros(1, np.float32), np.full(n, np.nan, np.float32))
 
 
 def _small_cut() -> tuple[np.ndarray, ...]:
@@ -590,9 +611,9 @@ def _small_cut() -> tuple[np.ndarray, ...]:
 
 @pytest.mark.parametrize("config", each_choice(vm.vecmat_kernel, *_small_cut()), ids=str)
 def test_one_row_every_choice_of_the_search_space(config: dict[str, object]) -> None:
-    """Parts of rows not a multiple of the rows read together, rows left over, columns
+    """Rows left over beyond the parts' whole groups of ROWS (or parts of no group), columns
     not a multiple of a segment or of the vectors."""
-    for k, n, parts in [(1, 1, 0), (45, 100, 4), (1003, 2100, 8), (70, 8200, 3)]:
+    for k, n, parts in [(1, 1, 0), (45, 100, 4), (1003, 2100, 8), (70, 8200, 3), (20, 33, 4)]:
         x, w, _ = _row(k, n)
         args = _cut(x[0], w, parts)
         run_config(vm.vecmat_kernel, config, *args)
@@ -651,7 +672,7 @@ def test_one_row_kernel_checks_no_access_where_it_runs() -> None:
     reason="the vectors are sized for AVX-512",
 )
 def test_one_row_inner_loop_stores_the_sums_once_per_rows() -> None:
-    """A part's loop: per 64 columns, `rows` rows × 4 zmm FMAs, the partial sums loaded
+    """A part's loop: per 64 columns, ROWS rows × 4 zmm FMAs, the partial sums loaded
     and stored once for all of them."""
     x, w, _ = _row(1024, 1000)
     args = _cut(x[0], w, 8)
@@ -661,4 +682,4 @@ def test_one_row_inner_loop_stores_the_sums_once_per_rows() -> None:
     best = max(range(len(loops)), key=lambda n: (len(fmas[n]), -len(loops[n])))  # full tile
     body = loops[best]
     stores = [i for i in body if re.match(r"vmov\w+\s+%zmm\d+, ", i)]
-    assert stores and len(fmas[best]) == chosen["rows"] * len(stores), body
+    assert stores and len(fmas[best]) == vm.ROWS * len(stores), body

@@ -6,7 +6,9 @@ import ctypes.util
 import functools
 import re
 import threading
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 
 import llvmlite.binding as llvm
 from llvmlite import ir
@@ -85,9 +87,9 @@ DEFAULT_CACHE_BYTES = {1: 32 << 10, 2: 1 << 20, 3: 32 << 20}
 
 
 @functools.cache
-def cache_bytes() -> dict[int, int]:
-    """A core's data (or unified) cache at each level Linux reports for this CPU, in
-    bytes; DEFAULT_CACHE_BYTES where it reports none."""
+def cache_bytes() -> Mapping[int, int]:
+    """The data (or unified) cache at each level Linux reports for the first CPU, in
+    bytes (read-only: cached for the process); DEFAULT_CACHE_BYTES where it reports none."""
     sizes: dict[int, int] = {}
     for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
         try:
@@ -97,7 +99,7 @@ def cache_bytes() -> dict[int, int]:
         found = re.fullmatch(r"(\d+)([KMG]?)", size)
         if kind != "Instruction" and found and level.isdigit():
             sizes[int(level)] = int(found[1]) << 10 * " KMG".index(found[2] or " ")
-    return sizes or dict(DEFAULT_CACHE_BYTES)
+    return MappingProxyType(sizes or dict(DEFAULT_CACHE_BYTES))
 
 
 def last_level_cache_bytes() -> int:
