@@ -6,9 +6,9 @@ traffic).
 A core reads DRAM fastest in one long sequential stream, so the rows of w are cut into
 `parts` blocks of consecutive rows, a few per core, and each part's products are summed
 by one core into a row of partial sums: reading its rows front to back (with w in C
-order that is one contiguous stream), `seg` columns at a time, ROWS rows per pass over
-the sums (they stay in L1/L2; the FMAs read w straight from memory). The partial rows,
-the rows left over (fewer than ROWS per part) and the epilogue are then one pass over
+order that is one contiguous stream), `seg` columns at a time, several rows per pass
+over the sums (they stay in L1/L2; the FMAs read w straight from memory). The partial
+rows, the rows left over (fewer than `parts`) and the epilogue are then one pass over
 the columns, 64 at a time in four zmm registers. (Cores sharing columns instead, each a
 block of them down all of k, read w in row segments a stride apart: one thread on 4096 ×
 4096, 15.9 GB/s in 4 KiB segments, 22.8 GB/s whole rows; OpenBLAS's sgemv 23.6.)
@@ -30,11 +30,6 @@ ACTIVATIONS = (None, "relu", "gelu", "silu")
 LANES = 64  # columns per vector: four zmm registers of f32
 PARTS_PER_THREAD = 4  # parts claimed as cores come free: a core that runs late takes fewer
 MIN_ROWS = 32  # fewest rows in a part (its partial sums cost 2/MIN_ROWS of its reads at most)
-# rows of a part read in one pass over its sums: an axis of the kernel's arguments of that
-# constant length, so that the unrolled rows need no guard for a last pass of fewer (with
-# one, each product compiled in 1.1-1.8 s, without in 0.8-0.95; the rows beyond a multiple
-# of ROWS go to the pass over the columns). On a Zen 2 and 3, 4 and 2 rows were no faster
-ROWS = 8
 
 
 def activate(v, activation):
@@ -50,39 +45,40 @@ def activate(v, activation):
 
 def _vecmat(xs, ws, x, w, bias, y, activation: kd.constexpr = 0, with_bias: kd.constexpr = False):
     """y = activation(Σ_t xs[t] @ ws[t] + x @ w + bias): the rows of the product cut into
-    parts of groups of ROWS rows (xs [parts, groups, ROWS], ws [parts, groups, ROWS, n]:
-    views of the first parts·groups·ROWS rows) and the rows left over (x, w).
-    `activation` is an index into ACTIVATIONS (a constexpr that is not a number or a bool
-    would make every call take kdsl's slower, careful path)."""
-    parts, groups, cols = ws.shape[0], ws.shape[1], ws.shape[3]
+    parts (xs [parts, rows], ws [parts, rows, n]: views of the first parts·rows rows) and
+    the rows left over (x, w). `activation` is an index into ACTIVATIONS (a constexpr that
+    is not a number or a bool would make every call take kdsl's slower, careful path)."""
+    parts, rows, cols = ws.shape[0], ws.shape[1], ws.shape[2]
     part = kd.empty((parts, cols), kd.f32)
-    t, j, g, r = kd.indices(parts, cols, groups, ROWS, names="t j g r")
-    part[t, j] = kd.sum(xs[t, g, r] * ws[t, g, r, j], over=(g, r))
-    c, p, q = kd.indices(cols, parts, w.shape[0], names="c p q")
-    acc = kd.sum(part[p, c], over=p) + kd.sum(x[q] * w[q, c], over=q)
+    t, j, k = kd.indices(parts, cols, rows, names="t j k")
+    part[t, j] = kd.sum(xs[t, k] * ws[t, k, j], over=k)
+    c, p, r = kd.indices(cols, parts, w.shape[0], names="c p r")
+    acc = kd.sum(part[p, c], over=p) + kd.sum(x[r] * w[r, c], over=r)
     if with_bias:
         acc = acc + bias[c]
     y[c] = activate(acc, ACTIVATIONS[activation])
 
 
 def _streams(s) -> None:
-    """Each part on one core (`t`), its rows read ROWS at a time, `seg` columns of them,
-    into sums in L1/L2; then the columns on all cores, `LANES` at a time, with the partial
-    sums, the rows left over and the epilogue in registers.
+    """Each part on one core (`t`), its rows read `rows` at a time, `seg` columns of
+    them, into sums in L1/L2; then the columns on all cores, `LANES` at a time, with the
+    partial sums, the rows left over and the epilogue in registers.
 
         for t:                          # a part: consecutive rows of w   (parallel)
           for jo:                       # seg columns
-            for g:                      # ROWS rows
-              for ji (64 lanes): for r (unrolled):  sums[ji] += xs[t, g, r]·ws[t, g, r, j]
+            for ko:                     # `rows` rows
+              for ji (64 lanes): for ki (unrolled):  sums[ji] += xs[t, k]·ws[t, k, j]
             part[t, jo·seg + ..] = sums
         for co:                         # 64 columns                     (parallel)
-          y[c] = epilogue(Σ_p part[p, c] + Σ_q x[q]·w[q, c])   (64 lanes)
+          y[c] = epilogue(Σ_p part[p, c] + Σ_r x[r]·w[r, c])   (64 lanes)
     """
     seg = s.param("seg", [16384, 4096, 8192, 2048])
+    rows = s.param("rows", [8, 4, 2])
     jo, ji = s.split("j", seg)
-    s.reorder("t", jo, "g", ji, "r")
+    ko, ki = s.split("k", rows)
+    s.reorder("t", jo, ko, ji, ki)
     s.vectorize(ji, LANES)
-    s.unroll("r")
+    s.unroll(ki)
     s.parallelize("t")
     co, ci = s.split("c", LANES)
     s.vectorize(ci, LANES)
@@ -90,11 +86,11 @@ def _streams(s) -> None:
 
 
 def _example(k: int, n: int, parts: int) -> dict[str, kd.Spec]:
-    groups = k // parts // ROWS
-    left = k - parts * groups * ROWS
+    rows = k // parts
+    left = k - parts * rows
     shapes = {
-        "xs": (parts, groups, ROWS),
-        "ws": (parts, groups, ROWS, n),
+        "xs": (parts, rows),
+        "ws": (parts, rows, n),
         "x": (left,),
         "w": (left, n),
         "bias": (n,),
@@ -113,19 +109,10 @@ _ONE = np.ones(1, np.float32)
 
 
 def parts_for(k: int, threads: int) -> int:
-    """How many parts `vecmat` cuts k rows into: at most PARTS_PER_THREAD per thread, of
-    at least MIN_ROWS rows each, at least two per thread where there are as many, and of
-    those counts the one that leaves the fewest groups of ROWS rows over (the most parts
-    among equals): the rows left over go to the pass over the columns, which reads them
-    a segment of a row at a time (1000×1000 on a Zen 3: 5 parts of 200 rows, none left
-    over, ran 1.4–1.6× the 8 parts of 120 that left 40 rows over, taking turns). None (a
-    single pass over the columns) where fewer than two parts fit."""
-    groups = k // ROWS
-    most = min(PARTS_PER_THREAD * threads, k // MIN_ROWS)
-    if most < 2:
-        return 0
-    fewest = max(2, min(most, 2 * threads))
-    return min(range(most, fewest - 1, -1), key=lambda parts: groups % parts)
+    """How many parts `vecmat` cuts k rows into: PARTS_PER_THREAD per thread of at least
+    MIN_ROWS rows each, or none (a single pass over the columns) when fewer than two."""
+    parts = min(PARTS_PER_THREAD * threads, k // MIN_ROWS)
+    return parts if parts >= 2 else 0
 
 
 def vecmat(
@@ -148,16 +135,11 @@ def vecmat(
         # then the epilogue, as the product of one row: 1 · (w.T @ x)
         x, w = _ONE, matvec(w.T, x)[np.newaxis]
         k = 1
-    xs, ws, x, w = cut(x, w, parts_for(k, kd.get_num_threads()))
+    parts = parts_for(k, kd.get_num_threads())
+    rows = k // parts if parts else 0
+    split = parts * rows
+    xs, ws = x[:split].reshape(parts, rows), w[:split].reshape(parts, rows, n)
     epilogue = ACTIVATIONS.index(activation)
-    vecmat_kernel(xs, ws, x, w, bias if with_bias else _NO_BIAS, y, epilogue, with_bias)
-
-
-def cut(x: np.ndarray, w: np.ndarray, parts: int) -> tuple[np.ndarray, ...]:
-    """vecmat_kernel's views of x [k] and w [k, n] cut into `parts` parts of whole groups
-    of ROWS rows: (xs, ws, the rows left over of x, of w)."""
-    k, n = w.shape
-    groups = k // parts // ROWS if parts else 0
-    split = parts * groups * ROWS
-    xs, ws = x[:split].reshape(parts, groups, ROWS), w[:split].reshape(parts, groups, ROWS, n)
-    return xs, ws, x[split:], w[split:]
+    vecmat_kernel(
+        xs, ws, x[split:], w[split:], bias if with_bias else _NO_BIAS, y, epilogue, with_bias
+    )

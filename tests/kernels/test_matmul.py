@@ -600,8 +600,11 @@ def test_one_row_on_any_thread_count(threads: int) -> None:
 
 def _cut(x: np.ndarray, w: np.ndarray, parts: int) -> tuple[np.ndarray, ...]:
     """vecmat_kernel's arguments for x @ w cut into `parts` parts (no epilogue)."""
-    n = w.shape[1]
-    return (*vm.cut(x, w, parts), np.zeros(1, np.float32), np.full(n, np.nan, np.float32))
+    k, n = w.shape
+    rows = k // parts if parts else 0
+    split = parts * rows
+    xs, ws = x[:split].reshape(parts, rows), w[:split].reshape(parts, rows, n)
+    return xs, ws, x[split:], w[split:], np.zeros(1, np.float32), np.full(n, np.nan, np.float32)
 
 
 def _small_cut() -> tuple[np.ndarray, ...]:
@@ -611,7 +614,7 @@ def _small_cut() -> tuple[np.ndarray, ...]:
 
 @pytest.mark.parametrize("config", each_choice(vm.vecmat_kernel, *_small_cut()), ids=str)
 def test_one_row_every_choice_of_the_search_space(config: dict[str, object]) -> None:
-    """Rows left over beyond the parts' whole groups of ROWS (or parts of no group), columns
+    """Parts of rows not a multiple of the rows read together, rows left over, columns
     not a multiple of a segment or of the vectors."""
     for k, n, parts in [(1, 1, 0), (45, 100, 4), (1003, 2100, 8), (70, 8200, 3), (20, 33, 4)]:
         x, w, _ = _row(k, n)
@@ -672,7 +675,7 @@ def test_one_row_kernel_checks_no_access_where_it_runs() -> None:
     reason="the vectors are sized for AVX-512",
 )
 def test_one_row_inner_loop_stores_the_sums_once_per_rows() -> None:
-    """A part's loop: per 64 columns, ROWS rows × 4 zmm FMAs, the partial sums loaded
+    """A part's loop: per 64 columns, `rows` rows × 4 zmm FMAs, the partial sums loaded
     and stored once for all of them."""
     x, w, _ = _row(1024, 1000)
     args = _cut(x[0], w, 8)
@@ -682,4 +685,4 @@ def test_one_row_inner_loop_stores_the_sums_once_per_rows() -> None:
     best = max(range(len(loops)), key=lambda n: (len(fmas[n]), -len(loops[n])))  # full tile
     body = loops[best]
     stores = [i for i in body if re.match(r"vmov\w+\s+%zmm\d+, ", i)]
-    assert stores and len(fmas[best]) == vm.ROWS * len(stores), body
+    assert stores and len(fmas[best]) == chosen["rows"] * len(stores), body
