@@ -73,11 +73,13 @@ def register_tile() -> tuple[int, int]:
 
 def blocks_for_few_rows() -> bool:
     """Whether matmul packs B in blocks of 256 rows of k where A has few rows (two
-    register tiles' rows to 128) and a panel of all of k overflows PANEL_BYTES (kernels/matmul.py, layout): with AVX2,
-    where it was measured, not with AVX-512, where it was not. On a Zen 3 (one process,
-    7-9 rounds taking turns), against all of k: 32×4096×4096 1.24×, 64×4096×4096 1.12×,
-    64×11008×4096 1.27×, 96×4096×4096 1.13×, 128×4096×4096 1.10×; with more rows the
-    gain went (256×4096×4096 0.94–1.03×, 2048³ 0.95×)."""
+    register tiles' rows to 128) and a panel of all of k overflows PANEL_BYTES
+    (kernels/matmul.py, layout): with AVX2, where it was measured, not with AVX-512,
+    where it was not. On a Zen 3 (one process, 7-9 rounds taking turns), against all of
+    k: 32×4096×4096 1.24×, 64×4096×4096 1.12×, 64×11008×4096 1.27×, 96×4096×4096 1.13×,
+    128×4096×4096 1.10×; through the benchmark harness (its pauses and batches) 1.17×,
+    1.09× and 1.04× at 32, 64 and 128 rows; with more rows the gain went
+    (256×4096×4096 0.94–1.03×, 2048³ 0.95×)."""
     return vector_bytes() == 32
 
 

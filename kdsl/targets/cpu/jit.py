@@ -82,7 +82,7 @@ def register_bytes() -> int:
     return 64 if host_features().get("avx512f", False) else 32
 
 
-# a core's data cache at each level where Linux doesn't say (sysfs unreadable)
+# the data cache at each level where Linux reports none (sysfs unreadable)
 DEFAULT_CACHE_BYTES = {1: 32 << 10, 2: 1 << 20, 3: 32 << 20}
 
 
