@@ -166,8 +166,6 @@ def _arrays(lp: Loop) -> set[str]:
 
 
 def _loop(kernel: Kernel, name: str) -> Loop:
-    path = tree.find(kernel.body, name)
-    assert path is not None
-    found = tree.at(kernel.body, path)
-    assert isinstance(found, Loop)
-    return found
+    found = tree.find_loop(kernel.body, name)
+    assert found is not None
+    return found[1]

@@ -333,11 +333,9 @@ def _clones(ctx: StepContext, var: str) -> list[tuple[tree.Path, Loop]]:
     are still in the kernel, with their paths."""
     found = []
     for copy in ctx.clones.get(var, []):
-        path = tree.find(ctx.kernel.body, copy)
-        if path is not None:
-            clone = tree.at(ctx.kernel.body, path)
-            assert isinstance(clone, Loop)
-            found.append((path, clone))
+        clone = tree.find_loop(ctx.kernel.body, copy)
+        if clone is not None:
+            found.append(clone)
     return found
 
 

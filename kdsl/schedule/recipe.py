@@ -21,7 +21,6 @@ from kdsl.config import kdsls_own
 from kdsl.errors import ScheduleError, SourceLoc
 from kdsl.ir.nodes import Const, Kernel, Loop
 from kdsl.ir.passes import lower
-from kdsl.ir.visit import walk_stmts
 from kdsl.schedule import caching, fusion, layouts, loops, reuse, rfactor, stages, tree
 from kdsl.schedule.step import Step, StepContext, plain
 from kdsl.types import DType, as_dtype
@@ -181,16 +180,14 @@ class Schedule:
         last tile may be short): for schedules that size a register block by it
         (attention's P·V holds 64 floats of D in eight ymm: 4 queries where its chunk of D
         is 16, 2 where it is 32)."""
-        path = tree.find(self.kernel.body, loop) if isinstance(loop, str) else None
-        if path is None:
-            loops = (lp.var for lp in walk_stmts(self.kernel.body) if isinstance(lp, Loop))
-            names = ", ".join(loops) or "none"
+        found = tree.find_loop(self.kernel.body, loop) if isinstance(loop, str) else None
+        if found is None:
+            names = ", ".join(tree.loop_names(self.kernel)) or "none"
             raise self._refuse(
                 f"extent({loop!r})", f"there is no loop named {loop!r}", f"name one of {names}"
             )
-        found = tree.at(self.kernel.body, path)
-        assert isinstance(found, Loop)
-        return int(found.extent.value) if isinstance(found.extent, Const) else None
+        extent = found[1].extent
+        return int(extent.value) if isinstance(extent, Const) else None
 
     def has(self, instruction: str) -> bool:
         """Whether the target has a matrix instruction that `tensorize` can use ("amx":

@@ -88,12 +88,10 @@ class StepContext:
             raise self.refuse(
                 f"{name!r} is not a loop name", "name loops by their strings, e.g. 'i'"
             )
-        path = tree.find(self.kernel.body, name)
-        if path is None:
+        found = tree.find_loop(self.kernel.body, name)
+        if found is None:
             raise self.refuse(
                 f"there is no loop named '{name}'",
                 "use one of the loop names listed (kernel.ir(...) prints the loops a schedule names)",
             )
-        loop = tree.at(self.kernel.body, path)
-        assert isinstance(loop, Loop)
-        return path, loop
+        return found

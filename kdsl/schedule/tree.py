@@ -58,9 +58,15 @@ def loop_names(kernel: Kernel) -> list[str]:
 
 
 def find(body: tuple[Stmt, ...], name: str) -> Path | None:
+    found = find_loop(body, name)
+    return None if found is None else found[0]
+
+
+def find_loop(body: tuple[Stmt, ...], name: str) -> tuple[Path, Loop] | None:
+    """The loop named `name` and its path, or None."""
     for path, s in positions(body):
         if isinstance(s, Loop) and s.var == name:
-            return path
+            return path, s
     return None
 
 
