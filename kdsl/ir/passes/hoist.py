@@ -65,12 +65,13 @@ class _Hoister:
     def __init__(self, fresh: Callable[[str], str]) -> None:
         self.fresh = fresh
         self.made: set[str] = set()  # the locals made here: as invariant as what they hold
+        self.divides: dict[int, tuple[Expr, bool]] = {}  # `_divides`, for every loop's walk
 
     def block(self, body: tuple[Stmt, ...]) -> tuple[Stmt, ...]:
         out: list[Stmt] = []
         for s in body:
             if isinstance(s, Loop) and s.exec not in _TILES:
-                found = _invariant_divisions(s, self.made)
+                found = _invariant_divisions(s, self.made, self.divides)
                 local = {
                     e: LocalVar(self.fresh("div"), e.dtype) for e in dict.fromkeys(found.values())
                 }
@@ -91,7 +92,9 @@ def _replaced(s: Stmt, by_id: dict[int, LocalVar]) -> Stmt:
     return with_exprs(s, lambda e: rebuild_expr(e, lambda old, _: by_id.get(id(old))))
 
 
-def _invariant_divisions(loop: Loop, made: set[str]) -> dict[int, Expr]:
+def _invariant_divisions(
+    loop: Loop, made: set[str], divides: dict[int, tuple[Expr, bool]]
+) -> dict[int, Expr]:
     """The largest division-holding integer expressions in `loop`'s body that read no
     array and no local but those `made`, and vary with no loop of it (`loop` included):
     each occurrence by its identity, in program order."""
@@ -104,6 +107,8 @@ def _invariant_divisions(loop: Loop, made: set[str]) -> dict[int, Expr]:
         if id(e) in seen:
             return
         seen.add(id(e))
+        if not _divides(e, divides):  # (nor does any part of it: the walk ends here)
+            return
         if _tree_size(e, sizes) <= MAX_NODES and _hoistable(e, varying, made):
             found[id(e)] = e
             return
@@ -134,16 +139,21 @@ def _tree_size(e: Expr, sizes: dict[int, int]) -> int:
     return sizes[id(e)]
 
 
+def _divides(e: Expr, memo: dict[int, tuple[Expr, bool]]) -> bool:
+    """Whether `e` holds a floor division or remainder by a value that is not a constant,
+    memoized by identity (the memo holds `e`, so that its id is not reused)."""
+    if id(e) not in memo:
+        own = isinstance(e, Binary) and e.op in _DIVISIONS and not isinstance(e.rhs, Const)
+        memo[id(e)] = (e, own or any(_divides(c, memo) for c in children(e)))
+    return memo[id(e)][1]
+
+
 def _hoistable(e: Expr, varying: set[str], made: set[str]) -> bool:
-    if not e.dtype.is_int:
-        return False
-    nodes = list(walk_expr(e))
-    by_variable = (
-        isinstance(x, Binary) and x.op in _DIVISIONS and not isinstance(x.rhs, Const) for x in nodes
-    )
-    return any(by_variable) and not any(
+    """An integer expression (holding a division by a variable) that reads nothing that
+    changes in the loop."""
+    return e.dtype.is_int and not any(
         isinstance(x, Load)
         or (isinstance(x, LocalVar) and x.name not in made)
         or (isinstance(x, LoopVar) and x.name in varying)
-        for x in nodes
+        for x in walk_expr(e)
     )
