@@ -143,6 +143,12 @@ def _register_blocked(s, across: str, panel: int, depth: int) -> None:
     mr = s.param("mr", sorted([8, 6, 4, 12], key=lambda r: r != first_mr))
     nr = s.param("nr", sorted([32, 16, 64], key=lambda r: r != first_nr))
     pairs = s.param("bf16_pairs", bf16_pairs_first()) if bf16 else False
+    # f32 and wider: the tile's rows of A copied with k outermost (mr × k -> k × mr), so
+    # a step of k broadcasts mr neighbours, not mr values lda apart. Off by default: on a
+    # Zen 3 (7-9 rounds taking turns in one process, four processes a shape) it ran
+    # 0.92-1.18x reading A in place, about 1.03x on average (4096×64×4096 1.05-1.12x),
+    # and the product compiled 15% slower
+    pack_a = not bf16 and s.param("pack_a", [False, True])
     kc = 0 if pairs else kc  # (the "vnni" copy takes all of k)
     if tiles:
         _on_tiles(s, across, nc, rows)
@@ -173,8 +179,10 @@ def _register_blocked(s, across: str, panel: int, depth: int) -> None:
             # in micro-panels (BLIS): each tile's nr columns of the panel, all its k
             # rows, contiguous, so the tile reads one stream front to back
             _pack_b(s, packed_at, f"1//{nr},0,1%{nr}", across, widened)
-        if bf16:
+        if bf16:  # (row after row: 1.05-1.10x the copy with k outermost, on a Zen 3)
             s.cache("a", at=io, layout="packed", dtype=kd.f32)
+        elif pack_a:
+            s.cache("a", at=io, layout="transposed")
     # the tile's zeroing and write-back (the sum's statements before and after it) with
     # its rows inside its columns: unrolled, the rows share one vector loop instead of a
     # loop each with its own tails (75 vector loops in a kernel → 21; on a Zen 3 the
