@@ -92,6 +92,14 @@ DEPTHS = (0, 256, 512)
 # then reread the block from L2, not the whole panel from L3, and the sums kept between
 # blocks (FEW_ROWS × nc) stay in L1 or L2 (see _machine.blocks_for_few_rows for where)
 BLOCK_DEPTH, FEW_ROWS = DEPTHS[1], 128
+# A whose rows lie a multiple of ALIASED_ROWS bytes apart (1024 or 4096 f32 columns, as
+# ML's shapes often are) has its register tile's rows copied first (the pack_a param):
+# read in place, the tile's rows fall in the same sets of the L1 (32 KiB and 8 ways:
+# 4 KiB a way). Through the benchmark harness on a Zen 3, copied against in place, on
+# two threads and one: 1024³ 1.005× and 1.05×, 2048³ 1.03× and 1.06×, 4096³ 1.05× and
+# 1.03×, 64×4096×4096 1.11× and 1.05×. Where the rows don't alias it did not pay
+# (1000³ 0.97× and 1.01×, 4096×64×4096 0.96× and 0.95×)
+ALIASED_ROWS = 4096
 
 
 def panel_width(k: int, itemsize: int) -> int:
@@ -102,7 +110,7 @@ def panel_width(k: int, itemsize: int) -> int:
     return max(fits, default=PANEL_WIDTHS[0])
 
 
-def _register_blocked(s, across: str, panel: int, depth: int) -> None:
+def _register_blocked(s, across: str, panel: int, depth: int, pack_a: bool = False) -> None:
     """The GotoBLAS/BLIS structure. B is cut into panels of nc columns, each packed
     whole (all of k × nc, contiguous: it stays in L2 while every row strip of A streams
     past it) in micro-panels of nr columns (k × nr each, read front to back by a tile:
@@ -144,11 +152,9 @@ def _register_blocked(s, across: str, panel: int, depth: int) -> None:
     nr = s.param("nr", sorted([32, 16, 64], key=lambda r: r != first_nr))
     pairs = s.param("bf16_pairs", bf16_pairs_first()) if bf16 else False
     # f32 and wider: the tile's rows of A copied with k outermost (mr × k -> k × mr), so
-    # a step of k broadcasts mr neighbours, not mr values lda apart. Off by default: on a
-    # Zen 3 (7-9 rounds taking turns in one process, four processes a shape) it ran
-    # 0.92-1.18x reading A in place, about 1.03x on average (4096×64×4096 1.05-1.12x),
-    # and the product compiled 15% slower
-    pack_a = not bf16 and s.param("pack_a", [False, True])
+    # a step of k broadcasts mr neighbours, not mr values lda apart (first where `pack_a`
+    # says: see ALIASED_ROWS)
+    pack_a = not bf16 and s.param("pack_a", [pack_a, not pack_a])
     kc = 0 if pairs else kc  # (the "vnni" copy takes all of k)
     if tiles:
         _on_tiles(s, across, nc, rows)
@@ -227,9 +233,9 @@ def _on_tiles(s, across: str, nc: int, rows: int) -> None:
     s.parallelize(jo if across == "panels" else io)
 
 
-def _blocked(across: str, panel: int, depth: int = 0):
+def _blocked(across: str, panel: int, depth: int = 0, pack_a: bool = False):
     def schedule(s):
-        _register_blocked(s, across, panel, depth)
+        _register_blocked(s, across, panel, depth, pack_a)
 
     return schedule
 
@@ -329,10 +335,13 @@ def layout(m: int, k: int, n: int, itemsize: int, threads: int) -> tuple[str, in
 
 
 @functools.cache
-def kernel_for(plain: bool, across: str, panel: int, depth: int = 0) -> kd.KernelFunction:
+def kernel_for(
+    plain: bool, across: str, panel: int, depth: int = 0, pack_a: bool = False
+) -> kd.KernelFunction:
     """The kernel for an epilogue or none, cores across panels or rows, panels of width
-    `panel` and k in blocks of `depth` (the named kernels above for PANEL and all of k)."""
-    if panel == PANEL and depth == 0:
+    `panel`, k in blocks of `depth` and A's rows copied first or not (`pack_a`): the named
+    kernels above for PANEL, all of k and A in place."""
+    if panel == PANEL and depth == 0 and not pack_a:
         return {
             (True, "panels"): product_kernel,
             (True, "rows"): product_rows_kernel,
@@ -340,9 +349,10 @@ def kernel_for(plain: bool, across: str, panel: int, depth: int = 0) -> kd.Kerne
             (False, "rows"): matmul_rows_kernel,
         }[plain, across]
     blocks = f"_{depth}" if depth else ""
-    name = f"{'product' if plain else 'matmul'}_{across}_{panel}{blocks}_kernel"
+    packed = "_packed_a" if pack_a else ""
+    name = f"{'product' if plain else 'matmul'}_{across}_{panel}{blocks}{packed}_kernel"
     kernel = kd.kernel(_plain if plain else _with_epilogue, name=name)
-    kernel.schedule(kd.cpu)(_blocked(across, panel, depth))
+    kernel.schedule(kd.cpu)(_blocked(across, panel, depth, pack_a))
     kernel.schedule(kd.cuda)(_on_gpu)
     return kernel
 
@@ -489,13 +499,20 @@ def _product_of_matrices(
     pairs = _bf16(b.dtype) and bf16_pairs_first()[0]  # (the "vnni" copy takes all of k)
     packed = 4 if _bf16(b.dtype) and not pairs else b.itemsize  # (f32 panels)
     across, panel, depth = layout(m, k, n, packed, kd.get_num_threads())
-    kernel = kernel_for(plain, across, panel, 0 if pairs else depth)
+    pack_a = aliased_rows(a) and not _bf16(a.dtype)  # (bf16 always copies A's rows)
+    kernel = kernel_for(plain, across, panel, 0 if pairs else depth, pack_a)
     if plain:
         kernel(a, b, c)
     else:
         with_bias = bias is not None
         bias = bias if with_bias else _NO_BIAS.astype(a.dtype, copy=False)
         kernel(a, b, bias, c, activation, with_bias)
+
+
+def aliased_rows(a: np.ndarray) -> bool:
+    """Whether A's rows (of two or more elements) lie a multiple of ALIASED_ROWS bytes
+    apart."""
+    return a.shape[1] > 1 and a.strides[0] % ALIASED_ROWS == 0
 
 
 @functools.cache

@@ -187,6 +187,33 @@ def test_layout_packs_blocks_of_k_for_few_rows_of_a(monkeypatch, dtype: str) -> 
         mm.layout.cache_clear()
 
 
+def test_rows_of_a_that_alias_are_copied_first(monkeypatch) -> None:
+    """A whose rows lie a multiple of 4 KiB apart runs the kernel that copies its tile's
+    rows first (pack_a first), any other A the one that reads them in place; bf16 (which
+    always copies them) and one column don't ask. Products through it match, odd shapes
+    and the epilogue included."""
+    chosen = []
+    real = mm.kernel_for
+    monkeypatch.setattr(mm, "kernel_for", lambda *args: chosen.append(args[-1]) or real(*args))
+    wide = keyed_rng("aliased").standard_normal((40, 2 * mm.ALIASED_ROWS // 4), np.float32)
+    for m, k, n, rows in [(7, 37, 23, wide[:7, :37]), (13, 300, 5, wide[::2][:13, :300])]:
+        a, b = rows, _operands(m, k, n)[1]
+        _close(mm.matmul(a, b), a, b)
+        assert chosen[-1] is True
+        bias = keyed_rng("bias", n).standard_normal(n).astype(np.float32)
+        _close_epilogue(mm.matmul(a, b, bias=bias, activation="gelu"), a, b, bias, "gelu")
+        assert chosen[-1] is True
+        _close(mm.matmul(a.copy(), b), a, b)
+        assert chosen[-1] is False
+    assert not mm.aliased_rows(wide[:5, :1])
+    assert mm.aliased_rows(wide[:5, :2]) and not mm.aliased_rows(wide[:5, 1:].T)
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    a = wide.astype(ml_dtypes.bfloat16)[:9, :70]  # (rows 4 KiB apart)
+    b = _operands(9, 70, 40)[1].astype(ml_dtypes.bfloat16)
+    mm.matmul(a, b)
+    assert mm.aliased_rows(a) and chosen[-1] is False
+
+
 @pytest.mark.parametrize("plain", [True, False])
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (7, 255, 33), (13, 257, 129), (31, 600, 200)])
 def test_blocks_of_k_on_every_edge(plain: bool, m: int, k: int, n: int) -> None:
