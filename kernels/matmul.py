@@ -496,10 +496,11 @@ def _product_of_matrices(
         # a row: w streamed once by all cores (1 x 4096 x 4096: 26 -> 7.7 ms), not panels
         vecmat(a[0], b, c[0], bias, activation)
         return
-    pairs = _bf16(b.dtype) and bf16_pairs_first()[0]  # (the "vnni" copy takes all of k)
-    packed = 4 if _bf16(b.dtype) and not pairs else b.itemsize  # (f32 panels)
+    bf16 = _bf16(b.dtype)
+    pairs = bf16 and bf16_pairs_first()[0]  # (the "vnni" copy takes all of k)
+    packed = 4 if bf16 and not pairs else b.itemsize  # (f32 panels)
     across, panel, depth = layout(m, k, n, packed, kd.get_num_threads())
-    pack_a = aliased_rows(a) and not _bf16(a.dtype)  # (bf16 always copies A's rows)
+    pack_a = not bf16 and aliased_rows(a)  # (bf16 always copies A's rows)
     kernel = kernel_for(plain, across, panel, 0 if pairs else depth, pack_a)
     if plain:
         kernel(a, b, c)
