@@ -1,8 +1,10 @@
-"""Test configuration: hypothesis profiles and the golden-file update flag."""
+"""Test configuration: hypothesis profiles, the golden-file update flag and the bounded
+sample of the sweeps marked slow."""
 
 import os
 import shutil
 import tempfile
+from collections import defaultdict
 
 # Compiled objects and tuning results go to a fresh directory, never the user's cache
 # (set before kdsl is imported: its configuration is read once).
@@ -12,6 +14,8 @@ if _OWN_CACHE:
 
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
+
+from tests.helpers import ALL_SLOW  # noqa: E402
 
 # CI: derandomized and bounded; `HYPOTHESIS_PROFILE=deep` for long local runs.
 settings.register_profile(
@@ -31,6 +35,40 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="rewrite tests/golden/*.txt from the current output",
     )
+    parser.addoption(
+        "--all-slow",
+        action="store_true",
+        help="run every case and example of the sweeps marked slow (by default a bounded "
+        "sample of each; the same as KDSL_ALL_SLOW=1)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--all-slow"):
+        os.environ[ALL_SLOW] = "1"  # (before the test modules are imported: see helpers.sweep)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test marked `slow(sample=N)` is a sweep over many cases: N of them run, spread
+    evenly over its list with the first and last included (the same ones in every run and
+    xdist worker), unless --all-slow or KDSL_ALL_SLOW=1 asks for all of them."""
+    if os.environ.get(ALL_SLOW):
+        return
+    sweeps: defaultdict[tuple[object, str], list[pytest.Item]] = defaultdict(list)
+    for item in items:
+        marker = item.get_closest_marker("slow")
+        if marker is not None and "sample" in marker.kwargs:
+            sweeps[item.path, getattr(item, "originalname", item.name)].append(item)
+    dropped = []
+    for cases in sweeps.values():
+        sample = cases[0].get_closest_marker("slow").kwargs["sample"]
+        if len(cases) > sample > 1:
+            kept = {round(i * (len(cases) - 1) / (sample - 1)) for i in range(sample)}
+            dropped += [case for i, case in enumerate(cases) if i not in kept]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        gone = set(map(id, dropped))
+        items[:] = [item for item in items if id(item) not in gone]
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import re
 import zlib
@@ -9,6 +10,13 @@ import zlib
 import numpy as np
 
 GOLDEN = pathlib.Path(__file__).parent / "golden"
+ALL_SLOW = "KDSL_ALL_SLOW"  # set (or pytest --all-slow): every case of the slow sweeps
+
+
+def sweep(full: int, bounded: int) -> int:
+    """Examples for a hypothesis sweep marked slow: `bounded` in the default run (the
+    suite's ten minutes), `full` under --all-slow or KDSL_ALL_SLOW=1."""
+    return full if os.environ.get(ALL_SLOW) else bounded
 
 
 def keyed_rng(*key: object) -> np.random.Generator:

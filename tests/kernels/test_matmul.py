@@ -21,6 +21,7 @@ from tests.helpers import (
     each_choice,
     keyed_rng,
     run_config,
+    sweep,
     vector_register,
 )
 
@@ -654,7 +655,8 @@ def test_one_row_every_choice_of_the_search_space(config: dict[str, object]) -> 
         _close(args[-1][np.newaxis], x, w)
 
 
-@settings(max_examples=25, deadline=None)
+@pytest.mark.slow
+@settings(max_examples=sweep(25, 10), deadline=None)
 @given(
     k=st.integers(0, 700),
     n=st.integers(1, 700),

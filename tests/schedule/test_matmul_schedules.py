@@ -34,6 +34,7 @@ def scheduled(ti: int, tj: int, tk: int, order: str) -> kd.KernelFunction:
     return k
 
 
+@pytest.mark.slow(sample=8)  # of 27: every order, tile and dtype under --all-slow
 @pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("ti, tj, tk", [(8, 16, 64), (3, 32, 5), (4, 8, 7)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32])

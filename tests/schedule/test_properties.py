@@ -36,7 +36,7 @@ from kdsl.schedule.recipe import Schedule
 from kdsl.targets.cpu.backend import compile_kernel
 from kdsl.targets.cpu.vector import vector_obstacle
 from kdsl.targets.interp.interpreter import interpret
-from tests.helpers import random_array
+from tests.helpers import random_array, sweep
 
 FACTORS = [*range(1, 10), 16, 32]
 WIDTHS = [4, 8, 16]
@@ -444,10 +444,16 @@ def _check_average(stats: Counter[str]) -> None:
 # ---------------------------------------------------------- (a) schedule vs interpreter
 
 
+# the profile's examples (40 in CI, more under HYPOTHESIS_PROFILE=deep), under --all-slow
+EXAMPLES = settings.default.max_examples if settings.default else 40
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES, ids=str)
 def test_schedules_keep_the_interpreted_result(family: Family) -> None:
     stats: Counter[str] = Counter()
 
+    @settings(max_examples=sweep(EXAMPLES, 20))
     @given(data=st.data(), data_seed=st.integers(0, 2**32 - 1))
     def check(data: st.DataObject, data_seed: int) -> None:
         args = family.args(data, np.random.default_rng(data_seed))
@@ -503,10 +509,11 @@ def _compiled_result(
     return k(*args), k
 
 
-# Compiling costs 0.05-0.1 s an example: a third of the profile's examples.
-COMPILED_EXAMPLES = max(6, (settings.default.max_examples if settings.default else 40) // 3)
+# Compiling costs 0.05-0.5 s an example: a third of the profile's examples, 7 by default.
+COMPILED_EXAMPLES = sweep(max(6, EXAMPLES // 3), 7)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES, ids=str)
 def test_compiled_schedules_match_the_interpreter(family: Family) -> None:
     stats: Counter[str] = Counter()

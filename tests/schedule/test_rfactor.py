@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import kdsl as kd
 from kdsl.ir.passes import lower
 from kdsl.schedule.recipe import Schedule
-from tests.helpers import random_array
+from tests.helpers import random_array, sweep
 
 
 def _reductions() -> kd.KernelFunction:
@@ -47,7 +47,8 @@ def _split_parts(chunk: int):
     return schedule
 
 
-@settings(max_examples=30, deadline=None)
+@pytest.mark.slow
+@settings(max_examples=sweep(30, 12), deadline=None)
 @given(
     n=st.sampled_from([1, 2, 7, 16, 17, 100, 1000, 1001]),
     chunk=st.sampled_from([1, 3, 16, 64, 100]),

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import kdsl as kd
 from kdsl.targets.cpu.aliasing import scope_groups
-from tests.helpers import random_array
+from tests.helpers import random_array, sweep
 from tests.schedule.test_default_probe_fuse import normalize3
 
 
@@ -147,7 +147,8 @@ def _build(e, get, where, maximum):
     raise AssertionError(e)
 
 
-@settings(max_examples=30, deadline=None)
+@pytest.mark.slow
+@settings(max_examples=sweep(30, 12), deadline=None)
 @given(
     program=_program,
     n=st.sampled_from([1, 7, 16, 37]),
