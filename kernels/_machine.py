@@ -83,6 +83,13 @@ def blocks_for_few_rows() -> bool:
     return vector_bytes() == 32
 
 
+def blocks_of_rows() -> bool:
+    """Whether matmul runs large products in BLIS's loop order, A copied in blocks of
+    rows (kernels/matmul.py, BLOCK_ROWS): with AVX2, where it was measured, not with
+    AVX-512, where the products already ran at 1.05-1.07× NumPy without it."""
+    return vector_bytes() == 32
+
+
 def score_keys_first() -> list[int]:
     """The choices of attention's keys per register block of scores (each key's row of
     the queries `score_queries_first` gives), the first sized to the registers: 4 keys

@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from kdsl.kernels import _device
@@ -24,6 +24,7 @@ from kdsl.kernels._checks import (
 from kdsl.kernels._machine import (
     bf16_pairs_first,
     blocks_for_few_rows,
+    blocks_of_rows,
     panel_bytes,
     register_tile,
 )
@@ -100,6 +101,16 @@ BLOCK_DEPTH, FEW_ROWS = DEPTHS[1], 128
 # 1.03×, 64×4096×4096 1.11× and 1.05×. Where the rows don't alias it did not pay
 # (1000³ 0.97× and 1.01×, 4096×64×4096 0.96× and 0.95×)
 ALIASED_ROWS = 4096
+# Large products run in BLIS's loop order (where _machine.blocks_of_rows says): B copied
+# BLOCK_DEPTH rows at a time in micro-panels (BLOCK_DEPTH × nr: 16 KiB, L1), A copied
+# BLOCK_ROWS rows × BLOCK_DEPTH at a time in micro-panels of mr rows (144 KiB: L2), each
+# micro-panel of B run against every mr rows of the block of A, so it is read from L1
+# while A's block streams from L2 (all of k at once streams both from L2 or L3). Panels
+# of B as wide as BLOCKED_PANELS allows while every core gets one: A is copied once a
+# panel. Through the benchmark harness on a Zen 3, against the layout it replaced, on
+# two threads: 1000³ 1.04×, 1024³ 1.06×, 2048³ 1.06-1.09×, 4096³ 1.03×; one thread:
+# 1024³ 1.06-1.11×, 2048³ 1.09× (kc = 384 or 512 and 72 rows did worse; 240 rows as well)
+BLOCK_ROWS, BLOCKED_PANELS = 144, (256, 512, 1024)
 
 
 def panel_width(k: int, itemsize: int) -> int:
@@ -110,7 +121,9 @@ def panel_width(k: int, itemsize: int) -> int:
     return max(fits, default=PANEL_WIDTHS[0])
 
 
-def _register_blocked(s, across: str, panel: int, depth: int, pack_a: bool = False) -> None:
+def _register_blocked(
+    s, across: str, panel: int, depth: int, pack_a: bool = False, block_rows: int = 0
+) -> None:
     """The GotoBLAS/BLIS structure. B is cut into panels of nc columns, each packed
     whole (all of k × nc, contiguous: it stays in L2 while every row strip of A streams
     past it) in micro-panels of nr columns (k × nr each, read front to back by a tile:
@@ -139,6 +152,17 @@ def _register_blocked(s, across: str, panel: int, depth: int, pack_a: bool = Fal
             pack b[ko·kc : +kc, jo·nc : +nc] into b.c
             for io: for jio: (load the tile of acc) … for ki … (store it)
           c[:, jo·nc : +nc] = epilogue(acc)
+
+    With blocks of mc rows of A too (`mc`, BLIS's order: see BLOCK_ROWS), each block of
+    A is copied in micro-panels of mr rows (mc × kc) and each micro-panel of B (kc × nr)
+    runs against all of them before the next:
+
+        for jo: for ko:
+          pack b[ko·kc : +kc, jo·nc : +nc] into b.c (micro-panels of nr columns)
+          for ic:                     # mc rows of A
+            pack a[ic·mc : +mc, ko·kc : +kc] into a.c (micro-panels of mr rows)
+            for jr:                   # a micro-panel of B: from L1 for every ir
+              for ir: (load the tile of acc) … for ki … (store it)
     """
     across = s.param("across", sorted(ACROSS, key=lambda a: a != across))
     nc = s.param("nc", sorted(PANEL_WIDTHS, key=lambda w: w != panel))
@@ -155,14 +179,21 @@ def _register_blocked(s, across: str, panel: int, depth: int, pack_a: bool = Fal
     # a step of k broadcasts mr neighbours, not mr values lda apart (first where `pack_a`
     # says: see ALIASED_ROWS)
     pack_a = not bf16 and s.param("pack_a", [pack_a, not pack_a])
+    # rows of A per copied block (0: none; f32 and wider, see BLOCK_ROWS)
+    mc = not bf16 and s.param("mc", sorted([0, BLOCK_ROWS, 240], key=lambda r: r != block_rows))
     kc = 0 if pairs else kc  # (the "vnni" copy takes all of k)
     if tiles:
         _on_tiles(s, across, nc, rows)
         return
-    io, ii = s.split("i", mr)
+    if mc:
+        ic, ip = s.split("i", mc)
+        io, ii = s.split(ip, mr)
+    else:
+        io, ii = s.split("i", mr)
     jo, jp = s.split("j", nc)
     jr, ji = s.split(jp, nr)
-    s.reorder(jo, io, jr, ii, ji)  # the tile loops: a permutation of the perfect nest
+    rows_of_tiles = (ic, jr, io) if mc else (io, jr)
+    s.reorder(jo, *rows_of_tiles, ii, ji)  # the tile loops: a permutation of the perfect nest
     if pairs:
         # k in pairs: vdpbf16ps adds a[i, 2k'..2k'+1]·b[2k'..2k'+1, j] into lane j, reading
         # B with the two rows of each pair interleaved (the "vnni" copy)
@@ -173,7 +204,7 @@ def _register_blocked(s, across: str, panel: int, depth: int, pack_a: bool = Fal
         k, packed_at = "k", jo
         if kc:
             ko, k = s.split("k", kc)
-            s.reorder(jo, ko, io, jr, ii, ji)  # (after the tile loops: acc is a panel of C)
+            s.reorder(jo, ko, *rows_of_tiles, ii, ji)  # (after the tile loops: acc is a panel of C)
             packed_at = ko
         s.reorder(ji, k, ii)  # k inside the columns of the tile, its rows unrolled inside k
         # bf16 without a bf16 dot instruction: the copies hold the values widened to f32,
@@ -187,6 +218,8 @@ def _register_blocked(s, across: str, panel: int, depth: int, pack_a: bool = Fal
             _pack_b(s, packed_at, f"1//{nr},0,1%{nr}", across, widened)
         if bf16:  # (row after row: 1.05-1.10x the copy with k outermost, on a Zen 3)
             s.cache("a", at=io, layout="packed", dtype=kd.f32)
+        elif mc:
+            s.cache("a", at=ic, layout=f"0//{mr},1,0%{mr}")
         elif pack_a:
             s.cache("a", at=io, layout="transposed")
     # the tile's zeroing and write-back (the sum's statements before and after it) with
@@ -198,7 +231,7 @@ def _register_blocked(s, across: str, panel: int, depth: int, pack_a: bool = Fal
         s.reorder(f"{ji}.{part}", f"{ii}.{part}")
     s.vectorize(ji, nr)
     s.unroll(ii)
-    s.parallelize(jo if across == "panels" else io)
+    s.parallelize(jo if across == "panels" else rows_of_tiles[0])
 
 
 def _pack_b(s, jo: str, layout: str, across: str, dtype=None) -> None:
@@ -233,9 +266,9 @@ def _on_tiles(s, across: str, nc: int, rows: int) -> None:
     s.parallelize(jo if across == "panels" else io)
 
 
-def _blocked(across: str, panel: int, depth: int = 0, pack_a: bool = False):
+def _blocked(across: str, panel: int, depth: int = 0, pack_a: bool = False, block_rows: int = 0):
     def schedule(s):
-        _register_blocked(s, across, panel, depth, pack_a)
+        _register_blocked(s, across, panel, depth, pack_a, block_rows)
 
     return schedule
 
@@ -312,11 +345,24 @@ for _kernel, _across in [
     _kernel.schedule(kd.cuda)(_on_gpu)
 
 
+class Layout(NamedTuple):
+    """How `matmul` runs a product: what the cores share ("panels" of B or "rows" of A),
+    the panel width, the rows of B per copied block (depth; 0: all of k) and the rows of
+    A per copied block (block_rows; 0: A read in place or by tile)."""
+
+    across: str
+    panel: int
+    depth: int
+    block_rows: int = 0
+
+
 # (a few µs a call otherwise; it reads module constants: a test that patches them clears it)
 @functools.lru_cache(maxsize=1024)
-def layout(m: int, k: int, n: int, itemsize: int, threads: int) -> tuple[str, int, int]:
-    """How `matmul` runs an m×k by k×n product: what the cores share ("panels" or
-    "rows"), the panel width and the rows of B per packed block (0: all of k). Panels as
+def layout(m: int, k: int, n: int, itemsize: int, threads: int, rows_copied: bool = True) -> Layout:
+    """How `matmul` runs an m×k by k×n product (`rows_copied`: whether its kernel can
+    copy blocks of A's rows, as f32 can). BLIS's order with blocks of A's rows (where
+    `blocks_of_rows` says) for two blocks of rows or more, two blocks of k or more and a
+    panel of BLOCKED_PANELS for every core. Otherwise panels as
     wide as `panel_width` allows but never narrower than PANEL (each panel is a pass over
     A; a tile streams its micro-panel front to back, so a panel larger than PANEL_BYTES
     costs little: Zen 3, 2048³, 128 columns ran 0.98–1.05× the 32 that PANEL_BYTES
@@ -324,24 +370,47 @@ def layout(m: int, k: int, n: int, itemsize: int, threads: int) -> tuple[str, in
     A when B still has too few and A more. Blocks of BLOCK_DEPTH rows of B where A has
     two row strips to FEW_ROWS rows and the panel overflows PANEL_BYTES (on the CPUs of
     `blocks_for_few_rows`). `itemsize` is the packed panel's."""
+    wide = _blocked_panel(n, threads)
+    large = m >= 2 * BLOCK_ROWS and k >= 2 * BLOCK_DEPTH and wide
+    if large and rows_copied and blocks_of_rows():
+        return Layout("panels", wide, BLOCK_DEPTH, BLOCK_ROWS)
     panel = max(panel_width(k, itemsize), PANEL)
     while -(-n // panel) < 2 * threads and panel > PANEL:
         panel //= 2
     if -(-n // panel) < 2 * threads and m > n:
-        return "rows", panel, 0
+        return Layout("rows", panel, 0)
     few = 2 * register_tile()[0] <= m <= FEW_ROWS and blocks_for_few_rows()
     blocks = few and k > BLOCK_DEPTH and k * panel * itemsize > PANEL_BYTES
-    return "panels", panel, BLOCK_DEPTH if blocks else 0
+    return Layout("panels", panel, BLOCK_DEPTH if blocks else 0)
+
+
+def _blocked_panel(n: int, threads: int) -> int:
+    """The width of BLOCKED_PANELS whose busiest core gets the fewest of n columns (the
+    widest of equals: A is copied once a panel), of those that give every core a panel;
+    0 where none does."""
+
+    def busiest(width: int) -> int:
+        panels = -(-n // width)
+        return -(-panels // threads) * width
+
+    fits = [w for w in BLOCKED_PANELS if -(-n // w) >= threads]
+    return min(fits, key=lambda w: (busiest(w), -w), default=0)
 
 
 @functools.cache
 def kernel_for(
-    plain: bool, across: str, panel: int, depth: int = 0, pack_a: bool = False
+    plain: bool,
+    across: str,
+    panel: int,
+    depth: int = 0,
+    pack_a: bool = False,
+    block_rows: int = 0,
 ) -> kd.KernelFunction:
     """The kernel for an epilogue or none, cores across panels or rows, panels of width
-    `panel`, k in blocks of `depth` and A's rows copied first or not (`pack_a`): the named
-    kernels above for PANEL, all of k and A in place."""
-    if panel == PANEL and depth == 0 and not pack_a:
+    `panel`, k in blocks of `depth`, A's rows copied by tile first or not (`pack_a`) and
+    in blocks of `block_rows`: the named kernels above for PANEL, all of k and A in
+    place."""
+    if panel == PANEL and depth == 0 and not pack_a and not block_rows:
         return {
             (True, "panels"): product_kernel,
             (True, "rows"): product_rows_kernel,
@@ -350,9 +419,10 @@ def kernel_for(
         }[plain, across]
     blocks = f"_{depth}" if depth else ""
     packed = "_packed_a" if pack_a else ""
-    name = f"{'product' if plain else 'matmul'}_{across}_{panel}{blocks}{packed}_kernel"
+    rows = f"_rows_{block_rows}" if block_rows else ""
+    name = f"{'product' if plain else 'matmul'}_{across}_{panel}{blocks}{packed}{rows}_kernel"
     kernel = kd.kernel(_plain if plain else _with_epilogue, name=name)
-    kernel.schedule(kd.cpu)(_blocked(across, panel, depth, pack_a))
+    kernel.schedule(kd.cpu)(_blocked(across, panel, depth, pack_a, block_rows))
     kernel.schedule(kd.cuda)(_on_gpu)
     return kernel
 
@@ -499,9 +569,11 @@ def _product_of_matrices(
     bf16 = _bf16(b.dtype)
     pairs = bf16 and bf16_pairs_first()[0]  # (the "vnni" copy takes all of k)
     packed = 4 if bf16 and not pairs else b.itemsize  # (f32 panels)
-    across, panel, depth = layout(m, k, n, packed, kd.get_num_threads())
-    pack_a = not bf16 and aliased_rows(a)  # (bf16 always copies A's rows)
-    kernel = kernel_for(plain, across, panel, 0 if pairs else depth, pack_a)
+    # (bf16 copies A's rows by tile, widened: no blocks of rows, no pack_a)
+    plan = layout(m, k, n, packed, kd.get_num_threads(), rows_copied=not bf16)
+    pack_a = not bf16 and not plan.block_rows and aliased_rows(a)
+    depth = 0 if pairs else plan.depth
+    kernel = kernel_for(plain, plan.across, plan.panel, depth, pack_a, plan.block_rows)
     if plain:
         kernel(a, b, c)
     else:

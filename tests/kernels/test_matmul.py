@@ -91,11 +91,11 @@ def test_both_parallel_layouts(m: int, k: int, n: int) -> None:
     """`matmul` shares B's panels among the cores, or A's rows when B is narrow; both
     give the same answer, on one thread too."""
     a, b = _operands(m, k, n)
-    across, panel, _ = mm.layout(m, k, n, 4, kd.get_num_threads())
-    by_rows = mm.kernel_for(True, "rows", panel)
+    plan = mm.layout(m, k, n, 4, kd.get_num_threads())
+    by_rows = mm.kernel_for(True, "rows", plan.panel)
     rows = by_rows.stats()["calls"]
     _close(mm.matmul(a, b), a, b)
-    assert by_rows.stats()["calls"] == rows + (across == "rows")
+    assert by_rows.stats()["calls"] == rows + (plan.across == "rows")
     before = kd.get_num_threads()
     kd.set_num_threads(1)
     try:
@@ -124,12 +124,16 @@ def test_panel_width_fits_the_panel_in_l2() -> None:
 
 @pytest.mark.parametrize("threads", [1, 2, 8])
 def test_layout_gives_every_core_work(threads: int) -> None:
+    """Two panels a core (or the narrowest), a panel a core in BLIS's order (blocks of
+    A's rows), or rows of A where B has too few columns."""
     shapes = [(256, 256, 256), (4096, 64, 4096), (4096, 4096, 64), (3, 70, 500)]
     for m, k, n in [*shapes, (120, 4096, 128), (500, 4096, 1000), (300, 4096, 300)]:
-        across, panel, _ = mm.layout(m, k, n, 4, threads)
-        assert panel <= max(mm.panel_width(k, 4), mm.PANEL)
+        across, panel, _, block_rows = mm.layout(m, k, n, 4, threads)
         panels = -(-n // panel)
-        if across == "panels":
+        if block_rows:
+            assert panel in mm.BLOCKED_PANELS and panels >= threads
+        elif across == "panels":
+            assert panel <= max(mm.panel_width(k, 4), mm.PANEL)
             assert panels >= 2 * threads or panel <= mm.PANEL
         else:
             assert panels < 2 * threads and m > n
@@ -195,7 +199,7 @@ def test_rows_of_a_that_alias_are_copied_first(monkeypatch) -> None:
     and the epilogue included."""
     chosen = []
     real = mm.kernel_for
-    monkeypatch.setattr(mm, "kernel_for", lambda *args: chosen.append(args[-1]) or real(*args))
+    monkeypatch.setattr(mm, "kernel_for", lambda *args: chosen.append(args[4]) or real(*args))
     wide = keyed_rng("aliased").standard_normal((40, 2 * mm.ALIASED_ROWS // 4), np.float32)
     for m, k, n, rows in [(7, 37, 23, wide[:7, :37]), (13, 300, 5, wide[::2][:13, :300])]:
         a, b = rows, _operands(m, k, n)[1]
@@ -213,6 +217,49 @@ def test_rows_of_a_that_alias_are_copied_first(monkeypatch) -> None:
     b = _operands(9, 70, 40)[1].astype(ml_dtypes.bfloat16)
     mm.matmul(a, b)
     assert mm.aliased_rows(a) and chosen[-1] is False
+
+
+def test_large_products_copy_blocks_of_rows_of_a(monkeypatch) -> None:
+    """BLIS's order (blocks of BLOCK_ROWS rows of A and BLOCK_DEPTH rows of B, a panel of
+    BLOCKED_PANELS a core) for two blocks of rows and of k or more, where _machine says
+    so; not for fewer, too many cores for the columns, bf16 (rows_copied False), or
+    where _machine says no. Products through it match: partial blocks of rows, of k and
+    of columns, with and without the epilogue, A strided, on one thread too."""
+    monkeypatch.setattr(mm, "blocks_of_rows", lambda: True)
+    mm.layout.cache_clear()
+    try:
+        rows, depth = 2 * mm.BLOCK_ROWS, 2 * mm.BLOCK_DEPTH
+        assert mm.layout(rows, depth, 700, 4, 2) == ("panels", 512, depth // 2, mm.BLOCK_ROWS)
+        assert mm.layout(rows, depth, 1536, 4, 2).panel == 256  # 3 panels a core, not 2 and 1
+        assert mm.layout(rows, depth, 4096, 4, 1).panel == max(mm.BLOCKED_PANELS)
+        for m, k, n, threads, copied in [
+            (rows - 1, depth, 700, 2, True),
+            (rows, depth - 1, 700, 2, True),
+            (rows, depth, 700, 8, True),  # 3 panels at most: fewer than the cores
+            (rows, depth, 700, 2, False),
+        ]:
+            assert mm.layout(m, k, n, 4, threads, rows_copied=copied).block_rows == 0
+        chosen = []
+        real = mm.kernel_for
+        monkeypatch.setattr(mm, "kernel_for", lambda *args: chosen.append(args) or real(*args))
+        m, k, n = rows + 7, depth + 3, 300
+        big, b = _operands(2 * m, 2 * k, n)[0], _operands(m, k, n)[1]
+        a = big[::2, ::2]
+        bias = keyed_rng("blocks of rows", n).standard_normal(n).astype(np.float32)
+        _close(mm.matmul(a, b), a, b)
+        _close_epilogue(mm.matmul(a, b, bias=bias, activation="gelu"), a, b, bias, "gelu")
+        before = kd.get_num_threads()
+        kd.set_num_threads(1)
+        try:
+            _close(mm.matmul(a, b), a, b)
+        finally:
+            kd.set_num_threads(before)
+        assert [args[-1] for args in chosen] == [mm.BLOCK_ROWS] * 3
+        monkeypatch.setattr(mm, "blocks_of_rows", lambda: False)
+        mm.layout.cache_clear()
+        assert mm.layout(m, k, n, 4, 2).block_rows == 0
+    finally:
+        mm.layout.cache_clear()
 
 
 @pytest.mark.parametrize("plain", [True, False])
