@@ -109,7 +109,9 @@ ALIASED_ROWS = 4096
 # of B as wide as BLOCKED_PANELS allows while every core gets one: A is copied once a
 # panel. Through the benchmark harness on a Zen 3, against the layout it replaced, on
 # two threads: 1000³ 1.04×, 1024³ 1.06×, 2048³ 1.06-1.09×, 4096³ 1.03×; one thread:
-# 1024³ 1.06-1.11×, 2048³ 1.09× (kc = 384 or 512 and 72 rows did worse; 240 rows as well)
+# 1024³ 1.06-1.11×, 2048³ 1.09× (kc = 384 or 512 and 72 rows did worse; 240 rows as well).
+# bf16 (widened to f32 as A's blocks and B's micro-panels are copied), against its copy of
+# A by tile: 1024³ 1.25×, 2048³ 1.16× on two threads
 BLOCK_ROWS, BLOCKED_PANELS = 144, (256, 512, 1024)
 
 
@@ -179,8 +181,8 @@ def _register_blocked(
     # a step of k broadcasts mr neighbours, not mr values lda apart (first where `pack_a`
     # says: see ALIASED_ROWS)
     pack_a = not bf16 and s.param("pack_a", [pack_a, not pack_a])
-    # rows of A per copied block (0: none; f32 and wider, see BLOCK_ROWS)
-    mc = not bf16 and s.param("mc", sorted([0, BLOCK_ROWS, 240], key=lambda r: r != block_rows))
+    # rows of A per copied block (0: none; see BLOCK_ROWS), bf16 widened as it is copied
+    mc = not pairs and s.param("mc", sorted([0, BLOCK_ROWS, 240], key=lambda r: r != block_rows))
     kc = 0 if pairs else kc  # (the "vnni" copy takes all of k)
     if tiles:
         _on_tiles(s, across, nc, rows)
@@ -216,10 +218,10 @@ def _register_blocked(
             # in micro-panels (BLIS): each tile's nr columns of the panel, all its k
             # rows, contiguous, so the tile reads one stream front to back
             _pack_b(s, packed_at, f"1//{nr},0,1%{nr}", across, widened)
-        if bf16:  # (row after row: 1.05-1.10x the copy with k outermost, on a Zen 3)
+        if mc:
+            s.cache("a", at=ic, layout=f"0//{mr},1,0%{mr}", dtype=widened)
+        elif bf16:  # (row after row: 1.05-1.10x the copy with k outermost, on a Zen 3)
             s.cache("a", at=io, layout="packed", dtype=kd.f32)
-        elif mc:
-            s.cache("a", at=ic, layout=f"0//{mr},1,0%{mr}")
         elif pack_a:
             s.cache("a", at=io, layout="transposed")
     # the tile's zeroing and write-back (the sum's statements before and after it) with
@@ -360,7 +362,7 @@ class Layout(NamedTuple):
 @functools.lru_cache(maxsize=1024)
 def layout(m: int, k: int, n: int, itemsize: int, threads: int, rows_copied: bool = True) -> Layout:
     """How `matmul` runs an m×k by k×n product (`rows_copied`: whether its kernel can
-    copy blocks of A's rows, as f32 can). BLIS's order with blocks of A's rows (where
+    copy blocks of A's rows, as all but bf16's pairs can). BLIS's order with blocks of A's rows (where
     `blocks_of_rows` says) for two blocks of rows or more, two blocks of k or more and a
     panel of BLOCKED_PANELS for every core. Otherwise panels as
     wide as `panel_width` allows but never narrower than PANEL (each panel is a pass over
@@ -569,8 +571,8 @@ def _product_of_matrices(
     bf16 = _bf16(b.dtype)
     pairs = bf16 and bf16_pairs_first()[0]  # (the "vnni" copy takes all of k)
     packed = 4 if bf16 and not pairs else b.itemsize  # (f32 panels)
-    # (bf16 copies A's rows by tile, widened: no blocks of rows, no pack_a)
-    plan = layout(m, k, n, packed, kd.get_num_threads(), rows_copied=not bf16)
+    # (the "vnni" copy of bf16 pairs takes A in place; other bf16 copies A's rows widened)
+    plan = layout(m, k, n, packed, kd.get_num_threads(), rows_copied=not pairs)
     pack_a = not bf16 and not plan.block_rows and aliased_rows(a)
     depth = 0 if pairs else plan.depth
     kernel = kernel_for(plain, plan.across, plan.panel, depth, pack_a, plan.block_rows)

@@ -222,9 +222,10 @@ def test_rows_of_a_that_alias_are_copied_first(monkeypatch) -> None:
 def test_large_products_copy_blocks_of_rows_of_a(monkeypatch) -> None:
     """BLIS's order (blocks of BLOCK_ROWS rows of A and BLOCK_DEPTH rows of B, a panel of
     BLOCKED_PANELS a core) for two blocks of rows and of k or more, where _machine says
-    so; not for fewer, too many cores for the columns, bf16 (rows_copied False), or
-    where _machine says no. Products through it match: partial blocks of rows, of k and
-    of columns, with and without the epilogue, A strided, on one thread too."""
+    so; not for fewer, too many cores for the columns, bf16 pairs (rows_copied False),
+    or where _machine says no. Products through it match: partial blocks of rows, of k
+    and of columns, with and without the epilogue, A strided, on one thread too, and bf16
+    widened as it is copied (where it isn't run as pairs)."""
     monkeypatch.setattr(mm, "blocks_of_rows", lambda: True)
     mm.layout.cache_clear()
     try:
@@ -255,6 +256,12 @@ def test_large_products_copy_blocks_of_rows_of_a(monkeypatch) -> None:
         finally:
             kd.set_num_threads(before)
         assert [args[-1] for args in chosen] == [mm.BLOCK_ROWS] * 3
+        ml_dtypes = pytest.importorskip("ml_dtypes")
+        a16, b16 = a.astype(ml_dtypes.bfloat16), b.astype(ml_dtypes.bfloat16)
+        got = mm.matmul(a16, b16).astype(np.float64)
+        want = mm.reference(a16, b16)
+        np.testing.assert_allclose(got, want, rtol=2e-2, atol=2e-2)  # (a bf16 product)
+        assert chosen[-1][-1] == (0 if mm.bf16_pairs_first()[0] else mm.BLOCK_ROWS)
         monkeypatch.setattr(mm, "blocks_of_rows", lambda: False)
         mm.layout.cache_clear()
         assert mm.layout(m, k, n, 4, 2).block_rows == 0
