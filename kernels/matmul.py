@@ -110,6 +110,8 @@ ALIASED_ROWS = 4096
 # panel. Through the benchmark harness on a Zen 3, against the layout it replaced, on
 # two threads: 1000³ 1.04×, 1024³ 1.06×, 2048³ 1.06-1.09×, 4096³ 1.03×; one thread:
 # 1024³ 1.06-1.11×, 2048³ 1.09× (kc = 384 or 512 and 72 rows did worse; 240 rows as well).
+# Few rows too, against blocks of k alone (FEW_ROWS): 64×4096×4096 1.08–1.10×, 128×1024²
+# 1.08×, 256×4096×4096 1.09–1.11×, 16×4096×4096 1.07× (the same kernel as the old: 1.04×).
 # bf16 (widened to f32 as A's blocks and B's micro-panels are copied), against its copy of
 # A by tile: 1024³ 1.25×, 2048³ 1.16× on two threads
 BLOCK_ROWS, BLOCKED_PANELS = 144, (256, 512, 1024)
@@ -362,9 +364,9 @@ class Layout(NamedTuple):
 @functools.lru_cache(maxsize=1024)
 def layout(m: int, k: int, n: int, itemsize: int, threads: int, rows_copied: bool = True) -> Layout:
     """How `matmul` runs an m×k by k×n product (`rows_copied`: whether its kernel can
-    copy blocks of A's rows, as all but bf16's pairs can). BLIS's order with blocks of A's rows (where
-    `blocks_of_rows` says) for two blocks of rows or more, two blocks of k or more and a
-    panel of BLOCKED_PANELS for every core. Otherwise panels as
+    copy blocks of A's rows, as all but bf16's pairs can). BLIS's order, with blocks of
+    A's rows, where `blocks_of_rows` says: for two register tiles' rows or more, two
+    blocks of k or more and a panel of BLOCKED_PANELS for every core. Otherwise panels as
     wide as `panel_width` allows but never narrower than PANEL (each panel is a pass over
     A; a tile streams its micro-panel front to back, so a panel larger than PANEL_BYTES
     costs little: Zen 3, 2048³, 128 columns ran 0.98–1.05× the 32 that PANEL_BYTES
@@ -373,7 +375,7 @@ def layout(m: int, k: int, n: int, itemsize: int, threads: int, rows_copied: boo
     two row strips to FEW_ROWS rows and the panel overflows PANEL_BYTES (on the CPUs of
     `blocks_for_few_rows`). `itemsize` is the packed panel's."""
     wide = _blocked_panel(n, threads)
-    large = m >= 2 * BLOCK_ROWS and k >= 2 * BLOCK_DEPTH and wide
+    large = m >= 2 * register_tile()[0] and k >= 2 * BLOCK_DEPTH and wide
     if large and rows_copied and blocks_of_rows():
         return Layout("panels", wide, BLOCK_DEPTH, BLOCK_ROWS)
     panel = max(panel_width(k, itemsize), PANEL)
