@@ -69,6 +69,7 @@ def test_prefill(shape, causal):
 _SMALL = _qkv("space", 1, 1, 1, 4, 4, 64)
 
 
+@pytest.mark.slow(sample=6)
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize(
     "config", each_choice(flash_kernel, *_SMALL, np.empty_like(_SMALL[0]), 0.125, 1, 64), ids=str

@@ -62,6 +62,7 @@ def test_every_edge(kernel: kd.KernelFunction, m: int, k: int, n: int) -> None:
     _close(c, a, b)
 
 
+@pytest.mark.slow(sample=9)
 @pytest.mark.parametrize(
     "config", each_choice(mm.product_kernel, *_operands(4, 4, 4), np.empty((4, 4))), ids=str
 )
@@ -700,6 +701,7 @@ def _small_cut() -> tuple[np.ndarray, ...]:
     return _cut(x[0], w, 2)
 
 
+@pytest.mark.slow(sample=3)
 @pytest.mark.parametrize("config", each_choice(vm.vecmat_kernel, *_small_cut()), ids=str)
 def test_one_row_every_choice_of_the_search_space(config: dict[str, object]) -> None:
     """Parts of rows not a multiple of the rows read together, rows left over, columns

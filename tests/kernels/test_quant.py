@@ -77,6 +77,7 @@ def test_products_match_ggml_arithmetic(fmt, activations, rows, cols, batch) -> 
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.slow(sample=12)
 @pytest.mark.parametrize(
     "config",
     [{"rows": 1}, {"rows": 1, "prefetch": 0}, {"rows": 4}, {"rows": 8}],

@@ -92,6 +92,7 @@ def test_an_operand_may_be_an_expression_of_loads() -> None:
     np.testing.assert_array_equal(y, expected(a & 15, b, wrap=True))
 
 
+@pytest.mark.slow(sample=10)
 @pytest.mark.parametrize("width", [2, 4, 8, 16, 32])
 @pytest.mark.parametrize("small", ["& 15", "& 127", ">> 1", "& 128", "& 255"])
 def test_bytes_under_128_times_signed_bytes(width: int, small: str) -> None:

@@ -1242,6 +1242,7 @@ def _assert_reduced(got: np.ndarray, want: np.ndarray, n: int) -> None:
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.slow(sample=6)
 @pytest.mark.parametrize("schedule", SPLIT_REDUCTIONS)
 @pytest.mark.parametrize("dtype, w", [(np.float32, 16), (np.float64, 8), (np.int32, 16)])
 def test_split_reductions_keep_their_results(schedule, dtype, w):
