@@ -392,13 +392,9 @@ def _blocked_panel(n: int, threads: int) -> int:
     """The width of BLOCKED_PANELS whose busiest core gets the fewest of n columns (the
     widest of equals: A is copied once a panel), of those that give every core a panel;
     0 where none does."""
-
-    def busiest(width: int) -> int:
-        panels = -(-n // width)
-        return -(-panels // threads) * width
-
-    fits = [w for w in BLOCKED_PANELS if -(-n // w) >= threads]
-    return min(fits, key=lambda w: (busiest(w), -w), default=0)
+    panels = {w: -(-n // w) for w in BLOCKED_PANELS}
+    fits = [w for w, count in panels.items() if count >= threads]
+    return min(fits, key=lambda w: (-(-panels[w] // threads) * w, -w), default=0)
 
 
 @functools.cache

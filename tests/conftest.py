@@ -62,8 +62,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     dropped = []
     for cases in sweeps.values():
         sample = cases[0].get_closest_marker("slow").kwargs["sample"]
-        if len(cases) > sample > 1:
-            kept = {round(i * (len(cases) - 1) / (sample - 1)) for i in range(sample)}
+        if len(cases) > sample:
+            step = (len(cases) - 1) / max(sample - 1, 1)
+            kept = {round(i * step) for i in range(sample)}
             dropped += [case for i, case in enumerate(cases) if i not in kept]
     if dropped:
         config.hook.pytest_deselected(items=dropped)

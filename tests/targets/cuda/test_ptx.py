@@ -15,16 +15,20 @@ CASES = cases(np.random.default_rng(7))
 needs_ptxas = pytest.mark.skipif(nvptx.ptxas_path() is None, reason="ptxas is not on PATH")
 
 
+def assemble(text: str, sm: str) -> str:
+    """ptxas' report on the PTX: sm_90's optimized as the driver would (its optimizer
+    sees every kernel once), sm_80's only checked (a third of the time)."""
+    return nvptx.assemble(text, sm, optimize=sm == "sm_90")
+
+
 @needs_ptxas
 @pytest.mark.parametrize("sm", ["sm_80", "sm_90"])
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_ptx_assembles(case, sm, monkeypatch):
-    """ptxas checks each PTX; it optimizes sm_90's as the driver would (its optimizer
-    sees every kernel once), sm_80's only checked (a third of the time)."""
     monkeypatch.setenv("KDSL_CUDA_ARCH", sm)
     text = case.kernel.ptx(*case.args)
     assert f".target {sm}" in text
-    report = nvptx.assemble(text, sm, optimize=sm == "sm_90")
+    report = assemble(text, sm)
     assert "Compiling entry function" in report
 
 
@@ -79,7 +83,7 @@ def test_large_tiles_go_to_dynamic_shared_memory(sm, monkeypatch):
     assert not launch.scratch("block-scratch")
     assert 48 * 1024 <= launch.dynamic_shared <= shared_limit(sm)
     assert ".extern .shared" in code.ptx
-    assert "Compiling entry function" in nvptx.assemble(code.ptx, sm, sm == "sm_90")
+    assert "Compiling entry function" in assemble(code.ptx, sm)
     monkeypatch.setenv("KDSL_CUDA_ARCH", "sm_75")
     old = flash_kernel.ptx_code(flash_kernel.trace(specs)).plan.launches[0]
     assert old.dynamic_shared == 0 and old.scratch("block-scratch")
@@ -109,7 +113,7 @@ def test_flash_attention_of_16_bit_inputs_on_the_cuda_cores(dtype, monkeypatch):
     for sm in ("sm_80", "sm_90"):
         monkeypatch.setenv("KDSL_CUDA_ARCH", sm)
         code = flash_kernel.ptx_code(flash_kernel.trace(specs))
-        assert "Compiling entry function" in nvptx.assemble(code.ptx, sm, sm == "sm_90")
+        assert "Compiling entry function" in assemble(code.ptx, sm)
 
 
 @needs_ptxas
