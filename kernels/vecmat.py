@@ -9,9 +9,10 @@ by one core into a row of partial sums: reading its rows front to back (with w i
 order that is one contiguous stream), `seg` columns at a time, several rows per pass
 over the sums (they stay in L1/L2; the FMAs read w straight from memory). The partial
 rows, the rows left over (fewer than `parts`) and the epilogue are then one pass over
-the columns, 64 at a time in four zmm registers. (Cores sharing columns instead, each a
-block of them down all of k, read w in row segments a stride apart: one thread on 4096 ×
-4096, 15.9 GB/s in 4 KiB segments, 22.8 GB/s whole rows; OpenBLAS's sgemv 23.6.)
+the columns, LANES at a time (four zmm registers; two ymm with AVX2). (Cores sharing
+columns instead, each a block of them down all of k, read w in row segments a stride
+apart: one thread on 4096 × 4096, 15.9 GB/s in 4 KiB segments, 22.8 GB/s whole rows;
+OpenBLAS's sgemv 23.6.)
 
 When w's unit stride runs along k (w = m.T, as a linear layer's weight [out, in] is
 used), x @ w is m @ x: matvec's row streams, then the epilogue as a product of one row.
@@ -22,12 +23,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from kdsl.kernels._machine import one_row_lanes
 from kdsl.kernels.matvec import matvec
 
 import kdsl as kd
 
 ACTIVATIONS = (None, "relu", "gelu", "silu")
-LANES = 64  # columns per vector: four zmm registers of f32
+LANES = one_row_lanes()  # columns per vector: four zmm, or two ymm with AVX2
 PARTS_PER_THREAD = 4  # parts claimed as cores come free: a core that runs late takes fewer
 MIN_ROWS = 32  # fewest rows in a part (its partial sums cost 2/MIN_ROWS of its reads at most)
 
