@@ -628,14 +628,14 @@ AUTOTUNE: list[Cell] = [
         must hold valid indices (only `kd.spec` examples, below, are filled with random
         data; an index array's spec needs its range, `low=`/`high=`). Candidates are
         compiled in worker processes, each is checked against the default schedule's
-        output before its time counts, and a progress bar shows the best so far. With 18
-        candidates the search is exhaustive; larger spaces are searched randomly or by
-        evolution within the budget.
+        output before its time counts, and a progress bar shows the best so far. 18
+        candidates are tried in turn (exhaustively, as far as the budget goes); larger
+        spaces are searched randomly or by evolution within the budget.
         """
     ),
     code(
         """
-        reports = matmul.autotune(a, b, c, budget=15)
+        reports = matmul.autotune(a, b, c, budget=8)
         report = reports[0]
         """
     ),
@@ -751,7 +751,7 @@ AUTOTUNE: list[Cell] = [
         Saved as `my_kernels.py`, it is tuned from a shell with one of:
 
         ```bash
-        kdsl autotune my_kernels.py --budget 10s          # every kernel in the file
+        kdsl autotune my_kernels.py --budget 5s           # every kernel in the file
         kdsl autotune my_kernels.py:matmul --budget 2m    # one kernel
         kdsl autotune my_kernels.py --shape "A=512x512:f32,B=512x512:f32,C=512x512:f32"
         ```
@@ -768,7 +768,7 @@ AUTOTUNE: list[Cell] = [
         with tempfile.TemporaryDirectory() as tmp:
             my_kernels = Path(tmp) / "my_kernels.py"
             my_kernels.write_text(MY_KERNELS)
-            exit_code = kdsl_cli(["autotune", str(my_kernels), "--budget", "10s"])
+            exit_code = kdsl_cli(["autotune", str(my_kernels), "--budget", "5s"])
         exit_code
         """
     ),
