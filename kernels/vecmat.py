@@ -127,6 +127,10 @@ def vecmat(
     """y = activation(x @ w + bias) for float32 x [k], w [k, n] (any strides), y [n]
     apart from them, bias [n] or None, activation one of ACTIVATIONS (checked by the
     caller: `matmul`)."""
+    if w.strides[0] < 0:
+        # rows that descend in memory (w[::-1]): x @ w is x[::-1] @ w[::-1], whose rows
+        # ascend (read top-down a row apart, 1 × 4096 × 4096 ran at 0.75x the speed)
+        x, w = x[::-1], w[::-1]
     k, n = w.shape
     with_bias = bias is not None
     if n > 1 and k > 1 and w.strides[0] == w.itemsize:

@@ -663,6 +663,28 @@ def test_one_row_strides(monkeypatch: pytest.MonkeyPatch) -> None:
                 assert streams == ([(n, k)] if v.flags.f_contiguous and k > 1 else [])
 
 
+def test_one_row_reads_rows_that_descend_in_memory_in_ascending_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """x @ w[::-1] (w's rows descending in memory) runs as x[::-1] @ w: the kernel reads
+    the rows in memory order; the product is the same."""
+    seen = []
+    real = vm.vecmat_kernel
+
+    def spy(xs, ws, x, w, *rest):
+        seen.append((ws.strides[1], w.strides[0]))
+        return real(xs, ws, x, w, *rest)
+
+    monkeypatch.setattr(vm, "vecmat_kernel", spy)
+    for k, n in [(3, 5), (257, 100)]:
+        x, w, bias = _row(k, n)
+        down = w[::-1]
+        seen.clear()
+        got = mm.matmul(x, down, bias=bias, activation="relu")
+        _close_epilogue(got, x, down, bias, "relu")
+        assert seen and all(rows >= 0 and left >= 0 for rows, left in seen)
+
+
 def test_one_row_out_that_is_an_input() -> None:
     """out= one of the inputs (x @ w into x, w square): computed apart, copied over."""
     x, w, bias = _row(40, 40)

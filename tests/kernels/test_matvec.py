@@ -63,6 +63,32 @@ def test_rows_are_streamed_by_their_length(accumulate: bool) -> None:
         np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_rows_that_descend_in_memory_are_read_in_ascending_order(
+    accumulate: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """w[::-1] (a negative row stride) reaches the kernel as its rows in memory order, the
+    sums written in reverse; the result is w @ x all the same."""
+    rng = np.random.default_rng(4)
+    seen = []
+    real = mv.matvec_for
+
+    def spy(cols: int, add: bool = False):
+        kernel = real(cols, add)
+        return lambda w, x, y: (seen.append((w.strides[0], y.strides[0])), kernel(w, x, y))
+
+    monkeypatch.setattr(mv, "matvec_for", spy)
+    for rows, cols in [(1, 7), (37, 90), (5, mv.LONG_ROW + 3)]:
+        base = random_array(rng, (rows, cols + 2), np.float32)
+        w, x = base[::-1, 1:-1], random_array(rng, (cols,), np.float32)
+        out = random_array(rng, (rows,), np.float32)
+        want = w.astype(np.float64) @ x + (out if accumulate else 0)
+        seen.clear()
+        assert mv.matvec(w, x, out=out, accumulate=accumulate) is out
+        np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-4)
+        assert seen == [(base.strides[0], -4)]
+
+
 def test_bad_shapes_are_clear_errors() -> None:
     w, x = np.ones((4, 3), np.float32), np.ones(3, np.float32)
     with pytest.raises(ValueError, match="can't multiply"):
