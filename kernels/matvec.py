@@ -165,11 +165,9 @@ def matvec(
     y = apart(target, w, x)
     if accumulate and y is not target:
         y[...] = target
-    if w.strides[0] < 0:
-        # rows that descend in memory (w[::-1]) are read in ascending order, the sums stored
-        # in reverse: the prefetchers follow one rising stream, not a row up then two back
-        # (32000 × 288 read top-down ran at 0.42x the speed of the same rows in order)
-        matvec_for(w.shape[1], accumulate)(w[::-1], x, y[::-1])
-    else:
-        matvec_for(w.shape[1], accumulate)(w, x, y)
+    # rows that descend in memory (w[::-1]) are read in ascending order, the sums stored
+    # in reverse: the prefetchers follow one rising stream, not a row up then two back
+    # (32000 × 288 read top-down ran at 0.42x the speed of the same rows in order)
+    rows, sums = (w[::-1], y[::-1]) if w.strides[0] < 0 else (w, y)
+    matvec_for(w.shape[1], accumulate)(rows, x, sums)
     return written(y, target, out)
