@@ -69,10 +69,10 @@ def _streams(s) -> None:
         for t:                          # a part: consecutive rows of w   (parallel)
           for jo:                       # seg columns
             for ko:                     # `rows` rows
-              for ji (64 lanes): for ki (unrolled):  sums[ji] += xs[t, k]·ws[t, k, j]
+              for ji (LANES): for ki (unrolled):  sums[ji] += xs[t, k]·ws[t, k, j]
             part[t, jo·seg + ..] = sums
-        for co:                         # 64 columns                     (parallel)
-          y[c] = epilogue(Σ_p part[p, c] + Σ_r x[r]·w[r, c])   (64 lanes)
+        for co:                         # LANES columns                  (parallel)
+          y[c] = epilogue(Σ_p part[p, c] + Σ_r x[r]·w[r, c])   (LANES lanes)
     """
     seg = s.param("seg", [16384, 4096, 8192, 2048])
     rows = s.param("rows", [8, 4, 2])
