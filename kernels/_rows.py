@@ -41,6 +41,11 @@ def over_rows(
         target = out_array(func, out, x.shape, x.dtype)
         view = _rows_view(target if last else np.moveaxis(target, axis, -1))
         if view is not None and apart(view, rows) is view:
+            if rows.strides[0] < 0 and view.strides[0] < 0:
+                # rows descending in memory in both (x[::-1] into out[::-1]): the same rows
+                # in memory order, contiguous again (softmax 4096×1024 ran at 0.72x the
+                # speed of the rows in order, its output not streamed past the cache)
+                rows, view = rows[::-1], view[::-1]
             if rows.size:
                 kernel(rows, *params, view)  # straight into `out`
             return out

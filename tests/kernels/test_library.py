@@ -1,5 +1,7 @@
 """The library's public functions against NumPy, on random data over awkward shapes."""
 
+import importlib
+
 import numpy as np
 import pytest
 from kdsl.kernels import layernorm, matmul, rmsnorm, softmax
@@ -73,6 +75,40 @@ def test_out_is_written_and_returned():
     columns = np.empty((31, 9), np.float32).T  # not a view of rows: written through a copy
     assert softmax(x, axis=0, out=columns) is columns
     np.testing.assert_allclose(columns, softmax_reference(x, 0), rtol=2e-6)
+
+
+@pytest.mark.parametrize("name", ["softmax", "rmsnorm", "layernorm"])
+def test_rows_descending_in_x_and_out_run_in_memory_order(name, monkeypatch):
+    """x[::-1] into out[::-1]: the kernel gets the same rows in memory order (contiguous
+    views, whose output may stream past the cache), and out holds the same values."""
+    module = importlib.import_module(
+        "kdsl.kernels.softmax" if name == "softmax" else "kdsl.kernels.norms"
+    )
+    attribute = f"{name}_rows"
+    real = getattr(module, attribute)
+    seen = []
+
+    def spy(rows, *rest):
+        seen.append((rows.flags.c_contiguous, rest[-1].flags.c_contiguous))
+        return real(rows, *rest)
+
+    monkeypatch.setattr(module, attribute, spy)
+    rng = keyed_rng("descending", name)
+    x = rng.standard_normal((13, 37)).astype(np.float32)
+    w, b = rng.standard_normal(37).astype(np.float32), rng.standard_normal(37).astype(np.float32)
+    calls = {
+        "softmax": (lambda v, o: softmax(v, out=o), softmax_reference),
+        "rmsnorm": (lambda v, o: rmsnorm(v, w, out=o), lambda v: rmsnorm_reference(v, w)),
+        "layernorm": (
+            lambda v, o: layernorm(v, w, b, out=o),
+            lambda v: layernorm_reference(v, w, b),
+        ),
+    }
+    run, reference = calls[name]
+    out = np.full_like(x, np.nan)
+    assert run(x[::-1], out[::-1]) is not None
+    np.testing.assert_allclose(out[::-1], reference(x[::-1]), rtol=2e-5, atol=2e-6)
+    assert seen == [(True, True)]
 
 
 @pytest.mark.parametrize("shape", [(3, 0), (0, 4), (2, 0, 5)])
