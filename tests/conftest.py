@@ -7,8 +7,10 @@ import tempfile
 from collections import defaultdict
 
 # Compiled objects and tuning results go to a fresh directory, never the user's cache
-# (set before kdsl is imported: its configuration is read once).
-_OWN_CACHE = "KDSL_CACHE_DIR" not in os.environ  # false in xdist workers: they share it
+# (set before kdsl is imported: its configuration is read once). An empty KDSL_CACHE_DIR
+# is unset to kdsl (the user's cache), so here too: with it, the notebooks' caches were
+# made relative to the notebooks' folder, inside the repository.
+_OWN_CACHE = not os.environ.get("KDSL_CACHE_DIR")  # false in xdist workers: they share it
 if _OWN_CACHE:
     os.environ["KDSL_CACHE_DIR"] = tempfile.mkdtemp(prefix="kdsl-test-cache-")
 
