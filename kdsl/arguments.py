@@ -233,8 +233,8 @@ def spec_of(
 
 
 def fast_key(args: Sequence[object]) -> tuple[object, ...] | None:
-    """The specialization key of plain NumPy arrays and Python scalars, or None when some
-    argument needs the careful path (constexpr, DLPack, NumPy scalars, bad input)."""
+    """The specialization key of plain NumPy arrays, Python scalars and strings, or None
+    when some argument needs the careful path (DLPack, NumPy scalars, bad input)."""
     key: list[object] = []
     for a in args:
         t = type(a)
@@ -242,6 +242,8 @@ def fast_key(args: Sequence[object]) -> tuple[object, ...] | None:
             flags = a.flags  # type: ignore[union-attr]
             key.append((a.dtype, a.ndim, flags.c_contiguous, flags.f_contiguous))  # type: ignore[union-attr]
         elif t is float or t is bool or (t is int and -(1 << 63) <= a < (1 << 63)):  # type: ignore[operator]
+            key.append(t)
+        elif t is str or a is None:  # (a constexpr's value: the kernel keys on it too)
             key.append(t)
         else:  # (an int beyond 64 bits: the careful path says so; ctypes would wrap it)
             return None

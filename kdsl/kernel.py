@@ -43,6 +43,10 @@ from kdsl.targets.interp.interpreter import interpret
 from kdsl.trace.bindings import Bindings
 from kdsl.trace.tracer import ArgSpec, ArraySpec, ScalarSpec, exact_key, trace
 
+# the constexpr values the fast call path keys on (matmul's activation="gelu" and None
+# took the careful path: 60-80 us more a call)
+_FAST_CONSTANTS = frozenset({int, float, bool, str, type(None)})
+
 TILE_INSTRUCTIONS = {"cpu": tile_instructions, "cuda": gpu_tile_instructions}  # `s.has`
 recipe.target_tile_instructions.update(TILE_INSTRUCTIONS)  # for Schedule.replay
 
@@ -374,8 +378,9 @@ class KernelFunction:
     ) -> tuple[object, ...] | None:
         """The fast path's key: `keyer`'s (array kinds and scalar types) plus the values of
         the constexpr arguments (by type and exact value, as ConstSpec compares them), which
-        pick the specialization; None for the careful path (a constexpr that is not a plain
-        Python number among them)."""
+        pick the specialization; None for the careful path (a constexpr other than a Python
+        number, string or None among them: values whose equality is their identity as a
+        key, unlike a tuple holding any object or an instance of the user's class)."""
         key = keyer(args)
         if key is None or not self._constexpr_pos:
             return key
@@ -385,7 +390,7 @@ class KernelFunction:
         for n in self._constexpr_pos:
             v = args[n]
             t = type(v)
-            if t is not int and t is not float and t is not bool:
+            if t not in _FAST_CONSTANTS:
                 return None
             values.append(exact_key(v))  # -0.0 is not 0.0 here
         return key + tuple(values)

@@ -955,6 +955,33 @@ def test_repeated_constexpr_calls_take_the_cached_path_per_value():
     assert len(scale._fast) == 5  # one cached entry per value, none per call
 
 
+def test_string_and_none_constexprs_take_the_fast_path():
+    """A constexpr that is a string or None (matmul's activation="gelu" or None) keeps its
+    specialization on the fast path by value (they took the careful path: 60-80 µs more a
+    call); a string or None where an array belongs is still refused."""
+
+    @kd.kernel
+    def act(x, y, kind: kd.constexpr = None):
+        i = kd.indices(x.shape[0])
+        y[i] = kd.maximum(x[i], 0.0) if kind == "relu" else x[i] * (2.0 if kind is None else 3.0)
+
+    x, y = np.array([-1.0, 2.0]), np.zeros(2)
+    for _ in range(2):
+        for kind, want in [("relu", [0.0, 2.0]), (None, [-2.0, 4.0]), ("twice", [-3.0, 6.0])]:
+            act(x, y, kind)
+            np.testing.assert_array_equal(y, want)
+    assert act.stats()["compilations"] == 3
+    assert len(act._fast) == 3
+    act._careful_call = None  # (a call that needs it now fails)
+    act(x, y, "relu")
+    act(x, y)
+    np.testing.assert_array_equal(y, [-2.0, 4.0])
+    del act._careful_call  # (the instance's None hid the method)
+    for wrong in ("y", None):
+        with pytest.raises(kd.KernelArgumentError, match="'y'"):
+            act(x, wrong, "relu")
+
+
 def test_calls_by_keyword_take_the_cached_path_too():
     """Naming the parameters cost ~10 µs a call (the careful path's binding); a call
     naming them in any order is the positional call, and a wrong name is still refused."""
