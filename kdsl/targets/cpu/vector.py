@@ -10,7 +10,8 @@ Every expression of the body is
 * varying — a `<w x T>` vector, lane by lane with the scalar operators' semantics.
 
 Memory: a subscript `v + uniform` in the innermost axis of a contiguous buffer is one
-vector load or store (a strided parameter checks its stride at run time); lanes a few
+vector load or store (a strided parameter checks its stride at run time: one element,
+or minus one, the vector's lanes turned around); lanes a few
 elements apart (`a[2·v + 1]`, `x[v, 2]` of rows of 3) are whole vectors and shuffles
 (strided.py); any other varying address is a gather or scatter; a uniform address is a
 scalar access.
@@ -871,13 +872,39 @@ class _VectorLoop:
             unit = axis[0] == (0 if buf.fortran else len(index) - 1)  # (C order: the last)
             return emit(_Lanes(first, contiguous=True) if unit else spread())
         # strided: along any axis, contiguous where its stride is the element's size at run
-        # time (the first axis of a Fortran-ordered array, the rows of a transposed one)
-        unit = b.icmp_signed("==", stride, ir.Constant(I64, buf.dtype.itemsize))
-        with b.if_else(unit) as (then, otherwise):
-            with then:
-                tv, tb = emit(_Lanes(first, contiguous=True)), b.block
-            with otherwise:
-                fv, fb = emit(spread()), b.block
+        # time (the first axis of a Fortran-ordered array, the rows of a transposed one),
+        # or minus that (x[::-1]: one vector from the last lane's element, its lanes turned
+        # around; a gather, and on AVX2 a store per lane, ran a reversed copy at half speed)
+        size = buf.dtype.itemsize
+
+        def backwards() -> _Lanes:  # from the last lane's element, w - 1 strides on
+            last = b.gep(first, [b.mul(stride, ir.Constant(I64, self.w - 1))], source_etype=I8)
+            return _Lanes(last, contiguous=True, reversed=True)
+
+        return self.either(
+            b.icmp_signed("==", stride, ir.Constant(I64, size)),
+            lambda: emit(_Lanes(first, contiguous=True)),
+            lambda: self.either(
+                b.icmp_signed("==", stride, ir.Constant(I64, -size)),
+                lambda: emit(backwards()),
+                lambda: emit(spread()),
+            ),
+        )
+
+    def either(
+        self,
+        condition: ir.Value,
+        then: Callable[[], ir.Value | None],
+        otherwise: Callable[[], ir.Value | None],
+    ) -> ir.Value | None:
+        """`then()` where `condition` holds, `otherwise()` elsewhere: their value (None for
+        stores)."""
+        b = self.b
+        with b.if_else(condition) as (yes, no):
+            with yes:
+                tv, tb = then(), b.block
+            with no:
+                fv, fb = otherwise(), b.block
         if tv is None or fv is None:
             return None
         phi = b.phi(tv.type)
@@ -1083,10 +1110,22 @@ class _VectorLoop:
 
     def load_at(self, at: _Lanes, d: T.DType) -> ir.Value:
         vt = self.vtype(memory_type(d))
-        if at.contiguous and self.mask is None:
-            return self.b.load(at.address, typ=vt, align=d.itemsize)
-        kind = "load" if at.contiguous else "gather"
-        return self.masked_read(kind, vt, at.address, self.active(), d.itemsize)
+        if not at.contiguous:
+            return self.masked_read("gather", vt, at.address, self.active(), d.itemsize)
+        if self.mask is None:
+            value = self.b.load(at.address, typ=vt, align=d.itemsize)
+        else:
+            value = self.masked_read("load", vt, at.address, self.in_memory(at), d.itemsize)
+        return self.turned(value) if at.reversed else value
+
+    def in_memory(self, at: _Lanes) -> ir.Value:
+        """The active lanes' mask in the order of their elements in memory."""
+        return self.turned(self.active()) if at.reversed else self.active()
+
+    def turned(self, v: ir.Value) -> ir.Value:
+        """v's lanes in the opposite order."""
+        order = ir.Constant(ir.VectorType(I32, self.w), [self.w - 1 - k for k in range(self.w)])
+        return self.b.shuffle_vector(v, v, order)
 
     def masked_read(
         self, kind: str, vt: ir.VectorType, address: ir.Value, mask: ir.Value, align: int
@@ -1125,6 +1164,8 @@ class _VectorLoop:
     def store_at(self, at: _Lanes, value: ir.Value, d: T.DType, nontemporal: bool = False) -> None:
         """Store the lanes; `nontemporal`: a movnt store, its address at a cache line's
         start (streaming.py makes it so)."""
+        if at.reversed:
+            value = self.turned(value)
         if at.contiguous and self.mask is None and nontemporal:
             stored = self.b.store(value, at.address, align=CACHE_LINE)
             hint = self.b.module.add_metadata([ir.Constant(I32, 1)])
@@ -1138,7 +1179,7 @@ class _VectorLoop:
             return
         name = f"llvm.masked.store.{self.ops.suffix(value.type)}.{self.ops.suffix(at.address.type)}"
         align = ir.Constant(I32, d.itemsize)
-        self.ops.intrinsic(name, ir.VoidType(), [value, at.address, align, self.active()])
+        self.ops.intrinsic(name, ir.VoidType(), [value, at.address, align, self.in_memory(at)])
 
     def active(self) -> ir.Value:
         return self.mask if self.mask is not None else ir.Constant(self.vtype(I1), 1)
@@ -1200,10 +1241,12 @@ def _apart(indices: list[tuple[Expr, ...]]) -> bool:
 
 @dataclass
 class _Lanes:
-    """Where the lanes' elements are: consecutive from `address`, or at <w x ptr>."""
+    """Where the lanes' elements are: consecutive from `address` (`reversed`: the last
+    lane's first), or at <w x ptr>."""
 
     address: ir.Value
     contiguous: bool = False
+    reversed: bool = False
 
 
 def _rounded_down(e: Expr) -> tuple[Expr, int] | None:
