@@ -430,9 +430,11 @@ class _Codegen:
         body: tuple[Stmt, ...],
         step: ir.Value | int = 1,
         strips: Strips | None = None,
+        backwards: ir.Value | None = None,
     ) -> None:
         """for var in [start, stop) by step: body (in `strips` where given: a carried float
-        sum's blocks, partials.carried_partials)
+        sum's blocks, partials.carried_partials; last to first where the i1 `backwards`
+        holds at run time, for a loop of independent iterations by one)
 
         The heap temporaries that the body allocates first, at a size the loop doesn't
         change, are allocated once around the loop instead of once per iteration (a
@@ -445,11 +447,17 @@ class _Codegen:
                 heap: list[ir.Value] = []
                 for s in hoisted:
                     self.stmt(s, heap)
-                self.loop(var, start, stop, body[len(hoisted) :], step, strips)
+                self.loop(var, start, stop, body[len(hoisted) :], step, strips, backwards)
                 self.free(heap)
             return
+        mirrored = None if backwards is None else self._entry_alloca(I64, f"{var}.mirrored")
 
         def iteration(slot: ir.Value) -> None:
+            if mirrored is not None and backwards is not None:  # var = start + stop - 1 - t
+                t = b.load(slot, typ=I64)
+                last = b.sub(b.add(start, stop), ir.Constant(I64, 1))
+                b.store(b.select(backwards, b.sub(last, t), t), mirrored)
+                slot = mirrored
             self.state.loops[var] = slot
             self.block(body)
 

@@ -156,9 +156,40 @@ def _outline(gen: _Codegen, loop: Loop, types: list[ir.Type], names: Captured) -
         if buf.role is BufferRole.PARAM and ndim and (buf.contiguous or buf.fortran):
             strides[0 if buf.fortran else -1] = ir.Constant(I64, buf.dtype.itemsize)
         sub.state.arrays[name] = ArrayInfo(flat[0], flat[1 : 1 + ndim], strides)
-    sub.loop(loop.var, begin, end, loop.body)
+    sub.loop(loop.var, begin, end, loop.body, backwards=_backwards(sub, loop))
     sub.finish()
     return task
+
+
+def _backwards(gen: _Codegen, loop: Loop) -> ir.Value | None:
+    """Whether a task runs its iterations last to first (an i1 known at run time), or None
+    where no read tells: the first read of an argument of run-time strides subscripted by
+    the loop's variable alone in one axis and by an inner loop in a later one. Where those
+    two strides differ in sign (m[::-1] or m[:, ::-1], read a row at a time), the rows in
+    the other order make one stream through memory in one direction, which the hardware
+    prefetchers follow: read up a row and then back two, a row sum of m[::-1] ran at 0.67x
+    the speed of m's, of m[:, ::-1] at 0.57x (a Zen 3, 16000 x 1000 floats)."""
+    inner = {s.var for s in walk_stmts(loop.body) if isinstance(s, Loop)}
+
+    def mentions(e: Expr, names: set[str]) -> bool:
+        return any(isinstance(x, LoopVar) and x.name in names for x in walk_expr(e))
+
+    for e in walk_all_exprs(loop.body):
+        if not isinstance(e, Load):
+            continue
+        buf = gen.buffers[e.buffer]
+        if buf.role is not BufferRole.PARAM or buf.contiguous or buf.fortran:
+            continue  # (C or Fortran order: every stride positive)
+        outer = [a for a, i in enumerate(e.index) if mentions(i, {loop.var})]
+        if len(outer) != 1 or not isinstance(e.index[outer[0]], LoopVar):
+            continue
+        later = [a for a, i in enumerate(e.index) if a > outer[0] and mentions(i, inner)]
+        if later:
+            b, zero = gen.b, ir.Constant(I64, 0)
+            strides = gen.state.arrays[e.buffer].strides
+            signs = [b.icmp_signed("<", strides[a], zero) for a in (outer[0], later[-1])]
+            return b.xor(*signs)
+    return None
 
 
 def _grain(gen: _Codegen, loop: Loop) -> ir.Value:

@@ -124,3 +124,43 @@ def test_the_reversed_case_turns_vectors_around():
     x = random_array(keyed_rng("reversed llvm"), (100,), np.float32)
     text = affine.llvm(x[::-1], np.empty(100, np.float32)[::-1])
     assert "shufflevector" in text and "i32 15, i32 14, i32 13" in text
+
+
+@kd.kernel
+def scaled_rows(m, out):
+    i, j = kd.indices(m.shape[0], m.shape[1])
+    out[i, j] = m[i, j] * (i + 1) - j
+
+
+@pytest.mark.parametrize("rows, cols", [(1, 5), (7, 1), (3001, 67), (1000, 301)])
+def test_rows_on_all_cores_in_either_order(rows, cols):
+    """The parallel loop over rows runs each task's rows last to first where the rows
+    descend in memory and their elements ascend, or the other way round (one stream
+    through memory): every row is still computed once, into its own place, with the
+    same bits as the rows laid out in order (the code of C-ordered arrays)."""
+    rng = keyed_rng("rows in order", rows, cols)
+    m = random_array(rng, (rows, cols), np.float32)
+    for view in (m[::-1], m[:, ::-1], m[::-1, ::-1], m[::-2, ::-1], m[1::2, ::-3]):
+        laid_out = np.ascontiguousarray(view)
+        want = np.empty(view.shape[0], np.float32)
+        row_sums(laid_out, want)
+        weights = np.arange(1, view.shape[1] + 1, dtype=np.float64)
+        np.testing.assert_allclose(want, laid_out @ weights, rtol=1e-4, atol=1e-3)
+        sums = random_array(rng, (view.shape[0] + 3,), np.float32)
+        kept = sums.copy()
+        row_sums(view, sums[view.shape[0] + 1 : 1 : -1])
+        kept[view.shape[0] + 1 : 1 : -1] = want
+        np.testing.assert_array_equal(sums, kept)
+        out, want = np.empty(view.shape, np.float32), np.empty(view.shape, np.float32)
+        scaled_rows(view, out)
+        scaled_rows(laid_out, want)
+        np.testing.assert_array_equal(out, want)
+
+
+def test_only_strided_arguments_get_the_run_time_turn():
+    """The check is in the code of strided arguments (run-time strides), not of C-ordered
+    ones (every stride positive)."""
+    m = random_array(keyed_rng("mirrored"), (3001, 67), np.float32)
+    out = np.empty(3001, np.float32)
+    assert ".mirrored" in row_sums.llvm(m[::-1], out, optimized=False)
+    assert ".mirrored" not in row_sums.llvm(m, out, optimized=False)
