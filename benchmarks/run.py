@@ -81,6 +81,62 @@ def row_sum_case(m: int, n: int) -> harness.Case:
     )
 
 
+def reversed_cases(n: int, m: int, k: int) -> list[harness.Case]:
+    """saxpy on views that run backwards (x[::-1], y[::-1] into z[::-1]) and row sums of
+    a matrix flipped left to right (x[:, ::-1]), against NumPy on the same views and
+    against kdsl on the same memory forwards."""
+
+    def saxpy_make(rng):
+        x, y = rng.random((2, n), dtype=np.float32) * 2 - 1
+        return 2.5, x[::-1], y[::-1], np.empty(n, np.float32)[::-1]
+
+    def rows_make(rng):
+        return (rng.random((m, k), dtype=np.float32) * 2 - 1)[:, ::-1], np.empty(m, np.float32)
+
+    def forwards(a, x, y, z):
+        saxpy(a, x[::-1], y[::-1], z[::-1])
+
+    tolerance = dict(rtol=1e-4, atol=1e-4)
+    saxpy_size, rows_size = f"n = {n:,}", f"{m}×{k}"
+    saxpy_name, rows_name = "saxpy on reversed views", "row sum of x[:, ::-1]"
+    return [
+        harness.Case(
+            saxpy_name, saxpy_size, saxpy_make, saxpy, numpy_saxpy, work=12 * n, unit="GB/s"
+        ),
+        harness.Case(
+            saxpy_name,
+            saxpy_size,
+            saxpy_make,
+            saxpy,
+            forwards,
+            work=12 * n,
+            unit="GB/s",
+            peer="kdsl, the arrays forwards",
+        ),
+        harness.Case(
+            rows_name,
+            rows_size,
+            rows_make,
+            row_sum,
+            lambda x, out: np.sum(x, axis=1, out=out),
+            work=4 * m * (k + 1),
+            unit="GB/s",
+            **tolerance,
+        ),
+        harness.Case(
+            rows_name,
+            rows_size,
+            rows_make,
+            row_sum,
+            lambda x, out: row_sum(x[:, ::-1], out),
+            work=4 * m * (k + 1),
+            unit="GB/s",
+            peer="kdsl, the rows forwards",
+            **tolerance,
+        ),
+    ]
+
+
 def matmul_case(n: int) -> harness.Case:
     return harness.matmul_case(
         "matmul, naive (kd.indices + kd.sum)", f"{n}³", (n, n, n), matmul, tol=1e-4
@@ -166,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         cases = [
             saxpy_case(10_000),
             row_sum_case(64, 128),
+            *reversed_cases(10_000, 64, 128),
             matmul_case(32),
             overhead_case(),
             schedules.parallel_case(10_000),
@@ -189,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             saxpy_case(1_000_000),
             saxpy_case(10_000_000),
             row_sum_case(4096, 1024),
+            *reversed_cases(10_000_000, 16384, 1024),
             matmul_case(256),
             overhead_case(),
             schedules.parallel_case(4_000_000),
