@@ -7,6 +7,7 @@ nothing written that the kernel does not write."""
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -164,3 +165,23 @@ def test_only_strided_arguments_get_the_run_time_turn():
     out = np.empty(3001, np.float32)
     assert ".mirrored" in row_sums.llvm(m[::-1], out, optimized=False)
     assert ".mirrored" not in row_sums.llvm(m, out, optimized=False)
+
+
+@kd.kernel
+def chosen(x, on, y):
+    i = kd.indices(x.shape[0])
+    y[i] = kd.where(on[i], x[i].astype(kd.f32) * 2, -1.0)
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_reversed_bf16_and_bool_arrays(n):
+    """Elements narrower than their vectors' lanes in registers (bf16 widened, bools
+    as bytes) turn around the same way."""
+    rng = keyed_rng("reversed bf16", n)
+    x = rng.standard_normal(n).astype(ml_dtypes.bfloat16)
+    on = rng.random(n) > 0.5
+    y = random_array(rng, (n,), np.float32)
+    chosen(x[::-1], on[::-1], y[::-1])
+    np.testing.assert_array_equal(y, np.where(on, x.astype(np.float32) * 2, -1.0))
+    chosen(x[::-1], on, y)
+    np.testing.assert_array_equal(y, np.where(on, x[::-1].astype(np.float32) * 2, -1.0))
