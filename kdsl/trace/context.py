@@ -43,21 +43,11 @@ from kdsl.ir.nodes import (
 from kdsl.ir.printer import format_expr
 from kdsl.ir.visit import children, map_expr, walk_expr
 from kdsl.trace.frames import location
+from kdsl.trace.reduction import Reduction
 from kdsl.trace.values import Value, as_value, to_dtype
 from kdsl.trace.versions import LocalVersions
 from kdsl.trace.writes import ArrayWrites
 from kdsl.types import DType
-
-
-@dataclass(frozen=True, eq=False)
-class Reduction:
-    """A trace-time expression: a reduction not yet placed in the loop nest."""
-
-    op: BinaryOp  # ADD, MUL, MAX or MIN
-    body: Expr
-    over: tuple[str, ...]  # placeholders of the reduced indices
-    dtype: DType
-    label: str  # 'sum', 'max', … for the accumulator's name
 
 
 class Index(Value):
@@ -319,13 +309,16 @@ class TraceContext:
     def _record(
         self, exprs: list[Expr], build: Callable[[list[Expr]], Stmt], loc: SourceLoc | None
     ) -> None:
-        guard_exprs = [g.cond for g in self.guards if g.per_statement]
+        # the statement's expressions, then its per-statement guards' conditions: their
+        # reductions (`with kd.when(kd.sum(x[i, j], over=j) < 0):`) are placed alike
+        n = len(exprs)
+        exprs = exprs + [g.cond for g in self.guards if g.per_statement]
         reductions = self._placed_reductions(exprs)
         deps = {id(r): set(self.free_vars([r])) for r in reductions}
         order: list[str] = []
         for r in sorted(reductions, key=lambda r: len(deps[id(r)])):
             order += [v for v in self.free_vars([r]) if v not in order]
-        order += [v for v in self.free_vars(exprs + guard_exprs) if v not in order]
+        order += [v for v in self.free_vars(exprs) if v not in order]
         placed = []
         for r in reductions:
             if set(order[: len(deps[id(r)])]) == deps[id(r)]:
@@ -335,9 +328,9 @@ class TraceContext:
                 exprs = [_replace(e, r, load) for e in exprs]
         # a reduction computed into a temporary needs no loop over its indices here,
         # unless the statement or a placed reduction uses them too
-        used = set(self.free_vars(exprs + guard_exprs)).union(*(deps[id(r)] for r in placed))
+        used = set(self.free_vars(exprs)).union(*(deps[id(r)] for r in placed))
         order = [v for v in order if v in used]
-        self._nest(order, placed, deps, exprs, guard_exprs, build, loc)
+        self._nest(order, placed, deps, exprs[:n], exprs[n:], build, loc)
 
     def _placed_reductions(self, exprs: list[Expr]) -> list[Reduction]:
         """The reductions a statement places in its nest: its outermost ones, and those
@@ -367,6 +360,7 @@ class TraceContext:
         for r in ready:
             acc = self.reduce_now(r, loc)
             exprs = [_replace(e, r, acc) for e in exprs]
+            guards = [_replace(g, r, acc) for g in guards]
         pending = [r for r in reductions if all(r is not q for q in ready)]
         remaining = [v for v in order if v not in self.bound]
         if not remaining:

@@ -11,6 +11,7 @@ from kdsl.ir.nodes import Const, DimOf, Expr, Load, LocalVar, LoopVar, ScalarArg
 from kdsl.ir.printer import format_expr
 from kdsl.ir.visit import rebuild_expr, walk_expr
 from kdsl.trace.frames import location
+from kdsl.trace.reduction import has_reduction
 
 _COMPARISONS = {
     ast.Lt: "<",
@@ -94,6 +95,8 @@ def user_text(e: Expr) -> str | None:
     such Python: kdsl's own names (a kd.range loop's `t_start`, `i.1`), function-style
     nodes (`f32(n)`, `exp(x)`), or long text."""
     named = in_users_names(e)
+    if has_reduction(named):  # (kd.sum(…) is a call: not the text of an operand here)
+        return None
     text = format_expr(named)
     try:
         tree = ast.parse(text, mode="eval")

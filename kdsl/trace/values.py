@@ -30,9 +30,9 @@ from kdsl.ir.nodes import (
     Unary,
     UnaryOp,
 )
-from kdsl.ir.visit import walk_expr
 from kdsl.trace import hints
 from kdsl.trace.frames import called_function, location
+from kdsl.trace.reduction import walk_traced
 from kdsl.types import DType
 
 
@@ -105,7 +105,7 @@ class Value:
             "use kd.where(cond, a, b) for a value, or `with kd.when(cond):` for statements; "
             "use & | ~ to combine conditions"
         )
-        scalars = [e.name for e in walk_expr(self.expr) if isinstance(e, ScalarArg)]
+        scalars = [e.name for e in walk_traced(self.expr) if isinstance(e, ScalarArg)]
         if scalars:  # a flag or a size: Python may branch on it, if it is a constexpr
             fix = (
                 f"to branch in Python, mark the parameter kd.constexpr (`{scalars[0]}: "
@@ -489,7 +489,7 @@ def _retype(v: Value, dtype: DType) -> Expr:
 def _known_at_entry(e: Expr) -> bool:
     """`e` is computed from scalar arguments and shapes (one at least) and constants
     alone: its value is known at the kernel's entry."""
-    leaves = [x for x in walk_expr(e) if not isinstance(x, Binary | Unary | Cast)]
+    leaves = [x for x in walk_traced(e) if not isinstance(x, Binary | Unary | Cast)]
     return all(isinstance(x, ScalarArg | DimOf | Const) for x in leaves) and any(
         isinstance(x, ScalarArg | DimOf) for x in leaves
     )

@@ -247,3 +247,52 @@ def test_negative_offsets_print_as_subtraction():
 
     text = str(taps.ir(np.ones(9, F), np.ones(6, F)))
     assert "x[j + 2 - 2]" in text and "+ -" not in text
+
+
+# ------------------------------------------- a reduction inside the mistaken expression
+# (a probe found each a raw TypeError naming an internal node: the messages' walks and
+# printer knew no unplaced reduction)
+
+
+@kd.kernel
+def if_on_a_sum(x, y):
+    i, j = kd.indices(x.shape[0], x.shape[1])
+    if kd.sum(x[i, j], over=j) > 0:  # if
+        y[i] = 1.0
+
+
+@kd.kernel
+def sum_times_ints(x, n, y):
+    i, j = kd.indices(x.shape[0], x.shape[1])
+    y[i] = kd.sum(x[i, j], over=j) * n[i]  # mix
+
+
+@kd.kernel
+def float_of_a_sum(x, y):
+    i, j = kd.indices(x.shape[0], x.shape[1])
+    y[i] = float(kd.sum(x[i, j], over=j))  # float
+
+
+@kd.kernel
+def chained_on_a_sum(x, y):
+    i, j = kd.indices(x.shape[0], x.shape[1])
+    y[i] = kd.where(0.0 < kd.sum(x[i, j], over=j) < 1.0, 1.0, 0.0)  # chain
+
+
+@pytest.mark.parametrize(
+    "kernel, marker, needles",
+    [
+        (if_on_a_sum, "if", ["Python `if`", "kd.where"]),
+        (sum_times_ints, "mix", ["mixing f32 and i32", "n[i].astype(kd.f32)"]),
+        (float_of_a_sum, "float", ["float() of a symbolic value", ".astype(kd.f32)"]),
+        (chained_on_a_sum, "chain", ["chained comparison", "&"]),
+    ],
+    ids=["if", "mix", "float", "chain"],
+)
+def test_mistakes_around_a_reduction_get_the_users_message(kernel, marker, needles):
+    x = random_array(keyed_rng("reduction mistakes"), (4, 6), F)
+    args = [x, np.arange(4, dtype=np.int32), np.zeros(4, F)]
+    if kernel is not sum_times_ints:
+        del args[1]
+    err = raises(kd.TraceError, lambda: kernel(*args), *needles)
+    assert err.loc is not None and err.loc.line == line_of(kernel, marker)

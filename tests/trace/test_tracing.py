@@ -553,6 +553,44 @@ def test_when_on_an_implicit_index_guards_each_element(n):
     check_kernel(keep_positive, [x, y], {1: np.where(x > 0, x, 9)})
 
 
+@kd.kernel
+def rows_where_the_sum_is_negative(x, y, z):
+    i, j = kd.indices(x.shape[0], x.shape[1])
+    with kd.when(kd.sum(x[i, j], over=j) < 0.0):
+        y[i] = 1.0
+    with kd.when(kd.argmax(x[i, j], over=j) > 2):
+        y[i] = y[i] + kd.sum(x[i, j], over=j)
+        z[i, j] = x[i, j] * 2
+
+
+@pytest.mark.parametrize("rows, cols", [(0, 3), (1, 1), (9, 6), (13, 17)])
+def test_when_on_a_reduction_under_implicit_indices(rows, cols):
+    """A per-element condition holding a reduction is placed in each guarded statement's
+    nest as the statement's own reductions are (it was "internal: unplaced reduction")."""
+    x = random_array(rng_for(rows * cols), (rows, cols), F)
+    y, z = np.full(rows, 9, F), np.full((rows, cols), 9, F)
+    want_y = np.where(x.sum(1) < 0, 1, 9).astype(F)
+    on = x.argmax(1) > 2 if cols else np.zeros(rows, bool)
+    want_y = np.where(on, want_y + x.sum(1), want_y)
+    want_z = np.where(on[:, None], x * 2, 9)
+    check_kernel(rows_where_the_sum_is_negative, [x, y, z], {1: want_y, 2: want_z})
+
+
+@kd.kernel
+def sign_of_row_sums(z, y):
+    i, j = kd.indices(z.shape[0], z.shape[1])
+    y[i] = kd.where(kd.sum(z[i, j], over=j) < 0, -1, 1)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int8, np.float32])
+def test_where_of_python_ints_on_a_reduction_into_any_array(dtype):
+    """kd.where(<reduction> < 0, -1, 1) stored into an integer array (a TypeError from
+    the check of a weak integer's narrowing, which walked into the reduction)."""
+    z = np.random.default_rng(3).integers(-9, 9, (11, 6)).astype(np.int32)
+    y = np.zeros(11, dtype)
+    check_kernel(sign_of_row_sums, [z, y], {1: np.where(z.sum(1) < 0, -1, 1).astype(dtype)})
+
+
 def test_when_on_a_scalar_guards_the_whole_nest():
     @kd.kernel
     def k(x, y, s):
