@@ -11,7 +11,7 @@ from kdsl.ir.nodes import Const, DimOf, Expr, Load, LocalVar, LoopVar, ScalarArg
 from kdsl.ir.printer import format_expr
 from kdsl.ir.visit import rebuild_expr, walk_expr
 from kdsl.trace.frames import location
-from kdsl.trace.reduction import has_reduction
+from kdsl.trace.reduction import Reduction
 
 _COMPARISONS = {
     ast.Lt: "<",
@@ -85,9 +85,16 @@ def in_users_names(e: Expr) -> Expr:
     ctx = active()
     names = {p: i.name for p, i in ctx.indices.items()} if ctx is not None else {}
     forms = ctx.user_forms if ctx is not None else {}
-    return rebuild_expr(
-        e, lambda old, new: LoopVar(forms[old]) if old in forms else _named_index(new, names)
-    )
+
+    def named(old: Expr, new: Expr) -> Expr | None:
+        if isinstance(old, Reduction):  # as the call that made it, a name to the printer
+            over = ", ".join(names.get(p, p) for p in old.over)
+            over = over if len(old.over) == 1 else f"({over})"
+            body = format_expr(in_users_names(old.body))
+            return LocalVar(f"kd.{old.label}({body}, over={over})", old.dtype)
+        return LoopVar(forms[old]) if old in forms else _named_index(new, names)
+
+    return rebuild_expr(e, named)
 
 
 def user_text(e: Expr) -> str | None:
@@ -95,8 +102,6 @@ def user_text(e: Expr) -> str | None:
     such Python: kdsl's own names (a kd.range loop's `t_start`, `i.1`), function-style
     nodes (`f32(n)`, `exp(x)`), or long text."""
     named = in_users_names(e)
-    if has_reduction(named):  # (kd.sum(…) is a call: not the text of an operand here)
-        return None
     text = format_expr(named)
     try:
         tree = ast.parse(text, mode="eval")

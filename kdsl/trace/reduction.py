@@ -32,7 +32,3 @@ def parts(e: Expr) -> tuple[Expr, ...]:
 def walk_traced(e: Expr) -> Iterator[Expr]:
     """`walk_expr` over a trace-time expression: reductions and their bodies included."""
     return walk_expr(e, parts)
-
-
-def has_reduction(e: Expr) -> bool:
-    return any(isinstance(x, Reduction) for x in walk_traced(e))

@@ -87,7 +87,8 @@ class Value:
     def __repr__(self) -> str:
         from kdsl.ir.printer import format_expr
 
-        return f"<kdsl value {format_expr(self.expr)}: {self.dtype.name}{' (weak)' if self.weak else ''}>"
+        text = format_expr(hints.in_users_names(self.expr))
+        return f"<kdsl value {text}: {self.dtype.name}{' (weak)' if self.weak else ''}>"
 
     def __bool__(self) -> bool:
         callee = called_function()

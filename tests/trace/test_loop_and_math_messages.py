@@ -296,3 +296,28 @@ def test_mistakes_around_a_reduction_get_the_users_message(kernel, marker, needl
         del args[1]
     err = raises(kd.TraceError, lambda: kernel(*args), *needles)
     assert err.loc is not None and err.loc.line == line_of(kernel, marker)
+
+
+def test_a_reduction_prints_as_the_call_that_made_it(capsys):
+    """print() of a traced value holding a reduction (a TypeError before), and the
+    message of a loop bound that holds one."""
+
+    @kd.kernel
+    def shown(x, y):
+        i, j = kd.indices(x.shape[0], x.shape[1])
+        print(kd.sum(x[i, j], over=j) * 2)
+        y[i] = kd.max(x[i, j], over=j)
+
+    @kd.kernel
+    def bound_by_a_sum(x, y):
+        i, j = kd.indices(x.shape[0], x.shape[1])
+        for _ in kd.range(kd.sum(x[i, j], over=j).astype(kd.i64)):  # bound
+            y[i] += 1.0
+
+    x = random_array(keyed_rng("printed reduction"), (4, 6), F)
+    y = np.zeros(4, F)
+    shown(x, y)
+    assert "kd.sum(x[i, j], over=j) * 2" in capsys.readouterr().out
+    np.testing.assert_array_equal(y, x.max(1))
+    err = raises(kd.TraceError, lambda: bound_by_a_sum(x, y), "kd.sum(x[i, j], over=j)")
+    assert err.loc is not None and err.loc.line == line_of(bound_by_a_sum, "bound")
