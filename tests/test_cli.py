@@ -245,12 +245,12 @@ def test_quick_benchmark_writes_its_table(tmp_path):
     assert page.startswith("# kdsl vs NumPy (quick run)") and "Machine: " in page
     names = ["saxpy", "row sum", "matmul, naive", "call overhead", "parallel", "fork/join"]
     names += ["copy", "s.nontemporal", "softmax, fused", "RMS norm, fused", "matmul, tile"]
-    names += ["trace + compile"]
+    names += ["trace + compile", "saxpy on reversed views", "row sum of x[:, ::-1]"]
     for name in names:
         assert name in page
     table = [line for line in page.splitlines() if line.startswith("| ")]
     torch_rows = 3 if importlib.util.find_spec("torch") else 0  # the row kernels' peer
-    assert len(table) == 1 + 27 + torch_rows  # header and one row per benchmark
+    assert len(table) == 1 + 31 + torch_rows  # header and one row per benchmark
     assert page.strip() in done.stdout  # the same table is printed
     assert (results.read_bytes() if results.exists() else None) == before
 
