@@ -19,6 +19,7 @@ import pytest
 import kdsl as kd
 from kdsl.autotune import registry
 from kdsl.cli import load_kernel, main
+from kdsl.targets.cpu.objects import STORE
 from kdsl.targets.cuda import driver
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -209,6 +210,31 @@ def _(s):
     assert tuned_shapes("cli_affine") == [((300,), (300,))]
 
 
+@pytest.mark.usefixtures("cache_dir")
+def test_a_python_error_in_a_kernels_body_fails_that_kernel_only(capsys, tmp_path: Path) -> None:
+    """A KeyError (any Python error) raised by a kernel's own code as it traces is that
+    kernel's failure, shown with the user's frames; the others are still tuned (it ended
+    the run with kdsl's traceback). `kdsl show` says the same, exit code 2."""
+    path = tmp_path / "body_error.py"
+    broken = """
+@kd.kernel(examples=[{"x": kd.spec((40,), kd.f32), "y": kd.spec((40,), kd.f32)}])
+def cli_key_error(x, y):
+    i = kd.indices(x.shape[0])
+    y[i] = x[i] * {"scale": 2.0}["scal"]
+"""
+    path.write_text(KERNELS + broken)
+    code, out, err = kdsl_cli(capsys, "autotune", path, *QUICK)
+    assert code == 1
+    rows = {line.split()[0]: line for line in out.splitlines()[2:4]}
+    assert "(failed, below)" in rows["cli_key_error"] and "f=" in rows["cli_affine"]
+    assert "  failed cli_key_error: KeyError: 'scal'" in out
+    assert "tracing cli_key_error failed" in err and f'File "{path}", line' in err
+    assert "kdsl/" not in err
+    assert tuned_shapes("cli_affine") == [((300,), (300,))]
+    code, out, err = kdsl_cli(capsys, "show", f"{path}:cli_key_error", "--ir")
+    assert code == 2 and "tracing cli_key_error failed" in err and "KeyError: 'scal'" in err
+
+
 def test_a_target_that_fails_to_import_shows_the_users_frames(capsys, tmp_path: Path) -> None:
     path = tmp_path / "broken_cli.py"
     path.write_text("import math\n\nraise RuntimeError('boom at import')\n")
@@ -285,6 +311,20 @@ def test_cache_clear_of_an_unknown_kernel_lists_the_kernels_there(capsys) -> Non
     assert len(registry.database().entries()) == 1
     code, out, _ = kdsl_cli(capsys, "cache", "clear", "--kernel", "cli_affine")
     assert code == 0 and out == "removed 1 tuning result(s) of 'cli_affine'\n"
+
+
+@pytest.mark.usefixtures("cache_dir")
+def test_an_empty_kernel_name_is_no_kernel_not_every_one(capsys) -> None:
+    """`--kernel "$NAME"` with NAME unset: it cleared every compiled object (and `show ""`
+    printed every result)."""
+    from tests.autotune.test_database import make_entry
+
+    registry.database().record(make_entry(kernel_name="cli_affine"))
+    STORE.save("cli-empty-name", b"object")
+    for argv in (["clear", "--kernel", ""], ["show", ""]):
+        code, out, err = kdsl_cli(capsys, "cache", *argv)
+        assert code == 2 and out == "" and "no tuning results for a kernel named ''" in err
+    assert len(registry.database().entries()) == 1 and STORE.count()[0] == 1
 
 
 @pytest.mark.usefixtures("cache_dir")

@@ -32,6 +32,7 @@ import math
 import operator
 import os
 import sqlite3
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -184,6 +185,18 @@ class TuningDB:
             "entries": [_to_json(e) for e in entries],
         }
         dest = os.fspath(path)
+        if dest == "-":
+            json.dump(doc, sys.stdout, indent=2)
+            sys.stdout.write("\n")
+            return len(entries)
+        # through a link to its file (replacing the link would leave its file as it was);
+        # a device or a pipe can't be replaced by a file either
+        dest = os.path.realpath(dest)
+        if os.path.exists(dest) and not os.path.isfile(dest):
+            raise DatabaseError(
+                f"can't write the tuning export '{os.fspath(path)}': not a regular file",
+                fix="export to a file path, or to - for the standard output",
+            )
         tmp = f"{dest}.tmp-{os.getpid()}"
         try:
             with open(tmp, "w", encoding="utf-8") as f:
@@ -250,6 +263,10 @@ class TuningDB:
         raise AssertionError("unreachable")
 
     def _connection(self) -> sqlite3.Connection:
+        if self._db is not None and not os.path.exists(self.path):
+            # deleted under this process (`rm -rf ~/.cache/kdsl`): what the open connection
+            # wrote would go to the unlinked file and be lost without a word
+            self.close()
         if self._db is None:
             self._db = self._open()
         return self._db
@@ -528,6 +545,23 @@ def _is_config(value: object) -> bool:
     return isinstance(value, dict) and all(isinstance(k, str) for k in value)
 
 
+def _is_time(value: object) -> bool:
+    """A measured time: a positive number of seconds (finite, a float's range)."""
+    try:
+        return _is_number(value) and 0 < float(value) < math.inf  # type: ignore[arg-type]
+    except OverflowError:  # an int past a float's range
+        return False
+
+
+def _is_date(value: object) -> bool:
+    """Seconds since 1970 that a calendar can show: from then to the year 9999."""
+    return _is_number(value) and 0 <= value < _YEAR_10000  # type: ignore[operator]
+
+
+_YEAR_10000 = 253402300800
+_THREADS_MAX = 1 << 31  # (SQLite keeps 64-bit integers; no machine runs more threads)
+
+
 # What each exported field must be, and how to say so.
 _FIELD_CHECKS: dict[str, tuple[Callable[[object], bool], str]] = {
     "kernel_id": (lambda v: isinstance(v, str), "a string"),
@@ -535,12 +569,12 @@ _FIELD_CHECKS: dict[str, tuple[Callable[[object], bool], str]] = {
     "target": (lambda v: isinstance(v, str), "a string"),
     "signature": (lambda v: isinstance(v, str), "a string"),
     "shape": (_is_shape, "a list of lists of non-negative ints"),
-    "threads": (_is_count, "a non-negative int"),
+    "threads": (lambda v: _is_count(v) and v < _THREADS_MAX, "a non-negative int (a count)"),  # type: ignore[operator]
     "config": (_is_config, "an object with string keys"),
-    "time_s": (_is_number, "a number"),
-    "default_time_s": (lambda v: v is None or _is_number(v), "a number or null"),
+    "time_s": (_is_time, "a positive number of seconds"),
+    "default_time_s": (lambda v: v is None or _is_time(v), "a positive number or null"),
     "kdsl_version": (lambda v: isinstance(v, str), "a string"),
-    "created": (_is_number, "a number"),
+    "created": (_is_date, "a date in seconds since 1970"),
 }
 
 

@@ -11,7 +11,7 @@ from kdsl.autotune.gpu import tune_on
 from kdsl.autotune.keys import Shape, format_shape
 from kdsl.autotune.strategies import STRATEGIES
 from kdsl.autotune.tuner import TuneReport
-from kdsl.cli.common import UsageError, check_cache_dir, kernels_in
+from kdsl.cli.common import UsageError, check_cache_dir, failure, kernels_in
 from kdsl.cli.table import format_seconds, format_table
 from kdsl.config import available_cores
 from kdsl.errors import KdslError
@@ -168,19 +168,24 @@ def _tune(
             seed=ns.seed,
             progress=not ns.no_progress,
         )
-    except KdslError as err:  # one kernel's error: the others are still tuned
-        print(err.with_kernel(kernel.name), file=sys.stderr)
+    except Exception as exc:  # one kernel's error: the others are still tuned
+        if isinstance(exc, KdslError):
+            message, reason = str(exc.with_kernel(kernel.name)), exc.what.splitlines()[0]
+        else:  # a Python error in the kernel's own code, as it traced: the user's frames
+            message = failure(f"tracing {kernel.name}", exc)
+            reason = message.splitlines()[-1]
+        print(message, file=sys.stderr)
         shape = tuple(tuple(e.shape) for e in example.values() if isinstance(e, Spec))
-        return Failed(kernel.name, shape, err, runtime.get_num_threads())
+        return Failed(kernel.name, shape, reason, runtime.get_num_threads())
 
 
 @dataclass(frozen=True)
 class Failed:
-    """A kernel and example whose tuning stopped on a kdsl error."""
+    """A kernel and example whose tuning stopped on an error."""
 
     kernel: str
     shape: Shape
-    error: KdslError
+    reason: str  # its first line
     threads: int
 
 
@@ -219,7 +224,7 @@ def summary(results: list[TuneReport | Failed]) -> str:
     lines = [format_table(headers, rows)]
     for r in results:
         if isinstance(r, Failed):
-            lines.append(f"  failed {r.kernel}: {r.error.what.splitlines()[0]}")
+            lines.append(f"  failed {r.kernel}: {r.reason}")
             continue
         for trial in r.failures():
             detail = trial.detail.splitlines()[0] if trial.detail else ""

@@ -32,7 +32,7 @@ def add(commands: argparse._SubParsersAction) -> None:
     clear.add_argument("--kernel", help="only this kernel's tuning results (objects stay)")
     clear.set_defaults(run=_clear)
     export = actions.add_parser("export", help="write tuning results to a JSON file")
-    export.add_argument("file")
+    export.add_argument("file", help="the JSON file to write, or - for the standard output")
     export.set_defaults(run=_export)
     import_ = actions.add_parser("import", help="merge tuning results from an exported file")
     import_.add_argument("file")
@@ -86,7 +86,7 @@ def _list(ns: argparse.Namespace) -> int:
 def _show(ns: argparse.Namespace) -> int:
     check_cache_dir()
     entries = registry.database().entries(ns.kernel)
-    if ns.kernel and not entries:
+    if ns.kernel is not None and not entries:
         raise _unknown_kernel(ns.kernel)
     print(json.dumps([_as_json(e) for e in entries], indent=2))
     return 0
@@ -122,7 +122,7 @@ def _clear(ns: argparse.Namespace) -> int:
     check_cache_dir()
     removed = registry.database().clear(ns.kernel)
     registry.forget()
-    if ns.kernel:
+    if ns.kernel is not None:  # (an empty name too: `--kernel "$NAME"` of an unset NAME)
         if not removed:
             raise _unknown_kernel(ns.kernel)
         print(f"removed {removed} tuning result(s) of '{ns.kernel}'")
@@ -135,7 +135,8 @@ def _clear(ns: argparse.Namespace) -> int:
 def _export(ns: argparse.Namespace) -> int:
     check_cache_dir()
     count = registry.database().export(ns.file)
-    print(f"wrote {count} tuning result(s) to {ns.file}")
+    if ns.file != "-":  # (the standard output is the export itself)
+        print(f"wrote {count} tuning result(s) to {ns.file}")
     return 0
 
 

@@ -78,9 +78,9 @@ def _import(name: str) -> ModuleType:
             raise UsageError(
                 f"no module named '{name}' (nor a file: files end in .py)" + _defined_in(name)
             ) from None
-        raise UsageError(_import_failure(name, exc)) from None
+        raise UsageError(failure(f"importing {name}", exc)) from None
     except Exception as exc:
-        raise UsageError(_import_failure(name, exc)) from None
+        raise UsageError(failure(f"importing {name}", exc)) from None
 
 
 def _defined_in(name: str) -> str:
@@ -120,13 +120,13 @@ def _load_file(path: Path) -> ModuleType:
         spec.loader.exec_module(module)
     except Exception as exc:
         del sys.modules[name]
-        raise UsageError(_import_failure(str(path), exc)) from None
+        raise UsageError(failure(f"importing {path}", exc)) from None
     return module
 
 
-def _import_failure(where: str, exc: BaseException) -> str:
-    """`where` raised `exc` while being imported: the error and the user's frames of it
-    (importlib's and kdsl's left out), as Python would print them."""
+def failure(what: str, exc: BaseException) -> str:
+    """`what` (importing a file, tracing a kernel) raised `exc`: the error and the user's
+    frames of it (importlib's and kdsl's left out), as Python would print them."""
     frames = [
         f
         for f in traceback.extract_tb(exc.__traceback__)
@@ -134,7 +134,7 @@ def _import_failure(where: str, exc: BaseException) -> str:
     ]
     shown = "".join(traceback.format_list(frames))
     error = "".join(traceback.format_exception_only(type(exc), exc)).rstrip()
-    return f"importing {where} failed:\n{shown}{error}"
+    return f"{what} failed:\n{shown}{error}"
 
 
 def _put_on_path(folder: str) -> None:

@@ -13,7 +13,8 @@ import llvmlite.binding
 import numpy as np
 
 import kdsl
-from kdsl.cli.common import UsageError, load_kernel
+from kdsl.cli.common import UsageError, failure, load_kernel
+from kdsl.errors import KdslError
 from kdsl.specs import SpecError, make_arguments, parse_args_spec
 
 _VIEWS = {
@@ -77,7 +78,13 @@ def _show(ns: argparse.Namespace) -> int:
         args = make_arguments(examples, np.random.default_rng(0))
     except SpecError as err:
         raise UsageError(f"--args: {err.what}; {err.fix}") from None
-    print(getattr(kernel, ns.view)(**args))
+    try:
+        shown = getattr(kernel, ns.view)(**args)
+    except KdslError:
+        raise
+    except Exception as exc:  # a Python error in the kernel's own code, as it traced
+        raise UsageError(failure(f"tracing {kernel.name}", exc)) from None
+    print(shown)
     return 0
 
 
@@ -97,9 +104,9 @@ def _bench(ns: argparse.Namespace) -> int:
 
 def _add_version(commands: argparse._SubParsersAction) -> None:
     what = "print the versions of kdsl and what it runs on"
-    commands.add_parser("version", help=what, description=what[0].upper() + what[1:] + ".").set_defaults(
-        run=_version
-    )
+    commands.add_parser(
+        "version", help=what, description=what[0].upper() + what[1:] + "."
+    ).set_defaults(run=_version)
 
 
 def _version(ns: argparse.Namespace) -> int:

@@ -252,16 +252,30 @@ def _bad_exports() -> list[tuple[str, str]]:
             json.dumps({**marker, "entries": [{**good, "shape": [["4"]]}]}),
             "entries[0].shape must be",
         ),
+        *(
+            (
+                json.dumps({**marker, "entries": [{**good, "time_s": bad}]}),
+                "entries[0].time_s must be a positive number of seconds",
+            )
+            for bad in ("fast", 0, -1.0, float("nan"), float("inf"), 10**400)
+        ),
         (
-            json.dumps({**marker, "entries": [{**good, "time_s": "fast"}]}),
-            "entries[0].time_s must be a number",
+            json.dumps({**marker, "entries": [{**good, "default_time_s": 0}]}),
+            "entries[0].default_time_s must be a positive number or null",
+        ),
+        *(
+            (
+                json.dumps({**marker, "entries": [{**good, "created": bad}]}),
+                "entries[0].created must be a date",
+            )
+            for bad in (1e300, -5, "today")
         ),
         *(
             (
                 json.dumps({**marker, "entries": [{**good, "threads": bad}]}),
                 "entries[0].threads must be a non-negative int",
             )
-            for bad in (-1, "2", True, 1.5)
+            for bad in (-1, "2", True, 1.5, 2**64)
         ),
     ]
 
@@ -277,6 +291,43 @@ def test_import_rejects_bad_file(tmp_path: pathlib.Path, text: str, complaint: s
     assert isinstance(info.value, KdslError)
     assert str(bad) in str(info.value) and complaint in str(info.value)
     assert db.entries() == [make_entry()]  # nothing imported, not even the good rows
+
+
+def test_export_writes_through_a_link_and_refuses_a_device(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An export to a symbolic link writes its file (it replaced the link with a file of
+    its own, leaving the linked file as it was); a path that is not a regular file (a
+    device) is refused, not replaced; "-" is the standard output."""
+    db = TuningDB(tmp_path / "tuning.db")
+    db.record(make_entry())
+    shared = tmp_path / "shared.json"
+    shared.write_text("{}")
+    link = tmp_path / "link.json"
+    link.symlink_to(shared)
+    assert db.export(link) == 1
+    assert (
+        link.is_symlink() and json.loads(shared.read_text())["entries"][0]["kernel_name"] == "add"
+    )
+    with pytest.raises(DatabaseError, match="not a regular file"):
+        db.export("/dev/null")
+    assert pathlib.Path("/dev/null").is_char_device()
+    assert db.export("-") == 1
+    assert json.loads(capsys.readouterr().out)["kdsl_tuning_export"] == 2
+
+
+def test_a_database_deleted_under_the_process_is_made_again(tmp_path: pathlib.Path) -> None:
+    """`rm -rf` of the cache directory while a process has the database open: the next
+    write makes a new file (it went to the unlinked one, lost without a word)."""
+    path = tmp_path / "cache" / "tuning.db"
+    db = TuningDB(path)
+    db.record(make_entry(0))
+    for name in os.listdir(path.parent):
+        os.unlink(path.parent / name)
+    os.rmdir(path.parent)
+    db.record(make_entry(1))
+    assert path.exists()
+    assert TuningDB(path).entries() == [make_entry(1)]
 
 
 def test_import_missing_file(tmp_path: pathlib.Path) -> None:

@@ -48,6 +48,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from numbers import Integral
 
 import llvmlite.binding as llvm
 from llvmlite import ir
@@ -546,8 +547,9 @@ def set_num_threads(n: int) -> None:
     """Threads per parallel loop from now on (the calling thread included). More than
     before starts workers on the next loop; fewer leaves the extra ones asleep."""
     global _num_threads
-    if isinstance(n, bool) or not isinstance(n, int):
+    if isinstance(n, bool) or not isinstance(n, Integral):  # (np.int64(3), as from NumPy)
         raise TypeError(f"set_num_threads({n!r}): the thread count must be an int")
+    n = int(n)
     if not 1 <= n <= MAX_THREADS:
         raise ValueError(
             f"set_num_threads({n}): the thread count must be between 1 and {MAX_THREADS} "

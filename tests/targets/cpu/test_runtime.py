@@ -318,6 +318,8 @@ def test_thread_count_is_validated() -> None:
             runtime.set_num_threads(wrong)  # type: ignore[arg-type]
     runtime.set_num_threads(5)
     assert runtime.get_num_threads() == 5
+    runtime.set_num_threads(np.int64(3))  # (a NumPy integer: refused before)
+    assert runtime.get_num_threads() == 3 and type(runtime.get_num_threads()) is int
 
 
 def test_default_thread_count_follows_the_environment() -> None:
