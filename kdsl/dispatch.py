@@ -139,7 +139,7 @@ class TunedDispatch(_ByShape[Specialization]):
         if key is not None and (registry.lookup(*key) or fn.autotune_budget):
             return cls(fn, traced, layout, key)
         if key is not None:  # results made for this kernel's earlier code or params?
-            registry.warn_if_stale(fn.name, key, cls.command)
+            registry.warn_if_stale(fn.name, key, cls.command, fn.static_shapes)
         return None
 
     def run(self, args: Sequence[object]) -> object:
@@ -185,7 +185,7 @@ class CudaDispatch(_ByShape[CudaSpecialization]):
         if key is not None and registry.lookup(*key):
             return cls(fn, traced, layout, key)
         if key is not None:
-            registry.warn_if_stale(fn.name, key, cls.command)
+            registry.warn_if_stale(fn.name, key, cls.command, fn.static_shapes)
         return None
 
     def run(self, args: Sequence[object], stream: object = None) -> object:

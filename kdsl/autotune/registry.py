@@ -55,11 +55,14 @@ def lookup(kernel_id: str, target: str, signature: str) -> list[Entry]:
     return found
 
 
-def warn_if_stale(kernel_name: str, key: tuple[str, str, str], command: str) -> None:
+def warn_if_stale(
+    kernel_name: str, key: tuple[str, str, str], command: str, static_shapes: bool = False
+) -> None:
     """Warn once per signature and process when the database has results for this kernel
     name, target and signature under another kernel identity, by this kdsl: made before
     the kernel's code or its `s.param` choices changed (both are in the identity), so
-    calls no longer use them. For a signature `lookup` found nothing for."""
+    calls no longer use them; or, with `static_shapes`, made for other shapes (baked into
+    the code, so into the identity too). For a signature `lookup` found nothing for."""
     kernel_id, target, signature = key
     if _broken or key in _stale_checked:
         return
@@ -77,6 +80,17 @@ def warn_if_stale(kernel_name: str, key: tuple[str, str, str], command: str) -> 
     if stale:
         tuned = max(stale, key=lambda e: e.created).config
         params = ", ".join(f"{k}={v!r}" for k, v in tuned.items())
+        if static_shapes:
+            warnings.warn(
+                f"kernel '{kernel_name}': its tuning results for arguments {signature} "
+                f"({params}) were made for other shapes; with static_shapes=True each shape "
+                "is compiled (and tuned) as a kernel of its own, so a result serves only its "
+                f"own shape and this call uses the default params. Tune this shape with "
+                f"`{command}`, or drop static_shapes=True to let the nearest tuned shape serve.",
+                RuntimeWarning,
+                stacklevel=user_stacklevel(),
+            )
+            return
         warnings.warn(
             f"kernel '{kernel_name}': the tuning results for arguments {signature} "
             f"({params}) were made for a kernel of this name whose code or s.param choices "

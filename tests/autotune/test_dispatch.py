@@ -151,6 +151,22 @@ def test_stale_config_warns_and_uses_default_params() -> None:
         kernel(x, y)
 
 
+def test_static_shapes_say_their_results_serve_their_own_shape() -> None:
+    """With static_shapes=True a shape is a kernel of its own (baked into its code and
+    identity), so another shape's results can't serve: the warning says that, not that
+    the code changed (it blamed "an earlier version" of the kernel)."""
+    kernel = affine_kernel("dispatch_static", static_shapes=True)
+    record(kernel, arrays(4096), {"f": 256})
+    x, y = arrays(3000)
+    with pytest.warns(RuntimeWarning, match="made for other shapes; with static_shapes=True"):
+        kernel(x, y)
+    np.testing.assert_allclose(y, x * 2.0 + 0.5, rtol=1e-6)
+    assert "io * 16 + ii" in str(kernel.lowered(x, y))  # the default params
+    x, y = arrays(4096)
+    kernel(x, y)  # its own shape: tuned
+    assert "io * 256 + ii" in str(kernel.lowered(x, y))
+
+
 def test_autotune_option_tunes_a_new_shape_on_first_call() -> None:
     kernel = affine_kernel("dispatch_autotune", autotune=2)
     x, y = arrays(2000)
