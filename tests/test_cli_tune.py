@@ -200,14 +200,21 @@ def cli_broken(x, y):
 def _(s):
     s.split("ii", s.param("f", [4, 8]))  # no loop 'ii'
 """
+    out, err = tune_beside_a_broken_kernel(capsys, path, broken, "cli_broken")
+    assert '  failed cli_broken: schedule step split("ii", 4) is not possible' in out
+    assert "in kernel 'cli_broken'" in err and "no loop named 'ii'" in err
+
+
+def tune_beside_a_broken_kernel(capsys, path: Path, broken: str, name: str) -> tuple[str, str]:
+    """`kdsl autotune` of the file KERNELS and `broken` (kernel `name`, which fails): its
+    row says so, exit code 1, and cli_affine is tuned all the same; (stdout, stderr)."""
     path.write_text(KERNELS + broken)
     code, out, err = kdsl_cli(capsys, "autotune", path, *QUICK)
     assert code == 1
     rows = {line.split()[0]: line for line in out.splitlines()[2:4]}
-    assert "(failed, below)" in rows["cli_broken"] and "f=" in rows["cli_affine"]
-    assert '  failed cli_broken: schedule step split("ii", 4) is not possible' in out
-    assert "in kernel 'cli_broken'" in err and "no loop named 'ii'" in err
+    assert "(failed, below)" in rows[name] and "f=" in rows["cli_affine"]
     assert tuned_shapes("cli_affine") == [((300,), (300,))]
+    return out, err
 
 
 @pytest.mark.usefixtures("cache_dir")
@@ -222,15 +229,10 @@ def cli_key_error(x, y):
     i = kd.indices(x.shape[0])
     y[i] = x[i] * {"scale": 2.0}["scal"]
 """
-    path.write_text(KERNELS + broken)
-    code, out, err = kdsl_cli(capsys, "autotune", path, *QUICK)
-    assert code == 1
-    rows = {line.split()[0]: line for line in out.splitlines()[2:4]}
-    assert "(failed, below)" in rows["cli_key_error"] and "f=" in rows["cli_affine"]
+    out, err = tune_beside_a_broken_kernel(capsys, path, broken, "cli_key_error")
     assert "  failed cli_key_error: KeyError: 'scal'" in out
     assert "tracing cli_key_error failed" in err and f'File "{path}", line' in err
     assert "kdsl/" not in err
-    assert tuned_shapes("cli_affine") == [((300,), (300,))]
     code, out, err = kdsl_cli(capsys, "show", f"{path}:cli_key_error", "--ir")
     assert code == 2 and "tracing cli_key_error failed" in err and "KeyError: 'scal'" in err
 
