@@ -149,6 +149,12 @@ def test_kdsl_error_exits_1_with_its_message(capsys, kernels_file):
             "name the kernel as {file}:NAME (kernels in {file}: scale_add, branchy, scaled)",
         ),
         ("no_such_module_kdsl:k", ARGS, "no module named 'no_such_module_kdsl'"),
+        (  # a package whose kernels are in its modules (it said "none")
+            "kdsl.kernels",
+            ARGS,
+            "(kernels in kdsl.kernels: none; its modules that define some: "
+            "kdsl.kernels.attention, kdsl.kernels.attention_tc, kdsl.kernels.matmul,",
+        ),
         ("{file}:scale_add", "x=16y:f32", "--args: bad argument spec 'x=16y:f32': dimension"),
         ("{file}:scale_add", "x=16:f32,y=16:f32", "--args: missing out, alpha (the kernel is"),
         ("{file}:scale_add", ARGS + ",beta=2", "--args: unknown beta (the kernel is scale_add("),

@@ -39,7 +39,7 @@ def load_kernel(target: str) -> KernelFunction:
         where, name = target, ""
     module = _load_module(where)
     kernels = {k: v for k, v in vars(module).items() if isinstance(v, KernelFunction)}
-    found = ", ".join(kernels) or "none"
+    found = ", ".join(kernels) or _none_in(module)
     if not name:
         if len(kernels) != 1:
             raise UsageError(f"name the kernel as {where}:NAME (kernels in {where}: {found})")
@@ -53,6 +53,17 @@ def load_kernel(target: str) -> KernelFunction:
         f"'{name}' in {where} is a {type(value).__name__}, not a kdsl kernel "
         f"(decorate it with @kd.kernel, or name a kernel: kernels in {where}: {found})"
     )
+
+
+def _none_in(module: ModuleType) -> str:
+    """What to say of a module that defines no kernels: a package's modules that do (`kdsl
+    show kdsl.kernels` said "none", its kernels being in its modules)."""
+    inside = [
+        m.__name__
+        for m in _with_submodules(module)[1:]
+        if any(isinstance(v, KernelFunction) for v in vars(m).values())
+    ]
+    return f"none; its modules that define some: {', '.join(inside)}" if inside else "none"
 
 
 def _load_module(where: str) -> ModuleType:
