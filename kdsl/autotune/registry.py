@@ -81,22 +81,24 @@ def warn_if_stale(
         tuned = max(stale, key=lambda e: e.created).config
         params = ", ".join(f"{k}={v!r}" for k, v in tuned.items())
         if static_shapes:
-            warnings.warn(
-                f"kernel '{kernel_name}': its tuning results for arguments {signature} "
-                f"({params}) were made for other shapes; with static_shapes=True each shape "
-                "is compiled (and tuned) as a kernel of its own, so a result serves only its "
-                f"own shape and this call uses the default params. Tune this shape with "
-                f"`{command}`, or drop static_shapes=True to let the nearest tuned shape serve.",
-                RuntimeWarning,
-                stacklevel=user_stacklevel(),
+            whose = "its"
+            why = (
+                "were made for other shapes; with static_shapes=True each shape is compiled "
+                "(and tuned) as a kernel of its own, so a result serves only its own shape and "
+                f"this call uses the default params. Tune this shape with `{command}`, or drop "
+                "static_shapes=True to let the nearest tuned shape serve."
             )
-            return
+        else:
+            whose = "the"
+            why = (
+                "were made for a kernel of this name whose code or s.param choices differ (an "
+                "earlier version of it?), so they don't apply and calls use the default params. "
+                f"Tune again with `{command}`, or drop them with `kdsl cache clear --kernel "
+                f"{kernel_name}`."
+            )
         warnings.warn(
-            f"kernel '{kernel_name}': the tuning results for arguments {signature} "
-            f"({params}) were made for a kernel of this name whose code or s.param choices "
-            f"differ (an earlier version of it?), so they don't apply and calls use the "
-            f"default params. Tune again with `{command}`, or drop them with "
-            f"`kdsl cache clear --kernel {kernel_name}`.",
+            f"kernel '{kernel_name}': {whose} tuning results for arguments {signature} "
+            f"({params}) {why}",
             RuntimeWarning,
             stacklevel=user_stacklevel(),
         )

@@ -307,19 +307,16 @@ def _read_span(vl: _VectorLoop, name: str, found: Strided, phases: frozenset[int
             return b.load(origin, typ=vt, align=d.itemsize)
         return vl.masked_read("load", vt, origin, mask, d.itemsize)
 
+    def gathered() -> ir.Value:  # only the phases served, one element each
+        at = _addresses(vl, name, found, origin, range(found.s * vl.w))
+        mask = _run_mask(vl, found.s, phases, exact=True)
+        mask = mask if mask is not None else ir.Constant(ir.VectorType(I1, vt.count), 1)
+        return vl.masked_read("gather", vt, at, mask, d.itemsize)
+
     if apart is None:
         return whole()
-    with b.if_else(apart, likely=True) as (then, otherwise):
-        with then:
-            fast, fast_from = whole(), b.block
-        with otherwise:  # only the phases served, one element each
-            at = _addresses(vl, name, found, origin, range(found.s * vl.w))
-            mask = _run_mask(vl, found.s, phases, exact=True)
-            mask = mask if mask is not None else ir.Constant(ir.VectorType(I1, vt.count), 1)
-            slow, slow_from = vl.masked_read("gather", vt, at, mask, d.itemsize), b.block
-    value = b.phi(vt)
-    value.add_incoming(fast, fast_from)
-    value.add_incoming(slow, slow_from)
+    value = vl.either(apart, whole, gathered, likely=True)
+    assert value is not None  # (both sides are loads)
     return value
 
 

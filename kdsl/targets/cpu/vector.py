@@ -896,11 +896,12 @@ class _VectorLoop:
         condition: ir.Value,
         then: Callable[[], ir.Value | None],
         otherwise: Callable[[], ir.Value | None],
+        likely: bool | None = None,
     ) -> ir.Value | None:
         """`then()` where `condition` holds, `otherwise()` elsewhere: their value (None for
         stores)."""
         b = self.b
-        with b.if_else(condition) as (yes, no):
+        with b.if_else(condition, likely=likely) as (yes, no):
             with yes:
                 tv, tb = then(), b.block
             with no:
