@@ -54,6 +54,10 @@ def numpy_saxpy(a, x, y, z):
     np.add(z, y, out=z)
 
 
+def numpy_row_sum(x, out):
+    np.sum(x, axis=1, out=out)
+
+
 def saxpy_case(n: int) -> harness.Case:
     def make(rng):
         x, y = rng.random((2, n), dtype=np.float32) * 2 - 1
@@ -73,7 +77,7 @@ def row_sum_case(m: int, n: int) -> harness.Case:
         f"{m}×{n}",
         make,
         row_sum,
-        lambda x, out: np.sum(x, axis=1, out=out),
+        numpy_row_sum,
         work=4 * m * (n + 1),
         unit="GB/s",
         rtol=1e-4,
@@ -118,7 +122,7 @@ def reversed_cases(n: int, m: int, k: int) -> list[harness.Case]:
             rows_size,
             rows_make,
             row_sum,
-            lambda x, out: np.sum(x, axis=1, out=out),
+            numpy_row_sum,
             work=4 * m * (k + 1),
             unit="GB/s",
             **tolerance,
