@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -397,3 +398,84 @@ def test_unwritable_cache_dir_exits_2(tmp_path: Path, kernels_file: Path, argv) 
     assert done.returncode == 2, done.stderr
     assert "KDSL_CACHE_DIR" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def as_a_user_bound_by_permissions() -> list[str]:
+    """A command prefix under which a file's permission bits bind: as root, the
+    capabilities that override them are dropped (setpriv, util-linux)."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: a read-only directory can't be made")
+    return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
+
+
+def set_writable(root: Path, writable: bool) -> None:
+    for path in [root, *root.rglob("*")]:
+        mode = path.stat().st_mode
+        path.chmod(mode | 0o200 if writable else mode & ~0o222)
+
+
+READ_ONLY_CACHE = """
+import contextlib, io, json, sys, warnings
+import numpy as np
+from kdsl.cli import main
+
+warnings.simplefilter("error")
+sys.path.insert(0, sys.argv[1])
+from tune_kernels import cli_affine
+
+x = np.linspace(-1, 1, 200, dtype=np.float32)
+y = np.zeros_like(x)
+cli_affine(x, y)
+np.testing.assert_allclose(y, x * 3.0 - 1.0, rtol=1e-6)
+results = {"stats": cli_affine.stats()}
+commands = {
+    "list": ["cache", "list"],
+    "export": ["cache", "export", "-"],
+    "clear": ["cache", "clear"],
+    "autotune": sys.argv[2:],
+}
+for name, argv in commands.items():
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    results[name] = [code, out.getvalue(), err.getvalue()]
+print(json.dumps(results))
+"""
+
+
+def test_a_read_only_cache_is_read_and_refuses_writes(capsys, cache_dir, kernels_file) -> None:
+    """A cache made read-only on purpose (a team's, or baked into an image): calls use its
+    tuning results and compiled objects, `cache list` and `export` read it, and commands
+    that write say the directory is not writable."""
+    tune = ["autotune", f"{kernels_file}:cli_affine", "--shape", "x=200:f32,y=200:f32", *QUICK]
+    assert kdsl_cli(capsys, *tune)[0] == 0
+    x = np.ones(200, np.float32)
+    load_kernel(f"{kernels_file}:cli_affine")(x, np.empty_like(x))  # its object saved
+    set_writable(cache_dir, False)
+    try:
+        done = subprocess.run(
+            [
+                *as_a_user_bound_by_permissions(),
+                *(sys.executable, "-c", READ_ONLY_CACHE, kernels_file.parent, *tune),
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "KDSL_CACHE_DIR": str(cache_dir), "PYTHONPATH": str(ROOT)},
+            timeout=120,
+        )
+    finally:
+        set_writable(cache_dir, True)
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout)
+    stats = results["stats"]
+    assert stats["tuning"] == {"200, 200": "tuned"}
+    assert stats["compilations"] == 1 and stats["objects_loaded"] == 1
+    code, out, _ = results["list"]
+    assert code == 0 and "tuning results: 1" in out and "cli_affine" in out
+    code, out, _ = results["export"]
+    assert code == 0 and json.loads(out)["entries"][0]["kernel_name"] == "cli_affine"
+    for refused in ("clear", "autotune"):
+        code, _, err = results[refused]
+        assert code == 2 and f"the cache directory {cache_dir} is not writable" in err

@@ -34,6 +34,7 @@ import os
 import sqlite3
 import sys
 import time
+import urllib.request
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -286,9 +287,37 @@ class TuningDB:
             _use_wal(db)
             db.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; a crash loses only the tail
             _ensure_schema(db)
+        except sqlite3.OperationalError as exc:
+            db.close()
+            # a cache made read-only on purpose (a team's, or baked into an image): its
+            # results are read; a write (tuning) says the directory is not writable
+            if "readonly" not in str(exc) or not os.path.isfile(self.path):
+                raise
+            return self._open_read_only()
         except BaseException:
             db.close()
             raise
+        return db
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        """The file opened for reading only. A WAL file needs its shared-memory file, which
+        a read-only directory can't hold; there the file is opened as immutable (nobody
+        can write it either)."""
+        url = f"file:{urllib.request.pathname2url(os.path.abspath(self.path))}?mode=ro"
+        try:
+            db, version = _connect_read_only(url)
+        except sqlite3.OperationalError as exc:
+            if "readonly" not in str(exc):
+                raise
+            db, version = _connect_read_only(url + "&immutable=1")
+        if version != SCHEMA_VERSION:
+            db.close()
+            raise DatabaseError(
+                f"the tuning database '{self.path}' is read-only and has schema version "
+                f"{version}; this kdsl reads {SCHEMA_VERSION}",
+                fix="run one kdsl command with write access to it (it is updated in place), "
+                f"or {_WRITABLE_FIX}",
+            )
         return db
 
     def _set_aside(self, exc: sqlite3.Error) -> None:
@@ -400,6 +429,20 @@ def _ensure_schema(db: sqlite3.Connection) -> None:
     except BaseException:
         _rollback(db)
         raise
+
+
+def _connect_read_only(url: str) -> tuple[sqlite3.Connection, int]:
+    """A read-only connection to a database URL, and its schema version (its columns
+    checked where it is this kdsl's)."""
+    db = sqlite3.connect(url, uri=True, isolation_level=None)
+    try:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA_VERSION:
+            _check_columns(db)
+    except BaseException:
+        db.close()
+        raise
+    return db, version
 
 
 def _migrate_from_1(db: sqlite3.Connection) -> None:

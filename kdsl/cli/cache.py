@@ -40,7 +40,7 @@ def add(commands: argparse._SubParsersAction) -> None:
 
 
 def _list(ns: argparse.Namespace) -> int:
-    check_cache_dir()
+    check_cache_dir(write=False)
     entries = registry.database().entries()
     objects, size = STORE.count()
     print(f"cache directory: {cache_root()}")
@@ -84,7 +84,7 @@ def _list(ns: argparse.Namespace) -> int:
 
 
 def _show(ns: argparse.Namespace) -> int:
-    check_cache_dir()
+    check_cache_dir(write=False)
     entries = registry.database().entries(ns.kernel)
     if ns.kernel is not None and not entries:
         raise _unknown_kernel(ns.kernel)
@@ -133,7 +133,7 @@ def _clear(ns: argparse.Namespace) -> int:
 
 
 def _export(ns: argparse.Namespace) -> int:
-    check_cache_dir()
+    check_cache_dir(write=False)
     count = registry.database().export(ns.file)
     if ns.file != "-":  # (the standard output is the export itself)
         print(f"wrote {count} tuning result(s) to {ns.file}")

@@ -180,15 +180,18 @@ def _with_submodules(module: ModuleType) -> list[ModuleType]:
     return found
 
 
-def check_cache_dir() -> None:
-    """Fail early, with the fix, when tuning results could not be saved."""
+def check_cache_dir(write: bool = True) -> None:
+    """Fail early, with the fix, when the cache directory can't be made or, for a
+    command that saves tuning results (`write`), written. A read-only one is read."""
     root = cache_root()
     try:
         root.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=root):
-            pass
+        if write:
+            with tempfile.TemporaryFile(dir=root):
+                pass
     except OSError as exc:
+        state = "not writable" if write and root.is_dir() else "not a usable directory"
         raise UsageError(
-            f"the cache directory {root} is not writable ({exc.strerror or exc}); "
+            f"the cache directory {root} is {state} ({exc.strerror or exc}); "
             "set KDSL_CACHE_DIR to a writable directory"
         ) from None
