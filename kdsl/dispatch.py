@@ -10,6 +10,7 @@ cost a look at the thread count and one dict lookup.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -52,7 +53,11 @@ class _ByShape(Generic[_Built]):
         self._current: tuple[int, dict[Shape, tuple[dict[str, object], _Built]]] = (-1, {})
         self._variants: dict[tuple[object, ...], _Built] = {}
 
-    def _for_shape(self, shape: Shape, args: Sequence[object]) -> tuple[dict[str, object], _Built]:
+    def _for_shape(
+        self, shape: Shape, args: Sequence[object], calling: bool = False
+    ) -> tuple[dict[str, object], _Built]:
+        """The params and code for this shape: chosen (and built) on first meeting it, in
+        a call's slow path where `calling` (a compile counts there, for stats())."""
         threads = self._threads()
         count, by_shape = self._current
         if count != threads:
@@ -61,7 +66,8 @@ class _ByShape(Generic[_Built]):
                 self._current = (threads, by_shape)
         found = by_shape.get(shape)
         if found is None:
-            with self.fn._lock:
+            scope = self.fn._stats.slow_path() if calling else contextlib.nullcontext()
+            with scope, self.fn._lock:
                 found = by_shape.get(shape) or self._choose(shape, threads, args)
                 by_shape[shape] = found
         return found
@@ -123,7 +129,7 @@ def _tuning_key(
     if not space:
         return None
     target = gpu_target_key() if on_gpu else target_key()
-    return tuning_key(fn.signature.names, specs, traced, space, target)
+    return tuning_key(fn, specs, traced, space, target)
 
 
 class TunedDispatch(_ByShape[Specialization]):
@@ -139,11 +145,11 @@ class TunedDispatch(_ByShape[Specialization]):
         if key is not None and (registry.lookup(*key) or fn.autotune_budget):
             return cls(fn, traced, layout, key)
         if key is not None:  # results made for this kernel's earlier code or params?
-            registry.warn_if_stale(fn.name, key, cls.command, fn.static_shapes)
+            registry.warn_if_stale(fn.name, key, cls.command)
         return None
 
     def run(self, args: Sequence[object]) -> object:
-        return self.variant(args).run(args)
+        return self._for_shape(shape_of(args), args, calling=True)[1].run(args)
 
     def variant(self, args: Sequence[object]) -> Specialization:
         return self._for_shape(shape_of(args), args)[1]
@@ -185,14 +191,14 @@ class CudaDispatch(_ByShape[CudaSpecialization]):
         if key is not None and registry.lookup(*key):
             return cls(fn, traced, layout, key)
         if key is not None:
-            registry.warn_if_stale(fn.name, key, cls.command, fn.static_shapes)
+            registry.warn_if_stale(fn.name, key, cls.command)
         return None
 
     def run(self, args: Sequence[object], stream: object = None) -> object:
-        return self._for_shape(self._shape(args), args)[1].run(args, stream)
+        return self._for_shape(self._shape(args), args, calling=True)[1].run(args, stream)
 
     def run_tensors(self, args: Sequence[Any]) -> object:
-        return self._for_shape(self._shape(args), args)[1].run_tensors(args)
+        return self._for_shape(self._shape(args), args, calling=True)[1].run_tensors(args)
 
     def config(self, args: Sequence[object]) -> dict[str, object]:
         return self._for_shape(self._shape(args), args)[0]

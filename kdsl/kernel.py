@@ -9,6 +9,7 @@ import os
 import threading
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ from kdsl.arguments import Signature, check_examples, fast_key, host_views, spec
 from kdsl.autotune.database import SavedConfig
 from kdsl.autotune.gpu import tune_on
 from kdsl.autotune.tuner import TuneReport, example_of
+from kdsl.call_stats import CallStats
 from kdsl.config import CONFIG, dumps
 from kdsl.dispatch import CudaDispatch, TunedDispatch
 from kdsl.errors import CompileError, KdslError, KernelArgumentError, ScheduleError, SourceLoc
@@ -188,7 +190,8 @@ class KernelFunction:
         self._constexpr_pos = tuple(
             n for n, name in enumerate(self.signature.names) if name in self.signature.constexpr
         )
-        self._stats = {"calls": 0, "compilations": 0, "objects_loaded": 0, "compiling_calls": 0}
+        self._stats = CallStats()
+        self._calls = self._stats.counts  # (the fast path counts its call here)
         # shape → where its schedule params came from (for the thread count that chose them)
         self.tuning: dict[str, str] = {}
         self._schedules: dict[str, Callable[[Schedule], object]] = {}
@@ -295,7 +298,7 @@ class KernelFunction:
     def _call(
         self, args: Sequence[object], kwargs: dict[str, object], target: Target | None
     ) -> object:
-        self._stats["calls"] += 1
+        self._calls["calls"] += 1
         bindings = self._bindings  # (inline: every cached call asks)
         if bindings is not None and bindings.changed():
             self._forget()
@@ -317,15 +320,18 @@ class KernelFunction:
                     if spec is not None:
                         return spec.run(host)
             return self._careful_call(args, kwargs, target)
-        except KdslError as err:  # the user's call is the last frame shown
+        except BaseException as err:
+            self._stats.failed()
+            if not isinstance(err, KdslError):
+                raise
+            # the user's call is the last frame shown
             raise (err if CONFIG.debug else err.with_traceback(None)) from None
 
     def _careful_call(
         self, args: Sequence[object], kwargs: dict[str, object], target: Target | None
     ) -> object:
         """A call the fast path did not take: it may compile (counted, for stats())."""
-        compiled = self._stats["compilations"]
-        try:
+        with self._stats.slow_path():
             stream = kwargs.pop("stream", None) if "stream" not in self.signature.names else None
             call, bound = self._specialize(args, kwargs, target)
             if isinstance(call, CudaSpecialization | CudaDispatch):
@@ -336,8 +342,6 @@ class KernelFunction:
                     "pass stream= only with CUDA arrays",
                 )
             return call.run(bound)
-        finally:
-            self._stats["compiling_calls"] += self._stats["compilations"] > compiled
 
     # ----------------------------------------------------------- specialization
 
@@ -505,6 +509,16 @@ class KernelFunction:
                 "few dozen operations (`v = kd.local(v)`, in a kd.grid/kd.range loop)",
             ) from None
 
+    def shape_free(self, specs: tuple[ArgSpec, ...], traced: Kernel) -> Kernel:
+        """`traced` as it is for any shape: under static_shapes, traced again with the
+        shapes left symbolic (what tuning results are filed under, so that the nearest
+        tuned shape serves a new one, as it does without static_shapes)."""
+        if not self.static_shapes:
+            return traced
+        return self.trace(
+            tuple(replace(s, shape=None) if isinstance(s, ArraySpec) else s for s in specs)
+        )
+
     def _watch(self) -> Bindings | _AnyOf | None:
         """The outside names that the kernel's code and its schedules read (a schedule's
         `TILE` is baked into the code as much as the kernel's `SCALE`): a call after one
@@ -528,8 +542,7 @@ class KernelFunction:
         compiled = compile_kernel(
             self.scheduled_ir(traced, config), checks=self.checks, strict_fp=self.strict_fp
         )
-        self._stats["compilations"] += 1
-        self._stats["objects_loaded"] += compiled.from_cache
+        self._stats.compiled(compiled.from_cache)
         return layout.specialization(self.name, traced, compiled)
 
     def ptx_code(self, traced: Kernel, config: Mapping[str, object] | None = None) -> PtxCode:
@@ -540,8 +553,7 @@ class KernelFunction:
             else self._scheduled_by_default(traced, cuda)
         ).kernel
         code = compile_ptx_kernel(scheduled, checks=self.checks, strict_fp=self.strict_fp)
-        self._stats["compilations"] += 1
-        self._stats["objects_loaded"] += code.from_cache
+        self._stats.compiled(code.from_cache)
         return code
 
     def build_cuda(
@@ -689,9 +701,9 @@ class KernelFunction:
         running LLVM; specializations; and where each tuned shape's schedule params came
         from: makes recompiles and tuning misses visible."""
         return {
-            **{k: v for k, v in self._stats.items() if k != "compiling_calls"},
+            **self._stats.counts,
             "specializations": len(self._by_spec),
-            "cache_hits": self._stats["calls"] - self._stats["compiling_calls"],
+            "cache_hits": self._stats.cache_hits(),
             "tuning": dict(self.tuning),
         }
 

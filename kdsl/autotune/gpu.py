@@ -162,7 +162,7 @@ def tune_gpu(
         bar.close()
     report.elapsed_s = budget.elapsed()
     report.phases = dict(budget.phases)
-    record_best(report, tuning_key(names, specs, traced, space, target or gpu_target_key()))
+    record_best(report, tuning_key(fn, specs, traced, space, target or gpu_target_key()))
     return report
 
 

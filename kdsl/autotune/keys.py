@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import llvmlite.binding as llvm
 import numpy as np
@@ -21,6 +22,9 @@ from kdsl.config import VERSION
 from kdsl.ir.hashing import structural_hash
 from kdsl.ir.nodes import Kernel
 from kdsl.trace.tracer import ArgSpec, ArraySpec, ConstSpec, ScalarSpec
+
+if TYPE_CHECKING:
+    from kdsl.kernel import KernelFunction
 
 Shape = tuple[tuple[int, ...], ...]
 
@@ -31,15 +35,18 @@ def kernel_identity(traced: Kernel, space: Mapping[str, Sequence[object]]) -> st
 
 
 def tuning_key(
-    names: Sequence[str],
-    specs: Sequence[ArgSpec],
+    fn: KernelFunction,
+    specs: tuple[ArgSpec, ...],
     traced: Kernel,
     space: Mapping[str, Sequence[object]],
     target: str,
 ) -> tuple[str, str, str]:
     """What the tuning database files a kernel signature's results under: the kernel's
-    identity, the target (`target_key()`, or a GPU's), the signature."""
-    return kernel_identity(traced, space), target, signature_key(names, specs)
+    identity (of its code with symbolic shapes, under static_shapes too: a result then
+    serves other shapes, as the nearest tuned one), the target (`target_key()`, or a
+    GPU's), the signature."""
+    identity = kernel_identity(fn.shape_free(specs, traced), space)
+    return identity, target, signature_key(fn.signature.names, specs)
 
 
 def target_key(target: str = "cpu") -> str:

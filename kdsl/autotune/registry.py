@@ -55,14 +55,11 @@ def lookup(kernel_id: str, target: str, signature: str) -> list[Entry]:
     return found
 
 
-def warn_if_stale(
-    kernel_name: str, key: tuple[str, str, str], command: str, static_shapes: bool = False
-) -> None:
+def warn_if_stale(kernel_name: str, key: tuple[str, str, str], command: str) -> None:
     """Warn once per signature and process when the database has results for this kernel
     name, target and signature under another kernel identity, by this kdsl: made before
     the kernel's code or its `s.param` choices changed (both are in the identity), so
-    calls no longer use them; or, with `static_shapes`, made for other shapes (baked into
-    the code, so into the identity too). For a signature `lookup` found nothing for."""
+    calls no longer use them. For a signature `lookup` found nothing for."""
     kernel_id, target, signature = key
     if _broken or key in _stale_checked:
         return
@@ -80,25 +77,12 @@ def warn_if_stale(
     if stale:
         tuned = max(stale, key=lambda e: e.created).config
         params = ", ".join(f"{k}={v!r}" for k, v in tuned.items())
-        if static_shapes:
-            whose = "its"
-            why = (
-                "were made for other shapes; with static_shapes=True each shape is compiled "
-                "(and tuned) as a kernel of its own, so a result serves only its own shape and "
-                f"this call uses the default params. Tune this shape with `{command}`, or drop "
-                "static_shapes=True to let the nearest tuned shape serve."
-            )
-        else:
-            whose = "the"
-            why = (
-                "were made for a kernel of this name whose code or s.param choices differ (an "
-                "earlier version of it?), so they don't apply and calls use the default params. "
-                f"Tune again with `{command}`, or drop them with `kdsl cache clear --kernel "
-                f"{kernel_name}`."
-            )
         warnings.warn(
-            f"kernel '{kernel_name}': {whose} tuning results for arguments {signature} "
-            f"({params}) {why}",
+            f"kernel '{kernel_name}': the tuning results for arguments {signature} "
+            f"({params}) were made for a kernel of this name whose code or s.param choices "
+            "differ (an earlier version of it?), so they don't apply and calls use the "
+            f"default params. Tune again with `{command}`, or drop them with `kdsl cache "
+            f"clear --kernel {kernel_name}`.",
             RuntimeWarning,
             stacklevel=user_stacklevel(),
         )

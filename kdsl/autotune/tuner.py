@@ -178,7 +178,7 @@ def example_key(fn: KernelFunction, example: Mapping[str, ArgExample]) -> tuple[
     kernel's identity, the target, the argument signature."""
     specs, _ = example_specs(fn, example_values(fn, example))
     traced = fn.trace(specs)
-    return tuning_key(fn.signature.names, specs, traced, fn.search_space(traced), target_key())
+    return tuning_key(fn, specs, traced, fn.search_space(traced), target_key())
 
 
 def example_specs(
@@ -209,7 +209,7 @@ class _Session:
         self.traced = fn.trace(specs)
         self.layout = fn.call_layout(specs, self.traced)
         self.space = fn.search_space(self.traced)
-        self.key = tuning_key(fn.signature.names, specs, self.traced, self.space, target_key())
+        self.key = tuning_key(fn, specs, self.traced, self.space, target_key())
         self.pool = WorkerPool(jobs) if jobs else None
         self.measured: dict[str, tuple[Config, Candidate]] = {}  # key → first config, code
 

@@ -18,7 +18,7 @@ import pytest
 import kdsl as kd
 from kdsl.autotune import registry
 from kdsl.autotune.database import Entry
-from kdsl.autotune.keys import kernel_identity, shape_of, signature_key, target_key
+from kdsl.autotune.keys import shape_of, signature_key, target_key, tuning_key
 from kdsl.config import VERSION
 from kdsl.kernel import KernelFunction
 from kdsl.targets.cpu import runtime
@@ -55,8 +55,9 @@ def entry_for(
     files it."""
     specs, _ = kernel._specs(args, {})
     traced = kernel.trace(specs)
+    kernel_id, _, _ = tuning_key(kernel, specs, traced, kernel.search_space(traced), "")
     return Entry(
-        kernel_id=kernel_identity(traced, kernel.search_space(traced)),
+        kernel_id=kernel_id,
         kernel_name=kernel.name,
         target=target_key(),
         signature=signature_key(kernel.signature.names, specs),
@@ -137,6 +138,20 @@ def test_each_thread_count_takes_its_own_tuning() -> None:
     assert kernel.stats()["compilations"] == 2  # one per config, not per count
 
 
+def test_a_tuned_kernels_call_that_compiles_a_config_is_no_cache_hit() -> None:
+    """A new shape reaches the tuned dispatcher through the fast path; where it needs
+    another config's code, that call compiled."""
+    kernel = affine_kernel("dispatch_hits")
+    record(kernel, arrays(4096), {"f": 256})
+    record(kernel, arrays(64), {"f": 16})
+    for n, hits in [(4096, 0), (4096, 1), (64, 1), (64, 2), (1000, 3)]:
+        x, y = arrays(n)
+        kernel(x, y)
+        np.testing.assert_allclose(y, x * 2.0 + 0.5, rtol=1e-6)
+        assert kernel.stats()["cache_hits"] == hits, n
+    assert kernel.stats()["compilations"] == 2
+
+
 def test_stale_config_warns_and_uses_default_params() -> None:
     kernel = affine_kernel("dispatch_stale")
     x, y = arrays(1000)
@@ -151,20 +166,27 @@ def test_stale_config_warns_and_uses_default_params() -> None:
         kernel(x, y)
 
 
-def test_static_shapes_say_their_results_serve_their_own_shape() -> None:
-    """With static_shapes=True a shape is a kernel of its own (baked into its code and
-    identity), so another shape's results can't serve: the warning says that, not that
-    the code changed (it blamed "an earlier version" of the kernel)."""
+def test_static_shapes_are_served_by_the_nearest_tuned_shape() -> None:
+    """With static_shapes=True each shape is compiled with its shape baked in, but its
+    tuning results are filed under the code with symbolic shapes: a new shape takes the
+    nearest tuned shape's params, as without static_shapes (it took the default params,
+    with a warning)."""
     kernel = affine_kernel("dispatch_static", static_shapes=True)
     record(kernel, arrays(4096), {"f": 256})
-    x, y = arrays(3000)
-    with pytest.warns(RuntimeWarning, match="made for other shapes; with static_shapes=True"):
-        kernel(x, y)
-    np.testing.assert_allclose(y, x * 2.0 + 0.5, rtol=1e-6)
-    assert "io * 16 + ii" in str(kernel.lowered(x, y))  # the default params
-    x, y = arrays(4096)
-    kernel(x, y)  # its own shape: tuned
-    assert "io * 256 + ii" in str(kernel.lowered(x, y))
+    record(kernel, arrays(40), {"f": 16})
+    for n, split, source in [
+        (3000, 256, "nearest tuned shape 4096, 4096"),
+        (4096, 256, "tuned"),
+        (33, 16, "nearest tuned shape 40, 40"),
+    ]:
+        x, y = arrays(n)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            kernel(x, y)
+        np.testing.assert_allclose(y, x * 2.0 + 0.5, rtol=1e-6)
+        lowered = str(kernel.lowered(x, y))
+        assert f"io * {split} + ii" in lowered and str(n) in lowered  # (its shape baked in)
+        assert kernel.stats()["tuning"][f"{n}, {n}"] == source
 
 
 def test_autotune_option_tunes_a_new_shape_on_first_call() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import textwrap
+import threading
 
 import numpy as np
 import pytest
@@ -1144,3 +1145,50 @@ def test_cache_hits_count_the_calls_that_compiled_nothing():
     double(x.astype(np.float64), np.ones(5))  # a new signature: compiles
     double(x, x.copy())
     assert double.stats()["calls"] == 3 and double.stats()["cache_hits"] == 2
+
+
+def test_a_call_that_raised_is_no_cache_hit():
+    @kd.kernel
+    def copy(x, y):
+        i = kd.indices(x.shape[0])
+        y[i] = x[i]
+
+    x = np.random.default_rng(3).random(7).astype(F)
+    with pytest.raises(kd.ShapeError):
+        copy(x, np.empty(5, F))  # compiles, then its shapes are checked: a compiling call
+    with pytest.raises(kd.ShapeError):
+        copy(x, np.empty(3, F))  # the fast path's check: no compile, and no hit
+    with pytest.raises(kd.KernelArgumentError):
+        copy(x, None)
+    assert copy.stats()["cache_hits"] == 0 and copy.stats()["compilations"] == 1
+    y = np.empty_like(x)
+    copy(x, y)
+    np.testing.assert_array_equal(y, x)
+    assert copy.stats()["calls"] == 4 and copy.stats()["cache_hits"] == 1
+
+
+def test_a_call_that_waited_for_another_threads_compile_is_a_cache_hit():
+    @kd.kernel
+    def triple(x, y):
+        i = kd.indices(x.shape[0])
+        y[i] = x[i] * 3.0
+
+    second_calls = threading.Event()
+    traced = triple.trace
+
+    def trace_once_the_second_call_starts(specs):
+        second_calls.wait(timeout=10)
+        return traced(specs)  # (the second thread waits for this compile meanwhile)
+
+    triple.trace = trace_once_the_second_call_starts
+    x = np.random.default_rng(4).random(33).astype(F)
+    outs = [np.empty_like(x) for _ in range(2)]
+    first = threading.Thread(target=triple, args=(x, outs[0]))
+    first.start()
+    second_calls.set()
+    triple(x, outs[1])
+    first.join()
+    for y in outs:
+        np.testing.assert_array_equal(y, x * F(3.0))
+    stats = triple.stats()
+    assert stats["calls"] == 2 and stats["compilations"] == 1 and stats["cache_hits"] == 1
