@@ -239,8 +239,8 @@ def fast_key(args: Sequence[object]) -> tuple[object, ...] | None:
     for a in args:
         t = type(a)
         if t is np.ndarray:
-            flags = a.flags  # type: ignore[union-attr]
-            key.append((a.dtype, a.ndim, flags.c_contiguous, flags.f_contiguous))  # type: ignore[union-attr]
+            # its order: NumPy's C_CONTIGUOUS (1) and F_CONTIGUOUS (2) flags, in one read
+            key.append((a.dtype, a.ndim, a.flags.num & 3))  # type: ignore[union-attr]
         elif t is float or t is bool or (t is int and -(1 << 63) <= a < (1 << 63)):  # type: ignore[operator]
             key.append(t)
         elif t is str or a is None:  # (a constexpr's value: the kernel keys on it too)

@@ -174,12 +174,15 @@ def out_array(
     return array
 
 
-def apart(target: np.ndarray, *inputs: object) -> np.ndarray:
-    """Where a function computes a result to be written to `target`: `target` itself, or
-    a new array like it where it may share memory with one of the `inputs` (a kernel may
-    not write what it reads elsewhere). `written` then copies it over: `softmax(x, out=x)`
-    works in place, as NumPy's `np.exp(x, out=x)` does."""
-    if any(type(a) is np.ndarray and np.may_share_memory(target, a) for a in inputs):
+def apart(out: object, target: np.ndarray, *inputs: object) -> np.ndarray:
+    """Where a function computes a result to be written to `target` (`out_array(out)`):
+    `target` itself, or a new array like it where it may share memory with one of the
+    `inputs` (a kernel may not write what it reads elsewhere). `written` then copies it
+    over: `softmax(x, out=x)` works in place, as NumPy's `np.exp(x, out=x)` does. Without
+    `out`, `target` is new: nothing else shares it (a small call skips the tests)."""
+    if out is not None and any(
+        type(a) is np.ndarray and np.may_share_memory(target, a) for a in inputs
+    ):
         return np.empty_like(target)
     return target
 

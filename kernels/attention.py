@@ -484,7 +484,7 @@ def attention(
     target = out_array("attention", out, q.shape, np.float32, also=_STORAGE)
     if target.size == 0:
         return target if out is None else out
-    o = apart(target, q, k, v)
+    o = apart(out, target, q, k, v)
     scale = 1.0 / math.sqrt(D) if scale is None else as_float("attention", "scale", scale)
     group = H // k.shape[1]
     if causal and k.shape[2] > Lq:  # top-left: keys past the last query are never seen

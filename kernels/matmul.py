@@ -542,7 +542,7 @@ def matmul(
         # rows of A read whole (AMX tiles read 32 k at once; the vector path broadcasts
         # along them): one copy, O(m·k), instead of a strided read per product
         a = np.ascontiguousarray(a)
-    c = apart(target, a, b, bias)
+    c = apart(out, target, a, b, bias)
     for matrices in _products(a, b, c, rows_together=True):
         _product_of_matrices(*matrices, bias, activation)
     result = written(c, target, out)

@@ -162,7 +162,7 @@ def matvec(
             "matvec", "accumulate=True adds to `out`, and none was given", "pass out="
         )
     target = out_array("matvec", out, (w.shape[0],), np.float32)
-    y = apart(target, w, x)
+    y = apart(out, target, w, x)
     if accumulate and y is not target:
         y[...] = target
     # rows that descend in memory (w[::-1]) are read in ascending order, the sums stored

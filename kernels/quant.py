@@ -529,7 +529,7 @@ def _product(
     target = out_array(func, out, rows_shape[1:] if vector else rows_shape, np.float32)
     if target.size == 0:  # no rows of x (or of w): nothing to multiply
         return target if out is None else out
-    y = apart(target, x)
+    y = apart(out, target, x)
     rows = y[None] if vector else y
     kernel = PRODUCTS[(w.format, activations or "q8_0")]
     if kernel is q8_0_dot_q8_0 and w.shape[1] >= LONG_ROW:

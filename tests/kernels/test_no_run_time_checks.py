@@ -29,13 +29,13 @@ Call = tuple[KernelFunction, tuple[object, ...], dict[str, object]]
 def calls(monkeypatch) -> dict[str, Call]:
     """Each kernel's first call while the test runs, by name."""
     seen: dict[str, Call] = {}
-    real = KernelFunction._call
+    real = KernelFunction.__call__
 
-    def spy(self, args, kwargs, target):
-        seen.setdefault(self.name, (self, tuple(args), dict(kwargs)))
-        return real(self, args, kwargs, target)
+    def spy(self, *args, **kwargs):
+        seen.setdefault(self.name, (self, args, kwargs))
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(KernelFunction, "_call", spy)
+    monkeypatch.setattr(KernelFunction, "__call__", spy)
     return seen
 
 
