@@ -44,7 +44,9 @@ def as_array(func: str, name: str, x: object, kinds: str = "biuf", min_ndim: int
     """`x` as a NumPy array whose dtype is of `kinds` ("f": floats, bfloat16 included;
     "biuf": numbers) and that has at least `min_ndim` dimensions."""
     if type(x) is np.ndarray and x.ndim >= min_ndim and x.dtype.kind in kinds:
-        return x  # the usual case
+        if x.dtype.isnative:
+            return x  # the usual case
+        return x.astype(x.dtype.newbyteorder("="))  # (kernels read this CPU's byte order)
     if x is None:
         raise argument_error(func, f"'{name}' is None", f"pass {name} as a NumPy array")
     if on_a_gpu(x):
@@ -68,7 +70,7 @@ def as_array(func: str, name: str, x: object, kinds: str = "biuf", min_ndim: int
             f"'{name}' has shape {a.shape}, expected at least {min_ndim} dimension(s)",
             f"pass {name} as an array (np.atleast_1d({name}) for a single value)",
         )
-    return a
+    return a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("="))
 
 
 # the functions that run on the GPU of PyTorch and CuPy CUDA arrays (kernels/_device.py)
@@ -227,7 +229,7 @@ def _view(out: object) -> np.ndarray | None:
         return out
     if hasattr(out, "__dlpack__"):
         try:
-            return np.from_dlpack(out)
+            return _torch_bfloat16(out) if _is_torch_bfloat16(out) else np.from_dlpack(out)
         except (BufferError, RuntimeError, TypeError, ValueError):  # a GPU tensor, bfloat16
             return None
     return None

@@ -40,7 +40,7 @@ def over_rows(
     if out is not None:
         target = out_array(func, out, x.shape, x.dtype)
         view = _rows_view(target if last else np.moveaxis(target, axis, -1))
-        if view is not None and apart(out, view, rows) is view:
+        if view is not None and apart(out, view, rows, *params) is view:
             if rows.strides[0] < 0 and view.strides[0] < 0:
                 # rows descending in memory in both (x[::-1] into out[::-1]): the same rows
                 # in memory order, contiguous again (softmax 4096×1024 ran at 0.72x the

@@ -441,7 +441,7 @@ def _check_shapes(q: tuple[int, ...], k: tuple[int, ...], v: tuple[int, ...]) ->
             fix=f"pass k and v of shape [{B}, Hkv, Lk, {D}]",
         )
     hkv = k[1]
-    if hkv == 0 or H % hkv:
+    if (H % hkv if hkv else H):  # (no heads at all: an empty result)
         raise kd.ShapeError(
             f"attention: 'q' has {H} heads and 'k' has {hkv}: the query heads must be a "
             "multiple of the kv heads",

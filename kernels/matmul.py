@@ -17,6 +17,7 @@ from kdsl.kernels._checks import (
     apart,
     argument_error,
     as_array,
+    is_float,
     out_array,
     shape_error,
     written,
@@ -526,17 +527,27 @@ def matmul(
         return _device.matmul(dev, a, b, out, bias, activation, kernels, product_shape, _products)
     a, b = as_array("matmul", "a", a, "iuf"), as_array("matmul", "b", b, "iuf")
     dtype = np.result_type(a, b)
-    # any float output: the sums are stored converted (bf16 inputs, f32 results)
-    target = out_array("matmul", out, product_shape(a.shape, b.shape), dtype, also=FLOATS)
     n = b.shape[-1] if b.ndim > 1 else 1
     if bias is not None:
-        bias = as_array("matmul", "bias", bias).astype(dtype, copy=False)
+        bias = as_array("matmul", "bias", bias)
         if bias.shape != (n,):
             raise shape_error(
                 "matmul",
                 f"'bias' has shape {bias.shape}, expected ({n},)",
                 "pass one bias value per column of the result, or bias=None",
             )
+        if dtype.kind in "iu" and bias.dtype.kind not in "iu":
+            dtype = np.result_type(dtype, bias)  # (as NumPy's a @ b + bias: a float result)
+        # added to the sums in their precision: f32 for 16-bit float inputs
+        bias = bias.astype(_sums_dtype(dtype), copy=False)
+    if activation not in (None, "relu") and dtype.kind in "iu":
+        raise argument_error(
+            "matmul",
+            f"activation {activation!r} needs float inputs; a and b are {dtype}",
+            "convert them first, e.g. a.astype(np.float32)",
+        )
+    # any float output: the sums are stored converted (bf16 inputs, f32 results)
+    target = out_array("matmul", out, product_shape(a.shape, b.shape), dtype, also=FLOATS)
     a, b = a.astype(dtype, copy=False), b.astype(dtype, copy=False)
     if a.shape[-1] > 1 and a.strides[-1] != a.itemsize:
         # rows of A read whole (AMX tiles read 32 k at once; the vector path broadcasts
@@ -580,6 +591,11 @@ def _product_of_matrices(
         with_bias = bias is not None
         bias = bias if with_bias else _NO_BIAS.astype(a.dtype, copy=False)
         kernel(a, b, bias, c, activation, with_bias)
+
+
+def _sums_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype a product's sums are kept in: f32 for 16-bit floats (bf16, f16)."""
+    return np.dtype(np.float32) if is_float(dtype) and dtype.itemsize < 4 else dtype
 
 
 def aliased_rows(a: np.ndarray) -> bool:

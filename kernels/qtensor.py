@@ -93,8 +93,9 @@ class QTensor:
         count = QUANT_BYTES[self.format]
         if not isinstance(self.q, np.ndarray):  # on a GPU: its library's view
             return self.q.reshape(self.shape[0], self.q.shape[1] // count, count)[:, : self.blocks]
-        strides = (self.q.strides[0], count, 1)
-        return np.ndarray((self.shape[0], self.blocks, count), self.q.dtype, self.q, 0, strides)
+        shape, strides = (self.shape[0], self.blocks, count), (self.q.strides[0], count, 1)
+        # (a strided view: `q` may be rows of a wider buffer, or in reverse order)
+        return np.lib.stride_tricks.as_strided(self.q, shape, strides)
 
     def to(self, like: object) -> QTensor:
         """These blocks where the array `like` is, as `torch.Tensor.to(other)`: on its GPU
@@ -145,15 +146,23 @@ class QTensor:
             )
         rows, cols = check_shape("QTensor.frombuffer", fmt, shape)
         out = cls.empty(fmt, (rows, cols))
-        data = np.frombuffer(buffer, np.uint8)  # type: ignore[call-overload]
-        expected = rows * (cols // BLOCK) * FORMATS[fmt]
+        try:
+            data = np.frombuffer(buffer, np.uint8)  # type: ignore[call-overload]
+        except (TypeError, ValueError) as exc:
+            raise argument_error(
+                "QTensor.frombuffer",
+                f"the buffer is {type_name(buffer)}, not bytes ({exc})",
+                "pass bytes, a bytearray, a memoryview or a NumPy array of the GGML blocks",
+            ) from None
+        row_bytes = (cols // BLOCK) * FORMATS[fmt]
+        expected = rows * row_bytes
         if data.size != expected:
             raise shape_error(
                 "QTensor.frombuffer",
                 f"{fmt} {rows}x{cols} takes {expected} bytes, the buffer has {data.size}",
                 "pass the matrix's shape and exactly its bytes",
             )
-        data = data.reshape(rows, -1)
+        data = data.reshape(rows, row_bytes)
         out.scales[...] = ggml_view(data, fmt, np.float16, 0, 1)[..., 0]
         out.quants[...] = ggml_view(data, fmt, out.q.dtype, 2, QUANT_BYTES[fmt])
         return out
@@ -168,8 +177,11 @@ def padded_blocks(cols: int, fmt: str) -> int:
 def ggml_view(data: np.ndarray, fmt: str, dtype: object, at: int, count: int) -> np.ndarray:
     """[rows, blocks, count] elements of `dtype` from byte `at` of each GGML block."""
     size = FORMATS[fmt]
+    shape = (data.shape[0], data.shape[1] // size, count)
+    if not data.size:  # (no bytes for an offset into)
+        return np.empty(shape, dtype)
     strides = (data.strides[0], size, np.dtype(dtype).itemsize)
-    return np.ndarray((data.shape[0], data.shape[1] // size, count), dtype, data, at, strides)
+    return np.ndarray(shape, dtype, data, at, strides)
 
 
 def check_shape(func: str, fmt: object, shape: object) -> tuple[int, int]:

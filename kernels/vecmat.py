@@ -39,7 +39,7 @@ def activate(v, activation):
     if activation is None:
         return v
     if activation == "relu":
-        return kd.maximum(v, 0.0)
+        return kd.maximum(v, 0)  # (v's dtype: an integer product's too)
     if activation == "gelu":
         return 0.5 * v * (1.0 + kd.erf(v * (1.0 / math.sqrt(2.0))))
     return v * kd.sigmoid(v)  # silu

@@ -519,3 +519,117 @@ def test_torch_cpu_bfloat16_tensors_are_read_and_grad_ones_say_detach():
     want = torch.softmax(x.float(), -1).numpy()
     np.testing.assert_allclose(got.astype(np.float32), want, rtol=1e-2, atol=1e-3)
     _raises(kd.KernelArgumentError, "detach", softmax, torch.randn(3, requires_grad=True))
+
+
+# ------------------------------------------------- inputs a probe found mishandled
+
+
+def test_a_float_bias_of_integer_inputs_gives_a_float_product_as_numpy():
+    """It was cast to the inputs' int dtype: its fractions dropped, without a word."""
+    a, b = np.array([[1, 2], [3, 4]]), np.array([[2, -1], [0, 5]])
+    bias = np.array([0.5, -0.7])
+    got = matmul(a, b, bias=bias)
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, a @ b + bias)
+    out = np.zeros((2, 2), np.float32)
+    np.testing.assert_allclose(matmul(a, b, bias=bias, out=out), a @ b + bias, rtol=1e-6)
+
+
+def test_the_bias_of_16_bit_inputs_is_added_in_f32():
+    """It was rounded to bf16 (1000.7 to 1000) even into an f32 `out`."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    a = RNG.standard_normal((5, 8)).astype(ml_dtypes.bfloat16)
+    b = RNG.standard_normal((8, 3)).astype(ml_dtypes.bfloat16)
+    bias = np.array([1e-3, 0.1234567, 1000.7], np.float32)
+    out = np.zeros((5, 3), np.float32)
+    matmul(a, b, bias=bias, out=out)
+    want = a.astype(np.float64) @ b.astype(np.float64) + bias
+    np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-5)
+
+
+def test_integer_products_take_relu_and_say_the_others_need_floats():
+    a, b = RNG.integers(-9, 9, (4, 6)), RNG.integers(-9, 9, (6, 5))
+    np.testing.assert_array_equal(matmul(a, b, activation="relu"), np.maximum(a @ b, 0))
+    for activation in ("gelu", "silu"):
+        _raises(kd.KernelArgumentError, "needs float inputs", matmul, a, b, activation=activation)
+
+
+def test_inputs_of_the_other_byte_order_are_read_as_their_values():
+    """softmax, the norms and attention refused them, naming their internal kernels."""
+    x = X.astype(">f4")
+    np.testing.assert_allclose(softmax(x), softmax_reference(X), rtol=1e-6)
+    np.testing.assert_allclose(rmsnorm(x, W8.astype(">f4")), rmsnorm_reference(X, W8), rtol=1e-5)
+    np.testing.assert_allclose(
+        layernorm(x, W8, W8.astype(">f4")),
+        layernorm_reference(X, W8, W8, 1e-5),
+        rtol=1e-4,
+        atol=1e-6,
+    )
+    q = Q4.astype(">f4")
+    np.testing.assert_allclose(attention(q, q, q), attention_reference(Q4, Q4, Q4), rtol=1e-5)
+
+
+@pytest.mark.parametrize("norm", ["rmsnorm", "layernorm"])
+def test_a_weight_that_shares_out_is_read_before_out_is_written(norm):
+    x = RNG.standard_normal((6, 40)).astype(np.float32)
+    out = RNG.standard_normal((6, 40)).astype(np.float32)
+    w = out[2].copy()
+    if norm == "rmsnorm":
+        want = rmsnorm_reference(x, w)
+        got = rmsnorm(x, out[2], out=out)
+    else:
+        want = layernorm_reference(x, w, w, 1e-5)
+        got = layernorm(x, out[2], out[2], out=out)
+    assert got is out
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+
+
+def test_attention_of_no_heads_is_empty():
+    q = np.zeros((1, 0, 5, 8), np.float32)
+    assert attention(q, q, q).shape == (1, 0, 5, 8)
+
+
+def test_a_torch_bfloat16_tensor_is_written_as_out():
+    """NumPy can't view it through DLPack; its bits are written as the inputs are read."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("ml_dtypes")
+    x = torch.randn(4, 9).bfloat16()
+    out = torch.empty(4, 9, dtype=torch.bfloat16)
+    assert softmax(x, out=out) is out
+    want = torch.softmax(x.float(), -1)
+    torch.testing.assert_close(out.float(), want, rtol=1e-2, atol=1e-3)
+    assert softmax(x, out=x) is x
+    torch.testing.assert_close(x.float(), want, rtol=1e-2, atol=1e-3)
+
+
+@pytest.mark.parametrize("fmt", ["q8_0", "q4_0"])
+def test_a_qtensor_of_strided_rows_is_read_whole(fmt):
+    """Rows of a wider buffer, or in reverse: dequantize and the f32 product took them
+    as a contiguous buffer (NumPy's ValueError)."""
+    w = RNG.standard_normal((3, 64)).astype(np.float32)
+    whole = quant.quantize(w, fmt)
+    wide = np.zeros((3, 2 * whole.q.shape[1]), whole.q.dtype)
+    wide[:, : whole.q.shape[1]] = whole.q
+    for view in (
+        QTensor(fmt, (3, 64), whole.d, wide[:, : whole.q.shape[1]]),
+        QTensor(fmt, (3, 64), whole.d[::-1], whole.q[::-1]),
+    ):
+        flip = view.d[0, 0] != whole.d[0, 0] or not np.array_equal(view.q[0], whole.q[0])
+        want = dequantize(whole)[::-1] if flip else dequantize(whole)
+        np.testing.assert_array_equal(dequantize(view), want)
+        assert view.tobytes() == QTensor(fmt, (3, 64), view.d.copy(), view.q.copy()).tobytes()
+        x = RNG.standard_normal(64).astype(np.float32)
+        np.testing.assert_allclose(
+            qmatvec(view, x, activations="f32"), want @ x, rtol=1e-4, atol=1e-4
+        )
+
+
+@pytest.mark.parametrize("fmt", ["q8_0", "q4_0"])
+def test_empty_qtensors_go_to_bytes_and_back(fmt):
+    for shape in ((0, 64), (3, 0)):
+        empty = quant.quantize(np.zeros(shape, np.float32), fmt)
+        assert empty.tobytes() == b""
+        back = QTensor.frombuffer(b"", fmt, shape)
+        assert back.shape == shape and dequantize(back).shape == shape
+    for buffer in (None, [1, 2]):
+        _raises(kd.KernelArgumentError, "not bytes", QTensor.frombuffer, buffer, fmt, (1, 32))
