@@ -207,6 +207,15 @@ class KernelFunction:
             raise TypeError(f"{target!r} is not a kdsl target; use kd.cpu or kd.cuda")
 
         def attach(fn: Callable[[Schedule], object]) -> Callable[[Schedule], object]:
+            if inspect.isgeneratorfunction(fn) or inspect.iscoroutinefunction(fn):
+                code = getattr(fn, "__code__", None)
+                raise ScheduleError(
+                    f"the schedule {getattr(fn, '__name__', fn)!r} is a generator or async "
+                    "function: calling it would not run its steps",
+                    kernel=self.name,
+                    loc=code and SourceLoc(code.co_filename, code.co_firstlineno),
+                    fix="write it as a plain function (def, without yield or async)",
+                )
             with self._lock:
                 self._schedules[target.name] = fn
                 self._forget()  # (its globals are watched from the next compile on)
@@ -312,9 +321,7 @@ class KernelFunction:
         except BaseException as err:
             self._raise_failed(err)
 
-    def _call_on(
-        self, target: Target, args: Sequence[object], kwargs: dict[str, object]
-    ) -> object:
+    def _call_on(self, target: Target, args: Sequence[object], kwargs: dict[str, object]) -> object:
         """`kernel[target](...)`: __call__ with the target forced."""
         self._calls["calls"] += 1
         bindings = self._bindings

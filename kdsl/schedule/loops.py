@@ -7,6 +7,7 @@ leaves the rewritten kernel in `ctx.kernel`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 from kdsl.ir.affine import constant_bound
@@ -54,6 +55,7 @@ from kdsl.schedule.step import StepContext, as_int
 
 MAX_FULL_UNROLL = 64
 MAX_UNROLL = 1024  # copies of a body: beyond, LLVM's compile time explodes (10^5 ran for minutes)
+MAX_UNROLLED_NESTS = 64  # copies of a loop nest (statements with loops inside them)
 MAX_FACTOR = 1 << 31  # any other factor (a split, a distance): far past any real extent, and
 # small enough that the IR's 64-bit arithmetic on it can't wrap
 GPU_AXES = {e.value: e for e in LoopExec if e.value.startswith(("block.", "thread."))}
@@ -115,6 +117,10 @@ def split(ctx: StepContext, name: object, factor: object) -> tuple[str, str]:
 def tile(ctx: StepContext, l1: object, l2: object, f1: object, f2: object) -> tuple[str, ...]:
     """Split two nested loops and order the pieces (outer1, outer2, inner1, inner2): one
     step, so a refusal leaves nothing half done."""
+    if l1 == l2:
+        raise ctx.refuse(
+            f"tile names loop '{l1}' twice", "tile two loops of one nest, the outer one first"
+        )
     o1, i1 = split(ctx, l1, f1)
     o2, i2 = split(ctx, l2, f2)
     reorder(ctx, (o1, o2, i1, i2))
@@ -348,7 +354,7 @@ def _unannotated(ctx: StepContext, loop: Loop) -> None:
 
 def unroll(ctx: StepContext, name: object, factor: object = None) -> None:
     """Unroll fully (factor None: the extent must have a constant bound) or by `factor`."""
-    _, loop = ctx.loop(name)
+    path, loop = ctx.loop(name)
     if factor is None:
         bound = constant_bound(loop.extent)
         if bound is None or bound > MAX_FULL_UNROLL:
@@ -359,7 +365,48 @@ def unroll(ctx: StepContext, name: object, factor: object = None) -> None:
         width = 0  # fully
     else:
         width = _positive_int(ctx, factor, "unroll factor", MAX_UNROLL)
+    _check_copies(ctx, path, replace(loop, exec=LoopExec.UNROLLED, width=width))
     _annotate(ctx, name, LoopExec.UNROLLED, width)
+
+
+def _check_copies(ctx: StepContext, path: tree.Path, unrolled: Loop) -> None:
+    """Refuse an unroll whose loop, with the unrolled loops around and inside it, makes
+    more copies of a statement than MAX_UNROLL, or of a loop nest than MAX_UNROLLED_NESTS:
+    LLVM's compile time grows with them (a matmul's i and j unrolled by 16 each, with
+    the k loop inside: 17 s; by 32 each: 3 minutes)."""
+    around = [s for s in tree.enclosing(ctx.kernel.body, path) if isinstance(s, Loop)]
+    chain = [s for s in around if s.exec is LoopExec.UNROLLED] + [unrolled]
+    copies = math.prod(_copies(s) for s in chain) * _inner_copies(unrolled.body)
+    loops = any(
+        isinstance(s, Loop) and (s.exec is not LoopExec.UNROLLED or s.width)
+        for s in walk_stmts(unrolled.body)
+    ) or (len(chain) > 1 and unrolled.width > 0)  # (a partial unroll leaves a loop)
+    most = MAX_UNROLLED_NESTS if loops else MAX_UNROLL
+    if copies > most:
+        what = "a loop nest" if loops else "the loop body"
+        names = " × ".join(s.var for s in chain)
+        raise ctx.refuse(
+            f"unrolling '{unrolled.var}' makes {copies} copies of {what} ({names} and the "
+            f"unrolled loops inside), more than {most}: LLVM would take seconds to minutes to compile them",
+            "unroll fewer or smaller loops (split one by a small factor first), or vectorize "
+            "one of them instead",
+        )
+
+
+def _copies(loop: Loop) -> int:
+    """Copies of its body an unrolled loop makes (a full unroll: its constant bound)."""
+    return loop.width or constant_bound(loop.extent) or 1
+
+
+def _inner_copies(body: tuple[Stmt, ...]) -> int:
+    """The most copies the unrolled loops nested in `body` make of one statement."""
+    most = 1
+    for s in body:
+        inner = _inner_copies(tree.body_of(s))
+        if isinstance(s, Loop) and s.exec is LoopExec.UNROLLED:
+            inner *= _copies(s)
+        most = max(most, inner)
+    return most
 
 
 def _cpu_only(ctx: StepContext, loop: Loop, on: str) -> None:

@@ -237,7 +237,10 @@ class Schedule:
         return self._apply(Step("collapse", (outer, inner)))  # type: ignore[return-value]
 
     def reorder(self, *loops_: str) -> None:
-        """Put the named loops of one nest in this order, outermost first."""
+        """Put the named loops of one nest in this order, outermost first (as arguments,
+        or as one list or tuple of them)."""
+        if len(loops_) == 1 and isinstance(loops_[0], list | tuple):
+            loops_ = tuple(loops_[0])
         self._apply(Step("reorder", loops_))
 
     def unroll(self, loop: str, factor: int | None = None) -> None:

@@ -45,6 +45,14 @@ def _names(api: str, count: int, names: str | None) -> list[str]:
                 loc=location(),
                 fix="give one name per extent",
             )
+        params = {p.name for p in current(api).params}
+        clash = [n for n in given if n in params]
+        if clash:  # (it would be renamed `x.1`, and a schedule naming "x" find no loop)
+            raise TraceError(
+                f"kd.{api}: the loop name '{clash[0]}' is a parameter's name",
+                loc=location(),
+                fix='name the loops apart from the parameters, e.g. names="i j"',
+            )
         return given
     found = assigned_names()
     return found if len(found) == count else [f"i{n}" for n in builtins.range(count)]

@@ -908,6 +908,47 @@ def test_unroll_refuses_an_annotated_loop():
         s.unroll("i", 2)
 
 
+def test_unroll_refuses_nested_unrolls_that_copy_a_loop_nest_too_often():
+    """Unrolls multiply: i and j of a matmul by 16 each made 256 copies of the k loop,
+    which LLVM took 17 s to compile (by 64 each: minutes); with i's 8 it is 64."""
+    s = mm()
+    s.unroll("i", 16)
+    with refused(
+        'unroll("j", 16)',
+        "unrolling 'j' makes 256 copies of a loop nest (i × j and the unrolled loops "
+        "inside), more than 64",
+        "i, j, k",
+        "unroll fewer or smaller loops",
+    ):
+        s.unroll("j", 16)
+    s.unroll("j", 4)
+    s = mm()
+    s.unroll("j", 16)
+    with refused(
+        'unroll("i", 16)', "unrolling 'i' makes 256 copies of a loop nest (i and", None, "vectorize"
+    ):
+        s.unroll("i", 16)
+    s = mm()
+    s.unroll("k", 1024)  # (one loop's body, no loop inside: up to MAX_UNROLL)
+    with refused('unroll("j", 2)', "unrolling 'j' makes 2048 copies", None, "unroll fewer"):
+        s.unroll("j", 2)
+
+
+def test_tile_refuses_one_loop_named_twice():
+    s = mm()
+    with refused('tile("i", "i", 4, 4)', "tile names loop 'i' twice", "i, j, k", "two loops"):
+        s.tile("i", "i", 4, 4)
+
+
+def test_reorder_takes_its_loops_as_one_sequence_too():
+    apart = mm()
+    apart.reorder("k", "j", "i")
+    for order in (("k", "j", "i"), ["k", "j", "i"]):
+        s = mm()
+        s.reorder(order)
+        assert format_kernel(s.kernel) == format_kernel(apart.kernel)
+
+
 def test_vectorize_refuses_a_serial_loop():
     s = schedule(row_scan, M, V[:8].copy())
     with refused(
@@ -1233,3 +1274,23 @@ def test_a_refused_tile_names_the_tile_step():
     s = schedule(two_steps, V, V.copy(), V.copy())
     with refused('tile("i", "i.1", 4, 4)', "", "i, i.1", "reorder loops of one nest", call=""):
         s.tile("i", "i.1", 4, 4)
+
+
+def test_a_generator_schedule_is_refused_where_it_is_attached():
+    """Its body would never run: the kernel ran with no schedule, without a word."""
+    kernel = kd.kernel(matmul, name="generator_schedule")
+    with pytest.raises(kd.ScheduleError, match="generator or async function") as info:
+
+        @kernel.schedule(kd.cpu)
+        def steps(s):
+            s.vectorize("j", 8)
+            yield
+
+    assert info.value.loc is not None and info.value.loc.file == __file__
+
+
+def test_a_layout_block_past_two_to_the_31_is_refused_at_its_step():
+    """It was taken, and the call then ran out of memory without naming the step."""
+    s = mm()
+    with pytest.raises(kd.ScheduleError, match="a block of 1099511627776 elements is more than"):
+        s.cache("B", at="i", layout="0,1//1099511627776,1%1099511627776")

@@ -163,7 +163,14 @@ class Specialization:
             case ErrorKind.BOUNDS:
                 buffer, loc = self.compiled.sites.accesses[index]
                 return out_of_bounds(self.name, buffer, loc, self._environment(args, results)[0])
-        return KdslError("out of memory for the kernel's temporaries", kernel=self.name)
+        return KdslError(
+            "out of memory for the kernel's temporaries: the arrays it allocates (kd.empty, "
+            "kd.zeros) and the copies its schedule makes (s.cache, s.rfactor) don't fit at "
+            "these sizes",
+            kernel=self.name,
+            fix="check their sizes: a large s.cache block pads each copy to whole blocks; "
+            "or call the kernel on smaller arrays",
+        )
 
 
 def _alias_error(kernel: str, written: str, other: str) -> KernelArgumentError:
