@@ -41,7 +41,7 @@ from kdsl.ir.nodes import (
     Store,
 )
 from kdsl.ir.printer import format_expr
-from kdsl.ir.visit import children, map_expr, walk_expr
+from kdsl.ir.visit import children, map_expr, walk_expr, walk_stmts
 from kdsl.trace.frames import location
 from kdsl.trace.reduction import Reduction
 from kdsl.trace.values import Value, as_value, to_dtype
@@ -497,7 +497,10 @@ def _check_independent(body: tuple[Stmt, ...], var: str, extent: Expr) -> None:
     """The iterations of a parallel loop over [0, extent) may not depend on each other:
     no statement of its body reads an element another iteration writes (`b[j] = a[j + 1];
     a[j] = …`; see `carried`)."""
-    found = accesses(body)
+    # (a temporary allocated in the body is each iteration's own: `t = kd.zeros(8)` per
+    # row, then read at t[idx[i]], was refused)
+    own = {s.buffer for s in walk_stmts(body) if isinstance(s, Allocate)}
+    found = [x for x in accesses(body) if x.buffer not in own]
     stores = [x for x in found if x.write]
     for n, store in enumerate(stores):
         for other in found:

@@ -209,3 +209,36 @@ def test_what_may_meet_is_refused(kernel, args):
     """A symbolic coefficient, a data-dependent subscript, a column that proves nothing
     beside rows that meet: refused, whatever the values turn out to be."""
     raises(kd.TraceError, lambda: kernel(*args), "is written at", "iterations would race")
+
+
+@pytest.mark.parametrize("n", [1, 5, 97, 1000])
+def test_a_temporary_of_each_iteration_may_be_read_and_written_anywhere(n):
+    """Allocated in the body, it is the iteration's own: a gather from it, or a
+    histogram into it, can't meet another iteration's (both were refused)."""
+
+    @kd.kernel
+    def gather(x, idx, y):
+        for i in kd.grid(x.shape[0]):
+            t = kd.zeros((8,), kd.f32)
+            for q in kd.grid(8):
+                t[q] = x[i, q] * 2.0
+            y[i] = t[idx[i]]
+
+    @kd.kernel
+    def histogram(x, h):
+        for i in kd.grid(x.shape[0]):
+            t = kd.zeros((4,), kd.i32)
+            for j in kd.range(x.shape[1]):
+                t[x[i, j] % 4] += 1
+            for b in kd.grid(4):
+                h[i, b] = t[b]
+
+    rng = np.random.default_rng(n)
+    x, idx = rng.random((n, 8)).astype(np.float32), rng.integers(0, 8, n)
+    y = np.full(n, np.nan, np.float32)
+    gather(x, idx, y)
+    np.testing.assert_array_equal(y, 2 * x[np.arange(n), idx])
+    assert "parallelized" in str(gather.lowered(x, idx, y))
+    xi, h = rng.integers(0, 100, (n, 13)), np.full((n, 4), -1, np.int32)
+    histogram(xi, h)
+    np.testing.assert_array_equal(h, [np.bincount(r % 4, minlength=4) for r in xi])
