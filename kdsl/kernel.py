@@ -10,7 +10,7 @@ import threading
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 
@@ -318,8 +318,11 @@ class KernelFunction:
                 if spec is not None:
                     return spec.run(args)
             return self._other_call(args, kwargs, None)
-        except BaseException as err:
-            self._raise_failed(err)
+        except KdslError as err:
+            raise self._failed(err) from None
+        except BaseException:  # (the user's own error, its traceback as Python tells it)
+            self._stats.failed()
+            raise
 
     def _call_on(self, target: Target, args: Sequence[object], kwargs: dict[str, object]) -> object:
         """`kernel[target](...)`: __call__ with the target forced."""
@@ -329,16 +332,17 @@ class KernelFunction:
             self._forget()
         try:
             return self._other_call(args, kwargs, target)
-        except BaseException as err:
-            self._raise_failed(err)
+        except KdslError as err:
+            raise self._failed(err) from None
+        except BaseException:
+            self._stats.failed()
+            raise
 
-    def _raise_failed(self, err: BaseException) -> NoReturn:
-        """A call raised `err`: counted (no cache hit), and a kdsl error raised with the
+    def _failed(self, err: KdslError) -> KdslError:
+        """A call raised `err`: counted (no cache hit), and the error to raise, with the
         user's call as the last frame shown."""
         self._stats.failed()
-        if isinstance(err, KdslError):
-            raise (err if CONFIG.debug else err.with_traceback(None)) from None
-        raise err
+        return err if CONFIG.debug else err.with_traceback(None)
 
     def _other_call(
         self, args: Sequence[object], kwargs: dict[str, object], target: Target | None

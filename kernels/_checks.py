@@ -43,10 +43,8 @@ def _torch_bfloat16(x: object) -> np.ndarray:
 def as_array(func: str, name: str, x: object, kinds: str = "biuf", min_ndim: int = 0) -> np.ndarray:
     """`x` as a NumPy array whose dtype is of `kinds` ("f": floats, bfloat16 included;
     "biuf": numbers) and that has at least `min_ndim` dimensions."""
-    if type(x) is np.ndarray and x.ndim >= min_ndim and x.dtype.kind in kinds:
-        if x.dtype.isnative:
-            return x  # the usual case
-        return x.astype(x.dtype.newbyteorder("="))  # (kernels read this CPU's byte order)
+    if type(x) is np.ndarray and x.ndim >= min_ndim and x.dtype.kind in kinds and x.dtype.isnative:
+        return x  # the usual case
     if x is None:
         raise argument_error(func, f"'{name}' is None", f"pass {name} as a NumPy array")
     if on_a_gpu(x):
@@ -70,6 +68,7 @@ def as_array(func: str, name: str, x: object, kinds: str = "biuf", min_ndim: int
             f"'{name}' has shape {a.shape}, expected at least {min_ndim} dimension(s)",
             f"pass {name} as an array (np.atleast_1d({name}) for a single value)",
         )
+    # kernels read this CPU's byte order: the other one's values are converted
     return a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("="))
 
 
