@@ -26,9 +26,10 @@ from kdsl.ir.hashing import structural_hash
 from kdsl.ir.nodes import Kernel
 from kdsl.ir.passes import lower
 from kdsl.ir.printer import format_kernel
-from kdsl.schedule import recipe
+from kdsl.schedule import recipe, user_function
 from kdsl.schedule.default import default_schedule
 from kdsl.schedule.recipe import Schedule
+from kdsl.schedule.user_function import ScheduleFunction
 from kdsl.specs import ArgExample
 from kdsl.targets.cpu import jit
 from kdsl.targets.cpu.amx import tile_instructions
@@ -196,26 +197,18 @@ class KernelFunction:
         self._calls = self._stats.counts  # (the fast path counts its call here)
         # shape → where its schedule params came from (for the thread count that chose them)
         self.tuning: dict[str, str] = {}
-        self._schedules: dict[str, Callable[[Schedule], object]] = {}
+        self._schedules: dict[str, ScheduleFunction] = {}
 
     def __repr__(self) -> str:
         return f"<kdsl kernel {self.signature}>"
 
-    def schedule(self, target: Target = cpu) -> Callable[[Callable[[Schedule], object]], Any]:
+    def schedule(self, target: Target = cpu) -> Callable[[ScheduleFunction], Any]:
         """Attach a schedule for `target`: `@kernel.schedule(kd.cpu) def _(s): ...`."""
         if not isinstance(target, Target):
             raise TypeError(f"{target!r} is not a kdsl target; use kd.cpu or kd.cuda")
 
-        def attach(fn: Callable[[Schedule], object]) -> Callable[[Schedule], object]:
-            if inspect.isgeneratorfunction(fn) or inspect.iscoroutinefunction(fn):
-                code = getattr(fn, "__code__", None)
-                raise ScheduleError(
-                    f"the schedule {getattr(fn, '__name__', fn)!r} is a generator or async "
-                    "function: calling it would not run its steps",
-                    kernel=self.name,
-                    loc=code and SourceLoc(code.co_filename, code.co_firstlineno),
-                    fix="write it as a plain function (def, without yield or async)",
-                )
+        def attach(fn: ScheduleFunction) -> ScheduleFunction:
+            user_function.check_attached(fn, self.name)
             with self._lock:
                 self._schedules[target.name] = fn
                 self._forget()  # (its globals are watched from the next compile on)
@@ -245,10 +238,8 @@ class KernelFunction:
             tile_instructions=TILE_INSTRUCTIONS.get(target.name, frozenset),
         )
         fn = None if heuristic else self._schedules.get(target.name)
-        if fn is None:
-            default_schedule(s)
-        else:
-            fn(s)
+        user_function.run(fn or default_schedule, s)
+        if fn is not None:
             if isinstance(config, SavedConfig) and any(n not in config for n in s.space):
                 self._check_complete(kernel, target, config)
         return s

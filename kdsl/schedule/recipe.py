@@ -113,11 +113,13 @@ class Schedule:
         self.space: dict[str, tuple[object, ...]] = {}
         self.chosen: dict[str, object] = {}
         self._clones: dict[str, list[str]] = {}
+        self._closed = False  # its schedule function returned (user_function.run)
 
     # ----------------------------------------------------------------- tunables
 
     def param(self, name: str, choices: Sequence[object]) -> Any:
         """A tunable: the autotuner's choice, or the first of `choices` without tuning."""
+        self._check_open(f"param({name!r}, …)")
         if isinstance(choices, str | bytes) or not isinstance(choices, Iterable):
             raise self._refuse(
                 f"param({name!r}, {choices!r})",
@@ -344,7 +346,23 @@ class Schedule:
             self.kernel, self.steps[:], self._clones = saved
             raise
 
+    def _close(self) -> None:
+        self._closed = True
+
+    def _check_open(self, step: object) -> None:
+        """Refuse a step on a schedule whose function returned: the kernel was built from
+        the steps made until then, so a kept `s` would take steps that change nothing."""
+        if self._closed:
+            raise self._refuse(
+                str(step),
+                "this schedule is finished (its schedule function returned), so a step "
+                "made now would change nothing that runs",
+                "make every step inside the schedule function; to try more steps on the "
+                "result, replay it: kd.Schedule.replay(s.to_json(), kernel.ir(*args))",
+            )
+
     def _apply(self, step: Step, loc: SourceLoc | None = None) -> object:
+        self._check_open(step)
         ctx = StepContext(
             self.kernel,
             step,

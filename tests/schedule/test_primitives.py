@@ -1289,6 +1289,80 @@ def test_a_generator_schedule_is_refused_where_it_is_attached():
     assert info.value.loc is not None and info.value.loc.file == __file__
 
 
+def operands() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(7)
+    return random_array(rng, (5, 3), np.float32), random_array(rng, (3, 7), np.float32)
+
+
+@pytest.mark.parametrize("header", ["def steps(s, extra):", "def steps():"])
+def test_a_schedule_function_of_another_arity_is_refused_where_it_is_attached(header):
+    """It raised Python's TypeError at the first call, naming no kernel."""
+    kernel = kd.kernel(matmul.fn, name="arity_schedule")
+    namespace: dict[str, object] = {}
+    exec(compile(f"{header}\n    pass\n", __file__, "exec"), namespace)
+    with pytest.raises(kd.ScheduleError, match="called with one argument, the Schedule") as info:
+        kernel.schedule(kd.cpu)(namespace["steps"])
+    assert info.value.loc is not None and info.value.loc.file == __file__
+    assert "def steps(s):" in info.value.fix
+    # a function that also takes optional arguments is called as it allows
+    kernel.schedule(kd.cpu)(lambda s, width=8: s.vectorize("j", width))
+
+
+@pytest.mark.parametrize(
+    ("step", "words"),
+    [
+        (lambda s: s.vectorize("j", widht=8), "unexpected keyword argument 'widht'"),
+        (lambda s: s.split("j"), "missing 1 required positional argument"),
+        (lambda s: s.unroll("j", 2, 3), "positional argument"),
+    ],
+)
+def test_a_step_called_with_arguments_it_does_not_take_names_the_users_line(step, words):
+    """Python's TypeError named neither the kernel nor the step's arguments."""
+    kernel = kd.kernel(matmul.fn, name="wrong_arguments")
+    kernel.schedule(kd.cpu)(step)
+    a, b = operands()
+    with pytest.raises(kd.ScheduleError, match=words) as info:
+        kernel(a, b, np.empty((5, 7), np.float32))
+    assert info.value.loc is not None and info.value.loc.file == __file__
+    assert info.value.kernel == "wrong_arguments"
+    assert info.value.fix.startswith("call it as s.")
+
+
+def test_a_schedule_functions_own_type_error_is_its_own():
+    kernel = kd.kernel(matmul.fn, name="own_type_error")
+
+    @kernel.schedule(kd.cpu)
+    def steps(s):
+        len(5)
+
+    a, b = operands()
+    with pytest.raises(TypeError, match="has no len"):
+        kernel(a, b, np.empty((5, 7), np.float32))
+
+
+def test_a_schedule_kept_past_its_function_takes_no_steps():
+    """A step on it did nothing that ran, silently; and the kernel keeps the last
+    schedule it built, which a step on it would have changed under the next compile."""
+    kernel = kd.kernel(matmul.fn, name="kept_schedule")
+    kept = []
+
+    @kernel.schedule(kd.cpu)
+    def steps(s):
+        s.vectorize("j", 4)
+        kept.append(s)
+
+    a, b = operands()
+    kernel(a, b, np.empty((5, 7), np.float32))
+    for late in (lambda s: s.unroll("k", 2), lambda s: s.param("t", [1, 2])):
+        with pytest.raises(kd.ScheduleError, match="this schedule is finished") as info:
+            late(kept[0])
+        assert info.value.loc is not None and info.value.loc.file == __file__
+    assert [str(step) for step, _ in kept[0].steps] == ['vectorize("j", 4)']
+    # its replay is a fresh schedule that takes steps
+    again = Schedule.replay(kept[0].to_json(), kernel.ir(a, b, np.empty((5, 7), np.float32)))
+    again.unroll("k", 2)
+
+
 def test_a_layout_block_past_two_to_the_31_is_refused_at_its_step():
     """It was taken, and the call then ran out of memory without naming the step."""
     s = mm()
