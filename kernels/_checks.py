@@ -169,7 +169,7 @@ def out_array(
     def fix() -> str:
         return f"pass a NumPy array of shape {shape} and dtype {np.dtype(dtype)}, or out=None"
 
-    array = expect_array(func, "out", out, shape, (dtype, *also), fix)
+    array = expect_array(func, "out", out, shape, (dtype, *also), fix, either_order=True)
     if not array.flags.writeable:
         raise argument_error(func, "'out' is read-only", fix())
     return array
@@ -178,13 +178,15 @@ def out_array(
 def apart(out: object, target: np.ndarray, *inputs: object) -> np.ndarray:
     """Where a function computes a result to be written to `target` (`out_array(out)`):
     `target` itself, or a new array like it where it may share memory with one of the
-    `inputs` (a kernel may not write what it reads elsewhere). `written` then copies it
-    over: `softmax(x, out=x)` works in place, as NumPy's `np.exp(x, out=x)` does. Without
-    `out`, `target` is new: nothing else shares it (a small call skips the tests)."""
-    if out is not None and any(
-        type(a) is np.ndarray and np.may_share_memory(target, a) for a in inputs
+    `inputs` (a kernel may not write what it reads elsewhere), or is of the other byte
+    order (which kernels don't write). `written` then copies it over: `softmax(x, out=x)`
+    works in place, as NumPy's `np.exp(x, out=x)` does. Without `out`, `target` is new:
+    nothing else shares it (a small call skips the tests)."""
+    if out is not None and (
+        not target.dtype.isnative
+        or any(type(a) is np.ndarray and np.may_share_memory(target, a) for a in inputs)
     ):
-        return np.empty_like(target)
+        return np.empty_like(target, dtype=target.dtype.newbyteorder("="))
     return target
 
 
@@ -203,11 +205,14 @@ def expect_array(
     shape: tuple[int, ...],
     dtypes: Sequence[DTypeLike],
     fix: Callable[[], str],
+    *,
+    either_order: bool = False,
 ) -> np.ndarray:
     """`a` as a NumPy array (or a view of a DLPack tensor's memory) of `shape` and one of
-    `dtypes` (names for those NumPy may not know: "bfloat16"), else KernelArgumentError
-    for another type or dtype, ShapeError for another shape; `fix()` says what to pass.
-    (Called on every call with `out=`: the messages are made only when raised.)"""
+    `dtypes` (names for those NumPy may not know: "bfloat16"; of either byte order if
+    `either_order`), else KernelArgumentError for another type or dtype, ShapeError for
+    another shape; `fix()` says what to pass. (Called on every call with `out=`: the
+    messages are made only when raised.)"""
     array = _view(a)
     if array is None:  # (asked only here: a GPU array has no NumPy view)
         if on_a_gpu(a):
@@ -215,7 +220,8 @@ def expect_array(
         raise argument_error(func, f"'{name}' is {type_name(a)}, expected a NumPy array", fix())
     if array.shape != shape:
         raise shape_error(func, f"'{name}' has shape {array.shape}, expected {shape}", fix())
-    if not any(array.dtype.name == d if isinstance(d, str) else array.dtype == d for d in dtypes):
+    dtype = array.dtype.newbyteorder("=") if either_order else array.dtype
+    if not any(dtype.name == d if isinstance(d, str) else dtype == d for d in dtypes):
         names = dict.fromkeys(d if isinstance(d, str) else np.dtype(d).name for d in dtypes)
         expected = f"one of {', '.join(names)}" if len(names) > 1 else next(iter(names))
         raise argument_error(func, f"'{name}' has dtype {array.dtype}, expected {expected}", fix())

@@ -171,9 +171,10 @@ def dequantize(w: QTensor, out: np.ndarray | None = None) -> np.ndarray:
     """The f32 values a QTensor stands for."""
     _check_qtensor("dequantize", w)
     kernel = q8_0_values if w.format == "q8_0" else q4_0_values
-    y = out_array("dequantize", out, w.shape, np.float32)
+    target = out_array("dequantize", out, w.shape, np.float32)
+    y = apart(out, target)
     kernel(w.scales, w.quants, y)
-    return y if out is None else out
+    return written(y, target, out)
 
 
 # ------------------------------------------------------------------ products

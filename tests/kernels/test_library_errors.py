@@ -569,6 +569,29 @@ def test_inputs_of_the_other_byte_order_are_read_as_their_values():
     np.testing.assert_allclose(attention(q, q, q), attention_reference(Q4, Q4, Q4), rtol=1e-5)
 
 
+def test_an_out_of_the_other_byte_order_is_written_with_the_values():
+    """It was refused ("has dtype >f4, expected float32"), though inputs are converted."""
+    a, b = RNG.standard_normal((5, 8)), RNG.standard_normal((8, 3))
+    w = RNG.standard_normal((64, 8)).astype(np.float32)
+    v = RNG.standard_normal(8).astype(np.float32)
+    v64 = RNG.standard_normal(64).astype(np.float32)
+    cases = [
+        (lambda out: softmax(X, out=out), softmax_reference(X)),
+        (lambda out: rmsnorm(X, W8, out=out), rmsnorm_reference(X, W8)),
+        (lambda out: layernorm(X, W8, W8, out=out), layernorm_reference(X, W8, W8, 1e-5)),
+        (lambda out: attention(Q4, Q4, Q4, out=out), attention_reference(Q4, Q4, Q4)),
+        (lambda out: matmul(a, b, out=out), a @ b),
+        (lambda out: matvec(w, v, out=out), w.astype(np.float64) @ v),
+        (lambda out: qmatvec(Q8, v64, out=out), qmatvec(Q8, v64)),
+        (lambda out: dequantize(Q8, out=out), dequantize(Q8)),
+    ]
+    for run, want in cases:
+        dtype = np.dtype(want.dtype if want.dtype != np.float64 else np.float32)
+        out = RNG.standard_normal(want.shape).astype(dtype.newbyteorder())
+        assert run(out) is out
+        np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("norm", ["rmsnorm", "layernorm"])
 def test_a_weight_that_shares_out_is_read_before_out_is_written(norm):
     x = RNG.standard_normal((6, 40)).astype(np.float32)
