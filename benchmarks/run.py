@@ -14,6 +14,7 @@ import harness
 import library
 import numpy as np
 import schedules
+import targets
 import tuning
 
 import kdsl as kd
@@ -282,7 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     rows.extend(tuning_rows)
     title = "kdsl vs NumPy" + (" (quick run)" if ns.quick else "")
     page = harness.markdown(rows, title, NOTES + tuning_notes + library.row_targets(rows))
-    harness.publish(page, ns.output or (None if ns.quick else RESULTS))
+    output = ns.output or (None if ns.quick else RESULTS)
+    if output is not None:  # (with the targets of the pages beside it)
+        page = targets.with_section(page, output.parent)
+    harness.publish(page, output)
     return 0
 
 
