@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
+from typing import Any
 
 import numpy as np
 
 from kdsl import types as T
-from kdsl.errors import TraceError
+from kdsl.errors import SourceLoc, TraceError
 from kdsl.ir.nodes import BinaryOp, Const, Expr, LocalVar, LoopKind, LoopVar, Store, UnaryOp
 from kdsl.ir.printer import format_expr
 from kdsl.ir.visit import walk_expr
 from kdsl.trace import hints
 from kdsl.trace import values as V
 from kdsl.trace.buffers import BufferProxy, LocalProxy
-from kdsl.trace.context import Index, Reduction, current
+from kdsl.trace.context import Index, Reduction, TraceContext, current
 from kdsl.trace.frames import assigned_names, location
 from kdsl.trace.values import Value, as_value, to_dtype
 
@@ -102,8 +103,25 @@ def _loops(
         with ctx.loop(idxs[k], kind, loc):
             yield from nest(k + 1)
 
-    for _ in nest(0):
-        yield idxs[0] if len(idxs) == 1 else tuple(idxs)
+    finished = False
+    try:
+        for _ in nest(0):
+            yield idxs[0] if len(idxs) == 1 else tuple(idxs)
+        finished = True
+    finally:
+        ctx.ended.update(dict.fromkeys((i.placeholder for i in idxs), loc))
+        if not finished:  # (closed: the body broke out, returned or raised)
+            names = ", ".join(i.name for i in idxs)
+            ctx.unfollowed.append(
+                TraceError(
+                    f"the kd.{api} loop over {names} was left before its end (by break "
+                    "or return): kdsl traces its body once for all iterations, so it can't "
+                    "stop early",
+                    loc=loc,
+                    fix="put the stopping point into the loop's bounds, or guard the rest "
+                    "of the body with `with kd.when(...)`",
+                )
+            )
 
 
 def range(*args: object) -> Iterator[Value]:  # noqa: A001 - kd.range mirrors Python's range
@@ -294,19 +312,40 @@ def zeros(shape: object, dtype: object = T.f32) -> BufferProxy:
     return BufferProxy(ctx, buf)
 
 
-@contextmanager
-def when(cond: object) -> Iterator[None]:
+def when(cond: object) -> AbstractContextManager[None]:
     """`with kd.when(cond):` — the statements inside run only where `cond` holds."""
     ctx = current("when")
     c = as_value(cond)
+    loc = location()
     if not c.dtype.is_bool:
         raise TraceError(
             f"kd.when condition is {c.dtype.name}, not bool",
-            loc=location(),
+            loc=loc,
             fix="compare to get a condition, e.g. kd.when(x > 0)",
         )
-    with ctx.guard(c, location()):
-        yield
+    return _When(ctx, c, loc)
+
+
+class _When(AbstractContextManager[None]):
+    """kd.when's guard: one never entered (`kd.when(x > 0)` as a statement, its `with`
+    forgotten) would guard nothing, so the trace is refused when the kernel returns."""
+
+    def __init__(self, ctx: TraceContext, cond: Value, loc: SourceLoc | None) -> None:
+        self._ctx = ctx
+        self._guard = ctx.guard(cond, loc)
+        self._unused = TraceError(
+            "kd.when(...) is not used in a `with` statement, so it guards nothing",
+            loc=loc,
+            fix="write `with kd.when(cond):` and indent the statements it guards under it",
+        )
+        ctx.unfollowed.append(self._unused)
+
+    def __enter__(self) -> None:
+        self._ctx.unfollowed.remove(self._unused)
+        self._guard.__enter__()
+
+    def __exit__(self, *exc: Any) -> bool | None:
+        return self._guard.__exit__(*exc)
 
 
 # ------------------------------------------------------------------------- reductions

@@ -362,6 +362,9 @@ class LocalProxy(Value):
             ctx.record([expr], lambda es: Assign(self.name, es[0], loc=loc), loc)
         return self
 
+    # Every augmented assignment updates the local: one that Python had to fall back on
+    # (`acc //= 2` as `acc = acc // 2`) would rebind the name to a value, and the loop's
+    # update would be lost without a word.
     def __iadd__(self, o: object) -> LocalProxy:
         return self.set(Value(self.expr) + o)
 
@@ -373,3 +376,27 @@ class LocalProxy(Value):
 
     def __itruediv__(self, o: object) -> LocalProxy:
         return self.set(Value(self.expr) / o)
+
+    def __ifloordiv__(self, o: object) -> LocalProxy:
+        return self.set(Value(self.expr) // o)
+
+    def __imod__(self, o: object) -> LocalProxy:
+        return self.set(Value(self.expr) % o)
+
+    def __ipow__(self, o: object) -> LocalProxy:
+        return self.set(Value(self.expr) ** o)
+
+    def __iand__(self, o: object) -> LocalProxy:
+        return self.set(Value(self.expr) & o)
+
+    def __ior__(self, o: object) -> LocalProxy:
+        return self.set(Value(self.expr) | o)
+
+    def __ixor__(self, o: object) -> LocalProxy:
+        return self.set(Value(self.expr) ^ o)
+
+    def __ilshift__(self, o: object) -> LocalProxy:
+        return self.set(Value(self.expr) << o)
+
+    def __irshift__(self, o: object) -> LocalProxy:
+        return self.set(Value(self.expr) >> o)

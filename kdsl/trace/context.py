@@ -8,6 +8,7 @@ a temporary buffer when its dependencies are not an outer prefix of the nest.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -49,14 +50,16 @@ from kdsl.trace.versions import LocalVersions
 from kdsl.trace.writes import ArrayWrites
 from kdsl.types import DType
 
+_TRACES = itertools.count()  # each trace's placeholders are its own: %trace.uid
+
 
 class Index(Value):
     """An index variable (`kd.Index`): ranges over [0, extent)."""
 
     __slots__ = ("uid", "name", "extent")
 
-    def __init__(self, uid: int, name: str, extent: Expr) -> None:
-        super().__init__(LoopVar(f"%{uid}"), weak=True)
+    def __init__(self, uid: int, name: str, extent: Expr, trace: int) -> None:
+        super().__init__(LoopVar(f"%{trace}.{uid}"), weak=True)
         self.uid = uid
         self.name = name
         self.extent = extent
@@ -66,7 +69,7 @@ class Index(Value):
 
     @property
     def placeholder(self) -> str:
-        return f"%{self.uid}"
+        return self.expr.name  # type: ignore[attr-defined,no-any-return]
 
 
 @dataclass
@@ -98,6 +101,12 @@ class TraceContext:
     # in the statement being recorded: the reductions computed so far, by id (each kept
     # alive, so ids stay unique) -> (it, its value, the local or temporary holding that)
     computed: dict[int, tuple[Reduction, Expr, str]] | None = None
+    # the indices of kd.range / kd.grid loops that have ended -> the loop's line
+    ended: dict[str, SourceLoc | None] = field(default_factory=dict)
+    # what the kernel function did that tracing can't follow, raised when it returns:
+    # a loop it left by break or return, a kd.when it never entered
+    unfollowed: list[TraceError] = field(default_factory=list)
+    serial: int = field(default_factory=lambda: next(_TRACES))
     locals: LocalVersions = field(init=False)
     writes: ArrayWrites = field(init=False)
 
@@ -142,7 +151,7 @@ class TraceContext:
 
     def new_index(self, name: str, extent: object) -> Index:
         ext = self.extent_expr(extent, name)
-        idx = Index(len(self.indices), name, ext)
+        idx = Index(len(self.indices), name, ext, self.serial)
         self.indices[idx.placeholder] = idx
         return idx
 
@@ -236,9 +245,34 @@ class TraceContext:
             and e.name.startswith("%")
             and (bound or e.name not in self.bound)
         ):
+            self.check_index(e.name)
             found.add(e.name)
         for c in children(e):
             self._collect_free(c, found, in_loads, bound, seen)
+
+    def check_index(self, placeholder: str) -> None:
+        """Refuse an index that this trace did not make, or whose kd.range / kd.grid loop
+        has ended (Python would leave the last value in the variable; a statement would
+        instead loop over all of them)."""
+        if placeholder not in self.indices:
+            raise TraceError(
+                "a value made while tracing another kernel (or an earlier trace of this "
+                "one) is used here: its index belongs to that trace",
+                loc=location(),
+                fix="make kdsl values inside the kernel function that uses them; keep "
+                "no index or value of a trace in a global, a list or a closure",
+            )
+        if placeholder in self.ended and placeholder not in self.bound:
+            name = self.indices[placeholder].name
+            at = self.ended[placeholder]
+            raise TraceError(
+                f"loop variable '{name}' is used after its loop"
+                + (f" (line {at.line})" if at else "")
+                + " has ended",
+                loc=location(),
+                fix=f"use '{name}' inside its loop; for the last iteration's value, write "
+                "the loop's last index (e.g. n - 1)",
+            )
 
     def reductions_in(self, exprs: list[Expr]) -> list[Reduction]:
         """Outermost Reduction nodes in `exprs` (each once)."""
@@ -273,6 +307,7 @@ class TraceContext:
             if isinstance(x, Load):
                 self.check_scope(x.buffer, loc)
             if isinstance(x, LoopVar) and x.name.startswith("%"):
+                self.check_index(x.name)
                 if x.name not in self.bound:
                     raise TraceError(
                         f"index '{self.indices[x.name].name}' is used where it is not a loop "

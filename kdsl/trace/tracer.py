@@ -101,6 +101,8 @@ def trace(fn: Callable[..., object], name: str, specs: Sequence[tuple[str, ArgSp
     try:
         with activate(ctx):
             returned = fn(*args)
+        if ctx.unfollowed:
+            raise ctx.unfollowed[0]
         kernel = _finish(ctx, returned, fn)
     except KdslError as err:
         raise err.with_kernel(name) from None
