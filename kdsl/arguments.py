@@ -108,9 +108,19 @@ def as_host_array(value: object, name: str, sig: Signature) -> np.ndarray:
         return host_view(value)
     except (TypeError, BufferError, RuntimeError) as exc:
         raise sig.error(
-            f"argument '{name}' could not be read through DLPack: {exc}",
-            "convert it to a dtype NumPy reads (tensor.float())",
+            f"argument '{name}' could not be read through DLPack: {exc}", _dlpack_fix(str(exc))
         ) from None
+
+
+def _dlpack_fix(refusal: str) -> str:
+    """What to pass instead of a tensor that DLPack refused to export, by its reason."""
+    if "gradient" in refusal:
+        return "pass tensor.detach() (a tensor that requires grad is not exported)"
+    if "layout" in refusal or "sparse" in refusal:
+        return "pass tensor.to_dense()"
+    if "conj" in refusal:
+        return "pass tensor.resolve_conj()"
+    return "convert it to a dtype NumPy reads (tensor.float())"
 
 
 def host_view(value: object) -> np.ndarray:

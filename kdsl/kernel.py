@@ -6,6 +6,7 @@ import difflib
 import inspect
 import operator
 import os
+import sysconfig
 import threading
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -752,12 +753,20 @@ class _AnyOf:
 
 
 def _raised_in_kdsl(exc: BaseException) -> bool:
-    """The innermost frame of `exc`'s traceback is kdsl's code, not the user's."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    return bool(frames) and frames[-1].filename.startswith(_KDSL_DIR + os.sep)
+    """`exc` (a RecursionError) comes from kdsl's code recursing, not the user's: most of
+    the innermost frames that are not the standard library's are kdsl's (the standard
+    library's are left out: kdsl's recursion may hit the limit inside dataclasses)."""
+    frames = [
+        f.filename
+        for f in traceback.extract_tb(exc.__traceback__)
+        if not f.filename.startswith(_STDLIB)
+    ][-100:]
+    ours = sum(name.startswith(_KDSL_DIR + os.sep) for name in frames)
+    return ours > len(frames) - ours
 
 
 _KDSL_DIR = os.path.dirname(os.path.abspath(__file__))
+_STDLIB = sysconfig.get_paths()["stdlib"] + os.sep
 
 
 def kernel(fn: Callable[..., object] | None = None, **options: Any) -> Any:

@@ -862,6 +862,21 @@ def test_an_expression_too_deep_for_the_compiler():
     assert err.loc.line == deep.fn.__code__.co_firstlineno  # the kernel's def, at least
 
 
+def test_a_chain_deep_enough_to_recurse_in_the_standard_library_is_explained():
+    """600 steps hit the limit inside dataclasses (kdsl's hashing calls it), which was
+    taken for the user's own recursion and raised bare."""
+
+    @kd.kernel
+    def chain(x, y):
+        i = kd.indices(x.shape[0])
+        v = x[i]
+        for _ in range(600):
+            v = v + 1.0
+        y[i] = v
+
+    raises(kd.CompileError, lambda: chain(f32(4), f32(4)), "nested too deeply")
+
+
 def test_a_users_recursion_stays_a_recursion_error():
     def helper(v):
         return helper(v)  # the user's own bug: Python says so, kdsl does not explain it

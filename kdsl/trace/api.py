@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ from kdsl.trace import hints
 from kdsl.trace import values as V
 from kdsl.trace.buffers import BufferProxy, LocalProxy
 from kdsl.trace.context import Index, Reduction, TraceContext, current
-from kdsl.trace.frames import assigned_names, location
+from kdsl.trace.frames import assigned_names, location, user_frame
 from kdsl.trace.values import Value, as_value, to_dtype
 
 inf = float("inf")
@@ -103,10 +104,13 @@ def _loops(
         with ctx.loop(idxs[k], kind, loc):
             yield from nest(k + 1)
 
+    frame = user_frame()
+    kept = {n: v for n, v in frame.f_locals.items() if isinstance(v, LocalProxy)} if frame else {}
     finished = False
     try:
         for _ in nest(0):
             yield idxs[0] if len(idxs) == 1 else tuple(idxs)
+            _check_locals_kept(frame, kept, loc)
         finished = True
     finally:
         ctx.ended.update(dict.fromkeys((i.placeholder for i in idxs), loc))
@@ -121,6 +125,28 @@ def _loops(
                     fix="put the stopping point into the loop's bounds, or guard the rest "
                     "of the body with `with kd.when(...)`",
                 )
+            )
+
+
+def _check_locals_kept(
+    frame: FrameType | None, kept: dict[str, LocalProxy], loc: SourceLoc | None
+) -> None:
+    """Refuse a loop body that bound a kd.local's name to a value (`acc = acc + x[t]`):
+    Python would carry that value to the next iteration, but the body is traced once,
+    so each iteration would read the local, which nothing updates."""
+    if frame is None:
+        return
+    now = frame.f_locals
+    for name, local in kept.items():
+        value = now.get(name, local)
+        if value is not local and isinstance(value, Value) and not isinstance(value, LocalProxy):
+            raise TraceError(
+                f"'{name}', a kd.local, is bound to a new value in the loop's body, so the "
+                "next iteration would not see it (the body is traced once, and reads the "
+                "local, which nothing updates)",
+                loc=loc,
+                fix=f"update the local in place: `{name} += ...` or `{name}.set(...)`; or "
+                f"give the value another name",
             )
 
 
@@ -232,7 +258,7 @@ def _local(init: object, dtype: object, name: str | None) -> LocalProxy:
     loc = location()
     v = as_value(init)
     if dtype is not None:
-        d = T.as_dtype(dtype)
+        d = V.kernel_dtype(dtype)
     elif isinstance(init, np.generic):  # kd.local(np.float64(0)): the scalar's dtype
         d = T.compute_dtype(v.dtype)
     elif v.weak and not v.dtype.is_bool:
@@ -281,7 +307,7 @@ def alloc(shape: object, dtype: object = T.f32) -> BufferProxy:
     ctx = current("alloc")
     label = (assigned_names() or ["tmp"])[0]
     return BufferProxy(
-        ctx, ctx.new_temp(label, _shape("alloc", shape), T.as_dtype(dtype), location())
+        ctx, ctx.new_temp(label, _shape("alloc", shape), V.kernel_dtype(dtype), location())
     )
 
 
@@ -290,7 +316,7 @@ def empty(shape: object, dtype: object = T.f32) -> BufferProxy:
     ctx = current("empty")
     label = (assigned_names() or ["out"])[0]
     return BufferProxy(
-        ctx, ctx.new_temp(label, _shape("empty", shape), T.as_dtype(dtype), location())
+        ctx, ctx.new_temp(label, _shape("empty", shape), V.kernel_dtype(dtype), location())
     )
 
 
@@ -300,7 +326,7 @@ def zeros(shape: object, dtype: object = T.f32) -> BufferProxy:
     loc = location()
     label = (assigned_names() or ["zeros"])[0]
     dims = _shape("zeros", shape)
-    d = T.as_dtype(dtype)
+    d = V.kernel_dtype(dtype)
     buf = ctx.new_temp(label, dims, d, loc)
     idxs = [ctx.new_index(f"{buf}_{a}", Value(e, weak=True)) for a, e in enumerate(dims)]
     zero = to_dtype(as_value(0), d)
@@ -442,8 +468,14 @@ def _arg(label: str, extreme: Callable[..., Value], x: object, over: object) -> 
 
 
 def _unary(op: UnaryOp):  # type: ignore[no-untyped-def]
-    def fn(x: object) -> Value:
+    def fn(x: object, *more: object) -> Value:
         current(op.value)
+        if more:  # (kd.round(x, 2), as NumPy's round takes decimals)
+            raise TraceError(
+                f"kd.{op.value} takes one value, not {1 + len(more)} arguments",
+                loc=location(),
+                fix=hints.round_fix(more[0]) if op is UnaryOp.ROUND else f"call kd.{op.value}(x)",
+            )
         return V.unary(op, x)
 
     fn.__name__ = op.value

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
+
 from kdsl import types as T
 from kdsl.errors import ArgumentTraceError, SourceLoc, TraceError
 from kdsl.ir.nodes import (
@@ -141,7 +143,7 @@ class BufferProxy(NotAValue):
 
     def _index(self, key: object, loc: SourceLoc | None) -> tuple[Expr, ...]:
         parts = key if isinstance(key, tuple) else (key,)
-        if self.ndim == 0 and parts == (Ellipsis,):  # x[...], as NumPy reads a 0-d array
+        if self.ndim == 0 and len(parts) == 1 and parts[0] is Ellipsis:  # x[...], as NumPy does
             parts = ()
         if len(parts) != self.ndim:
             raise self._error()(
@@ -161,6 +163,8 @@ class BufferProxy(NotAValue):
                     fix="subscript with index variables instead: i = kd.indices(n); "
                     f"{self.name}[i]",
                 )
+            if isinstance(part, np.integer):  # (a constexpr from np.argmax, say)
+                part = int(part)
             if isinstance(part, bool) or not isinstance(part, int | Value):
                 raise TraceError(
                     f"subscript {axis} of '{self.name}' is a {type(part).__name__}",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import difflib
 import operator
 
 import numpy as np
@@ -41,6 +42,7 @@ def trace_error(what: str, fix: str) -> TraceError:
 
 
 _ARRAY_ATTRIBUTES = frozenset({"shape", "ndim", "size", "strides", "T"})
+_COMPLEX = frozenset({"real", "imag", "conj", "conjugate"})
 
 
 def _also_attribute_error(error: type[TraceError]) -> type[TraceError]:
@@ -151,9 +153,11 @@ class Value:
         if isinstance(callee, type) and issubclass(callee, np.number):
             self.__index__()
         raise trace_error(
-            "a symbolic value given to a NumPy function: NumPy computes on concrete arrays",
-            "compute with the value's operators and kd functions (kd.exp, kd.where, …); "
-            "convert dtypes with v.astype(kd.f32)",
+            "a symbolic value given to a NumPy function or used to subscript a NumPy array: "
+            "NumPy computes on concrete arrays",
+            "compute with the value's operators and kd functions (kd.exp, kd.where, …), "
+            "convert dtypes with v.astype(kd.f32); an array the kernel reads is one of its "
+            "arguments (pass it as a parameter, not a global)",
         )
 
     def __array_ufunc__(
@@ -215,7 +219,28 @@ class Value:
             raise (_NoArgumentAttribute if argument else _NoArrayAttribute)(
                 f"{self._what()} has no .{name}: it is a scalar", loc=location(), fix=self._fix()
             )
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        if name.startswith("__"):  # (Python's and NumPy's own probes)
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        public = sorted(n for n in dir(type(self)) if not n.startswith("_"))
+        close = difflib.get_close_matches(name, public, n=2)
+        raise _NoArrayAttribute(
+            f"a kdsl value has no .{name}"
+            + (" (kdsl has no complex numbers)" if name in _COMPLEX else ""),
+            loc=location(),
+            fix=(f"did you mean {' or '.join(f'.{c}' for c in close)}? " if close else "")
+            + "a value has .dtype and .astype(dtype); compute with its operators and kd "
+            "functions (kd.abs, kd.where, …)",
+        )
+
+    def __format__(self, spec: str) -> str:
+        if not spec:
+            return str(self)
+        raise trace_error(
+            f"a symbolic value formatted with '{spec}': while tracing it has no number to "
+            "format (the kernel's code runs later, compiled)",
+            "print it without a format spec (it shows the expression), or print numbers from "
+            "kernel.interpret(...)'s or the kernel's results",
+        )
 
     def __getitem__(self, index: object) -> Value:
         raise self._error()(
@@ -689,8 +714,16 @@ def where(cond: object, a: object, b: object) -> Value:
 
 def cast(x: object, dtype: object) -> Value:
     v = as_value(x)
-    d = T.as_dtype(dtype)
+    d = kernel_dtype(dtype)
     return Value(v.expr if v.dtype == d else Cast(v.expr, d))
+
+
+def kernel_dtype(dtype: object) -> DType:
+    """`dtype` as a kdsl dtype, else a TraceError at the user's line."""
+    try:
+        return T.as_dtype(dtype)
+    except TypeError as err:
+        raise trace_error(str(err), "kdsl computes with booleans, integers and floats") from None
 
 
 def can_store(src: Value, dst: DType) -> bool:

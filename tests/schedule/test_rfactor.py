@@ -122,7 +122,7 @@ def test_refusals_say_why(kernel_name: str, loop: str, message: str) -> None:
     def running(x, y):
         total = kd.local(0.0)
         for j in kd.range(x.shape[0]):
-            total = total + x[j]
+            total += x[j]
             y[j] = total
 
     kernel = {"scaled": scaled, "running": running, "total": _total()}[kernel_name]

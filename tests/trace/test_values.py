@@ -401,7 +401,7 @@ def test_cast_makes_a_weak_value_typed():
 
 
 def test_unknown_dtype_in_astype():
-    with pytest.raises(TypeError, match="not a kdsl dtype"):
+    with pytest.raises(kd.TraceError, match="not a kdsl dtype"):
         value_of(lambda x, y, s: x[0, 0].astype("complex64"))
 
 

@@ -165,6 +165,7 @@ class _VectorLoop:
         self.streaming: tuple[str, tuple[Expr, ...]] | None = None
         self.base: ir.Value = ir.Constant(I64, 0)  # lane 0's iteration
         self.mask: ir.Value | None = None  # the active lanes; None: all
+        self.wider: tuple[ir.Value | None, ...] = ()  # the masks a `where` side narrows
         self.spare_slots: dict[str, ir.Value] = {}  # by element type: off_lanes_elsewhere
         self.some_active = True  # the mask has an active lane (code runs only then)
         # values computed in the current block, by structure and mask (see `value`), with
@@ -570,11 +571,11 @@ class _VectorLoop:
 
     def masked(self, mask: ir.Value, emit: Callable[[], None]) -> None:
         """Run `emit` with `mask` as the active lanes, skipping it when none is active."""
-        saved = self.mask, self.some_active
+        saved = self.mask, self.some_active, self.wider
         with self.b.if_then(self.any(mask)):
-            self.mask, self.some_active = mask, True
+            self.mask, self.some_active, self.wider = mask, True, ()
             emit()
-        self.mask, self.some_active = saved
+        self.mask, self.some_active, self.wider = saved
 
     def assign(self, slot: ir.Value, value: Expr) -> None:
         new = self.vector(self.value(value))
@@ -676,10 +677,15 @@ class _VectorLoop:
         statement are computed once (per mask: masked loads have zeros where lanes are
         off): traced code repeats them, and a tree can be exponentially larger than the
         computation it spells."""
-        key = (self.structure(e), id(self.mask))
-        hit = self.computed.get(key)
-        if hit is None or hit[0] is not self.mask:
-            hit = self.computed[key] = (self.mask, self.compute(e), self.reads(e))
+        n = self.structure(e)
+        # a value computed under a mask that this one narrows holds in all of its lanes
+        # (`v` in the condition and both sides of kd.where(v > 0, v·a, v + b): a chain of
+        # such steps was computed 3^depth times)
+        for mask in (self.mask, *reversed(self.wider)):
+            hit = self.computed.get((n, id(mask)))
+            if hit is not None and hit[0] is mask:
+                return hit[1]
+        hit = self.computed[(n, id(self.mask))] = (self.mask, self.compute(e), self.reads(e))
         return hit[1]
 
     def structure(self, e: Expr) -> int:
@@ -805,10 +811,10 @@ class _VectorLoop:
         self.computed, self.gen.memo = saved, saved_scalar
 
     def narrowed(self, mask: ir.Value, e: Expr) -> ir.Value:
-        saved = self.mask, self.some_active
-        self.mask, self.some_active = mask, False
+        saved = self.mask, self.some_active, self.wider
+        self.mask, self.some_active, self.wider = mask, False, (*self.wider, self.mask)
         value = self.vector(self.value(e))
-        self.mask, self.some_active = saved
+        self.mask, self.some_active, self.wider = saved
         return value
 
     def and_mask(self, cond: ir.Value) -> ir.Value:

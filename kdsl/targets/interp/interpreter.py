@@ -59,6 +59,7 @@ import numpy as np
 from kdsl.errors import BoundsError, CompileError, KdslError, KernelArgumentError
 from kdsl.ir.checks import check_error, check_operands, quoted_operands
 from kdsl.ir.evaluate import evaluate
+from kdsl.ir.hashing import structural_hash
 from kdsl.ir.nodes import Check, Kernel, Param
 from kdsl.ir.printer import format_expr
 from kdsl.targets.interp import scalars
@@ -93,11 +94,13 @@ def python_source(kernel: Kernel) -> str:
 def _compiled(kernel: Kernel) -> tuple[Program, Callable[..., None]]:
     """The kernel's program, translated and compiled once per distinct IR.
 
-    The key is the kernel's repr: it spells every field but source locations, and
-    tells 0.0 from -0.0 (Kernel equality does not). Locations only matter to errors,
-    which take them from the kernel being run (_trap_error).
+    The key is the kernel's structural hash: it covers every field but source
+    locations, tells 0.0 from -0.0 (Kernel equality does not), and takes time linear in
+    the IR's DAG (its repr spelled each shared sub-expression out: exponential in a
+    chain of steps that each use the last value twice). Locations only matter to
+    errors, which take them from the kernel being run (_trap_error).
     """
-    key = repr(kernel)
+    key = structural_hash(kernel)
     with _cache_lock:
         if key in _cache:
             _cache.move_to_end(key)

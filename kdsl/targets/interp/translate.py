@@ -47,7 +47,7 @@ from kdsl.ir.nodes import (
     UnaryOp,
 )
 from kdsl.ir.printer import format_expr
-from kdsl.ir.visit import walk_stmts
+from kdsl.ir.visit import children, stmt_exprs, walk_stmts
 from kdsl.targets.interp import scalars
 
 Site = Load | Store | Check
@@ -80,6 +80,21 @@ _UFUNCS = {  # exact
 _NOT_IDENT = re.compile(r"[^0-9A-Za-z_]")
 _MAX_DEPTH = 32  # deeper expressions are split into temporaries (Python limits nesting)
 _CHUNK = 1 << 16
+
+
+def _shared(exprs: tuple[Expr, ...]) -> set[int]:
+    """The ids of the nodes that more than one parent (or statement slot) refers to."""
+    seen: set[int] = set()
+    shared: set[int] = set()
+    stack = list(exprs)
+    while stack:
+        e = stack.pop()
+        if id(e) in seen:
+            shared.add(id(e))
+            continue
+        seen.add(id(e))
+        stack.extend(children(e))
+    return shared
 
 
 class Trap(Exception):
@@ -157,6 +172,11 @@ class _Translator:
         self.sites: list[Site] = []
         self.lines: list[str] = []
         self.pre: list[str] = []  # lines to run before the current statement or branch
+        self.scopes: list[list[str]] = []  # self.pre, and those of the branches it is in
+        # a statement's sub-expressions shared by identity (a traced value used twice),
+        # and those already held in a temporary: (the node, its name, the scope it is in)
+        self.shared: set[int] = set()
+        self.held: dict[int, tuple[Expr, str, list[str]]] = {}
         self.temps = 0
 
     # ------------------------------------------------------------------------ names
@@ -214,7 +234,8 @@ class _Translator:
             self.lines.append(f"{'    ' * depth}pass")
         for s in body:
             pre: list[str] = []
-            self.pre, start = pre, len(self.lines)
+            self.pre, self.scopes, start = pre, [pre], len(self.lines)
+            self.shared, self.held = _shared(stmt_exprs(s)), {}
             self.stmt(s, depth)  # nested blocks set self.pre again: keep this one
             self.lines[start:start] = [f"{'    ' * depth}{p}" for p in pre]
 
@@ -271,19 +292,31 @@ class _Translator:
 
     def expr(self, e: Expr, depth: int = 0) -> str:
         """Python text for `e`; sub-expressions nested deeper than _MAX_DEPTH go into
-        temporaries, assigned before the statement (Python limits nesting)."""
-        if depth < _MAX_DEPTH or isinstance(e, Const | LoopVar | LocalVar | ScalarArg):
+        temporaries, assigned before the statement (Python limits nesting), and so do
+        those the statement shares, computed once: its text as a tree could be
+        exponentially longer than the computation (`v = kd.where(v > 0, v * a, v + b)`
+        repeated)."""
+        if isinstance(e, Const | LoopVar | LocalVar | ScalarArg):
+            return self._expr(e, depth)
+        held = self.held.get(id(e))
+        if held is not None and held[0] is e and any(held[2] is s for s in self.scopes):
+            return held[1]
+        if depth < _MAX_DEPTH and id(e) not in self.shared:
             return self._expr(e, depth)
         text, name = self._expr(e, 0), self.temp()
         self.pre.append(f"{name} = {text}")
+        if id(e) in self.shared:
+            self.held[id(e)] = (e, name, self.pre)
         return name
 
     def branch(self, e: Expr, depth: int) -> str:
         """A `where` branch, evaluated only when chosen: what it hoists stays inside a
         local function that the branch calls."""
         outer, self.pre = self.pre, []
+        self.scopes.append(self.pre)
         text = self.expr(e, depth)
         inner, self.pre = self.pre, outer
+        self.scopes.pop()
         if not inner:
             return text
         name = self.temp("_branch")

@@ -58,3 +58,28 @@ def test_the_printer_names_large_shared_expressions_once():
     text = str(iterate.ir(x, x.copy()))
     assert len(text) < 10_000, text[:500]
     assert "$1 = " in text and "y[i] = sqrt($" in text
+
+
+def test_a_where_chain_that_reads_its_value_three_times_per_step_is_linear():
+    """kd.where's sides that load are computed under the lanes they are chosen in: the
+    vector code computed the shared value again under each narrower mask, and the
+    interpreter keyed its cache by the kernel's repr (the tree spelled out): 3**steps."""
+
+    @kd.kernel
+    def clamp_steps(x, y):
+        i = kd.indices(x.shape[0])
+        v = x[i]
+        for _ in range(30):
+            v = kd.where(v > 0, v * 0.5, v + 1.0)
+        y[i] = v
+
+    x = random_array(np.random.default_rng(1), (37,), np.float32) * 4
+    y = np.empty_like(x)
+    clamp_steps(x, y)
+    want = x.copy()
+    for _ in range(30):
+        want = np.where(want > 0, want * np.float32(0.5), want + np.float32(1.0))
+    np.testing.assert_allclose(y, want, rtol=1e-6)
+    interpreted = np.empty_like(x)
+    clamp_steps.interpret(x, interpreted)
+    np.testing.assert_allclose(interpreted, want, rtol=1e-6)
