@@ -146,7 +146,7 @@ def _check_locals_kept(
                 "local, which nothing updates)",
                 loc=loc,
                 fix=f"update the local in place: `{name} += ...` or `{name}.set(...)`; or "
-                f"give the value another name",
+                "give the value another name",
             )
 
 
