@@ -144,6 +144,13 @@ def _finish(ctx: TraceContext, returned: object, fn: Callable[..., object]) -> K
     results: list[str] = []
     top = ctx.blocks[0]
     for out in outs:
+        if isinstance(out, BufferProxy) and out.name in results:
+            raise TraceError(
+                f"array '{out.name}' is returned twice: each result is an array of its own",
+                loc=_return_location(fn),
+                fix=f"return it once, and copy it on the host where two are needed "
+                f"({out.name}.copy())",
+            )
         if not isinstance(out, BufferProxy) or ctx.buffers[out.name].role is not BufferRole.TEMP:
             what = (
                 f"a value of dtype {out.dtype.name}"

@@ -139,3 +139,16 @@ def test_a_tensor_that_requires_grad_is_told_to_detach():
         "tensor.detach()",
     )
     assert "tensor.float()" not in err.fix
+
+
+def test_an_array_returned_twice_is_named():
+    """It said "not parameter 'z'", though z was made by kd.empty."""
+
+    @kd.kernel
+    def twice(x):
+        i = kd.indices(x.shape[0])
+        z = kd.empty(x.shape[0])
+        z[i] = x[i]
+        return z, z
+
+    raises(kd.TraceError, lambda: twice(f32(3)), "array 'z' is returned twice", "z.copy()")
