@@ -357,8 +357,8 @@ class _When(AbstractContextManager[None]):
     forgotten) would guard nothing, so the trace is refused when the kernel returns."""
 
     def __init__(self, ctx: TraceContext, cond: Value, loc: SourceLoc | None) -> None:
-        self._ctx = ctx
-        self._guard = ctx.guard(cond, loc)
+        self._ctx, self._cond, self._loc = ctx, cond, loc
+        self._guards: list[AbstractContextManager[None]] = []  # one per entry (a `with`)
         self._unused = TraceError(
             "kd.when(...) is not used in a `with` statement, so it guards nothing",
             loc=loc,
@@ -367,11 +367,13 @@ class _When(AbstractContextManager[None]):
         ctx.unfollowed.append(self._unused)
 
     def __enter__(self) -> None:
-        self._ctx.unfollowed.remove(self._unused)
-        self._guard.__enter__()
+        if self._unused in self._ctx.unfollowed:
+            self._ctx.unfollowed.remove(self._unused)
+        self._guards.append(self._ctx.guard(self._cond, self._loc))
+        self._guards[-1].__enter__()
 
     def __exit__(self, *exc: Any) -> bool | None:
-        return self._guard.__exit__(*exc)
+        return self._guards.pop().__exit__(*exc)
 
 
 # ------------------------------------------------------------------------- reductions

@@ -142,3 +142,21 @@ def test_a_value_kept_from_another_kernels_trace_is_refused():
     keeps(*operands())
     err = raises(kd.TraceError, lambda: uses(*operands()), "made while tracing another kernel")
     assert err.loc.line == line_of(uses.fn, "kept")
+
+
+def test_one_kd_when_serves_two_with_statements():
+    """Its guard was a generator context manager: the second `with` raised AttributeError."""
+
+    @kd.kernel
+    def guarded_twice(x, y):
+        i = kd.indices(x.shape[0])
+        positive = kd.when(x[i] > 0)
+        with positive:
+            y[i] = x[i]
+        with positive:
+            y[i] = y[i] * 2.0
+
+    x, _ = operands()
+    y = np.zeros_like(x)
+    guarded_twice(x, y)
+    np.testing.assert_allclose(y, np.where(x > 0, 2 * x, 0))
