@@ -18,7 +18,7 @@ import numpy as np
 from kdsl.arguments import Signature, check_examples, fast_key, host_views, spec_of
 from kdsl.autotune.database import SavedConfig
 from kdsl.autotune.gpu import tune_on
-from kdsl.autotune.tuner import TuneReport, example_of
+from kdsl.autotune.tuner import TuneReport, check_strategy, example_of
 from kdsl.call_stats import CallStats
 from kdsl.config import CONFIG, dumps
 from kdsl.dispatch import CudaDispatch, TunedDispatch
@@ -714,6 +714,13 @@ class KernelFunction:
                 fix=f"call {self.name}.autotune(...) with arrays, or declare "
                 "@kd.kernel(examples=[{...}])",
             )
+        if target is not None and not isinstance(target, Target):
+            raise KernelArgumentError(
+                f"autotune target={target!r} is not a kdsl target",
+                kernel=self.name,
+                fix="pass target=kd.cpu or target=kd.cuda, or leave it out (the CPU)",
+            )
+        check_strategy(strategy, self.name)
         where = (target or cpu).name
         reports = [
             tune_on(

@@ -197,12 +197,8 @@ def _bad(item: str, why: str) -> SpecError:
     return SpecError(f"bad argument spec '{item}': {why}", fix=f"write {FORM}")
 
 
-def make_arguments(
-    examples: Mapping[str, ArgExample], rng: np.random.Generator
-) -> dict[str, object]:
-    """Concrete arguments for example specs: fresh random arrays; scalars passed as given.
-    Arrays that could not all fit in this machine's memory are a SpecError, not a
-    MemoryError (or the machine swapping) half-way through."""
+def check_fits(examples: Mapping[str, ArgExample]) -> None:
+    """SpecError if the example's arrays could not all fit in this machine's memory."""
     arrays = {n: e for n, e in examples.items() if isinstance(e, Spec)}
     nbytes = sum(math.prod(e.shape) * e.dtype.itemsize for e in arrays.values())
     if nbytes > _memory_bytes():
@@ -212,6 +208,15 @@ def make_arguments(
             f"machine's memory ({_memory_bytes() / 2**30:.1f} GiB)",
             fix="give smaller shapes: one compiled kernel serves every size",
         )
+
+
+def make_arguments(
+    examples: Mapping[str, ArgExample], rng: np.random.Generator
+) -> dict[str, object]:
+    """Concrete arguments for example specs: fresh random arrays; scalars passed as given.
+    Arrays that could not all fit in this machine's memory are a SpecError, not a
+    MemoryError (or the machine swapping) half-way through."""
+    check_fits(examples)
     made: dict[str, object] = {}
     for name, example in examples.items():
         if isinstance(example, Spec):

@@ -249,6 +249,44 @@ def test_a_target_that_fails_to_import_shows_the_users_frames(capsys, tmp_path: 
         assert "importlib" not in err and "kdsl/cli" not in err
 
 
+def test_a_target_that_calls_sys_exit_at_import_is_a_usage_error(capsys, tmp_path: Path) -> None:
+    """A script's unguarded `sys.exit(main())` ended kdsl with exit 0, having done nothing."""
+    path = tmp_path / "script_cli.py"
+    path.write_text("import sys\n\ndef main():\n    return 0\n\nsys.exit(main())\n")
+    for command in (("autotune", path), ("show", f"{path}:k", "--ir", "--args", "x=4:f32")):
+        code, out, err = kdsl_cli(capsys, *command)
+        assert code == 2 and out == ""
+        assert f"importing {path} called sys.exit(0)" in err and "__main__" in err
+
+
+def test_ctrl_c_is_one_line_and_exit_130(capsys, monkeypatch, kernels_file) -> None:
+    from kdsl.cli import autotune as autotune_cli
+
+    def interrupted(ns: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(autotune_cli, "run", interrupted)
+    code, out, err = kdsl_cli(capsys, "autotune", kernels_file)
+    assert code == 130 and err == "kdsl: interrupted\n"
+
+
+def test_a_warning_reads_as_the_tools(capsys, monkeypatch) -> None:
+    """It began `<frozen runpy>:88: RuntimeWarning:`, the frame nearest a user's."""
+    import warnings
+
+    from kdsl.cli import cache as cache_cli
+
+    def warns(ns: object) -> int:  # (pytest records warnings: show how one would print)
+        print(warnings.formatwarning("something to know", RuntimeWarning, "<frozen runpy>", 88))
+        return 0
+
+    monkeypatch.setattr(cache_cli, "_list", warns)
+    python_format = warnings.formatwarning
+    code, out, _ = kdsl_cli(capsys, "cache", "list")
+    assert code == 0 and out == "kdsl: warning: something to know\n\n"
+    assert warnings.formatwarning is python_format
+
+
 @pytest.mark.usefixtures("cache_dir")
 def test_kernel_parameter_may_share_an_option_name(capsys, kernels_file) -> None:
     target = f"{kernels_file}:cli_budget"  # its parameter `budget` is not --budget
@@ -345,6 +383,8 @@ def test_an_empty_kernel_name_is_no_kernel_not_every_one(capsys) -> None:
         ),
         (["--budget", "0s"], "--budget"),
         (["--jobs", "-1"], "--jobs"),
+        (["--seed", "-1"], "--seed -1: give an int of 0 or more"),
+        (["--shape", "x=99999x99999x999:f32,y=9:f32"], "more than this machine's memory"),
         (["--threads", "0"], "--threads '0': write thread counts from 1 to"),
         (["--threads", "1,,2"], "--threads '1,,2'"),
         (["--threads", "two"], "such as 1,2"),

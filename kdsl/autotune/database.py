@@ -608,7 +608,7 @@ _THREADS_MAX = 1 << 31  # (SQLite keeps 64-bit integers; no machine runs more th
 # What each exported field must be, and how to say so.
 _FIELD_CHECKS: dict[str, tuple[Callable[[object], bool], str]] = {
     "kernel_id": (lambda v: isinstance(v, str), "a string"),
-    "kernel_name": (lambda v: isinstance(v, str), "a string"),
+    "kernel_name": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
     "target": (lambda v: isinstance(v, str), "a string"),
     "signature": (lambda v: isinstance(v, str), "a string"),
     "shape": (_is_shape, "a list of lists of non-negative ints"),

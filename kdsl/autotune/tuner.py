@@ -33,6 +33,7 @@ from kdsl.autotune.database import Entry
 from kdsl.autotune.keys import Shape, format_shape, shape_of, target_key, tuning_key
 from kdsl.autotune.measure import Candidate, Measurer, Outcome, failure_text, turn_s
 from kdsl.autotune.strategies import (
+    STRATEGIES,
     Config,
     Strategy,
     config_key,
@@ -259,6 +260,33 @@ def check_budget(budget_s: object, kernel: str) -> float:
     )
 
 
+def check_jobs(jobs: object, kernel: str) -> int:
+    """The compile workers: None (one a core), or 0 (compile in this process) or more
+    (KernelArgumentError if not: below 0 no worker would start, and tuning would wait)."""
+    if jobs is None:
+        return os.cpu_count() or 1
+    if isinstance(jobs, int) and not isinstance(jobs, bool) and jobs >= 0:
+        return jobs
+    raise KernelArgumentError(
+        f"autotune jobs={jobs!r}: jobs is the number of compile workers, 0 or more",
+        kernel=kernel,
+        fix=f"write {kernel}.autotune(..., jobs=2), jobs=0 to compile in this process, or "
+        "leave it out (one a core)",
+    )
+
+
+def check_strategy(strategy: object, kernel: str) -> str:
+    """A search strategy's name (KernelArgumentError if it names none)."""
+    names = [*STRATEGIES, "auto"]
+    if isinstance(strategy, str) and strategy in names:
+        return strategy
+    raise KernelArgumentError(
+        f"autotune strategy={strategy!r} is not a search strategy",
+        kernel=kernel,
+        fix=f"pass one of {', '.join(repr(n) for n in names)}",
+    )
+
+
 def tune(
     fn: KernelFunction,
     example: Mapping[str, ArgExample],
@@ -272,7 +300,7 @@ def tune(
     """Tune `fn`'s schedule params for one example call; record the best config. The
     budget covers the whole run (see `budget.Budget`)."""
     budget = Budget(check_budget(budget_s, fn.name))
-    jobs = (os.cpu_count() or 1) if jobs is None else jobs
+    jobs = check_jobs(jobs, fn.name)
     with budget.phase("setup"):
         session = _Session(fn, example, jobs)
     report = TuneReport(

@@ -21,7 +21,11 @@ from typing import Any
 Request = tuple[str, tuple[Any, ...]]
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # this kdsl, installed or not
+# Ctrl-C reaches the whole process group: the parent stops the tuning and closes the
+# workers (EOF, or a kill), so a worker ignores it from its first line (a traceback of
+# each, in the middle of importing kdsl, was only noise)
 _BOOT = (
+    "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "
     "import sys; sys.path.insert(0, sys.argv[1]); "
     "from kdsl.autotune.worker import main; main(sys.argv[2:])"
 )

@@ -15,6 +15,7 @@ import os
 import select
 import signal
 import sys
+import warnings
 from collections.abc import Sequence
 
 import kdsl
@@ -46,6 +47,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse's --help, --version and usage errors
         return int(exc.code or 0)
     ns.options = extra
+    # a warning is the tool's, not a line of Python's: `kdsl: warning: …` (it was
+    # `<frozen runpy>:88: RuntimeWarning: kdsl: …`, the frame nearest a user's)
+    python_format, warnings.formatwarning = warnings.formatwarning, _tool_warning
+    try:
+        return _run(ns)
+    finally:
+        warnings.formatwarning = python_format
+
+
+def _tool_warning(message: Warning | str, category: type[Warning], *_: object, **__: object) -> str:
+    text = str(message)
+    return f"{text if text.startswith('kdsl:') else 'kdsl: warning: ' + text}\n"
+
+
+def _run(ns: argparse.Namespace) -> int:
     try:
         code: int = ns.run(ns)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
@@ -62,6 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KdslError as err:
         print(err, file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: what finished is kept (tuning results as they come)
+        print("kdsl: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
 
 
 def _stdout_closed() -> bool:

@@ -16,7 +16,7 @@ from kdsl.cli.table import format_seconds, format_table
 from kdsl.config import available_cores
 from kdsl.errors import KdslError
 from kdsl.kernel import KernelFunction
-from kdsl.specs import ArgExample, Spec, SpecError, parse_args_spec
+from kdsl.specs import ArgExample, Spec, SpecError, check_fits, parse_args_spec
 from kdsl.targets.cpu import runtime
 from kdsl.targets.cuda import driver
 
@@ -88,6 +88,7 @@ def _examples(kernel: KernelFunction, shapes: list[str] | None) -> list[dict[str
     for text in shapes:
         try:
             example = parse_args_spec(text)
+            check_fits(example)  # (before tuning sets up, which would fail on it later)
         except SpecError as err:
             raise UsageError(f"--shape: {err.what}; {err.fix}") from None
         missing = [n for n in names if n not in example and n not in kernel.signature.defaults]
@@ -132,6 +133,8 @@ def run(ns: argparse.Namespace) -> int:
         raise UsageError(f"--target cuda tunes on a GPU, and here {reason}")
     if ns.jobs is not None and ns.jobs < 0:
         raise UsageError("--jobs must be 0 (compile in this process) or more")
+    if ns.seed < 0:  # (NumPy's generators take none)
+        raise UsageError(f"--seed {ns.seed}: give an int of 0 or more")
     budget = parse_budget(ns.budget)
     check_cache_dir()
     kernels = [k for target in ns.targets for k in kernels_in(target)]

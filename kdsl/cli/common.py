@@ -92,6 +92,18 @@ def _import(name: str) -> ModuleType:
         raise UsageError(failure(f"importing {name}", exc)) from None
     except Exception as exc:
         raise UsageError(failure(f"importing {name}", exc)) from None
+    except SystemExit as exc:
+        raise UsageError(_exited(name, exc)) from None
+
+
+def _exited(what: object, exc: SystemExit) -> str:
+    """A module whose import called sys.exit (a script's unguarded `sys.exit(main())`):
+    kdsl would otherwise exit with it, silently and often with 0, having done nothing."""
+    return (
+        f"importing {what} called sys.exit({'' if exc.code is None else repr(exc.code)}): "
+        "the module ran as a script; guard its script code with "
+        '`if __name__ == "__main__":` so that kdsl can import its kernels'
+    )
 
 
 def _defined_in(name: str) -> str:
@@ -132,6 +144,9 @@ def _load_file(path: Path) -> ModuleType:
     except Exception as exc:
         del sys.modules[name]
         raise UsageError(failure(f"importing {path}", exc)) from None
+    except SystemExit as exc:
+        del sys.modules[name]
+        raise UsageError(_exited(path, exc)) from None
     return module
 
 

@@ -270,6 +270,10 @@ def _bad_exports() -> list[tuple[str, str]]:
             )
             for bad in (1e300, -5, "today")
         ),
+        (
+            json.dumps({**marker, "entries": [{**good, "kernel_name": ""}]}),
+            "entries[0].kernel_name must be a non-empty string",
+        ),
         *(
             (
                 json.dumps({**marker, "entries": [{**good, "threads": bad}]}),

@@ -261,3 +261,20 @@ def test_the_winner_is_ranked_by_the_final_turns_alone() -> None:
     _confirm(session, turns, searched, report, 0.01, Budget(60))  # type: ignore[arg-type]
     assert report.best == {"p": "steady"} and report.best_time_s == 1.5e-3
     assert report.default_time_s == 2e-3
+
+
+@pytest.mark.parametrize(
+    ("options", "complaint"),
+    [
+        ({"jobs": -1}, "jobs=-1: jobs is the number of compile workers"),
+        ({"jobs": 1.5}, "jobs=1.5"),
+        ({"jobs": "x"}, "jobs='x'"),
+        ({"target": "gpu"}, "target='gpu' is not a kdsl target"),
+        ({"strategy": None}, "strategy=None is not a search strategy"),
+    ],
+)
+def test_autotune_options_of_the_wrong_kind_are_named(options, complaint) -> None:
+    """jobs=-1 waited forever (no worker starts); the others were Python's errors."""
+    x = np.ones(8, np.float32)
+    with pytest.raises(kd.KernelArgumentError, match=complaint.replace("(", r"\(")):
+        tuner_fortran.autotune(x, x.copy(), budget=1, progress=False, **options)
