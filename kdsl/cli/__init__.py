@@ -3,7 +3,8 @@
 Exit codes: 0 success; 1 a kdsl error (its message is printed); 2 a usage error
 (bad target, missing kernel, bad --args or --shape, unusable cache directory),
 reported in one line without a traceback; 141 (128 + SIGPIPE, as for any tool), quietly,
-when the reader of stdout went away (`kdsl show ... | head`). Each subcommand module has
+when the reader of stdout went away (`kdsl show ... | head`); 130 (128 + SIGINT) on
+Ctrl-C, with one line. Each subcommand module has
 an `add` function that declares its options and the function that runs it; `main`
 dispatches.
 """
