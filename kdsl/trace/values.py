@@ -58,7 +58,7 @@ def _also_attribute_error(error: type[TraceError]) -> type[TraceError]:
     return type(error.__name__, (error, AttributeError), {**names, "__reduce__": __reduce__})
 
 
-_NoArrayAttribute = _also_attribute_error(TraceError)  # an array's .size, a value's .shape
+_NoArrayAttribute = _also_attribute_error(TraceError)  # an array's .size, a value's .shape, .real
 _NoArgumentAttribute = _also_attribute_error(ArgumentTraceError)  # a scalar argument's .shape
 
 
@@ -467,7 +467,7 @@ def as_value(x: object) -> Value:
         return x
     # checked first, as np.float64 is a subclass of float
     if isinstance(x, np.generic | np.ndarray) and x.ndim == 0:
-        return Value(Const(x.item(), T.as_dtype(x.dtype)), weak=True)
+        return Value(Const(x.item(), kernel_dtype(x.dtype)), weak=True)
     if isinstance(x, bool):  # weak too: f32 * True is f32, as in NumPy 2
         return Value(Const(x, T.bool_), weak=True)
     if isinstance(x, int):

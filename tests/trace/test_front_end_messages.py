@@ -23,6 +23,12 @@ def complex_cast(x, y):
 
 
 @kd.kernel
+def complex_constant(x, y):
+    i = kd.indices(x.shape[0])
+    y[i] = x[i] * np.complex64(2)  # here
+
+
+@kd.kernel
 def long_double_local(x, y):
     a = kd.local(0.0, dtype="float128")  # here
     y[0] = a + x[0]
@@ -55,6 +61,7 @@ def reads_a_global_array(x, y):
     [
         (rounds_to_digits, ["kd.round takes one value", "kd.round(x[i] * 1e2) / 1e2"]),
         (complex_cast, ["is not a kdsl dtype"]),
+        (complex_constant, ["dtype('complex64') is not a kdsl dtype"]),
         (long_double_local, ["'float128' is not a kdsl dtype"]),
         (formatted, ["formatted with '.3f'"]),
         (real_part, ["has no .real", "no complex numbers"]),
