@@ -240,9 +240,12 @@ class KernelFunction:
         )
         fn = None if heuristic else self._schedules.get(target.name)
         user_function.run(fn or default_schedule, s)
-        if fn is not None:
-            if isinstance(config, SavedConfig) and any(n not in config for n in s.space):
-                self._check_complete(kernel, target, config)
+        if (
+            fn is not None
+            and isinstance(config, SavedConfig)
+            and any(n not in config for n in s.space)
+        ):
+            self._check_complete(kernel, target, config)
         return s
 
     def _check_complete(self, kernel: Kernel, target: Target, config: Mapping[str, object]) -> None:

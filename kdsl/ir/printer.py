@@ -33,7 +33,7 @@ from kdsl.ir.nodes import (
     Unary,
     UnaryOp,
 )
-from kdsl.ir.visit import children, stmt_exprs
+from kdsl.ir.visit import children, stmt_exprs, uses_by_identity
 
 # Binding strength of operators, as in Python; function-style ones bind tightest.
 _PRECEDENCE = {
@@ -132,18 +132,7 @@ def _bind_shared(s: Stmt, pad: str) -> list[str]:
     (a traced value used twice): printed once each, so the text stays linear in size."""
     shared = _shared.names
     shared.clear()
-    uses: dict[int, int] = {}
-    order: list[Expr] = []
-
-    def count(e: Expr) -> None:
-        uses[id(e)] = uses.get(id(e), 0) + 1
-        if uses[id(e)] == 1:
-            for c in children(e):
-                count(c)
-            order.append(e)  # children first
-
-    for e in stmt_exprs(s):
-        count(e)
+    uses, order = uses_by_identity(stmt_exprs(s))
     size: dict[int, int] = {}  # nodes in the tree each prints as, capped
     for e in order:
         size[id(e)] = min(_BIND_SIZE, 1 + sum(size[id(c)] for c in children(e)))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 
 from kdsl.ir.nodes import (
@@ -61,6 +61,26 @@ def walk_expr(e: Expr, parts: Callable[[Expr], tuple[Expr, ...]] = children) -> 
         seen.add(id(x))
         yield x
         stack.extend(reversed(parts(x)))
+
+
+def uses_by_identity(exprs: Iterable[Expr]) -> tuple[dict[int, int], list[Expr]]:
+    """How many parents (or of `exprs`' slots) refer to each node, by id, and the nodes,
+    each once, children first: a sub-expression shared by identity (a traced value used
+    twice) is walked once, so the work is linear in the DAG."""
+    uses: dict[int, int] = {}
+    order: list[Expr] = []
+    for root in exprs:
+        stack: list[tuple[Expr, bool]] = [(root, False)]
+        while stack:
+            e, children_done = stack.pop()
+            if children_done:
+                order.append(e)
+                continue
+            uses[id(e)] = uses.get(id(e), 0) + 1
+            if uses[id(e)] == 1:
+                stack.append((e, True))
+                stack.extend((c, False) for c in reversed(children(e)))
+    return uses, order
 
 
 def map_expr(e: Expr, fn: Callable[[Expr], Expr | None]) -> Expr:

@@ -104,14 +104,15 @@ class _Axis:
         return Part(self.axis, _block(block), inner=True)
 
 
-MAX_BLOCK = 1 << 31  # (as a split's factor: past any real extent, and no 64-bit wrap)
+MAX_FACTOR = 1 << 31  # any factor of a schedule (a split, a distance, a layout's block): far
+# past any real extent, and small enough that the IR's 64-bit arithmetic on it can't wrap
 
 
 def _block(block: object) -> int:
     if isinstance(block, bool) or not isinstance(block, numbers.Integral) or block < 1:
         raise LayoutError(f"a block is a positive int, not {block!r}")
-    if int(block) > MAX_BLOCK:
-        raise LayoutError(f"a block of {block} elements is more than {MAX_BLOCK}")
+    if int(block) > MAX_FACTOR:
+        raise LayoutError(f"a block of {block} elements is more than {MAX_FACTOR}")
     return int(block)
 
 

@@ -51,13 +51,12 @@ from kdsl.ir.visit import (
 from kdsl.schedule import tree
 from kdsl.schedule.caching import copies_back
 from kdsl.schedule.distribute import distribute
+from kdsl.schedule.layouts import MAX_FACTOR
 from kdsl.schedule.step import StepContext, as_int
 
 MAX_FULL_UNROLL = 64
 MAX_UNROLL = 1024  # copies of a body: beyond, LLVM's compile time explodes (10^5 ran for minutes)
 MAX_UNROLLED_NESTS = 64  # copies of a loop nest (statements with loops inside them)
-MAX_FACTOR = 1 << 31  # any other factor (a split, a distance): far past any real extent, and
-# small enough that the IR's 64-bit arithmetic on it can't wrap
 GPU_AXES = {e.value: e for e in LoopExec if e.value.startswith(("block.", "thread."))}
 
 

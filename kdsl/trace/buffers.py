@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import operator
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -314,6 +315,15 @@ def _loop_names(*exprs: Expr) -> set[str]:
     return {x.name for e in exprs for x in walk_expr(e) if isinstance(x, LoopVar)}
 
 
+def _updating(op: Callable[[Value, object], Value]) -> Callable[[LocalProxy, object], LocalProxy]:
+    """A local's augmented assignment for operator `op`: `acc op= o` sets acc to `acc op o`."""
+
+    def update(self: LocalProxy, o: object) -> LocalProxy:
+        return self.set(op(Value(self.expr), o))
+
+    return update
+
+
 class LocalProxy(Value):
     """A scalar variable of a kernel (`kd.local`): read it as a value, update it in place.
 
@@ -369,38 +379,15 @@ class LocalProxy(Value):
     # Every augmented assignment updates the local: one that Python had to fall back on
     # (`acc //= 2` as `acc = acc // 2`) would rebind the name to a value, and the loop's
     # update would be lost without a word.
-    def __iadd__(self, o: object) -> LocalProxy:
-        return self.set(Value(self.expr) + o)
-
-    def __isub__(self, o: object) -> LocalProxy:
-        return self.set(Value(self.expr) - o)
-
-    def __imul__(self, o: object) -> LocalProxy:
-        return self.set(Value(self.expr) * o)
-
-    def __itruediv__(self, o: object) -> LocalProxy:
-        return self.set(Value(self.expr) / o)
-
-    def __ifloordiv__(self, o: object) -> LocalProxy:
-        return self.set(Value(self.expr) // o)
-
-    def __imod__(self, o: object) -> LocalProxy:
-        return self.set(Value(self.expr) % o)
-
-    def __ipow__(self, o: object) -> LocalProxy:
-        return self.set(Value(self.expr) ** o)
-
-    def __iand__(self, o: object) -> LocalProxy:
-        return self.set(Value(self.expr) & o)
-
-    def __ior__(self, o: object) -> LocalProxy:
-        return self.set(Value(self.expr) | o)
-
-    def __ixor__(self, o: object) -> LocalProxy:
-        return self.set(Value(self.expr) ^ o)
-
-    def __ilshift__(self, o: object) -> LocalProxy:
-        return self.set(Value(self.expr) << o)
-
-    def __irshift__(self, o: object) -> LocalProxy:
-        return self.set(Value(self.expr) >> o)
+    __iadd__ = _updating(operator.add)
+    __isub__ = _updating(operator.sub)
+    __imul__ = _updating(operator.mul)
+    __itruediv__ = _updating(operator.truediv)
+    __ifloordiv__ = _updating(operator.floordiv)
+    __imod__ = _updating(operator.mod)
+    __ipow__ = _updating(operator.pow)
+    __iand__ = _updating(operator.and_)
+    __ior__ = _updating(operator.or_)
+    __ixor__ = _updating(operator.xor)
+    __ilshift__ = _updating(operator.lshift)
+    __irshift__ = _updating(operator.rshift)

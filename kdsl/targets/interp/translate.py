@@ -47,7 +47,7 @@ from kdsl.ir.nodes import (
     UnaryOp,
 )
 from kdsl.ir.printer import format_expr
-from kdsl.ir.visit import children, stmt_exprs, walk_stmts
+from kdsl.ir.visit import stmt_exprs, uses_by_identity, walk_stmts
 from kdsl.targets.interp import scalars
 
 Site = Load | Store | Check
@@ -80,21 +80,6 @@ _UFUNCS = {  # exact
 _NOT_IDENT = re.compile(r"[^0-9A-Za-z_]")
 _MAX_DEPTH = 32  # deeper expressions are split into temporaries (Python limits nesting)
 _CHUNK = 1 << 16
-
-
-def _shared(exprs: tuple[Expr, ...]) -> set[int]:
-    """The ids of the nodes that more than one parent (or statement slot) refers to."""
-    seen: set[int] = set()
-    shared: set[int] = set()
-    stack = list(exprs)
-    while stack:
-        e = stack.pop()
-        if id(e) in seen:
-            shared.add(id(e))
-            continue
-        seen.add(id(e))
-        stack.extend(children(e))
-    return shared
 
 
 class Trap(Exception):
@@ -235,7 +220,8 @@ class _Translator:
         for s in body:
             pre: list[str] = []
             self.pre, self.scopes, start = pre, [pre], len(self.lines)
-            self.shared, self.held = _shared(stmt_exprs(s)), {}
+            uses, _ = uses_by_identity(stmt_exprs(s))
+            self.shared, self.held = {n for n, count in uses.items() if count > 1}, {}
             self.stmt(s, depth)  # nested blocks set self.pre again: keep this one
             self.lines[start:start] = [f"{'    ' * depth}{p}" for p in pre]
 
